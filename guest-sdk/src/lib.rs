@@ -1,0 +1,272 @@
+//! # agent-sdk: write Agent Hypervisor agents in plain Rust
+//!
+//! An agent is a WebAssembly component that exports one function, `run`, and
+//! calls the host's *capabilities* (files, logs, actions, effects). Which
+//! capabilities it may call depends on the *ring* the host runs it in; a call
+//! outside its ring traps the agent (a *ring breach*). Agent authors never
+//! touch `wit-bindgen`: they implement [`Agent`] and call [`export_agent!`].
+//!
+//! A complete agent (build it with `cargo build --target wasm32-wasip2 --release`
+//! as a `cdylib` crate):
+//!
+//! ```no_run
+//! use agent_sdk::{Agent, export_agent, log, vfs, context};
+//!
+//! struct Greeter;
+//!
+//! impl Agent for Greeter {
+//!     fn run(input: String) -> Result<String, String> {
+//!         let me = context::whoami();
+//!         log::info!("{} running in ring {}", me.agent_id, me.ring);
+//!         // A missing file is an error *value*, not a crash.
+//!         let greeting = match vfs::read_to_string("greeting.txt") {
+//!             Ok(text) => text.trim().to_string(),
+//!             Err(vfs::Error::NotFound(_)) => "Hello".to_string(),
+//!             Err(e) => return Err(format!("cannot read greeting: {e}")),
+//!         };
+//!         Ok(format!("{greeting}, {input}!"))
+//!     }
+//! }
+//!
+//! export_agent!(Greeter);
+//! ```
+//!
+//! The capabilities a component *actually calls* become its imports and so
+//! its capability manifest: `ahv inspect agent.wasm` tells the lowest ring that
+//! covers them.
+#![deny(missing_docs)]
+
+// Lets the bindings name this crate by its absolute path from inside it too.
+#[allow(unused_extern_crates)]
+extern crate self as agent_sdk;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+}
+
+/// The raw `wit-bindgen` bindings of the `root` world (every capability).
+///
+/// Prefer the wrappers in [`context`], [`log`], [`vfs`], [`actions`] and
+/// [`effects`]; this module exists for the export macro.
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "root",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_root_world",
+        default_bindings_module: "::agent_sdk::bindings",
+        runtime_path: "::agent_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+/// Why the host refused a request. Every variant carries a human-readable
+/// explanation naming the input that was refused. `Display` shows the variant
+/// and its explanation.
+pub use bindings::agent_hypervisor::agent::types::Error;
+
+
+/// The one thing an agent implements: its entry point.
+pub trait Agent {
+    /// Handles one request. `Ok` is the agent's answer; `Err` is a failure
+    /// message the host reports as the agent's own failure (not a trap).
+    fn run(input: String) -> Result<String, String>;
+}
+
+/// Exports a type implementing [`Agent`] as the component's `run` function.
+///
+/// Use it once per agent crate, at the top level:
+/// `agent_sdk::export_agent!(MyAgent);`
+#[macro_export]
+macro_rules! export_agent {
+    ($agent:ident) => {
+        impl $crate::bindings::Guest for $agent {
+            fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                <$agent as $crate::Agent>::run(input)
+            }
+        }
+        $crate::bindings::__export_root_world!($agent with_types_in $crate::bindings);
+    };
+}
+
+/// Who am I: the calling agent's identity and ring (capability `context`, every ring).
+pub mod context {
+    use crate::bindings::agent_hypervisor::agent::context as raw;
+
+    /// The calling agent's identity, ring and current trace id.
+    pub use raw::AgentInfo;
+
+    /// Returns the agent's id, session, ring and trace id.
+    pub fn whoami() -> AgentInfo {
+        raw::whoami()
+    }
+
+    /// Returns the agent's current ring (0 root … 3 sandbox).
+    pub fn ring() -> u8 {
+        raw::current_ring()
+    }
+}
+
+/// Structured logging (capability `log`, every ring).
+///
+/// `log::info!("x = {}", x)` formats like `format!`. Plain `println!` and
+/// `eprintln!` also end up in the agent's log, at levels info and warn.
+pub mod log {
+    use crate::bindings::agent_hypervisor::agent::log as raw;
+
+    /// Severity of a log line.
+    pub use raw::Level;
+
+    /// Appends one line to the agent's log at `level`.
+    pub fn write(level: Level, message: &str) {
+        raw::log(level, message);
+    }
+
+    #[doc(inline)]
+    pub use crate::{
+        __log_debug as debug, __log_error as error, __log_info as info, __log_trace as trace,
+        __log_warn as warn,
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_trace { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Trace, &::std::format!($($arg)*)) }; }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_debug { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, &::std::format!($($arg)*)) }; }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_info { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, &::std::format!($($arg)*)) }; }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_warn { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, &::std::format!($($arg)*)) }; }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_error { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, &::std::format!($($arg)*)) }; }
+
+/// The agent's files (capabilities `vfs-read`, every ring, and `vfs-write`, ring 2 and below).
+///
+/// Paths are relative POSIX paths such as `notes/today.md`: no leading `/`,
+/// no `..`, no NUL. A bad path is an [`Error::InvalidPath`] value.
+pub mod vfs {
+    use crate::bindings::agent_hypervisor::agent::{vfs_read, vfs_write};
+
+    pub use crate::Error;
+    /// File or directory.
+    pub use vfs_read::EntryKind;
+    /// Metadata of one entry.
+    pub use vfs_read::EntryStat as Stat;
+
+    /// Reads a whole file.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied`, `Quota` (file too large to read) or `Io`.
+    pub fn read(path: &str) -> Result<Vec<u8>, Error> {
+        vfs_read::read(path)
+    }
+
+    /// Reads a whole file as UTF-8 text.
+    ///
+    /// # Errors
+    /// As [`read`]; invalid UTF-8 is reported as `Io`.
+    pub fn read_to_string(path: &str) -> Result<String, Error> {
+        let bytes = read(path)?;
+        String::from_utf8(bytes).map_err(|e| Error::Io(format!("{path}: not UTF-8 text: {e}")))
+    }
+
+    /// Lists a directory (`"."` is the agent's root); names are sorted.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn list(path: &str) -> Result<Vec<String>, Error> {
+        vfs_read::list_dir(path)
+    }
+
+    /// Describes one entry.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn stat(path: &str) -> Result<Stat, Error> {
+        vfs_read::stat(path)
+    }
+
+    /// Replaces or creates a file atomically, creating parent directories.
+    /// Needs ring 2 or below: in ring 3 this call is a ring breach.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `Denied`, `Quota` or `Io`.
+    pub fn write(path: &str, contents: impl AsRef<[u8]>) -> Result<(), Error> {
+        vfs_write::write(path, contents.as_ref())
+    }
+
+    /// Appends to a file, creating it if needed. Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `Denied`, `Quota` or `Io`.
+    pub fn append(path: &str, contents: impl AsRef<[u8]>) -> Result<(), Error> {
+        vfs_write::append(path, contents.as_ref())
+    }
+
+    /// Deletes a file or an empty directory. Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn delete(path: &str) -> Result<(), Error> {
+        vfs_write::delete(path)
+    }
+
+    /// Renames `src` to `dst` (which must not exist). Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `AlreadyExists`, `Denied` or `Io`.
+    pub fn rename(src: &str, dst: &str) -> Result<(), Error> {
+        vfs_write::rename(src, dst)
+    }
+
+    /// Creates a directory and its parents. Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `Denied`, `Quota` or `Io`.
+    pub fn create_dir(path: &str) -> Result<(), Error> {
+        vfs_write::create_dir(path)
+    }
+}
+
+/// Host-registered reversible actions (capability `actions`, ring 2 and below).
+pub mod actions {
+    use crate::bindings::agent_hypervisor::agent::actions as raw;
+
+    /// Runs the reversible action `name`; the host keeps its undo record.
+    ///
+    /// # Errors
+    /// `UnknownAction`, `ActionFailed` or an error of the resource it touched.
+    pub fn invoke(name: &str, args: &str) -> Result<String, crate::Error> {
+        raw::invoke(name, args)
+    }
+
+    /// Names of the reversible actions the host offers.
+    pub fn available() -> Vec<String> {
+        raw::available()
+    }
+}
+
+/// Host-registered non-reversible effects (capability `effects`, ring 1 and below).
+pub mod effects {
+    use crate::bindings::agent_hypervisor::agent::effects as raw;
+
+    /// Runs the non-reversible effect `name`.
+    ///
+    /// # Errors
+    /// `UnknownAction`, `ActionFailed` or an error of the resource it touched.
+    pub fn invoke(name: &str, args: &str) -> Result<String, crate::Error> {
+        raw::invoke(name, args)
+    }
+
+    /// Names of the effects the host offers.
+    pub fn available() -> Vec<String> {
+        raw::available()
+    }
+}

@@ -1,0 +1,30 @@
+//! # ahv-core: the vocabulary every Agent Hypervisor crate shares
+//!
+//! Rings, capabilities and the ring policy table ([`ring`]), and identifiers
+//! ([`id`]). No wasmtime, no I/O: plain data with typed errors.
+//!
+//! ```
+//! use ahv_core::{Capability, Ring, RingPolicy};
+//!
+//! let policy = RingPolicy::default();
+//! // Ring 3 may read files but not write them.
+//! let sandbox = policy.limits(Ring::Sandbox);
+//! assert!(sandbox.capabilities.contains(Capability::VfsRead));
+//! assert!(!sandbox.capabilities.contains(Capability::VfsWrite));
+//! // Writing needs ring 2.
+//! let needs = [Capability::VfsWrite].into_iter().collect();
+//! assert_eq!(policy.lowest_ring_covering(needs), Some(Ring::Standard));
+//! ```
+#![deny(missing_docs)]
+
+pub mod id;
+pub mod ring;
+
+pub use id::{AgentId, IdError, SessionId, TraceId};
+pub use ring::{
+    Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE,
+    WIT_VERSION,
+};
+
+#[cfg(test)]
+mod wit_contract_tests;

@@ -1,0 +1,428 @@
+//! Rings, capabilities and the ring policy table.
+//!
+//! A ring is data: a set of [`Capability`]s (WIT interfaces the host links for
+//! real) plus budgets ([`RingLimits`]). The default table is the one in
+//! DESIGN.md §3; [`RingPolicy`] lets a host change budgets, and refuses
+//! capability sets that would make a more privileged ring weaker than a less
+//! privileged one.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// An execution ring. Lower number = more privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[repr(u8)]
+pub enum Ring {
+    /// Ring 0: hypervisor administration. Never computed from a trust score.
+    Root = 0,
+    /// Ring 1: may cause non-reversible effects.
+    Privileged = 1,
+    /// Ring 2: may change files and run reversible actions.
+    Standard = 2,
+    /// Ring 3: may only observe.
+    Sandbox = 3,
+}
+
+impl Ring {
+    /// All rings, most privileged first.
+    pub const ALL: [Ring; 4] = [Ring::Root, Ring::Privileged, Ring::Standard, Ring::Sandbox];
+
+    /// The ring's number (0..=3).
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The ring with this number.
+    ///
+    /// # Errors
+    /// [`RingError::OutOfRange`] when `n > 3`.
+    pub const fn from_number(n: u8) -> Result<Ring, RingError> {
+        match n {
+            0 => Ok(Ring::Root),
+            1 => Ok(Ring::Privileged),
+            2 => Ok(Ring::Standard),
+            3 => Ok(Ring::Sandbox),
+            _ => Err(RingError::OutOfRange { value: n as u64 }),
+        }
+    }
+
+    /// The ring's name as used in the WIT worlds (`root`, `privileged`, `standard`, `sandbox`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Ring::Root => "root",
+            Ring::Privileged => "privileged",
+            Ring::Standard => "standard",
+            Ring::Sandbox => "sandbox",
+        }
+    }
+
+    /// True when `self` has at least the privilege of `other` (its number is ≤ other's).
+    pub const fn covers(self, other: Ring) -> bool {
+        self.number() <= other.number()
+    }
+}
+
+impl fmt::Display for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ring {} ({})", self.number(), self.name())
+    }
+}
+
+impl FromStr for Ring {
+    type Err = RingError;
+
+    /// Accepts `0`..`3` or a ring name (`root`, `privileged`, `standard`, `sandbox`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(n) = s.parse::<u64>() {
+            return u8::try_from(n)
+                .map_err(|_| RingError::OutOfRange { value: n })
+                .and_then(Ring::from_number);
+        }
+        Ring::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| RingError::UnknownName { name: s.to_string() })
+    }
+}
+
+/// Errors about rings and the ring policy.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RingError {
+    /// A ring number outside 0..=3.
+    #[error("ring {value} does not exist (rings are 0 root, 1 privileged, 2 standard, 3 sandbox)")]
+    OutOfRange {
+        /// The number given.
+        value: u64,
+    },
+    /// A ring name that is not one of the four.
+    #[error("unknown ring name {name:?} (expected root, privileged, standard or sandbox)")]
+    UnknownName {
+        /// The name given.
+        name: String,
+    },
+    /// A policy that gives a less privileged ring a capability a more privileged one lacks.
+    #[error("ring policy is not monotonic: {lower} has capability {capability} but {higher} does not")]
+    NotMonotonic {
+        /// The less privileged ring.
+        lower: Ring,
+        /// The more privileged ring that lacks it.
+        higher: Ring,
+        /// The capability.
+        capability: Capability,
+    },
+    /// A budget of zero (which would make every call fail).
+    #[error("ring policy for {ring}: {field} must be greater than zero")]
+    ZeroBudget {
+        /// The ring.
+        ring: Ring,
+        /// The field name.
+        field: &'static str,
+    },
+}
+
+/// One capability: one WIT interface of the `agent-hypervisor:agent` package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Capability {
+    /// `context`: who am I.
+    Context = 0,
+    /// `log`: structured log lines.
+    Log = 1,
+    /// `vfs-read`: read / list / stat files.
+    VfsRead = 2,
+    /// `vfs-write`: write / append / delete / rename / create-dir.
+    VfsWrite = 3,
+    /// `actions`: host-registered reversible actions.
+    Actions = 4,
+    /// `effects`: host-registered non-reversible actions.
+    Effects = 5,
+}
+
+/// WIT interfaces that only define types: they grant nothing and are linked in every ring.
+pub const TYPE_ONLY_INTERFACES: &[&str] = &["types"];
+
+/// The WIT package every capability belongs to, with its version.
+pub const WIT_PACKAGE: &str = "agent-hypervisor:agent";
+/// The WIT package version the host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+impl Capability {
+    /// Every capability, in table order.
+    pub const ALL: [Capability; 6] = [
+        Capability::Context,
+        Capability::Log,
+        Capability::VfsRead,
+        Capability::VfsWrite,
+        Capability::Actions,
+        Capability::Effects,
+    ];
+
+    /// The WIT interface name (`vfs-write`).
+    pub const fn interface(self) -> &'static str {
+        match self {
+            Capability::Context => "context",
+            Capability::Log => "log",
+            Capability::VfsRead => "vfs-read",
+            Capability::VfsWrite => "vfs-write",
+            Capability::Actions => "actions",
+            Capability::Effects => "effects",
+        }
+    }
+
+    /// The functions of the interface, as named in WIT. Breach stubs are linked
+    /// for exactly these; a test compares them with `wit/`.
+    pub const fn functions(self) -> &'static [&'static str] {
+        match self {
+            Capability::Context => &["whoami", "current-ring"],
+            Capability::Log => &["log"],
+            Capability::VfsRead => &["read", "list-dir", "stat"],
+            Capability::VfsWrite => &["write", "append", "delete", "rename", "create-dir"],
+            Capability::Actions => &["invoke", "available"],
+            Capability::Effects => &["invoke", "available"],
+        }
+    }
+
+    /// The least privileged ring that has this capability in the default table.
+    pub const fn default_ring(self) -> Ring {
+        match self {
+            Capability::Context | Capability::Log | Capability::VfsRead => Ring::Sandbox,
+            Capability::VfsWrite | Capability::Actions => Ring::Standard,
+            Capability::Effects => Ring::Privileged,
+        }
+    }
+
+    /// The fully qualified, versioned instance name a component imports
+    /// (`agent-hypervisor:agent/vfs-write@0.1.0`).
+    pub fn instance_name(self) -> String {
+        format!("{WIT_PACKAGE}/{}@{WIT_VERSION}", self.interface())
+    }
+
+    /// The capability with this WIT interface name.
+    pub fn from_interface(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.interface() == name)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+/// A set of capabilities (a bit set: checking membership is one AND).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CapabilitySet(u32);
+
+impl CapabilitySet {
+    /// The empty set: grants nothing.
+    pub const EMPTY: CapabilitySet = CapabilitySet(0);
+
+    /// This set plus `cap`.
+    #[must_use]
+    pub const fn with(self, cap: Capability) -> CapabilitySet {
+        CapabilitySet(self.0 | (1 << cap as u8))
+    }
+
+    /// True when `cap` is in the set.
+    #[inline]
+    pub const fn contains(self, cap: Capability) -> bool {
+        self.0 & (1 << cap as u8) != 0
+    }
+
+    /// True when every capability of `other` is in `self`.
+    pub const fn is_superset_of(self, other: CapabilitySet) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The capabilities in the set, in table order.
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL.into_iter().filter(move |c| self.contains(*c))
+    }
+}
+
+impl FromIterator<Capability> for CapabilitySet {
+    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
+        iter.into_iter().fold(CapabilitySet::EMPTY, CapabilitySet::with)
+    }
+}
+
+/// The budgets of one ring. Every field is enforced by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingLimits {
+    /// Capabilities linked for real; all others are breach stubs.
+    pub capabilities: CapabilitySet,
+    /// Wasm fuel per call (roughly one unit per instruction).
+    pub fuel_per_call: u64,
+    /// Maximum linear memory per instance, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock deadline per call.
+    pub deadline: Duration,
+    /// Maximum live entries in the instance's resource table (WASI streams etc.).
+    pub max_resources: usize,
+    /// Maximum bytes the guest may pass to the host in one host call.
+    pub hostcall_bytes: usize,
+}
+
+impl RingLimits {
+    /// The default limits of `ring` (DESIGN.md §3).
+    pub fn default_for(ring: Ring) -> RingLimits {
+        const MIB: u64 = 1024 * 1024;
+        let capabilities = Capability::ALL.into_iter().filter(|c| ring.covers(c.default_ring())).collect();
+        let (fuel_per_call, memory_bytes, deadline_s, max_resources, hostcall_bytes) = match ring {
+            Ring::Sandbox => (100_000_000, 32 * MIB, 2, 256, 4 << 20),
+            Ring::Standard => (1_000_000_000, 128 * MIB, 30, 1024, 16 << 20),
+            Ring::Privileged => (10_000_000_000, 512 * MIB, 300, 4096, 64 << 20),
+            Ring::Root => (100_000_000_000, 1024 * MIB, 300, 16384, 128 << 20),
+        };
+        RingLimits {
+            capabilities,
+            fuel_per_call,
+            memory_bytes,
+            deadline: Duration::from_secs(deadline_s),
+            max_resources,
+            hostcall_bytes,
+        }
+    }
+}
+
+/// The ring table: limits for each of the four rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingPolicy {
+    rings: [RingLimits; 4],
+}
+
+impl Default for RingPolicy {
+    fn default() -> Self {
+        RingPolicy { rings: Ring::ALL.map(RingLimits::default_for) }
+    }
+}
+
+impl RingPolicy {
+    /// The limits of `ring`.
+    #[inline]
+    pub fn limits(&self, ring: Ring) -> &RingLimits {
+        &self.rings[ring.number() as usize]
+    }
+
+    /// Replaces the limits of `ring`.
+    ///
+    /// # Errors
+    /// [`RingError::ZeroBudget`] for a zero fuel, memory, deadline, resource or
+    /// host-call budget; [`RingError::NotMonotonic`] if the capability sets would
+    /// no longer grow with privilege.
+    pub fn set_limits(&mut self, ring: Ring, limits: RingLimits) -> Result<(), RingError> {
+        let zero = [
+            ("fuel_per_call", limits.fuel_per_call == 0),
+            ("memory_bytes", limits.memory_bytes == 0),
+            ("deadline", limits.deadline.is_zero()),
+            ("max_resources", limits.max_resources == 0),
+            ("hostcall_bytes", limits.hostcall_bytes == 0),
+        ];
+        if let Some((field, _)) = zero.into_iter().find(|(_, z)| *z) {
+            return Err(RingError::ZeroBudget { ring, field });
+        }
+        let mut next = self.clone();
+        next.rings[ring.number() as usize] = limits;
+        next.check_monotonic()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Builder form of [`RingPolicy::set_limits`].
+    ///
+    /// # Errors
+    /// As [`RingPolicy::set_limits`].
+    pub fn with_limits(mut self, ring: Ring, limits: RingLimits) -> Result<Self, RingError> {
+        self.set_limits(ring, limits)?;
+        Ok(self)
+    }
+
+    /// The least privileged ring whose capabilities include all of `needed`,
+    /// or `None` if no ring has them all.
+    pub fn lowest_ring_covering(&self, needed: CapabilitySet) -> Option<Ring> {
+        Ring::ALL.into_iter().rev().find(|r| self.limits(*r).capabilities.is_superset_of(needed))
+    }
+
+    fn check_monotonic(&self) -> Result<(), RingError> {
+        for pair in Ring::ALL.windows(2) {
+            let (higher, lower) = (pair[0], pair[1]);
+            let (h, l) = (self.limits(higher).capabilities, self.limits(lower).capabilities);
+            if let Some(capability) = l.iter().find(|c| !h.contains(*c)) {
+                return Err(RingError::NotMonotonic { lower, higher, capability });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_matches_design() {
+        let p = RingPolicy::default();
+        let caps = |r| p.limits(r).capabilities.iter().map(Capability::interface).collect::<Vec<_>>();
+        assert_eq!(caps(Ring::Sandbox), ["context", "log", "vfs-read"]);
+        assert_eq!(caps(Ring::Standard), ["context", "log", "vfs-read", "vfs-write", "actions"]);
+        assert_eq!(caps(Ring::Privileged), ["context", "log", "vfs-read", "vfs-write", "actions", "effects"]);
+        assert_eq!(caps(Ring::Root), caps(Ring::Privileged));
+        assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);
+        assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
+        assert_eq!(p.limits(Ring::Standard).deadline, Duration::from_secs(30));
+        assert_eq!(p.limits(Ring::Root).memory_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn lowest_ring_is_the_least_privileged_that_covers() {
+        let p = RingPolicy::default();
+        let set = |cs: &[Capability]| cs.iter().copied().collect::<CapabilitySet>();
+        assert_eq!(p.lowest_ring_covering(CapabilitySet::EMPTY), Some(Ring::Sandbox));
+        assert_eq!(p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsRead])), Some(Ring::Sandbox));
+        assert_eq!(p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsWrite])), Some(Ring::Standard));
+        assert_eq!(p.lowest_ring_covering(set(&[Capability::Effects])), Some(Ring::Privileged));
+    }
+
+    #[test]
+    fn ring_parses_numbers_and_names_and_rejects_others() {
+        assert_eq!("2".parse::<Ring>(), Ok(Ring::Standard));
+        assert_eq!("sandbox".parse::<Ring>(), Ok(Ring::Sandbox));
+        assert_eq!("4".parse::<Ring>(), Err(RingError::OutOfRange { value: 4 }));
+        assert_eq!("99999999999".parse::<Ring>(), Err(RingError::OutOfRange { value: 99_999_999_999 }));
+        assert!(matches!("admin".parse::<Ring>(), Err(RingError::UnknownName { .. })));
+        assert!(Ring::Root.covers(Ring::Sandbox) && !Ring::Sandbox.covers(Ring::Standard));
+    }
+
+    #[test]
+    fn policy_refuses_non_monotonic_capabilities_and_zero_budgets() {
+        let mut p = RingPolicy::default();
+        let mut sandbox = RingLimits::default_for(Ring::Sandbox);
+        sandbox.capabilities = sandbox.capabilities.with(Capability::Effects);
+        let err = p.set_limits(Ring::Sandbox, sandbox).unwrap_err();
+        assert_eq!(
+            err,
+            RingError::NotMonotonic { lower: Ring::Sandbox, higher: Ring::Standard, capability: Capability::Effects }
+        );
+        let mut zero = RingLimits::default_for(Ring::Standard);
+        zero.fuel_per_call = 0;
+        assert_eq!(
+            p.set_limits(Ring::Standard, zero),
+            Err(RingError::ZeroBudget { ring: Ring::Standard, field: "fuel_per_call" })
+        );
+        assert_eq!(p, RingPolicy::default(), "a refused change leaves the policy as it was");
+    }
+
+    #[test]
+    fn capability_set_membership() {
+        let s = CapabilitySet::EMPTY.with(Capability::VfsRead).with(Capability::Effects);
+        assert!(s.contains(Capability::VfsRead) && s.contains(Capability::Effects));
+        assert!(!s.contains(Capability::VfsWrite));
+        assert_eq!(s.iter().count(), 2);
+        assert_eq!(Capability::VfsWrite.instance_name(), "agent-hypervisor:agent/vfs-write@0.1.0");
+        assert_eq!(Capability::from_interface("effects"), Some(Capability::Effects));
+        assert_eq!(Capability::from_interface("admin"), None);
+    }
+}
