@@ -1,1 +1,27 @@
-//! placeholder
+//! # ahv-governance: the rules, as plain Rust
+//!
+//! Everything here is domain logic with typed errors and no wasmtime: the
+//! runtime's host functions are thin adapters over these types.
+//!
+//! - [`path`]: guest path validation and normalisation;
+//! - [`vfs`]: an agent's files over a `cap_std::fs::Dir`;
+//! - [`actions`]: host-registered reversible actions and effects.
+//!
+//! ```
+//! use ahv_governance::vfs::{Vfs, VfsError, VfsLimits};
+//! use ahv_governance::path::PathError;
+//! use cap_std::{ambient_authority, fs::Dir};
+//!
+//! let tmp = tempfile::tempdir()?;
+//! let vfs = Vfs::new(Dir::open_ambient_dir(tmp.path(), ambient_authority())?, VfsLimits::default());
+//! vfs.write("notes/today.md", b"- buy milk\n")?;
+//! assert_eq!(vfs.read("notes/today.md")?, b"- buy milk\n");
+//! // Nothing outside the directory is reachable.
+//! assert!(matches!(vfs.read("../etc/passwd"), Err(VfsError::InvalidPath(PathError::Parent { .. }))));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod actions;
+pub mod path;
+pub mod vfs;

@@ -1,0 +1,424 @@
+//! Host-registered actions: reversible ones (with an undo the host keeps) and
+//! non-reversible effects.
+//!
+//! The registry is empty by default: an agent can run only what the host
+//! registered. Guests reach reversible actions through the `actions`
+//! capability (ring 2 and below) and effects through `effects` (ring 1 and
+//! below). [`builtin`] has the two actions the `ahv` CLI offers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ahv_core::{AgentId, IdError};
+use thiserror::Error;
+
+use crate::vfs::{Vfs, VfsError};
+
+/// Largest argument string an action accepts, in bytes.
+pub const MAX_ARGS_BYTES: usize = 64 * 1024;
+
+/// What an action may use: who called it and that agent's files.
+#[derive(Clone, Copy)]
+pub struct ActionContext<'a> {
+    /// The calling agent.
+    pub agent: &'a AgentId,
+    /// The calling agent's files.
+    pub vfs: &'a Vfs,
+}
+
+/// The result of a reversible action: its output for the guest and the data
+/// needed to undo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// Returned to the guest.
+    pub output: String,
+    /// Kept by the host; passed back to [`ReversibleAction::compensate`].
+    pub undo: String,
+}
+
+/// An action with an undo.
+pub trait ReversibleAction: Send + Sync {
+    /// One line saying what the action does.
+    fn description(&self) -> &str;
+    /// Does the work.
+    ///
+    /// # Errors
+    /// [`ActionError`] when the arguments are bad or the work fails.
+    fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<Executed, ActionError>;
+    /// Undoes one earlier execution, given its `undo` data.
+    ///
+    /// # Errors
+    /// [`ActionError`] when the undo is no longer possible.
+    fn compensate(&self, ctx: ActionContext<'_>, undo: &str) -> Result<(), ActionError>;
+}
+
+/// An action that cannot be undone.
+pub trait Effect: Send + Sync {
+    /// One line saying what the effect does.
+    fn description(&self) -> &str;
+    /// Does the work and returns its output for the guest.
+    ///
+    /// # Errors
+    /// [`ActionError`] when the arguments are bad or the work fails.
+    fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<String, ActionError>;
+}
+
+/// Why an action was refused or failed.
+#[derive(Debug, Error)]
+pub enum ActionError {
+    /// No action of that kind is registered under the name.
+    #[error("no {kind} named {name:?} is registered")]
+    Unknown {
+        /// `action` or `effect`.
+        kind: &'static str,
+        /// The name asked for (truncated).
+        name: String,
+    },
+    /// The arguments were refused.
+    #[error("{name}: bad arguments: {reason}")]
+    InvalidArgs {
+        /// The action.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The action ran and failed.
+    #[error("{name} failed: {reason}")]
+    Failed {
+        /// The action.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The action's file work failed.
+    #[error("{name}: {source}")]
+    Vfs {
+        /// The action.
+        name: String,
+        /// The VFS error.
+        #[source]
+        source: VfsError,
+    },
+    /// Registration with a bad name.
+    #[error("action name: {0}")]
+    BadName(#[from] IdError),
+    /// Registration under a name already taken.
+    #[error("an action or effect named {name:?} is already registered")]
+    Duplicate {
+        /// The name.
+        name: String,
+    },
+}
+
+/// A performed reversible action, as the host keeps it for compensation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndoRecord {
+    /// The action's name.
+    pub action: String,
+    /// The agent that ran it.
+    pub agent: AgentId,
+    /// What the action returned.
+    pub output: String,
+    /// The action's undo data.
+    pub undo: String,
+}
+
+/// The actions and effects a host offers. Empty by default (grants nothing).
+#[derive(Clone, Default)]
+pub struct ActionRegistry {
+    reversible: BTreeMap<String, Arc<dyn ReversibleAction>>,
+    effects: BTreeMap<String, Arc<dyn Effect>>,
+}
+
+impl fmt::Debug for ActionRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActionRegistry")
+            .field("reversible", &self.reversible.keys().collect::<Vec<_>>())
+            .field("effects", &self.effects.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn check_args(name: &str, args: &str) -> Result<(), ActionError> {
+    if args.len() > MAX_ARGS_BYTES {
+        return Err(ActionError::InvalidArgs {
+            name: name.to_string(),
+            reason: format!("{} bytes; the limit is {MAX_ARGS_BYTES}", args.len()),
+        });
+    }
+    Ok(())
+}
+
+fn unknown(kind: &'static str, name: &str) -> ActionError {
+    ActionError::Unknown { kind, name: name.chars().take(64).collect() }
+}
+
+impl ActionRegistry {
+    /// An empty registry.
+    pub fn new() -> ActionRegistry {
+        ActionRegistry::default()
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), ActionError> {
+        AgentId::new(name)?;
+        if self.reversible.contains_key(name) || self.effects.contains_key(name) {
+            return Err(ActionError::Duplicate { name: name.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Registers a reversible action under `name` (validated like an agent id).
+    ///
+    /// # Errors
+    /// `BadName` or `Duplicate`.
+    pub fn register_reversible(
+        &mut self,
+        name: &str,
+        action: impl ReversibleAction + 'static,
+    ) -> Result<&mut Self, ActionError> {
+        self.check_name(name)?;
+        self.reversible.insert(name.to_string(), Arc::new(action));
+        Ok(self)
+    }
+
+    /// Registers a non-reversible effect under `name`.
+    ///
+    /// # Errors
+    /// `BadName` or `Duplicate`.
+    pub fn register_effect(&mut self, name: &str, effect: impl Effect + 'static) -> Result<&mut Self, ActionError> {
+        self.check_name(name)?;
+        self.effects.insert(name.to_string(), Arc::new(effect));
+        Ok(self)
+    }
+
+    /// Names of the reversible actions.
+    pub fn reversible_names(&self) -> Vec<String> {
+        self.reversible.keys().cloned().collect()
+    }
+
+    /// Names of the effects.
+    pub fn effect_names(&self) -> Vec<String> {
+        self.effects.keys().cloned().collect()
+    }
+
+    /// (name, description) of every action and effect, for help texts.
+    pub fn describe(&self) -> Vec<(String, &'static str, String)> {
+        let r = self.reversible.iter().map(|(n, a)| (n.clone(), "reversible", a.description().to_string()));
+        let e = self.effects.iter().map(|(n, a)| (n.clone(), "effect", a.description().to_string()));
+        r.chain(e).collect()
+    }
+
+    /// Runs a reversible action and returns its undo record.
+    ///
+    /// # Errors
+    /// `Unknown`, `InvalidArgs` (over [`MAX_ARGS_BYTES`]) or the action's own error.
+    pub fn invoke_reversible(
+        &self,
+        ctx: ActionContext<'_>,
+        name: &str,
+        args: &str,
+    ) -> Result<UndoRecord, ActionError> {
+        let action = self.reversible.get(name).ok_or_else(|| unknown("action", name))?;
+        check_args(name, args)?;
+        let done = action.execute(ctx, args)?;
+        tracing::debug!(agent = %ctx.agent, action = name, "reversible action executed");
+        Ok(UndoRecord { action: name.to_string(), agent: ctx.agent.clone(), output: done.output, undo: done.undo })
+    }
+
+    /// Undoes a performed reversible action.
+    ///
+    /// # Errors
+    /// `Unknown` if the action is no longer registered, or the action's own error.
+    pub fn compensate(&self, ctx: ActionContext<'_>, record: &UndoRecord) -> Result<(), ActionError> {
+        let action = self.reversible.get(&record.action).ok_or_else(|| unknown("action", &record.action))?;
+        action.compensate(ctx, &record.undo)
+    }
+
+    /// Runs a non-reversible effect.
+    ///
+    /// # Errors
+    /// `Unknown`, `InvalidArgs` or the effect's own error.
+    pub fn invoke_effect(&self, ctx: ActionContext<'_>, name: &str, args: &str) -> Result<String, ActionError> {
+        let effect = self.effects.get(name).ok_or_else(|| unknown("effect", name))?;
+        check_args(name, args)?;
+        let out = effect.execute(ctx, args)?;
+        tracing::debug!(agent = %ctx.agent, effect = name, "effect executed");
+        Ok(out)
+    }
+}
+
+/// The actions the `ahv` CLI registers.
+pub mod builtin {
+    use super::*;
+
+    /// Where `note.append` writes.
+    pub const JOURNAL: &str = "journal/notes.log";
+    /// Where `notify.send` writes.
+    pub const OUTBOX: &str = "outbox/notifications.log";
+    /// Longest line either action accepts.
+    pub const MAX_LINE: usize = 4096;
+
+    fn one_line(name: &str, args: &str) -> Result<(), ActionError> {
+        let bad = |reason: String| Err(ActionError::InvalidArgs { name: name.to_string(), reason });
+        if args.is_empty() {
+            return bad("empty text".into());
+        }
+        if args.len() > MAX_LINE {
+            return bad(format!("{} bytes; the limit is {MAX_LINE}", args.len()));
+        }
+        if args.contains(['\n', '\r']) {
+            return bad("text must be one line".into());
+        }
+        Ok(())
+    }
+
+    fn vfs_err(name: &str) -> impl FnOnce(VfsError) -> ActionError + '_ {
+        move |source| ActionError::Vfs { name: name.to_string(), source }
+    }
+
+    /// `note.append` (reversible): appends `"<agent>: <text>\n"` to [`JOURNAL`].
+    /// Its undo removes exactly that line, and refuses if the journal changed
+    /// after it in any other way than further appends being undone first.
+    #[derive(Debug, Default)]
+    pub struct NoteAppend;
+
+    impl ReversibleAction for NoteAppend {
+        fn description(&self) -> &str {
+            "append one line to journal/notes.log (undo removes it)"
+        }
+
+        fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<Executed, ActionError> {
+            const NAME: &str = "note.append";
+            one_line(NAME, args)?;
+            let before = match ctx.vfs.stat(JOURNAL) {
+                Ok(s) => s.size,
+                Err(VfsError::NotFound { .. }) => 0,
+                Err(e) => return Err(vfs_err(NAME)(e)),
+            };
+            let line = format!("{}: {args}\n", ctx.agent);
+            ctx.vfs.append(JOURNAL, line.as_bytes()).map_err(vfs_err(NAME))?;
+            Ok(Executed {
+                output: format!("appended {} bytes to {JOURNAL} at offset {before}", line.len()),
+                undo: format!("{before}:{}", line.len()),
+            })
+        }
+
+        fn compensate(&self, ctx: ActionContext<'_>, undo: &str) -> Result<(), ActionError> {
+            const NAME: &str = "note.append";
+            let failed = |reason: String| ActionError::Failed { name: NAME.into(), reason };
+            let (before, len) = undo
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                .ok_or_else(|| failed(format!("malformed undo data {undo:?}")))?;
+            let size = ctx.vfs.stat(JOURNAL).map_err(vfs_err(NAME))?.size;
+            if size != before + len {
+                return Err(failed(format!(
+                    "{JOURNAL} is {size} bytes, expected {}: it changed after this append",
+                    before + len
+                )));
+            }
+            ctx.vfs.truncate(JOURNAL, before).map_err(vfs_err(NAME))
+        }
+    }
+
+    /// `notify.send` (effect): appends `"<agent>: <message>\n"` to [`OUTBOX`],
+    /// standing in for a message that leaves the system and cannot be recalled.
+    #[derive(Debug, Default)]
+    pub struct NotifySend;
+
+    impl Effect for NotifySend {
+        fn description(&self) -> &str {
+            "send a notification (appended to outbox/notifications.log; cannot be undone)"
+        }
+
+        fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<String, ActionError> {
+            const NAME: &str = "notify.send";
+            one_line(NAME, args)?;
+            ctx.vfs.append(OUTBOX, format!("{}: {args}\n", ctx.agent).as_bytes()).map_err(vfs_err(NAME))?;
+            let count = ctx.vfs.read(OUTBOX).map_err(vfs_err(NAME))?.iter().filter(|b| **b == b'\n').count();
+            Ok(format!("notification #{count} sent"))
+        }
+    }
+
+    /// A registry with `note.append` and `notify.send`.
+    pub fn registry() -> ActionRegistry {
+        let mut r = ActionRegistry::new();
+        r.reversible.insert("note.append".into(), Arc::new(NoteAppend));
+        r.effects.insert("notify.send".into(), Arc::new(NotifySend));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::VfsLimits;
+
+    fn vfs() -> (tempfile::TempDir, Vfs) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        (t, Vfs::new(dir, VfsLimits::default()))
+    }
+
+    #[test]
+    fn empty_registry_grants_nothing() {
+        let (_t, vfs) = vfs();
+        let agent = AgentId::new("a").unwrap();
+        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let r = ActionRegistry::new();
+        assert!(matches!(r.invoke_reversible(ctx, "note.append", "x"), Err(ActionError::Unknown { kind: "action", .. })));
+        assert!(matches!(r.invoke_effect(ctx, "notify.send", "x"), Err(ActionError::Unknown { kind: "effect", .. })));
+    }
+
+    #[test]
+    fn reversible_and_effect_names_do_not_mix() {
+        let (_t, vfs) = vfs();
+        let agent = AgentId::new("a").unwrap();
+        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let r = builtin::registry();
+        assert!(matches!(r.invoke_effect(ctx, "note.append", "x"), Err(ActionError::Unknown { .. })));
+        assert!(matches!(r.invoke_reversible(ctx, "notify.send", "x"), Err(ActionError::Unknown { .. })));
+        assert_eq!(r.reversible_names(), ["note.append"]);
+        assert_eq!(r.effect_names(), ["notify.send"]);
+    }
+
+    #[test]
+    fn note_append_undo_restores_the_journal_exactly() {
+        let (_t, vfs) = vfs();
+        let agent = AgentId::new("did:ex:a").unwrap();
+        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let r = builtin::registry();
+        let first = r.invoke_reversible(ctx, "note.append", "one").unwrap();
+        let second = r.invoke_reversible(ctx, "note.append", "two").unwrap();
+        assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"did:ex:a: one\ndid:ex:a: two\n");
+        assert!(matches!(r.compensate(ctx, &first), Err(ActionError::Failed { .. })), "out of order");
+        r.compensate(ctx, &second).unwrap();
+        r.compensate(ctx, &first).unwrap();
+        assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"");
+    }
+
+    #[test]
+    fn builtins_refuse_bad_arguments() {
+        let (_t, vfs) = vfs();
+        let agent = AgentId::new("a").unwrap();
+        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let r = builtin::registry();
+        for bad in ["", "two\nlines"] {
+            assert!(matches!(r.invoke_effect(ctx, "notify.send", bad), Err(ActionError::InvalidArgs { .. })));
+        }
+        let huge = "x".repeat(MAX_ARGS_BYTES + 1);
+        assert!(matches!(r.invoke_reversible(ctx, "note.append", &huge), Err(ActionError::InvalidArgs { .. })));
+        assert!(matches!(vfs.read(builtin::OUTBOX), Err(VfsError::NotFound { .. })), "nothing sent");
+        assert_eq!(r.invoke_effect(ctx, "notify.send", "hi").unwrap(), "notification #1 sent");
+        assert_eq!(r.invoke_effect(ctx, "notify.send", "again").unwrap(), "notification #2 sent");
+    }
+
+    #[test]
+    fn registration_validates_names() {
+        let mut r = ActionRegistry::new();
+        assert!(matches!(r.register_effect("bad name", builtin::NotifySend), Err(ActionError::BadName(_))));
+        r.register_effect("x.y", builtin::NotifySend).unwrap();
+        assert!(matches!(r.register_reversible("x.y", builtin::NoteAppend), Err(ActionError::Duplicate { .. })));
+    }
+}

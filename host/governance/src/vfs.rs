@@ -1,0 +1,447 @@
+//! The agent's files: a directory handle (`cap_std::fs::Dir`) and the rules
+//! around it.
+//!
+//! Every operation validates its path with [`VfsPath`] first, then works only
+//! through the directory handle, so nothing outside the directory is reachable:
+//! `..` and absolute paths never get this far, and cap-std refuses any symlink
+//! that resolves outside. Entries that are symlinks are never modified
+//! (written, appended, renamed, deleted): the guest cannot create them, so any
+//! symlink was planted by someone else and is treated as hostile.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cap_std::fs::{Dir, OpenOptions};
+use thiserror::Error;
+
+use crate::path::{PathError, VfsPath};
+
+/// Size limits of one VFS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfsLimits {
+    /// Largest file that may be written or read, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest number of entries a directory listing returns.
+    pub max_list_entries: usize,
+}
+
+impl Default for VfsLimits {
+    fn default() -> Self {
+        VfsLimits { max_file_bytes: 16 << 20, max_list_entries: 10_000 }
+    }
+}
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+}
+
+/// Metadata of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+}
+
+/// Why a VFS operation was refused or failed. Messages never contain host paths.
+#[derive(Debug, Error)]
+pub enum VfsError {
+    /// The guest path is not valid.
+    #[error(transparent)]
+    InvalidPath(#[from] PathError),
+    /// Nothing exists at the path.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The normalised path.
+        path: String,
+    },
+    /// Something already exists at the path.
+    #[error("{path}: already exists")]
+    AlreadyExists {
+        /// The normalised path.
+        path: String,
+    },
+    /// Policy refuses the operation on this path.
+    #[error("{path}: {reason}")]
+    Denied {
+        /// The normalised path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A size or count limit.
+    #[error("{path}: {reason}")]
+    Quota {
+        /// The normalised path.
+        path: String,
+        /// Which limit.
+        reason: String,
+    },
+    /// Another I/O failure.
+    #[error("{op} {path}: {message}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The normalised path.
+        path: String,
+        /// The OS's description (no host paths).
+        message: String,
+    },
+}
+
+impl VfsError {
+    fn from_io(op: &'static str, path: &VfsPath, e: io::Error) -> VfsError {
+        let path = path.as_str().to_string();
+        match e.kind() {
+            io::ErrorKind::NotFound => VfsError::NotFound { path },
+            io::ErrorKind::AlreadyExists => VfsError::AlreadyExists { path },
+            // cap-std reports every attempt to leave the directory as PermissionDenied.
+            io::ErrorKind::PermissionDenied => VfsError::Denied { path, reason: e.to_string() },
+            _ => VfsError::Io { op, path, message: e.to_string() },
+        }
+    }
+}
+
+/// The agent's files: one directory, reached only through a capability handle.
+#[derive(Debug)]
+pub struct Vfs {
+    dir: Dir,
+    limits: VfsLimits,
+    tmp_counter: AtomicU64,
+}
+
+impl Vfs {
+    /// Wraps a directory handle.
+    pub fn new(dir: Dir, limits: VfsLimits) -> Vfs {
+        Vfs { dir, limits, tmp_counter: AtomicU64::new(0) }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &VfsLimits {
+        &self.limits
+    }
+
+    /// Reads a whole file.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` (escape), `Quota` (larger than
+    /// `max_file_bytes`) or `Io` (a directory, for example).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, VfsError> {
+        let p = VfsPath::parse(path)?;
+        let file = self.dir.open(p.as_str()).map_err(|e| VfsError::from_io("read", &p, e))?;
+        let meta = file.metadata().map_err(|e| VfsError::from_io("read", &p, e))?;
+        if meta.is_dir() {
+            return Err(VfsError::Io { op: "read", path: p.to_string(), message: "is a directory".into() });
+        }
+        let max = self.limits.max_file_bytes;
+        if meta.len() > max {
+            return Err(VfsError::Quota {
+                path: p.to_string(),
+                reason: format!("file is {} bytes; the read limit is {max}", meta.len()),
+            });
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        // `take` bounds the read even if the file grows meanwhile.
+        file.take(max + 1).read_to_end(&mut buf).map_err(|e| VfsError::from_io("read", &p, e))?;
+        if buf.len() as u64 > max {
+            return Err(VfsError::Quota { path: p.to_string(), reason: format!("file exceeds the read limit {max}") });
+        }
+        Ok(buf)
+    }
+
+    /// Lists a directory: sorted names, the host's reserved names hidden.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied`, `Quota` (more than
+    /// `max_list_entries` entries) or `Io`.
+    pub fn list(&self, path: &str) -> Result<Vec<String>, VfsError> {
+        let p = VfsPath::parse_dir(path)?;
+        let entries = self.dir.read_dir(p.as_str()).map_err(|e| VfsError::from_io("list", &p, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| VfsError::from_io("list", &p, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::path::RESERVED_PREFIX) {
+                continue;
+            }
+            if names.len() == self.limits.max_list_entries {
+                return Err(VfsError::Quota {
+                    path: p.to_string(),
+                    reason: format!("directory has more than {} entries", self.limits.max_list_entries),
+                });
+            }
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Describes one entry (following symlinks that stay inside).
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn stat(&self, path: &str) -> Result<Stat, VfsError> {
+        let p = VfsPath::parse_dir(path)?;
+        let meta = self.dir.metadata(p.as_str()).map_err(|e| VfsError::from_io("stat", &p, e))?;
+        Ok(if meta.is_dir() {
+            Stat { kind: EntryKind::Directory, size: 0 }
+        } else {
+            Stat { kind: EntryKind::File, size: meta.len() }
+        })
+    }
+
+    /// Replaces or creates a file atomically (temporary file + rename),
+    /// creating parent directories.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `Quota` (content larger than `max_file_bytes`), `Denied`
+    /// (a symlink, or an escape through one) or `Io`.
+    pub fn write(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
+        let p = VfsPath::parse(path)?;
+        self.check_size(&p, contents.len() as u64)?;
+        self.refuse_symlink(&p)?;
+        self.create_parent(&p)?;
+        let tmp = self.tmp_name(&p);
+        let result = (|| {
+            let mut f = self.dir.create(&tmp)?;
+            f.write_all(contents)?;
+            f.sync_data()?;
+            self.dir.rename(&tmp, &self.dir, p.as_str())
+        })();
+        result.map_err(|e| {
+            // Best effort: the temporary file is hidden from guests either way.
+            let _ = self.dir.remove_file(&tmp);
+            VfsError::from_io("write", &p, e)
+        })
+    }
+
+    /// Appends to a file, creating it and its parents if needed.
+    ///
+    /// # Errors
+    /// As [`Vfs::write`]; `Quota` if the file would exceed `max_file_bytes`.
+    pub fn append(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
+        let p = VfsPath::parse(path)?;
+        self.refuse_symlink(&p)?;
+        self.create_parent(&p)?;
+        let mut f = self
+            .dir
+            .open_with(p.as_str(), OpenOptions::new().append(true).create(true))
+            .map_err(|e| VfsError::from_io("append", &p, e))?;
+        let len = f.metadata().map_err(|e| VfsError::from_io("append", &p, e))?.len();
+        self.check_size(&p, len.saturating_add(contents.len() as u64))?;
+        f.write_all(contents).map_err(|e| VfsError::from_io("append", &p, e))
+    }
+
+    /// Shortens a file to `len` bytes (host use: undoing an append).
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn truncate(&self, path: &str, len: u64) -> Result<(), VfsError> {
+        let p = VfsPath::parse(path)?;
+        self.refuse_symlink(&p)?;
+        let f = self
+            .dir
+            .open_with(p.as_str(), OpenOptions::new().write(true))
+            .map_err(|e| VfsError::from_io("truncate", &p, e))?;
+        f.set_len(len).map_err(|e| VfsError::from_io("truncate", &p, e))
+    }
+
+    /// Deletes a file or an empty directory.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` (a symlink) or `Io` (a non-empty directory).
+    pub fn delete(&self, path: &str) -> Result<(), VfsError> {
+        let p = VfsPath::parse(path)?;
+        let meta = self.dir.symlink_metadata(p.as_str()).map_err(|e| VfsError::from_io("delete", &p, e))?;
+        if meta.file_type().is_symlink() {
+            return Err(symlink_denied(&p));
+        }
+        let r = if meta.is_dir() { self.dir.remove_dir(p.as_str()) } else { self.dir.remove_file(p.as_str()) };
+        r.map_err(|e| VfsError::from_io("delete", &p, e))
+    }
+
+    /// Renames `src` to `dst`; `dst` must not exist. Creates `dst`'s parents.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `AlreadyExists`, `Denied` (a symlink) or `Io`.
+    pub fn rename(&self, src: &str, dst: &str) -> Result<(), VfsError> {
+        let s = VfsPath::parse(src)?;
+        let d = VfsPath::parse(dst)?;
+        let meta = self.dir.symlink_metadata(s.as_str()).map_err(|e| VfsError::from_io("rename", &s, e))?;
+        if meta.file_type().is_symlink() {
+            return Err(symlink_denied(&s));
+        }
+        match self.dir.symlink_metadata(d.as_str()) {
+            Ok(_) => return Err(VfsError::AlreadyExists { path: d.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(VfsError::from_io("rename", &d, e)),
+        }
+        self.create_parent(&d)?;
+        self.dir.rename(s.as_str(), &self.dir, d.as_str()).map_err(|e| VfsError::from_io("rename", &d, e))
+    }
+
+    /// Creates a directory and its parents (no error if it exists).
+    ///
+    /// # Errors
+    /// `InvalidPath`, `Denied` or `Io` (a file is in the way).
+    pub fn create_dir(&self, path: &str) -> Result<(), VfsError> {
+        let p = VfsPath::parse(path)?;
+        self.dir.create_dir_all(p.as_str()).map_err(|e| VfsError::from_io("create-dir", &p, e))
+    }
+
+    fn check_size(&self, p: &VfsPath, size: u64) -> Result<(), VfsError> {
+        let max = self.limits.max_file_bytes;
+        if size > max {
+            return Err(VfsError::Quota {
+                path: p.to_string(),
+                reason: format!("file would be {size} bytes; the limit is {max}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn refuse_symlink(&self, p: &VfsPath) -> Result<(), VfsError> {
+        match self.dir.symlink_metadata(p.as_str()) {
+            Ok(m) if m.file_type().is_symlink() => Err(symlink_denied(p)),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VfsError::from_io("stat", p, e)),
+        }
+    }
+
+    fn create_parent(&self, p: &VfsPath) -> Result<(), VfsError> {
+        match p.parent() {
+            Some(parent) => {
+                self.dir.create_dir_all(parent.as_str()).map_err(|e| VfsError::from_io("create-dir", &parent, e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn tmp_name(&self, p: &VfsPath) -> String {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-tmp-{}-{n}", crate::path::RESERVED_PREFIX, std::process::id());
+        match p.parent() {
+            Some(parent) => format!("{parent}/{name}"),
+            None => name,
+        }
+    }
+}
+
+fn symlink_denied(p: &VfsPath) -> VfsError {
+    VfsError::Denied { path: p.to_string(), reason: "is a symbolic link; links are never modified".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf, Vfs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let inner = tmp.path().join("agent");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(tmp.path().join("sentinel.txt"), b"outside").unwrap();
+        let dir = Dir::open_ambient_dir(&inner, ambient_authority()).unwrap();
+        let limits = VfsLimits { max_file_bytes: 1024, max_list_entries: 5 };
+        (tmp, inner, Vfs::new(dir, limits))
+    }
+
+    #[test]
+    fn write_read_list_stat_round_trip() {
+        let (_t, inner, vfs) = setup();
+        vfs.write("notes/today.md", b"hello").unwrap();
+        assert_eq!(vfs.read("notes/today.md").unwrap(), b"hello");
+        assert_eq!(vfs.read("./notes//today.md").unwrap(), b"hello");
+        assert_eq!(std::fs::read(inner.join("notes/today.md")).unwrap(), b"hello");
+        vfs.append("notes/today.md", b" world").unwrap();
+        assert_eq!(vfs.read("notes/today.md").unwrap(), b"hello world");
+        assert_eq!(vfs.list(".").unwrap(), ["notes"]);
+        assert_eq!(vfs.list("notes").unwrap(), ["today.md"]);
+        assert_eq!(vfs.stat("notes/today.md").unwrap(), Stat { kind: EntryKind::File, size: 11 });
+        assert_eq!(vfs.stat("notes").unwrap().kind, EntryKind::Directory);
+        vfs.rename("notes/today.md", "archive/old.md").unwrap();
+        assert!(matches!(vfs.read("notes/today.md"), Err(VfsError::NotFound { .. })));
+        assert_eq!(vfs.read("archive/old.md").unwrap(), b"hello world");
+        vfs.truncate("archive/old.md", 5).unwrap();
+        assert_eq!(vfs.read("archive/old.md").unwrap(), b"hello");
+        vfs.delete("archive/old.md").unwrap();
+        vfs.delete("archive").unwrap();
+        vfs.delete("notes").unwrap();
+        assert!(vfs.list(".").unwrap().is_empty());
+    }
+
+    #[test]
+    fn writes_leave_no_temporary_files_visible() {
+        let (_t, inner, vfs) = setup();
+        vfs.write("a.txt", b"1").unwrap();
+        vfs.write("a.txt", b"2").unwrap();
+        assert_eq!(vfs.list(".").unwrap(), ["a.txt"]);
+        let on_disk: Vec<_> = std::fs::read_dir(&inner).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(on_disk, ["a.txt"]);
+    }
+
+    #[test]
+    fn missing_existing_and_directory_errors_are_specific() {
+        let (_t, _i, vfs) = setup();
+        assert!(matches!(vfs.read("nope.txt"), Err(VfsError::NotFound { path }) if path == "nope.txt"));
+        assert!(matches!(vfs.delete("nope.txt"), Err(VfsError::NotFound { .. })));
+        vfs.write("a", b"").unwrap();
+        vfs.write("b", b"").unwrap();
+        assert!(matches!(vfs.rename("a", "b"), Err(VfsError::AlreadyExists { path }) if path == "b"));
+        vfs.create_dir("d/e").unwrap();
+        assert!(matches!(vfs.read("d"), Err(VfsError::Io { op: "read", .. })));
+        assert!(matches!(vfs.delete("d"), Err(VfsError::Io { op: "delete", .. })), "non-empty dir");
+    }
+
+    #[test]
+    fn quotas_refuse_without_changing_existing_data() {
+        let (_t, _i, vfs) = setup();
+        vfs.write("f", b"keep").unwrap();
+        assert!(matches!(vfs.write("f", &[0u8; 1025]), Err(VfsError::Quota { .. })));
+        assert!(matches!(vfs.append("f", &[0u8; 1021]), Err(VfsError::Quota { .. })));
+        assert_eq!(vfs.read("f").unwrap(), b"keep");
+        for i in 0..5 {
+            vfs.write(&format!("g{i}"), b"").unwrap();
+        }
+        assert!(matches!(vfs.list("."), Err(VfsError::Quota { .. })), "6 entries > 5");
+    }
+
+    #[test]
+    fn escapes_are_refused_and_outside_is_untouched() {
+        let (t, inner, vfs) = setup();
+        std::os::unix::fs::symlink(t.path(), inner.join("escape-link")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("sentinel.txt"), inner.join("file-link")).unwrap();
+        assert!(matches!(vfs.read("../sentinel.txt"), Err(VfsError::InvalidPath(PathError::Parent { .. }))));
+        assert!(matches!(vfs.read("/etc/passwd"), Err(VfsError::InvalidPath(PathError::Absolute { .. }))));
+        assert!(matches!(vfs.read("escape-link/sentinel.txt"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.read("file-link"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.list("escape-link"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.write("escape-link/new.txt", b"x"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.write("file-link", b"x"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.append("file-link", b"x"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.truncate("file-link", 0), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.delete("file-link"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.rename("escape-link", "mine"), Err(VfsError::Denied { .. })));
+        assert!(matches!(vfs.create_dir("escape-link/sub"), Err(VfsError::Denied { .. })));
+        vfs.write("inside.txt", b"i").unwrap();
+        assert!(matches!(vfs.rename("inside.txt", "escape-link/x"), Err(VfsError::Denied { .. })));
+        assert_eq!(std::fs::read(t.path().join("sentinel.txt")).unwrap(), b"outside");
+        let outside: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(outside.len(), 2, "only agent/ and sentinel.txt outside: {outside:?}");
+    }
+
+    #[test]
+    fn in_directory_symlinks_may_be_read() {
+        let (_t, inner, vfs) = setup();
+        vfs.write("real.txt", b"real").unwrap();
+        std::os::unix::fs::symlink("real.txt", inner.join("alias")).unwrap();
+        assert_eq!(vfs.read("alias").unwrap(), b"real");
+    }
+}
