@@ -12,12 +12,20 @@ use std::process::Command;
 use std::{env, fs};
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let agents_dir = manifest_dir.parent().expect("example-agents dir").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let agents_dir = manifest_dir
+        .parent()
+        .expect("example-agents dir")
+        .to_path_buf();
     let root = agents_dir.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
-    let target_root = out_dir.ancestors().nth(4).expect("target dir").to_path_buf();
+    let target_root = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("target dir")
+        .to_path_buf();
     let wasm_target = target_root.join("wasm-agents");
 
     let mut agents = Vec::new();
@@ -34,12 +42,21 @@ fn main() {
     for dir in [root.join("wit"), root.join("guest-sdk"), agents_dir.clone()] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--locked"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--locked",
+        ])
         .env("CARGO_TARGET_DIR", &wasm_target)
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
@@ -62,8 +79,14 @@ fn main() {
     let mut code = String::new();
     let mut idents = Vec::new();
     for a in &agents {
-        let file = wasm_target.join("wasm32-wasip2/release").join(format!("{}.wasm", a.replace('-', "_")));
-        assert!(file.is_file(), "agent {a} was built but {} is missing", file.display());
+        let file = wasm_target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", a.replace('-', "_")));
+        assert!(
+            file.is_file(),
+            "agent {a} was built but {} is missing",
+            file.display()
+        );
         let ident = a.replace('-', "_");
         let upper = ident.to_uppercase();
         let doc = first_doc_line(&agents_dir.join(a).join("src/lib.rs"));
@@ -73,7 +96,9 @@ fn main() {
         ));
         idents.push((a.clone(), ident, upper));
     }
-    code.push_str("/// Every example agent: (name, component bytes).\npub const ALL: &[(&str, &[u8])] = &[\n");
+    code.push_str(
+        "/// Every example agent: (name, component bytes).\npub const ALL: &[(&str, &[u8])] = &[\n",
+    );
     for (a, _, upper) in &idents {
         code.push_str(&format!("    ({a:?}, {upper}),\n"));
     }

@@ -67,7 +67,6 @@ pub mod bindings {
 /// and its explanation.
 pub use bindings::agent_hypervisor::agent::types::Error;
 
-
 /// The one thing an agent implements: its entry point.
 pub trait Agent {
     /// Handles one request. `Ok` is the agent's answer; `Err` is a failure

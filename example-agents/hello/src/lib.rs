@@ -11,7 +11,11 @@ struct Hello;
 impl Agent for Hello {
     fn run(input: String) -> Result<String, String> {
         let me = context::whoami();
-        let name = if input.trim().is_empty() { "world" } else { input.trim() };
+        let name = if input.trim().is_empty() {
+            "world"
+        } else {
+            input.trim()
+        };
         let greeting = match vfs::read_to_string("greeting.txt") {
             Ok(text) => text.trim().to_string(),
             Err(vfs::Error::NotFound(_)) => {
@@ -22,7 +26,10 @@ impl Agent for Hello {
         };
         log::info!("greeting {name} from {} in ring {}", me.agent_id, me.ring);
         println!("hello says hi on stdout");
-        Ok(format!("{greeting}, {name}! (agent {}, ring {})", me.agent_id, me.ring))
+        Ok(format!(
+            "{greeting}, {name}! (agent {}, ring {})",
+            me.agent_id, me.ring
+        ))
     }
 }
 

@@ -26,12 +26,17 @@ impl Agent for NoteTaker {
         vfs::write(NOTE, &note).map_err(|e| format!("cannot write {NOTE}: {e}"))?;
 
         let files = vfs::list("notes").map_err(|e| format!("cannot list notes: {e}"))?;
-        let index: Vec<&str> = files.iter().map(String::as_str).filter(|f| *f != "index.txt").collect();
+        let index: Vec<&str> = files
+            .iter()
+            .map(String::as_str)
+            .filter(|f| *f != "index.txt")
+            .collect();
         vfs::write("notes/index.txt", index.join("\n") + "\n")
             .map_err(|e| format!("cannot write the index: {e}"))?;
 
         if actions::available().iter().any(|a| a == "note.append") {
-            let receipt = actions::invoke("note.append", line).map_err(|e| format!("note.append: {e}"))?;
+            let receipt =
+                actions::invoke("note.append", line).map_err(|e| format!("note.append: {e}"))?;
             log::info!("journal: {receipt}");
         }
         let lines = note.lines().filter(|l| l.starts_with("- ")).count();

@@ -53,7 +53,11 @@ fn targets() -> Vec<String> {
 }
 
 fn report(out: &mut String, op: &str, path: &str, result: Result<(), vfs::Error>) {
-    let shown: String = path.chars().take(48).map(|c| if c == '\0' { '␀' } else { c }).collect();
+    let shown: String = path
+        .chars()
+        .take(48)
+        .map(|c| if c == '\0' { '␀' } else { c })
+        .collect();
     match result {
         Ok(()) => out.push_str(&format!("{op} {shown} -> ok\n")),
         Err(e) => out.push_str(&format!("{op} {shown} -> err {}\n", kind(&e))),
@@ -70,9 +74,12 @@ impl Agent for PathEscaper {
         }
         // Plain WASI: the host grants no preopened directory, so std::fs reaches nothing.
         for p in ["/etc/passwd", "../sentinel.txt", "sentinel.txt", "."] {
-            let r = std::fs::read(p).map(drop).map_err(|e| vfs::Error::Denied(e.to_string()));
+            let r = std::fs::read(p)
+                .map(drop)
+                .map_err(|e| vfs::Error::Denied(e.to_string()));
             report(&mut out, "std-read", p, r);
-            let r = std::fs::write(format!("{p}.pwned"), b"pwned").map_err(|e| vfs::Error::Denied(e.to_string()));
+            let r = std::fs::write(format!("{p}.pwned"), b"pwned")
+                .map_err(|e| vfs::Error::Denied(e.to_string()));
             report(&mut out, "std-write", p, r);
         }
         if input.trim() == "all" {
@@ -84,7 +91,8 @@ impl Agent for PathEscaper {
                 report(&mut out, "rename-from", &t, vfs::rename(&t, "stolen.txt"));
             }
             // A legitimate file, then attempts to move it out.
-            vfs::write("inside.txt", b"inside").map_err(|e| format!("cannot write inside.txt: {e}"))?;
+            vfs::write("inside.txt", b"inside")
+                .map_err(|e| format!("cannot write inside.txt: {e}"))?;
             for t in targets() {
                 report(&mut out, "rename-to", &t, vfs::rename("inside.txt", &t));
             }

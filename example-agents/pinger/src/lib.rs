@@ -1,15 +1,25 @@
-//! `pinger` — a benchmark agent: does no I/O, or calls the host in a loop.
+//! `pinger` — a benchmark and lifecycle agent: no I/O, or host calls in a loop.
 //!
 //! Input `""` answers `"pong"` at once (the no-I/O agent of the
 //! instantiate-and-call bench). Input `"<n>"` calls `context::current-ring`
 //! n times (the guest→host call bench) and answers the sum of the rings seen.
+//! Input `"calls"` answers how many times `run` was called on this instance,
+//! which shows whether the host reused the instance.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use agent_sdk::{Agent, context, export_agent};
 
 struct Pinger;
 
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
 impl Agent for Pinger {
     fn run(input: String) -> Result<String, String> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        if input == "calls" {
+            return Ok(calls.to_string());
+        }
         let Ok(n) = input.trim().parse::<u64>() else {
             return Ok("pong".to_string());
         };

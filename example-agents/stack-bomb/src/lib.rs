@@ -1,23 +1,26 @@
 //! `stack-bomb` — hostile: unbounded recursion.
 //!
-//! Each frame keeps a buffer alive so the optimiser cannot turn the recursion
-//! into a loop; it ends when the host's wasm stack limit traps it.
+//! Each level does work after the recursive call, so the optimiser cannot turn
+//! the recursion into a loop, and keeps nothing in linear memory, so it is the
+//! host's wasm stack limit (not the guest's shadow stack) that stops it.
 
 use agent_sdk::{Agent, export_agent};
 
 struct StackBomb;
 
-// Unbounded on purpose: this agent exists to overflow the stack.
-#[allow(unconditional_recursion)]
 #[inline(never)]
-fn dive(depth: u64) -> u64 {
-    let frame = std::hint::black_box([depth; 32]);
-    dive(depth + 1).wrapping_add(frame[(depth % 32) as usize])
+fn dive(depth: u64, stop: u64) -> u64 {
+    if depth == stop {
+        return depth;
+    }
+    dive(depth + 1, stop).rotate_left(7) ^ depth.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Agent for StackBomb {
-    fn run(_input: String) -> Result<String, String> {
-        Ok(format!("bottom at {}", dive(0)))
+    fn run(input: String) -> Result<String, String> {
+        // The stop depth is never reached unless the input asks for it.
+        let stop = input.trim().parse().unwrap_or(u64::MAX);
+        Ok(format!("bottom: {}", dive(0, stop)))
     }
 }
 

@@ -32,7 +32,9 @@ pub enum IdError {
         max: usize,
     },
     /// The id has a character outside the allowed set, or starts/ends with punctuation.
-    #[error("{kind} id {id:?} has a bad character {ch:?} at byte {at}: ids use letters, digits and . _ : - (not first or last)")]
+    #[error(
+        "{kind} id {id:?} has a bad character {ch:?} at byte {at}: ids use letters, digits and . _ : - (not first or last)"
+    )]
     BadChar {
         /// Which kind of id.
         kind: &'static str,
@@ -50,13 +52,23 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if s.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong { kind, len: s.len(), max: MAX_ID_LEN });
+        return Err(IdError::TooLong {
+            kind,
+            len: s.len(),
+            max: MAX_ID_LEN,
+        });
     }
     let last = s.len() - 1;
     for (at, ch) in s.char_indices() {
-        let ok = ch.is_ascii_alphanumeric() || (matches!(ch, '.' | '_' | ':' | '-') && at != 0 && at != last);
+        let ok = ch.is_ascii_alphanumeric()
+            || (matches!(ch, '.' | '_' | ':' | '-') && at != 0 && at != last);
         if !ok {
-            return Err(IdError::BadChar { kind, id: s.chars().take(64).collect(), ch, at });
+            return Err(IdError::BadChar {
+                kind,
+                id: s.chars().take(64).collect(),
+                ch,
+                at,
+            });
         }
     }
     Ok(())
@@ -133,13 +145,35 @@ mod tests {
             assert!(AgentId::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(AgentId::new(""), Err(IdError::Empty { kind: "agent" }));
-        assert!(matches!(AgentId::new("-a"), Err(IdError::BadChar { ch: '-', at: 0, .. })));
-        assert!(matches!(AgentId::new("a:"), Err(IdError::BadChar { ch: ':', at: 1, .. })));
-        assert!(matches!(AgentId::new("a/b"), Err(IdError::BadChar { ch: '/', .. })));
-        assert!(matches!(AgentId::new("a\0b"), Err(IdError::BadChar { ch: '\0', .. })));
-        assert!(matches!(AgentId::new("é"), Err(IdError::BadChar { ch: 'é', .. })));
+        assert!(matches!(
+            AgentId::new("-a"),
+            Err(IdError::BadChar { ch: '-', at: 0, .. })
+        ));
+        assert!(matches!(
+            AgentId::new("a:"),
+            Err(IdError::BadChar { ch: ':', at: 1, .. })
+        ));
+        assert!(matches!(
+            AgentId::new("a/b"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
+        assert!(matches!(
+            AgentId::new("a\0b"),
+            Err(IdError::BadChar { ch: '\0', .. })
+        ));
+        assert!(matches!(
+            AgentId::new("é"),
+            Err(IdError::BadChar { ch: 'é', .. })
+        ));
         assert!(AgentId::new("a".repeat(256)).is_ok());
-        assert_eq!(AgentId::new("a".repeat(257)), Err(IdError::TooLong { kind: "agent", len: 257, max: 256 }));
+        assert_eq!(
+            AgentId::new("a".repeat(257)),
+            Err(IdError::TooLong {
+                kind: "agent",
+                len: 257,
+                max: 256
+            })
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub mod ring;
 
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{
-    Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE,
-    WIT_VERSION,
+    Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES,
+    WIT_PACKAGE, WIT_VERSION,
 };
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// An execution ring. Lower number = more privilege.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[repr(u8)]
 pub enum Ring {
     /// Ring 0: hypervisor administration. Never computed from a trust score.
@@ -84,7 +86,9 @@ impl FromStr for Ring {
         Ring::ALL
             .into_iter()
             .find(|r| r.name() == s)
-            .ok_or_else(|| RingError::UnknownName { name: s.to_string() })
+            .ok_or_else(|| RingError::UnknownName {
+                name: s.to_string(),
+            })
     }
 }
 
@@ -104,7 +108,9 @@ pub enum RingError {
         name: String,
     },
     /// A policy that gives a less privileged ring a capability a more privileged one lacks.
-    #[error("ring policy is not monotonic: {lower} has capability {capability} but {higher} does not")]
+    #[error(
+        "ring policy is not monotonic: {lower} has capability {capability} but {higher} does not"
+    )]
     NotMonotonic {
         /// The less privileged ring.
         lower: Ring,
@@ -239,13 +245,16 @@ impl CapabilitySet {
 
     /// The capabilities in the set, in table order.
     pub fn iter(self) -> impl Iterator<Item = Capability> {
-        Capability::ALL.into_iter().filter(move |c| self.contains(*c))
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
     }
 }
 
 impl FromIterator<Capability> for CapabilitySet {
     fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
-        iter.into_iter().fold(CapabilitySet::EMPTY, CapabilitySet::with)
+        iter.into_iter()
+            .fold(CapabilitySet::EMPTY, CapabilitySet::with)
     }
 }
 
@@ -270,7 +279,10 @@ impl RingLimits {
     /// The default limits of `ring` (DESIGN.md §3).
     pub fn default_for(ring: Ring) -> RingLimits {
         const MIB: u64 = 1024 * 1024;
-        let capabilities = Capability::ALL.into_iter().filter(|c| ring.covers(c.default_ring())).collect();
+        let capabilities = Capability::ALL
+            .into_iter()
+            .filter(|c| ring.covers(c.default_ring()))
+            .collect();
         let (fuel_per_call, memory_bytes, deadline_s, max_resources, hostcall_bytes) = match ring {
             Ring::Sandbox => (100_000_000, 32 * MIB, 2, 256, 4 << 20),
             Ring::Standard => (1_000_000_000, 128 * MIB, 30, 1024, 16 << 20),
@@ -296,7 +308,9 @@ pub struct RingPolicy {
 
 impl Default for RingPolicy {
     fn default() -> Self {
-        RingPolicy { rings: Ring::ALL.map(RingLimits::default_for) }
+        RingPolicy {
+            rings: Ring::ALL.map(RingLimits::default_for),
+        }
     }
 }
 
@@ -343,15 +357,25 @@ impl RingPolicy {
     /// The least privileged ring whose capabilities include all of `needed`,
     /// or `None` if no ring has them all.
     pub fn lowest_ring_covering(&self, needed: CapabilitySet) -> Option<Ring> {
-        Ring::ALL.into_iter().rev().find(|r| self.limits(*r).capabilities.is_superset_of(needed))
+        Ring::ALL
+            .into_iter()
+            .rev()
+            .find(|r| self.limits(*r).capabilities.is_superset_of(needed))
     }
 
     fn check_monotonic(&self) -> Result<(), RingError> {
         for pair in Ring::ALL.windows(2) {
             let (higher, lower) = (pair[0], pair[1]);
-            let (h, l) = (self.limits(higher).capabilities, self.limits(lower).capabilities);
+            let (h, l) = (
+                self.limits(higher).capabilities,
+                self.limits(lower).capabilities,
+            );
             if let Some(capability) = l.iter().find(|c| !h.contains(*c)) {
-                return Err(RingError::NotMonotonic { lower, higher, capability });
+                return Err(RingError::NotMonotonic {
+                    lower,
+                    higher,
+                    capability,
+                });
             }
         }
         Ok(())
@@ -365,10 +389,29 @@ mod tests {
     #[test]
     fn default_table_matches_design() {
         let p = RingPolicy::default();
-        let caps = |r| p.limits(r).capabilities.iter().map(Capability::interface).collect::<Vec<_>>();
+        let caps = |r| {
+            p.limits(r)
+                .capabilities
+                .iter()
+                .map(Capability::interface)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(caps(Ring::Sandbox), ["context", "log", "vfs-read"]);
-        assert_eq!(caps(Ring::Standard), ["context", "log", "vfs-read", "vfs-write", "actions"]);
-        assert_eq!(caps(Ring::Privileged), ["context", "log", "vfs-read", "vfs-write", "actions", "effects"]);
+        assert_eq!(
+            caps(Ring::Standard),
+            ["context", "log", "vfs-read", "vfs-write", "actions"]
+        );
+        assert_eq!(
+            caps(Ring::Privileged),
+            [
+                "context",
+                "log",
+                "vfs-read",
+                "vfs-write",
+                "actions",
+                "effects"
+            ]
+        );
         assert_eq!(caps(Ring::Root), caps(Ring::Privileged));
         assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
@@ -380,10 +423,22 @@ mod tests {
     fn lowest_ring_is_the_least_privileged_that_covers() {
         let p = RingPolicy::default();
         let set = |cs: &[Capability]| cs.iter().copied().collect::<CapabilitySet>();
-        assert_eq!(p.lowest_ring_covering(CapabilitySet::EMPTY), Some(Ring::Sandbox));
-        assert_eq!(p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsRead])), Some(Ring::Sandbox));
-        assert_eq!(p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsWrite])), Some(Ring::Standard));
-        assert_eq!(p.lowest_ring_covering(set(&[Capability::Effects])), Some(Ring::Privileged));
+        assert_eq!(
+            p.lowest_ring_covering(CapabilitySet::EMPTY),
+            Some(Ring::Sandbox)
+        );
+        assert_eq!(
+            p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsRead])),
+            Some(Ring::Sandbox)
+        );
+        assert_eq!(
+            p.lowest_ring_covering(set(&[Capability::Log, Capability::VfsWrite])),
+            Some(Ring::Standard)
+        );
+        assert_eq!(
+            p.lowest_ring_covering(set(&[Capability::Effects])),
+            Some(Ring::Privileged)
+        );
     }
 
     #[test]
@@ -391,8 +446,16 @@ mod tests {
         assert_eq!("2".parse::<Ring>(), Ok(Ring::Standard));
         assert_eq!("sandbox".parse::<Ring>(), Ok(Ring::Sandbox));
         assert_eq!("4".parse::<Ring>(), Err(RingError::OutOfRange { value: 4 }));
-        assert_eq!("99999999999".parse::<Ring>(), Err(RingError::OutOfRange { value: 99_999_999_999 }));
-        assert!(matches!("admin".parse::<Ring>(), Err(RingError::UnknownName { .. })));
+        assert_eq!(
+            "99999999999".parse::<Ring>(),
+            Err(RingError::OutOfRange {
+                value: 99_999_999_999
+            })
+        );
+        assert!(matches!(
+            "admin".parse::<Ring>(),
+            Err(RingError::UnknownName { .. })
+        ));
         assert!(Ring::Root.covers(Ring::Sandbox) && !Ring::Sandbox.covers(Ring::Standard));
     }
 
@@ -404,25 +467,44 @@ mod tests {
         let err = p.set_limits(Ring::Sandbox, sandbox).unwrap_err();
         assert_eq!(
             err,
-            RingError::NotMonotonic { lower: Ring::Sandbox, higher: Ring::Standard, capability: Capability::Effects }
+            RingError::NotMonotonic {
+                lower: Ring::Sandbox,
+                higher: Ring::Standard,
+                capability: Capability::Effects
+            }
         );
         let mut zero = RingLimits::default_for(Ring::Standard);
         zero.fuel_per_call = 0;
         assert_eq!(
             p.set_limits(Ring::Standard, zero),
-            Err(RingError::ZeroBudget { ring: Ring::Standard, field: "fuel_per_call" })
+            Err(RingError::ZeroBudget {
+                ring: Ring::Standard,
+                field: "fuel_per_call"
+            })
         );
-        assert_eq!(p, RingPolicy::default(), "a refused change leaves the policy as it was");
+        assert_eq!(
+            p,
+            RingPolicy::default(),
+            "a refused change leaves the policy as it was"
+        );
     }
 
     #[test]
     fn capability_set_membership() {
-        let s = CapabilitySet::EMPTY.with(Capability::VfsRead).with(Capability::Effects);
+        let s = CapabilitySet::EMPTY
+            .with(Capability::VfsRead)
+            .with(Capability::Effects);
         assert!(s.contains(Capability::VfsRead) && s.contains(Capability::Effects));
         assert!(!s.contains(Capability::VfsWrite));
         assert_eq!(s.iter().count(), 2);
-        assert_eq!(Capability::VfsWrite.instance_name(), "agent-hypervisor:agent/vfs-write@0.1.0");
-        assert_eq!(Capability::from_interface("effects"), Some(Capability::Effects));
+        assert_eq!(
+            Capability::VfsWrite.instance_name(),
+            "agent-hypervisor:agent/vfs-write@0.1.0"
+        );
+        assert_eq!(
+            Capability::from_interface("effects"),
+            Some(Capability::Effects)
+        );
         assert_eq!(Capability::from_interface("admin"), None);
     }
 }

@@ -20,7 +20,10 @@ fn package_name_and_version_match() {
     let (resolve, pkg) = load();
     let name = &resolve.packages[pkg].name;
     assert_eq!(format!("{}:{}", name.namespace, name.name), WIT_PACKAGE);
-    assert_eq!(name.version.as_ref().map(ToString::to_string).as_deref(), Some(WIT_VERSION));
+    assert_eq!(
+        name.version.as_ref().map(ToString::to_string).as_deref(),
+        Some(WIT_VERSION)
+    );
 }
 
 #[test]
@@ -31,17 +34,27 @@ fn every_wit_interface_is_in_the_ring_table_with_its_functions() {
         let iface = &resolve.interfaces[*id];
         let funcs: BTreeSet<&str> = iface.functions.keys().map(String::as_str).collect();
         if TYPE_ONLY_INTERFACES.contains(&name.as_str()) {
-            assert!(funcs.is_empty(), "type-only interface {name} has functions {funcs:?}");
+            assert!(
+                funcs.is_empty(),
+                "type-only interface {name} has functions {funcs:?}"
+            );
             continue;
         }
-        let cap = Capability::from_interface(name)
-            .unwrap_or_else(|| panic!("WIT interface {name} is missing from the ring table (Capability)"));
+        let cap = Capability::from_interface(name).unwrap_or_else(|| {
+            panic!("WIT interface {name} is missing from the ring table (Capability)")
+        });
         let table: BTreeSet<&str> = cap.functions().iter().copied().collect();
-        assert_eq!(funcs, table, "functions of {name} differ between wit/ and Capability::functions");
+        assert_eq!(
+            funcs, table,
+            "functions of {name} differ between wit/ and Capability::functions"
+        );
         seen.insert(cap);
     }
     let all: BTreeSet<Capability> = Capability::ALL.into_iter().collect();
-    assert_eq!(seen, all, "the ring table lists capabilities that wit/ does not define");
+    assert_eq!(
+        seen, all,
+        "the ring table lists capabilities that wit/ does not define"
+    );
 }
 
 #[test]
@@ -63,9 +76,22 @@ fn every_ring_world_imports_exactly_its_capabilities() {
             }
         }
         let granted: BTreeSet<Capability> = policy.limits(ring).capabilities.iter().collect();
-        assert_eq!(imported, granted, "world {} and the ring table disagree", ring.name());
-        let exports: Vec<String> =
-            resolve.worlds[*world].exports.keys().map(|k| resolve.name_world_key(k)).collect();
-        assert_eq!(exports, ["run"], "world {} must export exactly `run`", ring.name());
+        assert_eq!(
+            imported,
+            granted,
+            "world {} and the ring table disagree",
+            ring.name()
+        );
+        let exports: Vec<String> = resolve.worlds[*world]
+            .exports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect();
+        assert_eq!(
+            exports,
+            ["run"],
+            "world {} must export exactly `run`",
+            ring.name()
+        );
     }
 }

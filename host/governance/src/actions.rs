@@ -151,7 +151,10 @@ fn check_args(name: &str, args: &str) -> Result<(), ActionError> {
 }
 
 fn unknown(kind: &'static str, name: &str) -> ActionError {
-    ActionError::Unknown { kind, name: name.chars().take(64).collect() }
+    ActionError::Unknown {
+        kind,
+        name: name.chars().take(64).collect(),
+    }
 }
 
 impl ActionRegistry {
@@ -163,7 +166,9 @@ impl ActionRegistry {
     fn check_name(&self, name: &str) -> Result<(), ActionError> {
         AgentId::new(name)?;
         if self.reversible.contains_key(name) || self.effects.contains_key(name) {
-            return Err(ActionError::Duplicate { name: name.to_string() });
+            return Err(ActionError::Duplicate {
+                name: name.to_string(),
+            });
         }
         Ok(())
     }
@@ -186,7 +191,11 @@ impl ActionRegistry {
     ///
     /// # Errors
     /// `BadName` or `Duplicate`.
-    pub fn register_effect(&mut self, name: &str, effect: impl Effect + 'static) -> Result<&mut Self, ActionError> {
+    pub fn register_effect(
+        &mut self,
+        name: &str,
+        effect: impl Effect + 'static,
+    ) -> Result<&mut Self, ActionError> {
         self.check_name(name)?;
         self.effects.insert(name.to_string(), Arc::new(effect));
         Ok(self)
@@ -204,8 +213,14 @@ impl ActionRegistry {
 
     /// (name, description) of every action and effect, for help texts.
     pub fn describe(&self) -> Vec<(String, &'static str, String)> {
-        let r = self.reversible.iter().map(|(n, a)| (n.clone(), "reversible", a.description().to_string()));
-        let e = self.effects.iter().map(|(n, a)| (n.clone(), "effect", a.description().to_string()));
+        let r = self
+            .reversible
+            .iter()
+            .map(|(n, a)| (n.clone(), "reversible", a.description().to_string()));
+        let e = self
+            .effects
+            .iter()
+            .map(|(n, a)| (n.clone(), "effect", a.description().to_string()));
         r.chain(e).collect()
     }
 
@@ -219,19 +234,34 @@ impl ActionRegistry {
         name: &str,
         args: &str,
     ) -> Result<UndoRecord, ActionError> {
-        let action = self.reversible.get(name).ok_or_else(|| unknown("action", name))?;
+        let action = self
+            .reversible
+            .get(name)
+            .ok_or_else(|| unknown("action", name))?;
         check_args(name, args)?;
         let done = action.execute(ctx, args)?;
         tracing::debug!(agent = %ctx.agent, action = name, "reversible action executed");
-        Ok(UndoRecord { action: name.to_string(), agent: ctx.agent.clone(), output: done.output, undo: done.undo })
+        Ok(UndoRecord {
+            action: name.to_string(),
+            agent: ctx.agent.clone(),
+            output: done.output,
+            undo: done.undo,
+        })
     }
 
     /// Undoes a performed reversible action.
     ///
     /// # Errors
     /// `Unknown` if the action is no longer registered, or the action's own error.
-    pub fn compensate(&self, ctx: ActionContext<'_>, record: &UndoRecord) -> Result<(), ActionError> {
-        let action = self.reversible.get(&record.action).ok_or_else(|| unknown("action", &record.action))?;
+    pub fn compensate(
+        &self,
+        ctx: ActionContext<'_>,
+        record: &UndoRecord,
+    ) -> Result<(), ActionError> {
+        let action = self
+            .reversible
+            .get(&record.action)
+            .ok_or_else(|| unknown("action", &record.action))?;
         action.compensate(ctx, &record.undo)
     }
 
@@ -239,8 +269,16 @@ impl ActionRegistry {
     ///
     /// # Errors
     /// `Unknown`, `InvalidArgs` or the effect's own error.
-    pub fn invoke_effect(&self, ctx: ActionContext<'_>, name: &str, args: &str) -> Result<String, ActionError> {
-        let effect = self.effects.get(name).ok_or_else(|| unknown("effect", name))?;
+    pub fn invoke_effect(
+        &self,
+        ctx: ActionContext<'_>,
+        name: &str,
+        args: &str,
+    ) -> Result<String, ActionError> {
+        let effect = self
+            .effects
+            .get(name)
+            .ok_or_else(|| unknown("effect", name))?;
         check_args(name, args)?;
         let out = effect.execute(ctx, args)?;
         tracing::debug!(agent = %ctx.agent, effect = name, "effect executed");
@@ -260,7 +298,12 @@ pub mod builtin {
     pub const MAX_LINE: usize = 4096;
 
     fn one_line(name: &str, args: &str) -> Result<(), ActionError> {
-        let bad = |reason: String| Err(ActionError::InvalidArgs { name: name.to_string(), reason });
+        let bad = |reason: String| {
+            Err(ActionError::InvalidArgs {
+                name: name.to_string(),
+                reason,
+            })
+        };
         if args.is_empty() {
             return bad("empty text".into());
         }
@@ -274,7 +317,10 @@ pub mod builtin {
     }
 
     fn vfs_err(name: &str) -> impl FnOnce(VfsError) -> ActionError + '_ {
-        move |source| ActionError::Vfs { name: name.to_string(), source }
+        move |source| ActionError::Vfs {
+            name: name.to_string(),
+            source,
+        }
     }
 
     /// `note.append` (reversible): appends `"<agent>: <text>\n"` to [`JOURNAL`].
@@ -297,16 +343,24 @@ pub mod builtin {
                 Err(e) => return Err(vfs_err(NAME)(e)),
             };
             let line = format!("{}: {args}\n", ctx.agent);
-            ctx.vfs.append(JOURNAL, line.as_bytes()).map_err(vfs_err(NAME))?;
+            ctx.vfs
+                .append(JOURNAL, line.as_bytes())
+                .map_err(vfs_err(NAME))?;
             Ok(Executed {
-                output: format!("appended {} bytes to {JOURNAL} at offset {before}", line.len()),
+                output: format!(
+                    "appended {} bytes to {JOURNAL} at offset {before}",
+                    line.len()
+                ),
                 undo: format!("{before}:{}", line.len()),
             })
         }
 
         fn compensate(&self, ctx: ActionContext<'_>, undo: &str) -> Result<(), ActionError> {
             const NAME: &str = "note.append";
-            let failed = |reason: String| ActionError::Failed { name: NAME.into(), reason };
+            let failed = |reason: String| ActionError::Failed {
+                name: NAME.into(),
+                reason,
+            };
             let (before, len) = undo
                 .split_once(':')
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
@@ -335,8 +389,16 @@ pub mod builtin {
         fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<String, ActionError> {
             const NAME: &str = "notify.send";
             one_line(NAME, args)?;
-            ctx.vfs.append(OUTBOX, format!("{}: {args}\n", ctx.agent).as_bytes()).map_err(vfs_err(NAME))?;
-            let count = ctx.vfs.read(OUTBOX).map_err(vfs_err(NAME))?.iter().filter(|b| **b == b'\n').count();
+            ctx.vfs
+                .append(OUTBOX, format!("{}: {args}\n", ctx.agent).as_bytes())
+                .map_err(vfs_err(NAME))?;
+            let count = ctx
+                .vfs
+                .read(OUTBOX)
+                .map_err(vfs_err(NAME))?
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
             Ok(format!("notification #{count} sent"))
         }
     }
@@ -344,7 +406,8 @@ pub mod builtin {
     /// A registry with `note.append` and `notify.send`.
     pub fn registry() -> ActionRegistry {
         let mut r = ActionRegistry::new();
-        r.reversible.insert("note.append".into(), Arc::new(NoteAppend));
+        r.reversible
+            .insert("note.append".into(), Arc::new(NoteAppend));
         r.effects.insert("notify.send".into(), Arc::new(NotifySend));
         r
     }
@@ -357,7 +420,8 @@ mod tests {
 
     fn vfs() -> (tempfile::TempDir, Vfs) {
         let t = tempfile::tempdir().unwrap();
-        let dir = cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         (t, Vfs::new(dir, VfsLimits::default()))
     }
 
@@ -365,20 +429,38 @@ mod tests {
     fn empty_registry_grants_nothing() {
         let (_t, vfs) = vfs();
         let agent = AgentId::new("a").unwrap();
-        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let ctx = ActionContext {
+            agent: &agent,
+            vfs: &vfs,
+        };
         let r = ActionRegistry::new();
-        assert!(matches!(r.invoke_reversible(ctx, "note.append", "x"), Err(ActionError::Unknown { kind: "action", .. })));
-        assert!(matches!(r.invoke_effect(ctx, "notify.send", "x"), Err(ActionError::Unknown { kind: "effect", .. })));
+        assert!(matches!(
+            r.invoke_reversible(ctx, "note.append", "x"),
+            Err(ActionError::Unknown { kind: "action", .. })
+        ));
+        assert!(matches!(
+            r.invoke_effect(ctx, "notify.send", "x"),
+            Err(ActionError::Unknown { kind: "effect", .. })
+        ));
     }
 
     #[test]
     fn reversible_and_effect_names_do_not_mix() {
         let (_t, vfs) = vfs();
         let agent = AgentId::new("a").unwrap();
-        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let ctx = ActionContext {
+            agent: &agent,
+            vfs: &vfs,
+        };
         let r = builtin::registry();
-        assert!(matches!(r.invoke_effect(ctx, "note.append", "x"), Err(ActionError::Unknown { .. })));
-        assert!(matches!(r.invoke_reversible(ctx, "notify.send", "x"), Err(ActionError::Unknown { .. })));
+        assert!(matches!(
+            r.invoke_effect(ctx, "note.append", "x"),
+            Err(ActionError::Unknown { .. })
+        ));
+        assert!(matches!(
+            r.invoke_reversible(ctx, "notify.send", "x"),
+            Err(ActionError::Unknown { .. })
+        ));
         assert_eq!(r.reversible_names(), ["note.append"]);
         assert_eq!(r.effect_names(), ["notify.send"]);
     }
@@ -387,12 +469,21 @@ mod tests {
     fn note_append_undo_restores_the_journal_exactly() {
         let (_t, vfs) = vfs();
         let agent = AgentId::new("did:ex:a").unwrap();
-        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let ctx = ActionContext {
+            agent: &agent,
+            vfs: &vfs,
+        };
         let r = builtin::registry();
         let first = r.invoke_reversible(ctx, "note.append", "one").unwrap();
         let second = r.invoke_reversible(ctx, "note.append", "two").unwrap();
-        assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"did:ex:a: one\ndid:ex:a: two\n");
-        assert!(matches!(r.compensate(ctx, &first), Err(ActionError::Failed { .. })), "out of order");
+        assert_eq!(
+            vfs.read(builtin::JOURNAL).unwrap(),
+            b"did:ex:a: one\ndid:ex:a: two\n"
+        );
+        assert!(
+            matches!(r.compensate(ctx, &first), Err(ActionError::Failed { .. })),
+            "out of order"
+        );
         r.compensate(ctx, &second).unwrap();
         r.compensate(ctx, &first).unwrap();
         assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"");
@@ -402,23 +493,47 @@ mod tests {
     fn builtins_refuse_bad_arguments() {
         let (_t, vfs) = vfs();
         let agent = AgentId::new("a").unwrap();
-        let ctx = ActionContext { agent: &agent, vfs: &vfs };
+        let ctx = ActionContext {
+            agent: &agent,
+            vfs: &vfs,
+        };
         let r = builtin::registry();
         for bad in ["", "two\nlines"] {
-            assert!(matches!(r.invoke_effect(ctx, "notify.send", bad), Err(ActionError::InvalidArgs { .. })));
+            assert!(matches!(
+                r.invoke_effect(ctx, "notify.send", bad),
+                Err(ActionError::InvalidArgs { .. })
+            ));
         }
         let huge = "x".repeat(MAX_ARGS_BYTES + 1);
-        assert!(matches!(r.invoke_reversible(ctx, "note.append", &huge), Err(ActionError::InvalidArgs { .. })));
-        assert!(matches!(vfs.read(builtin::OUTBOX), Err(VfsError::NotFound { .. })), "nothing sent");
-        assert_eq!(r.invoke_effect(ctx, "notify.send", "hi").unwrap(), "notification #1 sent");
-        assert_eq!(r.invoke_effect(ctx, "notify.send", "again").unwrap(), "notification #2 sent");
+        assert!(matches!(
+            r.invoke_reversible(ctx, "note.append", &huge),
+            Err(ActionError::InvalidArgs { .. })
+        ));
+        assert!(
+            matches!(vfs.read(builtin::OUTBOX), Err(VfsError::NotFound { .. })),
+            "nothing sent"
+        );
+        assert_eq!(
+            r.invoke_effect(ctx, "notify.send", "hi").unwrap(),
+            "notification #1 sent"
+        );
+        assert_eq!(
+            r.invoke_effect(ctx, "notify.send", "again").unwrap(),
+            "notification #2 sent"
+        );
     }
 
     #[test]
     fn registration_validates_names() {
         let mut r = ActionRegistry::new();
-        assert!(matches!(r.register_effect("bad name", builtin::NotifySend), Err(ActionError::BadName(_))));
+        assert!(matches!(
+            r.register_effect("bad name", builtin::NotifySend),
+            Err(ActionError::BadName(_))
+        ));
         r.register_effect("x.y", builtin::NotifySend).unwrap();
-        assert!(matches!(r.register_reversible("x.y", builtin::NoteAppend), Err(ActionError::Duplicate { .. })));
+        assert!(matches!(
+            r.register_reversible("x.y", builtin::NoteAppend),
+            Err(ActionError::Duplicate { .. })
+        ));
     }
 }

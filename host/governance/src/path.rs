@@ -118,14 +118,23 @@ impl VfsPath {
     /// [`PathError`] naming the first thing wrong with `path`.
     pub fn parse_dir(path: &str) -> Result<VfsPath, PathError> {
         if path.len() > MAX_PATH_BYTES {
-            return Err(PathError::TooLong { len: path.len(), max: MAX_PATH_BYTES });
+            return Err(PathError::TooLong {
+                len: path.len(),
+                max: MAX_PATH_BYTES,
+            });
         }
-        if let Some(c) = path.chars().find(|c| *c == '\0' || *c == '\\' || c.is_control()) {
+        if let Some(c) = path
+            .chars()
+            .find(|c| *c == '\0' || *c == '\\' || c.is_control())
+        {
             let path = shown(path);
             return Err(match c {
                 '\0' => PathError::Nul { path },
                 '\\' => PathError::Backslash { path },
-                c => PathError::Control { path, code: c as u32 },
+                c => PathError::Control {
+                    path,
+                    code: c as u32,
+                },
             });
         }
         if path.starts_with('/') {
@@ -143,12 +152,18 @@ impl VfsPath {
                         max: MAX_COMPONENT_BYTES,
                     });
                 }
-                p if p.starts_with(RESERVED_PREFIX) => return Err(PathError::Reserved { path: shown(path) }),
+                p if p.starts_with(RESERVED_PREFIX) => {
+                    return Err(PathError::Reserved { path: shown(path) });
+                }
                 p => parts.push(p),
             }
         }
         if parts.len() > MAX_DEPTH {
-            return Err(PathError::TooDeep { path: shown(path), depth: parts.len(), max: MAX_DEPTH });
+            return Err(PathError::TooDeep {
+                path: shown(path),
+                depth: parts.len(),
+                max: MAX_DEPTH,
+            });
         }
         Ok(VfsPath(parts.join("/")))
     }
@@ -199,10 +214,20 @@ mod tests {
 
     #[test]
     fn normalises_dots_and_slashes() {
-        assert_eq!(VfsPath::parse("notes/today.md").unwrap().as_str(), "notes/today.md");
-        assert_eq!(VfsPath::parse("./notes//today.md/").unwrap().as_str(), "notes/today.md");
+        assert_eq!(
+            VfsPath::parse("notes/today.md").unwrap().as_str(),
+            "notes/today.md"
+        );
+        assert_eq!(
+            VfsPath::parse("./notes//today.md/").unwrap().as_str(),
+            "notes/today.md"
+        );
         assert_eq!(VfsPath::parse("a/./b/./c").unwrap().as_str(), "a/b/c");
-        assert_eq!(VfsPath::parse("...").unwrap().as_str(), "...", "three dots is an ordinary name");
+        assert_eq!(
+            VfsPath::parse("...").unwrap().as_str(),
+            "...",
+            "three dots is an ordinary name"
+        );
         assert!(VfsPath::parse_dir("").unwrap().is_root());
         assert!(VfsPath::parse_dir("./.").unwrap().is_root());
         assert_eq!(VfsPath::parse_dir(".").unwrap().as_str(), ".");
@@ -210,33 +235,81 @@ mod tests {
 
     #[test]
     fn refuses_escapes_with_a_precise_reason() {
-        assert!(matches!(VfsPath::parse(".."), Err(PathError::Parent { .. })));
-        assert!(matches!(VfsPath::parse("a/../../etc"), Err(PathError::Parent { .. })));
-        assert!(matches!(VfsPath::parse("a/b/.."), Err(PathError::Parent { .. })));
-        assert!(matches!(VfsPath::parse("/etc/passwd"), Err(PathError::Absolute { .. })));
-        assert!(matches!(VfsPath::parse("//x"), Err(PathError::Absolute { .. })));
+        assert!(matches!(
+            VfsPath::parse(".."),
+            Err(PathError::Parent { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("a/../../etc"),
+            Err(PathError::Parent { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("a/b/.."),
+            Err(PathError::Parent { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("/etc/passwd"),
+            Err(PathError::Absolute { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("//x"),
+            Err(PathError::Absolute { .. })
+        ));
         assert!(matches!(VfsPath::parse("a\0b"), Err(PathError::Nul { .. })));
-        assert!(matches!(VfsPath::parse("..\\x"), Err(PathError::Backslash { .. })));
-        assert!(matches!(VfsPath::parse("C:\\x"), Err(PathError::Backslash { .. })));
-        assert!(matches!(VfsPath::parse("a\nb"), Err(PathError::Control { code: 0x0a, .. })));
-        assert!(matches!(VfsPath::parse(".ahv-tmp-1"), Err(PathError::Reserved { .. })));
-        assert!(matches!(VfsPath::parse("d/.ahvx/y"), Err(PathError::Reserved { .. })));
+        assert!(matches!(
+            VfsPath::parse("..\\x"),
+            Err(PathError::Backslash { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("C:\\x"),
+            Err(PathError::Backslash { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("a\nb"),
+            Err(PathError::Control { code: 0x0a, .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse(".ahv-tmp-1"),
+            Err(PathError::Reserved { .. })
+        ));
+        assert!(matches!(
+            VfsPath::parse("d/.ahvx/y"),
+            Err(PathError::Reserved { .. })
+        ));
         assert!(matches!(VfsPath::parse(""), Err(PathError::Empty { .. })));
         assert!(matches!(VfsPath::parse("./"), Err(PathError::Empty { .. })));
     }
 
     #[test]
     fn refuses_over_long_paths() {
-        assert_eq!(VfsPath::parse(&"x".repeat(2000)), Err(PathError::TooLong { len: 2000, max: MAX_PATH_BYTES }));
+        assert_eq!(
+            VfsPath::parse(&"x".repeat(2000)),
+            Err(PathError::TooLong {
+                len: 2000,
+                max: MAX_PATH_BYTES
+            })
+        );
         assert!(matches!(
             VfsPath::parse(&"x".repeat(256)),
-            Err(PathError::ComponentTooLong { len: 256, max: MAX_COMPONENT_BYTES, .. })
+            Err(PathError::ComponentTooLong {
+                len: 256,
+                max: MAX_COMPONENT_BYTES,
+                ..
+            })
         ));
         assert!(VfsPath::parse(&"x".repeat(255)).is_ok());
         let deep = vec!["d"; 33].join("/");
-        assert!(matches!(VfsPath::parse(&deep), Err(PathError::TooDeep { depth: 33, .. })));
-        let msg = VfsPath::parse(&format!("{}/..", "y".repeat(100))).unwrap_err().to_string();
-        assert!(msg.len() < 200 && msg.contains("`..`"), "messages stay short: {msg}");
+        assert!(matches!(
+            VfsPath::parse(&deep),
+            Err(PathError::TooDeep { depth: 33, .. })
+        ));
+        let msg = VfsPath::parse(&format!("{}/..", "y".repeat(100)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.len() < 200 && msg.contains("`..`"),
+            "messages stay short: {msg}"
+        );
     }
 
     #[test]

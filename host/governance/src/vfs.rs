@@ -27,7 +27,10 @@ pub struct VfsLimits {
 
 impl Default for VfsLimits {
     fn default() -> Self {
-        VfsLimits { max_file_bytes: 16 << 20, max_list_entries: 10_000 }
+        VfsLimits {
+            max_file_bytes: 16 << 20,
+            max_list_entries: 10_000,
+        }
     }
 }
 
@@ -102,8 +105,15 @@ impl VfsError {
             io::ErrorKind::NotFound => VfsError::NotFound { path },
             io::ErrorKind::AlreadyExists => VfsError::AlreadyExists { path },
             // cap-std reports every attempt to leave the directory as PermissionDenied.
-            io::ErrorKind::PermissionDenied => VfsError::Denied { path, reason: e.to_string() },
-            _ => VfsError::Io { op, path, message: e.to_string() },
+            io::ErrorKind::PermissionDenied => VfsError::Denied {
+                path,
+                reason: e.to_string(),
+            },
+            _ => VfsError::Io {
+                op,
+                path,
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -119,7 +129,11 @@ pub struct Vfs {
 impl Vfs {
     /// Wraps a directory handle.
     pub fn new(dir: Dir, limits: VfsLimits) -> Vfs {
-        Vfs { dir, limits, tmp_counter: AtomicU64::new(0) }
+        Vfs {
+            dir,
+            limits,
+            tmp_counter: AtomicU64::new(0),
+        }
     }
 
     /// The limits in force.
@@ -134,10 +148,19 @@ impl Vfs {
     /// `max_file_bytes`) or `Io` (a directory, for example).
     pub fn read(&self, path: &str) -> Result<Vec<u8>, VfsError> {
         let p = VfsPath::parse(path)?;
-        let file = self.dir.open(p.as_str()).map_err(|e| VfsError::from_io("read", &p, e))?;
-        let meta = file.metadata().map_err(|e| VfsError::from_io("read", &p, e))?;
+        let file = self
+            .dir
+            .open(p.as_str())
+            .map_err(|e| VfsError::from_io("read", &p, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| VfsError::from_io("read", &p, e))?;
         if meta.is_dir() {
-            return Err(VfsError::Io { op: "read", path: p.to_string(), message: "is a directory".into() });
+            return Err(VfsError::Io {
+                op: "read",
+                path: p.to_string(),
+                message: "is a directory".into(),
+            });
         }
         let max = self.limits.max_file_bytes;
         if meta.len() > max {
@@ -148,9 +171,14 @@ impl Vfs {
         }
         let mut buf = Vec::with_capacity(meta.len() as usize);
         // `take` bounds the read even if the file grows meanwhile.
-        file.take(max + 1).read_to_end(&mut buf).map_err(|e| VfsError::from_io("read", &p, e))?;
+        file.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| VfsError::from_io("read", &p, e))?;
         if buf.len() as u64 > max {
-            return Err(VfsError::Quota { path: p.to_string(), reason: format!("file exceeds the read limit {max}") });
+            return Err(VfsError::Quota {
+                path: p.to_string(),
+                reason: format!("file exceeds the read limit {max}"),
+            });
         }
         Ok(buf)
     }
@@ -162,7 +190,10 @@ impl Vfs {
     /// `max_list_entries` entries) or `Io`.
     pub fn list(&self, path: &str) -> Result<Vec<String>, VfsError> {
         let p = VfsPath::parse_dir(path)?;
-        let entries = self.dir.read_dir(p.as_str()).map_err(|e| VfsError::from_io("list", &p, e))?;
+        let entries = self
+            .dir
+            .read_dir(p.as_str())
+            .map_err(|e| VfsError::from_io("list", &p, e))?;
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| VfsError::from_io("list", &p, e))?;
@@ -173,7 +204,10 @@ impl Vfs {
             if names.len() == self.limits.max_list_entries {
                 return Err(VfsError::Quota {
                     path: p.to_string(),
-                    reason: format!("directory has more than {} entries", self.limits.max_list_entries),
+                    reason: format!(
+                        "directory has more than {} entries",
+                        self.limits.max_list_entries
+                    ),
                 });
             }
             names.push(name);
@@ -188,11 +222,20 @@ impl Vfs {
     /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
     pub fn stat(&self, path: &str) -> Result<Stat, VfsError> {
         let p = VfsPath::parse_dir(path)?;
-        let meta = self.dir.metadata(p.as_str()).map_err(|e| VfsError::from_io("stat", &p, e))?;
+        let meta = self
+            .dir
+            .metadata(p.as_str())
+            .map_err(|e| VfsError::from_io("stat", &p, e))?;
         Ok(if meta.is_dir() {
-            Stat { kind: EntryKind::Directory, size: 0 }
+            Stat {
+                kind: EntryKind::Directory,
+                size: 0,
+            }
         } else {
-            Stat { kind: EntryKind::File, size: meta.len() }
+            Stat {
+                kind: EntryKind::File,
+                size: meta.len(),
+            }
         })
     }
 
@@ -233,9 +276,13 @@ impl Vfs {
             .dir
             .open_with(p.as_str(), OpenOptions::new().append(true).create(true))
             .map_err(|e| VfsError::from_io("append", &p, e))?;
-        let len = f.metadata().map_err(|e| VfsError::from_io("append", &p, e))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| VfsError::from_io("append", &p, e))?
+            .len();
         self.check_size(&p, len.saturating_add(contents.len() as u64))?;
-        f.write_all(contents).map_err(|e| VfsError::from_io("append", &p, e))
+        f.write_all(contents)
+            .map_err(|e| VfsError::from_io("append", &p, e))
     }
 
     /// Shortens a file to `len` bytes (host use: undoing an append).
@@ -249,7 +296,8 @@ impl Vfs {
             .dir
             .open_with(p.as_str(), OpenOptions::new().write(true))
             .map_err(|e| VfsError::from_io("truncate", &p, e))?;
-        f.set_len(len).map_err(|e| VfsError::from_io("truncate", &p, e))
+        f.set_len(len)
+            .map_err(|e| VfsError::from_io("truncate", &p, e))
     }
 
     /// Deletes a file or an empty directory.
@@ -258,11 +306,18 @@ impl Vfs {
     /// `InvalidPath`, `NotFound`, `Denied` (a symlink) or `Io` (a non-empty directory).
     pub fn delete(&self, path: &str) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        let meta = self.dir.symlink_metadata(p.as_str()).map_err(|e| VfsError::from_io("delete", &p, e))?;
+        let meta = self
+            .dir
+            .symlink_metadata(p.as_str())
+            .map_err(|e| VfsError::from_io("delete", &p, e))?;
         if meta.file_type().is_symlink() {
             return Err(symlink_denied(&p));
         }
-        let r = if meta.is_dir() { self.dir.remove_dir(p.as_str()) } else { self.dir.remove_file(p.as_str()) };
+        let r = if meta.is_dir() {
+            self.dir.remove_dir(p.as_str())
+        } else {
+            self.dir.remove_file(p.as_str())
+        };
         r.map_err(|e| VfsError::from_io("delete", &p, e))
     }
 
@@ -273,17 +328,26 @@ impl Vfs {
     pub fn rename(&self, src: &str, dst: &str) -> Result<(), VfsError> {
         let s = VfsPath::parse(src)?;
         let d = VfsPath::parse(dst)?;
-        let meta = self.dir.symlink_metadata(s.as_str()).map_err(|e| VfsError::from_io("rename", &s, e))?;
+        let meta = self
+            .dir
+            .symlink_metadata(s.as_str())
+            .map_err(|e| VfsError::from_io("rename", &s, e))?;
         if meta.file_type().is_symlink() {
             return Err(symlink_denied(&s));
         }
         match self.dir.symlink_metadata(d.as_str()) {
-            Ok(_) => return Err(VfsError::AlreadyExists { path: d.to_string() }),
+            Ok(_) => {
+                return Err(VfsError::AlreadyExists {
+                    path: d.to_string(),
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(VfsError::from_io("rename", &d, e)),
         }
         self.create_parent(&d)?;
-        self.dir.rename(s.as_str(), &self.dir, d.as_str()).map_err(|e| VfsError::from_io("rename", &d, e))
+        self.dir
+            .rename(s.as_str(), &self.dir, d.as_str())
+            .map_err(|e| VfsError::from_io("rename", &d, e))
     }
 
     /// Creates a directory and its parents (no error if it exists).
@@ -292,7 +356,9 @@ impl Vfs {
     /// `InvalidPath`, `Denied` or `Io` (a file is in the way).
     pub fn create_dir(&self, path: &str) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        self.dir.create_dir_all(p.as_str()).map_err(|e| VfsError::from_io("create-dir", &p, e))
+        self.dir
+            .create_dir_all(p.as_str())
+            .map_err(|e| VfsError::from_io("create-dir", &p, e))
     }
 
     fn check_size(&self, p: &VfsPath, size: u64) -> Result<(), VfsError> {
@@ -317,16 +383,21 @@ impl Vfs {
 
     fn create_parent(&self, p: &VfsPath) -> Result<(), VfsError> {
         match p.parent() {
-            Some(parent) => {
-                self.dir.create_dir_all(parent.as_str()).map_err(|e| VfsError::from_io("create-dir", &parent, e))
-            }
+            Some(parent) => self
+                .dir
+                .create_dir_all(parent.as_str())
+                .map_err(|e| VfsError::from_io("create-dir", &parent, e)),
             None => Ok(()),
         }
     }
 
     fn tmp_name(&self, p: &VfsPath) -> String {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-tmp-{}-{n}", crate::path::RESERVED_PREFIX, std::process::id());
+        let name = format!(
+            "{}-tmp-{}-{n}",
+            crate::path::RESERVED_PREFIX,
+            std::process::id()
+        );
         match p.parent() {
             Some(parent) => format!("{parent}/{name}"),
             None => name,
@@ -335,7 +406,10 @@ impl Vfs {
 }
 
 fn symlink_denied(p: &VfsPath) -> VfsError {
-    VfsError::Denied { path: p.to_string(), reason: "is a symbolic link; links are never modified".into() }
+    VfsError::Denied {
+        path: p.to_string(),
+        reason: "is a symbolic link; links are never modified".into(),
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +423,10 @@ mod tests {
         std::fs::create_dir(&inner).unwrap();
         std::fs::write(tmp.path().join("sentinel.txt"), b"outside").unwrap();
         let dir = Dir::open_ambient_dir(&inner, ambient_authority()).unwrap();
-        let limits = VfsLimits { max_file_bytes: 1024, max_list_entries: 5 };
+        let limits = VfsLimits {
+            max_file_bytes: 1024,
+            max_list_entries: 5,
+        };
         (tmp, inner, Vfs::new(dir, limits))
     }
 
@@ -359,15 +436,27 @@ mod tests {
         vfs.write("notes/today.md", b"hello").unwrap();
         assert_eq!(vfs.read("notes/today.md").unwrap(), b"hello");
         assert_eq!(vfs.read("./notes//today.md").unwrap(), b"hello");
-        assert_eq!(std::fs::read(inner.join("notes/today.md")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(inner.join("notes/today.md")).unwrap(),
+            b"hello"
+        );
         vfs.append("notes/today.md", b" world").unwrap();
         assert_eq!(vfs.read("notes/today.md").unwrap(), b"hello world");
         assert_eq!(vfs.list(".").unwrap(), ["notes"]);
         assert_eq!(vfs.list("notes").unwrap(), ["today.md"]);
-        assert_eq!(vfs.stat("notes/today.md").unwrap(), Stat { kind: EntryKind::File, size: 11 });
+        assert_eq!(
+            vfs.stat("notes/today.md").unwrap(),
+            Stat {
+                kind: EntryKind::File,
+                size: 11
+            }
+        );
         assert_eq!(vfs.stat("notes").unwrap().kind, EntryKind::Directory);
         vfs.rename("notes/today.md", "archive/old.md").unwrap();
-        assert!(matches!(vfs.read("notes/today.md"), Err(VfsError::NotFound { .. })));
+        assert!(matches!(
+            vfs.read("notes/today.md"),
+            Err(VfsError::NotFound { .. })
+        ));
         assert_eq!(vfs.read("archive/old.md").unwrap(), b"hello world");
         vfs.truncate("archive/old.md", 5).unwrap();
         assert_eq!(vfs.read("archive/old.md").unwrap(), b"hello");
@@ -383,34 +472,59 @@ mod tests {
         vfs.write("a.txt", b"1").unwrap();
         vfs.write("a.txt", b"2").unwrap();
         assert_eq!(vfs.list(".").unwrap(), ["a.txt"]);
-        let on_disk: Vec<_> = std::fs::read_dir(&inner).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let on_disk: Vec<_> = std::fs::read_dir(&inner)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(on_disk, ["a.txt"]);
     }
 
     #[test]
     fn missing_existing_and_directory_errors_are_specific() {
         let (_t, _i, vfs) = setup();
-        assert!(matches!(vfs.read("nope.txt"), Err(VfsError::NotFound { path }) if path == "nope.txt"));
-        assert!(matches!(vfs.delete("nope.txt"), Err(VfsError::NotFound { .. })));
+        assert!(
+            matches!(vfs.read("nope.txt"), Err(VfsError::NotFound { path }) if path == "nope.txt")
+        );
+        assert!(matches!(
+            vfs.delete("nope.txt"),
+            Err(VfsError::NotFound { .. })
+        ));
         vfs.write("a", b"").unwrap();
         vfs.write("b", b"").unwrap();
-        assert!(matches!(vfs.rename("a", "b"), Err(VfsError::AlreadyExists { path }) if path == "b"));
+        assert!(
+            matches!(vfs.rename("a", "b"), Err(VfsError::AlreadyExists { path }) if path == "b")
+        );
         vfs.create_dir("d/e").unwrap();
-        assert!(matches!(vfs.read("d"), Err(VfsError::Io { op: "read", .. })));
-        assert!(matches!(vfs.delete("d"), Err(VfsError::Io { op: "delete", .. })), "non-empty dir");
+        assert!(matches!(
+            vfs.read("d"),
+            Err(VfsError::Io { op: "read", .. })
+        ));
+        assert!(
+            matches!(vfs.delete("d"), Err(VfsError::Io { op: "delete", .. })),
+            "non-empty dir"
+        );
     }
 
     #[test]
     fn quotas_refuse_without_changing_existing_data() {
         let (_t, _i, vfs) = setup();
         vfs.write("f", b"keep").unwrap();
-        assert!(matches!(vfs.write("f", &[0u8; 1025]), Err(VfsError::Quota { .. })));
-        assert!(matches!(vfs.append("f", &[0u8; 1021]), Err(VfsError::Quota { .. })));
+        assert!(matches!(
+            vfs.write("f", &[0u8; 1025]),
+            Err(VfsError::Quota { .. })
+        ));
+        assert!(matches!(
+            vfs.append("f", &[0u8; 1021]),
+            Err(VfsError::Quota { .. })
+        ));
         assert_eq!(vfs.read("f").unwrap(), b"keep");
         for i in 0..5 {
             vfs.write(&format!("g{i}"), b"").unwrap();
         }
-        assert!(matches!(vfs.list("."), Err(VfsError::Quota { .. })), "6 entries > 5");
+        assert!(
+            matches!(vfs.list("."), Err(VfsError::Quota { .. })),
+            "6 entries > 5"
+        );
     }
 
     #[test]
@@ -418,23 +532,72 @@ mod tests {
         let (t, inner, vfs) = setup();
         std::os::unix::fs::symlink(t.path(), inner.join("escape-link")).unwrap();
         std::os::unix::fs::symlink(t.path().join("sentinel.txt"), inner.join("file-link")).unwrap();
-        assert!(matches!(vfs.read("../sentinel.txt"), Err(VfsError::InvalidPath(PathError::Parent { .. }))));
-        assert!(matches!(vfs.read("/etc/passwd"), Err(VfsError::InvalidPath(PathError::Absolute { .. }))));
-        assert!(matches!(vfs.read("escape-link/sentinel.txt"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.read("file-link"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.list("escape-link"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.write("escape-link/new.txt", b"x"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.write("file-link", b"x"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.append("file-link", b"x"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.truncate("file-link", 0), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.delete("file-link"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.rename("escape-link", "mine"), Err(VfsError::Denied { .. })));
-        assert!(matches!(vfs.create_dir("escape-link/sub"), Err(VfsError::Denied { .. })));
+        assert!(matches!(
+            vfs.read("../sentinel.txt"),
+            Err(VfsError::InvalidPath(PathError::Parent { .. }))
+        ));
+        assert!(matches!(
+            vfs.read("/etc/passwd"),
+            Err(VfsError::InvalidPath(PathError::Absolute { .. }))
+        ));
+        assert!(matches!(
+            vfs.read("escape-link/sentinel.txt"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.read("file-link"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.list("escape-link"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.write("escape-link/new.txt", b"x"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.write("file-link", b"x"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.append("file-link", b"x"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.truncate("file-link", 0),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.delete("file-link"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.rename("escape-link", "mine"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert!(matches!(
+            vfs.create_dir("escape-link/sub"),
+            Err(VfsError::Denied { .. })
+        ));
         vfs.write("inside.txt", b"i").unwrap();
-        assert!(matches!(vfs.rename("inside.txt", "escape-link/x"), Err(VfsError::Denied { .. })));
-        assert_eq!(std::fs::read(t.path().join("sentinel.txt")).unwrap(), b"outside");
-        let outside: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(outside.len(), 2, "only agent/ and sentinel.txt outside: {outside:?}");
+        assert!(matches!(
+            vfs.rename("inside.txt", "escape-link/x"),
+            Err(VfsError::Denied { .. })
+        ));
+        assert_eq!(
+            std::fs::read(t.path().join("sentinel.txt")).unwrap(),
+            b"outside"
+        );
+        let outside: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            outside.len(),
+            2,
+            "only agent/ and sentinel.txt outside: {outside:?}"
+        );
     }
 
     #[test]

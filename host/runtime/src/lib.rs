@@ -1,1 +1,54 @@
-//! placeholder
+//! # ahv-runtime: untrusted agents as Wasm components, inside their ring
+//!
+//! The only crate that uses wasmtime. One [`Runtime`] holds one engine
+//! (pooling allocator, fuel, epoch interruption, no component-model
+//! concurrency), one linker per ring (real adapters for the ring's
+//! capabilities, breach stubs for the others), the component caches and an
+//! epoch ticker. An [`Agent`] is one live instance, reused across calls, whose
+//! store was built with its ring's limits.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ahv_core::{AgentId, Ring};
+//! use ahv_governance::vfs::{Vfs, VfsLimits};
+//! use ahv_runtime::{AgentSpec, Runtime, TrapCause};
+//! use cap_std::{ambient_authority, fs::Dir};
+//!
+//! # async fn demo(bytes: &[u8]) -> anyhow::Result<()> {
+//! let runtime = Runtime::builder().cache_dir("/var/cache/ahv").build()?;
+//! let component = runtime.load(bytes)?; // refuses imports outside the contract
+//! let dir = Dir::open_ambient_dir("/srv/agent-files", ambient_authority())?;
+//! let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+//! let mut agent = runtime.spawn(&component, AgentSpec::new(AgentId::new("did:ex:hello")?, Ring::Sandbox, vfs)).await?;
+//! match agent.run("world").await {
+//!     Ok(out) => println!("answer: {:?}", out.result),
+//!     Err(e) => match e.cause() {
+//!         Some(TrapCause::RingBreach(b)) => println!("breach of {}/{}", b.capability, b.function),
+//!         other => println!("stopped: {other:?}"),
+//!     },
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod adapters;
+pub mod agent;
+mod bindings;
+pub mod component;
+pub mod runtime;
+pub mod state;
+pub mod trap;
+
+pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput};
+pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest};
+pub use runtime::{BuildError, Runtime, RuntimeBuilder};
+pub use state::{KillHandle, LogLevel, LogLine, LogSource};
+pub use trap::{
+    BreachRecorder, DeadlineExceeded, Killed, MemoryLimitExceeded, RingBreach, TrapCause,
+};
+
+/// The generated WIT bindings, for benchmarks and embedders that need raw access.
+#[doc(hidden)]
+pub mod raw {
+    pub use crate::bindings::*;
+}

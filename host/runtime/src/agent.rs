@@ -1,0 +1,367 @@
+//! A live agent: one instance, reused across calls, inside its ring.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, Ring, SessionId, TraceId};
+use ahv_governance::actions::{ActionRegistry, UndoRecord};
+use ahv_governance::vfs::Vfs;
+use thiserror::Error;
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::bindings::Root;
+use crate::component::{AgentComponent, LoadError};
+use crate::runtime::Runtime;
+use crate::state::{AgentState, KillHandle, LogLine, StateInit};
+use crate::trap::{DeadlineExceeded, TrapCause};
+
+/// Largest input accepted by [`Agent::run`], in bytes.
+pub const MAX_INPUT_BYTES: usize = 1 << 20;
+
+/// What happens to an agent after a call traps. Whatever the policy, an agent
+/// that breached its ring or was killed is never re-instantiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterTrap {
+    /// Every later call fails with [`AgentError::Poisoned`] (the default).
+    #[default]
+    Fail,
+    /// The next call gets a fresh instance (after fuel, memory, deadline or
+    /// stack exhaustion, or another guest trap).
+    Recreate,
+}
+
+/// Who an agent is and where it runs.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The agent's id.
+    pub agent: AgentId,
+    /// The session it belongs to.
+    pub session: SessionId,
+    /// The ring it runs in.
+    pub ring: Ring,
+    /// Its files.
+    pub vfs: Arc<Vfs>,
+    /// The actions and effects it may invoke (if its ring allows). Empty by default.
+    pub actions: Arc<ActionRegistry>,
+    /// What happens after a trap.
+    pub after_trap: AfterTrap,
+}
+
+impl AgentSpec {
+    /// An agent in `ring` over `vfs`, in session `standalone`, with no actions,
+    /// failing for good after a trap.
+    pub fn new(agent: AgentId, ring: Ring, vfs: Arc<Vfs>) -> AgentSpec {
+        AgentSpec {
+            agent,
+            // A constant that passes validation.
+            session: SessionId::new("standalone").unwrap_or_else(|_| unreachable!()),
+            ring,
+            vfs,
+            actions: Arc::new(ActionRegistry::new()),
+            after_trap: AfterTrap::Fail,
+        }
+    }
+
+    /// Sets the session.
+    pub fn session(mut self, session: SessionId) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// Grants these actions and effects (subject to the ring).
+    pub fn actions(mut self, actions: Arc<ActionRegistry>) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Sets the after-trap policy.
+    pub fn after_trap(mut self, policy: AfterTrap) -> Self {
+        self.after_trap = policy;
+        self
+    }
+}
+
+/// The outcome of a call that returned normally.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// What `run` returned: the agent's answer, or its own failure message.
+    pub result: Result<String, String>,
+    /// The log lines of this call (the `log` capability, stdout, stderr).
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped because the per-call log budget was used up.
+    pub dropped_log_lines: usize,
+    /// Fuel the call used.
+    pub fuel_used: u64,
+    /// The call's trace id.
+    pub trace: TraceId,
+    /// Wall-clock time of the call.
+    pub elapsed: Duration,
+}
+
+/// Why a call into an agent failed.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The call trapped; the instance was dropped.
+    #[error("agent {agent} trapped: {cause}")]
+    Trapped {
+        /// The agent.
+        agent: AgentId,
+        /// The typed cause.
+        cause: TrapCause,
+        /// What it logged before the trap.
+        logs: Vec<LogLine>,
+    },
+    /// An earlier trap (or a kill) left the agent unusable.
+    #[error("agent {agent} is unusable after an earlier trap ({cause})")]
+    Poisoned {
+        /// The agent.
+        agent: AgentId,
+        /// The earlier cause.
+        cause: TrapCause,
+    },
+    /// The input is too large.
+    #[error("input of {len} bytes is larger than the {max}-byte limit")]
+    InputTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The component cannot run in this ring (strict admission) or cannot be linked.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl AgentError {
+    /// The trap cause, for `Trapped` and `Poisoned`.
+    pub fn cause(&self) -> Option<&TrapCause> {
+        match self {
+            AgentError::Trapped { cause, .. } | AgentError::Poisoned { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+struct Live {
+    store: Store<AgentState>,
+    bindings: Root,
+}
+
+/// A live agent. Its instance is reused across calls; fuel and deadline are
+/// reset for each call.
+pub struct Agent {
+    runtime: Runtime,
+    component: AgentComponent,
+    spec: AgentSpec,
+    kill: KillHandle,
+    live: Option<Live>,
+    poisoned: Option<TrapCause>,
+    undo_log: Vec<UndoRecord>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("agent", &self.spec.agent)
+            .field("ring", &self.spec.ring)
+            .field("live", &self.live.is_some())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Agent {
+    pub(crate) async fn spawn(
+        runtime: Runtime,
+        component: AgentComponent,
+        spec: AgentSpec,
+    ) -> Result<Agent, AgentError> {
+        runtime.check_strict(&component, spec.ring)?;
+        let kill = KillHandle::new(runtime.engine().clone());
+        let mut agent = Agent {
+            runtime,
+            component,
+            spec,
+            kill,
+            live: None,
+            poisoned: None,
+            undo_log: Vec::new(),
+        };
+        agent.live = Some(agent.instantiate().await?);
+        Ok(agent)
+    }
+
+    /// The agent's id.
+    pub fn id(&self) -> &AgentId {
+        &self.spec.agent
+    }
+
+    /// The agent's ring.
+    pub fn ring(&self) -> Ring {
+        self.spec.ring
+    }
+
+    /// A handle that kills this agent from any thread or task.
+    pub fn kill_handle(&self) -> KillHandle {
+        self.kill.clone()
+    }
+
+    /// The cause that made the agent unusable, if any.
+    pub fn poisoned(&self) -> Option<&TrapCause> {
+        self.poisoned.as_ref()
+    }
+
+    /// The reversible actions this agent performed, oldest first, with their undo data.
+    pub fn performed_actions(&self) -> &[UndoRecord] {
+        &self.undo_log
+    }
+
+    fn new_store(&self) -> Store<AgentState> {
+        let limits = self.runtime.policy().limits(self.spec.ring);
+        let init = StateInit {
+            agent: self.spec.agent.clone(),
+            session: self.spec.session.clone(),
+            ring: self.spec.ring,
+            vfs: self.spec.vfs.clone(),
+            actions: self.spec.actions.clone(),
+            kill: self.kill.clone(),
+            breach_recorder: self.runtime.inner.breach_recorder.clone(),
+        };
+        let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits));
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(limits.hostcall_bytes);
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if let Some(killed) = s.kill.killed() {
+                return Err(wasmtime::Error::new(killed));
+            }
+            if Instant::now() >= s.call_deadline {
+                return Err(wasmtime::Error::new(DeadlineExceeded {
+                    deadline: s.deadline,
+                }));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    /// Prepares the store for one call (or instantiation): fuel, deadline, trace id.
+    fn arm(&self, store: &mut Store<AgentState>) -> Result<TraceId, wasmtime::Error> {
+        let trace = self.runtime.inner.next_trace();
+        let data = store.data_mut();
+        data.trace = trace;
+        data.call_deadline = Instant::now() + data.deadline;
+        store.set_fuel(self.runtime.policy().limits(self.spec.ring).fuel_per_call)?;
+        store.set_epoch_deadline(1);
+        Ok(trace)
+    }
+
+    async fn instantiate(&mut self) -> Result<Live, AgentError> {
+        let pre = self.runtime.instance_pre(&self.component, self.spec.ring)?;
+        let mut store = self.new_store();
+        let fuel = self.runtime.policy().limits(self.spec.ring).fuel_per_call;
+        let armed = self.arm(&mut store);
+        let result = match armed {
+            Ok(_) => pre.instantiate_async(&mut store).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(bindings) => Ok(Live { store, bindings }),
+            Err(e) => {
+                let cause = TrapCause::from_error(&e, fuel);
+                let (logs, _) = store
+                    .data()
+                    .log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                Err(self.poison(cause, logs))
+            }
+        }
+    }
+
+    fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>) -> AgentError {
+        tracing::info!(agent = %self.spec.agent, ring = %self.spec.ring, cause = %cause, "agent trapped");
+        self.live = None;
+        self.poisoned = Some(cause.clone());
+        AgentError::Trapped {
+            agent: self.spec.agent.clone(),
+            cause,
+            logs,
+        }
+    }
+
+    fn may_recreate(&self, cause: &TrapCause) -> bool {
+        let permanent = matches!(cause, TrapCause::RingBreach(_) | TrapCause::Killed(_));
+        !permanent && self.spec.after_trap == AfterTrap::Recreate
+    }
+
+    /// Calls the agent's `run` with `input`.
+    ///
+    /// # Errors
+    /// [`AgentError::Trapped`] with the typed cause when the call traps (the
+    /// instance is dropped); [`AgentError::Poisoned`] when an earlier trap or a
+    /// kill left the agent unusable; [`AgentError::InputTooLarge`].
+    pub async fn run(&mut self, input: &str) -> Result<RunOutput, AgentError> {
+        if input.len() > MAX_INPUT_BYTES {
+            return Err(AgentError::InputTooLarge {
+                len: input.len(),
+                max: MAX_INPUT_BYTES,
+            });
+        }
+        if let Some(killed) = self.kill.killed() {
+            self.live = None;
+            let cause = TrapCause::Killed(killed);
+            self.poisoned = Some(cause.clone());
+            return Err(AgentError::Poisoned {
+                agent: self.spec.agent.clone(),
+                cause,
+            });
+        }
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => match &self.poisoned {
+                Some(cause) if !self.may_recreate(cause) => {
+                    return Err(AgentError::Poisoned {
+                        agent: self.spec.agent.clone(),
+                        cause: cause.clone(),
+                    });
+                }
+                _ => self.instantiate().await?,
+            },
+        };
+        let fuel = self.runtime.policy().limits(self.spec.ring).fuel_per_call;
+        let start = Instant::now();
+        let result = match self.arm(&mut live.store) {
+            Ok(trace) => live
+                .bindings
+                .call_run(&mut live.store, input)
+                .await
+                .map(|r| (trace, r)),
+            Err(e) => Err(e),
+        };
+        let elapsed = start.elapsed();
+        let fuel_used = fuel.saturating_sub(live.store.get_fuel().unwrap_or(0));
+        let data = live.store.data_mut();
+        self.undo_log.append(&mut data.undo_log);
+        let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match result {
+            Ok((trace, result)) => {
+                self.live = Some(live);
+                Ok(RunOutput {
+                    result,
+                    logs,
+                    dropped_log_lines,
+                    fuel_used,
+                    trace,
+                    elapsed,
+                })
+            }
+            Err(e) => {
+                let cause = TrapCause::from_error(&e, fuel);
+                drop(live);
+                Err(self.poison(cause, logs))
+            }
+        }
+    }
+}

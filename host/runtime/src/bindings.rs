@@ -1,0 +1,19 @@
+//! The one `bindgen!` site of the host, over `wit/`.
+//!
+//! Imports are sync and trappable (a host function can refuse with a WIT
+//! `error` value or trap with a typed cause); the `run` export is async so
+//! agents share tokio's threads and yield at epoch ticks.
+
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "root",
+    imports: { default: trappable },
+    exports: { default: async },
+    trappable_error_type: {
+        "agent-hypervisor:agent/types.error" => crate::adapters::HostError,
+    },
+});
+
+pub use agent_hypervisor::agent::types::Error as WitError;

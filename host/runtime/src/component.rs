@@ -1,0 +1,416 @@
+//! Loading components: admission (the imports are the capability manifest),
+//! the on-disk cache of compiled components, and `inspect`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ahv_core::{
+    Capability, CapabilitySet, Ring, RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE, WIT_VERSION,
+};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use crate::bindings::RootPre;
+
+use crate::state::AgentState;
+
+/// WASI p2 interfaces an agent may import. They are linked with a context that
+/// grants nothing (no preopens, environment, arguments or network), so they
+/// only give the guest `std` basics: clocks, randomness, stdout/stderr into its
+/// log, and a file system with no directories in it.
+pub const WASI_ALLOWED: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+];
+
+/// What one import of a component is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportKind {
+    /// One of our capabilities.
+    Capability(Capability),
+    /// One of our type-only interfaces (grants nothing).
+    Types,
+    /// A WASI interface from the allowed subset.
+    Wasi,
+    /// Anything else: the component is refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One import of a component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    /// The full import name (`agent-hypervisor:agent/vfs-write@0.1.0`).
+    pub name: String,
+    /// What it is.
+    pub kind: ImportKind,
+}
+
+/// A component's capability manifest: what it imports and exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Every import, in the component's order.
+    pub imports: Vec<Import>,
+    /// Every export name.
+    pub exports: Vec<String>,
+    /// The capabilities it imports.
+    pub capabilities: CapabilitySet,
+    /// The least privileged ring that has all of them (`None` if none does).
+    pub lowest_ring: Option<Ring>,
+}
+
+impl Manifest {
+    /// The imports that make the component inadmissible.
+    pub fn refused(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.imports.iter().filter_map(|i| match &i.kind {
+            ImportKind::Refused { reason } => Some((i.name.as_str(), reason.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// Why a component could not be loaded or admitted.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component for this engine.
+    #[error("not a valid WebAssembly component: {message}")]
+    Invalid {
+        /// Wasmtime's description.
+        message: String,
+    },
+    /// An import outside the contract and the allowed WASI subset.
+    #[error("refused import {name}: {reason}")]
+    RefusedImport {
+        /// The import name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component does not export `run: func(input: string) -> result<string, string>`.
+    #[error(
+        "the component does not export `run: func(input: string) -> result<string, string>`: {message}"
+    )]
+    MissingRun {
+        /// What was found instead.
+        message: String,
+    },
+    /// Strict admission: the ring given is less privileged than the imports need.
+    #[error(
+        "strict admission: the component imports {capability}, which {given} lacks (it needs {needed})"
+    )]
+    RingTooLow {
+        /// A capability the ring lacks.
+        capability: Capability,
+        /// The ring asked for.
+        given: Ring,
+        /// The lowest ring that covers the imports.
+        needed: String,
+    },
+    /// The on-disk cache could not be used.
+    #[error("component cache {path}: {message}")]
+    Cache {
+        /// The cache path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// Linking against a ring failed (a host bug, or an import type mismatch).
+    #[error("cannot link the component in {ring}: {message}")]
+    Link {
+        /// The ring.
+        ring: Ring,
+        /// Wasmtime's description.
+        message: String,
+    },
+}
+
+/// Classifies one import name.
+pub fn classify_import(name: &str) -> ImportKind {
+    let refused = |reason: &str| ImportKind::Refused {
+        reason: reason.to_string(),
+    };
+    let Some((path, version)) = name.split_once('@') else {
+        return refused("unversioned import; only versioned WIT interfaces are allowed");
+    };
+    let Some((package, iface)) = path.split_once('/') else {
+        return refused("not an interface import");
+    };
+    if package == WIT_PACKAGE {
+        if version != WIT_VERSION {
+            return refused(&format!(
+                "this host implements {WIT_PACKAGE}@{WIT_VERSION}, not @{version}"
+            ));
+        }
+        if TYPE_ONLY_INTERFACES.contains(&iface) {
+            return ImportKind::Types;
+        }
+        return match Capability::from_interface(iface) {
+            Some(c) => ImportKind::Capability(c),
+            None => refused("no such capability in the contract"),
+        };
+    }
+    if package.starts_with("wasi:") {
+        if !version.starts_with("0.2.") {
+            return refused("only WASI 0.2.x is provided");
+        }
+        if WASI_ALLOWED.contains(&path) {
+            return ImportKind::Wasi;
+        }
+        if package == "wasi:sockets" || package == "wasi:http" {
+            return refused("network access is not granted to agents");
+        }
+        return refused("this WASI interface is not provided");
+    }
+    refused("not part of the agent contract")
+}
+
+/// Reads a component's imports and exports.
+pub fn manifest(engine: &Engine, component: &Component, policy: &RingPolicy) -> Manifest {
+    let ty = component.component_type();
+    let imports: Vec<Import> = ty
+        .imports(engine)
+        .map(|(name, _)| Import {
+            name: name.to_string(),
+            kind: classify_import(name),
+        })
+        .collect();
+    let exports = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let capabilities = imports
+        .iter()
+        .filter_map(|i| match i.kind {
+            ImportKind::Capability(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    Manifest {
+        imports,
+        exports,
+        capabilities,
+        lowest_ring: policy.lowest_ring_covering(capabilities),
+    }
+}
+
+/// Checks that `run` has the contract's type.
+pub(crate) fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let Some((_, item)) = ty.exports(engine).find(|(n, _)| *n == "run") else {
+        let names: BTreeSet<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+        return Err(LoadError::MissingRun {
+            message: format!("exports are {names:?}"),
+        });
+    };
+    let ComponentItem::ComponentFunc(f) = item.ty else {
+        return Err(LoadError::MissingRun {
+            message: "`run` is not a function".into(),
+        });
+    };
+    use wasmtime::component::types::Type;
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    let ok = matches!(params.as_slice(), [Type::String])
+        && matches!(results.as_slice(), [Type::Result(r)]
+            if matches!(r.ok(), Some(Type::String)) && matches!(r.err(), Some(Type::String)));
+    if !ok {
+        return Err(LoadError::MissingRun {
+            message: format!("`run` takes {params:?} and returns {results:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// A loaded, admitted component, with its `InstancePre` per ring (built on first use).
+#[derive(Clone)]
+pub struct AgentComponent {
+    pub(crate) inner: Arc<ComponentInner>,
+}
+
+pub(crate) struct ComponentInner {
+    pub(crate) hash: [u8; 32],
+    pub(crate) component: Component,
+    pub(crate) manifest: Manifest,
+    pub(crate) pres: [OnceLock<RootPre<AgentState>>; 4],
+}
+
+impl AgentComponent {
+    /// SHA-256 of the component bytes, in hex.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.inner.hash)
+    }
+
+    /// The component's capability manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+}
+
+impl fmt::Debug for AgentComponent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentComponent")
+            .field("sha256", &self.hash_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The on-disk cache of compiled components, keyed by the SHA-256 of the
+/// component bytes and the engine's compatibility hash.
+///
+/// Loading a compiled artifact runs native code, so the directory must be
+/// private to the host. Each artifact has a `.sha256` sidecar checked before
+/// loading, which catches truncated or corrupted files (not a determined
+/// attacker who can write both; keep the directory private).
+#[derive(Debug, Clone)]
+pub(crate) struct DiskCache {
+    pub(crate) dir: PathBuf,
+}
+
+impl DiskCache {
+    fn engine_tag(engine: &Engine) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    fn paths(&self, engine: &Engine, hash: &[u8; 32]) -> (PathBuf, PathBuf) {
+        let base = format!("{}-{}", hex::encode(hash), Self::engine_tag(engine));
+        (
+            self.dir.join(format!("{base}.cwasm")),
+            self.dir.join(format!("{base}.sha256")),
+        )
+    }
+
+    fn cache_err(path: &Path, e: impl fmt::Display) -> LoadError {
+        LoadError::Cache {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Loads the compiled form of `bytes`, compiling and storing it if needed.
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        hash: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        let (art, sum) = self.paths(engine, hash);
+        if let (Ok(data), Ok(expected)) = (std::fs::read(&art), std::fs::read_to_string(&sum)) {
+            if hex::encode(Sha256::digest(&data)) == expected.trim() {
+                // SAFETY: the artifact was written by `store` below with this
+                // engine's compatibility hash in its name, and its checksum
+                // matches; wasmtime also checks the header and version.
+                #[allow(unsafe_code)]
+                let loaded = unsafe { Component::deserialize(engine, &data) };
+                match loaded {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(path = %art.display(), "discarding unusable cached component: {e:#}")
+                    }
+                }
+            } else {
+                tracing::warn!(path = %art.display(), "discarding cached component with a bad checksum");
+            }
+        }
+        let component = compile(engine, bytes)?;
+        let compiled = component
+            .serialize()
+            .map_err(|e| Self::cache_err(&art, e))?;
+        self.store(&art, &sum, &compiled)?;
+        Ok(component)
+    }
+
+    fn store(&self, art: &Path, sum: &Path, compiled: &[u8]) -> Result<(), LoadError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Self::cache_err(&self.dir, e))?;
+        // Write to unique temporary names, then rename: readers never see a partial file.
+        let tmp = |p: &Path| {
+            let mut name = p.as_os_str().to_owned();
+            name.push(format!(
+                ".tmp-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            PathBuf::from(name)
+        };
+        let (tmp_art, tmp_sum) = (tmp(art), tmp(sum));
+        std::fs::write(&tmp_art, compiled).map_err(|e| Self::cache_err(&tmp_art, e))?;
+        std::fs::write(&tmp_sum, hex::encode(Sha256::digest(compiled)))
+            .map_err(|e| Self::cache_err(&tmp_sum, e))?;
+        std::fs::rename(&tmp_art, art).map_err(|e| Self::cache_err(art, e))?;
+        std::fs::rename(&tmp_sum, sum).map_err(|e| Self::cache_err(sum, e))?;
+        Ok(())
+    }
+}
+
+/// Compiles component bytes.
+pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+        message: format!("{e:#}"),
+    })
+}
+
+/// SHA-256 of component bytes.
+pub(crate) fn hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_classified_against_the_contract() {
+        assert_eq!(
+            classify_import("agent-hypervisor:agent/vfs-write@0.1.0"),
+            ImportKind::Capability(Capability::VfsWrite)
+        );
+        assert_eq!(
+            classify_import("agent-hypervisor:agent/types@0.1.0"),
+            ImportKind::Types
+        );
+        assert_eq!(classify_import("wasi:cli/stdout@0.2.6"), ImportKind::Wasi);
+        assert_eq!(classify_import("wasi:io/streams@0.2.0"), ImportKind::Wasi);
+        for bad in [
+            "agent-hypervisor:agent/admin@0.1.0",
+            "agent-hypervisor:agent/vfs-write@0.2.0",
+            "wasi:sockets/tcp@0.2.6",
+            "wasi:http/outgoing-handler@0.2.6",
+            "wasi:cli/stdout@0.3.0",
+            "wasi:keyvalue/store@0.2.0",
+            "evil:pkg/thing@1.0.0",
+            "bare-function",
+        ] {
+            assert!(
+                matches!(classify_import(bad), ImportKind::Refused { .. }),
+                "{bad} must be refused"
+            );
+        }
+    }
+}

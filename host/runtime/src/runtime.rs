@@ -1,0 +1,456 @@
+//! The runtime: one engine, one linker per ring, the component caches and the
+//! epoch ticker.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ahv_core::{Capability, Ring, RingPolicy, TraceId};
+use thiserror::Error;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::agent::{Agent, AgentSpec};
+use crate::bindings::RootPre;
+use crate::bindings::agent_hypervisor::agent as wit;
+use crate::component::{self, AgentComponent, ComponentInner, DiskCache, LoadError, Manifest};
+use crate::state::AgentState;
+use crate::trap::{BreachRecorder, TracingRecorder};
+
+/// Why the runtime could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// Wasmtime refused the engine configuration.
+    #[error("engine configuration: {message}")]
+    Engine {
+        /// Wasmtime's description.
+        message: String,
+    },
+    /// Linking the host functions failed (a host bug).
+    #[error("linking {what}: {message}")]
+    Link {
+        /// What was being linked.
+        what: String,
+        /// Wasmtime's description.
+        message: String,
+    },
+    /// A setting is out of range.
+    #[error("{setting}: {message}")]
+    Setting {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Builds a [`Runtime`]. Defaults: the default ring table, no disk cache,
+/// a 1 ms epoch tick, up to 1000 live instances, lenient admission
+/// (a component may be run in a ring below what it imports; its out-of-ring
+/// calls are breaches), breaches reported through `tracing` only.
+pub struct RuntimeBuilder {
+    policy: RingPolicy,
+    cache_dir: Option<PathBuf>,
+    epoch_tick: Duration,
+    max_instances: u32,
+    strict_admission: bool,
+    breach_recorder: Arc<dyn BreachRecorder>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            policy: RingPolicy::default(),
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(1),
+            max_instances: 1000,
+            strict_admission: false,
+            breach_recorder: Arc::new(TracingRecorder),
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Uses this ring table.
+    pub fn policy(mut self, policy: RingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Caches compiled components in `dir` (created if missing). The
+    /// directory must be private to this host: its files are loaded as native code.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How often the epoch advances; deadlines and kills are noticed at this granularity.
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.epoch_tick = tick;
+        self
+    }
+
+    /// Most live agent instances at once (the pooling allocator's size).
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// Refuses to spawn an agent in a ring that lacks a capability it imports.
+    pub fn strict_admission(mut self, strict: bool) -> Self {
+        self.strict_admission = strict;
+        self
+    }
+
+    /// Called with every ring breach, before the breaching call traps.
+    pub fn on_breach(mut self, recorder: impl BreachRecorder + 'static) -> Self {
+        self.breach_recorder = Arc::new(recorder);
+        self
+    }
+
+    /// Builds the engine, the per-ring linkers and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// [`BuildError`] if a setting is out of range or wasmtime refuses the configuration.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        if self.epoch_tick.is_zero() || self.epoch_tick > Duration::from_secs(1) {
+            return Err(BuildError::Setting {
+                setting: "epoch_tick",
+                message: "must be in (0, 1 s]".into(),
+            });
+        }
+        if self.max_instances == 0 {
+            return Err(BuildError::Setting {
+                setting: "max_instances",
+                message: "must be at least 1".into(),
+            });
+        }
+        let max_memory = Ring::ALL
+            .iter()
+            .map(|r| self.policy.limits(*r).memory_bytes)
+            .max()
+            .unwrap_or(0);
+        let engine = engine(self.max_instances, max_memory)?;
+        let linkers = Ring::ALL
+            .map(|ring| linker(&engine, &self.policy, ring))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .try_into()
+            .map_err(|_| BuildError::Link {
+                what: "rings".into(),
+                message: "wrong count".into(),
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), self.epoch_tick);
+            std::thread::Builder::new()
+                .name("ahv-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| BuildError::Setting {
+                    setting: "epoch_tick",
+                    message: e.to_string(),
+                })?
+        };
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linkers,
+                policy: self.policy,
+                cache: self.cache_dir.map(|dir| DiskCache { dir }),
+                loaded: Mutex::new(HashMap::new()),
+                strict_admission: self.strict_admission,
+                breach_recorder: self.breach_recorder,
+                trace_seed: RandomState::new(),
+                trace_counter: AtomicU64::new(0),
+                stop,
+                ticker: Mutex::new(Some(ticker)),
+            }),
+        })
+    }
+}
+
+fn engine(max_instances: u32, max_memory: u64) -> Result<Engine, BuildError> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances.saturating_mul(8))
+        .total_memories(max_instances.saturating_mul(2))
+        .total_tables(max_instances.saturating_mul(4))
+        .total_stacks(max_instances)
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .concurrency_support(false)
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| BuildError::Engine {
+        message: format!("{e:#}"),
+    })
+}
+
+fn link_err(what: impl Into<String>) -> impl FnOnce(wasmtime::Error) -> BuildError {
+    let what = what.into();
+    move |e| BuildError::Link {
+        what,
+        message: format!("{e:#}"),
+    }
+}
+
+/// The linker of one ring: WASI (granting nothing), real adapters for the
+/// ring's capabilities, breach stubs for all others.
+fn linker(
+    engine: &Engine,
+    policy: &RingPolicy,
+    ring: Ring,
+) -> Result<Linker<AgentState>, BuildError> {
+    let mut l = Linker::<AgentState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut l).map_err(link_err("wasi"))?;
+    wit::types::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+        .map_err(link_err("types"))?;
+    let caps = policy.limits(ring).capabilities;
+    for cap in Capability::ALL {
+        let err = link_err(cap.interface());
+        if caps.contains(cap) {
+            match cap {
+                Capability::Context => {
+                    wit::context::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::Log => wit::log::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s),
+                Capability::VfsRead => {
+                    wit::vfs_read::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::VfsWrite => {
+                    wit::vfs_write::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::Actions => {
+                    wit::actions::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::Effects => {
+                    wit::effects::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+            }
+            .map_err(err)?;
+        } else {
+            let mut inst = l
+                .instance(&cap.instance_name())
+                .map_err(link_err(cap.interface()))?;
+            for function in cap.functions() {
+                inst.func_new(function, move |mut store, _ty, _params, _results| {
+                    Err(store.data_mut().breach(cap, function))
+                })
+                .map_err(link_err(format!("{}/{function}", cap.interface())))?;
+            }
+        }
+    }
+    Ok(l)
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) engine: Engine,
+    pub(crate) linkers: [Linker<AgentState>; 4],
+    pub(crate) policy: RingPolicy,
+    cache: Option<DiskCache>,
+    loaded: Mutex<HashMap<[u8; 32], AgentComponent>>,
+    pub(crate) strict_admission: bool,
+    pub(crate) breach_recorder: Arc<dyn BreachRecorder>,
+    trace_seed: RandomState,
+    trace_counter: AtomicU64,
+    stop: Arc<AtomicBool>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl RuntimeInner {
+    /// A fresh trace id: unpredictable across processes, unique within one.
+    pub(crate) fn next_trace(&self) -> TraceId {
+        let n = self.trace_counter.fetch_add(1, Ordering::Relaxed);
+        let hi = self.trace_seed.hash_one(n) as u128;
+        let lo = self.trace_seed.hash_one(!n) as u128;
+        TraceId((hi << 64) | lo)
+    }
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The Agent Hypervisor runtime: loads components and runs agents inside their ring.
+/// Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A builder with the defaults described on [`RuntimeBuilder`].
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The ring table in force.
+    pub fn policy(&self) -> &RingPolicy {
+        &self.inner.policy
+    }
+
+    /// The wasmtime engine (for benchmarks and advanced embedding).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Reads a component's imports and exports without admitting it.
+    ///
+    /// # Errors
+    /// [`LoadError::Invalid`] if the bytes are not a component.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Manifest, LoadError> {
+        let c = component::compile(&self.inner.engine, bytes)?;
+        Ok(component::manifest(
+            &self.inner.engine,
+            &c,
+            &self.inner.policy,
+        ))
+    }
+
+    /// Loads and admits a component: compiled once (or taken from the disk
+    /// cache), its imports checked against the contract, its `run` export
+    /// checked. Loading the same bytes again returns the same component.
+    ///
+    /// # Errors
+    /// [`LoadError`] naming the refused import, the missing export or the cache failure.
+    pub fn load(&self, bytes: &[u8]) -> Result<AgentComponent, LoadError> {
+        let hash = component::hash(bytes);
+        if let Some(c) = self
+            .inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return Ok(c.clone());
+        }
+        let engine = &self.inner.engine;
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load(engine, &hash, bytes)?,
+            None => component::compile(engine, bytes)?,
+        };
+        let manifest = component::manifest(engine, &compiled, &self.inner.policy);
+        if let Some((name, reason)) = manifest.refused().next() {
+            return Err(LoadError::RefusedImport {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        component::check_run_export(engine, &compiled)?;
+        let c = AgentComponent {
+            inner: Arc::new(ComponentInner {
+                hash,
+                component: compiled,
+                manifest,
+                pres: Default::default(),
+            }),
+        };
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, c.clone());
+        Ok(c)
+    }
+
+    /// Loads a component from a file (see [`Runtime::load`]).
+    ///
+    /// # Errors
+    /// [`LoadError::Invalid`] if the file cannot be read, or as [`Runtime::load`].
+    pub fn load_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<AgentComponent, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Invalid {
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Creates an agent: a live instance of `component` in `spec.ring`,
+    /// instantiated now from the cached `InstancePre`.
+    ///
+    /// # Errors
+    /// [`crate::AgentError`] if strict admission refuses the ring, linking
+    /// fails, or instantiation traps.
+    pub async fn spawn(
+        &self,
+        component: &AgentComponent,
+        spec: AgentSpec,
+    ) -> Result<Agent, crate::AgentError> {
+        Agent::spawn(self.clone(), component.clone(), spec).await
+    }
+
+    /// The cached pre-instantiated component for `ring` (built on first use).
+    pub fn instance_pre(
+        &self,
+        component: &AgentComponent,
+        ring: Ring,
+    ) -> Result<RootPre<AgentState>, LoadError> {
+        let slot = &component.inner.pres[ring.number() as usize];
+        if let Some(pre) = slot.get() {
+            return Ok(pre.clone());
+        }
+        let link = |e: wasmtime::Error| LoadError::Link {
+            ring,
+            message: format!("{e:#}"),
+        };
+        let pre = self.inner.linkers[ring.number() as usize]
+            .instantiate_pre(&component.inner.component)
+            .map_err(link)?;
+        let pre = RootPre::new(pre).map_err(link)?;
+        Ok(slot.get_or_init(|| pre).clone())
+    }
+
+    pub(crate) fn check_strict(
+        &self,
+        component: &AgentComponent,
+        ring: Ring,
+    ) -> Result<(), LoadError> {
+        if !self.inner.strict_admission {
+            return Ok(());
+        }
+        let have = self.inner.policy.limits(ring).capabilities;
+        match component
+            .manifest()
+            .capabilities
+            .iter()
+            .find(|c| !have.contains(*c))
+        {
+            None => Ok(()),
+            Some(capability) => Err(LoadError::RingTooLow {
+                capability,
+                given: ring,
+                needed: component
+                    .manifest()
+                    .lowest_ring
+                    .map_or("no ring".into(), |r| r.to_string()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! Every example agent, hostile ones included, in every ring where its outcome differs.
+
+use std::time::{Duration, Instant};
+
+use ahv_core::{Capability, Ring, RingLimits, RingPolicy};
+use ahv_runtime::{AfterTrap, AgentError, AgentSpec, LogSource, TrapCause};
+use ahv_tests::{Harness, SENTINEL, Sandbox, answer, trap};
+
+use crate::cache_dir;
+
+pub mod hello {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn answers_with_the_greeting_file_in_the_sandbox_ring() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        std::fs::write(sb.dir.join("greeting.txt"), "Howdy\n").unwrap();
+        let mut a = h
+            .spawn(ahv_agents::HELLO, "did:test:hello", Ring::Sandbox, &sb)
+            .await;
+        let out = a.run("Ada").await.unwrap();
+        assert_eq!(
+            out.result.as_deref(),
+            Ok("Howdy, Ada! (agent did:test:hello, ring 3)")
+        );
+        let logs: Vec<_> = out
+            .logs
+            .iter()
+            .map(|l| (l.source, l.message.as_str()))
+            .collect();
+        assert!(
+            logs.contains(&(LogSource::Log, "greeting Ada from did:test:hello in ring 3")),
+            "{logs:?}"
+        );
+        assert!(
+            logs.contains(&(LogSource::Stdout, "hello says hi on stdout")),
+            "stdout is captured: {logs:?}"
+        );
+        assert!(out.fuel_used > 0);
+        std::fs::remove_file(sb.dir.join("greeting.txt")).unwrap();
+        assert_eq!(
+            answer(a.run("").await),
+            "Hello, world! (agent did:test:hello, ring 3)"
+        );
+        assert!(h.breaches().is_empty());
+    }
+}
+
+pub mod note_taker {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn writes_and_updates_notes_in_ring_2() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(
+                ahv_agents::NOTE_TAKER,
+                "did:test:notes",
+                Ring::Standard,
+                &sb,
+            )
+            .await;
+        assert_eq!(
+            answer(a.run("buy milk").await),
+            "1 note(s) in notes/today.md"
+        );
+        assert_eq!(
+            answer(a.run("call Bob").await),
+            "2 note(s) in notes/today.md"
+        );
+        let note = std::fs::read_to_string(sb.dir.join("notes/today.md")).unwrap();
+        assert_eq!(note, "# Today\n- buy milk\n- call Bob\n");
+        assert_eq!(
+            std::fs::read_to_string(sb.dir.join("notes/index.txt")).unwrap(),
+            "today.md\n"
+        );
+        let journal = std::fs::read_to_string(sb.dir.join("journal/notes.log")).unwrap();
+        assert_eq!(
+            journal,
+            "did:test:notes: buy milk\ndid:test:notes: call Bob\n"
+        );
+        let performed = a.performed_actions();
+        assert_eq!(performed.len(), 2, "each note.append left an undo record");
+        assert!(performed.iter().all(|r| r.action == "note.append"));
+        assert!(matches!(a.run("").await.unwrap().result, Err(ref m) if m.contains("empty")));
+    }
+
+    #[tokio::test]
+    async fn is_a_breach_in_ring_3_and_writes_nothing() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::NOTE_TAKER, "did:test:notes", Ring::Sandbox, &sb)
+            .await;
+        let TrapCause::RingBreach(b) = trap(a.run("buy milk").await) else {
+            panic!("not a breach")
+        };
+        assert_eq!(
+            (b.capability, b.function.as_str(), b.ring),
+            (Capability::VfsWrite, "write", Ring::Sandbox)
+        );
+        assert_eq!(h.breaches(), [b]);
+        assert!(!sb.dir.join("notes").exists());
+    }
+}
+
+pub mod deployer {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn sends_its_effect_in_ring_1() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        std::fs::create_dir(sb.dir.join("deploy")).unwrap();
+        std::fs::write(sb.dir.join("deploy/manifest.txt"), "billing\n").unwrap();
+        let mut a = h
+            .spawn(
+                ahv_agents::DEPLOYER,
+                "did:test:deployer",
+                Ring::Privileged,
+                &sb,
+            )
+            .await;
+        assert_eq!(
+            answer(a.run("v1.2").await),
+            "deployed billing v1.2; notification #1 sent"
+        );
+        let outbox = std::fs::read_to_string(sb.dir.join("outbox/notifications.log")).unwrap();
+        assert_eq!(outbox, "did:test:deployer: deployed billing v1.2\n");
+        assert_eq!(
+            std::fs::read_to_string(sb.dir.join("deploy/history.log")).unwrap(),
+            "billing v1.2\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn effect_is_a_breach_in_ring_2_and_nothing_is_sent() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(
+                ahv_agents::DEPLOYER,
+                "did:test:deployer",
+                Ring::Standard,
+                &sb,
+            )
+            .await;
+        let TrapCause::RingBreach(b) = trap(a.run("v1.2").await) else {
+            panic!("not a breach")
+        };
+        assert_eq!(
+            (b.capability, b.function.as_str()),
+            (Capability::Effects, "invoke")
+        );
+        assert!(!sb.dir.join("outbox").exists(), "the effect never ran");
+        assert_eq!(
+            std::fs::read_to_string(sb.dir.join("deploy/history.log")).unwrap(),
+            "service v1.2\n",
+            "its in-ring write before the breach stands"
+        );
+    }
+}
+
+pub mod escalator {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn may_write_in_ring_2() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::ESCALATOR, "did:test:esc", Ring::Standard, &sb)
+            .await;
+        assert_eq!(answer(a.run("fine").await), "wrote escalated.txt");
+        assert_eq!(
+            std::fs::read(sb.dir.join("escalated.txt")).unwrap(),
+            b"fine"
+        );
+        assert!(h.breaches().is_empty());
+    }
+
+    #[tokio::test]
+    async fn breaches_in_ring_3_is_recorded_and_stays_dead() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let component = h.runtime.load(ahv_agents::ESCALATOR).unwrap();
+        let spec = AgentSpec::new(
+            ahv_core::AgentId::new("did:test:esc").unwrap(),
+            Ring::Sandbox,
+            sb.vfs.clone(),
+        )
+        .after_trap(AfterTrap::Recreate);
+        let mut a = h.runtime.spawn(&component, spec).await.unwrap();
+        let err = a.run("pwned").await.unwrap_err();
+        let AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            logs,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            b.to_string(),
+            "ring breach: vfs-write/write called from ring 3 (sandbox) by agent did:test:esc in session standalone"
+        );
+        assert_eq!(
+            logs[0].message, "escalator trying to write",
+            "logs before the trap are kept"
+        );
+        assert_eq!(h.breaches(), [b.clone()], "recorded exactly once");
+        assert!(!sb.dir.join("escalated.txt").exists());
+        // A breach is never forgiven by re-instantiation, whatever the policy.
+        let again = a.run("again").await.unwrap_err();
+        assert!(
+            matches!(
+                again,
+                AgentError::Poisoned {
+                    cause: TrapCause::RingBreach(_),
+                    ..
+                }
+            ),
+            "{again}"
+        );
+        assert_eq!(h.breaches().len(), 1);
+    }
+}
+
+pub mod spinner {
+    use super::*;
+    pub const TESTED: () = ();
+
+    fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
+        let mut l = RingLimits::default_for(Ring::Sandbox);
+        l.fuel_per_call = fuel;
+        l.deadline = deadline;
+        RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_out_of_fuel_in_ring_3() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SPINNER, "did:test:spin", Ring::Sandbox, &sb)
+            .await;
+        assert_eq!(
+            trap(a.run("").await),
+            TrapCause::OutOfFuel { limit: 100_000_000 }
+        );
+    }
+
+    #[tokio::test]
+    async fn stops_within_twice_its_deadline() {
+        let deadline = Duration::from_millis(300);
+        let h = Harness::with_policy(&cache_dir(), policy(u64::MAX / 2, deadline));
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SPINNER, "did:test:spin", Ring::Sandbox, &sb)
+            .await;
+        let start = Instant::now();
+        let cause = trap(a.run("").await);
+        let took = start.elapsed();
+        assert_eq!(
+            cause,
+            TrapCause::DeadlineExceeded(ahv_runtime::DeadlineExceeded { deadline })
+        );
+        assert!(
+            took >= deadline && took < 2 * deadline,
+            "stopped after {took:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_handle_stops_a_tight_loop() {
+        let h = Harness::with_policy(&cache_dir(), policy(u64::MAX / 2, Duration::from_secs(60)));
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SPINNER, "did:test:spin", Ring::Sandbox, &sb)
+            .await;
+        let kill = a.kill_handle();
+        let started = Instant::now();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let at = Instant::now();
+            kill.kill("manual");
+            at
+        });
+        let cause = trap(a.run("").await);
+        let stopped = Instant::now();
+        let killed_at = killer.join().unwrap();
+        assert_eq!(
+            cause,
+            TrapCause::Killed(ahv_runtime::Killed {
+                reason: "manual".into()
+            })
+        );
+        let latency = stopped.duration_since(killed_at);
+        assert!(
+            latency < Duration::from_millis(500),
+            "kill took {latency:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let later = a.run("").await.unwrap_err();
+        assert!(
+            matches!(
+                later,
+                AgentError::Poisoned {
+                    cause: TrapCause::Killed(_),
+                    ..
+                }
+            ),
+            "{later}"
+        );
+    }
+}
+
+pub mod memory_hog {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn traps_at_the_ring_cap_and_the_host_stays_healthy() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let component = h.runtime.load(ahv_agents::MEMORY_HOG).unwrap();
+        let spec = AgentSpec::new(
+            ahv_core::AgentId::new("did:test:hog").unwrap(),
+            Ring::Sandbox,
+            sb.vfs.clone(),
+        )
+        .after_trap(AfterTrap::Recreate);
+        let mut hog = h.runtime.spawn(&component, spec).await.unwrap();
+        assert_eq!(
+            answer(hog.run("4").await),
+            "allocated 4 MiB",
+            "a hog under the cap works"
+        );
+        let TrapCause::MemoryLimit(m) = trap(hog.run("").await) else {
+            panic!("not a memory trap")
+        };
+        assert_eq!(m.limit, 32 << 20);
+        assert!(m.requested > m.limit);
+        // The same agent gets a fresh instance (policy Recreate) and the host runs others.
+        assert_eq!(answer(hog.run("2").await), "allocated 2 MiB");
+        let mut hello = h
+            .spawn(ahv_agents::HELLO, "did:test:hello", Ring::Sandbox, &sb)
+            .await;
+        assert!(answer(hello.run("after").await).starts_with("Hello, after!"));
+    }
+
+    #[tokio::test]
+    async fn gets_more_memory_in_ring_2() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut hog = h
+            .spawn(ahv_agents::MEMORY_HOG, "did:test:hog", Ring::Standard, &sb)
+            .await;
+        assert_eq!(
+            answer(hog.run("64").await),
+            "allocated 64 MiB",
+            "over ring 3's cap, under ring 2's"
+        );
+    }
+}
+
+pub mod stack_bomb {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn traps_with_stack_overflow() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::STACK_BOMB, "did:test:bomb", Ring::Sandbox, &sb)
+            .await;
+        assert!(
+            answer(a.run("1000").await).starts_with("bottom: "),
+            "bounded recursion is fine"
+        );
+        let mut a = h
+            .spawn(ahv_agents::STACK_BOMB, "did:test:bomb", Ring::Sandbox, &sb)
+            .await;
+        assert_eq!(trap(a.run("").await), TrapCause::StackOverflow);
+        let mut b = h
+            .spawn(ahv_agents::PINGER, "did:test:ping", Ring::Sandbox, &sb)
+            .await;
+        assert_eq!(
+            answer(b.run("").await),
+            "pong",
+            "the host is fine afterwards"
+        );
+    }
+}
+
+pub mod pinger {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn instance_is_reused_across_calls_and_sees_its_ring() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::PINGER, "did:test:ping", Ring::Standard, &sb)
+            .await;
+        assert_eq!(answer(a.run("").await), "pong");
+        assert_eq!(
+            answer(a.run("100").await),
+            "200",
+            "100 calls that each saw ring 2"
+        );
+        assert_eq!(
+            answer(a.run("calls").await),
+            "3",
+            "one instance served all three calls"
+        );
+    }
+}
+
+pub mod net_sneak {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn is_refused_at_load_naming_the_socket_import() {
+        let h = Harness::new(&cache_dir());
+        let err = h.runtime.load(ahv_agents::NET_SNEAK).unwrap_err();
+        let ahv_runtime::LoadError::RefusedImport { name, reason } = &err else {
+            panic!("{err}")
+        };
+        assert!(name.starts_with("wasi:sockets/"), "{name}");
+        assert!(reason.contains("network"), "{reason}");
+        let manifest = h.runtime.inspect(ahv_agents::NET_SNEAK).unwrap();
+        assert!(manifest.refused().count() >= 1);
+    }
+}
+
+pub mod path_escaper {
+    use super::*;
+    pub const TESTED: () = ();
+
+    fn plant_links(sb: &Sandbox) {
+        std::os::unix::fs::symlink(sb.outer(), sb.dir.join("escape-link")).unwrap();
+        std::os::unix::fs::symlink(sb.outer().join("sentinel.txt"), sb.dir.join("file-link"))
+            .unwrap();
+    }
+
+    fn assert_every_attempt_failed(report: &str, min_lines: usize) {
+        let lines: Vec<&str> = report.lines().collect();
+        assert!(
+            lines.len() >= min_lines,
+            "only {} attempts:\n{report}",
+            lines.len()
+        );
+        let ok: Vec<&&str> = lines.iter().filter(|l| !l.contains(" -> err ")).collect();
+        assert!(ok.is_empty(), "attempts that were not refused: {ok:#?}");
+        for needle in [
+            "read ../sentinel.txt -> err invalid-path",
+            "read /etc/passwd -> err invalid-path",
+            "read escape-link/sentinel.txt -> err denied",
+            "read file-link -> err denied",
+            "list escape-link -> err denied",
+        ] {
+            assert!(report.contains(needle), "missing {needle:?} in\n{report}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cannot_read_outside_in_ring_3() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        plant_links(&sb);
+        let before = sb.outside_snapshot();
+        let atime = sb.sentinel_atime();
+        let mut a = h
+            .spawn(ahv_agents::PATH_ESCAPER, "did:test:esc", Ring::Sandbox, &sb)
+            .await;
+        let report = answer(a.run("read").await);
+        assert_every_attempt_failed(&report, 60);
+        assert_eq!(sb.outside_snapshot(), before, "nothing outside changed");
+        assert_eq!(sb.sentinel_atime(), atime, "the sentinel was not read");
+        assert!(
+            h.breaches().is_empty(),
+            "reads are in-ring refusals, not breaches"
+        );
+    }
+
+    #[tokio::test]
+    async fn cannot_write_outside_in_ring_2() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        plant_links(&sb);
+        let before = sb.outside_snapshot();
+        let mut a = h
+            .spawn(
+                ahv_agents::PATH_ESCAPER,
+                "did:test:esc",
+                Ring::Standard,
+                &sb,
+            )
+            .await;
+        let report = answer(a.run("all").await);
+        assert_every_attempt_failed(&report, 150);
+        for needle in [
+            "write ../sentinel.txt -> err invalid-path",
+            "write escape-link/new.txt -> err denied",
+            "write file-link -> err denied",
+            "rename-to escape-link/new.txt -> err denied",
+            "delete escape-link -> err denied",
+        ] {
+            assert!(report.contains(needle), "missing {needle:?} in\n{report}");
+        }
+        assert_eq!(
+            sb.outside_snapshot(),
+            before,
+            "nothing outside created or changed"
+        );
+        assert_eq!(
+            std::fs::read(sb.outer().join("sentinel.txt")).unwrap(),
+            SENTINEL
+        );
+        let mut inside: Vec<String> = std::fs::read_dir(&sb.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        inside.sort();
+        assert_eq!(
+            inside,
+            ["escape-link", "file-link", "inside.txt"],
+            "only its own file was created"
+        );
+    }
+}

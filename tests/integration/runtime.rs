@@ -1,0 +1,168 @@
+//! The runtime around the agents: admission, inspection, caches, limits.
+
+use std::sync::Arc;
+
+use ahv_core::{AgentId, Capability, Ring};
+use ahv_runtime::{AgentError, AgentSpec, ImportKind, LoadError, Runtime};
+use ahv_tests::{Harness, Sandbox, answer};
+
+use crate::cache_dir;
+
+#[test]
+fn inspect_reports_the_lowest_ring_covering_the_imports() {
+    let h = Harness::new(&cache_dir());
+    let expected = [
+        (ahv_agents::HELLO, Ring::Sandbox),
+        (ahv_agents::PINGER, Ring::Sandbox),
+        (ahv_agents::NOTE_TAKER, Ring::Standard),
+        (ahv_agents::ESCALATOR, Ring::Standard),
+        (ahv_agents::DEPLOYER, Ring::Privileged),
+    ];
+    for (bytes, ring) in expected {
+        let m = h.runtime.inspect(bytes).unwrap();
+        assert_eq!(m.lowest_ring, Some(ring));
+        assert!(m.exports.iter().any(|e| e == "run"));
+        assert_eq!(m.refused().count(), 0);
+    }
+    let m = h.runtime.inspect(ahv_agents::DEPLOYER).unwrap();
+    let caps: Vec<Capability> = m.capabilities.iter().collect();
+    assert!(caps.contains(&Capability::Effects) && caps.contains(&Capability::VfsWrite));
+    assert!(
+        !caps.contains(&Capability::Actions),
+        "unused imports are not in the manifest"
+    );
+    assert!(m.imports.iter().any(|i| i.kind == ImportKind::Wasi));
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_refused() {
+    let h = Harness::new(&cache_dir());
+    assert!(
+        matches!(
+            h.runtime.load(b"\0asm\x01\0\0\0"),
+            Err(LoadError::Invalid { .. })
+        ),
+        "a core module"
+    );
+    assert!(matches!(
+        h.runtime.load(b"not wasm at all"),
+        Err(LoadError::Invalid { .. })
+    ));
+    assert!(matches!(
+        h.runtime.inspect(&[]),
+        Err(LoadError::Invalid { .. })
+    ));
+}
+
+#[tokio::test]
+async fn strict_admission_refuses_a_ring_below_the_imports() {
+    let runtime = Runtime::builder()
+        .strict_admission(true)
+        .max_instances(4)
+        .build()
+        .unwrap();
+    let sb = Sandbox::new();
+    let c = runtime.load(ahv_agents::ESCALATOR).unwrap();
+    let spec = AgentSpec::new(
+        AgentId::new("did:test:esc").unwrap(),
+        Ring::Sandbox,
+        sb.vfs.clone(),
+    );
+    let err = runtime.spawn(&c, spec).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Load(LoadError::RingTooLow {
+                capability: Capability::VfsWrite,
+                given: Ring::Sandbox,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let spec = AgentSpec::new(
+        AgentId::new("did:test:esc").unwrap(),
+        Ring::Standard,
+        sb.vfs.clone(),
+    );
+    let mut ok = runtime.spawn(&c, spec).await.unwrap();
+    assert_eq!(answer(ok.run("x").await), "wrote escalated.txt");
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk_and_bad_entries_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Harness::new(dir.path());
+    let c = first.runtime.load(ahv_agents::PINGER).unwrap();
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 1);
+    let name = artifacts[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(&c.hash_hex()),
+        "keyed by the component's SHA-256: {name}"
+    );
+    let good = std::fs::read(&artifacts[0]).unwrap();
+
+    // A corrupted artifact is detected by its checksum, recompiled and rewritten.
+    std::fs::write(&artifacts[0], b"garbage").unwrap();
+    let second = Harness::new(dir.path());
+    let sb = Sandbox::new();
+    let mut a = second
+        .spawn(ahv_agents::PINGER, "did:test:ping", Ring::Sandbox, &sb)
+        .await;
+    assert_eq!(answer(a.run("").await), "pong");
+    assert_eq!(std::fs::read(&artifacts[0]).unwrap().len(), good.len());
+}
+
+#[tokio::test]
+async fn many_agents_share_one_component_and_runtime() {
+    let h = Harness::new(&cache_dir());
+    let sb = Sandbox::new();
+    let c = h.runtime.load(ahv_agents::PINGER).unwrap();
+    let again = h.runtime.load(ahv_agents::PINGER).unwrap();
+    assert_eq!(c.hash_hex(), again.hash_hex());
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        let spec = AgentSpec::new(
+            AgentId::new(format!("did:test:p{i}")).unwrap(),
+            Ring::Sandbox,
+            sb.vfs.clone(),
+        );
+        agents.push(h.runtime.spawn(&c, spec).await.unwrap());
+    }
+    for a in &mut agents {
+        assert_eq!(
+            answer(a.run("calls").await),
+            "1",
+            "instances do not share state"
+        );
+    }
+    let _ = Arc::new(());
+}
+
+#[tokio::test]
+async fn oversized_input_is_refused_before_the_guest_runs() {
+    let h = Harness::new(&cache_dir());
+    let sb = Sandbox::new();
+    let mut a = h
+        .spawn(ahv_agents::PINGER, "did:test:ping", Ring::Sandbox, &sb)
+        .await;
+    let big = "x".repeat(ahv_runtime::MAX_INPUT_BYTES + 1);
+    assert!(matches!(
+        a.run(&big).await,
+        Err(AgentError::InputTooLarge { .. })
+    ));
+    assert_eq!(
+        answer(a.run("calls").await),
+        "1",
+        "the refused call never reached the guest"
+    );
+}
