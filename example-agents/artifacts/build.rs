@@ -103,6 +103,11 @@ fn main() {
         code.push_str(&format!("    ({a:?}, {upper}),\n"));
     }
     code.push_str("];\n");
+    code.push_str("/// Every example agent: (name, path of the built component).\npub const PATHS: &[(&str, &str)] = &[\n");
+    for (a, _, upper) in &idents {
+        code.push_str(&format!("    ({a:?}, {upper}_PATH),\n"));
+    }
+    code.push_str("];\n");
     code.push_str("/// Calls `$m!(ident)` once per example agent (ident = crate name with `_`).\n#[macro_export]\nmacro_rules! for_each_agent {\n    ($m:ident) => {\n");
     for (_, ident, _) in &idents {
         code.push_str(&format!("        $m!({ident});\n"));

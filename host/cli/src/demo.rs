@@ -1,0 +1,256 @@
+//! `ahv demo`: the example agents, useful and hostile, each in its ring,
+//! narrated as it happens.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, Ring, RingLimits, RingPolicy};
+use ahv_governance::actions::builtin;
+use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_runtime::{Agent, AgentError, AgentSpec, RingBreach, Runtime};
+use anyhow::Context;
+
+use crate::print_log;
+
+struct Demo {
+    runtime: Runtime,
+    root: PathBuf,
+    breaches: Arc<Mutex<Vec<RingBreach>>>,
+    step: usize,
+}
+
+impl Demo {
+    fn header(&mut self, title: &str) {
+        self.step += 1;
+        println!("\n{}. {title}", self.step);
+    }
+
+    async fn spawn(&self, bytes: &[u8], name: &str, ring: Ring) -> anyhow::Result<Agent> {
+        let dir_path = self.root.join(name);
+        std::fs::create_dir_all(&dir_path)
+            .with_context(|| format!("creating {}", dir_path.display()))?;
+        let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())?;
+        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let component = self.runtime.load(bytes)?;
+        let spec = AgentSpec::new(AgentId::new(format!("did:demo:{name}"))?, ring, vfs)
+            .actions(Arc::new(builtin::registry()));
+        Ok(self.runtime.spawn(&component, spec).await?)
+    }
+
+    async fn call(&self, agent: &mut Agent, input: &str) {
+        let started = Instant::now();
+        match agent.run(input).await {
+            Ok(out) => {
+                for line in &out.logs {
+                    print_log("   ", line);
+                }
+                match out.result {
+                    Ok(answer) => println!("   → {}", answer.lines().next().unwrap_or_default()),
+                    Err(msg) => println!("   → the agent reported a failure: {msg}"),
+                }
+            }
+            Err(e) => {
+                if let AgentError::Trapped { logs, .. } = &e {
+                    for line in logs {
+                        print_log("   ", line);
+                    }
+                }
+                let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
+                println!("   ✗ TRAPPED after {:.1?}: {cause}", started.elapsed());
+            }
+        }
+    }
+}
+
+pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
+    let tmp;
+    let root = match state_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            d
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("ahv-demo-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    // A short deadline for ring 3 so the runaway loop is visibly cut off by time
+    // after it is cut off by fuel; everything else is the default ring table.
+    let mut sandbox = RingLimits::default_for(Ring::Sandbox);
+    sandbox.deadline = Duration::from_millis(500);
+    let policy = RingPolicy::default().with_limits(Ring::Sandbox, sandbox)?;
+    let breaches = Arc::new(Mutex::new(Vec::new()));
+    let sink = breaches.clone();
+    let mut builder = Runtime::builder()
+        .policy(policy)
+        .max_instances(32)
+        .on_breach(move |b: &RingBreach| {
+            println!("   ! hypervisor recorded: {b}");
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(b.clone());
+        });
+    if let Some(cache) = crate::default_cache_dir() {
+        builder = builder.cache_dir(cache);
+    }
+    let runtime = builder.build()?;
+    let mut d = Demo {
+        runtime,
+        root: root.clone(),
+        breaches,
+        step: 0,
+    };
+
+    println!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.");
+    println!("Agent files live under {}", root.display());
+
+    d.header("hello in ring 3 (sandbox): reads a file and answers");
+    write(&root, "hello/greeting.txt", "Good morning")?;
+    let mut hello = d.spawn(ahv_agents::HELLO, "hello", Ring::Sandbox).await?;
+    d.call(&mut hello, "Ada").await;
+
+    d.header(
+        "note-taker in ring 2 (standard): writes notes, journals them with a reversible action",
+    );
+    let mut notes = d
+        .spawn(ahv_agents::NOTE_TAKER, "note-taker", Ring::Standard)
+        .await?;
+    d.call(&mut notes, "review the sandbox design").await;
+    d.call(&mut notes, "benchmark instantiation").await;
+    println!(
+        "   (the host kept {} undo record(s) for its reversible actions)",
+        notes.performed_actions().len()
+    );
+
+    d.header("deployer in ring 1 (privileged): sends a non-reversible notification");
+    write(&root, "deployer/deploy/manifest.txt", "billing-service")?;
+    let mut deployer = d
+        .spawn(ahv_agents::DEPLOYER, "deployer", Ring::Privileged)
+        .await?;
+    d.call(&mut deployer, "v2.4.1").await;
+
+    d.header("the same deployer admitted only at ring 2: its effect is a ring breach");
+    let mut deployer2 = d
+        .spawn(ahv_agents::DEPLOYER, "deployer-r2", Ring::Standard)
+        .await?;
+    d.call(&mut deployer2, "v2.4.2").await;
+    println!(
+        "   outbox exists afterwards: {}",
+        root.join("deployer-r2/outbox").exists()
+    );
+
+    d.header("escalator in ring 2: writing is within its ring");
+    let mut esc2 = d
+        .spawn(ahv_agents::ESCALATOR, "escalator-r2", Ring::Standard)
+        .await?;
+    d.call(&mut esc2, "allowed").await;
+
+    d.header("escalator in ring 3: the write is outside its ring");
+    let mut esc3 = d
+        .spawn(ahv_agents::ESCALATOR, "escalator-r3", Ring::Sandbox)
+        .await?;
+    d.call(&mut esc3, "sneaky").await;
+    println!(
+        "   file written: {}",
+        root.join("escalator-r3/escalated.txt").exists()
+    );
+    match esc3.run("again").await {
+        Err(e) => println!("   its next call is refused: {e}"),
+        Ok(_) => println!("   UNEXPECTED: the breaching agent ran again"),
+    }
+
+    d.header("path-escaper in ring 2: tries .., absolute paths, NUL, long names, planted symlinks");
+    write(&root, "sentinel.txt", "outside every agent's directory")?;
+    std::fs::create_dir_all(root.join("path-escaper"))?;
+    plant_symlink(&root, &root.join("path-escaper/escape-link"))?;
+    plant_symlink(
+        &root.join("sentinel.txt"),
+        &root.join("path-escaper/file-link"),
+    )?;
+    let mut escaper = d
+        .spawn(ahv_agents::PATH_ESCAPER, "path-escaper", Ring::Standard)
+        .await?;
+    match escaper.run("all").await {
+        Ok(out) => {
+            let report = out.result.unwrap_or_else(|e| e);
+            let total = report.lines().count();
+            let refused = report.lines().filter(|l| l.contains(" -> err ")).count();
+            println!("   {refused} of {total} escape attempts refused, e.g.:");
+            for line in report.lines().filter(|l| l.contains("sentinel")).take(4) {
+                println!("     {line}");
+            }
+            for line in report.lines().filter(|l| !l.contains(" -> err ")) {
+                println!("     NOT REFUSED: {line}");
+            }
+        }
+        Err(e) => println!("   ✗ {e}"),
+    }
+    let sentinel = std::fs::read_to_string(root.join("sentinel.txt"))?;
+    println!(
+        "   sentinel outside unchanged: {}",
+        sentinel == "outside every agent's directory"
+    );
+
+    d.header("spinner in ring 3: an infinite loop runs out of fuel");
+    let mut spinner = d
+        .spawn(ahv_agents::SPINNER, "spinner", Ring::Sandbox)
+        .await?;
+    d.call(&mut spinner, "").await;
+
+    d.header("spinner in ring 1 (huge fuel): stopped by the kill switch after 200 ms");
+    let mut spinner1 = d
+        .spawn(ahv_agents::SPINNER, "spinner-r1", Ring::Privileged)
+        .await?;
+    let kill = spinner1.kill_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill.kill("operator pressed the kill switch");
+    });
+    d.call(&mut spinner1, "").await;
+
+    d.header("memory-hog in ring 3: allocates until the 32 MiB cap");
+    let mut hog = d
+        .spawn(ahv_agents::MEMORY_HOG, "memory-hog", Ring::Sandbox)
+        .await?;
+    d.call(&mut hog, "").await;
+
+    d.header("stack-bomb in ring 3: unbounded recursion");
+    let mut bomb = d
+        .spawn(ahv_agents::STACK_BOMB, "stack-bomb", Ring::Sandbox)
+        .await?;
+    d.call(&mut bomb, "").await;
+
+    d.header("net-sneak: imports wasi:sockets to phone home");
+    match d.runtime.load(ahv_agents::NET_SNEAK) {
+        Ok(_) => println!("   UNEXPECTED: admitted"),
+        Err(e) => println!("   ✗ refused at load: {e}"),
+    }
+
+    d.header("the host is still healthy: hello answers again");
+    d.call(&mut hello, "after all that").await;
+
+    let n = d.breaches.lock().unwrap_or_else(|p| p.into_inner()).len();
+    println!("\nDone: {n} ring breach(es) recorded; every hostile agent was stopped by the host.");
+    Ok(0)
+}
+
+fn write(root: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+}
+
+fn plant_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(link).is_ok() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("planting {}", link.display()))?;
+    #[cfg(not(unix))]
+    let _ = (target, link);
+    Ok(())
+}
