@@ -214,7 +214,11 @@ pub mod escalator {
             logs[0].message, "escalator trying to write",
             "logs before the trap are kept"
         );
-        assert_eq!(h.breaches(), [b.clone()], "recorded exactly once");
+        assert_eq!(
+            h.breaches(),
+            std::slice::from_ref(b),
+            "recorded exactly once"
+        );
         assert!(!sb.dir.join("escalated.txt").exists());
         // A breach is never forgiven by re-instantiation, whatever the policy.
         let again = a.run("again").await.unwrap_err();

@@ -20,7 +20,7 @@ impl Agent for MemoryHog {
             let mut block = vec![0u8; 1 << 20];
             block[blocks.len() % (1 << 20)] = 1;
             blocks.push(std::hint::black_box(block));
-            if blocks.len() % 16 == 0 {
+            if blocks.len().is_multiple_of(16) {
                 log::debug!("{} MiB so far", blocks.len());
             }
         }

@@ -193,10 +193,13 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .policy(policy)
         .strict_admission(args.strict)
         .max_instances(4);
-    if !args.no_cache {
-        if let Some(dir) = args.cache_dir.clone().or_else(default_cache_dir) {
-            builder = builder.cache_dir(dir);
-        }
+    if let Some(dir) = args
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .filter(|_| !args.no_cache)
+    {
+        builder = builder.cache_dir(dir);
     }
     let runtime = builder.build().context("starting the runtime")?;
 
