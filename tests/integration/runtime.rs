@@ -166,3 +166,34 @@ async fn oversized_input_is_refused_before_the_guest_runs() {
         "the refused call never reached the guest"
     );
 }
+
+#[tokio::test]
+async fn hostcall_budget_limits_what_a_guest_can_pass_to_the_host() {
+    let mut limits = ahv_core::RingLimits::default_for(Ring::Standard);
+    limits.hostcall_bytes = 1024;
+    let policy = ahv_core::RingPolicy::default()
+        .with_limits(Ring::Standard, limits)
+        .unwrap();
+    let h = Harness::with_policy(&cache_dir(), policy);
+    let sb = Sandbox::new();
+    let mut small = h
+        .spawn(ahv_agents::ESCALATOR, "did:test:esc", Ring::Standard, &sb)
+        .await;
+    assert_eq!(
+        answer(small.run(&"x".repeat(512)).await),
+        "wrote escalated.txt"
+    );
+    let mut big = h
+        .spawn(ahv_agents::ESCALATOR, "did:test:esc2", Ring::Standard, &sb)
+        .await;
+    let cause = ahv_tests::trap(big.run(&"y".repeat(4096)).await);
+    assert_eq!(
+        cause,
+        ahv_runtime::TrapCause::HostcallTooLarge { limit: 1024 }
+    );
+    assert_eq!(
+        std::fs::read(sb.dir.join("escalated.txt")).unwrap().len(),
+        512,
+        "the oversized write never happened"
+    );
+}

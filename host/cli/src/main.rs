@@ -33,6 +33,7 @@ Exit codes of `ahv run`:
   4 setup error (directory, cache, runtime)
   10 ring breach   11 out of fuel   12 memory limit   13 deadline exceeded
   14 killed (Ctrl-C)   15 stack overflow   16 other guest trap   17 host error
+  18 host call too large (the agent passed more data to one host call than its ring allows)
 
 Try:  ahv demo                       (the example agents, hostile ones included)
       ahv agents                     (where the built example agents are)
@@ -110,6 +111,7 @@ fn exit_code_for(cause: &TrapCause) -> u8 {
         TrapCause::StackOverflow => 15,
         TrapCause::GuestTrap { .. } => 16,
         TrapCause::Host { .. } => 17,
+        TrapCause::HostcallTooLarge { .. } => 18,
     }
 }
 

@@ -259,7 +259,6 @@ impl Agent {
     async fn instantiate(&mut self) -> Result<Live, AgentError> {
         let pre = self.runtime.instance_pre(&self.component, self.spec.ring)?;
         let mut store = self.new_store();
-        let fuel = self.runtime.policy().limits(self.spec.ring).fuel_per_call;
         let armed = self.arm(&mut store);
         let result = match armed {
             Ok(_) => pre.instantiate_async(&mut store).await,
@@ -268,7 +267,7 @@ impl Agent {
         match result {
             Ok(bindings) => Ok(Live { store, bindings }),
             Err(e) => {
-                let cause = TrapCause::from_error(&e, fuel);
+                let cause = TrapCause::from_error(&e, self.runtime.policy().limits(self.spec.ring));
                 let (logs, _) = store
                     .data()
                     .log
@@ -358,7 +357,7 @@ impl Agent {
                 })
             }
             Err(e) => {
-                let cause = TrapCause::from_error(&e, fuel);
+                let cause = TrapCause::from_error(&e, self.runtime.policy().limits(self.spec.ring));
                 drop(live);
                 Err(self.poison(cause, logs))
             }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ahv_core::{AgentId, Capability, Ring, SessionId};
+use ahv_core::{AgentId, Capability, Ring, RingLimits, SessionId};
 use thiserror::Error;
 
 /// A call to a capability outside the caller's ring. Recorded before the trap.
@@ -79,6 +79,12 @@ pub enum TrapCause {
     /// The wasm stack overflowed.
     #[error("stack overflow: the agent exceeded its wasm stack")]
     StackOverflow,
+    /// One host call tried to pass the host more data than the ring allows.
+    #[error("host call too large: the agent passed more than {limit} bytes to one host call")]
+    HostcallTooLarge {
+        /// The ring's per-call limit, in bytes.
+        limit: usize,
+    },
     /// Another wasm trap (unreachable, bad memory access, …) or a guest abort.
     #[error("guest trap: {message}")]
     GuestTrap {
@@ -94,8 +100,8 @@ pub enum TrapCause {
 }
 
 impl TrapCause {
-    /// Classifies the error a call returned, given the fuel the call had.
-    pub fn from_error(err: &wasmtime::Error, fuel_limit: u64) -> TrapCause {
+    /// Classifies the error a call returned, given the limits the call ran under.
+    pub fn from_error(err: &wasmtime::Error, limits: &RingLimits) -> TrapCause {
         if let Some(b) = err.downcast_ref::<RingBreach>() {
             return TrapCause::RingBreach(b.clone());
         }
@@ -109,11 +115,23 @@ impl TrapCause {
             return TrapCause::MemoryLimit(m.clone());
         }
         match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::OutOfFuel) => TrapCause::OutOfFuel { limit: fuel_limit },
+            Some(wasmtime::Trap::OutOfFuel) => TrapCause::OutOfFuel {
+                limit: limits.fuel_per_call,
+            },
             Some(wasmtime::Trap::StackOverflow) => TrapCause::StackOverflow,
             Some(t) => TrapCause::GuestTrap {
                 message: t.to_string(),
             },
+            // Wasmtime's error type for this is private; its message is stable and tested.
+            None if err
+                .root_cause()
+                .to_string()
+                .contains("fuel allocated for hostcalls has been exhausted") =>
+            {
+                TrapCause::HostcallTooLarge {
+                    limit: limits.hostcall_bytes,
+                }
+            }
             None => TrapCause::Host {
                 message: format!("{err:#}"),
             },
@@ -121,7 +139,8 @@ impl TrapCause {
     }
 
     /// A short stable name: `ring-breach`, `out-of-fuel`, `memory-limit`,
-    /// `deadline-exceeded`, `killed`, `stack-overflow`, `guest-trap`, `host-error`.
+    /// `deadline-exceeded`, `killed`, `stack-overflow`, `hostcall-too-large`, `guest-trap`,
+    /// `host-error`.
     pub fn kind(&self) -> &'static str {
         match self {
             TrapCause::RingBreach(_) => "ring-breach",
@@ -130,6 +149,7 @@ impl TrapCause {
             TrapCause::DeadlineExceeded(_) => "deadline-exceeded",
             TrapCause::Killed(_) => "killed",
             TrapCause::StackOverflow => "stack-overflow",
+            TrapCause::HostcallTooLarge { .. } => "hostcall-too-large",
             TrapCause::GuestTrap { .. } => "guest-trap",
             TrapCause::Host { .. } => "host-error",
         }
@@ -180,25 +200,30 @@ mod tests {
 
     #[test]
     fn typed_causes_survive_a_trip_through_wasmtime_error() {
+        let limits = {
+            let mut l = RingLimits::default_for(Ring::Sandbox);
+            l.fuel_per_call = 7;
+            l
+        };
         let e = wasmtime::Error::new(breach());
         assert_eq!(e.downcast_ref::<RingBreach>(), Some(&breach()));
         assert_eq!(
-            TrapCause::from_error(&e, 1),
+            TrapCause::from_error(&e, &limits),
             TrapCause::RingBreach(breach())
         );
         let e = wasmtime::Error::new(Killed {
             reason: "manual".into(),
         });
-        assert_eq!(TrapCause::from_error(&e, 1).kind(), "killed");
+        assert_eq!(TrapCause::from_error(&e, &limits).kind(), "killed");
         let e = wasmtime::Error::from(wasmtime::Trap::OutOfFuel);
         assert_eq!(
-            TrapCause::from_error(&e, 7),
+            TrapCause::from_error(&e, &limits),
             TrapCause::OutOfFuel { limit: 7 }
         );
         let e = wasmtime::Error::from(wasmtime::Trap::StackOverflow);
-        assert_eq!(TrapCause::from_error(&e, 7), TrapCause::StackOverflow);
+        assert_eq!(TrapCause::from_error(&e, &limits), TrapCause::StackOverflow);
         let e = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached);
-        assert_eq!(TrapCause::from_error(&e, 7).kind(), "guest-trap");
+        assert_eq!(TrapCause::from_error(&e, &limits).kind(), "guest-trap");
         assert_eq!(
             breach().to_string(),
             "ring breach: vfs-write/write called from ring 3 (sandbox) by agent a in session s"
