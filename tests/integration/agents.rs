@@ -543,3 +543,78 @@ pub mod path_escaper {
         );
     }
 }
+
+pub mod sleeper {
+    use super::*;
+    pub const TESTED: () = ();
+
+    /// Fails the test (instead of hanging it) if the host lets the sleep run on.
+    async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("the host did not stop a sleeping agent")
+    }
+
+    fn policy(deadline: Duration) -> RingPolicy {
+        let mut l = RingLimits::default_for(Ring::Sandbox);
+        l.deadline = deadline;
+        RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
+    }
+
+    #[tokio::test]
+    async fn short_sleep_is_fine() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SLEEPER, "did:test:sleep", Ring::Sandbox, &sb)
+            .await;
+        assert_eq!(answer(a.run("5").await), "slept 5 ms");
+    }
+
+    #[tokio::test]
+    async fn sleeping_in_the_host_cannot_outlive_the_deadline() {
+        let deadline = Duration::from_millis(300);
+        let h = Harness::with_policy(&cache_dir(), policy(deadline));
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SLEEPER, "did:test:sleep", Ring::Sandbox, &sb)
+            .await;
+        let start = Instant::now();
+        let cause = trap(bounded(a.run("")).await);
+        let took = start.elapsed();
+        assert_eq!(
+            cause,
+            TrapCause::DeadlineExceeded(ahv_runtime::DeadlineExceeded { deadline })
+        );
+        assert!(
+            took >= deadline && took < 2 * deadline,
+            "stopped after {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn kill_reaches_an_agent_sleeping_in_the_host() {
+        let h = Harness::with_policy(&cache_dir(), policy(Duration::from_secs(60)));
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SLEEPER, "did:test:sleep", Ring::Sandbox, &sb)
+            .await;
+        let kill = a.kill_handle();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            kill.kill("manual");
+        });
+        let start = Instant::now();
+        assert_eq!(
+            trap(bounded(a.run("")).await),
+            TrapCause::Killed(ahv_runtime::Killed {
+                reason: "manual".into()
+            })
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -261,7 +261,14 @@ impl Agent {
         let mut store = self.new_store();
         let armed = self.arm(&mut store);
         let result = match armed {
-            Ok(_) => pre.instantiate_async(&mut store).await,
+            Ok(_) => {
+                guarded(
+                    pre.instantiate_async(&mut store),
+                    self.deadline(),
+                    &self.kill,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -277,6 +284,10 @@ impl Agent {
                 Err(self.poison(cause, logs))
             }
         }
+    }
+
+    fn deadline(&self) -> Duration {
+        self.runtime.policy().limits(self.spec.ring).deadline
     }
 
     fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>) -> AgentError {
@@ -332,11 +343,12 @@ impl Agent {
         let fuel = self.runtime.policy().limits(self.spec.ring).fuel_per_call;
         let start = Instant::now();
         let result = match self.arm(&mut live.store) {
-            Ok(trace) => live
-                .bindings
-                .call_run(&mut live.store, input)
-                .await
-                .map(|r| (trace, r)),
+            Ok(trace) => {
+                let call = live.bindings.call_run(&mut live.store, input);
+                guarded(call, self.deadline(), &self.kill)
+                    .await
+                    .map(|r| (trace, r))
+            }
             Err(e) => Err(e),
         };
         let elapsed = start.elapsed();
@@ -361,6 +373,31 @@ impl Agent {
                 drop(live);
                 Err(self.poison(cause, logs))
             }
+        }
+    }
+}
+
+/// Slack after the deadline before a call stuck in a host function is cancelled;
+/// a call running wasm code is stopped by the epoch callback at the deadline itself.
+const DEADLINE_GRACE: Duration = Duration::from_millis(10);
+
+/// Runs a call into the guest so that neither its deadline nor the kill switch
+/// can be escaped by waiting inside an async host function (e.g. a WASI sleep
+/// or poll), where epoch interruption does not reach. Dropping the future
+/// cancels the call; the caller then drops the instance.
+async fn guarded<T>(
+    call: impl Future<Output = wasmtime::Result<T>>,
+    deadline: Duration,
+    kill: &KillHandle,
+) -> wasmtime::Result<T> {
+    tokio::select! {
+        r = call => r,
+        () = tokio::time::sleep(deadline + DEADLINE_GRACE) => {
+            Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
+        }
+        () = kill.cancelled() => {
+            let killed = kill.killed().unwrap_or_else(|| crate::trap::Killed { reason: String::new() });
+            Err(wasmtime::Error::new(killed))
         }
     }
 }

@@ -257,6 +257,9 @@ pub struct KillHandle {
 struct KillState {
     killed: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// Wakes a call that is waiting inside an async host function (where
+    /// epoch checks cannot reach it).
+    notify: tokio::sync::Notify,
 }
 
 impl KillHandle {
@@ -269,7 +272,8 @@ impl KillHandle {
 
     /// Stops the agent: a running call traps with `Killed` at its next epoch
     /// check (the epoch is bumped at once, so that is within microseconds for
-    /// a busy loop); later calls are refused. Killing twice keeps the first reason.
+    /// a busy loop), or is cancelled if it is waiting in a host call (a sleep);
+    /// later calls are refused. Killing twice keeps the first reason.
     pub fn kill(&self, reason: impl Into<String>) {
         {
             let mut r = self.inner.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,11 +283,24 @@ impl KillHandle {
         }
         self.inner.killed.store(true, Ordering::SeqCst);
         self.engine.increment_epoch();
+        self.inner.notify.notify_waiters();
     }
 
     /// True once [`KillHandle::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.inner.killed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the agent is killed.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even if not yet polled.
+            let notified = self.inner.notify.notified();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn killed(&self) -> Option<Killed> {
