@@ -6,6 +6,7 @@
 //!   context) vs raw wasmtime (same engine, a bare store, the same component).
 //! - `hostcall/*`: 1000 guest→host calls of `context.current-ring` on a live
 //!   instance: governed adapter (ring check) vs an ungoverned host function.
+//!   `raw_wasmtime_sync` shows what async calls cost (a fiber per call).
 //! - `kill_latency`: time from `KillHandle::kill` until `run` returns, for
 //!   `spinner` in a tight loop with a 1 ms epoch tick. Criterion reports the
 //!   mean; p50/p99 of 200 samples are printed to stderr.
@@ -42,6 +43,21 @@ impl WasiView for RawState {
 fn raw_pre(engine: &Engine, component: &wasmtime::component::Component) -> InstancePre<RawState> {
     let mut linker = Linker::<RawState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    let mut ctx = linker
+        .instance("agent-hypervisor:agent/context@0.1.0")
+        .unwrap();
+    ctx.func_wrap("current-ring", |_, (): ()| Ok((3u8,)))
+        .unwrap();
+    linker.instantiate_pre(component).unwrap()
+}
+
+/// As [`raw_pre`], with synchronous WASI, for the sync-call baseline.
+fn raw_pre_sync(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+) -> InstancePre<RawState> {
+    let mut linker = Linker::<RawState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
     let mut ctx = linker
         .instance("agent-hypervisor:agent/context@0.1.0")
         .unwrap();
@@ -126,6 +142,20 @@ fn instantiate_call(c: &mut Criterion) {
                 let (out,) = run.call_async(&mut store, ("",)).await.unwrap();
                 assert_eq!(out.as_deref(), Ok("pong"));
             })
+        })
+    });
+    // For orientation only: the same without async (no fiber per call). The
+    // runtime needs async calls so agents share tokio's threads.
+    let raw_sync = raw_pre_sync(&engine, &raw_component);
+    g.bench_function("raw_wasmtime_sync", |b| {
+        b.iter(|| {
+            let mut store = raw_store(&engine);
+            let instance = raw_sync.instantiate(&mut store).unwrap();
+            let run = instance
+                .get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")
+                .unwrap();
+            let (out,) = run.call(&mut store, ("",)).unwrap();
+            assert_eq!(out.as_deref(), Ok("pong"));
         })
     });
     g.finish();
