@@ -8,6 +8,14 @@ use ahv_tests::{Harness, SENTINEL, Sandbox, answer, trap};
 
 use crate::cache_dir;
 
+/// The default ring table with ring 3's fuel and deadline replaced.
+fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
+    let mut l = RingLimits::default_for(Ring::Sandbox);
+    l.fuel_per_call = fuel;
+    l.deadline = deadline;
+    RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
+}
+
 pub mod hello {
     use super::*;
     pub const TESTED: () = ();
@@ -239,13 +247,6 @@ pub mod escalator {
 pub mod spinner {
     use super::*;
     pub const TESTED: () = ();
-
-    fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
-        let mut l = RingLimits::default_for(Ring::Sandbox);
-        l.fuel_per_call = fuel;
-        l.deadline = deadline;
-        RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
-    }
 
     #[tokio::test]
     async fn runs_out_of_fuel_in_ring_3() {
@@ -556,9 +557,10 @@ pub mod sleeper {
     }
 
     fn policy(deadline: Duration) -> RingPolicy {
-        let mut l = RingLimits::default_for(Ring::Sandbox);
-        l.deadline = deadline;
-        RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
+        super::policy(
+            RingLimits::default_for(Ring::Sandbox).fuel_per_call,
+            deadline,
+        )
     }
 
     #[tokio::test]
