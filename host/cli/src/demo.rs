@@ -75,8 +75,8 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
             tmp.path().to_path_buf()
         }
     };
-    // A short deadline for ring 3 so the runaway loop is visibly cut off by time
-    // after it is cut off by fuel; everything else is the default ring table.
+    // A short deadline for ring 3, so the sleeping agent below is visibly cut
+    // off by time; everything else is the default ring table.
     let mut sandbox = RingLimits::default_for(Ring::Sandbox);
     sandbox.deadline = Duration::from_millis(500);
     let policy = RingPolicy::default().with_limits(Ring::Sandbox, sandbox)?;
@@ -208,6 +208,12 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
         kill.kill("operator pressed the kill switch");
     });
     d.call(&mut spinner1, "").await;
+
+    d.header("sleeper in ring 3: blocks inside a host call; the 500 ms deadline still ends it");
+    let mut sleeper = d
+        .spawn(ahv_agents::SLEEPER, "sleeper", Ring::Sandbox)
+        .await?;
+    d.call(&mut sleeper, "").await;
 
     d.header("memory-hog in ring 3: allocates until the 32 MiB cap");
     let mut hog = d
