@@ -1,6 +1,7 @@
 //! A live agent: one instance, reused across calls, inside its ring.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, SessionId, TraceId};
@@ -390,9 +391,16 @@ async fn guarded<T>(
     deadline: Duration,
     kill: &KillHandle,
 ) -> wasmtime::Result<T> {
+    let cutoff = tokio::time::Instant::now() + deadline + DEADLINE_GRACE;
+    let mut call = std::pin::pin!(call);
+    // Most calls finish without ever waiting in the host: poll once before
+    // paying for a timer and a kill subscription.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        return r;
+    }
     tokio::select! {
         r = call => r,
-        () = tokio::time::sleep(deadline + DEADLINE_GRACE) => {
+        () = tokio::time::sleep_until(cutoff) => {
             Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
         }
         () = kill.cancelled() => {

@@ -189,6 +189,10 @@ fn engine(max_instances: u32, max_memory: u64) -> Result<Engine, BuildError> {
     let mut config = Config::new();
     config
         .consume_fuel(true)
+        // Agents are small: copying their data segments at instantiation is
+        // cheaper than mapping and unmapping copy-on-write images (measured:
+        // instantiate + call 25 µs -> 21 µs). Revisit for large guests.
+        .memory_init_cow(false)
         .epoch_interruption(true)
         .concurrency_support(false)
         .max_wasm_stack(1 << 20)
