@@ -242,6 +242,65 @@ pub mod escalator {
         );
         assert_eq!(h.breaches().len(), 1);
     }
+    /// Every out-of-ring capability, from a real guest, in every ring where it differs.
+    #[tokio::test]
+    async fn actions_and_effects_are_breaches_below_their_ring() {
+        let h = Harness::new(&cache_dir());
+        let cases = [
+            (
+                "action:x",
+                Ring::Sandbox,
+                Some((Capability::Actions, "invoke")),
+            ),
+            ("action:x", Ring::Standard, None),
+            (
+                "effect:x",
+                Ring::Sandbox,
+                Some((Capability::Effects, "invoke")),
+            ),
+            (
+                "effect:x",
+                Ring::Standard,
+                Some((Capability::Effects, "invoke")),
+            ),
+            ("effect:x", Ring::Privileged, None),
+            ("effect:x", Ring::Root, None),
+        ];
+        for (input, ring, breach) in cases {
+            let sb = Sandbox::new();
+            let mut a = h
+                .spawn(ahv_agents::ESCALATOR, "did:test:esc", ring, &sb)
+                .await;
+            let r = a.run(input).await;
+            match breach {
+                Some((capability, function)) => {
+                    let TrapCause::RingBreach(b) = trap(r) else {
+                        panic!("{input} in {ring}: not a breach")
+                    };
+                    assert_eq!(
+                        (b.capability, b.function.as_str(), b.ring),
+                        (capability, function, ring)
+                    );
+                    assert!(
+                        !sb.dir.join("journal").exists() && !sb.dir.join("outbox").exists(),
+                        "nothing ran"
+                    );
+                }
+                None => {
+                    let out = answer(r);
+                    assert!(
+                        out.starts_with(if input.starts_with("action") {
+                            "action ran"
+                        } else {
+                            "effect ran"
+                        }),
+                        "{out}"
+                    );
+                }
+            }
+        }
+        assert_eq!(h.breaches().len(), 3);
+    }
 }
 
 pub mod spinner {

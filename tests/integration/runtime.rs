@@ -15,7 +15,7 @@ fn inspect_reports_the_lowest_ring_covering_the_imports() {
         (ahv_agents::HELLO, Ring::Sandbox),
         (ahv_agents::PINGER, Ring::Sandbox),
         (ahv_agents::NOTE_TAKER, Ring::Standard),
-        (ahv_agents::ESCALATOR, Ring::Standard),
+        (ahv_agents::ESCALATOR, Ring::Privileged),
         (ahv_agents::DEPLOYER, Ring::Privileged),
     ];
     for (bytes, ring) in expected {
@@ -62,9 +62,9 @@ async fn strict_admission_refuses_a_ring_below_the_imports() {
         .build()
         .unwrap();
     let sb = Sandbox::new();
-    let c = runtime.load(ahv_agents::ESCALATOR).unwrap();
+    let c = runtime.load(ahv_agents::NOTE_TAKER).unwrap();
     let spec = AgentSpec::new(
-        AgentId::new("did:test:esc").unwrap(),
+        AgentId::new("did:test:notes").unwrap(),
         Ring::Sandbox,
         sb.vfs.clone(),
     );
@@ -81,12 +81,12 @@ async fn strict_admission_refuses_a_ring_below_the_imports() {
         "{err}"
     );
     let spec = AgentSpec::new(
-        AgentId::new("did:test:esc").unwrap(),
+        AgentId::new("did:test:notes").unwrap(),
         Ring::Standard,
         sb.vfs.clone(),
     );
     let mut ok = runtime.spawn(&c, spec).await.unwrap();
-    assert_eq!(answer(ok.run("x").await), "wrote escalated.txt");
+    assert_eq!(answer(ok.run("x").await), "1 note(s) in notes/today.md");
 }
 
 #[tokio::test]

@@ -1,16 +1,33 @@
-//! `escalator` — hostile: tries to write although it may only read.
+//! `escalator` — hostile: calls capabilities above its ring.
 //!
-//! It calls `vfs-write` (`write("escalated.txt", …)`). In Ring 2 or below the
-//! write is allowed and it answers `"wrote escalated.txt"`; in Ring 3 the call
-//! is outside its ring, so the host records a ring breach and traps it before
-//! anything is written.
+//! The input picks what it tries:
+//! - anything else (default): `vfs-write` `write("escalated.txt", input)`: allowed from
+//!   ring 2, a ring breach in ring 3;
+//! - `"action:<text>"`: the reversible action `note.append`: allowed from ring 2, a
+//!   breach in ring 3;
+//! - `"effect:<text>"`: the non-reversible effect `notify.send`: allowed from ring 1,
+//!   a breach in rings 2 and 3.
+//!
+//! On a breach the host records it and traps the agent before anything happens.
 
-use agent_sdk::{Agent, export_agent, log, vfs};
+use agent_sdk::{Agent, actions, effects, export_agent, log, vfs};
 
 struct Escalator;
 
 impl Agent for Escalator {
     fn run(input: String) -> Result<String, String> {
+        if let Some(text) = input.strip_prefix("action:") {
+            log::warn!("escalator trying a reversible action");
+            let out =
+                actions::invoke("note.append", text).map_err(|e| format!("action refused: {e}"))?;
+            return Ok(format!("action ran: {out}"));
+        }
+        if let Some(text) = input.strip_prefix("effect:") {
+            log::warn!("escalator trying an effect");
+            let out =
+                effects::invoke("notify.send", text).map_err(|e| format!("effect refused: {e}"))?;
+            return Ok(format!("effect ran: {out}"));
+        }
         log::warn!("escalator trying to write");
         vfs::write("escalated.txt", input.as_bytes()).map_err(|e| format!("write refused: {e}"))?;
         Ok("wrote escalated.txt".to_string())
