@@ -309,6 +309,9 @@ impl Agent {
 
     /// Calls the agent's `run` with `input`.
     ///
+    /// Cancel-safe: if the returned future is dropped before it completes, the
+    /// interrupted instance is discarded and the next call gets a fresh one.
+    ///
     /// # Errors
     /// [`AgentError::Trapped`] with the typed cause when the call traps (the
     /// instance is dropped); [`AgentError::Poisoned`] when an earlier trap or a
