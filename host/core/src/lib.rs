@@ -1,7 +1,8 @@
 //! # ahv-core: the vocabulary every Agent Hypervisor crate shares
 //!
-//! Rings, capabilities and the ring policy table ([`ring`]), and identifiers
-//! ([`id`]). No wasmtime, no I/O: plain data with typed errors.
+//! Rings, capabilities and the ring policy table ([`ring`]), identifiers
+//! ([`id`]), trust scores and the rings they imply ([`score`]), and injected
+//! time ([`clock`]). No wasmtime, no I/O: plain data with typed errors.
 //!
 //! ```
 //! use ahv_core::{Capability, Ring, RingPolicy};
@@ -17,14 +18,18 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod id;
 pub mod ring;
+pub mod score;
 
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{
     Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES,
     WIT_PACKAGE, WIT_VERSION,
 };
+pub use score::{ActionDescriptor, Reversibility, ScoreError, check_score, ring_for_score};
 
 #[cfg(test)]
 mod wit_contract_tests;

@@ -5,7 +5,8 @@
 //!
 //! - [`path`]: guest path validation and normalisation;
 //! - [`vfs`]: an agent's files over a `cap_std::fs::Dir`;
-//! - [`actions`]: host-registered reversible actions and effects.
+//! - [`actions`]: host-registered reversible actions and effects;
+//! - [`session`]: shared-session configuration, lifecycle and join rules.
 //!
 //! ```
 //! use ahv_governance::vfs::{Vfs, VfsError, VfsLimits};
@@ -24,4 +25,5 @@
 
 pub mod actions;
 pub mod path;
+pub mod session;
 pub mod vfs;
