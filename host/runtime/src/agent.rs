@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use ahv_core::{AgentId, Ring, SessionId, TraceId};
+use ahv_core::{AgentId, Ring, RingLimits, SessionId, TraceId};
 use ahv_governance::actions::{ActionRegistry, UndoRecord};
 use ahv_governance::vfs::Vfs;
 use thiserror::Error;
@@ -218,7 +218,7 @@ impl Agent {
     }
 
     fn new_store(&self) -> Store<AgentState> {
-        let limits = self.runtime.policy().limits(self.spec.ring);
+        let limits = self.limits();
         let init = StateInit {
             agent: self.spec.agent.clone(),
             session: self.spec.session.clone(),
@@ -252,7 +252,7 @@ impl Agent {
         let data = store.data_mut();
         data.trace = trace;
         data.call_deadline = Instant::now() + data.deadline;
-        store.set_fuel(self.runtime.policy().limits(self.spec.ring).fuel_per_call)?;
+        store.set_fuel(self.limits().fuel_per_call)?;
         store.set_epoch_deadline(1);
         Ok(trace)
     }
@@ -265,7 +265,7 @@ impl Agent {
             Ok(_) => {
                 guarded(
                     pre.instantiate_async(&mut store),
-                    self.deadline(),
+                    self.limits().deadline,
                     &self.kill,
                 )
                 .await
@@ -275,7 +275,7 @@ impl Agent {
         match result {
             Ok(bindings) => Ok(Live { store, bindings }),
             Err(e) => {
-                let cause = TrapCause::from_error(&e, self.runtime.policy().limits(self.spec.ring));
+                let cause = TrapCause::from_error(&e, self.limits());
                 let (logs, _) = store
                     .data()
                     .log
@@ -287,8 +287,9 @@ impl Agent {
         }
     }
 
-    fn deadline(&self) -> Duration {
-        self.runtime.policy().limits(self.spec.ring).deadline
+    /// The limits of the agent's ring (the runtime owns the table; the ring is fixed per agent).
+    fn limits(&self) -> &RingLimits {
+        self.runtime.policy().limits(self.spec.ring)
     }
 
     fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>) -> AgentError {
@@ -344,12 +345,12 @@ impl Agent {
                 _ => self.instantiate().await?,
             },
         };
-        let fuel = self.runtime.policy().limits(self.spec.ring).fuel_per_call;
+        let fuel = self.limits().fuel_per_call;
         let start = Instant::now();
         let result = match self.arm(&mut live.store) {
             Ok(trace) => {
                 let call = live.bindings.call_run(&mut live.store, input);
-                guarded(call, self.deadline(), &self.kill)
+                guarded(call, self.limits().deadline, &self.kill)
                     .await
                     .map(|r| (trace, r))
             }
@@ -373,7 +374,7 @@ impl Agent {
                 })
             }
             Err(e) => {
-                let cause = TrapCause::from_error(&e, self.runtime.policy().limits(self.spec.ring));
+                let cause = TrapCause::from_error(&e, self.limits());
                 drop(live);
                 Err(self.poison(cause, logs))
             }
