@@ -145,6 +145,12 @@ pub enum Capability {
     Actions = 4,
     /// `effects`: host-registered non-reversible actions.
     Effects = 5,
+    /// `state-read`: read the session's shared key-value state.
+    StateRead = 6,
+    /// `state-write`: versioned writes to the shared state.
+    StateWrite = 7,
+    /// `locks`: intent locks on shared paths and state keys.
+    Locks = 8,
 }
 
 /// WIT interfaces that only define types: they grant nothing and are linked in every ring.
@@ -157,11 +163,14 @@ pub const WIT_VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in table order.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 9] = [
         Capability::Context,
         Capability::Log,
         Capability::VfsRead,
+        Capability::StateRead,
         Capability::VfsWrite,
+        Capability::StateWrite,
+        Capability::Locks,
         Capability::Actions,
         Capability::Effects,
     ];
@@ -175,6 +184,9 @@ impl Capability {
             Capability::VfsWrite => "vfs-write",
             Capability::Actions => "actions",
             Capability::Effects => "effects",
+            Capability::StateRead => "state-read",
+            Capability::StateWrite => "state-write",
+            Capability::Locks => "locks",
         }
     }
 
@@ -184,8 +196,18 @@ impl Capability {
         match self {
             Capability::Context => &["whoami", "current-ring"],
             Capability::Log => &["log"],
-            Capability::VfsRead => &["read", "list-dir", "stat"],
-            Capability::VfsWrite => &["write", "append", "delete", "rename", "create-dir"],
+            Capability::VfsRead => &["read", "list-dir", "stat", "hash", "get-acl"],
+            Capability::VfsWrite => &[
+                "write",
+                "append",
+                "delete",
+                "rename",
+                "create-dir",
+                "set-acl",
+            ],
+            Capability::StateRead => &["get", "keys"],
+            Capability::StateWrite => &["put", "delete"],
+            Capability::Locks => &["acquire", "release", "held"],
             Capability::Actions => &["invoke", "available"],
             Capability::Effects => &["invoke", "available"],
         }
@@ -194,8 +216,13 @@ impl Capability {
     /// The least privileged ring that has this capability in the default table.
     pub const fn default_ring(self) -> Ring {
         match self {
-            Capability::Context | Capability::Log | Capability::VfsRead => Ring::Sandbox,
-            Capability::VfsWrite | Capability::Actions => Ring::Standard,
+            Capability::Context | Capability::Log | Capability::VfsRead | Capability::StateRead => {
+                Ring::Sandbox
+            }
+            Capability::VfsWrite
+            | Capability::StateWrite
+            | Capability::Locks
+            | Capability::Actions => Ring::Standard,
             Capability::Effects => Ring::Privileged,
         }
     }
@@ -396,21 +423,24 @@ mod tests {
                 .map(Capability::interface)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(caps(Ring::Sandbox), ["context", "log", "vfs-read"]);
         assert_eq!(
-            caps(Ring::Standard),
-            ["context", "log", "vfs-read", "vfs-write", "actions"]
+            caps(Ring::Sandbox),
+            ["context", "log", "vfs-read", "state-read"]
         );
+        let standard = [
+            "context",
+            "log",
+            "vfs-read",
+            "state-read",
+            "vfs-write",
+            "state-write",
+            "locks",
+            "actions",
+        ];
+        assert_eq!(caps(Ring::Standard), standard);
         assert_eq!(
             caps(Ring::Privileged),
-            [
-                "context",
-                "log",
-                "vfs-read",
-                "vfs-write",
-                "actions",
-                "effects"
-            ]
+            [&standard[..], &["effects"]].concat()
         );
         assert_eq!(caps(Ring::Root), caps(Ring::Privileged));
         assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);

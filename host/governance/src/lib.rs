@@ -24,6 +24,8 @@
 #![deny(missing_docs)]
 
 pub mod actions;
+pub mod files;
 pub mod path;
 pub mod session;
+pub mod vclock;
 pub mod vfs;

@@ -86,6 +86,15 @@ pub enum VfsError {
         /// Which limit.
         reason: String,
     },
+    /// A write from an agent that has not seen the latest write to the path
+    /// (strict consistency), or another consistency refusal.
+    #[error("{path}: conflict: {reason}")]
+    Conflict {
+        /// The normalised path.
+        path: String,
+        /// What the writer had not seen.
+        reason: String,
+    },
     /// Another I/O failure.
     #[error("{op} {path}: {message}")]
     Io {
