@@ -1,7 +1,8 @@
 //! # agent-sdk: write Agent Hypervisor agents in plain Rust
 //!
 //! An agent is a WebAssembly component that exports one function, `run`, and
-//! calls the host's *capabilities* (files, logs, actions, effects). Which
+//! calls the host's *capabilities* (files, shared state, locks, logs,
+//! actions, effects). Which
 //! capabilities it may call depends on the *ring* the host runs it in; a call
 //! outside its ring traps the agent (a *ring breach*). Agent authors never
 //! touch `wit-bindgen`: they implement [`Agent`] and call [`export_agent!`].
@@ -47,8 +48,8 @@ pub mod __private {
 
 /// The raw `wit-bindgen` bindings of the `root` world (every capability).
 ///
-/// Prefer the wrappers in [`context`], [`log`], [`vfs`], [`actions`] and
-/// [`effects`]; this module exists for the export macro.
+/// Prefer the wrappers in [`context`], [`log`], [`vfs`], [`state`], [`locks`],
+/// [`actions`] and [`effects`]; this module exists for the export macro.
 #[doc(hidden)]
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
@@ -150,10 +151,18 @@ macro_rules! __log_error { ($($arg:tt)*) => { $crate::log::write($crate::log::Le
 ///
 /// Paths are relative POSIX paths such as `notes/today.md`: no leading `/`,
 /// no `..`, no NUL. A bad path is an [`Error::InvalidPath`] value.
+///
+/// In a shared session, paths under `shared/` name the session's shared area
+/// (every participant sees it, subject to each file's [`Acl`]); every other
+/// path names the agent's private area, which no other agent can reach.
 pub mod vfs {
     use crate::bindings::agent_hypervisor::agent::{vfs_read, vfs_write};
 
     pub use crate::Error;
+    /// A file's access control list.
+    pub use crate::bindings::agent_hypervisor::agent::types::Acl;
+    /// Who may do something to a file.
+    pub use crate::bindings::agent_hypervisor::agent::types::Access;
     /// File or directory.
     pub use vfs_read::EntryKind;
     /// Metadata of one entry.
@@ -190,6 +199,31 @@ pub mod vfs {
     /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
     pub fn stat(path: &str) -> Result<Stat, Error> {
         vfs_read::stat(path)
+    }
+
+    /// SHA-256 of a file's content (64 lower-case hex digits).
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    pub fn hash(path: &str) -> Result<String, Error> {
+        vfs_read::hash(path)
+    }
+
+    /// A shared file's access control list.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound` or `Denied` (outside a session there are no ACLs).
+    pub fn acl(path: &str) -> Result<Acl, Error> {
+        vfs_read::get_acl(path)
+    }
+
+    /// Replaces a shared file's ACL: only its owner, or an agent in ring 1 or 0, may.
+    /// Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `InvalidPath`, `NotFound`, `Denied` or `Conflict`.
+    pub fn set_acl(path: &str, acl: &Acl) -> Result<(), Error> {
+        vfs_write::set_acl(path, acl)
     }
 
     /// Replaces or creates a file atomically, creating parent directories.
@@ -267,5 +301,119 @@ pub mod effects {
     /// Names of the effects the host offers.
     pub fn available() -> Vec<String> {
         raw::available()
+    }
+}
+
+/// The session's shared key-value state (capabilities `state-read`, every
+/// ring, and `state-write`, ring 2 and below).
+///
+/// Every value has a version. A write names the version it read (0 for a key
+/// that must not exist yet); if someone else wrote in between, the write is a
+/// [`Error::Conflict`] value: read again and retry.
+///
+/// ```no_run
+/// use agent_sdk::state;
+/// // Increment a shared counter, retrying on conflicts.
+/// loop {
+///     let (n, version) = match state::get("counter").unwrap() {
+///         Some(v) => (String::from_utf8_lossy(&v.value).parse::<u64>().unwrap_or(0), v.version),
+///         None => (0, 0),
+///     };
+///     match state::put("counter", (n + 1).to_string(), version) {
+///         Ok(_) => break,
+///         Err(state::Error::Conflict(_)) => continue,
+///         Err(e) => panic!("{e}"),
+///     }
+/// }
+/// ```
+pub mod state {
+    use crate::bindings::agent_hypervisor::agent::{state_read, state_write};
+
+    pub use crate::Error;
+    /// A value with its version, vector clock and writer.
+    pub use state_read::Versioned;
+
+    /// Reads `key`; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// `InvalidPath` (a bad key), `Denied` (isolation needs a lock) or `Denied`
+    /// outside a session.
+    pub fn get(key: &str) -> Result<Option<Versioned>, Error> {
+        state_read::get(key)
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    ///
+    /// # Errors
+    /// `Denied` outside a session.
+    pub fn keys(prefix: &str) -> Result<Vec<String>, Error> {
+        state_read::keys(prefix)
+    }
+
+    /// Writes `key` if it is still at `expected_version`; returns the new version.
+    /// Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `Conflict` (someone wrote in between), `Quota`, `Denied`.
+    pub fn put(key: &str, value: impl AsRef<[u8]>, expected_version: u64) -> Result<u64, Error> {
+        state_write::put(key, value.as_ref(), expected_version)
+    }
+
+    /// Deletes `key` if it is still at `expected_version`. Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// `Conflict`, `NotFound`, `Denied`.
+    pub fn delete(key: &str, expected_version: u64) -> Result<(), Error> {
+        state_write::delete(key, expected_version)
+    }
+}
+
+/// Intent locks on shared paths and state keys (capability `locks`, ring 2
+/// and below). Locks are released when the agent releases them, leaves the
+/// session, traps or is killed.
+pub mod locks {
+    use crate::bindings::agent_hypervisor::agent::locks as raw;
+
+    pub use crate::Error;
+    /// Lock modes: only read + read share.
+    pub use raw::LockMode as Mode;
+    /// What a lock protects: a path or a state key.
+    pub use raw::LockTarget as Target;
+
+    /// Takes a lock, waiting up to `wait_ms` (0: fail at once with `Conflict`).
+    ///
+    /// # Errors
+    /// `Conflict`, `Timeout`, `Deadlock` (waiting would close a cycle).
+    pub fn acquire(target: &Target, mode: Mode, wait_ms: u32) -> Result<(), Error> {
+        raw::acquire(target, mode, wait_ms)
+    }
+
+    /// Releases a lock.
+    ///
+    /// # Errors
+    /// `NotFound` if the caller does not hold it.
+    pub fn release(target: &Target) -> Result<(), Error> {
+        raw::release(target)
+    }
+
+    /// The locks the caller holds.
+    pub fn held() -> Vec<(Target, Mode)> {
+        raw::held()
+    }
+
+    /// Runs `f` while holding `mode` on `target`, releasing it afterwards.
+    ///
+    /// # Errors
+    /// The acquire error; `f`'s own result otherwise.
+    pub fn with<T>(
+        target: &Target,
+        mode: Mode,
+        wait_ms: u32,
+        f: impl FnOnce() -> T,
+    ) -> Result<T, Error> {
+        acquire(target, mode, wait_ms)?;
+        let out = f();
+        release(target)?;
+        Ok(out)
     }
 }

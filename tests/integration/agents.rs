@@ -8,6 +8,9 @@ use ahv_tests::{Harness, SENTINEL, Sandbox, answer, trap};
 
 use crate::cache_dir;
 
+// The session agents' tests live with the other session tests.
+pub use crate::sessions::{editor, researcher, scripted};
+
 /// The default ring table with ring 3's fuel and deadline replaced.
 fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
     let mut l = RingLimits::default_for(Ring::Sandbox);

@@ -2,6 +2,7 @@
 
 mod agents;
 mod runtime;
+mod sessions;
 
 use std::path::PathBuf;
 

@@ -25,6 +25,10 @@ fn kind(e: &vfs::Error) -> &'static str {
         vfs::Error::UnknownAction(_) => "unknown-action",
         vfs::Error::ActionFailed(_) => "action-failed",
         vfs::Error::Io(_) => "io",
+        vfs::Error::Conflict(_) => "conflict",
+        vfs::Error::Deadlock(_) => "deadlock",
+        vfs::Error::Timeout(_) => "timeout",
+        vfs::Error::InvalidKey(_) => "invalid-key",
     }
 }
 

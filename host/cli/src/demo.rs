@@ -103,6 +103,10 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
     };
 
     println!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.");
+    crate::session_demo::session_demo(&root.join("state"), crate::default_cache_dir().as_deref())
+        .await?;
+
+    println!("\nPart 2: a tour of single agents, useful and hostile, each in its ring");
     println!("Agent files live under {}", root.display());
 
     d.header("hello in ring 3 (sandbox): reads a file and answers");

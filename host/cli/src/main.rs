@@ -1,6 +1,7 @@
 //! `ahv`: run, inspect and demo governed Wasm agents.
 
 mod demo;
+mod session_demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,21 +10,38 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use ahv_core::{AgentId, IdError};
+use ahv_core::{AgentId, IdError, Ring, TraceId};
 use thiserror::Error;
 
-use crate::vfs::{Vfs, VfsError};
+use crate::files::{Caller, FileSpace};
+use crate::vfs::VfsError;
 
 /// Largest argument string an action accepts, in bytes.
 pub const MAX_ARGS_BYTES: usize = 64 * 1024;
 
-/// What an action may use: who called it and that agent's files.
+/// What an action may use: who called it and that agent's files (through
+/// the same governed file space as its `vfs-*` calls: ACLs, quotas, undo).
 #[derive(Clone, Copy)]
 pub struct ActionContext<'a> {
     /// The calling agent.
     pub agent: &'a AgentId,
+    /// The calling agent's current ring.
+    pub ring: Ring,
+    /// The trace id of the call.
+    pub trace: TraceId,
     /// The calling agent's files.
-    pub vfs: &'a Vfs,
+    pub files: &'a dyn FileSpace,
+}
+
+impl<'a> ActionContext<'a> {
+    /// The caller, as file operations name it.
+    pub fn caller(&self) -> Caller<'a> {
+        Caller {
+            agent: self.agent,
+            ring: self.ring,
+            trace: self.trace,
+        }
+    }
 }
 
 /// The result of a reversible action: its output for the guest and the data
@@ -337,14 +354,14 @@ pub mod builtin {
         fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<Executed, ActionError> {
             const NAME: &str = "note.append";
             one_line(NAME, args)?;
-            let before = match ctx.vfs.stat(JOURNAL) {
+            let before = match ctx.files.stat(ctx.caller(), JOURNAL) {
                 Ok(s) => s.size,
                 Err(VfsError::NotFound { .. }) => 0,
                 Err(e) => return Err(vfs_err(NAME)(e)),
             };
             let line = format!("{}: {args}\n", ctx.agent);
-            ctx.vfs
-                .append(JOURNAL, line.as_bytes())
+            ctx.files
+                .append(ctx.caller(), JOURNAL, line.as_bytes())
                 .map_err(vfs_err(NAME))?;
             Ok(Executed {
                 output: format!(
@@ -365,14 +382,17 @@ pub mod builtin {
                 .split_once(':')
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
                 .ok_or_else(|| failed(format!("malformed undo data {undo:?}")))?;
-            let size = ctx.vfs.stat(JOURNAL).map_err(vfs_err(NAME))?.size;
+            let size = ctx.files.stat(ctx.caller(), JOURNAL).map_err(vfs_err(NAME))?.size;
             if size != before + len {
                 return Err(failed(format!(
                     "{JOURNAL} is {size} bytes, expected {}: it changed after this append",
                     before + len
                 )));
             }
-            ctx.vfs.truncate(JOURNAL, before).map_err(vfs_err(NAME))
+            ctx.files
+                .truncate(ctx.caller(), JOURNAL, before)
+                .map(drop)
+                .map_err(vfs_err(NAME))
         }
     }
 
@@ -389,12 +409,16 @@ pub mod builtin {
         fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<String, ActionError> {
             const NAME: &str = "notify.send";
             one_line(NAME, args)?;
-            ctx.vfs
-                .append(OUTBOX, format!("{}: {args}\n", ctx.agent).as_bytes())
+            ctx.files
+                .append(
+                    ctx.caller(),
+                    OUTBOX,
+                    format!("{}: {args}\n", ctx.agent).as_bytes(),
+                )
                 .map_err(vfs_err(NAME))?;
             let count = ctx
-                .vfs
-                .read(OUTBOX)
+                .files
+                .read(ctx.caller(), OUTBOX)
                 .map_err(vfs_err(NAME))?
                 .iter()
                 .filter(|b| **b == b'\n')
@@ -416,7 +440,7 @@ pub mod builtin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::VfsLimits;
+    use crate::vfs::{Vfs, VfsLimits};
 
     fn vfs() -> (tempfile::TempDir, Vfs) {
         let t = tempfile::tempdir().unwrap();
@@ -431,7 +455,9 @@ mod tests {
         let agent = AgentId::new("a").unwrap();
         let ctx = ActionContext {
             agent: &agent,
-            vfs: &vfs,
+            ring: Ring::Standard,
+            trace: TraceId(0),
+            files: &vfs,
         };
         let r = ActionRegistry::new();
         assert!(matches!(
@@ -450,7 +476,9 @@ mod tests {
         let agent = AgentId::new("a").unwrap();
         let ctx = ActionContext {
             agent: &agent,
-            vfs: &vfs,
+            ring: Ring::Standard,
+            trace: TraceId(0),
+            files: &vfs,
         };
         let r = builtin::registry();
         assert!(matches!(
@@ -471,7 +499,9 @@ mod tests {
         let agent = AgentId::new("did:ex:a").unwrap();
         let ctx = ActionContext {
             agent: &agent,
-            vfs: &vfs,
+            ring: Ring::Standard,
+            trace: TraceId(0),
+            files: &vfs,
         };
         let r = builtin::registry();
         let first = r.invoke_reversible(ctx, "note.append", "one").unwrap();
@@ -495,7 +525,9 @@ mod tests {
         let agent = AgentId::new("a").unwrap();
         let ctx = ActionContext {
             agent: &agent,
-            vfs: &vfs,
+            ring: Ring::Standard,
+            trace: TraceId(0),
+            files: &vfs,
         };
         let r = builtin::registry();
         for bad in ["", "two\nlines"] {

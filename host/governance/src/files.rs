@@ -3,18 +3,32 @@
 //! sharing) and by the session VFS (shared and private areas, ACLs, quotas,
 //! hashes, clocks, undo).
 
-use ahv_core::{AgentId, Ring};
+use ahv_core::{AgentId, Ring, TraceId};
 use sha2::{Digest, Sha256};
 
 use crate::vfs::{EntryKind, Stat, Vfs, VfsError};
 
-/// Who is asking: the calling agent and its *current* ring.
+/// Who is asking: the calling agent, its *current* ring and the causal
+/// trace id of the call (carried into events and audit records).
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     /// The calling agent.
     pub agent: &'a AgentId,
     /// Its current effective ring.
     pub ring: Ring,
+    /// The trace id of the call being served.
+    pub trace: TraceId,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller outside any traced call (trace id 0): host-side use and tests.
+    pub fn untraced(agent: &'a AgentId, ring: Ring) -> Caller<'a> {
+        Caller {
+            agent,
+            ring,
+            trace: TraceId(0),
+        }
+    }
 }
 
 /// Who may do something to a file.
@@ -296,10 +310,7 @@ mod tests {
             cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         let vfs = Vfs::new(dir, crate::vfs::VfsLimits::default());
         let me = AgentId::new("me").unwrap();
-        let who = Caller {
-            agent: &me,
-            ring: Ring::Standard,
-        };
+        let who = Caller::untraced(&me, Ring::Standard);
         let c = FileSpace::write(&vfs, who, "./a//b.txt", b"abc").unwrap();
         assert_eq!(c.path, "a/b.txt");
         assert_eq!(c.after, Some(sha256(b"abc")));

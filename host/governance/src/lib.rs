@@ -27,5 +27,6 @@ pub mod actions;
 pub mod files;
 pub mod path;
 pub mod session;
+pub mod session_core;
 pub mod vclock;
 pub mod vfs;

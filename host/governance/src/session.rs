@@ -20,6 +20,8 @@ use ahv_core::{
 };
 use thiserror::Error;
 
+pub use crate::state::Isolation;
+
 /// How writes from different agents are reconciled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -42,6 +44,9 @@ pub struct SessionConfig {
     pub min_eff_score: f64,
     /// Whether governed actions are audited (default true).
     pub audit: bool,
+    /// Isolation level of the shared state and shared files (default
+    /// read-committed; see `crate::session_core`).
+    pub isolation: Isolation,
 }
 
 impl Default for SessionConfig {
@@ -52,6 +57,7 @@ impl Default for SessionConfig {
             max_duration: Duration::from_secs(3600),
             min_eff_score: 0.60,
             audit: true,
+            isolation: Isolation::ReadCommitted,
         }
     }
 }

@@ -5,13 +5,19 @@
 //! `ahv-governance`, and a conversion of its result. Refusals become WIT
 //! `error` values through [`HostError`]; nothing here panics on guest input.
 
-use ahv_core::Capability;
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, Capability};
 use ahv_governance::actions::{ActionContext, ActionError};
+use ahv_governance::files::{Access, Acl};
+use ahv_governance::locks::{LockError, LockMode};
+use ahv_governance::session_core::{LockTarget, SessionCore};
+use ahv_governance::state::StateError;
 use ahv_governance::vfs::{EntryKind, VfsError};
 
 use crate::bindings::WitError;
 use crate::bindings::agent_hypervisor::agent::{
-    actions, context, effects, log, types, vfs_read, vfs_write,
+    actions, context, effects, locks, log, state_read, state_write, types, vfs_read, vfs_write,
 };
 use crate::state::{AgentState, LogLevel, LogSource};
 
@@ -40,8 +46,88 @@ impl From<VfsError> for HostError {
             VfsError::AlreadyExists { .. } => WitError::AlreadyExists(msg),
             VfsError::Denied { .. } => WitError::Denied(msg),
             VfsError::Quota { .. } => WitError::Quota(msg),
+            VfsError::Conflict { .. } => WitError::Conflict(msg),
             VfsError::Io { .. } => WitError::Io(msg),
         })
+    }
+}
+
+impl From<StateError> for HostError {
+    fn from(e: StateError) -> Self {
+        let msg = e.to_string();
+        HostError::Refused(match e {
+            StateError::InvalidKey { .. } => WitError::InvalidKey(msg),
+            StateError::Conflict { .. } | StateError::Stale { .. } => WitError::Conflict(msg),
+            StateError::Quota { .. } => WitError::Quota(msg),
+            StateError::LockRequired { .. } => WitError::Denied(msg),
+        })
+    }
+}
+
+impl From<LockError> for HostError {
+    fn from(e: LockError) -> Self {
+        let msg = e.to_string();
+        HostError::Refused(match e {
+            LockError::Conflict { .. } => WitError::Conflict(msg),
+            LockError::Deadlock { .. } => WitError::Deadlock(msg),
+            LockError::Timeout { .. } => WitError::Timeout(msg),
+            LockError::NotHeld { .. } => WitError::NotFound(msg),
+            LockError::TooMany { .. } => WitError::Quota(msg),
+            LockError::InvalidResource { .. } => WitError::InvalidKey(msg),
+        })
+    }
+}
+
+/// Outside a shared session there is no shared state and nothing to lock.
+fn no_session(what: &str) -> HostError {
+    HostError::Refused(WitError::Denied(format!(
+        "{what}: this agent runs outside a shared session"
+    )))
+}
+
+fn wit_access(a: Access) -> types::Access {
+    match a {
+        Access::Everyone => types::Access::Everyone,
+        Access::Owner => types::Access::Owner,
+        Access::Agents(list) => {
+            types::Access::Agents(list.into_iter().map(|a| a.to_string()).collect())
+        }
+    }
+}
+
+fn domain_access(a: types::Access) -> Result<Access, HostError> {
+    Ok(match a {
+        types::Access::Everyone => Access::Everyone,
+        types::Access::Owner => Access::Owner,
+        types::Access::Agents(list) => Access::Agents(
+            list.into_iter()
+                .map(|id| {
+                    AgentId::new(id)
+                        .map_err(|e| HostError::Refused(WitError::Denied(format!("acl: {e}"))))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+fn wit_mode(m: LockMode) -> locks::LockMode {
+    match m {
+        LockMode::Read => locks::LockMode::Read,
+        LockMode::Write => locks::LockMode::Write,
+        LockMode::Exclusive => locks::LockMode::Exclusive,
+    }
+}
+
+fn target(t: locks::LockTarget) -> LockTarget {
+    match t {
+        locks::LockTarget::Path(p) => LockTarget::Path(p),
+        locks::LockTarget::Key(k) => LockTarget::Key(k),
+    }
+}
+
+impl AgentState {
+    fn session_core(&self, what: &str) -> Result<&SessionCore, HostError> {
+        self.shared.as_deref().ok_or_else(|| no_session(what))
     }
 }
 
@@ -109,49 +195,174 @@ impl log::Host for AgentState {
 impl vfs_read::Host for AgentState {
     fn read(&mut self, path: String) -> Result<Vec<u8>, HostError> {
         self.check(Capability::VfsRead, "read")?;
-        Ok(self.vfs.read(&path)?)
+        Ok(self.files.read(self.caller(), &path)?)
     }
 
     fn list_dir(&mut self, path: String) -> Result<Vec<String>, HostError> {
         self.check(Capability::VfsRead, "list-dir")?;
-        Ok(self.vfs.list(&path)?)
+        Ok(self.files.list(self.caller(), &path)?)
     }
 
     fn stat(&mut self, path: String) -> Result<vfs_read::EntryStat, HostError> {
         self.check(Capability::VfsRead, "stat")?;
-        let s = self.vfs.stat(&path)?;
+        let s = self.files.stat(self.caller(), &path)?;
         let kind = match s.kind {
             EntryKind::File => vfs_read::EntryKind::File,
             EntryKind::Directory => vfs_read::EntryKind::Directory,
         };
         Ok(vfs_read::EntryStat { kind, size: s.size })
     }
+
+    fn hash(&mut self, path: String) -> Result<String, HostError> {
+        self.check(Capability::VfsRead, "hash")?;
+        Ok(hex::encode(self.files.hash(self.caller(), &path)?))
+    }
+
+    fn get_acl(&mut self, path: String) -> Result<types::Acl, HostError> {
+        self.check(Capability::VfsRead, "get-acl")?;
+        let acl = self.files.get_acl(self.caller(), &path)?;
+        Ok(types::Acl {
+            owner: acl.owner.to_string(),
+            read: wit_access(acl.read),
+            write: wit_access(acl.write),
+        })
+    }
 }
 
 impl vfs_write::Host for AgentState {
     fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "write")?;
-        Ok(self.vfs.write(&path, &contents)?)
+        self.files.write(self.caller(), &path, &contents)?;
+        Ok(())
     }
 
     fn append(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "append")?;
-        Ok(self.vfs.append(&path, &contents)?)
+        self.files.append(self.caller(), &path, &contents)?;
+        Ok(())
     }
 
     fn delete(&mut self, path: String) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "delete")?;
-        Ok(self.vfs.delete(&path)?)
+        self.files.delete(self.caller(), &path)?;
+        Ok(())
     }
 
     fn rename(&mut self, src: String, dst: String) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "rename")?;
-        Ok(self.vfs.rename(&src, &dst)?)
+        self.files.rename(self.caller(), &src, &dst)?;
+        Ok(())
     }
 
     fn create_dir(&mut self, path: String) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "create-dir")?;
-        Ok(self.vfs.create_dir(&path)?)
+        Ok(self.files.create_dir(self.caller(), &path)?)
+    }
+
+    fn set_acl(&mut self, path: String, acl: types::Acl) -> Result<(), HostError> {
+        self.check(Capability::VfsWrite, "set-acl")?;
+        let owner = AgentId::new(acl.owner)
+            .map_err(|e| HostError::Refused(WitError::Denied(format!("acl owner: {e}"))))?;
+        let acl = Acl {
+            owner,
+            read: domain_access(acl.read)?,
+            write: domain_access(acl.write)?,
+        };
+        self.files.set_acl(self.caller(), &path, acl)?;
+        Ok(())
+    }
+}
+
+impl state_read::Host for AgentState {
+    fn get(&mut self, key: String) -> Result<Option<state_read::Versioned>, HostError> {
+        self.check(Capability::StateRead, "get")?;
+        let v = self.session_core("state get")?.state_get(self.caller(), &key)?;
+        Ok(v.map(|v| state_read::Versioned {
+            value: v.value,
+            version: v.version,
+            clock: v
+                .clock
+                .entries()
+                .map(|(agent, counter)| state_read::ClockEntry {
+                    agent: agent.to_string(),
+                    counter,
+                })
+                .collect(),
+            writer: v.writer.to_string(),
+        }))
+    }
+
+    fn keys(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
+        self.check(Capability::StateRead, "keys")?;
+        Ok(self
+            .session_core("state keys")?
+            .state_keys(self.caller(), &prefix)?)
+    }
+}
+
+impl state_write::Host for AgentState {
+    fn put(&mut self, key: String, value: Vec<u8>, expected: u64) -> Result<u64, HostError> {
+        self.check(Capability::StateWrite, "put")?;
+        Ok(self
+            .session_core("state put")?
+            .state_put(self.caller(), &key, &value, expected)?)
+    }
+
+    fn delete(&mut self, key: String, expected: u64) -> Result<(), HostError> {
+        self.check(Capability::StateWrite, "delete")?;
+        self.session_core("state delete")?
+            .state_delete(self.caller(), &key, expected)?;
+        Ok(())
+    }
+}
+
+impl locks::Host for AgentState {
+    async fn acquire(
+        &mut self,
+        t: locks::LockTarget,
+        mode: locks::LockMode,
+        wait_ms: u32,
+    ) -> Result<(), HostError> {
+        self.check(Capability::Locks, "acquire")?;
+        let mode = match mode {
+            locks::LockMode::Read => LockMode::Read,
+            locks::LockMode::Write => LockMode::Write,
+            locks::LockMode::Exclusive => LockMode::Exclusive,
+        };
+        // Never wait past the call's own deadline: the guest gets `timeout`
+        // (a value it can handle) rather than a deadline trap.
+        let left = self.call_deadline.saturating_duration_since(Instant::now());
+        let wait = Duration::from_millis(u64::from(wait_ms)).min(left);
+        let core = self.session_core("lock")?;
+        let resource = core.lock_resource(self.caller(), &target(t))?;
+        core.lock(self.caller(), &resource, mode, wait).await?;
+        Ok(())
+    }
+
+    fn release(&mut self, t: locks::LockTarget) -> Result<(), HostError> {
+        self.check(Capability::Locks, "release")?;
+        let core = self.session_core("unlock")?;
+        let resource = core.lock_resource(self.caller(), &target(t))?;
+        core.unlock(self.caller(), &resource)?;
+        Ok(())
+    }
+
+    fn held(&mut self) -> wasmtime::Result<Vec<(locks::LockTarget, locks::LockMode)>> {
+        self.check(Capability::Locks, "held")?;
+        Ok(match self.shared.as_deref() {
+            Some(core) => core
+                .held(&self.agent)
+                .into_iter()
+                .map(|(t, m)| {
+                    let t = match t {
+                        LockTarget::Path(p) => locks::LockTarget::Path(p),
+                        LockTarget::Key(k) => locks::LockTarget::Key(k),
+                    };
+                    (t, wit_mode(m))
+                })
+                .collect(),
+            None => Vec::new(),
+        })
     }
 }
 
@@ -160,7 +371,9 @@ impl actions::Host for AgentState {
         self.check(Capability::Actions, "invoke")?;
         let ctx = ActionContext {
             agent: &self.agent,
-            vfs: &self.vfs,
+            ring: self.ring,
+            trace: self.trace,
+            files: &*self.files,
         };
         let record = self.actions.invoke_reversible(ctx, &name, &args)?;
         let output = record.output.clone();
@@ -179,7 +392,9 @@ impl effects::Host for AgentState {
         self.check(Capability::Effects, "invoke")?;
         let ctx = ActionContext {
             agent: &self.agent,
-            vfs: &self.vfs,
+            ring: self.ring,
+            trace: self.trace,
+            files: &*self.files,
         };
         Ok(self.actions.invoke_effect(ctx, &name, &args)?)
     }
@@ -212,7 +427,8 @@ mod tests {
             agent: AgentId::new("did:test:a").unwrap(),
             session: SessionId::new("s1").unwrap(),
             ring,
-            vfs: Arc::new(Vfs::new(dir, VfsLimits::default())),
+            files: Arc::new(Vfs::new(dir, VfsLimits::default())),
+            shared: None,
             actions: Arc::new(builtin::registry()),
             kill: KillHandle::new(engine),
             breach_recorder: Arc::new(move |b: &RingBreach| sink.lock().unwrap().push(b.clone())),

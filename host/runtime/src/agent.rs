@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, RingLimits, SessionId, TraceId};
 use ahv_governance::actions::{ActionRegistry, UndoRecord};
-use ahv_governance::vfs::Vfs;
+use ahv_governance::files::FileSpace;
+use ahv_governance::session_core::SessionCore;
 use thiserror::Error;
 use wasmtime::{Store, UpdateDeadline};
 
@@ -40,8 +41,12 @@ pub struct AgentSpec {
     pub session: SessionId,
     /// The ring it runs in.
     pub ring: Ring,
-    /// Its files.
-    pub vfs: Arc<Vfs>,
+    /// Its files: a standalone [`ahv_governance::vfs::Vfs`], or its session's
+    /// file space.
+    pub files: Arc<dyn FileSpace>,
+    /// The shared session it participates in (state, locks), if any. Outside a
+    /// session the `state-*` and `locks` capabilities refuse with `denied`.
+    pub shared: Option<Arc<SessionCore>>,
     /// The actions and effects it may invoke (if its ring allows). Empty by default.
     pub actions: Arc<ActionRegistry>,
     /// What happens after a trap.
@@ -49,23 +54,35 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
-    /// An agent in `ring` over `vfs`, in session `standalone`, with no actions,
-    /// failing for good after a trap.
-    pub fn new(agent: AgentId, ring: Ring, vfs: Arc<Vfs>) -> AgentSpec {
+    /// An agent in `ring` over `files` (for example an
+    /// `Arc<ahv_governance::vfs::Vfs>`), in session `standalone` (no shared
+    /// state), with no actions, failing for good after a trap.
+    pub fn new(agent: AgentId, ring: Ring, files: Arc<dyn FileSpace>) -> AgentSpec {
         AgentSpec {
             agent,
             // A constant that passes validation.
             session: SessionId::new("standalone").unwrap_or_else(|_| unreachable!()),
             ring,
-            vfs,
+            files,
+            shared: None,
             actions: Arc::new(ActionRegistry::new()),
             after_trap: AfterTrap::Fail,
         }
     }
 
-    /// Sets the session.
+    /// Sets the session id (without shared state; see [`AgentSpec::in_session`]).
     pub fn session(mut self, session: SessionId) -> Self {
         self.session = session;
+        self
+    }
+
+    /// Makes the agent a participant of `core`'s session: its files are the
+    /// session's file space (shared and private areas) and it gets the
+    /// session's state and locks.
+    pub fn in_session(mut self, core: Arc<SessionCore>) -> Self {
+        self.session = core.id().clone();
+        self.files = core.clone();
+        self.shared = Some(core);
         self
     }
 
@@ -223,7 +240,8 @@ impl Agent {
             agent: self.spec.agent.clone(),
             session: self.spec.session.clone(),
             ring: self.spec.ring,
-            vfs: self.spec.vfs.clone(),
+            files: self.spec.files.clone(),
+            shared: self.spec.shared.clone(),
             actions: self.spec.actions.clone(),
             kill: self.kill.clone(),
             breach_recorder: self.runtime.inner.breach_recorder.clone(),
@@ -294,6 +312,10 @@ impl Agent {
 
     fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>) -> AgentError {
         tracing::info!(agent = %self.spec.agent, ring = %self.spec.ring, cause = %cause, "agent trapped");
+        if let Some(core) = &self.spec.shared {
+            // Locks die with their holder's instance.
+            core.release_locks(&self.spec.agent, &format!("trapped: {cause}"));
+        }
         self.live = None;
         self.poisoned = Some(cause.clone());
         AgentError::Trapped {
@@ -347,6 +369,7 @@ impl Agent {
         };
         let fuel = self.limits().fuel_per_call;
         let start = Instant::now();
+        let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
         let result = match self.arm(&mut live.store) {
             Ok(trace) => {
                 let call = live.bindings.call_run(&mut live.store, input);
@@ -361,6 +384,7 @@ impl Agent {
         let data = live.store.data_mut();
         self.undo_log.append(&mut data.undo_log);
         let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
+        scope.completed();
         match result {
             Ok((trace, result)) => {
                 self.live = Some(live);
@@ -377,6 +401,42 @@ impl Agent {
                 let cause = TrapCause::from_error(&e, self.limits());
                 drop(live);
                 Err(self.poison(cause, logs))
+            }
+        }
+    }
+}
+
+/// One call's transaction in the agent's session: begun before the call,
+/// ended after it however it ends. If the call future is dropped before it
+/// completes (cancelled), the agent's locks are released as for a trap.
+struct CallScope {
+    core: Option<(Arc<SessionCore>, AgentId)>,
+    completed: bool,
+}
+
+impl CallScope {
+    fn begin(core: Option<&Arc<SessionCore>>, agent: &AgentId) -> CallScope {
+        let core = core.map(|c| {
+            c.begin_call(agent);
+            (c.clone(), agent.clone())
+        });
+        CallScope {
+            core,
+            completed: false,
+        }
+    }
+
+    fn completed(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        if let Some((core, agent)) = &self.core {
+            core.end_call(agent);
+            if !self.completed {
+                core.release_locks(agent, "call cancelled");
             }
         }
     }

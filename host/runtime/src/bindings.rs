@@ -9,7 +9,13 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "root",
-    imports: { default: trappable },
+    // Sync and trappable, except `locks.acquire`, which may wait for another
+    // agent's lock: async, so the wait yields the thread and stays under the
+    // call's deadline and kill switch.
+    imports: {
+        "agent-hypervisor:agent/locks.acquire": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     trappable_error_type: {
         "agent-hypervisor:agent/types.error" => crate::adapters::HostError,

@@ -243,6 +243,15 @@ fn linker(
                 Capability::Effects => {
                     wit::effects::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
                 }
+                Capability::StateRead => {
+                    wit::state_read::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::StateWrite => {
+                    wit::state_write::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
+                Capability::Locks => {
+                    wit::locks::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
+                }
             }
             .map_err(err)?;
         } else {

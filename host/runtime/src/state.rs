@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Capability, CapabilitySet, Ring, RingLimits, SessionId, TraceId};
 use ahv_governance::actions::{ActionRegistry, UndoRecord};
-use ahv_governance::vfs::Vfs;
+use ahv_governance::files::{Caller, FileSpace};
+use ahv_governance::session_core::SessionCore;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
@@ -325,7 +326,8 @@ pub struct AgentState {
     pub(crate) session: SessionId,
     pub(crate) ring: Ring,
     pub(crate) caps: CapabilitySet,
-    pub(crate) vfs: Arc<Vfs>,
+    pub(crate) files: Arc<dyn FileSpace>,
+    pub(crate) shared: Option<Arc<SessionCore>>,
     pub(crate) actions: Arc<ActionRegistry>,
     pub(crate) undo_log: Vec<UndoRecord>,
     pub(crate) log: Arc<Mutex<LogBuffer>>,
@@ -343,7 +345,8 @@ pub(crate) struct StateInit {
     pub agent: AgentId,
     pub session: SessionId,
     pub ring: Ring,
-    pub vfs: Arc<Vfs>,
+    pub files: Arc<dyn FileSpace>,
+    pub shared: Option<Arc<SessionCore>>,
     pub actions: Arc<ActionRegistry>,
     pub kill: KillHandle,
     pub breach_recorder: Arc<dyn BreachRecorder>,
@@ -374,7 +377,8 @@ impl AgentState {
             session: init.session,
             ring: init.ring,
             caps: limits.capabilities,
-            vfs: init.vfs,
+            files: init.files,
+            shared: init.shared,
             actions: init.actions,
             undo_log: Vec::new(),
             log,
@@ -399,9 +403,19 @@ impl AgentState {
             ring: self.ring,
             capability,
             function: function.to_string(),
+            trace: self.trace,
         };
         self.breach_recorder.record(&breach);
         wasmtime::Error::new(breach)
+    }
+
+    /// The caller as the domain types name it: agent, current ring, trace id.
+    pub(crate) fn caller(&self) -> Caller<'_> {
+        Caller {
+            agent: &self.agent,
+            ring: self.ring,
+            trace: self.trace,
+        }
     }
 
     /// The call-time ring check every governed host function starts with.

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ahv_core::{AgentId, Capability, Ring, RingLimits, SessionId};
+use ahv_core::{AgentId, Capability, Ring, RingLimits, SessionId, TraceId};
 use thiserror::Error;
 
 /// A call to a capability outside the caller's ring. Recorded before the trap.
@@ -27,6 +27,8 @@ pub struct RingBreach {
     pub capability: Capability,
     /// The function it called.
     pub function: String,
+    /// The trace id of the call that breached.
+    pub trace: TraceId,
 }
 
 /// The agent was stopped by its kill handle.
@@ -195,6 +197,7 @@ mod tests {
             ring: Ring::Sandbox,
             capability: Capability::VfsWrite,
             function: "write".into(),
+            trace: TraceId(7),
         }
     }
 

@@ -1,0 +1,220 @@
+//! `scripted` — a test instrument: runs a script of capability calls, one per line, and reports each outcome.
+//!
+//! Lets real-guest tests drive every session capability, interleave two agents
+//! (through `await`), and provoke conflicts, deadlocks and breaches. Commands
+//! (arguments separated by single spaces; text runs to the end of the line):
+//!
+//! - `read P`, `list P`, `stat P`, `hash P`, `acl P`
+//! - `write P TEXT`, `append P TEXT`, `delete P`, `rename A B`, `mkdir P`
+//! - `setacl P OWNER READ WRITE` where READ/WRITE are `everyone`, `owner` or `a,b,c`
+//! - `get K` (remembers the version), `keys PREFIX`
+//! - `put K VALUE` (names the version last seen for K, 0 if none), `putv K VERSION VALUE`, `del K`
+//! - `lock key:K|path:P read|write|exclusive WAIT_MS`, `unlock key:K|path:P`, `held`
+//! - `await K`: polls until key K exists (1 ms sleeps; bounded by the call deadline)
+//! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
+//!
+//! Output: one line per command, `<command> -> ok[ detail]` or
+//! `<command> -> err <kind>: <message>`. A command that traps (a breach)
+//! ends the call, so its line is never written.
+
+use std::collections::HashMap;
+
+use agent_sdk::{Agent, Error, export_agent, locks, state, vfs};
+
+struct Scripted;
+
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidPath(_) => "invalid-path",
+        Error::NotFound(_) => "not-found",
+        Error::AlreadyExists(_) => "already-exists",
+        Error::Denied(_) => "denied",
+        Error::Quota(_) => "quota",
+        Error::UnknownAction(_) => "unknown-action",
+        Error::ActionFailed(_) => "action-failed",
+        Error::Io(_) => "io",
+        Error::Conflict(_) => "conflict",
+        Error::Deadlock(_) => "deadlock",
+        Error::Timeout(_) => "timeout",
+        Error::InvalidKey(_) => "invalid-key",
+    }
+}
+
+fn access(s: &str) -> vfs::Access {
+    match s {
+        "everyone" => vfs::Access::Everyone,
+        "owner" => vfs::Access::Owner,
+        list => vfs::Access::Agents(list.split(',').map(str::to_string).collect()),
+    }
+}
+
+fn show_access(a: &vfs::Access) -> String {
+    match a {
+        vfs::Access::Everyone => "everyone".into(),
+        vfs::Access::Owner => "owner".into(),
+        vfs::Access::Agents(l) => l.join(","),
+    }
+}
+
+fn target(s: &str) -> Result<locks::Target, String> {
+    if let Some(k) = s.strip_prefix("key:") {
+        Ok(locks::Target::Key(k.to_string()))
+    } else if let Some(p) = s.strip_prefix("path:") {
+        Ok(locks::Target::Path(p.to_string()))
+    } else {
+        Err(format!("bad lock target {s:?}: use key:K or path:P"))
+    }
+}
+
+fn mode(s: &str) -> Result<locks::Mode, String> {
+    match s {
+        "read" => Ok(locks::Mode::Read),
+        "write" => Ok(locks::Mode::Write),
+        "exclusive" => Ok(locks::Mode::Exclusive),
+        other => Err(format!("bad lock mode {other:?}")),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct Machine {
+    seen: HashMap<String, u64>,
+}
+
+impl Machine {
+    fn step(&mut self, line: &str) -> Result<Result<String, Error>, String> {
+        let mut it = line.splitn(2, ' ');
+        let cmd = it.next().unwrap_or("");
+        let rest = it.next().unwrap_or("");
+        let two = || -> (&str, &str) { rest.split_once(' ').unwrap_or((rest, "")) };
+        Ok(match cmd {
+            "read" => vfs::read(rest).map(|b| text(&b)),
+            "list" => vfs::list(rest).map(|l| l.join(",")),
+            "stat" => vfs::stat(rest).map(|s| format!("{:?} {}", s.kind, s.size)),
+            "hash" => vfs::hash(rest),
+            "acl" => vfs::acl(rest).map(|a| {
+                format!(
+                    "owner={} read={} write={}",
+                    a.owner,
+                    show_access(&a.read),
+                    show_access(&a.write)
+                )
+            }),
+            "write" => {
+                let (p, t) = two();
+                vfs::write(p, t).map(|()| String::new())
+            }
+            "append" => {
+                let (p, t) = two();
+                vfs::append(p, t).map(|()| String::new())
+            }
+            "delete" => vfs::delete(rest).map(|()| String::new()),
+            "rename" => {
+                let (a, b) = two();
+                vfs::rename(a, b).map(|()| String::new())
+            }
+            "mkdir" => vfs::create_dir(rest).map(|()| String::new()),
+            "setacl" => {
+                let parts: Vec<&str> = rest.split(' ').collect();
+                let [p, owner, r, w] = parts[..] else {
+                    return Err(format!("setacl needs 4 arguments: {line:?}"));
+                };
+                let acl = vfs::Acl {
+                    owner: owner.to_string(),
+                    read: access(r),
+                    write: access(w),
+                };
+                vfs::set_acl(p, &acl).map(|()| String::new())
+            }
+            "get" => state::get(rest).map(|v| match v {
+                Some(v) => {
+                    self.seen.insert(rest.to_string(), v.version);
+                    format!("v{} {} by {}", v.version, text(&v.value), v.writer)
+                }
+                None => {
+                    self.seen.insert(rest.to_string(), 0);
+                    "none".to_string()
+                }
+            }),
+            "keys" => state::keys(rest).map(|k| k.join(",")),
+            "put" => {
+                let (k, v) = two();
+                let expected = self.seen.get(k).copied().unwrap_or(0);
+                state::put(k, v, expected).map(|n| {
+                    self.seen.insert(k.to_string(), n);
+                    format!("v{n}")
+                })
+            }
+            "putv" => {
+                let parts: Vec<&str> = rest.splitn(3, ' ').collect();
+                let [k, ver, v] = parts[..] else {
+                    return Err(format!("putv needs 3 arguments: {line:?}"));
+                };
+                let ver = ver.parse().map_err(|e| format!("bad version: {e}"))?;
+                state::put(k, v, ver).map(|n| format!("v{n}"))
+            }
+            "del" => {
+                let expected = self.seen.get(rest).copied().unwrap_or(0);
+                state::delete(rest, expected).map(|()| String::new())
+            }
+            "lock" => {
+                let parts: Vec<&str> = rest.split(' ').collect();
+                let [t, m, w] = parts[..] else {
+                    return Err(format!("lock needs 3 arguments: {line:?}"));
+                };
+                let wait = w.parse().map_err(|e| format!("bad wait: {e}"))?;
+                locks::acquire(&target(t)?, mode(m)?, wait).map(|()| String::new())
+            }
+            "unlock" => locks::release(&target(rest)?).map(|()| String::new()),
+            "held" => Ok(locks::held()
+                .iter()
+                .map(|(t, m)| match t {
+                    locks::Target::Key(k) => format!("key:{k}={m:?}"),
+                    locks::Target::Path(p) => format!("path:{p}={m:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join(",")),
+            "await" => loop {
+                match state::get(rest) {
+                    Ok(Some(v)) => break Ok(format!("v{}", v.version)),
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    Err(e) => break Err(e),
+                }
+            },
+            "sleep" => {
+                let ms = rest.parse().map_err(|e| format!("bad sleep: {e}"))?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(String::new())
+            }
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "fail" => return Err(rest.to_string()),
+            other => return Err(format!("unknown command {other:?}")),
+        })
+    }
+}
+
+impl Agent for Scripted {
+    fn run(input: String) -> Result<String, String> {
+        let mut m = Machine {
+            seen: HashMap::new(),
+        };
+        let mut out = String::new();
+        for line in input.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match m.step(line)? {
+                Ok(detail) if detail.is_empty() => out.push_str(&format!("{line} -> ok\n")),
+                Ok(detail) => out.push_str(&format!("{line} -> ok {detail}\n")),
+                Err(e) => out.push_str(&format!("{line} -> err {}: {e}\n", kind(&e))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+export_agent!(Scripted);

@@ -1,0 +1,155 @@
+//! `ahv demo`, part 1: a governed shared session. A researcher and an editor
+//! collaborate through shared state and a locked shared file; a hostile
+//! participant admitted at ring 3 tries to write and is expelled. Every
+//! governance event is printed as it happens.
+
+use std::path::Path;
+
+use ahv_core::event::{Event, EventPayload};
+use ahv_core::{AgentId, Ring};
+use ahv_governance::files::{Caller, FileSpace};
+use ahv_governance::session::SessionConfig;
+use ahv_hypervisor::{Hypervisor, HypervisorError, JoinRequest};
+use anyhow::Context;
+
+use crate::print_log;
+
+fn short(h: &[u8; 32]) -> String {
+    h.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One line per event, as it happens.
+fn show(e: &Event) {
+    let who = e.agent.as_ref().map_or(String::new(), |a| format!(" {a}"));
+    let what = match &e.payload {
+        EventPayload::SessionCreated { max_participants, max_duration, .. } => {
+            format!("at most {max_participants} participants, {max_duration:?}")
+        }
+        EventPayload::SessionJoined { ring, sigma } => format!("σ {sigma:.2} → {ring}"),
+        EventPayload::RingAssigned { ring, reason } => format!("{ring} ({reason})"),
+        EventPayload::SessionActivated { participants } => format!("{participants} participants"),
+        EventPayload::SessionLeft { reason } => reason.clone(),
+        EventPayload::SessionTerminated { reason } => reason.to_string(),
+        EventPayload::VfsWrite { path, op, size, after, .. } => format!(
+            "{op} {path} ({size} B{})",
+            after.map_or(String::new(), |h| format!(", sha256 {}…", short(&h)))
+        ),
+        EventPayload::VfsDelete { path, .. } => path.clone(),
+        EventPayload::VfsRename { from, to } => format!("{from} → {to}"),
+        EventPayload::VfsConflict { path, reason } => format!("{path}: {reason}"),
+        EventPayload::StateWrite { key, version } => format!("{key} = v{version}"),
+        EventPayload::StateConflict { key, reason } => format!("{key}: {reason}"),
+        EventPayload::LockAcquired { resource, mode } => format!("{mode} {resource}"),
+        EventPayload::LockReleased { resource } => resource.clone(),
+        EventPayload::RingBreachDetected { ring, capability, function } => {
+            format!("{capability}/{function} called from {ring}")
+        }
+        EventPayload::VfsSnapshot { snapshot, files, bytes } => {
+            format!("#{snapshot}: {files} files, {bytes} B")
+        }
+        other => format!("{other:?}"),
+    };
+    println!("   · {:<22}{who}  {what}", e.kind().name());
+}
+
+async fn run(hv: &Hypervisor, s: &ahv_core::SessionId, agent: &AgentId, input: &str) {
+    println!("   ▶ {agent} runs with input {input:?}");
+    match hv.run_agent(s, agent, input).await {
+        Ok(out) => {
+            for line in &out.logs {
+                print_log("     ", line);
+            }
+            match out.result {
+                Ok(answer) => println!("   → {answer}"),
+                Err(msg) => println!("   → the agent reported a failure: {msg}"),
+            }
+        }
+        Err(HypervisorError::Agent(e)) => {
+            let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
+            println!("   ✗ TRAPPED: {cause}");
+        }
+        Err(e) => println!("   ✗ {e}"),
+    }
+}
+
+/// Runs the session demo with its state under `state_dir`.
+pub(crate) async fn session_demo(state_dir: &Path, cache: Option<&Path>) -> anyhow::Result<()> {
+    let mut b = Hypervisor::builder().state_dir(state_dir).max_instances(32);
+    if let Some(c) = cache {
+        b = b.cache_dir(c);
+    }
+    let hv = b.build().context("building the hypervisor")?;
+    hv.events().subscribe(|e: &Event| show(e));
+
+    println!("\nPart 1: a shared session");
+    println!("   state directory: {}", state_dir.display());
+    let operator = AgentId::new("did:demo:operator")?;
+    let s = hv.create_session(SessionConfig::default(), operator.clone())?;
+
+    // The operator (the host) seeds the shared area with sources.
+    let core = hv.session_core(&s)?;
+    let host = Caller::untraced(&operator, Ring::Root);
+    for (name, text) in [
+        (
+            "wasm.txt",
+            "WebAssembly components are portable. The component model composes them. Cats are unrelated.",
+        ),
+        (
+            "sandbox.txt",
+            "A sandbox limits fuel and memory. Components get only the capabilities they are granted.",
+        ),
+        ("weather.txt", "Rain is likely tomorrow."),
+    ] {
+        core.write(host, &format!("shared/sources/{name}"), text.as_bytes())?;
+    }
+
+    let researcher = AgentId::new("did:demo:researcher")?;
+    let editor = AgentId::new("did:demo:editor")?;
+    let intruder = AgentId::new("did:demo:intruder")?;
+    for (agent, sigma, wasm) in [
+        (&researcher, 0.75, ahv_agents::RESEARCHER),
+        (&editor, 0.85, ahv_agents::EDITOR),
+        (&intruder, 0.30, ahv_agents::ESCALATOR),
+    ] {
+        let component = hv.load(wasm)?;
+        hv.join_session(&s, JoinRequest::new(agent.clone(), sigma).component(component))
+            .await?;
+    }
+    hv.activate_session(&s)?;
+
+    run(&hv, &s, &researcher, "component").await;
+    run(&hv, &s, &editor, "What the sources say about components").await;
+
+    let report = core.read(host, "shared/report.md")?;
+    println!("   shared/report.md:");
+    for l in String::from_utf8_lossy(&report).lines() {
+        println!("     | {l}");
+    }
+
+    println!("   the intruder (ring 3) tries to overwrite the findings in shared state:");
+    run(&hv, &s, &intruder, "state:the sources say nothing").await;
+    let still = core
+        .state()
+        .peek("findings/wasm.txt")
+        .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+        .unwrap_or_default();
+    println!("   findings/wasm.txt is still: {:?}", still.lines().next().unwrap_or(""));
+    let left: Vec<String> = hv
+        .participants(&s)?
+        .iter()
+        .map(|p| format!("{} ({})", p.agent, p.ring))
+        .collect();
+    println!("   participants now: {}", left.join(", "));
+    run(&hv, &s, &intruder, "state:again").await;
+
+    let snap = hv.snapshot(&s)?;
+    let t = hv.terminate_session(&s)?;
+    println!(
+        "   session {} ended ({}), snapshot #{} kept; its files stay in {}",
+        t.session,
+        t.reason,
+        snap.id,
+        state_dir.join("sessions").join(s.as_str()).display()
+    );
+    Ok(())
+}

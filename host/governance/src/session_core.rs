@@ -1,0 +1,533 @@
+//! One session's shared resources, as its participants reach them: the
+//! session file space, the key-value state, the intent locks and the vector
+//! clocks. Every change goes through here and leaves an event on the bus, so
+//! callers (the runtime's capability adapters, the `Hypervisor`) never emit
+//! events by hand.
+//!
+//! Isolation ([`Isolation`]) applies to the state and to the *shared* file
+//! area: under `Serializable`, reading a shared file or key needs a READ
+//! lock on it and changing one needs a WRITE (or EXCLUSIVE) lock; private
+//! files have a single writer and need none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahv_core::event::{EventBus, EventPayload};
+use ahv_core::{AgentId, SessionId, TraceId};
+use cap_std::fs::Dir;
+
+use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
+use crate::locks::{LockError, LockManager, LockMode, LockResource};
+use crate::session_vfs::{FileQuotas, SessionFiles, SnapshotInfo, Usage};
+use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
+use crate::vclock::ClockTable;
+use crate::vfs::{Stat, VfsError};
+
+/// What a lock protects, as a guest names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockTarget {
+    /// A path, as the caller names it in `vfs-*` calls.
+    Path(String),
+    /// A state key.
+    Key(String),
+}
+
+/// The limits and modes of one session's shared resources.
+#[derive(Debug, Clone)]
+pub struct SessionCoreConfig {
+    /// File quotas.
+    pub quotas: FileQuotas,
+    /// State limits.
+    pub state: StateLimits,
+    /// Isolation level of the state and the shared files.
+    pub isolation: Isolation,
+    /// Strict (strong) consistency: stale or concurrent writes are conflicts.
+    pub strict: bool,
+    /// Most locks one agent may hold.
+    pub max_locks_per_agent: usize,
+}
+
+impl Default for SessionCoreConfig {
+    fn default() -> Self {
+        SessionCoreConfig {
+            quotas: FileQuotas::default(),
+            state: StateLimits::default(),
+            isolation: Isolation::default(),
+            strict: true,
+            max_locks_per_agent: 1024,
+        }
+    }
+}
+
+/// One session's files, state, locks and clocks, with events.
+#[derive(Debug)]
+pub struct SessionCore {
+    id: SessionId,
+    files: SessionFiles,
+    state: StateStore,
+    locks: Arc<LockManager>,
+    clocks: Arc<ClockTable>,
+    events: Arc<EventBus>,
+}
+
+impl SessionCore {
+    /// The shared resources of session `id`; its directory under `sessions`
+    /// is created on first use.
+    pub fn new(
+        id: SessionId,
+        sessions: Arc<Dir>,
+        config: &SessionCoreConfig,
+        events: Arc<EventBus>,
+    ) -> SessionCore {
+        let clocks = Arc::new(ClockTable::new());
+        let locks = Arc::new(LockManager::new(config.max_locks_per_agent));
+        let files = SessionFiles::new(sessions, id.clone(), config.quotas.clone(), clocks.clone());
+        let state = StateStore::new(config.state.clone(), clocks.clone(), locks.clone());
+        files.set_strict(config.strict);
+        state.set_strict(config.strict);
+        state.set_isolation(config.isolation);
+        SessionCore {
+            id,
+            files,
+            state,
+            locks,
+            clocks,
+            events,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Switches between strict (strong) and eventual consistency.
+    pub fn set_strict(&self, strict: bool) {
+        self.files.set_strict(strict);
+        self.state.set_strict(strict);
+    }
+
+    /// The isolation level in force.
+    pub fn isolation(&self) -> Isolation {
+        self.state.isolation()
+    }
+
+    /// The session file space (host view: snapshots, undo records, usage).
+    pub fn files(&self) -> &SessionFiles {
+        &self.files
+    }
+
+    /// The session's state store (host view).
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// The session's lock manager (host view).
+    pub fn locks(&self) -> &LockManager {
+        &self.locks
+    }
+
+    /// The session's vector clocks.
+    pub fn clocks(&self) -> &ClockTable {
+        &self.clocks
+    }
+
+    fn emit(&self, agent: &AgentId, trace: TraceId, payload: EventPayload) {
+        self.events
+            .emit(Some(&self.id), Some(agent), trace, None, payload);
+    }
+
+    /// A call into `agent` begins: its state transaction starts.
+    pub fn begin_call(&self, agent: &AgentId) {
+        self.state.begin(agent);
+    }
+
+    /// A call into `agent` ended (however it ended).
+    pub fn end_call(&self, agent: &AgentId) {
+        self.state.end(agent);
+    }
+
+    /// Releases every lock `agent` holds (it trapped, was killed, left, or its
+    /// call was cancelled) and returns how many there were.
+    pub fn release_locks(&self, agent: &AgentId, reason: &str) -> usize {
+        let released = self.locks.release_all(agent);
+        for (resource, _) in &released {
+            self.emit(
+                agent,
+                TraceId(0),
+                EventPayload::LockReleased {
+                    resource: resource.to_string(),
+                },
+            );
+        }
+        if !released.is_empty() {
+            tracing::debug!(%agent, count = released.len(), reason, "locks released");
+        }
+        released.len()
+    }
+
+    /// `agent` left the session: its locks, transaction, clock and cached
+    /// handles go (its private files stay on disk).
+    pub fn agent_left(&self, agent: &AgentId, reason: &str) {
+        self.release_locks(agent, reason);
+        self.state.forget(agent);
+        self.files.forget(agent);
+        self.clocks.forget(agent);
+    }
+
+    /// Takes a snapshot of the session's files.
+    ///
+    /// # Errors
+    /// [`VfsError`] if copying fails.
+    pub fn snapshot(&self, by: &AgentId, trace: TraceId) -> Result<SnapshotInfo, VfsError> {
+        let info = self.files.snapshot()?;
+        self.emit(
+            by,
+            trace,
+            EventPayload::VfsSnapshot {
+                snapshot: info.id,
+                files: info.files,
+                bytes: info.bytes,
+            },
+        );
+        Ok(info)
+    }
+
+    /// Restores a snapshot of the session's files.
+    ///
+    /// # Errors
+    /// [`VfsError`] naming an unknown snapshot, or an I/O failure.
+    pub fn restore(&self, snapshot: u64, by: &AgentId, trace: TraceId) -> Result<(), VfsError> {
+        self.files.restore(snapshot)?;
+        self.emit(by, trace, EventPayload::VfsRestore { snapshot });
+        Ok(())
+    }
+
+    /// Bytes and files in use.
+    pub fn usage(&self) -> Usage {
+        self.files.usage()
+    }
+
+    // ---- state ----
+
+    fn state_refusal(&self, who: Caller<'_>, key: &str, e: &StateError) {
+        if matches!(e, StateError::Conflict { .. } | StateError::Stale { .. }) {
+            self.emit(
+                who.agent,
+                who.trace,
+                EventPayload::StateConflict {
+                    key: key.chars().take(256).collect(),
+                    reason: e.to_string(),
+                },
+            );
+        }
+    }
+
+    /// Reads a key (see [`StateStore::get`]).
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn state_get(&self, who: Caller<'_>, key: &str) -> Result<Option<Versioned>, StateError> {
+        self.state.get(who.agent, key)
+    }
+
+    /// Keys with a prefix (see [`StateStore::keys`]).
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn state_keys(&self, who: Caller<'_>, prefix: &str) -> Result<Vec<String>, StateError> {
+        self.state.keys(who.agent, prefix)
+    }
+
+    /// Compare-and-set write (see [`StateStore::put`]); emits `state.write`
+    /// or `state.conflict`.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn state_put(
+        &self,
+        who: Caller<'_>,
+        key: &str,
+        value: &[u8],
+        expected: u64,
+    ) -> Result<u64, StateError> {
+        match self.state.put(who.agent, key, value, expected) {
+            Ok(version) => {
+                self.emit(
+                    who.agent,
+                    who.trace,
+                    EventPayload::StateWrite {
+                        key: key.to_string(),
+                        version,
+                    },
+                );
+                Ok(version)
+            }
+            Err(e) => {
+                self.state_refusal(who, key, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Compare-and-set delete; emits `state.delete` or `state.conflict`.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn state_delete(
+        &self,
+        who: Caller<'_>,
+        key: &str,
+        expected: u64,
+    ) -> Result<u64, StateError> {
+        match self.state.delete(who.agent, key, expected) {
+            Ok(version) => {
+                self.emit(
+                    who.agent,
+                    who.trace,
+                    EventPayload::StateDelete {
+                        key: key.to_string(),
+                        version,
+                    },
+                );
+                Ok(version)
+            }
+            Err(e) => {
+                self.state_refusal(who, key, &e);
+                Err(e)
+            }
+        }
+    }
+
+    // ---- locks ----
+
+    /// The lock resource a guest's target names (paths are resolved in the
+    /// caller's namespace, so two agents' private `notes.md` are two resources).
+    ///
+    /// # Errors
+    /// [`VfsError::InvalidPath`] for a bad path.
+    pub fn lock_resource(
+        &self,
+        who: Caller<'_>,
+        target: &LockTarget,
+    ) -> Result<LockResource, VfsError> {
+        Ok(match target {
+            LockTarget::Path(p) => LockResource::path(&self.files.lock_path(who, p)?),
+            LockTarget::Key(k) => LockResource::key(k),
+        })
+    }
+
+    /// Takes a lock, waiting up to `wait`; emits `lock.acquired` or `lock.deadlock`.
+    ///
+    /// # Errors
+    /// [`LockError`].
+    pub async fn lock(
+        &self,
+        who: Caller<'_>,
+        resource: &LockResource,
+        mode: LockMode,
+        wait: Duration,
+    ) -> Result<(), LockError> {
+        match self.locks.acquire(who.agent, resource, mode, wait).await {
+            Ok(()) => {
+                self.emit(
+                    who.agent,
+                    who.trace,
+                    EventPayload::LockAcquired {
+                        resource: resource.to_string(),
+                        mode: mode.to_string(),
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if let LockError::Deadlock { cycle, .. } = &e {
+                    self.emit(
+                        who.agent,
+                        who.trace,
+                        EventPayload::LockDeadlock {
+                            resource: resource.to_string(),
+                            cycle: cycle.clone(),
+                        },
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases a lock; emits `lock.released`.
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`].
+    pub fn unlock(&self, who: Caller<'_>, resource: &LockResource) -> Result<LockMode, LockError> {
+        let mode = self.locks.release(who.agent, resource)?;
+        self.emit(
+            who.agent,
+            who.trace,
+            EventPayload::LockReleased {
+                resource: resource.to_string(),
+            },
+        );
+        Ok(mode)
+    }
+
+    /// The locks `agent` holds, named as it would name them.
+    pub fn held(&self, agent: &AgentId) -> Vec<(LockTarget, LockMode)> {
+        let private = format!("private/{agent}/");
+        self.locks
+            .held_by(agent)
+            .into_iter()
+            .filter_map(|(r, m)| {
+                let s = r.as_str();
+                let target = if let Some(k) = s.strip_prefix("key:") {
+                    LockTarget::Key(k.to_string())
+                } else {
+                    let p = s.strip_prefix("path:")?;
+                    LockTarget::Path(p.strip_prefix(&private).unwrap_or(p).to_string())
+                };
+                Some((target, m))
+            })
+            .collect()
+    }
+
+    // ---- files ----
+
+    /// Under `Serializable`, a shared path needs a lock of at least `mode`.
+    fn check_isolation(&self, who: Caller<'_>, path: &str, mode: LockMode) -> Result<(), VfsError> {
+        if self.state.isolation() != Isolation::Serializable {
+            return Ok(());
+        }
+        let canonical = self.files.lock_path(who, path)?;
+        if !canonical.starts_with("shared") {
+            return Ok(());
+        }
+        if self
+            .locks
+            .holds(who.agent, &LockResource::path(&canonical), mode)
+        {
+            return Ok(());
+        }
+        Err(VfsError::Denied {
+            path: canonical,
+            reason: format!(
+                "serializable isolation: {} needs a {mode} lock on this shared path",
+                who.agent
+            ),
+        })
+    }
+
+    fn changed(
+        &self,
+        who: Caller<'_>,
+        r: Result<FileChange, VfsError>,
+    ) -> Result<FileChange, VfsError> {
+        match &r {
+            Ok(c) => {
+                let payload = match c.op {
+                    FileOp::Write | FileOp::Append | FileOp::Truncate => EventPayload::VfsWrite {
+                        path: c.path.clone(),
+                        op: c.op.name().to_string(),
+                        size: c.size,
+                        before: c.before,
+                        after: c.after,
+                    },
+                    FileOp::Delete => EventPayload::VfsDelete {
+                        path: c.path.clone(),
+                        before: c.before,
+                    },
+                    FileOp::Rename => EventPayload::VfsRename {
+                        from: c.path.clone(),
+                        to: c.to.clone().unwrap_or_default(),
+                    },
+                    FileOp::SetAcl => EventPayload::VfsAclChanged {
+                        path: c.path.clone(),
+                    },
+                };
+                self.emit(who.agent, who.trace, payload);
+            }
+            Err(VfsError::Conflict { path, reason }) => self.emit(
+                who.agent,
+                who.trace,
+                EventPayload::VfsConflict {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                },
+            ),
+            Err(_) => {}
+        }
+        r
+    }
+}
+
+/// The session file space with isolation checks and events; what session
+/// agents' `vfs-*` calls reach.
+impl FileSpace for SessionCore {
+    fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
+        self.check_isolation(who, path, LockMode::Read)?;
+        self.files.read(who, path)
+    }
+
+    fn list(&self, who: Caller<'_>, path: &str) -> Result<Vec<String>, VfsError> {
+        self.files.list(who, path)
+    }
+
+    fn stat(&self, who: Caller<'_>, path: &str) -> Result<Stat, VfsError> {
+        self.files.stat(who, path)
+    }
+
+    fn hash(&self, who: Caller<'_>, path: &str) -> Result<Sha256Digest, VfsError> {
+        self.check_isolation(who, path, LockMode::Read)?;
+        self.files.hash(who, path)
+    }
+
+    fn write(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        let r = self.files.write(who, path, contents);
+        self.changed(who, r)
+    }
+
+    fn append(
+        &self,
+        who: Caller<'_>,
+        path: &str,
+        contents: &[u8],
+    ) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        let r = self.files.append(who, path, contents);
+        self.changed(who, r)
+    }
+
+    fn truncate(&self, who: Caller<'_>, path: &str, len: u64) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        let r = self.files.truncate(who, path, len);
+        self.changed(who, r)
+    }
+
+    fn delete(&self, who: Caller<'_>, path: &str) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        let r = self.files.delete(who, path);
+        self.changed(who, r)
+    }
+
+    fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, src, LockMode::Write)?;
+        self.check_isolation(who, dst, LockMode::Write)?;
+        let r = self.files.rename(who, src, dst);
+        self.changed(who, r)
+    }
+
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<(), VfsError> {
+        self.files.create_dir(who, path)
+    }
+
+    fn get_acl(&self, who: Caller<'_>, path: &str) -> Result<Acl, VfsError> {
+        self.files.get_acl(who, path)
+    }
+
+    fn set_acl(&self, who: Caller<'_>, path: &str, acl: Acl) -> Result<FileChange, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        let r = self.files.set_acl(who, path, acl);
+        self.changed(who, r)
+    }
+}

@@ -1,0 +1,997 @@
+//! # ahv-hypervisor: shared sessions of governed Wasm agents
+//!
+//! [`Hypervisor`] is the one front door used by the CLI, the tests, the
+//! benchmarks and (later) the HTTP API. It owns a [`Runtime`] (the wasmtime
+//! side), a state directory, an event bus and the live sessions. A session
+//! ties together:
+//!
+//! - its governance state ([`Session`]: lifecycle, participants, join rules,
+//!   maximum duration);
+//! - its shared resources ([`SessionCore`]: the session VFS with a shared
+//!   area and one private area per agent, the key-value state, intent locks,
+//!   vector clocks), every change of which is an event;
+//! - one live Wasm instance per participant that joined with a component,
+//!   instantiated when it joins and reused by every call.
+//!
+//! ```no_run
+//! use ahv_core::AgentId;
+//! use ahv_governance::session::SessionConfig;
+//! use ahv_hypervisor::{Hypervisor, JoinRequest};
+//!
+//! # async fn demo(researcher_wasm: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! let hv = Hypervisor::builder().state_dir("/var/lib/ahv").build()?;
+//! let creator = AgentId::new("did:ex:operator")?;
+//! let session = hv.create_session(SessionConfig::default(), creator)?;
+//! let component = hv.load(researcher_wasm)?;
+//! let ring = hv
+//!     .join_session(&session, JoinRequest::new(AgentId::new("did:ex:researcher")?, 0.45).component(component))
+//!     .await?;
+//! println!("researcher admitted in {ring}"); // below min σ 0.60: ring 3
+//! hv.activate_session(&session)?;
+//! let out = hv.run_agent(&session, &AgentId::new("did:ex:researcher")?, "topic: wasm").await?;
+//! println!("{:?}", out.result);
+//! hv.terminate_session(&session)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Breaches are punished: the breaching call traps (recorded first, as a
+//! `ring.breach_detected` event), the instance is dropped and the agent is
+//! expelled from the session (`session.left`), its locks released.
+//! Budget traps (fuel, memory, deadline, stack) are not malice: the instance
+//! is re-created for the agent's next call (configurable).
+#![deny(missing_docs)]
+
+use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use ahv_core::event::{EventBus, EventPayload, TerminationReason};
+use ahv_core::{
+    ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
+};
+use ahv_governance::actions::ActionRegistry;
+use ahv_governance::session::{
+    Consistency, Participant, Session, SessionConfig, SessionError, SessionState,
+};
+use ahv_governance::session_core::{SessionCore, SessionCoreConfig};
+use ahv_governance::session_vfs::{FileQuotas, SnapshotInfo};
+use ahv_governance::state::{Isolation, StateLimits};
+use ahv_governance::vfs::VfsError;
+use ahv_runtime::{
+    AfterTrap, Agent, AgentComponent, AgentError, AgentSpec, BreachRecorder, BuildError,
+    KillHandle, LoadError, RingBreach, RunOutput, Runtime, TrapCause,
+};
+use cap_std::fs::Dir;
+use thiserror::Error;
+
+/// Why a hypervisor operation failed. Each variant names the session and
+/// agent involved.
+#[derive(Debug, Error)]
+pub enum HypervisorError {
+    /// A session rule refused the operation (lifecycle, join rules, capacity,
+    /// expiry, configuration).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// No live session has this id (never created, or archived).
+    #[error("no live session {session}")]
+    UnknownSession {
+        /// The id asked for.
+        session: String,
+    },
+    /// The participant has no live instance to run.
+    #[error(
+        "session {session}: agent {agent} has no instance (it joined without a component, or was expelled or killed)"
+    )]
+    NoInstance {
+        /// The session.
+        session: SessionId,
+        /// The agent.
+        agent: AgentId,
+    },
+    /// A call into the agent failed (trap, poisoned, input too large).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The component was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A session file operation (snapshot, restore) failed.
+    #[error("session {session}: {source}")]
+    Files {
+        /// The session.
+        session: SessionId,
+        /// The VFS error.
+        #[source]
+        source: VfsError,
+    },
+    /// The hypervisor could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// A request to join a session.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The agent.
+    pub agent: AgentId,
+    /// Its trust score σ in [0, 1].
+    pub sigma: f64,
+    /// The actions it declares it will perform (a non-reversible one forces
+    /// strong consistency).
+    pub actions: Vec<ActionDescriptor>,
+    /// Its Wasm component; without one the agent participates only through
+    /// the host API (no instance).
+    pub component: Option<AgentComponent>,
+}
+
+impl JoinRequest {
+    /// A request for `agent` with score `sigma`, no declared actions, no component.
+    pub fn new(agent: AgentId, sigma: f64) -> JoinRequest {
+        JoinRequest {
+            agent,
+            sigma,
+            actions: Vec::new(),
+            component: None,
+        }
+    }
+
+    /// Declares the actions the agent will perform.
+    pub fn actions(mut self, actions: Vec<ActionDescriptor>) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// The agent's component: it is instantiated on join.
+    pub fn component(mut self, component: AgentComponent) -> Self {
+        self.component = Some(component);
+        self
+    }
+}
+
+/// What the hypervisor reports about one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Its id.
+    pub id: SessionId,
+    /// Its state.
+    pub state: SessionState,
+    /// Who created it.
+    pub creator: AgentId,
+    /// Its participants.
+    pub participants: Vec<Participant>,
+    /// Its consistency mode now (a join may have forced strong).
+    pub consistency: Consistency,
+    /// Its isolation level.
+    pub isolation: Isolation,
+    /// When it runs out of time (hypervisor clock).
+    pub expires_at: Duration,
+}
+
+/// How a terminated session ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Termination {
+    /// The session.
+    pub session: SessionId,
+    /// Requested or expired.
+    pub reason: TerminationReason,
+    /// Participants at the end.
+    pub participants: usize,
+}
+
+/// Builds a [`Hypervisor`]. A state directory is required; everything else
+/// has defaults: the default ring table, the system clock, an event history
+/// of 10 000 events, the default quotas and state limits, no host actions
+/// (deny by default: register them with [`HypervisorBuilder::actions`]),
+/// budget traps re-create the instance.
+pub struct HypervisorBuilder {
+    state_dir: Option<PathBuf>,
+    policy: RingPolicy,
+    runtime: Option<Runtime>,
+    clock: Arc<dyn Clock>,
+    event_capacity: usize,
+    quotas: FileQuotas,
+    state_limits: StateLimits,
+    max_locks_per_agent: usize,
+    actions: Arc<ActionRegistry>,
+    after_trap: AfterTrap,
+    cache_dir: Option<PathBuf>,
+    max_instances: u32,
+    breach_hook: Option<Arc<dyn BreachRecorder>>,
+}
+
+impl Default for HypervisorBuilder {
+    fn default() -> Self {
+        HypervisorBuilder {
+            state_dir: None,
+            policy: RingPolicy::default(),
+            runtime: None,
+            clock: Arc::new(SystemClock::default()),
+            event_capacity: 10_000,
+            quotas: FileQuotas::default(),
+            state_limits: StateLimits::default(),
+            max_locks_per_agent: 1024,
+            actions: Arc::new(ActionRegistry::new()),
+            after_trap: AfterTrap::Recreate,
+            cache_dir: None,
+            max_instances: 1000,
+            breach_hook: None,
+        }
+    }
+}
+
+impl HypervisorBuilder {
+    /// Where sessions keep their files (`<dir>/sessions/<id>/…`). Required.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The ring table (used when the hypervisor builds its own runtime).
+    pub fn policy(mut self, policy: RingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Caches compiled components in `dir` (when the hypervisor builds its own runtime).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Most live instances at once (when the hypervisor builds its own runtime).
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// The clock for session deadlines and event times (tests pass a `FakeClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How many events the bus keeps.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// File quotas of every session.
+    pub fn quotas(mut self, quotas: FileQuotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// State limits of every session.
+    pub fn state_limits(mut self, limits: StateLimits) -> Self {
+        self.state_limits = limits;
+        self
+    }
+
+    /// Grants these host actions and effects to participants (subject to their ring).
+    pub fn actions(mut self, actions: ActionRegistry) -> Self {
+        self.actions = Arc::new(actions);
+        self
+    }
+
+    /// What happens after a budget trap (breaches and kills always end the agent).
+    pub fn after_trap(mut self, policy: AfterTrap) -> Self {
+        self.after_trap = policy;
+        self
+    }
+
+    /// Also calls `hook` with every breach (after the event is emitted,
+    /// before the breaching call traps).
+    pub fn on_breach(mut self, hook: impl BreachRecorder + 'static) -> Self {
+        self.breach_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the hypervisor: opens (creating if needed) `<state>/sessions`,
+    /// builds the runtime with a breach recorder that emits
+    /// `ring.breach_detected` on the bus.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Setup`] without a state directory or if it cannot be
+    /// created; [`HypervisorError::Build`] if the runtime cannot be built.
+    pub fn build(self) -> Result<Hypervisor, HypervisorError> {
+        let state_dir = self
+            .state_dir
+            .ok_or_else(|| HypervisorError::Setup("a state directory is required".into()))?;
+        let sessions_path = state_dir.join("sessions");
+        std::fs::create_dir_all(&sessions_path).map_err(|e| {
+            HypervisorError::Setup(format!("cannot create {}: {e}", sessions_path.display()))
+        })?;
+        let sessions_dir = Dir::open_ambient_dir(&sessions_path, cap_std::ambient_authority())
+            .map_err(|e| {
+                HypervisorError::Setup(format!("cannot open {}: {e}", sessions_path.display()))
+            })?;
+        let events = Arc::new(EventBus::new(self.event_capacity, self.clock.clone()));
+        let runtime = match self.runtime {
+            Some(r) => r,
+            None => {
+                let bus = events.clone();
+                let hook = self.breach_hook.clone();
+                let mut b = Runtime::builder()
+                    .policy(self.policy)
+                    .max_instances(self.max_instances)
+                    .on_breach(move |b: &RingBreach| {
+                        bus.emit(
+                            Some(&b.session),
+                            Some(&b.agent),
+                            b.trace,
+                            None,
+                            EventPayload::RingBreachDetected {
+                                ring: b.ring,
+                                capability: b.capability.to_string(),
+                                function: b.function.clone(),
+                            },
+                        );
+                        if let Some(h) = &hook {
+                            h.record(b);
+                        }
+                    });
+                if let Some(dir) = self.cache_dir {
+                    b = b.cache_dir(dir);
+                }
+                b.build()?
+            }
+        };
+        Ok(Hypervisor {
+            inner: Arc::new(Inner {
+                runtime,
+                state_dir,
+                sessions_dir: Arc::new(sessions_dir),
+                clock: self.clock,
+                events,
+                actions: self.actions,
+                quotas: self.quotas,
+                state_limits: self.state_limits,
+                max_locks_per_agent: self.max_locks_per_agent,
+                after_trap: self.after_trap,
+                sessions: RwLock::new(HashMap::new()),
+                archived: Mutex::new(VecDeque::new()),
+                id_seed: RandomState::new(),
+                id_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// How many archived sessions' summaries are kept for queries.
+const ARCHIVE_KEPT: usize = 1024;
+
+struct AgentSlot {
+    agent: tokio::sync::Mutex<Agent>,
+    kill: KillHandle,
+}
+
+struct SessionEntry {
+    gov: Mutex<Session>,
+    core: Arc<SessionCore>,
+    agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the data is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Inner {
+    runtime: Runtime,
+    state_dir: PathBuf,
+    sessions_dir: Arc<Dir>,
+    clock: Arc<dyn Clock>,
+    events: Arc<EventBus>,
+    actions: Arc<ActionRegistry>,
+    quotas: FileQuotas,
+    state_limits: StateLimits,
+    max_locks_per_agent: usize,
+    after_trap: AfterTrap,
+    sessions: RwLock<HashMap<SessionId, Arc<SessionEntry>>>,
+    archived: Mutex<VecDeque<SessionInfo>>,
+    id_seed: RandomState,
+    id_counter: AtomicU64,
+}
+
+/// The Agent Hypervisor: shared sessions of governed Wasm agents. Cheap to
+/// clone (shared); every method takes `&self`.
+#[derive(Clone)]
+pub struct Hypervisor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisor")
+            .field("state_dir", &self.inner.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn info(gov: &Session) -> SessionInfo {
+    SessionInfo {
+        id: gov.id().clone(),
+        state: gov.state(),
+        creator: gov.creator().clone(),
+        participants: gov.participants().cloned().collect(),
+        consistency: gov.config().consistency,
+        isolation: gov.config().isolation,
+        expires_at: gov.expires_at(),
+    }
+}
+
+impl Hypervisor {
+    /// A builder (see [`HypervisorBuilder`] for the defaults).
+    pub fn builder() -> HypervisorBuilder {
+        HypervisorBuilder::default()
+    }
+
+    /// The runtime that runs the agents.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// The event bus: every session, ring, VFS, state and lock change.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.inner.state_dir
+    }
+
+    /// Loads and admits a component (see [`Runtime::load`]).
+    ///
+    /// # Errors
+    /// [`HypervisorError::Load`] naming the refused import or missing export.
+    pub fn load(&self, bytes: &[u8]) -> Result<AgentComponent, HypervisorError> {
+        Ok(self.inner.runtime.load(bytes)?)
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    fn emit(&self, session: &SessionId, agent: Option<&AgentId>, payload: EventPayload) {
+        self.inner
+            .events
+            .emit(Some(session), agent, TraceId(0), None, payload);
+    }
+
+    fn new_session_id(&self) -> SessionId {
+        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        let h = self.inner.id_seed.hash_one(n);
+        // Unique by the counter, unpredictable by the hash; always a valid id.
+        SessionId::new(format!("s{n}-{h:016x}")).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Creates a session and opens its handshake (`created`, then
+    /// `handshaking`): agents may join at once. Emits `session.created`.
+    /// Its directory is created on first use, not here.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidConfig`] naming the bad field.
+    pub fn create_session(
+        &self,
+        config: SessionConfig,
+        creator: AgentId,
+    ) -> Result<SessionId, HypervisorError> {
+        let id = self.new_session_id();
+        let core_config = SessionCoreConfig {
+            quotas: self.inner.quotas.clone(),
+            state: self.inner.state_limits.clone(),
+            isolation: config.isolation,
+            strict: config.consistency == Consistency::Strong,
+            max_locks_per_agent: self.inner.max_locks_per_agent,
+        };
+        let payload = EventPayload::SessionCreated {
+            creator: creator.clone(),
+            max_participants: config.max_participants,
+            max_duration: config.max_duration,
+        };
+        let mut gov = Session::new(id.clone(), config, creator.clone(), self.now())?;
+        gov.begin_handshake(self.now())?;
+        let core = Arc::new(SessionCore::new(
+            id.clone(),
+            self.inner.sessions_dir.clone(),
+            &core_config,
+            self.inner.events.clone(),
+        ));
+        let entry = Arc::new(SessionEntry {
+            gov: Mutex::new(gov),
+            core,
+            agents: Mutex::new(HashMap::new()),
+        });
+        self.inner
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), entry);
+        self.emit(&id, Some(&creator), payload);
+        Ok(id)
+    }
+
+    fn entry(&self, id: &SessionId) -> Result<Arc<SessionEntry>, HypervisorError> {
+        let entry = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HypervisorError::UnknownSession {
+                session: id.to_string(),
+            })?;
+        self.enforce_deadline(&entry);
+        Ok(entry)
+    }
+
+    /// Terminates the session if it ran out of time (the operation that
+    /// noticed then fails with `Expired`).
+    fn enforce_deadline(&self, entry: &SessionEntry) -> bool {
+        let expired = lock(&entry.gov).enforce_deadline(self.now());
+        if expired {
+            self.finish(entry, TerminationReason::Expired);
+        }
+        expired
+    }
+
+    /// Terminates every session whose maximum duration has passed; returns
+    /// their ids. Operations on a session also enforce its deadline; call
+    /// this periodically to end idle sessions too.
+    pub fn reap_expired(&self) -> Vec<SessionId> {
+        let entries: Vec<_> = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        entries
+            .into_iter()
+            .filter(|e| self.enforce_deadline(e))
+            .map(|e| e.core.id().clone())
+            .collect()
+    }
+
+    /// Asks `agent` to join: the join rules decide its ring (below the
+    /// session's minimum σ: ring 3 only; a non-reversible declared action
+    /// forces strong consistency), and its component, if any, is
+    /// instantiated now in that ring, its instance kept for every later call.
+    /// Emits `session.joined` and `ring.assigned` once the agent is in.
+    ///
+    /// # Errors
+    /// [`SessionError`] (state, expiry, duplicate, capacity, bad σ);
+    /// [`HypervisorError::Agent`] if instantiation fails (the agent is then
+    /// not a participant).
+    pub async fn join_session(
+        &self,
+        session: &SessionId,
+        request: JoinRequest,
+    ) -> Result<Ring, HypervisorError> {
+        let entry = self.entry(session)?;
+        let JoinRequest {
+            agent,
+            sigma,
+            actions,
+            component,
+        } = request;
+        let (ring, forced_strong) = {
+            let mut gov = lock(&entry.gov);
+            let was_strong = gov.config().consistency == Consistency::Strong;
+            let ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
+            (
+                ring,
+                !was_strong && gov.config().consistency == Consistency::Strong,
+            )
+        };
+        if let Some(component) = component {
+            let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
+                .in_session(entry.core.clone())
+                .actions(self.inner.actions.clone())
+                .after_trap(self.inner.after_trap);
+            match self.inner.runtime.spawn(&component, spec).await {
+                Ok(live) => {
+                    let slot = Arc::new(AgentSlot {
+                        kill: live.kill_handle(),
+                        agent: tokio::sync::Mutex::new(live),
+                    });
+                    lock(&entry.agents).insert(agent.clone(), slot);
+                }
+                Err(e) => {
+                    // Never admitted: undo the join (no events were emitted).
+                    let _ = lock(&entry.gov).leave(&agent);
+                    entry.core.agent_left(&agent, "instantiation failed");
+                    return Err(e.into());
+                }
+            }
+        }
+        if forced_strong {
+            entry.core.set_strict(true);
+        }
+        self.emit(
+            session,
+            Some(&agent),
+            EventPayload::SessionJoined { ring, sigma },
+        );
+        self.emit(
+            session,
+            Some(&agent),
+            EventPayload::RingAssigned {
+                ring,
+                reason: format!("joined with sigma {sigma:.2}"),
+            },
+        );
+        Ok(ring)
+    }
+
+    /// `handshaking → active`; needs at least one participant. Emits `session.activated`.
+    ///
+    /// # Errors
+    /// [`SessionError`] (state, no participants, expiry).
+    pub fn activate_session(&self, session: &SessionId) -> Result<(), HypervisorError> {
+        let entry = self.entry(session)?;
+        let participants = {
+            let mut gov = lock(&entry.gov);
+            gov.activate(self.now())?;
+            gov.participants().count() as u32
+        };
+        self.emit(
+            session,
+            None,
+            EventPayload::SessionActivated { participants },
+        );
+        Ok(())
+    }
+
+    /// Calls the participant's `run` with `input` on its live instance. The
+    /// session must be active. A ring breach expels the agent (after the
+    /// breach event); the error is returned as [`HypervisorError::Agent`].
+    ///
+    /// # Errors
+    /// [`SessionError`] (not active, expired, not a participant);
+    /// [`HypervisorError::NoInstance`]; [`HypervisorError::Agent`] with the
+    /// typed trap cause.
+    pub async fn run_agent(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        input: &str,
+    ) -> Result<RunOutput, HypervisorError> {
+        let entry = self.entry(session)?;
+        {
+            let gov = lock(&entry.gov);
+            if gov.state() != SessionState::Active {
+                return Err(SessionError::InvalidTransition {
+                    session: session.clone(),
+                    operation: "run an agent",
+                    state: gov.state(),
+                }
+                .into());
+            }
+            if gov.participant(agent).is_none() {
+                return Err(SessionError::NotAParticipant {
+                    session: session.clone(),
+                    agent: agent.clone(),
+                }
+                .into());
+            }
+        }
+        let slot = lock(&entry.agents).get(agent).cloned().ok_or_else(|| {
+            HypervisorError::NoInstance {
+                session: session.clone(),
+                agent: agent.clone(),
+            }
+        })?;
+        let result = slot.agent.lock().await.run(input).await;
+        if let Err(e) = &result
+            && let Some(TrapCause::RingBreach(b)) = e.cause()
+        {
+            let reason = format!(
+                "expelled: ring breach of {}/{} from {}",
+                b.capability, b.function, b.ring
+            );
+            self.remove(&entry, agent, &reason);
+        }
+        Ok(result?)
+    }
+
+    /// Removes a participant: its instance, locks, transaction and clock go;
+    /// emits `session.left`. Returns whether it was a participant.
+    fn remove(&self, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
+        if let Some(slot) = lock(&entry.agents).remove(agent) {
+            // Stops a call still running (a no-op for an idle or dead instance).
+            slot.kill.kill(reason.to_string());
+        }
+        let was = lock(&entry.gov).leave(agent).is_ok();
+        entry.core.agent_left(agent, reason);
+        if was {
+            self.emit(
+                entry.core.id(),
+                Some(agent),
+                EventPayload::SessionLeft {
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        was
+    }
+
+    /// The agent leaves the session (its private files stay on disk).
+    ///
+    /// # Errors
+    /// [`SessionError`] (state, not a participant).
+    pub fn leave_session(&self, session: &SessionId, agent: &AgentId) -> Result<(), HypervisorError> {
+        let entry = self.entry(session)?;
+        {
+            let gov = lock(&entry.gov);
+            if !matches!(
+                gov.state(),
+                SessionState::Handshaking | SessionState::Active
+            ) {
+                return Err(SessionError::InvalidTransition {
+                    session: session.clone(),
+                    operation: "leave",
+                    state: gov.state(),
+                }
+                .into());
+            }
+            if gov.participant(agent).is_none() {
+                return Err(SessionError::NotAParticipant {
+                    session: session.clone(),
+                    agent: agent.clone(),
+                }
+                .into());
+            }
+        }
+        self.remove(&entry, agent, "left");
+        Ok(())
+    }
+
+    /// Kills a participant: a running call traps with `Killed` within an
+    /// epoch tick (or is cancelled if it waits in the host), its locks are
+    /// released at once, and it is removed from the session. Emits
+    /// `security.agent_killed` and `session.left`.
+    ///
+    /// # Errors
+    /// [`SessionError::NotAParticipant`].
+    pub fn kill_agent(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        reason: &str,
+    ) -> Result<(), HypervisorError> {
+        let entry = self.entry(session)?;
+        let slot = lock(&entry.agents).get(agent).cloned();
+        if slot.is_none() && lock(&entry.gov).participant(agent).is_none() {
+            return Err(SessionError::NotAParticipant {
+                session: session.clone(),
+                agent: agent.clone(),
+            }
+            .into());
+        }
+        if let Some(slot) = slot {
+            slot.kill.kill(reason.to_string());
+        }
+        entry.core.release_locks(agent, "killed");
+        self.emit(
+            session,
+            Some(agent),
+            EventPayload::SecurityAgentKilled {
+                reason: reason.to_string(),
+            },
+        );
+        self.remove(&entry, agent, &format!("killed: {reason}"));
+        Ok(())
+    }
+
+    /// Terminates and archives the session: every participant's instance is
+    /// stopped and dropped, its locks released; emits `session.terminated`
+    /// and `session.archived`. The session's files stay in the state
+    /// directory; its summary stays queryable.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidTransition`] unless handshaking or active.
+    pub fn terminate_session(&self, session: &SessionId) -> Result<Termination, HypervisorError> {
+        let entry = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .cloned()
+            .ok_or_else(|| HypervisorError::UnknownSession {
+                session: session.to_string(),
+            })?;
+        let expired = lock(&entry.gov).enforce_deadline(self.now());
+        if expired {
+            return Ok(self.finish(&entry, TerminationReason::Expired));
+        }
+        lock(&entry.gov).terminate()?;
+        Ok(self.finish(&entry, TerminationReason::Requested))
+    }
+
+    /// From `terminating`: stops everything, archives, emits the events.
+    fn finish(&self, entry: &SessionEntry, reason: TerminationReason) -> Termination {
+        let id = entry.core.id().clone();
+        let agents: Vec<(AgentId, Arc<AgentSlot>)> = lock(&entry.agents).drain().collect();
+        let participants: Vec<AgentId> = lock(&entry.gov)
+            .participants()
+            .map(|p| p.agent.clone())
+            .collect();
+        for (_, slot) in &agents {
+            slot.kill.kill("session terminated".to_string());
+        }
+        for agent in &participants {
+            entry.core.agent_left(agent, "session terminated");
+        }
+        self.emit(&id, None, EventPayload::SessionTerminated { reason });
+        let summary = {
+            let mut gov = lock(&entry.gov);
+            if let Err(e) = gov.archive() {
+                tracing::warn!(session = %id, error = %e, "archiving a terminated session");
+            }
+            info(&gov)
+        };
+        self.emit(&id, None, EventPayload::SessionArchived);
+        self.inner
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let mut archived = lock(&self.inner.archived);
+        if archived.len() == ARCHIVE_KEPT {
+            archived.pop_front();
+        }
+        archived.push_back(summary);
+        Termination {
+            session: id,
+            reason,
+            participants: participants.len(),
+        }
+    }
+
+    /// Snapshots the session's files (only while active). Emits `vfs.snapshot`.
+    ///
+    /// # Errors
+    /// [`SessionError`] (not active, expired); [`HypervisorError::Files`].
+    pub fn snapshot(&self, session: &SessionId) -> Result<SnapshotInfo, HypervisorError> {
+        let entry = self.entry(session)?;
+        let by = {
+            let gov = lock(&entry.gov);
+            gov.check_snapshot_allowed(self.now())?;
+            gov.creator().clone()
+        };
+        entry
+            .core
+            .snapshot(&by, TraceId(0))
+            .map_err(|source| HypervisorError::Files {
+                session: session.clone(),
+                source,
+            })
+    }
+
+    /// Restores a snapshot of the session's files (only while active).
+    /// Emits `vfs.restore`.
+    ///
+    /// # Errors
+    /// [`SessionError`]; [`HypervisorError::Files`] naming an unknown snapshot.
+    pub fn restore(&self, session: &SessionId, snapshot: u64) -> Result<(), HypervisorError> {
+        let entry = self.entry(session)?;
+        let by = {
+            let gov = lock(&entry.gov);
+            gov.check_snapshot_allowed(self.now())?;
+            gov.creator().clone()
+        };
+        entry
+            .core
+            .restore(snapshot, &by, TraceId(0))
+            .map_err(|source| HypervisorError::Files {
+                session: session.clone(),
+                source,
+            })
+    }
+
+    /// The live sessions, then the most recently archived ones.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let entries: Vec<_> = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<SessionInfo> = entries.iter().map(|e| info(&lock(&e.gov))).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.extend(lock(&self.inner.archived).iter().cloned());
+        out
+    }
+
+    /// One session (live or recently archived).
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`].
+    pub fn session(&self, session: &SessionId) -> Result<SessionInfo, HypervisorError> {
+        if let Some(e) = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+        {
+            return Ok(info(&lock(&e.gov)));
+        }
+        lock(&self.inner.archived)
+            .iter()
+            .rev()
+            .find(|i| &i.id == session)
+            .cloned()
+            .ok_or_else(|| HypervisorError::UnknownSession {
+                session: session.to_string(),
+            })
+    }
+
+    /// A session's participants.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`].
+    pub fn participants(&self, session: &SessionId) -> Result<Vec<Participant>, HypervisorError> {
+        Ok(self.session(session)?.participants)
+    }
+
+    /// A participant's ring.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`].
+    pub fn ring(&self, session: &SessionId, agent: &AgentId) -> Result<Ring, HypervisorError> {
+        self.session(session)?
+            .participants
+            .iter()
+            .find(|p| &p.agent == agent)
+            .map(|p| p.ring)
+            .ok_or_else(|| {
+                SessionError::NotAParticipant {
+                    session: session.clone(),
+                    agent: agent.clone(),
+                }
+                .into()
+            })
+    }
+
+    /// A live session's shared resources (files, state, locks), for host-side
+    /// inspection and administration.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`].
+    pub fn session_core(&self, session: &SessionId) -> Result<Arc<SessionCore>, HypervisorError> {
+        Ok(self.entry(session)?.core.clone())
+    }
+
+    /// The kill handle of a participant's instance (usable from any thread).
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`HypervisorError::NoInstance`].
+    pub fn kill_handle(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+    ) -> Result<KillHandle, HypervisorError> {
+        let entry = self.entry(session)?;
+        let slot = lock(&entry.agents).get(agent).cloned();
+        slot.map(|s| s.kill.clone())
+            .ok_or_else(|| HypervisorError::NoInstance {
+                session: session.clone(),
+                agent: agent.clone(),
+            })
+    }
+}

@@ -1,0 +1,713 @@
+//! Shared sessions through the `Hypervisor`, with real guest programs:
+//! lifecycle, isolation between sessions, ring and ACL enforcement on every
+//! VFS and state operation, conflicts, deadlocks, locks of killed holders,
+//! quotas, snapshots and the maximum duration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahv_core::event::{EventKind, EventPayload, EventQuery, TerminationReason};
+use ahv_core::{AgentId, Capability, FakeClock, Ring, SessionId};
+use ahv_governance::session::{Consistency, SessionConfig, SessionError, SessionState};
+use ahv_governance::session_vfs::FileQuotas;
+use ahv_governance::state::Isolation;
+use ahv_hypervisor::{Hypervisor, HypervisorBuilder, HypervisorError, JoinRequest};
+use ahv_runtime::{AgentError, TrapCause};
+
+use crate::cache_dir;
+
+/// A hypervisor over a fresh state directory.
+pub struct Hv {
+    pub hv: Hypervisor,
+    pub state: tempfile::TempDir,
+}
+
+impl Hv {
+    pub fn new() -> Hv {
+        Hv::with(|b| b)
+    }
+
+    pub fn with(f: impl FnOnce(HypervisorBuilder) -> HypervisorBuilder) -> Hv {
+        let state = tempfile::tempdir().unwrap();
+        let b = Hypervisor::builder()
+            .state_dir(state.path())
+            .cache_dir(cache_dir())
+            .max_instances(32);
+        Hv {
+            hv: f(b).build().unwrap(),
+            state,
+        }
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.hv
+            .create_session(SessionConfig::default(), id("did:test:operator"))
+            .unwrap()
+    }
+
+    pub async fn join(&self, s: &SessionId, agent: &str, sigma: f64, wasm: &[u8]) -> Ring {
+        let c = self.hv.load(wasm).unwrap();
+        self.hv
+            .join_session(s, JoinRequest::new(id(agent), sigma).component(c))
+            .await
+            .unwrap()
+    }
+
+    /// Runs `script` in the `scripted` agent `agent` and returns its report.
+    pub async fn script(&self, s: &SessionId, agent: &str, script: &str) -> String {
+        match self.hv.run_agent(s, &id(agent), script).await {
+            Ok(out) => out.result.unwrap_or_else(|e| panic!("script failed: {e}")),
+            Err(e) => panic!("{agent} trapped: {e}"),
+        }
+    }
+
+    /// `<state>/sessions/<id>`.
+    pub fn dir(&self, s: &SessionId) -> PathBuf {
+        self.state.path().join("sessions").join(s.as_str())
+    }
+
+    /// Writes a file into the session's shared area, as the host.
+    pub fn put_shared(&self, s: &SessionId, rel: &str, text: &str) {
+        let p = self.dir(s).join("files/shared").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn kinds(&self, s: &SessionId) -> Vec<EventKind> {
+        self.hv
+            .events()
+            .query(&EventQuery::default().session(s.clone()))
+            .iter()
+            .map(|e| e.kind())
+            .collect()
+    }
+}
+
+pub fn id(s: &str) -> AgentId {
+    AgentId::new(s).unwrap()
+}
+
+/// The report line for `command`.
+fn line<'a>(report: &'a str, command: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(&format!("{command} -> ")))
+        .unwrap_or_else(|| panic!("no line for {command:?} in:\n{report}"))
+}
+
+fn ok(report: &str, command: &str) -> String {
+    let l = line(report, command);
+    let rest = &l[command.len() + 4..];
+    assert!(rest.starts_with("ok"), "{command} must succeed:\n{report}");
+    rest.trim_start_matches("ok").trim().to_string()
+}
+
+fn err(report: &str, command: &str, kind: &str) {
+    let l = line(report, command);
+    assert!(
+        l.contains(&format!("-> err {kind}:")),
+        "{command} must fail with {kind}:\n{report}"
+    );
+}
+
+fn breach_of(r: Result<ahv_runtime::RunOutput, HypervisorError>) -> ahv_runtime::RingBreach {
+    match r {
+        Err(HypervisorError::Agent(AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            ..
+        })) => b,
+        Err(e) => panic!("expected a breach, got {e}"),
+        Ok(out) => panic!("expected a breach, got {:?}", out.result),
+    }
+}
+
+/// Every file under `dir` with its bytes, relative and sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, p: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.push((rel + "/", Vec::new()));
+                walk(root, &path, out);
+            } else {
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn lifecycle_events_and_queries_through_the_hypervisor() {
+    let h = Hv::new();
+    let s = h.session();
+    assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Handshaking);
+    assert!(
+        !h.dir(&s).exists(),
+        "a session that never touched files has no directory"
+    );
+    // Running before activation is refused.
+    assert_eq!(h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await, Ring::Standard);
+    assert!(matches!(
+        h.hv.run_agent(&s, &id("did:test:a"), "keys x").await,
+        Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))
+    ));
+    // Without a component: a participant with no instance.
+    let r = h
+        .hv
+        .join_session(&s, JoinRequest::new(id("did:test:host-only"), 0.3))
+        .await
+        .unwrap();
+    assert_eq!(r, Ring::Sandbox, "below min σ 0.60: sandbox only");
+    assert!(matches!(
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:a"), 0.9)).await,
+        Err(HypervisorError::Session(SessionError::AlreadyJoined { .. }))
+    ));
+    h.hv.activate_session(&s).unwrap();
+    assert!(matches!(
+        h.hv.activate_session(&s),
+        Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))
+    ));
+    let out = h.script(&s, "did:test:a", "write shared/x.txt hello\nread shared/x.txt").await;
+    assert_eq!(ok(&out, "read shared/x.txt"), "hello");
+    assert!(matches!(
+        h.hv.run_agent(&s, &id("did:test:host-only"), "").await,
+        Err(HypervisorError::NoInstance { .. })
+    ));
+    assert_eq!(h.hv.participants(&s).unwrap().len(), 2);
+    assert_eq!(h.hv.ring(&s, &id("did:test:a")).unwrap(), Ring::Standard);
+    h.hv.leave_session(&s, &id("did:test:host-only")).unwrap();
+    let t = h.hv.terminate_session(&s).unwrap();
+    assert_eq!((t.reason, t.participants), (TerminationReason::Requested, 1));
+    assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Archived);
+    assert!(matches!(
+        h.hv.terminate_session(&s),
+        Err(HypervisorError::UnknownSession { .. })
+    ));
+    assert!(matches!(
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:late"), 0.8)).await,
+        Err(HypervisorError::UnknownSession { .. })
+    ));
+    use EventKind::*;
+    let kinds = h.kinds(&s);
+    let lifecycle: Vec<_> = kinds
+        .iter()
+        .copied()
+        .filter(|k| k.name().starts_with("session.") || *k == RingAssigned)
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            SessionCreated,
+            SessionJoined,
+            RingAssigned,
+            SessionJoined,
+            RingAssigned,
+            SessionActivated,
+            SessionLeft,
+            SessionTerminated,
+            SessionArchived
+        ]
+    );
+    assert!(kinds.contains(&VfsWrite), "{kinds:?}");
+    // The write event carries the content hash and the call's trace id.
+    let w = h
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(VfsWrite));
+    let EventPayload::VfsWrite { path, after, .. } = &w[0].payload else {
+        panic!()
+    };
+    assert_eq!(path, "shared/x.txt");
+    assert_eq!(*after, Some(ahv_governance::files::sha256(b"hello")));
+    assert_ne!(w[0].trace.0, 0, "carries the call's trace id");
+}
+
+#[tokio::test]
+async fn a_non_reversible_action_forces_strong_consistency() {
+    let h = Hv::new();
+    let s = h
+        .hv
+        .create_session(
+            SessionConfig {
+                consistency: Consistency::Eventual,
+                ..Default::default()
+            },
+            id("did:test:op"),
+        )
+        .unwrap();
+    let effect = ahv_core::ActionDescriptor {
+        id: "deploy".into(),
+        reversibility: ahv_core::Reversibility::None,
+        read_only: false,
+        admin: false,
+    };
+    h.hv
+        .join_session(&s, JoinRequest::new(id("did:test:d"), 0.8).actions(vec![effect]))
+        .await
+        .unwrap();
+    assert_eq!(h.hv.session(&s).unwrap().consistency, Consistency::Strong);
+}
+
+pub mod researcher {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn researcher_and_editor_write_a_report_together() {
+        let h = Hv::new();
+        let s = h.session();
+        h.put_shared(&s, "sources/a.txt", "Wasm is portable. Cats sleep. WASM sandboxes code.");
+        h.put_shared(&s, "sources/b.txt", "Nothing here. Wasm components compose.");
+        h.put_shared(&s, "sources/c.txt", "No match at all.");
+        assert_eq!(h.join(&s, "did:test:researcher", 0.75, ahv_agents::RESEARCHER).await, Ring::Standard);
+        assert_eq!(h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR).await, Ring::Standard);
+        h.hv.activate_session(&s).unwrap();
+        let r = h.hv.run_agent(&s, &id("did:test:researcher"), "wasm").await.unwrap();
+        assert_eq!(
+            r.result.as_deref(),
+            Ok("3 finding(s) on \"wasm\" from 3 source(s)")
+        );
+        let core = h.hv.session_core(&s).unwrap();
+        let a = core.state().peek("findings/a.txt").unwrap();
+        assert_eq!(a.value, b"Wasm is portable.\nWASM sandboxes code.");
+        assert_eq!(a.writer, id("did:test:researcher"));
+        assert!(core.state().peek("findings/c.txt").is_none());
+
+        let e = h.hv.run_agent(&s, &id("did:test:editor"), "Wasm notes").await.unwrap();
+        let answer = e.result.unwrap();
+        assert!(answer.starts_with("shared/report.md: 3 finding(s), sha256 "), "{answer}");
+        let report = std::fs::read_to_string(h.dir(&s).join("files/shared/report.md")).unwrap();
+        assert!(report.starts_with("# Wasm notes\n\nTopic: wasm\n"), "{report}");
+        assert!(report.contains("- WASM sandboxes code.\n") && report.contains("- Wasm components compose.\n"));
+        let hash = core.state().peek("report/sha256").unwrap().value;
+        assert_eq!(
+            String::from_utf8(hash).unwrap(),
+            ahv_governance::files::sha256(report.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            "the recorded hash is the file's"
+        );
+        assert!(core.locks().held_by(&id("did:test:editor")).is_empty(), "the editor released its lock");
+        let kinds = h.kinds(&s);
+        for k in [EventKind::StateWrite, EventKind::LockAcquired, EventKind::LockReleased, EventKind::VfsWrite] {
+            assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
+        }
+    }
+}
+
+pub mod editor {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn editor_waits_for_the_report_lock_and_times_out_when_it_is_held() {
+        let h = Hv::new();
+        let s = h.session();
+        h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR).await;
+        h.join(&s, "did:test:holder", 0.85, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        // The holder takes the report lock and keeps it (locks outlive calls).
+        let out = h.script(&s, "did:test:holder", "lock path:shared/report.md exclusive 0").await;
+        ok(&out, "lock path:shared/report.md exclusive 0");
+        let r = h.hv.run_agent(&s, &id("did:test:editor"), "T").await.unwrap();
+        let msg = r.result.unwrap_err();
+        assert!(msg.starts_with("cannot lock shared/report.md: "), "{msg}");
+        assert!(msg.contains("timeout") || msg.contains("Timeout"), "{msg}");
+        assert!(!h.dir(&s).join("files/shared/report.md").exists());
+        // Released: the editor now succeeds.
+        h.script(&s, "did:test:holder", "unlock path:shared/report.md").await;
+        let r = h.hv.run_agent(&s, &id("did:test:editor"), "T").await.unwrap();
+        assert!(r.result.unwrap().starts_with("shared/report.md: 0 finding(s)"));
+    }
+}
+
+pub mod scripted {
+    use super::*;
+    pub const TESTED: () = ();
+
+    #[tokio::test]
+    async fn ring_3_reads_but_every_write_capability_is_a_breach_and_expels() {
+        let h = Hv::new();
+        let s = h.session();
+        h.put_shared(&s, "doc.txt", "shared text");
+        let tries = [
+            ("write shared/doc.txt x", Capability::VfsWrite, "write"),
+            ("append notes.txt x", Capability::VfsWrite, "append"),
+            ("delete shared/doc.txt", Capability::VfsWrite, "delete"),
+            ("rename shared/doc.txt shared/y", Capability::VfsWrite, "rename"),
+            ("mkdir d", Capability::VfsWrite, "create-dir"),
+            ("setacl shared/doc.txt did:test:r0 owner owner", Capability::VfsWrite, "set-acl"),
+            ("put k v", Capability::StateWrite, "put"),
+            ("del k", Capability::StateWrite, "delete"),
+            ("lock key:k read 0", Capability::Locks, "acquire"),
+            ("unlock key:k", Capability::Locks, "release"),
+            ("held", Capability::Locks, "held"),
+        ];
+        for (i, _) in tries.iter().enumerate() {
+            assert_eq!(h.join(&s, &format!("did:test:r{i}"), 0.3, ahv_agents::SCRIPTED).await, Ring::Sandbox);
+        }
+        h.hv.activate_session(&s).unwrap();
+        // Reads are within ring 3.
+        let out = h.script(&s, "did:test:r0", "read shared/doc.txt\nlist shared\nstat shared/doc.txt\nhash shared/doc.txt\nacl shared/doc.txt\nget k\nkeys").await;
+        assert_eq!(ok(&out, "read shared/doc.txt"), "shared text");
+        assert_eq!(ok(&out, "list shared"), "doc.txt");
+        assert_eq!(ok(&out, "get k"), "none");
+        for (i, (script, cap, function)) in tries.iter().enumerate() {
+            let agent = format!("did:test:r{i}");
+            let b = breach_of(h.hv.run_agent(&s, &id(&agent), script).await);
+            assert_eq!((b.capability, b.function.as_str(), b.ring), (*cap, *function, Ring::Sandbox), "{script}");
+            assert!(h.hv.ring(&s, &id(&agent)).is_err(), "{agent} was expelled");
+        }
+        assert_eq!(std::fs::read_to_string(h.dir(&s).join("files/shared/doc.txt")).unwrap(), "shared text");
+        let core = h.hv.session_core(&s).unwrap();
+        assert!(core.state().peek("k").is_none());
+        let ev = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::RingBreachDetected));
+        assert_eq!(ev.len(), tries.len(), "every breach recorded as an event");
+        let left = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::SessionLeft));
+        assert!(left.iter().all(|e| matches!(&e.payload, EventPayload::SessionLeft { reason } if reason.starts_with("expelled: ring breach"))));
+    }
+
+    #[tokio::test]
+    async fn acls_private_areas_and_strict_clocks_from_real_guests() {
+        let h = Hv::new();
+        let s = h.session();
+        for a in ["did:test:alice", "did:test:bob"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        let out = h.script(&s, "did:test:alice", "write notes.txt alice private\nwrite shared/plan.md v1\nsetacl shared/plan.md did:test:alice everyone owner\nacl shared/plan.md").await;
+        assert_eq!(ok(&out, "acl shared/plan.md"), "owner=did:test:alice read=everyone write=owner");
+        let out = h.script(&s, "did:test:bob", "read notes.txt\nwrite notes.txt bob private\nread shared/plan.md\nwrite shared/plan.md v2\nsetacl shared/plan.md did:test:bob everyone everyone\nlist .").await;
+        err(&out, "read notes.txt", "not-found");
+        ok(&out, "write notes.txt bob private");
+        assert_eq!(ok(&out, "read shared/plan.md"), "v1");
+        err(&out, "write shared/plan.md v2", "denied");
+        err(&out, "setacl shared/plan.md did:test:bob everyone everyone", "denied");
+        assert_eq!(ok(&out, "list ."), "notes.txt,shared");
+        let files = h.dir(&s).join("files");
+        assert_eq!(std::fs::read_to_string(files.join("agents/did:test:alice/notes.txt")).unwrap(), "alice private");
+        assert_eq!(std::fs::read_to_string(files.join("agents/did:test:bob/notes.txt")).unwrap(), "bob private");
+        assert_eq!(std::fs::read_to_string(files.join("shared/plan.md")).unwrap(), "v1");
+
+        // Strict consistency: bob overwrites a shared file he has not read -> conflict.
+        h.script(&s, "did:test:alice", "write shared/open.md a1").await;
+        let out = h.script(&s, "did:test:bob", "write shared/open.md b1").await;
+        err(&out, "write shared/open.md b1", "conflict");
+        let out = h.script(&s, "did:test:bob", "read shared/open.md\nwrite shared/open.md b1").await;
+        ok(&out, "write shared/open.md b1");
+        let conflicts = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::VfsConflict));
+        assert_eq!(conflicts.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_state_writers_conflict_never_silently_accepted() {
+        let h = Hv::new();
+        let s = h.session();
+        for a in ["did:test:a", "did:test:b"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        assert_eq!(ok(&h.script(&s, "did:test:a", "put k a1").await, "put k a1"), "v1");
+        assert_eq!(ok(&h.script(&s, "did:test:b", "get k").await, "get k"), "v1 a1 by did:test:a");
+        assert_eq!(ok(&h.script(&s, "did:test:a", "putv k 1 a2").await, "putv k 1 a2"), "v2");
+        // b names the version it read (1): stale.
+        err(&h.script(&s, "did:test:b", "putv k 1 b2").await, "putv k 1 b2", "conflict");
+        // b never read k2 at all: its clock does not cover a's write.
+        h.script(&s, "did:test:a", "put k2 a").await;
+        err(&h.script(&s, "did:test:b", "putv k2 1 b").await, "putv k2 1 b", "conflict");
+        let out = h.script(&s, "did:test:b", "get k2\nput k2 b").await;
+        assert_eq!(ok(&out, "put k2 b"), "v2");
+        let core = h.hv.session_core(&s).unwrap();
+        assert_eq!(core.state().peek("k").unwrap().value, b"a2");
+        let ev = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::StateConflict));
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn opposite_lock_order_is_a_deadlock_and_neither_agent_hangs() {
+        let h = Hv::new();
+        let s = h.session();
+        for a in ["did:test:a", "did:test:b"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        let a_script = "lock key:r1 write 0\nput a-has-r1 1\nawait b-has-r2\nlock key:r2 write 10000\nunlock key:r2\nunlock key:r1";
+        // b asks second (after a is already waiting), so b closes the cycle.
+        let b_script = "lock key:r2 write 0\nput b-has-r2 1\nawait a-has-r1\nsleep 200\nlock key:r1 write 10000\nunlock key:r2";
+        let started = std::time::Instant::now();
+        let (ra, rb) = tokio::join!(
+            h.hv.run_agent(&s, &id("did:test:a"), a_script),
+            h.hv.run_agent(&s, &id("did:test:b"), b_script),
+        );
+        let (a, b) = (ra.unwrap().result.unwrap(), rb.unwrap().result.unwrap());
+        err(&b, "lock key:r1 write 10000", "deadlock");
+        ok(&a, "lock key:r2 write 10000");
+        assert!(started.elapsed() < Duration::from_secs(9), "nobody waited for the 10 s timeout");
+        let d = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::LockDeadlock));
+        assert_eq!(d.len(), 1);
+        let EventPayload::LockDeadlock { cycle, .. } = &d[0].payload else { panic!() };
+        assert_eq!(cycle, &[id("did:test:b"), id("did:test:a")]);
+    }
+
+    #[tokio::test]
+    async fn a_killed_lock_holder_releases_its_locks() {
+        let h = Hv::new();
+        let s = h.session();
+        for a in ["did:test:holder", "did:test:next"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        let core = h.hv.session_core(&s).unwrap();
+        let hv = h.hv.clone();
+        let s2 = s.clone();
+        let holder = tokio::spawn(async move {
+            hv.run_agent(&s2, &id("did:test:holder"), "lock key:r exclusive 0\nlock path:shared/doc write 0\nspin").await
+        });
+        while core.locks().held_by(&id("did:test:holder")).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let out = h.script(&s, "did:test:next", "lock key:r write 0").await;
+        err(&out, "lock key:r write 0", "conflict");
+        h.hv.kill_agent(&s, &id("did:test:holder"), "operator").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), holder).await.unwrap().unwrap();
+        assert!(matches!(
+            r,
+            Err(HypervisorError::Agent(AgentError::Trapped { cause: TrapCause::Killed(_), .. }))
+        ));
+        assert!(core.locks().held_by(&id("did:test:holder")).is_empty());
+        let out = h.script(&s, "did:test:next", "lock key:r write 0\nlock path:shared/doc write 0").await;
+        ok(&out, "lock key:r write 0");
+        ok(&out, "lock path:shared/doc write 0");
+        assert!(h.kinds(&s).contains(&EventKind::SecurityAgentKilled));
+    }
+
+    #[tokio::test]
+    async fn a_trapped_lock_holder_releases_its_locks() {
+        let h = Hv::with(|b| {
+            let mut l = ahv_core::RingLimits::default_for(Ring::Standard);
+            l.fuel_per_call = 50_000_000;
+            b.policy(ahv_core::RingPolicy::default().with_limits(Ring::Standard, l).unwrap())
+        });
+        let s = h.session();
+        for a in ["did:test:holder", "did:test:next"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        let r = h.hv.run_agent(&s, &id("did:test:holder"), "lock key:r exclusive 0\nspin").await;
+        assert!(matches!(
+            r,
+            Err(HypervisorError::Agent(AgentError::Trapped { cause: TrapCause::OutOfFuel { .. }, .. }))
+        ));
+        let out = h.script(&s, "did:test:next", "lock key:r exclusive 0").await;
+        ok(&out, "lock key:r exclusive 0");
+    }
+
+    #[tokio::test]
+    async fn quota_exhaustion_leaves_earlier_data_intact() {
+        let h = Hv::with(|b| {
+            b.quotas(FileQuotas {
+                max_total_bytes: 100,
+                max_files: 3,
+                max_file_bytes: 60,
+                ..FileQuotas::default()
+            })
+        });
+        let s = h.session();
+        h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        let forty = "x".repeat(40);
+        let out = h
+            .script(&s, "did:test:a", &format!("write shared/1 {forty}\nwrite shared/2 {forty}\nwrite shared/3 {forty}\nwrite shared/big {}\nwrite shared/1 {}", "y".repeat(61), "z".repeat(21)))
+            .await;
+        ok(&out, &format!("write shared/1 {forty}"));
+        ok(&out, &format!("write shared/2 {forty}"));
+        err(&out, &format!("write shared/3 {forty}"), "quota");
+        err(&out, &format!("write shared/big {}", "y".repeat(61)), "quota");
+        err(&out, &format!("write shared/1 {}", "z".repeat(21)), "quota");
+        let shared = h.dir(&s).join("files/shared");
+        assert_eq!(std::fs::read_to_string(shared.join("1")).unwrap(), forty);
+        assert_eq!(std::fs::read_to_string(shared.join("2")).unwrap(), forty);
+        assert!(!shared.join("3").exists() && !shared.join("big").exists());
+        let u = h.hv.session_core(&s).unwrap().usage();
+        assert_eq!((u.files, u.bytes), (2, 80));
+    }
+
+    #[tokio::test]
+    async fn snapshot_writes_restore_gives_back_the_snapshot_exactly() {
+        let h = Hv::new();
+        let s = h.session();
+        for a in ["did:test:a", "did:test:b"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        assert!(matches!(h.hv.snapshot(&s), Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))), "only while active");
+        h.hv.activate_session(&s).unwrap();
+        h.script(&s, "did:test:a", "write shared/keep.md one\nwrite shared/gone.md two\nwrite mine.txt a\nsetacl shared/keep.md did:test:a everyone owner").await;
+        h.script(&s, "did:test:b", "write theirs.txt b").await;
+        let files = h.dir(&s).join("files");
+        let before = tree(&files);
+        let snap = h.hv.snapshot(&s).unwrap();
+        assert_eq!(snap.files, 4);
+        h.script(&s, "did:test:a", "write shared/keep.md changed\ndelete shared/gone.md\nappend mine.txt more\nwrite shared/new.md n\nrename mine.txt moved.txt\nsetacl shared/keep.md did:test:a owner owner").await;
+        h.script(&s, "did:test:b", "write theirs.txt b2\nwrite extra/x y").await;
+        assert_ne!(tree(&files), before);
+        h.hv.restore(&s, snap.id).unwrap();
+        assert_eq!(tree(&files), before, "byte for byte");
+        let out = h.script(&s, "did:test:b", "acl shared/keep.md\nread shared/gone.md").await;
+        assert_eq!(ok(&out, "acl shared/keep.md"), "owner=did:test:a read=everyone write=owner");
+        assert_eq!(ok(&out, "read shared/gone.md"), "two");
+        assert!(matches!(h.hv.restore(&s, 999), Err(HypervisorError::Files { .. })));
+    }
+
+    #[tokio::test]
+    async fn serializable_isolation_needs_intent_locks() {
+        let h = Hv::new();
+        let s = h
+            .hv
+            .create_session(
+                SessionConfig {
+                    isolation: Isolation::Serializable,
+                    ..Default::default()
+                },
+                id("did:test:op"),
+            )
+            .unwrap();
+        h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        let out = h.script(&s, "did:test:a", "put k v\nwrite shared/f x\nwrite private.txt ok\nlock key:k write 0\nlock path:shared/f write 0\nput k v\nwrite shared/f x\nread shared/f").await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("put k v -> err denied:"), "{out}");
+        assert!(lines[1].starts_with("write shared/f x -> err denied:"), "{out}");
+        assert_eq!(lines[2], "write private.txt ok -> ok", "private files need no lock");
+        assert_eq!(lines[5], "put k v -> ok v1");
+        assert_eq!(lines[6], "write shared/f x -> ok");
+        assert_eq!(lines[7], "read shared/f -> ok x");
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_is_terminated() {
+        let clock = FakeClock::new();
+        let c2 = clock.clone();
+        let h = Hv::with(move |b| b.clock(Arc::new(c2)));
+        let s = h
+            .hv
+            .create_session(
+                SessionConfig {
+                    max_duration: Duration::from_secs(60),
+                    ..Default::default()
+                },
+                id("did:test:op"),
+            )
+            .unwrap();
+        h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        clock.advance(Duration::from_secs(59));
+        assert!(h.hv.reap_expired().is_empty());
+        h.script(&s, "did:test:a", "keys").await;
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            h.hv.run_agent(&s, &id("did:test:a"), "keys").await,
+            Err(HypervisorError::UnknownSession { .. })
+        ));
+        assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Archived);
+        let t = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::SessionTerminated));
+        assert!(matches!(t[0].payload, EventPayload::SessionTerminated { reason: TerminationReason::Expired }));
+        // An idle session is reaped.
+        let idle = h.session();
+        clock.advance(Duration::from_secs(3601));
+        assert_eq!(h.hv.reap_expired(), [idle]);
+    }
+}
+
+/// Two sessions side by side: nothing in one can reach the other's files or state.
+#[tokio::test]
+async fn sessions_cannot_reach_each_others_files_or_state() {
+    let h = Hv::new();
+    let (a, b) = (h.session(), h.session());
+    h.put_shared(&b, "secret.txt", "B's secret");
+    h.join(&b, "did:test:owner", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&b).unwrap();
+    h.script(&b, "did:test:owner", "write private.txt B-private\nput secret B-state").await;
+    std::fs::write(h.state.path().join("sentinel.txt"), "outside all sessions").unwrap();
+    // A symlink planted in A's shared area (as if by a compromised co-tenant) pointing at B.
+    let a_shared = h.dir(&a).join("files/shared");
+    std::fs::create_dir_all(&a_shared).unwrap();
+    std::os::unix::fs::symlink(h.dir(&b).join("files/shared"), a_shared.join("to-b")).unwrap();
+    std::os::unix::fs::symlink(h.dir(&b).join("files/shared/secret.txt"), a_shared.join("secret-link")).unwrap();
+    std::os::unix::fs::symlink("../../../..", a_shared.join("up")).unwrap();
+    let before_b = tree(&h.dir(&b));
+
+    h.join(&a, "did:test:intruder", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&a).unwrap();
+    let bid = b.as_str();
+    let paths = [
+        format!("../{bid}/files/shared/secret.txt"),
+        format!("../../sessions/{bid}/files/shared/secret.txt"),
+        format!("shared/../../{bid}/files/shared/secret.txt"),
+        format!("{}/files/shared/secret.txt", h.dir(&b).display()),
+        "/etc/passwd".to_string(),
+        "../../sentinel.txt".to_string(),
+        "shared/to-b/secret.txt".to_string(),
+        "shared/secret-link".to_string(),
+        "shared/up/sentinel.txt".to_string(),
+        format!("shared/up/sessions/{bid}/files/shared/secret.txt"),
+        "agents/did:test:owner/private.txt".to_string(),
+        "shared/../agents/did:test:owner/private.txt".to_string(),
+        "private.txt".to_string(),
+        format!("{}/x", "a".repeat(300)),
+        "shared/\u{202e}txt.terces".to_string(),
+        "shared\\..\\secret.txt".to_string(),
+    ];
+    let mut script = String::new();
+    for p in &paths {
+        for op in ["read", "stat", "hash", "list"] {
+            script.push_str(&format!("{op} {p}\n"));
+        }
+        script.push_str(&format!("write {p} pwned\nappend {p} pwned\ndelete {p}\n"));
+    }
+    script.push_str(&format!("get secret\nkeys\nlock path:../{bid}/files/shared/secret.txt write 0\n"));
+    let out = h.script(&a, "did:test:intruder", &script).await;
+    for l in out.lines() {
+        let allowed_ok = l.starts_with("write private.txt") || l.starts_with("append private.txt")
+            || l.starts_with("read private.txt") || l.starts_with("stat private.txt")
+            || l.starts_with("hash private.txt") || l.starts_with("delete private.txt")
+            || l.starts_with("keys") || l.starts_with("get secret -> ok none");
+        assert!(l.contains("-> err ") || allowed_ok, "not refused: {l}");
+        assert!(!l.contains("B's secret") && !l.contains("B-private") && !l.contains("B-state") && !l.contains("outside all"), "leaked: {l}");
+    }
+    assert_eq!(ok(&out, "keys"), "", "no state of B visible");
+    assert_eq!(tree(&h.dir(&b)), before_b, "B's files unchanged");
+    assert_eq!(std::fs::read_to_string(h.state.path().join("sentinel.txt")).unwrap(), "outside all sessions");
+    // `private.txt` in A is the intruder's own file, not B's.
+    assert!(!h.dir(&a).join("files/agents/did:test:owner").exists());
+}
+
+#[tokio::test]
+async fn hypervisor_requires_a_state_dir_and_validates_configs() {
+    assert!(matches!(Hypervisor::builder().build(), Err(HypervisorError::Setup(_))));
+    let h = Hv::new();
+    let e = h
+        .hv
+        .create_session(
+            SessionConfig {
+                max_participants: 0,
+                ..Default::default()
+            },
+            id("did:test:op"),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        HypervisorError::Session(SessionError::InvalidConfig { field: "max_participants", .. })
+    ));
+    let s = h.session();
+    let e = h.hv.join_session(&s, JoinRequest::new(id("did:test:x"), 1.5)).await.unwrap_err();
+    assert!(e.to_string().contains("sigma"), "{e}");
+}
