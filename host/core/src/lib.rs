@@ -2,7 +2,8 @@
 //!
 //! Rings, capabilities and the ring policy table ([`ring`]), identifiers
 //! ([`id`]), trust scores and the rings they imply ([`score`]), and injected
-//! time ([`clock`]). No wasmtime, no I/O: plain data with typed errors.
+//! time ([`clock`]), and typed events on a bounded, queryable bus ([`event`]).
+//! No wasmtime, no I/O: plain data with typed errors.
 //!
 //! ```
 //! use ahv_core::{Capability, Ring, RingPolicy};
@@ -19,11 +20,16 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod event;
 pub mod id;
 pub mod ring;
 pub mod score;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use event::{
+    Event, EventBus, EventId, EventKind, EventPayload, EventQuery, EventSink, SubscriptionId,
+    TerminationReason,
+};
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{
     Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES,
