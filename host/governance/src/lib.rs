@@ -6,7 +6,12 @@
 //! - [`path`]: guest path validation and normalisation;
 //! - [`vfs`]: an agent's files over a `cap_std::fs::Dir`;
 //! - [`actions`]: host-registered reversible actions and effects;
-//! - [`session`]: shared-session configuration, lifecycle and join rules.
+//! - [`session`]: shared-session configuration, lifecycle and join rules;
+//! - [`locks`]: intent locks with a wait-for graph and deadlock detection;
+//! - [`state`]: the session's versioned key-value state and isolation levels;
+//! - [`vclock`]: vector clocks and what each agent has seen;
+//! - [`files`]: the file capability as a trait (standalone or session VFS);
+//! - [`session_core`]: one session's files, state, locks and clocks, with events.
 //!
 //! ```
 //! use ahv_governance::vfs::{Vfs, VfsError, VfsLimits};
@@ -25,8 +30,10 @@
 
 pub mod actions;
 pub mod files;
+pub mod locks;
 pub mod path;
 pub mod session;
 pub mod session_core;
+pub mod state;
 pub mod vclock;
 pub mod vfs;

@@ -1,0 +1,1056 @@
+//! Intent locks with a real wait-for graph (SEMANTICS.md, Consistency).
+//!
+//! One [`LockManager`] per session. Modes are [`LockMode::Read`],
+//! [`LockMode::Write`] and [`LockMode::Exclusive`] (ordered by strength);
+//! only `Read` + `Read` share a resource. An agent never conflicts with
+//! itself: re-acquiring is idempotent, asking for a stronger mode upgrades
+//! when no *other* holder conflicts, asking for a weaker one keeps the
+//! stronger.
+//!
+//! A conflicting request either fails at once ([`LockError::Conflict`], when
+//! the caller allows no wait) or waits. A waiting request adds the edges
+//! `requester → holder` to the wait-for graph for every holder in its way;
+//! if that closes a cycle through the requester, the requester's edges are
+//! removed and it gets [`LockError::Deadlock`] naming the cycle (the others
+//! keep waiting, so one refusal breaks the cycle). Waiters wake on every
+//! release, recompute who is in their way (updating their edges and checking
+//! for a cycle again) and give up at their deadline with
+//! [`LockError::Timeout`]. Waiting uses tokio's clock, so paused-time tests
+//! never sleep.
+//!
+//! Locks die with their holder: [`LockManager::release_all`] is called when
+//! an agent leaves, traps or is killed, and a dropped [`LockManager::acquire`]
+//! future (its agent was killed mid-wait) removes its edges.
+//!
+//! Waiters are woken together and race for the lock; there is no FIFO queue,
+//! so a steady stream of readers can keep a writer waiting until its deadline.
+//! Every wait is bounded, so this costs time, never liveness.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ahv_core::AgentId;
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Longest resource name, in bytes (kind prefix included).
+pub const MAX_RESOURCE_BYTES: usize = 1024;
+
+/// A lock mode. Ordered by strength: `Read < Write < Exclusive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockMode {
+    /// Shared with other readers.
+    Read,
+    /// Excludes every other holder.
+    Write,
+    /// Excludes every other holder (the strongest mode).
+    Exclusive,
+}
+
+impl LockMode {
+    /// Whether two different agents may hold `self` and `other` at once.
+    fn compatible(self, other: LockMode) -> bool {
+        self == LockMode::Read && other == LockMode::Read
+    }
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Read => "read",
+            LockMode::Write => "write",
+            LockMode::Exclusive => "exclusive",
+        })
+    }
+}
+
+const PATH_PREFIX: &str = "path:";
+const KEY_PREFIX: &str = "key:";
+
+/// What a lock protects: an opaque name such as `path:shared/doc.md` or
+/// `key:findings`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockResource(String);
+
+impl LockResource {
+    /// The lock on a (normalised) path: `path:<p>`.
+    pub fn path(normalised: &str) -> LockResource {
+        LockResource(format!("{PATH_PREFIX}{normalised}"))
+    }
+
+    /// The lock on a state key: `key:<k>`. A key lock also serves as the
+    /// range lock on every key starting with `k` when the state store lists
+    /// keys under serializable isolation, so `key:` (the empty key) names the
+    /// whole key space.
+    pub fn key(key: &str) -> LockResource {
+        LockResource(format!("{KEY_PREFIX}{key}"))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The state key this lock names, if it is a key lock.
+    pub(crate) fn key_name(&self) -> Option<&str> {
+        self.0.strip_prefix(KEY_PREFIX)
+    }
+
+    fn validate(&self) -> Result<(), LockError> {
+        let bad = |reason: String| Err(LockError::InvalidResource { reason });
+        if self.0.len() > MAX_RESOURCE_BYTES {
+            return bad(format!(
+                "resource name is {} bytes long; the maximum is {MAX_RESOURCE_BYTES}",
+                self.0.len()
+            ));
+        }
+        if let Some(ch) = self.0.chars().find(|c| c.is_control()) {
+            return bad(format!(
+                "resource name {:?} contains the control character {ch:?}",
+                truncate(&self.0)
+            ));
+        }
+        if self.0.is_empty() || self.0 == PATH_PREFIX {
+            return bad(format!("resource name {:?} names nothing", self.0));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for LockResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn list<T: fmt::Display>(items: impl IntoIterator<Item = T>, sep: &str) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn holders_text(holders: &[(AgentId, LockMode)]) -> String {
+    list(holders.iter().map(|(a, m)| format!("{a} ({m})")), ", ")
+}
+
+/// Why a lock operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LockError {
+    /// Another agent holds a conflicting lock and the caller chose not to wait.
+    #[error("{resource} is held by {}", holders_text(holders))]
+    Conflict {
+        /// The resource.
+        resource: LockResource,
+        /// The holders in the way, with their modes.
+        holders: Vec<(AgentId, LockMode)>,
+    },
+    /// Waiting would close a cycle in the wait-for graph.
+    #[error("waiting for {resource} would deadlock: {} → {}", list(cycle, " → "), cycle.first().map(ToString::to_string).unwrap_or_default())]
+    Deadlock {
+        /// The resource requested.
+        resource: LockResource,
+        /// The cycle, starting with the requester: each waits for the next,
+        /// the last for the first.
+        cycle: Vec<AgentId>,
+    },
+    /// The lock was not granted within the time the caller allowed.
+    #[error("{resource} was not granted within {waited:?}")]
+    Timeout {
+        /// The resource.
+        resource: LockResource,
+        /// How long the caller waited (the time it allowed).
+        waited: Duration,
+    },
+    /// The agent does not hold the lock it tried to release.
+    #[error("{agent} does not hold {resource}")]
+    NotHeld {
+        /// The resource.
+        resource: LockResource,
+        /// The agent.
+        agent: AgentId,
+    },
+    /// The agent already holds as many locks as it may.
+    #[error("{agent} already holds {max} locks, the most allowed")]
+    TooMany {
+        /// The agent.
+        agent: AgentId,
+        /// The per-agent maximum.
+        max: usize,
+    },
+    /// The resource name is not acceptable.
+    #[error("invalid lock resource: {reason}")]
+    InvalidResource {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One waiting `acquire`: who waits, for what, on whom.
+#[derive(Debug)]
+struct Wait {
+    agent: AgentId,
+    resource: LockResource,
+    on: BTreeSet<AgentId>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Resource → its holders. Ordered so range scans over key locks work.
+    held: BTreeMap<LockResource, BTreeMap<AgentId, LockMode>>,
+    /// Agent → what it holds (the inverse of `held`).
+    by_agent: HashMap<AgentId, BTreeMap<LockResource, LockMode>>,
+    /// Wait id → the wait; the wait-for graph is the union of their edges.
+    waits: HashMap<u64, Wait>,
+}
+
+impl Table {
+    fn mode_of(&self, agent: &AgentId, resource: &LockResource) -> Option<LockMode> {
+        self.by_agent.get(agent)?.get(resource).copied()
+    }
+
+    fn count(&self, agent: &AgentId) -> usize {
+        self.by_agent.get(agent).map_or(0, BTreeMap::len)
+    }
+
+    /// Other agents whose locks on `resource` conflict with `mode`.
+    fn blockers(
+        &self,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+    ) -> Vec<(AgentId, LockMode)> {
+        self.held.get(resource).map_or_else(Vec::new, |holders| {
+            holders
+                .iter()
+                .filter(|(a, m)| *a != agent && !mode.compatible(**m))
+                .map(|(a, m)| (a.clone(), *m))
+                .collect()
+        })
+    }
+
+    fn grant(&mut self, agent: &AgentId, resource: &LockResource, mode: LockMode) {
+        let mine = self.by_agent.entry(agent.clone()).or_default();
+        let m = mine.entry(resource.clone()).or_insert(mode);
+        *m = (*m).max(mode);
+        let m = *m;
+        self.held
+            .entry(resource.clone())
+            .or_default()
+            .insert(agent.clone(), m);
+    }
+
+    fn remove(&mut self, agent: &AgentId, resource: &LockResource) -> Option<LockMode> {
+        let mine = self.by_agent.get_mut(agent)?;
+        let mode = mine.remove(resource)?;
+        if mine.is_empty() {
+            self.by_agent.remove(agent);
+        }
+        if let Some(holders) = self.held.get_mut(resource) {
+            holders.remove(agent);
+            if holders.is_empty() {
+                self.held.remove(resource);
+            }
+        }
+        // Whoever waited for this agent on this resource no longer does.
+        for w in self.waits.values_mut() {
+            if &w.resource == resource {
+                w.on.remove(agent);
+            }
+        }
+        Some(mode)
+    }
+
+    /// A cycle through `start` in the wait-for graph, starting with `start`.
+    fn cycle_through(&self, start: &AgentId) -> Option<Vec<AgentId>> {
+        let mut graph: BTreeMap<&AgentId, BTreeSet<&AgentId>> = BTreeMap::new();
+        for w in self.waits.values() {
+            graph.entry(&w.agent).or_default().extend(w.on.iter());
+        }
+        let next_of = |a: &AgentId| -> Vec<&AgentId> {
+            graph
+                .get(a)
+                .map_or_else(Vec::new, |s| s.iter().copied().collect())
+        };
+        // Iterative DFS: `path[i]` is being explored with `frames[i]` as its
+        // remaining successors, so a deep graph cannot overflow the stack.
+        let mut path: Vec<&AgentId> = vec![start];
+        let mut frames: Vec<std::vec::IntoIter<&AgentId>> = vec![next_of(start).into_iter()];
+        let mut visited: HashSet<&AgentId> = HashSet::from([start]);
+        while let Some(frame) = frames.last_mut() {
+            match frame.next() {
+                Some(next) if next == start => {
+                    return Some(path.into_iter().cloned().collect());
+                }
+                Some(next) => {
+                    if visited.insert(next) {
+                        path.push(next);
+                        frames.push(next_of(next).into_iter());
+                    }
+                }
+                None => {
+                    frames.pop();
+                    path.pop();
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The session's intent locks and wait-for graph.
+#[derive(Debug)]
+pub struct LockManager {
+    max_per_agent: usize,
+    table: Mutex<Table>,
+    released: Notify,
+    next_wait: AtomicU64,
+}
+
+/// Removes a waiter's edges however its `acquire` ends, including when the
+/// future is dropped mid-wait because its agent was killed.
+struct WaitGuard<'a> {
+    manager: &'a LockManager,
+    id: u64,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.manager.table().waits.remove(&self.id);
+    }
+}
+
+impl LockManager {
+    /// An empty lock table; each agent may hold at most `max_locks_per_agent`
+    /// locks at once.
+    pub fn new(max_locks_per_agent: usize) -> LockManager {
+        LockManager {
+            max_per_agent: max_locks_per_agent,
+            table: Mutex::new(Table::default()),
+            released: Notify::new(),
+            next_wait: AtomicU64::new(0),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock only means a panic elsewhere; every update below
+        // leaves the table consistent before it can panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One attempt: grants the lock (true), refuses it, or — for a waiter
+    /// (`wait` is its id) — records who is in the way and returns false.
+    fn attempt(
+        &self,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+        wait: Option<u64>,
+    ) -> Result<bool, LockError> {
+        let mut t = self.table();
+        let outcome = Self::attempt_locked(&mut t, self.max_per_agent, agent, resource, mode, wait);
+        if !matches!(outcome, Ok(false))
+            && let Some(id) = wait
+        {
+            t.waits.remove(&id);
+        }
+        outcome
+    }
+
+    fn attempt_locked(
+        t: &mut Table,
+        max: usize,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+        wait: Option<u64>,
+    ) -> Result<bool, LockError> {
+        match t.mode_of(agent, resource) {
+            Some(held) if held >= mode => return Ok(true),
+            Some(_) => {}
+            None if t.count(agent) >= max => {
+                return Err(LockError::TooMany {
+                    agent: agent.clone(),
+                    max,
+                });
+            }
+            None => {}
+        }
+        let blockers = t.blockers(agent, resource, mode);
+        if blockers.is_empty() {
+            t.grant(agent, resource, mode);
+            return Ok(true);
+        }
+        let Some(id) = wait else {
+            return Err(LockError::Conflict {
+                resource: resource.clone(),
+                holders: blockers,
+            });
+        };
+        t.waits.insert(
+            id,
+            Wait {
+                agent: agent.clone(),
+                resource: resource.clone(),
+                on: blockers.into_iter().map(|(a, _)| a).collect(),
+            },
+        );
+        if let Some(cycle) = t.cycle_through(agent) {
+            return Err(LockError::Deadlock {
+                resource: resource.clone(),
+                cycle,
+            });
+        }
+        Ok(false)
+    }
+
+    /// Takes (or strengthens) a lock without waiting.
+    ///
+    /// # Errors
+    /// [`LockError::Conflict`] when another agent holds a conflicting lock;
+    /// [`LockError::TooMany`] when the agent is at its limit;
+    /// [`LockError::InvalidResource`].
+    pub fn try_acquire(
+        &self,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+    ) -> Result<(), LockError> {
+        resource.validate()?;
+        self.attempt(agent, resource, mode, None).map(|_| ())
+    }
+
+    /// Takes (or strengthens) a lock, waiting up to `wait` for conflicting
+    /// holders to release it. `wait == 0` is [`LockManager::try_acquire`].
+    ///
+    /// Cancel-safe: dropping the future removes its wait-for edges.
+    ///
+    /// # Errors
+    /// [`LockError::Conflict`] (only when `wait` is zero);
+    /// [`LockError::Deadlock`] when waiting would close a cycle in the
+    /// wait-for graph (checked when the wait starts and after every wake-up);
+    /// [`LockError::Timeout`] when the lock was not granted within `wait`;
+    /// [`LockError::TooMany`]; [`LockError::InvalidResource`].
+    pub async fn acquire(
+        &self,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+        wait: Duration,
+    ) -> Result<(), LockError> {
+        if wait.is_zero() {
+            return self.try_acquire(agent, resource, mode);
+        }
+        resource.validate()?;
+        // No representable deadline (an absurd `wait`): wait without one.
+        let deadline = Instant::now().checked_add(wait);
+        let guard = WaitGuard {
+            manager: self,
+            id: self.next_wait.fetch_add(1, Ordering::Relaxed),
+        };
+        loop {
+            // Registered before the check, so a release between the check and
+            // the await still wakes us.
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.attempt(agent, resource, mode, Some(guard.id))? {
+                return Ok(());
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(LockError::Timeout {
+                            resource: resource.clone(),
+                            waited: wait,
+                        });
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Releases a lock and wakes the waiters.
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`] when the agent does not hold it.
+    pub fn release(&self, agent: &AgentId, resource: &LockResource) -> Result<LockMode, LockError> {
+        let mode = self.table().remove(agent, resource);
+        match mode {
+            Some(mode) => {
+                self.released.notify_waiters();
+                Ok(mode)
+            }
+            None => Err(LockError::NotHeld {
+                resource: resource.clone(),
+                agent: agent.clone(),
+            }),
+        }
+    }
+
+    /// Releases everything `agent` holds (it left, trapped or was killed),
+    /// drops its wait-for edges and wakes the waiters. Returns what it held.
+    pub fn release_all(&self, agent: &AgentId) -> Vec<(LockResource, LockMode)> {
+        let released: Vec<(LockResource, LockMode)> = {
+            let mut t = self.table();
+            let mine: Vec<LockResource> = t
+                .by_agent
+                .get(agent)
+                .map_or_else(Vec::new, |m| m.keys().cloned().collect());
+            let released = mine
+                .into_iter()
+                .filter_map(|r| t.remove(agent, &r).map(|m| (r, m)))
+                .collect();
+            t.waits.retain(|_, w| &w.agent != agent);
+            released
+        };
+        self.released.notify_waiters();
+        released
+    }
+
+    /// Whether `agent` holds `resource` in `at_least` or a stronger mode
+    /// (`Exclusive > Write > Read`).
+    pub fn holds(&self, agent: &AgentId, resource: &LockResource, at_least: LockMode) -> bool {
+        self.table()
+            .mode_of(agent, resource)
+            .is_some_and(|m| m >= at_least)
+    }
+
+    /// What `agent` holds, ordered by resource.
+    pub fn held_by(&self, agent: &AgentId) -> Vec<(LockResource, LockMode)> {
+        self.table().by_agent.get(agent).map_or_else(Vec::new, |m| {
+            m.iter().map(|(r, m)| (r.clone(), *m)).collect()
+        })
+    }
+
+    /// Who holds `resource`, ordered by agent.
+    pub fn holders(&self, resource: &LockResource) -> Vec<(AgentId, LockMode)> {
+        self.table().held.get(resource).map_or_else(Vec::new, |h| {
+            h.iter().map(|(a, m)| (a.clone(), *m)).collect()
+        })
+    }
+
+    /// The current wait-for graph: `(waiter, holder it waits for)`, sorted,
+    /// without duplicates.
+    pub fn wait_for_edges(&self) -> Vec<(AgentId, AgentId)> {
+        let t = self.table();
+        let edges: BTreeSet<(AgentId, AgentId)> = t
+            .waits
+            .values()
+            .flat_map(|w| w.on.iter().map(|h| (w.agent.clone(), h.clone())))
+            .collect();
+        edges.into_iter().collect()
+    }
+
+    /// The first of `resources` on which an agent other than `agent` holds
+    /// any lock.
+    pub(crate) fn held_by_other<'r>(
+        &self,
+        agent: &AgentId,
+        resources: impl IntoIterator<Item = &'r LockResource>,
+    ) -> Option<&'r LockResource> {
+        let t = self.table();
+        resources
+            .into_iter()
+            .find(|r| t.held.get(*r).is_some_and(|h| h.keys().any(|a| a != agent)))
+    }
+
+    /// The first key lock under `prefix` (its name starts with `key:<prefix>`)
+    /// that an agent other than `agent` holds in `Write` mode or stronger.
+    pub(crate) fn written_by_other_under(&self, agent: &AgentId, prefix: &str) -> Option<String> {
+        let t = self.table();
+        let from = LockResource::key(prefix);
+        t.held
+            .range(from.clone()..)
+            .take_while(|(r, _)| r.0.starts_with(&from.0))
+            .find(|(_, h)| h.iter().any(|(a, m)| a != agent && *m >= LockMode::Write))
+            .and_then(|(r, _)| r.key_name().map(str::to_owned))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn id(s: &str) -> AgentId {
+        AgentId::new(s).unwrap()
+    }
+
+    fn res(s: &str) -> LockResource {
+        LockResource::key(s)
+    }
+
+    const MODES: [LockMode; 3] = [LockMode::Read, LockMode::Write, LockMode::Exclusive];
+
+    /// Yields until `cond` holds (tasks spawned on the current-thread
+    /// runtime run while we yield); fails rather than hanging.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[test]
+    fn compatibility_matrix_only_read_read_shares() {
+        let (a, b) = (id("a"), id("b"));
+        for first in MODES {
+            for second in MODES {
+                let m = LockManager::new(8);
+                let r = res("doc");
+                m.try_acquire(&a, &r, first).unwrap();
+                let got = m.try_acquire(&b, &r, second);
+                if first == LockMode::Read && second == LockMode::Read {
+                    assert_eq!(got, Ok(()), "{first}+{second}");
+                    assert_eq!(
+                        m.holders(&r),
+                        vec![(a.clone(), LockMode::Read), (b.clone(), LockMode::Read)]
+                    );
+                } else {
+                    assert_eq!(
+                        got,
+                        Err(LockError::Conflict {
+                            resource: r.clone(),
+                            holders: vec![(a.clone(), first)]
+                        }),
+                        "{first}+{second}"
+                    );
+                    assert_eq!(m.holders(&r), vec![(a.clone(), first)]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_agent_never_conflicts_with_itself_and_upgrades() {
+        let (a, b) = (id("a"), id("b"));
+        let m = LockManager::new(8);
+        let r = res("doc");
+        for mode in MODES {
+            m.try_acquire(&a, &r, mode).unwrap();
+            m.try_acquire(&a, &r, mode).expect("idempotent");
+            assert_eq!(m.held_by(&a), vec![(r.clone(), mode)], "upgraded to {mode}");
+        }
+        // Weaker requests keep the stronger mode.
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        assert_eq!(m.held_by(&a), vec![(r.clone(), LockMode::Exclusive)]);
+        assert!(m.holds(&a, &r, LockMode::Write));
+        assert!(!m.holds(&b, &r, LockMode::Read));
+        assert_eq!(m.release(&a, &r), Ok(LockMode::Exclusive));
+        assert!(m.held_by(&a).is_empty());
+
+        // An upgrade is refused while another reader shares the lock.
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        m.try_acquire(&b, &r, LockMode::Read).unwrap();
+        assert!(matches!(
+            m.try_acquire(&a, &r, LockMode::Write),
+            Err(LockError::Conflict { holders, .. }) if holders == vec![(b.clone(), LockMode::Read)]
+        ));
+        assert!(m.holds(&a, &r, LockMode::Read) && !m.holds(&a, &r, LockMode::Write));
+        m.release(&b, &r).unwrap();
+        m.try_acquire(&a, &r, LockMode::Write)
+            .expect("sole holder upgrades");
+        assert!(m.holds(&a, &r, LockMode::Write));
+    }
+
+    #[test]
+    fn release_of_a_lock_not_held_is_an_error() {
+        let m = LockManager::new(8);
+        let (a, b) = (id("a"), id("b"));
+        let r = LockResource::path("shared/doc.md");
+        assert_eq!(r.as_str(), "path:shared/doc.md");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        assert_eq!(
+            m.release(&b, &r),
+            Err(LockError::NotHeld {
+                resource: r.clone(),
+                agent: b.clone()
+            })
+        );
+        assert_eq!(m.holders(&r), vec![(a, LockMode::Write)]);
+    }
+
+    #[test]
+    fn an_agent_holds_a_bounded_number_of_locks() {
+        let m = LockManager::new(2);
+        let a = id("a");
+        m.try_acquire(&a, &res("1"), LockMode::Read).unwrap();
+        m.try_acquire(&a, &res("2"), LockMode::Read).unwrap();
+        assert_eq!(
+            m.try_acquire(&a, &res("3"), LockMode::Read),
+            Err(LockError::TooMany {
+                agent: a.clone(),
+                max: 2
+            })
+        );
+        // Re-acquiring or upgrading a held lock does not count twice.
+        m.try_acquire(&a, &res("2"), LockMode::Exclusive).unwrap();
+        assert_eq!(m.held_by(&a).len(), 2);
+        m.release(&a, &res("1")).unwrap();
+        m.try_acquire(&a, &res("3"), LockMode::Read).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_many_is_refused_before_waiting() {
+        let m = LockManager::new(1);
+        let (a, b) = (id("a"), id("b"));
+        m.try_acquire(&a, &res("1"), LockMode::Read).unwrap();
+        m.try_acquire(&b, &res("2"), LockMode::Write).unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            m.acquire(&a, &res("2"), LockMode::Read, Duration::from_secs(5))
+                .await,
+            Err(LockError::TooMany { .. })
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(m.wait_for_edges().is_empty());
+    }
+
+    #[test]
+    fn resource_names_are_validated() {
+        let m = LockManager::new(8);
+        let a = id("a");
+        for bad in [
+            LockResource::path(""),
+            LockResource::key(&"x".repeat(MAX_RESOURCE_BYTES)),
+            LockResource::key("a\nb"),
+            LockResource::path("doc\0"),
+            LockResource(String::new()),
+        ] {
+            assert!(
+                matches!(
+                    m.try_acquire(&a, &bad, LockMode::Read),
+                    Err(LockError::InvalidResource { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(m.held_by(&a).is_empty());
+        // The longest allowed name, and the whole key space.
+        m.try_acquire(
+            &a,
+            &LockResource::key(&"x".repeat(MAX_RESOURCE_BYTES - KEY_PREFIX.len())),
+            LockMode::Read,
+        )
+        .unwrap();
+        m.try_acquire(&a, &LockResource::key(""), LockMode::Read)
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_names_are_refused_by_acquire_too() {
+        let m = LockManager::new(8);
+        let r = m
+            .acquire(
+                &id("a"),
+                &LockResource::key("\u{7}"),
+                LockMode::Read,
+                Duration::from_secs(1),
+            )
+            .await;
+        assert!(matches!(r, Err(LockError::InvalidResource { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_granted_when_the_holder_releases() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        let start = Instant::now();
+        let waiter = tokio::spawn({
+            let (m, b, r) = (m.clone(), b.clone(), r.clone());
+            async move {
+                m.acquire(&b, &r, LockMode::Read, Duration::from_secs(30))
+                    .await
+            }
+        });
+        until("b waits for a", || {
+            m.wait_for_edges() == vec![(b.clone(), a.clone())]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !waiter.is_finished(),
+            "b still waits while a holds the lock"
+        );
+        m.release(&a, &r).unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(m.holders(&r), vec![(b, LockMode::Read)]);
+        assert!(m.wait_for_edges().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_times_out_after_the_time_asked() {
+        let m = LockManager::new(8);
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        let asked = Duration::from_millis(1500);
+        let start = Instant::now();
+        let got = m.acquire(&b, &r, LockMode::Exclusive, asked).await;
+        assert_eq!(
+            got,
+            Err(LockError::Timeout {
+                resource: r.clone(),
+                waited: asked
+            })
+        );
+        assert_eq!(start.elapsed(), asked, "it really waited");
+        assert!(m.wait_for_edges().is_empty());
+        assert_eq!(m.holders(&r), vec![(a, LockMode::Read)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_wait_fails_at_once() {
+        let m = LockManager::new(8);
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        let got = m.acquire(&b, &r, LockMode::Write, Duration::ZERO).await;
+        assert_eq!(
+            got,
+            Err(LockError::Conflict {
+                resource: r,
+                holders: vec![(a, LockMode::Read)]
+            })
+        );
+        assert!(m.wait_for_edges().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_agent_closing_a_cycle_gets_deadlock_and_the_other_proceeds() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let (r1, r2) = (res("r1"), res("r2"));
+        m.try_acquire(&a, &r1, LockMode::Write).unwrap();
+        m.try_acquire(&b, &r2, LockMode::Write).unwrap();
+        let a_waits = tokio::spawn({
+            let (m, a, r2) = (m.clone(), a.clone(), r2.clone());
+            async move {
+                m.acquire(&a, &r2, LockMode::Write, Duration::from_secs(60))
+                    .await
+            }
+        });
+        until("a waits for b", || {
+            m.wait_for_edges() == vec![(a.clone(), b.clone())]
+        })
+        .await;
+        let start = Instant::now();
+        let got = m
+            .acquire(&b, &r1, LockMode::Read, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            got,
+            Err(LockError::Deadlock {
+                resource: r1.clone(),
+                cycle: vec![b.clone(), a.clone()]
+            })
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "refused without waiting");
+        assert_eq!(
+            m.wait_for_edges(),
+            vec![(a.clone(), b.clone())],
+            "a keeps waiting"
+        );
+        assert!(!a_waits.is_finished());
+        m.release(&b, &r2).unwrap();
+        assert_eq!(a_waits.await.unwrap(), Ok(()));
+        assert!(m.holds(&a, &r2, LockMode::Write));
+        assert!(m.wait_for_edges().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgrade_deadlock_is_detected() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        m.try_acquire(&b, &r, LockMode::Read).unwrap();
+        let a_up = tokio::spawn({
+            let (m, a, r) = (m.clone(), a.clone(), r.clone());
+            async move {
+                m.acquire(&a, &r, LockMode::Write, Duration::from_secs(60))
+                    .await
+            }
+        });
+        until("a waits for b", || !m.wait_for_edges().is_empty()).await;
+        let got = m
+            .acquire(&b, &r, LockMode::Write, Duration::from_secs(60))
+            .await;
+        assert!(
+            matches!(&got, Err(LockError::Deadlock { cycle, .. }) if *cycle == vec![b.clone(), a.clone()]),
+            "{got:?}"
+        );
+        m.release(&b, &r).unwrap();
+        assert_eq!(a_up.await.unwrap(), Ok(()));
+        assert_eq!(m.holders(&r), vec![(a, LockMode::Write)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_three_agent_cycle_is_detected() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let (r1, r2, r3) = (res("r1"), res("r2"), res("r3"));
+        m.try_acquire(&a, &r1, LockMode::Write).unwrap();
+        m.try_acquire(&b, &r2, LockMode::Write).unwrap();
+        m.try_acquire(&c, &r3, LockMode::Write).unwrap();
+        let spawn_wait = |who: &AgentId, r: &LockResource| {
+            let (m, who, r) = (m.clone(), who.clone(), r.clone());
+            tokio::spawn(async move {
+                m.acquire(&who, &r, LockMode::Write, Duration::from_secs(60))
+                    .await
+            })
+        };
+        let a_waits = spawn_wait(&a, &r2);
+        let b_waits = spawn_wait(&b, &r3);
+        until("a → b → c", || {
+            m.wait_for_edges() == vec![(a.clone(), b.clone()), (b.clone(), c.clone())]
+        })
+        .await;
+        let got = m
+            .acquire(&c, &r1, LockMode::Write, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            got,
+            Err(LockError::Deadlock {
+                resource: r1.clone(),
+                cycle: vec![c.clone(), a.clone(), b.clone()]
+            })
+        );
+        let err = got.unwrap_err().to_string();
+        assert!(err.contains("c → a → b → c"), "{err}");
+        // c gives up everything; b gets r3, then releases all, then a gets r2.
+        assert_eq!(m.release_all(&c), vec![(r3.clone(), LockMode::Write)]);
+        assert_eq!(b_waits.await.unwrap(), Ok(()));
+        m.release_all(&b);
+        assert_eq!(a_waits.await.unwrap(), Ok(()));
+        assert_eq!(
+            m.held_by(&a),
+            vec![(r1, LockMode::Write), (r2, LockMode::Write)]
+        );
+        assert!(m.wait_for_edges().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_all_wakes_a_waiter() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let (r1, r2) = (res("r1"), res("r2"));
+        m.try_acquire(&a, &r1, LockMode::Read).unwrap();
+        m.try_acquire(&a, &r2, LockMode::Exclusive).unwrap();
+        let waiter = tokio::spawn({
+            let (m, b, r2) = (m.clone(), b.clone(), r2.clone());
+            async move {
+                m.acquire(&b, &r2, LockMode::Write, Duration::from_secs(60))
+                    .await
+            }
+        });
+        until("b waits", || !m.wait_for_edges().is_empty()).await;
+        let start = Instant::now();
+        assert_eq!(
+            m.release_all(&a),
+            vec![
+                (r1.clone(), LockMode::Read),
+                (r2.clone(), LockMode::Exclusive)
+            ]
+        );
+        assert!(m.held_by(&a).is_empty() && m.holders(&r1).is_empty());
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(m.holders(&r2), vec![(b, LockMode::Write)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_loses_the_race_keeps_waiting_on_the_new_holder() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        let waiter = tokio::spawn({
+            let (m, b, r) = (m.clone(), b.clone(), r.clone());
+            async move {
+                m.acquire(&b, &r, LockMode::Write, Duration::from_secs(60))
+                    .await
+            }
+        });
+        until("b waits for a", || {
+            m.wait_for_edges() == vec![(b.clone(), a.clone())]
+        })
+        .await;
+        // a releases and c grabs the lock before b runs again.
+        m.release(&a, &r).unwrap();
+        m.try_acquire(&c, &r, LockMode::Write).unwrap();
+        until("b waits for c", || {
+            m.wait_for_edges() == vec![(b.clone(), c.clone())]
+        })
+        .await;
+        assert!(!waiter.is_finished());
+        m.release(&c, &r).unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_wait_removes_its_edges() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        let waiter = tokio::spawn({
+            let (m, b, r) = (m.clone(), b.clone(), r.clone());
+            async move {
+                m.acquire(&b, &r, LockMode::Write, Duration::from_secs(60))
+                    .await
+            }
+        });
+        until("b waits", || !m.wait_for_edges().is_empty()).await;
+        // b is killed mid-wait.
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert!(m.wait_for_edges().is_empty());
+        // Its stale edge can no longer cause a false deadlock.
+        m.try_acquire(&b, &res("other"), LockMode::Write).unwrap();
+        let got = m
+            .acquire(&a, &res("other"), LockMode::Write, Duration::from_secs(1))
+            .await;
+        assert!(matches!(got, Err(LockError::Timeout { .. })), "{got:?}");
+    }
+
+    #[test]
+    fn the_manager_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<LockManager>();
+    }
+
+    #[test]
+    fn errors_name_the_resource_and_agents() {
+        let e = LockError::Conflict {
+            resource: res("doc"),
+            holders: vec![(id("a"), LockMode::Write), (id("b"), LockMode::Read)],
+        };
+        assert_eq!(e.to_string(), "key:doc is held by a (write), b (read)");
+        let e = LockError::Deadlock {
+            resource: res("r1"),
+            cycle: vec![id("b"), id("a")],
+        };
+        assert_eq!(
+            e.to_string(),
+            "waiting for key:r1 would deadlock: b → a → b"
+        );
+    }
+}
