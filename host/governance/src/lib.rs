@@ -5,6 +5,8 @@
 //!
 //! - [`path`]: guest path validation and normalisation;
 //! - [`vfs`]: an agent's files over a `cap_std::fs::Dir`;
+//! - [`session_vfs`]: a shared session's files: shared and private areas,
+//!   ACLs, quotas, hashes, vector clocks, undo records and snapshots;
 //! - [`actions`]: host-registered reversible actions and effects;
 //! - [`session`]: shared-session configuration, lifecycle and join rules;
 //! - [`locks`]: intent locks with a wait-for graph and deadlock detection;
@@ -34,6 +36,7 @@ pub mod locks;
 pub mod path;
 pub mod session;
 pub mod session_core;
+pub mod session_vfs;
 pub mod state;
 pub mod vclock;
 pub mod vfs;

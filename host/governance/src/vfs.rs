@@ -150,6 +150,13 @@ impl Vfs {
         &self.limits
     }
 
+    /// The directory handle, for the session VFS's own moves between areas
+    /// and its undo store (hard links, renames). Callers keep the same rules:
+    /// validated paths only, symlinks never modified.
+    pub(crate) fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
     /// Reads a whole file.
     ///
     /// # Errors
