@@ -159,10 +159,10 @@ pub mod vfs {
     use crate::bindings::agent_hypervisor::agent::{vfs_read, vfs_write};
 
     pub use crate::Error;
-    /// A file's access control list.
-    pub use crate::bindings::agent_hypervisor::agent::types::Acl;
     /// Who may do something to a file.
     pub use crate::bindings::agent_hypervisor::agent::types::Access;
+    /// A file's access control list.
+    pub use crate::bindings::agent_hypervisor::agent::types::Acl;
     /// File or directory.
     pub use vfs_read::EntryKind;
     /// Metadata of one entry.

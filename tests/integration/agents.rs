@@ -197,6 +197,38 @@ pub mod escalator {
     }
 
     #[tokio::test]
+    async fn state_and_locks_are_breaches_in_ring_3_and_denied_outside_a_session() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        for (input, cap, function) in [
+            ("state:x", Capability::StateWrite, "put"),
+            ("lock:k", Capability::Locks, "acquire"),
+        ] {
+            let mut a = h
+                .spawn(ahv_agents::ESCALATOR, "did:test:esc", Ring::Sandbox, &sb)
+                .await;
+            let TrapCause::RingBreach(b) = trap(a.run(input).await) else {
+                panic!("{input}: not a breach")
+            };
+            assert_eq!((b.capability, b.function.as_str()), (cap, function));
+        }
+        // In ring 2 both are in-ring, but a standalone agent has no session:
+        // a refusal value, not a trap.
+        let mut a = h
+            .spawn(ahv_agents::ESCALATOR, "did:test:esc2", Ring::Standard, &sb)
+            .await;
+        let out = a.run("state:x").await.unwrap();
+        let msg = out.result.unwrap_err();
+        assert!(
+            msg.starts_with("state read refused: ") && msg.contains("outside a shared session"),
+            "{msg}"
+        );
+        let msg = a.run("lock:k").await.unwrap().result.unwrap_err();
+        assert!(msg.contains("outside a shared session"), "{msg}");
+        assert_eq!(h.breaches().len(), 2);
+    }
+
+    #[tokio::test]
     async fn breaches_in_ring_3_is_recorded_and_stays_dead() {
         let h = Harness::new(&cache_dir());
         let sb = Sandbox::new();

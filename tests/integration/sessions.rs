@@ -153,28 +153,41 @@ async fn lifecycle_events_and_queries_through_the_hypervisor() {
         "a session that never touched files has no directory"
     );
     // Running before activation is refused.
-    assert_eq!(h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await, Ring::Standard);
+    assert_eq!(
+        h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await,
+        Ring::Standard
+    );
     assert!(matches!(
         h.hv.run_agent(&s, &id("did:test:a"), "keys x").await,
-        Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))
+        Err(HypervisorError::Session(
+            SessionError::InvalidTransition { .. }
+        ))
     ));
     // Without a component: a participant with no instance.
-    let r = h
-        .hv
-        .join_session(&s, JoinRequest::new(id("did:test:host-only"), 0.3))
-        .await
-        .unwrap();
+    let r =
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:host-only"), 0.3))
+            .await
+            .unwrap();
     assert_eq!(r, Ring::Sandbox, "below min σ 0.60: sandbox only");
     assert!(matches!(
-        h.hv.join_session(&s, JoinRequest::new(id("did:test:a"), 0.9)).await,
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:a"), 0.9))
+            .await,
         Err(HypervisorError::Session(SessionError::AlreadyJoined { .. }))
     ));
     h.hv.activate_session(&s).unwrap();
     assert!(matches!(
         h.hv.activate_session(&s),
-        Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))
+        Err(HypervisorError::Session(
+            SessionError::InvalidTransition { .. }
+        ))
     ));
-    let out = h.script(&s, "did:test:a", "write shared/x.txt hello\nread shared/x.txt").await;
+    let out = h
+        .script(
+            &s,
+            "did:test:a",
+            "write shared/x.txt hello\nread shared/x.txt",
+        )
+        .await;
     assert_eq!(ok(&out, "read shared/x.txt"), "hello");
     assert!(matches!(
         h.hv.run_agent(&s, &id("did:test:host-only"), "").await,
@@ -184,14 +197,18 @@ async fn lifecycle_events_and_queries_through_the_hypervisor() {
     assert_eq!(h.hv.ring(&s, &id("did:test:a")).unwrap(), Ring::Standard);
     h.hv.leave_session(&s, &id("did:test:host-only")).unwrap();
     let t = h.hv.terminate_session(&s).unwrap();
-    assert_eq!((t.reason, t.participants), (TerminationReason::Requested, 1));
+    assert_eq!(
+        (t.reason, t.participants),
+        (TerminationReason::Requested, 1)
+    );
     assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Archived);
     assert!(matches!(
         h.hv.terminate_session(&s),
         Err(HypervisorError::UnknownSession { .. })
     ));
     assert!(matches!(
-        h.hv.join_session(&s, JoinRequest::new(id("did:test:late"), 0.8)).await,
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:late"), 0.8))
+            .await,
         Err(HypervisorError::UnknownSession { .. })
     ));
     use EventKind::*;
@@ -217,10 +234,9 @@ async fn lifecycle_events_and_queries_through_the_hypervisor() {
     );
     assert!(kinds.contains(&VfsWrite), "{kinds:?}");
     // The write event carries the content hash and the call's trace id.
-    let w = h
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(VfsWrite));
+    let w =
+        h.hv.events()
+            .query(&EventQuery::default().session(s.clone()).kind(VfsWrite));
     let EventPayload::VfsWrite { path, after, .. } = &w[0].payload else {
         panic!()
     };
@@ -232,9 +248,8 @@ async fn lifecycle_events_and_queries_through_the_hypervisor() {
 #[tokio::test]
 async fn a_non_reversible_action_forces_strong_consistency() {
     let h = Hv::new();
-    let s = h
-        .hv
-        .create_session(
+    let s =
+        h.hv.create_session(
             SessionConfig {
                 consistency: Consistency::Eventual,
                 ..Default::default()
@@ -248,10 +263,12 @@ async fn a_non_reversible_action_forces_strong_consistency() {
         read_only: false,
         admin: false,
     };
-    h.hv
-        .join_session(&s, JoinRequest::new(id("did:test:d"), 0.8).actions(vec![effect]))
-        .await
-        .unwrap();
+    h.hv.join_session(
+        &s,
+        JoinRequest::new(id("did:test:d"), 0.8).actions(vec![effect]),
+    )
+    .await
+    .unwrap();
     assert_eq!(h.hv.session(&s).unwrap().consistency, Consistency::Strong);
 }
 
@@ -263,13 +280,32 @@ pub mod researcher {
     async fn researcher_and_editor_write_a_report_together() {
         let h = Hv::new();
         let s = h.session();
-        h.put_shared(&s, "sources/a.txt", "Wasm is portable. Cats sleep. WASM sandboxes code.");
-        h.put_shared(&s, "sources/b.txt", "Nothing here. Wasm components compose.");
+        h.put_shared(
+            &s,
+            "sources/a.txt",
+            "Wasm is portable. Cats sleep. WASM sandboxes code.",
+        );
+        h.put_shared(
+            &s,
+            "sources/b.txt",
+            "Nothing here. Wasm components compose.",
+        );
         h.put_shared(&s, "sources/c.txt", "No match at all.");
-        assert_eq!(h.join(&s, "did:test:researcher", 0.75, ahv_agents::RESEARCHER).await, Ring::Standard);
-        assert_eq!(h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR).await, Ring::Standard);
+        assert_eq!(
+            h.join(&s, "did:test:researcher", 0.75, ahv_agents::RESEARCHER)
+                .await,
+            Ring::Standard
+        );
+        assert_eq!(
+            h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR)
+                .await,
+            Ring::Standard
+        );
         h.hv.activate_session(&s).unwrap();
-        let r = h.hv.run_agent(&s, &id("did:test:researcher"), "wasm").await.unwrap();
+        let r =
+            h.hv.run_agent(&s, &id("did:test:researcher"), "wasm")
+                .await
+                .unwrap();
         assert_eq!(
             r.result.as_deref(),
             Ok("3 finding(s) on \"wasm\" from 3 source(s)")
@@ -280,12 +316,24 @@ pub mod researcher {
         assert_eq!(a.writer, id("did:test:researcher"));
         assert!(core.state().peek("findings/c.txt").is_none());
 
-        let e = h.hv.run_agent(&s, &id("did:test:editor"), "Wasm notes").await.unwrap();
+        let e =
+            h.hv.run_agent(&s, &id("did:test:editor"), "Wasm notes")
+                .await
+                .unwrap();
         let answer = e.result.unwrap();
-        assert!(answer.starts_with("shared/report.md: 3 finding(s), sha256 "), "{answer}");
+        assert!(
+            answer.starts_with("shared/report.md: 3 finding(s), sha256 "),
+            "{answer}"
+        );
         let report = std::fs::read_to_string(h.dir(&s).join("files/shared/report.md")).unwrap();
-        assert!(report.starts_with("# Wasm notes\n\nTopic: wasm\n"), "{report}");
-        assert!(report.contains("- WASM sandboxes code.\n") && report.contains("- Wasm components compose.\n"));
+        assert!(
+            report.starts_with("# Wasm notes\n\nTopic: wasm\n"),
+            "{report}"
+        );
+        assert!(
+            report.contains("- WASM sandboxes code.\n")
+                && report.contains("- Wasm components compose.\n")
+        );
         let hash = core.state().peek("report/sha256").unwrap().value;
         assert_eq!(
             String::from_utf8(hash).unwrap(),
@@ -295,9 +343,17 @@ pub mod researcher {
                 .collect::<String>(),
             "the recorded hash is the file's"
         );
-        assert!(core.locks().held_by(&id("did:test:editor")).is_empty(), "the editor released its lock");
+        assert!(
+            core.locks().held_by(&id("did:test:editor")).is_empty(),
+            "the editor released its lock"
+        );
         let kinds = h.kinds(&s);
-        for k in [EventKind::StateWrite, EventKind::LockAcquired, EventKind::LockReleased, EventKind::VfsWrite] {
+        for k in [
+            EventKind::StateWrite,
+            EventKind::LockAcquired,
+            EventKind::LockReleased,
+            EventKind::VfsWrite,
+        ] {
             assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
         }
     }
@@ -311,21 +367,40 @@ pub mod editor {
     async fn editor_waits_for_the_report_lock_and_times_out_when_it_is_held() {
         let h = Hv::new();
         let s = h.session();
-        h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR).await;
-        h.join(&s, "did:test:holder", 0.85, ahv_agents::SCRIPTED).await;
+        h.join(&s, "did:test:editor", 0.85, ahv_agents::EDITOR)
+            .await;
+        h.join(&s, "did:test:holder", 0.85, ahv_agents::SCRIPTED)
+            .await;
         h.hv.activate_session(&s).unwrap();
         // The holder takes the report lock and keeps it (locks outlive calls).
-        let out = h.script(&s, "did:test:holder", "lock path:shared/report.md exclusive 0").await;
+        let out = h
+            .script(
+                &s,
+                "did:test:holder",
+                "lock path:shared/report.md exclusive 0",
+            )
+            .await;
         ok(&out, "lock path:shared/report.md exclusive 0");
-        let r = h.hv.run_agent(&s, &id("did:test:editor"), "T").await.unwrap();
+        let r =
+            h.hv.run_agent(&s, &id("did:test:editor"), "T")
+                .await
+                .unwrap();
         let msg = r.result.unwrap_err();
         assert!(msg.starts_with("cannot lock shared/report.md: "), "{msg}");
         assert!(msg.contains("timeout") || msg.contains("Timeout"), "{msg}");
         assert!(!h.dir(&s).join("files/shared/report.md").exists());
         // Released: the editor now succeeds.
-        h.script(&s, "did:test:holder", "unlock path:shared/report.md").await;
-        let r = h.hv.run_agent(&s, &id("did:test:editor"), "T").await.unwrap();
-        assert!(r.result.unwrap().starts_with("shared/report.md: 0 finding(s)"));
+        h.script(&s, "did:test:holder", "unlock path:shared/report.md")
+            .await;
+        let r =
+            h.hv.run_agent(&s, &id("did:test:editor"), "T")
+                .await
+                .unwrap();
+        assert!(
+            r.result
+                .unwrap()
+                .starts_with("shared/report.md: 0 finding(s)")
+        );
     }
 }
 
@@ -342,9 +417,17 @@ pub mod scripted {
             ("write shared/doc.txt x", Capability::VfsWrite, "write"),
             ("append notes.txt x", Capability::VfsWrite, "append"),
             ("delete shared/doc.txt", Capability::VfsWrite, "delete"),
-            ("rename shared/doc.txt shared/y", Capability::VfsWrite, "rename"),
+            (
+                "rename shared/doc.txt shared/y",
+                Capability::VfsWrite,
+                "rename",
+            ),
             ("mkdir d", Capability::VfsWrite, "create-dir"),
-            ("setacl shared/doc.txt did:test:r0 owner owner", Capability::VfsWrite, "set-acl"),
+            (
+                "setacl shared/doc.txt did:test:r0 owner owner",
+                Capability::VfsWrite,
+                "set-acl",
+            ),
             ("put k v", Capability::StateWrite, "put"),
             ("del k", Capability::StateWrite, "delete"),
             ("lock key:k read 0", Capability::Locks, "acquire"),
@@ -352,7 +435,11 @@ pub mod scripted {
             ("held", Capability::Locks, "held"),
         ];
         for (i, _) in tries.iter().enumerate() {
-            assert_eq!(h.join(&s, &format!("did:test:r{i}"), 0.3, ahv_agents::SCRIPTED).await, Ring::Sandbox);
+            assert_eq!(
+                h.join(&s, &format!("did:test:r{i}"), 0.3, ahv_agents::SCRIPTED)
+                    .await,
+                Ring::Sandbox
+            );
         }
         h.hv.activate_session(&s).unwrap();
         // Reads are within ring 3.
@@ -363,15 +450,30 @@ pub mod scripted {
         for (i, (script, cap, function)) in tries.iter().enumerate() {
             let agent = format!("did:test:r{i}");
             let b = breach_of(h.hv.run_agent(&s, &id(&agent), script).await);
-            assert_eq!((b.capability, b.function.as_str(), b.ring), (*cap, *function, Ring::Sandbox), "{script}");
+            assert_eq!(
+                (b.capability, b.function.as_str(), b.ring),
+                (*cap, *function, Ring::Sandbox),
+                "{script}"
+            );
             assert!(h.hv.ring(&s, &id(&agent)).is_err(), "{agent} was expelled");
         }
-        assert_eq!(std::fs::read_to_string(h.dir(&s).join("files/shared/doc.txt")).unwrap(), "shared text");
+        assert_eq!(
+            std::fs::read_to_string(h.dir(&s).join("files/shared/doc.txt")).unwrap(),
+            "shared text"
+        );
         let core = h.hv.session_core(&s).unwrap();
         assert!(core.state().peek("k").is_none());
-        let ev = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::RingBreachDetected));
+        let ev = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::RingBreachDetected),
+        );
         assert_eq!(ev.len(), tries.len(), "every breach recorded as an event");
-        let left = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::SessionLeft));
+        let left = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::SessionLeft),
+        );
         assert!(left.iter().all(|e| matches!(&e.payload, EventPayload::SessionLeft { reason } if reason.starts_with("expelled: ring breach"))));
     }
 
@@ -384,26 +486,55 @@ pub mod scripted {
         }
         h.hv.activate_session(&s).unwrap();
         let out = h.script(&s, "did:test:alice", "write notes.txt alice private\nwrite shared/plan.md v1\nsetacl shared/plan.md did:test:alice everyone owner\nacl shared/plan.md").await;
-        assert_eq!(ok(&out, "acl shared/plan.md"), "owner=did:test:alice read=everyone write=owner");
+        assert_eq!(
+            ok(&out, "acl shared/plan.md"),
+            "owner=did:test:alice read=everyone write=owner"
+        );
         let out = h.script(&s, "did:test:bob", "read notes.txt\nwrite notes.txt bob private\nread shared/plan.md\nwrite shared/plan.md v2\nsetacl shared/plan.md did:test:bob everyone everyone\nlist .").await;
         err(&out, "read notes.txt", "not-found");
         ok(&out, "write notes.txt bob private");
         assert_eq!(ok(&out, "read shared/plan.md"), "v1");
         err(&out, "write shared/plan.md v2", "denied");
-        err(&out, "setacl shared/plan.md did:test:bob everyone everyone", "denied");
+        err(
+            &out,
+            "setacl shared/plan.md did:test:bob everyone everyone",
+            "denied",
+        );
         assert_eq!(ok(&out, "list ."), "notes.txt,shared");
         let files = h.dir(&s).join("files");
-        assert_eq!(std::fs::read_to_string(files.join("agents/did:test:alice/notes.txt")).unwrap(), "alice private");
-        assert_eq!(std::fs::read_to_string(files.join("agents/did:test:bob/notes.txt")).unwrap(), "bob private");
-        assert_eq!(std::fs::read_to_string(files.join("shared/plan.md")).unwrap(), "v1");
+        assert_eq!(
+            std::fs::read_to_string(files.join("agents/did:test:alice/notes.txt")).unwrap(),
+            "alice private"
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("agents/did:test:bob/notes.txt")).unwrap(),
+            "bob private"
+        );
+        assert_eq!(
+            std::fs::read_to_string(files.join("shared/plan.md")).unwrap(),
+            "v1"
+        );
 
         // Strict consistency: bob overwrites a shared file he has not read -> conflict.
-        h.script(&s, "did:test:alice", "write shared/open.md a1").await;
-        let out = h.script(&s, "did:test:bob", "write shared/open.md b1").await;
+        h.script(&s, "did:test:alice", "write shared/open.md a1")
+            .await;
+        let out = h
+            .script(&s, "did:test:bob", "write shared/open.md b1")
+            .await;
         err(&out, "write shared/open.md b1", "conflict");
-        let out = h.script(&s, "did:test:bob", "read shared/open.md\nwrite shared/open.md b1").await;
+        let out = h
+            .script(
+                &s,
+                "did:test:bob",
+                "read shared/open.md\nwrite shared/open.md b1",
+            )
+            .await;
         ok(&out, "write shared/open.md b1");
-        let conflicts = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::VfsConflict));
+        let conflicts = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::VfsConflict),
+        );
         assert_eq!(conflicts.len(), 1);
     }
 
@@ -415,19 +546,43 @@ pub mod scripted {
             h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
         }
         h.hv.activate_session(&s).unwrap();
-        assert_eq!(ok(&h.script(&s, "did:test:a", "put k a1").await, "put k a1"), "v1");
-        assert_eq!(ok(&h.script(&s, "did:test:b", "get k").await, "get k"), "v1 a1 by did:test:a");
-        assert_eq!(ok(&h.script(&s, "did:test:a", "putv k 1 a2").await, "putv k 1 a2"), "v2");
+        assert_eq!(
+            ok(&h.script(&s, "did:test:a", "put k a1").await, "put k a1"),
+            "v1"
+        );
+        assert_eq!(
+            ok(&h.script(&s, "did:test:b", "get k").await, "get k"),
+            "v1 a1 by did:test:a"
+        );
+        assert_eq!(
+            ok(
+                &h.script(&s, "did:test:a", "putv k 1 a2").await,
+                "putv k 1 a2"
+            ),
+            "v2"
+        );
         // b names the version it read (1): stale.
-        err(&h.script(&s, "did:test:b", "putv k 1 b2").await, "putv k 1 b2", "conflict");
+        err(
+            &h.script(&s, "did:test:b", "putv k 1 b2").await,
+            "putv k 1 b2",
+            "conflict",
+        );
         // b never read k2 at all: its clock does not cover a's write.
         h.script(&s, "did:test:a", "put k2 a").await;
-        err(&h.script(&s, "did:test:b", "putv k2 1 b").await, "putv k2 1 b", "conflict");
+        err(
+            &h.script(&s, "did:test:b", "putv k2 1 b").await,
+            "putv k2 1 b",
+            "conflict",
+        );
         let out = h.script(&s, "did:test:b", "get k2\nput k2 b").await;
         assert_eq!(ok(&out, "put k2 b"), "v2");
         let core = h.hv.session_core(&s).unwrap();
         assert_eq!(core.state().peek("k").unwrap().value, b"a2");
-        let ev = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::StateConflict));
+        let ev = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::StateConflict),
+        );
         assert_eq!(ev.len(), 2);
     }
 
@@ -443,17 +598,27 @@ pub mod scripted {
         // b asks second (after a is already waiting), so b closes the cycle.
         let b_script = "lock key:r2 write 0\nput b-has-r2 1\nawait a-has-r1\nsleep 200\nlock key:r1 write 10000\nunlock key:r2";
         let started = std::time::Instant::now();
+        let (ida, idb) = (id("did:test:a"), id("did:test:b"));
         let (ra, rb) = tokio::join!(
-            h.hv.run_agent(&s, &id("did:test:a"), a_script),
-            h.hv.run_agent(&s, &id("did:test:b"), b_script),
+            h.hv.run_agent(&s, &ida, a_script),
+            h.hv.run_agent(&s, &idb, b_script),
         );
         let (a, b) = (ra.unwrap().result.unwrap(), rb.unwrap().result.unwrap());
         err(&b, "lock key:r1 write 10000", "deadlock");
         ok(&a, "lock key:r2 write 10000");
-        assert!(started.elapsed() < Duration::from_secs(9), "nobody waited for the 10 s timeout");
-        let d = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::LockDeadlock));
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "nobody waited for the 10 s timeout"
+        );
+        let d = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::LockDeadlock),
+        );
         assert_eq!(d.len(), 1);
-        let EventPayload::LockDeadlock { cycle, .. } = &d[0].payload else { panic!() };
+        let EventPayload::LockDeadlock { cycle, .. } = &d[0].payload else {
+            panic!()
+        };
         assert_eq!(cycle, &[id("did:test:b"), id("did:test:a")]);
     }
 
@@ -469,21 +634,39 @@ pub mod scripted {
         let hv = h.hv.clone();
         let s2 = s.clone();
         let holder = tokio::spawn(async move {
-            hv.run_agent(&s2, &id("did:test:holder"), "lock key:r exclusive 0\nlock path:shared/doc write 0\nspin").await
+            hv.run_agent(
+                &s2,
+                &id("did:test:holder"),
+                "lock key:r exclusive 0\nlock path:shared/doc write 0\nspin",
+            )
+            .await
         });
         while core.locks().held_by(&id("did:test:holder")).len() < 2 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let out = h.script(&s, "did:test:next", "lock key:r write 0").await;
         err(&out, "lock key:r write 0", "conflict");
-        h.hv.kill_agent(&s, &id("did:test:holder"), "operator").unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(10), holder).await.unwrap().unwrap();
+        h.hv.kill_agent(&s, &id("did:test:holder"), "operator")
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), holder)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(
             r,
-            Err(HypervisorError::Agent(AgentError::Trapped { cause: TrapCause::Killed(_), .. }))
+            Err(HypervisorError::Agent(AgentError::Trapped {
+                cause: TrapCause::Killed(_),
+                ..
+            }))
         ));
         assert!(core.locks().held_by(&id("did:test:holder")).is_empty());
-        let out = h.script(&s, "did:test:next", "lock key:r write 0\nlock path:shared/doc write 0").await;
+        let out = h
+            .script(
+                &s,
+                "did:test:next",
+                "lock key:r write 0\nlock path:shared/doc write 0",
+            )
+            .await;
         ok(&out, "lock key:r write 0");
         ok(&out, "lock path:shared/doc write 0");
         assert!(h.kinds(&s).contains(&EventKind::SecurityAgentKilled));
@@ -494,19 +677,30 @@ pub mod scripted {
         let h = Hv::with(|b| {
             let mut l = ahv_core::RingLimits::default_for(Ring::Standard);
             l.fuel_per_call = 50_000_000;
-            b.policy(ahv_core::RingPolicy::default().with_limits(Ring::Standard, l).unwrap())
+            b.policy(
+                ahv_core::RingPolicy::default()
+                    .with_limits(Ring::Standard, l)
+                    .unwrap(),
+            )
         });
         let s = h.session();
         for a in ["did:test:holder", "did:test:next"] {
             h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
         }
         h.hv.activate_session(&s).unwrap();
-        let r = h.hv.run_agent(&s, &id("did:test:holder"), "lock key:r exclusive 0\nspin").await;
+        let r =
+            h.hv.run_agent(&s, &id("did:test:holder"), "lock key:r exclusive 0\nspin")
+                .await;
         assert!(matches!(
             r,
-            Err(HypervisorError::Agent(AgentError::Trapped { cause: TrapCause::OutOfFuel { .. }, .. }))
+            Err(HypervisorError::Agent(AgentError::Trapped {
+                cause: TrapCause::OutOfFuel { .. },
+                ..
+            }))
         ));
-        let out = h.script(&s, "did:test:next", "lock key:r exclusive 0").await;
+        let out = h
+            .script(&s, "did:test:next", "lock key:r exclusive 0")
+            .await;
         ok(&out, "lock key:r exclusive 0");
     }
 
@@ -530,7 +724,11 @@ pub mod scripted {
         ok(&out, &format!("write shared/1 {forty}"));
         ok(&out, &format!("write shared/2 {forty}"));
         err(&out, &format!("write shared/3 {forty}"), "quota");
-        err(&out, &format!("write shared/big {}", "y".repeat(61)), "quota");
+        err(
+            &out,
+            &format!("write shared/big {}", "y".repeat(61)),
+            "quota",
+        );
         err(&out, &format!("write shared/1 {}", "z".repeat(21)), "quota");
         let shared = h.dir(&s).join("files/shared");
         assert_eq!(std::fs::read_to_string(shared.join("1")).unwrap(), forty);
@@ -547,7 +745,15 @@ pub mod scripted {
         for a in ["did:test:a", "did:test:b"] {
             h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
         }
-        assert!(matches!(h.hv.snapshot(&s), Err(HypervisorError::Session(SessionError::InvalidTransition { .. }))), "only while active");
+        assert!(
+            matches!(
+                h.hv.snapshot(&s),
+                Err(HypervisorError::Session(
+                    SessionError::InvalidTransition { .. }
+                ))
+            ),
+            "only while active"
+        );
         h.hv.activate_session(&s).unwrap();
         h.script(&s, "did:test:a", "write shared/keep.md one\nwrite shared/gone.md two\nwrite mine.txt a\nsetacl shared/keep.md did:test:a everyone owner").await;
         h.script(&s, "did:test:b", "write theirs.txt b").await;
@@ -556,22 +762,30 @@ pub mod scripted {
         let snap = h.hv.snapshot(&s).unwrap();
         assert_eq!(snap.files, 4);
         h.script(&s, "did:test:a", "write shared/keep.md changed\ndelete shared/gone.md\nappend mine.txt more\nwrite shared/new.md n\nrename mine.txt moved.txt\nsetacl shared/keep.md did:test:a owner owner").await;
-        h.script(&s, "did:test:b", "write theirs.txt b2\nwrite extra/x y").await;
+        h.script(&s, "did:test:b", "write theirs.txt b2\nwrite extra/x y")
+            .await;
         assert_ne!(tree(&files), before);
         h.hv.restore(&s, snap.id).unwrap();
         assert_eq!(tree(&files), before, "byte for byte");
-        let out = h.script(&s, "did:test:b", "acl shared/keep.md\nread shared/gone.md").await;
-        assert_eq!(ok(&out, "acl shared/keep.md"), "owner=did:test:a read=everyone write=owner");
+        let out = h
+            .script(&s, "did:test:b", "acl shared/keep.md\nread shared/gone.md")
+            .await;
+        assert_eq!(
+            ok(&out, "acl shared/keep.md"),
+            "owner=did:test:a read=everyone write=owner"
+        );
         assert_eq!(ok(&out, "read shared/gone.md"), "two");
-        assert!(matches!(h.hv.restore(&s, 999), Err(HypervisorError::Files { .. })));
+        assert!(matches!(
+            h.hv.restore(&s, 999),
+            Err(HypervisorError::Files { .. })
+        ));
     }
 
     #[tokio::test]
     async fn serializable_isolation_needs_intent_locks() {
         let h = Hv::new();
-        let s = h
-            .hv
-            .create_session(
+        let s =
+            h.hv.create_session(
                 SessionConfig {
                     isolation: Isolation::Serializable,
                     ..Default::default()
@@ -584,8 +798,14 @@ pub mod scripted {
         let out = h.script(&s, "did:test:a", "put k v\nwrite shared/f x\nwrite private.txt ok\nlock key:k write 0\nlock path:shared/f write 0\nput k v\nwrite shared/f x\nread shared/f").await;
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("put k v -> err denied:"), "{out}");
-        assert!(lines[1].starts_with("write shared/f x -> err denied:"), "{out}");
-        assert_eq!(lines[2], "write private.txt ok -> ok", "private files need no lock");
+        assert!(
+            lines[1].starts_with("write shared/f x -> err denied:"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[2], "write private.txt ok -> ok",
+            "private files need no lock"
+        );
         assert_eq!(lines[5], "put k v -> ok v1");
         assert_eq!(lines[6], "write shared/f x -> ok");
         assert_eq!(lines[7], "read shared/f -> ok x");
@@ -596,9 +816,8 @@ pub mod scripted {
         let clock = FakeClock::new();
         let c2 = clock.clone();
         let h = Hv::with(move |b| b.clock(Arc::new(c2)));
-        let s = h
-            .hv
-            .create_session(
+        let s =
+            h.hv.create_session(
                 SessionConfig {
                     max_duration: Duration::from_secs(60),
                     ..Default::default()
@@ -617,8 +836,17 @@ pub mod scripted {
             Err(HypervisorError::UnknownSession { .. })
         ));
         assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Archived);
-        let t = h.hv.events().query(&EventQuery::default().session(s.clone()).kind(EventKind::SessionTerminated));
-        assert!(matches!(t[0].payload, EventPayload::SessionTerminated { reason: TerminationReason::Expired }));
+        let t = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::SessionTerminated),
+        );
+        assert!(matches!(
+            t[0].payload,
+            EventPayload::SessionTerminated {
+                reason: TerminationReason::Expired
+            }
+        ));
         // An idle session is reaped.
         let idle = h.session();
         clock.advance(Duration::from_secs(3601));
@@ -632,19 +860,30 @@ async fn sessions_cannot_reach_each_others_files_or_state() {
     let h = Hv::new();
     let (a, b) = (h.session(), h.session());
     h.put_shared(&b, "secret.txt", "B's secret");
-    h.join(&b, "did:test:owner", 0.8, ahv_agents::SCRIPTED).await;
+    h.join(&b, "did:test:owner", 0.8, ahv_agents::SCRIPTED)
+        .await;
     h.hv.activate_session(&b).unwrap();
-    h.script(&b, "did:test:owner", "write private.txt B-private\nput secret B-state").await;
+    h.script(
+        &b,
+        "did:test:owner",
+        "write private.txt B-private\nput secret B-state",
+    )
+    .await;
     std::fs::write(h.state.path().join("sentinel.txt"), "outside all sessions").unwrap();
     // A symlink planted in A's shared area (as if by a compromised co-tenant) pointing at B.
     let a_shared = h.dir(&a).join("files/shared");
     std::fs::create_dir_all(&a_shared).unwrap();
     std::os::unix::fs::symlink(h.dir(&b).join("files/shared"), a_shared.join("to-b")).unwrap();
-    std::os::unix::fs::symlink(h.dir(&b).join("files/shared/secret.txt"), a_shared.join("secret-link")).unwrap();
+    std::os::unix::fs::symlink(
+        h.dir(&b).join("files/shared/secret.txt"),
+        a_shared.join("secret-link"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../../../..", a_shared.join("up")).unwrap();
     let before_b = tree(&h.dir(&b));
 
-    h.join(&a, "did:test:intruder", 0.8, ahv_agents::SCRIPTED).await;
+    h.join(&a, "did:test:intruder", 0.8, ahv_agents::SCRIPTED)
+        .await;
     h.hv.activate_session(&a).unwrap();
     let bid = b.as_str();
     let paths = [
@@ -672,30 +911,47 @@ async fn sessions_cannot_reach_each_others_files_or_state() {
         }
         script.push_str(&format!("write {p} pwned\nappend {p} pwned\ndelete {p}\n"));
     }
-    script.push_str(&format!("get secret\nkeys\nlock path:../{bid}/files/shared/secret.txt write 0\n"));
+    script.push_str(&format!(
+        "get secret\nkeys\nlock path:../{bid}/files/shared/secret.txt write 0\n"
+    ));
     let out = h.script(&a, "did:test:intruder", &script).await;
     for l in out.lines() {
-        let allowed_ok = l.starts_with("write private.txt") || l.starts_with("append private.txt")
-            || l.starts_with("read private.txt") || l.starts_with("stat private.txt")
-            || l.starts_with("hash private.txt") || l.starts_with("delete private.txt")
-            || l.starts_with("keys") || l.starts_with("get secret -> ok none");
+        let allowed_ok = l.starts_with("write private.txt")
+            || l.starts_with("append private.txt")
+            || l.starts_with("read private.txt")
+            || l.starts_with("stat private.txt")
+            || l.starts_with("hash private.txt")
+            || l.starts_with("delete private.txt")
+            || l.starts_with("keys")
+            || l.starts_with("get secret -> ok none");
         assert!(l.contains("-> err ") || allowed_ok, "not refused: {l}");
-        assert!(!l.contains("B's secret") && !l.contains("B-private") && !l.contains("B-state") && !l.contains("outside all"), "leaked: {l}");
+        assert!(
+            !l.contains("B's secret")
+                && !l.contains("B-private")
+                && !l.contains("B-state")
+                && !l.contains("outside all"),
+            "leaked: {l}"
+        );
     }
     assert_eq!(ok(&out, "keys"), "", "no state of B visible");
     assert_eq!(tree(&h.dir(&b)), before_b, "B's files unchanged");
-    assert_eq!(std::fs::read_to_string(h.state.path().join("sentinel.txt")).unwrap(), "outside all sessions");
+    assert_eq!(
+        std::fs::read_to_string(h.state.path().join("sentinel.txt")).unwrap(),
+        "outside all sessions"
+    );
     // `private.txt` in A is the intruder's own file, not B's.
     assert!(!h.dir(&a).join("files/agents/did:test:owner").exists());
 }
 
 #[tokio::test]
 async fn hypervisor_requires_a_state_dir_and_validates_configs() {
-    assert!(matches!(Hypervisor::builder().build(), Err(HypervisorError::Setup(_))));
+    assert!(matches!(
+        Hypervisor::builder().build(),
+        Err(HypervisorError::Setup(_))
+    ));
     let h = Hv::new();
-    let e = h
-        .hv
-        .create_session(
+    let e =
+        h.hv.create_session(
             SessionConfig {
                 max_participants: 0,
                 ..Default::default()
@@ -705,9 +961,34 @@ async fn hypervisor_requires_a_state_dir_and_validates_configs() {
         .unwrap_err();
     assert!(matches!(
         e,
-        HypervisorError::Session(SessionError::InvalidConfig { field: "max_participants", .. })
+        HypervisorError::Session(SessionError::InvalidConfig {
+            field: "max_participants",
+            ..
+        })
     ));
     let s = h.session();
-    let e = h.hv.join_session(&s, JoinRequest::new(id("did:test:x"), 1.5)).await.unwrap_err();
+    let e =
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:x"), 1.5))
+            .await
+            .unwrap_err();
     assert!(e.to_string().contains("sigma"), "{e}");
+}
+
+#[tokio::test]
+async fn pinger_vfs_mode_round_trips_1_kib_through_the_session_vfs() {
+    let h = Hv::new();
+    let s = h.session();
+    h.join(&s, "did:test:ping", 0.8, ahv_agents::PINGER).await;
+    h.hv.activate_session(&s).unwrap();
+    for _ in 0..3 {
+        let r =
+            h.hv.run_agent(&s, &id("did:test:ping"), "vfs")
+                .await
+                .unwrap();
+        assert_eq!(r.result.as_deref(), Ok("1024"));
+    }
+    assert_eq!(
+        std::fs::read(h.dir(&s).join("files/shared/bench.bin")).unwrap(),
+        [0x5a; 1024]
+    );
 }

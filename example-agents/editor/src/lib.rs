@@ -26,7 +26,10 @@ fn build(title: &str) -> Result<(String, usize), String> {
         };
         let text = String::from_utf8_lossy(&v.value);
         let source = key.trim_start_matches("findings/");
-        doc.push_str(&format!("\n## {source} (by {}, v{})\n\n", v.writer, v.version));
+        doc.push_str(&format!(
+            "\n## {source} (by {}, v{})\n\n",
+            v.writer, v.version
+        ));
         for line in text.lines() {
             doc.push_str(&format!("- {line}\n"));
             count += 1;
@@ -54,7 +57,10 @@ impl Agent for Editor {
             state::put("report/sha256", &hash, version)
                 .map_err(|e| format!("cannot record the hash: {e}"))?;
             log::info!("wrote {REPORT}: {count} finding(s), {} bytes", doc.len());
-            Ok(format!("{REPORT}: {count} finding(s), sha256 {}", &hash[..16]))
+            Ok(format!(
+                "{REPORT}: {count} finding(s), sha256 {}",
+                &hash[..16]
+            ))
         })();
         locks::release(&target).map_err(|e| format!("cannot unlock {REPORT}: {e}"))?;
         result

@@ -43,8 +43,12 @@ impl Agent for Escalator {
         }
         if let Some(key) = input.strip_prefix("lock:") {
             log::warn!("escalator trying to lock");
-            locks::acquire(&locks::Target::Key(key.to_string()), locks::Mode::Exclusive, 0)
-                .map_err(|e| format!("lock refused: {e}"))?;
+            locks::acquire(
+                &locks::Target::Key(key.to_string()),
+                locks::Mode::Exclusive,
+                0,
+            )
+            .map_err(|e| format!("lock refused: {e}"))?;
             return Ok(format!("locked {key}"));
         }
         log::warn!("escalator trying to write");

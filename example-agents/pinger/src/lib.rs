@@ -4,11 +4,13 @@
 //! instantiate-and-call bench). Input `"<n>"` calls `context::current-ring`
 //! n times (the guest→host call bench) and answers the sum of the rings seen.
 //! Input `"calls"` answers how many times `run` was called on this instance,
-//! which shows whether the host reused the instance.
+//! which shows whether the host reused the instance. Input `"vfs"` writes
+//! 1 KiB to `shared/bench.bin` and reads it back (the VFS bench; needs ring 2
+//! and a session), answering the number of bytes read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use agent_sdk::{Agent, context, export_agent};
+use agent_sdk::{Agent, context, export_agent, vfs};
 
 struct Pinger;
 
@@ -19,6 +21,12 @@ impl Agent for Pinger {
         let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         if input == "calls" {
             return Ok(calls.to_string());
+        }
+        if input == "vfs" {
+            let data = [0x5au8; 1024];
+            vfs::write("shared/bench.bin", data).map_err(|e| e.to_string())?;
+            let back = vfs::read("shared/bench.bin").map_err(|e| e.to_string())?;
+            return Ok(back.len().to_string());
         }
         let Ok(n) = input.trim().parse::<u64>() else {
             return Ok("pong".to_string());

@@ -370,6 +370,7 @@ mod tests {
             ring: Ring::Sandbox,
             capability: ahv_core::Capability::VfsWrite,
             function: "write".into(),
+            trace: ahv_core::TraceId(1),
         };
         let causes = [
             TrapCause::RingBreach(breach),

@@ -22,7 +22,11 @@ fn short(h: &[u8; 32]) -> String {
 fn show(e: &Event) {
     let who = e.agent.as_ref().map_or(String::new(), |a| format!(" {a}"));
     let what = match &e.payload {
-        EventPayload::SessionCreated { max_participants, max_duration, .. } => {
+        EventPayload::SessionCreated {
+            max_participants,
+            max_duration,
+            ..
+        } => {
             format!("at most {max_participants} participants, {max_duration:?}")
         }
         EventPayload::SessionJoined { ring, sigma } => format!("σ {sigma:.2} → {ring}"),
@@ -30,7 +34,13 @@ fn show(e: &Event) {
         EventPayload::SessionActivated { participants } => format!("{participants} participants"),
         EventPayload::SessionLeft { reason } => reason.clone(),
         EventPayload::SessionTerminated { reason } => reason.to_string(),
-        EventPayload::VfsWrite { path, op, size, after, .. } => format!(
+        EventPayload::VfsWrite {
+            path,
+            op,
+            size,
+            after,
+            ..
+        } => format!(
             "{op} {path} ({size} B{})",
             after.map_or(String::new(), |h| format!(", sha256 {}…", short(&h)))
         ),
@@ -41,10 +51,18 @@ fn show(e: &Event) {
         EventPayload::StateConflict { key, reason } => format!("{key}: {reason}"),
         EventPayload::LockAcquired { resource, mode } => format!("{mode} {resource}"),
         EventPayload::LockReleased { resource } => resource.clone(),
-        EventPayload::RingBreachDetected { ring, capability, function } => {
+        EventPayload::RingBreachDetected {
+            ring,
+            capability,
+            function,
+        } => {
             format!("{capability}/{function} called from {ring}")
         }
-        EventPayload::VfsSnapshot { snapshot, files, bytes } => {
+        EventPayload::VfsSnapshot {
+            snapshot,
+            files,
+            bytes,
+        } => {
             format!("#{snapshot}: {files} files, {bytes} B")
         }
         other => format!("{other:?}"),
@@ -112,8 +130,11 @@ pub(crate) async fn session_demo(state_dir: &Path, cache: Option<&Path>) -> anyh
         (&intruder, 0.30, ahv_agents::ESCALATOR),
     ] {
         let component = hv.load(wasm)?;
-        hv.join_session(&s, JoinRequest::new(agent.clone(), sigma).component(component))
-            .await?;
+        hv.join_session(
+            &s,
+            JoinRequest::new(agent.clone(), sigma).component(component),
+        )
+        .await?;
     }
     hv.activate_session(&s)?;
 
@@ -133,7 +154,10 @@ pub(crate) async fn session_demo(state_dir: &Path, cache: Option<&Path>) -> anyh
         .peek("findings/wasm.txt")
         .map(|v| String::from_utf8_lossy(&v.value).into_owned())
         .unwrap_or_default();
-    println!("   findings/wasm.txt is still: {:?}", still.lines().next().unwrap_or(""));
+    println!(
+        "   findings/wasm.txt is still: {:?}",
+        still.lines().next().unwrap_or("")
+    );
     let left: Vec<String> = hv
         .participants(&s)?
         .iter()

@@ -382,7 +382,11 @@ pub mod builtin {
                 .split_once(':')
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
                 .ok_or_else(|| failed(format!("malformed undo data {undo:?}")))?;
-            let size = ctx.files.stat(ctx.caller(), JOURNAL).map_err(vfs_err(NAME))?.size;
+            let size = ctx
+                .files
+                .stat(ctx.caller(), JOURNAL)
+                .map_err(vfs_err(NAME))?
+                .size;
             if size != before + len {
                 return Err(failed(format!(
                     "{JOURNAL} is {size} bytes, expected {}: it changed after this append",

@@ -487,12 +487,7 @@ impl FileSpace for SessionCore {
         self.changed(who, r)
     }
 
-    fn append(
-        &self,
-        who: Caller<'_>,
-        path: &str,
-        contents: &[u8],
-    ) -> Result<FileChange, VfsError> {
+    fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.append(who, path, contents);
         self.changed(who, r)

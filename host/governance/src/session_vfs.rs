@@ -63,8 +63,8 @@
 //!     Arc::new(ClockTable::new()),
 //! );
 //! let (alice, bob) = (AgentId::new("alice")?, AgentId::new("bob")?);
-//! let a = Caller { agent: &alice, ring: Ring::Standard };
-//! let b = Caller { agent: &bob, ring: Ring::Standard };
+//! let a = Caller::untraced(&alice, Ring::Standard);
+//! let b = Caller::untraced(&bob, Ring::Standard);
 //!
 //! files.write(a, "notes.txt", b"mine")?; // alice's private area
 //! let change = files.write(a, "shared/plan.md", b"v1")?; // the shared area
@@ -2065,17 +2065,11 @@ mod tests {
     }
 
     fn ring2(agent: &AgentId) -> Caller<'_> {
-        Caller {
-            agent,
-            ring: Ring::Standard,
-        }
+        Caller::untraced(agent, Ring::Standard)
     }
 
     fn ring1(agent: &AgentId) -> Caller<'_> {
-        Caller {
-            agent,
-            ring: Ring::Privileged,
-        }
+        Caller::untraced(agent, Ring::Privileged)
     }
 
     struct Env {
@@ -2606,10 +2600,7 @@ mod tests {
         e.files
             .set_acl(ring2(&a), "shared/doc", open.clone())
             .unwrap();
-        let root = Caller {
-            agent: &b,
-            ring: Ring::Root,
-        };
+        let root = Caller::untraced(&b, Ring::Root);
         e.files.set_acl(root, "shared/doc", to_bob.clone()).unwrap();
         assert_eq!(e.files.get_acl(ring2(&a), "shared/doc").unwrap(), to_bob);
         assert!(is_denied(e.files.read(ring2(&a), "shared/doc")));

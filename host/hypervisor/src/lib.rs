@@ -41,8 +41,8 @@
 //! is re-created for the agent's next call (configurable).
 #![deny(missing_docs)]
 
-use std::collections::{HashMap, VecDeque};
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -686,12 +686,14 @@ impl Hypervisor {
                 .into());
             }
         }
-        let slot = lock(&entry.agents).get(agent).cloned().ok_or_else(|| {
-            HypervisorError::NoInstance {
-                session: session.clone(),
-                agent: agent.clone(),
-            }
-        })?;
+        let slot =
+            lock(&entry.agents)
+                .get(agent)
+                .cloned()
+                .ok_or_else(|| HypervisorError::NoInstance {
+                    session: session.clone(),
+                    agent: agent.clone(),
+                })?;
         let result = slot.agent.lock().await.run(input).await;
         if let Err(e) = &result
             && let Some(TrapCause::RingBreach(b)) = e.cause()
@@ -730,7 +732,11 @@ impl Hypervisor {
     ///
     /// # Errors
     /// [`SessionError`] (state, not a participant).
-    pub fn leave_session(&self, session: &SessionId, agent: &AgentId) -> Result<(), HypervisorError> {
+    pub fn leave_session(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+    ) -> Result<(), HypervisorError> {
         let entry = self.entry(session)?;
         {
             let gov = lock(&entry.gov);

@@ -276,7 +276,9 @@ impl vfs_write::Host for AgentState {
 impl state_read::Host for AgentState {
     fn get(&mut self, key: String) -> Result<Option<state_read::Versioned>, HostError> {
         self.check(Capability::StateRead, "get")?;
-        let v = self.session_core("state get")?.state_get(self.caller(), &key)?;
+        let v = self
+            .session_core("state get")?
+            .state_get(self.caller(), &key)?;
         Ok(v.map(|v| state_read::Versioned {
             value: v.value,
             version: v.version,

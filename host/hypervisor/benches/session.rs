@@ -1,0 +1,161 @@
+//! Session benchmarks, each with a baseline measured in the same run.
+//!
+//! - `session_lifecycle/hypervisor`: create a session, join one agent with
+//!   σ = 0.8 *without* a component, activate, terminate (every event
+//!   emitted) — the Python reference's `session_lifecycle` scenario, except
+//!   that the reference also builds a new `Hypervisor` per iteration (ours
+//!   holds a wasmtime engine, so it is built once).
+//! - `join_wasm/pinger`: only the join of an agent *with* its component,
+//!   instantiation included (session creation and termination are outside the
+//!   timed part); baseline `raw_instantiate`: `Runtime::spawn` of the same
+//!   component alone (no session).
+//! - `vfs_1k/*`: a guest writes 1 KiB to a shared file through `vfs-write`
+//!   and reads it back through `vfs-read` (one `run` call on a live
+//!   instance: ACL, quota, clock, hash and undo record included), against the
+//!   same bytes written and read natively with cap-std: `native_plain`
+//!   (`Dir::write` + `Dir::read`) and `native_atomic` (what the VFS does
+//!   underneath: temporary file, `sync_data`, rename, read).
+//!
+//! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench session`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, Ring, SessionId};
+use ahv_governance::session::SessionConfig;
+use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_hypervisor::{Hypervisor, JoinRequest};
+use ahv_runtime::AgentSpec;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hypervisor(state: &std::path::Path) -> Hypervisor {
+    Hypervisor::builder()
+        .state_dir(state)
+        .max_instances(64)
+        .event_capacity(4096)
+        .build()
+        .unwrap()
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let state = tempfile::tempdir().unwrap();
+    let hv = hypervisor(state.path());
+    let rt = rt();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let mut g = c.benchmark_group("session_lifecycle");
+    g.bench_function("hypervisor", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = hv
+                    .create_session(SessionConfig::default(), creator.clone())
+                    .unwrap();
+                hv.join_session(&s, JoinRequest::new(agent.clone(), 0.8))
+                    .await
+                    .unwrap();
+                hv.activate_session(&s).unwrap();
+                hv.terminate_session(&s).unwrap();
+            })
+        })
+    });
+    g.finish();
+}
+
+fn join_wasm(c: &mut Criterion) {
+    let state = tempfile::tempdir().unwrap();
+    let hv = hypervisor(state.path());
+    let rt = rt();
+    let component = hv.load(ahv_agents::PINGER).unwrap();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let mut g = c.benchmark_group("join_wasm");
+    g.bench_function("pinger", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let s = hv
+                    .create_session(SessionConfig::default(), creator.clone())
+                    .unwrap();
+                let req = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
+                let t = Instant::now();
+                rt.block_on(hv.join_session(&s, req)).unwrap();
+                total += t.elapsed();
+                hv.terminate_session(&s).unwrap();
+            }
+            total
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(Vfs::new(
+        cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap(),
+        VfsLimits::default(),
+    ));
+    g.bench_function("raw_instantiate", |b| {
+        b.iter(|| {
+            let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
+            rt.block_on(hv.runtime().spawn(&component, spec)).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn vfs_1k(c: &mut Criterion) {
+    let state = tempfile::tempdir().unwrap();
+    let hv = hypervisor(state.path());
+    let rt = rt();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let s: SessionId = hv
+        .create_session(SessionConfig::default(), creator)
+        .unwrap();
+    let component = hv.load(ahv_agents::PINGER).unwrap();
+    rt.block_on(hv.join_session(
+        &s,
+        JoinRequest::new(agent.clone(), 0.8).component(component),
+    ))
+    .unwrap();
+    hv.activate_session(&s).unwrap();
+    let mut g = c.benchmark_group("vfs_1k");
+    g.bench_function("guest_write_read", |b| {
+        b.iter(|| {
+            let out = rt.block_on(hv.run_agent(&s, &agent, "vfs")).unwrap();
+            assert_eq!(out.result.as_deref(), Ok("1024"));
+        })
+    });
+    let native = tempfile::tempdir().unwrap();
+    let dir =
+        cap_std::fs::Dir::open_ambient_dir(native.path(), cap_std::ambient_authority()).unwrap();
+    let data = [0x5au8; 1024];
+    g.bench_function("native_plain", |b| {
+        b.iter(|| {
+            dir.write("bench.bin", data).unwrap();
+            assert_eq!(dir.read("bench.bin").unwrap().len(), 1024);
+        })
+    });
+    g.bench_function("native_atomic", |b| {
+        b.iter(|| {
+            let mut f = dir.create(".tmp-bench").unwrap();
+            f.write_all(&data).unwrap();
+            f.sync_data().unwrap();
+            drop(f);
+            dir.rename(".tmp-bench", &dir, "bench.bin").unwrap();
+            assert_eq!(dir.read("bench.bin").unwrap().len(), 1024);
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = lifecycle, join_wasm, vfs_1k
+}
+criterion_main!(benches);
