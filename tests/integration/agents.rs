@@ -220,7 +220,7 @@ pub mod escalator {
         let out = a.run("state:x").await.unwrap();
         let msg = out.result.unwrap_err();
         assert!(
-            msg.starts_with("state read refused: ") && msg.contains("outside a shared session"),
+            msg.starts_with("state write refused: ") && msg.contains("outside a shared session"),
             "{msg}"
         );
         let msg = a.run("lock:k").await.unwrap().result.unwrap_err();

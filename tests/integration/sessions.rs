@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ahv_core::event::{EventKind, EventPayload, EventQuery, TerminationReason};
 use ahv_core::{AgentId, Capability, FakeClock, Ring, SessionId};
+use ahv_governance::files::{Caller, FileSpace};
 use ahv_governance::session::{Consistency, SessionConfig, SessionError, SessionState};
 use ahv_governance::session_vfs::FileQuotas;
 use ahv_governance::state::Isolation;
@@ -67,11 +68,17 @@ impl Hv {
         self.state.path().join("sessions").join(s.as_str())
     }
 
-    /// Writes a file into the session's shared area, as the host.
+    /// Writes a file into the session's shared area, as the host (through
+    /// the session VFS: files put on disk behind its back do not exist for it).
     pub fn put_shared(&self, s: &SessionId, rel: &str, text: &str) {
-        let p = self.dir(s).join("files/shared").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
+        let core = self.hv.session_core(s).unwrap();
+        let host = id("did:test:host");
+        core.write(
+            Caller::untraced(&host, Ring::Root),
+            &format!("shared/{rel}"),
+            text.as_bytes(),
+        )
+        .unwrap();
     }
 
     pub fn kinds(&self, s: &SessionId) -> Vec<EventKind> {
@@ -411,7 +418,15 @@ pub mod scripted {
     #[tokio::test]
     async fn ring_3_reads_but_every_write_capability_is_a_breach_and_expels() {
         let h = Hv::new();
-        let s = h.session();
+        let s =
+            h.hv.create_session(
+                SessionConfig {
+                    max_participants: 20,
+                    ..Default::default()
+                },
+                id("did:test:operator"),
+            )
+            .unwrap();
         h.put_shared(&s, "doc.txt", "shared text");
         let tries = [
             ("write shared/doc.txt x", Capability::VfsWrite, "write"),
@@ -708,8 +723,8 @@ pub mod scripted {
     async fn quota_exhaustion_leaves_earlier_data_intact() {
         let h = Hv::with(|b| {
             b.quotas(FileQuotas {
-                max_total_bytes: 100,
-                max_files: 3,
+                max_total_bytes: 90,
+                max_files: 2,
                 max_file_bytes: 60,
                 ..FileQuotas::default()
             })
@@ -717,23 +732,36 @@ pub mod scripted {
         let s = h.session();
         h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
         h.hv.activate_session(&s).unwrap();
-        let forty = "x".repeat(40);
-        let out = h
-            .script(&s, "did:test:a", &format!("write shared/1 {forty}\nwrite shared/2 {forty}\nwrite shared/3 {forty}\nwrite shared/big {}\nwrite shared/1 {}", "y".repeat(61), "z".repeat(21)))
-            .await;
-        ok(&out, &format!("write shared/1 {forty}"));
-        ok(&out, &format!("write shared/2 {forty}"));
-        err(&out, &format!("write shared/3 {forty}"), "quota");
-        err(
-            &out,
-            &format!("write shared/big {}", "y".repeat(61)),
-            "quota",
+        let (x40, y61, z55, w20) = (
+            "x".repeat(40),
+            "y".repeat(61),
+            "z".repeat(55),
+            "w".repeat(20),
         );
-        err(&out, &format!("write shared/1 {}", "z".repeat(21)), "quota");
+        let cmds = [
+            format!("write shared/1 {x40}"),
+            format!("write shared/2 {x40}"),
+            "write shared/3 ab".to_string(),
+            format!("write shared/big {y61}"),
+            format!("write shared/1 {z55}"),
+            format!("append shared/2 {w20}"),
+            format!("append mine.txt {w20}"),
+        ];
+        let out = h.script(&s, "did:test:a", &cmds.join("\n")).await;
+        ok(&out, &cmds[0]);
+        ok(&out, &cmds[1]);
+        for (c, why) in cmds[2..]
+            .iter()
+            .zip(["count", "file size", "total", "total", "count"])
+        {
+            err(&out, c, "quota");
+            assert!(line(&out, c).contains("limit"), "{why}: {out}");
+        }
         let shared = h.dir(&s).join("files/shared");
-        assert_eq!(std::fs::read_to_string(shared.join("1")).unwrap(), forty);
-        assert_eq!(std::fs::read_to_string(shared.join("2")).unwrap(), forty);
+        assert_eq!(std::fs::read_to_string(shared.join("1")).unwrap(), x40);
+        assert_eq!(std::fs::read_to_string(shared.join("2")).unwrap(), x40);
         assert!(!shared.join("3").exists() && !shared.join("big").exists());
+        assert!(!h.dir(&s).join("files/agents/did:test:a/mine.txt").exists());
         let u = h.hv.session_core(&s).unwrap().usage();
         assert_eq!((u.files, u.bytes), (2, 80));
     }
@@ -833,6 +861,10 @@ pub mod scripted {
         clock.advance(Duration::from_secs(1));
         assert!(matches!(
             h.hv.run_agent(&s, &id("did:test:a"), "keys").await,
+            Err(HypervisorError::Session(SessionError::Expired { .. }))
+        ));
+        assert!(matches!(
+            h.hv.run_agent(&s, &id("did:test:a"), "keys").await,
             Err(HypervisorError::UnknownSession { .. })
         ));
         assert_eq!(h.hv.session(&s).unwrap().state, SessionState::Archived);
@@ -916,14 +948,16 @@ async fn sessions_cannot_reach_each_others_files_or_state() {
     ));
     let out = h.script(&a, "did:test:intruder", &script).await;
     for l in out.lines() {
-        let allowed_ok = l.starts_with("write private.txt")
-            || l.starts_with("append private.txt")
-            || l.starts_with("read private.txt")
-            || l.starts_with("stat private.txt")
-            || l.starts_with("hash private.txt")
-            || l.starts_with("delete private.txt")
-            || l.starts_with("keys")
-            || l.starts_with("get secret -> ok none");
+        // Success is only allowed inside session A's own areas: never
+        // through a planted link, an absolute path or a `..` component; state
+        // queries must come back empty.
+        let target = l.split(' ').nth(1).unwrap_or("");
+        let planted = ["shared/to-b", "shared/secret-link", "shared/up"];
+        let own_area = !planted.iter().any(|p| target.starts_with(p))
+            && !target.starts_with('/')
+            && !target.contains('\\')
+            && !target.split('/').any(|c| c == "..");
+        let allowed_ok = own_area || l == "keys -> ok" || l == "get secret -> ok none";
         assert!(l.contains("-> err ") || allowed_ok, "not refused: {l}");
         assert!(
             !l.contains("B's secret")

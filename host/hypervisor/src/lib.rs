@@ -530,12 +530,19 @@ impl Hypervisor {
             .ok_or_else(|| HypervisorError::UnknownSession {
                 session: id.to_string(),
             })?;
-        self.enforce_deadline(&entry);
+        if self.enforce_deadline(&entry) {
+            let max = lock(&entry.gov).config().max_duration;
+            return Err(SessionError::Expired {
+                session: id.clone(),
+                max,
+            }
+            .into());
+        }
         Ok(entry)
     }
 
-    /// Terminates the session if it ran out of time (the operation that
-    /// noticed then fails with `Expired`).
+    /// Terminates the session if it ran out of time; returns whether it did
+    /// (the operation that noticed then fails with `Expired`).
     fn enforce_deadline(&self, entry: &SessionEntry) -> bool {
         let expired = lock(&entry.gov).enforce_deadline(self.now());
         if expired {
