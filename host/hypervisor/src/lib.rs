@@ -40,6 +40,10 @@
 //! Budget traps (fuel, memory, deadline, stack) are not malice: the instance
 //! is re-created for the agent's next call (configurable).
 #![deny(missing_docs)]
+// `HypervisorError::Agent` carries the agent's typed trap cause and its last
+// log lines (~160 bytes) so callers can match on it directly; errors are off
+// the hot path.
+#![allow(clippy::result_large_err)]
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
