@@ -65,9 +65,11 @@ fn show(e: &Event) {
         } => {
             format!("#{snapshot}: {files} files, {bytes} B")
         }
-        other => format!("{other:?}"),
+        // The rest carry their fields in their `key=value` display form.
+        other => other.fields().to_string().trim_start().to_owned(),
     };
-    println!("   · {:<22}{who}  {what}", e.kind().name());
+    let line = format!("{:<22}{who}  {what}", e.kind().name());
+    println!("   · {}", line.trim_end());
 }
 
 async fn run(hv: &Hypervisor, s: &ahv_core::SessionId, agent: &AgentId, input: &str) {

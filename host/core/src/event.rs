@@ -342,6 +342,18 @@ impl EventPayload {
         }
     }
 
+    /// The payload's fields as ` key=value` pairs, each with a leading space
+    /// (the form [`Event`]'s display uses); empty for payloads without fields.
+    pub fn fields(&self) -> impl fmt::Display + '_ {
+        struct Fields<'a>(&'a EventPayload);
+        impl fmt::Display for Fields<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_fields(f)
+            }
+        }
+        Fields(self)
+    }
+
     /// Writes the payload as ` key=value` pairs, each with a leading space.
     fn write_fields(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -984,6 +996,16 @@ mod tests {
         for k in EventKind::ALL {
             assert_eq!(sample(k).kind(), k);
         }
+    }
+
+    #[test]
+    fn fields_show_the_payload_without_the_kind() {
+        assert_eq!(EventPayload::SessionArchived.fields().to_string(), "");
+        let joined = EventPayload::SessionJoined {
+            ring: Ring::Standard,
+            sigma: 0.75,
+        };
+        assert_eq!(joined.fields().to_string(), " ring=2 sigma=0.75");
     }
 
     #[test]

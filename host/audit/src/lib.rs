@@ -1,0 +1,13 @@
+//! # ahv-audit: the tamper-evident audit log
+//!
+//! Every governed action becomes a *delta* with a canonical byte encoding; the
+//! deltas of a session form a hash chain and an RFC 6962 Merkle tree; a
+//! terminated session yields a *commitment* (tree size + root) appended to a
+//! commitment log whose heads are signed with the hypervisor's Ed25519 key.
+//! Everything is persisted in a crash-safe framed format and can be verified
+//! offline. No wasmtime here.
+#![deny(missing_docs)]
+
+pub mod hash;
+
+pub use hash::{Hash, HashParseError};
