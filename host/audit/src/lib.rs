@@ -9,5 +9,10 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod signing;
 
 pub use hash::{Hash, HashParseError};
+pub use signing::{
+    AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, MemorySink,
+    PublicKey, SignedTreeHead, SignerError, SystemWallClock, TreeHead, WallClock,
+};
