@@ -9,5 +9,10 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod records;
 
 pub use hash::{Hash, HashParseError};
+pub use records::{
+    CorruptRecord, Durability, IoOp, LogKind, MAX_RECORD, Record, RecordError, RecordWriter,
+    Recovered, TailReason, TornTail, read_log, rewrite_log,
+};
