@@ -9,9 +9,14 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod records;
 pub mod signing;
 
 pub use hash::{Hash, HashParseError};
+pub use records::{
+    CorruptRecord, Durability, IoOp, LogKind, MAX_RECORD, Record, RecordError, RecordWriter,
+    Recovered, TailReason, TornTail, read_log, rewrite_log,
+};
 pub use signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, MemorySink,
     PublicKey, SignedTreeHead, SignerError, SystemWallClock, TreeHead, WallClock,
