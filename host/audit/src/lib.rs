@@ -9,5 +9,10 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod merkle;
 
 pub use hash::{Hash, HashParseError};
+pub use merkle::{
+    ConsistencyProof, DecodeError, InclusionProof, LeafIndex, MerkleError, MerkleLog, ProofError,
+    TreeSize, verify_consistency, verify_inclusion,
+};
