@@ -9,10 +9,15 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod merkle;
 pub mod records;
 pub mod signing;
 
 pub use hash::{Hash, HashParseError};
+pub use merkle::{
+    ConsistencyProof, DecodeError, InclusionProof, LeafIndex, MerkleError, MerkleLog, TreeSize,
+    verify_consistency, verify_inclusion,
+};
 pub use records::{
     CorruptRecord, Durability, IoOp, LogKind, MAX_RECORD, Record, RecordError, RecordWriter,
     Recovered, TailReason, TornTail, read_log, rewrite_log,
