@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 ///
 /// Equality is constant-time ([`Hash::ct_eq`]), so comparing a computed root
 /// against a committed one leaks nothing about where they differ.
-#[derive(Clone, Copy, Default, Eq, Hash)]
+#[derive(Clone, Copy, Default, Eq)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
@@ -65,6 +65,12 @@ impl Hash {
 impl PartialEq for Hash {
     fn eq(&self, other: &Hash) -> bool {
         self.ct_eq(other)
+    }
+}
+
+impl std::hash::Hash for Hash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 

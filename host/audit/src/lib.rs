@@ -8,15 +8,24 @@
 //! offline. No wasmtime here.
 #![deny(missing_docs)]
 
+pub mod auditor;
+pub mod commitment;
+pub mod delta;
 pub mod hash;
 pub mod merkle;
 pub mod records;
 pub mod signing;
+pub mod verify;
 
+pub use auditor::{
+    AuditConfig, AuditError, AuditStats, Auditor, RecoveryReport, SealReceipt, audit_dir,
+};
+pub use commitment::Commitment;
+pub use delta::{Delta, DeltaError, Value};
 pub use hash::{Hash, HashParseError};
 pub use merkle::{
     ConsistencyProof, DecodeError, InclusionProof, LeafIndex, MerkleError, MerkleLog, TreeSize,
-    verify_consistency, verify_inclusion,
+    leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
 pub use records::{
     CorruptRecord, Durability, IoOp, LogKind, MAX_RECORD, Record, RecordError, RecordWriter,
@@ -25,4 +34,8 @@ pub use records::{
 pub use signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, MemorySink,
     PublicKey, SignedTreeHead, SignerError, SystemWallClock, TreeHead, WallClock,
+};
+pub use verify::{
+    AuditProof, Problem, ProblemKind, ProofError, SessionReport, SessionStatus, VerifyError,
+    VerifyReport, prove, verify_dir,
 };

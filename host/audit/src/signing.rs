@@ -90,6 +90,12 @@ pub const SIGNED_HEAD_LEN: usize = 1 + 8 + 32 + 8 + 64;
 pub trait WallClock: Send + Sync {
     /// Milliseconds since the Unix epoch.
     fn now_unix_ms(&self) -> u64;
+
+    /// Nanoseconds since the Unix epoch (delta timestamps); by default the
+    /// milliseconds scaled up.
+    fn now_unix_ns(&self) -> u64 {
+        self.now_unix_ms().saturating_mul(1_000_000)
+    }
 }
 
 /// The system's wall clock (0 if it reads before 1970).
@@ -102,6 +108,13 @@ impl WallClock for SystemWallClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn now_unix_ns(&self) -> u64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     }
 }
 

@@ -45,7 +45,7 @@ fn show(e: &Event) {
             after.map_or(String::new(), |h| format!(", sha256 {}…", short(&h)))
         ),
         EventPayload::VfsDelete { path, .. } => path.clone(),
-        EventPayload::VfsRename { from, to } => format!("{from} → {to}"),
+        EventPayload::VfsRename { from, to, .. } => format!("{from} → {to}"),
         EventPayload::VfsConflict { path, reason } => format!("{path}: {reason}"),
         EventPayload::StateWrite { key, version } => format!("{key} = v{version}"),
         EventPayload::StateConflict { key, reason } => format!("{key}: {reason}"),

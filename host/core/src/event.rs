@@ -89,7 +89,7 @@ macro_rules! event_kinds {
     };
 }
 
-event_kinds! { 22;
+event_kinds! { 25;
     /// `session.created`: a session was created.
     SessionCreated => "session.created",
     /// `session.joined`: an agent joined a session.
@@ -120,6 +120,8 @@ event_kinds! { 22;
     VfsRestore => "vfs.restore",
     /// `vfs.conflict`: a file change was refused because of a conflict.
     VfsConflict => "vfs.conflict",
+    /// `vfs.quota_exceeded`: a file change was refused because it would exceed a quota.
+    VfsQuotaExceeded => "vfs.quota_exceeded",
     /// `state.write`: a shared-state key was written.
     StateWrite => "state.write",
     /// `state.delete`: a shared-state key was deleted.
@@ -134,6 +136,10 @@ event_kinds! { 22;
     LockDeadlock => "lock.deadlock",
     /// `security.agent_killed`: an agent was killed.
     SecurityAgentKilled => "security.agent_killed",
+    /// `audit.delta_captured`: a governed event was recorded in its session's audit log.
+    AuditDeltaCaptured => "audit.delta_captured",
+    /// `audit.committed`: a session's audit log was sealed by a commitment.
+    AuditCommitted => "audit.committed",
 }
 
 impl fmt::Display for EventKind {
@@ -239,11 +245,15 @@ pub enum EventPayload {
         from: String,
         /// The new path.
         to: String,
+        /// The content hash of the file (unchanged by the rename), if known.
+        hash: Option<[u8; 32]>,
     },
     /// A file's access-control list changed.
     VfsAclChanged {
         /// The file.
         path: String,
+        /// The new list, as `owner=… read=… write=…`.
+        acl: String,
     },
     /// The file space was snapshotted.
     VfsSnapshot {
@@ -264,6 +274,13 @@ pub enum EventPayload {
         /// The file.
         path: String,
         /// What conflicted.
+        reason: String,
+    },
+    /// A file change was refused because it would exceed a quota.
+    VfsQuotaExceeded {
+        /// The file.
+        path: String,
+        /// Which quota, and by how much.
         reason: String,
     },
     /// A shared-state key was written.
@@ -311,6 +328,43 @@ pub enum EventPayload {
         /// Why.
         reason: String,
     },
+    /// The event named as this event's parent was recorded in the audit log.
+    AuditDeltaCaptured {
+        /// The delta's sequence number in its session's log (0 for the first).
+        seq: u64,
+        /// The delta's hash (its Merkle leaf hash, which the next delta names as parent).
+        hash: [u8; 32],
+    },
+    /// The session's audit log was sealed by a commitment.
+    AuditCommitted {
+        /// How many deltas the commitment covers.
+        tree_size: u64,
+        /// The Merkle root over them.
+        root: [u8; 32],
+        /// The commitment's index in the commitment log.
+        index: u64,
+    },
+}
+
+/// One field of an [`EventPayload`], as [`EventPayload::for_each_field`] hands
+/// it out: the typed value without any formatting, so that a log line and a
+/// canonical audit encoding are both derived from the same list.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    /// Text (paths, reasons, keys, ids, modes).
+    Text(&'a str),
+    /// An unsigned count, size, version or index.
+    Uint(u64),
+    /// A real number (trust scores).
+    Real(f64),
+    /// A ring.
+    Ring(Ring),
+    /// A duration.
+    Duration(Duration),
+    /// A SHA-256 digest, or none.
+    Hash(Option<&'a [u8; 32]>),
+    /// A list of agents.
+    Agents(&'a [AgentId]),
 }
 
 impl EventPayload {
@@ -332,6 +386,7 @@ impl EventPayload {
             EventPayload::VfsSnapshot { .. } => EventKind::VfsSnapshot,
             EventPayload::VfsRestore { .. } => EventKind::VfsRestore,
             EventPayload::VfsConflict { .. } => EventKind::VfsConflict,
+            EventPayload::VfsQuotaExceeded { .. } => EventKind::VfsQuotaExceeded,
             EventPayload::StateWrite { .. } => EventKind::StateWrite,
             EventPayload::StateDelete { .. } => EventKind::StateDelete,
             EventPayload::StateConflict { .. } => EventKind::StateConflict,
@@ -339,6 +394,8 @@ impl EventPayload {
             EventPayload::LockReleased { .. } => EventKind::LockReleased,
             EventPayload::LockDeadlock { .. } => EventKind::LockDeadlock,
             EventPayload::SecurityAgentKilled { .. } => EventKind::SecurityAgentKilled,
+            EventPayload::AuditDeltaCaptured { .. } => EventKind::AuditDeltaCaptured,
+            EventPayload::AuditCommitted { .. } => EventKind::AuditCommitted,
         }
     }
 
@@ -354,95 +411,156 @@ impl EventPayload {
         Fields(self)
     }
 
-    /// Writes the payload as ` key=value` pairs, each with a leading space.
-    fn write_fields(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Calls `f` with each field's name and value, in a fixed order per kind.
+    ///
+    /// This is the one list of a payload's fields: the log form
+    /// ([`EventPayload::fields`]) and the audit log's canonical encoding are
+    /// both derived from it, so they cannot drift apart.
+    pub fn for_each_field(&self, mut f: impl FnMut(&'static str, Field<'_>)) {
+        use Field::{Agents, Hash, Real, Text, Uint};
         match self {
             EventPayload::SessionCreated {
                 creator,
                 max_participants,
                 max_duration,
-            } => write!(
-                f,
-                " creator={creator} max_participants={max_participants} max_duration={max_duration:?}"
-            ),
+            } => {
+                f("creator", Text(creator.as_str()));
+                f("max_participants", Uint(u64::from(*max_participants)));
+                f("max_duration", Field::Duration(*max_duration));
+            }
             EventPayload::SessionJoined { ring, sigma } => {
-                write!(f, " ring={} sigma={sigma:.2}", ring.number())
+                f("ring", Field::Ring(*ring));
+                f("sigma", Real(*sigma));
             }
             EventPayload::SessionLeft { reason } | EventPayload::SecurityAgentKilled { reason } => {
-                write!(f, " reason={}", Text(reason))
+                f("reason", Text(reason));
             }
             EventPayload::SessionActivated { participants } => {
-                write!(f, " participants={participants}")
+                f("participants", Uint(u64::from(*participants)));
             }
-            EventPayload::SessionTerminated { reason } => write!(f, " reason={reason}"),
-            EventPayload::SessionArchived => Ok(()),
+            EventPayload::SessionTerminated { reason } => f(
+                "reason",
+                Text(match reason {
+                    TerminationReason::Requested => "requested",
+                    TerminationReason::Expired => "expired",
+                }),
+            ),
+            EventPayload::SessionArchived => {}
             EventPayload::RingAssigned { ring, reason } => {
-                write!(f, " ring={} reason={}", ring.number(), Text(reason))
+                f("ring", Field::Ring(*ring));
+                f("reason", Text(reason));
             }
             EventPayload::RingBreachDetected {
                 ring,
                 capability,
                 function,
-            } => write!(
-                f,
-                " ring={} capability={} function={}",
-                ring.number(),
-                Text(capability),
-                Text(function)
-            ),
+            } => {
+                f("ring", Field::Ring(*ring));
+                f("capability", Text(capability));
+                f("function", Text(function));
+            }
             EventPayload::VfsWrite {
                 path,
                 op,
                 size,
                 before,
                 after,
-            } => write!(
-                f,
-                " path={} op={} size={size} before={} after={}",
-                Text(path),
-                Text(op),
-                ShortHash(before),
-                ShortHash(after)
-            ),
+            } => {
+                f("path", Text(path));
+                f("op", Text(op));
+                f("size", Uint(*size));
+                f("before", Hash(before.as_ref()));
+                f("after", Hash(after.as_ref()));
+            }
             EventPayload::VfsDelete { path, before } => {
-                write!(f, " path={} before={}", Text(path), ShortHash(before))
+                f("path", Text(path));
+                f("before", Hash(before.as_ref()));
             }
-            EventPayload::VfsRename { from, to } => {
-                write!(f, " from={} to={}", Text(from), Text(to))
+            EventPayload::VfsRename { from, to, hash } => {
+                f("from", Text(from));
+                f("to", Text(to));
+                f("hash", Hash(hash.as_ref()));
             }
-            EventPayload::VfsAclChanged { path } => write!(f, " path={}", Text(path)),
+            EventPayload::VfsAclChanged { path, acl } => {
+                f("path", Text(path));
+                f("acl", Text(acl));
+            }
             EventPayload::VfsSnapshot {
                 snapshot,
                 files,
                 bytes,
-            } => write!(f, " snapshot={snapshot} files={files} bytes={bytes}"),
-            EventPayload::VfsRestore { snapshot } => write!(f, " snapshot={snapshot}"),
-            EventPayload::VfsConflict { path, reason } => {
-                write!(f, " path={} reason={}", Text(path), Text(reason))
+            } => {
+                f("snapshot", Uint(*snapshot));
+                f("files", Uint(*files));
+                f("bytes", Uint(*bytes));
+            }
+            EventPayload::VfsRestore { snapshot } => f("snapshot", Uint(*snapshot)),
+            EventPayload::VfsConflict { path, reason }
+            | EventPayload::VfsQuotaExceeded { path, reason } => {
+                f("path", Text(path));
+                f("reason", Text(reason));
             }
             EventPayload::StateWrite { key, version }
             | EventPayload::StateDelete { key, version } => {
-                write!(f, " key={} version={version}", Text(key))
+                f("key", Text(key));
+                f("version", Uint(*version));
             }
             EventPayload::StateConflict { key, reason } => {
-                write!(f, " key={} reason={}", Text(key), Text(reason))
+                f("key", Text(key));
+                f("reason", Text(reason));
             }
             EventPayload::LockAcquired { resource, mode } => {
-                write!(f, " resource={} mode={}", Text(resource), Text(mode))
+                f("resource", Text(resource));
+                f("mode", Text(mode));
             }
-            EventPayload::LockReleased { resource } => write!(f, " resource={}", Text(resource)),
+            EventPayload::LockReleased { resource } => f("resource", Text(resource)),
             EventPayload::LockDeadlock { resource, cycle } => {
-                write!(f, " resource={} cycle=", Text(resource))?;
-                // Agent ids cannot contain commas, so the list stays unambiguous.
-                for (i, agent) in cycle.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{agent}")?;
-                }
-                Ok(())
+                f("resource", Text(resource));
+                f("cycle", Agents(cycle));
+            }
+            EventPayload::AuditDeltaCaptured { seq, hash } => {
+                f("seq", Uint(*seq));
+                f("hash", Hash(Some(hash)));
+            }
+            EventPayload::AuditCommitted {
+                tree_size,
+                root,
+                index,
+            } => {
+                f("tree_size", Uint(*tree_size));
+                f("root", Hash(Some(root)));
+                f("index", Uint(*index));
             }
         }
+    }
+
+    /// Writes the payload as ` key=value` pairs, each with a leading space.
+    fn write_fields(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut result = Ok(());
+        self.for_each_field(|name, value| {
+            if result.is_err() {
+                return;
+            }
+            result = (|| {
+                write!(out, " {name}=")?;
+                match value {
+                    Field::Text(t) => write!(out, "{}", Text(t)),
+                    Field::Uint(n) => write!(out, "{n}"),
+                    Field::Real(x) => write!(out, "{x:.2}"),
+                    Field::Ring(r) => write!(out, "{}", r.number()),
+                    Field::Duration(d) => write!(out, "{d:?}"),
+                    Field::Hash(h) => write!(out, "{}", ShortHash(h)),
+                    // Agent ids cannot contain commas, so the list stays unambiguous.
+                    Field::Agents(agents) => agents.iter().enumerate().try_for_each(|(i, a)| {
+                        if i > 0 {
+                            out.write_str(",")?;
+                        }
+                        write!(out, "{a}")
+                    }),
+                }
+            })();
+        });
+        result
     }
 }
 
@@ -467,7 +585,7 @@ impl fmt::Display for Text<'_> {
 }
 
 /// A content hash as its first four bytes in hex, or `-` when absent.
-struct ShortHash<'a>(&'a Option<[u8; 32]>);
+struct ShortHash<'a>(Option<&'a [u8; 32]>);
 
 impl fmt::Display for ShortHash<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -898,8 +1016,12 @@ mod tests {
             EventKind::VfsRename => EventPayload::VfsRename {
                 from: s("/a"),
                 to: s("/b"),
+                hash: Some([7; 32]),
             },
-            EventKind::VfsAclChanged => EventPayload::VfsAclChanged { path: s("/a") },
+            EventKind::VfsAclChanged => EventPayload::VfsAclChanged {
+                path: s("/a"),
+                acl: s("owner=did:ex:a read=all write=owner"),
+            },
             EventKind::VfsSnapshot => EventPayload::VfsSnapshot {
                 snapshot: 3,
                 files: 4,
@@ -933,6 +1055,19 @@ mod tests {
             },
             EventKind::SecurityAgentKilled => EventPayload::SecurityAgentKilled {
                 reason: s("ring_breach"),
+            },
+            EventKind::VfsQuotaExceeded => EventPayload::VfsQuotaExceeded {
+                path: s("/a"),
+                reason: s("total bytes"),
+            },
+            EventKind::AuditDeltaCaptured => EventPayload::AuditDeltaCaptured {
+                seq: 4,
+                hash: [9; 32],
+            },
+            EventKind::AuditCommitted => EventPayload::AuditCommitted {
+                tree_size: 5,
+                root: [8; 32],
+                index: 0,
             },
         }
     }
@@ -975,7 +1110,10 @@ mod tests {
         for k in EventKind::ALL {
             let (family, what) = k.name().split_once('.').unwrap();
             assert!(
-                ["session", "ring", "vfs", "state", "lock", "security"].contains(&family),
+                [
+                    "session", "ring", "vfs", "state", "lock", "security", "audit"
+                ]
+                .contains(&family),
                 "{k:?}"
             );
             assert!(

@@ -27,8 +27,8 @@ pub mod score;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use event::{
-    Event, EventBus, EventId, EventKind, EventPayload, EventQuery, EventSink, SubscriptionId,
-    TerminationReason,
+    Event, EventBus, EventId, EventKind, EventPayload, EventQuery, EventSink, Field,
+    SubscriptionId, TerminationReason,
 };
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{

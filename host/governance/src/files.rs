@@ -42,6 +42,37 @@ pub enum Access {
     Agents(Vec<AgentId>),
 }
 
+impl std::fmt::Display for Access {
+    /// `everyone`, `owner`, or `agents:` followed by the comma-separated ids.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Everyone => f.write_str("everyone"),
+            Access::Owner => f.write_str("owner"),
+            Access::Agents(list) => {
+                f.write_str("agents:")?;
+                for (i, a) in list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Acl {
+    /// `owner=<id> read=<access> write=<access>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "owner={} read={} write={}",
+            self.owner, self.read, self.write
+        )
+    }
+}
+
 impl Access {
     /// True when `agent` has this access to a file owned by `owner`.
     pub fn allows(&self, owner: &AgentId, agent: &AgentId) -> bool {

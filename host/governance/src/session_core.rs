@@ -417,10 +417,13 @@ impl SessionCore {
         })
     }
 
+    /// Emits the event for a file change or for a refusal that matters
+    /// (conflict, quota); `acl` is the new list of an ACL change.
     fn changed(
         &self,
         who: Caller<'_>,
         r: Result<FileChange, VfsError>,
+        acl: Option<&Acl>,
     ) -> Result<FileChange, VfsError> {
         match &r {
             Ok(c) => {
@@ -439,9 +442,11 @@ impl SessionCore {
                     FileOp::Rename => EventPayload::VfsRename {
                         from: c.path.clone(),
                         to: c.to.clone().unwrap_or_default(),
+                        hash: c.after.or(c.before),
                     },
                     FileOp::SetAcl => EventPayload::VfsAclChanged {
                         path: c.path.clone(),
+                        acl: acl.map(ToString::to_string).unwrap_or_default(),
                     },
                 };
                 self.emit(who.agent, who.trace, payload);
@@ -450,6 +455,14 @@ impl SessionCore {
                 who.agent,
                 who.trace,
                 EventPayload::VfsConflict {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                },
+            ),
+            Err(VfsError::Quota { path, reason }) => self.emit(
+                who.agent,
+                who.trace,
+                EventPayload::VfsQuotaExceeded {
                     path: path.clone(),
                     reason: reason.clone(),
                 },
@@ -484,32 +497,32 @@ impl FileSpace for SessionCore {
     fn write(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.write(who, path, contents);
-        self.changed(who, r)
+        self.changed(who, r, None)
     }
 
     fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.append(who, path, contents);
-        self.changed(who, r)
+        self.changed(who, r, None)
     }
 
     fn truncate(&self, who: Caller<'_>, path: &str, len: u64) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.truncate(who, path, len);
-        self.changed(who, r)
+        self.changed(who, r, None)
     }
 
     fn delete(&self, who: Caller<'_>, path: &str) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.delete(who, path);
-        self.changed(who, r)
+        self.changed(who, r, None)
     }
 
     fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
         self.check_isolation(who, src, LockMode::Write)?;
         self.check_isolation(who, dst, LockMode::Write)?;
         let r = self.files.rename(who, src, dst);
-        self.changed(who, r)
+        self.changed(who, r, None)
     }
 
     fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<(), VfsError> {
@@ -522,7 +535,7 @@ impl FileSpace for SessionCore {
 
     fn set_acl(&self, who: Caller<'_>, path: &str, acl: Acl) -> Result<FileChange, VfsError> {
         self.check_isolation(who, path, LockMode::Write)?;
-        let r = self.files.set_acl(who, path, acl);
-        self.changed(who, r)
+        let r = self.files.set_acl(who, path, acl.clone());
+        self.changed(who, r, Some(&acl))
     }
 }

@@ -1,0 +1,1007 @@
+//! The auditor: captures every governed event of every session as a delta,
+//! chains and Merkle-hashes them, persists them, seals sessions with
+//! commitments and has the commitment log's heads signed.
+//!
+//! Capture is a synchronous [`EventSink`] on the hypervisor's event bus, so a
+//! delta is recorded where its event is emitted — on the emitting thread,
+//! before the emitter goes on (a ring breach is audited before its trap
+//! reaches anyone). Nothing is audited "by hand" at call sites.
+//!
+//! Layout under the audit directory (`<state>/audit`):
+//!
+//! | file | what |
+//! |---|---|
+//! | `signing-key`, `public-key` | the hypervisor's Ed25519 key ([`HypervisorKey`]) |
+//! | `sessions/<session>.log` | the session's deltas, one record each ([`LogKind::SESSION_DELTAS`]) |
+//! | `commitments.log` | one [`Commitment`] per sealed session; an RFC 6962 log |
+//! | `heads.log` | signed heads of the commitment log ([`SignedTreeHead`]) |
+//!
+//! Durability ([`Durability`]): `EveryRecord` writes and syncs each delta
+//! before capture returns; `GroupCommit` stages deltas in memory and a
+//! background flusher writes and syncs them every `max_delay` (or sooner when
+//! `max_records` are staged); `OnClose` writes a session's deltas when it is
+//! sealed. Whatever the policy, a commitment is made durable only after every
+//! delta it covers, and a head is signed only over durable commitments, so a
+//! crash never leaves a signature over data that is not on disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ahv_core::{
+    Clock, Event, EventBus, EventKind, EventPayload, EventSink, SessionId, SubscriptionId,
+};
+
+use crate::commitment::{Commitment, PRUNED_TAG, RecordFormatError, decode_pruned, encode_pruned};
+use crate::delta::{Delta, encode_event};
+use crate::hash::Hash;
+use crate::merkle::{MerkleLog, leaf_hash};
+use crate::records::{
+    Durability, LogKind, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
+};
+use crate::signing::{
+    AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, PublicKey,
+    SignedTreeHead, SignerError, WallClock,
+};
+
+/// How the auditor persists and signs.
+#[derive(Clone)]
+pub struct AuditConfig {
+    /// When deltas and commitments reach the disk (default: group commit,
+    /// 64 records or 10 ms).
+    pub durability: Durability,
+    /// Longest a sealed session's commitment waits for a signed head (default 100 ms).
+    pub sign_delay: Duration,
+    /// Where signed heads go besides the local `heads.log` (e.g. an external
+    /// transparency log); see [`AnchorSink`].
+    pub sinks: Vec<Arc<dyn AnchorSink>>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            durability: Durability::default(),
+            sign_delay: Duration::from_millis(100),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("durability", &self.durability)
+            .field("sign_delay", &self.sign_delay)
+            .field(
+                "sinks",
+                &self
+                    .sinks
+                    .iter()
+                    .map(|s| s.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What went wrong in the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Reading or writing a log file.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The signing key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The head signer.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// A directory could not be created or listed.
+    #[error("{op} {path}: {source}")]
+    Dir {
+        /// What was being done.
+        op: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A record in a log is not what that log holds.
+    #[error("{path}: record at offset {offset}: {source}")]
+    BadRecord {
+        /// The log.
+        path: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong with it.
+        source: RecordFormatError,
+    },
+    /// A delta record that does not decode.
+    #[error("{path}: record at offset {offset}: {source}")]
+    BadDelta {
+        /// The log.
+        path: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong with it.
+        source: crate::delta::DeltaError,
+    },
+    /// The session's log was already sealed.
+    #[error("session {0}: its audit log is already sealed")]
+    AlreadySealed(String),
+    /// The session is not sealed (pruning needs a commitment first).
+    #[error("session {0}: its audit log is not sealed")]
+    NotSealed(String),
+    /// The session has no audit log.
+    #[error("session {0}: no audit log")]
+    UnknownSession(String),
+    /// The auditor was closed.
+    #[error("the auditor is closed")]
+    Closed,
+}
+
+/// What opening the audit directory found and did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Torn tails cut from logs (a crash mid-write); each was saved beside
+    /// its log (`saved_to`) before the log was cut.
+    pub torn: Vec<(PathBuf, TornTail)>,
+    /// Sessions whose logs had no commitment (their process ended without
+    /// sealing them): sealed now over the complete records they hold.
+    pub sealed_on_recovery: Vec<(String, u64)>,
+    /// Commitments in the log.
+    pub commitments: u64,
+}
+
+/// A sealed session: its commitment and where it sits in the commitment log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealReceipt {
+    /// The commitment.
+    pub commitment: Commitment,
+    /// Its index (leaf) in the commitment log.
+    pub index: u64,
+}
+
+/// Counters for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Deltas captured.
+    pub captured: u64,
+    /// Events for sealed sessions (after their commitment), not captured.
+    pub late: u64,
+    /// Failed background writes (each is retried; see [`Auditor::last_error`]).
+    pub write_failures: u64,
+}
+
+/// The audit directory under a state directory.
+pub fn audit_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit")
+}
+
+/// Path of a session's delta log inside an audit directory.
+pub fn session_log_path(audit_dir: &Path, session: &str) -> PathBuf {
+    audit_dir.join("sessions").join(format!("{session}.log"))
+}
+
+/// The commitment log inside an audit directory.
+pub fn commitments_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("commitments.log")
+}
+
+/// The signed-head log inside an audit directory.
+pub fn heads_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("heads.log")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One session's log.
+struct SessionLog {
+    id: SessionId,
+    path: PathBuf,
+    state: Mutex<SessionState>,
+    /// Held while writing; owns the file once it exists.
+    io: Mutex<Option<RecordWriter>>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    next_seq: u64,
+    last: Option<Hash>,
+    tree: MerkleLog,
+    scratch: Vec<u8>,
+    /// Deltas not yet handed to the writer: `u32 LE length ‖ body`, repeated.
+    staged: Vec<u8>,
+    staged_count: usize,
+    dirty: bool,
+    sealed: Option<Commitment>,
+}
+
+/// The commitment log.
+struct CommitLog {
+    state: Mutex<CommitState>,
+    io: Mutex<RecordWriter>,
+}
+
+struct CommitState {
+    tree: MerkleLog,
+    /// Commitments not yet written, each with the session log it covers.
+    staged: Vec<(Vec<u8>, Arc<SessionLog>)>,
+    durable: (u64, Hash),
+    sessions: HashMap<String, u64>,
+}
+
+impl HeadSource for CommitLog {
+    fn current(&self) -> (u64, Hash) {
+        lock(&self.state).durable
+    }
+}
+
+/// The local signed-head log: the embedded default anchor.
+struct HeadLog {
+    writer: Mutex<RecordWriter>,
+}
+
+impl AnchorSink for HeadLog {
+    fn name(&self) -> &str {
+        "heads.log"
+    }
+
+    fn publish(&self, head: &SignedTreeHead) -> Result<(), AnchorError> {
+        let mut w = lock(&self.writer);
+        w.append(&head.to_bytes(), Duration::ZERO)
+            .and_then(|_| w.flush())
+            .map_err(|e| AnchorError {
+                sink: "heads.log".into(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    wall: Arc<dyn WallClock>,
+    sessions: RwLock<HashMap<SessionId, Arc<SessionLog>>>,
+    dirty: Mutex<Vec<Arc<SessionLog>>>,
+    commits: Arc<CommitLog>,
+    signer: OnceLock<BatchSigner>,
+    bus: OnceLock<(Weak<EventBus>, SubscriptionId)>,
+    captured: AtomicU64,
+    late: AtomicU64,
+    write_failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    stop: AtomicBool,
+    tick: (Mutex<bool>, Condvar),
+}
+
+/// The audit log of one hypervisor (see the module docs).
+pub struct Auditor {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("dir", &self.shared.dir)
+            .field("public_key", &self.public.to_hex())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Auditor {
+    /// Opens (creating if needed) the audit directory `dir`: loads or creates
+    /// the signing key, recovers the commitment and head logs (a torn tail is
+    /// saved aside and reported), seals any session log left without a
+    /// commitment by an earlier process, and starts the head signer and —
+    /// under group commit — the flusher thread.
+    ///
+    /// # Errors
+    /// [`AuditError`] naming the file: a damaged commitment or head log
+    /// (appending after damage would bury it), a bad key, an I/O failure.
+    pub fn open(
+        dir: &Path,
+        config: AuditConfig,
+        clock: Arc<dyn Clock>,
+        wall: Arc<dyn WallClock>,
+    ) -> Result<(Auditor, RecoveryReport), AuditError> {
+        let sessions_dir = dir.join("sessions");
+        std::fs::create_dir_all(&sessions_dir).map_err(|source| AuditError::Dir {
+            op: "create",
+            path: sessions_dir.clone(),
+            source,
+        })?;
+        let key = HypervisorKey::load_or_create(dir)?;
+        let public = key.public_key();
+        let mut report = RecoveryReport::default();
+
+        let cpath = commitments_path(dir);
+        let (cwriter, recovered) = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report)?;
+        let mut tree = MerkleLog::new();
+        let mut sessions = HashMap::new();
+        for r in &recovered {
+            let c = Commitment::decode(&r.body).map_err(|source| AuditError::BadRecord {
+                path: cpath.clone(),
+                offset: r.offset,
+                source,
+            })?;
+            let (index, _) = tree.append(&r.body);
+            sessions.insert(c.session, index.0);
+        }
+        let durable = (tree.len().0, tree.root());
+        let commits = Arc::new(CommitLog {
+            state: Mutex::new(CommitState {
+                tree,
+                staged: Vec::new(),
+                durable,
+                sessions,
+            }),
+            io: Mutex::new(cwriter),
+        });
+        report.commitments = durable.0;
+
+        let hpath = heads_path(dir);
+        let (hwriter, _) = open_or_create(&hpath, LogKind::SIGNED_HEADS, &mut report)?;
+
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            durability: config.durability,
+            clock,
+            wall: wall.clone(),
+            sessions: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(Vec::new()),
+            commits: commits.clone(),
+            signer: OnceLock::new(),
+            bus: OnceLock::new(),
+            captured: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            tick: (Mutex::new(false), Condvar::new()),
+        });
+        shared.seal_orphans(&sessions_dir, &mut report)?;
+
+        let mut sinks: Vec<Arc<dyn AnchorSink>> = vec![Arc::new(HeadLog {
+            writer: Mutex::new(hwriter),
+        })];
+        sinks.extend(config.sinks.iter().cloned());
+        let signer = BatchSigner::spawn(key, commits, sinks, wall, config.sign_delay)?;
+        // Commitments from an earlier process that it did not live to sign.
+        signer.notify();
+        let _ = shared.signer.set(signer);
+
+        let flusher = match config.durability {
+            Durability::GroupCommit { max_delay, .. } => {
+                let s = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("ahv-audit-flusher".into())
+                        .spawn(move || s.flusher(max_delay))
+                        .map_err(|source| AuditError::Dir {
+                            op: "start the flusher for",
+                            path: dir.to_path_buf(),
+                            source,
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        Ok((
+            Auditor {
+                shared,
+                flusher: Mutex::new(flusher),
+                public,
+            },
+            report,
+        ))
+    }
+
+    /// Subscribes the auditor to `bus`: from now on every event of a session
+    /// is captured as it is emitted, and the auditor emits its own
+    /// `audit.delta_captured` / `audit.committed` events there. Call once.
+    pub fn attach(&self, bus: &Arc<EventBus>) {
+        let id = bus.subscribe(Capture(self.shared.clone()));
+        if self.shared.bus.set((Arc::downgrade(bus), id)).is_err() {
+            bus.unsubscribe(id);
+        }
+    }
+
+    /// The public key that verifies this auditor's signed heads.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Captures one event as a delta of its session and returns its sequence
+    /// number and hash; `None` for events without a session, the auditor's own
+    /// events, and events of a sealed session (counted as late).
+    ///
+    /// This is what the bus subscription calls; it is public for embedding
+    /// without a bus and for benchmarks.
+    pub fn capture(&self, event: &Event) -> Option<(u64, Hash)> {
+        self.shared.capture(event)
+    }
+
+    /// Seals a session's log: its commitment (size and root now) is appended to
+    /// the commitment log and a signature over it is scheduled. Never waits
+    /// for the signature; under `EveryRecord` and `OnClose` it waits for the
+    /// session's deltas and the commitment to be on disk, under group commit
+    /// the flusher writes them (deltas first) within `max_delay`.
+    ///
+    /// # Errors
+    /// [`AuditError::AlreadySealed`]; I/O errors under synchronous policies.
+    pub fn seal(&self, session: &SessionId) -> Result<SealReceipt, AuditError> {
+        self.shared.seal(session)
+    }
+
+    /// Writes and syncs everything staged (deltas, then commitments) and has
+    /// the current head signed; returns it. What shutdown does, callable any time.
+    ///
+    /// # Errors
+    /// The first write or signing failure.
+    pub fn flush(&self) -> Result<Option<SignedTreeHead>, AuditError> {
+        self.shared.flush_all()?;
+        match self.shared.signer.get() {
+            Some(s) => Ok(s.flush()?),
+            None => Err(AuditError::Closed),
+        }
+    }
+
+    /// Stops the flusher, writes everything, signs the final head and stops
+    /// the signer. Dropping the auditor does the same, ignoring errors.
+    ///
+    /// # Errors
+    /// As [`Auditor::flush`].
+    pub fn close(&self) -> Result<Option<SignedTreeHead>, AuditError> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let (m, cv) = &self.shared.tick;
+            *lock(m) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = lock(&self.flusher).take() {
+            let _ = t.join();
+        }
+        if let Some((bus, id)) = self.shared.bus.get()
+            && let Some(bus) = bus.upgrade()
+        {
+            bus.unsubscribe(*id);
+        }
+        self.flush()
+    }
+
+    /// Replaces the bodies of a sealed session's deltas by their leaf hashes
+    /// (retention): the commitment stays verifiable, the contents are gone.
+    /// Returns how many records were pruned.
+    ///
+    /// # Errors
+    /// [`AuditError::NotSealed`] for a session without a commitment;
+    /// [`AuditError::UnknownSession`]; damaged logs; I/O.
+    pub fn prune(&self, session: &str) -> Result<u64, AuditError> {
+        self.shared.flush_all()?;
+        if !lock(&self.shared.commits.state)
+            .sessions
+            .contains_key(session)
+        {
+            return Err(AuditError::NotSealed(session.to_string()));
+        }
+        let path = session_log_path(&self.shared.dir, session);
+        if !path.exists() {
+            return Err(AuditError::UnknownSession(session.to_string()));
+        }
+        let recovered = read_log(&path, LogKind::SESSION_DELTAS)?;
+        let mut pruned = 0;
+        let mut bodies = Vec::with_capacity(recovered.records.len());
+        for (seq, r) in recovered.records.iter().enumerate() {
+            if r.body.first() == Some(&PRUNED_TAG) {
+                bodies.push(r.body.clone());
+            } else {
+                pruned += 1;
+                bodies.push(encode_pruned(seq as u64, &leaf_hash(&r.body)).to_vec());
+            }
+        }
+        rewrite_log(&path, LogKind::SESSION_DELTAS, bodies)?;
+        Ok(pruned)
+    }
+
+    /// The commitment of a sealed session, if any (from the commitment log).
+    pub fn commitment_index(&self, session: &str) -> Option<u64> {
+        lock(&self.shared.commits.state)
+            .sessions
+            .get(session)
+            .copied()
+    }
+
+    /// The latest signed head, if any was signed by this process.
+    pub fn latest_head(&self) -> Option<SignedTreeHead> {
+        self.shared.signer.get().and_then(BatchSigner::latest)
+    }
+
+    /// Monitoring counters.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            captured: self.shared.captured.load(Ordering::Relaxed),
+            late: self.shared.late.load(Ordering::Relaxed),
+            write_failures: self.shared.write_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The last background write failure, if any.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.last_error).clone()
+    }
+}
+
+impl Drop for Auditor {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn open_or_create(
+    path: &Path,
+    kind: LogKind,
+    report: &mut RecoveryReport,
+) -> Result<(RecordWriter, Vec<crate::records::Record>), AuditError> {
+    // Our writers are flushed explicitly (by capture, seal or the flusher);
+    // `OnClose` keeps the writer itself from flushing on its own.
+    if path.exists() {
+        let (w, rec) = RecordWriter::open_append(path, kind, Durability::OnClose)?;
+        if let Some(t) = rec.tail {
+            report.torn.push((path.to_path_buf(), t));
+        }
+        Ok((w, rec.records))
+    } else {
+        Ok((
+            RecordWriter::create(path, kind, Durability::OnClose)?,
+            Vec::new(),
+        ))
+    }
+}
+
+/// The bus subscription.
+struct Capture(Arc<Shared>);
+
+impl EventSink for Capture {
+    fn on_event(&self, event: &Event) {
+        if let Some((seq, hash)) = self.0.capture(event)
+            && let Some((bus, _)) = self.0.bus.get()
+            && let Some(bus) = bus.upgrade()
+        {
+            bus.emit(
+                event.session.as_ref(),
+                event.agent.as_ref(),
+                event.trace,
+                Some(event.id),
+                EventPayload::AuditDeltaCaptured { seq, hash: hash.0 },
+            );
+        }
+    }
+}
+
+fn is_audit_kind(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::AuditDeltaCaptured | EventKind::AuditCommitted
+    )
+}
+
+impl Shared {
+    /// The live log of a session; `None` once the session is sealed and
+    /// written (its events are then late).
+    fn session_log(&self, id: &SessionId) -> Option<Arc<SessionLog>> {
+        if let Some(log) = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Some(log.clone());
+        }
+        let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = map.get(id) {
+            return Some(log.clone());
+        }
+        if lock(&self.commits.state).sessions.contains_key(id.as_str()) {
+            return None;
+        }
+        let log = Arc::new(SessionLog {
+            id: id.clone(),
+            path: session_log_path(&self.dir, id.as_str()),
+            state: Mutex::new(SessionState::default()),
+            io: Mutex::new(None),
+        });
+        map.insert(id.clone(), log.clone());
+        Some(log)
+    }
+
+    fn wall_ns(&self) -> u64 {
+        self.wall.now_unix_ns()
+    }
+
+    fn capture(&self, event: &Event) -> Option<(u64, Hash)> {
+        let session = event.session.as_ref()?;
+        if is_audit_kind(event.kind()) || self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let Some(log) = self.session_log(session) else {
+            self.late.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
+            return None;
+        };
+        let time = self.wall_ns();
+        let mut guard = lock(&log.state);
+        let st = &mut *guard;
+        if st.sealed.is_some() {
+            self.late.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
+            return None;
+        }
+        let seq = st.next_seq;
+        encode_event(
+            &mut st.scratch,
+            seq,
+            session.as_str(),
+            time,
+            st.last.as_ref(),
+            event,
+        );
+        let leaf = leaf_hash(&st.scratch);
+        st.tree.append_leaf_hash(leaf);
+        st.last = Some(leaf);
+        st.next_seq += 1;
+        let len = u32::try_from(st.scratch.len()).unwrap_or(u32::MAX);
+        st.staged.extend_from_slice(&len.to_le_bytes());
+        st.staged.extend_from_slice(&st.scratch);
+        st.staged_count += 1;
+        self.captured.fetch_add(1, Ordering::Relaxed);
+        match self.durability {
+            Durability::EveryRecord => {
+                drop(guard);
+                if let Err(e) = self.flush_session(&log) {
+                    self.record_failure(&e);
+                }
+            }
+            Durability::GroupCommit { max_records, .. } => {
+                let wake = st.staged_count >= max_records;
+                if !st.dirty {
+                    st.dirty = true;
+                    drop(guard);
+                    lock(&self.dirty).push(log);
+                }
+                if wake {
+                    let (m, cv) = &self.tick;
+                    *lock(m) = true;
+                    cv.notify_one();
+                }
+            }
+            Durability::OnClose => {}
+        }
+        Some((seq, leaf))
+    }
+
+    fn record_failure(&self, e: &AuditError) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "audit log write failed; will retry");
+        *lock(&self.last_error) = Some(e.to_string());
+    }
+
+    /// Writes and syncs a session's staged deltas. Serialised per session by
+    /// its `io` lock; captures go on staging meanwhile.
+    fn flush_session(&self, log: &SessionLog) -> Result<(), AuditError> {
+        let mut io = lock(&log.io);
+        let (staged, count) = {
+            let mut st = lock(&log.state);
+            st.dirty = false;
+            (
+                std::mem::take(&mut st.staged),
+                std::mem::take(&mut st.staged_count),
+            )
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let result = (|| {
+            if io.is_none() {
+                *io = Some(RecordWriter::create(
+                    &log.path,
+                    LogKind::SESSION_DELTAS,
+                    Durability::OnClose,
+                )?);
+            }
+            let w = io.as_mut().ok_or(AuditError::Closed)?;
+            let now = self.clock.now();
+            let mut rest = &staged[..];
+            while rest.len() >= 4 {
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                w.append(&rest[4..4 + len], now)?;
+                rest = &rest[4 + len..];
+            }
+            w.flush()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            // Put the records back in front of anything staged since, so a
+            // retry writes them in order and nothing is lost.
+            let mut st = lock(&log.state);
+            let mut back = staged;
+            back.extend_from_slice(&st.staged);
+            st.staged = back;
+            st.staged_count += count;
+        }
+        result
+    }
+
+    fn seal(&self, session: &SessionId) -> Result<SealReceipt, AuditError> {
+        let log = self
+            .session_log(session)
+            .ok_or_else(|| AuditError::AlreadySealed(session.to_string()))?;
+        let commitment = {
+            let mut st = lock(&log.state);
+            if st.sealed.is_some() {
+                return Err(AuditError::AlreadySealed(session.to_string()));
+            }
+            let c = Commitment {
+                session: session.to_string(),
+                tree_size: st.tree.len().0,
+                root: st.tree.root(),
+                time_unix_ns: self.wall_ns(),
+            };
+            st.sealed = Some(c.clone());
+            c
+        };
+        let bytes = commitment.encode();
+        let index = {
+            let mut cs = lock(&self.commits.state);
+            if cs.sessions.contains_key(session.as_str()) {
+                return Err(AuditError::AlreadySealed(session.to_string()));
+            }
+            let (index, _) = cs.tree.append(&bytes);
+            cs.sessions.insert(session.to_string(), index.0);
+            cs.staged.push((bytes, log.clone()));
+            index.0
+        };
+        match self.durability {
+            Durability::GroupCommit { .. } => {}
+            Durability::EveryRecord | Durability::OnClose => {
+                self.flush_commitments()?;
+                self.forget_if_done(&log);
+            }
+        }
+        if let Some((bus, _)) = self.bus.get()
+            && let Some(bus) = bus.upgrade()
+        {
+            bus.emit(
+                Some(session),
+                None,
+                ahv_core::TraceId(0),
+                None,
+                EventPayload::AuditCommitted {
+                    tree_size: commitment.tree_size,
+                    root: commitment.root.0,
+                    index,
+                },
+            );
+        }
+        Ok(SealReceipt { commitment, index })
+    }
+
+    /// Writes staged commitments — each only after the deltas it covers —
+    /// then tells the signer the durable head moved.
+    fn flush_commitments(&self) -> Result<(), AuditError> {
+        let mut io = lock(&self.commits.io);
+        let staged = std::mem::take(&mut lock(&self.commits.state).staged);
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let result = (|| {
+            for (_, log) in &staged {
+                self.flush_session(log)?;
+            }
+            let now = self.clock.now();
+            for (bytes, _) in &staged {
+                io.append(bytes, now)?;
+            }
+            io.flush()?;
+            Ok(())
+        })();
+        let mut cs = lock(&self.commits.state);
+        match result {
+            Ok(()) => {
+                // Everything staged before this flush is durable; later
+                // commitments (staged meanwhile) are not yet.
+                let size = cs.tree.len().0 - cs.staged.len() as u64;
+                let root = cs
+                    .tree
+                    .root_at(crate::merkle::TreeSize(size))
+                    .unwrap_or_else(|_| cs.tree.root());
+                cs.durable = (size, root);
+                drop(cs);
+                if let Some(s) = self.signer.get() {
+                    s.notify();
+                }
+                for (_, log) in &staged {
+                    self.forget_if_done(log);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut back = staged;
+                back.append(&mut cs.staged);
+                cs.staged = back;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a sealed, fully written session from memory (its file is closed).
+    fn forget_if_done(&self, log: &Arc<SessionLog>) {
+        let done = {
+            let st = lock(&log.state);
+            st.sealed.is_some() && st.staged_count == 0
+        };
+        if done {
+            self.sessions
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&log.id);
+            if let Some(w) = lock(&log.io).take()
+                && let Err(e) = w.close()
+            {
+                self.record_failure(&e.into());
+            }
+        }
+    }
+
+    fn flush_all(&self) -> Result<(), AuditError> {
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        let mut first_error = None;
+        for log in &dirty {
+            if let Err(e) = self.flush_session(log) {
+                self.record_failure(&e);
+                let mut st = lock(&log.state);
+                if !st.dirty {
+                    st.dirty = true;
+                    drop(st);
+                    lock(&self.dirty).push(log.clone());
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        // Sessions staged under `OnClose` are written when sealed, by
+        // `flush_commitments`; the rest are flushed here on demand.
+        if matches!(self.durability, Durability::OnClose) {
+            let all: Vec<_> = self
+                .sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for log in all {
+                if let Err(e) = self.flush_session(&log) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.flush_commitments() {
+            self.record_failure(&e);
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn flusher(&self, every: Duration) {
+        let (m, cv) = &self.tick;
+        loop {
+            {
+                let mut urgent = lock(m);
+                if !*urgent {
+                    urgent = cv
+                        .wait_timeout(urgent, every)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                *urgent = false;
+            }
+            // Errors are recorded and retried on the next tick.
+            let _ = self.flush_all();
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Seals session logs that an earlier process left without a commitment.
+    fn seal_orphans(
+        &self,
+        sessions_dir: &Path,
+        report: &mut RecoveryReport,
+    ) -> Result<(), AuditError> {
+        let entries = std::fs::read_dir(sessions_dir).map_err(|source| AuditError::Dir {
+            op: "list",
+            path: sessions_dir.to_path_buf(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".log").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            if lock(&self.commits.state).sessions.contains_key(&name) {
+                continue;
+            }
+            let Ok(id) = SessionId::new(name.clone()) else {
+                continue;
+            };
+            let path = session_log_path(&self.dir, &name);
+            let (writer, rec) =
+                RecordWriter::open_append(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?;
+            if let Some(t) = rec.tail {
+                report.torn.push((path.clone(), t));
+            }
+            let mut leaves = Vec::with_capacity(rec.records.len());
+            for r in &rec.records {
+                leaves.push(record_leaf(&path, r)?);
+            }
+            let n = leaves.len() as u64;
+            let log = Arc::new(SessionLog {
+                id: id.clone(),
+                path,
+                state: Mutex::new(SessionState {
+                    next_seq: n,
+                    last: leaves.last().copied(),
+                    tree: MerkleLog::from_leaf_hashes(leaves),
+                    ..SessionState::default()
+                }),
+                io: Mutex::new(Some(writer)),
+            });
+            self.sessions
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), log);
+            self.seal(&id)?;
+            report.sealed_on_recovery.push((name, n));
+        }
+        self.flush_commitments()
+    }
+}
+
+/// The leaf hash of a delta-log record: a delta's is computed, a pruned
+/// record carries it.
+fn record_leaf(path: &Path, r: &crate::records::Record) -> Result<Hash, AuditError> {
+    if r.body.first() == Some(&PRUNED_TAG) {
+        decode_pruned(&r.body)
+            .map(|(_, h)| h)
+            .map_err(|source| AuditError::BadRecord {
+                path: path.to_path_buf(),
+                offset: r.offset,
+                source,
+            })
+    } else {
+        Delta::decode(&r.body).map_err(|source| AuditError::BadDelta {
+            path: path.to_path_buf(),
+            offset: r.offset,
+            source,
+        })?;
+        Ok(leaf_hash(&r.body))
+    }
+}

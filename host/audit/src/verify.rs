@@ -1,0 +1,1408 @@
+//! Offline verification of an audit directory, and inclusion proofs that can
+//! be checked with nothing but the proof and the hypervisor's public key.
+//!
+//! [`verify_dir`] re-derives everything from the files: each session log's
+//! framing, sequence numbers and hash chain, its Merkle root, the commitment
+//! log's Merkle roots and the signatures over its heads. It names every
+//! problem — which record, what kind of tampering — instead of stopping at
+//! the first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::auditor::{commitments_path, heads_path, session_log_path};
+use crate::commitment::{Commitment, PRUNED_TAG, decode_pruned};
+use crate::delta::Delta;
+use crate::hash::Hash;
+use crate::merkle::{InclusionProof, LeafIndex, MerkleLog, TreeSize, leaf_hash, verify_inclusion};
+use crate::records::{LogKind, Recovered, read_log};
+use crate::signing::{PublicKey, SignedTreeHead};
+
+/// What kind of problem verification found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A file could not be read, or its header is wrong.
+    Unreadable,
+    /// A record's checksum fails (its bytes were changed).
+    Damaged,
+    /// The file ends inside a record (a crash or a cut).
+    TornTail,
+    /// A record's checksum holds but its contents do not decode.
+    Undecodable,
+    /// A delta is not where its sequence number says: deleted, inserted or reordered.
+    Sequence,
+    /// A delta names a parent that is not the previous delta's hash.
+    Chain,
+    /// A delta of another session.
+    WrongSession,
+    /// Fewer deltas than the commitment covers.
+    Truncated,
+    /// More deltas than the commitment covers.
+    Extended,
+    /// The deltas' Merkle root differs from the committed root.
+    RootMismatch,
+    /// A signed head whose signature does not verify.
+    BadSignature,
+    /// The commitment log does not match a signed head.
+    HeadMismatch,
+    /// A commitment no signed head covers.
+    Unsigned,
+    /// A session committed twice, or a commitment without its log.
+    Commitment,
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProblemKind::Unreadable => "unreadable",
+            ProblemKind::Damaged => "damaged record",
+            ProblemKind::TornTail => "torn tail",
+            ProblemKind::Undecodable => "undecodable record",
+            ProblemKind::Sequence => "sequence broken",
+            ProblemKind::Chain => "hash chain broken",
+            ProblemKind::WrongSession => "foreign delta",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::Extended => "extended after sealing",
+            ProblemKind::RootMismatch => "root mismatch",
+            ProblemKind::BadSignature => "bad signature",
+            ProblemKind::HeadMismatch => "commitment log rewritten",
+            ProblemKind::Unsigned => "unsigned commitment",
+            ProblemKind::Commitment => "commitment problem",
+        })
+    }
+}
+
+/// One thing wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// The record's position in its log (0-based), when it concerns one.
+    pub record: Option<u64>,
+    /// The record's byte offset in its file, when known.
+    pub offset: Option<u64>,
+    /// The details.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(r) = self.record {
+            write!(f, " at record #{r}")?;
+        }
+        if let Some(o) = self.offset {
+            write!(f, " (offset {o})")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+fn problem(kind: ProblemKind, record: Option<u64>, offset: Option<u64>, detail: String) -> Problem {
+    Problem {
+        kind,
+        record,
+        offset,
+        detail,
+    }
+}
+
+/// Whether a session is sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// Sealed by the commitment at this index of the commitment log.
+    Committed {
+        /// The commitment's index.
+        index: u64,
+        /// The committed size.
+        tree_size: u64,
+    },
+    /// No commitment yet (the session is still running): only the chain was checked.
+    Open,
+}
+
+/// The verdict on one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionReport {
+    /// The session.
+    pub session: String,
+    /// Records in its log.
+    pub records: u64,
+    /// How many of them are pruned (body removed by retention).
+    pub pruned: u64,
+    /// Sealed or open.
+    pub status: SessionStatus,
+    /// Everything wrong; empty means ok.
+    pub problems: Vec<Problem>,
+}
+
+/// The verdict on an audit directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Where the public key came from.
+    pub key_source: String,
+    /// Commitments in the commitment log.
+    pub commitments: u64,
+    /// Size of the largest validly signed head.
+    pub signed_size: u64,
+    /// Problems with the commitment log and the signed heads.
+    pub problems: Vec<Problem>,
+    /// One report per session checked.
+    pub sessions: Vec<SessionReport>,
+    /// Remarks that are not failures (torn tails saved by an earlier recovery).
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong anywhere.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.sessions.iter().all(|s| s.problems.is_empty())
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "public key: {}", self.key_source)?;
+        let status = if self.problems.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        writeln!(
+            f,
+            "commitment log: {status} ({} commitment(s), {} covered by a signed head)",
+            self.commitments, self.signed_size
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        for s in &self.sessions {
+            let what = match s.status {
+                SessionStatus::Committed { index, tree_size } => {
+                    format!(
+                        "{} delta(s), commitment #{index} covers {tree_size}",
+                        s.records
+                    )
+                }
+                SessionStatus::Open => format!("{} delta(s), open (not sealed yet)", s.records),
+            };
+            let pruned = if s.pruned > 0 {
+                format!(", {} pruned", s.pruned)
+            } else {
+                String::new()
+            };
+            if s.problems.is_empty() {
+                writeln!(f, "session {}: ok ({what}{pruned})", s.session)?;
+            } else {
+                writeln!(f, "session {}: FAILED ({what}{pruned})", s.session)?;
+                for p in &s.problems {
+                    writeln!(f, "  - {p}")?;
+                }
+            }
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors that stop verification before it can judge anything.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// No public key given and none in the directory.
+    #[error("no public key: pass one, or keep {path} (read it: {reason})")]
+    NoKey {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
+    /// The directory has no audit logs.
+    #[error("{0}: not an audit directory (no commitments.log and no sessions/)")]
+    NotAuditDir(PathBuf),
+    /// A session was asked for that has neither a log nor a commitment.
+    #[error("session {0}: no audit log and no commitment")]
+    UnknownSession(String),
+}
+
+struct CommitIndex {
+    by_session: HashMap<String, (u64, Commitment)>,
+    tree: MerkleLog,
+    signed: Option<SignedTreeHead>,
+}
+
+/// Verifies the audit directory `dir` (the `audit` folder of a state
+/// directory): every session, or only `session`.
+///
+/// `key` pins the public key; without it the directory's own `public-key` is
+/// used, which proves integrity only against someone who could not also
+/// replace that file (the report says which was used).
+///
+/// # Errors
+/// [`VerifyError`] when there is nothing to verify against; problems found in
+/// the logs are in the report, not errors.
+pub fn verify_dir(
+    dir: &Path,
+    session: Option<&str>,
+    key: Option<&PublicKey>,
+) -> Result<VerifyReport, VerifyError> {
+    if !commitments_path(dir).exists() && !dir.join("sessions").is_dir() {
+        return Err(VerifyError::NotAuditDir(dir.to_path_buf()));
+    }
+    let (key, key_source) = match key {
+        Some(k) => (*k, format!("{} (given)", k.to_hex())),
+        None => {
+            let path = dir.join("public-key");
+            let k = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| PublicKey::from_hex(s.trim()).map_err(|e| e.to_string()))
+                .map_err(|reason| VerifyError::NoKey {
+                    path: path.clone(),
+                    reason,
+                })?;
+            let src = format!(
+                "{} (from {}; pass --public-key to pin it)",
+                k.to_hex(),
+                path.display()
+            );
+            (k, src)
+        }
+    };
+    let mut report = VerifyReport {
+        key_source,
+        commitments: 0,
+        signed_size: 0,
+        problems: Vec::new(),
+        sessions: Vec::new(),
+        notes: Vec::new(),
+    };
+    let index = check_commitments(dir, &key, &mut report);
+
+    let mut names: Vec<String> = match session {
+        Some(s) => vec![s.to_string()],
+        None => {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join("sessions"))
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter_map(|n| n.strip_suffix(".log").map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for s in index.by_session.keys() {
+                if !v.contains(s) {
+                    v.push(s.clone());
+                }
+            }
+            v
+        }
+    };
+    names.sort();
+    if let Some(s) = session
+        && !session_log_path(dir, s).exists()
+        && !index.by_session.contains_key(s)
+    {
+        return Err(VerifyError::UnknownSession(s.to_string()));
+    }
+    for name in names {
+        report.sessions.push(check_session(dir, &name, &index));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir.join("sessions")) {
+        let mut torn: Vec<String> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.contains(".torn-"))
+            .collect();
+        torn.sort();
+        for t in torn {
+            report.notes.push(format!(
+                "sessions/{t}: a torn tail cut off by crash recovery (kept as evidence; its records were never complete)"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn framing_problems(rec: &Recovered, out: &mut Vec<Problem>) {
+    for c in &rec.corrupt {
+        out.push(problem(
+            ProblemKind::Damaged,
+            None,
+            Some(c.offset),
+            format!(
+                "checksum mismatch in a {}-byte record: its bytes were changed",
+                c.declared
+            ),
+        ));
+    }
+    if let Some(t) = &rec.tail {
+        out.push(problem(
+            ProblemKind::TornTail,
+            None,
+            Some(t.offset),
+            format!(
+                "{} byte(s) after the last complete record ({:?}): cut mid-record or damaged at the end",
+                t.len, t.reason
+            ),
+        ));
+    }
+}
+
+fn check_commitments(dir: &Path, key: &PublicKey, report: &mut VerifyReport) -> CommitIndex {
+    let mut index = CommitIndex {
+        by_session: HashMap::new(),
+        tree: MerkleLog::new(),
+        signed: None,
+    };
+    let cpath = commitments_path(dir);
+    match read_log(&cpath, LogKind::COMMITMENTS) {
+        Err(e) => report
+            .problems
+            .push(problem(ProblemKind::Unreadable, None, None, e.to_string())),
+        Ok(rec) => {
+            framing_problems(&rec, &mut report.problems);
+            for (i, r) in rec.records.iter().enumerate() {
+                let i = i as u64;
+                index.tree.append(&r.body);
+                match Commitment::decode(&r.body) {
+                    Err(e) => report.problems.push(problem(
+                        ProblemKind::Undecodable,
+                        Some(i),
+                        Some(r.offset),
+                        e.to_string(),
+                    )),
+                    Ok(c) => {
+                        if let Some((first, _)) = index.by_session.get(&c.session) {
+                            report.problems.push(problem(
+                                ProblemKind::Commitment,
+                                Some(i),
+                                Some(r.offset),
+                                format!(
+                                    "session {} is committed again (first at #{first})",
+                                    c.session
+                                ),
+                            ));
+                        } else {
+                            index.by_session.insert(c.session.clone(), (i, c));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    report.commitments = index.tree.len().0;
+
+    let hpath = heads_path(dir);
+    let heads = match read_log(&hpath, LogKind::SIGNED_HEADS) {
+        Err(e) => {
+            report
+                .problems
+                .push(problem(ProblemKind::Unreadable, None, None, e.to_string()));
+            Vec::new()
+        }
+        Ok(rec) => {
+            let mut p = Vec::new();
+            framing_problems(&rec, &mut p);
+            for x in &mut p {
+                x.detail = format!("heads.log: {}", x.detail);
+            }
+            report.problems.extend(p);
+            rec.records
+        }
+    };
+    for (i, r) in heads.iter().enumerate() {
+        let i = i as u64;
+        let head = match SignedTreeHead::from_bytes(&r.body) {
+            Ok(h) => h,
+            Err(e) => {
+                report.problems.push(problem(
+                    ProblemKind::Undecodable,
+                    Some(i),
+                    Some(r.offset),
+                    format!("signed head: {e}"),
+                ));
+                continue;
+            }
+        };
+        if let Err(e) = head.verify(key) {
+            report.problems.push(problem(
+                ProblemKind::BadSignature,
+                Some(i),
+                Some(r.offset),
+                format!(
+                    "signed head #{i} (size {}) does not verify under the public key: {e}",
+                    head.head.size
+                ),
+            ));
+            continue;
+        }
+        let size = head.head.size;
+        if size > index.tree.len().0 {
+            report.problems.push(problem(
+                ProblemKind::HeadMismatch,
+                Some(i),
+                Some(r.offset),
+                format!(
+                    "signed head #{i} covers {size} commitment(s) but the log holds {}: commitments were removed",
+                    index.tree.len().0
+                ),
+            ));
+        } else {
+            let root = index.tree.root_at(TreeSize(size)).unwrap_or_default();
+            if !root.ct_eq(&head.head.root) {
+                report.problems.push(problem(
+                    ProblemKind::HeadMismatch,
+                    Some(i),
+                    Some(r.offset),
+                    format!(
+                        "the first {size} commitment(s) hash to {root}, signed head #{i} says {}: a commitment was changed, replaced or reordered",
+                        head.head.root
+                    ),
+                ));
+            } else if index.signed.as_ref().is_none_or(|s| s.head.size <= size) {
+                index.signed = Some(head);
+            }
+        }
+    }
+    let signed = index.signed.as_ref().map_or(0, |h| h.head.size);
+    report.signed_size = signed;
+    for (session, (i, _)) in &index.by_session {
+        if *i >= signed {
+            report.problems.push(problem(
+                ProblemKind::Unsigned,
+                Some(*i),
+                None,
+                format!(
+                    "the commitment of session {session} is not covered by any valid signed head (largest: {signed})"
+                ),
+            ));
+        }
+    }
+    report.problems.sort_by_key(|p| (p.record, p.offset));
+    index
+}
+
+fn check_session(dir: &Path, name: &str, index: &CommitIndex) -> SessionReport {
+    let mut out = SessionReport {
+        session: name.to_string(),
+        records: 0,
+        pruned: 0,
+        status: SessionStatus::Open,
+        problems: Vec::new(),
+    };
+    let committed = index.by_session.get(name);
+    if let Some((i, c)) = committed {
+        out.status = SessionStatus::Committed {
+            index: *i,
+            tree_size: c.tree_size,
+        };
+    }
+    let path = session_log_path(dir, name);
+    let rec = match read_log(&path, LogKind::SESSION_DELTAS) {
+        Ok(r) => r,
+        Err(e) => {
+            out.problems.push(problem(
+                ProblemKind::Unreadable,
+                None,
+                None,
+                if committed.is_some() && !path.exists() {
+                    format!(
+                        "the session is committed but its log {} is gone",
+                        path.display()
+                    )
+                } else {
+                    e.to_string()
+                },
+            ));
+            return out;
+        }
+    };
+    framing_problems(&rec, &mut out.problems);
+    out.records = rec.records.len() as u64;
+    let mut leaves = Vec::with_capacity(rec.records.len());
+    let mut prev: Option<Hash> = None;
+    for (pos, r) in rec.records.iter().enumerate() {
+        let pos = pos as u64;
+        let at = Some(r.offset);
+        if r.body.first() == Some(&PRUNED_TAG) {
+            match decode_pruned(&r.body) {
+                Ok((seq, leaf)) => {
+                    out.pruned += 1;
+                    if seq != pos {
+                        out.problems.push(problem(
+                            ProblemKind::Sequence,
+                            Some(pos),
+                            at,
+                            format!("pruned record says seq {seq}"),
+                        ));
+                    }
+                    leaves.push(leaf);
+                    prev = Some(leaf);
+                }
+                Err(e) => {
+                    out.problems.push(problem(
+                        ProblemKind::Undecodable,
+                        Some(pos),
+                        at,
+                        e.to_string(),
+                    ));
+                    let leaf = leaf_hash(&r.body);
+                    leaves.push(leaf);
+                    prev = Some(leaf);
+                }
+            }
+            continue;
+        }
+        let leaf = leaf_hash(&r.body);
+        match Delta::decode(&r.body) {
+            Err(e) => out.problems.push(problem(
+                ProblemKind::Undecodable,
+                Some(pos),
+                at,
+                e.to_string(),
+            )),
+            Ok(d) => {
+                if d.session != name {
+                    out.problems.push(problem(
+                        ProblemKind::WrongSession,
+                        Some(pos),
+                        at,
+                        format!("the delta belongs to session {}", d.session),
+                    ));
+                }
+                if d.seq != pos {
+                    let what = if d.seq > pos {
+                        format!(
+                            "found seq {} where seq {pos} belongs: {} delta(s) before it were removed, or it was moved",
+                            d.seq,
+                            d.seq - pos
+                        )
+                    } else {
+                        format!(
+                            "found seq {} where seq {pos} belongs: the delta was duplicated or moved",
+                            d.seq
+                        )
+                    };
+                    out.problems
+                        .push(problem(ProblemKind::Sequence, Some(pos), at, what));
+                }
+                if d.parent != prev {
+                    let detail = match (&d.parent, &prev) {
+                        (None, _) => "the delta claims to be the first".to_string(),
+                        (Some(_), None) => {
+                            "the first delta names a parent: deltas before it were removed"
+                                .to_string()
+                        }
+                        (Some(p), Some(q)) => format!(
+                            "it names parent {p} but the record before it hashes to {q}: that record was changed, removed or swapped"
+                        ),
+                    };
+                    out.problems
+                        .push(problem(ProblemKind::Chain, Some(pos), at, detail));
+                }
+            }
+        }
+        leaves.push(leaf);
+        prev = Some(leaf);
+    }
+    let n = leaves.len() as u64;
+    let tree = MerkleLog::from_leaf_hashes(leaves);
+    if let Some((_, c)) = committed {
+        let root = if n < c.tree_size {
+            out.problems.push(problem(
+                ProblemKind::Truncated,
+                None,
+                None,
+                format!(
+                    "the log holds {n} delta(s) but the commitment covers {}: the tail was cut",
+                    c.tree_size
+                ),
+            ));
+            None
+        } else {
+            if n > c.tree_size {
+                out.problems.push(problem(
+                    ProblemKind::Extended,
+                    Some(c.tree_size),
+                    None,
+                    format!(
+                        "the log holds {n} delta(s) but the commitment covers {}: deltas were appended after sealing",
+                        c.tree_size
+                    ),
+                ));
+            }
+            tree.root_at(TreeSize(c.tree_size)).ok()
+        };
+        if let Some(root) = root
+            && !root.ct_eq(&c.root)
+        {
+            out.problems.push(problem(
+                ProblemKind::RootMismatch,
+                None,
+                None,
+                format!(
+                    "the deltas hash to root {root}, the commitment says {}: the log was rewritten",
+                    c.root
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// An inclusion proof of one delta, checkable offline with only the public
+/// key: the delta, its path to the committed session root, the commitment,
+/// its path to a signed head of the commitment log, and that head.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditProof {
+    /// Always `ahv-audit-proof-v1`.
+    pub format: String,
+    /// The session.
+    pub session: String,
+    /// The delta's sequence number (its leaf index).
+    pub seq: u64,
+    /// The delta's canonical bytes, hex.
+    pub delta: String,
+    /// The committed size of the session's log.
+    pub tree_size: u64,
+    /// The audit path from the delta to the session root (RFC 6962 §2.1.1), hex.
+    pub path: Vec<String>,
+    /// The commitment's bytes, hex.
+    pub commitment: String,
+    /// The commitment's index in the commitment log.
+    pub commitment_index: u64,
+    /// The signed head's bytes, hex.
+    pub head: String,
+    /// The audit path from the commitment to the head's root, hex.
+    pub head_path: Vec<String>,
+}
+
+/// The proof format tag.
+pub const PROOF_FORMAT: &str = "ahv-audit-proof-v1";
+
+/// Why a proof could not be made or does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    /// Verification of the directory found problems; proofs are only made from
+    /// a directory that verifies.
+    #[error("the audit directory does not verify:\n{0}")]
+    Unverified(Box<VerifyReport>),
+    /// Verification could not run.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The session is not sealed or its commitment not signed yet.
+    #[error("session {0}: not sealed by a signed commitment yet")]
+    NotCommitted(String),
+    /// No such delta.
+    #[error("session {session}: no delta with seq {seq} (it has {len})")]
+    NoSuchDelta {
+        /// The session.
+        session: String,
+        /// The seq asked for.
+        seq: u64,
+        /// How many it has.
+        len: u64,
+    },
+    /// The delta's body was pruned by retention.
+    #[error("session {session}: delta {seq} was pruned; only its hash is kept")]
+    Pruned {
+        /// The session.
+        session: String,
+        /// The delta.
+        seq: u64,
+    },
+    /// A proof element is malformed.
+    #[error("malformed proof: {0}")]
+    Malformed(String),
+    /// The proof does not hold.
+    #[error("the proof does not hold: {0}")]
+    Invalid(String),
+}
+
+/// Makes an inclusion proof for delta `seq` of `session` from the audit
+/// directory `dir`, after verifying the directory with `key` (or its own key).
+///
+/// # Errors
+/// [`ProofError`]: the directory does not verify, the session is not sealed
+/// and signed, the delta does not exist or was pruned.
+pub fn prove(
+    dir: &Path,
+    session: &str,
+    seq: u64,
+    key: Option<&PublicKey>,
+) -> Result<AuditProof, ProofError> {
+    let report = verify_dir(dir, Some(session), key)?;
+    if !report.ok() {
+        return Err(ProofError::Unverified(Box::new(report)));
+    }
+    let key = match key {
+        Some(k) => *k,
+        None => {
+            let s = std::fs::read_to_string(dir.join("public-key"))
+                .map_err(|e| ProofError::Malformed(e.to_string()))?;
+            PublicKey::from_hex(s.trim()).map_err(|e| ProofError::Malformed(e.to_string()))?
+        }
+    };
+    let mut scratch = VerifyReport {
+        key_source: String::new(),
+        commitments: 0,
+        signed_size: 0,
+        problems: Vec::new(),
+        sessions: Vec::new(),
+        notes: Vec::new(),
+    };
+    let index = check_commitments(dir, &key, &mut scratch);
+    let (ci, c) = index
+        .by_session
+        .get(session)
+        .cloned()
+        .ok_or_else(|| ProofError::NotCommitted(session.to_string()))?;
+    let head = index
+        .signed
+        .clone()
+        .filter(|h| h.head.size > ci)
+        .ok_or_else(|| ProofError::NotCommitted(session.to_string()))?;
+    let rec = read_log(session_log_path(dir, session), LogKind::SESSION_DELTAS)
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let body = rec
+        .records
+        .get(usize::try_from(seq).unwrap_or(usize::MAX))
+        .filter(|_| seq < c.tree_size)
+        .ok_or(ProofError::NoSuchDelta {
+            session: session.to_string(),
+            seq,
+            len: c.tree_size,
+        })?
+        .body
+        .clone();
+    if body.first() == Some(&PRUNED_TAG) {
+        return Err(ProofError::Pruned {
+            session: session.to_string(),
+            seq,
+        });
+    }
+    let leaves: Vec<Hash> = rec
+        .records
+        .iter()
+        .take(usize::try_from(c.tree_size).unwrap_or(usize::MAX))
+        .map(|r| {
+            if r.body.first() == Some(&PRUNED_TAG) {
+                decode_pruned(&r.body).map_or_else(|_| leaf_hash(&r.body), |(_, h)| h)
+            } else {
+                leaf_hash(&r.body)
+            }
+        })
+        .collect();
+    let tree = MerkleLog::from_leaf_hashes(leaves);
+    let path = tree
+        .inclusion_proof(LeafIndex(seq), TreeSize(c.tree_size))
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let head_path = index
+        .tree
+        .inclusion_proof(LeafIndex(ci), TreeSize(head.head.size))
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
+    Ok(AuditProof {
+        format: PROOF_FORMAT.to_string(),
+        session: session.to_string(),
+        seq,
+        delta: hex::encode(&body),
+        tree_size: c.tree_size,
+        path: path.path.iter().map(Hash::to_hex).collect(),
+        commitment: hex::encode(c.encode()),
+        commitment_index: ci,
+        head: hex::encode(head.to_bytes()),
+        head_path: head_path.path.iter().map(Hash::to_hex).collect(),
+    })
+}
+
+impl AuditProof {
+    /// Checks the proof with nothing but `key`: the delta is leaf `seq` of a
+    /// tree of `tree_size` whose root the commitment states; the commitment is
+    /// leaf `commitment_index` of the commitment log whose head `key` signed.
+    /// Returns the proven delta.
+    ///
+    /// # Errors
+    /// [`ProofError::Malformed`] or [`ProofError::Invalid`] naming the step
+    /// that fails.
+    pub fn verify(&self, key: &PublicKey) -> Result<Delta, ProofError> {
+        let bad = |what: &str, e: &dyn fmt::Display| ProofError::Malformed(format!("{what}: {e}"));
+        if self.format != PROOF_FORMAT {
+            return Err(ProofError::Malformed(format!(
+                "format {:?}, expected {PROOF_FORMAT}",
+                self.format
+            )));
+        }
+        let delta_bytes = hex::decode(&self.delta).map_err(|e| bad("delta", &e))?;
+        let delta = Delta::decode(&delta_bytes).map_err(|e| bad("delta", &e))?;
+        if delta.session != self.session || delta.seq != self.seq {
+            return Err(ProofError::Invalid(format!(
+                "the delta is #{} of session {}, the proof claims #{} of {}",
+                delta.seq, delta.session, self.seq, self.session
+            )));
+        }
+        let c_bytes = hex::decode(&self.commitment).map_err(|e| bad("commitment", &e))?;
+        let c = Commitment::decode(&c_bytes).map_err(|e| bad("commitment", &e))?;
+        if c.session != self.session || c.tree_size != self.tree_size {
+            return Err(ProofError::Invalid(format!(
+                "the commitment is for session {} with {} deltas, the proof claims {} with {}",
+                c.session, c.tree_size, self.session, self.tree_size
+            )));
+        }
+        let hashes = |v: &[String], what: &str| -> Result<Vec<Hash>, ProofError> {
+            v.iter()
+                .map(|h| Hash::from_hex(h).map_err(|e| bad(what, &e)))
+                .collect()
+        };
+        let path = InclusionProof {
+            index: LeafIndex(self.seq),
+            size: TreeSize(self.tree_size),
+            path: hashes(&self.path, "path")?,
+        };
+        verify_inclusion(&leaf_hash(&delta_bytes), &path, &c.root).map_err(|e| {
+            ProofError::Invalid(format!("the delta is not in the committed tree: {e}"))
+        })?;
+        let head_bytes = hex::decode(&self.head).map_err(|e| bad("head", &e))?;
+        let head = SignedTreeHead::from_bytes(&head_bytes).map_err(|e| bad("head", &e))?;
+        head.verify(key)
+            .map_err(|e| ProofError::Invalid(format!("the head's signature: {e}")))?;
+        let head_path = InclusionProof {
+            index: LeafIndex(self.commitment_index),
+            size: TreeSize(head.head.size),
+            path: hashes(&self.head_path, "head_path")?,
+        };
+        verify_inclusion(&leaf_hash(&c_bytes), &head_path, &head.head.root).map_err(|e| {
+            ProofError::Invalid(format!(
+                "the commitment is not in the signed commitment log: {e}"
+            ))
+        })?;
+        Ok(delta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ahv_core::{AgentId, EventBus, EventPayload, FakeClock, SessionId, TraceId};
+
+    use super::*;
+    use crate::auditor::{AuditConfig, Auditor};
+    use crate::records::{Durability, rewrite_log};
+    use crate::signing::{FakeWallClock, HypervisorKey, TreeHead};
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        key: PublicKey,
+    }
+
+    fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, _) = Auditor::open(
+            dir,
+            AuditConfig {
+                durability,
+                ..AuditConfig::default()
+            },
+            clock.clone(),
+            Arc::new(FakeWallClock::new(1_700_000_000_000)),
+        )
+        .unwrap();
+        let bus = Arc::new(EventBus::new(1024, clock));
+        auditor.attach(&bus);
+        (auditor, bus)
+    }
+
+    fn write(bus: &EventBus, s: &SessionId, i: u64) {
+        bus.emit(
+            Some(s),
+            Some(&AgentId::new("did:ex:writer").unwrap()),
+            TraceId(u128::from(i) + 1),
+            None,
+            EventPayload::VfsWrite {
+                path: format!("shared/f{i}.txt"),
+                op: "write".into(),
+                size: i,
+                before: None,
+                after: Some([i as u8; 32]),
+            },
+        );
+    }
+
+    /// Two sealed sessions of 6 and 3 deltas, all signed.
+    fn fixture(durability: Durability) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, durability);
+        let a = SessionId::new("s-a").unwrap();
+        let b = SessionId::new("s-b").unwrap();
+        for i in 0..6 {
+            write(&bus, &a, i);
+        }
+        for i in 0..3 {
+            write(&bus, &b, i);
+        }
+        auditor.seal(&a).unwrap();
+        auditor.seal(&b).unwrap();
+        let head = auditor.close().unwrap().expect("a signed head");
+        assert_eq!(head.head.size, 2);
+        let key = *auditor.public_key();
+        Fixture {
+            _tmp: tmp,
+            dir,
+            key,
+        }
+    }
+
+    fn log_a(f: &Fixture) -> PathBuf {
+        session_log_path(&f.dir, "s-a")
+    }
+
+    fn bodies(path: &Path, kind: LogKind) -> Vec<Vec<u8>> {
+        read_log(path, kind)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    }
+
+    fn kinds(r: &VerifyReport, session: &str) -> Vec<ProblemKind> {
+        r.sessions
+            .iter()
+            .find(|s| s.session == session)
+            .unwrap()
+            .problems
+            .iter()
+            .map(|p| p.kind)
+            .collect()
+    }
+
+    fn verify(f: &Fixture) -> VerifyReport {
+        verify_dir(&f.dir, None, Some(&f.key)).unwrap()
+    }
+
+    #[test]
+    fn a_clean_directory_verifies_under_every_durability_policy() {
+        for d in [
+            Durability::EveryRecord,
+            Durability::OnClose,
+            Durability::default(),
+        ] {
+            let f = fixture(d);
+            let r = verify(&f);
+            assert!(r.ok(), "{d:?}:\n{r}");
+            assert_eq!(r.commitments, 2);
+            assert_eq!(r.signed_size, 2);
+            // Each session: its writes plus an audit of nothing else.
+            let a = r.sessions.iter().find(|s| s.session == "s-a").unwrap();
+            assert_eq!(a.records, 6);
+            assert_eq!(
+                a.status,
+                SessionStatus::Committed {
+                    index: 0,
+                    tree_size: 6
+                }
+            );
+            assert!(r.to_string().contains("session s-a: ok"), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_chain_links_each_delta_to_the_previous_one() {
+        let f = fixture(Durability::EveryRecord);
+        let b = bodies(&log_a(&f), LogKind::SESSION_DELTAS);
+        let d: Vec<Delta> = b.iter().map(|x| Delta::decode(x).unwrap()).collect();
+        assert_eq!(d[0].parent, None);
+        for i in 1..d.len() {
+            assert_eq!(d[i].parent, Some(leaf_hash(&b[i - 1])));
+            assert_eq!(d[i].seq, i as u64);
+        }
+        assert_eq!(d[2].kind, "vfs.write");
+        assert_eq!(
+            d[2].field("path"),
+            Some(&crate::delta::Value::Text("shared/f2.txt".into()))
+        );
+    }
+
+    #[test]
+    fn a_changed_byte_is_caught_by_its_checksum_at_its_offset() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let rec = read_log(&path, LogKind::SESSION_DELTAS).unwrap();
+        let target = &rec.records[2];
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[usize::try_from(target.offset).unwrap() + 8 + 20] ^= 0x01;
+        std::fs::write(&path, raw).unwrap();
+        let r = verify(&f);
+        assert!(!r.ok());
+        let a = r.sessions.iter().find(|s| s.session == "s-a").unwrap();
+        assert!(
+            a.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::Damaged && p.offset == Some(target.offset)),
+            "{r}"
+        );
+        assert!(
+            kinds(&r, "s-b").is_empty(),
+            "the other session is untouched"
+        );
+    }
+
+    #[test]
+    fn a_changed_delta_with_a_fixed_checksum_breaks_the_chain_after_it() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
+        let last = b[2].len() - 1;
+        b[2][last] ^= 0x01; // inside the `after` hash of delta 2
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        let r = verify(&f);
+        let a = r.sessions.iter().find(|s| s.session == "s-a").unwrap();
+        assert!(
+            a.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::Chain && p.record == Some(3)),
+            "{r}"
+        );
+        assert!(kinds(&r, "s-a").contains(&ProblemKind::RootMismatch));
+    }
+
+    #[test]
+    fn a_changed_last_delta_is_caught_by_the_root() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
+        let last = b[5].len() - 1;
+        b[5][last] ^= 0x01;
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        assert_eq!(kinds(&verify(&f), "s-a"), vec![ProblemKind::RootMismatch]);
+    }
+
+    #[test]
+    fn a_deleted_delta_is_named() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
+        b.remove(3);
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        let r = verify(&f);
+        let k = kinds(&r, "s-a");
+        assert!(k.contains(&ProblemKind::Sequence), "{r}");
+        assert!(k.contains(&ProblemKind::Chain), "{r}");
+        assert!(k.contains(&ProblemKind::Truncated), "{r}");
+        assert!(
+            r.to_string().contains("found seq 4 where seq 3 belongs"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn swapped_deltas_are_named() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
+        b.swap(1, 4);
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        let r = verify(&f);
+        let a = r.sessions.iter().find(|s| s.session == "s-a").unwrap();
+        let seq: Vec<_> = a
+            .problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::Sequence)
+            .map(|p| p.record)
+            .collect();
+        assert_eq!(seq, vec![Some(1), Some(4)], "{r}");
+        assert!(kinds(&r, "s-a").contains(&ProblemKind::RootMismatch));
+    }
+
+    #[test]
+    fn a_truncated_tail_is_caught_by_the_committed_size() {
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let b = bodies(&path, LogKind::SESSION_DELTAS);
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b[..4]).unwrap();
+        assert_eq!(kinds(&verify(&f), "s-a"), vec![ProblemKind::Truncated]);
+        // Cutting inside the last record is a torn tail, plus the truncation.
+        let f = fixture(Durability::EveryRecord);
+        let path = log_a(&f);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len - 5).unwrap();
+        let k = kinds(&verify(&f), "s-a");
+        assert_eq!(k, vec![ProblemKind::TornTail, ProblemKind::Truncated]);
+    }
+
+    /// An attacker rewrites a session's whole chain consistently (every
+    /// checksum, seq and parent right): only the commitment catches it.
+    fn rewrite_chain(f: &Fixture) -> Vec<Vec<u8>> {
+        let path = log_a(f);
+        let b = bodies(&path, LogKind::SESSION_DELTAS);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for body in &b {
+            let mut d = Delta::decode(body).unwrap();
+            d.agent = Some("did:ex:someone-else".into());
+            d.parent = out.last().map(|p| leaf_hash(p));
+            out.push(d.encode());
+        }
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_consistent_rewrite_of_the_whole_chain_is_caught_by_the_commitment() {
+        let f = fixture(Durability::EveryRecord);
+        rewrite_chain(&f);
+        let r = verify(&f);
+        assert_eq!(kinds(&r, "s-a"), vec![ProblemKind::RootMismatch], "{r}");
+    }
+
+    #[test]
+    fn a_replaced_commitment_is_caught_by_the_signed_head() {
+        let f = fixture(Durability::EveryRecord);
+        let forged = rewrite_chain(&f);
+        let cpath = commitments_path(&f.dir);
+        let mut cs = bodies(&cpath, LogKind::COMMITMENTS);
+        let mut c = Commitment::decode(&cs[0]).unwrap();
+        c.root = MerkleLog::from_leaf_hashes(forged.iter().map(|d| leaf_hash(d)).collect()).root();
+        cs[0] = c.encode();
+        rewrite_log(&cpath, LogKind::COMMITMENTS, &cs).unwrap();
+        let r = verify(&f);
+        assert!(
+            kinds(&r, "s-a").is_empty(),
+            "the session now matches its commitment"
+        );
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::HeadMismatch),
+            "{r}"
+        );
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn a_removed_commitment_is_caught_by_the_signed_size() {
+        let f = fixture(Durability::EveryRecord);
+        let cpath = commitments_path(&f.dir);
+        let cs = bodies(&cpath, LogKind::COMMITMENTS);
+        rewrite_log(&cpath, LogKind::COMMITMENTS, &cs[..1]).unwrap();
+        let r = verify(&f);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::HeadMismatch
+                    && p.detail
+                        .contains("covers 2 commitment(s) but the log holds 1")),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_head_signed_by_another_key_is_caught_and_so_is_a_pinned_key_mismatch() {
+        let f = fixture(Durability::EveryRecord);
+        let hpath = heads_path(&f.dir);
+        let hs = bodies(&hpath, LogKind::SIGNED_HEADS);
+        let real = SignedTreeHead::from_bytes(hs.last().unwrap()).unwrap();
+        let other = HypervisorKey::from_seed([9; 32]);
+        let forged = other.sign_head(&TreeHead { ..real.head });
+        rewrite_log(&hpath, LogKind::SIGNED_HEADS, [forged.to_bytes()]).unwrap();
+        let r = verify(&f);
+        let k: Vec<_> = r.problems.iter().map(|p| p.kind).collect();
+        assert!(k.contains(&ProblemKind::BadSignature), "{r}");
+        assert!(k.contains(&ProblemKind::Unsigned), "{r}");
+        // Verifying with the forger's key accepts the forged head: which is
+        // why the key should be pinned, not read from the directory.
+        let r = verify_dir(&f.dir, None, Some(&other.public_key())).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn verifying_one_session_and_naming_an_unknown_one() {
+        let f = fixture(Durability::EveryRecord);
+        let r = verify_dir(&f.dir, Some("s-b"), Some(&f.key)).unwrap();
+        assert_eq!(r.sessions.len(), 1);
+        assert!(r.ok());
+        assert!(matches!(
+            verify_dir(&f.dir, Some("s-zz"), Some(&f.key)),
+            Err(VerifyError::UnknownSession(s)) if s == "s-zz"
+        ));
+        // Without a pinned key the directory's own key is used, and said so.
+        let r = verify_dir(&f.dir, None, None).unwrap();
+        assert!(r.ok());
+        assert!(r.key_source.contains("pass --public-key"));
+    }
+
+    #[test]
+    fn an_inclusion_proof_verifies_offline_and_any_change_breaks_it() {
+        let f = fixture(Durability::EveryRecord);
+        let p = prove(&f.dir, "s-a", 4, Some(&f.key)).unwrap();
+        let d = p.verify(&f.key).unwrap();
+        assert_eq!((d.seq, d.session.as_str()), (4, "s-a"));
+        let json = serde_json::to_string(&p).unwrap();
+        let back: AuditProof = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.verify(&f.key).unwrap(), d);
+        let other = HypervisorKey::from_seed([9; 32]).public_key();
+        assert!(matches!(p.verify(&other), Err(ProofError::Invalid(_))));
+        for field in 0..5 {
+            let mut m = p.clone();
+            let flip = |s: &mut String| {
+                let c = if s.ends_with('0') { '1' } else { '0' };
+                s.pop();
+                s.push(c);
+            };
+            match field {
+                0 => flip(&mut m.delta),
+                1 => flip(&mut m.path[0]),
+                2 => flip(&mut m.commitment),
+                3 => flip(&mut m.head),
+                _ => m.seq = 3,
+            }
+            assert!(m.verify(&f.key).is_err(), "field {field}");
+        }
+        assert!(matches!(
+            prove(&f.dir, "s-a", 6, Some(&f.key)),
+            Err(ProofError::NoSuchDelta { len: 6, .. })
+        ));
+        rewrite_chain(&f);
+        assert!(matches!(
+            prove(&f.dir, "s-a", 1, Some(&f.key)),
+            Err(ProofError::Unverified(_))
+        ));
+    }
+
+    #[test]
+    fn pruned_bodies_keep_the_commitment_verifiable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-p").unwrap();
+        for i in 0..5 {
+            write(&bus, &s, i);
+        }
+        assert!(matches!(
+            auditor.prune("s-p"),
+            Err(AuditError::NotSealed(_))
+        ));
+        auditor.seal(&s).unwrap();
+        assert_eq!(auditor.prune("s-p").unwrap(), 5);
+        assert_eq!(auditor.prune("s-p").unwrap(), 0, "already pruned");
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, Some(auditor.public_key())).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.sessions[0].pruned, 5);
+        assert!(matches!(
+            prove(&dir, "s-p", 2, None),
+            Err(ProofError::Pruned { seq: 2, .. })
+        ));
+        // A changed leaf hash in a pruned record is still caught.
+        let path = session_log_path(&dir, "s-p");
+        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
+        b[4][40] ^= 1;
+        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        let r = verify_dir(&dir, None, Some(auditor.public_key())).unwrap();
+        assert_eq!(kinds(&r, "s-p"), vec![ProblemKind::RootMismatch]);
+    }
+
+    use crate::auditor::AuditError;
+
+    #[test]
+    fn events_after_sealing_are_late_and_sealing_twice_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::default());
+        let s = SessionId::new("s-l").unwrap();
+        write(&bus, &s, 0);
+        let receipt = auditor.seal(&s).unwrap();
+        assert_eq!(receipt.commitment.tree_size, 1);
+        write(&bus, &s, 1);
+        assert_eq!(auditor.stats().late, 1);
+        assert!(matches!(
+            auditor.seal(&s),
+            Err(AuditError::AlreadySealed(_))
+        ));
+        // Events without a session and the auditor's own are not captured.
+        bus.emit(None, None, TraceId(0), None, EventPayload::SessionArchived);
+        assert_eq!(auditor.stats().captured, 1);
+        // The bus saw audit.delta_captured for the write and audit.committed.
+        let q = ahv_core::EventQuery::default();
+        let names: Vec<_> = bus.query(&q).iter().map(|e| e.kind().name()).collect();
+        assert!(names.contains(&"audit.delta_captured"), "{names:?}");
+        assert!(names.contains(&"audit.committed"), "{names:?}");
+        auditor.close().unwrap();
+        assert!(verify_dir(&dir, None, None).unwrap().ok());
+    }
+
+    #[test]
+    fn an_unsealed_session_left_by_a_crash_is_sealed_on_reopen_and_a_torn_tail_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            let s = SessionId::new("s-c").unwrap();
+            for i in 0..4 {
+                write(&bus, &s, i);
+            }
+            auditor.close().unwrap();
+        }
+        // The crash tore the last record.
+        let path = session_log_path(&dir, "s-c");
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert_eq!(kinds(&r, "s-c"), vec![ProblemKind::TornTail]);
+        assert_eq!(r.sessions[0].status, SessionStatus::Open);
+
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, report) = Auditor::open(
+            &dir,
+            AuditConfig::default(),
+            clock,
+            Arc::new(FakeWallClock::new(1)),
+        )
+        .unwrap();
+        assert_eq!(report.torn.len(), 1);
+        assert_eq!(report.torn[0].0, path);
+        assert!(report.torn[0].1.saved_to.as_ref().unwrap().exists());
+        assert_eq!(report.sealed_on_recovery, vec![("s-c".to_string(), 3)]);
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert!(r.notes.iter().any(|n| n.contains(".torn-")), "{r}");
+    }
+
+    #[test]
+    fn group_commit_reaches_the_disk_within_the_delay_without_a_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(
+            &dir,
+            Durability::GroupCommit {
+                max_records: 1000,
+                max_delay: Duration::from_millis(5),
+            },
+        );
+        let s = SessionId::new("s-g").unwrap();
+        for i in 0..3 {
+            write(&bus, &s, i);
+        }
+        let path = session_log_path(&dir, "s-g");
+        // Generous bound: the flusher ticks every 5 ms.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read_log(&path, LogKind::SESSION_DELTAS).map_or(0, |r| r.records.len()) < 3 {
+            assert!(std::time::Instant::now() < deadline, "not flushed in 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(auditor);
+    }
+
+    use std::time::Duration;
+}
