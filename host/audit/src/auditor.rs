@@ -269,6 +269,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     wall: Arc<dyn WallClock>,
     sessions: RwLock<HashMap<SessionId, Arc<SessionLog>>>,
+    /// Sessions created with auditing off.
+    excluded: Mutex<std::collections::HashSet<SessionId>>,
     dirty: Mutex<Vec<Arc<SessionLog>>>,
     commits: Arc<CommitLog>,
     signer: OnceLock<BatchSigner>,
@@ -358,6 +360,7 @@ impl Auditor {
             clock,
             wall: wall.clone(),
             sessions: RwLock::new(HashMap::new()),
+            excluded: Mutex::new(std::collections::HashSet::new()),
             dirty: Mutex::new(Vec::new()),
             commits: commits.clone(),
             signer: OnceLock::new(),
@@ -414,6 +417,17 @@ impl Auditor {
         if self.shared.bus.set((Arc::downgrade(bus), id)).is_err() {
             bus.unsubscribe(id);
         }
+    }
+
+    /// Stops auditing `session` (created with auditing off): its events are
+    /// not captured until [`Auditor::include`]. Call before its first event.
+    pub fn exclude(&self, session: &SessionId) {
+        lock(&self.shared.excluded).insert(session.clone());
+    }
+
+    /// Forgets an [`Auditor::exclude`] (when the session is gone).
+    pub fn include(&self, session: &SessionId) {
+        lock(&self.shared.excluded).remove(session);
     }
 
     /// The public key that verifies this auditor's signed heads.
@@ -616,7 +630,9 @@ impl Shared {
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).sessions.contains_key(id.as_str()) {
+        if lock(&self.commits.state).sessions.contains_key(id.as_str())
+            || lock(&self.excluded).contains(id)
+        {
             return None;
         }
         let log = Arc::new(SessionLog {
@@ -639,6 +655,9 @@ impl Shared {
             return None;
         }
         let Some(log) = self.session_log(session) else {
+            if lock(&self.excluded).contains(session) {
+                return None;
+            }
             self.late.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
             return None;

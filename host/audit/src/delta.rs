@@ -63,7 +63,7 @@ impl fmt::Display for Value {
             Value::Text(t) => write!(f, "{t:?}"),
             Value::Uint(n) => write!(f, "{n}"),
             Value::Real(x) => write!(f, "{x}"),
-            Value::Ring(r) => write!(f, "ring {r}"),
+            Value::Ring(r) => write!(f, "{r}"),
             Value::Duration(ns) => write!(f, "{:?}", Duration::from_nanos(*ns)),
             Value::Hash(Some(h)) => write!(f, "{h}"),
             Value::Hash(None) => f.write_str("-"),

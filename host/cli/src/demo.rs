@@ -64,16 +64,16 @@ impl Demo {
 }
 
 pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
-    let tmp;
     let root = match state_dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             d
         }
-        None => {
-            tmp = tempfile::Builder::new().prefix("ahv-demo-").tempdir()?;
-            tmp.path().to_path_buf()
-        }
+        // Kept afterwards: the audit log in it is there to be verified.
+        None => tempfile::Builder::new()
+            .prefix("ahv-demo-")
+            .tempdir()?
+            .keep(),
     };
     // A short deadline for ring 3, so the sleeping agent below is visibly cut
     // off by time; everything else is the default ring table.
@@ -103,8 +103,9 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
     };
 
     println!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.");
-    crate::session_demo::session_demo(&root.join("state"), crate::default_cache_dir().as_deref())
-        .await?;
+    let state = root.join("state");
+    let public_key =
+        crate::session_demo::session_demo(&state, crate::default_cache_dir().as_deref()).await?;
 
     println!("\nPart 2: a tour of single agents, useful and hostile, each in its ring");
     println!("Agent files live under {}", root.display());
@@ -242,6 +243,12 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
 
     let n = d.breaches.lock().unwrap_or_else(|p| p.into_inner()).len();
     println!("\nDone: {n} ring breach(es) recorded; every hostile agent was stopped by the host.");
+    if let Some(key) = public_key {
+        println!(
+            "\nEvery governed action of the session is in a tamper-evident audit log. Verify it offline:\n   ahv audit verify {} --public-key {key}",
+            state.display()
+        );
+    }
     Ok(0)
 }
 

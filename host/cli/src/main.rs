@@ -1,5 +1,6 @@
 //! `ahv`: run, inspect and demo governed Wasm agents.
 
+mod audit_cmd;
 mod demo;
 mod session_demo;
 
@@ -37,6 +38,7 @@ Exit codes of `ahv run`:
   18 host call too large (the agent passed more data to one host call than its ring allows)
 
 Try:  ahv demo                       (the example agents, hostile ones included)
+      ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
       ahv agents                     (where the built example agents are)
       ahv run <hello.wasm> --ring 3 --input Ada";
 
@@ -60,12 +62,19 @@ enum Command {
     },
     /// Run the example agents (useful and hostile) and narrate what happens.
     Demo {
-        /// Keep the agents' files here instead of a temporary directory.
+        /// Keep the agents' files and the audit log here. Default: a new
+        /// directory `ahv-demo-*` under the system temporary directory, kept
+        /// afterwards so its audit log can be verified.
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
     /// List the built-in example agents and where their components are.
     Agents,
+    /// Check, read and prove from the tamper-evident audit log of a state directory.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
                 agents();
                 Ok(0)
             }
+            Command::Audit { cmd } => audit_cmd::audit(cmd),
         }
     });
     match code {

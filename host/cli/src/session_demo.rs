@@ -92,14 +92,24 @@ async fn run(hv: &Hypervisor, s: &ahv_core::SessionId, agent: &AgentId, input: &
     }
 }
 
-/// Runs the session demo with its state under `state_dir`.
-pub(crate) async fn session_demo(state_dir: &Path, cache: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the session demo with its state under `state_dir`; returns the audit
+/// log's public key (hex).
+pub(crate) async fn session_demo(
+    state_dir: &Path,
+    cache: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
     let mut b = Hypervisor::builder().state_dir(state_dir).max_instances(32);
     if let Some(c) = cache {
         b = b.cache_dir(c);
     }
     let hv = b.build().context("building the hypervisor")?;
-    hv.events().subscribe(|e: &Event| show(e));
+    // Every governed event is also followed by its `audit.delta_captured`;
+    // the narration leaves those out.
+    hv.events().subscribe(|e: &Event| {
+        if e.kind() != ahv_core::EventKind::AuditDeltaCaptured {
+            show(e);
+        }
+    });
 
     println!("\nPart 1: a shared session");
     println!("   state directory: {}", state_dir.display());
@@ -177,5 +187,23 @@ pub(crate) async fn session_demo(state_dir: &Path, cache: Option<&Path>) -> anyh
         snap.id,
         state_dir.join("sessions").join(s.as_str()).display()
     );
-    Ok(())
+    if let Some(c) = &t.commitment {
+        println!(
+            "   its audit log is sealed: commitment #{} over {} delta(s), Merkle root {}…",
+            c.index,
+            c.commitment.tree_size,
+            &c.commitment.root.to_hex()[..16]
+        );
+    }
+    let head = hv
+        .shutdown()
+        .context("flushing and signing the audit log")?;
+    if let Some(h) = head {
+        println!(
+            "   commitment log head signed: {} commitment(s), root {}…",
+            h.head.size,
+            &h.head.root.to_hex()[..16]
+        );
+    }
+    Ok(hv.audit().map(|a| a.public_key().to_hex()))
 }

@@ -15,6 +15,15 @@
 //!   same bytes written and read natively with cap-std: `native_plain`
 //!   (`Dir::write` + `Dir::read`) and `native_atomic` (what the VFS does
 //!   underneath: temporary file, `sync_data`, rename, read).
+//! - `session_lifecycle/hypervisor_unaudited`: the lifecycle with the audit
+//!   log off, to show what auditing (a delta per event, a commitment at
+//!   termination) costs.
+//! - `full_pipeline/*`: the Python reference's `full_governance_pipeline`:
+//!   create, join σ = 0.8, activate, 3 governed actions (shared-state writes,
+//!   each a delta), one agent step, terminate with root + commitment
+//!   appended. `no_wasm`: the step is one more governed state write by the
+//!   agent, host-side (no saga engine yet); `wasm`: the agent (`pinger`) is
+//!   instantiated at join and the step is a `run` call inside it.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench session`.
 
@@ -23,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, SessionId};
+use ahv_governance::files::Caller;
 use ahv_governance::session::SessionConfig;
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_hypervisor::{Hypervisor, JoinRequest};
@@ -52,20 +62,75 @@ fn lifecycle(c: &mut Criterion) {
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let mut g = c.benchmark_group("session_lifecycle");
-    g.bench_function("hypervisor", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let s = hv
-                    .create_session(SessionConfig::default(), creator.clone())
-                    .unwrap();
-                hv.join_session(&s, JoinRequest::new(agent.clone(), 0.8))
-                    .await
-                    .unwrap();
-                hv.activate_session(&s).unwrap();
-                hv.terminate_session(&s).unwrap();
+    for (name, hv) in [
+        ("hypervisor", &hv),
+        (
+            "hypervisor_unaudited",
+            &Hypervisor::builder()
+                .state_dir(state.path().join("unaudited"))
+                .without_audit()
+                .build()
+                .unwrap(),
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let s = hv
+                        .create_session(SessionConfig::default(), creator.clone())
+                        .unwrap();
+                    hv.join_session(&s, JoinRequest::new(agent.clone(), 0.8))
+                        .await
+                        .unwrap();
+                    hv.activate_session(&s).unwrap();
+                    hv.terminate_session(&s).unwrap()
+                })
             })
-        })
-    });
+        });
+    }
+    g.finish();
+}
+
+fn full_pipeline(c: &mut Criterion) {
+    let state = tempfile::tempdir().unwrap();
+    let hv = hypervisor(state.path());
+    let rt = rt();
+    let component = hv.load(ahv_agents::PINGER).unwrap();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let mut g = c.benchmark_group("full_pipeline");
+    for wasm in [false, true] {
+        let name = if wasm { "wasm" } else { "no_wasm" };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let s = hv
+                        .create_session(SessionConfig::default(), creator.clone())
+                        .unwrap();
+                    let mut req = JoinRequest::new(agent.clone(), 0.8);
+                    if wasm {
+                        req = req.component(component.clone());
+                    }
+                    let ring = hv.join_session(&s, req).await.unwrap();
+                    hv.activate_session(&s).unwrap();
+                    let core = hv.session_core(&s).unwrap();
+                    let who = Caller::untraced(&agent, ring);
+                    for (i, key) in ["file-0", "file-1", "file-2"].iter().enumerate() {
+                        core.state_put(who, key, &[i as u8; 32], 0).unwrap();
+                    }
+                    if wasm {
+                        let out = hv.run_agent(&s, &agent, "ping").await.unwrap();
+                        assert_eq!(out.result.as_deref(), Ok("pong"));
+                    } else {
+                        core.state_put(who, "draft", b"done", 0).unwrap();
+                    }
+                    let t = hv.terminate_session(&s).unwrap();
+                    assert!(t.commitment.is_some());
+                    t
+                })
+            })
+        });
+    }
     g.finish();
 }
 
@@ -156,6 +221,6 @@ fn vfs_1k(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = lifecycle, join_wasm, vfs_1k
+    targets = lifecycle, join_wasm, vfs_1k, full_pipeline
 }
 criterion_main!(benches);

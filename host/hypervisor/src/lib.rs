@@ -53,6 +53,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use ahv_audit::{
+    AuditConfig, AuditError, Auditor, RecoveryReport, SealReceipt, SignedTreeHead, SystemWallClock,
+    audit_dir,
+};
 use ahv_core::event::{EventBus, EventPayload, TerminationReason};
 use ahv_core::{
     ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
@@ -114,6 +118,9 @@ pub enum HypervisorError {
     /// The hypervisor could not be set up.
     #[error("setup: {0}")]
     Setup(String),
+    /// The audit log failed (opening it, or flushing and signing it).
+    #[error("audit: {0}")]
+    Audit(#[from] AuditError),
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -186,6 +193,9 @@ pub struct Termination {
     pub reason: TerminationReason,
     /// Participants at the end.
     pub participants: usize,
+    /// The commitment sealing its audit log (`None` with auditing off, or if
+    /// sealing failed — which is logged).
+    pub commitment: Option<SealReceipt>,
 }
 
 /// Builds a [`Hypervisor`]. A state directory is required; everything else
@@ -207,6 +217,7 @@ pub struct HypervisorBuilder {
     cache_dir: Option<PathBuf>,
     max_instances: u32,
     breach_hook: Option<Arc<dyn BreachRecorder>>,
+    audit: Option<AuditConfig>,
 }
 
 impl Default for HypervisorBuilder {
@@ -225,11 +236,27 @@ impl Default for HypervisorBuilder {
             cache_dir: None,
             max_instances: 1000,
             breach_hook: None,
+            audit: Some(AuditConfig::default()),
         }
     }
 }
 
 impl HypervisorBuilder {
+    /// How the audit log under `<state>/audit` persists and signs (on by
+    /// default with [`AuditConfig::default`]: group commit, heads signed
+    /// within 100 ms).
+    pub fn audit(mut self, config: AuditConfig) -> Self {
+        self.audit = Some(config);
+        self
+    }
+
+    /// No audit log at all (sessions' `audit` setting is then moot). For
+    /// embedders that audit elsewhere; the default keeps one.
+    pub fn without_audit(mut self) -> Self {
+        self.audit = None;
+        self
+    }
+
     /// Where sessions keep their files (`<dir>/sessions/<id>/…`). Required.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
@@ -347,8 +374,29 @@ impl HypervisorBuilder {
                 b.build()?
             }
         };
+        let (audit, recovery) = match self.audit {
+            Some(config) => {
+                let (auditor, report) = Auditor::open(
+                    &audit_dir(&state_dir),
+                    config,
+                    self.clock.clone(),
+                    Arc::new(SystemWallClock),
+                )?;
+                for (path, tail) in &report.torn {
+                    tracing::warn!(path = %path.display(), offset = tail.offset, len = tail.len, saved_to = ?tail.saved_to, "audit log had a torn tail (crash); cut and kept aside");
+                }
+                for (session, n) in &report.sealed_on_recovery {
+                    tracing::warn!(%session, deltas = n, "sealed an audit log left open by an earlier process");
+                }
+                auditor.attach(&events);
+                (Some(auditor), report)
+            }
+            None => (None, RecoveryReport::default()),
+        };
         Ok(Hypervisor {
             inner: Arc::new(Inner {
+                audit,
+                recovery,
                 runtime,
                 state_dir,
                 sessions_dir: Arc::new(sessions_dir),
@@ -377,6 +425,7 @@ struct AgentSlot {
 }
 
 struct SessionEntry {
+    audited: bool,
     gov: Mutex<Session>,
     core: Arc<SessionCore>,
     agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
@@ -388,6 +437,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Inner {
+    // First field: dropped (closed: flushed and signed) before the rest.
+    audit: Option<Auditor>,
+    recovery: RecoveryReport,
     runtime: Runtime,
     state_dir: PathBuf,
     sessions_dir: Arc<Dir>,
@@ -440,6 +492,30 @@ impl Hypervisor {
     /// The runtime that runs the agents.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
+    }
+
+    /// The audit log, unless built [`without_audit`](HypervisorBuilder::without_audit).
+    pub fn audit(&self) -> Option<&Auditor> {
+        self.inner.audit.as_ref()
+    }
+
+    /// What opening the audit log found: torn tails cut off, sessions an
+    /// earlier process left unsealed (sealed now).
+    pub fn audit_recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// Writes and syncs the audit log and signs its final head; returns the
+    /// head (`None` without audit or before any session was sealed). Dropping
+    /// the last handle does the same, ignoring errors.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Audit`] if writing or signing fails.
+    pub fn shutdown(&self) -> Result<Option<SignedTreeHead>, HypervisorError> {
+        match &self.inner.audit {
+            Some(a) => Ok(a.flush()?),
+            None => Ok(None),
+        }
     }
 
     /// The event bus: every session, ring, VFS, state and lock change.
@@ -501,8 +577,12 @@ impl Hypervisor {
             max_participants: config.max_participants,
             max_duration: config.max_duration,
         };
+        let audited = config.audit;
         let mut gov = Session::new(id.clone(), config, creator.clone(), self.now())?;
         gov.begin_handshake(self.now())?;
+        if !audited && let Some(a) = &self.inner.audit {
+            a.exclude(&id);
+        }
         let core = Arc::new(SessionCore::new(
             id.clone(),
             self.inner.sessions_dir.clone(),
@@ -510,6 +590,7 @@ impl Hypervisor {
             self.inner.events.clone(),
         ));
         let entry = Arc::new(SessionEntry {
+            audited,
             gov: Mutex::new(gov),
             core,
             agents: Mutex::new(HashMap::new()),
@@ -860,6 +941,15 @@ impl Hypervisor {
             info(&gov)
         };
         self.emit(&id, None, EventPayload::SessionArchived);
+        let commitment = self.inner.audit.as_ref().and_then(|a| {
+            if !entry.audited {
+                a.include(&id);
+                return None;
+            }
+            a.seal(&id)
+                .map_err(|e| tracing::error!(session = %id, error = %e, "sealing the audit log"))
+                .ok()
+        });
         self.inner
             .sessions
             .write()
@@ -874,6 +964,7 @@ impl Hypervisor {
             session: id,
             reason,
             participants: participants.len(),
+            commitment,
         }
     }
 

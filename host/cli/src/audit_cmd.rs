@@ -1,0 +1,201 @@
+//! `ahv audit`: verify, show and prove from a state directory's audit log,
+//! offline (no hypervisor running, no network).
+
+use std::path::{Path, PathBuf};
+
+use ahv_audit::commitment::{Commitment, PRUNED_TAG, decode_pruned};
+use ahv_audit::verify::{AuditProof, verify_dir};
+use ahv_audit::{Delta, LogKind, PublicKey, prove, read_log};
+use anyhow::{Context, bail};
+
+/// Exit code of `ahv audit verify` when verification fails.
+pub(crate) const EXIT_TAMPERED: u8 = 1;
+
+/// The `ahv audit` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum AuditCmd {
+    /// Re-derive every session's hash chain and Merkle root from the files and
+    /// check them against the signed commitments; print `ok` per session or
+    /// exactly what is wrong. Exits 1 on any failure.
+    Verify {
+        /// The state directory (or its `audit` folder). Not needed with --proof.
+        state_dir: Option<PathBuf>,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// The hypervisor's public key (hex), pinned. Default: the directory's
+        /// own `audit/public-key`, which someone able to rewrite the directory
+        /// could also replace.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Check an inclusion proof made by `ahv audit prove` instead, offline:
+        /// needs only the proof and --public-key.
+        #[arg(long, conflicts_with = "session")]
+        proof: Option<PathBuf>,
+    },
+    /// Print a session's deltas, one per line.
+    Show {
+        /// The state directory (or its `audit` folder).
+        state_dir: PathBuf,
+        /// The session.
+        #[arg(long)]
+        session: String,
+    },
+    /// Write an inclusion proof of one delta (JSON) that `ahv audit verify
+    /// --proof` checks with only the public key.
+    Prove {
+        /// The state directory (or its `audit` folder).
+        state_dir: PathBuf,
+        /// The session.
+        #[arg(long)]
+        session: String,
+        /// The delta's sequence number (0 for the first).
+        #[arg(long)]
+        seq: u64,
+        /// Write the proof here instead of to stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The audit folder: `dir/audit` if it exists, else `dir` itself.
+fn audit_folder(dir: &Path) -> PathBuf {
+    let inner = dir.join("audit");
+    if inner.is_dir() {
+        inner
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn key(hex: Option<&str>) -> anyhow::Result<Option<PublicKey>> {
+    hex.map(|h| PublicKey::from_hex(h.trim()).context("--public-key"))
+        .transpose()
+}
+
+pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
+    match cmd {
+        AuditCmd::Verify {
+            state_dir,
+            session,
+            public_key,
+            proof,
+        } => {
+            let key = key(public_key.as_deref())?;
+            if let Some(file) = proof {
+                let Some(key) = key else {
+                    bail!("--proof needs --public-key: a proof is checked against a pinned key");
+                };
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let p: AuditProof = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not an audit proof", file.display()))?;
+                return Ok(match p.verify(&key) {
+                    Ok(d) => {
+                        println!(
+                            "proof ok: delta #{} of session {} is in its signed commitment",
+                            d.seq, d.session
+                        );
+                        println!("  {d}");
+                        0
+                    }
+                    Err(e) => {
+                        println!("proof FAILED: {e}");
+                        EXIT_TAMPERED
+                    }
+                });
+            }
+            let Some(dir) = state_dir else {
+                bail!("give a state directory (or --proof FILE)");
+            };
+            let report = verify_dir(&audit_folder(&dir), session.as_deref(), key.as_ref())?;
+            print!("{report}");
+            Ok(if report.ok() { 0 } else { EXIT_TAMPERED })
+        }
+        AuditCmd::Show { state_dir, session } => {
+            let text = show(&audit_folder(&state_dir), &session)?;
+            // A reader that stops early (`| head`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(0),
+            }
+        }
+        AuditCmd::Prove {
+            state_dir,
+            session,
+            seq,
+            out,
+        } => {
+            let p = prove(&audit_folder(&state_dir), &session, seq, None)?;
+            let json = serde_json::to_string_pretty(&p)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json + "\n")
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => println!("{json}"),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The readable form of a session's log.
+fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let path = ahv_audit::auditor::session_log_path(dir, session);
+    let rec =
+        read_log(&path, LogKind::SESSION_DELTAS).with_context(|| format!("session {session}"))?;
+    let commitments = read_log(
+        ahv_audit::auditor::commitments_path(dir),
+        LogKind::COMMITMENTS,
+    )
+    .map(|r| r.records)
+    .unwrap_or_default();
+    let sealed = commitments.iter().enumerate().find_map(|(i, r)| {
+        Commitment::decode(&r.body)
+            .ok()
+            .filter(|c| c.session == session)
+            .map(|c| (i, c))
+    });
+    writeln!(
+        o,
+        "session {session}: {} delta(s) in {}",
+        rec.records.len(),
+        path.display()
+    )?;
+    match &sealed {
+        Some((i, c)) => writeln!(
+            o,
+            "sealed by commitment #{i}: {} delta(s), root {}",
+            c.tree_size, c.root
+        ),
+        None => writeln!(o, "not sealed"),
+    }?;
+    for (pos, r) in rec.records.iter().enumerate() {
+        if r.body.first() == Some(&PRUNED_TAG) {
+            match decode_pruned(&r.body) {
+                Ok((seq, leaf)) => writeln!(o, "#{seq} (pruned; leaf {leaf})"),
+                Err(e) => writeln!(o, "record {pos}: {e}"),
+            }?;
+            continue;
+        }
+        match Delta::decode(&r.body) {
+            Ok(d) => writeln!(o, "{d}"),
+            Err(e) => writeln!(o, "record {pos} (offset {}): undecodable: {e}", r.offset),
+        }?;
+    }
+    for c in &rec.corrupt {
+        writeln!(o, "damaged record at offset {} (checksum)", c.offset)?;
+    }
+    if let Some(t) = &rec.tail {
+        writeln!(
+            o,
+            "torn tail at offset {}: {} byte(s), {:?}",
+            t.offset, t.len, t.reason
+        )?;
+    }
+    Ok(o)
+}

@@ -1,0 +1,181 @@
+//! The audit log end to end: real guests in a hypervisor whose every governed
+//! action is captured, sealed at termination, signed, and verified offline.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ahv_audit::verify::{ProblemKind, verify_dir};
+use ahv_audit::{Delta, LogKind, Value, read_log};
+use ahv_core::event::{EventKind, EventQuery};
+use ahv_governance::session::SessionConfig;
+use ahv_hypervisor::{Hypervisor, HypervisorError};
+use ahv_runtime::{RingBreach, TrapCause};
+
+use crate::sessions::{Hv, id};
+
+fn deltas(h: &Hv, s: &ahv_core::SessionId) -> Vec<Delta> {
+    let path = h
+        .state
+        .path()
+        .join("audit/sessions")
+        .join(format!("{s}.log"));
+    read_log(&path, LogKind::SESSION_DELTAS)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| Delta::decode(&r.body).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ring_breach_is_audited_before_the_trap_reaches_the_caller() {
+    let cell: Arc<OnceLock<Hypervisor>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(Vec::new()));
+    let (c2, s2) = (cell.clone(), seen.clone());
+    let h = Hv::with(move |b| {
+        b.on_breach(move |_: &RingBreach| {
+            // Runs inside the guest's host call, before the trap unwinds:
+            // the breach event must already have its audit delta.
+            let hv = c2.get().expect("hypervisor set");
+            let breach = hv
+                .events()
+                .query(&EventQuery::default().kind(EventKind::RingBreachDetected))
+                .pop()
+                .expect("breach event emitted first");
+            let audited = hv
+                .events()
+                .query(&EventQuery::default().kind(EventKind::AuditDeltaCaptured))
+                .iter()
+                .any(|e| e.parent == Some(breach.id));
+            s2.lock().unwrap().push(audited);
+        })
+    });
+    cell.set(h.hv.clone()).unwrap();
+    let s = h.session();
+    h.join(&s, "did:test:intruder", 0.3, ahv_agents::ESCALATOR)
+        .await;
+    h.hv.activate_session(&s).unwrap();
+    let r =
+        h.hv.run_agent(&s, &id("did:test:intruder"), "state:x")
+            .await;
+    let Err(HypervisorError::Agent(e)) = r else {
+        panic!("expected a trap, got {r:?}");
+    };
+    assert!(matches!(e.cause(), Some(TrapCause::RingBreach(_))), "{e}");
+    assert_eq!(*seen.lock().unwrap(), vec![true]);
+
+    let t = h.hv.terminate_session(&s).unwrap();
+    h.hv.shutdown().unwrap();
+    let d = deltas(&h, &s);
+    let breach = d
+        .iter()
+        .find(|d| d.kind == "ring.breach_detected")
+        .expect("breach delta");
+    assert_eq!(breach.agent.as_deref(), Some("did:test:intruder"));
+    assert_eq!(
+        breach.field("capability"),
+        Some(&Value::Text("state-write".into()))
+    );
+    assert_eq!(breach.field("ring"), Some(&Value::Ring(3)));
+    // The expulsion that followed is audited too, after the breach.
+    let left = d.iter().position(|d| d.kind == "session.left").unwrap();
+    assert!(left > usize::try_from(breach.seq).unwrap());
+    assert_eq!(t.commitment.unwrap().commitment.tree_size, d.len() as u64);
+}
+
+#[tokio::test]
+async fn sealed_and_signed_sessions_verify_and_tampering_is_named() {
+    let h = Hv::new();
+    let key = *h.hv.audit().unwrap().public_key();
+    let a = h.session();
+    h.put_shared(&a, "sources/a.txt", "WebAssembly components are portable.");
+    h.join(&a, "did:test:researcher", 0.75, ahv_agents::RESEARCHER)
+        .await;
+    h.hv.activate_session(&a).unwrap();
+    h.hv.run_agent(&a, &id("did:test:researcher"), "portable")
+        .await
+        .unwrap();
+    let quiet =
+        h.hv.create_session(
+            SessionConfig {
+                audit: false,
+                ..SessionConfig::default()
+            },
+            id("did:test:operator"),
+        )
+        .unwrap();
+    h.put_shared(&quiet, "x.txt", "not audited");
+
+    let ta = h.hv.terminate_session(&a).unwrap();
+    let tq = h.hv.terminate_session(&quiet).unwrap();
+    let receipt = ta.commitment.expect("audited session sealed");
+    assert!(tq.commitment.is_none(), "audit off: nothing sealed");
+    let head = h.hv.shutdown().unwrap().expect("signed head");
+    assert_eq!(head.head.size, 1);
+    assert_eq!(receipt.index, 0);
+
+    // Every governed event of the session is a delta, in order.
+    let d = deltas(&h, &a);
+    let kinds: Vec<&str> = d.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"session.created"));
+    assert!(kinds.contains(&"vfs.write"), "{kinds:?}");
+    assert!(kinds.contains(&"state.write"), "{kinds:?}");
+    assert!(kinds.contains(&"ring.assigned"), "{kinds:?}");
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        ["session.terminated", "session.archived"]
+    );
+    assert_eq!(receipt.commitment.tree_size, d.len() as u64);
+    let write = d.iter().find(|d| d.kind == "vfs.write").unwrap();
+    assert!(matches!(write.field("after"), Some(Value::Hash(Some(_)))));
+
+    let audit = h.state.path().join("audit");
+    let report = verify_dir(&audit, None, Some(&key)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        report.sessions.len(),
+        1,
+        "the unaudited session left no log"
+    );
+    assert!(!audit.join(format!("sessions/{quiet}.log")).exists());
+
+    // One changed byte inside a delta: caught at its record.
+    let path = audit.join(format!("sessions/{a}.log"));
+    let rec = read_log(&path, LogKind::SESSION_DELTAS).unwrap();
+    let victim = &rec.records[3];
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[usize::try_from(victim.offset).unwrap() + 12] ^= 0x40;
+    std::fs::write(&path, &raw).unwrap();
+    let report = verify_dir(&audit, None, Some(&key)).unwrap();
+    assert!(!report.ok());
+    let problems = &report.sessions[0].problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Damaged && p.offset == Some(victim.offset)),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_error_leaves_the_log_consistent() {
+    // A trap that is not a breach (fuel) mid-session: the log stays a valid
+    // chain and the session still seals.
+    let h = Hv::new();
+    let s = h.session();
+    h.join(&s, "did:test:spinner", 0.3, ahv_agents::SPINNER)
+        .await;
+    h.hv.activate_session(&s).unwrap();
+    let r = h.hv.run_agent(&s, &id("did:test:spinner"), "").await;
+    assert!(
+        matches!(
+            r,
+            Err(HypervisorError::Agent(ref e)) if matches!(e.cause(), Some(TrapCause::OutOfFuel { .. }))
+        ),
+        "{r:?}"
+    );
+    let t = h.hv.terminate_session(&s).unwrap();
+    assert!(t.commitment.is_some());
+    h.hv.shutdown().unwrap();
+    let report = verify_dir(&h.state.path().join("audit"), None, None).unwrap();
+    assert!(report.ok(), "{report}");
+}
