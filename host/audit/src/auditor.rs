@@ -58,6 +58,10 @@ pub struct AuditConfig {
     /// Where signed heads go besides the local `heads.log` (e.g. an external
     /// transparency log); see [`AnchorSink`].
     pub sinks: Vec<Arc<dyn AnchorSink>>,
+    /// Emit `audit.delta_captured` on the bus for every delta (default true).
+    /// It doubles the bus traffic of governed calls; turn it off when nothing
+    /// consumes it (`audit.committed` is always emitted).
+    pub announce_deltas: bool,
 }
 
 impl Default for AuditConfig {
@@ -66,6 +70,7 @@ impl Default for AuditConfig {
             durability: Durability::default(),
             sign_delay: Duration::from_millis(100),
             sinks: Vec::new(),
+            announce_deltas: true,
         }
     }
 }
@@ -75,6 +80,7 @@ impl std::fmt::Debug for AuditConfig {
         f.debug_struct("AuditConfig")
             .field("durability", &self.durability)
             .field("sign_delay", &self.sign_delay)
+            .field("announce_deltas", &self.announce_deltas)
             .field(
                 "sinks",
                 &self
@@ -265,6 +271,7 @@ impl AnchorSink for HeadLog {
 
 struct Shared {
     dir: PathBuf,
+    announce: bool,
     durability: Durability,
     clock: Arc<dyn Clock>,
     wall: Arc<dyn WallClock>,
@@ -281,7 +288,18 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     stop: AtomicBool,
     tick: (Mutex<bool>, Condvar),
+    /// Bytes staged in memory across sessions, not yet written.
+    staged_bytes: AtomicU64,
+    /// Held for a whole flush round.
+    round: Mutex<()>,
 }
+
+/// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
+/// than each log on its own.
+const FS_SYNC: bool = cfg!(target_os = "linux");
+
+/// Staged bytes beyond which a capturing thread flushes itself (64 MiB).
+const MAX_STAGED_BYTES: u64 = 64 << 20;
 
 /// The audit log of one hypervisor (see the module docs).
 pub struct Auditor {
@@ -356,6 +374,7 @@ impl Auditor {
 
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            announce: config.announce_deltas,
             durability: config.durability,
             clock,
             wall: wall.clone(),
@@ -371,6 +390,8 @@ impl Auditor {
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             tick: (Mutex::new(false), Condvar::new()),
+            staged_bytes: AtomicU64::new(0),
+            round: Mutex::new(()),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -593,6 +614,7 @@ struct Capture(Arc<Shared>);
 impl EventSink for Capture {
     fn on_event(&self, event: &Event) {
         if let Some((seq, hash)) = self.0.capture(event)
+            && self.0.announce
             && let Some((bus, _)) = self.0.bus.get()
             && let Some(bus) = bus.upgrade()
         {
@@ -687,11 +709,14 @@ impl Shared {
         st.staged.extend_from_slice(&len.to_le_bytes());
         st.staged.extend_from_slice(&st.scratch);
         st.staged_count += 1;
+        let backlog = self
+            .staged_bytes
+            .fetch_add(u64::from(len) + 4, Ordering::Relaxed);
         self.captured.fetch_add(1, Ordering::Relaxed);
         match self.durability {
             Durability::EveryRecord => {
                 drop(guard);
-                if let Err(e) = self.flush_session(&log) {
+                if let Err(e) = self.write_session(&log, true) {
                     self.record_failure(&e);
                 }
             }
@@ -702,7 +727,13 @@ impl Shared {
                     drop(guard);
                     lock(&self.dirty).push(log);
                 }
-                if wake {
+                if backlog > MAX_STAGED_BYTES {
+                    // The flusher is behind: the capturing thread helps
+                    // (backpressure), so staged memory stays bounded.
+                    if let Err(e) = self.flush_round() {
+                        self.record_failure(&e);
+                    }
+                } else if wake {
                     let (m, cv) = &self.tick;
                     *lock(m) = true;
                     cv.notify_one();
@@ -719,9 +750,11 @@ impl Shared {
         *lock(&self.last_error) = Some(e.to_string());
     }
 
-    /// Writes and syncs a session's staged deltas. Serialised per session by
-    /// its `io` lock; captures go on staging meanwhile.
-    fn flush_session(&self, log: &SessionLog) -> Result<(), AuditError> {
+    /// Hands a session's staged deltas to its writer and writes them, syncing
+    /// them when `sync` (otherwise the round syncs the file system once for
+    /// all logs). Serialised per session by its `io` lock; captures go on
+    /// staging meanwhile. On failure the records are staged again, in order.
+    fn write_session(&self, log: &SessionLog, sync: bool) -> Result<(), AuditError> {
         let mut io = lock(&log.io);
         let (staged, count) = {
             let mut st = lock(&log.state);
@@ -736,11 +769,16 @@ impl Shared {
         }
         let result = (|| {
             if io.is_none() {
-                *io = Some(RecordWriter::create(
-                    &log.path,
-                    LogKind::SESSION_DELTAS,
-                    Durability::OnClose,
-                )?);
+                let w = if sync {
+                    RecordWriter::create(&log.path, LogKind::SESSION_DELTAS, Durability::OnClose)?
+                } else {
+                    RecordWriter::create_unsynced(
+                        &log.path,
+                        LogKind::SESSION_DELTAS,
+                        Durability::OnClose,
+                    )?
+                };
+                *io = Some(w);
             }
             let w = io.as_mut().ok_or(AuditError::Closed)?;
             let now = self.clock.now();
@@ -750,19 +788,71 @@ impl Shared {
                 w.append(&rest[4..4 + len], now)?;
                 rest = &rest[4 + len..];
             }
-            w.flush()?;
+            if sync {
+                w.flush()?;
+            } else {
+                w.write_unsynced()?;
+            }
+            // A sealed session gets no more records: close its file now rather
+            // than hold a descriptor per finished session until the round ends.
+            let sealed = {
+                let st = lock(&log.state);
+                st.sealed.is_some() && st.staged_count == 0
+            };
+            if sealed && let Some(w) = io.take() {
+                w.close()?;
+            }
             Ok(())
         })();
-        if result.is_err() {
-            // Put the records back in front of anything staged since, so a
-            // retry writes them in order and nothing is lost.
-            let mut st = lock(&log.state);
-            let mut back = staged;
-            back.extend_from_slice(&st.staged);
-            st.staged = back;
-            st.staged_count += count;
+        match &result {
+            Ok(()) => {
+                self.staged_bytes
+                    .fetch_sub(staged.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                // Put the records back in front of anything staged since, so a
+                // retry writes them in order and nothing is lost.
+                let mut st = lock(&log.state);
+                let mut back = staged;
+                back.extend_from_slice(&st.staged);
+                st.staged = back;
+                st.staged_count += count;
+                if !st.dirty {
+                    st.dirty = true;
+                    drop(st);
+                    if let Some(l) = self.live(&log.id) {
+                        lock(&self.dirty).push(l);
+                    }
+                }
+            }
         }
         result
+    }
+
+    fn live(&self, id: &SessionId) -> Option<Arc<SessionLog>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Makes the session logs written with `sync = false` durable: one
+    /// `syncfs` of the audit directory's file system (data, new files and
+    /// their directory entries alike). Elsewhere each log syncs itself.
+    #[cfg(target_os = "linux")]
+    fn sync_written(&self) -> Result<(), AuditError> {
+        let dir = self.dir.join("sessions");
+        let d = std::fs::File::open(&dir).map_err(|source| AuditError::Dir {
+            op: "open for syncing",
+            path: dir.clone(),
+            source,
+        })?;
+        rustix::fs::syncfs(&d).map_err(|e| AuditError::Dir {
+            op: "sync (syncfs)",
+            path: dir,
+            source: e.into(),
+        })
     }
 
     fn seal(&self, session: &SessionId) -> Result<SealReceipt, AuditError> {
@@ -796,10 +886,7 @@ impl Shared {
         };
         match self.durability {
             Durability::GroupCommit { .. } => {}
-            Durability::EveryRecord | Durability::OnClose => {
-                self.flush_commitments()?;
-                self.forget_if_done(&log);
-            }
+            Durability::EveryRecord | Durability::OnClose => self.flush_round()?,
         }
         if let Some((bus, _)) = self.bus.get()
             && let Some(bus) = bus.upgrade()
@@ -819,52 +906,100 @@ impl Shared {
         Ok(SealReceipt { commitment, index })
     }
 
-    /// Writes staged commitments — each only after the deltas it covers —
-    /// then tells the signer the durable head moved.
-    fn flush_commitments(&self) -> Result<(), AuditError> {
-        let mut io = lock(&self.commits.io);
-        let staged = std::mem::take(&mut lock(&self.commits.state).staged);
-        if staged.is_empty() {
-            return Ok(());
+    /// One flush round (rounds never overlap): writes every dirty session's
+    /// deltas, syncs them, then appends and syncs the staged commitments whose
+    /// sessions are fully written — in commitment order, stopping at the first
+    /// that must wait — and tells the signer the durable head moved. A
+    /// commitment is thus never durable before the deltas it covers, and a
+    /// head is only ever signed over durable commitments.
+    fn flush_round(&self) -> Result<(), AuditError> {
+        let _round = lock(&self.round);
+        let mut logs = std::mem::take(&mut *lock(&self.dirty));
+        let commits = std::mem::take(&mut lock(&self.commits.state).staged);
+        for (_, l) in &commits {
+            if !logs.iter().any(|x| Arc::ptr_eq(x, l)) {
+                logs.push(l.clone());
+            }
         }
-        let result = (|| {
-            for (_, log) in &staged {
-                self.flush_session(log)?;
+        let mut first_error = None;
+        let mut failed: Vec<Arc<SessionLog>> = Vec::new();
+        for log in &logs {
+            if let Err(e) = self.write_session(log, !FS_SYNC) {
+                self.record_failure(&e);
+                failed.push(log.clone());
+                first_error.get_or_insert(e);
             }
-            let now = self.clock.now();
-            for (bytes, _) in &staged {
-                io.append(bytes, now)?;
-            }
-            io.flush()?;
+        }
+        #[cfg(target_os = "linux")]
+        if !logs.is_empty()
+            && let Err(e) = self.sync_written()
+        {
+            // Nothing written this round is known durable: keep every
+            // commitment for the next round.
+            self.record_failure(&e);
+            self.restage_commits(commits);
+            return Err(e);
+        }
+        let ready = commits
+            .iter()
+            .take_while(|(_, l)| !failed.iter().any(|f| Arc::ptr_eq(f, l)))
+            .count();
+        let result = if ready == 0 {
             Ok(())
-        })();
-        let mut cs = lock(&self.commits.state);
+        } else {
+            let mut io = lock(&self.commits.io);
+            let now = self.clock.now();
+            commits[..ready]
+                .iter()
+                .try_for_each(|(bytes, _)| io.append(bytes, now).map(drop))
+                .and_then(|()| io.flush())
+                .map_err(AuditError::from)
+        };
         match result {
             Ok(()) => {
-                // Everything staged before this flush is durable; later
-                // commitments (staged meanwhile) are not yet.
-                let size = cs.tree.len().0 - cs.staged.len() as u64;
-                let root = cs
-                    .tree
-                    .root_at(crate::merkle::TreeSize(size))
-                    .unwrap_or_else(|_| cs.tree.root());
-                cs.durable = (size, root);
-                drop(cs);
-                if let Some(s) = self.signer.get() {
+                let (written, waiting): (Vec<_>, Vec<_>) = {
+                    let mut v = commits;
+                    let waiting = v.split_off(ready);
+                    (v, waiting)
+                };
+                self.restage_commits(waiting);
+                {
+                    let mut cs = lock(&self.commits.state);
+                    let size = cs.tree.len().0 - cs.staged.len() as u64;
+                    if size != cs.durable.0 {
+                        let root = cs
+                            .tree
+                            .root_at(crate::merkle::TreeSize(size))
+                            .unwrap_or_else(|_| cs.tree.root());
+                        cs.durable = (size, root);
+                    }
+                }
+                if ready > 0
+                    && let Some(s) = self.signer.get()
+                {
                     s.notify();
                 }
-                for (_, log) in &staged {
+                for (_, log) in &written {
                     self.forget_if_done(log);
                 }
-                Ok(())
             }
             Err(e) => {
-                let mut back = staged;
-                back.append(&mut cs.staged);
-                cs.staged = back;
-                Err(e)
+                self.record_failure(&e);
+                self.restage_commits(commits);
+                first_error.get_or_insert(e);
             }
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Puts commitments back in front of any staged since, keeping order.
+    fn restage_commits(&self, mut back: Vec<(Vec<u8>, Arc<SessionLog>)>) {
+        if back.is_empty() {
+            return;
+        }
+        let mut cs = lock(&self.commits.state);
+        back.append(&mut cs.staged);
+        cs.staged = back;
     }
 
     /// Drops a sealed, fully written session from memory (its file is closed).
@@ -887,22 +1022,8 @@ impl Shared {
     }
 
     fn flush_all(&self) -> Result<(), AuditError> {
-        let dirty = std::mem::take(&mut *lock(&self.dirty));
-        let mut first_error = None;
-        for log in &dirty {
-            if let Err(e) = self.flush_session(log) {
-                self.record_failure(&e);
-                let mut st = lock(&log.state);
-                if !st.dirty {
-                    st.dirty = true;
-                    drop(st);
-                    lock(&self.dirty).push(log.clone());
-                }
-                first_error.get_or_insert(e);
-            }
-        }
-        // Sessions staged under `OnClose` are written when sealed, by
-        // `flush_commitments`; the rest are flushed here on demand.
+        // Under `OnClose` sessions are written when sealed; an explicit flush
+        // (shutdown) writes the open ones too.
         if matches!(self.durability, Durability::OnClose) {
             let all: Vec<_> = self
                 .sessions
@@ -911,17 +1032,9 @@ impl Shared {
                 .values()
                 .cloned()
                 .collect();
-            for log in all {
-                if let Err(e) = self.flush_session(&log) {
-                    first_error.get_or_insert(e);
-                }
-            }
+            lock(&self.dirty).extend(all);
         }
-        if let Err(e) = self.flush_commitments() {
-            self.record_failure(&e);
-            first_error.get_or_insert(e);
-        }
-        first_error.map_or(Ok(()), Err)
+        self.flush_round()
     }
 
     fn flusher(&self, every: Duration) {
@@ -1000,7 +1113,7 @@ impl Shared {
             self.seal(&id)?;
             report.sealed_on_recovery.push((name, n));
         }
-        self.flush_commitments()
+        self.flush_round()
     }
 }
 

@@ -5,7 +5,40 @@
 //! terminated session yields a *commitment* (tree size + root) appended to a
 //! commitment log whose heads are signed with the hypervisor's Ed25519 key.
 //! Everything is persisted in a crash-safe framed format and can be verified
-//! offline. No wasmtime here.
+//! offline. No wasmtime here. The byte formats are in `FORMAT.md` beside this
+//! crate.
+//!
+//! The wiring: open an [`Auditor`] on the audit directory, attach it to the
+//! event bus (every event of a session is then captured as it is emitted),
+//! seal a session when it ends, and verify the directory offline.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ahv_audit::{AuditConfig, Auditor, Durability, SystemWallClock, verify_dir};
+//! use ahv_core::{AgentId, EventBus, EventPayload, SessionId, SystemClock, TraceId};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let clock = Arc::new(SystemClock::default());
+//! let config = AuditConfig { durability: Durability::EveryRecord, ..AuditConfig::default() };
+//! let (auditor, _recovery) = Auditor::open(dir.path(), config, clock.clone(), Arc::new(SystemWallClock))?;
+//! let bus = Arc::new(EventBus::new(1000, clock));
+//! auditor.attach(&bus);
+//!
+//! let session = SessionId::new("s-1")?;
+//! let agent = AgentId::new("did:ex:writer")?;
+//! bus.emit(Some(&session), Some(&agent), TraceId(1), None, EventPayload::StateWrite {
+//!     key: "findings/a".into(),
+//!     version: 1,
+//! });
+//! let receipt = auditor.seal(&session)?;
+//! assert_eq!(receipt.commitment.tree_size, 1);
+//! let head = auditor.close()?.expect("the commitment log head is signed");
+//! assert_eq!(head.head.size, 1);
+//!
+//! let report = verify_dir(dir.path(), None, Some(auditor.public_key()))?;
+//! assert!(report.ok(), "{report}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod auditor;

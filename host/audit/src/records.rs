@@ -394,6 +394,29 @@ impl RecordWriter {
         Ok(RecordWriter::new(path, file, durability, HEADER_LEN))
     }
 
+    /// Like [`create`](Self::create) but without syncing the new file or its
+    /// directory: for a caller that syncs the whole file system afterwards
+    /// (group commit over many logs). Until then the file may vanish in a crash.
+    ///
+    /// # Errors
+    /// [`RecordError::Io`] (`Open`, also when the file exists; `Write`).
+    pub fn create_unsynced(
+        path: impl AsRef<Path>,
+        kind: LogKind,
+        durability: Durability,
+    ) -> Result<RecordWriter, RecordError> {
+        let path = path.as_ref();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io(IoOp::Open, path))?;
+        file.write_all(&file_header(kind))
+            .map_err(io(IoOp::Write, path))?;
+        Ok(RecordWriter::new(path, file, durability, HEADER_LEN))
+    }
+
     /// Opens an existing log for appending after recovering it: a torn tail is
     /// saved to `<path>.torn-<offset>` (or `.torn-<offset>.N` if that exists),
     /// the log is cut back to [`Recovered::valid_len`] and synced. Returns the
@@ -484,6 +507,20 @@ impl RecordWriter {
     /// flush retries) or [`IoOp::Sync`] (the writer becomes poisoned);
     /// `Poisoned`.
     pub fn flush(&mut self) -> Result<(), RecordError> {
+        self.write_out(true)
+    }
+
+    /// Writes the pending records without syncing them; for a caller that
+    /// syncs many logs at once (`syncfs`) and treats nothing as durable until
+    /// it has. [`durable_len`](Self::durable_len) then counts written bytes.
+    ///
+    /// # Errors
+    /// [`RecordError::Io`] (`Write`); `Poisoned` after an earlier sync failure.
+    pub fn write_unsynced(&mut self) -> Result<(), RecordError> {
+        self.write_out(false)
+    }
+
+    fn write_out(&mut self, sync: bool) -> Result<(), RecordError> {
         self.check_poisoned()?;
         if self.buf.is_empty() {
             return Ok(());
@@ -498,7 +535,7 @@ impl RecordWriter {
         })();
         self.dirty = written.is_err();
         written.map_err(io(IoOp::Write, &self.path))?;
-        if let Err(source) = self.file.sync_data() {
+        if sync && let Err(source) = self.file.sync_data() {
             self.poisoned = true;
             return Err(io(IoOp::Sync, &self.path)(source));
         }
@@ -881,6 +918,25 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         // A zero-filled block is not a valid empty record.
         assert_eq!(frame_crc([0; 4], &[]), 0x4867_4bc7);
+    }
+
+    #[test]
+    fn unsynced_create_and_write_are_readable_and_refuse_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.log");
+        let mut w = RecordWriter::create_unsynced(&path, K, Durability::OnClose).unwrap();
+        assert_eq!(on_disk(&path), 0, "the header is written at once");
+        w.append(b"one", Duration::ZERO).unwrap();
+        w.append(b"two", Duration::ZERO).unwrap();
+        assert_eq!(on_disk(&path), 0, "appends only buffer");
+        w.write_unsynced().unwrap();
+        assert_eq!(on_disk(&path), 2);
+        assert_eq!(w.pending_records(), 0);
+        assert_eq!(w.durable_len(), std::fs::metadata(&path).unwrap().len());
+        assert!(matches!(
+            RecordWriter::create_unsynced(&path, K, Durability::OnClose),
+            Err(RecordError::Io { op: IoOp::Open, .. })
+        ));
     }
 
     #[test]

@@ -199,3 +199,109 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
     }
     Ok(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ahv_audit::{AuditConfig, Auditor, Durability, SystemWallClock, rewrite_log};
+    use ahv_core::{AgentId, EventBus, EventPayload, SessionId, SystemClock, TraceId};
+
+    use super::*;
+
+    /// A state directory with one sealed, signed session of 4 deltas.
+    fn state() -> (tempfile::TempDir, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(SystemClock::default());
+        let config = AuditConfig {
+            durability: Durability::EveryRecord,
+            ..AuditConfig::default()
+        };
+        let (auditor, _) = Auditor::open(
+            &tmp.path().join("audit"),
+            config,
+            clock.clone(),
+            Arc::new(SystemWallClock),
+        )
+        .unwrap();
+        let bus = Arc::new(EventBus::new(100, clock));
+        auditor.attach(&bus);
+        let s = SessionId::new("s-cli").unwrap();
+        for v in 1..=4 {
+            bus.emit(
+                Some(&s),
+                Some(&AgentId::new("did:ex:a").unwrap()),
+                TraceId(1),
+                None,
+                EventPayload::StateWrite {
+                    key: "k".into(),
+                    version: v,
+                },
+            );
+        }
+        auditor.seal(&s).unwrap();
+        auditor.close().unwrap();
+        (tmp, auditor.public_key().to_hex())
+    }
+
+    fn verify(dir: &Path, key: &str) -> u8 {
+        audit(AuditCmd::Verify {
+            state_dir: Some(dir.to_path_buf()),
+            session: None,
+            public_key: Some(key.to_string()),
+            proof: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn verify_exits_0_when_clean_and_1_when_a_delta_is_removed() {
+        let (tmp, key) = state();
+        assert_eq!(verify(tmp.path(), &key), 0);
+        let log = tmp.path().join("audit/sessions/s-cli.log");
+        let mut bodies: Vec<Vec<u8>> = read_log(&log, LogKind::SESSION_DELTAS)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        bodies.remove(1);
+        rewrite_log(&log, LogKind::SESSION_DELTAS, &bodies).unwrap();
+        assert_eq!(verify(tmp.path(), &key), EXIT_TAMPERED);
+    }
+
+    #[test]
+    fn a_proof_written_by_prove_verifies_with_the_key_alone() {
+        let (tmp, key) = state();
+        let out = tmp.path().join("p.json");
+        let code = audit(AuditCmd::Prove {
+            state_dir: tmp.path().to_path_buf(),
+            session: "s-cli".into(),
+            seq: 2,
+            out: Some(out.clone()),
+        })
+        .unwrap();
+        assert_eq!(code, 0);
+        std::fs::remove_dir_all(tmp.path().join("audit")).unwrap();
+        let check = |key: &str| {
+            audit(AuditCmd::Verify {
+                state_dir: None,
+                session: None,
+                public_key: Some(key.to_string()),
+                proof: Some(out.clone()),
+            })
+            .unwrap()
+        };
+        assert_eq!(check(&key), 0, "offline: the audit directory is gone");
+        let other = ahv_audit::HypervisorKey::from_seed([1; 32])
+            .public_key()
+            .to_hex();
+        assert_eq!(check(&other), EXIT_TAMPERED);
+        let text = show_missing(tmp.path());
+        assert!(text.contains("s-cli"), "{text}");
+    }
+
+    fn show_missing(dir: &Path) -> String {
+        format!("{:#}", show(dir, "s-cli").unwrap_err())
+    }
+}

@@ -17,7 +17,11 @@
 //!   underneath: temporary file, `sync_data`, rename, read).
 //! - `session_lifecycle/hypervisor_unaudited`: the lifecycle with the audit
 //!   log off, to show what auditing (a delta per event, a commitment at
-//!   termination) costs.
+//!   termination) costs; `hypervisor_audit_deferred_io`: audited, but the
+//!   group-commit flusher does not run during the measurement (one-hour
+//!   delay), separating the hot path from the background disk work that
+//!   `hypervisor` (default group commit) also competes with: every session
+//!   creates its own log file.
 //! - `full_pipeline/*`: the Python reference's `full_governance_pipeline`:
 //!   create, join σ = 0.8, activate, 3 governed actions (shared-state writes,
 //!   each a delta), one agent step, terminate with root + commitment
@@ -31,6 +35,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ahv_audit::{AuditConfig, Durability};
 use ahv_core::{AgentId, Ring, SessionId};
 use ahv_governance::files::Caller;
 use ahv_governance::session::SessionConfig;
@@ -62,8 +67,20 @@ fn lifecycle(c: &mut Criterion) {
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let mut g = c.benchmark_group("session_lifecycle");
+    let deferred = Hypervisor::builder()
+        .state_dir(state.path().join("deferred"))
+        .audit(AuditConfig {
+            durability: Durability::GroupCommit {
+                max_records: usize::MAX,
+                max_delay: Duration::from_secs(3600),
+            },
+            ..AuditConfig::default()
+        })
+        .build()
+        .unwrap();
     for (name, hv) in [
         ("hypervisor", &hv),
+        ("hypervisor_audit_deferred_io", &deferred),
         (
             "hypervisor_unaudited",
             &Hypervisor::builder()
