@@ -1,4 +1,11 @@
-//! Diagnostic: times session lifecycles in batches, then the shutdown.
+//! Diagnostic: times 10 batches of 2000 session lifecycles, then the final
+//! audit flush. The sustained rate, background disk work included.
+//!
+//! `cargo run --release -p ahv-hypervisor --example lifecycle_probe [MODE]`,
+//! MODE: `off` (no audit log), `quiet` (audit without `audit.delta_captured`
+//! events), `deferred` (the flusher waits an hour: only backpressure or the
+//! final flush write), anything else: the default audit configuration.
+//! `PROBE_NO_SHUTDOWN=1` exits before the final flush (for profiling).
 use std::time::Instant;
 
 use ahv_core::AgentId;
