@@ -240,6 +240,9 @@ struct CommitState {
     staged: Vec<(Vec<u8>, Arc<SessionLog>)>,
     durable: (u64, Hash),
     sessions: HashMap<String, u64>,
+    /// When each sealed session was sealed (ns since the Unix epoch), until
+    /// retention has pruned it.
+    sealed_at: HashMap<String, u64>,
 }
 
 impl HeadSource for CommitLog {
@@ -348,6 +351,7 @@ impl Auditor {
         let (cwriter, recovered) = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report)?;
         let mut tree = MerkleLog::new();
         let mut sessions = HashMap::new();
+        let mut sealed_at = HashMap::new();
         for r in &recovered {
             let c = Commitment::decode(&r.body).map_err(|source| AuditError::BadRecord {
                 path: cpath.clone(),
@@ -355,6 +359,7 @@ impl Auditor {
                 source,
             })?;
             let (index, _) = tree.append(&r.body);
+            sealed_at.insert(c.session.clone(), c.time_unix_ns);
             sessions.insert(c.session, index.0);
         }
         let durable = (tree.len().0, tree.root());
@@ -364,6 +369,7 @@ impl Auditor {
                 staged: Vec::new(),
                 durable,
                 sessions,
+                sealed_at,
             }),
             io: Mutex::new(cwriter),
         });
@@ -551,6 +557,38 @@ impl Auditor {
         }
         rewrite_log(&path, LogKind::SESSION_DELTAS, bodies)?;
         Ok(pruned)
+    }
+
+    /// The retention policy: prunes ([`Auditor::prune`]) every sealed session
+    /// sealed more than `keep` ago by the wall clock, once each. Returns how
+    /// many sessions it pruned. Run it from a maintenance task (the CLI or a
+    /// timer); the hot path never prunes.
+    ///
+    /// # Errors
+    /// The first [`Auditor::prune`] failure (sessions before it stay pruned).
+    pub fn apply_retention(&self, keep: Duration) -> Result<u64, AuditError> {
+        let cutoff = self
+            .shared
+            .wall
+            .now_unix_ns()
+            .saturating_sub(u64::try_from(keep.as_nanos()).unwrap_or(u64::MAX));
+        let mut due: Vec<String> = lock(&self.shared.commits.state)
+            .sealed_at
+            .iter()
+            .filter(|(_, t)| **t < cutoff)
+            .map(|(s, _)| s.clone())
+            .collect();
+        due.sort();
+        let mut n = 0;
+        for session in due {
+            let path = session_log_path(&self.shared.dir, &session);
+            if path.exists() {
+                self.prune(&session)?;
+                n += 1;
+            }
+            lock(&self.shared.commits.state).sealed_at.remove(&session);
+        }
+        Ok(n)
     }
 
     /// The commitment of a sealed session, if any (from the commitment log).
@@ -881,6 +919,8 @@ impl Shared {
             }
             let (index, _) = cs.tree.append(&bytes);
             cs.sessions.insert(session.to_string(), index.0);
+            cs.sealed_at
+                .insert(session.to_string(), commitment.time_unix_ns);
             cs.staged.push((bytes, log.clone()));
             index.0
         };

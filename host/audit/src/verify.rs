@@ -1310,6 +1310,46 @@ mod tests {
     use crate::auditor::AuditError;
 
     #[test]
+    fn retention_prunes_only_sessions_sealed_longer_ago_than_kept_and_only_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let wall = FakeWallClock::new(1_000_000);
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, _) = Auditor::open(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                ..AuditConfig::default()
+            },
+            clock.clone(),
+            Arc::new(wall.clone()),
+        )
+        .unwrap();
+        let bus = Arc::new(EventBus::new(100, clock));
+        auditor.attach(&bus);
+        let old = SessionId::new("s-old").unwrap();
+        let new = SessionId::new("s-new").unwrap();
+        write(&bus, &old, 0);
+        auditor.seal(&old).unwrap();
+        wall.set(1_000_000 + 3_600_000); // an hour later
+        write(&bus, &new, 0);
+        write(&bus, &new, 1);
+        auditor.seal(&new).unwrap();
+        let keep = Duration::from_secs(600);
+        assert_eq!(auditor.apply_retention(keep).unwrap(), 1);
+        assert_eq!(auditor.apply_retention(keep).unwrap(), 0, "once each");
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, Some(auditor.public_key())).unwrap();
+        assert!(r.ok(), "{r}");
+        let pruned: Vec<_> = r
+            .sessions
+            .iter()
+            .map(|s| (s.session.as_str(), s.pruned))
+            .collect();
+        assert_eq!(pruned, vec![("s-new", 0), ("s-old", 1)]);
+    }
+
+    #[test]
     fn events_after_sealing_are_late_and_sealing_twice_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
