@@ -9,13 +9,18 @@
 //!   governed call really pays (the audited one also emits
 //!   `audit.delta_captured`).
 //! - `merkle/append_leaf` and `merkle/append_root`: the tree alone.
+//! - `signer/notify`: what sealing pays to schedule a head signature (the
+//!   signer is busy or already notified, the common case within a batch).
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-audit --bench audit`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ahv_audit::{AuditConfig, Auditor, Durability, Hash, MerkleLog, SystemWallClock};
+use ahv_audit::{
+    AuditConfig, Auditor, BatchSigner, Durability, Hash, HeadSource, HypervisorKey, MemorySink,
+    MerkleLog, SystemWallClock,
+};
 use ahv_core::{AgentId, Event, EventBus, EventId, EventPayload, SessionId, SystemClock, TraceId};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -93,9 +98,31 @@ fn merkle(c: &mut Criterion) {
     g.finish();
 }
 
+struct FixedHead;
+
+impl HeadSource for FixedHead {
+    fn current(&self) -> (u64, Hash) {
+        (1, Hash::of(b"commitment"))
+    }
+}
+
+fn signer(c: &mut Criterion) {
+    let s = BatchSigner::spawn(
+        HypervisorKey::from_seed([1; 32]),
+        Arc::new(FixedHead),
+        vec![Arc::new(MemorySink::new("bench"))],
+        Arc::new(SystemWallClock),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("signer");
+    g.bench_function("notify", |b| b.iter(|| s.notify()));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = capture, merkle
+    targets = capture, merkle, signer
 }
 criterion_main!(benches);

@@ -215,10 +215,10 @@ struct SessionLog {
     io: Mutex<Option<RecordWriter>>,
 }
 
+/// A session's live log; the next seq is `tree.len()` and the parent of the
+/// next delta is the tree's last leaf.
 #[derive(Default)]
 struct SessionState {
-    next_seq: u64,
-    last: Option<Hash>,
     tree: MerkleLog,
     scratch: Vec<u8>,
     /// Deltas not yet handed to the writer: `u32 LE length ‖ body`, repeated.
@@ -730,19 +730,18 @@ impl Shared {
             tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
             return None;
         }
-        let seq = st.next_seq;
+        let seq = st.tree.len().0;
+        let parent = st.tree.leaf_hashes().last().copied();
         encode_event(
             &mut st.scratch,
             seq,
             session.as_str(),
             time,
-            st.last.as_ref(),
+            parent.as_ref(),
             event,
         );
         let leaf = leaf_hash(&st.scratch);
         st.tree.append_leaf_hash(leaf);
-        st.last = Some(leaf);
-        st.next_seq += 1;
         let len = u32::try_from(st.scratch.len()).unwrap_or(u32::MAX);
         st.staged.extend_from_slice(&len.to_le_bytes());
         st.staged.extend_from_slice(&st.scratch);
@@ -1139,8 +1138,6 @@ impl Shared {
                 id: id.clone(),
                 path,
                 state: Mutex::new(SessionState {
-                    next_seq: n,
-                    last: leaves.last().copied(),
                     tree: MerkleLog::from_leaf_hashes(leaves),
                     ..SessionState::default()
                 }),

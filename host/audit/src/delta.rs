@@ -171,33 +171,19 @@ pub fn encode_event(
     let mut count: u16 = 0;
     event.payload.for_each_field(|name, value| {
         count += 1;
-        put_str(out, name);
-        match value {
-            Field::Text(t) => {
-                out.push(tag::TEXT);
-                put_str(out, t);
-            }
-            Field::Uint(n) => put_tagged_u64(out, tag::UINT, n),
-            Field::Real(x) => put_tagged_u64(out, tag::REAL, x.to_bits()),
-            Field::Ring(r) => out.extend_from_slice(&[tag::RING, r.number()]),
-            Field::Duration(d) => put_tagged_u64(
-                out,
+        let raw = match value {
+            Field::Text(t) => Raw::Text(t),
+            Field::Uint(n) => Raw::Word(tag::UINT, n),
+            Field::Real(x) => Raw::Word(tag::REAL, x.to_bits()),
+            Field::Ring(r) => Raw::Ring(r.number()),
+            Field::Duration(d) => Raw::Word(
                 tag::DURATION,
                 u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             ),
-            Field::Hash(None) => out.push(tag::NO_HASH),
-            Field::Hash(Some(h)) => {
-                out.push(tag::HASH);
-                out.extend_from_slice(h);
-            }
-            Field::Agents(list) => {
-                out.push(tag::AGENTS);
-                put_u32(out, list.len());
-                for a in list {
-                    put_str(out, a.as_str());
-                }
-            }
-        }
+            Field::Hash(h) => Raw::Hash(h),
+            Field::Agents(list) => Raw::Agents(list.iter().map(|a| a.as_str()).collect()),
+        };
+        put_field(out, name, &raw);
     });
     out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
 }
@@ -248,9 +234,42 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_tagged_u64(out: &mut Vec<u8>, t: u8, n: u64) {
-    out.push(t);
-    out.extend_from_slice(&n.to_be_bytes());
+/// A field value on its way into the encoding: the one place where both the
+/// borrowed [`Field`] of a live event and a decoded [`Value`] are written.
+enum Raw<'a> {
+    Text(&'a str),
+    /// A tag whose value is one big-endian `u64`.
+    Word(u8, u64),
+    Ring(u8),
+    Hash(Option<&'a [u8; 32]>),
+    Agents(Vec<&'a str>),
+}
+
+fn put_field(out: &mut Vec<u8>, name: &str, value: &Raw<'_>) {
+    put_str(out, name);
+    match value {
+        Raw::Text(t) => {
+            out.push(tag::TEXT);
+            put_str(out, t);
+        }
+        Raw::Word(t, n) => {
+            out.push(*t);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Raw::Ring(r) => out.extend_from_slice(&[tag::RING, *r]),
+        Raw::Hash(None) => out.push(tag::NO_HASH),
+        Raw::Hash(Some(h)) => {
+            out.push(tag::HASH);
+            out.extend_from_slice(*h);
+        }
+        Raw::Agents(list) => {
+            out.push(tag::AGENTS);
+            put_u32(out, list.len());
+            for a in list {
+                put_str(out, a);
+            }
+        }
+    }
 }
 
 impl Delta {
@@ -273,29 +292,16 @@ impl Delta {
         let count = u16::try_from(self.fields.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&count.to_be_bytes());
         for (name, value) in self.fields.iter().take(usize::from(count)) {
-            put_str(&mut out, name);
-            match value {
-                Value::Text(t) => {
-                    out.push(tag::TEXT);
-                    put_str(&mut out, t);
-                }
-                Value::Uint(n) => put_tagged_u64(&mut out, tag::UINT, *n),
-                Value::Real(x) => put_tagged_u64(&mut out, tag::REAL, x.to_bits()),
-                Value::Ring(r) => out.extend_from_slice(&[tag::RING, *r]),
-                Value::Duration(ns) => put_tagged_u64(&mut out, tag::DURATION, *ns),
-                Value::Hash(None) => out.push(tag::NO_HASH),
-                Value::Hash(Some(h)) => {
-                    out.push(tag::HASH);
-                    out.extend_from_slice(h.as_bytes());
-                }
-                Value::Agents(list) => {
-                    out.push(tag::AGENTS);
-                    put_u32(&mut out, list.len());
-                    for a in list {
-                        put_str(&mut out, a);
-                    }
-                }
-            }
+            let raw = match value {
+                Value::Text(t) => Raw::Text(t),
+                Value::Uint(n) => Raw::Word(tag::UINT, *n),
+                Value::Real(x) => Raw::Word(tag::REAL, x.to_bits()),
+                Value::Ring(r) => Raw::Ring(*r),
+                Value::Duration(ns) => Raw::Word(tag::DURATION, *ns),
+                Value::Hash(h) => Raw::Hash(h.as_ref().map(Hash::as_bytes)),
+                Value::Agents(list) => Raw::Agents(list.iter().map(String::as_str).collect()),
+            };
+            put_field(&mut out, name, &raw);
         }
         out
     }

@@ -380,18 +380,10 @@ impl RecordWriter {
         kind: LogKind,
         durability: Durability,
     ) -> Result<RecordWriter, RecordError> {
-        let path = path.as_ref();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io(IoOp::Open, path))?;
-        let header = file_header(kind);
-        file.write_all(&header).map_err(io(IoOp::Write, path))?;
-        file.sync_all().map_err(io(IoOp::Sync, path))?;
-        sync_parent(path)?;
-        Ok(RecordWriter::new(path, file, durability, HEADER_LEN))
+        let w = RecordWriter::create_unsynced(path, kind, durability)?;
+        w.file.sync_all().map_err(io(IoOp::Sync, &w.path))?;
+        sync_parent(&w.path)?;
+        Ok(w)
     }
 
     /// Like [`create`](Self::create) but without syncing the new file or its

@@ -637,27 +637,4 @@ mod tests {
         assert!(s.flush().is_err());
         assert_eq!(s.latest().unwrap().head.size, 2, "still signing");
     }
-
-    #[test]
-    #[ignore = "measurement, run with --nocapture"]
-    fn measure_notify() {
-        let log = Arc::new(Log::default());
-        let s = signer(
-            &log,
-            Arc::new(MemorySink::new("m")),
-            Duration::from_millis(5),
-        );
-        for _ in 0..5 {
-            let start = Instant::now();
-            for _ in 0..1_000_000 {
-                s.notify();
-            }
-            println!("notify: {:?} per call", start.elapsed() / 1_000_000);
-            std::thread::sleep(Duration::from_millis(20));
-            let start = Instant::now();
-            s.notify();
-            println!("first notify with an idle signer: {:?}", start.elapsed());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
