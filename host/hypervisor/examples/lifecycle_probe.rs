@@ -1,21 +1,29 @@
-//! Diagnostic: times 10 batches of 2000 session lifecycles, then the final
-//! audit flush. The sustained rate, background disk work included.
+//! Diagnostic: times 10 batches of 2000 sessions, then the final audit
+//! flush. The sustained rate, background disk work included.
 //!
-//! `cargo run --release -p ahv-hypervisor --example lifecycle_probe [MODE]`,
+//! `cargo run --release -p ahv-hypervisor --example lifecycle_probe [MODE] [SCENARIO]`,
 //! MODE: `off` (no audit log), `quiet` (audit without `audit.delta_captured`
 //! events), `deferred` (the flusher waits an hour: only backpressure or the
-//! final flush write), anything else: the default audit configuration.
+//! final flush write), anything else (e.g. `default`): the default audit
+//! configuration. SCENARIO: `lifecycle` (create, join, activate, terminate;
+//! the default), `pipeline` (the benches' `full_pipeline/no_wasm`: 4 state
+//! writes between activate and terminate) or `wasm` (`full_pipeline/wasm`:
+//! the agent instantiated at join, 3 state writes and one `run` call).
 //! `PROBE_NO_SHUTDOWN=1` exits before the final flush (for profiling).
 use std::time::Instant;
 
 use ahv_core::AgentId;
+use ahv_governance::files::Caller;
 use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let mode = std::env::args().nth(1).unwrap_or_default();
-    let mut b = Hypervisor::builder().state_dir(tmp.path());
+    let scenario = std::env::args().nth(2).unwrap_or_else(|| "lifecycle".into());
+    let mut b = Hypervisor::builder()
+        .state_dir(tmp.path())
+        .max_instances(64);
     b = match mode.as_str() {
         "off" => b.without_audit(),
         "deferred" => b.audit(ahv_audit::AuditConfig {
@@ -38,6 +46,13 @@ fn main() {
         .unwrap();
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let (writes, wasm) = match scenario.as_str() {
+        "lifecycle" => (0, false),
+        "pipeline" => (4, false),
+        "wasm" => (3, true),
+        other => panic!("unknown scenario {other:?}: lifecycle, pipeline or wasm"),
+    };
+    let component = wasm.then(|| hv.load(ahv_agents::PINGER).unwrap());
     for batch in 0..10 {
         let t = Instant::now();
         for _ in 0..2000 {
@@ -45,14 +60,27 @@ fn main() {
                 let s = hv
                     .create_session(SessionConfig::default(), creator.clone())
                     .unwrap();
-                hv.join_session(&s, JoinRequest::new(agent.clone(), 0.8))
-                    .await
-                    .unwrap();
+                let mut req = JoinRequest::new(agent.clone(), 0.8);
+                if let Some(c) = &component {
+                    req = req.component(c.clone());
+                }
+                let ring = hv.join_session(&s, req).await.unwrap();
                 hv.activate_session(&s).unwrap();
+                if writes > 0 {
+                    let core = hv.session_core(&s).unwrap();
+                    let who = Caller::untraced(&agent, ring);
+                    for i in 0..writes {
+                        core.state_put(who, ["file-0", "file-1", "file-2", "draft"][i], &[i as u8; 32], 0)
+                            .unwrap();
+                    }
+                }
+                if wasm {
+                    hv.run_agent(&s, &agent, "ping").await.unwrap();
+                }
                 hv.terminate_session(&s).unwrap();
             });
         }
-        println!("batch {batch}: {:?} per lifecycle", t.elapsed() / 2000);
+        println!("batch {batch}: {:?} per session", t.elapsed() / 2000);
     }
     if std::env::var_os("PROBE_NO_SHUTDOWN").is_some() {
         std::process::exit(0);

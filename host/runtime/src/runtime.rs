@@ -178,6 +178,16 @@ impl RuntimeBuilder {
     }
 }
 
+/// Bytes of each linear memory and table that a freed pool slot keeps
+/// resident and zeroes with `memset` instead of `madvise`. With the
+/// `PAGEMAP_SCAN` ioctl (Linux 6.7+, used when available) only the pages the
+/// agent dirtied are reset, so a short agent's slot is reused without a
+/// system call, a TLB shoot-down or fresh page faults (measured: a join +
+/// `run` + terminate with the `pinger` agent 28.5 µs -> 15.6 µs). Without the
+/// ioctl Wasmtime zeroes the lowest `KEEP_RESIDENT` bytes, so this stays small:
+/// 1 MiB would cost 45 µs per instance there.
+const KEEP_RESIDENT: usize = 64 << 10;
+
 fn engine(max_instances: u32, max_memory: u64) -> Result<Engine, BuildError> {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(max_instances)
@@ -185,7 +195,10 @@ fn engine(max_instances: u32, max_memory: u64) -> Result<Engine, BuildError> {
         .total_memories(max_instances.saturating_mul(2))
         .total_tables(max_instances.saturating_mul(4))
         .total_stacks(max_instances)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config
         .consume_fuel(true)
