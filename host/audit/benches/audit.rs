@@ -8,7 +8,9 @@
 //!   emitted on the event bus with and without the auditor subscribed — what a
 //!   governed call really pays (the audited one also emits
 //!   `audit.delta_captured`).
-//! - `merkle/append_leaf` and `merkle/append_root`: the tree alone.
+//! - `merkle/append_leaf` and `merkle/append_root`: the tree alone;
+//!   `compact_append_leaf`: the compact tree a live session keeps;
+//!   `leaf_hash_160B`, `node_hash`: the two SHA-256 shapes.
 //! - `signer/notify`: what sealing pays to schedule a head signature (the
 //!   signer is busy or already notified, the common case within a batch).
 //!
@@ -17,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ahv_audit::merkle::{CompactTree, leaf_hash, node_hash};
 use ahv_audit::{
     AuditConfig, Auditor, BatchSigner, Durability, Hash, HeadSource, HypervisorKey, MemorySink,
     MerkleLog, SystemWallClock,
@@ -88,6 +91,17 @@ fn merkle(c: &mut Criterion) {
     let mut log = MerkleLog::new();
     let leaf = Hash::of(b"leaf");
     g.bench_function("append_leaf", |b| b.iter(|| log.append_leaf_hash(leaf)));
+    let mut compact = CompactTree::new();
+    g.bench_function("compact_append_leaf", |b| {
+        b.iter(|| compact.append_leaf_hash(leaf))
+    });
+    let delta = [0x5a_u8; 160];
+    g.bench_function("leaf_hash_160B", |b| {
+        b.iter(|| leaf_hash(std::hint::black_box(&delta)))
+    });
+    g.bench_function("node_hash", |b| {
+        b.iter(|| node_hash(std::hint::black_box(&leaf), &leaf))
+    });
     let mut log = MerkleLog::new();
     g.bench_function("append_root", |b| {
         b.iter(|| {

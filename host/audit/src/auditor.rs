@@ -25,6 +25,8 @@
 //! crash never leaves a signature over data that is not on disk.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState as FastHash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
@@ -38,7 +40,7 @@ use ahv_core::{
 use crate::commitment::{Commitment, PRUNED_TAG, RecordFormatError, decode_pruned, encode_pruned};
 use crate::delta::{Delta, encode_event};
 use crate::hash::Hash;
-use crate::merkle::{MerkleLog, leaf_hash};
+use crate::merkle::{CompactTree, leaf_hash};
 use crate::records::{
     Durability, LogKind, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
 };
@@ -209,7 +211,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One session's log.
 struct SessionLog {
     id: SessionId,
-    path: PathBuf,
     state: Mutex<SessionState>,
     /// Held while writing; owns the file once it exists.
     io: Mutex<Option<RecordWriter>>,
@@ -219,9 +220,9 @@ struct SessionLog {
 /// next delta is the tree's last leaf.
 #[derive(Default)]
 struct SessionState {
-    tree: MerkleLog,
-    scratch: Vec<u8>,
-    /// Deltas not yet handed to the writer: `u32 LE length ‖ body`, repeated.
+    tree: CompactTree,
+    /// Deltas not yet handed to the writer: `u32 LE length ‖ body`, repeated
+    /// (a buffer from [`Shared::buffers`] once the first delta is staged).
     staged: Vec<u8>,
     staged_count: usize,
     dirty: bool,
@@ -234,15 +235,36 @@ struct CommitLog {
     io: Mutex<RecordWriter>,
 }
 
+/// Maps keyed by session id (host-generated ids: a fast hasher is enough).
+type SessionMap<V> = HashMap<SessionId, V, FastHash>;
+
 struct CommitState {
-    tree: MerkleLog,
-    /// Commitments not yet written, each with the session log it covers.
-    staged: Vec<(Vec<u8>, Arc<SessionLog>)>,
+    /// The commitment log's right edge: its proofs are made from the file.
+    tree: CompactTree,
+    /// Commitments appended but not yet written, in order.
+    staged: Vec<StagedCommit>,
     durable: (u64, Hash),
-    sessions: HashMap<String, u64>,
-    /// When each sealed session was sealed (ns since the Unix epoch), until
-    /// retention has pruned it.
-    sealed_at: HashMap<String, u64>,
+    /// Every sealed session.
+    sealed: SessionMap<Sealed>,
+}
+
+/// A commitment waiting to be written.
+struct StagedCommit {
+    bytes: Vec<u8>,
+    /// The session log it covers (written first).
+    log: Arc<SessionLog>,
+    /// The commitment log's size and root once it is appended.
+    head: (u64, Hash),
+}
+
+/// A sealed session in the commitment log.
+#[derive(Clone, Copy)]
+struct Sealed {
+    /// Its commitment's index.
+    index: u64,
+    /// When it was sealed (ns since the Unix epoch), until retention has
+    /// pruned it.
+    at: Option<u64>,
 }
 
 impl HeadSource for CommitLog {
@@ -278,7 +300,7 @@ struct Shared {
     durability: Durability,
     clock: Arc<dyn Clock>,
     wall: Arc<dyn WallClock>,
-    sessions: RwLock<HashMap<SessionId, Arc<SessionLog>>>,
+    sessions: RwLock<SessionMap<Arc<SessionLog>>>,
     /// Sessions created with auditing off.
     excluded: Mutex<std::collections::HashSet<SessionId>>,
     dirty: Mutex<Vec<Arc<SessionLog>>>,
@@ -295,6 +317,9 @@ struct Shared {
     staged_bytes: AtomicU64,
     /// Held for a whole flush round.
     round: Mutex<()>,
+    /// Emptied staging buffers for reuse, so capture does not allocate and
+    /// grow a fresh buffer per session (nor free it on the flusher's thread).
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
@@ -303,6 +328,13 @@ const FS_SYNC: bool = cfg!(target_os = "linux");
 
 /// Staged bytes beyond which a capturing thread flushes itself (64 MiB).
 const MAX_STAGED_BYTES: u64 = 64 << 20;
+
+/// A new staging buffer's capacity: a short session's deltas fit.
+const BUFFER_CAPACITY: usize = 4 << 10;
+/// Staging buffers larger than this are freed rather than reused.
+const MAX_REUSED_CAPACITY: usize = 64 << 10;
+/// Most staging buffers kept for reuse.
+const MAX_REUSED_BUFFERS: usize = 1024;
 
 /// The audit log of one hypervisor (see the module docs).
 pub struct Auditor {
@@ -349,18 +381,24 @@ impl Auditor {
 
         let cpath = commitments_path(dir);
         let (cwriter, recovered) = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report)?;
-        let mut tree = MerkleLog::new();
-        let mut sessions = HashMap::new();
-        let mut sealed_at = HashMap::new();
+        let mut tree = CompactTree::new();
+        let mut sealed = SessionMap::default();
         for r in &recovered {
-            let c = Commitment::decode(&r.body).map_err(|source| AuditError::BadRecord {
+            let bad = |source| AuditError::BadRecord {
                 path: cpath.clone(),
                 offset: r.offset,
                 source,
+            };
+            let c = Commitment::decode(&r.body).map_err(bad)?;
+            let session = SessionId::new(c.session).map_err(|e| {
+                bad(RecordFormatError::SessionId {
+                    what: "commitment",
+                    reason: e.to_string(),
+                })
             })?;
-            let (index, _) = tree.append(&r.body);
-            sealed_at.insert(c.session.clone(), c.time_unix_ns);
-            sessions.insert(c.session, index.0);
+            let index = tree.append_leaf_hash(leaf_hash(&r.body)).0;
+            let at = Some(c.time_unix_ns);
+            sealed.insert(session, Sealed { index, at });
         }
         let durable = (tree.len().0, tree.root());
         let commits = Arc::new(CommitLog {
@@ -368,8 +406,7 @@ impl Auditor {
                 tree,
                 staged: Vec::new(),
                 durable,
-                sessions,
-                sealed_at,
+                sealed,
             }),
             io: Mutex::new(cwriter),
         });
@@ -384,7 +421,7 @@ impl Auditor {
             durability: config.durability,
             clock,
             wall: wall.clone(),
-            sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(SessionMap::default()),
             excluded: Mutex::new(std::collections::HashSet::new()),
             dirty: Mutex::new(Vec::new()),
             commits: commits.clone(),
@@ -398,6 +435,7 @@ impl Auditor {
             tick: (Mutex::new(false), Condvar::new()),
             staged_bytes: AtomicU64::new(0),
             round: Mutex::new(()),
+            buffers: Mutex::new(Vec::new()),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -535,7 +573,7 @@ impl Auditor {
     pub fn prune(&self, session: &str) -> Result<u64, AuditError> {
         self.shared.flush_all()?;
         if !lock(&self.shared.commits.state)
-            .sessions
+            .sealed
             .contains_key(session)
         {
             return Err(AuditError::NotSealed(session.to_string()));
@@ -572,21 +610,23 @@ impl Auditor {
             .wall
             .now_unix_ns()
             .saturating_sub(u64::try_from(keep.as_nanos()).unwrap_or(u64::MAX));
-        let mut due: Vec<String> = lock(&self.shared.commits.state)
-            .sealed_at
+        let mut due: Vec<SessionId> = lock(&self.shared.commits.state)
+            .sealed
             .iter()
-            .filter(|(_, t)| **t < cutoff)
-            .map(|(s, _)| s.clone())
+            .filter(|(_, s)| s.at.is_some_and(|t| t < cutoff))
+            .map(|(id, _)| id.clone())
             .collect();
         due.sort();
         let mut n = 0;
         for session in due {
-            let path = session_log_path(&self.shared.dir, &session);
+            let path = session_log_path(&self.shared.dir, session.as_str());
             if path.exists() {
-                self.prune(&session)?;
+                self.prune(session.as_str())?;
                 n += 1;
             }
-            lock(&self.shared.commits.state).sealed_at.remove(&session);
+            if let Some(s) = lock(&self.shared.commits.state).sealed.get_mut(&session) {
+                s.at = None;
+            }
         }
         Ok(n)
     }
@@ -594,9 +634,9 @@ impl Auditor {
     /// The commitment of a sealed session, if any (from the commitment log).
     pub fn commitment_index(&self, session: &str) -> Option<u64> {
         lock(&self.shared.commits.state)
-            .sessions
+            .sealed
             .get(session)
-            .copied()
+            .map(|s| s.index)
     }
 
     /// The latest signed head, if any was signed by this process.
@@ -690,19 +730,35 @@ impl Shared {
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).sessions.contains_key(id.as_str())
-            || lock(&self.excluded).contains(id)
-        {
+        if lock(&self.commits.state).sealed.contains_key(id) || lock(&self.excluded).contains(id) {
             return None;
         }
         let log = Arc::new(SessionLog {
             id: id.clone(),
-            path: session_log_path(&self.dir, id.as_str()),
             state: Mutex::new(SessionState::default()),
             io: Mutex::new(None),
         });
         map.insert(id.clone(), log.clone());
         Some(log)
+    }
+
+    /// A staging buffer: a reused one if any.
+    fn buffer(&self) -> Vec<u8> {
+        lock(&self.buffers)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY))
+    }
+
+    /// Keeps a written staging buffer for reuse.
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > MAX_REUSED_CAPACITY {
+            return;
+        }
+        buffer.clear();
+        let mut pool = lock(&self.buffers);
+        if pool.len() < MAX_REUSED_BUFFERS {
+            pool.push(buffer);
+        }
     }
 
     fn wall_ns(&self) -> u64 {
@@ -731,20 +787,27 @@ impl Shared {
             return None;
         }
         let seq = st.tree.len().0;
-        let parent = st.tree.leaf_hashes().last().copied();
+        let parent = st.tree.last_leaf();
+        if st.staged.capacity() == 0 {
+            st.staged = self.buffer();
+        }
+        // Encoded in place behind a length prefix patched afterwards: no
+        // scratch copy.
+        let start = st.staged.len();
+        st.staged.extend_from_slice(&[0; 4]);
         encode_event(
-            &mut st.scratch,
+            &mut st.staged,
             seq,
             session.as_str(),
             time,
             parent.as_ref(),
             event,
         );
-        let leaf = leaf_hash(&st.scratch);
+        let body = &st.staged[start + 4..];
+        let leaf = leaf_hash(body);
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        st.staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
         st.tree.append_leaf_hash(leaf);
-        let len = u32::try_from(st.scratch.len()).unwrap_or(u32::MAX);
-        st.staged.extend_from_slice(&len.to_le_bytes());
-        st.staged.extend_from_slice(&st.scratch);
         st.staged_count += 1;
         let backlog = self
             .staged_bytes
@@ -806,11 +869,12 @@ impl Shared {
         }
         let result = (|| {
             if io.is_none() {
+                let path = session_log_path(&self.dir, log.id.as_str());
                 let w = if sync {
-                    RecordWriter::create(&log.path, LogKind::SESSION_DELTAS, Durability::OnClose)?
+                    RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?
                 } else {
                     RecordWriter::create_unsynced(
-                        &log.path,
+                        &path,
                         LogKind::SESSION_DELTAS,
                         Durability::OnClose,
                     )?
@@ -845,6 +909,7 @@ impl Shared {
             Ok(()) => {
                 self.staged_bytes
                     .fetch_sub(staged.len() as u64, Ordering::Relaxed);
+                self.recycle(staged);
             }
             Err(_) => {
                 // Put the records back in front of anything staged since, so a
@@ -911,17 +976,22 @@ impl Shared {
             c
         };
         let bytes = commitment.encode();
+        let leaf = leaf_hash(&bytes);
         let index = {
             let mut cs = lock(&self.commits.state);
-            if cs.sessions.contains_key(session.as_str()) {
+            if cs.sealed.contains_key(session) {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
-            let (index, _) = cs.tree.append(&bytes);
-            cs.sessions.insert(session.to_string(), index.0);
-            cs.sealed_at
-                .insert(session.to_string(), commitment.time_unix_ns);
-            cs.staged.push((bytes, log.clone()));
-            index.0
+            let index = cs.tree.append_leaf_hash(leaf).0;
+            let at = Some(commitment.time_unix_ns);
+            cs.sealed.insert(session.clone(), Sealed { index, at });
+            let head = (cs.tree.len().0, cs.tree.root());
+            cs.staged.push(StagedCommit {
+                bytes,
+                log: log.clone(),
+                head,
+            });
+            index
         };
         match self.durability {
             Durability::GroupCommit { .. } => {}
@@ -955,9 +1025,9 @@ impl Shared {
         let _round = lock(&self.round);
         let mut logs = std::mem::take(&mut *lock(&self.dirty));
         let commits = std::mem::take(&mut lock(&self.commits.state).staged);
-        for (_, l) in &commits {
-            if !logs.iter().any(|x| Arc::ptr_eq(x, l)) {
-                logs.push(l.clone());
+        for c in &commits {
+            if !logs.iter().any(|x| Arc::ptr_eq(x, &c.log)) {
+                logs.push(c.log.clone());
             }
         }
         let mut first_error = None;
@@ -981,7 +1051,7 @@ impl Shared {
         }
         let ready = commits
             .iter()
-            .take_while(|(_, l)| !failed.iter().any(|f| Arc::ptr_eq(f, l)))
+            .take_while(|c| !failed.iter().any(|f| Arc::ptr_eq(f, &c.log)))
             .count();
         let result = if ready == 0 {
             Ok(())
@@ -990,7 +1060,7 @@ impl Shared {
             let now = self.clock.now();
             commits[..ready]
                 .iter()
-                .try_for_each(|(bytes, _)| io.append(bytes, now).map(drop))
+                .try_for_each(|c| io.append(&c.bytes, now).map(drop))
                 .and_then(|()| io.flush())
                 .map_err(AuditError::from)
         };
@@ -1002,24 +1072,16 @@ impl Shared {
                     (v, waiting)
                 };
                 self.restage_commits(waiting);
-                {
-                    let mut cs = lock(&self.commits.state);
-                    let size = cs.tree.len().0 - cs.staged.len() as u64;
-                    if size != cs.durable.0 {
-                        let root = cs
-                            .tree
-                            .root_at(crate::merkle::TreeSize(size))
-                            .unwrap_or_else(|_| cs.tree.root());
-                        cs.durable = (size, root);
-                    }
+                if let Some(last) = written.last() {
+                    lock(&self.commits.state).durable = last.head;
                 }
                 if ready > 0
                     && let Some(s) = self.signer.get()
                 {
                     s.notify();
                 }
-                for (_, log) in &written {
-                    self.forget_if_done(log);
+                for c in &written {
+                    self.forget_if_done(&c.log);
                 }
             }
             Err(e) => {
@@ -1032,7 +1094,7 @@ impl Shared {
     }
 
     /// Puts commitments back in front of any staged since, keeping order.
-    fn restage_commits(&self, mut back: Vec<(Vec<u8>, Arc<SessionLog>)>) {
+    fn restage_commits(&self, mut back: Vec<StagedCommit>) {
         if back.is_empty() {
             return;
         }
@@ -1117,12 +1179,12 @@ impl Shared {
             .collect();
         names.sort();
         for name in names {
-            if lock(&self.commits.state).sessions.contains_key(&name) {
-                continue;
-            }
             let Ok(id) = SessionId::new(name.clone()) else {
                 continue;
             };
+            if lock(&self.commits.state).sealed.contains_key(&id) {
+                continue;
+            }
             let path = session_log_path(&self.dir, &name);
             let (writer, rec) =
                 RecordWriter::open_append(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?;
@@ -1136,9 +1198,8 @@ impl Shared {
             let n = leaves.len() as u64;
             let log = Arc::new(SessionLog {
                 id: id.clone(),
-                path,
                 state: Mutex::new(SessionState {
-                    tree: MerkleLog::from_leaf_hashes(leaves),
+                    tree: CompactTree::from_leaf_hashes(leaves),
                     ..SessionState::default()
                 }),
                 io: Mutex::new(Some(writer)),

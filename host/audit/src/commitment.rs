@@ -58,6 +58,14 @@ pub enum RecordFormatError {
         /// What was being decoded.
         what: &'static str,
     },
+    /// The session id is not a valid id (no hypervisor writes one).
+    #[error("{what}: {reason}")]
+    SessionId {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why the id is refused.
+        reason: String,
+    },
 }
 
 impl Commitment {

@@ -142,8 +142,7 @@ pub enum DeltaError {
     Trailing(usize),
 }
 
-/// Encodes `event` as delta number `seq` of its session into `out` (cleared
-/// first). `session` must be the event's session (the caller has looked it up).
+/// Encodes `event` as delta number `seq` of its session, appended to `out`. `session` must be the event's session (the caller has looked it up).
 pub fn encode_event(
     out: &mut Vec<u8>,
     seq: u64,
@@ -152,7 +151,6 @@ pub fn encode_event(
     parent: Option<&Hash>,
     event: &Event,
 ) {
-    out.clear();
     write_header(
         out,
         &Header {
@@ -479,9 +477,11 @@ mod tests {
     }
 
     fn encoded(e: &Event, seq: u64, parent: Option<&Hash>) -> Vec<u8> {
+        // Encoding appends: whatever the buffer held stays in front.
         let mut out = vec![0xEE; 3];
         encode_event(&mut out, seq, "s-1", 1_700_000_000_000_000_000, parent, e);
-        out
+        assert_eq!(out[..3], [0xEE; 3]);
+        out.split_off(3)
     }
 
     /// The golden vectors: the bytes of a few deltas, hex, one per line, with

@@ -2,7 +2,20 @@
 
 use std::fmt;
 
+use sha2::digest::generic_array::GenericArray;
 use sha2::{Digest as _, Sha256};
+
+/// The initial hash value H(0) of SHA-256 (FIPS 180-4 §5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 
 /// A SHA-256 digest: a Merkle node, a leaf hash, a delta's chain hash or a
 /// content hash.
@@ -28,6 +41,25 @@ impl Hash {
             h.update(p);
         }
         Hash(h.finalize().into())
+    }
+
+    /// SHA-256 over message blocks that already carry the padding of FIPS
+    /// 180-4 §5.1.1 (`0x80`, zeros, the bit length): only the compression
+    /// function runs. `blocks.len()` must be a multiple of 64.
+    pub(crate) fn of_padded_blocks(blocks: &[u8]) -> Hash {
+        debug_assert!(blocks.len().is_multiple_of(64));
+        let mut state = SHA256_IV;
+        for block in blocks.chunks_exact(64) {
+            sha2::compress256(
+                &mut state,
+                std::slice::from_ref(GenericArray::from_slice(block)),
+            );
+        }
+        let mut out = [0u8; 32];
+        for (o, word) in out.chunks_exact_mut(4).zip(state) {
+            o.copy_from_slice(&word.to_be_bytes());
+        }
+        Hash(out)
     }
 
     /// The digest's bytes.

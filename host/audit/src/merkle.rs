@@ -35,12 +35,33 @@ pub const NODE_PREFIX: u8 = 0x01;
 
 /// The leaf hash `MTH({d0}) = SHA-256(0x00 ‖ data)` (RFC 6962 §2.1).
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    Hash::of_parts(&[&[LEAF_PREFIX], data])
+    // Most deltas are a few blocks long: pad them on the stack and run only
+    // the compression function; longer ones stream through the hasher.
+    const MAX_INLINE: usize = 256;
+    let len = 1 + data.len();
+    let padded = (len + 9).div_ceil(64) * 64;
+    if padded > MAX_INLINE {
+        return Hash::of_parts(&[&[LEAF_PREFIX], data]);
+    }
+    let mut blocks = [0u8; MAX_INLINE];
+    blocks[0] = LEAF_PREFIX;
+    blocks[1..len].copy_from_slice(data);
+    blocks[len] = 0x80;
+    blocks[padded - 8..padded].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+    Hash::of_padded_blocks(&blocks[..padded])
 }
 
 /// The interior node hash `SHA-256(0x01 ‖ left ‖ right)` (RFC 6962 §2.1).
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Hash::of_parts(&[&[NODE_PREFIX], &left.0, &right.0])
+    // 65 bytes of message always make the same two padded blocks: compress
+    // them directly instead of streaming through a hasher's buffer.
+    let mut blocks = [0u8; 128];
+    blocks[0] = NODE_PREFIX;
+    blocks[1..33].copy_from_slice(&left.0);
+    blocks[33..65].copy_from_slice(&right.0);
+    blocks[65] = 0x80;
+    blocks[120..].copy_from_slice(&(65u64 * 8).to_be_bytes());
+    Hash::of_padded_blocks(&blocks)
 }
 
 /// The root of the empty tree, `MTH({}) = SHA-256()` (RFC 6962 §2.1).
@@ -233,6 +254,100 @@ fn decode(bytes: &[u8], kind: &'static str) -> Result<(u64, u64, Vec<Hash>), Dec
 /// The largest power of two below `n` (the split `k` of RFC 6962 §2.1); needs `n >= 2`.
 fn split(n: usize) -> usize {
     1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// The right edge of an RFC 6962 tree (a "compact range" over `[0, n)`): the
+/// roots of its perfect subtrees, one per set bit of `n`, largest first. It
+/// appends a leaf and yields the tree head (MTH, RFC 6962 §2.1) in O(log n)
+/// without keeping the leaves, so a live session's log costs one small
+/// allocation and about one node hash per delta. It gives no proofs: those are
+/// made from the files ([`MerkleLog`]).
+#[derive(Clone, Default)]
+pub struct CompactTree {
+    size: u64,
+    last_leaf: Option<Hash>,
+    /// Perfect-subtree roots, left (largest) to right (smallest).
+    peaks: Vec<Hash>,
+}
+
+impl fmt::Debug for CompactTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (len, root) = (self.len(), self.root());
+        write!(f, "CompactTree {{ len: {len}, root: {root} }}")
+    }
+}
+
+impl CompactTree {
+    /// An empty tree.
+    pub const fn new() -> CompactTree {
+        CompactTree {
+            size: 0,
+            last_leaf: None,
+            peaks: Vec::new(),
+        }
+    }
+
+    /// The tree of `leaves` (leaf hashes, in order).
+    pub fn from_leaf_hashes(leaves: impl IntoIterator<Item = Hash>) -> CompactTree {
+        let mut t = CompactTree::new();
+        for leaf in leaves {
+            t.append_leaf_hash(leaf);
+        }
+        t
+    }
+
+    /// Appends a leaf hash and returns its index. Each perfect subtree the leaf
+    /// completes is merged into one peak: one node hash on average.
+    pub fn append_leaf_hash(&mut self, leaf: Hash) -> LeafIndex {
+        let index = LeafIndex(self.size);
+        if self.peaks.capacity() == 0 {
+            self.peaks.reserve_exact(8);
+        }
+        let mut node = leaf;
+        // Each trailing one bit of the old size is a peak of the same size as
+        // the subtree being carried: merge them, as in a binary increment.
+        let mut n = self.size;
+        while n & 1 == 1 {
+            match self.peaks.pop() {
+                Some(left) => node = node_hash(&left, &node),
+                None => break,
+            }
+            n >>= 1;
+        }
+        self.peaks.push(node);
+        self.size += 1;
+        self.last_leaf = Some(leaf);
+        index
+    }
+
+    /// The number of leaves.
+    pub const fn len(&self) -> TreeSize {
+        TreeSize(self.size)
+    }
+
+    /// Whether the tree has no leaves.
+    pub const fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// The hash of the last leaf appended (the parent of the next delta).
+    pub const fn last_leaf(&self) -> Option<Hash> {
+        self.last_leaf
+    }
+
+    /// MTH of the whole tree (RFC 6962 §2.1): the peaks folded right to left,
+    /// `node(p0, node(p1, … p_last))`, since the left child of every split is
+    /// the largest perfect subtree.
+    pub fn root(&self) -> Hash {
+        let mut peaks = self.peaks.iter().rev();
+        let Some(mut acc) = peaks.next().copied() else {
+            return empty_root();
+        };
+        for left in peaks {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
 }
 
 /// An append-only RFC 6962 Merkle log of leaf hashes. It holds about two hashes (64
@@ -851,6 +966,31 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn compact_tree_matches_the_full_log(leaves in leaf_data()) {
+            let mut log = MerkleLog::new();
+            let mut compact = CompactTree::new();
+            prop_assert_eq!(compact.root(), empty_root());
+            for data in &leaves {
+                let (i, leaf) = log.append(data);
+                prop_assert_eq!(compact.append_leaf_hash(leaf), i);
+                prop_assert_eq!(compact.len(), log.len());
+                prop_assert_eq!(compact.last_leaf(), Some(leaf));
+                prop_assert_eq!(compact.root(), log.root());
+            }
+            let reloaded = CompactTree::from_leaf_hashes(log.leaf_hashes().iter().copied());
+            prop_assert_eq!(reloaded.root(), log.root());
+        }
+
+        #[test]
+        fn inline_leaf_and_node_hashes_match_streaming_sha256(
+            data in prop::collection::vec(any::<u8>(), 0..400), a: [u8; 32], b: [u8; 32],
+        ) {
+            prop_assert_eq!(leaf_hash(&data), Hash::of_parts(&[&[LEAF_PREFIX], &data]));
+            let (a, b) = (Hash(a), Hash(b));
+            prop_assert_eq!(node_hash(&a, &b), Hash::of_parts(&[&[NODE_PREFIX], &a.0, &b.0]));
+        }
 
         #[test]
         fn every_proof_verifies(n in 1usize..=300, pick: prop::sample::Index, seed: u64) {

@@ -766,7 +766,8 @@ type Sinks = Arc<[(SubscriptionId, Arc<dyn EventSink>)]>;
 
 #[derive(Debug)]
 struct History {
-    events: VecDeque<Event>,
+    // Shared with the sinks of the emit that stored it: no deep copy per emit.
+    events: VecDeque<Arc<Event>>,
     next_id: u64,
     evicted: u64,
 }
@@ -843,11 +844,7 @@ impl EventBus {
         let time = self.clock.now();
         let id = EventId(history.next_id);
         history.next_id += 1;
-        if history.events.len() >= self.capacity {
-            history.events.pop_front();
-            history.evicted += 1;
-        }
-        history.events.push_back(Event {
+        let stored = Arc::new(Event {
             id,
             time,
             session,
@@ -856,14 +853,21 @@ impl EventBus {
             parent,
             payload,
         });
-        if self.sink_count.load(Ordering::Acquire) == 0 {
-            return id;
-        }
-        // Only pay for a copy when someone listens; sinks run unlocked.
-        let event = history.events.back().cloned();
+        let listened = self.sink_count.load(Ordering::Acquire) != 0;
+        let event = listened.then(|| Arc::clone(&stored));
+        let evicted = if history.events.len() >= self.capacity {
+            history.evicted += 1;
+            history.events.pop_front()
+        } else {
+            None
+        };
+        history.events.push_back(stored);
         drop(history);
-        let sinks = Arc::clone(&self.sinks.read().unwrap_or_else(|p| p.into_inner()));
+        // The evicted event is freed outside the lock.
+        drop(evicted);
         if let Some(event) = event {
+            // Sinks run unlocked.
+            let sinks = Arc::clone(&self.sinks.read().unwrap_or_else(|p| p.into_inner()));
             for (_, sink) in sinks.iter() {
                 // A panicking sink must not stop the others or the emitter;
                 // the panic hook has already reported it.
@@ -915,14 +919,14 @@ impl EventBus {
             .skip(start)
             .filter(|e| q.matches(e))
             .take(limit)
-            .cloned()
+            .map(|e| Event::clone(e))
             .collect()
     }
 
     /// The newest stored event.
     pub fn last(&self) -> Option<Event> {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        history.events.back().cloned()
+        history.events.back().map(|e| Event::clone(e))
     }
 
     /// How many events are stored (at most [`EventBus::capacity`]).

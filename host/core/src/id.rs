@@ -1,6 +1,7 @@
 //! Identifiers: agent ids (validated), session ids and trace ids.
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -10,7 +11,7 @@ pub const MAX_ID_LEN: usize = 256;
 /// A validated agent id (a DID or similar): `^[a-zA-Z0-9](?:[a-zA-Z0-9._:-]*[a-zA-Z0-9])?$`,
 /// at most [`MAX_ID_LEN`] bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(String);
+pub struct AgentId(Arc<str>);
 
 /// Why an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -82,7 +83,7 @@ impl AgentId {
     pub fn new(s: impl Into<String>) -> Result<AgentId, IdError> {
         let s = s.into();
         validate("agent", &s)?;
-        Ok(AgentId(s))
+        Ok(AgentId(s.into()))
     }
 
     /// The id as text.
@@ -97,9 +98,10 @@ impl fmt::Display for AgentId {
     }
 }
 
-/// A session id: opaque, validated like an agent id.
+/// A session id: opaque, validated like an agent id. Like [`AgentId`], cloning
+/// it is a reference-count increment: ids travel on every event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(String);
+pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// Validates and wraps a session id.
@@ -109,11 +111,25 @@ impl SessionId {
     pub fn new(s: impl Into<String>) -> Result<SessionId, IdError> {
         let s = s.into();
         validate("session", &s)?;
-        Ok(SessionId(s))
+        Ok(SessionId(s.into()))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Ids hash and compare as their text, so maps keyed by id can be searched
+// with a `&str`.
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for AgentId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
