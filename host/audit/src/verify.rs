@@ -985,6 +985,57 @@ mod tests {
         verify_dir(&f.dir, None, Some(&f.key)).unwrap()
     }
 
+    /// Backpressure (the capturing thread flushing) on a session already
+    /// waiting for the flusher used to lock that session's state twice and
+    /// hang; now every capture past the bound writes, and nothing is lost.
+    #[test]
+    fn backpressure_on_a_dirty_session_writes_without_hanging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker_dir = dir.clone();
+        std::thread::spawn(move || {
+            let clock = Arc::new(FakeClock::new());
+            let (auditor, _) = Auditor::open(
+                &worker_dir,
+                AuditConfig {
+                    durability: Durability::GroupCommit {
+                        max_records: usize::MAX,
+                        max_delay: std::time::Duration::from_secs(3600),
+                    },
+                    max_staged_bytes: 1,
+                    ..AuditConfig::default()
+                },
+                clock.clone(),
+                Arc::new(FakeWallClock::new(1_700_000_000_000)),
+            )
+            .unwrap();
+            let bus = Arc::new(EventBus::new(64, clock));
+            auditor.attach(&bus);
+            let s = SessionId::new("s-pressed").unwrap();
+            for i in 0..20 {
+                write(&bus, &s, i);
+            }
+            // Written by the capturing thread itself: the flusher sleeps an hour.
+            let on_disk = read_log(
+                &session_log_path(&worker_dir, "s-pressed"),
+                LogKind::SESSION_DELTAS,
+            )
+            .unwrap()
+            .records
+            .len();
+            auditor.seal(&s).unwrap();
+            auditor.close().unwrap();
+            let _ = done_tx.send(on_disk);
+        });
+        let on_disk = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("capture under backpressure hung");
+        assert_eq!(on_disk, 20);
+        let report = verify_dir(&dir, None, None).unwrap();
+        assert!(report.ok(), "{report:?}");
+    }
+
     #[test]
     fn a_clean_directory_verifies_under_every_durability_policy() {
         for d in [
