@@ -1018,7 +1018,7 @@ mod tests {
             }
             // Written by the capturing thread itself: the flusher sleeps an hour.
             let on_disk = read_log(
-                &session_log_path(&worker_dir, "s-pressed"),
+                session_log_path(&worker_dir, "s-pressed"),
                 LogKind::SESSION_DELTAS,
             )
             .unwrap()
