@@ -454,6 +454,63 @@ pub mod memory_hog {
         assert!(answer(hello.run("after").await).starts_with("Hello, after!"));
     }
 
+    /// Freed pool slots keep some memory resident and are reset by zeroing
+    /// only the pages their agent dirtied: the next agent in the slot (one
+    /// instance at a time, so the same slot) must see zeros, both below the
+    /// resident size and far above it.
+    #[tokio::test]
+    async fn a_recycled_memory_slot_carries_nothing_over() {
+        let runtime = ahv_runtime::Runtime::builder()
+            .max_instances(1)
+            .build()
+            .unwrap();
+        let sb = Sandbox::new();
+        let component = runtime.load(ahv_agents::MEMORY_HOG).unwrap();
+        let spec = || {
+            AgentSpec::new(
+                ahv_core::AgentId::new("did:test:hog").unwrap(),
+                Ring::Standard,
+                sb.vfs.clone(),
+            )
+        };
+        // The probe sees stale bytes when there are some: in one instance the
+        // allocator hands the filled block back.
+        let mut same = runtime.spawn(&component, spec()).await.unwrap();
+        assert_eq!(answer(same.run("fill:64").await), "filled 64 KiB");
+        let seen = answer(same.run("scan:64").await);
+        assert_ne!(
+            seen, "0 stale bytes in 64 KiB",
+            "the scan cannot see stale bytes"
+        );
+        drop(same);
+        // What a never-used slot shows: a few bytes of the allocator's own
+        // bookkeeping can sit inside a large uninitialised block.
+        let pristine = ahv_runtime::Runtime::builder()
+            .max_instances(1)
+            .build()
+            .unwrap();
+        let fresh = pristine.load(ahv_agents::MEMORY_HOG).unwrap();
+        for kib in [16, 48, 8192, 16] {
+            let mut reader = pristine.spawn(&fresh, spec()).await.unwrap();
+            let expected = answer(reader.run(&format!("scan:{kib}")).await);
+            drop(reader);
+            let stale: usize = expected.split(' ').next().unwrap().parse().unwrap();
+            assert!(stale < 16, "{expected}");
+            let mut writer = runtime.spawn(&component, spec()).await.unwrap();
+            assert_eq!(
+                answer(writer.run(&format!("fill:{kib}")).await),
+                format!("filled {kib} KiB")
+            );
+            drop(writer);
+            let mut reader = runtime.spawn(&component, spec()).await.unwrap();
+            assert_eq!(
+                answer(reader.run(&format!("scan:{kib}")).await),
+                expected,
+                "a recycled slot shows the previous agent's bytes"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn gets_more_memory_in_ring_2() {
         let h = Harness::new(&cache_dir());

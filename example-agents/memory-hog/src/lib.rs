@@ -4,6 +4,18 @@
 //! limiter refuses to grow linear memory, which traps it. Input `"<n>"` caps
 //! the allocation at n MiB instead (then it answers how much it allocated),
 //! so tests can check that a hog *under* the cap works.
+//!
+//! Two more inputs play an agent snooping on its predecessor:
+//! `"fill:<KiB>"` fills that much heap with `0xA5` and frees it;
+//! `"scan:<KiB>"` allocates that much heap *without* initialising it and
+//! answers how many of its bytes are not zero. In a fresh instance that heap
+//! comes straight from `memory.grow`, which Wasm promises is zero, so any
+//! stale byte is the host leaking a recycled memory slot; in the same
+//! instance the allocator hands back the freed, still-filled block, which
+//! shows the scan sees stale bytes when there are some.
+
+// Reading uninitialised heap is this test instrument's point (see `scan:`).
+#![allow(unsafe_code)]
 
 use agent_sdk::{Agent, export_agent, log};
 
@@ -11,6 +23,27 @@ struct MemoryHog;
 
 impl Agent for MemoryHog {
     fn run(input: String) -> Result<String, String> {
+        let kib = |s: &str| s.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}"));
+        if let Some(n) = input.strip_prefix("fill:") {
+            let n = kib(n)?;
+            let block = vec![0xA5u8; n << 10];
+            std::hint::black_box(&block);
+            return Ok(format!("filled {n} KiB"));
+        }
+        if let Some(n) = input.strip_prefix("scan:") {
+            let n = kib(n)?;
+            let block: Vec<u8> = Vec::with_capacity(n << 10);
+            let base = block.as_ptr();
+            let stale = (0..block.capacity())
+                // SAFETY: in bounds of the allocation. The bytes are
+                // uninitialised on purpose (that is what a snooping agent
+                // reads); volatile reads keep the compiler from assuming
+                // anything about them, and in Wasm a load of any in-bounds
+                // byte is defined.
+                .filter(|&i| unsafe { base.add(i).read_volatile() } != 0)
+                .count();
+            return Ok(format!("{stale} stale bytes in {n} KiB"));
+        }
         let cap: Option<usize> = input.trim().parse().ok();
         let mut blocks: Vec<Vec<u8>> = Vec::new();
         loop {
