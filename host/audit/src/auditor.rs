@@ -25,13 +25,13 @@
 //! crash never leaves a signature over data that is not on disk.
 
 use std::collections::HashMap;
-
-use foldhash::fast::RandomState as FastHash;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use foldhash::fast::RandomState as FastHash;
 
 use ahv_core::{
     Clock, Event, EventBus, EventKind, EventPayload, EventSink, SessionId, SubscriptionId,

@@ -900,13 +900,20 @@ mod tests {
     }
 
     fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
-        let clock = Arc::new(FakeClock::new());
-        let (auditor, _) = Auditor::open(
+        open_with(
             dir,
             AuditConfig {
                 durability,
                 ..AuditConfig::default()
             },
+        )
+    }
+
+    fn open_with(dir: &Path, config: AuditConfig) -> (Auditor, Arc<EventBus>) {
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, _) = Auditor::open(
+            dir,
+            config,
             clock.clone(),
             Arc::new(FakeWallClock::new(1_700_000_000_000)),
         )
@@ -995,8 +1002,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let worker_dir = dir.clone();
         std::thread::spawn(move || {
-            let clock = Arc::new(FakeClock::new());
-            let (auditor, _) = Auditor::open(
+            let (auditor, bus) = open_with(
                 &worker_dir,
                 AuditConfig {
                     durability: Durability::GroupCommit {
@@ -1006,12 +1012,7 @@ mod tests {
                     max_staged_bytes: 1,
                     ..AuditConfig::default()
                 },
-                clock.clone(),
-                Arc::new(FakeWallClock::new(1_700_000_000_000)),
-            )
-            .unwrap();
-            let bus = Arc::new(EventBus::new(64, clock));
-            auditor.attach(&bus);
+            );
             let s = SessionId::new("s-pressed").unwrap();
             for i in 0..20 {
                 write(&bus, &s, i);
