@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,7 +42,7 @@ use crate::delta::{Delta, encode_event};
 use crate::hash::Hash;
 use crate::merkle::{CompactTree, leaf_hash};
 use crate::records::{
-    Durability, LogKind, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
+    Durability, LogKind, ParkedWriter, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
 };
 use crate::signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, PublicKey,
@@ -68,6 +68,12 @@ pub struct AuditConfig {
     /// beyond which a capturing thread writes them itself instead of leaving
     /// them to the flusher (backpressure; default 64 MiB).
     pub max_staged_bytes: u64,
+    /// Most session logs kept open between writes (default 256). A live
+    /// session's log beyond this is closed after each write and reopened for
+    /// the next, so thousands of long-lived sessions do not exhaust the
+    /// process's file descriptors (a sealed session's log is always closed
+    /// once written). 0 closes every log after each write.
+    pub max_open_logs: usize,
 }
 
 impl Default for AuditConfig {
@@ -78,6 +84,7 @@ impl Default for AuditConfig {
             sinks: Vec::new(),
             announce_deltas: true,
             max_staged_bytes: 64 << 20,
+            max_open_logs: 256,
         }
     }
 }
@@ -89,6 +96,7 @@ impl std::fmt::Debug for AuditConfig {
             .field("sign_delay", &self.sign_delay)
             .field("announce_deltas", &self.announce_deltas)
             .field("max_staged_bytes", &self.max_staged_bytes)
+            .field("max_open_logs", &self.max_open_logs)
             .field(
                 "sinks",
                 &self
@@ -168,6 +176,14 @@ pub struct RecoveryReport {
     pub sealed_on_recovery: Vec<(String, u64)>,
     /// Commitments in the log.
     pub commitments: u64,
+    /// Session logs left without a commitment that could not be sealed
+    /// because they are damaged (a record in the middle fails its checksum,
+    /// a header is missing or wrong, a delta does not decode) or unreadable.
+    /// Each is left as it is, as evidence (a torn tail is still cut and
+    /// saved aside, as in [`RecoveryReport::torn`]): nothing is sealed over
+    /// it, and `ahv audit verify` reports it as failed until an operator
+    /// deals with it. The auditor works on without them.
+    pub damaged: Vec<(PathBuf, AuditError)>,
 }
 
 /// A sealed session: its commitment and where it sits in the commitment log.
@@ -219,7 +235,17 @@ struct SessionLog {
     id: SessionId,
     state: Mutex<SessionState>,
     /// Held while writing; owns the file once it exists.
-    io: Mutex<Option<RecordWriter>>,
+    io: Mutex<LogFile>,
+}
+
+/// A session log's file.
+enum LogFile {
+    /// Not created yet (nothing written).
+    None,
+    /// Open, counted in [`Shared::open_logs`].
+    Open(RecordWriter),
+    /// Written and closed to save a descriptor; reopened by the next write.
+    Parked(ParkedWriter),
 }
 
 /// A session's live log; the next seq is `tree.len()` and the parent of the
@@ -325,6 +351,10 @@ struct Shared {
     /// Emptied staging buffers for reuse, so capture does not allocate and
     /// grow a fresh buffer per session (nor free it on the flusher's thread).
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// Session logs with an open file ([`LogFile::Open`]).
+    open_logs: AtomicUsize,
+    /// Most open session logs kept between writes.
+    max_open_logs: usize,
 }
 
 /// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
@@ -439,6 +469,8 @@ impl Auditor {
             staged_bytes: AtomicU64::new(0),
             round: Mutex::new(()),
             buffers: Mutex::new(Vec::new()),
+            open_logs: AtomicUsize::new(0),
+            max_open_logs: config.max_open_logs,
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -739,7 +771,7 @@ impl Shared {
         let log = Arc::new(SessionLog {
             id: id.clone(),
             state: Mutex::new(SessionState::default()),
-            io: Mutex::new(None),
+            io: Mutex::new(LogFile::None),
         });
         map.insert(id.clone(), log.clone());
         Some(log)
@@ -875,20 +907,29 @@ impl Shared {
             return Ok(());
         }
         let result = (|| {
-            if io.is_none() {
-                let path = session_log_path(&self.dir, log.id.as_str());
-                let w = if sync {
-                    RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?
-                } else {
-                    RecordWriter::create_unsynced(
-                        &path,
-                        LogKind::SESSION_DELTAS,
-                        Durability::OnClose,
-                    )?
-                };
-                *io = Some(w);
+            let opened = match &*io {
+                LogFile::Open(_) => None,
+                LogFile::Parked(p) => Some(p.resume()?),
+                LogFile::None => {
+                    let path = session_log_path(&self.dir, log.id.as_str());
+                    Some(if sync {
+                        RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?
+                    } else {
+                        RecordWriter::create_unsynced(
+                            &path,
+                            LogKind::SESSION_DELTAS,
+                            Durability::OnClose,
+                        )?
+                    })
+                }
+            };
+            if let Some(w) = opened {
+                *io = LogFile::Open(w);
+                self.open_logs.fetch_add(1, Ordering::Relaxed);
             }
-            let w = io.as_mut().ok_or(AuditError::Closed)?;
+            let LogFile::Open(w) = &mut *io else {
+                return Err(AuditError::Closed);
+            };
             let now = self.clock.now();
             let mut rest = &staged[..];
             while rest.len() >= 4 {
@@ -907,8 +948,20 @@ impl Shared {
                 let st = lock(&log.state);
                 st.sealed.is_some() && st.staged_count == 0
             };
-            if sealed && let Some(w) = io.take() {
-                w.close()?;
+            if sealed {
+                self.close_log(&mut io)?;
+            } else if self.open_logs.load(Ordering::Relaxed) > self.max_open_logs
+                && let LogFile::Open(w) = std::mem::replace(&mut *io, LogFile::None)
+            {
+                // Nothing is pending after a successful write, so parking
+                // cannot hand the writer back; if it ever did, keep it open.
+                *io = match w.park() {
+                    Ok(p) => {
+                        self.open_logs.fetch_sub(1, Ordering::Relaxed);
+                        LogFile::Parked(p)
+                    }
+                    Err(w) => LogFile::Open(w),
+                };
             }
             Ok(())
         })();
@@ -936,6 +989,19 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// Closes a session log's file for good (its session is sealed and
+    /// written).
+    fn close_log(&self, io: &mut LogFile) -> Result<(), AuditError> {
+        match std::mem::replace(io, LogFile::None) {
+            LogFile::Open(w) => {
+                self.open_logs.fetch_sub(1, Ordering::Relaxed);
+                w.close()?;
+            }
+            LogFile::Parked(_) | LogFile::None => {}
+        }
+        Ok(())
     }
 
     fn live(&self, id: &SessionId) -> Option<Arc<SessionLog>> {
@@ -1132,10 +1198,8 @@ impl Shared {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&log.id);
-            if let Some(w) = lock(&log.io).take()
-                && let Err(e) = w.close()
-            {
-                self.record_failure(&e.into());
+            if let Err(e) = self.close_log(&mut lock(&log.io)) {
+                self.record_failure(&e);
             }
         }
     }
@@ -1204,15 +1268,34 @@ impl Shared {
                 continue;
             }
             let path = session_log_path(&self.dir, &name);
-            let (writer, rec) =
-                RecordWriter::open_append(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?;
+            // One damaged log must not keep the hypervisor from starting:
+            // it is reported and left as it is (see `RecoveryReport::damaged`).
+            let (writer, rec) = match RecordWriter::open_append(
+                &path,
+                LogKind::SESSION_DELTAS,
+                Durability::OnClose,
+            ) {
+                Ok(o) => o,
+                Err(e) => {
+                    report.damaged.push((path, e.into()));
+                    continue;
+                }
+            };
             if let Some(t) = rec.tail {
                 report.torn.push((path.clone(), t));
             }
-            let mut leaves = Vec::with_capacity(rec.records.len());
-            for r in &rec.records {
-                leaves.push(record_leaf(&path, r)?);
-            }
+            let leaves = match rec
+                .records
+                .iter()
+                .map(|r| record_leaf(&path, r))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    report.damaged.push((path, e));
+                    continue;
+                }
+            };
             let n = leaves.len() as u64;
             let log = Arc::new(SessionLog {
                 id: id.clone(),
@@ -1220,7 +1303,16 @@ impl Shared {
                     tree: CompactTree::from_leaf_hashes(leaves),
                     ..SessionState::default()
                 }),
-                io: Mutex::new(Some(writer)),
+                // Parked (nothing is pending after recovery): thousands of
+                // orphans must not hold a descriptor each until the round
+                // below writes their commitments.
+                io: Mutex::new(match writer.park() {
+                    Ok(p) => LogFile::Parked(p),
+                    Err(w) => {
+                        self.open_logs.fetch_add(1, Ordering::Relaxed);
+                        LogFile::Open(w)
+                    }
+                }),
             });
             self.sessions
                 .write()

@@ -1472,6 +1472,188 @@ mod tests {
     }
 
     #[test]
+    fn damaged_logs_left_open_by_a_crash_are_reported_kept_and_do_not_stop_the_auditor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let names = ["s-ok", "s-corrupt", "s-undecodable"];
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            for n in names {
+                let s = SessionId::new(n).unwrap();
+                for i in 0..3 {
+                    write(&bus, &s, i);
+                }
+            }
+            auditor.close().unwrap();
+        }
+        // A flipped byte inside the middle record.
+        let corrupt = session_log_path(&dir, "s-corrupt");
+        let offsets: Vec<u64> = read_log(&corrupt, LogKind::SESSION_DELTAS)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        let mut bytes = std::fs::read(&corrupt).unwrap();
+        bytes[offsets[1] as usize + 20] ^= 0x40;
+        std::fs::write(&corrupt, &bytes).unwrap();
+        // Framing intact, body not a delta.
+        let undecodable = session_log_path(&dir, "s-undecodable");
+        let mut b = bodies(&undecodable, LogKind::SESSION_DELTAS);
+        b[2] = b"not a delta".to_vec();
+        rewrite_log(&undecodable, LogKind::SESSION_DELTAS, b).unwrap();
+        let bad_at = read_log(&undecodable, LogKind::SESSION_DELTAS)
+            .unwrap()
+            .records[2]
+            .offset;
+        // Created, but the crash came before its header reached the disk.
+        let empty = session_log_path(&dir, "s-empty");
+        std::fs::write(&empty, b"").unwrap();
+        let before: Vec<Vec<u8>> = [&corrupt, &undecodable, &empty]
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+
+        for _ in 0..2 {
+            let (auditor, report) = Auditor::open(
+                &dir,
+                AuditConfig::default(),
+                Arc::new(FakeClock::new()),
+                Arc::new(FakeWallClock::new(1)),
+            )
+            .unwrap();
+            let damaged: Vec<(PathBuf, String)> = report
+                .damaged
+                .iter()
+                .map(|(p, e)| (p.clone(), e.to_string()))
+                .collect();
+            assert_eq!(damaged.len(), 3, "{damaged:?}");
+            assert_eq!(damaged[0].0, corrupt);
+            assert!(damaged[0].1.contains("1 damaged record(s)"), "{damaged:?}");
+            assert_eq!(damaged[1].0, empty);
+            assert!(damaged[1].1.contains("less than a header"), "{damaged:?}");
+            assert_eq!(damaged[2].0, undecodable);
+            assert!(
+                damaged[2].1.contains(&format!("offset {bad_at}")),
+                "{damaged:?}"
+            );
+            assert!(
+                damaged[2].1.contains("unknown delta version"),
+                "{damaged:?}"
+            );
+            // Sealed at most once: by the first open.
+            assert!(report.sealed_on_recovery.len() <= 1);
+            // The auditor works on.
+            let (bus, s) = (
+                Arc::new(EventBus::new(64, Arc::new(FakeClock::new()))),
+                SessionId::new("s-after").unwrap(),
+            );
+            auditor.attach(&bus);
+            write(&bus, &s, 0);
+            if auditor.commitment_index("s-after").is_none() {
+                auditor.seal(&s).unwrap();
+            }
+            auditor.close().unwrap();
+        }
+        let after: Vec<Vec<u8>> = [&corrupt, &undecodable, &empty]
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert_eq!(before, after, "damaged logs must be left as they were");
+
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(!r.ok());
+        assert_eq!(kinds(&r, "s-ok"), vec![]);
+        assert_eq!(kinds(&r, "s-after"), vec![]);
+        // The damaged record is skipped, so the next one is out of place too.
+        assert_eq!(
+            kinds(&r, "s-corrupt"),
+            vec![
+                ProblemKind::Damaged,
+                ProblemKind::Sequence,
+                ProblemKind::Chain
+            ]
+        );
+        assert_eq!(kinds(&r, "s-undecodable"), vec![ProblemKind::Undecodable]);
+        assert_eq!(kinds(&r, "s-empty"), vec![ProblemKind::Unreadable]);
+    }
+
+    /// Descriptors this process holds on files under `dir`.
+    #[cfg(target_os = "linux")]
+    fn open_files_under(dir: &Path) -> usize {
+        let dir = dir.canonicalize().unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.starts_with(&dir))
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn live_session_logs_beyond_the_bound_are_closed_between_writes_and_resume_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open_with(
+            &dir,
+            AuditConfig {
+                durability: Durability::GroupCommit {
+                    max_records: usize::MAX,
+                    max_delay: Duration::from_secs(3600),
+                },
+                max_open_logs: 2,
+                ..AuditConfig::default()
+            },
+        );
+        let sessions: Vec<SessionId> = (0..10)
+            .map(|n| SessionId::new(format!("s-{n}")).unwrap())
+            .collect();
+        let sessions_dir = dir.join("sessions");
+        for round in 0..3 {
+            for s in &sessions {
+                write(&bus, s, round);
+            }
+            auditor.flush().unwrap();
+            // Ten live sessions, all written, at most two logs open.
+            assert_eq!(open_files_under(&sessions_dir), 2, "round {round}");
+        }
+        // A parked log that changed behind the writer's back is not appended to.
+        let victim = &sessions[9];
+        let path = session_log_path(&dir, victim.as_str());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        write(&bus, victim, 3);
+        let err = auditor.flush().unwrap_err().to_string();
+        assert!(err.contains("changed while parked"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(auditor.stats().write_failures, 1);
+        // Undo the damage: the staged delta is written by the next round.
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        for s in &sessions {
+            auditor.seal(s).unwrap();
+        }
+        auditor.close().unwrap();
+        assert_eq!(open_files_under(&sessions_dir), 0);
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        for s in &r.sessions {
+            let want = if s.session == victim.as_str() { 4 } else { 3 };
+            assert_eq!(s.records, want, "{}", s.session);
+            assert!(matches!(s.status, SessionStatus::Committed { .. }));
+        }
+    }
+
+    #[test]
     fn group_commit_reaches_the_disk_within_the_delay_without_a_flush() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
@@ -1496,5 +1678,6 @@ mod tests {
         drop(auditor);
     }
 
+    use std::io::Write;
     use std::time::Duration;
 }

@@ -11,7 +11,9 @@
 //! writes between activate and terminate) or `wasm` (`full_pipeline/wasm`:
 //! the agent instantiated at join, 3 state writes and one `run` call).
 //! `PROBE_NO_SHUTDOWN=1` flushes nothing and exits without the final flush
-//! (for profiling the hot path, with `deferred`).
+//! (for profiling the hot path, with `deferred`); `PROBE_BATCHES=N` runs N
+//! batches instead of 10; `PROBE_QUIET=1` with `deferred` turns
+//! `audit.delta_captured` off too.
 use std::time::Instant;
 
 use ahv_core::AgentId;
@@ -35,6 +37,7 @@ fn main() {
                 max_records: usize::MAX,
                 max_delay: std::time::Duration::from_secs(3600),
             },
+            announce_deltas: std::env::var_os("PROBE_QUIET").is_none(),
             ..Default::default()
         }),
         "quiet" => b.audit(ahv_audit::AuditConfig {
@@ -57,7 +60,11 @@ fn main() {
         other => panic!("unknown scenario {other:?}: lifecycle, pipeline or wasm"),
     };
     let component = wasm.then(|| hv.load(ahv_agents::PINGER).unwrap());
-    for batch in 0..10 {
+    let batches: u32 = std::env::var("PROBE_BATCHES")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(10);
+    for batch in 0..batches {
         let t = Instant::now();
         for _ in 0..1000 {
             rt.block_on(async {

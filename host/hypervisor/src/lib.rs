@@ -385,6 +385,9 @@ impl HypervisorBuilder {
                 for (path, tail) in &report.torn {
                     tracing::warn!(path = %path.display(), offset = tail.offset, len = tail.len, saved_to = ?tail.saved_to, "audit log had a torn tail (crash); cut and kept aside");
                 }
+                for (path, error) in &report.damaged {
+                    tracing::error!(path = %path.display(), %error, "damaged audit log left without a commitment: not sealed, kept as evidence (`ahv audit verify` reports it)");
+                }
                 for (session, n) in &report.sealed_on_recovery {
                     tracing::warn!(%session, deltas = n, "sealed an audit log left open by an earlier process");
                 }
