@@ -15,6 +15,7 @@
 //! | `sessions/<session>.log` | the session's deltas, one record each ([`LogKind::SESSION_DELTAS`]) |
 //! | `commitments.log` | one [`Commitment`] per sealed session; an RFC 6962 log |
 //! | `heads.log` | signed heads of the commitment log ([`SignedTreeHead`]) |
+//! | `lock` | held (exclusive `flock`) by the one auditor that has the directory open |
 //!
 //! Durability ([`Durability`]): `EveryRecord` writes and syncs each delta
 //! before capture returns; `GroupCommit` stages deltas in memory and a
@@ -74,6 +75,52 @@ pub struct AuditConfig {
     /// process's file descriptors (a sealed session's log is always closed
     /// once written). 0 closes every log after each write.
     pub max_open_logs: usize,
+    /// Prune the delta bodies of sessions sealed long ago (default: never).
+    /// The auditor's background thread applies it ([`Auditor::apply_retention`]);
+    /// the pruned logs keep their leaf hashes, so their commitments verify.
+    pub retention: Option<Retention>,
+}
+
+/// Age-based retention of delta bodies ([`AuditConfig::retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Sessions sealed longer ago than this, by the wall clock, lose their
+    /// delta bodies.
+    pub keep: Duration,
+    /// How often the background thread looks for them (on the auditor's
+    /// monotonic clock). Each look walks the sealed sessions once.
+    pub check_every: Duration,
+}
+
+impl Retention {
+    /// Keep bodies for `keep`, checking every `keep / 10` (at least a
+    /// second, at most an hour).
+    pub fn keep(keep: Duration) -> Retention {
+        Retention {
+            keep,
+            check_every: (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// When the next retention pass is due, on a monotonic clock.
+#[derive(Debug, Default)]
+struct RetentionTimer {
+    last: Option<Duration>,
+}
+
+impl RetentionTimer {
+    /// Whether a pass is due at `now` (the first one at once); if so, it is
+    /// counted as done.
+    fn due(&mut self, now: Duration, every: Duration) -> bool {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_sub(last) >= every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
 }
 
 impl Default for AuditConfig {
@@ -85,6 +132,7 @@ impl Default for AuditConfig {
             announce_deltas: true,
             max_staged_bytes: 64 << 20,
             max_open_logs: 256,
+            retention: None,
         }
     }
 }
@@ -97,6 +145,7 @@ impl std::fmt::Debug for AuditConfig {
             .field("announce_deltas", &self.announce_deltas)
             .field("max_staged_bytes", &self.max_staged_bytes)
             .field("max_open_logs", &self.max_open_logs)
+            .field("retention", &self.retention)
             .field(
                 "sinks",
                 &self
@@ -151,6 +200,12 @@ pub enum AuditError {
         /// What is wrong with it.
         source: crate::delta::DeltaError,
     },
+    /// The session's commitment is not on disk yet (a write failed and is
+    /// being retried; see [`Auditor::last_error`]).
+    #[error(
+        "session {0}: its commitment is not written yet; retry after the audit log has been flushed"
+    )]
+    NotDurable(String),
     /// The session's log was already sealed.
     #[error("session {0}: its audit log is already sealed")]
     AlreadySealed(String),
@@ -163,6 +218,14 @@ pub enum AuditError {
     /// The auditor was closed.
     #[error("the auditor is closed")]
     Closed,
+    /// Another auditor — in this process or another one — has the directory
+    /// open. Two writers would interleave their appends to the commitment
+    /// log and seal each other's live sessions as orphans.
+    #[error("{}: another process (or auditor) has this audit directory open; stop it first, or use `ahv audit verify`, which only reads", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
 }
 
 /// What opening the audit directory found and did.
@@ -373,6 +436,8 @@ pub struct Auditor {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     public: PublicKey,
+    /// The directory's exclusive lock, released by a successful close.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -407,6 +472,7 @@ impl Auditor {
             path: sessions_dir.clone(),
             source,
         })?;
+        let lock = lock_dir(dir)?;
         let key = HypervisorKey::load_or_create(dir)?;
         let public = key.public_key();
         let mut report = RecoveryReport::default();
@@ -483,27 +549,33 @@ impl Auditor {
         signer.notify();
         let _ = shared.signer.set(signer);
 
-        let flusher = match config.durability {
-            Durability::GroupCommit { max_delay, .. } => {
-                let s = shared.clone();
-                Some(
-                    std::thread::Builder::new()
-                        .name("ahv-audit-flusher".into())
-                        .spawn(move || s.flusher(max_delay))
-                        .map_err(|source| AuditError::Dir {
-                            op: "start the flusher for",
-                            path: dir.to_path_buf(),
-                            source,
-                        })?,
-                )
-            }
-            _ => None,
+        // The background thread: group commit's flusher, and retention.
+        let flush_every = match config.durability {
+            Durability::GroupCommit { max_delay, .. } => Some(max_delay),
+            Durability::EveryRecord | Durability::OnClose => None,
+        };
+        let flusher = if flush_every.is_some() || config.retention.is_some() {
+            let s = shared.clone();
+            let retention = config.retention;
+            Some(
+                std::thread::Builder::new()
+                    .name("ahv-audit-flusher".into())
+                    .spawn(move || s.background(flush_every, retention))
+                    .map_err(|source| AuditError::Dir {
+                        op: "start the flusher for",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
         };
         Ok((
             Auditor {
                 shared,
                 flusher: Mutex::new(flusher),
                 public,
+                lock: Mutex::new(Some(lock)),
             },
             report,
         ))
@@ -576,7 +648,8 @@ impl Auditor {
     }
 
     /// Stops the flusher, writes everything, signs the final head and stops
-    /// the signer. Dropping the auditor does the same, ignoring errors.
+    /// the signer; then releases the directory's lock. Dropping the auditor
+    /// does the same, ignoring errors.
     ///
     /// # Errors
     /// As [`Auditor::flush`].
@@ -595,7 +668,10 @@ impl Auditor {
         {
             bus.unsubscribe(*id);
         }
-        self.flush()
+        let head = self.flush()?;
+        // Everything is written: another auditor may take the directory.
+        lock(&self.lock).take();
+        Ok(head)
     }
 
     /// Replaces the bodies of a sealed session's deltas by their leaf hashes
@@ -604,66 +680,24 @@ impl Auditor {
     ///
     /// # Errors
     /// [`AuditError::NotSealed`] for a session without a commitment;
-    /// [`AuditError::UnknownSession`]; damaged logs; I/O.
+    /// [`AuditError::NotDurable`] when its commitment could not be written
+    /// yet; [`AuditError::UnknownSession`]; damaged logs; I/O.
     pub fn prune(&self, session: &str) -> Result<u64, AuditError> {
         self.shared.flush_all()?;
-        if !lock(&self.shared.commits.state)
-            .sealed
-            .contains_key(session)
-        {
-            return Err(AuditError::NotSealed(session.to_string()));
-        }
-        let path = session_log_path(&self.shared.dir, session);
-        if !path.exists() {
-            return Err(AuditError::UnknownSession(session.to_string()));
-        }
-        let recovered = read_log(&path, LogKind::SESSION_DELTAS)?;
-        let mut pruned = 0;
-        let mut bodies = Vec::with_capacity(recovered.records.len());
-        for (seq, r) in recovered.records.iter().enumerate() {
-            if r.body.first() == Some(&PRUNED_TAG) {
-                bodies.push(r.body.clone());
-            } else {
-                pruned += 1;
-                bodies.push(encode_pruned(seq as u64, &leaf_hash(&r.body)).to_vec());
-            }
-        }
-        rewrite_log(&path, LogKind::SESSION_DELTAS, bodies)?;
-        Ok(pruned)
+        self.shared.prune_written(session)
     }
 
-    /// The retention policy: prunes ([`Auditor::prune`]) every sealed session
-    /// sealed more than `keep` ago by the wall clock, once each. Returns how
-    /// many sessions it pruned. Run it from a maintenance task (the CLI or a
-    /// timer); the hot path never prunes.
+    /// The retention policy, applied once: prunes ([`Auditor::prune`]) every
+    /// session sealed more than `keep` ago by the wall clock, once each.
+    /// Returns how many sessions it pruned. [`AuditConfig::retention`] has
+    /// the auditor's background thread do this periodically; the hot path
+    /// never prunes.
     ///
     /// # Errors
-    /// The first [`Auditor::prune`] failure (sessions before it stay pruned).
+    /// The first failure; every other due session is still pruned, and the
+    /// failed ones are tried again by the next call.
     pub fn apply_retention(&self, keep: Duration) -> Result<u64, AuditError> {
-        let cutoff = self
-            .shared
-            .wall
-            .now_unix_ns()
-            .saturating_sub(u64::try_from(keep.as_nanos()).unwrap_or(u64::MAX));
-        let mut due: Vec<SessionId> = lock(&self.shared.commits.state)
-            .sealed
-            .iter()
-            .filter(|(_, s)| s.at.is_some_and(|t| t < cutoff))
-            .map(|(id, _)| id.clone())
-            .collect();
-        due.sort();
-        let mut n = 0;
-        for session in due {
-            let path = session_log_path(&self.shared.dir, session.as_str());
-            if path.exists() {
-                self.prune(session.as_str())?;
-                n += 1;
-            }
-            if let Some(s) = lock(&self.shared.commits.state).sealed.get_mut(&session) {
-                s.at = None;
-            }
-        }
-        Ok(n)
+        self.shared.apply_retention(keep)
     }
 
     /// The commitment of a sealed session, if any (from the commitment log).
@@ -697,6 +731,36 @@ impl Auditor {
 impl Drop for Auditor {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// The lock file inside an audit directory: [`Auditor::open`] holds an
+/// exclusive advisory lock on it (`flock` on Unix) for the auditor's life.
+pub fn lock_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("lock")
+}
+
+/// Takes the audit directory's exclusive lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, AuditError> {
+    let path = lock_path(dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AuditError::Dir {
+            op: "open the lock file",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::Dir {
+            op: "lock",
+            path,
+            source,
+        }),
     }
 }
 
@@ -1204,6 +1268,79 @@ impl Shared {
         }
     }
 
+    /// Prunes a sealed session whose log and commitment are written.
+    fn prune_written(&self, session: &str) -> Result<u64, AuditError> {
+        {
+            let cs = lock(&self.commits.state);
+            match cs.sealed.get(session) {
+                None => return Err(AuditError::NotSealed(session.to_string())),
+                // Rewriting a log whose records or commitment are still
+                // staged (a failed write) would race the retry.
+                Some(s) if s.index >= cs.durable.0 => {
+                    return Err(AuditError::NotDurable(session.to_string()));
+                }
+                Some(_) => {}
+            }
+        }
+        let path = session_log_path(&self.dir, session);
+        if !path.exists() {
+            return Err(AuditError::UnknownSession(session.to_string()));
+        }
+        let recovered = read_log(&path, LogKind::SESSION_DELTAS)?;
+        let mut pruned = 0;
+        let mut bodies = Vec::with_capacity(recovered.records.len());
+        for (seq, r) in recovered.records.iter().enumerate() {
+            if r.body.first() == Some(&PRUNED_TAG) {
+                bodies.push(r.body.clone());
+            } else {
+                pruned += 1;
+                bodies.push(encode_pruned(seq as u64, &leaf_hash(&r.body)).to_vec());
+            }
+        }
+        rewrite_log(&path, LogKind::SESSION_DELTAS, bodies)?;
+        Ok(pruned)
+    }
+
+    fn apply_retention(&self, keep: Duration) -> Result<u64, AuditError> {
+        let cutoff = self
+            .wall_ns()
+            .saturating_sub(u64::try_from(keep.as_nanos()).unwrap_or(u64::MAX));
+        let mut due: Vec<SessionId> = lock(&self.commits.state)
+            .sealed
+            .iter()
+            .filter(|(_, s)| s.at.is_some_and(|t| t < cutoff))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        due.sort();
+        // One round writes everything due, instead of one per session.
+        self.flush_all()?;
+        let mut n = 0;
+        let mut first_error = None;
+        for session in due {
+            let path = session_log_path(&self.dir, session.as_str());
+            let result = if path.exists() {
+                self.prune_written(session.as_str()).map(|_| n += 1)
+            } else {
+                // Already gone (removed by hand): nothing left to prune.
+                Ok(())
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(s) = lock(&self.commits.state).sealed.get_mut(&session) {
+                        s.at = None;
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(n), Err)
+    }
+
     fn flush_all(&self) -> Result<(), AuditError> {
         // Under `OnClose` sessions are written when sealed; an explicit flush
         // (shutdown) writes the open ones too.
@@ -1220,8 +1357,16 @@ impl Shared {
         self.flush_round()
     }
 
-    fn flusher(&self, every: Duration) {
+    /// The background thread: under group commit writes every `flush_every`
+    /// (or when woken); applies `retention` when due.
+    fn background(&self, flush_every: Option<Duration>, retention: Option<Retention>) {
         let (m, cv) = &self.tick;
+        let every = flush_every
+            .into_iter()
+            .chain(retention.map(|r| r.check_every))
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let mut timer = RetentionTimer::default();
         loop {
             {
                 let mut urgent = lock(m);
@@ -1234,9 +1379,17 @@ impl Shared {
                 *urgent = false;
             }
             // Errors are recorded and retried on the next tick.
-            let _ = self.flush_all();
+            if flush_every.is_some() {
+                let _ = self.flush_all();
+            }
             if self.stop.load(Ordering::SeqCst) {
                 return;
+            }
+            if let Some(r) = retention
+                && timer.due(self.clock.now(), r.check_every)
+                && let Err(e) = self.apply_retention(r.keep)
+            {
+                self.record_failure(&e);
             }
         }
     }
@@ -1343,5 +1496,35 @@ fn record_leaf(path: &Path, r: &crate::records::Record) -> Result<Hash, AuditErr
             source,
         })?;
         Ok(leaf_hash(&r.body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_pass_is_due_at_once_then_every_interval_on_the_clock() {
+        let every = Duration::from_secs(60);
+        let mut t = RetentionTimer::default();
+        assert!(t.due(Duration::from_secs(5), every));
+        assert!(!t.due(Duration::from_secs(64), every));
+        assert!(t.due(Duration::from_secs(65), every));
+        assert!(!t.due(Duration::from_secs(65), every));
+        // A clock that went backwards (it cannot, but) never makes it due early.
+        assert!(!t.due(Duration::from_secs(1), every));
+        assert!(t.due(Duration::from_secs(125), every));
+    }
+
+    #[test]
+    fn the_default_check_interval_is_a_tenth_of_the_kept_time_within_bounds() {
+        let r = |s| {
+            Retention::keep(Duration::from_secs(s))
+                .check_every
+                .as_secs()
+        };
+        assert_eq!(r(3), 1);
+        assert_eq!(r(600), 60);
+        assert_eq!(r(30 * 86_400), 3600);
     }
 }

@@ -51,7 +51,8 @@ pub mod signing;
 pub mod verify;
 
 pub use auditor::{
-    AuditConfig, AuditError, AuditStats, Auditor, RecoveryReport, SealReceipt, audit_dir,
+    AuditConfig, AuditError, AuditStats, Auditor, RecoveryReport, Retention, SealReceipt,
+    audit_dir, lock_path,
 };
 pub use commitment::Commitment;
 pub use delta::{Delta, DeltaError, Value};

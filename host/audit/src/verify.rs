@@ -923,6 +923,21 @@ mod tests {
         (auditor, bus)
     }
 
+    /// An auditor on a bus, both on fake clocks the test drives; the wall
+    /// clock starts at 1 000 000 ms.
+    fn open_clocked(
+        dir: &Path,
+        config: AuditConfig,
+    ) -> (Auditor, Arc<EventBus>, FakeWallClock, Arc<FakeClock>) {
+        let wall = FakeWallClock::new(1_000_000);
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, _) =
+            Auditor::open(dir, config, clock.clone(), Arc::new(wall.clone())).unwrap();
+        let bus = Arc::new(EventBus::new(100, clock.clone()));
+        auditor.attach(&bus);
+        (auditor, bus, wall, clock)
+    }
+
     fn write(bus: &EventBus, s: &SessionId, i: u64) {
         bus.emit(
             Some(s),
@@ -1365,20 +1380,13 @@ mod tests {
     fn retention_prunes_only_sessions_sealed_longer_ago_than_kept_and_only_once() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
-        let wall = FakeWallClock::new(1_000_000);
-        let clock = Arc::new(FakeClock::new());
-        let (auditor, _) = Auditor::open(
+        let (auditor, bus, wall, _) = open_clocked(
             &dir,
             AuditConfig {
                 durability: Durability::EveryRecord,
                 ..AuditConfig::default()
             },
-            clock.clone(),
-            Arc::new(wall.clone()),
-        )
-        .unwrap();
-        let bus = Arc::new(EventBus::new(100, clock));
-        auditor.attach(&bus);
+        );
         let old = SessionId::new("s-old").unwrap();
         let new = SessionId::new("s-new").unwrap();
         write(&bus, &old, 0);
@@ -1576,6 +1584,100 @@ mod tests {
         );
         assert_eq!(kinds(&r, "s-undecodable"), vec![ProblemKind::Undecodable]);
         assert_eq!(kinds(&r, "s-empty"), vec![ProblemKind::Unreadable]);
+    }
+
+    #[test]
+    fn a_second_auditor_on_the_same_directory_is_refused_until_the_first_closes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (first, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-live").unwrap();
+        write(&bus, &s, 0);
+        let second = || {
+            Auditor::open(
+                &dir,
+                AuditConfig::default(),
+                Arc::new(FakeClock::new()),
+                Arc::new(FakeWallClock::new(1)),
+            )
+        };
+        // Were it allowed, it would seal the first one's live session as an
+        // orphan and append to the same commitment log.
+        match second() {
+            Err(crate::auditor::AuditError::Locked { path }) => {
+                assert_eq!(path, crate::auditor::lock_path(&dir));
+            }
+            other => panic!("{:?}", other.map(|(_, r)| r)),
+        }
+        write(&bus, &s, 1);
+        first.seal(&s).unwrap();
+        first.close().unwrap();
+        let (again, report) = second().unwrap();
+        assert!(report.sealed_on_recovery.is_empty());
+        assert_eq!(again.commitment_index("s-live"), Some(0));
+        drop(again);
+        drop(first);
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.sessions[0].records, 2);
+    }
+
+    /// The configured policy, applied by the background thread: fake clocks
+    /// decide what is due; the thread's real ticks (2 ms) only bound how long
+    /// the test polls.
+    #[test]
+    fn configured_retention_is_applied_in_the_background_when_due() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus, wall, clock) = open_clocked(
+            &dir,
+            AuditConfig {
+                durability: Durability::GroupCommit {
+                    max_records: usize::MAX,
+                    max_delay: Duration::from_millis(2),
+                },
+                retention: Some(crate::auditor::Retention {
+                    keep: Duration::from_secs(3600),
+                    check_every: Duration::from_secs(60),
+                }),
+                ..AuditConfig::default()
+            },
+        );
+        let (old, new) = (
+            SessionId::new("s-old").unwrap(),
+            SessionId::new("s-new").unwrap(),
+        );
+        for i in 0..3 {
+            write(&bus, &old, i);
+        }
+        auditor.seal(&old).unwrap();
+        wall.set(1_000_000 + 1_800_000); // half an hour later
+        write(&bus, &new, 0);
+        auditor.seal(&new).unwrap();
+        let pruned = |name: &str| {
+            read_log(session_log_path(&dir, name), LogKind::SESSION_DELTAS)
+                .map(|r| {
+                    r.records
+                        .iter()
+                        .filter(|r| r.body.first() == Some(&PRUNED_TAG))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        // An hour and a minute after the first seal, and a check is due.
+        wall.set(1_000_000 + 3_660_000);
+        clock.advance(Duration::from_secs(61));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pruned("s-old") < 3 {
+            assert!(std::time::Instant::now() < deadline, "not pruned in 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The same pass left the younger session alone.
+        assert_eq!(pruned("s-new"), 0);
+        assert_eq!(auditor.stats().write_failures, 0);
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, Some(auditor.public_key())).unwrap();
+        assert!(r.ok(), "{r}");
     }
 
     /// Descriptors this process holds on files under `dir`.

@@ -56,6 +56,40 @@ pub(crate) enum AuditCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Retention: replace the delta bodies of sealed sessions by their leaf
+    /// hashes, so their commitments still verify but the contents are gone.
+    /// Refused while a hypervisor has the directory open (configure
+    /// `AuditConfig::retention` there instead).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["older_than", "session"])))]
+    Prune {
+        /// The state directory (or its `audit` folder).
+        state_dir: PathBuf,
+        /// Every session sealed longer ago than this: a number and a unit,
+        /// `s`, `m`, `h` or `d` (e.g. `30d`).
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Only this (sealed) session, whatever its age.
+        #[arg(long)]
+        session: Option<String>,
+    },
+}
+
+/// Parses an age like `90s`, `15m`, `12h` or `30d`.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?}: expected a number and a unit s, m, h or d (e.g. 30d)");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(bad()),
+    };
+    seconds
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
 }
 
 /// The audit folder: `dir/audit` if it exists, else `dir` itself.
@@ -138,7 +172,65 @@ pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        AuditCmd::Prune {
+            state_dir,
+            older_than,
+            session,
+        } => {
+            print!("{}", prune(&audit_folder(&state_dir), older_than, session)?);
+            Ok(0)
+        }
     }
+}
+
+/// Opens the audit directory as its one writer (refused while a hypervisor
+/// has it) and prunes; returns what to print.
+fn prune(
+    dir: &Path,
+    older_than: Option<std::time::Duration>,
+    session: Option<String>,
+) -> anyhow::Result<String> {
+    use std::sync::Arc;
+    if !ahv_audit::auditor::commitments_path(dir).exists() {
+        bail!(
+            "{}: not an audit directory (no commitments.log)",
+            dir.display()
+        );
+    }
+    let (auditor, report) = ahv_audit::Auditor::open(
+        dir,
+        ahv_audit::AuditConfig::default(),
+        Arc::new(ahv_core::SystemClock::default()),
+        Arc::new(ahv_audit::SystemWallClock),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    let mut out = String::new();
+    for (session, n) in &report.sealed_on_recovery {
+        out += &format!("sealed session {session} ({n} delta(s)), left open by a crash\n");
+    }
+    for (path, e) in &report.damaged {
+        out += &format!("damaged, not sealed: {} ({e})\n", path.display());
+    }
+    match (older_than, session) {
+        (_, Some(s)) => {
+            let n = auditor
+                .prune(&s)
+                .with_context(|| format!("pruning session {s}"))?;
+            out += &format!(
+                "session {s}: {n} delta(s) pruned to their leaf hashes; its commitment still verifies\n"
+            );
+        }
+        (Some(age), None) => {
+            let n = auditor.apply_retention(age)?;
+            out += &format!(
+                "{n} session(s) sealed more than {}s ago pruned\n",
+                age.as_secs()
+            );
+        }
+        (None, None) => bail!("give --older-than AGE or --session ID"),
+    }
+    auditor.close()?;
+    Ok(out)
 }
 
 /// The readable form of a session's log.
@@ -299,6 +391,69 @@ mod tests {
         assert_eq!(check(&other), EXIT_TAMPERED);
         let text = show_missing(tmp.path());
         assert!(text.contains("s-cli"), "{text}");
+    }
+
+    #[test]
+    fn prune_keeps_young_sessions_prunes_a_named_one_and_verify_still_passes() {
+        let (tmp, key) = state();
+        let out = prune(
+            &tmp.path().join("audit"),
+            Some(parse_age("1h").unwrap()),
+            None,
+        )
+        .unwrap();
+        assert!(
+            out.contains("0 session(s) sealed more than 3600s ago pruned"),
+            "{out}"
+        );
+        let out = prune(&tmp.path().join("audit"), None, Some("s-cli".into())).unwrap();
+        assert!(out.contains("session s-cli: 4 delta(s) pruned"), "{out}");
+        let text = show(&tmp.path().join("audit"), "s-cli").unwrap();
+        assert_eq!(text.matches("(pruned; leaf").count(), 4, "{text}");
+        assert_eq!(verify(tmp.path(), &key), 0);
+        // Pruning twice changes nothing.
+        let out = prune(&tmp.path().join("audit"), None, Some("s-cli".into())).unwrap();
+        assert!(out.contains("s-cli: 0 delta(s)"), "{out}");
+    }
+
+    #[test]
+    fn prune_is_refused_while_the_directory_is_open_elsewhere() {
+        let (tmp, _) = state();
+        let dir = tmp.path().join("audit");
+        let clock = Arc::new(SystemClock::default());
+        let (_open, _) = Auditor::open(
+            &dir,
+            AuditConfig::default(),
+            clock,
+            Arc::new(SystemWallClock),
+        )
+        .unwrap();
+        let err = format!("{:#}", prune(&dir, None, Some("s-cli".into())).unwrap_err());
+        assert!(err.contains("another process"), "{err}");
+        let err = format!(
+            "{:#}",
+            prune(tmp.path(), None, Some("s-cli".into())).unwrap_err()
+        );
+        assert!(err.contains("not an audit directory"), "{err}");
+    }
+
+    #[test]
+    fn ages_need_a_number_and_a_unit() {
+        assert_eq!(parse_age("90s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_age("15m"), Ok(std::time::Duration::from_secs(900)));
+        assert_eq!(parse_age("2h"), Ok(std::time::Duration::from_secs(7200)));
+        assert_eq!(
+            parse_age("30d"),
+            Ok(std::time::Duration::from_secs(2_592_000))
+        );
+        for bad in ["", "30", "d", "3x", "-1d", "1.5h", "30 d"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_age("99999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     fn show_missing(dir: &Path) -> String {
