@@ -13,7 +13,9 @@
 //! `PROBE_NO_SHUTDOWN=1` flushes nothing and exits without the final flush
 //! (for profiling the hot path, with `deferred`); `PROBE_BATCHES=N` runs N
 //! batches instead of 10; `PROBE_QUIET=1` with `deferred` turns
-//! `audit.delta_captured` off too.
+//! `audit.delta_captured` off too; `PROBE_DIR=D` puts the state directory
+//! under D (e.g. `/dev/shm`, to take the disk out). The figures vary by
+//! ±20 % between runs on a shared 2-core VM: compare medians of many batches.
 use std::time::Instant;
 
 use ahv_core::AgentId;
@@ -22,7 +24,10 @@ use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 
 fn main() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = match std::env::var_os("PROBE_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let scenario = std::env::args()
         .nth(2)
