@@ -740,6 +740,18 @@ pub fn lock_path(audit_dir: &Path) -> PathBuf {
     audit_dir.join("lock")
 }
 
+/// Whether an auditor (a running hypervisor, or `ahv audit prune`) has the
+/// audit directory open right now. Probes the lock without keeping it.
+pub fn dir_in_use(audit_dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(lock_path(audit_dir)) else {
+        return false;
+    };
+    matches!(
+        file.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    )
+}
+
 /// Takes the audit directory's exclusive lock, or says who holds it.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, AuditError> {
     let path = lock_path(dir);

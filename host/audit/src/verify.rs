@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::auditor::{commitments_path, heads_path, session_log_path};
+use crate::auditor::{commitments_path, dir_in_use, heads_path, session_log_path};
 use crate::commitment::{Commitment, PRUNED_TAG, decode_pruned};
 use crate::delta::Delta;
 use crate::hash::Hash;
@@ -152,6 +152,10 @@ pub struct VerifyReport {
     pub sessions: Vec<SessionReport>,
     /// Remarks that are not failures (torn tails saved by an earlier recovery).
     pub notes: Vec<String>,
+    /// A running auditor had the directory open while it was verified: the
+    /// newest records may have been in flight (they are still judged as
+    /// they were found; nothing is excused).
+    pub in_use: bool,
 }
 
 impl VerifyReport {
@@ -277,6 +281,7 @@ pub fn verify_dir(
         problems: Vec::new(),
         sessions: Vec::new(),
         notes: Vec::new(),
+        in_use: dir_in_use(dir),
     };
     let index = check_commitments(dir, &key, &mut report);
 
@@ -321,6 +326,13 @@ pub fn verify_dir(
                 "sessions/{t}: a torn tail cut off by crash recovery (kept as evidence; its records were never complete)"
             ));
         }
+    }
+    if report.in_use {
+        // A failure is never excused (holding the lock is no proof of
+        // anything); the operator is told where a rerun may differ.
+        report.notes.push(
+            "a running hypervisor has this directory open: a torn tail at the end of an open session's log or of a log being appended, or an unsigned newest commitment (heads are signed within the signer's delay), may be a write in flight — verify again, or after it stops".into(),
+        );
     }
     Ok(report)
 }
@@ -747,6 +759,7 @@ pub fn prove(
         }
     };
     let mut scratch = VerifyReport {
+        in_use: false,
         key_source: String::new(),
         commitments: 0,
         signed_size: 0,
@@ -1611,7 +1624,15 @@ mod tests {
         }
         write(&bus, &s, 1);
         first.seal(&s).unwrap();
+        // Verification reads alongside, and says the directory is live.
+        let live = verify_dir(&dir, None, None).unwrap();
+        assert!(live.in_use);
+        assert!(
+            live.notes.iter().any(|n| n.contains("running hypervisor")),
+            "{live}"
+        );
         first.close().unwrap();
+        assert!(!verify_dir(&dir, None, None).unwrap().in_use);
         let (again, report) = second().unwrap();
         assert!(report.sealed_on_recovery.is_empty());
         assert_eq!(again.commitment_index("s-live"), Some(0));
