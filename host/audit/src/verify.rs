@@ -229,6 +229,15 @@ pub enum VerifyError {
     /// A session was asked for that has neither a log nor a commitment.
     #[error("session {0}: no audit log and no commitment")]
     UnknownSession(String),
+    /// A session was asked for by a name that is not a session id (it could
+    /// otherwise name a file outside the audit directory).
+    #[error("{session:?} is not a session id: {reason}")]
+    BadSessionId {
+        /// The name given.
+        session: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 struct CommitIndex {
@@ -252,6 +261,14 @@ pub fn verify_dir(
     session: Option<&str>,
     key: Option<&PublicKey>,
 ) -> Result<VerifyReport, VerifyError> {
+    if let Some(s) = session
+        && let Err(e) = ahv_core::SessionId::new(s)
+    {
+        return Err(VerifyError::BadSessionId {
+            session: s.chars().take(300).collect(),
+            reason: e.to_string(),
+        });
+    }
     if !commitments_path(dir).exists() && !dir.join("sessions").is_dir() {
         return Err(VerifyError::NotAuditDir(dir.to_path_buf()));
     }
@@ -1597,6 +1614,25 @@ mod tests {
         );
         assert_eq!(kinds(&r, "s-undecodable"), vec![ProblemKind::Undecodable]);
         assert_eq!(kinds(&r, "s-empty"), vec![ProblemKind::Unreadable]);
+    }
+
+    #[test]
+    fn a_session_name_that_is_not_a_session_id_is_refused_before_any_file_is_read() {
+        let f = fixture(Durability::EveryRecord);
+        // A log outside the audit directory that would verify as a session.
+        let outside = f.dir.parent().unwrap().join("x.log");
+        std::fs::copy(log_a(&f), &outside).unwrap();
+        for bad in ["../../x", "../x", "/etc/passwd", "", "s-a/../s-b"] {
+            match verify_dir(&f.dir, Some(bad), Some(&f.key)) {
+                Err(VerifyError::BadSessionId { session, .. }) => assert_eq!(session, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert!(matches!(
+                prove(&f.dir, bad, 0, Some(&f.key)),
+                Err(ProofError::Verify(VerifyError::BadSessionId { .. }))
+            ));
+        }
+        assert!(verify_dir(&f.dir, Some("s-a"), Some(&f.key)).unwrap().ok());
     }
 
     #[test]

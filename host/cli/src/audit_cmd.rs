@@ -237,6 +237,8 @@ fn prune(
 fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let mut o = String::new();
+    // A name that is not a session id could point outside the directory.
+    ahv_core::SessionId::new(session).with_context(|| format!("--session {session:?}"))?;
     let path = ahv_audit::auditor::session_log_path(dir, session);
     let rec =
         read_log(&path, LogKind::SESSION_DELTAS).with_context(|| format!("session {session}"))?;
@@ -453,6 +455,23 @@ mod tests {
             parse_age("99999999999999999d")
                 .unwrap_err()
                 .contains("too long")
+        );
+    }
+
+    #[test]
+    fn show_refuses_a_session_name_that_is_a_path() {
+        let (tmp, _) = state();
+        let err = format!(
+            "{:#}",
+            show(&tmp.path().join("audit"), "../audit/sessions/s-cli").unwrap_err()
+        );
+        assert!(
+            err.contains("--session \"../audit/sessions/s-cli\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("not allowed") || err.contains("character"),
+            "{err}"
         );
     }
 
