@@ -179,3 +179,45 @@ async fn an_agent_error_leaves_the_log_consistent() {
     let report = verify_dir(&h.state.path().join("audit"), None, None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+/// Host operations are traced like agent calls: each gets its own trace id,
+/// its events chain (each the parent of the next), and the deltas keep the
+/// trace, so an audit record names the operation that caused it.
+#[tokio::test]
+async fn each_host_operation_has_its_own_trace_and_its_deltas_keep_it() {
+    let h = Hv::new();
+    let s = h.session();
+    h.join(&s, "did:test:agent", 0.8, ahv_agents::PINGER).await;
+    h.hv.activate_session(&s).unwrap();
+    h.hv.terminate_session(&s).unwrap();
+    let events =
+        h.hv.events()
+            .query(&EventQuery::default().session(s.clone()));
+    let of = |k: EventKind| events.iter().find(|e| e.kind() == k).unwrap();
+    let created = of(EventKind::SessionCreated);
+    let joined = of(EventKind::SessionJoined);
+    let assigned = of(EventKind::RingAssigned);
+    let activated = of(EventKind::SessionActivated);
+    let terminated = of(EventKind::SessionTerminated);
+    let archived = of(EventKind::SessionArchived);
+    for e in [created, joined, assigned, activated, terminated, archived] {
+        assert_ne!(e.trace.0, 0, "{e}");
+    }
+    // One trace per operation; within one, each event caused the next.
+    assert_eq!(assigned.trace, joined.trace);
+    assert_eq!(assigned.parent, Some(joined.id));
+    assert_eq!(joined.parent, None);
+    assert_eq!(archived.trace, terminated.trace);
+    assert_eq!(archived.parent, Some(terminated.id));
+    let traces: std::collections::HashSet<_> = [created, joined, activated, terminated]
+        .iter()
+        .map(|e| e.trace)
+        .collect();
+    assert_eq!(traces.len(), 4, "each operation its own trace");
+    h.hv.shutdown().unwrap();
+    let d = deltas(&h, &s);
+    let delta = |kind: &str| d.iter().find(|d| d.kind == kind).unwrap();
+    assert_eq!(delta("session.joined").trace, joined.trace.0);
+    assert_eq!(delta("ring.assigned").trace, joined.trace.0);
+    assert_eq!(delta("session.archived").trace, terminated.trace.0);
+}

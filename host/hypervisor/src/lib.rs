@@ -434,6 +434,12 @@ struct SessionEntry {
     agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
 }
 
+/// The causal context of one host operation (see `Hypervisor::op`).
+struct Op {
+    trace: TraceId,
+    last: Option<ahv_core::EventId>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the data is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -543,10 +549,27 @@ impl Hypervisor {
         self.inner.clock.now()
     }
 
-    fn emit(&self, session: &SessionId, agent: Option<&AgentId>, payload: EventPayload) {
-        self.inner
+    /// A host operation's causal context: a fresh trace id for all its
+    /// events, each the parent of the next.
+    fn op(&self) -> Op {
+        Op {
+            trace: self.inner.runtime.new_trace_id(),
+            last: None,
+        }
+    }
+
+    fn emit(
+        &self,
+        op: &mut Op,
+        session: &SessionId,
+        agent: Option<&AgentId>,
+        payload: EventPayload,
+    ) {
+        let id = self
+            .inner
             .events
-            .emit(Some(session), agent, TraceId(0), None, payload);
+            .emit(Some(session), agent, op.trace, op.last, payload);
+        op.last = Some(id);
     }
 
     fn new_session_id(&self) -> SessionId {
@@ -603,7 +626,7 @@ impl Hypervisor {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), entry);
-        self.emit(&id, Some(&creator), payload);
+        self.emit(&mut self.op(), &id, Some(&creator), payload);
         Ok(id)
     }
 
@@ -713,12 +736,15 @@ impl Hypervisor {
         if forced_strong {
             entry.core.set_strict(true);
         }
+        let mut op = self.op();
         self.emit(
+            &mut op,
             session,
             Some(&agent),
             EventPayload::SessionJoined { ring, sigma },
         );
         self.emit(
+            &mut op,
             session,
             Some(&agent),
             EventPayload::RingAssigned {
@@ -741,6 +767,7 @@ impl Hypervisor {
             gov.participants().count() as u32
         };
         self.emit(
+            &mut self.op(),
             session,
             None,
             EventPayload::SessionActivated { participants },
@@ -797,14 +824,14 @@ impl Hypervisor {
                 "expelled: ring breach of {}/{} from {}",
                 b.capability, b.function, b.ring
             );
-            self.remove(&entry, agent, &reason);
+            self.remove(&mut self.op(), &entry, agent, &reason);
         }
         Ok(result?)
     }
 
     /// Removes a participant: its instance, locks, transaction and clock go;
     /// emits `session.left`. Returns whether it was a participant.
-    fn remove(&self, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
+    fn remove(&self, op: &mut Op, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
         if let Some(slot) = lock(&entry.agents).remove(agent) {
             // Stops a call still running (a no-op for an idle or dead instance).
             slot.kill.kill(reason.to_string());
@@ -813,6 +840,7 @@ impl Hypervisor {
         entry.core.agent_left(agent, reason);
         if was {
             self.emit(
+                op,
                 entry.core.id(),
                 Some(agent),
                 EventPayload::SessionLeft {
@@ -854,7 +882,7 @@ impl Hypervisor {
                 .into());
             }
         }
-        self.remove(&entry, agent, "left");
+        self.remove(&mut self.op(), &entry, agent, "left");
         Ok(())
     }
 
@@ -884,14 +912,16 @@ impl Hypervisor {
             slot.kill.kill(reason.to_string());
         }
         entry.core.release_locks(agent, "killed");
+        let mut op = self.op();
         self.emit(
+            &mut op,
             session,
             Some(agent),
             EventPayload::SecurityAgentKilled {
                 reason: reason.to_string(),
             },
         );
-        self.remove(&entry, agent, &format!("killed: {reason}"));
+        self.remove(&mut op, &entry, agent, &format!("killed: {reason}"));
         Ok(())
     }
 
@@ -935,7 +965,13 @@ impl Hypervisor {
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated");
         }
-        self.emit(&id, None, EventPayload::SessionTerminated { reason });
+        let mut op = self.op();
+        self.emit(
+            &mut op,
+            &id,
+            None,
+            EventPayload::SessionTerminated { reason },
+        );
         let summary = {
             let mut gov = lock(&entry.gov);
             if let Err(e) = gov.archive() {
@@ -943,7 +979,7 @@ impl Hypervisor {
             }
             info(&gov)
         };
-        self.emit(&id, None, EventPayload::SessionArchived);
+        self.emit(&mut op, &id, None, EventPayload::SessionArchived);
         let commitment = self.inner.audit.as_ref().and_then(|a| {
             if !entry.audited {
                 a.include(&id);
@@ -984,7 +1020,7 @@ impl Hypervisor {
         };
         entry
             .core
-            .snapshot(&by, TraceId(0))
+            .snapshot(&by, self.op().trace)
             .map_err(|source| HypervisorError::Files {
                 session: session.clone(),
                 source,
@@ -1005,7 +1041,7 @@ impl Hypervisor {
         };
         entry
             .core
-            .restore(snapshot, &by, TraceId(0))
+            .restore(snapshot, &by, self.op().trace)
             .map_err(|source| HypervisorError::Files {
                 session: session.clone(),
                 source,

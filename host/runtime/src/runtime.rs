@@ -169,7 +169,8 @@ impl RuntimeBuilder {
                 loaded: Mutex::new(HashMap::new()),
                 strict_admission: self.strict_admission,
                 breach_recorder: self.breach_recorder,
-                trace_seed: RandomState::new(),
+                // Random per process (std seeds `RandomState` from the OS).
+                trace_seed: RandomState::new().hash_one(0u64),
                 trace_counter: AtomicU64::new(0),
                 stop,
                 ticker: Mutex::new(Some(ticker)),
@@ -290,7 +291,7 @@ pub(crate) struct RuntimeInner {
     loaded: Mutex<HashMap<[u8; 32], AgentComponent>>,
     pub(crate) strict_admission: bool,
     pub(crate) breach_recorder: Arc<dyn BreachRecorder>,
-    trace_seed: RandomState,
+    trace_seed: u64,
     trace_counter: AtomicU64,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -300,10 +301,23 @@ impl RuntimeInner {
     /// A fresh trace id: unpredictable across processes, unique within one.
     pub(crate) fn next_trace(&self) -> TraceId {
         let n = self.trace_counter.fetch_add(1, Ordering::Relaxed);
-        let hi = self.trace_seed.hash_one(n) as u128;
-        let lo = self.trace_seed.hash_one(!n) as u128;
-        TraceId((hi << 64) | lo)
+        // SplitMix64 over a random per-process key: ~2 ns instead of two
+        // SipHash rounds (~40 ns), on every agent call and host operation.
+        // Trace ids need to be unique and unguessable-enough to not collide
+        // across processes, not to be secret.
+        let x = self.trace_seed.wrapping_add(n.wrapping_mul(2));
+        let (hi, lo) = (splitmix64(x), splitmix64(x.wrapping_add(1)));
+        TraceId((u128::from(hi) << 64) | u128::from(lo))
     }
+}
+
+/// The SplitMix64 output function (Steele, Lea, Flood 2014): a bijection of
+/// `u64` with good avalanche, so distinct inputs give distinct outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Drop for RuntimeInner {
@@ -432,6 +446,13 @@ impl Runtime {
         Agent::spawn(self.clone(), component.clone(), spec).await
     }
 
+    /// A fresh trace id (128 bits, as W3C trace context): unpredictable
+    /// across processes, unique within one. Every call into an agent gets
+    /// one; the hypervisor gives one to every host operation.
+    pub fn new_trace_id(&self) -> TraceId {
+        self.inner.next_trace()
+    }
+
     /// The cached pre-instantiated component for `ring` (built on first use).
     pub fn instance_pre(
         &self,
@@ -478,5 +499,28 @@ impl Runtime {
                     .map_or("no ring".into(), |r| r.to_string()),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix64_matches_the_reference_sequence() {
+        // The reference generator from seed 0: state += golden, then mix.
+        let golden = 0x9e37_79b9_7f4a_7c15u64;
+        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(splitmix64(golden), 0x6e78_9e6a_a1b9_65f4);
+        assert_eq!(splitmix64(golden.wrapping_mul(2)), 0x06c4_5d18_8009_454f);
+    }
+
+    #[test]
+    fn trace_ids_are_distinct_and_never_the_untraced_zero() {
+        let runtime = Runtime::builder().max_instances(1).build().unwrap();
+        let ids: std::collections::HashSet<u128> =
+            (0..10_000).map(|_| runtime.new_trace_id().0).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
     }
 }
