@@ -20,7 +20,8 @@ use crate::records::{LogKind, Recovered, read_log};
 use crate::signing::{PublicKey, SignedTreeHead};
 
 /// What kind of problem verification found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     /// A file could not be read, or its header is wrong.
     Unreadable,
@@ -74,7 +75,7 @@ impl fmt::Display for ProblemKind {
 }
 
 /// One thing wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// What kind.
     pub kind: ProblemKind,
@@ -109,7 +110,8 @@ fn problem(kind: ProblemKind, record: Option<u64>, offset: Option<u64>, detail: 
 }
 
 /// Whether a session is sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
 pub enum SessionStatus {
     /// Sealed by the commitment at this index of the commitment log.
     Committed {
@@ -123,7 +125,7 @@ pub enum SessionStatus {
 }
 
 /// The verdict on one session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionReport {
     /// The session.
     pub session: String,
@@ -138,7 +140,7 @@ pub struct SessionReport {
 }
 
 /// The verdict on an audit directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// Where the public key came from.
     pub key_source: String,
@@ -159,6 +161,22 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// The report as JSON (one object: `ok`, the commitment log's counts and
+    /// problems, one entry per session, notes), for machines to read.
+    pub fn to_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            ok: bool,
+            #[serde(flatten)]
+            report: &'a VerifyReport,
+        }
+        serde_json::to_string_pretty(&Out {
+            ok: self.ok(),
+            report: self,
+        })
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+
     /// True when nothing is wrong anywhere.
     pub fn ok(&self) -> bool {
         self.problems.is_empty() && self.sessions.iter().all(|s| s.problems.is_empty())
@@ -1614,6 +1632,42 @@ mod tests {
         );
         assert_eq!(kinds(&r, "s-undecodable"), vec![ProblemKind::Undecodable]);
         assert_eq!(kinds(&r, "s-empty"), vec![ProblemKind::Unreadable]);
+    }
+
+    #[test]
+    fn the_json_report_names_each_problem_by_kind_record_and_offset() {
+        let f = fixture(Durability::EveryRecord);
+        let mut b = bodies(&log_a(&f), LogKind::SESSION_DELTAS);
+        b.swap(2, 3);
+        rewrite_log(log_a(&f), LogKind::SESSION_DELTAS, &b).unwrap();
+        let r = verify(&f);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["commitments"], 2);
+        assert_eq!(v["in_use"], false);
+        let a = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == "s-a")
+            .unwrap();
+        assert_eq!(a["status"]["status"], "committed");
+        assert_eq!(a["status"]["tree_size"], 6);
+        let kinds: Vec<&str> = a["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"sequence"), "{kinds:?}");
+        assert!(a["problems"][0]["record"].is_u64(), "{a}");
+        let b = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == "s-b")
+            .unwrap();
+        assert_eq!(b["problems"].as_array().unwrap().len(), 0);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub(crate) enum AuditCmd {
         /// needs only the proof and --public-key.
         #[arg(long, conflicts_with = "session")]
         proof: Option<PathBuf>,
+        /// Print the report as JSON (`ok`, the commitment log, one entry per
+        /// session with its problems, notes); the exit code is the same.
+        #[arg(long, conflicts_with = "proof")]
+        json: bool,
     },
     /// Print a session's deltas, one per line.
     Show {
@@ -114,6 +118,7 @@ pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
             session,
             public_key,
             proof,
+            json,
         } => {
             let key = key(public_key.as_deref())?;
             if let Some(file) = proof {
@@ -143,7 +148,11 @@ pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
                 bail!("give a state directory (or --proof FILE)");
             };
             let report = verify_dir(&audit_folder(&dir), session.as_deref(), key.as_ref())?;
-            print!("{report}");
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
             Ok(if report.ok() { 0 } else { EXIT_TAMPERED })
         }
         AuditCmd::Show { state_dir, session } => {
@@ -344,6 +353,7 @@ mod tests {
             session: None,
             public_key: Some(key.to_string()),
             proof: None,
+            json: false,
         })
         .unwrap()
     }
@@ -383,6 +393,7 @@ mod tests {
                 session: None,
                 public_key: Some(key.to_string()),
                 proof: Some(out.clone()),
+                json: false,
             })
             .unwrap()
         };
