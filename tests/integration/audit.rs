@@ -214,6 +214,10 @@ async fn each_host_operation_has_its_own_trace_and_its_deltas_keep_it() {
         .map(|e| e.trace)
         .collect();
     assert_eq!(traces.len(), 4, "each operation its own trace");
+    // Sealing is part of terminating: its event follows the archive.
+    let committed = of(EventKind::AuditCommitted);
+    assert_eq!(committed.trace, terminated.trace);
+    assert_eq!(committed.parent, Some(archived.id));
     h.hv.shutdown().unwrap();
     let d = deltas(&h, &s);
     let delta = |kind: &str| d.iter().find(|d| d.kind == kind).unwrap();

@@ -631,7 +631,22 @@ impl Auditor {
     /// # Errors
     /// [`AuditError::AlreadySealed`]; I/O errors under synchronous policies.
     pub fn seal(&self, session: &SessionId) -> Result<SealReceipt, AuditError> {
-        self.shared.seal(session)
+        self.shared.seal(session, ahv_core::TraceId(0), None)
+    }
+
+    /// [`Auditor::seal`] as part of a traced operation: its
+    /// `audit.committed` event carries `trace` and names `parent` (say, the
+    /// session's `session.archived`) as its cause.
+    ///
+    /// # Errors
+    /// As [`Auditor::seal`].
+    pub fn seal_traced(
+        &self,
+        session: &SessionId,
+        trace: ahv_core::TraceId,
+        parent: Option<ahv_core::EventId>,
+    ) -> Result<SealReceipt, AuditError> {
+        self.shared.seal(session, trace, parent)
     }
 
     /// Writes and syncs everything staged (deltas, then commitments) and has
@@ -1106,7 +1121,12 @@ impl Shared {
         })
     }
 
-    fn seal(&self, session: &SessionId) -> Result<SealReceipt, AuditError> {
+    fn seal(
+        &self,
+        session: &SessionId,
+        trace: ahv_core::TraceId,
+        parent: Option<ahv_core::EventId>,
+    ) -> Result<SealReceipt, AuditError> {
         let log = self
             .session_log(session)
             .ok_or_else(|| AuditError::AlreadySealed(session.to_string()))?;
@@ -1152,8 +1172,8 @@ impl Shared {
             bus.emit(
                 Some(session),
                 None,
-                ahv_core::TraceId(0),
-                None,
+                trace,
+                parent,
                 EventPayload::AuditCommitted {
                     tree_size: commitment.tree_size,
                     root: commitment.root.0,
@@ -1483,7 +1503,7 @@ impl Shared {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), log);
-            self.seal(&id)?;
+            self.seal(&id, ahv_core::TraceId(0), None)?;
             report.sealed_on_recovery.push((name, n));
         }
         self.flush_round()

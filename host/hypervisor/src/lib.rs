@@ -985,7 +985,7 @@ impl Hypervisor {
                 a.include(&id);
                 return None;
             }
-            a.seal(&id)
+            a.seal_traced(&id, op.trace, op.last)
                 .map_err(|e| tracing::error!(session = %id, error = %e, "sealing the audit log"))
                 .ok()
         });
