@@ -685,6 +685,27 @@ pub mod scripted {
         ok(&out, "lock key:r write 0");
         ok(&out, "lock path:shared/doc write 0");
         assert!(h.kinds(&s).contains(&EventKind::SecurityAgentKilled));
+        // The releases are part of the kill: same trace.
+        let events =
+            h.hv.events()
+                .query(&EventQuery::default().session(s.clone()));
+        let killed = events
+            .iter()
+            .find(|e| e.kind() == EventKind::SecurityAgentKilled)
+            .unwrap();
+        let released: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.kind() == EventKind::LockReleased
+                    && e.agent.as_ref() == Some(&id("did:test:holder"))
+            })
+            .collect();
+        assert_eq!(released.len(), 2);
+        assert_ne!(killed.trace.0, 0);
+        assert!(
+            released.iter().all(|e| e.trace == killed.trace),
+            "{released:?}"
+        );
     }
 
     #[tokio::test]

@@ -148,13 +148,14 @@ impl SessionCore {
     }
 
     /// Releases every lock `agent` holds (it trapped, was killed, left, or its
-    /// call was cancelled) and returns how many there were.
-    pub fn release_locks(&self, agent: &AgentId, reason: &str) -> usize {
+    /// call was cancelled) and returns how many there were; the
+    /// `lock.released` events carry `trace`, the operation that caused it.
+    pub fn release_locks(&self, agent: &AgentId, reason: &str, trace: TraceId) -> usize {
         let released = self.locks.release_all(agent);
         for (resource, _) in &released {
             self.emit(
                 agent,
-                TraceId(0),
+                trace,
                 EventPayload::LockReleased {
                     resource: resource.to_string(),
                 },
@@ -167,9 +168,10 @@ impl SessionCore {
     }
 
     /// `agent` left the session: its locks, transaction, clock and cached
-    /// handles go (its private files stay on disk).
-    pub fn agent_left(&self, agent: &AgentId, reason: &str) {
-        self.release_locks(agent, reason);
+    /// handles go (its private files stay on disk). `trace` is the operation
+    /// that removed it.
+    pub fn agent_left(&self, agent: &AgentId, reason: &str, trace: TraceId) {
+        self.release_locks(agent, reason, trace);
         self.state.forget(agent);
         self.files.forget(agent);
         self.clocks.forget(agent);

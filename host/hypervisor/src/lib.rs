@@ -728,7 +728,9 @@ impl Hypervisor {
                 Err(e) => {
                     // Never admitted: undo the join (no events were emitted).
                     let _ = lock(&entry.gov).leave(&agent);
-                    entry.core.agent_left(&agent, "instantiation failed");
+                    entry
+                        .core
+                        .agent_left(&agent, "instantiation failed", TraceId(0));
                     return Err(e.into());
                 }
             }
@@ -837,7 +839,7 @@ impl Hypervisor {
             slot.kill.kill(reason.to_string());
         }
         let was = lock(&entry.gov).leave(agent).is_ok();
-        entry.core.agent_left(agent, reason);
+        entry.core.agent_left(agent, reason, op.trace);
         if was {
             self.emit(
                 op,
@@ -911,8 +913,8 @@ impl Hypervisor {
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
         }
-        entry.core.release_locks(agent, "killed");
         let mut op = self.op();
+        entry.core.release_locks(agent, "killed", op.trace);
         self.emit(
             &mut op,
             session,
@@ -954,6 +956,7 @@ impl Hypervisor {
     /// From `terminating`: stops everything, archives, emits the events.
     fn finish(&self, entry: &SessionEntry, reason: TerminationReason) -> Termination {
         let id = entry.core.id().clone();
+        let mut op = self.op();
         let agents: Vec<(AgentId, Arc<AgentSlot>)> = lock(&entry.agents).drain().collect();
         let participants: Vec<AgentId> = lock(&entry.gov)
             .participants()
@@ -963,9 +966,8 @@ impl Hypervisor {
             slot.kill.kill("session terminated".to_string());
         }
         for agent in &participants {
-            entry.core.agent_left(agent, "session terminated");
+            entry.core.agent_left(agent, "session terminated", op.trace);
         }
-        let mut op = self.op();
         self.emit(
             &mut op,
             &id,

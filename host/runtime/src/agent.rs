@@ -294,13 +294,9 @@ impl Agent {
             Ok(bindings) => Ok(Live { store, bindings }),
             Err(e) => {
                 let cause = TrapCause::from_error(&e, self.limits());
-                let (logs, _) = store
-                    .data()
-                    .log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                Err(self.poison(cause, logs))
+                let data = store.data();
+                let (logs, _) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(self.poison(cause, logs, data.trace))
             }
         }
     }
@@ -310,11 +306,12 @@ impl Agent {
         self.runtime.policy().limits(self.spec.ring)
     }
 
-    fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>) -> AgentError {
+    /// The instance is dead (`cause`, during the call traced `trace`).
+    fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>, trace: TraceId) -> AgentError {
         tracing::info!(agent = %self.spec.agent, ring = %self.spec.ring, cause = %cause, "agent trapped");
         if let Some(core) = &self.spec.shared {
             // Locks die with their holder's instance.
-            core.release_locks(&self.spec.agent, &format!("trapped: {cause}"));
+            core.release_locks(&self.spec.agent, &format!("trapped: {cause}"), trace);
         }
         self.live = None;
         self.poisoned = Some(cause.clone());
@@ -382,6 +379,8 @@ impl Agent {
         let elapsed = start.elapsed();
         let fuel_used = fuel.saturating_sub(live.store.get_fuel().unwrap_or(0));
         let data = live.store.data_mut();
+        // Set by `arm` (even when the call then failed).
+        let call_trace = data.trace;
         self.undo_log.append(&mut data.undo_log);
         let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         scope.completed();
@@ -400,7 +399,7 @@ impl Agent {
             Err(e) => {
                 let cause = TrapCause::from_error(&e, self.limits());
                 drop(live);
-                Err(self.poison(cause, logs))
+                Err(self.poison(cause, logs, call_trace))
             }
         }
     }
@@ -436,7 +435,8 @@ impl Drop for CallScope {
         if let Some((core, agent)) = &self.core {
             core.end_call(agent);
             if !self.completed {
-                core.release_locks(agent, "call cancelled");
+                // The call's trace is in its (dropped) store: untraced.
+                core.release_locks(agent, "call cancelled", TraceId(0));
             }
         }
     }
