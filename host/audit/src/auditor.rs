@@ -44,6 +44,7 @@ use crate::hash::Hash;
 use crate::merkle::{CompactTree, leaf_hash};
 use crate::records::{
     Durability, LogKind, ParkedWriter, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
+    scan_log,
 };
 use crate::signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, PublicKey,
@@ -75,6 +76,12 @@ pub struct AuditConfig {
     /// process's file descriptors (a sealed session's log is always closed
     /// once written). 0 closes every log after each write.
     pub max_open_logs: usize,
+    /// Sealed sessions whose commitment index is kept in memory (default
+    /// 65 536); lookups by name of older ones (`commitment_index`, `prune`)
+    /// scan the commitment log, and retention walks it. Every sealed
+    /// session still costs ~20 bytes (a fingerprint that refuses its late
+    /// events and a second sealing), instead of ~100 with its id and index.
+    pub recent_sealed: usize,
     /// Prune the delta bodies of sessions sealed long ago (default: never).
     /// The auditor's background thread applies it ([`Auditor::apply_retention`]);
     /// the pruned logs keep their leaf hashes, so their commitments verify.
@@ -132,6 +139,7 @@ impl Default for AuditConfig {
             announce_deltas: true,
             max_staged_bytes: 64 << 20,
             max_open_logs: 256,
+            recent_sealed: 1 << 16,
             retention: None,
         }
     }
@@ -145,6 +153,7 @@ impl std::fmt::Debug for AuditConfig {
             .field("announce_deltas", &self.announce_deltas)
             .field("max_staged_bytes", &self.max_staged_bytes)
             .field("max_open_logs", &self.max_open_logs)
+            .field("recent_sealed", &self.recent_sealed)
             .field("retention", &self.retention)
             .field(
                 "sinks",
@@ -339,8 +348,78 @@ struct CommitState {
     /// Commitments appended but not yet written, in order.
     staged: Vec<StagedCommit>,
     durable: (u64, Hash),
-    /// Every sealed session.
-    sealed: SessionMap<Sealed>,
+    /// The most recently sealed sessions, with their indexes.
+    recent: RecentSealed,
+    /// Every sealed session, as a 128-bit fingerprint (~20 B each, a fifth
+    /// of keeping its id): refuses late events and a second sealing exactly.
+    ever: SealedSet,
+}
+
+/// Fingerprints of every sealed session id: the first 128 bits of its
+/// SHA-256 (one compression for a short id, twice per session). A false
+/// "already sealed" would take a 128-bit SHA-256 collision.
+struct SealedSet {
+    set: std::collections::HashSet<u128, FastHash>,
+}
+
+impl SealedSet {
+    fn new() -> SealedSet {
+        SealedSet {
+            set: std::collections::HashSet::default(),
+        }
+    }
+
+    fn key(&self, session: &str) -> u128 {
+        let h = Hash::of_parts(&[b"ahv-sealed-session\0", session.as_bytes()]);
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&h.0[..16]);
+        u128::from_le_bytes(k)
+    }
+
+    /// Adds a session; false if it was there already.
+    fn insert(&mut self, session: &str) -> bool {
+        let k = self.key(session);
+        self.set.insert(k)
+    }
+
+    fn contains(&self, session: &str) -> bool {
+        self.set.contains(&self.key(session))
+    }
+}
+
+/// The last `cap` sealed sessions and their commitment indexes, oldest
+/// evicted first.
+struct RecentSealed {
+    index: SessionMap<u64>,
+    order: std::collections::VecDeque<SessionId>,
+    cap: usize,
+}
+
+impl RecentSealed {
+    fn new(cap: usize) -> RecentSealed {
+        RecentSealed {
+            index: SessionMap::default(),
+            order: std::collections::VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn insert(&mut self, session: SessionId, index: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.order.len() == self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.index.remove(&old);
+        }
+        self.index.insert(session.clone(), index);
+        self.order.push_back(session);
+    }
+
+    fn get(&self, session: &str) -> Option<u64> {
+        self.index.get(session).copied()
+    }
 }
 
 /// A commitment waiting to be written.
@@ -348,16 +427,6 @@ struct StagedCommit {
     bytes: Vec<u8>,
     /// The session log it covers (written first).
     log: Arc<SessionLog>,
-}
-
-/// A sealed session in the commitment log.
-#[derive(Clone, Copy)]
-struct Sealed {
-    /// Its commitment's index.
-    index: u64,
-    /// When it was sealed (ns since the Unix epoch), until retention has
-    /// pruned it.
-    at: Option<u64>,
 }
 
 impl HeadSource for CommitLog {
@@ -418,6 +487,20 @@ struct Shared {
     open_logs: AtomicUsize,
     /// Most open session logs kept between writes.
     max_open_logs: usize,
+    /// Where the next retention pass starts.
+    retention: Mutex<RetentionMark>,
+}
+
+/// How far retention has walked the commitment log (not persisted: a new
+/// process walks it again once, finding the pruned logs already pruned).
+#[derive(Default)]
+struct RetentionMark {
+    /// The next commitment to look at…
+    index: u64,
+    /// …and its offset in the commitment log.
+    offset: u64,
+    /// Sessions whose pruning failed, tried again by the next pass.
+    retry: Vec<String>,
 }
 
 /// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
@@ -480,7 +563,8 @@ impl Auditor {
         let cpath = commitments_path(dir);
         let (cwriter, recovered) = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report)?;
         let mut tree = CompactTree::new();
-        let mut sealed = SessionMap::default();
+        let mut recent = RecentSealed::new(config.recent_sealed);
+        let mut ever = SealedSet::new();
         for r in &recovered {
             let bad = |source| AuditError::BadRecord {
                 path: cpath.clone(),
@@ -495,8 +579,10 @@ impl Auditor {
                 })
             })?;
             let index = tree.append_leaf_hash(leaf_hash(&r.body)).0;
-            let at = Some(c.time_unix_ns);
-            sealed.insert(session, Sealed { index, at });
+            // A duplicate commitment is `verify`'s to report; here the
+            // session is sealed either way.
+            let _ = ever.insert(session.as_str());
+            recent.insert(session, index);
         }
         let durable = (tree.len().0, tree.root());
         let commits = Arc::new(CommitLog {
@@ -504,7 +590,8 @@ impl Auditor {
                 tree,
                 staged: Vec::new(),
                 durable,
-                sealed,
+                recent,
+                ever,
             }),
             io: Mutex::new(cwriter),
         });
@@ -537,6 +624,7 @@ impl Auditor {
             buffers: Mutex::new(Vec::new()),
             open_logs: AtomicUsize::new(0),
             max_open_logs: config.max_open_logs,
+            retention: Mutex::new(RetentionMark::default()),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -715,12 +803,14 @@ impl Auditor {
         self.shared.apply_retention(keep)
     }
 
-    /// The commitment of a sealed session, if any (from the commitment log).
-    pub fn commitment_index(&self, session: &str) -> Option<u64> {
-        lock(&self.shared.commits.state)
-            .sealed
-            .get(session)
-            .map(|s| s.index)
+    /// The index of a sealed session's commitment in the commitment log, if
+    /// it is sealed: a lookup for recently sealed sessions, a scan of the
+    /// commitment log for older ones.
+    ///
+    /// # Errors
+    /// Reading the commitment log.
+    pub fn commitment_index(&self, session: &str) -> Result<Option<u64>, AuditError> {
+        self.shared.commitment_index(session)
     }
 
     /// The latest signed head, if any was signed by this process.
@@ -856,7 +946,8 @@ impl Shared {
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).sealed.contains_key(id) || lock(&self.excluded).contains(id) {
+        if lock(&self.commits.state).ever.contains(id.as_str()) || lock(&self.excluded).contains(id)
+        {
             return None;
         }
         let log = Arc::new(SessionLog {
@@ -1003,15 +1094,26 @@ impl Shared {
                 LogFile::Parked(p) => Some(p.resume()?),
                 LogFile::None => {
                     let path = session_log_path(&self.dir, log.id.as_str());
-                    Some(if sync {
-                        RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)?
+                    let created = if sync {
+                        RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)
                     } else {
                         RecordWriter::create_unsynced(
                             &path,
                             LogKind::SESSION_DELTAS,
                             Durability::OnClose,
-                        )?
-                    })
+                        )
+                    };
+                    match created {
+                        // The session was sealed (or left damaged) by an
+                        // earlier process or too long ago to be remembered:
+                        // these are late events, not a new log.
+                        Err(RecordError::Io { ref source, .. })
+                            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                        {
+                            return Err(AuditError::AlreadySealed(log.id.to_string()));
+                        }
+                        other => Some(other?),
+                    }
                 }
             };
             if let Some(w) = opened {
@@ -1061,6 +1163,28 @@ impl Shared {
                 self.staged_bytes
                     .fetch_sub(staged.len() as u64, Ordering::Relaxed);
                 self.recycle(staged);
+            }
+            Err(AuditError::AlreadySealed(_)) => {
+                // Dropped, counted as late, and the log closed for good (a
+                // placeholder commitment, never written, marks it sealed).
+                self.staged_bytes
+                    .fetch_sub(staged.len() as u64, Ordering::Relaxed);
+                self.recycle(staged);
+                self.late.fetch_add(count as u64, Ordering::Relaxed);
+                tracing::warn!(session = %log.id, deltas = count, "events for a session sealed earlier: not audited again");
+                let mut st = lock(&log.state);
+                st.sealed.get_or_insert_with(|| Commitment {
+                    session: log.id.to_string(),
+                    tree_size: 0,
+                    root: Hash::default(),
+                    time_unix_ns: 0,
+                });
+                drop(st);
+                self.sessions
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&log.id);
+                return Ok(());
             }
             Err(_) => {
                 // Put the records back in front of anything staged since, so a
@@ -1148,12 +1272,11 @@ impl Shared {
         let leaf = leaf_hash(&bytes);
         let index = {
             let mut cs = lock(&self.commits.state);
-            if cs.sealed.contains_key(session) {
+            if !cs.ever.insert(session.as_str()) {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
             let index = cs.tree.append_leaf_hash(leaf).0;
-            let at = Some(commitment.time_unix_ns);
-            cs.sealed.insert(session.clone(), Sealed { index, at });
+            cs.recent.insert(session.clone(), index);
             // The commitment log's root is computed by the flusher (O(log n)
             // node hashes: ~1-2 µs for 10^5 sessions), not by every seal.
             cs.staged.push(StagedCommit {
@@ -1300,75 +1423,111 @@ impl Shared {
         }
     }
 
+    /// The commitment index of a sealed session: remembered if recent,
+    /// else found by scanning the commitment log.
+    fn commitment_index(&self, session: &str) -> Result<Option<u64>, AuditError> {
+        if let Some(i) = lock(&self.commits.state).recent.get(session) {
+            return Ok(Some(i));
+        }
+        let path = commitments_path(&self.dir);
+        let (mut index, mut found, mut bad) = (0u64, None, None);
+        scan_log(&path, LogKind::COMMITMENTS, 0, |r| {
+            match Commitment::decode(&r.body) {
+                Ok(c) if c.session == session => found = Some(index),
+                Ok(_) => {}
+                Err(source) => {
+                    bad = Some(AuditError::BadRecord {
+                        path: path.clone(),
+                        offset: r.offset,
+                        source,
+                    });
+                }
+            }
+            index += 1;
+            found.is_none() && bad.is_none()
+        })?;
+        bad.map_or(Ok(found), Err)
+    }
+
     /// Prunes a sealed session whose log and commitment are written.
     fn prune_written(&self, session: &str) -> Result<u64, AuditError> {
-        {
-            let cs = lock(&self.commits.state);
-            match cs.sealed.get(session) {
-                None => return Err(AuditError::NotSealed(session.to_string())),
-                // Rewriting a log whose records or commitment are still
-                // staged (a failed write) would race the retry.
-                Some(s) if s.index >= cs.durable.0 => {
-                    return Err(AuditError::NotDurable(session.to_string()));
-                }
-                Some(_) => {}
-            }
+        let Some(index) = self.commitment_index(session)? else {
+            return Err(AuditError::NotSealed(session.to_string()));
+        };
+        // Rewriting a log whose records or commitment are still staged (a
+        // failed write) would race the retry.
+        if index >= lock(&self.commits.state).durable.0 {
+            return Err(AuditError::NotDurable(session.to_string()));
         }
         let path = session_log_path(&self.dir, session);
         if !path.exists() {
             return Err(AuditError::UnknownSession(session.to_string()));
         }
-        let recovered = read_log(&path, LogKind::SESSION_DELTAS)?;
-        let mut pruned = 0;
-        let mut bodies = Vec::with_capacity(recovered.records.len());
-        for (seq, r) in recovered.records.iter().enumerate() {
-            if r.body.first() == Some(&PRUNED_TAG) {
-                bodies.push(r.body.clone());
-            } else {
-                pruned += 1;
-                bodies.push(encode_pruned(seq as u64, &leaf_hash(&r.body)).to_vec());
-            }
-        }
-        rewrite_log(&path, LogKind::SESSION_DELTAS, bodies)?;
-        Ok(pruned)
+        prune_log(&path)
     }
 
+    /// One retention pass: walks the commitment log from where the last pass
+    /// stopped, pruning each session sealed before the cutoff, and stops at
+    /// the first one sealed after it (commitments are appended in sealing
+    /// order, so their times only grow — unless the wall clock is set back,
+    /// which only delays pruning). Sessions whose pruning failed are tried
+    /// again by the next pass.
     fn apply_retention(&self, keep: Duration) -> Result<u64, AuditError> {
         let cutoff = self
             .wall_ns()
             .saturating_sub(u64::try_from(keep.as_nanos()).unwrap_or(u64::MAX));
-        let mut due: Vec<SessionId> = lock(&self.commits.state)
-            .sealed
-            .iter()
-            .filter(|(_, s)| s.at.is_some_and(|t| t < cutoff))
-            .map(|(id, _)| id.clone())
-            .collect();
-        if due.is_empty() {
-            return Ok(0);
-        }
-        due.sort();
-        // One round writes everything due, instead of one per session.
+        // Everything sealed so far is written first (one round for all).
         self.flush_all()?;
-        let mut n = 0;
-        let mut first_error = None;
-        for session in due {
-            let path = session_log_path(&self.dir, session.as_str());
-            let result = if path.exists() {
-                self.prune_written(session.as_str()).map(|_| n += 1)
-            } else {
-                // Already gone (removed by hand): nothing left to prune.
-                Ok(())
-            };
-            match result {
-                Ok(()) => {
-                    if let Some(s) = lock(&self.commits.state).sealed.get_mut(&session) {
-                        s.at = None;
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        let durable = lock(&self.commits.state).durable.0;
+        let mut mark = lock(&self.retention);
+        let (mut n, mut first_error) = (0, None);
+        let prune = |session: &str, n: &mut u64| -> Result<(), AuditError> {
+            let path = session_log_path(&self.dir, session);
+            // A log removed by hand leaves nothing to prune.
+            if path.exists() && prune_log(&path)? > 0 {
+                *n += 1;
             }
+            Ok(())
+        };
+        for session in std::mem::take(&mut mark.retry) {
+            if let Err(e) = prune(&session, &mut n) {
+                mark.retry.push(session);
+                first_error.get_or_insert(e);
+            }
+        }
+        let path = commitments_path(&self.dir);
+        let (mut index, mut offset) = (mark.index, mark.offset);
+        let mut retry = Vec::new();
+        let scanned = scan_log(&path, LogKind::COMMITMENTS, offset, |r| {
+            if index >= durable {
+                return false;
+            }
+            let c = match Commitment::decode(&r.body) {
+                Ok(c) => c,
+                Err(source) => {
+                    first_error.get_or_insert(AuditError::BadRecord {
+                        path: path.clone(),
+                        offset: r.offset,
+                        source,
+                    });
+                    return false;
+                }
+            };
+            if c.time_unix_ns >= cutoff {
+                return false;
+            }
+            if let Err(e) = prune(&c.session, &mut n) {
+                retry.push(c.session);
+                first_error.get_or_insert(e);
+            }
+            index += 1;
+            offset = r.end();
+            true
+        });
+        (mark.index, mark.offset) = (index, offset);
+        mark.retry.extend(retry);
+        if let Err(e) = scanned {
+            first_error.get_or_insert(e.into());
         }
         first_error.map_or(Ok(n), Err)
     }
@@ -1449,7 +1608,7 @@ impl Shared {
             let Ok(id) = SessionId::new(name.clone()) else {
                 continue;
             };
-            if lock(&self.commits.state).sealed.contains_key(&id) {
+            if lock(&self.commits.state).ever.contains(id.as_str()) {
                 continue;
             }
             let path = session_log_path(&self.dir, &name);
@@ -1508,6 +1667,27 @@ impl Shared {
         }
         self.flush_round()
     }
+}
+
+/// Replaces the bodies of a sealed, written session log by their leaf
+/// hashes; returns how many it replaced (a log already pruned is left as it
+/// is).
+fn prune_log(path: &Path) -> Result<u64, AuditError> {
+    let recovered = read_log(path, LogKind::SESSION_DELTAS)?;
+    let mut pruned = 0;
+    let mut bodies = Vec::with_capacity(recovered.records.len());
+    for (seq, r) in recovered.records.iter().enumerate() {
+        if r.body.first() == Some(&PRUNED_TAG) {
+            bodies.push(r.body.clone());
+        } else {
+            pruned += 1;
+            bodies.push(encode_pruned(seq as u64, &leaf_hash(&r.body)).to_vec());
+        }
+    }
+    if pruned > 0 {
+        rewrite_log(path, LogKind::SESSION_DELTAS, bodies)?;
+    }
+    Ok(pruned)
 }
 
 /// The leaf hash of a delta-log record: a delta's is computed, a pruned

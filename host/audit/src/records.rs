@@ -701,6 +701,68 @@ impl Drop for RecordWriter {
     }
 }
 
+/// Reads the complete records of a log from byte offset `from` (a record
+/// boundary; `from` below the header starts at the first record), in order,
+/// handing each to `each` until it returns false. Streams: memory is one
+/// record at a time, for logs too long to load whole. Stops quietly at the
+/// end of the file or at a torn tail (a record still being appended).
+///
+/// # Errors
+/// Header errors as [`read_log`]; [`RecordError::Io`];
+/// [`RecordError::Corrupt`] for a damaged record followed by more bytes.
+pub fn scan_log(
+    path: impl AsRef<Path>,
+    kind: LogKind,
+    from: u64,
+    mut each: impl FnMut(&Record) -> bool,
+) -> Result<(), RecordError> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(io(IoOp::Open, path))?;
+    let file_len = file.metadata().map_err(io(IoOp::Read, path))?.len();
+    if file_len < HEADER_LEN {
+        return Err(RecordError::ShortHeader {
+            path: path.into(),
+            len: file_len,
+        });
+    }
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    let mut header = [0u8; HEADER_LEN as usize];
+    reader
+        .read_exact(&mut header)
+        .map_err(io(IoOp::Read, path))?;
+    check_header(header, path.to_path_buf(), kind)?;
+    let mut pos = from.max(HEADER_LEN);
+    reader
+        .seek(SeekFrom::Start(pos))
+        .map_err(io(IoOp::Read, path))?;
+    loop {
+        match next_frame(&mut reader, &mut pos, file_len).map_err(io(IoOp::Read, path))? {
+            None => return Ok(()),
+            Some(Ok(record)) => {
+                if !each(&record) {
+                    return Ok(());
+                }
+            }
+            Some(Err((offset, reason))) => {
+                let at_end = match reason {
+                    TailReason::ChecksumMismatch { declared } => {
+                        offset + FRAME_HEADER_LEN + u64::from(declared) >= file_len
+                    }
+                    _ => true,
+                };
+                if at_end {
+                    return Ok(());
+                }
+                return Err(RecordError::Corrupt {
+                    path: path.into(),
+                    offset,
+                    count: 1,
+                });
+            }
+        }
+    }
+}
+
 /// Reads and recovers a whole log (see the module docs for the rules). Never
 /// allocates more than the file holds; never modifies the file.
 ///

@@ -1606,7 +1606,7 @@ mod tests {
             );
             auditor.attach(&bus);
             write(&bus, &s, 0);
-            if auditor.commitment_index("s-after").is_none() {
+            if auditor.commitment_index("s-after").unwrap().is_none() {
                 auditor.seal(&s).unwrap();
             }
             auditor.close().unwrap();
@@ -1725,7 +1725,7 @@ mod tests {
         assert!(!verify_dir(&dir, None, None).unwrap().in_use);
         let (again, report) = second().unwrap();
         assert!(report.sealed_on_recovery.is_empty());
-        assert_eq!(again.commitment_index("s-live"), Some(0));
+        assert_eq!(again.commitment_index("s-live").unwrap(), Some(0));
         drop(again);
         drop(first);
         let r = verify_dir(&dir, None, None).unwrap();
@@ -1946,6 +1946,84 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    /// Only the newest sealed sessions keep their index in memory; older ones
+    /// are still refused a second sealing and late events, found by name,
+    /// pruned, and walked by retention — also by a later process.
+    #[test]
+    fn sessions_sealed_beyond_the_remembered_ones_are_still_refused_found_and_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = || AuditConfig {
+            durability: Durability::EveryRecord,
+            recent_sealed: 2,
+            ..AuditConfig::default()
+        };
+        // A damaged log an earlier crash left: reported, never appended to.
+        std::fs::create_dir_all(dir.join("sessions")).unwrap();
+        std::fs::write(session_log_path(&dir, "s-d"), b"").unwrap();
+        let (auditor, bus, wall, _) = open_clocked(&dir, config());
+        let ids: Vec<SessionId> = (0..5)
+            .map(|n| SessionId::new(format!("s-{n}")).unwrap())
+            .collect();
+        for s in &ids {
+            write(&bus, s, 0);
+            write(&bus, s, 1);
+            auditor.seal(s).unwrap();
+        }
+        assert_eq!(
+            auditor.commitment_index("s-0").unwrap(),
+            Some(0),
+            "by a scan"
+        );
+        assert_eq!(
+            auditor.commitment_index("s-4").unwrap(),
+            Some(4),
+            "remembered"
+        );
+        assert_eq!(auditor.commitment_index("s-9").unwrap(), None);
+        // Forgotten by index, not as sealed.
+        write(&bus, &ids[0], 2);
+        assert_eq!(auditor.stats().late, 1);
+        assert!(matches!(
+            auditor.seal(&ids[0]),
+            Err(crate::auditor::AuditError::AlreadySealed(_))
+        ));
+        assert_eq!(auditor.prune("s-1").unwrap(), 2);
+        // Events for the damaged log's session are late, not a second log.
+        write(&bus, &SessionId::new("s-d").unwrap(), 0);
+        auditor.flush().unwrap();
+        assert_eq!(auditor.stats().late, 2);
+        assert_eq!(auditor.stats().write_failures, 0);
+        assert_eq!(std::fs::read(session_log_path(&dir, "s-d")).unwrap(), b"");
+        auditor.close().unwrap();
+        drop(auditor);
+
+        // A later process, an hour on: retention walks every commitment.
+        wall.set(1_000_000 + 3_600_000);
+        let (again, report) = Auditor::open(
+            &dir,
+            config(),
+            Arc::new(FakeClock::new()),
+            Arc::new(wall.clone()),
+        )
+        .unwrap();
+        assert_eq!(report.damaged.len(), 1);
+        assert!(report.sealed_on_recovery.is_empty());
+        // s-1 was pruned already.
+        assert_eq!(again.apply_retention(Duration::from_secs(60)).unwrap(), 4);
+        assert_eq!(again.apply_retention(Duration::from_secs(60)).unwrap(), 0);
+        again.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        for s in &r.sessions {
+            if s.session == "s-d" {
+                assert_eq!(s.problems[0].kind, ProblemKind::Unreadable);
+            } else {
+                assert!(s.problems.is_empty(), "{r}");
+                assert_eq!((s.records, s.pruned), (2, 2), "{}", s.session);
+            }
+        }
     }
 
     /// Descriptors this process holds on files under `dir`.
