@@ -79,7 +79,7 @@ pub struct AuditConfig {
     /// Sealed sessions whose commitment index is kept in memory (default
     /// 65 536); lookups by name of older ones (`commitment_index`, `prune`)
     /// scan the commitment log, and retention walks it. Every sealed
-    /// session still costs ~20 bytes (a fingerprint that refuses its late
+    /// session still costs 20-40 bytes (a fingerprint that refuses its late
     /// events and a second sealing), instead of ~100 with its id and index.
     pub recent_sealed: usize,
     /// Prune the delta bodies of sessions sealed long ago (default: never).
@@ -350,7 +350,7 @@ struct CommitState {
     durable: (u64, Hash),
     /// The most recently sealed sessions, with their indexes.
     recent: RecentSealed,
-    /// Every sealed session, as a 128-bit fingerprint (~20 B each, a fifth
+    /// Every sealed session, as a 128-bit fingerprint (20-40 B each, a fraction
     /// of keeping its id): refuses late events and a second sealing exactly.
     ever: SealedSet,
 }
