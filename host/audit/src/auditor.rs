@@ -487,7 +487,7 @@ struct Shared {
     open_logs: AtomicUsize,
     /// Most open session logs kept between writes.
     max_open_logs: usize,
-    /// Where the next retention pass starts.
+    /// Where the next retention pass starts; held by whatever prunes.
     retention: Mutex<RetentionMark>,
 }
 
@@ -1460,6 +1460,9 @@ impl Shared {
             return Err(AuditError::NotDurable(session.to_string()));
         }
         let path = session_log_path(&self.dir, session);
+        // Serialised with retention passes: two rewrites of one log would
+        // share its temporary file.
+        let _pruning = lock(&self.retention);
         if !path.exists() {
             return Err(AuditError::UnknownSession(session.to_string()));
         }
