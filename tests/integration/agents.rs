@@ -11,6 +11,14 @@ use crate::cache_dir;
 // The session agents' tests live with the other session tests.
 pub use crate::sessions::{editor, researcher, scripted};
 
+/// A runtime whose pool has one instance slot, so every agent reuses it.
+fn one_slot_runtime() -> ahv_runtime::Runtime {
+    ahv_runtime::Runtime::builder()
+        .max_instances(1)
+        .build()
+        .unwrap()
+}
+
 /// The default ring table with ring 3's fuel and deadline replaced.
 fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
     let mut l = RingLimits::default_for(Ring::Sandbox);
@@ -460,10 +468,7 @@ pub mod memory_hog {
     /// resident size and far above it.
     #[tokio::test]
     async fn a_recycled_memory_slot_carries_nothing_over() {
-        let runtime = ahv_runtime::Runtime::builder()
-            .max_instances(1)
-            .build()
-            .unwrap();
+        let runtime = one_slot_runtime();
         let sb = Sandbox::new();
         let component = runtime.load(ahv_agents::MEMORY_HOG).unwrap();
         let spec = || {
@@ -485,10 +490,7 @@ pub mod memory_hog {
         drop(same);
         // What a never-used slot shows: a few bytes of the allocator's own
         // bookkeeping can sit inside a large uninitialised block.
-        let pristine = ahv_runtime::Runtime::builder()
-            .max_instances(1)
-            .build()
-            .unwrap();
+        let pristine = one_slot_runtime();
         let fresh = pristine.load(ahv_agents::MEMORY_HOG).unwrap();
         for kib in [16, 48, 8192, 16] {
             let mut reader = pristine.spawn(&fresh, spec()).await.unwrap();
@@ -586,10 +588,7 @@ pub mod pinger {
     /// 2-4x slower — a cold slot, cross-thread frees — so it is not done.)
     #[tokio::test]
     async fn a_one_slot_pool_serves_back_to_back_agents() {
-        let runtime = ahv_runtime::Runtime::builder()
-            .max_instances(1)
-            .build()
-            .unwrap();
+        let runtime = one_slot_runtime();
         let sb = Sandbox::new();
         let component = runtime.load(ahv_agents::PINGER).unwrap();
         for i in 0..300 {

@@ -718,19 +718,7 @@ pub fn scan_log(
 ) -> Result<(), RecordError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(io(IoOp::Open, path))?;
-    let file_len = file.metadata().map_err(io(IoOp::Read, path))?.len();
-    if file_len < HEADER_LEN {
-        return Err(RecordError::ShortHeader {
-            path: path.into(),
-            len: file_len,
-        });
-    }
-    let mut reader = BufReader::with_capacity(64 << 10, file);
-    let mut header = [0u8; HEADER_LEN as usize];
-    reader
-        .read_exact(&mut header)
-        .map_err(io(IoOp::Read, path))?;
-    check_header(header, path.to_path_buf(), kind)?;
+    let (mut reader, file_len) = checked_reader(&file, path, kind)?;
     let mut pos = from.max(HEADER_LEN);
     reader
         .seek(SeekFrom::Start(pos))
@@ -856,7 +844,13 @@ fn sync_parent(path: &Path) -> Result<(), RecordError> {
         .map_err(io(IoOp::SyncDir, dir))
 }
 
-fn recover(file: &File, path: &Path, kind: LogKind) -> Result<Recovered, RecordError> {
+/// A buffered reader of a just-opened log (positioned at 0), past its
+/// header once that is checked, and the file's length.
+fn checked_reader<'f>(
+    file: &'f File,
+    path: &Path,
+    kind: LogKind,
+) -> Result<(BufReader<&'f File>, u64), RecordError> {
     let file_len = file.metadata().map_err(io(IoOp::Read, path))?.len();
     if file_len < HEADER_LEN {
         return Err(RecordError::ShortHeader {
@@ -864,13 +858,18 @@ fn recover(file: &File, path: &Path, kind: LogKind) -> Result<Recovered, RecordE
             len: file_len,
         });
     }
-    // Both callers have just opened `file`, so it is positioned at 0.
     let mut reader = BufReader::with_capacity(64 << 10, file);
     let mut header = [0u8; HEADER_LEN as usize];
     reader
         .read_exact(&mut header)
         .map_err(io(IoOp::Read, path))?;
     check_header(header, path.to_path_buf(), kind)?;
+    Ok((reader, file_len))
+}
+
+fn recover(file: &File, path: &Path, kind: LogKind) -> Result<Recovered, RecordError> {
+    // Both callers have just opened `file`.
+    let (mut reader, file_len) = checked_reader(file, path, kind)?;
 
     let mut out = Recovered {
         records: Vec::new(),
