@@ -256,6 +256,14 @@ pub struct RecoveryReport {
     /// it, and `ahv audit verify` reports it as failed until an operator
     /// deals with it. The auditor works on without them.
     pub damaged: Vec<(PathBuf, AuditError)>,
+    /// The commitment retention resumes from: where the last pass of an
+    /// earlier process left off (`retention.mark`), 0 without one.
+    pub retention_resumes_at: u64,
+    /// Why a saved retention mark was not used (unreadable, or not naming a
+    /// commitment of this log); retention then walks the commitment log from
+    /// the start, which costs time, never data: it only prunes sessions
+    /// sealed before its cutoff.
+    pub retention_mark_ignored: Option<String>,
 }
 
 /// A sealed session: its commitment and where it sits in the commitment log.
@@ -296,6 +304,13 @@ pub fn commitments_path(audit_dir: &Path) -> PathBuf {
 /// The signed-head log inside an audit directory.
 pub fn heads_path(audit_dir: &Path) -> PathBuf {
     audit_dir.join("heads.log")
+}
+
+/// The retention mark inside an audit directory: where the next retention
+/// pass resumes in the commitment log (a hint, checked against the log when
+/// loaded; `verify` does not read it).
+pub fn retention_mark_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("retention.mark")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -491,16 +506,89 @@ struct Shared {
     retention: Mutex<RetentionMark>,
 }
 
-/// How far retention has walked the commitment log (not persisted: a new
-/// process walks it again once, finding the pruned logs already pruned).
+/// How far retention has walked the commitment log. Its resume point is
+/// saved (`retention.mark`) after every pass that moved it, so a new process
+/// does not walk the whole commitment log again.
 #[derive(Default)]
 struct RetentionMark {
-    /// The next commitment to look at…
+    /// The next commitment to look at.
+    next: MarkPos,
+    /// Sessions whose pruning failed, tried again by the next pass, with
+    /// where their commitments sit (in commitment order).
+    retry: Vec<(String, MarkPos)>,
+    /// The resume point last saved (or loaded), so an unchanged one is not
+    /// written again.
+    saved: MarkPos,
+}
+
+/// A commitment's index in the commitment log and the file offset of its
+/// record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct MarkPos {
     index: u64,
-    /// …and its offset in the commitment log.
     offset: u64,
-    /// Sessions whose pruning failed, tried again by the next pass.
-    retry: Vec<String>,
+}
+
+impl RetentionMark {
+    /// Where a new process should resume: the first commitment this one
+    /// still has to prune (a failed one), or the next unseen one.
+    fn resume(&self) -> MarkPos {
+        self.retry.first().map_or(self.next, |(_, at)| *at)
+    }
+}
+
+/// Version byte of a saved retention mark.
+const RETENTION_MARK_VERSION: u8 = 1;
+
+impl MarkPos {
+    /// `version 0x01 ‖ index: u64 ‖ offset: u64` (big-endian; FORMAT.md).
+    fn encode(self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[0] = RETENTION_MARK_VERSION;
+        out[1..9].copy_from_slice(&self.index.to_be_bytes());
+        out[9..].copy_from_slice(&self.offset.to_be_bytes());
+        out
+    }
+
+    fn decode(body: &[u8]) -> Result<MarkPos, String> {
+        let Ok(bytes) = <[u8; 17]>::try_from(body) else {
+            return Err(format!("{} bytes, expected 17", body.len()));
+        };
+        if bytes[0] != RETENTION_MARK_VERSION {
+            return Err(format!("unknown version {:#04x}", bytes[0]));
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(w)
+        };
+        Ok(MarkPos {
+            index: word(1),
+            offset: word(9),
+        })
+    }
+}
+
+/// The saved retention mark, if there is one: `Ok(None)` when none was
+/// saved, `Err(why)` when the file is unusable.
+fn load_retention_mark(dir: &Path) -> Result<Option<MarkPos>, String> {
+    let path = retention_mark_path(dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let recovered = read_log(&path, LogKind::RETENTION_MARK).map_err(|e| e.to_string())?;
+    match (&recovered.records[..], recovered.is_clean()) {
+        ([one], true) => MarkPos::decode(&one.body).map(Some),
+        (records, _) => Err(format!(
+            "{} records{}, expected exactly one",
+            records.len(),
+            if recovered.is_clean() {
+                ""
+            } else {
+                " and damage"
+            }
+        )),
+    }
 }
 
 /// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
@@ -561,30 +649,82 @@ impl Auditor {
         let mut report = RecoveryReport::default();
 
         let cpath = commitments_path(dir);
-        let (cwriter, recovered) = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report)?;
         let mut tree = CompactTree::new();
         let mut recent = RecentSealed::new(config.recent_sealed);
         let mut ever = SealedSet::new();
-        for r in &recovered {
+        let saved_mark = load_retention_mark(dir);
+        // Whether the saved mark names a record boundary of this log.
+        let mut mark_found = false;
+        let mut first_error = None;
+        // Streamed: the commitment log grows with every session ever sealed.
+        let cwriter = open_or_create(&cpath, LogKind::COMMITMENTS, &mut report, |r| {
+            if first_error.is_some() {
+                return;
+            }
             let bad = |source| AuditError::BadRecord {
                 path: cpath.clone(),
                 offset: r.offset,
                 source,
             };
-            let c = Commitment::decode(&r.body).map_err(bad)?;
-            let session = SessionId::new(c.session).map_err(|e| {
-                bad(RecordFormatError::SessionId {
-                    what: "commitment",
-                    reason: e.to_string(),
+            let decoded = Commitment::decode(&r.body).map_err(bad).and_then(|c| {
+                SessionId::new(c.session).map_err(|e| {
+                    bad(RecordFormatError::SessionId {
+                        what: "commitment",
+                        reason: e.to_string(),
+                    })
                 })
-            })?;
+            });
+            let session = match decoded {
+                Ok(s) => s,
+                Err(e) => {
+                    first_error = Some(e);
+                    return;
+                }
+            };
+            if let Ok(Some(m)) = &saved_mark {
+                mark_found |= m.index == tree.len().0 && m.offset == r.offset;
+            }
             let index = tree.append_leaf_hash(leaf_hash(&r.body)).0;
             // A duplicate commitment is `verify`'s to report; here the
             // session is sealed either way.
             let _ = ever.insert(session.as_str());
             recent.insert(session, index);
+        })?;
+        if let Some(e) = first_error {
+            return Err(e);
         }
         let durable = (tree.len().0, tree.root());
+        let end = MarkPos {
+            index: durable.0,
+            offset: cwriter.durable_len(),
+        };
+        let resume = match saved_mark {
+            Ok(None) => MarkPos::default(),
+            Ok(Some(m)) if mark_found || m == end || m == MarkPos::default() => m,
+            Ok(Some(m)) => {
+                report.retention_mark_ignored = Some(format!(
+                    "commitment {} does not start at byte {} of {} ({} commitments, {} bytes)",
+                    m.index,
+                    m.offset,
+                    cpath.display(),
+                    end.index,
+                    end.offset
+                ));
+                MarkPos::default()
+            }
+            Err(why) => {
+                report.retention_mark_ignored = Some(why);
+                MarkPos::default()
+            }
+        };
+        if let Some(why) = &report.retention_mark_ignored {
+            tracing::warn!(
+                path = %retention_mark_path(dir).display(),
+                %why,
+                "retention mark not used: retention walks the commitment log from the start"
+            );
+        }
+        report.retention_resumes_at = resume.index;
         let commits = Arc::new(CommitLog {
             state: Mutex::new(CommitState {
                 tree,
@@ -598,7 +738,7 @@ impl Auditor {
         report.commitments = durable.0;
 
         let hpath = heads_path(dir);
-        let (hwriter, _) = open_or_create(&hpath, LogKind::SIGNED_HEADS, &mut report)?;
+        let hwriter = open_or_create(&hpath, LogKind::SIGNED_HEADS, &mut report, drop)?;
 
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -624,7 +764,11 @@ impl Auditor {
             buffers: Mutex::new(Vec::new()),
             open_logs: AtomicUsize::new(0),
             max_open_logs: config.max_open_logs,
-            retention: Mutex::new(RetentionMark::default()),
+            retention: Mutex::new(RetentionMark {
+                next: resume,
+                retry: Vec::new(),
+                saved: resume,
+            }),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -885,20 +1029,18 @@ fn open_or_create(
     path: &Path,
     kind: LogKind,
     report: &mut RecoveryReport,
-) -> Result<(RecordWriter, Vec<crate::records::Record>), AuditError> {
+    each: impl FnMut(crate::records::Record),
+) -> Result<RecordWriter, AuditError> {
     // Our writers are flushed explicitly (by capture, seal or the flusher);
     // `OnClose` keeps the writer itself from flushing on its own.
     if path.exists() {
-        let (w, rec) = RecordWriter::open_append(path, kind, Durability::OnClose)?;
+        let (w, rec) = RecordWriter::open_append_each(path, kind, Durability::OnClose, each)?;
         if let Some(t) = rec.tail {
             report.torn.push((path.to_path_buf(), t));
         }
-        Ok((w, rec.records))
+        Ok(w)
     } else {
-        Ok((
-            RecordWriter::create(path, kind, Durability::OnClose)?,
-            Vec::new(),
-        ))
+        Ok(RecordWriter::create(path, kind, Durability::OnClose)?)
     }
 }
 
@@ -1492,17 +1634,17 @@ impl Shared {
             }
             Ok(())
         };
-        for session in std::mem::take(&mut mark.retry) {
+        for (session, at) in std::mem::take(&mut mark.retry) {
             if let Err(e) = prune(&session, &mut n) {
-                mark.retry.push(session);
+                mark.retry.push((session, at));
                 first_error.get_or_insert(e);
             }
         }
         let path = commitments_path(&self.dir);
-        let (mut index, mut offset) = (mark.index, mark.offset);
+        let mut next = mark.next;
         let mut retry = Vec::new();
-        let scanned = scan_log(&path, LogKind::COMMITMENTS, offset, |r| {
-            if index >= durable {
+        let scanned = scan_log(&path, LogKind::COMMITMENTS, next.offset, |r| {
+            if next.index >= durable {
                 return false;
             }
             let c = match Commitment::decode(&r.body) {
@@ -1520,17 +1662,34 @@ impl Shared {
                 return false;
             }
             if let Err(e) = prune(&c.session, &mut n) {
-                retry.push(c.session);
+                retry.push((c.session, next));
                 first_error.get_or_insert(e);
             }
-            index += 1;
-            offset = r.end();
+            next = MarkPos {
+                index: next.index + 1,
+                offset: r.end(),
+            };
             true
         });
-        (mark.index, mark.offset) = (index, offset);
+        mark.next = next;
         mark.retry.extend(retry);
         if let Err(e) = scanned {
             first_error.get_or_insert(e.into());
+        }
+        let resume = mark.resume();
+        if resume != mark.saved {
+            // Only time is lost if this fails: the next process walks from
+            // the last mark that was saved.
+            match rewrite_log(
+                retention_mark_path(&self.dir),
+                LogKind::RETENTION_MARK,
+                [resume.encode()],
+            ) {
+                Ok(_) => mark.saved = resume,
+                Err(e) => {
+                    first_error.get_or_insert(e.into());
+                }
+            }
         }
         first_error.map_or(Ok(n), Err)
     }

@@ -90,6 +90,8 @@ impl LogKind {
     pub const COMMITMENTS: LogKind = LogKind(2);
     /// The signed-head log.
     pub const SIGNED_HEADS: LogKind = LogKind(3);
+    /// The retention mark (one record: where retention resumes).
+    pub const RETENTION_MARK: LogKind = LogKind(4);
 }
 
 impl fmt::Display for LogKind {
@@ -434,13 +436,34 @@ impl RecordWriter {
         kind: LogKind,
         durability: Durability,
     ) -> Result<(RecordWriter, Recovered), RecordError> {
+        let mut records = Vec::new();
+        let (writer, mut recovered) =
+            Self::open_append_each(path, kind, durability, |r| records.push(r))?;
+        recovered.records = records;
+        Ok((writer, recovered))
+    }
+
+    /// [`RecordWriter::open_append`] for a log too long to hold in memory:
+    /// each complete record is handed to `each`, in file order, as recovery
+    /// reads it, and [`Recovered::records`] comes back empty. Memory is one
+    /// record at a time. On an error `each` may have seen some records; they
+    /// are still in the file, unchanged.
+    ///
+    /// # Errors
+    /// As [`RecordWriter::open_append`].
+    pub fn open_append_each(
+        path: impl AsRef<Path>,
+        kind: LogKind,
+        durability: Durability,
+        each: impl FnMut(Record),
+    ) -> Result<(RecordWriter, Recovered), RecordError> {
         let path = path.as_ref();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io(IoOp::Open, path))?;
-        let mut recovered = recover(&file, path, kind)?;
+        let mut recovered = recover(&file, path, kind, each)?;
         if let Some(first) = recovered.corrupt.first() {
             return Err(RecordError::Corrupt {
                 path: path.into(),
@@ -761,7 +784,10 @@ pub fn scan_log(
 pub fn read_log(path: impl AsRef<Path>, expected_kind: LogKind) -> Result<Recovered, RecordError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(io(IoOp::Open, path))?;
-    recover(&file, path, expected_kind)
+    let mut records = Vec::new();
+    let mut recovered = recover(&file, path, expected_kind, |r| records.push(r))?;
+    recovered.records = records;
+    Ok(recovered)
 }
 
 /// Atomically replaces the log at `path` with one holding `records` (for
@@ -867,7 +893,14 @@ fn checked_reader<'f>(
     Ok((reader, file_len))
 }
 
-fn recover(file: &File, path: &Path, kind: LogKind) -> Result<Recovered, RecordError> {
+/// Recovery proper: hands each complete record to `each` in file order and
+/// returns the rest of the findings ([`Recovered::records`] left empty).
+fn recover(
+    file: &File,
+    path: &Path,
+    kind: LogKind,
+    mut each: impl FnMut(Record),
+) -> Result<Recovered, RecordError> {
     // Both callers have just opened `file`.
     let (mut reader, file_len) = checked_reader(file, path, kind)?;
 
@@ -887,7 +920,7 @@ fn recover(file: &File, path: &Path, kind: LogKind) -> Result<Recovered, RecordE
             (Some(Ok(record)), _) => {
                 out.corrupt.extend(suspect.take());
                 out.valid_len = record.end();
-                out.records.push(record);
+                each(record);
                 continue;
             }
             (Some(Err((offset, TailReason::ChecksumMismatch { declared }))), None) => {
@@ -1162,6 +1195,24 @@ mod tests {
         let (_w, rec) = RecordWriter::open_append(&path, K, Durability::OnClose).unwrap();
         assert_eq!(rec.tail.unwrap().saved_to, Some(with_suffix(&torn, ".1")));
         assert_eq!(fs::read(&torn).unwrap(), &bytes[valid..cut]);
+    }
+
+    #[test]
+    fn open_append_each_streams_the_complete_records_and_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = bodies(&[10, 200, 50]);
+        let (path, bytes, ends) = write_log(dir.path(), &want);
+        fs::write(&path, &bytes[..ends[2] as usize - 1]).unwrap();
+        let mut seen = Vec::new();
+        let (w, rec) =
+            RecordWriter::open_append_each(&path, K, Durability::OnClose, |r| seen.push(r))
+                .unwrap();
+        assert!(rec.records.is_empty(), "handed over, not kept");
+        let offsets: Vec<u64> = seen.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [HEADER_LEN, ends[0]]);
+        assert_eq!(seen[1].body, want[1]);
+        assert_eq!((rec.valid_len, w.durable_len()), (ends[1], ends[1]));
+        assert_eq!(rec.tail.map(|t| t.offset), Some(ends[1]));
     }
 
     #[test]

@@ -2026,6 +2026,94 @@ mod tests {
         }
     }
 
+    /// A retention pass saves where it stopped — at the first session it
+    /// failed to prune, if any — and a later process resumes there instead of
+    /// reading every old log again; a mark that does not name a commitment of
+    /// the log is ignored (the walk starts over, losing only time).
+    #[test]
+    fn a_later_process_resumes_retention_where_the_last_pass_stopped() {
+        use crate::auditor::retention_mark_path;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = || AuditConfig {
+            durability: Durability::EveryRecord,
+            ..AuditConfig::default()
+        };
+        let hour = 3_600_000;
+        let ids: Vec<SessionId> = (0..6)
+            .map(|n| SessionId::new(format!("s-{n}")).unwrap())
+            .collect();
+        let (auditor, bus, wall, _) = open_clocked(&dir, config());
+        for (n, s) in ids.iter().enumerate() {
+            if n == 4 {
+                wall.set(1_000_000 + 2 * hour);
+            }
+            write(&bus, s, 0);
+            write(&bus, s, 1);
+            auditor.seal(s).unwrap();
+        }
+        // s-1 cannot be pruned for now: its replacement cannot be created.
+        let blocker = dir.join("sessions").join("s-1.log.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(auditor.apply_retention(Duration::from_secs(3600)).is_err());
+        auditor.close().unwrap();
+        drop(auditor);
+        let reopen = |at: u64| {
+            let wall = FakeWallClock::new(at);
+            Auditor::open(&dir, config(), Arc::new(FakeClock::new()), Arc::new(wall)).unwrap()
+        };
+
+        // Resumes at s-1, the one that failed; s-0 is never read again
+        // (damaging it would fail a pass that did read it).
+        let (again, report) = reopen(1_000_000 + 4 * hour);
+        assert_eq!(report.retention_resumes_at, 1);
+        assert_eq!(report.retention_mark_ignored, None);
+        let s0 = session_log_path(&dir, "s-0");
+        let s0_bytes = std::fs::read(&s0).unwrap();
+        std::fs::write(&s0, b"not a log").unwrap();
+        std::fs::remove_dir(&blocker).unwrap();
+        // s-1, s-4 and s-5 (s-2 and s-3 are read, found pruned, not counted).
+        assert_eq!(again.apply_retention(Duration::from_secs(3600)).unwrap(), 3);
+        again.close().unwrap();
+        drop(again);
+        std::fs::write(&s0, s0_bytes).unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        for s in &r.sessions {
+            assert_eq!((s.records, s.pruned), (2, 2), "{}", s.session);
+        }
+        let (again, report) = reopen(1_000_000 + 4 * hour);
+        assert_eq!(report.retention_resumes_at, 6, "at the end");
+        drop(again);
+
+        // A mark naming no commitment boundary, or no mark at all: ignored.
+        let mark = retention_mark_path(&dir);
+        let mut forged = vec![1u8];
+        forged.extend_from_slice(&2u64.to_be_bytes());
+        forged.extend_from_slice(&9999u64.to_be_bytes());
+        rewrite_log(&mark, crate::records::LogKind::RETENTION_MARK, [forged]).unwrap();
+        let (again, report) = reopen(1_000_000 + 4 * hour);
+        assert_eq!(report.retention_resumes_at, 0);
+        let why = report.retention_mark_ignored.unwrap();
+        assert!(
+            why.contains("commitment 2 does not start at byte 9999"),
+            "{why}"
+        );
+        // The walk starts over, finds everything pruned, saves the end again.
+        assert_eq!(again.apply_retention(Duration::from_secs(3600)).unwrap(), 0);
+        drop(again);
+        let (again, report) = reopen(1_000_000 + 4 * hour);
+        assert_eq!(
+            (report.retention_resumes_at, report.retention_mark_ignored),
+            (6, None)
+        );
+        drop(again);
+        std::fs::write(&mark, b"garbage").unwrap();
+        let (_again, report) = reopen(1_000_000 + 4 * hour);
+        assert_eq!(report.retention_resumes_at, 0);
+        assert!(report.retention_mark_ignored.is_some());
+    }
+
     /// Descriptors this process holds on files under `dir`.
     #[cfg(target_os = "linux")]
     fn open_files_under(dir: &Path) -> usize {

@@ -220,6 +220,9 @@ fn prune(
     for (path, e) in &report.damaged {
         out += &format!("damaged, not sealed: {} ({e})\n", path.display());
     }
+    if let Some(why) = &report.retention_mark_ignored {
+        out += &format!("retention mark ignored ({why}): walking every commitment\n");
+    }
     match (older_than, session) {
         (_, Some(s)) => {
             let n = auditor
