@@ -787,6 +787,84 @@ pub mod scripted {
         assert_eq!((u.files, u.bytes), (2, 80));
     }
 
+    /// A hostile guest creating directories (explicitly, or as parents of
+    /// files) stops at the directory quota with a `quota` error it can
+    /// handle; every directory it did create is an audited change.
+    #[tokio::test]
+    async fn a_directory_storm_stops_at_the_quota_and_each_directory_is_audited() {
+        let h = Hv::with(|b| {
+            b.quotas(FileQuotas {
+                max_dirs: 4,
+                ..FileQuotas::default()
+            })
+        });
+        let s = h.session();
+        h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        let mut cmds = vec![
+            "mkdir a/b/c".to_string(),
+            "mkdir a/b".to_string(),
+            "mkdir d/e".to_string(),
+            "mkdir d".to_string(),
+            "write e/f x".to_string(),
+            "write d/g x".to_string(),
+        ];
+        cmds.extend((0..200).map(|n| format!("mkdir storm{n}")));
+        let out = h.script(&s, "did:test:a", &cmds.join("\n")).await;
+        for c in ["mkdir a/b/c", "mkdir a/b", "mkdir d", "write d/g x"] {
+            ok(&out, c);
+        }
+        for c in cmds
+            .iter()
+            .filter(|c| *c == "mkdir d/e" || *c == "write e/f x" || c.contains("storm"))
+        {
+            err(&out, c, "quota");
+        }
+        assert!(
+            line(&out, "mkdir d/e").contains("the session's limit is 4"),
+            "{out}"
+        );
+        let mine = h.dir(&s).join("files/agents/did:test:a");
+        assert!(mine.join("a/b/c").is_dir() && mine.join("d/g").is_file());
+        assert!(!mine.join("d/e").exists() && !mine.join("e").exists());
+        assert!(!mine.join("storm0").exists());
+        assert_eq!(h.hv.session_core(&s).unwrap().usage().dirs, 4);
+
+        h.hv.terminate_session(&s).unwrap();
+        h.hv.shutdown().unwrap();
+        let log = h
+            .state
+            .path()
+            .join("audit/sessions")
+            .join(format!("{s}.log"));
+        let deltas: Vec<ahv_audit::Delta> =
+            ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
+                .unwrap()
+                .records
+                .iter()
+                .map(|r| ahv_audit::Delta::decode(&r.body).unwrap())
+                .collect();
+        let made: Vec<_> = deltas
+            .iter()
+            .filter(|d| d.kind == "vfs.dir_created")
+            .map(|d| (d.field("path").cloned(), d.field("created").cloned()))
+            .collect();
+        use ahv_audit::Value::{Text, Uint};
+        assert_eq!(
+            made,
+            [
+                (Some(Text("a/b/c".into())), Some(Uint(3))),
+                (Some(Text("d".into())), Some(Uint(1))),
+            ],
+            "one delta per change; none for a directory that existed"
+        );
+        let refused = deltas
+            .iter()
+            .filter(|d| d.kind == "vfs.quota_exceeded")
+            .count();
+        assert_eq!(refused, 202, "every refusal is on record");
+    }
+
     #[tokio::test]
     async fn snapshot_writes_restore_gives_back_the_snapshot_exactly() {
         let h = Hv::new();

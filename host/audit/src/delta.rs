@@ -615,6 +615,10 @@ mod tests {
                 path: s("p"),
                 acl: s("owner=x read=everyone write=owner"),
             },
+            EventKind::VfsDirCreated => EventPayload::VfsDirCreated {
+                path: s("d/e"),
+                created: 2,
+            },
             EventKind::VfsSnapshot => EventPayload::VfsSnapshot {
                 snapshot: 1,
                 files: 2,

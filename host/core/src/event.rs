@@ -89,7 +89,7 @@ macro_rules! event_kinds {
     };
 }
 
-event_kinds! { 25;
+event_kinds! { 26;
     /// `session.created`: a session was created.
     SessionCreated => "session.created",
     /// `session.joined`: an agent joined a session.
@@ -114,6 +114,8 @@ event_kinds! { 25;
     VfsRename => "vfs.rename",
     /// `vfs.acl_changed`: a file's access-control list changed.
     VfsAclChanged => "vfs.acl_changed",
+    /// `vfs.dir_created`: a directory was created (with any missing parents).
+    VfsDirCreated => "vfs.dir_created",
     /// `vfs.snapshot`: the file space was snapshotted.
     VfsSnapshot => "vfs.snapshot",
     /// `vfs.restore`: the file space was restored from a snapshot.
@@ -255,6 +257,13 @@ pub enum EventPayload {
         /// The new list, as `owner=… read=… write=…`.
         acl: String,
     },
+    /// A directory was created, with the parents it lacked.
+    VfsDirCreated {
+        /// The directory.
+        path: String,
+        /// How many directories were created (it and its missing parents).
+        created: u64,
+    },
     /// The file space was snapshotted.
     VfsSnapshot {
         /// The snapshot's number.
@@ -383,6 +392,7 @@ impl EventPayload {
             EventPayload::VfsDelete { .. } => EventKind::VfsDelete,
             EventPayload::VfsRename { .. } => EventKind::VfsRename,
             EventPayload::VfsAclChanged { .. } => EventKind::VfsAclChanged,
+            EventPayload::VfsDirCreated { .. } => EventKind::VfsDirCreated,
             EventPayload::VfsSnapshot { .. } => EventKind::VfsSnapshot,
             EventPayload::VfsRestore { .. } => EventKind::VfsRestore,
             EventPayload::VfsConflict { .. } => EventKind::VfsConflict,
@@ -484,6 +494,10 @@ impl EventPayload {
             EventPayload::VfsAclChanged { path, acl } => {
                 f("path", Text(path));
                 f("acl", Text(acl));
+            }
+            EventPayload::VfsDirCreated { path, created } => {
+                f("path", Text(path));
+                f("created", Uint(*created));
             }
             EventPayload::VfsSnapshot {
                 snapshot,
@@ -1025,6 +1039,10 @@ mod tests {
             EventKind::VfsAclChanged => EventPayload::VfsAclChanged {
                 path: s("/a"),
                 acl: s("owner=did:ex:a read=all write=owner"),
+            },
+            EventKind::VfsDirCreated => EventPayload::VfsDirCreated {
+                path: s("/reports/2026"),
+                created: 2,
             },
             EventKind::VfsSnapshot => EventPayload::VfsSnapshot {
                 snapshot: 3,

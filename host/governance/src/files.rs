@@ -111,6 +111,8 @@ pub enum FileOp {
     Rename,
     /// ACL change.
     SetAcl,
+    /// Directory creation (with its missing parents).
+    CreateDir,
 }
 
 impl FileOp {
@@ -123,6 +125,7 @@ impl FileOp {
             FileOp::Delete => "delete",
             FileOp::Rename => "rename",
             FileOp::SetAcl => "set-acl",
+            FileOp::CreateDir => "create-dir",
         }
     }
 }
@@ -148,7 +151,8 @@ pub struct FileChange {
     pub before: Option<Sha256Digest>,
     /// Content hash after (None: there is no file any more, or it is not known).
     pub after: Option<Sha256Digest>,
-    /// Size after, in bytes (0 when deleted).
+    /// Size after, in bytes (0 when deleted); for `create-dir`, the number
+    /// of directories made (it and its missing parents).
     pub size: u64,
     /// The undo record kept for this change, if the file space keeps undo records.
     pub undo: Option<u64>,
@@ -202,11 +206,12 @@ pub trait FileSpace: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`VfsError`].
     fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError>;
-    /// Creates a directory and its parents.
+    /// Creates a directory and its parents; `None` when it exists already
+    /// (nothing changed).
     ///
     /// # Errors
     /// [`VfsError`].
-    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<(), VfsError>;
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError>;
     /// A file's ACL.
     ///
     /// # Errors
@@ -303,8 +308,9 @@ impl FileSpace for Vfs {
         Ok(c)
     }
 
-    fn create_dir(&self, _who: Caller<'_>, path: &str) -> Result<(), VfsError> {
-        Vfs::create_dir(self, path)
+    fn create_dir(&self, _who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError> {
+        Vfs::create_dir(self, path)?;
+        Ok(Some(change(FileOp::CreateDir, path, None, 0)))
     }
 
     fn get_acl(&self, _who: Caller<'_>, path: &str) -> Result<Acl, VfsError> {

@@ -450,6 +450,10 @@ impl SessionCore {
                         path: c.path.clone(),
                         acl: acl.map(ToString::to_string).unwrap_or_default(),
                     },
+                    FileOp::CreateDir => EventPayload::VfsDirCreated {
+                        path: c.path.clone(),
+                        created: c.size,
+                    },
                 };
                 self.emit(who.agent, who.trace, payload);
             }
@@ -527,8 +531,13 @@ impl FileSpace for SessionCore {
         self.changed(who, r, None)
     }
 
-    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<(), VfsError> {
-        self.files.create_dir(who, path)
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError> {
+        self.check_isolation(who, path, LockMode::Write)?;
+        match self.files.create_dir(who, path) {
+            Ok(None) => Ok(None),
+            Ok(Some(c)) => self.changed(who, Ok(c), None).map(Some),
+            Err(e) => self.changed(who, Err(e), None).map(Some),
+        }
     }
 
     fn get_acl(&self, who: Caller<'_>, path: &str) -> Result<Acl, VfsError> {

@@ -31,8 +31,10 @@
 //! earlier process under the same session id) are not files of the session:
 //! reading, hashing, stating or changing them answers `NotFound` and
 //! listings hide them. Symbolic links are never listed, never modified, and
-//! never followed out of their area. Directories are plain directories: they
-//! have no ACL, no clock and no quota.
+//! never followed out of their area. Directories have no ACL and no clock;
+//! they are counted against [`FileQuotas::max_dirs`] (the ones a change makes
+//! explicitly with `create-dir` or implicitly as a new file's parents), and
+//! creating one is a change like any other: undo record, event, audit delta.
 //!
 //! # Order of checks
 //! Every change is: path validation → ACL → vector clock (strict mode) →
@@ -124,6 +126,10 @@ pub struct FileQuotas {
     pub max_total_bytes: u64,
     /// Most regular files in the session, all areas together (default 10 000).
     pub max_files: u64,
+    /// Most directories in the session below its area roots, all areas
+    /// together (default 10 000): without it a guest could exhaust the host's
+    /// inodes with empty directories, which no byte or file quota sees.
+    pub max_dirs: u64,
     /// Most names one listing returns (default 10 000).
     pub max_list_entries: usize,
     /// Most undo records kept; the oldest are pruned first (default 10 000).
@@ -136,6 +142,7 @@ impl Default for FileQuotas {
             max_file_bytes: 16 << 20,
             max_total_bytes: 256 << 20,
             max_files: 10_000,
+            max_dirs: 10_000,
             max_list_entries: 10_000,
             max_undo_records: 10_000,
         }
@@ -175,6 +182,8 @@ pub struct Usage {
     pub files: u64,
     /// Their total size, in bytes.
     pub bytes: u64,
+    /// Directories below the area roots (the roots are not counted).
+    pub dirs: u64,
 }
 
 /// The files of one shared session: the shared area and one private area per
@@ -406,6 +415,8 @@ enum Undo {
     Deleted { before: Box<FileMeta> },
     /// An empty directory was deleted.
     DirDeleted,
+    /// `create-dir` made these directories, deepest (the one asked for) first.
+    DirCreated { made: Vec<String> },
     /// A rename (of a file, or of a directory and the files below it).
     Renamed {
         moved: Vec<Moved>,
@@ -945,6 +956,23 @@ impl SessionFiles {
         Ok(())
     }
 
+    /// Refuses a change that would make `new` directories (beyond those the
+    /// session has) before anything changes.
+    fn check_dirs(&self, usage: &Usage, path: &str, new: usize) -> Result<(), VfsError> {
+        let max = self.quotas.max_dirs;
+        let after = usage.dirs.saturating_add(new as u64);
+        if new > 0 && after > max {
+            return Err(VfsError::Quota {
+                path: path.to_string(),
+                reason: format!(
+                    "{new} new director{} would make {after}; the session's limit is {max}",
+                    if new == 1 { "y" } else { "ies" }
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Why there is no file at `key`: a directory, a refused path, or nothing.
     fn missing(&self, dirs: &mut Dirs, key: &Key, op: &'static str) -> VfsError {
         let guest = key.guest();
@@ -996,12 +1024,20 @@ impl SessionFiles {
             }
             None => missing_ancestors(vfs.dir(), &key.rel),
         };
+        if let Err(e) = self.check_dirs(&db.usage, &guest, made_dirs.len()) {
+            if before.is_some() {
+                discard_blob(&dirs.undo, id);
+            }
+            return Err(e);
+        }
         if let Err(e) = vfs.write(&key.rel, contents) {
             if before.is_some() {
                 discard_blob(&dirs.undo, id);
             }
+            db.usage.dirs += unmake_dirs(vfs.dir(), &made_dirs);
             return Err(in_guest_terms(e, &key.area));
         }
+        db.usage.dirs += made_dirs.len() as u64;
         let acl = match &before {
             Some(b) => b.acl.clone(),
             None => creation_acl(who, key),
@@ -1234,6 +1270,7 @@ impl SessionFiles {
                     }
                     vfs.delete(&key.rel)
                         .map_err(|e| in_guest_terms(e, &key.area))?;
+                    db.usage.dirs = db.usage.dirs.saturating_sub(1);
                     id = db.next_undo_id();
                     (Undo::DirDeleted, 0, None)
                 }
@@ -1307,12 +1344,18 @@ impl SessionFiles {
             self.check_clock(who.agent, &m.clock, &path)?;
         }
         let made_dirs = missing_ancestors(dv.dir(), &dst.rel);
-        if src.area == dst.area {
+        self.check_dirs(&db.usage, &dst_guest, made_dirs.len())?;
+        let moved_ok = if src.area == dst.area {
             sv.rename(&src.rel, &dst.rel)
-                .map_err(|e| in_guest_terms(e, &src.area))?;
+                .map_err(|e| in_guest_terms(e, &src.area))
         } else {
-            move_across(&sv, src, &dv, dst)?;
+            move_across(&sv, src, &dv, dst)
+        };
+        if let Err(e) = moved_ok {
+            db.usage.dirs += unmake_dirs(dv.dir(), &made_dirs);
+            return Err(e);
         }
+        db.usage.dirs += made_dirs.len() as u64;
         let mut record_moved = Vec::with_capacity(moved.len());
         for (suffix, before) in moved {
             let to = dst.with_suffix(&suffix);
@@ -1495,7 +1538,8 @@ impl SessionFiles {
                 refuse_symlink(vfs.dir(), key)?;
                 vfs.dir().remove_file(&key.rel).map_err(undo_io)?;
                 db.put(key.clone(), None);
-                remove_dirs(vfs.dir(), made_dirs);
+                let removed = remove_dirs(vfs.dir(), made_dirs);
+                db.usage.dirs = db.usage.dirs.saturating_sub(removed);
             }
             Undo::Replaced { before, after } => {
                 unchanged(after)?;
@@ -1525,7 +1569,9 @@ impl SessionFiles {
                         "something was created at the path since; undo that first",
                     ));
                 }
+                let made = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 create_parent(&vfs, key)?;
+                db.usage.dirs += made;
                 dirs.undo
                     .rename(blob(rec.id), vfs.dir(), &key.rel)
                     .map_err(undo_io)?;
@@ -1538,7 +1584,34 @@ impl SessionFiles {
                         "something was created at the path since; undo that first",
                     ));
                 }
+                let made = 1 + missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 vfs.create_dir(&key.rel).map_err(in_area)?;
+                db.usage.dirs += made;
+            }
+            Undo::DirCreated { made } => {
+                let refuse = |why| rec.conflict(guest.clone(), why);
+                if db.has_files_under(key) {
+                    return Err(refuse(
+                        "files were created in the directory since; undo that first",
+                    ));
+                }
+                match vfs.dir().symlink_metadata(&key.rel) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(refuse("the directory was replaced since; undo that first"));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(refuse(
+                            "the directory is gone; undo the later changes first",
+                        ));
+                    }
+                    Err(e) => return Err(undo_io(e)),
+                }
+                vfs.dir().remove_dir(&key.rel).map_err(|_| {
+                    refuse("entries were created in the directory since; undo that first")
+                })?;
+                let removed = 1 + remove_dirs(vfs.dir(), made.get(1..).unwrap_or_default());
+                db.usage.dirs = db.usage.dirs.saturating_sub(removed);
             }
             Undo::Renamed { moved, made_dirs } => {
                 let Some(dst) = &rec.to else {
@@ -1580,6 +1653,8 @@ impl SessionFiles {
                 {
                     return Err(rec.conflict(dst_guest, "the renamed entry is gone"));
                 }
+                // The old path's parents may be gone since: moving back makes them.
+                let back = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 if key.area == dst.area {
                     vfs.rename(&dst.rel, &key.rel).map_err(in_area)?;
                 } else {
@@ -1589,7 +1664,8 @@ impl SessionFiles {
                     db.put(dst.with_suffix(&m.suffix), None);
                     db.put(key.with_suffix(&m.suffix), Some(m.before.clone()));
                 }
-                remove_dirs(dv.dir(), made_dirs);
+                let removed = remove_dirs(dv.dir(), made_dirs);
+                db.usage.dirs = (db.usage.dirs + back).saturating_sub(removed);
             }
             Undo::AclSet { before, after } => {
                 unchanged(after)?;
@@ -1754,17 +1830,60 @@ impl FileSpace for SessionFiles {
         self.with(|dirs, db| self.rename_entry(dirs, db, who, &from, &to))
     }
 
-    /// Not recorded for undo and not limited by the quotas (directories are
-    /// not files); the roots always exist.
-    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<(), VfsError> {
+    /// A change like a write: counted against [`FileQuotas::max_dirs`] (it
+    /// and every missing parent), recorded for undo. `Ok(None)` when the
+    /// directory exists already (the roots always do): nothing changed.
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError> {
         let key = dir_key(who.agent, path)?;
-        self.with(|dirs, _| {
-            let vfs = dirs.area(&key.area)?;
-            if key.is_root() {
-                return Ok(());
+        if key.is_root() {
+            return Ok(None);
+        }
+        let guest = key.guest();
+        self.with(|dirs, db| {
+            if db.files.contains_key(&key) {
+                return Err(VfsError::AlreadyExists { path: guest });
             }
-            vfs.create_dir(&key.rel)
-                .map_err(|e| in_guest_terms(e, &key.area))
+            let vfs = dirs.area(&key.area)?;
+            match vfs.dir().symlink_metadata(&key.rel) {
+                Ok(m) if m.is_dir() => return Ok(None),
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(guest)),
+                // An entry that is not a file of the session (see the module docs).
+                Ok(_) => return Err(VfsError::AlreadyExists { path: guest }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("create-dir", guest, e)),
+            }
+            let mut made = vec![key.rel.clone()];
+            made.extend(missing_ancestors(vfs.dir(), &key.rel));
+            self.check_dirs(&db.usage, &guest, made.len())?;
+            if let Err(e) = vfs.create_dir(&key.rel) {
+                db.usage.dirs += unmake_dirs(vfs.dir(), &made);
+                return Err(in_guest_terms(e, &key.area));
+            }
+            let created = made.len() as u64;
+            db.usage.dirs += created;
+            let id = db.next_undo_id();
+            let undo = db.record(
+                &dirs.undo,
+                &self.quotas,
+                Record {
+                    id,
+                    agent: who.agent.clone(),
+                    op: FileOp::CreateDir,
+                    key: key.clone(),
+                    to: None,
+                    undo: Undo::DirCreated { made },
+                    blob_bytes: 0,
+                },
+            );
+            Ok(Some(FileChange {
+                op: FileOp::CreateDir,
+                path: guest,
+                to: None,
+                before: None,
+                after: None,
+                size: created,
+                undo,
+            }))
         })
     }
 
@@ -1983,14 +2102,30 @@ fn missing_ancestors(dir: &Dir, rel: &str) -> Vec<String> {
     missing
 }
 
+/// After a failed change: removes whichever of the directories it was to make
+/// (deepest first) it did make; returns how many of them are left (counted
+/// then, as any directory is).
+fn unmake_dirs(dir: &Dir, made: &[String]) -> u64 {
+    let existing: Vec<String> = made
+        .iter()
+        .filter(|d| entry_exists(dir, d).unwrap_or(false))
+        .cloned()
+        .collect();
+    existing.len() as u64 - remove_dirs(dir, &existing)
+}
+
 /// Removes directories made by an undone change, deepest first, stopping at
-/// the first that is not empty (something else lives there now).
-fn remove_dirs(dir: &Dir, made: &[String]) {
+/// the first that is not empty (something else lives there now); returns how
+/// many it removed.
+fn remove_dirs(dir: &Dir, made: &[String]) -> u64 {
+    let mut removed = 0;
     for d in made {
         if dir.remove_dir(d).is_err() {
             break;
         }
+        removed += 1;
     }
+    removed
 }
 
 fn create_parent(vfs: &Vfs, key: &Key) -> Result<(), VfsError> {
@@ -2104,7 +2239,22 @@ mod tests {
             for r in roots {
                 files.remove(&r);
             }
-            (files, self.files.dump())
+            let dump = self.files.dump();
+            // The directory count is exact: every directory below the roots.
+            let on_disk = files
+                .iter()
+                .filter(|(k, v)| {
+                    *v == "dir"
+                        && *k != "shared"
+                        && *k != "agents"
+                        && !(k.starts_with("agents/") && k.matches('/').count() == 1)
+                })
+                .count() as u64;
+            assert_eq!(
+                dump.0.dirs, on_disk,
+                "directories counted vs on disk: {files:?}"
+            );
+            (files, dump)
         }
     }
 
@@ -2244,7 +2394,14 @@ mod tests {
             e.files.read(ring2(&b), "agents/alice/notes.txt"),
             Err(VfsError::NotFound { path }) if path == "agents/alice/notes.txt"
         ));
-        assert_eq!(e.files.usage(), Usage { files: 3, bytes: 4 });
+        assert_eq!(
+            e.files.usage(),
+            Usage {
+                files: 3,
+                bytes: 4,
+                dirs: 0
+            }
+        );
         assert_eq!(
             e.files.stat(ring2(&a), "notes.txt").unwrap(),
             Stat {
@@ -2656,7 +2813,8 @@ mod tests {
             usage,
             Usage {
                 files: 2,
-                bytes: 20
+                bytes: 20,
+                dirs: 0,
             }
         );
 
@@ -2695,7 +2853,8 @@ mod tests {
             e.files.usage(),
             Usage {
                 files: 3,
-                bytes: 25
+                bytes: 25,
+                dirs: 0,
             }
         );
         // Deleting frees room.
@@ -2705,7 +2864,8 @@ mod tests {
             e.files.usage(),
             Usage {
                 files: 3,
-                bytes: 25
+                bytes: 25,
+                dirs: 0,
             }
         );
         assert_eq!(e.files.read(ring2(&a), "f1").unwrap(), [1; 10]);
@@ -3117,7 +3277,8 @@ mod tests {
             e.files.usage(),
             Usage {
                 files: 5,
-                bytes: snap.bytes
+                bytes: snap.bytes,
+                dirs: 2,
             }
         );
         assert_eq!(e.files.read(wb, "log").unwrap(), b"line 1\n");
@@ -3210,7 +3371,14 @@ mod tests {
             e.files.rename(ring2(&a), "other", "back/draft.md"),
             Err(VfsError::AlreadyExists { path }) if path == "back/draft.md"
         ));
-        assert_eq!(e.files.usage(), Usage { files: 2, bytes: 6 });
+        assert_eq!(
+            e.files.usage(),
+            Usage {
+                files: 2,
+                bytes: 6,
+                dirs: 1
+            }
+        );
     }
 
     #[test]
@@ -3241,6 +3409,99 @@ mod tests {
         assert_eq!(e.files.usage(), Usage::default());
     }
 
+    #[test]
+    fn directories_count_against_their_quota_and_are_undone() {
+        let e = env_with(FileQuotas {
+            max_dirs: 3,
+            ..FileQuotas::default()
+        });
+        let a = id("alice");
+        let w = ring2(&a);
+        let c = e.files.create_dir(w, "a/b").unwrap().unwrap();
+        assert_eq!(
+            (c.op, c.path.as_str(), c.size),
+            (FileOp::CreateDir, "a/b", 2)
+        );
+        assert_eq!(
+            e.files.create_dir(w, "a/b").unwrap(),
+            None,
+            "exists: no change"
+        );
+        assert_eq!(e.files.create_dir(w, "").unwrap(), None, "a root");
+        assert_eq!(e.files.usage().dirs, 2);
+        let before = e.state();
+        fn quota<T: fmt::Debug>(r: Result<T, VfsError>) -> String {
+            match r {
+                Err(VfsError::Quota { reason, .. }) => reason,
+                other => panic!("not a quota refusal: {other:?}"),
+            }
+        }
+        let why = quota(e.files.create_dir(w, "a/c/d"));
+        assert!(why.contains("2 new directories would make 4"), "{why}");
+        quota(e.files.write(w, "y/z/f", b"f"));
+        assert_eq!(e.state(), before, "refusals change nothing");
+        e.files.write(w, "x/f", b"f").unwrap();
+        e.files.write(w, "a/b/f", b"f").unwrap();
+        assert_eq!(e.files.usage().dirs, 3);
+        quota(e.files.rename(w, "a/b/f", "q/f"));
+        quota(e.files.create_dir(w, "shared/s"));
+        // Files are not directories, and the other way round.
+        assert!(matches!(
+            e.files.create_dir(w, "x/f"),
+            Err(VfsError::AlreadyExists { .. })
+        ));
+        // Undo: refused while the directory holds a file, then complete.
+        let err = e.files.undo(c.undo.unwrap()).unwrap_err();
+        assert!(matches!(err, VfsError::Conflict { .. }), "{err:?}");
+        e.files.delete(w, "a/b/f").unwrap();
+        e.files.undo(c.undo.unwrap()).unwrap();
+        assert!(!e.files_dir().join("agents/alice/a").exists());
+        e.files.delete(w, "x/f").unwrap();
+        e.files.delete(w, "x").unwrap();
+        let roots: Tree = [("agents", "dir"), ("shared", "dir")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        assert_eq!(e.state().0, roots);
+        assert_eq!(e.files.usage(), Usage::default());
+        // A planted symlink is not a directory to create.
+        std::os::unix::fs::symlink("/tmp", e.files_dir().join("shared/l")).unwrap();
+        assert!(is_denied(e.files.create_dir(w, "shared/l")));
+        assert!(matches!(
+            e.files.create_dir(w, "shared/l/x"),
+            Err(VfsError::Denied { .. })
+        ));
+    }
+
+    /// Undoing out of order (a saga compensating one step) may re-create
+    /// parents deleted since; they are counted like any other directory.
+    #[test]
+    fn out_of_order_undo_counts_the_parents_it_recreates() {
+        let e = env();
+        let alice = id("alice");
+        let w = ring2(&alice);
+        e.files.write(w, "d/f", b"f").unwrap();
+        let deleted = e.files.delete(w, "d/f").unwrap().undo.unwrap();
+        e.files.delete(w, "d").unwrap();
+        e.files.undo(deleted).unwrap();
+        assert_eq!(e.files.read(w, "d/f").unwrap(), b"f");
+        assert_eq!(e.state().1.0.dirs, 1);
+        e.files.write(w, "p/g", b"g").unwrap();
+        let renamed = e.files.rename(w, "p/g", "q/g").unwrap().undo.unwrap();
+        e.files.delete(w, "p").unwrap();
+        assert_eq!(e.state().1.0.dirs, 2, "d and q");
+        e.files.undo(renamed).unwrap();
+        assert_eq!(e.files.read(w, "p/g").unwrap(), b"g");
+        assert_eq!(e.state().1.0.dirs, 2, "d and p: q went with the undo");
+        let made = e.files.create_dir(w, "m/n").unwrap().unwrap().undo.unwrap();
+        e.files.delete(w, "m/n").unwrap();
+        let err = e.files.undo(made).unwrap_err();
+        assert!(
+            matches!(&err, VfsError::Conflict { reason, .. } if reason.contains("gone")),
+            "{err:?}"
+        );
+        assert_eq!(e.state().1.0.dirs, 3, "d, p and m");
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Write(usize, usize, Vec<u8>),
@@ -3249,6 +3510,7 @@ mod tests {
         Delete(usize, usize),
         Rename(usize, usize, usize),
         SetAcl(usize, usize, bool),
+        CreateDir(usize, usize),
     }
 
     const PATHS: [&str; 8] = [
@@ -3272,7 +3534,9 @@ mod tests {
             (agent.clone(), path.clone(), 0..10u64).prop_map(|(a, p, n)| Op::Truncate(a, p, n)),
             (agent.clone(), path.clone()).prop_map(|(a, p)| Op::Delete(a, p)),
             (agent.clone(), path.clone(), path.clone()).prop_map(|(a, p, q)| Op::Rename(a, p, q)),
-            (agent, path, any::<bool>()).prop_map(|(a, p, open)| Op::SetAcl(a, p, open)),
+            (agent.clone(), path.clone(), any::<bool>())
+                .prop_map(|(a, p, open)| Op::SetAcl(a, p, open)),
+            (agent, path).prop_map(|(a, p)| Op::CreateDir(a, p)),
         ]
     }
 
@@ -3306,6 +3570,11 @@ mod tests {
                         let access = if open { Access::Everyone } else { Access::Owner };
                         owner.and_then(|o| e.files.set_acl(callers[w], PATHS[p], acl(&o, access.clone(), access)))
                     }
+                    Op::CreateDir(w, p) => match e.files.create_dir(callers[w], PATHS[p]) {
+                        Ok(None) => continue,
+                        Ok(Some(c)) => Ok(c),
+                        Err(err) => Err(err),
+                    },
                 };
                 if let Ok(c) = r {
                     ids.push(c.undo.expect("an undo record"));

@@ -256,7 +256,8 @@ impl vfs_write::Host for AgentState {
 
     fn create_dir(&mut self, path: String) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "create-dir")?;
-        Ok(self.files.create_dir(self.caller(), &path)?)
+        self.files.create_dir(self.caller(), &path)?;
+        Ok(())
     }
 
     fn set_acl(&mut self, path: String, acl: types::Acl) -> Result<(), HostError> {
