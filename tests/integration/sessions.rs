@@ -787,6 +787,38 @@ pub mod scripted {
         assert_eq!((u.files, u.bytes), (2, 80));
     }
 
+    /// Hundreds of live sessions using files keep a bounded number of
+    /// directory descriptors (default soft limit: 1024 per process), and every
+    /// one of them still works.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn many_live_sessions_share_a_bounded_number_of_directory_descriptors() {
+        let h = Hv::with(|b| b.max_open_dirs(12));
+        let sessions: Vec<SessionId> = (0..300).map(|_| h.session()).collect();
+        for (n, s) in sessions.iter().enumerate() {
+            h.put_shared(s, "n.txt", &n.to_string());
+        }
+        let dir = h.state.path().join("sessions");
+        let held = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.starts_with(&dir) && t != &dir)
+            .count();
+        assert!(
+            held <= 12,
+            "{held} descriptors held under {}",
+            dir.display()
+        );
+        let host = id("did:test:host");
+        for (n, s) in sessions.iter().enumerate() {
+            let core = h.hv.session_core(s).unwrap();
+            let got = core
+                .read(Caller::untraced(&host, Ring::Root), "shared/n.txt")
+                .unwrap();
+            assert_eq!(got, n.to_string().as_bytes());
+        }
+    }
+
     /// A hostile guest creating directories (explicitly, or as parents of
     /// files) stops at the directory quota with a `quota` error it can
     /// handle; every directory it did create is an audited change.

@@ -18,7 +18,9 @@ use cap_std::fs::Dir;
 
 use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::locks::{LockError, LockManager, LockMode, LockResource};
-use crate::session_vfs::{FileQuotas, SessionFiles, SnapshotInfo, Usage};
+use crate::session_vfs::{
+    DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
+};
 use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
 use crate::vclock::ClockTable;
 use crate::vfs::{Stat, VfsError};
@@ -45,6 +47,9 @@ pub struct SessionCoreConfig {
     pub strict: bool,
     /// Most locks one agent may hold.
     pub max_locks_per_agent: usize,
+    /// The descriptor budget the session's files share with the other
+    /// sessions (one per hypervisor; see [`OpenDirs`]).
+    pub open_dirs: Arc<OpenDirs>,
 }
 
 impl Default for SessionCoreConfig {
@@ -55,6 +60,7 @@ impl Default for SessionCoreConfig {
             isolation: Isolation::default(),
             strict: true,
             max_locks_per_agent: 1024,
+            open_dirs: OpenDirs::new(DEFAULT_OPEN_DIRS),
         }
     }
 }
@@ -81,7 +87,8 @@ impl SessionCore {
     ) -> SessionCore {
         let clocks = Arc::new(ClockTable::new());
         let locks = Arc::new(LockManager::new(config.max_locks_per_agent));
-        let files = SessionFiles::new(sessions, id.clone(), config.quotas.clone(), clocks.clone());
+        let files = SessionFiles::new(sessions, id.clone(), config.quotas.clone(), clocks.clone())
+            .with_open_dirs(config.open_dirs.clone());
         let state = StateStore::new(config.state.clone(), clocks.clone(), locks.clone());
         files.set_strict(config.strict);
         state.set_strict(config.strict);

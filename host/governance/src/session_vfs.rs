@@ -82,7 +82,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ahv_core::{AgentId, Ring, SessionId};
@@ -191,11 +191,21 @@ pub struct Usage {
 /// [module docs](self)).
 pub struct SessionFiles {
     sessions: Arc<Dir>,
+    open: Arc<OpenDirs>,
     session: SessionId,
     quotas: FileQuotas,
     clocks: Arc<ClockTable>,
     strict: AtomicBool,
     inner: Mutex<Inner>,
+}
+
+impl Drop for SessionFiles {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = inner.dirs.take() {
+            self.open.release(d.descriptors());
+        }
+    }
 }
 
 impl fmt::Debug for SessionFiles {
@@ -564,6 +574,63 @@ impl Db {
     }
 }
 
+/// Most directory descriptors idle sessions keep open by default (see
+/// [`OpenDirs`]).
+pub const DEFAULT_OPEN_DIRS: usize = 512;
+
+/// A bound on the directory descriptors that sessions keep open *between*
+/// file operations, shared by every session of a hypervisor. A session's
+/// files use one descriptor for its directory, one for its undo records and
+/// one per area it has touched (shared, and each agent's private area). Past
+/// the bound a session closes them after each operation and reopens them for
+/// the next (a few `openat` calls), so a hypervisor with thousands of live
+/// sessions, or a session with hundreds of agents, never runs out of
+/// descriptors — which would also fail its audit log. Operations in progress
+/// hold theirs until they end, so the process may briefly exceed the bound by
+/// what its concurrent operations use.
+#[derive(Debug)]
+pub struct OpenDirs {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl OpenDirs {
+    /// A budget of `max` descriptors.
+    pub fn new(max: usize) -> Arc<OpenDirs> {
+        Arc::new(OpenDirs {
+            held: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Descriptors idle sessions keep open now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes `n` more if they fit.
+    fn try_hold(&self, n: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&after| after <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(n))
+            });
+    }
+}
+
 /// The session's directory handles, opened on first use.
 #[derive(Debug)]
 struct Dirs {
@@ -575,6 +642,11 @@ struct Dirs {
 }
 
 impl Dirs {
+    /// Descriptors these handles hold.
+    fn descriptors(&self) -> usize {
+        2 + usize::from(self.shared.is_some()) + self.private.len()
+    }
+
     /// The area's VFS, opening (and creating) its directory on first use.
     fn area(&mut self, area: &Area) -> Result<Arc<Vfs>, VfsError> {
         match area {
@@ -604,7 +676,11 @@ impl Dirs {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Open between operations only while the [`OpenDirs`] budget holds them.
     dirs: Option<Dirs>,
+    /// Whether the session directory was opened (and cleaned) before: a
+    /// reopening must keep the undo records and snapshots.
+    opened: bool,
     db: Db,
 }
 
@@ -627,12 +703,21 @@ impl SessionFiles {
     ) -> SessionFiles {
         SessionFiles {
             sessions,
+            open: OpenDirs::new(DEFAULT_OPEN_DIRS),
             session,
             quotas,
             clocks,
             strict: AtomicBool::new(true),
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Shares `open` (one per hypervisor) instead of a budget of this
+    /// session's own of [`DEFAULT_OPEN_DIRS`].
+    #[must_use]
+    pub fn with_open_dirs(mut self, open: Arc<OpenDirs>) -> SessionFiles {
+        self.open = open;
+        self
     }
 
     /// Strong (`true`, the default) or eventual consistency; may change at
@@ -827,8 +912,10 @@ impl SessionFiles {
     /// Drops the cached directory handle of an agent that left; its private
     /// files stay on disk (and in snapshots and undo records).
     pub fn forget(&self, agent: &AgentId) {
-        if let Some(dirs) = self.lock().dirs.as_mut() {
-            dirs.private.remove(agent);
+        if let Some(dirs) = self.lock().dirs.as_mut()
+            && dirs.private.remove(agent).is_some()
+        {
+            self.open.release(1);
         }
     }
 
@@ -860,26 +947,38 @@ impl SessionFiles {
         f: impl FnOnce(&mut Dirs, &mut Db) -> Result<R, VfsError>,
     ) -> Result<R, VfsError> {
         let mut guard = self.lock();
-        let Inner { dirs, db } = &mut *guard;
-        let opened = match dirs.take() {
-            Some(d) => d,
-            None => self.open_session()?,
+        let Inner { dirs, opened, db } = &mut *guard;
+        let mut d = match dirs.take() {
+            Some(d) => {
+                self.open.release(d.descriptors());
+                d
+            }
+            None => self.open_session(*opened)?,
         };
-        f(dirs.insert(opened), db)
+        *opened = true;
+        let r = f(&mut d, db);
+        // Kept open for the next operation only within the budget.
+        if self.open.try_hold(d.descriptors()) {
+            *dirs = Some(d);
+        }
+        r
     }
 
-    /// Creates and opens `<sessions>/<session>/`.
-    fn open_session(&self) -> Result<Dirs, VfsError> {
+    /// Creates and opens `<sessions>/<session>/`; a reopening (after the
+    /// budget closed it) only opens.
+    fn open_session(&self, reopen: bool) -> Result<Dirs, VfsError> {
         let fail = |e: io::Error| io_error("open", SESSION_PATH.to_string(), e);
         let root = open_area(&self.sessions, self.session.as_str()).map_err(fail)?;
-        // Left-overs of an earlier process under this id: their ids would
-        // collide with ours, and nothing here refers to them.
-        for stale in [UNDO_DIR, SNAPSHOTS_DIR, RESTORE_TMP, TRASH_TMP] {
-            remove_all_if_exists(&root, stale).map_err(fail)?;
+        if !reopen {
+            // Left-overs of an earlier process under this id: their ids would
+            // collide with ours, and nothing here refers to them.
+            for stale in [UNDO_DIR, SNAPSHOTS_DIR, RESTORE_TMP, TRASH_TMP] {
+                remove_all_if_exists(&root, stale).map_err(fail)?;
+            }
+            root.create_dir_all(SHARED_DIR).map_err(fail)?;
+            root.create_dir_all(AGENTS_DIR).map_err(fail)?;
+            root.create_dir(UNDO_DIR).map_err(fail)?;
         }
-        root.create_dir_all(SHARED_DIR).map_err(fail)?;
-        root.create_dir_all(AGENTS_DIR).map_err(fail)?;
-        root.create_dir(UNDO_DIR).map_err(fail)?;
         let undo = root.open_dir(UNDO_DIR).map_err(fail)?;
         Ok(Dirs {
             root,
@@ -3470,6 +3569,62 @@ mod tests {
             e.files.create_dir(w, "shared/l/x"),
             Err(VfsError::Denied { .. })
         ));
+    }
+
+    /// Descriptors this process holds on entries under `dir`.
+    #[cfg(target_os = "linux")]
+    fn descriptors_under(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    /// Past the shared budget a session closes its directories after each
+    /// operation; reopened, it still has its undo records and snapshots.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn idle_sessions_keep_no_more_descriptors_than_the_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sessions =
+            Arc::new(Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap());
+        let open = OpenDirs::new(4);
+        let files = |name: &str| {
+            SessionFiles::new(
+                sessions.clone(),
+                SessionId::new(name).unwrap(),
+                FileQuotas::default(),
+                Arc::new(ClockTable::new()),
+            )
+            .with_open_dirs(open.clone())
+        };
+        let alice = id("alice");
+        let w = ring2(&alice);
+        let (a, b) = (files("a"), files("b"));
+        a.write(w, "shared/x", b"1").unwrap();
+        a.write(w, "mine", b"1").unwrap();
+        // Its directory, undo records, shared and private areas.
+        assert_eq!(open.held(), 4);
+        assert_eq!(descriptors_under(&tmp.path().join("a")), 4);
+        b.write(w, "mine", b"b1").unwrap();
+        assert_eq!(open.held(), 4, "b's would not fit");
+        assert_eq!(descriptors_under(&tmp.path().join("b")), 0);
+        let snap = b.snapshot().unwrap();
+        let c = b.write(w, "mine", b"b2").unwrap();
+        b.undo(c.undo.unwrap()).unwrap();
+        assert_eq!(b.read(w, "mine").unwrap(), b"b1");
+        b.write(w, "mine", b"b3").unwrap();
+        b.restore(snap.id).unwrap();
+        assert_eq!(b.read(w, "mine").unwrap(), b"b1");
+        assert_eq!(descriptors_under(&tmp.path().join("b")), 0);
+        drop(a);
+        assert_eq!(open.held(), 0, "a dropped session gives its share back");
+        b.read(w, "mine").unwrap();
+        assert_eq!(open.held(), 3);
+        assert_eq!(descriptors_under(&tmp.path().join("b")), 3);
+        b.forget(&alice);
+        assert_eq!(open.held(), 2);
     }
 
     /// Undoing out of order (a saga compensating one step) may re-create

@@ -66,7 +66,7 @@ use ahv_governance::session::{
     Consistency, Participant, Session, SessionConfig, SessionError, SessionState,
 };
 use ahv_governance::session_core::{SessionCore, SessionCoreConfig};
-use ahv_governance::session_vfs::{FileQuotas, SnapshotInfo};
+use ahv_governance::session_vfs::{DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SnapshotInfo};
 use ahv_governance::state::{Isolation, StateLimits};
 use ahv_governance::vfs::VfsError;
 use ahv_runtime::{
@@ -212,6 +212,7 @@ pub struct HypervisorBuilder {
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
+    max_open_dirs: usize,
     actions: Arc<ActionRegistry>,
     after_trap: AfterTrap,
     cache_dir: Option<PathBuf>,
@@ -231,6 +232,7 @@ impl Default for HypervisorBuilder {
             quotas: FileQuotas::default(),
             state_limits: StateLimits::default(),
             max_locks_per_agent: 1024,
+            max_open_dirs: DEFAULT_OPEN_DIRS,
             actions: Arc::new(ActionRegistry::new()),
             after_trap: AfterTrap::Recreate,
             cache_dir: None,
@@ -296,6 +298,15 @@ impl HypervisorBuilder {
     /// File quotas of every session.
     pub fn quotas(mut self, quotas: FileQuotas) -> Self {
         self.quotas = quotas;
+        self
+    }
+
+    /// Most directory descriptors idle sessions keep open, all sessions
+    /// together (default [`DEFAULT_OPEN_DIRS`]); past it a session's files
+    /// are closed after each operation and reopened for the next (see
+    /// [`OpenDirs`]).
+    pub fn max_open_dirs(mut self, n: usize) -> Self {
+        self.max_open_dirs = n;
         self
     }
 
@@ -409,6 +420,7 @@ impl HypervisorBuilder {
                 quotas: self.quotas,
                 state_limits: self.state_limits,
                 max_locks_per_agent: self.max_locks_per_agent,
+                open_dirs: OpenDirs::new(self.max_open_dirs),
                 after_trap: self.after_trap,
                 sessions: RwLock::new(HashMap::new()),
                 archived: Mutex::new(VecDeque::new()),
@@ -458,6 +470,7 @@ struct Inner {
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
+    open_dirs: Arc<OpenDirs>,
     after_trap: AfterTrap,
     sessions: RwLock<HashMap<SessionId, Arc<SessionEntry>>>,
     archived: Mutex<VecDeque<SessionInfo>>,
@@ -597,6 +610,7 @@ impl Hypervisor {
             isolation: config.isolation,
             strict: config.consistency == Consistency::Strong,
             max_locks_per_agent: self.inner.max_locks_per_agent,
+            open_dirs: self.inner.open_dirs.clone(),
         };
         let payload = EventPayload::SessionCreated {
             creator: creator.clone(),
