@@ -26,7 +26,13 @@
 //!   agent, host-side (no saga engine yet); `wasm`: the agent (`pinger`) is
 //!   instantiated at join and the step is a `run` call inside it. Disk
 //!   writes are handled as in `session_lifecycle/audited` (`*_incl_disk`
-//!   counts them).
+//!   counts them). Baselines in the same run: `unaudited` and
+//!   `wasm_unaudited` (audit off), and `floor_unaudited_plus_hashing`: the
+//!   unaudited pipeline plus only the SHA-256 work that auditing it needs
+//!   (the ten real deltas' leaf hashes, their Merkle tree and root, the
+//!   commitment's leaf, the sealed session's fingerprint) — the least any
+//!   design that hashes each governed event as its own leaf on the hot path
+//!   can cost.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench session`.
 
@@ -130,14 +136,26 @@ fn lifecycle(c: &mut Criterion) {
 fn full_pipeline(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
     let hv = hypervisor(state.path());
+    let unaudited = Hypervisor::builder()
+        .state_dir(state.path().join("unaudited"))
+        .max_instances(64)
+        .without_audit()
+        .build()
+        .unwrap();
     let rt = rt();
     let component = hv.load(ahv_agents::PINGER).unwrap();
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let mut g = c.benchmark_group("full_pipeline");
-    let once = |wasm: bool| {
+    let component_unaudited = unaudited.load(ahv_agents::PINGER).unwrap();
+    let run = |hv: &Hypervisor, wasm: bool| {
+        let component = if hv.audit().is_some() {
+            component.clone()
+        } else {
+            component_unaudited.clone()
+        };
         let hv = hv.clone();
-        let (creator, agent, component) = (creator.clone(), agent.clone(), component.clone());
+        let (creator, agent) = (creator.clone(), agent.clone());
         async move {
             let s = hv
                 .create_session(SessionConfig::default(), creator)
@@ -160,9 +178,47 @@ fn full_pipeline(c: &mut Criterion) {
                 core.state_put(who, "draft", b"done", 0).unwrap();
             }
             let t = hv.terminate_session(&s).unwrap();
-            assert!(t.commitment.is_some());
+            assert_eq!(t.commitment.is_some(), hv.audit().is_some());
+            s
         }
     };
+    let once = |wasm: bool| run(&hv, wasm);
+    // The floor of any design that hashes each governed event as its own
+    // RFC 6962 leaf on the hot path: the unaudited pipeline plus only the
+    // SHA-256 work of auditing it (the ten real deltas' leaf hashes, their
+    // Merkle tree and root, the commitment's leaf in the commitment log, the
+    // sealed session's fingerprint) — no encoding, locking, staging, events.
+    let sealed = rt.block_on(once(false));
+    hv.shutdown().unwrap();
+    let log = ahv_audit::auditor::session_log_path(&state.path().join("audit"), sealed.as_str());
+    let deltas: Vec<Vec<u8>> = ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(deltas.len(), 10, "the pipeline's governed events");
+    g.bench_function("unaudited", |b| {
+        b.iter(|| rt.block_on(run(&unaudited, false)))
+    });
+    let mut commitments = ahv_audit::merkle::CompactTree::new();
+    g.bench_function("floor_unaudited_plus_hashing", |b| {
+        b.iter(|| {
+            let s = rt.block_on(run(&unaudited, false));
+            let mut tree = ahv_audit::merkle::CompactTree::new();
+            for d in &deltas {
+                tree.append_leaf_hash(ahv_audit::merkle::leaf_hash(d));
+            }
+            let c = ahv_audit::Commitment {
+                session: s.to_string(),
+                tree_size: tree.len().0,
+                root: tree.root(),
+                time_unix_ns: 1,
+            };
+            commitments.append_leaf_hash(ahv_audit::merkle::leaf_hash(&c.encode()));
+            std::hint::black_box(ahv_audit::merkle::leaf_hash(s.as_str().as_bytes()))
+        })
+    });
     g.bench_function("no_wasm", |b| {
         b.iter_custom(|iters| timed(&rt, &hv, iters, false, || once(false)))
     });
@@ -171,6 +227,9 @@ fn full_pipeline(c: &mut Criterion) {
     });
     g.bench_function("wasm", |b| {
         b.iter_custom(|iters| timed(&rt, &hv, iters, false, || once(true)))
+    });
+    g.bench_function("wasm_unaudited", |b| {
+        b.iter(|| rt.block_on(run(&unaudited, true)))
     });
     g.finish();
 }
