@@ -22,9 +22,13 @@
 //! an agent leaves, traps or is killed, and a dropped [`LockManager::acquire`]
 //! future (its agent was killed mid-wait) removes its edges.
 //!
-//! Waiters are woken together and race for the lock; there is no FIFO queue,
-//! so a steady stream of readers can keep a writer waiting until its deadline.
-//! Every wait is bounded, so this costs time, never liveness.
+//! Waiters are served first come, first served: a request is also blocked by
+//! every earlier waiter for the same resource whose mode conflicts with its
+//! own (and waits for it in the wait-for graph), so a steady stream of readers
+//! cannot keep a writer waiting — a reader that arrives after a waiting writer
+//! queues behind it. Compatible requests still share: readers queued behind
+//! readers are granted together. An agent that already holds the resource
+//! (an upgrade) is not queued behind waiters, who are waiting for it anyway.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -143,16 +147,32 @@ fn holders_text(holders: &[(AgentId, LockMode)]) -> String {
     list(holders.iter().map(|(a, m)| format!("{a} ({m})")), ", ")
 }
 
+fn conflict_text(holders: &[(AgentId, LockMode)], queued: &[(AgentId, LockMode)]) -> String {
+    match (holders.is_empty(), queued.is_empty()) {
+        (_, true) => format!("held by {}", holders_text(holders)),
+        (true, false) => format!("awaited first by {}", holders_text(queued)),
+        (false, false) => format!(
+            "held by {} and awaited first by {}",
+            holders_text(holders),
+            holders_text(queued)
+        ),
+    }
+}
+
 /// Why a lock operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LockError {
-    /// Another agent holds a conflicting lock and the caller chose not to wait.
-    #[error("{resource} is held by {}", holders_text(holders))]
+    /// Another agent holds a conflicting lock, or waits for one ahead of the
+    /// caller, and the caller chose not to wait.
+    #[error("{resource} is {}", conflict_text(holders, queued))]
     Conflict {
         /// The resource.
         resource: LockResource,
         /// The holders in the way, with their modes.
         holders: Vec<(AgentId, LockMode)>,
+        /// Earlier waiters in the way (first come, first served), with the
+        /// modes they wait for.
+        queued: Vec<(AgentId, LockMode)>,
     },
     /// Waiting would close a cycle in the wait-for graph.
     #[error("waiting for {resource} would deadlock: {} → {}", list(cycle, " → "), cycle.first().map(ToString::to_string).unwrap_or_default())]
@@ -195,11 +215,13 @@ pub enum LockError {
     },
 }
 
-/// One waiting `acquire`: who waits, for what, on whom.
+/// One waiting `acquire`: who waits, for what, in which mode, on whom
+/// (holders in the way and earlier waiters it queues behind).
 #[derive(Debug)]
 struct Wait {
     agent: AgentId,
     resource: LockResource,
+    mode: LockMode,
     on: BTreeSet<AgentId>,
 }
 
@@ -236,6 +258,34 @@ impl Table {
                 .map(|(a, m)| (a.clone(), *m))
                 .collect()
         })
+    }
+
+    /// Earlier waiters (wait ids below `before`; all of them for a request
+    /// that does not wait) for `resource` whose modes conflict with `mode`.
+    /// An agent that holds the resource already is queued behind nobody.
+    fn queued_ahead(
+        &self,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+        before: Option<u64>,
+    ) -> Vec<(AgentId, LockMode)> {
+        if self.mode_of(agent, resource).is_some() {
+            return Vec::new();
+        }
+        let mut ahead: Vec<(u64, AgentId, LockMode)> = self
+            .waits
+            .iter()
+            .filter(|(id, w)| {
+                before.is_none_or(|b| **id < b)
+                    && &w.resource == resource
+                    && &w.agent != agent
+                    && !mode.compatible(w.mode)
+            })
+            .map(|(id, w)| (*id, w.agent.clone(), w.mode))
+            .collect();
+        ahead.sort_unstable_by_key(|(id, ..)| *id);
+        ahead.into_iter().map(|(_, a, m)| (a, m)).collect()
     }
 
     fn grant(&mut self, agent: &AgentId, resource: &LockResource, mode: LockMode) {
@@ -325,7 +375,15 @@ struct WaitGuard<'a> {
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        self.manager.table().waits.remove(&self.id);
+        let queued_behind = {
+            let mut t = self.manager.table();
+            let gone = t.waits.remove(&self.id);
+            gone.is_some_and(|g| t.waits.values().any(|w| w.resource == g.resource))
+        };
+        // Those queued behind it (a timeout, a kill) may go now.
+        if queued_behind {
+            self.manager.released.notify_waiters();
+        }
     }
 }
 
@@ -358,10 +416,18 @@ impl LockManager {
     ) -> Result<bool, LockError> {
         let mut t = self.table();
         let outcome = Self::attempt_locked(&mut t, self.max_per_agent, agent, resource, mode, wait);
+        let mut left_queue = false;
         if !matches!(outcome, Ok(false))
             && let Some(id) = wait
         {
-            t.waits.remove(&id);
+            left_queue =
+                t.waits.remove(&id).is_some() && t.waits.values().any(|w| &w.resource == resource);
+        }
+        drop(t);
+        // A waiter that leaves the queue (granted a shared lock, or refused)
+        // may let compatible waiters behind it go.
+        if left_queue {
+            self.released.notify_waiters();
         }
         outcome
     }
@@ -386,7 +452,8 @@ impl LockManager {
             None => {}
         }
         let blockers = t.blockers(agent, resource, mode);
-        if blockers.is_empty() {
+        let queued = t.queued_ahead(agent, resource, mode, wait);
+        if blockers.is_empty() && queued.is_empty() {
             t.grant(agent, resource, mode);
             return Ok(true);
         }
@@ -394,6 +461,7 @@ impl LockManager {
             return Err(LockError::Conflict {
                 resource: resource.clone(),
                 holders: blockers,
+                queued,
             });
         };
         t.waits.insert(
@@ -401,7 +469,8 @@ impl LockManager {
             Wait {
                 agent: agent.clone(),
                 resource: resource.clone(),
-                on: blockers.into_iter().map(|(a, _)| a).collect(),
+                mode,
+                on: blockers.into_iter().chain(queued).map(|(a, _)| a).collect(),
             },
         );
         if let Some(cycle) = t.cycle_through(agent) {
@@ -625,7 +694,8 @@ mod tests {
                         got,
                         Err(LockError::Conflict {
                             resource: r.clone(),
-                            holders: vec![(a.clone(), first)]
+                            holders: vec![(a.clone(), first)],
+                            queued: vec![],
                         }),
                         "{first}+{second}"
                     );
@@ -827,7 +897,8 @@ mod tests {
             got,
             Err(LockError::Conflict {
                 resource: r,
-                holders: vec![(a, LockMode::Read)]
+                holders: vec![(a, LockMode::Read)],
+                queued: vec![],
             })
         );
         assert!(m.wait_for_edges().is_empty());
@@ -977,7 +1048,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_that_loses_the_race_keeps_waiting_on_the_new_holder() {
+    async fn a_newcomer_cannot_overtake_a_waiter() {
         let m = Arc::new(LockManager::new(8));
         let (a, b, c) = (id("a"), id("b"), id("c"));
         let r = res("doc");
@@ -993,16 +1064,112 @@ mod tests {
             m.wait_for_edges() == vec![(b.clone(), a.clone())]
         })
         .await;
-        // a releases and c grabs the lock before b runs again.
+        // a releases; c asks before b runs again and is refused: b was first.
         m.release(&a, &r).unwrap();
-        m.try_acquire(&c, &r, LockMode::Write).unwrap();
-        until("b waits for c", || {
-            m.wait_for_edges() == vec![(b.clone(), c.clone())]
-        })
-        .await;
-        assert!(!waiter.is_finished());
-        m.release(&c, &r).unwrap();
+        assert_eq!(
+            m.try_acquire(&c, &r, LockMode::Read),
+            Err(LockError::Conflict {
+                resource: r.clone(),
+                holders: vec![],
+                queued: vec![(b.clone(), LockMode::Write)],
+            })
+        );
         assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(m.holders(&r), vec![(b, LockMode::Write)]);
+    }
+
+    async fn wait_in_background(
+        m: &Arc<LockManager>,
+        agent: &AgentId,
+        r: &LockResource,
+        mode: LockMode,
+        secs: u64,
+    ) -> tokio::task::JoinHandle<Result<(), LockError>> {
+        let (m, agent, r) = (m.clone(), agent.clone(), r.clone());
+        let task =
+            tokio::spawn(
+                async move { m.acquire(&agent, &r, mode, Duration::from_secs(secs)).await },
+            );
+        // Queued (its edges recorded) before the next one arrives.
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!task.is_finished());
+        task
+    }
+
+    /// Readers arriving after a waiting writer queue behind it, so a stream
+    /// of readers cannot starve it; the readers behind it then go together.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_writer_is_not_starved_by_later_readers() {
+        let m = Arc::new(LockManager::new(8));
+        let (r1, w, r2, r3) = (id("r1"), id("w"), id("r2"), id("r3"));
+        let r = res("doc");
+        m.try_acquire(&r1, &r, LockMode::Read).unwrap();
+        let writer = wait_in_background(&m, &w, &r, LockMode::Write, 60).await;
+        let got = m.try_acquire(&r2, &r, LockMode::Read);
+        assert!(
+            matches!(&got, Err(LockError::Conflict { queued, .. }) if queued == &vec![(w.clone(), LockMode::Write)]),
+            "{got:?}"
+        );
+        let reader2 = wait_in_background(&m, &r2, &r, LockMode::Read, 60).await;
+        let reader3 = wait_in_background(&m, &r3, &r, LockMode::Read, 60).await;
+        assert_eq!(
+            m.wait_for_edges(),
+            vec![
+                (r2.clone(), w.clone()),
+                (r3.clone(), w.clone()),
+                (w.clone(), r1.clone())
+            ]
+        );
+        m.release(&r1, &r).unwrap();
+        assert_eq!(writer.await.unwrap(), Ok(()));
+        assert!(!reader2.is_finished() && !reader3.is_finished());
+        m.release(&w, &r).unwrap();
+        assert_eq!(reader2.await.unwrap(), Ok(()));
+        assert_eq!(reader3.await.unwrap(), Ok(()));
+        assert_eq!(
+            m.holders(&r),
+            vec![(r2, LockMode::Read), (r3, LockMode::Read)]
+        );
+    }
+
+    /// A queued writer that gives up (its deadline) lets the compatible
+    /// requests behind it go at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_times_out_lets_those_behind_it_go() {
+        let m = Arc::new(LockManager::new(8));
+        let (r1, w, r2) = (id("r1"), id("w"), id("r2"));
+        let r = res("doc");
+        m.try_acquire(&r1, &r, LockMode::Read).unwrap();
+        let writer = wait_in_background(&m, &w, &r, LockMode::Write, 1).await;
+        let reader = wait_in_background(&m, &r2, &r, LockMode::Read, 60).await;
+        assert!(matches!(
+            writer.await.unwrap(),
+            Err(LockError::Timeout { .. })
+        ));
+        assert_eq!(reader.await.unwrap(), Ok(()));
+        assert_eq!(
+            m.holders(&r),
+            vec![(r1, LockMode::Read), (r2, LockMode::Read)]
+        );
+    }
+
+    /// An upgrade by a holder is not queued behind the waiters (who wait for
+    /// it anyway): no deadlock, and the waiter then waits for the stronger lock.
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_upgrades_ahead_of_the_queue() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, w) = (id("a"), id("w"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        let writer = wait_in_background(&m, &w, &r, LockMode::Write, 60).await;
+        m.acquire(&a, &r, LockMode::Exclusive, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(m.holders(&r), vec![(a.clone(), LockMode::Exclusive)]);
+        m.release(&a, &r).unwrap();
+        assert_eq!(writer.await.unwrap(), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1042,8 +1209,18 @@ mod tests {
         let e = LockError::Conflict {
             resource: res("doc"),
             holders: vec![(id("a"), LockMode::Write), (id("b"), LockMode::Read)],
+            queued: vec![],
         };
         assert_eq!(e.to_string(), "key:doc is held by a (write), b (read)");
+        let e = LockError::Conflict {
+            resource: res("doc"),
+            holders: vec![(id("a"), LockMode::Read)],
+            queued: vec![(id("w"), LockMode::Write)],
+        };
+        assert_eq!(
+            e.to_string(),
+            "key:doc is held by a (read) and awaited first by w (write)"
+        );
         let e = LockError::Deadlock {
             resource: res("r1"),
             cycle: vec![id("b"), id("a")],
