@@ -708,6 +708,36 @@ pub mod scripted {
         );
     }
 
+    /// A call whose future is dropped mid-way (its caller gave up) releases
+    /// its agent's locks, and the releases carry the call's trace.
+    #[tokio::test]
+    async fn a_cancelled_call_releases_its_locks_under_its_trace() {
+        let h = Hv::new();
+        let s = h.session();
+        h.join(&s, "did:test:holder", 0.8, ahv_agents::SCRIPTED)
+            .await;
+        h.hv.activate_session(&s).unwrap();
+        let core = h.hv.session_core(&s).unwrap();
+        let holder = id("did:test:holder");
+        let call =
+            h.hv.run_agent(&s, &holder, "lock key:r exclusive 0\nsleep 60000");
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), call).await;
+        assert!(gave_up.is_err(), "the call was still sleeping");
+        assert!(core.locks().held_by(&holder).is_empty());
+        let events =
+            h.hv.events()
+                .query(&EventQuery::default().session(s.clone()));
+        let of = |k: EventKind| {
+            events
+                .iter()
+                .find(|e| e.kind() == k && e.agent.as_ref() == Some(&holder))
+                .unwrap_or_else(|| panic!("no {k:?} in {events:?}"))
+        };
+        let (acquired, released) = (of(EventKind::LockAcquired), of(EventKind::LockReleased));
+        assert_ne!(acquired.trace.0, 0);
+        assert_eq!(released.trace, acquired.trace, "{released:?}");
+    }
+
     #[tokio::test]
     async fn a_trapped_lock_holder_releases_its_locks() {
         let h = Hv::with(|b| {

@@ -369,6 +369,7 @@ impl Agent {
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
         let result = match self.arm(&mut live.store) {
             Ok(trace) => {
+                scope.trace = trace;
                 let call = live.bindings.call_run(&mut live.store, input);
                 guarded(call, self.limits().deadline, &self.kill)
                     .await
@@ -411,6 +412,9 @@ impl Agent {
 struct CallScope {
     core: Option<(Arc<SessionCore>, AgentId)>,
     completed: bool,
+    /// The call's trace once it is armed: what a cancellation's lock
+    /// releases carry (the store that also holds it is dropped by then).
+    trace: TraceId,
 }
 
 impl CallScope {
@@ -422,6 +426,7 @@ impl CallScope {
         CallScope {
             core,
             completed: false,
+            trace: TraceId(0),
         }
     }
 
@@ -435,8 +440,7 @@ impl Drop for CallScope {
         if let Some((core, agent)) = &self.core {
             core.end_call(agent);
             if !self.completed {
-                // The call's trace is in its (dropped) store: untraced.
-                core.release_locks(agent, "call cancelled", TraceId(0));
+                core.release_locks(agent, "call cancelled", self.trace);
             }
         }
     }
