@@ -126,6 +126,11 @@ impl fmt::Display for SessionState {
     }
 }
 
+/// Agent ids starting with this are the hypervisor's own (such as the
+/// vector-clock entry restores tick, [`crate::session_vfs::RESTORE_CLOCK`]):
+/// no agent joins under one.
+pub const RESERVED_AGENT_PREFIX: &str = "ahv:";
+
 /// Why a session operation was refused.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum SessionError {
@@ -158,6 +163,17 @@ pub enum SessionError {
     /// The agent does not participate.
     #[error("session {session}: agent {agent} is not a participant")]
     NotAParticipant {
+        /// The session.
+        session: SessionId,
+        /// The agent.
+        agent: AgentId,
+    },
+    /// The agent id is in the hypervisor's reserved namespace
+    /// ([`RESERVED_AGENT_PREFIX`]).
+    #[error(
+        "session {session}: agent id {agent} is reserved for the hypervisor (ids starting with {RESERVED_AGENT_PREFIX:?})"
+    )]
+    ReservedAgentId {
         /// The session.
         session: SessionId,
         /// The agent.
@@ -323,6 +339,12 @@ impl Session {
             now,
         )?;
         let sigma = check_score("sigma", sigma)?;
+        if agent.as_str().starts_with(RESERVED_AGENT_PREFIX) {
+            return Err(SessionError::ReservedAgentId {
+                session: self.id.clone(),
+                agent,
+            });
+        }
         if self.participants.contains_key(&agent) {
             return Err(SessionError::AlreadyJoined {
                 session: self.id.clone(),
@@ -631,6 +653,9 @@ mod tests {
             s.join(agent("a"), 0.8, &[], t),
             Err(SessionError::AlreadyJoined { .. })
         ));
+        let reserved = s.join(agent("ahv:restore"), 0.8, &[], t).unwrap_err();
+        assert!(matches!(reserved, SessionError::ReservedAgentId { .. }));
+        assert!(reserved.to_string().contains("reserved"), "{reserved}");
         assert_eq!(s.participant(&agent("a")).unwrap().sigma, 0.8);
         assert_eq!(s.leave(&agent("a")).unwrap().ring, Ring::Standard);
         assert!(matches!(

@@ -574,6 +574,15 @@ impl Db {
     }
 }
 
+/// The vector-clock entry a restore ticks (see [`SessionFiles::restore`]).
+/// It is in the reserved namespace
+/// ([`crate::session::RESERVED_AGENT_PREFIX`]): no agent joins under it.
+pub const RESTORE_CLOCK: &str = "ahv:restore";
+
+fn restore_clock() -> AgentId {
+    AgentId::new(RESTORE_CLOCK).unwrap_or_else(|_| unreachable!("a valid agent id"))
+}
+
 /// Most directory descriptors idle sessions keep open by default (see
 /// [`OpenDirs`]).
 pub const DEFAULT_OPEN_DIRS: usize = 512;
@@ -793,6 +802,14 @@ impl SessionFiles {
     /// The new tree is built beside the live one and swapped in by two
     /// renames, so a failed restore leaves the session as it was.
     ///
+    /// Contents, ACLs and sizes come back exactly; the vector clocks move
+    /// *forward*: every restored file's clock gains a tick of the
+    /// [`RESTORE_CLOCK`] entry, so in strict mode an agent must read again
+    /// (after the restore) before it writes — a write based on what it read
+    /// before the restore is `stale`, never silently accepted over the
+    /// restored bytes. Rolling the clocks back instead would let exactly
+    /// those writes through.
+    ///
     /// # Errors
     /// `Io` naming the snapshot when `id` is unknown or copying fails.
     pub fn restore(&self, id: u64) -> Result<(), VfsError> {
@@ -834,7 +851,11 @@ impl SessionFiles {
                 }
             }
             db.log_bytes = 0;
+            let stamp = self.clocks.stamp_write(&restore_clock(), &VectorClock::new());
             db.files = snap.files;
+            for meta in db.files.values_mut() {
+                meta.clock.merge(&stamp);
+            }
             db.usage = snap.usage;
             Ok(())
         })
@@ -3370,7 +3391,13 @@ mod tests {
         assert_ne!(e.state(), before);
 
         e.files.restore(snap.id).unwrap();
-        assert_eq!(e.state(), before);
+        // Exactly the snapshot, but for the clocks: each gains the restore's tick.
+        let restored = |n: u64| {
+            let (tree, (usage, metas)) = before.clone();
+            let ticked = |m: &String| m.replace("clock={", &format!("clock={{ahv:restore: {n}, "));
+            (tree, (usage, metas.iter().map(ticked).collect::<Vec<_>>()))
+        };
+        assert_eq!(e.state(), restored(1));
         assert_eq!(lists(&e), listed);
         assert_eq!(
             e.files.usage(),
@@ -3396,7 +3423,7 @@ mod tests {
         e.files.write(wa, "shared/s1", b"again").unwrap();
         let later = e.files.snapshot().unwrap();
         e.files.restore(snap.id).unwrap();
-        assert_eq!(e.state(), before);
+        assert_eq!(e.state(), restored(2));
         e.files.restore(later.id).unwrap();
         assert_eq!(e.files.read(wb, "log").unwrap(), b"line 1\nline 2\n");
         e.files.drop_snapshot(later.id).unwrap();
@@ -3409,6 +3436,29 @@ mod tests {
         let err = e.files.restore(42).unwrap_err();
         assert!(err.to_string().contains("snapshot 42"), "{err}");
         assert!(e.files.drop_snapshot(42).is_err());
+    }
+
+    /// In strict mode a write based on what the writer read before a restore
+    /// is stale: it must read the restored file first.
+    #[test]
+    fn after_a_restore_writers_must_read_again() {
+        let e = env();
+        let alice = id("alice");
+        let w = ring2(&alice);
+        e.files.write(w, "shared/doc", b"v1").unwrap();
+        let snap = e.files.snapshot().unwrap();
+        e.files.write(w, "shared/doc", b"v2").unwrap();
+        e.files.restore(snap.id).unwrap();
+        let err = e
+            .files
+            .write(w, "shared/doc", b"v3 built on v2")
+            .unwrap_err();
+        assert!(
+            matches!(&err, VfsError::Conflict { reason, .. } if reason.contains("has not seen the latest write")),
+            "{err:?}"
+        );
+        assert_eq!(e.files.read(w, "shared/doc").unwrap(), b"v1");
+        e.files.write(w, "shared/doc", b"v3 built on v1").unwrap();
     }
 
     #[test]

@@ -140,10 +140,20 @@ impl fmt::Display for VectorClock {
     }
 }
 
+fn relation(order: ClockOrder) -> &'static str {
+    match order {
+        ClockOrder::Equal => "equal to",
+        ClockOrder::Before => "behind",
+        ClockOrder::After => "ahead of",
+        ClockOrder::Concurrent => "concurrent with",
+    }
+}
+
 /// A write refused because the writer had not seen the resource's latest write.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "{agent} has not seen the latest write (its clock is {order} the resource's: {writer} vs {resource})"
+    "{agent} has not seen the latest write (its clock is {} the resource's: {writer} vs {resource})",
+    relation(*order)
 )]
 pub struct StaleWrite {
     /// The writer.
