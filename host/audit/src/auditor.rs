@@ -1462,7 +1462,11 @@ impl Shared {
         // the head once they are all written is the current one.
         let (commits, head) = {
             let mut cs = lock(&self.commits.state);
-            let staged = std::mem::take(&mut cs.staged);
+            // The next round's list starts at this one's size: regrowing it
+            // from empty made seals reallocate it (about 2 % of the audited
+            // pipeline in a profile).
+            let next = Vec::with_capacity(cs.staged.len());
+            let staged = std::mem::replace(&mut cs.staged, next);
             let head = (!staged.is_empty()).then(|| (cs.tree.len().0, cs.tree.root()));
             (staged, head)
         };
