@@ -254,18 +254,24 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
     let path = ahv_audit::auditor::session_log_path(dir, session);
     let rec =
         read_log(&path, LogKind::SESSION_DELTAS).with_context(|| format!("session {session}"))?;
-    let commitments = read_log(
+    // Streamed: the commitment log holds every session ever sealed. An
+    // unreadable log shows the session as not sealed (`verify` says why).
+    let (mut sealed, mut i) = (None, 0u64);
+    let _ = ahv_audit::records::scan_log(
         ahv_audit::auditor::commitments_path(dir),
         LogKind::COMMITMENTS,
-    )
-    .map(|r| r.records)
-    .unwrap_or_default();
-    let sealed = commitments.iter().enumerate().find_map(|(i, r)| {
-        Commitment::decode(&r.body)
-            .ok()
-            .filter(|c| c.session == session)
-            .map(|c| (i, c))
-    });
+        0,
+        |r| {
+            if let Ok(c) = Commitment::decode(&r.body)
+                && c.session == session
+            {
+                sealed = Some((i, c));
+                return false;
+            }
+            i += 1;
+            true
+        },
+    );
     writeln!(
         o,
         "session {session}: {} delta(s) in {}",
@@ -426,6 +432,10 @@ mod tests {
         assert!(out.contains("session s-cli: 4 delta(s) pruned"), "{out}");
         let text = show(&tmp.path().join("audit"), "s-cli").unwrap();
         assert_eq!(text.matches("(pruned; leaf").count(), 4, "{text}");
+        assert!(
+            text.contains("sealed by commitment #0: 4 delta(s)"),
+            "{text}"
+        );
         assert_eq!(verify(tmp.path(), &key), 0);
         // Pruning twice changes nothing.
         let out = prune(&tmp.path().join("audit"), None, Some("s-cli".into())).unwrap();
