@@ -384,6 +384,12 @@ impl SealedSet {
         }
     }
 
+    /// Room for `n` more without rehashing (sized once at open from the
+    /// commitment log's length, instead of doubling through it).
+    fn reserve(&mut self, n: usize) {
+        self.set.reserve(n);
+    }
+
     fn key(&self, session: &str) -> u128 {
         let h = Hash::of_parts(&[b"ahv-sealed-session\0", session.as_bytes()]);
         let mut k = [0u8; 16];
@@ -652,6 +658,15 @@ impl Auditor {
         let mut tree = CompactTree::new();
         let mut recent = RecentSealed::new(config.recent_sealed);
         let mut ever = SealedSet::new();
+        // A commitment record takes at least ~80 bytes (framing, version,
+        // size, root, time and a short id): an upper bound on the count.
+        let log_len = std::fs::metadata(&cpath).map_or(0, |m| m.len());
+        ever.reserve(usize::try_from(log_len / 80).unwrap_or(0));
+        // Only the last `recent_sealed` stay indexed: collected in a ring
+        // while streaming and indexed once at the end, rather than inserted
+        // into (and evicted from) the index for every commitment.
+        let mut last: std::collections::VecDeque<(SessionId, u64)> =
+            std::collections::VecDeque::with_capacity(config.recent_sealed.min(1 << 20));
         let saved_mark = load_retention_mark(dir);
         // Whether the saved mark names a record boundary of this log.
         let mut mark_found = false;
@@ -688,8 +703,16 @@ impl Auditor {
             // A duplicate commitment is `verify`'s to report; here the
             // session is sealed either way.
             let _ = ever.insert(session.as_str());
-            recent.insert(session, index);
+            if config.recent_sealed > 0 {
+                if last.len() == config.recent_sealed {
+                    last.pop_front();
+                }
+                last.push_back((session, index));
+            }
         })?;
+        for (session, index) in last {
+            recent.insert(session, index);
+        }
         if let Some(e) = first_error {
             return Err(e);
         }
