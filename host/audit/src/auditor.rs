@@ -179,7 +179,7 @@ pub enum AuditError {
     /// The head signer.
     #[error(transparent)]
     Signer(#[from] SignerError),
-    /// A directory could not be created or listed.
+    /// A directory could not be created or listed, or a log synced.
     #[error("{op} {path}: {source}")]
     Dir {
         /// What was being done.
@@ -716,6 +716,16 @@ impl Auditor {
         if let Some(e) = first_error {
             return Err(e);
         }
+        // An earlier process may have written commitments it never synced
+        // (it crashed first): they are durable only once synced, and
+        // retention prunes what durable commitments cover.
+        std::fs::File::open(&cpath)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| AuditError::Dir {
+                op: "sync",
+                path: cpath.clone(),
+                source,
+            })?;
         let durable = (tree.len().0, tree.root());
         let end = MarkPos {
             index: durable.0,
@@ -746,6 +756,11 @@ impl Auditor {
                 %why,
                 "retention mark not used: retention walks the commitment log from the start"
             );
+            // Removed, so that it cannot come to name a boundary of a log that
+            // has grown since (the next pass that moves writes a new one).
+            if let Err(e) = std::fs::remove_file(retention_mark_path(dir)) {
+                tracing::warn!(error = %e, "could not remove the unused retention mark");
+            }
         }
         report.retention_resumes_at = resume.index;
         let commits = Arc::new(CommitLog {

@@ -2099,6 +2099,7 @@ mod tests {
             why.contains("commitment 2 does not start at byte 9999"),
             "{why}"
         );
+        assert!(!mark.exists(), "an ignored mark is removed");
         // The walk starts over, finds everything pruned, saves the end again.
         assert_eq!(again.apply_retention(Duration::from_secs(3600)).unwrap(), 0);
         drop(again);

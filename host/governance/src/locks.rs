@@ -8,14 +8,15 @@
 //! stronger.
 //!
 //! A conflicting request either fails at once ([`LockError::Conflict`], when
-//! the caller allows no wait) or waits. A waiting request adds the edges
-//! `requester → holder` to the wait-for graph for every holder in its way;
-//! if that closes a cycle through the requester, the requester's edges are
-//! removed and it gets [`LockError::Deadlock`] naming the cycle (the others
-//! keep waiting, so one refusal breaks the cycle). Waiters wake on every
-//! release, recompute who is in their way (updating their edges and checking
-//! for a cycle again) and give up at their deadline with
-//! [`LockError::Timeout`]. Waiting uses tokio's clock, so paused-time tests
+//! the caller allows no wait) or waits. The wait-for graph has an edge
+//! `waiter → agent` for every holder in a waiter's way and every earlier
+//! waiter it queues behind; it is derived from the lock table whenever it is
+//! checked, so a release or a waiter giving up never leaves a stale edge. If
+//! a wait closes a cycle through the requester, its wait is withdrawn and it
+//! gets [`LockError::Deadlock`] naming the cycle (the others keep waiting, so
+//! one refusal breaks the cycle). Waiters wake whenever a lock is released or
+//! a waiter leaves the queue, try again (checking for a cycle again) and give
+//! up at their deadline with [`LockError::Timeout`]. Waiting uses tokio's clock, so paused-time tests
 //! never sleep.
 //!
 //! Locks die with their holder: [`LockManager::release_all`] is called when
@@ -215,14 +216,15 @@ pub enum LockError {
     },
 }
 
-/// One waiting `acquire`: who waits, for what, in which mode, on whom
-/// (holders in the way and earlier waiters it queues behind).
+/// One waiting `acquire`: who waits, for what, in which mode. Whom it
+/// waits for (holders in the way and earlier waiters it queues behind) is
+/// derived from the table whenever it is needed, so it is never stale when
+/// another waiter leaves or a holder releases.
 #[derive(Debug)]
 struct Wait {
     agent: AgentId,
     resource: LockResource,
     mode: LockMode,
-    on: BTreeSet<AgentId>,
 }
 
 #[derive(Debug, Default)]
@@ -311,25 +313,29 @@ impl Table {
                 self.held.remove(resource);
             }
         }
-        // Whoever waited for this agent on this resource no longer does.
-        for w in self.waits.values_mut() {
-            if &w.resource == resource {
-                w.on.remove(agent);
-            }
-        }
         Some(mode)
+    }
+
+    /// The wait-for graph as it stands: each waiter → the holders in its
+    /// way and the earlier waiters it queues behind.
+    fn graph(&self) -> BTreeMap<AgentId, BTreeSet<AgentId>> {
+        let mut graph: BTreeMap<AgentId, BTreeSet<AgentId>> = BTreeMap::new();
+        for (id, w) in &self.waits {
+            let on = self
+                .blockers(&w.agent, &w.resource, w.mode)
+                .into_iter()
+                .chain(self.queued_ahead(&w.agent, &w.resource, w.mode, Some(*id)))
+                .map(|(a, _)| a);
+            graph.entry(w.agent.clone()).or_default().extend(on);
+        }
+        graph
     }
 
     /// A cycle through `start` in the wait-for graph, starting with `start`.
     fn cycle_through(&self, start: &AgentId) -> Option<Vec<AgentId>> {
-        let mut graph: BTreeMap<&AgentId, BTreeSet<&AgentId>> = BTreeMap::new();
-        for w in self.waits.values() {
-            graph.entry(&w.agent).or_default().extend(w.on.iter());
-        }
+        let graph = self.graph();
         let next_of = |a: &AgentId| -> Vec<&AgentId> {
-            graph
-                .get(a)
-                .map_or_else(Vec::new, |s| s.iter().copied().collect())
+            graph.get(a).map_or_else(Vec::new, |s| s.iter().collect())
         };
         // Iterative DFS: `path[i]` is being explored with `frames[i]` as its
         // remaining successors, so a deep graph cannot overflow the stack.
@@ -470,7 +476,6 @@ impl LockManager {
                 agent: agent.clone(),
                 resource: resource.clone(),
                 mode,
-                on: blockers.into_iter().chain(queued).map(|(a, _)| a).collect(),
             },
         );
         if let Some(cycle) = t.cycle_through(agent) {
@@ -609,16 +614,15 @@ impl LockManager {
         })
     }
 
-    /// The current wait-for graph: `(waiter, holder it waits for)`, sorted,
-    /// without duplicates.
+    /// The current wait-for graph: `(waiter, agent it waits for)` — a holder
+    /// in its way or an earlier waiter it queues behind — sorted, without
+    /// duplicates.
     pub fn wait_for_edges(&self) -> Vec<(AgentId, AgentId)> {
-        let t = self.table();
-        let edges: BTreeSet<(AgentId, AgentId)> = t
-            .waits
-            .values()
-            .flat_map(|w| w.on.iter().map(|h| (w.agent.clone(), h.clone())))
-            .collect();
-        edges.into_iter().collect()
+        self.table()
+            .graph()
+            .into_iter()
+            .flat_map(|(w, on)| on.into_iter().map(move |h| (w.clone(), h)))
+            .collect()
     }
 
     /// The first of `resources` on which an agent other than `agent` holds
@@ -1153,6 +1157,51 @@ mod tests {
             m.holders(&r),
             vec![(r1, LockMode::Read), (r2, LockMode::Read)]
         );
+    }
+
+    /// A waiter that left the queue is no longer waited for: the wait-for
+    /// graph is derived afresh, so no cycle through it is reported.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gone_from_the_queue_closes_no_cycle() {
+        let m = Arc::new(LockManager::new(8));
+        let (h, x, y) = (id("h"), id("x"), id("y"));
+        let (r, s) = (res("r"), res("s"));
+        m.try_acquire(&h, &r, LockMode::Write).unwrap();
+        m.try_acquire(&x, &s, LockMode::Write).unwrap();
+        let y_task = tokio::spawn({
+            let (m, y, r, s) = (m.clone(), y.clone(), r.clone(), s.clone());
+            async move {
+                let first = m
+                    .acquire(&y, &r, LockMode::Write, Duration::from_secs(1))
+                    .await;
+                // At once, before x's task runs again: x still "queues
+                // behind" y in any stale record of the graph.
+                let second = m
+                    .acquire(&y, &s, LockMode::Write, Duration::from_secs(10))
+                    .await;
+                (first, second)
+            }
+        });
+        until("y waits for h", || {
+            m.wait_for_edges() == vec![(y.clone(), h.clone())]
+        })
+        .await;
+        let x_wait = wait_in_background(&m, &x, &r, LockMode::Write, 60).await;
+        assert_eq!(
+            m.wait_for_edges(),
+            vec![
+                (x.clone(), h.clone()),
+                (x.clone(), y.clone()),
+                (y.clone(), h.clone())
+            ]
+        );
+        let (first, second) = y_task.await.unwrap();
+        assert!(matches!(first, Err(LockError::Timeout { .. })), "{first:?}");
+        assert!(
+            matches!(second, Err(LockError::Timeout { .. })),
+            "{second:?}"
+        );
+        x_wait.abort();
     }
 
     /// An upgrade by a holder is not queued behind the waiters (who wait for

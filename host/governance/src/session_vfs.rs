@@ -725,6 +725,11 @@ impl SessionFiles {
     /// session's own of [`DEFAULT_OPEN_DIRS`].
     #[must_use]
     pub fn with_open_dirs(mut self, open: Arc<OpenDirs>) -> SessionFiles {
+        // Handles held under the old budget are given back to it (closed).
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = inner.dirs.take() {
+            self.open.release(d.descriptors());
+        }
         self.open = open;
         self
     }
@@ -3675,6 +3680,22 @@ mod tests {
         assert_eq!(descriptors_under(&tmp.path().join("b")), 3);
         b.forget(&alice);
         assert_eq!(open.held(), 2);
+
+        // Moving a used session to another budget closes what the old one held.
+        let c = SessionFiles::new(
+            sessions.clone(),
+            SessionId::new("c").unwrap(),
+            FileQuotas::default(),
+            Arc::new(ClockTable::new()),
+        );
+        c.write(w, "mine", b"c").unwrap();
+        assert_eq!(descriptors_under(&tmp.path().join("c")), 3);
+        let c = c.with_open_dirs(open.clone());
+        assert_eq!(descriptors_under(&tmp.path().join("c")), 0);
+        assert_eq!(open.held(), 2);
+        c.read(w, "mine").unwrap();
+        assert_eq!(open.held(), 2, "its 3 do not fit beside b's 2 in 4");
+        assert_eq!(descriptors_under(&tmp.path().join("c")), 0);
     }
 
     /// Undoing out of order (a saga compensating one step) may re-create
