@@ -979,7 +979,16 @@ impl SessionFiles {
                 self.open.release(d.descriptors());
                 d
             }
-            None => self.open_session(*opened)?,
+            None => {
+                let d = self.open_session(*opened)?;
+                if !*opened {
+                    // Directories already there (left under this id by an
+                    // earlier process, or put there by the host) count too:
+                    // deleting them must not make room past the quota.
+                    db.usage.dirs += existing_dirs(&d.root);
+                }
+                d
+            }
         };
         *opened = true;
         let r = f(&mut d, db);
@@ -2273,6 +2282,37 @@ fn move_across(from: &Vfs, src: &Key, to: &Vfs, dst: &Key) -> Result<(), VfsErro
 
 /// Copies directories and the regular files `keep` accepts (by their path
 /// relative to the top) from `src` to `dst`, as bytes. Symlinks are skipped.
+/// Directories below the area roots of a session's `files/` (symbolic links
+/// not followed, at most [`MAX_TREE_DEPTH`] deep); unreadable parts count
+/// as empty.
+fn existing_dirs(root: &Dir) -> u64 {
+    fn below(dir: &Dir, depth: usize) -> u64 {
+        if depth > MAX_TREE_DEPTH {
+            return 0;
+        }
+        let Ok(entries) = dir.entries() else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| 1 + e.open_dir().map_or(0, |child| below(&child, depth + 1)))
+            .sum()
+    }
+    let shared = root.open_dir(SHARED_DIR).map_or(0, |d| below(&d, 1));
+    let private: u64 = root.open_dir(AGENTS_DIR).map_or(0, |agents| {
+        agents.entries().map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.open_dir().ok())
+                .map(|area| below(&area, 2))
+                .sum()
+        })
+    });
+    shared + private
+}
+
 fn copy_tree(
     src: &Dir,
     dst: &Dir,
@@ -3696,6 +3736,28 @@ mod tests {
         c.read(w, "mine").unwrap();
         assert_eq!(open.held(), 2, "its 3 do not fit beside b's 2 in 4");
         assert_eq!(descriptors_under(&tmp.path().join("c")), 0);
+    }
+
+    /// Directories already in the session's tree when it is first opened
+    /// count against the quota, so deleting them makes no room past it.
+    #[test]
+    fn directories_found_at_first_open_are_counted() {
+        let e = env_with(FileQuotas {
+            max_dirs: 3,
+            ..FileQuotas::default()
+        });
+        std::fs::create_dir_all(e.files_dir().join("shared/old/a")).unwrap();
+        std::fs::create_dir_all(e.files_dir().join("agents/alice/kept")).unwrap();
+        let alice = id("alice");
+        let w = ring2(&alice);
+        assert!(matches!(
+            e.files.create_dir(w, "new"),
+            Err(VfsError::Quota { .. })
+        ));
+        assert_eq!(e.files.usage().dirs, 3);
+        e.files.delete(w, "shared/old/a").unwrap();
+        e.files.create_dir(w, "new").unwrap();
+        assert_eq!(e.state().1.0.dirs, 3);
     }
 
     /// Undoing out of order (a saga compensating one step) may re-create
