@@ -316,6 +316,14 @@ impl Table {
         Some(mode)
     }
 
+    /// Removes wait `id` from the queue; whether others still wait for the
+    /// same resource (and may go now).
+    fn withdraw(&mut self, id: u64) -> bool {
+        self.waits
+            .remove(&id)
+            .is_some_and(|gone| self.waits.values().any(|w| w.resource == gone.resource))
+    }
+
     /// The wait-for graph as it stands: each waiter → the holders in its
     /// way and the earlier waiters it queues behind.
     fn graph(&self) -> BTreeMap<AgentId, BTreeSet<AgentId>> {
@@ -381,11 +389,7 @@ struct WaitGuard<'a> {
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        let queued_behind = {
-            let mut t = self.manager.table();
-            let gone = t.waits.remove(&self.id);
-            gone.is_some_and(|g| t.waits.values().any(|w| w.resource == g.resource))
-        };
+        let queued_behind = self.manager.table().withdraw(self.id);
         // Those queued behind it (a timeout, a kill) may go now.
         if queued_behind {
             self.manager.released.notify_waiters();
@@ -422,13 +426,10 @@ impl LockManager {
     ) -> Result<bool, LockError> {
         let mut t = self.table();
         let outcome = Self::attempt_locked(&mut t, self.max_per_agent, agent, resource, mode, wait);
-        let mut left_queue = false;
-        if !matches!(outcome, Ok(false))
-            && let Some(id) = wait
-        {
-            left_queue =
-                t.waits.remove(&id).is_some() && t.waits.values().any(|w| &w.resource == resource);
-        }
+        let left_queue = match wait {
+            Some(id) if !matches!(outcome, Ok(false)) => t.withdraw(id),
+            _ => false,
+        };
         drop(t);
         // A waiter that leaves the queue (granted a shared lock, or refused)
         // may let compatible waiters behind it go.

@@ -202,9 +202,7 @@ pub struct SessionFiles {
 impl Drop for SessionFiles {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = inner.dirs.take() {
-            self.open.release(d.descriptors());
-        }
+        self.open.take(&mut inner.dirs);
     }
 }
 
@@ -631,6 +629,14 @@ impl OpenDirs {
             .is_ok()
     }
 
+    /// Takes the handles kept in `held` out of the budget: closed when the
+    /// caller drops them, or held again through [`OpenDirs::try_hold`].
+    fn take(&self, held: &mut Option<Dirs>) -> Option<Dirs> {
+        let d = held.take()?;
+        self.release(d.descriptors());
+        Some(d)
+    }
+
     fn release(&self, n: usize) {
         let _ = self
             .held
@@ -727,9 +733,7 @@ impl SessionFiles {
     pub fn with_open_dirs(mut self, open: Arc<OpenDirs>) -> SessionFiles {
         // Handles held under the old budget are given back to it (closed).
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = inner.dirs.take() {
-            self.open.release(d.descriptors());
-        }
+        self.open.take(&mut inner.dirs);
         self.open = open;
         self
     }
@@ -974,11 +978,8 @@ impl SessionFiles {
     ) -> Result<R, VfsError> {
         let mut guard = self.lock();
         let Inner { dirs, opened, db } = &mut *guard;
-        let mut d = match dirs.take() {
-            Some(d) => {
-                self.open.release(d.descriptors());
-                d
-            }
+        let mut d = match self.open.take(dirs) {
+            Some(d) => d,
             None => {
                 let d = self.open_session(*opened)?;
                 if !*opened {
@@ -2286,29 +2287,33 @@ fn move_across(from: &Vfs, src: &Key, to: &Vfs, dst: &Key) -> Result<(), VfsErro
 /// not followed, at most [`MAX_TREE_DEPTH`] deep); unreadable parts count
 /// as empty.
 fn existing_dirs(root: &Dir) -> u64 {
+    fn subdirs(dir: &Dir) -> Vec<cap_std::fs::DirEntry> {
+        dir.entries().map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .collect()
+            },
+        )
+    }
     fn below(dir: &Dir, depth: usize) -> u64 {
         if depth > MAX_TREE_DEPTH {
             return 0;
         }
-        let Ok(entries) = dir.entries() else {
-            return 0;
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| 1 + e.open_dir().map_or(0, |child| below(&child, depth + 1)))
+        subdirs(dir)
+            .iter()
+            .map(|e| 1 + e.open_dir().map_or(0, |d| below(&d, depth + 1)))
             .sum()
     }
     let shared = root.open_dir(SHARED_DIR).map_or(0, |d| below(&d, 1));
-    let private: u64 = root.open_dir(AGENTS_DIR).map_or(0, |agents| {
-        agents.entries().map_or(0, |entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| e.open_dir().ok())
-                .map(|area| below(&area, 2))
-                .sum()
-        })
+    let private = root.open_dir(AGENTS_DIR).map_or(0, |agents| {
+        subdirs(&agents)
+            .iter()
+            .filter_map(|e| e.open_dir().ok())
+            .map(|area| below(&area, 2))
+            .sum()
     });
     shared + private
 }
