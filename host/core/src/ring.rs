@@ -300,6 +300,11 @@ pub struct RingLimits {
     pub max_resources: usize,
     /// Maximum bytes the guest may pass to the host in one host call.
     pub hostcall_bytes: usize,
+    /// Largest answer (or failure message) `run` may return, in bytes; the
+    /// host checks the length in guest memory before copying anything.
+    pub result_bytes: usize,
+    /// Most bytes one WASI random request may ask the host to produce.
+    pub random_bytes: usize,
 }
 
 impl RingLimits {
@@ -316,6 +321,11 @@ impl RingLimits {
             Ring::Privileged => (10_000_000_000, 512 * MIB, 300, 4096, 64 << 20),
             Ring::Root => (100_000_000_000, 1024 * MIB, 300, 16384, 128 << 20),
         };
+        let (result_bytes, random_bytes) = match ring {
+            Ring::Sandbox => (1 << 20, 64 << 10),
+            Ring::Standard => (4 << 20, 256 << 10),
+            Ring::Privileged | Ring::Root => (16 << 20, 1 << 20),
+        };
         RingLimits {
             capabilities,
             fuel_per_call,
@@ -323,6 +333,8 @@ impl RingLimits {
             deadline: Duration::from_secs(deadline_s),
             max_resources,
             hostcall_bytes,
+            result_bytes,
+            random_bytes,
         }
     }
 }
@@ -361,6 +373,7 @@ impl RingPolicy {
             ("deadline", limits.deadline.is_zero()),
             ("max_resources", limits.max_resources == 0),
             ("hostcall_bytes", limits.hostcall_bytes == 0),
+            ("result_bytes", limits.result_bytes == 0),
         ];
         if let Some((field, _)) = zero.into_iter().find(|(_, z)| *z) {
             return Err(RingError::ZeroBudget { ring, field });

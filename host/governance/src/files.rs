@@ -161,6 +161,11 @@ pub struct FileChange {
 /// The operations behind the `vfs-read` and `vfs-write` capabilities.
 /// Every method validates its guest path and names it in its errors.
 pub trait FileSpace: Send + Sync + std::fmt::Debug {
+    /// The largest file a write or append may leave, in bytes (its quota).
+    /// The runtime sizes its per-call host budget above it, so that writing a
+    /// file one byte too large is a `quota` refusal, never a trap.
+    fn max_file_bytes(&self) -> u64;
+
     /// Reads a whole file.
     ///
     /// # Errors
@@ -248,6 +253,10 @@ fn no_acls(path: &str) -> VfsError {
 /// The standalone VFS: one directory owned by one agent. It keeps no undo
 /// records and no ACLs; hashes are computed on demand.
 impl FileSpace for Vfs {
+    fn max_file_bytes(&self) -> u64 {
+        self.limits().max_file_bytes
+    }
+
     fn read(&self, _who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
         Vfs::read(self, path)
     }

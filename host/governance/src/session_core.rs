@@ -489,6 +489,10 @@ impl SessionCore {
 /// The session file space with isolation checks and events; what session
 /// agents' `vfs-*` calls reach.
 impl FileSpace for SessionCore {
+    fn max_file_bytes(&self) -> u64 {
+        self.files.max_file_bytes()
+    }
+
     fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
         self.check_isolation(who, path, LockMode::Read)?;
         self.files.read(who, path)

@@ -1836,6 +1836,10 @@ impl SessionFiles {
 /// Shared files and private files are governed by different rules; see the
 /// module docs.
 impl FileSpace for SessionFiles {
+    fn max_file_bytes(&self) -> u64 {
+        self.quotas.max_file_bytes
+    }
+
     fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
         let key = file_key(who.agent, path)?;
         self.with(|dirs, db| {
