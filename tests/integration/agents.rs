@@ -10,6 +10,8 @@ use crate::cache_dir;
 
 // The session agents' tests live with the other session tests.
 pub use crate::sessions::{editor, researcher, scripted};
+// The data-abusing agent's tests live with the other containment tests.
+pub use crate::containment::abuser;
 
 /// A runtime whose pool has one instance slot, so every agent reuses it.
 fn one_slot_runtime() -> ahv_runtime::Runtime {

@@ -176,7 +176,13 @@ async fn hostcall_budget_limits_what_a_guest_can_pass_to_the_host() {
         .with_limits(Ring::Standard, limits)
         .unwrap();
     let h = Harness::with_policy(&cache_dir(), policy);
-    let sb = Sandbox::new();
+    // A ring that may write gets its file quota plus 64 KiB per call at least,
+    // so that a write one byte over the quota is refused, not trapped.
+    let sb = Sandbox::with_limits(ahv_governance::vfs::VfsLimits {
+        max_file_bytes: 512,
+        ..Default::default()
+    });
+    let budget = 512 + (64 << 10);
     let mut small = h
         .spawn(ahv_agents::ESCALATOR, "did:test:esc", Ring::Standard, &sb)
         .await;
@@ -187,10 +193,10 @@ async fn hostcall_budget_limits_what_a_guest_can_pass_to_the_host() {
     let mut big = h
         .spawn(ahv_agents::ESCALATOR, "did:test:esc2", Ring::Standard, &sb)
         .await;
-    let cause = ahv_tests::trap(big.run(&"y".repeat(4096)).await);
+    let cause = ahv_tests::trap(big.run(&"y".repeat(budget + 1)).await);
     assert_eq!(
         cause,
-        ahv_runtime::TrapCause::HostcallTooLarge { limit: 1024 }
+        ahv_runtime::TrapCause::HostcallTooLarge { limit: budget }
     );
     assert_eq!(
         std::fs::read(sb.dir.join("escalated.txt")).unwrap().len(),

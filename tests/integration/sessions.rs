@@ -652,21 +652,31 @@ pub mod scripted {
             hv.run_agent(
                 &s2,
                 &id("did:test:holder"),
-                "lock key:r exclusive 0\nlock path:shared/doc write 0\nspin",
+                // Waits in the host (a WASI sleep), where it cannot run out of
+                // fuel and release its locks before the kill: only the kill
+                // ends it (the ring's deadline is 30 s).
+                "lock key:r exclusive 0\nlock path:shared/doc write 0\nsleep 25000",
             )
             .await
         });
-        while core.locks().held_by(&id("did:test:holder")).len() < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        ahv_tests::wait_until(
+            Duration::from_secs(20),
+            "the holder to hold both its locks",
+            || core.locks().held_by(&id("did:test:holder")).len() == 2,
+        )
+        .await;
+        assert!(!holder.is_finished(), "the holder is still running");
         let out = h.script(&s, "did:test:next", "lock key:r write 0").await;
         err(&out, "lock key:r write 0", "conflict");
         h.hv.kill_agent(&s, &id("did:test:holder"), "operator")
             .unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(10), holder)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = ahv_tests::within(
+            Duration::from_secs(10),
+            "the killed holder's call to end",
+            holder,
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             r,
             Err(HypervisorError::Agent(AgentError::Trapped {

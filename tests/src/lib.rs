@@ -70,6 +70,11 @@ pub struct Sandbox {
 impl Sandbox {
     /// A fresh sandbox.
     pub fn new() -> Sandbox {
+        Sandbox::with_limits(VfsLimits::default())
+    }
+
+    /// A fresh sandbox whose VFS has these limits.
+    pub fn with_limits(limits: VfsLimits) -> Sandbox {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agent");
         std::fs::create_dir(&dir).unwrap();
@@ -79,7 +84,7 @@ impl Sandbox {
         Sandbox {
             tmp,
             dir,
-            vfs: Arc::new(Vfs::new(handle, VfsLimits::default())),
+            vfs: Arc::new(Vfs::new(handle, limits)),
         }
     }
 
@@ -144,5 +149,27 @@ pub fn trap(r: Result<RunOutput, AgentError>) -> TrapCause {
         Ok(out) => panic!("expected a trap, got {:?}", out.result),
         Err(AgentError::Trapped { cause, .. }) => cause,
         Err(e) => panic!("expected a trap, got {e}"),
+    }
+}
+
+/// Awaits `f` for at most `limit`; past it the test fails naming `what` it
+/// waited for, instead of hanging the suite.
+pub async fn within<T>(limit: std::time::Duration, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `done` every millisecond (yielding to the runtime) for at most
+/// `limit`; past it the test fails naming `what` it waited for.
+pub async fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }

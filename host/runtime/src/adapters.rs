@@ -177,6 +177,18 @@ impl context::Host for AgentState {
 impl log::Host for AgentState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         self.check(Capability::Log, "log")?;
+        self.log_line(level, &message);
+        Ok(())
+    }
+}
+
+/// The adapters of the functions that take bulk guest data. The linker calls
+/// them with the data still in guest memory (see `crate::bulk`), so sizes are
+/// checked before anything is copied; the generated `Host` impls, which get
+/// owned copies, call them too.
+impl AgentState {
+    /// `log.log`: keeps at most [`crate::state::MAX_LOG_LINE`] bytes of `message`.
+    pub(crate) fn log_line(&self, level: log::Level, message: &str) {
         let level = match level {
             log::Level::Trace => LogLevel::Trace,
             log::Level::Debug => LogLevel::Debug,
@@ -187,8 +199,34 @@ impl log::Host for AgentState {
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(level, LogSource::Log, &message);
+            .push(level, LogSource::Log, message);
+    }
+
+    /// `vfs-write.write` and `vfs-write.append`.
+    pub(crate) fn write_file(
+        &self,
+        path: &str,
+        contents: &[u8],
+        append: bool,
+    ) -> Result<(), HostError> {
+        if append {
+            self.files.append(self.caller(), path, contents)?;
+        } else {
+            self.files.write(self.caller(), path, contents)?;
+        }
         Ok(())
+    }
+
+    /// `state-write.put`.
+    pub(crate) fn put_state(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: u64,
+    ) -> Result<u64, HostError> {
+        Ok(self
+            .session_core("state put")?
+            .state_put(self.caller(), key, value, expected)?)
     }
 }
 
@@ -232,14 +270,12 @@ impl vfs_read::Host for AgentState {
 impl vfs_write::Host for AgentState {
     fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "write")?;
-        self.files.write(self.caller(), &path, &contents)?;
-        Ok(())
+        self.write_file(&path, &contents, false)
     }
 
     fn append(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
         self.check(Capability::VfsWrite, "append")?;
-        self.files.append(self.caller(), &path, &contents)?;
-        Ok(())
+        self.write_file(&path, &contents, true)
     }
 
     fn delete(&mut self, path: String) -> Result<(), HostError> {
@@ -306,9 +342,7 @@ impl state_read::Host for AgentState {
 impl state_write::Host for AgentState {
     fn put(&mut self, key: String, value: Vec<u8>, expected: u64) -> Result<u64, HostError> {
         self.check(Capability::StateWrite, "put")?;
-        Ok(self
-            .session_core("state put")?
-            .state_put(self.caller(), &key, &value, expected)?)
+        self.put_state(&key, &value, expected)
     }
 
     fn delete(&mut self, key: String, expected: u64) -> Result<(), HostError> {

@@ -9,13 +9,13 @@ use ahv_governance::actions::{ActionRegistry, UndoRecord};
 use ahv_governance::files::FileSpace;
 use ahv_governance::session_core::SessionCore;
 use thiserror::Error;
+use wasmtime::component::{TypedFunc, WasmStr};
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::bindings::Root;
 use crate::component::{AgentComponent, LoadError};
 use crate::runtime::Runtime;
 use crate::state::{AgentState, KillHandle, LogLine, StateInit};
-use crate::trap::{DeadlineExceeded, TrapCause};
+use crate::trap::{DeadlineExceeded, InvalidGuestData, TrapCause};
 
 /// Largest input accepted by [`Agent::run`], in bytes.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
@@ -160,10 +160,19 @@ impl AgentError {
     }
 }
 
+/// The `run` export, with its answer left in guest memory until its size is
+/// checked (a string in the result is lifted as a bounds-checked view, not a copy).
+type RunFunc = TypedFunc<(String,), (Result<WasmStr, WasmStr>,)>;
+
 struct Live {
     store: Store<AgentState>,
-    bindings: Root,
+    run: RunFunc,
 }
+
+/// Room in the per-call host budget beside a file's contents (its path and the
+/// call's other arguments), so that a write one byte over the file quota is
+/// lifted and refused with `quota` rather than trapped.
+const HOSTCALL_SLACK: u64 = 64 << 10;
 
 /// A live agent. Its instance is reused across calls; fuel and deadline are
 /// reset for each call.
@@ -248,7 +257,7 @@ impl Agent {
         };
         let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits));
         store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(limits.hostcall_bytes);
+        store.set_hostcall_fuel(self.hostcall_budget());
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
             if let Some(killed) = s.kill.killed() {
@@ -262,6 +271,30 @@ impl Agent {
             Ok(UpdateDeadline::Yield(1))
         });
         store
+    }
+
+    /// The per-call host budget: the ring's, raised above the file quota for
+    /// agents that may write, so a quota refusal is always reachable.
+    fn hostcall_budget(&self) -> usize {
+        let limits = self.limits();
+        if !limits.capabilities.contains(ahv_core::Capability::VfsWrite) {
+            return limits.hostcall_bytes;
+        }
+        let write = self
+            .spec
+            .files
+            .max_file_bytes()
+            .saturating_add(HOSTCALL_SLACK);
+        limits
+            .hostcall_bytes
+            .max(usize::try_from(write).unwrap_or(usize::MAX))
+    }
+
+    /// The typed cause of a failed call, with the budgets it really ran under.
+    fn classify(&self, e: &wasmtime::Error) -> TrapCause {
+        let mut limits = self.limits().clone();
+        limits.hostcall_bytes = self.hostcall_budget();
+        TrapCause::from_error(e, &limits)
     }
 
     /// Prepares the store for one call (or instantiation): fuel, deadline, trace id.
@@ -282,7 +315,7 @@ impl Agent {
         let result = match armed {
             Ok(_) => {
                 guarded(
-                    pre.instantiate_async(&mut store),
+                    pre.instance_pre().instantiate_async(&mut store),
                     self.limits().deadline,
                     &self.kill,
                 )
@@ -290,10 +323,12 @@ impl Agent {
             }
             Err(e) => Err(e),
         };
+        // Admission checked the export's type; this only fails on a host bug.
+        let result = result.and_then(|instance| instance.get_typed_func(&mut store, "run"));
         match result {
-            Ok(bindings) => Ok(Live { store, bindings }),
+            Ok(run) => Ok(Live { store, run }),
             Err(e) => {
-                let cause = TrapCause::from_error(&e, self.limits());
+                let cause = self.classify(&e);
                 let data = store.data();
                 let (logs, _) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
                 Err(self.poison(cause, logs, data.trace))
@@ -370,9 +405,10 @@ impl Agent {
         let result = match self.arm(&mut live.store) {
             Ok(trace) => {
                 scope.trace = trace;
-                let call = live.bindings.call_run(&mut live.store, input);
+                let call = live.run.call_async(&mut live.store, (input.to_string(),));
                 guarded(call, self.limits().deadline, &self.kill)
                     .await
+                    .and_then(|(r,)| answer(&live.store, r, self.limits().result_bytes))
                     .map(|r| (trace, r))
             }
             Err(e) => Err(e),
@@ -398,12 +434,34 @@ impl Agent {
                 })
             }
             Err(e) => {
-                let cause = TrapCause::from_error(&e, self.limits());
+                let cause = self.classify(&e);
                 drop(live);
                 Err(self.poison(cause, logs, call_trace))
             }
         }
     }
+}
+
+/// Copies `run`'s answer (or failure message) out of guest memory, once its
+/// length is within the ring's limit and it is valid UTF-8.
+fn answer(
+    store: &Store<AgentState>,
+    result: Result<WasmStr, WasmStr>,
+    limit: usize,
+) -> wasmtime::Result<Result<String, String>> {
+    let copy = |s: WasmStr| -> wasmtime::Result<String> {
+        let text = s.to_str(store).map_err(|e| {
+            wasmtime::Error::new(InvalidGuestData {
+                message: format!("run returned a string that is not UTF-8: {e:#}"),
+            })
+        })?;
+        crate::bulk::bounded(text.len() as u64, limit as u64, "run result")?;
+        Ok(text.into_owned())
+    };
+    Ok(match result {
+        Ok(s) => Ok(copy(s)?),
+        Err(s) => Err(copy(s)?),
+    })
 }
 
 /// One call's transaction in the agent's session: begun before the call,

@@ -34,6 +34,7 @@
 pub mod adapters;
 pub mod agent;
 mod bindings;
+mod bulk;
 pub mod component;
 pub mod runtime;
 pub mod state;
@@ -44,7 +45,8 @@ pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest};
 pub use runtime::{BuildError, Runtime, RuntimeBuilder};
 pub use state::{KillHandle, LogLevel, LogLine, LogSource};
 pub use trap::{
-    BreachRecorder, DeadlineExceeded, Killed, MemoryLimitExceeded, RingBreach, TrapCause,
+    BreachRecorder, DeadlineExceeded, InvalidGuestData, Killed, MemoryLimitExceeded,
+    RequestTooLarge, RingBreach, TrapCause,
 };
 
 /// The generated WIT bindings, for benchmarks and embedders that need raw access.

@@ -280,6 +280,7 @@ fn linker(
             }
         }
     }
+    crate::bulk::link(&mut l, policy.limits(ring)).map_err(link_err("bulk-data functions"))?;
     Ok(l)
 }
 

@@ -17,8 +17,15 @@ use crate::trap::{BreachRecorder, Killed, MemoryLimitExceeded, RingBreach};
 
 /// Longest log line kept, in bytes; longer lines are cut and marked.
 pub const MAX_LOG_LINE: usize = 4096;
-/// Most log bytes kept per call; later lines are counted as dropped.
+/// Most log bytes kept per call (each line also costs [`LOG_LINE_COST`]);
+/// later lines are counted as dropped.
 pub const MAX_LOG_BYTES_PER_CALL: usize = 256 * 1024;
+/// Most log lines kept per call, however short; later lines are counted as dropped.
+pub const MAX_LOG_LINES_PER_CALL: usize = 4096;
+/// What a line costs against [`MAX_LOG_BYTES_PER_CALL`] beside its text: an
+/// empty line is not free (it is a `LogLine` on the host), so five million
+/// `log("")` calls cannot grow the host.
+pub const LOG_LINE_COST: usize = 64;
 
 /// Where a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,31 +65,40 @@ pub struct LogLine {
 }
 
 /// A bounded log buffer shared by the `log` capability and stdout/stderr.
+///
+/// Bounded in lines and bytes per call, and linear in what the guest writes:
+/// stream output is split in one pass, an unterminated line keeps at most
+/// [`MAX_LOG_LINE`] bytes, and once the budget is spent a line costs a counter
+/// increment, not a copy.
 #[derive(Debug, Default)]
 pub(crate) struct LogBuffer {
     lines: Vec<LogLine>,
     bytes: usize,
     dropped: usize,
-    /// Unterminated output per stream (stdout, stderr).
+    /// Unterminated output per stream (stdout, stderr), at most `MAX_LOG_LINE + 1` bytes.
     partial: [Vec<u8>; 2],
 }
 
 impl LogBuffer {
+    /// Keeps one line if the call's budget allows, cut to [`MAX_LOG_LINE`]
+    /// bytes before anything is copied; otherwise counts it as dropped.
     pub(crate) fn push(&mut self, level: LogLevel, source: LogSource, message: &str) {
-        if self.bytes + message.len().min(MAX_LOG_LINE) > MAX_LOG_BYTES_PER_CALL {
+        let cost = message.len().min(MAX_LOG_LINE) + LOG_LINE_COST;
+        if self.lines.len() >= MAX_LOG_LINES_PER_CALL || self.bytes + cost > MAX_LOG_BYTES_PER_CALL
+        {
             self.dropped += 1;
             return;
         }
-        let mut message = message.to_string();
-        if message.len() > MAX_LOG_LINE {
+        let message = if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
-            message.truncate(cut);
-            message.push_str(" …[truncated]");
-        }
-        self.bytes += message.len();
+            format!("{} …[truncated]", &message[..cut])
+        } else {
+            message.to_string()
+        };
+        self.bytes += cost;
         self.lines.push(LogLine {
             level,
             source,
@@ -90,38 +106,72 @@ impl LogBuffer {
         });
     }
 
-    fn write_stream(&mut self, source: LogSource, bytes: &[u8]) {
-        let (idx, level) = if source == LogSource::Stdout {
+    fn stream(source: LogSource) -> (usize, LogLevel) {
+        if source == LogSource::Stdout {
             (0, LogLevel::Info)
         } else {
             (1, LogLevel::Warn)
-        };
-        self.partial[idx].extend_from_slice(bytes);
-        while let Some(pos) = self.partial[idx].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial[idx].drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            self.push(level, source, &text);
-        }
-        if self.partial[idx].len() > MAX_LOG_LINE {
-            let line = std::mem::take(&mut self.partial[idx]);
-            self.push(level, source, &String::from_utf8_lossy(&line));
         }
     }
 
+    /// Splits stream output into lines in one pass over `bytes`.
+    fn write_stream(&mut self, source: LogSource, bytes: &[u8]) {
+        let (idx, _) = Self::stream(source);
+        let mut rest = bytes;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.extend_partial(idx, &rest[..pos]);
+            self.end_line(source);
+            rest = &rest[pos + 1..];
+        }
+        self.extend_partial(idx, rest);
+    }
+
+    /// Adds to the unterminated line, keeping one byte past the longest line
+    /// so that `push` still sees it is too long and marks it.
+    fn extend_partial(&mut self, idx: usize, bytes: &[u8]) {
+        let partial = &mut self.partial[idx];
+        let room = (MAX_LOG_LINE + 1).saturating_sub(partial.len());
+        partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Ends the current line of `source`'s stream.
+    fn end_line(&mut self, source: LogSource) {
+        let (idx, level) = Self::stream(source);
+        let line = std::mem::take(&mut self.partial[idx]);
+        if self.lines.len() >= MAX_LOG_LINES_PER_CALL {
+            // The common case of a flood: no decoding, no allocation.
+            self.dropped += 1;
+        } else {
+            self.push(level, source, &String::from_utf8_lossy(&line));
+        }
+        // Keep the allocation for the next line.
+        self.partial[idx] = line;
+        self.partial[idx].clear();
+    }
+
     /// Takes the lines of the call that just ended, flushing partial output.
+    /// If lines were dropped, the last line says how many, once.
     pub(crate) fn take(&mut self) -> (Vec<LogLine>, usize) {
-        for (idx, source, level) in [
-            (0, LogSource::Stdout, LogLevel::Info),
-            (1, LogSource::Stderr, LogLevel::Warn),
-        ] {
+        for source in [LogSource::Stdout, LogSource::Stderr] {
+            let (idx, _) = Self::stream(source);
             if !self.partial[idx].is_empty() {
-                let line = std::mem::take(&mut self.partial[idx]);
-                self.push(level, source, &String::from_utf8_lossy(&line));
+                self.end_line(source);
             }
         }
         let dropped = std::mem::take(&mut self.dropped);
         self.bytes = 0;
-        (std::mem::take(&mut self.lines), dropped)
+        let mut lines = std::mem::take(&mut self.lines);
+        if dropped > 0 {
+            lines.push(LogLine {
+                level: LogLevel::Warn,
+                source: LogSource::Log,
+                message: format!(
+                    "[ahv] {dropped} log line(s) dropped: the log budget is \
+                     {MAX_LOG_LINES_PER_CALL} lines and {MAX_LOG_BYTES_PER_CALL} bytes per call"
+                ),
+            });
+        }
+        (lines, dropped)
     }
 }
 
@@ -202,36 +252,97 @@ impl tokio::io::AsyncWrite for LogStream {
 }
 
 /// The memory and table limiter every store gets.
+///
+/// The ring's memory budget bounds the *sum* of everything the instance
+/// allocates: every linear memory of every core instance inside the
+/// component, and every table (at [`TABLE_ELEMENT_BYTES`] per element). A
+/// per-memory cap would let a component of seven core instances hold seven
+/// budgets (found by hostile testing: 7 × 30 MiB against a 32 MiB cap).
 pub(crate) struct Limiter {
-    memory_bytes: u64,
+    /// The ring's budget, in bytes.
+    limit: u64,
+    /// Bytes of memories and tables granted so far (initial sizes included:
+    /// Wasmtime asks the limiter for those too, from a current size of 0).
+    used: u64,
+    /// The last growth granted, given back if Wasmtime then fails to grow.
+    pending: u64,
 }
 
-/// Most table elements an instance may have (Rust guests use a few hundred).
+/// What one table element costs against the memory budget (a pointer).
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// Most table elements one table may have (Rust guests use a few hundred).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl Limiter {
+    pub(crate) fn new(limit: u64) -> Limiter {
+        Limiter {
+            limit,
+            used: 0,
+            pending: 0,
+        }
+    }
+
+    /// Bytes of memories and tables the instance holds now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Grants growth from `current` to `desired` bytes if the total stays
+    /// within the budget; otherwise the typed trap.
+    fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<bool> {
+        let extra = desired.saturating_sub(current);
+        let total = self.used.saturating_add(extra);
+        if total > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit: self.limit,
+                requested: total,
+            }));
+        }
+        self.used = total;
+        self.pending = extra;
+        Ok(true)
+    }
+
+    fn grow_failed(&mut self) {
+        self.used = self.used.saturating_sub(std::mem::take(&mut self.pending));
+    }
+}
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_bytes {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                limit: self.memory_bytes,
-                requested: desired as u64,
-            }));
-        }
-        Ok(true)
+        self.grow(current as u64, desired as u64)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(
+            (current as u64).saturating_mul(TABLE_ELEMENT_BYTES),
+            (desired as u64).saturating_mul(TABLE_ELEMENT_BYTES),
+        )
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -369,6 +480,8 @@ impl AgentState {
                 source: LogSource::Stderr,
             })
             .allow_blocking_current_thread(false)
+            // Also enforced (as a typed trap) by `crate::bulk`, before allocating.
+            .max_random_size(u64::try_from(limits.random_bytes).unwrap_or(u64::MAX))
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
@@ -387,9 +500,7 @@ impl AgentState {
             call_deadline: Instant::now() + limits.deadline,
             kill: init.kill,
             breach_recorder: init.breach_recorder,
-            limiter: Limiter {
-                memory_bytes: limits.memory_bytes,
-            },
+            limiter: Limiter::new(limits.memory_bytes),
             wasi,
             table,
         }
@@ -429,6 +540,13 @@ impl AgentState {
     }
 }
 
+impl AgentState {
+    /// The WASI context (for the bounded random functions in `crate::bulk`).
+    pub(crate) fn wasi_mut(&mut self) -> &mut WasiCtx {
+        &mut self.wasi
+    }
+}
+
 impl WasiView for AgentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -461,11 +579,82 @@ mod tests {
             lines[0].message.len() < MAX_LOG_LINE + 20 && lines[0].message.ends_with("[truncated]")
         );
 
-        for _ in 0..(MAX_LOG_BYTES_PER_CALL / MAX_LOG_LINE + 10) {
+        let fit = MAX_LOG_BYTES_PER_CALL / (MAX_LOG_LINE + LOG_LINE_COST);
+        for _ in 0..fit + 10 {
             b.push(LogLevel::Info, LogSource::Log, &"x".repeat(MAX_LOG_LINE));
         }
         let (lines, dropped) = b.take();
-        assert_eq!(lines.len(), MAX_LOG_BYTES_PER_CALL / MAX_LOG_LINE);
         assert_eq!(dropped, 10);
+        assert_eq!(lines.len(), fit + 1, "the kept lines and one report");
+        assert_eq!(
+            lines[fit].message,
+            format!(
+                "[ahv] 10 log line(s) dropped: the log budget is {MAX_LOG_LINES_PER_CALL} lines \
+                 and {MAX_LOG_BYTES_PER_CALL} bytes per call"
+            )
+        );
+    }
+
+    #[test]
+    fn empty_lines_are_not_free() {
+        let mut b = LogBuffer::default();
+        for _ in 0..1_000_000 {
+            b.push(LogLevel::Info, LogSource::Log, "");
+        }
+        let (lines, dropped) = b.take();
+        assert_eq!(lines.len(), MAX_LOG_LINES_PER_CALL + 1);
+        assert_eq!(dropped, 1_000_000 - MAX_LOG_LINES_PER_CALL);
+        let (lines, dropped) = b.take();
+        assert!(
+            lines.is_empty() && dropped == 0,
+            "reported once, budget reset"
+        );
+    }
+
+    #[test]
+    fn newline_floods_are_split_in_one_pass_and_bounded() {
+        let mut b = LogBuffer::default();
+        // 64 MiB of newlines in 64 KiB writes: each byte is a line.
+        let chunk = vec![b'\n'; 64 << 10];
+        for _ in 0..1024 {
+            b.write_stream(LogSource::Stderr, &chunk);
+        }
+        // An unterminated line longer than any line keeps only a line's worth.
+        b.write_stream(LogSource::Stdout, &vec![b'y'; 10 << 20]);
+        assert!(b.partial[0].len() <= MAX_LOG_LINE + 1);
+        let (lines, dropped) = b.take();
+        assert_eq!(lines.len(), MAX_LOG_LINES_PER_CALL + 1);
+        assert_eq!(dropped, (64 << 20) + 1 - MAX_LOG_LINES_PER_CALL);
+        assert!(lines.iter().all(|l| l.message.len() < MAX_LOG_LINE + 200));
+    }
+
+    #[test]
+    fn the_memory_budget_bounds_all_memories_and_tables_together() {
+        const MIB: usize = 1 << 20;
+        let mut l = Limiter::new(32 << 20);
+        // Seven core instances of 30 MiB each: only the first fits.
+        assert!(l.memory_growing(0, 30 * MIB, None).unwrap());
+        let e = l.memory_growing(0, 30 * MIB, None).unwrap_err();
+        let m = e.downcast_ref::<MemoryLimitExceeded>().unwrap();
+        assert_eq!((m.limit, m.requested), (32 << 20, 60 << 20));
+        // Tables count too, at their element size.
+        assert!(l.table_growing(0, 1000, None).unwrap());
+        assert_eq!(l.used(), (30 * MIB) as u64 + 1000 * TABLE_ELEMENT_BYTES);
+        let room = (2 * MIB) as u64 - 1000 * TABLE_ELEMENT_BYTES;
+        assert!(l.memory_growing(0, room as usize, None).unwrap());
+        assert!(l.table_growing(0, 1, None).is_err(), "the budget is full");
+        l.memory_grow_failed(wasmtime::format_err!("give it back"))
+            .unwrap();
+        assert!(
+            !l.table_growing(0, 100_001, None).unwrap(),
+            "one table's own cap"
+        );
+        // A growth Wasmtime could not carry out is given back.
+        assert!(l.memory_growing(30 * MIB, 31 * MIB, None).unwrap());
+        l.memory_grow_failed(wasmtime::format_err!("no")).unwrap();
+        assert_eq!(l.used(), (30 * MIB) as u64 + 1000 * TABLE_ELEMENT_BYTES);
+        // Growing an existing memory counts only the difference.
+        assert!(l.memory_growing(30 * MIB, 31 * MIB, None).unwrap());
+        assert_eq!(l.used(), (31 * MIB) as u64 + 1000 * TABLE_ELEMENT_BYTES);
     }
 }

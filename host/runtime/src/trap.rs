@@ -47,15 +47,56 @@ pub struct DeadlineExceeded {
     pub deadline: Duration,
 }
 
-/// The agent tried to grow its linear memory past its ring's limit.
+/// The agent tried to grow its memories and tables past its ring's limit.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("memory limit: tried to grow linear memory to {requested} bytes; the limit is {limit}")]
+#[error(
+    "memory limit: the instance's memories and tables would hold {requested} bytes in all; the limit is {limit}"
+)]
 pub struct MemoryLimitExceeded {
     /// The limit in force, in bytes.
     pub limit: u64,
-    /// The size asked for, in bytes.
+    /// What all the instance's memories and tables would have held together, in bytes.
     pub requested: u64,
 }
+
+/// The guest asked the host for more than its ring allows in one request
+/// (random bytes, a `run` answer). Checked before the host allocates or
+/// copies anything.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("request too large: {what} of {requested} bytes; the ring allows {limit}")]
+pub struct RequestTooLarge {
+    /// What was asked for (`wasi:random get-random-bytes`, `run result`, …).
+    pub what: String,
+    /// The size asked for, in bytes.
+    pub requested: u64,
+    /// The ring's limit, in bytes.
+    pub limit: u64,
+}
+
+/// The guest passed or returned data that the component model forbids:
+/// invalid UTF-8, a pointer or length outside its memory, a misaligned
+/// pointer, an unknown resource handle. The guest's fault, never the host's.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid guest data: {message}")]
+pub struct InvalidGuestData {
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Messages of Wasmtime's canonical-ABI checks on data a guest hands over
+/// (its error types for these are plain messages). Each is produced by a
+/// hostile guest in the integration tests, so a Wasmtime upgrade that
+/// rewords one fails a test instead of silently reporting a host error.
+const ABI_VIOLATIONS: &[&str] = &[
+    "out of bounds of memory",
+    "pointer out of bounds",
+    "not aligned",
+    "realloc return",
+    "pointer size overflow",
+    "discriminant",
+    "resource type mismatch",
+    "mismatched resource types",
+];
 
 /// Why a call into an agent did not return normally.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -87,6 +128,24 @@ pub enum TrapCause {
         /// The ring's per-call limit, in bytes.
         limit: usize,
     },
+    /// The guest called WASI `exit` (even `exit(0)`): `run` never answered.
+    #[error("exited: the agent called exit({code}) instead of answering")]
+    Exited {
+        /// The exit status it gave.
+        code: i32,
+    },
+    /// The guest filled its resource table (WASI streams, pollables, …).
+    #[error("resource limit: the agent holds all {limit} resource handles its ring allows")]
+    ResourceLimit {
+        /// The ring's resource-table capacity.
+        limit: usize,
+    },
+    /// The guest asked for more than its ring allows in one request.
+    #[error(transparent)]
+    RequestTooLarge(#[from] RequestTooLarge),
+    /// The guest passed or returned data the component model forbids.
+    #[error(transparent)]
+    InvalidGuestData(#[from] InvalidGuestData),
     /// Another wasm trap (unreachable, bad memory access, …) or a guest abort.
     #[error("guest trap: {message}")]
     GuestTrap {
@@ -116,6 +175,31 @@ impl TrapCause {
         if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
             return TrapCause::MemoryLimit(m.clone());
         }
+        if let Some(r) = err.downcast_ref::<RequestTooLarge>() {
+            return TrapCause::RequestTooLarge(r.clone());
+        }
+        if let Some(g) = err.downcast_ref::<InvalidGuestData>() {
+            return TrapCause::InvalidGuestData(g.clone());
+        }
+        if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return TrapCause::Exited { code: exit.0 };
+        }
+        if let Some(e) = err.downcast_ref::<wasmtime::component::ResourceTableError>() {
+            return match e {
+                wasmtime::component::ResourceTableError::Full => TrapCause::ResourceLimit {
+                    limit: limits.max_resources,
+                },
+                // An unknown or mistyped handle came from the guest.
+                other => TrapCause::InvalidGuestData(InvalidGuestData {
+                    message: format!("resource handle: {other}"),
+                }),
+            };
+        }
+        if let Some(e) = err.downcast_ref::<std::str::Utf8Error>() {
+            return TrapCause::InvalidGuestData(InvalidGuestData {
+                message: format!("a string that is not UTF-8: {e}"),
+            });
+        }
         match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::OutOfFuel) => TrapCause::OutOfFuel {
                 limit: limits.fuel_per_call,
@@ -134,15 +218,23 @@ impl TrapCause {
                     limit: limits.hostcall_bytes,
                 }
             }
-            None => TrapCause::Host {
-                message: format!("{err:#}"),
-            },
+            None => {
+                let root = err.root_cause().to_string();
+                if ABI_VIOLATIONS.iter().any(|m| root.contains(m)) {
+                    TrapCause::InvalidGuestData(InvalidGuestData { message: root })
+                } else {
+                    TrapCause::Host {
+                        message: format!("{err:#}"),
+                    }
+                }
+            }
         }
     }
 
     /// A short stable name: `ring-breach`, `out-of-fuel`, `memory-limit`,
-    /// `deadline-exceeded`, `killed`, `stack-overflow`, `hostcall-too-large`, `guest-trap`,
-    /// `host-error`.
+    /// `deadline-exceeded`, `killed`, `stack-overflow`, `hostcall-too-large`,
+    /// `exited`, `resource-limit`, `request-too-large`, `invalid-guest-data`,
+    /// `guest-trap`, `host-error`.
     pub fn kind(&self) -> &'static str {
         match self {
             TrapCause::RingBreach(_) => "ring-breach",
@@ -152,6 +244,10 @@ impl TrapCause {
             TrapCause::Killed(_) => "killed",
             TrapCause::StackOverflow => "stack-overflow",
             TrapCause::HostcallTooLarge { .. } => "hostcall-too-large",
+            TrapCause::Exited { .. } => "exited",
+            TrapCause::ResourceLimit { .. } => "resource-limit",
+            TrapCause::RequestTooLarge(_) => "request-too-large",
+            TrapCause::InvalidGuestData(_) => "invalid-guest-data",
             TrapCause::GuestTrap { .. } => "guest-trap",
             TrapCause::Host { .. } => "host-error",
         }

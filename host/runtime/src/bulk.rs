@@ -1,0 +1,133 @@
+//! Host functions that take bulk data from the guest, linked over the
+//! generated ones.
+//!
+//! The generated bindings lift every `string` and `list<u8>` argument into an
+//! owned host copy before the host function runs, so a 100 MiB `log` line or
+//! `write` used to be copied in full before it was cut or refused. The
+//! functions here take the data as [`WasmStr`] / [`WasmList`] — a bounds-
+//! checked view into guest memory — and hand the domain a borrowed slice:
+//! a log line is cut to its budget, a write is checked against its quota,
+//! before a byte is copied. The same goes for WASI's random bytes, which the
+//! host would otherwise allocate at whatever size the guest names.
+//!
+//! Every function still starts with the ring check (`AgentState::check`),
+//! like the generated adapters in [`crate::adapters`], which stay the
+//! reference implementation (and are what the capability tests call).
+
+use std::borrow::Cow;
+
+use ahv_core::{Capability, RingLimits};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, WasmList, WasmStr};
+use wasmtime_wasi::p2::bindings::random::{insecure, random};
+
+use crate::adapters::HostError;
+use crate::bindings::WitError;
+use crate::bindings::agent_hypervisor::agent::log;
+use crate::state::AgentState;
+use crate::trap::{InvalidGuestData, RequestTooLarge};
+
+/// The WASI random interfaces as wasmtime-wasi 48 links them (guests
+/// importing an older 0.2.x resolve to these by semver).
+const WASI_RANDOM: &str = "wasi:random/random@0.2.12";
+const WASI_INSECURE_RANDOM: &str = "wasi:random/insecure@0.2.12";
+
+type Store<'a> = StoreContextMut<'a, AgentState>;
+
+/// Links the bulk-data functions of the capabilities `limits` grants (others
+/// keep their breach stubs) and the bounded WASI random functions, replacing
+/// what the generated `add_to_linker` functions defined.
+///
+/// # Errors
+/// A Wasmtime linking error (a host bug: a name or type that does not match `wit/`).
+pub(crate) fn link(l: &mut Linker<AgentState>, limits: &RingLimits) -> wasmtime::Result<()> {
+    l.allow_shadowing(true);
+    let caps = limits.capabilities;
+    if caps.contains(Capability::Log) {
+        l.instance(&Capability::Log.instance_name())?.func_wrap(
+            "log",
+            |mut store: Store<'_>, (level, message): (log::Level, WasmStr)| {
+                store.data_mut().check(Capability::Log, "log")?;
+                let text = text(&store, &message, "log message")?;
+                store.data().log_line(level, &text);
+                Ok(())
+            },
+        )?;
+    }
+    if caps.contains(Capability::VfsWrite) {
+        let mut vfs = l.instance(&Capability::VfsWrite.instance_name())?;
+        for (function, append) in [("write", false), ("append", true)] {
+            vfs.func_wrap(
+                function,
+                move |mut store: Store<'_>, (path, contents): (WasmStr, WasmList<u8>)| {
+                    store.data_mut().check(Capability::VfsWrite, function)?;
+                    let path = text(&store, &path, "path")?;
+                    let contents = contents.as_le_slice(&store);
+                    refusal(store.data().write_file(&path, contents, append))
+                },
+            )?;
+        }
+    }
+    if caps.contains(Capability::StateWrite) {
+        l.instance(&Capability::StateWrite.instance_name())?
+            .func_wrap(
+                "put",
+                |mut store: Store<'_>, (key, value, expected): (WasmStr, WasmList<u8>, u64)| {
+                    store.data_mut().check(Capability::StateWrite, "put")?;
+                    let key = text(&store, &key, "state key")?;
+                    let value = value.as_le_slice(&store);
+                    refusal(store.data().put_state(&key, value, expected))
+                },
+            )?;
+    }
+    let max = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
+    l.instance(WASI_RANDOM)?.func_wrap(
+        "get-random-bytes",
+        move |mut store: Store<'_>, (len,): (u64,)| {
+            bounded(len, max, "wasi:random get-random-bytes")?;
+            let rng = store.data_mut().wasi_mut().random();
+            Ok((random::Host::get_random_bytes(rng, len)?,))
+        },
+    )?;
+    l.instance(WASI_INSECURE_RANDOM)?.func_wrap(
+        "get-insecure-random-bytes",
+        move |mut store: Store<'_>, (len,): (u64,)| {
+            bounded(len, max, "wasi:random get-insecure-random-bytes")?;
+            let rng = store.data_mut().wasi_mut().random();
+            Ok((insecure::Host::get_insecure_random_bytes(rng, len)?,))
+        },
+    )?;
+    l.allow_shadowing(false);
+    Ok(())
+}
+
+/// A guest string, validated in place (borrowed, not copied, when it is UTF-8).
+fn text<'a>(store: &'a Store<'_>, s: &WasmStr, what: &str) -> wasmtime::Result<Cow<'a, str>> {
+    s.to_str(store).map_err(|e| {
+        wasmtime::Error::new(InvalidGuestData {
+            message: format!("the {what} is not UTF-8: {e:#}"),
+        })
+    })
+}
+
+/// A refusal becomes the WIT `error` value; a trap stays a trap.
+fn refusal<T>(r: Result<T, HostError>) -> wasmtime::Result<(Result<T, WitError>,)> {
+    match r {
+        Ok(v) => Ok((Ok(v),)),
+        Err(HostError::Refused(e)) => Ok((Err(e),)),
+        Err(HostError::Trap(e)) => Err(e),
+    }
+}
+
+/// Refuses (with a typed trap) a request larger than the ring allows,
+/// before anything is allocated.
+pub(crate) fn bounded(requested: u64, limit: u64, what: &str) -> wasmtime::Result<()> {
+    if requested > limit {
+        return Err(wasmtime::Error::new(RequestTooLarge {
+            what: what.to_string(),
+            requested,
+            limit,
+        }));
+    }
+    Ok(())
+}
