@@ -36,6 +36,10 @@ Exit codes of `ahv run`:
   10 ring breach   11 out of fuel   12 memory limit   13 deadline exceeded
   14 killed (Ctrl-C)   15 stack overflow   16 other guest trap   17 host error
   18 host call too large (the agent passed more data to one host call than its ring allows)
+  19 the agent called WASI exit (even exit(0)) instead of answering
+  20 resource limit (the agent filled its resource table)
+  21 request too large (random bytes or an answer beyond the ring's limit)
+  22 invalid guest data (not UTF-8, a pointer outside its memory, a bad handle)
 
 Try:  ahv demo                       (the example agents, hostile ones included)
       ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
@@ -122,6 +126,10 @@ fn exit_code_for(cause: &TrapCause) -> u8 {
         TrapCause::GuestTrap { .. } => 16,
         TrapCause::Host { .. } => 17,
         TrapCause::HostcallTooLarge { .. } => 18,
+        TrapCause::Exited { .. } => 19,
+        TrapCause::ResourceLimit { .. } => 20,
+        TrapCause::RequestTooLarge(_) => 21,
+        TrapCause::InvalidGuestData(_) => 22,
     }
 }
 
