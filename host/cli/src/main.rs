@@ -1,5 +1,8 @@
 //! `ahv`: run, inspect and demo governed Wasm agents.
 
+// No unwrap, expect or panic outside tests (clippy.toml allows them in tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod audit_cmd;
 mod demo;
 mod session_demo;

@@ -18,6 +18,9 @@
 //! assert_eq!(policy.lowest_ring_covering(needs), Some(Ring::Standard));
 //! ```
 #![deny(missing_docs)]
+// A guest must never be able to make the host panic: no unwrap, expect or
+// panic outside tests (clippy.toml allows them in tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod clock;
 pub mod event;

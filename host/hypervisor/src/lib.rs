@@ -40,6 +40,9 @@
 //! Budget traps (fuel, memory, deadline, stack) are not malice: the instance
 //! is re-created for the agent's next call (configurable).
 #![deny(missing_docs)]
+// A guest must never be able to make the host panic: no unwrap, expect or
+// panic outside tests (clippy.toml allows them in tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // `HypervisorError::Agent` carries the agent's typed trap cause and its last
 // log lines (~160 bytes) so callers can match on it directly; errors are off
 // the hot path.
