@@ -1,0 +1,136 @@
+//! How spinning agents share a tokio runtime: kill latency while N agents
+//! spin, and how late a 1 ms timer task on the same runtime wakes.
+//!
+//! Every agent spins in a tight loop (`spinner`); the epoch ticker makes each
+//! one yield to tokio once per tick (1 ms), so no agent holds a worker thread
+//! longer than a tick. Agents are then killed one at a time; the latency is
+//! from `KillHandle::kill` until that agent's `run` has returned its
+//! `Killed` trap to the task that awaited it.
+//!
+//! Run: `env -u RUST_BACKTRACE cargo run --release -p ahv-runtime --example
+//! spin_probe -- [AGENTS] [WORKERS]` (defaults 100 and 2; WORKERS 0 means a
+//! current-thread runtime, as `#[tokio::test]` uses).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, Ring, RingLimits, RingPolicy};
+use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_runtime::{AgentSpec, Runtime, TrapCause};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn report(what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "{what}: n={} p50={:?} p99={:?} max={:?}",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v.last().copied().unwrap_or_default()
+    );
+}
+
+async fn probe(agents: usize) -> anyhow::Result<()> {
+    let mut limits = RingLimits::default_for(Ring::Sandbox);
+    limits.fuel_per_call = u64::MAX / 2;
+    limits.deadline = Duration::from_secs(120);
+    let policy = RingPolicy::default().with_limits(Ring::Sandbox, limits)?;
+    let runtime = Runtime::builder()
+        .policy(policy)
+        .max_instances(u32::try_from(agents + 1)?)
+        .build()?;
+    let component = runtime.load(ahv_agents::SPINNER)?;
+    let dir = tempfile::tempdir()?;
+    let files = Arc::new(Vfs::new(
+        cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())?,
+        VfsLimits::default(),
+    ));
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut kills = Vec::new();
+    for i in 0..agents {
+        let spec = AgentSpec::new(
+            AgentId::new(format!("did:probe:{i}"))?,
+            Ring::Sandbox,
+            files.clone(),
+        );
+        let mut agent = runtime.spawn(&component, spec).await?;
+        kills.push(agent.kill_handle());
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let r = agent.run("").await;
+            let killed = matches!(r, Err(ref e) if matches!(e.cause(), Some(TrapCause::Killed(_))));
+            let _ = done.send((i, Instant::now(), killed));
+        });
+    }
+
+    // A task that only wants to wake every millisecond.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut late = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = Instant::now() + Duration::from_millis(1);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                late.push(Instant::now().saturating_duration_since(due));
+            }
+            late
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = Vec::new();
+    for (i, kill) in kills.iter().enumerate() {
+        let at = Instant::now();
+        kill.kill("probe");
+        let (who, when, killed) = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("agent {i} did not stop within 10 s of its kill"))?
+            .ok_or_else(|| anyhow::anyhow!("agent tasks ended early"))?;
+        anyhow::ensure!(
+            who == i && killed,
+            "agent {who} ended, not by the kill of {i}"
+        );
+        latencies.push(when.saturating_duration_since(at));
+        // Give the others time to run between kills.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let late = ticker.await?;
+    report(&format!("kill latency with {agents} spinning"), latencies);
+    report("1 ms timer lateness on the same runtime", late);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let agents: usize = args.next().map_or(Ok(100), |a| a.parse())?;
+    let workers: usize = args.next().map_or(Ok(2), |a| a.parse())?;
+    let rt = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    println!(
+        "{agents} agents, {}",
+        if workers == 0 {
+            "current-thread runtime".to_string()
+        } else {
+            format!("{workers} worker threads")
+        }
+    );
+    rt.block_on(probe(agents))
+}
