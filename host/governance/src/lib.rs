@@ -33,6 +33,7 @@
 pub mod actions;
 pub mod files;
 pub mod locks;
+mod open;
 pub mod path;
 pub mod session;
 pub mod session_core;

@@ -31,7 +31,12 @@
 //! earlier process under the same session id) are not files of the session:
 //! reading, hashing, stating or changing them answers `NotFound` and
 //! listings hide them. Symbolic links are never listed, never modified, and
-//! never followed out of their area. Directories have no ACL and no clock;
+//! never followed out of their area. FIFOs, sockets and device nodes (which
+//! no guest can create) are never opened and never waited on: every
+//! operation that meets one answers `Denied`, listings hide them, snapshots
+//! and restores do not copy them (see [`SessionFiles::snapshot`]). A regular
+//! file is opened only through `crate::open` (non-blocking, its type
+//! checked on the handle). Directories have no ACL and no clock;
 //! they are counted against [`FileQuotas::max_dirs`] (the ones a change makes
 //! explicitly with `create-dir` or implicitly as a new file's parents), and
 //! creating one is a change like any other: undo record, event, audit delta.
@@ -90,6 +95,7 @@ use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 
 use crate::files::{Access, Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
+use crate::open::{self, Refusal};
 use crate::path::{PathError, RESERVED_PREFIX, VfsPath};
 use crate::vclock::{ClockOrder, ClockTable, VectorClock};
 use crate::vfs::{EntryKind, Stat, Vfs, VfsError, VfsLimits};
@@ -750,9 +756,19 @@ impl SessionFiles {
     /// Snapshots do not count against the quotas; at most [`MAX_SNAPSHOTS`]
     /// are kept at once.
     ///
+    /// Only the session's files are copied, each opened without waiting
+    /// (see `crate::open`); entries that are not files of the session
+    /// (FIFOs, sockets, device nodes, symbolic links, unknown files) are
+    /// skipped without being opened. A file of the session that is no longer
+    /// a regular file on disk, or is missing, fails the snapshot: it could not
+    /// be exact. Directories deeper than any guest can make (planted from
+    /// outside) are created but their contents are not copied.
+    ///
     /// # Errors
-    /// `Quota` when [`MAX_SNAPSHOTS`] are kept already; `Io` (naming the
-    /// snapshot) when copying fails, in which case nothing is kept.
+    /// `Quota` when [`MAX_SNAPSHOTS`] are kept already; `Denied` naming a
+    /// file of the session that is now a FIFO, socket, device node or
+    /// symbolic link; `Io` (naming the snapshot) when copying fails. Nothing
+    /// is kept on error.
     pub fn snapshot(&self) -> Result<SnapshotInfo, VfsError> {
         self.with(|dirs, db| {
             if db.snapshots.len() >= MAX_SNAPSHOTS {
@@ -771,17 +787,10 @@ impl SessionFiles {
             dirs.root.create_dir_all(SNAPSHOTS_DIR).map_err(fail)?;
             remove_all_if_exists(&dirs.root, &name).map_err(fail)?;
             dirs.root.create_dir(&name).map_err(fail)?;
-            let files = &db.files;
-            let copied = (|| {
-                let src = dirs.root.open_dir(FILES_DIR)?;
-                let dst = dirs.root.open_dir(&name)?;
-                copy_tree(&src, &dst, "", 0, &|rel| {
-                    files_key(rel).is_some_and(|k| files.contains_key(&k))
-                })
-            })();
+            let copied = copy_files(&dirs.root, FILES_DIR, &name, &db.files, self.max_file());
             if let Err(e) = copied {
                 let _ = dirs.root.remove_dir_all(&name);
-                return Err(fail(e));
+                return Err(e.into_vfs("snapshot", id));
             }
             db.snapshots.insert(
                 id,
@@ -829,14 +838,16 @@ impl SessionFiles {
             let fail = move |e: io::Error| io_error("restore", format!("snapshot {id}"), e);
             remove_all_if_exists(&dirs.root, RESTORE_TMP).map_err(fail)?;
             dirs.root.create_dir(RESTORE_TMP).map_err(fail)?;
-            let copied = (|| {
-                let src = dirs.root.open_dir(format!("{SNAPSHOTS_DIR}/{id}"))?;
-                let dst = dirs.root.open_dir(RESTORE_TMP)?;
-                copy_tree(&src, &dst, "", 0, &|_| true)
-            })();
+            let copied = copy_files(
+                &dirs.root,
+                &format!("{SNAPSHOTS_DIR}/{id}"),
+                RESTORE_TMP,
+                &snap.files,
+                self.max_file(),
+            );
             if let Err(e) = copied {
                 let _ = dirs.root.remove_dir_all(RESTORE_TMP);
-                return Err(fail(e));
+                return Err(e.into_vfs("restore", id));
             }
             remove_all_if_exists(&dirs.root, TRASH_TMP).map_err(fail)?;
             dirs.root
@@ -964,6 +975,12 @@ impl SessionFiles {
             (Area::Private(a), true) => format!("private/{a}"),
             (Area::Private(a), false) => format!("private/{a}/{}", key.rel),
         })
+    }
+
+    /// The most bytes one copied file may have: the per-file quota (a file
+    /// grown past it behind the session's back is not copied).
+    fn max_file(&self) -> u64 {
+        self.quotas.max_file_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -1121,8 +1138,12 @@ impl SessionFiles {
                 path: guest,
                 message: "is a directory".into(),
             },
+            Ok(m) => match open::special(m.file_type()) {
+                Some(kind) => special_denied(guest, kind),
+                None => VfsError::NotFound { path: guest },
+            },
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => io_error(op, guest, e),
-            _ => VfsError::NotFound { path: guest },
+            Err(_) => VfsError::NotFound { path: guest },
         }
     }
 
@@ -1152,9 +1173,15 @@ impl SessionFiles {
             Some(_) => {
                 // The atomic write renames a new inode over the path; this link
                 // keeps the old bytes for the undo record.
-                refuse_symlink(vfs.dir(), key)?;
-                keep_old(vfs.dir(), &key.rel, &dirs.undo, &blob(id))
-                    .map_err(|e| io_error(op.name(), guest.clone(), e))?;
+                refuse_unservable(vfs.dir(), key, op.name())?;
+                keep_old(
+                    vfs.dir(),
+                    &key.rel,
+                    &dirs.undo,
+                    &blob(id),
+                    self.quotas.max_file_bytes,
+                )
+                .map_err(|r| refused(op.name(), guest.clone(), r))?;
                 Vec::new()
             }
             None => missing_ancestors(vfs.dir(), &key.rel),
@@ -1320,8 +1347,7 @@ impl SessionFiles {
         let at = usize::try_from(len).unwrap_or(usize::MAX).min(bytes.len());
         let (kept, cut) = bytes.split_at(at);
         let id = db.next_undo_id();
-        dirs.undo
-            .write(blob(id), cut)
+        open::write_new(&dirs.undo, &blob(id), cut)
             .map_err(|e| io_error("truncate", guest.clone(), e))?;
         if let Err(e) = vfs.truncate(&key.rel, len) {
             discard_blob(&dirs.undo, id);
@@ -1376,7 +1402,7 @@ impl SessionFiles {
         let (undo, blob_bytes, before_digest) = if let Some(old) = db.files.get(key) {
             check_access(who, old, &guest, Need::Write)?;
             self.check_clock(who.agent, &old.clock, &guest)?;
-            refuse_symlink(vfs.dir(), key)?;
+            refuse_unservable(vfs.dir(), key, "delete")?;
             let before = old.clone();
             id = db.next_undo_id();
             // Moved aside, not removed: the undo record puts it back.
@@ -1410,7 +1436,7 @@ impl SessionFiles {
                     (Undo::DirDeleted, 0, None)
                 }
                 Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(guest)),
-                Ok(_) => return Err(VfsError::NotFound { path: guest }),
+                Ok(m) => return Err(not_a_file(guest, &m)),
                 Err(e) => return Err(io_error("delete", guest, e)),
             }
         };
@@ -1458,7 +1484,7 @@ impl SessionFiles {
             None => match sv.dir().symlink_metadata(&src.rel) {
                 Ok(m) if m.is_dir() => (db.files_under(src), true),
                 Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(src_guest)),
-                Ok(_) => return Err(VfsError::NotFound { path: src_guest }),
+                Ok(m) => return Err(not_a_file(src_guest, &m)),
                 Err(e) => return Err(io_error("rename", src_guest, e)),
             },
         };
@@ -1670,7 +1696,7 @@ impl SessionFiles {
         match &rec.undo {
             Undo::Created { after, made_dirs } => {
                 unchanged(after)?;
-                refuse_symlink(vfs.dir(), key)?;
+                refuse_unservable(vfs.dir(), key, "undo")?;
                 vfs.dir().remove_file(&key.rel).map_err(undo_io)?;
                 db.put(key.clone(), None);
                 let removed = remove_dirs(vfs.dir(), made_dirs);
@@ -1678,7 +1704,7 @@ impl SessionFiles {
             }
             Undo::Replaced { before, after } => {
                 unchanged(after)?;
-                refuse_symlink(vfs.dir(), key)?;
+                refuse_unservable(vfs.dir(), key, "undo")?;
                 dirs.undo
                     .rename(blob(rec.id), vfs.dir(), &key.rel)
                     .map_err(undo_io)?;
@@ -1691,7 +1717,16 @@ impl SessionFiles {
             }
             Undo::Truncated { before, after } => {
                 unchanged(after)?;
-                let cut = dirs.undo.read(blob(rec.id)).map_err(undo_io)?;
+                let cut = match open::read_file(&dirs.undo, &blob(rec.id), before.size) {
+                    Ok(Some(cut)) => cut,
+                    Ok(None) => {
+                        return Err(rec.conflict(
+                            guest.clone(),
+                            "the kept bytes changed outside the session",
+                        ));
+                    }
+                    Err(r) => return Err(refused("undo", guest.clone(), r)),
+                };
                 vfs.append(&key.rel, &cut).map_err(in_area)?;
                 db.put(key.clone(), Some((**before).clone()));
             }
@@ -1921,7 +1956,7 @@ impl FileSpace for SessionFiles {
             }
             match vfs.dir().symlink_metadata(&key.rel) {
                 Ok(m) if m.is_dir() => Ok(dir),
-                Ok(_) => Err(VfsError::NotFound { path: key.guest() }),
+                Ok(m) => Err(not_a_file(key.guest(), &m)),
                 Err(e) => Err(io_error("stat", key.guest(), e)),
             }
         })
@@ -2166,12 +2201,43 @@ fn no_snapshot(op: &'static str, id: u64) -> VfsError {
     }
 }
 
-fn refuse_symlink(dir: &Dir, key: &Key) -> Result<(), VfsError> {
-    match dir.symlink_metadata(&key.rel) {
-        Ok(m) if m.file_type().is_symlink() => Err(symlink_denied(key.guest())),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("stat", key.guest(), e)),
+/// Refuses a symlink or a FIFO, socket or device node at `key` (nothing
+/// there is fine): what a rename, a link or an unlink may not touch.
+fn refuse_unservable(dir: &Dir, key: &Key, op: &'static str) -> Result<(), VfsError> {
+    open::refusal(dir, &key.rel)
+        .map(drop)
+        .map_err(|r| refused(op, key.guest(), r))
+}
+
+/// Maps a refused open of the entry at guest path `path`.
+fn refused(op: &'static str, path: String, r: Refusal) -> VfsError {
+    match r {
+        Refusal::Io(e) => io_error(op, path, e),
+        Refusal::Directory => VfsError::Io {
+            op,
+            path,
+            message: r.reason(),
+        },
+        Refusal::Symlink | Refusal::Special(_) => VfsError::Denied {
+            path,
+            reason: r.reason(),
+        },
+    }
+}
+
+fn special_denied(path: String, kind: &str) -> VfsError {
+    VfsError::Denied {
+        path,
+        reason: open::special_reason(kind),
+    }
+}
+
+/// Why a non-directory entry that is not a file of the session is not one:
+/// a FIFO, socket or device node is `Denied`, anything else is `NotFound`.
+fn not_a_file(path: String, m: &cap_std::fs::Metadata) -> VfsError {
+    match open::special(m.file_type()) {
+        Some(kind) => special_denied(path, kind),
+        None => VfsError::NotFound { path },
     }
 }
 
@@ -2207,12 +2273,22 @@ fn remove_all_if_exists(dir: &Dir, rel: &str) -> io::Result<()> {
 }
 
 /// Keeps the current inode at `rel` under `name` in the undo directory: a hard
-/// link, or a copy where links are not possible.
-fn keep_old(dir: &Dir, rel: &str, undo: &Dir, name: &str) -> io::Result<()> {
-    match dir.hard_link(rel, undo, name) {
+/// link, or a copy (of at most `max` bytes) where links are not possible.
+/// Whatever stands at `name` already (planted: the names are predictable)
+/// is replaced, never written through.
+fn keep_old(dir: &Dir, rel: &str, undo: &Dir, name: &str, max: u64) -> Result<(), Refusal> {
+    let link = || dir.hard_link(rel, undo, name);
+    let linked = match link() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            undo.remove_file(name)?;
+            link()
+        }
+        r => r,
+    };
+    match linked {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
-        Err(_) => dir.copy(rel, undo, name).map(drop),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Refusal::Io(e)),
+        Err(_) => open::copy_file(dir, rel, undo, name, max).map(drop),
     }
 }
 
@@ -2278,7 +2354,7 @@ fn create_parent(vfs: &Vfs, key: &Key) -> Result<(), VfsError> {
 
 /// Moves an entry from one area to another (both under the session directory).
 fn move_across(from: &Vfs, src: &Key, to: &Vfs, dst: &Key) -> Result<(), VfsError> {
-    refuse_symlink(from.dir(), src)?;
+    refuse_unservable(from.dir(), src, "rename")?;
     create_parent(to, dst)?;
     from.dir()
         .rename(&src.rel, to.dir(), &dst.rel)
@@ -2322,41 +2398,124 @@ fn existing_dirs(root: &Dir) -> u64 {
     shared + private
 }
 
+/// Why copying a session's files failed: the file (relative to `files/`)
+/// and why, or an I/O failure of the copy as a whole.
+#[derive(Debug)]
+struct CopyError {
+    at: Option<String>,
+    why: Refusal,
+}
+
+impl CopyError {
+    fn whole(e: io::Error) -> CopyError {
+        CopyError {
+            at: None,
+            why: Refusal::Io(e),
+        }
+    }
+
+    fn into_vfs(self, op: &'static str, snapshot: u64) -> VfsError {
+        let guest = self.at.as_deref().and_then(files_key).map(|k| k.guest());
+        match (guest, self.why) {
+            (Some(path), why @ (Refusal::Symlink | Refusal::Special(_))) => refused(op, path, why),
+            (Some(path), why) => VfsError::Io {
+                op,
+                path: format!("snapshot {snapshot}"),
+                message: format!("{path}: {}", why.reason()),
+            },
+            (None, why) => VfsError::Io {
+                op,
+                path: format!("snapshot {snapshot}"),
+                message: why.reason(),
+            },
+        }
+    }
+}
+
+/// Copies the files of `files` (keyed as below `files/`) and every directory
+/// from `root/from` into the new directory `root/to`; see
+/// [`SessionFiles::snapshot`] for what is skipped and what fails.
+fn copy_files(
+    root: &Dir,
+    from: &str,
+    to: &str,
+    files: &BTreeMap<Key, FileMeta>,
+    max: u64,
+) -> Result<(), CopyError> {
+    let src = root.open_dir(from).map_err(CopyError::whole)?;
+    let dst = root.open_dir(to).map_err(CopyError::whole)?;
+    let keep = |rel: &str| files_key(rel).is_some_and(|k| files.contains_key(&k));
+    let mut copied = 0;
+    copy_tree(&src, &dst, "", 0, &keep, max, &mut copied)?;
+    if copied != files.len() as u64 {
+        return Err(CopyError::whole(io::Error::other(format!(
+            "{} of the session's {} files are missing from its directory \
+             (removed or replaced outside the session)",
+            files.len() as u64 - copied,
+            files.len()
+        ))));
+    }
+    Ok(())
+}
+
+/// Copies the directories below `src` and the regular files `keep` accepts
+/// (by their path relative to the top) into `dst`, counting the files in
+/// `copied`. Nothing else is opened: not symbolic links, not special
+/// entries, not files `keep` refuses. Directories deeper than
+/// [`MAX_TREE_DEPTH`] are left empty.
 fn copy_tree(
     src: &Dir,
     dst: &Dir,
     rel: &str,
     depth: usize,
     keep: &dyn Fn(&str) -> bool,
-) -> io::Result<()> {
+    max: u64,
+    copied: &mut u64,
+) -> Result<(), CopyError> {
     if depth > MAX_TREE_DEPTH {
-        return Err(io::Error::other("directory tree too deep to copy"));
+        // No guest can make such a tree (renames are bounded too); it was
+        // planted, and `existing_dirs` stops counting at the same depth.
+        tracing::warn!(
+            path = rel,
+            "a directory tree deeper than any guest can make was not copied"
+        );
+        return Ok(());
     }
-    for entry in src.entries()? {
-        let entry = entry?;
+    let at = |name: &str| {
+        if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        }
+    };
+    let fail = |child: &str, why: Refusal| CopyError {
+        at: Some(child.to_string()),
+        why,
+    };
+    for entry in src.entries().map_err(CopyError::whole)? {
+        let entry = entry.map_err(CopyError::whole)?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
         if name.starts_with(RESERVED_PREFIX) {
             continue;
         }
-        let child = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let kind = entry.file_type()?;
+        let child = at(&name);
+        // The type from the listing: nothing is opened to learn it.
+        let kind = entry.file_type().map_err(|e| fail(&child, e.into()))?;
         if kind.is_dir() {
-            dst.create_dir(&name)?;
-            copy_tree(
-                &src.open_dir(&name)?,
-                &dst.open_dir(&name)?,
-                &child,
-                depth + 1,
-                keep,
-            )?;
-        } else if kind.is_file() && keep(&child) {
-            src.copy(&name, dst, &name)?;
+            dst.create_dir(&name).map_err(|e| fail(&child, e.into()))?;
+            let sub = |d: &Dir| d.open_dir(&name).map_err(|e| fail(&child, e.into()));
+            copy_tree(&sub(src)?, &sub(dst)?, &child, depth + 1, keep, max, copied)?;
+        } else if keep(&child) {
+            if kind.is_symlink() {
+                return Err(fail(&child, Refusal::Symlink));
+            }
+            if let Some(k) = open::special(kind) {
+                return Err(fail(&child, Refusal::Special(k)));
+            }
+            open::copy_file(src, &name, dst, &name, max).map_err(|r| fail(&child, r))?;
+            *copied += 1;
         }
     }
     Ok(())
@@ -2803,6 +2962,112 @@ mod tests {
             2,
             "only sessions/ and outside.txt: {outside:?}"
         );
+    }
+
+    /// Every operation on a FIFO, socket or device node (at an unknown path,
+    /// or where a file of the session was) answers `Denied` at once;
+    /// listings hide them; snapshots skip the unknown ones and refuse a
+    /// file of the session that became one; nothing waits on them.
+    #[test]
+    fn special_entries_are_refused_without_waiting() {
+        use crate::open::tests::{mkdev, mkfifo, quickly, socket};
+        let Env { tmp, files } = env();
+        let files = Arc::new(files);
+        let a = id("alice");
+        files.set_strict(false);
+        files.write(ring2(&a), "shared/known", b"known").unwrap();
+        files.write(ring2(&a), "mine", b"mine").unwrap();
+        files.write(ring2(&a), "shared/keep", b"keep").unwrap();
+        let base = tmp.path().join("sessions/s1/files");
+        let (shared, private) = (base.join("shared"), base.join("agents/alice"));
+        mkfifo(&shared.join("fifo"));
+        mkfifo(&private.join("pfifo"));
+        let _listener = socket(&shared.join("sock"));
+        let mut unknown = vec!["shared/fifo", "pfifo", "shared/sock"];
+        if mkdev(&shared.join("dev")) {
+            unknown.push("shared/dev");
+        }
+        // A snapshot skips entries that are not files of the session.
+        let snap = {
+            let f = files.clone();
+            quickly("snapshot", move || f.snapshot()).unwrap()
+        };
+        assert_eq!(snap.files, 3);
+        // Files of the session replaced behind its back.
+        std::fs::remove_file(shared.join("known")).unwrap();
+        mkfifo(&shared.join("known"));
+        std::fs::remove_file(private.join("mine")).unwrap();
+        mkfifo(&private.join("mine"));
+
+        type Op = fn(&SessionFiles, Caller<'_>, &str) -> Result<(), VfsError>;
+        let ops: [(&str, Op); 8] = [
+            ("read", |f, w, p| f.read(w, p).map(drop)),
+            ("append", |f, w, p| f.append(w, p, b"x").map(drop)),
+            ("truncate", |f, w, p| f.truncate(w, p, 0).map(drop)),
+            ("write", |f, w, p| f.write(w, p, b"x").map(drop)),
+            ("delete", |f, w, p| f.delete(w, p).map(drop)),
+            ("rename", |f, w, p| f.rename(w, p, "moved").map(drop)),
+            ("stat", |f, w, p| f.stat(w, p).map(drop)),
+            ("hash", |f, w, p| f.hash(w, p).map(drop)),
+        ];
+        for path in unknown.iter().copied().chain(["shared/known", "mine"]) {
+            for (what, op) in ops {
+                let known = path == "shared/known" || path == "mine";
+                // A file of the session is described from its metadata,
+                // which touches nothing on disk; truncate of an unknown
+                // path is NotFound before anything is looked at.
+                if known && matches!(what, "stat" | "hash") {
+                    continue;
+                }
+                let (f, agent) = (files.clone(), a.clone());
+                let r = quickly(&format!("{what} {path}"), move || {
+                    op(&f, ring2(&agent), path)
+                });
+                let ok = match (&r, what) {
+                    (Err(VfsError::Denied { path: p, reason }), _) => {
+                        p == path
+                            && (reason.contains("FIFO")
+                                || reason.contains("socket")
+                                || reason.contains("device"))
+                    }
+                    (Err(VfsError::NotFound { .. }), "truncate") => !known,
+                    _ => false,
+                };
+                assert!(ok, "{what} {path}: {r:?}");
+            }
+        }
+        // Listings show neither the planted entries nor the replaced files.
+        assert_eq!(files.list(ring2(&a), "shared").unwrap(), ["keep"]);
+        assert_eq!(files.list(ring2(&a), "").unwrap(), ["shared"]);
+        // A file of the session that is now a FIFO: the snapshot cannot be
+        // exact, so it fails (naming it) and keeps nothing.
+        let f = files.clone();
+        match quickly("snapshot", move || f.snapshot()) {
+            Err(VfsError::Denied { path, .. }) => {
+                assert!(path == "shared/known" || path == "mine", "{path}")
+            }
+            other => panic!("snapshot over a FIFO: {other:?}"),
+        }
+        assert!(!base.join("../snapshots/2").exists());
+        // A restore never opens what was planted in the snapshot's copy.
+        let copy = tmp
+            .path()
+            .join("sessions/s1/snapshots")
+            .join(snap.id.to_string());
+        std::fs::remove_file(copy.join("shared/keep")).unwrap();
+        mkfifo(&copy.join("shared/keep"));
+        let f = files.clone();
+        assert!(matches!(
+            quickly("restore", move || f.restore(snap.id)),
+            Err(VfsError::Denied { path, .. }) if path == "shared/keep"
+        ));
+        assert!(
+            std::fs::symlink_metadata(shared.join("keep"))
+                .unwrap()
+                .is_file(),
+            "a failed restore leaves the session as it was"
+        );
+        assert_eq!(files.read(ring2(&a), "shared/keep").unwrap(), b"keep");
     }
 
     #[test]
