@@ -1,5 +1,6 @@
 //! The session VFS against a hostile environment, with real guest calls:
-//! FIFOs, sockets and device nodes planted in a session's directory.
+//! FIFOs, sockets and device nodes planted in a session's directory, hard
+//! links planted from outside it, and trees nested to deny snapshots.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -186,4 +187,42 @@ read shared/plain";
         took < Duration::from_secs(10),
         "the script took {took:?}:\n{report}"
     );
+}
+
+/// A hard link planted from outside where a shared file was: the guest's
+/// append and truncating undo never reach the outside file.
+#[tokio::test]
+async fn a_guest_cannot_append_through_a_planted_hard_link() {
+    let h = Hv::new();
+    let s = h.session();
+    h.join(&s, "did:test:a", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    h.put_shared(&s, "doc", "outside");
+    h.script(&s, "did:test:a", "read shared/doc").await;
+    let outside = h.state.path().join("outside.txt");
+    std::fs::write(&outside, b"outside").unwrap();
+    let doc = h.dir(&s).join("files/shared/doc");
+    std::fs::remove_file(&doc).unwrap();
+    std::fs::hard_link(&outside, &doc).unwrap();
+    let out = h
+        .script(
+            &s,
+            "did:test:a",
+            "append shared/doc pwned\nread shared/doc\nwrite shared/doc mine\nappend shared/doc !",
+        )
+        .await;
+    assert_err(&out, "append shared/doc pwned", "denied");
+    assert!(
+        line(&out, "append shared/doc pwned").contains("hard links"),
+        "{out}"
+    );
+    assert_eq!(assert_ok(&out, "read shared/doc"), "outside");
+    assert_ok(&out, "write shared/doc mine");
+    assert_ok(&out, "append shared/doc !");
+    assert_eq!(
+        std::fs::read(&outside).unwrap(),
+        b"outside",
+        "the outside file is unchanged"
+    );
+    assert_eq!(std::fs::read(&doc).unwrap(), b"mine!");
 }

@@ -1,4 +1,5 @@
-//! Opening directory entries so that no VFS operation can wait in the kernel.
+//! Opening directory entries so that no VFS operation can wait in the kernel
+//! or change an inode that is linked from somewhere else.
 //!
 //! A FIFO opened for reading waits for a writer (and for writing, for a
 //! reader); a device's `open` runs its driver; a file with a lease waits for
@@ -13,7 +14,8 @@
 //!    `O_CLOEXEC`), and `O_NOFOLLOW` for changes, so that an entry swapped in
 //!    between the two steps cannot block the open either;
 //! 3. the authoritative check, `fstat` on the opened handle: anything but a
-//!    regular file is refused.
+//!    regular file is refused, and a file that will be changed in place must
+//!    have exactly one link.
 //!
 //! `O_NONBLOCK` stays set on the handle: Linux ignores it for regular files,
 //! which are the only handles that survive step 3.
@@ -24,7 +26,9 @@
 
 use std::io::{self, Read, Write};
 
-use cap_std::fs::{Dir, File, FileType, FileTypeExt, Metadata, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{
+    Dir, File, FileType, FileTypeExt, Metadata, MetadataExt, OpenOptions, OpenOptionsExt,
+};
 use rustix::fs::OFlags;
 
 /// What an entry is opened for.
@@ -34,10 +38,10 @@ pub(crate) enum How {
     /// (never out of the directory).
     Read,
     /// Appending, creating the file when nothing is at the path. Links are
-    /// not followed.
+    /// not followed and the file must have no other name.
     Append,
     /// Changing an existing file in place (its length). Links are not
-    /// followed.
+    /// followed and the file must have no other name.
     Change,
 }
 
@@ -52,6 +56,9 @@ pub(crate) enum Refusal {
     Directory,
     /// A FIFO, socket or device node: its description.
     Special(&'static str),
+    /// A file to be changed in place has this many links: the change would
+    /// reach every other name of it too.
+    Linked(u64),
 }
 
 impl From<io::Error> for Refusal {
@@ -68,6 +75,10 @@ impl Refusal {
             Refusal::Symlink => "is a symbolic link; links are never modified".into(),
             Refusal::Directory => "is a directory".into(),
             Refusal::Special(kind) => special_reason(kind),
+            Refusal::Linked(n) => format!(
+                "has {n} hard links; a file with other names is never changed in place \
+                 (the change would reach them too)"
+            ),
         }
     }
 }
@@ -155,6 +166,9 @@ pub(crate) fn open_file(dir: &Dir, rel: &str, how: How) -> Result<(File, Metadat
     }
     if let Some(kind) = special(meta.file_type()) {
         return Err(Refusal::Special(kind));
+    }
+    if how != How::Read && meta.nlink() > 1 {
+        return Err(Refusal::Linked(meta.nlink()));
     }
     Ok((file, meta))
 }
@@ -334,6 +348,28 @@ pub(crate) mod tests {
             .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32);
         let f = quickly("open", move || d.open_with("fifo", &opts)).unwrap();
         assert!(special(f.metadata().unwrap().file_type()).is_some());
+    }
+
+    #[test]
+    fn files_with_other_links_are_never_changed_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), b"outside").unwrap();
+        std::fs::hard_link(outside.path().join("victim"), t.path().join("link")).unwrap();
+        let d = dir(&t);
+        assert!(matches!(
+            open_file(&d, "link", How::Append),
+            Err(Refusal::Linked(2))
+        ));
+        assert!(matches!(
+            open_file(&d, "link", How::Change),
+            Err(Refusal::Linked(2))
+        ));
+        assert!(open_file(&d, "link", How::Read).is_ok(), "reading is fine");
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"outside"
+        );
     }
 
     #[test]

@@ -36,7 +36,11 @@
 //! operation that meets one answers `Denied`, listings hide them, snapshots
 //! and restores do not copy them (see [`SessionFiles::snapshot`]). A regular
 //! file is opened only through `crate::open` (non-blocking, its type
-//! checked on the handle). Directories have no ACL and no clock;
+//! checked on the handle), and one with other hard links is never changed in
+//! place (appended to, truncated): the change would reach its other names,
+//! possibly outside the session. The session's own links never outlive an
+//! operation: a replaced file's old inode stays linked only at its undo
+//! record once the new one is renamed over the path. Directories have no ACL and no clock;
 //! they are counted against [`FileQuotas::max_dirs`] (the ones a change makes
 //! explicitly with `create-dir` or implicitly as a new file's parents), and
 //! creating one is a change like any other: undo record, event, audit delta.
@@ -2218,7 +2222,7 @@ fn refused(op: &'static str, path: String, r: Refusal) -> VfsError {
             path,
             message: r.reason(),
         },
-        Refusal::Symlink | Refusal::Special(_) => VfsError::Denied {
+        Refusal::Symlink | Refusal::Special(_) | Refusal::Linked(_) => VfsError::Denied {
             path,
             reason: r.reason(),
         },
@@ -2417,7 +2421,9 @@ impl CopyError {
     fn into_vfs(self, op: &'static str, snapshot: u64) -> VfsError {
         let guest = self.at.as_deref().and_then(files_key).map(|k| k.guest());
         match (guest, self.why) {
-            (Some(path), why @ (Refusal::Symlink | Refusal::Special(_))) => refused(op, path, why),
+            (Some(path), why @ (Refusal::Symlink | Refusal::Special(_) | Refusal::Linked(_))) => {
+                refused(op, path, why)
+            }
             (Some(path), why) => VfsError::Io {
                 op,
                 path: format!("snapshot {snapshot}"),
@@ -3068,6 +3074,60 @@ mod tests {
             "a failed restore leaves the session as it was"
         );
         assert_eq!(files.read(ring2(&a), "shared/keep").unwrap(), b"keep");
+    }
+
+    /// A hard link planted where a file of the session was (or made to one
+    /// of its files from outside) is never changed in place; the file
+    /// outside keeps its bytes through every operation and every undo.
+    #[test]
+    fn planted_hard_links_are_never_changed_in_place() {
+        let e = env();
+        let a = id("alice");
+        let w = ring2(&a);
+        e.files.set_strict(false);
+        let outside = e.tmp.path().join("outside.txt");
+        std::fs::write(&outside, b"outside").unwrap();
+        let shared = e.files_dir().join("shared");
+        e.files.write(w, "shared/doc", b"outside").unwrap();
+        let appended = e.files.append(w, "shared/grow", b"abc").unwrap();
+        let appended = e
+            .files
+            .append(w, "shared/grow", b"def")
+            .unwrap()
+            .undo
+            .or(appended.undo)
+            .unwrap();
+        let truncated = e.files.truncate(w, "shared/grow", 2).unwrap().undo.unwrap();
+        // Replace the session's files with links to the outside file.
+        std::fs::remove_file(shared.join("doc")).unwrap();
+        std::fs::hard_link(&outside, shared.join("doc")).unwrap();
+        fn linked<T>(r: Result<T, VfsError>) -> bool {
+            matches!(&r, Err(VfsError::Denied { reason, .. }) if reason.contains("hard links"))
+        }
+        assert!(linked(e.files.append(w, "shared/doc", b" pwned")));
+        assert!(linked(e.files.truncate(w, "shared/doc", 1)));
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+        // An undo that would truncate or append in place is refused too.
+        let link = e.tmp.path().join("grow-link");
+        std::fs::hard_link(shared.join("grow"), &link).unwrap();
+        assert!(linked(e.files.undo(truncated)));
+        assert_eq!(std::fs::read(&link).unwrap(), b"ab");
+        std::fs::remove_file(&link).unwrap();
+        e.files.undo(truncated).unwrap();
+        assert_eq!(e.files.read(w, "shared/grow").unwrap(), b"abcdef");
+        std::fs::hard_link(shared.join("grow"), &link).unwrap();
+        assert!(linked(e.files.undo(appended)));
+        assert_eq!(std::fs::read(&link).unwrap(), b"abcdef");
+        // A write puts a new inode at the path; the outside file keeps its bytes.
+        let c = e.files.write(w, "shared/doc", b"new").unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+        assert_eq!(e.files.read(w, "shared/doc").unwrap(), b"new");
+        e.files.append(w, "shared/doc", b"!").unwrap();
+        assert_eq!(e.files.read(w, "shared/doc").unwrap(), b"new!");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+        // Its undo puts the old entry back (the link), changing no bytes.
+        e.files.undo(c.undo.unwrap()).unwrap_err();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
     }
 
     #[test]

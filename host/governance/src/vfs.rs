@@ -12,7 +12,10 @@
 //! node in the directory (which no guest can create) is refused with
 //! `Denied` by every operation, listings leave it out, and nothing ever
 //! waits on it: entries are opened only through `crate::open`
-//! (non-blocking, type checked on the handle).
+//! (non-blocking, type checked on the handle). A file with other hard links
+//! may be read or replaced (a write puts a new inode at the path), but never
+//! changed in place: an append or a truncation would reach its other names,
+//! which may lie outside the directory.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,7 +145,7 @@ impl VfsError {
                 path: path.to_string(),
                 message: r.reason(),
             },
-            Refusal::Symlink | Refusal::Special(_) => VfsError::Denied {
+            Refusal::Symlink | Refusal::Special(_) | Refusal::Linked(_) => VfsError::Denied {
                 path: path.to_string(),
                 reason: r.reason(),
             },
@@ -293,7 +296,8 @@ impl Vfs {
     /// Appends to a file, creating it and its parents if needed.
     ///
     /// # Errors
-    /// As [`Vfs::write`]; `Quota` if the file would exceed `max_file_bytes`.
+    /// As [`Vfs::write`]; `Quota` if the file would exceed `max_file_bytes`;
+    /// `Denied` if the file has other hard links.
     pub fn append(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
         self.refuse_unservable("append", &p)?;
@@ -308,7 +312,8 @@ impl Vfs {
     /// Shortens a file to `len` bytes (host use: undoing an append).
     ///
     /// # Errors
-    /// `InvalidPath`, `NotFound`, `Denied` (a symlink, a special entry) or `Io`.
+    /// `InvalidPath`, `NotFound`, `Denied` (a symlink, a special entry, a
+    /// file with other hard links) or `Io`.
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
         let (f, _) = open::open_file(&self.dir, p.as_str(), How::Change)
@@ -426,6 +431,7 @@ impl Vfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::FileSpace;
     use cap_std::ambient_authority;
 
     fn setup() -> (tempfile::TempDir, std::path::PathBuf, Vfs) {
@@ -660,6 +666,34 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         assert!(fs("fifo").file_type().is_fifo(), "left as it was");
         assert!(fs("sock").file_type().is_socket());
+    }
+
+    #[test]
+    fn planted_hard_links_are_never_changed_in_place() {
+        let (t, inner, vfs) = setup();
+        let victim = t.path().join("sentinel.txt");
+        std::fs::hard_link(&victim, inner.join("link.txt")).unwrap();
+        let linked = |r: Result<(), VfsError>| matches!(r, Err(VfsError::Denied { reason, .. }) if reason.contains("hard links"));
+        assert!(linked(vfs.append("link.txt", b" pwned")));
+        assert!(linked(vfs.truncate("link.txt", 0)));
+        assert!(linked(
+            FileSpace::append(
+                &vfs,
+                crate::files::Caller::untraced(
+                    &ahv_core::AgentId::new("a").unwrap(),
+                    ahv_core::Ring::Standard
+                ),
+                "link.txt",
+                b"x"
+            )
+            .map(drop)
+        ));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"outside");
+        // A write puts a new inode at the path: the other name keeps its bytes.
+        vfs.write("link.txt", b"mine").unwrap();
+        assert_eq!(vfs.read("link.txt").unwrap(), b"mine");
+        vfs.append("link.txt", b"!").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"outside");
     }
 
     #[test]
