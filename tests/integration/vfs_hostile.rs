@@ -226,3 +226,44 @@ async fn a_guest_cannot_append_through_a_planted_hard_link() {
     );
     assert_eq!(std::fs::read(&doc).unwrap(), b"mine!");
 }
+
+/// Three calls by a ring-2 agent (two deep trees, then a rename nesting one
+/// into the other) used to make every later snapshot of the session fail.
+/// The rename is refused as an invalid path, and the other agents'
+/// snapshots and restores keep working.
+#[tokio::test]
+async fn nesting_trees_by_rename_cannot_deny_snapshots_to_the_others() {
+    let h = Hv::new();
+    let s = h.session();
+    h.join(&s, "did:test:hostile", 0.8, ahv_agents::SCRIPTED)
+        .await;
+    h.join(&s, "did:test:other", 0.8, ahv_agents::SCRIPTED)
+        .await;
+    h.hv.activate_session(&s).unwrap();
+    let deep = |p: &str| {
+        (1..=32)
+            .map(|i| format!("{p}{i}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let script = format!(
+        "mkdir {a}\nmkdir {b}\nrename a1 {b}/x\nrename a1 shared/a1\nrename a1/a2 b1/b2/x",
+        a = deep("a"),
+        b = deep("b"),
+    );
+    let out = h.script(&s, "did:test:hostile", &script).await;
+    assert_ok(&out, &format!("mkdir {}", deep("a")));
+    for l in out.lines().filter(|l| l.starts_with("rename")) {
+        assert!(
+            l.contains("-> err invalid-path:"),
+            "nesting must be refused:\n{out}"
+        );
+    }
+    h.script(&s, "did:test:other", "write shared/doc v1").await;
+    let snap = h.hv.snapshot(&s).expect("snapshots keep working");
+    h.script(&s, "did:test:other", "read shared/doc\nwrite shared/doc v2")
+        .await;
+    h.hv.restore(&s, snap.id).expect("restores too");
+    let out = h.script(&s, "did:test:other", "read shared/doc").await;
+    assert_eq!(assert_ok(&out, "read shared/doc"), "v1");
+}

@@ -1498,6 +1498,9 @@ impl SessionFiles {
                 reason: format!("cannot move directory {src_guest} into itself"),
             });
         }
+        if is_dir {
+            check_nesting(sv.dir(), src, dst).map_err(VfsError::InvalidPath)?;
+        }
         for (suffix, m) in &moved {
             let path = src.with_suffix(suffix).guest();
             check_access(who, m, &path, Need::Write)?;
@@ -1827,6 +1830,21 @@ impl SessionFiles {
                 {
                     return Err(rec.conflict(dst_guest, "the renamed entry is gone"));
                 }
+                // Directories made below the renamed one since would nest
+                // deeper than a guest may name once it moves back.
+                if dv
+                    .dir()
+                    .symlink_metadata(&dst.rel)
+                    .is_ok_and(|m| m.is_dir())
+                    && let Err(e) = check_nesting(dv.dir(), dst, key)
+                {
+                    return Err(rec.conflict(
+                        guest.clone(),
+                        &format!(
+                            "moving back would nest too deep ({e}); undo the later changes first"
+                        ),
+                    ));
+                }
                 // The old path's parents may be gone since: moving back makes them.
                 let back = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 if key.area == dst.area {
@@ -2002,6 +2020,11 @@ impl FileSpace for SessionFiles {
     /// gets the creation ACL; a shared file moved into the caller's private
     /// area needs read and write access). A directory moves with every file
     /// below it; each needs the same access and passes the same clock check.
+    /// Nesting is bounded here, where trees are made: a move that would give
+    /// an entry below the directory a guest path deeper than
+    /// [`crate::path::MAX_DEPTH`] or longer than
+    /// [`crate::path::MAX_PATH_BYTES`] is `InvalidPath`, so every tree that
+    /// exists can be named by guests and copied by snapshots.
     fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
         let from = file_key(who.agent, src)?;
         let to = file_key(who.agent, dst)?;
@@ -2354,6 +2377,82 @@ fn create_parent(vfs: &Vfs, key: &Key) -> Result<(), VfsError> {
             .map_err(|e| in_guest_terms(e, &key.area)),
         None => Ok(()),
     }
+}
+
+/// Refuses to move directory `from` (in `dir`) to `to` when an entry below it
+/// would get a guest path longer or deeper than a guest may name
+/// ([`crate::path::MAX_PATH_BYTES`], [`crate::path::MAX_DEPTH`]): nesting
+/// is bounded where trees are made, so every tree that exists can be named,
+/// listed, deleted and copied into a snapshot.
+fn check_nesting(dir: &Dir, from: &Key, to: &Key) -> Result<(), PathError> {
+    use crate::path::{MAX_DEPTH, MAX_PATH_BYTES};
+    let base = to.guest();
+    let base_depth = base.split('/').count();
+    // Looking deeper than the limit allows is pointless: one level beyond it
+    // already refuses.
+    let allowed = MAX_DEPTH.saturating_sub(base_depth);
+    let extent = extent_below(dir, &from.rel, allowed + 1);
+    let shown = || {
+        let mut s: String = base.chars().take(64).collect();
+        s.push_str("/…");
+        s
+    };
+    if base_depth + extent.depth > MAX_DEPTH {
+        return Err(PathError::TooDeep {
+            path: shown(),
+            depth: base_depth + extent.depth,
+            max: MAX_DEPTH,
+        });
+    }
+    if base.len() + extent.bytes > MAX_PATH_BYTES {
+        return Err(PathError::TooLong {
+            len: base.len() + extent.bytes,
+            max: MAX_PATH_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// How deep and how long the paths below a directory are.
+#[derive(Debug, Default, Clone, Copy)]
+struct Extent {
+    /// Most components below it.
+    depth: usize,
+    /// Most bytes below it, each component with its leading `/`.
+    bytes: usize,
+}
+
+/// The extent of the entries below directory `rel` (symbolic links not
+/// followed, the host's reserved names left out), looking at most `max`
+/// levels down; unreadable parts count as empty.
+fn extent_below(dir: &Dir, rel: &str, max: usize) -> Extent {
+    fn walk(dir: &Dir, depth: usize, bytes: usize, max: usize, out: &mut Extent) {
+        let Ok(entries) = dir.entries() else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            let (d, b) = (depth + 1, bytes + 1 + name.len());
+            out.depth = out.depth.max(d);
+            out.bytes = out.bytes.max(b);
+            if d < max
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+                && let Ok(sub) = entry.open_dir()
+            {
+                walk(&sub, d, b, max, out);
+            }
+        }
+    }
+    let mut out = Extent::default();
+    if let Ok(top) = dir.open_dir(if rel.is_empty() { "." } else { rel }) {
+        walk(&top, 0, 0, max, &mut out);
+    }
+    out
 }
 
 /// Moves an entry from one area to another (both under the session directory).
@@ -3128,6 +3227,107 @@ mod tests {
         // Its undo puts the old entry back (the link), changing no bytes.
         e.files.undo(c.undo.unwrap()).unwrap_err();
         assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+    }
+
+    /// The hostile sequence that made every later snapshot fail: two deep
+    /// trees and one rename that nests one into the other. Nesting is
+    /// bounded where it happens, so the rename is refused and snapshots go
+    /// on working for everyone.
+    #[test]
+    fn renames_never_nest_trees_deeper_than_a_guest_path() {
+        let e = env();
+        let (a, b) = (id("alice"), id("bob"));
+        let (wa, wb) = (ring2(&a), ring2(&b));
+        e.files.set_strict(false);
+        let deep = |p: &str| {
+            (1..=crate::path::MAX_DEPTH)
+                .map(|i| format!("{p}{i}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        e.files.create_dir(wa, &deep("a")).unwrap();
+        e.files.create_dir(wa, &deep("b")).unwrap();
+        e.files
+            .write(
+                wa,
+                &format!("{}/f", deep("c").rsplit_once('/').unwrap().0),
+                b"f",
+            )
+            .unwrap();
+        e.files.write(wb, "shared/doc", b"bob's").unwrap();
+        let before = e.state();
+        let too_deep = |r: Result<FileChange, VfsError>| {
+            matches!(r, Err(VfsError::InvalidPath(PathError::TooDeep { .. })))
+        };
+        // Into another deep tree, one level deeper, into shared/ (one more
+        // component).
+        assert!(too_deep(e.files.rename(
+            wa,
+            "a1",
+            &format!("{}/x", deep("b"))
+        )));
+        assert!(too_deep(e.files.rename(wa, "a1/a2", "b1/b2/n")));
+        assert!(too_deep(e.files.rename(wa, "a1", "shared/a1")));
+        assert!(
+            too_deep(e.files.rename(wa, "c1", "shared/c1")),
+            "files count too"
+        );
+        assert_eq!(e.state(), before, "a refused rename changes nothing");
+        // Exactly as deep as a guest path may be is fine.
+        e.files.rename(wa, "a1/a2", "z").unwrap();
+        e.files.rename(wa, "z", "y/z").unwrap();
+        e.files
+            .list(wa, &deep("a").replacen("a1/a2", "y/z", 1))
+            .unwrap();
+        // Too long in bytes: four 200-byte names below the one moved under
+        // two more.
+        let long = |c: char| c.to_string().repeat(200);
+        let tree = (0..5).map(|_| long('l')).collect::<Vec<_>>().join("/");
+        e.files.create_dir(wa, &tree).unwrap();
+        assert!(matches!(
+            e.files
+                .rename(wa, &long('l'), &format!("{0}/{0}/x", long('m'))),
+            Err(VfsError::InvalidPath(PathError::TooLong { .. }))
+        ));
+        // Snapshots work for everyone, and restore.
+        let snap = e.files.snapshot().unwrap();
+        e.files.write(wb, "shared/doc", b"changed").unwrap();
+        e.files.restore(snap.id).unwrap();
+        assert_eq!(e.files.read(wb, "shared/doc").unwrap(), b"bob's");
+    }
+
+    /// Undoing a rename moves the directory back with whatever was made
+    /// below it since: refused when that would nest too deep.
+    #[test]
+    fn undoing_a_rename_never_nests_too_deep() {
+        let e = env();
+        let a = id("alice");
+        let w = ring2(&a);
+        let path = |p: &str, n: usize| {
+            (1..=n)
+                .map(|i| format!("{p}{i}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        e.files.create_dir(w, &path("d", 31)).unwrap();
+        let r = e.files.rename(w, &path("d", 31), "top").unwrap();
+        e.files
+            .create_dir(w, &format!("top/{}", path("x", 20)))
+            .unwrap();
+        let before = e.state();
+        assert!(matches!(
+            e.files.undo(r.undo.unwrap()),
+            Err(VfsError::Conflict { reason, .. }) if reason.contains("too deep")
+        ));
+        assert_eq!(e.state(), before);
+        e.files
+            .delete(w, &format!("top/{}", path("x", 20)))
+            .unwrap();
+        for n in (1..20).rev() {
+            e.files.delete(w, &format!("top/{}", path("x", n))).unwrap();
+        }
+        e.files.undo(r.undo.unwrap()).unwrap();
+        assert!(e.files.stat(w, &path("d", 31)).is_ok());
     }
 
     #[test]
