@@ -22,6 +22,8 @@ use thiserror::Error;
 
 pub use crate::state::Isolation;
 
+pub mod files;
+
 /// How writes from different agents are reconciled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -127,7 +129,7 @@ impl fmt::Display for SessionState {
 }
 
 /// Agent ids starting with this are the hypervisor's own (such as the
-/// vector-clock entry restores tick, [`crate::session_vfs::RESTORE_CLOCK`]):
+/// vector-clock entry restores tick, [`crate::session::files::RESTORE_CLOCK`]):
 /// no agent joins under one.
 pub const RESERVED_AGENT_PREFIX: &str = "ahv:";
 

@@ -18,7 +18,7 @@ use cap_std::fs::Dir;
 
 use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::locks::{LockError, LockManager, LockMode, LockResource};
-use crate::session_vfs::{
+use crate::session::files::{
     DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
 };
 use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};

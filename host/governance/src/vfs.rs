@@ -119,7 +119,11 @@ pub enum VfsError {
 
 impl VfsError {
     fn from_io(op: &'static str, path: &VfsPath, e: io::Error) -> VfsError {
-        let path = path.as_str().to_string();
+        VfsError::io(op, path.to_string(), e)
+    }
+
+    /// Maps an I/O error of `op` on `path` (as the caller names it).
+    pub(crate) fn io(op: &'static str, path: String, e: io::Error) -> VfsError {
         match e.kind() {
             io::ErrorKind::NotFound => VfsError::NotFound { path },
             io::ErrorKind::AlreadyExists => VfsError::AlreadyExists { path },
@@ -137,16 +141,16 @@ impl VfsError {
     }
 
     /// Maps a refused open of `path` (an area-relative or guest path).
-    pub(crate) fn refused(op: &'static str, path: &VfsPath, r: Refusal) -> VfsError {
+    pub(crate) fn refused(op: &'static str, path: String, r: Refusal) -> VfsError {
         match r {
-            Refusal::Io(e) => VfsError::from_io(op, path, e),
+            Refusal::Io(e) => VfsError::io(op, path, e),
             Refusal::Directory => VfsError::Io {
                 op,
-                path: path.to_string(),
+                path,
                 message: r.reason(),
             },
             Refusal::Symlink | Refusal::Special(_) | Refusal::Linked(_) => VfsError::Denied {
-                path: path.to_string(),
+                path,
                 reason: r.reason(),
             },
         }
@@ -197,7 +201,7 @@ impl Vfs {
                 path: p.to_string(),
                 reason: format!("file exceeds the read limit {max}"),
             }),
-            Err(r) => Err(VfsError::refused("read", &p, r)),
+            Err(r) => Err(VfsError::refused("read", p.to_string(), r)),
         }
     }
 
@@ -253,7 +257,11 @@ impl Vfs {
             .metadata(p.as_str())
             .map_err(|e| VfsError::from_io("stat", &p, e))?;
         if let Some(kind) = open::special(meta.file_type()) {
-            return Err(VfsError::refused("stat", &p, Refusal::Special(kind)));
+            return Err(VfsError::refused(
+                "stat",
+                p.to_string(),
+                Refusal::Special(kind),
+            ));
         }
         Ok(if meta.is_dir() {
             Stat {
@@ -303,7 +311,7 @@ impl Vfs {
         self.refuse_unservable("append", &p)?;
         self.create_parent(&p)?;
         let (mut f, meta) = open::open_file(&self.dir, p.as_str(), How::Append)
-            .map_err(|r| VfsError::refused("append", &p, r))?;
+            .map_err(|r| VfsError::refused("append", p.to_string(), r))?;
         self.check_size(&p, meta.len().saturating_add(contents.len() as u64))?;
         f.write_all(contents)
             .map_err(|e| VfsError::from_io("append", &p, e))
@@ -317,7 +325,7 @@ impl Vfs {
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
         let (f, _) = open::open_file(&self.dir, p.as_str(), How::Change)
-            .map_err(|r| VfsError::refused("truncate", &p, r))?;
+            .map_err(|r| VfsError::refused("truncate", p.to_string(), r))?;
         f.set_len(len)
             .map_err(|e| VfsError::from_io("truncate", &p, e))
     }
@@ -329,8 +337,8 @@ impl Vfs {
     /// device node) or `Io` (a non-empty directory).
     pub fn delete(&self, path: &str) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        let Some(meta) =
-            open::refusal(&self.dir, p.as_str()).map_err(|r| VfsError::refused("delete", &p, r))?
+        let Some(meta) = open::refusal(&self.dir, p.as_str())
+            .map_err(|r| VfsError::refused("delete", p.to_string(), r))?
         else {
             return Err(VfsError::NotFound {
                 path: p.to_string(),
@@ -353,7 +361,7 @@ impl Vfs {
         let s = VfsPath::parse(src)?;
         let d = VfsPath::parse(dst)?;
         if open::refusal(&self.dir, s.as_str())
-            .map_err(|r| VfsError::refused("rename", &s, r))?
+            .map_err(|r| VfsError::refused("rename", s.to_string(), r))?
             .is_none()
         {
             return Err(VfsError::NotFound {
@@ -401,7 +409,7 @@ impl Vfs {
     fn refuse_unservable(&self, op: &'static str, p: &VfsPath) -> Result<(), VfsError> {
         open::refusal(&self.dir, p.as_str())
             .map(drop)
-            .map_err(|r| VfsError::refused(op, p, r))
+            .map_err(|r| VfsError::refused(op, p.to_string(), r))
     }
 
     fn create_parent(&self, p: &VfsPath) -> Result<(), VfsError> {
