@@ -19,7 +19,7 @@ use cap_std::fs::Dir;
 use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::locks::{LockError, LockManager, LockMode, LockResource};
 use crate::session::files::{
-    DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
+    Area, AreaPath, DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
 };
 use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
 use crate::vclock::ClockTable;
@@ -321,7 +321,7 @@ impl SessionCore {
         target: &LockTarget,
     ) -> Result<LockResource, VfsError> {
         Ok(match target {
-            LockTarget::Path(p) => LockResource::path(&self.files.lock_path(who, p)?),
+            LockTarget::Path(p) => LockResource::path(&self.files.area_path(who, p)?),
             LockTarget::Key(k) => LockResource::key(k),
         })
     }
@@ -381,19 +381,21 @@ impl SessionCore {
         Ok(mode)
     }
 
-    /// The locks `agent` holds, named as it would name them.
+    /// The locks `agent` holds, named as it would name them (a place in
+    /// its own private area by its bare path; anything else, the private
+    /// area's root included, by the place's full name).
     pub fn held(&self, agent: &AgentId) -> Vec<(LockTarget, LockMode)> {
-        let private = format!("private/{agent}/");
         self.locks
             .held_by(agent)
             .into_iter()
             .filter_map(|(r, m)| {
-                let s = r.as_str();
-                let target = if let Some(k) = s.strip_prefix("key:") {
-                    LockTarget::Key(k.to_string())
-                } else {
-                    let p = s.strip_prefix("path:")?;
-                    LockTarget::Path(p.strip_prefix(&private).unwrap_or(p).to_string())
+                let target = match r.place() {
+                    Some(AreaPath {
+                        area: Area::Private(owner),
+                        rel,
+                    }) if owner == agent && !rel.is_root() => LockTarget::Path(rel.to_string()),
+                    Some(place) => LockTarget::Path(place.to_string()),
+                    None => LockTarget::Key(r.key_name()?.to_string()),
                 };
                 Some((target, m))
             })
@@ -407,18 +409,18 @@ impl SessionCore {
         if self.state.isolation() != Isolation::Serializable {
             return Ok(());
         }
-        let canonical = self.files.lock_path(who, path)?;
-        if !canonical.starts_with("shared") {
+        let place = self.files.area_path(who, path)?;
+        if place.area != Area::Shared {
             return Ok(());
         }
         if self
             .locks
-            .holds(who.agent, &LockResource::path(&canonical), mode)
+            .holds(who.agent, &LockResource::path(&place), mode)
         {
             return Ok(());
         }
         Err(VfsError::Denied {
-            path: canonical,
+            path: place.to_string(),
             reason: format!(
                 "serializable isolation: {} needs a {mode} lock on this shared path",
                 who.agent

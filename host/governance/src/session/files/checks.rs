@@ -13,7 +13,7 @@ use crate::vfs::VfsError;
 
 use super::fs::extent_below;
 use super::meta::FileMeta;
-use super::namespace::{Area, Key};
+use super::namespace::{Area, AreaPath};
 use super::{SessionFiles, Usage};
 
 /// Most agents one [`Access::Agents`] list may name (a session has at most
@@ -36,7 +36,7 @@ pub(super) fn private_acl(owner: &AgentId) -> Acl {
 }
 
 /// The ACL of a new file: shared files are open to everyone; private files have none.
-pub(super) fn creation_acl(who: Caller<'_>, key: &Key) -> Option<Acl> {
+pub(super) fn creation_acl(who: Caller<'_>, key: &AreaPath) -> Option<Acl> {
     match key.area {
         Area::Shared => Some(Acl {
             owner: who.agent.clone(),
@@ -91,7 +91,7 @@ pub(super) fn check_access(
 /// ([`crate::path::MAX_PATH_BYTES`], [`crate::path::MAX_DEPTH`]): nesting
 /// is bounded where trees are made, so every tree that exists can be named,
 /// listed, deleted and copied into a snapshot.
-pub(super) fn check_nesting(dir: &Dir, from: &Key, to: &Key) -> Result<(), PathError> {
+pub(super) fn check_nesting(dir: &Dir, from: &AreaPath, to: &AreaPath) -> Result<(), PathError> {
     use crate::path::{MAX_DEPTH, MAX_PATH_BYTES};
     let base = to.guest();
     let base_depth = base.split('/').count();

@@ -9,7 +9,7 @@ use crate::open;
 use crate::path::RESERVED_PREFIX;
 use crate::vfs::{Vfs, VfsError};
 
-use super::namespace::{Key, in_guest_terms};
+use super::namespace::{AreaPath, in_guest_terms};
 
 pub(super) fn symlink_denied(path: String) -> VfsError {
     VfsError::Denied {
@@ -20,7 +20,11 @@ pub(super) fn symlink_denied(path: String) -> VfsError {
 
 /// Refuses a symlink or a FIFO, socket or device node at `key` (nothing
 /// there is fine): what a rename, a link or an unlink may not touch.
-pub(super) fn refuse_unservable(dir: &Dir, key: &Key, op: &'static str) -> Result<(), VfsError> {
+pub(super) fn refuse_unservable(
+    dir: &Dir,
+    key: &AreaPath,
+    op: &'static str,
+) -> Result<(), VfsError> {
     open::refusal(dir, &key.rel)
         .map(drop)
         .map_err(|r| VfsError::refused(op, key.guest(), r))
@@ -116,7 +120,7 @@ pub(super) fn remove_dirs(dir: &Dir, made: &[String]) -> u64 {
     removed
 }
 
-pub(super) fn create_parent(vfs: &Vfs, key: &Key) -> Result<(), VfsError> {
+pub(super) fn create_parent(vfs: &Vfs, key: &AreaPath) -> Result<(), VfsError> {
     match key.rel.rsplit_once('/') {
         Some((parent, _)) => vfs
             .create_dir(parent)
@@ -168,7 +172,12 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> Extent {
 }
 
 /// Moves an entry from one area to another (both under the session directory).
-pub(super) fn move_across(from: &Vfs, src: &Key, to: &Vfs, dst: &Key) -> Result<(), VfsError> {
+pub(super) fn move_across(
+    from: &Vfs,
+    src: &AreaPath,
+    to: &Vfs,
+    dst: &AreaPath,
+) -> Result<(), VfsError> {
     refuse_unservable(from.dir(), src, "rename")?;
     create_parent(to, dst)?;
     from.dir()

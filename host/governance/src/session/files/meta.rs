@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::files::{Acl, Sha256Digest};
 use crate::vclock::VectorClock;
 
-use super::namespace::Key;
+use super::namespace::AreaPath;
 use super::snapshot::Snapshot;
 use super::undo::{Record, discard_blob};
 use super::{FileQuotas, Usage};
@@ -87,7 +87,7 @@ pub(super) struct Fingerprint {
 /// The session's metadata.
 #[derive(Debug, Default)]
 pub(super) struct Db {
-    pub(super) files: BTreeMap<Key, FileMeta>,
+    pub(super) files: BTreeMap<AreaPath, FileMeta>,
     pub(super) usage: Usage,
     pub(super) log: VecDeque<Record>,
     /// Bytes kept on disk by the records in `log`.
@@ -104,7 +104,7 @@ impl Db {
     }
 
     /// Sets or removes one file's metadata, keeping the usage in step.
-    pub(super) fn put(&mut self, key: Key, meta: Option<FileMeta>) {
+    pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
         if let Some(m) = &meta {
             self.usage.files += 1;
             self.usage.bytes = self.usage.bytes.saturating_add(m.size);
@@ -120,7 +120,7 @@ impl Db {
     }
 
     /// The files strictly below directory `dir`, with their suffix (`/…`).
-    pub(super) fn files_under(&self, dir: &Key) -> Vec<(String, FileMeta)> {
+    pub(super) fn files_under(&self, dir: &AreaPath) -> Vec<(String, FileMeta)> {
         // Every path below `d` sorts in [`d/`, `d0`): '0' follows '/'.
         let lo = dir.with_suffix("/");
         let hi = dir.with_suffix("0");
@@ -130,7 +130,7 @@ impl Db {
             .collect()
     }
 
-    pub(super) fn has_files_under(&self, dir: &Key) -> bool {
+    pub(super) fn has_files_under(&self, dir: &AreaPath) -> bool {
         self.files
             .range(dir.with_suffix("/")..dir.with_suffix("0"))
             .next()

@@ -118,6 +118,7 @@ mod test_support;
 mod undo;
 
 pub use checks::MAX_ACL_AGENTS;
+pub use namespace::{Area, AreaPath, RelPath};
 pub use open_dirs::{DEFAULT_OPEN_DIRS, OpenDirs};
 pub use snapshot::{MAX_SNAPSHOTS, RESTORE_CLOCK, SnapshotInfo};
 pub use undo::UndoInfo;

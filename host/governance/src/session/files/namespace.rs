@@ -1,6 +1,10 @@
 //! The guest namespace: which area (shared, or the caller's private one) a
 //! guest path names, and the place in the session it resolves to.
 
+use std::fmt;
+use std::ops::Deref;
+use std::path::Path;
+
 use ahv_core::AgentId;
 
 use crate::files::Caller;
@@ -9,10 +13,12 @@ use crate::vfs::VfsError;
 
 use super::{SHARED, SessionFiles};
 
-/// Which area a guest path names.
+/// Which area of a session a path is in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Area {
+pub enum Area {
+    /// The shared area every participant sees (`shared/…` to guests).
     Shared,
+    /// This agent's private area, which only it can name.
     Private(AgentId),
 }
 
@@ -29,73 +35,139 @@ impl Area {
     }
 }
 
-/// A place in the session: an area and a normalised path inside it (`""` is
-/// the area's root).
+/// A normalised path inside an area: components joined by `/`, none of them
+/// empty, `.` or `..`; `""` is the area's root. It derefs to `str` so it can
+/// be handed to cap-std as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct Key {
-    pub(super) area: Area,
-    pub(super) rel: String,
+pub struct RelPath(String);
+
+impl RelPath {
+    /// A path known to be normalised (from a [`VfsPath`], or a name met on
+    /// disk below the area root).
+    pub(super) fn new(rel: &str) -> RelPath {
+        RelPath(rel.to_string())
+    }
+
+    /// The path as text (`""` for the root).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for the area's root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
-impl Key {
-    pub(super) fn guest(&self) -> String {
-        self.area.guest(&self.rel)
-    }
+impl Deref for RelPath {
+    type Target = str;
 
-    pub(super) fn is_root(&self) -> bool {
-        self.rel.is_empty()
+    fn deref(&self) -> &str {
+        &self.0
     }
+}
 
-    /// This key with `suffix` (empty, or starting with `/`) appended.
-    pub(super) fn with_suffix(&self, suffix: &str) -> Key {
-        Key {
-            area: self.area.clone(),
-            rel: format!("{}{suffix}", self.rel),
+impl AsRef<Path> for RelPath {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A place in a session: an area and a normalised path inside it. This is
+/// what locks and isolation name, so two agents' private `notes.md` are two
+/// places and `shared/notes.md` is one.
+///
+/// Shown as `shared[/<path>]` or `private/<agent>[/<path>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AreaPath {
+    /// The area.
+    pub area: Area,
+    /// The path inside it.
+    pub rel: RelPath,
+}
+
+impl AreaPath {
+    /// Where a validated guest path of `agent` is: `shared` and `shared/…`
+    /// in the shared area, everything else in `agent`'s private area.
+    pub fn resolve(agent: &AgentId, p: &VfsPath) -> AreaPath {
+        let s = if p.is_root() { "" } else { p.as_str() };
+        let (area, rel) = if s == SHARED {
+            (Area::Shared, "")
+        } else if let Some(rest) = s.strip_prefix("shared/") {
+            (Area::Shared, rest)
+        } else {
+            (Area::Private(agent.clone()), s)
+        };
+        AreaPath {
+            area,
+            rel: RelPath::new(rel),
         }
     }
 
-    pub(super) fn child(&self, name: &str) -> Key {
-        Key {
+    /// The path as a guest in the area names it (`shared/…` for the shared
+    /// area, the bare path, or `.` for the root, in a private one).
+    pub fn guest(&self) -> String {
+        self.area.guest(&self.rel)
+    }
+
+    /// True for an area's root.
+    pub fn is_root(&self) -> bool {
+        self.rel.is_root()
+    }
+
+    /// This path with `suffix` (empty, or starting with `/`) appended.
+    pub(super) fn with_suffix(&self, suffix: &str) -> AreaPath {
+        AreaPath {
             area: self.area.clone(),
-            rel: if self.rel.is_empty() {
+            rel: RelPath(format!("{}{suffix}", self.rel)),
+        }
+    }
+
+    pub(super) fn child(&self, name: &str) -> AreaPath {
+        AreaPath {
+            area: self.area.clone(),
+            rel: RelPath(if self.rel.is_root() {
                 name.to_string()
             } else {
                 format!("{}/{name}", self.rel)
-            },
+            }),
         }
     }
 
     /// The path as given to cap-std inside the area's directory.
     pub(super) fn at(&self) -> &str {
-        if self.rel.is_empty() { "." } else { &self.rel }
+        if self.rel.is_root() { "." } else { &self.rel }
     }
 }
 
-/// Maps a validated guest path to its area.
-pub(super) fn resolve(agent: &AgentId, p: &VfsPath) -> Key {
-    let s = if p.is_root() { "" } else { p.as_str() };
-    let (area, rel) = if s == SHARED {
-        (Area::Shared, "")
-    } else if let Some(rest) = s.strip_prefix("shared/") {
-        (Area::Shared, rest)
-    } else {
-        (Area::Private(agent.clone()), s)
-    };
-    Key {
-        area,
-        rel: rel.to_string(),
+impl fmt::Display for AreaPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.area {
+            Area::Shared => f.write_str(SHARED)?,
+            Area::Private(a) => write!(f, "private/{a}")?,
+        }
+        if !self.rel.is_root() {
+            write!(f, "/{}", self.rel)?;
+        }
+        Ok(())
     }
 }
 
 /// A path that may name a root (for listing, stat, create-dir).
-pub(super) fn dir_key(agent: &AgentId, path: &str) -> Result<Key, VfsError> {
-    Ok(resolve(agent, &VfsPath::parse_dir(path)?))
+pub(super) fn dir_key(agent: &AgentId, path: &str) -> Result<AreaPath, VfsError> {
+    Ok(AreaPath::resolve(agent, &VfsPath::parse_dir(path)?))
 }
 
 /// A path that must name an entry, not a root.
-pub(super) fn file_key(agent: &AgentId, path: &str) -> Result<Key, VfsError> {
+pub(super) fn file_key(agent: &AgentId, path: &str) -> Result<AreaPath, VfsError> {
     let p = VfsPath::parse(path)?;
-    let key = resolve(agent, &p);
+    let key = AreaPath::resolve(agent, &p);
     if key.is_root() {
         return Err(PathError::Empty {
             path: p.to_string(),
@@ -106,17 +178,17 @@ pub(super) fn file_key(agent: &AgentId, path: &str) -> Result<Key, VfsError> {
 }
 
 /// The key of a path relative to `files/` (as met while copying trees).
-pub(super) fn files_key(rel: &str) -> Option<Key> {
+pub(super) fn files_key(rel: &str) -> Option<AreaPath> {
     if let Some(rest) = rel.strip_prefix("shared/") {
-        return Some(Key {
+        return Some(AreaPath {
             area: Area::Shared,
-            rel: rest.to_string(),
+            rel: RelPath::new(rest),
         });
     }
     let (agent, rest) = rel.strip_prefix("agents/")?.split_once('/')?;
-    Some(Key {
+    Some(AreaPath {
         area: Area::Private(AgentId::new(agent).ok()?),
-        rel: rest.to_string(),
+        rel: RelPath::new(rest),
     })
 }
 
@@ -152,21 +224,14 @@ pub(super) fn in_guest_terms(e: VfsError, area: &Area) -> VfsError {
 }
 
 impl SessionFiles {
-    /// The canonical lock resource of a guest path: `shared/<p>` for the
-    /// shared area (`shared` for its root), `private/<agent>/<p>` for the
-    /// caller's private area (`private/<agent>` for its root). Touches no
-    /// files.
+    /// Where a guest path of the caller is: the place locks and isolation
+    /// name (shown as `shared/<p>`, `private/<agent>/<p>`, or the area alone
+    /// for its root). Touches no files.
     ///
     /// # Errors
     /// `InvalidPath` when the path is not valid.
-    pub fn lock_path(&self, who: Caller<'_>, path: &str) -> Result<String, VfsError> {
-        let key = dir_key(who.agent, path)?;
-        Ok(match (&key.area, key.is_root()) {
-            (Area::Shared, true) => SHARED.to_string(),
-            (Area::Shared, false) => format!("{SHARED}/{}", key.rel),
-            (Area::Private(a), true) => format!("private/{a}"),
-            (Area::Private(a), false) => format!("private/{a}/{}", key.rel),
-        })
+    pub fn area_path(&self, who: Caller<'_>, path: &str) -> Result<AreaPath, VfsError> {
+        dir_key(who.agent, path)
     }
 }
 
@@ -194,7 +259,10 @@ mod tests {
         assert!(e.files.undo_records().is_empty());
         e.files.forget(&a);
         assert_eq!(
-            e.files.lock_path(ring2(&a), "shared/x").unwrap(),
+            e.files
+                .area_path(ring2(&a), "shared/x")
+                .unwrap()
+                .to_string(),
             "shared/x"
         );
         assert!(
@@ -314,7 +382,7 @@ mod tests {
                 Err(VfsError::InvalidPath(_))
             ));
             assert!(matches!(
-                e.files.lock_path(who, bad),
+                e.files.area_path(who, bad),
                 Err(VfsError::InvalidPath(_))
             ));
         }
@@ -340,12 +408,31 @@ mod tests {
         // `Shared` is not `shared`: an ordinary private name.
         e.files.write(who, "Shared/z", b"z").unwrap();
         assert!(e.files_dir().join("agents/alice/Shared/z").is_file());
-        assert_eq!(e.files.lock_path(who, "shared").unwrap(), "shared");
         assert_eq!(
-            e.files.lock_path(who, "./shared//a/b").unwrap(),
+            e.files.area_path(who, "shared").unwrap().to_string(),
+            "shared"
+        );
+        assert_eq!(
+            e.files.area_path(who, "./shared//a/b").unwrap().to_string(),
             "shared/a/b"
         );
-        assert_eq!(e.files.lock_path(who, "a//b").unwrap(), "private/alice/a/b");
-        assert_eq!(e.files.lock_path(who, "").unwrap(), "private/alice");
+        assert_eq!(
+            e.files.area_path(who, "a//b").unwrap().to_string(),
+            "private/alice/a/b"
+        );
+        assert_eq!(
+            e.files.area_path(who, "").unwrap().to_string(),
+            "private/alice"
+        );
+        let at = e.files.area_path(who, "notes/a.txt").unwrap();
+        assert_eq!(
+            (at.area, at.rel.as_str()),
+            (Area::Private(id("alice")), "notes/a.txt")
+        );
+        let at = e.files.area_path(who, "shared/notes/a.txt").unwrap();
+        assert_eq!(
+            (&at.area, at.guest()),
+            (&Area::Shared, "shared/notes/a.txt".into())
+        );
     }
 }

@@ -15,7 +15,7 @@ use super::fs::{
     symlink_denied, unmake_dirs,
 };
 use super::meta::{Db, FileMeta};
-use super::namespace::{Area, Key, dir_key, file_key, in_guest_terms};
+use super::namespace::{Area, AreaPath, dir_key, file_key, in_guest_terms};
 use super::open_dirs::Dirs;
 use super::undo::{Moved, Record, Undo, blob, discard_blob, keep_old};
 use super::{SHARED, SessionFiles};
@@ -183,7 +183,7 @@ impl FileSpace for SessionFiles {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(VfsError::io("create-dir", guest, e)),
             }
-            let mut made = vec![key.rel.clone()];
+            let mut made = vec![key.rel.to_string()];
             made.extend(missing_ancestors(vfs.dir(), &key.rel));
             self.check_dirs(&db.usage, &guest, made.len())?;
             if let Err(e) = vfs.create_dir(&key.rel) {
@@ -242,7 +242,7 @@ impl FileSpace for SessionFiles {
 
 impl SessionFiles {
     /// Why there is no file at `key`: a directory, a refused path, or nothing.
-    pub(super) fn missing(&self, dirs: &mut Dirs, key: &Key, op: &'static str) -> VfsError {
+    pub(super) fn missing(&self, dirs: &mut Dirs, key: &AreaPath, op: &'static str) -> VfsError {
         let guest = key.guest();
         let vfs = match dirs.area(&key.area) {
             Ok(v) => v,
@@ -268,7 +268,7 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        key: &Key,
+        key: &AreaPath,
         contents: &[u8],
         op: FileOp,
     ) -> Result<FileChange, VfsError> {
@@ -371,7 +371,7 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        key: &Key,
+        key: &AreaPath,
         contents: &[u8],
     ) -> Result<FileChange, VfsError> {
         let Some(old) = db.files.get(key) else {
@@ -430,7 +430,7 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        key: &Key,
+        key: &AreaPath,
         len: u64,
     ) -> Result<FileChange, VfsError> {
         let guest = key.guest();
@@ -510,7 +510,7 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        key: &Key,
+        key: &AreaPath,
     ) -> Result<FileChange, VfsError> {
         let guest = key.guest();
         let vfs = dirs.area(&key.area)?;
@@ -585,8 +585,8 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        src: &Key,
-        dst: &Key,
+        src: &AreaPath,
+        dst: &AreaPath,
     ) -> Result<FileChange, VfsError> {
         let (src_guest, dst_guest) = (src.guest(), dst.guest());
         let sv = dirs.area(&src.area)?;
@@ -693,7 +693,7 @@ impl SessionFiles {
         dirs: &mut Dirs,
         db: &mut Db,
         who: Caller<'_>,
-        key: &Key,
+        key: &AreaPath,
         acl: Acl,
     ) -> Result<FileChange, VfsError> {
         let guest = key.guest();
@@ -783,7 +783,7 @@ impl SessionFiles {
     }
 
     /// Why there is no ACL at `key`: a directory (Denied) or nothing (NotFound).
-    pub(super) fn no_acl(&self, dirs: &mut Dirs, key: &Key) -> VfsError {
+    pub(super) fn no_acl(&self, dirs: &mut Dirs, key: &AreaPath) -> VfsError {
         match self.missing(dirs, key, "get-acl") {
             VfsError::Io { path, .. } => VfsError::Denied {
                 path,

@@ -13,7 +13,7 @@ use crate::vfs::VfsError;
 
 use super::fs::remove_all_if_exists;
 use super::meta::FileMeta;
-use super::namespace::{Key, files_key};
+use super::namespace::{AreaPath, files_key};
 use super::undo::discard_blob;
 use super::{
     FILES_DIR, MAX_TREE_DEPTH, RESTORE_TMP, SNAPSHOTS_DIR, SessionFiles, TRASH_TMP, Usage,
@@ -36,7 +36,7 @@ pub struct SnapshotInfo {
 
 #[derive(Debug, Clone)]
 pub(super) struct Snapshot {
-    pub(super) files: BTreeMap<Key, FileMeta>,
+    pub(super) files: BTreeMap<AreaPath, FileMeta>,
     pub(super) usage: Usage,
 }
 
@@ -100,7 +100,7 @@ pub(super) fn copy_files(
     root: &Dir,
     from: &str,
     to: &str,
-    files: &BTreeMap<Key, FileMeta>,
+    files: &BTreeMap<AreaPath, FileMeta>,
     max: u64,
 ) -> Result<(), CopyError> {
     let src = root.open_dir(from).map_err(CopyError::whole)?;

@@ -15,7 +15,7 @@ use super::fs::{
     create_parent, entry_exists, missing_ancestors, move_across, refuse_unservable, remove_dirs,
 };
 use super::meta::{Db, FileMeta, Fingerprint};
-use super::namespace::{Key, in_guest_terms};
+use super::namespace::{AreaPath, in_guest_terms};
 use super::open_dirs::Dirs;
 
 /// One undo record, as listed by [`SessionFiles::undo_records`].
@@ -88,8 +88,8 @@ pub(super) struct Record {
     pub(super) id: u64,
     pub(super) agent: AgentId,
     pub(super) op: FileOp,
-    pub(super) key: Key,
-    pub(super) to: Option<Key>,
+    pub(super) key: AreaPath,
+    pub(super) to: Option<AreaPath>,
     pub(super) undo: Undo,
     /// Bytes this record keeps at `undo/<id>`.
     pub(super) blob_bytes: u64,
@@ -109,7 +109,7 @@ impl Record {
             agent: self.agent.clone(),
             op: self.op,
             path: self.key.guest(),
-            to: self.to.as_ref().map(Key::guest),
+            to: self.to.as_ref().map(AreaPath::guest),
         }
     }
 
