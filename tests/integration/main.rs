@@ -4,6 +4,7 @@ mod agents;
 mod audit;
 mod runtime;
 mod sessions;
+mod snapshots;
 mod vfs_hostile;
 
 use std::path::PathBuf;

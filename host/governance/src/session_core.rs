@@ -9,7 +9,8 @@
 //! lock on it and changing one needs a WRITE (or EXCLUSIVE) lock; private
 //! files have a single writer and need none.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ahv_core::event::{EventBus, EventPayload};
@@ -21,6 +22,7 @@ use crate::locks::{LockError, LockManager, LockMode, LockResource};
 use crate::session::files::{
     Area, AreaPath, DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
 };
+use crate::session::{Participant, ParticipantsDiff};
 use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
 use crate::vclock::ClockTable;
 use crate::vfs::{Stat, VfsError};
@@ -70,6 +72,8 @@ impl Default for SessionCoreConfig {
 pub struct SessionCore {
     id: SessionId,
     files: SessionFiles,
+    /// The participants each kept snapshot recorded, by snapshot id.
+    snapshot_participants: Mutex<BTreeMap<u64, Vec<Participant>>>,
     state: StateStore,
     locks: Arc<LockManager>,
     clocks: Arc<ClockTable>,
@@ -96,6 +100,7 @@ impl SessionCore {
         SessionCore {
             id,
             files,
+            snapshot_participants: Mutex::new(BTreeMap::new()),
             state,
             locks,
             clocks,
@@ -184,12 +189,25 @@ impl SessionCore {
         self.clocks.forget(agent);
     }
 
-    /// Takes a snapshot of the session's files.
+    /// Takes a snapshot of the session's files and records `participants`
+    /// (with their rings and scores) beside it.
     ///
     /// # Errors
     /// [`VfsError`] if copying fails.
-    pub fn snapshot(&self, by: &AgentId, trace: TraceId) -> Result<SnapshotInfo, VfsError> {
+    pub fn snapshot(
+        &self,
+        by: &AgentId,
+        trace: TraceId,
+        participants: &[Participant],
+    ) -> Result<SnapshotInfo, VfsError> {
         let info = self.files.snapshot()?;
+        {
+            let mut recorded = self.recorded();
+            // Snapshots dropped through `files()` take their records along.
+            let kept = self.files.snapshot_ids();
+            recorded.retain(|id, _| kept.contains(id));
+            recorded.insert(info.id, participants.to_vec());
+        }
         self.emit(
             by,
             trace,
@@ -202,14 +220,49 @@ impl SessionCore {
         Ok(info)
     }
 
-    /// Restores a snapshot of the session's files.
+    /// Restores a snapshot of the session's files and reports how
+    /// `participants` (the session's now) differ from the ones the snapshot
+    /// recorded; the report is in the `vfs.restore` event too.
     ///
     /// # Errors
-    /// [`VfsError`] naming an unknown snapshot, or an I/O failure.
-    pub fn restore(&self, snapshot: u64, by: &AgentId, trace: TraceId) -> Result<(), VfsError> {
+    /// [`VfsError`] naming an unknown snapshot (or one not taken through
+    /// [`SessionCore::snapshot`], which recorded no participants), or an I/O
+    /// failure.
+    pub fn restore(
+        &self,
+        snapshot: u64,
+        by: &AgentId,
+        trace: TraceId,
+        participants: &[Participant],
+    ) -> Result<ParticipantsDiff, VfsError> {
+        let Some(then) = self.recorded().get(&snapshot).cloned() else {
+            return Err(VfsError::Io {
+                op: "restore",
+                path: format!("snapshot {snapshot}"),
+                message: "no such snapshot of the session (none recorded its participants)".into(),
+            });
+        };
         self.files.restore(snapshot)?;
-        self.emit(by, trace, EventPayload::VfsRestore { snapshot });
-        Ok(())
+        let diff = ParticipantsDiff::between(&then, participants);
+        self.emit(
+            by,
+            trace,
+            EventPayload::VfsRestore {
+                snapshot,
+                joined: diff.joined.clone(),
+                left: diff.left.clone(),
+                rings: diff.rings_text(),
+                scores: diff.scores_text(),
+            },
+        );
+        Ok(diff)
+    }
+
+    fn recorded(&self) -> MutexGuard<'_, BTreeMap<u64, Vec<Participant>>> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.snapshot_participants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes and files in use.

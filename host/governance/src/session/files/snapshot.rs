@@ -313,6 +313,11 @@ impl SessionFiles {
         })
     }
 
+    /// The ids of the snapshots kept, oldest first.
+    pub fn snapshot_ids(&self) -> Vec<u64> {
+        self.lock().db.snapshots.keys().copied().collect()
+    }
+
     /// Deletes snapshot `id` and its copy.
     ///
     /// # Errors
