@@ -33,14 +33,16 @@
 //! listings hide them. Symbolic links are never listed, never modified, and
 //! never followed out of their area. FIFOs, sockets and device nodes (which
 //! no guest can create) are never opened and never waited on: every
-//! operation that meets one answers `Denied`, listings hide them, snapshots
-//! and restores do not copy them (see [`SessionFiles::snapshot`]). A regular
-//! file is opened only through `crate::open` (non-blocking, its type
-//! checked on the handle), and one with other hard links is never changed in
-//! place (appended to, truncated): the change would reach its other names,
-//! possibly outside the session. The session's own links never outlive an
-//! operation: a replaced file's old inode stays linked only at its undo
-//! record once the new one is renamed over the path. Directories have no ACL and no clock;
+//! operation that meets one answers `Denied` (`hash` and `stat` of a file of
+//! the session answer from its metadata and look at nothing on disk),
+//! listings hide them, snapshots and restores do not copy them (see
+//! [`SessionFiles::snapshot`]). A regular file is opened only through
+//! `crate::open` (non-blocking, its type checked on the handle), and one
+//! with other hard links is never changed in place (appended to,
+//! truncated): the change would reach its other names, possibly outside the
+//! session. The session's own links never outlive an operation: a replaced
+//! file's old inode stays linked only at its undo record once the new one
+//! is renamed over the path. Directories have no ACL and no clock;
 //! they are counted against [`FileQuotas::max_dirs`] (the ones a change makes
 //! explicitly with `create-dir` or implicitly as a new file's parents), and
 //! creating one is a change like any other: undo record, event, audit delta.
