@@ -5,6 +5,8 @@ mod audit;
 mod containment;
 mod runtime;
 mod sessions;
+mod snapshots;
+mod vfs_hostile;
 
 use std::path::PathBuf;
 

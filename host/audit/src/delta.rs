@@ -624,7 +624,13 @@ mod tests {
                 files: 2,
                 bytes: 3,
             },
-            EventKind::VfsRestore => EventPayload::VfsRestore { snapshot: 1 },
+            EventKind::VfsRestore => EventPayload::VfsRestore {
+                snapshot: 1,
+                joined: Vec::new(),
+                left: vec![AgentId::new("did:ex:b").unwrap()],
+                rings: String::new(),
+                scores: s("did:ex:a 0.8->0.6"),
+            },
             EventKind::VfsConflict => EventPayload::VfsConflict {
                 path: s("p"),
                 reason: s("stale"),

@@ -273,10 +273,20 @@ pub enum EventPayload {
         /// Bytes in it.
         bytes: u64,
     },
-    /// The file space was restored from a snapshot.
+    /// The file space was restored from a snapshot. The participants are
+    /// not restored: the other fields say how they differ from the ones the
+    /// snapshot recorded.
     VfsRestore {
         /// The snapshot's number.
         snapshot: u64,
+        /// Participants that joined since the snapshot.
+        joined: Vec<AgentId>,
+        /// Participants that left since the snapshot.
+        left: Vec<AgentId>,
+        /// Ring changes since, `<agent> <then>-><now>` joined by `, `.
+        rings: String,
+        /// Trust-score changes since, `<agent> <then>-><now>` joined by `, `.
+        scores: String,
     },
     /// A file change was refused because of a conflict.
     VfsConflict {
@@ -508,7 +518,19 @@ impl EventPayload {
                 f("files", Uint(*files));
                 f("bytes", Uint(*bytes));
             }
-            EventPayload::VfsRestore { snapshot } => f("snapshot", Uint(*snapshot)),
+            EventPayload::VfsRestore {
+                snapshot,
+                joined,
+                left,
+                rings,
+                scores,
+            } => {
+                f("snapshot", Uint(*snapshot));
+                f("joined", Agents(joined));
+                f("left", Agents(left));
+                f("rings", Text(rings));
+                f("scores", Text(scores));
+            }
             EventPayload::VfsConflict { path, reason }
             | EventPayload::VfsQuotaExceeded { path, reason } => {
                 f("path", Text(path));
@@ -1049,7 +1071,13 @@ mod tests {
                 files: 4,
                 bytes: 5,
             },
-            EventKind::VfsRestore => EventPayload::VfsRestore { snapshot: 3 },
+            EventKind::VfsRestore => EventPayload::VfsRestore {
+                snapshot: 3,
+                joined: vec![AgentId::new("did:ex:c").unwrap()],
+                left: Vec::new(),
+                rings: s("did:ex:a 2->1"),
+                scores: s("did:ex:a 0.7->0.9"),
+            },
             EventKind::VfsConflict => EventPayload::VfsConflict {
                 path: s("/a"),
                 reason: s("stale"),

@@ -5,7 +5,7 @@
 //!
 //! - [`path`]: guest path validation and normalisation;
 //! - [`vfs`]: an agent's files over a `cap_std::fs::Dir`;
-//! - [`session_vfs`]: a shared session's files: shared and private areas,
+//! - [`session::files`] (also [`session_vfs`]): a shared session's files: shared and private areas,
 //!   ACLs, quotas, hashes, vector clocks, undo records and snapshots;
 //! - [`actions`]: host-registered reversible actions and effects;
 //! - [`session`]: shared-session configuration, lifecycle and join rules;
@@ -36,10 +36,12 @@
 pub mod actions;
 pub mod files;
 pub mod locks;
+mod open;
 pub mod path;
 pub mod session;
 pub mod session_core;
-pub mod session_vfs;
+/// The session VFS under its first name (now [`session::files`]).
+pub use session::files as session_vfs;
 pub mod state;
 pub mod vclock;
 pub mod vfs;

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use ahv_core::AgentId;
 use thiserror::Error;
+
+use crate::session::files::AreaPath;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -76,15 +78,49 @@ impl fmt::Display for LockMode {
 const PATH_PREFIX: &str = "path:";
 const KEY_PREFIX: &str = "key:";
 
-/// What a lock protects: an opaque name such as `path:shared/doc.md` or
-/// `key:findings`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LockResource(String);
+/// What a lock protects: a place in the session's files ([`AreaPath`]) or a
+/// state key. Shown (in errors and events) by its name, `path:shared/doc.md`,
+/// `path:private/<agent>/notes.md` or `key:findings`; the name also orders
+/// the lock table, so the key locks under a prefix sit together.
+#[derive(Debug, Clone)]
+pub struct LockResource {
+    name: String,
+    place: Option<AreaPath>,
+}
+
+impl PartialEq for LockResource {
+    fn eq(&self, other: &LockResource) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for LockResource {}
+
+impl std::hash::Hash for LockResource {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl PartialOrd for LockResource {
+    fn partial_cmp(&self, other: &LockResource) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LockResource {
+    fn cmp(&self, other: &LockResource) -> std::cmp::Ordering {
+        self.name.cmp(&other.name)
+    }
+}
 
 impl LockResource {
-    /// The lock on a (normalised) path: `path:<p>`.
-    pub fn path(normalised: &str) -> LockResource {
-        LockResource(format!("{PATH_PREFIX}{normalised}"))
+    /// The lock on a place in the session's files: `path:<place>`.
+    pub fn path(place: &AreaPath) -> LockResource {
+        LockResource {
+            name: format!("{PATH_PREFIX}{place}"),
+            place: Some(place.clone()),
+        }
     }
 
     /// The lock on a state key: `key:<k>`. A key lock also serves as the
@@ -92,35 +128,43 @@ impl LockResource {
     /// keys under serializable isolation, so `key:` (the empty key) names the
     /// whole key space.
     pub fn key(key: &str) -> LockResource {
-        LockResource(format!("{KEY_PREFIX}{key}"))
+        LockResource {
+            name: format!("{KEY_PREFIX}{key}"),
+            place: None,
+        }
     }
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// The place this lock names, if it is a path lock.
+    pub fn place(&self) -> Option<&AreaPath> {
+        self.place.as_ref()
     }
 
     /// The state key this lock names, if it is a key lock.
     pub(crate) fn key_name(&self) -> Option<&str> {
-        self.0.strip_prefix(KEY_PREFIX)
+        self.name.strip_prefix(KEY_PREFIX)
     }
 
     fn validate(&self) -> Result<(), LockError> {
         let bad = |reason: String| Err(LockError::InvalidResource { reason });
-        if self.0.len() > MAX_RESOURCE_BYTES {
+        if self.name.len() > MAX_RESOURCE_BYTES {
             return bad(format!(
                 "resource name is {} bytes long; the maximum is {MAX_RESOURCE_BYTES}",
-                self.0.len()
+                self.name.len()
             ));
         }
-        if let Some(ch) = self.0.chars().find(|c| c.is_control()) {
+        if let Some(ch) = self.name.chars().find(|c| c.is_control()) {
             return bad(format!(
                 "resource name {:?} contains the control character {ch:?}",
-                truncate(&self.0)
+                truncate(&self.name)
             ));
         }
-        if self.0.is_empty() || self.0 == PATH_PREFIX {
-            return bad(format!("resource name {:?} names nothing", self.0));
+        if self.name.is_empty() || self.name == PATH_PREFIX {
+            return bad(format!("resource name {:?} names nothing", self.name));
         }
         Ok(())
     }
@@ -128,7 +172,7 @@ impl LockResource {
 
 impl fmt::Display for LockResource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
@@ -646,7 +690,7 @@ impl LockManager {
         let from = LockResource::key(prefix);
         t.held
             .range(from.clone()..)
-            .take_while(|(r, _)| r.0.starts_with(&from.0))
+            .take_while(|(r, _)| r.name.starts_with(&from.name))
             .find(|(_, h)| h.iter().any(|(a, m)| a != agent && *m >= LockMode::Write))
             .and_then(|(r, _)| r.key_name().map(str::to_owned))
     }
@@ -659,6 +703,10 @@ mod tests {
 
     fn id(s: &str) -> AgentId {
         AgentId::new(s).unwrap()
+    }
+
+    fn place(agent: &AgentId, path: &str) -> AreaPath {
+        AreaPath::resolve(agent, &crate::path::VfsPath::parse(path).unwrap())
     }
 
     fn res(s: &str) -> LockResource {
@@ -746,7 +794,7 @@ mod tests {
     fn release_of_a_lock_not_held_is_an_error() {
         let m = LockManager::new(8);
         let (a, b) = (id("a"), id("b"));
-        let r = LockResource::path("shared/doc.md");
+        let r = LockResource::path(&place(&a, "shared/doc.md"));
         assert_eq!(r.as_str(), "path:shared/doc.md");
         m.try_acquire(&a, &r, LockMode::Write).unwrap();
         assert_eq!(
@@ -800,11 +848,18 @@ mod tests {
         let m = LockManager::new(8);
         let a = id("a");
         for bad in [
-            LockResource::path(""),
+            // A path lock names a valid place (paths with NUL or no name
+            // cannot be built); its name can still be too long.
+            LockResource::path(&place(
+                &id(&"p".repeat(256)),
+                &vec!["d".repeat(200); 4].join("/"),
+            )),
             LockResource::key(&"x".repeat(MAX_RESOURCE_BYTES)),
             LockResource::key("a\nb"),
-            LockResource::path("doc\0"),
-            LockResource(String::new()),
+            LockResource {
+                name: String::new(),
+                place: None,
+            },
         ] {
             assert!(
                 matches!(

@@ -22,6 +22,8 @@ use thiserror::Error;
 
 pub use crate::state::Isolation;
 
+pub mod files;
+
 /// How writes from different agents are reconciled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -127,7 +129,7 @@ impl fmt::Display for SessionState {
 }
 
 /// Agent ids starting with this are the hypervisor's own (such as the
-/// vector-clock entry restores tick, [`crate::session_vfs::RESTORE_CLOCK`]):
+/// vector-clock entry restores tick, [`crate::session::files::RESTORE_CLOCK`]):
 /// no agent joins under one.
 pub const RESERVED_AGENT_PREFIX: &str = "ahv:";
 
@@ -211,6 +213,109 @@ pub struct Participant {
     pub ring: Ring,
     /// When it joined (session clock).
     pub joined_at: Duration,
+}
+
+/// A participant whose ring differs between a snapshot and now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingChange {
+    /// The agent.
+    pub agent: AgentId,
+    /// Its ring when the snapshot was taken.
+    pub then: Ring,
+    /// Its ring now.
+    pub now: Ring,
+}
+
+/// A participant whose trust score differs between a snapshot and now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreChange {
+    /// The agent.
+    pub agent: AgentId,
+    /// Its score when the snapshot was taken.
+    pub then: f64,
+    /// Its score now.
+    pub now: f64,
+}
+
+/// How a session's participants differ from the ones a snapshot recorded:
+/// a restore gives the files back, not the participants, so it reports
+/// what it could not restore. Every list is sorted by agent.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ParticipantsDiff {
+    /// In the session now, not when the snapshot was taken.
+    pub joined: Vec<AgentId>,
+    /// In the snapshot, not in the session now.
+    pub left: Vec<AgentId>,
+    /// In both, in another ring now.
+    pub rings: Vec<RingChange>,
+    /// In both, with another trust score now.
+    pub scores: Vec<ScoreChange>,
+}
+
+impl ParticipantsDiff {
+    /// What changed from `then` (the snapshot's participants) to `now`.
+    pub fn between(then: &[Participant], now: &[Participant]) -> ParticipantsDiff {
+        let then: BTreeMap<&AgentId, &Participant> = then.iter().map(|p| (&p.agent, p)).collect();
+        let now: BTreeMap<&AgentId, &Participant> = now.iter().map(|p| (&p.agent, p)).collect();
+        let mut diff = ParticipantsDiff::default();
+        for (agent, n) in &now {
+            let Some(t) = then.get(agent) else {
+                diff.joined.push((*agent).clone());
+                continue;
+            };
+            if t.ring != n.ring {
+                diff.rings.push(RingChange {
+                    agent: (*agent).clone(),
+                    then: t.ring,
+                    now: n.ring,
+                });
+            }
+            // Exact comparison: a score is data, not a measurement.
+            if t.sigma.to_bits() != n.sigma.to_bits() {
+                diff.scores.push(ScoreChange {
+                    agent: (*agent).clone(),
+                    then: t.sigma,
+                    now: n.sigma,
+                });
+            }
+        }
+        diff.left = then
+            .keys()
+            .filter(|a| !now.contains_key(*a))
+            .map(|a| (*a).clone())
+            .collect();
+        diff
+    }
+
+    /// True when the participants are as the snapshot recorded them.
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty()
+            && self.left.is_empty()
+            && self.rings.is_empty()
+            && self.scores.is_empty()
+    }
+
+    /// The ring changes as text, `<agent> <then>-><now>` joined by `, `
+    /// (agent ids hold neither spaces nor commas): the form events carry.
+    pub fn rings_text(&self) -> String {
+        let parts: Vec<String> = self
+            .rings
+            .iter()
+            .map(|c| format!("{} {}->{}", c.agent, c.then.number(), c.now.number()))
+            .collect();
+        parts.join(", ")
+    }
+
+    /// The score changes as text, `<agent> <then>-><now>` joined by `, `,
+    /// each score written exactly (shortest round-trip form).
+    pub fn scores_text(&self) -> String {
+        let parts: Vec<String> = self
+            .scores
+            .iter()
+            .map(|c| format!("{} {}->{}", c.agent, c.then, c.now))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// A shared session's governance state.
@@ -479,6 +584,51 @@ mod tests {
             read_only: false,
             admin: false,
         }
+    }
+
+    #[test]
+    fn participants_diff_names_who_joined_left_and_changed() {
+        let p = |a: &str, sigma: f64, ring: Ring| Participant {
+            agent: agent(a),
+            sigma,
+            ring,
+            joined_at: Duration::ZERO,
+        };
+        let then = [
+            p("a", 0.8, Ring::Standard),
+            p("b", 0.9, Ring::Standard),
+            p("d", 0.7, Ring::Standard),
+        ];
+        let now = [
+            p("d", 0.7, Ring::Standard),
+            p("c", 0.3, Ring::Sandbox),
+            p("a", 0.5, Ring::Sandbox),
+        ];
+        let diff = ParticipantsDiff::between(&then, &now);
+        assert_eq!(diff.joined, [agent("c")]);
+        assert_eq!(diff.left, [agent("b")]);
+        assert_eq!(
+            diff.rings,
+            [RingChange {
+                agent: agent("a"),
+                then: Ring::Standard,
+                now: Ring::Sandbox
+            }]
+        );
+        assert_eq!(
+            diff.scores,
+            [ScoreChange {
+                agent: agent("a"),
+                then: 0.8,
+                now: 0.5
+            }]
+        );
+        assert_eq!(diff.rings_text(), "a 2->3");
+        assert_eq!(diff.scores_text(), "a 0.8->0.5");
+        assert!(!diff.is_empty());
+        assert!(ParticipantsDiff::between(&then, &then).is_empty());
+        let all_new = ParticipantsDiff::between(&[], &then);
+        assert_eq!(all_new.joined, [agent("a"), agent("b"), agent("d")]);
     }
 
     #[test]

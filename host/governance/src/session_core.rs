@@ -9,7 +9,8 @@
 //! lock on it and changing one needs a WRITE (or EXCLUSIVE) lock; private
 //! files have a single writer and need none.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ahv_core::event::{EventBus, EventPayload};
@@ -18,9 +19,10 @@ use cap_std::fs::Dir;
 
 use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::locks::{LockError, LockManager, LockMode, LockResource};
-use crate::session_vfs::{
-    DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
+use crate::session::files::{
+    Area, AreaPath, DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
 };
+use crate::session::{Participant, ParticipantsDiff};
 use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
 use crate::vclock::ClockTable;
 use crate::vfs::{Stat, VfsError};
@@ -70,6 +72,8 @@ impl Default for SessionCoreConfig {
 pub struct SessionCore {
     id: SessionId,
     files: SessionFiles,
+    /// The participants each kept snapshot recorded, by snapshot id.
+    snapshot_participants: Mutex<BTreeMap<u64, Vec<Participant>>>,
     state: StateStore,
     locks: Arc<LockManager>,
     clocks: Arc<ClockTable>,
@@ -96,6 +100,7 @@ impl SessionCore {
         SessionCore {
             id,
             files,
+            snapshot_participants: Mutex::new(BTreeMap::new()),
             state,
             locks,
             clocks,
@@ -184,12 +189,25 @@ impl SessionCore {
         self.clocks.forget(agent);
     }
 
-    /// Takes a snapshot of the session's files.
+    /// Takes a snapshot of the session's files and records `participants`
+    /// (with their rings and scores) beside it.
     ///
     /// # Errors
     /// [`VfsError`] if copying fails.
-    pub fn snapshot(&self, by: &AgentId, trace: TraceId) -> Result<SnapshotInfo, VfsError> {
+    pub fn snapshot(
+        &self,
+        by: &AgentId,
+        trace: TraceId,
+        participants: &[Participant],
+    ) -> Result<SnapshotInfo, VfsError> {
         let info = self.files.snapshot()?;
+        {
+            let mut recorded = self.recorded();
+            // Snapshots dropped through `files()` take their records along.
+            let kept = self.files.snapshot_ids();
+            recorded.retain(|id, _| kept.contains(id));
+            recorded.insert(info.id, participants.to_vec());
+        }
         self.emit(
             by,
             trace,
@@ -202,14 +220,49 @@ impl SessionCore {
         Ok(info)
     }
 
-    /// Restores a snapshot of the session's files.
+    /// Restores a snapshot of the session's files and reports how
+    /// `participants` (the session's now) differ from the ones the snapshot
+    /// recorded; the report is in the `vfs.restore` event too.
     ///
     /// # Errors
-    /// [`VfsError`] naming an unknown snapshot, or an I/O failure.
-    pub fn restore(&self, snapshot: u64, by: &AgentId, trace: TraceId) -> Result<(), VfsError> {
+    /// [`VfsError`] naming an unknown snapshot (or one not taken through
+    /// [`SessionCore::snapshot`], which recorded no participants), or an I/O
+    /// failure.
+    pub fn restore(
+        &self,
+        snapshot: u64,
+        by: &AgentId,
+        trace: TraceId,
+        participants: &[Participant],
+    ) -> Result<ParticipantsDiff, VfsError> {
+        let Some(then) = self.recorded().get(&snapshot).cloned() else {
+            return Err(VfsError::Io {
+                op: "restore",
+                path: format!("snapshot {snapshot}"),
+                message: "no such snapshot of the session (none recorded its participants)".into(),
+            });
+        };
         self.files.restore(snapshot)?;
-        self.emit(by, trace, EventPayload::VfsRestore { snapshot });
-        Ok(())
+        let diff = ParticipantsDiff::between(&then, participants);
+        self.emit(
+            by,
+            trace,
+            EventPayload::VfsRestore {
+                snapshot,
+                joined: diff.joined.clone(),
+                left: diff.left.clone(),
+                rings: diff.rings_text(),
+                scores: diff.scores_text(),
+            },
+        );
+        Ok(diff)
+    }
+
+    fn recorded(&self) -> MutexGuard<'_, BTreeMap<u64, Vec<Participant>>> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.snapshot_participants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes and files in use.
@@ -321,7 +374,7 @@ impl SessionCore {
         target: &LockTarget,
     ) -> Result<LockResource, VfsError> {
         Ok(match target {
-            LockTarget::Path(p) => LockResource::path(&self.files.lock_path(who, p)?),
+            LockTarget::Path(p) => LockResource::path(&self.files.area_path(who, p)?),
             LockTarget::Key(k) => LockResource::key(k),
         })
     }
@@ -381,19 +434,21 @@ impl SessionCore {
         Ok(mode)
     }
 
-    /// The locks `agent` holds, named as it would name them.
+    /// The locks `agent` holds, named as it would name them (a place in
+    /// its own private area by its bare path; anything else, the private
+    /// area's root included, by the place's full name).
     pub fn held(&self, agent: &AgentId) -> Vec<(LockTarget, LockMode)> {
-        let private = format!("private/{agent}/");
         self.locks
             .held_by(agent)
             .into_iter()
             .filter_map(|(r, m)| {
-                let s = r.as_str();
-                let target = if let Some(k) = s.strip_prefix("key:") {
-                    LockTarget::Key(k.to_string())
-                } else {
-                    let p = s.strip_prefix("path:")?;
-                    LockTarget::Path(p.strip_prefix(&private).unwrap_or(p).to_string())
+                let target = match r.place() {
+                    Some(AreaPath {
+                        area: Area::Private(owner),
+                        rel,
+                    }) if owner == agent && !rel.is_root() => LockTarget::Path(rel.to_string()),
+                    Some(place) => LockTarget::Path(place.to_string()),
+                    None => LockTarget::Key(r.key_name()?.to_string()),
                 };
                 Some((target, m))
             })
@@ -407,18 +462,18 @@ impl SessionCore {
         if self.state.isolation() != Isolation::Serializable {
             return Ok(());
         }
-        let canonical = self.files.lock_path(who, path)?;
-        if !canonical.starts_with("shared") {
+        let place = self.files.area_path(who, path)?;
+        if place.area != Area::Shared {
             return Ok(());
         }
         if self
             .locks
-            .holds(who.agent, &LockResource::path(&canonical), mode)
+            .holds(who.agent, &LockResource::path(&place), mode)
         {
             return Ok(());
         }
         Err(VfsError::Denied {
-            path: canonical,
+            path: place.to_string(),
             reason: format!(
                 "serializable isolation: {} needs a {mode} lock on this shared path",
                 who.agent

@@ -7,13 +7,23 @@
 //! that resolves outside. Entries that are symlinks are never modified
 //! (written, appended, renamed, deleted): the guest cannot create them, so any
 //! symlink was planted by someone else and is treated as hostile.
+//!
+//! Only regular files and directories are served. A FIFO, socket or device
+//! node in the directory (which no guest can create) is refused with
+//! `Denied` by every operation, listings leave it out, and nothing ever
+//! waits on it: entries are opened only through `crate::open`
+//! (non-blocking, type checked on the handle). A file with other hard links
+//! may be read or replaced (a write puts a new inode at the path), but never
+//! changed in place: an append or a truncation would reach its other names,
+//! which may lie outside the directory.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::Dir;
 use thiserror::Error;
 
+use crate::open::{self, How, Refusal};
 use crate::path::{PathError, VfsPath};
 
 /// Size limits of one VFS.
@@ -109,7 +119,11 @@ pub enum VfsError {
 
 impl VfsError {
     fn from_io(op: &'static str, path: &VfsPath, e: io::Error) -> VfsError {
-        let path = path.as_str().to_string();
+        VfsError::io(op, path.to_string(), e)
+    }
+
+    /// Maps an I/O error of `op` on `path` (as the caller names it).
+    pub(crate) fn io(op: &'static str, path: String, e: io::Error) -> VfsError {
         match e.kind() {
             io::ErrorKind::NotFound => VfsError::NotFound { path },
             io::ErrorKind::AlreadyExists => VfsError::AlreadyExists { path },
@@ -122,6 +136,22 @@ impl VfsError {
                 op,
                 path,
                 message: e.to_string(),
+            },
+        }
+    }
+
+    /// Maps a refused open of `path` (an area-relative or guest path).
+    pub(crate) fn refused(op: &'static str, path: String, r: Refusal) -> VfsError {
+        match r {
+            Refusal::Io(e) => VfsError::io(op, path, e),
+            Refusal::Directory => VfsError::Io {
+                op,
+                path,
+                message: r.reason(),
+            },
+            Refusal::Symlink | Refusal::Special(_) | Refusal::Linked(_) => VfsError::Denied {
+                path,
+                reason: r.reason(),
             },
         }
     }
@@ -164,39 +194,15 @@ impl Vfs {
     /// `max_file_bytes`) or `Io` (a directory, for example).
     pub fn read(&self, path: &str) -> Result<Vec<u8>, VfsError> {
         let p = VfsPath::parse(path)?;
-        let file = self
-            .dir
-            .open(p.as_str())
-            .map_err(|e| VfsError::from_io("read", &p, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| VfsError::from_io("read", &p, e))?;
-        if meta.is_dir() {
-            return Err(VfsError::Io {
-                op: "read",
-                path: p.to_string(),
-                message: "is a directory".into(),
-            });
-        }
         let max = self.limits.max_file_bytes;
-        if meta.len() > max {
-            return Err(VfsError::Quota {
-                path: p.to_string(),
-                reason: format!("file is {} bytes; the read limit is {max}", meta.len()),
-            });
-        }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        // `take` bounds the read even if the file grows meanwhile.
-        file.take(max + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| VfsError::from_io("read", &p, e))?;
-        if buf.len() as u64 > max {
-            return Err(VfsError::Quota {
+        match open::read_file(&self.dir, p.as_str(), max) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(VfsError::Quota {
                 path: p.to_string(),
                 reason: format!("file exceeds the read limit {max}"),
-            });
+            }),
+            Err(r) => Err(VfsError::refused("read", p.to_string(), r)),
         }
-        Ok(buf)
     }
 
     /// Lists a directory: sorted names, the host's reserved names hidden.
@@ -217,6 +223,13 @@ impl Vfs {
             if name.starts_with(crate::path::RESERVED_PREFIX) {
                 continue;
             }
+            // The entry's type from the listing itself: nothing is opened.
+            let kind = entry
+                .file_type()
+                .map_err(|e| VfsError::from_io("list", &p, e))?;
+            if open::special(kind).is_some() {
+                continue;
+            }
             if names.len() == self.limits.max_list_entries {
                 return Err(VfsError::Quota {
                     path: p.to_string(),
@@ -235,13 +248,21 @@ impl Vfs {
     /// Describes one entry (following symlinks that stay inside).
     ///
     /// # Errors
-    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    /// `InvalidPath`, `NotFound`, `Denied` (a FIFO, socket or device node,
+    /// or an escape) or `Io`.
     pub fn stat(&self, path: &str) -> Result<Stat, VfsError> {
         let p = VfsPath::parse_dir(path)?;
         let meta = self
             .dir
             .metadata(p.as_str())
             .map_err(|e| VfsError::from_io("stat", &p, e))?;
+        if let Some(kind) = open::special(meta.file_type()) {
+            return Err(VfsError::refused(
+                "stat",
+                p.to_string(),
+                Refusal::Special(kind),
+            ));
+        }
         Ok(if meta.is_dir() {
             Stat {
                 kind: EntryKind::Directory,
@@ -260,15 +281,15 @@ impl Vfs {
     ///
     /// # Errors
     /// `InvalidPath`, `Quota` (content larger than `max_file_bytes`), `Denied`
-    /// (a symlink, or an escape through one) or `Io`.
+    /// (a symlink, a FIFO, socket or device node, or an escape) or `Io`.
     pub fn write(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
         self.check_size(&p, contents.len() as u64)?;
-        self.refuse_symlink(&p)?;
+        self.refuse_unservable("write", &p)?;
         self.create_parent(&p)?;
         let tmp = self.tmp_name(&p);
         let result = (|| {
-            let mut f = self.dir.create(&tmp)?;
+            let mut f = open::create_new(&self.dir, &tmp)?;
             f.write_all(contents)?;
             f.sync_data()?;
             self.dir.rename(&tmp, &self.dir, p.as_str())
@@ -283,20 +304,15 @@ impl Vfs {
     /// Appends to a file, creating it and its parents if needed.
     ///
     /// # Errors
-    /// As [`Vfs::write`]; `Quota` if the file would exceed `max_file_bytes`.
+    /// As [`Vfs::write`]; `Quota` if the file would exceed `max_file_bytes`;
+    /// `Denied` if the file has other hard links.
     pub fn append(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        self.refuse_symlink(&p)?;
+        self.refuse_unservable("append", &p)?;
         self.create_parent(&p)?;
-        let mut f = self
-            .dir
-            .open_with(p.as_str(), OpenOptions::new().append(true).create(true))
-            .map_err(|e| VfsError::from_io("append", &p, e))?;
-        let len = f
-            .metadata()
-            .map_err(|e| VfsError::from_io("append", &p, e))?
-            .len();
-        self.check_size(&p, len.saturating_add(contents.len() as u64))?;
+        let (mut f, meta) = open::open_file(&self.dir, p.as_str(), How::Append)
+            .map_err(|r| VfsError::refused("append", p.to_string(), r))?;
+        self.check_size(&p, meta.len().saturating_add(contents.len() as u64))?;
         f.write_all(contents)
             .map_err(|e| VfsError::from_io("append", &p, e))
     }
@@ -304,14 +320,12 @@ impl Vfs {
     /// Shortens a file to `len` bytes (host use: undoing an append).
     ///
     /// # Errors
-    /// `InvalidPath`, `NotFound`, `Denied` or `Io`.
+    /// `InvalidPath`, `NotFound`, `Denied` (a symlink, a special entry, a
+    /// file with other hard links) or `Io`.
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        self.refuse_symlink(&p)?;
-        let f = self
-            .dir
-            .open_with(p.as_str(), OpenOptions::new().write(true))
-            .map_err(|e| VfsError::from_io("truncate", &p, e))?;
+        let (f, _) = open::open_file(&self.dir, p.as_str(), How::Change)
+            .map_err(|r| VfsError::refused("truncate", p.to_string(), r))?;
         f.set_len(len)
             .map_err(|e| VfsError::from_io("truncate", &p, e))
     }
@@ -319,16 +333,17 @@ impl Vfs {
     /// Deletes a file or an empty directory.
     ///
     /// # Errors
-    /// `InvalidPath`, `NotFound`, `Denied` (a symlink) or `Io` (a non-empty directory).
+    /// `InvalidPath`, `NotFound`, `Denied` (a symlink, a FIFO, socket or
+    /// device node) or `Io` (a non-empty directory).
     pub fn delete(&self, path: &str) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
-        let meta = self
-            .dir
-            .symlink_metadata(p.as_str())
-            .map_err(|e| VfsError::from_io("delete", &p, e))?;
-        if meta.file_type().is_symlink() {
-            return Err(symlink_denied(&p));
-        }
+        let Some(meta) = open::refusal(&self.dir, p.as_str())
+            .map_err(|r| VfsError::refused("delete", p.to_string(), r))?
+        else {
+            return Err(VfsError::NotFound {
+                path: p.to_string(),
+            });
+        };
         let r = if meta.is_dir() {
             self.dir.remove_dir(p.as_str())
         } else {
@@ -340,16 +355,18 @@ impl Vfs {
     /// Renames `src` to `dst`; `dst` must not exist. Creates `dst`'s parents.
     ///
     /// # Errors
-    /// `InvalidPath`, `NotFound`, `AlreadyExists`, `Denied` (a symlink) or `Io`.
+    /// `InvalidPath`, `NotFound`, `AlreadyExists`, `Denied` (a symlink, a
+    /// FIFO, socket or device node) or `Io`.
     pub fn rename(&self, src: &str, dst: &str) -> Result<(), VfsError> {
         let s = VfsPath::parse(src)?;
         let d = VfsPath::parse(dst)?;
-        let meta = self
-            .dir
-            .symlink_metadata(s.as_str())
-            .map_err(|e| VfsError::from_io("rename", &s, e))?;
-        if meta.file_type().is_symlink() {
-            return Err(symlink_denied(&s));
+        if open::refusal(&self.dir, s.as_str())
+            .map_err(|r| VfsError::refused("rename", s.to_string(), r))?
+            .is_none()
+        {
+            return Err(VfsError::NotFound {
+                path: s.to_string(),
+            });
         }
         match self.dir.symlink_metadata(d.as_str()) {
             Ok(_) => {
@@ -388,13 +405,11 @@ impl Vfs {
         Ok(())
     }
 
-    fn refuse_symlink(&self, p: &VfsPath) -> Result<(), VfsError> {
-        match self.dir.symlink_metadata(p.as_str()) {
-            Ok(m) if m.file_type().is_symlink() => Err(symlink_denied(p)),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VfsError::from_io("stat", p, e)),
-        }
+    /// Refuses a symlink or a special entry at `p` (nothing there is fine).
+    fn refuse_unservable(&self, op: &'static str, p: &VfsPath) -> Result<(), VfsError> {
+        open::refusal(&self.dir, p.as_str())
+            .map(drop)
+            .map_err(|r| VfsError::refused(op, p.to_string(), r))
     }
 
     fn create_parent(&self, p: &VfsPath) -> Result<(), VfsError> {
@@ -421,16 +436,10 @@ impl Vfs {
     }
 }
 
-fn symlink_denied(p: &VfsPath) -> VfsError {
-    VfsError::Denied {
-        path: p.to_string(),
-        reason: "is a symbolic link; links are never modified".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::FileSpace;
     use cap_std::ambient_authority;
 
     fn setup() -> (tempfile::TempDir, std::path::PathBuf, Vfs) {
@@ -613,6 +622,110 @@ mod tests {
             outside.len(),
             2,
             "only agent/ and sentinel.txt outside: {outside:?}"
+        );
+    }
+
+    #[test]
+    fn fifos_sockets_and_devices_are_refused_without_waiting() {
+        use crate::open::tests::{mkdev, mkfifo, quickly, socket};
+        let (_t, inner, vfs) = setup();
+        let vfs = std::sync::Arc::new(vfs);
+        mkfifo(&inner.join("fifo"));
+        let _listener = socket(&inner.join("sock"));
+        let mut names = vec!["fifo", "sock"];
+        if mkdev(&inner.join("dev")) {
+            names.push("dev");
+        }
+        // A link to a FIFO inside the directory is followed by reads: the
+        // handle's type still refuses it.
+        std::os::unix::fs::symlink("fifo", inner.join("to-fifo")).unwrap();
+        vfs.write("ok.txt", b"ok").unwrap();
+        type Op = fn(&Vfs, &str) -> Result<(), VfsError>;
+        let ops: [(&str, Op); 7] = [
+            ("read", |v, n| v.read(n).map(drop)),
+            ("append", |v, n| v.append(n, b"x")),
+            ("truncate", |v, n| v.truncate(n, 0)),
+            ("write", |v, n| v.write(n, b"x")),
+            ("delete", |v, n| v.delete(n)),
+            ("rename", |v, n| v.rename(n, "moved")),
+            ("stat", |v, n| v.stat(n).map(drop)),
+        ];
+        for name in names.iter().copied().chain(["to-fifo"]) {
+            for (what, op) in ops {
+                if what == "stat" && name == "to-fifo" {
+                    continue;
+                }
+                let v = vfs.clone();
+                let r = quickly(&format!("{what} {name}"), move || op(&v, name));
+                assert!(
+                    matches!(&r, Err(VfsError::Denied { path, .. }) if path == name),
+                    "{what} {name}: {r:?}"
+                );
+            }
+        }
+        let v = vfs.clone();
+        assert!(matches!(
+            quickly("stat to-fifo", move || v.stat("to-fifo")),
+            Err(VfsError::Denied { .. })
+        ));
+        // Listings leave them out (the in-directory symlink stays listed).
+        assert_eq!(vfs.list(".").unwrap(), ["ok.txt", "to-fifo"]);
+        let fs = |name: &str| std::fs::symlink_metadata(inner.join(name)).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs("fifo").file_type().is_fifo(), "left as it was");
+        assert!(fs("sock").file_type().is_socket());
+    }
+
+    #[test]
+    fn planted_hard_links_are_never_changed_in_place() {
+        let (t, inner, vfs) = setup();
+        let victim = t.path().join("sentinel.txt");
+        std::fs::hard_link(&victim, inner.join("link.txt")).unwrap();
+        let linked = |r: Result<(), VfsError>| matches!(r, Err(VfsError::Denied { reason, .. }) if reason.contains("hard links"));
+        assert!(linked(vfs.append("link.txt", b" pwned")));
+        assert!(linked(vfs.truncate("link.txt", 0)));
+        assert!(linked(
+            FileSpace::append(
+                &vfs,
+                crate::files::Caller::untraced(
+                    &ahv_core::AgentId::new("a").unwrap(),
+                    ahv_core::Ring::Standard
+                ),
+                "link.txt",
+                b"x"
+            )
+            .map(drop)
+        ));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"outside");
+        // A write puts a new inode at the path: the other name keeps its bytes.
+        vfs.write("link.txt", b"mine").unwrap();
+        assert_eq!(vfs.read("link.txt").unwrap(), b"mine");
+        vfs.append("link.txt", b"!").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn planted_temporary_names_are_never_written_through() {
+        let (t, inner, vfs) = setup();
+        let pid = std::process::id();
+        for n in 0..3 {
+            std::os::unix::fs::symlink(
+                t.path().join("sentinel.txt"),
+                inner.join(format!(".ahv-tmp-{pid}-{n}")),
+            )
+            .unwrap();
+        }
+        crate::open::tests::mkfifo(&inner.join(format!(".ahv-tmp-{pid}-3")));
+        let vfs = std::sync::Arc::new(vfs);
+        for i in 0..4 {
+            let v = vfs.clone();
+            crate::open::tests::quickly("write", move || v.write("f", format!("{i}").as_bytes()))
+                .unwrap();
+        }
+        assert_eq!(vfs.read("f").unwrap(), b"3");
+        assert_eq!(
+            std::fs::read(t.path().join("sentinel.txt")).unwrap(),
+            b"outside"
         );
     }
 

@@ -66,7 +66,7 @@ use ahv_core::{
 };
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::session::{
-    Consistency, Participant, Session, SessionConfig, SessionError, SessionState,
+    Consistency, Participant, ParticipantsDiff, Session, SessionConfig, SessionError, SessionState,
 };
 use ahv_governance::session_core::{SessionCore, SessionCoreConfig};
 use ahv_governance::session_vfs::{DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SnapshotInfo};
@@ -1026,41 +1026,54 @@ impl Hypervisor {
         }
     }
 
-    /// Snapshots the session's files (only while active). Emits `vfs.snapshot`.
+    /// Snapshots the session's files (only while active) and records its
+    /// participants with their rings and scores. Emits `vfs.snapshot`.
     ///
     /// # Errors
     /// [`SessionError`] (not active, expired); [`HypervisorError::Files`].
     pub fn snapshot(&self, session: &SessionId) -> Result<SnapshotInfo, HypervisorError> {
         let entry = self.entry(session)?;
-        let by = {
+        let (by, participants) = {
             let gov = lock(&entry.gov);
             gov.check_snapshot_allowed(self.now())?;
-            gov.creator().clone()
+            (
+                gov.creator().clone(),
+                gov.participants().cloned().collect::<Vec<_>>(),
+            )
         };
         entry
             .core
-            .snapshot(&by, self.op().trace)
+            .snapshot(&by, self.op().trace, &participants)
             .map_err(|source| HypervisorError::Files {
                 session: session.clone(),
                 source,
             })
     }
 
-    /// Restores a snapshot of the session's files (only while active).
-    /// Emits `vfs.restore`.
+    /// Restores a snapshot of the session's files (only while active). The
+    /// participants are not restored: the answer says how they differ from
+    /// the ones the snapshot recorded (joined and left since, rings and
+    /// scores changed). Emits `vfs.restore`, which carries the same.
     ///
     /// # Errors
     /// [`SessionError`]; [`HypervisorError::Files`] naming an unknown snapshot.
-    pub fn restore(&self, session: &SessionId, snapshot: u64) -> Result<(), HypervisorError> {
+    pub fn restore(
+        &self,
+        session: &SessionId,
+        snapshot: u64,
+    ) -> Result<ParticipantsDiff, HypervisorError> {
         let entry = self.entry(session)?;
-        let by = {
+        let (by, participants) = {
             let gov = lock(&entry.gov);
             gov.check_snapshot_allowed(self.now())?;
-            gov.creator().clone()
+            (
+                gov.creator().clone(),
+                gov.participants().cloned().collect::<Vec<_>>(),
+            )
         };
         entry
             .core
-            .restore(snapshot, &by, self.op().trace)
+            .restore(snapshot, &by, self.op().trace, &participants)
             .map_err(|source| HypervisorError::Files {
                 session: session.clone(),
                 source,

@@ -1,0 +1,162 @@
+//! What the session knows about its files: per-file metadata (ACL, size,
+//! hash, clock) and the metadata table with its usage counts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use cap_std::fs::Dir;
+use sha2::{Digest, Sha256};
+
+use crate::files::{Acl, Sha256Digest};
+use crate::vclock::VectorClock;
+
+use super::namespace::AreaPath;
+use super::snapshot::Snapshot;
+use super::undo::{Record, discard_blob};
+use super::{FileQuotas, Usage};
+
+/// What the session knows about one regular file.
+#[derive(Clone)]
+pub(super) struct FileMeta {
+    /// `Some` for shared files; private files are their owner's alone.
+    pub(super) acl: Option<Acl>,
+    pub(super) size: u64,
+    pub(super) digest: Sha256Digest,
+    /// SHA-256 state after all `size` bytes, so an append hashes only what it adds.
+    pub(super) hasher: Sha256,
+    /// The clock of the path's last write.
+    pub(super) clock: VectorClock,
+}
+
+impl fmt::Debug for FileMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileMeta")
+            .field("acl", &self.acl)
+            .field("size", &self.size)
+            .field("digest", &hex::encode(self.digest))
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileMeta {
+    pub(super) fn new(contents: &[u8], acl: Option<Acl>, clock: VectorClock) -> FileMeta {
+        let hasher = Sha256::new_with_prefix(contents);
+        FileMeta {
+            acl,
+            size: contents.len() as u64,
+            digest: hasher.clone().finalize().into(),
+            hasher,
+            clock,
+        }
+    }
+
+    pub(super) fn appended(&self, bytes: &[u8], clock: VectorClock) -> FileMeta {
+        let mut hasher = self.hasher.clone();
+        hasher.update(bytes);
+        FileMeta {
+            acl: self.acl.clone(),
+            size: self.size.saturating_add(bytes.len() as u64),
+            digest: hasher.clone().finalize().into(),
+            hasher,
+            clock,
+        }
+    }
+
+    pub(super) fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            digest: self.digest,
+            acl: self.acl.clone(),
+        }
+    }
+
+    pub(super) fn matches(&self, f: &Fingerprint) -> bool {
+        self.size == f.size && self.digest == f.digest && self.acl == f.acl
+    }
+}
+
+/// The state a change left a file in; an undo checks it is still so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    pub(super) size: u64,
+    pub(super) digest: Sha256Digest,
+    pub(super) acl: Option<Acl>,
+}
+
+/// The session's metadata.
+#[derive(Debug, Default)]
+pub(super) struct Db {
+    pub(super) files: BTreeMap<AreaPath, FileMeta>,
+    pub(super) usage: Usage,
+    pub(super) log: VecDeque<Record>,
+    /// Bytes kept on disk by the records in `log`.
+    pub(super) log_bytes: u64,
+    pub(super) last_undo: u64,
+    pub(super) snapshots: BTreeMap<u64, Snapshot>,
+    pub(super) last_snapshot: u64,
+}
+
+impl Db {
+    pub(super) fn next_undo_id(&mut self) -> u64 {
+        self.last_undo += 1;
+        self.last_undo
+    }
+
+    /// Sets or removes one file's metadata, keeping the usage in step.
+    pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
+        if let Some(m) = &meta {
+            self.usage.files += 1;
+            self.usage.bytes = self.usage.bytes.saturating_add(m.size);
+        }
+        let old = match meta {
+            Some(m) => self.files.insert(key, m),
+            None => self.files.remove(&key),
+        };
+        if let Some(o) = old {
+            self.usage.files = self.usage.files.saturating_sub(1);
+            self.usage.bytes = self.usage.bytes.saturating_sub(o.size);
+        }
+    }
+
+    /// The files strictly below directory `dir`, with their suffix (`/…`).
+    pub(super) fn files_under(&self, dir: &AreaPath) -> Vec<(String, FileMeta)> {
+        // Every path below `d` sorts in [`d/`, `d0`): '0' follows '/'.
+        let lo = dir.with_suffix("/");
+        let hi = dir.with_suffix("0");
+        self.files
+            .range(lo..hi)
+            .map(|(k, m)| (k.rel[dir.rel.len()..].to_string(), m.clone()))
+            .collect()
+    }
+
+    pub(super) fn has_files_under(&self, dir: &AreaPath) -> bool {
+        self.files
+            .range(dir.with_suffix("/")..dir.with_suffix("0"))
+            .next()
+            .is_some()
+    }
+
+    /// Appends a record and prunes the oldest beyond the bounds; the id, if
+    /// the record is still kept.
+    pub(super) fn record(
+        &mut self,
+        undo_dir: &Dir,
+        quotas: &FileQuotas,
+        rec: Record,
+    ) -> Option<u64> {
+        let id = rec.id;
+        self.log_bytes = self.log_bytes.saturating_add(rec.blob_bytes);
+        self.log.push_back(rec);
+        while self.log.len() > quotas.max_undo_records || self.log_bytes > quotas.max_total_bytes {
+            let Some(old) = self.log.pop_front() else {
+                break;
+            };
+            self.log_bytes = self.log_bytes.saturating_sub(old.blob_bytes);
+            if old.has_blob() {
+                discard_blob(undo_dir, old.id);
+            }
+        }
+        self.log.back().filter(|r| r.id == id).map(|r| r.id)
+    }
+}

@@ -1,0 +1,968 @@
+//! The file operations behind the `vfs-read` / `vfs-write` capabilities.
+
+use std::io;
+
+use ahv_core::Ring;
+
+use crate::files::{Access, Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
+use crate::open;
+use crate::path::RESERVED_PREFIX;
+use crate::vfs::{EntryKind, Stat, VfsError};
+
+use super::checks::{MAX_ACL_AGENTS, Need, check_access, check_nesting, creation_acl, private_acl};
+use super::fs::{
+    entry_exists, missing_ancestors, move_across, not_a_file, refuse_unservable, special_denied,
+    symlink_denied, unmake_dirs,
+};
+use super::meta::{Db, FileMeta};
+use super::namespace::{Area, AreaPath, dir_key, file_key, in_guest_terms};
+use super::open_dirs::Dirs;
+use super::undo::{Moved, Record, Undo, blob, discard_blob, keep_old};
+use super::{SHARED, SessionFiles};
+
+/// Shared files and private files are governed by different rules; see the
+/// module docs.
+impl FileSpace for SessionFiles {
+    fn max_file_bytes(&self) -> u64 {
+        self.quotas.max_file_bytes
+    }
+
+    fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| {
+            let Some(m) = db.files.get(&key) else {
+                return Err(self.missing(dirs, &key, "read"));
+            };
+            check_access(who, m, &key.guest(), Need::Read)?;
+            let bytes = dirs
+                .area(&key.area)?
+                .read(&key.rel)
+                .map_err(|e| in_guest_terms(e, &key.area))?;
+            self.clocks.observe(who.agent, &m.clock);
+            Ok(bytes)
+        })
+    }
+
+    /// Names of directories and of the session's files; symlinks and
+    /// entries the session did not create are hidden. Names in a shared
+    /// directory are visible to every participant, whatever the files' ACLs.
+    fn list(&self, who: Caller<'_>, path: &str) -> Result<Vec<String>, VfsError> {
+        let key = dir_key(who.agent, path)?;
+        self.with(|dirs, db| {
+            let vfs = dirs.area(&key.area)?;
+            let guest = key.guest();
+            let fail = |e: io::Error| VfsError::io("list", guest.clone(), e);
+            let mut names = Vec::new();
+            for entry in vfs.dir().read_dir(key.at()).map_err(fail)? {
+                let entry = entry.map_err(fail)?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if name.starts_with(RESERVED_PREFIX) {
+                    continue;
+                }
+                let kind = entry.file_type().map_err(fail)?;
+                if !(kind.is_dir() || kind.is_file() && db.files.contains_key(&key.child(&name))) {
+                    continue;
+                }
+                names.push(name);
+                if names.len() > self.quotas.max_list_entries {
+                    break;
+                }
+            }
+            if key.area != Area::Shared && key.is_root() && !names.iter().any(|n| n == SHARED) {
+                names.push(SHARED.to_string());
+            }
+            if names.len() > self.quotas.max_list_entries {
+                return Err(VfsError::Quota {
+                    path: guest,
+                    reason: format!(
+                        "directory has more than {} entries",
+                        self.quotas.max_list_entries
+                    ),
+                });
+            }
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn stat(&self, who: Caller<'_>, path: &str) -> Result<Stat, VfsError> {
+        let key = dir_key(who.agent, path)?;
+        self.with(|dirs, db| {
+            if let Some(m) = db.files.get(&key) {
+                check_access(who, m, &key.guest(), Need::Read)?;
+                self.clocks.observe(who.agent, &m.clock);
+                return Ok(Stat {
+                    kind: EntryKind::File,
+                    size: m.size,
+                });
+            }
+            let vfs = dirs.area(&key.area)?;
+            let dir = Stat {
+                kind: EntryKind::Directory,
+                size: 0,
+            };
+            if key.is_root() {
+                return Ok(dir);
+            }
+            match vfs.dir().symlink_metadata(&key.rel) {
+                Ok(m) if m.is_dir() => Ok(dir),
+                Ok(m) => Err(not_a_file(key.guest(), &m)),
+                Err(e) => Err(VfsError::io("stat", key.guest(), e)),
+            }
+        })
+    }
+
+    fn hash(&self, who: Caller<'_>, path: &str) -> Result<Sha256Digest, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| {
+            let Some(m) = db.files.get(&key) else {
+                return Err(self.missing(dirs, &key, "hash"));
+            };
+            check_access(who, m, &key.guest(), Need::Read)?;
+            self.clocks.observe(who.agent, &m.clock);
+            Ok(m.digest)
+        })
+    }
+
+    fn write(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| self.write_file(dirs, db, who, &key, contents, FileOp::Write))
+    }
+
+    fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| self.append_file(dirs, db, who, &key, contents))
+    }
+
+    fn truncate(&self, who: Caller<'_>, path: &str, len: u64) -> Result<FileChange, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| self.truncate_file(dirs, db, who, &key, len))
+    }
+
+    fn delete(&self, who: Caller<'_>, path: &str) -> Result<FileChange, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| self.delete_entry(dirs, db, who, &key))
+    }
+
+    /// Within an area or across areas (a private file moved into `shared/`
+    /// gets the creation ACL; a shared file moved into the caller's private
+    /// area needs read and write access). A directory moves with every file
+    /// below it; each needs the same access and passes the same clock check.
+    /// Nesting is bounded here, where trees are made: a move that would give
+    /// an entry below the directory a guest path deeper than
+    /// [`crate::path::MAX_DEPTH`] or longer than
+    /// [`crate::path::MAX_PATH_BYTES`] is `InvalidPath`, so every tree that
+    /// exists can be named by guests and copied by snapshots.
+    fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
+        let from = file_key(who.agent, src)?;
+        let to = file_key(who.agent, dst)?;
+        self.with(|dirs, db| self.rename_entry(dirs, db, who, &from, &to))
+    }
+
+    /// A change like a write: counted against [`FileQuotas::max_dirs`](super::FileQuotas::max_dirs) (it
+    /// and every missing parent), recorded for undo. `Ok(None)` when the
+    /// directory exists already (the roots always do): nothing changed.
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError> {
+        let key = dir_key(who.agent, path)?;
+        if key.is_root() {
+            return Ok(None);
+        }
+        let guest = key.guest();
+        self.with(|dirs, db| {
+            if db.files.contains_key(&key) {
+                return Err(VfsError::AlreadyExists { path: guest });
+            }
+            let vfs = dirs.area(&key.area)?;
+            match vfs.dir().symlink_metadata(&key.rel) {
+                Ok(m) if m.is_dir() => return Ok(None),
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(guest)),
+                // An entry that is not a file of the session (see the module docs).
+                Ok(_) => return Err(VfsError::AlreadyExists { path: guest }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VfsError::io("create-dir", guest, e)),
+            }
+            let mut made = vec![key.rel.to_string()];
+            made.extend(missing_ancestors(vfs.dir(), &key.rel));
+            self.check_dirs(&db.usage, &guest, made.len())?;
+            if let Err(e) = vfs.create_dir(&key.rel) {
+                db.usage.dirs += unmake_dirs(vfs.dir(), &made);
+                return Err(in_guest_terms(e, &key.area));
+            }
+            let created = made.len() as u64;
+            db.usage.dirs += created;
+            let id = db.next_undo_id();
+            let undo = db.record(
+                &dirs.undo,
+                &self.quotas,
+                Record {
+                    id,
+                    agent: who.agent.clone(),
+                    op: FileOp::CreateDir,
+                    key: key.clone(),
+                    to: None,
+                    undo: Undo::DirCreated { made },
+                    blob_bytes: 0,
+                },
+            );
+            Ok(Some(FileChange {
+                op: FileOp::CreateDir,
+                path: guest,
+                to: None,
+                before: None,
+                after: None,
+                size: created,
+                undo,
+            }))
+        })
+    }
+
+    /// Anyone in the session may see a shared file's ACL (it is not content,
+    /// and others need to know whom to ask). A private file answers owner =
+    /// its agent, read and write = owner only. A directory is `Denied` (it
+    /// carries no ACL); nothing at the path is `NotFound`.
+    fn get_acl(&self, who: Caller<'_>, path: &str) -> Result<Acl, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| match db.files.get(&key) {
+            Some(m) => Ok(match (&m.acl, &key.area) {
+                (Some(acl), _) => acl.clone(),
+                (None, Area::Private(owner)) => private_acl(owner),
+                (None, Area::Shared) => private_acl(who.agent),
+            }),
+            None => Err(self.no_acl(dirs, &key)),
+        })
+    }
+
+    fn set_acl(&self, who: Caller<'_>, path: &str, acl: Acl) -> Result<FileChange, VfsError> {
+        let key = file_key(who.agent, path)?;
+        self.with(|dirs, db| self.set_acl_of(dirs, db, who, &key, acl))
+    }
+}
+
+impl SessionFiles {
+    /// Why there is no file at `key`: a directory, a refused path, or nothing.
+    pub(super) fn missing(&self, dirs: &mut Dirs, key: &AreaPath, op: &'static str) -> VfsError {
+        let guest = key.guest();
+        let vfs = match dirs.area(&key.area) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        match vfs.dir().symlink_metadata(key.at()) {
+            Ok(m) if m.is_dir() => VfsError::Io {
+                op,
+                path: guest,
+                message: "is a directory".into(),
+            },
+            Ok(m) => match open::special(m.file_type()) {
+                Some(kind) => special_denied(guest, kind),
+                None => VfsError::NotFound { path: guest },
+            },
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => VfsError::io(op, guest, e),
+            Err(_) => VfsError::NotFound { path: guest },
+        }
+    }
+
+    pub(super) fn write_file(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+        contents: &[u8],
+        op: FileOp,
+    ) -> Result<FileChange, VfsError> {
+        let guest = key.guest();
+        let old = db.files.get(key);
+        if let Some(m) = old {
+            check_access(who, m, &guest, Need::Write)?;
+        }
+        let old_clock = old.map(|m| m.clock.clone()).unwrap_or_default();
+        self.check_clock(who.agent, &old_clock, &guest)?;
+        let size = contents.len() as u64;
+        self.check_quota(&db.usage, &guest, old.map(|m| m.size), size)?;
+        let before = old.cloned();
+        // Only now: a refused write must not even create the caller's area.
+        let vfs = dirs.area(&key.area)?;
+        let id = db.next_undo_id();
+        let made_dirs = match before {
+            Some(_) => {
+                // The atomic write renames a new inode over the path; this link
+                // keeps the old bytes for the undo record.
+                refuse_unservable(vfs.dir(), key, op.name())?;
+                keep_old(
+                    vfs.dir(),
+                    &key.rel,
+                    &dirs.undo,
+                    &blob(id),
+                    self.quotas.max_file_bytes,
+                )
+                .map_err(|r| VfsError::refused(op.name(), guest.clone(), r))?;
+                Vec::new()
+            }
+            None => missing_ancestors(vfs.dir(), &key.rel),
+        };
+        if let Err(e) = self.check_dirs(&db.usage, &guest, made_dirs.len()) {
+            if before.is_some() {
+                discard_blob(&dirs.undo, id);
+            }
+            return Err(e);
+        }
+        if let Err(e) = vfs.write(&key.rel, contents) {
+            if before.is_some() {
+                discard_blob(&dirs.undo, id);
+            }
+            db.usage.dirs += unmake_dirs(vfs.dir(), &made_dirs);
+            return Err(in_guest_terms(e, &key.area));
+        }
+        db.usage.dirs += made_dirs.len() as u64;
+        let acl = match &before {
+            Some(b) => b.acl.clone(),
+            None => creation_acl(who, key),
+        };
+        let meta = FileMeta::new(
+            contents,
+            acl,
+            self.clocks.stamp_write(who.agent, &old_clock),
+        );
+        let after = meta.fingerprint();
+        let digest = meta.digest;
+        db.put(key.clone(), Some(meta));
+        let before_digest = before.as_ref().map(|b| b.digest);
+        let (undo, blob_bytes) = match before {
+            Some(b) => {
+                let bytes = b.size;
+                (
+                    Undo::Replaced {
+                        before: Box::new(b),
+                        after,
+                    },
+                    bytes,
+                )
+            }
+            None => (Undo::Created { after, made_dirs }, 0),
+        };
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op,
+                key: key.clone(),
+                to: None,
+                undo,
+                blob_bytes,
+            },
+        );
+        Ok(FileChange {
+            op,
+            path: guest,
+            to: None,
+            before: before_digest,
+            after: Some(digest),
+            size,
+            undo,
+        })
+    }
+
+    pub(super) fn append_file(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+        contents: &[u8],
+    ) -> Result<FileChange, VfsError> {
+        let Some(old) = db.files.get(key) else {
+            // A new file; whatever unknown entry is on disk gets replaced, not extended.
+            return self.write_file(dirs, db, who, key, contents, FileOp::Append);
+        };
+        let guest = key.guest();
+        check_access(who, old, &guest, Need::Write)?;
+        self.check_clock(who.agent, &old.clock, &guest)?;
+        let new_size = old.size.saturating_add(contents.len() as u64);
+        self.check_quota(&db.usage, &guest, Some(old.size), new_size)?;
+        let before = old.clone();
+        let vfs = dirs.area(&key.area)?;
+        if let Err(e) = vfs.append(&key.rel, contents) {
+            if matches!(e, VfsError::Io { .. }) {
+                // A partial append must not survive the refusal.
+                let _ = vfs.truncate(&key.rel, before.size);
+            }
+            return Err(in_guest_terms(e, &key.area));
+        }
+        let meta = before.appended(contents, self.clocks.stamp_write(who.agent, &before.clock));
+        let after = meta.fingerprint();
+        let digest = meta.digest;
+        db.put(key.clone(), Some(meta));
+        let id = db.next_undo_id();
+        let before_digest = before.digest;
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op: FileOp::Append,
+                key: key.clone(),
+                to: None,
+                undo: Undo::Appended {
+                    before: Box::new(before),
+                    after,
+                },
+                blob_bytes: 0,
+            },
+        );
+        Ok(FileChange {
+            op: FileOp::Append,
+            path: guest,
+            to: None,
+            before: Some(before_digest),
+            after: Some(digest),
+            size: new_size,
+            undo,
+        })
+    }
+
+    pub(super) fn truncate_file(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+        len: u64,
+    ) -> Result<FileChange, VfsError> {
+        let guest = key.guest();
+        let Some(old) = db.files.get(key) else {
+            return Err(self.missing(dirs, key, "truncate"));
+        };
+        check_access(who, old, &guest, Need::Write)?;
+        if len > old.size {
+            return Err(VfsError::Denied {
+                path: guest,
+                reason: format!(
+                    "truncate only shortens: the file is {} bytes, {len} were asked for",
+                    old.size
+                ),
+            });
+        }
+        self.check_clock(who.agent, &old.clock, &guest)?;
+        let before = old.clone();
+        let vfs = dirs.area(&key.area)?;
+        let bytes = vfs
+            .read(&key.rel)
+            .map_err(|e| in_guest_terms(e, &key.area))?;
+        if bytes.len() as u64 != before.size {
+            return Err(VfsError::Io {
+                op: "truncate",
+                path: guest,
+                message: "the file changed outside the session".into(),
+            });
+        }
+        let at = usize::try_from(len).unwrap_or(usize::MAX).min(bytes.len());
+        let (kept, cut) = bytes.split_at(at);
+        let id = db.next_undo_id();
+        open::write_new(&dirs.undo, &blob(id), cut)
+            .map_err(|e| VfsError::io("truncate", guest.clone(), e))?;
+        if let Err(e) = vfs.truncate(&key.rel, len) {
+            discard_blob(&dirs.undo, id);
+            return Err(in_guest_terms(e, &key.area));
+        }
+        let meta = FileMeta::new(
+            kept,
+            before.acl.clone(),
+            self.clocks.stamp_write(who.agent, &before.clock),
+        );
+        let after = meta.fingerprint();
+        let digest = meta.digest;
+        db.put(key.clone(), Some(meta));
+        let before_digest = before.digest;
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op: FileOp::Truncate,
+                key: key.clone(),
+                to: None,
+                undo: Undo::Truncated {
+                    before: Box::new(before),
+                    after,
+                },
+                blob_bytes: cut.len() as u64,
+            },
+        );
+        Ok(FileChange {
+            op: FileOp::Truncate,
+            path: guest,
+            to: None,
+            before: Some(before_digest),
+            after: Some(digest),
+            size: len,
+            undo,
+        })
+    }
+
+    pub(super) fn delete_entry(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+    ) -> Result<FileChange, VfsError> {
+        let guest = key.guest();
+        let vfs = dirs.area(&key.area)?;
+        let id;
+        let (undo, blob_bytes, before_digest) = if let Some(old) = db.files.get(key) {
+            check_access(who, old, &guest, Need::Write)?;
+            self.check_clock(who.agent, &old.clock, &guest)?;
+            refuse_unservable(vfs.dir(), key, "delete")?;
+            let before = old.clone();
+            id = db.next_undo_id();
+            // Moved aside, not removed: the undo record puts it back.
+            vfs.dir()
+                .rename(&key.rel, &dirs.undo, blob(id))
+                .map_err(|e| VfsError::io("delete", guest.clone(), e))?;
+            self.clocks.stamp_write(who.agent, &before.clock);
+            db.put(key.clone(), None);
+            let (bytes, digest) = (before.size, before.digest);
+            (
+                Undo::Deleted {
+                    before: Box::new(before),
+                },
+                bytes,
+                Some(digest),
+            )
+        } else {
+            match vfs.dir().symlink_metadata(&key.rel) {
+                Ok(m) if m.is_dir() => {
+                    if db.has_files_under(key) {
+                        return Err(VfsError::Io {
+                            op: "delete",
+                            path: guest,
+                            message: "directory not empty".into(),
+                        });
+                    }
+                    vfs.delete(&key.rel)
+                        .map_err(|e| in_guest_terms(e, &key.area))?;
+                    db.usage.dirs = db.usage.dirs.saturating_sub(1);
+                    id = db.next_undo_id();
+                    (Undo::DirDeleted, 0, None)
+                }
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(guest)),
+                Ok(m) => return Err(not_a_file(guest, &m)),
+                Err(e) => return Err(VfsError::io("delete", guest, e)),
+            }
+        };
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op: FileOp::Delete,
+                key: key.clone(),
+                to: None,
+                undo,
+                blob_bytes,
+            },
+        );
+        Ok(FileChange {
+            op: FileOp::Delete,
+            path: guest,
+            to: None,
+            before: before_digest,
+            after: None,
+            size: 0,
+            undo,
+        })
+    }
+
+    pub(super) fn rename_entry(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        src: &AreaPath,
+        dst: &AreaPath,
+    ) -> Result<FileChange, VfsError> {
+        let (src_guest, dst_guest) = (src.guest(), dst.guest());
+        let sv = dirs.area(&src.area)?;
+        let dv = dirs.area(&dst.area)?;
+        let exists = |e: io::Error| VfsError::io("rename", dst_guest.clone(), e);
+        if db.files.contains_key(dst) || entry_exists(dv.dir(), &dst.rel).map_err(exists)? {
+            return Err(VfsError::AlreadyExists { path: dst_guest });
+        }
+        let (moved, is_dir) = match db.files.get(src) {
+            Some(m) => (vec![(String::new(), m.clone())], false),
+            None => match sv.dir().symlink_metadata(&src.rel) {
+                Ok(m) if m.is_dir() => (db.files_under(src), true),
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_denied(src_guest)),
+                Ok(m) => return Err(not_a_file(src_guest, &m)),
+                Err(e) => return Err(VfsError::io("rename", src_guest, e)),
+            },
+        };
+        if is_dir && src.area == dst.area && dst.rel.starts_with(&format!("{}/", src.rel)) {
+            return Err(VfsError::Denied {
+                path: dst_guest,
+                reason: format!("cannot move directory {src_guest} into itself"),
+            });
+        }
+        if is_dir {
+            check_nesting(sv.dir(), src, dst).map_err(VfsError::InvalidPath)?;
+        }
+        for (suffix, m) in &moved {
+            let path = src.with_suffix(suffix).guest();
+            check_access(who, m, &path, Need::Write)?;
+            if dst.area != Area::Shared {
+                // Moving a shared file into a private area takes it away from
+                // everyone else: it needs read access too.
+                check_access(who, m, &path, Need::Read)?;
+            }
+            self.check_clock(who.agent, &m.clock, &path)?;
+        }
+        let made_dirs = missing_ancestors(dv.dir(), &dst.rel);
+        self.check_dirs(&db.usage, &dst_guest, made_dirs.len())?;
+        let moved_ok = if src.area == dst.area {
+            sv.rename(&src.rel, &dst.rel)
+                .map_err(|e| in_guest_terms(e, &src.area))
+        } else {
+            move_across(&sv, src, &dv, dst)
+        };
+        if let Err(e) = moved_ok {
+            db.usage.dirs += unmake_dirs(dv.dir(), &made_dirs);
+            return Err(e);
+        }
+        db.usage.dirs += made_dirs.len() as u64;
+        let mut record_moved = Vec::with_capacity(moved.len());
+        for (suffix, before) in moved {
+            let to = dst.with_suffix(&suffix);
+            let mut meta = before.clone();
+            meta.acl = match (&dst.area, &before.acl) {
+                // The ACL moves with the file.
+                (Area::Shared, Some(acl)) => Some(acl.clone()),
+                (Area::Shared, None) => creation_acl(who, &to),
+                (Area::Private(_), _) => None,
+            };
+            meta.clock = self.clocks.stamp_write(who.agent, &before.clock);
+            let after = meta.fingerprint();
+            db.put(src.with_suffix(&suffix), None);
+            db.put(to, Some(meta));
+            record_moved.push(Moved {
+                suffix,
+                before,
+                after,
+            });
+        }
+        let (digest, size) = match (is_dir, record_moved.first()) {
+            (false, Some(m)) => (Some(m.after.digest), m.after.size),
+            _ => (None, 0),
+        };
+        let id = db.next_undo_id();
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op: FileOp::Rename,
+                key: src.clone(),
+                to: Some(dst.clone()),
+                undo: Undo::Renamed {
+                    moved: record_moved,
+                    made_dirs,
+                },
+                blob_bytes: 0,
+            },
+        );
+        Ok(FileChange {
+            op: FileOp::Rename,
+            path: src_guest,
+            to: Some(dst_guest),
+            before: digest,
+            after: digest,
+            size,
+            undo,
+        })
+    }
+
+    pub(super) fn set_acl_of(
+        &self,
+        dirs: &mut Dirs,
+        db: &mut Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+        acl: Acl,
+    ) -> Result<FileChange, VfsError> {
+        let guest = key.guest();
+        if let Area::Private(_) = key.area {
+            return Err(VfsError::Denied {
+                path: guest,
+                reason: "private files are their owner's alone; they have no ACL to change".into(),
+            });
+        }
+        let Some(old) = db.files.get(key) else {
+            return Err(self.no_acl(dirs, key));
+        };
+        let Some(current) = &old.acl else {
+            return Err(VfsError::Denied {
+                path: guest,
+                reason: "the file has no ACL".into(),
+            });
+        };
+        let privileged = who.ring <= Ring::Privileged;
+        if who.agent != &current.owner && !privileged {
+            return Err(VfsError::Denied {
+                path: guest,
+                reason: format!(
+                    "agent {} may not change the ACL: only the owner {} or an agent in ring ≤ 1 may (the caller is in ring {})",
+                    who.agent,
+                    current.owner,
+                    who.ring.number()
+                ),
+            });
+        }
+        if acl.owner != current.owner && !privileged {
+            return Err(VfsError::Denied {
+                path: guest,
+                reason: format!(
+                    "agent {} may not give the file to {}: only an agent in ring ≤ 1 may change the owner",
+                    who.agent, acl.owner
+                ),
+            });
+        }
+        for (what, access) in [("read", &acl.read), ("write", &acl.write)] {
+            if let Access::Agents(list) = access
+                && list.len() > MAX_ACL_AGENTS
+            {
+                return Err(VfsError::Quota {
+                    path: guest,
+                    reason: format!(
+                        "the {what} list names {} agents; the limit is {MAX_ACL_AGENTS}",
+                        list.len()
+                    ),
+                });
+            }
+        }
+        self.check_clock(who.agent, &old.clock, &guest)?;
+        let before = old.clone();
+        let mut meta = before.clone();
+        meta.acl = Some(acl);
+        meta.clock = self.clocks.stamp_write(who.agent, &before.clock);
+        let after = meta.fingerprint();
+        let (digest, size) = (meta.digest, meta.size);
+        db.put(key.clone(), Some(meta));
+        let id = db.next_undo_id();
+        let undo = db.record(
+            &dirs.undo,
+            &self.quotas,
+            Record {
+                id,
+                agent: who.agent.clone(),
+                op: FileOp::SetAcl,
+                key: key.clone(),
+                to: None,
+                undo: Undo::AclSet {
+                    before: Box::new(before),
+                    after,
+                },
+                blob_bytes: 0,
+            },
+        );
+        Ok(FileChange {
+            op: FileOp::SetAcl,
+            path: guest,
+            to: None,
+            before: Some(digest),
+            after: Some(digest),
+            size,
+            undo,
+        })
+    }
+
+    /// Why there is no ACL at `key`: a directory (Denied) or nothing (NotFound).
+    pub(super) fn no_acl(&self, dirs: &mut Dirs, key: &AreaPath) -> VfsError {
+        match self.missing(dirs, key, "get-acl") {
+            VfsError::Io { path, .. } => VfsError::Denied {
+                path,
+                reason: "is a directory; directories carry no ACL".into(),
+            },
+            e => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::files::test_support::*;
+
+    #[test]
+    fn listings_are_bounded() {
+        let e = env_with(FileQuotas {
+            max_list_entries: 3,
+            ..FileQuotas::default()
+        });
+        let a = id("alice");
+        for n in ["a", "b"] {
+            e.files.write(ring2(&a), n, b"").unwrap();
+        }
+        assert_eq!(e.files.list(ring2(&a), "").unwrap(), ["a", "b", "shared"]);
+        e.files.write(ring2(&a), "c", b"").unwrap();
+        assert!(matches!(
+            e.files.list(ring2(&a), ""),
+            Err(VfsError::Quota { .. })
+        ));
+    }
+
+    #[test]
+    fn hashes_follow_every_change() {
+        let e = env();
+        let a = id("alice");
+        let who = ring2(&a);
+        let c = e.files.write(who, "shared/h", b"hello").unwrap();
+        assert_eq!(
+            (c.op, c.before, c.after, c.size),
+            (FileOp::Write, None, Some(sha256(b"hello")), 5)
+        );
+        assert_eq!(c.path, "shared/h");
+        assert!(c.undo.is_some());
+        let c = e.files.append(who, "shared/h", b" world").unwrap();
+        assert_eq!(
+            (c.before, c.after, c.size),
+            (Some(sha256(b"hello")), Some(sha256(b"hello world")), 11)
+        );
+        assert_eq!(
+            e.files.hash(who, "shared/h").unwrap(),
+            sha256(b"hello world")
+        );
+        let c = e.files.truncate(who, "shared/h", 4).unwrap();
+        assert_eq!(
+            (c.op, c.after, c.size),
+            (FileOp::Truncate, Some(sha256(b"hell")), 4)
+        );
+        assert!(
+            is_denied(e.files.truncate(who, "shared/h", 5)),
+            "truncate only shortens"
+        );
+        let c = e.files.append(who, "shared/h", b"o").unwrap();
+        assert_eq!(c.after, Some(sha256(b"hello")));
+        let c = e.files.rename(who, "shared/h", "h2").unwrap();
+        assert_eq!(
+            (c.op, c.path.as_str(), c.to.as_deref()),
+            (FileOp::Rename, "shared/h", Some("h2"))
+        );
+        assert_eq!(
+            (c.before, c.after, c.size),
+            (Some(sha256(b"hello")), Some(sha256(b"hello")), 5)
+        );
+        assert_eq!(
+            e.files.hash(who, "h2").unwrap(),
+            sha256(&e.files.read(who, "h2").unwrap())
+        );
+        let c = e.files.delete(who, "h2").unwrap();
+        assert_eq!(
+            (c.op, c.before, c.after, c.size),
+            (FileOp::Delete, Some(sha256(b"hello")), None, 0)
+        );
+        let c = e.files.append(who, "new", b"n").unwrap();
+        assert_eq!(
+            (c.op, c.before, c.after),
+            (FileOp::Append, None, Some(sha256(b"n")))
+        );
+        assert!(matches!(
+            e.files.hash(who, "h2"),
+            Err(VfsError::NotFound { .. })
+        ));
+        e.files.create_dir(who, "d").unwrap();
+        assert!(matches!(e.files.hash(who, "d"), Err(VfsError::Io { .. })));
+    }
+
+    #[test]
+    fn moving_between_areas_changes_the_acl() {
+        let e = env();
+        let (a, b) = (id("alice"), id("bob"));
+        e.files.set_strict(false);
+        e.files.write(ring2(&a), "draft.md", b"draft").unwrap();
+        e.files
+            .rename(ring2(&a), "draft.md", "shared/pub/draft.md")
+            .unwrap();
+        assert_eq!(
+            e.files.read(ring2(&b), "shared/pub/draft.md").unwrap(),
+            b"draft"
+        );
+        assert_eq!(
+            e.files.get_acl(ring2(&b), "shared/pub/draft.md").unwrap(),
+            acl(&a, Access::Everyone, Access::Everyone)
+        );
+        e.files
+            .set_acl(
+                ring2(&a),
+                "shared/pub/draft.md",
+                acl(&a, Access::Owner, Access::Everyone),
+            )
+            .unwrap();
+        let err = e
+            .files
+            .rename(ring2(&b), "shared/pub/draft.md", "mine.md")
+            .unwrap_err();
+        assert!(
+            matches!(&err, VfsError::Denied { reason, .. } if reason.contains("read")),
+            "{err:?}"
+        );
+        e.files.rename(ring2(&a), "shared/pub", "back").unwrap();
+        assert_eq!(e.files.read(ring2(&a), "back/draft.md").unwrap(), b"draft");
+        assert_eq!(
+            e.files.get_acl(ring2(&a), "back/draft.md").unwrap(),
+            acl(&a, Access::Owner, Access::Owner)
+        );
+        assert!(e.files_dir().join("agents/alice/back/draft.md").is_file());
+        assert!(matches!(
+            e.files.rename(ring2(&a), "back", "back/inner"),
+            Err(VfsError::Denied { .. })
+        ));
+        e.files.write(ring2(&a), "other", b"o").unwrap();
+        assert!(matches!(
+            e.files.rename(ring2(&a), "other", "back/draft.md"),
+            Err(VfsError::AlreadyExists { path }) if path == "back/draft.md"
+        ));
+        assert_eq!(
+            e.files.usage(),
+            Usage {
+                files: 2,
+                bytes: 6,
+                dirs: 1
+            }
+        );
+    }
+
+    #[test]
+    fn forget_keeps_the_files() {
+        let e = env();
+        let a = id("alice");
+        e.files.write(ring2(&a), "keep", b"k").unwrap();
+        e.files.forget(&a);
+        assert!(e.files_dir().join("agents/alice/keep").is_file());
+        assert_eq!(e.files.read(ring2(&a), "keep").unwrap(), b"k");
+    }
+
+    #[test]
+    fn deleting_directories() {
+        let e = env();
+        let a = id("alice");
+        e.files.write(ring2(&a), "d/f", b"f").unwrap();
+        assert!(matches!(
+            e.files.delete(ring2(&a), "d"),
+            Err(VfsError::Io { op: "delete", .. })
+        ));
+        e.files.delete(ring2(&a), "d/f").unwrap();
+        e.files.delete(ring2(&a), "d").unwrap();
+        assert!(matches!(
+            e.files.delete(ring2(&a), "d"),
+            Err(VfsError::NotFound { .. })
+        ));
+        assert_eq!(e.files.usage(), Usage::default());
+    }
+}
