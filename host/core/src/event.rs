@@ -5,7 +5,7 @@
 //! optional parent event and a typed [`EventPayload`]. The [`EventBus`] keeps
 //! the newest `capacity` events for [`EventBus::query`] and hands each event to
 //! its subscribers ([`EventSink`]) synchronously, right after storing it.
-//! Kinds use the dotted names of SEMANTICS.md, "Events" (`session.joined`).
+//! Kinds use the dotted names listed in `docs/governance.md`, "Events" (`session.joined`).
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -61,7 +61,7 @@ impl fmt::Display for EventId {
 /// from one list, so a kind cannot be added without a name or left out of `ALL`.
 macro_rules! event_kinds {
     ($count:literal; $( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
-        /// What changed: the type of an [`Event`], named as in SEMANTICS.md ("Events").
+        /// What changed: the type of an [`Event`], named as in `docs/governance.md` ("Events").
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum EventKind {
             $( $(#[$doc])* $variant, )+

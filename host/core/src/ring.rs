@@ -1,8 +1,8 @@
 //! Rings, capabilities and the ring policy table.
 //!
 //! A ring is data: a set of [`Capability`]s (WIT interfaces the host links for
-//! real) plus budgets ([`RingLimits`]). The default table is the one in
-//! DESIGN.md §3; [`RingPolicy`] lets a host change budgets, and refuses
+//! real) plus budgets ([`RingLimits`]). The default table is the
+//! table in `docs/governance.md`; [`RingPolicy`] lets a host change budgets, and refuses
 //! capability sets that would make a more privileged ring weaker than a less
 //! privileged one.
 
@@ -308,7 +308,7 @@ pub struct RingLimits {
 }
 
 impl RingLimits {
-    /// The default limits of `ring` (DESIGN.md §3).
+    /// The default limits of `ring` (`docs/governance.md`, "The ring table").
     pub fn default_for(ring: Ring) -> RingLimits {
         const MIB: u64 = 1024 * 1024;
         let capabilities = Capability::ALL

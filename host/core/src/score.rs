@@ -1,4 +1,4 @@
-//! Trust scores (σ) and the rings and risk they imply (SEMANTICS.md, Rings).
+//! Trust scores (σ) and the rings and risk they imply (`docs/governance.md`, "Rings").
 
 use thiserror::Error;
 

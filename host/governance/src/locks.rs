@@ -1,4 +1,4 @@
-//! Intent locks with a real wait-for graph (SEMANTICS.md, Consistency).
+//! Intent locks with a real wait-for graph (`docs/governance.md`, "Shared state" and "Locks").
 //!
 //! One [`LockManager`] per session. Modes are [`LockMode::Read`],
 //! [`LockMode::Write`] and [`LockMode::Exclusive`] (ordered by strength);

@@ -1,4 +1,4 @@
-//! Shared sessions: configuration, lifecycle and join rules (SEMANTICS.md,
+//! Shared sessions: configuration, lifecycle and join rules (`docs/governance.md`,
 //! Sessions). Plain state with typed errors; the `Hypervisor` front door
 //! drives it and adds the Wasm agents.
 //!

@@ -1,5 +1,5 @@
 //! The session's shared key-value state: versioned values, vector clocks and
-//! isolation levels (SEMANTICS.md, Consistency). One [`StateStore`] per
+//! isolation levels (`docs/governance.md`, "Shared state" and "Locks"). One [`StateStore`] per
 //! session; the `state-read` / `state-write` host functions are thin adapters
 //! over it.
 //!

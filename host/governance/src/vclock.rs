@@ -1,4 +1,4 @@
-//! Vector clocks (SEMANTICS.md, Consistency) and the per-session table of
+//! Vector clocks (`docs/governance.md`, "Shared state" and "Locks") and the per-session table of
 //! what each agent has seen.
 //!
 //! Every shared resource (a state key, a file in the shared area) carries the

@@ -1,6 +1,6 @@
 //! The session VFS: one shared area and one private area per agent, with
 //! ACLs, quotas, content hashes, per-path vector clocks, undo records and
-//! snapshots (DESIGN.md §5; SEMANTICS.md, "Consistency").
+//! snapshots (`docs/governance.md`, "Files").
 //!
 //! # Layout
 //! Everything lives in `<sessions>/<session id>/`, created on the first
