@@ -2,6 +2,7 @@
 
 mod agents;
 mod audit;
+mod cli;
 mod runtime;
 mod sessions;
 

@@ -12,7 +12,8 @@ use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, HypervisorError, JoinRequest};
 use anyhow::Context;
 
-use crate::print_log;
+use crate::log_text;
+use crate::out::outln;
 
 fn short(h: &[u8; 32]) -> String {
     h.iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -69,27 +70,33 @@ fn show(e: &Event) {
         other => other.fields().to_string().trim_start().to_owned(),
     };
     let line = format!("{:<22}{who}  {what}", e.kind().name());
-    println!("   · {}", line.trim_end());
+    let _ = outln!("   · {}", line.trim_end());
 }
 
-async fn run(hv: &Hypervisor, s: &ahv_core::SessionId, agent: &AgentId, input: &str) {
-    println!("   ▶ {agent} runs with input {input:?}");
+async fn run(
+    hv: &Hypervisor,
+    s: &ahv_core::SessionId,
+    agent: &AgentId,
+    input: &str,
+) -> std::io::Result<()> {
+    outln!("   ▶ {agent} runs with input {input:?}")?;
     match hv.run_agent(s, agent, input).await {
         Ok(out) => {
             for line in &out.logs {
-                print_log("     ", line);
+                outln!("     {}", log_text(line))?;
             }
             match out.result {
-                Ok(answer) => println!("   → {answer}"),
-                Err(msg) => println!("   → the agent reported a failure: {msg}"),
-            }
+                Ok(answer) => outln!("   → {answer}"),
+                Err(msg) => outln!("   → the agent reported a failure: {msg}"),
+            }?;
         }
         Err(HypervisorError::Agent(e)) => {
             let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
-            println!("   ✗ TRAPPED: {cause}");
+            outln!("   ✗ TRAPPED: {cause}")?;
         }
-        Err(e) => println!("   ✗ {e}"),
+        Err(e) => outln!("   ✗ {e}")?,
     }
+    Ok(())
 }
 
 /// Runs the session demo with its state under `state_dir`; returns the audit
@@ -111,8 +118,8 @@ pub(crate) async fn session_demo(
         }
     });
 
-    println!("\nPart 1: a shared session");
-    println!("   state directory: {}", state_dir.display());
+    outln!("\nPart 1: a shared session")?;
+    outln!("   state directory: {}", state_dir.display())?;
     let operator = AgentId::new("did:demo:operator")?;
     let s = hv.create_session(SessionConfig::default(), operator.clone())?;
 
@@ -150,60 +157,60 @@ pub(crate) async fn session_demo(
     }
     hv.activate_session(&s)?;
 
-    run(&hv, &s, &researcher, "component").await;
-    run(&hv, &s, &editor, "What the sources say about components").await;
+    run(&hv, &s, &researcher, "component").await?;
+    run(&hv, &s, &editor, "What the sources say about components").await?;
 
     let report = core.read(host, "shared/report.md")?;
-    println!("   shared/report.md:");
+    outln!("   shared/report.md:")?;
     for l in String::from_utf8_lossy(&report).lines() {
-        println!("     | {l}");
+        outln!("     | {l}")?;
     }
 
-    println!("   the intruder (ring 3) tries to overwrite the findings in shared state:");
-    run(&hv, &s, &intruder, "state:the sources say nothing").await;
+    outln!("   the intruder (ring 3) tries to overwrite the findings in shared state:")?;
+    run(&hv, &s, &intruder, "state:the sources say nothing").await?;
     let still = core
         .state()
         .peek("findings/wasm.txt")
         .map(|v| String::from_utf8_lossy(&v.value).into_owned())
         .unwrap_or_default();
-    println!(
+    outln!(
         "   findings/wasm.txt is still: {:?}",
         still.lines().next().unwrap_or("")
-    );
+    )?;
     let left: Vec<String> = hv
         .participants(&s)?
         .iter()
         .map(|p| format!("{} ({})", p.agent, p.ring))
         .collect();
-    println!("   participants now: {}", left.join(", "));
-    run(&hv, &s, &intruder, "state:again").await;
+    outln!("   participants now: {}", left.join(", "))?;
+    run(&hv, &s, &intruder, "state:again").await?;
 
     let snap = hv.snapshot(&s)?;
     let t = hv.terminate_session(&s)?;
-    println!(
+    outln!(
         "   session {} ended ({}), snapshot #{} kept; its files stay in {}",
         t.session,
         t.reason,
         snap.id,
         state_dir.join("sessions").join(s.as_str()).display()
-    );
+    )?;
     if let Some(c) = &t.commitment {
-        println!(
+        outln!(
             "   its audit log is sealed: commitment #{} over {} delta(s), Merkle root {}…",
             c.index,
             c.commitment.tree_size,
             &c.commitment.root.to_hex()[..16]
-        );
+        )?;
     }
     let head = hv
         .shutdown()
         .context("flushing and signing the audit log")?;
     if let Some(h) = head {
-        println!(
+        outln!(
             "   commitment log head signed: {} commitment(s), root {}…",
             h.head.size,
             &h.head.root.to_hex()[..16]
-        );
+        )?;
     }
     Ok(hv.audit().map(|a| a.public_key().to_hex()))
 }

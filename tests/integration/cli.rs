@@ -1,0 +1,293 @@
+//! The `ahv` command line as users meet it: the real binary, run as a child
+//! process with real pipes, files and exit codes.
+//!
+//! The binary is `ahv-under-test`, built by this package from the CLI's own
+//! `main.rs` (see `tests/Cargo.toml`), so Cargo rebuilds it whenever the CLI
+//! changes and these tests never run a stale `ahv`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ahv_cli::exit::Exit;
+
+/// The `ahv` binary under test.
+const AHV: &str = env!("CARGO_BIN_EXE_ahv-under-test");
+
+/// Longest any one `ahv` run may take here (the demo takes a few seconds in a
+/// debug build; a cold component cache adds compile time).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// What one run of `ahv` produced.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The exit code; a run killed by a signal fails the test.
+    fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("ahv was killed by a signal: {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A command for `ahv` with a private XDG cache (the default component cache
+/// goes there) and backtraces on, so that a panic would show.
+fn ahv(args: &[&str]) -> Command {
+    let mut c = Command::new(AHV);
+    c.args(args)
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("AHV_LOG");
+    c
+}
+
+fn xdg_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ahv-cli-xdg-cache")
+}
+
+/// Waits for `child` at most `limit`, killing it and failing the test past that.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{what}` did not finish within {limit:?}");
+            }
+            Err(e) => panic!("waiting for `{what}`: {e}"),
+        }
+    }
+}
+
+/// Reads a child's pipe on its own thread, so that a full pipe never blocks the child.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` to completion (bounded by [`LIMIT`]), feeding it `stdin`.
+fn run(mut cmd: Command, stdin: &[u8]) -> Run {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut input = child.stdin.take().expect("stdin piped");
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The child may exit without reading all of it.
+        let _ = input.write_all(&stdin);
+    });
+    let out = drain(child.stdout.take().expect("stdout piped"));
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, &what);
+    let _ = feeder.join();
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+fn ahv_run(args: &[&str]) -> Run {
+    run(ahv(args), b"")
+}
+
+fn code(e: Exit) -> i32 {
+    i32::from(e.code())
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A state directory with one sealed, signed session, as a hypervisor leaves it.
+fn audited_state() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(tmp.path())
+        .max_instances(1)
+        .build()
+        .unwrap();
+    let s = hv
+        .create_session(
+            ahv_governance::session::SessionConfig::default(),
+            ahv_core::AgentId::new("did:test:operator").unwrap(),
+        )
+        .unwrap();
+    hv.terminate_session(&s).unwrap();
+    hv.shutdown().unwrap();
+    tmp
+}
+
+#[test]
+fn usage_errors_exit_2_whichever_command_finds_them() {
+    let missing_proof = tempfile::tempdir().unwrap();
+    let proof = missing_proof.path().join("p.json");
+    let cases: &[&[&str]] = &[
+        &["run", "a.wasm", "--ring", "3", "--fuel", "0"],
+        &["run", "a.wasm", "--ring", "3", "--deadline-ms", "0"],
+        &["run", "a.wasm", "--ring", "3", "--agent-id", "not an id!"],
+        &["run", "a.wasm", "--ring", "9"],
+        &["run", "a.wasm"],
+        &["audit", "verify", "--proof", path_str(&proof)],
+        &["audit", "verify"],
+        &["audit", "verify", "dir", "--public-key", "12ab"],
+        &["audit", "show", "dir", "--session", "../../etc"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        let r = ahv_run(args);
+        assert_eq!(r.code(), code(Exit::Usage), "ahv {}: {r:?}", args.join(" "));
+        assert!(r.stderr.contains("error:"), "ahv {}: {r:?}", args.join(" "));
+        assert!(r.stdout.is_empty(), "ahv {}: {r:?}", args.join(" "));
+    }
+    // A proof checked against a key: the key is valid, the file is missing.
+    let key = "11".repeat(32);
+    let r = ahv_run(&[
+        "audit",
+        "verify",
+        "--proof",
+        path_str(&proof),
+        "--public-key",
+        &key,
+    ]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+}
+
+#[test]
+fn a_component_that_cannot_be_read_is_refused_alike_by_run_and_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.wasm");
+    let not_wasm = tmp.path().join("text.wasm");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    for file in [&missing, &not_wasm] {
+        let f = path_str(file);
+        let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+        let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+        for r in [&run, &inspect] {
+            assert_eq!(r.code(), code(Exit::Refused), "{f}: {r:?}");
+            assert!(r.stderr.contains("refused:"), "{f}: {r:?}");
+            assert!(r.stderr.contains(f), "names the file: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn every_command_s_help_shows_the_exit_code_table() {
+    let table = ahv_cli::exit::help();
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["inspect", "--help"],
+        &["demo", "--help"],
+        &["agents", "--help"],
+        &["audit", "verify", "--help"],
+        &["audit", "show", "--help"],
+        &["audit", "prove", "--help"],
+        &["audit", "prune", "--help"],
+    ] {
+        let r = ahv_run(args);
+        assert_eq!(r.code(), 0, "{r:?}");
+        assert!(
+            r.stdout.contains(table.trim_end()),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+    }
+}
+
+/// `ahv ARGS` with standard output a pipe nobody reads any more.
+fn with_closed_stdout(args: &[&str]) -> Run {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut cmd = ahv(args);
+    cmd.stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().expect("ahv starts");
+    // Our copy of the write end is gone with `cmd`; the child holds the only one.
+    drop(cmd);
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, &what);
+    Run {
+        status,
+        stdout: String::new(),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_ahv_quietly() {
+    let state = audited_state();
+    for args in [
+        &["agents"][..],
+        &["audit", "verify", path_str(state.path()), "--json"],
+        &["audit", "verify", path_str(state.path())],
+        &["--help"],
+    ] {
+        let r = with_closed_stdout(args);
+        let expected = if args == ["--help"] {
+            // clap prints help itself and ignores the failed write.
+            0
+        } else {
+            code(Exit::OutputClosed)
+        };
+        assert_eq!(
+            r.status.code(),
+            Some(expected),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+        assert!(r.stderr.is_empty(), "nothing to say: {r:?}");
+    }
+
+    // `ahv demo | head -1`: the reader takes one line, then goes away.
+    let demo_dir = tempfile::tempdir().unwrap();
+    let mut cmd = ahv(&["demo", "--state-dir", path_str(demo_dir.path())]);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ahv demo starts");
+    let mut first = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    out.read_line(&mut first).expect("the demo's first line");
+    drop(out);
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, "ahv demo | head -1");
+    let stderr = err.join().expect("stderr reader");
+    assert!(first.contains("Agent Hypervisor demo"), "{first}");
+    assert_eq!(status.code(), Some(code(Exit::OutputClosed)), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
