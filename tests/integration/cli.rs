@@ -291,3 +291,107 @@ fn a_reader_that_stops_early_ends_ahv_quietly() {
     assert_eq!(status.code(), Some(code(Exit::OutputClosed)), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A hand-made component: `imports` (component-text declarations) and `exports`
+/// over a core module whose `run` answers "ok" and whose `run-string` returns "ok".
+fn component(imports: &str, exports: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(component
+  {imports}
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p))
+    (data (i32.const 16) "ok")
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 32) (i32.const 0))
+      (i32.store (i32.const 36) (i32.const 16))
+      (i32.store (i32.const 40) (i32.const 2))
+      (i32.const 32))
+    (func (export "run-string") (result i32)
+      (i32.store (i32.const 48) (i32.const 16))
+      (i32.store (i32.const 52) (i32.const 2))
+      (i32.const 48)))
+  (core instance $i (instantiate $m))
+  {exports})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+const RUN: &str = r#"(func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#;
+
+#[test]
+fn inspect_refuses_what_run_refuses_with_the_same_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "no-run",
+            "",
+            r#"(func (export "go") (param "input" string) (result (result string (error string)))
+            (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#,
+            "does not export `run:",
+        ),
+        (
+            "wrong-run-type",
+            "",
+            r#"(func (export "run") (result string)
+            (canon lift (core func $i "run-string") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#,
+            "`run` takes",
+        ),
+        (
+            "function-the-contract-lacks",
+            r#"(import "agent-hypervisor:agent/vfs-write@0.1.0" (instance (export "format-disk" (func))))"#,
+            RUN,
+            "vfs-write has no function `format-disk`",
+        ),
+        // In ring 3 vfs-write is a breach stub, which takes any type: only
+        // admission against the contract refuses this one.
+        (
+            "contract-function-of-another-type",
+            r#"(import "agent-hypervisor:agent/vfs-write@0.1.0" (instance (export "write" (func (param "path" u32)))))"#,
+            RUN,
+            "do not have the contract's types",
+        ),
+        (
+            "import-outside-the-contract",
+            r#"(import "wasi:sockets/tcp@0.2.6" (instance))"#,
+            RUN,
+            "wasi:sockets/tcp@0.2.6",
+        ),
+    ];
+    for (name, imports, exports, why) in cases {
+        let file = tmp.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, component(imports, exports)).unwrap();
+        let f = path_str(&file);
+        let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+        let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+        for (cmd, r) in [("inspect", &inspect), ("run", &run)] {
+            assert_eq!(r.code(), code(Exit::Refused), "{cmd} {name}: {r:?}");
+            assert!(r.stderr.contains("refused:"), "{cmd} {name}: {r:?}");
+            assert!(r.stderr.contains(why), "{cmd} {name}: says {why:?}: {r:?}");
+            assert!(!r.stdout.contains("lowest ring"), "{cmd} {name}: {r:?}");
+        }
+        // Both say the same thing.
+        assert_eq!(inspect.stderr, run.stderr, "{name}");
+        assert!(inspect.stdout.contains("admission: refused"), "{inspect:?}");
+    }
+
+    // The same module with a proper `run` is admitted by both, and runs.
+    let file = tmp.path().join("good.wasm");
+    std::fs::write(&file, component("", RUN)).unwrap();
+    let f = path_str(&file);
+    let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+    assert_eq!(inspect.code(), 0, "{inspect:?}");
+    assert!(
+        inspect.stdout.contains("lowest ring: 3 (sandbox)"),
+        "{inspect:?}"
+    );
+    let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert_eq!(run.stdout, "ok\n", "{run:?}");
+}

@@ -1,8 +1,9 @@
-//! `ahv inspect`: a component's manifest and the admission verdict `ahv run` would give.
+//! `ahv inspect`: a component's manifest and the admission verdict `ahv run`
+//! would give: the verdict is [`Runtime::load`]'s, the same call `run` makes.
 
 use std::path::PathBuf;
 
-use ahv_runtime::{ImportKind, Runtime};
+use ahv_runtime::{ImportKind, LoadError, Runtime};
 use anyhow::Context;
 
 use crate::exit::Exit;
@@ -24,10 +25,16 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
     }
     let runtime = builder.build().context("starting the runtime")?;
     let path = &args.agent;
+    let refused = |e: &LoadError| Failure::Refused(format!("{}: {e}", path.display()));
     let bytes = read_component(path)?;
-    let manifest = match runtime.inspect(&bytes) {
-        Ok(m) => m,
-        Err(e) => return Err(Failure::Refused(format!("{}: {e}", path.display()))),
+    let verdict = runtime.load(&bytes);
+    let manifest = match &verdict {
+        Ok(component) => component.manifest().clone(),
+        Err(e @ LoadError::Cache { .. }) => {
+            return Err(anyhow::anyhow!("{e}").into());
+        }
+        // Refused: still show what it imports and exports, if it is a component at all.
+        Err(e) => runtime.inspect(&bytes).map_err(|_| refused(e))?,
     };
     outln!("{}", path.display())?;
     outln!("imports:")?;
@@ -46,19 +53,15 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
     for e in &manifest.exports {
         outln!("  {e}")?;
     }
-    let refused = manifest.refused().count();
-    match (refused, manifest.lowest_ring) {
-        (0, Some(ring)) => {
-            outln!("lowest ring: {} ({})", ring.number(), ring.name())?;
-            Ok(Exit::Ok)
-        }
-        (0, None) => {
-            outln!("lowest ring: none covers these capabilities")?;
-            Ok(Exit::Refused)
-        }
-        (n, _) => {
-            outln!("admission: refused ({n} import(s) outside the contract)")?;
-            Ok(Exit::Refused)
-        }
+    if let Err(e) = &verdict {
+        outln!("admission: refused (as `ahv run` would refuse it)")?;
+        return Err(refused(e));
     }
+    match manifest.lowest_ring {
+        Some(ring) => outln!("lowest ring: {} ({})", ring.number(), ring.name())?,
+        None => outln!(
+            "lowest ring: none has all its capabilities; every ring treats some of its calls as breaches"
+        )?,
+    }
+    Ok(Exit::Ok)
 }

@@ -1,5 +1,9 @@
 //! Loading components: admission (the imports are the capability manifest),
 //! the on-disk cache of compiled components, and `inspect`.
+//!
+//! [`admit`] is the one admission check: [`crate::Runtime::load`] runs it
+//! before any agent can be spawned, and `ahv inspect` reports its verdict, so
+//! a component `inspect` calls admissible is one `run` accepts.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,8 +17,8 @@ use ahv_core::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::Engine;
-use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
 
 use crate::bindings::RootPre;
 
@@ -111,6 +115,22 @@ pub enum LoadError {
         name: String,
         /// Why.
         reason: String,
+    },
+    /// The component imports a function of one of our interfaces that the
+    /// contract does not define, or with another type than the contract's.
+    #[error("import {import} does not match the contract: {message}")]
+    Contract {
+        /// The import (interface, or interface and function).
+        import: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The component's imports of the contract's functions have other types
+    /// than the contract's (found by linking against it).
+    #[error("the component's imports do not have the contract's types: {message}")]
+    ContractTypes {
+        /// Wasmtime's description, naming the import and the mismatch.
+        message: String,
     },
     /// The component does not export `run: func(input: string) -> result<string, string>`.
     #[error(
@@ -219,8 +239,84 @@ pub fn manifest(engine: &Engine, component: &Component, policy: &RingPolicy) -> 
     }
 }
 
+/// Admission: the checks a component must pass before any agent runs it, in
+/// any ring. In order, each naming what it refuses:
+///
+/// 1. every import is one of our interfaces at our version or an allowed WASI
+///    interface ([`classify_import`]);
+/// 2. every function imported from one of our capabilities is one the
+///    contract defines (a function the contract lacks would otherwise be
+///    refused only by the linker, in every ring);
+/// 3. `run` is exported with the contract's type;
+/// 4. it links against `contract`, the linker of the most privileged ring,
+///    where every capability that ring grants is a typed adapter: an import
+///    with another type than the contract's is refused here even if the agent
+///    will run in a ring where it would have been a breach stub.
+///
+/// Returns the manifest and the pre-instantiated component for `contract`'s ring.
+///
+/// # Errors
+/// [`LoadError::RefusedImport`], [`LoadError::Contract`],
+/// [`LoadError::MissingRun`], [`LoadError::ContractTypes`] or [`LoadError::Link`].
+pub(crate) fn admit(
+    engine: &Engine,
+    contract: &Linker<AgentState>,
+    contract_ring: Ring,
+    component: &Component,
+    policy: &RingPolicy,
+) -> Result<(Manifest, RootPre<AgentState>), LoadError> {
+    let manifest = manifest(engine, component, policy);
+    if let Some((name, reason)) = manifest.refused().next() {
+        return Err(LoadError::RefusedImport {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+    check_capability_functions(engine, component)?;
+    check_run_export(engine, component)?;
+    let pre = contract
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::ContractTypes {
+            message: format!("{e:#}"),
+        })?;
+    let pre = RootPre::new(pre).map_err(|e| LoadError::Link {
+        ring: contract_ring,
+        message: format!("{e:#}"),
+    })?;
+    Ok((manifest, pre))
+}
+
+/// Checks that every function imported from one of our capabilities is in the contract.
+fn check_capability_functions(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        let ImportKind::Capability(cap) = classify_import(name) else {
+            continue;
+        };
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            return Err(LoadError::Contract {
+                import: name.to_string(),
+                message: format!("{cap} is an interface; it was imported as something else"),
+            });
+        };
+        for (function, item) in instance.exports(engine) {
+            let is_func = matches!(item.ty, ComponentItem::ComponentFunc(_));
+            if is_func && !cap.functions().contains(&function) {
+                return Err(LoadError::Contract {
+                    import: format!("{name}/{function}"),
+                    message: format!(
+                        "{cap} has no function `{function}` (it has {})",
+                        cap.functions().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `run` has the contract's type.
-pub(crate) fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let Some((_, item)) = ty.exports(engine).find(|(n, _)| *n == "run") else {
         let names: BTreeSet<&str> = ty.exports(engine).map(|(n, _)| n).collect();
