@@ -395,3 +395,108 @@ fn inspect_refuses_what_run_refuses_with_the_same_code() {
     assert_eq!(run.code(), 0, "{run:?}");
     assert_eq!(run.stdout, "ok\n", "{run:?}");
 }
+
+/// Counts the directories under `root` (not `root` itself).
+fn count_dirs(root: &Path) -> usize {
+    let mut n = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                n += 1;
+                pending.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_directory_and_file_storm_under_ahv_run_stops_at_the_quotas() {
+    let scripted = ahv_agents::SCRIPTED_PATH;
+    let dir = tempfile::tempdir().unwrap();
+    let d = path_str(dir.path());
+    let mut script: Vec<String> = (0..300).map(|n| format!("mkdir storm{n}")).collect();
+    script.extend((0..300).map(|n| format!("write nested{n}/deeper/f.txt x")));
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-dirs",
+        "5",
+        "--input",
+        &script.join("\n"),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let ok = r.stdout.lines().filter(|l| l.ends_with("-> ok")).count();
+    let refused = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("-> err quota:") && l.contains("--max-dirs"))
+        .count();
+    assert_eq!((ok, refused), (5, 595), "{r:?}");
+    assert_eq!(count_dirs(dir.path()), 5);
+
+    // Files, then bytes, in a fresh directory.
+    let dir = tempfile::tempdir().unwrap();
+    let d = path_str(dir.path());
+    let script: Vec<String> = (0..50).map(|n| format!("write f{n} 0123456789")).collect();
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-files",
+        "3",
+        "--input",
+        &script.join("\n"),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout.matches("-> ok").count(), 3, "{r:?}");
+    assert_eq!(r.stdout.matches("--max-files").count(), 47, "{r:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-bytes",
+        "35",
+        "--input",
+        "write g 0123456789\nappend f0 0123456789\nwrite f1 short",
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].contains("-> err quota:") && lines[0].contains("--max-bytes"),
+        "{r:?}"
+    );
+    assert!(lines[1].contains("-> err quota:"), "{r:?}");
+    assert!(lines[2].ends_with("-> ok"), "shrinking is allowed: {r:?}");
+
+    // Without flags the session quotas hold, and what the directory holds counts.
+    let full = tempfile::tempdir().unwrap();
+    for n in 0..=ahv_governance::session_vfs::FileQuotas::default().max_dirs {
+        std::fs::create_dir(full.path().join(format!("d{n}"))).unwrap();
+    }
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        path_str(full.path()),
+        "--input",
+        "mkdir one-more",
+    ]);
+    assert_eq!(r.code(), code(Exit::Setup), "{r:?}");
+    assert!(r.stderr.contains("more than 10000 directories"), "{r:?}");
+}

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, RingLimits, RingPolicy};
 use ahv_governance::actions::builtin;
-use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_governance::session_vfs::FileQuotas;
 use ahv_runtime::{Agent, AgentError, AgentSpec, RingBreach, Runtime};
 use anyhow::Context;
 
 use crate::log_text;
 use crate::out::outln;
+use crate::quota_files::QuotaFiles;
 
 struct Demo {
     runtime: Runtime,
@@ -32,9 +33,9 @@ impl Demo {
         std::fs::create_dir_all(&dir_path)
             .with_context(|| format!("creating {}", dir_path.display()))?;
         let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())?;
-        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let files = Arc::new(QuotaFiles::open(dir, FileQuotas::default())?);
         let component = self.runtime.load(bytes)?;
-        let spec = AgentSpec::new(AgentId::new(format!("did:demo:{name}"))?, ring, vfs)
+        let spec = AgentSpec::new(AgentId::new(format!("did:demo:{name}"))?, ring, files)
             .actions(Arc::new(builtin::registry()));
         Ok(self.runtime.spawn(&component, spec).await?)
     }

@@ -10,6 +10,7 @@ mod demo;
 pub mod exit;
 mod inspect_cmd;
 mod out;
+mod quota_files;
 mod run_cmd;
 mod session_demo;
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use ahv_core::{AgentId, Ring, RingPolicy};
 use ahv_governance::actions::builtin;
-use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_governance::session_vfs::FileQuotas;
 use ahv_runtime::{AgentError, AgentSpec, LoadError, RunOutput, Runtime};
 use anyhow::Context;
 
 use crate::exit::Exit;
 use crate::out::{Failure, errln, outln};
+use crate::quota_files::QuotaFiles;
 use crate::{CacheArgs, log_text, read_component};
 
 /// Parses and validates an agent id (SEMANTICS.md, "Identifiers").
@@ -44,8 +45,33 @@ pub(crate) struct RunArgs {
     /// Refuse to run a component in a ring that lacks a capability it imports.
     #[arg(long)]
     strict: bool,
+    /// Most regular files the agent's directory may hold (what it holds
+    /// already counts). Default: the session quota, 10 000.
+    #[arg(long, value_name = "N")]
+    max_files: Option<u64>,
+    /// Most directories below the agent's directory (what it holds already
+    /// counts). Default: the session quota, 10 000.
+    #[arg(long, value_name = "N")]
+    max_dirs: Option<u64>,
+    /// Most bytes the files of the agent's directory may hold together (what
+    /// it holds already counts). Default: the session quota, 256 MiB.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+impl RunArgs {
+    /// The session quotas, with the command line's overrides.
+    fn quotas(&self) -> FileQuotas {
+        let d = FileQuotas::default();
+        FileQuotas {
+            max_files: self.max_files.unwrap_or(d.max_files),
+            max_dirs: self.max_dirs.unwrap_or(d.max_dirs),
+            max_total_bytes: self.max_bytes.unwrap_or(d.max_total_bytes),
+            ..d
+        }
+    }
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
@@ -91,8 +117,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     };
     let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())
         .with_context(|| format!("opening the agent directory {}", dir_path.display()))?;
-    let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
-    let spec = AgentSpec::new(args.agent_id.clone(), args.ring, vfs)
+    let files = QuotaFiles::open(dir, args.quotas())
+        .with_context(|| format!("the agent directory {}", dir_path.display()))?;
+    let spec = AgentSpec::new(args.agent_id.clone(), args.ring, Arc::new(files))
         .actions(Arc::new(builtin::registry()));
 
     let mut agent = match runtime.spawn(&component, spec).await {
