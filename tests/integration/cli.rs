@@ -500,3 +500,256 @@ fn a_directory_and_file_storm_under_ahv_run_stops_at_the_quotas() {
     assert_eq!(r.code(), code(Exit::Setup), "{r:?}");
     assert!(r.stderr.contains("more than 10000 directories"), "{r:?}");
 }
+
+fn json(r: &Run) -> serde_json::Value {
+    assert_eq!(r.stdout.lines().count(), 1, "one line of JSON: {r:?}");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+#[test]
+fn run_json_is_one_object_and_logs_never_mix_into_the_answer() {
+    let hello = ahv_agents::HELLO_PATH;
+    // For people: the answer alone on stdout, the agent's log lines on stderr.
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input", "Ada"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(
+        r.stdout, "Hello, Ada! (agent did:ahv:cli, ring 3)\n",
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("[stdout] hello says hi on stdout"),
+        "{r:?}"
+    );
+
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input", "Ada", "--json"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "ok");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["answer"], "Hello, Ada! (agent did:ahv:cli, ring 3)");
+    assert!(v["trap"].is_null() && v["error"].is_null() && v["failure"].is_null());
+    let logs = v["logs"].as_array().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l["source"] == "stdout" && l["message"] == "hello says hi on stdout"),
+        "{v}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "info" && l["source"] == "log"),
+        "{v}"
+    );
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert_eq!(v["trace"].as_str().unwrap().len(), 32);
+    for t in ["load", "instantiate", "run", "total"] {
+        assert!(v["timings_ms"][t].as_f64().unwrap() >= 0.0, "{t}: {v}");
+    }
+
+    // A breach: the trap, and the agent's log line before it.
+    let r = ahv_run(&["run", ahv_agents::ESCALATOR_PATH, "--ring", "3", "--json"]);
+    assert_eq!(r.code(), code(Exit::RingBreach), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "ring-breach");
+    assert_eq!(v["trap"]["kind"], "ring-breach");
+    assert!(
+        v["trap"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vfs-write/write"),
+        "{v}"
+    );
+    assert!(v["answer"].is_null());
+    assert_eq!(v["logs"][0]["message"], "escalator trying to write", "{v}");
+
+    // Refusals and late usage errors are JSON too.
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.wasm");
+    let r = ahv_run(&["run", path_str(&missing), "--ring", "3", "--json"]);
+    assert_eq!(r.code(), code(Exit::Refused), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "refused");
+    assert!(v["error"].as_str().unwrap().contains("nope.wasm"), "{v}");
+    let r = ahv_run(&[
+        "run",
+        hello,
+        "--ring",
+        "3",
+        "--json",
+        "--input-file",
+        path_str(&missing),
+    ]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    assert_eq!(json(&r)["outcome"], "usage");
+}
+
+#[test]
+fn input_comes_from_a_file_or_stdin_past_the_argument_limit() {
+    let hello = ahv_agents::HELLO_PATH;
+    let tmp = tempfile::tempdir().unwrap();
+    // Larger than one command-line argument may be (128 KiB on Linux).
+    let name = "A".repeat(300 << 10);
+    let file = tmp.path().join("input.txt");
+    std::fs::write(&file, &name).unwrap();
+    let expected = format!("Hello, {name}! (agent did:ahv:cli, ring 3)\n");
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input-file", path_str(&file)]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(r.stdout == expected, "the whole input arrived");
+    let r = run(
+        ahv(&["run", hello, "--ring", "3", "--input-file", "-"]),
+        name.as_bytes(),
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(r.stdout == expected, "the whole input arrived from stdin");
+
+    // Too large, not text, both sources, missing: bad command lines.
+    let big = tmp.path().join("big.txt");
+    std::fs::write(&big, vec![b'a'; ahv_runtime::MAX_INPUT_BYTES + 1]).unwrap();
+    let binary = tmp.path().join("binary.txt");
+    std::fs::write(&binary, [b'o', b'k', 0xff, 0xfe]).unwrap();
+    for (args, why) in [
+        (
+            vec!["--input-file", path_str(&big)],
+            "larger than the 1048576-byte limit",
+        ),
+        (
+            vec!["--input-file", path_str(&binary)],
+            "not UTF-8 text (invalid at byte 2)",
+        ),
+        (
+            vec!["--input-file", path_str(&file), "--input", "x"],
+            "cannot be used with",
+        ),
+        (vec!["--input-file", "/nonexistent/input"], "cannot read"),
+    ] {
+        let mut all = vec!["run", hello, "--ring", "3"];
+        all.extend(args);
+        let r = ahv_run(&all);
+        assert_eq!(r.code(), code(Exit::Usage), "{all:?}: {r:?}");
+        assert!(r.stderr.contains(why), "{all:?}: {r:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_component_cache_is_created_private_and_an_open_one_is_repaired() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("new/cache");
+    let r = ahv_run(&[
+        "run",
+        ahv_agents::HELLO_PATH,
+        "--ring",
+        "3",
+        "--cache-dir",
+        path_str(&fresh),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(mode(&fresh), 0o700);
+    assert!(
+        std::fs::read_dir(&fresh).unwrap().count() > 0,
+        "the compiled component is cached"
+    );
+
+    // Writable by everyone: anything in it may have been planted.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::write(open.join("planted.cwasm"), b"not ours").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = ahv_run(&[
+        "inspect",
+        ahv_agents::HELLO_PATH,
+        "--cache-dir",
+        path_str(&open),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(mode(&open), 0o700);
+    assert!(!open.join("planted.cwasm").exists());
+    assert!(r.stderr.contains("made private"), "{r:?}");
+}
+
+/// A valid component whose compilation takes a while (thousands of functions).
+fn slow_to_compile() -> Vec<u8> {
+    let funcs: String = (0..6000)
+        .map(|i| {
+            format!(
+                "(func (param i32) (result i32) (local i32) local.get 0 i32.const {i} i32.add \
+                 local.tee 1 local.get 1 i32.mul local.get 0 i32.xor local.get 1 i32.rotl)\n"
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p))
+    {funcs}
+    (data (i32.const 16) "ok")
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 32) (i32.const 0))
+      (i32.store (i32.const 36) (i32.const 16))
+      (i32.store (i32.const 40) (i32.const 2))
+      (i32.const 32)))
+  (core instance $i (instantiate $m))
+  {RUN})"#
+    );
+    wat::parse_str(&text).unwrap()
+}
+
+/// `script` (util-linux) runs a command on a pseudo-terminal, as a user's shell would.
+#[test]
+fn a_slow_first_compile_shows_progress_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("slow.wasm");
+    std::fs::write(&file, slow_to_compile()).unwrap();
+    let f = path_str(&file);
+
+    // Not a terminal: not a byte of progress.
+    let r = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout, "ok\n");
+    assert!(r.stderr.is_empty(), "{r:?}");
+
+    let cache = tmp.path().join("cache");
+    let line = format!("{AHV} run {f} --ring 3 --cache-dir {}", path_str(&cache));
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("TERM", "xterm");
+    let r = run(script, b"");
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "needs `script` from util-linux: {r:?}"
+    );
+    assert!(r.stdout.contains("compiling"), "{r:?}");
+    assert!(
+        r.stdout.contains("the next run takes it from the cache"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("\x1b[2K"),
+        "the spinner clears its line: {r:?}"
+    );
+    assert!(r.stdout.trim_end().ends_with("ok"), "{r:?}");
+
+    // From the cache: quick, so no spinner.
+    let r = run(
+        {
+            let mut c = Command::new("script");
+            c.args(["-q", "-e", "-c", &line, "/dev/null"])
+                .env("TERM", "xterm");
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.status.code(), Some(0), "{r:?}");
+    assert!(!r.stdout.contains("compiling"), "{r:?}");
+}

@@ -49,7 +49,6 @@ impl QuotaFiles {
     }
 
     /// What the directory holds now.
-    #[cfg(test)]
     pub(crate) fn usage(&self) -> Usage {
         *self.lock()
     }

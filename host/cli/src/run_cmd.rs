@@ -1,14 +1,24 @@
 //! `ahv run`: one call into an agent, in a ring, over a directory.
+//!
+//! The command first gathers everything into a [`Report`] and prints it
+//! afterwards, either for people (the answer alone on standard output, the
+//! agent's log lines and what stopped it on standard error) or, with
+//! `--json`, as one JSON object on standard output.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ahv_core::{AgentId, Ring, RingPolicy};
+use ahv_core::{AgentId, Ring, RingPolicy, TraceId};
 use ahv_governance::actions::builtin;
-use ahv_governance::session_vfs::FileQuotas;
-use ahv_runtime::{AgentError, AgentSpec, LoadError, RunOutput, Runtime};
+use ahv_governance::session_vfs::{FileQuotas, Usage};
+use ahv_runtime::{
+    AgentComponent, AgentError, AgentSpec, LoadError, LogLine, LogSource, MAX_INPUT_BYTES, Runtime,
+    TrapCause,
+};
 use anyhow::Context;
+use serde_json::json;
 
 use crate::exit::Exit;
 use crate::out::{Failure, errln, outln};
@@ -27,9 +37,19 @@ pub(crate) struct RunArgs {
     /// The ring to run it in: 0-3 or root, privileged, standard, sandbox.
     #[arg(long, short)]
     pub(crate) ring: Ring,
-    /// The input passed to `run`.
-    #[arg(long, short, default_value = "")]
-    input: String,
+    /// The input passed to `run` (at most 1 MiB; the OS limits one argument
+    /// to about 128 KiB: use --input-file for more). Default: empty.
+    #[arg(long, short)]
+    input: Option<String>,
+    /// Read the input passed to `run` from this file, or from standard input
+    /// if PATH is `-` (UTF-8, at most 1 MiB).
+    #[arg(long, value_name = "PATH", conflicts_with = "input")]
+    input_file: Option<PathBuf>,
+    /// Print one JSON object on standard output: the outcome and exit code,
+    /// the answer or the agent's failure, the trap cause, the log lines, fuel,
+    /// trace id, file usage and timings. Nothing else goes to standard output.
+    #[arg(long)]
+    json: bool,
     /// The agent's directory (its whole file system). Default: a new temporary directory.
     #[arg(long, short)]
     dir: Option<PathBuf>,
@@ -74,7 +94,36 @@ impl RunArgs {
     }
 }
 
+/// Everything one `ahv run` learned, printed once at the end.
+#[derive(Debug, Default)]
+struct Report {
+    answer: Option<String>,
+    failure: Option<String>,
+    trap: Option<TrapCause>,
+    logs: Vec<LogLine>,
+    dropped_log_lines: usize,
+    fuel_used: Option<u64>,
+    trace: Option<TraceId>,
+    usage: Option<Usage>,
+    load: Option<Duration>,
+    instantiate: Option<Duration>,
+    call: Option<Duration>,
+}
+
 pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let result = execute(&args, &mut report).await;
+    if args.json {
+        return print_json(&report, result, started.elapsed());
+    }
+    print_text(&report)?;
+    result
+}
+
+/// Runs the agent, recording what happens in `report`; prints nothing.
+async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
+    let input = read_input(args)?;
     let mut policy = RingPolicy::default();
     if args.fuel.is_some() || args.deadline_ms.is_some() {
         let mut limits = policy.limits(args.ring).clone();
@@ -97,8 +146,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     let runtime = builder.build().context("starting the runtime")?;
 
+    let t = Instant::now();
     let bytes = read_component(&args.agent)?;
-    let component = match runtime.load(&bytes) {
+    let cached = args.cache.dir().is_some();
+    let component = load_with_progress(&runtime, bytes, &args.agent, cached).await;
+    report.load = Some(t.elapsed());
+    let component = match component {
         Ok(c) => c,
         Err(e @ LoadError::Cache { .. }) => return Err(anyhow::Error::new(e).into()),
         Err(e) => return Err(Failure::Refused(format!("{}: {e}", args.agent.display()))),
@@ -117,17 +170,22 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     };
     let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())
         .with_context(|| format!("opening the agent directory {}", dir_path.display()))?;
-    let files = QuotaFiles::open(dir, args.quotas())
-        .with_context(|| format!("the agent directory {}", dir_path.display()))?;
-    let spec = AgentSpec::new(args.agent_id.clone(), args.ring, Arc::new(files))
+    let files = Arc::new(
+        QuotaFiles::open(dir, args.quotas())
+            .with_context(|| format!("the agent directory {}", dir_path.display()))?,
+    );
+    let spec = AgentSpec::new(args.agent_id.clone(), args.ring, files.clone())
         .actions(Arc::new(builtin::registry()));
 
-    let mut agent = match runtime.spawn(&component, spec).await {
+    let t = Instant::now();
+    let spawned = runtime.spawn(&component, spec).await;
+    report.instantiate = Some(t.elapsed());
+    let mut agent = match spawned {
         Ok(a) => a,
         Err(AgentError::Load(e)) => {
             return Err(Failure::Refused(format!("{}: {e}", args.agent.display())));
         }
-        Err(e) => return report_error(&e),
+        Err(e) => return record_error(report, e),
     };
     let kill = agent.kill_handle();
     let ctrl_c = tokio::spawn(async move {
@@ -135,50 +193,210 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
             kill.kill("interrupted (Ctrl-C)");
         }
     });
-    let result = agent.run(&args.input).await;
+    let t = Instant::now();
+    let result = agent.run(&input).await;
+    report.call = Some(t.elapsed());
     ctrl_c.abort();
+    report.usage = Some(files.usage());
     match result {
-        Ok(out) => report_output(&out),
-        Err(e) => report_error(&e),
+        Ok(out) => {
+            report.logs = out.logs;
+            report.dropped_log_lines = out.dropped_log_lines;
+            report.fuel_used = Some(out.fuel_used);
+            report.trace = Some(out.trace);
+            report.call = Some(out.elapsed);
+            Ok(match out.result {
+                Ok(answer) => {
+                    report.answer = Some(answer);
+                    Exit::Ok
+                }
+                Err(msg) => {
+                    report.failure = Some(msg);
+                    Exit::Failed
+                }
+            })
+        }
+        Err(e) => record_error(report, e),
     }
 }
 
-fn report_output(out: &RunOutput) -> Result<Exit, Failure> {
-    for line in &out.logs {
-        outln!("{}", log_text(line))?;
+fn record_error(report: &mut Report, e: AgentError) -> Result<Exit, Failure> {
+    match e {
+        AgentError::Trapped { cause, logs, .. } => {
+            report.logs = logs;
+            let exit = Exit::for_trap(&cause);
+            report.trap = Some(cause);
+            Ok(exit)
+        }
+        AgentError::Poisoned { cause, .. } => {
+            let exit = Exit::for_trap(&cause);
+            report.trap = Some(cause);
+            Ok(exit)
+        }
+        e @ AgentError::InputTooLarge { .. } => Err(Failure::usage("run", format!("input: {e}"))),
+        e => Err(Failure::Setup(anyhow::Error::new(e))),
     }
-    if out.dropped_log_lines > 0 {
-        outln!(
+}
+
+/// The input: `--input`, `--input-file` or standard input, checked against
+/// the runtime's input limit before anything is started.
+fn read_input(args: &RunArgs) -> Result<String, Failure> {
+    let limit = MAX_INPUT_BYTES;
+    let (what, bytes) = match (&args.input, &args.input_file) {
+        (Some(text), _) => ("--input".to_string(), text.clone().into_bytes()),
+        (None, None) => return Ok(String::new()),
+        (None, Some(path)) => {
+            let what = format!("--input-file {}", path.display());
+            let mut buf = Vec::new();
+            // One byte past the limit is enough to know it is too large.
+            let cap = limit as u64 + 1;
+            let read = if path.as_os_str() == "-" {
+                std::io::stdin().lock().take(cap).read_to_end(&mut buf)
+            } else {
+                std::fs::File::open(path).and_then(|f| f.take(cap).read_to_end(&mut buf))
+            };
+            read.map_err(|e| Failure::usage("run", format!("{what}: cannot read: {e}")))?;
+            (what, buf)
+        }
+    };
+    if bytes.len() > limit {
+        return Err(Failure::usage(
+            "run",
+            format!("{what}: the input is larger than the {limit}-byte limit"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Failure::usage(
+            "run",
+            format!(
+                "{what}: the input is not UTF-8 text (invalid at byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// How long loading may take before a spinner says what is going on.
+const QUIET_LOAD: Duration = Duration::from_millis(300);
+
+/// Loads (and on a cold cache compiles) the component; if that takes longer
+/// than [`QUIET_LOAD`] and standard error is a terminal, shows a spinner.
+async fn load_with_progress(
+    runtime: &Runtime,
+    bytes: Vec<u8>,
+    path: &Path,
+    cached: bool,
+) -> Result<AgentComponent, LoadError> {
+    let size = bytes.len();
+    let rt = runtime.clone();
+    let mut task = tokio::task::spawn_blocking(move || rt.load(&bytes));
+    let joined = match tokio::time::timeout(QUIET_LOAD, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            let spinner = std::io::stderr().is_terminal().then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message(format!(
+                    "compiling {} ({:.1} MB) for this machine{}",
+                    path.display(),
+                    size as f64 / 1e6,
+                    if cached {
+                        "; the next run takes it from the cache"
+                    } else {
+                        ""
+                    }
+                ));
+                s.enable_steady_tick(Duration::from_millis(100));
+                s
+            });
+            let joined = task.await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            joined
+        }
+    };
+    joined.unwrap_or_else(|e| {
+        Err(LoadError::Invalid {
+            message: format!("compiling stopped: {e}"),
+        })
+    })
+}
+
+/// For people: the answer alone on standard output; the rest on standard error.
+fn print_text(r: &Report) -> Result<(), Failure> {
+    for line in &r.logs {
+        errln!("{}", log_text(line));
+    }
+    if r.dropped_log_lines > 0 {
+        errln!(
             "[log] … {} more line(s) dropped (log budget per call)",
-            out.dropped_log_lines
-        )?;
+            r.dropped_log_lines
+        );
     }
-    match &out.result {
-        Ok(answer) => {
-            outln!("{answer}")?;
-            Ok(Exit::Ok)
-        }
-        Err(msg) => {
-            errln!("agent failed: {msg}");
-            Ok(Exit::Failed)
-        }
+    if let Some(answer) = &r.answer {
+        outln!("{answer}")?;
+    }
+    if let Some(msg) = &r.failure {
+        errln!("agent failed: {msg}");
+    }
+    if let Some(cause) = &r.trap {
+        errln!("{cause}");
+    }
+    Ok(())
+}
+
+fn millis(d: Option<Duration>) -> serde_json::Value {
+    d.map_or(serde_json::Value::Null, |d| json!(d.as_secs_f64() * 1e3))
+}
+
+fn level(line: &LogLine) -> &'static str {
+    match line.level {
+        ahv_runtime::LogLevel::Trace => "trace",
+        ahv_runtime::LogLevel::Debug => "debug",
+        ahv_runtime::LogLevel::Info => "info",
+        ahv_runtime::LogLevel::Warn => "warn",
+        ahv_runtime::LogLevel::Error => "error",
     }
 }
 
-fn report_error(e: &AgentError) -> Result<Exit, Failure> {
-    if let AgentError::Trapped { logs, .. } = e {
-        for line in logs {
-            outln!("{}", log_text(line))?;
-        }
-    }
-    match e.cause() {
-        Some(cause) => {
-            errln!("{cause}");
-            Ok(Exit::for_trap(cause))
-        }
-        None if matches!(e, AgentError::InputTooLarge { .. }) => {
-            Err(Failure::usage("run", format!("--input: {e}")))
-        }
-        None => Err(Failure::Setup(anyhow::anyhow!("{e}"))),
-    }
+/// For machines: one JSON object, whatever happened after the command line was parsed.
+fn print_json(r: &Report, result: Result<Exit, Failure>, total: Duration) -> Result<Exit, Failure> {
+    let (exit, error) = match result {
+        Ok(exit) => (exit, None),
+        Err(Failure::OutputClosed) => return Err(Failure::OutputClosed),
+        Err(f) => (f.exit(), f.message()),
+    };
+    let logs: Vec<serde_json::Value> = r
+        .logs
+        .iter()
+        .map(|l| {
+            let source = match l.source {
+                LogSource::Log => "log",
+                LogSource::Stdout => "stdout",
+                LogSource::Stderr => "stderr",
+            };
+            json!({ "level": level(l), "source": source, "message": l.message })
+        })
+        .collect();
+    let object = json!({
+        "outcome": exit.name(),
+        "exit_code": exit.code(),
+        "answer": r.answer,
+        "failure": r.failure,
+        "trap": r.trap.as_ref().map(|t| json!({ "kind": t.kind(), "message": t.to_string() })),
+        "error": error,
+        "logs": logs,
+        "dropped_log_lines": r.dropped_log_lines,
+        "fuel_used": r.fuel_used,
+        "trace": r.trace.map(|t| t.to_string()),
+        "files": r.usage.map(|u| json!({ "files": u.files, "directories": u.dirs, "bytes": u.bytes })),
+        "timings_ms": {
+            "load": millis(r.load),
+            "instantiate": millis(r.instantiate),
+            "run": millis(r.call),
+            "total": millis(Some(total)),
+        },
+    });
+    outln!("{object}")?;
+    Ok(exit)
 }
