@@ -753,3 +753,94 @@ fn a_slow_first_compile_shows_progress_on_a_terminal_only() {
     assert_eq!(r.status.code(), Some(0), "{r:?}");
     assert!(!r.stdout.contains("compiling"), "{r:?}");
 }
+
+/// A line the demo prints for a ring breach it recorded.
+fn is_breach_line(line: &str) -> bool {
+    line.contains("· ring.breach_detected") || line.contains("! hypervisor recorded: ring breach")
+}
+
+/// A line the demo prints for one of an agent's own log lines.
+fn is_log_line(line: &str) -> bool {
+    let t = line.trim_start();
+    [
+        "[trace] ",
+        "[debug] ",
+        "[info] ",
+        "[warn] ",
+        "[error] ",
+        "[stdout] ",
+        "[stderr] ",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
+}
+
+/// A line that starts the narration of another agent call or step.
+fn starts_step(line: &str) -> bool {
+    line.starts_with("   ▶ ")
+        || line.starts_with("Part ")
+        || line
+            .split_once(". ")
+            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+}
+
+#[test]
+fn the_demo_counts_every_breach_it_shows_each_after_the_agent_s_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = ahv_run(&["demo", "--state-dir", path_str(dir.path())]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+
+    let shown = lines.iter().filter(|l| is_breach_line(l)).count();
+    let done = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Done: "))
+        .unwrap_or_else(|| panic!("no summary: {r:?}"));
+    assert!(
+        done.starts_with(&format!(
+            "{shown} ring breach(es) recorded (1 in the shared session, 2 in the tour)"
+        )),
+        "{shown} breach lines shown; the summary says: {done}"
+    );
+    assert_eq!(
+        shown, 3,
+        "the intruder, the deployer at ring 2, the escalator at ring 3"
+    );
+
+    // Within each step, the agent's log lines come before the breach they led to.
+    let mut step_start = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if starts_step(line) {
+            step_start = i;
+        }
+        if !is_breach_line(line) {
+            continue;
+        }
+        let step_end = lines[i..]
+            .iter()
+            .position(|l| starts_step(l))
+            .map_or(lines.len(), |p| i + p);
+        let before = lines[step_start..i]
+            .iter()
+            .filter(|l| is_log_line(l))
+            .count();
+        let after = lines[i..step_end].iter().filter(|l| is_log_line(l)).count();
+        assert!(
+            before > 0 && after == 0,
+            "breach at line {i} ({line}): {before} log line(s) before it, {after} after, in\n{}",
+            lines[step_start..step_end].join("\n")
+        );
+    }
+
+    // The command it ends with verifies the session's audit log.
+    let verify = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("ahv audit verify "))
+        .unwrap_or_else(|| panic!("no verify command: {r:?}"));
+    let args: Vec<&str> = std::iter::once("audit")
+        .chain(std::iter::once("verify"))
+        .chain(verify.split(' '))
+        .collect();
+    let v = ahv_run(&args);
+    assert_eq!(v.code(), 0, "{v:?}");
+}

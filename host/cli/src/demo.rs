@@ -1,5 +1,10 @@
 //! `ahv demo`: the example agents, useful and hostile, each in its ring,
 //! narrated as it happens.
+//!
+//! A breach is recorded while the agent runs, but the agent's log lines come
+//! back only with the call's result; so the tour collects the breaches and
+//! prints those of a call after the agent's own lines (which all came before
+//! it: a breach ends the call).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,29 +45,41 @@ impl Demo {
         Ok(self.runtime.spawn(&component, spec).await?)
     }
 
+    /// The breaches recorded so far.
+    fn breaches(&self) -> Vec<RingBreach> {
+        self.breaches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One call: the agent's log lines, the breaches recorded during it, how it ended.
     async fn call(&self, agent: &mut Agent, input: &str) -> std::io::Result<()> {
+        let before = self.breaches().len();
         let started = Instant::now();
-        match agent.run(input).await {
-            Ok(out) => {
-                for line in &out.logs {
-                    outln!("   {}", log_text(line))?;
-                }
-                match out.result {
-                    Ok(answer) => outln!("   → {}", answer.lines().next().unwrap_or_default()),
-                    Err(msg) => outln!("   → the agent reported a failure: {msg}"),
-                }?;
-            }
+        let result = agent.run(input).await;
+        let elapsed = started.elapsed();
+        let logs = match &result {
+            Ok(out) => out.logs.as_slice(),
+            Err(AgentError::Trapped { logs, .. }) => logs.as_slice(),
+            Err(_) => &[],
+        };
+        for line in logs {
+            outln!("   {}", log_text(line))?;
+        }
+        for b in self.breaches().iter().skip(before) {
+            outln!("   ! hypervisor recorded: {b}")?;
+        }
+        match result {
+            Ok(out) => match out.result {
+                Ok(answer) => outln!("   → {}", answer.lines().next().unwrap_or_default()),
+                Err(msg) => outln!("   → the agent reported a failure: {msg}"),
+            },
             Err(e) => {
-                if let AgentError::Trapped { logs, .. } = &e {
-                    for line in logs {
-                        outln!("   {}", log_text(line))?;
-                    }
-                }
                 let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
-                outln!("   ✗ TRAPPED after {:.1?}: {cause}", started.elapsed())?;
+                outln!("   ✗ TRAPPED after {elapsed:.1?}: {cause}")
             }
         }
-        Ok(())
     }
 }
 
@@ -89,7 +106,6 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
         .policy(policy)
         .max_instances(32)
         .on_breach(move |b: &RingBreach| {
-            let _ = outln!("   ! hypervisor recorded: {b}");
             sink.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(b.clone());
@@ -107,7 +123,7 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
 
     outln!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.")?;
     let state = root.join("state");
-    let public_key =
+    let part1 =
         crate::session_demo::session_demo(&state, crate::default_cache_dir().as_deref()).await?;
 
     outln!("\nPart 2: a tour of single agents, useful and hostile, each in its ring")?;
@@ -246,9 +262,13 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
     d.header("the host is still healthy: hello answers again")?;
     d.call(&mut hello, "after all that").await?;
 
-    let n = d.breaches.lock().unwrap_or_else(|p| p.into_inner()).len();
-    outln!("\nDone: {n} ring breach(es) recorded; every hostile agent was stopped by the host.")?;
-    if let Some(key) = public_key {
+    let (shared, tour) = (part1.breaches, d.breaches().len());
+    outln!(
+        "\nDone: {} ring breach(es) recorded ({shared} in the shared session, {tour} in the tour); \
+         every hostile agent was stopped by the host.",
+        shared + tour
+    )?;
+    if let Some(key) = part1.public_key {
         outln!(
             "\nEvery governed action of the session is in a tamper-evident audit log. Verify it offline:\n   ahv audit verify {} --public-key {key}",
             state.display()
