@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::exit::Exit;
 use crate::out::{Failure, outln};
+use crate::run_cmd::load_with_progress;
 use crate::{CacheArgs, read_component};
 
 #[derive(clap::Args, Debug)]
@@ -18,7 +19,7 @@ pub(crate) struct InspectArgs {
     cache: CacheArgs,
 }
 
-pub(crate) fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
+pub(crate) async fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
     let mut builder = Runtime::builder().max_instances(1);
     if let Some(dir) = args.cache.dir() {
         builder = builder.cache_dir(dir);
@@ -27,7 +28,8 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
     let path = &args.agent;
     let refused = |e: &LoadError| Failure::Refused(format!("{}: {e}", path.display()));
     let bytes = read_component(path)?;
-    let verdict = runtime.load(&bytes);
+    let cached = args.cache.dir().is_some();
+    let verdict = load_with_progress(&runtime, bytes.clone(), path, cached).await;
     let manifest = match &verdict {
         Ok(component) => component.manifest().clone(),
         Err(e @ LoadError::Cache { .. }) => {

@@ -155,7 +155,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run_cmd::run(args).await,
-            Command::Inspect(args) => inspect_cmd::inspect(&args),
+            Command::Inspect(args) => inspect_cmd::inspect(&args).await,
             Command::Demo { state_dir } => demo::demo(state_dir).await.map_err(Failure::from),
             Command::Agents => agents(),
             Command::Audit { cmd } => audit_cmd::audit(cmd),

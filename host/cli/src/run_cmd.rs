@@ -281,7 +281,7 @@ const QUIET_LOAD: Duration = Duration::from_millis(300);
 
 /// Loads (and on a cold cache compiles) the component; if that takes longer
 /// than [`QUIET_LOAD`] and standard error is a terminal, shows a spinner.
-async fn load_with_progress(
+pub(crate) async fn load_with_progress(
     runtime: &Runtime,
     bytes: Vec<u8>,
     path: &Path,
