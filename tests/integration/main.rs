@@ -2,6 +2,7 @@
 
 mod agents;
 mod audit;
+mod cli;
 mod containment;
 mod runtime;
 mod sessions;

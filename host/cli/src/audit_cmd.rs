@@ -8,8 +8,11 @@ use ahv_audit::verify::{AuditProof, verify_dir};
 use ahv_audit::{Delta, LogKind, PublicKey, prove, read_log};
 use anyhow::{Context, bail};
 
-/// Exit code of `ahv audit verify` when verification fails.
-pub(crate) const EXIT_TAMPERED: u8 = 1;
+use crate::exit::Exit;
+use crate::out::{Failure, errln, outln, write_out_bytes};
+
+/// How `ahv audit verify` ends when verification fails.
+pub(crate) const EXIT_TAMPERED: Exit = Exit::Failed;
 
 /// The `ahv audit` subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -17,20 +20,24 @@ pub(crate) enum AuditCmd {
     /// Re-derive every session's hash chain and Merkle root from the files and
     /// check them against the signed commitments; print `ok` per session or
     /// exactly what is wrong. Exits 1 on any failure.
+    #[command(
+        after_help = crate::exit::help(),
+        group(clap::ArgGroup::new("what").required(true).args(["state_dir", "proof"]))
+    )]
     Verify {
-        /// The state directory (or its `audit` folder). Not needed with --proof.
+        /// The state directory (or its `audit` folder). Not with --proof.
         state_dir: Option<PathBuf>,
         /// Only this session.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_session)]
         session: Option<String>,
         /// The hypervisor's public key (hex), pinned. Default: the directory's
         /// own `audit/public-key`, which someone able to rewrite the directory
         /// could also replace.
-        #[arg(long)]
-        public_key: Option<String>,
+        #[arg(long, value_parser = parse_key)]
+        public_key: Option<PublicKey>,
         /// Check an inclusion proof made by `ahv audit prove` instead, offline:
         /// needs only the proof and --public-key.
-        #[arg(long, conflicts_with = "session")]
+        #[arg(long, conflicts_with = "session", requires = "public_key")]
         proof: Option<PathBuf>,
         /// Print the report as JSON (`ok`, the commitment log, one entry per
         /// session with its problems, notes); the exit code is the same.
@@ -38,20 +45,22 @@ pub(crate) enum AuditCmd {
         json: bool,
     },
     /// Print a session's deltas, one per line.
+    #[command(after_help = crate::exit::help())]
     Show {
         /// The state directory (or its `audit` folder).
         state_dir: PathBuf,
         /// The session.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_session)]
         session: String,
     },
     /// Write an inclusion proof of one delta (JSON) that `ahv audit verify
     /// --proof` checks with only the public key.
+    #[command(after_help = crate::exit::help())]
     Prove {
         /// The state directory (or its `audit` folder).
         state_dir: PathBuf,
         /// The session.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_session)]
         session: String,
         /// The delta's sequence number (0 for the first).
         #[arg(long)]
@@ -64,7 +73,10 @@ pub(crate) enum AuditCmd {
     /// hashes, so their commitments still verify but the contents are gone.
     /// Refused while a hypervisor has the directory open (configure
     /// `AuditConfig::retention` there instead).
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["older_than", "session"])))]
+    #[command(
+        after_help = crate::exit::help(),
+        group(clap::ArgGroup::new("which").required(true).args(["older_than", "session"]))
+    )]
     Prune {
         /// The state directory (or its `audit` folder).
         state_dir: PathBuf,
@@ -73,7 +85,7 @@ pub(crate) enum AuditCmd {
         #[arg(long, value_parser = parse_age)]
         older_than: Option<std::time::Duration>,
         /// Only this (sealed) session, whatever its age.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_session)]
         session: Option<String>,
     },
 }
@@ -106,12 +118,19 @@ fn audit_folder(dir: &Path) -> PathBuf {
     }
 }
 
-fn key(hex: Option<&str>) -> anyhow::Result<Option<PublicKey>> {
-    hex.map(|h| PublicKey::from_hex(h.trim()).context("--public-key"))
-        .transpose()
+/// Parses a pinned public key (64 hex digits).
+fn parse_key(text: &str) -> Result<PublicKey, String> {
+    PublicKey::from_hex(text.trim()).map_err(|e| e.to_string())
 }
 
-pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
+/// Validates a session id: a name that is not one could point outside the directory.
+fn parse_session(text: &str) -> Result<String, String> {
+    ahv_core::SessionId::new(text)
+        .map(|s| s.as_str().to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) fn audit(cmd: AuditCmd) -> Result<Exit, Failure> {
     match cmd {
         AuditCmd::Verify {
             state_dir,
@@ -120,48 +139,32 @@ pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
             proof,
             json,
         } => {
-            let key = key(public_key.as_deref())?;
             if let Some(file) = proof {
-                let Some(key) = key else {
-                    bail!("--proof needs --public-key: a proof is checked against a pinned key");
+                let Some(key) = public_key else {
+                    // clap's `requires` makes this unreachable from the command line.
+                    return Err(Failure::usage("audit", "--proof needs --public-key"));
                 };
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                let p: AuditProof = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not an audit proof", file.display()))?;
-                return Ok(match p.verify(&key) {
-                    Ok(d) => {
-                        println!(
-                            "proof ok: delta #{} of session {} is in its signed commitment",
-                            d.seq, d.session
-                        );
-                        println!("  {d}");
-                        0
-                    }
-                    Err(e) => {
-                        println!("proof FAILED: {e}");
-                        EXIT_TAMPERED
-                    }
-                });
+                return verify_proof(&file, &key);
             }
             let Some(dir) = state_dir else {
-                bail!("give a state directory (or --proof FILE)");
+                return Err(Failure::usage(
+                    "audit",
+                    "give a state directory (or --proof FILE)",
+                ));
             };
-            let report = verify_dir(&audit_folder(&dir), session.as_deref(), key.as_ref())?;
+            let report = verify_dir(&audit_folder(&dir), session.as_deref(), public_key.as_ref())
+                .context("verifying")?;
             if json {
-                println!("{}", report.to_json());
+                outln!("{}", report.to_json())?;
             } else {
-                print!("{report}");
+                write_out_bytes(report.to_string().as_bytes())?;
             }
-            Ok(if report.ok() { 0 } else { EXIT_TAMPERED })
+            Ok(if report.ok() { Exit::Ok } else { EXIT_TAMPERED })
         }
         AuditCmd::Show { state_dir, session } => {
             let text = show(&audit_folder(&state_dir), &session)?;
-            // A reader that stops early (`| head`) is not an error.
-            match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-                _ => Ok(0),
-            }
+            write_out_bytes(text.as_bytes())?;
+            Ok(Exit::Ok)
         }
         AuditCmd::Prove {
             state_dir,
@@ -169,25 +172,63 @@ pub(crate) fn audit(cmd: AuditCmd) -> anyhow::Result<u8> {
             seq,
             out,
         } => {
-            let p = prove(&audit_folder(&state_dir), &session, seq, None)?;
-            let json = serde_json::to_string_pretty(&p)?;
+            let p = prove(&audit_folder(&state_dir), &session, seq, None)
+                .with_context(|| format!("proving delta #{seq} of session {session}"))?;
+            let json = serde_json::to_string_pretty(&p).context("encoding the proof")?;
             match out {
                 Some(path) => {
                     std::fs::write(&path, json + "\n")
                         .with_context(|| format!("writing {}", path.display()))?;
-                    eprintln!("wrote {}", path.display());
+                    errln!("wrote {}", path.display());
                 }
-                None => println!("{json}"),
+                None => outln!("{json}")?,
             }
-            Ok(0)
+            Ok(Exit::Ok)
         }
         AuditCmd::Prune {
             state_dir,
             older_than,
             session,
         } => {
-            print!("{}", prune(&audit_folder(&state_dir), older_than, session)?);
-            Ok(0)
+            let text = prune(&audit_folder(&state_dir), older_than, session)?;
+            write_out_bytes(text.as_bytes())?;
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// Checks a proof file against a pinned key. A file that is not a proof is
+/// a failed verification, like a proof that does not check out.
+fn verify_proof(file: &Path, key: &PublicKey) -> Result<Exit, Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::usage(
+            "audit",
+            format!("--proof {}: cannot read: {e}", file.display()),
+        )
+    })?;
+    let p: AuditProof = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            outln!(
+                "proof FAILED: {} is not an audit proof: {e}",
+                file.display()
+            )?;
+            return Ok(EXIT_TAMPERED);
+        }
+    };
+    match p.verify(key) {
+        Ok(d) => {
+            outln!(
+                "proof ok: delta #{} of session {} is in its signed commitment",
+                d.seq,
+                d.session
+            )?;
+            outln!("  {d}")?;
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            outln!("proof FAILED: {e}")?;
+            Ok(EXIT_TAMPERED)
         }
     }
 }
@@ -356,11 +397,11 @@ mod tests {
         (tmp, auditor.public_key().to_hex())
     }
 
-    fn verify(dir: &Path, key: &str) -> u8 {
+    fn verify(dir: &Path, key: &str) -> Exit {
         audit(AuditCmd::Verify {
             state_dir: Some(dir.to_path_buf()),
             session: None,
-            public_key: Some(key.to_string()),
+            public_key: Some(parse_key(key).unwrap()),
             proof: None,
             json: false,
         })
@@ -370,7 +411,7 @@ mod tests {
     #[test]
     fn verify_exits_0_when_clean_and_1_when_a_delta_is_removed() {
         let (tmp, key) = state();
-        assert_eq!(verify(tmp.path(), &key), 0);
+        assert_eq!(verify(tmp.path(), &key), Exit::Ok);
         let log = tmp.path().join("audit/sessions/s-cli.log");
         let mut bodies: Vec<Vec<u8>> = read_log(&log, LogKind::SESSION_DELTAS)
             .unwrap()
@@ -394,19 +435,23 @@ mod tests {
             out: Some(out.clone()),
         })
         .unwrap();
-        assert_eq!(code, 0);
+        assert_eq!(code, Exit::Ok);
         std::fs::remove_dir_all(tmp.path().join("audit")).unwrap();
         let check = |key: &str| {
             audit(AuditCmd::Verify {
                 state_dir: None,
                 session: None,
-                public_key: Some(key.to_string()),
+                public_key: Some(parse_key(key).unwrap()),
                 proof: Some(out.clone()),
                 json: false,
             })
             .unwrap()
         };
-        assert_eq!(check(&key), 0, "offline: the audit directory is gone");
+        assert_eq!(
+            check(&key),
+            Exit::Ok,
+            "offline: the audit directory is gone"
+        );
         let other = ahv_audit::HypervisorKey::from_seed([1; 32])
             .public_key()
             .to_hex();
@@ -436,7 +481,7 @@ mod tests {
             text.contains("sealed by commitment #0: 4 delta(s)"),
             "{text}"
         );
-        assert_eq!(verify(tmp.path(), &key), 0);
+        assert_eq!(verify(tmp.path(), &key), Exit::Ok);
         // Pruning twice changes nothing.
         let out = prune(&tmp.path().join("audit"), None, Some("s-cli".into())).unwrap();
         assert!(out.contains("s-cli: 0 delta(s)"), "{out}");

@@ -1,5 +1,10 @@
 //! `ahv demo`: the example agents, useful and hostile, each in its ring,
 //! narrated as it happens.
+//!
+//! A breach is recorded while the agent runs, but the agent's log lines come
+//! back only with the call's result; so the tour collects the breaches and
+//! prints those of a call after the agent's own lines (which all came before
+//! it: a breach ends the call).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -7,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, RingLimits, RingPolicy};
 use ahv_governance::actions::builtin;
-use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_governance::session_vfs::FileQuotas;
 use ahv_runtime::{Agent, AgentError, AgentSpec, RingBreach, Runtime};
 use anyhow::Context;
 
-use crate::print_log;
+use crate::log_text;
+use crate::out::outln;
+use crate::quota_files::QuotaFiles;
 
 struct Demo {
     runtime: Runtime,
@@ -21,9 +28,9 @@ struct Demo {
 }
 
 impl Demo {
-    fn header(&mut self, title: &str) {
+    fn header(&mut self, title: &str) -> std::io::Result<()> {
         self.step += 1;
-        println!("\n{}. {title}", self.step);
+        outln!("\n{}. {title}", self.step)
     }
 
     async fn spawn(&self, bytes: &[u8], name: &str, ring: Ring) -> anyhow::Result<Agent> {
@@ -31,39 +38,52 @@ impl Demo {
         std::fs::create_dir_all(&dir_path)
             .with_context(|| format!("creating {}", dir_path.display()))?;
         let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())?;
-        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let files = Arc::new(QuotaFiles::open(dir, FileQuotas::default())?);
         let component = self.runtime.load(bytes)?;
-        let spec = AgentSpec::new(AgentId::new(format!("did:demo:{name}"))?, ring, vfs)
+        let spec = AgentSpec::new(AgentId::new(format!("did:demo:{name}"))?, ring, files)
             .actions(Arc::new(builtin::registry()));
         Ok(self.runtime.spawn(&component, spec).await?)
     }
 
-    async fn call(&self, agent: &mut Agent, input: &str) {
+    /// The breaches recorded so far.
+    fn breaches(&self) -> Vec<RingBreach> {
+        self.breaches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One call: the agent's log lines, the breaches recorded during it, how it ended.
+    async fn call(&self, agent: &mut Agent, input: &str) -> std::io::Result<()> {
+        let before = self.breaches().len();
         let started = Instant::now();
-        match agent.run(input).await {
-            Ok(out) => {
-                for line in &out.logs {
-                    print_log("   ", line);
-                }
-                match out.result {
-                    Ok(answer) => println!("   → {}", answer.lines().next().unwrap_or_default()),
-                    Err(msg) => println!("   → the agent reported a failure: {msg}"),
-                }
-            }
+        let result = agent.run(input).await;
+        let elapsed = started.elapsed();
+        let logs = match &result {
+            Ok(out) => out.logs.as_slice(),
+            Err(AgentError::Trapped { logs, .. }) => logs.as_slice(),
+            Err(_) => &[],
+        };
+        for line in logs {
+            outln!("   {}", log_text(line))?;
+        }
+        for b in self.breaches().iter().skip(before) {
+            outln!("   ! hypervisor recorded: {b}")?;
+        }
+        match result {
+            Ok(out) => match out.result {
+                Ok(answer) => outln!("   → {}", answer.lines().next().unwrap_or_default()),
+                Err(msg) => outln!("   → the agent reported a failure: {msg}"),
+            },
             Err(e) => {
-                if let AgentError::Trapped { logs, .. } = &e {
-                    for line in logs {
-                        print_log("   ", line);
-                    }
-                }
                 let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
-                println!("   ✗ TRAPPED after {:.1?}: {cause}", started.elapsed());
+                outln!("   ✗ TRAPPED after {elapsed:.1?}: {cause}")
             }
         }
     }
 }
 
-pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
+pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::exit::Exit> {
     let root = match state_dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -86,7 +106,6 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
         .policy(policy)
         .max_instances(32)
         .on_breach(move |b: &RingBreach| {
-            println!("   ! hypervisor recorded: {b}");
             sink.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(b.clone());
@@ -102,70 +121,72 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
         step: 0,
     };
 
-    println!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.");
+    outln!("Agent Hypervisor demo: real WebAssembly agents, each confined to its ring.")?;
     let state = root.join("state");
-    let public_key =
+    let part1 =
         crate::session_demo::session_demo(&state, crate::default_cache_dir().as_deref()).await?;
 
-    println!("\nPart 2: a tour of single agents, useful and hostile, each in its ring");
-    println!("Agent files live under {}", root.display());
+    outln!("\nPart 2: a tour of single agents, useful and hostile, each in its ring")?;
+    outln!("Agent files live under {}", root.display())?;
 
-    d.header("hello in ring 3 (sandbox): reads a file and answers");
+    d.header("hello in ring 3 (sandbox): reads a file and answers")?;
     write(&root, "hello/greeting.txt", "Good morning")?;
     let mut hello = d.spawn(ahv_agents::HELLO, "hello", Ring::Sandbox).await?;
-    d.call(&mut hello, "Ada").await;
+    d.call(&mut hello, "Ada").await?;
 
     d.header(
         "note-taker in ring 2 (standard): writes notes, journals them with a reversible action",
-    );
+    )?;
     let mut notes = d
         .spawn(ahv_agents::NOTE_TAKER, "note-taker", Ring::Standard)
         .await?;
-    d.call(&mut notes, "review the sandbox design").await;
-    d.call(&mut notes, "benchmark instantiation").await;
-    println!(
+    d.call(&mut notes, "review the sandbox design").await?;
+    d.call(&mut notes, "benchmark instantiation").await?;
+    outln!(
         "   (the host kept {} undo record(s) for its reversible actions)",
         notes.performed_actions().len()
-    );
+    )?;
 
-    d.header("deployer in ring 1 (privileged): sends a non-reversible notification");
+    d.header("deployer in ring 1 (privileged): sends a non-reversible notification")?;
     write(&root, "deployer/deploy/manifest.txt", "billing-service")?;
     let mut deployer = d
         .spawn(ahv_agents::DEPLOYER, "deployer", Ring::Privileged)
         .await?;
-    d.call(&mut deployer, "v2.4.1").await;
+    d.call(&mut deployer, "v2.4.1").await?;
 
-    d.header("the same deployer admitted only at ring 2: its effect is a ring breach");
+    d.header("the same deployer admitted only at ring 2: its effect is a ring breach")?;
     let mut deployer2 = d
         .spawn(ahv_agents::DEPLOYER, "deployer-r2", Ring::Standard)
         .await?;
-    d.call(&mut deployer2, "v2.4.2").await;
-    println!(
+    d.call(&mut deployer2, "v2.4.2").await?;
+    outln!(
         "   outbox exists afterwards: {}",
         root.join("deployer-r2/outbox").exists()
-    );
+    )?;
 
-    d.header("escalator in ring 2: writing is within its ring");
+    d.header("escalator in ring 2: writing is within its ring")?;
     let mut esc2 = d
         .spawn(ahv_agents::ESCALATOR, "escalator-r2", Ring::Standard)
         .await?;
-    d.call(&mut esc2, "allowed").await;
+    d.call(&mut esc2, "allowed").await?;
 
-    d.header("escalator in ring 3: the write is outside its ring");
+    d.header("escalator in ring 3: the write is outside its ring")?;
     let mut esc3 = d
         .spawn(ahv_agents::ESCALATOR, "escalator-r3", Ring::Sandbox)
         .await?;
-    d.call(&mut esc3, "sneaky").await;
-    println!(
+    d.call(&mut esc3, "sneaky").await?;
+    outln!(
         "   file written: {}",
         root.join("escalator-r3/escalated.txt").exists()
-    );
+    )?;
     match esc3.run("again").await {
-        Err(e) => println!("   its next call is refused: {e}"),
-        Ok(_) => println!("   UNEXPECTED: the breaching agent ran again"),
-    }
+        Err(e) => outln!("   its next call is refused: {e}"),
+        Ok(_) => outln!("   UNEXPECTED: the breaching agent ran again"),
+    }?;
 
-    d.header("path-escaper in ring 2: tries .., absolute paths, NUL, long names, planted symlinks");
+    d.header(
+        "path-escaper in ring 2: tries .., absolute paths, NUL, long names, planted symlinks",
+    )?;
     write(&root, "sentinel.txt", "outside every agent's directory")?;
     std::fs::create_dir_all(root.join("path-escaper"))?;
     plant_symlink(&root, &root.join("path-escaper/escape-link"))?;
@@ -181,29 +202,29 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
             let report = out.result.unwrap_or_else(|e| e);
             let total = report.lines().count();
             let refused = report.lines().filter(|l| l.contains(" -> err ")).count();
-            println!("   {refused} of {total} escape attempts refused, e.g.:");
+            outln!("   {refused} of {total} escape attempts refused, e.g.:")?;
             for line in report.lines().filter(|l| l.contains("sentinel")).take(4) {
-                println!("     {line}");
+                outln!("     {line}")?;
             }
             for line in report.lines().filter(|l| !l.contains(" -> err ")) {
-                println!("     NOT REFUSED: {line}");
+                outln!("     NOT REFUSED: {line}")?;
             }
         }
-        Err(e) => println!("   ✗ {e}"),
+        Err(e) => outln!("   ✗ {e}")?,
     }
     let sentinel = std::fs::read_to_string(root.join("sentinel.txt"))?;
-    println!(
+    outln!(
         "   sentinel outside unchanged: {}",
         sentinel == "outside every agent's directory"
-    );
+    )?;
 
-    d.header("spinner in ring 3: an infinite loop runs out of fuel");
+    d.header("spinner in ring 3: an infinite loop runs out of fuel")?;
     let mut spinner = d
         .spawn(ahv_agents::SPINNER, "spinner", Ring::Sandbox)
         .await?;
-    d.call(&mut spinner, "").await;
+    d.call(&mut spinner, "").await?;
 
-    d.header("spinner in ring 1 (huge fuel): stopped by the kill switch after 200 ms");
+    d.header("spinner in ring 1 (huge fuel): stopped by the kill switch after 200 ms")?;
     let mut spinner1 = d
         .spawn(ahv_agents::SPINNER, "spinner-r1", Ring::Privileged)
         .await?;
@@ -212,44 +233,48 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<u8> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         kill.kill("operator pressed the kill switch");
     });
-    d.call(&mut spinner1, "").await;
+    d.call(&mut spinner1, "").await?;
 
-    d.header("sleeper in ring 3: blocks inside a host call; the 500 ms deadline still ends it");
+    d.header("sleeper in ring 3: blocks inside a host call; the 500 ms deadline still ends it")?;
     let mut sleeper = d
         .spawn(ahv_agents::SLEEPER, "sleeper", Ring::Sandbox)
         .await?;
-    d.call(&mut sleeper, "").await;
+    d.call(&mut sleeper, "").await?;
 
-    d.header("memory-hog in ring 3: allocates until the 32 MiB cap");
+    d.header("memory-hog in ring 3: allocates until the 32 MiB cap")?;
     let mut hog = d
         .spawn(ahv_agents::MEMORY_HOG, "memory-hog", Ring::Sandbox)
         .await?;
-    d.call(&mut hog, "").await;
+    d.call(&mut hog, "").await?;
 
-    d.header("stack-bomb in ring 3: unbounded recursion");
+    d.header("stack-bomb in ring 3: unbounded recursion")?;
     let mut bomb = d
         .spawn(ahv_agents::STACK_BOMB, "stack-bomb", Ring::Sandbox)
         .await?;
-    d.call(&mut bomb, "").await;
+    d.call(&mut bomb, "").await?;
 
-    d.header("net-sneak: imports wasi:sockets to phone home");
+    d.header("net-sneak: imports wasi:sockets to phone home")?;
     match d.runtime.load(ahv_agents::NET_SNEAK) {
-        Ok(_) => println!("   UNEXPECTED: admitted"),
-        Err(e) => println!("   ✗ refused at load: {e}"),
-    }
+        Ok(_) => outln!("   UNEXPECTED: admitted"),
+        Err(e) => outln!("   ✗ refused at load: {e}"),
+    }?;
 
-    d.header("the host is still healthy: hello answers again");
-    d.call(&mut hello, "after all that").await;
+    d.header("the host is still healthy: hello answers again")?;
+    d.call(&mut hello, "after all that").await?;
 
-    let n = d.breaches.lock().unwrap_or_else(|p| p.into_inner()).len();
-    println!("\nDone: {n} ring breach(es) recorded; every hostile agent was stopped by the host.");
-    if let Some(key) = public_key {
-        println!(
+    let (shared, tour) = (part1.breaches, d.breaches().len());
+    outln!(
+        "\nDone: {} ring breach(es) recorded ({shared} in the shared session, {tour} in the tour); \
+         every hostile agent was stopped by the host.",
+        shared + tour
+    )?;
+    if let Some(key) = part1.public_key {
+        outln!(
             "\nEvery governed action of the session is in a tamper-evident audit log. Verify it offline:\n   ahv audit verify {} --public-key {key}",
             state.display()
-        );
+        )?;
     }
-    Ok(0)
+    Ok(crate::exit::Exit::Ok)
 }
 
 fn write(root: &Path, rel: &str, text: &str) -> anyhow::Result<()> {

@@ -1,25 +1,34 @@
 //! `ahv demo`, part 1: a governed shared session. A researcher and an editor
 //! collaborate through shared state and a locked shared file; a hostile
 //! participant admitted at ring 3 tries to write and is expelled. Every
-//! governance event is printed as it happens.
+//! governance event is printed.
+//!
+//! Events are emitted while an agent runs, but its log lines come back only
+//! with the call's result, so printing events as they are emitted put a
+//! breach before the log line of the agent that caused it. The [`Narrator`]
+//! keeps the events and prints them at the next line of narration; around a
+//! call that is after the agent's own log lines, under "the host recorded".
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use ahv_core::event::{Event, EventPayload};
+use ahv_core::event::{Event, EventKind, EventPayload};
 use ahv_core::{AgentId, Ring};
 use ahv_governance::files::{Caller, FileSpace};
 use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, HypervisorError, JoinRequest};
+use ahv_runtime::AgentError;
 use anyhow::Context;
 
-use crate::print_log;
+use crate::log_text;
+use crate::out::outln;
 
 fn short(h: &[u8; 32]) -> String {
     h.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// One line per event, as it happens.
-fn show(e: &Event) {
+/// One line per event.
+fn show(e: &Event) -> String {
     let who = e.agent.as_ref().map_or(String::new(), |a| format!(" {a}"));
     let what = match &e.payload {
         EventPayload::SessionCreated {
@@ -69,50 +78,114 @@ fn show(e: &Event) {
         other => other.fields().to_string().trim_start().to_owned(),
     };
     let line = format!("{:<22}{who}  {what}", e.kind().name());
-    println!("   · {}", line.trim_end());
+    format!("   · {}", line.trim_end())
 }
 
-async fn run(hv: &Hypervisor, s: &ahv_core::SessionId, agent: &AgentId, input: &str) {
-    println!("   ▶ {agent} runs with input {input:?}");
-    match hv.run_agent(s, agent, input).await {
-        Ok(out) => {
-            for line in &out.logs {
-                print_log("     ", line);
+/// Prints the narration and the session's events in an order that reads
+/// causally (see the module docs), and counts the breaches it shows.
+pub(crate) struct Narrator {
+    pending: Arc<Mutex<Vec<Event>>>,
+    breaches: usize,
+}
+
+impl Narrator {
+    /// A narrator of `hv`'s events.
+    fn new(hv: &Hypervisor) -> Narrator {
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let sink = pending.clone();
+        // Every governed event is also followed by its `audit.delta_captured`;
+        // the narration leaves those out.
+        hv.events().subscribe(move |e: &Event| {
+            if e.kind() != EventKind::AuditDeltaCaptured {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.clone());
             }
-            match out.result {
-                Ok(answer) => println!("   → {answer}"),
-                Err(msg) => println!("   → the agent reported a failure: {msg}"),
+        });
+        Narrator {
+            pending,
+            breaches: 0,
+        }
+    }
+
+    /// Prints the events emitted since the last call.
+    fn events(&mut self) -> std::io::Result<()> {
+        let events = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for e in &events {
+            if e.kind() == EventKind::RingBreachDetected {
+                self.breaches += 1;
             }
+            outln!("{}", show(e))?;
         }
-        Err(HypervisorError::Agent(e)) => {
-            let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
-            println!("   ✗ TRAPPED: {cause}");
-        }
-        Err(e) => println!("   ✗ {e}"),
+        Ok(())
+    }
+
+    /// Prints the pending events, then `line`.
+    fn say(&mut self, line: impl std::fmt::Display) -> std::io::Result<()> {
+        self.events()?;
+        outln!("{line}")
+    }
+
+    /// The ring breaches shown so far.
+    pub(crate) fn breaches(&self) -> usize {
+        self.breaches
     }
 }
 
-/// Runs the session demo with its state under `state_dir`; returns the audit
-/// log's public key (hex).
+/// One call into `agent`: what it logged, what the host recorded meanwhile, how it ended.
+async fn run(
+    n: &mut Narrator,
+    hv: &Hypervisor,
+    s: &ahv_core::SessionId,
+    agent: &AgentId,
+    input: &str,
+) -> std::io::Result<()> {
+    n.say(format!("   ▶ {agent} runs with input {input:?}"))?;
+    let result = hv.run_agent(s, agent, input).await;
+    let logs = match &result {
+        Ok(out) => out.logs.as_slice(),
+        Err(HypervisorError::Agent(AgentError::Trapped { logs, .. })) => logs.as_slice(),
+        Err(_) => &[],
+    };
+    for line in logs {
+        outln!("     {}", log_text(line))?;
+    }
+    n.events()?;
+    match result {
+        Ok(out) => match out.result {
+            Ok(answer) => outln!("   → {answer}"),
+            Err(msg) => outln!("   → the agent reported a failure: {msg}"),
+        },
+        Err(HypervisorError::Agent(e)) => {
+            let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
+            outln!("   ✗ TRAPPED: {cause}")
+        }
+        Err(e) => outln!("   ✗ {e}"),
+    }
+}
+
+/// What part 1 leaves for the rest of the demo.
+pub(crate) struct SessionDemo {
+    /// The audit log's public key (hex), if the log was kept.
+    pub(crate) public_key: Option<String>,
+    /// The ring breaches it showed.
+    pub(crate) breaches: usize,
+}
+
+/// Runs the session demo with its state under `state_dir`.
 pub(crate) async fn session_demo(
     state_dir: &Path,
     cache: Option<&Path>,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<SessionDemo> {
     let mut b = Hypervisor::builder().state_dir(state_dir).max_instances(32);
     if let Some(c) = cache {
         b = b.cache_dir(c);
     }
     let hv = b.build().context("building the hypervisor")?;
-    // Every governed event is also followed by its `audit.delta_captured`;
-    // the narration leaves those out.
-    hv.events().subscribe(|e: &Event| {
-        if e.kind() != ahv_core::EventKind::AuditDeltaCaptured {
-            show(e);
-        }
-    });
+    let mut n = Narrator::new(&hv);
 
-    println!("\nPart 1: a shared session");
-    println!("   state directory: {}", state_dir.display());
+    n.say("\nPart 1: a shared session")?;
+    n.say(format!("   state directory: {}", state_dir.display()))?;
     let operator = AgentId::new("did:demo:operator")?;
     let s = hv.create_session(SessionConfig::default(), operator.clone())?;
 
@@ -150,60 +223,71 @@ pub(crate) async fn session_demo(
     }
     hv.activate_session(&s)?;
 
-    run(&hv, &s, &researcher, "component").await;
-    run(&hv, &s, &editor, "What the sources say about components").await;
+    run(&mut n, &hv, &s, &researcher, "component").await?;
+    run(
+        &mut n,
+        &hv,
+        &s,
+        &editor,
+        "What the sources say about components",
+    )
+    .await?;
 
     let report = core.read(host, "shared/report.md")?;
-    println!("   shared/report.md:");
+    n.say("   shared/report.md:")?;
     for l in String::from_utf8_lossy(&report).lines() {
-        println!("     | {l}");
+        n.say(format!("     | {l}"))?;
     }
 
-    println!("   the intruder (ring 3) tries to overwrite the findings in shared state:");
-    run(&hv, &s, &intruder, "state:the sources say nothing").await;
+    n.say("   the intruder (ring 3) tries to overwrite the findings in shared state:")?;
+    run(&mut n, &hv, &s, &intruder, "state:the sources say nothing").await?;
     let still = core
         .state()
         .peek("findings/wasm.txt")
         .map(|v| String::from_utf8_lossy(&v.value).into_owned())
         .unwrap_or_default();
-    println!(
+    n.say(format!(
         "   findings/wasm.txt is still: {:?}",
         still.lines().next().unwrap_or("")
-    );
+    ))?;
     let left: Vec<String> = hv
         .participants(&s)?
         .iter()
         .map(|p| format!("{} ({})", p.agent, p.ring))
         .collect();
-    println!("   participants now: {}", left.join(", "));
-    run(&hv, &s, &intruder, "state:again").await;
+    n.say(format!("   participants now: {}", left.join(", ")))?;
+    run(&mut n, &hv, &s, &intruder, "state:again").await?;
 
     let snap = hv.snapshot(&s)?;
     let t = hv.terminate_session(&s)?;
-    println!(
+    n.say(format!(
         "   session {} ended ({}), snapshot #{} kept; its files stay in {}",
         t.session,
         t.reason,
         snap.id,
         state_dir.join("sessions").join(s.as_str()).display()
-    );
+    ))?;
     if let Some(c) = &t.commitment {
-        println!(
+        n.say(format!(
             "   its audit log is sealed: commitment #{} over {} delta(s), Merkle root {}…",
             c.index,
             c.commitment.tree_size,
             &c.commitment.root.to_hex()[..16]
-        );
+        ))?;
     }
     let head = hv
         .shutdown()
         .context("flushing and signing the audit log")?;
     if let Some(h) = head {
-        println!(
+        n.say(format!(
             "   commitment log head signed: {} commitment(s), root {}…",
             h.head.size,
             &h.head.root.to_hex()[..16]
-        );
+        ))?;
     }
-    Ok(hv.audit().map(|a| a.public_key().to_hex()))
+    n.events()?;
+    Ok(SessionDemo {
+        public_key: hv.audit().map(|a| a.public_key().to_hex()),
+        breaches: n.breaches(),
+    })
 }

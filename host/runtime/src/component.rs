@@ -1,5 +1,9 @@
 //! Loading components: admission (the imports are the capability manifest),
 //! the on-disk cache of compiled components, and `inspect`.
+//!
+//! [`admit`] is the one admission check: [`crate::Runtime::load`] runs it
+//! before any agent can be spawned, and `ahv inspect` reports its verdict, so
+//! a component `inspect` calls admissible is one `run` accepts.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,8 +17,8 @@ use ahv_core::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::Engine;
-use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
 
 use crate::bindings::RootPre;
 
@@ -111,6 +115,22 @@ pub enum LoadError {
         name: String,
         /// Why.
         reason: String,
+    },
+    /// The component imports a function of one of our interfaces that the
+    /// contract does not define, or with another type than the contract's.
+    #[error("import {import} does not match the contract: {message}")]
+    Contract {
+        /// The import (interface, or interface and function).
+        import: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The component's imports of the contract's functions have other types
+    /// than the contract's (found by linking against it).
+    #[error("the component's imports do not have the contract's types: {message}")]
+    ContractTypes {
+        /// Wasmtime's description, naming the import and the mismatch.
+        message: String,
     },
     /// The component does not export `run: func(input: string) -> result<string, string>`.
     #[error(
@@ -219,8 +239,84 @@ pub fn manifest(engine: &Engine, component: &Component, policy: &RingPolicy) -> 
     }
 }
 
+/// Admission: the checks a component must pass before any agent runs it, in
+/// any ring. In order, each naming what it refuses:
+///
+/// 1. every import is one of our interfaces at our version or an allowed WASI
+///    interface ([`classify_import`]);
+/// 2. every function imported from one of our capabilities is one the
+///    contract defines (a function the contract lacks would otherwise be
+///    refused only by the linker, in every ring);
+/// 3. `run` is exported with the contract's type;
+/// 4. it links against `contract`, the linker of the most privileged ring,
+///    where every capability that ring grants is a typed adapter: an import
+///    with another type than the contract's is refused here even if the agent
+///    will run in a ring where it would have been a breach stub.
+///
+/// Returns the manifest and the pre-instantiated component for `contract`'s ring.
+///
+/// # Errors
+/// [`LoadError::RefusedImport`], [`LoadError::Contract`],
+/// [`LoadError::MissingRun`], [`LoadError::ContractTypes`] or [`LoadError::Link`].
+pub(crate) fn admit(
+    engine: &Engine,
+    contract: &Linker<AgentState>,
+    contract_ring: Ring,
+    component: &Component,
+    policy: &RingPolicy,
+) -> Result<(Manifest, RootPre<AgentState>), LoadError> {
+    let manifest = manifest(engine, component, policy);
+    if let Some((name, reason)) = manifest.refused().next() {
+        return Err(LoadError::RefusedImport {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+    check_capability_functions(engine, component)?;
+    check_run_export(engine, component)?;
+    let pre = contract
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::ContractTypes {
+            message: format!("{e:#}"),
+        })?;
+    let pre = RootPre::new(pre).map_err(|e| LoadError::Link {
+        ring: contract_ring,
+        message: format!("{e:#}"),
+    })?;
+    Ok((manifest, pre))
+}
+
+/// Checks that every function imported from one of our capabilities is in the contract.
+fn check_capability_functions(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        let ImportKind::Capability(cap) = classify_import(name) else {
+            continue;
+        };
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            return Err(LoadError::Contract {
+                import: name.to_string(),
+                message: format!("{cap} is an interface; it was imported as something else"),
+            });
+        };
+        for (function, item) in instance.exports(engine) {
+            let is_func = matches!(item.ty, ComponentItem::ComponentFunc(_));
+            if is_func && !cap.functions().contains(&function) {
+                return Err(LoadError::Contract {
+                    import: format!("{name}/{function}"),
+                    message: format!(
+                        "{cap} has no function `{function}` (it has {})",
+                        cap.functions().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `run` has the contract's type.
-pub(crate) fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let Some((_, item)) = ty.exports(engine).find(|(n, _)| *n == "run") else {
         let names: BTreeSet<&str> = ty.exports(engine).map(|(n, _)| n).collect();
@@ -284,9 +380,12 @@ impl fmt::Debug for AgentComponent {
 /// component bytes and the engine's compatibility hash.
 ///
 /// Loading a compiled artifact runs native code, so the directory must be
-/// private to the host. Each artifact has a `.sha256` sidecar checked before
-/// loading, which catches truncated or corrupted files (not a determined
-/// attacker who can write both; keep the directory private).
+/// private to the host: it is created with mode 0700, one owned by another
+/// user is refused, and one that group or others may write to is made
+/// private and emptied before anything in it is used (see
+/// [`DiskCache::ensure_private`]). Each artifact has a `.sha256` sidecar
+/// checked before loading, which catches truncated or corrupted files (not a
+/// determined attacker who can write both; hence the checks on the directory).
 #[derive(Debug, Clone)]
 pub(crate) struct DiskCache {
     pub(crate) dir: PathBuf,
@@ -314,6 +413,70 @@ impl DiskCache {
         }
     }
 
+    /// Makes sure the directory is private before anything in it is read or
+    /// written: creates it (and missing parents) with mode 0700; refuses it if
+    /// it is not a directory or another user owns it; and if group or others
+    /// may write to it, makes it 0700 and removes every file in it, since
+    /// anyone could have planted an artifact and its checksum there.
+    ///
+    /// # Errors
+    /// [`LoadError::Cache`] naming the directory and what is wrong with it.
+    #[cfg(unix)]
+    pub(crate) fn ensure_private(&self) -> Result<(), LoadError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let dir = &self.dir;
+        let err = |e: &dyn fmt::Display| Self::cache_err(dir, e);
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            return Err(err(&format!("cannot create it: {e}")));
+        }
+        // Following a symbolic link: what matters is the directory read from.
+        let meta = std::fs::metadata(dir).map_err(|e| err(&e))?;
+        if !meta.is_dir() {
+            return Err(err(&"not a directory"));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(err(&format!(
+                "owned by user {}, not by this user ({me}); compiled components are \
+                 loaded as native code, so the cache must be this user's own",
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 == 0 {
+            return Ok(());
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            err(&format!(
+                "mode {mode:o} lets others write to it, and chmod 700 failed: {e}"
+            ))
+        })?;
+        let entries = std::fs::read_dir(dir).map_err(|e| err(&e))?;
+        let mut removed = 0usize;
+        for entry in entries {
+            let entry = entry.map_err(|e| err(&e))?;
+            if entry.file_type().map_err(|e| err(&e))?.is_dir() {
+                continue;
+            }
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                err(&format!(
+                    "was writable by others (mode {mode:o}); cannot remove {}: {e}",
+                    entry.path().display()
+                ))
+            })?;
+            removed += 1;
+        }
+        tracing::warn!(
+            path = %dir.display(),
+            "component cache was writable by group or others (mode {mode:o}): made private (700) and emptied ({removed} file(s) removed)"
+        );
+        Ok(())
+    }
+
     /// Loads the compiled form of `bytes`, compiling and storing it if needed.
     pub(crate) fn load(
         &self,
@@ -321,6 +484,8 @@ impl DiskCache {
         hash: &[u8; 32],
         bytes: &[u8],
     ) -> Result<Component, LoadError> {
+        #[cfg(unix)]
+        self.ensure_private()?;
         let (art, sum) = self.paths(engine, hash);
         if let (Ok(data), Ok(expected)) = (std::fs::read(&art), std::fs::read_to_string(&sum)) {
             if hex::encode(Sha256::digest(&data)) == expected.trim() {
@@ -348,6 +513,7 @@ impl DiskCache {
     }
 
     fn store(&self, art: &Path, sum: &Path, compiled: &[u8]) -> Result<(), LoadError> {
+        #[cfg(not(unix))]
         std::fs::create_dir_all(&self.dir).map_err(|e| Self::cache_err(&self.dir, e))?;
         // Write to unique temporary names, then rename: readers never see a partial file.
         let tmp = |p: &Path| {
@@ -384,6 +550,50 @@ pub(crate) fn hash(bytes: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_directory_is_created_private_and_an_open_one_is_closed_and_emptied() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = DiskCache {
+            dir: tmp.path().join("a/b/cache"),
+        };
+        fresh.ensure_private().unwrap();
+        assert_eq!(mode(&fresh.dir), 0o700);
+
+        // Private enough already (nobody else can write): left as it is.
+        let kept = tmp.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(kept.join("x.cwasm"), b"compiled").unwrap();
+        DiskCache { dir: kept.clone() }.ensure_private().unwrap();
+        assert_eq!(mode(&kept), 0o755);
+        assert!(kept.join("x.cwasm").exists());
+
+        // Writable by others: anything in it may be planted.
+        for open in [0o777, 0o770, 0o702] {
+            let dir = tmp.path().join(format!("open-{open:o}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("planted.cwasm"), b"native code").unwrap();
+            std::fs::write(dir.join("planted.sha256"), b"matching sum").unwrap();
+            std::fs::create_dir(dir.join("sub")).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(open)).unwrap();
+            DiskCache { dir: dir.clone() }.ensure_private().unwrap();
+            assert_eq!(mode(&dir), 0o700, "{open:o}");
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["sub"], "{open:o}");
+        }
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = DiskCache { dir: file }.ensure_private().unwrap_err();
+        assert!(err.to_string().contains("cannot create it"), "{err}");
+    }
 
     #[test]
     fn imports_are_classified_against_the_contract() {

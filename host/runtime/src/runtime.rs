@@ -394,20 +394,21 @@ impl Runtime {
             Some(cache) => cache.load(engine, &hash, bytes)?,
             None => component::compile(engine, bytes)?,
         };
-        let manifest = component::manifest(engine, &compiled, &self.inner.policy);
-        if let Some((name, reason)) = manifest.refused().next() {
-            return Err(LoadError::RefusedImport {
-                name: name.to_string(),
-                reason: reason.to_string(),
-            });
-        }
-        component::check_run_export(engine, &compiled)?;
+        let (manifest, root_pre) = component::admit(
+            engine,
+            &self.inner.linkers[Ring::Root.number() as usize],
+            Ring::Root,
+            &compiled,
+            &self.inner.policy,
+        )?;
+        let pres: [std::sync::OnceLock<RootPre<AgentState>>; 4] = Default::default();
+        let _ = pres[Ring::Root.number() as usize].set(root_pre);
         let c = AgentComponent {
             inner: Arc::new(ComponentInner {
                 hash,
                 component: compiled,
                 manifest,
-                pres: Default::default(),
+                pres,
             }),
         };
         self.inner

@@ -1,0 +1,271 @@
+//! `ahv`: run, inspect and demo governed Wasm agents.
+//!
+//! The binary's `main` is [`main`]; it lives in this library so that the
+//! workspace's integration tests can build the very same command as their own
+//! binary and run it as users do.
+#![deny(missing_docs)]
+// No unwrap, expect or panic outside tests (clippy.toml allows them in tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod audit_cmd;
+mod demo;
+pub mod exit;
+mod inspect_cmd;
+mod out;
+mod quota_files;
+mod run_cmd;
+mod session_demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ahv_core::{Ring, RingPolicy};
+use ahv_runtime::{LogLine, LogSource};
+use clap::{Parser, Subcommand};
+
+use crate::exit::Exit;
+use crate::out::{Failure, errln};
+
+/// The rings of the default table and the capabilities each has.
+fn rings_help() -> String {
+    let policy = RingPolicy::default();
+    let mut s = String::from("Rings (lower = more privilege):\n");
+    for ring in Ring::ALL {
+        let caps: Vec<String> = policy
+            .limits(ring)
+            .capabilities
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        s += &format!(
+            "  {} {:<11} {}\n",
+            ring.number(),
+            ring.name(),
+            caps.join(", ")
+        );
+    }
+    s
+}
+
+const ACTIONS_HELP: &str = "\
+Built-in host actions available to `ahv run`:
+  note.append   reversible (ring 2+): appends a line to journal/notes.log
+  notify.send   effect (ring 1+): appends a line to outbox/notifications.log
+";
+
+const TRY_HELP: &str = "\
+Try:  ahv demo                       (the example agents, hostile ones included)
+      ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
+      ahv agents                     (where the built example agents are)
+      ahv run <hello.wasm> --ring 3 --input Ada
+";
+
+fn top_help() -> String {
+    format!(
+        "{}\n{ACTIONS_HELP}\n{}\n{TRY_HELP}",
+        rings_help(),
+        exit::help()
+    )
+}
+
+fn run_help() -> String {
+    format!("{}\n{ACTIONS_HELP}\n{}", rings_help(), exit::help())
+}
+
+/// Agent Hypervisor: runs untrusted AI-agent code as WebAssembly components,
+/// inside an execution ring that decides which host capabilities it may call.
+#[derive(Parser, Debug)]
+#[command(name = "ahv", version, about, after_help = top_help())]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an agent's `run` once in a ring, with a directory as its files.
+    #[command(after_help = run_help())]
+    Run(run_cmd::RunArgs),
+    /// Show a component's imports and exports, whether it is admitted (the
+    /// same checks as `ahv run`), and the lowest ring that covers it.
+    #[command(after_help = exit::help())]
+    Inspect(inspect_cmd::InspectArgs),
+    /// Run the example agents (useful and hostile) and narrate what happens.
+    #[command(after_help = exit::help())]
+    Demo {
+        /// Keep the agents' files and the audit log here. Default: a new
+        /// directory `ahv-demo-*` under the system temporary directory, kept
+        /// afterwards so its audit log can be verified.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// List the built-in example agents and where their components are.
+    #[command(after_help = exit::help())]
+    Agents,
+    /// Check, read and prove from the tamper-evident audit log of a state directory.
+    #[command(after_help = exit::help())]
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
+    },
+}
+
+/// Options shared by the commands that compile components.
+#[derive(clap::Args, Debug, Clone)]
+struct CacheArgs {
+    /// Where compiled components are cached (created private, mode 0700).
+    /// Default: $XDG_CACHE_HOME/ahv or ~/.cache/ahv.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Do not use the on-disk component cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache directory to use, if any.
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(default_cache_dir)
+    }
+}
+
+/// `ahv` itself: parses the command line, runs the command, and returns its
+/// exit code (see [`exit`]).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AHV_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            errln!("error: cannot start the async runtime: {e}");
+            return Exit::Setup.into();
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => run_cmd::run(args).await,
+            Command::Inspect(args) => inspect_cmd::inspect(&args).await,
+            Command::Demo { state_dir } => demo::demo(state_dir).await.map_err(Failure::from),
+            Command::Agents => agents(),
+            Command::Audit { cmd } => audit_cmd::audit(cmd),
+        }
+    });
+    result.unwrap_or_else(Failure::report).into()
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ahv"))
+}
+
+/// One log line the way `ahv run` and `ahv demo` show them.
+fn log_text(line: &LogLine) -> String {
+    let source = match line.source {
+        LogSource::Log => format!("{:?}", line.level).to_lowercase(),
+        LogSource::Stdout => "stdout".into(),
+        LogSource::Stderr => "stderr".into(),
+    };
+    format!("[{source}] {}", line.message)
+}
+
+/// Reads a component file named on the command line; a file that cannot be
+/// read is refused, as a file that is not a component is.
+fn read_component(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path)
+        .map_err(|e| Failure::Refused(format!("{}: cannot read: {e}", path.display())))
+}
+
+fn agents() -> Result<Exit, Failure> {
+    out::outln!("Example agents built with this binary (run one with `ahv run PATH --ring N`):")?;
+    for (name, bytes) in ahv_agents::ALL {
+        let path = ahv_agents::PATHS
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("?", |(_, p)| p);
+        out::outln!("  {name:<13} {:>7} bytes  {path}", bytes.len())?;
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_documents_the_exit_codes() {
+        let mut cli = Cli::command();
+        let table = exit::help();
+        let mut missing = Vec::new();
+        fn walk(cmd: &mut clap::Command, path: String, table: &str, missing: &mut Vec<String>) {
+            let help = cmd.render_long_help().to_string();
+            if cmd.get_name() != "help"
+                && !cmd.has_subcommands()
+                && !help.contains(table.trim_end())
+            {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands_mut() {
+                let p = format!("{path} {}", sub.get_name());
+                walk(sub, p, table, missing);
+            }
+        }
+        walk(&mut cli, "ahv".into(), &table, &mut missing);
+        assert!(missing.is_empty(), "no exit-code table in: {missing:?}");
+    }
+
+    #[test]
+    fn ring_flag_accepts_numbers_and_names() {
+        let cli = Cli::try_parse_from(["ahv", "run", "a.wasm", "--ring", "standard"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.ring, Ring::Standard);
+        assert!(Cli::try_parse_from(["ahv", "run", "a.wasm", "--ring", "7"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_at_parse_time() {
+        let bad: &[&[&str]] = &[
+            &["ahv", "run", "a.wasm", "--ring", "3", "--fuel", "0"],
+            &["ahv", "run", "a.wasm", "--ring", "3", "--deadline-ms", "0"],
+            &[
+                "ahv",
+                "run",
+                "a.wasm",
+                "--ring",
+                "3",
+                "--agent-id",
+                "not valid!",
+            ],
+            &["ahv", "audit", "verify", "--proof", "p.json"],
+            &["ahv", "audit", "verify"],
+            &["ahv", "audit", "verify", "d", "--public-key", "zz"],
+            &["ahv", "audit", "show", "d", "--session", "../x"],
+        ];
+        for args in bad {
+            let e = Cli::try_parse_from(*args).expect_err(&args.join(" "));
+            assert_eq!(e.exit_code(), 2, "{}: {e}", args.join(" "));
+        }
+    }
+}

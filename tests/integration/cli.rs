@@ -1,0 +1,846 @@
+//! The `ahv` command line as users meet it: the real binary, run as a child
+//! process with real pipes, files and exit codes.
+//!
+//! The binary is `ahv-under-test`, built by this package from the CLI's own
+//! `main.rs` (see `tests/Cargo.toml`), so Cargo rebuilds it whenever the CLI
+//! changes and these tests never run a stale `ahv`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ahv_cli::exit::Exit;
+
+/// The `ahv` binary under test.
+const AHV: &str = env!("CARGO_BIN_EXE_ahv-under-test");
+
+/// Longest any one `ahv` run may take here (the demo takes a few seconds in a
+/// debug build; a cold component cache adds compile time).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// What one run of `ahv` produced.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The exit code; a run killed by a signal fails the test.
+    fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("ahv was killed by a signal: {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A command for `ahv` with a private XDG cache (the default component cache
+/// goes there) and backtraces on, so that a panic would show.
+fn ahv(args: &[&str]) -> Command {
+    let mut c = Command::new(AHV);
+    c.args(args)
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("AHV_LOG");
+    c
+}
+
+fn xdg_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ahv-cli-xdg-cache")
+}
+
+/// Waits for `child` at most `limit`, killing it and failing the test past that.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{what}` did not finish within {limit:?}");
+            }
+            Err(e) => panic!("waiting for `{what}`: {e}"),
+        }
+    }
+}
+
+/// Reads a child's pipe on its own thread, so that a full pipe never blocks the child.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` to completion (bounded by [`LIMIT`]), feeding it `stdin`.
+fn run(mut cmd: Command, stdin: &[u8]) -> Run {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut input = child.stdin.take().expect("stdin piped");
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The child may exit without reading all of it.
+        let _ = input.write_all(&stdin);
+    });
+    let out = drain(child.stdout.take().expect("stdout piped"));
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, &what);
+    let _ = feeder.join();
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+fn ahv_run(args: &[&str]) -> Run {
+    run(ahv(args), b"")
+}
+
+fn code(e: Exit) -> i32 {
+    i32::from(e.code())
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A state directory with one sealed, signed session, as a hypervisor leaves it.
+fn audited_state() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(tmp.path())
+        .max_instances(1)
+        .build()
+        .unwrap();
+    let s = hv
+        .create_session(
+            ahv_governance::session::SessionConfig::default(),
+            ahv_core::AgentId::new("did:test:operator").unwrap(),
+        )
+        .unwrap();
+    hv.terminate_session(&s).unwrap();
+    hv.shutdown().unwrap();
+    tmp
+}
+
+#[test]
+fn usage_errors_exit_2_whichever_command_finds_them() {
+    let missing_proof = tempfile::tempdir().unwrap();
+    let proof = missing_proof.path().join("p.json");
+    let cases: &[&[&str]] = &[
+        &["run", "a.wasm", "--ring", "3", "--fuel", "0"],
+        &["run", "a.wasm", "--ring", "3", "--deadline-ms", "0"],
+        &["run", "a.wasm", "--ring", "3", "--agent-id", "not an id!"],
+        &["run", "a.wasm", "--ring", "9"],
+        &["run", "a.wasm"],
+        &["audit", "verify", "--proof", path_str(&proof)],
+        &["audit", "verify"],
+        &["audit", "verify", "dir", "--public-key", "12ab"],
+        &["audit", "show", "dir", "--session", "../../etc"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        let r = ahv_run(args);
+        assert_eq!(r.code(), code(Exit::Usage), "ahv {}: {r:?}", args.join(" "));
+        assert!(r.stderr.contains("error:"), "ahv {}: {r:?}", args.join(" "));
+        assert!(r.stdout.is_empty(), "ahv {}: {r:?}", args.join(" "));
+    }
+    // A proof checked against a key: the key is valid, the file is missing.
+    let key = "11".repeat(32);
+    let r = ahv_run(&[
+        "audit",
+        "verify",
+        "--proof",
+        path_str(&proof),
+        "--public-key",
+        &key,
+    ]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+}
+
+#[test]
+fn a_component_that_cannot_be_read_is_refused_alike_by_run_and_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.wasm");
+    let not_wasm = tmp.path().join("text.wasm");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    for file in [&missing, &not_wasm] {
+        let f = path_str(file);
+        let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+        let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+        for r in [&run, &inspect] {
+            assert_eq!(r.code(), code(Exit::Refused), "{f}: {r:?}");
+            assert!(r.stderr.contains("refused:"), "{f}: {r:?}");
+            assert!(r.stderr.contains(f), "names the file: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn every_command_s_help_shows_the_exit_code_table() {
+    let table = ahv_cli::exit::help();
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["inspect", "--help"],
+        &["demo", "--help"],
+        &["agents", "--help"],
+        &["audit", "verify", "--help"],
+        &["audit", "show", "--help"],
+        &["audit", "prove", "--help"],
+        &["audit", "prune", "--help"],
+    ] {
+        let r = ahv_run(args);
+        assert_eq!(r.code(), 0, "{r:?}");
+        assert!(
+            r.stdout.contains(table.trim_end()),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+    }
+}
+
+/// `ahv ARGS` with standard output a pipe nobody reads any more.
+fn with_closed_stdout(args: &[&str]) -> Run {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut cmd = ahv(args);
+    cmd.stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().expect("ahv starts");
+    // Our copy of the write end is gone with `cmd`; the child holds the only one.
+    drop(cmd);
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, &what);
+    Run {
+        status,
+        stdout: String::new(),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_ahv_quietly() {
+    let state = audited_state();
+    for args in [
+        &["agents"][..],
+        &["audit", "verify", path_str(state.path()), "--json"],
+        &["audit", "verify", path_str(state.path())],
+        &["--help"],
+    ] {
+        let r = with_closed_stdout(args);
+        let expected = if args == ["--help"] {
+            // clap prints help itself and ignores the failed write.
+            0
+        } else {
+            code(Exit::OutputClosed)
+        };
+        assert_eq!(
+            r.status.code(),
+            Some(expected),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "ahv {}: {r:?}",
+            args.join(" ")
+        );
+        assert!(r.stderr.is_empty(), "nothing to say: {r:?}");
+    }
+
+    // `ahv demo | head -1`: the reader takes one line, then goes away.
+    let demo_dir = tempfile::tempdir().unwrap();
+    let mut cmd = ahv(&["demo", "--state-dir", path_str(demo_dir.path())]);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ahv demo starts");
+    let mut first = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    out.read_line(&mut first).expect("the demo's first line");
+    drop(out);
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let status = wait_within(&mut child, LIMIT, "ahv demo | head -1");
+    let stderr = err.join().expect("stderr reader");
+    assert!(first.contains("Agent Hypervisor demo"), "{first}");
+    assert_eq!(status.code(), Some(code(Exit::OutputClosed)), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A hand-made component: `imports` (component-text declarations) and `exports`
+/// over a core module whose `run` answers "ok" and whose `run-string` returns "ok".
+fn component(imports: &str, exports: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(component
+  {imports}
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p))
+    (data (i32.const 16) "ok")
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 32) (i32.const 0))
+      (i32.store (i32.const 36) (i32.const 16))
+      (i32.store (i32.const 40) (i32.const 2))
+      (i32.const 32))
+    (func (export "run-string") (result i32)
+      (i32.store (i32.const 48) (i32.const 16))
+      (i32.store (i32.const 52) (i32.const 2))
+      (i32.const 48)))
+  (core instance $i (instantiate $m))
+  {exports})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+const RUN: &str = r#"(func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#;
+
+#[test]
+fn inspect_refuses_what_run_refuses_with_the_same_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "no-run",
+            "",
+            r#"(func (export "go") (param "input" string) (result (result string (error string)))
+            (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#,
+            "does not export `run:",
+        ),
+        (
+            "wrong-run-type",
+            "",
+            r#"(func (export "run") (result string)
+            (canon lift (core func $i "run-string") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))"#,
+            "`run` takes",
+        ),
+        (
+            "function-the-contract-lacks",
+            r#"(import "agent-hypervisor:agent/vfs-write@0.1.0" (instance (export "format-disk" (func))))"#,
+            RUN,
+            "vfs-write has no function `format-disk`",
+        ),
+        // In ring 3 vfs-write is a breach stub, which takes any type: only
+        // admission against the contract refuses this one.
+        (
+            "contract-function-of-another-type",
+            r#"(import "agent-hypervisor:agent/vfs-write@0.1.0" (instance (export "write" (func (param "path" u32)))))"#,
+            RUN,
+            "do not have the contract's types",
+        ),
+        (
+            "import-outside-the-contract",
+            r#"(import "wasi:sockets/tcp@0.2.6" (instance))"#,
+            RUN,
+            "wasi:sockets/tcp@0.2.6",
+        ),
+    ];
+    for (name, imports, exports, why) in cases {
+        let file = tmp.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, component(imports, exports)).unwrap();
+        let f = path_str(&file);
+        let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+        let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+        for (cmd, r) in [("inspect", &inspect), ("run", &run)] {
+            assert_eq!(r.code(), code(Exit::Refused), "{cmd} {name}: {r:?}");
+            assert!(r.stderr.contains("refused:"), "{cmd} {name}: {r:?}");
+            assert!(r.stderr.contains(why), "{cmd} {name}: says {why:?}: {r:?}");
+            assert!(!r.stdout.contains("lowest ring"), "{cmd} {name}: {r:?}");
+        }
+        // Both say the same thing.
+        assert_eq!(inspect.stderr, run.stderr, "{name}");
+        assert!(inspect.stdout.contains("admission: refused"), "{inspect:?}");
+    }
+
+    // The same module with a proper `run` is admitted by both, and runs.
+    let file = tmp.path().join("good.wasm");
+    std::fs::write(&file, component("", RUN)).unwrap();
+    let f = path_str(&file);
+    let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+    assert_eq!(inspect.code(), 0, "{inspect:?}");
+    assert!(
+        inspect.stdout.contains("lowest ring: 3 (sandbox)"),
+        "{inspect:?}"
+    );
+    let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert_eq!(run.stdout, "ok\n", "{run:?}");
+}
+
+/// Counts the directories under `root` (not `root` itself).
+fn count_dirs(root: &Path) -> usize {
+    let mut n = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                n += 1;
+                pending.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_directory_and_file_storm_under_ahv_run_stops_at_the_quotas() {
+    let scripted = ahv_agents::SCRIPTED_PATH;
+    let dir = tempfile::tempdir().unwrap();
+    let d = path_str(dir.path());
+    let mut script: Vec<String> = (0..300).map(|n| format!("mkdir storm{n}")).collect();
+    script.extend((0..300).map(|n| format!("write nested{n}/deeper/f.txt x")));
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-dirs",
+        "5",
+        "--input",
+        &script.join("\n"),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let ok = r.stdout.lines().filter(|l| l.ends_with("-> ok")).count();
+    let refused = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("-> err quota:") && l.contains("--max-dirs"))
+        .count();
+    assert_eq!((ok, refused), (5, 595), "{r:?}");
+    assert_eq!(count_dirs(dir.path()), 5);
+
+    // Files, then bytes, in a fresh directory.
+    let dir = tempfile::tempdir().unwrap();
+    let d = path_str(dir.path());
+    let script: Vec<String> = (0..50).map(|n| format!("write f{n} 0123456789")).collect();
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-files",
+        "3",
+        "--input",
+        &script.join("\n"),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout.matches("-> ok").count(), 3, "{r:?}");
+    assert_eq!(r.stdout.matches("--max-files").count(), 47, "{r:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        d,
+        "--max-bytes",
+        "35",
+        "--input",
+        "write g 0123456789\nappend f0 0123456789\nwrite f1 short",
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].contains("-> err quota:") && lines[0].contains("--max-bytes"),
+        "{r:?}"
+    );
+    assert!(lines[1].contains("-> err quota:"), "{r:?}");
+    assert!(lines[2].ends_with("-> ok"), "shrinking is allowed: {r:?}");
+
+    // Without flags the session quotas hold, and what the directory holds counts.
+    let full = tempfile::tempdir().unwrap();
+    for n in 0..=ahv_governance::session_vfs::FileQuotas::default().max_dirs {
+        std::fs::create_dir(full.path().join(format!("d{n}"))).unwrap();
+    }
+    let r = ahv_run(&[
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--dir",
+        path_str(full.path()),
+        "--input",
+        "mkdir one-more",
+    ]);
+    assert_eq!(r.code(), code(Exit::Setup), "{r:?}");
+    assert!(r.stderr.contains("more than 10000 directories"), "{r:?}");
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    assert_eq!(r.stdout.lines().count(), 1, "one line of JSON: {r:?}");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+#[test]
+fn run_json_is_one_object_and_logs_never_mix_into_the_answer() {
+    let hello = ahv_agents::HELLO_PATH;
+    // For people: the answer alone on stdout, the agent's log lines on stderr.
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input", "Ada"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(
+        r.stdout, "Hello, Ada! (agent did:ahv:cli, ring 3)\n",
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("[stdout] hello says hi on stdout"),
+        "{r:?}"
+    );
+
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input", "Ada", "--json"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "ok");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["answer"], "Hello, Ada! (agent did:ahv:cli, ring 3)");
+    assert!(v["trap"].is_null() && v["error"].is_null() && v["failure"].is_null());
+    let logs = v["logs"].as_array().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l["source"] == "stdout" && l["message"] == "hello says hi on stdout"),
+        "{v}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "info" && l["source"] == "log"),
+        "{v}"
+    );
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert_eq!(v["trace"].as_str().unwrap().len(), 32);
+    for t in ["load", "instantiate", "run", "total"] {
+        assert!(v["timings_ms"][t].as_f64().unwrap() >= 0.0, "{t}: {v}");
+    }
+
+    // A breach: the trap, and the agent's log line before it.
+    let r = ahv_run(&["run", ahv_agents::ESCALATOR_PATH, "--ring", "3", "--json"]);
+    assert_eq!(r.code(), code(Exit::RingBreach), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "ring-breach");
+    assert_eq!(v["trap"]["kind"], "ring-breach");
+    assert!(
+        v["trap"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vfs-write/write"),
+        "{v}"
+    );
+    assert!(v["answer"].is_null());
+    assert_eq!(v["logs"][0]["message"], "escalator trying to write", "{v}");
+
+    // Refusals and late usage errors are JSON too.
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.wasm");
+    let r = ahv_run(&["run", path_str(&missing), "--ring", "3", "--json"]);
+    assert_eq!(r.code(), code(Exit::Refused), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["outcome"], "refused");
+    assert!(v["error"].as_str().unwrap().contains("nope.wasm"), "{v}");
+    let r = ahv_run(&[
+        "run",
+        hello,
+        "--ring",
+        "3",
+        "--json",
+        "--input-file",
+        path_str(&missing),
+    ]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    assert_eq!(json(&r)["outcome"], "usage");
+}
+
+#[test]
+fn input_comes_from_a_file_or_stdin_past_the_argument_limit() {
+    let hello = ahv_agents::HELLO_PATH;
+    let tmp = tempfile::tempdir().unwrap();
+    // Larger than one command-line argument may be (128 KiB on Linux).
+    let name = "A".repeat(300 << 10);
+    let file = tmp.path().join("input.txt");
+    std::fs::write(&file, &name).unwrap();
+    let expected = format!("Hello, {name}! (agent did:ahv:cli, ring 3)\n");
+    let r = ahv_run(&["run", hello, "--ring", "3", "--input-file", path_str(&file)]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(r.stdout == expected, "the whole input arrived");
+    let r = run(
+        ahv(&["run", hello, "--ring", "3", "--input-file", "-"]),
+        name.as_bytes(),
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(r.stdout == expected, "the whole input arrived from stdin");
+
+    // Too large, not text, both sources, missing: bad command lines.
+    let big = tmp.path().join("big.txt");
+    std::fs::write(&big, vec![b'a'; ahv_runtime::MAX_INPUT_BYTES + 1]).unwrap();
+    let binary = tmp.path().join("binary.txt");
+    std::fs::write(&binary, [b'o', b'k', 0xff, 0xfe]).unwrap();
+    for (args, why) in [
+        (
+            vec!["--input-file", path_str(&big)],
+            "larger than the 1048576-byte limit",
+        ),
+        (
+            vec!["--input-file", path_str(&binary)],
+            "not UTF-8 text (invalid at byte 2)",
+        ),
+        (
+            vec!["--input-file", path_str(&file), "--input", "x"],
+            "cannot be used with",
+        ),
+        (vec!["--input-file", "/nonexistent/input"], "cannot read"),
+    ] {
+        let mut all = vec!["run", hello, "--ring", "3"];
+        all.extend(args);
+        let r = ahv_run(&all);
+        assert_eq!(r.code(), code(Exit::Usage), "{all:?}: {r:?}");
+        assert!(r.stderr.contains(why), "{all:?}: {r:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_component_cache_is_created_private_and_an_open_one_is_repaired() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("new/cache");
+    let r = ahv_run(&[
+        "run",
+        ahv_agents::HELLO_PATH,
+        "--ring",
+        "3",
+        "--cache-dir",
+        path_str(&fresh),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(mode(&fresh), 0o700);
+    assert!(
+        std::fs::read_dir(&fresh).unwrap().count() > 0,
+        "the compiled component is cached"
+    );
+
+    // Writable by everyone: anything in it may have been planted.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::write(open.join("planted.cwasm"), b"not ours").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = ahv_run(&[
+        "inspect",
+        ahv_agents::HELLO_PATH,
+        "--cache-dir",
+        path_str(&open),
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(mode(&open), 0o700);
+    assert!(!open.join("planted.cwasm").exists());
+    assert!(r.stderr.contains("made private"), "{r:?}");
+}
+
+/// A valid component whose compilation takes a while (thousands of functions).
+fn slow_to_compile() -> Vec<u8> {
+    let funcs: String = (0..6000)
+        .map(|i| {
+            format!(
+                "(func (param i32) (result i32) (local i32) local.get 0 i32.const {i} i32.add \
+                 local.tee 1 local.get 1 i32.mul local.get 0 i32.xor local.get 1 i32.rotl)\n"
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p))
+    {funcs}
+    (data (i32.const 16) "ok")
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 32) (i32.const 0))
+      (i32.store (i32.const 36) (i32.const 16))
+      (i32.store (i32.const 40) (i32.const 2))
+      (i32.const 32)))
+  (core instance $i (instantiate $m))
+  {RUN})"#
+    );
+    wat::parse_str(&text).unwrap()
+}
+
+/// `script` (util-linux) runs a command on a pseudo-terminal, as a user's shell would.
+#[test]
+fn a_slow_first_compile_shows_progress_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("slow.wasm");
+    std::fs::write(&file, slow_to_compile()).unwrap();
+    let f = path_str(&file);
+
+    // Not a terminal: not a byte of progress.
+    let r = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout, "ok\n");
+    assert!(r.stderr.is_empty(), "{r:?}");
+
+    let cache = tmp.path().join("cache");
+    let line = format!("{AHV} run {f} --ring 3 --cache-dir {}", path_str(&cache));
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("TERM", "xterm");
+    let r = run(script, b"");
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "needs `script` from util-linux: {r:?}"
+    );
+    assert!(r.stdout.contains("compiling"), "{r:?}");
+    assert!(
+        r.stdout.contains("the next run takes it from the cache"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("\x1b[2K"),
+        "the spinner clears its line: {r:?}"
+    );
+    assert!(r.stdout.trim_end().ends_with("ok"), "{r:?}");
+
+    // From the cache: quick, so no spinner.
+    let r = run(
+        {
+            let mut c = Command::new("script");
+            c.args(["-q", "-e", "-c", &line, "/dev/null"])
+                .env("TERM", "xterm");
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.status.code(), Some(0), "{r:?}");
+    assert!(!r.stdout.contains("compiling"), "{r:?}");
+}
+
+/// A line the demo prints for a ring breach it recorded.
+fn is_breach_line(line: &str) -> bool {
+    line.contains("· ring.breach_detected") || line.contains("! hypervisor recorded: ring breach")
+}
+
+/// A line the demo prints for one of an agent's own log lines.
+fn is_log_line(line: &str) -> bool {
+    let t = line.trim_start();
+    [
+        "[trace] ",
+        "[debug] ",
+        "[info] ",
+        "[warn] ",
+        "[error] ",
+        "[stdout] ",
+        "[stderr] ",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
+}
+
+/// A line that starts the narration of another agent call or step.
+fn starts_step(line: &str) -> bool {
+    line.starts_with("   ▶ ")
+        || line.starts_with("Part ")
+        || line
+            .split_once(". ")
+            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+}
+
+#[test]
+fn the_demo_counts_every_breach_it_shows_each_after_the_agent_s_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = ahv_run(&["demo", "--state-dir", path_str(dir.path())]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+
+    let shown = lines.iter().filter(|l| is_breach_line(l)).count();
+    let done = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Done: "))
+        .unwrap_or_else(|| panic!("no summary: {r:?}"));
+    assert!(
+        done.starts_with(&format!(
+            "{shown} ring breach(es) recorded (1 in the shared session, 2 in the tour)"
+        )),
+        "{shown} breach lines shown; the summary says: {done}"
+    );
+    assert_eq!(
+        shown, 3,
+        "the intruder, the deployer at ring 2, the escalator at ring 3"
+    );
+
+    // Within each step, the agent's log lines come before the breach they led to.
+    let mut step_start = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if starts_step(line) {
+            step_start = i;
+        }
+        if !is_breach_line(line) {
+            continue;
+        }
+        let step_end = lines[i..]
+            .iter()
+            .position(|l| starts_step(l))
+            .map_or(lines.len(), |p| i + p);
+        let before = lines[step_start..i]
+            .iter()
+            .filter(|l| is_log_line(l))
+            .count();
+        let after = lines[i..step_end].iter().filter(|l| is_log_line(l)).count();
+        assert!(
+            before > 0 && after == 0,
+            "breach at line {i} ({line}): {before} log line(s) before it, {after} after, in\n{}",
+            lines[step_start..step_end].join("\n")
+        );
+    }
+
+    // The command it ends with verifies the session's audit log.
+    let verify = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("ahv audit verify "))
+        .unwrap_or_else(|| panic!("no verify command: {r:?}"));
+    let args: Vec<&str> = std::iter::once("audit")
+        .chain(std::iter::once("verify"))
+        .chain(verify.split(' '))
+        .collect();
+    let v = ahv_run(&args);
+    assert_eq!(v.code(), 0, "{v:?}");
+}
