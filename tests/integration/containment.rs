@@ -83,9 +83,11 @@ pub mod abuser {
 
     #[tokio::test]
     async fn empty_log_lines_are_counted_and_reported_once() {
-        let out = run(Ring::Sandbox, "log-lines:200000").await.unwrap();
-        assert_eq!(out.result.as_deref(), Ok("logged 200000 empty lines"));
-        assert_eq!(out.dropped_log_lines, 200_000 - MAX_LOG_LINES_PER_CALL);
+        // Few enough calls to finish well inside ring 3's 2 s deadline on a
+        // loaded machine with a debug build (each is a host call).
+        let out = run(Ring::Sandbox, "log-lines:20000").await.unwrap();
+        assert_eq!(out.result.as_deref(), Ok("logged 20000 empty lines"));
+        assert_eq!(out.dropped_log_lines, 20_000 - MAX_LOG_LINES_PER_CALL);
         assert_eq!(out.logs.len(), MAX_LOG_LINES_PER_CALL + 1);
         let reports: Vec<_> = out
             .logs
@@ -96,7 +98,7 @@ pub mod abuser {
         assert!(
             reports[0]
                 .message
-                .starts_with("[ahv] 195904 log line(s) dropped")
+                .starts_with("[ahv] 15904 log line(s) dropped")
         );
     }
 
