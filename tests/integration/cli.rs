@@ -280,10 +280,24 @@ fn a_reader_that_stops_early_ends_ahv_quietly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ahv demo starts");
-    let mut first = String::new();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
-    out.read_line(&mut first).expect("the demo's first line");
-    drop(out);
+    // Read the first line on a thread, so that a demo that never prints
+    // fails this test by name instead of hanging it.
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let mut out = BufReader::new(stdout);
+        let read = out.read_line(&mut first).map(|_| first);
+        drop(out); // the reader goes away: the pipe closes
+        let _ = tx.send(read);
+    });
+    let first = match rx.recv_timeout(LIMIT) {
+        Ok(read) => read.expect("the demo's first line"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("timed out after {LIMIT:?} waiting for the demo's first line");
+        }
+    };
     let err = drain(child.stderr.take().expect("stderr piped"));
     let status = wait_within(&mut child, LIMIT, "ahv demo | head -1");
     let stderr = err.join().expect("stderr reader");

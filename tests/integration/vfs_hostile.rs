@@ -253,7 +253,10 @@ async fn nesting_trees_by_rename_cannot_deny_snapshots_to_the_others() {
     );
     let out = h.script(&s, "did:test:hostile", &script).await;
     assert_ok(&out, &format!("mkdir {}", deep("a")));
-    for l in out.lines().filter(|l| l.starts_with("rename")) {
+    assert_ok(&out, &format!("mkdir {}", deep("b")));
+    let renames: Vec<_> = out.lines().filter(|l| l.starts_with("rename")).collect();
+    assert_eq!(renames.len(), 3, "every rename was tried:\n{out}");
+    for l in renames {
         assert!(
             l.contains("-> err invalid-path:"),
             "nesting must be refused:\n{out}"

@@ -309,6 +309,10 @@ impl Vfs {
     pub fn append(&self, path: &str, contents: &[u8]) -> Result<(), VfsError> {
         let p = VfsPath::parse(path)?;
         self.refuse_unservable("append", &p)?;
+        // Before anything is created: an append too large even for an empty
+        // file must not leave an empty file behind (it would escape the file
+        // count of `ahv run`, which counts only changes that succeed).
+        self.check_size(&p, contents.len() as u64)?;
         self.create_parent(&p)?;
         let (mut f, meta) = open::open_file(&self.dir, p.as_str(), How::Append)
             .map_err(|r| VfsError::refused("append", p.to_string(), r))?;
@@ -453,6 +457,15 @@ mod tests {
             max_list_entries: 5,
         };
         (tmp, inner, Vfs::new(dir, limits))
+    }
+
+    #[test]
+    fn an_oversized_append_creates_nothing() {
+        let (_t, inner, vfs) = setup();
+        let err = vfs.append("new/big.bin", &[0u8; 1025]).unwrap_err();
+        assert!(matches!(err, VfsError::Quota { .. }), "{err}");
+        assert!(!inner.join("new/big.bin").exists(), "no empty file left");
+        assert!(!inner.join("new").exists(), "no parent made either");
     }
 
     #[test]

@@ -9,13 +9,13 @@ use ahv_governance::actions::{ActionRegistry, UndoRecord};
 use ahv_governance::files::FileSpace;
 use ahv_governance::session_core::SessionCore;
 use thiserror::Error;
-use wasmtime::component::{TypedFunc, WasmStr};
+use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::component::{AgentComponent, LoadError};
 use crate::runtime::Runtime;
 use crate::state::{AgentState, KillHandle, LogLine, StateInit};
-use crate::trap::{DeadlineExceeded, InvalidGuestData, TrapCause};
+use crate::trap::{DeadlineExceeded, TrapCause};
 
 /// Largest input accepted by [`Agent::run`], in bytes.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
@@ -160,9 +160,12 @@ impl AgentError {
     }
 }
 
-/// The `run` export, with its answer left in guest memory until its size is
-/// checked (a string in the result is lifted as a bounds-checked view, not a copy).
-type RunFunc = TypedFunc<(String,), (Result<WasmStr, WasmStr>,)>;
+/// The `run` export. Its answer is copied while it is lifted, before
+/// Wasmtime runs the guest's post-return (which frees it, so a view into guest
+/// memory read afterwards could see the allocator's bookkeeping); the copy is
+/// bounded by the per-call host budget, and the ring's answer limit is checked
+/// on the copy.
+type RunFunc = TypedFunc<(String,), (Result<String, String>,)>;
 
 struct Live {
     store: Store<AgentState>,
@@ -408,7 +411,7 @@ impl Agent {
                 let call = live.run.call_async(&mut live.store, (input.to_string(),));
                 guarded(call, self.limits().deadline, &self.kill)
                     .await
-                    .and_then(|(r,)| answer(&live.store, r, self.limits().result_bytes))
+                    .and_then(|(r,)| answer(r, self.limits().result_bytes))
                     .map(|r| (trace, r))
             }
             Err(e) => Err(e),
@@ -442,26 +445,16 @@ impl Agent {
     }
 }
 
-/// Copies `run`'s answer (or failure message) out of guest memory, once its
-/// length is within the ring's limit and it is valid UTF-8.
+/// `run`'s answer (or failure message) if it is within the ring's limit.
 fn answer(
-    store: &Store<AgentState>,
-    result: Result<WasmStr, WasmStr>,
+    result: Result<String, String>,
     limit: usize,
 ) -> wasmtime::Result<Result<String, String>> {
-    let copy = |s: WasmStr| -> wasmtime::Result<String> {
-        let text = s.to_str(store).map_err(|e| {
-            wasmtime::Error::new(InvalidGuestData {
-                message: format!("run returned a string that is not UTF-8: {e:#}"),
-            })
-        })?;
-        crate::bulk::bounded(text.len() as u64, limit as u64, "run result")?;
-        Ok(text.into_owned())
+    let len = match &result {
+        Ok(s) | Err(s) => s.len(),
     };
-    Ok(match result {
-        Ok(s) => Ok(copy(s)?),
-        Err(s) => Err(copy(s)?),
-    })
+    crate::bulk::bounded(len as u64, limit as u64, "run result")?;
+    Ok(result)
 }
 
 /// One call's transaction in the agent's session: begun before the call,

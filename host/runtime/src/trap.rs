@@ -84,9 +84,11 @@ pub struct InvalidGuestData {
 }
 
 /// Messages of Wasmtime's canonical-ABI checks on data a guest hands over
-/// (its error types for these are plain messages). Each is produced by a
-/// hostile guest in the integration tests, so a Wasmtime upgrade that
-/// rewords one fails a test instead of silently reporting a host error.
+/// (its error types for these are plain messages). Most are produced by a
+/// hostile guest in the integration tests (`containment.rs`), so a Wasmtime
+/// upgrade that rewords them fails a test instead of silently reporting a
+/// host error; the handle and transcoding messages are taken from Wasmtime
+/// 48's sources.
 const ABI_VIOLATIONS: &[&str] = &[
     "out of bounds of memory",
     "pointer out of bounds",
@@ -96,6 +98,13 @@ const ABI_VIOLATIONS: &[&str] = &[
     "discriminant",
     "resource type mismatch",
     "mismatched resource types",
+    "unknown handle index",
+    "is not a resource",
+    "used with the wrong type",
+    "borrow handles still remain",
+    "cannot remove owned resource while borrowed",
+    "invalid utf8 encoding",
+    "invalid utf16 encoding",
 ];
 
 /// Why a call into an agent did not return normally.
