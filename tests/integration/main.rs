@@ -3,6 +3,7 @@
 mod agents;
 mod audit;
 mod containment;
+mod fuzz_seeds;
 mod runtime;
 mod sessions;
 
