@@ -202,14 +202,16 @@ pub fn run(data: &[u8]) -> Outcome {
     if let Some(r) = &report {
         commitments_name_sessions(&dir, r);
     }
-    if flags & REPAIR != 0 && session.is_none() && key.is_some() {
-        if let Some(r) = &report {
-            assert_eq!(
-                r.ok(),
-                all_decode,
-                "a consistent, committed and signed directory (every record decodes: {all_decode}) verifies as:\n{r}"
-            );
-        }
+    if flags & REPAIR != 0
+        && session.is_none()
+        && key.is_some()
+        && let Some(r) = &report
+    {
+        assert_eq!(
+            r.ok(),
+            all_decode,
+            "a consistent, committed and signed directory (every record decodes: {all_decode}) verifies as:\n{r}"
+        );
     }
     if let Some(r) = &report
         && r.ok()
