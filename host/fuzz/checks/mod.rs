@@ -26,14 +26,59 @@ pub mod path;
 /// When no temporary directory can be created: the machine, not the input,
 /// is at fault, and a fuzz run must stop rather than count it as a pass.
 pub fn scratch_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    let made = if shm.is_dir() {
-        tempfile::Builder::new().prefix("ahv-fuzz-").tempdir_in(shm)
-    } else {
-        Err(std::io::Error::other("no /dev/shm"))
+    scratch_dir_named("ahv-fuzz-")
+}
+
+/// A scratch directory whose name starts with `prefix`, where
+/// [`scratch_dir`] makes its own.
+///
+/// # Panics
+/// As [`scratch_dir`].
+pub fn scratch_dir_named(prefix: &str) -> tempfile::TempDir {
+    let made = match scratch_parent() {
+        Some(shm) => tempfile::Builder::new().prefix(prefix).tempdir_in(shm),
+        None => Err(std::io::Error::other("no /dev/shm")),
     };
-    match made.or_else(|_| tempfile::Builder::new().prefix("ahv-fuzz-").tempdir()) {
+    match made.or_else(|_| tempfile::Builder::new().prefix(prefix).tempdir()) {
         Ok(d) => d,
         Err(e) => panic!("cannot create a scratch directory for the check: {e}"),
     }
+}
+
+/// tmpfs, when the machine has it.
+fn scratch_parent() -> Option<&'static std::path::Path> {
+    let shm = std::path::Path::new("/dev/shm");
+    shm.is_dir().then_some(shm)
+}
+
+/// A scratch directory for the rest of this process (a fuzz target's
+/// fixture: libFuzzer ends the process without dropping statics). Its name
+/// carries the process id, and the ones left by processes that have ended
+/// are removed first, so repeated fuzz runs do not pile them up.
+///
+/// # Panics
+/// As [`scratch_dir`].
+pub fn process_scratch_dir(what: &str) -> std::path::PathBuf {
+    let prefix = format!("ahv-fuzz-{what}-");
+    for parent in [scratch_parent(), Some(std::env::temp_dir().as_path())]
+        .into_iter()
+        .flatten()
+    {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    scratch_dir_named(&format!("{prefix}{}-", std::process::id())).keep()
 }

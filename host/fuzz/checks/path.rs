@@ -44,7 +44,8 @@ const LISTABLE: &[&str] = &["a.txt", "d", "b.txt", "e", "up", "abs", "in", "loop
 /// The directories the file-system checks run against, made once per
 /// process by the fuzz target and once per test by the seed tests.
 pub struct Fixture {
-    tmp: tempfile::TempDir,
+    /// Where it lives; removed on drop when owned.
+    base: Base,
     vfs: Vfs,
     session: SessionFiles,
     a: AgentId,
@@ -68,8 +69,11 @@ impl Fixture {
     /// # Panics
     /// When the scratch directory cannot be set up (the machine is at fault).
     pub fn new() -> Fixture {
-        let tmp = super::scratch_dir();
-        let base = tmp.path();
+        Fixture::in_dir(Base::Owned(super::scratch_dir()))
+    }
+
+    fn in_dir(dir: Base) -> Fixture {
+        let base = dir.path();
         let setup = || -> std::io::Result<(Vfs, SessionFiles, AgentId, AgentId)> {
             std::fs::write(base.join("outside.txt"), OUTSIDE)?;
             let root = base.join("root");
@@ -114,7 +118,7 @@ impl Fixture {
         };
         match setup() {
             Ok((vfs, session, a, b)) => Fixture {
-                tmp,
+                base: dir,
                 vfs,
                 session,
                 a,
@@ -124,12 +128,27 @@ impl Fixture {
         }
     }
 
-    /// The fixture shared by every run in this process (the fuzz target's).
-    /// Its directory is left behind when the process exits: statics are not
-    /// dropped.
+    /// The fixture shared by every run in this process (the fuzz target's),
+    /// in a directory the next fuzz process removes (see
+    /// [`super::process_scratch_dir`]).
     pub fn shared() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-        FIXTURE.get_or_init(Fixture::new)
+        FIXTURE.get_or_init(|| Fixture::in_dir(Base::Kept(super::process_scratch_dir("path"))))
+    }
+}
+
+/// The fixture's directory: removed with the fixture, or kept for the process.
+enum Base {
+    Owned(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Base {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Base::Owned(t) => t.path(),
+            Base::Kept(p) => p,
+        }
     }
 }
 
@@ -151,7 +170,7 @@ pub fn check(data: &[u8]) {
 pub fn check_with(fx: &Fixture, data: &[u8]) {
     let input = String::from_utf8_lossy(data);
     let s: &str = &input;
-    let dir = fx.tmp.path().to_string_lossy().into_owned();
+    let dir = fx.base.path().to_string_lossy().into_owned();
 
     let parsed_dir = VfsPath::parse_dir(s);
     let parsed = VfsPath::parse(s);
