@@ -4,6 +4,7 @@ mod agents;
 mod audit;
 mod cli;
 mod containment;
+mod fuzz_seeds;
 mod runtime;
 mod sessions;
 mod snapshots;

@@ -421,7 +421,18 @@ fn check_commitments(dir: &Path, key: &PublicKey, report: &mut VerifyReport) -> 
                         e.to_string(),
                     )),
                     Ok(c) => {
-                        if let Some((first, _)) = index.by_session.get(&c.session) {
+                        // The name becomes the path of the session's log: one
+                        // that is not a session id (`../x`) must not be opened.
+                        if let Err(e) = ahv_core::SessionId::new(c.session.as_str()) {
+                            report.problems.push(problem(
+                                ProblemKind::Undecodable,
+                                Some(i),
+                                Some(r.offset),
+                                format!(
+                                    "the commitment names no session ({e}); no log is read for it"
+                                ),
+                            ));
+                        } else if let Some((first, _)) = index.by_session.get(&c.session) {
                             report.problems.push(problem(
                                 ProblemKind::Commitment,
                                 Some(i),
