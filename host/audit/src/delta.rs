@@ -674,6 +674,56 @@ mod tests {
                 root: [4; 32],
                 index: 0,
             },
+            EventKind::RingElevated => EventPayload::RingElevated {
+                from: Ring::Standard,
+                to: Ring::Privileged,
+                ttl: Duration::from_secs(300),
+                justification: s("hotfix"),
+                sponsor: s("did:ex:s"),
+            },
+            EventKind::RingElevationDenied => EventPayload::RingElevationDenied {
+                target: Ring::Privileged,
+                reason: s("no_sponsorship"),
+            },
+            EventKind::RingElevationExpired => EventPayload::RingElevationExpired {
+                ring: Ring::Privileged,
+                back_to: Ring::Standard,
+            },
+            EventKind::RingElevationRevoked => EventPayload::RingElevationRevoked {
+                ring: Ring::Standard,
+                back_to: Ring::Sandbox,
+                reason: s("breach"),
+            },
+            EventKind::RingDemoted => EventPayload::RingDemoted {
+                from: Ring::Standard,
+                to: Ring::Sandbox,
+                reason: s("readmit"),
+            },
+            EventKind::SecurityRateLimited => EventPayload::SecurityRateLimited {
+                capability: s("vfs-write"),
+                function: s("write"),
+                class: s("change"),
+                retry_after: Duration::from_millis(200),
+                refused: 1,
+            },
+            EventKind::SecurityBreakerTripped => EventPayload::SecurityBreakerTripped {
+                severity: s("critical"),
+                calls: 12,
+                action: s("quarantine"),
+            },
+            EventKind::LiabilityQuarantineEntered => EventPayload::LiabilityQuarantineEntered {
+                reason: s("breaker"),
+                duration: Duration::from_secs(600),
+            },
+            EventKind::LiabilityQuarantineReleased => EventPayload::LiabilityQuarantineReleased {
+                reason: s("expired"),
+            },
+            EventKind::AgentSpawned => EventPayload::AgentSpawned {
+                child: AgentId::new("did:ex:a.1").unwrap(),
+                ring: Ring::Sandbox,
+                component: s("helper"),
+                depth: 2,
+            },
         }
     }
 

@@ -7,6 +7,13 @@
 //! its subscribers ([`EventSink`]) synchronously, right after storing it.
 //! Kinds use the dotted names listed in `docs/governance.md`, "Events" (`session.joined`).
 //!
+//! Adding a kind is one declaration in the `events!` list below: its doc,
+//! variant, dotted name and typed fields. [`EventKind`], [`EventPayload`],
+//! [`EventPayload::kind`], [`EventKind::field_names`] and
+//! [`EventPayload::for_each_field`] are generated from it, and the log line
+//! and the audit log's canonical encoding are both derived from
+//! `for_each_field`, so no other code has to learn about the new kind.
+//!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use std::time::Duration;
@@ -57,10 +64,22 @@ impl fmt::Display for EventId {
     }
 }
 
-/// Defines [`EventKind`], its `ALL` table and both directions of its names
-/// from one list, so a kind cannot be added without a name or left out of `ALL`.
-macro_rules! event_kinds {
-    ($count:literal; $( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
+/// Defines every event kind from one list: [`EventKind`] (with `ALL`, both
+/// directions of its names and its field names), [`EventPayload`],
+/// [`EventPayload::kind`] and [`EventPayload::for_each_field`].
+///
+/// Each entry is one kind: its doc, variant, dotted name and, unless it has
+/// none, its fields in braces. The fields are handed out in the order they
+/// are declared here, and that order is part of the audit log's canonical
+/// encoding (`host/audit/FORMAT.md`): never reorder or retype the fields of
+/// an existing kind. A field's type must implement [`AsField`].
+macro_rules! events {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident => $name:literal $({
+            $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)?
+        })?,
+    )+) => {
         /// What changed: the type of an [`Event`], named as in `docs/governance.md` ("Events").
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum EventKind {
@@ -69,7 +88,7 @@ macro_rules! event_kinds {
 
         impl EventKind {
             /// Every kind, in declaration order.
-            pub const ALL: [EventKind; $count] = [$(EventKind::$variant),+];
+            pub const ALL: [EventKind; [$($name),+].len()] = [$(EventKind::$variant),+];
 
             /// The kind's dotted name (`session.joined`).
             pub const fn name(self) -> &'static str {
@@ -85,63 +104,345 @@ macro_rules! event_kinds {
                     _ => None,
                 }
             }
+
+            /// The names of the kind's payload fields, in the order
+            /// [`EventPayload::for_each_field`] hands them out.
+            pub const fn field_names(self) -> &'static [&'static str] {
+                match self {
+                    $( EventKind::$variant => &[$($(stringify!($field)),*)?], )+
+                }
+            }
+        }
+
+        /// The typed data of an event; each variant belongs to the [`EventKind`]
+        /// of the same name ([`EventPayload::kind`]).
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventPayload {
+            $(
+                $(#[$doc])*
+                $variant $({ $( $(#[$fdoc])* $field: $ty, )* })?,
+            )+
+        }
+
+        impl EventPayload {
+            /// The kind of event this payload belongs to.
+            pub const fn kind(&self) -> EventKind {
+                match self {
+                    $( EventPayload::$variant { .. } => EventKind::$variant, )+
+                }
+            }
+
+            /// Calls `f` with each field's name and value, in declaration order.
+            ///
+            /// This is the one list of a payload's fields: the log form
+            /// ([`EventPayload::fields`]) and the audit log's canonical encoding
+            /// are both derived from it, so they cannot drift apart.
+            pub fn for_each_field(&self, mut f: impl FnMut(&'static str, Field<'_>)) {
+                match self {
+                    $(
+                        EventPayload::$variant { $($($field),*)? } => {
+                            $($( f(stringify!($field), AsField::as_field($field)); )*)?
+                        }
+                    )+
+                }
+            }
         }
     };
 }
 
-event_kinds! { 26;
+events! {
     /// `session.created`: a session was created.
-    SessionCreated => "session.created",
-    /// `session.joined`: an agent joined a session.
-    SessionJoined => "session.joined",
-    /// `session.left`: an agent left a session.
-    SessionLeft => "session.left",
-    /// `session.activated`: a session started running.
-    SessionActivated => "session.activated",
-    /// `session.terminated`: a session ended.
-    SessionTerminated => "session.terminated",
-    /// `session.archived`: a terminated session was archived.
+    SessionCreated => "session.created" {
+        /// The agent that created it.
+        creator: AgentId,
+        /// Its participant limit.
+        max_participants: u32,
+        /// Its maximum duration.
+        max_duration: Duration,
+    },
+    /// `session.joined`: the event's agent joined the event's session.
+    SessionJoined => "session.joined" {
+        /// The ring it joined in.
+        ring: Ring,
+        /// Its trust score σ at join time.
+        sigma: f64,
+    },
+    /// `session.left`: the event's agent left the event's session.
+    SessionLeft => "session.left" {
+        /// Why.
+        reason: String,
+    },
+    /// `session.activated`: the session started running.
+    SessionActivated => "session.activated" {
+        /// How many participants it started with.
+        participants: u32,
+    },
+    /// `session.terminated`: the session ended.
+    SessionTerminated => "session.terminated" {
+        /// Why.
+        reason: TerminationReason,
+    },
+    /// `session.archived`: the terminated session was archived.
     SessionArchived => "session.archived",
-    /// `ring.assigned`: an agent was placed in a ring.
-    RingAssigned => "ring.assigned",
-    /// `ring.breach_detected`: an agent called a capability outside its ring.
-    RingBreachDetected => "ring.breach_detected",
+    /// `ring.assigned`: the event's agent was placed in a ring.
+    RingAssigned => "ring.assigned" {
+        /// The ring.
+        ring: Ring,
+        /// Why this ring.
+        reason: String,
+    },
+    /// `ring.breach_detected`: the event's agent called a function its ring
+    /// does not grant.
+    RingBreachDetected => "ring.breach_detected" {
+        /// The agent's ring.
+        ring: Ring,
+        /// The capability (WIT interface) it lacked.
+        capability: String,
+        /// The function it called.
+        function: String,
+    },
     /// `vfs.write`: a file was written, appended to or truncated.
-    VfsWrite => "vfs.write",
+    VfsWrite => "vfs.write" {
+        /// The file.
+        path: String,
+        /// `write`, `append` or `truncate`.
+        op: String,
+        /// The file's size afterwards, in bytes.
+        size: u64,
+        /// Content hash before, `None` if the file did not exist.
+        before: Option<[u8; 32]>,
+        /// Content hash after.
+        after: Option<[u8; 32]>,
+    },
     /// `vfs.delete`: a file was deleted.
-    VfsDelete => "vfs.delete",
+    VfsDelete => "vfs.delete" {
+        /// The file.
+        path: String,
+        /// Its content hash before deletion.
+        before: Option<[u8; 32]>,
+    },
     /// `vfs.rename`: a file was renamed.
-    VfsRename => "vfs.rename",
+    VfsRename => "vfs.rename" {
+        /// The old path.
+        from: String,
+        /// The new path.
+        to: String,
+        /// The content hash of the file (unchanged by the rename), if known.
+        hash: Option<[u8; 32]>,
+    },
     /// `vfs.acl_changed`: a file's access-control list changed.
-    VfsAclChanged => "vfs.acl_changed",
-    /// `vfs.dir_created`: a directory was created (with any missing parents).
-    VfsDirCreated => "vfs.dir_created",
+    VfsAclChanged => "vfs.acl_changed" {
+        /// The file.
+        path: String,
+        /// The new list, as `owner=… read=… write=…`.
+        acl: String,
+    },
+    /// `vfs.dir_created`: a directory was created, with the parents it lacked.
+    VfsDirCreated => "vfs.dir_created" {
+        /// The directory.
+        path: String,
+        /// How many directories were created (it and its missing parents).
+        created: u64,
+    },
     /// `vfs.snapshot`: the file space was snapshotted.
-    VfsSnapshot => "vfs.snapshot",
-    /// `vfs.restore`: the file space was restored from a snapshot.
-    VfsRestore => "vfs.restore",
+    VfsSnapshot => "vfs.snapshot" {
+        /// The snapshot's number.
+        snapshot: u64,
+        /// Files in it.
+        files: u64,
+        /// Bytes in it.
+        bytes: u64,
+    },
+    /// `vfs.restore`: the file space was restored from a snapshot. The
+    /// participants are not restored: the other fields say how they differ
+    /// from the ones the snapshot recorded.
+    VfsRestore => "vfs.restore" {
+        /// The snapshot's number.
+        snapshot: u64,
+        /// Participants that joined since the snapshot.
+        joined: Vec<AgentId>,
+        /// Participants that left since the snapshot.
+        left: Vec<AgentId>,
+        /// Ring changes since, `<agent> <then>-><now>` joined by `, `.
+        rings: String,
+        /// Trust-score changes since, `<agent> <then>-><now>` joined by `, `.
+        scores: String,
+    },
     /// `vfs.conflict`: a file change was refused because of a conflict.
-    VfsConflict => "vfs.conflict",
-    /// `vfs.quota_exceeded`: a file change was refused because it would exceed a quota.
-    VfsQuotaExceeded => "vfs.quota_exceeded",
+    VfsConflict => "vfs.conflict" {
+        /// The file.
+        path: String,
+        /// What conflicted.
+        reason: String,
+    },
+    /// `vfs.quota_exceeded`: a file change was refused because it would
+    /// exceed a quota.
+    VfsQuotaExceeded => "vfs.quota_exceeded" {
+        /// The file.
+        path: String,
+        /// Which quota, and by how much.
+        reason: String,
+    },
     /// `state.write`: a shared-state key was written.
-    StateWrite => "state.write",
+    StateWrite => "state.write" {
+        /// The key.
+        key: String,
+        /// Its new version.
+        version: u64,
+    },
     /// `state.delete`: a shared-state key was deleted.
-    StateDelete => "state.delete",
+    StateDelete => "state.delete" {
+        /// The key.
+        key: String,
+        /// The version the deletion created.
+        version: u64,
+    },
     /// `state.conflict`: a shared-state change was refused because of a conflict.
-    StateConflict => "state.conflict",
+    StateConflict => "state.conflict" {
+        /// The key.
+        key: String,
+        /// What conflicted.
+        reason: String,
+    },
     /// `lock.acquired`: an intent lock was granted.
-    LockAcquired => "lock.acquired",
+    LockAcquired => "lock.acquired" {
+        /// The locked path or key.
+        resource: String,
+        /// The lock mode.
+        mode: String,
+    },
     /// `lock.released`: an intent lock was released.
-    LockReleased => "lock.released",
-    /// `lock.deadlock`: a lock request would have closed a wait cycle.
-    LockDeadlock => "lock.deadlock",
-    /// `security.agent_killed`: an agent was killed.
-    SecurityAgentKilled => "security.agent_killed",
-    /// `audit.delta_captured`: a governed event was recorded in its session's audit log.
-    AuditDeltaCaptured => "audit.delta_captured",
-    /// `audit.committed`: a session's audit log was sealed by a commitment.
-    AuditCommitted => "audit.committed",
+    LockReleased => "lock.released" {
+        /// The locked path or key.
+        resource: String,
+    },
+    /// `lock.deadlock`: a lock request was refused because it would have
+    /// closed a wait cycle.
+    LockDeadlock => "lock.deadlock" {
+        /// The requested path or key.
+        resource: String,
+        /// The agents in the cycle, in wait order.
+        cycle: Vec<AgentId>,
+    },
+    /// `security.agent_killed`: the event's agent was killed.
+    SecurityAgentKilled => "security.agent_killed" {
+        /// Why.
+        reason: String,
+    },
+    /// `audit.delta_captured`: the event named as this event's parent was
+    /// recorded in its session's audit log.
+    AuditDeltaCaptured => "audit.delta_captured" {
+        /// The delta's sequence number in its session's log (0 for the first).
+        seq: u64,
+        /// The delta's hash (its Merkle leaf hash, which the next delta names as parent).
+        hash: [u8; 32],
+    },
+    /// `audit.committed`: the session's audit log was sealed by a commitment.
+    AuditCommitted => "audit.committed" {
+        /// How many deltas the commitment covers.
+        tree_size: u64,
+        /// The Merkle root over them.
+        root: [u8; 32],
+        /// The commitment's index in the commitment log.
+        index: u64,
+    },
+    /// `ring.elevated`: the event's agent was granted a more privileged ring
+    /// for a limited time.
+    RingElevated => "ring.elevated" {
+        /// The ring it held before.
+        from: Ring,
+        /// The ring granted.
+        to: Ring,
+        /// How long the grant lasts.
+        ttl: Duration,
+        /// The agent's stated reason for asking.
+        justification: String,
+        /// Who vouched for it: empty when nobody, `operator`, or the
+        /// sponsoring agent's id.
+        sponsor: String,
+    },
+    /// `ring.elevation_denied`: the event's agent asked for a more privileged
+    /// ring and was refused.
+    RingElevationDenied => "ring.elevation_denied" {
+        /// The ring it asked for.
+        target: Ring,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// `ring.elevation_expired`: the event's agent's elevation reached its
+    /// TTL and ended.
+    RingElevationExpired => "ring.elevation_expired" {
+        /// The elevated ring it held.
+        ring: Ring,
+        /// The ring it went back to.
+        back_to: Ring,
+    },
+    /// `ring.elevation_revoked`: the event's agent's elevation was ended
+    /// before its TTL.
+    RingElevationRevoked => "ring.elevation_revoked" {
+        /// The elevated ring it held.
+        ring: Ring,
+        /// The ring it went back to.
+        back_to: Ring,
+        /// Why it was revoked.
+        reason: String,
+    },
+    /// `ring.demoted`: the event's agent was moved to a less privileged ring.
+    RingDemoted => "ring.demoted" {
+        /// The ring it held.
+        from: Ring,
+        /// The ring it holds now.
+        to: Ring,
+        /// Why.
+        reason: String,
+    },
+    /// `security.rate_limited`: a call by the event's agent was refused by its
+    /// rate limit.
+    SecurityRateLimited => "security.rate_limited" {
+        /// The capability (WIT interface) called.
+        capability: String,
+        /// The function called.
+        function: String,
+        /// The call's rate class (`change` or `read`).
+        class: String,
+        /// How long until a call of this class can pass again.
+        retry_after: Duration,
+        /// How many calls the limit has refused, this one included.
+        refused: u64,
+    },
+    /// `security.breaker_tripped`: the breach detector's circuit breaker
+    /// opened for the event's agent.
+    SecurityBreakerTripped => "security.breaker_tripped" {
+        /// The breach severity that tripped it (`low`, `medium`, `high`, `critical`).
+        severity: String,
+        /// Out-of-ring calls in the detector's window, the tripping one included.
+        calls: u64,
+        /// What the breach policy did about it.
+        action: String,
+    },
+    /// `liability.quarantine_entered`: the event's agent was quarantined.
+    LiabilityQuarantineEntered => "liability.quarantine_entered" {
+        /// Why.
+        reason: String,
+        /// How long the quarantine lasts.
+        duration: Duration,
+    },
+    /// `liability.quarantine_released`: the event's agent left quarantine.
+    LiabilityQuarantineReleased => "liability.quarantine_released" {
+        /// Why (its time ran out, or it was released early).
+        reason: String,
+    },
+    /// `agent.spawned`: the event's agent started a child agent.
+    AgentSpawned => "agent.spawned" {
+        /// The child's id.
+        child: AgentId,
+        /// The ring the child runs in.
+        ring: Ring,
+        /// The child's component, as the spawner named it.
+        component: String,
+        /// How deep the child is in its spawn tree (its parent's depth plus one).
+        depth: u64,
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -168,203 +469,6 @@ impl fmt::Display for TerminationReason {
     }
 }
 
-/// The typed data of an event; each variant belongs to the [`EventKind`] of
-/// the same name ([`EventPayload::kind`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventPayload {
-    /// A session was created.
-    SessionCreated {
-        /// The agent that created it.
-        creator: AgentId,
-        /// Its participant limit.
-        max_participants: u32,
-        /// Its maximum duration.
-        max_duration: Duration,
-    },
-    /// The event's agent joined the event's session.
-    SessionJoined {
-        /// The ring it joined in.
-        ring: Ring,
-        /// Its trust score σ at join time.
-        sigma: f64,
-    },
-    /// The event's agent left the event's session.
-    SessionLeft {
-        /// Why.
-        reason: String,
-    },
-    /// The session started running.
-    SessionActivated {
-        /// How many participants it started with.
-        participants: u32,
-    },
-    /// The session ended.
-    SessionTerminated {
-        /// Why.
-        reason: TerminationReason,
-    },
-    /// The session was archived.
-    SessionArchived,
-    /// The event's agent was placed in a ring.
-    RingAssigned {
-        /// The ring.
-        ring: Ring,
-        /// Why this ring.
-        reason: String,
-    },
-    /// The event's agent called a function its ring does not grant.
-    RingBreachDetected {
-        /// The agent's ring.
-        ring: Ring,
-        /// The capability (WIT interface) it lacked.
-        capability: String,
-        /// The function it called.
-        function: String,
-    },
-    /// A file was written.
-    VfsWrite {
-        /// The file.
-        path: String,
-        /// `write`, `append` or `truncate`.
-        op: String,
-        /// The file's size afterwards, in bytes.
-        size: u64,
-        /// Content hash before, `None` if the file did not exist.
-        before: Option<[u8; 32]>,
-        /// Content hash after.
-        after: Option<[u8; 32]>,
-    },
-    /// A file was deleted.
-    VfsDelete {
-        /// The file.
-        path: String,
-        /// Its content hash before deletion.
-        before: Option<[u8; 32]>,
-    },
-    /// A file was renamed.
-    VfsRename {
-        /// The old path.
-        from: String,
-        /// The new path.
-        to: String,
-        /// The content hash of the file (unchanged by the rename), if known.
-        hash: Option<[u8; 32]>,
-    },
-    /// A file's access-control list changed.
-    VfsAclChanged {
-        /// The file.
-        path: String,
-        /// The new list, as `owner=… read=… write=…`.
-        acl: String,
-    },
-    /// A directory was created, with the parents it lacked.
-    VfsDirCreated {
-        /// The directory.
-        path: String,
-        /// How many directories were created (it and its missing parents).
-        created: u64,
-    },
-    /// The file space was snapshotted.
-    VfsSnapshot {
-        /// The snapshot's number.
-        snapshot: u64,
-        /// Files in it.
-        files: u64,
-        /// Bytes in it.
-        bytes: u64,
-    },
-    /// The file space was restored from a snapshot. The participants are
-    /// not restored: the other fields say how they differ from the ones the
-    /// snapshot recorded.
-    VfsRestore {
-        /// The snapshot's number.
-        snapshot: u64,
-        /// Participants that joined since the snapshot.
-        joined: Vec<AgentId>,
-        /// Participants that left since the snapshot.
-        left: Vec<AgentId>,
-        /// Ring changes since, `<agent> <then>-><now>` joined by `, `.
-        rings: String,
-        /// Trust-score changes since, `<agent> <then>-><now>` joined by `, `.
-        scores: String,
-    },
-    /// A file change was refused because of a conflict.
-    VfsConflict {
-        /// The file.
-        path: String,
-        /// What conflicted.
-        reason: String,
-    },
-    /// A file change was refused because it would exceed a quota.
-    VfsQuotaExceeded {
-        /// The file.
-        path: String,
-        /// Which quota, and by how much.
-        reason: String,
-    },
-    /// A shared-state key was written.
-    StateWrite {
-        /// The key.
-        key: String,
-        /// Its new version.
-        version: u64,
-    },
-    /// A shared-state key was deleted.
-    StateDelete {
-        /// The key.
-        key: String,
-        /// The version the deletion created.
-        version: u64,
-    },
-    /// A shared-state change was refused because of a conflict.
-    StateConflict {
-        /// The key.
-        key: String,
-        /// What conflicted.
-        reason: String,
-    },
-    /// An intent lock was granted.
-    LockAcquired {
-        /// The locked path or key.
-        resource: String,
-        /// The lock mode.
-        mode: String,
-    },
-    /// An intent lock was released.
-    LockReleased {
-        /// The locked path or key.
-        resource: String,
-    },
-    /// A lock request was refused because it would have closed a wait cycle.
-    LockDeadlock {
-        /// The requested path or key.
-        resource: String,
-        /// The agents in the cycle, in wait order.
-        cycle: Vec<AgentId>,
-    },
-    /// The event's agent was killed.
-    SecurityAgentKilled {
-        /// Why.
-        reason: String,
-    },
-    /// The event named as this event's parent was recorded in the audit log.
-    AuditDeltaCaptured {
-        /// The delta's sequence number in its session's log (0 for the first).
-        seq: u64,
-        /// The delta's hash (its Merkle leaf hash, which the next delta names as parent).
-        hash: [u8; 32],
-    },
-    /// The session's audit log was sealed by a commitment.
-    AuditCommitted {
-        /// How many deltas the commitment covers.
-        tree_size: u64,
-        /// The Merkle root over them.
-        root: [u8; 32],
-        /// The commitment's index in the commitment log.
-        index: u64,
-    },
-}
-
 /// One field of an [`EventPayload`], as [`EventPayload::for_each_field`] hands
 /// it out: the typed value without any formatting, so that a log line and a
 /// canonical audit encoding are both derived from the same list.
@@ -386,39 +490,84 @@ pub enum Field<'a> {
     Agents(&'a [AgentId]),
 }
 
-impl EventPayload {
-    /// The kind of event this payload belongs to.
-    pub const fn kind(&self) -> EventKind {
-        match self {
-            EventPayload::SessionCreated { .. } => EventKind::SessionCreated,
-            EventPayload::SessionJoined { .. } => EventKind::SessionJoined,
-            EventPayload::SessionLeft { .. } => EventKind::SessionLeft,
-            EventPayload::SessionActivated { .. } => EventKind::SessionActivated,
-            EventPayload::SessionTerminated { .. } => EventKind::SessionTerminated,
-            EventPayload::SessionArchived => EventKind::SessionArchived,
-            EventPayload::RingAssigned { .. } => EventKind::RingAssigned,
-            EventPayload::RingBreachDetected { .. } => EventKind::RingBreachDetected,
-            EventPayload::VfsWrite { .. } => EventKind::VfsWrite,
-            EventPayload::VfsDelete { .. } => EventKind::VfsDelete,
-            EventPayload::VfsRename { .. } => EventKind::VfsRename,
-            EventPayload::VfsAclChanged { .. } => EventKind::VfsAclChanged,
-            EventPayload::VfsDirCreated { .. } => EventKind::VfsDirCreated,
-            EventPayload::VfsSnapshot { .. } => EventKind::VfsSnapshot,
-            EventPayload::VfsRestore { .. } => EventKind::VfsRestore,
-            EventPayload::VfsConflict { .. } => EventKind::VfsConflict,
-            EventPayload::VfsQuotaExceeded { .. } => EventKind::VfsQuotaExceeded,
-            EventPayload::StateWrite { .. } => EventKind::StateWrite,
-            EventPayload::StateDelete { .. } => EventKind::StateDelete,
-            EventPayload::StateConflict { .. } => EventKind::StateConflict,
-            EventPayload::LockAcquired { .. } => EventKind::LockAcquired,
-            EventPayload::LockReleased { .. } => EventKind::LockReleased,
-            EventPayload::LockDeadlock { .. } => EventKind::LockDeadlock,
-            EventPayload::SecurityAgentKilled { .. } => EventKind::SecurityAgentKilled,
-            EventPayload::AuditDeltaCaptured { .. } => EventKind::AuditDeltaCaptured,
-            EventPayload::AuditCommitted { .. } => EventKind::AuditCommitted,
-        }
-    }
+/// A type that can be a payload field: how [`EventPayload::for_each_field`]
+/// hands its value out. A new field type needs one impl here, which fixes its
+/// log form and its canonical encoding.
+trait AsField {
+    /// The value as a [`Field`], borrowing from `self`.
+    fn as_field(&self) -> Field<'_>;
+}
 
+impl AsField for AgentId {
+    fn as_field(&self) -> Field<'_> {
+        Field::Text(self.as_str())
+    }
+}
+
+impl AsField for String {
+    fn as_field(&self) -> Field<'_> {
+        Field::Text(self)
+    }
+}
+
+impl AsField for u32 {
+    fn as_field(&self) -> Field<'_> {
+        Field::Uint(u64::from(*self))
+    }
+}
+
+impl AsField for u64 {
+    fn as_field(&self) -> Field<'_> {
+        Field::Uint(*self)
+    }
+}
+
+impl AsField for f64 {
+    fn as_field(&self) -> Field<'_> {
+        Field::Real(*self)
+    }
+}
+
+impl AsField for Ring {
+    fn as_field(&self) -> Field<'_> {
+        Field::Ring(*self)
+    }
+}
+
+impl AsField for Duration {
+    fn as_field(&self) -> Field<'_> {
+        Field::Duration(*self)
+    }
+}
+
+impl AsField for Option<[u8; 32]> {
+    fn as_field(&self) -> Field<'_> {
+        Field::Hash(self.as_ref())
+    }
+}
+
+impl AsField for [u8; 32] {
+    fn as_field(&self) -> Field<'_> {
+        Field::Hash(Some(self))
+    }
+}
+
+impl AsField for Vec<AgentId> {
+    fn as_field(&self) -> Field<'_> {
+        Field::Agents(self)
+    }
+}
+
+impl AsField for TerminationReason {
+    fn as_field(&self) -> Field<'_> {
+        Field::Text(match self {
+            TerminationReason::Requested => "requested",
+            TerminationReason::Expired => "expired",
+        })
+    }
+}
+
+impl EventPayload {
     /// The payload's fields as ` key=value` pairs, each with a leading space
     /// (the form [`Event`]'s display uses); empty for payloads without fields.
     pub fn fields(&self) -> impl fmt::Display + '_ {
@@ -429,145 +578,6 @@ impl EventPayload {
             }
         }
         Fields(self)
-    }
-
-    /// Calls `f` with each field's name and value, in a fixed order per kind.
-    ///
-    /// This is the one list of a payload's fields: the log form
-    /// ([`EventPayload::fields`]) and the audit log's canonical encoding are
-    /// both derived from it, so they cannot drift apart.
-    pub fn for_each_field(&self, mut f: impl FnMut(&'static str, Field<'_>)) {
-        use Field::{Agents, Hash, Real, Text, Uint};
-        match self {
-            EventPayload::SessionCreated {
-                creator,
-                max_participants,
-                max_duration,
-            } => {
-                f("creator", Text(creator.as_str()));
-                f("max_participants", Uint(u64::from(*max_participants)));
-                f("max_duration", Field::Duration(*max_duration));
-            }
-            EventPayload::SessionJoined { ring, sigma } => {
-                f("ring", Field::Ring(*ring));
-                f("sigma", Real(*sigma));
-            }
-            EventPayload::SessionLeft { reason } | EventPayload::SecurityAgentKilled { reason } => {
-                f("reason", Text(reason));
-            }
-            EventPayload::SessionActivated { participants } => {
-                f("participants", Uint(u64::from(*participants)));
-            }
-            EventPayload::SessionTerminated { reason } => f(
-                "reason",
-                Text(match reason {
-                    TerminationReason::Requested => "requested",
-                    TerminationReason::Expired => "expired",
-                }),
-            ),
-            EventPayload::SessionArchived => {}
-            EventPayload::RingAssigned { ring, reason } => {
-                f("ring", Field::Ring(*ring));
-                f("reason", Text(reason));
-            }
-            EventPayload::RingBreachDetected {
-                ring,
-                capability,
-                function,
-            } => {
-                f("ring", Field::Ring(*ring));
-                f("capability", Text(capability));
-                f("function", Text(function));
-            }
-            EventPayload::VfsWrite {
-                path,
-                op,
-                size,
-                before,
-                after,
-            } => {
-                f("path", Text(path));
-                f("op", Text(op));
-                f("size", Uint(*size));
-                f("before", Hash(before.as_ref()));
-                f("after", Hash(after.as_ref()));
-            }
-            EventPayload::VfsDelete { path, before } => {
-                f("path", Text(path));
-                f("before", Hash(before.as_ref()));
-            }
-            EventPayload::VfsRename { from, to, hash } => {
-                f("from", Text(from));
-                f("to", Text(to));
-                f("hash", Hash(hash.as_ref()));
-            }
-            EventPayload::VfsAclChanged { path, acl } => {
-                f("path", Text(path));
-                f("acl", Text(acl));
-            }
-            EventPayload::VfsDirCreated { path, created } => {
-                f("path", Text(path));
-                f("created", Uint(*created));
-            }
-            EventPayload::VfsSnapshot {
-                snapshot,
-                files,
-                bytes,
-            } => {
-                f("snapshot", Uint(*snapshot));
-                f("files", Uint(*files));
-                f("bytes", Uint(*bytes));
-            }
-            EventPayload::VfsRestore {
-                snapshot,
-                joined,
-                left,
-                rings,
-                scores,
-            } => {
-                f("snapshot", Uint(*snapshot));
-                f("joined", Agents(joined));
-                f("left", Agents(left));
-                f("rings", Text(rings));
-                f("scores", Text(scores));
-            }
-            EventPayload::VfsConflict { path, reason }
-            | EventPayload::VfsQuotaExceeded { path, reason } => {
-                f("path", Text(path));
-                f("reason", Text(reason));
-            }
-            EventPayload::StateWrite { key, version }
-            | EventPayload::StateDelete { key, version } => {
-                f("key", Text(key));
-                f("version", Uint(*version));
-            }
-            EventPayload::StateConflict { key, reason } => {
-                f("key", Text(key));
-                f("reason", Text(reason));
-            }
-            EventPayload::LockAcquired { resource, mode } => {
-                f("resource", Text(resource));
-                f("mode", Text(mode));
-            }
-            EventPayload::LockReleased { resource } => f("resource", Text(resource)),
-            EventPayload::LockDeadlock { resource, cycle } => {
-                f("resource", Text(resource));
-                f("cycle", Agents(cycle));
-            }
-            EventPayload::AuditDeltaCaptured { seq, hash } => {
-                f("seq", Uint(*seq));
-                f("hash", Hash(Some(hash)));
-            }
-            EventPayload::AuditCommitted {
-                tree_size,
-                root,
-                index,
-            } => {
-                f("tree_size", Uint(*tree_size));
-                f("root", Hash(Some(root)));
-                f("index", Uint(*index));
-            }
-        }
     }
 
     /// Writes the payload as ` key=value` pairs, each with a leading space.
@@ -1119,6 +1129,56 @@ mod tests {
                 root: [8; 32],
                 index: 0,
             },
+            EventKind::RingElevated => EventPayload::RingElevated {
+                from: Ring::Standard,
+                to: Ring::Privileged,
+                ttl: Duration::from_secs(300),
+                justification: s("deploy the fix"),
+                sponsor: s("operator"),
+            },
+            EventKind::RingElevationDenied => EventPayload::RingElevationDenied {
+                target: Ring::Root,
+                reason: s("ring0_forbidden"),
+            },
+            EventKind::RingElevationExpired => EventPayload::RingElevationExpired {
+                ring: Ring::Privileged,
+                back_to: Ring::Standard,
+            },
+            EventKind::RingElevationRevoked => EventPayload::RingElevationRevoked {
+                ring: Ring::Privileged,
+                back_to: Ring::Standard,
+                reason: s("operator"),
+            },
+            EventKind::RingDemoted => EventPayload::RingDemoted {
+                from: Ring::Standard,
+                to: Ring::Sandbox,
+                reason: s("breach"),
+            },
+            EventKind::SecurityRateLimited => EventPayload::SecurityRateLimited {
+                capability: s("state"),
+                function: s("set"),
+                class: s("change"),
+                retry_after: Duration::from_millis(200),
+                refused: 3,
+            },
+            EventKind::SecurityBreakerTripped => EventPayload::SecurityBreakerTripped {
+                severity: s("high"),
+                calls: 10,
+                action: s("expel"),
+            },
+            EventKind::LiabilityQuarantineEntered => EventPayload::LiabilityQuarantineEntered {
+                reason: s("ring_breach"),
+                duration: Duration::from_secs(60),
+            },
+            EventKind::LiabilityQuarantineReleased => EventPayload::LiabilityQuarantineReleased {
+                reason: s("expired"),
+            },
+            EventKind::AgentSpawned => EventPayload::AgentSpawned {
+                child: agent("did:ex:child"),
+                ring: Ring::Sandbox,
+                component: s("worker"),
+                depth: 1,
+            },
         }
     }
 
@@ -1161,7 +1221,16 @@ mod tests {
             let (family, what) = k.name().split_once('.').unwrap();
             assert!(
                 [
-                    "session", "ring", "vfs", "state", "lock", "security", "audit"
+                    "session",
+                    "ring",
+                    "vfs",
+                    "state",
+                    "lock",
+                    "security",
+                    "audit",
+                    "liability",
+                    // Ours, beside the design's taxonomy.
+                    "agent",
                 ]
                 .contains(&family),
                 "{k:?}"
@@ -1177,6 +1246,108 @@ mod tests {
             "security.agent_killed"
         );
         assert_eq!(EventKind::VfsAclChanged.name(), "vfs.acl_changed");
+        assert_eq!(
+            EventKind::RingElevationExpired.name(),
+            "ring.elevation_expired"
+        );
+        assert_eq!(
+            EventKind::LiabilityQuarantineEntered.name(),
+            "liability.quarantine_entered"
+        );
+        assert_eq!(EventKind::AgentSpawned.name(), "agent.spawned");
+    }
+
+    #[test]
+    fn every_declared_field_is_handed_out_in_declaration_order() {
+        for k in EventKind::ALL {
+            let mut names = Vec::new();
+            sample(k).for_each_field(|name, _| names.push(name));
+            assert_eq!(names, k.field_names(), "{k:?}");
+        }
+        // Spot checks against the declarations, whose order the audit encoding fixes.
+        assert_eq!(
+            EventKind::VfsWrite.field_names(),
+            ["path", "op", "size", "before", "after"]
+        );
+        assert_eq!(EventKind::AuditDeltaCaptured.field_names(), ["seq", "hash"]);
+        assert_eq!(
+            EventKind::RingElevated.field_names(),
+            ["from", "to", "ttl", "justification", "sponsor"]
+        );
+        assert!(EventKind::SessionArchived.field_names().is_empty());
+    }
+
+    #[test]
+    fn field_names_are_unique_snake_case_words_per_kind() {
+        for k in EventKind::ALL {
+            let names = k.field_names();
+            let unique: HashSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{k:?} repeats a field");
+            for n in names {
+                assert!(
+                    !n.is_empty()
+                        && !n.starts_with('_')
+                        && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{k:?}: {n}"
+                );
+            }
+        }
+    }
+
+    /// A payload's fields as (name, typed value in `Debug` form): a `Field`
+    /// borrows from the payload only for the duration of the callback.
+    fn typed_fields(p: &EventPayload) -> Vec<(&'static str, String)> {
+        let mut seen = Vec::new();
+        p.for_each_field(|n, v| seen.push((n, format!("{v:?}"))));
+        seen
+    }
+
+    #[test]
+    fn fields_are_handed_out_with_their_typed_values() {
+        let expect = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            pairs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+        };
+        assert_eq!(
+            typed_fields(&sample(EventKind::SecurityRateLimited)),
+            expect(&[
+                ("capability", r#"Text("state")"#),
+                ("function", r#"Text("set")"#),
+                ("class", r#"Text("change")"#),
+                ("retry_after", "Duration(200ms)"),
+                ("refused", "Uint(3)"),
+            ])
+        );
+        assert_eq!(
+            typed_fields(&sample(EventKind::SessionCreated)),
+            expect(&[
+                ("creator", r#"Text("did:ex:c")"#),
+                ("max_participants", "Uint(10)"),
+                ("max_duration", "Duration(300s)"),
+            ])
+        );
+        assert_eq!(
+            typed_fields(&sample(EventKind::AuditDeltaCaptured)),
+            expect(&[
+                ("seq", "Uint(4)"),
+                ("hash", &format!("Hash(Some({:?}))", [9u8; 32])),
+            ])
+        );
+        assert_eq!(
+            typed_fields(&sample(EventKind::AgentSpawned)),
+            expect(&[
+                ("child", r#"Text("did:ex:child")"#),
+                ("ring", "Ring(Sandbox)"),
+                ("component", r#"Text("worker")"#),
+                ("depth", "Uint(1)"),
+            ])
+        );
+        let requested = EventPayload::SessionTerminated {
+            reason: TerminationReason::Requested,
+        };
+        assert_eq!(
+            typed_fields(&requested),
+            expect(&[("reason", r#"Text("requested")"#)])
+        );
     }
 
     #[test]
@@ -1524,6 +1695,16 @@ mod tests {
             "resource=/a mode=exclusive",
             "cycle=did:ex:a,did:ex:b",
             "reason=ring_breach",
+            "from=2 to=1 ttl=300s justification=\"deploy the fix\" sponsor=operator",
+            "target=0 reason=ring0_forbidden",
+            "ring=1 back_to=2",
+            "ring=1 back_to=2 reason=operator",
+            "from=2 to=3 reason=breach",
+            "capability=state function=set class=change retry_after=200ms refused=3",
+            "severity=high calls=10 action=expel",
+            "reason=ring_breach duration=60s",
+            "reason=expired",
+            "child=did:ex:child ring=3 component=worker depth=1",
         ] {
             assert!(joined.contains(needle), "{needle} missing from\n{joined}");
         }
