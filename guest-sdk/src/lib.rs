@@ -68,6 +68,27 @@ pub mod bindings {
 /// and its explanation.
 pub use bindings::agent_hypervisor::agent::types::Error;
 
+/// The WIT name of an error's case (`not-found`, `rate-limited`, …), for
+/// logs and reports that should not depend on its message.
+pub fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidPath(_) => "invalid-path",
+        Error::NotFound(_) => "not-found",
+        Error::AlreadyExists(_) => "already-exists",
+        Error::Denied(_) => "denied",
+        Error::Quota(_) => "quota",
+        Error::UnknownAction(_) => "unknown-action",
+        Error::ActionFailed(_) => "action-failed",
+        Error::Io(_) => "io",
+        Error::Conflict(_) => "conflict",
+        Error::Deadlock(_) => "deadlock",
+        Error::Timeout(_) => "timeout",
+        Error::InvalidKey(_) => "invalid-key",
+        Error::RateLimited(_) => "rate-limited",
+        Error::Quarantined(_) => "quarantined",
+    }
+}
+
 /// The one thing an agent implements: its entry point.
 pub trait Agent {
     /// Handles one request. `Ok` is the agent's answer; `Err` is a failure
@@ -281,7 +302,10 @@ pub mod actions {
     }
 
     /// Names of the reversible actions the host offers.
-    pub fn available() -> Vec<String> {
+    ///
+    /// # Errors
+    /// `RateLimited` or `Quarantined`, like every metered call.
+    pub fn available() -> Result<Vec<String>, crate::Error> {
         raw::available()
     }
 }
@@ -299,7 +323,10 @@ pub mod effects {
     }
 
     /// Names of the effects the host offers.
-    pub fn available() -> Vec<String> {
+    ///
+    /// # Errors
+    /// `RateLimited` or `Quarantined`, like every metered call.
+    pub fn available() -> Result<Vec<String>, crate::Error> {
         raw::available()
     }
 }
@@ -397,7 +424,10 @@ pub mod locks {
     }
 
     /// The locks the caller holds.
-    pub fn held() -> Vec<(Target, Mode)> {
+    ///
+    /// # Errors
+    /// `RateLimited` or `Quarantined`, like every metered call.
+    pub fn held() -> Result<Vec<(Target, Mode)>, Error> {
         raw::held()
     }
 
@@ -415,5 +445,108 @@ pub mod locks {
         let out = f();
         release(target)?;
         Ok(out)
+    }
+}
+
+/// Ask for a more privileged ring for a while (capability `elevation`,
+/// every ring). The host decides by its rules: the target must be more
+/// privileged than the caller's base ring and never ring 0, one elevation at
+/// a time, a minimum trust score, and for ring 1 a sponsor's signed
+/// attestation. Until it runs out, every host call is judged at the
+/// elevated ring.
+///
+/// ```no_run
+/// use agent_sdk::{elevation, vfs};
+/// // A ring 3 agent asks for ring 2 for a minute, writes, and gives it back.
+/// elevation::request(2, 60, "write the nightly report", None).map_err(|e| e.to_string())?;
+/// vfs::write("report.txt", "done").map_err(|e| e.to_string())?;
+/// elevation::relinquish().map_err(|e| e.to_string())?;
+/// # Ok::<(), String>(())
+/// ```
+pub mod elevation {
+    use crate::bindings::agent_hypervisor::agent::elevation as raw;
+
+    pub use crate::Error;
+    /// An elevation in force: its ring and the milliseconds left.
+    pub use raw::Grant;
+
+    /// Asks for `ring` for `ttl_secs` seconds (0: the host's default),
+    /// with a justification and, for ring 1, a sponsor's attestation (text form).
+    ///
+    /// # Errors
+    /// `Denied` naming the rule that refused, `RateLimited`, `Quarantined`.
+    pub fn request(
+        ring: u8,
+        ttl_secs: u32,
+        justification: &str,
+        sponsorship: Option<&str>,
+    ) -> Result<Grant, Error> {
+        raw::request(ring, ttl_secs, justification, sponsorship)
+    }
+
+    /// Gives up the caller's elevation; true if one was in force.
+    ///
+    /// # Errors
+    /// `RateLimited`, `Quarantined`.
+    pub fn relinquish() -> Result<bool, Error> {
+        raw::relinquish()
+    }
+
+    /// The caller's elevation in force, if any.
+    ///
+    /// # Errors
+    /// `RateLimited`, `Quarantined`.
+    pub fn current() -> Result<Option<Grant>, Error> {
+        raw::current()
+    }
+}
+
+/// Administration of the other agents of the session (capability `admin`,
+/// ring 0 only): the same operations, rules and audit as the host API.
+pub mod admin {
+    use crate::bindings::agent_hypervisor::agent::admin as raw;
+
+    pub use crate::Error;
+    /// What the host knows about one participant.
+    pub use raw::Participant;
+
+    /// The participants of the caller's session, sorted by id.
+    ///
+    /// # Errors
+    /// `Denied` outside a governed session.
+    pub fn participants() -> Result<Vec<Participant>, Error> {
+        raw::participants()
+    }
+
+    /// One participant.
+    ///
+    /// # Errors
+    /// `NotFound` if no such participant.
+    pub fn inspect(agent: &str) -> Result<Participant, Error> {
+        raw::inspect(agent)
+    }
+
+    /// Kills a participant: its running call stops and it leaves the session.
+    ///
+    /// # Errors
+    /// `NotFound`, `Denied` (for example the caller itself).
+    pub fn kill(agent: &str, reason: &str) -> Result<(), Error> {
+        raw::kill(agent, reason)
+    }
+
+    /// Quarantines a participant for `secs` seconds (0: until released).
+    ///
+    /// # Errors
+    /// `NotFound`, `Denied`.
+    pub fn quarantine(agent: &str, reason: &str, secs: u32) -> Result<(), Error> {
+        raw::quarantine(agent, reason, secs)
+    }
+
+    /// Ends a participant's quarantine; true if it was quarantined.
+    ///
+    /// # Errors
+    /// `NotFound`, `Denied`.
+    pub fn release(agent: &str) -> Result<bool, Error> {
+        raw::release(agent)
     }
 }

@@ -34,7 +34,8 @@ impl Agent for NoteTaker {
         vfs::write("notes/index.txt", index.join("\n") + "\n")
             .map_err(|e| format!("cannot write the index: {e}"))?;
 
-        if actions::available().iter().any(|a| a == "note.append") {
+        let offered = actions::available().map_err(|e| format!("actions: {e}"))?;
+        if offered.iter().any(|a| a == "note.append") {
             let receipt =
                 actions::invoke("note.append", line).map_err(|e| format!("note.append: {e}"))?;
             log::info!("journal: {receipt}");

@@ -16,20 +16,7 @@ use agent_sdk::{Agent, export_agent, vfs};
 struct PathEscaper;
 
 fn kind(e: &vfs::Error) -> &'static str {
-    match e {
-        vfs::Error::InvalidPath(_) => "invalid-path",
-        vfs::Error::NotFound(_) => "not-found",
-        vfs::Error::AlreadyExists(_) => "already-exists",
-        vfs::Error::Denied(_) => "denied",
-        vfs::Error::Quota(_) => "quota",
-        vfs::Error::UnknownAction(_) => "unknown-action",
-        vfs::Error::ActionFailed(_) => "action-failed",
-        vfs::Error::Io(_) => "io",
-        vfs::Error::Conflict(_) => "conflict",
-        vfs::Error::Deadlock(_) => "deadlock",
-        vfs::Error::Timeout(_) => "timeout",
-        vfs::Error::InvalidKey(_) => "invalid-key",
-    }
+    agent_sdk::error_kind(e)
 }
 
 fn targets() -> Vec<String> {

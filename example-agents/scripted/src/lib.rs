@@ -11,6 +11,10 @@
 //! - `put K VALUE` (names the version last seen for K, 0 if none), `putv K VERSION VALUE`, `del K`
 //! - `lock key:K|path:P read|write|exclusive WAIT_MS`, `unlock key:K|path:P`, `held`
 //! - `await K`: polls until key K exists (1 ms sleeps; bounded by the call deadline)
+//! - `ring` (the current ring), `elevate RING TTL_SECS JUSTIFICATION`,
+//!   `elevate-sponsored RING TTL_SECS ATTESTATION JUSTIFICATION`, `relinquish`, `elevation`
+//! - `admin-list`, `admin-inspect A`, `admin-kill A REASON`, `admin-quarantine A SECS REASON`,
+//!   `admin-release A`
 //! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
 //!
 //! Output: one line per command, `<command> -> ok[ detail]` or
@@ -19,25 +23,12 @@
 
 use std::collections::HashMap;
 
-use agent_sdk::{Agent, Error, export_agent, locks, state, vfs};
+use agent_sdk::{Agent, Error, admin, context, elevation, export_agent, locks, state, vfs};
 
 struct Scripted;
 
 fn kind(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidPath(_) => "invalid-path",
-        Error::NotFound(_) => "not-found",
-        Error::AlreadyExists(_) => "already-exists",
-        Error::Denied(_) => "denied",
-        Error::Quota(_) => "quota",
-        Error::UnknownAction(_) => "unknown-action",
-        Error::ActionFailed(_) => "action-failed",
-        Error::Io(_) => "io",
-        Error::Conflict(_) => "conflict",
-        Error::Deadlock(_) => "deadlock",
-        Error::Timeout(_) => "timeout",
-        Error::InvalidKey(_) => "invalid-key",
-    }
+    agent_sdk::error_kind(e)
 }
 
 fn access(s: &str) -> vfs::Access {
@@ -168,14 +159,15 @@ impl Machine {
                 locks::acquire(&target(t)?, mode(m)?, wait).map(|()| String::new())
             }
             "unlock" => locks::release(&target(rest)?).map(|()| String::new()),
-            "held" => Ok(locks::held()
-                .iter()
-                .map(|(t, m)| match t {
-                    locks::Target::Key(k) => format!("key:{k}={m:?}"),
-                    locks::Target::Path(p) => format!("path:{p}={m:?}"),
-                })
-                .collect::<Vec<_>>()
-                .join(",")),
+            "held" => locks::held().map(|held| {
+                held.iter()
+                    .map(|(t, m)| match t {
+                        locks::Target::Key(k) => format!("key:{k}={m:?}"),
+                        locks::Target::Path(p) => format!("path:{p}={m:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
             "await" => loop {
                 match state::get(rest) {
                     Ok(Some(v)) => break Ok(format!("v{}", v.version)),
@@ -183,6 +175,55 @@ impl Machine {
                     Err(e) => break Err(e),
                 }
             },
+            "ring" => Ok(context::ring().to_string()),
+            "elevate" => {
+                let parts: Vec<&str> = rest.splitn(3, ' ').collect();
+                let [r, ttl, why] = parts[..] else {
+                    return Err(format!("elevate needs 3 arguments: {line:?}"));
+                };
+                let r = r.parse().map_err(|e| format!("bad ring: {e}"))?;
+                let ttl = ttl.parse().map_err(|e| format!("bad ttl: {e}"))?;
+                elevation::request(r, ttl, why, None).map(|g| format!("ring {}", g.ring))
+            }
+            "elevate-sponsored" => {
+                let parts: Vec<&str> = rest.splitn(4, ' ').collect();
+                let [r, ttl, att, why] = parts[..] else {
+                    return Err(format!("elevate-sponsored needs 4 arguments: {line:?}"));
+                };
+                let r = r.parse().map_err(|e| format!("bad ring: {e}"))?;
+                let ttl = ttl.parse().map_err(|e| format!("bad ttl: {e}"))?;
+                elevation::request(r, ttl, why, Some(att)).map(|g| format!("ring {}", g.ring))
+            }
+            "relinquish" => elevation::relinquish().map(|b| b.to_string()),
+            "elevation" => elevation::current().map(|g| match g {
+                Some(g) => format!("ring {}", g.ring),
+                None => "none".to_string(),
+            }),
+            "admin-list" => admin::participants().map(|l| {
+                l.iter()
+                    .map(|p| format!("{}:{}", p.agent_id, p.effective_ring))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            "admin-inspect" => admin::inspect(rest).map(|p| {
+                format!(
+                    "base={} effective={} quarantined={}",
+                    p.base_ring, p.effective_ring, p.quarantined
+                )
+            }),
+            "admin-kill" => {
+                let (a, why) = two();
+                admin::kill(a, why).map(|()| String::new())
+            }
+            "admin-quarantine" => {
+                let parts: Vec<&str> = rest.splitn(3, ' ').collect();
+                let [a, secs, why] = parts[..] else {
+                    return Err(format!("admin-quarantine needs 3 arguments: {line:?}"));
+                };
+                let secs = secs.parse().map_err(|e| format!("bad secs: {e}"))?;
+                admin::quarantine(a, why, secs).map(|()| String::new())
+            }
+            "admin-release" => admin::release(rest).map(|b| b.to_string()),
             "sleep" => {
                 let ms = rest.parse().map_err(|e| format!("bad sleep: {e}"))?;
                 std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -27,6 +27,7 @@ pub mod event;
 pub mod id;
 pub mod ring;
 pub mod score;
+pub mod standing;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use event::{
@@ -35,10 +36,11 @@ pub use event::{
 };
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{
-    Capability, CapabilitySet, Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES,
-    WIT_PACKAGE, WIT_VERSION,
+    Capability, CapabilitySet, Metering, Ring, RingError, RingLimits, RingPolicy,
+    TYPE_ONLY_INTERFACES, WIT_PACKAGE, WIT_VERSION,
 };
 pub use score::{ActionDescriptor, Reversibility, ScoreError, check_score, ring_for_score};
+pub use standing::{Standing, StandingError, Transition};
 
 #[cfg(test)]
 mod wit_contract_tests;

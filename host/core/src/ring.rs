@@ -151,6 +151,23 @@ pub enum Capability {
     StateWrite = 7,
     /// `locks`: intent locks on shared paths and state keys.
     Locks = 8,
+    /// `elevation`: ask for a more privileged ring for a while.
+    Elevation = 9,
+    /// `admin`: kill, quarantine, release and inspect the session's other agents.
+    Admin = 10,
+}
+
+/// How a governed function is counted against the caller's rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metering {
+    /// Not rate-limited: `context` (answers from memory) and `log` (bounded
+    /// per call by the log budget instead, and it has no error to return).
+    Free,
+    /// A read: counted against the ring's (higher) read rate.
+    Read,
+    /// A call that changes something or reaches out (writes, state writes,
+    /// actions, effects, elevation requests, administration).
+    Change,
 }
 
 /// WIT interfaces that only define types: they grant nothing and are linked in every ring.
@@ -163,16 +180,18 @@ pub const WIT_VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in table order.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 11] = [
         Capability::Context,
         Capability::Log,
         Capability::VfsRead,
         Capability::StateRead,
+        Capability::Elevation,
         Capability::VfsWrite,
         Capability::StateWrite,
         Capability::Locks,
         Capability::Actions,
         Capability::Effects,
+        Capability::Admin,
     ];
 
     /// The WIT interface name (`vfs-write`).
@@ -187,6 +206,8 @@ impl Capability {
             Capability::StateRead => "state-read",
             Capability::StateWrite => "state-write",
             Capability::Locks => "locks",
+            Capability::Elevation => "elevation",
+            Capability::Admin => "admin",
         }
     }
 
@@ -210,20 +231,43 @@ impl Capability {
             Capability::Locks => &["acquire", "release", "held"],
             Capability::Actions => &["invoke", "available"],
             Capability::Effects => &["invoke", "available"],
+            Capability::Elevation => &["request", "relinquish", "current"],
+            Capability::Admin => &["participants", "inspect", "kill", "quarantine", "release"],
+        }
+    }
+
+    /// How `function` of this capability counts against rate limits: reads
+    /// (including the listing functions of the other capabilities) at the
+    /// read rate, everything that changes something or reaches out at the
+    /// change rate; `context` and `log` are free.
+    #[inline]
+    pub fn metering(self, function: &str) -> Metering {
+        match self {
+            Capability::Context | Capability::Log => Metering::Free,
+            Capability::VfsRead | Capability::StateRead => Metering::Read,
+            _ => match function.as_bytes() {
+                b"available" | b"held" | b"current" | b"participants" | b"inspect" => {
+                    Metering::Read
+                }
+                _ => Metering::Change,
+            },
         }
     }
 
     /// The least privileged ring that has this capability in the default table.
     pub const fn default_ring(self) -> Ring {
         match self {
-            Capability::Context | Capability::Log | Capability::VfsRead | Capability::StateRead => {
-                Ring::Sandbox
-            }
+            Capability::Context
+            | Capability::Log
+            | Capability::VfsRead
+            | Capability::StateRead
+            | Capability::Elevation => Ring::Sandbox,
             Capability::VfsWrite
             | Capability::StateWrite
             | Capability::Locks
             | Capability::Actions => Ring::Standard,
             Capability::Effects => Ring::Privileged,
+            Capability::Admin => Ring::Root,
         }
     }
 
@@ -438,13 +482,14 @@ mod tests {
         };
         assert_eq!(
             caps(Ring::Sandbox),
-            ["context", "log", "vfs-read", "state-read"]
+            ["context", "log", "vfs-read", "state-read", "elevation"]
         );
         let standard = [
             "context",
             "log",
             "vfs-read",
             "state-read",
+            "elevation",
             "vfs-write",
             "state-write",
             "locks",
@@ -455,7 +500,10 @@ mod tests {
             caps(Ring::Privileged),
             [&standard[..], &["effects"]].concat()
         );
-        assert_eq!(caps(Ring::Root), caps(Ring::Privileged));
+        assert_eq!(
+            caps(Ring::Root),
+            [&standard[..], &["effects", "admin"]].concat()
+        );
         assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
         assert_eq!(p.limits(Ring::Standard).deadline, Duration::from_secs(30));
@@ -548,6 +596,21 @@ mod tests {
             Capability::from_interface("effects"),
             Some(Capability::Effects)
         );
-        assert_eq!(Capability::from_interface("admin"), None);
+        assert_eq!(Capability::from_interface("admin"), Some(Capability::Admin));
+        assert_eq!(Capability::from_interface("spawn"), None);
+    }
+
+    #[test]
+    fn metering_counts_reads_and_changes_and_frees_context_and_log() {
+        assert_eq!(Capability::Log.metering("log"), Metering::Free);
+        assert_eq!(Capability::Context.metering("whoami"), Metering::Free);
+        assert_eq!(Capability::VfsRead.metering("read"), Metering::Read);
+        assert_eq!(Capability::VfsWrite.metering("write"), Metering::Change);
+        assert_eq!(Capability::Locks.metering("held"), Metering::Read);
+        assert_eq!(Capability::Locks.metering("acquire"), Metering::Change);
+        assert_eq!(Capability::Actions.metering("available"), Metering::Read);
+        assert_eq!(Capability::Elevation.metering("request"), Metering::Change);
+        assert_eq!(Capability::Admin.metering("inspect"), Metering::Read);
+        assert_eq!(Capability::Admin.metering("kill"), Metering::Change);
     }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use ahv_core::{AgentId, Ring, RingLimits, SessionId, TraceId};
+use ahv_core::standing::Standing;
+use ahv_core::{AgentId, Ring, SessionId, SystemClock, TraceId};
 use ahv_governance::actions::{ActionRegistry, UndoRecord};
 use ahv_governance::files::FileSpace;
 use ahv_governance::session_core::SessionCore;
@@ -13,6 +14,7 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::component::{AgentComponent, LoadError};
+use crate::gate::GateInit;
 use crate::runtime::Runtime;
 use crate::state::{AgentState, KillHandle, LogLine, StateInit};
 use crate::trap::{DeadlineExceeded, TrapCause};
@@ -39,8 +41,9 @@ pub struct AgentSpec {
     pub agent: AgentId,
     /// The session it belongs to.
     pub session: SessionId,
-    /// The ring it runs in.
-    pub ring: Ring,
+    /// Its standing: base ring, elevation, quarantine. Shared with whoever
+    /// governs the agent; every host call is judged from it *now*.
+    pub standing: Arc<Standing>,
     /// Its files: a standalone [`ahv_governance::vfs::Vfs`], or its session's
     /// file space.
     pub files: Arc<dyn FileSpace>,
@@ -54,15 +57,16 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
-    /// An agent in `ring` over `files` (for example an
-    /// `Arc<ahv_governance::vfs::Vfs>`), in session `standalone` (no shared
-    /// state), with no actions, failing for good after a trap.
+    /// An agent in `ring` (a standing of its own, on the system clock) over
+    /// `files` (for example an `Arc<ahv_governance::vfs::Vfs>`), in session
+    /// `standalone` (no shared state), with no actions, failing for good
+    /// after a trap.
     pub fn new(agent: AgentId, ring: Ring, files: Arc<dyn FileSpace>) -> AgentSpec {
         AgentSpec {
             agent,
             // A constant that passes validation.
             session: SessionId::new("standalone").unwrap_or_else(|_| unreachable!()),
-            ring,
+            standing: Standing::new(ring, Arc::new(SystemClock::default())),
             files,
             shared: None,
             actions: Arc::new(ActionRegistry::new()),
@@ -95,6 +99,14 @@ impl AgentSpec {
     /// Sets the after-trap policy.
     pub fn after_trap(mut self, policy: AfterTrap) -> Self {
         self.after_trap = policy;
+        self
+    }
+
+    /// Uses this standing (shared with the host that governs the agent)
+    /// instead of one of its own; its base ring replaces the one given to
+    /// [`AgentSpec::new`].
+    pub fn standing(mut self, standing: Arc<Standing>) -> Self {
+        self.standing = standing;
         self
     }
 }
@@ -148,6 +160,14 @@ pub enum AgentError {
     /// The component cannot run in this ring (strict admission) or cannot be linked.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// No rate budget could be had for the agent (the rate limiter is full).
+    #[error("no rate budget for agent {agent}: {message}")]
+    RateBudget {
+        /// The agent.
+        agent: AgentId,
+        /// Why.
+        message: String,
+    },
 }
 
 impl AgentError {
@@ -193,7 +213,7 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("agent", &self.spec.agent)
-            .field("ring", &self.spec.ring)
+            .field("standing", &self.spec.standing)
             .field("live", &self.live.is_some())
             .field("poisoned", &self.poisoned)
             .finish()
@@ -206,8 +226,8 @@ impl Agent {
         component: AgentComponent,
         spec: AgentSpec,
     ) -> Result<Agent, AgentError> {
-        runtime.check_strict(&component, spec.ring)?;
-        let kill = KillHandle::new(runtime.engine().clone());
+        runtime.check_strict(&component, spec.standing.base())?;
+        let kill = KillHandle::new(runtime.engine().clone(), spec.standing.clone());
         let mut agent = Agent {
             runtime,
             component,
@@ -228,7 +248,23 @@ impl Agent {
 
     /// The agent's ring.
     pub fn ring(&self) -> Ring {
-        self.spec.ring
+        self.spec.standing.effective()
+    }
+
+    /// The agent's standing (shared with whoever governs it).
+    pub fn standing(&self) -> &Arc<Standing> {
+        &self.spec.standing
+    }
+
+    /// Lets a poisoned agent be instantiated again at its next call (for a
+    /// host whose breach policy re-admits it, at the ring its standing now
+    /// names). A killed agent stays dead. Returns whether it was poisoned.
+    pub fn reinstate(&mut self) -> bool {
+        if self.kill.is_killed() {
+            return false;
+        }
+        self.live = None;
+        self.poisoned.take().is_some()
     }
 
     /// A handle that kills this agent from any thread or task.
@@ -246,40 +282,57 @@ impl Agent {
         &self.undo_log
     }
 
-    fn new_store(&self) -> Store<AgentState> {
-        let limits = self.limits();
+    fn new_store(&self) -> Result<Store<AgentState>, AgentError> {
+        let ring = self.spec.standing.effective();
+        let limits = self.runtime.policy().limits(ring);
+        let inner = &self.runtime.inner;
+        let rate = match &inner.rate {
+            Some(source) => Some(
+                source
+                    .budget(&self.spec.agent, &self.spec.session, ring)
+                    .map_err(|message| AgentError::RateBudget {
+                        agent: self.spec.agent.clone(),
+                        message,
+                    })?,
+            ),
+            None => None,
+        };
         let init = StateInit {
-            agent: self.spec.agent.clone(),
-            session: self.spec.session.clone(),
-            ring: self.spec.ring,
+            gate: GateInit {
+                agent: self.spec.agent.clone(),
+                session: self.spec.session.clone(),
+                standing: self.spec.standing.clone(),
+                rings: Ring::ALL.map(|r| self.runtime.policy().limits(r).capabilities),
+                rate,
+                recorder: inner.breach_recorder.clone(),
+                governor: inner.governor.clone(),
+                kill: self.kill.clone(),
+            },
             files: self.spec.files.clone(),
             shared: self.spec.shared.clone(),
             actions: self.spec.actions.clone(),
-            kill: self.kill.clone(),
-            breach_recorder: self.runtime.inner.breach_recorder.clone(),
+            policy: self.runtime.policy().clone(),
         };
         let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits));
         store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(self.hostcall_budget());
+        store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
-            if let Some(killed) = s.kill.killed() {
+            if let Some(killed) = s.gate.kill.killed() {
                 return Err(wasmtime::Error::new(killed));
             }
-            if Instant::now() >= s.call_deadline {
+            if Instant::now() >= s.gate.call_deadline {
                 return Err(wasmtime::Error::new(DeadlineExceeded {
-                    deadline: s.deadline,
+                    deadline: s.gate.deadline,
                 }));
             }
             Ok(UpdateDeadline::Yield(1))
         });
-        store
+        Ok(store)
     }
 
-    /// The per-call host budget: the ring's, raised above the file quota for
-    /// agents that may write, so a quota refusal is always reachable.
-    fn hostcall_budget(&self) -> usize {
-        let limits = self.limits();
+    fn hostcall_budget(&self, ring: Ring) -> usize {
+        let limits = self.runtime.policy().limits(ring);
         if !limits.capabilities.contains(ahv_core::Capability::VfsWrite) {
             return limits.hostcall_bytes;
         }
@@ -293,33 +346,43 @@ impl Agent {
             .max(usize::try_from(write).unwrap_or(usize::MAX))
     }
 
-    /// The typed cause of a failed call, with the budgets it really ran under.
-    fn classify(&self, e: &wasmtime::Error) -> TrapCause {
-        let mut limits = self.limits().clone();
-        limits.hostcall_bytes = self.hostcall_budget();
+    /// The typed cause of a trap in a call made at `ring`'s limits.
+    fn classify(&self, e: &wasmtime::Error, ring: Ring) -> TrapCause {
+        let mut limits = self.runtime.policy().limits(ring).clone();
+        limits.hostcall_bytes = self.hostcall_budget(ring);
         TrapCause::from_error(e, &limits)
     }
 
-    /// Prepares the store for one call (or instantiation): fuel, deadline, trace id.
-    fn arm(&self, store: &mut Store<AgentState>) -> Result<TraceId, wasmtime::Error> {
+    /// Starts a call (or the instantiation) at the effective ring *now*: its
+    /// trace id, fuel, deadline, memory, random and host-call budgets.
+    /// Returns the trace id and the ring.
+    fn arm(&self, store: &mut Store<AgentState>) -> Result<(TraceId, Ring), wasmtime::Error> {
         let trace = self.runtime.inner.next_trace();
         let data = store.data_mut();
-        data.trace = trace;
-        data.call_deadline = Instant::now() + data.deadline;
-        store.set_fuel(self.limits().fuel_per_call)?;
+        data.gate.trace = trace;
+        let ring = data.gate.current_ring();
+        let limits = self.runtime.policy().limits(ring);
+        data.arm(trace, limits);
+        store.set_fuel(limits.fuel_per_call)?;
+        store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.set_epoch_deadline(1);
-        Ok(trace)
+        Ok((trace, ring))
     }
 
     async fn instantiate(&mut self) -> Result<Live, AgentError> {
-        let pre = self.runtime.instance_pre(&self.component, self.spec.ring)?;
-        let mut store = self.new_store();
+        let pre = self
+            .runtime
+            .instance_pre(&self.component, self.spec.standing.base())?;
+        let mut store = self.new_store()?;
         let armed = self.arm(&mut store);
+        let ring = armed
+            .as_ref()
+            .map_or(self.spec.standing.base(), |(_, r)| *r);
         let result = match armed {
             Ok(_) => {
                 guarded(
                     pre.instance_pre().instantiate_async(&mut store),
-                    self.limits().deadline,
+                    self.runtime.policy().limits(ring).deadline,
                     &self.kill,
                 )
                 .await
@@ -331,22 +394,18 @@ impl Agent {
         match result {
             Ok(run) => Ok(Live { store, run }),
             Err(e) => {
-                let cause = self.classify(&e);
+                let cause = self.classify(&e, ring);
                 let data = store.data();
                 let (logs, _) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Err(self.poison(cause, logs, data.trace))
+                Err(self.poison(cause, logs, data.gate.trace))
             }
         }
     }
 
     /// The limits of the agent's ring (the runtime owns the table; the ring is fixed per agent).
-    fn limits(&self) -> &RingLimits {
-        self.runtime.policy().limits(self.spec.ring)
-    }
-
     /// The instance is dead (`cause`, during the call traced `trace`).
     fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>, trace: TraceId) -> AgentError {
-        tracing::info!(agent = %self.spec.agent, ring = %self.spec.ring, cause = %cause, "agent trapped");
+        tracing::info!(agent = %self.spec.agent, ring = %self.spec.standing.base(), cause = %cause, "agent trapped");
         if let Some(core) = &self.spec.shared {
             // Locks die with their holder's instance.
             core.release_locks(&self.spec.agent, &format!("trapped: {cause}"), trace);
@@ -402,16 +461,21 @@ impl Agent {
                 _ => self.instantiate().await?,
             },
         };
-        let fuel = self.limits().fuel_per_call;
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
-        let result = match self.arm(&mut live.store) {
-            Ok(trace) => {
+        let armed = self.arm(&mut live.store);
+        let ring = armed
+            .as_ref()
+            .map_or(self.spec.standing.base(), |(_, r)| *r);
+        let limits = self.runtime.policy().limits(ring);
+        let fuel = limits.fuel_per_call;
+        let result = match armed {
+            Ok((trace, _)) => {
                 scope.trace = trace;
                 let call = live.run.call_async(&mut live.store, (input.to_string(),));
-                guarded(call, self.limits().deadline, &self.kill)
+                guarded(call, limits.deadline, &self.kill)
                     .await
-                    .and_then(|(r,)| answer(r, self.limits().result_bytes))
+                    .and_then(|(r,)| answer(r, limits.result_bytes))
                     .map(|r| (trace, r))
             }
             Err(e) => Err(e),
@@ -420,8 +484,8 @@ impl Agent {
         let fuel_used = fuel.saturating_sub(live.store.get_fuel().unwrap_or(0));
         let data = live.store.data_mut();
         // Set by `arm` (even when the call then failed).
-        let call_trace = data.trace;
-        self.undo_log.append(&mut data.undo_log);
+        let call_trace = data.gate.trace;
+        self.undo_log.append(&mut data.caps.actions.undo_log);
         let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         scope.completed();
         match result {
@@ -437,7 +501,7 @@ impl Agent {
                 })
             }
             Err(e) => {
-                let cause = self.classify(&e);
+                let cause = self.classify(&e, ring);
                 drop(live);
                 Err(self.poison(cause, logs, call_trace))
             }

@@ -10,13 +10,13 @@
 //! before a byte is copied. The same goes for WASI's random bytes, which the
 //! host would otherwise allocate at whatever size the guest names.
 //!
-//! Every function still starts with the ring check (`AgentState::check`),
-//! like the generated adapters in [`crate::adapters`], which stay the
-//! reference implementation (and are what the capability tests call).
+//! Every function still starts with the gate (`Gate::admit`), like the
+//! generated adapters in [`crate::capabilities`], which stay the reference
+//! implementation (and are what the capability tests call).
 
 use std::borrow::Cow;
 
-use ahv_core::{Capability, RingLimits};
+use ahv_core::{Capability, CapabilitySet};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList, WasmStr};
 use wasmtime_wasi::p2::bindings::random::{insecure, random};
@@ -34,22 +34,21 @@ const WASI_INSECURE_RANDOM: &str = "wasi:random/insecure@0.2.12";
 
 type Store<'a> = StoreContextMut<'a, AgentState>;
 
-/// Links the bulk-data functions of the capabilities `limits` grants (others
+/// Links the bulk-data functions of the capabilities in `caps` (others
 /// keep their breach stubs) and the bounded WASI random functions, replacing
 /// what the generated `add_to_linker` functions defined.
 ///
 /// # Errors
 /// A Wasmtime linking error (a host bug: a name or type that does not match `wit/`).
-pub(crate) fn link(l: &mut Linker<AgentState>, limits: &RingLimits) -> wasmtime::Result<()> {
+pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime::Result<()> {
     l.allow_shadowing(true);
-    let caps = limits.capabilities;
     if caps.contains(Capability::Log) {
         l.instance(&Capability::Log.instance_name())?.func_wrap(
             "log",
             |mut store: Store<'_>, (level, message): (log::Level, WasmStr)| {
-                store.data_mut().check(Capability::Log, "log")?;
+                store.data_mut().gate.admit_free(Capability::Log, "log")?;
                 let text = text(&store, &message, "log message")?;
-                store.data().log_line(level, &text);
+                store.data().caps.log.line(level, &text);
                 Ok(())
             },
         )?;
@@ -60,10 +59,19 @@ pub(crate) fn link(l: &mut Linker<AgentState>, limits: &RingLimits) -> wasmtime:
             vfs.func_wrap(
                 function,
                 move |mut store: Store<'_>, (path, contents): (WasmStr, WasmList<u8>)| {
-                    store.data_mut().check(Capability::VfsWrite, function)?;
+                    let ring = match store.data_mut().gate.admit(Capability::VfsWrite, function) {
+                        Ok(ring) => ring,
+                        Err(e) => return refusal(Err(e)),
+                    };
                     let path = text(&store, &path, "path")?;
                     let contents = contents.as_le_slice(&store);
-                    refusal(store.data().write_file(&path, contents, append))
+                    let data = store.data();
+                    let caller = data.gate.caller(ring);
+                    refusal(
+                        data.caps
+                            .vfs_write
+                            .write_file(caller, &path, contents, append),
+                    )
                 },
             )?;
         }
@@ -73,17 +81,26 @@ pub(crate) fn link(l: &mut Linker<AgentState>, limits: &RingLimits) -> wasmtime:
             .func_wrap(
                 "put",
                 |mut store: Store<'_>, (key, value, expected): (WasmStr, WasmList<u8>, u64)| {
-                    store.data_mut().check(Capability::StateWrite, "put")?;
+                    let ring = match store.data_mut().gate.admit(Capability::StateWrite, "put") {
+                        Ok(ring) => ring,
+                        Err(e) => return refusal(Err(e)),
+                    };
                     let key = text(&store, &key, "state key")?;
                     let value = value.as_le_slice(&store);
-                    refusal(store.data().put_state(&key, value, expected))
+                    let data = store.data();
+                    refusal(data.caps.state_write.put(
+                        data.gate.caller(ring),
+                        &key,
+                        value,
+                        expected,
+                    ))
                 },
             )?;
     }
-    let max = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
     l.instance(WASI_RANDOM)?.func_wrap(
         "get-random-bytes",
         move |mut store: Store<'_>, (len,): (u64,)| {
+            let max = store.data().random_limit;
             bounded(len, max, "wasi:random get-random-bytes")?;
             let rng = store.data_mut().wasi_mut().random();
             Ok((random::Host::get_random_bytes(rng, len)?,))
@@ -92,6 +109,7 @@ pub(crate) fn link(l: &mut Linker<AgentState>, limits: &RingLimits) -> wasmtime:
     l.instance(WASI_INSECURE_RANDOM)?.func_wrap(
         "get-insecure-random-bytes",
         move |mut store: Store<'_>, (len,): (u64,)| {
+            let max = store.data().random_limit;
             bounded(len, max, "wasi:random get-insecure-random-bytes")?;
             let rng = store.data_mut().wasi_mut().random();
             Ok((insecure::Host::get_insecure_random_bytes(rng, len)?,))

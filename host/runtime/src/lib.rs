@@ -38,14 +38,21 @@ pub mod adapters;
 pub mod agent;
 mod bindings;
 mod bulk;
+mod capabilities;
 pub mod component;
+pub mod gate;
+mod rate;
 pub mod runtime;
 pub mod state;
 pub mod trap;
 
 pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput};
 pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest};
-pub use runtime::{BuildError, Runtime, RuntimeBuilder};
+pub use gate::{
+    AdminOp, ElevationAsk, ElevationGrant, Governor, NoGovernor, ParticipantView, RateBudget,
+    Refusal, Who,
+};
+pub use runtime::{BuildError, RateSource, Runtime, RuntimeBuilder};
 pub use state::{KillHandle, LogLevel, LogLine, LogSource};
 pub use trap::{
     BreachRecorder, DeadlineExceeded, InvalidGuestData, Killed, MemoryLimitExceeded,

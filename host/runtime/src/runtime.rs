@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ahv_core::{Capability, Ring, RingPolicy, TraceId};
+use ahv_core::{AgentId, Ring, RingPolicy, SessionId, TraceId};
 use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -18,8 +18,25 @@ use crate::agent::{Agent, AgentSpec};
 use crate::bindings::RootPre;
 use crate::bindings::agent_hypervisor::agent as wit;
 use crate::component::{self, AgentComponent, ComponentInner, DiskCache, LoadError, Manifest};
+use crate::gate::{Governor, NoGovernor, RateBudget};
 use crate::state::AgentState;
 use crate::trap::{BreachRecorder, TracingRecorder};
+
+/// Where agents get their rate budgets: one per (agent, session), kept
+/// across the agent's instances. `ahv_security::rate::RateLimiter` is one.
+pub trait RateSource: Send + Sync {
+    /// The budget of `agent` in `session`, created on first use (full, sized
+    /// for `ring`).
+    ///
+    /// # Errors
+    /// A message when no budget can be had (the source is full).
+    fn budget(
+        &self,
+        agent: &AgentId,
+        session: &SessionId,
+        ring: Ring,
+    ) -> Result<Arc<dyn RateBudget>, String>;
+}
 
 /// Why the runtime could not be built.
 #[derive(Debug, Error)]
@@ -51,7 +68,9 @@ pub enum BuildError {
 /// Builds a [`Runtime`]. Defaults: the default ring table, no disk cache,
 /// a 1 ms epoch tick, up to 1000 live instances, lenient admission
 /// (a component may be run in a ring below what it imports; its out-of-ring
-/// calls are breaches), breaches reported through `tracing` only.
+/// calls are breaches), breaches reported through `tracing` only, no
+/// governor (no elevation is granted, no session to administer), no rate
+/// limits.
 pub struct RuntimeBuilder {
     policy: RingPolicy,
     cache_dir: Option<PathBuf>,
@@ -59,6 +78,8 @@ pub struct RuntimeBuilder {
     max_instances: u32,
     strict_admission: bool,
     breach_recorder: Arc<dyn BreachRecorder>,
+    governor: Arc<dyn Governor>,
+    rate: Option<Arc<dyn RateSource>>,
 }
 
 impl Default for RuntimeBuilder {
@@ -70,6 +91,8 @@ impl Default for RuntimeBuilder {
             max_instances: 1000,
             strict_admission: false,
             breach_recorder: Arc::new(TracingRecorder),
+            governor: Arc::new(NoGovernor),
+            rate: None,
         }
     }
 }
@@ -112,7 +135,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Builds the engine, the per-ring linkers and starts the epoch ticker.
+    /// Decides elevations and administration, and hears what the gate
+    /// observes (expiries, rate-limit refusals).
+    pub fn governor(mut self, governor: Arc<dyn Governor>) -> Self {
+        self.governor = governor;
+        self
+    }
+
+    /// Rate-limits every metered host call with budgets from `source`.
+    pub fn rate_limits(mut self, source: Arc<dyn RateSource>) -> Self {
+        self.rate = Some(source);
+        self
+    }
+
+    /// Builds the engine, the linkers and starts the epoch ticker.
     ///
     /// # Errors
     /// [`BuildError`] if a setting is out of range or wasmtime refuses the configuration.
@@ -135,15 +171,10 @@ impl RuntimeBuilder {
             .max()
             .unwrap_or(0);
         let engine = engine(self.max_instances, max_memory)?;
-        let linkers = Ring::ALL
-            .map(|ring| linker(&engine, &self.policy, ring))
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .try_into()
-            .map_err(|_| BuildError::Link {
-                what: "rings".into(),
-                message: "wrong count".into(),
-            })?;
+        let linkers = [
+            linker(&engine, &self.policy, Ring::Root)?,
+            linker(&engine, &self.policy, Ring::Privileged)?,
+        ];
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop, tick) = (engine.clone(), stop.clone(), self.epoch_tick);
@@ -169,6 +200,8 @@ impl RuntimeBuilder {
                 loaded: Mutex::new(HashMap::new()),
                 strict_admission: self.strict_admission,
                 breach_recorder: self.breach_recorder,
+                governor: self.governor,
+                rate: self.rate,
                 // Random per process (std seeds `RandomState` from the OS).
                 trace_seed: RandomState::new().hash_one(0u64),
                 trace_counter: AtomicU64::new(0),
@@ -225,8 +258,22 @@ fn link_err(what: impl Into<String>) -> impl FnOnce(wasmtime::Error) -> BuildErr
     }
 }
 
-/// The linker of one ring: WASI (granting nothing), real adapters for the
-/// ring's capabilities, breach stubs for all others.
+/// The ring an agent's instance is linked for: the most privileged ring it
+/// could be granted in its session. Elevation reaches ring 1 at most and
+/// ring 0 is only ever assigned, so agents below ring 0 are linked for
+/// ring 1 and the gate decides every call from their ring *now*; `admin`
+/// stays a breach stub for them.
+pub(crate) fn linked_ring(ring: Ring) -> Ring {
+    if ring == Ring::Root {
+        Ring::Root
+    } else {
+        Ring::Privileged
+    }
+}
+
+/// The linker for agents linked at `ring`: WASI (granting nothing), real
+/// adapters (each behind the gate) for the ring's capabilities, breach stubs
+/// for all others.
 fn linker(
     engine: &Engine,
     policy: &RingPolicy,
@@ -236,62 +283,26 @@ fn linker(
     wasmtime_wasi::p2::add_to_linker_async(&mut l).map_err(link_err("wasi"))?;
     wit::types::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
         .map_err(link_err("types"))?;
-    let caps = policy.limits(ring).capabilities;
-    for cap in Capability::ALL {
-        let err = link_err(cap.interface());
-        if caps.contains(cap) {
-            match cap {
-                Capability::Context => {
-                    wit::context::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::Log => wit::log::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s),
-                Capability::VfsRead => {
-                    wit::vfs_read::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::VfsWrite => {
-                    wit::vfs_write::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::Actions => {
-                    wit::actions::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::Effects => {
-                    wit::effects::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::StateRead => {
-                    wit::state_read::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::StateWrite => {
-                    wit::state_write::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-                Capability::Locks => {
-                    wit::locks::add_to_linker::<_, HasSelf<AgentState>>(&mut l, |s| s)
-                }
-            }
-            .map_err(err)?;
-        } else {
-            let mut inst = l
-                .instance(&cap.instance_name())
-                .map_err(link_err(cap.interface()))?;
-            for function in cap.functions() {
-                inst.func_new(function, move |mut store, _ty, _params, _results| {
-                    Err(store.data_mut().breach(cap, function))
-                })
-                .map_err(link_err(format!("{}/{function}", cap.interface())))?;
-            }
-        }
-    }
-    crate::bulk::link(&mut l, policy.limits(ring)).map_err(link_err("bulk-data functions"))?;
+    let linked = policy.limits(ring).capabilities;
+    crate::capabilities::link(&mut l, linked).map_err(|(cap, e)| BuildError::Link {
+        what: cap.interface().to_string(),
+        message: format!("{e:#}"),
+    })?;
+    crate::bulk::link(&mut l, linked).map_err(link_err("bulk-data functions"))?;
     Ok(l)
 }
 
 pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
-    pub(crate) linkers: [Linker<AgentState>; 4],
+    /// The linkers for agents linked at ring 0 and at ring 1 ([`linked_ring`]).
+    linkers: [Linker<AgentState>; 2],
     pub(crate) policy: RingPolicy,
     cache: Option<DiskCache>,
     loaded: Mutex<HashMap<[u8; 32], AgentComponent>>,
     pub(crate) strict_admission: bool,
     pub(crate) breach_recorder: Arc<dyn BreachRecorder>,
+    pub(crate) governor: Arc<dyn Governor>,
+    pub(crate) rate: Option<Arc<dyn RateSource>>,
     trace_seed: u64,
     trace_counter: AtomicU64,
     stop: Arc<AtomicBool>,
@@ -299,6 +310,10 @@ pub(crate) struct RuntimeInner {
 }
 
 impl RuntimeInner {
+    fn linker(&self, ring: Ring) -> &Linker<AgentState> {
+        &self.linkers[usize::from(linked_ring(ring) != Ring::Root)]
+    }
+
     /// A fresh trace id: unpredictable across processes, unique within one.
     pub(crate) fn next_trace(&self) -> TraceId {
         let n = self.trace_counter.fetch_add(1, Ordering::Relaxed);
@@ -396,7 +411,7 @@ impl Runtime {
         };
         let (manifest, root_pre) = component::admit(
             engine,
-            &self.inner.linkers[Ring::Root.number() as usize],
+            self.inner.linker(Ring::Root),
             Ring::Root,
             &compiled,
             &self.inner.policy,
@@ -455,12 +470,17 @@ impl Runtime {
         self.inner.next_trace()
     }
 
-    /// The cached pre-instantiated component for `ring` (built on first use).
+    /// The cached pre-instantiated component for agents whose base ring is
+    /// `ring` (built on first use; rings 1–3 share one, see [`linked_ring`]).
+    ///
+    /// # Errors
+    /// [`LoadError::Link`] if the component cannot be linked (a host bug after admission).
     pub fn instance_pre(
         &self,
         component: &AgentComponent,
         ring: Ring,
     ) -> Result<RootPre<AgentState>, LoadError> {
+        let ring = linked_ring(ring);
         let slot = &component.inner.pres[ring.number() as usize];
         if let Some(pre) = slot.get() {
             return Ok(pre.clone());
@@ -469,7 +489,9 @@ impl Runtime {
             ring,
             message: format!("{e:#}"),
         };
-        let pre = self.inner.linkers[ring.number() as usize]
+        let pre = self
+            .inner
+            .linker(ring)
             .instantiate_pre(&component.inner.component)
             .map_err(link)?;
         let pre = RootPre::new(pre).map_err(link)?;

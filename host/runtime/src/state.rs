@@ -2,18 +2,24 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ahv_core::{AgentId, Capability, CapabilitySet, Ring, RingLimits, SessionId, TraceId};
-use ahv_governance::actions::{ActionRegistry, UndoRecord};
-use ahv_governance::files::{Caller, FileSpace};
+use ahv_core::standing::Standing;
+use ahv_core::{RingLimits, RingPolicy, TraceId};
+use ahv_governance::actions::ActionRegistry;
+use ahv_governance::files::FileSpace;
 use ahv_governance::session_core::SessionCore;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::trap::{BreachRecorder, Killed, MemoryLimitExceeded, RingBreach};
+use crate::capabilities::{
+    Contexts, actions, admin, context, effects, elevation, locks, log, state_read, state_write,
+    vfs_read, vfs_write,
+};
+use crate::gate::{Gate, GateInit};
+use crate::trap::{Killed, MemoryLimitExceeded};
 
 /// Longest log line kept, in bytes; longer lines are cut and marked.
 pub const MAX_LOG_LINE: usize = 4096;
@@ -281,6 +287,12 @@ impl Limiter {
         Limiter { limit, used: 0 }
     }
 
+    /// Sets the budget for the next call (the effective ring's). Memory
+    /// already held is kept; growth past the new budget fails.
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
     /// Bytes of memories and tables the instance holds now.
     #[cfg(test)]
     pub(crate) fn used(&self) -> u64 {
@@ -346,6 +358,8 @@ impl ResourceLimiter for Limiter {
 pub struct KillHandle {
     inner: Arc<KillState>,
     engine: wasmtime::Engine,
+    /// Marked killed too, so the gate refuses the agent's host calls at once.
+    standing: Arc<Standing>,
 }
 
 #[derive(Debug, Default)]
@@ -358,10 +372,11 @@ struct KillState {
 }
 
 impl KillHandle {
-    pub(crate) fn new(engine: wasmtime::Engine) -> KillHandle {
+    pub(crate) fn new(engine: wasmtime::Engine, standing: Arc<Standing>) -> KillHandle {
         KillHandle {
             inner: Arc::default(),
             engine,
+            standing,
         }
     }
 
@@ -377,6 +392,7 @@ impl KillHandle {
             }
         }
         self.inner.killed.store(true, Ordering::SeqCst);
+        self.standing.kill();
         self.engine.increment_epoch();
         self.inner.notify.notify_waiters();
     }
@@ -414,40 +430,31 @@ impl KillHandle {
     }
 }
 
-/// Everything one live agent instance's host functions can see.
+/// Everything one live agent instance's host functions can see: the gate
+/// (identity, standing, rate budget, the current call's trace and deadline)
+/// and each capability's context.
 pub struct AgentState {
-    pub(crate) agent: AgentId,
-    pub(crate) session: SessionId,
-    pub(crate) ring: Ring,
-    pub(crate) caps: CapabilitySet,
-    pub(crate) files: Arc<dyn FileSpace>,
-    pub(crate) shared: Option<Arc<SessionCore>>,
-    pub(crate) actions: Arc<ActionRegistry>,
-    pub(crate) undo_log: Vec<UndoRecord>,
+    pub(crate) gate: Gate,
+    pub(crate) caps: Contexts,
     pub(crate) log: Arc<Mutex<LogBuffer>>,
-    pub(crate) trace: TraceId,
-    pub(crate) deadline: Duration,
-    pub(crate) call_deadline: Instant,
-    pub(crate) kill: KillHandle,
-    pub(crate) breach_recorder: Arc<dyn BreachRecorder>,
     pub(crate) limiter: Limiter,
+    /// Most bytes one WASI random request may produce (the effective ring's).
+    pub(crate) random_limit: u64,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 pub(crate) struct StateInit {
-    pub agent: AgentId,
-    pub session: SessionId,
-    pub ring: Ring,
+    pub gate: GateInit,
     pub files: Arc<dyn FileSpace>,
     pub shared: Option<Arc<SessionCore>>,
     pub actions: Arc<ActionRegistry>,
-    pub kill: KillHandle,
-    pub breach_recorder: Arc<dyn BreachRecorder>,
+    pub policy: RingPolicy,
 }
 
 impl AgentState {
-    /// The only constructor: the state's limits come from the ring's limits.
+    /// The only constructor: the store's limits come from `limits` (the
+    /// ring the instance is created in).
     pub(crate) fn new(init: StateInit, limits: &RingLimits) -> AgentState {
         let log = Arc::new(Mutex::new(LogBuffer::default()));
         // Grants nothing: no preopened directories, no environment, no
@@ -463,63 +470,66 @@ impl AgentState {
                 source: LogSource::Stderr,
             })
             .allow_blocking_current_thread(false)
-            // Also enforced (as a typed trap) by `crate::bulk`, before allocating.
+            // Enforced per call (as a typed trap, at the effective ring's
+            // limit) by `crate::bulk`, before allocating; this is the ceiling.
             .max_random_size(u64::try_from(limits.random_bytes).unwrap_or(u64::MAX))
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
+        let caps = Contexts {
+            context: context::Ctx,
+            log: log::Ctx {
+                buffer: log.clone(),
+            },
+            vfs_read: vfs_read::Ctx {
+                files: init.files.clone(),
+            },
+            vfs_write: vfs_write::Ctx {
+                files: init.files.clone(),
+            },
+            state_read: state_read::Ctx {
+                shared: init.shared.clone(),
+            },
+            state_write: state_write::Ctx {
+                shared: init.shared.clone(),
+            },
+            locks: locks::Ctx {
+                shared: init.shared,
+                call_deadline: Instant::now() + limits.deadline,
+            },
+            actions: actions::Ctx {
+                registry: init.actions.clone(),
+                files: init.files.clone(),
+                undo_log: Vec::new(),
+            },
+            effects: effects::Ctx {
+                registry: init.actions,
+                files: init.files,
+            },
+            elevation: elevation::Ctx,
+            admin: admin::Ctx {
+                policy: init.policy,
+            },
+        };
         AgentState {
-            agent: init.agent,
-            session: init.session,
-            ring: init.ring,
-            caps: limits.capabilities,
-            files: init.files,
-            shared: init.shared,
-            actions: init.actions,
-            undo_log: Vec::new(),
+            gate: Gate::new(init.gate),
+            caps,
             log,
-            trace: TraceId(0),
-            deadline: limits.deadline,
-            call_deadline: Instant::now() + limits.deadline,
-            kill: init.kill,
-            breach_recorder: init.breach_recorder,
             limiter: Limiter::new(limits.memory_bytes),
+            random_limit: u64::try_from(limits.random_bytes).unwrap_or(u64::MAX),
             wasi,
             table,
         }
     }
 
-    /// Records a breach, then returns the trap that carries it.
-    pub(crate) fn breach(&mut self, capability: Capability, function: &str) -> wasmtime::Error {
-        let breach = RingBreach {
-            agent: self.agent.clone(),
-            session: self.session.clone(),
-            ring: self.ring,
-            capability,
-            function: function.to_string(),
-            trace: self.trace,
-        };
-        self.breach_recorder.record(&breach);
-        wasmtime::Error::new(breach)
-    }
-
-    /// The caller as the domain types name it: agent, current ring, trace id.
-    pub(crate) fn caller(&self) -> Caller<'_> {
-        Caller {
-            agent: &self.agent,
-            ring: self.ring,
-            trace: self.trace,
-        }
-    }
-
-    /// The call-time ring check every governed host function starts with.
-    #[inline]
-    pub(crate) fn check(&mut self, capability: Capability, function: &str) -> wasmtime::Result<()> {
-        if self.caps.contains(capability) {
-            Ok(())
-        } else {
-            Err(self.breach(capability, function))
-        }
+    /// Starts a call: its trace id, deadline and memory budget.
+    pub(crate) fn arm(&mut self, trace: TraceId, limits: &RingLimits) {
+        self.gate.trace = trace;
+        self.gate.deadline = limits.deadline;
+        self.gate.call_deadline = Instant::now() + limits.deadline;
+        self.caps.locks.call_deadline = self.gate.call_deadline;
+        self.limiter.set_limit(limits.memory_bytes);
+        self.random_limit = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
     }
 }
 

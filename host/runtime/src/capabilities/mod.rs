@@ -1,0 +1,448 @@
+//! The capabilities: one module per WIT interface, all built the same way.
+//!
+//! Each module has a `Ctx` (the state the capability needs: a file space, a
+//! session core, an action registry — or nothing), implements the
+//! generated `Host` trait on [`View`] (its `Ctx` beside the [`Gate`]), and
+//! has an `add_to_linker`. Every adapter starts with the gate
+//! ([`Gate::admit`]), then calls a domain method and converts its result:
+//! the rules live in the gate and in the domain crates, not here.
+//!
+//! [`UNITS`] is the one table from capability to module. Adding a
+//! capability is one WIT interface, one module and one row; the tests fail
+//! when any of the three is missing (`ahv-core`'s WIT contract test for the
+//! interface, [`tests::every_capability_has_exactly_one_unit`] here).
+
+use ahv_core::{Capability, CapabilitySet};
+use wasmtime::component::{HasData, Linker};
+
+use crate::gate::Gate;
+use crate::state::AgentState;
+
+pub(crate) mod actions;
+pub(crate) mod admin;
+pub(crate) mod context;
+pub(crate) mod effects;
+pub(crate) mod elevation;
+pub(crate) mod locks;
+pub(crate) mod log;
+pub(crate) mod state_read;
+pub(crate) mod state_write;
+pub(crate) mod vfs_read;
+pub(crate) mod vfs_write;
+
+/// What a capability's host functions see: its own context and the gate.
+pub(crate) struct View<'a, C> {
+    /// The capability's own state.
+    pub(crate) ctx: &'a mut C,
+    /// The caller's gate (identity, standing, rate budget, trace).
+    pub(crate) gate: &'a mut Gate,
+}
+
+/// The [`HasData`] marker of a capability whose context is `C`.
+pub(crate) struct Has<C>(std::marker::PhantomData<C>);
+
+impl<C: 'static> HasData for Has<C> {
+    type Data<'a> = View<'a, C>;
+}
+
+/// The contexts of all capabilities, one field per module.
+pub(crate) struct Contexts {
+    pub(crate) context: context::Ctx,
+    pub(crate) log: log::Ctx,
+    pub(crate) vfs_read: vfs_read::Ctx,
+    pub(crate) vfs_write: vfs_write::Ctx,
+    pub(crate) state_read: state_read::Ctx,
+    pub(crate) state_write: state_write::Ctx,
+    pub(crate) locks: locks::Ctx,
+    pub(crate) actions: actions::Ctx,
+    pub(crate) effects: effects::Ctx,
+    pub(crate) elevation: elevation::Ctx,
+    pub(crate) admin: admin::Ctx,
+}
+
+/// One row of the capability table.
+pub(crate) struct Unit {
+    /// The capability (its WIT interface and ring come from `ahv-core`).
+    pub(crate) capability: Capability,
+    /// Links its interface to its module's adapters.
+    pub(crate) add_to_linker: fn(&mut Linker<AgentState>) -> wasmtime::Result<()>,
+}
+
+/// Capability → module.
+pub(crate) const UNITS: [Unit; 11] = [
+    Unit {
+        capability: Capability::Context,
+        add_to_linker: context::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Log,
+        add_to_linker: log::add_to_linker,
+    },
+    Unit {
+        capability: Capability::VfsRead,
+        add_to_linker: vfs_read::add_to_linker,
+    },
+    Unit {
+        capability: Capability::StateRead,
+        add_to_linker: state_read::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Elevation,
+        add_to_linker: elevation::add_to_linker,
+    },
+    Unit {
+        capability: Capability::VfsWrite,
+        add_to_linker: vfs_write::add_to_linker,
+    },
+    Unit {
+        capability: Capability::StateWrite,
+        add_to_linker: state_write::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Locks,
+        add_to_linker: locks::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Actions,
+        add_to_linker: actions::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Effects,
+        add_to_linker: effects::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Admin,
+        add_to_linker: admin::add_to_linker,
+    },
+];
+
+/// Links the capabilities in `linked` to their adapters, and every other
+/// capability to breach stubs (which pass the gate too).
+///
+/// # Errors
+/// A Wasmtime linking error (a host bug: a name or type that does not match `wit/`).
+pub(crate) fn link(
+    l: &mut Linker<AgentState>,
+    linked: CapabilitySet,
+) -> Result<(), (Capability, wasmtime::Error)> {
+    for unit in &UNITS {
+        let cap = unit.capability;
+        if linked.contains(cap) {
+            (unit.add_to_linker)(l).map_err(|e| (cap, e))?;
+        } else {
+            stubs(l, cap).map_err(|e| (cap, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Breach stubs for every function of `cap`: after the gate's kill check,
+/// each records a breach and traps.
+fn stubs(l: &mut Linker<AgentState>, cap: Capability) -> wasmtime::Result<()> {
+    let mut inst = l.instance(&cap.instance_name())?;
+    for function in cap.functions() {
+        inst.func_new(function, move |mut store, _ty, _params, _results| {
+            Err(store.data_mut().gate.stub(cap, function))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_capability_has_exactly_one_unit() {
+        for cap in Capability::ALL {
+            let rows = UNITS.iter().filter(|u| u.capability == cap).count();
+            assert_eq!(rows, 1, "capability {cap} has {rows} rows in UNITS");
+        }
+        assert_eq!(UNITS.len(), Capability::ALL.len());
+    }
+}
+
+/// Capability tests without Wasm: adapters called directly on real state,
+/// through the gate, with a fake clock.
+#[cfg(test)]
+mod gate_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use ahv_core::standing::Standing;
+    use ahv_core::{AgentId, FakeClock, Ring, RingPolicy, SessionId};
+    use ahv_governance::actions::builtin;
+    use ahv_governance::vfs::{Vfs, VfsLimits};
+    use ahv_security::rate::{RateLimiter, RateTable};
+
+    use super::*;
+    use crate::adapters::HostError;
+    use crate::bindings::WitError;
+    use crate::bindings::agent_hypervisor::agent::{
+        actions as wactions, context as wcontext, effects as weffects, elevation as welevation,
+        vfs_read as wvfs_read, vfs_write as wvfs_write,
+    };
+    use crate::gate::{GateInit, NoGovernor};
+    use crate::runtime::RateSource;
+    use crate::state::{KillHandle, StateInit};
+    use crate::trap::{Killed, RingBreach};
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        state: AgentState,
+        breaches: Arc<Mutex<Vec<RingBreach>>>,
+        standing: Arc<Standing>,
+        clock: FakeClock,
+        kill: KillHandle,
+    }
+
+    fn fixture(ring: Ring, rate: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let cap_dir =
+            cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let breaches = Arc::new(Mutex::new(Vec::new()));
+        let sink = breaches.clone();
+        let clock = FakeClock::new();
+        let standing = Standing::new(ring, Arc::new(clock.clone()));
+        let kill = KillHandle::new(wasmtime::Engine::default(), standing.clone());
+        let (agent, session) = (
+            AgentId::new("did:test:a").unwrap(),
+            SessionId::new("s1").unwrap(),
+        );
+        let rate = rate.then(|| {
+            RateLimiter::new(RateTable::default(), Arc::new(clock.clone()), 16)
+                .budget(&agent, &session, ring)
+                .unwrap()
+        });
+        let policy = RingPolicy::default();
+        let init = StateInit {
+            gate: GateInit {
+                agent,
+                session,
+                standing: standing.clone(),
+                rings: Ring::ALL.map(|r| policy.limits(r).capabilities),
+                rate,
+                recorder: Arc::new(move |b: &RingBreach| sink.lock().unwrap().push(b.clone())),
+                governor: Arc::new(NoGovernor),
+                kill: kill.clone(),
+            },
+            files: Arc::new(Vfs::new(cap_dir, VfsLimits::default())),
+            shared: None,
+            actions: Arc::new(builtin::registry()),
+            policy: policy.clone(),
+        };
+        let state = AgentState::new(init, policy.limits(ring));
+        Fixture {
+            dir,
+            state,
+            breaches,
+            standing,
+            clock,
+            kill,
+        }
+    }
+
+    /// The view of one capability, as its `add_to_linker` builds it.
+    macro_rules! view {
+        ($f:expr, $field:ident) => {
+            &mut View {
+                ctx: &mut $f.state.caps.$field,
+                gate: &mut $f.state.gate,
+            }
+        };
+    }
+
+    fn refused<T: std::fmt::Debug>(r: Result<T, HostError>) -> WitError {
+        match r {
+            Err(HostError::Refused(e)) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn breach<T: std::fmt::Debug>(r: Result<T, HostError>) -> RingBreach {
+        match r {
+            Err(HostError::Trap(e)) => e
+                .downcast_ref::<RingBreach>()
+                .expect("a RingBreach")
+                .clone(),
+            other => panic!("expected a breach, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sandbox_reads_but_write_is_a_breach_recorded_before_the_trap() {
+        let mut f = fixture(Ring::Sandbox, false);
+        std::fs::write(f.dir.path().join("f.txt"), b"data").unwrap();
+        assert_eq!(
+            wvfs_read::Host::read(view!(f, vfs_read), "f.txt".into()).unwrap(),
+            b"data"
+        );
+        let b = breach(wvfs_write::Host::write(
+            view!(f, vfs_write),
+            "g.txt".into(),
+            b"x".to_vec(),
+        ));
+        assert_eq!(
+            (b.capability, b.function.as_str(), b.ring),
+            (Capability::VfsWrite, "write", Ring::Sandbox)
+        );
+        assert_eq!(f.breaches.lock().unwrap().as_slice(), [b], "recorded once");
+        assert!(!f.dir.path().join("g.txt").exists(), "nothing written");
+        breach(wactions::Host::invoke(
+            view!(f, actions),
+            "note.append".into(),
+            "x".into(),
+        ));
+        breach(weffects::Host::available(view!(f, effects)));
+        assert_eq!(f.breaches.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn in_ring_refusals_are_values_not_traps() {
+        let mut f = fixture(Ring::Standard, false);
+        assert!(matches!(
+            refused(wvfs_read::Host::read(view!(f, vfs_read), "../x".into())),
+            WitError::InvalidPath(_)
+        ));
+        assert!(matches!(
+            refused(wactions::Host::invoke(
+                view!(f, actions),
+                "no.such".into(),
+                "".into()
+            )),
+            WitError::UnknownAction(_)
+        ));
+        let out =
+            wactions::Host::invoke(view!(f, actions), "note.append".into(), "hi".into()).unwrap();
+        assert!(out.starts_with("appended"), "{out}");
+        assert_eq!(f.state.caps.actions.undo_log.len(), 1);
+        assert!(f.breaches.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_elevation_is_judged_per_call_and_its_expiry_at_once() {
+        let mut f = fixture(Ring::Sandbox, false);
+        breach(wvfs_write::Host::write(
+            view!(f, vfs_write),
+            "a".into(),
+            b"1".to_vec(),
+        ));
+        f.standing
+            .elevate(Ring::Standard, Duration::from_secs(60))
+            .unwrap();
+        wvfs_write::Host::write(view!(f, vfs_write), "a".into(), b"1".to_vec()).unwrap();
+        assert_eq!(wcontext::Host::current_ring(view!(f, context)).unwrap(), 2);
+        assert_eq!(
+            welevation::Host::current(view!(f, elevation))
+                .unwrap()
+                .map(|g| g.ring),
+            Some(2)
+        );
+        f.clock.advance(Duration::from_secs(60));
+        let b = breach(wvfs_write::Host::write(
+            view!(f, vfs_write),
+            "a".into(),
+            b"2".to_vec(),
+        ));
+        assert_eq!(
+            b.ring,
+            Ring::Sandbox,
+            "the first call after the TTL is judged at the base ring"
+        );
+        assert_eq!(std::fs::read(f.dir.path().join("a")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn a_demotion_counts_at_the_very_next_call() {
+        let mut f = fixture(Ring::Standard, false);
+        wvfs_write::Host::write(view!(f, vfs_write), "a".into(), b"1".to_vec()).unwrap();
+        f.standing.set_base(Ring::Sandbox).unwrap();
+        let b = breach(wvfs_write::Host::write(
+            view!(f, vfs_write),
+            "a".into(),
+            b"2".to_vec(),
+        ));
+        assert_eq!(b.ring, Ring::Sandbox);
+    }
+
+    #[test]
+    fn quarantine_refuses_all_but_context_and_log_until_released() {
+        let mut f = fixture(Ring::Standard, false);
+        f.standing.quarantine(None).unwrap();
+        assert!(matches!(
+            refused(wvfs_read::Host::read(view!(f, vfs_read), "x".into())),
+            WitError::Quarantined(_)
+        ));
+        assert!(matches!(
+            refused(wvfs_write::Host::write(
+                view!(f, vfs_write),
+                "x".into(),
+                vec![]
+            )),
+            WitError::Quarantined(_)
+        ));
+        assert_eq!(wcontext::Host::current_ring(view!(f, context)).unwrap(), 2);
+        assert!(f.breaches.lock().unwrap().is_empty());
+        f.standing.release();
+        wvfs_write::Host::write(view!(f, vfs_write), "x".into(), b"ok".to_vec()).unwrap();
+    }
+
+    #[test]
+    fn a_killed_agent_traps_at_its_next_host_call() {
+        let mut f = fixture(Ring::Standard, false);
+        f.kill.kill("test");
+        let r = wvfs_read::Host::read(view!(f, vfs_read), "x".into());
+        match r {
+            Err(HostError::Trap(e)) => {
+                assert_eq!(e.downcast_ref::<Killed>().unwrap().reason, "test")
+            }
+            other => panic!("expected a kill trap, got {other:?}"),
+        }
+        assert!(wcontext::Host::whoami(view!(f, context)).is_err());
+    }
+
+    #[test]
+    fn at_ring_3_ten_changes_pass_and_the_eleventh_is_rate_limited() {
+        let mut f = fixture(Ring::Sandbox, true);
+        // Ring 3 has no writes, so count elevation requests (a change).
+        for i in 0..10 {
+            let e = refused(welevation::Host::request(
+                view!(f, elevation),
+                2,
+                0,
+                "why".into(),
+                None,
+            ));
+            assert!(matches!(e, WitError::Denied(_)), "call {i}: {e:?}");
+        }
+        let e = refused(welevation::Host::request(
+            view!(f, elevation),
+            2,
+            0,
+            "why".into(),
+            None,
+        ));
+        assert!(
+            matches!(e, WitError::RateLimited(200)),
+            "5/s: one token every 200 ms: {e:?}"
+        );
+        // Reads have their own bucket.
+        assert!(matches!(
+            refused(wvfs_read::Host::read(view!(f, vfs_read), "nope".into())),
+            WitError::NotFound(_)
+        ));
+        f.clock.advance(Duration::from_millis(200));
+        let e = refused(welevation::Host::request(
+            view!(f, elevation),
+            2,
+            0,
+            "why".into(),
+            None,
+        ));
+        assert!(matches!(e, WitError::Denied(_)), "a token came back: {e:?}");
+        // Context and log are never metered.
+        for _ in 0..1000 {
+            wcontext::Host::current_ring(view!(f, context)).unwrap();
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `state-write`: compare-and-set writes to the session's shared state.
+//! `put` is also linked over guest memory by [`crate::bulk`], which calls
+//! [`Ctx::put`].
+
+use std::sync::Arc;
+
+use ahv_core::Capability;
+use ahv_governance::files::Caller;
+use ahv_governance::session_core::SessionCore;
+use wasmtime::component::Linker;
+
+use super::{Has, View};
+use crate::adapters::{HostError, session_core};
+use crate::bindings::agent_hypervisor::agent::state_write;
+use crate::state::AgentState;
+
+/// The caller's session, if it runs in one.
+pub(crate) struct Ctx {
+    pub(crate) shared: Option<Arc<SessionCore>>,
+}
+
+impl Ctx {
+    /// `put`, on a borrowed value.
+    pub(crate) fn put(
+        &self,
+        caller: Caller<'_>,
+        key: &str,
+        value: &[u8],
+        expected: u64,
+    ) -> Result<u64, HostError> {
+        Ok(session_core(&self.shared, "state put")?.state_put(caller, key, value, expected)?)
+    }
+}
+
+impl state_write::Host for View<'_, Ctx> {
+    fn put(&mut self, key: String, value: Vec<u8>, expected: u64) -> Result<u64, HostError> {
+        let ring = self.gate.admit(Capability::StateWrite, "put")?;
+        self.ctx.put(self.gate.caller(ring), &key, &value, expected)
+    }
+
+    fn delete(&mut self, key: String, expected: u64) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::StateWrite, "delete")?;
+        session_core(&self.ctx.shared, "state delete")?.state_delete(
+            self.gate.caller(ring),
+            &key,
+            expected,
+        )?;
+        Ok(())
+    }
+}
+
+/// Links `state-write`.
+pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    state_write::add_to_linker::<_, Has<Ctx>>(l, |s| View {
+        ctx: &mut s.caps.state_write,
+        gate: &mut s.gate,
+    })
+}

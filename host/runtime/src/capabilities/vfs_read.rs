@@ -1,0 +1,65 @@
+//! `vfs-read`: read, list, stat, hash and ACLs in the caller's file space.
+
+use std::sync::Arc;
+
+use ahv_core::Capability;
+use ahv_governance::files::FileSpace;
+use ahv_governance::vfs::EntryKind;
+use wasmtime::component::Linker;
+
+use super::{Has, View};
+use crate::adapters::{HostError, wit_access};
+use crate::bindings::agent_hypervisor::agent::{types, vfs_read};
+use crate::state::AgentState;
+
+/// The caller's file space.
+pub(crate) struct Ctx {
+    pub(crate) files: Arc<dyn FileSpace>,
+}
+
+impl vfs_read::Host for View<'_, Ctx> {
+    fn read(&mut self, path: String) -> Result<Vec<u8>, HostError> {
+        let ring = self.gate.admit(Capability::VfsRead, "read")?;
+        Ok(self.ctx.files.read(self.gate.caller(ring), &path)?)
+    }
+
+    fn list_dir(&mut self, path: String) -> Result<Vec<String>, HostError> {
+        let ring = self.gate.admit(Capability::VfsRead, "list-dir")?;
+        Ok(self.ctx.files.list(self.gate.caller(ring), &path)?)
+    }
+
+    fn stat(&mut self, path: String) -> Result<vfs_read::EntryStat, HostError> {
+        let ring = self.gate.admit(Capability::VfsRead, "stat")?;
+        let s = self.ctx.files.stat(self.gate.caller(ring), &path)?;
+        let kind = match s.kind {
+            EntryKind::File => vfs_read::EntryKind::File,
+            EntryKind::Directory => vfs_read::EntryKind::Directory,
+        };
+        Ok(vfs_read::EntryStat { kind, size: s.size })
+    }
+
+    fn hash(&mut self, path: String) -> Result<String, HostError> {
+        let ring = self.gate.admit(Capability::VfsRead, "hash")?;
+        Ok(hex::encode(
+            self.ctx.files.hash(self.gate.caller(ring), &path)?,
+        ))
+    }
+
+    fn get_acl(&mut self, path: String) -> Result<types::Acl, HostError> {
+        let ring = self.gate.admit(Capability::VfsRead, "get-acl")?;
+        let acl = self.ctx.files.get_acl(self.gate.caller(ring), &path)?;
+        Ok(types::Acl {
+            owner: acl.owner.to_string(),
+            read: wit_access(acl.read),
+            write: wit_access(acl.write),
+        })
+    }
+}
+
+/// Links `vfs-read`.
+pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    vfs_read::add_to_linker::<_, Has<Ctx>>(l, |s| View {
+        ctx: &mut s.caps.vfs_read,
+        gate: &mut s.gate,
+    })
+}

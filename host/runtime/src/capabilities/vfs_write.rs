@@ -1,0 +1,91 @@
+//! `vfs-write`: write, append, delete, rename, create directories and set
+//! ACLs in the caller's file space. `write` and `append` are also linked
+//! over guest memory by [`crate::bulk`], which calls [`Ctx::write_file`].
+
+use std::sync::Arc;
+
+use ahv_core::{AgentId, Capability};
+use ahv_governance::files::{Acl, Caller, FileSpace};
+use wasmtime::component::Linker;
+
+use super::{Has, View};
+use crate::adapters::{HostError, domain_access};
+use crate::bindings::WitError;
+use crate::bindings::agent_hypervisor::agent::{types, vfs_write};
+use crate::state::AgentState;
+
+/// The caller's file space.
+pub(crate) struct Ctx {
+    pub(crate) files: Arc<dyn FileSpace>,
+}
+
+impl Ctx {
+    /// `write` and `append`, on a borrowed slice.
+    pub(crate) fn write_file(
+        &self,
+        caller: Caller<'_>,
+        path: &str,
+        contents: &[u8],
+        append: bool,
+    ) -> Result<(), HostError> {
+        if append {
+            self.files.append(caller, path, contents)?;
+        } else {
+            self.files.write(caller, path, contents)?;
+        }
+        Ok(())
+    }
+}
+
+impl vfs_write::Host for View<'_, Ctx> {
+    fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "write")?;
+        self.ctx
+            .write_file(self.gate.caller(ring), &path, &contents, false)
+    }
+
+    fn append(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "append")?;
+        self.ctx
+            .write_file(self.gate.caller(ring), &path, &contents, true)
+    }
+
+    fn delete(&mut self, path: String) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "delete")?;
+        self.ctx.files.delete(self.gate.caller(ring), &path)?;
+        Ok(())
+    }
+
+    fn rename(&mut self, src: String, dst: String) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "rename")?;
+        self.ctx.files.rename(self.gate.caller(ring), &src, &dst)?;
+        Ok(())
+    }
+
+    fn create_dir(&mut self, path: String) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "create-dir")?;
+        self.ctx.files.create_dir(self.gate.caller(ring), &path)?;
+        Ok(())
+    }
+
+    fn set_acl(&mut self, path: String, acl: types::Acl) -> Result<(), HostError> {
+        let ring = self.gate.admit(Capability::VfsWrite, "set-acl")?;
+        let owner = AgentId::new(acl.owner)
+            .map_err(|e| HostError::Refused(WitError::Denied(format!("acl owner: {e}"))))?;
+        let acl = Acl {
+            owner,
+            read: domain_access(acl.read)?,
+            write: domain_access(acl.write)?,
+        };
+        self.ctx.files.set_acl(self.gate.caller(ring), &path, acl)?;
+        Ok(())
+    }
+}
+
+/// Links `vfs-write`.
+pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    vfs_write::add_to_linker::<_, Has<Ctx>>(l, |s| View {
+        ctx: &mut s.caps.vfs_write,
+        gate: &mut s.gate,
+    })
+}
