@@ -13,6 +13,7 @@
 //! - `await K`: polls until key K exists (1 ms sleeps; bounded by the call deadline)
 //! - `ring` (the current ring), `elevate RING TTL_SECS JUSTIFICATION`,
 //!   `elevate-sponsored RING TTL_SECS ATTESTATION JUSTIFICATION`, `relinquish`, `elevation`
+//! - `effect NAME ARGS` (a non-reversible effect, ring 1)
 //! - `admin-list`, `admin-inspect A`, `admin-kill A REASON`, `admin-quarantine A SECS REASON`,
 //!   `admin-release A`
 //! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
@@ -23,7 +24,9 @@
 
 use std::collections::HashMap;
 
-use agent_sdk::{Agent, Error, admin, context, elevation, export_agent, locks, state, vfs};
+use agent_sdk::{
+    Agent, Error, admin, context, effects, elevation, export_agent, locks, state, vfs,
+};
 
 struct Scripted;
 
@@ -193,6 +196,10 @@ impl Machine {
                 let r = r.parse().map_err(|e| format!("bad ring: {e}"))?;
                 let ttl = ttl.parse().map_err(|e| format!("bad ttl: {e}"))?;
                 elevation::request(r, ttl, why, Some(att)).map(|g| format!("ring {}", g.ring))
+            }
+            "effect" => {
+                let (name, args) = two();
+                effects::invoke(name, args)
             }
             "relinquish" => elevation::relinquish().map(|b| b.to_string()),
             "elevation" => elevation::current().map(|g| match g {

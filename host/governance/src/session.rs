@@ -381,6 +381,44 @@ impl Session {
         self.participants.get(agent)
     }
 
+    /// Records a participant's new base ring (a demotion or re-admission the
+    /// host decided; the runtime enforces it through the participant's
+    /// standing, this keeps the record that snapshots compare).
+    ///
+    /// # Errors
+    /// [`SessionError::NotAParticipant`].
+    pub fn set_ring(&mut self, agent: &AgentId, ring: Ring) -> Result<(), SessionError> {
+        let session = self.id.clone();
+        let p = self
+            .participants
+            .get_mut(agent)
+            .ok_or_else(|| SessionError::NotAParticipant {
+                session,
+                agent: agent.clone(),
+            })?;
+        p.ring = ring;
+        Ok(())
+    }
+
+    /// Records a participant's new trust score.
+    ///
+    /// # Errors
+    /// [`SessionError::Score`] for a score outside [0, 1];
+    /// [`SessionError::NotAParticipant`].
+    pub fn set_sigma(&mut self, agent: &AgentId, sigma: f64) -> Result<(), SessionError> {
+        let sigma = check_score("sigma", sigma)?;
+        let session = self.id.clone();
+        let p = self
+            .participants
+            .get_mut(agent)
+            .ok_or_else(|| SessionError::NotAParticipant {
+                session,
+                agent: agent.clone(),
+            })?;
+        p.sigma = sigma;
+        Ok(())
+    }
+
     /// When the session runs out of time (session clock).
     pub fn expires_at(&self) -> Duration {
         self.created_at + self.config.max_duration

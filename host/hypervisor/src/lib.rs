@@ -48,6 +48,9 @@
 // the hot path.
 #![allow(clippy::result_large_err)]
 
+mod breach;
+mod governor;
+
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -61,6 +64,7 @@ use ahv_audit::{
     audit_dir,
 };
 use ahv_core::event::{EventBus, EventPayload, TerminationReason};
+use ahv_core::standing::Standing;
 use ahv_core::{
     ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
 };
@@ -76,7 +80,11 @@ use ahv_runtime::{
     AfterTrap, Agent, AgentComponent, AgentError, AgentSpec, BreachRecorder, BuildError,
     KillHandle, LoadError, RingBreach, RunOutput, Runtime, TrapCause,
 };
+use ahv_security::breach::{BreachDetector, BreachPolicy};
+use ahv_security::elevation::ElevationRules;
+use ahv_security::rate::{RateLimiter, RateTable};
 use cap_std::fs::Dir;
+use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
 /// Why a hypervisor operation failed. Each variant names the session and
@@ -127,6 +135,18 @@ pub enum HypervisorError {
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A change to a participant's standing was refused (an elevation
+    /// already in force, a target that is not more privileged, a killed agent).
+    #[error("agent {agent}: {message}")]
+    Standing {
+        /// The agent.
+        agent: AgentId,
+        /// What was refused.
+        message: String,
+    },
+    /// A security setting (rate limits, breach policy, elevation rules) is invalid.
+    #[error("security settings: {0}")]
+    Security(String),
 }
 
 /// A request to join a session.
@@ -142,6 +162,9 @@ pub struct JoinRequest {
     /// Its Wasm component; without one the agent participates only through
     /// the host API (no instance).
     pub component: Option<AgentComponent>,
+    /// An explicit root grant: who witnessed it. Ring 0 is never computed
+    /// from a score; only this places an agent there.
+    pub root_witness: Option<String>,
 }
 
 impl JoinRequest {
@@ -152,7 +175,15 @@ impl JoinRequest {
             sigma,
             actions: Vec::new(),
             component: None,
+            root_witness: None,
         }
+    }
+
+    /// Grants the agent ring 0 (root), witnessed by `witness` (an operator
+    /// or ring 0 agent, named in the `ring.assigned` event and audit log).
+    pub fn root(mut self, witness: impl Into<String>) -> Self {
+        self.root_witness = Some(witness.into());
+        self
     }
 
     /// Declares the actions the agent will perform.
@@ -222,6 +253,10 @@ pub struct HypervisorBuilder {
     max_instances: u32,
     breach_hook: Option<Arc<dyn BreachRecorder>>,
     audit: Option<AuditConfig>,
+    rate_limits: Option<RateTable>,
+    breach_policy: BreachPolicy,
+    elevation_rules: ElevationRules,
+    operator_key: Option<VerifyingKey>,
 }
 
 impl Default for HypervisorBuilder {
@@ -242,6 +277,10 @@ impl Default for HypervisorBuilder {
             max_instances: 1000,
             breach_hook: None,
             audit: Some(AuditConfig::default()),
+            rate_limits: Some(RateTable::default()),
+            breach_policy: BreachPolicy::default(),
+            elevation_rules: ElevationRules::default(),
+            operator_key: None,
         }
     }
 }
@@ -331,6 +370,42 @@ impl HypervisorBuilder {
         self
     }
 
+    /// Rate limits per ring for metered host calls (on by default with
+    /// [`RateTable::default`]: changes R3 5/s burst 10 … R0 100/s burst
+    /// 200, reads ten times that).
+    pub fn rate_limits(mut self, table: RateTable) -> Self {
+        self.rate_limits = Some(table);
+        self
+    }
+
+    /// No rate limits at all (for benchmarks and embedders that limit elsewhere).
+    pub fn without_rate_limits(mut self) -> Self {
+        self.rate_limits = None;
+        self
+    }
+
+    /// What a ring breach costs the agent, per base ring (default: expelled
+    /// at every breach), and the breach detector's settings.
+    pub fn breach_policy(mut self, policy: BreachPolicy) -> Self {
+        self.breach_policy = policy;
+        self
+    }
+
+    /// The rules elevation requests are decided by (default: SEMANTICS.md's:
+    /// trust 0.50 for ring 2 and 0.85 for ring 1, TTL 300 s, at most 3600 s).
+    pub fn elevation_rules(mut self, rules: ElevationRules) -> Self {
+        self.elevation_rules = rules;
+        self
+    }
+
+    /// The operator's public key: attestations it signs sponsor ring 1
+    /// elevations. Without one, only ring 0/1 participants with a
+    /// registered key ([`Hypervisor::register_sponsor_key`]) can sponsor.
+    pub fn operator_key(mut self, key: VerifyingKey) -> Self {
+        self.operator_key = Some(key);
+        self
+    }
+
     /// Also calls `hook` with every breach (after the event is emitted,
     /// before the breaching call traps).
     pub fn on_breach(mut self, hook: impl BreachRecorder + 'static) -> Self {
@@ -358,6 +433,21 @@ impl HypervisorBuilder {
                 HypervisorError::Setup(format!("cannot open {}: {e}", sessions_path.display()))
             })?;
         let events = Arc::new(EventBus::new(self.event_capacity, self.clock.clone()));
+        let security_error = |e: &dyn std::fmt::Display| HypervisorError::Security(e.to_string());
+        self.elevation_rules
+            .validate()
+            .map_err(|e| security_error(&e))?;
+        let detector =
+            BreachDetector::new(self.breach_policy.detector().clone(), self.clock.clone())
+                .map_err(|e| security_error(&e))?;
+        let rate = self.rate_limits.map(|table| {
+            Arc::new(RateLimiter::new(
+                table,
+                self.clock.clone(),
+                MAX_RATE_BUCKETS,
+            ))
+        });
+        let governor = Arc::new(governor::HvGovernor::default());
         let runtime = match self.runtime {
             Some(r) => r,
             None => {
@@ -366,6 +456,7 @@ impl HypervisorBuilder {
                 let mut b = Runtime::builder()
                     .policy(self.policy)
                     .max_instances(self.max_instances)
+                    .governor(governor.clone())
                     .on_breach(move |b: &RingBreach| {
                         bus.emit(
                             Some(&b.session),
@@ -384,6 +475,9 @@ impl HypervisorBuilder {
                     });
                 if let Some(dir) = self.cache_dir {
                     b = b.cache_dir(dir);
+                }
+                if let Some(rate) = &rate {
+                    b = b.rate_limits(rate.clone());
                 }
                 b.build()?
             }
@@ -410,27 +504,35 @@ impl HypervisorBuilder {
             }
             None => (None, RecoveryReport::default()),
         };
-        Ok(Hypervisor {
-            inner: Arc::new(Inner {
-                audit,
-                recovery,
-                runtime,
-                state_dir,
-                sessions_dir: Arc::new(sessions_dir),
-                clock: self.clock,
-                events,
-                actions: self.actions,
-                quotas: self.quotas,
-                state_limits: self.state_limits,
-                max_locks_per_agent: self.max_locks_per_agent,
-                open_dirs: OpenDirs::new(self.max_open_dirs),
-                after_trap: self.after_trap,
-                sessions: RwLock::new(HashMap::new()),
-                archived: Mutex::new(VecDeque::new()),
-                id_seed: RandomState::new(),
-                id_counter: AtomicU64::new(0),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            audit,
+            recovery,
+            runtime,
+            state_dir,
+            sessions_dir: Arc::new(sessions_dir),
+            clock: self.clock,
+            events,
+            actions: self.actions,
+            quotas: self.quotas,
+            state_limits: self.state_limits,
+            max_locks_per_agent: self.max_locks_per_agent,
+            open_dirs: OpenDirs::new(self.max_open_dirs),
+            after_trap: self.after_trap,
+            sessions: RwLock::new(HashMap::new()),
+            archived: Mutex::new(VecDeque::new()),
+            id_seed: RandomState::new(),
+            id_counter: AtomicU64::new(0),
+            security: Security {
+                rate,
+                detector,
+                breach: self.breach_policy,
+                elevation: self.elevation_rules,
+                operator_key: self.operator_key,
+                agent_keys: Mutex::new(HashMap::new()),
+            },
+        });
+        governor.attach(&inner);
+        Ok(Hypervisor { inner })
     }
 }
 
@@ -447,6 +549,23 @@ struct SessionEntry {
     gov: Mutex<Session>,
     core: Arc<SessionCore>,
     agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
+    /// Every participant's standing (its effective ring now), shared with
+    /// its instance's gate: the one copy of its ring that is enforced.
+    standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
+}
+
+/// Most rate buckets kept (two per participant); unused ones are evicted first.
+const MAX_RATE_BUCKETS: usize = 1 << 16;
+
+/// The security parts: rate limits, the breach detector and policy, the
+/// elevation rules and the keys that may sponsor an elevation.
+struct Security {
+    rate: Option<Arc<RateLimiter>>,
+    detector: BreachDetector,
+    breach: BreachPolicy,
+    elevation: ElevationRules,
+    operator_key: Option<VerifyingKey>,
+    agent_keys: Mutex<HashMap<AgentId, VerifyingKey>>,
 }
 
 /// The causal context of one host operation (see `Hypervisor::op`).
@@ -479,6 +598,7 @@ struct Inner {
     archived: Mutex<VecDeque<SessionInfo>>,
     id_seed: RandomState,
     id_counter: AtomicU64,
+    security: Security,
 }
 
 /// The Agent Hypervisor: shared sessions of governed Wasm agents. Cheap to
@@ -637,6 +757,7 @@ impl Hypervisor {
             gov: Mutex::new(gov),
             core,
             agents: Mutex::new(HashMap::new()),
+            standings: Mutex::new(HashMap::new()),
         });
         self.inner
             .sessions
@@ -719,19 +840,27 @@ impl Hypervisor {
             sigma,
             actions,
             component,
+            root_witness,
         } = request;
         let (ring, forced_strong) = {
             let mut gov = lock(&entry.gov);
             let was_strong = gov.config().consistency == Consistency::Strong;
-            let ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
+            let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
+            if root_witness.is_some() {
+                gov.set_ring(&agent, Ring::Root)?;
+                ring = Ring::Root;
+            }
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
             )
         };
+        let standing = Standing::new(ring, self.inner.clock.clone());
+        lock(&entry.standings).insert(agent.clone(), standing.clone());
         if let Some(component) = component {
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
+                .standing(standing)
                 .actions(self.inner.actions.clone())
                 .after_trap(self.inner.after_trap);
             match self.inner.runtime.spawn(&component, spec).await {
@@ -745,6 +874,7 @@ impl Hypervisor {
                 Err(e) => {
                     // Never admitted: undo the join (no events were emitted).
                     let _ = lock(&entry.gov).leave(&agent);
+                    lock(&entry.standings).remove(&agent);
                     entry
                         .core
                         .agent_left(&agent, "instantiation failed", TraceId(0));
@@ -768,7 +898,10 @@ impl Hypervisor {
             Some(&agent),
             EventPayload::RingAssigned {
                 ring,
-                reason: format!("joined with sigma {sigma:.2}"),
+                reason: match &root_witness {
+                    Some(w) => format!("root grant witnessed by {w}"),
+                    None => format!("joined with sigma {sigma:.2}"),
+                },
             },
         );
         Ok(ring)
@@ -839,11 +972,7 @@ impl Hypervisor {
         if let Err(e) = &result
             && let Some(TrapCause::RingBreach(b)) = e.cause()
         {
-            let reason = format!(
-                "expelled: ring breach of {}/{} from {}",
-                b.capability, b.function, b.ring
-            );
-            self.remove(&mut self.op(), &entry, agent, &reason);
+            self.after_breach(&entry, &slot, agent, b).await;
         }
         Ok(result?)
     }
@@ -854,6 +983,15 @@ impl Hypervisor {
         if let Some(slot) = lock(&entry.agents).remove(agent) {
             // Stops a call still running (a no-op for an idle or dead instance).
             slot.kill.kill(reason.to_string());
+        }
+        if let Some(standing) = lock(&entry.standings).remove(agent) {
+            // Refuses the host calls of anything still holding it.
+            standing.kill();
+        }
+        let session = entry.core.id();
+        self.inner.security.detector.remove(agent, session);
+        if let Some(rate) = &self.inner.security.rate {
+            rate.remove(agent, session);
         }
         let was = lock(&entry.gov).leave(agent).is_ok();
         entry.core.agent_left(agent, reason, op.trace);
@@ -929,6 +1067,9 @@ impl Hypervisor {
         }
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
+        }
+        if let Some(standing) = lock(&entry.standings).get(agent) {
+            standing.kill();
         }
         let mut op = self.op();
         entry.core.release_locks(agent, "killed", op.trace);
@@ -1128,23 +1269,18 @@ impl Hypervisor {
         Ok(self.session(session)?.participants)
     }
 
-    /// A participant's ring.
+    /// A participant's effective ring now (an elevation in force counts;
+    /// an expired one is reported, once, as `ring.elevation_expired`).
     ///
     /// # Errors
     /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`].
     pub fn ring(&self, session: &SessionId, agent: &AgentId) -> Result<Ring, HypervisorError> {
-        self.session(session)?
-            .participants
-            .iter()
-            .find(|p| &p.agent == agent)
-            .map(|p| p.ring)
-            .ok_or_else(|| {
-                SessionError::NotAParticipant {
-                    session: session.clone(),
-                    agent: agent.clone(),
-                }
-                .into()
-            })
+        let standing = self.standing(session, agent)?;
+        let check = standing.check();
+        for t in check.transitions {
+            self.report_transition(session, agent, t);
+        }
+        Ok(check.ring)
     }
 
     /// A live session's shared resources (files, state, locks), for host-side

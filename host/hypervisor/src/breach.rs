@@ -1,0 +1,107 @@
+//! What happens to an agent after a ring breach: the one place that asks
+//! the breach detector and the breach policy (`ahv-security`) and applies
+//! the consequence. The breach itself was recorded (event, audit delta)
+//! before the trap, by the runtime's breach recorder.
+
+use std::time::Duration;
+
+use ahv_core::event::EventPayload;
+use ahv_core::{AgentId, CapabilitySet};
+use ahv_runtime::RingBreach;
+use ahv_security::breach::{BreachAction, Consequence};
+
+use crate::{AgentSlot, Hypervisor, SessionEntry, lock};
+
+impl Hypervisor {
+    /// Grades the breach (sliding window, severity, breaker) and applies
+    /// the policy of the agent's base ring: restart the instance, expel,
+    /// re-admit at a less privileged ring, quarantine, or kill.
+    pub(crate) async fn after_breach(
+        &self,
+        entry: &SessionEntry,
+        slot: &AgentSlot,
+        agent: &AgentId,
+        breach: &RingBreach,
+    ) {
+        let security = &self.inner.security;
+        let session = entry.core.id();
+        let needed = [breach.capability].into_iter().collect::<CapabilitySet>();
+        let target = self
+            .inner
+            .runtime
+            .policy()
+            .lowest_ring_covering(needed)
+            .unwrap_or(ahv_core::Ring::Root);
+        let assessment = security
+            .detector
+            .record(agent, session, breach.ring, target);
+        let base = lock(&entry.standings)
+            .get(agent)
+            .map_or(breach.ring, |s| s.base());
+        let consequence = security.breach.decide(base, &assessment);
+        let mut op = self.op();
+        if assessment.tripped {
+            let action = match &consequence {
+                Consequence::Restart => "restart".to_string(),
+                Consequence::Apply(a) => action_name(a),
+            };
+            self.emit(
+                &mut op,
+                session,
+                Some(agent),
+                EventPayload::SecurityBreakerTripped {
+                    severity: assessment.severity.name().to_string(),
+                    calls: assessment.calls_in_window as u64,
+                    action,
+                },
+            );
+        }
+        let reason = format!(
+            "ring breach of {}/{} from {}",
+            breach.capability, breach.function, breach.ring
+        );
+        match consequence {
+            Consequence::Restart => {
+                slot.agent.lock().await.reinstate();
+            }
+            Consequence::Apply(BreachAction::Expel) => {
+                self.remove(&mut op, entry, agent, &format!("expelled: {reason}"));
+            }
+            Consequence::Apply(BreachAction::Readmit { ring }) => {
+                match self.demote(session, agent, ring, &format!("re-admitted after {reason}")) {
+                    Ok(_) => {
+                        slot.agent.lock().await.reinstate();
+                    }
+                    Err(_) => {
+                        self.remove(&mut op, entry, agent, &format!("expelled: {reason}"));
+                    }
+                }
+            }
+            Consequence::Apply(BreachAction::Quarantine { secs }) => {
+                let quarantined = self.quarantine(
+                    session,
+                    agent,
+                    &format!("ring_breach: {reason}"),
+                    Some(Duration::from_secs(secs)),
+                );
+                if quarantined.is_ok() {
+                    slot.agent.lock().await.reinstate();
+                } else {
+                    self.remove(&mut op, entry, agent, &format!("expelled: {reason}"));
+                }
+            }
+            Consequence::Apply(BreachAction::Kill) => {
+                let _ = self.kill_agent(session, agent, &format!("ring_breach: {reason}"));
+            }
+        }
+    }
+}
+
+fn action_name(a: &BreachAction) -> String {
+    match a {
+        BreachAction::Expel => "expel".into(),
+        BreachAction::Readmit { ring } => format!("readmit at ring {}", ring.number()),
+        BreachAction::Quarantine { secs } => format!("quarantine {secs}s"),
+        BreachAction::Kill => "kill".into(),
+    }
+}
