@@ -584,6 +584,19 @@ pub mod pinger {
         );
     }
 
+    /// The metered-call bench mode: `locks.held` n times, admitted calls and
+    /// rate-limit refusals counted apart.
+    #[tokio::test]
+    async fn held_mode_counts_admitted_metered_calls() {
+        let h = Harness::new(&cache_dir());
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::PINGER, "did:test:ping", Ring::Standard, &sb)
+            .await;
+        assert_eq!(answer(a.run("held 7").await), "7 ok 0 rate-limited");
+        assert_eq!(answer(a.run("held 0").await), "0 ok 0 rate-limited");
+    }
+
     /// A gone agent's pool slot is free the moment it is dropped: a one-slot
     /// pool serves agents back to back. (Freeing instances on the epoch
     /// ticker instead took ~5 µs off terminate but made the next join

@@ -34,7 +34,24 @@
 //!   design that hashes each governed event as its own leaf on the hot path
 //!   can cost.
 //!
+//! - `elevation/*`: one `run` of the `scripted` agent (joined at σ 0.55:
+//!   ring 3, enough for ring 2) in an audited session: `request` is
+//!   `elevate 2 60 why` + `relinquish` (a grant by the rules, the standing
+//!   changed, `ring.elevated` and `ring.elevation_revoked` emitted and
+//!   audited); `denied` is `elevate 0 0 x` (refused by the rules,
+//!   `ring.elevation_denied` emitted). Baselines in the same run:
+//!   `baseline_ring_x2` and `baseline_ring` run scripts of the same length
+//!   with free calls (`ring`), so the difference is the elevation work. Rate
+//!   limits are on, with change budgets that never run out.
+//!
 //! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench session`.
+//!
+//! `elevation/*` medians (2 shared vCPUs, load ~4; `... --bench session --
+//! '^elevation/' --warm-up-time 1 --measurement-time 3`): `request` 12.3 µs
+//! vs `baseline_ring_x2` 3.3 µs, so a granted request plus its relinquish
+//! costs ~9.0 µs; `denied` 10.7 µs vs `baseline_ring` 2.7 µs: ~8.0 µs per
+//! refusal (the rules, the `ring.elevation_denied` event and its audit
+//! delta, the message).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -46,6 +63,7 @@ use ahv_governance::session::SessionConfig;
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 use ahv_runtime::AgentSpec;
+use ahv_security::rate::{BucketSpec, CallClass, RateTable};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -319,9 +337,77 @@ fn vfs_1k(c: &mut Criterion) {
     g.finish();
 }
 
+fn elevation(c: &mut Criterion) {
+    let state = tempfile::tempdir().unwrap();
+    // Change budgets (elevate at ring 3, relinquish at ring 2) that never
+    // run out: the bench measures the request, not a refusal.
+    let endless = BucketSpec {
+        rate_per_sec: 1e9,
+        burst: u32::MAX,
+    };
+    let table = [Ring::Sandbox, Ring::Standard]
+        .into_iter()
+        .fold(RateTable::default(), |t, ring| {
+            t.with_spec(CallClass::Change, ring, endless).unwrap()
+        });
+    let hv = Hypervisor::builder()
+        .state_dir(state.path())
+        .max_instances(64)
+        .event_capacity(4096)
+        .rate_limits(table)
+        .build()
+        .unwrap();
+    let rt = rt();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:elevating").unwrap();
+    let s = hv
+        .create_session(SessionConfig::default(), creator)
+        .unwrap();
+    let component = hv.load(ahv_agents::SCRIPTED).unwrap();
+    let ring = rt
+        .block_on(hv.join_session(
+            &s,
+            JoinRequest::new(agent.clone(), 0.55).component(component),
+        ))
+        .unwrap();
+    assert_eq!(ring, Ring::Sandbox, "σ 0.55 is below the session's 0.60");
+    hv.activate_session(&s).unwrap();
+    let cases = [
+        (
+            "request",
+            "elevate 2 60 why\nrelinquish",
+            "elevate 2 60 why -> ok ring 2\nrelinquish -> ok true\n",
+        ),
+        (
+            "baseline_ring_x2",
+            "ring\nring",
+            "ring -> ok 3\nring -> ok 3\n",
+        ),
+        ("denied", "elevate 0 0 x", "elevate 0 0 x -> err denied: "),
+        ("baseline_ring", "ring", "ring -> ok 3\n"),
+    ];
+    let mut g = c.benchmark_group("elevation");
+    for (name, script, expected) in cases {
+        let once = || async {
+            let out = hv.run_agent(&s, &agent, script).await.unwrap();
+            let text = out.result.unwrap();
+            assert!(text.starts_with(expected), "{name}: {text}");
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| timed(&rt, &hv, iters, false, once))
+        });
+    }
+    g.finish();
+    assert_eq!(
+        hv.ring(&s, &agent).unwrap(),
+        Ring::Sandbox,
+        "every grant was given back"
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = lifecycle, join_wasm, vfs_1k, full_pipeline
+    targets = lifecycle, join_wasm, vfs_1k, full_pipeline, elevation
 }
 criterion_main!(benches);
