@@ -501,6 +501,50 @@ pub mod elevation {
     }
 }
 
+/// Child agents (capability `spawn`, ring 1 and below). A child runs in the
+/// caller's session at `min(caller's ring + 1, 3)`; each ring limits how
+/// many children an agent may have and how deep they may nest; stopping the
+/// caller stops its children.
+pub mod spawn {
+    use crate::bindings::agent_hypervisor::agent::spawn as raw;
+
+    pub use crate::Error;
+
+    /// Starts a child from a component the host offers (its name or SHA-256
+    /// digest); returns the child's agent id.
+    ///
+    /// # Errors
+    /// `NotFound` (no such component), `Denied` (a limit), `RateLimited`.
+    pub fn start(component: &str) -> Result<String, Error> {
+        raw::start(component)
+    }
+
+    /// Runs the child with `input`: its answer or its own failure message.
+    ///
+    /// # Errors
+    /// `NotFound` (not a child of the caller), `ActionFailed` (it trapped),
+    /// `Timeout` (not within the caller's deadline).
+    pub fn run(child: &str, input: &str) -> Result<Result<String, String>, Error> {
+        raw::run(child, input)
+    }
+
+    /// Stops a child and its children.
+    ///
+    /// # Errors
+    /// `NotFound` (not a child of the caller).
+    pub fn stop(child: &str) -> Result<(), Error> {
+        raw::stop(child)
+    }
+
+    /// The caller's live children.
+    ///
+    /// # Errors
+    /// `RateLimited`, `Quarantined`.
+    pub fn children() -> Result<Vec<String>, Error> {
+        raw::children()
+    }
+}
+
 /// Administration of the other agents of the session (capability `admin`,
 /// ring 0 only): the same operations, rules and audit as the host API.
 pub mod admin {

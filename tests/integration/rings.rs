@@ -438,3 +438,144 @@ async fn a_ring_0_agent_administers_others_and_no_one_else_can() {
         ("admin", "kill")
     );
 }
+
+/// A root agent and the `scripted` component offered for spawning.
+async fn family(h: &Hv) -> SessionId {
+    let s = h.session();
+    let c = h.hv.load(ahv_agents::SCRIPTED).unwrap();
+    h.hv.offer_component("scripted", c.clone()).unwrap();
+    let ring =
+        h.hv.join_session(
+            &s,
+            JoinRequest::new(id("did:test:root"), 0.9)
+                .component(c)
+                .root("did:test:operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ring, Ring::Root);
+    h.hv.activate_session(&s).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn children_inherit_a_less_privileged_ring_and_killing_a_parent_kills_them() {
+    let h = Hv::new();
+    let s = family(&h).await;
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn scripted\nspawn no-such-component\nchildren",
+        )
+        .await;
+    let child = ok(&out, "spawn scripted");
+    assert_eq!(child, "did:test:root:child-0");
+    err(&out, "spawn no-such-component", "not-found");
+    assert_eq!(ok(&out, "children"), child);
+    assert_eq!(
+        h.hv.ring(&s, &id(&child)).unwrap(),
+        Ring::Privileged,
+        "min(0 + 1, 3)"
+    );
+
+    // The child (ring 1, depth 1) may not have children of its own by
+    // default (ring 1 allows depth 1), and runs under its own ring.
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            &format!("spawn-run {child} ring;spawn scripted;write f x"),
+        )
+        .await;
+    let report = ok(
+        &out,
+        &format!("spawn-run {child} ring;spawn scripted;write f x"),
+    );
+    assert!(
+        report.starts_with("ring -> ok 1;spawn scripted -> err denied:"),
+        "{report}"
+    );
+    assert!(report.contains("depth 2"), "{report}");
+    assert!(report.ends_with("write f x -> ok"), "{report}");
+    // Someone else's child is not the caller's.
+    h.join(&s, "did:test:other", 0.8, ahv_agents::SCRIPTED)
+        .await;
+    match h
+        .hv
+        .run_agent(
+            &s,
+            &id("did:test:other"),
+            &format!("spawn-run {child} ring"),
+        )
+        .await
+    {
+        Err(HypervisorError::Agent(AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            ..
+        })) => {
+            assert_eq!(
+                (b.ring, b.capability.interface()),
+                (Ring::Standard, "spawn")
+            );
+        }
+        other => panic!("a ring 2 agent calling spawn must breach, got {other:?}"),
+    }
+    assert_eq!(events(&h, &s, EventKind::AgentSpawned).len(), 1);
+
+    h.hv.kill_agent(&s, &id("did:test:root"), "test").unwrap();
+    assert!(
+        h.hv.ring(&s, &id(&child)).is_err(),
+        "the child is gone with its parent"
+    );
+    let killed: Vec<_> =
+        h.hv.events()
+            .query(
+                &EventQuery::default()
+                    .session(s.clone())
+                    .kind(EventKind::SecurityAgentKilled),
+            )
+            .into_iter()
+            .filter_map(|e| e.agent)
+            .collect();
+    assert_eq!(killed, [id(&child), id("did:test:root")]);
+}
+
+#[tokio::test]
+async fn the_ring_limits_how_many_children_an_agent_may_have() {
+    let mut policy = ahv_core::RingPolicy::default();
+    let mut root = policy.limits(Ring::Root).clone();
+    root.max_children = 2;
+    policy.set_limits(Ring::Root, root).unwrap();
+    let h = Hv::with(move |b| b.policy(policy));
+    let s = family(&h).await;
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn scripted\nspawn scripted\nspawn scripted",
+        )
+        .await;
+    assert_eq!(
+        out.matches("-> ok did:test:root:child-").count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.lines().nth(2).unwrap().contains("-> err denied:"),
+        "{out}"
+    );
+    assert!(out.contains("2 live children"), "{out}");
+    // Stopping one makes room again.
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn-stop did:test:root:child-0\nspawn scripted\nspawn-stop did:test:nobody",
+        )
+        .await;
+    ok(&out, "spawn-stop did:test:root:child-0");
+    assert_eq!(ok(&out, "spawn scripted"), "did:test:root:child-2");
+    err(&out, "spawn-stop did:test:nobody", "not-found");
+    assert!(h.hv.ring(&s, &id("did:test:root:child-0")).is_err());
+}

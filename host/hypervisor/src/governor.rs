@@ -15,7 +15,9 @@ use ahv_core::event::EventPayload;
 use ahv_core::standing::{Standing, Transition};
 use ahv_core::{AgentId, Capability, Ring, SessionId, ring_for_score};
 use ahv_governance::session::SessionError;
-use ahv_runtime::{AdminOp, ElevationAsk, ElevationGrant, Governor, ParticipantView, Refusal, Who};
+use ahv_runtime::{
+    AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, ParticipantView, Refusal, Who,
+};
 use ahv_security::elevation::{
     Attestation, ElevationRequest, Sponsor, SponsorKeys, decide as decide_elevation,
 };
@@ -65,6 +67,10 @@ impl SponsorKeys for SessionSponsors<'_> {
             Sponsor::Agent(a) => lock(&self.entry.standings).get(a).map(|s| s.effective()),
         }
     }
+}
+
+fn shutting_down(what: &str) -> Refusal {
+    Refusal::Denied(format!("{what}: the hypervisor is shutting down"))
 }
 
 fn unix_now() -> u64 {
@@ -150,6 +156,43 @@ impl Governor for HvGovernor {
             .collect();
         list.sort_by(|a, b| a.agent.cmp(&b.agent));
         Ok(list)
+    }
+
+    fn spawn_child(
+        &self,
+        who: Who<'_>,
+        component: &str,
+    ) -> GovernorFuture<Result<AgentId, Refusal>> {
+        match self.hv() {
+            Some(hv) => hv.spawn_future(who, component),
+            None => Box::pin(async { Err(shutting_down("spawn")) }),
+        }
+    }
+
+    fn run_child(
+        &self,
+        session: SessionId,
+        parent: AgentId,
+        child: String,
+        input: String,
+    ) -> GovernorFuture<Result<Result<String, String>, Refusal>> {
+        match self.hv() {
+            Some(hv) => Box::pin(async move { hv.run_child(session, parent, child, input).await }),
+            None => Box::pin(async { Err(shutting_down("spawn")) }),
+        }
+    }
+
+    fn stop_child(&self, who: Who<'_>, child: &str) -> Result<(), Refusal> {
+        self.hv()
+            .ok_or_else(|| shutting_down("spawn"))?
+            .stop_child(who, child)
+    }
+
+    fn children(&self, who: Who<'_>) -> Result<Vec<AgentId>, Refusal> {
+        self.hv()
+            .ok_or_else(|| shutting_down("spawn"))?
+            .children(who.session, who.agent)
+            .map_err(|e| Refusal::Denied(format!("spawn: {e}")))
     }
 
     fn admin(&self, who: Who<'_>, op: AdminOp<'_>) -> Result<bool, Refusal> {

@@ -50,6 +50,7 @@
 
 mod breach;
 mod governor;
+mod spawn;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -522,6 +523,7 @@ impl HypervisorBuilder {
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),
             id_counter: AtomicU64::new(0),
+            offered: Mutex::new(HashMap::new()),
             security: Security {
                 rate,
                 detector,
@@ -552,6 +554,10 @@ struct SessionEntry {
     /// Every participant's standing (its effective ring now), shared with
     /// its instance's gate: the one copy of its ring that is enforced.
     standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
+    /// Children started with `spawn`: who their parent is, how deep they are.
+    spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
+    /// Numbers the children of this session.
+    spawn_counter: AtomicU64,
 }
 
 /// Most rate buckets kept (two per participant); unused ones are evicted first.
@@ -599,6 +605,8 @@ struct Inner {
     id_seed: RandomState,
     id_counter: AtomicU64,
     security: Security,
+    /// Components agents may spawn children from, by name.
+    offered: Mutex<HashMap<String, AgentComponent>>,
 }
 
 /// The Agent Hypervisor: shared sessions of governed Wasm agents. Cheap to
@@ -758,6 +766,8 @@ impl Hypervisor {
             core,
             agents: Mutex::new(HashMap::new()),
             standings: Mutex::new(HashMap::new()),
+            spawned: Mutex::new(HashMap::new()),
+            spawn_counter: AtomicU64::new(0),
         });
         self.inner
             .sessions
@@ -834,6 +844,18 @@ impl Hypervisor {
         session: &SessionId,
         request: JoinRequest,
     ) -> Result<Ring, HypervisorError> {
+        self.join_as(session, request, None).await
+    }
+
+    /// [`Hypervisor::join_session`], with the ring set by the host instead
+    /// of the one the join rules compute: a spawned child's ring follows
+    /// from its parent's (`min(parent + 1, 3)`), not from a score.
+    async fn join_as(
+        &self,
+        session: &SessionId,
+        request: JoinRequest,
+        assigned: Option<(Ring, String)>,
+    ) -> Result<Ring, HypervisorError> {
         let entry = self.entry(session)?;
         let JoinRequest {
             agent,
@@ -849,6 +871,9 @@ impl Hypervisor {
             if root_witness.is_some() {
                 gov.set_ring(&agent, Ring::Root)?;
                 ring = Ring::Root;
+            } else if let Some((given, _)) = &assigned {
+                gov.set_ring(&agent, *given)?;
+                ring = *given;
             }
             (
                 ring,
@@ -898,9 +923,10 @@ impl Hypervisor {
             Some(&agent),
             EventPayload::RingAssigned {
                 ring,
-                reason: match &root_witness {
-                    Some(w) => format!("root grant witnessed by {w}"),
-                    None => format!("joined with sigma {sigma:.2}"),
+                reason: match (&root_witness, &assigned) {
+                    (Some(w), _) => format!("root grant witnessed by {w}"),
+                    (None, Some((_, why))) => why.clone(),
+                    (None, None) => format!("joined with sigma {sigma:.2}"),
                 },
             },
         );
@@ -980,6 +1006,11 @@ impl Hypervisor {
     /// Removes a participant: its instance, locks, transaction and clock go;
     /// emits `session.left`. Returns whether it was a participant.
     fn remove(&self, op: &mut Op, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
+        // Children go with their parent.
+        for child in self.children_of(entry, agent) {
+            self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
+        }
+        lock(&entry.spawned).remove(agent);
         if let Some(slot) = lock(&entry.agents).remove(agent) {
             // Stops a call still running (a no-op for an idle or dead instance).
             slot.kill.kill(reason.to_string());
@@ -1064,6 +1095,10 @@ impl Hypervisor {
                 agent: agent.clone(),
             }
             .into());
+        }
+        // Killing a parent kills its children.
+        for child in self.children_of(&entry, agent) {
+            let _ = self.kill_agent(session, &child, &format!("parent {agent} killed: {reason}"));
         }
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());

@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(classify_import("wasi:cli/stdout@0.2.6"), ImportKind::Wasi);
         assert_eq!(classify_import("wasi:io/streams@0.2.0"), ImportKind::Wasi);
         for bad in [
-            "agent-hypervisor:agent/spawn@0.1.0",
+            "agent-hypervisor:agent/net@0.1.0",
             "agent-hypervisor:agent/vfs-write@0.2.0",
             "wasi:sockets/tcp@0.2.6",
             "wasi:http/outgoing-handler@0.2.6",

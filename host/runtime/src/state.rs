@@ -15,8 +15,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::{
-    Contexts, actions, admin, context, effects, elevation, locks, log, state_read, state_write,
-    vfs_read, vfs_write,
+    Contexts, actions, admin, context, effects, elevation, locks, log, spawn, state_read,
+    state_write, vfs_read, vfs_write,
 };
 use crate::gate::{Gate, GateInit};
 use crate::trap::{Killed, MemoryLimitExceeded};
@@ -507,6 +507,7 @@ impl AgentState {
                 files: init.files,
             },
             elevation: elevation::Ctx,
+            spawn: spawn::Ctx,
             admin: admin::Ctx {
                 policy: init.policy,
             },
