@@ -53,13 +53,22 @@ async fn an_elevated_guest_writes_and_after_the_ttl_the_same_write_is_a_recorded
         Ring::Sandbox
     );
     h.hv.activate_session(&s).unwrap();
-    let out = h
-        .script(
+    let run =
+        h.hv.run_agent(
             &s,
-            "did:test:e",
+            &id("did:test:e"),
             "elevate 2 60 write the report\nwrite report.txt one\nring\nelevation",
         )
-        .await;
+        .await
+        .unwrap();
+    let out = run.result.unwrap();
+    let elevated =
+        h.hv.events()
+            .query(&EventQuery::default().kind(EventKind::RingElevated));
+    assert_eq!(
+        elevated[0].trace, run.trace,
+        "decided inside the call: its trace id"
+    );
     assert_eq!(ok(&out, "elevate 2 60 write the report"), "ring 2");
     ok(&out, "write report.txt one");
     assert_eq!(ok(&out, "ring"), "2");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ahv_core::event::EventPayload;
 use ahv_core::standing::{Standing, Transition};
-use ahv_core::{AgentId, Capability, Ring, SessionId, ring_for_score};
+use ahv_core::{AgentId, Capability, Ring, SessionId, TraceId, ring_for_score};
 use ahv_governance::session::SessionError;
 use ahv_runtime::{
     AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, ParticipantView, Refusal, Who,
@@ -82,7 +82,7 @@ fn unix_now() -> u64 {
 impl Governor for HvGovernor {
     fn transition(&self, who: Who<'_>, transition: Transition) {
         if let Some(hv) = self.hv() {
-            hv.report_transition(who.session, who.agent, transition);
+            hv.report_transition(who.session, who.agent, who.trace, transition);
         }
     }
 
@@ -96,7 +96,7 @@ impl Governor for HvGovernor {
     ) {
         if let Some(hv) = self.hv() {
             hv.emit(
-                &mut hv.op(),
+                &mut hv.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::SecurityRateLimited {
@@ -125,7 +125,7 @@ impl Governor for HvGovernor {
         let ring = who.standing.revoke_elevation()?;
         if let Some(hv) = self.hv() {
             hv.emit(
-                &mut hv.op(),
+                &mut hv.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::RingElevationRevoked {
@@ -270,6 +270,7 @@ impl Hypervisor {
         &self,
         session: &SessionId,
         agent: &AgentId,
+        trace: TraceId,
         transition: Transition,
     ) {
         let payload = match transition {
@@ -280,13 +281,17 @@ impl Hypervisor {
                 reason: "expired".into(),
             },
         };
-        self.emit(&mut self.op(), session, Some(agent), payload);
+        self.emit(&mut self.op_in(trace), session, Some(agent), payload);
     }
 
     /// Claims and reports the changes of `standing` that became due.
     fn settle(&self, session: &SessionId, agent: &AgentId, standing: &Standing) {
-        for t in standing.check().transitions {
-            self.report_transition(session, agent, t);
+        let transitions = standing.check().transitions;
+        if !transitions.is_empty() {
+            let trace = self.inner.runtime.new_trace_id();
+            for t in transitions {
+                self.report_transition(session, agent, trace, t);
+            }
         }
     }
 
@@ -306,7 +311,7 @@ impl Hypervisor {
             .ok_or_else(|| Refusal::Denied("elevation: not a participant".into()))?;
         let deny = |reason: String| {
             self.emit(
-                &mut self.op(),
+                &mut self.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::RingElevationDenied {
@@ -322,7 +327,9 @@ impl Hypervisor {
             }
             None => None,
         };
-        self.settle(who.session, who.agent, who.standing);
+        for t in who.standing.check().transitions {
+            self.report_transition(who.session, who.agent, who.trace, t);
+        }
         let request = ElevationRequest {
             agent: who.agent,
             session: who.session,
@@ -350,7 +357,7 @@ impl Hypervisor {
             .elevate(grant.ring, grant.ttl)
             .map_err(|e| deny(e.to_string()))?;
         self.emit(
-            &mut self.op(),
+            &mut self.op_in(who.trace),
             who.session,
             Some(who.agent),
             EventPayload::RingElevated {

@@ -702,6 +702,12 @@ impl Hypervisor {
         }
     }
 
+    /// The causal context of a decision made during an agent's call: its
+    /// events carry the call's trace id.
+    fn op_in(&self, trace: TraceId) -> Op {
+        Op { trace, last: None }
+    }
+
     fn emit(
         &self,
         op: &mut Op,
@@ -1312,8 +1318,11 @@ impl Hypervisor {
     pub fn ring(&self, session: &SessionId, agent: &AgentId) -> Result<Ring, HypervisorError> {
         let standing = self.standing(session, agent)?;
         let check = standing.check();
-        for t in check.transitions {
-            self.report_transition(session, agent, t);
+        if !check.transitions.is_empty() {
+            let trace = self.inner.runtime.new_trace_id();
+            for t in check.transitions {
+                self.report_transition(session, agent, trace, t);
+            }
         }
         Ok(check.ring)
     }
