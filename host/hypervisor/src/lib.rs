@@ -34,11 +34,46 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Rings change at run time. Every participant has one
+//! [`Standing`](ahv_core::standing::Standing) — its base ring, an elevation
+//! with a TTL, a quarantine — shared with its instance's gate, which judges
+//! every governed host call from the ring *now*:
+//!
+//! - elevation: a guest asks (`elevation.request`), the rules decide (trust
+//!   thresholds, TTL caps, ring 1 needs an attestation signed by the operator
+//!   or a ring 0/1 participant); the host grants or revokes with
+//!   [`Hypervisor::grant_elevation`] / [`Hypervisor::revoke_elevation`];
+//!   expiry counts at the next call and is reported once;
+//! - demotion: [`Hypervisor::set_trust`] (a score that earns a lower ring) or
+//!   [`Hypervisor::demote`];
+//! - quarantine: [`Hypervisor::quarantine`] / [`Hypervisor::release`]: only
+//!   `context` and `log` answer meanwhile;
+//! - rate limits per (agent, session) by ring, on by default;
+//! - ring 0 agents administer the others (`admin`), ring 1 agents start
+//!   children (`spawn`, from components offered with
+//!   [`Hypervisor::offer_component`]).
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use ahv_core::{AgentId, Ring, SessionId};
+//! # use ahv_hypervisor::Hypervisor;
+//! # fn demo(hv: &Hypervisor, session: &SessionId) -> Result<(), Box<dyn std::error::Error>> {
+//! let agent = AgentId::new("did:ex:researcher")?;
+//! // Ring 2 for ten minutes, on the operator's authority (audited).
+//! hv.grant_elevation(session, &agent, Ring::Standard, Duration::from_secs(600), "nightly export")?;
+//! // Trust fell: its very next host call is judged at the ring the score earns.
+//! hv.set_trust(session, &agent, 0.4)?;
+//! hv.quarantine(session, &agent, "manual review", Some(Duration::from_secs(300)))?;
+//! # Ok(()) }
+//! ```
+//!
 //! Breaches are punished: the breaching call traps (recorded first, as a
-//! `ring.breach_detected` event), the instance is dropped and the agent is
-//! expelled from the session (`session.left`), its locks released.
-//! Budget traps (fuel, memory, deadline, stack) are not malice: the instance
-//! is re-created for the agent's next call (configurable).
+//! `ring.breach_detected` event) and the instance is dropped; the breach
+//! policy of the agent's base ring ([`HypervisorBuilder::breach_policy`])
+//! then expels it (the default), re-admits it at a lower ring, quarantines
+//! or kills it — at every breach, or when the breach detector's breaker
+//! trips. Budget traps (fuel, memory, deadline, stack) are not malice: the
+//! instance is re-created for the agent's next call (configurable).
 #![deny(missing_docs)]
 // A guest must never be able to make the host panic: no unwrap, expect or
 // panic outside tests (clippy.toml allows them in tests).
