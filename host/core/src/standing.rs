@@ -33,8 +33,8 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -108,6 +108,9 @@ pub struct Standing {
     /// When the quarantine ends (clock time in ns; `u64::MAX`: until released).
     quarantine_until: AtomicU64,
     clock: Arc<dyn Clock>,
+    /// Serialises the (rare) writers, so that a deadline and its flag are
+    /// published together; readers never take it.
+    writer: Mutex<()>,
 }
 
 impl fmt::Debug for Standing {
@@ -146,6 +149,7 @@ impl Standing {
             elevation_until: AtomicU64::new(0),
             quarantine_until: AtomicU64::new(0),
             clock,
+            writer: Mutex::new(()),
         })
     }
 
@@ -235,7 +239,13 @@ impl Standing {
         }
     }
 
-    /// Changes the word with `f` (retrying on races); returns the old word.
+    /// The writers' lock (a poisoned lock is still usable: the word is atomic).
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the word with `f` (retrying on races with readers that claim
+    /// an expiry); returns the old word.
     fn update(&self, f: impl Fn(u32) -> Result<u32, StandingError>) -> Result<u32, StandingError> {
         let mut w = self.word.load(Ordering::Acquire);
         loop {
@@ -259,13 +269,21 @@ impl Standing {
     /// one is claimed first and does not count); [`StandingError::NotHigher`]
     /// unless `ring` is more privileged than the base; [`StandingError::Killed`].
     pub fn elevate(&self, ring: Ring, ttl: Duration) -> Result<Vec<Transition>, StandingError> {
+        let _writer = self.write_lock();
         // Claim an expired elevation first, so it is reported and does not block.
         let claimed = self.check().transitions;
+        let w = self.word.load(Ordering::Acquire);
+        if w & ELEVATED != 0 {
+            return Err(StandingError::AlreadyElevated {
+                ring: ring_of((w >> ELEVATED_SHIFT) & RING_MASK),
+            });
+        }
         let until = nanos(self.clock.now()).saturating_add(nanos(ttl));
-        // Written before the flag is published (Release in the CAS), so a
-        // reader that sees the flag sees this deadline.
-        let old_until = self.elevation_until.swap(until, Ordering::AcqRel);
-        let r = self.update(|w| {
+        // No elevation is in force and only writers set the flag, so no
+        // reader looks at this deadline until the flag is published (Release
+        // in the CAS); one that sees the flag sees this deadline.
+        self.elevation_until.store(until, Ordering::Release);
+        self.update(|w| {
             if w & KILLED != 0 {
                 return Err(StandingError::Killed);
             }
@@ -279,12 +297,7 @@ impl Standing {
                 return Err(StandingError::NotHigher { base, target: ring });
             }
             Ok(w | ELEVATED | (u32::from(ring.number()) << ELEVATED_SHIFT))
-        });
-        if let Err(e) = r {
-            // Put back the deadline of an elevation still in force.
-            self.elevation_until.store(old_until, Ordering::Release);
-            return Err(e);
-        }
+        })?;
         Ok(claimed)
     }
 
@@ -305,6 +318,7 @@ impl Standing {
 
     /// Ends an elevation early. Returns the ring it granted, if one was in force.
     pub fn revoke_elevation(&self) -> Option<Ring> {
+        let _writer = self.write_lock();
         self.update(|w| {
             if w & ELEVATED == 0 {
                 Ok(w)
@@ -324,6 +338,7 @@ impl Standing {
     /// # Errors
     /// [`StandingError::Killed`].
     pub fn set_base(&self, ring: Ring) -> Result<Ring, StandingError> {
+        let _writer = self.write_lock();
         let old = self.update(|w| {
             if w & KILLED != 0 {
                 return Err(StandingError::Killed);
@@ -338,15 +353,19 @@ impl Standing {
     }
 
     /// Quarantines the agent for `duration` (`None`: until released).
-    /// Quarantining again extends it to the later of the two ends.
+    /// Quarantining again extends it to the later of the two ends; an
+    /// expired quarantine is claimed first (and returned), not extended.
     ///
     /// # Errors
     /// [`StandingError::Killed`].
-    pub fn quarantine(&self, duration: Option<Duration>) -> Result<(), StandingError> {
+    pub fn quarantine(&self, duration: Option<Duration>) -> Result<Vec<Transition>, StandingError> {
+        let _writer = self.write_lock();
         let until = match duration {
             Some(d) => nanos(self.clock.now()).saturating_add(nanos(d)),
             None => u64::MAX,
         };
+        // Claim an expired quarantine first: it is over, not extended.
+        let claimed = self.check().transitions;
         let was = self.word.load(Ordering::Acquire) & QUARANTINED != 0;
         if was {
             self.quarantine_until.fetch_max(until, Ordering::AcqRel);
@@ -360,11 +379,12 @@ impl Standing {
                 Ok(w | QUARANTINED)
             }
         })?;
-        Ok(())
+        Ok(claimed)
     }
 
     /// Releases a quarantine. Returns whether one was in force.
     pub fn release(&self) -> bool {
+        let _writer = self.write_lock();
         self.update(|w| Ok(w & !QUARANTINED))
             .map(|old| old & QUARANTINED != 0)
             .unwrap_or(false)
@@ -483,6 +503,19 @@ mod tests {
         assert!(s.release());
         assert!(!s.release());
         assert!(!s.check().quarantined);
+    }
+
+    #[test]
+    fn quarantining_after_an_unclaimed_expiry_reports_it_and_starts_afresh() {
+        let (s, clock) = standing(Ring::Standard);
+        s.quarantine(Some(Duration::from_secs(10))).unwrap();
+        clock.advance(Duration::from_secs(20));
+        let claimed = s.quarantine(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(claimed, [Transition::QuarantineExpired]);
+        clock.advance(Duration::from_secs(4));
+        assert!(s.check().quarantined);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.check().transitions, [Transition::QuarantineExpired]);
     }
 
     #[test]

@@ -532,14 +532,18 @@ impl Hypervisor {
         duration: Option<Duration>,
     ) -> Result<(), HypervisorError> {
         let standing = self.standing(session, agent)?;
-        standing
+        let claimed = standing
             .quarantine(duration)
             .map_err(|e| HypervisorError::Standing {
                 agent: agent.clone(),
                 message: e.to_string(),
             })?;
+        let mut op = self.op();
+        for t in claimed {
+            self.report_transition(session, agent, op.trace, t);
+        }
         self.emit(
-            &mut self.op(),
+            &mut op,
             session,
             Some(agent),
             EventPayload::LiabilityQuarantineEntered {
