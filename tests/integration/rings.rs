@@ -18,6 +18,13 @@ use ed25519_dalek::SigningKey;
 
 use crate::sessions::{Hv, err, id, ok};
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn fake() -> (Hv, FakeClock) {
     let clock = FakeClock::new();
     let c = clock.clone();
@@ -138,7 +145,7 @@ async fn elevation_rules_hold_against_a_guest_and_ring_1_needs_a_signed_sponsors
             id("did:test:high"),
             s.clone(),
             Ring::Privileged,
-            u64::MAX / 2,
+            unix_now() + 600,
             key,
         )
         .to_text()
@@ -587,4 +594,141 @@ async fn the_ring_limits_how_many_children_an_agent_may_have() {
     assert_eq!(ok(&out, "spawn scripted"), "did:test:root:child-2");
     err(&out, "spawn-stop did:test:nobody", "not-found");
     assert!(h.hv.ring(&s, &id("did:test:root:child-0")).is_err());
+}
+
+/// An operator-keyed hypervisor with the built-in actions, one session,
+/// and `agent` joined at σ 0.9 (ring 2).
+async fn sponsored(agent: &str) -> (Hv, SessionId, SigningKey) {
+    let operator = SigningKey::from_bytes(&[7; 32]);
+    let key = operator.verifying_key();
+    let h = Hv::with(move |b| b.operator_key(key).actions(builtin::registry()));
+    let s = h.session();
+    h.join(&s, agent, 0.9, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    (h, s, operator)
+}
+
+fn attestation(key: &SigningKey, agent: &str, s: &SessionId, expires: u64) -> String {
+    Attestation::sign(
+        Sponsor::Operator,
+        id(agent),
+        s.clone(),
+        Ring::Privileged,
+        expires,
+        key,
+    )
+    .to_text()
+}
+
+#[tokio::test]
+async fn a_demotion_ends_an_elevation_and_the_agent_cannot_take_it_back() {
+    let (h, s, operator) = sponsored("did:test:v").await;
+    let att = attestation(&operator, "did:test:v", &s, unix_now() + 600);
+    let out = h
+        .script(
+            &s,
+            "did:test:v",
+            &format!("elevate-sponsored 1 600 {att} deploy"),
+        )
+        .await;
+    assert_eq!(
+        ok(&out, &format!("elevate-sponsored 1 600 {att} deploy")),
+        "ring 1"
+    );
+    h.hv.set_trust(&s, &id("did:test:v"), 0.3).unwrap();
+    assert_eq!(
+        h.hv.ring(&s, &id("did:test:v")).unwrap(),
+        Ring::Sandbox,
+        "at once, elevation gone"
+    );
+    assert!(matches!(
+        &events(&h, &s, EventKind::RingElevationRevoked)[..],
+        [EventPayload::RingElevationRevoked {
+            ring: Ring::Privileged,
+            ..
+        }]
+    ));
+    // Trust 0.3 is below ring 2's 0.50 anyway; the cooldown refuses before any rule.
+    h.hv.set_trust(&s, &id("did:test:v"), 0.6).unwrap();
+    let out = h.script(&s, "did:test:v", "elevate 2 60 again\nring").await;
+    err(&out, "elevate 2 60 again", "denied");
+    assert!(out.contains("took privilege away"), "{out}");
+    assert_eq!(ok(&out, "ring"), "3");
+}
+
+#[tokio::test]
+async fn a_sponsorship_is_single_use_and_no_longer_lived_than_the_longest_elevation() {
+    let (h, s, operator) = sponsored("did:test:u").await;
+    let att = attestation(&operator, "did:test:u", &s, unix_now() + 600);
+    let long = attestation(&operator, "did:test:u", &s, unix_now() + 7200);
+    let script = format!(
+        "elevate-sponsored 1 60 {long} deploy\nelevate-sponsored 1 60 {att} deploy\nrelinquish\nelevate-sponsored 1 60 {att} deploy\nring"
+    );
+    let out = h.script(&s, "did:test:u", &script).await;
+    err(
+        &out,
+        &format!("elevate-sponsored 1 60 {long} deploy"),
+        "denied",
+    );
+    assert!(out.contains("longer than the longest elevation"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[1].ends_with("-> ok ring 1"), "{out}");
+    assert!(lines[2].ends_with("-> ok true"), "{out}");
+    assert!(
+        lines[3].contains("-> err denied:") && lines[3].contains("already used"),
+        "{out}"
+    );
+    assert_eq!(ok(&out, "ring"), "2");
+}
+
+#[tokio::test]
+async fn queued_calls_after_a_breach_do_not_count_it_again() {
+    let p = policy(
+        Ring::Standard,
+        BreachAction::Quarantine { secs: 60 },
+        BreachTrigger::EveryBreach,
+    );
+    let h = Hv::with(move |b| b.breach_policy(p));
+    let s = h.session();
+    h.join(&s, "did:test:z", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    let a = id("did:test:z");
+    let (r1, r2, r3) = tokio::join!(
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+    );
+    let breaches = [r1, r2, r3]
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(HypervisorError::Agent(AgentError::Trapped {
+                    cause: TrapCause::RingBreach(_),
+                    ..
+                }))
+            )
+        })
+        .count();
+    let quarantined = events(&h, &s, EventKind::LiabilityQuarantineEntered).len();
+    assert_eq!(
+        quarantined, breaches,
+        "one consequence per breach, none for calls that found it poisoned"
+    );
+}
+
+#[tokio::test]
+async fn a_parent_that_loses_its_ring_takes_its_children_down_with_it() {
+    let h = Hv::new();
+    let s = family(&h).await;
+    let out = h.script(&s, "did:test:root", "spawn scripted").await;
+    let child = ok(&out, "spawn scripted");
+    assert_eq!(h.hv.ring(&s, &id(&child)).unwrap(), Ring::Privileged);
+    h.hv.demote(&s, &id("did:test:root"), Ring::Standard, "test")
+        .unwrap();
+    assert_eq!(
+        h.hv.ring(&s, &id(&child)).unwrap(),
+        Ring::Sandbox,
+        "min(2 + 1, 3)"
+    );
 }

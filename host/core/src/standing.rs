@@ -49,6 +49,11 @@ const QUARANTINED: u32 = 1 << 5;
 const KILLED: u32 = 1 << 6;
 /// Bits that send a read down the slow path (a clock read).
 const TIMED: u32 = ELEVATED | QUARANTINED;
+/// The low bits hold the state; the rest count writes, so that a reader's
+/// compare-and-swap that claims an expiry fails if any writer came between
+/// its loads and its swap (even one that left the state bits as they were).
+const GENERATION_SHIFT: u32 = 8;
+const STATE_MASK: u32 = (1 << GENERATION_SHIFT) - 1;
 
 /// Why a change to a standing was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -107,6 +112,10 @@ pub struct Standing {
     elevation_until: AtomicU64,
     /// When the quarantine ends (clock time in ns; `u64::MAX`: until released).
     quarantine_until: AtomicU64,
+    /// Until when requests for an elevation are refused (clock time in ns):
+    /// set after a demotion, a revoke or a breach, so the agent cannot take
+    /// back at once what the host has just taken away.
+    no_elevation_until: AtomicU64,
     clock: Arc<dyn Clock>,
     /// Serialises the (rare) writers, so that a deadline and its flag are
     /// published together; readers never take it.
@@ -148,6 +157,7 @@ impl Standing {
             word: AtomicU32::new(u32::from(base.number())),
             elevation_until: AtomicU64::new(0),
             quarantine_until: AtomicU64::new(0),
+            no_elevation_until: AtomicU64::new(0),
             clock,
             writer: Mutex::new(()),
         })
@@ -249,7 +259,8 @@ impl Standing {
     fn update(&self, f: impl Fn(u32) -> Result<u32, StandingError>) -> Result<u32, StandingError> {
         let mut w = self.word.load(Ordering::Acquire);
         loop {
-            let next = f(w)?;
+            let generation = (w >> GENERATION_SHIFT).wrapping_add(1) << GENERATION_SHIFT;
+            let next = (f(w)? & STATE_MASK) | generation;
             match self
                 .word
                 .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
@@ -301,19 +312,36 @@ impl Standing {
         Ok(claimed)
     }
 
-    /// The elevation in force, if any: the ring it grants and the time left.
+    /// The elevation in force, if any: the ring it grants and the time left
+    /// (without claiming an expiry: one that ran out is simply not returned).
     pub fn elevation(&self) -> Option<(Ring, Duration)> {
-        let check = self.check();
         let w = self.word.load(Ordering::Acquire);
-        if w & ELEVATED == 0 || check.killed {
+        if w & ELEVATED == 0 || w & KILLED != 0 {
             return None;
         }
         let until = self.elevation_until.load(Ordering::Acquire);
-        let left = until.saturating_sub(nanos(self.clock.now()));
+        let now = nanos(self.clock.now());
+        if now >= until {
+            return None;
+        }
+        let left = until - now;
         Some((
             ring_of((w >> ELEVATED_SHIFT) & RING_MASK),
             Duration::from_nanos(left),
         ))
+    }
+
+    /// Refuses elevation requests for `cooldown` from now (the later end wins).
+    pub fn block_elevation(&self, cooldown: Duration) {
+        let until = nanos(self.clock.now()).saturating_add(nanos(cooldown));
+        self.no_elevation_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// How long elevation requests are still refused, if they are.
+    pub fn elevation_blocked(&self) -> Option<Duration> {
+        let until = self.no_elevation_until.load(Ordering::Acquire);
+        let now = nanos(self.clock.now());
+        (now < until).then(|| Duration::from_nanos(until - now))
     }
 
     /// Ends an elevation early. Returns the ring it granted, if one was in force.
@@ -332,24 +360,32 @@ impl Standing {
     }
 
     /// Sets the base ring (a demotion, a re-admission, or a promotion the
-    /// host decided). An elevation that would no longer be above the new base
-    /// ends with it. Returns the old base ring.
+    /// host decided). A demotion ends any elevation at once (it was granted
+    /// on the standing the agent has just lost), and so does a base that
+    /// reaches the elevated ring. Returns the old base ring and the ring of
+    /// the elevation it ended, if any.
     ///
     /// # Errors
     /// [`StandingError::Killed`].
-    pub fn set_base(&self, ring: Ring) -> Result<Ring, StandingError> {
+    pub fn set_base(&self, ring: Ring) -> Result<(Ring, Option<Ring>), StandingError> {
         let _writer = self.write_lock();
         let old = self.update(|w| {
             if w & KILLED != 0 {
                 return Err(StandingError::Killed);
             }
+            let demotion = u32::from(ring.number()) > w & RING_MASK;
             let mut next = (w & !RING_MASK) | u32::from(ring.number());
-            if next & ELEVATED != 0 && (next >> ELEVATED_SHIFT) & RING_MASK >= next & RING_MASK {
+            if next & ELEVATED != 0
+                && (demotion || (next >> ELEVATED_SHIFT) & RING_MASK >= next & RING_MASK)
+            {
                 next &= !(ELEVATED | (RING_MASK << ELEVATED_SHIFT));
             }
             Ok(next)
         })?;
-        Ok(ring_of(old & RING_MASK))
+        let new = self.word.load(Ordering::Acquire);
+        let ended = (old & ELEVATED != 0 && new & ELEVATED == 0)
+            .then(|| ring_of((old >> ELEVATED_SHIFT) & RING_MASK));
+        Ok((ring_of(old & RING_MASK), ended))
     }
 
     /// Quarantines the agent for `duration` (`None`: until released).
@@ -392,7 +428,8 @@ impl Standing {
 
     /// Marks the agent killed: every later check says so. Final.
     pub fn kill(&self) {
-        self.word.fetch_or(KILLED, Ordering::AcqRel);
+        let _writer = self.write_lock();
+        let _ = self.update(|w| Ok(w | KILLED));
     }
 }
 
@@ -475,15 +512,45 @@ mod tests {
     }
 
     #[test]
-    fn demotion_is_seen_by_the_next_read_and_ends_a_useless_elevation() {
+    fn a_demotion_is_seen_by_the_next_read_and_ends_any_elevation() {
         let (s, _) = standing(Ring::Standard);
         s.elevate(Ring::Privileged, Duration::from_secs(60))
             .unwrap();
-        assert_eq!(s.set_base(Ring::Sandbox).unwrap(), Ring::Standard);
-        assert_eq!(s.check().ring, Ring::Privileged, "still elevated above 3");
-        assert_eq!(s.set_base(Ring::Privileged).unwrap(), Ring::Sandbox);
-        assert_eq!(s.check().ring, Ring::Privileged);
-        assert_eq!(s.revoke_elevation(), None, "ended with the base change");
+        assert_eq!(
+            s.set_base(Ring::Sandbox).unwrap(),
+            (Ring::Standard, Some(Ring::Privileged))
+        );
+        assert_eq!(
+            s.check().ring,
+            Ring::Sandbox,
+            "demoted at once, elevation gone"
+        );
+        assert_eq!(s.revoke_elevation(), None);
+        s.elevate(Ring::Standard, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            s.set_base(Ring::Standard).unwrap(),
+            (Ring::Sandbox, Some(Ring::Standard)),
+            "a base that reaches the elevated ring ends it too"
+        );
+        assert_eq!(s.check().ring, Ring::Standard);
+    }
+
+    #[test]
+    fn a_writer_between_a_readers_loads_and_its_swap_makes_the_reader_retry() {
+        // The ABA case: an expired quarantine, re-imposed by a writer that
+        // leaves the state bits as they were. Simulated by hand: a reader's
+        // stale word must no longer match after any write.
+        let (s, clock) = standing(Ring::Standard);
+        s.quarantine(Some(Duration::from_secs(1))).unwrap();
+        clock.advance(Duration::from_secs(2));
+        let stale = s.word.load(Ordering::Acquire);
+        // A writer claims the expiry and quarantines again, indefinitely.
+        let claimed = s.quarantine(None).unwrap();
+        assert_eq!(claimed, [Transition::QuarantineExpired]);
+        let now = s.word.load(Ordering::Acquire);
+        assert_eq!(stale & STATE_MASK, now & STATE_MASK, "same state bits");
+        assert_ne!(stale, now, "but another generation: the stale swap fails");
+        assert!(s.check().quarantined && s.check().transitions.is_empty());
     }
 
     #[test]

@@ -566,6 +566,7 @@ impl HypervisorBuilder {
                 elevation: self.elevation_rules,
                 operator_key: self.operator_key,
                 agent_keys: Mutex::new(HashMap::new()),
+                used_attestations: Mutex::new(HashMap::new()),
             },
         });
         governor.attach(&inner);
@@ -607,6 +608,29 @@ struct Security {
     elevation: ElevationRules,
     operator_key: Option<VerifyingKey>,
     agent_keys: Mutex<HashMap<AgentId, VerifyingKey>>,
+    /// Signatures of the sponsorship attestations already used, with their expiry.
+    used_attestations: Mutex<HashMap<[u8; 64], u64>>,
+}
+
+/// Undoes a join that did not complete (no events were emitted for it).
+struct JoinUndo<'a> {
+    entry: &'a SessionEntry,
+    agent: &'a AgentId,
+    armed: bool,
+}
+
+impl Drop for JoinUndo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = lock(&self.entry.gov).leave(self.agent);
+        lock(&self.entry.standings).remove(self.agent);
+        lock(&self.entry.spawned).remove(self.agent);
+        self.entry
+            .core
+            .agent_left(self.agent, "join did not complete", TraceId(0));
+    }
 }
 
 /// The causal context of one host operation (see `Hypervisor::op`).
@@ -923,31 +947,28 @@ impl Hypervisor {
         };
         let standing = Standing::new(ring, self.inner.clock.clone());
         lock(&entry.standings).insert(agent.clone(), standing.clone());
+        // Until the agent is in, a failed or cancelled join (the caller's
+        // future dropped mid-instantiation, e.g. a spawning parent's
+        // deadline) is undone: no ghost participant keeps a seat.
+        let mut undo = JoinUndo {
+            entry: &entry,
+            agent: &agent,
+            armed: true,
+        };
         if let Some(component) = component {
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
                 .standing(standing)
                 .actions(self.inner.actions.clone())
                 .after_trap(self.inner.after_trap);
-            match self.inner.runtime.spawn(&component, spec).await {
-                Ok(live) => {
-                    let slot = Arc::new(AgentSlot {
-                        kill: live.kill_handle(),
-                        agent: tokio::sync::Mutex::new(live),
-                    });
-                    lock(&entry.agents).insert(agent.clone(), slot);
-                }
-                Err(e) => {
-                    // Never admitted: undo the join (no events were emitted).
-                    let _ = lock(&entry.gov).leave(&agent);
-                    lock(&entry.standings).remove(&agent);
-                    entry
-                        .core
-                        .agent_left(&agent, "instantiation failed", TraceId(0));
-                    return Err(e.into());
-                }
-            }
+            let live = self.inner.runtime.spawn(&component, spec).await?;
+            let slot = Arc::new(AgentSlot {
+                kill: live.kill_handle(),
+                agent: tokio::sync::Mutex::new(live),
+            });
+            lock(&entry.agents).insert(agent.clone(), slot);
         }
+        undo.armed = false;
         if forced_strong {
             entry.core.set_strict(true);
         }
@@ -1036,8 +1057,12 @@ impl Hypervisor {
                     agent: agent.clone(),
                 })?;
         let result = slot.agent.lock().await.run(input).await;
-        if let Err(e) = &result
-            && let Some(TrapCause::RingBreach(b)) = e.cause()
+        // Only the call that breached is judged; a later call that finds
+        // the instance poisoned by it is not a second breach.
+        if let Err(AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            ..
+        }) = &result
         {
             self.after_breach(&entry, &slot, agent, b).await;
         }

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 
 use ahv_core::event::EventPayload;
-use ahv_core::{AgentId, Ring, SessionId};
+use ahv_core::{AgentId, Ring, SessionId, TraceId};
 use ahv_runtime::{AgentComponent, AgentError, GovernorFuture, Refusal, Who};
 
 use crate::{Hypervisor, HypervisorError, JoinRequest, SessionEntry, lock};
@@ -98,6 +98,7 @@ impl Hypervisor {
         parent: AgentId,
         ring: Ring,
         key: String,
+        trace: TraceId,
     ) -> Result<AgentId, Refusal> {
         let entry = self
             .entry(&session)
@@ -143,7 +144,7 @@ impl Hypervisor {
             },
         );
         self.emit(
-            &mut self.op(),
+            &mut self.op_in(trace),
             &session,
             Some(&parent),
             EventPayload::AgentSpawned {
@@ -225,12 +226,13 @@ impl Hypervisor {
         key: &str,
     ) -> GovernorFuture<Result<AgentId, Refusal>> {
         let hv = self.clone();
-        let (session, parent, ring, key) = (
+        let (session, parent, ring, key, trace) = (
             who.session.clone(),
             who.agent.clone(),
             who.ring,
             key.to_string(),
+            who.trace,
         );
-        Box::pin(async move { hv.spawn_child(session, parent, ring, key).await })
+        Box::pin(async move { hv.spawn_child(session, parent, ring, key, trace).await })
     }
 }

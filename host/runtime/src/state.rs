@@ -294,7 +294,6 @@ impl Limiter {
     }
 
     /// Bytes of memories and tables the instance holds now.
-    #[cfg(test)]
     pub(crate) fn used(&self) -> u64 {
         self.used
     }
