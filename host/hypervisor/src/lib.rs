@@ -1016,8 +1016,9 @@ impl Hypervisor {
     }
 
     /// Calls the participant's `run` with `input` on its live instance. The
-    /// session must be active. A ring breach expels the agent (after the
-    /// breach event); the error is returned as [`HypervisorError::Agent`].
+    /// session must be active. After a ring breach (recorded before the
+    /// trap) the breach policy decides what it costs the agent (by default
+    /// it is expelled); the error is returned as [`HypervisorError::Agent`].
     ///
     /// # Errors
     /// [`SessionError`] (not active, expired, not a participant);

@@ -1,7 +1,7 @@
 //! Loading components: admission (the imports are the capability manifest),
 //! the on-disk cache of compiled components, and `inspect`.
 //!
-//! [`admit`] is the one admission check: [`crate::Runtime::load`] runs it
+//! `admit` is the one admission check: [`crate::Runtime::load`] runs it
 //! before any agent can be spawned, and `ahv inspect` reports its verdict, so
 //! a component `inspect` calls admissible is one `run` accepts.
 
