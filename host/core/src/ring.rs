@@ -349,7 +349,18 @@ pub struct RingLimits {
     pub result_bytes: usize,
     /// Most bytes one WASI random request may ask the host to produce.
     pub random_bytes: usize,
+    /// Most log lines kept per call (the `log` capability, stdout and stderr
+    /// together); later lines are counted as dropped.
+    pub log_lines: usize,
+    /// Most log bytes kept per call (each line also costs a fixed overhead);
+    /// later lines are counted as dropped.
+    pub log_bytes: usize,
 }
+
+/// Log lines kept per call in every ring of the default table.
+pub const DEFAULT_LOG_LINES_PER_CALL: usize = 4096;
+/// Log bytes kept per call in every ring of the default table.
+pub const DEFAULT_LOG_BYTES_PER_CALL: usize = 256 * 1024;
 
 impl RingLimits {
     /// The default limits of `ring` (`docs/governance.md`, "The ring table").
@@ -379,6 +390,8 @@ impl RingLimits {
             hostcall_bytes,
             result_bytes,
             random_bytes,
+            log_lines: DEFAULT_LOG_LINES_PER_CALL,
+            log_bytes: DEFAULT_LOG_BYTES_PER_CALL,
         }
     }
 }
@@ -508,6 +521,10 @@ mod tests {
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
         assert_eq!(p.limits(Ring::Standard).deadline, Duration::from_secs(30));
         assert_eq!(p.limits(Ring::Root).memory_bytes, 1 << 30);
+        for ring in Ring::ALL {
+            assert_eq!(p.limits(ring).log_lines, 4096);
+            assert_eq!(p.limits(ring).log_bytes, 256 * 1024);
+        }
     }
 
     #[test]
