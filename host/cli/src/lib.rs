@@ -12,6 +12,7 @@ mod demo;
 pub mod exit;
 mod inspect_cmd;
 mod out;
+mod policy_cmd;
 mod quota_files;
 pub mod rings;
 mod run_cmd;
@@ -37,6 +38,7 @@ Try:  ahv demo                       (the example agents, hostile ones included)
       ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
       ahv agents                     (where the built example agents are)
       ahv run <hello.wasm> --ring 3 --input Ada
+      ahv policy check <policy.toml>  (the effective ring table of a policy file)
 ";
 
 fn top_help() -> String {
@@ -86,6 +88,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
+    },
+    /// Check a TOML policy file (rings, budgets, rate limits, breach and
+    /// elevation rules, per-agent grants) and print its effective table.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
     },
 }
 
@@ -140,6 +148,7 @@ pub fn main() -> ExitCode {
             Command::Demo { state_dir } => demo::demo(state_dir).await.map_err(Failure::from),
             Command::Agents => agents(),
             Command::Audit { cmd } => audit_cmd::audit(cmd),
+            Command::Policy { cmd } => policy_cmd::policy(cmd),
         }
     });
     result.unwrap_or_else(Failure::report).into()

@@ -358,7 +358,18 @@ pub struct RingLimits {
     /// How deep a child of an agent in this ring may be: a child's depth is
     /// its parent's plus one (agents that joined have depth 0).
     pub max_spawn_depth: u8,
+    /// Most log lines kept per call (the `log` capability, stdout and stderr
+    /// together); later lines are counted as dropped.
+    pub log_lines: usize,
+    /// Most log bytes kept per call (each line also costs a fixed overhead);
+    /// later lines are counted as dropped.
+    pub log_bytes: usize,
 }
+
+/// Log lines kept per call in every ring of the default table.
+pub const DEFAULT_LOG_LINES_PER_CALL: usize = 4096;
+/// Log bytes kept per call in every ring of the default table.
+pub const DEFAULT_LOG_BYTES_PER_CALL: usize = 256 * 1024;
 
 impl RingLimits {
     /// The default limits of `ring` (`docs/governance.md`, "The ring table").
@@ -395,6 +406,8 @@ impl RingLimits {
             hostcall_bytes,
             result_bytes,
             random_bytes,
+            log_lines: DEFAULT_LOG_LINES_PER_CALL,
+            log_bytes: DEFAULT_LOG_BYTES_PER_CALL,
         }
     }
 }
@@ -524,6 +537,10 @@ mod tests {
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
         assert_eq!(p.limits(Ring::Standard).deadline, Duration::from_secs(30));
         assert_eq!(p.limits(Ring::Root).memory_bytes, 1 << 30);
+        for ring in Ring::ALL {
+            assert_eq!(p.limits(ring).log_lines, 4096);
+            assert_eq!(p.limits(ring).log_bytes, 256 * 1024);
+        }
     }
 
     #[test]

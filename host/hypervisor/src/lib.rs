@@ -88,7 +88,7 @@ mod governor;
 mod spawn;
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,7 +104,7 @@ use ahv_core::standing::Standing;
 use ahv_core::{
     ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
 };
-use ahv_governance::actions::ActionRegistry;
+use ahv_governance::actions::{ActionError, ActionRegistry};
 use ahv_governance::session::{
     Consistency, Participant, ParticipantsDiff, Session, SessionConfig, SessionError, SessionState,
 };
@@ -118,6 +118,7 @@ use ahv_runtime::{
 };
 use ahv_security::breach::{BreachDetector, BreachPolicy};
 use ahv_security::elevation::ElevationRules;
+use ahv_security::policy::{Grants, Policy, PolicyError, PolicyFile};
 use ahv_security::rate::{RateLimiter, RateTable};
 use cap_std::fs::Dir;
 use ed25519_dalek::VerifyingKey;
@@ -183,6 +184,18 @@ pub enum HypervisorError {
     /// A security setting (rate limits, breach policy, elevation rules) is invalid.
     #[error("security settings: {0}")]
     Security(String),
+    /// The policy file was refused (it names the file, the field and the value).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A policy grants an agent an action or effect the host did not register.
+    #[error("policy grants of agent {agent}: {source}")]
+    Grant {
+        /// The agent.
+        agent: AgentId,
+        /// The unknown action or effect.
+        #[source]
+        source: ActionError,
+    },
 }
 
 /// A request to join a session.
@@ -293,6 +306,8 @@ pub struct HypervisorBuilder {
     breach_policy: BreachPolicy,
     elevation_rules: ElevationRules,
     operator_key: Option<VerifyingKey>,
+    grants: BTreeMap<AgentId, Grants>,
+    policy_file: Option<PathBuf>,
 }
 
 impl Default for HypervisorBuilder {
@@ -317,6 +332,8 @@ impl Default for HypervisorBuilder {
             breach_policy: BreachPolicy::default(),
             elevation_rules: ElevationRules::default(),
             operator_key: None,
+            grants: BTreeMap::new(),
+            policy_file: None,
         }
     }
 }
@@ -346,6 +363,38 @@ impl HypervisorBuilder {
     /// The ring table (used when the hypervisor builds its own runtime).
     pub fn policy(mut self, policy: RingPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Every rule of a policy file at once: the ring table (when the
+    /// hypervisor builds its own runtime), rate limits (turning them on),
+    /// the breach policy, the elevation rules and per-agent grants of host
+    /// actions and effects (an agent listed gets exactly its grants; others
+    /// get every registered one). Replaces what [`policy`](Self::policy),
+    /// [`rate_limits`](Self::rate_limits), [`breach_policy`](Self::breach_policy)
+    /// and [`elevation_rules`](Self::elevation_rules) set before.
+    pub fn governance_policy(mut self, policy: Policy) -> Self {
+        let Policy {
+            rings,
+            rate,
+            breach,
+            elevation,
+            grants,
+        } = policy;
+        self.policy = rings;
+        self.rate_limits = Some(rate);
+        self.breach_policy = breach;
+        self.elevation_rules = elevation;
+        self.grants = grants;
+        self
+    }
+
+    /// Loads the TOML policy file at `path` when the hypervisor is built and
+    /// applies it as [`governance_policy`](Self::governance_policy) does, over
+    /// whatever was set before (a field the file leaves out has its default,
+    /// not an earlier setting). The format is in `docs/policy.md`.
+    pub fn policy_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy_file = Some(path.into());
         self
     }
 
@@ -455,8 +504,29 @@ impl HypervisorBuilder {
     ///
     /// # Errors
     /// [`HypervisorError::Setup`] without a state directory or if it cannot be
-    /// created; [`HypervisorError::Build`] if the runtime cannot be built.
-    pub fn build(self) -> Result<Hypervisor, HypervisorError> {
+    /// created; [`HypervisorError::Build`] if the runtime cannot be built;
+    /// [`HypervisorError::Policy`] for a refused policy file;
+    /// [`HypervisorError::Grant`] for a grant of an unregistered action.
+    pub fn build(mut self) -> Result<Hypervisor, HypervisorError> {
+        if let Some(path) = self.policy_file.take() {
+            self = self.governance_policy(PolicyFile::load(&path)?);
+        }
+        let granted = self
+            .grants
+            .iter()
+            .map(|(agent, g)| {
+                self.actions
+                    .restricted(
+                        g.actions.iter().map(String::as_str),
+                        g.effects.iter().map(String::as_str),
+                    )
+                    .map(|r| (agent.clone(), Arc::new(r)))
+                    .map_err(|source| HypervisorError::Grant {
+                        agent: agent.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
         let state_dir = self
             .state_dir
             .ok_or_else(|| HypervisorError::Setup("a state directory is required".into()))?;
@@ -549,6 +619,7 @@ impl HypervisorBuilder {
             clock: self.clock,
             events,
             actions: self.actions,
+            granted,
             quotas: self.quotas,
             state_limits: self.state_limits,
             max_locks_per_agent: self.max_locks_per_agent,
@@ -654,6 +725,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     events: Arc<EventBus>,
     actions: Arc<ActionRegistry>,
+    /// The registries of the agents a policy lists: only their grants.
+    granted: HashMap<AgentId, Arc<ActionRegistry>>,
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
@@ -956,10 +1029,16 @@ impl Hypervisor {
             armed: true,
         };
         if let Some(component) = component {
+            let actions = self
+                .inner
+                .granted
+                .get(&agent)
+                .unwrap_or(&self.inner.actions)
+                .clone();
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
                 .standing(standing)
-                .actions(self.inner.actions.clone())
+                .actions(actions)
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
             let slot = Arc::new(AgentSlot {
