@@ -35,6 +35,30 @@
 //! The capabilities a component *actually calls* become its imports and so
 //! its capability manifest: `ahv inspect agent.wasm` tells the lowest ring that
 //! covers them.
+//!
+//! # Rings
+//!
+//! Ring 0 is the most privileged, ring 3 the least; each ring has the
+//! capabilities of the less privileged rings plus its own. The host's default
+//! table (generated from the host's ring table; a host may narrow it):
+//!
+//! <!-- ring-table: generated from RingPolicy::default() and RateTable::default() by host/cli/src/rings.rs; AHV_BLESS=1 cargo test -p ahv-cli rings rewrites it -->
+//!
+//! | Ring | Capabilities (WIT interfaces) | Fuel / call | Memory | Deadline / call | Rate limit: changes | Rate limit: reads | Host-call data | Answer | Random bytes | Resources |
+//! |---|---|---|---|---|---|---|---|---|---|---|
+//! | 3 sandbox | `context`, `log`, `vfs-read`, `state-read`, `elevation` | 10^8 | 32 MiB | 2 s | 5/s, burst 10 | 50/s, burst 100 | 4 MiB | 1 MiB | 64 KiB | 256 |
+//! | 2 standard | ring 3's + `vfs-write`, `state-write`, `locks`, `actions` | 10^9 | 128 MiB | 30 s | 20/s, burst 40 | 200/s, burst 400 | 16 MiB | 4 MiB | 256 KiB | 1024 |
+//! | 1 privileged | ring 2's + `effects`, `spawn` | 10^10 | 512 MiB | 300 s | 50/s, burst 100 | 500/s, burst 1000 | 64 MiB | 16 MiB | 1 MiB | 4096 |
+//! | 0 root | ring 1's + `admin` | 10^11 | 1 GiB | 300 s | 100/s, burst 200 | 1000/s, burst 2000 | 128 MiB | 16 MiB | 1 MiB | 16384 |
+//!
+//! <!-- ring-table: end -->
+//!
+//! The ring that counts is the agent's ring *now*, judged at every host call:
+//! an [`elevation`] raises it until its time runs out, the host may demote
+//! it, and a quarantined agent gets [`Error::Quarantined`] from everything
+//! but [`context`] and [`log`]. Calls that change something and calls that
+//! read draw from separate rate limits; past them a call returns
+//! [`Error::RateLimited`] with the milliseconds to wait, a value, not a trap.
 #![deny(missing_docs)]
 
 // Lets the bindings name this crate by its absolute path from inside it too.
@@ -174,7 +198,7 @@ macro_rules! __log_error { ($($arg:tt)*) => { $crate::log::write($crate::log::Le
 /// no `..`, no NUL. A bad path is an [`Error::InvalidPath`] value.
 ///
 /// In a shared session, paths under `shared/` name the session's shared area
-/// (every participant sees it, subject to each file's [`Acl`]); every other
+/// (every participant sees it, subject to each file's [`Acl`](vfs::Acl)); every other
 /// path names the agent's private area, which no other agent can reach.
 pub mod vfs {
     use crate::bindings::agent_hypervisor::agent::{vfs_read, vfs_write};
@@ -498,6 +522,50 @@ pub mod elevation {
     /// `RateLimited`, `Quarantined`.
     pub fn current() -> Result<Option<Grant>, Error> {
         raw::current()
+    }
+}
+
+/// Child agents (capability `spawn`, ring 1 and below). A child runs in the
+/// caller's session at `min(caller's ring + 1, 3)`; each ring limits how
+/// many children an agent may have and how deep they may nest; stopping the
+/// caller stops its children.
+pub mod spawn {
+    use crate::bindings::agent_hypervisor::agent::spawn as raw;
+
+    pub use crate::Error;
+
+    /// Starts a child from a component the host offers (its name or SHA-256
+    /// digest); returns the child's agent id.
+    ///
+    /// # Errors
+    /// `NotFound` (no such component), `Denied` (a limit), `RateLimited`.
+    pub fn start(component: &str) -> Result<String, Error> {
+        raw::start(component)
+    }
+
+    /// Runs the child with `input`: its answer or its own failure message.
+    ///
+    /// # Errors
+    /// `NotFound` (not a child of the caller), `ActionFailed` (it trapped),
+    /// `Timeout` (not within the caller's deadline).
+    pub fn run(child: &str, input: &str) -> Result<Result<String, String>, Error> {
+        raw::run(child, input)
+    }
+
+    /// Stops a child and its children.
+    ///
+    /// # Errors
+    /// `NotFound` (not a child of the caller).
+    pub fn stop(child: &str) -> Result<(), Error> {
+        raw::stop(child)
+    }
+
+    /// The caller's live children.
+    ///
+    /// # Errors
+    /// `RateLimited`, `Quarantined`.
+    pub fn children() -> Result<Vec<String>, Error> {
+        raw::children()
     }
 }
 

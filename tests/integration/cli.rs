@@ -858,3 +858,124 @@ fn the_demo_counts_every_breach_it_shows_each_after_the_agent_s_own_lines() {
     let v = ahv_run(&args);
     assert_eq!(v.code(), 0, "{v:?}");
 }
+
+#[test]
+fn policy_check_prints_the_table_and_refuses_a_bad_file_with_exit_2() {
+    let example = crate::policy::example_path();
+    let r = ahv_run(&["policy", "check", path_str(&example)]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let row = |name: &str| {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name).filter(|rest| rest.starts_with(' ')))
+            .unwrap_or_else(|| panic!("no row {name}: {r:?}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("ring"), "3 sandbox 2 standard 1 privileged 0 root");
+    assert_eq!(row("locks"), "- - yes yes", "the example narrows ring 2");
+    assert_eq!(row("log_lines"), "200 4096 4096 4096");
+    assert!(
+        r.stdout
+            .contains("did:example:note-taker: actions note.append; effects none")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (text, names) in [
+        (
+            "[rings.sandbox]\ncapabilities = [\"vfs-write\"]\n",
+            &["rings.sandbox.capabilities", "vfs-write", "widening"][..],
+        ),
+        (
+            "[rings.standard]\nlog_lines = 3\nlog_linez = 4\n",
+            &["log_linez", "line 3"][..],
+        ),
+        (
+            "[elevation]\nmax_ttl_secs = 100000\n",
+            &["max_ttl_secs", "100000"][..],
+        ),
+    ] {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let r = ahv_run(&["policy", "check", path_str(&file)]);
+        assert_eq!(r.code(), code(Exit::Usage), "{text}: {r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+        for name in names {
+            assert!(r.stderr.contains(name), "{text}: no {name:?} in {r:?}");
+        }
+    }
+    let r = ahv_run(&["policy", "check", "/nonexistent/policy.toml"]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+}
+
+#[test]
+fn run_with_a_policy_enforces_its_ring_table_log_budget_and_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        r#"
+[rings.standard]
+capabilities = ["context", "log", "vfs-read", "state-read", "elevation", "vfs-write", "state-write", "actions"]
+log_lines = 3
+[agents."did:ahv:cli"]
+actions = []
+"#,
+    )
+    .unwrap();
+    let policy = path_str(&file);
+    let scripted = ahv_agents::SCRIPTED_PATH;
+    let lock = [
+        "run",
+        scripted,
+        "--ring",
+        "2",
+        "--input",
+        "lock key:k write 0",
+    ];
+    // Without the policy the lock call is inside ring 2 (it fails for want
+    // of a session, as a value); with it, it is a breach.
+    let r = ahv_run(&lock);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = ahv_run(&[&lock[..], &["--policy", policy]].concat());
+    assert_eq!(r.code(), code(Exit::RingBreach), "{r:?}");
+
+    let r = ahv_run(&[
+        "run",
+        ahv_agents::ABUSER_PATH,
+        "--ring",
+        "2",
+        "--input",
+        "log-lines:10",
+        "--json",
+        "--policy",
+        policy,
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let j = json(&r);
+    assert_eq!(j["dropped_log_lines"], 7, "{r:?}");
+    assert_eq!(j["logs"].as_array().unwrap().len(), 4, "{r:?}");
+
+    let action = [
+        "run",
+        ahv_agents::ESCALATOR_PATH,
+        "--ring",
+        "2",
+        "--input",
+        "action:hi",
+    ];
+    let r = ahv_run(&action);
+    assert_eq!(r.code(), 0, "every built-in action without a policy: {r:?}");
+    let r = ahv_run(&[&action[..], &["--policy", policy]].concat());
+    assert_eq!(r.code(), code(Exit::Failed), "{r:?}");
+    assert!(r.stderr.contains("UnknownAction"), "{r:?}");
+    let r = ahv_run(
+        &[
+            &action[..],
+            &["--policy", policy, "--agent-id", "did:ahv:other"],
+        ]
+        .concat(),
+    );
+    assert_eq!(r.code(), 0, "an agent the policy does not list: {r:?}");
+}

@@ -18,6 +18,13 @@ use ed25519_dalek::SigningKey;
 
 use crate::sessions::{Hv, err, id, ok};
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn fake() -> (Hv, FakeClock) {
     let clock = FakeClock::new();
     let c = clock.clone();
@@ -53,13 +60,22 @@ async fn an_elevated_guest_writes_and_after_the_ttl_the_same_write_is_a_recorded
         Ring::Sandbox
     );
     h.hv.activate_session(&s).unwrap();
-    let out = h
-        .script(
+    let run =
+        h.hv.run_agent(
             &s,
-            "did:test:e",
+            &id("did:test:e"),
             "elevate 2 60 write the report\nwrite report.txt one\nring\nelevation",
         )
-        .await;
+        .await
+        .unwrap();
+    let out = run.result.unwrap();
+    let elevated =
+        h.hv.events()
+            .query(&EventQuery::default().kind(EventKind::RingElevated));
+    assert_eq!(
+        elevated[0].trace, run.trace,
+        "decided inside the call: its trace id"
+    );
     assert_eq!(ok(&out, "elevate 2 60 write the report"), "ring 2");
     ok(&out, "write report.txt one");
     assert_eq!(ok(&out, "ring"), "2");
@@ -129,7 +145,7 @@ async fn elevation_rules_hold_against_a_guest_and_ring_1_needs_a_signed_sponsors
             id("did:test:high"),
             s.clone(),
             Ring::Privileged,
-            u64::MAX / 2,
+            unix_now() + 600,
             key,
         )
         .to_text()
@@ -436,5 +452,283 @@ async fn a_ring_0_agent_administers_others_and_no_one_else_can() {
     assert_eq!(
         (b.capability.interface(), b.function.as_str()),
         ("admin", "kill")
+    );
+}
+
+/// A root agent and the `scripted` component offered for spawning.
+async fn family(h: &Hv) -> SessionId {
+    let s = h.session();
+    let c = h.hv.load(ahv_agents::SCRIPTED).unwrap();
+    h.hv.offer_component("scripted", c.clone()).unwrap();
+    let ring =
+        h.hv.join_session(
+            &s,
+            JoinRequest::new(id("did:test:root"), 0.9)
+                .component(c)
+                .root("did:test:operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ring, Ring::Root);
+    h.hv.activate_session(&s).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn children_inherit_a_less_privileged_ring_and_killing_a_parent_kills_them() {
+    let h = Hv::new();
+    let s = family(&h).await;
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn scripted\nspawn no-such-component\nchildren",
+        )
+        .await;
+    let child = ok(&out, "spawn scripted");
+    assert_eq!(child, "did:test:root:child-0");
+    err(&out, "spawn no-such-component", "not-found");
+    assert_eq!(ok(&out, "children"), child);
+    assert_eq!(
+        h.hv.ring(&s, &id(&child)).unwrap(),
+        Ring::Privileged,
+        "min(0 + 1, 3)"
+    );
+
+    // The child (ring 1, depth 1) may not have children of its own by
+    // default (ring 1 allows depth 1), and runs under its own ring.
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            &format!("spawn-run {child} ring;spawn scripted;write f x"),
+        )
+        .await;
+    let report = ok(
+        &out,
+        &format!("spawn-run {child} ring;spawn scripted;write f x"),
+    );
+    assert!(
+        report.starts_with("ring -> ok 1;spawn scripted -> err denied:"),
+        "{report}"
+    );
+    assert!(report.contains("depth 2"), "{report}");
+    assert!(report.ends_with("write f x -> ok"), "{report}");
+    // Someone else's child is not the caller's.
+    h.join(&s, "did:test:other", 0.8, ahv_agents::SCRIPTED)
+        .await;
+    match h
+        .hv
+        .run_agent(
+            &s,
+            &id("did:test:other"),
+            &format!("spawn-run {child} ring"),
+        )
+        .await
+    {
+        Err(HypervisorError::Agent(AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            ..
+        })) => {
+            assert_eq!(
+                (b.ring, b.capability.interface()),
+                (Ring::Standard, "spawn")
+            );
+        }
+        other => panic!("a ring 2 agent calling spawn must breach, got {other:?}"),
+    }
+    assert_eq!(events(&h, &s, EventKind::AgentSpawned).len(), 1);
+
+    h.hv.kill_agent(&s, &id("did:test:root"), "test").unwrap();
+    assert!(
+        h.hv.ring(&s, &id(&child)).is_err(),
+        "the child is gone with its parent"
+    );
+    let killed: Vec<_> =
+        h.hv.events()
+            .query(
+                &EventQuery::default()
+                    .session(s.clone())
+                    .kind(EventKind::SecurityAgentKilled),
+            )
+            .into_iter()
+            .filter_map(|e| e.agent)
+            .collect();
+    assert_eq!(killed, [id(&child), id("did:test:root")]);
+}
+
+#[tokio::test]
+async fn the_ring_limits_how_many_children_an_agent_may_have() {
+    let mut policy = ahv_core::RingPolicy::default();
+    let mut root = policy.limits(Ring::Root).clone();
+    root.max_children = 2;
+    policy.set_limits(Ring::Root, root).unwrap();
+    let h = Hv::with(move |b| b.policy(policy));
+    let s = family(&h).await;
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn scripted\nspawn scripted\nspawn scripted",
+        )
+        .await;
+    assert_eq!(
+        out.matches("-> ok did:test:root:child-").count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.lines().nth(2).unwrap().contains("-> err denied:"),
+        "{out}"
+    );
+    assert!(out.contains("2 live children"), "{out}");
+    // Stopping one makes room again.
+    let out = h
+        .script(
+            &s,
+            "did:test:root",
+            "spawn-stop did:test:root:child-0\nspawn scripted\nspawn-stop did:test:nobody",
+        )
+        .await;
+    ok(&out, "spawn-stop did:test:root:child-0");
+    assert_eq!(ok(&out, "spawn scripted"), "did:test:root:child-2");
+    err(&out, "spawn-stop did:test:nobody", "not-found");
+    assert!(h.hv.ring(&s, &id("did:test:root:child-0")).is_err());
+}
+
+/// An operator-keyed hypervisor with the built-in actions, one session,
+/// and `agent` joined at σ 0.9 (ring 2).
+async fn sponsored(agent: &str) -> (Hv, SessionId, SigningKey) {
+    let operator = SigningKey::from_bytes(&[7; 32]);
+    let key = operator.verifying_key();
+    let h = Hv::with(move |b| b.operator_key(key).actions(builtin::registry()));
+    let s = h.session();
+    h.join(&s, agent, 0.9, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    (h, s, operator)
+}
+
+fn attestation(key: &SigningKey, agent: &str, s: &SessionId, expires: u64) -> String {
+    Attestation::sign(
+        Sponsor::Operator,
+        id(agent),
+        s.clone(),
+        Ring::Privileged,
+        expires,
+        key,
+    )
+    .to_text()
+}
+
+#[tokio::test]
+async fn a_demotion_ends_an_elevation_and_the_agent_cannot_take_it_back() {
+    let (h, s, operator) = sponsored("did:test:v").await;
+    let att = attestation(&operator, "did:test:v", &s, unix_now() + 600);
+    let out = h
+        .script(
+            &s,
+            "did:test:v",
+            &format!("elevate-sponsored 1 600 {att} deploy"),
+        )
+        .await;
+    assert_eq!(
+        ok(&out, &format!("elevate-sponsored 1 600 {att} deploy")),
+        "ring 1"
+    );
+    h.hv.set_trust(&s, &id("did:test:v"), 0.3).unwrap();
+    assert_eq!(
+        h.hv.ring(&s, &id("did:test:v")).unwrap(),
+        Ring::Sandbox,
+        "at once, elevation gone"
+    );
+    assert!(matches!(
+        &events(&h, &s, EventKind::RingElevationRevoked)[..],
+        [EventPayload::RingElevationRevoked {
+            ring: Ring::Privileged,
+            ..
+        }]
+    ));
+    // Trust 0.3 is below ring 2's 0.50 anyway; the cooldown refuses before any rule.
+    h.hv.set_trust(&s, &id("did:test:v"), 0.6).unwrap();
+    let out = h.script(&s, "did:test:v", "elevate 2 60 again\nring").await;
+    err(&out, "elevate 2 60 again", "denied");
+    assert!(out.contains("took privilege away"), "{out}");
+    assert_eq!(ok(&out, "ring"), "3");
+}
+
+#[tokio::test]
+async fn a_sponsorship_is_single_use_and_no_longer_lived_than_the_longest_elevation() {
+    let (h, s, operator) = sponsored("did:test:u").await;
+    let att = attestation(&operator, "did:test:u", &s, unix_now() + 600);
+    let long = attestation(&operator, "did:test:u", &s, unix_now() + 7200);
+    let script = format!(
+        "elevate-sponsored 1 60 {long} deploy\nelevate-sponsored 1 60 {att} deploy\nrelinquish\nelevate-sponsored 1 60 {att} deploy\nring"
+    );
+    let out = h.script(&s, "did:test:u", &script).await;
+    err(
+        &out,
+        &format!("elevate-sponsored 1 60 {long} deploy"),
+        "denied",
+    );
+    assert!(out.contains("longer than the longest elevation"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[1].ends_with("-> ok ring 1"), "{out}");
+    assert!(lines[2].ends_with("-> ok true"), "{out}");
+    assert!(
+        lines[3].contains("-> err denied:") && lines[3].contains("already used"),
+        "{out}"
+    );
+    assert_eq!(ok(&out, "ring"), "2");
+}
+
+#[tokio::test]
+async fn queued_calls_after_a_breach_do_not_count_it_again() {
+    let p = policy(
+        Ring::Standard,
+        BreachAction::Quarantine { secs: 60 },
+        BreachTrigger::EveryBreach,
+    );
+    let h = Hv::with(move |b| b.breach_policy(p));
+    let s = h.session();
+    h.join(&s, "did:test:z", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    let a = id("did:test:z");
+    let (r1, r2, r3) = tokio::join!(
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+        h.hv.run_agent(&s, &a, "effect notify.send hi"),
+    );
+    let breaches = [r1, r2, r3]
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(HypervisorError::Agent(AgentError::Trapped {
+                    cause: TrapCause::RingBreach(_),
+                    ..
+                }))
+            )
+        })
+        .count();
+    let quarantined = events(&h, &s, EventKind::LiabilityQuarantineEntered).len();
+    assert_eq!(
+        quarantined, breaches,
+        "one consequence per breach, none for calls that found it poisoned"
+    );
+}
+
+#[tokio::test]
+async fn a_parent_that_loses_its_ring_takes_its_children_down_with_it() {
+    let h = Hv::new();
+    let s = family(&h).await;
+    let out = h.script(&s, "did:test:root", "spawn scripted").await;
+    let child = ok(&out, "spawn scripted");
+    assert_eq!(h.hv.ring(&s, &id(&child)).unwrap(), Ring::Privileged);
+    h.hv.demote(&s, &id("did:test:root"), Ring::Standard, "test")
+        .unwrap();
+    assert_eq!(
+        h.hv.ring(&s, &id(&child)).unwrap(),
+        Ring::Sandbox,
+        "min(2 + 1, 3)"
     );
 }

@@ -14,6 +14,8 @@
 //! - `ring` (the current ring), `elevate RING TTL_SECS JUSTIFICATION`,
 //!   `elevate-sponsored RING TTL_SECS ATTESTATION JUSTIFICATION`, `relinquish`, `elevation`
 //! - `effect NAME ARGS` (a non-reversible effect, ring 1)
+//! - `spawn COMPONENT`, `spawn-run CHILD SCRIPT` (`;` separates the child's
+//!   lines; its report comes back with `;` for newlines), `spawn-stop CHILD`, `children`
 //! - `admin-list`, `admin-inspect A`, `admin-kill A REASON`, `admin-quarantine A SECS REASON`,
 //!   `admin-release A`
 //! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
@@ -25,7 +27,7 @@
 use std::collections::HashMap;
 
 use agent_sdk::{
-    Agent, Error, admin, context, effects, elevation, export_agent, locks, state, vfs,
+    Agent, Error, admin, context, effects, elevation, export_agent, locks, spawn, state, vfs,
 };
 
 struct Scripted;
@@ -201,6 +203,16 @@ impl Machine {
                 let (name, args) = two();
                 effects::invoke(name, args)
             }
+            "spawn" => spawn::start(rest),
+            "spawn-run" => {
+                let (child, input) = two();
+                spawn::run(child, &input.replace(';', "\n")).map(|r| match r {
+                    Ok(answer) => answer.trim_end().replace('\n', ";"),
+                    Err(failure) => format!("failed {failure}"),
+                })
+            }
+            "spawn-stop" => spawn::stop(rest).map(|()| String::new()),
+            "children" => spawn::children().map(|l| l.join(",")),
             "relinquish" => elevation::relinquish().map(|b| b.to_string()),
             "elevation" => elevation::current().map(|g| match g {
                 Some(g) => format!("ring {}", g.ring),

@@ -68,7 +68,7 @@ exit_codes! {
     1 Failed "failed"
         "the agent reported its own failure (`run` returned `Err`); `audit verify`: verification failed";
     2 Usage "usage"
-        "bad command line: unknown or missing option, bad value, conflicting options, an input file that cannot be read or is too large";
+        "bad command line: unknown or missing option, bad value, conflicting options, an input file that cannot be read or is too large, a policy file that is refused";
     3 Refused "refused"
         "component refused: cannot be read, not a component, an import outside the contract, no `run` of the contract's type, a function the contract lacks, strict admission";
     4 Setup "setup-error" "setup error: a directory, the component cache, the runtime, the audit log";

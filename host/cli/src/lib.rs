@@ -12,45 +12,25 @@ mod demo;
 pub mod exit;
 mod inspect_cmd;
 mod out;
+mod policy_cmd;
 mod quota_files;
+pub mod rings;
 mod run_cmd;
 mod session_demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ahv_core::{Ring, RingPolicy};
 use ahv_runtime::{LogLine, LogSource};
 use clap::{Parser, Subcommand};
 
 use crate::exit::Exit;
 use crate::out::{Failure, errln};
 
-/// The rings of the default table and the capabilities each has.
-fn rings_help() -> String {
-    let policy = RingPolicy::default();
-    let mut s = String::from("Rings (lower = more privilege):\n");
-    for ring in Ring::ALL {
-        let caps: Vec<String> = policy
-            .limits(ring)
-            .capabilities
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        s += &format!(
-            "  {} {:<11} {}\n",
-            ring.number(),
-            ring.name(),
-            caps.join(", ")
-        );
-    }
-    s
-}
-
 const ACTIONS_HELP: &str = "\
 Built-in host actions available to `ahv run`:
-  note.append   reversible (ring 2+): appends a line to journal/notes.log
-  notify.send   effect (ring 1+): appends a line to outbox/notifications.log
+  note.append   reversible (ring ≤ 2): appends a line to journal/notes.log
+  notify.send   effect (ring ≤ 1): appends a line to outbox/notifications.log
 ";
 
 const TRY_HELP: &str = "\
@@ -58,18 +38,19 @@ Try:  ahv demo                       (the example agents, hostile ones included)
       ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
       ahv agents                     (where the built example agents are)
       ahv run <hello.wasm> --ring 3 --input Ada
+      ahv policy check <policy.toml>  (the effective ring table of a policy file)
 ";
 
 fn top_help() -> String {
     format!(
         "{}\n{ACTIONS_HELP}\n{}\n{TRY_HELP}",
-        rings_help(),
+        rings::help(),
         exit::help()
     )
 }
 
 fn run_help() -> String {
-    format!("{}\n{ACTIONS_HELP}\n{}", rings_help(), exit::help())
+    format!("{}\n{ACTIONS_HELP}\n{}", rings::help(), exit::help())
 }
 
 /// Agent Hypervisor: runs untrusted AI-agent code as WebAssembly components,
@@ -107,6 +88,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
+    },
+    /// Check a TOML policy file (rings, budgets, rate limits, breach and
+    /// elevation rules, per-agent grants) and print its effective table.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
     },
 }
 
@@ -161,6 +148,7 @@ pub fn main() -> ExitCode {
             Command::Demo { state_dir } => demo::demo(state_dir).await.map_err(Failure::from),
             Command::Agents => agents(),
             Command::Audit { cmd } => audit_cmd::audit(cmd),
+            Command::Policy { cmd } => policy_cmd::policy(cmd),
         }
     });
     result.unwrap_or_else(Failure::report).into()
@@ -240,7 +228,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.ring, Ring::Standard);
+        assert_eq!(args.ring, ahv_core::Ring::Standard);
         assert!(Cli::try_parse_from(["ahv", "run", "a.wasm", "--ring", "7"]).is_err());
     }
 

@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ahv_core::{AgentId, Ring, RingPolicy, TraceId};
+use ahv_core::{AgentId, Ring, SystemClock, TraceId};
 use ahv_governance::actions::builtin;
 use ahv_governance::session_vfs::{FileQuotas, Usage};
 use ahv_runtime::{
     AgentComponent, AgentError, AgentSpec, LoadError, LogLine, LogSource, MAX_INPUT_BYTES, Runtime,
     TrapCause,
 };
+use ahv_security::policy::{Policy, PolicyFile};
+use ahv_security::rate::RateLimiter;
 use anyhow::Context;
 use serde_json::json;
 
@@ -65,6 +67,14 @@ pub(crate) struct RunArgs {
     /// Refuse to run a component in a ring that lacks a capability it imports.
     #[arg(long)]
     strict: bool,
+    /// A TOML policy file (see `ahv policy check`): its ring table (capabilities
+    /// and budgets, log budgets included), its rate limits (on with a policy,
+    /// off without) and the grants of host actions for --agent-id apply to
+    /// the run; --fuel and --deadline-ms still override the ring's budgets.
+    /// Breach and elevation rules apply to sessions: a lone run ends at a
+    /// breach and is granted no elevation.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Most regular files the agent's directory may hold (what it holds
     /// already counts). Default: the session quota, 10 000.
     #[arg(long, value_name = "N")]
@@ -124,7 +134,27 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
 /// Runs the agent, recording what happens in `report`; prints nothing.
 async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
     let input = read_input(args)?;
-    let mut policy = RingPolicy::default();
+    let governance = match &args.policy {
+        Some(path) => {
+            PolicyFile::load(path).map_err(|e| Failure::usage("run", format!("--policy: {e}")))?
+        }
+        None => Policy::default(),
+    };
+    let actions = match governance.grants_for(&args.agent_id) {
+        Some(g) => builtin::registry()
+            .restricted(
+                g.actions.iter().map(String::as_str),
+                g.effects.iter().map(String::as_str),
+            )
+            .map_err(|e| {
+                Failure::usage(
+                    "run",
+                    format!("--policy: the grants of {}: {e}", args.agent_id),
+                )
+            })?,
+        None => builtin::registry(),
+    };
+    let mut policy = governance.rings.clone();
     if args.fuel.is_some() || args.deadline_ms.is_some() {
         let mut limits = policy.limits(args.ring).clone();
         if let Some(f) = args.fuel {
@@ -141,6 +171,13 @@ async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
         .policy(policy)
         .strict_admission(args.strict)
         .max_instances(4);
+    if args.policy.is_some() {
+        builder = builder.rate_limits(Arc::new(RateLimiter::new(
+            governance.rate,
+            Arc::new(SystemClock::default()),
+            16,
+        )));
+    }
     if let Some(dir) = args.cache.dir() {
         builder = builder.cache_dir(dir);
     }
@@ -174,8 +211,8 @@ async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
         QuotaFiles::open(dir, args.quotas())
             .with_context(|| format!("the agent directory {}", dir_path.display()))?,
     );
-    let spec = AgentSpec::new(args.agent_id.clone(), args.ring, files.clone())
-        .actions(Arc::new(builtin::registry()));
+    let spec =
+        AgentSpec::new(args.agent_id.clone(), args.ring, files.clone()).actions(Arc::new(actions));
 
     let t = Instant::now();
     let spawned = runtime.spawn(&component, spec).await;

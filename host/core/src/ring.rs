@@ -155,6 +155,8 @@ pub enum Capability {
     Elevation = 9,
     /// `admin`: kill, quarantine, release and inspect the session's other agents.
     Admin = 10,
+    /// `spawn`: start, run and stop child agents in the caller's session.
+    Spawn = 11,
 }
 
 /// How a governed function is counted against the caller's rate limits.
@@ -180,7 +182,7 @@ pub const WIT_VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in table order.
-    pub const ALL: [Capability; 11] = [
+    pub const ALL: [Capability; 12] = [
         Capability::Context,
         Capability::Log,
         Capability::VfsRead,
@@ -191,6 +193,7 @@ impl Capability {
         Capability::Locks,
         Capability::Actions,
         Capability::Effects,
+        Capability::Spawn,
         Capability::Admin,
     ];
 
@@ -208,6 +211,7 @@ impl Capability {
             Capability::Locks => "locks",
             Capability::Elevation => "elevation",
             Capability::Admin => "admin",
+            Capability::Spawn => "spawn",
         }
     }
 
@@ -233,6 +237,7 @@ impl Capability {
             Capability::Effects => &["invoke", "available"],
             Capability::Elevation => &["request", "relinquish", "current"],
             Capability::Admin => &["participants", "inspect", "kill", "quarantine", "release"],
+            Capability::Spawn => &["start", "run", "stop", "children"],
         }
     }
 
@@ -246,9 +251,8 @@ impl Capability {
             Capability::Context | Capability::Log => Metering::Free,
             Capability::VfsRead | Capability::StateRead => Metering::Read,
             _ => match function.as_bytes() {
-                b"available" | b"held" | b"current" | b"participants" | b"inspect" => {
-                    Metering::Read
-                }
+                b"available" | b"held" | b"current" | b"participants" | b"inspect"
+                | b"children" => Metering::Read,
                 _ => Metering::Change,
             },
         }
@@ -266,7 +270,7 @@ impl Capability {
             | Capability::StateWrite
             | Capability::Locks
             | Capability::Actions => Ring::Standard,
-            Capability::Effects => Ring::Privileged,
+            Capability::Effects | Capability::Spawn => Ring::Privileged,
             Capability::Admin => Ring::Root,
         }
     }
@@ -349,7 +353,23 @@ pub struct RingLimits {
     pub result_bytes: usize,
     /// Most bytes one WASI random request may ask the host to produce.
     pub random_bytes: usize,
+    /// Most live children an agent in this ring may have at once (`spawn`).
+    pub max_children: u32,
+    /// How deep a child of an agent in this ring may be: a child's depth is
+    /// its parent's plus one (agents that joined have depth 0).
+    pub max_spawn_depth: u8,
+    /// Most log lines kept per call (the `log` capability, stdout and stderr
+    /// together); later lines are counted as dropped.
+    pub log_lines: usize,
+    /// Most log bytes kept per call (each line also costs a fixed overhead);
+    /// later lines are counted as dropped.
+    pub log_bytes: usize,
 }
+
+/// Log lines kept per call in every ring of the default table.
+pub const DEFAULT_LOG_LINES_PER_CALL: usize = 4096;
+/// Log bytes kept per call in every ring of the default table.
+pub const DEFAULT_LOG_BYTES_PER_CALL: usize = 256 * 1024;
 
 impl RingLimits {
     /// The default limits of `ring` (`docs/governance.md`, "The ring table").
@@ -370,7 +390,14 @@ impl RingLimits {
             Ring::Standard => (4 << 20, 256 << 10),
             Ring::Privileged | Ring::Root => (16 << 20, 1 << 20),
         };
+        let (max_children, max_spawn_depth) = match ring {
+            Ring::Sandbox | Ring::Standard => (0, 0),
+            Ring::Privileged => (8, 1),
+            Ring::Root => (32, 3),
+        };
         RingLimits {
+            max_children,
+            max_spawn_depth,
             capabilities,
             fuel_per_call,
             memory_bytes,
@@ -379,6 +406,8 @@ impl RingLimits {
             hostcall_bytes,
             result_bytes,
             random_bytes,
+            log_lines: DEFAULT_LOG_LINES_PER_CALL,
+            log_bytes: DEFAULT_LOG_BYTES_PER_CALL,
         }
     }
 }
@@ -498,16 +527,20 @@ mod tests {
         assert_eq!(caps(Ring::Standard), standard);
         assert_eq!(
             caps(Ring::Privileged),
-            [&standard[..], &["effects"]].concat()
+            [&standard[..], &["effects", "spawn"]].concat()
         );
         assert_eq!(
             caps(Ring::Root),
-            [&standard[..], &["effects", "admin"]].concat()
+            [&standard[..], &["effects", "spawn", "admin"]].concat()
         );
         assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
         assert_eq!(p.limits(Ring::Standard).deadline, Duration::from_secs(30));
         assert_eq!(p.limits(Ring::Root).memory_bytes, 1 << 30);
+        for ring in Ring::ALL {
+            assert_eq!(p.limits(ring).log_lines, 4096);
+            assert_eq!(p.limits(ring).log_bytes, 256 * 1024);
+        }
     }
 
     #[test]
@@ -597,7 +630,8 @@ mod tests {
             Some(Capability::Effects)
         );
         assert_eq!(Capability::from_interface("admin"), Some(Capability::Admin));
-        assert_eq!(Capability::from_interface("spawn"), None);
+        assert_eq!(Capability::from_interface("spawn"), Some(Capability::Spawn));
+        assert_eq!(Capability::from_interface("net"), None);
     }
 
     #[test]

@@ -33,8 +33,8 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -49,6 +49,11 @@ const QUARANTINED: u32 = 1 << 5;
 const KILLED: u32 = 1 << 6;
 /// Bits that send a read down the slow path (a clock read).
 const TIMED: u32 = ELEVATED | QUARANTINED;
+/// The low bits hold the state; the rest count writes, so that a reader's
+/// compare-and-swap that claims an expiry fails if any writer came between
+/// its loads and its swap (even one that left the state bits as they were).
+const GENERATION_SHIFT: u32 = 8;
+const STATE_MASK: u32 = (1 << GENERATION_SHIFT) - 1;
 
 /// Why a change to a standing was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -107,7 +112,14 @@ pub struct Standing {
     elevation_until: AtomicU64,
     /// When the quarantine ends (clock time in ns; `u64::MAX`: until released).
     quarantine_until: AtomicU64,
+    /// Until when requests for an elevation are refused (clock time in ns):
+    /// set after a demotion, a revoke or a breach, so the agent cannot take
+    /// back at once what the host has just taken away.
+    no_elevation_until: AtomicU64,
     clock: Arc<dyn Clock>,
+    /// Serialises the (rare) writers, so that a deadline and its flag are
+    /// published together; readers never take it.
+    writer: Mutex<()>,
 }
 
 impl fmt::Debug for Standing {
@@ -145,7 +157,9 @@ impl Standing {
             word: AtomicU32::new(u32::from(base.number())),
             elevation_until: AtomicU64::new(0),
             quarantine_until: AtomicU64::new(0),
+            no_elevation_until: AtomicU64::new(0),
             clock,
+            writer: Mutex::new(()),
         })
     }
 
@@ -235,11 +249,18 @@ impl Standing {
         }
     }
 
-    /// Changes the word with `f` (retrying on races); returns the old word.
+    /// The writers' lock (a poisoned lock is still usable: the word is atomic).
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the word with `f` (retrying on races with readers that claim
+    /// an expiry); returns the old word.
     fn update(&self, f: impl Fn(u32) -> Result<u32, StandingError>) -> Result<u32, StandingError> {
         let mut w = self.word.load(Ordering::Acquire);
         loop {
-            let next = f(w)?;
+            let generation = (w >> GENERATION_SHIFT).wrapping_add(1) << GENERATION_SHIFT;
+            let next = (f(w)? & STATE_MASK) | generation;
             match self
                 .word
                 .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
@@ -259,13 +280,21 @@ impl Standing {
     /// one is claimed first and does not count); [`StandingError::NotHigher`]
     /// unless `ring` is more privileged than the base; [`StandingError::Killed`].
     pub fn elevate(&self, ring: Ring, ttl: Duration) -> Result<Vec<Transition>, StandingError> {
+        let _writer = self.write_lock();
         // Claim an expired elevation first, so it is reported and does not block.
         let claimed = self.check().transitions;
+        let w = self.word.load(Ordering::Acquire);
+        if w & ELEVATED != 0 {
+            return Err(StandingError::AlreadyElevated {
+                ring: ring_of((w >> ELEVATED_SHIFT) & RING_MASK),
+            });
+        }
         let until = nanos(self.clock.now()).saturating_add(nanos(ttl));
-        // Written before the flag is published (Release in the CAS), so a
-        // reader that sees the flag sees this deadline.
-        let old_until = self.elevation_until.swap(until, Ordering::AcqRel);
-        let r = self.update(|w| {
+        // No elevation is in force and only writers set the flag, so no
+        // reader looks at this deadline until the flag is published (Release
+        // in the CAS); one that sees the flag sees this deadline.
+        self.elevation_until.store(until, Ordering::Release);
+        self.update(|w| {
             if w & KILLED != 0 {
                 return Err(StandingError::Killed);
             }
@@ -279,32 +308,45 @@ impl Standing {
                 return Err(StandingError::NotHigher { base, target: ring });
             }
             Ok(w | ELEVATED | (u32::from(ring.number()) << ELEVATED_SHIFT))
-        });
-        if let Err(e) = r {
-            // Put back the deadline of an elevation still in force.
-            self.elevation_until.store(old_until, Ordering::Release);
-            return Err(e);
-        }
+        })?;
         Ok(claimed)
     }
 
-    /// The elevation in force, if any: the ring it grants and the time left.
+    /// The elevation in force, if any: the ring it grants and the time left
+    /// (without claiming an expiry: one that ran out is simply not returned).
     pub fn elevation(&self) -> Option<(Ring, Duration)> {
-        let check = self.check();
         let w = self.word.load(Ordering::Acquire);
-        if w & ELEVATED == 0 || check.killed {
+        if w & ELEVATED == 0 || w & KILLED != 0 {
             return None;
         }
         let until = self.elevation_until.load(Ordering::Acquire);
-        let left = until.saturating_sub(nanos(self.clock.now()));
+        let now = nanos(self.clock.now());
+        if now >= until {
+            return None;
+        }
+        let left = until - now;
         Some((
             ring_of((w >> ELEVATED_SHIFT) & RING_MASK),
             Duration::from_nanos(left),
         ))
     }
 
+    /// Refuses elevation requests for `cooldown` from now (the later end wins).
+    pub fn block_elevation(&self, cooldown: Duration) {
+        let until = nanos(self.clock.now()).saturating_add(nanos(cooldown));
+        self.no_elevation_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// How long elevation requests are still refused, if they are.
+    pub fn elevation_blocked(&self) -> Option<Duration> {
+        let until = self.no_elevation_until.load(Ordering::Acquire);
+        let now = nanos(self.clock.now());
+        (now < until).then(|| Duration::from_nanos(until - now))
+    }
+
     /// Ends an elevation early. Returns the ring it granted, if one was in force.
     pub fn revoke_elevation(&self) -> Option<Ring> {
+        let _writer = self.write_lock();
         self.update(|w| {
             if w & ELEVATED == 0 {
                 Ok(w)
@@ -318,35 +360,48 @@ impl Standing {
     }
 
     /// Sets the base ring (a demotion, a re-admission, or a promotion the
-    /// host decided). An elevation that would no longer be above the new base
-    /// ends with it. Returns the old base ring.
+    /// host decided). A demotion ends any elevation at once (it was granted
+    /// on the standing the agent has just lost), and so does a base that
+    /// reaches the elevated ring. Returns the old base ring and the ring of
+    /// the elevation it ended, if any.
     ///
     /// # Errors
     /// [`StandingError::Killed`].
-    pub fn set_base(&self, ring: Ring) -> Result<Ring, StandingError> {
+    pub fn set_base(&self, ring: Ring) -> Result<(Ring, Option<Ring>), StandingError> {
+        let _writer = self.write_lock();
         let old = self.update(|w| {
             if w & KILLED != 0 {
                 return Err(StandingError::Killed);
             }
+            let demotion = u32::from(ring.number()) > w & RING_MASK;
             let mut next = (w & !RING_MASK) | u32::from(ring.number());
-            if next & ELEVATED != 0 && (next >> ELEVATED_SHIFT) & RING_MASK >= next & RING_MASK {
+            if next & ELEVATED != 0
+                && (demotion || (next >> ELEVATED_SHIFT) & RING_MASK >= next & RING_MASK)
+            {
                 next &= !(ELEVATED | (RING_MASK << ELEVATED_SHIFT));
             }
             Ok(next)
         })?;
-        Ok(ring_of(old & RING_MASK))
+        let new = self.word.load(Ordering::Acquire);
+        let ended = (old & ELEVATED != 0 && new & ELEVATED == 0)
+            .then(|| ring_of((old >> ELEVATED_SHIFT) & RING_MASK));
+        Ok((ring_of(old & RING_MASK), ended))
     }
 
     /// Quarantines the agent for `duration` (`None`: until released).
-    /// Quarantining again extends it to the later of the two ends.
+    /// Quarantining again extends it to the later of the two ends; an
+    /// expired quarantine is claimed first (and returned), not extended.
     ///
     /// # Errors
     /// [`StandingError::Killed`].
-    pub fn quarantine(&self, duration: Option<Duration>) -> Result<(), StandingError> {
+    pub fn quarantine(&self, duration: Option<Duration>) -> Result<Vec<Transition>, StandingError> {
+        let _writer = self.write_lock();
         let until = match duration {
             Some(d) => nanos(self.clock.now()).saturating_add(nanos(d)),
             None => u64::MAX,
         };
+        // Claim an expired quarantine first: it is over, not extended.
+        let claimed = self.check().transitions;
         let was = self.word.load(Ordering::Acquire) & QUARANTINED != 0;
         if was {
             self.quarantine_until.fetch_max(until, Ordering::AcqRel);
@@ -360,11 +415,12 @@ impl Standing {
                 Ok(w | QUARANTINED)
             }
         })?;
-        Ok(())
+        Ok(claimed)
     }
 
     /// Releases a quarantine. Returns whether one was in force.
     pub fn release(&self) -> bool {
+        let _writer = self.write_lock();
         self.update(|w| Ok(w & !QUARANTINED))
             .map(|old| old & QUARANTINED != 0)
             .unwrap_or(false)
@@ -372,7 +428,8 @@ impl Standing {
 
     /// Marks the agent killed: every later check says so. Final.
     pub fn kill(&self) {
-        self.word.fetch_or(KILLED, Ordering::AcqRel);
+        let _writer = self.write_lock();
+        let _ = self.update(|w| Ok(w | KILLED));
     }
 }
 
@@ -455,15 +512,45 @@ mod tests {
     }
 
     #[test]
-    fn demotion_is_seen_by_the_next_read_and_ends_a_useless_elevation() {
+    fn a_demotion_is_seen_by_the_next_read_and_ends_any_elevation() {
         let (s, _) = standing(Ring::Standard);
         s.elevate(Ring::Privileged, Duration::from_secs(60))
             .unwrap();
-        assert_eq!(s.set_base(Ring::Sandbox).unwrap(), Ring::Standard);
-        assert_eq!(s.check().ring, Ring::Privileged, "still elevated above 3");
-        assert_eq!(s.set_base(Ring::Privileged).unwrap(), Ring::Sandbox);
-        assert_eq!(s.check().ring, Ring::Privileged);
-        assert_eq!(s.revoke_elevation(), None, "ended with the base change");
+        assert_eq!(
+            s.set_base(Ring::Sandbox).unwrap(),
+            (Ring::Standard, Some(Ring::Privileged))
+        );
+        assert_eq!(
+            s.check().ring,
+            Ring::Sandbox,
+            "demoted at once, elevation gone"
+        );
+        assert_eq!(s.revoke_elevation(), None);
+        s.elevate(Ring::Standard, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            s.set_base(Ring::Standard).unwrap(),
+            (Ring::Sandbox, Some(Ring::Standard)),
+            "a base that reaches the elevated ring ends it too"
+        );
+        assert_eq!(s.check().ring, Ring::Standard);
+    }
+
+    #[test]
+    fn a_writer_between_a_readers_loads_and_its_swap_makes_the_reader_retry() {
+        // The ABA case: an expired quarantine, re-imposed by a writer that
+        // leaves the state bits as they were. Simulated by hand: a reader's
+        // stale word must no longer match after any write.
+        let (s, clock) = standing(Ring::Standard);
+        s.quarantine(Some(Duration::from_secs(1))).unwrap();
+        clock.advance(Duration::from_secs(2));
+        let stale = s.word.load(Ordering::Acquire);
+        // A writer claims the expiry and quarantines again, indefinitely.
+        let claimed = s.quarantine(None).unwrap();
+        assert_eq!(claimed, [Transition::QuarantineExpired]);
+        let now = s.word.load(Ordering::Acquire);
+        assert_eq!(stale & STATE_MASK, now & STATE_MASK, "same state bits");
+        assert_ne!(stale, now, "but another generation: the stale swap fails");
+        assert!(s.check().quarantined && s.check().transitions.is_empty());
     }
 
     #[test]
@@ -483,6 +570,19 @@ mod tests {
         assert!(s.release());
         assert!(!s.release());
         assert!(!s.check().quarantined);
+    }
+
+    #[test]
+    fn quarantining_after_an_unclaimed_expiry_reports_it_and_starts_afresh() {
+        let (s, clock) = standing(Ring::Standard);
+        s.quarantine(Some(Duration::from_secs(10))).unwrap();
+        clock.advance(Duration::from_secs(20));
+        let claimed = s.quarantine(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(claimed, [Transition::QuarantineExpired]);
+        clock.advance(Duration::from_secs(4));
+        assert!(s.check().quarantined);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.check().transitions, [Transition::QuarantineExpired]);
     }
 
     #[test]

@@ -218,6 +218,38 @@ impl ActionRegistry {
         Ok(self)
     }
 
+    /// The same registry cut down to the named actions and effects: the
+    /// implementations are shared (`Arc`), every other name is unknown to the
+    /// result, exactly as if it had never been registered. Used for an
+    /// agent's grants in a policy file.
+    ///
+    /// # Errors
+    /// [`ActionError::Unknown`] for a name that is not registered here (of
+    /// that kind: an effect's name in `actions` is unknown too), so that a
+    /// misspelt grant is refused instead of silently granting nothing.
+    pub fn restricted<'a>(
+        &self,
+        actions: impl IntoIterator<Item = &'a str>,
+        effects: impl IntoIterator<Item = &'a str>,
+    ) -> Result<ActionRegistry, ActionError> {
+        let mut out = ActionRegistry::new();
+        for name in actions {
+            let a = self
+                .reversible
+                .get(name)
+                .ok_or_else(|| unknown("action", name))?;
+            out.reversible.insert(name.to_string(), a.clone());
+        }
+        for name in effects {
+            let e = self
+                .effects
+                .get(name)
+                .ok_or_else(|| unknown("effect", name))?;
+            out.effects.insert(name.to_string(), e.clone());
+        }
+        Ok(out)
+    }
+
     /// Names of the reversible actions.
     pub fn reversible_names(&self) -> Vec<String> {
         self.reversible.keys().cloned().collect()
@@ -470,6 +502,51 @@ mod tests {
         ));
         assert!(matches!(
             r.invoke_effect(ctx, "notify.send", "x"),
+            Err(ActionError::Unknown { kind: "effect", .. })
+        ));
+    }
+
+    #[test]
+    fn a_restricted_registry_knows_only_its_grants() {
+        let (_d, vfs) = vfs();
+        let agent = AgentId::new("did:test:a").unwrap();
+        let ctx = ActionContext {
+            agent: &agent,
+            ring: Ring::Privileged,
+            trace: TraceId(1),
+            files: &vfs,
+        };
+        let all = builtin::registry();
+        let only_notes = all.restricted(["note.append"], []).unwrap();
+        assert_eq!(only_notes.reversible_names(), ["note.append"]);
+        assert!(only_notes.effect_names().is_empty());
+        assert!(
+            only_notes
+                .invoke_reversible(ctx, "note.append", "hi")
+                .is_ok()
+        );
+        assert!(matches!(
+            only_notes.invoke_effect(ctx, "notify.send", "hi"),
+            Err(ActionError::Unknown { kind: "effect", .. })
+        ));
+        let nothing = all.restricted([], []).unwrap();
+        assert!(matches!(
+            nothing.invoke_reversible(ctx, "note.append", "hi"),
+            Err(ActionError::Unknown { kind: "action", .. })
+        ));
+        assert!(
+            all.invoke_effect(ctx, "notify.send", "hi").is_ok(),
+            "the original is untouched"
+        );
+        // A misspelt grant, or an effect granted as an action, is refused.
+        for (actions, effects) in [(vec!["note.apend"], vec![]), (vec!["notify.send"], vec![])] {
+            assert!(matches!(
+                all.restricted(actions, effects),
+                Err(ActionError::Unknown { .. })
+            ));
+        }
+        assert!(matches!(
+            all.restricted([], ["note.append"]),
             Err(ActionError::Unknown { kind: "effect", .. })
         ));
     }

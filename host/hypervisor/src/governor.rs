@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use ahv_core::event::EventPayload;
 use ahv_core::standing::{Standing, Transition};
-use ahv_core::{AgentId, Capability, Ring, SessionId, ring_for_score};
+use ahv_core::{AgentId, Capability, Ring, SessionId, TraceId, ring_for_score};
 use ahv_governance::session::SessionError;
-use ahv_runtime::{AdminOp, ElevationAsk, ElevationGrant, Governor, ParticipantView, Refusal, Who};
+use ahv_runtime::{
+    AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, ParticipantView, Refusal, Who,
+};
 use ahv_security::elevation::{
     Attestation, ElevationRequest, Sponsor, SponsorKeys, decide as decide_elevation,
 };
@@ -62,9 +64,19 @@ impl SponsorKeys for SessionSponsors<'_> {
     fn ring(&self, sponsor: &Sponsor) -> Option<Ring> {
         match sponsor {
             Sponsor::Operator => Some(Ring::Root),
-            Sponsor::Agent(a) => lock(&self.entry.standings).get(a).map(|s| s.effective()),
+            Sponsor::Agent(a) => lock(&self.entry.standings)
+                .get(a)
+                .filter(|s| !s.is_quarantined() && !s.is_killed())
+                .map(|s| s.effective()),
         }
     }
+}
+
+/// Most sponsorship attestations remembered as used (until they expire).
+const MAX_USED_ATTESTATIONS: usize = 65_536;
+
+fn shutting_down(what: &str) -> Refusal {
+    Refusal::Denied(format!("{what}: the hypervisor is shutting down"))
 }
 
 fn unix_now() -> u64 {
@@ -76,7 +88,7 @@ fn unix_now() -> u64 {
 impl Governor for HvGovernor {
     fn transition(&self, who: Who<'_>, transition: Transition) {
         if let Some(hv) = self.hv() {
-            hv.report_transition(who.session, who.agent, transition);
+            hv.report_transition(who.session, who.agent, who.trace, transition);
         }
     }
 
@@ -90,7 +102,7 @@ impl Governor for HvGovernor {
     ) {
         if let Some(hv) = self.hv() {
             hv.emit(
-                &mut hv.op(),
+                &mut hv.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::SecurityRateLimited {
@@ -119,7 +131,7 @@ impl Governor for HvGovernor {
         let ring = who.standing.revoke_elevation()?;
         if let Some(hv) = self.hv() {
             hv.emit(
-                &mut hv.op(),
+                &mut hv.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::RingElevationRevoked {
@@ -150,6 +162,43 @@ impl Governor for HvGovernor {
             .collect();
         list.sort_by(|a, b| a.agent.cmp(&b.agent));
         Ok(list)
+    }
+
+    fn spawn_child(
+        &self,
+        who: Who<'_>,
+        component: &str,
+    ) -> GovernorFuture<Result<AgentId, Refusal>> {
+        match self.hv() {
+            Some(hv) => hv.spawn_future(who, component),
+            None => Box::pin(async { Err(shutting_down("spawn")) }),
+        }
+    }
+
+    fn run_child(
+        &self,
+        session: SessionId,
+        parent: AgentId,
+        child: String,
+        input: String,
+    ) -> GovernorFuture<Result<Result<String, String>, Refusal>> {
+        match self.hv() {
+            Some(hv) => Box::pin(async move { hv.run_child(session, parent, child, input).await }),
+            None => Box::pin(async { Err(shutting_down("spawn")) }),
+        }
+    }
+
+    fn stop_child(&self, who: Who<'_>, child: &str) -> Result<(), Refusal> {
+        self.hv()
+            .ok_or_else(|| shutting_down("spawn"))?
+            .stop_child(who, child)
+    }
+
+    fn children(&self, who: Who<'_>) -> Result<Vec<AgentId>, Refusal> {
+        self.hv()
+            .ok_or_else(|| shutting_down("spawn"))?
+            .children(who.session, who.agent)
+            .map_err(|e| Refusal::Denied(format!("spawn: {e}")))
     }
 
     fn admin(&self, who: Who<'_>, op: AdminOp<'_>) -> Result<bool, Refusal> {
@@ -227,6 +276,7 @@ impl Hypervisor {
         &self,
         session: &SessionId,
         agent: &AgentId,
+        trace: TraceId,
         transition: Transition,
     ) {
         let payload = match transition {
@@ -237,13 +287,22 @@ impl Hypervisor {
                 reason: "expired".into(),
             },
         };
-        self.emit(&mut self.op(), session, Some(agent), payload);
+        self.emit(&mut self.op_in(trace), session, Some(agent), payload);
+        if matches!(transition, Transition::ElevationExpired { .. })
+            && let Ok(entry) = self.entry(session)
+        {
+            self.recap_children(&entry, agent);
+        }
     }
 
     /// Claims and reports the changes of `standing` that became due.
     fn settle(&self, session: &SessionId, agent: &AgentId, standing: &Standing) {
-        for t in standing.check().transitions {
-            self.report_transition(session, agent, t);
+        let transitions = standing.check().transitions;
+        if !transitions.is_empty() {
+            let trace = self.inner.runtime.new_trace_id();
+            for t in transitions {
+                self.report_transition(session, agent, trace, t);
+            }
         }
     }
 
@@ -263,7 +322,7 @@ impl Hypervisor {
             .ok_or_else(|| Refusal::Denied("elevation: not a participant".into()))?;
         let deny = |reason: String| {
             self.emit(
-                &mut self.op(),
+                &mut self.op_in(who.trace),
                 who.session,
                 Some(who.agent),
                 EventPayload::RingElevationDenied {
@@ -279,7 +338,30 @@ impl Hypervisor {
             }
             None => None,
         };
-        self.settle(who.session, who.agent, who.standing);
+        for t in who.standing.check().transitions {
+            self.report_transition(who.session, who.agent, who.trace, t);
+        }
+        if let Some(left) = who.standing.elevation_blocked() {
+            return Err(deny(format!(
+                "refused for another {} s: the host took privilege away (a demotion, a revoke or a breach)",
+                left.as_secs().max(1)
+            )));
+        }
+        let now_unix = unix_now();
+        if let Some(a) = &attestation {
+            let longest = now_unix.saturating_add(self.inner.security.elevation.max_ttl_secs);
+            if a.expires_unix > longest {
+                return Err(deny(format!(
+                    "sponsorship: it is valid until {}, longer than the longest elevation ({} s from now)",
+                    a.expires_unix, self.inner.security.elevation.max_ttl_secs
+                )));
+            }
+            if lock(&self.inner.security.used_attestations).contains_key(&a.signature) {
+                return Err(deny(
+                    "sponsorship: this attestation was already used".into(),
+                ));
+            }
+        }
         let request = ElevationRequest {
             agent: who.agent,
             session: who.session,
@@ -299,15 +381,30 @@ impl Hypervisor {
             &self.inner.security.elevation,
             &request,
             &sponsors,
-            unix_now(),
+            now_unix,
         )
         .map_err(|e| deny(e.to_string()))?;
+        if let Some(a) = &attestation {
+            // Single use: a revoke is not undone by sending the same attestation again.
+            let mut used = lock(&self.inner.security.used_attestations);
+            used.retain(|_, expires| *expires > now_unix);
+            if used.len() >= MAX_USED_ATTESTATIONS {
+                return Err(deny(
+                    "sponsorship: too many attestations in use; retry later".into(),
+                ));
+            }
+            used.insert(a.signature, a.expires_unix);
+        }
         let from = who.standing.base();
-        who.standing
+        let claimed = who
+            .standing
             .elevate(grant.ring, grant.ttl)
             .map_err(|e| deny(e.to_string()))?;
+        for t in claimed {
+            self.report_transition(who.session, who.agent, who.trace, t);
+        }
         self.emit(
-            &mut self.op(),
+            &mut self.op_in(who.trace),
             who.session,
             Some(who.agent),
             EventPayload::RingElevated {
@@ -353,12 +450,16 @@ impl Hypervisor {
             Duration::from_secs(self.inner.security.elevation.max_ttl_secs),
         );
         let from = standing.base();
-        standing
+        let claimed = standing
             .elevate(ring, ttl)
             .map_err(|e| HypervisorError::Standing {
                 agent: agent.clone(),
                 message: e.to_string(),
             })?;
+        let trace = self.inner.runtime.new_trace_id();
+        for t in claimed {
+            self.report_transition(session, agent, trace, t);
+        }
         self.emit(
             &mut self.op(),
             session,
@@ -390,6 +491,7 @@ impl Hypervisor {
         let Some(ring) = standing.revoke_elevation() else {
             return Ok(false);
         };
+        standing.block_elevation(self.elevation_cooldown());
         self.emit(
             &mut self.op(),
             session,
@@ -400,6 +502,8 @@ impl Hypervisor {
                 reason: reason.to_string(),
             },
         );
+        let entry = self.entry(session)?;
+        self.recap_children(&entry, agent);
         Ok(true)
     }
 
@@ -427,15 +531,29 @@ impl Hypervisor {
         if ring.number() <= from.number() {
             return Ok(from);
         }
-        standing
+        let (_, ended) = standing
             .set_base(ring)
             .map_err(|e| HypervisorError::Standing {
                 agent: agent.clone(),
                 message: e.to_string(),
             })?;
+        standing.block_elevation(self.elevation_cooldown());
         lock(&entry.gov).set_ring(agent, ring)?;
+        let mut op = self.op();
+        if let Some(elevated) = ended {
+            self.emit(
+                &mut op,
+                session,
+                Some(agent),
+                EventPayload::RingElevationRevoked {
+                    ring: elevated,
+                    back_to: ring,
+                    reason: format!("demoted: {reason}"),
+                },
+            );
+        }
         self.emit(
-            &mut self.op(),
+            &mut op,
             session,
             Some(agent),
             EventPayload::RingDemoted {
@@ -444,7 +562,31 @@ impl Hypervisor {
                 reason: reason.to_string(),
             },
         );
+        self.recap_children(&entry, agent);
         Ok(from)
+    }
+
+    /// How long an agent may not ask for an elevation after the host took
+    /// privilege away (a demotion, a revoke, a breach): the rules' default TTL.
+    pub(crate) fn elevation_cooldown(&self) -> Duration {
+        Duration::from_secs(self.inner.security.elevation.default_ttl_secs)
+    }
+
+    /// Caps the children of `parent` at `min(parent's effective ring + 1,
+    /// 3)` after the parent's ring fell (a child never outranks that).
+    pub(crate) fn recap_children(&self, entry: &SessionEntry, parent: &AgentId) {
+        let Some(parent_ring) = lock(&entry.standings).get(parent).map(|s| s.effective()) else {
+            return;
+        };
+        let cap = Ring::from_number((parent_ring.number() + 1).min(3)).unwrap_or(Ring::Sandbox);
+        for child in self.children_of(entry, parent) {
+            let _ = self.demote(
+                entry.core.id(),
+                &child,
+                cap,
+                &format!("its parent {parent} is now in {parent_ring}"),
+            );
+        }
     }
 
     /// Records `agent`'s new trust score. When the ring it earns
@@ -463,6 +605,22 @@ impl Hypervisor {
         let entry = self.entry(session)?;
         lock(&entry.gov).set_sigma(agent, sigma)?;
         let earned = ring_for_score(sigma, false).map_err(SessionError::from)?;
+        // An elevation granted on a trust the agent no longer has ends now.
+        let standing = self.standing(session, agent)?;
+        if let Some((elevated, _)) = standing.elevation()
+            && self
+                .inner
+                .security
+                .elevation
+                .min_trust(elevated)
+                .is_none_or(|need| sigma < need)
+        {
+            self.revoke_elevation(
+                session,
+                agent,
+                &format!("trust fell to {sigma:.2}, below what {elevated} needs"),
+            )?;
+        }
         self.demote(session, agent, earned, &format!("trust fell to {sigma:.2}"))?;
         Ok(self.standing(session, agent)?.base())
     }
@@ -482,14 +640,18 @@ impl Hypervisor {
         duration: Option<Duration>,
     ) -> Result<(), HypervisorError> {
         let standing = self.standing(session, agent)?;
-        standing
+        let claimed = standing
             .quarantine(duration)
             .map_err(|e| HypervisorError::Standing {
                 agent: agent.clone(),
                 message: e.to_string(),
             })?;
+        let mut op = self.op();
+        for t in claimed {
+            self.report_transition(session, agent, op.trace, t);
+        }
         self.emit(
-            &mut self.op(),
+            &mut op,
             session,
             Some(agent),
             EventPayload::LiabilityQuarantineEntered {

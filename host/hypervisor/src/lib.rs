@@ -34,11 +34,46 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Rings change at run time. Every participant has one
+//! [`Standing`](ahv_core::standing::Standing) — its base ring, an elevation
+//! with a TTL, a quarantine — shared with its instance's gate, which judges
+//! every governed host call from the ring *now*:
+//!
+//! - elevation: a guest asks (`elevation.request`), the rules decide (trust
+//!   thresholds, TTL caps, ring 1 needs an attestation signed by the operator
+//!   or a ring 0/1 participant); the host grants or revokes with
+//!   [`Hypervisor::grant_elevation`] / [`Hypervisor::revoke_elevation`];
+//!   expiry counts at the next call and is reported once;
+//! - demotion: [`Hypervisor::set_trust`] (a score that earns a lower ring) or
+//!   [`Hypervisor::demote`];
+//! - quarantine: [`Hypervisor::quarantine`] / [`Hypervisor::release`]: only
+//!   `context` and `log` answer meanwhile;
+//! - rate limits per (agent, session) by ring, on by default;
+//! - ring 0 agents administer the others (`admin`), ring 1 agents start
+//!   children (`spawn`, from components offered with
+//!   [`Hypervisor::offer_component`]).
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use ahv_core::{AgentId, Ring, SessionId};
+//! # use ahv_hypervisor::Hypervisor;
+//! # fn demo(hv: &Hypervisor, session: &SessionId) -> Result<(), Box<dyn std::error::Error>> {
+//! let agent = AgentId::new("did:ex:researcher")?;
+//! // Ring 2 for ten minutes, on the operator's authority (audited).
+//! hv.grant_elevation(session, &agent, Ring::Standard, Duration::from_secs(600), "nightly export")?;
+//! // Trust fell: its very next host call is judged at the ring the score earns.
+//! hv.set_trust(session, &agent, 0.4)?;
+//! hv.quarantine(session, &agent, "manual review", Some(Duration::from_secs(300)))?;
+//! # Ok(()) }
+//! ```
+//!
 //! Breaches are punished: the breaching call traps (recorded first, as a
-//! `ring.breach_detected` event), the instance is dropped and the agent is
-//! expelled from the session (`session.left`), its locks released.
-//! Budget traps (fuel, memory, deadline, stack) are not malice: the instance
-//! is re-created for the agent's next call (configurable).
+//! `ring.breach_detected` event) and the instance is dropped; the breach
+//! policy of the agent's base ring ([`HypervisorBuilder::breach_policy`])
+//! then expels it (the default), re-admits it at a lower ring, quarantines
+//! or kills it — at every breach, or when the breach detector's breaker
+//! trips. Budget traps (fuel, memory, deadline, stack) are not malice: the
+//! instance is re-created for the agent's next call (configurable).
 #![deny(missing_docs)]
 // A guest must never be able to make the host panic: no unwrap, expect or
 // panic outside tests (clippy.toml allows them in tests).
@@ -50,9 +85,10 @@
 
 mod breach;
 mod governor;
+mod spawn;
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +104,7 @@ use ahv_core::standing::Standing;
 use ahv_core::{
     ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
 };
-use ahv_governance::actions::ActionRegistry;
+use ahv_governance::actions::{ActionError, ActionRegistry};
 use ahv_governance::session::{
     Consistency, Participant, ParticipantsDiff, Session, SessionConfig, SessionError, SessionState,
 };
@@ -82,6 +118,7 @@ use ahv_runtime::{
 };
 use ahv_security::breach::{BreachDetector, BreachPolicy};
 use ahv_security::elevation::ElevationRules;
+use ahv_security::policy::{Grants, Policy, PolicyError, PolicyFile};
 use ahv_security::rate::{RateLimiter, RateTable};
 use cap_std::fs::Dir;
 use ed25519_dalek::VerifyingKey;
@@ -147,6 +184,18 @@ pub enum HypervisorError {
     /// A security setting (rate limits, breach policy, elevation rules) is invalid.
     #[error("security settings: {0}")]
     Security(String),
+    /// The policy file was refused (it names the file, the field and the value).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A policy grants an agent an action or effect the host did not register.
+    #[error("policy grants of agent {agent}: {source}")]
+    Grant {
+        /// The agent.
+        agent: AgentId,
+        /// The unknown action or effect.
+        #[source]
+        source: ActionError,
+    },
 }
 
 /// A request to join a session.
@@ -257,6 +306,8 @@ pub struct HypervisorBuilder {
     breach_policy: BreachPolicy,
     elevation_rules: ElevationRules,
     operator_key: Option<VerifyingKey>,
+    grants: BTreeMap<AgentId, Grants>,
+    policy_file: Option<PathBuf>,
 }
 
 impl Default for HypervisorBuilder {
@@ -281,6 +332,8 @@ impl Default for HypervisorBuilder {
             breach_policy: BreachPolicy::default(),
             elevation_rules: ElevationRules::default(),
             operator_key: None,
+            grants: BTreeMap::new(),
+            policy_file: None,
         }
     }
 }
@@ -310,6 +363,38 @@ impl HypervisorBuilder {
     /// The ring table (used when the hypervisor builds its own runtime).
     pub fn policy(mut self, policy: RingPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Every rule of a policy file at once: the ring table (when the
+    /// hypervisor builds its own runtime), rate limits (turning them on),
+    /// the breach policy, the elevation rules and per-agent grants of host
+    /// actions and effects (an agent listed gets exactly its grants; others
+    /// get every registered one). Replaces what [`policy`](Self::policy),
+    /// [`rate_limits`](Self::rate_limits), [`breach_policy`](Self::breach_policy)
+    /// and [`elevation_rules`](Self::elevation_rules) set before.
+    pub fn governance_policy(mut self, policy: Policy) -> Self {
+        let Policy {
+            rings,
+            rate,
+            breach,
+            elevation,
+            grants,
+        } = policy;
+        self.policy = rings;
+        self.rate_limits = Some(rate);
+        self.breach_policy = breach;
+        self.elevation_rules = elevation;
+        self.grants = grants;
+        self
+    }
+
+    /// Loads the TOML policy file at `path` when the hypervisor is built and
+    /// applies it as [`governance_policy`](Self::governance_policy) does, over
+    /// whatever was set before (a field the file leaves out has its default,
+    /// not an earlier setting). The format is in `docs/policy.md`.
+    pub fn policy_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy_file = Some(path.into());
         self
     }
 
@@ -419,8 +504,29 @@ impl HypervisorBuilder {
     ///
     /// # Errors
     /// [`HypervisorError::Setup`] without a state directory or if it cannot be
-    /// created; [`HypervisorError::Build`] if the runtime cannot be built.
-    pub fn build(self) -> Result<Hypervisor, HypervisorError> {
+    /// created; [`HypervisorError::Build`] if the runtime cannot be built;
+    /// [`HypervisorError::Policy`] for a refused policy file;
+    /// [`HypervisorError::Grant`] for a grant of an unregistered action.
+    pub fn build(mut self) -> Result<Hypervisor, HypervisorError> {
+        if let Some(path) = self.policy_file.take() {
+            self = self.governance_policy(PolicyFile::load(&path)?);
+        }
+        let granted = self
+            .grants
+            .iter()
+            .map(|(agent, g)| {
+                self.actions
+                    .restricted(
+                        g.actions.iter().map(String::as_str),
+                        g.effects.iter().map(String::as_str),
+                    )
+                    .map(|r| (agent.clone(), Arc::new(r)))
+                    .map_err(|source| HypervisorError::Grant {
+                        agent: agent.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
         let state_dir = self
             .state_dir
             .ok_or_else(|| HypervisorError::Setup("a state directory is required".into()))?;
@@ -513,6 +619,7 @@ impl HypervisorBuilder {
             clock: self.clock,
             events,
             actions: self.actions,
+            granted,
             quotas: self.quotas,
             state_limits: self.state_limits,
             max_locks_per_agent: self.max_locks_per_agent,
@@ -522,6 +629,7 @@ impl HypervisorBuilder {
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),
             id_counter: AtomicU64::new(0),
+            offered: Mutex::new(HashMap::new()),
             security: Security {
                 rate,
                 detector,
@@ -529,6 +637,7 @@ impl HypervisorBuilder {
                 elevation: self.elevation_rules,
                 operator_key: self.operator_key,
                 agent_keys: Mutex::new(HashMap::new()),
+                used_attestations: Mutex::new(HashMap::new()),
             },
         });
         governor.attach(&inner);
@@ -552,6 +661,10 @@ struct SessionEntry {
     /// Every participant's standing (its effective ring now), shared with
     /// its instance's gate: the one copy of its ring that is enforced.
     standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
+    /// Children started with `spawn`: who their parent is, how deep they are.
+    spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
+    /// Numbers the children of this session.
+    spawn_counter: AtomicU64,
 }
 
 /// Most rate buckets kept (two per participant); unused ones are evicted first.
@@ -566,6 +679,29 @@ struct Security {
     elevation: ElevationRules,
     operator_key: Option<VerifyingKey>,
     agent_keys: Mutex<HashMap<AgentId, VerifyingKey>>,
+    /// Signatures of the sponsorship attestations already used, with their expiry.
+    used_attestations: Mutex<HashMap<[u8; 64], u64>>,
+}
+
+/// Undoes a join that did not complete (no events were emitted for it).
+struct JoinUndo<'a> {
+    entry: &'a SessionEntry,
+    agent: &'a AgentId,
+    armed: bool,
+}
+
+impl Drop for JoinUndo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = lock(&self.entry.gov).leave(self.agent);
+        lock(&self.entry.standings).remove(self.agent);
+        lock(&self.entry.spawned).remove(self.agent);
+        self.entry
+            .core
+            .agent_left(self.agent, "join did not complete", TraceId(0));
+    }
 }
 
 /// The causal context of one host operation (see `Hypervisor::op`).
@@ -589,6 +725,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     events: Arc<EventBus>,
     actions: Arc<ActionRegistry>,
+    /// The registries of the agents a policy lists: only their grants.
+    granted: HashMap<AgentId, Arc<ActionRegistry>>,
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
@@ -599,6 +737,8 @@ struct Inner {
     id_seed: RandomState,
     id_counter: AtomicU64,
     security: Security,
+    /// Components agents may spawn children from, by name.
+    offered: Mutex<HashMap<String, AgentComponent>>,
 }
 
 /// The Agent Hypervisor: shared sessions of governed Wasm agents. Cheap to
@@ -694,6 +834,12 @@ impl Hypervisor {
         }
     }
 
+    /// The causal context of a decision made during an agent's call: its
+    /// events carry the call's trace id.
+    fn op_in(&self, trace: TraceId) -> Op {
+        Op { trace, last: None }
+    }
+
     fn emit(
         &self,
         op: &mut Op,
@@ -758,6 +904,8 @@ impl Hypervisor {
             core,
             agents: Mutex::new(HashMap::new()),
             standings: Mutex::new(HashMap::new()),
+            spawned: Mutex::new(HashMap::new()),
+            spawn_counter: AtomicU64::new(0),
         });
         self.inner
             .sessions
@@ -834,6 +982,18 @@ impl Hypervisor {
         session: &SessionId,
         request: JoinRequest,
     ) -> Result<Ring, HypervisorError> {
+        self.join_as(session, request, None).await
+    }
+
+    /// [`Hypervisor::join_session`], with the ring set by the host instead
+    /// of the one the join rules compute: a spawned child's ring follows
+    /// from its parent's (`min(parent + 1, 3)`), not from a score.
+    async fn join_as(
+        &self,
+        session: &SessionId,
+        request: JoinRequest,
+        assigned: Option<(Ring, String)>,
+    ) -> Result<Ring, HypervisorError> {
         let entry = self.entry(session)?;
         let JoinRequest {
             agent,
@@ -849,6 +1009,9 @@ impl Hypervisor {
             if root_witness.is_some() {
                 gov.set_ring(&agent, Ring::Root)?;
                 ring = Ring::Root;
+            } else if let Some((given, _)) = &assigned {
+                gov.set_ring(&agent, *given)?;
+                ring = *given;
             }
             (
                 ring,
@@ -857,31 +1020,34 @@ impl Hypervisor {
         };
         let standing = Standing::new(ring, self.inner.clock.clone());
         lock(&entry.standings).insert(agent.clone(), standing.clone());
+        // Until the agent is in, a failed or cancelled join (the caller's
+        // future dropped mid-instantiation, e.g. a spawning parent's
+        // deadline) is undone: no ghost participant keeps a seat.
+        let mut undo = JoinUndo {
+            entry: &entry,
+            agent: &agent,
+            armed: true,
+        };
         if let Some(component) = component {
+            let actions = self
+                .inner
+                .granted
+                .get(&agent)
+                .unwrap_or(&self.inner.actions)
+                .clone();
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
                 .standing(standing)
-                .actions(self.inner.actions.clone())
+                .actions(actions)
                 .after_trap(self.inner.after_trap);
-            match self.inner.runtime.spawn(&component, spec).await {
-                Ok(live) => {
-                    let slot = Arc::new(AgentSlot {
-                        kill: live.kill_handle(),
-                        agent: tokio::sync::Mutex::new(live),
-                    });
-                    lock(&entry.agents).insert(agent.clone(), slot);
-                }
-                Err(e) => {
-                    // Never admitted: undo the join (no events were emitted).
-                    let _ = lock(&entry.gov).leave(&agent);
-                    lock(&entry.standings).remove(&agent);
-                    entry
-                        .core
-                        .agent_left(&agent, "instantiation failed", TraceId(0));
-                    return Err(e.into());
-                }
-            }
+            let live = self.inner.runtime.spawn(&component, spec).await?;
+            let slot = Arc::new(AgentSlot {
+                kill: live.kill_handle(),
+                agent: tokio::sync::Mutex::new(live),
+            });
+            lock(&entry.agents).insert(agent.clone(), slot);
         }
+        undo.armed = false;
         if forced_strong {
             entry.core.set_strict(true);
         }
@@ -898,9 +1064,10 @@ impl Hypervisor {
             Some(&agent),
             EventPayload::RingAssigned {
                 ring,
-                reason: match &root_witness {
-                    Some(w) => format!("root grant witnessed by {w}"),
-                    None => format!("joined with sigma {sigma:.2}"),
+                reason: match (&root_witness, &assigned) {
+                    (Some(w), _) => format!("root grant witnessed by {w}"),
+                    (None, Some((_, why))) => why.clone(),
+                    (None, None) => format!("joined with sigma {sigma:.2}"),
                 },
             },
         );
@@ -928,8 +1095,9 @@ impl Hypervisor {
     }
 
     /// Calls the participant's `run` with `input` on its live instance. The
-    /// session must be active. A ring breach expels the agent (after the
-    /// breach event); the error is returned as [`HypervisorError::Agent`].
+    /// session must be active. After a ring breach (recorded before the
+    /// trap) the breach policy decides what it costs the agent (by default
+    /// it is expelled); the error is returned as [`HypervisorError::Agent`].
     ///
     /// # Errors
     /// [`SessionError`] (not active, expired, not a participant);
@@ -969,8 +1137,12 @@ impl Hypervisor {
                     agent: agent.clone(),
                 })?;
         let result = slot.agent.lock().await.run(input).await;
-        if let Err(e) = &result
-            && let Some(TrapCause::RingBreach(b)) = e.cause()
+        // Only the call that breached is judged; a later call that finds
+        // the instance poisoned by it is not a second breach.
+        if let Err(AgentError::Trapped {
+            cause: TrapCause::RingBreach(b),
+            ..
+        }) = &result
         {
             self.after_breach(&entry, &slot, agent, b).await;
         }
@@ -980,6 +1152,11 @@ impl Hypervisor {
     /// Removes a participant: its instance, locks, transaction and clock go;
     /// emits `session.left`. Returns whether it was a participant.
     fn remove(&self, op: &mut Op, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
+        // Children go with their parent.
+        for child in self.children_of(entry, agent) {
+            self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
+        }
+        lock(&entry.spawned).remove(agent);
         if let Some(slot) = lock(&entry.agents).remove(agent) {
             // Stops a call still running (a no-op for an idle or dead instance).
             slot.kill.kill(reason.to_string());
@@ -1064,6 +1241,10 @@ impl Hypervisor {
                 agent: agent.clone(),
             }
             .into());
+        }
+        // Killing a parent kills its children.
+        for child in self.children_of(&entry, agent) {
+            let _ = self.kill_agent(session, &child, &format!("parent {agent} killed: {reason}"));
         }
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
@@ -1277,8 +1458,11 @@ impl Hypervisor {
     pub fn ring(&self, session: &SessionId, agent: &AgentId) -> Result<Ring, HypervisorError> {
         let standing = self.standing(session, agent)?;
         let check = standing.check();
-        for t in check.transitions {
-            self.report_transition(session, agent, t);
+        if !check.transitions.is_empty() {
+            let trace = self.inner.runtime.new_trace_id();
+            for t in check.transitions {
+                self.report_transition(session, agent, trace, t);
+            }
         }
         Ok(check.ring)
     }

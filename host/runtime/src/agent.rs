@@ -450,6 +450,19 @@ impl Agent {
             });
         }
         let mut live = match self.live.take() {
+            // An instance that holds more memory than its ring now allows
+            // (it was demoted) starts afresh, within the new budget.
+            Some(live)
+                if live.store.data().limiter.used()
+                    > self
+                        .runtime
+                        .policy()
+                        .limits(self.spec.standing.effective())
+                        .memory_bytes =>
+            {
+                drop(live);
+                self.instantiate().await?
+            }
             Some(live) => live,
             None => match &self.poisoned {
                 Some(cause) if !self.may_recreate(cause) => {

@@ -14,6 +14,9 @@ wasmtime::component::bindgen!({
     // call's deadline and kill switch.
     imports: {
         "agent-hypervisor:agent/locks.acquire": async | trappable,
+        // Waits for the child's call, under the caller's deadline and kill switch.
+        "agent-hypervisor:agent/spawn.run": async | trappable,
+        "agent-hypervisor:agent/spawn.start": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -1,7 +1,7 @@
 //! Loading components: admission (the imports are the capability manifest),
 //! the on-disk cache of compiled components, and `inspect`.
 //!
-//! [`admit`] is the one admission check: [`crate::Runtime::load`] runs it
+//! `admit` is the one admission check: [`crate::Runtime::load`] runs it
 //! before any agent can be spawned, and `ahv inspect` reports its verdict, so
 //! a component `inspect` calls admissible is one `run` accepts.
 
@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(classify_import("wasi:cli/stdout@0.2.6"), ImportKind::Wasi);
         assert_eq!(classify_import("wasi:io/streams@0.2.0"), ImportKind::Wasi);
         for bad in [
-            "agent-hypervisor:agent/spawn@0.1.0",
+            "agent-hypervisor:agent/net@0.1.0",
             "agent-hypervisor:agent/vfs-write@0.2.0",
             "wasi:sockets/tcp@0.2.6",
             "wasi:http/outgoing-handler@0.2.6",

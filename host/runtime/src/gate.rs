@@ -66,6 +66,8 @@ pub enum Refusal {
     NotFound(String),
     /// An argument is malformed (an agent id, a ring number).
     Invalid(String),
+    /// The work ran and failed (a child agent trapped).
+    Failed(String),
 }
 
 impl From<Refusal> for HostError {
@@ -74,6 +76,7 @@ impl From<Refusal> for HostError {
             Refusal::Denied(m) => WitError::Denied(m),
             Refusal::NotFound(m) => WitError::NotFound(m),
             Refusal::Invalid(m) => WitError::InvalidKey(m),
+            Refusal::Failed(m) => WitError::ActionFailed(m),
         })
     }
 }
@@ -139,6 +142,9 @@ pub enum AdminOp<'a> {
     },
 }
 
+/// A boxed future a [`Governor`] returns for work that waits (a child's run).
+pub type GovernorFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// The host's side of the decisions the runtime cannot make alone: who may
 /// be elevated, what administration does, and where the gate's
 /// observations go. The hypervisor implements it; every method has a
@@ -193,6 +199,63 @@ pub trait Governor: Send + Sync {
         let _ = who;
         Err(Refusal::Denied(
             "admin: this agent runs outside a governed session".into(),
+        ))
+    }
+
+    /// Starts a child of `who` from the component named `component` (a
+    /// registered name or a SHA-256 digest); returns the child's id.
+    ///
+    /// # Errors
+    /// A [`Refusal`]; by default there is no session to spawn into.
+    fn spawn_child(
+        &self,
+        who: Who<'_>,
+        component: &str,
+    ) -> GovernorFuture<Result<AgentId, Refusal>> {
+        let _ = (who, component);
+        Box::pin(async {
+            Err(Refusal::Denied(
+                "spawn: this agent runs outside a governed session".into(),
+            ))
+        })
+    }
+
+    /// Runs `child` (a child of `parent`) with `input`; resolves to its
+    /// answer or its own failure message.
+    fn run_child(
+        &self,
+        session: SessionId,
+        parent: AgentId,
+        child: String,
+        input: String,
+    ) -> GovernorFuture<Result<Result<String, String>, Refusal>> {
+        let _ = (session, parent, child, input);
+        Box::pin(async {
+            Err(Refusal::Denied(
+                "spawn: this agent runs outside a governed session".into(),
+            ))
+        })
+    }
+
+    /// Stops `child`, a child of `who`, and its children.
+    ///
+    /// # Errors
+    /// A [`Refusal`]; by default there is no session.
+    fn stop_child(&self, who: Who<'_>, child: &str) -> Result<(), Refusal> {
+        let _ = (who, child);
+        Err(Refusal::Denied(
+            "spawn: this agent runs outside a governed session".into(),
+        ))
+    }
+
+    /// The live children of `who`.
+    ///
+    /// # Errors
+    /// A [`Refusal`]; by default there is no session.
+    fn children(&self, who: Who<'_>) -> Result<Vec<AgentId>, Refusal> {
+        let _ = who;
+        Err(Refusal::Denied(
+            "spawn: this agent runs outside a governed session".into(),
         ))
     }
 

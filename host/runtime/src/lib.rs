@@ -49,8 +49,8 @@ pub mod trap;
 pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput};
 pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest};
 pub use gate::{
-    AdminOp, ElevationAsk, ElevationGrant, Governor, NoGovernor, ParticipantView, RateBudget,
-    Refusal, Who,
+    AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, NoGovernor, ParticipantView,
+    RateBudget, Refusal, Who,
 };
 pub use runtime::{BuildError, RateSource, Runtime, RuntimeBuilder};
 pub use state::{KillHandle, LogLevel, LogLine, LogSource};

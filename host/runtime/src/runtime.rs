@@ -471,7 +471,7 @@ impl Runtime {
     }
 
     /// The cached pre-instantiated component for agents whose base ring is
-    /// `ring` (built on first use; rings 1–3 share one, see [`linked_ring`]).
+    /// `ring` (built on first use; rings 1–3 share one, see `linked_ring`).
     ///
     /// # Errors
     /// [`LoadError::Link`] if the component cannot be linked (a host bug after admission).

@@ -15,19 +15,21 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::{
-    Contexts, actions, admin, context, effects, elevation, locks, log, state_read, state_write,
-    vfs_read, vfs_write,
+    Contexts, actions, admin, context, effects, elevation, locks, log, spawn, state_read,
+    state_write, vfs_read, vfs_write,
 };
 use crate::gate::{Gate, GateInit};
 use crate::trap::{Killed, MemoryLimitExceeded};
 
 /// Longest log line kept, in bytes; longer lines are cut and marked.
 pub const MAX_LOG_LINE: usize = 4096;
-/// Most log bytes kept per call (each line also costs [`LOG_LINE_COST`]);
-/// later lines are counted as dropped.
-pub const MAX_LOG_BYTES_PER_CALL: usize = 256 * 1024;
-/// Most log lines kept per call, however short; later lines are counted as dropped.
-pub const MAX_LOG_LINES_PER_CALL: usize = 4096;
+/// Most log bytes kept per call by default (each line also costs
+/// [`LOG_LINE_COST`]); later lines are counted as dropped. The effective
+/// ring's [`RingLimits::log_bytes`] decides per call.
+pub const MAX_LOG_BYTES_PER_CALL: usize = ahv_core::DEFAULT_LOG_BYTES_PER_CALL;
+/// Most log lines kept per call by default, however short; later lines are
+/// counted as dropped. The effective ring's [`RingLimits::log_lines`] decides per call.
+pub const MAX_LOG_LINES_PER_CALL: usize = ahv_core::DEFAULT_LOG_LINES_PER_CALL;
 /// What a line costs against [`MAX_LOG_BYTES_PER_CALL`] beside its text: an
 /// empty line is not free (it is a `LogLine` on the host), so five million
 /// `log("")` calls cannot grow the host.
@@ -76,22 +78,44 @@ pub struct LogLine {
 /// stream output is split in one pass, an unterminated line keeps at most
 /// [`MAX_LOG_LINE`] bytes, and once the budget is spent a line costs a counter
 /// increment, not a copy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LogBuffer {
     lines: Vec<LogLine>,
     bytes: usize,
     dropped: usize,
     /// Unterminated output per stream (stdout, stderr), at most `MAX_LOG_LINE + 1` bytes.
     partial: [Vec<u8>; 2],
+    /// The current call's budget in lines (the effective ring's `log_lines`).
+    max_lines: usize,
+    /// The current call's budget in bytes (the effective ring's `log_bytes`).
+    max_bytes: usize,
+}
+
+impl Default for LogBuffer {
+    fn default() -> Self {
+        LogBuffer {
+            lines: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            partial: [Vec::new(), Vec::new()],
+            max_lines: MAX_LOG_LINES_PER_CALL,
+            max_bytes: MAX_LOG_BYTES_PER_CALL,
+        }
+    }
 }
 
 impl LogBuffer {
+    /// Sets the budget of the call that starts (its effective ring's).
+    pub(crate) fn set_budget(&mut self, max_lines: usize, max_bytes: usize) {
+        self.max_lines = max_lines;
+        self.max_bytes = max_bytes;
+    }
+
     /// Keeps one line if the call's budget allows, cut to [`MAX_LOG_LINE`]
     /// bytes before anything is copied; otherwise counts it as dropped.
     pub(crate) fn push(&mut self, level: LogLevel, source: LogSource, message: &str) {
         let cost = message.len().min(MAX_LOG_LINE) + LOG_LINE_COST;
-        if self.lines.len() >= MAX_LOG_LINES_PER_CALL || self.bytes + cost > MAX_LOG_BYTES_PER_CALL
-        {
+        if self.lines.len() >= self.max_lines || self.bytes.saturating_add(cost) > self.max_bytes {
             self.dropped += 1;
             return;
         }
@@ -144,7 +168,7 @@ impl LogBuffer {
     fn end_line(&mut self, source: LogSource) {
         let (idx, level) = Self::stream(source);
         let line = std::mem::take(&mut self.partial[idx]);
-        if self.lines.len() >= MAX_LOG_LINES_PER_CALL {
+        if self.lines.len() >= self.max_lines {
             // The common case of a flood: no decoding, no allocation.
             self.dropped += 1;
         } else {
@@ -173,7 +197,8 @@ impl LogBuffer {
                 source: LogSource::Log,
                 message: format!(
                     "[ahv] {dropped} log line(s) dropped: the log budget is \
-                     {MAX_LOG_LINES_PER_CALL} lines and {MAX_LOG_BYTES_PER_CALL} bytes per call"
+                     {} lines and {} bytes per call",
+                    self.max_lines, self.max_bytes
                 ),
             });
         }
@@ -294,7 +319,6 @@ impl Limiter {
     }
 
     /// Bytes of memories and tables the instance holds now.
-    #[cfg(test)]
     pub(crate) fn used(&self) -> u64 {
         self.used
     }
@@ -507,6 +531,7 @@ impl AgentState {
                 files: init.files,
             },
             elevation: elevation::Ctx,
+            spawn: spawn::Ctx,
             admin: admin::Ctx {
                 policy: init.policy,
             },
@@ -530,6 +555,10 @@ impl AgentState {
         self.caps.locks.call_deadline = self.gate.call_deadline;
         self.limiter.set_limit(limits.memory_bytes);
         self.random_limit = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_budget(limits.log_lines, limits.log_bytes);
     }
 }
 
@@ -586,6 +615,35 @@ mod tests {
                  and {MAX_LOG_BYTES_PER_CALL} bytes per call"
             )
         );
+    }
+
+    #[test]
+    fn the_budget_set_for_a_call_bounds_its_lines_and_bytes() {
+        let mut b = LogBuffer::default();
+        b.set_budget(3, MAX_LOG_BYTES_PER_CALL);
+        for n in 0..10 {
+            b.push(LogLevel::Info, LogSource::Log, &format!("line {n}"));
+        }
+        b.write_stream(LogSource::Stdout, b"out\n");
+        let (lines, dropped) = b.take();
+        let texts: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "line 0",
+                "line 1",
+                "line 2",
+                "[ahv] 8 log line(s) dropped: the log budget is 3 lines and 262144 bytes per call"
+            ]
+        );
+        assert_eq!(dropped, 8);
+        // Bytes: two lines of 10 bytes fit in 2 × (10 + LOG_LINE_COST), a third does not.
+        b.set_budget(100, 2 * (10 + LOG_LINE_COST));
+        for _ in 0..3 {
+            b.push(LogLevel::Info, LogSource::Log, &"y".repeat(10));
+        }
+        let (lines, dropped) = b.take();
+        assert_eq!((lines.len(), dropped), (3, 1), "two kept and the report");
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl ElevationRules {
     }
 
     /// The trust `target` needs; `None` for rings that cannot be elevated to.
-    fn min_trust(&self, target: Ring) -> Option<f64> {
+    pub fn min_trust(&self, target: Ring) -> Option<f64> {
         match target {
             Ring::Privileged => Some(self.min_trust_ring1),
             Ring::Standard => Some(self.min_trust_ring2),

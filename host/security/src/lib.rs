@@ -11,6 +11,8 @@
 //!   one place that decides what a breach costs.
 //! - [`elevation`]: the rules for temporary elevation (sudo with a TTL) and
 //!   sponsorships that are ed25519-signed attestations, not free strings.
+//! - [`policy`]: the TOML policy file that sets all of the above, the ring
+//!   table (narrowing only) and per-agent grants of host actions.
 //!
 //! Time is injected ([`ahv_core::Clock`]); policies are data loaded with
 //! `serde` and validated on load.
@@ -95,6 +97,7 @@
 
 pub mod breach;
 pub mod elevation;
+pub mod policy;
 pub mod rate;
 
 pub use breach::{
@@ -106,6 +109,7 @@ pub use elevation::{
     ElevationRulesError, Grant, Sponsor, SponsorKeys, SponsorRegistry, SponsorshipError,
     decide as decide_elevation,
 };
+pub use policy::{Grants, Policy, PolicyError, PolicyFile};
 pub use rate::{
     BucketSpec, CallClass, ParticipantBuckets, RateDenied, RateError, RateLimiter, RateTable,
     TokenBucket,

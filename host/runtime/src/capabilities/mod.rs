@@ -25,6 +25,7 @@ pub(crate) mod effects;
 pub(crate) mod elevation;
 pub(crate) mod locks;
 pub(crate) mod log;
+pub(crate) mod spawn;
 pub(crate) mod state_read;
 pub(crate) mod state_write;
 pub(crate) mod vfs_read;
@@ -57,6 +58,7 @@ pub(crate) struct Contexts {
     pub(crate) actions: actions::Ctx,
     pub(crate) effects: effects::Ctx,
     pub(crate) elevation: elevation::Ctx,
+    pub(crate) spawn: spawn::Ctx,
     pub(crate) admin: admin::Ctx,
 }
 
@@ -69,7 +71,7 @@ pub(crate) struct Unit {
 }
 
 /// Capability → module.
-pub(crate) const UNITS: [Unit; 11] = [
+pub(crate) const UNITS: [Unit; 12] = [
     Unit {
         capability: Capability::Context,
         add_to_linker: context::add_to_linker,
@@ -109,6 +111,10 @@ pub(crate) const UNITS: [Unit; 11] = [
     Unit {
         capability: Capability::Effects,
         add_to_linker: effects::add_to_linker,
+    },
+    Unit {
+        capability: Capability::Spawn,
+        add_to_linker: spawn::add_to_linker,
     },
     Unit {
         capability: Capability::Admin,
