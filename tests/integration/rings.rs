@@ -339,6 +339,17 @@ async fn each_breach_policy_applies_to_a_real_guest() {
         let member = h.hv.ring(&s, &a);
         match name {
             "expel" | "kill" => {
+                let q = |k| {
+                    h.hv.events()
+                        .query(&EventQuery::default().session(s.clone()).kind(k))
+                };
+                if name == "expel" {
+                    assert_eq!(
+                        q(EventKind::SessionLeft)[0].trace,
+                        q(EventKind::RingBreachDetected)[0].trace,
+                        "the expulsion carries the breaching call's trace"
+                    );
+                }
                 assert!(member.is_err(), "{name}: no longer a participant");
                 let killed = events(&h, &s, EventKind::SecurityAgentKilled).len();
                 assert_eq!(killed, usize::from(name == "kill"), "{name}");
@@ -376,6 +387,11 @@ async fn the_breaker_trips_on_a_flood_of_breaches_not_on_two() {
     assert!(
         !h.hv.standing(&s, &a).unwrap().is_quarantined(),
         "two breaches do not trip it"
+    );
+    let out = h.script(&s, "did:test:f", "elevate 1 0 x").await;
+    assert!(
+        out.contains("took privilege away"),
+        "no elevation right after a breach: {out}"
     );
     ok(&h.script(&s, "did:test:f", "write a x").await, "write a x");
     let mut n = 2;

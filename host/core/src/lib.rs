@@ -29,7 +29,7 @@ pub mod ring;
 pub mod score;
 pub mod standing;
 
-pub use clock::{Clock, FakeClock, SystemClock};
+pub use clock::{Clock, FakeClock, SystemClock, TickClock};
 pub use event::{
     Event, EventBus, EventId, EventKind, EventPayload, EventQuery, EventSink, Field,
     SubscriptionId, TerminationReason,

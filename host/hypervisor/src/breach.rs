@@ -39,7 +39,12 @@ impl Hypervisor {
             .get(agent)
             .map_or(breach.ring, |s| s.base());
         let consequence = security.breach.decide(base, &assessment);
-        let mut op = self.op();
+        let mut op = self.op_in(breach.trace);
+        // Whatever the consequence, the agent may not ask for an elevation
+        // for a while: a breach is the host taking privilege away.
+        if let Some(standing) = lock(&entry.standings).get(agent) {
+            standing.block_elevation(self.elevation_cooldown());
+        }
         if assessment.tripped {
             let action = match &consequence {
                 Consequence::Restart => "restart".to_string(),

@@ -140,6 +140,9 @@ impl Governor for HvGovernor {
                     reason: "relinquished by the agent".into(),
                 },
             );
+            if let Ok(entry) = hv.entry(who.session) {
+                hv.recap_children(&entry, who.agent);
+            }
         }
         Some(ring)
     }

@@ -102,7 +102,7 @@ use ahv_audit::{
 use ahv_core::event::{EventBus, EventPayload, TerminationReason};
 use ahv_core::standing::Standing;
 use ahv_core::{
-    ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TraceId,
+    ActionDescriptor, AgentId, Clock, Ring, RingPolicy, SessionId, SystemClock, TickClock, TraceId,
 };
 use ahv_governance::actions::{ActionError, ActionRegistry};
 use ahv_governance::session::{
@@ -291,6 +291,8 @@ pub struct HypervisorBuilder {
     policy: RingPolicy,
     runtime: Option<Runtime>,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` was set by the embedder (then every timer uses it).
+    clock_given: bool,
     event_capacity: usize,
     quotas: FileQuotas,
     state_limits: StateLimits,
@@ -317,6 +319,7 @@ impl Default for HypervisorBuilder {
             policy: RingPolicy::default(),
             runtime: None,
             clock: Arc::new(SystemClock::default()),
+            clock_given: false,
             event_capacity: 10_000,
             quotas: FileQuotas::default(),
             state_limits: StateLimits::default(),
@@ -413,6 +416,7 @@ impl HypervisorBuilder {
     /// The clock for session deadlines and event times (tests pass a `FakeClock`).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.clock_given = true;
         self
     }
 
@@ -546,13 +550,17 @@ impl HypervisorBuilder {
         let detector =
             BreachDetector::new(self.breach_policy.detector().clone(), self.clock.clone())
                 .map_err(|e| security_error(&e))?;
-        let rate = self.rate_limits.map(|table| {
-            Arc::new(RateLimiter::new(
-                table,
-                self.clock.clone(),
-                MAX_RATE_BUCKETS,
-            ))
-        });
+        // With the default (system) clock, buckets read a coarse clock the
+        // epoch ticker advances: one atomic load per metered call instead of
+        // a clock_gettime. An injected clock (tests) is used as given.
+        let tick_clock = (!self.clock_given).then(TickClock::new);
+        let rate_clock: Arc<dyn Clock> = match &tick_clock {
+            Some(t) => Arc::new(t.clone()),
+            None => self.clock.clone(),
+        };
+        let rate = self
+            .rate_limits
+            .map(|table| Arc::new(RateLimiter::new(table, rate_clock, MAX_RATE_BUCKETS)));
         let governor = Arc::new(governor::HvGovernor::default());
         let runtime = match self.runtime {
             Some(r) => r,
@@ -584,6 +592,9 @@ impl HypervisorBuilder {
                 }
                 if let Some(rate) = &rate {
                     b = b.rate_limits(rate.clone());
+                }
+                if let Some(t) = tick_clock {
+                    b = b.tick_clock(t);
                 }
                 b.build()?
             }

@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahv_core::standing::Standing;
-use ahv_core::{AgentId, Clock, Ring, RingLimits, RingPolicy, SystemClock};
+use ahv_core::{AgentId, Clock, Ring, RingLimits, RingPolicy, SystemClock, TickClock};
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_runtime::raw::WitError;
 use ahv_runtime::raw::agent_hypervisor::agent::locks::{LockMode, LockTarget};
@@ -152,7 +152,7 @@ fn setup() -> (
 
 /// As [`setup`], with every metered call limited by `rate` when given.
 fn setup_with(
-    rate: Option<RateLimiter>,
+    rate: Option<(RateLimiter, TickClock)>,
 ) -> (
     tokio::runtime::Runtime,
     Runtime,
@@ -165,8 +165,8 @@ fn setup_with(
         .unwrap();
     let cache = std::env::temp_dir().join("ahv-bench-cache");
     let mut builder = Runtime::builder().cache_dir(cache).max_instances(64);
-    if let Some(rate) = rate {
-        builder = builder.rate_limits(Arc::new(rate));
+    if let Some((rate, clock)) = rate {
+        builder = builder.rate_limits(Arc::new(rate)).tick_clock(clock);
     }
     let runtime = builder.build().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -181,12 +181,17 @@ fn setup_with(
 }
 
 /// A limiter whose ring 2 read bucket is `spec` (the other buckets as by
-/// default), on the real clock.
-fn limiter(spec: BucketSpec) -> RateLimiter {
+/// default), on the coarse clock the runtime's epoch ticker advances (as
+/// the hypervisor sets it up).
+fn limiter(spec: BucketSpec) -> (RateLimiter, TickClock) {
     let table = RateTable::default()
         .with_spec(CallClass::Read, Ring::Standard, spec)
         .unwrap();
-    RateLimiter::new(table, Arc::new(SystemClock::default()), 1024)
+    let clock = TickClock::new();
+    (
+        RateLimiter::new(table, Arc::new(clock.clone()), 1024),
+        clock,
+    )
 }
 
 /// A ring 2 read budget that never runs out within a bench: 10⁹/s, burst 2³²−1.

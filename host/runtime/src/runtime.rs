@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ahv_core::{AgentId, Ring, RingPolicy, SessionId, TraceId};
+use ahv_core::{AgentId, Ring, RingPolicy, SessionId, TickClock, TraceId};
 use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -80,6 +80,7 @@ pub struct RuntimeBuilder {
     breach_recorder: Arc<dyn BreachRecorder>,
     governor: Arc<dyn Governor>,
     rate: Option<Arc<dyn RateSource>>,
+    tick_clocks: Vec<TickClock>,
 }
 
 impl Default for RuntimeBuilder {
@@ -93,6 +94,7 @@ impl Default for RuntimeBuilder {
             breach_recorder: Arc::new(TracingRecorder),
             governor: Arc::new(NoGovernor),
             rate: None,
+            tick_clocks: Vec::new(),
         }
     }
 }
@@ -148,6 +150,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Has the epoch ticker advance `clock` at every tick (a cheap coarse
+    /// clock for rate budgets; see [`TickClock`]).
+    pub fn tick_clock(mut self, clock: TickClock) -> Self {
+        self.tick_clocks.push(clock);
+        self
+    }
+
     /// Builds the engine, the linkers and starts the epoch ticker.
     ///
     /// # Errors
@@ -178,12 +187,16 @@ impl RuntimeBuilder {
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop, tick) = (engine.clone(), stop.clone(), self.epoch_tick);
+            let clocks = self.tick_clocks;
             std::thread::Builder::new()
                 .name("ahv-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        for c in &clocks {
+                            c.tick();
+                        }
                     }
                 })
                 .map_err(|e| BuildError::Setting {
