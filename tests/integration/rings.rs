@@ -748,3 +748,59 @@ async fn a_parent_that_loses_its_ring_takes_its_children_down_with_it() {
         "min(2 + 1, 3)"
     );
 }
+
+#[tokio::test]
+async fn a_quarantined_sponsor_does_not_count_and_a_ring_0_one_does() {
+    let h = Hv::new();
+    let s = h.session();
+    let sponsor_key = SigningKey::from_bytes(&[3; 32]);
+    h.hv.join_session(
+        &s,
+        JoinRequest::new(id("did:test:sponsor"), 0.9).root("did:test:operator"),
+    )
+    .await
+    .unwrap();
+    h.hv.register_sponsor_key(id("did:test:sponsor"), sponsor_key.verifying_key());
+    h.join(&s, "did:test:a", 0.9, ahv_agents::SCRIPTED).await;
+    h.join(&s, "did:test:b", 0.9, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    let att = |agent: &str| {
+        Attestation::sign(
+            Sponsor::Agent(id("did:test:sponsor")),
+            id(agent),
+            s.clone(),
+            Ring::Privileged,
+            unix_now() + 600,
+            &sponsor_key,
+        )
+        .to_text()
+    };
+    let (a, b) = (att("did:test:a"), att("did:test:b"));
+    let out = h
+        .script(
+            &s,
+            "did:test:a",
+            &format!("elevate-sponsored 1 60 {a} deploy"),
+        )
+        .await;
+    assert_eq!(
+        ok(&out, &format!("elevate-sponsored 1 60 {a} deploy")),
+        "ring 1"
+    );
+
+    h.hv.quarantine(&s, &id("did:test:sponsor"), "manual", None)
+        .unwrap();
+    let out = h
+        .script(
+            &s,
+            "did:test:b",
+            &format!("elevate-sponsored 1 60 {b} deploy"),
+        )
+        .await;
+    err(
+        &out,
+        &format!("elevate-sponsored 1 60 {b} deploy"),
+        "denied",
+    );
+    assert_eq!(h.hv.ring(&s, &id("did:test:b")).unwrap(), Ring::Standard);
+}
