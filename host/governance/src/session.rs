@@ -388,15 +388,7 @@ impl Session {
     /// # Errors
     /// [`SessionError::NotAParticipant`].
     pub fn set_ring(&mut self, agent: &AgentId, ring: Ring) -> Result<(), SessionError> {
-        let session = self.id.clone();
-        let p = self
-            .participants
-            .get_mut(agent)
-            .ok_or_else(|| SessionError::NotAParticipant {
-                session,
-                agent: agent.clone(),
-            })?;
-        p.ring = ring;
+        self.participant_mut(agent)?.ring = ring;
         Ok(())
     }
 
@@ -407,16 +399,18 @@ impl Session {
     /// [`SessionError::NotAParticipant`].
     pub fn set_sigma(&mut self, agent: &AgentId, sigma: f64) -> Result<(), SessionError> {
         let sigma = check_score("sigma", sigma)?;
-        let session = self.id.clone();
-        let p = self
-            .participants
+        self.participant_mut(agent)?.sigma = sigma;
+        Ok(())
+    }
+
+    fn participant_mut(&mut self, agent: &AgentId) -> Result<&mut Participant, SessionError> {
+        let session = &self.id;
+        self.participants
             .get_mut(agent)
             .ok_or_else(|| SessionError::NotAParticipant {
-                session,
+                session: session.clone(),
                 agent: agent.clone(),
-            })?;
-        p.sigma = sigma;
-        Ok(())
+            })
     }
 
     /// When the session runs out of time (session clock).

@@ -121,9 +121,7 @@ impl Governor for HvGovernor {
         who: Who<'_>,
         ask: ElevationAsk<'_>,
     ) -> Result<ElevationGrant, Refusal> {
-        let hv = self
-            .hv()
-            .ok_or_else(|| Refusal::Denied("elevation: the hypervisor is shutting down".into()))?;
+        let hv = self.hv().ok_or_else(|| shutting_down("elevation"))?;
         hv.request_elevation(who, ask)
     }
 
@@ -148,9 +146,7 @@ impl Governor for HvGovernor {
     }
 
     fn participants(&self, who: Who<'_>) -> Result<Vec<ParticipantView>, Refusal> {
-        let hv = self
-            .hv()
-            .ok_or_else(|| Refusal::Denied("admin: the hypervisor is shutting down".into()))?;
+        let hv = self.hv().ok_or_else(|| shutting_down("admin"))?;
         let entry = hv
             .entry(who.session)
             .map_err(|e| Refusal::Denied(format!("admin: {e}")))?;
@@ -205,9 +201,7 @@ impl Governor for HvGovernor {
     }
 
     fn admin(&self, who: Who<'_>, op: AdminOp<'_>) -> Result<bool, Refusal> {
-        let hv = self
-            .hv()
-            .ok_or_else(|| Refusal::Denied("admin: the hypervisor is shutting down".into()))?;
+        let hv = self.hv().ok_or_else(|| shutting_down("admin"))?;
         let name = match op {
             AdminOp::Kill { agent, .. }
             | AdminOp::Quarantine { agent, .. }
