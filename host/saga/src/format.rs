@@ -1,0 +1,644 @@
+//! Loading and checking saga definitions: YAML ([`serde_saphyr`]) or JSON, then
+//! [`SagaDefinition::validate`]. Parse errors keep the parser's line and
+//! column; validation errors name the step (or group) and the field.
+//!
+//! Validation also computes the schedule's dependency graph ([`Plan`]): a
+//! fan-out group is one node whose dependencies are the union of its
+//! branches' dependencies (the branches start together once all of them are
+//! met), and a step that depends on a group id waits for the whole group.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use ahv_core::{AgentId, IdError};
+use thiserror::Error;
+
+use crate::definition::{
+    MAX_INPUT_BYTES, MAX_NAME_LEN, MAX_RETRIES, MAX_STEPS, MAX_TIMEOUT_SECS, SagaDefinition,
+};
+
+/// Why a saga definition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DefinitionError {
+    /// The YAML did not parse or did not fit the model (missing or unknown field, wrong type).
+    #[error("YAML at line {line}, column {column}: {message}")]
+    Yaml {
+        /// The parser's message (names the field).
+        message: String,
+        /// 1-based line, 0 if unknown.
+        line: u64,
+        /// 1-based column, 0 if unknown.
+        column: u64,
+    },
+    /// The JSON did not parse or did not fit the model.
+    #[error("JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// The parser's message (names the field).
+        message: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// The file could not be read.
+    #[error("cannot read saga definition {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// The file's extension is not `.yaml`, `.yml` or `.json`.
+    #[error("saga definition {path} has an unknown extension; use .yaml, .yml or .json")]
+    UnknownFormat {
+        /// The file.
+        path: String,
+    },
+    /// The text is larger than 1 MiB.
+    #[error("saga definition is {len} bytes; the maximum is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// Serializing a definition failed.
+    #[error("cannot serialize saga definition: {message}")]
+    Serialize {
+        /// The serializer's message.
+        message: String,
+    },
+    /// The saga's name is empty or longer than 256 bytes.
+    #[error("saga name is {len} bytes; it must be 1..={max}")]
+    BadName {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The saga has no steps.
+    #[error("saga {name:?} has no steps")]
+    Empty {
+        /// The saga's name.
+        name: String,
+    },
+    /// The saga has more than 1024 steps (or fan-out groups).
+    #[error("saga has {count} {what}; the maximum is {max}")]
+    TooMany {
+        /// "steps" or "fan-out groups".
+        what: &'static str,
+        /// How many it has.
+        count: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// Backoff bounds out of range.
+    #[error("backoff: {field} = {value} {reason}")]
+    BadBackoff {
+        /// `base_ms` or `cap_ms`.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// A step or group id, or an action name, is not in the id charset.
+    #[error("{owner}: field {field} = {value:?} is not a valid id: {reason}")]
+    BadId {
+        /// The step or group it belongs to (`step "x"` / `fan-out group "g"`).
+        owner: String,
+        /// Which field.
+        field: &'static str,
+        /// The value given (truncated to 64 chars).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A step's agent is not a valid agent id.
+    #[error("step {step:?}: field agent: {source}")]
+    BadAgent {
+        /// The step.
+        step: String,
+        /// Why the agent id was refused.
+        source: IdError,
+    },
+    /// Two steps share an id.
+    #[error("step id {id:?} is used by more than one step")]
+    DuplicateStep {
+        /// The id.
+        id: String,
+    },
+    /// Two fan-out groups share an id.
+    #[error("fan-out group id {id:?} is used by more than one group")]
+    DuplicateGroup {
+        /// The id.
+        id: String,
+    },
+    /// A fan-out group has the id of a step.
+    #[error("fan-out group id {id:?} is also a step id")]
+    GroupIdIsStepId {
+        /// The id.
+        id: String,
+    },
+    /// A step's timeout is outside 1..=86400 seconds.
+    #[error("step {step:?}: field timeout_secs = {value} is outside 1..={max}")]
+    BadTimeout {
+        /// The step.
+        step: String,
+        /// The value given.
+        value: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// A step asks for more than 10 retries.
+    #[error("step {step:?}: field retries = {value} is outside 0..={max}")]
+    BadRetries {
+        /// The step.
+        step: String,
+        /// The value given.
+        value: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// A step's input (execute, undo or checkpoint) is larger than 1 MiB.
+    #[error("step {step:?}: field {field} is {len} bytes; the maximum is {max}")]
+    InputTooLarge {
+        /// The step.
+        step: String,
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A step depends on an id that is neither a step nor a group.
+    #[error("step {step:?}: field depends_on names unknown step or group {dependency:?}")]
+    UnknownDependency {
+        /// The step.
+        step: String,
+        /// The unknown id.
+        dependency: String,
+    },
+    /// A step lists the same dependency twice.
+    #[error("step {step:?}: field depends_on lists {dependency:?} twice")]
+    DuplicateDependency {
+        /// The step.
+        step: String,
+        /// The repeated id.
+        dependency: String,
+    },
+    /// The dependencies form a cycle (steps and groups, first repeated at the end).
+    #[error("dependency cycle: {}", cycle.join(" -> "))]
+    Cycle {
+        /// The ids on the cycle, the first repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// A fan-out group has fewer than two branches.
+    #[error(
+        "fan-out group {group:?}: field branches has {count} branch(es); at least 2 are needed"
+    )]
+    TooFewBranches {
+        /// The group.
+        group: String,
+        /// How many it has.
+        count: usize,
+    },
+    /// A fan-out group names a branch that is not a step.
+    #[error("fan-out group {group:?}: field branches names unknown step {branch:?}")]
+    UnknownBranch {
+        /// The group.
+        group: String,
+        /// The unknown id.
+        branch: String,
+    },
+    /// A step is a branch of two groups (or twice of one).
+    #[error("step {step:?} is a branch of both {first:?} and {second:?}")]
+    StepInTwoGroups {
+        /// The step.
+        step: String,
+        /// The first group naming it.
+        first: String,
+        /// The second group naming it.
+        second: String,
+    },
+    /// Branches of one group depend on each other, so they could not start together.
+    #[error("fan-out group {group:?}: branch {step:?} depends on branch {on:?} of the same group")]
+    BranchesDependent {
+        /// The group.
+        group: String,
+        /// The depending branch.
+        step: String,
+        /// The branch it depends on.
+        on: String,
+    },
+    /// A step outside a group depends on one of its branches instead of the group.
+    #[error(
+        "step {step:?}: field depends_on names {branch:?}, a branch of fan-out group {group:?}; depend on {group:?} instead"
+    )]
+    DependsOnBranch {
+        /// The step.
+        step: String,
+        /// The branch it named.
+        branch: String,
+        /// The group to depend on instead.
+        group: String,
+    },
+}
+
+/// One node of the schedule: a lone step, or a fan-out group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    /// A step outside any group (its index in `steps`).
+    Step(usize),
+    /// A fan-out group (its index in `fanout`).
+    Group(usize),
+}
+
+/// The schedule of a valid definition: units in definition order (a group
+/// takes the place of its first branch) with their dependencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The units, in the order ties between ready units are broken.
+    pub units: Vec<Unit>,
+    /// For each unit, the indices (into `units`) of the units it waits for.
+    pub deps: Vec<Vec<usize>>,
+    /// For each step, the group it is a branch of.
+    pub group_of: Vec<Option<usize>>,
+}
+
+impl SagaDefinition {
+    /// Parses YAML, then validates.
+    ///
+    /// # Errors
+    /// [`DefinitionError::Yaml`] with line and column, or any validation error.
+    pub fn from_yaml(text: &str) -> Result<SagaDefinition, DefinitionError> {
+        check_size(text)?;
+        let def: SagaDefinition = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            DefinitionError::Yaml {
+                message: e.to_string(),
+                line,
+                column,
+            }
+        })?;
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// Parses JSON, then validates.
+    ///
+    /// # Errors
+    /// [`DefinitionError::Json`] with line and column, or any validation error.
+    pub fn from_json(text: &str) -> Result<SagaDefinition, DefinitionError> {
+        check_size(text)?;
+        let def: SagaDefinition =
+            serde_json::from_str(text).map_err(|e| DefinitionError::Json {
+                message: e.to_string(),
+                line: e.line(),
+                column: e.column(),
+            })?;
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// Reads a file and parses it by extension (`.yaml`/`.yml` or `.json`).
+    ///
+    /// # Errors
+    /// [`DefinitionError::Io`], [`DefinitionError::UnknownFormat`], or a parse
+    /// or validation error.
+    pub fn from_path(path: &Path) -> Result<SagaDefinition, DefinitionError> {
+        let shown = path.display().to_string();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let yaml = match ext.as_deref() {
+            Some("yaml" | "yml") => true,
+            Some("json") => false,
+            _ => return Err(DefinitionError::UnknownFormat { path: shown }),
+        };
+        // Refuse oversized files before reading them into memory.
+        let too_big = std::fs::metadata(path)
+            .map_err(|e| DefinitionError::Io {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?
+            .len()
+            > MAX_INPUT_BYTES as u64;
+        if too_big {
+            return Err(DefinitionError::TooLarge {
+                len: usize::MAX,
+                max: MAX_INPUT_BYTES,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| DefinitionError::Io {
+            path: shown,
+            message: e.to_string(),
+        })?;
+        if yaml {
+            SagaDefinition::from_yaml(&text)
+        } else {
+            SagaDefinition::from_json(&text)
+        }
+    }
+
+    /// The definition as pretty JSON.
+    ///
+    /// # Errors
+    /// [`DefinitionError::Serialize`] (not expected for these types).
+    pub fn to_json(&self) -> Result<String, DefinitionError> {
+        serde_json::to_string_pretty(self).map_err(|e| DefinitionError::Serialize {
+            message: e.to_string(),
+        })
+    }
+
+    /// The definition as YAML.
+    ///
+    /// # Errors
+    /// [`DefinitionError::Serialize`] (not expected for these types).
+    pub fn to_yaml(&self) -> Result<String, DefinitionError> {
+        serde_saphyr::to_string(self).map_err(|e| DefinitionError::Serialize {
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every rule of SEMANTICS.md "Sagas".
+    ///
+    /// # Errors
+    /// The first [`DefinitionError`] found, naming the step or group and the field.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        self.plan().map(|_| ())
+    }
+
+    /// Validates and returns the schedule's dependency graph.
+    ///
+    /// # Errors
+    /// As [`SagaDefinition::validate`].
+    pub fn plan(&self) -> Result<Plan, DefinitionError> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(DefinitionError::BadName {
+                len: self.name.len(),
+                max: MAX_NAME_LEN,
+            });
+        }
+        if self.steps.is_empty() {
+            return Err(DefinitionError::Empty {
+                name: self.name.clone(),
+            });
+        }
+        for (what, count) in [
+            ("steps", self.steps.len()),
+            ("fan-out groups", self.fanout.len()),
+        ] {
+            if count > MAX_STEPS {
+                return Err(DefinitionError::TooMany {
+                    what,
+                    count,
+                    max: MAX_STEPS,
+                });
+            }
+        }
+        if self.backoff.base_ms == 0 {
+            return Err(DefinitionError::BadBackoff {
+                field: "base_ms",
+                value: 0,
+                reason: "must be at least 1",
+            });
+        }
+        if self.backoff.cap_ms < self.backoff.base_ms {
+            return Err(DefinitionError::BadBackoff {
+                field: "cap_ms",
+                value: self.backoff.cap_ms,
+                reason: "must be at least base_ms",
+            });
+        }
+
+        let mut step_index: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let owner = format!("step {:?}", s.id);
+            check_id(&owner, "id", &s.id)?;
+            if step_index.insert(&s.id, i).is_some() {
+                return Err(DefinitionError::DuplicateStep { id: s.id.clone() });
+            }
+            AgentId::new(s.agent.as_str()).map_err(|source| DefinitionError::BadAgent {
+                step: s.id.clone(),
+                source,
+            })?;
+            check_id(&owner, "action", &s.action)?;
+            if !(1..=MAX_TIMEOUT_SECS).contains(&s.timeout_secs) {
+                return Err(DefinitionError::BadTimeout {
+                    step: s.id.clone(),
+                    value: s.timeout_secs,
+                    max: MAX_TIMEOUT_SECS,
+                });
+            }
+            if s.retries > MAX_RETRIES {
+                return Err(DefinitionError::BadRetries {
+                    step: s.id.clone(),
+                    value: s.retries,
+                    max: MAX_RETRIES,
+                });
+            }
+            let inputs = [
+                ("execute", Some(&s.execute)),
+                ("undo", s.undo.as_ref()),
+                ("checkpoint", s.checkpoint.as_ref()),
+            ];
+            for (field, v) in inputs {
+                let len = v.map_or(0, String::len);
+                if len > MAX_INPUT_BYTES {
+                    return Err(DefinitionError::InputTooLarge {
+                        step: s.id.clone(),
+                        field,
+                        len,
+                        max: MAX_INPUT_BYTES,
+                    });
+                }
+            }
+        }
+
+        let mut group_index: HashMap<&str, usize> = HashMap::new();
+        let mut group_of: Vec<Option<usize>> = vec![None; self.steps.len()];
+        for (g, f) in self.fanout.iter().enumerate() {
+            check_id(&format!("fan-out group {:?}", f.id), "id", &f.id)?;
+            if group_index.insert(&f.id, g).is_some() {
+                return Err(DefinitionError::DuplicateGroup { id: f.id.clone() });
+            }
+            if step_index.contains_key(f.id.as_str()) {
+                return Err(DefinitionError::GroupIdIsStepId { id: f.id.clone() });
+            }
+            if f.branches.len() < 2 {
+                return Err(DefinitionError::TooFewBranches {
+                    group: f.id.clone(),
+                    count: f.branches.len(),
+                });
+            }
+            for b in &f.branches {
+                let Some(&i) = step_index.get(b.as_str()) else {
+                    return Err(DefinitionError::UnknownBranch {
+                        group: f.id.clone(),
+                        branch: b.clone(),
+                    });
+                };
+                if let Some(first) = group_of[i] {
+                    return Err(DefinitionError::StepInTwoGroups {
+                        step: b.clone(),
+                        first: self.fanout[first].id.clone(),
+                        second: f.id.clone(),
+                    });
+                }
+                group_of[i] = Some(g);
+            }
+        }
+
+        // Units in definition order; a group sits where its first branch is.
+        let mut units = Vec::new();
+        let mut unit_of_step = vec![0usize; self.steps.len()];
+        let mut unit_of_group = vec![0usize; self.fanout.len()];
+        let mut group_placed = vec![false; self.fanout.len()];
+        for (i, g) in group_of.iter().enumerate() {
+            match g {
+                None => {
+                    unit_of_step[i] = units.len();
+                    units.push(Unit::Step(i));
+                }
+                Some(g) => {
+                    if !group_placed[*g] {
+                        group_placed[*g] = true;
+                        unit_of_group[*g] = units.len();
+                        units.push(Unit::Group(*g));
+                    }
+                    unit_of_step[i] = unit_of_group[*g];
+                }
+            }
+        }
+
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+        for (i, s) in self.steps.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for d in &s.depends_on {
+                if !seen.insert(d.as_str()) {
+                    return Err(DefinitionError::DuplicateDependency {
+                        step: s.id.clone(),
+                        dependency: d.clone(),
+                    });
+                }
+                let target = if let Some(&j) = step_index.get(d.as_str()) {
+                    if let Some(g) = group_of[j] {
+                        let group = self.fanout[g].id.clone();
+                        if group_of[i] == Some(g) {
+                            return Err(DefinitionError::BranchesDependent {
+                                group,
+                                step: s.id.clone(),
+                                on: d.clone(),
+                            });
+                        }
+                        return Err(DefinitionError::DependsOnBranch {
+                            step: s.id.clone(),
+                            branch: d.clone(),
+                            group,
+                        });
+                    }
+                    unit_of_step[j]
+                } else if let Some(&g) = group_index.get(d.as_str()) {
+                    unit_of_group[g]
+                } else {
+                    return Err(DefinitionError::UnknownDependency {
+                        step: s.id.clone(),
+                        dependency: d.clone(),
+                    });
+                };
+                let u = unit_of_step[i];
+                if !deps[u].contains(&target) {
+                    deps[u].push(target);
+                }
+            }
+        }
+
+        let name = |u: usize| match units[u] {
+            Unit::Step(i) => self.steps[i].id.clone(),
+            Unit::Group(g) => self.fanout[g].id.clone(),
+        };
+        if let Some(cycle) = find_cycle(&deps) {
+            return Err(DefinitionError::Cycle {
+                cycle: cycle.into_iter().map(name).collect(),
+            });
+        }
+        Ok(Plan {
+            units,
+            deps,
+            group_of,
+        })
+    }
+}
+
+fn check_size(text: &str) -> Result<(), DefinitionError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(DefinitionError::TooLarge {
+            len: text.len(),
+            max: MAX_INPUT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks `value` against the id charset of SEMANTICS.md (the agent id rule).
+fn check_id(owner: &str, field: &'static str, value: &str) -> Result<(), DefinitionError> {
+    AgentId::new(value).map(|_| ()).map_err(|e| {
+        let reason = match e {
+            IdError::Empty { .. } => "it is empty".to_owned(),
+            IdError::TooLong { len, max, .. } => format!("it is {len} bytes; the maximum is {max}"),
+            IdError::BadChar { ch, at, .. } => format!(
+                "bad character {ch:?} at byte {at} (letters, digits and . _ : -, not first or last)"
+            ),
+        };
+        DefinitionError::BadId {
+            owner: owner.to_owned(),
+            field,
+            value: value.chars().take(64).collect(),
+            reason,
+        }
+    })
+}
+
+/// A dependency cycle as unit indices, the first repeated at the end.
+/// Iterative so a 1024-step chain cannot overflow the stack.
+fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
+    const WHITE: u8 = 0;
+    const GREY: u8 = 1;
+    const BLACK: u8 = 2;
+    let mut color = vec![WHITE; deps.len()];
+    for root in 0..deps.len() {
+        if color[root] != WHITE {
+            continue;
+        }
+        // (node, index of the next dependency to visit)
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        color[root] = GREY;
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = *top;
+            if let Some(&d) = deps[node].get(next) {
+                top.1 += 1;
+                match color[d] {
+                    WHITE => {
+                        color[d] = GREY;
+                        stack.push((d, 0));
+                    }
+                    GREY => {
+                        let start = stack.iter().position(|&(n, _)| n == d).unwrap_or(0);
+                        let mut cycle: Vec<usize> =
+                            stack[start..].iter().map(|&(n, _)| n).collect();
+                        cycle.push(d);
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                color[node] = BLACK;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
