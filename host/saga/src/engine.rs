@@ -445,7 +445,8 @@ pub struct TokioSleeper;
 
 impl Sleeper for TokioSleeper {
     fn sleep(&self, d: Duration) -> BoxFuture<()> {
-        Box::pin(tokio::time::sleep(d))
+        // Built lazily, inside the runtime that polls it.
+        Box::pin(async move { tokio::time::sleep(d).await })
     }
 }
 
