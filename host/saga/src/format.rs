@@ -353,14 +353,24 @@ impl SagaDefinition {
         })
     }
 
-    /// The definition as YAML.
+    /// The definition as YAML that [`SagaDefinition::from_yaml`] reads back
+    /// to an equal definition.
+    ///
+    /// serde-saphyr 0.0.16 emits a string with trailing whitespace as a plain
+    /// scalar, which loses the whitespace; when the block-style text does not
+    /// read back equal, the JSON form is returned instead (JSON is YAML 1.2).
     ///
     /// # Errors
     /// [`DefinitionError::Serialize`] (not expected for these types).
     pub fn to_yaml(&self) -> Result<String, DefinitionError> {
-        serde_saphyr::to_string(self).map_err(|e| DefinitionError::Serialize {
+        let text = serde_saphyr::to_string(self).map_err(|e| DefinitionError::Serialize {
             message: e.to_string(),
-        })
+        })?;
+        let back: Result<SagaDefinition, _> = serde_saphyr::from_str(&text);
+        match back {
+            Ok(back) if back == *self => Ok(text),
+            _ => self.to_json(),
+        }
     }
 
     /// Checks every rule of SEMANTICS.md "Sagas".
@@ -641,4 +651,568 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Backoff, CrashPolicy, FanoutDef, Isolation, StepDef, Via};
+    use crate::fanout::FanoutPolicy;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"
+name: deploy
+isolation: read-committed
+on_crash: compensate
+backoff: { base_ms: 50, cap_ms: 1000 }
+steps:
+  - id: build
+    agent: did:example:builder
+    action: build
+    execute: "make"
+    retries: 2
+    checkpoint: v1
+  - id: test-a
+    agent: did:example:t1
+    action: test
+    via: host
+    depends_on: [build]
+  - id: test-b
+    agent: did:example:t2
+    action: test
+    undo: cleanup
+    timeout_secs: 86400
+    depends_on: [build]
+  - id: ship
+    agent: did:example:shipper
+    action: ship
+    depends_on: [tests]
+fanout:
+  - id: tests
+    policy: majority
+    branches: [test-a, test-b]
+"#;
+
+    fn step(id: &str, deps: &[&str]) -> StepDef {
+        StepDef {
+            id: id.into(),
+            agent: "agent".into(),
+            action: "act".into(),
+            via: Via::Agent,
+            execute: String::new(),
+            undo: None,
+            timeout_secs: 300,
+            retries: 0,
+            checkpoint: None,
+            depends_on: deps.iter().map(|d| (*d).into()).collect(),
+        }
+    }
+
+    fn def(steps: Vec<StepDef>, fanout: Vec<FanoutDef>) -> SagaDefinition {
+        SagaDefinition {
+            name: "s".into(),
+            isolation: Isolation::default(),
+            on_crash: CrashPolicy::default(),
+            backoff: Backoff::default(),
+            steps,
+            fanout,
+        }
+    }
+
+    fn group(id: &str, branches: &[&str]) -> FanoutDef {
+        FanoutDef {
+            id: id.into(),
+            policy: FanoutPolicy::All,
+            branches: branches.iter().map(|b| (*b).into()).collect(),
+            cancel_rest: true,
+        }
+    }
+
+    fn err(d: &SagaDefinition) -> DefinitionError {
+        d.validate().unwrap_err()
+    }
+
+    #[test]
+    fn yaml_loads_with_every_field_and_defaults() {
+        let d = SagaDefinition::from_yaml(GOOD).unwrap();
+        assert_eq!(d.isolation, Isolation::ReadCommitted);
+        assert_eq!(d.on_crash, CrashPolicy::Compensate);
+        assert_eq!(
+            d.backoff,
+            Backoff {
+                base_ms: 50,
+                cap_ms: 1000
+            }
+        );
+        assert_eq!(d.steps[0].retries, 2);
+        assert_eq!(d.steps[0].checkpoint.as_deref(), Some("v1"));
+        assert_eq!(d.steps[1].via, Via::Host);
+        assert_eq!(d.steps[1].timeout_secs, 300);
+        assert_eq!(d.steps[1].undo_input(), "");
+        assert_eq!(d.steps[2].undo_input(), "cleanup");
+        assert_eq!(d.fanout[0].policy, FanoutPolicy::Majority);
+        assert!(d.fanout[0].cancel_rest);
+    }
+
+    #[test]
+    fn minimal_json_gets_the_documented_defaults() {
+        let d = SagaDefinition::from_json(
+            r#"{"name":"n","steps":[{"id":"a","agent":"ag","action":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.isolation, Isolation::Snapshot);
+        assert_eq!(d.on_crash, CrashPolicy::Resume);
+        assert_eq!(
+            d.backoff,
+            Backoff {
+                base_ms: 200,
+                cap_ms: 30_000
+            }
+        );
+        let s = &d.steps[0];
+        assert_eq!((s.via, s.timeout_secs, s.retries), (Via::Agent, 300, 0));
+        assert_eq!(s.execute, "");
+        assert!(s.undo.is_none() && s.checkpoint.is_none() && s.depends_on.is_empty());
+    }
+
+    #[test]
+    fn a_group_dependency_waits_for_the_whole_group() {
+        let d = SagaDefinition::from_yaml(GOOD).unwrap();
+        let plan = d.plan().unwrap();
+        assert_eq!(plan.units, [Unit::Step(0), Unit::Group(0), Unit::Step(3)]);
+        assert_eq!(plan.deps, [vec![], vec![0], vec![1]]);
+        assert_eq!(plan.group_of, [None, Some(0), Some(0), None]);
+    }
+
+    #[test]
+    fn a_missing_field_is_a_yaml_error_with_its_position() {
+        let text = "name: n\nsteps:\n  - id: a\n    action: x\n";
+        let e = SagaDefinition::from_yaml(text).unwrap_err();
+        let DefinitionError::Yaml { message, line, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(message.contains("agent"), "{message}");
+        assert!(*line >= 3, "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_in_yaml_and_json() {
+        let text = GOOD.replace("    retries: 2\n", "    retries: 2\n    retires: 3\n");
+        let e = SagaDefinition::from_yaml(&text).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::Yaml { message, line, .. } if message.contains("retires") && *line > 0),
+            "{e}"
+        );
+        let e = SagaDefinition::from_json(
+            r#"{"name":"n","steps":[{"id":"a","agent":"ag","action":"x"}],
+"session":"s"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::Json { message, line: 2, .. } if message.contains("session")),
+            "{e}"
+        );
+        let e = SagaDefinition::from_yaml(&GOOD.replace("policy: majority", "policy: most"))
+            .unwrap_err();
+        assert!(matches!(e, DefinitionError::Yaml { .. }), "{e}");
+    }
+
+    #[test]
+    fn json_syntax_errors_keep_line_and_column() {
+        let e = SagaDefinition::from_json("{\n  \"name\": \"n\",\n  oops\n}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DefinitionError::Json {
+                    line: 3,
+                    column: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_ids_name_the_step_and_field() {
+        let mut d = def(vec![step("bad id", &[])], vec![]);
+        let e = err(&d);
+        assert!(
+            matches!(&e, DefinitionError::BadId { field: "id", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("bad id"), "{e}");
+        d.steps[0].id = "a".into();
+        d.steps[0].action = "-x".into();
+        let e = err(&d);
+        assert!(
+            matches!(&e, DefinitionError::BadId { field: "action", owner, .. } if owner.contains("\"a\"")),
+            "{e}"
+        );
+        d.steps[0].action = "x".repeat(257);
+        assert!(matches!(
+            err(&d),
+            DefinitionError::BadId {
+                field: "action",
+                ..
+            }
+        ));
+        d.steps[0].action = "x".into();
+        d.steps[0].agent = String::new();
+        assert!(matches!(err(&d), DefinitionError::BadAgent { step, .. } if step == "a"));
+        d.steps[0].agent = "ok".into();
+        d.fanout = vec![group("g!", &["a", "a"])];
+        assert!(
+            matches!(err(&d), DefinitionError::BadId { field: "id", owner, .. } if owner.contains("fan-out"))
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let d = def(vec![step("a", &[]), step("a", &[])], vec![]);
+        assert_eq!(err(&d), DefinitionError::DuplicateStep { id: "a".into() });
+        let d = def(
+            vec![
+                step("a", &[]),
+                step("b", &[]),
+                step("c", &[]),
+                step("e", &[]),
+            ],
+            vec![group("g", &["a", "b"]), group("g", &["c", "e"])],
+        );
+        assert_eq!(err(&d), DefinitionError::DuplicateGroup { id: "g".into() });
+        let d = def(
+            vec![step("a", &[]), step("b", &[])],
+            vec![group("a", &["a", "b"])],
+        );
+        assert_eq!(err(&d), DefinitionError::GroupIdIsStepId { id: "a".into() });
+    }
+
+    #[test]
+    fn timeouts_and_retries_are_range_checked() {
+        let mut d = def(vec![step("a", &[])], vec![]);
+        for (t, ok) in [(0, false), (1, true), (86_400, true), (86_401, false)] {
+            d.steps[0].timeout_secs = t;
+            assert_eq!(d.validate().is_ok(), ok, "timeout {t}");
+        }
+        d.steps[0].timeout_secs = 0;
+        assert!(err(&d).to_string().contains("timeout_secs = 0"));
+        d.steps[0].timeout_secs = 1;
+        d.steps[0].retries = 10;
+        assert!(d.validate().is_ok());
+        d.steps[0].retries = 11;
+        assert_eq!(
+            err(&d),
+            DefinitionError::BadRetries {
+                step: "a".into(),
+                value: 11,
+                max: 10
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_bounds_are_checked() {
+        let mut d = def(vec![step("a", &[])], vec![]);
+        d.backoff = Backoff {
+            base_ms: 0,
+            cap_ms: 10,
+        };
+        assert!(matches!(
+            err(&d),
+            DefinitionError::BadBackoff {
+                field: "base_ms",
+                ..
+            }
+        ));
+        d.backoff = Backoff {
+            base_ms: 20,
+            cap_ms: 10,
+        };
+        assert!(matches!(
+            err(&d),
+            DefinitionError::BadBackoff {
+                field: "cap_ms",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_and_duplicate_dependencies_are_refused() {
+        let d = def(vec![step("a", &["nope"])], vec![]);
+        assert_eq!(
+            err(&d),
+            DefinitionError::UnknownDependency {
+                step: "a".into(),
+                dependency: "nope".into()
+            }
+        );
+        let d = def(vec![step("a", &[]), step("b", &["a", "a"])], vec![]);
+        assert!(matches!(
+            err(&d),
+            DefinitionError::DuplicateDependency { .. }
+        ));
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let d = def(
+            vec![step("a", &["c"]), step("b", &["a"]), step("c", &["b"])],
+            vec![],
+        );
+        let e = err(&d);
+        assert_eq!(
+            e,
+            DefinitionError::Cycle {
+                cycle: vec!["a".into(), "c".into(), "b".into(), "a".into()]
+            }
+        );
+        assert_eq!(e.to_string(), "dependency cycle: a -> c -> b -> a");
+        let d = def(vec![step("a", &["a"])], vec![]);
+        assert_eq!(
+            err(&d),
+            DefinitionError::Cycle {
+                cycle: vec!["a".into(), "a".into()]
+            }
+        );
+        // Through a group: a branch waits for a step that waits for the group.
+        let d = def(
+            vec![step("x", &["after"]), step("y", &[]), step("after", &["g"])],
+            vec![group("g", &["x", "y"])],
+        );
+        assert!(
+            matches!(err(&d), DefinitionError::Cycle { cycle } if cycle.contains(&"g".to_owned()))
+        );
+    }
+
+    #[test]
+    fn fanout_groups_are_checked() {
+        let two = || vec![step("a", &[]), step("b", &[]), step("c", &[])];
+        let d = def(two(), vec![group("g", &["a"])]);
+        assert_eq!(
+            err(&d),
+            DefinitionError::TooFewBranches {
+                group: "g".into(),
+                count: 1
+            }
+        );
+        let d = def(two(), vec![group("g", &["a", "zz"])]);
+        assert_eq!(
+            err(&d),
+            DefinitionError::UnknownBranch {
+                group: "g".into(),
+                branch: "zz".into()
+            }
+        );
+        let d = def(
+            two(),
+            vec![group("g", &["a", "b"]), group("h", &["b", "c"])],
+        );
+        assert_eq!(
+            err(&d),
+            DefinitionError::StepInTwoGroups {
+                step: "b".into(),
+                first: "g".into(),
+                second: "h".into()
+            }
+        );
+        let d = def(two(), vec![group("g", &["a", "a"])]);
+        assert!(matches!(err(&d), DefinitionError::StepInTwoGroups { .. }));
+        let d = def(
+            vec![step("a", &[]), step("b", &["a"])],
+            vec![group("g", &["a", "b"])],
+        );
+        assert_eq!(
+            err(&d),
+            DefinitionError::BranchesDependent {
+                group: "g".into(),
+                step: "b".into(),
+                on: "a".into()
+            }
+        );
+        let d = def(
+            vec![step("a", &[]), step("b", &[]), step("c", &["a"])],
+            vec![group("g", &["a", "b"])],
+        );
+        let e = err(&d);
+        assert_eq!(
+            e,
+            DefinitionError::DependsOnBranch {
+                step: "c".into(),
+                branch: "a".into(),
+                group: "g".into()
+            }
+        );
+        assert!(e.to_string().contains("depend on \"g\" instead"));
+    }
+
+    #[test]
+    fn size_limits_are_enforced() {
+        assert!(matches!(
+            err(&def(vec![], vec![])),
+            DefinitionError::Empty { .. }
+        ));
+        let many: Vec<StepDef> = (0..=MAX_STEPS)
+            .map(|i| step(&format!("s{i}"), &[]))
+            .collect();
+        assert!(matches!(
+            err(&def(many, vec![])),
+            DefinitionError::TooMany {
+                what: "steps",
+                count: 1025,
+                ..
+            }
+        ));
+        let big = format!("name: n\nsteps: []\n#{}", "x".repeat(MAX_INPUT_BYTES));
+        assert!(matches!(
+            SagaDefinition::from_yaml(&big),
+            Err(DefinitionError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            SagaDefinition::from_json(&big),
+            Err(DefinitionError::TooLarge { .. })
+        ));
+        let mut d = def(vec![step("a", &[])], vec![]);
+        d.steps[0].undo = Some("u".repeat(MAX_INPUT_BYTES + 1));
+        assert!(matches!(
+            err(&d),
+            DefinitionError::InputTooLarge { field: "undo", .. }
+        ));
+        d.steps[0].undo = None;
+        d.name = String::new();
+        assert!(matches!(err(&d), DefinitionError::BadName { len: 0, .. }));
+    }
+
+    #[test]
+    fn a_chain_of_1024_steps_validates_without_deep_recursion() {
+        let steps: Vec<StepDef> = (0..MAX_STEPS)
+            .map(|i| {
+                let prev = format!("s{}", i.saturating_sub(1));
+                let deps: Vec<&str> = if i == 0 { vec![] } else { vec![prev.as_str()] };
+                step(&format!("s{i}"), &deps)
+            })
+            .collect();
+        assert!(def(steps, vec![]).validate().is_ok());
+    }
+
+    #[test]
+    fn from_path_picks_the_format_by_extension() {
+        let dir = std::env::temp_dir().join(format!("ahv-saga-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = SagaDefinition::from_yaml(GOOD).unwrap();
+        let y = dir.join("s.yml");
+        std::fs::write(&y, d.to_yaml().unwrap()).unwrap();
+        let j = dir.join("s.JSON");
+        std::fs::write(&j, d.to_json().unwrap()).unwrap();
+        assert_eq!(SagaDefinition::from_path(&y).unwrap(), d);
+        assert_eq!(SagaDefinition::from_path(&j).unwrap(), d);
+        let t = dir.join("s.toml");
+        std::fs::write(&t, "").unwrap();
+        assert!(matches!(
+            SagaDefinition::from_path(&t),
+            Err(DefinitionError::UnknownFormat { .. })
+        ));
+        assert!(matches!(
+            SagaDefinition::from_path(&dir.join("missing.yaml")),
+            Err(DefinitionError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn to_yaml_is_block_yaml_and_survives_trailing_whitespace() {
+        let mut d = SagaDefinition::from_yaml(GOOD).unwrap();
+        let y = d.to_yaml().unwrap();
+        assert!(y.starts_with("name: deploy"), "{y}");
+        d.steps[0].execute = "trailing ".into();
+        let y = d.to_yaml().unwrap();
+        assert_eq!(SagaDefinition::from_yaml(&y).unwrap(), d, "{y}");
+    }
+
+    fn id_strategy() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9._:-]{0,6}[a-z0-9]"
+    }
+
+    prop_compose! {
+        fn arb_def()(
+            n in 1usize..8,
+            groups in 0usize..3,
+            name in "[ -~]{1,20}",
+            texts in proptest::collection::vec("[ -~\n]{0,12}", 8),
+            undo in proptest::collection::vec(proptest::option::of("[ -~]{0,8}"), 8),
+            goals in proptest::collection::vec(proptest::option::of("[ -~]{1,8}"), 8),
+            timeouts in proptest::collection::vec(1u32..=86_400, 8),
+            retries in proptest::collection::vec(0u32..=10, 8),
+            dep_mask in proptest::collection::vec(any::<u8>(), 8),
+            agent in id_strategy(),
+            flags in any::<u8>(),
+            base in 1u64..1000,
+            extra in 0u64..100_000,
+        ) -> SagaDefinition {
+            // Steps 0..2*groups are grouped in pairs; later steps depend only
+            // on earlier lone steps or groups, so the graph is acyclic.
+            let groups = groups.min(n / 2);
+            let mut steps = Vec::new();
+            for i in 0..n {
+                let mut deps = Vec::new();
+                if i >= 2 * groups {
+                    for (j, bit) in (0..i).zip(0..8) {
+                        if dep_mask[i] & (1 << bit) != 0 {
+                            let dep = if j < 2 * groups { format!("g{}", j / 2) } else { format!("s{j}") };
+                            if !deps.contains(&dep) {
+                                deps.push(dep);
+                            }
+                        }
+                    }
+                }
+                steps.push(StepDef {
+                    id: format!("s{i}"),
+                    agent: agent.clone(),
+                    action: format!("act.{i}"),
+                    via: if flags & (1 << (i % 8)) != 0 { Via::Host } else { Via::Agent },
+                    execute: texts[i].clone(),
+                    undo: undo[i].clone(),
+                    timeout_secs: timeouts[i],
+                    retries: retries[i],
+                    checkpoint: goals[i].clone(),
+                    depends_on: deps,
+                });
+            }
+            let policies = [FanoutPolicy::All, FanoutPolicy::Majority, FanoutPolicy::Any];
+            let fanout = (0..groups)
+                .map(|g| FanoutDef {
+                    id: format!("g{g}"),
+                    policy: policies[(flags as usize + g) % 3],
+                    branches: vec![format!("s{}", 2 * g), format!("s{}", 2 * g + 1)],
+                    cancel_rest: flags & 1 == 0,
+                })
+                .collect();
+            SagaDefinition {
+                name,
+                isolation: [Isolation::Snapshot, Isolation::ReadCommitted, Isolation::Serializable][flags as usize % 3],
+                on_crash: if flags & 2 == 0 { CrashPolicy::Resume } else { CrashPolicy::Compensate },
+                backoff: Backoff { base_ms: base, cap_ms: base + extra },
+                steps,
+                fanout,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_definition_round_trips_through_yaml_and_json(d in arb_def()) {
+            prop_assert!(d.validate().is_ok(), "{:?}", d.validate());
+            let y = d.to_yaml().unwrap();
+            prop_assert_eq!(&SagaDefinition::from_yaml(&y).unwrap(), &d, "{}", y);
+            let j = d.to_json().unwrap();
+            prop_assert_eq!(&SagaDefinition::from_json(&j).unwrap(), &d);
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = SagaDefinition::from_yaml(&text);
+            let _ = SagaDefinition::from_json(&text);
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! SEMANTICS.md "Sagas"; this crate has no wasmtime and no I/O of its own.
 //!
 //! - [`definition`]: the model ([`SagaDefinition`], [`StepDef`], [`FanoutDef`]).
-//! - [`format`]: YAML/JSON loading and validation ([`DefinitionError`]).
+//! - [`format`](mod@format): YAML/JSON loading and validation ([`DefinitionError`]).
 //! - [`state`]: the step and saga state machines.
 //! - [`retry`]: exponential backoff with equal jitter from an injected [`Jitter`].
 //! - [`fanout`]: the ALL / MAJORITY / ANY policies.

@@ -185,7 +185,7 @@ mod tests {
         ) {
             let d = b(base, base + extra);
             let c = d.ceiling_ms(attempt);
-            let expected_c = if attempt - 1 >= 64 {
+            let expected_c = if attempt > 64 {
                 base + extra
             } else {
                 base.saturating_mul(1u64 << (attempt - 1)).min(base + extra)
