@@ -38,7 +38,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 
 use crate::checkpoint::checkpoint_hash;
-use crate::definition::{CrashPolicy, SagaDefinition, StepDef};
+use crate::definition::{CrashPolicy, Isolation, SagaDefinition, StepDef};
 use crate::fanout::FanoutPolicy;
 use crate::format::{DefinitionError, Plan, Unit};
 use crate::retry::Jitter;
@@ -351,6 +351,8 @@ pub struct StepCall {
     pub saga: SagaId,
     /// The step's definition.
     pub step: Arc<StepDef>,
+    /// The saga's isolation level, for the runner to enforce (intent locks under serializable).
+    pub isolation: Isolation,
     /// 1-based attempt number.
     pub attempt: u32,
     /// How long the attempt may run; the runner enforces it preemptively.
@@ -420,7 +422,8 @@ pub trait SagaObserver: Send + Sync {
     /// A record was appended (see [`SagaRecord::event_type`]). Called with the
     /// saga's state locked: keep it short.
     fn record(&self, saga: &SagaId, record: &SagaRecord);
-    /// A compensation failed: the saga is escalated (the liability hook).
+    /// A compensation failed: the saga is being escalated (the liability
+    /// hook). Called before the final `Finished` record, so at least once.
     fn escalated(&self, saga: &SagaId, failures: &[EscalatedStep]);
 }
 
@@ -1190,6 +1193,7 @@ async fn drive_step(ctx: Arc<Ctx>, run: Shared, i: usize) -> Result<bool, Engine
             StepCall {
                 saga: r.saga.clone(),
                 deadline: Duration::from_secs(u64::from(step.timeout_secs)),
+                isolation: r.def.isolation,
                 step,
                 attempt,
             }
@@ -1340,7 +1344,7 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
         let id = s.def.id.clone();
         if s.state == StepState::Committed {
             succeeded.push(id);
-        } else if s.cancelled || (cancels && already_won) {
+        } else if s.cancelled || (cancels && already_won && to_run.contains(&i)) {
             cancelled.push(id);
         } else {
             failed.push(id);
@@ -1429,15 +1433,16 @@ async fn compensate_all(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError>
             },
         )
     } else {
+        // Tell liability before the final record: a crash in between makes a
+        // resume escalate again, so the hook runs at least once.
+        tracing::warn!(saga = %r.saga, failures = r.failures.len(), "saga escalated");
+        ctx.observer.escalated(&r.saga, &r.failures);
         r.commit(
             ctx,
             SagaRecord::Finished {
                 state: SagaState::Escalated,
             },
-        )?;
-        tracing::warn!(saga = %r.saga, failures = r.failures.len(), "saga escalated");
-        ctx.observer.escalated(&r.saga, &r.failures);
-        Ok(())
+        )
     }
 }
 

@@ -292,6 +292,72 @@ fn the_runner_gets_the_step_deadline_and_attempt() {
 }
 
 #[test]
+fn the_runner_gets_the_saga_isolation() {
+    let mut def = chain();
+    def.isolation = crate::definition::Isolation::Serializable;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    struct Spy(Arc<Mutex<Vec<crate::definition::Isolation>>>);
+    impl StepRunner for Spy {
+        fn execute(&self, call: StepCall) -> BoxFuture<Result<StepDone, StepFailure>> {
+            lock(&self.0).push(call.isolation);
+            Box::pin(async {
+                Ok(StepDone {
+                    output: String::new(),
+                    undo: Value::Null,
+                })
+            })
+        }
+        fn compensate(&self, _: CompensateCall) -> BoxFuture<Result<(), CompensationFailure>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let clock = FakeClock::new();
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(Spy(seen.clone())),
+        Arc::new(NoopObserver),
+        Arc::new(FakeSleeper::new(clock.clone())),
+        Arc::new(FixedJitter(0.0)),
+        Arc::new(clock),
+    );
+    rt().block_on(engine.run(id(), def)).unwrap();
+    assert_eq!(
+        *lock(&seen),
+        [crate::definition::Isolation::Serializable; 3]
+    );
+}
+
+#[test]
+fn a_crash_before_the_escalated_record_escalates_again_on_resume() {
+    let runner = || {
+        FakeRunner::new()
+            .script("c", vec![Outcome::Fail(FailureKind::Failed)])
+            .failing_compensation("a")
+    };
+    let h = harness(runner());
+    rt().block_on(h.engine.run(id(), chain())).unwrap();
+    let mut recs = h.store.load(&id()).unwrap();
+    assert_eq!(
+        recs.pop(),
+        Some(SagaRecord::Finished {
+            state: SagaState::Escalated
+        })
+    );
+    let h2 = harness_with(
+        MemoryStore::with_records(id(), recs),
+        runner(),
+        Arc::new(FixedJitter(0.0)),
+    );
+    let r = rt().block_on(h2.engine.resume(&id())).unwrap();
+    assert_eq!(r.state, SagaState::Escalated);
+    assert!(
+        h2.runner.compensated().is_empty(),
+        "nothing is compensated twice"
+    );
+    assert_eq!(lock(&h2.observer.escalations).len(), 1);
+}
+
+#[test]
 fn a_failure_compensates_committed_steps_in_reverse_order() {
     let mut def = chain();
     def.steps.push(step("d", &["c"]));
