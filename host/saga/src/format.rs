@@ -1,4 +1,4 @@
-//! Loading and checking saga definitions: YAML ([`serde_saphyr`]) or JSON, then
+//! Loading and checking saga definitions: YAML ([`serde_yaml_ng`]) or JSON, then
 //! [`SagaDefinition::validate`]. Parse errors keep the parser's line and
 //! column; validation errors name the step (or group) and the field.
 //!
@@ -274,8 +274,10 @@ impl SagaDefinition {
     /// [`DefinitionError::Yaml`] with line and column, or any validation error.
     pub fn from_yaml(text: &str) -> Result<SagaDefinition, DefinitionError> {
         check_size(text)?;
-        let def: SagaDefinition = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let def: SagaDefinition = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map_or((0, 0), |l| (l.line() as u64, l.column() as u64));
             DefinitionError::Yaml {
                 message: e.to_string(),
                 line,
@@ -356,17 +358,17 @@ impl SagaDefinition {
     /// The definition as YAML that [`SagaDefinition::from_yaml`] reads back
     /// to an equal definition.
     ///
-    /// serde-saphyr 0.0.16 emits a string with trailing whitespace as a plain
-    /// scalar, which loses the whitespace; when the block-style text does not
-    /// read back equal, the JSON form is returned instead (JSON is YAML 1.2).
+    /// Should the block-style text ever not read back equal (a YAML
+    /// library's quoting bug: serde-saphyr 0.0.16, tried first, lost
+    /// trailing whitespace), the JSON form is returned instead (JSON is YAML 1.2).
     ///
     /// # Errors
     /// [`DefinitionError::Serialize`] (not expected for these types).
     pub fn to_yaml(&self) -> Result<String, DefinitionError> {
-        let text = serde_saphyr::to_string(self).map_err(|e| DefinitionError::Serialize {
+        let text = serde_yaml_ng::to_string(self).map_err(|e| DefinitionError::Serialize {
             message: e.to_string(),
         })?;
-        let back: Result<SagaDefinition, _> = serde_saphyr::from_str(&text);
+        let back: Result<SagaDefinition, _> = serde_yaml_ng::from_str(&text);
         match back {
             Ok(back) if back == *self => Ok(text),
             _ => self.to_json(),

@@ -78,8 +78,10 @@ pub mod definition;
 pub mod engine;
 pub mod fanout;
 pub mod format;
+pub mod journal;
 pub mod retry;
 pub mod state;
+pub mod store;
 
 pub use checkpoint::{checkpoint_hash, checkpoint_valid};
 pub use definition::{Backoff, CrashPolicy, FanoutDef, Isolation, SagaDefinition, StepDef, Via};
@@ -93,3 +95,4 @@ pub use fanout::FanoutPolicy;
 pub use format::{DefinitionError, Plan, Unit};
 pub use retry::{FixedJitter, HashJitter, Jitter, SeededJitter};
 pub use state::{SagaState, StepState, TransitionError};
+pub use store::FileStore;
