@@ -25,7 +25,7 @@ pub const MAX_INPUT_BYTES: usize = 1 << 20;
 pub const MAX_NAME_LEN: usize = 256;
 
 /// A saga: named steps with dependencies, and fan-out groups among them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SagaDefinition {
     /// Human-readable name (1..=256 bytes).
@@ -39,6 +39,11 @@ pub struct SagaDefinition {
     /// Retry delays.
     #[serde(default)]
     pub backoff: Backoff,
+    /// The agents the saga needs, for a host that sets up its session from
+    /// the file (`ahv saga run`). When given, every step's agent must be one
+    /// of them. A host that runs the saga in a session of its own ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentDef>,
     /// The steps, in definition order (the tie-break among ready steps).
     pub steps: Vec<StepDef>,
     /// Groups of steps that run concurrently and resolve by a policy.
@@ -97,6 +102,25 @@ impl Default for Backoff {
             cap_ms: default_cap_ms(),
         }
     }
+}
+
+/// An agent a saga needs: who it is, what runs it, how far it is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    /// Its id (a valid [`ahv_core::AgentId`]).
+    pub id: String,
+    /// Its component: an example agent's name (`drafter`) or a path to a
+    /// `.wasm` file, relative to the definition file.
+    pub component: String,
+    /// Its trust score σ in [0, 1], which decides its ring when it joins
+    /// (below the session's minimum, 0.60: ring 3; above: ring 2).
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
+}
+
+fn default_sigma() -> f64 {
+    0.8
 }
 
 /// Where a step's work runs.

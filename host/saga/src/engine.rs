@@ -255,7 +255,7 @@ impl SagaRecord {
             SagaRecord::Compensating { .. } => "saga.compensating",
             SagaRecord::StepCompensating { .. } => "saga.step_compensating",
             SagaRecord::StepCompensated { .. } => "saga.step_compensated",
-            SagaRecord::StepCompensationFailed { .. } => "saga.step_compensation_failed",
+            SagaRecord::StepCompensationFailed { .. } => "saga.compensation_failed",
             SagaRecord::Finished { state } => match state {
                 SagaState::Completed => "saga.completed",
                 SagaState::Escalated => "saga.escalated",

@@ -193,6 +193,7 @@ fn step(id: &str, deps: &[&str]) -> StepDef {
 
 fn saga(steps: Vec<StepDef>) -> SagaDefinition {
     SagaDefinition {
+        agents: Vec::new(),
         name: "test".to_owned(),
         isolation: Default::default(),
         on_crash: Default::default(),

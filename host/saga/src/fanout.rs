@@ -16,6 +16,15 @@ pub enum FanoutPolicy {
 }
 
 impl FanoutPolicy {
+    /// The policy's name as definitions spell it (`all`, `majority`, `any`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FanoutPolicy::All => "all",
+            FanoutPolicy::Majority => "majority",
+            FanoutPolicy::Any => "any",
+        }
+    }
+
     /// Whether `succeeded` successes out of `total` branches satisfy the policy.
     pub fn satisfied(self, succeeded: usize, total: usize) -> bool {
         match self {

@@ -122,6 +122,24 @@ pub enum DefinitionError {
         /// Why the agent id was refused.
         source: IdError,
     },
+    /// An entry of `agents` is invalid (id, component or σ).
+    #[error("agents[{index}]: field {field}: {reason}")]
+    BadAgentDef {
+        /// Its position in `agents`.
+        index: usize,
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step's agent is not among the saga's `agents`.
+    #[error("step {step:?}: field agent: {agent:?} is not listed in agents")]
+    UnlistedAgent {
+        /// The step.
+        step: String,
+        /// Its agent.
+        agent: String,
+    },
     /// Two steps share an id.
     #[error("step id {id:?} is used by more than one step")]
     DuplicateStep {
@@ -426,6 +444,24 @@ impl SagaDefinition {
             });
         }
 
+        let mut listed: HashSet<&str> = HashSet::new();
+        for (index, a) in self.agents.iter().enumerate() {
+            let bad = |field, reason: String| DefinitionError::BadAgentDef {
+                index,
+                field,
+                reason,
+            };
+            AgentId::new(a.id.as_str()).map_err(|e| bad("id", e.to_string()))?;
+            if !listed.insert(&a.id) {
+                return Err(bad("id", format!("{:?} is listed twice", a.id)));
+            }
+            if a.component.is_empty() || a.component.len() > MAX_NAME_LEN * 16 {
+                return Err(bad("component", "must be 1..=4096 bytes".into()));
+            }
+            if !(0.0..=1.0).contains(&a.sigma) {
+                return Err(bad("sigma", format!("{} is not in [0, 1]", a.sigma)));
+            }
+        }
         let mut step_index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {
             let owner = format!("step {:?}", s.id);
@@ -438,6 +474,12 @@ impl SagaDefinition {
                 source,
             })?;
             check_id(&owner, "action", &s.action)?;
+            if !self.agents.is_empty() && !listed.contains(s.agent.as_str()) {
+                return Err(DefinitionError::UnlistedAgent {
+                    step: s.id.clone(),
+                    agent: s.agent.clone(),
+                });
+            }
             if !(1..=MAX_TIMEOUT_SECS).contains(&s.timeout_secs) {
                 return Err(DefinitionError::BadTimeout {
                     step: s.id.clone(),
@@ -712,6 +754,7 @@ fanout:
 
     fn def(steps: Vec<StepDef>, fanout: Vec<FanoutDef>) -> SagaDefinition {
         SagaDefinition {
+            agents: Vec::new(),
             name: "s".into(),
             isolation: Isolation::default(),
             on_crash: CrashPolicy::default(),
@@ -784,6 +827,49 @@ fanout:
         assert_eq!(plan.units, [Unit::Step(0), Unit::Group(0), Unit::Step(3)]);
         assert_eq!(plan.deps, [vec![], vec![0], vec![1]]);
         assert_eq!(plan.group_of, [None, Some(0), Some(0), None]);
+    }
+
+    #[test]
+    fn listed_agents_are_checked_and_every_step_agent_must_be_listed() {
+        let ok = "name: s\nagents:\n  - id: did:ex:a\n    component: drafter\nsteps:\n  - id: one\n    agent: did:ex:a\n    action: draft\n";
+        let def = SagaDefinition::from_yaml(ok).unwrap();
+        assert_eq!(def.agents[0].sigma, 0.8);
+        let unlisted = ok.replace("agent: did:ex:a", "agent: did:ex:b");
+        match SagaDefinition::from_yaml(&unlisted).unwrap_err() {
+            DefinitionError::UnlistedAgent { step, agent } => {
+                assert_eq!((step.as_str(), agent.as_str()), ("one", "did:ex:b"));
+            }
+            e => panic!("{e}"),
+        }
+        let bad_sigma = ok.replace("component: drafter", "component: drafter\n    sigma: 1.5");
+        let e = SagaDefinition::from_yaml(&bad_sigma).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DefinitionError::BadAgentDef {
+                    index: 0,
+                    field: "sigma",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let twice = ok.replace(
+            "    component: drafter\n",
+            "    component: drafter\n  - id: did:ex:a\n    component: x\n",
+        );
+        let e = SagaDefinition::from_yaml(&twice).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DefinitionError::BadAgentDef {
+                    index: 1,
+                    field: "id",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1191,6 +1277,7 @@ fanout:
                 })
                 .collect();
             SagaDefinition {
+                agents: Vec::new(),
                 name,
                 isolation: [Isolation::Snapshot, Isolation::ReadCommitted, Isolation::Serializable][flags as usize % 3],
                 on_crash: if flags & 2 == 0 { CrashPolicy::Resume } else { CrashPolicy::Compensate },

@@ -84,7 +84,9 @@ pub mod state;
 pub mod store;
 
 pub use checkpoint::{checkpoint_hash, checkpoint_valid};
-pub use definition::{Backoff, CrashPolicy, FanoutDef, Isolation, SagaDefinition, StepDef, Via};
+pub use definition::{
+    AgentDef, Backoff, CrashPolicy, FanoutDef, Isolation, SagaDefinition, StepDef, Via,
+};
 pub use engine::{
     BoxFuture, CompensateCall, CompensationFailure, Engine, EngineError, EscalatedStep,
     FailureKind, FakeSleeper, INTERRUPTED, MemoryStore, NoopObserver, ProgressStore, SagaId,
