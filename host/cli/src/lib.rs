@@ -16,6 +16,8 @@ mod policy_cmd;
 mod quota_files;
 pub mod rings;
 mod run_cmd;
+mod saga_cmd;
+mod saga_demo;
 mod session_demo;
 
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ Try:  ahv demo                       (the example agents, hostile ones included)
       ahv agents                     (where the built example agents are)
       ahv run <hello.wasm> --ring 3 --input Ada
       ahv policy check <policy.toml>  (the effective ring table of a policy file)
+      ahv saga run <saga.yaml> --state-dir <DIR>  (steps inside agents, compensated on failure)
 ";
 
 fn top_help() -> String {
@@ -95,6 +98,13 @@ enum Command {
         #[command(subcommand)]
         cmd: policy_cmd::PolicyCmd,
     },
+    /// Run a saga (steps inside agents, compensated on failure) from a YAML
+    /// or JSON definition, or read sagas back from a state directory.
+    #[command(after_help = exit::help())]
+    Saga {
+        #[command(subcommand)]
+        cmd: saga_cmd::SagaCmd,
+    },
 }
 
 /// Options shared by the commands that compile components.
@@ -149,6 +159,7 @@ pub fn main() -> ExitCode {
             Command::Agents => agents(),
             Command::Audit { cmd } => audit_cmd::audit(cmd),
             Command::Policy { cmd } => policy_cmd::policy(cmd),
+            Command::Saga { cmd } => saga_cmd::saga(cmd).await,
         }
     });
     result.unwrap_or_else(Failure::report).into()

@@ -85,7 +85,10 @@
 
 mod breach;
 mod governor;
+mod saga;
 mod spawn;
+
+pub use saga::{Escalation, EscalationHook};
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -187,6 +190,19 @@ pub enum HypervisorError {
     /// The policy file was refused (it names the file, the field and the value).
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A saga could not be run, resumed or read (its definition, its store,
+    /// or its records).
+    #[error("saga: {0}")]
+    Saga(#[from] ahv_saga::EngineError),
+    /// A saga cannot run in this session as it stands (an agent it names is
+    /// not there).
+    #[error("saga {saga}: {message}")]
+    SagaSetup {
+        /// The saga's name.
+        saga: String,
+        /// What is missing, naming the step and the agent.
+        message: String,
+    },
     /// A policy grants an agent an action or effect the host did not register.
     #[error("policy grants of agent {agent}: {source}")]
     Grant {
@@ -310,6 +326,10 @@ pub struct HypervisorBuilder {
     operator_key: Option<VerifyingKey>,
     grants: BTreeMap<AgentId, Grants>,
     policy_file: Option<PathBuf>,
+    saga_store: Option<Arc<dyn ahv_saga::ProgressStore>>,
+    saga_sleeper: Arc<dyn ahv_saga::Sleeper>,
+    saga_jitter: Arc<dyn ahv_saga::Jitter>,
+    escalation: Vec<Arc<dyn EscalationHook>>,
 }
 
 impl Default for HypervisorBuilder {
@@ -337,6 +357,10 @@ impl Default for HypervisorBuilder {
             operator_key: None,
             grants: BTreeMap::new(),
             policy_file: None,
+            saga_store: None,
+            saga_sleeper: Arc::new(ahv_saga::TokioSleeper),
+            saga_jitter: Arc::new(ahv_saga::HashJitter::default()),
+            escalation: Vec::new(),
         }
     }
 }
@@ -502,6 +526,37 @@ impl HypervisorBuilder {
         self
     }
 
+    /// Where saga progress is kept. Default: a durable journal per saga in
+    /// `<state>/sagas` ([`ahv_saga::FileStore`]). An in-memory store
+    /// ([`ahv_saga::MemoryStore`]) keeps nothing across processes: for
+    /// embedders that persist elsewhere, and for benchmarks.
+    pub fn saga_store(mut self, store: Arc<dyn ahv_saga::ProgressStore>) -> Self {
+        self.saga_store = Some(store);
+        self
+    }
+
+    /// How sagas wait between retries. Default: tokio's timer. Tests pass
+    /// an [`ahv_saga::FakeSleeper`], which records each delay and returns at once.
+    pub fn saga_sleeper(mut self, sleeper: Arc<dyn ahv_saga::Sleeper>) -> Self {
+        self.saga_sleeper = sleeper;
+        self
+    }
+
+    /// Where retry jitter comes from. Default: [`ahv_saga::HashJitter`];
+    /// tests pass a seeded or fixed one.
+    pub fn saga_jitter(mut self, jitter: Arc<dyn ahv_saga::Jitter>) -> Self {
+        self.saga_jitter = jitter;
+        self
+    }
+
+    /// Adds a hook told of every escalated saga (a compensation failed).
+    /// None by default: an escalation is then an event, an audit delta and
+    /// a log line.
+    pub fn on_escalation(mut self, hook: impl EscalationHook + 'static) -> Self {
+        self.escalation.push(Arc::new(hook));
+        self
+    }
+
     /// Builds the hypervisor: opens (creating if needed) `<state>/sessions`,
     /// builds the runtime with a breach recorder that emits
     /// `ring.breach_detected` on the bus.
@@ -538,6 +593,13 @@ impl HypervisorBuilder {
         std::fs::create_dir_all(&sessions_path).map_err(|e| {
             HypervisorError::Setup(format!("cannot create {}: {e}", sessions_path.display()))
         })?;
+        let saga_store: Arc<dyn ahv_saga::ProgressStore> = match self.saga_store {
+            Some(s) => s,
+            None => Arc::new(
+                ahv_saga::FileStore::open(&state_dir.join("sagas"))
+                    .map_err(|e| HypervisorError::Setup(e.to_string()))?,
+            ),
+        };
         let sessions_dir = Dir::open_ambient_dir(&sessions_path, cap_std::ambient_authority())
             .map_err(|e| {
                 HypervisorError::Setup(format!("cannot open {}: {e}", sessions_path.display()))
@@ -637,6 +699,12 @@ impl HypervisorBuilder {
             open_dirs: OpenDirs::new(self.max_open_dirs),
             after_trap: self.after_trap,
             sessions: RwLock::new(HashMap::new()),
+            sagas: saga::SagaSettings {
+                store: saga_store,
+                sleeper: self.saga_sleeper,
+                jitter: self.saga_jitter,
+                escalation: self.escalation,
+            },
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),
             id_counter: AtomicU64::new(0),
@@ -744,6 +812,8 @@ struct Inner {
     open_dirs: Arc<OpenDirs>,
     after_trap: AfterTrap,
     sessions: RwLock<HashMap<SessionId, Arc<SessionEntry>>>,
+    /// Saga progress store, retry timing and escalation hooks.
+    sagas: saga::SagaSettings,
     archived: Mutex<VecDeque<SessionInfo>>,
     id_seed: RandomState,
     id_counter: AtomicU64,

@@ -955,6 +955,17 @@ impl Run {
 }
 
 /// Rebuilds the latest run from a saga's records.
+/// The report a saga's records amount to, without running anything (what
+/// [`Engine::report`] answers from its store): for tools that read a store
+/// directly.
+///
+/// # Errors
+/// [`EngineError::NotFound`] for no records, [`EngineError::Corrupt`] for
+/// records that break the state machines.
+pub fn report_of(saga: &SagaId, records: &[SagaRecord]) -> Result<SagaReport, EngineError> {
+    Ok(rebuild(saga, records)?.report())
+}
+
 fn rebuild(saga: &SagaId, records: &[SagaRecord]) -> Result<Run, EngineError> {
     let mut run: Option<Run> = None;
     for rec in records {

@@ -91,7 +91,7 @@ pub use engine::{
     BoxFuture, CompensateCall, CompensationFailure, Engine, EngineError, EscalatedStep,
     FailureKind, FakeSleeper, INTERRUPTED, MemoryStore, NoopObserver, ProgressStore, SagaId,
     SagaObserver, SagaRecord, SagaReport, Sleeper, StepCall, StepDone, StepFailure, StepReport,
-    StepRunner, StoreError, TokioSleeper,
+    StepRunner, StoreError, TokioSleeper, report_of,
 };
 pub use fanout::FanoutPolicy;
 pub use format::{DefinitionError, Plan, Unit};

@@ -1,0 +1,391 @@
+//! `ahv saga`: run a saga definition with real agents, and read sagas back
+//! from a state directory.
+//!
+//! `ahv saga run FILE --state-dir DIR` sets up a session from the file's
+//! `agents` section (each joins with its component and σ), runs the saga,
+//! shows each transition as it happens when standard error is a terminal
+//! (step, agent, state, attempt, elapsed), then prints a table of the steps.
+//! It exits 0 when the saga completed, 1 when it failed (and was
+//! compensated), 5 when it escalated (a compensation failed).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahv_core::AgentId;
+use ahv_core::event::{Event, EventPayload};
+use ahv_governance::actions::builtin;
+use ahv_governance::session::SessionConfig;
+use ahv_hypervisor::{Hypervisor, JoinRequest};
+use ahv_saga::{
+    EngineError, FileStore, ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaReport, SagaState,
+    StepState, report_of,
+};
+use anyhow::Context;
+use serde_json::json;
+
+use crate::CacheArgs;
+use crate::exit::Exit;
+use crate::out::{Failure, errln, outln};
+
+/// `ahv saga …`.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum SagaCmd {
+    /// Run a saga definition (YAML or JSON) with the agents it lists, in a
+    /// new session of the state directory; progress is kept in
+    /// `<DIR>/sagas` so that `ahv saga show` can read it back.
+    Run(RunArgs),
+    /// Show a saga's steps and state from a state directory's saga journal.
+    Show(ShowArgs),
+    /// List the sagas a state directory holds, with their state.
+    List {
+        /// The state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The saga definition (`.yaml`, `.yml` or `.json`), with an `agents` section.
+    file: PathBuf,
+    /// Where the session's files, the audit log and the saga journal live.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Print the final report as one JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ShowArgs {
+    /// The saga's id (as `ahv saga run` and `ahv saga list` print it).
+    saga: String,
+    /// The state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Print the report and its records as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn saga(cmd: SagaCmd) -> Result<Exit, Failure> {
+    match cmd {
+        SagaCmd::Run(args) => run(args).await,
+        SagaCmd::Show(args) => show(&args),
+        SagaCmd::List { state_dir } => list(&state_dir),
+    }
+}
+
+/// The component bytes an `agents` entry names: a built example agent, or a
+/// file relative to the definition.
+fn component_bytes(definition: &Path, component: &str) -> Result<Vec<u8>, Failure> {
+    if let Some((_, bytes)) = ahv_agents::ALL.iter().find(|(n, _)| *n == component) {
+        return Ok(bytes.to_vec());
+    }
+    let base = definition.parent().unwrap_or(Path::new("."));
+    let path = base.join(component);
+    std::fs::read(&path).map_err(|e| {
+        Failure::Refused(format!(
+            "component {component:?}: not an example agent (see `ahv agents`), and {} cannot be read: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn open(state_dir: &Path, cache: Option<&CacheArgs>) -> Result<Hypervisor, Failure> {
+    let mut b = Hypervisor::builder()
+        .state_dir(state_dir)
+        .actions(Arc::new(builtin::registry()));
+    if let Some(dir) = cache.and_then(CacheArgs::dir) {
+        b = b.cache_dir(dir);
+    }
+    b.build()
+        .with_context(|| format!("cannot open state directory {}", state_dir.display()))
+        .map_err(Failure::Setup)
+}
+
+async fn run(args: RunArgs) -> Result<Exit, Failure> {
+    let definition = SagaDefinition::from_path(&args.file)
+        .map_err(|e| Failure::usage("saga", format!("{}: {e}", args.file.display())))?;
+    if definition.agents.is_empty() {
+        return Err(Failure::usage(
+            "saga",
+            format!(
+                "{}: lists no agents; `ahv saga run` joins the agents of the file's `agents` section",
+                args.file.display()
+            ),
+        ));
+    }
+    let hv = open(&args.state_dir, Some(&args.cache))?;
+    let operator = AgentId::new("did:ahv:saga-runner").map_err(|e| Failure::Setup(e.into()))?;
+    let session = hv
+        .create_session(SessionConfig::default(), operator)
+        .map_err(|e| Failure::Setup(e.into()))?;
+    for a in &definition.agents {
+        let bytes = component_bytes(&args.file, &a.component)?;
+        let component = hv
+            .load(&bytes)
+            .map_err(|e| Failure::Refused(format!("agent {} ({}): {e}", a.id, a.component)))?;
+        let id = AgentId::new(a.id.as_str()).map_err(|e| Failure::Setup(e.into()))?;
+        hv.join_session(&session, JoinRequest::new(id, a.sigma).component(component))
+            .await
+            .with_context(|| format!("agent {} could not join", a.id))
+            .map_err(Failure::Setup)?;
+    }
+    hv.activate_session(&session)
+        .map_err(|e| Failure::Setup(e.into()))?;
+    let saga = hv.new_saga_id();
+    if !args.json {
+        errln!(
+            "saga {saga} ({}) in session {session}; files under {}",
+            definition.name,
+            args.state_dir
+                .join("sessions")
+                .join(session.as_str())
+                .display()
+        );
+    }
+    let live = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let start = Instant::now();
+        let saga = saga.clone();
+        hv.events().subscribe(move |e: &Event| progress(&saga, start, e))
+    });
+    let result = hv.run_saga_as(&session, saga.clone(), definition.clone()).await;
+    if let Some(sub) = live {
+        hv.events().unsubscribe(sub);
+    }
+    let report = result
+        .with_context(|| format!("saga {saga} could not run"))
+        .map_err(Failure::Setup)?;
+    hv.terminate_session(&session)
+        .map_err(|e| Failure::Setup(e.into()))?;
+    hv.shutdown().map_err(|e| Failure::Setup(e.into()))?;
+    print_report(&report, &definition, args.json, None)?;
+    Ok(exit_for(report.state))
+}
+
+fn exit_for(state: SagaState) -> Exit {
+    match state {
+        SagaState::Completed => Exit::Ok,
+        SagaState::Escalated => Exit::Escalated,
+        _ => Exit::Failed,
+    }
+}
+
+/// One line per transition of `saga` on standard error.
+fn progress(saga: &SagaId, start: Instant, e: &Event) {
+    let (step, what) = match &e.payload {
+        EventPayload::SagaStepStarted {
+            saga: s,
+            step,
+            attempt,
+        } if s == saga.as_str() => (step.clone(), format!("executing (attempt {attempt})")),
+        EventPayload::SagaStepCommitted {
+            saga: s,
+            step,
+            attempt,
+            changes,
+        } if s == saga.as_str() => (
+            step.clone(),
+            format!("committed (attempt {attempt}, {changes} changes)"),
+        ),
+        EventPayload::SagaStepFailed {
+            saga: s,
+            step,
+            attempt,
+            error,
+            retry_in,
+        } if s == saga.as_str() => {
+            let retry = if retry_in.is_zero() {
+                String::new()
+            } else {
+                format!("; retry in {}", fmt_elapsed(*retry_in))
+            };
+            (step.clone(), format!("failed (attempt {attempt}): {error}{retry}"))
+        }
+        EventPayload::SagaStepCompensated { saga: s, step } if s == saga.as_str() => {
+            (step.clone(), "compensated".into())
+        }
+        EventPayload::SagaCompensationFailed {
+            saga: s,
+            step,
+            error,
+        } if s == saga.as_str() => (step.clone(), format!("compensation failed: {error}")),
+        EventPayload::SagaCompensating { saga: s, reason } if s == saga.as_str() => {
+            ("*".into(), format!("compensating: {reason}"))
+        }
+        EventPayload::SagaFanoutStarted {
+            saga: s,
+            group,
+            policy,
+            branches,
+        } if s == saga.as_str() => (group.clone(), format!("fan-out {policy} of {branches} started")),
+        EventPayload::SagaFanoutResolved {
+            saga: s,
+            group,
+            succeeded,
+            failed,
+            cancelled,
+            ..
+        } if s == saga.as_str() => (
+            group.clone(),
+            format!("fan-out resolved: {succeeded} succeeded, {failed} failed, {cancelled} cancelled"),
+        ),
+        _ => return,
+    };
+    let agent = e.agent.as_ref().map_or("-", AgentId::as_str);
+    errln!(
+        "  {:>8}  {step:<16} {agent:<24} {what}",
+        fmt_elapsed(start.elapsed())
+    );
+}
+
+fn fmt_elapsed(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+fn state_name(s: StepState, skipped: bool) -> &'static str {
+    if skipped { "skipped" } else { s.as_str() }
+}
+
+fn print_report(
+    report: &SagaReport,
+    definition: &SagaDefinition,
+    json: bool,
+    records: Option<&[SagaRecord]>,
+) -> Result<(), Failure> {
+    let agent_of = |id: &str| {
+        definition
+            .steps
+            .iter()
+            .find(|s| s.id == id)
+            .map_or("?", |s| s.agent.as_str())
+    };
+    if json {
+        let steps: Vec<_> = report
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id,
+                    "agent": agent_of(&s.id),
+                    "state": state_name(s.state, s.skipped),
+                    "attempts": s.attempts,
+                    "elapsed_ms": s.elapsed.as_secs_f64() * 1e3,
+                    "output": s.output,
+                    "error": s.error,
+                })
+            })
+            .collect();
+        let mut v = json!({
+            "saga": report.saga.as_str(),
+            "name": definition.name,
+            "state": report.state.as_str(),
+            "exit_code": exit_for(report.state).code(),
+            "steps": steps,
+        });
+        if let Some(records) = records {
+            v["records"] = serde_json::to_value(records).map_err(|e| Failure::Setup(e.into()))?;
+        }
+        outln!("{v}")?;
+        return Ok(());
+    }
+    outln!(
+        "saga {} ({}): {}",
+        report.saga,
+        definition.name,
+        report.state.as_str()
+    )?;
+    outln!(
+        "  {:<16} {:<24} {:<20} {:>8} {:>9}  detail",
+        "step",
+        "agent",
+        "state",
+        "attempts",
+        "elapsed"
+    )?;
+    for s in &report.steps {
+        let detail = s
+            .error
+            .as_deref()
+            .or(s.output.as_deref())
+            .unwrap_or("")
+            .replace('\n', " ");
+        let detail: String = detail.chars().take(100).collect();
+        outln!(
+            "  {:<16} {:<24} {:<20} {:>8} {:>9}  {detail}",
+            s.id,
+            agent_of(&s.id),
+            state_name(s.state, s.skipped),
+            s.attempts,
+            fmt_elapsed(s.elapsed)
+        )?;
+    }
+    Ok(())
+}
+
+fn saga_id(text: &str) -> Result<SagaId, Failure> {
+    SagaId::new(text).map_err(|e| Failure::usage("saga", format!("saga id {text:?}: {e}")))
+}
+
+/// The saga store of a state directory, opened without the rest of the
+/// hypervisor (no runtime, no audit log): reading never changes anything
+/// but a torn journal tail, which is cut and kept aside.
+fn store(state_dir: &Path) -> Result<FileStore, Failure> {
+    let dir = state_dir.join("sagas");
+    if !dir.is_dir() {
+        return Err(Failure::usage(
+            "saga",
+            format!("{} holds no sagas (no sagas/ directory)", state_dir.display()),
+        ));
+    }
+    FileStore::open(&dir).map_err(|e| Failure::Setup(e.into()))
+}
+
+fn show(args: &ShowArgs) -> Result<Exit, Failure> {
+    let saga = saga_id(&args.saga)?;
+    let store = store(&args.state_dir)?;
+    let records = store
+        .load(&saga)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?;
+    let Some(definition) = records.iter().rev().find_map(|r| match r {
+        SagaRecord::Created { definition, .. } => Some(definition.clone()),
+        _ => None,
+    }) else {
+        return Err(Failure::usage(
+            "saga",
+            format!("no saga {saga} in {}", args.state_dir.display()),
+        ));
+    };
+    let report = report_of(&saga, &records)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?;
+    print_report(&report, &definition, args.json, args.json.then_some(&records[..]))?;
+    if !args.json {
+        outln!("  ({} records in its journal)", records.len())?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn list(state_dir: &Path) -> Result<Exit, Failure> {
+    let store = store(state_dir)?;
+    let sagas = store.list().context("listing sagas").map_err(Failure::Setup)?;
+    for saga in sagas {
+        let state = store
+            .load(&saga)
+            .map_err(EngineError::from)
+            .and_then(|records| report_of(&saga, &records))
+            .map_or_else(|e| format!("unreadable: {e}"), |r| r.state.as_str().to_string());
+        outln!("{saga}  {state}")?;
+    }
+    Ok(Exit::Ok)
+}

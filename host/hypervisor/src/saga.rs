@@ -1,0 +1,724 @@
+//! Sagas in a session: each step runs inside its agent's live instance (its
+//! `saga-participant.execute` export, under its ring) or as a host action in
+//! the agent's name; everything a step changes is recorded and undone on
+//! compensation.
+//!
+//! The engine ([`ahv_saga::Engine`]) decides what runs when; this module is
+//! its [`StepRunner`] and [`SagaObserver`] over a session:
+//!
+//! - **execute** (via `agent`): the agent's `execute(step, input)` on its live
+//!   instance, within the step's deadline (or the ring's, if shorter), enforced
+//!   preemptively by the epoch ticker. The call's change journal (files,
+//!   state, actions, effects) becomes the step's undo data, persisted by the
+//!   engine with the commit. A failed or trapped attempt's partial changes are
+//!   undone at once, so a retry starts from where the step began. A ring
+//!   breach is punished by the breach policy, like any other, and not retried.
+//! - **execute** (via `host`): the host action named by the step, run as the
+//!   agent if its effective ring has the capability (`actions` for a
+//!   reversible action, `effects` for an effect).
+//! - **compensate**: the agent's own `compensate(step, input, output)` if it
+//!   exports one and is still in the session, then the host undoes the step's
+//!   recorded changes newest first. An effect cannot be undone, nor can a
+//!   change whose file or key changed since: either is a compensation
+//!   failure, and the saga escalates.
+//! - **observe**: every record becomes a `saga.*` event (and so, in an
+//!   audited session, an audit delta) with the step's agent and one trace id
+//!   per saga run; an escalation also calls the hypervisor's
+//!   [`EscalationHook`]s — where the liability engine plugs in.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ahv_core::event::EventPayload;
+use ahv_core::{AgentId, Capability, EventId, SessionId, TraceId};
+use ahv_governance::actions::{ActionContext, ActionRegistry};
+use ahv_governance::files::Caller;
+use ahv_governance::journal::{Change, undo_changes};
+use ahv_governance::session::SessionState;
+use ahv_governance::state::Isolation as StateIsolation;
+use ahv_runtime::{AgentError, TrapCause};
+use ahv_saga::{
+    BoxFuture, CompensateCall, CompensationFailure, Engine, EngineError, EscalatedStep,
+    FailureKind, Isolation, SagaDefinition, SagaId, SagaObserver, SagaRecord, SagaReport,
+    SagaState, StepCall, StepDone, StepFailure, StepRunner, Via,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Hypervisor, HypervisorError, SessionEntry, lock};
+
+/// Told when a saga escalates (a compensation failed, so some of its changes
+/// remain). The liability engine implements it; the hypervisor also emits
+/// `saga.escalated` and logs.
+pub trait EscalationHook: Send + Sync {
+    /// Called once per escalation, before the saga's final record is
+    /// written (so at least once even if the host crashes right after).
+    fn escalated(&self, escalation: &Escalation);
+}
+
+/// What an [`EscalationHook`] is told.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    /// The session the saga ran in.
+    pub session: SessionId,
+    /// The saga.
+    pub saga: SagaId,
+    /// Each step whose compensation failed, with its agent and why.
+    pub failures: Vec<EscalatedStep>,
+}
+
+/// The undo data a step commits: the changes its call made (opaque to the
+/// engine, persisted with the commit).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StepUndo {
+    changes: Vec<Change>,
+}
+
+impl StepUndo {
+    fn encode(changes: Vec<Change>) -> serde_json::Value {
+        // A Vec of plain data always encodes.
+        serde_json::to_value(StepUndo { changes }).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn decode(v: &serde_json::Value) -> Result<Vec<Change>, String> {
+        if v.is_null() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_value::<StepUndo>(v.clone())
+            .map(|u| u.changes)
+            .map_err(|e| format!("the step's recorded changes do not decode: {e}"))
+    }
+}
+
+/// Runs a saga's steps in one session.
+struct SessionRunner {
+    hv: Hypervisor,
+    entry: Arc<SessionEntry>,
+    trace: TraceId,
+}
+
+fn failure(kind: FailureKind, message: impl Into<String>) -> StepFailure {
+    StepFailure {
+        message: message.into(),
+        kind,
+    }
+}
+
+impl SessionRunner {
+    fn session(&self) -> &SessionId {
+        self.entry.core.id()
+    }
+
+    fn registry(&self, agent: &AgentId) -> Arc<ActionRegistry> {
+        self.hv
+            .inner
+            .granted
+            .get(agent)
+            .unwrap_or(&self.hv.inner.actions)
+            .clone()
+    }
+
+    /// Undoes the partial changes of a failed attempt; a change that cannot
+    /// be undone is reported in the step's failure message.
+    fn undo_partial(&self, agent: &AgentId, changes: &[Change], message: String) -> String {
+        if changes.is_empty() {
+            return message;
+        }
+        let ring = self.hv.ring(self.session(), agent).unwrap_or(ahv_core::Ring::Sandbox);
+        let who = Caller {
+            agent,
+            ring,
+            trace: self.trace,
+        };
+        let failures = undo_changes(&self.entry.core, &self.registry(agent), who, changes);
+        if failures.is_empty() {
+            return message;
+        }
+        let left: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
+        tracing::warn!(session = %self.session(), %agent, left = ?left, "a failed saga step's changes could not all be undone");
+        format!("{message} (and {} of its changes could not be undone: {})", left.len(), left.join("; "))
+    }
+
+    async fn execute(self: Arc<Self>, call: StepCall) -> Result<StepDone, StepFailure> {
+        let agent = AgentId::new(call.step.agent.as_str())
+            .map_err(|e| failure(FailureKind::Breach, format!("step {}: agent: {e}", call.step.id)))?;
+        match call.step.via {
+            Via::Agent => self.execute_in_agent(&call, &agent).await,
+            Via::Host => self.execute_host_action(&call, &agent),
+        }
+    }
+
+    async fn execute_in_agent(&self, call: &StepCall, agent: &AgentId) -> Result<StepDone, StepFailure> {
+        let slot = lock(&self.entry.agents).get(agent).cloned().ok_or_else(|| {
+            failure(
+                FailureKind::Cancelled,
+                format!("agent {agent} has no live instance in session {}", self.session()),
+            )
+        })?;
+        let step = ahv_runtime::StepCall {
+            saga_id: call.saga.to_string(),
+            step_id: call.step.id.clone(),
+            action: call.step.action.clone(),
+            attempt: call.attempt,
+        };
+        let result = slot
+            .agent
+            .lock()
+            .await
+            .execute_step(&step, &call.step.execute, call.deadline)
+            .await;
+        match result {
+            Ok(out) => match out.result {
+                Ok(output) => Ok(StepDone {
+                    output,
+                    undo: StepUndo::encode(out.changes),
+                }),
+                Err(message) => {
+                    let message = self.undo_partial(agent, &out.changes, message);
+                    Err(failure(FailureKind::Failed, message))
+                }
+            },
+            Err(AgentError::Trapped { cause, changes, .. }) => {
+                let kind = match &cause {
+                    TrapCause::RingBreach(_) => FailureKind::Breach,
+                    TrapCause::DeadlineExceeded(_) => FailureKind::Timeout,
+                    TrapCause::Killed(_) => FailureKind::Cancelled,
+                    _ => FailureKind::Failed,
+                };
+                let message = self.undo_partial(agent, &changes, format!("trapped: {cause}"));
+                if let TrapCause::RingBreach(b) = &cause {
+                    self.hv.after_breach(&self.entry, &slot, agent, b).await;
+                }
+                Err(failure(kind, message))
+            }
+            Err(e @ (AgentError::Poisoned { .. } | AgentError::NotASagaParticipant { .. })) => {
+                Err(failure(FailureKind::Cancelled, e.to_string()))
+            }
+            Err(e) => Err(failure(FailureKind::Failed, e.to_string())),
+        }
+    }
+
+    fn execute_host_action(&self, call: &StepCall, agent: &AgentId) -> Result<StepDone, StepFailure> {
+        let name = call.step.action.as_str();
+        let registry = self.registry(agent);
+        let ring = self
+            .hv
+            .ring(self.session(), agent)
+            .map_err(|e| failure(FailureKind::Cancelled, e.to_string()))?;
+        let reversible = registry.reversible_names().iter().any(|n| n == name);
+        let needed = if reversible { Capability::Actions } else { Capability::Effects };
+        if !self.hv.inner.runtime.policy().limits(ring).capabilities.contains(needed) {
+            return Err(failure(
+                FailureKind::Breach,
+                format!(
+                    "refused: agent {agent} in {ring} may not run host action {name} (it needs the {} capability)",
+                    needed.name()
+                ),
+            ));
+        }
+        let ctx = ActionContext {
+            agent,
+            ring,
+            trace: self.trace,
+            files: &*self.entry.core,
+        };
+        let (output, change) = if reversible {
+            let record = registry
+                .invoke_reversible(ctx, name, &call.step.execute)
+                .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
+            (record.output.clone(), Change::action(&record))
+        } else {
+            let output = registry
+                .invoke_effect(ctx, name, &call.step.execute)
+                .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
+            (output, Change::Effect { name: name.to_string() })
+        };
+        self.entry.core.action_invoked(ctx.caller(), &change);
+        Ok(StepDone {
+            output,
+            undo: StepUndo::encode(vec![change]),
+        })
+    }
+
+    async fn compensate(self: Arc<Self>, call: CompensateCall) -> Result<(), CompensationFailure> {
+        let fail = |message: String| CompensationFailure { message };
+        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| fail(e.to_string()))?;
+        let changes = StepUndo::decode(&call.undo).map_err(fail)?;
+        let mut errors = Vec::new();
+        if call.step.via == Via::Agent {
+            let slot = lock(&self.entry.agents).get(&agent).cloned();
+            match slot {
+                Some(slot) => {
+                    let step = ahv_runtime::StepCall {
+                        saga_id: call.saga.to_string(),
+                        step_id: call.step.id.clone(),
+                        action: call.step.action.clone(),
+                        attempt: 0,
+                    };
+                    let deadline = Duration::from_secs(u64::from(call.step.timeout_secs));
+                    let result = slot
+                        .agent
+                        .lock()
+                        .await
+                        .compensate_step(&step, call.step.undo_input(), &call.output, deadline)
+                        .await;
+                    match result {
+                        Ok(out) => {
+                            if let Err(m) = out.result {
+                                errors.push(format!("agent {agent}'s compensate failed: {m}"));
+                            }
+                        }
+                        Err(AgentError::NotASagaParticipant { .. }) => {}
+                        Err(e) => {
+                            if let AgentError::Trapped { cause: TrapCause::RingBreach(b), .. } = &e {
+                                self.hv.after_breach(&self.entry, &slot, &agent, b).await;
+                            }
+                            errors.push(format!("agent {agent}'s compensate: {e}"));
+                        }
+                    }
+                }
+                None => {
+                    // The host still undoes everything the step recorded.
+                    tracing::warn!(session = %self.session(), %agent, step = %call.step.id,
+                        "agent left the session: its own compensate cannot run");
+                }
+            }
+        }
+        let ring = self.hv.ring(self.session(), &agent).unwrap_or(ahv_core::Ring::Sandbox);
+        let who = Caller {
+            agent: &agent,
+            ring,
+            trace: self.trace,
+        };
+        for f in undo_changes(&self.entry.core, &self.registry(&agent), who, &changes) {
+            errors.push(f.error.to_string());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(fail(errors.join("; ")))
+        }
+    }
+}
+
+/// The engine's runner: clones of one [`SessionRunner`].
+#[derive(Clone)]
+struct Runner(Arc<SessionRunner>);
+
+impl StepRunner for Runner {
+    fn execute(&self, call: StepCall) -> BoxFuture<Result<StepDone, StepFailure>> {
+        Box::pin(self.0.clone().execute(call))
+    }
+
+    fn compensate(&self, call: CompensateCall) -> BoxFuture<Result<(), CompensationFailure>> {
+        Box::pin(self.0.clone().compensate(call))
+    }
+}
+
+/// Turns records into events, one causal chain per saga run.
+struct Observer {
+    hv: Hypervisor,
+    session: SessionId,
+    definition: Arc<SagaDefinition>,
+    trace: TraceId,
+    last: Mutex<Option<EventId>>,
+    /// How many compensations failed (told by `escalated`, before the final record).
+    escalated: Mutex<u64>,
+    /// Why the saga is failing (the last compensation reason).
+    reason: Mutex<Option<String>>,
+}
+
+impl Observer {
+    fn agent_of(&self, step: &str) -> Option<AgentId> {
+        self.definition
+            .steps
+            .iter()
+            .find(|s| s.id == step)
+            .and_then(|s| AgentId::new(s.agent.as_str()).ok())
+    }
+
+    fn emit(&self, agent: Option<AgentId>, payload: EventPayload) {
+        let mut last = lock(&self.last);
+        let id = self.hv.inner.events.emit(
+            Some(&self.session),
+            agent.as_ref(),
+            self.trace,
+            *last,
+            payload,
+        );
+        *last = Some(id);
+    }
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl SagaObserver for Observer {
+    fn record(&self, saga: &SagaId, record: &SagaRecord) {
+        let s = saga.to_string();
+        let (agent, payload) = match record {
+            SagaRecord::Created { definition, .. } => (
+                None,
+                EventPayload::SagaCreated {
+                    saga: s,
+                    name: definition.name.clone(),
+                    steps: count(definition.steps.len()),
+                },
+            ),
+            SagaRecord::StepStarted { step, attempt } => (
+                self.agent_of(step),
+                EventPayload::SagaStepStarted {
+                    saga: s,
+                    step: step.clone(),
+                    attempt: u64::from(*attempt),
+                },
+            ),
+            SagaRecord::StepCommitted {
+                step, attempt, undo, ..
+            } => (
+                self.agent_of(step),
+                EventPayload::SagaStepCommitted {
+                    saga: s,
+                    step: step.clone(),
+                    attempt: u64::from(*attempt),
+                    changes: count(StepUndo::decode(undo).map_or(0, |c| c.len())),
+                },
+            ),
+            SagaRecord::StepFailed {
+                step,
+                attempt,
+                error,
+                retry_in_ms,
+                ..
+            } => (
+                self.agent_of(step),
+                EventPayload::SagaStepFailed {
+                    saga: s,
+                    step: step.clone(),
+                    attempt: u64::from(*attempt),
+                    error: error.clone(),
+                    retry_in: Duration::from_millis(retry_in_ms.unwrap_or(0)),
+                },
+            ),
+            SagaRecord::StepSkipped { step, hash, .. } => (
+                self.agent_of(step),
+                EventPayload::SagaStepSkipped {
+                    saga: s,
+                    step: step.clone(),
+                    hash: decode_hash(hash),
+                },
+            ),
+            SagaRecord::CheckpointSaved { step, hash } => (
+                self.agent_of(step),
+                EventPayload::SagaCheckpointSaved {
+                    saga: s,
+                    step: step.clone(),
+                    hash: decode_hash(hash),
+                },
+            ),
+            SagaRecord::FanoutStarted { group, branches } => (
+                None,
+                EventPayload::SagaFanoutStarted {
+                    saga: s,
+                    group: group.clone(),
+                    policy: self.policy_of(group),
+                    branches: count(branches.len()),
+                },
+            ),
+            SagaRecord::FanoutResolved {
+                group,
+                succeeded,
+                failed,
+                cancelled,
+                ..
+            } => (
+                None,
+                EventPayload::SagaFanoutResolved {
+                    saga: s,
+                    group: group.clone(),
+                    policy: self.policy_of(group),
+                    succeeded: count(succeeded.len()),
+                    failed: count(failed.len()),
+                    cancelled: count(cancelled.len()),
+                },
+            ),
+            SagaRecord::Compensating { reason } => (
+                {
+                    *lock(&self.reason) = Some(reason.clone());
+                    None
+                },
+                EventPayload::SagaCompensating {
+                    saga: s,
+                    reason: reason.clone(),
+                },
+            ),
+            // The outcome (compensated or failed) follows at once.
+            SagaRecord::StepCompensating { .. } => return,
+            SagaRecord::StepCompensated { step } => (
+                self.agent_of(step),
+                EventPayload::SagaStepCompensated {
+                    saga: s,
+                    step: step.clone(),
+                },
+            ),
+            SagaRecord::StepCompensationFailed { step, error } => (
+                self.agent_of(step),
+                EventPayload::SagaCompensationFailed {
+                    saga: s,
+                    step: step.clone(),
+                    error: error.clone(),
+                },
+            ),
+            SagaRecord::Finished { state } => (
+                None,
+                match state {
+                    SagaState::Completed => EventPayload::SagaCompleted {
+                        saga: s,
+                        steps: count(self.definition.steps.len()),
+                    },
+                    SagaState::Escalated => EventPayload::SagaEscalated {
+                        saga: s,
+                        failures: *lock(&self.escalated),
+                    },
+                    _ => EventPayload::SagaFailed {
+                        saga: s,
+                        reason: lock(&self.reason)
+                            .clone()
+                            .unwrap_or_else(|| "a step failed before any committed".into()),
+                    },
+                },
+            ),
+        };
+        self.emit(agent, payload);
+    }
+
+    fn escalated(&self, saga: &SagaId, failures: &[EscalatedStep]) {
+        tracing::warn!(session = %self.session, %saga, failures = failures.len(), "saga escalated: a compensation failed");
+        *lock(&self.escalated) = count(failures.len());
+        let escalation = Escalation {
+            session: self.session.clone(),
+            saga: saga.clone(),
+            failures: failures.to_vec(),
+        };
+        for hook in &self.hv.inner.sagas.escalation {
+            hook.escalated(&escalation);
+        }
+    }
+}
+
+impl Observer {
+    fn policy_of(&self, group: &str) -> String {
+        self.definition
+            .fanout
+            .iter()
+            .find(|g| g.id == group)
+            .map_or_else(String::new, |g| g.policy.as_str().to_string())
+    }
+}
+
+fn decode_hash(hex_text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // The engine writes 64 hex digits; anything else is recorded as zeros.
+    let _ = hex::decode_to_slice(hex_text, &mut out);
+    out
+}
+
+fn state_isolation(i: Isolation) -> StateIsolation {
+    match i {
+        Isolation::Snapshot => StateIsolation::Snapshot,
+        Isolation::ReadCommitted => StateIsolation::ReadCommitted,
+        Isolation::Serializable => StateIsolation::Serializable,
+    }
+}
+
+impl Hypervisor {
+    fn saga_engine(&self, entry: Arc<SessionEntry>, definition: Arc<SagaDefinition>) -> Engine {
+        let trace = self.inner.runtime.new_trace_id();
+        let session = entry.core.id().clone();
+        let runner = Runner(Arc::new(SessionRunner {
+            hv: self.clone(),
+            entry,
+            trace,
+        }));
+        let observer = Observer {
+            hv: self.clone(),
+            session,
+            definition,
+            trace,
+            last: Mutex::new(None),
+            escalated: Mutex::new(0),
+            reason: Mutex::new(None),
+        };
+        let s = &self.inner.sagas;
+        Engine::new(
+            s.store.clone(),
+            Arc::new(runner),
+            Arc::new(observer),
+            s.sleeper.clone(),
+            s.jitter.clone(),
+            self.inner.clock.clone(),
+        )
+    }
+
+    /// The session, checked to be active with every step's agent in it.
+    fn saga_session(
+        &self,
+        session: &SessionId,
+        definition: &SagaDefinition,
+    ) -> Result<Arc<SessionEntry>, HypervisorError> {
+        let entry = self.entry(session)?;
+        let gov = lock(&entry.gov);
+        if gov.state() != SessionState::Active {
+            return Err(ahv_governance::session::SessionError::InvalidTransition {
+                session: session.clone(),
+                operation: "run a saga",
+                state: gov.state(),
+            }
+            .into());
+        }
+        for step in &definition.steps {
+            let agent = AgentId::new(step.agent.as_str()).map_err(|e| HypervisorError::SagaSetup {
+                saga: definition.name.clone(),
+                message: format!("step {}: agent: {e}", step.id),
+            })?;
+            if gov.participant(&agent).is_none() {
+                return Err(HypervisorError::SagaSetup {
+                    saga: definition.name.clone(),
+                    message: format!("step {}: agent {agent} is not a participant of session {session}", step.id),
+                });
+            }
+            if step.via == Via::Agent && !lock(&entry.agents).contains_key(&agent) {
+                return Err(HypervisorError::SagaSetup {
+                    saga: definition.name.clone(),
+                    message: format!(
+                        "step {}: agent {agent} has no instance in session {session} (it joined without a component)",
+                        step.id
+                    ),
+                });
+            }
+        }
+        drop(gov);
+        Ok(entry)
+    }
+
+    /// A new saga id: unique, unpredictable, usable as a file name.
+    pub fn new_saga_id(&self) -> SagaId {
+        let n = self.inner.id_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let h = std::hash::BuildHasher::hash_one(&self.inner.id_seed, (n, "saga"));
+        SagaId::new(format!("saga-{n}-{h:016x}")).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Runs `definition` as a new saga in `session` (active, with every
+    /// step's agent a participant; agent steps need its live instance) and
+    /// returns its report once it is final: `completed`, or `failed` after
+    /// compensating what committed, or `escalated` when a compensation
+    /// failed. Progress is durable in the saga store before each step acts
+    /// (`<state>/sagas` by default). The session's state isolation is set to
+    /// the saga's level.
+    ///
+    /// # Errors
+    /// [`HypervisorError::SagaSetup`] (an agent that is not there),
+    /// [`SessionError`](ahv_governance::session::SessionError) (not active),
+    /// [`HypervisorError::Saga`] (the definition, or the store failed: the
+    /// saga can then be resumed).
+    pub async fn run_saga(
+        &self,
+        session: &SessionId,
+        definition: SagaDefinition,
+    ) -> Result<SagaReport, HypervisorError> {
+        let id = self.new_saga_id();
+        self.run_saga_as(session, id, definition).await
+    }
+
+    /// [`Hypervisor::run_saga`] under a saga id the caller chose (a saga id
+    /// whose earlier run finished replays it: valid checkpoints are skipped).
+    ///
+    /// # Errors
+    /// As [`Hypervisor::run_saga`].
+    pub async fn run_saga_as(
+        &self,
+        session: &SessionId,
+        saga: SagaId,
+        definition: SagaDefinition,
+    ) -> Result<SagaReport, HypervisorError> {
+        definition.validate().map_err(|e| HypervisorError::Saga(EngineError::Definition(e)))?;
+        let entry = self.saga_session(session, &definition)?;
+        // The saga's level governs its steps' calls; the session's own is
+        // put back afterwards, however the saga ends.
+        let state = entry.core.state();
+        let before = state.isolation();
+        state.set_isolation(state_isolation(definition.isolation));
+        let definition = Arc::new(definition);
+        let engine = self.saga_engine(entry.clone(), definition.clone());
+        let result = engine.run(saga, (*definition).clone()).await;
+        entry.core.state().set_isolation(before);
+        Ok(result?)
+    }
+
+    /// Compensates an unfinished saga (stuck, or left by a crash) in
+    /// `session`, on an operator's order. A final saga is left as it is.
+    ///
+    /// # Errors
+    /// As [`Hypervisor::run_saga`]; [`HypervisorError::Saga`] with
+    /// `NotFound` for an unknown saga.
+    pub async fn compensate_saga(
+        &self,
+        session: &SessionId,
+        saga: &SagaId,
+        reason: &str,
+    ) -> Result<SagaReport, HypervisorError> {
+        let definition = self.saga_definition(saga)?;
+        let entry = self.saga_session(session, &definition)?;
+        let engine = self.saga_engine(entry, Arc::new(definition));
+        Ok(engine.compensate(saga, reason).await?)
+    }
+
+    /// A saga's report as its records stand (no work is done).
+    ///
+    /// # Errors
+    /// [`HypervisorError::Saga`] (`NotFound`, store or corrupt records).
+    pub fn saga_report(&self, saga: &SagaId) -> Result<SagaReport, HypervisorError> {
+        let records = self.saga_records(saga)?;
+        Ok(ahv_saga::report_of(saga, &records)?)
+    }
+
+    /// A saga's progress records, oldest first.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Saga`] if the store failed.
+    pub fn saga_records(&self, saga: &SagaId) -> Result<Vec<SagaRecord>, HypervisorError> {
+        Ok(self.inner.sagas.store.load(saga).map_err(EngineError::from)?)
+    }
+
+    /// Every saga the store holds.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Saga`] if the store failed.
+    pub fn sagas(&self) -> Result<Vec<SagaId>, HypervisorError> {
+        Ok(self.inner.sagas.store.list().map_err(EngineError::from)?)
+    }
+
+    fn saga_definition(&self, saga: &SagaId) -> Result<SagaDefinition, HypervisorError> {
+        let records = self.saga_records(saga)?;
+        records
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                SagaRecord::Created { definition, .. } => Some(definition.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                HypervisorError::Saga(EngineError::NotFound {
+                    saga: saga.to_string(),
+                })
+            })
+    }
+}
+
+/// The hypervisor's saga settings.
+pub(crate) struct SagaSettings {
+    pub(crate) store: Arc<dyn ahv_saga::ProgressStore>,
+    pub(crate) sleeper: Arc<dyn ahv_saga::Sleeper>,
+    pub(crate) jitter: Arc<dyn ahv_saga::Jitter>,
+    pub(crate) escalation: Vec<Arc<dyn EscalationHook>>,
+}
