@@ -724,6 +724,81 @@ mod tests {
                 component: s("helper"),
                 depth: 2,
             },
+            EventKind::ActionInvoked => EventPayload::ActionInvoked {
+                action: s("note.append"),
+                reversibility: s("full"),
+                undo_window_ms: 60_000,
+            },
+            EventKind::EffectInvoked => EventPayload::EffectInvoked {
+                effect: s("notify.send"),
+            },
+            EventKind::SagaCreated => EventPayload::SagaCreated {
+                saga: s("saga-1"),
+                name: s("deploy"),
+                steps: 3,
+            },
+            EventKind::SagaStepStarted => EventPayload::SagaStepStarted {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 1,
+            },
+            EventKind::SagaStepCommitted => EventPayload::SagaStepCommitted {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 2,
+                changes: 4,
+            },
+            EventKind::SagaStepFailed => EventPayload::SagaStepFailed {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 1,
+                error: s("out of fuel"),
+                retry_in: Duration::from_millis(250),
+            },
+            EventKind::SagaCompensating => EventPayload::SagaCompensating {
+                saga: s("saga-1"),
+                reason: s("step test failed"),
+            },
+            EventKind::SagaStepCompensated => EventPayload::SagaStepCompensated {
+                saga: s("saga-1"),
+                step: s("build"),
+            },
+            EventKind::SagaCompensationFailed => EventPayload::SagaCompensationFailed {
+                saga: s("saga-1"),
+                step: s("build"),
+                error: s("conflict"),
+            },
+            EventKind::SagaCompleted => EventPayload::SagaCompleted {
+                saga: s("saga-1"),
+                steps: 3,
+            },
+            EventKind::SagaFailed => EventPayload::SagaFailed {
+                saga: s("saga-1"),
+                reason: s("compensated"),
+            },
+            EventKind::SagaEscalated => EventPayload::SagaEscalated {
+                saga: s("saga-1"),
+                failures: 1,
+            },
+            EventKind::SagaFanoutStarted => EventPayload::SagaFanoutStarted {
+                saga: s("saga-1"),
+                group: s("probes"),
+                policy: s("majority"),
+                branches: 3,
+            },
+            EventKind::SagaFanoutResolved => EventPayload::SagaFanoutResolved {
+                saga: s("saga-1"),
+                group: s("probes"),
+                policy: s("majority"),
+                succeeded: 2,
+                failed: 1,
+                cancelled: 0,
+            },
+            EventKind::SagaCheckpointSaved => EventPayload::SagaCheckpointSaved {
+                saga: s("saga-1"),
+                step: s("build"),
+                hash: [9; 32],
+            },
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ahv_core::{AgentId, Ring, RingLimits, RingPolicy};
 use ahv_governance::actions::builtin;
+use ahv_governance::journal::Change;
 use ahv_governance::session_vfs::FileQuotas;
 use ahv_runtime::{Agent, AgentError, AgentSpec, RingBreach, Runtime};
 use anyhow::Context;
@@ -53,16 +54,17 @@ impl Demo {
             .clone()
     }
 
-    /// One call: the agent's log lines, the breaches recorded during it, how it ended.
-    async fn call(&self, agent: &mut Agent, input: &str) -> std::io::Result<()> {
+    /// One call: the agent's log lines, the breaches recorded during it, how
+    /// it ended. Returns the call's governed changes.
+    async fn call(&self, agent: &mut Agent, input: &str) -> std::io::Result<Vec<Change>> {
         let before = self.breaches().len();
         let started = Instant::now();
         let result = agent.run(input).await;
         let elapsed = started.elapsed();
-        let logs = match &result {
-            Ok(out) => out.logs.as_slice(),
-            Err(AgentError::Trapped { logs, .. }) => logs.as_slice(),
-            Err(_) => &[],
+        let (logs, changes) = match &result {
+            Ok(out) => (out.logs.as_slice(), out.changes.clone()),
+            Err(AgentError::Trapped { logs, changes, .. }) => (logs.as_slice(), changes.clone()),
+            Err(_) => (&[][..], Vec::new()),
         };
         for line in logs {
             outln!("   {}", log_text(line))?;
@@ -79,7 +81,8 @@ impl Demo {
                 let cause = e.cause().map_or_else(|| e.to_string(), ToString::to_string);
                 outln!("   ✗ TRAPPED after {elapsed:.1?}: {cause}")
             }
-        }
+        }?;
+        Ok(changes)
     }
 }
 
@@ -142,11 +145,14 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
     let mut notes = d
         .spawn(ahv_agents::NOTE_TAKER, "note-taker", Ring::Standard)
         .await?;
-    d.call(&mut notes, "review the sandbox design").await?;
-    d.call(&mut notes, "benchmark instantiation").await?;
+    let mut performed = d.call(&mut notes, "review the sandbox design").await?;
+    performed.extend(d.call(&mut notes, "benchmark instantiation").await?);
     outln!(
         "   (the host kept {} undo record(s) for its reversible actions)",
-        notes.performed_actions().len()
+        performed
+            .iter()
+            .filter(|c| matches!(c, Change::Action { .. }))
+            .count()
     )?;
 
     d.header("deployer in ring 1 (privileged): sends a non-reversible notification")?;

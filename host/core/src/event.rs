@@ -443,6 +443,145 @@ events! {
         /// How deep the child is in its spawn tree (its parent's depth plus one).
         depth: u64,
     },
+    /// `action.invoked`: the event's agent ran a host-registered reversible
+    /// action; its undo data is kept in the call's change journal.
+    ActionInvoked => "action.invoked" {
+        /// The action's registered name.
+        action: String,
+        /// How completely it can be undone (`full` or `partial`).
+        reversibility: String,
+        /// How long after the invocation it can still be undone, in
+        /// milliseconds; 0 when there is no limit (a window is never 0).
+        undo_window_ms: u64,
+    },
+    /// `effect.invoked`: the event's agent ran a host-registered effect,
+    /// which cannot be undone.
+    EffectInvoked => "effect.invoked" {
+        /// The effect's registered name.
+        effect: String,
+    },
+    /// `saga.created`: a saga was defined and is about to run.
+    SagaCreated => "saga.created" {
+        /// The saga's id.
+        saga: String,
+        /// Its definition's name.
+        name: String,
+        /// How many steps it has.
+        steps: u64,
+    },
+    /// `saga.step_started`: a step began an attempt.
+    SagaStepStarted => "saga.step_started" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// The attempt, from 1.
+        attempt: u64,
+    },
+    /// `saga.step_committed`: a step's attempt succeeded.
+    SagaStepCommitted => "saga.step_committed" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// The attempt that succeeded.
+        attempt: u64,
+        /// How many governed changes the step made (its journal's length).
+        changes: u64,
+    },
+    /// `saga.step_failed`: a step's attempt failed.
+    SagaStepFailed => "saga.step_failed" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// The attempt that failed.
+        attempt: u64,
+        /// Why.
+        error: String,
+        /// When the next attempt starts (zero when there is none).
+        retry_in: Duration,
+    },
+    /// `saga.compensating`: the saga began undoing its committed steps.
+    SagaCompensating => "saga.compensating" {
+        /// The saga's id.
+        saga: String,
+        /// Why.
+        reason: String,
+    },
+    /// `saga.step_compensated`: a committed step's changes were undone.
+    SagaStepCompensated => "saga.step_compensated" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+    },
+    /// `saga.compensation_failed`: a step's changes could not all be undone.
+    SagaCompensationFailed => "saga.compensation_failed" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// Why.
+        error: String,
+    },
+    /// `saga.completed`: every step committed.
+    SagaCompleted => "saga.completed" {
+        /// The saga's id.
+        saga: String,
+        /// How many steps ran.
+        steps: u64,
+    },
+    /// `saga.failed`: the saga ended without completing (compensated, or
+    /// failed before anything needed compensation).
+    SagaFailed => "saga.failed" {
+        /// The saga's id.
+        saga: String,
+        /// Why.
+        reason: String,
+    },
+    /// `saga.escalated`: compensation failed and liability takes over.
+    SagaEscalated => "saga.escalated" {
+        /// The saga's id.
+        saga: String,
+        /// How many compensations failed.
+        failures: u64,
+    },
+    /// `saga.fanout_started`: a fan-out group started its branches.
+    SagaFanoutStarted => "saga.fanout_started" {
+        /// The saga's id.
+        saga: String,
+        /// The group's id.
+        group: String,
+        /// Its policy (`all`, `majority`, `any`).
+        policy: String,
+        /// How many branches it runs.
+        branches: u64,
+    },
+    /// `saga.fanout_resolved`: a fan-out group's policy was decided.
+    SagaFanoutResolved => "saga.fanout_resolved" {
+        /// The saga's id.
+        saga: String,
+        /// The group's id.
+        group: String,
+        /// Its policy.
+        policy: String,
+        /// Branches that succeeded.
+        succeeded: u64,
+        /// Branches that failed.
+        failed: u64,
+        /// Branches cancelled once the outcome was known.
+        cancelled: u64,
+    },
+    /// `saga.checkpoint_saved`: a step's checkpoint was recorded.
+    SagaCheckpointSaved => "saga.checkpoint_saved" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// `sha256(goal:step_id)`.
+        hash: [u8; 32],
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -1179,6 +1318,81 @@ mod tests {
                 component: s("worker"),
                 depth: 1,
             },
+            EventKind::ActionInvoked => EventPayload::ActionInvoked {
+                action: s("note.append"),
+                reversibility: s("full"),
+                undo_window_ms: 60_000,
+            },
+            EventKind::EffectInvoked => EventPayload::EffectInvoked {
+                effect: s("notify.send"),
+            },
+            EventKind::SagaCreated => EventPayload::SagaCreated {
+                saga: s("saga-1"),
+                name: s("deploy"),
+                steps: 3,
+            },
+            EventKind::SagaStepStarted => EventPayload::SagaStepStarted {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 1,
+            },
+            EventKind::SagaStepCommitted => EventPayload::SagaStepCommitted {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 2,
+                changes: 4,
+            },
+            EventKind::SagaStepFailed => EventPayload::SagaStepFailed {
+                saga: s("saga-1"),
+                step: s("build"),
+                attempt: 1,
+                error: s("out of fuel"),
+                retry_in: Duration::from_millis(250),
+            },
+            EventKind::SagaCompensating => EventPayload::SagaCompensating {
+                saga: s("saga-1"),
+                reason: s("step test failed"),
+            },
+            EventKind::SagaStepCompensated => EventPayload::SagaStepCompensated {
+                saga: s("saga-1"),
+                step: s("build"),
+            },
+            EventKind::SagaCompensationFailed => EventPayload::SagaCompensationFailed {
+                saga: s("saga-1"),
+                step: s("build"),
+                error: s("conflict"),
+            },
+            EventKind::SagaCompleted => EventPayload::SagaCompleted {
+                saga: s("saga-1"),
+                steps: 3,
+            },
+            EventKind::SagaFailed => EventPayload::SagaFailed {
+                saga: s("saga-1"),
+                reason: s("compensated"),
+            },
+            EventKind::SagaEscalated => EventPayload::SagaEscalated {
+                saga: s("saga-1"),
+                failures: 1,
+            },
+            EventKind::SagaFanoutStarted => EventPayload::SagaFanoutStarted {
+                saga: s("saga-1"),
+                group: s("probes"),
+                policy: s("majority"),
+                branches: 3,
+            },
+            EventKind::SagaFanoutResolved => EventPayload::SagaFanoutResolved {
+                saga: s("saga-1"),
+                group: s("probes"),
+                policy: s("majority"),
+                succeeded: 2,
+                failed: 1,
+                cancelled: 0,
+            },
+            EventKind::SagaCheckpointSaved => EventPayload::SagaCheckpointSaved {
+                saga: s("saga-1"),
+                step: s("build"),
+                hash: [9; 32],
+            },
         }
     }
 
@@ -1229,8 +1443,11 @@ mod tests {
                     "security",
                     "audit",
                     "liability",
+                    "saga",
                     // Ours, beside the design's taxonomy.
                     "agent",
+                    "action",
+                    "effect",
                 ]
                 .contains(&family),
                 "{k:?}"

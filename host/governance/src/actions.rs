@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ahv_core::{AgentId, IdError, Ring, TraceId};
+use ahv_core::{AgentId, Clock, IdError, Ring, SystemClock, TraceId};
 use thiserror::Error;
 
 use crate::files::{Caller, FileSpace};
@@ -126,6 +127,75 @@ pub enum ActionError {
         /// The name.
         name: String,
     },
+    /// Registration with terms that cannot be honoured.
+    #[error("{name}: bad terms: {reason}")]
+    InvalidTerms {
+        /// The action.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Compensation asked for after the action's undo window closed.
+    #[error("{name}: the undo window of {window:?} closed ({age:?} after the invocation)")]
+    UndoWindowClosed {
+        /// The action.
+        name: String,
+        /// Its undo window.
+        window: Duration,
+        /// How long ago it was invoked.
+        age: Duration,
+    },
+}
+
+/// How completely a reversible action's undo restores what it changed
+/// (SEMANTICS.md, "Rings": both need ring 2; their risk weights differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reversibility {
+    /// The undo restores everything the action changed.
+    #[default]
+    Full,
+    /// The undo restores part of it (some consequence remains).
+    Partial,
+}
+
+impl Reversibility {
+    /// Lower-case name (`full`, `partial`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reversibility::Full => "full",
+            Reversibility::Partial => "partial",
+        }
+    }
+}
+
+impl fmt::Display for Reversibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The terms a reversible action is registered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActionTerms {
+    /// How completely it can be undone (default `Full`).
+    pub reversibility: Reversibility,
+    /// How long after an invocation it can still be undone (default: no limit).
+    pub undo_window: Option<Duration>,
+}
+
+impl ActionTerms {
+    /// The window in milliseconds, 0 for no limit (the `action.invoked` field).
+    pub fn undo_window_ms(&self) -> u64 {
+        self.undo_window
+            .map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A registered reversible action and its terms.
+#[derive(Clone)]
+struct Registered {
+    action: Arc<dyn ReversibleAction>,
+    terms: ActionTerms,
 }
 
 /// A performed reversible action, as the host keeps it for compensation.
@@ -139,13 +209,28 @@ pub struct UndoRecord {
     pub output: String,
     /// The action's undo data.
     pub undo: String,
+    /// When it ran, on the registry's clock (its undo window starts here).
+    pub at: Duration,
 }
 
 /// The actions and effects a host offers. Empty by default (grants nothing).
-#[derive(Clone, Default)]
+/// Undo windows are measured on its clock (the system clock unless
+/// [`ActionRegistry::with_clock`] sets another).
+#[derive(Clone)]
 pub struct ActionRegistry {
-    reversible: BTreeMap<String, Arc<dyn ReversibleAction>>,
+    reversible: BTreeMap<String, Registered>,
     effects: BTreeMap<String, Arc<dyn Effect>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for ActionRegistry {
+    fn default() -> Self {
+        ActionRegistry {
+            reversible: BTreeMap::new(),
+            effects: BTreeMap::new(),
+            clock: Arc::new(SystemClock::default()),
+        }
+    }
 }
 
 impl fmt::Debug for ActionRegistry {
@@ -190,7 +275,14 @@ impl ActionRegistry {
         Ok(())
     }
 
-    /// Registers a reversible action under `name` (validated like an agent id).
+    /// Measures undo windows (and stamps [`UndoRecord::at`]) on `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> ActionRegistry {
+        self.clock = clock;
+        self
+    }
+
+    /// Registers a reversible action under `name` (validated like an agent
+    /// id), fully reversible with no undo window.
     ///
     /// # Errors
     /// `BadName` or `Duplicate`.
@@ -199,9 +291,41 @@ impl ActionRegistry {
         name: &str,
         action: impl ReversibleAction + 'static,
     ) -> Result<&mut Self, ActionError> {
+        self.register_reversible_with(name, action, ActionTerms::default())
+    }
+
+    /// Registers a reversible action under `name` with its reversibility
+    /// and undo window.
+    ///
+    /// # Errors
+    /// `BadName`, `Duplicate`, or `InvalidTerms` for a zero undo window
+    /// (an action that could never be undone is an effect).
+    pub fn register_reversible_with(
+        &mut self,
+        name: &str,
+        action: impl ReversibleAction + 'static,
+        terms: ActionTerms,
+    ) -> Result<&mut Self, ActionError> {
         self.check_name(name)?;
-        self.reversible.insert(name.to_string(), Arc::new(action));
+        if terms.undo_window.is_some_and(|w| w.is_zero()) {
+            return Err(ActionError::InvalidTerms {
+                name: name.to_string(),
+                reason: "an undo window of zero: register it as an effect".into(),
+            });
+        }
+        self.reversible.insert(
+            name.to_string(),
+            Registered {
+                action: Arc::new(action),
+                terms,
+            },
+        );
         Ok(self)
+    }
+
+    /// The terms of the reversible action `name`, if it is registered.
+    pub fn terms(&self, name: &str) -> Option<ActionTerms> {
+        self.reversible.get(name).map(|r| r.terms)
     }
 
     /// Registers a non-reversible effect under `name`.
@@ -232,7 +356,7 @@ impl ActionRegistry {
         actions: impl IntoIterator<Item = &'a str>,
         effects: impl IntoIterator<Item = &'a str>,
     ) -> Result<ActionRegistry, ActionError> {
-        let mut out = ActionRegistry::new();
+        let mut out = ActionRegistry::new().with_clock(self.clock.clone());
         for name in actions {
             let a = self
                 .reversible
@@ -260,12 +384,17 @@ impl ActionRegistry {
         self.effects.keys().cloned().collect()
     }
 
-    /// (name, description) of every action and effect, for help texts.
+    /// (name, kind, description) of every action and effect, for help
+    /// texts; the kind of a reversible action names its level
+    /// (`reversible (full)`, `reversible (partial)`), an effect's is `effect`.
     pub fn describe(&self) -> Vec<(String, &'static str, String)> {
-        let r = self
-            .reversible
-            .iter()
-            .map(|(n, a)| (n.clone(), "reversible", a.description().to_string()));
+        let r = self.reversible.iter().map(|(n, a)| {
+            let kind = match a.terms.reversibility {
+                Reversibility::Full => "reversible (full)",
+                Reversibility::Partial => "reversible (partial)",
+            };
+            (n.clone(), kind, a.action.description().to_string())
+        });
         let e = self
             .effects
             .iter()
@@ -288,20 +417,23 @@ impl ActionRegistry {
             .get(name)
             .ok_or_else(|| unknown("action", name))?;
         check_args(name, args)?;
-        let done = action.execute(ctx, args)?;
+        let done = action.action.execute(ctx, args)?;
         tracing::debug!(agent = %ctx.agent, action = name, "reversible action executed");
         Ok(UndoRecord {
             action: name.to_string(),
             agent: ctx.agent.clone(),
             output: done.output,
             undo: done.undo,
+            at: self.clock.now(),
         })
     }
 
-    /// Undoes a performed reversible action.
+    /// Undoes a performed reversible action, if its undo window (measured
+    /// from [`UndoRecord::at`]) is still open.
     ///
     /// # Errors
-    /// `Unknown` if the action is no longer registered, or the action's own error.
+    /// `Unknown` if the action is no longer registered, `UndoWindowClosed`
+    /// past its window, or the action's own error.
     pub fn compensate(
         &self,
         ctx: ActionContext<'_>,
@@ -311,7 +443,17 @@ impl ActionRegistry {
             .reversible
             .get(&record.action)
             .ok_or_else(|| unknown("action", &record.action))?;
-        action.compensate(ctx, &record.undo)
+        if let Some(window) = action.terms.undo_window {
+            let age = self.clock.now().saturating_sub(record.at);
+            if age > window {
+                return Err(ActionError::UndoWindowClosed {
+                    name: record.action.clone(),
+                    window,
+                    age,
+                });
+            }
+        }
+        action.action.compensate(ctx, &record.undo)
     }
 
     /// Runs a non-reversible effect.
@@ -466,8 +608,13 @@ pub mod builtin {
     /// A registry with `note.append` and `notify.send`.
     pub fn registry() -> ActionRegistry {
         let mut r = ActionRegistry::new();
-        r.reversible
-            .insert("note.append".into(), Arc::new(NoteAppend));
+        r.reversible.insert(
+            "note.append".into(),
+            Registered {
+                action: Arc::new(NoteAppend),
+                terms: ActionTerms::default(),
+            },
+        );
         r.effects.insert("notify.send".into(), Arc::new(NotifySend));
         r
     }
@@ -634,6 +781,80 @@ mod tests {
             r.invoke_effect(ctx, "notify.send", "again").unwrap(),
             "notification #2 sent"
         );
+    }
+
+    #[test]
+    fn terms_are_kept_described_and_a_zero_window_is_refused() {
+        let mut r = ActionRegistry::new();
+        r.register_reversible("plain", builtin::NoteAppend).unwrap();
+        r.register_reversible_with(
+            "part",
+            builtin::NoteAppend,
+            ActionTerms {
+                reversibility: Reversibility::Partial,
+                undo_window: Some(Duration::from_millis(1500)),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.terms("plain"), Some(ActionTerms::default()));
+        assert_eq!(r.terms("part").unwrap().undo_window_ms(), 1500);
+        assert_eq!(r.terms("nope"), None);
+        let kinds: Vec<_> = r.describe().into_iter().map(|(n, k, _)| (n, k)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("part".to_string(), "reversible (partial)"),
+                ("plain".to_string(), "reversible (full)")
+            ]
+        );
+        assert!(matches!(
+            r.register_reversible_with(
+                "zero",
+                builtin::NoteAppend,
+                ActionTerms {
+                    undo_window: Some(Duration::ZERO),
+                    ..ActionTerms::default()
+                },
+            ),
+            Err(ActionError::InvalidTerms { .. })
+        ));
+        let restricted = r.restricted(["part"], []).unwrap();
+        assert_eq!(restricted.terms("part"), r.terms("part"));
+    }
+
+    #[test]
+    fn undo_records_are_stamped_and_the_window_is_enforced_on_the_clock() {
+        let (_t, vfs) = vfs();
+        let agent = AgentId::new("a").unwrap();
+        let ctx = ActionContext {
+            agent: &agent,
+            ring: Ring::Standard,
+            trace: TraceId(0),
+            files: &vfs,
+        };
+        let clock = ahv_core::FakeClock::new();
+        let mut r = ActionRegistry::new().with_clock(Arc::new(clock.clone()));
+        r.register_reversible_with(
+            "note.append",
+            builtin::NoteAppend,
+            ActionTerms {
+                reversibility: Reversibility::Full,
+                undo_window: Some(Duration::from_secs(10)),
+            },
+        )
+        .unwrap();
+        clock.advance(Duration::from_secs(5));
+        let rec = r.invoke_reversible(ctx, "note.append", "x").unwrap();
+        assert_eq!(rec.at, Duration::from_secs(5));
+        clock.advance(Duration::from_secs(11));
+        assert!(matches!(
+            r.compensate(ctx, &rec),
+            Err(ActionError::UndoWindowClosed { ref name, window, age })
+                if name == "note.append" && window == Duration::from_secs(10) && age == Duration::from_secs(11)
+        ));
+        let rec = r.invoke_reversible(ctx, "note.append", "y").unwrap();
+        clock.advance(Duration::from_secs(10));
+        r.compensate(ctx, &rec).unwrap();
     }
 
     #[test]

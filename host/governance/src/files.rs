@@ -96,8 +96,10 @@ pub struct Acl {
     pub write: Access,
 }
 
-/// What kind of change a mutating file operation made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What kind of change a mutating file operation made. Serialized by its
+/// [`FileOp::name`] (it is part of persisted change journals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FileOp {
     /// Whole-file write.
     Write,

@@ -13,7 +13,8 @@
 //! - [`state`]: the session's versioned key-value state and isolation levels;
 //! - [`vclock`]: vector clocks and what each agent has seen;
 //! - [`files`]: the file capability as a trait (standalone or session VFS);
-//! - [`session_core`]: one session's files, state, locks and clocks, with events.
+//! - [`session_core`]: one session's files, state, locks and clocks, with events;
+//! - [`journal`]: the changes a step made, and undoing them newest first.
 //!
 //! ```
 //! use ahv_governance::vfs::{Vfs, VfsError, VfsLimits};
@@ -35,6 +36,7 @@
 
 pub mod actions;
 pub mod files;
+pub mod journal;
 pub mod locks;
 mod open;
 pub mod path;

@@ -17,13 +17,14 @@ use ahv_core::event::{EventBus, EventPayload};
 use ahv_core::{AgentId, SessionId, TraceId};
 use cap_std::fs::Dir;
 
+use crate::actions::{ActionContext, ActionError, ActionRegistry, UndoRecord};
 use crate::files::{Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::locks::{LockError, LockManager, LockMode, LockResource};
 use crate::session::files::{
     Area, AreaPath, DEFAULT_OPEN_DIRS, FileQuotas, OpenDirs, SessionFiles, SnapshotInfo, Usage,
 };
 use crate::session::{Participant, ParticipantsDiff};
-use crate::state::{Isolation, StateError, StateLimits, StateStore, Versioned};
+use crate::state::{Isolation, StateError, StateLimits, StateStore, StateUndo, Versioned};
 use crate::vclock::ClockTable;
 use crate::vfs::{Stat, VfsError};
 
@@ -301,8 +302,32 @@ impl SessionCore {
         self.state.keys(who.agent, prefix)
     }
 
-    /// Compare-and-set write (see [`StateStore::put`]); emits `state.write`
-    /// or `state.conflict`.
+    /// Emits `state.write` or `state.delete` for a change that went
+    /// through, `state.conflict` for a refusal that matters.
+    fn state_changed(
+        &self,
+        who: Caller<'_>,
+        key: &str,
+        r: Result<StateUndo, StateError>,
+    ) -> Result<StateUndo, StateError> {
+        match &r {
+            Ok(change) => {
+                let (key, version) = (change.key.clone(), change.version);
+                let payload = if change.deleted {
+                    EventPayload::StateDelete { key, version }
+                } else {
+                    EventPayload::StateWrite { key, version }
+                };
+                self.emit(who.agent, who.trace, payload);
+            }
+            Err(e) => self.state_refusal(who, key, e),
+        }
+        r
+    }
+
+    /// Compare-and-set write (see [`StateStore::put_undoable`]); emits
+    /// `state.write` or `state.conflict`. Returns what it changed (the new
+    /// version is its `version`), for [`SessionCore::state_undo`].
     ///
     /// # Errors
     /// [`StateError`].
@@ -312,27 +337,13 @@ impl SessionCore {
         key: &str,
         value: &[u8],
         expected: u64,
-    ) -> Result<u64, StateError> {
-        match self.state.put(who.agent, key, value, expected) {
-            Ok(version) => {
-                self.emit(
-                    who.agent,
-                    who.trace,
-                    EventPayload::StateWrite {
-                        key: key.to_string(),
-                        version,
-                    },
-                );
-                Ok(version)
-            }
-            Err(e) => {
-                self.state_refusal(who, key, &e);
-                Err(e)
-            }
-        }
+    ) -> Result<StateUndo, StateError> {
+        let r = self.state.put_undoable(who.agent, key, value, expected);
+        self.state_changed(who, key, r)
     }
 
     /// Compare-and-set delete; emits `state.delete` or `state.conflict`.
+    /// Returns what it changed (the version deleted is its `version`).
     ///
     /// # Errors
     /// [`StateError`].
@@ -341,24 +352,95 @@ impl SessionCore {
         who: Caller<'_>,
         key: &str,
         expected: u64,
-    ) -> Result<u64, StateError> {
-        match self.state.delete(who.agent, key, expected) {
-            Ok(version) => {
-                self.emit(
-                    who.agent,
-                    who.trace,
-                    EventPayload::StateDelete {
-                        key: key.to_string(),
-                        version,
-                    },
-                );
-                Ok(version)
-            }
-            Err(e) => {
-                self.state_refusal(who, key, &e);
-                Err(e)
-            }
+    ) -> Result<StateUndo, StateError> {
+        let r = self.state.delete_undoable(who.agent, key, expected);
+        self.state_changed(who, key, r)
+    }
+
+    /// Undoes one put or delete (see [`StateStore::undo`]: the value comes
+    /// back byte for byte, the version moves forward); emits `state.write`
+    /// or `state.delete` for the compensating write, `state.conflict` when
+    /// the key changed since ([`StateError::UndoConflict`]).
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn state_undo(&self, who: Caller<'_>, change: &StateUndo) -> Result<StateUndo, StateError> {
+        let r = self.state.undo(who.agent, change);
+        if let Err(e @ StateError::UndoConflict { .. }) = &r {
+            self.emit(
+                who.agent,
+                who.trace,
+                EventPayload::StateConflict {
+                    key: change.key.chars().take(256).collect(),
+                    reason: e.to_string(),
+                },
+            );
+            return r;
         }
+        self.state_changed(who, &change.key, r)
+    }
+
+    // ---- actions ----
+
+    /// The context an action invoked by `who` in this session works in
+    /// (its files are the session's, with isolation checks and events).
+    pub fn action_context<'a>(&'a self, who: Caller<'a>) -> ActionContext<'a> {
+        ActionContext {
+            agent: who.agent,
+            ring: who.ring,
+            trace: who.trace,
+            files: self,
+        }
+    }
+
+    /// Runs a reversible action from `actions` for `who`; emits
+    /// `action.invoked` (with its reversibility and undo window) once it
+    /// ran. The undo record is the caller's to keep.
+    ///
+    /// # Errors
+    /// [`ActionError`] from the registry or the action.
+    pub fn invoke_action(
+        &self,
+        who: Caller<'_>,
+        actions: &ActionRegistry,
+        name: &str,
+        args: &str,
+    ) -> Result<UndoRecord, ActionError> {
+        let record = actions.invoke_reversible(self.action_context(who), name, args)?;
+        let terms = actions.terms(name).unwrap_or_default();
+        self.emit(
+            who.agent,
+            who.trace,
+            EventPayload::ActionInvoked {
+                action: record.action.clone(),
+                reversibility: terms.reversibility.name().to_string(),
+                undo_window_ms: terms.undo_window_ms(),
+            },
+        );
+        Ok(record)
+    }
+
+    /// Runs an effect from `actions` for `who`; emits `effect.invoked` once
+    /// it ran.
+    ///
+    /// # Errors
+    /// [`ActionError`] from the registry or the effect.
+    pub fn invoke_effect(
+        &self,
+        who: Caller<'_>,
+        actions: &ActionRegistry,
+        name: &str,
+        args: &str,
+    ) -> Result<String, ActionError> {
+        let out = actions.invoke_effect(self.action_context(who), name, args)?;
+        self.emit(
+            who.agent,
+            who.trace,
+            EventPayload::EffectInvoked {
+                effect: name.to_string(),
+            },
+        );
+        Ok(out)
     }
 
     // ---- locks ----

@@ -185,6 +185,24 @@ pub struct Versioned {
     pub writer: AgentId,
 }
 
+/// What one put or delete changed: enough to undo it exactly
+/// ([`StateStore::undo`]). Part of persisted change journals.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateUndo {
+    /// The key.
+    pub key: String,
+    /// The value before the change; `None` when the key did not exist.
+    pub previous: Option<Vec<u8>>,
+    /// The version before the change: the value's, or for a key that did
+    /// not exist the version its tombstone records (0 when it has none).
+    pub previous_version: u64,
+    /// The version the change left: the version written by a put, the
+    /// version removed (its tombstone's) by a delete.
+    pub version: u64,
+    /// True when the change deleted the key.
+    pub deleted: bool,
+}
+
 /// Why a state operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StateError {
@@ -222,6 +240,18 @@ pub enum StateError {
         key: String,
         /// Which limit.
         reason: String,
+    },
+    /// An undo was refused: the key changed after the change being undone.
+    #[error(
+        "state key {key:?}: cannot undo the change that left it at {expected}: it is now {actual}"
+    )]
+    UndoConflict {
+        /// The key.
+        key: String,
+        /// What the change left: `version N` or `deleted at version N`.
+        expected: String,
+        /// What the key is now, in the same form (`absent` when it never existed).
+        actual: String,
     },
     /// Serializable isolation needs a lock the caller does not hold.
     #[error("state key {key:?}: serializable isolation needs a {mode} lock on key:{key}")]
@@ -432,6 +462,23 @@ enum Write<'v> {
     Delete,
 }
 
+/// What a write must find before it may go ahead.
+#[derive(Clone, Copy)]
+enum Guard<'u> {
+    /// A guest's compare-and-set: the version it names (checked in strict mode).
+    Expect(u64),
+    /// A compensation: the key must still be as this change left it.
+    Undo(&'u StateUndo),
+}
+
+fn describe_state(version: u64, deleted: bool) -> String {
+    if deleted {
+        format!("deleted at version {version}")
+    } else {
+        format!("version {version}")
+    }
+}
+
 impl StateStore {
     /// An empty store in strong consistency and read-committed isolation,
     /// sharing the session's clocks and locks.
@@ -631,6 +678,23 @@ impl StateStore {
         value: &[u8],
         expected_version: u64,
     ) -> Result<u64, StateError> {
+        self.put_undoable(agent, key, value, expected_version)
+            .map(|u| u.version)
+    }
+
+    /// [`StateStore::put`], returning what the write changed (the previous
+    /// value and whether it existed, the version written) so that it can be
+    /// undone with [`StateStore::undo`].
+    ///
+    /// # Errors
+    /// As [`StateStore::put`].
+    pub fn put_undoable(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        value: &[u8],
+        expected_version: u64,
+    ) -> Result<StateUndo, StateError> {
         self.check_key(key, false)?;
         if value.len() > self.limits.max_value_bytes {
             return Err(StateError::Quota {
@@ -642,7 +706,12 @@ impl StateStore {
                 ),
             });
         }
-        self.write(agent, key, expected_version, Write::Put(value))
+        self.write(
+            agent,
+            key,
+            Guard::Expect(expected_version),
+            Write::Put(value),
+        )
     }
 
     /// Deletes a key under the same rules as [`StateStore::put`]; returns the
@@ -657,17 +726,64 @@ impl StateStore {
         key: &str,
         expected_version: u64,
     ) -> Result<u64, StateError> {
+        self.delete_undoable(agent, key, expected_version)
+            .map(|u| u.version)
+    }
+
+    /// [`StateStore::delete`], returning what it changed (the value deleted,
+    /// the version deleted) so that it can be undone with [`StateStore::undo`].
+    ///
+    /// # Errors
+    /// As [`StateStore::delete`].
+    pub fn delete_undoable(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        expected_version: u64,
+    ) -> Result<StateUndo, StateError> {
         self.check_key(key, false)?;
-        self.write(agent, key, expected_version, Write::Delete)
+        self.write(agent, key, Guard::Expect(expected_version), Write::Delete)
+    }
+
+    /// Undoes one put or delete on behalf of `agent` (a saga compensating
+    /// its step): the key gets back exactly its previous value *and version
+    /// number*, or ceases to exist (with the tombstone version it had) if it
+    /// did not exist before. Allowed only while the key is still as the
+    /// change left it: live at the version it wrote, or deleted with the
+    /// tombstone it left. Because the previous version comes back, undoing
+    /// a run of changes newest first passes each check in turn, while a
+    /// change by anyone else in between makes the older undo a conflict.
+    ///
+    /// Versions are still never handed out twice: the key's high-water mark
+    /// stays, so the next write after an undo gets a number above every one
+    /// used before. The compensation is a write like any other for the
+    /// clocks (the key's clock advances, a new revision is committed, so
+    /// snapshots taken earlier keep their view) and for events. Consistency
+    /// checks (expected version, clock dominance) are replaced by the check
+    /// above; isolation locks and quotas still apply. Returns what the
+    /// compensation changed.
+    ///
+    /// # Errors
+    /// [`StateError::UndoConflict`] when the key changed since;
+    /// [`StateError::InvalidKey`], [`StateError::Quota`],
+    /// [`StateError::LockRequired`] as for a put.
+    pub fn undo(&self, agent: &AgentId, change: &StateUndo) -> Result<StateUndo, StateError> {
+        let key = change.key.as_str();
+        self.check_key(key, false)?;
+        let write = match &change.previous {
+            Some(value) => Write::Put(value),
+            None => Write::Delete,
+        };
+        self.write(agent, key, Guard::Undo(change), write)
     }
 
     fn write(
         &self,
         agent: &AgentId,
         key: &str,
-        expected: u64,
+        check: Guard<'_>,
         write: Write<'_>,
-    ) -> Result<u64, StateError> {
+    ) -> Result<StateUndo, StateError> {
         let mut guard = self.inner();
         let inner = &mut *guard;
         let view = inner.view(agent);
@@ -675,11 +791,36 @@ impl StateStore {
         let latest = entry.and_then(KeyEntry::latest);
         let live = entry.and_then(KeyEntry::live);
         let current = live.map_or(0, |r| r.version);
+        let expected = match check {
+            Guard::Expect(v) => v,
+            Guard::Undo(_) => current,
+        };
+        // The version before this write, as StateUndo::previous_version names it.
+        let previous_version = latest.map_or(0, |r| r.version);
         let conflict = || StateError::Conflict {
             key: key.to_owned(),
             expected,
             actual: current,
         };
+        if let Guard::Undo(change) = check {
+            // A forgotten tombstone leaves the key absent, which is the
+            // state the delete left as far as any reader can tell.
+            let unchanged = match latest {
+                Some(r) => r.value.is_some() != change.deleted && r.version == change.version,
+                None => change.deleted,
+            };
+            if !unchanged {
+                let actual = match latest {
+                    Some(r) => describe_state(r.version, r.value.is_none()),
+                    None => "absent".to_owned(),
+                };
+                return Err(StateError::UndoConflict {
+                    key: key.to_owned(),
+                    expected: describe_state(change.version, change.deleted),
+                    actual,
+                });
+            }
+        }
 
         // Every check first: a refused write changes nothing.
         if view.isolation == Isolation::Serializable {
@@ -692,7 +833,7 @@ impl StateStore {
                 self.require_no_range_lock(agent, key)?;
             }
         }
-        if let (Some(snap), Some(latest)) = (view.snap, latest)
+        if let (Guard::Expect(_), Some(snap), Some(latest)) = (check, view.snap, latest)
             && latest.seq > snap
             && inner.own_seq(agent, key) != Some(latest.seq)
         {
@@ -701,9 +842,13 @@ impl StateStore {
         if matches!(write, Write::Delete) && live.is_none() {
             return Err(conflict());
         }
+        let restore = match check {
+            Guard::Undo(change) => Some(change.previous_version),
+            Guard::Expect(_) => None,
+        };
         let zero = VectorClock::new();
         let old_clock = latest.map_or(&zero, |r| &r.clock);
-        if inner.strict {
+        if inner.strict && matches!(check, Guard::Expect(_)) {
             if expected != current {
                 return Err(conflict());
             }
@@ -736,6 +881,7 @@ impl StateStore {
         }
 
         // Commit.
+        let previous = live.and_then(|r| r.value.clone());
         let clock = self.clocks.stamp_write(agent, old_clock);
         let was_dead = latest.filter(|r| r.value.is_none()).map(|r| r.seq);
         let high_water = entry.map_or(inner.version_floor, |e| e.high_water);
@@ -743,7 +889,7 @@ impl StateStore {
         let seq = inner.seq;
         let (rev, result) = match write {
             Write::Put(value) => {
-                let version = high_water.saturating_add(1);
+                let version = restore.unwrap_or_else(|| high_water.saturating_add(1));
                 inner.live_bytes = inner.live_bytes - old_bytes + entry_bytes(key, Some(value));
                 if live.is_none() {
                     inner.live_keys += 1;
@@ -764,14 +910,15 @@ impl StateStore {
                 inner.live_bytes -= old_bytes;
                 inner.live_keys -= 1;
                 inner.dead.insert((seq, key.to_owned()));
+                let version = restore.unwrap_or(current);
                 let rev = Rev {
                     seq,
                     value: None,
-                    version: current,
+                    version,
                     clock,
                     writer: agent.clone(),
                 };
-                (rev, current)
+                (rev, version)
             }
         };
         let entry = inner
@@ -793,7 +940,13 @@ impl StateStore {
         }
         inner.prune(key);
         inner.evict_tombstones(self.limits.max_keys);
-        Ok(result)
+        Ok(StateUndo {
+            key: key.to_owned(),
+            previous,
+            previous_version,
+            version: result,
+            deleted: matches!(write, Write::Delete),
+        })
     }
 
     /// The latest committed value of a key, for the host: no isolation, no
@@ -1369,6 +1522,73 @@ mod tests {
         f.store.delete(&a, "k2", 1).unwrap();
         assert_eq!(f.store.usage(), (1, 12));
         assert_eq!(f.store.put(&a, "k3", b"", 0), Ok(1));
+    }
+
+    #[test]
+    fn undo_restores_the_previous_value_and_existence_exactly() {
+        let f = store();
+        let a = id("a");
+        let created = f.store.put_undoable(&a, "k", b"one", 0).unwrap();
+        assert_eq!(
+            (
+                created.previous.as_deref(),
+                created.previous_version,
+                created.version
+            ),
+            (None, 0, 1)
+        );
+        let changed = f.store.put_undoable(&a, "k", b"two", 1).unwrap();
+        assert_eq!(changed.previous.as_deref(), Some(&b"one"[..]));
+        let deleted = f.store.delete_undoable(&a, "k", 2).unwrap();
+        assert!(deleted.deleted && deleted.version == 2);
+        f.store.undo(&a, &deleted).unwrap();
+        assert_eq!(f.store.peek("k").unwrap().value, b"two");
+        f.store.undo(&a, &changed).unwrap();
+        let v = f.store.peek("k").unwrap();
+        assert_eq!((v.value.as_slice(), v.version), (&b"one"[..], 1));
+        f.store.undo(&a, &created).unwrap();
+        assert_eq!(f.store.peek("k"), None);
+        assert_eq!(f.store.usage(), (0, 0));
+        // Numbers are never handed out twice.
+        assert_eq!(f.store.put(&a, "k", b"three", 0), Ok(3));
+    }
+
+    #[test]
+    fn undo_is_a_conflict_once_the_key_changed_since() {
+        let f = store();
+        let (a, b) = (id("a"), id("b"));
+        let first = f.store.put_undoable(&a, "k", b"a", 0).unwrap();
+        f.store.get(&b, "k").unwrap();
+        f.store.put(&b, "k", b"b", 1).unwrap();
+        let err = f.store.undo(&a, &first).unwrap_err();
+        assert_eq!(
+            err,
+            StateError::UndoConflict {
+                key: "k".into(),
+                expected: "version 1".into(),
+                actual: "version 2".into(),
+            }
+        );
+        assert_eq!(f.store.peek("k").unwrap().value, b"b", "nothing changed");
+        f.store.get(&b, "k").unwrap();
+        let gone = f.store.delete_undoable(&b, "k", 2).unwrap();
+        f.store.put(&b, "k", b"again", 0).unwrap();
+        assert!(matches!(
+            f.store.undo(&b, &gone),
+            Err(StateError::UndoConflict { actual, .. }) if actual == "version 3"
+        ));
+    }
+
+    #[test]
+    fn undo_skips_the_version_check_but_not_serializable_locks() {
+        let f = store();
+        let a = id("a");
+        let put = f.store.put_undoable(&a, "k", b"v", 0).unwrap();
+        f.store.set_isolation(Isolation::Serializable);
+        assert!(matches!(
+            f.store.undo(&a, &put),
+            Err(StateError::LockRequired { .. })
+        ));
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl From<StateError> for HostError {
         let msg = e.to_string();
         HostError::Refused(match e {
             StateError::InvalidKey { .. } => WitError::InvalidKey(msg),
-            StateError::Conflict { .. } | StateError::Stale { .. } => WitError::Conflict(msg),
+            StateError::Conflict { .. }
+            | StateError::Stale { .. }
+            | StateError::UndoConflict { .. } => WitError::Conflict(msg),
             StateError::Quota { .. } => WitError::Quota(msg),
             StateError::LockRequired { .. } => WitError::Denied(msg),
         })
@@ -121,13 +123,17 @@ impl From<ActionError> for HostError {
         match e {
             ActionError::Vfs { source, .. } => HostError::from(source),
             ActionError::Unknown { .. } => HostError::Refused(WitError::UnknownAction(msg)),
-            ActionError::InvalidArgs { .. } | ActionError::Failed { .. } => {
+            ActionError::InvalidArgs { .. }
+            | ActionError::Failed { .. }
+            | ActionError::UndoWindowClosed { .. } => {
                 HostError::Refused(WitError::ActionFailed(msg))
             }
             // Registration errors cannot come out of an invocation.
-            ActionError::BadName(_) | ActionError::Duplicate { .. } => HostError::Trap(
-                wasmtime::format_err!("unexpected action registry error: {msg}"),
-            ),
+            ActionError::BadName(_)
+            | ActionError::Duplicate { .. }
+            | ActionError::InvalidTerms { .. } => HostError::Trap(wasmtime::format_err!(
+                "unexpected action registry error: {msg}"
+            )),
         }
     }
 }

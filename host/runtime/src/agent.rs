@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use ahv_core::standing::Standing;
 use ahv_core::{AgentId, Ring, SessionId, SystemClock, TraceId};
-use ahv_governance::actions::{ActionRegistry, UndoRecord};
+use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
+use ahv_governance::journal::Change;
 use ahv_governance::session_core::SessionCore;
 use thiserror::Error;
 use wasmtime::component::TypedFunc;
@@ -126,6 +127,10 @@ pub struct RunOutput {
     pub trace: TraceId,
     /// Wall-clock time of the call.
     pub elapsed: Duration,
+    /// The governed changes the call made, oldest first, with their undo
+    /// data (for `ahv_governance::journal::undo_changes`). Only this call's:
+    /// nothing accumulates across calls.
+    pub changes: Vec<Change>,
 }
 
 /// Why a call into an agent failed.
@@ -140,6 +145,9 @@ pub enum AgentError {
         cause: TrapCause,
         /// What it logged before the trap.
         logs: Vec<LogLine>,
+        /// The governed changes it made before the trap (they stay in
+        /// effect; a saga undoes them like a committed step's).
+        changes: Vec<Change>,
     },
     /// An earlier trap (or a kill) left the agent unusable.
     #[error("agent {agent} is unusable after an earlier trap ({cause})")]
@@ -206,7 +214,6 @@ pub struct Agent {
     kill: KillHandle,
     live: Option<Live>,
     poisoned: Option<TrapCause>,
-    undo_log: Vec<UndoRecord>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -235,7 +242,6 @@ impl Agent {
             kill,
             live: None,
             poisoned: None,
-            undo_log: Vec::new(),
         };
         agent.live = Some(agent.instantiate().await?);
         Ok(agent)
@@ -275,11 +281,6 @@ impl Agent {
     /// The cause that made the agent unusable, if any.
     pub fn poisoned(&self) -> Option<&TrapCause> {
         self.poisoned.as_ref()
-    }
-
-    /// The reversible actions this agent performed, oldest first, with their undo data.
-    pub fn performed_actions(&self) -> &[UndoRecord] {
-        &self.undo_log
     }
 
     fn new_store(&self) -> Result<Store<AgentState>, AgentError> {
@@ -397,14 +398,21 @@ impl Agent {
                 let cause = self.classify(&e, ring);
                 let data = store.data();
                 let (logs, _) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Err(self.poison(cause, logs, data.gate.trace))
+                let changes = data.changes.take();
+                Err(self.poison(cause, logs, changes, data.gate.trace))
             }
         }
     }
 
     /// The limits of the agent's ring (the runtime owns the table; the ring is fixed per agent).
     /// The instance is dead (`cause`, during the call traced `trace`).
-    fn poison(&mut self, cause: TrapCause, logs: Vec<LogLine>, trace: TraceId) -> AgentError {
+    fn poison(
+        &mut self,
+        cause: TrapCause,
+        logs: Vec<LogLine>,
+        changes: Vec<Change>,
+        trace: TraceId,
+    ) -> AgentError {
         tracing::info!(agent = %self.spec.agent, ring = %self.spec.standing.base(), cause = %cause, "agent trapped");
         if let Some(core) = &self.spec.shared {
             // Locks die with their holder's instance.
@@ -416,6 +424,7 @@ impl Agent {
             agent: self.spec.agent.clone(),
             cause,
             logs,
+            changes,
         }
     }
 
@@ -498,7 +507,7 @@ impl Agent {
         let data = live.store.data_mut();
         // Set by `arm` (even when the call then failed).
         let call_trace = data.gate.trace;
-        self.undo_log.append(&mut data.caps.actions.undo_log);
+        let changes = data.changes.take();
         let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         scope.completed();
         match result {
@@ -511,12 +520,13 @@ impl Agent {
                     fuel_used,
                     trace,
                     elapsed,
+                    changes,
                 })
             }
             Err(e) => {
                 let cause = self.classify(&e, ring);
                 drop(live);
-                Err(self.poison(cause, logs, call_trace))
+                Err(self.poison(cause, logs, changes, call_trace))
             }
         }
     }

@@ -8,6 +8,7 @@ use ahv_core::standing::Standing;
 use ahv_core::{RingLimits, RingPolicy, TraceId};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
+use ahv_governance::journal::{Change, ChangeJournal};
 use ahv_governance::session_core::SessionCore;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -377,6 +378,29 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// The governed changes of the current call, shared by the capabilities
+/// that make them (like the log buffer): each adapter records what went
+/// through, and the agent takes the journal when the call ends.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Journal(Arc<Mutex<ChangeJournal>>);
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChangeJournal> {
+        // A poisoned lock only means a panic elsewhere; the journal is still usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records one change of the current call.
+    pub(crate) fn record(&self, change: Change) {
+        self.lock().push(change);
+    }
+
+    /// Takes the changes recorded since the last take (the call's).
+    pub(crate) fn take(&self) -> Vec<Change> {
+        self.lock().take()
+    }
+}
+
 /// A kill switch for one agent. Cheap to clone; usable from any thread.
 #[derive(Clone, Debug)]
 pub struct KillHandle {
@@ -461,6 +485,8 @@ pub struct AgentState {
     pub(crate) gate: Gate,
     pub(crate) caps: Contexts,
     pub(crate) log: Arc<Mutex<LogBuffer>>,
+    /// The current call's governed changes.
+    pub(crate) changes: Journal,
     pub(crate) limiter: Limiter,
     /// Most bytes one WASI random request may produce (the effective ring's).
     pub(crate) random_limit: u64,
@@ -500,6 +526,7 @@ impl AgentState {
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
+        let changes = Journal::default();
         let caps = Contexts {
             context: context::Ctx,
             log: log::Ctx {
@@ -510,25 +537,30 @@ impl AgentState {
             },
             vfs_write: vfs_write::Ctx {
                 files: init.files.clone(),
+                changes: changes.clone(),
             },
             state_read: state_read::Ctx {
                 shared: init.shared.clone(),
             },
             state_write: state_write::Ctx {
                 shared: init.shared.clone(),
+                changes: changes.clone(),
             },
             locks: locks::Ctx {
-                shared: init.shared,
+                shared: init.shared.clone(),
                 call_deadline: Instant::now() + limits.deadline,
             },
             actions: actions::Ctx {
                 registry: init.actions.clone(),
                 files: init.files.clone(),
-                undo_log: Vec::new(),
+                shared: init.shared.clone(),
+                changes: changes.clone(),
             },
             effects: effects::Ctx {
                 registry: init.actions,
                 files: init.files,
+                shared: init.shared,
+                changes: changes.clone(),
             },
             elevation: elevation::Ctx,
             spawn: spawn::Ctx,
@@ -540,6 +572,7 @@ impl AgentState {
             gate: Gate::new(init.gate),
             caps,
             log,
+            changes,
             limiter: Limiter::new(limits.memory_bytes),
             random_limit: u64::try_from(limits.random_bytes).unwrap_or(u64::MAX),
             wasi,

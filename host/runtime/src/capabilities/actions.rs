@@ -1,38 +1,48 @@
-//! `actions`: host-registered reversible actions; each invocation leaves an
-//! undo record the host keeps (for saga compensation).
+//! `actions`: host-registered reversible actions; each invocation is
+//! recorded, with its undo record, in the call's change journal (for saga
+//! compensation) and, in a session, as an `action.invoked` event.
 
 use std::sync::Arc;
 
 use ahv_core::Capability;
-use ahv_governance::actions::{ActionContext, ActionRegistry, UndoRecord};
+use ahv_governance::actions::{ActionContext, ActionRegistry};
 use ahv_governance::files::FileSpace;
+use ahv_governance::journal::Change;
+use ahv_governance::session_core::SessionCore;
 use wasmtime::component::Linker;
 
 use super::{Has, View};
 use crate::adapters::HostError;
 use crate::bindings::agent_hypervisor::agent::actions;
-use crate::state::AgentState;
+use crate::state::{AgentState, Journal};
 
-/// The registry, the files actions work on, and the undo records of the current call.
+/// The registry, the files actions work on, the session (whose bus gets the
+/// events) if any, and the call's change journal.
 pub(crate) struct Ctx {
     pub(crate) registry: Arc<ActionRegistry>,
     pub(crate) files: Arc<dyn FileSpace>,
-    pub(crate) undo_log: Vec<UndoRecord>,
+    pub(crate) shared: Option<Arc<SessionCore>>,
+    pub(crate) changes: Journal,
 }
 
 impl actions::Host for View<'_, Ctx> {
     fn invoke(&mut self, name: String, args: String) -> Result<String, HostError> {
         let ring = self.gate.admit(Capability::Actions, "invoke")?;
-        let ctx = ActionContext {
-            agent: &self.gate.agent,
-            ring,
-            trace: self.gate.trace,
-            files: &*self.ctx.files,
+        let caller = self.gate.caller(ring);
+        let record = match &self.ctx.shared {
+            Some(core) => core.invoke_action(caller, &self.ctx.registry, &name, &args)?,
+            None => {
+                let ctx = ActionContext {
+                    agent: caller.agent,
+                    ring,
+                    trace: caller.trace,
+                    files: &*self.ctx.files,
+                };
+                self.ctx.registry.invoke_reversible(ctx, &name, &args)?
+            }
         };
-        let record = self.ctx.registry.invoke_reversible(ctx, &name, &args)?;
-        let output = record.output.clone();
-        self.ctx.undo_log.push(record);
-        Ok(output)
+        self.ctx.changes.record(Change::action(&record));
+        Ok(record.output)
     }
 
     fn available(&mut self) -> Result<Vec<String>, HostError> {

@@ -175,9 +175,13 @@ mod gate_tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use ahv_core::event::{EventBus, EventKind, EventQuery};
     use ahv_core::standing::Standing;
     use ahv_core::{AgentId, FakeClock, Ring, RingPolicy, SessionId};
     use ahv_governance::actions::builtin;
+    use ahv_governance::files::{Caller, FileOp, FileSpace};
+    use ahv_governance::journal::{Change, UndoError, undo_changes};
+    use ahv_governance::session_core::{SessionCore, SessionCoreConfig};
     use ahv_governance::vfs::{Vfs, VfsLimits};
     use ahv_security::rate::{RateLimiter, RateTable};
 
@@ -186,7 +190,8 @@ mod gate_tests {
     use crate::bindings::WitError;
     use crate::bindings::agent_hypervisor::agent::{
         actions as wactions, context as wcontext, effects as weffects, elevation as welevation,
-        vfs_read as wvfs_read, vfs_write as wvfs_write,
+        state_write as wstate_write, types as wtypes, vfs_read as wvfs_read,
+        vfs_write as wvfs_write,
     };
     use crate::gate::{GateInit, NoGovernor};
     use crate::runtime::RateSource;
@@ -203,6 +208,27 @@ mod gate_tests {
     }
 
     fn fixture(ring: Ring, rate: bool) -> Fixture {
+        fixture_in(ring, rate, None)
+    }
+
+    /// An agent in a shared session (its files are the session's).
+    fn session_fixture(ring: Ring) -> (Fixture, Arc<SessionCore>, Arc<EventBus>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions =
+            cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let bus = Arc::new(EventBus::new(1024, Arc::new(FakeClock::new())));
+        let core = Arc::new(SessionCore::new(
+            SessionId::new("s1").unwrap(),
+            Arc::new(sessions),
+            &SessionCoreConfig::default(),
+            bus.clone(),
+        ));
+        let mut f = fixture_in(ring, false, Some(core.clone()));
+        f.dir = dir;
+        (f, core, bus)
+    }
+
+    fn fixture_in(ring: Ring, rate: bool, shared: Option<Arc<SessionCore>>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let cap_dir =
             cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
@@ -232,8 +258,11 @@ mod gate_tests {
                 governor: Arc::new(NoGovernor),
                 kill: kill.clone(),
             },
-            files: Arc::new(Vfs::new(cap_dir, VfsLimits::default())),
-            shared: None,
+            files: match &shared {
+                Some(core) => core.clone(),
+                None => Arc::new(Vfs::new(cap_dir, VfsLimits::default())),
+            },
+            shared,
             actions: Arc::new(builtin::registry()),
             policy: policy.clone(),
         };
@@ -321,8 +350,143 @@ mod gate_tests {
         let out =
             wactions::Host::invoke(view!(f, actions), "note.append".into(), "hi".into()).unwrap();
         assert!(out.starts_with("appended"), "{out}");
-        assert_eq!(f.state.caps.actions.undo_log.len(), 1);
+        assert!(
+            matches!(&f.state.changes.take()[..], [Change::Action { name, .. }] if name == "note.append")
+        );
         assert!(f.breaches.lock().unwrap().is_empty());
+    }
+
+    /// What each recorded change is, in order: (kind, op or name, path).
+    fn shapes(changes: &[Change]) -> Vec<String> {
+        changes.iter().map(Change::summary).collect()
+    }
+
+    #[test]
+    fn every_governed_change_of_a_call_is_journalled_in_order() {
+        let (mut f, core, bus) = session_fixture(Ring::Privileged);
+        let me = "did:test:a".to_string();
+        wvfs_write::Host::write(view!(f, vfs_write), "shared/a".into(), b"1".to_vec()).unwrap();
+        wvfs_write::Host::append(view!(f, vfs_write), "shared/a".into(), b"2".to_vec()).unwrap();
+        wvfs_write::Host::create_dir(view!(f, vfs_write), "d/e".into()).unwrap();
+        wvfs_write::Host::create_dir(view!(f, vfs_write), "d/e".into()).unwrap();
+        wvfs_write::Host::rename(view!(f, vfs_write), "shared/a".into(), "shared/b".into())
+            .unwrap();
+        let acl = wtypes::Acl {
+            owner: me.clone(),
+            read: wtypes::Access::Owner,
+            write: wtypes::Access::Owner,
+        };
+        wvfs_write::Host::set_acl(view!(f, vfs_write), "shared/b".into(), acl).unwrap();
+        wvfs_write::Host::write(view!(f, vfs_write), "gone".into(), b"x".to_vec()).unwrap();
+        wvfs_write::Host::delete(view!(f, vfs_write), "gone".into()).unwrap();
+        assert_eq!(
+            wstate_write::Host::put(view!(f, state_write), "k".into(), b"v".to_vec(), 0).unwrap(),
+            1
+        );
+        wstate_write::Host::delete(view!(f, state_write), "k".into(), 1).unwrap();
+        wactions::Host::invoke(view!(f, actions), "note.append".into(), "hi".into()).unwrap();
+        weffects::Host::invoke(view!(f, effects), "notify.send".into(), "sent".into()).unwrap();
+        // A refused change records nothing.
+        refused(wvfs_write::Host::delete(view!(f, vfs_write), "nope".into()));
+        refused(wstate_write::Host::delete(
+            view!(f, state_write),
+            "k".into(),
+            1,
+        ));
+
+        let changes = f.state.changes.take();
+        assert_eq!(
+            shapes(&changes),
+            [
+                "write shared/a",
+                "append shared/a",
+                "create-dir d/e",
+                "rename shared/a -> shared/b",
+                "set-acl shared/b",
+                "write gone",
+                "delete gone",
+                "state put k",
+                "state delete k",
+                "action note.append",
+                "effect notify.send",
+            ]
+        );
+        let Change::File {
+            op: FileOp::Write,
+            undo: Some(_),
+            before: None,
+            after: Some(after),
+            ..
+        } = &changes[0]
+        else {
+            panic!("{:?}", changes[0]);
+        };
+        assert_eq!(after, &hex::encode(ahv_governance::files::sha256(b"1")));
+        assert!(f.state.changes.take().is_empty(), "taken once");
+
+        // Actions and effects are audit deltas like the rest.
+        let kinds: Vec<EventKind> = bus
+            .query(&EventQuery::default())
+            .iter()
+            .map(|e| e.kind())
+            .filter(|k| matches!(k, EventKind::ActionInvoked | EventKind::EffectInvoked))
+            .collect();
+        assert_eq!(kinds, [EventKind::ActionInvoked, EventKind::EffectInvoked]);
+
+        // The journal is enough to undo the call, except the effect.
+        let agent = AgentId::new("did:test:a").unwrap();
+        let who = Caller::untraced(&agent, Ring::Privileged);
+        let failures = undo_changes(&core, &builtin::registry(), who, &changes);
+        assert!(
+            matches!(&failures[..], [f] if f.index == 10 && matches!(f.error, UndoError::NoUndo { .. })),
+            "{failures:?}"
+        );
+        assert!(core.read(who, "shared/b").is_err() && core.read(who, "shared/a").is_err());
+        assert!(core.state().peek("k").is_none());
+        assert_eq!(
+            core.read(who, builtin::JOURNAL).unwrap(),
+            b"",
+            "the note was taken back"
+        );
+        assert!(core.list(who, "d").is_err(), "the directories went too");
+    }
+
+    #[test]
+    fn bulk_writes_and_puts_are_journalled_too() {
+        let (f, _core, _bus) = session_fixture(Ring::Standard);
+        let caller = f.state.gate.caller(Ring::Standard);
+        f.state
+            .caps
+            .vfs_write
+            .write_file(caller, "f", b"bulk", false)
+            .unwrap();
+        f.state
+            .caps
+            .vfs_write
+            .write_file(caller, "f", b"+", true)
+            .unwrap();
+        f.state.caps.state_write.put(caller, "k", b"v", 0).unwrap();
+        assert_eq!(
+            shapes(&f.state.changes.take()),
+            ["write f", "append f", "state put k"]
+        );
+    }
+
+    #[test]
+    fn the_journal_holds_one_call_only() {
+        let mut f = fixture(Ring::Standard, false);
+        for call in 0..3 {
+            wactions::Host::invoke(view!(f, actions), "note.append".into(), "n".into()).unwrap();
+            // What `Agent::run` does at the end of each call.
+            let changes = f.state.changes.take();
+            assert_eq!(changes.len(), 1, "call {call}");
+        }
+        // Outside a session, files keep no undo records: journalled all the same.
+        wvfs_write::Host::write(view!(f, vfs_write), "x".into(), b"1".to_vec()).unwrap();
+        assert!(matches!(
+            &f.state.changes.take()[..],
+            [Change::File { undo: None, .. }]
+        ));
     }
 
     #[test]

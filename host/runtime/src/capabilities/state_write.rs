@@ -1,22 +1,25 @@
 //! `state-write`: compare-and-set writes to the session's shared state.
 //! `put` is also linked over guest memory by [`crate::bulk`], which calls
-//! [`Ctx::put`].
+//! [`Ctx::put`]. Every write that goes through is recorded, with its undo
+//! data, in the call's change journal.
 
 use std::sync::Arc;
 
 use ahv_core::Capability;
 use ahv_governance::files::Caller;
+use ahv_governance::journal::Change;
 use ahv_governance::session_core::SessionCore;
 use wasmtime::component::Linker;
 
 use super::{Has, View};
 use crate::adapters::{HostError, session_core};
 use crate::bindings::agent_hypervisor::agent::state_write;
-use crate::state::AgentState;
+use crate::state::{AgentState, Journal};
 
-/// The caller's session, if it runs in one.
+/// The caller's session, if it runs in one, and the call's change journal.
 pub(crate) struct Ctx {
     pub(crate) shared: Option<Arc<SessionCore>>,
+    pub(crate) changes: Journal,
 }
 
 impl Ctx {
@@ -28,7 +31,11 @@ impl Ctx {
         value: &[u8],
         expected: u64,
     ) -> Result<u64, HostError> {
-        Ok(session_core(&self.shared, "state put")?.state_put(caller, key, value, expected)?)
+        let change =
+            session_core(&self.shared, "state put")?.state_put(caller, key, value, expected)?;
+        let version = change.version;
+        self.changes.record(Change::State(change));
+        Ok(version)
     }
 }
 
@@ -40,11 +47,12 @@ impl state_write::Host for View<'_, Ctx> {
 
     fn delete(&mut self, key: String, expected: u64) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::StateWrite, "delete")?;
-        session_core(&self.ctx.shared, "state delete")?.state_delete(
+        let change = session_core(&self.ctx.shared, "state delete")?.state_delete(
             self.gate.caller(ring),
             &key,
             expected,
         )?;
+        self.ctx.changes.record(Change::State(change));
         Ok(())
     }
 }

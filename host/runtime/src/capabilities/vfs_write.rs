@@ -1,25 +1,32 @@
 //! `vfs-write`: write, append, delete, rename, create directories and set
 //! ACLs in the caller's file space. `write` and `append` are also linked
 //! over guest memory by [`crate::bulk`], which calls [`Ctx::write_file`].
+//! Every change that goes through is recorded in the call's change journal.
 
 use std::sync::Arc;
 
 use ahv_core::{AgentId, Capability};
-use ahv_governance::files::{Acl, Caller, FileSpace};
+use ahv_governance::files::{Acl, Caller, FileChange, FileSpace};
+use ahv_governance::journal::Change;
 use wasmtime::component::Linker;
 
 use super::{Has, View};
 use crate::adapters::{HostError, domain_access};
 use crate::bindings::WitError;
 use crate::bindings::agent_hypervisor::agent::{types, vfs_write};
-use crate::state::AgentState;
+use crate::state::{AgentState, Journal};
 
-/// The caller's file space.
+/// The caller's file space and the call's change journal.
 pub(crate) struct Ctx {
     pub(crate) files: Arc<dyn FileSpace>,
+    pub(crate) changes: Journal,
 }
 
 impl Ctx {
+    fn record(&self, change: &FileChange) {
+        self.changes.record(Change::file(change));
+    }
+
     /// `write` and `append`, on a borrowed slice.
     pub(crate) fn write_file(
         &self,
@@ -28,11 +35,12 @@ impl Ctx {
         contents: &[u8],
         append: bool,
     ) -> Result<(), HostError> {
-        if append {
-            self.files.append(caller, path, contents)?;
+        let change = if append {
+            self.files.append(caller, path, contents)?
         } else {
-            self.files.write(caller, path, contents)?;
-        }
+            self.files.write(caller, path, contents)?
+        };
+        self.record(&change);
         Ok(())
     }
 }
@@ -52,19 +60,24 @@ impl vfs_write::Host for View<'_, Ctx> {
 
     fn delete(&mut self, path: String) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "delete")?;
-        self.ctx.files.delete(self.gate.caller(ring), &path)?;
+        let change = self.ctx.files.delete(self.gate.caller(ring), &path)?;
+        self.ctx.record(&change);
         Ok(())
     }
 
     fn rename(&mut self, src: String, dst: String) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "rename")?;
-        self.ctx.files.rename(self.gate.caller(ring), &src, &dst)?;
+        let change = self.ctx.files.rename(self.gate.caller(ring), &src, &dst)?;
+        self.ctx.record(&change);
         Ok(())
     }
 
     fn create_dir(&mut self, path: String) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "create-dir")?;
-        self.ctx.files.create_dir(self.gate.caller(ring), &path)?;
+        // `None`: the directory existed, nothing changed.
+        if let Some(change) = self.ctx.files.create_dir(self.gate.caller(ring), &path)? {
+            self.ctx.record(&change);
+        }
         Ok(())
     }
 
@@ -77,7 +90,8 @@ impl vfs_write::Host for View<'_, Ctx> {
             read: domain_access(acl.read)?,
             write: domain_access(acl.write)?,
         };
-        self.ctx.files.set_acl(self.gate.caller(ring), &path, acl)?;
+        let change = self.ctx.files.set_acl(self.gate.caller(ring), &path, acl)?;
+        self.ctx.record(&change);
         Ok(())
     }
 }
