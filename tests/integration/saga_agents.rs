@@ -104,10 +104,20 @@ pub mod drafter {
             .spawn(&h, ahv_agents::DRAFTER, "did:test:drafter", Ring::Standard)
             .await;
         let mut reviewer = s
-            .spawn(&h, ahv_agents::REVIEWER, "did:test:reviewer", Ring::Standard)
+            .spawn(
+                &h,
+                ahv_agents::REVIEWER,
+                "did:test:reviewer",
+                Ring::Standard,
+            )
             .await;
         let mut publisher = s
-            .spawn(&h, ahv_agents::PUBLISHER, "did:test:publisher", Ring::Standard)
+            .spawn(
+                &h,
+                ahv_agents::PUBLISHER,
+                "did:test:publisher",
+                Ring::Standard,
+            )
             .await;
         let body = "# Release notes\nFaster joins.\n";
 
@@ -134,7 +144,7 @@ pub mod drafter {
         let review = reviewer
             .execute_step(&step("review", "review"), "slug=notes", NO_STEP_DEADLINE)
             .await;
-        assert_eq!(outcome(review), Ok("approved notes (4 words)".into()));
+        assert_eq!(outcome(review), Ok("approved notes (5 words)".into()));
         let text = s.file("shared/reviews/notes.md").unwrap();
         assert!(text.contains("verdict: approved"), "{text}");
 
@@ -200,22 +210,46 @@ pub mod reviewer {
             .spawn(&h, ahv_agents::DRAFTER, "did:test:drafter", Ring::Standard)
             .await;
         let mut reviewer = s
-            .spawn(&h, ahv_agents::REVIEWER, "did:test:reviewer", Ring::Standard)
+            .spawn(
+                &h,
+                ahv_agents::REVIEWER,
+                "did:test:reviewer",
+                Ring::Standard,
+            )
             .await;
         let review = step("review", "review");
 
-        let missing = outcome(reviewer.execute_step(&review, "slug=a", NO_STEP_DEADLINE).await);
+        let missing = outcome(
+            reviewer
+                .execute_step(&review, "slug=a", NO_STEP_DEADLINE)
+                .await,
+        );
         assert!(missing.unwrap_err().contains("does not exist"));
 
-        for (body, why) in [("  \n", "is empty"), ("Intro\nTODO: the rest\n", "line 2 still says TODO")] {
+        for (body, why) in [
+            ("  \n", "is empty"),
+            ("Intro\nTODO: the rest\n", "line 2 still says TODO"),
+        ] {
             let input = format!("slug=a\n{body}");
-            outcome(drafter.execute_step(&step("draft", "draft"), &input, NO_STEP_DEADLINE).await)
-                .unwrap();
-            let err = outcome(reviewer.execute_step(&review, "slug=a", NO_STEP_DEADLINE).await)
-                .unwrap_err();
+            outcome(
+                drafter
+                    .execute_step(&step("draft", "draft"), &input, NO_STEP_DEADLINE)
+                    .await,
+            )
+            .unwrap();
+            let err = outcome(
+                reviewer
+                    .execute_step(&review, "slug=a", NO_STEP_DEADLINE)
+                    .await,
+            )
+            .unwrap_err();
             assert!(err.contains(why), "{err}");
         }
-        assert_eq!(s.file("shared/reviews/a.md"), None, "no review of a rejected draft");
+        assert_eq!(
+            s.file("shared/reviews/a.md"),
+            None,
+            "no review of a rejected draft"
+        );
     }
 }
 
@@ -231,7 +265,12 @@ pub mod publisher {
             .spawn(&h, ahv_agents::DRAFTER, "did:test:drafter", Ring::Standard)
             .await;
         let mut publisher = s
-            .spawn(&h, ahv_agents::PUBLISHER, "did:test:publisher", Ring::Standard)
+            .spawn(
+                &h,
+                ahv_agents::PUBLISHER,
+                "did:test:publisher",
+                Ring::Standard,
+            )
             .await;
         let publish = step("publish", "publish");
         outcome(
@@ -241,7 +280,11 @@ pub mod publisher {
         )
         .unwrap();
 
-        let unreviewed = outcome(publisher.execute_step(&publish, "slug=x", NO_STEP_DEADLINE).await);
+        let unreviewed = outcome(
+            publisher
+                .execute_step(&publish, "slug=x", NO_STEP_DEADLINE)
+                .await,
+        );
         assert!(unreviewed.unwrap_err().contains("x is not reviewed"));
 
         let nowhere = outcome(
@@ -263,13 +306,23 @@ pub mod publisher {
 async fn a_component_without_the_export_is_not_a_saga_participant() {
     let h = Harness::new(&cache_dir());
     let sb = Sandbox::new();
-    assert!(!h.runtime.load(ahv_agents::HELLO).unwrap().saga_participant());
+    assert!(
+        !h.runtime
+            .load(ahv_agents::HELLO)
+            .unwrap()
+            .saga_participant()
+    );
     for bytes in [ahv_agents::DRAFTER, ahv_agents::SCRIPTED] {
         assert!(h.runtime.load(bytes).unwrap().saga_participant());
     }
-    let mut hello = h.spawn(ahv_agents::HELLO, "did:test:hello", Ring::Sandbox, &sb).await;
+    let mut hello = h
+        .spawn(ahv_agents::HELLO, "did:test:hello", Ring::Sandbox, &sb)
+        .await;
     let s = step("greet", "greet");
-    let err = hello.execute_step(&s, "x", NO_STEP_DEADLINE).await.unwrap_err();
+    let err = hello
+        .execute_step(&s, "x", NO_STEP_DEADLINE)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, AgentError::NotASagaParticipant { agent } if agent.as_str() == "did:test:hello"),
         "{err}"
@@ -278,7 +331,10 @@ async fn a_component_without_the_export_is_not_a_saga_participant() {
         .compensate_step(&s, "x", "y", NO_STEP_DEADLINE)
         .await
         .unwrap_err();
-    assert!(matches!(err, AgentError::NotASagaParticipant { .. }), "{err}");
+    assert!(
+        matches!(err, AgentError::NotASagaParticipant { .. }),
+        "{err}"
+    );
     // The refusal does not spoil the agent.
     assert!(hello.run("world").await.unwrap().result.is_ok());
 }
@@ -320,7 +376,10 @@ async fn a_sandbox_step_that_writes_is_a_ring_breach() {
         .await;
     match trap(r) {
         TrapCause::RingBreach(b) => {
-            assert_eq!((b.capability, b.function.as_str()), (Capability::VfsWrite, "write"));
+            assert_eq!(
+                (b.capability, b.function.as_str()),
+                (Capability::VfsWrite, "write")
+            );
         }
         other => panic!("expected a ring breach, got {other}"),
     }
@@ -336,13 +395,28 @@ async fn a_scripted_step_fails_on_demand_and_compensates_with_its_undo_script() 
         .spawn(ahv_agents::SCRIPTED, "did:test:steps", Ring::Standard, &sb)
         .await;
     let s = step("s", "script");
-    let failed = agent.execute_step(&s, "fail not today", NO_STEP_DEADLINE).await;
-    assert_eq!(outcome(failed), Err("not today".into()), "a failure, not a trap");
+    let failed = agent
+        .execute_step(&s, "fail not today", NO_STEP_DEADLINE)
+        .await;
+    assert_eq!(
+        outcome(failed),
+        Err("not today".into()),
+        "a failure, not a trap"
+    );
 
-    let done = outcome(agent.execute_step(&s, "write a.txt one", NO_STEP_DEADLINE).await);
+    let done = outcome(
+        agent
+            .execute_step(&s, "write a.txt one", NO_STEP_DEADLINE)
+            .await,
+    );
     assert_eq!(done, Ok("write a.txt one -> ok\n".into()));
     let undo = agent
-        .compensate_step(&s, "delete a.txt", "write a.txt one -> ok", NO_STEP_DEADLINE)
+        .compensate_step(
+            &s,
+            "delete a.txt",
+            "write a.txt one -> ok",
+            NO_STEP_DEADLINE,
+        )
         .await;
     assert_eq!(outcome(undo), Ok(String::new()));
     assert!(!sb.dir.join("a.txt").exists(), "the undo script ran");
@@ -389,7 +463,10 @@ fn admission_refuses_a_saga_export_of_the_wrong_shape() {
     let err = h.runtime.load(&bytes).unwrap_err();
     match &err {
         LoadError::SagaExport { message } => {
-            assert!(message.contains("`compensate`") || message.contains("`execute`"), "{message}");
+            assert!(
+                message.contains("`compensate`") || message.contains("`execute`"),
+                "{message}"
+            );
         }
         other => panic!("expected SagaExport, got {other}"),
     }

@@ -105,7 +105,10 @@ fn every_ring_world_imports_exactly_its_capabilities() {
 #[test]
 fn exported_interfaces_are_exported_by_the_saga_world_only() {
     let (resolve, pkg) = load();
-    let saga = resolve.packages[pkg].worlds.get("saga").expect("wit/ has a saga world");
+    let saga = resolve.packages[pkg]
+        .worlds
+        .get("saga")
+        .expect("wit/ has a saga world");
     let exports: BTreeSet<String> = resolve.worlds[*saga]
         .exports
         .keys()
@@ -118,12 +121,17 @@ fn exported_interfaces_are_exported_by_the_saga_world_only() {
                 .map(|i| format!("{WIT_PACKAGE}/{i}@{WIT_VERSION}")),
         )
         .collect();
-    assert_eq!(exports, expected, "world saga must export `run` and the saga hooks");
+    assert_eq!(
+        exports, expected,
+        "world saga must export `run` and the saga hooks"
+    );
     for (name, world) in &resolve.packages[pkg].worlds {
         for (key, _) in &resolve.worlds[*world].imports {
             let import = resolve.name_world_key(key);
             assert!(
-                !EXPORTED_INTERFACES.iter().any(|i| import.contains(&format!("/{i}@"))),
+                !EXPORTED_INTERFACES
+                    .iter()
+                    .any(|i| import.contains(&format!("/{i}@"))),
                 "world {name} imports the export-only interface {import}"
             );
         }

@@ -451,7 +451,7 @@ impl Agent {
         };
         // Admission checked the exports' types; this only fails on a host bug.
         let result = result.and_then(|instance| {
-            let run = instance.get_typed_func(&mut store, "run")?;
+            let run: RunFunc = instance.get_typed_func(&mut store, "run")?;
             let saga = match &self.component.inner.saga {
                 Some(indices) => Some(indices.load(&mut store, &instance)?),
                 None => None,
@@ -671,9 +671,13 @@ async fn enter(
                 output,
             },
             Some(saga),
-        ) => guarded(saga.call_compensate(store, step, input, output), deadline, kill)
-            .await
-            .map(|r| r.map(|()| String::new())),
+        ) => guarded(
+            saga.call_compensate(store, step, input, output),
+            deadline,
+            kill,
+        )
+        .await
+        .map(|r| r.map(|()| String::new())),
         // `call` refuses saga steps for a component without the export, so a
         // live instance without hooks never gets here.
         (Entry::Execute { .. } | Entry::Compensate { .. }, None) => Err(wasmtime::format_err!(

@@ -395,27 +395,37 @@ fn check_saga_export(engine: &Engine, component: &Component) -> Result<bool, Loa
     let ComponentItem::ComponentInstance(instance) = item.ty else {
         return Err(refuse("it is not an interface".into()));
     };
-    let funcs: BTreeSet<&str> = instance.exports(engine).map(|(n, _)| n).collect();
+    // The interface's types (`step-call`) are exported beside its functions.
+    let funcs: BTreeSet<&str> = instance
+        .exports(engine)
+        .filter(|(_, item)| !matches!(item.ty, ComponentItem::Type(_)))
+        .map(|(n, _)| n)
+        .collect();
     if funcs != BTreeSet::from(["compensate", "execute"]) {
         return Err(refuse(format!(
-            "it must export exactly `execute` and `compensate`, not {funcs:?}"
+            "it must export exactly the functions `execute` and `compensate`, not {funcs:?}"
         )));
     }
     let is_step_call = |t: &Type| match t {
         Type::Record(r) => {
             let fields: Vec<(&str, Type)> = r.fields().map(|f| (f.name, f.ty)).collect();
-            matches!(fields.as_slice(), [
-                ("saga-id", Type::String),
-                ("step-id", Type::String),
-                ("action", Type::String),
-                ("attempt", Type::U32),
-            ])
+            matches!(
+                fields.as_slice(),
+                [
+                    ("saga-id", Type::String),
+                    ("step-id", Type::String),
+                    ("action", Type::String),
+                    ("attempt", Type::U32),
+                ]
+            )
         }
         _ => false,
     };
     for (name, item) in instance.exports(engine) {
-        let ComponentItem::ComponentFunc(f) = item.ty else {
-            return Err(refuse(format!("`{name}` is not a function")));
+        let f = match item.ty {
+            ComponentItem::ComponentFunc(f) => f,
+            ComponentItem::Type(_) => continue,
+            _ => return Err(refuse(format!("`{name}` is not a function"))),
         };
         let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
         let results: Vec<Type> = f.results().collect();
@@ -424,12 +434,12 @@ fn check_saga_export(engine: &Engine, component: &Component) -> Result<bool, Loa
             && params.first().is_some_and(is_step_call)
             && params[1..].iter().all(|t| matches!(t, Type::String));
         let results_ok = matches!(results.as_slice(), [Type::Result(r)]
-            if matches!(r.err(), Some(Type::String))
-                && if name == "execute" {
-                    matches!(r.ok(), Some(Type::String))
-                } else {
-                    r.ok().is_none()
-                });
+        if matches!(r.err(), Some(Type::String))
+            && if name == "execute" {
+                matches!(r.ok(), Some(Type::String))
+            } else {
+                r.ok().is_none()
+            });
         if !params_ok || !results_ok {
             return Err(refuse(format!(
                 "`{name}` takes {params:?} and returns {results:?}"
