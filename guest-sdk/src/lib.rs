@@ -32,6 +32,10 @@
 //! export_agent!(Greeter);
 //! ```
 //!
+//! An agent that takes part in sagas also implements [`SagaParticipant`]
+//! (`execute` and `compensate` a step) and exports itself with
+//! `export_agent!(MyAgent, saga)`; see [`SagaParticipant`] for an example.
+//!
 //! The capabilities a component *actually calls* become its imports and so
 //! its capability manifest: `ahv inspect agent.wasm` tells the lowest ring that
 //! covers them.
@@ -87,6 +91,43 @@ pub mod bindings {
     });
 }
 
+/// The bindings of the `saga` world: `root`'s imports and the
+/// `saga-participant` export, for the `saga` form of [`export_agent!`].
+///
+/// A second `generate!` because a world's exports are all-or-nothing: one
+/// world with `saga-participant` would make every agent export it. Its
+/// imports are mapped (`with:`) onto [`bindings`]' so there is one set of
+/// import bindings and one set of types; only the exports are generated
+/// here. Its export macro carries the saga world's component type, so a
+/// plain agent, which never invokes it, stays `run` only.
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod saga_bindings {
+    wit_bindgen::generate!({
+        world: "saga",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_saga_world",
+        default_bindings_module: "::agent_sdk::saga_bindings",
+        runtime_path: "::agent_sdk::__private::wit_bindgen::rt",
+        with: {
+            "agent-hypervisor:agent/types@0.1.0": crate::bindings::agent_hypervisor::agent::types,
+            "agent-hypervisor:agent/context@0.1.0": crate::bindings::agent_hypervisor::agent::context,
+            "agent-hypervisor:agent/log@0.1.0": crate::bindings::agent_hypervisor::agent::log,
+            "agent-hypervisor:agent/vfs-read@0.1.0": crate::bindings::agent_hypervisor::agent::vfs_read,
+            "agent-hypervisor:agent/vfs-write@0.1.0": crate::bindings::agent_hypervisor::agent::vfs_write,
+            "agent-hypervisor:agent/state-read@0.1.0": crate::bindings::agent_hypervisor::agent::state_read,
+            "agent-hypervisor:agent/state-write@0.1.0": crate::bindings::agent_hypervisor::agent::state_write,
+            "agent-hypervisor:agent/locks@0.1.0": crate::bindings::agent_hypervisor::agent::locks,
+            "agent-hypervisor:agent/actions@0.1.0": crate::bindings::agent_hypervisor::agent::actions,
+            "agent-hypervisor:agent/effects@0.1.0": crate::bindings::agent_hypervisor::agent::effects,
+            "agent-hypervisor:agent/elevation@0.1.0": crate::bindings::agent_hypervisor::agent::elevation,
+            "agent-hypervisor:agent/spawn@0.1.0": crate::bindings::agent_hypervisor::agent::spawn,
+            "agent-hypervisor:agent/admin@0.1.0": crate::bindings::agent_hypervisor::agent::admin,
+        },
+    });
+}
+
 /// Why the host refused a request. Every variant carries a human-readable
 /// explanation naming the input that was refused. `Display` shows the variant
 /// and its explanation.
@@ -120,10 +161,61 @@ pub trait Agent {
     fn run(input: String) -> Result<String, String>;
 }
 
-/// Exports a type implementing [`Agent`] as the component's `run` function.
+/// Which step of which saga the host is running (the WIT `step-call`).
+pub use saga_bindings::exports::agent_hypervisor::agent::saga_participant::StepCall as Step;
+
+/// What a saga participant implements beside [`Agent`]: the saga steps it
+/// runs. Export it with `export_agent!(MyAgent, saga)`.
+///
+/// A step runs under the agent's ring, like `run`: a host call outside the
+/// ring is a breach and the step fails. The host records what a step changed
+/// (files, state, reversible actions) and undoes it itself when the saga
+/// compensates; `compensate` is for what the host cannot see, and for saying
+/// what was undone.
+///
+/// ```no_run
+/// use agent_sdk::{Agent, SagaParticipant, Step, export_agent, log, vfs};
+///
+/// struct Stamper;
+///
+/// impl Agent for Stamper {
+///     fn run(input: String) -> Result<String, String> {
+///         Ok(input)
+///     }
+/// }
+///
+/// impl SagaParticipant for Stamper {
+///     fn execute(step: &Step, input: &str) -> Result<String, String> {
+///         let path = format!("shared/stamps/{}.txt", step.step_id);
+///         vfs::write(&path, input).map_err(|e| e.to_string())?;
+///         Ok(path)
+///     }
+///
+///     fn compensate(step: &Step, _input: &str, output: &str) -> Result<(), String> {
+///         log::info!("saga {}: the host undoes {output}", step.saga_id);
+///         Ok(())
+///     }
+/// }
+///
+/// export_agent!(Stamper, saga);
+/// ```
+pub trait SagaParticipant {
+    /// Runs the step named by `step` with `input`. `Ok` is the step's output,
+    /// given back to [`SagaParticipant::compensate`]; `Err` fails the step.
+    fn execute(step: &Step, input: &str) -> Result<String, String>;
+
+    /// Undoes a committed step, given its `input` and the `output` its
+    /// `execute` returned. `Err` is a compensation failure: the saga escalates.
+    fn compensate(step: &Step, input: &str, output: &str) -> Result<(), String>;
+}
+
+/// Exports a type implementing [`Agent`] as the component's `run` function;
+/// with `, saga`, also its [`SagaParticipant`] hooks (the `saga-participant`
+/// interface).
 ///
 /// Use it once per agent crate, at the top level:
-/// `agent_sdk::export_agent!(MyAgent);`
+/// `agent_sdk::export_agent!(MyAgent);` for a plain agent, or
+/// `agent_sdk::export_agent!(MyAgent, saga);` for a saga participant.
 #[macro_export]
 macro_rules! export_agent {
     ($agent:ident) => {
@@ -133,6 +225,29 @@ macro_rules! export_agent {
             }
         }
         $crate::bindings::__export_root_world!($agent with_types_in $crate::bindings);
+    };
+    ($agent:ident, saga) => {
+        impl $crate::saga_bindings::Guest for $agent {
+            fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                <$agent as $crate::Agent>::run(input)
+            }
+        }
+        impl $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest for $agent {
+            fn execute(
+                step: $crate::Step,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                <$agent as $crate::SagaParticipant>::execute(&step, &input)
+            }
+            fn compensate(
+                step: $crate::Step,
+                input: ::std::string::String,
+                output: ::std::string::String,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                <$agent as $crate::SagaParticipant>::compensate(&step, &input, &output)
+            }
+        }
+        $crate::saga_bindings::__export_saga_world!($agent with_types_in $crate::saga_bindings);
     };
 }
 

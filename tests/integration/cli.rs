@@ -410,6 +410,19 @@ fn inspect_refuses_what_run_refuses_with_the_same_code() {
     assert_eq!(run.stdout, "ok\n", "{run:?}");
 }
 
+#[test]
+fn inspect_reports_whether_a_component_is_a_saga_participant() {
+    for (path, verdict) in [
+        (ahv_agents::DRAFTER_PATH, "saga participant: yes"),
+        (ahv_agents::SCRIPTED_PATH, "saga participant: yes"),
+        (ahv_agents::HELLO_PATH, "saga participant: no"),
+    ] {
+        let inspect = ahv_run(&["inspect", path]);
+        assert_eq!(inspect.code(), 0, "{inspect:?}");
+        assert!(inspect.stdout.contains(verdict), "{path}: {inspect:?}");
+    }
+}
+
 /// Counts the directories under `root` (not `root` itself).
 fn count_dirs(root: &Path) -> usize {
     let mut n = 0;

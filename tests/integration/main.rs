@@ -8,6 +8,7 @@ mod fuzz_seeds;
 mod policy;
 mod rings;
 mod runtime;
+mod saga_agents;
 mod sessions;
 mod snapshots;
 mod vfs_hostile;

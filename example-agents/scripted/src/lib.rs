@@ -20,6 +20,12 @@
 //!   `admin-release A`
 //! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
 //!
+//! It is also a saga participant: `execute` runs its input as a script and
+//! answers the report; `compensate` runs its *input* (the step's `undo`
+//! script, as the test or saga hands it over) the same way, and fails with the
+//! script's failure (`fail TEXT`) if it fails. So a step can be made to spin,
+//! write, breach or fail on demand.
+//!
 //! Output: one line per command, `<command> -> ok[ detail]` or
 //! `<command> -> err <kind>: <message>`. A command that traps (a breach)
 //! ends the call, so its line is never written.
@@ -27,7 +33,8 @@
 use std::collections::HashMap;
 
 use agent_sdk::{
-    Agent, Error, admin, context, effects, elevation, export_agent, locks, spawn, state, vfs,
+    Agent, Error, SagaParticipant, Step, admin, context, effects, elevation, export_agent, locks,
+    log, spawn, state, vfs,
 };
 
 struct Scripted;
@@ -260,21 +267,46 @@ impl Machine {
     }
 }
 
+/// Runs `input` one command per line; the report, or the first `fail`'s text.
+fn run_script(input: &str) -> Result<String, String> {
+    let mut m = Machine {
+        seen: HashMap::new(),
+    };
+    let mut out = String::new();
+    for line in input.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match m.step(line)? {
+            Ok(detail) if detail.is_empty() => out.push_str(&format!("{line} -> ok\n")),
+            Ok(detail) => out.push_str(&format!("{line} -> ok {detail}\n")),
+            Err(e) => out.push_str(&format!("{line} -> err {}: {e}\n", kind(&e))),
+        }
+    }
+    Ok(out)
+}
+
 impl Agent for Scripted {
     fn run(input: String) -> Result<String, String> {
-        let mut m = Machine {
-            seen: HashMap::new(),
-        };
-        let mut out = String::new();
-        for line in input.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            match m.step(line)? {
-                Ok(detail) if detail.is_empty() => out.push_str(&format!("{line} -> ok\n")),
-                Ok(detail) => out.push_str(&format!("{line} -> ok {detail}\n")),
-                Err(e) => out.push_str(&format!("{line} -> err {}: {e}\n", kind(&e))),
-            }
-        }
-        Ok(out)
+        run_script(&input)
     }
 }
 
-export_agent!(Scripted);
+impl SagaParticipant for Scripted {
+    fn execute(step: &Step, input: &str) -> Result<String, String> {
+        log::info!(
+            "saga {} step {} ({}) attempt {}",
+            step.saga_id,
+            step.step_id,
+            step.action,
+            step.attempt
+        );
+        run_script(input)
+    }
+
+    fn compensate(step: &Step, input: &str, _output: &str) -> Result<(), String> {
+        log::info!("saga {} step {}: undo", step.saga_id, step.step_id);
+        let report = run_script(input)?;
+        log::info!("undo report: {}", report.trim_end().replace('\n', "; "));
+        Ok(())
+    }
+}
+
+export_agent!(Scripted, saga);

@@ -65,5 +65,11 @@ pub(crate) async fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
             "lowest ring: none has all its capabilities; every ring treats some of its calls as breaches"
         )?,
     }
+    // Only an admitted component gets here: a participant's hooks have the contract's shape.
+    let participant = verdict.as_ref().is_ok_and(|c| c.saga_participant());
+    outln!(
+        "saga participant: {}",
+        if participant { "yes" } else { "no" }
+    )?;
     Ok(Exit::Ok)
 }

@@ -8,6 +8,9 @@ use std::path::Path;
 use crate::{Capability, Ring, RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE, WIT_VERSION};
 use wit_parser::{Resolve, WorldItem, WorldKey};
 
+/// Interfaces an agent may *export*: they grant nothing and are no ring's.
+const EXPORTED_INTERFACES: &[&str] = &["saga-participant"];
+
 fn load() -> (Resolve, wit_parser::PackageId) {
     let mut resolve = Resolve::default();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
@@ -33,6 +36,9 @@ fn every_wit_interface_is_in_the_ring_table_with_its_functions() {
     for (name, id) in &resolve.packages[pkg].interfaces {
         let iface = &resolve.interfaces[*id];
         let funcs: BTreeSet<&str> = iface.functions.keys().map(String::as_str).collect();
+        if EXPORTED_INTERFACES.contains(&name.as_str()) {
+            continue;
+        }
         if TYPE_ONLY_INTERFACES.contains(&name.as_str()) {
             assert!(
                 funcs.is_empty(),
@@ -93,5 +99,41 @@ fn every_ring_world_imports_exactly_its_capabilities() {
             "world {} must export exactly `run`",
             ring.name()
         );
+    }
+}
+
+#[test]
+fn exported_interfaces_are_exported_by_the_saga_world_only() {
+    let (resolve, pkg) = load();
+    let saga = resolve.packages[pkg]
+        .worlds
+        .get("saga")
+        .expect("wit/ has a saga world");
+    let exports: BTreeSet<String> = resolve.worlds[*saga]
+        .exports
+        .keys()
+        .map(|k| resolve.name_world_key(k))
+        .collect();
+    let expected: BTreeSet<String> = std::iter::once("run".to_string())
+        .chain(
+            EXPORTED_INTERFACES
+                .iter()
+                .map(|i| format!("{WIT_PACKAGE}/{i}@{WIT_VERSION}")),
+        )
+        .collect();
+    assert_eq!(
+        exports, expected,
+        "world saga must export `run` and the saga hooks"
+    );
+    for (name, world) in &resolve.packages[pkg].worlds {
+        for (key, _) in &resolve.worlds[*world].imports {
+            let import = resolve.name_world_key(key);
+            assert!(
+                !EXPORTED_INTERFACES
+                    .iter()
+                    .any(|i| import.contains(&format!("/{i}@"))),
+                "world {name} imports the export-only interface {import}"
+            );
+        }
     }
 }

@@ -14,13 +14,16 @@ use thiserror::Error;
 use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
+use crate::bindings::saga::Guest as SagaHooks;
+pub use crate::bindings::saga::StepCall;
 use crate::component::{AgentComponent, LoadError};
 use crate::gate::GateInit;
 use crate::runtime::Runtime;
 use crate::state::{AgentState, KillHandle, LogLine, StateInit};
 use crate::trap::{DeadlineExceeded, TrapCause};
 
-/// Largest input accepted by [`Agent::run`], in bytes.
+/// Largest input accepted by [`Agent::run`] (and by a saga step: its
+/// input, output and step ids together), in bytes.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
 /// What happens to an agent after a call traps. Whatever the policy, an agent
@@ -168,6 +171,13 @@ pub enum AgentError {
     /// The component cannot run in this ring (strict admission) or cannot be linked.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A saga step was asked of an agent whose component does not export
+    /// `saga-participant`.
+    #[error("agent {agent} cannot run saga steps: its component does not export saga-participant")]
+    NotASagaParticipant {
+        /// The agent.
+        agent: AgentId,
+    },
     /// No rate budget could be had for the agent (the rate limiter is full).
     #[error("no rate budget for agent {agent}: {message}")]
     RateBudget {
@@ -198,6 +208,43 @@ type RunFunc = TypedFunc<(String,), (Result<String, String>,)>;
 struct Live {
     store: Store<AgentState>,
     run: RunFunc,
+    /// The saga hooks, for a saga participant.
+    saga: Option<SagaHooks>,
+}
+
+/// Which export a call enters.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Run {
+        input: &'a str,
+    },
+    Execute {
+        step: &'a StepCall,
+        input: &'a str,
+    },
+    Compensate {
+        step: &'a StepCall,
+        input: &'a str,
+        output: &'a str,
+    },
+}
+
+impl Entry<'_> {
+    /// The bytes the host hands to the guest.
+    fn len(&self) -> usize {
+        let step_len = |s: &StepCall| s.saga_id.len() + s.step_id.len() + s.action.len();
+        match self {
+            Entry::Run { input } => input.len(),
+            Entry::Execute { step, input } => step_len(step).saturating_add(input.len()),
+            Entry::Compensate {
+                step,
+                input,
+                output,
+            } => step_len(step)
+                .saturating_add(input.len())
+                .saturating_add(output.len()),
+        }
+    }
 }
 
 /// Room in the per-call host budget beside a file's contents (its path and the
@@ -355,15 +402,28 @@ impl Agent {
     }
 
     /// Starts a call (or the instantiation) at the effective ring *now*: its
-    /// trace id, fuel, deadline, memory, random and host-call budgets.
+    /// trace id, fuel, deadline, memory, random and host-call budgets. The
+    /// deadline is the ring's, or `cap` if that is shorter (a saga step's);
+    /// the epoch callback enforces whichever is armed.
     /// Returns the trace id and the ring.
-    fn arm(&self, store: &mut Store<AgentState>) -> Result<(TraceId, Ring), wasmtime::Error> {
+    fn arm(
+        &self,
+        store: &mut Store<AgentState>,
+        cap: Option<Duration>,
+    ) -> Result<(TraceId, Ring), wasmtime::Error> {
         let trace = self.runtime.inner.next_trace();
         let data = store.data_mut();
         data.gate.trace = trace;
         let ring = data.gate.current_ring();
         let limits = self.runtime.policy().limits(ring);
-        data.arm(trace, limits);
+        match cap {
+            Some(cap) if cap < limits.deadline => {
+                let mut shorter = limits.clone();
+                shorter.deadline = cap;
+                data.arm(trace, &shorter);
+            }
+            _ => data.arm(trace, limits),
+        }
         store.set_fuel(limits.fuel_per_call)?;
         store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.set_epoch_deadline(1);
@@ -375,7 +435,7 @@ impl Agent {
             .runtime
             .instance_pre(&self.component, self.spec.standing.base())?;
         let mut store = self.new_store()?;
-        let armed = self.arm(&mut store);
+        let armed = self.arm(&mut store, None);
         let ring = armed
             .as_ref()
             .map_or(self.spec.standing.base(), |(_, r)| *r);
@@ -390,10 +450,17 @@ impl Agent {
             }
             Err(e) => Err(e),
         };
-        // Admission checked the export's type; this only fails on a host bug.
-        let result = result.and_then(|instance| instance.get_typed_func(&mut store, "run"));
+        // Admission checked the exports' types; this only fails on a host bug.
+        let result = result.and_then(|instance| {
+            let run: RunFunc = instance.get_typed_func(&mut store, "run")?;
+            let saga = match &self.component.inner.saga {
+                Some(indices) => Some(indices.load(&mut store, &instance)?),
+                None => None,
+            };
+            Ok((run, saga))
+        });
         match result {
-            Ok(run) => Ok(Live { store, run }),
+            Ok((run, saga)) => Ok(Live { store, run, saga }),
             Err(e) => {
                 let cause = self.classify(&e, ring);
                 let data = store.data();
@@ -443,10 +510,69 @@ impl Agent {
     /// instance is dropped); [`AgentError::Poisoned`] when an earlier trap or a
     /// kill left the agent unusable; [`AgentError::InputTooLarge`].
     pub async fn run(&mut self, input: &str) -> Result<RunOutput, AgentError> {
-        if input.len() > MAX_INPUT_BYTES {
+        self.call(Entry::Run { input }, None).await
+    }
+
+    /// Runs a saga step inside the agent: its `saga-participant.execute`
+    /// with `input`, under its ring like `run`, within `deadline` or the
+    /// ring's deadline, whichever is shorter. A step that calls outside the
+    /// ring traps with [`TrapCause::RingBreach`]; one that runs too long
+    /// stops with [`TrapCause::DeadlineExceeded`] at its own deadline. The
+    /// output's `result` is the step's output or its failure message.
+    ///
+    /// # Errors
+    /// [`AgentError::NotASagaParticipant`] if the component does not export
+    /// `saga-participant`; otherwise as [`Agent::run`].
+    pub async fn execute_step(
+        &mut self,
+        call: &StepCall,
+        input: &str,
+        deadline: Duration,
+    ) -> Result<RunOutput, AgentError> {
+        self.call(Entry::Execute { step: call, input }, Some(deadline))
+            .await
+    }
+
+    /// Compensates a committed saga step inside the agent: its
+    /// `saga-participant.compensate` with the step's `input` and the
+    /// `output` its `execute` returned, under the same rules as
+    /// [`Agent::execute_step`]. The output's `result` is `Ok` with an empty
+    /// answer when the agent compensated, or its failure message.
+    ///
+    /// # Errors
+    /// As [`Agent::execute_step`].
+    pub async fn compensate_step(
+        &mut self,
+        call: &StepCall,
+        input: &str,
+        output: &str,
+        deadline: Duration,
+    ) -> Result<RunOutput, AgentError> {
+        let entry = Entry::Compensate {
+            step: call,
+            input,
+            output,
+        };
+        self.call(entry, Some(deadline)).await
+    }
+
+    /// One call into the guest, whichever export it enters: the same limits,
+    /// scope, guards and trap handling for `run` and for saga steps.
+    async fn call(
+        &mut self,
+        entry: Entry<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<RunOutput, AgentError> {
+        let len = entry.len();
+        if len > MAX_INPUT_BYTES {
             return Err(AgentError::InputTooLarge {
-                len: input.len(),
+                len,
                 max: MAX_INPUT_BYTES,
+            });
+        }
+        if !matches!(entry, Entry::Run { .. }) && !self.component.saga_participant() {
+            return Err(AgentError::NotASagaParticipant {
+                agent: self.spec.agent.clone(),
             });
         }
         if let Some(killed) = self.kill.killed() {
@@ -485,19 +611,19 @@ impl Agent {
         };
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
-        let armed = self.arm(&mut live.store);
+        let armed = self.arm(&mut live.store, deadline);
         let ring = armed
             .as_ref()
             .map_or(self.spec.standing.base(), |(_, r)| *r);
         let limits = self.runtime.policy().limits(ring);
         let fuel = limits.fuel_per_call;
+        let deadline = deadline.map_or(limits.deadline, |d| d.min(limits.deadline));
         let result = match armed {
             Ok((trace, _)) => {
                 scope.trace = trace;
-                let call = live.run.call_async(&mut live.store, (input.to_string(),));
-                guarded(call, limits.deadline, &self.kill)
+                enter(&mut live, entry, deadline, &self.kill)
                     .await
-                    .and_then(|(r,)| answer(r, limits.result_bytes))
+                    .and_then(|r| answer(r, limits.result_bytes))
                     .map(|r| (trace, r))
             }
             Err(e) => Err(e),
@@ -532,7 +658,45 @@ impl Agent {
     }
 }
 
-/// `run`'s answer (or failure message) if it is within the ring's limit.
+/// Calls `entry`'s export under [`guarded`]; a compensation's `Ok` is an empty answer.
+async fn enter(
+    live: &mut Live,
+    entry: Entry<'_>,
+    deadline: Duration,
+    kill: &KillHandle,
+) -> wasmtime::Result<Result<String, String>> {
+    let store = &mut live.store;
+    match (entry, &live.saga) {
+        (Entry::Run { input }, _) => {
+            let call = live.run.call_async(store, (input.to_string(),));
+            guarded(call, deadline, kill).await.map(|(r,)| r)
+        }
+        (Entry::Execute { step, input }, Some(saga)) => {
+            guarded(saga.call_execute(store, step, input), deadline, kill).await
+        }
+        (
+            Entry::Compensate {
+                step,
+                input,
+                output,
+            },
+            Some(saga),
+        ) => guarded(
+            saga.call_compensate(store, step, input, output),
+            deadline,
+            kill,
+        )
+        .await
+        .map(|r| r.map(|()| String::new())),
+        // `call` refuses saga steps for a component without the export, so a
+        // live instance without hooks never gets here.
+        (Entry::Execute { .. } | Entry::Compensate { .. }, None) => Err(wasmtime::format_err!(
+            "host bug: a saga step reached an instance without saga hooks"
+        )),
+    }
+}
+
+/// The call's answer (or failure message) if it is within the ring's limit.
 fn answer(
     result: Result<String, String>,
     limit: usize,

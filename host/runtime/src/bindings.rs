@@ -26,3 +26,20 @@ wasmtime::component::bindgen!({
 });
 
 pub use agent_hypervisor::agent::types::Error as WitError;
+
+/// The `saga-participant` export, which an agent may or may not have.
+///
+/// A second `bindgen!` because one world cannot describe an *optional*
+/// export: `root` (above) is what every agent has, and a `saga` world's
+/// `SagaPre` would refuse every plain agent. This one generates only the
+/// export's types and call glue (`interfaces:` emits no world, no imports and
+/// no `Host` traits), so the host still has one set of import bindings.
+pub mod saga {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        interfaces: "export agent-hypervisor:agent/saga-participant@0.1.0;",
+        exports: { default: async },
+    });
+
+    pub use exports::agent_hypervisor::agent::saga_participant::{Guest, GuestIndices, StepCall};
+}

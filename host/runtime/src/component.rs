@@ -21,8 +21,13 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 
 use crate::bindings::RootPre;
+use crate::bindings::saga::GuestIndices as SagaIndices;
 
 use crate::state::AgentState;
+
+/// The export name of the `saga-participant` interface: a component that
+/// exports it can run saga steps ([`AgentComponent::saga_participant`]).
+pub const SAGA_PARTICIPANT: &str = "agent-hypervisor:agent/saga-participant@0.1.0";
 
 /// WASI p2 interfaces an agent may import. They are linked with a context that
 /// grants nothing (no preopens, environment, arguments or network), so they
@@ -140,6 +145,12 @@ pub enum LoadError {
         /// What was found instead.
         message: String,
     },
+    /// The component exports `saga-participant`, but not with the contract's shape.
+    #[error("the component's `{SAGA_PARTICIPANT}` export does not match the contract: {message}")]
+    SagaExport {
+        /// What is wrong (the function and the types found).
+        message: String,
+    },
     /// Strict admission: the ring given is less privileged than the imports need.
     #[error(
         "strict admission: the component imports {capability}, which {given} lacks (it needs {needed})"
@@ -248,23 +259,27 @@ pub fn manifest(engine: &Engine, component: &Component, policy: &RingPolicy) -> 
 ///    contract defines (a function the contract lacks would otherwise be
 ///    refused only by the linker, in every ring);
 /// 3. `run` is exported with the contract's type;
-/// 4. it links against `contract`, the linker of the most privileged ring,
+/// 4. if it exports `saga-participant`, that interface has exactly the
+///    contract's `execute` and `compensate` ([`LoadError::SagaExport`]);
+/// 5. it links against `contract`, the linker of the most privileged ring,
 ///    where every capability that ring grants is a typed adapter: an import
 ///    with another type than the contract's is refused here even if the agent
 ///    will run in a ring where it would have been a breach stub.
 ///
-/// Returns the manifest and the pre-instantiated component for `contract`'s ring.
+/// Returns the manifest, the pre-instantiated component for `contract`'s
+/// ring and, for a saga participant, the indices of its saga hooks.
 ///
 /// # Errors
 /// [`LoadError::RefusedImport`], [`LoadError::Contract`],
-/// [`LoadError::MissingRun`], [`LoadError::ContractTypes`] or [`LoadError::Link`].
+/// [`LoadError::MissingRun`], [`LoadError::SagaExport`],
+/// [`LoadError::ContractTypes`] or [`LoadError::Link`].
 pub(crate) fn admit(
     engine: &Engine,
     contract: &Linker<AgentState>,
     contract_ring: Ring,
     component: &Component,
     policy: &RingPolicy,
-) -> Result<(Manifest, RootPre<AgentState>), LoadError> {
+) -> Result<Admitted, LoadError> {
     let manifest = manifest(engine, component, policy);
     if let Some((name, reason)) = manifest.refused().next() {
         return Err(LoadError::RefusedImport {
@@ -274,6 +289,7 @@ pub(crate) fn admit(
     }
     check_capability_functions(engine, component)?;
     check_run_export(engine, component)?;
+    let participant = check_saga_export(engine, component)?;
     let pre = contract
         .instantiate_pre(component)
         .map_err(|e| LoadError::ContractTypes {
@@ -283,7 +299,26 @@ pub(crate) fn admit(
         ring: contract_ring,
         message: format!("{e:#}"),
     })?;
-    Ok((manifest, pre))
+    let saga = if participant {
+        let indices = SagaIndices::new(pre.instance_pre()).map_err(|e| LoadError::SagaExport {
+            message: format!("{e:#}"),
+        })?;
+        Some(indices)
+    } else {
+        None
+    };
+    Ok(Admitted {
+        manifest,
+        pre,
+        saga,
+    })
+}
+
+/// What admission hands to [`crate::Runtime::load`].
+pub(crate) struct Admitted {
+    pub(crate) manifest: Manifest,
+    pub(crate) pre: RootPre<AgentState>,
+    pub(crate) saga: Option<SagaIndices>,
 }
 
 /// Checks that every function imported from one of our capabilities is in the contract.
@@ -343,6 +378,77 @@ fn check_run_export(engine: &Engine, component: &Component) -> Result<(), LoadEr
     Ok(())
 }
 
+/// Whether the component exports `saga-participant`, and if it does, that
+/// its functions are exactly the contract's: `execute: func(step: step-call,
+/// input: string) -> result<string, string>` and `compensate: func(step:
+/// step-call, input: string, output: string) -> result<_, string>`, where
+/// `step-call` is `record { saga-id: string, step-id: string, action: string,
+/// attempt: u32 }`. Checked here, before linking, so that a wrong shape is
+/// refused with its name rather than found at the first step.
+fn check_saga_export(engine: &Engine, component: &Component) -> Result<bool, LoadError> {
+    use wasmtime::component::types::Type;
+    let ty = component.component_type();
+    let Some((_, item)) = ty.exports(engine).find(|(n, _)| *n == SAGA_PARTICIPANT) else {
+        return Ok(false);
+    };
+    let refuse = |message: String| LoadError::SagaExport { message };
+    let ComponentItem::ComponentInstance(instance) = item.ty else {
+        return Err(refuse("it is not an interface".into()));
+    };
+    // The interface's types (`step-call`) are exported beside its functions.
+    let funcs: BTreeSet<&str> = instance
+        .exports(engine)
+        .filter(|(_, item)| !matches!(item.ty, ComponentItem::Type(_)))
+        .map(|(n, _)| n)
+        .collect();
+    if funcs != BTreeSet::from(["compensate", "execute"]) {
+        return Err(refuse(format!(
+            "it must export exactly the functions `execute` and `compensate`, not {funcs:?}"
+        )));
+    }
+    let is_step_call = |t: &Type| match t {
+        Type::Record(r) => {
+            let fields: Vec<(&str, Type)> = r.fields().map(|f| (f.name, f.ty)).collect();
+            matches!(
+                fields.as_slice(),
+                [
+                    ("saga-id", Type::String),
+                    ("step-id", Type::String),
+                    ("action", Type::String),
+                    ("attempt", Type::U32),
+                ]
+            )
+        }
+        _ => false,
+    };
+    for (name, item) in instance.exports(engine) {
+        let f = match item.ty {
+            ComponentItem::ComponentFunc(f) => f,
+            ComponentItem::Type(_) => continue,
+            _ => return Err(refuse(format!("`{name}` is not a function"))),
+        };
+        let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+        let results: Vec<Type> = f.results().collect();
+        let strings = if name == "execute" { 1 } else { 2 };
+        let params_ok = params.len() == 1 + strings
+            && params.first().is_some_and(is_step_call)
+            && params[1..].iter().all(|t| matches!(t, Type::String));
+        let results_ok = matches!(results.as_slice(), [Type::Result(r)]
+        if matches!(r.err(), Some(Type::String))
+            && if name == "execute" {
+                matches!(r.ok(), Some(Type::String))
+            } else {
+                r.ok().is_none()
+            });
+        if !params_ok || !results_ok {
+            return Err(refuse(format!(
+                "`{name}` takes {params:?} and returns {results:?}"
+            )));
+        }
+    }
+    Ok(true)
+}
+
 /// A loaded, admitted component, with its `InstancePre` per ring (built on first use).
 #[derive(Clone)]
 pub struct AgentComponent {
@@ -354,6 +460,8 @@ pub(crate) struct ComponentInner {
     pub(crate) component: Component,
     pub(crate) manifest: Manifest,
     pub(crate) pres: [OnceLock<RootPre<AgentState>>; 4],
+    /// Where its saga hooks are, if it is a saga participant.
+    pub(crate) saga: Option<SagaIndices>,
 }
 
 impl AgentComponent {
@@ -365,6 +473,12 @@ impl AgentComponent {
     /// The component's capability manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.inner.manifest
+    }
+
+    /// Whether the component can take part in sagas: it exports
+    /// `saga-participant` (with the contract's shape; admission checked it).
+    pub fn saga_participant(&self) -> bool {
+        self.inner.saga.is_some()
     }
 }
 

@@ -11,7 +11,7 @@
 //! use std::sync::Arc;
 //! use ahv_core::{AgentId, Ring};
 //! use ahv_governance::vfs::{Vfs, VfsLimits};
-//! use ahv_runtime::{AgentSpec, Runtime, TrapCause};
+//! use ahv_runtime::{AgentSpec, Runtime, StepCall, TrapCause};
 //! use cap_std::{ambient_authority, fs::Dir};
 //!
 //! # async fn demo(bytes: &[u8]) -> anyhow::Result<()> {
@@ -26,6 +26,13 @@
 //!         Some(TrapCause::RingBreach(b)) => println!("breach of {}/{}", b.capability, b.function),
 //!         other => println!("stopped: {other:?}"),
 //!     },
+//! }
+//! // A component that exports `saga-participant` also runs saga steps, each
+//! // under its ring and within its own deadline.
+//! if component.saga_participant() {
+//!     let step = StepCall { saga_id: "s1".into(), step_id: "draft".into(), action: "draft".into(), attempt: 1 };
+//!     let out = agent.execute_step(&step, "slug=notes", std::time::Duration::from_secs(5)).await?;
+//!     println!("step output: {:?}", out.result);
 //! }
 //! # Ok(()) }
 //! ```
@@ -46,8 +53,8 @@ pub mod runtime;
 pub mod state;
 pub mod trap;
 
-pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput};
-pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest};
+pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput, StepCall};
+pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest, SAGA_PARTICIPANT};
 pub use gate::{
     AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, NoGovernor, ParticipantView,
     RateBudget, Refusal, Who,

@@ -422,7 +422,7 @@ impl Runtime {
             Some(cache) => cache.load(engine, &hash, bytes)?,
             None => component::compile(engine, bytes)?,
         };
-        let (manifest, root_pre) = component::admit(
+        let admitted = component::admit(
             engine,
             self.inner.linker(Ring::Root),
             Ring::Root,
@@ -430,13 +430,14 @@ impl Runtime {
             &self.inner.policy,
         )?;
         let pres: [std::sync::OnceLock<RootPre<AgentState>>; 4] = Default::default();
-        let _ = pres[Ring::Root.number() as usize].set(root_pre);
+        let _ = pres[Ring::Root.number() as usize].set(admitted.pre);
         let c = AgentComponent {
             inner: Arc::new(ComponentInner {
                 hash,
                 component: compiled,
-                manifest,
+                manifest: admitted.manifest,
                 pres,
+                saga: admitted.saga,
             }),
         };
         self.inner
