@@ -799,6 +799,11 @@ mod tests {
                 step: s("build"),
                 hash: [9; 32],
             },
+            EventKind::SagaStepSkipped => EventPayload::SagaStepSkipped {
+                saga: s("saga-1"),
+                step: s("build"),
+                hash: [9; 32],
+            },
         }
     }
 

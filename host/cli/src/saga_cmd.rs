@@ -10,7 +10,6 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahv_core::AgentId;
@@ -99,7 +98,7 @@ fn component_bytes(definition: &Path, component: &str) -> Result<Vec<u8>, Failur
 fn open(state_dir: &Path, cache: Option<&CacheArgs>) -> Result<Hypervisor, Failure> {
     let mut b = Hypervisor::builder()
         .state_dir(state_dir)
-        .actions(Arc::new(builtin::registry()));
+        .actions(builtin::registry());
     if let Some(dir) = cache.and_then(CacheArgs::dir) {
         b = b.cache_dir(dir);
     }

@@ -88,7 +88,7 @@ pub(crate) async fn saga_demo(state: &Path, cache: Option<&Path>) -> anyhow::Res
     outln!("\nPart 2: a saga whose last step fails, and is compensated")?;
     let mut b = Hypervisor::builder()
         .state_dir(state)
-        .actions(Arc::new(builtin::registry()));
+        .actions(builtin::registry());
     if let Some(c) = cache {
         b = b.cache_dir(c);
     }

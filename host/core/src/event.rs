@@ -582,6 +582,16 @@ events! {
         /// `sha256(goal:step_id)`.
         hash: [u8; 32],
     },
+    /// `saga.step_skipped`: a step did not run: its checkpoint from the
+    /// saga's previous run is still valid (its output and undo data are kept).
+    SagaStepSkipped => "saga.step_skipped" {
+        /// The saga's id.
+        saga: String,
+        /// The step's id.
+        step: String,
+        /// Its checkpoint, `sha256(goal:step_id)`.
+        hash: [u8; 32],
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -1389,6 +1399,11 @@ mod tests {
                 cancelled: 0,
             },
             EventKind::SagaCheckpointSaved => EventPayload::SagaCheckpointSaved {
+                saga: s("saga-1"),
+                step: s("build"),
+                hash: [9; 32],
+            },
+            EventKind::SagaStepSkipped => EventPayload::SagaStepSkipped {
                 saga: s("saga-1"),
                 step: s("build"),
                 hash: [9; 32],

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use ahv_core::event::EventPayload;
 use ahv_core::{AgentId, Capability, EventId, SessionId, TraceId};
-use ahv_governance::actions::{ActionContext, ActionRegistry};
+use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::Caller;
 use ahv_governance::journal::{Change, undo_changes};
 use ahv_governance::session::SessionState;
@@ -211,28 +211,27 @@ impl SessionRunner {
                 FailureKind::Breach,
                 format!(
                     "refused: agent {agent} in {ring} may not run host action {name} (it needs the {} capability)",
-                    needed.name()
+                    needed
                 ),
             ));
         }
-        let ctx = ActionContext {
+        let who = Caller {
             agent,
             ring,
             trace: self.trace,
-            files: &*self.entry.core,
         };
+        let core = &self.entry.core;
         let (output, change) = if reversible {
-            let record = registry
-                .invoke_reversible(ctx, name, &call.step.execute)
+            let record = core
+                .invoke_action(who, &registry, name, &call.step.execute)
                 .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
             (record.output.clone(), Change::action(&record))
         } else {
-            let output = registry
-                .invoke_effect(ctx, name, &call.step.execute)
+            let output = core
+                .invoke_effect(who, &registry, name, &call.step.execute)
                 .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
             (output, Change::Effect { name: name.to_string() })
         };
-        self.entry.core.action_invoked(ctx.caller(), &change);
         Ok(StepDone {
             output,
             undo: StepUndo::encode(vec![change]),
