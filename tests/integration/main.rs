@@ -9,6 +9,7 @@ mod policy;
 mod rings;
 mod runtime;
 mod saga_agents;
+mod sagas;
 mod sessions;
 mod snapshots;
 mod vfs_hostile;

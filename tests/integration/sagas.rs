@@ -1,0 +1,390 @@
+//! Sagas through the `Hypervisor`, with every step inside a real agent (the
+//! `scripted` test instrument or the draft → review → publish trio):
+//! compensation that restores files and state byte for byte, deadlines and
+//! retries, fan-out policies, breaches, escalation, events.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ahv_core::event::{EventKind, EventPayload, EventQuery};
+use ahv_core::{FakeClock, Ring, RingLimits, RingPolicy, SessionId};
+use ahv_governance::files::{Caller, FileSpace};
+use ahv_governance::session_core::SessionCore;
+use ahv_governance::vfs::EntryKind;
+use ahv_hypervisor::{Escalation, EscalationHook};
+use ahv_saga::{FakeSleeper, FixedJitter, SagaDefinition, SagaState, StepState};
+
+use crate::sessions::{Hv, id};
+
+const SCRIPTED: &[u8] = ahv_agents::SCRIPTED;
+
+/// Every file of the session (both areas of `agents`) and every state key,
+/// with the content's SHA-256: what "byte for byte the same" compares.
+fn fingerprint(core: &SessionCore, agents: &[&str]) -> Vec<String> {
+    fn walk(core: &SessionCore, who: Caller<'_>, dir: &str, out: &mut Vec<String>) {
+        for name in core.list(who, dir).unwrap() {
+            if dir.is_empty() && name == "shared" {
+                continue;
+            }
+            let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            match core.stat(who, &path).unwrap().kind {
+                EntryKind::Directory => walk(core, who, &path, out),
+                EntryKind::File => {
+                    let h = core.hash(who, &path).unwrap();
+                    out.push(format!("{}:{path} {}", who.agent, hex::encode(h)));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let host = id("did:test:host");
+    walk(core, Caller::untraced(&host, Ring::Root), "shared", &mut out);
+    for a in agents {
+        let a = id(a);
+        walk(core, Caller::untraced(&a, Ring::Root), "", &mut out);
+    }
+    for key in core.state().keys(&host, "").unwrap() {
+        let v = core.state().peek(&key).map(|v| hex::encode(ahv_governance::files::sha256(&v.value)));
+        out.push(format!("state {key} {v:?}"));
+    }
+    out.sort();
+    out
+}
+
+/// A session with `scripted` agents joined at σ 0.8 (ring 2) and activated.
+async fn scripted_session(hv: &Hv, agents: &[(&str, f64)]) -> SessionId {
+    let s = hv.session();
+    for (a, sigma) in agents {
+        hv.join(&s, a, *sigma, SCRIPTED).await;
+    }
+    hv.hv.activate_session(&s).unwrap();
+    s
+}
+
+fn kinds(hv: &Hv, s: &SessionId) -> Vec<EventKind> {
+    hv.hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()))
+        .iter()
+        .map(|e| e.payload.kind())
+        .filter(|k| k.name().starts_with("saga."))
+        .collect()
+}
+
+#[tokio::test]
+async fn compensation_restores_the_sessions_files_and_state_byte_for_byte() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:a", 0.8), ("did:t:b", 0.8)]).await;
+    hv.put_shared(&s, "doc.md", "version one\n");
+    hv.script(&s, "did:t:a", "put status draft\nwrite notes/keep.txt mine").await;
+    let core = hv.hv.session_core(&s).unwrap();
+    let before = fingerprint(&core, &["did:t:a", "did:t:b"]);
+
+    let def = SagaDefinition::from_yaml(
+        r#"
+name: four-steps
+steps:
+  - id: one
+    agent: did:t:a
+    action: edit
+    execute: "write shared/doc.md version two\nput status review\nmkdir shared/out/deep"
+  - id: two
+    agent: did:t:b
+    action: add
+    depends_on: [one]
+    execute: "write shared/out/deep/b.txt from b\nappend shared/doc.md  and more\nput counter 1"
+  - id: three
+    agent: did:t:a
+    action: move
+    depends_on: [two]
+    execute: "rename shared/out/deep/b.txt shared/b-moved.txt\ndelete notes/keep.txt\ndel status\nsetacl shared/doc.md did:t:a everyone owner"
+  - id: four
+    agent: did:t:b
+    action: fail
+    depends_on: [three]
+    execute: "write shared/partial.txt half done\nfail the fourth step cannot finish"
+"#,
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed, "{report:?}");
+    for step in ["one", "two", "three"] {
+        assert_eq!(report.step(step).unwrap().state, StepState::Compensated, "{step}");
+    }
+    assert_eq!(report.step("four").unwrap().state, StepState::Failed);
+    let after = fingerprint(&core, &["did:t:a", "did:t:b"]);
+    assert_eq!(before, after, "files and state differ after compensation");
+    // The fourth step's partial write was undone too.
+    let host = id("did:test:host");
+    assert!(core.read(Caller::untraced(&host, Ring::Root), "shared/partial.txt").is_err());
+    // Compensated newest first.
+    let order: Vec<String> = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaStepCompensated))
+        .iter()
+        .map(|e| match &e.payload {
+            EventPayload::SagaStepCompensated { step, .. } => step.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(order, ["three", "two", "one"]);
+}
+
+#[tokio::test]
+async fn a_successful_saga_reaches_completed_with_an_event_for_every_transition() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: ok\nsteps:\n  - id: one\n    agent: did:t:a\n    action: w\n    execute: write shared/x.txt 1\n    checkpoint: goal\n  - id: two\n    agent: did:t:a\n    action: w\n    depends_on: [one]\n    execute: append shared/x.txt 2\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed);
+    assert_eq!(
+        kinds(&hv, &s),
+        [
+            EventKind::SagaCreated,
+            EventKind::SagaStepStarted,
+            EventKind::SagaStepCommitted,
+            EventKind::SagaCheckpointSaved,
+            EventKind::SagaStepStarted,
+            EventKind::SagaStepCommitted,
+            EventKind::SagaCompleted,
+        ]
+    );
+    // Each carries the step's agent; the records are in the saga's journal.
+    let started = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaStepStarted));
+    assert!(started.iter().all(|e| e.agent == Some(id("did:t:a"))));
+    let records = hv.hv.saga_records(&report.saga).unwrap();
+    assert_eq!(records.len(), 7);
+}
+
+#[tokio::test]
+async fn a_spinning_step_stops_at_its_deadline_and_is_retried_after_the_formulas_delays() {
+    let clock = FakeClock::new();
+    let sleeper = Arc::new(FakeSleeper::new(clock.clone()));
+    // Fuel enough to spin past the step's deadline: time, not fuel, stops it.
+    let mut standard = RingLimits::default_for(Ring::Standard);
+    standard.fuel_per_call = u64::MAX / 2;
+    let policy = RingPolicy::default().with_limits(Ring::Standard, standard).unwrap();
+    let hv = Hv::with(|b| {
+        b.policy(policy)
+            .saga_sleeper(sleeper.clone())
+            .saga_jitter(Arc::new(FixedJitter(0.5)))
+    });
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    // Ring 2's deadline is 30 s: the step's own 1 s is what stops it.
+    let def = SagaDefinition::from_yaml(
+        "name: spin\nbackoff: { base_ms: 100, cap_ms: 150 }\nsteps:\n  - id: spin\n    agent: did:t:a\n    action: spin\n    execute: spin\n    timeout_secs: 1\n    retries: 2\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "three 1 s attempts, not 30 s ones");
+    let step = report.step("spin").unwrap();
+    assert_eq!((report.state, step.state, step.attempts), (SagaState::Failed, StepState::Failed, 3));
+    assert!(step.error.as_deref().unwrap().contains("deadline"), "{step:?}");
+    // Retry n waits c/2 + r·c/2 with c = min(cap, base·2^(n-1)), r = 0.5:
+    // c = 100 → 75 ms, c = min(150, 200) = 150 → 112.5 ms (whole ms: 112).
+    assert_eq!(sleeper.delays(), [Duration::from_millis(75), Duration::from_millis(112)]);
+}
+
+#[tokio::test]
+async fn a_ring_3_step_that_writes_is_a_breach_the_step_fails_and_earlier_steps_are_compensated() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:a", 0.8), ("did:t:low", 0.3)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: breach\nsteps:\n  - id: ok\n    agent: did:t:a\n    action: w\n    execute: write shared/a.txt yes\n  - id: sneaky\n    agent: did:t:low\n    action: w\n    depends_on: [ok]\n    retries: 3\n    execute: write shared/b.txt no\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed);
+    let sneaky = report.step("sneaky").unwrap();
+    // A breach is punished, never retried.
+    assert_eq!((sneaky.state, sneaky.attempts), (StepState::Failed, 1));
+    assert!(sneaky.error.as_deref().unwrap().contains("breach"), "{sneaky:?}");
+    assert_eq!(report.step("ok").unwrap().state, StepState::Compensated);
+    let breaches = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::RingBreachDetected));
+    assert_eq!(breaches.len(), 1);
+    assert_eq!(breaches[0].agent, Some(id("did:t:low")));
+    let core = hv.hv.session_core(&s).unwrap();
+    let host = id("did:test:host");
+    assert!(core.read(Caller::untraced(&host, Ring::Root), "shared/a.txt").is_err());
+}
+
+fn fanout(policy: &str, outcomes: [bool; 3]) -> SagaDefinition {
+    let mut y = format!("name: fan-{policy}\nsteps:\n");
+    for (i, ok) in outcomes.iter().enumerate() {
+        let script = if *ok {
+            format!("write shared/branch-{i}.txt done")
+        } else {
+            format!("write shared/branch-{i}.txt half\\nfail branch {i} failed")
+        };
+        y += &format!(
+            "  - id: b{i}\n    agent: did:t:{i}\n    action: branch\n    execute: \"{script}\"\n"
+        );
+    }
+    y += "  - id: after\n    agent: did:t:0\n    action: after\n    depends_on: [g]\n    execute: write shared/after.txt end\n";
+    y += &format!("fanout:\n  - id: g\n    policy: {policy}\n    branches: [b0, b1, b2]\n");
+    SagaDefinition::from_yaml(&y).unwrap()
+}
+
+async fn run_fanout(policy: &str, outcomes: [bool; 3]) -> (Hv, SessionId, ahv_saga::SagaReport) {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:0", 0.8), ("did:t:1", 0.8), ("did:t:2", 0.8)]).await;
+    let report = hv.hv.run_saga(&s, fanout(policy, outcomes)).await.unwrap();
+    (hv, s, report)
+}
+
+fn shared_files(hv: &Hv, s: &SessionId) -> Vec<String> {
+    let core = hv.hv.session_core(s).unwrap();
+    let host = id("did:test:host");
+    let mut names = core.list(Caller::untraced(&host, Ring::Root), "shared").unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn fan_out_all_needs_every_branch_and_compensates_the_winners_when_one_fails() {
+    let (hv, s, r) = run_fanout("all", [true, true, true]).await;
+    assert_eq!(r.state, SagaState::Completed);
+    assert_eq!(shared_files(&hv, &s), ["after.txt", "branch-0.txt", "branch-1.txt", "branch-2.txt"]);
+
+    let (hv, s, r) = run_fanout("all", [true, false, true]).await;
+    assert_eq!(r.state, SagaState::Failed);
+    assert_eq!(r.step("b0").unwrap().state, StepState::Compensated);
+    assert_eq!(r.step("b2").unwrap().state, StepState::Compensated);
+    assert_eq!(r.step("after").unwrap().state, StepState::Pending);
+    assert!(shared_files(&hv, &s).is_empty(), "{:?}", shared_files(&hv, &s));
+    let resolved = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaFanoutResolved));
+    assert!(matches!(
+        &resolved[0].payload,
+        EventPayload::SagaFanoutResolved { succeeded: 2, failed: 1, .. }
+    ));
+}
+
+#[tokio::test]
+async fn fan_out_majority_holds_with_two_of_three_and_fails_with_one() {
+    let (hv, s, r) = run_fanout("majority", [true, false, true]).await;
+    assert_eq!(r.state, SagaState::Completed);
+    assert_eq!(r.step("b1").unwrap().state, StepState::Failed);
+    // The failed branch's partial write was undone; the others stand.
+    assert_eq!(shared_files(&hv, &s), ["after.txt", "branch-0.txt", "branch-2.txt"]);
+
+    let (hv, s, r) = run_fanout("majority", [false, true, false]).await;
+    assert_eq!(r.state, SagaState::Failed);
+    assert_eq!(r.step("b1").unwrap().state, StepState::Compensated);
+    assert!(shared_files(&hv, &s).is_empty());
+}
+
+#[tokio::test]
+async fn fan_out_any_holds_with_one_success_and_fails_with_none() {
+    let (hv, s, r) = run_fanout("any", [false, false, true]).await;
+    assert_eq!(r.state, SagaState::Completed);
+    assert!(shared_files(&hv, &s).contains(&"after.txt".to_string()));
+
+    let (hv, s, r) = run_fanout("any", [false, false, false]).await;
+    assert_eq!(r.state, SagaState::Failed);
+    assert!(shared_files(&hv, &s).is_empty());
+}
+
+#[tokio::test]
+async fn fan_out_any_cancels_the_branches_still_running_once_one_succeeds() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:0", 0.8), ("did:t:1", 0.8)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: race\nsteps:\n  - id: fast\n    agent: did:t:0\n    action: a\n    execute: write shared/fast.txt won\n  - id: slow\n    agent: did:t:1\n    action: a\n    timeout_secs: 30\n    execute: spin\nfanout:\n  - id: g\n    policy: any\n    branches: [fast, slow]\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(25), "the spinning branch was not cancelled");
+    assert_eq!(report.state, SagaState::Completed);
+    let slow = report.step("slow").unwrap();
+    assert_eq!(slow.state, StepState::Failed);
+    assert_eq!(shared_files(&hv, &s), ["fast.txt"]);
+}
+
+struct Hook(Arc<Mutex<Vec<Escalation>>>);
+
+impl EscalationHook for Hook {
+    fn escalated(&self, e: &Escalation) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_compensation_escalates_calls_the_hook_and_still_undoes_the_rest() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook = Hook(seen.clone());
+    let hv = Hv::with(|b| b.on_escalation(hook));
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: esc\nsteps:\n  - id: one\n    agent: did:t:a\n    action: w\n    execute: write shared/one.txt 1\n  - id: two\n    agent: did:t:a\n    action: w\n    depends_on: [one]\n    execute: write shared/two.txt 2\n    undo: fail cannot take it back\n  - id: three\n    agent: did:t:a\n    action: w\n    depends_on: [two]\n    execute: fail no\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Escalated);
+    assert_eq!(report.step("two").unwrap().state, StepState::CompensationFailed);
+    assert_eq!(report.step("one").unwrap().state, StepState::Compensated);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].session, s);
+    assert_eq!(seen[0].failures[0].step, "two");
+    assert!(seen[0].failures[0].error.contains("cannot take it back"), "{:?}", seen[0]);
+    let esc = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaEscalated));
+    assert!(matches!(esc[0].payload, EventPayload::SagaEscalated { failures: 1, .. }));
+}
+
+#[tokio::test]
+async fn a_saga_naming_an_agent_that_is_not_in_the_session_is_refused_before_it_starts() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: x\nsteps:\n  - id: one\n    agent: did:t:ghost\n    action: w\n",
+    )
+    .unwrap();
+    let err = hv.hv.run_saga(&s, def).await.unwrap_err().to_string();
+    assert!(err.contains("did:t:ghost") && err.contains("one"), "{err}");
+    assert!(hv.hv.sagas().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_host_action_step_runs_in_the_agents_name_and_is_undone_by_its_action() {
+    let hv = Hv::with(|b| b.actions(ahv_governance::actions::builtin::registry()));
+    let s = scripted_session(&hv, &[("did:t:a", 0.8), ("did:t:low", 0.3)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: host\nsteps:\n  - id: note\n    agent: did:t:a\n    action: note.append\n    via: host\n    execute: remember this\n  - id: boom\n    agent: did:t:a\n    action: x\n    depends_on: [note]\n    execute: fail stop\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed);
+    assert_eq!(report.step("note").unwrap().state, StepState::Compensated);
+    let invoked = hv
+        .hv
+        .events()
+        .query(&EventQuery::default().session(s.clone()).kind(EventKind::ActionInvoked));
+    assert_eq!(invoked.len(), 1);
+    // A ring 3 agent may not run a reversible action, even through the host.
+    let def = SagaDefinition::from_yaml(
+        "name: host3\nsteps:\n  - id: note\n    agent: did:t:low\n    action: note.append\n    via: host\n    execute: x\n    retries: 2\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    let note = report.step("note").unwrap();
+    assert_eq!((note.state, note.attempts), (StepState::Failed, 1));
+    assert!(note.error.as_deref().unwrap().contains("actions"), "{note:?}");
+}
