@@ -63,7 +63,9 @@ impl Demo {
         let elapsed = started.elapsed();
         let (logs, changes) = match &result {
             Ok(out) => (out.logs.as_slice(), out.changes.clone()),
-            Err(AgentError::Trapped { logs, changes, .. }) => (logs.as_slice(), changes.clone()),
+            Err(AgentError::Trapped { logs, changes, .. }) => {
+                (logs.as_slice(), changes.changes().to_vec())
+            }
             Err(_) => (&[][..], Vec::new()),
         };
         for line in logs {

@@ -172,6 +172,17 @@ impl ChangeJournal {
     pub fn changes(&self) -> &[Change] {
         &self.changes
     }
+
+    /// The recorded changes, oldest first, by value.
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+}
+
+impl From<Vec<Change>> for ChangeJournal {
+    fn from(changes: Vec<Change>) -> ChangeJournal {
+        ChangeJournal { changes }
+    }
 }
 
 /// Why one change could not be undone.

@@ -8,7 +8,7 @@ use ahv_core::standing::Standing;
 use ahv_core::{AgentId, Ring, SessionId, SystemClock, TraceId};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
-use ahv_governance::journal::Change;
+use ahv_governance::journal::{Change, ChangeJournal};
 use ahv_governance::session_core::SessionCore;
 use thiserror::Error;
 use wasmtime::component::TypedFunc;
@@ -149,8 +149,9 @@ pub enum AgentError {
         /// What it logged before the trap.
         logs: Vec<LogLine>,
         /// The governed changes it made before the trap (they stay in
-        /// effect; a saga undoes them like a committed step's).
-        changes: Vec<Change>,
+        /// effect; a saga undoes them like a committed step's). Boxed to
+        /// keep the error small.
+        changes: Box<ChangeJournal>,
     },
     /// An earlier trap (or a kill) left the agent unusable.
     #[error("agent {agent} is unusable after an earlier trap ({cause})")]
@@ -330,6 +331,9 @@ impl Agent {
         self.poisoned.as_ref()
     }
 
+    // `AgentError::Trapped` carries the trapped call's logs and changes (the
+    // changes boxed); this private constructor only returns `RateBudget`.
+    #[allow(clippy::result_large_err)]
     fn new_store(&self) -> Result<Store<AgentState>, AgentError> {
         let ring = self.spec.standing.effective();
         let limits = self.runtime.policy().limits(ring);
@@ -491,7 +495,7 @@ impl Agent {
             agent: self.spec.agent.clone(),
             cause,
             logs,
-            changes,
+            changes: Box::new(ChangeJournal::from(changes)),
         }
     }
 
