@@ -26,7 +26,11 @@ fn fingerprint(core: &SessionCore, agents: &[&str]) -> Vec<String> {
             if dir.is_empty() && name == "shared" {
                 continue;
             }
-            let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
             match core.stat(who, &path).unwrap().kind {
                 EntryKind::Directory => walk(core, who, &path, out),
                 EntryKind::File => {
@@ -38,13 +42,21 @@ fn fingerprint(core: &SessionCore, agents: &[&str]) -> Vec<String> {
     }
     let mut out = Vec::new();
     let host = id("did:test:host");
-    walk(core, Caller::untraced(&host, Ring::Root), "shared", &mut out);
+    walk(
+        core,
+        Caller::untraced(&host, Ring::Root),
+        "shared",
+        &mut out,
+    );
     for a in agents {
         let a = id(a);
         walk(core, Caller::untraced(&a, Ring::Root), "", &mut out);
     }
     for key in core.state().keys(&host, "").unwrap() {
-        let v = core.state().peek(&key).map(|v| hex::encode(ahv_governance::files::sha256(&v.value)));
+        let v = core
+            .state()
+            .peek(&key)
+            .map(|v| hex::encode(ahv_governance::files::sha256(&v.value)));
         out.push(format!("state {key} {v:?}"));
     }
     out.sort();
@@ -76,7 +88,8 @@ async fn compensation_restores_the_sessions_files_and_state_byte_for_byte() {
     let hv = Hv::new();
     let s = scripted_session(&hv, &[("did:t:a", 0.8), ("did:t:b", 0.8)]).await;
     hv.put_shared(&s, "doc.md", "version one\n");
-    hv.script(&s, "did:t:a", "put status draft\nwrite notes/keep.txt mine").await;
+    hv.script(&s, "did:t:a", "put status draft\nwrite notes/keep.txt mine")
+        .await;
     let core = hv.hv.session_core(&s).unwrap();
     let before = fingerprint(&core, &["did:t:a", "did:t:b"]);
 
@@ -109,19 +122,30 @@ steps:
     let report = hv.hv.run_saga(&s, def).await.unwrap();
     assert_eq!(report.state, SagaState::Failed, "{report:?}");
     for step in ["one", "two", "three"] {
-        assert_eq!(report.step(step).unwrap().state, StepState::Compensated, "{step}");
+        assert_eq!(
+            report.step(step).unwrap().state,
+            StepState::Compensated,
+            "{step}"
+        );
     }
     assert_eq!(report.step("four").unwrap().state, StepState::Failed);
     let after = fingerprint(&core, &["did:t:a", "did:t:b"]);
     assert_eq!(before, after, "files and state differ after compensation");
     // The fourth step's partial write was undone too.
     let host = id("did:test:host");
-    assert!(core.read(Caller::untraced(&host, Ring::Root), "shared/partial.txt").is_err());
+    assert!(
+        core.read(Caller::untraced(&host, Ring::Root), "shared/partial.txt")
+            .is_err()
+    );
     // Compensated newest first.
     let order: Vec<String> = hv
         .hv
         .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaStepCompensated))
+        .query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::SagaStepCompensated),
+        )
         .iter()
         .map(|e| match &e.payload {
             EventPayload::SagaStepCompensated { step, .. } => step.clone(),
@@ -154,10 +178,11 @@ async fn a_successful_saga_reaches_completed_with_an_event_for_every_transition(
         ]
     );
     // Each carries the step's agent; the records are in the saga's journal.
-    let started = hv
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaStepStarted));
+    let started = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::SagaStepStarted),
+    );
     assert!(started.iter().all(|e| e.agent == Some(id("did:t:a"))));
     let records = hv.hv.saga_records(&report.saga).unwrap();
     assert_eq!(records.len(), 7);
@@ -170,7 +195,9 @@ async fn a_spinning_step_stops_at_its_deadline_and_is_retried_after_the_formulas
     // Fuel enough to spin past the step's deadline: time, not fuel, stops it.
     let mut standard = RingLimits::default_for(Ring::Standard);
     standard.fuel_per_call = u64::MAX / 2;
-    let policy = RingPolicy::default().with_limits(Ring::Standard, standard).unwrap();
+    let policy = RingPolicy::default()
+        .with_limits(Ring::Standard, standard)
+        .unwrap();
     let hv = Hv::with(|b| {
         b.policy(policy)
             .saga_sleeper(sleeper.clone())
@@ -184,13 +211,25 @@ async fn a_spinning_step_stops_at_its_deadline_and_is_retried_after_the_formulas
     .unwrap();
     let started = std::time::Instant::now();
     let report = hv.hv.run_saga(&s, def).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20), "three 1 s attempts, not 30 s ones");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "three 1 s attempts, not 30 s ones"
+    );
     let step = report.step("spin").unwrap();
-    assert_eq!((report.state, step.state, step.attempts), (SagaState::Failed, StepState::Failed, 3));
-    assert!(step.error.as_deref().unwrap().contains("deadline"), "{step:?}");
+    assert_eq!(
+        (report.state, step.state, step.attempts),
+        (SagaState::Failed, StepState::Failed, 3)
+    );
+    assert!(
+        step.error.as_deref().unwrap().contains("deadline"),
+        "{step:?}"
+    );
     // Retry n waits c/2 + r·c/2 with c = min(cap, base·2^(n-1)), r = 0.5:
     // c = 100 → 75 ms, c = min(150, 200) = 150 → 112.5 ms (whole ms: 112).
-    assert_eq!(sleeper.delays(), [Duration::from_millis(75), Duration::from_millis(112)]);
+    assert_eq!(
+        sleeper.delays(),
+        [Duration::from_millis(75), Duration::from_millis(112)]
+    );
 }
 
 #[tokio::test]
@@ -206,17 +245,24 @@ async fn a_ring_3_step_that_writes_is_a_breach_the_step_fails_and_earlier_steps_
     let sneaky = report.step("sneaky").unwrap();
     // A breach is punished, never retried.
     assert_eq!((sneaky.state, sneaky.attempts), (StepState::Failed, 1));
-    assert!(sneaky.error.as_deref().unwrap().contains("breach"), "{sneaky:?}");
+    assert!(
+        sneaky.error.as_deref().unwrap().contains("breach"),
+        "{sneaky:?}"
+    );
     assert_eq!(report.step("ok").unwrap().state, StepState::Compensated);
-    let breaches = hv
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::RingBreachDetected));
+    let breaches = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::RingBreachDetected),
+    );
     assert_eq!(breaches.len(), 1);
     assert_eq!(breaches[0].agent, Some(id("did:t:low")));
     let core = hv.hv.session_core(&s).unwrap();
     let host = id("did:test:host");
-    assert!(core.read(Caller::untraced(&host, Ring::Root), "shared/a.txt").is_err());
+    assert!(
+        core.read(Caller::untraced(&host, Ring::Root), "shared/a.txt")
+            .is_err()
+    );
 }
 
 fn fanout(policy: &str, outcomes: [bool; 3]) -> SagaDefinition {
@@ -246,7 +292,9 @@ async fn run_fanout(policy: &str, outcomes: [bool; 3]) -> (Hv, SessionId, ahv_sa
 fn shared_files(hv: &Hv, s: &SessionId) -> Vec<String> {
     let core = hv.hv.session_core(s).unwrap();
     let host = id("did:test:host");
-    let mut names = core.list(Caller::untraced(&host, Ring::Root), "shared").unwrap();
+    let mut names = core
+        .list(Caller::untraced(&host, Ring::Root), "shared")
+        .unwrap();
     names.sort();
     names
 }
@@ -255,21 +303,33 @@ fn shared_files(hv: &Hv, s: &SessionId) -> Vec<String> {
 async fn fan_out_all_needs_every_branch_and_compensates_the_winners_when_one_fails() {
     let (hv, s, r) = run_fanout("all", [true, true, true]).await;
     assert_eq!(r.state, SagaState::Completed);
-    assert_eq!(shared_files(&hv, &s), ["after.txt", "branch-0.txt", "branch-1.txt", "branch-2.txt"]);
+    assert_eq!(
+        shared_files(&hv, &s),
+        ["after.txt", "branch-0.txt", "branch-1.txt", "branch-2.txt"]
+    );
 
     let (hv, s, r) = run_fanout("all", [true, false, true]).await;
     assert_eq!(r.state, SagaState::Failed);
     assert_eq!(r.step("b0").unwrap().state, StepState::Compensated);
     assert_eq!(r.step("b2").unwrap().state, StepState::Compensated);
     assert_eq!(r.step("after").unwrap().state, StepState::Pending);
-    assert!(shared_files(&hv, &s).is_empty(), "{:?}", shared_files(&hv, &s));
-    let resolved = hv
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaFanoutResolved));
+    assert!(
+        shared_files(&hv, &s).is_empty(),
+        "{:?}",
+        shared_files(&hv, &s)
+    );
+    let resolved = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::SagaFanoutResolved),
+    );
     assert!(matches!(
         &resolved[0].payload,
-        EventPayload::SagaFanoutResolved { succeeded: 2, failed: 1, .. }
+        EventPayload::SagaFanoutResolved {
+            succeeded: 2,
+            failed: 1,
+            ..
+        }
     ));
 }
 
@@ -279,7 +339,10 @@ async fn fan_out_majority_holds_with_two_of_three_and_fails_with_one() {
     assert_eq!(r.state, SagaState::Completed);
     assert_eq!(r.step("b1").unwrap().state, StepState::Failed);
     // The failed branch's partial write was undone; the others stand.
-    assert_eq!(shared_files(&hv, &s), ["after.txt", "branch-0.txt", "branch-2.txt"]);
+    assert_eq!(
+        shared_files(&hv, &s),
+        ["after.txt", "branch-0.txt", "branch-2.txt"]
+    );
 
     let (hv, s, r) = run_fanout("majority", [false, true, false]).await;
     assert_eq!(r.state, SagaState::Failed);
@@ -308,7 +371,10 @@ async fn fan_out_any_cancels_the_branches_still_running_once_one_succeeds() {
     .unwrap();
     let started = std::time::Instant::now();
     let report = hv.hv.run_saga(&s, def).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(25), "the spinning branch was not cancelled");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the spinning branch was not cancelled"
+    );
     assert_eq!(report.state, SagaState::Completed);
     let slow = report.step("slow").unwrap();
     assert_eq!(slow.state, StepState::Failed);
@@ -335,18 +401,29 @@ async fn a_failed_compensation_escalates_calls_the_hook_and_still_undoes_the_res
     .unwrap();
     let report = hv.hv.run_saga(&s, def).await.unwrap();
     assert_eq!(report.state, SagaState::Escalated);
-    assert_eq!(report.step("two").unwrap().state, StepState::CompensationFailed);
+    assert_eq!(
+        report.step("two").unwrap().state,
+        StepState::CompensationFailed
+    );
     assert_eq!(report.step("one").unwrap().state, StepState::Compensated);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].session, s);
     assert_eq!(seen[0].failures[0].step, "two");
-    assert!(seen[0].failures[0].error.contains("cannot take it back"), "{:?}", seen[0]);
-    let esc = hv
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::SagaEscalated));
-    assert!(matches!(esc[0].payload, EventPayload::SagaEscalated { failures: 1, .. }));
+    assert!(
+        seen[0].failures[0].error.contains("cannot take it back"),
+        "{:?}",
+        seen[0]
+    );
+    let esc = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::SagaEscalated),
+    );
+    assert!(matches!(
+        esc[0].payload,
+        EventPayload::SagaEscalated { failures: 1, .. }
+    ));
 }
 
 #[tokio::test]
@@ -373,10 +450,11 @@ async fn a_host_action_step_runs_in_the_agents_name_and_is_undone_by_its_action(
     let report = hv.hv.run_saga(&s, def).await.unwrap();
     assert_eq!(report.state, SagaState::Failed);
     assert_eq!(report.step("note").unwrap().state, StepState::Compensated);
-    let invoked = hv
-        .hv
-        .events()
-        .query(&EventQuery::default().session(s.clone()).kind(EventKind::ActionInvoked));
+    let invoked = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::ActionInvoked),
+    );
     assert_eq!(invoked.len(), 1);
     // A ring 3 agent may not run a reversible action, even through the host.
     let def = SagaDefinition::from_yaml(
@@ -386,5 +464,8 @@ async fn a_host_action_step_runs_in_the_agents_name_and_is_undone_by_its_action(
     let report = hv.hv.run_saga(&s, def).await.unwrap();
     let note = report.step("note").unwrap();
     assert_eq!((note.state, note.attempts), (StepState::Failed, 1));
-    assert!(note.error.as_deref().unwrap().contains("actions"), "{note:?}");
+    assert!(
+        note.error.as_deref().unwrap().contains("actions"),
+        "{note:?}"
+    );
 }

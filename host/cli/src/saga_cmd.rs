@@ -18,8 +18,8 @@ use ahv_governance::actions::builtin;
 use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 use ahv_saga::{
-    EngineError, FileStore, ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaReport, SagaState,
-    StepState, report_of,
+    EngineError, FileStore, ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaReport,
+    SagaState, StepState, report_of,
 };
 use anyhow::Context;
 use serde_json::json;
@@ -151,9 +151,12 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let live = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let start = Instant::now();
         let saga = saga.clone();
-        hv.events().subscribe(move |e: &Event| progress(&saga, start, e))
+        hv.events()
+            .subscribe(move |e: &Event| progress(&saga, start, e))
     });
-    let result = hv.run_saga_as(&session, saga.clone(), definition.clone()).await;
+    let result = hv
+        .run_saga_as(&session, saga.clone(), definition.clone())
+        .await;
     if let Some(sub) = live {
         hv.events().unsubscribe(sub);
     }
@@ -204,7 +207,10 @@ fn progress(saga: &SagaId, start: Instant, e: &Event) {
             } else {
                 format!("; retry in {}", fmt_elapsed(*retry_in))
             };
-            (step.clone(), format!("failed (attempt {attempt}): {error}{retry}"))
+            (
+                step.clone(),
+                format!("failed (attempt {attempt}): {error}{retry}"),
+            )
         }
         EventPayload::SagaStepCompensated { saga: s, step } if s == saga.as_str() => {
             (step.clone(), "compensated".into())
@@ -222,7 +228,10 @@ fn progress(saga: &SagaId, start: Instant, e: &Event) {
             group,
             policy,
             branches,
-        } if s == saga.as_str() => (group.clone(), format!("fan-out {policy} of {branches} started")),
+        } if s == saga.as_str() => (
+            group.clone(),
+            format!("fan-out {policy} of {branches} started"),
+        ),
         EventPayload::SagaFanoutResolved {
             saga: s,
             group,
@@ -232,7 +241,9 @@ fn progress(saga: &SagaId, start: Instant, e: &Event) {
             ..
         } if s == saga.as_str() => (
             group.clone(),
-            format!("fan-out resolved: {succeeded} succeeded, {failed} failed, {cancelled} cancelled"),
+            format!(
+                "fan-out resolved: {succeeded} succeeded, {failed} failed, {cancelled} cancelled"
+            ),
         ),
         _ => return,
     };
@@ -343,7 +354,10 @@ fn store(state_dir: &Path) -> Result<FileStore, Failure> {
     if !dir.is_dir() {
         return Err(Failure::usage(
             "saga",
-            format!("{} holds no sagas (no sagas/ directory)", state_dir.display()),
+            format!(
+                "{} holds no sagas (no sagas/ directory)",
+                state_dir.display()
+            ),
         ));
     }
     FileStore::open(&dir).map_err(|e| Failure::Setup(e.into()))
@@ -368,7 +382,12 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
     let report = report_of(&saga, &records)
         .with_context(|| format!("saga {saga}"))
         .map_err(Failure::Setup)?;
-    print_report(&report, &definition, args.json, args.json.then_some(&records[..]))?;
+    print_report(
+        &report,
+        &definition,
+        args.json,
+        args.json.then_some(&records[..]),
+    )?;
     if !args.json {
         outln!("  ({} records in its journal)", records.len())?;
     }
@@ -377,13 +396,19 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
 
 fn list(state_dir: &Path) -> Result<Exit, Failure> {
     let store = store(state_dir)?;
-    let sagas = store.list().context("listing sagas").map_err(Failure::Setup)?;
+    let sagas = store
+        .list()
+        .context("listing sagas")
+        .map_err(Failure::Setup)?;
     for saga in sagas {
         let state = store
             .load(&saga)
             .map_err(EngineError::from)
             .and_then(|records| report_of(&saga, &records))
-            .map_or_else(|e| format!("unreadable: {e}"), |r| r.state.as_str().to_string());
+            .map_or_else(
+                |e| format!("unreadable: {e}"),
+                |r| r.state.as_str().to_string(),
+            );
         outln!("{saga}  {state}")?;
     }
     Ok(Exit::Ok)

@@ -26,7 +26,12 @@ use crate::out::outln;
 const SAGA: &str = include_str!("../../../example-agents/sagas/publish-fails.yaml");
 
 /// Every file under `dir` (recursively) with its hash and size, sorted.
-fn tree(core: &SessionCore, who: Caller<'_>, dir: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
+fn tree(
+    core: &SessionCore,
+    who: Caller<'_>,
+    dir: &str,
+    out: &mut Vec<String>,
+) -> anyhow::Result<()> {
     for name in core.list(who, dir)? {
         let path = format!("{dir}/{name}");
         let stat = core.stat(who, &path)?;
@@ -113,7 +118,11 @@ pub(crate) async fn saga_demo(state: &Path, cache: Option<&Path>) -> anyhow::Res
     let drafter = AgentId::new("did:ex:drafter")?;
     let who = Caller::untraced(&drafter, Ring::Standard);
     // An older draft the saga's draft step will replace (and must put back).
-    core.write(who, "shared/drafts/release-notes.md", b"# Release notes\n(last week's draft)\n")?;
+    core.write(
+        who,
+        "shared/drafts/release-notes.md",
+        b"# Release notes\n(last week's draft)\n",
+    )?;
     let mut before = Vec::new();
     tree(&core, who, "shared", &mut before)?;
     outln!("Shared files before the saga:")?;
@@ -147,7 +156,10 @@ pub(crate) async fn saga_demo(state: &Path, cache: Option<&Path>) -> anyhow::Res
         "Same files, same bytes as before: {}",
         if before == after { "yes" } else { "NO" }
     )?;
-    anyhow::ensure!(before == after, "compensation did not restore the session's files");
+    anyhow::ensure!(
+        before == after,
+        "compensation did not restore the session's files"
+    );
     hv.terminate_session(&session)?;
     hv.shutdown()?;
     Ok(())

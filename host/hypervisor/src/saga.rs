@@ -123,7 +123,10 @@ impl SessionRunner {
         if changes.is_empty() {
             return message;
         }
-        let ring = self.hv.ring(self.session(), agent).unwrap_or(ahv_core::Ring::Sandbox);
+        let ring = self
+            .hv
+            .ring(self.session(), agent)
+            .unwrap_or(ahv_core::Ring::Sandbox);
         let who = Caller {
             agent,
             ring,
@@ -135,25 +138,43 @@ impl SessionRunner {
         }
         let left: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
         tracing::warn!(session = %self.session(), %agent, left = ?left, "a failed saga step's changes could not all be undone");
-        format!("{message} (and {} of its changes could not be undone: {})", left.len(), left.join("; "))
+        format!(
+            "{message} (and {} of its changes could not be undone: {})",
+            left.len(),
+            left.join("; ")
+        )
     }
 
     async fn execute(self: Arc<Self>, call: StepCall) -> Result<StepDone, StepFailure> {
-        let agent = AgentId::new(call.step.agent.as_str())
-            .map_err(|e| failure(FailureKind::Breach, format!("step {}: agent: {e}", call.step.id)))?;
+        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| {
+            failure(
+                FailureKind::Breach,
+                format!("step {}: agent: {e}", call.step.id),
+            )
+        })?;
         match call.step.via {
             Via::Agent => self.execute_in_agent(&call, &agent).await,
             Via::Host => self.execute_host_action(&call, &agent),
         }
     }
 
-    async fn execute_in_agent(&self, call: &StepCall, agent: &AgentId) -> Result<StepDone, StepFailure> {
-        let slot = lock(&self.entry.agents).get(agent).cloned().ok_or_else(|| {
-            failure(
-                FailureKind::Cancelled,
-                format!("agent {agent} has no live instance in session {}", self.session()),
-            )
-        })?;
+    async fn execute_in_agent(
+        &self,
+        call: &StepCall,
+        agent: &AgentId,
+    ) -> Result<StepDone, StepFailure> {
+        let slot = lock(&self.entry.agents)
+            .get(agent)
+            .cloned()
+            .ok_or_else(|| {
+                failure(
+                    FailureKind::Cancelled,
+                    format!(
+                        "agent {agent} has no live instance in session {}",
+                        self.session()
+                    ),
+                )
+            })?;
         let step = ahv_runtime::StepCall {
             saga_id: call.saga.to_string(),
             step_id: call.step.id.clone(),
@@ -184,7 +205,7 @@ impl SessionRunner {
                     TrapCause::Killed(_) => FailureKind::Cancelled,
                     _ => FailureKind::Failed,
                 };
-                let message = self.undo_partial(agent, &changes, format!("trapped: {cause}"));
+                let message = self.undo_partial(agent, changes.changes(), format!("trapped: {cause}"));
                 if let TrapCause::RingBreach(b) = &cause {
                     self.hv.after_breach(&self.entry, &slot, agent, b).await;
                 }
@@ -197,7 +218,11 @@ impl SessionRunner {
         }
     }
 
-    fn execute_host_action(&self, call: &StepCall, agent: &AgentId) -> Result<StepDone, StepFailure> {
+    fn execute_host_action(
+        &self,
+        call: &StepCall,
+        agent: &AgentId,
+    ) -> Result<StepDone, StepFailure> {
         let name = call.step.action.as_str();
         let registry = self.registry(agent);
         let ring = self
@@ -205,8 +230,20 @@ impl SessionRunner {
             .ring(self.session(), agent)
             .map_err(|e| failure(FailureKind::Cancelled, e.to_string()))?;
         let reversible = registry.reversible_names().iter().any(|n| n == name);
-        let needed = if reversible { Capability::Actions } else { Capability::Effects };
-        if !self.hv.inner.runtime.policy().limits(ring).capabilities.contains(needed) {
+        let needed = if reversible {
+            Capability::Actions
+        } else {
+            Capability::Effects
+        };
+        if !self
+            .hv
+            .inner
+            .runtime
+            .policy()
+            .limits(ring)
+            .capabilities
+            .contains(needed)
+        {
             return Err(failure(
                 FailureKind::Breach,
                 format!(
@@ -230,7 +267,12 @@ impl SessionRunner {
             let output = core
                 .invoke_effect(who, &registry, name, &call.step.execute)
                 .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
-            (output, Change::Effect { name: name.to_string() })
+            (
+                output,
+                Change::Effect {
+                    name: name.to_string(),
+                },
+            )
         };
         Ok(StepDone {
             output,
@@ -268,7 +310,11 @@ impl SessionRunner {
                         }
                         Err(AgentError::NotASagaParticipant { .. }) => {}
                         Err(e) => {
-                            if let AgentError::Trapped { cause: TrapCause::RingBreach(b), .. } = &e {
+                            if let AgentError::Trapped {
+                                cause: TrapCause::RingBreach(b),
+                                ..
+                            } = &e
+                            {
                                 self.hv.after_breach(&self.entry, &slot, &agent, b).await;
                             }
                             errors.push(format!("agent {agent}'s compensate: {e}"));
@@ -282,7 +328,10 @@ impl SessionRunner {
                 }
             }
         }
-        let ring = self.hv.ring(self.session(), &agent).unwrap_or(ahv_core::Ring::Sandbox);
+        let ring = self
+            .hv
+            .ring(self.session(), &agent)
+            .unwrap_or(ahv_core::Ring::Sandbox);
         let who = Caller {
             agent: &agent,
             ring,
@@ -373,7 +422,10 @@ impl SagaObserver for Observer {
                 },
             ),
             SagaRecord::StepCommitted {
-                step, attempt, undo, ..
+                step,
+                attempt,
+                undo,
+                ..
             } => (
                 self.agent_of(step),
                 EventPayload::SagaStepCommitted {
@@ -576,14 +628,18 @@ impl Hypervisor {
             .into());
         }
         for step in &definition.steps {
-            let agent = AgentId::new(step.agent.as_str()).map_err(|e| HypervisorError::SagaSetup {
-                saga: definition.name.clone(),
-                message: format!("step {}: agent: {e}", step.id),
-            })?;
+            let agent =
+                AgentId::new(step.agent.as_str()).map_err(|e| HypervisorError::SagaSetup {
+                    saga: definition.name.clone(),
+                    message: format!("step {}: agent: {e}", step.id),
+                })?;
             if gov.participant(&agent).is_none() {
                 return Err(HypervisorError::SagaSetup {
                     saga: definition.name.clone(),
-                    message: format!("step {}: agent {agent} is not a participant of session {session}", step.id),
+                    message: format!(
+                        "step {}: agent {agent} is not a participant of session {session}",
+                        step.id
+                    ),
                 });
             }
             if step.via == Via::Agent && !lock(&entry.agents).contains_key(&agent) {
@@ -602,7 +658,10 @@ impl Hypervisor {
 
     /// A new saga id: unique, unpredictable, usable as a file name.
     pub fn new_saga_id(&self) -> SagaId {
-        let n = self.inner.id_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .inner
+            .id_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let h = std::hash::BuildHasher::hash_one(&self.inner.id_seed, (n, "saga"));
         SagaId::new(format!("saga-{n}-{h:016x}")).unwrap_or_else(|_| unreachable!())
     }
@@ -640,7 +699,9 @@ impl Hypervisor {
         saga: SagaId,
         definition: SagaDefinition,
     ) -> Result<SagaReport, HypervisorError> {
-        definition.validate().map_err(|e| HypervisorError::Saga(EngineError::Definition(e)))?;
+        definition
+            .validate()
+            .map_err(|e| HypervisorError::Saga(EngineError::Definition(e)))?;
         let entry = self.saga_session(session, &definition)?;
         // The saga's level governs its steps' calls; the session's own is
         // put back afterwards, however the saga ends.
@@ -686,7 +747,12 @@ impl Hypervisor {
     /// # Errors
     /// [`HypervisorError::Saga`] if the store failed.
     pub fn saga_records(&self, saga: &SagaId) -> Result<Vec<SagaRecord>, HypervisorError> {
-        Ok(self.inner.sagas.store.load(saga).map_err(EngineError::from)?)
+        Ok(self
+            .inner
+            .sagas
+            .store
+            .load(saga)
+            .map_err(EngineError::from)?)
     }
 
     /// Every saga the store holds.
