@@ -34,10 +34,13 @@ pub(crate) enum SagaCmd {
     /// Run a saga definition (YAML or JSON) with the agents it lists, in a
     /// new session of the state directory; progress is kept in
     /// `<DIR>/sagas` so that `ahv saga show` can read it back.
+    #[command(after_help = crate::exit::help())]
     Run(RunArgs),
     /// Show a saga's steps and state from a state directory's saga journal.
+    #[command(after_help = crate::exit::help())]
     Show(ShowArgs),
     /// List the sagas a state directory holds, with their state.
+    #[command(after_help = crate::exit::help())]
     List {
         /// The state directory.
         #[arg(long)]

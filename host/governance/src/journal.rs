@@ -7,8 +7,9 @@
 //! with the call's outcome (trapped calls included). A saga compensating a
 //! step calls [`undo_changes`] on that step's changes: newest first, past
 //! failures, so that after compensating every step the session's files and
-//! state values are byte for byte what they were before (versions, clocks
-//! and undo-record ids move forward; they are history, not content).
+//! state values are byte for byte what they were before (a key's version is
+//! put back too, but its clock and the file space's undo-record ids move
+//! forward: they are history, not content).
 //!
 //! A `Change` is persisted in saga journals: its serde form (field names,
 //! variant tags) is stable.

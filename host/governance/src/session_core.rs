@@ -358,7 +358,7 @@ impl SessionCore {
     }
 
     /// Undoes one put or delete (see [`StateStore::undo`]: the value comes
-    /// back byte for byte, the version moves forward); emits `state.write`
+    /// back byte for byte, and so does the version number); emits `state.write`
     /// or `state.delete` for the compensating write, `state.conflict` when
     /// the key changed since ([`StateError::UndoConflict`]).
     ///

@@ -824,7 +824,21 @@ impl StateStore {
 
         // Every check first: a refused write changes nothing.
         if view.isolation == Isolation::Serializable {
-            self.require_lock(agent, key, LockMode::Write)?;
+            // A compensation puts back what the agent's own committed change
+            // replaced; the agent need not hold the lock any more (its call
+            // ended, or it trapped and its locks died), but no one else may
+            // hold one on the key.
+            match check {
+                Guard::Undo(_) => {
+                    if let Some(r) = self.locks.held_by_other(agent, &[LockResource::key(key)]) {
+                        return Err(StateError::LockRequired {
+                            key: r.key_name().unwrap_or(key).to_owned(),
+                            mode: LockMode::Write,
+                        });
+                    }
+                }
+                Guard::Expect(_) => self.require_lock(agent, key, LockMode::Write)?,
+            }
             let changes_membership = matches!(
                 (&write, live),
                 (Write::Put(_), None) | (Write::Delete, Some(_))

@@ -704,6 +704,7 @@ impl HypervisorBuilder {
                 sleeper: self.saga_sleeper,
                 jitter: self.saga_jitter,
                 escalation: self.escalation,
+                driving: Mutex::new(saga::Drivers::default()),
             },
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),

@@ -96,6 +96,14 @@ struct SessionRunner {
     trace: TraceId,
 }
 
+/// Largest step output kept (the same bound as a step's input): what the
+/// journal keeps with the commit and hands back to `compensate`.
+const MAX_STEP_OUTPUT: usize = ahv_runtime::MAX_INPUT_BYTES;
+
+/// Largest undo data one step may commit, encoded: well under the saga
+/// journal's largest record, so a commit is never refused for its size.
+const MAX_STEP_UNDO: usize = 4 << 20;
+
 fn failure(kind: FailureKind, message: impl Into<String>) -> StepFailure {
     StepFailure {
         message: message.into(),
@@ -189,10 +197,7 @@ impl SessionRunner {
             .await;
         match result {
             Ok(out) => match out.result {
-                Ok(output) => Ok(StepDone {
-                    output,
-                    undo: StepUndo::encode(out.changes),
-                }),
+                Ok(output) => self.commit(agent, output, out.changes),
                 Err(message) => {
                     let message = self.undo_partial(agent, &out.changes, message);
                     Err(failure(FailureKind::Failed, message))
@@ -205,7 +210,8 @@ impl SessionRunner {
                     TrapCause::Killed(_) => FailureKind::Cancelled,
                     _ => FailureKind::Failed,
                 };
-                let message = self.undo_partial(agent, changes.changes(), format!("trapped: {cause}"));
+                let message =
+                    self.undo_partial(agent, changes.changes(), format!("trapped: {cause}"));
                 if let TrapCause::RingBreach(b) = &cause {
                     self.hv.after_breach(&self.entry, &slot, agent, b).await;
                 }
@@ -215,6 +221,38 @@ impl SessionRunner {
                 Err(failure(FailureKind::Cancelled, e.to_string()))
             }
             Err(e) => Err(failure(FailureKind::Failed, e.to_string())),
+        }
+    }
+
+    /// What a successful attempt commits, if it fits: an output or undo
+    /// data too large to journal fails the step (its changes undone), so a
+    /// commit never fails for its size with its changes unrecorded.
+    fn commit(
+        &self,
+        agent: &AgentId,
+        output: String,
+        changes: Vec<Change>,
+    ) -> Result<StepDone, StepFailure> {
+        let undo = StepUndo::encode(changes.clone());
+        let undo_len = serde_json::to_vec(&undo).map_or(usize::MAX, |v| v.len());
+        let too_large = if output.len() > MAX_STEP_OUTPUT {
+            Some(format!(
+                "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
+                output.len()
+            ))
+        } else if undo_len > MAX_STEP_UNDO {
+            Some(format!(
+                "its {undo_len} bytes of undo data are over the {MAX_STEP_UNDO}-byte limit"
+            ))
+        } else {
+            None
+        };
+        match too_large {
+            Some(why) => {
+                let message = self.undo_partial(agent, &changes, format!("step refused: {why}"));
+                Err(failure(FailureKind::Cancelled, message))
+            }
+            None => Ok(StepDone { output, undo }),
         }
     }
 
@@ -229,6 +267,19 @@ impl SessionRunner {
             .hv
             .ring(self.session(), agent)
             .map_err(|e| failure(FailureKind::Cancelled, e.to_string()))?;
+        // The gate's first checks, for work the host does in the agent's name.
+        let standing = self
+            .hv
+            .standing(self.session(), agent)
+            .map_err(|e| failure(FailureKind::Cancelled, e.to_string()))?;
+        if standing.is_killed() || standing.is_quarantined() {
+            return Err(failure(
+                FailureKind::Cancelled,
+                format!(
+                    "refused: agent {agent} is quarantined or killed; no host action runs in its name"
+                ),
+            ));
+        }
         let reversible = registry.reversible_names().iter().any(|n| n == name);
         let needed = if reversible {
             Capability::Actions
@@ -302,23 +353,28 @@ impl SessionRunner {
                         .await
                         .compensate_step(&step, call.step.undo_input(), &call.output, deadline)
                         .await;
+                    // What a failed compensate changed is undone (it stands
+                    // when it succeeds).
                     match result {
                         Ok(out) => {
                             if let Err(m) = out.result {
+                                let m = self.undo_partial(&agent, &out.changes, m);
                                 errors.push(format!("agent {agent}'s compensate failed: {m}"));
                             }
                         }
                         Err(AgentError::NotASagaParticipant { .. }) => {}
-                        Err(e) => {
-                            if let AgentError::Trapped {
-                                cause: TrapCause::RingBreach(b),
-                                ..
-                            } = &e
-                            {
+                        Err(AgentError::Trapped { cause, changes, .. }) => {
+                            if let TrapCause::RingBreach(b) = &cause {
                                 self.hv.after_breach(&self.entry, &slot, &agent, b).await;
                             }
-                            errors.push(format!("agent {agent}'s compensate: {e}"));
+                            let m = self.undo_partial(
+                                &agent,
+                                changes.changes(),
+                                format!("trapped: {cause}"),
+                            );
+                            errors.push(format!("agent {agent}'s compensate: {m}"));
                         }
+                        Err(e) => errors.push(format!("agent {agent}'s compensate: {e}")),
                     }
                 }
                 None => {
@@ -678,7 +734,7 @@ impl Hypervisor {
     /// [`HypervisorError::SagaSetup`] (an agent that is not there),
     /// [`SessionError`](ahv_governance::session::SessionError) (not active),
     /// [`HypervisorError::Saga`] (the definition, or the store failed: the
-    /// saga can then be resumed).
+    /// saga can then be compensated with [`Hypervisor::compensate_saga`]).
     pub async fn run_saga(
         &self,
         session: &SessionId,
@@ -703,16 +759,11 @@ impl Hypervisor {
             .validate()
             .map_err(|e| HypervisorError::Saga(EngineError::Definition(e)))?;
         let entry = self.saga_session(session, &definition)?;
-        // The saga's level governs its steps' calls; the session's own is
-        // put back afterwards, however the saga ends.
-        let state = entry.core.state();
-        let before = state.isolation();
-        state.set_isolation(state_isolation(definition.isolation));
+        let _driving = self.drive(&saga, session)?;
+        let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let definition = Arc::new(definition);
         let engine = self.saga_engine(entry.clone(), definition.clone());
-        let result = engine.run(saga, (*definition).clone()).await;
-        entry.core.state().set_isolation(before);
-        Ok(result?)
+        Ok(engine.run(saga, (*definition).clone()).await?)
     }
 
     /// Compensates an unfinished saga (stuck, or left by a crash) in
@@ -729,6 +780,16 @@ impl Hypervisor {
     ) -> Result<SagaReport, HypervisorError> {
         let definition = self.saga_definition(saga)?;
         let entry = self.saga_session(session, &definition)?;
+        if !lock(&self.inner.sagas.driving).home.contains_key(saga) {
+            return Err(HypervisorError::SagaSetup {
+                saga: saga.to_string(),
+                message: "it did not run in this process: the undo records its steps name \
+                          belong to a session that is gone"
+                    .into(),
+            });
+        }
+        let _driving = self.drive(saga, session)?;
+        let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let engine = self.saga_engine(entry, Arc::new(definition));
         Ok(engine.compensate(saga, reason).await?)
     }
@@ -780,10 +841,96 @@ impl Hypervisor {
     }
 }
 
+/// Sets the session's state isolation to a saga's level and puts the
+/// previous level back when dropped (the saga ended, failed or was
+/// cancelled). Sagas of one session do not overlap: [`Hypervisor::drive`]
+/// refuses the second while the first runs.
+struct IsolationGuard {
+    entry: Arc<SessionEntry>,
+    before: StateIsolation,
+}
+
+impl IsolationGuard {
+    fn set(entry: &Arc<SessionEntry>, level: Isolation) -> IsolationGuard {
+        let state = entry.core.state();
+        let before = state.isolation();
+        state.set_isolation(state_isolation(level));
+        IsolationGuard {
+            entry: entry.clone(),
+            before,
+        }
+    }
+}
+
+impl Drop for IsolationGuard {
+    fn drop(&mut self) {
+        self.entry.core.state().set_isolation(self.before);
+    }
+}
+
+/// A saga this process is driving; dropping it lets another driver in.
+struct Driving {
+    hv: Hypervisor,
+    saga: SagaId,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        lock(&self.hv.inner.sagas.driving)
+            .running
+            .remove(&self.saga);
+    }
+}
+
+impl Hypervisor {
+    /// Claims `saga` for one driver in `session`. A saga runs in the session
+    /// it was first run in (its undo data names that session's undo
+    /// records), one driver at a time, and a session runs one saga at a
+    /// time (the saga's isolation level is the session's while it runs).
+    fn drive(&self, saga: &SagaId, session: &SessionId) -> Result<Driving, HypervisorError> {
+        let mut d = lock(&self.inner.sagas.driving);
+        let refuse = |message: String| HypervisorError::SagaSetup {
+            saga: saga.to_string(),
+            message,
+        };
+        if let Some(home) = d.home.get(saga)
+            && home != session
+        {
+            return Err(refuse(format!(
+                "it ran in session {home}; its changes can only be undone there, not in {session}"
+            )));
+        }
+        if d.running.contains_key(saga) {
+            return Err(refuse("it is already being run or compensated".into()));
+        }
+        if let Some((other, _)) = d.running.iter().find(|(_, s)| *s == session) {
+            return Err(refuse(format!(
+                "saga {other} is running in session {session}"
+            )));
+        }
+        d.running.insert(saga.clone(), session.clone());
+        d.home.insert(saga.clone(), session.clone());
+        Ok(Driving {
+            hv: self.clone(),
+            saga: saga.clone(),
+        })
+    }
+}
+
+/// Which sagas run where, in this process.
+#[derive(Default)]
+pub(crate) struct Drivers {
+    /// Sagas being driven now, with their session.
+    running: std::collections::HashMap<SagaId, SessionId>,
+    /// The session each saga of this process ran in.
+    home: std::collections::HashMap<SagaId, SessionId>,
+}
+
 /// The hypervisor's saga settings.
 pub(crate) struct SagaSettings {
     pub(crate) store: Arc<dyn ahv_saga::ProgressStore>,
     pub(crate) sleeper: Arc<dyn ahv_saga::Sleeper>,
     pub(crate) jitter: Arc<dyn ahv_saga::Jitter>,
     pub(crate) escalation: Vec<Arc<dyn EscalationHook>>,
+    pub(crate) driving: Mutex<Drivers>,
 }

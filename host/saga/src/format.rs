@@ -462,6 +462,23 @@ impl SagaDefinition {
                 return Err(bad("sigma", format!("{} is not in [0, 1]", a.sigma)));
             }
         }
+        // Per field the limit is 1 MiB; YAML aliases can repeat one large
+        // scalar in every step, so the whole definition is capped too.
+        let total: usize = self
+            .steps
+            .iter()
+            .map(|s| {
+                s.execute.len()
+                    + s.undo.as_ref().map_or(0, String::len)
+                    + s.checkpoint.as_ref().map_or(0, String::len)
+            })
+            .fold(0usize, usize::saturating_add);
+        if total > MAX_INPUT_BYTES {
+            return Err(DefinitionError::TooLarge {
+                len: total,
+                max: MAX_INPUT_BYTES,
+            });
+        }
         let mut step_index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {
             let owner = format!("step {:?}", s.id);

@@ -55,15 +55,27 @@ impl ProgressStore for FileStore {
             saga: saga.to_string(),
             message: format!("cannot encode a {} record: {e}", rec.event_type()),
         })?;
-        self.journal
-            .append(saga.as_str(), &bytes)
-            .map_err(|e| io(saga.as_str(), &e))
+        let id = saga.as_str();
+        match self.journal.append(id, &bytes) {
+            // The process that wrote the journal died mid-append: only the
+            // writer cuts the torn tail (kept aside as evidence), never a
+            // reader, which could mistake a record being written for one.
+            Err(JournalError::TornTail { .. }) => {
+                if let Some(r) = self.journal.repair(id).map_err(|e| io(id, &e))? {
+                    tracing::warn!(saga = id, offset = r.torn_tail.offset, len = r.torn_tail.len,
+                        evidence = %r.evidence.display(), "saga journal had a torn tail (crash); cut and kept aside");
+                }
+                self.journal.append(id, &bytes).map_err(|e| io(id, &e))
+            }
+            r => r.map_err(|e| io(id, &e)),
+        }
     }
 
-    /// Loads the saga's records. A torn tail (the process died while
-    /// appending) is cut off — the record it held was never acted on, since
-    /// the engine acts only after an append returns — and kept beside the
-    /// journal as evidence; damage anywhere else is an error, never skipped.
+    /// Loads the saga's records, changing nothing. A torn tail (the process
+    /// died while appending, or a writer is appending right now) is left
+    /// out — a record being written was never acted on, since the engine
+    /// acts only after an append returns; the next append cuts it. Damage
+    /// anywhere else is an error, never skipped.
     fn load(&self, saga: &SagaId) -> Result<Vec<SagaRecord>, StoreError> {
         let id = saga.as_str();
         let loaded = match self.journal.load(id) {
@@ -77,13 +89,6 @@ impl ProgressStore for FileStore {
             }
             Err(e) => return Err(io(id, &e)),
         };
-        if loaded.torn_tail.is_some() {
-            let repaired = self.journal.repair(id).map_err(|e| io(id, &e))?;
-            if let Some(r) = repaired {
-                tracing::warn!(saga = id, offset = r.torn_tail.offset, len = r.torn_tail.len,
-                    evidence = %r.evidence.display(), "saga journal had a torn tail (crash); cut and kept aside");
-            }
-        }
         loaded
             .records
             .iter()

@@ -1,0 +1,169 @@
+//! The Python reference's `saga_3_steps` with the three steps executed in a
+//! live Wasm agent, against a floor measured in the same run.
+//!
+//! - `saga_3_steps/wasm`: `Hypervisor::run_saga` of a three-step chain whose
+//!   steps run in one live `scripted` instance (`saga-participant.execute`
+//!   with an empty script: the reference's steps are no-op coroutines too),
+//!   in an unaudited session, progress in memory (a store that keeps the
+//!   records like `MemoryStore` and drops them every 10 000, so memory
+//!   stays flat). Every record is still applied through the state machines
+//!   and every transition is still an event on the bus.
+//! - `saga_3_steps/wasm_audited`: the same in an audited session (each of
+//!   the saga's 8 events is also a hashed audit delta).
+//! - `saga_3_steps/wasm_durable`: the same with the default durable store
+//!   (`<state>/sagas`, one `fsync` per record: 8 per saga).
+//! - `saga_3_steps/floor_three_calls`: the floor: three `execute_step` calls
+//!   on the same live instance, without a saga (no engine, no records, no
+//!   events).
+//!
+//! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench saga`.
+//! The Python reference, same machine: `python3 ../shared/peer/peer_bench.py
+//! --only saga_3_steps` (outside the repository; see the README's "Performance").
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ahv_core::{AgentId, Ring};
+use ahv_governance::session::SessionConfig;
+use ahv_governance::vfs::{Vfs, VfsLimits};
+use ahv_hypervisor::{Hypervisor, JoinRequest};
+use ahv_runtime::{AgentSpec, StepCall};
+use ahv_saga::{ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaState, StoreError};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Keeps records like `MemoryStore` (a clone per append) but forgets them
+/// every 10 000, so a long measurement does not grow without bound.
+#[derive(Default)]
+struct Bounded(Mutex<Vec<(SagaId, SagaRecord)>>);
+
+impl ProgressStore for Bounded {
+    fn append(&self, saga: &SagaId, rec: &SagaRecord) -> Result<(), StoreError> {
+        let mut v = self.0.lock().unwrap();
+        if v.len() >= 10_000 {
+            v.clear();
+        }
+        v.push((saga.clone(), rec.clone()));
+        Ok(())
+    }
+
+    fn load(&self, saga: &SagaId) -> Result<Vec<SagaRecord>, StoreError> {
+        let v = self.0.lock().unwrap();
+        Ok(v.iter()
+            .filter(|(s, _)| s == saga)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn list(&self) -> Result<Vec<SagaId>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+const SAGA: &str = "name: saga-3-steps
+steps:
+  - id: action-0
+    agent: did:mesh:agent-1
+    action: do-0
+  - id: action-1
+    agent: did:mesh:agent-1
+    action: do-1
+    depends_on: [action-0]
+  - id: action-2
+    agent: did:mesh:agent-1
+    action: do-2
+    depends_on: [action-1]
+";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn saga_3_steps(c: &mut Criterion) {
+    let rt = rt();
+    let def = SagaDefinition::from_yaml(SAGA).unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let mut g = c.benchmark_group("saga_3_steps");
+    let states: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let setups = [
+        ("wasm", false, true),
+        ("wasm_audited", true, true),
+        ("wasm_durable", false, false),
+    ];
+    for ((name, audited, in_memory), state) in setups.into_iter().zip(&states) {
+        let mut b = Hypervisor::builder()
+            .state_dir(state.path())
+            .without_rate_limits();
+        if in_memory {
+            b = b.saga_store(Arc::new(Bounded::default()));
+        }
+        let hv = b.build().unwrap();
+        let component = hv.load(ahv_agents::SCRIPTED).unwrap();
+        let config = SessionConfig {
+            audit: audited,
+            ..SessionConfig::default()
+        };
+        let s = hv.create_session(config, creator.clone()).unwrap();
+        rt.block_on(hv.join_session(
+            &s,
+            JoinRequest::new(agent.clone(), 0.8).component(component),
+        ))
+        .unwrap();
+        hv.activate_session(&s).unwrap();
+        let report = rt.block_on(hv.run_saga(&s, def.clone())).unwrap();
+        assert_eq!(report.state, SagaState::Completed);
+        if !in_memory {
+            g.sample_size(20);
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(hv.run_saga(&s, def.clone())).unwrap())
+        });
+        hv.terminate_session(&s).unwrap();
+        hv.shutdown().unwrap();
+    }
+    g.sample_size(100);
+
+    let state = tempfile::tempdir().unwrap();
+    let hv = Hypervisor::builder()
+        .state_dir(state.path())
+        .without_audit()
+        .build()
+        .unwrap();
+    let component = hv.load(ahv_agents::SCRIPTED).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(Vfs::new(
+        cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap(),
+        VfsLimits::default(),
+    ));
+    let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs);
+    let mut live = rt.block_on(hv.runtime().spawn(&component, spec)).unwrap();
+    let calls: Vec<StepCall> = (0..3)
+        .map(|i| StepCall {
+            saga_id: "saga-bench".into(),
+            step_id: format!("action-{i}"),
+            action: format!("do-{i}"),
+            attempt: 1,
+        })
+        .collect();
+    let deadline = Duration::from_secs(300);
+    g.bench_function("floor_three_calls", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for call in &calls {
+                    live.execute_step(call, "", deadline).await.unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = saga_3_steps
+}
+criterion_main!(benches);
