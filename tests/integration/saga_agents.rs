@@ -351,7 +351,9 @@ async fn a_spinning_step_stops_at_its_own_deadline_not_the_rings() {
         Duration::from_secs(30),
         "the ring's deadline, which the step's must undercut"
     );
-    let step_deadline = Duration::from_millis(200);
+    // Well under the ~100 ms in which a spin burns ring 2's fuel on this
+    // machine, so time, not fuel, is what stops it.
+    let step_deadline = Duration::from_millis(40);
     let r = within(
         Duration::from_secs(10),
         "the spinning step to stop",

@@ -1594,15 +1594,24 @@ mod tests {
     }
 
     #[test]
-    fn undo_skips_the_version_check_but_not_serializable_locks() {
+    fn undo_under_serializable_needs_no_lock_of_its_own_but_no_one_elses_either() {
         let f = store();
-        let a = id("a");
+        let (a, b) = (id("a"), id("b"));
         let put = f.store.put_undoable(&a, "k", b"v", 0).unwrap();
         f.store.set_isolation(Isolation::Serializable);
+        // Another agent's lock on the key: the undo would break its isolation.
+        f.locks
+            .try_acquire(&b, &LockResource::key("k"), LockMode::Read)
+            .unwrap();
         assert!(matches!(
             f.store.undo(&a, &put),
             Err(StateError::LockRequired { .. })
         ));
+        f.locks.release_all(&b);
+        // The agent whose change it was no longer holds a lock (its call
+        // ended): the compensation goes through.
+        f.store.undo(&a, &put).unwrap();
+        assert_eq!(f.store.peek("k"), None);
     }
 
     #[test]

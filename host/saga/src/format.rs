@@ -462,23 +462,6 @@ impl SagaDefinition {
                 return Err(bad("sigma", format!("{} is not in [0, 1]", a.sigma)));
             }
         }
-        // Per field the limit is 1 MiB; YAML aliases can repeat one large
-        // scalar in every step, so the whole definition is capped too.
-        let total: usize = self
-            .steps
-            .iter()
-            .map(|s| {
-                s.execute.len()
-                    + s.undo.as_ref().map_or(0, String::len)
-                    + s.checkpoint.as_ref().map_or(0, String::len)
-            })
-            .fold(0usize, usize::saturating_add);
-        if total > MAX_INPUT_BYTES {
-            return Err(DefinitionError::TooLarge {
-                len: total,
-                max: MAX_INPUT_BYTES,
-            });
-        }
         let mut step_index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {
             let owner = format!("step {:?}", s.id);
@@ -529,6 +512,23 @@ impl SagaDefinition {
             }
         }
 
+        // Per field the limit is 1 MiB; YAML aliases can repeat one large
+        // scalar in every step, so the whole definition is capped too.
+        let total: usize = self
+            .steps
+            .iter()
+            .map(|s| {
+                s.execute.len()
+                    + s.undo.as_ref().map_or(0, String::len)
+                    + s.checkpoint.as_ref().map_or(0, String::len)
+            })
+            .fold(0usize, usize::saturating_add);
+        if total > MAX_INPUT_BYTES {
+            return Err(DefinitionError::TooLarge {
+                len: total,
+                max: MAX_INPUT_BYTES,
+            });
+        }
         let mut group_index: HashMap<&str, usize> = HashMap::new();
         let mut group_of: Vec<Option<usize>> = vec![None; self.steps.len()];
         for (g, f) in self.fanout.iter().enumerate() {
@@ -844,6 +844,19 @@ fanout:
         assert_eq!(plan.units, [Unit::Step(0), Unit::Group(0), Unit::Step(3)]);
         assert_eq!(plan.deps, [vec![], vec![0], vec![1]]);
         assert_eq!(plan.group_of, [None, Some(0), Some(0), None]);
+    }
+
+    #[test]
+    fn yaml_aliases_cannot_multiply_one_large_input_past_the_total_limit() {
+        let big = "x".repeat(MAX_INPUT_BYTES / 3);
+        let mut y = format!(
+            "name: n\nsteps:\n  - id: s0\n    agent: a\n    action: x\n    execute: &big {big}\n"
+        );
+        for i in 1..4 {
+            y += &format!("  - id: s{i}\n    agent: a\n    action: x\n    execute: *big\n");
+        }
+        let e = SagaDefinition::from_yaml(&y).unwrap_err();
+        assert!(matches!(e, DefinitionError::TooLarge { .. }), "{e}");
     }
 
     #[test]
