@@ -469,3 +469,37 @@ async fn a_host_action_step_runs_in_the_agents_name_and_is_undone_by_its_action(
         "{note:?}"
     );
 }
+
+#[tokio::test]
+async fn a_step_that_ran_an_effect_and_then_failed_escalates_instead_of_retrying() {
+    let hv = Hv::with(|b| b.actions(ahv_governance::actions::builtin::registry()));
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    // Ring 1 for the effect, on the operator's authority.
+    hv.hv
+        .grant_elevation(
+            &s,
+            &id("did:t:a"),
+            Ring::Privileged,
+            Duration::from_secs(600),
+            "test",
+        )
+        .unwrap();
+    let def = SagaDefinition::from_yaml(
+        "name: residue\nsteps:\n  - id: notify\n    agent: did:t:a\n    action: n\n    retries: 3\n    execute: \"effect notify.send hello\\nfail then it failed\"\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    let step = report.step("notify").unwrap();
+    // Nothing committed, but the effect remains: not retried, escalated.
+    assert_eq!(
+        (report.state, step.state, step.attempts),
+        (SagaState::Escalated, StepState::Failed, 1)
+    );
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("could not be undone"),
+        "{step:?}"
+    );
+}

@@ -5,8 +5,8 @@
 //!   steps run in one live `scripted` instance (`saga-participant.execute`
 //!   with an empty script: the reference's steps are no-op coroutines too),
 //!   in an unaudited session, progress in memory (a store that keeps the
-//!   records like `MemoryStore` and drops them every 10 000, so memory
-//!   stays flat). Every record is still applied through the state machines
+//!   records like `MemoryStore` and drops them every 10 000 sagas, so
+//!   memory stays flat). Every record is still applied through the state machines
 //!   and every transition is still an event on the bus.
 //! - `saga_3_steps/wasm_audited`: the same in an audited session (each of
 //!   the saga's 8 events is also a hashed audit delta).
@@ -20,6 +20,7 @@
 //! The Python reference, same machine: `python3 ../shared/peer/peer_bench.py
 //! --only saga_3_steps` (outside the repository; see the README's "Performance").
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,31 +32,34 @@ use ahv_runtime::{AgentSpec, StepCall};
 use ahv_saga::{ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaState, StoreError};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// Keeps records like `MemoryStore` (a clone per append) but forgets them
-/// every 10 000, so a long measurement does not grow without bound.
+/// Keeps records like `MemoryStore` (a map of per-saga logs, a clone per
+/// append) but forgets them all every 10 000 sagas, so a long measurement
+/// does not grow without bound.
 #[derive(Default)]
-struct Bounded(Mutex<Vec<(SagaId, SagaRecord)>>);
+struct Bounded(Mutex<HashMap<SagaId, Vec<SagaRecord>>>);
 
 impl ProgressStore for Bounded {
     fn append(&self, saga: &SagaId, rec: &SagaRecord) -> Result<(), StoreError> {
-        let mut v = self.0.lock().unwrap();
-        if v.len() >= 10_000 {
-            v.clear();
+        let mut m = self.0.lock().unwrap();
+        if m.len() >= 10_000 && !m.contains_key(saga) {
+            m.clear();
         }
-        v.push((saga.clone(), rec.clone()));
+        m.entry(saga.clone()).or_default().push(rec.clone());
         Ok(())
     }
 
     fn load(&self, saga: &SagaId) -> Result<Vec<SagaRecord>, StoreError> {
-        let v = self.0.lock().unwrap();
-        Ok(v.iter()
-            .filter(|(s, _)| s == saga)
-            .map(|(_, r)| r.clone())
-            .collect())
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(saga)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn list(&self) -> Result<Vec<SagaId>, StoreError> {
-        Ok(Vec::new())
+        Ok(self.0.lock().unwrap().keys().cloned().collect())
     }
 }
 

@@ -126,10 +126,11 @@ impl SessionRunner {
     }
 
     /// Undoes the partial changes of a failed attempt; a change that cannot
-    /// be undone is reported in the step's failure message.
-    fn undo_partial(&self, agent: &AgentId, changes: &[Change], message: String) -> String {
+    /// be undone is reported in the message, and the result says whether
+    /// anything remains.
+    fn undo_partial(&self, agent: &AgentId, changes: &[Change], message: String) -> (String, bool) {
         if changes.is_empty() {
-            return message;
+            return (message, false);
         }
         let ring = self
             .hv
@@ -142,15 +143,31 @@ impl SessionRunner {
         };
         let failures = undo_changes(&self.entry.core, &self.registry(agent), who, changes);
         if failures.is_empty() {
-            return message;
+            return (message, false);
         }
         let left: Vec<String> = failures.iter().map(|f| f.error.to_string()).collect();
         tracing::warn!(session = %self.session(), %agent, left = ?left, "a failed saga step's changes could not all be undone");
-        format!(
+        let message = format!(
             "{message} (and {} of its changes could not be undone: {})",
             left.len(),
             left.join("; ")
-        )
+        );
+        (message, true)
+    }
+
+    /// A failed attempt: its partial changes undone; if some remain, the
+    /// failure is [`FailureKind::Residue`] (not retried; the saga escalates).
+    fn failed_attempt(
+        &self,
+        agent: &AgentId,
+        changes: &[Change],
+        kind: FailureKind,
+        message: String,
+    ) -> StepFailure {
+        match self.undo_partial(agent, changes, message) {
+            (message, true) => failure(FailureKind::Residue, message),
+            (message, false) => failure(kind, message),
+        }
     }
 
     async fn execute(self: Arc<Self>, call: StepCall) -> Result<StepDone, StepFailure> {
@@ -199,8 +216,7 @@ impl SessionRunner {
             Ok(out) => match out.result {
                 Ok(output) => self.commit(agent, output, out.changes),
                 Err(message) => {
-                    let message = self.undo_partial(agent, &out.changes, message);
-                    Err(failure(FailureKind::Failed, message))
+                    Err(self.failed_attempt(agent, &out.changes, FailureKind::Failed, message))
                 }
             },
             Err(AgentError::Trapped { cause, changes, .. }) => {
@@ -210,12 +226,16 @@ impl SessionRunner {
                     TrapCause::Killed(_) => FailureKind::Cancelled,
                     _ => FailureKind::Failed,
                 };
-                let message =
-                    self.undo_partial(agent, changes.changes(), format!("trapped: {cause}"));
+                let failed = self.failed_attempt(
+                    agent,
+                    changes.changes(),
+                    kind,
+                    format!("trapped: {cause}"),
+                );
                 if let TrapCause::RingBreach(b) = &cause {
                     self.hv.after_breach(&self.entry, &slot, agent, b).await;
                 }
-                Err(failure(kind, message))
+                Err(failed)
             }
             Err(e @ (AgentError::Poisoned { .. } | AgentError::NotASagaParticipant { .. })) => {
                 Err(failure(FailureKind::Cancelled, e.to_string()))
@@ -248,10 +268,12 @@ impl SessionRunner {
             None
         };
         match too_large {
-            Some(why) => {
-                let message = self.undo_partial(agent, &changes, format!("step refused: {why}"));
-                Err(failure(FailureKind::Cancelled, message))
-            }
+            Some(why) => Err(self.failed_attempt(
+                agent,
+                &changes,
+                FailureKind::Cancelled,
+                format!("step refused: {why}"),
+            )),
             None => Ok(StepDone { output, undo }),
         }
     }
@@ -358,7 +380,7 @@ impl SessionRunner {
                     match result {
                         Ok(out) => {
                             if let Err(m) = out.result {
-                                let m = self.undo_partial(&agent, &out.changes, m);
+                                let (m, _) = self.undo_partial(&agent, &out.changes, m);
                                 errors.push(format!("agent {agent}'s compensate failed: {m}"));
                             }
                         }
@@ -367,7 +389,7 @@ impl SessionRunner {
                             if let TrapCause::RingBreach(b) = &cause {
                                 self.hv.after_breach(&self.entry, &slot, &agent, b).await;
                             }
-                            let m = self.undo_partial(
+                            let (m, _) = self.undo_partial(
                                 &agent,
                                 changes.changes(),
                                 format!("trapped: {cause}"),

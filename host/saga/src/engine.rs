@@ -117,6 +117,10 @@ pub enum FailureKind {
     Breach,
     /// The attempt was cancelled (a sibling branch won, or a kill); not retried.
     Cancelled,
+    /// The attempt failed and its partial changes could not all be undone
+    /// (it ran an effect, say): not retried, and the saga escalates like a
+    /// failed compensation, since something of it remains.
+    Residue,
 }
 
 impl FailureKind {
@@ -775,6 +779,14 @@ impl Run {
                 if *kind == FailureKind::Cancelled {
                     s.cancelled = true;
                 }
+                if *kind == FailureKind::Residue {
+                    let agent = s.def.agent.clone();
+                    self.failures.push(EscalatedStep {
+                        step: step.clone(),
+                        agent,
+                        error: error.clone(),
+                    });
+                }
             }
             SagaRecord::StepSkipped {
                 step,
@@ -1383,7 +1395,9 @@ async fn fail(ctx: &Arc<Ctx>, run: &Shared, reason: String) -> Result<(), Engine
                 .commit_order
                 .iter()
                 .any(|&i| r.steps[i].state == StepState::Committed);
-            if !anything {
+            // A failed step that left changes behind escalates even when
+            // nothing committed: the saga goes through compensating.
+            if !anything && r.failures.is_empty() {
                 return r.commit(
                     ctx,
                     SagaRecord::Finished {
