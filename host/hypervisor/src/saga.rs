@@ -73,10 +73,16 @@ struct StepUndo {
     changes: Vec<Change>,
 }
 
+/// [`StepUndo`] by reference, for encoding without a copy.
+#[derive(Serialize)]
+struct StepUndoRef<'a> {
+    changes: &'a [Change],
+}
+
 impl StepUndo {
-    fn encode(changes: Vec<Change>) -> serde_json::Value {
-        // A Vec of plain data always encodes.
-        serde_json::to_value(StepUndo { changes }).unwrap_or(serde_json::Value::Null)
+    fn encode(changes: &[Change]) -> serde_json::Value {
+        // A slice of plain data always encodes.
+        serde_json::to_value(StepUndoRef { changes }).unwrap_or(serde_json::Value::Null)
     }
 
     fn decode(v: &serde_json::Value) -> Result<Vec<Change>, String> {
@@ -253,8 +259,13 @@ impl SessionRunner {
         output: String,
         changes: Vec<Change>,
     ) -> Result<StepDone, StepFailure> {
-        let undo = StepUndo::encode(changes.clone());
-        let undo_len = serde_json::to_vec(&undo).map_or(usize::MAX, |v| v.len());
+        let undo = StepUndo::encode(&changes);
+        // Only changes make undo data large; a step without any skips the measuring.
+        let undo_len = if changes.is_empty() {
+            0
+        } else {
+            serde_json::to_vec(&undo).map_or(usize::MAX, |v| v.len())
+        };
         let too_large = if output.len() > MAX_STEP_OUTPUT {
             Some(format!(
                 "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
@@ -349,7 +360,7 @@ impl SessionRunner {
         };
         Ok(StepDone {
             output,
-            undo: StepUndo::encode(vec![change]),
+            undo: StepUndo::encode(&[change]),
         })
     }
 
@@ -510,7 +521,11 @@ impl SagaObserver for Observer {
                     saga: s,
                     step: step.clone(),
                     attempt: u64::from(*attempt),
-                    changes: count(StepUndo::decode(undo).map_or(0, |c| c.len())),
+                    changes: count(
+                        undo.get("changes")
+                            .and_then(serde_json::Value::as_array)
+                            .map_or(0, Vec::len),
+                    ),
                 },
             ),
             SagaRecord::StepFailed {
@@ -777,9 +792,7 @@ impl Hypervisor {
         saga: SagaId,
         definition: SagaDefinition,
     ) -> Result<SagaReport, HypervisorError> {
-        definition
-            .validate()
-            .map_err(|e| HypervisorError::Saga(EngineError::Definition(e)))?;
+        // The engine validates the definition before anything runs.
         let entry = self.saga_session(session, &definition)?;
         let _driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
