@@ -992,3 +992,62 @@ actions = []
     );
     assert_eq!(r.code(), 0, "an agent the policy does not list: {r:?}");
 }
+
+/// `example-agents/sagas/NAME`.
+fn saga_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../example-agents/sagas")
+        .join(name)
+}
+
+#[test]
+fn saga_run_exits_0_when_completed_and_1_when_compensated_and_show_reads_it_back() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = path_str(state.path());
+    let ok = saga_file("publish.yaml");
+    let r = ahv_run(&["saga", "run", path_str(&ok), "--state-dir", dir]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    assert!(r.stdout.contains("completed"), "{r:?}");
+    let fails = saga_file("publish-fails.yaml");
+    let r = ahv_run(&[
+        "saga",
+        "run",
+        path_str(&fails),
+        "--state-dir",
+        dir,
+        "--json",
+    ]);
+    assert_eq!(r.code(), code(Exit::Failed), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["exit_code"], 1);
+    let states: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["compensated", "compensated", "failed"]);
+    let saga = v["saga"].as_str().unwrap();
+    let r = ahv_run(&["saga", "show", saga, "--state-dir", dir, "--json"]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    let shown = json(&r);
+    assert_eq!(shown["state"], "failed");
+    assert!(shown["records"].as_array().unwrap().len() > 8, "{r:?}");
+    let r = ahv_run(&["saga", "list", "--state-dir", dir]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 2, "{r:?}");
+    // A definition error names the step and the field; it is a bad command line.
+    let bad = state.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nsteps:\n  - id: a\n    agent: did:x:a\n    action: w\n    retries: 11\n",
+    )
+    .unwrap();
+    let r = ahv_run(&["saga", "run", path_str(&bad), "--state-dir", dir]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    assert!(
+        r.stderr.contains("\"a\"") && r.stderr.contains("retries"),
+        "{r:?}"
+    );
+}
