@@ -503,3 +503,36 @@ async fn a_step_that_ran_an_effect_and_then_failed_escalates_instead_of_retrying
         "{step:?}"
     );
 }
+
+#[tokio::test]
+async fn host_action_steps_spend_the_agents_change_budget() {
+    use ahv_security::rate::{BucketSpec, CallClass, RateTable};
+    // Ring 2 may change one thing, and never again.
+    let table = RateTable::default()
+        .with_spec(
+            CallClass::Change,
+            Ring::Standard,
+            BucketSpec {
+                rate_per_sec: 0.0,
+                burst: 1,
+            },
+        )
+        .unwrap();
+    let hv = Hv::with(|b| {
+        b.actions(ahv_governance::actions::builtin::registry())
+            .rate_limits(table)
+    });
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    let def = SagaDefinition::from_yaml(
+        "name: budget\nsteps:\n  - id: one\n    agent: did:t:a\n    action: note.append\n    via: host\n    execute: first\n  - id: two\n    agent: did:t:a\n    action: note.append\n    via: host\n    depends_on: [one]\n    execute: second\n",
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed);
+    assert_eq!(report.step("one").unwrap().state, StepState::Compensated);
+    let two = report.step("two").unwrap();
+    assert!(
+        two.error.as_deref().unwrap().contains("rate limited"),
+        "{two:?}"
+    );
+}

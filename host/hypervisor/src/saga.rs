@@ -42,6 +42,7 @@ use ahv_saga::{
     FailureKind, Isolation, SagaDefinition, SagaId, SagaObserver, SagaRecord, SagaReport,
     SagaState, StepCall, StepDone, StepFailure, StepRunner, Via,
 };
+use ahv_security::rate::CallClass;
 use serde::{Deserialize, Serialize};
 
 use crate::{Hypervisor, HypervisorError, SessionEntry, lock};
@@ -334,6 +335,17 @@ impl SessionRunner {
                     "refused: agent {agent} in {ring} may not run host action {name} (it needs the {} capability)",
                     needed
                 ),
+            ));
+        }
+        // Like a guest's call to the same capability, it spends a token of
+        // the agent's change budget; "not yet" is a failure the step's
+        // retries (with backoff) may outlast.
+        if let Some(rate) = &self.hv.inner.security.rate
+            && let Err(e) = rate.try_acquire(agent, self.session(), CallClass::Change, ring)
+        {
+            return Err(failure(
+                FailureKind::Failed,
+                format!("rate limited: agent {agent} may not run host action {name} now: {e}"),
             ));
         }
         let who = Caller {
