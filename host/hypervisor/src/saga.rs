@@ -33,14 +33,14 @@ use ahv_core::event::EventPayload;
 use ahv_core::{AgentId, Capability, EventId, SessionId, TraceId};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::Caller;
-use ahv_governance::journal::{Change, undo_changes};
+use ahv_governance::journal::{Change, UndoFailure, undo_changes};
 use ahv_governance::session::SessionState;
 use ahv_governance::state::Isolation as StateIsolation;
 use ahv_runtime::{AgentError, TrapCause};
 use ahv_saga::{
     BoxFuture, CompensateCall, CompensationFailure, Engine, EngineError, EscalatedStep,
     FailureKind, Isolation, SagaDefinition, SagaId, SagaObserver, SagaRecord, SagaReport,
-    SagaState, StepCall, StepDone, StepFailure, StepRunner, Via,
+    SagaState, StepCall, StepDef, StepDone, StepFailure, StepRunner, Via,
 };
 use ahv_security::rate::CallClass;
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,17 @@ const MAX_STEP_OUTPUT: usize = ahv_runtime::MAX_INPUT_BYTES;
 /// journal's largest record, so a commit is never refused for its size.
 const MAX_STEP_UNDO: usize = 4 << 20;
 
+/// The step as the agent's `saga-participant` export is told it (attempt 0:
+/// a compensation).
+fn wit_step(saga: &SagaId, step: &StepDef, attempt: u32) -> ahv_runtime::StepCall {
+    ahv_runtime::StepCall {
+        saga_id: saga.to_string(),
+        step_id: step.id.clone(),
+        action: step.action.clone(),
+        attempt,
+    }
+}
+
 fn failure(kind: FailureKind, message: impl Into<String>) -> StepFailure {
     StepFailure {
         message: message.into(),
@@ -132,13 +143,9 @@ impl SessionRunner {
             .clone()
     }
 
-    /// Undoes the partial changes of a failed attempt; a change that cannot
-    /// be undone is reported in the message, and the result says whether
-    /// anything remains.
-    fn undo_partial(&self, agent: &AgentId, changes: &[Change], message: String) -> (String, bool) {
-        if changes.is_empty() {
-            return (message, false);
-        }
+    /// Undoes `changes` newest first in `agent`'s name, at its ring now (a
+    /// ring-3 stand-in once it is gone: undo needs no capability of its own).
+    fn undo(&self, agent: &AgentId, changes: &[Change]) -> Vec<UndoFailure> {
         let ring = self
             .hv
             .ring(self.session(), agent)
@@ -148,7 +155,17 @@ impl SessionRunner {
             ring,
             trace: self.trace,
         };
-        let failures = undo_changes(&self.entry.core, &self.registry(agent), who, changes);
+        undo_changes(&self.entry.core, &self.registry(agent), who, changes)
+    }
+
+    /// Undoes the partial changes of a failed attempt; a change that cannot
+    /// be undone is reported in the message, and the result says whether
+    /// anything remains.
+    fn undo_partial(&self, agent: &AgentId, changes: &[Change], message: String) -> (String, bool) {
+        if changes.is_empty() {
+            return (message, false);
+        }
+        let failures = self.undo(agent, changes);
         if failures.is_empty() {
             return (message, false);
         }
@@ -207,12 +224,7 @@ impl SessionRunner {
                     ),
                 )
             })?;
-        let step = ahv_runtime::StepCall {
-            saga_id: call.saga.to_string(),
-            step_id: call.step.id.clone(),
-            action: call.step.action.clone(),
-            attempt: call.attempt,
-        };
+        let step = wit_step(&call.saga, &call.step, call.attempt);
         let result = slot
             .agent
             .lock()
@@ -385,12 +397,7 @@ impl SessionRunner {
             let slot = lock(&self.entry.agents).get(&agent).cloned();
             match slot {
                 Some(slot) => {
-                    let step = ahv_runtime::StepCall {
-                        saga_id: call.saga.to_string(),
-                        step_id: call.step.id.clone(),
-                        action: call.step.action.clone(),
-                        attempt: 0,
-                    };
+                    let step = wit_step(&call.saga, &call.step, 0);
                     let deadline = Duration::from_secs(u64::from(call.step.timeout_secs));
                     let result = slot
                         .agent
@@ -429,16 +436,7 @@ impl SessionRunner {
                 }
             }
         }
-        let ring = self
-            .hv
-            .ring(self.session(), &agent)
-            .unwrap_or(ahv_core::Ring::Sandbox);
-        let who = Caller {
-            agent: &agent,
-            ring,
-            trace: self.trace,
-        };
-        for f in undo_changes(&self.entry.core, &self.registry(&agent), who, &changes) {
+        for f in self.undo(&agent, &changes) {
             errors.push(f.error.to_string());
         }
         if errors.is_empty() {
@@ -468,6 +466,8 @@ struct Observer {
     hv: Hypervisor,
     session: SessionId,
     definition: Arc<SagaDefinition>,
+    /// Each step's agent, validated once per run rather than per record.
+    agents: std::collections::HashMap<String, AgentId>,
     trace: TraceId,
     last: Mutex<Option<EventId>>,
     /// How many compensations failed (told by `escalated`, before the final record).
@@ -478,11 +478,7 @@ struct Observer {
 
 impl Observer {
     fn agent_of(&self, step: &str) -> Option<AgentId> {
-        self.definition
-            .steps
-            .iter()
-            .find(|s| s.id == step)
-            .and_then(|s| AgentId::new(s.agent.as_str()).ok())
+        self.agents.get(step).cloned()
     }
 
     fn emit(&self, agent: Option<AgentId>, payload: EventPayload) {
@@ -696,10 +692,16 @@ impl Hypervisor {
             entry,
             trace,
         }));
+        let agents = definition
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), AgentId::new(s.agent.as_str()).ok()?)))
+            .collect();
         let observer = Observer {
             hv: self.clone(),
             session,
             definition,
+            agents,
             trace,
             last: Mutex::new(None),
             escalated: Mutex::new(0),
