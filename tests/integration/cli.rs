@@ -1051,3 +1051,180 @@ fn saga_run_exits_0_when_completed_and_1_when_compensated_and_show_reads_it_back
         "{r:?}"
     );
 }
+
+/// A saga whose second step sleeps on its first attempt: the window in
+/// which the test kills the host. Compensations are harmless (`ring`), so
+/// only the host's undo of recorded changes acts.
+const CRASH_SAGA: &str = r#"
+name: crash-and-resume
+agents:
+  - id: did:ex:w
+    component: scripted
+steps:
+  - id: first
+    agent: did:ex:w
+    action: write
+    undo: ring
+    execute: |
+      append shared/log.txt first;
+      put counter one
+  - id: second
+    agent: did:ex:w
+    action: slow
+    undo: ring
+    depends_on: [first]
+    timeout_secs: 300
+    execute: |
+      append shared/log.txt second;
+      @1 sleep 300000
+  - id: third
+    agent: did:ex:w
+    action: read
+    undo: ring
+    depends_on: [second]
+    execute: |
+      read shared/log.txt
+      get counter
+"#;
+
+/// Starts `ahv saga run FILE`, waits (bounded) until step `second` is
+/// executing according to the saga journal, and SIGKILLs it; the saga id.
+fn run_and_kill_in_second_step(file: &Path, dir: &str) -> String {
+    let mut child = ahv(&["saga", "run", path_str(file), "--state-dir", dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line on standard error names the saga.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(LIMIT)
+        .unwrap_or_else(|e| panic!("`ahv saga run` named no saga within {LIMIT:?}: {e}"));
+    let saga = first
+        .strip_prefix("saga ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let r = ahv_run(&["saga", "show", &saga, "--state-dir", dir, "--json"]);
+        if r.code() == code(Exit::Ok) && json(&r)["steps"][1]["state"] == "executing" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step `second` was not executing within {LIMIT:?}: {r:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "`ahv saga run` ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = wait_within(&mut child, LIMIT, "ahv saga run (killed)");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    saga
+}
+
+/// How many `step_started` records step `step` has in the saga's journal.
+fn starts(saga: &str, dir: &str, step: &str) -> usize {
+    let r = ahv_run(&["saga", "show", saga, "--state-dir", dir, "--json"]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    json(&r)["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rec| rec["type"] == "step_started" && rec["step"] == step)
+        .count()
+}
+
+#[test]
+fn a_sigkilled_saga_run_resumes_in_a_new_process_and_no_committed_step_runs_twice() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = path_str(state.path());
+    let file = state.path().join("crash.yaml");
+    std::fs::write(&file, CRASH_SAGA).unwrap();
+    let saga = run_and_kill_in_second_step(&file, dir);
+
+    let r = ahv_run(&["saga", "list", "--state-dir", dir]);
+    assert!(r.stdout.contains(&format!("{saga}  running")), "{r:?}");
+    let r = ahv_run(&["saga", "resume", &saga, "--state-dir", dir, "--json"]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["state"], "completed", "{r:?}");
+    // `first` appended once and put the counter once: its effects were put
+    // back, not redone; the killed attempt of `second` left nothing behind.
+    assert_eq!(
+        v["steps"][2]["output"],
+        "read shared/log.txt -> ok first;second;\nget counter -> ok v1 one by did:ex:w\n",
+        "{r:?}"
+    );
+    assert_eq!(starts(&saga, dir, "first"), 1);
+    assert_eq!(starts(&saga, dir, "second"), 2);
+    assert_eq!(v["steps"][1]["attempts"], 2);
+    // Resuming it again does nothing.
+    let r = ahv_run(&["saga", "resume", &saga, "--state-dir", dir]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    assert!(r.stderr.contains("already completed"), "{r:?}");
+    assert_eq!(starts(&saga, dir, "first"), 1);
+}
+
+#[test]
+fn a_sigkilled_saga_is_compensated_on_restart_by_its_policy_or_an_operators_order() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = path_str(state.path());
+    // By its policy: `on_crash: compensate`.
+    let file = state.path().join("crash.yaml");
+    std::fs::write(
+        &file,
+        CRASH_SAGA.replace("name: crash-and-resume", "name: c\non_crash: compensate"),
+    )
+    .unwrap();
+    let saga = run_and_kill_in_second_step(&file, dir);
+    let r = ahv_run(&["saga", "resume", &saga, "--state-dir", dir, "--json"]);
+    assert_eq!(r.code(), code(Exit::Failed), "{r:?}");
+    let states: Vec<_> = json(&r)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["compensated", "failed", "pending"], "{r:?}");
+    assert_eq!(starts(&saga, dir, "first"), 1);
+
+    // By an operator's order, for a saga whose policy is to resume.
+    let file = state.path().join("crash2.yaml");
+    std::fs::write(&file, CRASH_SAGA).unwrap();
+    let saga = run_and_kill_in_second_step(&file, dir);
+    let r = ahv_run(&[
+        "saga",
+        "compensate",
+        &saga,
+        "--state-dir",
+        dir,
+        "--reason",
+        "rolled back by the on-call",
+    ]);
+    assert_eq!(r.code(), code(Exit::Failed), "{r:?}");
+    assert!(r.stdout.contains("compensated"), "{r:?}");
+    let r = ahv_run(&["saga", "show", &saga, "--state-dir", dir, "--json"]);
+    assert!(
+        r.stdout.contains("operator: rolled back by the on-call"),
+        "{r:?}"
+    );
+    // An unknown saga is a usage error naming it.
+    let r = ahv_run(&["saga", "resume", "saga-no-such", "--state-dir", dir]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    assert!(r.stderr.contains("saga-no-such"), "{r:?}");
+}

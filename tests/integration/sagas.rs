@@ -536,3 +536,185 @@ async fn host_action_steps_spend_the_agents_change_budget() {
         "{two:?}"
     );
 }
+
+/// A saga whose third step sleeps on its first attempt, so a "crash" can
+/// stop the host there; every step's undo is harmless (`ring`), so only
+/// the host's undo of the recorded changes acts.
+const CRASHY: &str = r#"
+name: crashy
+steps:
+  - id: one
+    agent: did:t:a
+    action: prepare
+    undo: ring
+    execute: "write shared/doc.md version one\nsetacl shared/doc.md did:t:a everyone owner\nmkdir shared/out\nput status draft\nwrite notes/private.txt mine"
+  - id: two
+    agent: did:t:a
+    action: note.append
+    via: host
+    depends_on: [one]
+    execute: noted once
+  - id: three
+    agent: did:t:a
+    action: slow
+    undo: ring
+    depends_on: [two]
+    timeout_secs: 120
+    execute: "append shared/out/three.txt three;\n@1 sleep 60000"
+  - id: four
+    agent: did:t:a
+    action: check
+    undo: ring
+    depends_on: [three]
+    execute: "read shared/doc.md\nacl shared/doc.md\nread shared/out/three.txt\nread journal/notes.log\nget status\nread notes/private.txt"
+"#;
+
+fn builder_at(dir: &std::path::Path) -> ahv_hypervisor::HypervisorBuilder {
+    ahv_hypervisor::Hypervisor::builder()
+        .state_dir(dir)
+        .cache_dir(crate::cache_dir())
+        .actions(ahv_governance::actions::builtin::registry())
+}
+
+async fn session_of(hv: &ahv_hypervisor::Hypervisor) -> SessionId {
+    let s = hv
+        .create_session(
+            ahv_governance::session::SessionConfig::default(),
+            id("did:test:operator"),
+        )
+        .unwrap();
+    let c = hv.load(SCRIPTED).unwrap();
+    hv.join_session(
+        &s,
+        ahv_hypervisor::JoinRequest::new(id("did:t:a"), 0.8).component(c),
+    )
+    .await
+    .unwrap();
+    hv.activate_session(&s).unwrap();
+    s
+}
+
+/// Runs `yaml` in a hypervisor over `dir` until step `three` has started,
+/// then drops the run and the hypervisor, as a crash would (the sleeping
+/// attempt never finishes); the saga's id.
+async fn crash_in_step_three(dir: &std::path::Path, yaml: &str) -> ahv_saga::SagaId {
+    let hv = builder_at(dir).build().unwrap();
+    let s = session_of(&hv).await;
+    let saga = hv.new_saga_id();
+    let run = tokio::spawn({
+        let (hv, s, saga) = (hv.clone(), s.clone(), saga.clone());
+        let def = SagaDefinition::from_yaml(yaml).unwrap();
+        async move { hv.run_saga_as(&s, saga, def).await }
+    });
+    let started = |hv: &ahv_hypervisor::Hypervisor| {
+        hv.saga_records(&saga)
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r, ahv_saga::SagaRecord::StepStarted { step, .. } if step == "three"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started(&hv) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step three did not start within 60 s: {:?}",
+            hv.saga_records(&saga)
+        );
+        assert!(!run.is_finished(), "the saga ended before step three");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    saga
+}
+
+#[tokio::test]
+async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_committed_step_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let saga = crash_in_step_three(tmp.path(), CRASHY).await;
+
+    // "A new process": a new hypervisor over the same state directory.
+    let hv = builder_at(tmp.path()).build().unwrap();
+    let s = session_of(&hv).await;
+    let report = hv.resume_saga(&s, &saga).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed, "{report:?}");
+    // Steps one and two ran once, ever; three ran again (its second attempt).
+    let records = hv.saga_records(&saga).unwrap();
+    let starts = |step: &str| {
+        records
+            .iter()
+            .filter(|r| matches!(r, ahv_saga::SagaRecord::StepStarted { step: s, .. } if s == step))
+            .count()
+    };
+    assert_eq!((starts("one"), starts("two"), starts("three")), (1, 1, 2));
+    // What one and two committed was put back (files, ACL, directory,
+    // state, private file, the action's file), and the interrupted attempt
+    // left nothing behind: each line is there once.
+    let out = report.step("four").unwrap().output.clone().unwrap();
+    for expected in [
+        "read shared/doc.md -> ok version one",
+        "acl shared/doc.md -> ok owner=did:t:a read=everyone write=owner",
+        "read shared/out/three.txt -> ok three;\n",
+        "read journal/notes.log -> ok did:t:a: noted once\n\n",
+        "get status -> ok v1 draft",
+        "read notes/private.txt -> ok mine",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    // The put-back changes are governed changes with events, in the agent's name.
+    let writes = hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::VfsWrite),
+    );
+    assert!(
+        writes
+            .iter()
+            .any(|e| e.agent.as_ref().map(|a| a.as_str()) == Some("did:t:a")),
+        "{writes:?}"
+    );
+    // Resuming a finished saga does nothing.
+    let again = hv.resume_saga(&s, &saga).await.unwrap();
+    assert_eq!(again.state, SagaState::Completed);
+    assert_eq!(hv.saga_records(&saga).unwrap().len(), records.len());
+}
+
+#[tokio::test]
+async fn a_saga_left_by_a_crash_is_compensated_in_a_new_process_leaving_the_session_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = CRASHY.replace("name: crashy", "name: crashy\non_crash: compensate");
+    let saga = crash_in_step_three(tmp.path(), &yaml).await;
+
+    let hv = builder_at(tmp.path()).build().unwrap();
+    let s = session_of(&hv).await;
+    let core = hv.session_core(&s).unwrap();
+    let before = fingerprint(&core, &["did:t:a"]);
+    let report = hv.resume_saga(&s, &saga).await.unwrap();
+    // Compensated without escalation: the replayed files and state were
+    // undone, and the action's own undo took its line out again.
+    assert_eq!(report.state, SagaState::Failed, "{report:?}");
+    for step in ["one", "two"] {
+        assert_eq!(report.step(step).unwrap().state, StepState::Compensated);
+    }
+    assert_eq!(report.step("three").unwrap().state, StepState::Failed);
+    assert_eq!(fingerprint(&core, &["did:t:a"]), before);
+    assert!(core.state().peek("status").is_none());
+}
+
+#[tokio::test]
+async fn a_saga_without_redo_or_with_a_damaged_blob_is_refused_and_the_session_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let saga = crash_in_step_three(tmp.path(), CRASHY).await;
+    // Damage every blob the commits kept.
+    for e in std::fs::read_dir(tmp.path().join("saga-blobs")).unwrap() {
+        std::fs::write(e.unwrap().path(), b"tampered").unwrap();
+    }
+    let hv = builder_at(tmp.path()).build().unwrap();
+    let s = session_of(&hv).await;
+    let core = hv.session_core(&s).unwrap();
+    let before = fingerprint(&core, &["did:t:a"]);
+    let err = hv.resume_saga(&s, &saga).await.unwrap_err().to_string();
+    assert!(err.contains("step one") && err.contains("damaged"), "{err}");
+    assert_eq!(fingerprint(&core, &["did:t:a"]), before);
+    // Nothing was recorded: the saga can still be taken up once repaired.
+    assert!(!hv.saga_report(&saga).unwrap().state.is_final());
+}

@@ -21,7 +21,8 @@
 //! - `sleep MS`, `spin` (loops forever), `fail TEXT` (stops the script with an error)
 //!
 //! It is also a saga participant: `execute` runs its input as a script and
-//! answers the report; `compensate` runs its *input* (the step's `undo`
+//! answers the report (a line `@N command` runs only on attempt `N`, so a
+//! first attempt can spin and its retry succeed); `compensate` runs its *input* (the step's `undo`
 //! script, as the test or saga hands it over) the same way, and fails with the
 //! script's failure (`fail TEXT`) if it fails. So a step can be made to spin,
 //! write, breach or fail on demand.
@@ -267,6 +268,26 @@ impl Machine {
     }
 }
 
+/// The script of one attempt: a line `@N command` runs only on attempt `N`
+/// (so a test can make a first attempt spin and the retry succeed).
+fn for_attempt(input: &str, attempt: u32) -> String {
+    let mut out = String::new();
+    for line in input.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix('@') {
+            let (n, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
+            if n.parse::<u32>().ok() != Some(attempt) {
+                continue;
+            }
+            out.push_str(cmd);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Runs `input` one command per line; the report, or the first `fail`'s text.
 fn run_script(input: &str) -> Result<String, String> {
     let mut m = Machine {
@@ -298,7 +319,7 @@ impl SagaParticipant for Scripted {
             step.action,
             step.attempt
         );
-        run_script(input)
+        run_script(&for_attempt(input, step.attempt))
     }
 
     fn compensate(step: &Step, input: &str, _output: &str) -> Result<(), String> {

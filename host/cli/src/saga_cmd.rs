@@ -7,6 +7,12 @@
 //! (step, agent, state, attempt, elapsed), then prints a table of the steps.
 //! It exits 0 when the saga completed, 1 when it failed (and was
 //! compensated), 5 when it escalated (a compensation failed).
+//!
+//! `ahv saga resume ID --state-dir DIR` continues a saga a killed host left
+//! unfinished: a new session gets the agents back and what the committed
+//! steps left (from the redo their commits kept), then the engine resumes
+//! (or compensates, under `on_crash: compensate`). `ahv saga compensate`
+//! undoes such a saga instead, on the operator's order.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -36,6 +42,17 @@ pub(crate) enum SagaCmd {
     /// `<DIR>/sagas` so that `ahv saga show` can read it back.
     #[command(after_help = crate::exit::help())]
     Run(RunArgs),
+    /// Resume an unfinished saga after the host stopped (killed, crashed):
+    /// its committed steps' changes are put back into a new session from the
+    /// saga journal and never run again; the step that was interrupted runs
+    /// again, or the saga is compensated if its definition says
+    /// `on_crash: compensate`.
+    #[command(after_help = crate::exit::help())]
+    Resume(ResumeArgs),
+    /// Compensate an unfinished saga on an operator's order: its committed
+    /// steps are put back into a new session and undone, newest first.
+    #[command(after_help = crate::exit::help())]
+    Compensate(CompensateArgs),
     /// Show a saga's steps and state from a state directory's saga journal.
     #[command(after_help = crate::exit::help())]
     Show(ShowArgs),
@@ -63,6 +80,29 @@ pub(crate) struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub(crate) struct ResumeArgs {
+    /// The saga's id (as `ahv saga run` and `ahv saga list` print it).
+    saga: String,
+    /// The state directory it ran in.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Print the final report as one JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct CompensateArgs {
+    #[command(flatten)]
+    saga: ResumeArgs,
+    /// Why, as the saga's records and events will say.
+    #[arg(long, default_value = "operator order")]
+    reason: String,
+}
+
+#[derive(clap::Args, Debug)]
 pub(crate) struct ShowArgs {
     /// The saga's id (as `ahv saga run` and `ahv saga list` print it).
     saga: String,
@@ -77,18 +117,26 @@ pub(crate) struct ShowArgs {
 pub(crate) async fn saga(cmd: SagaCmd) -> Result<Exit, Failure> {
     match cmd {
         SagaCmd::Run(args) => run(args).await,
+        SagaCmd::Resume(args) => take_up(args, None).await,
+        SagaCmd::Compensate(args) => take_up(args.saga, Some(args.reason)).await,
         SagaCmd::Show(args) => show(&args),
         SagaCmd::List { state_dir } => list(&state_dir),
     }
 }
 
+fn builtin_agent(component: &str) -> Option<&'static [u8]> {
+    ahv_agents::ALL
+        .iter()
+        .find(|(n, _)| *n == component)
+        .map(|(_, b)| *b)
+}
+
 /// The component bytes an `agents` entry names: a built example agent, or a
-/// file relative to the definition.
-fn component_bytes(definition: &Path, component: &str) -> Result<Vec<u8>, Failure> {
-    if let Some((_, bytes)) = ahv_agents::ALL.iter().find(|(n, _)| *n == component) {
+/// file (relative to `base`).
+fn component_bytes(base: &Path, component: &str) -> Result<Vec<u8>, Failure> {
+    if let Some(bytes) = builtin_agent(component) {
         return Ok(bytes.to_vec());
     }
-    let base = definition.parent().unwrap_or(Path::new("."));
     let path = base.join(component);
     std::fs::read(&path).map_err(|e| {
         Failure::Refused(format!(
@@ -110,25 +158,19 @@ fn open(state_dir: &Path, cache: Option<&CacheArgs>) -> Result<Hypervisor, Failu
         .map_err(Failure::Setup)
 }
 
-async fn run(args: RunArgs) -> Result<Exit, Failure> {
-    let definition = SagaDefinition::from_path(&args.file)
-        .map_err(|e| Failure::usage("saga", format!("{}: {e}", args.file.display())))?;
-    if definition.agents.is_empty() {
-        return Err(Failure::usage(
-            "saga",
-            format!(
-                "{}: lists no agents; `ahv saga run` joins the agents of the file's `agents` section",
-                args.file.display()
-            ),
-        ));
-    }
-    let hv = open(&args.state_dir, Some(&args.cache))?;
+/// A new active session with the definition's agents joined (each with its
+/// component and σ); relative component paths are resolved against `base`.
+async fn agents_session(
+    hv: &Hypervisor,
+    definition: &SagaDefinition,
+    base: &Path,
+) -> Result<ahv_core::SessionId, Failure> {
     let operator = AgentId::new("did:ahv:saga-runner").map_err(|e| Failure::Setup(e.into()))?;
     let session = hv
         .create_session(SessionConfig::default(), operator)
         .map_err(|e| Failure::Setup(e.into()))?;
     for a in &definition.agents {
-        let bytes = component_bytes(&args.file, &a.component)?;
+        let bytes = component_bytes(base, &a.component)?;
         let component = hv
             .load(&bytes)
             .map_err(|e| Failure::Refused(format!("agent {} ({}): {e}", a.id, a.component)))?;
@@ -140,37 +182,149 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     hv.activate_session(&session)
         .map_err(|e| Failure::Setup(e.into()))?;
-    let saga = hv.new_saga_id();
-    if !args.json {
+    Ok(session)
+}
+
+/// What to do with a saga once its session is set up.
+enum Work {
+    Run(SagaDefinition),
+    Resume,
+    Compensate(String),
+}
+
+/// Runs, resumes or compensates `saga` in `session` with live progress on
+/// a terminal, then ends the session and prints the report.
+async fn drive(
+    hv: &Hypervisor,
+    session: &ahv_core::SessionId,
+    saga: &SagaId,
+    definition: &SagaDefinition,
+    work: Work,
+    state_dir: &Path,
+    json: bool,
+) -> Result<Exit, Failure> {
+    if !json {
         errln!(
             "saga {saga} ({}) in session {session}; files under {}",
             definition.name,
-            args.state_dir
-                .join("sessions")
-                .join(session.as_str())
-                .display()
+            state_dir.join("sessions").join(session.as_str()).display()
         );
     }
-    let live = (!args.json && std::io::stderr().is_terminal()).then(|| {
+    let live = (!json && std::io::stderr().is_terminal()).then(|| {
         let start = Instant::now();
         let saga = saga.clone();
         hv.events()
             .subscribe(move |e: &Event| progress(&saga, start, e))
     });
-    let result = hv
-        .run_saga_as(&session, saga.clone(), definition.clone())
-        .await;
+    let result = match work {
+        Work::Run(def) => hv.run_saga_as(session, saga.clone(), def).await,
+        Work::Resume => hv.resume_saga(session, saga).await,
+        Work::Compensate(reason) => hv.compensate_saga(session, saga, &reason).await,
+    };
     if let Some(sub) = live {
         hv.events().unsubscribe(sub);
     }
     let report = result
         .with_context(|| format!("saga {saga} could not run"))
         .map_err(Failure::Setup)?;
-    hv.terminate_session(&session)
+    hv.terminate_session(session)
         .map_err(|e| Failure::Setup(e.into()))?;
     hv.shutdown().map_err(|e| Failure::Setup(e.into()))?;
-    print_report(&report, &definition, args.json, None)?;
+    print_report(&report, definition, json, None)?;
     Ok(exit_for(report.state))
+}
+
+async fn run(args: RunArgs) -> Result<Exit, Failure> {
+    let mut definition = SagaDefinition::from_path(&args.file)
+        .map_err(|e| Failure::usage("saga", format!("{}: {e}", args.file.display())))?;
+    if definition.agents.is_empty() {
+        return Err(Failure::usage(
+            "saga",
+            format!(
+                "{}: lists no agents; `ahv saga run` joins the agents of the file's `agents` section",
+                args.file.display()
+            ),
+        ));
+    }
+    // Component files are kept by absolute path in the saga journal, so
+    // that `ahv saga resume` finds them from anywhere.
+    let base = args.file.parent().unwrap_or(Path::new("."));
+    for a in &mut definition.agents {
+        if builtin_agent(&a.component).is_none() {
+            let path = base.join(&a.component);
+            let abs = std::fs::canonicalize(&path).map_err(|e| {
+                Failure::Refused(format!(
+                    "component {:?}: not an example agent (see `ahv agents`), and {} cannot be read: {e}",
+                    a.component,
+                    path.display()
+                ))
+            })?;
+            a.component = abs.to_string_lossy().into_owned();
+        }
+    }
+    let hv = open(&args.state_dir, Some(&args.cache))?;
+    let session = agents_session(&hv, &definition, base).await?;
+    let saga = hv.new_saga_id();
+    let work = Work::Run(definition.clone());
+    drive(
+        &hv,
+        &session,
+        &saga,
+        &definition,
+        work,
+        &args.state_dir,
+        args.json,
+    )
+    .await
+}
+
+/// `ahv saga resume` and `ahv saga compensate` (with a reason).
+async fn take_up(args: ResumeArgs, compensate: Option<String>) -> Result<Exit, Failure> {
+    let saga = saga_id(&args.saga)?;
+    // Read first: an unknown saga or a missing journal is the user's error,
+    // and opening the hypervisor would create a state directory.
+    let records = store(&args.state_dir)?
+        .load(&saga)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?;
+    let Some(definition) = records.iter().rev().find_map(|r| match r {
+        SagaRecord::Created { definition, .. } => Some(definition.clone()),
+        _ => None,
+    }) else {
+        return Err(Failure::usage(
+            "saga",
+            format!("no saga {saga} in {}", args.state_dir.display()),
+        ));
+    };
+    let report = report_of(&saga, &records)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?;
+    if report.state.is_final() {
+        if !args.json {
+            errln!(
+                "saga {saga} is already {}: nothing to do",
+                report.state.as_str()
+            );
+        }
+        print_report(&report, &definition, args.json, None)?;
+        return Ok(exit_for(report.state));
+    }
+    let hv = open(&args.state_dir, Some(&args.cache))?;
+    let session = agents_session(&hv, &definition, Path::new(".")).await?;
+    let work = match compensate {
+        Some(reason) => Work::Compensate(reason),
+        None => Work::Resume,
+    };
+    drive(
+        &hv,
+        &session,
+        &saga,
+        &definition,
+        work,
+        &args.state_dir,
+        args.json,
+    )
+    .await
 }
 
 fn exit_for(state: SagaState) -> Exit {

@@ -211,6 +211,10 @@ pub struct UndoRecord {
     pub undo: String,
     /// When it ran, on the registry's clock (its undo window starts here).
     pub at: Duration,
+    /// The session files it changed (guest paths, in the caller's
+    /// namespace, first change first), when it ran in a session; a saga
+    /// keeps them so that a restarted host can put them back.
+    pub touched: Vec<String>,
 }
 
 /// The actions and effects a host offers. Empty by default (grants nothing).
@@ -425,6 +429,7 @@ impl ActionRegistry {
             output: done.output,
             undo: done.undo,
             at: self.clock.now(),
+            touched: Vec::new(),
         })
     }
 
@@ -515,8 +520,9 @@ pub mod builtin {
     }
 
     /// `note.append` (reversible): appends `"<agent>: <text>\n"` to [`JOURNAL`].
-    /// Its undo removes exactly that line, and refuses if the journal changed
-    /// after it in any other way than further appends being undone first.
+    /// Its undo removes exactly that line (and the journal itself, if the
+    /// append created it), and refuses if the journal changed after it in
+    /// any other way than further appends being undone first.
     #[derive(Debug, Default)]
     pub struct NoteAppend;
 
@@ -528,9 +534,9 @@ pub mod builtin {
         fn execute(&self, ctx: ActionContext<'_>, args: &str) -> Result<Executed, ActionError> {
             const NAME: &str = "note.append";
             one_line(NAME, args)?;
-            let before = match ctx.files.stat(ctx.caller(), JOURNAL) {
-                Ok(s) => s.size,
-                Err(VfsError::NotFound { .. }) => 0,
+            let (before, created) = match ctx.files.stat(ctx.caller(), JOURNAL) {
+                Ok(s) => (s.size, false),
+                Err(VfsError::NotFound { .. }) => (0, true),
                 Err(e) => return Err(vfs_err(NAME)(e)),
             };
             let line = format!("{}: {args}\n", ctx.agent);
@@ -542,7 +548,12 @@ pub mod builtin {
                     "appended {} bytes to {JOURNAL} at offset {before}",
                     line.len()
                 ),
-                undo: format!("{before}:{}", line.len()),
+                // `before:len`, with `:new` when the append created the journal.
+                undo: format!(
+                    "{before}:{}{}",
+                    line.len(),
+                    if created { ":new" } else { "" }
+                ),
             })
         }
 
@@ -552,10 +563,18 @@ pub mod builtin {
                 name: NAME.into(),
                 reason,
             };
-            let (before, len) = undo
-                .split_once(':')
-                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-                .ok_or_else(|| failed(format!("malformed undo data {undo:?}")))?;
+            let mut parts = undo.split(':');
+            let (before, len, created) = (|| {
+                let before = parts.next()?.parse::<u64>().ok()?;
+                let len = parts.next()?.parse::<u64>().ok()?;
+                let created = match parts.next() {
+                    None => false,
+                    Some("new") => true,
+                    Some(_) => return None,
+                };
+                parts.next().is_none().then_some((before, len, created))
+            })()
+            .ok_or_else(|| failed(format!("malformed undo data {undo:?}")))?;
             let size = ctx
                 .files
                 .stat(ctx.caller(), JOURNAL)
@@ -566,6 +585,13 @@ pub mod builtin {
                     "{JOURNAL} is {size} bytes, expected {}: it changed after this append",
                     before + len
                 )));
+            }
+            if created && before == 0 {
+                return ctx
+                    .files
+                    .delete(ctx.caller(), JOURNAL)
+                    .map(drop)
+                    .map_err(vfs_err(NAME));
             }
             ctx.files
                 .truncate(ctx.caller(), JOURNAL, before)
@@ -744,7 +770,29 @@ mod tests {
         );
         r.compensate(ctx, &second).unwrap();
         r.compensate(ctx, &first).unwrap();
-        assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"");
+        // The first append created the journal: its undo removes it.
+        assert_eq!(first.undo, "0:14:new");
+        assert!(matches!(
+            vfs.read(builtin::JOURNAL),
+            Err(VfsError::NotFound { .. })
+        ));
+        // An append to an existing journal truncates it back; undo data
+        // written before `:new` existed still reads.
+        vfs.write(builtin::JOURNAL, b"kept\n").unwrap();
+        let third = r.invoke_reversible(ctx, "note.append", "three").unwrap();
+        assert_eq!(third.undo, "5:16");
+        r.compensate(ctx, &third).unwrap();
+        assert_eq!(vfs.read(builtin::JOURNAL).unwrap(), b"kept\n");
+        for bad in ["5", "5:16:old", "5:16:new:x", "a:1"] {
+            let rec = UndoRecord {
+                undo: bad.into(),
+                ..third.clone()
+            };
+            assert!(
+                matches!(r.compensate(ctx, &rec), Err(ActionError::Failed { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

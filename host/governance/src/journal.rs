@@ -86,11 +86,17 @@ pub enum Change {
         /// When it ran on the registry's clock, in milliseconds (its undo
         /// window starts here).
         at_ms: u64,
+        /// The session files it changed (guest paths), first change first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        touched: Vec<String>,
     },
     /// An effect: it cannot be undone.
     Effect {
         /// The effect's registered name.
         name: String,
+        /// The session files it changed (guest paths), first change first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        touched: Vec<String>,
     },
 }
 
@@ -114,6 +120,21 @@ impl Change {
             output: r.output.clone(),
             undo: r.undo.clone(),
             at_ms: u64::try_from(r.at.as_millis()).unwrap_or(u64::MAX),
+            touched: r.touched.clone(),
+        }
+    }
+
+    /// The session paths this change touched (a rename: both ends; an
+    /// action or effect: the files it changed); none for state.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Change::File { path, to, .. } => std::iter::once(path.as_str())
+                .chain(to.as_deref())
+                .collect(),
+            Change::Action { touched, .. } | Change::Effect { touched, .. } => {
+                touched.iter().map(String::as_str).collect()
+            }
+            Change::State(_) => Vec::new(),
         }
     }
 
@@ -132,7 +153,7 @@ impl Change {
             Change::State(s) if s.deleted => format!("state delete {}", s.key),
             Change::State(s) => format!("state put {}", s.key),
             Change::Action { name, .. } => format!("action {name}"),
-            Change::Effect { name } => format!("effect {name}"),
+            Change::Effect { name, .. } => format!("effect {name}"),
         }
     }
 }
@@ -309,6 +330,7 @@ fn undo_one(
             output,
             undo,
             at_ms,
+            touched,
         } => {
             let record = UndoRecord {
                 action: name.clone(),
@@ -316,6 +338,7 @@ fn undo_one(
                 output: output.clone(),
                 undo: undo.clone(),
                 at: std::time::Duration::from_millis(*at_ms),
+                touched: touched.clone(),
             };
             actions
                 .compensate(core.action_context(who), &record)
@@ -548,6 +571,7 @@ mod tests {
         j.push(Change::file(&e.core.write(who, "a", b"a1").unwrap()));
         j.push(Change::Effect {
             name: "notify.send".into(),
+            touched: Vec::new(),
         });
         j.push(Change::State(e.core.state_put(who, "k", b"v", 0).unwrap()));
         j.push(Change::file(&e.core.write(who, "b", b"b1").unwrap()));
@@ -648,12 +672,18 @@ mod tests {
         let e = env();
         let actions = registry(&e.clock);
         let who = e.who();
-        e.core
+        let rec = e
+            .core
             .invoke_action(who, &actions, "note.append", "x")
             .unwrap();
-        e.core
+        // Each names the session files it changed, as a saga's redo needs.
+        assert_eq!(rec.touched, [builtin::JOURNAL]);
+        assert_eq!(Change::action(&rec).paths(), [builtin::JOURNAL]);
+        let done = e
+            .core
             .invoke_effect(who, &actions, "notify.send", "y")
             .unwrap();
+        assert_eq!(done.touched, [builtin::OUTBOX]);
         assert!(e.core.invoke_effect(who, &actions, "no.such", "y").is_err());
         let kinds: Vec<_> = e
             .bus
@@ -712,9 +742,18 @@ mod tests {
                 output: "o".into(),
                 undo: "0:3".into(),
                 at_ms: 7,
+                touched: vec!["journal/notes.log".into()],
             },
             Change::Effect {
                 name: "notify.send".into(),
+                touched: Vec::new(),
+            },
+            Change::Action {
+                name: "note.append".into(),
+                output: "o".into(),
+                undo: "0:3".into(),
+                at_ms: 8,
+                touched: Vec::new(),
             },
         ];
         let text = serde_json::to_string(&all).unwrap();
@@ -722,6 +761,12 @@ mod tests {
             text.contains(r#"{"kind":"effect","name":"notify.send"}"#),
             "{text}"
         );
+        // No `touched` when nothing was: journals written before it existed read back.
+        assert!(
+            text.contains(r#""at_ms":7,"touched":["journal/notes.log"]}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""undo":"0:3","at_ms":8}"#), "{text}");
         assert!(text.contains(r#""kind":"state","key":"k","previous":[0,255],"previous_version":2,"version":3,"deleted":false"#), "{text}");
         let back: Vec<Change> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, all);

@@ -395,7 +395,8 @@ impl SessionCore {
 
     /// Runs a reversible action from `actions` for `who`; emits
     /// `action.invoked` (with its reversibility and undo window) once it
-    /// ran. The undo record is the caller's to keep.
+    /// ran. The undo record, which names the session files the action
+    /// changed ([`UndoRecord::touched`]), is the caller's to keep.
     ///
     /// # Errors
     /// [`ActionError`] from the registry or the action.
@@ -406,7 +407,13 @@ impl SessionCore {
         name: &str,
         args: &str,
     ) -> Result<UndoRecord, ActionError> {
-        let record = actions.invoke_reversible(self.action_context(who), name, args)?;
+        let files = Recording::new(self);
+        let ctx = ActionContext {
+            files: &files,
+            ..self.action_context(who)
+        };
+        let mut record = actions.invoke_reversible(ctx, name, args)?;
+        record.touched = files.into_touched();
         let terms = actions.terms(name).unwrap_or_default();
         self.emit(
             who.agent,
@@ -431,8 +438,13 @@ impl SessionCore {
         actions: &ActionRegistry,
         name: &str,
         args: &str,
-    ) -> Result<String, ActionError> {
-        let out = actions.invoke_effect(self.action_context(who), name, args)?;
+    ) -> Result<Effected, ActionError> {
+        let files = Recording::new(self);
+        let ctx = ActionContext {
+            files: &files,
+            ..self.action_context(who)
+        };
+        let output = actions.invoke_effect(ctx, name, args)?;
         self.emit(
             who.agent,
             who.trace,
@@ -440,7 +452,10 @@ impl SessionCore {
                 effect: name.to_string(),
             },
         );
-        Ok(out)
+        Ok(Effected {
+            output,
+            touched: files.into_touched(),
+        })
     }
 
     // ---- locks ----
@@ -696,5 +711,92 @@ impl FileSpace for SessionCore {
         self.check_isolation(who, path, LockMode::Write)?;
         let r = self.files.set_acl(who, path, acl.clone());
         self.changed(who, r, Some(&acl))
+    }
+}
+
+/// What an effect run in a session returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effected {
+    /// What the effect returned to its caller.
+    pub output: String,
+    /// The session files it changed (guest paths, first change first).
+    pub touched: Vec<String>,
+}
+
+/// The session's files as an action sees them, noting each path a change
+/// went through (a saga keeps them as the action's redo).
+#[derive(Debug)]
+struct Recording<'a> {
+    core: &'a SessionCore,
+    touched: Mutex<Vec<String>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(core: &'a SessionCore) -> Recording<'a> {
+        Recording {
+            core,
+            touched: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn note(&self, r: Result<FileChange, VfsError>) -> Result<FileChange, VfsError> {
+        if let Ok(c) = &r {
+            let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            for p in std::iter::once(&c.path).chain(c.to.as_ref()) {
+                if !t.contains(p) {
+                    t.push(p.clone());
+                }
+            }
+        }
+        r
+    }
+
+    fn into_touched(self) -> Vec<String> {
+        self.touched.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FileSpace for Recording<'_> {
+    fn max_file_bytes(&self) -> u64 {
+        self.core.max_file_bytes()
+    }
+    fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
+        self.core.read(who, path)
+    }
+    fn list(&self, who: Caller<'_>, path: &str) -> Result<Vec<String>, VfsError> {
+        self.core.list(who, path)
+    }
+    fn stat(&self, who: Caller<'_>, path: &str) -> Result<Stat, VfsError> {
+        self.core.stat(who, path)
+    }
+    fn hash(&self, who: Caller<'_>, path: &str) -> Result<Sha256Digest, VfsError> {
+        self.core.hash(who, path)
+    }
+    fn write(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
+        self.note(self.core.write(who, path, contents))
+    }
+    fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
+        self.note(self.core.append(who, path, contents))
+    }
+    fn truncate(&self, who: Caller<'_>, path: &str, len: u64) -> Result<FileChange, VfsError> {
+        self.note(self.core.truncate(who, path, len))
+    }
+    fn delete(&self, who: Caller<'_>, path: &str) -> Result<FileChange, VfsError> {
+        self.note(self.core.delete(who, path))
+    }
+    fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
+        self.note(self.core.rename(who, src, dst))
+    }
+    fn create_dir(&self, who: Caller<'_>, path: &str) -> Result<Option<FileChange>, VfsError> {
+        match self.core.create_dir(who, path)? {
+            Some(c) => self.note(Ok(c)).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn get_acl(&self, who: Caller<'_>, path: &str) -> Result<Acl, VfsError> {
+        self.core.get_acl(who, path)
+    }
+    fn set_acl(&self, who: Caller<'_>, path: &str, acl: Acl) -> Result<FileChange, VfsError> {
+        self.note(self.core.set_acl(who, path, acl))
     }
 }

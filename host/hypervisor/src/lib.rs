@@ -86,6 +86,7 @@
 mod breach;
 mod governor;
 mod saga;
+mod saga_redo;
 mod spawn;
 
 pub use saga::{Escalation, EscalationHook};
@@ -600,6 +601,15 @@ impl HypervisorBuilder {
                     .map_err(|e| HypervisorError::Setup(e.to_string()))?,
             ),
         };
+        let saga_blobs = if saga_store.survives_restart() {
+            let dir = state_dir.join("saga-blobs");
+            Some(Arc::new(
+                ahv_saga::BlobStore::open(&dir)
+                    .map_err(|e| HypervisorError::Setup(e.to_string()))?,
+            ))
+        } else {
+            None
+        };
         let sessions_dir = Dir::open_ambient_dir(&sessions_path, cap_std::ambient_authority())
             .map_err(|e| {
                 HypervisorError::Setup(format!("cannot open {}: {e}", sessions_path.display()))
@@ -705,6 +715,7 @@ impl HypervisorBuilder {
                 jitter: self.saga_jitter,
                 escalation: self.escalation,
                 driving: Mutex::new(saga::Drivers::default()),
+                blobs: saga_blobs,
             },
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),

@@ -26,6 +26,7 @@
 //!   per saga run; an escalation also calls the hypervisor's
 //!   [`EscalationHook`]s — where the liability engine plugs in.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use ahv_saga::{
 use ahv_security::rate::CallClass;
 use serde::{Deserialize, Serialize};
 
+use crate::saga_redo::{Redo, replayed_undo};
 use crate::{Hypervisor, HypervisorError, SessionEntry, lock};
 
 /// Told when a saga escalates (a compensation failed, so some of its changes
@@ -67,31 +69,35 @@ pub struct Escalation {
     pub failures: Vec<EscalatedStep>,
 }
 
-/// The undo data a step commits: the changes its call made (opaque to the
-/// engine, persisted with the commit).
+/// The undo data a step commits: the changes its call made, and, under a
+/// store that survives restarts, its redo (opaque to the engine, persisted
+/// with the commit).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StepUndo {
     changes: Vec<Change>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redo: Option<Redo>,
 }
 
 /// [`StepUndo`] by reference, for encoding without a copy.
 #[derive(Serialize)]
 struct StepUndoRef<'a> {
     changes: &'a [Change],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redo: Option<&'a Redo>,
 }
 
 impl StepUndo {
-    fn encode(changes: &[Change]) -> serde_json::Value {
+    fn encode(changes: &[Change], redo: Option<&Redo>) -> serde_json::Value {
         // A slice of plain data always encodes.
-        serde_json::to_value(StepUndoRef { changes }).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(StepUndoRef { changes, redo }).unwrap_or(serde_json::Value::Null)
     }
 
-    fn decode(v: &serde_json::Value) -> Result<Vec<Change>, String> {
+    fn decode(v: &serde_json::Value) -> Result<StepUndo, String> {
         if v.is_null() {
-            return Ok(Vec::new());
+            return Ok(StepUndo::default());
         }
         serde_json::from_value::<StepUndo>(v.clone())
-            .map(|u| u.changes)
             .map_err(|e| format!("the step's recorded changes do not decode: {e}"))
     }
 }
@@ -101,6 +107,9 @@ struct SessionRunner {
     hv: Hypervisor,
     entry: Arc<SessionEntry>,
     trace: TraceId,
+    /// The undo data of steps whose redo was replayed into this session
+    /// after a restart (it replaces their recorded changes).
+    replayed: HashMap<String, Vec<Change>>,
 }
 
 /// Largest step output kept (the same bound as a step's input): what the
@@ -272,34 +281,48 @@ impl SessionRunner {
         output: String,
         changes: Vec<Change>,
     ) -> Result<StepDone, StepFailure> {
-        let undo = StepUndo::encode(&changes);
+        let refuse = |why: String| {
+            Err(self.failed_attempt(
+                agent,
+                &changes,
+                FailureKind::Cancelled,
+                format!("step refused: {why}"),
+            ))
+        };
+        if output.len() > MAX_STEP_OUTPUT {
+            return refuse(format!(
+                "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
+                output.len()
+            ));
+        }
+        // Under a store that survives restarts, what the step left is kept
+        // (durably) before the commit names it.
+        let redo = match &self.hv.inner.sagas.blobs {
+            Some(blobs) if !changes.is_empty() => {
+                match Redo::capture(&self.entry.core, blobs, agent, &changes) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        return refuse(format!(
+                            "what it changed could not be kept for a restart: {e}"
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let undo = StepUndo::encode(&changes, redo.as_ref());
         // Only changes make undo data large; a step without any skips the measuring.
         let undo_len = if changes.is_empty() {
             0
         } else {
             serde_json::to_vec(&undo).map_or(usize::MAX, |v| v.len())
         };
-        let too_large = if output.len() > MAX_STEP_OUTPUT {
-            Some(format!(
-                "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
-                output.len()
-            ))
-        } else if undo_len > MAX_STEP_UNDO {
-            Some(format!(
+        if undo_len > MAX_STEP_UNDO {
+            return refuse(format!(
                 "its {undo_len} bytes of undo data are over the {MAX_STEP_UNDO}-byte limit"
-            ))
-        } else {
-            None
-        };
-        match too_large {
-            Some(why) => Err(self.failed_attempt(
-                agent,
-                &changes,
-                FailureKind::Cancelled,
-                format!("step refused: {why}"),
-            )),
-            None => Ok(StepDone { output, undo }),
+            ));
         }
+        Ok(StepDone { output, undo })
     }
 
     fn execute_host_action(
@@ -372,26 +395,27 @@ impl SessionRunner {
                 .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
             (record.output.clone(), Change::action(&record))
         } else {
-            let output = core
+            let done = core
                 .invoke_effect(who, &registry, name, &call.step.execute)
                 .map_err(|e| failure(FailureKind::Failed, e.to_string()))?;
             (
-                output,
+                done.output,
                 Change::Effect {
                     name: name.to_string(),
+                    touched: done.touched,
                 },
             )
         };
-        Ok(StepDone {
-            output,
-            undo: StepUndo::encode(&[change]),
-        })
+        self.commit(agent, output, vec![change])
     }
 
     async fn compensate(self: Arc<Self>, call: CompensateCall) -> Result<(), CompensationFailure> {
         let fail = |message: String| CompensationFailure { message };
         let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| fail(e.to_string()))?;
-        let changes = StepUndo::decode(&call.undo).map_err(fail)?;
+        let changes = match self.replayed.get(&call.step.id) {
+            Some(c) => c.clone(),
+            None => StepUndo::decode(&call.undo).map_err(fail)?.changes,
+        };
         let mut errors = Vec::new();
         if call.step.via == Via::Agent {
             let slot = lock(&self.entry.agents).get(&agent).cloned();
@@ -684,13 +708,19 @@ fn state_isolation(i: Isolation) -> StateIsolation {
 }
 
 impl Hypervisor {
-    fn saga_engine(&self, entry: Arc<SessionEntry>, definition: Arc<SagaDefinition>) -> Engine {
-        let trace = self.inner.runtime.new_trace_id();
+    fn saga_engine(
+        &self,
+        entry: Arc<SessionEntry>,
+        definition: Arc<SagaDefinition>,
+        trace: TraceId,
+        replayed: HashMap<String, Vec<Change>>,
+    ) -> Engine {
         let session = entry.core.id().clone();
         let runner = Runner(Arc::new(SessionRunner {
             hv: self.clone(),
             entry,
             trace,
+            replayed,
         }));
         let agents = definition
             .steps
@@ -811,36 +841,171 @@ impl Hypervisor {
         let _driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let definition = Arc::new(definition);
-        let engine = self.saga_engine(entry.clone(), definition.clone());
+        let trace = self.inner.runtime.new_trace_id();
+        let engine = self.saga_engine(entry.clone(), definition.clone(), trace, HashMap::new());
         Ok(engine.run(saga, (*definition).clone()).await?)
     }
 
-    /// Compensates an unfinished saga (stuck, or left by a crash) in
-    /// `session`, on an operator's order. A final saga is left as it is.
+    /// Resumes an unfinished saga in `session` (active, with every step's
+    /// agent a participant): after a restart of the host, or one a store
+    /// failure stopped. Committed steps and valid checkpoints never run
+    /// again; a step the crash interrupted is retried (without using up a
+    /// retry), or, when the definition says `on_crash: compensate`, the saga
+    /// is compensated instead. A final saga returns its report.
+    ///
+    /// A saga that ran in another process (the host restarted) lost the
+    /// session it ran in: what its live committed steps left there is first
+    /// replayed into `session` from the redo kept with each commit (files,
+    /// ACLs, state; the effects of actions are not repeated), so `session`
+    /// should be a new one: files or keys it has on the same paths are
+    /// overwritten. A saga of this process must resume in the session it ran in.
     ///
     /// # Errors
     /// As [`Hypervisor::run_saga`]; [`HypervisorError::Saga`] with
-    /// `NotFound` for an unknown saga.
+    /// `NotFound` for an unknown saga; [`HypervisorError::SagaSetup`] when
+    /// the redo cannot be replayed (named step and path; the session is then
+    /// left as it was), or the saga ran in this process in another session.
+    pub async fn resume_saga(
+        &self,
+        session: &SessionId,
+        saga: &SagaId,
+    ) -> Result<SagaReport, HypervisorError> {
+        let t = self.take_up(session, saga)?;
+        let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
+        let report = engine.resume(saga).await?;
+        drop((t.driving, t.isolation));
+        Ok(report)
+    }
+
+    /// Compensates an unfinished saga (stuck, or left by a crash) in
+    /// `session`, on an operator's order: every live committed step, newest
+    /// first. A final saga is left as it is. A saga that ran in another
+    /// process is first replayed into `session`, as [`Hypervisor::resume_saga`] does.
+    ///
+    /// # Errors
+    /// As [`Hypervisor::resume_saga`].
     pub async fn compensate_saga(
         &self,
         session: &SessionId,
         saga: &SagaId,
         reason: &str,
     ) -> Result<SagaReport, HypervisorError> {
-        let definition = self.saga_definition(saga)?;
+        let t = self.take_up(session, saga)?;
+        let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
+        let report = engine.compensate(saga, reason).await?;
+        drop((t.driving, t.isolation));
+        Ok(report)
+    }
+
+    /// Claims `saga` in `session` to resume or compensate it; for a saga of
+    /// another process, replays its live committed steps' redo into the
+    /// session first (undoing the replay again if any of it fails).
+    fn take_up(&self, session: &SessionId, saga: &SagaId) -> Result<TakenUp, HypervisorError> {
+        let definition = Arc::new(self.saga_definition(saga)?);
         let entry = self.saga_session(session, &definition)?;
-        if !lock(&self.inner.sagas.driving).home.contains_key(saga) {
-            return Err(HypervisorError::SagaSetup {
-                saga: saga.to_string(),
-                message: "it did not run in this process: the undo records its steps name \
-                          belong to a session that is gone"
-                    .into(),
-            });
+        let ran_here = lock(&self.inner.sagas.driving).home.contains_key(saga);
+        let driving = self.drive(saga, session)?;
+        let isolation = IsolationGuard::set(&entry, definition.isolation);
+        let trace = self.inner.runtime.new_trace_id();
+        let records = self.saga_records(saga)?;
+        let finished = ahv_saga::report_of(saga, &records)?.state.is_final();
+        let replayed = if ran_here || finished {
+            HashMap::new()
+        } else {
+            match self.replay_saga(&entry, &definition, saga, &records, trace) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The next attempt (here or elsewhere) replays from scratch.
+                    lock(&self.inner.sagas.driving).home.remove(saga);
+                    return Err(e);
+                }
+            }
+        };
+        Ok(TakenUp {
+            entry,
+            definition,
+            driving,
+            isolation,
+            trace,
+            replayed,
+        })
+    }
+
+    /// Replays the redo of every live committed step of `saga` into `entry`'s
+    /// session, in commit order; each step's undo data from then on. On a
+    /// failure, what was replayed is undone and the failure names the step.
+    fn replay_saga(
+        &self,
+        entry: &Arc<SessionEntry>,
+        definition: &SagaDefinition,
+        saga: &SagaId,
+        records: &[SagaRecord],
+        trace: TraceId,
+    ) -> Result<HashMap<String, Vec<Change>>, HypervisorError> {
+        let setup = |message: String| HypervisorError::SagaSetup {
+            saga: saga.to_string(),
+            message,
+        };
+        let mut done: Vec<(AgentId, Vec<Change>)> = Vec::new();
+        let mut replayed = HashMap::new();
+        let mut outcome = Ok(());
+        for (step_id, undo) in live_commits(records) {
+            let result = (|| {
+                let step = definition
+                    .steps
+                    .iter()
+                    .find(|s| s.id == step_id)
+                    .ok_or_else(|| {
+                        format!("its records name step {step_id}, which its definition lacks")
+                    })?;
+                let agent = AgentId::new(step.agent.as_str()).map_err(|e| e.to_string())?;
+                let undo = StepUndo::decode(&undo)?;
+                let changes = match &undo.redo {
+                    Some(redo) => {
+                        let blobs = self.inner.sagas.blobs.as_ref().ok_or_else(|| {
+                            "the saga store does not survive restarts, so no redo can be read"
+                                .to_string()
+                        })?;
+                        redo.replay(&entry.core, blobs, &agent, trace)?
+                    }
+                    None if undo.changes.is_empty() => Vec::new(),
+                    None => {
+                        return Err(format!(
+                            "step {step_id} committed {} changes without redo data (its store did not survive restarts then)",
+                            undo.changes.len()
+                        ));
+                    }
+                };
+                Ok::<_, String>((agent, undo.changes, changes))
+            })();
+            match result {
+                Ok((agent, original, changes)) => {
+                    done.push((agent, changes.clone()));
+                    replayed.insert(step_id, replayed_undo(&original, changes));
+                }
+                Err(e) => {
+                    outcome = Err(setup(format!(
+                        "cannot put back what step {step_id} committed in session {}: {e}",
+                        entry.core.id()
+                    )));
+                    break;
+                }
+            }
         }
-        let _driving = self.drive(saga, session)?;
-        let _isolation = IsolationGuard::set(&entry, definition.isolation);
-        let engine = self.saga_engine(entry, Arc::new(definition));
-        Ok(engine.compensate(saga, reason).await?)
+        if let Err(e) = outcome {
+            for (agent, changes) in done.iter().rev() {
+                let who = Caller::untraced(agent, ahv_core::Ring::Root);
+                let left = undo_changes(&entry.core, &self.inner.actions, who, changes);
+                if !left.is_empty() {
+                    tracing::error!(session = %entry.core.id(), %saga, %agent, left = left.len(), "a failed replay could not all be undone");
+                }
+            }
+            return Err(e);
+        }
+        if !replayed.is_empty() {
+            tracing::info!(session = %entry.core.id(), %saga, steps = replayed.len(), "replayed the committed steps of a saga from another process");
+        }
+        Ok(replayed)
     }
 
     /// A saga's report as its records stand (no work is done).
@@ -888,6 +1053,38 @@ impl Hypervisor {
                 })
             })
     }
+}
+
+/// The steps whose changes stand, with their undo data, in commit order:
+/// committed or skipped in the saga's latest run and not compensated since.
+fn live_commits(records: &[SagaRecord]) -> Vec<(String, serde_json::Value)> {
+    let start = records
+        .iter()
+        .rposition(|r| matches!(r, SagaRecord::Created { .. }))
+        .unwrap_or(0);
+    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+    for r in &records[start..] {
+        match r {
+            SagaRecord::StepCommitted { step, undo, .. }
+            | SagaRecord::StepSkipped { step, undo, .. } => {
+                out.retain(|(s, _)| s != step);
+                out.push((step.clone(), undo.clone()));
+            }
+            SagaRecord::StepCompensated { step } => out.retain(|(s, _)| s != step),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A saga claimed to be resumed or compensated (see `Hypervisor::take_up`).
+struct TakenUp {
+    entry: Arc<SessionEntry>,
+    definition: Arc<SagaDefinition>,
+    driving: Driving,
+    isolation: IsolationGuard,
+    trace: TraceId,
+    replayed: HashMap<String, Vec<Change>>,
 }
 
 /// Sets the session's state isolation to a saga's level and puts the
@@ -982,4 +1179,7 @@ pub(crate) struct SagaSettings {
     pub(crate) jitter: Arc<dyn ahv_saga::Jitter>,
     pub(crate) escalation: Vec<Arc<dyn EscalationHook>>,
     pub(crate) driving: Mutex<Drivers>,
+    /// Where commits keep their redo's bytes (only under a store that
+    /// survives restarts).
+    pub(crate) blobs: Option<Arc<ahv_saga::BlobStore>>,
 }

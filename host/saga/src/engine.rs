@@ -308,6 +308,11 @@ pub trait ProgressStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] if the listing failed.
     fn list(&self) -> Result<Vec<SagaId>, StoreError>;
+    /// Whether the records outlive the process (a restarted host can resume
+    /// from them). A host keeps redo data for steps only when they do.
+    fn survives_restart(&self) -> bool {
+        false
+    }
 }
 
 /// An in-memory [`ProgressStore`] (nothing survives the process).

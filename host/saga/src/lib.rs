@@ -13,6 +13,7 @@
 //! - [`retry`]: exponential backoff with equal jitter from an injected [`Jitter`].
 //! - [`fanout`]: the ALL / MAJORITY / ANY policies.
 //! - [`checkpoint`]: checkpoint hashes.
+//! - [`blobs`]: content-addressed blobs a durable commit's redo data names.
 //! - [`engine`]: the [`Engine`], its progress log ([`SagaRecord`],
 //!   [`ProgressStore`]) and the traits the host plugs in ([`StepRunner`],
 //!   [`SagaObserver`], [`Sleeper`]).
@@ -73,6 +74,7 @@
 // panic outside tests (clippy.toml allows them in tests).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod blobs;
 pub mod checkpoint;
 pub mod definition;
 pub mod engine;
@@ -83,6 +85,7 @@ pub mod retry;
 pub mod state;
 pub mod store;
 
+pub use blobs::{BlobError, BlobStore};
 pub use checkpoint::{checkpoint_hash, checkpoint_valid};
 pub use definition::{
     AgentDef, Backoff, CrashPolicy, FanoutDef, Isolation, SagaDefinition, StepDef, Via,

@@ -50,6 +50,10 @@ fn io(saga: &str, e: &JournalError) -> StoreError {
 }
 
 impl ProgressStore for FileStore {
+    fn survives_restart(&self) -> bool {
+        true
+    }
+
     fn append(&self, saga: &SagaId, rec: &SagaRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt {
             saga: saga.to_string(),

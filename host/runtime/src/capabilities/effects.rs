@@ -29,8 +29,11 @@ impl effects::Host for View<'_, Ctx> {
     fn invoke(&mut self, name: String, args: String) -> Result<String, HostError> {
         let ring = self.gate.admit(Capability::Effects, "invoke")?;
         let caller = self.gate.caller(ring);
-        let output = match &self.ctx.shared {
-            Some(core) => core.invoke_effect(caller, &self.ctx.registry, &name, &args)?,
+        let (output, touched) = match &self.ctx.shared {
+            Some(core) => {
+                let done = core.invoke_effect(caller, &self.ctx.registry, &name, &args)?;
+                (done.output, done.touched)
+            }
             None => {
                 let ctx = ActionContext {
                     agent: caller.agent,
@@ -38,10 +41,13 @@ impl effects::Host for View<'_, Ctx> {
                     trace: caller.trace,
                     files: &*self.ctx.files,
                 };
-                self.ctx.registry.invoke_effect(ctx, &name, &args)?
+                (
+                    self.ctx.registry.invoke_effect(ctx, &name, &args)?,
+                    Vec::new(),
+                )
             }
         };
-        self.ctx.changes.record(Change::Effect { name });
+        self.ctx.changes.record(Change::Effect { name, touched });
         Ok(output)
     }
 
