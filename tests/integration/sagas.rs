@@ -381,6 +381,65 @@ async fn fan_out_any_cancels_the_branches_still_running_once_one_succeeds() {
     assert_eq!(shared_files(&hv, &s), ["fast.txt"]);
 }
 
+#[tokio::test]
+async fn a_cancelled_branch_has_what_it_changed_before_the_cancel_undone() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:0", 0.8), ("did:t:1", 0.8)]).await;
+    // `fast` finishes only once `slow` has written a file and a key, so the
+    // cancel always finds changes to undo.
+    let def = SagaDefinition::from_yaml(
+        r#"
+name: race
+isolation: read-committed
+steps:
+  - id: fast
+    agent: did:t:0
+    action: a
+    undo: ring
+    execute: "await ready\nwrite shared/fast.txt won"
+  - id: slow
+    agent: did:t:1
+    action: a
+    undo: ring
+    timeout_secs: 60
+    execute: "write shared/slow.txt half done\nput ready 1\nsleep 60000"
+fanout:
+  - id: g
+    policy: any
+    branches: [fast, slow]
+"#,
+    )
+    .unwrap();
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed, "{report:?}");
+    let slow = report.step("slow").unwrap();
+    assert_eq!(slow.state, StepState::Failed);
+    assert!(
+        slow.error.as_deref().unwrap().contains("cancelled"),
+        "{slow:?}"
+    );
+    // Its file and its key are gone again; the winner's file stays.
+    assert_eq!(shared_files(&hv, &s), ["fast.txt"]);
+    let core = hv.hv.session_core(&s).unwrap();
+    assert!(core.state().peek("ready").is_none());
+    // The undo is on the record: an event for the file, in slow's name.
+    let undone = hv.hv.events().query(
+        &EventQuery::default()
+            .session(s.clone())
+            .kind(EventKind::VfsUndone),
+    );
+    assert_eq!(undone.len(), 1, "{undone:?}");
+    assert_eq!(undone[0].agent.as_ref().unwrap().as_str(), "did:t:1");
+    assert!(
+        undone[0]
+            .payload
+            .fields()
+            .to_string()
+            .contains("path=shared/slow.txt op=write"),
+        "{undone:?}"
+    );
+}
+
 struct Hook(Arc<Mutex<Vec<Escalation>>>);
 
 impl EscalationHook for Hook {

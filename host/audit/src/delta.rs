@@ -804,6 +804,11 @@ mod tests {
                 step: s("build"),
                 hash: [9; 32],
             },
+            EventKind::VfsUndone => EventPayload::VfsUndone {
+                path: s("shared/a.txt"),
+                op: s("write"),
+                record: 7,
+            },
         }
     }
 

@@ -592,6 +592,16 @@ events! {
         /// Its checkpoint, `sha256(goal:step_id)`.
         hash: [u8; 32],
     },
+    /// `vfs.undone`: a file change was undone from its undo record (a saga
+    /// compensating, or a cancelled step's changes taken back).
+    VfsUndone => "vfs.undone" {
+        /// The file (the source, for a rename).
+        path: String,
+        /// The operation undone: `write`, `append`, `delete`, `rename`, …
+        op: String,
+        /// The undo record it used.
+        record: u64,
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -1407,6 +1417,11 @@ mod tests {
                 saga: s("saga-1"),
                 step: s("build"),
                 hash: [9; 32],
+            },
+            EventKind::VfsUndone => EventPayload::VfsUndone {
+                path: s("shared/a.txt"),
+                op: s("write"),
+                record: 7,
             },
         }
     }

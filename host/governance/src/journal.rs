@@ -312,12 +312,17 @@ fn undo_one(
             change: change.summary(),
             reason: "its file space keeps no undo records",
         }),
-        Change::File { undo: Some(id), .. } => {
-            core.files().undo(*id).map_err(|source| UndoError::File {
+        Change::File {
+            undo: Some(id),
+            op,
+            path,
+            ..
+        } => core
+            .undo_file(who, *id, *op, path)
+            .map_err(|source| UndoError::File {
                 change: change.summary(),
                 source,
-            })
-        }
+            }),
         Change::State(s) => core
             .state_undo(who, s)
             .map(drop)

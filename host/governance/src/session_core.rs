@@ -150,6 +150,32 @@ impl SessionCore {
             .emit(Some(&self.id), Some(agent), trace, None, payload);
     }
 
+    /// Undoes the file change kept as undo record `record` (an `op` on
+    /// `path`), for `who`; emits `vfs.undone`.
+    ///
+    /// # Errors
+    /// [`VfsError`] from the file space (the record is unknown, or the
+    /// file changed since).
+    pub fn undo_file(
+        &self,
+        who: Caller<'_>,
+        record: u64,
+        op: FileOp,
+        path: &str,
+    ) -> Result<(), VfsError> {
+        self.files.undo(record)?;
+        self.emit(
+            who.agent,
+            who.trace,
+            EventPayload::VfsUndone {
+                path: path.to_string(),
+                op: op.name().to_string(),
+                record,
+            },
+        );
+        Ok(())
+    }
+
     /// A call into `agent` begins: its state transaction starts.
     pub fn begin_call(&self, agent: &AgentId) {
         self.state.begin(agent);

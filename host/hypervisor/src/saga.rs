@@ -409,6 +409,27 @@ impl SessionRunner {
         self.commit(agent, output, vec![change])
     }
 
+    /// A cancelled attempt's future was dropped mid-call: the changes the
+    /// call made so far are taken from the agent and undone. (A host action
+    /// never stops midway: it runs synchronously inside its future's one poll.)
+    async fn abandoned(self: Arc<Self>, call: StepCall) -> Result<(), String> {
+        if call.step.via != Via::Agent {
+            return Ok(());
+        }
+        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| e.to_string())?;
+        let Some(slot) = lock(&self.entry.agents).get(&agent).cloned() else {
+            return Err(format!(
+                "agent {agent} left session {}: what its cancelled attempt changed cannot be collected",
+                self.session()
+            ));
+        };
+        let changes = slot.agent.lock().await.take_abandoned_changes();
+        match self.undo_partial(&agent, &changes, "a cancelled attempt".into()) {
+            (message, true) => Err(message),
+            (_, false) => Ok(()),
+        }
+    }
+
     async fn compensate(self: Arc<Self>, call: CompensateCall) -> Result<(), CompensationFailure> {
         let fail = |message: String| CompensationFailure { message };
         let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| fail(e.to_string()))?;
@@ -482,6 +503,10 @@ impl StepRunner for Runner {
 
     fn compensate(&self, call: CompensateCall) -> BoxFuture<Result<(), CompensationFailure>> {
         Box::pin(self.0.clone().compensate(call))
+    }
+
+    fn abandoned(&self, call: StepCall) -> BoxFuture<Result<(), String>> {
+        Box::pin(self.0.clone().abandoned(call))
     }
 }
 

@@ -262,6 +262,9 @@ pub struct Agent {
     kill: KillHandle,
     live: Option<Live>,
     poisoned: Option<TrapCause>,
+    /// The change journal of the call in progress; still set after the
+    /// call's future was dropped before it finished (an abandoned call).
+    in_flight: Option<crate::state::Journal>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -290,6 +293,7 @@ impl Agent {
             kill,
             live: None,
             poisoned: None,
+            in_flight: None,
         };
         agent.live = Some(agent.instantiate().await?);
         Ok(agent)
@@ -319,6 +323,15 @@ impl Agent {
         }
         self.live = None;
         self.poisoned.take().is_some()
+    }
+
+    /// The changes of the last call whose future was dropped before it
+    /// finished (its caller stopped waiting: a cancelled saga branch), so
+    /// that the caller can undo them; empty when the last call finished.
+    /// The instance such a call ran in is discarded (the next call starts a
+    /// fresh one). Kept only until the next call starts.
+    pub fn take_abandoned_changes(&mut self) -> Vec<Change> {
+        self.in_flight.take().map(|j| j.take()).unwrap_or_default()
     }
 
     /// A handle that kills this agent from any thread or task.
@@ -613,6 +626,13 @@ impl Agent {
                 _ => self.instantiate().await?,
             },
         };
+        if let Some(left) = self.in_flight.take() {
+            let n = left.take().len();
+            if n > 0 {
+                tracing::warn!(agent = %self.spec.agent, changes = n, "the changes of an abandoned call were not collected; they stand");
+            }
+        }
+        self.in_flight = Some(live.store.data().changes.clone());
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
         let armed = self.arm(&mut live.store, deadline);
@@ -637,6 +657,7 @@ impl Agent {
         let data = live.store.data_mut();
         // Set by `arm` (even when the call then failed).
         let call_trace = data.gate.trace;
+        self.in_flight = None;
         let changes = data.changes.take();
         let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         scope.completed();

@@ -413,6 +413,16 @@ pub trait StepRunner: Send + Sync + 'static {
     /// Undoes a committed step. It may be called again for the same step if a
     /// crash interrupted it, so it should be idempotent.
     fn compensate(&self, call: CompensateCall) -> BoxFuture<Result<(), CompensationFailure>>;
+    /// The future [`StepRunner::execute`] returned for `call` was dropped
+    /// before it finished (a sibling fan-out branch won and the rest are
+    /// cancelled): undo whatever the attempt changed. The engine awaits it
+    /// before recording the attempt cancelled; `Err` (what could not be
+    /// undone) records it as [`FailureKind::Residue`] instead, and the saga
+    /// escalates. The default has nothing to undo.
+    fn abandoned(&self, call: StepCall) -> BoxFuture<Result<(), String>> {
+        let _ = call;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A compensation that failed, as reported on escalation.
@@ -889,6 +899,15 @@ impl Run {
 
     /// Why the saga must stop, if a lone step failed for good or a group's policy failed.
     fn failure(&self) -> Option<String> {
+        // An attempt that left changes it could not undo (in a fan-out
+        // group whose policy is still met, say) stops the saga: it
+        // compensates and escalates rather than completing over them.
+        if let Some(f) = self.failures.first() {
+            return Some(format!(
+                "step {:?} left changes it could not undo: {}",
+                f.step, f.error
+            ));
+        }
         for u in &self.plan.units {
             match *u {
                 Unit::Step(i) => {
@@ -1186,7 +1205,7 @@ async fn drive(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError> {
             Next::Fail(reason) => return fail(ctx, run, reason).await,
             Next::Compensate => return compensate_all(ctx, run).await,
             Next::Step(i) => {
-                drive_step(Arc::clone(ctx), Arc::clone(run), i).await?;
+                drive_step(Arc::clone(ctx), Arc::clone(run), i, None).await?;
             }
             Next::Group(g) => run_group(ctx, run, g).await?,
             Next::Done => {
@@ -1203,8 +1222,31 @@ async fn drive(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError> {
 }
 
 /// Runs one step until it commits or fails for good; `Ok(true)` if it committed.
-async fn drive_step(ctx: Arc<Ctx>, run: Shared, i: usize) -> Result<bool, EngineError> {
+/// Set once when the rest of a fan-out group is cancelled.
+type Cancel = Option<tokio::sync::watch::Receiver<bool>>;
+
+/// Resolves once `cancel` is set (never, without one).
+async fn cancelled(cancel: &mut Cancel) {
+    match cancel {
+        Some(rx) => {
+            // A dropped sender also means nobody waits for the branch any more.
+            let _ = rx.wait_for(|c| *c).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn drive_step(
+    ctx: Arc<Ctx>,
+    run: Shared,
+    i: usize,
+    mut cancel: Cancel,
+) -> Result<bool, EngineError> {
     loop {
+        if cancel.as_ref().is_some_and(|rx| *rx.borrow()) {
+            // Cancelled between attempts: `run_group` records it.
+            return Ok(false);
+        }
         let call = {
             let mut r = lock(&run);
             let attempt = r.steps[i].attempts.saturating_add(1);
@@ -1227,7 +1269,29 @@ async fn drive_step(ctx: Arc<Ctx>, run: Shared, i: usize) -> Result<bool, Engine
             }
         };
         let (id, attempt) = (call.step.id.clone(), call.attempt);
-        let result = ctx.runner.execute(call).await;
+        let result = if cancel.is_some() {
+            let execute = ctx.runner.execute(call.clone());
+            tokio::select! {
+                biased;
+                r = execute => r,
+                () = cancelled(&mut cancel) => {
+                    // `execute` is dropped by now: the runner cleans up
+                    // after it before the attempt is recorded cancelled.
+                    match ctx.runner.abandoned(call).await {
+                        Ok(()) => Err(StepFailure {
+                            kind: FailureKind::Cancelled,
+                            message: CANCELLED.to_owned(),
+                        }),
+                        Err(left) => Err(StepFailure {
+                            kind: FailureKind::Residue,
+                            message: format!("{CANCELLED}, and what it changed could not all be undone: {left}"),
+                        }),
+                    }
+                }
+            }
+        } else {
+            ctx.runner.execute(call).await
+        };
         let retry_in = {
             let mut r = lock(&run);
             match result {
@@ -1275,9 +1339,15 @@ async fn drive_step(ctx: Arc<Ctx>, run: Shared, i: usize) -> Result<bool, Engine
                 }
             }
         };
-        ctx.sleeper.sleep(retry_in).await;
+        tokio::select! {
+            () = ctx.sleeper.sleep(retry_in) => {}
+            () = cancelled(&mut cancel) => return Ok(false),
+        }
     }
 }
+
+/// Why a cancelled fan-out branch failed.
+const CANCELLED: &str = "cancelled: another branch of its group succeeded";
 
 /// Runs a fan-out group's unfinished branches together and resolves it by its policy.
 async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineError> {
@@ -1316,14 +1386,21 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
     if !(cancels && already_won) {
         let mut set = JoinSet::new();
         let mut task_step = HashMap::new();
+        // Cancelling asks the other branches to stop and waits for them, so
+        // that what a cancelled attempt changed is undone before the group
+        // resolves.
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
         for &i in &to_run {
-            let h = set.spawn(drive_step(Arc::clone(ctx), Arc::clone(run), i));
+            let cancel = cancels.then(|| cancel_rx.clone());
+            let h = set.spawn(drive_step(Arc::clone(ctx), Arc::clone(run), i, cancel));
             task_step.insert(h.id(), i);
         }
         let mut first_error = None;
         while let Some(res) = set.join_next_with_id().await {
             match res {
-                Ok((_, Ok(true))) if cancels => set.abort_all(),
+                Ok((_, Ok(true))) if cancels => {
+                    cancel_tx.send_replace(true);
+                }
                 Ok((_, Ok(_))) => {}
                 Ok((_, Err(e))) => {
                     set.abort_all();
@@ -1350,10 +1427,7 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
         let (kind, error) = if panicked.contains(&i) {
             (FailureKind::Failed, "the step runner panicked".to_owned())
         } else {
-            (
-                FailureKind::Cancelled,
-                format!("cancelled: another branch of {group:?} succeeded"),
-            )
+            (FailureKind::Cancelled, CANCELLED.to_owned())
         };
         let rec = SagaRecord::StepFailed {
             step: s.def.id.clone(),

@@ -26,6 +26,11 @@ struct FakeRunner {
     compensations: Mutex<Vec<(String, String, Value)>>,
     failing_compensations: HashSet<String>,
     dropped: Arc<Mutex<Vec<String>>>,
+    /// Steps whose abandoned attempt was cleaned up, with whether its
+    /// future had been dropped by then.
+    abandoned: Mutex<Vec<(String, bool)>>,
+    /// Steps whose abandoned attempt leaves changes behind.
+    residue_on_abandon: HashSet<String>,
 }
 
 impl FakeRunner {
@@ -35,6 +40,11 @@ impl FakeRunner {
 
     fn script(self, step: &str, outcomes: Vec<Outcome>) -> FakeRunner {
         lock(&self.script).insert(step.to_owned(), outcomes.into());
+        self
+    }
+
+    fn residue_on_abandon(mut self, step: &str) -> FakeRunner {
+        self.residue_on_abandon.insert(step.to_owned());
         self
     }
 
@@ -93,6 +103,20 @@ impl StepRunner for FakeRunner {
                     Ok(done)
                 }
                 Outcome::Panic => panic!("scripted panic in {id}"),
+            }
+        })
+    }
+
+    fn abandoned(&self, call: StepCall) -> BoxFuture<Result<(), String>> {
+        let id = call.step.id.clone();
+        let was_dropped = lock(&self.dropped).contains(&id);
+        lock(&self.abandoned).push((id.clone(), was_dropped));
+        let residue = self.residue_on_abandon.contains(&id);
+        Box::pin(async move {
+            if residue {
+                Err(format!("{id}'s half-written file stays"))
+            } else {
+                Ok(())
             }
         })
     }
@@ -586,6 +610,11 @@ fn fanout_any_cancels_the_rest_once_one_succeeds() {
         ["y", "z"],
         "the hanging branches' futures were dropped"
     );
+    // ... before the runner was asked to clean up after each, and the
+    // engine waited for that before resolving the group.
+    let mut abandoned = lock(&h.runner.abandoned).clone();
+    abandoned.sort();
+    assert_eq!(abandoned, [("y".to_owned(), true), ("z".to_owned(), true)]);
     for b in ["y", "z"] {
         assert_eq!(r.step(b).unwrap().state, StepState::Failed);
     }
@@ -605,6 +634,39 @@ fn fanout_any_cancels_the_rest_once_one_succeeds() {
     assert_eq!(cancelled, 2);
     assert!(recs.iter().any(|r| matches!(r,
         SagaRecord::FanoutResolved { satisfied: true, cancelled, .. } if cancelled.len() == 2)));
+}
+
+#[test]
+fn a_cancelled_branch_that_leaves_changes_escalates_the_saga_although_its_group_won() {
+    let runner = FakeRunner::new()
+        .script("y", vec![Outcome::Hang])
+        .script("z", vec![Outcome::Hang])
+        .residue_on_abandon("y");
+    let h = harness(runner);
+    let r = rt()
+        .block_on(h.engine.run(id(), fanout_saga(FanoutPolicy::Any)))
+        .unwrap();
+    assert_eq!(r.state, SagaState::Escalated);
+    let y = r.step("y").unwrap();
+    assert_eq!(y.state, StepState::Failed);
+    assert!(
+        y.error.as_deref().unwrap().contains("half-written"),
+        "{y:?}"
+    );
+    // The winner and the step before the group are compensated; d never ran.
+    let mut compensated = h.runner.compensated();
+    compensated.sort();
+    assert_eq!(compensated, ["a", "x"]);
+    assert!(!h.runner.executed().contains(&"d".to_owned()));
+    let escalations = lock(&h.observer.escalations).clone();
+    assert_eq!(escalations.len(), 1);
+    assert!(
+        escalations[0].iter().any(|e| e.step == "y"),
+        "{escalations:?}"
+    );
+    let recs = h.store.load(&id()).unwrap();
+    assert!(recs.iter().any(|r| matches!(r,
+        SagaRecord::StepFailed { step, kind: FailureKind::Residue, .. } if step == "y")));
 }
 
 #[test]
