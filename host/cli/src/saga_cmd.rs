@@ -288,7 +288,7 @@ async fn take_up(args: ResumeArgs, compensate: Option<String>) -> Result<Exit, F
         .with_context(|| format!("saga {saga}"))
         .map_err(Failure::Setup)?;
     let Some(definition) = records.iter().rev().find_map(|r| match r {
-        SagaRecord::Created { definition, .. } => Some(definition.clone()),
+        SagaRecord::Created { definition, .. } => Some(SagaDefinition::clone(definition)),
         _ => None,
     }) else {
         return Err(Failure::usage(
@@ -528,7 +528,7 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
         .with_context(|| format!("saga {saga}"))
         .map_err(Failure::Setup)?;
     let Some(definition) = records.iter().rev().find_map(|r| match r {
-        SagaRecord::Created { definition, .. } => Some(definition.clone()),
+        SagaRecord::Created { definition, .. } => Some(SagaDefinition::clone(definition)),
         _ => None,
     }) else {
         return Err(Failure::usage(

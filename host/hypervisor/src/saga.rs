@@ -89,6 +89,10 @@ struct StepUndoRef<'a> {
 
 impl StepUndo {
     fn encode(changes: &[Change], redo: Option<&Redo>) -> serde_json::Value {
+        // A step that changed nothing commits no undo data at all.
+        if changes.is_empty() && redo.is_none() {
+            return serde_json::Value::Null;
+        }
         // A slice of plain data always encodes.
         serde_json::to_value(StepUndoRef { changes, redo }).unwrap_or(serde_json::Value::Null)
     }
@@ -868,7 +872,7 @@ impl Hypervisor {
         let definition = Arc::new(definition);
         let trace = self.inner.runtime.new_trace_id();
         let engine = self.saga_engine(entry.clone(), definition.clone(), trace, HashMap::new());
-        Ok(engine.run(saga, (*definition).clone()).await?)
+        Ok(engine.run(saga, definition).await?)
     }
 
     /// Resumes an unfinished saga in `session` (active, with every step's
@@ -926,7 +930,7 @@ impl Hypervisor {
     /// another process, replays its live committed steps' redo into the
     /// session first (undoing the replay again if any of it fails).
     fn take_up(&self, session: &SessionId, saga: &SagaId) -> Result<TakenUp, HypervisorError> {
-        let definition = Arc::new(self.saga_definition(saga)?);
+        let definition = self.saga_definition(saga)?;
         let entry = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(saga);
         let driving = self.drive(saga, session)?;
@@ -1063,7 +1067,7 @@ impl Hypervisor {
         Ok(self.inner.sagas.store.list().map_err(EngineError::from)?)
     }
 
-    fn saga_definition(&self, saga: &SagaId) -> Result<SagaDefinition, HypervisorError> {
+    fn saga_definition(&self, saga: &SagaId) -> Result<Arc<SagaDefinition>, HypervisorError> {
         let records = self.saga_records(saga)?;
         records
             .iter()

@@ -138,8 +138,10 @@ pub enum SagaRecord {
     Created {
         /// The saga.
         saga: SagaId,
-        /// Its definition, as validated.
-        definition: SagaDefinition,
+        /// Its definition, as validated (shared, not copied, by the run and
+        /// an in-memory store).
+        #[serde(with = "shared_definition")]
+        definition: Arc<SagaDefinition>,
         /// Clock time in milliseconds.
         at_ms: u64,
     },
@@ -636,7 +638,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(saga: SagaId, def: SagaDefinition) -> Result<Run, DefinitionError> {
+    fn new(saga: SagaId, def: Arc<SagaDefinition>) -> Result<Run, DefinitionError> {
         let plan = def.plan()?;
         let index = def
             .steps
@@ -672,7 +674,7 @@ impl Run {
         let groups = def.fanout.len();
         Ok(Run {
             saga,
-            def: Arc::new(def),
+            def,
             plan,
             index,
             group_index,
@@ -1063,9 +1065,10 @@ impl Engine {
     pub async fn run(
         &self,
         saga: SagaId,
-        definition: SagaDefinition,
+        definition: impl Into<Arc<SagaDefinition>>,
     ) -> Result<SagaReport, EngineError> {
-        let mut run = Run::new(saga.clone(), definition.clone())?;
+        let definition = definition.into();
+        let mut run = Run::new(saga.clone(), Arc::clone(&definition))?;
         let records = self.ctx.store.load(&saga)?;
         let carry = if records.is_empty() {
             HashMap::new()
@@ -1224,6 +1227,30 @@ async fn drive(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError> {
 /// Runs one step until it commits or fails for good; `Ok(true)` if it committed.
 /// Set once when the rest of a fan-out group is cancelled.
 type Cancel = Option<tokio::sync::watch::Receiver<bool>>;
+
+/// Serde for the `Arc`'d definition in [`SagaRecord::Created`], in the
+/// plain definition's form (serde's own `Arc` support would need a feature
+/// that rebuilds every crate depending on serde).
+mod shared_definition {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::definition::SagaDefinition;
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &Arc<SagaDefinition>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        d.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<SagaDefinition>, D::Error> {
+        SagaDefinition::deserialize(d).map(Arc::new)
+    }
+}
 
 /// Resolves once `cancel` is set (never, without one).
 async fn cancelled(cancel: &mut Cancel) {

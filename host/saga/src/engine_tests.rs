@@ -729,7 +729,7 @@ fn an_unfinished_saga_cannot_be_run_again() {
     let recs = vec![
         SagaRecord::Created {
             saga: id(),
-            definition: chain(),
+            definition: Arc::new(chain()),
             at_ms: 0,
         },
         SagaRecord::StepStarted {
@@ -765,7 +765,7 @@ fn an_interrupted_step_is_retried_without_using_up_a_retry() {
     let recs = vec![
         SagaRecord::Created {
             saga: id(),
-            definition: chain(),
+            definition: Arc::new(chain()),
             at_ms: 0,
         },
         SagaRecord::StepStarted {
@@ -805,7 +805,7 @@ fn on_crash_compensate_compensates_instead_of_resuming() {
     let recs = vec![
         SagaRecord::Created {
             saga: id(),
-            definition: def,
+            definition: Arc::new(def),
             at_ms: 0,
         },
         SagaRecord::StepStarted {
@@ -904,7 +904,7 @@ fn inconsistent_records_are_reported_not_obeyed() {
     let recs = vec![
         SagaRecord::Created {
             saga: id(),
-            definition: chain(),
+            definition: Arc::new(chain()),
             at_ms: 0,
         },
         SagaRecord::StepCommitted {
