@@ -477,3 +477,44 @@ fn admission_refuses_a_saga_export_of_the_wrong_shape() {
     let m = h.runtime.inspect(&bytes).unwrap();
     assert!(m.exports.iter().any(|e| e == SAGA_PARTICIPANT));
 }
+
+#[tokio::test]
+async fn an_abandoned_step_calls_changes_are_kept_for_that_step_whatever_runs_in_between() {
+    let h = Harness::new(&cache_dir());
+    let s = Session::new();
+    let mut agent = s
+        .spawn(&h, ahv_agents::SCRIPTED, "did:t:a", Ring::Standard)
+        .await;
+    let a = step("a", "slow");
+    // The caller stops waiting mid-call (a cancelled fan-out branch): the
+    // call's future is dropped while the guest sleeps.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(500),
+        agent.execute_step(&a, "write shared/a.txt half\nsleep 60000", NO_STEP_DEADLINE),
+    )
+    .await;
+    assert!(dropped.is_err(), "the sleeping step finished: {dropped:?}");
+    assert_eq!(s.file("shared/a.txt").as_deref(), Some("half"));
+    // Another step runs on the same agent before anyone collects.
+    let b = step("b", "quick");
+    let out = within(
+        LIMIT,
+        "step b",
+        agent.execute_step(&b, "write shared/b.txt whole", NO_STEP_DEADLINE),
+    )
+    .await;
+    assert_eq!(out.as_ref().map(|o| o.changes.len()).ok(), Some(1));
+    assert!(outcome(out).is_ok());
+    // b finished: nothing of it is abandoned; a's change is still a's.
+    assert!(agent.take_abandoned_changes(&b).is_empty());
+    let mut other_attempt = a.clone();
+    other_attempt.attempt = 2;
+    assert!(agent.take_abandoned_changes(&other_attempt).is_empty());
+    let taken = agent.take_abandoned_changes(&a);
+    assert_eq!(
+        taken.iter().map(|c| c.summary()).collect::<Vec<_>>(),
+        ["write shared/a.txt"]
+    );
+    // Taken once.
+    assert!(agent.take_abandoned_changes(&a).is_empty());
+}

@@ -653,12 +653,21 @@ async fn session_of(hv: &ahv_hypervisor::Hypervisor) -> SessionId {
     s
 }
 
-/// Runs `yaml` in a hypervisor over `dir` until step `three` has started,
-/// then drops the run and the hypervisor, as a crash would (the sleeping
-/// attempt never finishes); the saga's id.
-async fn crash_in_step_three(dir: &std::path::Path, yaml: &str) -> ahv_saga::SagaId {
+/// Runs `yaml` in a hypervisor over `dir` (after the script `prelude`, if
+/// any, in agent `did:t:a`) until step `three` has started, then drops the
+/// run and the hypervisor, as a crash would (the sleeping attempt never
+/// finishes); the saga's id.
+async fn crash_in_step_three(
+    dir: &std::path::Path,
+    yaml: &str,
+    prelude: Option<&str>,
+) -> ahv_saga::SagaId {
     let hv = builder_at(dir).build().unwrap();
     let s = session_of(&hv).await;
+    if let Some(script) = prelude {
+        let out = hv.run_agent(&s, &id("did:t:a"), script).await.unwrap();
+        assert!(!out.result.unwrap().contains("-> err"));
+    }
     let saga = hv.new_saga_id();
     let run = tokio::spawn({
         let (hv, s, saga) = (hv.clone(), s.clone(), saga.clone());
@@ -689,7 +698,7 @@ async fn crash_in_step_three(dir: &std::path::Path, yaml: &str) -> ahv_saga::Sag
 #[tokio::test]
 async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_committed_step_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let saga = crash_in_step_three(tmp.path(), CRASHY).await;
+    let saga = crash_in_step_three(tmp.path(), CRASHY, None).await;
 
     // "A new process": a new hypervisor over the same state directory.
     let hv = builder_at(tmp.path()).build().unwrap();
@@ -741,7 +750,13 @@ async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_commi
 async fn a_saga_left_by_a_crash_is_compensated_in_a_new_process_leaving_the_session_as_it_was() {
     let tmp = tempfile::tempdir().unwrap();
     let yaml = CRASHY.replace("name: crashy", "name: crashy\non_crash: compensate");
-    let saga = crash_in_step_three(tmp.path(), &yaml).await;
+    // The action's journal existed before the saga, in the old session only.
+    let saga = crash_in_step_three(
+        tmp.path(),
+        &yaml,
+        Some("write journal/notes.log kept from before\n"),
+    )
+    .await;
 
     let hv = builder_at(tmp.path()).build().unwrap();
     let s = session_of(&hv).await;
@@ -760,20 +775,80 @@ async fn a_saga_left_by_a_crash_is_compensated_in_a_new_process_leaving_the_sess
 }
 
 #[tokio::test]
-async fn a_saga_without_redo_or_with_a_damaged_blob_is_refused_and_the_session_left_as_it_was() {
+async fn a_damaged_blob_refuses_the_resume_naming_the_step_and_undoes_the_replay_so_far() {
     let tmp = tempfile::tempdir().unwrap();
-    let saga = crash_in_step_three(tmp.path(), CRASHY).await;
-    // Damage every blob the commits kept.
-    for e in std::fs::read_dir(tmp.path().join("saga-blobs")).unwrap() {
-        std::fs::write(e.unwrap().path(), b"tampered").unwrap();
-    }
+    let saga = crash_in_step_three(tmp.path(), CRASHY, None).await;
+    // Damage the blob of step one's last file only: its first files are
+    // replayed before the damage is found.
+    let mine = tmp
+        .path()
+        .join("saga-blobs")
+        .join(ahv_saga::blobs::blob_hash(b"mine"));
+    std::fs::write(&mine, b"tampered").unwrap();
     let hv = builder_at(tmp.path()).build().unwrap();
     let s = session_of(&hv).await;
     let core = hv.session_core(&s).unwrap();
     let before = fingerprint(&core, &["did:t:a"]);
     let err = hv.resume_saga(&s, &saga).await.unwrap_err().to_string();
-    assert!(err.contains("step one") && err.contains("damaged"), "{err}");
+    assert!(
+        err.contains("step one") && err.contains("damaged") && err.contains("notes/private.txt"),
+        "{err}"
+    );
     assert_eq!(fingerprint(&core, &["did:t:a"]), before);
-    // Nothing was recorded: the saga can still be taken up once repaired.
+    // Nothing was recorded: once repaired, the saga is taken up.
     assert!(!hv.saga_report(&saga).unwrap().state.is_final());
+    std::fs::write(&mine, b"mine").unwrap();
+    let report = hv.resume_saga(&s, &saga).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_serializable_saga_that_moved_a_directory_and_rewrote_a_key_resumes_in_a_new_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: serial
+isolation: serializable
+steps:
+  - id: one
+    agent: did:t:a
+    action: draft
+    undo: ring
+    execute: "lock key:count write 0\nput count 1\nlock path:shared/drafts/a.md write 0\nwrite shared/drafts/a.md draft"
+  - id: two
+    agent: did:t:a
+    action: promote
+    undo: ring
+    depends_on: [one]
+    execute: "lock key:count write 0\nget count\nput count 2\nlock path:shared/drafts write 0\nlock path:shared/final write 0\nrename shared/drafts shared/final"
+  - id: three
+    agent: did:t:a
+    action: slow
+    undo: ring
+    depends_on: [two]
+    timeout_secs: 120
+    execute: "@1 sleep 60000"
+  - id: four
+    agent: did:t:a
+    action: check
+    undo: ring
+    depends_on: [three]
+    execute: "lock key:count read 0\nget count\nlock path:shared/final/a.md read 0\nread shared/final/a.md\nlist shared"
+"#;
+    let saga = crash_in_step_three(tmp.path(), yaml, None).await;
+    let hv = builder_at(tmp.path()).build().unwrap();
+    let s = session_of(&hv).await;
+    let report = hv.resume_saga(&s, &saga).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed, "{report:?}");
+    let out = report.step("four").unwrap().output.clone().unwrap();
+    for expected in [
+        "get count -> ok v2 2 by did:t:a",
+        "read shared/final/a.md -> ok draft",
+        "list shared -> ok final\n",
+    ] {
+        assert!(
+            out.contains(expected),
+            "{expected:?} missing from:\n{out}\n(two: {:?})",
+            report.step("two")
+        );
+    }
 }

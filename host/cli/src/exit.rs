@@ -66,14 +66,14 @@ macro_rules! exit_codes {
 exit_codes! {
     0 Ok "ok" "success: the agent answered; the audit log or proof verified";
     1 Failed "failed"
-        "the agent reported its own failure (`run` returned `Err`); `audit verify`: verification failed; `saga run`: the saga failed and was compensated";
+        "the agent reported its own failure (`run` returned `Err`); `audit verify`: verification failed; `saga run/resume/compensate`: the saga failed and was compensated";
     2 Usage "usage"
         "bad command line: unknown or missing option, bad value, conflicting options, an input file that cannot be read or is too large, a policy file that is refused";
     3 Refused "refused"
         "component refused: cannot be read, not a component, an import outside the contract, no `run` of the contract's type, a function the contract lacks, strict admission";
     4 Setup "setup-error" "setup error: a directory, the component cache, the runtime, the audit log";
     5 Escalated "escalated"
-        "`saga run`: the saga escalated: a compensation failed, so some of its changes remain";
+        "`saga run/resume/compensate`: the saga escalated: a compensation failed, so some of its changes remain";
     141 OutputClosed "output-closed"
         "standard output was closed early (a reader such as `head` stopped reading): the command stops quietly, with the status of a program stopped by SIGPIPE";
     traps {

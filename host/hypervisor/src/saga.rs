@@ -46,7 +46,7 @@ use ahv_saga::{
 use ahv_security::rate::CallClass;
 use serde::{Deserialize, Serialize};
 
-use crate::saga_redo::{Redo, replayed_undo};
+use crate::saga_redo::{Redo, Replayed};
 use crate::{Hypervisor, HypervisorError, SessionEntry, lock};
 
 /// Told when a saga escalates (a compensation failed, so some of its changes
@@ -113,7 +113,7 @@ struct SessionRunner {
     trace: TraceId,
     /// The undo data of steps whose redo was replayed into this session
     /// after a restart (it replaces their recorded changes).
-    replayed: HashMap<String, Vec<Change>>,
+    replayed: Arc<HashMap<String, Replayed>>,
 }
 
 /// Largest step output kept (the same bound as a step's input): what the
@@ -265,7 +265,22 @@ impl SessionRunner {
                     format!("trapped: {cause}"),
                 );
                 if let TrapCause::RingBreach(b) = &cause {
-                    self.hv.after_breach(&self.entry, &slot, agent, b).await;
+                    // On its own task: a cancel of this branch meanwhile
+                    // must not cut the punishment short.
+                    let (hv, entry, slot, agent, b) = (
+                        self.hv.clone(),
+                        self.entry.clone(),
+                        slot.clone(),
+                        agent.clone(),
+                        b.clone(),
+                    );
+                    let punish =
+                        tokio::spawn(
+                            async move { hv.after_breach(&entry, &slot, &agent, &b).await },
+                        );
+                    if let Err(e) = punish.await {
+                        tracing::error!(error = %e, "the breach consequences task failed");
+                    }
                 }
                 Err(failed)
             }
@@ -285,19 +300,17 @@ impl SessionRunner {
         output: String,
         changes: Vec<Change>,
     ) -> Result<StepDone, StepFailure> {
-        let refuse = |why: String| {
-            Err(self.failed_attempt(
-                agent,
-                &changes,
-                FailureKind::Cancelled,
-                format!("step refused: {why}"),
-            ))
+        let refuse = |kind: FailureKind, why: String| {
+            Err(self.failed_attempt(agent, &changes, kind, format!("step refused: {why}")))
         };
         if output.len() > MAX_STEP_OUTPUT {
-            return refuse(format!(
-                "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
-                output.len()
-            ));
+            return refuse(
+                FailureKind::Cancelled,
+                format!(
+                    "its output of {} bytes is over the {MAX_STEP_OUTPUT}-byte limit",
+                    output.len()
+                ),
+            );
         }
         // Under a store that survives restarts, what the step left is kept
         // (durably) before the commit names it.
@@ -305,10 +318,12 @@ impl SessionRunner {
             Some(blobs) if !changes.is_empty() => {
                 match Redo::capture(&self.entry.core, blobs, agent, &changes) {
                     Ok(r) => Some(r),
+                    // Retried, if the step has retries (a full disk may clear).
                     Err(e) => {
-                        return refuse(format!(
-                            "what it changed could not be kept for a restart: {e}"
-                        ));
+                        return refuse(
+                            FailureKind::Failed,
+                            format!("what it changed could not be kept for a restart: {e}"),
+                        );
                     }
                 }
             }
@@ -322,9 +337,12 @@ impl SessionRunner {
             serde_json::to_vec(&undo).map_or(usize::MAX, |v| v.len())
         };
         if undo_len > MAX_STEP_UNDO {
-            return refuse(format!(
-                "its {undo_len} bytes of undo data are over the {MAX_STEP_UNDO}-byte limit"
-            ));
+            return refuse(
+                FailureKind::Cancelled,
+                format!(
+                    "its {undo_len} bytes of undo data are over the {MAX_STEP_UNDO}-byte limit"
+                ),
+            );
         }
         Ok(StepDone { output, undo })
     }
@@ -427,7 +445,8 @@ impl SessionRunner {
                 self.session()
             ));
         };
-        let changes = slot.agent.lock().await.take_abandoned_changes();
+        let step = wit_step(&call.saga, &call.step, call.attempt);
+        let changes = slot.agent.lock().await.take_abandoned_changes(&step);
         match self.undo_partial(&agent, &changes, "a cancelled attempt".into()) {
             (message, true) => Err(message),
             (_, false) => Ok(()),
@@ -437,8 +456,9 @@ impl SessionRunner {
     async fn compensate(self: Arc<Self>, call: CompensateCall) -> Result<(), CompensationFailure> {
         let fail = |message: String| CompensationFailure { message };
         let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| fail(e.to_string()))?;
-        let changes = match self.replayed.get(&call.step.id) {
-            Some(c) => c.clone(),
+        let replayed = self.replayed.get(&call.step.id);
+        let changes = match replayed {
+            Some(r) => r.changes.clone(),
             None => StepUndo::decode(&call.undo).map_err(fail)?.changes,
         };
         let mut errors = Vec::new();
@@ -487,6 +507,9 @@ impl SessionRunner {
         }
         for f in self.undo(&agent, &changes) {
             errors.push(f.error.to_string());
+        }
+        if let Some(r) = replayed {
+            errors.extend(r.settle(&self.entry.core, &agent, self.trace));
         }
         if errors.is_empty() {
             Ok(())
@@ -742,7 +765,7 @@ impl Hypervisor {
         entry: Arc<SessionEntry>,
         definition: Arc<SagaDefinition>,
         trace: TraceId,
-        replayed: HashMap<String, Vec<Change>>,
+        replayed: Arc<HashMap<String, Replayed>>,
     ) -> Engine {
         let session = entry.core.id().clone();
         let runner = Runner(Arc::new(SessionRunner {
@@ -858,7 +881,9 @@ impl Hypervisor {
     /// whose earlier run finished replays it: valid checkpoints are skipped).
     ///
     /// # Errors
-    /// As [`Hypervisor::run_saga`].
+    /// As [`Hypervisor::run_saga`]; [`HypervisorError::SagaSetup`] for a saga
+    /// id with checkpoints whose earlier run was in another process (what
+    /// they stand for is in a session that is gone).
     pub async fn run_saga_as(
         &self,
         session: &SessionId,
@@ -867,11 +892,23 @@ impl Hypervisor {
     ) -> Result<SagaReport, HypervisorError> {
         // The engine validates the definition before anything runs.
         let entry = self.saga_session(session, &definition)?;
+        let ran_here = lock(&self.inner.sagas.driving).home.contains_key(&saga);
+        if !ran_here
+            && definition.steps.iter().any(|s| s.checkpoint.is_some())
+            && !self.saga_records(&saga)?.is_empty()
+        {
+            return Err(HypervisorError::SagaSetup {
+                saga: saga.to_string(),
+                message: "it ran in another process: its checkpoints stand for changes in a \
+                          session that is gone, so none can be skipped here; run it under a new id"
+                    .into(),
+            });
+        }
         let _driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let definition = Arc::new(definition);
         let trace = self.inner.runtime.new_trace_id();
-        let engine = self.saga_engine(entry.clone(), definition.clone(), trace, HashMap::new());
+        let engine = self.saga_engine(entry.clone(), definition.clone(), trace, Arc::default());
         Ok(engine.run(saga, definition).await?)
     }
 
@@ -934,15 +971,32 @@ impl Hypervisor {
         let entry = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(saga);
         let driving = self.drive(saga, session)?;
-        let isolation = IsolationGuard::set(&entry, definition.isolation);
         let trace = self.inner.runtime.new_trace_id();
         let records = self.saga_records(saga)?;
         let finished = ahv_saga::report_of(saga, &records)?.state.is_final();
-        let replayed = if ran_here || finished {
-            HashMap::new()
+        let replayed = if ran_here {
+            // Replayed by an earlier take-up in this process, or none.
+            lock(&self.inner.sagas.driving)
+                .replayed
+                .get(saga)
+                .cloned()
+                .unwrap_or_default()
+        } else if finished {
+            Arc::default()
         } else {
-            match self.replay_saga(&entry, &definition, saga, &records, trace) {
-                Ok(r) => r,
+            // The replay writes what the steps left as the host, not as a
+            // saga transaction: it needs no intent locks.
+            let relaxed = IsolationGuard::set(&entry, Isolation::ReadCommitted);
+            let replayed = self.replay_saga(&entry, &definition, saga, &records, trace);
+            drop(relaxed);
+            match replayed {
+                Ok(r) => {
+                    let r = Arc::new(r);
+                    lock(&self.inner.sagas.driving)
+                        .replayed
+                        .insert(saga.clone(), r.clone());
+                    r
+                }
                 Err(e) => {
                     // The next attempt (here or elsewhere) replays from scratch.
                     lock(&self.inner.sagas.driving).home.remove(saga);
@@ -950,6 +1004,7 @@ impl Hypervisor {
                 }
             }
         };
+        let isolation = IsolationGuard::set(&entry, definition.isolation);
         Ok(TakenUp {
             entry,
             definition,
@@ -962,7 +1017,8 @@ impl Hypervisor {
 
     /// Replays the redo of every live committed step of `saga` into `entry`'s
     /// session, in commit order; each step's undo data from then on. On a
-    /// failure, what was replayed is undone and the failure names the step.
+    /// failure, what was replayed (of the failing step too) is undone and
+    /// the failure names the step.
     fn replay_saga(
         &self,
         entry: &Arc<SessionEntry>,
@@ -970,66 +1026,73 @@ impl Hypervisor {
         saga: &SagaId,
         records: &[SagaRecord],
         trace: TraceId,
-    ) -> Result<HashMap<String, Vec<Change>>, HypervisorError> {
-        let setup = |message: String| HypervisorError::SagaSetup {
-            saga: saga.to_string(),
-            message,
-        };
+    ) -> Result<HashMap<String, Replayed>, HypervisorError> {
         let mut done: Vec<(AgentId, Vec<Change>)> = Vec::new();
         let mut replayed = HashMap::new();
-        let mut outcome = Ok(());
+        let mut failed = None;
         for (step_id, undo) in live_commits(records) {
-            let result = (|| {
-                let step = definition
-                    .steps
-                    .iter()
-                    .find(|s| s.id == step_id)
-                    .ok_or_else(|| {
-                        format!("its records name step {step_id}, which its definition lacks")
-                    })?;
-                let agent = AgentId::new(step.agent.as_str()).map_err(|e| e.to_string())?;
-                let undo = StepUndo::decode(&undo)?;
-                let changes = match &undo.redo {
-                    Some(redo) => {
-                        let blobs = self.inner.sagas.blobs.as_ref().ok_or_else(|| {
-                            "the saga store does not survive restarts, so no redo can be read"
-                                .to_string()
-                        })?;
-                        redo.replay(&entry.core, blobs, &agent, trace)?
-                    }
-                    None if undo.changes.is_empty() => Vec::new(),
-                    None => {
-                        return Err(format!(
-                            "step {step_id} committed {} changes without redo data (its store did not survive restarts then)",
-                            undo.changes.len()
-                        ));
-                    }
-                };
-                Ok::<_, String>((agent, undo.changes, changes))
-            })();
-            match result {
-                Ok((agent, original, changes)) => {
-                    done.push((agent, changes.clone()));
-                    replayed.insert(step_id, replayed_undo(&original, changes));
-                }
+            let step = definition.steps.iter().find(|s| s.id == step_id);
+            let Some(agent) = step.and_then(|s| AgentId::new(s.agent.as_str()).ok()) else {
+                failed = Some((
+                    step_id.clone(),
+                    "its records name a step its definition lacks".into(),
+                ));
+                break;
+            };
+            let undo = match StepUndo::decode(&undo) {
+                Ok(u) => u,
                 Err(e) => {
-                    outcome = Err(setup(format!(
-                        "cannot put back what step {step_id} committed in session {}: {e}",
-                        entry.core.id()
-                    )));
+                    failed = Some((step_id, e));
+                    break;
+                }
+            };
+            let before = Replayed::action_paths_now(&entry.core, &agent, &undo.changes);
+            let replay = match (&undo.redo, &self.inner.sagas.blobs) {
+                (Some(redo), Some(blobs)) => redo.replay(&entry.core, blobs, &agent, trace),
+                (Some(_), None) => Err((
+                    "the saga store does not survive restarts, so no redo can be read".into(),
+                    Vec::new(),
+                )),
+                (None, _) if undo.changes.is_empty() => Ok(Vec::new()),
+                (None, _) => Err((
+                    format!(
+                        "it committed {} changes without redo data (its store did not survive restarts then)",
+                        undo.changes.len()
+                    ),
+                    Vec::new(),
+                )),
+            };
+            match replay {
+                Ok(changes) => {
+                    done.push((agent, changes.clone()));
+                    replayed.insert(step_id, Replayed::new(&undo.changes, changes, before));
+                }
+                Err((e, partial)) => {
+                    done.push((agent, partial));
+                    failed = Some((step_id, e));
                     break;
                 }
             }
         }
-        if let Err(e) = outcome {
+        if let Some((step_id, e)) = failed {
             for (agent, changes) in done.iter().rev() {
-                let who = Caller::untraced(agent, ahv_core::Ring::Root);
+                let who = Caller {
+                    agent,
+                    ring: ahv_core::Ring::Root,
+                    trace,
+                };
                 let left = undo_changes(&entry.core, &self.inner.actions, who, changes);
                 if !left.is_empty() {
                     tracing::error!(session = %entry.core.id(), %saga, %agent, left = left.len(), "a failed replay could not all be undone");
                 }
             }
-            return Err(e);
+            return Err(HypervisorError::SagaSetup {
+                saga: saga.to_string(),
+                message: format!(
+                    "cannot put back what step {step_id} committed in session {}: {e}",
+                    entry.core.id()
+                ),
+            });
         }
         if !replayed.is_empty() {
             tracing::info!(session = %entry.core.id(), %saga, steps = replayed.len(), "replayed the committed steps of a saga from another process");
@@ -1099,7 +1162,10 @@ fn live_commits(records: &[SagaRecord]) -> Vec<(String, serde_json::Value)> {
                 out.retain(|(s, _)| s != step);
                 out.push((step.clone(), undo.clone()));
             }
-            SagaRecord::StepCompensated { step } => out.retain(|(s, _)| s != step),
+            // A step whose compensation failed is left as it was, in the
+            // session it ran in: a new session never gets its changes.
+            SagaRecord::StepCompensated { step }
+            | SagaRecord::StepCompensationFailed { step, .. } => out.retain(|(s, _)| s != step),
             _ => {}
         }
     }
@@ -1113,7 +1179,7 @@ struct TakenUp {
     driving: Driving,
     isolation: IsolationGuard,
     trace: TraceId,
-    replayed: HashMap<String, Vec<Change>>,
+    replayed: Arc<HashMap<String, Replayed>>,
 }
 
 /// Sets the session's state isolation to a saga's level and puts the
@@ -1199,6 +1265,9 @@ pub(crate) struct Drivers {
     running: std::collections::HashMap<SagaId, SessionId>,
     /// The session each saga of this process ran in.
     home: std::collections::HashMap<SagaId, SessionId>,
+    /// The replayed steps of each saga of another process this one took up
+    /// (kept for every later resume or compensation in this process).
+    replayed: std::collections::HashMap<SagaId, Arc<HashMap<String, Replayed>>>,
 }
 
 /// The hypervisor's saga settings.

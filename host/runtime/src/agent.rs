@@ -262,10 +262,24 @@ pub struct Agent {
     kill: KillHandle,
     live: Option<Live>,
     poisoned: Option<TrapCause>,
-    /// The change journal of the call in progress; still set after the
-    /// call's future was dropped before it finished (an abandoned call).
-    in_flight: Option<crate::state::Journal>,
+    /// The change journal of the call in progress, with the saga step it
+    /// runs (if it does); still set after the call's future was dropped
+    /// before it finished (an abandoned call).
+    in_flight: Option<(Option<StepKey>, crate::state::Journal)>,
+    /// Abandoned step calls' changes that a later call found uncollected,
+    /// oldest first, at most [`MAX_ABANDONED`].
+    abandoned: std::collections::VecDeque<(StepKey, Vec<Change>)>,
 }
+
+/// Which attempt of which saga step a call runs.
+type StepKey = (String, String, u32);
+
+fn step_key(step: &StepCall) -> StepKey {
+    (step.saga_id.clone(), step.step_id.clone(), step.attempt)
+}
+
+/// How many abandoned step calls' changes an agent keeps for collection.
+const MAX_ABANDONED: usize = 16;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -294,6 +308,7 @@ impl Agent {
             live: None,
             poisoned: None,
             in_flight: None,
+            abandoned: std::collections::VecDeque::new(),
         };
         agent.live = Some(agent.instantiate().await?);
         Ok(agent)
@@ -325,13 +340,51 @@ impl Agent {
         self.poisoned.take().is_some()
     }
 
-    /// The changes of the last call whose future was dropped before it
-    /// finished (its caller stopped waiting: a cancelled saga branch), so
-    /// that the caller can undo them; empty when the last call finished.
-    /// The instance such a call ran in is discarded (the next call starts a
-    /// fresh one). Kept only until the next call starts.
-    pub fn take_abandoned_changes(&mut self) -> Vec<Change> {
-        self.in_flight.take().map(|j| j.take()).unwrap_or_default()
+    /// The changes made by the `execute` call of `step` (its saga, step and
+    /// attempt) if that call's future was dropped before it finished (its
+    /// caller stopped waiting: a cancelled saga branch), so that the caller
+    /// can undo them; empty if there is no such call, or it finished (its
+    /// changes were then handed back with its outcome). The instance such a
+    /// call ran in is discarded: the next call starts a fresh one. The
+    /// changes of the last [`MAX_ABANDONED`] abandoned step calls are kept
+    /// until taken, whatever other calls run in between.
+    pub fn take_abandoned_changes(&mut self, step: &StepCall) -> Vec<Change> {
+        let key = step_key(step);
+        if matches!(&self.in_flight, Some((Some(k), _)) if *k == key) {
+            return self
+                .in_flight
+                .take()
+                .map(|(_, j)| j.take())
+                .unwrap_or_default();
+        }
+        match self.abandoned.iter().position(|(k, _)| *k == key) {
+            Some(i) => self.abandoned.remove(i).map(|(_, c)| c).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps the changes of an abandoned call for [`Agent::take_abandoned_changes`].
+    fn keep_abandoned(&mut self) {
+        let Some((key, journal)) = self.in_flight.take() else {
+            return;
+        };
+        let changes = journal.take();
+        if changes.is_empty() {
+            return;
+        }
+        match key {
+            Some(key) => {
+                if self.abandoned.len() == MAX_ABANDONED
+                    && let Some((k, lost)) = self.abandoned.pop_front()
+                {
+                    tracing::warn!(agent = %self.spec.agent, saga = %k.0, step = %k.1, changes = lost.len(),
+                        "the changes of an abandoned saga step were never collected; they stand");
+                }
+                self.abandoned.push_back((key, changes));
+            }
+            None => tracing::warn!(agent = %self.spec.agent, changes = changes.len(),
+                "a call was abandoned mid-way; the changes it made stand"),
+        }
     }
 
     /// A handle that kills this agent from any thread or task.
@@ -626,13 +679,12 @@ impl Agent {
                 _ => self.instantiate().await?,
             },
         };
-        if let Some(left) = self.in_flight.take() {
-            let n = left.take().len();
-            if n > 0 {
-                tracing::warn!(agent = %self.spec.agent, changes = n, "the changes of an abandoned call were not collected; they stand");
-            }
-        }
-        self.in_flight = Some(live.store.data().changes.clone());
+        self.keep_abandoned();
+        let key = match &entry {
+            Entry::Execute { step, .. } => Some(step_key(step)),
+            Entry::Run { .. } | Entry::Compensate { .. } => None,
+        };
+        self.in_flight = Some((key, live.store.data().changes.clone()));
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
         let armed = self.arm(&mut live.store, deadline);

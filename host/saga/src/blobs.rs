@@ -125,8 +125,11 @@ impl BlobStore {
         }
         let hash = blob_hash(bytes);
         let path = self.dir.join(&hash);
-        // A blob under its hash was complete when renamed into place.
-        if path.is_file() {
+        // A blob under its hash was complete when renamed into place; its
+        // directory entry is flushed again, in case the process that put it
+        // there died before flushing it.
+        if fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == len) {
+            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
             return Ok(hash);
         }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);

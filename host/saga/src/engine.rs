@@ -1410,6 +1410,7 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
             .any(|&i| r.steps[i].state == StepState::Committed)
     };
     let mut panicked = Vec::new();
+    let mut cancel_sent = false;
     if !(cancels && already_won) {
         let mut set = JoinSet::new();
         let mut task_step = HashMap::new();
@@ -1427,6 +1428,7 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
             match res {
                 Ok((_, Ok(true))) if cancels => {
                     cancel_tx.send_replace(true);
+                    cancel_sent = true;
                 }
                 Ok((_, Ok(_))) => {}
                 Ok((_, Err(e))) => {
@@ -1473,7 +1475,11 @@ async fn run_group(ctx: &Arc<Ctx>, run: &Shared, g: usize) -> Result<(), EngineE
         let id = s.def.id.clone();
         if s.state == StepState::Committed {
             succeeded.push(id);
-        } else if s.cancelled || (cancels && already_won && to_run.contains(&i)) {
+        } else if s.cancelled
+            || (cancels && already_won && to_run.contains(&i))
+            // Cancelled before its first attempt started.
+            || (cancel_sent && s.state == StepState::Pending)
+        {
             cancelled.push(id);
         } else {
             failed.push(id);
