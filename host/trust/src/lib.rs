@@ -11,6 +11,13 @@
 //!   and expiry ([`Quarantine`]).
 //! - [`ledger`]: the cross-session record, the risk score and the admission
 //!   decision ([`LedgerStore`], [`MemoryLedger`], [`Admission`]).
+//! - [`shapley`]: Shapley values of a cooperative [`Game`], exact up to 16
+//!   players, sampled with a Hoeffding bound above that.
+//! - [`attribution`]: who is liable for a failed saga: Shapley values of a
+//!   game built from the saga's causal record, or the reference's heuristic.
+//!
+//! Wiring into the hypervisor (the gate, saga escalation, events, a
+//! database-backed ledger) is not done yet: this crate is the rules.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -60,11 +67,17 @@
 // panic outside tests (clippy.toml allows them in tests).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod attribution;
 pub mod ledger;
 pub mod quarantine;
+pub mod shapley;
 pub mod slash;
 pub mod vouch;
 
+pub use attribution::{
+    Attribution, AttributionError, AttributionMethod, AttributionPolicy, SagaGame, SagaTrace,
+    ShapleyPolicy, Share, StepOutcome, TraceStep, attribute,
+};
 pub use ledger::{
     Admission, Assessment, EntryKind, LedgerEntry, LedgerError, LedgerStore, MemoryLedger,
     Severity, risk_score,
@@ -73,6 +86,7 @@ pub use quarantine::{
     DEFAULT_QUARANTINE, MAX_QUARANTINE, Quarantine, QuarantineError, QuarantineOutcome,
     QuarantineReason, QuarantineRecord,
 };
+pub use shapley::{Game, Method, Sampling, ShapleyError, ShapleyValues, SplitMix64};
 pub use slash::{
     CASCADE_THRESHOLD, Cascaded, ChangeCause, MAX_CASCADE_HOPS, SIGMA_FLOOR, Scores, SigmaChange,
     SlashError, SlashReport, slash,
