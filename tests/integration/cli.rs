@@ -1037,6 +1037,26 @@ fn saga_run_exits_0_when_completed_and_1_when_compensated_and_show_reads_it_back
     let r = ahv_run(&["saga", "list", "--state-dir", dir]);
     assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
     assert_eq!(r.stdout.lines().count(), 2, "{r:?}");
+    // The failed publish is to blame, most of all.
+    let r = ahv_run(&["saga", "blame", saga, "--state-dir", dir, "--json"]);
+    assert_eq!(r.code(), code(Exit::Ok), "{r:?}");
+    let blame = json(&r);
+    assert_eq!(blame["direct_cause"], "did:ex:publisher", "{r:?}");
+    let shares: Vec<(String, f64)> = blame["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["agent"].as_str().unwrap().to_string(),
+                s["share"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let total: f64 = shares.iter().map(|(_, s)| s).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{r:?}");
+    let top = shares.iter().max_by(|x, y| x.1.total_cmp(&y.1)).unwrap();
+    assert_eq!(top.0, "did:ex:publisher", "{r:?}");
     // A definition error names the step and the field; it is a bad command line.
     let bad = state.path().join("bad.yaml");
     std::fs::write(

@@ -131,6 +131,22 @@ steps:
     assert_eq!(report.step("four").unwrap().state, StepState::Failed);
     let after = fingerprint(&core, &["did:t:a", "did:t:b"]);
     assert_eq!(before, after, "files and state differ after compensation");
+    // Blame, by Shapley values of the saga's causal record: b's step four
+    // failed (the direct cause); a's and b's earlier steps enabled it.
+    let blame = hv
+        .hv
+        .saga_attribution(&report.saga, &ahv_trust::AttributionPolicy::default())
+        .unwrap();
+    assert_eq!(
+        blame.direct_cause.as_ref().map(|a| a.as_str()),
+        Some("did:t:b")
+    );
+    let (a, b) = (
+        blame.share("did:t:a").unwrap(),
+        blame.share("did:t:b").unwrap(),
+    );
+    assert!(b > a && a > 0.0, "{blame:?}");
+    assert!((a + b - 1.0).abs() < 1e-9, "{blame:?}");
     // The fourth step's partial write was undone too.
     let host = id("did:test:host");
     assert!(

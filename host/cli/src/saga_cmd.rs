@@ -53,6 +53,11 @@ pub(crate) enum SagaCmd {
     /// steps are put back into a new session and undone, newest first.
     #[command(after_help = crate::exit::help())]
     Compensate(CompensateArgs),
+    /// Split the blame for a failed or escalated saga among its agents:
+    /// Shapley values of the game built from its records (exact up to 16
+    /// agents), or the reference's 0.5/0.3/0.2 heuristic.
+    #[command(after_help = crate::exit::help())]
+    Blame(BlameArgs),
     /// Show a saga's steps and state from a state directory's saga journal.
     #[command(after_help = crate::exit::help())]
     Show(ShowArgs),
@@ -103,6 +108,21 @@ pub(crate) struct CompensateArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub(crate) struct BlameArgs {
+    /// The saga's id (as `ahv saga run` and `ahv saga list` print it).
+    saga: String,
+    /// The state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Use the reference's heuristic instead of Shapley values.
+    #[arg(long)]
+    heuristic: bool,
+    /// Print the attribution as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub(crate) struct ShowArgs {
     /// The saga's id (as `ahv saga run` and `ahv saga list` print it).
     saga: String,
@@ -120,6 +140,7 @@ pub(crate) async fn saga(cmd: SagaCmd) -> Result<Exit, Failure> {
         SagaCmd::Resume(args) => take_up(args, None).await,
         SagaCmd::Compensate(args) => take_up(args.saga, Some(args.reason)).await,
         SagaCmd::Show(args) => show(&args),
+        SagaCmd::Blame(args) => blame(&args),
         SagaCmd::List { state_dir } => list(&state_dir),
     }
 }
@@ -547,6 +568,82 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
     )?;
     if !args.json {
         outln!("  ({} records in its journal)", records.len())?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn blame(args: &BlameArgs) -> Result<Exit, Failure> {
+    use ahv_trust::{AttributionMethod, AttributionPolicy};
+    let saga = saga_id(&args.saga)?;
+    let records = store(&args.state_dir)?
+        .load(&saga)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?;
+    let Some(definition) = records.iter().rev().find_map(|r| match r {
+        SagaRecord::Created { definition, .. } => Some(SagaDefinition::clone(definition)),
+        _ => None,
+    }) else {
+        return Err(Failure::usage(
+            "saga",
+            format!("no saga {saga} in {}", args.state_dir.display()),
+        ));
+    };
+    let state = report_of(&saga, &records)
+        .with_context(|| format!("saga {saga}"))
+        .map_err(Failure::Setup)?
+        .state;
+    let policy = if args.heuristic {
+        AttributionPolicy::Heuristic
+    } else {
+        AttributionPolicy::default()
+    };
+    let attribution = ahv_hypervisor::saga_trace(&saga, &definition, &records)
+        .map_err(anyhow::Error::from)
+        .and_then(|trace| ahv_trust::attribute(&trace, &policy).map_err(anyhow::Error::from))
+        .with_context(|| format!("attributing saga {saga}"))
+        .map_err(Failure::Setup)?;
+    let method = match &attribution.method {
+        AttributionMethod::NoHarm => "no harm".to_string(),
+        AttributionMethod::Exact => "shapley (exact)".to_string(),
+        AttributionMethod::Sampled {
+            permutations,
+            sampling,
+        } => format!(
+            "shapley (sampled: {permutations} permutations, each share within {} with probability {})",
+            sampling.epsilon,
+            1.0 - sampling.delta
+        ),
+        AttributionMethod::Heuristic => "heuristic (0.5 direct, 0.3 enabling, 0.2 temporal)".into(),
+    };
+    let cause = attribution.direct_cause.as_ref().map(AgentId::as_str);
+    if args.json {
+        let shares: Vec<_> = attribution
+            .shares
+            .iter()
+            .map(|s| json!({ "agent": s.agent.as_str(), "share": s.share }))
+            .collect();
+        outln!(
+            "{}",
+            json!({
+                "saga": saga.as_str(),
+                "state": state.as_str(),
+                "method": method,
+                "direct_cause": cause,
+                "shares": shares,
+            })
+        )?;
+        return Ok(Exit::Ok);
+    }
+    outln!(
+        "saga {saga} ({}): {}; {method}",
+        definition.name,
+        state.as_str()
+    )?;
+    if let Some(c) = cause {
+        outln!("  direct cause: {c}")?;
+    }
+    for s in &attribution.shares {
+        outln!("  {:<32} {:>6.1} %", s.agent.as_str(), s.share * 100.0)?;
     }
     Ok(Exit::Ok)
 }

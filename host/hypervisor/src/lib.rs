@@ -83,12 +83,14 @@
 // the hot path.
 #![allow(clippy::result_large_err)]
 
+mod attribution;
 mod breach;
 mod governor;
 mod saga;
 mod saga_redo;
 mod spawn;
 
+pub use attribution::saga_trace;
 pub use saga::{Escalation, EscalationHook};
 
 use std::collections::hash_map::RandomState;
@@ -195,6 +197,9 @@ pub enum HypervisorError {
     /// or its records).
     #[error("saga: {0}")]
     Saga(#[from] ahv_saga::EngineError),
+    /// A saga's blame could not be attributed.
+    #[error("attribution: {0}")]
+    Attribution(#[from] ahv_trust::AttributionError),
     /// A saga cannot run in this session as it stands (an agent it names is
     /// not there).
     #[error("saga {saga}: {message}")]
