@@ -107,7 +107,7 @@ pub enum StepOutcome {
     /// It failed and its partial changes could not be undone.
     Residue,
     /// It never ran (skipped or still pending when the saga stopped).
-    #[serde(alias = "skipped", alias = "pending")]
+    #[serde(alias = "pending")]
     NotRun,
 }
 
@@ -129,8 +129,9 @@ pub struct TraceStep {
     pub depends_on: Vec<String>,
     /// How it ended.
     pub outcome: StepOutcome,
-    /// Changes it made; for `compensation_failed` and `residue`, the changes
-    /// that remain.
+    /// How many changes it made, weighting a `compensation_failed` or
+    /// `residue` harm: ideally the changes that remain; a caller that only
+    /// knows what the step committed passes that (an upper bound).
     pub changes: u32,
 }
 

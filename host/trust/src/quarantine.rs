@@ -14,8 +14,10 @@ use thiserror::Error;
 
 /// How long a quarantine lasts unless told otherwise.
 pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(300);
-/// The longest any quarantine, escalated or not, may run: 24 h. Past that a
-/// human or the kill switch should decide, not a doubling timer.
+/// The longest one hold may be, escalated or not: 24 h from the moment it
+/// is set (each escalation sets a new hold, so an agent escalated again and
+/// again stays held longer in all). Past that a human or the kill switch
+/// should decide, not a doubling timer.
 pub const MAX_QUARANTINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many agents may be quarantined at once unless told otherwise.
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;

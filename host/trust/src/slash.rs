@@ -147,7 +147,8 @@ pub struct SlashReport {
 /// and that bond is released; a voucher so left below [`CASCADE_THRESHOLD`]
 /// that has active vouchers of its own in the session is slashed the same
 /// way, breadth first, up to [`MAX_CASCADE_HOPS`] from `vouchee`. Beyond that
-/// the penalties still apply but nobody else is slashed.
+/// the penalties still apply but nobody else is slashed. Every slashed
+/// agent's own vouches are released too: at σ 0 it backs nobody.
 ///
 /// The slash is computed on copies and committed only if it succeeds.
 ///
@@ -184,6 +185,13 @@ pub fn slash(
             cause: ChangeCause::Slashed,
             hop,
         });
+        // A slashed agent (σ 0) backs nobody any more: its own bonds go.
+        let outgoing: Vec<Vouch> = new_book.vouches_by(session, &agent).cloned().collect();
+        for v in outgoing {
+            if let Ok(released) = new_book.release(v.id) {
+                report.released.push(released);
+            }
+        }
         let bonds: Vec<Vouch> = new_book.vouches_for(session, &agent).cloned().collect();
         for bond in bonds {
             let voucher = bond.voucher.clone();
@@ -269,6 +277,24 @@ mod tests {
         assert!(close(report.changes[0].before, 0.4));
         assert_eq!(report.changes[1].cause, ChangeCause::VoucherPenalty);
         assert!(close(report.changes[1].before, 0.9) && close(report.changes[1].after, 0.45));
+    }
+
+    #[test]
+    fn a_slashed_agent_backs_nobody_any_more() {
+        let mut book = VouchBook::new();
+        let mut sc = scores(&[("voucher", 0.9), ("bad", 0.6), ("protege", 0.3)]);
+        book.vouch_default(&s1(), &a("voucher"), &a("bad"), 0.9)
+            .unwrap();
+        let backing = book
+            .vouch_default(&s1(), &a("bad"), &a("protege"), 0.6)
+            .unwrap();
+        let report = slash(&mut book, &mut sc, &s1(), &a("bad"), 0.5).unwrap();
+        assert!(report.released.contains(&backing), "{report:?}");
+        assert!(book.is_empty(), "both bonds are gone");
+        let eff = book
+            .effective_sigma(&s1(), &a("protege"), 0.3, 0.5)
+            .unwrap();
+        assert!(close(eff, 0.3), "no lift from a slashed voucher: {eff}");
     }
 
     #[test]
