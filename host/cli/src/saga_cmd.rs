@@ -304,22 +304,7 @@ async fn take_up(args: ResumeArgs, compensate: Option<String>) -> Result<Exit, F
     let saga = saga_id(&args.saga)?;
     // Read first: an unknown saga or a missing journal is the user's error,
     // and opening the hypervisor would create a state directory.
-    let records = store(&args.state_dir)?
-        .load(&saga)
-        .with_context(|| format!("saga {saga}"))
-        .map_err(Failure::Setup)?;
-    let Some(definition) = records.iter().rev().find_map(|r| match r {
-        SagaRecord::Created { definition, .. } => Some(SagaDefinition::clone(definition)),
-        _ => None,
-    }) else {
-        return Err(Failure::usage(
-            "saga",
-            format!("no saga {saga} in {}", args.state_dir.display()),
-        ));
-    };
-    let report = report_of(&saga, &records)
-        .with_context(|| format!("saga {saga}"))
-        .map_err(Failure::Setup)?;
+    let (_, definition, report) = load_saga(&args.state_dir, &saga)?;
     if report.state.is_final() {
         if !args.json {
             errln!(
@@ -541,11 +526,14 @@ fn store(state_dir: &Path) -> Result<FileStore, Failure> {
     FileStore::open(&dir).map_err(|e| Failure::Setup(e.into()))
 }
 
-fn show(args: &ShowArgs) -> Result<Exit, Failure> {
-    let saga = saga_id(&args.saga)?;
-    let store = store(&args.state_dir)?;
-    let records = store
-        .load(&saga)
+/// A saga's records, its latest definition and its report, read from the
+/// state directory's journal only (an unknown saga is a usage error).
+fn load_saga(
+    state_dir: &Path,
+    saga: &SagaId,
+) -> Result<(Vec<SagaRecord>, SagaDefinition, SagaReport), Failure> {
+    let records = store(state_dir)?
+        .load(saga)
         .with_context(|| format!("saga {saga}"))
         .map_err(Failure::Setup)?;
     let Some(definition) = records.iter().rev().find_map(|r| match r {
@@ -554,12 +542,18 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
     }) else {
         return Err(Failure::usage(
             "saga",
-            format!("no saga {saga} in {}", args.state_dir.display()),
+            format!("no saga {saga} in {}", state_dir.display()),
         ));
     };
-    let report = report_of(&saga, &records)
+    let report = report_of(saga, &records)
         .with_context(|| format!("saga {saga}"))
         .map_err(Failure::Setup)?;
+    Ok((records, definition, report))
+}
+
+fn show(args: &ShowArgs) -> Result<Exit, Failure> {
+    let saga = saga_id(&args.saga)?;
+    let (records, definition, report) = load_saga(&args.state_dir, &saga)?;
     print_report(
         &report,
         &definition,
@@ -575,23 +569,8 @@ fn show(args: &ShowArgs) -> Result<Exit, Failure> {
 fn blame(args: &BlameArgs) -> Result<Exit, Failure> {
     use ahv_trust::{AttributionMethod, AttributionPolicy};
     let saga = saga_id(&args.saga)?;
-    let records = store(&args.state_dir)?
-        .load(&saga)
-        .with_context(|| format!("saga {saga}"))
-        .map_err(Failure::Setup)?;
-    let Some(definition) = records.iter().rev().find_map(|r| match r {
-        SagaRecord::Created { definition, .. } => Some(SagaDefinition::clone(definition)),
-        _ => None,
-    }) else {
-        return Err(Failure::usage(
-            "saga",
-            format!("no saga {saga} in {}", args.state_dir.display()),
-        ));
-    };
-    let state = report_of(&saga, &records)
-        .with_context(|| format!("saga {saga}"))
-        .map_err(Failure::Setup)?
-        .state;
+    let (records, definition, report) = load_saga(&args.state_dir, &saga)?;
+    let state = report.state;
     let policy = if args.heuristic {
         AttributionPolicy::Heuristic
     } else {

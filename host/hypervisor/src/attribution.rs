@@ -195,18 +195,7 @@ impl Hypervisor {
         policy: &AttributionPolicy,
     ) -> Result<Attribution, HypervisorError> {
         let records = self.saga_records(saga)?;
-        let definition = records
-            .iter()
-            .rev()
-            .find_map(|r| match r {
-                SagaRecord::Created { definition, .. } => Some(definition.clone()),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                HypervisorError::Saga(ahv_saga::EngineError::NotFound {
-                    saga: saga.to_string(),
-                })
-            })?;
+        let definition = self.saga_definition(saga)?;
         let trace = saga_trace(saga, &definition, &records)?;
         Ok(ahv_trust::attribute(&trace, policy)?)
     }

@@ -1130,7 +1130,10 @@ impl Hypervisor {
         Ok(self.inner.sagas.store.list().map_err(EngineError::from)?)
     }
 
-    fn saga_definition(&self, saga: &SagaId) -> Result<Arc<SagaDefinition>, HypervisorError> {
+    pub(crate) fn saga_definition(
+        &self,
+        saga: &SagaId,
+    ) -> Result<Arc<SagaDefinition>, HypervisorError> {
         let records = self.saga_records(saga)?;
         records
             .iter()

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
+
+use crate::journal::sync_dir;
 use thiserror::Error;
 
 /// Largest blob kept, in bytes: a file or value larger than this cannot be
@@ -177,17 +179,6 @@ impl BlobStore {
         }
         Ok(bytes)
     }
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-// Directories cannot be opened as files elsewhere; their entries are durable with the file.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -543,14 +543,15 @@ pub fn validate_id(id: &str) -> Result<(), JournalError> {
     }
 }
 
+/// Flushes a directory's entries (a rename or a new file in it).
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 // Directories cannot be opened as files elsewhere; their entries are durable with the file.
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
