@@ -1,10 +1,9 @@
 //! The liability ledger (SEMANTICS.md "Liability"): what each agent did
 //! across sessions (slashes, quarantines, faults, clean sessions) and the
-//! risk score that admission consults. Storage is behind [`LedgerStore`] so a
-//! database backend can replace [`MemoryLedger`].
+//! risk score that admission consults. Where entries are kept (memory,
+//! SQLite, PostgreSQL) is the `ahv-store` crate's business; this module is the
+//! rules.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use ahv_core::AgentId;
@@ -32,7 +31,7 @@ pub const PROBATION_AT: f64 = 0.3;
 /// land a hair under 0.3 in floating point, and must still count as 0.3.
 const THRESHOLD_EPSILON: f64 = 1e-9;
 
-/// Why a ledger entry or a store operation was refused.
+/// Why a ledger entry was refused.
 #[derive(Debug, Error)]
 pub enum LedgerError {
     /// A severity is NaN, infinite or outside [0, 1].
@@ -40,14 +39,6 @@ pub enum LedgerError {
     BadSeverity {
         /// The value given.
         value: f64,
-    },
-    /// The backing store failed.
-    #[error("ledger store failed while {operation}: {message}")]
-    Store {
-        /// What the store was doing (`append`, `entries_for <agent>`, `agents`).
-        operation: String,
-        /// What went wrong.
-        message: String,
     },
 }
 
@@ -185,73 +176,6 @@ pub struct Assessment {
     pub risk: f64,
     /// The decision.
     pub admission: Admission,
-}
-
-/// Where ledger entries live. Implementations must be safe to share between
-/// threads; appends must be durable when they return.
-pub trait LedgerStore: Send + Sync {
-    /// Appends one entry.
-    ///
-    /// # Errors
-    /// [`LedgerError::Store`] if it could not be stored.
-    fn append(&self, entry: LedgerEntry) -> Result<(), LedgerError>;
-
-    /// `agent`'s entries in append order (empty if unknown).
-    ///
-    /// # Errors
-    /// [`LedgerError::Store`] if they could not be read.
-    fn entries_for(&self, agent: &AgentId) -> Result<Vec<LedgerEntry>, LedgerError>;
-
-    /// Every agent with entries, in agent order.
-    ///
-    /// # Errors
-    /// [`LedgerError::Store`] if the listing failed.
-    fn agents(&self) -> Result<Vec<AgentId>, LedgerError>;
-
-    /// `agent`'s risk and admission decision from its entries.
-    ///
-    /// # Errors
-    /// [`LedgerError::Store`] if its entries could not be read.
-    fn assess(&self, agent: &AgentId) -> Result<Assessment, LedgerError> {
-        let risk = risk_score(&self.entries_for(agent)?);
-        Ok(Assessment {
-            risk,
-            admission: Admission::for_risk(risk),
-        })
-    }
-}
-
-/// An in-memory [`LedgerStore`] (nothing survives the process).
-#[derive(Debug, Default)]
-pub struct MemoryLedger {
-    entries: Mutex<BTreeMap<AgentId, Vec<LedgerEntry>>>,
-}
-
-impl MemoryLedger {
-    /// An empty ledger.
-    pub fn new() -> MemoryLedger {
-        MemoryLedger::default()
-    }
-}
-
-impl LedgerStore for MemoryLedger {
-    fn append(&self, entry: LedgerEntry) -> Result<(), LedgerError> {
-        // A panic elsewhere while holding the lock leaves whole entries
-        // behind (a push is the only write), so the data stays usable.
-        let mut map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(entry.agent.clone()).or_default().push(entry);
-        Ok(())
-    }
-
-    fn entries_for(&self, agent: &AgentId) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(map.get(agent).cloned().unwrap_or_default())
-    }
-
-    fn agents(&self) -> Result<Vec<AgentId>, LedgerError> {
-        let map = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(map.keys().cloned().collect())
-    }
 }
 
 /// Serde for [`AgentId`] as its text, validated on the way in (ahv-core's
@@ -415,38 +339,6 @@ mod tests {
         assert!(serde_json::from_str::<LedgerEntry>(extra).is_err());
         let bad_kind = r#"{"agent":"x","kind":"bribe","at":{"secs":0,"nanos":0}}"#;
         assert!(serde_json::from_str::<LedgerEntry>(bad_kind).is_err());
-    }
-
-    #[test]
-    fn the_memory_ledger_keeps_entries_per_agent_in_order() {
-        let ledger = MemoryLedger::new();
-        let x = a("x");
-        let y = a("y");
-        let first = LedgerEntry {
-            agent: x.clone(),
-            kind: EntryKind::Slash { severity: sev(0.8) },
-            at: Duration::from_secs(1),
-        };
-        let second = LedgerEntry {
-            agent: x.clone(),
-            kind: EntryKind::CleanSession,
-            at: Duration::from_secs(2),
-        };
-        ledger.append(first.clone()).unwrap();
-        ledger
-            .append(LedgerEntry {
-                agent: y.clone(),
-                kind: EntryKind::Fault { severity: sev(0.1) },
-                at: Duration::from_secs(1),
-            })
-            .unwrap();
-        ledger.append(second.clone()).unwrap();
-        assert_eq!(ledger.entries_for(&x).unwrap(), vec![first, second]);
-        assert_eq!(ledger.agents().unwrap(), vec![x.clone(), y]);
-        assert!(ledger.entries_for(&a("nobody")).unwrap().is_empty());
-        let assessment = ledger.assess(&x).unwrap();
-        assert!(close(assessment.risk, 0.07), "{}", assessment.risk);
-        assert_eq!(assessment.admission, Admission::Admit);
     }
 
     #[test]

@@ -10,22 +10,23 @@
 //! - [`quarantine`]: holding an agent before termination, with escalation
 //!   and expiry ([`Quarantine`]).
 //! - [`ledger`]: the cross-session record, the risk score and the admission
-//!   decision ([`LedgerStore`], [`MemoryLedger`], [`Admission`]).
+//!   decision ([`LedgerEntry`], [`risk_score`], [`Admission`]); the
+//!   `ahv-store` crate keeps the records (memory, SQLite or PostgreSQL).
 //! - [`shapley`]: Shapley values of a cooperative [`Game`], exact up to 16
 //!   players, sampled with a Hoeffding bound above that.
 //! - [`attribution`]: who is liable for a failed saga: Shapley values of a
 //!   game built from the saga's causal record, or the reference's heuristic.
 //!
-//! Wiring into the hypervisor (the gate, saga escalation, events, a
-//! database-backed ledger) is not done yet: this crate is the rules.
+//! Wiring into the hypervisor (the gate, saga escalation, events) is not
+//! done here: this crate is the rules.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use ahv_core::{AgentId, Clock, FakeClock, SessionId};
 //! use ahv_trust::{
-//!     Admission, EntryKind, LedgerEntry, LedgerStore, MemoryLedger, Quarantine,
-//!     QuarantineReason, Scores, Severity, VouchBook, slash,
+//!     Admission, EntryKind, LedgerEntry, Quarantine, QuarantineReason, Scores, Severity,
+//!     VouchBook, risk_score, slash,
 //! };
 //!
 //! let session = SessionId::new("s1")?;
@@ -50,14 +51,16 @@
 //! let clock = FakeClock::new();
 //! let mut quarantine = Quarantine::new(Arc::new(clock.clone()));
 //! quarantine.quarantine(&bob, QuarantineReason::LiabilityViolation)?;
-//! let ledger = MemoryLedger::new();
+//! let mut ledger = Vec::new();
 //! for kind in [
 //!     EntryKind::Slash { severity: Severity::new(1.0)? },
 //!     EntryKind::Quarantine { severity: Severity::new(0.5)? },
 //! ] {
-//!     ledger.append(LedgerEntry { agent: bob.clone(), kind, at: clock.now() })?;
+//!     ledger.push(LedgerEntry { agent: bob.clone(), kind, at: clock.now() });
 //! }
-//! assert_eq!(ledger.assess(&bob)?.admission, Admission::Admit);
+//! let risk = risk_score(&ledger);
+//! assert!((risk - 0.2).abs() < 1e-9);
+//! assert_eq!(Admission::for_risk(risk), Admission::Admit);
 //! clock.advance(Duration::from_secs(300));
 //! assert_eq!(quarantine.expire().len(), 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -79,12 +82,11 @@ pub use attribution::{
     ShapleyPolicy, Share, StepOutcome, TraceStep, attribute,
 };
 pub use ledger::{
-    Admission, Assessment, EntryKind, LedgerEntry, LedgerError, LedgerStore, MemoryLedger,
-    Severity, risk_score,
+    Admission, Assessment, EntryKind, LedgerEntry, LedgerError, Severity, risk_score,
 };
 pub use quarantine::{
     DEFAULT_QUARANTINE, MAX_QUARANTINE, Quarantine, QuarantineError, QuarantineOutcome,
-    QuarantineReason, QuarantineRecord,
+    QuarantineReason, QuarantineRecord, UnknownQuarantineReason,
 };
 pub use shapley::{Game, Method, Sampling, ShapleyError, ShapleyValues, SplitMix64};
 pub use slash::{

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,16 @@ pub enum QuarantineReason {
 }
 
 impl QuarantineReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [QuarantineReason; 6] = [
+        QuarantineReason::BehavioralDrift,
+        QuarantineReason::LiabilityViolation,
+        QuarantineReason::RingBreach,
+        QuarantineReason::RateLimitExceeded,
+        QuarantineReason::Manual,
+        QuarantineReason::CascadeSlash,
+    ];
+
     /// The reason's wire name (as serde writes it).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +68,30 @@ impl QuarantineReason {
 impl fmt::Display for QuarantineReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A quarantine reason's wire name was not one of [`QuarantineReason::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "unknown quarantine reason {name:?} (expected one of behavioral_drift, liability_violation, ring_breach, rate_limit_exceeded, manual, cascade_slash)"
+)]
+pub struct UnknownQuarantineReason {
+    /// The text given (truncated to 64 characters).
+    pub name: String,
+}
+
+impl FromStr for QuarantineReason {
+    type Err = UnknownQuarantineReason;
+
+    /// Parses a wire name exactly as [`QuarantineReason::as_str`] writes it.
+    fn from_str(s: &str) -> Result<QuarantineReason, UnknownQuarantineReason> {
+        QuarantineReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownQuarantineReason {
+                name: s.chars().take(64).collect(),
+            })
     }
 }
 
@@ -306,6 +341,26 @@ mod tests {
 
     fn a(s: &str) -> AgentId {
         AgentId::new(s).unwrap()
+    }
+
+    #[test]
+    fn every_reason_parses_from_its_wire_name_and_serde_agrees() {
+        for reason in QuarantineReason::ALL {
+            assert_eq!(reason.as_str().parse::<QuarantineReason>(), Ok(reason));
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
+
+    #[test]
+    fn an_unknown_reason_is_refused_naming_the_input() {
+        for bad in ["", "Manual", "manual ", "bribery"] {
+            let err = bad.parse::<QuarantineReason>().unwrap_err();
+            assert_eq!(err.name, bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        let long = "x".repeat(1000);
+        assert_eq!(long.parse::<QuarantineReason>().unwrap_err().name.len(), 64);
     }
 
     fn book() -> (FakeClock, Quarantine) {
