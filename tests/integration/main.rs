@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod containment;
 mod fuzz_seeds;
+mod liability;
 mod policy;
 mod rings;
 mod runtime;

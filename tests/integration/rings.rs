@@ -258,8 +258,14 @@ async fn quarantine_refuses_a_guests_writes_until_it_is_released() {
     let s = h.session();
     h.join(&s, "did:test:q", 0.8, ahv_agents::SCRIPTED).await;
     h.hv.activate_session(&s).unwrap();
-    h.hv.quarantine(&s, &id("did:test:q"), "manual", None)
-        .unwrap();
+    h.hv.quarantine(
+        &s,
+        &id("did:test:q"),
+        ahv_trust::QuarantineReason::Manual,
+        "test",
+        None,
+    )
+    .unwrap();
     let out = h.script(&s, "did:test:q", "write a x\nread a\nring").await;
     err(&out, "write a x", "quarantined");
     err(&out, "read a", "quarantined");
@@ -788,8 +794,14 @@ async fn a_quarantined_sponsor_does_not_count_and_a_ring_0_one_does() {
         "ring 1"
     );
 
-    h.hv.quarantine(&s, &id("did:test:sponsor"), "manual", None)
-        .unwrap();
+    h.hv.quarantine(
+        &s,
+        &id("did:test:sponsor"),
+        ahv_trust::QuarantineReason::Manual,
+        "test",
+        None,
+    )
+    .unwrap();
     let out = h
         .script(
             &s,

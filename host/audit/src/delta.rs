@@ -715,6 +715,34 @@ mod tests {
                 reason: s("breaker"),
                 duration: Duration::from_secs(600),
             },
+            EventKind::LiabilityVouchCreated => EventPayload::LiabilityVouchCreated {
+                vouchee: AgentId::new("did:ex:b").unwrap(),
+                vouch: 3,
+                bond: 0.18,
+                effective: 0.64,
+            },
+            EventKind::LiabilityVouchReleased => EventPayload::LiabilityVouchReleased {
+                vouchee: AgentId::new("did:ex:b").unwrap(),
+                vouch: 3,
+                reason: s("slashed"),
+            },
+            EventKind::LiabilitySlashExecuted => EventPayload::LiabilitySlashExecuted {
+                cause: s("voucher_penalty"),
+                before: 0.9,
+                after: 0.45,
+                hop: 1,
+                reason: s("r"),
+            },
+            EventKind::LiabilityFaultAttributed => EventPayload::LiabilityFaultAttributed {
+                saga: s("saga-2"),
+                share: 0.25,
+                method: s("sampled"),
+            },
+            EventKind::SecuritySagaHandoff => EventPayload::SecuritySagaHandoff {
+                saga: s("saga-2"),
+                step: s("pay"),
+                substitute: AgentId::new("did:ex:sub").unwrap(),
+            },
             EventKind::LiabilityQuarantineReleased => EventPayload::LiabilityQuarantineReleased {
                 reason: s("expired"),
             },

@@ -74,6 +74,8 @@ exit_codes! {
     4 Setup "setup-error" "setup error: a directory, the component cache, the runtime, the audit log";
     5 Escalated "escalated"
         "`saga run/resume/compensate`: the saga escalated: a compensation failed, so some of its changes remain";
+    6 Denied "denied"
+        "`saga run/resume/compensate`: the liability ledger refused an agent at join (its risk is 0.60 or more)";
     141 OutputClosed "output-closed"
         "standard output was closed early (a reader such as `head` stopped reading): the command stops quietly, with the status of a program stopped by SIGPIPE";
     traps {

@@ -11,6 +11,7 @@ mod audit_cmd;
 mod demo;
 pub mod exit;
 mod inspect_cmd;
+mod ledger_cmd;
 mod out;
 mod policy_cmd;
 mod quota_files;
@@ -105,6 +106,13 @@ enum Command {
         #[command(subcommand)]
         cmd: saga_cmd::SagaCmd,
     },
+    /// Read the liability ledger (slashes, quarantines, faults, clean
+    /// sessions, risk and admission) of a state directory or a database.
+    #[command(after_help = exit::help())]
+    Ledger {
+        #[command(subcommand)]
+        cmd: ledger_cmd::LedgerCmd,
+    },
 }
 
 /// Options shared by the commands that compile components.
@@ -160,6 +168,7 @@ pub fn main() -> ExitCode {
             Command::Audit { cmd } => audit_cmd::audit(cmd),
             Command::Policy { cmd } => policy_cmd::policy(cmd),
             Command::Saga { cmd } => saga_cmd::saga(cmd).await,
+            Command::Ledger { cmd } => ledger_cmd::ledger(cmd).await,
         }
     });
     result.unwrap_or_else(Failure::report).into()

@@ -68,6 +68,8 @@ pub(crate) enum Failure {
     Refused(String),
     /// The host could not set up what the command needs (exit 4).
     Setup(anyhow::Error),
+    /// The liability ledger refused an agent at join (exit 6).
+    Denied(String),
     /// Standard output was closed by its reader (exit 141).
     OutputClosed,
 }
@@ -94,6 +96,7 @@ impl Failure {
             Failure::Usage(_) => Exit::Usage,
             Failure::Refused(_) => Exit::Refused,
             Failure::Setup(_) => Exit::Setup,
+            Failure::Denied(_) => Exit::Denied,
             Failure::OutputClosed => Exit::OutputClosed,
         }
     }
@@ -104,6 +107,7 @@ impl Failure {
             Failure::Usage(e) => Some(e.render().to_string().trim_end().to_string()),
             Failure::Refused(m) => Some(format!("refused: {m}")),
             Failure::Setup(e) => Some(format!("error: {e:#}")),
+            Failure::Denied(m) => Some(format!("denied: {m}")),
             Failure::OutputClosed => None,
         }
     }

@@ -80,6 +80,11 @@ pub(crate) struct RunArgs {
     /// Print the final report as one JSON object on standard output.
     #[arg(long)]
     json: bool,
+    /// Where the liability ledger is (admission consults it at every join):
+    /// `postgres://USER@HOST/DB`, `sqlite://PATH` or `memory`. Default:
+    /// `<state dir>/liability.sqlite`.
+    #[arg(long)]
+    database: Option<String>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -94,6 +99,11 @@ pub(crate) struct ResumeArgs {
     /// Print the final report as one JSON object on standard output.
     #[arg(long)]
     json: bool,
+    /// Where the liability ledger is (admission consults it at every join):
+    /// `postgres://USER@HOST/DB`, `sqlite://PATH` or `memory`. Default:
+    /// `<state dir>/liability.sqlite`.
+    #[arg(long)]
+    database: Option<String>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -167,12 +177,19 @@ fn component_bytes(base: &Path, component: &str) -> Result<Vec<u8>, Failure> {
     })
 }
 
-fn open(state_dir: &Path, cache: Option<&CacheArgs>) -> Result<Hypervisor, Failure> {
+fn open(
+    state_dir: &Path,
+    cache: Option<&CacheArgs>,
+    database: Option<&str>,
+) -> Result<Hypervisor, Failure> {
     let mut b = Hypervisor::builder()
         .state_dir(state_dir)
         .actions(builtin::registry());
     if let Some(dir) = cache.and_then(CacheArgs::dir) {
         b = b.cache_dir(dir);
+    }
+    if let Some(url) = database {
+        b = b.database(url);
     }
     b.build()
         .with_context(|| format!("cannot open state directory {}", state_dir.display()))
@@ -196,10 +213,20 @@ async fn agents_session(
             .load(&bytes)
             .map_err(|e| Failure::Refused(format!("agent {} ({}): {e}", a.id, a.component)))?;
         let id = AgentId::new(a.id.as_str()).map_err(|e| Failure::Setup(e.into()))?;
-        hv.join_session(&session, JoinRequest::new(id, a.sigma).component(component))
+        match hv
+            .join_session(&session, JoinRequest::new(id, a.sigma).component(component))
             .await
-            .with_context(|| format!("agent {} could not join", a.id))
-            .map_err(Failure::Setup)?;
+        {
+            Ok(_) => {}
+            Err(e @ ahv_hypervisor::HypervisorError::AdmissionDenied { .. }) => {
+                return Err(Failure::Denied(e.to_string()));
+            }
+            Err(e) => {
+                return Err(Failure::Setup(
+                    anyhow::Error::from(e).context(format!("agent {} could not join", a.id)),
+                ));
+            }
+        }
     }
     hv.activate_session(&session)
         .map_err(|e| Failure::Setup(e.into()))?;
@@ -283,7 +310,7 @@ async fn run(args: RunArgs) -> Result<Exit, Failure> {
             a.component = abs.to_string_lossy().into_owned();
         }
     }
-    let hv = open(&args.state_dir, Some(&args.cache))?;
+    let hv = open(&args.state_dir, Some(&args.cache), args.database.as_deref())?;
     let session = agents_session(&hv, &definition, base).await?;
     let saga = hv.new_saga_id();
     let work = Work::Run(definition.clone());
@@ -315,7 +342,7 @@ async fn take_up(args: ResumeArgs, compensate: Option<String>) -> Result<Exit, F
         print_report(&report, &definition, args.json, None)?;
         return Ok(exit_for(report.state));
     }
-    let hv = open(&args.state_dir, Some(&args.cache))?;
+    let hv = open(&args.state_dir, Some(&args.cache), args.database.as_deref())?;
     let session = agents_session(&hv, &definition, Path::new(".")).await?;
     let work = match compensate {
         Some(reason) => Work::Compensate(reason),

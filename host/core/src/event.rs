@@ -329,6 +329,16 @@ events! {
         /// Why.
         reason: String,
     },
+    /// `security.saga_handoff`: a saga step of the event's agent (killed, or
+    /// gone) is run by its registered substitute instead.
+    SecuritySagaHandoff => "security.saga_handoff" {
+        /// The saga.
+        saga: String,
+        /// The step.
+        step: String,
+        /// The agent that runs it now.
+        substitute: AgentId,
+    },
     /// `audit.delta_captured`: the event named as this event's parent was
     /// recorded in its session's audit log.
     AuditDeltaCaptured => "audit.delta_captured" {
@@ -431,6 +441,52 @@ events! {
     LiabilityQuarantineReleased => "liability.quarantine_released" {
         /// Why (its time ran out, or it was released early).
         reason: String,
+    },
+    /// `liability.vouch_created`: the event's agent (the voucher) bonded part
+    /// of its trust for another participant.
+    LiabilityVouchCreated => "liability.vouch_created" {
+        /// The agent vouched for.
+        vouchee: AgentId,
+        /// The vouch's id in its session.
+        vouch: u64,
+        /// The bonded amount (the voucher's σ × pct).
+        bond: f64,
+        /// The vouchee's effective score after the vouch.
+        effective: f64,
+    },
+    /// `liability.vouch_released`: a vouch by the event's agent (the voucher)
+    /// ended; its bond no longer counts.
+    LiabilityVouchReleased => "liability.vouch_released" {
+        /// The agent it backed.
+        vouchee: AgentId,
+        /// The vouch's id in its session.
+        vouch: u64,
+        /// Why (`released`, `slashed`, `left`).
+        reason: String,
+    },
+    /// `liability.slash_executed`: the event's agent's σ was cut by a slash
+    /// (it was slashed, or it vouched for an agent that was).
+    LiabilitySlashExecuted => "liability.slash_executed" {
+        /// `slashed` (σ → 0) or `voucher_penalty` (σ × (1 − ω), floored).
+        cause: String,
+        /// σ before.
+        before: f64,
+        /// σ after.
+        after: f64,
+        /// Hops from the agent the slash started at (0: that agent).
+        hop: u32,
+        /// Why the slash was executed.
+        reason: String,
+    },
+    /// `liability.fault_attributed`: the event's agent was given a share of
+    /// the blame for a failed or escalated saga.
+    LiabilityFaultAttributed => "liability.fault_attributed" {
+        /// The saga.
+        saga: String,
+        /// Its share of the blame, in (0, 1].
+        share: f64,
+        /// `exact`, `sampled` or `heuristic`.
+        method: String,
     },
     /// `agent.spawned`: the event's agent started a child agent.
     AgentSpawned => "agent.spawned" {
@@ -1328,6 +1384,34 @@ mod tests {
             EventKind::LiabilityQuarantineEntered => EventPayload::LiabilityQuarantineEntered {
                 reason: s("ring_breach"),
                 duration: Duration::from_secs(60),
+            },
+            EventKind::SecuritySagaHandoff => EventPayload::SecuritySagaHandoff {
+                saga: s("saga-1"),
+                step: s("pay"),
+                substitute: agent("did:ex:sub"),
+            },
+            EventKind::LiabilityVouchCreated => EventPayload::LiabilityVouchCreated {
+                vouchee: agent("did:ex:b"),
+                vouch: 1,
+                bond: 0.18,
+                effective: 0.64,
+            },
+            EventKind::LiabilityVouchReleased => EventPayload::LiabilityVouchReleased {
+                vouchee: agent("did:ex:b"),
+                vouch: 1,
+                reason: s("released"),
+            },
+            EventKind::LiabilitySlashExecuted => EventPayload::LiabilitySlashExecuted {
+                cause: s("slashed"),
+                before: 0.7,
+                after: 0.0,
+                hop: 0,
+                reason: s("manual"),
+            },
+            EventKind::LiabilityFaultAttributed => EventPayload::LiabilityFaultAttributed {
+                saga: s("saga-1"),
+                share: 0.5,
+                method: s("exact"),
             },
             EventKind::LiabilityQuarantineReleased => EventPayload::LiabilityQuarantineReleased {
                 reason: s("expired"),

@@ -45,6 +45,7 @@ impl Hypervisor {
         if let Some(standing) = lock(&entry.standings).get(agent) {
             standing.block_elevation(self.elevation_cooldown());
         }
+        self.breach_booked(entry, agent, assessment.severity.name());
         if assessment.tripped {
             let action = match &consequence {
                 Consequence::Restart => "restart".to_string(),
@@ -86,7 +87,8 @@ impl Hypervisor {
                 let quarantined = self.quarantine(
                     session,
                     agent,
-                    &format!("ring_breach: {reason}"),
+                    ahv_trust::QuarantineReason::RingBreach,
+                    &reason,
                     Some(Duration::from_secs(secs)),
                 );
                 if quarantined.is_ok() {

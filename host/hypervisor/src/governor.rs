@@ -101,6 +101,7 @@ impl Governor for HvGovernor {
         refused: u64,
     ) {
         if let Some(hv) = self.hv() {
+            hv.refusals_seen(who.session, who.agent, refused);
             hv.emit(
                 &mut hv.op_in(who.trace),
                 who.session,
@@ -224,13 +225,19 @@ impl Governor for HvGovernor {
         match op {
             AdminOp::Kill { reason, .. } => hv
                 .kill_agent(who.session, &target, &format!("{reason} ({by})"))
-                .map(|()| true)
+                .map(|_| true)
                 .map_err(refusal),
             AdminOp::Quarantine {
                 reason, duration, ..
             } => hv
-                .quarantine(who.session, &target, &format!("{reason} ({by})"), duration)
-                .map(|()| true)
+                .quarantine(
+                    who.session,
+                    &target,
+                    ahv_trust::QuarantineReason::Manual,
+                    &format!("{reason} ({by})"),
+                    duration,
+                )
+                .map(|_| true)
                 .map_err(refusal),
             AdminOp::Release { .. } => hv.release(who.session, &target).map_err(refusal),
         }
@@ -285,6 +292,9 @@ impl Hypervisor {
             },
         };
         self.emit(&mut self.op_in(trace), session, Some(agent), payload);
+        if transition == Transition::QuarantineExpired {
+            self.quarantine_ended(session, agent, "expired");
+        }
         if matches!(transition, Transition::ElevationExpired { .. })
             && let Ok(entry) = self.entry(session)
         {
@@ -519,6 +529,21 @@ impl Hypervisor {
         ring: Ring,
         reason: &str,
     ) -> Result<Ring, HypervisorError> {
+        // Taken away by the host: a later vouch does not give it back.
+        let entry = self.entry(session)?;
+        self.lower_ceiling(&entry, agent, ring);
+        self.demote_by_trust(session, agent, ring, reason)
+    }
+
+    /// [`Hypervisor::demote`] because the agent's (effective) trust fell:
+    /// the agent may earn the ring back (a vouch), up to its ceiling.
+    pub(crate) fn demote_by_trust(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        ring: Ring,
+        reason: &str,
+    ) -> Result<Ring, HypervisorError> {
         let entry = self.entry(session)?;
         let standing = lock(&entry.standings)
             .get(agent)
@@ -618,45 +643,8 @@ impl Hypervisor {
                 &format!("trust fell to {sigma:.2}, below what {elevated} needs"),
             )?;
         }
-        self.demote(session, agent, earned, &format!("trust fell to {sigma:.2}"))?;
+        self.demote_by_trust(session, agent, earned, &format!("trust fell to {sigma:.2}"))?;
         Ok(self.standing(session, agent)?.base())
-    }
-
-    /// Quarantines `agent` for `duration` (`None`: until released): until
-    /// then its host calls, except `context` and `log`, are refused with
-    /// `quarantined`. Emits `liability.quarantine_entered`.
-    ///
-    /// # Errors
-    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`],
-    /// [`HypervisorError::Standing`] if the agent was killed.
-    pub fn quarantine(
-        &self,
-        session: &SessionId,
-        agent: &AgentId,
-        reason: &str,
-        duration: Option<Duration>,
-    ) -> Result<(), HypervisorError> {
-        let standing = self.standing(session, agent)?;
-        let claimed = standing
-            .quarantine(duration)
-            .map_err(|e| HypervisorError::Standing {
-                agent: agent.clone(),
-                message: e.to_string(),
-            })?;
-        let mut op = self.op();
-        for t in claimed {
-            self.report_transition(session, agent, op.trace, t);
-        }
-        self.emit(
-            &mut op,
-            session,
-            Some(agent),
-            EventPayload::LiabilityQuarantineEntered {
-                reason: reason.to_string(),
-                duration: duration.unwrap_or(Duration::MAX),
-            },
-        );
-        Ok(())
     }
 
     /// Ends `agent`'s quarantine. Emits `liability.quarantine_released`;
@@ -670,6 +658,7 @@ impl Hypervisor {
         if !standing.release() {
             return Ok(false);
         }
+        self.quarantine_ended(session, agent, "released");
         self.emit(
             &mut self.op(),
             session,

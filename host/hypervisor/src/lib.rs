@@ -48,6 +48,13 @@
 //!   [`Hypervisor::demote`];
 //! - quarantine: [`Hypervisor::quarantine`] / [`Hypervisor::release`]: only
 //!   `context` and `log` answer meanwhile;
+//! - joint liability ([`Hypervisor::vouch`], [`Hypervisor::slash`],
+//!   [`Hypervisor::release_vouch`]): the effective score `σ + ω × bonds`
+//!   decides the ring of the agent's next call; slashes, quarantines,
+//!   breaches, floods and blamed sagas feed a ledger (SQLite or PostgreSQL,
+//!   [`HypervisorBuilder::database`]) that admission reads at every join;
+//! - the kill switch ([`Hypervisor::kill_agent`]) hands a killed agent's
+//!   in-flight saga steps to its substitute ([`Hypervisor::register_substitute`]);
 //! - rate limits per (agent, session) by ring, on by default;
 //! - ring 0 agents administer the others (`admin`), ring 1 agents start
 //!   children (`spawn`, from components offered with
@@ -57,13 +64,19 @@
 //! # use std::time::Duration;
 //! # use ahv_core::{AgentId, Ring, SessionId};
 //! # use ahv_hypervisor::Hypervisor;
+//! # use ahv_trust::QuarantineReason;
 //! # fn demo(hv: &Hypervisor, session: &SessionId) -> Result<(), Box<dyn std::error::Error>> {
 //! let agent = AgentId::new("did:ex:researcher")?;
+//! let lead = AgentId::new("did:ex:lead")?;
+//! // The lead bonds 20 % of its σ: the researcher's next call may earn ring 2.
+//! let _receipt = hv.vouch(session, &lead, &agent, None)?;
+//! // Slashing the lead takes the bond, and that ring, back at once.
+//! hv.slash(session, &lead, None, 1.0, "leaked a credential")?;
 //! // Ring 2 for ten minutes, on the operator's authority (audited).
 //! hv.grant_elevation(session, &agent, Ring::Standard, Duration::from_secs(600), "nightly export")?;
 //! // Trust fell: its very next host call is judged at the ring the score earns.
 //! hv.set_trust(session, &agent, 0.4)?;
-//! hv.quarantine(session, &agent, "manual review", Some(Duration::from_secs(300)))?;
+//! hv.quarantine(session, &agent, QuarantineReason::Manual, "review", Some(Duration::from_secs(300)))?;
 //! # Ok(()) }
 //! ```
 //!
@@ -86,11 +99,15 @@
 mod attribution;
 mod breach;
 mod governor;
+mod handoff;
+mod liability;
 mod saga;
 mod saga_redo;
 mod spawn;
 
 pub use attribution::saga_trace;
+pub use handoff::{KillReport, KilledStep};
+pub use liability::{LiabilityPolicy, SlashOutcome, VouchReceipt, quarantine_severity};
 pub use saga::{Escalation, EscalationHook};
 
 use std::collections::hash_map::RandomState;
@@ -209,6 +226,22 @@ pub enum HypervisorError {
         /// What is missing, naming the step and the agent.
         message: String,
     },
+    /// The ledger refused the agent at join: its risk is at or above the
+    /// deny threshold (0.6).
+    #[error("agent {agent} is refused by the liability ledger: risk {risk:.2} is at or above 0.60")]
+    AdmissionDenied {
+        /// The agent.
+        agent: AgentId,
+        /// Its risk, in [0, 1].
+        risk: f64,
+    },
+    /// A liability rule refused the operation (a vouch, a release, a slash,
+    /// a quarantine), naming the agents and the rule.
+    #[error("liability: {0}")]
+    Liability(String),
+    /// The liability store (the ledger's database) failed or is closed.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// A policy grants an agent an action or effect the host did not register.
     #[error("policy grants of agent {agent}: {source}")]
     Grant {
@@ -336,6 +369,8 @@ pub struct HypervisorBuilder {
     saga_sleeper: Arc<dyn ahv_saga::Sleeper>,
     saga_jitter: Arc<dyn ahv_saga::Jitter>,
     escalation: Vec<Arc<dyn EscalationHook>>,
+    liability: LiabilityPolicy,
+    trust_store: Option<liability::StoreSource>,
 }
 
 impl Default for HypervisorBuilder {
@@ -367,6 +402,8 @@ impl Default for HypervisorBuilder {
             saga_sleeper: Arc::new(ahv_saga::TokioSleeper),
             saga_jitter: Arc::new(ahv_saga::HashJitter::default()),
             escalation: Vec::new(),
+            liability: LiabilityPolicy::default(),
+            trust_store: None,
         }
     }
 }
@@ -563,6 +600,28 @@ impl HypervisorBuilder {
         self
     }
 
+    /// The liability settings (ω, the default bond, the slashing policy
+    /// after an escalated saga, attribution, what counts as a flood).
+    pub fn liability(mut self, policy: LiabilityPolicy) -> Self {
+        self.liability = policy;
+        self
+    }
+
+    /// Where the ledger, vouches and quarantine records are stored: `memory`
+    /// (nothing survives the process), `sqlite://PATH` or
+    /// `postgres://USER@HOST/DB` (shared by every hypervisor that names it).
+    /// The default is SQLite at `<state>/liability.sqlite`.
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.trust_store = Some(liability::StoreSource::Url(url.into()));
+        self
+    }
+
+    /// A liability store the embedder built (instead of [`HypervisorBuilder::database`]).
+    pub fn trust_store(mut self, store: Arc<dyn ahv_store::TrustStore>) -> Self {
+        self.trust_store = Some(liability::StoreSource::Store(store));
+        self
+    }
+
     /// Builds the hypervisor: opens (creating if needed) `<state>/sessions`,
     /// builds the runtime with a breach recorder that emits
     /// `ring.breach_detected` on the bus.
@@ -619,6 +678,11 @@ impl HypervisorBuilder {
             .map_err(|e| {
                 HypervisorError::Setup(format!("cannot open {}: {e}", sessions_path.display()))
             })?;
+        self.liability.validate()?;
+        let records =
+            liability::Records::start(self.trust_store.take().unwrap_or_else(|| {
+                liability::StoreSource::Url(ahv_store::sqlite_url(&state_dir))
+            }))?;
         let events = Arc::new(EventBus::new(self.event_capacity, self.clock.clone()));
         let security_error = |e: &dyn std::fmt::Display| HypervisorError::Security(e.to_string());
         self.elevation_rules
@@ -726,6 +790,10 @@ impl HypervisorBuilder {
             id_seed: RandomState::new(),
             id_counter: AtomicU64::new(0),
             offered: Mutex::new(HashMap::new()),
+            liability: liability::Liability {
+                policy: self.liability,
+                records,
+            },
             security: Security {
                 rate,
                 detector,
@@ -761,6 +829,12 @@ struct SessionEntry {
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
     spawn_counter: AtomicU64,
+    /// Vouches, quarantine records, ring ceilings.
+    liability: Mutex<liability::SessionLiability>,
+    /// Saga steps running in each agent now (for the kill's hand-off).
+    in_flight: Mutex<handoff::InFlight>,
+    /// Who takes over an agent's saga steps if it is killed.
+    substitutes: Mutex<HashMap<AgentId, AgentId>>,
 }
 
 /// Most rate buckets kept (two per participant); unused ones are evicted first.
@@ -837,6 +911,8 @@ struct Inner {
     security: Security,
     /// Components agents may spawn children from, by name.
     offered: Mutex<HashMap<String, AgentComponent>>,
+    /// Vouches, slashes, quarantine records and the ledger's store.
+    liability: liability::Liability,
 }
 
 /// The Agent Hypervisor: shared sessions of governed Wasm agents. Cheap to
@@ -895,6 +971,7 @@ impl Hypervisor {
     /// # Errors
     /// [`HypervisorError::Audit`] if writing or signing fails.
     pub fn shutdown(&self) -> Result<Option<SignedTreeHead>, HypervisorError> {
+        self.inner.liability.records.drain(false)?;
         match &self.inner.audit {
             Some(a) => Ok(a.flush()?),
             None => Ok(None),
@@ -1004,6 +1081,9 @@ impl Hypervisor {
             standings: Mutex::new(HashMap::new()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
+            liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
+            in_flight: Mutex::new(HashMap::new()),
+            substitutes: Mutex::new(HashMap::new()),
         });
         self.inner
             .sessions
@@ -1100,22 +1180,35 @@ impl Hypervisor {
             component,
             root_witness,
         } = request;
+        // The ledger first: a denied agent takes no seat; one on probation
+        // is held at ring 3 whatever its score, grant or parent.
+        let assessment = self.admission(&agent).await?;
+        let probation = assessment.admission == ahv_trust::Admission::Probation;
         let (ring, forced_strong) = {
             let mut gov = lock(&entry.gov);
             let was_strong = gov.config().consistency == Consistency::Strong;
             let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
-            if root_witness.is_some() {
-                gov.set_ring(&agent, Ring::Root)?;
+            if probation {
+                ring = Ring::Sandbox;
+            } else if root_witness.is_some() {
                 ring = Ring::Root;
             } else if let Some((given, _)) = &assigned {
-                gov.set_ring(&agent, *given)?;
                 ring = *given;
             }
+            gov.set_ring(&agent, ring)?;
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
             )
         };
+        // How far a vouch may lift it later: never above a probation, a
+        // grant or a parent's cap; ring 2 (the best a score earns) otherwise.
+        let ceiling = if probation || assigned.is_some() || root_witness.is_some() {
+            ring
+        } else {
+            Ring::Standard
+        };
+        self.set_ceiling(&entry, &agent, ceiling);
         let standing = Standing::new(ring, self.inner.clock.clone());
         lock(&entry.standings).insert(agent.clone(), standing.clone());
         // Until the agent is in, a failed or cancelled join (the caller's
@@ -1163,6 +1256,10 @@ impl Hypervisor {
             EventPayload::RingAssigned {
                 ring,
                 reason: match (&root_witness, &assigned) {
+                    _ if probation => format!(
+                        "probation: the ledger's risk {:.2} is at or above 0.30",
+                        assessment.risk
+                    ),
                     (Some(w), _) => format!("root grant witnessed by {w}"),
                     (None, Some((_, why))) => why.clone(),
                     (None, None) => format!("joined with sigma {sigma:.2}"),
@@ -1263,6 +1360,7 @@ impl Hypervisor {
             // Refuses the host calls of anything still holding it.
             standing.kill();
         }
+        self.liability_left(entry, agent);
         let session = entry.core.id();
         self.inner.security.detector.remove(agent, session);
         if let Some(rate) = &self.inner.security.rate {
@@ -1314,14 +1412,19 @@ impl Hypervisor {
                 .into());
             }
         }
+        self.credit_clean(&entry, std::slice::from_ref(agent));
         self.remove(&mut self.op(), &entry, agent, "left");
         Ok(())
     }
 
     /// Kills a participant: a running call traps with `Killed` within an
     /// epoch tick (or is cancelled if it waits in the host), its locks are
-    /// released at once, and it is removed from the session. Emits
-    /// `security.agent_killed` and `session.left`.
+    /// released at once, and it is removed from the session; its children
+    /// go with it. Each saga step it was running is handed to its
+    /// registered substitute ([`Hypervisor::register_substitute`]), which
+    /// runs it again in its own sandbox, or, without one, fails so that its
+    /// saga compensates. Emits `security.agent_killed` and `session.left`
+    /// (and `security.saga_handoff` when the saga hands a step over).
     ///
     /// # Errors
     /// [`SessionError::NotAParticipant`].
@@ -1330,7 +1433,7 @@ impl Hypervisor {
         session: &SessionId,
         agent: &AgentId,
         reason: &str,
-    ) -> Result<(), HypervisorError> {
+    ) -> Result<KillReport, HypervisorError> {
         let entry = self.entry(session)?;
         let slot = lock(&entry.agents).get(agent).cloned();
         if slot.is_none() && lock(&entry.gov).participant(agent).is_none() {
@@ -1340,16 +1443,25 @@ impl Hypervisor {
             }
             .into());
         }
+        let mut report = KillReport::default();
         // Killing a parent kills its children.
         for child in self.children_of(&entry, agent) {
-            let _ = self.kill_agent(session, &child, &format!("parent {agent} killed: {reason}"));
+            if let Ok(r) =
+                self.kill_agent(session, &child, &format!("parent {agent} killed: {reason}"))
+            {
+                report.terminated.extend(r.terminated);
+                report.handed_off.extend(r.handed_off);
+                report.compensated.extend(r.compensated);
+            }
         }
+        self.kill_plan(&entry, agent, &mut report);
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
         }
         if let Some(standing) = lock(&entry.standings).get(agent) {
             standing.kill();
         }
+        self.mark(&entry, agent);
         let mut op = self.op();
         entry.core.release_locks(agent, "killed", op.trace);
         self.emit(
@@ -1361,7 +1473,8 @@ impl Hypervisor {
             },
         );
         self.remove(&mut op, &entry, agent, &format!("killed: {reason}"));
-        Ok(())
+        report.terminated.push(agent.clone());
+        Ok(report)
     }
 
     /// Terminates and archives the session: every participant's instance is
@@ -1405,6 +1518,7 @@ impl Hypervisor {
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
         }
+        self.credit_clean(entry, &participants);
         self.emit(
             &mut op,
             &id,

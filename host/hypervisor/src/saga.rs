@@ -220,23 +220,68 @@ impl SessionRunner {
         }
     }
 
+    /// Runs the step in its agent; if that agent is gone, or is killed
+    /// while it runs the step, in its registered substitute instead (the
+    /// killed attempt's partial changes undone first).
     async fn execute_in_agent(
         &self,
         call: &StepCall,
         agent: &AgentId,
     ) -> Result<StepDone, StepFailure> {
-        let slot = lock(&self.entry.agents)
-            .get(agent)
-            .cloned()
-            .ok_or_else(|| {
-                failure(
-                    FailureKind::Cancelled,
-                    format!(
-                        "agent {agent} has no live instance in session {}",
-                        self.session()
-                    ),
-                )
-            })?;
+        let saga = call.saga.to_string();
+        let own = lock(&self.entry.agents).get(agent).cloned();
+        let (runner, slot) = match own {
+            Some(slot) => (agent.clone(), slot),
+            None => match self.hv.substitute_slot(&self.entry, agent) {
+                Some((sub, slot)) => {
+                    self.hv
+                        .report_handoff(self.session(), agent, &saga, &call.step.id, &sub);
+                    (sub, slot)
+                }
+                None => {
+                    return Err(failure(
+                        FailureKind::Cancelled,
+                        format!(
+                            "agent {agent} has no live instance in session {}",
+                            self.session()
+                        ),
+                    ));
+                }
+            },
+        };
+        let first = self.attempt_in(call, &runner, &slot).await;
+        match first {
+            Err(f)
+                if f.kind == FailureKind::Cancelled
+                    && &runner == agent
+                    && slot.kill.is_killed() =>
+            {
+                match self.hv.substitute_slot(&self.entry, agent) {
+                    Some((sub, sub_slot)) => {
+                        self.hv
+                            .report_handoff(self.session(), agent, &saga, &call.step.id, &sub);
+                        self.attempt_in(call, &sub, &sub_slot).await
+                    }
+                    None => Err(f),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of the step in `agent`'s instance.
+    async fn attempt_in(
+        &self,
+        call: &StepCall,
+        agent: &AgentId,
+        slot: &Arc<crate::AgentSlot>,
+    ) -> Result<StepDone, StepFailure> {
+        let _running = crate::handoff::Running::start(
+            &self.entry,
+            agent,
+            &call.saga.to_string(),
+            &call.step.id,
+        );
         let step = wit_step(&call.saga, &call.step, call.attempt);
         let result = slot
             .agent
@@ -463,9 +508,14 @@ impl SessionRunner {
         };
         let mut errors = Vec::new();
         if call.step.via == Via::Agent {
-            let slot = lock(&self.entry.agents).get(&agent).cloned();
+            let slot = lock(&self.entry.agents)
+                .get(&agent)
+                .cloned()
+                .map(|s| (agent.clone(), s))
+                .or_else(|| self.hv.substitute_slot(&self.entry, &agent));
             match slot {
-                Some(slot) => {
+                Some((runner, slot)) => {
+                    let agent = runner;
                     let step = wit_step(&call.saga, &call.step, 0);
                     let deadline = Duration::from_secs(u64::from(call.step.timeout_secs));
                     let result = slot
@@ -909,7 +959,9 @@ impl Hypervisor {
         let definition = Arc::new(definition);
         let trace = self.inner.runtime.new_trace_id();
         let engine = self.saga_engine(entry.clone(), definition.clone(), trace, Arc::default());
-        Ok(engine.run(saga, definition).await?)
+        let report = engine.run(saga.clone(), definition).await?;
+        self.after_saga(session, &saga, report.state);
+        Ok(report)
     }
 
     /// Resumes an unfinished saga in `session` (active, with every step's
@@ -940,6 +992,7 @@ impl Hypervisor {
         let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
         let report = engine.resume(saga).await?;
         drop((t.driving, t.isolation));
+        self.after_saga(session, saga, report.state);
         Ok(report)
     }
 
@@ -960,6 +1013,7 @@ impl Hypervisor {
         let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
         let report = engine.compensate(saga, reason).await?;
         drop((t.driving, t.isolation));
+        self.after_saga(session, saga, report.state);
         Ok(report)
     }
 

@@ -48,6 +48,9 @@ pub enum LedgerError {
 pub struct Severity(f64);
 
 impl Severity {
+    /// The worst severity, 1.
+    pub const FULL: Severity = Severity(1.0);
+
     /// Validates a severity.
     ///
     /// # Errors

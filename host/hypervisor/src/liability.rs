@@ -1,0 +1,1143 @@
+//! Joint liability at run time: the rules of `ahv-trust` applied to live
+//! sessions, and the ledger kept in a database (`ahv-store`).
+//!
+//! - **Vouches** change the vouchee's effective score σ_eff, and with it the
+//!   ring its *next* host call is judged at: a vouch can lift an agent from
+//!   ring 3 to ring 2, a release or a slash takes it back (the gate reads
+//!   the participant's [`Standing`](ahv_core::standing::Standing)). Each
+//!   agent has a *ceiling* set when it joined (ring 3 on probation, a child's
+//!   assigned ring, ring 2 otherwise) and lowered by breaches and operator
+//!   demotions: a vouch never lifts an agent above it.
+//! - **Slashes** cut σ by `ahv_trust::slash` (vouchee to 0, vouchers by ω,
+//!   cascade of two hops), write the new scores into the session, release
+//!   the bonds, quarantine the agents the cascade reached, and re-judge
+//!   every agent touched.
+//! - **Quarantine** records escalate (`ahv_trust::Quarantine`) and the
+//!   gate refuses a quarantined agent's calls but `context` and `log`.
+//! - **The ledger** is fed by slashes, quarantines, ring breaches,
+//!   rate-limit floods, fault attributions and clean sessions, and is
+//!   consulted at every join: deny, probation (ring 3 at most) or admit.
+//! - **Escalated sagas** are attributed (Shapley by default) and the
+//!   agents with at least [`LiabilityPolicy::slash_share`] of the blame are
+//!   slashed; a failed saga's blame goes to the ledger as faults.
+//!
+//! Store writes go, in order, to one thread that owns the store and its own
+//! runtime, so that a gate callback never waits for a database and a
+//! blocking wait (at shutdown) can never deadlock the caller's runtime.
+//! [`Hypervisor::flush_liability`] waits until every write so far is stored.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ahv_core::event::EventPayload;
+use ahv_core::{AgentId, Clock, Ring, SessionId, ring_for_score};
+use ahv_governance::session::SessionError;
+use ahv_saga::{SagaId, SagaState};
+use ahv_store::{QuarantineRow, StoreError, TrustStore, VouchRow};
+use ahv_trust::{
+    Admission, Assessment, AttributionPolicy, ChangeCause, EntryKind, LedgerEntry, Quarantine,
+    QuarantineReason, QuarantineRecord, Scores, Severity, SlashReport, Vouch, VouchBook, VouchId,
+};
+
+use crate::{Hypervisor, HypervisorError, SessionEntry, lock};
+
+/// The liability settings of a hypervisor.
+#[derive(Debug, Clone)]
+pub struct LiabilityPolicy {
+    /// ω: how much of a voucher's bond counts for the vouchee's effective
+    /// score, and how much of a voucher's σ a slash of its vouchee takes.
+    pub omega: f64,
+    /// The share of its σ a voucher bonds when none is given.
+    pub vouch_pct: f64,
+    /// After an escalated saga, agents with at least this share of the
+    /// blame are slashed (with the share as severity).
+    pub slash_share: f64,
+    /// How a failed or escalated saga's blame is split.
+    pub attribution: AttributionPolicy,
+    /// Refused calls in one streak that count as a rate-limit flood (one
+    /// ledger fault per streak).
+    pub flood_refusals: u64,
+}
+
+impl Default for LiabilityPolicy {
+    fn default() -> Self {
+        LiabilityPolicy {
+            omega: 0.5,
+            vouch_pct: ahv_trust::DEFAULT_BOND_PCT,
+            slash_share: 0.5,
+            attribution: AttributionPolicy::default(),
+            flood_refusals: 100,
+        }
+    }
+}
+
+impl LiabilityPolicy {
+    /// Checks every number is in range.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Security`] naming the field and the value.
+    pub fn validate(&self) -> Result<(), HypervisorError> {
+        for (name, v) in [("omega", self.omega), ("slash_share", self.slash_share)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(HypervisorError::Security(format!(
+                    "liability policy: {name} must be in [0, 1], got {v}"
+                )));
+            }
+        }
+        if !(self.vouch_pct > 0.0 && self.vouch_pct <= 1.0) {
+            return Err(HypervisorError::Security(format!(
+                "liability policy: vouch_pct must be in (0, 1], got {}",
+                self.vouch_pct
+            )));
+        }
+        if self.flood_refusals == 0 {
+            return Err(HypervisorError::Security(
+                "liability policy: flood_refusals must be at least 1".into(),
+            ));
+        }
+        if let AttributionPolicy::Shapley(p) = &self.attribution {
+            p.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// What a vouch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VouchReceipt {
+    /// The vouch's id in its session.
+    pub vouch: VouchId,
+    /// The bonded amount.
+    pub bond: f64,
+    /// The vouchee's effective score now.
+    pub effective: f64,
+    /// The vouchee's base ring now.
+    pub ring: Ring,
+}
+
+/// What a slash did: the rules' report and where each touched agent's base
+/// ring is now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlashOutcome {
+    /// Every σ change, released bond and cascaded agent.
+    pub report: SlashReport,
+    /// Each touched agent still in the session, with its base ring now.
+    pub rings: Vec<(AgentId, Ring)>,
+}
+
+/// A session's liability records.
+pub(crate) struct SessionLiability {
+    book: VouchBook,
+    quarantine: Quarantine,
+    /// The most privileged ring an agent's effective score may lift it to.
+    ceilings: HashMap<AgentId, Ring>,
+    /// Agents with something against them in this session (no clean-session credit).
+    marked: HashSet<AgentId>,
+    /// Agents whose current rate-limit streak was already booked as a flood.
+    flooded: HashSet<AgentId>,
+}
+
+impl SessionLiability {
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> SessionLiability {
+        SessionLiability {
+            book: VouchBook::new(),
+            quarantine: Quarantine::new(clock),
+            ceilings: HashMap::new(),
+            marked: HashSet::new(),
+            flooded: HashSet::new(),
+        }
+    }
+}
+
+/// Wall time since the Unix epoch: ledger rows outlive the process, so they
+/// are not stamped with the (monotonic, per-process) hypervisor clock.
+fn wall_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// A severity from a number the host computed (clamped; NaN counts as the
+/// worst), so never refused.
+fn severity(v: f64) -> Severity {
+    let v = if v.is_nan() { 1.0 } else { v.clamp(0.0, 1.0) };
+    match Severity::new(v) {
+        Ok(s) => s,
+        Err(_) => Severity::FULL,
+    }
+}
+
+fn method_name(m: &ahv_trust::AttributionMethod) -> &'static str {
+    match m {
+        ahv_trust::AttributionMethod::NoHarm => "no_harm",
+        ahv_trust::AttributionMethod::Exact => "exact",
+        ahv_trust::AttributionMethod::Sampled { .. } => "sampled",
+        ahv_trust::AttributionMethod::Heuristic => "heuristic",
+    }
+}
+
+/// How much a quarantine weighs in the ledger, by its reason.
+pub fn quarantine_severity(reason: QuarantineReason) -> f64 {
+    match reason {
+        QuarantineReason::Manual => 0.5,
+        QuarantineReason::BehavioralDrift => 0.5,
+        QuarantineReason::RateLimitExceeded => 0.4,
+        QuarantineReason::CascadeSlash => 0.6,
+        QuarantineReason::RingBreach => 0.7,
+        QuarantineReason::LiabilityViolation => 0.8,
+    }
+}
+
+/// How much a ring breach weighs in the ledger (as a fault), by the breach
+/// detector's severity.
+pub(crate) fn breach_severity(name: &str) -> f64 {
+    match name {
+        "low" => 0.25,
+        "medium" => 0.5,
+        "high" => 0.75,
+        _ => 1.0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The store thread.
+
+/// One write, in the order it was made.
+enum Write {
+    Entry(LedgerEntry),
+    Vouch(VouchRow),
+    Quarantine(QuarantineRow),
+}
+
+enum Job {
+    Write(Write),
+    Assess(
+        AgentId,
+        tokio::sync::oneshot::Sender<Result<Assessment, StoreError>>,
+    ),
+    Entries(
+        AgentId,
+        tokio::sync::oneshot::Sender<Result<Vec<LedgerEntry>, StoreError>>,
+    ),
+    /// Answers with the first write error since the last flush.
+    Flush(tokio::sync::oneshot::Sender<Option<String>>),
+}
+
+/// Where the store comes from.
+#[derive(Clone)]
+pub(crate) enum StoreSource {
+    /// A URL for `ahv_store::open` (`memory`, `sqlite://…`, `postgres://…`).
+    Url(String),
+    /// A store the embedder built.
+    Store(Arc<dyn TrustStore>),
+}
+
+/// The store, owned by one thread with its own runtime; writes are queued
+/// in order, reads and flushes answer on a oneshot channel.
+pub(crate) struct Records {
+    tx: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    backend: &'static str,
+    url: String,
+}
+
+/// How long a build waits for the store thread to open its store.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the queued writes.
+const FLUSH_WAIT: Duration = Duration::from_secs(60);
+
+impl Records {
+    /// Starts the store thread and opens the store in it.
+    pub(crate) fn start(source: StoreSource) -> Result<Records, HypervisorError> {
+        let url = match &source {
+            StoreSource::Url(u) => ahv_store::redact(u),
+            StoreSource::Store(s) => s.backend().to_string(),
+        };
+        let (tx, rx) = channel::<Job>();
+        let (opened_tx, opened_rx) = channel::<Result<&'static str, String>>();
+        let thread = std::thread::Builder::new()
+            .name("ahv-liability-store".into())
+            .spawn(move || store_thread(source, rx, opened_tx))
+            .map_err(|e| HypervisorError::Setup(format!("liability store thread: {e}")))?;
+        let backend = match opened_rx.recv_timeout(OPEN_WAIT) {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Err(HypervisorError::Setup(format!(
+                    "liability store {url}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(HypervisorError::Setup(format!(
+                    "liability store {url}: not opened within {OPEN_WAIT:?}"
+                )));
+            }
+        };
+        Ok(Records {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            backend,
+            url,
+        })
+    }
+
+    fn send(&self, job: Job) -> bool {
+        lock(&self.tx)
+            .as_ref()
+            .is_some_and(|tx| tx.send(job).is_ok())
+    }
+
+    fn write(&self, w: Write) {
+        if !self.send(Job::Write(w)) {
+            tracing::error!(store = %self.url, "liability store is closed: a record was not stored");
+        }
+    }
+
+    /// Waits until every write queued so far is stored; the first write
+    /// error since the last flush, if any.
+    pub(crate) async fn flush(&self) -> Result<(), HypervisorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Flush(tx)) {
+            return Err(self.closed());
+        }
+        match rx.await {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(HypervisorError::Ledger(e)),
+            Err(_) => Err(self.closed()),
+        }
+    }
+
+    async fn assess(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Assess(agent.clone(), tx)) {
+            return Err(self.closed());
+        }
+        match rx.await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(HypervisorError::Ledger(format!(
+                "assessing {agent} in {}: {e}",
+                self.url
+            ))),
+            Err(_) => Err(self.closed()),
+        }
+    }
+
+    async fn entries(&self, agent: &AgentId) -> Result<Vec<LedgerEntry>, HypervisorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Entries(agent.clone(), tx)) {
+            return Err(self.closed());
+        }
+        match rx.await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(HypervisorError::Ledger(format!(
+                "reading the entries of {agent} in {}: {e}",
+                self.url
+            ))),
+            Err(_) => Err(self.closed()),
+        }
+    }
+
+    fn closed(&self) -> HypervisorError {
+        HypervisorError::Ledger(format!("the liability store {} is closed", self.url))
+    }
+
+    /// Waits (blocking, bounded) until everything queued is stored; with
+    /// `stop`, the thread then ends.
+    pub(crate) fn drain(&self, stop: bool) -> Result<(), HypervisorError> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let sent = self.send(Job::Flush(tx));
+        if stop {
+            // Closing the channel ends the thread once the queue is drained.
+            lock(&self.tx).take();
+        }
+        let mut result = Ok(());
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
+        if sent {
+            loop {
+                match rx.try_recv() {
+                    Ok(None) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
+                    Ok(Some(e)) => {
+                        result = Err(HypervisorError::Ledger(e));
+                        break;
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        if std::time::Instant::now() >= deadline {
+                            return Err(HypervisorError::Ledger(format!(
+                                "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
+                                self.url
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        if stop && let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+        result
+    }
+
+    /// The store's backend (`memory`, `sqlite`, `postgres`).
+    pub(crate) fn backend(&self) -> &'static str {
+        self.backend
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        if let Err(e) = self.drain(true) {
+            tracing::error!(error = %e, "closing the liability store");
+        }
+    }
+}
+
+fn store_thread(
+    source: StoreSource,
+    rx: Receiver<Job>,
+    opened: Sender<Result<&'static str, String>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = opened.send(Err(format!("its runtime: {e}")));
+            return;
+        }
+    };
+    let store = {
+        let _in = rt.enter();
+        match source {
+            StoreSource::Url(u) => ahv_store::open(&u),
+            StoreSource::Store(s) => Ok(s),
+        }
+    };
+    let store = match store {
+        Ok(s) => {
+            let _ = opened.send(Ok(s.backend()));
+            s
+        }
+        Err(e) => {
+            let _ = opened.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let mut first_error: Option<String> = None;
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Write(w) => {
+                let (what, result) = match w {
+                    Write::Entry(e) => {
+                        let what = format!("ledger entry for {}", e.agent);
+                        (what, rt.block_on(store.append_entry(e)))
+                    }
+                    Write::Vouch(v) => {
+                        let what = format!("vouch {} of session {}", v.id, v.session);
+                        (what, rt.block_on(store.put_vouch(v)))
+                    }
+                    Write::Quarantine(q) => {
+                        let what = format!("quarantine of {} in {}", q.agent, q.session);
+                        (what, rt.block_on(store.put_quarantine(q)))
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "storing the {what}");
+                    first_error.get_or_insert_with(|| format!("storing the {what}: {e}"));
+                }
+            }
+            Job::Assess(agent, reply) => {
+                let _ = reply.send(rt.block_on(store.assess(&agent)));
+            }
+            Job::Entries(agent, reply) => {
+                let _ = reply.send(rt.block_on(store.entries_for(&agent)));
+            }
+            Job::Flush(reply) => {
+                let _ = reply.send(first_error.take());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The hypervisor's liability operations.
+
+fn vouch_row(v: &Vouch) -> VouchRow {
+    VouchRow {
+        session: v.session.clone(),
+        id: v.id.0,
+        voucher: v.voucher.clone(),
+        vouchee: v.vouchee.clone(),
+        voucher_sigma: v.voucher_sigma,
+        pct: v.pct,
+        bond: v.bond,
+        created_at: wall_now(),
+        released_at: None,
+        released_because: None,
+    }
+}
+
+impl Hypervisor {
+    fn records(&self) -> &Records {
+        &self.inner.liability.records
+    }
+
+    fn policy(&self) -> &LiabilityPolicy {
+        &self.inner.liability.policy
+    }
+
+    /// Appends a ledger entry (queued, in order; see [`Hypervisor::flush_liability`]).
+    pub(crate) fn book(&self, agent: &AgentId, kind: EntryKind) {
+        self.records().write(Write::Entry(LedgerEntry {
+            agent: agent.clone(),
+            kind,
+            at: wall_now(),
+        }));
+    }
+
+    /// Marks `agent` as having something against it in `session`.
+    pub(crate) fn mark(&self, entry: &SessionEntry, agent: &AgentId) {
+        lock(&entry.liability).marked.insert(agent.clone());
+    }
+
+    /// Waits until every liability record made so far is in the store.
+    ///
+    /// # Errors
+    /// [`HypervisorError::Ledger`] with the first store error since the last
+    /// flush (that record was not stored), or if the store is closed.
+    pub async fn flush_liability(&self) -> Result<(), HypervisorError> {
+        self.records().flush().await
+    }
+
+    /// The store behind the ledger: `memory`, `sqlite` or `postgres`.
+    pub fn ledger_backend(&self) -> &'static str {
+        self.records().backend()
+    }
+
+    /// `agent`'s risk and admission decision from the ledger (after every
+    /// record made so far is stored).
+    ///
+    /// # Errors
+    /// [`HypervisorError::Ledger`] if the store cannot be read.
+    pub async fn assess(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
+        if let Err(e) = self.flush_liability().await {
+            tracing::error!(error = %e, "a liability record was not stored");
+        }
+        self.records().assess(agent).await
+    }
+
+    /// `agent`'s ledger entries in the order they were made (after every
+    /// record made so far is stored).
+    ///
+    /// # Errors
+    /// [`HypervisorError::Ledger`] if the store cannot be read.
+    pub async fn ledger_entries(
+        &self,
+        agent: &AgentId,
+    ) -> Result<Vec<LedgerEntry>, HypervisorError> {
+        if let Err(e) = self.flush_liability().await {
+            tracing::error!(error = %e, "a liability record was not stored");
+        }
+        self.records().entries(agent).await
+    }
+
+    /// Admission at join: the ledger's decision for `agent`. A store that
+    /// cannot be read refuses the join (fail closed).
+    pub(crate) async fn admission(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
+        let a = self.assess(agent).await?;
+        if a.admission == Admission::Deny {
+            return Err(HypervisorError::AdmissionDenied {
+                agent: agent.clone(),
+                risk: a.risk,
+            });
+        }
+        Ok(a)
+    }
+
+    /// Records the ring an agent's effective score may lift it to at most.
+    pub(crate) fn set_ceiling(&self, entry: &SessionEntry, agent: &AgentId, ring: Ring) {
+        lock(&entry.liability).ceilings.insert(agent.clone(), ring);
+    }
+
+    /// Lowers an agent's ceiling to `ring` (a breach, a cap, an operator's
+    /// demotion): a later vouch does not undo it.
+    pub(crate) fn lower_ceiling(&self, entry: &SessionEntry, agent: &AgentId, ring: Ring) {
+        let mut l = lock(&entry.liability);
+        let c = l.ceilings.entry(agent.clone()).or_insert(ring);
+        if ring.number() > c.number() {
+            *c = ring;
+        }
+    }
+
+    /// Forgets a participant that left: its vouches (both ways) end.
+    pub(crate) fn liability_left(&self, entry: &SessionEntry, agent: &AgentId) {
+        let session = entry.core.id().clone();
+        let released = {
+            let mut l = lock(&entry.liability);
+            l.ceilings.remove(agent);
+            l.flooded.remove(agent);
+            let _ = l.quarantine.release(agent);
+            l.book.release_all_for(agent)
+        };
+        let vouchees: Vec<AgentId> = released
+            .iter()
+            .filter(|v| &v.vouchee != agent)
+            .map(|v| v.vouchee.clone())
+            .collect();
+        self.report_released(&session, &released, "left");
+        for v in vouchees {
+            let _ = self.apply_effective(entry, &v, "a voucher left");
+        }
+    }
+
+    /// Emits `liability.vouch_released` and stores each released vouch.
+    fn report_released(&self, session: &SessionId, released: &[Vouch], reason: &str) {
+        let mut op = self.op();
+        for v in released {
+            self.emit(
+                &mut op,
+                session,
+                Some(&v.voucher),
+                EventPayload::LiabilityVouchReleased {
+                    vouchee: v.vouchee.clone(),
+                    vouch: v.id.0,
+                    reason: reason.to_string(),
+                },
+            );
+            let mut row = vouch_row(v);
+            row.released_at = Some(wall_now());
+            row.released_because = Some(reason.to_string());
+            self.records().write(Write::Vouch(row));
+        }
+    }
+
+    fn sigma_of(&self, entry: &SessionEntry, agent: &AgentId) -> Result<f64, HypervisorError> {
+        lock(&entry.gov)
+            .participant(agent)
+            .map(|p| p.sigma)
+            .ok_or_else(|| {
+                SessionError::NotAParticipant {
+                    session: entry.core.id().clone(),
+                    agent: agent.clone(),
+                }
+                .into()
+            })
+    }
+
+    /// `agent`'s effective score in `session`: `min(1, σ + ω × Σ bonds)`.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`].
+    pub fn effective_trust(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+    ) -> Result<f64, HypervisorError> {
+        let entry = self.entry(session)?;
+        let sigma = self.sigma_of(&entry, agent)?;
+        self.effective_in(&entry, agent, sigma)
+    }
+
+    fn effective_in(
+        &self,
+        entry: &SessionEntry,
+        agent: &AgentId,
+        sigma: f64,
+    ) -> Result<f64, HypervisorError> {
+        lock(&entry.liability)
+            .book
+            .effective_sigma(entry.core.id(), agent, sigma, self.policy().omega)
+            .map_err(|e| HypervisorError::Liability(e.to_string()))
+    }
+
+    /// Re-judges `agent`'s base ring from its effective score: demoted at
+    /// once if it earns less, lifted (up to its ceiling) if it earns more.
+    /// Ring 0 agents (an explicit grant) and killed agents are left alone.
+    /// Returns the base ring now.
+    pub(crate) fn apply_effective(
+        &self,
+        entry: &SessionEntry,
+        agent: &AgentId,
+        why: &str,
+    ) -> Result<Ring, HypervisorError> {
+        let session = entry.core.id().clone();
+        let standing = lock(&entry.standings).get(agent).cloned().ok_or_else(|| {
+            HypervisorError::from(SessionError::NotAParticipant {
+                session: session.clone(),
+                agent: agent.clone(),
+            })
+        })?;
+        let base = standing.base();
+        if standing.is_killed() || base == Ring::Root {
+            return Ok(base);
+        }
+        let sigma = self.sigma_of(entry, agent)?;
+        let eff = self.effective_in(entry, agent, sigma)?;
+        let min = lock(&entry.gov).config().min_eff_score;
+        let earned = if eff < min {
+            Ring::Sandbox
+        } else {
+            ring_for_score(eff, false).map_err(SessionError::from)?
+        };
+        let ceiling = lock(&entry.liability)
+            .ceilings
+            .get(agent)
+            .copied()
+            .unwrap_or(Ring::Standard);
+        let target = if earned.number() < ceiling.number() {
+            ceiling
+        } else {
+            earned
+        };
+        let reason = format!("effective trust {eff:.2} ({why})");
+        if target.number() > base.number() {
+            self.demote_by_trust(&session, agent, target, &reason)?;
+        } else if target.number() < base.number() {
+            standing
+                .set_base(target)
+                .map_err(|e| HypervisorError::Standing {
+                    agent: agent.clone(),
+                    message: e.to_string(),
+                })?;
+            lock(&entry.gov).set_ring(agent, target)?;
+            self.emit(
+                &mut self.op(),
+                &session,
+                Some(agent),
+                EventPayload::RingAssigned {
+                    ring: target,
+                    reason,
+                },
+            );
+        }
+        Ok(standing.base())
+    }
+
+    /// `voucher` bonds `pct` of its σ (the policy's default when `None`)
+    /// for `vouchee` in `session`. The vouchee's effective score rises at
+    /// once, and with it, up to its ceiling, the ring its next host call is
+    /// judged at. Emits `liability.vouch_created` (and `ring.assigned` if the
+    /// ring changed).
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`]
+    /// for either agent; [`HypervisorError::Liability`] for a refused vouch
+    /// (self-vouch, voucher σ below 0.50, a cycle, over-exposure, a bad pct),
+    /// or a quarantined or killed voucher.
+    pub fn vouch(
+        &self,
+        session: &SessionId,
+        voucher: &AgentId,
+        vouchee: &AgentId,
+        pct: Option<f64>,
+    ) -> Result<VouchReceipt, HypervisorError> {
+        let entry = self.entry(session)?;
+        let voucher_sigma = self.sigma_of(&entry, voucher)?;
+        self.sigma_of(&entry, vouchee)?;
+        if let Some(s) = lock(&entry.standings).get(voucher)
+            && (s.is_quarantined() || s.is_killed())
+        {
+            return Err(HypervisorError::Liability(format!(
+                "agent {voucher} is quarantined or killed: it may not vouch"
+            )));
+        }
+        let pct = pct.unwrap_or(self.policy().vouch_pct);
+        let vouch = {
+            let mut l = lock(&entry.liability);
+            l.book
+                .vouch(session, voucher, vouchee, voucher_sigma, pct)
+                .map_err(|e| HypervisorError::Liability(e.to_string()))?
+        };
+        self.records().write(Write::Vouch(vouch_row(&vouch)));
+        let ring = self.apply_effective(&entry, vouchee, &format!("{} by {voucher}", vouch.id))?;
+        let effective = self.effective_trust(session, vouchee)?;
+        self.emit(
+            &mut self.op(),
+            session,
+            Some(voucher),
+            EventPayload::LiabilityVouchCreated {
+                vouchee: vouchee.clone(),
+                vouch: vouch.id.0,
+                bond: vouch.bond,
+                effective,
+            },
+        );
+        Ok(VouchReceipt {
+            vouch: vouch.id,
+            bond: vouch.bond,
+            effective,
+            ring,
+        })
+    }
+
+    /// Ends a vouch: its bond no longer counts, and the vouchee is re-judged
+    /// at once (demoted if it no longer earns its ring). Emits
+    /// `liability.vouch_released`.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`]; [`HypervisorError::Liability`]
+    /// for a vouch that is not active in the session.
+    pub fn release_vouch(
+        &self,
+        session: &SessionId,
+        vouch: VouchId,
+        reason: &str,
+    ) -> Result<Vouch, HypervisorError> {
+        let entry = self.entry(session)?;
+        let released = lock(&entry.liability)
+            .book
+            .release(vouch)
+            .map_err(|e| HypervisorError::Liability(e.to_string()))?;
+        self.report_released(session, std::slice::from_ref(&released), reason);
+        if lock(&entry.standings).contains_key(&released.vouchee) {
+            self.apply_effective(&entry, &released.vouchee, &format!("{vouch} released"))?;
+        }
+        Ok(released)
+    }
+
+    /// The active vouches of `session`.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`].
+    pub fn vouches(&self, session: &SessionId) -> Result<Vec<Vouch>, HypervisorError> {
+        let entry = self.entry(session)?;
+        let l = lock(&entry.liability);
+        Ok(l.book.in_session(session).cloned().collect())
+    }
+
+    /// Slashes `agent` in `session` (SEMANTICS "Liability"): its σ → 0, each
+    /// voucher's σ × (1 − ω) (floored at 0.05), their bonds released, a
+    /// cascade of at most two hops. The new scores take effect at every
+    /// touched agent's next host call (demotion); agents the cascade reached
+    /// are quarantined (`cascade_slash`). Each slashed agent gets a ledger
+    /// slash of `severity`. Emits `liability.slash_executed` per σ change and
+    /// `liability.vouch_released` per bond. `omega`: the policy's when `None`.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`];
+    /// [`HypervisorError::Liability`] for a bad ω or severity.
+    pub fn slash(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        omega: Option<f64>,
+        severity_of: f64,
+        reason: &str,
+    ) -> Result<SlashOutcome, HypervisorError> {
+        let entry = self.entry(session)?;
+        self.sigma_of(&entry, agent)?;
+        let sev =
+            Severity::new(severity_of).map_err(|e| HypervisorError::Liability(e.to_string()))?;
+        let omega = omega.unwrap_or(self.policy().omega);
+        let scores: Scores = {
+            let gov = lock(&entry.gov);
+            let mut s = Scores::new();
+            for p in gov.participants() {
+                s.set(p.agent.clone(), p.sigma)
+                    .map_err(|e| HypervisorError::Liability(e.to_string()))?;
+            }
+            s
+        };
+        let mut scores = scores;
+        let report = {
+            let mut l = lock(&entry.liability);
+            let report = ahv_trust::slash(&mut l.book, &mut scores, session, agent, omega)
+                .map_err(|e| HypervisorError::Liability(e.to_string()))?;
+            for c in &report.changes {
+                l.marked.insert(c.agent.clone());
+            }
+            report
+        };
+        {
+            let mut gov = lock(&entry.gov);
+            for c in &report.changes {
+                gov.set_sigma(&c.agent, c.after)?;
+            }
+        }
+        let mut op = self.op();
+        for c in &report.changes {
+            self.emit(
+                &mut op,
+                session,
+                Some(&c.agent),
+                EventPayload::LiabilitySlashExecuted {
+                    cause: match c.cause {
+                        ChangeCause::Slashed => "slashed".into(),
+                        ChangeCause::VoucherPenalty => "voucher_penalty".into(),
+                    },
+                    before: c.before,
+                    after: c.after,
+                    hop: c.hop,
+                    reason: reason.to_string(),
+                },
+            );
+            if c.cause == ChangeCause::Slashed {
+                self.book(&c.agent, EntryKind::Slash { severity: sev });
+            }
+        }
+        self.report_released(session, &report.released, "slashed");
+        for c in &report.cascaded {
+            let _ = self.quarantine(
+                session,
+                &c.agent,
+                QuarantineReason::CascadeSlash,
+                &format!("slash of {agent} cascaded {} hop(s): {reason}", c.hop),
+                None,
+            );
+        }
+        let mut touched: Vec<AgentId> = report.changes.iter().map(|c| c.agent.clone()).collect();
+        touched.extend(report.released.iter().map(|v| v.vouchee.clone()));
+        touched.sort();
+        touched.dedup();
+        let mut rings = Vec::new();
+        for a in touched {
+            let slashed_to_zero = report
+                .changes
+                .iter()
+                .any(|c| c.agent == a && c.cause == ChangeCause::Slashed);
+            let base = if slashed_to_zero {
+                // A slash demotes even a ring 0 grant: σ 0 earns ring 3.
+                self.demote_by_trust(session, &a, Ring::Sandbox, &format!("slashed: {reason}"))
+                    .map(|_| Ring::Sandbox)
+            } else {
+                self.apply_effective(&entry, &a, &format!("slash of {agent}"))
+            };
+            if let Ok(r) = base {
+                rings.push((a, r));
+            }
+        }
+        Ok(SlashOutcome { report, rings })
+    }
+
+    /// Quarantines `agent` for `duration` (`None`: until released): until
+    /// then its host calls, except `context` and `log`, are refused with
+    /// `quarantined`. Quarantining a held agent escalates its record (a
+    /// longer hold). Books a ledger quarantine weighted by the reason.
+    /// Emits `liability.quarantine_entered`.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`], [`SessionError::NotAParticipant`],
+    /// [`HypervisorError::Standing`] if the agent was killed,
+    /// [`HypervisorError::Liability`] for a duration over 24 h or zero.
+    pub fn quarantine(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        reason: QuarantineReason,
+        detail: &str,
+        duration: Option<Duration>,
+    ) -> Result<QuarantineRecord, HypervisorError> {
+        let entry = self.entry(session)?;
+        let standing = self.standing(session, agent)?;
+        if standing.is_killed() {
+            return Err(HypervisorError::Standing {
+                agent: agent.clone(),
+                message: "the agent was killed".into(),
+            });
+        }
+        let now = self.inner.clock.now();
+        let (outcome, hold) = {
+            let mut l = lock(&entry.liability);
+            let d = duration.unwrap_or(ahv_trust::MAX_QUARANTINE);
+            let outcome = l
+                .quarantine
+                .quarantine_for(agent, reason, d)
+                .map_err(|e| HypervisorError::Liability(e.to_string()))?;
+            l.marked.insert(agent.clone());
+            let hold = duration.map(|_| outcome.record().ends_at.saturating_sub(now));
+            (outcome, hold)
+        };
+        let claimed = standing
+            .quarantine(hold)
+            .map_err(|e| HypervisorError::Standing {
+                agent: agent.clone(),
+                message: e.to_string(),
+            })?;
+        let mut op = self.op();
+        for t in claimed {
+            self.report_transition(session, agent, op.trace, t);
+        }
+        let record = outcome.record().clone();
+        let escalated = matches!(outcome, ahv_trust::QuarantineOutcome::Escalated(_));
+        self.emit(
+            &mut op,
+            session,
+            Some(agent),
+            EventPayload::LiabilityQuarantineEntered {
+                reason: if escalated {
+                    format!("{reason}: {detail} (escalation {})", record.escalations)
+                } else {
+                    format!("{reason}: {detail}")
+                },
+                duration: hold.unwrap_or(Duration::MAX),
+            },
+        );
+        self.book(
+            agent,
+            EntryKind::Quarantine {
+                severity: severity(quarantine_severity(reason)),
+            },
+        );
+        self.store_quarantine(session, &record, hold.is_none(), None);
+        Ok(record)
+    }
+
+    fn store_quarantine(
+        &self,
+        session: &SessionId,
+        record: &QuarantineRecord,
+        until_released: bool,
+        released: Option<&str>,
+    ) {
+        let now = self.inner.clock.now();
+        let wall = wall_now();
+        // Clock times become wall times by their distance from now.
+        let to_wall = |t: Duration| -> Duration {
+            if t >= now {
+                wall.saturating_add(t - now)
+            } else {
+                wall.saturating_sub(now - t)
+            }
+        };
+        self.records().write(Write::Quarantine(QuarantineRow {
+            session: session.clone(),
+            agent: record.agent.clone(),
+            reason: record.reason,
+            last_reason: record.last_reason,
+            started_at: to_wall(record.started_at),
+            ends_at: (!until_released).then(|| to_wall(record.ends_at)),
+            escalations: record.escalations,
+            released_at: released.map(|_| wall),
+            released_because: released.map(str::to_string),
+        }));
+    }
+
+    /// A quarantine ended (released or expired): its record is closed.
+    pub(crate) fn quarantine_ended(&self, session: &SessionId, agent: &AgentId, why: &str) {
+        let Ok(entry) = self.entry(session) else {
+            return;
+        };
+        let record = lock(&entry.liability).quarantine.release(agent).ok();
+        if let Some(record) = record {
+            self.store_quarantine(session, &record, false, Some(why));
+        }
+    }
+
+    /// Feeds the ledger a ring breach (a fault weighted by its severity).
+    pub(crate) fn breach_booked(&self, entry: &SessionEntry, agent: &AgentId, severity_name: &str) {
+        self.mark(entry, agent);
+        self.book(
+            agent,
+            EntryKind::Fault {
+                severity: severity(breach_severity(severity_name)),
+            },
+        );
+    }
+
+    /// Feeds the ledger a rate-limit flood: once per streak of refusals that
+    /// reaches the policy's count (a later admitted call ends the streak).
+    pub(crate) fn refusals_seen(&self, session: &SessionId, agent: &AgentId, refused: u64) {
+        let Ok(entry) = self.entry(session) else {
+            return;
+        };
+        let flood = self.policy().flood_refusals;
+        let newly = {
+            let mut l = lock(&entry.liability);
+            if refused < flood {
+                if refused <= 1 {
+                    l.flooded.remove(agent);
+                }
+                false
+            } else {
+                l.marked.insert(agent.clone());
+                l.flooded.insert(agent.clone())
+            }
+        };
+        if newly {
+            self.book(
+                agent,
+                EntryKind::Fault {
+                    severity: severity(0.3),
+                },
+            );
+        }
+    }
+
+    /// Credits a clean session to every participant with nothing against it.
+    pub(crate) fn credit_clean(&self, entry: &SessionEntry, agents: &[AgentId]) {
+        let marked = lock(&entry.liability).marked.clone();
+        for a in agents.iter().filter(|a| !marked.contains(*a)) {
+            self.book(a, EntryKind::CleanSession);
+        }
+    }
+
+    /// After a saga failed or escalated: attributes the blame, emits
+    /// `liability.fault_attributed` and books a fault per blamed agent; an
+    /// escalated saga's agents with at least the policy's share are slashed.
+    pub(crate) fn after_saga(&self, session: &SessionId, saga: &SagaId, state: SagaState) {
+        if !matches!(state, SagaState::Failed | SagaState::Escalated) {
+            return;
+        }
+        let attribution = match self.saga_attribution(saga, &self.policy().attribution) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(%saga, error = %e, "attributing a failed saga");
+                return;
+            }
+        };
+        let method = method_name(&attribution.method).to_string();
+        let mut op = self.op();
+        for share in attribution.shares.iter().filter(|s| s.share > 0.0) {
+            self.emit(
+                &mut op,
+                session,
+                Some(&share.agent),
+                EventPayload::LiabilityFaultAttributed {
+                    saga: saga.to_string(),
+                    share: share.share,
+                    method: method.clone(),
+                },
+            );
+            self.book(
+                &share.agent,
+                EntryKind::Fault {
+                    severity: severity(share.share),
+                },
+            );
+            if let Ok(entry) = self.entry(session) {
+                self.mark(&entry, &share.agent);
+            }
+        }
+        if state != SagaState::Escalated {
+            return;
+        }
+        let threshold = self.policy().slash_share;
+        for share in attribution
+            .shares
+            .iter()
+            .filter(|s| s.share > 0.0 && s.share >= threshold - 1e-9)
+        {
+            if let Err(e) = self.slash(
+                session,
+                &share.agent,
+                None,
+                share.share.clamp(0.0, 1.0),
+                &format!(
+                    "saga {saga} escalated; share of the blame {:.2}",
+                    share.share
+                ),
+            ) {
+                tracing::warn!(%saga, agent = %share.agent, error = %e, "slashing after an escalation");
+            }
+        }
+    }
+}
+
+/// The liability part of the hypervisor.
+pub(crate) struct Liability {
+    pub(crate) policy: LiabilityPolicy,
+    pub(crate) records: Records,
+}
