@@ -1248,3 +1248,145 @@ fn a_sigkilled_saga_is_compensated_on_restart_by_its_policy_or_an_operators_orde
     assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
     assert!(r.stderr.contains("saga-no-such"), "{r:?}");
 }
+
+/// One session of `hv` in which `agent` joins and is slashed at severity 1.
+async fn slashed_once(hv: &ahv_hypervisor::Hypervisor, agent: &str) {
+    let s = hv
+        .create_session(
+            Default::default(),
+            ahv_core::AgentId::new("did:ex:op").unwrap(),
+        )
+        .unwrap();
+    let a = ahv_core::AgentId::new(agent).unwrap();
+    hv.join_session(&s, ahv_hypervisor::JoinRequest::new(a.clone(), 0.8))
+        .await
+        .unwrap();
+    hv.slash(&s, &a, None, 1.0, "test").unwrap();
+    hv.terminate_session(&s).unwrap();
+}
+
+const LEDGER_SAGA: &str = r#"
+name: two-agents
+agents:
+  - id: did:ex:clean
+    component: scripted
+  - id: did:ex:bad
+    component: scripted
+steps:
+  - id: one
+    agent: did:ex:clean
+    action: w
+    execute: write shared/one.txt 1
+"#;
+
+#[tokio::test]
+async fn two_processes_on_one_postgresql_share_the_ledger_and_a_slash_in_one_refuses_the_agent_in_the_other()
+ {
+    let db = crate::pg::PgDatabase::create();
+    let state = tempfile::tempdir().unwrap();
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(state.path().join("one"))
+        .cache_dir(crate::cache_dir())
+        .database(&db.url)
+        .build()
+        .unwrap();
+    assert_eq!(hv.ledger_backend(), "postgres");
+    // This process: four slashes of did:ex:bad (risk 0.60: deny).
+    for _ in 0..4 {
+        slashed_once(&hv, "did:ex:bad").await;
+    }
+    hv.flush_liability().await.unwrap();
+    let file = state.path().join("saga.yaml");
+    std::fs::write(&file, LEDGER_SAGA).unwrap();
+    let other = state.path().join("two");
+    let other = path_str(&other).to_string();
+    // Another process on the same database refuses did:ex:bad at join.
+    let r = ahv_run(&[
+        "saga",
+        "run",
+        path_str(&file),
+        "--state-dir",
+        &other,
+        "--database",
+        &db.url,
+    ]);
+    assert_eq!(r.code(), code(Exit::Denied), "{r:?}");
+    assert!(
+        r.stderr.contains("did:ex:bad") && r.stderr.contains("0.60"),
+        "{r:?}"
+    );
+    // What another process records is seen here: without did:ex:bad the
+    // saga runs, and did:ex:clean ends its session there without a mark.
+    let only_clean = LEDGER_SAGA.replace("  - id: did:ex:bad\n    component: scripted\n", "");
+    std::fs::write(&file, only_clean).unwrap();
+    let r = ahv_run(&[
+        "saga",
+        "run",
+        path_str(&file),
+        "--state-dir",
+        &other,
+        "--database",
+        &db.url,
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let clean = ahv_core::AgentId::new("did:ex:clean").unwrap();
+    let entries = hv.ledger_entries(&clean).await.unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.kind == ahv_trust::EntryKind::CleanSession),
+        "{entries:?}"
+    );
+    // And `ahv ledger` (a third process) reads the same records.
+    let r = ahv_run(&[
+        "ledger",
+        "show",
+        "did:ex:bad",
+        "--database",
+        &db.url,
+        "--json",
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let v = json(&r);
+    assert_eq!(v["backend"], "postgres");
+    assert_eq!(v["admission"], "deny");
+    assert_eq!(v["entries"].as_array().unwrap().len(), 4, "{v}");
+    assert!((v["risk"].as_f64().unwrap() - 0.6).abs() < 1e-9, "{v}");
+    let r = ahv_run(&["ledger", "list", "--database", &db.url]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("did:ex:bad") && l.ends_with("deny")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn ahv_ledger_reads_a_state_directory_and_says_when_there_is_none() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = path_str(state.path()).to_string();
+    let r = ahv_run(&["ledger", "list", "--state-dir", &dir]);
+    assert_eq!(r.code(), code(Exit::Setup), "{r:?}");
+    assert!(r.stderr.contains("liability.sqlite"), "{r:?}");
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(state.path())
+        .cache_dir(crate::cache_dir())
+        .build()
+        .unwrap();
+    slashed_once(&hv, "did:ex:once").await;
+    hv.shutdown().unwrap();
+    drop(hv);
+    let r = ahv_run(&["ledger", "show", "did:ex:once", "--state-dir", &dir]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stdout
+            .starts_with("agent did:ex:once: risk 0.15, admission admit (1 entries in sqlite)"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("slash"), "{r:?}");
+    let r = ahv_run(&["ledger", "show", "not an id", "--state-dir", &dir]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    let r = ahv_run(&["ledger", "list"]);
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+}

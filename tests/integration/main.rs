@@ -6,6 +6,9 @@ mod cli;
 mod containment;
 mod fuzz_seeds;
 mod liability;
+/// A PostgreSQL database per test (a private server unless AHV_TEST_DATABASE_URL names one).
+#[path = "../../host/store/tests/support/mod.rs"]
+mod pg;
 mod policy;
 mod rings;
 mod runtime;
