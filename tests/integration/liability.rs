@@ -509,3 +509,50 @@ async fn without_a_substitute_a_killed_agents_step_fails_and_its_saga_compensate
     assert!(!shared.join("prepared.txt").exists());
     assert!(!shared.join("pay.log").exists());
 }
+
+#[tokio::test]
+async fn another_processs_slashes_count_at_join_once_the_ledger_refresh_has_passed() {
+    // Two hypervisors on one ledger file, as two processes would share it.
+    let shared = tempfile::tempdir().unwrap();
+    let url = ahv_store::sqlite_url(shared.path());
+    let clock = FakeClock::new();
+    let (c, u) = (clock.clone(), url.clone());
+    let h1 = Hv::with(move |b| b.clock(Arc::new(c)).database(u));
+    let u = url.clone();
+    let h2 = Hv::with(move |b| b.database(u));
+    let s = h1.session();
+    h1.hv
+        .join_session(&s, JoinRequest::new(id("did:test:x"), 0.8))
+        .await
+        .unwrap();
+    // The other one slashes it four times: risk 0.60.
+    slash_n(&h2, "did:test:x", 4).await;
+    h2.hv.flush_liability().await.unwrap();
+    // Within the refresh (1 s by default) the first still admits from memory...
+    let s = h1.session();
+    assert_eq!(
+        h1.hv
+            .join_session(&s, JoinRequest::new(id("did:test:x"), 0.8))
+            .await
+            .unwrap(),
+        Ring::Standard
+    );
+    // ...and once it has passed, it reads the store and refuses.
+    clock.advance(Duration::from_secs(1));
+    let s = h1.session();
+    assert!(matches!(
+        h1.hv
+            .join_session(&s, JoinRequest::new(id("did:test:x"), 0.8))
+            .await,
+        Err(HypervisorError::AdmissionDenied { .. })
+    ));
+    // Its own entries count at once, refresh or not.
+    slash_n(&h1, "did:test:y", 4).await;
+    let s = h1.session();
+    assert!(matches!(
+        h1.hv
+            .join_session(&s, JoinRequest::new(id("did:test:y"), 0.8))
+            .await,
+        Err(HypervisorError::AdmissionDenied { .. })
+    ));
+}

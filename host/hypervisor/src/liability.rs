@@ -27,7 +27,7 @@
 //! [`Hypervisor::flush_liability`] waits until every write so far is stored.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +60,12 @@ pub struct LiabilityPolicy {
     /// Refused calls in one streak that count as a rate-limit flood (one
     /// ledger fault per streak).
     pub flood_refusals: u64,
+    /// How long admission trusts what it last read of an agent's ledger
+    /// before reading the store again (hypervisor clock). This process's
+    /// own entries count at once whatever this is; entries other processes
+    /// make (a shared PostgreSQL) are seen at most this late. Zero: read
+    /// the store at every join.
+    pub ledger_refresh: Duration,
 }
 
 impl Default for LiabilityPolicy {
@@ -70,6 +76,7 @@ impl Default for LiabilityPolicy {
             slash_share: 0.5,
             attribution: AttributionPolicy::default(),
             flood_refusals: 100,
+            ledger_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -214,10 +221,6 @@ enum Write {
 
 enum Job {
     Write(Write),
-    Assess(
-        AgentId,
-        tokio::sync::oneshot::Sender<Result<Assessment, StoreError>>,
-    ),
     Entries(
         AgentId,
         tokio::sync::oneshot::Sender<Result<Vec<LedgerEntry>, StoreError>>,
@@ -238,7 +241,7 @@ pub(crate) enum StoreSource {
 /// The store, owned by one thread with its own runtime; writes are queued
 /// in order, reads and flushes answer on a oneshot channel.
 pub(crate) struct Records {
-    tx: Mutex<Option<Sender<Job>>>,
+    tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
     url: String,
@@ -248,6 +251,12 @@ pub(crate) struct Records {
 const OPEN_WAIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the queued writes.
 const FLUSH_WAIT: Duration = Duration::from_secs(60);
+/// Most jobs queued for the store thread: past that, whoever records waits
+/// for the store (backpressure, like the audit log's), so a flood of
+/// sessions cannot grow the queue without bound.
+const QUEUE: usize = 65_536;
+/// Most ledger entries the store thread writes in one transaction.
+const BATCH: usize = 4096;
 
 impl Records {
     /// Starts the store thread and opens the store in it.
@@ -256,7 +265,7 @@ impl Records {
             StoreSource::Url(u) => ahv_store::redact(u),
             StoreSource::Store(s) => s.backend().to_string(),
         };
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
         let (opened_tx, opened_rx) = channel::<Result<&'static str, String>>();
         let thread = std::thread::Builder::new()
             .name("ahv-liability-store".into())
@@ -284,9 +293,9 @@ impl Records {
     }
 
     fn send(&self, job: Job) -> bool {
-        lock(&self.tx)
-            .as_ref()
-            .is_some_and(|tx| tx.send(job).is_ok())
+        // Sent outside the lock: a full queue blocks only this sender.
+        let tx = lock(&self.tx).clone();
+        tx.is_some_and(|tx| tx.send(job).is_ok())
     }
 
     fn write(&self, w: Write) {
@@ -305,36 +314,6 @@ impl Records {
         match rx.await {
             Ok(None) => Ok(()),
             Ok(Some(e)) => Err(HypervisorError::Ledger(e)),
-            Err(_) => Err(self.closed()),
-        }
-    }
-
-    async fn assess(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Job::Assess(agent.clone(), tx)) {
-            return Err(self.closed());
-        }
-        match rx.await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(HypervisorError::Ledger(format!(
-                "assessing {agent} in {}: {e}",
-                self.url
-            ))),
-            Err(_) => Err(self.closed()),
-        }
-    }
-
-    async fn entries(&self, agent: &AgentId) -> Result<Vec<LedgerEntry>, HypervisorError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Job::Entries(agent.clone(), tx)) {
-            return Err(self.closed());
-        }
-        match rx.await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(HypervisorError::Ledger(format!(
-                "reading the entries of {agent} in {}: {e}",
-                self.url
-            ))),
             Err(_) => Err(self.closed()),
         }
     }
@@ -427,38 +406,133 @@ fn store_thread(
         }
     };
     let mut first_error: Option<String> = None;
+    let mut entries: Vec<LedgerEntry> = Vec::new();
     while let Ok(job) = rx.recv() {
-        match job {
-            Job::Write(w) => {
-                let (what, result) = match w {
-                    Write::Entry(e) => {
-                        let what = format!("ledger entry for {}", e.agent);
-                        (what, rt.block_on(store.append_entry(e)))
+        // Whatever else is queued goes with it: consecutive ledger entries
+        // are stored in one transaction (one sync), in order.
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(Write::Entry(e)) => entries.push(e),
+                other => {
+                    store_entries(&rt, &store, &mut entries, &mut first_error);
+                    match other {
+                        Job::Write(Write::Entry(_)) => {}
+                        Job::Write(Write::Vouch(v)) => {
+                            let what = format!("vouch {} of session {}", v.id, v.session);
+                            if let Err(e) = rt.block_on(store.put_vouch(v)) {
+                                failed(&mut first_error, what, e);
+                            }
+                        }
+                        Job::Write(Write::Quarantine(q)) => {
+                            let what = format!("quarantine of {} in {}", q.agent, q.session);
+                            if let Err(e) = rt.block_on(store.put_quarantine(q)) {
+                                failed(&mut first_error, what, e);
+                            }
+                        }
+                        Job::Entries(agent, reply) => {
+                            let _ = reply.send(rt.block_on(store.entries_for(&agent)));
+                        }
+                        Job::Flush(reply) => {
+                            let _ = reply.send(first_error.take());
+                        }
                     }
-                    Write::Vouch(v) => {
-                        let what = format!("vouch {} of session {}", v.id, v.session);
-                        (what, rt.block_on(store.put_vouch(v)))
-                    }
-                    Write::Quarantine(q) => {
-                        let what = format!("quarantine of {} in {}", q.agent, q.session);
-                        (what, rt.block_on(store.put_quarantine(q)))
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "storing the {what}");
-                    first_error.get_or_insert_with(|| format!("storing the {what}: {e}"));
                 }
             }
-            Job::Assess(agent, reply) => {
-                let _ = reply.send(rt.block_on(store.assess(&agent)));
+            if entries.len() >= BATCH {
+                store_entries(&rt, &store, &mut entries, &mut first_error);
             }
-            Job::Entries(agent, reply) => {
-                let _ = reply.send(rt.block_on(store.entries_for(&agent)));
-            }
-            Job::Flush(reply) => {
-                let _ = reply.send(first_error.take());
+            next = rx.try_recv().ok();
+        }
+        store_entries(&rt, &store, &mut entries, &mut first_error);
+    }
+}
+
+/// Logs a write the store refused and keeps the first such error for the
+/// next flush to report.
+fn failed(first: &mut Option<String>, what: String, e: StoreError) {
+    tracing::error!(error = %e, "storing the {what}");
+    first.get_or_insert_with(|| format!("storing the {what}: {e}"));
+}
+
+/// Stores the batched ledger entries (one transaction) and empties the batch.
+fn store_entries(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn TrustStore>,
+    entries: &mut Vec<LedgerEntry>,
+    first_error: &mut Option<String>,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(entries);
+    let what = match batch.as_slice() {
+        [one] => format!("ledger entry for {}", one.agent),
+        many => format!("{} ledger entries", many.len()),
+    };
+    if let Err(e) = rt.block_on(store.append_entries(batch)) {
+        failed(first_error, what, e);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What admission knows of the ledger.
+
+/// Most agents whose ledger admission keeps in memory.
+const MAX_CACHED: usize = 65_536;
+/// Most entries kept per agent between two reads of the store.
+const MAX_LOCAL: usize = 1024;
+
+/// One agent's ledger as admission knows it: what the store held at its
+/// last read, and the entries this process queued since (by sequence
+/// number, so that a read which already includes them drops them).
+#[derive(Default)]
+struct Known {
+    /// Distinguishes this slot from a later one for the same agent: a read
+    /// started for an evicted slot is not installed in its successor.
+    generation: u64,
+    /// The store's entries at the last read, and when it was (clock time).
+    stored: Option<(Vec<EntryKind>, Duration)>,
+    /// Entries queued by this process, with their sequence numbers.
+    local: Vec<(u64, EntryKind)>,
+}
+
+impl Known {
+    fn risk(&self) -> Option<f64> {
+        let (stored, _) = self.stored.as_ref()?;
+        let raw: f64 = stored
+            .iter()
+            .chain(self.local.iter().map(|(_, k)| k))
+            .map(|k| k.risk_contribution())
+            .sum();
+        Some(raw.clamp(0.0, 1.0))
+    }
+}
+
+/// Admission's view of the ledger: read-your-writes for this process, the
+/// store re-read at most every `ledger_refresh` for other processes' entries.
+#[derive(Default)]
+pub(crate) struct LedgerCache {
+    known: HashMap<AgentId, Known>,
+    /// Sequence number of the last entry queued.
+    seq: u64,
+    generations: u64,
+}
+
+impl LedgerCache {
+    fn slot(&mut self, agent: &AgentId) -> &mut Known {
+        if !self.known.contains_key(agent) && self.known.len() >= MAX_CACHED {
+            // Any slot may go: a later join reads the store again.
+            if let Some(victim) = self.known.keys().next().cloned() {
+                self.known.remove(&victim);
             }
         }
+        self.generations += 1;
+        let generation = self.generations;
+        self.known.entry(agent.clone()).or_insert_with(|| Known {
+            generation,
+            ..Known::default()
+        })
     }
 }
 
@@ -489,13 +563,60 @@ impl Hypervisor {
         &self.inner.liability.policy
     }
 
-    /// Appends a ledger entry (queued, in order; see [`Hypervisor::flush_liability`]).
+    /// Appends a ledger entry (queued, in order; see [`Hypervisor::flush_liability`]);
+    /// admission in this process counts it at once.
     pub(crate) fn book(&self, agent: &AgentId, kind: EntryKind) {
+        let mut cache = lock(&self.inner.liability.cache);
+        cache.seq += 1;
+        let seq = cache.seq;
+        let slot = cache.slot(agent);
+        if slot.local.len() >= MAX_LOCAL {
+            // Too much unread: forget the slot; the next join reads the
+            // store, which has these entries by then (the queue is ordered).
+            cache.known.remove(agent);
+        } else {
+            slot.local.push((seq, kind));
+        }
+        // Queued under the cache lock, so queue order is sequence order.
         self.records().write(Write::Entry(LedgerEntry {
             agent: agent.clone(),
             kind,
             at: wall_now(),
         }));
+    }
+
+    /// Reads `agent`'s entries from the store (after everything queued so
+    /// far) and makes that admission's view of it.
+    async fn refresh(&self, agent: &AgentId) -> Result<Vec<LedgerEntry>, HypervisorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (generation, upto) = {
+            let mut cache = lock(&self.inner.liability.cache);
+            let upto = cache.seq;
+            let generation = cache.slot(agent).generation;
+            if !self.records().send(Job::Entries(agent.clone(), tx)) {
+                return Err(self.records().closed());
+            }
+            (generation, upto)
+        };
+        let entries = match rx.await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                return Err(HypervisorError::Ledger(format!(
+                    "reading the entries of {agent} in {}: {e}",
+                    self.records().url
+                )));
+            }
+            Err(_) => return Err(self.records().closed()),
+        };
+        let now = self.inner.clock.now();
+        let mut cache = lock(&self.inner.liability.cache);
+        if let Some(slot) = cache.known.get_mut(agent)
+            && slot.generation == generation
+        {
+            slot.stored = Some((entries.iter().map(|e| e.kind).collect(), now));
+            slot.local.retain(|(seq, _)| *seq > upto);
+        }
+        Ok(entries)
     }
 
     /// Marks `agent` as having something against it in `session`.
@@ -517,16 +638,44 @@ impl Hypervisor {
         self.records().backend()
     }
 
-    /// `agent`'s risk and admission decision from the ledger (after every
-    /// record made so far is stored).
+    /// `agent`'s risk and admission decision, read from the store now
+    /// (with every record this process made so far).
     ///
     /// # Errors
     /// [`HypervisorError::Ledger`] if the store cannot be read.
     pub async fn assess(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
-        if let Err(e) = self.flush_liability().await {
-            tracing::error!(error = %e, "a liability record was not stored");
+        let risk = ahv_trust::risk_score(&self.refresh(agent).await?);
+        Ok(Assessment {
+            risk,
+            admission: Admission::for_risk(risk),
+        })
+    }
+
+    /// What admission knows of `agent`: from memory when the store was read
+    /// less than `ledger_refresh` ago, else from the store.
+    async fn known_risk(&self, agent: &AgentId) -> Result<f64, HypervisorError> {
+        let refresh = self.policy().ledger_refresh;
+        if !refresh.is_zero() {
+            let now = self.inner.clock.now();
+            let cache = lock(&self.inner.liability.cache);
+            if let Some(slot) = cache.known.get(agent)
+                && let Some((_, at)) = &slot.stored
+                && now.saturating_sub(*at) < refresh
+                && let Some(risk) = slot.risk()
+            {
+                return Ok(risk);
+            }
         }
-        self.records().assess(agent).await
+        self.refresh(agent).await?;
+        let known = lock(&self.inner.liability.cache)
+            .known
+            .get(agent)
+            .and_then(Known::risk);
+        match known {
+            Some(risk) => Ok(risk),
+            // Evicted meanwhile (a flood of other agents): read it directly.
+            None => Ok(self.assess(agent).await?.risk),
+        }
     }
 
     /// `agent`'s ledger entries in the order they were made (after every
@@ -538,16 +687,17 @@ impl Hypervisor {
         &self,
         agent: &AgentId,
     ) -> Result<Vec<LedgerEntry>, HypervisorError> {
-        if let Err(e) = self.flush_liability().await {
-            tracing::error!(error = %e, "a liability record was not stored");
-        }
-        self.records().entries(agent).await
+        self.refresh(agent).await
     }
 
     /// Admission at join: the ledger's decision for `agent`. A store that
     /// cannot be read refuses the join (fail closed).
     pub(crate) async fn admission(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
-        let a = self.assess(agent).await?;
+        let risk = self.known_risk(agent).await?;
+        let a = Assessment {
+            risk,
+            admission: Admission::for_risk(risk),
+        };
         if a.admission == Admission::Deny {
             return Err(HypervisorError::AdmissionDenied {
                 agent: agent.clone(),
@@ -1140,4 +1290,6 @@ impl Hypervisor {
 pub(crate) struct Liability {
     pub(crate) policy: LiabilityPolicy,
     pub(crate) records: Records,
+    /// What admission knows of the ledger.
+    pub(crate) cache: Mutex<LedgerCache>,
 }

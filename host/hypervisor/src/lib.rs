@@ -793,6 +793,7 @@ impl HypervisorBuilder {
             liability: liability::Liability {
                 policy: self.liability,
                 records,
+                cache: Mutex::default(),
             },
             security: Security {
                 rate,

@@ -93,6 +93,22 @@ pub trait TrustStore: Send + Sync + std::fmt::Debug {
     /// connection, migration or query error.
     fn append_entry(&self, entry: LedgerEntry) -> StoreFuture<'_, ()>;
 
+    /// Appends several entries, in order, all or none where the backend
+    /// has transactions (one commit, one sync for the lot). The default
+    /// appends them one by one.
+    ///
+    /// # Errors
+    /// As [`TrustStore::append_entry`]; on an error none of the entries
+    /// is stored by a transactional backend.
+    fn append_entries(&self, entries: Vec<LedgerEntry>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            for e in entries {
+                self.append_entry(e).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// `agent`'s entries in append order (empty if unknown).
     ///
     /// # Errors

@@ -330,6 +330,39 @@ impl TrustStore for SqlStore {
         })
     }
 
+    fn append_entries(&self, entries: Vec<LedgerEntry>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Checked before anything is written: all or none.
+            let mut rows = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let entry = normalize_entry(entry)?;
+                let (kind, severity) = kind_columns(entry.kind);
+                let at = micros(LEDGER, "at_us", entry.at)?;
+                rows.push((entry.agent, kind, severity, at));
+            }
+            let pool = self.pool().await?;
+            let failed = |what: &'static str| self.query_failed(what, subject(None));
+            let mut tx = pool
+                .begin()
+                .await
+                .map_err(failed("begin a batch of ledger entries"))?;
+            for (agent, kind, severity, at) in &rows {
+                sqlx::query(INSERT_ENTRY)
+                    .bind(agent.as_str())
+                    .bind(*kind)
+                    .bind(*severity)
+                    .bind(*at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.query_failed("append a ledger entry", subject(Some(agent))))?;
+            }
+            tx.commit()
+                .await
+                .map_err(failed("commit a batch of ledger entries"))?;
+            Ok(())
+        })
+    }
+
     fn entries_for<'a>(&'a self, agent: &'a AgentId) -> StoreFuture<'a, Vec<LedgerEntry>> {
         Box::pin(async move {
             let pool = self.pool().await?;
