@@ -556,3 +556,161 @@ async fn another_processs_slashes_count_at_join_once_the_ledger_refresh_has_pass
         Err(HypervisorError::AdmissionDenied { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_guest_on_probation_cannot_ask_its_way_out_of_ring_3() {
+    let h = Hv::new();
+    slash_n(&h, "did:test:p", 2).await;
+    let s = h.session();
+    // σ 0.9 would earn ring 2 and qualify for an elevation to it; probation caps it.
+    assert_eq!(
+        h.join(&s, "did:test:p", 0.9, ahv_agents::SCRIPTED).await,
+        Ring::Sandbox
+    );
+    h.hv.activate_session(&s).unwrap();
+    let out = h
+        .script(&s, "did:test:p", "elevate 2 60 let me out\nring")
+        .await;
+    err(&out, "elevate 2 60 let me out", "denied");
+    assert_eq!(ok(&out, "ring"), "3");
+    let denied = events(&h, &s, EventKind::RingElevationDenied);
+    assert!(
+        matches!(&denied[..], [EventPayload::RingElevationDenied { reason, .. }] if reason.contains("capped")),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_or_quarantined_agent_cannot_come_back_by_leaving_and_rejoining() {
+    let h = Hv::new();
+    let s = h.session();
+    for a in ["did:test:k", "did:test:q"] {
+        h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+    }
+    h.hv.activate_session(&s).unwrap();
+    h.hv.kill_agent(&s, &id("did:test:k"), "manual").unwrap();
+    h.hv.quarantine(
+        &s,
+        &id("did:test:q"),
+        QuarantineReason::Manual,
+        "review",
+        Some(Duration::from_secs(300)),
+    )
+    .unwrap();
+    h.hv.leave_session(&s, &id("did:test:q")).unwrap();
+    for a in ["did:test:k", "did:test:q"] {
+        let c = h.hv.load(ahv_agents::SCRIPTED).unwrap();
+        let e =
+            h.hv.join_session(&s, JoinRequest::new(id(a), 0.8).component(c))
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("may not join it again"), "{a}: {e}");
+    }
+    // The kill is in the ledger as the heaviest quarantine.
+    let k = h.hv.ledger_entries(&id("did:test:k")).await.unwrap();
+    assert!(
+        k.iter()
+            .any(|e| matches!(e.kind, EntryKind::Quarantine { severity } if severity.get() == 1.0)),
+        "{k:?}"
+    );
+}
+
+#[tokio::test]
+async fn leaving_earns_no_clean_session_credit_and_credit_cannot_be_banked() {
+    let h = Hv::new();
+    // Joining and leaving forty times earns nothing.
+    for _ in 0..40 {
+        let s = h.session();
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:farmer"), 0.8))
+            .await
+            .unwrap();
+        h.hv.leave_session(&s, &id("did:test:farmer")).unwrap();
+    }
+    assert!(
+        h.hv.ledger_entries(&id("did:test:farmer"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Sessions that end with it in them do, but only against what came before.
+    for _ in 0..3 {
+        let s = h.session();
+        h.hv.join_session(&s, JoinRequest::new(id("did:test:farmer"), 0.8))
+            .await
+            .unwrap();
+        h.hv.terminate_session(&s).unwrap();
+    }
+    slash_n(&h, "did:test:farmer", 1).await;
+    let a = h.hv.assess(&id("did:test:farmer")).await.unwrap();
+    assert!(close(a.risk, 0.15), "{a:?}");
+}
+
+#[tokio::test]
+async fn an_agent_that_left_before_its_saga_escalated_is_still_slashed_in_the_ledger() {
+    let h = Hv::new();
+    let s = h.session();
+    for a in ["did:t:a", "did:t:b"] {
+        h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+    }
+    h.hv.activate_session(&s).unwrap();
+    // b commits a step, announces it, and the host lets b go before a's
+    // step fails.
+    let def = SagaDefinition::from_yaml(
+        "name: esc\nsteps:\n  - id: one\n    agent: did:t:b\n    action: w\n    execute: \"write shared/one.txt 1\\nput one-done 1\"\n    undo: fail cannot take it back\n  - id: two\n    agent: did:t:a\n    action: w\n    depends_on: [one]\n    timeout_secs: 120\n    execute: \"await b-gone\\nfail no\"\n",
+    )
+    .unwrap();
+    let hv = h.hv.clone();
+    let s2 = s.clone();
+    let run = tokio::spawn(async move { hv.run_saga(&s2, def).await });
+    wait_for_key(&h, &s, "one-done").await;
+    // Someone changes b's file after b's commit: b's step can no longer be
+    // undone (its own compensate cannot run either, once b is gone).
+    {
+        use ahv_governance::files::FileSpace;
+        let core = h.hv.session_core(&s).unwrap();
+        let host = id("did:test:host");
+        let who = ahv_governance::files::Caller::untraced(&host, Ring::Root);
+        core.read(who, "shared/one.txt").unwrap();
+        core.write(who, "shared/one.txt", b"changed since").unwrap();
+    }
+    h.hv.leave_session(&s, &id("did:t:b")).unwrap();
+    h.hv.session_core(&s)
+        .unwrap()
+        .state()
+        .put(&id("did:test:host"), "b-gone", b"1", 0)
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the saga did not finish within 120 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.state, SagaState::Escalated, "{report:?}");
+    let attributed: Vec<(String, f64)> =
+        h.hv.events()
+            .query(
+                &EventQuery::default()
+                    .session(s.clone())
+                    .kind(EventKind::LiabilityFaultAttributed),
+            )
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                EventPayload::LiabilityFaultAttributed { share, .. } => {
+                    Some((e.agent.unwrap().to_string(), share))
+                }
+                _ => None,
+            })
+            .collect();
+    let b_share = attributed
+        .iter()
+        .find(|(a, _)| a == "did:t:b")
+        .map(|(_, s)| *s)
+        .unwrap_or(0.0);
+    let b = h.hv.ledger_entries(&id("did:t:b")).await.unwrap();
+    // Its commit is the harm that remains: at least half the blame.
+    assert!(b_share >= 0.5, "{attributed:?}");
+    assert!(
+        b.iter().any(|e| matches!(e.kind, EntryKind::Slash { .. })),
+        "b carries {b_share} of the blame but was not slashed: {b:?}"
+    );
+}

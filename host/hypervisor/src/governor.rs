@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ahv_core::event::EventPayload;
 use ahv_core::standing::{Standing, Transition};
-use ahv_core::{AgentId, Capability, Ring, SessionId, TraceId, ring_for_score};
+use ahv_core::{AgentId, Capability, Ring, SessionId, TraceId};
 use ahv_governance::session::SessionError;
 use ahv_runtime::{
     AdminOp, ElevationAsk, ElevationGrant, Governor, GovernorFuture, ParticipantView, Refusal, Who,
@@ -303,7 +303,7 @@ impl Hypervisor {
     }
 
     /// Claims and reports the changes of `standing` that became due.
-    fn settle(&self, session: &SessionId, agent: &AgentId, standing: &Standing) {
+    pub(crate) fn settle(&self, session: &SessionId, agent: &AgentId, standing: &Standing) {
         let transitions = standing.check().transitions;
         if !transitions.is_empty() {
             let trace = self.inner.runtime.new_trace_id();
@@ -352,6 +352,13 @@ impl Hypervisor {
             return Err(deny(format!(
                 "refused for another {} s: the host took privilege away (a demotion, a revoke or a breach)",
                 left.as_secs().max(1)
+            )));
+        }
+        if let Some(cap) = self.ceiling(&entry, who.agent)
+            && ask.ring.number() < cap.number()
+        {
+            return Err(deny(format!(
+                "the agent is capped at {cap} in this session (probation, a parent's ring, a breach or an operator's demotion)"
             )));
         }
         let now_unix = unix_now();
@@ -626,7 +633,8 @@ impl Hypervisor {
     ) -> Result<Ring, HypervisorError> {
         let entry = self.entry(session)?;
         lock(&entry.gov).set_sigma(agent, sigma)?;
-        let earned = ring_for_score(sigma, false).map_err(SessionError::from)?;
+        // Judged by the effective score (σ plus its vouchers' bonds).
+        let (earned, _) = self.earned_ring(&entry, agent)?;
         // An elevation granted on a trust the agent no longer has ends now.
         let standing = self.standing(session, agent)?;
         if let Some((elevated, _)) = standing.elevation()

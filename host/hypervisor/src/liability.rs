@@ -27,6 +27,7 @@
 //! [`Hypervisor::flush_liability`] waits until every write so far is stored.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -139,8 +140,16 @@ pub struct SlashOutcome {
 pub(crate) struct SessionLiability {
     book: VouchBook,
     quarantine: Quarantine,
-    /// The most privileged ring an agent's effective score may lift it to.
+    /// Caps: the most privileged ring an agent may hold by its score or ask
+    /// for by elevation (probation, a child's assigned ring, a breach's or an
+    /// operator's demotion). No entry: no cap (a score earns ring 2 at most).
     ceilings: HashMap<AgentId, Ring>,
+    /// Agents killed in this session: they may not join it again.
+    killed: HashSet<AgentId>,
+    /// Wall time each active vouch was made (for its stored row).
+    vouched_at: HashMap<VouchId, Duration>,
+    /// Wall time each live quarantine record started (its stored row's key).
+    quarantined_at: HashMap<AgentId, Duration>,
     /// Agents with something against them in this session (no clean-session credit).
     marked: HashSet<AgentId>,
     /// Agents whose current rate-limit streak was already booked as a flood.
@@ -153,6 +162,9 @@ impl SessionLiability {
             book: VouchBook::new(),
             quarantine: Quarantine::new(clock),
             ceilings: HashMap::new(),
+            killed: HashSet::new(),
+            vouched_at: HashMap::new(),
+            quarantined_at: HashMap::new(),
             marked: HashSet::new(),
             flooded: HashSet::new(),
         }
@@ -241,6 +253,9 @@ pub(crate) enum StoreSource {
 /// The store, owned by one thread with its own runtime; writes are queued
 /// in order, reads and flushes answer on a oneshot channel.
 pub(crate) struct Records {
+    /// Set when a write was lost after its retries; admission then refuses
+    /// joins until [`Hypervisor::flush_liability`] reports it.
+    lost: Arc<AtomicBool>,
     tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
@@ -257,6 +272,8 @@ const FLUSH_WAIT: Duration = Duration::from_secs(60);
 const QUEUE: usize = 65_536;
 /// Most ledger entries the store thread writes in one transaction.
 const BATCH: usize = 4096;
+/// How long a read or a flush waits for the store thread.
+const STORE_WAIT: Duration = Duration::from_secs(60);
 
 impl Records {
     /// Starts the store thread and opens the store in it.
@@ -266,10 +283,14 @@ impl Records {
             StoreSource::Store(s) => s.backend().to_string(),
         };
         let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let lost = Arc::new(AtomicBool::new(false));
         let (opened_tx, opened_rx) = channel::<Result<&'static str, String>>();
         let thread = std::thread::Builder::new()
             .name("ahv-liability-store".into())
-            .spawn(move || store_thread(source, rx, opened_tx))
+            .spawn({
+                let lost = lost.clone();
+                move || store_thread(source, lost, rx, opened_tx)
+            })
             .map_err(|e| HypervisorError::Setup(format!("liability store thread: {e}")))?;
         let backend = match opened_rx.recv_timeout(OPEN_WAIT) {
             Ok(Ok(b)) => b,
@@ -285,6 +306,7 @@ impl Records {
             }
         };
         Ok(Records {
+            lost,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             backend,
@@ -311,11 +333,23 @@ impl Records {
         if !self.send(Job::Flush(tx)) {
             return Err(self.closed());
         }
-        match rx.await {
-            Ok(None) => Ok(()),
-            Ok(Some(e)) => Err(HypervisorError::Ledger(e)),
-            Err(_) => Err(self.closed()),
+        match tokio::time::timeout(STORE_WAIT, rx).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(e))) => {
+                // Reported: joins are admitted again.
+                self.lost.store(false, Ordering::SeqCst);
+                Err(HypervisorError::Ledger(e))
+            }
+            Ok(Err(_)) => Err(self.closed()),
+            Err(_) => Err(self.timed_out("flushing")),
         }
+    }
+
+    fn timed_out(&self, what: &str) -> HypervisorError {
+        HypervisorError::Ledger(format!(
+            "{what}: the liability store {} did not answer within {STORE_WAIT:?}",
+            self.url
+        ))
     }
 
     fn closed(&self) -> HypervisorError {
@@ -375,6 +409,7 @@ impl Drop for Records {
 
 fn store_thread(
     source: StoreSource,
+    lost: Arc<AtomicBool>,
     rx: Receiver<Job>,
     opened: Sender<Result<&'static str, String>>,
 ) {
@@ -415,19 +450,27 @@ fn store_thread(
             match job {
                 Job::Write(Write::Entry(e)) => entries.push(e),
                 other => {
-                    store_entries(&rt, &store, &mut entries, &mut first_error);
+                    store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
                     match other {
                         Job::Write(Write::Entry(_)) => {}
                         Job::Write(Write::Vouch(v)) => {
                             let what = format!("vouch {} of session {}", v.id, v.session);
-                            if let Err(e) = rt.block_on(store.put_vouch(v)) {
-                                failed(&mut first_error, what, e);
+                            let result = with_retries(&rt, || {
+                                let (store, v) = (store.clone(), v.clone());
+                                Box::pin(async move { store.put_vouch(v).await })
+                            });
+                            if let Err(e) = result {
+                                failed(&mut first_error, &lost, what, e);
                             }
                         }
                         Job::Write(Write::Quarantine(q)) => {
                             let what = format!("quarantine of {} in {}", q.agent, q.session);
-                            if let Err(e) = rt.block_on(store.put_quarantine(q)) {
-                                failed(&mut first_error, what, e);
+                            let result = with_retries(&rt, || {
+                                let (store, q) = (store.clone(), q.clone());
+                                Box::pin(async move { store.put_quarantine(q).await })
+                            });
+                            if let Err(e) = result {
+                                failed(&mut first_error, &lost, what, e);
                             }
                         }
                         Job::Entries(agent, reply) => {
@@ -440,19 +483,48 @@ fn store_thread(
                 }
             }
             if entries.len() >= BATCH {
-                store_entries(&rt, &store, &mut entries, &mut first_error);
+                store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
             }
             next = rx.try_recv().ok();
         }
-        store_entries(&rt, &store, &mut entries, &mut first_error);
+        store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
     }
 }
 
 /// Logs a write the store refused and keeps the first such error for the
 /// next flush to report.
-fn failed(first: &mut Option<String>, what: String, e: StoreError) {
-    tracing::error!(error = %e, "storing the {what}");
+fn failed(first: &mut Option<String>, lost: &AtomicBool, what: String, e: StoreError) {
+    lost.store(true, Ordering::SeqCst);
+    tracing::error!(error = %e, "storing the {what}: lost after {} attempts", RETRIES.len() + 1);
     first.get_or_insert_with(|| format!("storing the {what}: {e}"));
+}
+
+/// Pauses before the retries of a write the store refused (a restarting
+/// database, a busy SQLite file).
+const RETRIES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+];
+
+/// Runs a store write, retrying after the [`RETRIES`] pauses.
+fn with_retries(
+    rt: &tokio::runtime::Runtime,
+    mut attempt: impl FnMut() -> ahv_store::StoreFuture<'static, ()>,
+) -> Result<(), StoreError> {
+    let mut pauses = RETRIES.iter();
+    loop {
+        match rt.block_on(attempt()) {
+            Ok(()) => return Ok(()),
+            Err(e) => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!(error = %e, "a liability store write failed; retrying in {pause:?}");
+                    std::thread::sleep(*pause);
+                }
+                None => return Err(e),
+            },
+        }
+    }
 }
 
 /// Stores the batched ledger entries (one transaction) and empties the batch.
@@ -461,6 +533,7 @@ fn store_entries(
     store: &Arc<dyn TrustStore>,
     entries: &mut Vec<LedgerEntry>,
     first_error: &mut Option<String>,
+    lost: &AtomicBool,
 ) {
     if entries.is_empty() {
         return;
@@ -470,8 +543,12 @@ fn store_entries(
         [one] => format!("ledger entry for {}", one.agent),
         many => format!("{} ledger entries", many.len()),
     };
-    if let Err(e) = rt.block_on(store.append_entries(batch)) {
-        failed(first_error, what, e);
+    let result = with_retries(rt, || {
+        let (store, batch) = (store.clone(), batch.clone());
+        Box::pin(async move { store.append_entries(batch).await })
+    });
+    if let Err(e) = result {
+        failed(first_error, lost, what, e);
     }
 }
 
@@ -500,12 +577,12 @@ struct Known {
 impl Known {
     fn risk(&self) -> Option<f64> {
         let (stored, _) = self.stored.as_ref()?;
-        let raw: f64 = stored
-            .iter()
-            .chain(self.local.iter().map(|(_, k)| k))
-            .map(|k| k.risk_contribution())
-            .sum();
-        Some(raw.clamp(0.0, 1.0))
+        Some(ahv_trust::risk_of_kinds(
+            stored
+                .iter()
+                .copied()
+                .chain(self.local.iter().map(|(_, k)| *k)),
+        ))
     }
 }
 
@@ -539,7 +616,16 @@ impl LedgerCache {
 // ---------------------------------------------------------------------------
 // The hypervisor's liability operations.
 
-fn vouch_row(v: &Vouch) -> VouchRow {
+/// Which way an agent's effective score moved: a rise may only lift its
+/// ring (up to its cap), a fall may only demote it. A score alone never
+/// earns ring 1, so re-judging a ring 1 agent after a vouch must not demote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    Rose,
+    Fell,
+}
+
+fn vouch_row(v: &Vouch, created_at: Duration) -> VouchRow {
     VouchRow {
         session: v.session.clone(),
         id: v.id.0,
@@ -548,7 +634,7 @@ fn vouch_row(v: &Vouch) -> VouchRow {
         voucher_sigma: v.voucher_sigma,
         pct: v.pct,
         bond: v.bond,
-        created_at: wall_now(),
+        created_at,
         released_at: None,
         released_because: None,
     }
@@ -598,15 +684,20 @@ impl Hypervisor {
             }
             (generation, upto)
         };
-        let entries = match rx.await {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
+        let entries = match tokio::time::timeout(STORE_WAIT, rx).await {
+            Ok(Ok(Ok(e))) => e,
+            Ok(Ok(Err(e))) => {
                 return Err(HypervisorError::Ledger(format!(
                     "reading the entries of {agent} in {}: {e}",
                     self.records().url
                 )));
             }
-            Err(_) => return Err(self.records().closed()),
+            Ok(Err(_)) => return Err(self.records().closed()),
+            Err(_) => {
+                return Err(self
+                    .records()
+                    .timed_out(&format!("reading the entries of {agent}")));
+            }
         };
         let now = self.inner.clock.now();
         let mut cache = lock(&self.inner.liability.cache);
@@ -693,6 +784,13 @@ impl Hypervisor {
     /// Admission at join: the ledger's decision for `agent`. A store that
     /// cannot be read refuses the join (fail closed).
     pub(crate) async fn admission(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
+        if self.records().lost.load(Ordering::SeqCst) {
+            return Err(HypervisorError::Ledger(format!(
+                "a liability record could not be stored in {}; joins are refused until \
+                 flush_liability reports it (admission fails closed)",
+                self.records().url
+            )));
+        }
         let risk = self.known_risk(agent).await?;
         let a = Assessment {
             risk,
@@ -707,13 +805,10 @@ impl Hypervisor {
         Ok(a)
     }
 
-    /// Records the ring an agent's effective score may lift it to at most.
-    pub(crate) fn set_ceiling(&self, entry: &SessionEntry, agent: &AgentId, ring: Ring) {
-        lock(&entry.liability).ceilings.insert(agent.clone(), ring);
-    }
-
-    /// Lowers an agent's ceiling to `ring` (a breach, a cap, an operator's
-    /// demotion): a later vouch does not undo it.
+    /// Caps `agent`'s ring at `ring` (a probation, a child's assigned ring,
+    /// a breach, an operator's demotion): neither a vouch nor an elevation
+    /// request takes it above. A cap only ever comes down; it outlives a
+    /// leave and a rejoin of the same session.
     pub(crate) fn lower_ceiling(&self, entry: &SessionEntry, agent: &AgentId, ring: Ring) {
         let mut l = lock(&entry.liability);
         let c = l.ceilings.entry(agent.clone()).or_insert(ring);
@@ -722,14 +817,57 @@ impl Hypervisor {
         }
     }
 
-    /// Forgets a participant that left: its vouches (both ways) end.
+    /// `agent`'s cap in `entry`'s session, if any.
+    pub(crate) fn ceiling(&self, entry: &SessionEntry, agent: &AgentId) -> Option<Ring> {
+        lock(&entry.liability).ceilings.get(agent).copied()
+    }
+
+    /// Refuses a join of an agent that was killed in the session, or that
+    /// is quarantined there (it left while held).
+    pub(crate) fn may_rejoin(
+        &self,
+        entry: &SessionEntry,
+        agent: &AgentId,
+    ) -> Result<(), HypervisorError> {
+        let l = lock(&entry.liability);
+        if l.killed.contains(agent) {
+            return Err(HypervisorError::Liability(format!(
+                "agent {agent} was killed in session {}: it may not join it again",
+                entry.core.id()
+            )));
+        }
+        if l.quarantine.is_quarantined(agent) {
+            return Err(HypervisorError::Liability(format!(
+                "agent {agent} is quarantined in session {}: it may not join it again until released",
+                entry.core.id()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A kill: the agent may not rejoin the session, and the ledger books it
+    /// as the heaviest quarantine (a kill is a quarantine that does not end).
+    pub(crate) fn killed(&self, entry: &SessionEntry, agent: &AgentId) {
+        {
+            let mut l = lock(&entry.liability);
+            l.killed.insert(agent.clone());
+            l.marked.insert(agent.clone());
+        }
+        self.book(
+            agent,
+            EntryKind::Quarantine {
+                severity: Severity::FULL,
+            },
+        );
+    }
+
+    /// A participant left: its vouches (both ways) end. Its cap and a
+    /// quarantine record stay (a rejoin finds them).
     pub(crate) fn liability_left(&self, entry: &SessionEntry, agent: &AgentId) {
         let session = entry.core.id().clone();
         let released = {
             let mut l = lock(&entry.liability);
-            l.ceilings.remove(agent);
             l.flooded.remove(agent);
-            let _ = l.quarantine.release(agent);
             l.book.release_all_for(agent)
         };
         let vouchees: Vec<AgentId> = released
@@ -737,16 +875,26 @@ impl Hypervisor {
             .filter(|v| &v.vouchee != agent)
             .map(|v| v.vouchee.clone())
             .collect();
-        self.report_released(&session, &released, "left");
+        self.report_released(entry, &session, &released, "left");
         for v in vouchees {
-            let _ = self.apply_effective(entry, &v, "a voucher left");
+            let _ = self.apply_effective(entry, &v, "a voucher left", Moved::Fell);
         }
     }
 
     /// Emits `liability.vouch_released` and stores each released vouch.
-    fn report_released(&self, session: &SessionId, released: &[Vouch], reason: &str) {
+    fn report_released(
+        &self,
+        entry: &SessionEntry,
+        session: &SessionId,
+        released: &[Vouch],
+        reason: &str,
+    ) {
         let mut op = self.op();
         for v in released {
+            let created = lock(&entry.liability)
+                .vouched_at
+                .remove(&v.id)
+                .unwrap_or_else(wall_now);
             self.emit(
                 &mut op,
                 session,
@@ -757,7 +905,7 @@ impl Hypervisor {
                     reason: reason.to_string(),
                 },
             );
-            let mut row = vouch_row(v);
+            let mut row = vouch_row(v, created);
             row.released_at = Some(wall_now());
             row.released_because = Some(reason.to_string());
             self.records().write(Write::Vouch(row));
@@ -803,15 +951,35 @@ impl Hypervisor {
             .map_err(|e| HypervisorError::Liability(e.to_string()))
     }
 
-    /// Re-judges `agent`'s base ring from its effective score: demoted at
-    /// once if it earns less, lifted (up to its ceiling) if it earns more.
-    /// Ring 0 agents (an explicit grant) and killed agents are left alone.
-    /// Returns the base ring now.
+    /// The ring `agent`'s effective score earns: ring 3 below the session's
+    /// minimum, else by the score (ring 2 at most without consensus).
+    pub(crate) fn earned_ring(
+        &self,
+        entry: &SessionEntry,
+        agent: &AgentId,
+    ) -> Result<(Ring, f64), HypervisorError> {
+        let sigma = self.sigma_of(entry, agent)?;
+        let eff = self.effective_in(entry, agent, sigma)?;
+        let min = lock(&entry.gov).config().min_eff_score;
+        let earned = if eff < min {
+            Ring::Sandbox
+        } else {
+            ring_for_score(eff, false).map_err(SessionError::from)?
+        };
+        Ok((earned, eff))
+    }
+
+    /// Re-judges `agent`'s base ring after its effective score `moved`: a
+    /// rise lifts it to the ring the score earns (never above its cap), a
+    /// fall demotes it at once if it no longer earns its ring. Ring 0 agents
+    /// (an explicit grant) and killed agents are left alone. Returns the
+    /// base ring now.
     pub(crate) fn apply_effective(
         &self,
         entry: &SessionEntry,
         agent: &AgentId,
         why: &str,
+        moved: Moved,
     ) -> Result<Ring, HypervisorError> {
         let session = entry.core.id().clone();
         let standing = lock(&entry.standings).get(agent).cloned().ok_or_else(|| {
@@ -824,44 +992,45 @@ impl Hypervisor {
         if standing.is_killed() || base == Ring::Root {
             return Ok(base);
         }
-        let sigma = self.sigma_of(entry, agent)?;
-        let eff = self.effective_in(entry, agent, sigma)?;
-        let min = lock(&entry.gov).config().min_eff_score;
-        let earned = if eff < min {
-            Ring::Sandbox
-        } else {
-            ring_for_score(eff, false).map_err(SessionError::from)?
-        };
-        let ceiling = lock(&entry.liability)
-            .ceilings
-            .get(agent)
-            .copied()
-            .unwrap_or(Ring::Standard);
-        let target = if earned.number() < ceiling.number() {
-            ceiling
-        } else {
-            earned
-        };
+        let (earned, eff) = self.earned_ring(entry, agent)?;
         let reason = format!("effective trust {eff:.2} ({why})");
-        if target.number() > base.number() {
-            self.demote_by_trust(&session, agent, target, &reason)?;
-        } else if target.number() < base.number() {
-            standing
-                .set_base(target)
-                .map_err(|e| HypervisorError::Standing {
-                    agent: agent.clone(),
-                    message: e.to_string(),
-                })?;
-            lock(&entry.gov).set_ring(agent, target)?;
-            self.emit(
-                &mut self.op(),
-                &session,
-                Some(agent),
-                EventPayload::RingAssigned {
-                    ring: target,
-                    reason,
-                },
-            );
+        match moved {
+            Moved::Fell if earned.number() > base.number() => {
+                self.demote_by_trust(&session, agent, earned, &reason)?;
+            }
+            Moved::Rose => {
+                let cap = self.ceiling(entry, agent).unwrap_or(Ring::Standard);
+                let target = if earned.number() < cap.number() {
+                    cap
+                } else {
+                    earned
+                };
+                if target.number() < base.number() {
+                    standing
+                        .set_base(target)
+                        .map_err(|e| HypervisorError::Standing {
+                            agent: agent.clone(),
+                            message: e.to_string(),
+                        })?;
+                    lock(&entry.gov).set_ring(agent, target)?;
+                    self.emit(
+                        &mut self.op(),
+                        &session,
+                        Some(agent),
+                        EventPayload::RingAssigned {
+                            ring: target,
+                            reason,
+                        },
+                    );
+                    // A cap lowered meanwhile (a breach's re-admission) wins.
+                    if let Some(cap) = self.ceiling(entry, agent)
+                        && cap.number() > target.number()
+                    {
+                        self.demote_by_trust(&session, agent, cap, "capped while lifted")?;
+                    }
+                }
+            }
+            Moved::Fell => {}
         }
         Ok(standing.base())
     }
@@ -901,8 +1070,16 @@ impl Hypervisor {
                 .vouch(session, voucher, vouchee, voucher_sigma, pct)
                 .map_err(|e| HypervisorError::Liability(e.to_string()))?
         };
-        self.records().write(Write::Vouch(vouch_row(&vouch)));
-        let ring = self.apply_effective(&entry, vouchee, &format!("{} by {voucher}", vouch.id))?;
+        let created = wall_now();
+        lock(&entry.liability).vouched_at.insert(vouch.id, created);
+        self.records()
+            .write(Write::Vouch(vouch_row(&vouch, created)));
+        let ring = self.apply_effective(
+            &entry,
+            vouchee,
+            &format!("{} by {voucher}", vouch.id),
+            Moved::Rose,
+        )?;
         let effective = self.effective_trust(session, vouchee)?;
         self.emit(
             &mut self.op(),
@@ -941,9 +1118,14 @@ impl Hypervisor {
             .book
             .release(vouch)
             .map_err(|e| HypervisorError::Liability(e.to_string()))?;
-        self.report_released(session, std::slice::from_ref(&released), reason);
+        self.report_released(&entry, session, std::slice::from_ref(&released), reason);
         if lock(&entry.standings).contains_key(&released.vouchee) {
-            self.apply_effective(&entry, &released.vouchee, &format!("{vouch} released"))?;
+            self.apply_effective(
+                &entry,
+                &released.vouchee,
+                &format!("{vouch} released"),
+                Moved::Fell,
+            )?;
         }
         Ok(released)
     }
@@ -1028,14 +1210,14 @@ impl Hypervisor {
                 self.book(&c.agent, EntryKind::Slash { severity: sev });
             }
         }
-        self.report_released(session, &report.released, "slashed");
+        self.report_released(&entry, session, &report.released, "slashed");
         for c in &report.cascaded {
             let _ = self.quarantine(
                 session,
                 &c.agent,
                 QuarantineReason::CascadeSlash,
                 &format!("slash of {agent} cascaded {} hop(s): {reason}", c.hop),
-                None,
+                Some(ahv_trust::DEFAULT_QUARANTINE),
             );
         }
         let mut touched: Vec<AgentId> = report.changes.iter().map(|c| c.agent.clone()).collect();
@@ -1053,7 +1235,7 @@ impl Hypervisor {
                 self.demote_by_trust(session, &a, Ring::Sandbox, &format!("slashed: {reason}"))
                     .map(|_| Ring::Sandbox)
             } else {
-                self.apply_effective(&entry, &a, &format!("slash of {agent}"))
+                self.apply_effective(&entry, &a, &format!("slash of {agent}"), Moved::Fell)
             };
             if let Ok(r) = base {
                 rings.push((a, r));
@@ -1088,6 +1270,9 @@ impl Hypervisor {
                 message: "the agent was killed".into(),
             });
         }
+        // An earlier quarantine that ran out is over (and reported) before
+        // this one: this one is a new record, not its escalation.
+        self.settle(session, agent, &standing);
         let now = self.inner.clock.now();
         let (outcome, hold) = {
             let mut l = lock(&entry.liability);
@@ -1097,6 +1282,9 @@ impl Hypervisor {
                 .quarantine_for(agent, reason, d)
                 .map_err(|e| HypervisorError::Liability(e.to_string()))?;
             l.marked.insert(agent.clone());
+            if matches!(outcome, ahv_trust::QuarantineOutcome::Entered(_)) {
+                l.quarantined_at.insert(agent.clone(), wall_now());
+            }
             let hold = duration.map(|_| outcome.record().ends_at.saturating_sub(now));
             (outcome, hold)
         };
@@ -1131,48 +1319,64 @@ impl Hypervisor {
                 severity: severity(quarantine_severity(reason)),
             },
         );
-        self.store_quarantine(session, &record, hold.is_none(), None);
+        self.store_quarantine(&entry, &record, hold.is_none(), None);
         Ok(record)
     }
 
+    /// Stores `record`'s row, keyed by the wall time it started.
     fn store_quarantine(
         &self,
-        session: &SessionId,
+        entry: &SessionEntry,
         record: &QuarantineRecord,
         until_released: bool,
         released: Option<&str>,
     ) {
-        let now = self.inner.clock.now();
         let wall = wall_now();
-        // Clock times become wall times by their distance from now.
-        let to_wall = |t: Duration| -> Duration {
-            if t >= now {
-                wall.saturating_add(t - now)
+        let started = {
+            let mut l = lock(&entry.liability);
+            if released.is_some() {
+                l.quarantined_at.remove(&record.agent)
             } else {
-                wall.saturating_sub(now - t)
+                l.quarantined_at.get(&record.agent).copied()
             }
-        };
+        }
+        .unwrap_or(wall);
         self.records().write(Write::Quarantine(QuarantineRow {
-            session: session.clone(),
+            session: entry.core.id().clone(),
             agent: record.agent.clone(),
             reason: record.reason,
             last_reason: record.last_reason,
-            started_at: to_wall(record.started_at),
-            ends_at: (!until_released).then(|| to_wall(record.ends_at)),
+            started_at: started,
+            // Clock durations from the start, on the wall clock.
+            ends_at: (!until_released)
+                .then(|| started.saturating_add(record.ends_at.saturating_sub(record.started_at))),
             escalations: record.escalations,
             released_at: released.map(|_| wall),
             released_because: released.map(str::to_string),
         }));
     }
 
-    /// A quarantine ended (released or expired): its record is closed.
+    /// A quarantine ended (released, or expired) and its record is closed.
+    /// An expiry reported late closes only a record whose time ran out.
     pub(crate) fn quarantine_ended(&self, session: &SessionId, agent: &AgentId, why: &str) {
         let Ok(entry) = self.entry(session) else {
             return;
         };
-        let record = lock(&entry.liability).quarantine.release(agent).ok();
+        let now = self.inner.clock.now();
+        let record = {
+            let mut l = lock(&entry.liability);
+            let due = l
+                .quarantine
+                .get(agent)
+                .is_some_and(|r| why != "expired" || r.ends_at <= now);
+            if due {
+                l.quarantine.release(agent).ok()
+            } else {
+                None
+            }
+        };
         if let Some(record) = record {
-            self.store_quarantine(session, &record, false, Some(why));
+            self.store_quarantine(&entry, &record, false, Some(why));
         }
     }
 
@@ -1270,7 +1474,7 @@ impl Hypervisor {
             .iter()
             .filter(|s| s.share > 0.0 && s.share >= threshold - 1e-9)
         {
-            if let Err(e) = self.slash(
+            match self.slash(
                 session,
                 &share.agent,
                 None,
@@ -1280,7 +1484,23 @@ impl Hypervisor {
                     share.share
                 ),
             ) {
-                tracing::warn!(%saga, agent = %share.agent, error = %e, "slashing after an escalation");
+                Ok(_) => {}
+                // It left (or was killed) before the saga ended: there is no
+                // σ to cut here, but the ledger still books the slash.
+                Err(
+                    HypervisorError::Session(SessionError::NotAParticipant { .. })
+                    | HypervisorError::UnknownSession { .. },
+                ) => {
+                    self.book(
+                        &share.agent,
+                        EntryKind::Slash {
+                            severity: severity(share.share),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(%saga, agent = %share.agent, error = %e, "slashing after an escalation");
+                }
             }
         }
     }

@@ -1181,6 +1181,8 @@ impl Hypervisor {
             component,
             root_witness,
         } = request;
+        // Killed here, or quarantined here when it left: no way back in.
+        self.may_rejoin(&entry, &agent)?;
         // The ledger first: a denied agent takes no seat; one on probation
         // is held at ring 3 whatever its score, grant or parent.
         let assessment = self.admission(&agent).await?;
@@ -1202,14 +1204,11 @@ impl Hypervisor {
                 !was_strong && gov.config().consistency == Consistency::Strong,
             )
         };
-        // How far a vouch may lift it later: never above a probation, a
-        // grant or a parent's cap; ring 2 (the best a score earns) otherwise.
-        let ceiling = if probation || assigned.is_some() || root_witness.is_some() {
-            ring
-        } else {
-            Ring::Standard
-        };
-        self.set_ceiling(&entry, &agent, ceiling);
+        // Neither a vouch nor an elevation request takes it above a
+        // probation or its parent's cap.
+        if probation || assigned.is_some() {
+            self.lower_ceiling(&entry, &agent, ring);
+        }
         let standing = Standing::new(ring, self.inner.clock.clone());
         lock(&entry.standings).insert(agent.clone(), standing.clone());
         // Until the agent is in, a failed or cancelled join (the caller's
@@ -1413,7 +1412,9 @@ impl Hypervisor {
                 .into());
             }
         }
-        self.credit_clean(&entry, std::slice::from_ref(agent));
+        // No clean-session credit for leaving: only a session that ends
+        // with the agent still in it counts (no farming by join and leave).
+        lock(&entry.substitutes).remove(agent);
         self.remove(&mut self.op(), &entry, agent, "left");
         Ok(())
     }
@@ -1462,7 +1463,7 @@ impl Hypervisor {
         if let Some(standing) = lock(&entry.standings).get(agent) {
             standing.kill();
         }
-        self.mark(&entry, agent);
+        self.killed(&entry, agent);
         let mut op = self.op();
         entry.core.release_locks(agent, "killed", op.trace);
         self.emit(

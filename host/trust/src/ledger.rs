@@ -135,15 +135,20 @@ pub struct LedgerEntry {
     pub at: Duration,
 }
 
-/// The risk of an agent with these entries: the sum of
-/// [`EntryKind::risk_contribution`], clamped to [0, 1] once at the end (so the
-/// order of entries does not matter).
+/// The risk of an agent with these entries, in the order they were made:
+/// the running sum of [`EntryKind::risk_contribution`], never below 0 on the
+/// way (clean-session credits cannot be banked against later offences),
+/// clamped to 1 at the end.
 pub fn risk_score<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> f64 {
-    let raw: f64 = entries
+    risk_of_kinds(entries.into_iter().map(|e| e.kind))
+}
+
+/// [`risk_score`] of entry kinds in the order they were made.
+pub fn risk_of_kinds(kinds: impl IntoIterator<Item = EntryKind>) -> f64 {
+    kinds
         .into_iter()
-        .map(|e| e.kind.risk_contribution())
-        .sum();
-    raw.clamp(0.0, 1.0)
+        .fold(0.0_f64, |risk, k| (risk + k.risk_contribution()).max(0.0))
+        .min(1.0)
 }
 
 /// What admission does with an agent, by its risk.
@@ -289,7 +294,7 @@ mod tests {
     fn clean_sessions_lower_risk_but_not_below_zero() {
         let clean = entry(EntryKind::CleanSession);
         assert!(close(risk_score(&[slash(1.0), clean.clone()]), 0.10));
-        assert_eq!(risk_score(&[clean.clone(), clean.clone(), fault(0.2)]), 0.0);
+        assert_eq!(risk_score(&[fault(0.2), clean.clone(), clean.clone()]), 0.0);
         assert_eq!(risk_score(&[]), 0.0);
     }
 
@@ -300,11 +305,19 @@ mod tests {
     }
 
     #[test]
-    fn the_clamp_applies_to_the_sum_not_each_step() {
-        // Credit earned before the slash still counts against it.
+    fn clean_session_credit_cannot_be_banked_against_later_offences() {
+        // Forty empty sessions first would otherwise absorb thirteen slashes.
         let clean = entry(EntryKind::CleanSession);
-        let entries = [clean.clone(), clean, slash(1.0)];
+        let mut entries = vec![clean.clone(); 40];
+        entries.push(slash(1.0));
+        assert!(close(risk_score(&entries), 0.15));
+        // Credit after an offence does count.
+        let entries = [slash(1.0), clean.clone(), clean];
         assert!(close(risk_score(&entries), 0.05));
+        // Past 1 the sum is clamped at the end, so credits work off the excess first.
+        let mut many: Vec<LedgerEntry> = (0..8).map(|_| slash(1.0)).collect();
+        many.push(entry(EntryKind::CleanSession));
+        assert!(close(risk_score(&many), 1.0));
     }
 
     #[test]

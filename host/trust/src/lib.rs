@@ -82,7 +82,7 @@ pub use attribution::{
     ShapleyPolicy, Share, StepOutcome, TraceStep, attribute,
 };
 pub use ledger::{
-    Admission, Assessment, EntryKind, LedgerEntry, LedgerError, Severity, risk_score,
+    Admission, Assessment, EntryKind, LedgerEntry, LedgerError, Severity, risk_of_kinds, risk_score,
 };
 pub use quarantine::{
     DEFAULT_QUARANTINE, MAX_QUARANTINE, Quarantine, QuarantineError, QuarantineOutcome,
