@@ -1291,10 +1291,12 @@ async fn two_processes_on_one_postgresql_share_the_ledger_and_a_slash_in_one_ref
         .build()
         .unwrap();
     assert_eq!(hv.ledger_backend(), "postgres");
-    // This process: four slashes of did:ex:bad (risk 0.60: deny).
+    // This process: four slashes of did:ex:bad (risk 0.60: deny), one of
+    // did:ex:clean (0.15, which a clean session elsewhere will work off).
     for _ in 0..4 {
         slashed_once(&hv, "did:ex:bad").await;
     }
+    slashed_once(&hv, "did:ex:clean").await;
     hv.flush_liability().await.unwrap();
     let file = state.path().join("saga.yaml");
     std::fs::write(&file, LEDGER_SAGA).unwrap();

@@ -1421,10 +1421,20 @@ impl Hypervisor {
     }
 
     /// Credits a clean session to every participant with nothing against it.
+    /// Only where there is risk to work off: credits cannot be banked, so a
+    /// credit to an agent admission knows at risk 0 would change nothing
+    /// (and would grow its ledger with every session it ends).
     pub(crate) fn credit_clean(&self, entry: &SessionEntry, agents: &[AgentId]) {
         let marked = lock(&entry.liability).marked.clone();
         for a in agents.iter().filter(|a| !marked.contains(*a)) {
-            self.book(a, EntryKind::CleanSession);
+            let at_zero = lock(&self.inner.liability.cache)
+                .known
+                .get(a)
+                .and_then(Known::risk)
+                .is_some_and(|r| r <= 0.0);
+            if !at_zero {
+                self.book(a, EntryKind::CleanSession);
+            }
         }
     }
 
