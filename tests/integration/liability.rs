@@ -722,3 +722,46 @@ async fn an_agent_that_left_before_its_saga_escalated_is_still_slashed_in_the_le
         "b carries {b_share} of the blame but was not slashed: {b:?}"
     );
 }
+
+#[tokio::test]
+async fn a_vouch_does_not_lift_an_agent_a_breach_re_admitted_at_ring_3() {
+    use ahv_security::breach::{BreachAction, BreachPolicy, BreachRule, BreachTrigger};
+    let p = BreachPolicy::default()
+        .with_rule(
+            Ring::Standard,
+            BreachRule {
+                action: BreachAction::Readmit {
+                    ring: Ring::Sandbox,
+                },
+                trigger: BreachTrigger::EveryBreach,
+            },
+        )
+        .unwrap();
+    let h = Hv::with(move |b| b.breach_policy(p));
+    let s = h.session();
+    h.join(&s, "did:test:b", 0.7, ahv_agents::SCRIPTED).await;
+    h.join(&s, "did:test:backer", 0.9, ahv_agents::SCRIPTED)
+        .await;
+    h.hv.activate_session(&s).unwrap();
+    // A ring 2 agent calls an effect (ring 1): re-admitted at ring 3.
+    match h
+        .hv
+        .run_agent(&s, &id("did:test:b"), "effect notify.send hi")
+        .await
+    {
+        Err(HypervisorError::Agent(AgentError::Trapped {
+            cause: TrapCause::RingBreach(_),
+            ..
+        })) => {}
+        other => panic!("must breach, got {other:?}"),
+    }
+    assert_eq!(h.hv.ring(&s, &id("did:test:b")).unwrap(), Ring::Sandbox);
+    // σ 0.7 + 0.5 × 0.45 would earn ring 2; the breach's cap holds.
+    let r =
+        h.hv.vouch(&s, &id("did:test:backer"), &id("did:test:b"), Some(0.5))
+            .unwrap();
+    assert!(r.effective > 0.9, "{r:?}");
+    assert_eq!(r.ring, Ring::Sandbox, "{r:?}");
+    let out = h.script(&s, "did:test:b", "ring").await;
+    assert_eq!(ok(&out, "ring"), "3");
+}
