@@ -132,8 +132,9 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
         crate::session_demo::session_demo(&state, crate::default_cache_dir().as_deref()).await?;
 
     crate::saga_demo::saga_demo(&state, crate::default_cache_dir().as_deref()).await?;
+    crate::liability_demo::liability_demo(&state, crate::default_cache_dir().as_deref()).await?;
 
-    outln!("\nPart 3: a tour of single agents, useful and hostile, each in its ring")?;
+    outln!("\nPart 4: a tour of single agents, useful and hostile, each in its ring")?;
     outln!("Agent files live under {}", root.display())?;
 
     d.header("hello in ring 3 (sandbox): reads a file and answers")?;

@@ -12,6 +12,7 @@ mod demo;
 pub mod exit;
 mod inspect_cmd;
 mod ledger_cmd;
+mod liability_demo;
 mod out;
 mod policy_cmd;
 mod quota_files;
