@@ -48,7 +48,7 @@ fn contend(rt: &tokio::runtime::Runtime, n: u64, writer: fn(u64) -> bool) -> Dur
     // at once would lose.
     let counter = Arc::new(AtomicU64::new(0));
     let agents: Vec<AgentId> = (0..n)
-        .map(|i| AgentId::new(&format!("agent-{i}")).expect("a valid id"))
+        .map(|i| AgentId::new(format!("agent-{i}")).expect("a valid id"))
         .collect();
     let start = Instant::now();
     rt.block_on(async {
@@ -84,7 +84,11 @@ fn contend(rt: &tokio::runtime::Runtime, n: u64, writer: fn(u64) -> bool) -> Dur
     });
     let took = start.elapsed();
     let writers = (0..n).filter(|i| writer(*i)).count() as u64;
-    assert_eq!(counter.load(Ordering::Relaxed), writers * ROUNDS, "lost update");
+    assert_eq!(
+        counter.load(Ordering::Relaxed),
+        writers * ROUNDS,
+        "lost update"
+    );
     took
 }
 

@@ -8,20 +8,31 @@
 //! stronger.
 //!
 //! A conflicting request either fails at once ([`LockError::Conflict`], when
-//! the caller allows no wait) or waits. The wait-for graph has an edge
-//! `waiter → agent` for every holder in a waiter's way and every earlier
-//! waiter it queues behind; it is derived from the lock table whenever it is
-//! checked, so a release or a waiter giving up never leaves a stale edge. If
-//! a wait closes a cycle through the requester, its wait is withdrawn and it
-//! gets [`LockError::Deadlock`] naming the cycle (the others keep waiting, so
-//! one refusal breaks the cycle). Waiters wake whenever a lock is released or
-//! a waiter leaves the queue, try again (checking for a cycle again) and give
-//! up at their deadline with [`LockError::Timeout`]. Waiting uses tokio's clock, so paused-time tests
-//! never sleep.
+//! the caller allows no wait) or waits in the resource's FIFO queue. The
+//! wait-for graph has an edge `waiter → agent` for every holder in a
+//! waiter's way and every earlier waiter it queues behind; it is derived from
+//! the lock table and the queues, so a release or a waiter giving up never
+//! leaves a stale edge. If a wait would close a cycle through the requester,
+//! it is not queued and gets [`LockError::Deadlock`] naming the cycle (the
+//! others keep waiting, so one refusal breaks the cycle). Only a new wait
+//! adds edges out of its agent, so the check runs when a wait starts (and in
+//! the rare cases where an agent with waits elsewhere gains or loses a lock),
+//! searching from that agent only and visiting each agent and queue entry a
+//! bounded number of times.
+//!
+//! Waking is a hand-off: a release (or a waiter leaving the queue) grants the
+//! lock to exactly the waiters that can now go and wakes only those, each
+//! through its own channel, so a woken waiter already holds its lock and
+//! nobody else is disturbed; N agents contending on one lock cost time linear
+//! in the grants. A waiter gives up at its deadline with
+//! [`LockError::Timeout`]; a grant made before the deadline wins. Waiting
+//! uses tokio's clock, so paused-time tests never sleep.
 //!
 //! Locks die with their holder: [`LockManager::release_all`] is called when
 //! an agent leaves, traps or is killed, and a dropped [`LockManager::acquire`]
-//! future (its agent was killed mid-wait) removes its edges.
+//! future (its agent was killed mid-wait) leaves the queue — or, if the lock
+//! was handed to it before it saw the grant, gives it back to the next in
+//! line.
 //!
 //! Waiters are served first come, first served: a request is also blocked by
 //! every earlier waiter for the same resource whose mode conflicts with its
@@ -41,7 +52,7 @@ use ahv_core::AgentId;
 use thiserror::Error;
 
 use crate::session::files::AreaPath;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Longest resource name, in bytes (kind prefix included).
@@ -260,28 +271,75 @@ pub enum LockError {
     },
 }
 
-/// One waiting `acquire`: who waits, for what, in which mode. Whom it
-/// waits for (holders in the way and earlier waiters it queues behind) is
-/// derived from the table whenever it is needed, so it is never stale when
-/// another waiter leaves or a holder releases.
+/// What a waiter is sent when it leaves the queue other than by its own
+/// choice: the lock (with the mode its agent held before, so a future
+/// dropped before it saw the grant can be undone) or a refusal.
+type Verdict = Result<Option<LockMode>, LockError>;
+
+/// One waiting `acquire`, queued on its resource. Whom it waits for (holders
+/// in its way and earlier waiters it queues behind) is derived from the table
+/// when it is needed, so it is never stale when another waiter leaves or a
+/// holder releases.
 #[derive(Debug)]
-struct Wait {
+struct Waiter {
     agent: AgentId,
-    resource: LockResource,
     mode: LockMode,
+    /// Its own wake-up: a grant or a refusal is sent here, under the table
+    /// lock, and only to this waiter.
+    tx: oneshot::Sender<Verdict>,
+}
+
+/// Whom the waiters still queued ahead are: nobody, one agent, or several.
+/// An agent never queues behind itself, so one agent ahead blocks everybody
+/// else but not that agent.
+#[derive(Debug)]
+enum Ahead {
+    Nobody,
+    One(AgentId),
+    Several,
+}
+
+impl Ahead {
+    fn add(&mut self, agent: &AgentId) {
+        match self {
+            Ahead::Nobody => *self = Ahead::One(agent.clone()),
+            Ahead::One(a) if a == agent => {}
+            _ => *self = Ahead::Several,
+        }
+    }
+
+    fn lets_through(&self, agent: &AgentId) -> bool {
+        match self {
+            Ahead::Nobody => true,
+            Ahead::One(a) => a == agent,
+            Ahead::Several => false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Table {
+    max_per_agent: usize,
     /// Resource → its holders. Ordered so range scans over key locks work.
     held: BTreeMap<LockResource, BTreeMap<AgentId, LockMode>>,
     /// Agent → what it holds (the inverse of `held`).
     by_agent: HashMap<AgentId, BTreeMap<LockResource, LockMode>>,
-    /// Wait id → the wait; the wait-for graph is the union of their edges.
-    waits: HashMap<u64, Wait>,
+    /// Resource → its waiters by wait id. Ids grow, so this is arrival order
+    /// (first come, first served), and a waiter leaves from anywhere in
+    /// O(log n).
+    queues: HashMap<LockResource, BTreeMap<u64, Waiter>>,
+    /// Agent → its waits (id → resource), the inverse of `queues`.
+    waiting: HashMap<AgentId, BTreeMap<u64, LockResource>>,
 }
 
 impl Table {
+    fn new(max_per_agent: usize) -> Table {
+        Table {
+            max_per_agent,
+            ..Table::default()
+        }
+    }
+
     fn mode_of(&self, agent: &AgentId, resource: &LockResource) -> Option<LockMode> {
         self.by_agent.get(agent)?.get(resource).copied()
     }
@@ -307,31 +365,44 @@ impl Table {
     }
 
     /// Earlier waiters (wait ids below `before`; all of them for a request
-    /// that does not wait) for `resource` whose modes conflict with `mode`.
-    /// An agent that holds the resource already is queued behind nobody.
-    fn queued_ahead(
+    /// that does not wait) for `resource` from other agents whose modes
+    /// conflict with `mode`, first come first. An agent that holds the
+    /// resource already is queued behind nobody.
+    fn queued_ahead<'t>(
+        &'t self,
+        agent: &'t AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = (&'t AgentId, LockMode)> + 't {
+        let queue = match self.mode_of(agent, resource) {
+            Some(_) => None,
+            None => self.queues.get(resource),
+        };
+        queue
+            .into_iter()
+            .flat_map(move |q| q.range(..before.unwrap_or(u64::MAX)))
+            .filter(move |(_, w)| &w.agent != agent && !mode.compatible(w.mode))
+            .map(|(_, w)| (&w.agent, w.mode))
+    }
+
+    /// Whether `agent` may take `resource` in `mode` now (as wait `before`).
+    fn grantable(
         &self,
         agent: &AgentId,
         resource: &LockResource,
         mode: LockMode,
         before: Option<u64>,
-    ) -> Vec<(AgentId, LockMode)> {
-        if self.mode_of(agent, resource).is_some() {
-            return Vec::new();
-        }
-        let mut ahead: Vec<(u64, AgentId, LockMode)> = self
-            .waits
-            .iter()
-            .filter(|(id, w)| {
-                before.is_none_or(|b| **id < b)
-                    && &w.resource == resource
-                    && &w.agent != agent
-                    && !mode.compatible(w.mode)
-            })
-            .map(|(id, w)| (*id, w.agent.clone(), w.mode))
-            .collect();
-        ahead.sort_unstable_by_key(|(id, ..)| *id);
-        ahead.into_iter().map(|(_, a, m)| (a, m)).collect()
+    ) -> bool {
+        let holders_ok = self
+            .held
+            .get(resource)
+            .is_none_or(|h| h.iter().all(|(a, m)| a == agent || mode.compatible(*m)));
+        holders_ok
+            && self
+                .queued_ahead(agent, resource, mode, before)
+                .next()
+                .is_none()
     }
 
     fn grant(&mut self, agent: &AgentId, resource: &LockResource, mode: LockMode) {
@@ -343,6 +414,31 @@ impl Table {
             .entry(resource.clone())
             .or_default()
             .insert(agent.clone(), m);
+    }
+
+    /// Sets `agent`'s mode on `resource` back to `mode` (`None`: not held).
+    fn set_mode(&mut self, agent: &AgentId, resource: &LockResource, mode: Option<LockMode>) {
+        match mode {
+            Some(mode) => {
+                if let Some(m) = self
+                    .by_agent
+                    .get_mut(agent)
+                    .and_then(|mine| mine.get_mut(resource))
+                {
+                    *m = mode;
+                }
+                if let Some(m) = self
+                    .held
+                    .get_mut(resource)
+                    .and_then(|holders| holders.get_mut(agent))
+                {
+                    *m = mode;
+                }
+            }
+            None => {
+                self.remove(agent, resource);
+            }
+        }
     }
 
     fn remove(&mut self, agent: &AgentId, resource: &LockResource) -> Option<LockMode> {
@@ -360,49 +456,378 @@ impl Table {
         Some(mode)
     }
 
-    /// Removes wait `id` from the queue; whether others still wait for the
-    /// same resource (and may go now).
-    fn withdraw(&mut self, id: u64) -> bool {
-        self.waits
-            .remove(&id)
-            .is_some_and(|gone| self.waits.values().any(|w| w.resource == gone.resource))
+    /// Queues wait `id`; its verdict arrives on the receiver.
+    fn enqueue(
+        &mut self,
+        id: u64,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+    ) -> oneshot::Receiver<Verdict> {
+        let (tx, rx) = oneshot::channel();
+        self.queues.entry(resource.clone()).or_default().insert(
+            id,
+            Waiter {
+                agent: agent.clone(),
+                mode,
+                tx,
+            },
+        );
+        self.waiting
+            .entry(agent.clone())
+            .or_default()
+            .insert(id, resource.clone());
+        rx
+    }
+
+    /// Takes wait `id` out of the queue, if it is still there.
+    fn unqueue(&mut self, id: u64, resource: &LockResource) -> Option<Waiter> {
+        let queue = self.queues.get_mut(resource)?;
+        let waiter = queue.remove(&id)?;
+        if queue.is_empty() {
+            self.queues.remove(resource);
+        }
+        if let Some(mine) = self.waiting.get_mut(&waiter.agent) {
+            mine.remove(&id);
+            if mine.is_empty() {
+                self.waiting.remove(&waiter.agent);
+            }
+        }
+        Some(waiter)
+    }
+
+    /// The ids of `agent`'s waits on `resource`.
+    fn waits_of(&self, agent: &AgentId, resource: &LockResource) -> Vec<u64> {
+        self.waiting.get(agent).map_or_else(Vec::new, |mine| {
+            mine.iter()
+                .filter(|(_, r)| *r == resource)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// Grants wait `id` its lock and sends it the news (the hand-off: the
+    /// woken waiter already holds the lock). Whether it was granted.
+    fn hand_off(&mut self, id: u64, resource: &LockResource) -> bool {
+        let Some(w) = self.unqueue(id, resource) else {
+            return false;
+        };
+        let prev = self.mode_of(&w.agent, resource);
+        if prev.is_none() && self.count(&w.agent) >= self.max_per_agent {
+            // It took other locks while it waited.
+            let refusal = LockError::TooMany {
+                agent: w.agent.clone(),
+                max: self.max_per_agent,
+            };
+            // A refused waiter that is gone needs nothing more.
+            let _ = w.tx.send(Err(refusal));
+            return false;
+        }
+        self.grant(&w.agent, resource, w.mode);
+        if w.tx.send(Ok(prev)).is_err() {
+            // Its future is gone (it cannot be, while queued, but a lock must
+            // never go to nobody): undo, and the caller grants the next one.
+            self.set_mode(&w.agent, resource, prev);
+            return false;
+        }
+        self.after_grant(&w.agent, resource, prev);
+        true
+    }
+
+    /// Follows a grant to `agent` on `resource` (it held `prev` before):
+    /// its other waits there that the lock now satisfies are granted too,
+    /// and a stronger lock may have put it in new waiters' way.
+    fn after_grant(&mut self, agent: &AgentId, resource: &LockResource, prev: Option<LockMode>) {
+        let held = self.mode_of(agent, resource);
+        for other in self.waits_of(agent, resource) {
+            let satisfied = self
+                .queues
+                .get(resource)
+                .and_then(|q| q.get(&other))
+                .is_some_and(|o| Some(o.mode) <= held);
+            if satisfied && let Some(o) = self.unqueue(other, resource) {
+                // A gone waiter had nothing granted: the lock was held already.
+                let _ = o.tx.send(Ok(held));
+            }
+        }
+        if prev.is_some_and(|p| Some(p) < held) {
+            self.after_upgrade(agent, resource);
+        }
+    }
+
+    /// Grants every waiter on `resource` that can go now, first come first
+    /// served, and wakes only those. Called whenever the resource's holders
+    /// lose a lock or a waiter leaves its queue.
+    ///
+    /// The walk stops as soon as no later waiter can go, so its cost is the
+    /// number granted plus a few: FIFO order means everything behind a
+    /// blocked writer of another agent is blocked too.
+    fn settle(&mut self, resource: &LockResource) {
+        loop {
+            let mut granted = false;
+            // An upgrade (a holder waiting for a stronger mode) ignores the
+            // queue and can go once its agent holds the resource alone.
+            if let Some(sole) = self
+                .held
+                .get(resource)
+                .filter(|h| h.len() == 1)
+                .and_then(|h| h.keys().next().cloned())
+            {
+                for id in self.waits_of(&sole, resource) {
+                    granted |= self.hand_off(id, resource);
+                }
+            }
+            for id in self.grantable_now(resource) {
+                granted |= self.hand_off(id, resource);
+            }
+            if !granted {
+                return;
+            }
+        }
+    }
+
+    /// The waiters (not upgrades) on `resource` that can go now, in order.
+    fn grantable_now(&self, resource: &LockResource) -> Vec<u64> {
+        let Some(queue) = self.queues.get(resource) else {
+            return Vec::new();
+        };
+        let holders = self.held.get(resource);
+        if holders.is_some_and(|h| h.values().any(|m| *m >= LockMode::Write)) {
+            // Only the writer's own upgrades could go, and they are not here.
+            return Vec::new();
+        }
+        let mut readers_hold = holders.is_some_and(|h| !h.is_empty());
+        let (mut writers_ahead, mut any_ahead) = (Ahead::Nobody, Ahead::Nobody);
+        let mut go = Vec::new();
+        for (id, w) in queue {
+            let upgrade = holders.is_some_and(|h| h.contains_key(&w.agent));
+            let can_go = !upgrade
+                && match w.mode {
+                    LockMode::Read => writers_ahead.lets_through(&w.agent),
+                    LockMode::Write | LockMode::Exclusive => {
+                        !readers_hold && any_ahead.lets_through(&w.agent)
+                    }
+                };
+            if can_go {
+                go.push(*id);
+                if w.mode >= LockMode::Write {
+                    // Everyone behind conflicts with the new writer.
+                    break;
+                }
+                readers_hold = true;
+                continue;
+            }
+            any_ahead.add(&w.agent);
+            if w.mode >= LockMode::Write {
+                writers_ahead.add(&w.agent);
+            }
+            // Behind a writer of one agent only that agent's own later waits
+            // could go; behind writers of several, nobody.
+            let stop = match &writers_ahead {
+                Ahead::Nobody => false,
+                Ahead::One(a) => self.waits_of(a, resource).len() <= 1,
+                Ahead::Several => true,
+            };
+            if stop {
+                break;
+            }
+        }
+        go
+    }
+
+    /// `agent`'s lock on `resource` got stronger while it waits elsewhere:
+    /// readers queued on `resource` now wait for it too, and such a new
+    /// edge may close a cycle; each reader it closes one for is refused.
+    fn after_upgrade(&mut self, agent: &AgentId, resource: &LockResource) {
+        if !self.waiting.contains_key(agent) {
+            return;
+        }
+        let readers: Vec<u64> = self.queues.get(resource).map_or_else(Vec::new, |q| {
+            q.iter()
+                .filter(|(_, w)| &w.agent != agent && w.mode == LockMode::Read)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        for id in readers {
+            self.refuse_if_cyclic(id, resource);
+        }
+    }
+
+    /// `agent` lost (or weakened) its lock on `resource`; its own waits
+    /// there, upgrades until now, queue behind earlier waiters from now on,
+    /// which may close a cycle.
+    fn after_loss(&mut self, agent: &AgentId, resource: &LockResource) {
+        for id in self.waits_of(agent, resource) {
+            self.refuse_if_cyclic(id, resource);
+        }
+    }
+
+    /// Refuses wait `id` with [`LockError::Deadlock`] if its agent is on a
+    /// cycle of the wait-for graph.
+    fn refuse_if_cyclic(&mut self, id: u64, resource: &LockResource) {
+        let Some(agent) = self
+            .queues
+            .get(resource)
+            .and_then(|q| q.get(&id))
+            .map(|w| w.agent.clone())
+        else {
+            return;
+        };
+        if let Some(cycle) = self.cycle_through(&agent)
+            && let Some(w) = self.unqueue(id, resource)
+        {
+            let _ = w.tx.send(Err(LockError::Deadlock {
+                resource: resource.clone(),
+                cycle,
+            }));
+            self.settle(resource);
+        }
+    }
+
+    /// Whether anybody can be waiting for `agent` (an edge into it), so that
+    /// its new wait `id` on `resource` could close a cycle: someone queues
+    /// on a resource it holds, or behind one of its waits.
+    fn may_be_waited_for(&self, agent: &AgentId, id: u64, resource: &LockResource) -> bool {
+        let others_queue_on = |r: &LockResource, from: u64| {
+            self.queues
+                .get(r)
+                .is_some_and(|q| q.range(from..).any(|(_, w)| &w.agent != agent))
+        };
+        let holds = self
+            .by_agent
+            .get(agent)
+            .is_some_and(|mine| mine.keys().any(|r| others_queue_on(r, 0)));
+        let other_waits = self
+            .waiting
+            .get(agent)
+            .is_some_and(|mine| mine.keys().any(|other| *other != id));
+        holds || other_waits || others_queue_on(resource, id.saturating_add(1))
     }
 
     /// The wait-for graph as it stands: each waiter → the holders in its
-    /// way and the earlier waiters it queues behind.
+    /// way and the earlier waiters it queues behind. Quadratic in the
+    /// waiters of a resource; for inspection, not on the grant path.
     fn graph(&self) -> BTreeMap<AgentId, BTreeSet<AgentId>> {
         let mut graph: BTreeMap<AgentId, BTreeSet<AgentId>> = BTreeMap::new();
-        for (id, w) in &self.waits {
-            let on = self
-                .blockers(&w.agent, &w.resource, w.mode)
-                .into_iter()
-                .chain(self.queued_ahead(&w.agent, &w.resource, w.mode, Some(*id)))
-                .map(|(a, _)| a);
-            graph.entry(w.agent.clone()).or_default().extend(on);
+        for (resource, queue) in &self.queues {
+            for (id, w) in queue {
+                let on: Vec<AgentId> = self
+                    .blockers(&w.agent, resource, w.mode)
+                    .into_iter()
+                    .map(|(a, _)| a)
+                    .chain(
+                        self.queued_ahead(&w.agent, resource, w.mode, Some(*id))
+                            .map(|(a, _)| a.clone()),
+                    )
+                    .collect();
+                graph.entry(w.agent.clone()).or_default().extend(on);
+            }
         }
         graph
     }
 
-    /// A cycle through `start` in the wait-for graph, starting with `start`.
-    fn cycle_through(&self, start: &AgentId) -> Option<Vec<AgentId>> {
-        let graph = self.graph();
-        let next_of = |a: &AgentId| -> Vec<&AgentId> {
-            graph.get(a).map_or_else(Vec::new, |s| s.iter().collect())
+    /// Whom `agent` waits for, skipping what an earlier call of this search
+    /// already listed (`seen`): in a FIFO queue every waiter waits for all
+    /// earlier conflicting ones, so listing each queue prefix once keeps a
+    /// search linear in the size of the graph instead of quadratic.
+    ///
+    /// What an earlier listing covered was listed without its own explorer,
+    /// so an edge back to `start` — what the search looks for — is checked
+    /// on its own.
+    fn successors(&self, agent: &AgentId, start: &AgentId, seen: &mut Seen) -> Vec<AgentId> {
+        let mut next = Vec::new();
+        let Some(mine) = self.waiting.get(agent) else {
+            return next;
         };
+        for (id, resource) in mine {
+            let Some(w) = self.queues.get(resource).and_then(|q| q.get(id)) else {
+                continue;
+            };
+            if let Some(holders) = self.held.get(resource) {
+                match w.mode {
+                    // Only a writer can be in a reader's way, and a writer
+                    // holds alone.
+                    LockMode::Read => {
+                        if holders.len() == 1 {
+                            next.extend(
+                                holders
+                                    .iter()
+                                    .filter(|(a, m)| *a != agent && **m >= LockMode::Write)
+                                    .map(|(a, _)| a.clone()),
+                            );
+                        }
+                    }
+                    LockMode::Write | LockMode::Exclusive => {
+                        if seen.all_holders.insert(resource.clone()) {
+                            next.extend(holders.keys().filter(|a| *a != agent).cloned());
+                        }
+                    }
+                }
+            }
+            let upgrade = self.mode_of(agent, resource).is_some();
+            if agent != start {
+                let start_holds = self
+                    .mode_of(start, resource)
+                    .is_some_and(|m| !w.mode.compatible(m));
+                let start_ahead = !upgrade
+                    && self.waiting.get(start).is_some_and(|theirs| {
+                        theirs.range(..*id).any(|(other, r)| {
+                            r == resource
+                                && self
+                                    .queues
+                                    .get(resource)
+                                    .and_then(|q| q.get(other))
+                                    .is_some_and(|o| !w.mode.compatible(o.mode))
+                        })
+                    });
+                if start_holds || start_ahead {
+                    next.push(start.clone());
+                }
+            }
+            if upgrade {
+                continue;
+            }
+            let Some(queue) = self.queues.get(resource) else {
+                continue;
+            };
+            let (all, writers) = seen.prefixes.entry(resource.clone()).or_insert((0, 0));
+            let from = match w.mode {
+                LockMode::Read => (*all).max(*writers),
+                LockMode::Write | LockMode::Exclusive => *all,
+            };
+            if from < *id {
+                next.extend(
+                    queue
+                        .range(from..*id)
+                        .filter(|(_, o)| &o.agent != agent && !w.mode.compatible(o.mode))
+                        .map(|(_, o)| o.agent.clone()),
+                );
+            }
+            match w.mode {
+                LockMode::Read => *writers = (*writers).max(*id),
+                LockMode::Write | LockMode::Exclusive => *all = (*all).max(*id),
+            }
+        }
+        next
+    }
+
+    /// A cycle through `start` in the wait-for graph, starting with `start`.
+    /// Searches from `start` only, visiting each agent and each queue entry
+    /// at most a couple of times.
+    fn cycle_through(&self, start: &AgentId) -> Option<Vec<AgentId>> {
+        let mut seen = Seen::default();
         // Iterative DFS: `path[i]` is being explored with `frames[i]` as its
         // remaining successors, so a deep graph cannot overflow the stack.
-        let mut path: Vec<&AgentId> = vec![start];
-        let mut frames: Vec<std::vec::IntoIter<&AgentId>> = vec![next_of(start).into_iter()];
-        let mut visited: HashSet<&AgentId> = HashSet::from([start]);
+        let mut path: Vec<AgentId> = vec![start.clone()];
+        let mut frames = vec![self.successors(start, start, &mut seen).into_iter()];
+        let mut visited: HashSet<AgentId> = HashSet::from([start.clone()]);
         while let Some(frame) = frames.last_mut() {
             match frame.next() {
-                Some(next) if next == start => {
-                    return Some(path.into_iter().cloned().collect());
-                }
+                Some(next) if &next == start => return Some(path),
                 Some(next) => {
-                    if visited.insert(next) {
+                    if visited.insert(next.clone()) {
+                        frames.push(self.successors(&next, start, &mut seen).into_iter());
                         path.push(next);
-                        frames.push(next_of(next).into_iter());
                     }
                 }
                 None => {
@@ -415,28 +840,86 @@ impl Table {
     }
 }
 
+/// What one cycle search has listed already (see [`Table::successors`]).
+#[derive(Default)]
+struct Seen {
+    /// Resources whose holders were all listed.
+    all_holders: HashSet<LockResource>,
+    /// Resource → (all waiters below this id listed, writers below this id
+    /// listed).
+    prefixes: HashMap<LockResource, (u64, u64)>,
+}
+
 /// The session's intent locks and wait-for graph.
 #[derive(Debug)]
 pub struct LockManager {
-    max_per_agent: usize,
     table: Mutex<Table>,
-    released: Notify,
     next_wait: AtomicU64,
 }
 
-/// Removes a waiter's edges however its `acquire` ends, including when the
-/// future is dropped mid-wait because its agent was killed.
+/// How a request that may wait starts.
+enum Start {
+    Granted,
+    Waiting(oneshot::Receiver<Verdict>),
+}
+
+/// Cleans up after a waiting `acquire` however it ends, including when the
+/// future is dropped mid-wait because its agent was killed: a wait still
+/// queued leaves the queue (and those behind it may go); a lock handed to
+/// it that it never saw is given back to the next in line.
 struct WaitGuard<'a> {
     manager: &'a LockManager,
     id: u64,
+    agent: &'a AgentId,
+    resource: &'a LockResource,
+    mode: LockMode,
+    /// Set while the wait is queued or its verdict unread.
+    rx: Option<oneshot::Receiver<Verdict>>,
+}
+
+impl WaitGuard<'_> {
+    /// Settles a wait that reached its deadline: a grant or a refusal sent
+    /// before the deadline wins; otherwise the wait leaves the queue.
+    fn give_up(&mut self, wait: Duration) -> Result<(), LockError> {
+        let timeout = || LockError::Timeout {
+            resource: self.resource.clone(),
+            waited: wait,
+        };
+        let Some(mut rx) = self.rx.take() else {
+            return Err(timeout());
+        };
+        let mut t = self.manager.table();
+        if t.unqueue(self.id, self.resource).is_some() {
+            t.settle(self.resource);
+            return Err(timeout());
+        }
+        // Sent under the table lock, which we hold: it is there or never.
+        match rx.try_recv() {
+            Ok(verdict) => verdict.map(|_| ()),
+            Err(_) => Err(timeout()),
+        }
+    }
 }
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        let queued_behind = self.manager.table().withdraw(self.id);
-        // Those queued behind it (a timeout, a kill) may go now.
-        if queued_behind {
-            self.manager.released.notify_waiters();
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut t = self.manager.table();
+        if t.unqueue(self.id, self.resource).is_some() {
+            t.settle(self.resource);
+            return;
+        }
+        if let Ok(Ok(prev)) = rx.try_recv() {
+            let granted = prev.map_or(self.mode, |p| p.max(self.mode));
+            // Undone only if nothing changed it since (another call of the
+            // same agent may have).
+            if t.mode_of(self.agent, self.resource) == Some(granted) && prev != Some(granted) {
+                t.set_mode(self.agent, self.resource, prev);
+                t.settle(self.resource);
+                t.after_loss(self.agent, self.resource);
+            }
         }
     }
 }
@@ -446,9 +929,7 @@ impl LockManager {
     /// locks at once.
     pub fn new(max_locks_per_agent: usize) -> LockManager {
         LockManager {
-            max_per_agent: max_locks_per_agent,
-            table: Mutex::new(Table::default()),
-            released: Notify::new(),
+            table: Mutex::new(Table::new(max_locks_per_agent)),
             next_wait: AtomicU64::new(0),
         }
     }
@@ -459,77 +940,57 @@ impl LockManager {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One attempt: grants the lock (true), refuses it, or — for a waiter
-    /// (`wait` is its id) — records who is in the way and returns false.
-    fn attempt(
+    /// The checks every request makes first: already held (nothing to do)
+    /// or at the per-agent limit (refused).
+    fn precheck(
+        t: &Table,
+        agent: &AgentId,
+        resource: &LockResource,
+        mode: LockMode,
+    ) -> Result<bool, LockError> {
+        match t.mode_of(agent, resource) {
+            Some(held) if held >= mode => Ok(true),
+            None if t.count(agent) >= t.max_per_agent => Err(LockError::TooMany {
+                agent: agent.clone(),
+                max: t.max_per_agent,
+            }),
+            _ => Ok(false),
+        }
+    }
+
+    /// Grants at once if nothing is in the way (as wait `id`), else queues
+    /// wait `id` — unless queueing would close a cycle.
+    fn start(
         &self,
         agent: &AgentId,
         resource: &LockResource,
         mode: LockMode,
-        wait: Option<u64>,
-    ) -> Result<bool, LockError> {
+        id: u64,
+    ) -> Result<Start, LockError> {
         let mut t = self.table();
-        let outcome = Self::attempt_locked(&mut t, self.max_per_agent, agent, resource, mode, wait);
-        let left_queue = match wait {
-            Some(id) if !matches!(outcome, Ok(false)) => t.withdraw(id),
-            _ => false,
-        };
-        drop(t);
-        // A waiter that leaves the queue (granted a shared lock, or refused)
-        // may let compatible waiters behind it go.
-        if left_queue {
-            self.released.notify_waiters();
+        if Self::precheck(&t, agent, resource, mode)? {
+            return Ok(Start::Granted);
         }
-        outcome
-    }
-
-    fn attempt_locked(
-        t: &mut Table,
-        max: usize,
-        agent: &AgentId,
-        resource: &LockResource,
-        mode: LockMode,
-        wait: Option<u64>,
-    ) -> Result<bool, LockError> {
-        match t.mode_of(agent, resource) {
-            Some(held) if held >= mode => return Ok(true),
-            Some(_) => {}
-            None if t.count(agent) >= max => {
-                return Err(LockError::TooMany {
-                    agent: agent.clone(),
-                    max,
-                });
-            }
-            None => {}
-        }
-        let blockers = t.blockers(agent, resource, mode);
-        let queued = t.queued_ahead(agent, resource, mode, wait);
-        if blockers.is_empty() && queued.is_empty() {
+        if t.grantable(agent, resource, mode, Some(id)) {
+            let prev = t.mode_of(agent, resource);
             t.grant(agent, resource, mode);
-            return Ok(true);
+            t.after_grant(agent, resource, prev);
+            return Ok(Start::Granted);
         }
-        let Some(id) = wait else {
-            return Err(LockError::Conflict {
-                resource: resource.clone(),
-                holders: blockers,
-                queued,
-            });
-        };
-        t.waits.insert(
-            id,
-            Wait {
-                agent: agent.clone(),
-                resource: resource.clone(),
-                mode,
-            },
-        );
-        if let Some(cycle) = t.cycle_through(agent) {
+        let rx = t.enqueue(id, agent, resource, mode);
+        // Only the new wait adds edges, all out of `agent`: a new cycle must
+        // pass through it, which needs an edge into it.
+        if t.may_be_waited_for(agent, id, resource)
+            && let Some(cycle) = t.cycle_through(agent)
+        {
+            t.unqueue(id, resource);
+            t.settle(resource);
             return Err(LockError::Deadlock {
                 resource: resource.clone(),
                 cycle,
             });
         }
-        Ok(false)
+        Ok(Start::Waiting(rx))
     }
 
     /// Takes (or strengthens) a lock without waiting.
@@ -545,18 +1006,40 @@ impl LockManager {
         mode: LockMode,
     ) -> Result<(), LockError> {
         resource.validate()?;
-        self.attempt(agent, resource, mode, None).map(|_| ())
+        let mut t = self.table();
+        if Self::precheck(&t, agent, resource, mode)? {
+            return Ok(());
+        }
+        let holders = t.blockers(agent, resource, mode);
+        let queued: Vec<(AgentId, LockMode)> = t
+            .queued_ahead(agent, resource, mode, None)
+            .map(|(a, m)| (a.clone(), m))
+            .collect();
+        if !holders.is_empty() || !queued.is_empty() {
+            return Err(LockError::Conflict {
+                resource: resource.clone(),
+                holders,
+                queued,
+            });
+        }
+        let prev = t.mode_of(agent, resource);
+        t.grant(agent, resource, mode);
+        t.after_grant(agent, resource, prev);
+        Ok(())
     }
 
     /// Takes (or strengthens) a lock, waiting up to `wait` for conflicting
     /// holders to release it. `wait == 0` is [`LockManager::try_acquire`].
     ///
-    /// Cancel-safe: dropping the future removes its wait-for edges.
+    /// A waiter sleeps until the lock is handed to it: a release grants the
+    /// lock to the waiters that can now go and wakes only them.
+    /// Cancel-safe: dropping the future removes its wait, or gives back a
+    /// lock handed to it that it never saw.
     ///
     /// # Errors
     /// [`LockError::Conflict`] (only when `wait` is zero);
     /// [`LockError::Deadlock`] when waiting would close a cycle in the
-    /// wait-for graph (checked when the wait starts and after every wake-up);
+    /// wait-for graph (checked when the wait starts);
     /// [`LockError::Timeout`] when the lock was not granted within `wait`;
     /// [`LockError::TooMany`]; [`LockError::InvalidResource`].
     pub async fn acquire(
@@ -572,42 +1055,46 @@ impl LockManager {
         resource.validate()?;
         // No representable deadline (an absurd `wait`): wait without one.
         let deadline = Instant::now().checked_add(wait);
-        let guard = WaitGuard {
+        let mut guard = WaitGuard {
             manager: self,
             id: self.next_wait.fetch_add(1, Ordering::Relaxed),
+            agent,
+            resource,
+            mode,
+            rx: None,
         };
         loop {
-            // Registered before the check, so a release between the check and
-            // the await still wakes us.
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.attempt(agent, resource, mode, Some(guard.id))? {
-                return Ok(());
-            }
-            match deadline {
-                Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Err(LockError::Timeout {
-                            resource: resource.clone(),
-                            waited: wait,
-                        });
-                    }
+            let rx = match self.start(agent, resource, mode, guard.id)? {
+                Start::Granted => return Ok(()),
+                Start::Waiting(rx) => guard.rx.insert(rx),
+            };
+            let verdict = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, rx).await.ok(),
+                None => Some(rx.await),
+            };
+            match verdict {
+                Some(Ok(verdict)) => {
+                    guard.rx = None;
+                    return verdict.map(|_| ());
                 }
-                None => notified.await,
+                // `release_all` withdrew the wait (its agent left) while
+                // this call still runs: it starts over, keeping its place.
+                Some(Err(_)) => guard.rx = None,
+                None => return guard.give_up(wait),
             }
         }
     }
 
-    /// Releases a lock and wakes the waiters.
+    /// Releases a lock and hands it to the waiters that can now go.
     ///
     /// # Errors
     /// [`LockError::NotHeld`] when the agent does not hold it.
     pub fn release(&self, agent: &AgentId, resource: &LockResource) -> Result<LockMode, LockError> {
-        let mode = self.table().remove(agent, resource);
-        match mode {
+        let mut t = self.table();
+        match t.remove(agent, resource) {
             Some(mode) => {
-                self.released.notify_waiters();
+                t.settle(resource);
+                t.after_loss(agent, resource);
                 Ok(mode)
             }
             None => Err(LockError::NotHeld {
@@ -618,22 +1105,32 @@ impl LockManager {
     }
 
     /// Releases everything `agent` holds (it left, trapped or was killed),
-    /// drops its wait-for edges and wakes the waiters. Returns what it held.
+    /// withdraws its waits and hands the released locks to the waiters that
+    /// can now go. Returns what it held.
     pub fn release_all(&self, agent: &AgentId) -> Vec<(LockResource, LockMode)> {
-        let released: Vec<(LockResource, LockMode)> = {
-            let mut t = self.table();
-            let mine: Vec<LockResource> = t
-                .by_agent
-                .get(agent)
-                .map_or_else(Vec::new, |m| m.keys().cloned().collect());
-            let released = mine
-                .into_iter()
-                .filter_map(|r| t.remove(agent, &r).map(|m| (r, m)))
-                .collect();
-            t.waits.retain(|_, w| &w.agent != agent);
-            released
-        };
-        self.released.notify_waiters();
+        let mut t = self.table();
+        let mine: Vec<LockResource> = t
+            .by_agent
+            .get(agent)
+            .map_or_else(Vec::new, |m| m.keys().cloned().collect());
+        let released: Vec<(LockResource, LockMode)> = mine
+            .into_iter()
+            .filter_map(|r| t.remove(agent, &r).map(|m| (r, m)))
+            .collect();
+        let waits: Vec<(u64, LockResource)> = t.waiting.get(agent).map_or_else(Vec::new, |m| {
+            m.iter().map(|(i, r)| (*i, r.clone())).collect()
+        });
+        for (id, r) in &waits {
+            // Dropping its sender tells a still-running acquire.
+            t.unqueue(*id, r);
+        }
+        for r in released
+            .iter()
+            .map(|(r, _)| r)
+            .chain(waits.iter().map(|(_, r)| r))
+        {
+            t.settle(r);
+        }
         released
     }
 
@@ -699,6 +1196,8 @@ impl LockManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::future::Future;
     use std::sync::Arc;
 
     fn id(s: &str) -> AgentId {
@@ -1124,14 +1623,15 @@ mod tests {
             m.wait_for_edges() == vec![(b.clone(), a.clone())]
         })
         .await;
-        // a releases; c asks before b runs again and is refused: b was first.
+        // a releases; c asks before b runs again and is refused: b was
+        // first, and the release handed b the lock already.
         m.release(&a, &r).unwrap();
         assert_eq!(
             m.try_acquire(&c, &r, LockMode::Read),
             Err(LockError::Conflict {
                 resource: r.clone(),
-                holders: vec![],
-                queued: vec![(b.clone(), LockMode::Write)],
+                holders: vec![(b.clone(), LockMode::Write)],
+                queued: vec![],
             })
         );
         assert_eq!(waiter.await.unwrap(), Ok(()));
@@ -1334,5 +1834,358 @@ mod tests {
             e.to_string(),
             "waiting for key:r1 would deadlock: b → a → b"
         );
+    }
+
+    /// Who waits for `r`, first come first.
+    fn queue_of(m: &LockManager, r: &LockResource) -> Vec<AgentId> {
+        m.table()
+            .queues
+            .get(r)
+            .map_or_else(Vec::new, |q| q.values().map(|w| w.agent.clone()).collect())
+    }
+
+    /// Spawns an `acquire` and yields until it is queued, so waits queue in
+    /// the order they are spawned.
+    async fn queue_up(
+        m: &Arc<LockManager>,
+        agent: &AgentId,
+        r: &LockResource,
+        mode: LockMode,
+        wait: Duration,
+    ) -> tokio::task::JoinHandle<Result<(), LockError>> {
+        let before = queue_of(m, r).len();
+        let task = tokio::spawn({
+            let (m, agent, r) = (m.clone(), agent.clone(), r.clone());
+            async move { m.acquire(&agent, &r, mode, wait).await }
+        });
+        until("the wait is queued", || queue_of(m, r).len() == before + 1).await;
+        task
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_waiters_are_granted_one_by_one_in_arrival_order() {
+        let m = Arc::new(LockManager::new(8));
+        let r = res("counter");
+        let h = id("holder");
+        m.try_acquire(&h, &r, LockMode::Write).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let agent = id(&format!("agent-{i}"));
+            let before = queue_of(&m, &r).len();
+            tasks.push(tokio::spawn({
+                let (m, r, order) = (m.clone(), r.clone(), order.clone());
+                async move {
+                    m.acquire(&agent, &r, LockMode::Write, Duration::from_secs(60))
+                        .await?;
+                    order.lock().unwrap().push(i);
+                    // Nobody else holds it while we do.
+                    assert_eq!(m.holders(&r), vec![(agent.clone(), LockMode::Write)]);
+                    tokio::task::yield_now().await;
+                    m.release(&agent, &r).map(|_| ())
+                }
+            }));
+            until("queued", || queue_of(&m, &r).len() == before + 1).await;
+        }
+        m.release(&h, &r).unwrap();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(()));
+        }
+        assert_eq!(*order.lock().unwrap(), (0..1000).collect::<Vec<_>>());
+        assert_eq!(start.elapsed(), Duration::ZERO, "nobody waited for a timer");
+        assert!(m.holders(&r).is_empty() && queue_of(&m, &r).is_empty());
+    }
+
+    /// A release wakes only the waiters it grants: the others stay asleep
+    /// (their futures are not polled again).
+    #[tokio::test(start_paused = true)]
+    async fn a_release_wakes_only_the_waiters_it_grants() {
+        let m = Arc::new(LockManager::new(8));
+        let r = res("doc");
+        let h = id("h");
+        m.try_acquire(&h, &r, LockMode::Write).unwrap();
+        let polls = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let agent = id(&format!("w{i}"));
+            let before = queue_of(&m, &r).len();
+            tasks.push(tokio::spawn({
+                let (m, r, polls) = (m.clone(), r.clone(), polls.clone());
+                async move {
+                    let mut wait =
+                        Box::pin(m.acquire(&agent, &r, LockMode::Write, Duration::from_secs(60)));
+                    std::future::poll_fn(|cx| {
+                        polls.fetch_add(1, Ordering::Relaxed);
+                        wait.as_mut().poll(cx)
+                    })
+                    .await
+                }
+            }));
+            until("queued", || queue_of(&m, &r).len() == before + 1).await;
+        }
+        let polls_queued = polls.load(Ordering::Relaxed);
+        m.release(&h, &r).unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            polls_queued + 1,
+            "one grant, one wake-up"
+        );
+        assert_eq!(m.holders(&r), vec![(id("w0"), LockMode::Write)]);
+        for t in &tasks {
+            t.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_right_after_the_hand_off_passes_the_lock_on() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        let b_wait = queue_up(&m, &b, &r, LockMode::Write, Duration::from_secs(60)).await;
+        let c_wait = queue_up(&m, &c, &r, LockMode::Write, Duration::from_secs(60)).await;
+        m.release(&a, &r).unwrap();
+        assert_eq!(
+            m.holders(&r),
+            vec![(b.clone(), LockMode::Write)],
+            "handed to b"
+        );
+        // b is killed before its task ever sees the grant.
+        b_wait.abort();
+        assert!(b_wait.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            m.holders(&r),
+            vec![(c.clone(), LockMode::Write)],
+            "passed on to c"
+        );
+        assert_eq!(c_wait.await.unwrap(), Ok(()));
+        assert!(m.held_by(&b).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_upgrade_falls_back_to_the_mode_held_before() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Read).unwrap();
+        m.try_acquire(&b, &r, LockMode::Read).unwrap();
+        let up = queue_up(&m, &a, &r, LockMode::Exclusive, Duration::from_secs(60)).await;
+        let reader = queue_up(&m, &c, &r, LockMode::Read, Duration::from_secs(60)).await;
+        m.release(&b, &r).unwrap();
+        assert_eq!(m.holders(&r), vec![(a.clone(), LockMode::Exclusive)]);
+        up.abort();
+        assert!(up.await.unwrap_err().is_cancelled());
+        // a keeps the read lock it had; the reader behind the upgrade goes.
+        assert_eq!(reader.await.unwrap(), Ok(()));
+        assert_eq!(
+            m.holders(&r),
+            vec![(a, LockMode::Read), (c, LockMode::Read)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_waiters_time_out_at_their_own_deadlines_and_the_rest_are_granted() {
+        let m = Arc::new(LockManager::new(8));
+        let r = res("doc");
+        let h = id("h");
+        m.try_acquire(&h, &r, LockMode::Write).unwrap();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            // Odd waiters give up after i seconds; even ones wait long.
+            let wait = Duration::from_secs(if i % 2 == 1 { i } else { 10_000 });
+            let agent = id(&format!("w{i}"));
+            let mode = if i % 3 == 0 {
+                LockMode::Write
+            } else {
+                LockMode::Read
+            };
+            let before = queue_of(&m, &r).len();
+            tasks.push((
+                i,
+                wait,
+                tokio::spawn({
+                    let (m, r) = (m.clone(), r.clone());
+                    async move {
+                        let got = m.acquire(&agent, &r, mode, wait).await;
+                        let at = start.elapsed();
+                        if got.is_ok() {
+                            m.release(&agent, &r).unwrap();
+                        }
+                        (got, at)
+                    }
+                }),
+            ));
+            until("queued", || queue_of(&m, &r).len() == before + 1).await;
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(queue_of(&m, &r).len(), 100, "the odd ones left the queue");
+        m.release(&h, &r).unwrap();
+        for (i, wait, t) in tasks {
+            let (got, at) = t.await.unwrap();
+            if i % 2 == 1 {
+                assert_eq!(
+                    got,
+                    Err(LockError::Timeout {
+                        resource: r.clone(),
+                        waited: wait
+                    })
+                );
+                assert_eq!(at, wait, "waiter {i} gave up at its deadline");
+            } else {
+                assert_eq!(got, Ok(()), "waiter {i}");
+                assert_eq!(at, Duration::from_secs(300));
+            }
+        }
+        assert!(m.holders(&r).is_empty() && queue_of(&m, &r).is_empty());
+    }
+
+    /// A deadline reached as the lock is handed over: the waiter either
+    /// holds the lock and says so, or does not hold it — never a lock held
+    /// for a waiter that gave up.
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_racing_a_release_never_strands_the_lock() {
+        let m = Arc::new(LockManager::new(8));
+        let (a, b) = (id("a"), id("b"));
+        let r = res("doc");
+        m.try_acquire(&a, &r, LockMode::Write).unwrap();
+        let b_wait = queue_up(&m, &b, &r, LockMode::Write, Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        m.release(&a, &r).unwrap();
+        match b_wait.await.unwrap() {
+            Ok(()) => assert_eq!(m.holders(&r), vec![(b, LockMode::Write)]),
+            Err(LockError::Timeout { .. }) => assert!(m.holders(&r).is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(queue_of(&m, &r).is_empty());
+    }
+
+    /// One agent's script: locks to take in order (holding each), how long
+    /// to hold them, and whether it is killed (its future dropped and its
+    /// locks released) after some time.
+    #[derive(Debug, Clone)]
+    struct Script {
+        steps: Vec<(usize, LockMode, u64)>,
+        killed_after_ms: Option<u64>,
+    }
+
+    fn script() -> impl Strategy<Value = Script> {
+        let mode = prop_oneof![
+            Just(LockMode::Read),
+            Just(LockMode::Write),
+            Just(LockMode::Exclusive)
+        ];
+        (
+            proptest::collection::vec((0..3usize, mode, 0..20u64), 1..4),
+            proptest::option::of(0..60u64),
+        )
+            .prop_map(|(steps, killed_after_ms)| Script {
+                steps,
+                killed_after_ms,
+            })
+    }
+
+    /// What the agents themselves believe they hold: checked against the
+    /// compatibility rules on every grant, independently of the manager.
+    #[derive(Default)]
+    struct Inside(Mutex<BTreeMap<(usize, AgentId), LockMode>>);
+
+    impl Inside {
+        fn enter(&self, r: usize, agent: &AgentId, mode: LockMode) {
+            let mut inside = self.0.lock().unwrap();
+            for ((other_r, other), m) in inside.iter() {
+                assert!(
+                    *other_r != r || other == agent || mode.compatible(*m),
+                    "{agent} got {mode} on {r} while {other} holds {m}"
+                );
+            }
+            let m = inside.entry((r, agent.clone())).or_insert(mode);
+            *m = (*m).max(mode);
+        }
+
+        fn leave_all(&self, agent: &AgentId) {
+            self.0.lock().unwrap().retain(|(_, a), _| a != agent);
+        }
+    }
+
+    /// Leaves `Inside` when the agent's task ends or is dropped.
+    struct Leave<'a>(&'a Inside, &'a AgentId);
+
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.leave_all(self.1);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Many agents, random modes and resources (with upgrades and
+        /// deadlocks), random kills: no two incompatible holders ever, every
+        /// agent finishes, and no wait times out (waits are far longer than
+        /// any hold, so a timeout would be a lost wake-up or a missed
+        /// deadlock).
+        #[test]
+        fn random_contention_keeps_locks_exclusive_and_everyone_finishes(
+            scripts in proptest::collection::vec(script(), 2..14)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let m = Arc::new(LockManager::new(8));
+                let inside = Arc::new(Inside::default());
+                let resources = [res("r0"), res("r1"), res("r2")];
+                let mut tasks = Vec::new();
+                for (i, s) in scripts.into_iter().enumerate() {
+                    let (m, inside, resources) = (m.clone(), inside.clone(), resources.clone());
+                    let agent = id(&format!("agent-{i}"));
+                    tasks.push(tokio::spawn(async move {
+                        let work = async {
+                            let _leave = Leave(&inside, &agent);
+                            for (r, mode, hold) in &s.steps {
+                                match m
+                                    .acquire(&agent, &resources[*r], *mode, Duration::from_secs(3600))
+                                    .await
+                                {
+                                    Ok(()) => inside.enter(*r, &agent, *mode),
+                                    Err(LockError::Deadlock { cycle, .. }) => {
+                                        assert_eq!(cycle.first(), Some(&agent));
+                                        break;
+                                    }
+                                    Err(e) => panic!("{agent}: {e}"),
+                                }
+                                tokio::time::sleep(Duration::from_millis(*hold)).await;
+                            }
+                        };
+                        match s.killed_after_ms {
+                            Some(ms) => {
+                                let _ = tokio::time::timeout(Duration::from_millis(ms), work).await;
+                            }
+                            None => work.await,
+                        }
+                        // Locks die with their holder, killed or done.
+                        m.release_all(&agent);
+                    }));
+                }
+                let all = async {
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(600), all)
+                    .await
+                    .expect("every agent finishes well before any wait could time out");
+                let t = m.table();
+                assert!(t.held.is_empty() && t.by_agent.is_empty());
+                assert!(t.queues.is_empty() && t.waiting.is_empty());
+            });
+        }
     }
 }
