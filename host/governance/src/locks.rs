@@ -247,6 +247,18 @@ pub enum LockError {
         /// How long the caller waited (the time it allowed).
         waited: Duration,
     },
+    /// The wait was withdrawn while the call still ran: the agent's locks
+    /// and waits were released (it left, trapped or was killed). Final: the
+    /// call does not queue again.
+    #[error(
+        "{agent}'s wait for {resource} was withdrawn: its locks were released (it left, trapped or was killed)"
+    )]
+    Withdrawn {
+        /// The resource.
+        resource: LockResource,
+        /// The agent.
+        agent: AgentId,
+    },
     /// The agent does not hold the lock it tried to release.
     #[error("{agent} does not hold {resource}")]
     NotHeld {
@@ -507,7 +519,8 @@ impl Table {
     }
 
     /// Grants wait `id` its lock and sends it the news (the hand-off: the
-    /// woken waiter already holds the lock). Whether it was granted.
+    /// woken waiter already holds the lock). Whether the queue changed: a
+    /// grant, or a waiter refused or gone (then those behind it may go).
     fn hand_off(&mut self, id: u64, resource: &LockResource) -> bool {
         let Some(w) = self.unqueue(id, resource) else {
             return false;
@@ -521,14 +534,14 @@ impl Table {
             };
             // A refused waiter that is gone needs nothing more.
             let _ = w.tx.send(Err(refusal));
-            return false;
+            return true;
         }
         self.grant(&w.agent, resource, w.mode);
         if w.tx.send(Ok(prev)).is_err() {
             // Its future is gone (it cannot be, while queued, but a lock must
             // never go to nobody): undo, and the caller grants the next one.
             self.set_mode(&w.agent, resource, prev);
-            return false;
+            return true;
         }
         self.after_grant(&w.agent, resource, prev);
         true
@@ -1063,25 +1076,30 @@ impl LockManager {
             mode,
             rx: None,
         };
-        loop {
-            let rx = match self.start(agent, resource, mode, guard.id)? {
-                Start::Granted => return Ok(()),
-                Start::Waiting(rx) => guard.rx.insert(rx),
-            };
-            let verdict = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, rx).await.ok(),
-                None => Some(rx.await),
-            };
-            match verdict {
-                Some(Ok(verdict)) => {
-                    guard.rx = None;
-                    return verdict.map(|_| ());
-                }
-                // `release_all` withdrew the wait (its agent left) while
-                // this call still runs: it starts over, keeping its place.
-                Some(Err(_)) => guard.rx = None,
-                None => return guard.give_up(wait),
+        let rx = match self.start(agent, resource, mode, guard.id)? {
+            Start::Granted => return Ok(()),
+            Start::Waiting(rx) => guard.rx.insert(rx),
+        };
+        let verdict = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, rx).await.ok(),
+            None => Some(rx.await),
+        };
+        match verdict {
+            Some(Ok(verdict)) => {
+                guard.rx = None;
+                verdict.map(|_| ())
             }
+            // `release_all` withdrew the wait (its agent left, trapped or was
+            // killed) while this call still runs: final. Queuing again could
+            // hand a lock to a killed agent that nobody would ever release.
+            Some(Err(_)) => {
+                guard.rx = None;
+                Err(LockError::Withdrawn {
+                    resource: resource.clone(),
+                    agent: agent.clone(),
+                })
+            }
+            None => guard.give_up(wait),
         }
     }
 
@@ -1964,6 +1982,47 @@ mod tests {
         );
         assert_eq!(c_wait.await.unwrap(), Ok(()));
         assert!(m.held_by(&b).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_withdrawn_by_release_all_is_final_even_if_the_lock_frees_at_once() {
+        // The kill race: the agent's locks and waits are released while its
+        // acquire still runs, and the lock frees before that task runs again.
+        let m = Arc::new(LockManager::new(8));
+        let (a, c) = (id("a"), id("c"));
+        let r = res("doc");
+        m.try_acquire(&c, &r, LockMode::Write).unwrap();
+        let a_wait = queue_up(&m, &a, &r, LockMode::Write, Duration::from_secs(60)).await;
+        m.release_all(&a);
+        m.release(&c, &r).unwrap();
+        assert!(
+            matches!(a_wait.await.unwrap(), Err(LockError::Withdrawn { .. })),
+            "a withdrawn wait does not queue again"
+        );
+        assert!(
+            m.holders(&r).is_empty(),
+            "nobody holds it: {:?}",
+            m.holders(&r)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_refused_at_hand_off_lets_those_behind_it_go() {
+        let m = Arc::new(LockManager::new(1));
+        let (h, a, b) = (id("h"), id("a"), id("b"));
+        let (r, other) = (res("doc"), res("other"));
+        m.try_acquire(&h, &r, LockMode::Write).unwrap();
+        let a_wait = queue_up(&m, &a, &r, LockMode::Write, Duration::from_secs(60)).await;
+        let b_wait = queue_up(&m, &b, &r, LockMode::Read, Duration::from_secs(60)).await;
+        // a fills its one-lock limit while it waits.
+        m.try_acquire(&a, &other, LockMode::Write).unwrap();
+        m.release(&h, &r).unwrap();
+        assert!(matches!(
+            a_wait.await.unwrap(),
+            Err(LockError::TooMany { .. })
+        ));
+        assert_eq!(b_wait.await.unwrap(), Ok(()), "b is not left asleep");
+        assert_eq!(m.holders(&r), vec![(b.clone(), LockMode::Read)]);
     }
 
     #[tokio::test(start_paused = true)]

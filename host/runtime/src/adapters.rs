@@ -72,6 +72,7 @@ impl From<LockError> for HostError {
             LockError::Timeout { .. } => WitError::Timeout(msg),
             LockError::NotHeld { .. } => WitError::NotFound(msg),
             LockError::TooMany { .. } => WitError::Quota(msg),
+            LockError::Withdrawn { .. } => WitError::Denied(msg),
             LockError::InvalidResource { .. } => WitError::InvalidKey(msg),
         })
     }
