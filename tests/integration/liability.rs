@@ -765,3 +765,104 @@ async fn a_vouch_does_not_lift_an_agent_a_breach_re_admitted_at_ring_3() {
     let out = h.script(&s, "did:test:b", "ring").await;
     assert_eq!(ok(&out, "ring"), "3");
 }
+
+/// A store whose ledger appends fail while `failing` is set (a database that
+/// went away); everything else is a real in-memory store.
+#[derive(Debug, Default)]
+struct Unreachable {
+    inner: ahv_store::MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Unreachable {
+    fn refuse(&self) -> ahv_store::StoreError {
+        ahv_store::StoreError::Unstorable {
+            table: "ledger",
+            column: "agent",
+            value: "(any)".into(),
+            reason: "the database is unreachable in this test",
+        }
+    }
+}
+
+impl ahv_store::TrustStore for Unreachable {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+    fn append_entry(&self, entry: ahv_trust::LedgerEntry) -> ahv_store::StoreFuture<'_, ()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let e = self.refuse();
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.append_entry(entry)
+    }
+    fn append_entries(
+        &self,
+        entries: Vec<ahv_trust::LedgerEntry>,
+    ) -> ahv_store::StoreFuture<'_, ()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let e = self.refuse();
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.append_entries(entries)
+    }
+    fn entries_for<'a>(
+        &'a self,
+        agent: &'a ahv_core::AgentId,
+    ) -> ahv_store::StoreFuture<'a, Vec<ahv_trust::LedgerEntry>> {
+        self.inner.entries_for(agent)
+    }
+    fn agents(&self) -> ahv_store::StoreFuture<'_, Vec<ahv_core::AgentId>> {
+        self.inner.agents()
+    }
+    fn put_vouch(&self, row: ahv_store::VouchRow) -> ahv_store::StoreFuture<'_, ()> {
+        self.inner.put_vouch(row)
+    }
+    fn vouches<'a>(
+        &'a self,
+        agent: Option<&'a ahv_core::AgentId>,
+    ) -> ahv_store::StoreFuture<'a, Vec<ahv_store::VouchRow>> {
+        self.inner.vouches(agent)
+    }
+    fn put_quarantine(&self, row: ahv_store::QuarantineRow) -> ahv_store::StoreFuture<'_, ()> {
+        self.inner.put_quarantine(row)
+    }
+    fn quarantines<'a>(
+        &'a self,
+        agent: Option<&'a ahv_core::AgentId>,
+    ) -> ahv_store::StoreFuture<'a, Vec<ahv_store::QuarantineRow>> {
+        self.inner.quarantines(agent)
+    }
+}
+
+#[tokio::test]
+async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_is_reported() {
+    let store = Arc::new(Unreachable::default());
+    let s2 = store.clone();
+    let h = Hv::with(move |b| b.trust_store(s2));
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    slash_n(&h, "did:test:lost", 1).await;
+    // Read through the store thread: the slash's write (and its retries) came first.
+    let a = h.hv.assess(&id("did:test:lost")).await.unwrap();
+    assert_eq!(a.risk, 0.0, "the slash was not stored");
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = h.session();
+    match h
+        .hv
+        .join_session(&s, JoinRequest::new(id("did:test:other"), 0.8))
+        .await
+    {
+        Err(HypervisorError::Ledger(m)) => assert!(m.contains("could not be stored"), "{m}"),
+        other => panic!("a lost ledger write must refuse joins, got {other:?}"),
+    }
+    // The operator hears of it; joins are admitted again.
+    let e = h.hv.flush_liability().await.unwrap_err().to_string();
+    assert!(e.contains("unreachable"), "{e}");
+    h.hv.join_session(&s, JoinRequest::new(id("did:test:other"), 0.8))
+        .await
+        .unwrap();
+}
