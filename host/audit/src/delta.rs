@@ -760,6 +760,11 @@ mod tests {
             EventKind::EffectInvoked => EventPayload::EffectInvoked {
                 effect: s("notify.send"),
             },
+            EventKind::OperatorRequest => EventPayload::OperatorRequest {
+                caller: s("ops"),
+                role: s("operator"),
+                operation: s("POST /v1/sessions/{session}/agents"),
+            },
             EventKind::SagaCreated => EventPayload::SagaCreated {
                 saga: s("saga-1"),
                 name: s("deploy"),

@@ -75,7 +75,9 @@ exit_codes! {
     5 Escalated "escalated"
         "`saga run/resume/compensate`: the saga escalated: a compensation failed, so some of its changes remain";
     6 Denied "denied"
-        "`saga run/resume/compensate`: the liability ledger refused an agent at join (its risk is 0.60 or more)";
+        "`saga run/resume/compensate`, `session join`: the liability ledger refused an agent at join (its risk is 0.60 or more)";
+    7 ApiRefused "api-refused"
+        "`session`, `liability`: the server answered with a problem (printed): unknown session or agent, a rule that refuses it, a role that does not allow it";
     141 OutputClosed "output-closed"
         "standard output was closed early (a reader such as `head` stopped reading): the command stops quietly, with the status of a program stopped by SIGPIPE";
     traps {

@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit_cmd;
+mod client_cmd;
 mod demo;
 pub mod exit;
 mod inspect_cmd;
@@ -20,6 +21,7 @@ pub mod rings;
 mod run_cmd;
 mod saga_cmd;
 mod saga_demo;
+mod serve_cmd;
 mod session_demo;
 
 use std::path::PathBuf;
@@ -114,6 +116,27 @@ enum Command {
         #[command(subcommand)]
         cmd: ledger_cmd::LedgerCmd,
     },
+    /// Serve the HTTP API (sessions, agents, liability, sagas, events) over
+    /// a state directory, with bearer-token auth; `/openapi.json` describes it.
+    #[command(after_help = exit::help())]
+    Serve(serve_cmd::ServeArgs),
+    /// Make bearer tokens for `ahv serve`'s tokens file.
+    Token {
+        #[command(subcommand)]
+        cmd: serve_cmd::TokenCmd,
+    },
+    /// Drive shared sessions on a running `ahv serve`: create, join, run,
+    /// kill, terminate, list, read files.
+    Session {
+        #[command(subcommand)]
+        cmd: client_cmd::SessionCmd,
+    },
+    /// Vouch, release, slash, quarantine and release agents in a session on
+    /// a running `ahv serve`; blame and ledgers.
+    Liability {
+        #[command(subcommand)]
+        cmd: client_cmd::LiabilityCmd,
+    },
 }
 
 /// Options shared by the commands that compile components.
@@ -170,6 +193,10 @@ pub fn main() -> ExitCode {
             Command::Policy { cmd } => policy_cmd::policy(cmd),
             Command::Saga { cmd } => saga_cmd::saga(cmd).await,
             Command::Ledger { cmd } => ledger_cmd::ledger(cmd).await,
+            Command::Serve(args) => serve_cmd::serve(args).await,
+            Command::Token { cmd } => serve_cmd::token(cmd),
+            Command::Session { cmd } => client_cmd::session(cmd),
+            Command::Liability { cmd } => client_cmd::liability(cmd),
         }
     });
     result.unwrap_or_else(Failure::report).into()

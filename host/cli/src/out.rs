@@ -70,6 +70,8 @@ pub(crate) enum Failure {
     Setup(anyhow::Error),
     /// The liability ledger refused an agent at join (exit 6).
     Denied(String),
+    /// The API server refused the request (exit 7): its status and detail.
+    Api(String),
     /// Standard output was closed by its reader (exit 141).
     OutputClosed,
 }
@@ -97,6 +99,7 @@ impl Failure {
             Failure::Refused(_) => Exit::Refused,
             Failure::Setup(_) => Exit::Setup,
             Failure::Denied(_) => Exit::Denied,
+            Failure::Api(_) => Exit::ApiRefused,
             Failure::OutputClosed => Exit::OutputClosed,
         }
     }
@@ -108,6 +111,7 @@ impl Failure {
             Failure::Refused(m) => Some(format!("refused: {m}")),
             Failure::Setup(e) => Some(format!("error: {e:#}")),
             Failure::Denied(m) => Some(format!("denied: {m}")),
+            Failure::Api(m) => Some(format!("refused by the server: {m}")),
             Failure::OutputClosed => None,
         }
     }

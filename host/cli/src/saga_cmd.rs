@@ -177,7 +177,7 @@ fn component_bytes(base: &Path, component: &str) -> Result<Vec<u8>, Failure> {
     })
 }
 
-fn open(
+pub(crate) fn open(
     state_dir: &Path,
     cache: Option<&CacheArgs>,
     database: Option<&str>,

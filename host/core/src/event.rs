@@ -516,6 +516,17 @@ events! {
         /// The effect's registered name.
         effect: String,
     },
+    /// `operator.request`: an operator of the HTTP API (`ahv serve`) asked
+    /// for an operation on the event's session; recorded before it runs, so
+    /// the audit log names who asked even when the operation is refused.
+    OperatorRequest => "operator.request" {
+        /// The caller's name in the server's tokens file.
+        caller: String,
+        /// The caller's role (admin, operator).
+        role: String,
+        /// The operation, as `METHOD route` with the target (agent, vouch).
+        operation: String,
+    },
     /// `saga.created`: a saga was defined and is about to run.
     SagaCreated => "saga.created" {
         /// The saga's id.
@@ -1429,6 +1440,11 @@ mod tests {
             },
             EventKind::EffectInvoked => EventPayload::EffectInvoked {
                 effect: s("notify.send"),
+            },
+            EventKind::OperatorRequest => EventPayload::OperatorRequest {
+                caller: s("ops"),
+                role: s("admin"),
+                operation: s("POST /v1/sessions/{session}/activate"),
             },
             EventKind::SagaCreated => EventPayload::SagaCreated {
                 saga: s("saga-1"),

@@ -626,6 +626,26 @@ impl StateStore {
         Ok(rev.versioned())
     }
 
+    /// The existing keys starting with `prefix` as the host sees them (as
+    /// [`StateStore::peek`]: no isolation, no locks, no clock effects),
+    /// sorted, at most [`StateLimits::max_keys`].
+    ///
+    /// # Errors
+    /// [`StateError::InvalidKey`] for a prefix too long or with control
+    /// characters.
+    pub fn peek_keys(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        self.check_key(prefix, true)?;
+        let inner = self.inner();
+        Ok(inner
+            .entries
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.live().is_some())
+            .map(|(k, _)| k.clone())
+            .take(self.limits.max_keys)
+            .collect())
+    }
+
     /// The existing keys starting with `prefix` (in the caller's view),
     /// sorted, at most [`StateLimits::max_keys`].
     ///

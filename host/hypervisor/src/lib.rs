@@ -1690,6 +1690,38 @@ impl Hypervisor {
         Ok(self.entry(session)?.core.clone())
     }
 
+    /// Records in `session`'s events (and so its audit log, when audited)
+    /// that an operator of a front end asked for `operation`: who
+    /// (`caller`, as the front end authenticated it) in which `role`. Front
+    /// ends call it before the operation, so a refused request is on record
+    /// too. Unknown sessions are ignored: the operation itself reports them.
+    pub fn record_operator_request(
+        &self,
+        session: &SessionId,
+        caller: &str,
+        role: &str,
+        operation: &str,
+    ) {
+        let known = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session);
+        if known {
+            self.emit(
+                &mut self.op(),
+                session,
+                None,
+                EventPayload::OperatorRequest {
+                    caller: caller.to_string(),
+                    role: role.to_string(),
+                    operation: operation.to_string(),
+                },
+            );
+        }
+    }
+
     /// The kill handle of a participant's instance (usable from any thread).
     ///
     /// # Errors

@@ -241,6 +241,39 @@ impl FileSpace for SessionFiles {
 }
 
 impl SessionFiles {
+    /// Reads a file as the host, for inspection (an operator's read-only
+    /// view): `path` is resolved as `owner` would resolve it (`shared/…` is
+    /// the shared area, anything else `owner`'s private area), but no ACL is
+    /// checked and nothing is marked as seen in any agent's vector clock.
+    ///
+    /// # Errors
+    /// [`VfsError::InvalidPath`], [`VfsError::NotFound`], [`VfsError::Io`].
+    pub fn peek(&self, owner: &ahv_core::AgentId, path: &str) -> Result<Vec<u8>, VfsError> {
+        let key = file_key(owner, path)?;
+        self.with(|dirs, db| {
+            if !db.files.contains_key(&key) {
+                return Err(self.missing(dirs, &key, "read"));
+            }
+            dirs.area(&key.area)?
+                .read(&key.rel)
+                .map_err(|e| in_guest_terms(e, &key.area))
+        })
+    }
+
+    /// Lists a directory as the host, for inspection: as
+    /// [`FileSpace::list`] for `owner` (listing needs no permission and
+    /// changes nothing).
+    ///
+    /// # Errors
+    /// As [`FileSpace::list`].
+    pub fn peek_list(
+        &self,
+        owner: &ahv_core::AgentId,
+        path: &str,
+    ) -> Result<Vec<String>, VfsError> {
+        self.list(Caller::untraced(owner, Ring::Sandbox), path)
+    }
+
     /// Why there is no file at `key`: a directory, a refused path, or nothing.
     pub(super) fn missing(&self, dirs: &mut Dirs, key: &AreaPath, op: &'static str) -> VfsError {
         let guest = key.guest();

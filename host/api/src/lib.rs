@@ -1,0 +1,389 @@
+//! The HTTP API of Agent Hypervisor (`ahv serve`): shared sessions of
+//! governed Wasm agents, their files and state, joint liability, sagas and
+//! the event history, over the [`Hypervisor`] facade only — this crate holds
+//! no governance logic, it authenticates, authorizes, converts and delegates.
+//!
+//! - Every route but `/v1/health` and `/openapi.json` needs a bearer token
+//!   from the tokens file ([`auth`]); the token's role decides what the
+//!   caller may do, and the caller's name is recorded in the session's events
+//!   and audit log (`operator.request`) before the operation runs.
+//! - Errors are RFC 9457 problem details ([`problem::Problem`]).
+//! - Request bodies are bounded ([`ApiLimits`]); each caller has a request
+//!   budget (a token bucket), refused with 429 and `Retry-After`.
+//! - The OpenAPI document is generated from the handlers themselves
+//!   (`utoipa`), so a route cannot exist without being in it.
+//!
+//! # Wiring
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ahv_api::{Api, ApiLimits, auth::{Caller, Role, Tokens}};
+//! use ahv_hypervisor::Hypervisor;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let state = tempfile::tempdir()?;
+//! let hv = Arc::new(Hypervisor::builder().state_dir(state.path()).build()?);
+//! let tokens = Tokens::none().with(
+//!     "ahv_secret",
+//!     Caller { name: "ops".into(), role: Role::Admin, sessions: vec![] },
+//! );
+//! let api = Api::new(hv, tokens, ApiLimits::default());
+//! let router: axum::Router = api.router();
+//! // axum::serve(tokio::net::TcpListener::bind("127.0.0.1:7878").await?, router).await?;
+//! # drop(router);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod auth;
+mod components;
+mod events;
+mod liability;
+pub mod problem;
+mod sagas;
+mod sessions;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ahv_core::{AgentId, SessionId};
+use ahv_hypervisor::Hypervisor;
+use ahv_runtime::AgentComponent;
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, Role, Tokens};
+use crate::problem::Problem;
+
+/// Bounds on what one caller may send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiLimits {
+    /// Largest JSON request body, in bytes (default 1 MiB).
+    pub max_json_bytes: usize,
+    /// Largest component upload, in bytes (default 64 MiB: a Python agent
+    /// built with componentize-py is ~18 MB).
+    pub max_component_bytes: usize,
+    /// Requests per second each caller may make on average (default 50).
+    pub requests_per_second: f64,
+    /// How many requests a caller may make at once after a pause (default 100).
+    pub burst: f64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_json_bytes: 1 << 20,
+            max_component_bytes: 64 << 20,
+            requests_per_second: 50.0,
+            burst: 100.0,
+        }
+    }
+}
+
+/// An admitted component the server keeps for joins, by the hex SHA-256 of
+/// its bytes.
+struct Stored {
+    component: AgentComponent,
+    bytes: usize,
+    uploaded_by: String,
+}
+
+/// A caller's request budget.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub(crate) hv: Arc<Hypervisor>,
+    tokens: Tokens,
+    limits: ApiLimits,
+    components: RwLock<BTreeMap<String, Stored>>,
+    /// Who created each session (operators act on their own sessions).
+    owners: Mutex<HashMap<SessionId, String>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    saga_failures: sagas::Failures,
+}
+
+/// The API: build it with [`Api::new`], then serve [`Api::router`].
+#[derive(Clone)]
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+type State = axum::extract::State<Arc<Shared>>;
+
+impl Api {
+    /// An API over `hv`, accepting `tokens`, bounded by `limits`.
+    pub fn new(hv: Arc<Hypervisor>, tokens: Tokens, limits: ApiLimits) -> Api {
+        Api {
+            shared: Arc::new(Shared {
+                hv,
+                tokens,
+                limits,
+                components: RwLock::new(BTreeMap::new()),
+                owners: Mutex::new(HashMap::new()),
+                buckets: Mutex::new(HashMap::new()),
+                saga_failures: sagas::Failures::default(),
+            }),
+        }
+    }
+
+    /// The hypervisor behind the API.
+    pub fn hypervisor(&self) -> &Arc<Hypervisor> {
+        &self.shared.hv
+    }
+
+    /// The OpenAPI document of every route [`Api::router`] serves.
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        self.parts().1
+    }
+
+    /// The routes, with `/openapi.json` serving [`Api::openapi`].
+    pub fn router(&self) -> axum::Router {
+        let (router, doc) = self.parts();
+        let doc = Arc::new(doc);
+        router.route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json((*doc).clone()) }
+            }),
+        )
+    }
+
+    fn parts(&self) -> (axum::Router, utoipa::openapi::OpenApi) {
+        let json_limit = DefaultBodyLimit::max(self.shared.limits.max_json_bytes);
+        let upload = OpenApiRouter::new()
+            .routes(routes!(components::upload))
+            .layer(DefaultBodyLimit::max(
+                self.shared.limits.max_component_bytes,
+            ));
+        let rest = OpenApiRouter::new()
+            .routes(routes!(health))
+            .routes(routes!(components::list))
+            .routes(routes!(components::show))
+            .routes(routes!(sessions::create, sessions::list))
+            .routes(routes!(sessions::show))
+            .routes(routes!(sessions::activate))
+            .routes(routes!(sessions::terminate))
+            .routes(routes!(sessions::join, sessions::participants))
+            .routes(routes!(sessions::leave))
+            .routes(routes!(sessions::run))
+            .routes(routes!(sessions::kill))
+            .routes(routes!(sessions::snapshot))
+            .routes(routes!(sessions::restore))
+            .routes(routes!(sessions::files))
+            .routes(routes!(sessions::file))
+            .routes(routes!(sessions::state_keys))
+            .routes(routes!(sessions::state_value))
+            .routes(routes!(liability::vouch, liability::vouches))
+            .routes(routes!(liability::release_vouch))
+            .routes(routes!(liability::slash))
+            .routes(routes!(liability::quarantine, liability::release))
+            .routes(routes!(liability::ledger))
+            .routes(routes!(sagas::submit))
+            .routes(routes!(sagas::list))
+            .routes(routes!(sagas::show))
+            .routes(routes!(sagas::attribution))
+            .routes(routes!(events::query))
+            .layer(json_limit);
+        OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .merge(upload)
+            .merge(rest)
+            .with_state(self.shared.clone())
+            .split_for_parts()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Agent Hypervisor API",
+        description = "Shared sessions of governed WebAssembly agents: rings, files, state, joint liability, sagas, events. Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`; errors are RFC 9457 problem details."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The server's liveness and version.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+    /// Where the liability ledger lives (`sqlite`, `postgres`, `memory`).
+    pub ledger: String,
+}
+
+/// Liveness: answers without a token.
+#[utoipa::path(get, path = "/v1/health", tag = "server", security(()),
+    responses((status = 200, description = "The server is up", body = Health)))]
+async fn health(axum::extract::State(s): State) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ledger: s.hv.ledger_backend().into(),
+    })
+}
+
+/// The authenticated caller of a request (the `Authorization: Bearer`
+/// header), after its request budget was charged.
+pub(crate) struct Auth(pub(crate) Caller);
+
+impl FromRequestParts<Arc<Shared>> for Auth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Shared>) -> Result<Auth, Response> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return Err(
+                Problem::unauthorized("send `Authorization: Bearer <token>`").into_response(),
+            );
+        };
+        let Some(caller) = s.tokens.authenticate(token.trim()) else {
+            return Err(
+                Problem::unauthorized("the bearer token is not known to this server")
+                    .into_response(),
+            );
+        };
+        s.charge(&caller.name)?;
+        Ok(Auth(caller.clone()))
+    }
+}
+
+impl Shared {
+    /// Takes one request from `caller`'s budget, or refuses with 429.
+    fn charge(&self, caller: &str) -> Result<(), Response> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, burst) = (self.limits.requests_per_second, self.limits.burst);
+        let b = buckets.entry(caller.to_string()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64(((1.0 - b.tokens) / rate.max(1e-9)).min(3600.0));
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut res = Problem::rate_limited(ms).into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Err(res)
+    }
+
+    /// Refuses unless `caller` may change `session`: admins always,
+    /// operators for sessions they created or were given.
+    pub(crate) fn may_operate(&self, caller: &Caller, session: &SessionId) -> Result<(), Problem> {
+        match caller.role {
+            Role::Admin => Ok(()),
+            Role::Auditor => Err(Problem::forbidden(format!(
+                "{} is an auditor: it reads, it does not change session {session}",
+                caller.name
+            ))),
+            Role::Operator => {
+                let owner = self
+                    .owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(session)
+                    .cloned();
+                if owner.as_deref() == Some(caller.name.as_str())
+                    || caller.sessions.iter().any(|s| s == session.as_str())
+                {
+                    Ok(())
+                } else {
+                    Err(Problem::forbidden(format!(
+                        "operator {} did not create session {session} and is not given it in the tokens file",
+                        caller.name
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Records who asked for `operation` in the session's events and audit
+    /// log, before it runs.
+    pub(crate) fn record(&self, caller: &Caller, session: &SessionId, operation: &str) {
+        self.hv
+            .record_operator_request(session, &caller.name, caller.role.name(), operation);
+    }
+}
+
+/// Refuses unless the caller is an admin.
+pub(crate) fn admin_only(caller: &Caller, what: &str) -> Result<(), Problem> {
+    if caller.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!(
+            "{what} needs the admin role; {} is {}",
+            caller.name,
+            caller.role.name()
+        )))
+    }
+}
+
+/// Refuses auditors.
+pub(crate) fn not_auditor(caller: &Caller, what: &str) -> Result<(), Problem> {
+    if caller.role == Role::Auditor {
+        Err(Problem::forbidden(format!(
+            "{what} changes the server; {} is an auditor",
+            caller.name
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// A session id from a path, validated.
+pub(crate) fn session_id(s: &str) -> Result<SessionId, Problem> {
+    SessionId::new(s).map_err(|e| Problem::bad_request(format!("session id {s:?}: {e}")))
+}
+
+/// An agent id from a path or body, validated.
+pub(crate) fn agent_id(s: &str) -> Result<AgentId, Problem> {
+    AgentId::new(s).map_err(|e| Problem::bad_request(format!("agent id {s:?}: {e}")))
+}
+
+/// The agent id under which an API caller acts on files and state (the
+/// reserved `ahv:` prefix: no agent can join under it).
+pub(crate) fn operator_agent(caller: &Caller) -> Result<AgentId, Problem> {
+    AgentId::new(format!("ahv:operator:{}", caller.name))
+        .map_err(|e| Problem::internal(format!("operator id for {}: {e}", caller.name)))
+}
