@@ -1392,3 +1392,275 @@ async fn ahv_ledger_reads_a_state_directory_and_says_when_there_is_none() {
     let r = ahv_run(&["ledger", "list"]);
     assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
 }
+
+/// `ahv serve` as a child process: started on an ephemeral port, its address
+/// read from its standard error.
+struct Serving {
+    child: Child,
+    url: String,
+    err: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serving {
+    fn start(state: &Path, tokens: &Path) -> Serving {
+        let mut child = ahv(&[
+            "serve",
+            "--state-dir",
+            path_str(state),
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            path_str(tokens),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + LIMIT;
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("listening on ") {
+                        break rest.split_whitespace().next().unwrap().to_string();
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("`ahv serve` did not say where it listens within {LIMIT:?}: {e}");
+                }
+            }
+        };
+        Serving {
+            child,
+            url,
+            err: rx,
+        }
+    }
+
+    /// `ahv ARGS` against this server with the token in `token_file`.
+    fn ahv(&self, token_file: &Path, args: &[&str]) -> Run {
+        let mut c = ahv(args);
+        c.env("AHV_SERVER", &self.url)
+            .arg("--token-file")
+            .arg(token_file);
+        run(c, b"")
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_shell_user_drives_a_shared_session_and_its_liability_through_ahv_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    // Tokens made by `ahv token new`: the token on stdout, the entry on stderr.
+    let tokens = tmp.path().join("tokens.toml");
+    let mut entries = String::new();
+    for (name, role) in [("ops", "admin"), ("dev", "operator")] {
+        let r = ahv_run(&["token", "new", "--name", name, "--role", role]);
+        assert_eq!(r.code(), 0, "{r:?}");
+        assert!(
+            !r.stderr.contains(r.stdout.trim()),
+            "the entry holds only the hash"
+        );
+        std::fs::write(tmp.path().join(format!("{name}.token")), r.stdout.trim()).unwrap();
+        entries += &r.stderr;
+    }
+    std::fs::write(&tokens, entries).unwrap();
+    let ops = tmp.path().join("ops.token");
+    let dev = tmp.path().join("dev.token");
+    let mut srv = Serving::start(&state, &tokens);
+    let note_taker = ahv_agents::PATHS
+        .iter()
+        .find(|(n, _)| *n == "note-taker")
+        .unwrap()
+        .1;
+
+    let r = srv.ahv(&dev, &["session", "create"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let s = r.stdout.trim().to_string();
+    assert!(s.starts_with('s'), "{r:?}");
+    let join = |agent: &str, sigma: &str, component: Option<&str>| {
+        let mut args = vec!["session", "join", &s, agent, "--sigma", sigma];
+        if let Some(c) = component {
+            args.extend(["--component", c]);
+        }
+        let r = srv.ahv(&dev, &args);
+        assert_eq!(r.code(), 0, "{r:?}");
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["ring"].clone()
+    };
+    assert_eq!(join("did:ex:writer", "0.8", Some(note_taker)), 2);
+    assert_eq!(join("did:ex:boss", "0.9", None), 2);
+    assert_eq!(join("did:ex:low", "0.4", None), 3);
+    assert_eq!(srv.ahv(&dev, &["session", "activate", &s]).code(), 0);
+    let r = srv.ahv(
+        &dev,
+        &[
+            "session",
+            "run",
+            &s,
+            "did:ex:writer",
+            "--input",
+            "from a shell",
+        ],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = srv.ahv(
+        &dev,
+        &[
+            "session",
+            "files",
+            &s,
+            "notes/today.md",
+            "--read",
+            "--agent",
+            "did:ex:writer",
+        ],
+    );
+    assert_eq!(r.stdout, "# Today\n- from a shell\n", "{r:?}");
+
+    // Liability from the shell: a vouch lifts, a release drops.
+    let r = srv.ahv(
+        &dev,
+        &[
+            "liability",
+            "vouch",
+            &s,
+            "did:ex:boss",
+            "did:ex:low",
+            "--pct",
+            "0.5",
+        ],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["ring"], 2);
+    let vouch = v["id"].to_string();
+    assert_eq!(
+        srv.ahv(&dev, &["liability", "release", &s, &vouch]).code(),
+        0
+    );
+    // Punishments need admin: the operator's slash is refused (exit 7), the admin's is not.
+    let r = srv.ahv(
+        &dev,
+        &[
+            "liability",
+            "slash",
+            &s,
+            "did:ex:low",
+            "--severity",
+            "1",
+            "--reason",
+            "spam",
+        ],
+    );
+    assert_eq!(r.code(), code(Exit::ApiRefused), "{r:?}");
+    assert!(
+        r.stderr.contains("403") && r.stderr.contains("admin"),
+        "{r:?}"
+    );
+    let r = srv.ahv(
+        &ops,
+        &[
+            "liability",
+            "slash",
+            &s,
+            "did:ex:low",
+            "--severity",
+            "1",
+            "--reason",
+            "spam",
+        ],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    // A quarantine stops the writer's next file read; the release lets it through.
+    let r = srv.ahv(
+        &ops,
+        &[
+            "liability",
+            "quarantine",
+            &s,
+            "did:ex:writer",
+            "--duration-s",
+            "60",
+        ],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = srv.ahv(
+        &dev,
+        &["session", "run", &s, "did:ex:writer", "--input", "x"],
+    );
+    assert_eq!(r.code(), code(Exit::Failed), "{r:?}");
+    assert!(r.stdout.contains("quarantined"), "{r:?}");
+    let r = srv.ahv(
+        &ops,
+        &["liability", "release-quarantine", &s, "did:ex:writer"],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = srv.ahv(
+        &dev,
+        &["session", "run", &s, "did:ex:writer", "--input", "y"],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = srv.ahv(&ops, &["liability", "ledger", "did:ex:low"]);
+    assert!(r.stdout.contains("\"slash\""), "{r:?}");
+    // Kill needs admin too.
+    let r = srv.ahv(&dev, &["session", "kill", &s, "did:ex:writer"]);
+    assert_eq!(r.code(), code(Exit::ApiRefused), "{r:?}");
+    let r = srv.ahv(&ops, &["session", "kill", &s, "did:ex:writer"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let r = srv.ahv(&dev, &["session", "terminate", &s]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stdout.contains("\"commitment\""), "{r:?}");
+    // Errors: an unknown session, no token, no server.
+    let r = srv.ahv(&dev, &["session", "show", "s999-00"]);
+    assert_eq!(r.code(), code(Exit::ApiRefused), "{r:?}");
+    let r = run(
+        {
+            let mut c = ahv(&["session", "ls"]);
+            c.env("AHV_SERVER", &srv.url).env_remove("AHV_TOKEN");
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    let r = run(
+        {
+            let mut c = ahv(&["session", "ls", "--token-file", path_str(&dev)]);
+            c.env("AHV_SERVER", "http://127.0.0.1:9");
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.code(), code(Exit::Setup), "{r:?}");
+
+    // SIGTERM: the server stops and seals its audit log, which verifies.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&srv.child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut srv.child, LIMIT, "ahv serve after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let said: Vec<String> = srv.err.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("sealing")), "{said:?}");
+    let r = ahv_run(&["audit", "verify", path_str(&state)]);
+    assert_eq!(r.code(), 0, "{r:?}");
+}

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real guest components under the real host.
 
 mod agents;
+mod api;
 mod audit;
 mod cli;
 mod containment;

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use ahv_runtime::{ImportKind, Manifest};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::Path;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::extract::{PathParams, RawBody};
 use crate::problem::Problem;
 use crate::{Auth, Shared, State, Stored, not_auditor};
 
@@ -99,7 +98,7 @@ fn view(id: &str, s: &Stored) -> ComponentView {
 pub(crate) async fn upload(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ComponentView>), Problem> {
     not_auditor(&caller, "uploading a component")?;
     let id = hex::encode(Sha256::digest(&body));
@@ -148,7 +147,7 @@ pub(crate) async fn list(
 pub(crate) async fn show(
     axum::extract::State(s): State,
     Auth(_caller): Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Json<ComponentView>, Problem> {
     read(&s)
         .get(&id)

@@ -2,11 +2,11 @@
 
 use ahv_core::{Event, EventId, EventKind, EventQuery, Field};
 use axum::Json;
-use axum::extract::Query;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::QueryParams;
 use crate::problem::Problem;
 use crate::{Auth, State, agent_id, session_id};
 
@@ -89,7 +89,7 @@ pub(crate) fn view(e: &Event) -> EventView {
 pub(crate) async fn query(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Query(q): Query<EventsQuery>,
+    QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Json<Vec<EventView>>, Problem> {
     let mut eq = EventQuery::default().limit(q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS));
     if let Some(x) = &q.session {

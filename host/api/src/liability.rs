@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use ahv_trust::{Admission, QuarantineReason, VouchId};
 use axum::Json;
-use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::problem::Problem;
 use crate::{Auth, State, admin_only, agent_id, session_id};
 
@@ -74,8 +74,8 @@ fn operate(
 pub(crate) async fn vouch(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
-    Json(req): Json<VouchRequest>,
+    PathParams(session): PathParams<String>,
+    JsonBody(req): JsonBody<VouchRequest>,
 ) -> Result<(StatusCode, Json<VouchCreated>), Problem> {
     let voucher = agent_id(&req.voucher)?;
     let vouchee = agent_id(&req.vouchee)?;
@@ -104,7 +104,7 @@ pub(crate) async fn vouch(
 pub(crate) async fn vouches(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<Json<Vec<VouchView>>, Problem> {
     let v = s.hv.vouches(&session_id(&session)?)?;
     Ok(Json(
@@ -136,8 +136,8 @@ pub(crate) struct ReleaseQuery {
 pub(crate) async fn release_vouch(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, vouch)): Path<(String, u64)>,
-    Query(q): Query<ReleaseQuery>,
+    PathParams((session, vouch)): PathParams<(String, u64)>,
+    QueryParams(q): QueryParams<ReleaseQuery>,
 ) -> Result<Json<VouchView>, Problem> {
     let id = operate(
         &s,
@@ -207,8 +207,8 @@ pub struct SlashView {
 pub(crate) async fn slash(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
-    Json(req): Json<SlashRequest>,
+    PathParams((session, agent)): PathParams<(String, String)>,
+    JsonBody(req): JsonBody<SlashRequest>,
 ) -> Result<Json<SlashView>, Problem> {
     admin_only(&caller, "slashing")?;
     let agent = agent_id(&agent)?;
@@ -285,8 +285,8 @@ pub struct QuarantineView {
 pub(crate) async fn quarantine(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
-    Json(req): Json<QuarantineRequest>,
+    PathParams((session, agent)): PathParams<(String, String)>,
+    JsonBody(req): JsonBody<QuarantineRequest>,
 ) -> Result<Json<QuarantineView>, Problem> {
     admin_only(&caller, "quarantining")?;
     let agent = agent_id(&agent)?;
@@ -337,7 +337,7 @@ pub struct Released {
 pub(crate) async fn release(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
+    PathParams((session, agent)): PathParams<(String, String)>,
 ) -> Result<Json<Released>, Problem> {
     admin_only(&caller, "releasing a quarantine")?;
     let agent = agent_id(&agent)?;
@@ -374,7 +374,7 @@ pub struct LedgerView {
 pub(crate) async fn ledger(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(agent): Path<String>,
+    PathParams(agent): PathParams<String>,
 ) -> Result<Json<LedgerView>, Problem> {
     let agent = agent_id(&agent)?;
     let a = s.hv.assess(&agent).await?;

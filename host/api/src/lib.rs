@@ -40,6 +40,7 @@
 pub mod auth;
 mod components;
 mod events;
+mod extract;
 mod liability;
 pub mod problem;
 mod sagas;

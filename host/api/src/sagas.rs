@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use ahv_saga::{SagaDefinition, SagaId, SagaReport};
 use ahv_trust::AttributionPolicy;
 use axum::Json;
-use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::{PathParams, QueryParams, TextBody};
 use crate::problem::Problem;
 use crate::{Auth, State, session_id};
 
@@ -90,9 +90,9 @@ fn view(r: &SagaReport) -> SagaView {
 pub(crate) async fn submit(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
     headers: HeaderMap,
-    body: String,
+    TextBody(body): TextBody,
 ) -> Result<(StatusCode, Json<Submitted>), Problem> {
     let id = session_id(&session)?;
     s.may_operate(&caller, &id)?;
@@ -158,7 +158,7 @@ pub(crate) async fn list(
 pub(crate) async fn show(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(saga): Path<String>,
+    PathParams(saga): PathParams<String>,
 ) -> Result<Json<SagaView>, Problem> {
     let id = saga_id(&saga)?;
     if let Some(p) = s
@@ -218,8 +218,8 @@ pub struct AttributionView {
 pub(crate) async fn attribution(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(saga): Path<String>,
-    Query(q): Query<BlameQuery>,
+    PathParams(saga): PathParams<String>,
+    QueryParams(q): QueryParams<BlameQuery>,
 ) -> Result<Json<AttributionView>, Problem> {
     let id = saga_id(&saga)?;
     let policy = if q.heuristic {

@@ -9,11 +9,11 @@ use ahv_governance::session::{Consistency, SessionConfig};
 use ahv_hypervisor::{HypervisorError, JoinRequest, SessionInfo};
 use ahv_runtime::LogSource;
 use axum::Json;
-use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::problem::Problem;
 use crate::{Auth, State, admin_only, agent_id, components, operator_agent, session_id};
 
@@ -144,7 +144,7 @@ fn config(req: CreateSession) -> Result<SessionConfig, Problem> {
 pub(crate) async fn create(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Json(req): Json<CreateSession>,
+    JsonBody(req): JsonBody<CreateSession>,
 ) -> Result<(StatusCode, Json<SessionView>), Problem> {
     crate::not_auditor(&caller, "creating a session")?;
     let config = config(req)?;
@@ -171,7 +171,7 @@ pub(crate) async fn list(axum::extract::State(s): State, Auth(_c): Auth) -> Json
 pub(crate) async fn show(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<Json<SessionView>, Problem> {
     let info = s.hv.session(&session_id(&session)?)?;
     Ok(Json(view(&s, info)))
@@ -198,7 +198,7 @@ fn operate(
 pub(crate) async fn activate(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<Json<SessionView>, Problem> {
     let id = operate(
         &s,
@@ -242,7 +242,7 @@ pub struct CommitmentView {
 pub(crate) async fn terminate(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<Json<TerminationView>, Problem> {
     let id = operate(
         &s,
@@ -305,8 +305,8 @@ pub struct Joined {
 pub(crate) async fn join(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
-    Json(req): Json<Join>,
+    PathParams(session): PathParams<String>,
+    JsonBody(req): JsonBody<Join>,
 ) -> Result<(StatusCode, Json<Joined>), Problem> {
     if req.root {
         admin_only(&caller, "a ring-0 (root) join")?;
@@ -342,7 +342,7 @@ pub(crate) async fn join(
 pub(crate) async fn participants(
     axum::extract::State(s): State,
     Auth(_c): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<Json<Vec<ParticipantView>>, Problem> {
     let info = s.hv.session(&session_id(&session)?)?;
     Ok(Json(view(&s, info).participants))
@@ -355,7 +355,7 @@ pub(crate) async fn participants(
 pub(crate) async fn leave(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
+    PathParams((session, agent)): PathParams<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     let agent = agent_id(&agent)?;
     let id = operate(
@@ -417,8 +417,8 @@ pub struct RunView {
 pub(crate) async fn run(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
-    Json(req): Json<RunInput>,
+    PathParams((session, agent)): PathParams<(String, String)>,
+    JsonBody(req): JsonBody<RunInput>,
 ) -> Result<Json<RunView>, Problem> {
     let agent = agent_id(&agent)?;
     let id = operate(
@@ -499,8 +499,8 @@ pub struct KillView {
 pub(crate) async fn kill(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, agent)): Path<(String, String)>,
-    Json(req): Json<KillRequest>,
+    PathParams((session, agent)): PathParams<(String, String)>,
+    JsonBody(req): JsonBody<KillRequest>,
 ) -> Result<Json<KillView>, Problem> {
     admin_only(&caller, "killing an agent")?;
     let agent = agent_id(&agent)?;
@@ -555,7 +555,7 @@ pub struct SnapshotView {
 pub(crate) async fn snapshot(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
+    PathParams(session): PathParams<String>,
 ) -> Result<(StatusCode, Json<SnapshotView>), Problem> {
     let id = operate(
         &s,
@@ -595,7 +595,7 @@ pub struct RestoreView {
 pub(crate) async fn restore(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path((session, snapshot)): Path<(String, u64)>,
+    PathParams((session, snapshot)): PathParams<(String, u64)>,
 ) -> Result<Json<RestoreView>, Problem> {
     let id = operate(
         &s,
@@ -679,8 +679,8 @@ fn owner(caller: &crate::auth::Caller, agent: Option<&str>) -> Result<AgentId, P
 pub(crate) async fn files(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
-    Query(q): Query<DirQuery>,
+    PathParams(session): PathParams<String>,
+    QueryParams(q): QueryParams<DirQuery>,
 ) -> Result<Json<Vec<String>>, Problem> {
     let core = live(&s, &session)?;
     let me = owner(&caller, q.agent.as_deref())?;
@@ -713,8 +713,8 @@ fn file_problem(path: &str, e: ahv_governance::vfs::VfsError) -> Problem {
 pub(crate) async fn file(
     axum::extract::State(s): State,
     Auth(caller): Auth,
-    Path(session): Path<String>,
-    Query(q): Query<FileQuery>,
+    PathParams(session): PathParams<String>,
+    QueryParams(q): QueryParams<FileQuery>,
 ) -> Result<Vec<u8>, Problem> {
     let core = live(&s, &session)?;
     let me = owner(&caller, q.agent.as_deref())?;
@@ -762,8 +762,8 @@ pub struct StateValue {
 pub(crate) async fn state_keys(
     axum::extract::State(s): State,
     Auth(_caller): Auth,
-    Path(session): Path<String>,
-    Query(q): Query<PrefixQuery>,
+    PathParams(session): PathParams<String>,
+    QueryParams(q): QueryParams<PrefixQuery>,
 ) -> Result<Json<Vec<String>>, Problem> {
     let core = live(&s, &session)?;
     core.state()
@@ -779,8 +779,8 @@ pub(crate) async fn state_keys(
 pub(crate) async fn state_value(
     axum::extract::State(s): State,
     Auth(_caller): Auth,
-    Path(session): Path<String>,
-    Query(q): Query<KeyQuery>,
+    PathParams(session): PathParams<String>,
+    QueryParams(q): QueryParams<KeyQuery>,
 ) -> Result<Json<StateValue>, Problem> {
     let core = live(&s, &session)?;
     let v = core.state().peek(&q.key).ok_or_else(|| {

@@ -1,0 +1,829 @@
+//! The HTTP API (`ahv_api`, served by `ahv serve`) over real TCP on
+//! 127.0.0.1, with real agents: authentication and roles, the session
+//! lifecycle, liability through the gate, and hostile requests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahv_api::auth::{Caller, Role, Tokens};
+use ahv_api::{Api, ApiLimits};
+use ahv_hypervisor::Hypervisor;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "tok-admin";
+const OP1: &str = "tok-op1";
+const OP2: &str = "tok-op2";
+const AUDITOR: &str = "tok-aud";
+
+/// Longest any one request may take (a join compiles a component on a cold cache).
+const REQUEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// A server on an ephemeral port, stopped when dropped.
+struct Server {
+    base: String,
+    http: ureq::Agent,
+    rt: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn tokens() -> Tokens {
+    let c = |name: &str, role| Caller {
+        name: name.into(),
+        role,
+        sessions: Vec::new(),
+    };
+    Tokens::none()
+        .with(ADMIN, c("root-ops", Role::Admin))
+        .with(OP1, c("op1", Role::Operator))
+        .with(OP2, c("op2", Role::Operator))
+        .with(AUDITOR, c("aud", Role::Auditor))
+}
+
+fn server_with(limits: ApiLimits) -> Server {
+    let state = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hv = Arc::new(
+        Hypervisor::builder()
+            .state_dir(state.path())
+            .cache_dir(crate::cache_dir())
+            .database("memory")
+            .build()
+            .unwrap(),
+    );
+    let api = Api::new(hv, tokens(), limits);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        axum::serve(listener, api.router())
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let http = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_LIMIT))
+            .build(),
+    );
+    Server {
+        base: format!("http://{addr}"),
+        http,
+        rt: Some(rt),
+        stop: Some(tx),
+        _state: state,
+    }
+}
+
+fn server() -> Server {
+    server_with(ApiLimits {
+        requests_per_second: 10_000.0,
+        burst: 10_000.0,
+        ..ApiLimits::default()
+    })
+}
+
+/// One answer: status, content type, JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    retry_after: Option<String>,
+    body: Value,
+    text: String,
+}
+
+impl Answer {
+    /// Asserts a problem+json answer with `status` whose detail contains `needle`.
+    fn problem(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{self:#?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:#?}");
+        assert_eq!(self.body["status"], status, "{self:#?}");
+        let detail = self.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(needle),
+            "detail {detail:?} lacks {needle:?}"
+        );
+    }
+
+    fn ok(&self) -> &Value {
+        assert!((200..300).contains(&self.status), "{self:#?}");
+        &self.body
+    }
+}
+
+impl Server {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        ct: &str,
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let res = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" {
+                    self.http.get(&url)
+                } else {
+                    self.http.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = self.http.post(&url).content_type(ct);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => r.send(&b[..]),
+                    None => r.send_empty(),
+                }
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = res.status().as_u16();
+        let header = |n: &str| {
+            res.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        let text = res
+            .into_body()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            retry_after,
+            body,
+            text,
+        }
+    }
+
+    fn get(&self, path: &str, token: &str) -> Answer {
+        self.send("GET", path, Some(token), None, "")
+    }
+
+    fn delete(&self, path: &str, token: &str) -> Answer {
+        self.send("DELETE", path, Some(token), None, "")
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(
+            "POST",
+            path,
+            Some(token),
+            Some(serde_json::to_vec(&body).unwrap()),
+            "application/json",
+        )
+    }
+
+    fn upload(&self, token: &str, wasm: &[u8]) -> Answer {
+        self.send(
+            "POST",
+            "/v1/components",
+            Some(token),
+            Some(wasm.to_vec()),
+            "application/wasm",
+        )
+    }
+
+    /// A new active session created by `token`'s caller, with `did:ex:writer`
+    /// (note-taker, σ 0.8) joined.
+    fn writer_session(&self, token: &str) -> String {
+        let c = self.upload(token, ahv_agents::NOTE_TAKER);
+        let component = c.ok()["id"].as_str().unwrap().to_string();
+        let s = self.post("/v1/sessions", token, json!({}));
+        let id = s.ok()["id"].as_str().unwrap().to_string();
+        let j = self.post(
+            &format!("/v1/sessions/{id}/agents"),
+            token,
+            json!({"agent": "did:ex:writer", "sigma": 0.8, "component": component}),
+        );
+        assert_eq!(j.ok()["ring"], 2);
+        self.post(&format!("/v1/sessions/{id}/activate"), token, json!(null))
+            .ok();
+        id
+    }
+}
+
+#[test]
+fn health_needs_no_token_and_everything_else_does() {
+    let s = server();
+    let h = s.send("GET", "/v1/health", None, None, "");
+    assert_eq!(h.ok()["status"], "ok");
+    assert_eq!(h.body["ledger"], "memory");
+    s.send("GET", "/v1/sessions", None, None, "")
+        .problem(401, "Authorization: Bearer");
+    s.get("/v1/sessions", "tok-admi").problem(401, "not known");
+    let basic = s
+        .http
+        .get(format!("{}/v1/sessions", s.base))
+        .header("Authorization", "Basic dG9rLWFkbWluOg==")
+        .call()
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+    // A token is never echoed back.
+    let wrong = s.get("/v1/events", "ahv_secret_guess");
+    assert!(!wrong.text.contains("ahv_secret_guess"), "{wrong:#?}");
+}
+
+#[test]
+fn a_shared_session_runs_end_to_end_and_the_audit_log_names_the_caller() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    let run = s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/run"),
+        OP1,
+        json!({"input": "ship it"}),
+    );
+    assert_eq!(run.ok()["ok"], true, "{run:#?}");
+    assert_eq!(run.body["output"], "1 note(s) in notes/today.md");
+    // Its private file, read-only, as the host.
+    let names = s.get(
+        &format!("/v1/sessions/{id}/files?agent=did:ex:writer"),
+        AUDITOR,
+    );
+    assert!(
+        names.ok().as_array().unwrap().contains(&json!("notes")),
+        "{names:#?}"
+    );
+    let file = s.get(
+        &format!("/v1/sessions/{id}/file?path=notes/today.md&agent=did:ex:writer"),
+        AUDITOR,
+    );
+    assert_eq!(file.status, 200);
+    assert!(file.text.contains("- ship it"), "{}", file.text);
+    // Who asked is an event, and that event an audit delta.
+    let ev = s.get(
+        &format!("/v1/events?session={id}&kind=operator.request"),
+        AUDITOR,
+    );
+    let requests = ev.ok().as_array().unwrap().clone();
+    let run_req = requests
+        .iter()
+        .find(|e| {
+            e["fields"]["operation"]
+                .as_str()
+                .unwrap()
+                .contains("/run agent=did:ex:writer")
+        })
+        .unwrap_or_else(|| panic!("no run request in {requests:#?}"));
+    assert_eq!(run_req["fields"]["caller"], "op1");
+    assert_eq!(run_req["fields"]["role"], "operator");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let captured = s.get(
+            &format!("/v1/events?session={id}&kind=audit.delta_captured"),
+            AUDITOR,
+        );
+        if captured
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["parent"] == run_req["id"])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator.request event was not captured in the audit log within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = s.post(&format!("/v1/sessions/{id}/terminate"), OP1, json!(null));
+    assert!(
+        t.ok()["commitment"]["tree_size"].as_u64().unwrap() > 5,
+        "{t:#?}"
+    );
+    let archived = s.get(&format!("/v1/sessions/{id}"), AUDITOR);
+    assert_eq!(archived.ok()["state"], "archived");
+    s.get(&format!("/v1/sessions/{id}/files"), AUDITOR)
+        .problem(409, "archived");
+}
+
+#[test]
+fn roles_decide_who_may_do_what() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    // Auditors read, never change.
+    assert_eq!(s.get(&format!("/v1/sessions/{id}"), AUDITOR).status, 200);
+    s.post("/v1/sessions", AUDITOR, json!({}))
+        .problem(403, "auditor");
+    s.upload(AUDITOR, ahv_agents::HELLO).problem(403, "auditor");
+    // Another operator may not touch op1's session.
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/run"),
+        OP2,
+        json!({"input": "x"}),
+    )
+    .problem(403, "did not create session");
+    s.post(&format!("/v1/sessions/{id}/terminate"), OP2, json!(null))
+        .problem(403, "op2");
+    // Kills, slashes, quarantines and root joins need admin, even in one's own session.
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/kill"),
+        OP1,
+        json!({"reason": "manual"}),
+    )
+    .problem(403, "admin");
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/slash"),
+        OP1,
+        json!({"severity": 0.5, "reason": "r"}),
+    )
+    .problem(403, "admin");
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/quarantine"),
+        OP1,
+        json!({}),
+    )
+    .problem(403, "admin");
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        OP1,
+        json!({"agent": "did:ex:r", "sigma": 0.9, "root": true}),
+    )
+    .problem(403, "admin");
+    // The refused requests changed nothing: the writer is still there.
+    let p = s.get(&format!("/v1/sessions/{id}/agents"), AUDITOR);
+    assert_eq!(p.ok().as_array().unwrap().len(), 1);
+    // An admin may do all of it.
+    let k = s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/kill"),
+        ADMIN,
+        json!({"reason": "manual"}),
+    );
+    assert_eq!(k.ok()["terminated"], json!(["did:ex:writer"]));
+}
+
+#[test]
+fn a_kill_stops_an_agent_blocked_in_the_host_mid_call() {
+    let s = server();
+    let c = s.upload(ADMIN, ahv_agents::SLEEPER);
+    let component = c.ok()["id"].as_str().unwrap().to_string();
+    let id = s.post("/v1/sessions", ADMIN, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        ADMIN,
+        json!({"agent": "did:ex:spin", "sigma": 0.8, "component": component}),
+    )
+    .ok();
+    s.post(&format!("/v1/sessions/{id}/activate"), ADMIN, json!(null))
+        .ok();
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            s.post(
+                &format!("/v1/sessions/{id}/agents/did:ex:spin/run"),
+                ADMIN,
+                json!({"input": "3600000"}),
+            )
+        });
+        // The sleeper waits in the host for an hour; its ring's deadline
+        // is 30 s, so a kill that did not end the call would show as a
+        // 30 s call or a deadline trap.
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let k = s.post(
+            &format!("/v1/sessions/{id}/agents/did:ex:spin/kill"),
+            ADMIN,
+            json!({"reason": "manual"}),
+        );
+        assert_eq!(k.ok()["terminated"], json!(["did:ex:spin"]));
+        let run = running.join().unwrap();
+        run.problem(422, "killed");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sleeping call outlived its kill by {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn liability_changes_take_effect_through_the_gate() {
+    let s = server();
+    let id = s.writer_session(ADMIN);
+    let sid = &id;
+    s.post(
+        &format!("/v1/sessions/{sid}/agents"),
+        ADMIN,
+        json!({"agent": "did:ex:boss", "sigma": 0.9}),
+    )
+    .ok();
+    s.post(
+        &format!("/v1/sessions/{sid}/agents"),
+        ADMIN,
+        json!({"agent": "did:ex:low", "sigma": 0.4}),
+    )
+    .ok();
+    // A vouch lifts the vouchee from ring 3 to ring 2.
+    let v = s.post(
+        &format!("/v1/sessions/{sid}/vouches"),
+        ADMIN,
+        json!({"voucher": "did:ex:boss", "vouchee": "did:ex:low", "pct": 0.5}),
+    );
+    assert_eq!(v.ok()["ring"], 2, "{v:#?}");
+    let list = s.get(&format!("/v1/sessions/{sid}/vouches"), AUDITOR);
+    assert_eq!(list.ok().as_array().unwrap().len(), 1);
+    // Self-vouching is a rule violation, reported as a conflict naming the agent.
+    s.post(
+        &format!("/v1/sessions/{sid}/vouches"),
+        ADMIN,
+        json!({"voucher": "did:ex:boss", "vouchee": "did:ex:boss"}),
+    )
+    .problem(409, "did:ex:boss");
+    // A release drops it again.
+    let vid = v.body["id"].as_u64().unwrap();
+    s.delete(&format!("/v1/sessions/{sid}/vouches/{vid}"), ADMIN)
+        .ok();
+    let low = s.get(&format!("/v1/sessions/{sid}/agents"), AUDITOR);
+    let ring_of = |a: &Answer, agent: &str| {
+        a.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["agent"] == agent)
+            .unwrap()["ring"]
+            .clone()
+    };
+    assert_eq!(ring_of(&low, "did:ex:low"), 3);
+    // A quarantine refuses the writer's next file read; a release lets it through.
+    let q = s.post(
+        &format!("/v1/sessions/{sid}/agents/did:ex:writer/quarantine"),
+        ADMIN,
+        json!({"reason": "manual", "duration_s": 60}),
+    );
+    assert_eq!(q.ok()["reason"], "manual");
+    let run = s.post(
+        &format!("/v1/sessions/{sid}/agents/did:ex:writer/run"),
+        ADMIN,
+        json!({"input": "x"}),
+    );
+    assert_eq!(run.ok()["ok"], false);
+    assert!(
+        run.body["output"].as_str().unwrap().contains("quarantined"),
+        "{run:#?}"
+    );
+    let r = s.delete(
+        &format!("/v1/sessions/{sid}/agents/did:ex:writer/quarantine"),
+        ADMIN,
+    );
+    assert_eq!(r.ok()["released"], true);
+    let run = s.post(
+        &format!("/v1/sessions/{sid}/agents/did:ex:writer/run"),
+        ADMIN,
+        json!({"input": "y"}),
+    );
+    assert_eq!(run.ok()["ok"], true, "{run:#?}");
+    // A slash demotes at once and lands in the ledger.
+    let sl = s.post(
+        &format!("/v1/sessions/{sid}/agents/did:ex:writer/slash"),
+        ADMIN,
+        json!({"severity": 1.0, "reason": "bad notes"}),
+    );
+    assert_eq!(sl.ok()["changes"][0]["after"], 0.0);
+    let after = s.get(&format!("/v1/sessions/{sid}/agents"), AUDITOR);
+    assert_eq!(ring_of(&after, "did:ex:writer"), 3);
+    let ledger = s.get("/v1/ledger/did:ex:writer", AUDITOR);
+    let entries = ledger.ok()["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["kind"] == "slash"), "{ledger:#?}");
+    assert!(ledger.body["risk"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn hostile_requests_get_problems_not_crashes() {
+    let s = server_with(ApiLimits {
+        max_json_bytes: 64 << 10,
+        requests_per_second: 10_000.0,
+        burst: 10_000.0,
+        ..ApiLimits::default()
+    });
+    let id = s.writer_session(ADMIN);
+    // Paths that try to leave the session's files.
+    for p in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "shared/../../x",
+        "a\u{0}b",
+    ] {
+        let a = s.get(
+            &format!("/v1/sessions/{id}/file?path={}", urlencode(p)),
+            ADMIN,
+        );
+        assert_eq!(a.content_type, "application/problem+json", "{p:?}: {a:#?}");
+        assert!(a.status == 400 || a.status == 404, "{p:?}: {a:#?}");
+        assert!(!a.text.contains("root:"), "{p:?} leaked a host file");
+    }
+    // Bad ids.
+    s.get(
+        &format!("/v1/sessions/{id}/file?path=x&agent=..%2Fx"),
+        ADMIN,
+    )
+    .problem(400, "agent id");
+    s.get("/v1/sessions/no%20such", ADMIN)
+        .problem(400, "session id");
+    s.get("/v1/sessions/s999-00", ADMIN).problem(404, "s999-00");
+    // Bodies: unknown fields, wrong types, not JSON, too large.
+    s.post(
+        "/v1/sessions",
+        ADMIN,
+        json!({"max_participants": 5, "unbounded": true}),
+    )
+    .problem(422, "unbounded");
+    s.post("/v1/sessions", ADMIN, json!({"max_participants": "many"}))
+        .problem(422, "max_participants");
+    s.send(
+        "POST",
+        "/v1/sessions",
+        Some(ADMIN),
+        Some(b"{not json".to_vec()),
+        "application/json",
+    )
+    .problem(400, "JSON");
+    let big = json!({"input": "x".repeat(100 << 10)});
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/run"),
+        ADMIN,
+        big,
+    )
+    .problem(413, "");
+    // Rules: a bad session config and a bad σ name their field.
+    s.post("/v1/sessions", ADMIN, json!({"max_participants": 0}))
+        .problem(400, "max_participants");
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        ADMIN,
+        json!({"agent": "did:ex:nan", "sigma": 7.5}),
+    )
+    .problem(409, "7.5");
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        ADMIN,
+        json!({"agent": "ahv:operator:root-ops", "sigma": 0.9}),
+    )
+    .problem(400, "reserved");
+    // A component refused at admission names the import at fault.
+    s.upload(ADMIN, ahv_agents::NET_SNEAK)
+        .problem(422, "wasi:sockets");
+    s.upload(ADMIN, b"not a component").problem(422, "");
+    // An unknown event kind.
+    s.get("/v1/events?kind=session.exploded", ADMIN)
+        .problem(400, "session.exploded");
+    // The server still answers.
+    assert_eq!(s.send("GET", "/v1/health", None, None, "").status, 200);
+}
+
+#[test]
+fn each_caller_has_a_request_budget() {
+    let s = server_with(ApiLimits {
+        requests_per_second: 0.5,
+        burst: 3.0,
+        ..ApiLimits::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(s.get("/v1/sessions", OP1).status, 200);
+    }
+    let refused = s.get("/v1/sessions", OP1);
+    refused.problem(429, "retry in");
+    assert_eq!(refused.retry_after.as_deref(), Some("2"), "{refused:#?}");
+    // Another caller's budget is its own.
+    assert_eq!(s.get("/v1/sessions", OP2).status, 200);
+}
+
+#[test]
+fn the_openapi_document_lists_every_route_and_its_problems() {
+    let s = server();
+    let doc = s.send("GET", "/openapi.json", None, None, "");
+    let paths = doc.ok()["paths"].as_object().unwrap().clone();
+    let expected = [
+        ("get", "/v1/health"),
+        ("post", "/v1/components"),
+        ("get", "/v1/components"),
+        ("get", "/v1/components/{id}"),
+        ("post", "/v1/sessions"),
+        ("get", "/v1/sessions"),
+        ("get", "/v1/sessions/{session}"),
+        ("post", "/v1/sessions/{session}/activate"),
+        ("post", "/v1/sessions/{session}/terminate"),
+        ("post", "/v1/sessions/{session}/agents"),
+        ("get", "/v1/sessions/{session}/agents"),
+        ("delete", "/v1/sessions/{session}/agents/{agent}"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/run"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/kill"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/slash"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/quarantine"),
+        ("delete", "/v1/sessions/{session}/agents/{agent}/quarantine"),
+        ("post", "/v1/sessions/{session}/snapshots"),
+        (
+            "post",
+            "/v1/sessions/{session}/snapshots/{snapshot}/restore",
+        ),
+        ("get", "/v1/sessions/{session}/files"),
+        ("get", "/v1/sessions/{session}/file"),
+        ("get", "/v1/sessions/{session}/state"),
+        ("get", "/v1/sessions/{session}/state/value"),
+        ("post", "/v1/sessions/{session}/vouches"),
+        ("get", "/v1/sessions/{session}/vouches"),
+        ("delete", "/v1/sessions/{session}/vouches/{vouch}"),
+        ("post", "/v1/sessions/{session}/sagas"),
+        ("get", "/v1/sagas"),
+        ("get", "/v1/sagas/{saga}"),
+        ("get", "/v1/sagas/{saga}/attribution"),
+        ("get", "/v1/ledger/{agent}"),
+        ("get", "/v1/events"),
+    ];
+    let mut documented = 0;
+    for (path, ops) in &paths {
+        for (method, op) in ops.as_object().unwrap() {
+            documented += 1;
+            assert!(
+                expected.contains(&(method.as_str(), path.as_str())),
+                "{method} {path} is served but not in this test's list"
+            );
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+        }
+    }
+    for (method, path) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is missing from /openapi.json"
+        );
+    }
+    assert_eq!(documented, expected.len());
+    // Every route answers: none is in the document without a handler.
+    for (method, path) in expected {
+        let concrete = path
+            .replace("{session}", "s999-00")
+            .replace("{agent}", "did:ex:a")
+            .replace("{saga}", "saga-x")
+            .replace("{vouch}", "1")
+            .replace("{snapshot}", "1")
+            .replace("{id}", "00");
+        let a = match method {
+            "get" => s.get(&concrete, AUDITOR),
+            "delete" => s.delete(&concrete, AUDITOR),
+            _ => s.post(&concrete, AUDITOR, json!({})),
+        };
+        assert_ne!(a.status, 405, "{method} {path}: {a:#?}");
+        assert!(
+            a.status != 404 || a.content_type == "application/problem+json",
+            "{method} {path} has no handler: {a:#?}"
+        );
+    }
+    // The bearer scheme is declared.
+    assert_eq!(
+        doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[test]
+fn a_saga_submitted_over_http_runs_and_reports_its_steps() {
+    let s = server();
+    let c = s.upload(ADMIN, ahv_agents::SCRIPTED);
+    let component = c.ok()["id"].as_str().unwrap().to_string();
+    let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        OP1,
+        json!({"agent": "did:ex:a", "sigma": 0.8, "component": component}),
+    )
+    .ok();
+    s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
+        .ok();
+    let yaml = "name: two
+steps:
+  - id: one
+    agent: did:ex:a
+    action: do-1
+  - id: two
+    agent: did:ex:a
+    action: do-2
+    depends_on: [one]
+";
+    // Definition errors name the step and the field.
+    let bad = s.send(
+        "POST",
+        &format!("/v1/sessions/{id}/sagas"),
+        Some(OP1),
+        Some(
+            yaml.replace("depends_on: [one]", "depends_on: [nine]")
+                .into_bytes(),
+        ),
+        "application/yaml",
+    );
+    bad.problem(400, "nine");
+    let sub = s.send(
+        "POST",
+        &format!("/v1/sessions/{id}/sagas"),
+        Some(OP1),
+        Some(yaml.as_bytes().to_vec()),
+        "application/yaml",
+    );
+    assert_eq!(sub.status, 202, "{sub:#?}");
+    let saga = sub.body["saga"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let a = s.get(&format!("/v1/sagas/{saga}"), AUDITOR);
+        if a.status == 200 && a.body["state"] == "completed" {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {saga} did not complete within 60 s: {a:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let steps: Vec<_> = done.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["state"].clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("one".to_string(), json!("committed")),
+            ("two".to_string(), json!("committed"))
+        ]
+    );
+    let blame = s.get(&format!("/v1/sagas/{saga}/attribution"), AUDITOR);
+    assert!(blame.ok()["direct_cause"].is_null(), "{blame:#?}");
+    // A saga naming an agent that is not there fails where GET can see it.
+    let sub = s.send(
+        "POST",
+        &format!("/v1/sessions/{id}/sagas"),
+        Some(OP1),
+        Some(yaml.replace("did:ex:a", "did:ex:ghost").into_bytes()),
+        "application/yaml",
+    );
+    let ghost = sub.body["saga"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = s.get(&format!("/v1/sagas/{ghost}"), AUDITOR);
+        if a.status == 409 {
+            a.problem(409, "did:ex:ghost");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {ghost}'s setup failure was not reported within 60 s: {a:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
