@@ -668,6 +668,16 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
         ("get", "/v1/sagas/{saga}/attribution"),
         ("get", "/v1/ledger/{agent}"),
         ("get", "/v1/events"),
+        ("get", "/v1/events/stats"),
+        ("get", "/v1/stats"),
+        ("get", "/v1/rings"),
+        ("get", "/v1/sessions/{session}/agents/{agent}"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/elevation"),
+        ("delete", "/v1/sessions/{session}/agents/{agent}/elevation"),
+        ("post", "/v1/sessions/{session}/agents/{agent}/demote"),
+        ("get", "/v1/audit"),
+        ("post", "/v1/audit/verify"),
+        ("get", "/v1/audit/sessions/{session}/proof"),
     ];
     let mut documented = 0;
     for (path, ops) in &paths {
@@ -699,6 +709,11 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
             .replace("{vouch}", "1")
             .replace("{snapshot}", "1")
             .replace("{id}", "00");
+        let concrete = if concrete.ends_with("/proof") {
+            concrete + "?seq=0"
+        } else {
+            concrete
+        };
         let a = match method {
             "get" => s.get(&concrete, AUDITOR),
             "delete" => s.delete(&concrete, AUDITOR),
@@ -826,4 +841,109 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[test]
+fn rings_change_through_the_api_and_take_effect_at_once() {
+    let s = server();
+    let table = s.get("/v1/rings", AUDITOR);
+    let rows = table.ok().as_array().unwrap().clone();
+    assert_eq!(rows.len(), 4);
+    let sandbox = rows.iter().find(|r| r["ring"] == 3).unwrap();
+    assert!(
+        sandbox["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("vfs-read"))
+    );
+    assert!(
+        !sandbox["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("vfs-write"))
+    );
+    let id = s.writer_session(OP1);
+    let agent = format!("/v1/sessions/{id}/agents/did:ex:writer");
+    assert_eq!(s.get(&agent, AUDITOR).ok()["ring"], 2);
+    // Elevation is admin-only, never to ring 0, and revocable.
+    s.post(
+        &format!("{agent}/elevation"),
+        OP1,
+        json!({"ring": 1, "justification": "j"}),
+    )
+    .problem(403, "admin");
+    s.post(
+        &format!("{agent}/elevation"),
+        ADMIN,
+        json!({"ring": 0, "justification": "j"}),
+    )
+    .problem(409, "ring 0");
+    s.post(
+        &format!("{agent}/elevation"),
+        ADMIN,
+        json!({"ring": 9, "justification": "j"}),
+    )
+    .problem(400, "ring 9");
+    let e = s.post(
+        &format!("{agent}/elevation"),
+        ADMIN,
+        json!({"ring": 1, "ttl_s": 60, "justification": "hotfix"}),
+    );
+    assert_eq!(e.ok()["ring"], 1, "{e:#?}");
+    assert_eq!(s.get(&agent, AUDITOR).ok()["ring"], 1);
+    let r = s.delete(&format!("{agent}/elevation?reason=done"), OP1);
+    assert_eq!(r.ok()["revoked"], true);
+    assert_eq!(r.body["ring"], 2);
+    // A demotion holds: the writer's next write is a breach of ring 3.
+    let d = s.post(
+        &format!("{agent}/demote"),
+        OP1,
+        json!({"ring": 3, "reason": "suspicious"}),
+    );
+    assert_eq!(d.ok()["ring"], 3, "{d:#?}");
+    let run = s.post(&format!("{agent}/run"), OP1, json!({"input": "x"}));
+    run.problem(422, "breach");
+    s.get(&format!("/v1/sessions/{id}/agents/did:ex:nobody"), AUDITOR)
+        .problem(404, "did:ex:nobody");
+}
+
+#[test]
+fn the_audit_log_is_verifiable_and_provable_over_http() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/run"),
+        OP1,
+        json!({"input": "audited"}),
+    )
+    .ok();
+    s.post(&format!("/v1/sessions/{id}/terminate"), OP1, json!(null))
+        .ok();
+    let st = s.get("/v1/audit", AUDITOR);
+    assert_eq!(st.ok()["enabled"], true);
+    assert!(st.body["captured"].as_u64().unwrap() > 5, "{st:#?}");
+    assert_eq!(st.body["public_key"].as_str().unwrap().len(), 64);
+    let v = s.send(
+        "POST",
+        &format!("/v1/audit/verify?session={id}"),
+        Some(AUDITOR),
+        None,
+        "",
+    );
+    assert_eq!(v.ok()["ok"], true, "{v:#?}");
+    let p = s.get(&format!("/v1/audit/sessions/{id}/proof?seq=0"), AUDITOR);
+    assert_eq!(p.status, 200, "{p:#?}");
+    assert!(p.text.contains(&id), "{p:#?}");
+    s.get(
+        &format!("/v1/audit/sessions/{id}/proof?seq=999999"),
+        AUDITOR,
+    )
+    .problem(404, "999999");
+    let stats = s.get("/v1/stats", AUDITOR);
+    assert_eq!(stats.ok()["sessions"]["archived"], 1);
+    let ev = s.get("/v1/events/stats", AUDITOR);
+    assert!(
+        ev.ok()["by_kind"]["operator.request"].as_u64().unwrap() >= 3,
+        "{ev:#?}"
+    );
 }

@@ -110,3 +110,30 @@ pub(crate) async fn query(
     }
     Ok(Json(s.hv.events().query(&eq).iter().map(view).collect()))
 }
+
+/// How many events of each kind the bounded history holds.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventStats {
+    /// Events in the history (at most its capacity).
+    pub total: usize,
+    /// The newest event's id.
+    pub last_id: Option<u64>,
+    /// Count per kind, for the kinds present.
+    pub by_kind: std::collections::BTreeMap<String, usize>,
+}
+
+/// Counts of the events in the history, by kind.
+#[utoipa::path(get, path = "/v1/events/stats", tag = "events",
+    responses((status = 200, body = EventStats)))]
+pub(crate) async fn stats(axum::extract::State(s): State, Auth(_c): Auth) -> Json<EventStats> {
+    let all = s.hv.events().query(&EventQuery::default());
+    let mut by_kind = std::collections::BTreeMap::new();
+    for e in &all {
+        *by_kind.entry(e.kind().name().to_string()).or_insert(0) += 1;
+    }
+    Json(EventStats {
+        total: all.len(),
+        last_id: all.last().map(|e| e.id.0),
+        by_kind,
+    })
+}

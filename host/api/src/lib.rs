@@ -37,12 +37,14 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 pub mod auth;
 mod components;
 mod events;
 mod extract;
 mod liability;
 pub mod problem;
+mod rings;
 mod sagas;
 mod sessions;
 
@@ -181,7 +183,7 @@ impl Api {
             .routes(routes!(sessions::activate))
             .routes(routes!(sessions::terminate))
             .routes(routes!(sessions::join, sessions::participants))
-            .routes(routes!(sessions::leave))
+            .routes(routes!(sessions::participant, sessions::leave))
             .routes(routes!(sessions::run))
             .routes(routes!(sessions::kill))
             .routes(routes!(sessions::snapshot))
@@ -200,6 +202,14 @@ impl Api {
             .routes(routes!(sagas::show))
             .routes(routes!(sagas::attribution))
             .routes(routes!(events::query))
+            .routes(routes!(events::stats))
+            .routes(routes!(stats))
+            .routes(routes!(rings::table))
+            .routes(routes!(rings::elevate, rings::revoke))
+            .routes(routes!(rings::demote))
+            .routes(routes!(audit::status))
+            .routes(routes!(audit::verify))
+            .routes(routes!(audit::proof))
             .layer(json_limit);
         OpenApiRouter::with_openapi(ApiDoc::openapi())
             .merge(upload)
@@ -251,6 +261,39 @@ async fn health(axum::extract::State(s): State) -> Json<Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         ledger: s.hv.ledger_backend().into(),
+    })
+}
+
+/// Counts of what the server holds now.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Stats {
+    /// Sessions by state (live ones and the recently archived).
+    pub sessions: std::collections::BTreeMap<String, usize>,
+    /// Participants of live sessions.
+    pub participants: usize,
+    /// Admitted components.
+    pub components: usize,
+    /// Events in the history.
+    pub events: usize,
+}
+
+/// Counts of sessions by state, participants, components and events.
+#[utoipa::path(get, path = "/v1/stats", tag = "server",
+    responses((status = 200, body = Stats)))]
+async fn stats(axum::extract::State(s): State, Auth(_c): Auth) -> Json<Stats> {
+    let mut sessions = std::collections::BTreeMap::new();
+    let mut participants = 0;
+    for i in s.hv.sessions() {
+        if i.state != ahv_governance::session::SessionState::Archived {
+            participants += i.participants.len();
+        }
+        *sessions.entry(i.state.to_string()).or_insert(0) += 1;
+    }
+    Json(Stats {
+        sessions,
+        participants,
+        components: s.components.read().unwrap_or_else(|p| p.into_inner()).len(),
+        events: s.hv.events().len(),
     })
 }
 

@@ -348,6 +348,32 @@ pub(crate) async fn participants(
     Ok(Json(view(&s, info).participants))
 }
 
+/// One participant of a session, with its ring and effective score now.
+#[utoipa::path(get, path = "/v1/sessions/{session}/agents/{agent}", tag = "agents",
+    params(("session" = String, Path), ("agent" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 404, body = Problem)))]
+pub(crate) async fn participant(
+    axum::extract::State(s): State,
+    Auth(_c): Auth,
+    PathParams((session, agent)): PathParams<(String, String)>,
+) -> Result<Json<ParticipantView>, Problem> {
+    let agent = agent_id(&agent)?;
+    let info = s.hv.session(&session_id(&session)?)?;
+    view(&s, info)
+        .participants
+        .into_iter()
+        .find(|p| p.agent == agent.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-a-participant",
+                "The agent is not a participant of the session",
+                format!("agent {agent} is not a participant of session {session}"),
+            )
+        })
+}
+
 /// The agent leaves the session (its private files stay).
 #[utoipa::path(delete, path = "/v1/sessions/{session}/agents/{agent}", tag = "agents",
     params(("session" = String, Path), ("agent" = String, Path)),
