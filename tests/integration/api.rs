@@ -669,6 +669,7 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
         ("get", "/v1/ledger/{agent}"),
         ("get", "/v1/events"),
         ("get", "/v1/events/stats"),
+        ("get", "/v1/events/stream"),
         ("get", "/v1/stats"),
         ("get", "/v1/rings"),
         ("get", "/v1/sessions/{session}/agents/{agent}"),
@@ -714,6 +715,9 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
         } else {
             concrete
         };
+        if concrete == "/v1/events/stream" {
+            continue; // it never ends; a_live_event_stream_… covers it
+        }
         let a = match method {
             "get" => s.get(&concrete, AUDITOR),
             "delete" => s.delete(&concrete, AUDITOR),
@@ -946,4 +950,87 @@ fn the_audit_log_is_verifiable_and_provable_over_http() {
         ev.ok()["by_kind"]["operator.request"].as_u64().unwrap() >= 3,
         "{ev:#?}"
     );
+}
+
+#[test]
+fn a_live_event_stream_follows_a_session_and_replays_after_an_id() {
+    let s = server();
+    let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let open = |after: Option<u64>| {
+        let mut url = format!("{}/v1/events/stream?session={id}", s.base);
+        if let Some(a) = after {
+            url += &format!("&after={a}");
+        }
+        let res = s
+            .http
+            .get(&url)
+            .header("Authorization", format!("Bearer {AUDITOR}"))
+            .call()
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let reader = std::io::BufReader::new(res.into_body().into_reader());
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    // Waits for `event: KIND` on the stream and returns its id and data.
+    let next = |rx: &std::sync::mpsc::Receiver<String>, kind: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut ev, mut eid) = (String::new(), 0u64);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no `event: {kind}` on the stream within 30 s: {e}"));
+            if let Some(k) = line.strip_prefix("event: ") {
+                ev = k.to_string();
+            } else if let Some(i) = line.strip_prefix("id: ") {
+                eid = i.parse().unwrap();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                if ev == kind {
+                    return (eid, serde_json::from_str::<Value>(d).unwrap());
+                }
+            }
+        }
+    };
+    let rx = open(None);
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        OP1,
+        json!({"agent": "did:ex:a", "sigma": 0.7}),
+    )
+    .ok();
+    let (req_id, req) = next(&rx, "operator.request");
+    assert_eq!(req["fields"]["caller"], "op1");
+    let (joined_id, joined) = next(&rx, "session.joined");
+    assert_eq!(joined["agent"], "did:ex:a");
+    assert_eq!(joined["session"], id.as_str());
+    assert!(
+        req_id < joined_id,
+        "the request is recorded before the join"
+    );
+    // Another session's events are not on this stream; this one's activation is.
+    let other = s.post("/v1/sessions", OP2, json!({})).ok()["id"].clone();
+    s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
+        .ok();
+    let (_, activated) = next(&rx, "session.activated");
+    assert_eq!(activated["session"], id.as_str());
+    assert_ne!(activated["session"], other);
+    // A reconnect after the join replays what followed it from the history.
+    let again = open(Some(joined_id));
+    let (replayed, _) = next(&again, "session.activated");
+    assert!(replayed > joined_id);
 }

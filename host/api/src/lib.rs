@@ -118,6 +118,15 @@ pub(crate) struct Shared {
     owners: Mutex<HashMap<SessionId, String>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     saga_failures: sagas::Failures,
+    /// Every event, for live streams (sent only while someone listens).
+    live: tokio::sync::broadcast::Sender<Arc<ahv_core::Event>>,
+    subscription: ahv_core::SubscriptionId,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.hv.events().unsubscribe(self.subscription);
+    }
 }
 
 /// The API: build it with [`Api::new`], then serve [`Api::router`].
@@ -131,6 +140,14 @@ type State = axum::extract::State<Arc<Shared>>;
 impl Api {
     /// An API over `hv`, accepting `tokens`, bounded by `limits`.
     pub fn new(hv: Arc<Hypervisor>, tokens: Tokens, limits: ApiLimits) -> Api {
+        let (live, _) = tokio::sync::broadcast::channel(events::STREAM_BUFFER);
+        let tx = live.clone();
+        let subscription = hv.events().subscribe(move |e: &ahv_core::Event| {
+            // Called on every emit: nearly free while nobody streams.
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(Arc::new(e.clone()));
+            }
+        });
         Api {
             shared: Arc::new(Shared {
                 hv,
@@ -140,6 +157,8 @@ impl Api {
                 owners: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 saga_failures: sagas::Failures::default(),
+                live,
+                subscription,
             }),
         }
     }
@@ -203,6 +222,7 @@ impl Api {
             .routes(routes!(sagas::attribution))
             .routes(routes!(events::query))
             .routes(routes!(events::stats))
+            .routes(routes!(events::stream))
             .routes(routes!(stats))
             .routes(routes!(rings::table))
             .routes(routes!(rings::elevate, rings::revoke))
