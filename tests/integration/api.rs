@@ -999,10 +999,10 @@ fn a_live_event_stream_follows_a_session_and_replays_after_an_id() {
                 ev = k.to_string();
             } else if let Some(i) = line.strip_prefix("id: ") {
                 eid = i.parse().unwrap();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                if ev == kind {
-                    return (eid, serde_json::from_str::<Value>(d).unwrap());
-                }
+            } else if let Some(d) = line.strip_prefix("data: ")
+                && ev == kind
+            {
+                return (eid, serde_json::from_str::<Value>(d).unwrap());
             }
         }
     };

@@ -340,14 +340,14 @@ impl FromRequestParts<Arc<Shared>> for Auth {
                     .into_response(),
             );
         };
-        s.charge(&caller.name)?;
+        s.charge(&caller.name).map_err(|r| *r)?;
         Ok(Auth(caller.clone()))
     }
 }
 
 impl Shared {
     /// Takes one request from `caller`'s budget, or refuses with 429.
-    fn charge(&self, caller: &str) -> Result<(), Response> {
+    fn charge(&self, caller: &str) -> Result<(), Box<Response>> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (rate, burst) = (self.limits.requests_per_second, self.limits.burst);
@@ -369,7 +369,7 @@ impl Shared {
         if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        Err(res)
+        Err(Box::new(res))
     }
 
     /// Refuses unless `caller` may change `session`: admins always,

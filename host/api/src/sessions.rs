@@ -252,7 +252,7 @@ pub(crate) async fn terminate(
     )?;
     let hv = s.hv.clone();
     // Sealing writes and syncs the audit log: off the async workers.
-    let t = tokio::task::spawn_blocking(move || hv.terminate_session(&id))
+    let t = tokio::task::spawn_blocking(move || hv.terminate_session(&id).map_err(Problem::from))
         .await
         .map_err(|e| Problem::internal(format!("terminating: {e}")))??;
     Ok(Json(TerminationView {
@@ -590,7 +590,7 @@ pub(crate) async fn snapshot(
         "POST /v1/sessions/{session}/snapshots",
     )?;
     let hv = s.hv.clone();
-    let snap = tokio::task::spawn_blocking(move || hv.snapshot(&id))
+    let snap = tokio::task::spawn_blocking(move || hv.snapshot(&id).map_err(Problem::from))
         .await
         .map_err(|e| Problem::internal(format!("snapshot: {e}")))??;
     Ok((
@@ -630,7 +630,7 @@ pub(crate) async fn restore(
         &format!("POST /v1/sessions/{{session}}/snapshots/{snapshot}/restore"),
     )?;
     let hv = s.hv.clone();
-    let d = tokio::task::spawn_blocking(move || hv.restore(&id, snapshot))
+    let d = tokio::task::spawn_blocking(move || hv.restore(&id, snapshot).map_err(Problem::from))
         .await
         .map_err(|e| Problem::internal(format!("restore: {e}")))??;
     Ok(Json(RestoreView {

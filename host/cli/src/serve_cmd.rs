@@ -103,7 +103,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .context("serving")?;
     errln!("stopping: sealing the audit log");
     let hv2 = hv.clone();
-    tokio::task::spawn_blocking(move || hv2.shutdown())
+    tokio::task::spawn_blocking(move || hv2.shutdown().map(drop).map_err(anyhow::Error::from))
         .await
         .context("shutting down")?
         .context("sealing the audit log")?;
