@@ -671,6 +671,7 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
         ("get", "/v1/events/stats"),
         ("get", "/v1/events/stream"),
         ("get", "/v1/stats"),
+        ("get", "/metrics"),
         ("get", "/v1/rings"),
         ("get", "/v1/sessions/{session}/agents/{agent}"),
         ("post", "/v1/sessions/{session}/agents/{agent}/elevation"),
@@ -1033,4 +1034,63 @@ fn a_live_event_stream_follows_a_session_and_replays_after_an_id() {
     let again = open(Some(joined_id));
     let (replayed, _) = next(&again, "session.activated");
     assert!(replayed > joined_id);
+}
+
+#[test]
+fn metrics_count_calls_refusals_breaches_and_traps() {
+    let s = server();
+    let id = s.writer_session(ADMIN);
+    let agent = format!("/v1/sessions/{id}/agents/did:ex:writer");
+    s.post(&format!("{agent}/run"), ADMIN, json!({"input": "one"}))
+        .ok();
+    s.post(
+        &format!("{agent}/quarantine"),
+        ADMIN,
+        json!({"duration_s": 60}),
+    )
+    .ok();
+    s.post(&format!("{agent}/run"), ADMIN, json!({"input": "two"}))
+        .ok();
+    s.delete(&format!("{agent}/quarantine"), ADMIN).ok();
+    s.post(
+        &format!("{agent}/demote"),
+        ADMIN,
+        json!({"ring": 3, "reason": "test"}),
+    )
+    .ok();
+    s.post(&format!("{agent}/run"), ADMIN, json!({"input": "three"}))
+        .problem(422, "breach");
+    let m = s.get("/metrics", AUDITOR);
+    assert_eq!(m.status, 200, "{m:#?}");
+    assert!(
+        m.content_type.starts_with("application/openmetrics-text"),
+        "{m:#?}"
+    );
+    let value = |line_start: &str| -> f64 {
+        m.text
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{}", m.text))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("ahv_host_calls_total{capability=\"vfs-write\",ring=\"2\"}") >= 1.0);
+    assert_eq!(
+        value("ahv_breaches_total{capability=\"vfs-read\",ring=\"3\"}")
+            + value("ahv_breaches_total{capability=\"vfs-write\",ring=\"3\"}"),
+        1.0
+    );
+    assert!(value("ahv_refusals_total{kind=\"quarantined\"}") >= 1.0);
+    assert_eq!(value("ahv_traps_total{kind=\"ring-breach\"}"), 1.0);
+    assert!(value("ahv_call_seconds_count{export=\"run\"}") >= 3.0);
+    assert!(value("ahv_instantiate_seconds_count") >= 1.0);
+    assert_eq!(value("ahv_sessions{state=\"active\"}"), 1.0);
+    assert!(value("ahv_audit_deltas_total") > 5.0);
+    assert!(m.text.contains("ahv_audit_backlog_bytes"), "{}", m.text);
+    assert!(m.text.trim_end().ends_with("# EOF"));
+    s.send("GET", "/metrics", None, None, "")
+        .problem(401, "Bearer");
 }

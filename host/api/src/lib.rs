@@ -43,6 +43,7 @@ mod components;
 mod events;
 mod extract;
 mod liability;
+mod metrics;
 pub mod problem;
 mod rings;
 mod sagas;
@@ -224,6 +225,7 @@ impl Api {
             .routes(routes!(events::stats))
             .routes(routes!(events::stream))
             .routes(routes!(stats))
+            .routes(routes!(metrics::scrape))
             .routes(routes!(rings::table))
             .routes(routes!(rings::elevate, rings::revoke))
             .routes(routes!(rings::demote))

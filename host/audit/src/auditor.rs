@@ -284,6 +284,13 @@ pub struct AuditStats {
     pub late: u64,
     /// Failed background writes (each is retried; see [`Auditor::last_error`]).
     pub write_failures: u64,
+    /// Bytes captured and staged in memory, not yet written (the backlog;
+    /// always 0 with [`Durability::EveryRecord`]).
+    pub staged_bytes: u64,
+    /// When the last write round that failed nothing ended, in ms since the
+    /// Unix epoch by the auditor's wall clock (0: none yet). With a backlog,
+    /// now minus this is how far the log lags behind.
+    pub last_round_unix_ms: u64,
 }
 
 /// The audit directory under a state directory.
@@ -499,6 +506,8 @@ struct Shared {
     tick: (Mutex<bool>, Condvar),
     /// Bytes staged in memory across sessions, not yet written.
     staged_bytes: AtomicU64,
+    /// Wall time (ms) of the end of the last flush round without a failure.
+    last_round_ms: AtomicU64,
     /// Held for a whole flush round.
     round: Mutex<()>,
     /// Emptied staging buffers for reuse, so capture does not allocate and
@@ -798,6 +807,7 @@ impl Auditor {
             stop: AtomicBool::new(false),
             tick: (Mutex::new(false), Condvar::new()),
             staged_bytes: AtomicU64::new(0),
+            last_round_ms: AtomicU64::new(0),
             round: Mutex::new(()),
             buffers: Mutex::new(Vec::new()),
             open_logs: AtomicUsize::new(0),
@@ -1006,6 +1016,8 @@ impl Auditor {
             captured: self.shared.captured.load(Ordering::Relaxed),
             late: self.shared.late.load(Ordering::Relaxed),
             write_failures: self.shared.write_failures.load(Ordering::Relaxed),
+            staged_bytes: self.shared.staged_bytes.load(Ordering::Relaxed),
+            last_round_unix_ms: self.shared.last_round_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -1576,6 +1588,10 @@ impl Shared {
                 self.restage_commits(commits);
                 first_error.get_or_insert(e);
             }
+        }
+        if first_error.is_none() {
+            self.last_round_ms
+                .store(self.wall.now_unix_ms(), Ordering::Relaxed);
         }
         first_error.map_or(Ok(()), Err)
     }

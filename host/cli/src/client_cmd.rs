@@ -151,6 +151,7 @@ fn enc(s: &str) -> String {
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum SessionCmd {
     /// Create a session; prints its id.
+    #[command(after_help = crate::exit::help())]
     Create {
         /// Most participants at once (1..=1000).
         #[arg(long)]
@@ -174,11 +175,13 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// List sessions.
+    #[command(after_help = crate::exit::help())]
     Ls {
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Show a session and its participants.
+    #[command(after_help = crate::exit::help())]
     Show {
         /// The session.
         session: String,
@@ -187,6 +190,7 @@ pub(crate) enum SessionCmd {
     },
     /// Join an agent: with a component file (uploaded first) or the id of an
     /// uploaded component, and its trust score σ.
+    #[command(after_help = crate::exit::help())]
     Join {
         /// The session.
         session: String,
@@ -205,6 +209,7 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// Activate a session.
+    #[command(after_help = crate::exit::help())]
     Activate {
         /// The session.
         session: String,
@@ -212,6 +217,7 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// Run an agent's `run` with an input; prints its answer and logs.
+    #[command(after_help = crate::exit::help())]
     Run {
         /// The session.
         session: String,
@@ -224,6 +230,7 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// An agent leaves the session.
+    #[command(after_help = crate::exit::help())]
     Leave {
         /// The session.
         session: String,
@@ -234,6 +241,7 @@ pub(crate) enum SessionCmd {
     },
     /// Kill an agent (admin): its code stops, its saga steps are handed off
     /// or compensated.
+    #[command(after_help = crate::exit::help())]
     Kill {
         /// The session.
         session: String,
@@ -246,6 +254,7 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// Terminate a session; prints the commitment sealing its audit log.
+    #[command(after_help = crate::exit::help())]
     Terminate {
         /// The session.
         session: String,
@@ -253,6 +262,7 @@ pub(crate) enum SessionCmd {
         server: ServerArgs,
     },
     /// List a directory of the session's shared files, or print a file.
+    #[command(after_help = crate::exit::help())]
     Files {
         /// The session.
         session: String,
@@ -456,6 +466,7 @@ pub(crate) fn session(cmd: SessionCmd) -> Result<Exit, Failure> {
 pub(crate) enum LiabilityCmd {
     /// VOUCHER vouches for VOUCHEE: bonds part of its σ; the vouchee's ring
     /// may rise on its next host call.
+    #[command(after_help = crate::exit::help())]
     Vouch {
         /// The session.
         session: String,
@@ -470,6 +481,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// List the session's active vouches.
+    #[command(after_help = crate::exit::help())]
     Vouches {
         /// The session.
         session: String,
@@ -477,6 +489,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// Release a vouch by its id: the bond is returned, the vouchee's σ_eff falls.
+    #[command(after_help = crate::exit::help())]
     Release {
         /// The session.
         session: String,
@@ -486,6 +499,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// Slash an agent (admin): σ → 0, its vouchers forfeit ω of theirs.
+    #[command(after_help = crate::exit::help())]
     Slash {
         /// The session.
         session: String,
@@ -504,6 +518,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// Quarantine an agent (admin): only `context` and `log` calls pass.
+    #[command(after_help = crate::exit::help())]
     Quarantine {
         /// The session.
         session: String,
@@ -523,6 +538,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// End an agent's quarantine (admin).
+    #[command(after_help = crate::exit::help())]
     ReleaseQuarantine {
         /// The session.
         session: String,
@@ -532,6 +548,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// Split the blame for a failed or escalated saga among its agents.
+    #[command(after_help = crate::exit::help())]
     Blame {
         /// The saga's id.
         saga: String,
@@ -542,6 +559,7 @@ pub(crate) enum LiabilityCmd {
         server: ServerArgs,
     },
     /// An agent's ledger as the server sees it: risk, admission, entries.
+    #[command(after_help = crate::exit::help())]
     Ledger {
         /// The agent.
         agent: String,

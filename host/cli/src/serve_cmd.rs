@@ -146,6 +146,7 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), Failure> {
 pub(crate) enum TokenCmd {
     /// Make a new random token: prints the token on standard output and the
     /// tokens-file entry (with only its SHA-256) on standard error.
+    #[command(after_help = crate::exit::help())]
     New {
         /// The caller's name (recorded in the audit log of what it does).
         #[arg(long)]

@@ -143,7 +143,10 @@ impl From<ActionError> for HostError {
 impl<C> types::Host for View<'_, C> {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<WitError> {
         match err {
-            HostError::Refused(e) => Ok(e),
+            HostError::Refused(e) => {
+                self.gate.metrics.refusal(&e);
+                Ok(e)
+            }
             HostError::Trap(e) => Err(e),
         }
     }
@@ -154,7 +157,10 @@ impl<C> types::Host for View<'_, C> {
 impl types::Host for AgentState {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<WitError> {
         match err {
-            HostError::Refused(e) => Ok(e),
+            HostError::Refused(e) => {
+                self.gate.metrics.refusal(&e);
+                Ok(e)
+            }
             HostError::Trap(e) => Err(e),
         }
     }

@@ -425,6 +425,7 @@ impl Agent {
                 recorder: inner.breach_recorder.clone(),
                 governor: inner.governor.clone(),
                 kill: self.kill.clone(),
+                metrics: inner.metrics.clone(),
             },
             files: self.spec.files.clone(),
             shared: self.spec.shared.clone(),
@@ -501,6 +502,7 @@ impl Agent {
     }
 
     async fn instantiate(&mut self) -> Result<Live, AgentError> {
+        let started = Instant::now();
         let pre = self
             .runtime
             .instance_pre(&self.component, self.spec.standing.base())?;
@@ -530,7 +532,10 @@ impl Agent {
             Ok((run, saga))
         });
         match result {
-            Ok((run, saga)) => Ok(Live { store, run, saga }),
+            Ok((run, saga)) => {
+                self.runtime.metrics().instantiated(started.elapsed());
+                Ok(Live { store, run, saga })
+            }
             Err(e) => {
                 let cause = self.classify(&e, ring);
                 let data = store.data();
@@ -551,6 +556,7 @@ impl Agent {
         trace: TraceId,
     ) -> AgentError {
         tracing::info!(agent = %self.spec.agent, ring = %self.spec.standing.base(), cause = %cause, "agent trapped");
+        self.runtime.metrics().trap(cause.kind());
         if let Some(core) = &self.spec.shared {
             // Locks die with their holder's instance.
             core.release_locks(&self.spec.agent, &format!("trapped: {cause}"), trace);
@@ -684,6 +690,7 @@ impl Agent {
             Entry::Execute { step, .. } => Some(step_key(step)),
             Entry::Run { .. } | Entry::Compensate { .. } => None,
         };
+        let is_run = matches!(entry, Entry::Run { .. });
         self.in_flight = Some((key, live.store.data().changes.clone()));
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
@@ -705,6 +712,11 @@ impl Agent {
             Err(e) => Err(e),
         };
         let elapsed = start.elapsed();
+        if is_run {
+            self.runtime.metrics().ran(elapsed);
+        } else {
+            self.runtime.metrics().stepped(elapsed);
+        }
         let fuel_used = fuel.saturating_sub(live.store.get_fuel().unwrap_or(0));
         let data = live.store.data_mut();
         // Set by `arm` (even when the call then failed).

@@ -61,13 +61,14 @@ pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime:
                 move |mut store: Store<'_>, (path, contents): (WasmStr, WasmList<u8>)| {
                     let ring = match store.data_mut().gate.admit(Capability::VfsWrite, function) {
                         Ok(ring) => ring,
-                        Err(e) => return refusal(Err(e)),
+                        Err(e) => return refusal(&store.data().gate, Err(e)),
                     };
                     let path = text(&store, &path, "path")?;
                     let contents = contents.as_le_slice(&store);
                     let data = store.data();
                     let caller = data.gate.caller(ring);
                     refusal(
+                        &data.gate,
                         data.caps
                             .vfs_write
                             .write_file(caller, &path, contents, append),
@@ -83,17 +84,17 @@ pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime:
                 |mut store: Store<'_>, (key, value, expected): (WasmStr, WasmList<u8>, u64)| {
                     let ring = match store.data_mut().gate.admit(Capability::StateWrite, "put") {
                         Ok(ring) => ring,
-                        Err(e) => return refusal(Err(e)),
+                        Err(e) => return refusal(&store.data().gate, Err(e)),
                     };
                     let key = text(&store, &key, "state key")?;
                     let value = value.as_le_slice(&store);
                     let data = store.data();
-                    refusal(data.caps.state_write.put(
-                        data.gate.caller(ring),
-                        &key,
-                        value,
-                        expected,
-                    ))
+                    refusal(
+                        &data.gate,
+                        data.caps
+                            .state_write
+                            .put(data.gate.caller(ring), &key, value, expected),
+                    )
                 },
             )?;
     }
@@ -128,11 +129,17 @@ fn text<'a>(store: &'a Store<'_>, s: &WasmStr, what: &str) -> wasmtime::Result<C
     })
 }
 
-/// A refusal becomes the WIT `error` value; a trap stays a trap.
-fn refusal<T>(r: Result<T, HostError>) -> wasmtime::Result<(Result<T, WitError>,)> {
+/// A refusal becomes the WIT `error` value (and is counted); a trap stays a trap.
+fn refusal<T>(
+    gate: &crate::gate::Gate,
+    r: Result<T, HostError>,
+) -> wasmtime::Result<(Result<T, WitError>,)> {
     match r {
         Ok(v) => Ok((Ok(v),)),
-        Err(HostError::Refused(e)) => Ok((Err(e),)),
+        Err(HostError::Refused(e)) => {
+            gate.metrics.refusal(&e);
+            Ok((Err(e),))
+        }
         Err(HostError::Trap(e)) => Err(e),
     }
 }

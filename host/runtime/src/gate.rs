@@ -291,6 +291,8 @@ pub(crate) struct Gate {
     pub(crate) recorder: Arc<dyn BreachRecorder>,
     pub(crate) governor: Arc<dyn Governor>,
     pub(crate) kill: KillHandle,
+    /// The runtime's counters (host calls, breaches, refusals).
+    pub(crate) metrics: Arc<crate::metrics::RuntimeMetrics>,
     /// The current call's trace id.
     pub(crate) trace: TraceId,
     /// The current call's deadline budget (its effective ring's).
@@ -311,6 +313,7 @@ pub(crate) struct GateInit {
     pub recorder: Arc<dyn BreachRecorder>,
     pub governor: Arc<dyn Governor>,
     pub kill: KillHandle,
+    pub metrics: Arc<crate::metrics::RuntimeMetrics>,
 }
 
 impl Gate {
@@ -324,6 +327,7 @@ impl Gate {
             recorder: init.recorder,
             governor: init.governor,
             kill: init.kill,
+            metrics: init.metrics,
             trace: TraceId(0),
             deadline: Duration::ZERO,
             call_deadline: Instant::now(),
@@ -365,6 +369,7 @@ impl Gate {
                 self.rate_refused = 0;
             }
         }
+        self.metrics.call(capability, ring);
         Ok(ring)
     }
 
@@ -427,6 +432,7 @@ impl Gate {
             trace: self.trace,
         };
         self.recorder.record(&breach);
+        self.metrics.breach(capability, ring);
         wasmtime::Error::new(breach)
     }
 

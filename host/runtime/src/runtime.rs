@@ -218,6 +218,7 @@ impl RuntimeBuilder {
                 // Random per process (std seeds `RandomState` from the OS).
                 trace_seed: RandomState::new().hash_one(0u64),
                 trace_counter: AtomicU64::new(0),
+                metrics: Arc::new(crate::metrics::RuntimeMetrics::new()),
                 stop,
                 ticker: Mutex::new(Some(ticker)),
             }),
@@ -318,6 +319,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) rate: Option<Arc<dyn RateSource>>,
     trace_seed: u64,
     trace_counter: AtomicU64,
+    pub(crate) metrics: Arc<crate::metrics::RuntimeMetrics>,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -380,6 +382,12 @@ impl Runtime {
     /// The ring table in force.
     pub fn policy(&self) -> &RingPolicy {
         &self.inner.policy
+    }
+
+    /// What the runtime counted: host calls, breaches, refusals, traps and
+    /// latencies, for a Prometheus scrape.
+    pub fn metrics(&self) -> &crate::metrics::RuntimeMetrics {
+        &self.inner.metrics
     }
 
     /// The wasmtime engine (for benchmarks and advanced embedding).

@@ -257,6 +257,7 @@ mod gate_tests {
                 recorder: Arc::new(move |b: &RingBreach| sink.lock().unwrap().push(b.clone())),
                 governor: Arc::new(NoGovernor),
                 kill: kill.clone(),
+                metrics: Arc::new(crate::metrics::RuntimeMetrics::new()),
             },
             files: match &shared {
                 Some(core) => core.clone(),
