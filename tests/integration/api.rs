@@ -84,6 +84,10 @@ fn server_with(limits: ApiLimits) -> Server {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_LIMIT))
+            // A fresh connection per request: the server closes a
+            // connection whose request body it did not read (a refused
+            // upload, say), and a pooled one may be reused just before.
+            .max_idle_connections(0)
             .build(),
     );
     Server {
@@ -1093,4 +1097,64 @@ fn metrics_count_calls_refusals_breaches_and_traps() {
     assert!(m.text.trim_end().ends_with("# EOF"));
     s.send("GET", "/metrics", None, None, "")
         .problem(401, "Bearer");
+}
+
+#[test]
+fn a_w3c_traceparent_is_carried_into_the_agent_call_its_events_and_the_answer() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let res = s
+        .http
+        .post(format!(
+            "{}/v1/sessions/{id}/agents/did:ex:writer/run",
+            s.base
+        ))
+        .header("Authorization", format!("Bearer {OP1}"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send_json(json!({"input": "traced"}))
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let echoed = res.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(echoed.starts_with(&format!("00-{trace}-")), "{echoed}");
+    let body: Value = res.into_body().read_json().unwrap();
+    assert_eq!(
+        body["trace"], trace,
+        "the agent call runs in the request's trace"
+    );
+    let events = s.get(&format!("/v1/events?session={id}"), AUDITOR);
+    let traced: Vec<_> = events
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["trace"] == trace)
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        traced.contains(&"operator.request".to_string()),
+        "{traced:?}"
+    );
+    assert!(traced.contains(&"vfs.write".to_string()), "{traced:?}");
+    assert!(
+        traced.contains(&"audit.delta_captured".to_string()),
+        "{traced:?}"
+    );
+    // Without one, each request gets its own trace, named in the answer.
+    let a = s.get("/v1/sessions", AUDITOR);
+    assert_eq!(a.status, 200);
+    let res = s
+        .http
+        .get(format!("{}/v1/health", s.base))
+        .header(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )
+        .call()
+        .unwrap();
+    let own = res.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        !own.contains("00000000000000000000000000000000"),
+        "an all-zero trace is ignored: {own}"
+    );
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::extract::{PathParams, QueryParams};
+use crate::extract::{PathParams, QueryParams, RawBody};
 use crate::problem::Problem;
 use crate::{Auth, Shared, State, session_id};
 
@@ -106,6 +106,8 @@ pub(crate) async fn verify(
     axum::extract::State(s): State,
     Auth(_c): Auth,
     QueryParams(q): QueryParams<VerifyQuery>,
+    // Read and dropped, so the connection stays reusable.
+    RawBody(_body): RawBody,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let a = auditor(&s)?;
     if let Some(session) = &q.session {
@@ -113,11 +115,11 @@ pub(crate) async fn verify(
     }
     let (dir, key) = (a.dir().to_path_buf(), *a.public_key());
     // Reads and hashes every delta: off the async workers.
-    let report =
-        tokio::task::spawn_blocking(move || verify_dir(&dir, q.session.as_deref(), Some(&key)))
-            .await
-            .map_err(|e| Problem::internal(format!("verifying: {e}")))?
-            .map_err(|e| Problem::bad_request(e.to_string()))?;
+    let report = crate::blocking("verifying", move || {
+        verify_dir(&dir, q.session.as_deref(), Some(&key))
+    })
+    .await?
+    .map_err(|e| Problem::bad_request(e.to_string()))?;
     let mut v: serde_json::Value = serde_json::from_str(&report.to_json())
         .map_err(|e| Problem::internal(format!("encoding the report: {e}")))?;
     v["ok"] = serde_json::Value::Bool(report.ok());
@@ -151,7 +153,7 @@ pub(crate) async fn proof(
     let (dir, key) = (a.dir().to_path_buf(), *a.public_key());
     let seq = q.seq;
     let hv = s.hv.clone();
-    let p = tokio::task::spawn_blocking(move || {
+    let p = crate::blocking("proving", move || {
         // A proof ends at a signed head: sign one over the commitments
         // sealed so far (a session sealed since the last head needs it).
         if let Some(a) = hv.audit() {
@@ -160,8 +162,7 @@ pub(crate) async fn proof(
         }
         prove(&dir, &session, seq, Some(&key)).map_err(|e| Problem::not_found(e.to_string()))
     })
-    .await
-    .map_err(|e| Problem::internal(format!("proving: {e}")))??;
+    .await??;
     serde_json::to_value(&p)
         .map(Json)
         .map_err(|e| Problem::internal(format!("encoding the proof: {e}")))

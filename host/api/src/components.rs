@@ -109,9 +109,10 @@ pub(crate) async fn upload(
     let bytes = body.len();
     // Compiling takes tens of ms (seconds for a Python agent): off the
     // async workers.
-    let component = tokio::task::spawn_blocking(move || hv.load(&body).map_err(Problem::from))
-        .await
-        .map_err(|e| Problem::internal(format!("admitting the component: {e}")))??;
+    let component = crate::blocking("admitting the component", move || {
+        hv.load(&body).map_err(Problem::from)
+    })
+    .await??;
     let stored = Stored {
         component,
         bytes,

@@ -236,6 +236,10 @@ impl Api {
         OpenApiRouter::with_openapi(ApiDoc::openapi())
             .merge(upload)
             .merge(rest)
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                trace_request,
+            ))
             .with_state(self.shared.clone())
             .split_for_parts()
     }
@@ -412,6 +416,78 @@ impl Shared {
     }
 }
 
+/// Runs each request inside its trace: the W3C `traceparent` it came with,
+/// or a new one. Every host operation and agent call of the request, and so
+/// every event and audit delta, carries that trace id; the answer's
+/// `traceparent` names it, with this server's span.
+async fn trace_request(
+    axum::extract::State(s): State,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    let trace = incoming.unwrap_or_else(|| s.hv.runtime().new_trace_id());
+    let span_id = s.hv.runtime().new_trace_id().0 as u64 | 1;
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = %trace,
+        span_id = %format_args!("{span_id:016x}"),
+    );
+    let mut res = ahv_runtime::trace_context::with_trace(trace, next.run(req))
+        .instrument(span)
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span_id:016x}-01")) {
+        res.headers_mut().insert("traceparent", v);
+    }
+    res
+}
+
+/// The trace id of a W3C `traceparent` header (version 00 or a later one,
+/// read as 00); `None` for a malformed one or an all-zero id, which the
+/// spec says to ignore.
+pub fn parse_traceparent(h: &str) -> Option<ahv_core::TraceId> {
+    let mut parts = h.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let id = u128::from_str_radix(trace, 16).ok()?;
+    let parent_id = u64::from_str_radix(parent, 16).ok()?;
+    (id != 0 && parent_id != 0).then_some(ahv_core::TraceId(id))
+}
+
+/// Runs blocking work (compiling, syncing, hashing) off the async workers,
+/// in the request's trace.
+pub(crate) async fn blocking<R: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Problem> {
+    let trace = ahv_runtime::trace_context::current();
+    tokio::task::spawn_blocking(move || match trace {
+        Some(t) => ahv_runtime::trace_context::with_trace_sync(t, f),
+        None => f(),
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("{what}: {e}")))
+}
+
 /// Refuses unless the caller is an admin.
 pub(crate) fn admin_only(caller: &Caller, what: &str) -> Result<(), Problem> {
     if caller.role == Role::Admin {
@@ -452,4 +528,35 @@ pub(crate) fn agent_id(s: &str) -> Result<AgentId, Problem> {
 pub(crate) fn operator_agent(caller: &Caller) -> Result<AgentId, Problem> {
     AgentId::new(format!("ahv:operator:{}", caller.name))
         .map_err(|e| Problem::internal(format!("operator id for {}: {e}", caller.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_headers_are_parsed_as_w3c_says() {
+        let t = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            t,
+            Some(ahv_core::TraceId(0x4bf92f3577b34da6a3ce929d0e0e4736))
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+        // A later version may append fields.
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
+    }
 }

@@ -116,8 +116,15 @@ pub(crate) async fn submit(
         ),
     );
     let (hv, shared, sid) = (s.hv.clone(), s.clone(), saga.clone());
+    // The saga runs in its own task, in the request's trace.
+    let trace = ahv_runtime::trace_context::current();
     tokio::spawn(async move {
-        if let Err(e) = hv.run_saga_as(&id, sid.clone(), def).await {
+        let run = hv.run_saga_as(&id, sid.clone(), def);
+        let result = match trace {
+            Some(t) => ahv_runtime::trace_context::with_trace(t, run).await,
+            None => run.await,
+        };
+        if let Err(e) = result {
             shared
                 .saga_failures
                 .0

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::extract::{JsonBody, PathParams, QueryParams, RawBody};
 use crate::problem::Problem;
 use crate::{Auth, State, admin_only, agent_id, components, operator_agent, session_id};
 
@@ -199,6 +199,8 @@ pub(crate) async fn activate(
     axum::extract::State(s): State,
     Auth(caller): Auth,
     PathParams(session): PathParams<String>,
+    // Read and dropped, so the connection stays reusable.
+    RawBody(_body): RawBody,
 ) -> Result<Json<SessionView>, Problem> {
     let id = operate(
         &s,
@@ -243,6 +245,8 @@ pub(crate) async fn terminate(
     axum::extract::State(s): State,
     Auth(caller): Auth,
     PathParams(session): PathParams<String>,
+    // Read and dropped, so the connection stays reusable.
+    RawBody(_body): RawBody,
 ) -> Result<Json<TerminationView>, Problem> {
     let id = operate(
         &s,
@@ -252,9 +256,10 @@ pub(crate) async fn terminate(
     )?;
     let hv = s.hv.clone();
     // Sealing writes and syncs the audit log: off the async workers.
-    let t = tokio::task::spawn_blocking(move || hv.terminate_session(&id).map_err(Problem::from))
-        .await
-        .map_err(|e| Problem::internal(format!("terminating: {e}")))??;
+    let t = crate::blocking("terminating", move || {
+        hv.terminate_session(&id).map_err(Problem::from)
+    })
+    .await??;
     Ok(Json(TerminationView {
         session: t.session.to_string(),
         reason: match t.reason {
@@ -582,6 +587,8 @@ pub(crate) async fn snapshot(
     axum::extract::State(s): State,
     Auth(caller): Auth,
     PathParams(session): PathParams<String>,
+    // Read and dropped, so the connection stays reusable.
+    RawBody(_body): RawBody,
 ) -> Result<(StatusCode, Json<SnapshotView>), Problem> {
     let id = operate(
         &s,
@@ -590,9 +597,8 @@ pub(crate) async fn snapshot(
         "POST /v1/sessions/{session}/snapshots",
     )?;
     let hv = s.hv.clone();
-    let snap = tokio::task::spawn_blocking(move || hv.snapshot(&id).map_err(Problem::from))
-        .await
-        .map_err(|e| Problem::internal(format!("snapshot: {e}")))??;
+    let snap =
+        crate::blocking("snapshot", move || hv.snapshot(&id).map_err(Problem::from)).await??;
     Ok((
         StatusCode::CREATED,
         Json(SnapshotView {
@@ -622,6 +628,8 @@ pub(crate) async fn restore(
     axum::extract::State(s): State,
     Auth(caller): Auth,
     PathParams((session, snapshot)): PathParams<(String, u64)>,
+    // Read and dropped, so the connection stays reusable.
+    RawBody(_body): RawBody,
 ) -> Result<Json<RestoreView>, Problem> {
     let id = operate(
         &s,
@@ -630,9 +638,10 @@ pub(crate) async fn restore(
         &format!("POST /v1/sessions/{{session}}/snapshots/{snapshot}/restore"),
     )?;
     let hv = s.hv.clone();
-    let d = tokio::task::spawn_blocking(move || hv.restore(&id, snapshot).map_err(Problem::from))
-        .await
-        .map_err(|e| Problem::internal(format!("restore: {e}")))??;
+    let d = crate::blocking("restore", move || {
+        hv.restore(&id, snapshot).map_err(Problem::from)
+    })
+    .await??;
     Ok(Json(RestoreView {
         joined: d.joined.iter().map(AgentId::to_string).collect(),
         left: d.left.iter().map(AgentId::to_string).collect(),

@@ -55,6 +55,7 @@ impl Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
+            .max_idle_connections(0)
             .build();
         Ok(Client {
             agent: ureq::Agent::new_with_config(config),

@@ -1578,6 +1578,7 @@ mod tests {
                     "agent",
                     "action",
                     "effect",
+                    "operator",
                 ]
                 .contains(&family),
                 "{k:?}"

@@ -52,6 +52,7 @@ pub mod metrics;
 mod rate;
 pub mod runtime;
 pub mod state;
+pub mod trace_context;
 pub mod trap;
 
 pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput, StepCall};

@@ -331,6 +331,10 @@ impl RuntimeInner {
 
     /// A fresh trace id: unpredictable across processes, unique within one.
     pub(crate) fn next_trace(&self) -> TraceId {
+        // Inside a front end's request: its trace (W3C `traceparent`).
+        if let Some(t) = crate::trace_context::current() {
+            return t;
+        }
         let n = self.trace_counter.fetch_add(1, Ordering::Relaxed);
         // SplitMix64 over a random per-process key: ~2 ns instead of two
         // SipHash rounds (~40 ns), on every agent call and host operation.
@@ -487,7 +491,9 @@ impl Runtime {
 
     /// A fresh trace id (128 bits, as W3C trace context): unpredictable
     /// across processes, unique within one. Every call into an agent gets
-    /// one; the hypervisor gives one to every host operation.
+    /// one; the hypervisor gives one to every host operation. Inside
+    /// [`crate::trace_context::with_trace`] (a front end's request), the
+    /// request's trace instead.
     pub fn new_trace_id(&self) -> TraceId {
         self.inner.next_trace()
     }
