@@ -22,6 +22,8 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(120);
 struct Server {
     base: String,
     http: ureq::Agent,
+    /// The served OpenAPI document: every answer is checked against it.
+    doc: Value,
     rt: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _state: tempfile::TempDir,
@@ -90,9 +92,18 @@ fn server_with(limits: ApiLimits) -> Server {
             .max_idle_connections(0)
             .build(),
     );
+    let base = format!("http://{addr}");
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
     Server {
-        base: format!("http://{addr}"),
+        base,
         http,
+        doc,
         rt: Some(rt),
         stop: Some(tx),
         _state: state,
@@ -187,13 +198,77 @@ impl Server {
             .read_to_string()
             .unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer {
+        let a = Answer {
             status,
             content_type,
             retry_after,
             body,
             text,
+        };
+        self.conforms(method, path, &a);
+        a
+    }
+
+    /// Fails unless the answer is one the OpenAPI document promises for
+    /// this operation: a documented status, a documented content type, and
+    /// a JSON body valid against the documented schema.
+    fn conforms(&self, method: &str, path: &str, a: &Answer) {
+        let path = path.split('?').next().unwrap();
+        if path == "/openapi.json" {
+            return;
         }
+        let segments: Vec<&str> = path.split('/').collect();
+        let paths = self.doc["paths"].as_object().unwrap();
+        let Some((template, item)) = paths.iter().find(|(t, item)| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segments.len()
+                && ts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t.starts_with('{') || t == s)
+                && item.get(method.to_lowercase()).is_some()
+        }) else {
+            // An undocumented route must not be served.
+            assert!(
+                a.status == 404 || a.status == 405,
+                "{method} {path} is not in the OpenAPI document but answered {a:#?}"
+            );
+            return;
+        };
+        let op = &item[method.to_lowercase()];
+        let status = a.status.to_string();
+        let Some(response) = op["responses"].get(&status) else {
+            panic!("{method} {template}: status {status} is not documented: {a:#?}");
+        };
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(
+                a.text.is_empty(),
+                "{method} {template} {status}: a body where none is documented: {a:#?}"
+            );
+            return;
+        };
+        let ct = a.content_type.split(';').next().unwrap().trim();
+        let Some(media) = content.get(ct) else {
+            panic!(
+                "{method} {template} {status}: content type {ct:?} is not documented (only {:?})",
+                content.keys().collect::<Vec<_>>()
+            );
+        };
+        if !ct.ends_with("json") {
+            return;
+        }
+        let mut schema = media["schema"].clone();
+        schema["components"] = self.doc["components"].clone();
+        let validator = jsonschema::validator_for(&schema)
+            .unwrap_or_else(|e| panic!("{method} {template} {status}: bad schema: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&a.body)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status}: the answer does not match the document: {errors:?}\n{a:#?}"
+        );
     }
 
     fn get(&self, path: &str, token: &str) -> Answer {
@@ -733,6 +808,34 @@ fn the_openapi_document_lists_every_route_and_its_problems() {
             a.status != 404 || a.content_type == "application/problem+json",
             "{method} {path} has no handler: {a:#?}"
         );
+    }
+    // The check every answer goes through does refuse what the document
+    // does not promise.
+    let wrong = |status: u16, ct: &str, body: Value| Answer {
+        status,
+        content_type: ct.into(),
+        retry_after: None,
+        text: body.to_string(),
+        body,
+    };
+    for (status, ct, body) in [
+        (200, "application/json", json!({"status": 5})),
+        (
+            200,
+            "text/plain",
+            json!({"status": "ok", "version": "1", "ledger": "m"}),
+        ),
+        (
+            299,
+            "application/json",
+            json!({"status": "ok", "version": "1", "ledger": "m"}),
+        ),
+    ] {
+        let a = wrong(status, ct, body);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.conforms("GET", "/v1/health", &a)
+        }));
+        assert!(caught.is_err(), "{a:#?} passed the OpenAPI check");
     }
     // The bearer scheme is declared.
     assert_eq!(

@@ -170,14 +170,14 @@ impl Api {
     }
 
     /// The OpenAPI document of every route [`Api::router`] serves.
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
-        self.parts().1
+    pub fn openapi(&self) -> serde_json::Value {
+        finish_openapi(&self.parts().1)
     }
 
     /// The routes, with `/openapi.json` serving [`Api::openapi`].
     pub fn router(&self) -> axum::Router {
         let (router, doc) = self.parts();
-        let doc = Arc::new(doc);
+        let doc = Arc::new(finish_openapi(&doc));
         router.route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -266,6 +266,86 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
+}
+
+/// The answers every route may give besides its own: problems for a
+/// malformed request, a missing or unknown token, a body too large, a body
+/// of the wrong shape, a used-up budget, a server failure.
+const COMMON_PROBLEMS: [(&str, &str); 7] = [
+    (
+        "400",
+        "The request is malformed (an id, a path, a query, a field)",
+    ),
+    ("401", "No bearer token, or one the server does not know"),
+    ("403", "The caller's role does not allow it"),
+    ("413", "The request body is too large"),
+    (
+        "422",
+        "The JSON body has the wrong shape (the field is named)",
+    ),
+    (
+        "429",
+        "The caller's request budget is used up (see Retry-After)",
+    ),
+    ("500", "The server failed (its ledger store, its audit log)"),
+];
+
+/// The generated document, finished: problem answers are
+/// `application/problem+json` (utoipa writes every body as
+/// `application/json`), and every operation lists [`COMMON_PROBLEMS`]
+/// (and 404 where its path names something, 409 in a session)
+/// (`/v1/health` and the document itself need no token and take no body,
+/// but may still fail).
+fn finish_openapi(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut v = serde_json::to_value(doc).unwrap_or(serde_json::Value::Null);
+    let problem_ref = "#/components/schemas/Problem";
+    let problem = serde_json::json!({
+        "application/problem+json": { "schema": { "$ref": problem_ref } }
+    });
+    if let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            // A path that names something may not find it; one in a session
+            // may meet a session rule (its state, its expiry).
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            if path.contains('{') {
+                extra.push(("404", "No such session, agent, component, saga or file"));
+            }
+            if path.contains("{session}") {
+                extra.push((
+                    "409",
+                    "A session rule refuses it (its state, expiry, or an archived session)",
+                ));
+            }
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for op in ops.values_mut() {
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                for r in responses.values_mut() {
+                    let Some(content) = r.get_mut("content").and_then(|c| c.as_object_mut()) else {
+                        continue;
+                    };
+                    let is_problem = content
+                        .get("application/json")
+                        .and_then(|c| c.pointer("/schema/$ref"))
+                        .and_then(|r| r.as_str())
+                        == Some(problem_ref);
+                    if is_problem && let Some(c) = content.remove("application/json") {
+                        content.insert("application/problem+json".into(), c);
+                    }
+                }
+                for &(status, why) in COMMON_PROBLEMS.iter().chain(&extra) {
+                    responses.entry(status).or_insert_with(
+                        || serde_json::json!({ "description": why, "content": problem.clone() }),
+                    );
+                }
+            }
+        }
+    }
+    v
 }
 
 /// The server's liveness and version.
