@@ -1664,3 +1664,41 @@ fn a_shell_user_drives_a_shared_session_and_its_liability_through_ahv_serve() {
     let r = ahv_run(&["audit", "verify", path_str(&state)]);
     assert_eq!(r.code(), 0, "{r:?}");
 }
+
+/// The README's curl block, exactly as written, against a real `ahv serve`.
+#[test]
+fn the_readme_curl_examples_run() {
+    let readme = include_str!("../../README.md");
+    let marker =
+        "<!-- curl examples: run by tests/integration/cli.rs (the_readme_curl_examples_run) -->";
+    let after = &readme[readme.find(marker).expect("the README's curl marker") + marker.len()..];
+    let block = after
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a sh block after the marker")
+        .0;
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.toml");
+    let r = ahv_run(&["token", "new", "--name", "ops", "--role", "admin"]);
+    std::fs::write(&tokens, &r.stderr).unwrap();
+    let srv = Serving::start(&tmp.path().join("state"), &tokens);
+    let wasm = ahv_agents::PATHS
+        .iter()
+        .find(|(n, _)| *n == "note-taker")
+        .unwrap()
+        .1;
+    let mut c = Command::new("bash");
+    c.args(["-euo", "pipefail", "-c", block])
+        .env("AHV", &srv.url)
+        .env("AHV_TOKEN", r.stdout.trim())
+        .env("WASM", wasm);
+    let out = run(c, b"");
+    assert_eq!(out.code(), 0, "the README's curl block failed: {out:?}");
+    assert!(out.stdout.contains("# Today\n- ship it"), "{out:?}");
+    assert!(out.stdout.contains("\"kind\":\"vfs.write\""), "{out:?}");
+    assert!(out.stdout.contains("\"commitment\":{"), "{out:?}");
+    assert!(
+        out.stdout.contains("\"signed_size\":1}") && out.stdout.contains("\"ok\":true,"),
+        "{out:?}"
+    );
+}

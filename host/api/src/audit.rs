@@ -114,12 +114,19 @@ pub(crate) async fn verify(
         session_id(session)?;
     }
     let (dir, key) = (a.dir().to_path_buf(), *a.public_key());
-    // Reads and hashes every delta: off the async workers.
+    let hv = s.hv.clone();
+    // Reads and hashes every delta: off the async workers. What is staged
+    // is written and a head signed first, so a session sealed a moment ago
+    // verifies as sealed and signed.
     let report = crate::blocking("verifying", move || {
+        if let Some(a) = hv.audit() {
+            a.flush()
+                .map_err(|e| Problem::internal(format!("writing the audit log: {e}")))?;
+        }
         verify_dir(&dir, q.session.as_deref(), Some(&key))
+            .map_err(|e| Problem::bad_request(e.to_string()))
     })
-    .await?
-    .map_err(|e| Problem::bad_request(e.to_string()))?;
+    .await??;
     let mut v: serde_json::Value = serde_json::from_str(&report.to_json())
         .map_err(|e| Problem::internal(format!("encoding the report: {e}")))?;
     v["ok"] = serde_json::Value::Bool(report.ok());
