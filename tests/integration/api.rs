@@ -1261,3 +1261,115 @@ fn a_w3c_traceparent_is_carried_into_the_agent_call_its_events_and_the_answer() 
         "an all-zero trace is ignored: {own}"
     );
 }
+
+/// Resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_thousand_concurrent_requests_all_succeed_in_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Client and server share this process: 2 descriptors per connection.
+    if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        assert!(
+            limit >= 2200,
+            "RLIMIT_NOFILE {limit} is too low for 1,000 connections each way"
+        );
+    }
+    let s = server();
+    let id = s.writer_session(ADMIN);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let before = rss_kib();
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<String> = client.block_on(async {
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let addr = addr.clone();
+                let request = match i % 5 {
+                    0 => format!(
+                        "POST /v1/sessions/{id}/agents/did:ex:writer/run HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{{\"input\":\"n{:03}\"}}",
+                        i / 5 % 1000
+                    ),
+                    1 => format!("GET /v1/events?session={id}&limit=50 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {AUDITOR}\r\nConnection: close\r\n\r\n"),
+                    2 => format!("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {AUDITOR}\r\nConnection: close\r\n\r\n"),
+                    _ => format!("GET /v1/sessions/{id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {OP1}\r\nConnection: close\r\n\r\n"),
+                };
+                tokio::spawn(async move {
+                    let exchange = async {
+                        let mut c = tokio::net::TcpStream::connect(&addr).await?;
+                        c.write_all(request.as_bytes()).await?;
+                        let mut out = Vec::new();
+                        c.read_to_end(&mut out).await?;
+                        Ok::<_, std::io::Error>(out)
+                    };
+                    match tokio::time::timeout(Duration::from_secs(120), exchange).await {
+                        Ok(Ok(out)) => {
+                            let text = String::from_utf8_lossy(&out);
+                            let status = text.lines().next().unwrap_or("").to_string();
+                            // A run the agent completed (not one its own rate limit refused).
+                            if text.contains("\"ok\":true,\"output\":\"") {
+                                status + " ran"
+                            } else {
+                                status
+                            }
+                        }
+                        Ok(Err(e)) => format!("io error: {e}"),
+                        Err(_) => "no answer within 120 s".to_string(),
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let failed: Vec<_> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 256,
+        "the process grew by {grown_mib} MiB over 1,000 requests"
+    );
+    // Each run the agent completed left its line (a run can also leave it
+    // and then fail a later write); the others met the agent's own write
+    // budget (ring 2: 20/s, burst 40), a value it handled. No line twice.
+    let ran = statuses.iter().filter(|s| s.ends_with(" ran")).count();
+    assert!(ran >= 20, "only {ran} of 200 runs completed");
+    let notes = s.get(
+        &format!("/v1/sessions/{id}/file?path=notes/today.md&agent=did:ex:writer"),
+        AUDITOR,
+    );
+    let lines: Vec<&str> = notes
+        .text
+        .lines()
+        .filter(|l| l.starts_with("- n"))
+        .collect();
+    let unique: std::collections::HashSet<&&str> = lines.iter().collect();
+    assert_eq!(unique.len(), lines.len(), "{}", notes.text);
+    assert!(
+        (ran..=200).contains(&lines.len()),
+        "{ran} runs, {} lines",
+        lines.len()
+    );
+}
