@@ -45,6 +45,11 @@ fn tokens() -> Tokens {
         name: name.into(),
         role,
         sessions: Vec::new(),
+        agents: if role == Role::Operator {
+            vec!["did:ex:*".into()]
+        } else {
+            Vec::new()
+        },
     };
     Tokens::none()
         .with(ADMIN, c("root-ops", Role::Admin))

@@ -1474,7 +1474,11 @@ fn a_shell_user_drives_a_shared_session_and_its_liability_through_ahv_serve() {
     let tokens = tmp.path().join("tokens.toml");
     let mut entries = String::new();
     for (name, role) in [("ops", "admin"), ("dev", "operator")] {
-        let r = ahv_run(&["token", "new", "--name", name, "--role", role]);
+        let mut args = vec!["token", "new", "--name", name, "--role", role];
+        if role == "operator" {
+            args.extend(["--agents", "did:ex:*"]);
+        }
+        let r = ahv_run(&args);
         assert_eq!(r.code(), 0, "{r:?}");
         assert!(
             !r.stderr.contains(r.stdout.trim()),

@@ -12,6 +12,7 @@
 //! [[token]]
 //! name = "ci"
 //! role = "operator"
+//! agents = ["did:team-a:*"] # the agent ids it may act for (required for operators)
 //! sessions = ["s3-…"]       # operators act on the sessions they created and these
 //! ```
 //!
@@ -20,7 +21,12 @@
 //!   terms: kills, slashes, quarantines, ring-0 (root) joins.
 //! - **operator**: creates sessions and drives the sessions it created (or is
 //!   given in `sessions`): join, activate, run, leave, vouch, terminate,
-//!   snapshot, restore, sagas; reads everything.
+//!   snapshot, restore, sagas; reads everything. It acts only for the agents
+//!   its `agents` patterns name (an exact id, or a prefix ending in `*`):
+//!   the liability ledger is shared by every session and keyed by agent id,
+//!   so an operator free to join any id could book faults against agents it
+//!   does not run. Sessions it creates earn no clean-session credit, so it
+//!   cannot work an agent's slashes off by ending empty sessions either.
 //! - **auditor**: reads only (sessions, files, state, events, ledger).
 //!
 //! Unknown fields are refused when the file loads; so are duplicate names or
@@ -66,6 +72,24 @@ pub struct Caller {
     pub role: Role,
     /// Sessions it may operate besides those it creates (operators).
     pub sessions: Vec<String>,
+    /// The agents it may act for (operators): exact ids, or prefixes
+    /// ending in `*`. Admins act for every agent, auditors for none.
+    pub agents: Vec<String>,
+}
+
+impl Caller {
+    /// Whether the caller may join, run, vouch for or otherwise act for
+    /// `agent`.
+    pub fn may_act_for(&self, agent: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Auditor => false,
+            Role::Operator => self.agents.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => agent.starts_with(prefix),
+                None => agent == p,
+            }),
+        }
+    }
 }
 
 /// Why a tokens file was refused.
@@ -115,6 +139,8 @@ struct Entry {
     sha256: String,
     #[serde(default)]
     sessions: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
 }
 
 /// The tokens the server accepts.
@@ -181,6 +207,26 @@ impl Tokens {
             if tokens.entries.iter().any(|(h, _)| *h == hash) {
                 return Err(bad("the same token hash is used twice".into()));
             }
+            if e.role == Role::Operator && e.agents.is_empty() {
+                return Err(bad(
+                    "an operator needs `agents`: the agent ids it may act for (exact, or a prefix ending in `*`)"
+                        .into(),
+                ));
+            }
+            if e.role != Role::Operator && !e.agents.is_empty() {
+                return Err(bad(format!(
+                    "agents are for operators; a {} acts for {}",
+                    e.role.name(),
+                    if e.role == Role::Admin {
+                        "every agent"
+                    } else {
+                        "none"
+                    }
+                )));
+            }
+            if e.agents.iter().any(String::is_empty) {
+                return Err(bad("an empty agent pattern".into()));
+            }
             if e.role != Role::Operator && !e.sessions.is_empty() {
                 return Err(bad(format!(
                     "sessions are for operators; a {} acts on {}",
@@ -198,6 +244,7 @@ impl Tokens {
                     name: e.name,
                     role: e.role,
                     sessions: e.sessions,
+                    agents: e.agents,
                 },
             ));
         }
@@ -274,6 +321,25 @@ mod tests {
         assert_eq!(t.authenticate("t-aud").unwrap().name, "aud");
         assert!(t.authenticate("t-op").is_none());
         assert!(t.authenticate("").is_none());
+    }
+
+    #[test]
+    fn operators_act_only_for_the_agents_their_patterns_name() {
+        let text = entry("ci", "operator", "t") + "agents = [\"did:team-a:*\", \"did:x:one\"]\n";
+        let t = Tokens::parse(&text, "t").unwrap();
+        let c = t.authenticate("t").unwrap();
+        assert!(c.may_act_for("did:team-a:bot"));
+        assert!(c.may_act_for("did:x:one"));
+        assert!(!c.may_act_for("did:x:one2"));
+        assert!(!c.may_act_for("did:team-b:bot"));
+        let e = Tokens::parse(&entry("ci", "operator", "t"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `agents`"), "{e}");
+        let e = Tokens::parse(&(entry("a", "auditor", "t") + "agents = [\"*\"]\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("operators"), "{e}");
     }
 
     #[test]

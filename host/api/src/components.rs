@@ -13,7 +13,10 @@ use utoipa::ToSchema;
 
 use crate::extract::{PathParams, RawBody};
 use crate::problem::Problem;
-use crate::{Auth, Shared, State, Stored, not_auditor};
+use crate::{Auth, Shared, State, Stored, Uploader};
+
+/// Most components one server keeps (each holds its compiled code).
+const MAX_COMPONENTS: usize = 1024;
 
 /// One import of a component and what the host makes of it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -93,18 +96,32 @@ fn view(id: &str, s: &Stored) -> ComponentView {
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses(
         (status = 201, description = "Admitted", body = ComponentView),
+        (status = 200, description = "Admitted before (the same bytes)", body = ComponentView),
+        (status = 507, description = "The server holds as many components as it may", body = Problem),
         (status = 422, description = "Refused at admission", body = Problem),
         (status = 403, description = "Auditors may not upload", body = Problem)))]
 pub(crate) async fn upload(
     axum::extract::State(s): State,
-    Auth(caller): Auth,
+    Uploader(caller): Uploader,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ComponentView>), Problem> {
-    not_auditor(&caller, "uploading a component")?;
     let id = hex::encode(Sha256::digest(&body));
     if let Some(v) = read(&s).get(&id).map(|st| view(&id, st)) {
         return Ok((StatusCode::OK, Json(v)));
     }
+    if read(&s).len() >= MAX_COMPONENTS {
+        return Err(Problem::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "components-full",
+            "The server holds as many components as it may",
+            format!("the server holds {MAX_COMPONENTS} components; restart it to start afresh"),
+        ));
+    }
+    let _compiling = s
+        .compiles
+        .acquire()
+        .await
+        .map_err(|e| Problem::internal(format!("waiting to compile: {e}")))?;
     let hv = s.hv.clone();
     let bytes = body.len();
     // Compiling takes tens of ms (seconds for a Python agent): off the

@@ -160,9 +160,13 @@ pub(crate) struct StreamQuery {
 /// A live stream of events (Server-Sent Events): each is `id: <event id>`,
 /// `event: <kind>`, `data: <the event as JSON>`; ids may arrive out of
 /// order when events are emitted concurrently. Stored events after
-/// `after` (or `Last-Event-ID`) come first, so a client that reconnects
-/// misses nothing the history still holds. A client that falls more than
-/// 4096 events behind gets `event: lagged` with how many it missed.
+/// `after` (or `Last-Event-ID`) come first, every one the history holds, so
+/// a client that reconnects misses nothing the history still has; when it
+/// no longer has some, the stream says so first (`event: lagged`, with the
+/// oldest id kept), and an id newer than any stored (a client of an earlier
+/// run of the server) gets `event: reset`. A client that falls more than
+/// 4096 events behind gets `event: lagged` with how many it missed. Streams
+/// end when the server shuts down.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events",
     params(StreamQuery),
     responses((status = 200, description = "text/event-stream of events", content_type = "text/event-stream", body = String),
@@ -203,22 +207,40 @@ pub(crate) async fn stream(
     });
     // Subscribe before reading the history, so nothing falls between them.
     let live = s.live.subscribe();
-    let replay: Vec<std::sync::Arc<Event>> = match after {
-        Some(a) => {
-            s.hv.events()
-                .query(&filter.clone().after(EventId(a)).limit(MAX_EVENTS))
-                .into_iter()
-                .map(std::sync::Arc::new)
-                .collect()
+    let stop = s.stop.subscribe();
+    let bus = s.hv.events();
+    // Every event up to `newest` is in the history (ids are assigned and
+    // stored under one lock), so the replay covers up to it and the live
+    // stream takes over after it. Live events can arrive out of id order
+    // (an audit sink emits while the bus delivers), so this bound stays
+    // fixed rather than following the newest id sent.
+    let newest = bus.last().map_or(0, |e| e.id.0);
+    let oldest = bus
+        .query(&EventQuery::default().limit(1))
+        .first()
+        .map_or(newest + 1, |e| e.id.0);
+    let mut notices = Vec::new();
+    let cursor = match after {
+        Some(a) if a > newest => {
+            notices.push(
+                Sse::default()
+                    .event("reset")
+                    .data(format!("{{\"after\":{a},\"newest\":{newest}}}")),
+            );
+            None
         }
-        None => Vec::new(),
+        Some(a) => {
+            if a.saturating_add(1) < oldest {
+                notices.push(
+                    Sse::default()
+                        .event("lagged")
+                        .data(format!("{{\"oldest_kept\":{oldest}}}")),
+                );
+            }
+            Some(a)
+        }
+        None => None,
     };
-    // Live events up to here were replayed (or are before `after`): every
-    // event with a smaller id was in the history when it was read, since ids
-    // are assigned and stored under one lock. Live events can arrive out of
-    // id order (an audit sink emits while the bus delivers), so this bound
-    // stays fixed rather than following the newest id sent.
-    let seen = replay.last().map(|e| e.id.0).or(after);
     let sse = |e: &Event| {
         let data = serde_json::to_string(&view(e)).unwrap_or_else(|_| "{}".into());
         Sse::default()
@@ -227,38 +249,73 @@ pub(crate) async fn stream(
             .data(data)
     };
     struct St {
-        replay: std::vec::IntoIter<std::sync::Arc<Event>>,
+        shared: std::sync::Arc<crate::Shared>,
+        notices: std::vec::IntoIter<Sse>,
+        /// The replay's position (the last id read from the history), while
+        /// it runs.
+        cursor: Option<u64>,
+        page: std::collections::VecDeque<Event>,
+        newest: u64,
         live: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
-        seen: Option<u64>,
+        stop: tokio::sync::watch::Receiver<bool>,
         filter: EventQuery,
     }
     let st = St {
-        replay: replay.into_iter(),
+        shared: s.clone(),
+        notices: notices.into_iter(),
+        cursor,
+        page: std::collections::VecDeque::new(),
+        newest,
         live,
-        seen,
+        stop,
         filter,
     };
     let stream = futures_util::stream::unfold(st, move |mut st| async move {
-        if let Some(e) = st.replay.next() {
-            let out = sse(&e);
-            return Some((Ok(out), st));
+        if *st.stop.borrow() {
+            return None;
+        }
+        if let Some(n) = st.notices.next() {
+            return Some((Ok(n), st));
+        }
+        // The replay, a page at a time, up to `newest`.
+        while let Some(c) = st.cursor {
+            if let Some(e) = st.page.pop_front() {
+                return Some((Ok(sse(&e)), st));
+            }
+            if c >= st.newest {
+                st.cursor = None;
+                break;
+            }
+            let page = st
+                .shared
+                .hv
+                .events()
+                .query(&st.filter.clone().after(EventId(c)).limit(MAX_EVENTS));
+            let page: Vec<Event> = page.into_iter().filter(|e| e.id.0 <= st.newest).collect();
+            match page.last() {
+                Some(last) => st.cursor = Some(last.id.0),
+                None => st.cursor = None,
+            }
+            st.page.extend(page);
         }
         loop {
-            match st.live.recv().await {
-                Ok(e) => {
-                    if st.seen.is_some_and(|s| e.id.0 <= s) || !st.filter.matches(&e) {
-                        continue;
+            tokio::select! {
+                r = st.live.recv() => match r {
+                    Ok(e) => {
+                        if e.id.0 <= st.newest || !st.filter.matches(&e) {
+                            continue;
+                        }
+                        return Some((Ok(sse(&e)), st));
                     }
-                    let out = sse(&e);
-                    return Some((Ok(out), st));
-                }
-                Err(RecvError::Lagged(n)) => {
-                    let out = Sse::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}"));
-                    return Some((Ok(out), st));
-                }
-                Err(RecvError::Closed) => return None,
+                    Err(RecvError::Lagged(n)) => {
+                        let out = Sse::default()
+                            .event("lagged")
+                            .data(format!("{{\"missed\":{n}}}"));
+                        return Some((Ok(out), st));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = st.stop.changed() => return None,
             }
         }
     });

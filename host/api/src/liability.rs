@@ -79,6 +79,8 @@ pub(crate) async fn vouch(
 ) -> Result<(StatusCode, Json<VouchCreated>), Problem> {
     let voucher = agent_id(&req.voucher)?;
     let vouchee = agent_id(&req.vouchee)?;
+    s.may_act_for(&caller, &voucher)?;
+    s.may_act_for(&caller, &vouchee)?;
     let id = operate(
         &s,
         &caller,
@@ -247,6 +249,10 @@ pub(crate) async fn slash(
     }))
 }
 
+/// How long a quarantine lasts when the request does not say (SEMANTICS:
+/// quarantine before termination, default 300 s).
+const DEFAULT_QUARANTINE_S: u64 = 300;
+
 /// A quarantine to impose.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -312,7 +318,9 @@ pub(crate) async fn quarantine(
         &agent,
         reason,
         &detail,
-        req.duration_s.map(Duration::from_secs),
+        Some(Duration::from_secs(
+            req.duration_s.unwrap_or(DEFAULT_QUARANTINE_S),
+        )),
     )?;
     Ok(Json(QuarantineView {
         agent: r.agent.to_string(),

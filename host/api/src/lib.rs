@@ -25,7 +25,7 @@
 //! let hv = Arc::new(Hypervisor::builder().state_dir(state.path()).build()?);
 //! let tokens = Tokens::none().with(
 //!     "ahv_secret",
-//!     Caller { name: "ops".into(), role: Role::Admin, sessions: vec![] },
+//!     Caller { name: "ops".into(), role: Role::Admin, sessions: vec![], agents: vec![] },
 //! );
 //! let api = Api::new(hv, tokens, ApiLimits::default());
 //! let router: axum::Router = api.router();
@@ -119,9 +119,13 @@ pub(crate) struct Shared {
     owners: Mutex<HashMap<SessionId, String>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     saga_failures: sagas::Failures,
+    /// Compiles at once (each takes a core and, for a Python agent, seconds).
+    compiles: tokio::sync::Semaphore,
     /// Every event, for live streams (sent only while someone listens).
     live: tokio::sync::broadcast::Sender<Arc<ahv_core::Event>>,
     subscription: ahv_core::SubscriptionId,
+    /// Flipped when the server shuts down: live streams end.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Shared {
@@ -158,10 +162,19 @@ impl Api {
                 owners: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 saga_failures: sagas::Failures::default(),
+                compiles: tokio::sync::Semaphore::new(2),
                 live,
                 subscription,
+                stop: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every live event stream (and refuses none: new streams end at
+    /// once). Call it when the server starts shutting down: a graceful
+    /// shutdown waits for open connections, and a stream would never close.
+    pub fn stop_streams(&self) {
+        self.shared.stop.send_replace(true);
     }
 
     /// The hypervisor behind the API.
@@ -488,6 +501,20 @@ impl Shared {
         }
     }
 
+    /// Refuses unless `caller` may act for `agent` (operators: only the
+    /// agents their `agents` patterns name).
+    pub(crate) fn may_act_for(&self, caller: &Caller, agent: &AgentId) -> Result<(), Problem> {
+        if caller.may_act_for(agent.as_str()) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "{} ({}) may not act for agent {agent}: the tokens file's `agents` patterns do not name it",
+                caller.name,
+                caller.role.name()
+            )))
+        }
+    }
+
     /// Records who asked for `operation` in the session's events and audit
     /// log, before it runs.
     pub(crate) fn record(&self, caller: &Caller, session: &SessionId, operation: &str) {
@@ -566,6 +593,21 @@ pub(crate) async fn blocking<R: Send + 'static>(
     })
     .await
     .map_err(|e| Problem::internal(format!("{what}: {e}")))
+}
+
+/// An authenticated caller that may upload components (not an auditor),
+/// checked before the body is read: an auditor cannot make the server
+/// buffer 64 MiB.
+pub(crate) struct Uploader(pub(crate) Caller);
+
+impl FromRequestParts<Arc<Shared>> for Uploader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Shared>) -> Result<Uploader, Response> {
+        let Auth(caller) = Auth::from_request_parts(parts, s).await?;
+        not_auditor(&caller, "uploading a component").map_err(IntoResponse::into_response)?;
+        Ok(Uploader(caller))
+    }
 }
 
 /// Refuses unless the caller is an admin.

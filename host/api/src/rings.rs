@@ -151,6 +151,7 @@ pub(crate) async fn revoke(
     let agent = agent_id(&agent)?;
     let id = session_id(&session)?;
     s.may_operate(&caller, &id)?;
+    s.may_act_for(&caller, &agent)?;
     s.record(
         &caller,
         &id,
@@ -191,6 +192,7 @@ pub(crate) async fn demote(
     let target = ring(req.ring)?;
     let id = session_id(&session)?;
     s.may_operate(&caller, &id)?;
+    s.may_act_for(&caller, &agent)?;
     s.record(
         &caller,
         &id,

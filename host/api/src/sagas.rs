@@ -19,7 +19,33 @@ use crate::{Auth, State, session_id};
 /// agent missing from the session, say), by id: `GET /v1/sagas/{saga}`
 /// reports it.
 #[derive(Default)]
-pub(crate) struct Failures(Mutex<HashMap<String, Problem>>);
+pub(crate) struct Failures(Mutex<(HashMap<String, Problem>, std::collections::VecDeque<String>)>);
+
+/// Most setup failures kept (the oldest are forgotten first).
+const MAX_FAILURES: usize = 10_000;
+
+impl Failures {
+    fn insert(&self, saga: String, p: Problem) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *g;
+        if map.len() >= MAX_FAILURES
+            && let Some(old) = order.pop_front()
+        {
+            map.remove(&old);
+        }
+        order.push_back(saga.clone());
+        map.insert(saga, p);
+    }
+
+    fn get(&self, saga: &str) -> Option<Problem> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(saga)
+            .cloned()
+    }
+}
 
 /// A submitted saga.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -84,7 +110,10 @@ fn view(r: &SagaReport) -> SagaView {
 /// state directory. Definition errors name the step and the field.
 #[utoipa::path(post, path = "/v1/sessions/{session}/sagas", tag = "sagas",
     params(("session" = String, Path)),
-    request_body(content = String, content_type = "application/yaml"),
+    request_body(content(
+        (String = "application/yaml"),
+        (String = "application/json"),
+    )),
     responses((status = 202, body = Submitted), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
 pub(crate) async fn submit(
@@ -106,6 +135,9 @@ pub(crate) async fn submit(
         SagaDefinition::from_yaml(&body)
     }
     .map_err(|e| Problem::bad_request(format!("saga definition: {e}")))?;
+    for step in &def.steps {
+        s.may_act_for(&caller, &crate::agent_id(step.agent.as_str())?)?;
+    }
     let saga = s.hv.new_saga_id();
     s.record(
         &caller,
@@ -127,9 +159,6 @@ pub(crate) async fn submit(
         if let Err(e) = result {
             shared
                 .saga_failures
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .insert(sid.to_string(), Problem::from(e));
         }
     });
@@ -168,14 +197,8 @@ pub(crate) async fn show(
     PathParams(saga): PathParams<String>,
 ) -> Result<Json<SagaView>, Problem> {
     let id = saga_id(&saga)?;
-    if let Some(p) = s
-        .saga_failures
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(id.as_str())
-    {
-        return Err(p.clone());
+    if let Some(p) = s.saga_failures.get(id.as_str()) {
+        return Err(p);
     }
     match s.hv.saga_records(&id) {
         Ok(r) if r.is_empty() => Err(Problem::not_found(format!(

@@ -149,10 +149,25 @@ pub(crate) async fn create(
     crate::not_auditor(&caller, "creating a session")?;
     let config = config(req)?;
     let id = s.hv.create_session(config, operator_agent(&caller)?)?;
-    s.owners
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), caller.name.clone());
+    if caller.role != crate::auth::Role::Admin {
+        // The ledger is shared: an operator must not be able to work an
+        // agent's slashes off by ending empty sessions with it.
+        s.hv.set_clean_session_credit(&id, false)?;
+    }
+    {
+        let mut owners = s.owners.lock().unwrap_or_else(|p| p.into_inner());
+        // Archived sessions change no more: their owners are forgotten.
+        if owners.len() >= 1024 {
+            let live: std::collections::HashSet<_> =
+                s.hv.sessions()
+                    .into_iter()
+                    .filter(|i| i.state != ahv_governance::session::SessionState::Archived)
+                    .map(|i| i.id)
+                    .collect();
+            owners.retain(|k, _| live.contains(k));
+        }
+        owners.insert(id.clone(), caller.name.clone());
+    }
     let info = s.hv.session(&id)?;
     Ok((StatusCode::CREATED, Json(view(&s, info))))
 }
@@ -317,6 +332,7 @@ pub(crate) async fn join(
         admin_only(&caller, "a ring-0 (root) join")?;
     }
     let agent = agent_id(&req.agent)?;
+    s.may_act_for(&caller, &agent)?;
     let id = operate(
         &s,
         &caller,
@@ -389,6 +405,7 @@ pub(crate) async fn leave(
     PathParams((session, agent)): PathParams<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     let agent = agent_id(&agent)?;
+    s.may_act_for(&caller, &agent)?;
     let id = operate(
         &s,
         &caller,
@@ -452,6 +469,7 @@ pub(crate) async fn run(
     JsonBody(req): JsonBody<RunInput>,
 ) -> Result<Json<RunView>, Problem> {
     let agent = agent_id(&agent)?;
+    s.may_act_for(&caller, &agent)?;
     let id = operate(
         &s,
         &caller,
@@ -531,9 +549,10 @@ pub(crate) async fn kill(
     axum::extract::State(s): State,
     Auth(caller): Auth,
     PathParams((session, agent)): PathParams<(String, String)>,
-    JsonBody(req): JsonBody<KillRequest>,
+    req: Option<JsonBody<KillRequest>>,
 ) -> Result<Json<KillView>, Problem> {
     admin_only(&caller, "killing an agent")?;
+    let req = req.map_or_else(|| KillRequest { reason: manual() }, |JsonBody(r)| r);
     let agent = agent_id(&agent)?;
     let id = operate(
         &s,
@@ -686,10 +705,7 @@ fn live(
                 StatusCode::CONFLICT,
                 "session-archived",
                 "The session is archived",
-                format!(
-                    "session {id} is archived; its files stay in the state directory ({})",
-                    s.hv.state_dir().display()
-                ),
+                format!("session {id} is archived; its files stay in the server's state directory"),
             ))
         }
         Err(e) => Err(e.into()),

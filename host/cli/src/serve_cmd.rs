@@ -49,6 +49,7 @@ fn positive(s: &str) -> Result<f64, String> {
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let mut own_token = None;
     let tokens = match &args.tokens {
         Some(path) => {
             let t = Tokens::load(path).map_err(|e| Failure::usage("serve", e))?;
@@ -65,15 +66,17 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         }
         None => {
             let token = new_token().context("making an admin token")?;
-            let path = args.state_dir.join("serve.token");
-            write_private(&path, &token)?;
-            errln!("admin token written to {} (mode 0600)", path.display());
+            // Written once the state directory is open and the port bound,
+            // so a second server that cannot start leaves the first one's
+            // token in place.
+            own_token = Some(token.clone());
             Tokens::none().with(
                 &token,
                 Caller {
                     name: "admin".into(),
                     role: Role::Admin,
                     sessions: Vec::new(),
+                    agents: Vec::new(),
                 },
             )
         }
@@ -93,21 +96,58 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    if let Some(token) = own_token {
+        let path = args.state_dir.join("serve.token");
+        write_private(&path, &token)?;
+        errln!("admin token written to {} (mode 0600)", path.display());
+    }
     errln!(
         "listening on http://{addr} (state directory {})",
         args.state_dir.display()
     );
+    let (api2, hv3) = (api.clone(), hv.clone());
     axum::serve(listener, api.router())
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(async move {
+            stop_signal().await;
+            errln!("stopping: finishing the requests in flight (at most {GRACE:?})");
+            // Live event streams would hold their connections open forever.
+            api2.stop_streams();
+            // Calls still running after the grace period are stopped: every
+            // live session is terminated, which stops its agents.
+            tokio::spawn(async move {
+                tokio::time::sleep(GRACE).await;
+                let _ = tokio::task::spawn_blocking(move || terminate_all(&hv3)).await;
+            });
+        })
         .await
         .context("serving")?;
-    errln!("stopping: sealing the audit log");
+    errln!("stopping: terminating the live sessions and sealing the audit log");
     let hv2 = hv.clone();
-    tokio::task::spawn_blocking(move || hv2.shutdown().map(drop).map_err(anyhow::Error::from))
-        .await
-        .context("shutting down")?
-        .context("sealing the audit log")?;
+    tokio::task::spawn_blocking(move || {
+        // Sessions live in memory only: each is sealed by its commitment
+        // before the process ends.
+        terminate_all(&hv2);
+        hv2.shutdown().map(drop).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("shutting down")?
+    .context("sealing the audit log")?;
     Ok(Exit::Ok)
+}
+
+/// How long a stopping server lets requests in flight finish before it
+/// terminates the sessions their agents run in.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Terminates every live session (their agents stop; their audit logs are sealed).
+fn terminate_all(hv: &ahv_hypervisor::Hypervisor) {
+    for s in hv.sessions() {
+        if s.state != ahv_governance::session::SessionState::Archived
+            && let Err(e) = hv.terminate_session(&s.id)
+        {
+            errln!("stopping: terminating session {}: {e}", s.id);
+        }
+    }
 }
 
 async fn stop_signal() {
@@ -125,21 +165,29 @@ async fn stop_signal() {
     }
 }
 
-/// Writes `text` to a new file only its owner can read.
+/// Replaces `path` with a file only its owner can read holding `text`: a
+/// new file (mode 0600) beside it, renamed into place.
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// A TOML basic string (quotes and backslashes escaped).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -154,17 +202,26 @@ pub(crate) enum TokenCmd {
         /// admin, operator or auditor.
         #[arg(long, value_parser = ["admin", "operator", "auditor"])]
         role: String,
+        /// For an operator: an agent id it may act for, or a prefix ending
+        /// in `*` (repeatable; at least one).
+        #[arg(long = "agents", value_name = "PATTERN")]
+        agents: Vec<String>,
     },
 }
 
 pub(crate) fn token(cmd: TokenCmd) -> Result<Exit, Failure> {
     match cmd {
-        TokenCmd::New { name, role } => {
+        TokenCmd::New { name, role, agents } => {
             let token = new_token().context("making a token")?;
-            let entry = format!(
-                "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            let mut entry = format!(
+                "[[token]]\nname = {}\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+                toml_string(&name),
                 hex::encode(ahv_api::auth::hash_token(&token))
             );
+            if !agents.is_empty() {
+                let list: Vec<String> = agents.iter().map(|a| toml_string(a)).collect();
+                entry += &format!("agents = [{}]\n", list.join(", "));
+            }
             // The entry must parse as the server will parse it.
             Tokens::parse(&entry, "(new entry)").map_err(|e| Failure::usage("token", e))?;
             crate::out::outln!("{token}")?;

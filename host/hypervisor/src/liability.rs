@@ -154,6 +154,8 @@ pub(crate) struct SessionLiability {
     marked: HashSet<AgentId>,
     /// Agents whose current rate-limit streak was already booked as a flood.
     flooded: HashSet<AgentId>,
+    /// Whether ending this session credits its participants' ledgers.
+    credits: bool,
 }
 
 impl SessionLiability {
@@ -167,6 +169,7 @@ impl SessionLiability {
             quarantined_at: HashMap::new(),
             marked: HashSet::new(),
             flooded: HashSet::new(),
+            credits: true,
         }
     }
 }
@@ -1425,7 +1428,13 @@ impl Hypervisor {
     /// credit to an agent admission knows at risk 0 would change nothing
     /// (and would grow its ledger with every session it ends).
     pub(crate) fn credit_clean(&self, entry: &SessionEntry, agents: &[AgentId]) {
-        let marked = lock(&entry.liability).marked.clone();
+        let (marked, credits) = {
+            let l = lock(&entry.liability);
+            (l.marked.clone(), l.credits)
+        };
+        if !credits {
+            return;
+        }
         for a in agents.iter().filter(|a| !marked.contains(*a)) {
             let at_zero = lock(&self.inner.liability.cache)
                 .known
@@ -1436,6 +1445,23 @@ impl Hypervisor {
                 self.book(a, EntryKind::CleanSession);
             }
         }
+    }
+
+    /// Whether ending `session` may credit its participants' ledgers with a
+    /// clean session (by default it may). A front end turns it off for
+    /// sessions whose creator it does not trust with the shared ledger: an
+    /// operator who could otherwise work an agent's slashes off by ending
+    /// empty sessions with it.
+    ///
+    /// # Errors
+    /// [`HypervisorError::UnknownSession`].
+    pub fn set_clean_session_credit(
+        &self,
+        session: &SessionId,
+        credit: bool,
+    ) -> Result<(), HypervisorError> {
+        lock(&self.entry(session)?.liability).credits = credit;
+        Ok(())
     }
 
     /// After a saga failed or escalated: attributes the blame, emits

@@ -130,7 +130,7 @@ use open_dirs::Inner;
 const SHARED: &str = "shared";
 const FILES_DIR: &str = "files";
 const SHARED_DIR: &str = "files/shared";
-const AGENTS_DIR: &str = "files/agents";
+pub(super) const AGENTS_DIR: &str = "files/agents";
 const UNDO_DIR: &str = "undo";
 const SNAPSHOTS_DIR: &str = "snapshots";
 const RESTORE_TMP: &str = "restore.tmp";

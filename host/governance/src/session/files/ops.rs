@@ -245,6 +245,8 @@ impl SessionFiles {
     /// view): `path` is resolved as `owner` would resolve it (`shared/…` is
     /// the shared area, anything else `owner`'s private area), but no ACL is
     /// checked and nothing is marked as seen in any agent's vector clock.
+    /// Only files the session made are read, and nothing is created on disk
+    /// (no area is opened for an agent that has none).
     ///
     /// # Errors
     /// [`VfsError::InvalidPath`], [`VfsError::NotFound`], [`VfsError::Io`].
@@ -252,8 +254,10 @@ impl SessionFiles {
         let key = file_key(owner, path)?;
         self.with(|dirs, db| {
             if !db.files.contains_key(&key) {
-                return Err(self.missing(dirs, &key, "read"));
+                return Err(VfsError::NotFound { path: key.guest() });
             }
+            // The session made this file, so its area exists: opening it
+            // creates nothing.
             dirs.area(&key.area)?
                 .read(&key.rel)
                 .map_err(|e| in_guest_terms(e, &key.area))
@@ -261,8 +265,9 @@ impl SessionFiles {
     }
 
     /// Lists a directory as the host, for inspection: as
-    /// [`FileSpace::list`] for `owner` (listing needs no permission and
-    /// changes nothing).
+    /// [`FileSpace::list`] for `owner`, except that nothing is created on
+    /// disk: an agent without a private area has an empty one (its top
+    /// lists only `shared`).
     ///
     /// # Errors
     /// As [`FileSpace::list`].
@@ -271,6 +276,18 @@ impl SessionFiles {
         owner: &ahv_core::AgentId,
         path: &str,
     ) -> Result<Vec<String>, VfsError> {
+        let key = dir_key(owner, path)?;
+        if let Area::Private(agent) = &key.area {
+            let exists = self
+                .with(|dirs, _| Ok(dirs.root.is_dir(format!("{}/{agent}", super::AGENTS_DIR))))?;
+            if !exists {
+                return if key.is_root() {
+                    Ok(vec![SHARED.to_string()])
+                } else {
+                    Err(VfsError::NotFound { path: key.guest() })
+                };
+            }
+        }
         self.list(Caller::untraced(owner, Ring::Sandbox), path)
     }
 
