@@ -176,7 +176,10 @@ impl Server {
                 r.call()
             }
             _ => {
-                let mut r = self.http.post(&url).content_type(ct);
+                let mut r = self.http.post(&url);
+                if !ct.is_empty() {
+                    r = r.content_type(ct);
+                }
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
@@ -1137,11 +1140,26 @@ fn a_live_event_stream_follows_a_session_and_replays_after_an_id() {
     );
     // Another session's events are not on this stream; this one's activation is.
     let other = s.post("/v1/sessions", OP2, json!({})).ok()["id"].clone();
+    s.post(
+        &format!("/v1/sessions/{}/agents", other.as_str().unwrap()),
+        OP2,
+        json!({"agent": "did:ex:b", "sigma": 0.7}),
+    )
+    .ok();
+    s.post(
+        &format!("/v1/sessions/{}/activate", other.as_str().unwrap()),
+        OP2,
+        json!(null),
+    )
+    .ok();
     s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
         .ok();
     let (_, activated) = next(&rx, "session.activated");
-    assert_eq!(activated["session"], id.as_str());
-    assert_ne!(activated["session"], other);
+    assert_eq!(
+        activated["session"],
+        id.as_str(),
+        "the other session's activation came through"
+    );
     // A reconnect after the join replays what followed it from the history.
     let again = open(Some(joined_id));
     let (replayed, _) = next(&again, "session.activated");
@@ -1377,4 +1395,288 @@ fn a_thousand_concurrent_requests_all_succeed_in_bounded_memory() {
         "{ran} runs, {} lines",
         lines.len()
     );
+}
+
+/// Every route that changes something, as (method, path, body) on session
+/// `id` with the writer in it.
+fn mutating_routes(id: &str) -> Vec<(&'static str, String, Option<Value>)> {
+    let a = format!("/v1/sessions/{id}/agents/did:ex:writer");
+    vec![
+        (
+            "POST",
+            format!("/v1/sessions/{id}/agents"),
+            Some(json!({"agent": "did:ex:new", "sigma": 0.7})),
+        ),
+        ("POST", format!("/v1/sessions/{id}/activate"), None),
+        ("POST", format!("{a}/run"), Some(json!({"input": "x"}))),
+        (
+            "POST",
+            format!("{a}/kill"),
+            Some(json!({"reason": "manual"})),
+        ),
+        (
+            "POST",
+            format!("{a}/slash"),
+            Some(json!({"severity": 1.0, "reason": "r"})),
+        ),
+        ("POST", format!("{a}/quarantine"), Some(json!({}))),
+        ("DELETE", format!("{a}/quarantine"), None),
+        (
+            "POST",
+            format!("{a}/elevation"),
+            Some(json!({"ring": 1, "justification": "j"})),
+        ),
+        ("DELETE", format!("{a}/elevation"), None),
+        (
+            "POST",
+            format!("{a}/demote"),
+            Some(json!({"ring": 3, "reason": "r"})),
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{id}/vouches"),
+            Some(json!({"voucher": "did:ex:writer", "vouchee": "did:ex:writer"})),
+        ),
+        ("DELETE", format!("/v1/sessions/{id}/vouches/1"), None),
+        ("POST", format!("/v1/sessions/{id}/snapshots"), None),
+        (
+            "POST",
+            format!("/v1/sessions/{id}/snapshots/1/restore"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{id}/sagas"),
+            Some(
+                json!({"name": "n", "steps": [{"id": "a", "agent": "did:ex:writer", "action": "x"}]}),
+            ),
+        ),
+        ("DELETE", a.clone(), None),
+        ("POST", format!("/v1/sessions/{id}/terminate"), None),
+    ]
+}
+
+#[test]
+fn auditors_and_other_operators_change_nothing_on_any_route() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    let before = s.get(&format!("/v1/sessions/{id}"), AUDITOR).body;
+    let events_before = s.get(&format!("/v1/events?session={id}"), AUDITOR).body;
+    for token in [AUDITOR, OP2] {
+        for (method, path, body) in mutating_routes(&id) {
+            let a = match (method, body) {
+                ("DELETE", _) => s.delete(&path, token),
+                (_, Some(b)) => s.post(&path, token, b),
+                (_, None) => s.send("POST", &path, Some(token), None, ""),
+            };
+            assert_eq!(a.status, 403, "{method} {path} as {token}: {a:#?}");
+        }
+    }
+    assert_eq!(s.get(&format!("/v1/sessions/{id}"), AUDITOR).body, before);
+    assert_eq!(
+        s.get(&format!("/v1/events?session={id}"), AUDITOR).body,
+        events_before,
+        "a refused caller left events in the session"
+    );
+    // The owner may (the route list is not vacuous).
+    let ok = s.post(&format!("/v1/sessions/{id}/snapshots"), OP1, json!(null));
+    assert_eq!(ok.status, 201, "{ok:#?}");
+}
+
+#[test]
+fn operators_act_only_for_their_agents_and_earn_no_clean_session_credit() {
+    let s = server();
+    // Outside op1's `did:ex:*`: refused before anything happens.
+    let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        OP1,
+        json!({"agent": "did:victim:a", "sigma": 0.4}),
+    )
+    .problem(403, "did:victim:a");
+    assert!(
+        s.get(&format!("/v1/sessions/{id}/agents"), AUDITOR)
+            .ok()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // An admin's slash stands however many empty sessions op1 ends with the agent.
+    let admin_s = s.writer_session(ADMIN);
+    s.post(
+        &format!("/v1/sessions/{admin_s}/agents/did:ex:writer/slash"),
+        ADMIN,
+        json!({"severity": 1.0, "reason": "bad"}),
+    )
+    .ok();
+    let risk = |s: &Server| {
+        s.get("/v1/ledger/did:ex:writer", AUDITOR).ok()["risk"]
+            .as_f64()
+            .unwrap()
+    };
+    let slashed = risk(&s);
+    assert!(slashed > 0.0);
+    for _ in 0..3 {
+        let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        s.post(
+            &format!("/v1/sessions/{id}/agents"),
+            OP1,
+            json!({"agent": "did:ex:writer", "sigma": 0.9}),
+        )
+        .ok();
+        s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
+            .ok();
+        s.post(&format!("/v1/sessions/{id}/terminate"), OP1, json!(null))
+            .ok();
+    }
+    assert_eq!(
+        risk(&s),
+        slashed,
+        "operator-made sessions worked a slash off"
+    );
+    let entries = s.get("/v1/ledger/did:ex:writer", AUDITOR).body["entries"].clone();
+    assert!(!entries.to_string().contains("clean"), "{entries}");
+}
+
+#[test]
+fn read_only_views_create_nothing_on_disk() {
+    let s = server();
+    let id = s.writer_session(OP1);
+    let count = |dir: &std::path::Path| -> Vec<String> {
+        fn walk(d: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                out.push(e.path().display().to_string());
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, &mut out);
+        out.retain(|p| !p.contains("/audit/"));
+        out.sort();
+        out
+    };
+    // The session's own directory is made on its first use (once per
+    // session, as for its agents); nothing more after that.
+    s.get(&format!("/v1/sessions/{id}/files"), AUDITOR).ok();
+    let before = count(s._state.path());
+    for i in 0..20 {
+        let a = s.get(
+            &format!("/v1/sessions/{id}/files?agent=did:ex:ghost{i}"),
+            AUDITOR,
+        );
+        assert_eq!(a.ok(), &json!(["shared"]));
+        s.get(
+            &format!("/v1/sessions/{id}/file?path=x&agent=did:ex:ghost{i}"),
+            AUDITOR,
+        )
+        .problem(404, "x");
+        s.get(
+            &format!("/v1/sessions/{id}/files?dir=deep/er&agent=did:ex:ghost{i}"),
+            AUDITOR,
+        )
+        .problem(404, "deep");
+    }
+    s.get(&format!("/v1/sessions/{id}/files"), AUDITOR).ok();
+    let after = count(s._state.path());
+    assert_eq!(
+        after, before,
+        "reads created entries under the state directory"
+    );
+    assert!(!after.iter().any(|p| p.contains("ghost")), "{after:?}");
+}
+
+#[test]
+fn quarantine_defaults_to_300_s_and_kill_needs_no_body() {
+    let s = server();
+    let id = s.writer_session(ADMIN);
+    let a = format!("/v1/sessions/{id}/agents/did:ex:writer");
+    let q = s.post(&format!("{a}/quarantine"), ADMIN, json!({}));
+    let ends = q.ok()["ends_at_ms"].as_u64().unwrap();
+    assert!(
+        (300_000..420_000).contains(&ends),
+        "a default quarantine ends at {ends} ms"
+    );
+    let k = s.send("POST", &format!("{a}/kill"), Some(ADMIN), None, "");
+    assert_eq!(k.ok()["terminated"], json!(["did:ex:writer"]));
+}
+
+#[test]
+fn a_stream_replays_more_than_a_page_and_says_when_it_cannot() {
+    let s = server();
+    let id = s.post("/v1/sessions", ADMIN, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Refused joins still record who asked: two events each (request, delta).
+    for _ in 0..600 {
+        s.post(
+            &format!("/v1/sessions/{id}/agents"),
+            ADMIN,
+            json!({"agent": "did:ex:a", "sigma": 7.0}),
+        );
+    }
+    let mut stored = 0;
+    let mut after = 0u64;
+    loop {
+        let page = s.get(
+            &format!("/v1/events?session={id}&after={after}&limit=1000"),
+            AUDITOR,
+        );
+        let page = page.ok().as_array().unwrap().clone();
+        let Some(last) = page.last() else { break };
+        after = last["id"].as_u64().unwrap();
+        stored += page.len();
+    }
+    assert!(stored > 1000, "{stored}");
+    let open = |after: u64| {
+        let res = s
+            .http
+            .get(format!(
+                "{}/v1/events/stream?session={id}&after={after}",
+                s.base
+            ))
+            .header("Authorization", format!("Bearer {AUDITOR}"))
+            .call()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(res.into_body().into_reader()).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let rx = open(0);
+    let mut got = 0;
+    while got < stored {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("the replay stopped after {got} of {stored} events: {e}"));
+        if line.starts_with("data: ") {
+            got += 1;
+        }
+    }
+    // An id from an earlier run of the server: a reset, not a silent stream.
+    let rx = open(after + 1_000_000);
+    let first = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a first event within 30 s");
+        if let Some(e) = line.strip_prefix("event: ") {
+            break e.to_string();
+        }
+    };
+    assert_eq!(first, "reset");
 }

@@ -1706,3 +1706,90 @@ fn the_readme_curl_examples_run() {
         "{out:?}"
     );
 }
+
+/// SIGTERM with a call blocked in an agent and a live event stream open: the
+/// stream ends, the call is stopped after the grace period, the sessions are
+/// sealed, the head signed, and the log verifies.
+#[test]
+fn sigterm_stops_ahv_serve_gracefully_with_a_call_running_and_a_stream_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let tokens = tmp.path().join("tokens.toml");
+    let r = ahv_run(&["token", "new", "--name", "ops", "--role", "admin"]);
+    std::fs::write(&tokens, &r.stderr).unwrap();
+    let token_file = tmp.path().join("ops.token");
+    std::fs::write(&token_file, r.stdout.trim()).unwrap();
+    let mut srv = Serving::start(&state, &tokens);
+    let sleeper = ahv_agents::PATHS
+        .iter()
+        .find(|(n, _)| *n == "sleeper")
+        .unwrap()
+        .1;
+    let s = srv
+        .ahv(&token_file, &["session", "create"])
+        .stdout
+        .trim()
+        .to_string();
+    let r = srv.ahv(
+        &token_file,
+        &[
+            "session",
+            "join",
+            &s,
+            "did:ex:sleepy",
+            "--sigma",
+            "0.8",
+            "--component",
+            sleeper,
+        ],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(srv.ahv(&token_file, &["session", "activate", &s]).code(), 0);
+    // A call that would sleep for an hour, and a stream that never ends by itself.
+    let mut call = ahv(&["session", "run", &s, "did:ex:sleepy", "--input", "3600000"]);
+    call.env("AHV_SERVER", &srv.url)
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut call = call.spawn().unwrap();
+    let mut stream = Command::new("curl")
+        .args(["-sN", "-H"])
+        .arg(format!("Authorization: Bearer {}", token_in(&token_file)))
+        .arg(format!("{}/v1/events/stream", srv.url))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&srv.child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut srv.child, LIMIT, "ahv serve after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    let call_status = wait_within(&mut call, LIMIT, "the running call after SIGTERM");
+    assert!(
+        !call_status.success(),
+        "the hour-long call cannot have answered"
+    );
+    let _ = wait_within(&mut stream, LIMIT, "the event stream after SIGTERM");
+    let said: Vec<String> = srv.err.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("sealing")), "{said:?}");
+    let r = ahv_run(&["audit", "verify", path_str(&state)]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stdout.contains(&s), "the session was sealed: {r:?}");
+}
+
+fn token_in(token_file: &Path) -> String {
+    std::fs::read_to_string(token_file)
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -36,16 +36,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// An optional JSON body: absent when the request has no body (no
-/// `Content-Type`), refused like [`JsonBody`] when it has a bad one.
+/// An optional JSON body: absent when the request has none (no length, or
+/// length 0, and not chunked), refused like [`JsonBody`] when it has a bad one.
 impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Problem> {
-        let has_body = req.headers().contains_key(axum::http::header::CONTENT_TYPE)
-            || req
-                .headers()
-                .get(axum::http::header::CONTENT_LENGTH)
+        let h = req.headers();
+        let has_body = h.contains_key(axum::http::header::TRANSFER_ENCODING)
+            || h.get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim() != "0");
         if !has_body {
