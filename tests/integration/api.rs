@@ -222,7 +222,7 @@ impl Server {
     /// a JSON body valid against the documented schema.
     fn conforms(&self, method: &str, path: &str, a: &Answer) {
         let path = path.split('?').next().unwrap();
-        if path == "/openapi.json" {
+        if ["/openapi.json", "/", "/dashboard.js", "/dashboard.css"].contains(&path) {
             return;
         }
         let segments: Vec<&str> = path.split('/').collect();
@@ -1679,4 +1679,200 @@ fn a_stream_replays_more_than_a_page_and_says_when_it_cannot() {
         }
     };
     assert_eq!(first, "reset");
+}
+
+/// A W3C WebDriver session on Debian's chromedriver and headless Chromium,
+/// spoken to directly (the protocol is a handful of JSON requests).
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+    http: ureq::Agent,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `None` when chromedriver is not installed, outside CI (`.ci/run`
+    /// installs it; there its absence fails the test).
+    fn start() -> Option<Browser> {
+        let driver_bin = "/usr/bin/chromedriver";
+        if !std::path::Path::new(driver_bin).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install chromium and chromium-driver (.ci/run does)"
+            );
+            eprintln!(
+                "skipped: {driver_bin} is not installed (apt-get install chromium chromium-driver)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build(),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{base}/status")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not answer within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let v: Value = http
+            .post(format!("{base}/session"))
+            .send_json(&caps)
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_string();
+        Some(Browser {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        })
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let v: Value = self
+            .http
+            .post(format!("{}/session/{}/{path}", self.base, self.session))
+            .send_json(&body)
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap();
+        assert!(v["value"].get("error").is_none(), "WebDriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.post("url", json!({ "url": url }));
+    }
+
+    /// Runs `script` in the page and returns its value.
+    fn eval(&self, script: &str) -> Value {
+        self.post("execute/sync", json!({ "script": script, "args": [] }))
+    }
+
+    /// Waits (at most 30 s) until `script` returns true in the page.
+    fn wait_for(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.eval(script) != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard did not show {what} within 30 s; page: {}",
+                self.eval("return document.body.innerText")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_a_session_and_highlights_a_trapped_agent_live() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let s = server();
+    // Served without a token, under a strict content policy.
+    let page = s.http.get(format!("{}/", s.base)).call().unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    browser.goto(&format!("{}/#token={AUDITOR}", s.base));
+    // The token moved out of the address bar.
+    browser.wait_for(
+        "a live stream",
+        "return document.getElementById('status').dataset.state === 'live'",
+    );
+    assert_eq!(browser.eval("return location.hash"), json!(""));
+    let id = s.writer_session(OP1);
+    browser.wait_for(
+        "the new session",
+        &format!("return document.querySelector('#sessions tbody').textContent.includes('{id}')"),
+    );
+    browser.wait_for(
+        "the writer at ring 2",
+        "return [...document.querySelectorAll('#participants tbody tr')].some(r => r.dataset.agent === 'did:ex:writer' && r.querySelector('td.ring').textContent === '2')",
+    );
+    // The writer is demoted and then writes: a breach, trapped and expelled.
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/demote"),
+        OP1,
+        json!({"ring": 3, "reason": "test"}),
+    )
+    .ok();
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/run"),
+        OP1,
+        json!({"input": "<img src=x onerror=alert(1)>"}),
+    )
+    .problem(422, "breach");
+    browser.wait_for(
+        "the breach highlighted",
+        "return [...document.querySelectorAll('#events li.alert')].some(li => li.dataset.kind === 'ring.breach_detected' && li.textContent.includes('did:ex:writer'))",
+    );
+    browser.wait_for(
+        "the expelled writer gone from the participants",
+        "return ![...document.querySelectorAll('#participants tbody tr')].some(r => r.dataset.agent === 'did:ex:writer')",
+    );
+    // Agent-controlled text is text, never markup.
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('#events img').length"),
+        json!(0)
+    );
+    // The audit status is there.
+    browser.wait_for(
+        "the audit status",
+        "return document.getElementById('audit').textContent.includes('deltas captured')",
+    );
 }

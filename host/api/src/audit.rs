@@ -38,8 +38,45 @@ pub struct AuditView {
     pub write_failures: u64,
     /// The last write error, if any.
     pub last_error: Option<String>,
+    /// Bytes captured and not yet written (the backlog).
+    pub backlog_bytes: u64,
     /// The latest signed head of the commitment log.
     pub signed_head: Option<HeadView>,
+    /// The latest commitment sealing a session, as the event history holds it.
+    pub last_commitment: Option<LastCommitment>,
+}
+
+/// A commitment sealing a session's audit log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LastCommitment {
+    /// The session it seals.
+    pub session: Option<String>,
+    /// Its index in the commitment log.
+    pub index: u64,
+    /// How many deltas it covers.
+    pub tree_size: u64,
+    /// The Merkle root over them, hex.
+    pub root: String,
+}
+
+fn last_commitment(s: &Shared) -> Option<LastCommitment> {
+    let all =
+        s.hv.events()
+            .query(&ahv_core::EventQuery::default().kind(ahv_core::EventKind::AuditCommitted));
+    let e = all.last()?;
+    match &e.payload {
+        ahv_core::EventPayload::AuditCommitted {
+            tree_size,
+            root,
+            index,
+        } => Some(LastCommitment {
+            session: e.session.as_ref().map(ToString::to_string),
+            index: *index,
+            tree_size: *tree_size,
+            root: hex::encode(root),
+        }),
+        _ => None,
+    }
 }
 
 fn auditor(s: &Shared) -> Result<&ahv_audit::Auditor, Problem> {
@@ -65,7 +102,9 @@ pub(crate) async fn status(axum::extract::State(s): State, Auth(_c): Auth) -> Js
             late: 0,
             write_failures: 0,
             last_error: None,
+            backlog_bytes: 0,
             signed_head: None,
+            last_commitment: None,
         });
     };
     let stats = a.stats();
@@ -76,6 +115,8 @@ pub(crate) async fn status(axum::extract::State(s): State, Auth(_c): Auth) -> Js
         late: stats.late,
         write_failures: stats.write_failures,
         last_error: a.last_error(),
+        backlog_bytes: stats.staged_bytes,
+        last_commitment: last_commitment(&s),
         signed_head: a.latest_head().map(|h| HeadView {
             size: h.head.size,
             root: h.head.root.to_hex(),

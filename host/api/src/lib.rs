@@ -40,6 +40,7 @@
 mod audit;
 pub mod auth;
 mod components;
+mod dashboard;
 mod events;
 mod extract;
 mod liability;
@@ -187,17 +188,22 @@ impl Api {
         finish_openapi(&self.parts().1)
     }
 
-    /// The routes, with `/openapi.json` serving [`Api::openapi`].
+    /// The routes, with `/openapi.json` serving [`Api::openapi`] and the
+    /// live dashboard at `/`.
     pub fn router(&self) -> axum::Router {
         let (router, doc) = self.parts();
         let doc = Arc::new(finish_openapi(&doc));
-        router.route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { Json((*doc).clone()) }
-            }),
-        )
+        router
+            .route(
+                "/openapi.json",
+                axum::routing::get(move || {
+                    let doc = doc.clone();
+                    async move { Json((*doc).clone()) }
+                }),
+            )
+            .route("/", axum::routing::get(dashboard::index))
+            .route("/dashboard.js", axum::routing::get(dashboard::script))
+            .route("/dashboard.css", axum::routing::get(dashboard::style))
     }
 
     fn parts(&self) -> (axum::Router, utoipa::openapi::OpenApi) {
