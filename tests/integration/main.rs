@@ -7,6 +7,7 @@ mod cli;
 mod containment;
 mod fuzz_seeds;
 mod liability;
+mod mcp;
 /// A PostgreSQL database per test (a private server unless AHV_TEST_DATABASE_URL names one).
 #[path = "../../host/store/tests/support/mod.rs"]
 mod pg;

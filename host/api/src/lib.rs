@@ -44,6 +44,7 @@ mod dashboard;
 mod events;
 mod extract;
 mod liability;
+pub mod mcp;
 mod metrics;
 pub mod problem;
 mod rings;

@@ -14,6 +14,7 @@ pub mod exit;
 mod inspect_cmd;
 mod ledger_cmd;
 mod liability_demo;
+mod mcp_cmd;
 mod out;
 mod policy_cmd;
 mod quota_files;
@@ -120,6 +121,10 @@ enum Command {
     /// a state directory, with bearer-token auth; `/openapi.json` describes it.
     #[command(after_help = exit::help())]
     Serve(serve_cmd::ServeArgs),
+    /// Serve agents as MCP tools over standard input and output (for an LLM
+    /// client): each call runs the agent under its ring, audited.
+    #[command(after_help = exit::help())]
+    Mcp(mcp_cmd::McpArgs),
     /// Make bearer tokens for `ahv serve`'s tokens file.
     Token {
         #[command(subcommand)]
@@ -194,6 +199,7 @@ pub fn main() -> ExitCode {
             Command::Saga { cmd } => saga_cmd::saga(cmd).await,
             Command::Ledger { cmd } => ledger_cmd::ledger(cmd).await,
             Command::Serve(args) => serve_cmd::serve(args).await,
+            Command::Mcp(args) => mcp_cmd::mcp(args).await,
             Command::Token { cmd } => serve_cmd::token(cmd),
             Command::Session { cmd } => client_cmd::session(cmd),
             Command::Liability { cmd } => client_cmd::liability(cmd),

@@ -150,7 +150,7 @@ fn terminate_all(hv: &ahv_hypervisor::Hypervisor) {
     }
 }
 
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

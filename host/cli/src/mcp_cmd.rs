@@ -1,0 +1,128 @@
+//! `ahv mcp`: agents as MCP tools over standard input and output, for an
+//! LLM client (Claude Desktop, an agent framework) to call untrusted tools
+//! safely. One session is created with the agents named on the command
+//! line; each call is the agent's `run` under its ring, audited. Standard
+//! output carries only the protocol; diagnostics go to standard error.
+//! When the client closes the connection, the session is terminated (its
+//! audit log sealed) and the head signed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ahv_api::mcp::AgentTools;
+use ahv_core::AgentId;
+use ahv_governance::session::SessionConfig;
+use ahv_hypervisor::JoinRequest;
+use anyhow::Context;
+use rmcp::ServiceExt;
+
+use crate::exit::Exit;
+use crate::out::{Failure, errln};
+use crate::{CacheArgs, read_component};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct McpArgs {
+    /// Where the session's files, the audit log and the ledger live.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// An agent to serve as a tool: `ID=COMPONENT.wasm` (repeatable). It
+    /// joins at σ 0.5 (ring 3, sandbox) unless `--sigma ID=S` says otherwise.
+    #[arg(long = "agent", value_name = "ID=PATH", required = true)]
+    agents: Vec<String>,
+    /// An agent's trust score σ: `ID=S` (σ > 0.60 earns ring 2).
+    #[arg(long = "sigma", value_name = "ID=S")]
+    sigmas: Vec<String>,
+    /// Where the liability ledger is: `postgres://USER@HOST/DB`,
+    /// `sqlite://PATH` or `memory`. Default: `<state dir>/liability.sqlite`.
+    #[arg(long)]
+    database: Option<String>,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+fn split<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str), Failure> {
+    s.split_once('=')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| Failure::usage("mcp", format!("{what} {s:?}: expected ID=VALUE")))
+}
+
+pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
+    let mut agents = Vec::new();
+    for a in &args.agents {
+        let (id, path) = split("--agent", a)?;
+        let id =
+            AgentId::new(id).map_err(|e| Failure::usage("mcp", format!("--agent {a:?}: {e}")))?;
+        agents.push((id, PathBuf::from(path), 0.5));
+    }
+    for s in &args.sigmas {
+        let (id, v) = split("--sigma", s)?;
+        let sigma: f64 = v
+            .parse()
+            .map_err(|_| Failure::usage("mcp", format!("--sigma {s:?}: {v:?} is not a number")))?;
+        let Some(slot) = agents.iter_mut().find(|(a, _, _)| a.as_str() == id) else {
+            return Err(Failure::usage(
+                "mcp",
+                format!("--sigma {s:?}: no --agent {id}"),
+            ));
+        };
+        slot.2 = sigma;
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let hv = Arc::new(crate::saga_cmd::open(
+        &args.state_dir,
+        Some(&args.cache),
+        args.database.as_deref(),
+    )?);
+    let creator = AgentId::new("ahv:mcp").map_err(|e| Failure::Setup(e.into()))?;
+    let session = hv
+        .create_session(SessionConfig::default(), creator)
+        .map_err(|e| Failure::Setup(e.into()))?;
+    for (id, path, sigma) in agents {
+        let bytes = read_component(&path)?;
+        let component = hv
+            .load(&bytes)
+            .map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
+        match hv
+            .join_session(
+                &session,
+                JoinRequest::new(id.clone(), sigma).component(component),
+            )
+            .await
+        {
+            Ok(ring) => errln!("tool {id}: {} in ring {}", path.display(), ring.number()),
+            Err(ahv_hypervisor::HypervisorError::AdmissionDenied { agent, risk }) => {
+                return Err(Failure::Denied(format!(
+                    "agent {agent}: the ledger refuses it (risk {risk:.2})"
+                )));
+            }
+            Err(e) => return Err(Failure::Setup(anyhow::anyhow!("agent {id}: {e}"))),
+        }
+    }
+    hv.activate_session(&session)
+        .map_err(|e| Failure::Setup(e.into()))?;
+    errln!("serving session {session} over MCP on standard input and output");
+    let served = AgentTools::new(hv.clone(), session.clone())
+        .serve(rmcp::transport::stdio())
+        .await;
+    match served {
+        Ok(running) => {
+            tokio::select! {
+                _ = running.waiting() => errln!("the client closed the connection"),
+                () = crate::serve_cmd::stop_signal() => errln!("stopping on a signal"),
+            }
+        }
+        Err(e) => errln!("the MCP client went away before initializing: {e}"),
+    }
+    errln!("sealing session {session}");
+    let hv2 = hv.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        hv2.terminate_session(&session)?;
+        hv2.shutdown()?;
+        Ok(())
+    })
+    .await
+    .context("stopping")?
+    .context("sealing the audit log")?;
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,153 @@
+//! `ahv mcp` with a real MCP client (rmcp's, over the child process's
+//! standard input and output): agents as tools, each call governed by the
+//! agent's ring and audited.
+
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ContentBlock};
+use rmcp::transport::TokioChildProcess;
+
+const AHV: &str = env!("CARGO_BIN_EXE_ahv-under-test");
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn path_of(name: &str) -> &'static str {
+    ahv_agents::PATHS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1
+}
+
+fn text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| match c {
+            ContentBlock::Text(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+}
+
+#[tokio::test]
+async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(AHV);
+    cmd.arg("mcp")
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--agent", &format!("did:ex:hello={}", path_of("hello"))])
+        .args([
+            "--agent",
+            &format!("did:ex:writer={}", path_of("note-taker")),
+        ])
+        .args(["--sigma", "did:ex:writer=0.8"])
+        .args(["--agent", &format!("did:ex:low={}", path_of("note-taker"))])
+        .arg("--cache-dir")
+        .arg(crate::cache_dir())
+        .stderr(std::process::Stdio::null());
+    let client = within("the MCP handshake", async {
+        ().serve(TokioChildProcess::new(cmd).unwrap())
+            .await
+            .unwrap()
+    })
+    .await;
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "agent-hypervisor");
+    let mut names: Vec<String> = within("tools/list", client.list_all_tools())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["did_ex_hello", "did_ex_low", "did_ex_writer"]);
+
+    let call = |tool: &str, input: &str| {
+        let mut args = serde_json::Map::new();
+        args.insert("input".into(), serde_json::Value::String(input.into()));
+        CallToolRequestParams::new(tool.to_string()).with_arguments(args)
+    };
+    let r = within("hello", client.call_tool(call("did_ex_hello", "Ada")))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).contains("Ada"), "{r:?}");
+    let trace = r.meta.as_ref().and_then(|m| m.get("ahv/trace")).cloned();
+    assert!(
+        trace.is_some_and(|t| t.as_str().is_some_and(|t| t.len() == 32)),
+        "{r:?}"
+    );
+    // Ring 2 may write.
+    let r = within(
+        "writer",
+        client.call_tool(call("did_ex_writer", "from mcp")),
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).contains("1 note(s)"), "{r:?}");
+    // Ring 3 may not: a breach, reported to the client as a tool error; the
+    // agent is expelled and its tool gone.
+    let r = within("low", client.call_tool(call("did_ex_low", "sneaky")))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).contains("ring breach"), "{r:?}");
+    let names: Vec<String> = within("tools/list", client.list_all_tools())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(!names.contains(&"did_ex_low".to_string()), "{names:?}");
+    assert!(
+        within(
+            "a call of a gone tool",
+            client.call_tool(call("did_ex_low", "x"))
+        )
+        .await
+        .is_err()
+    );
+    // Arguments other than `input` are refused.
+    let mut bad = serde_json::Map::new();
+    bad.insert(
+        "path".into(),
+        serde_json::Value::String("/etc/passwd".into()),
+    );
+    let refused = within(
+        "a call with a stray argument",
+        client.call_tool(CallToolRequestParams::new("did_ex_hello").with_arguments(bad)),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Closing the connection ends the server: the session is sealed and the log verifies.
+    within("closing", client.cancel()).await.unwrap();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = std::process::Command::new(AHV)
+            .args(["audit", "verify"])
+            .arg(state.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success()
+            && stdout.contains("commitment #0 covers")
+            && stdout.contains("1 covered by a signed head")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log did not verify within {LIMIT:?}: {stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
