@@ -82,6 +82,29 @@ pub(crate) fn view(e: &Event) -> EventView {
     }
 }
 
+/// The query for the given filters, each validated.
+fn filter(
+    session: Option<&str>,
+    agent: Option<&str>,
+    kind: Option<&str>,
+) -> Result<EventQuery, Problem> {
+    let mut q = EventQuery::default();
+    if let Some(x) = session {
+        q = q.session(session_id(x)?);
+    }
+    if let Some(x) = agent {
+        q = q.agent(agent_id(x)?);
+    }
+    if let Some(x) = kind {
+        q = q.kind(EventKind::from_name(x).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "kind {x:?} is not an event kind (e.g. session.created)"
+            ))
+        })?);
+    }
+    Ok(q)
+}
+
 /// Events from the bounded history, oldest first.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(EventsQuery),
@@ -91,20 +114,8 @@ pub(crate) async fn query(
     Auth(_c): Auth,
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Json<Vec<EventView>>, Problem> {
-    let mut eq = EventQuery::default().limit(q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS));
-    if let Some(x) = &q.session {
-        eq = eq.session(session_id(x)?);
-    }
-    if let Some(x) = &q.agent {
-        eq = eq.agent(agent_id(x)?);
-    }
-    if let Some(x) = &q.kind {
-        eq = eq.kind(EventKind::from_name(x).ok_or_else(|| {
-            Problem::bad_request(format!(
-                "kind {x:?} is not an event kind (e.g. session.created)"
-            ))
-        })?);
-    }
+    let mut eq = filter(q.session.as_deref(), q.agent.as_deref(), q.kind.as_deref())?
+        .limit(q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS));
     if let Some(x) = q.after {
         eq = eq.after(EventId(x));
     }
@@ -185,20 +196,7 @@ pub(crate) async fn stream(
     use axum::response::sse::{Event as Sse, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
 
-    let mut filter = EventQuery::default();
-    if let Some(x) = &q.session {
-        filter = filter.session(session_id(x)?);
-    }
-    if let Some(x) = &q.agent {
-        filter = filter.agent(agent_id(x)?);
-    }
-    if let Some(x) = &q.kind {
-        filter = filter.kind(EventKind::from_name(x).ok_or_else(|| {
-            Problem::bad_request(format!(
-                "kind {x:?} is not an event kind (e.g. session.created)"
-            ))
-        })?);
-    }
+    let filter = filter(q.session.as_deref(), q.agent.as_deref(), q.kind.as_deref())?;
     let after = q.after.or_else(|| {
         headers
             .get("last-event-id")

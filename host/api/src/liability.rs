@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::problem::Problem;
-use crate::{Auth, State, admin_only, agent_id, session_id};
+use crate::{Auth, State, admin_only, agent_id, operate, session_id};
 
 /// A vouch to make.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -54,18 +54,6 @@ pub struct VouchCreated {
     pub ring: u8,
 }
 
-fn operate(
-    s: &crate::Shared,
-    caller: &crate::auth::Caller,
-    session: &str,
-    operation: String,
-) -> Result<ahv_core::SessionId, Problem> {
-    let id = session_id(session)?;
-    s.may_operate(caller, &id)?;
-    s.record(caller, &id, &operation);
-    Ok(id)
-}
-
 /// Vouches for an agent: bonds part of the voucher's σ; the vouchee's
 /// σ_eff (and so its ring) rises on its next host call.
 #[utoipa::path(post, path = "/v1/sessions/{session}/vouches", tag = "liability",
@@ -85,7 +73,7 @@ pub(crate) async fn vouch(
         &s,
         &caller,
         &session,
-        format!("POST /v1/sessions/{{session}}/vouches voucher={voucher} vouchee={vouchee}"),
+        &format!("POST /v1/sessions/{{session}}/vouches voucher={voucher} vouchee={vouchee}"),
     )?;
     let r = s.hv.vouch(&id, &voucher, &vouchee, req.pct)?;
     Ok((
@@ -145,7 +133,7 @@ pub(crate) async fn release_vouch(
         &s,
         &caller,
         &session,
-        format!("DELETE /v1/sessions/{{session}}/vouches/{vouch}"),
+        &format!("DELETE /v1/sessions/{{session}}/vouches/{vouch}"),
     )?;
     let v = s.hv.release_vouch(
         &id,
@@ -218,7 +206,7 @@ pub(crate) async fn slash(
         &s,
         &caller,
         &session,
-        format!("POST /v1/sessions/{{session}}/agents/{{agent}}/slash agent={agent}"),
+        &format!("POST /v1/sessions/{{session}}/agents/{{agent}}/slash agent={agent}"),
     )?;
     let reason = format!("{} (by {})", req.reason, caller.name);
     let o = s.hv.slash(&id, &agent, req.omega, req.severity, &reason)?;
@@ -306,7 +294,7 @@ pub(crate) async fn quarantine(
         &s,
         &caller,
         &session,
-        format!("POST /v1/sessions/{{session}}/agents/{{agent}}/quarantine agent={agent}"),
+        &format!("POST /v1/sessions/{{session}}/agents/{{agent}}/quarantine agent={agent}"),
     )?;
     let detail = if req.detail.is_empty() {
         format!("by {}", caller.name)
@@ -353,7 +341,7 @@ pub(crate) async fn release(
         &s,
         &caller,
         &session,
-        format!("DELETE /v1/sessions/{{session}}/agents/{{agent}}/quarantine agent={agent}"),
+        &format!("DELETE /v1/sessions/{{session}}/agents/{{agent}}/quarantine agent={agent}"),
     )?;
     Ok(Json(Released {
         released: s.hv.release(&id, &agent)?,

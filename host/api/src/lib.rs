@@ -617,6 +617,20 @@ impl FromRequestParts<Arc<Shared>> for Uploader {
     }
 }
 
+/// Checks the caller may change `session`, records the request (before it
+/// runs, refused or not), and returns the parsed id.
+pub(crate) fn operate(
+    s: &Shared,
+    caller: &Caller,
+    session: &str,
+    operation: &str,
+) -> Result<SessionId, Problem> {
+    let id = session_id(session)?;
+    s.may_operate(caller, &id)?;
+    s.record(caller, &id, operation);
+    Ok(id)
+}
+
 /// Refuses unless the caller is an admin.
 pub(crate) fn admin_only(caller: &Caller, what: &str) -> Result<(), Problem> {
     if caller.role == Role::Admin {

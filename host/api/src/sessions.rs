@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ahv_core::{AgentId, SessionId};
+use ahv_core::AgentId;
 use ahv_governance::session::{Consistency, SessionConfig};
 use ahv_hypervisor::{HypervisorError, JoinRequest, SessionInfo};
 use ahv_runtime::LogSource;
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{JsonBody, PathParams, QueryParams, RawBody};
 use crate::problem::Problem;
-use crate::{Auth, State, admin_only, agent_id, components, operator_agent, session_id};
+use crate::{Auth, State, admin_only, agent_id, components, operate, operator_agent, session_id};
 
 /// A new session's configuration; every field is optional and defaults as
 /// the hypervisor's `SessionConfig` does.
@@ -190,20 +190,6 @@ pub(crate) async fn show(
 ) -> Result<Json<SessionView>, Problem> {
     let info = s.hv.session(&session_id(&session)?)?;
     Ok(Json(view(&s, info)))
-}
-
-/// Checks the caller may change `session`, records the request, and
-/// returns the parsed id.
-fn operate(
-    s: &crate::Shared,
-    caller: &crate::auth::Caller,
-    session: &str,
-    operation: &str,
-) -> Result<SessionId, Problem> {
-    let id = session_id(session)?;
-    s.may_operate(caller, &id)?;
-    s.record(caller, &id, operation);
-    Ok(id)
 }
 
 /// Activates a session (it needs at least one participant).
