@@ -342,6 +342,14 @@ fn health_needs_no_token_and_everything_else_does() {
         .call()
         .unwrap();
     assert_eq!(basic.status().as_u16(), 401);
+    // The scheme's case does not matter (RFC 9110).
+    let lower = s
+        .http
+        .get(format!("{}/v1/sessions", s.base))
+        .header("Authorization", format!("bearer {AUDITOR}"))
+        .call()
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 200);
     // A token is never echoed back.
     let wrong = s.get("/v1/events", "ahv_secret_guess");
     assert!(!wrong.text.contains("ahv_secret_guess"), "{wrong:#?}");

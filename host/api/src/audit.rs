@@ -156,6 +156,11 @@ pub(crate) async fn verify(
     }
     let (dir, key) = (a.dir().to_path_buf(), *a.public_key());
     let hv = s.hv.clone();
+    let _one_at_a_time = s
+        .audits
+        .acquire()
+        .await
+        .map_err(|e| Problem::internal(format!("waiting to verify: {e}")))?;
     // Reads and hashes every delta: off the async workers. What is staged
     // is written and a head signed first, so a session sealed a moment ago
     // verifies as sealed and signed.
@@ -201,6 +206,11 @@ pub(crate) async fn proof(
     let (dir, key) = (a.dir().to_path_buf(), *a.public_key());
     let seq = q.seq;
     let hv = s.hv.clone();
+    let _one_at_a_time = s
+        .audits
+        .acquire()
+        .await
+        .map_err(|e| Problem::internal(format!("waiting to prove: {e}")))?;
     let p = crate::blocking("proving", move || {
         // A proof ends at a signed head: sign one over the commitments
         // sealed so far (a session sealed since the last head needs it).

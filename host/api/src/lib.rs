@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     saga_failures: sagas::Failures,
     /// Compiles at once (each takes a core and, for a Python agent, seconds).
     compiles: tokio::sync::Semaphore,
+    /// Audit verifications and proofs at once (each reads and hashes the log).
+    audits: tokio::sync::Semaphore,
     /// Every event, for live streams (sent only while someone listens).
     live: tokio::sync::broadcast::Sender<Arc<ahv_core::Event>>,
     subscription: ahv_core::SubscriptionId,
@@ -165,6 +167,7 @@ impl Api {
                 buckets: Mutex::new(HashMap::new()),
                 saga_failures: sagas::Failures::default(),
                 compiles: tokio::sync::Semaphore::new(2),
+                audits: tokio::sync::Semaphore::new(1),
                 live,
                 subscription,
                 stop: tokio::sync::watch::Sender::new(false),
@@ -435,7 +438,12 @@ impl FromRequestParts<Arc<Shared>> for Auth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let token = header.and_then(|h| {
+            let (scheme, rest) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        });
+        let Some(token) = token else {
             return Err(
                 Problem::unauthorized("send `Authorization: Bearer <token>`").into_response(),
             );
