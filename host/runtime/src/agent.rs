@@ -719,6 +719,7 @@ impl Agent {
         }
         let fuel_used = fuel.saturating_sub(live.store.get_fuel().unwrap_or(0));
         let data = live.store.data_mut();
+        data.gate.publish_metrics();
         // Set by `arm` (even when the call then failed).
         let call_trace = data.gate.trace;
         self.in_flight = None;

@@ -293,6 +293,9 @@ pub(crate) struct Gate {
     pub(crate) kill: KillHandle,
     /// The runtime's counters (host calls, breaches, refusals).
     pub(crate) metrics: Arc<crate::metrics::RuntimeMetrics>,
+    /// Host calls admitted since the last [`Gate::publish_metrics`], by
+    /// capability and ring.
+    pending_calls: [[u64; 4]; 12],
     /// The current call's trace id.
     pub(crate) trace: TraceId,
     /// The current call's deadline budget (its effective ring's).
@@ -328,6 +331,7 @@ impl Gate {
             governor: init.governor,
             kill: init.kill,
             metrics: init.metrics,
+            pending_calls: [[0; 4]; 12],
             trace: TraceId(0),
             deadline: Duration::ZERO,
             call_deadline: Instant::now(),
@@ -369,8 +373,23 @@ impl Gate {
                 self.rate_refused = 0;
             }
         }
-        self.metrics.call(capability, ring);
+        // Counted here, published at the end of the call: a plain add
+        // instead of an atomic one on a counter every instance shares.
+        self.pending_calls[capability as usize][ring.number() as usize] += 1;
         Ok(ring)
+    }
+
+    /// Adds the host calls counted since the last time to the runtime's
+    /// metrics (at the end of every call into the agent).
+    pub(crate) fn publish_metrics(&mut self) {
+        for (cap, row) in self.pending_calls.iter_mut().enumerate() {
+            for (ring, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    self.metrics.add_calls(cap, ring, *n);
+                    *n = 0;
+                }
+            }
+        }
     }
 
     /// The effective ring now, reporting any change that became due (used
