@@ -1884,3 +1884,183 @@ fn the_dashboard_shows_a_session_and_highlights_a_trapped_agent_live() {
         "return document.getElementById('audit').textContent.includes('deltas captured')",
     );
 }
+
+/// An MCP client (rmcp's, over streamable HTTP) of one session of the server.
+async fn mcp_client(
+    url: &str,
+    token: Option<&str>,
+    traceparent: Option<&str>,
+) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, String> {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    if let Some(t) = token {
+        config = config.auth_header(t);
+    }
+    if let Some(tp) = traceparent {
+        let mut h = std::collections::HashMap::new();
+        h.insert(
+            reqwest::header::HeaderName::from_static("traceparent"),
+            reqwest::header::HeaderValue::from_str(tp).unwrap(),
+        );
+        config = config.custom_headers(h);
+    }
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    tokio::time::timeout(REQUEST_LIMIT, ().serve(transport))
+        .await
+        .map_err(|_| {
+            format!("the MCP handshake with {url} did not finish within {REQUEST_LIMIT:?}")
+        })?
+        .map_err(|e| e.to_string())
+}
+
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(REQUEST_LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {REQUEST_LIMIT:?}"))
+}
+
+fn mcp_call(tool: &str, input: &str) -> rmcp::model::CallToolRequestParams {
+    let mut args = serde_json::Map::new();
+    args.insert("input".into(), Value::String(input.into()));
+    rmcp::model::CallToolRequestParams::new(tool.to_string()).with_arguments(args)
+}
+
+fn mcp_text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| match c {
+            rmcp::model::ContentBlock::Text(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
+    let s = server();
+    // op1's session: two of its agents, and one of another team an admin joined.
+    let hello = s.upload(OP1, ahv_agents::HELLO).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let notes = s.upload(OP1, ahv_agents::NOTE_TAKER).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (agent, component, token) in [
+        ("did:ex:hello", &hello, OP1),
+        ("did:ex:low", &notes, OP1),
+        ("acme:tool", &hello, ADMIN),
+    ] {
+        s.post(
+            &format!("/v1/sessions/{id}/agents"),
+            token,
+            json!({"agent": agent, "sigma": 0.5, "component": component}),
+        )
+        .ok();
+    }
+    s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
+        .ok();
+    let url = format!("{}/v1/sessions/{id}/mcp", s.base);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let rt = s.rt.as_ref().unwrap();
+    rt.block_on(async {
+        let names = |tools: Vec<rmcp::model::Tool>| {
+            let mut n: Vec<String> = tools.into_iter().map(|t| t.name.to_string()).collect();
+            n.sort();
+            n
+        };
+        // The operator sees and calls only its own agents.
+        let op1 = mcp_client(
+            &url,
+            Some(OP1),
+            Some(&format!("00-{trace}-b7ad6b7169203331-01")),
+        )
+        .await
+        .unwrap();
+        let tools = bounded("tools/list", op1.list_all_tools()).await.unwrap();
+        assert_eq!(names(tools), ["did_ex_hello", "did_ex_low"]);
+        let r = bounded("hello", op1.call_tool(mcp_call("did_ex_hello", "Ada")))
+            .await
+            .unwrap();
+        assert_ne!(r.is_error, Some(true), "{r:?}");
+        assert!(mcp_text(&r).contains("Ada"), "{r:?}");
+        assert_eq!(
+            r.meta.as_ref().and_then(|m| m.get("ahv/trace")),
+            Some(&Value::String(trace.into())),
+            "the call runs in the request's trace: {r:?}"
+        );
+        assert!(
+            bounded(
+                "a call of another team's agent",
+                op1.call_tool(mcp_call("acme_tool", "x"))
+            )
+            .await
+            .is_err()
+        );
+        // Ring 3 writing: a breach, a tool error; the agent is gone.
+        let r = bounded("low", op1.call_tool(mcp_call("did_ex_low", "sneaky")))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(true), "{r:?}");
+        assert!(mcp_text(&r).contains("ring breach"), "{r:?}");
+        // The admin sees every agent left.
+        let admin = mcp_client(&url, Some(ADMIN), None).await.unwrap();
+        let tools = bounded("tools/list", admin.list_all_tools()).await.unwrap();
+        assert_eq!(names(tools), ["acme_tool", "did_ex_hello"]);
+        // Another operator may not drive op1's session; an auditor calls
+        // nothing; no token, a wrong one, or an unknown session: refused.
+        let op2 = mcp_client(&url, Some(OP2), None).await.unwrap();
+        let refused = bounded("op2's tools/list", op2.list_all_tools()).await;
+        assert!(
+            format!("{refused:?}").contains("did not create session"),
+            "{refused:?}"
+        );
+        for (who, url, token) in [
+            ("an auditor", url.clone(), Some(AUDITOR)),
+            ("no token", url.clone(), None),
+            ("a wrong token", url.clone(), Some("tok-nobody")),
+            (
+                "an unknown session",
+                format!("{}/v1/sessions/s3-nosuchsession/mcp", s.base),
+                Some(ADMIN),
+            ),
+        ] {
+            let r = mcp_client(&url, token, None).await;
+            assert!(r.is_err(), "{who} got an MCP connection");
+        }
+        for c in [op1, admin, op2] {
+            bounded("closing", c.cancel()).await.unwrap();
+        }
+    });
+    // Each call is recorded with its caller, in its trace, before it ran.
+    let ev = s.get(
+        &format!("/v1/events?session={id}&kind=operator.request"),
+        AUDITOR,
+    );
+    let calls: Vec<&Value> = ev
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["fields"]["operation"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("MCP tools/call"))
+        })
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert_eq!(calls[0]["fields"]["caller"], "op1");
+    assert_eq!(
+        calls[0]["fields"]["operation"],
+        "MCP tools/call agent=did:ex:hello"
+    );
+    assert_eq!(calls[0]["trace"], trace);
+}

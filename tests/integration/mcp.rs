@@ -151,3 +151,88 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn ahv_mcp_listen_serves_the_agents_over_streamable_http_to_token_holders() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use tokio::io::AsyncBufReadExt;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(AHV)
+        .arg("mcp")
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--agent", &format!("did:ex:hello={}", path_of("hello"))])
+        .arg("--cache-dir")
+        .arg(crate::cache_dir())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = within("the server's address on its standard error", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, url)) = line.split_once(" over MCP at ") {
+                return url.to_string();
+            }
+        }
+        panic!("ahv mcp --listen ended without saying where it listens");
+    })
+    .await;
+    // Drain the rest so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let token = std::fs::read_to_string(state.path().join("mcp.token")).unwrap();
+    let connect = |token: Option<String>| {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+        if let Some(t) = token {
+            config = config.auth_header(t);
+        }
+        ().serve(StreamableHttpClientTransport::with_client(
+            reqwest::Client::new(),
+            config,
+        ))
+    };
+    let client = within("the MCP handshake", connect(Some(token.clone())))
+        .await
+        .unwrap();
+    let tools = within("tools/list", client.list_all_tools()).await.unwrap();
+    assert_eq!(tools.len(), 1, "{tools:?}");
+    assert_eq!(tools[0].name, "did_ex_hello");
+    let mut args = serde_json::Map::new();
+    args.insert("input".into(), serde_json::Value::String("Grace".into()));
+    let r = within(
+        "hello",
+        client.call_tool(CallToolRequestParams::new("did_ex_hello").with_arguments(args)),
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).contains("Grace"), "{r:?}");
+    for bad in [None, Some(format!("{token}x"))] {
+        let refused = within("a handshake with a bad token", connect(bad.clone())).await;
+        assert!(refused.is_err(), "token {bad:?} was let in");
+    }
+    within("closing", client.cancel()).await.unwrap();
+    // SIGTERM: the session is sealed, the head signed, and the log verifies.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = within("ahv mcp --listen to stop on SIGTERM", child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = std::process::Command::new(AHV)
+        .args(["audit", "verify"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 covered by a signed head"),
+        "{stdout}"
+    );
+}

@@ -208,6 +208,14 @@ impl Api {
             .route("/", axum::routing::get(dashboard::index))
             .route("/dashboard.js", axum::routing::get(dashboard::script))
             .route("/dashboard.css", axum::routing::get(dashboard::style))
+            .merge(mcp::session_routes(&self.shared))
+    }
+
+    /// Only the MCP endpoint `/mcp` (streamable HTTP), serving the agents of
+    /// `session` to the tokens' callers (`ahv mcp --listen`): admins and
+    /// operators call the agents they may act for; auditors are refused.
+    pub fn mcp_router(&self, session: SessionId) -> axum::Router {
+        mcp::standalone_routes(&self.shared, session)
     }
 
     fn parts(&self) -> (axum::Router, utoipa::openapi::OpenApi) {

@@ -1,5 +1,8 @@
-//! The MCP front (`ahv mcp`): a session's agents served as Model Context
-//! Protocol tools, so that an LLM client can call untrusted tools safely.
+//! The MCP front: a session's agents served as Model Context Protocol
+//! tools, so that an LLM client can call untrusted tools safely — over
+//! standard input and output (`ahv mcp`), or over MCP's streamable HTTP
+//! transport (`ahv mcp --listen`, and every session of `ahv serve` at
+//! `/v1/sessions/{session}/mcp`).
 //!
 //! Each participant with a live instance is one tool; a tool call is the
 //! agent's `run` with the call's `input` argument, in the agent's live
@@ -10,48 +13,158 @@
 //! names the cause, so the client and the model see why. The trace of each
 //! call is in the result's `_meta` (`ahv/trace`) for finding its audit
 //! deltas.
+//!
+//! Over HTTP every request carries a bearer token of the API's tokens file
+//! ([`crate::auth`]) and is charged to the caller's request budget. The
+//! caller sees and calls only the agents it may act for: admins all of them,
+//! operators those their `agents` patterns name — in `ahv serve`, only in
+//! sessions they operate — and auditors none. Each call is recorded
+//! (`operator.request`, with the caller's name) in the session's events and
+//! audit log before the agent runs, and runs in the trace of the request's
+//! W3C `traceparent` when it has one. The transport is stateless (no MCP
+//! session ids, one JSON answer per request): nothing one client holds can
+//! be taken over by another, and authorization is decided per request.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ahv_core::{AgentId, SessionId};
+use ahv_core::{AgentId, SessionId, TraceId};
 use ahv_hypervisor::Hypervisor;
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+
+use crate::auth::{Caller, Role};
+use crate::problem::Problem;
+use crate::{Auth, Shared};
 
 /// A session's agents as MCP tools.
 #[derive(Clone)]
 pub struct AgentTools {
     hv: Arc<Hypervisor>,
+    mode: Mode,
+}
+
+#[derive(Clone)]
+enum Mode {
+    /// One session, one local client that owns it (standard input and output).
+    Local(SessionId),
+    /// Over HTTP: the session and the caller come with each request
+    /// ([`HttpScope`], put there by [`guard`]).
+    Http(Arc<Shared>),
+}
+
+/// What the HTTP guard learned about a request: which session it is for,
+/// who sent it, and in which trace it runs.
+#[derive(Clone)]
+struct HttpScope {
     session: SessionId,
+    caller: Caller,
+    /// `ahv mcp --listen`: the session is the one this process serves to
+    /// the tokens file's callers, so operators need not own it.
+    standalone: bool,
+    trace: Option<TraceId>,
+}
+
+/// Who calls, for which session.
+struct Call {
+    session: SessionId,
+    /// `None` for the local (stdio) client.
+    caller: Option<(HttpScope, Arc<Shared>)>,
+}
+
+impl Call {
+    /// Refuses unless the caller may call the tools of this session: over
+    /// HTTP, not an auditor, and in `ahv serve` an operator only in sessions
+    /// it operates.
+    fn may_call(&self) -> Result<(), ErrorData> {
+        let Some((scope, shared)) = &self.caller else {
+            return Ok(());
+        };
+        let checked = if scope.standalone {
+            crate::not_auditor(&scope.caller, "calling an agent")
+        } else {
+            shared.may_operate(&scope.caller, &self.session)
+        };
+        checked.map_err(refused)
+    }
+
+    fn may_act_for(&self, agent: &AgentId) -> bool {
+        self.caller
+            .as_ref()
+            .is_none_or(|(scope, _)| scope.caller.may_act_for(agent.as_str()))
+    }
+}
+
+/// An authorization refusal as a JSON-RPC error naming who was refused what.
+fn refused(p: Problem) -> ErrorData {
+    ErrorData::invalid_request(p.detail, None)
 }
 
 impl AgentTools {
-    /// The agents of `session` (those with a live instance) as tools.
+    /// The agents of `session` (those with a live instance) as tools, for a
+    /// local client over standard input and output (no caller to check).
     pub fn new(hv: Arc<Hypervisor>, session: SessionId) -> AgentTools {
-        AgentTools { hv, session }
+        AgentTools {
+            hv,
+            mode: Mode::Local(session),
+        }
     }
 
-    /// Tool name → agent, for the participants with an instance. A tool
-    /// name is the agent id with every character outside `[A-Za-z0-9_-]`
-    /// replaced by `_` (MCP clients restrict names); a clash gets a suffix.
-    fn tools(&self) -> BTreeMap<String, (AgentId, u8)> {
+    /// Who calls, for which session: the fixed session locally, or what
+    /// the HTTP guard put in the request.
+    fn call(&self, context: &RequestContext<RoleServer>) -> Result<Call, ErrorData> {
+        match &self.mode {
+            Mode::Local(session) => Ok(Call {
+                session: session.clone(),
+                caller: None,
+            }),
+            Mode::Http(shared) => {
+                let scope = context
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|p| p.extensions.get::<HttpScope>())
+                    .ok_or_else(|| {
+                        ErrorData::internal_error(
+                            "the request reached the MCP handler without passing its guard",
+                            None,
+                        )
+                    })?;
+                Ok(Call {
+                    session: scope.session.clone(),
+                    caller: Some((scope.clone(), shared.clone())),
+                })
+            }
+        }
+    }
+
+    /// Tool name → agent, for the participants with an instance that the
+    /// caller may act for. A tool name is the agent id with every character
+    /// outside `[A-Za-z0-9_-]` replaced by `_` (MCP clients restrict names);
+    /// a clash gets a suffix.
+    fn tools(&self, call: &Call) -> BTreeMap<String, (AgentId, u8)> {
         let mut out = BTreeMap::new();
-        let Ok(info) = self.hv.session(&self.session) else {
+        let Ok(info) = self.hv.session(&call.session) else {
             return out;
         };
         for p in info.participants {
-            if self.hv.kill_handle(&self.session, &p.agent).is_err() {
+            if self.hv.kill_handle(&call.session, &p.agent).is_err() {
                 continue; // no instance: nothing to call
+            }
+            if !call.may_act_for(&p.agent) {
+                continue;
             }
             let ring = self
                 .hv
-                .ring(&self.session, &p.agent)
+                .ring(&call.session, &p.agent)
                 .unwrap_or(p.ring)
                 .number();
             let base: String = p
@@ -95,31 +208,36 @@ fn input_schema() -> Arc<serde_json::Map<String, serde_json::Value>> {
 
 impl ServerHandler for AgentTools {
     fn get_info(&self) -> ServerConfig {
+        let which = match &self.mode {
+            Mode::Local(session) => format!("hypervisor session {session}"),
+            Mode::Http(_) => "this hypervisor session".to_string(),
+        };
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("agent-hypervisor", env!("CARGO_PKG_VERSION")))
             .with_instructions(format!(
-                "Each tool is an untrusted agent of hypervisor session {}, sandboxed in WebAssembly and \
+                "Each tool is an untrusted agent of {which}, sandboxed in WebAssembly and \
                  confined to its ring: what it may read, write or call is decided by the host at every \
                  call, and everything it does is audited. A tool error says why a call failed \
-                 (the agent's own failure, a refusal, or a trap such as a ring breach).",
-                self.session
+                 (the agent's own failure, a refusal, or a trap such as a ring breach)."
             ))
     }
 
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let call = self.call(&context)?;
+        call.may_call()?;
         let tools = self
-            .tools()
+            .tools(&call)
             .into_iter()
             .map(|(name, (agent, ring))| {
                 Tool::new(
                     Cow::Owned(name),
                     Cow::Owned(format!(
                         "Runs agent {agent} (ring {ring}) of session {} with `input`; answers with what the agent returns.",
-                        self.session
+                        call.session
                     )),
                     input_schema(),
                 )
@@ -131,13 +249,16 @@ impl ServerHandler for AgentTools {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let tools = self.tools();
+        let call = self.call(&context)?;
+        call.may_call()?;
+        let tools = self.tools(&call);
         let Some((agent, _)) = tools.get(request.name.as_ref()) else {
             return Err(ErrorData::invalid_params(
                 format!(
-                    "no tool {:?} (list the tools: they change as agents join, leave and trap)",
+                    "no tool {:?} (list the tools: they change as agents join, leave and trap, \
+                     and name only the agents the caller may act for)",
                     request.name
                 ),
                 None,
@@ -160,7 +281,22 @@ impl ServerHandler for AgentTools {
                 ));
             }
         };
-        let result = match self.hv.run_agent(&self.session, agent, &input).await {
+        let run = async {
+            if let Some((scope, shared)) = &call.caller {
+                shared.record(
+                    &scope.caller,
+                    &call.session,
+                    &format!("MCP tools/call agent={agent}"),
+                );
+            }
+            self.hv.run_agent(&call.session, agent, &input).await
+        };
+        let trace = call.caller.as_ref().and_then(|(scope, _)| scope.trace);
+        let ran = match trace {
+            Some(trace) => ahv_runtime::trace_context::with_trace(trace, run).await,
+            None => run.await,
+        };
+        let result = match ran {
             Ok(out) => {
                 let trace = out.trace.to_string();
                 let mut r = match out.result {
@@ -178,4 +314,113 @@ impl ServerHandler for AgentTools {
         };
         Ok(result.into())
     }
+}
+
+/// The streamable HTTP transport over [`AgentTools`] in HTTP mode:
+/// stateless, one JSON answer per request, bodies bounded like the API's.
+fn http_service(shared: &Arc<Shared>) -> StreamableHttpService<AgentTools, LocalSessionManager> {
+    let tools = AgentTools {
+        hv: shared.hv.clone(),
+        mode: Mode::Http(shared.clone()),
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_max_request_body_bytes(shared.limits.max_json_bytes)
+        // Every request needs a bearer token, so a page a browser was lured
+        // to (DNS rebinding) has nothing to send; the server may listen on
+        // any address.
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// `/v1/sessions/{session}/mcp` of `ahv serve`: each session's agents as
+/// MCP tools, for callers the session's rules let run them.
+pub(crate) fn session_routes(shared: &Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route_service("/v1/sessions/{session}/mcp", http_service(shared))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            session_guard,
+        ))
+}
+
+/// `/mcp` of `ahv mcp --listen`: the agents of `session`, the one session
+/// this process serves.
+pub(crate) fn standalone_routes(shared: &Arc<Shared>, session: SessionId) -> axum::Router {
+    let guard_state = (shared.clone(), session);
+    axum::Router::new()
+        .route_service("/mcp", http_service(shared))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            standalone_guard,
+        ))
+}
+
+async fn session_guard(
+    axum::extract::State(s): axum::extract::State<Arc<Shared>>,
+    axum::extract::Path(session): axum::extract::Path<String>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let session = match crate::session_id(&session) {
+        Ok(id) => id,
+        Err(p) => return p.into_response(),
+    };
+    guard(&s, session, false, req, next).await
+}
+
+async fn standalone_guard(
+    axum::extract::State((s, session)): axum::extract::State<(Arc<Shared>, SessionId)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    guard(&s, session, true, req, next).await
+}
+
+/// Authenticates the request (charging the caller's budget), checks the
+/// session exists, and hands the handler who calls for which session in
+/// which trace.
+async fn guard(
+    s: &Arc<Shared>,
+    session: SessionId,
+    standalone: bool,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let Auth(caller) = match Auth::from_request_parts(&mut parts, s).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Err(e) = s.hv.session(&session) {
+        return Problem::from(e).into_response();
+    }
+    if caller.role == Role::Auditor {
+        // Checked again per call; refused here so an auditor learns why at
+        // once, whatever MCP method it sends.
+        return Problem::forbidden(format!(
+            "{} is an auditor: it reads, it does not call agents",
+            caller.name
+        ))
+        .into_response();
+    }
+    let trace = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::parse_traceparent);
+    parts.extensions.insert(HttpScope {
+        session,
+        caller,
+        standalone,
+        trace,
+    });
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }

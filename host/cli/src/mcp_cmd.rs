@@ -1,10 +1,14 @@
-//! `ahv mcp`: agents as MCP tools over standard input and output, for an
-//! LLM client (Claude Desktop, an agent framework) to call untrusted tools
-//! safely. One session is created with the agents named on the command
-//! line; each call is the agent's `run` under its ring, audited. Standard
-//! output carries only the protocol; diagnostics go to standard error.
-//! When the client closes the connection, the session is terminated (its
-//! audit log sealed) and the head signed.
+//! `ahv mcp`: agents as MCP tools, for an LLM client (Claude Desktop, an
+//! agent framework) to call untrusted tools safely. One session is created
+//! with the agents named on the command line; each call is the agent's `run`
+//! under its ring, audited.
+//!
+//! By default the protocol runs over standard input and output (standard
+//! output carries only the protocol; diagnostics go to standard error), and
+//! when the client closes the connection the session is terminated (its
+//! audit log sealed) and the head signed. With `--listen ADDR` it runs over
+//! MCP's streamable HTTP transport at `http://ADDR/mcp` instead, for the
+//! callers of a tokens file (as `ahv serve`), until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +40,17 @@ pub(crate) struct McpArgs {
     /// `sqlite://PATH` or `memory`. Default: `<state dir>/liability.sqlite`.
     #[arg(long)]
     database: Option<String>,
+    /// Serve over streamable HTTP at `http://ADDR/mcp` instead of standard
+    /// input and output (plain HTTP: loopback, or a TLS proxy in front).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// With `--listen`: the tokens file (as `ahv serve --tokens`). Without
+    /// it, a new admin token is written to `<state dir>/mcp.token` (0600).
+    #[arg(long, requires = "listen")]
+    tokens: Option<PathBuf>,
+    /// With `--listen`: requests per second each caller may make on average.
+    #[arg(long, default_value_t = 50.0, requires = "listen", value_parser = crate::serve_cmd::positive)]
+    rate: f64,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -67,6 +82,13 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
         };
         slot.2 = sigma;
     }
+    let tokens = match args.listen {
+        Some(_) => Some(crate::serve_cmd::load_tokens(
+            "mcp",
+            args.tokens.as_deref(),
+        )?),
+        None => None,
+    };
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let hv = Arc::new(crate::saga_cmd::open(
@@ -101,18 +123,45 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
     }
     hv.activate_session(&session)
         .map_err(|e| Failure::Setup(e.into()))?;
-    errln!("serving session {session} over MCP on standard input and output");
-    let served = AgentTools::new(hv.clone(), session.clone())
-        .serve(rmcp::transport::stdio())
-        .await;
-    match served {
-        Ok(running) => {
-            tokio::select! {
-                _ = running.waiting() => errln!("the client closed the connection"),
-                () = crate::serve_cmd::stop_signal() => errln!("stopping on a signal"),
+    match (args.listen, tokens) {
+        (Some(addr), Some((tokens, own_token))) => {
+            let limits = ahv_api::ApiLimits {
+                requests_per_second: args.rate,
+                burst: (args.rate * 2.0).max(1.0),
+                ..ahv_api::ApiLimits::default()
+            };
+            let api = ahv_api::Api::new(hv.clone(), tokens, limits);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let bound = listener.local_addr().context("reading the bound address")?;
+            if let Some(token) = own_token {
+                crate::serve_cmd::write_own_token(&args.state_dir.join("mcp.token"), &token)?;
+            }
+            errln!("serving session {session} over MCP at http://{bound}/mcp");
+            axum::serve(listener, api.mcp_router(session.clone()))
+                .with_graceful_shutdown(async {
+                    crate::serve_cmd::stop_signal().await;
+                    errln!("stopping on a signal");
+                })
+                .await
+                .context("serving")?;
+        }
+        _ => {
+            errln!("serving session {session} over MCP on standard input and output");
+            let served = AgentTools::new(hv.clone(), session.clone())
+                .serve(rmcp::transport::stdio())
+                .await;
+            match served {
+                Ok(running) => {
+                    tokio::select! {
+                        _ = running.waiting() => errln!("the client closed the connection"),
+                        () = crate::serve_cmd::stop_signal() => errln!("stopping on a signal"),
+                    }
+                }
+                Err(e) => errln!("the MCP client went away before initializing: {e}"),
             }
         }
-        Err(e) => errln!("the MCP client went away before initializing: {e}"),
     }
     errln!("sealing session {session}");
     let hv2 = hv.clone();

@@ -39,7 +39,7 @@ pub(crate) struct ServeArgs {
     cache: CacheArgs,
 }
 
-fn positive(s: &str) -> Result<f64, String> {
+pub(crate) fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err(format!("{s:?} is not a positive number")),
@@ -49,38 +49,7 @@ fn positive(s: &str) -> Result<f64, String> {
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
-    let mut own_token = None;
-    let tokens = match &args.tokens {
-        Some(path) => {
-            let t = Tokens::load(path).map_err(|e| Failure::usage("serve", e))?;
-            if t.is_empty() {
-                return Err(Failure::usage(
-                    "serve",
-                    format!(
-                        "{}: no [[token]] entries: nobody could call the server",
-                        path.display()
-                    ),
-                ));
-            }
-            t
-        }
-        None => {
-            let token = new_token().context("making an admin token")?;
-            // Written once the state directory is open and the port bound,
-            // so a second server that cannot start leaves the first one's
-            // token in place.
-            own_token = Some(token.clone());
-            Tokens::none().with(
-                &token,
-                Caller {
-                    name: "admin".into(),
-                    role: Role::Admin,
-                    sessions: Vec::new(),
-                    agents: Vec::new(),
-                },
-            )
-        }
-    };
+    let (tokens, own_token) = load_tokens("serve", args.tokens.as_deref())?;
     let hv = Arc::new(crate::saga_cmd::open(
         &args.state_dir,
         Some(&args.cache),
@@ -97,9 +66,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(token) = own_token {
-        let path = args.state_dir.join("serve.token");
-        write_private(&path, &token)?;
-        errln!("admin token written to {} (mode 0600)", path.display());
+        write_own_token(&args.state_dir.join("serve.token"), &token)?;
     }
     errln!(
         "listening on http://{addr} (state directory {})",
@@ -133,6 +100,51 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     .context("shutting down")?
     .context("sealing the audit log")?;
     Ok(Exit::Ok)
+}
+
+/// The tokens file's callers, or (without one) a single admin with a new
+/// random token, returned beside them to be written once the server can
+/// start — so a second server that cannot start leaves the first one's
+/// token in place.
+pub(crate) fn load_tokens(
+    command: &str,
+    path: Option<&std::path::Path>,
+) -> Result<(Tokens, Option<String>), Failure> {
+    match path {
+        Some(path) => {
+            let t = Tokens::load(path).map_err(|e| Failure::usage(command, e))?;
+            if t.is_empty() {
+                return Err(Failure::usage(
+                    command,
+                    format!(
+                        "{}: no [[token]] entries: nobody could call the server",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok((t, None))
+        }
+        None => {
+            let token = new_token().context("making an admin token")?;
+            let tokens = Tokens::none().with(
+                &token,
+                Caller {
+                    name: "admin".into(),
+                    role: Role::Admin,
+                    sessions: Vec::new(),
+                    agents: Vec::new(),
+                },
+            );
+            Ok((tokens, Some(token)))
+        }
+    }
+}
+
+/// Writes the server's own admin token where its operator can read it.
+pub(crate) fn write_own_token(path: &std::path::Path, token: &str) -> Result<(), Failure> {
+    write_private(path, token)?;
+    errln!("admin token written to {} (mode 0600)", path.display());
+    Ok(())
 }
 
 /// How long a stopping server lets requests in flight finish before it
