@@ -1403,6 +1403,10 @@ struct Serving {
 
 impl Serving {
     fn start(state: &Path, tokens: &Path) -> Serving {
+        Serving::start_with(state, tokens, &[])
+    }
+
+    fn start_with(state: &Path, tokens: &Path, extra: &[&str]) -> Serving {
         let mut child = ahv(&[
             "serve",
             "--state-dir",
@@ -1412,6 +1416,7 @@ impl Serving {
             "--tokens",
             path_str(tokens),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1792,4 +1797,216 @@ fn token_in(token_file: &Path) -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// One span an OTLP exporter sent.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    name: String,
+    trace: u128,
+    id: u64,
+    parent: Option<u64>,
+}
+
+/// A fake OpenTelemetry collector on 127.0.0.1: takes OTLP/HTTP protobuf
+/// POSTs to `/v1/traces`, decodes them, and sends each span on.
+fn otlp_collector() -> (String, std::sync::mpsc::Receiver<ExportedSpan>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    assert!(
+                        request_line.starts_with("POST /v1/traces "),
+                        "the exporter sent {request_line:?}"
+                    );
+                    let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    for span in req
+                        .resource_spans
+                        .into_iter()
+                        .flat_map(|r| r.scope_spans)
+                        .flat_map(|s| s.spans)
+                    {
+                        let _ = tx.send(ExportedSpan {
+                            name: span.name,
+                            trace: u128::from_be_bytes(
+                                span.trace_id.as_slice().try_into().unwrap(),
+                            ),
+                            id: u64::from_be_bytes(span.span_id.as_slice().try_into().unwrap()),
+                            parent: (span.parent_span_id.len() == 8).then(|| {
+                                u64::from_be_bytes(
+                                    span.parent_span_id.as_slice().try_into().unwrap(),
+                                )
+                            }),
+                        });
+                    }
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+                    );
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn ahv_serve_exports_its_spans_to_an_otlp_collector_in_the_callers_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+            hex::encode(ahv_api::auth::hash_token("tok-otlp"))
+        ),
+    )
+    .unwrap();
+    let (collector, spans) = otlp_collector();
+    let mut srv = Serving::start_with(
+        &tmp.path().join("state"),
+        &tokens,
+        &["--otlp-endpoint", &collector],
+    );
+    let http = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(LIMIT))
+            .build(),
+    );
+    let post = |path: &str, traceparent: Option<&str>, body: serde_json::Value| {
+        let mut req = http
+            .post(format!("{}{path}", srv.url))
+            .header("Authorization", "Bearer tok-otlp");
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let res = req.send_json(body).unwrap();
+        let tp = res.headers()["traceparent"].to_str().unwrap().to_string();
+        let body: serde_json::Value = res.into_body().read_json().unwrap();
+        (tp, body)
+    };
+    let hello = http
+        .post(format!("{}/v1/components", srv.url))
+        .header("Authorization", "Bearer tok-otlp")
+        .header("content-type", "application/wasm")
+        .send(ahv_agents::HELLO)
+        .unwrap()
+        .into_body()
+        .read_json::<serde_json::Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Without a traceparent the request takes the exported span's trace id.
+    let (created_tp, created) = post("/v1/sessions", None, serde_json::json!({}));
+    let s = created["id"].as_str().unwrap().to_string();
+    let created_trace = u128::from_str_radix(created_tp.split('-').nth(1).unwrap(), 16).unwrap();
+    post(
+        &format!("/v1/sessions/{s}/agents"),
+        None,
+        serde_json::json!({"agent": "did:ex:hello", "sigma": 0.8, "component": hello}),
+    );
+    post(
+        &format!("/v1/sessions/{s}/activate"),
+        None,
+        serde_json::json!(null),
+    );
+    // With one, the request's span is a child of the caller's span.
+    let (trace, parent) = (
+        0x4bf92f3577b34da6a3ce929d0e0e4736_u128,
+        0x00f067aa0ba902b7_u64,
+    );
+    let (run_tp, ran) = post(
+        &format!("/v1/sessions/{s}/agents/did:ex:hello/run"),
+        Some(&format!("00-{trace:032x}-{parent:016x}-01")),
+        serde_json::json!({"input": "Ada"}),
+    );
+    assert_eq!(ran["trace"], format!("{trace:032x}"), "{ran}");
+    let run_span = u64::from_str_radix(run_tp.split('-').nth(2).unwrap(), 16).unwrap();
+    let events: serde_json::Value = http
+        .get(format!(
+            "{}/v1/events?session={s}&kind=session.created",
+            srv.url
+        ))
+        .header("Authorization", "Bearer tok-otlp")
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(
+        events[0]["trace"],
+        format!("{created_trace:032x}"),
+        "the session's creation is in its request's trace: {events}"
+    );
+    // SIGTERM: the server stops and sends the spans still queued.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(srv.child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut srv.child, LIMIT, "ahv serve to stop on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let mut got: Vec<ExportedSpan> = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    let found = |got: &[ExportedSpan]| {
+        let request = got
+            .iter()
+            .find(|x| x.name == "request" && x.trace == trace)?;
+        let run = got
+            .iter()
+            .find(|x| x.name == "agent.run" && x.trace == trace)?;
+        got.iter()
+            .find(|x| x.name == "request" && x.trace == created_trace)?;
+        Some((request.clone(), run.clone()))
+    };
+    let (request, run) = loop {
+        if let Some(f) = found(&got) {
+            break f;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match spans.recv_timeout(left) {
+            Ok(x) => got.push(x),
+            Err(e) => panic!(
+                "the collector did not get the request and agent.run spans within {LIMIT:?} ({e}): {got:#?}"
+            ),
+        }
+    };
+    assert_eq!(request.parent, Some(parent), "{request:?}");
+    assert_eq!(
+        request.id, run_span,
+        "the answer's traceparent names the exported span"
+    );
+    assert_eq!(run.parent, Some(request.id), "{run:?}");
 }

@@ -50,6 +50,7 @@ pub mod problem;
 mod rings;
 mod sagas;
 mod sessions;
+pub mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -560,15 +561,29 @@ async fn trace_request(
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
-    let trace = incoming.unwrap_or_else(|| s.hv.runtime().new_trace_id());
-    let span_id = s.hv.runtime().new_trace_id().0 as u64 | 1;
+        .and_then(traceparent_ids);
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
-        trace_id = %trace,
-        span_id = %format_args!("{span_id:016x}"),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    // With an OpenTelemetry exporter, the request's span joins the caller's
+    // trace (or starts one), and the request takes its ids, so the exported
+    // spans and the request's events and audit deltas share one trace id.
+    let (trace, span_id) = match incoming {
+        Some((trace, parent)) => (trace, telemetry::set_remote_parent(&span, trace.0, parent)),
+        None => match telemetry::span_ids(&span) {
+            Some((trace, id)) => (ahv_core::TraceId(trace), Some(id)),
+            None => (s.hv.runtime().new_trace_id(), None),
+        },
+    };
+    let span_id = span_id.unwrap_or_else(|| s.hv.runtime().new_trace_id().0 as u64 | 1);
+    span.record("trace_id", tracing::field::display(trace));
+    span.record(
+        "span_id",
+        tracing::field::display(format_args!("{span_id:016x}")),
     );
     let mut res = ahv_runtime::trace_context::with_trace(trace, next.run(req))
         .instrument(span)
@@ -583,6 +598,11 @@ async fn trace_request(
 /// read as 00); `None` for a malformed one or an all-zero id, which the
 /// spec says to ignore.
 pub fn parse_traceparent(h: &str) -> Option<ahv_core::TraceId> {
+    traceparent_ids(h).map(|(trace, _)| trace)
+}
+
+/// The trace id and parent span id of a W3C `traceparent` header.
+fn traceparent_ids(h: &str) -> Option<(ahv_core::TraceId, u64)> {
     let mut parts = h.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -600,7 +620,7 @@ pub fn parse_traceparent(h: &str) -> Option<ahv_core::TraceId> {
     }
     let id = u128::from_str_radix(trace, 16).ok()?;
     let parent_id = u64::from_str_radix(parent, 16).ok()?;
-    (id != 0 && parent_id != 0).then_some(ahv_core::TraceId(id))
+    (id != 0 && parent_id != 0).then_some((ahv_core::TraceId(id), parent_id))
 }
 
 /// Runs blocking work (compiling, syncing, hashing) off the async workers,

@@ -170,14 +170,17 @@ impl CacheArgs {
 /// exit code (see [`exit`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AHV_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let otlp = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.as_deref(),
+        _ => None,
+    };
+    let telemetry = match ahv_api::telemetry::install(otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            errln!("error: {e}");
+            return Exit::Usage.into();
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,7 +208,10 @@ pub fn main() -> ExitCode {
             Command::Liability { cmd } => client_cmd::liability(cmd),
         }
     });
-    result.unwrap_or_else(Failure::report).into()
+    let exit = result.unwrap_or_else(Failure::report);
+    drop(rt);
+    telemetry.shutdown();
+    exit.into()
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

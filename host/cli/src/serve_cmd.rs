@@ -35,6 +35,11 @@ pub(crate) struct ServeArgs {
     /// Requests per second each caller may make on average.
     #[arg(long, default_value_t = 50.0, value_parser = positive)]
     rate: f64,
+    /// Export traces to an OpenTelemetry collector over OTLP/HTTP
+    /// (protobuf), e.g. `http://127.0.0.1:4318`: each request's span (in the
+    /// caller's `traceparent` trace) and the agent calls under it.
+    #[arg(long, value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
     #[command(flatten)]
     cache: CacheArgs,
 }

@@ -1304,6 +1304,19 @@ impl Hypervisor {
         agent: &AgentId,
         input: &str,
     ) -> Result<RunOutput, HypervisorError> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!("agent.run", %session, %agent);
+        self.run_agent_inner(session, agent, input)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_agent_inner(
+        &self,
+        session: &SessionId,
+        agent: &AgentId,
+        input: &str,
+    ) -> Result<RunOutput, HypervisorError> {
         let entry = self.entry(session)?;
         {
             let gov = lock(&entry.gov);
