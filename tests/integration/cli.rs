@@ -2010,3 +2010,105 @@ fn ahv_serve_exports_its_spans_to_an_otlp_collector_in_the_callers_trace() {
     );
     assert_eq!(run.parent, Some(request.id), "{run:?}");
 }
+
+#[test]
+fn ahv_serve_speaks_tls_with_a_given_certificate_and_the_cli_trusts_it_by_cacert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tokens = tmp.path().join("tokens.toml");
+    let r = ahv_run(&["token", "new", "--name", "ops", "--role", "admin"]);
+    std::fs::write(&tokens, &r.stderr).unwrap();
+    let token = tmp.path().join("ops.token");
+    std::fs::write(&token, r.stdout.trim()).unwrap();
+    let state = tmp.path().join("state");
+
+    // A key that does not fit, or a file that is not a certificate: the
+    // server does not start, and says which file.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let other_key = tmp.path().join("other-key.pem");
+    std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+    for (c, k, needle) in [
+        (&cert, &other_key, "other-key.pem"),
+        (&key, &key, "key.pem"),
+    ] {
+        let r = run(
+            {
+                let mut c2 = ahv(&[
+                    "serve",
+                    "--state-dir",
+                    path_str(&state),
+                    "--listen",
+                    "127.0.0.1:0",
+                ]);
+                c2.args([
+                    "--tokens",
+                    path_str(&tokens),
+                    "--tls-cert",
+                    path_str(c),
+                    "--tls-key",
+                    path_str(k),
+                ]);
+                c2
+            },
+            b"",
+        );
+        assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+        assert!(r.stderr.contains(needle), "{r:?}");
+    }
+
+    let srv = Serving::start_with(
+        &state,
+        &tokens,
+        &["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)],
+    );
+    assert!(srv.url.starts_with("https://127.0.0.1:"), "{}", srv.url);
+    // Junk on the port (plain HTTP, a bogus TLS record, a hang-up) does not
+    // stop the server.
+    let addr = srv.url.trim_start_matches("https://").to_string();
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"\x16\x03\x01\x00\x05hello",
+        b"",
+    ] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        let _ = s.write_all(junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // The CLI over https, trusting the server's certificate.
+    let mut c = ahv(&["session", "create"]);
+    c.env("AHV_SERVER", &srv.url)
+        .env("AHV_CACERT", &cert)
+        .arg("--token-file")
+        .arg(&token);
+    let r = run(c, b"");
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stdout.starts_with('s'), "{r:?}");
+    // Without it, the certificate is not trusted (the usual roots do not
+    // know it): the CLI refuses to talk, and says why.
+    let mut c = ahv(&["session", "ls"]);
+    c.env("AHV_SERVER", &srv.url)
+        .env_remove("AHV_CACERT")
+        .arg("--token-file")
+        .arg(&token);
+    let r = run(c, b"");
+    assert_ne!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("UnknownIssuer"),
+        "{r:?}"
+    );
+    // A --cacert that is not a certificate is a usage error naming it.
+    let mut c = ahv(&["session", "ls", "--cacert", path_str(&key)]);
+    c.env("AHV_SERVER", &srv.url)
+        .arg("--token-file")
+        .arg(&token);
+    let r = run(c, b"");
+    assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
+    assert!(r.stderr.contains("key.pem"), "{r:?}");
+}

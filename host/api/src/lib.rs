@@ -51,6 +51,7 @@ mod rings;
 mod sagas;
 mod sessions;
 pub mod telemetry;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

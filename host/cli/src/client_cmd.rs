@@ -24,6 +24,11 @@ pub(crate) struct ServerArgs {
     /// come from the AHV_TOKEN environment variable.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// For an https server: trust the CA certificate(s) in this PEM file
+    /// instead of the usual roots (a self-signed server's own certificate,
+    /// say), like curl's `--cacert`.
+    #[arg(long, env = "AHV_CACERT", value_name = "PEM")]
+    cacert: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -43,6 +48,26 @@ impl ServerArgs {
     }
 }
 
+/// Every certificate in the PEM file `--cacert` names.
+fn ca_certs(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Failure> {
+    let bad =
+        |what: String| Failure::usage("session", format!("--cacert {}: {what}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        // A key in the same file is skipped.
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad(
+            "no certificate in it (expected \"-----BEGIN CERTIFICATE-----\")".into(),
+        ));
+    }
+    Ok(certs)
+}
+
 /// One HTTP exchange with the server.
 struct Client {
     agent: ureq::Agent,
@@ -52,10 +77,15 @@ struct Client {
 
 impl Client {
     fn new(args: &ServerArgs) -> Result<Client, Failure> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &args.cacert {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&ca_certs(path)?));
+        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
             .max_idle_connections(0)
+            .tls_config(tls.build())
             .build();
         Ok(Client {
             agent: ureq::Agent::new_with_config(config),

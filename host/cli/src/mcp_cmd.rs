@@ -48,6 +48,8 @@ pub(crate) struct McpArgs {
     /// it, a new admin token is written to `<state dir>/mcp.token` (0600).
     #[arg(long, requires = "listen")]
     tokens: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::serve_cmd::TlsArgs,
     /// With `--listen`: requests per second each caller may make on average.
     #[arg(long, default_value_t = 50.0, requires = "listen", value_parser = crate::serve_cmd::positive)]
     rate: f64,
@@ -82,6 +84,13 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
         };
         slot.2 = sigma;
     }
+    if args.tls.given() && args.listen.is_none() {
+        return Err(Failure::usage(
+            "mcp",
+            "--tls-cert and --tls-key need --listen (standard input and output have no TLS)",
+        ));
+    }
+    let tls = args.tls.config()?;
     let tokens = match args.listen {
         Some(_) => Some(crate::serve_cmd::load_tokens(
             "mcp",
@@ -138,14 +147,14 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
             if let Some(token) = own_token {
                 crate::serve_cmd::write_own_token(&args.state_dir.join("mcp.token"), &token)?;
             }
-            errln!("serving session {session} over MCP at http://{bound}/mcp");
-            axum::serve(listener, api.mcp_router(session.clone()))
-                .with_graceful_shutdown(async {
-                    crate::serve_cmd::stop_signal().await;
-                    errln!("stopping on a signal");
-                })
-                .await
-                .context("serving")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            errln!("serving session {session} over MCP at {scheme}://{bound}/mcp");
+            crate::serve_cmd::serve_on(listener, tls, api.mcp_router(session.clone()), async {
+                crate::serve_cmd::stop_signal().await;
+                errln!("stopping on a signal");
+            })
+            .await
+            .context("serving")?;
         }
         _ => {
             errln!("serving session {session} over MCP on standard input and output");

@@ -19,10 +19,11 @@ pub(crate) struct ServeArgs {
     /// ledger live.
     #[arg(long)]
     state_dir: PathBuf,
-    /// The address to listen on (plain HTTP; put a TLS proxy in front of it
-    /// to serve beyond this machine).
+    /// The address to listen on (plain HTTP unless `--tls-cert` is given).
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The tokens file (TOML: name, role, SHA-256 of each token; see
     /// `ahv token new`). Without it, a new admin token is made at every start
     /// and written to `<state dir>/serve.token` (mode 0600).
@@ -55,6 +56,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let (tokens, own_token) = load_tokens("serve", args.tokens.as_deref())?;
+    let tls = args.tls.config()?;
     let hv = Arc::new(crate::saga_cmd::open(
         &args.state_dir,
         Some(&args.cache),
@@ -74,25 +76,25 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         write_own_token(&args.state_dir.join("serve.token"), &token)?;
     }
     errln!(
-        "listening on http://{addr} (state directory {})",
+        "listening on {}://{addr} (state directory {})",
+        if tls.is_some() { "https" } else { "http" },
         args.state_dir.display()
     );
     let (api2, hv3) = (api.clone(), hv.clone());
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            errln!("stopping: finishing the requests in flight (at most {GRACE:?})");
-            // Live event streams would hold their connections open forever.
-            api2.stop_streams();
-            // Calls still running after the grace period are stopped: every
-            // live session is terminated, which stops its agents.
-            tokio::spawn(async move {
-                tokio::time::sleep(GRACE).await;
-                let _ = tokio::task::spawn_blocking(move || terminate_all(&hv3)).await;
-            });
-        })
-        .await
-        .context("serving")?;
+    serve_on(listener, tls, api.router(), async move {
+        stop_signal().await;
+        errln!("stopping: finishing the requests in flight (at most {GRACE:?})");
+        // Live event streams would hold their connections open forever.
+        api2.stop_streams();
+        // Calls still running after the grace period are stopped: every
+        // live session is terminated, which stops its agents.
+        tokio::spawn(async move {
+            tokio::time::sleep(GRACE).await;
+            let _ = tokio::task::spawn_blocking(move || terminate_all(&hv3)).await;
+        });
+    })
+    .await
+    .context("serving")?;
     errln!("stopping: terminating the live sessions and sealing the audit log");
     let hv2 = hv.clone();
     tokio::task::spawn_blocking(move || {
@@ -105,6 +107,58 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     .context("shutting down")?
     .context("sealing the audit log")?;
     Ok(Exit::Ok)
+}
+
+/// `--tls-cert` and `--tls-key`: serve HTTPS.
+#[derive(clap::Args, Debug)]
+pub(crate) struct TlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (leaf first; needs
+    /// `--tls-key`). TLS 1.2 and 1.3 by rustls; HTTP/1.1 only.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Whether TLS was asked for.
+    pub(crate) fn given(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The server configuration, loaded now so that a bad file stops the
+    /// server before it listens.
+    pub(crate) fn config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, Failure> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => ahv_api::tls::server_config(cert, key)
+                .map(Some)
+                .map_err(|e| Failure::usage("serve", e)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Serves `router` on `listener` (through TLS when `tls` is given) until
+/// `shutdown` completes and the requests in flight have ended.
+pub(crate) async fn serve_on(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(config) => {
+            axum::serve(ahv_api::tls::TlsListener::new(listener, config), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// The tokens file's callers, or (without one) a single admin with a new
