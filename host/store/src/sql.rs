@@ -41,6 +41,14 @@ const SQLITE_MIGRATION_ATTEMPTS: u32 = 3;
 
 const INSERT_ENTRY: &str =
     "INSERT INTO ledger_entries (agent, kind, severity, at_us) VALUES ($1, $2, $3, $4)";
+/// An entry without a severity: its NULL is written in the SQL, never bound.
+/// sqlx 0.8.6's Any driver sends a NULL `Option<f64>` to PostgreSQL typed as
+/// `float4` (its `Double`/`Real` cases are swapped), and whichever statement
+/// a pooled connection prepares first fixes the parameter's type: a
+/// connection that first wrote a clean session then refused every slash
+/// ("incorrect binary data format in bind parameter 3").
+const INSERT_ENTRY_NO_SEVERITY: &str =
+    "INSERT INTO ledger_entries (agent, kind, severity, at_us) VALUES ($1, $2, NULL, $3)";
 const SELECT_ENTRIES: &str =
     "SELECT agent, kind, severity, at_us FROM ledger_entries WHERE agent = $1 ORDER BY seq";
 const SELECT_AGENTS: &str = "SELECT DISTINCT agent FROM ledger_entries";
@@ -307,6 +315,26 @@ fn subject(agent: Option<&AgentId>) -> String {
     agent.map_or_else(|| "all agents".to_owned(), |a| format!("agent {a}"))
 }
 
+/// The statement that appends one ledger entry (see [`INSERT_ENTRY_NO_SEVERITY`]).
+fn insert_entry<'q>(
+    agent: &'q str,
+    kind: &'q str,
+    severity: Option<f64>,
+    at: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match severity {
+        Some(severity) => sqlx::query(INSERT_ENTRY)
+            .bind(agent)
+            .bind(kind)
+            .bind(severity)
+            .bind(at),
+        None => sqlx::query(INSERT_ENTRY_NO_SEVERITY)
+            .bind(agent)
+            .bind(kind)
+            .bind(at),
+    }
+}
+
 impl TrustStore for SqlStore {
     fn backend(&self) -> &'static str {
         self.backend.name()
@@ -318,11 +346,7 @@ impl TrustStore for SqlStore {
             let (kind, severity) = kind_columns(entry.kind);
             let at = micros(LEDGER, "at_us", entry.at)?;
             let pool = self.pool().await?;
-            sqlx::query(INSERT_ENTRY)
-                .bind(entry.agent.as_str())
-                .bind(kind)
-                .bind(severity)
-                .bind(at)
+            insert_entry(entry.agent.as_str(), kind, severity, at)
                 .execute(pool)
                 .await
                 .map_err(self.query_failed("append a ledger entry", subject(Some(&entry.agent))))?;
@@ -347,11 +371,7 @@ impl TrustStore for SqlStore {
                 .await
                 .map_err(failed("begin a batch of ledger entries"))?;
             for (agent, kind, severity, at) in &rows {
-                sqlx::query(INSERT_ENTRY)
-                    .bind(agent.as_str())
-                    .bind(*kind)
-                    .bind(*severity)
-                    .bind(*at)
+                insert_entry(agent.as_str(), kind, *severity, *at)
                     .execute(&mut *tx)
                     .await
                     .map_err(self.query_failed("append a ledger entry", subject(Some(agent))))?;

@@ -126,6 +126,34 @@ async fn entries_come_back_per_agent_in_append_order(store: Arc<dyn TrustStore>)
     assert_eq!(store.agents().await.unwrap(), vec![x, y]);
 }
 
+/// Entries without a severity interleaved with entries with one, starting
+/// with one without, one by one and in batches: every connection of the
+/// pool sees both shapes (sqlx's Any driver once typed a bound NULL severity
+/// as `float4` on PostgreSQL, and the next slash on that connection failed).
+async fn entries_with_and_without_a_severity_interleave(store: Arc<dyn TrustStore>) {
+    let x = agent("did:example:x");
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let pair = [
+            entry("did:example:x", EntryKind::CleanSession, 2 * i),
+            entry(
+                "did:example:x",
+                EntryKind::Slash { severity: sev(0.5) },
+                2 * i + 1,
+            ),
+        ];
+        if i % 2 == 0 {
+            for e in &pair {
+                store.append_entry(e.clone()).await.unwrap();
+            }
+        } else {
+            store.append_entries(pair.to_vec()).await.unwrap();
+        }
+        written.extend(pair);
+    }
+    assert_eq!(store.entries_for(&x).await.unwrap(), written);
+}
+
 async fn agents_are_sorted_by_id_bytes(store: Arc<dyn TrustStore>) {
     // Upper case sorts before lower case in byte order but not in most
     // locales' collations.
@@ -410,6 +438,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     entries_come_back_per_agent_in_append_order,
+    entries_with_and_without_a_severity_interleave,
     agents_are_sorted_by_id_bytes,
     assessment_is_the_risk_of_the_stored_entries,
     times_are_kept_to_the_microsecond,
