@@ -1970,6 +1970,7 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
         .ok();
     let url = format!("{}/v1/sessions/{id}/mcp", s.base);
     let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut admin_trace = None;
     let rt = s.rt.as_ref().unwrap();
     rt.block_on(async {
         let names = |tools: Vec<rmcp::model::Tool>| {
@@ -1986,10 +1987,21 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
         .await
         .unwrap();
         let tools = bounded("tools/list", op1.list_all_tools()).await.unwrap();
-        assert_eq!(names(tools), ["did_ex_hello", "did_ex_low"]);
-        let r = bounded("hello", op1.call_tool(mcp_call("did_ex_hello", "Ada")))
-            .await
-            .unwrap();
+        let tool = |id: &str| ahv_api::mcp::tool_name(&ahv_core::AgentId::new(id).unwrap());
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(tools),
+            sorted(vec![tool("did:ex:hello"), tool("did:ex:low")])
+        );
+        let r = bounded(
+            "hello",
+            op1.call_tool(mcp_call(&tool("did:ex:hello"), "Ada")),
+        )
+        .await
+        .unwrap();
         assert_ne!(r.is_error, Some(true), "{r:?}");
         assert!(mcp_text(&r).contains("Ada"), "{r:?}");
         assert_eq!(
@@ -2000,21 +2012,37 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
         assert!(
             bounded(
                 "a call of another team's agent",
-                op1.call_tool(mcp_call("acme_tool", "x"))
+                op1.call_tool(mcp_call(&tool("acme:tool"), "x"))
             )
             .await
             .is_err()
         );
         // Ring 3 writing: a breach, a tool error; the agent is gone.
-        let r = bounded("low", op1.call_tool(mcp_call("did_ex_low", "sneaky")))
-            .await
-            .unwrap();
+        let r = bounded(
+            "low",
+            op1.call_tool(mcp_call(&tool("did:ex:low"), "sneaky")),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.is_error, Some(true), "{r:?}");
         assert!(mcp_text(&r).contains("ring breach"), "{r:?}");
         // The admin sees every agent left.
         let admin = mcp_client(&url, Some(ADMIN), None).await.unwrap();
         let tools = bounded("tools/list", admin.list_all_tools()).await.unwrap();
-        assert_eq!(names(tools), ["acme_tool", "did_ex_hello"]);
+        assert_eq!(
+            names(tools),
+            sorted(vec![tool("acme:tool"), tool("did:ex:hello")])
+        );
+        // Without a traceparent, the call and its record share the trace
+        // the server made for the request.
+        let r = bounded(
+            "hello",
+            admin.call_tool(mcp_call(&tool("did:ex:hello"), "Bo")),
+        )
+        .await
+        .unwrap();
+        assert_ne!(r.is_error, Some(true), "{r:?}");
+        admin_trace = r.meta.as_ref().and_then(|m| m.get("ahv/trace")).cloned();
         // Another operator may not drive op1's session; an auditor calls
         // nothing; no token, a wrong one, or an unknown session: refused.
         let op2 = mcp_client(&url, Some(OP2), None).await.unwrap();
@@ -2023,18 +2051,37 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
             format!("{refused:?}").contains("did not create session"),
             "{refused:?}"
         );
-        for (who, url, token) in [
-            ("an auditor", url.clone(), Some(AUDITOR)),
-            ("no token", url.clone(), None),
-            ("a wrong token", url.clone(), Some("tok-nobody")),
+        for (who, url, token, answer) in [
+            (
+                "an auditor",
+                url.clone(),
+                Some(AUDITOR),
+                "HTTP 403 Forbidden: {\"type\":\"urn:ahv:problem:forbidden\"",
+            ),
+            (
+                "no token",
+                url.clone(),
+                None,
+                "HTTP 401 Unauthorized: {\"type\":\"urn:ahv:problem:unauthorized\"",
+            ),
+            (
+                "a wrong token",
+                url.clone(),
+                Some("tok-nobody"),
+                "the bearer token is not known to this server",
+            ),
             (
                 "an unknown session",
                 format!("{}/v1/sessions/s3-nosuchsession/mcp", s.base),
                 Some(ADMIN),
+                "HTTP 404 Not Found: {\"type\":\"urn:ahv:problem:unknown-session\"",
             ),
         ] {
             let r = mcp_client(&url, token, None).await;
-            assert!(r.is_err(), "{who} got an MCP connection");
+            let e = r
+                .err()
+                .unwrap_or_else(|| panic!("{who} got an MCP connection"));
+            assert!(e.contains(answer), "{who}: {e}");
         }
         for c in [op1, admin, op2] {
             bounded("closing", c.cancel()).await.unwrap();
@@ -2056,11 +2103,98 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
                 .is_some_and(|o| o.starts_with("MCP tools/call"))
         })
         .collect();
-    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert_eq!(calls.len(), 3, "{calls:#?}");
     assert_eq!(calls[0]["fields"]["caller"], "op1");
     assert_eq!(
         calls[0]["fields"]["operation"],
         "MCP tools/call agent=did:ex:hello"
     );
     assert_eq!(calls[0]["trace"], trace);
+    assert_eq!(calls[2]["fields"]["caller"], "root-ops");
+    assert_eq!(Some(&calls[2]["trace"]), admin_trace.as_ref(), "{calls:#?}");
+}
+
+#[test]
+fn an_mcp_call_whose_client_goes_away_is_stopped_and_frees_its_agent() {
+    let s = server();
+    let sleeper = s.upload(ADMIN, ahv_agents::SLEEPER).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = s.post("/v1/sessions", ADMIN, json!({})).ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Ring 2: a call may take 30 s before its deadline stops it.
+    s.post(
+        &format!("/v1/sessions/{id}/agents"),
+        ADMIN,
+        json!({"agent": "did:ex:sleeper", "sigma": 0.8, "component": sleeper}),
+    )
+    .ok();
+    s.post(&format!("/v1/sessions/{id}/activate"), ADMIN, json!(null))
+        .ok();
+    let tool = ahv_api::mcp::tool_name(&ahv_core::AgentId::new("did:ex:sleeper").unwrap());
+    let url = format!("{}/v1/sessions/{id}/mcp", s.base);
+    let rt = s.rt.as_ref().unwrap();
+    // A tools/call that would sleep an hour, from a client that hangs up
+    // once the call has started.
+    let call = rt.spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": tool, "arguments": {"input": "3600000"}}})
+                .to_string(),
+            )
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + REQUEST_LIMIT;
+    loop {
+        let ev = s.get(
+            &format!("/v1/events?session={id}&kind=operator.request"),
+            AUDITOR,
+        );
+        if ev.ok().as_array().unwrap().iter().any(|e| {
+            e["fields"]["operation"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("MCP tools/call"))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the MCP call was not recorded within {REQUEST_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    call.abort();
+    // The agent is free at once: the next run gets a fresh instance, and the
+    // abandoned call never reached its deadline.
+    let run = s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:sleeper/run"),
+        ADMIN,
+        json!({"input": "10"}),
+    );
+    assert_eq!(run.ok()["output"], "slept 10 ms", "{run:#?}");
+    let m = s.get("/metrics", AUDITOR);
+    let deadline_traps = m
+        .text
+        .lines()
+        .find(|l| l.starts_with("ahv_traps_total{kind=\"deadline-exceeded\"}"))
+        .unwrap_or_else(|| panic!("no deadline trap counter in\n{}", m.text))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    assert_eq!(
+        deadline_traps, 0.0,
+        "the abandoned call ran on to its deadline"
+    );
 }

@@ -1954,6 +1954,35 @@ fn ahv_serve_exports_its_spans_to_an_otlp_collector_in_the_callers_trace() {
     );
     assert_eq!(ran["trace"], format!("{trace:032x}"), "{ran}");
     let run_span = u64::from_str_radix(run_tp.split('-').nth(2).unwrap(), 16).unwrap();
+    // An MCP tool call in a trace of its own: its agent call joins it too.
+    let mcp_trace = 0x0af7651916cd43dd8448eb211c80319c_u128;
+    let tool = ahv_api::mcp::tool_name(&ahv_core::AgentId::new("did:ex:hello").unwrap());
+    let res = http
+        .post(format!("{}/v1/sessions/{s}/mcp", srv.url))
+        .header("Authorization", "Bearer tok-otlp")
+        .header("accept", "application/json, text/event-stream")
+        .header(
+            "traceparent",
+            format!("00-{mcp_trace:032x}-b7ad6b7169203331-01"),
+        )
+        .send_json(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"input": "Mo"}}}),
+        )
+        .unwrap();
+    assert!(
+        res.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("00-{mcp_trace:032x}-")),
+        "{res:?}"
+    );
+    let answer: serde_json::Value = res.into_body().read_json().unwrap();
+    assert_eq!(
+        answer["result"]["_meta"]["ahv/trace"],
+        format!("{mcp_trace:032x}"),
+        "{answer}"
+    );
     let events: serde_json::Value = http
         .get(format!(
             "{}/v1/events?session={s}&kind=session.created",
@@ -1989,6 +2018,8 @@ fn ahv_serve_exports_its_spans_to_an_otlp_collector_in_the_callers_trace() {
             .find(|x| x.name == "agent.run" && x.trace == trace)?;
         got.iter()
             .find(|x| x.name == "request" && x.trace == created_trace)?;
+        got.iter()
+            .find(|x| x.name == "agent.run" && x.trace == mcp_trace)?;
         Some((request.clone(), run.clone()))
     };
     let (request, run) = loop {

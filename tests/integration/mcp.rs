@@ -19,6 +19,11 @@ fn path_of(name: &str) -> &'static str {
         .1
 }
 
+/// The tool name `ahv mcp` gives an agent id.
+fn tool(id: &str) -> String {
+    ahv_api::mcp::tool_name(&ahv_core::AgentId::new(id).unwrap())
+}
+
 fn text(r: &rmcp::model::CallToolResult) -> String {
     r.content
         .iter()
@@ -68,16 +73,26 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
         .map(|t| t.name.to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["did_ex_hello", "did_ex_low", "did_ex_writer"]);
+    let mut expected = [
+        tool("did:ex:hello"),
+        tool("did:ex:low"),
+        tool("did:ex:writer"),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    assert!(names[0].starts_with("did_ex_"), "{names:?}");
 
-    let call = |tool: &str, input: &str| {
+    let call = |name: &str, input: &str| {
         let mut args = serde_json::Map::new();
         args.insert("input".into(), serde_json::Value::String(input.into()));
-        CallToolRequestParams::new(tool.to_string()).with_arguments(args)
+        CallToolRequestParams::new(name.to_string()).with_arguments(args)
     };
-    let r = within("hello", client.call_tool(call("did_ex_hello", "Ada")))
-        .await
-        .unwrap();
+    let r = within(
+        "hello",
+        client.call_tool(call(&tool("did:ex:hello"), "Ada")),
+    )
+    .await
+    .unwrap();
     assert_ne!(r.is_error, Some(true), "{r:?}");
     assert!(text(&r).contains("Ada"), "{r:?}");
     let trace = r.meta.as_ref().and_then(|m| m.get("ahv/trace")).cloned();
@@ -88,7 +103,7 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
     // Ring 2 may write.
     let r = within(
         "writer",
-        client.call_tool(call("did_ex_writer", "from mcp")),
+        client.call_tool(call(&tool("did:ex:writer"), "from mcp")),
     )
     .await
     .unwrap();
@@ -96,7 +111,7 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
     assert!(text(&r).contains("1 note(s)"), "{r:?}");
     // Ring 3 may not: a breach, reported to the client as a tool error; the
     // agent is expelled and its tool gone.
-    let r = within("low", client.call_tool(call("did_ex_low", "sneaky")))
+    let r = within("low", client.call_tool(call(&tool("did:ex:low"), "sneaky")))
         .await
         .unwrap();
     assert_eq!(r.is_error, Some(true), "{r:?}");
@@ -107,11 +122,11 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
         .into_iter()
         .map(|t| t.name.to_string())
         .collect();
-    assert!(!names.contains(&"did_ex_low".to_string()), "{names:?}");
+    assert!(!names.contains(&tool("did:ex:low")), "{names:?}");
     assert!(
         within(
             "a call of a gone tool",
-            client.call_tool(call("did_ex_low", "x"))
+            client.call_tool(call(&tool("did:ex:low"), "x"))
         )
         .await
         .is_err()
@@ -124,7 +139,7 @@ async fn an_mcp_client_calls_agents_as_tools_each_under_its_ring() {
     );
     let refused = within(
         "a call with a stray argument",
-        client.call_tool(CallToolRequestParams::new("did_ex_hello").with_arguments(bad)),
+        client.call_tool(CallToolRequestParams::new(tool("did:ex:hello")).with_arguments(bad)),
     )
     .await;
     assert!(refused.is_err(), "{refused:?}");
@@ -199,12 +214,12 @@ async fn ahv_mcp_listen_serves_the_agents_over_streamable_http_to_token_holders(
         .unwrap();
     let tools = within("tools/list", client.list_all_tools()).await.unwrap();
     assert_eq!(tools.len(), 1, "{tools:?}");
-    assert_eq!(tools[0].name, "did_ex_hello");
+    assert_eq!(tools[0].name, tool("did:ex:hello"));
     let mut args = serde_json::Map::new();
     args.insert("input".into(), serde_json::Value::String("Grace".into()));
     let r = within(
         "hello",
-        client.call_tool(CallToolRequestParams::new("did_ex_hello").with_arguments(args)),
+        client.call_tool(CallToolRequestParams::new(tool("did:ex:hello")).with_arguments(args)),
     )
     .await
     .unwrap();
@@ -212,7 +227,11 @@ async fn ahv_mcp_listen_serves_the_agents_over_streamable_http_to_token_holders(
     assert!(text(&r).contains("Grace"), "{r:?}");
     for bad in [None, Some(format!("{token}x"))] {
         let refused = within("a handshake with a bad token", connect(bad.clone())).await;
-        assert!(refused.is_err(), "token {bad:?} was let in");
+        let e = refused
+            .err()
+            .unwrap_or_else(|| panic!("token {bad:?} was let in"))
+            .to_string();
+        assert!(e.contains("HTTP 401 Unauthorized"), "{bad:?}: {e}");
     }
     within("closing", client.cancel()).await.unwrap();
     // SIGTERM: the session is sealed, the head signed, and the log verifies.
@@ -234,5 +253,34 @@ async fn ahv_mcp_listen_serves_the_agents_over_streamable_http_to_token_holders(
     assert!(
         out.status.success() && stdout.contains("1 covered by a signed head"),
         "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn ahv_mcp_listen_on_a_busy_port_fails_before_creating_anything() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = within(
+        "ahv mcp --listen on a busy port",
+        tokio::process::Command::new(AHV)
+            .arg("mcp")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &busy.local_addr().unwrap().to_string()])
+            .args(["--agent", &format!("did:ex:hello={}", path_of("hello"))])
+            .arg("--cache-dir")
+            .arg(crate::cache_dir())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(
+        !state.exists(),
+        "a failed start left a state directory (and an unsealed session) behind"
     );
 }

@@ -41,6 +41,7 @@ use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use sha2::Digest as _;
 
 use crate::auth::{Caller, Role};
 use crate::problem::Problem;
@@ -147,11 +148,10 @@ impl AgentTools {
     }
 
     /// Tool name → agent, for the participants with an instance that the
-    /// caller may act for. A tool name is the agent id with every character
-    /// outside `[A-Za-z0-9_-]` replaced by `_` (MCP clients restrict names);
-    /// a clash gets a suffix.
-    fn tools(&self, call: &Call) -> BTreeMap<String, (AgentId, u8)> {
-        let mut out = BTreeMap::new();
+    /// caller may act for (see [`tool_name`]). A name two agents would share
+    /// is left out (`None`): a call by it must not guess.
+    fn tools(&self, call: &Call) -> BTreeMap<String, Option<(AgentId, u8)>> {
+        let mut out: BTreeMap<String, Option<(AgentId, u8)>> = BTreeMap::new();
         let Ok(info) = self.hv.session(&call.session) else {
             return out;
         };
@@ -167,29 +167,36 @@ impl AgentTools {
                 .ring(&call.session, &p.agent)
                 .unwrap_or(p.ring)
                 .number();
-            let base: String = p
-                .agent
-                .as_str()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(60)
-                .collect();
-            let mut name = base.clone();
-            let mut n = 2;
-            while out.contains_key(&name) {
-                name = format!("{base}-{n}");
-                n += 1;
-            }
-            out.insert(name, (p.agent, ring));
+            out.entry(tool_name(&p.agent))
+                .and_modify(|slot| *slot = None)
+                .or_insert(Some((p.agent, ring)));
         }
         out
     }
+}
+
+/// The longest tool name given (MCP clients commonly accept 64 characters).
+const MAX_TOOL_NAME: usize = 64;
+
+/// An agent's tool name, a function of its id alone — so a name listed once
+/// can never come to mean another agent as others join and leave. An id of
+/// only letters, digits, `_` and `-` (at most 64 characters) is its own
+/// name; any other is spelled with `_` for each other character, cut to 55,
+/// and followed by `-` and the first 8 hex digits of the id's SHA-256
+/// (`did:ex:hello` → `did_ex_hello-…`).
+pub fn tool_name(agent: &AgentId) -> String {
+    let id = agent.as_str();
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if id.len() <= MAX_TOOL_NAME && id.chars().all(plain) {
+        return id.to_string();
+    }
+    let spelled: String = id
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .take(MAX_TOOL_NAME - 9)
+        .collect();
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    format!("{spelled}-{}", hex::encode(&digest[..4]))
 }
 
 fn input_schema() -> Arc<serde_json::Map<String, serde_json::Value>> {
@@ -232,6 +239,7 @@ impl ServerHandler for AgentTools {
         let tools = self
             .tools(&call)
             .into_iter()
+            .filter_map(|(name, agent)| agent.map(|a| (name, a)))
             .map(|(name, (agent, ring))| {
                 Tool::new(
                     Cow::Owned(name),
@@ -254,15 +262,27 @@ impl ServerHandler for AgentTools {
         let call = self.call(&context)?;
         call.may_call()?;
         let tools = self.tools(&call);
-        let Some((agent, _)) = tools.get(request.name.as_ref()) else {
-            return Err(ErrorData::invalid_params(
-                format!(
-                    "no tool {:?} (list the tools: they change as agents join, leave and trap, \
-                     and name only the agents the caller may act for)",
-                    request.name
-                ),
-                None,
-            ));
+        let agent = match tools.get(request.name.as_ref()) {
+            Some(Some((agent, _))) => agent,
+            Some(None) => {
+                return Err(ErrorData::invalid_params(
+                    format!(
+                        "tool {:?} names two agents of the session; neither is called",
+                        request.name
+                    ),
+                    None,
+                ));
+            }
+            None => {
+                return Err(ErrorData::invalid_params(
+                    format!(
+                        "no tool {:?} (list the tools: they change as agents join, leave and trap, \
+                         and name only the agents the caller may act for)",
+                        request.name
+                    ),
+                    None,
+                ));
+            }
         };
         let args = request.arguments.unwrap_or_default();
         if let Some(extra) = args.keys().find(|k| k.as_str() != "input") {
@@ -292,9 +312,23 @@ impl ServerHandler for AgentTools {
             self.hv.run_agent(&call.session, agent, &input).await
         };
         let trace = call.caller.as_ref().and_then(|(scope, _)| scope.trace);
-        let ran = match trace {
-            Some(trace) => ahv_runtime::trace_context::with_trace(trace, run).await,
-            None => run.await,
+        let run = async {
+            match trace {
+                Some(trace) => ahv_runtime::trace_context::with_trace(trace, run).await,
+                None => run.await,
+            }
+        };
+        // rmcp runs each request in a task of its own and only cancels this
+        // token when the client goes away: stop the call then, as a dropped
+        // REST request stops its run, rather than hold the agent for nobody.
+        let ran = tokio::select! {
+            ran = run => ran,
+            () = context.ct.cancelled() => {
+                return Err(ErrorData::internal_error(
+                    format!("the client went away; the call of {agent} was stopped"),
+                    None,
+                ));
+            }
         };
         let result = match ran {
             Ok(out) => {
@@ -348,6 +382,10 @@ pub(crate) fn session_routes(shared: &Arc<Shared>) -> axum::Router {
             shared.clone(),
             session_guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::trace_request,
+        ))
 }
 
 /// `/mcp` of `ahv mcp --listen`: the agents of `session`, the one session
@@ -359,6 +397,10 @@ pub(crate) fn standalone_routes(shared: &Arc<Shared>, session: SessionId) -> axu
         .route_layer(axum::middleware::from_fn_with_state(
             guard_state,
             standalone_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::trace_request,
         ))
 }
 
@@ -385,7 +427,7 @@ async fn standalone_guard(
 
 /// Authenticates the request (charging the caller's budget), checks the
 /// session exists, and hands the handler who calls for which session in
-/// which trace.
+/// which trace. Runs inside [`crate::trace_request`].
 async fn guard(
     s: &Arc<Shared>,
     session: SessionId,
@@ -410,11 +452,10 @@ async fn guard(
         ))
         .into_response();
     }
-    let trace = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::parse_traceparent);
+    // The request's trace (from its `traceparent`, or made for it by
+    // `trace_request`): rmcp runs the call in a task of its own, where the
+    // task-local trace does not follow, so the call sets it again.
+    let trace = ahv_runtime::trace_context::current();
     parts.extensions.insert(HttpScope {
         session,
         caller,
@@ -423,4 +464,32 @@ async fn guard(
     });
     next.run(axum::extract::Request::from_parts(parts, body))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(id: &str) -> String {
+        tool_name(&AgentId::new(id).unwrap_or_else(|e| panic!("{id}: {e}")))
+    }
+
+    #[test]
+    fn tool_names_are_a_function_of_the_id_alone() {
+        assert_eq!(name("summarizer"), "summarizer");
+        assert_eq!(name("a_b-c9"), "a_b-c9");
+        let did = name("did:ex:a_b");
+        assert!(did.starts_with("did_ex_a_b-") && did.len() == 19, "{did}");
+        assert_eq!(did, name("did:ex:a_b"), "stable");
+        // Ids that read alike are told apart.
+        assert_ne!(name("did:ex:a.b"), did);
+        assert_ne!(name("did:ex:a_b"), name("did_ex_a_b"));
+        // Long ids are cut, and still told apart by their digest.
+        let long_a = format!("did:ex:{}", "a".repeat(100));
+        let long_b = format!("did:ex:{}b", "a".repeat(99));
+        assert!(name(&long_a).len() <= MAX_TOOL_NAME);
+        assert_ne!(name(&long_a), name(&long_b));
+        assert_eq!(name(&"x".repeat(64)), "x".repeat(64));
+        assert_ne!(name(&"x".repeat(65)), "x".repeat(65));
+    }
 }

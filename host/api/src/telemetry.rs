@@ -84,10 +84,7 @@ pub fn install(otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError>
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AHV_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        );
+        .with_filter(log_filter(std::env::var("AHV_LOG").ok().as_deref()));
     let provider = otlp_endpoint.map(provider).transpose()?;
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
@@ -103,6 +100,21 @@ pub fn install(otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError>
         .try_init()
         .map_err(|e| TelemetryError::Installed(e.to_string()))?;
     Ok(Telemetry { provider })
+}
+
+/// The log filter `AHV_LOG` asks for (default `warn`; a bad one is `warn`).
+/// At debug or trace the MCP library would log every tool call's input and
+/// answer in full (which may hold what agents were handed), so it stays at
+/// `info` unless `AHV_LOG` names it.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or("warn");
+    let spec = if (spec.contains("debug") || spec.contains("trace")) && !spec.contains("rmcp") {
+        format!("{spec},rmcp=info")
+    } else {
+        spec.to_string()
+    };
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
 }
 
 fn provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
@@ -201,5 +213,19 @@ impl opentelemetry_http::HttpClient for UreqClient {
             parts,
             opentelemetry_http::Bytes::from(bytes),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verbose_log_keeps_the_mcp_library_at_info_unless_named() {
+        assert_eq!(log_filter(None).to_string(), "warn");
+        assert_eq!(log_filter(Some("debug")).to_string(), "rmcp=info,debug");
+        assert_eq!(log_filter(Some("rmcp=trace")).to_string(), "rmcp=trace");
+        assert_eq!(log_filter(Some("info")).to_string(), "info");
+        assert_eq!(log_filter(Some("==bad")).to_string(), "warn");
     }
 }

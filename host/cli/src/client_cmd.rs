@@ -32,26 +32,26 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn token(&self) -> Result<String, Failure> {
+    fn token(&self, command: &str) -> Result<String, Failure> {
         if let Some(p) = &self.token_file {
             let t = std::fs::read_to_string(p).map_err(|e| {
-                Failure::usage("session", format!("--token-file {}: {e}", p.display()))
+                Failure::usage(command, format!("--token-file {}: {e}", p.display()))
             })?;
             return Ok(t.trim().to_string());
         }
         std::env::var("AHV_TOKEN").map_err(|_| {
-            Failure::usage(
-                "session",
-                "no token: pass --token-file FILE or set AHV_TOKEN",
-            )
+            Failure::usage(command, "no token: pass --token-file FILE or set AHV_TOKEN")
         })
     }
 }
 
 /// Every certificate in the PEM file `--cacert` names.
-fn ca_certs(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Failure> {
+fn ca_certs(
+    command: &str,
+    path: &std::path::Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, Failure> {
     let bad =
-        |what: String| Failure::usage("session", format!("--cacert {}: {what}", path.display()));
+        |what: String| Failure::usage(command, format!("--cacert {}: {what}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
@@ -77,9 +77,16 @@ struct Client {
 
 impl Client {
     fn new(args: &ServerArgs) -> Result<Client, Failure> {
+        Client::for_command(args, "session")
+    }
+
+    /// A client for `ahv COMMAND …` (named in usage errors).
+    fn for_command(args: &ServerArgs, command: &str) -> Result<Client, Failure> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(path) = &args.cacert {
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&ca_certs(path)?));
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&ca_certs(
+                command, path,
+            )?));
         }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -90,7 +97,7 @@ impl Client {
         Ok(Client {
             agent: ureq::Agent::new_with_config(config),
             base: args.server.trim_end_matches('/').to_string(),
-            token: args.token()?,
+            token: args.token(command)?,
         })
     }
 
@@ -712,7 +719,7 @@ pub(crate) fn liability(cmd: LiabilityCmd) -> Result<Exit, Failure> {
             Body::None,
         ),
     };
-    print(&Client::new(&server)?.call(method, &path, body)?)
+    print(&Client::for_command(&server, "liability")?.call(method, &path, body)?)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub(crate) struct McpArgs {
     #[arg(long)]
     database: Option<String>,
     /// Serve over streamable HTTP at `http://ADDR/mcp` instead of standard
-    /// input and output (plain HTTP: loopback, or a TLS proxy in front).
+    /// input and output (HTTPS with `--tls-cert` and `--tls-key`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
     /// With `--listen`: the tokens file (as `ahv serve --tokens`). Without
@@ -90,12 +90,21 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
             "--tls-cert and --tls-key need --listen (standard input and output have no TLS)",
         ));
     }
-    let tls = args.tls.config()?;
+    let tls = args.tls.config("mcp")?;
     let tokens = match args.listen {
         Some(_) => Some(crate::serve_cmd::load_tokens(
             "mcp",
             args.tokens.as_deref(),
         )?),
+        None => None,
+    };
+    // Bound before anything is created, so a busy port leaves nothing behind.
+    let listener = match args.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
         None => None,
     };
     std::fs::create_dir_all(&args.state_dir)
@@ -109,6 +118,49 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
     let session = hv
         .create_session(SessionConfig::default(), creator)
         .map_err(|e| Failure::Setup(e.into()))?;
+    let served = serve_session(&hv, &session, agents, listener, tokens, tls, &args).await;
+    // Whatever happened, the session is sealed and the head signed.
+    errln!("sealing session {session}");
+    let hv2 = hv.clone();
+    let sealed = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        terminate_if_live(&hv2, &session)?;
+        hv2.shutdown()?;
+        Ok(())
+    })
+    .await
+    .context("stopping")
+    .and_then(|r| r.context("sealing the audit log"));
+    let exit = served?;
+    sealed?;
+    Ok(exit)
+}
+
+/// Terminates `session` unless it already is (the grace period's end may
+/// have done it).
+fn terminate_if_live(
+    hv: &ahv_hypervisor::Hypervisor,
+    session: &ahv_core::SessionId,
+) -> anyhow::Result<()> {
+    let live = hv
+        .session(session)
+        .is_ok_and(|i| i.state != ahv_governance::session::SessionState::Archived);
+    if live {
+        hv.terminate_session(session)?;
+    }
+    Ok(())
+}
+
+/// Joins the agents to `session`, activates it, and serves it until the
+/// client leaves (stdio) or a signal comes (HTTP).
+async fn serve_session(
+    hv: &Arc<ahv_hypervisor::Hypervisor>,
+    session: &ahv_core::SessionId,
+    agents: Vec<(AgentId, PathBuf, f64)>,
+    listener: Option<tokio::net::TcpListener>,
+    tokens: Option<(ahv_api::auth::Tokens, Option<String>)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    args: &McpArgs,
+) -> Result<Exit, Failure> {
     for (id, path, sigma) in agents {
         let bytes = read_component(&path)?;
         let component = hv
@@ -116,7 +168,7 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
             .map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))?;
         match hv
             .join_session(
-                &session,
+                session,
                 JoinRequest::new(id.clone(), sigma).component(component),
             )
             .await
@@ -130,29 +182,39 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
             Err(e) => return Err(Failure::Setup(anyhow::anyhow!("agent {id}: {e}"))),
         }
     }
-    hv.activate_session(&session)
+    hv.activate_session(session)
         .map_err(|e| Failure::Setup(e.into()))?;
-    match (args.listen, tokens) {
-        (Some(addr), Some((tokens, own_token))) => {
+    match (listener, tokens) {
+        (Some(listener), Some((tokens, own_token))) => {
             let limits = ahv_api::ApiLimits {
                 requests_per_second: args.rate,
                 burst: (args.rate * 2.0).max(1.0),
                 ..ahv_api::ApiLimits::default()
             };
             let api = ahv_api::Api::new(hv.clone(), tokens, limits);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
             let bound = listener.local_addr().context("reading the bound address")?;
             if let Some(token) = own_token {
                 crate::serve_cmd::write_own_token(&args.state_dir.join("mcp.token"), &token)?;
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
             errln!("serving session {session} over MCP at {scheme}://{bound}/mcp");
-            crate::serve_cmd::serve_on(listener, tls, api.mcp_router(session.clone()), async {
-                crate::serve_cmd::stop_signal().await;
-                errln!("stopping on a signal");
-            })
+            let (hv3, s3) = (hv.clone(), session.clone());
+            let grace = crate::serve_cmd::GRACE;
+            crate::serve_cmd::serve_on(
+                listener,
+                tls,
+                api.mcp_router(session.clone()),
+                async move {
+                    crate::serve_cmd::stop_signal().await;
+                    errln!("stopping: finishing the calls in flight (at most {grace:?})");
+                    // Calls still running then are stopped: the session ends.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        let _ =
+                            tokio::task::spawn_blocking(move || terminate_if_live(&hv3, &s3)).await;
+                    });
+                },
+            )
             .await
             .context("serving")?;
         }
@@ -172,15 +234,5 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
             }
         }
     }
-    errln!("sealing session {session}");
-    let hv2 = hv.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        hv2.terminate_session(&session)?;
-        hv2.shutdown()?;
-        Ok(())
-    })
-    .await
-    .context("stopping")?
-    .context("sealing the audit log")?;
     Ok(Exit::Ok)
 }

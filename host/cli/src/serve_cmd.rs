@@ -56,7 +56,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let (tokens, own_token) = load_tokens("serve", args.tokens.as_deref())?;
-    let tls = args.tls.config()?;
+    let tls = args.tls.config("serve")?;
     let hv = Arc::new(crate::saga_cmd::open(
         &args.state_dir,
         Some(&args.cache),
@@ -129,11 +129,14 @@ impl TlsArgs {
 
     /// The server configuration, loaded now so that a bad file stops the
     /// server before it listens.
-    pub(crate) fn config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, Failure> {
+    pub(crate) fn config(
+        &self,
+        command: &str,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, Failure> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => ahv_api::tls::server_config(cert, key)
                 .map(Some)
-                .map_err(|e| Failure::usage("serve", e)),
+                .map_err(|e| Failure::usage(command, e)),
             _ => Ok(None),
         }
     }
@@ -208,7 +211,7 @@ pub(crate) fn write_own_token(path: &std::path::Path, token: &str) -> Result<(),
 
 /// How long a stopping server lets requests in flight finish before it
 /// terminates the sessions their agents run in.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Terminates every live session (their agents stop; their audit logs are sealed).
 fn terminate_all(hv: &ahv_hypervisor::Hypervisor) {
