@@ -18,6 +18,7 @@ pub struct ScoreError {
 ///
 /// # Errors
 /// [`ScoreError`] for NaN, infinities and values outside [0, 1].
+#[inline]
 pub fn check_score(field: &'static str, value: f64) -> Result<f64, ScoreError> {
     if value.is_finite() && (0.0..=1.0).contains(&value) {
         Ok(value)
@@ -32,6 +33,7 @@ pub fn check_score(field: &'static str, value: f64) -> Result<f64, ScoreError> {
 ///
 /// # Errors
 /// [`ScoreError`] if `eff` is not a score.
+#[inline]
 pub fn ring_for_score(eff: f64, consensus: bool) -> Result<Ring, ScoreError> {
     let eff = check_score("eff", eff)?;
     Ok(if eff > 0.95 && consensus {

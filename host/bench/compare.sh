@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the Python reference's published scenarios (PyPI agent-hypervisor 3.7.0, in a
+# virtualenv under target/) and the matching criterion benches in one run, then prints the
+# table of medians, baselines and ratios (host/bench/table.py).
+#
+#   host/bench/compare.sh [--readme] [--quick]
+#
+# --readme rewrites the README's performance table with this run's figures; --quick runs a
+# tenth of the reference's calls and shorter criterion measurements (for checking the
+# script, not for figures).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+readme=""
+quick=""
+for arg in "$@"; do
+  case "$arg" in
+    --readme) readme=1 ;;
+    --quick) quick=1 ;;
+    *) echo "usage: host/bench/compare.sh [--readme] [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+out=target/bench
+mkdir -p "$out"
+venv=target/bench-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check agent-hypervisor==3.7.0 jsonschema
+
+scale=1
+measure=(--warm-up-time 2 --measurement-time 5)
+if [ -n "$quick" ]; then
+  scale=0.1
+  measure=(--warm-up-time 1 --measurement-time 1)
+fi
+
+echo "== the Python reference"
+"$venv/bin/python" host/bench/reference.py --json "$out/reference.json" --scale "$scale"
+
+echo "== our benches (criterion; the same groups the table reads)"
+# One feature resolution for every bench, so they share one build. ahv-governance is left
+# out: its tests pause tokio's clock, and the `test-util` feature that needs (a dev-dependency,
+# so only when its tests or benches are built) makes every read of tokio's clock take a lock
+# — instantiate + call measured 2.2x raw wasmtime with it, 1.2x without. Its lock bench runs
+# on its own: cargo bench -p ahv-governance --bench locks.
+env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance \
+  --bench core --bench audit --bench session --bench saga --bench runtime -- "${measure[@]}" \
+  '^(ring_computation/ring_for_score|delta_capture/auditor|session_lifecycle/(unaudited|audited|audited_incl_disk)|join_wasm/(pinger|raw_instantiate)|vfs_1k/(guest_write_read|native_atomic)|full_pipeline/(no_wasm|unaudited|floor_unaudited_plus_hashing|wasm|wasm_unaudited)|saga_3_steps/(wasm|floor_three_calls)|instantiate_call/(governed|raw_wasmtime)|hostcall/(governed|raw)_x1000)$'
+
+echo "== side by side"
+args=("$out/reference.json" target/criterion)
+if [ -n "$readme" ]; then
+  args+=(--readme README.md --date "$(date -u +%Y-%m-%d)")
+fi
+python3 host/bench/table.py "${args[@]}"
