@@ -16,9 +16,9 @@
 //!   on the same live instance, without a saga (no engine, no records, no
 //!   events).
 //!
-//! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench saga`.
-//! The Python reference, same machine: `python3 ../shared/peer/peer_bench.py
-//! --only saga_3_steps` (outside the repository; see the README's "Performance").
+//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance --bench saga`
+//! (the form every bench shares a build with; see the README's "Performance").
+//! Beside the Python reference's `saga_3_steps`, same run: `host/bench/compare.sh`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -44,7 +44,8 @@
 //!   with free calls (`ring`), so the difference is the elevation work. Rate
 //!   limits are on, with change budgets that never run out.
 //!
-//! Run: `env -u RUST_BACKTRACE cargo bench -p ahv-hypervisor --bench session`.
+//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance --bench session`
+//! (beside the Python reference: `host/bench/compare.sh`).
 //!
 //! `elevation/*` medians (2 shared vCPUs, load ~4; `... --bench session --
 //! '^elevation/' --warm-up-time 1 --measurement-time 3`): `request` 12.3 µs

@@ -21,8 +21,9 @@
 //!   `spinner` in a tight loop with a 1 ms epoch tick. Criterion reports the
 //!   mean; p50/p99 of 200 samples are printed to stderr.
 //!
-//! Run: `cargo bench -p ahv-runtime --bench runtime` (unset RUST_BACKTRACE:
-//! it makes every trap capture a host backtrace).
+//! Run: `cargo bench --workspace --exclude ahv-governance --bench runtime`
+//! (the form every bench shares a build with; unset RUST_BACKTRACE: it makes
+//! every trap capture a host backtrace).
 //!
 //! Figures (medians; 2 shared vCPUs with a load average of ~4, so ±30%
 //! between runs), from
