@@ -6,6 +6,7 @@ from host/bench/reference.py — and the ratio. With --readme FILE, the table al
 the block between the `perf-table` markers in FILE.
 
 Usage: table.py REFERENCE.json CRITERION_DIR [--readme README.md] [--date YYYY-MM-DD]
+       table.py --list     (the criterion benches and reference scenarios the table reads)
 """
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ def table(reference: dict, criterion: pathlib.Path) -> tuple[str, list[str]]:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--list"]:
+        ids = sorted({i for row in ROWS for i in (row[1], row[3])})
+        print("\n".join(ids))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reference")
     p.add_argument("criterion")

@@ -2143,3 +2143,117 @@ fn ahv_serve_speaks_tls_with_a_given_certificate_and_the_cli_trusts_it_by_cacert
     assert_eq!(r.code(), code(Exit::Usage), "{r:?}");
     assert!(r.stderr.contains("key.pem"), "{r:?}");
 }
+
+#[test]
+fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let table = root.join("host/bench/table.py");
+    let list = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&table).arg("--list");
+            c
+        },
+        b"",
+    );
+    assert_eq!(list.code(), 0, "{list:?}");
+    // Every bench the table reads is one the repository has, and every
+    // reference scenario one host/bench/reference.py times.
+    let benches: Vec<String> = std::fs::read_dir(root.join("host"))
+        .unwrap()
+        .filter_map(|d| std::fs::read_dir(d.unwrap().path().join("benches")).ok())
+        .flatten()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    let reference = std::fs::read_to_string(root.join("host/bench/reference.py")).unwrap();
+    let ids: Vec<&str> = list.stdout.lines().collect();
+    assert!(ids.len() > 10, "{ids:?}");
+    for id in &ids {
+        if let Some(scenario) = id.strip_prefix("ref:") {
+            assert!(
+                reference.contains(&format!("def {scenario}(")),
+                "table.py reads reference scenario {scenario}, which reference.py does not time"
+            );
+            continue;
+        }
+        let (group, function) = id.split_once('/').unwrap();
+        assert!(
+            benches.iter().any(|src| {
+                src.contains(&format!("benchmark_group(\"{group}\")"))
+                    && src.contains(&format!("\"{function}\""))
+            }),
+            "table.py reads bench {id}, which no bench under host/*/benches defines"
+        );
+    }
+    // With a figure for each, it prints the ratios and rewrites the block.
+    let tmp = tempfile::tempdir().unwrap();
+    let criterion = tmp.path().join("criterion");
+    for id in ids.iter().filter(|i| !i.starts_with("ref:")) {
+        let dir = id
+            .split('/')
+            .fold(criterion.clone(), |d, part| d.join(part))
+            .join("new");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Ours are the floors' figure doubled: every same-run ratio is 2.
+        let ns = if id.contains("raw")
+            || id.contains("floor")
+            || id.ends_with("unaudited")
+            || id.ends_with("native_atomic")
+        {
+            1000.0
+        } else {
+            2000.0
+        };
+        std::fs::write(
+            dir.join("estimates.json"),
+            format!("{{\"median\": {{\"point_estimate\": {ns}}}}}"),
+        )
+        .unwrap();
+    }
+    let reference_json = tmp.path().join("reference.json");
+    let scenarios: Vec<String> = ids
+        .iter()
+        .filter_map(|i| i.strip_prefix("ref:"))
+        .map(|s| format!("{{\"scenario\": \"{s}\", \"p50_us\": 8.0}}"))
+        .collect();
+    std::fs::write(&reference_json, format!("[{}]", scenarios.join(","))).unwrap();
+    let readme = tmp.path().join("README.md");
+    std::fs::write(
+        &readme,
+        "# x\n\n<!-- perf-table: old -->\nstale\n<!-- perf-table: end -->\n\nafter\n",
+    )
+    .unwrap();
+    let r = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&table)
+                .arg(&reference_json)
+                .arg(&criterion)
+                .arg("--readme")
+                .arg(&readme);
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stdout.contains("| 2.00× |"), "{r:?}");
+    assert!(r.stdout.contains("4.0× faster"), "{r:?}");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    assert!(!text.contains("stale"), "{text}");
+    assert!(
+        text.contains("| Scenario |") && text.ends_with("<!-- perf-table: end -->\n\nafter\n"),
+        "{text}"
+    );
+    // A missing figure is an error, not a blank row in the README.
+    std::fs::remove_dir_all(criterion.join("hostcall")).unwrap();
+    let r = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&table).arg(&reference_json).arg(&criterion);
+            c
+        },
+        b"",
+    );
+    assert_ne!(r.code(), 0, "{r:?}");
+    assert!(r.stderr.contains("hostcall/governed_x1000"), "{r:?}");
+}
