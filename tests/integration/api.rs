@@ -150,6 +150,11 @@ impl Answer {
         assert!((200..300).contains(&self.status), "{self:#?}");
         &self.body
     }
+
+    /// The `id` of a successful answer (an uploaded component, a new session).
+    fn id(&self) -> String {
+        self.ok()["id"].as_str().unwrap().to_string()
+    }
 }
 
 impl Server {
@@ -305,6 +310,23 @@ impl Server {
             Some(wasm.to_vec()),
             "application/wasm",
         )
+    }
+
+    /// A new active session created by `creator`'s caller, with each
+    /// `(agent, component id, σ, token of who joins it)` joined.
+    fn live_session(&self, creator: &str, joins: &[(&str, &str, f64, &str)]) -> String {
+        let id = self.post("/v1/sessions", creator, json!({})).id();
+        for &(agent, component, sigma, token) in joins {
+            self.post(
+                &format!("/v1/sessions/{id}/agents"),
+                token,
+                json!({"agent": agent, "sigma": sigma, "component": component}),
+            )
+            .ok();
+        }
+        self.post(&format!("/v1/sessions/{id}/activate"), creator, json!(null))
+            .ok();
+        id
     }
 
     /// A new active session created by `token`'s caller, with `did:ex:writer`
@@ -1942,32 +1964,16 @@ fn mcp_text(r: &rmcp::model::CallToolResult) -> String {
 fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
     let s = server();
     // op1's session: two of its agents, and one of another team an admin joined.
-    let hello = s.upload(OP1, ahv_agents::HELLO).ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let notes = s.upload(OP1, ahv_agents::NOTE_TAKER).ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id = s.post("/v1/sessions", OP1, json!({})).ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for (agent, component, token) in [
-        ("did:ex:hello", &hello, OP1),
-        ("did:ex:low", &notes, OP1),
-        ("acme:tool", &hello, ADMIN),
-    ] {
-        s.post(
-            &format!("/v1/sessions/{id}/agents"),
-            token,
-            json!({"agent": agent, "sigma": 0.5, "component": component}),
-        )
-        .ok();
-    }
-    s.post(&format!("/v1/sessions/{id}/activate"), OP1, json!(null))
-        .ok();
+    let hello = s.upload(OP1, ahv_agents::HELLO).id();
+    let notes = s.upload(OP1, ahv_agents::NOTE_TAKER).id();
+    let id = s.live_session(
+        OP1,
+        &[
+            ("did:ex:hello", &hello, 0.5, OP1),
+            ("did:ex:low", &notes, 0.5, OP1),
+            ("acme:tool", &hello, 0.5, ADMIN),
+        ],
+    );
     let url = format!("{}/v1/sessions/{id}/mcp", s.base);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let mut admin_trace = None;
@@ -2117,23 +2123,9 @@ fn an_mcp_client_calls_a_sessions_agents_over_http_by_the_callers_rules() {
 #[test]
 fn an_mcp_call_whose_client_goes_away_is_stopped_and_frees_its_agent() {
     let s = server();
-    let sleeper = s.upload(ADMIN, ahv_agents::SLEEPER).ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id = s.post("/v1/sessions", ADMIN, json!({})).ok()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sleeper = s.upload(ADMIN, ahv_agents::SLEEPER).id();
     // Ring 2: a call may take 30 s before its deadline stops it.
-    s.post(
-        &format!("/v1/sessions/{id}/agents"),
-        ADMIN,
-        json!({"agent": "did:ex:sleeper", "sigma": 0.8, "component": sleeper}),
-    )
-    .ok();
-    s.post(&format!("/v1/sessions/{id}/activate"), ADMIN, json!(null))
-        .ok();
+    let id = s.live_session(ADMIN, &[("did:ex:sleeper", &sleeper, 0.8, ADMIN)]);
     let tool = ahv_api::mcp::tool_name(&ahv_core::AgentId::new("did:ex:sleeper").unwrap());
     let url = format!("{}/v1/sessions/{id}/mcp", s.base);
     let rt = s.rt.as_ref().unwrap();

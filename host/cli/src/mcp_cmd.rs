@@ -123,7 +123,7 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
     errln!("sealing session {session}");
     let hv2 = hv.clone();
     let sealed = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        terminate_if_live(&hv2, &session)?;
+        crate::serve_cmd::terminate_if_live(&hv2, &session)?;
         hv2.shutdown()?;
         Ok(())
     })
@@ -133,21 +133,6 @@ pub(crate) async fn mcp(args: McpArgs) -> Result<Exit, Failure> {
     let exit = served?;
     sealed?;
     Ok(exit)
-}
-
-/// Terminates `session` unless it already is (the grace period's end may
-/// have done it).
-fn terminate_if_live(
-    hv: &ahv_hypervisor::Hypervisor,
-    session: &ahv_core::SessionId,
-) -> anyhow::Result<()> {
-    let live = hv
-        .session(session)
-        .is_ok_and(|i| i.state != ahv_governance::session::SessionState::Archived);
-    if live {
-        hv.terminate_session(session)?;
-    }
-    Ok(())
 }
 
 /// Joins the agents to `session`, activates it, and serves it until the
@@ -210,8 +195,10 @@ async fn serve_session(
                     // Calls still running then are stopped: the session ends.
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
-                        let _ =
-                            tokio::task::spawn_blocking(move || terminate_if_live(&hv3, &s3)).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::serve_cmd::terminate_if_live(&hv3, &s3)
+                        })
+                        .await;
                     });
                 },
             )

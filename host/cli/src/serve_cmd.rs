@@ -216,12 +216,25 @@ pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_secs(10)
 /// Terminates every live session (their agents stop; their audit logs are sealed).
 fn terminate_all(hv: &ahv_hypervisor::Hypervisor) {
     for s in hv.sessions() {
-        if s.state != ahv_governance::session::SessionState::Archived
-            && let Err(e) = hv.terminate_session(&s.id)
-        {
+        if let Err(e) = terminate_if_live(hv, &s.id) {
             errln!("stopping: terminating session {}: {e}", s.id);
         }
     }
+}
+
+/// Terminates `session` unless it is archived already (a grace period's end,
+/// or another stop path, may have done it).
+pub(crate) fn terminate_if_live(
+    hv: &ahv_hypervisor::Hypervisor,
+    session: &ahv_core::SessionId,
+) -> anyhow::Result<()> {
+    let live = hv
+        .session(session)
+        .is_ok_and(|i| i.state != ahv_governance::session::SessionState::Archived);
+    if live {
+        hv.terminate_session(session)?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn stop_signal() {
