@@ -2,14 +2,21 @@
 //! spin, and how late a 1 ms timer task on the same runtime wakes.
 //!
 //! Every agent spins in a tight loop (`spinner`); the epoch ticker makes each
-//! one yield to tokio once per tick (1 ms), so no agent holds a worker thread
-//! longer than a tick. Agents are then killed one at a time; the latency is
-//! from `KillHandle::kill` until that agent's `run` has returned its
-//! `Killed` trap to the task that awaited it.
+//! one yield once per tick (1 ms) and wait for its next turn (see
+//! `RuntimeBuilder::guest_turns`), so no agent holds a worker thread longer
+//! than a tick. Agents are then killed one at a time, and the probe reports
+//! the two promises a kill makes:
+//! (a) guest code stops: from `KillHandle::kill` until the agent's guest code
+//!     stopped (`KillHandle::stopped_after`: zero when it was waiting for a
+//!     turn, else the time to its next epoch check);
+//! (b) the caller hears of it: from `KillHandle::kill` until that agent's
+//!     `run` has returned its `Killed` trap to the task that awaited it.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo run --release -p ahv-runtime --example
-//! spin_probe -- [AGENTS] [WORKERS]` (defaults 100 and 2; WORKERS 0 means a
-//! current-thread runtime, as `#[tokio::test]` uses).
+//! spin_probe -- [AGENTS] [WORKERS] [KILLS]` (defaults 100, 2 and 100;
+//! WORKERS 0 means a current-thread runtime, as `#[tokio::test]` uses). The
+//! first KILLS agents are killed and measured one by one, 5 ms apart, while
+//! the others keep spinning; the rest are killed at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +44,7 @@ fn report(what: &str, mut v: Vec<Duration>) {
     );
 }
 
-async fn probe(agents: usize) -> anyhow::Result<()> {
+async fn probe(agents: usize, kills_measured: usize) -> anyhow::Result<()> {
     let mut limits = RingLimits::default_for(Ring::Sandbox);
     limits.fuel_per_call = u64::MAX / 2;
     limits.deadline = Duration::from_secs(120);
@@ -88,7 +95,8 @@ async fn probe(agents: usize) -> anyhow::Result<()> {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::new();
-    for (i, kill) in kills.iter().enumerate() {
+    let mut stops = Vec::new();
+    for (i, kill) in kills.iter().enumerate().take(kills_measured) {
         let at = Instant::now();
         kill.kill("probe");
         let (who, when, killed) = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
@@ -100,12 +108,28 @@ async fn probe(agents: usize) -> anyhow::Result<()> {
             "agent {who} ended, not by the kill of {i}"
         );
         latencies.push(when.saturating_duration_since(at));
+        stops.push(kill.stopped_after().ok_or_else(|| {
+            anyhow::anyhow!("agent {i} returned its trap but has no stop time")
+        })?);
         // Give the others time to run between kills.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    for kill in kills.iter().skip(kills_measured) {
+        kill.kill("probe over");
+    }
+    for _ in kills_measured.min(agents)..agents {
+        tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("the unmeasured agents did not stop within 10 s"))?;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let late = ticker.await?;
-    report(&format!("kill latency with {agents} spinning"), latencies);
+    let running = stops.iter().filter(|d| !d.is_zero()).count();
+    report(
+        &format!("(a) kill -> guest code stopped, {running} of them running at the kill"),
+        stops,
+    );
+    report(&format!("(b) kill -> trap at the caller with {agents} spinning"), latencies);
     report("1 ms timer lateness on the same runtime", late);
     Ok(())
 }
@@ -114,6 +138,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let agents: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let workers: usize = args.next().map_or(Ok(2), |a| a.parse())?;
+    let kills: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let rt = if workers == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -132,5 +157,5 @@ fn main() -> anyhow::Result<()> {
             format!("{workers} worker threads")
         }
     );
-    rt.block_on(probe(agents))
+    rt.block_on(probe(agents, kills.min(agents)))
 }

@@ -21,6 +21,7 @@ use crate::gate::GateInit;
 use crate::runtime::Runtime;
 use crate::state::{AgentState, KillHandle, LogLine, StateInit};
 use crate::trap::{DeadlineExceeded, TrapCause};
+use crate::turns::Turns;
 
 /// Largest input accepted by [`Agent::run`] (and by a saga step: its
 /// input, output and step ids together), in bytes.
@@ -299,7 +300,11 @@ impl Agent {
         spec: AgentSpec,
     ) -> Result<Agent, AgentError> {
         runtime.check_strict(&component, spec.standing.base())?;
-        let kill = KillHandle::new(runtime.engine().clone(), spec.standing.clone());
+        let kill = KillHandle::new(
+            runtime.engine().clone(),
+            spec.standing.clone(),
+            Some(runtime.inner.metrics.clone()),
+        );
         let mut agent = Agent {
             runtime,
             component,
@@ -437,8 +442,8 @@ impl Agent {
         store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
-            if let Some(killed) = s.gate.kill.killed() {
-                return Err(wasmtime::Error::new(killed));
+            if s.gate.kill.is_killed() {
+                return Err(wasmtime::Error::new(s.gate.kill.stop()));
             }
             if Instant::now() >= s.gate.call_deadline {
                 return Err(wasmtime::Error::new(DeadlineExceeded {
@@ -517,6 +522,7 @@ impl Agent {
                     pre.instance_pre().instantiate_async(&mut store),
                     self.runtime.policy().limits(ring).deadline,
                     &self.kill,
+                    &self.runtime.inner.turns,
                 )
                 .await
             }
@@ -704,8 +710,14 @@ impl Agent {
         let result = match armed {
             Ok((trace, _)) => {
                 scope.trace = trace;
-                enter(&mut live, entry, deadline, &self.kill)
-                    .await
+                enter(
+                    &mut live,
+                    entry,
+                    deadline,
+                    &self.kill,
+                    &self.runtime.inner.turns,
+                )
+                .await
                     .and_then(|r| answer(r, limits.result_bytes))
                     .map(|r| (trace, r))
             }
@@ -754,15 +766,16 @@ async fn enter(
     entry: Entry<'_>,
     deadline: Duration,
     kill: &KillHandle,
+    turns: &Turns,
 ) -> wasmtime::Result<Result<String, String>> {
     let store = &mut live.store;
     match (entry, &live.saga) {
         (Entry::Run { input }, _) => {
             let call = live.run.call_async(store, (input.to_string(),));
-            guarded(call, deadline, kill).await.map(|(r,)| r)
+            guarded(call, deadline, kill, turns).await.map(|(r,)| r)
         }
         (Entry::Execute { step, input }, Some(saga)) => {
-            guarded(saga.call_execute(store, step, input), deadline, kill).await
+            guarded(saga.call_execute(store, step, input), deadline, kill, turns).await
         }
         (
             Entry::Compensate {
@@ -775,6 +788,7 @@ async fn enter(
             saga.call_compensate(store, step, input, output),
             deadline,
             kill,
+            turns,
         )
         .await
         .map(|r| r.map(|()| String::new())),
@@ -842,30 +856,39 @@ impl Drop for CallScope {
 /// a call running wasm code is stopped by the epoch callback at the deadline itself.
 const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 
-/// Runs a call into the guest so that neither its deadline nor the kill switch
-/// can be escaped by waiting inside an async host function (e.g. a WASI sleep
-/// or poll), where epoch interruption does not reach. Dropping the future
-/// cancels the call; the caller then drops the instance.
+/// Runs a call into the guest on the runtime's turns (see `crate::turns`) so
+/// that neither its deadline nor the kill switch can be escaped by waiting
+/// inside an async host function (e.g. a WASI sleep or poll), where epoch
+/// interruption does not reach, or by waiting for a turn. Dropping the
+/// future cancels the call; the caller then drops the instance.
 async fn guarded<T>(
     call: impl Future<Output = wasmtime::Result<T>>,
     deadline: Duration,
     kill: &KillHandle,
+    turns: &Turns,
 ) -> wasmtime::Result<T> {
     let cutoff = tokio::time::Instant::now() + deadline + DEADLINE_GRACE;
-    let mut call = std::pin::pin!(call);
-    // Most calls finish without ever waiting in the host: poll once before
-    // paying for a timer and a kill subscription.
-    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-        return r;
-    }
-    tokio::select! {
-        r = call => r,
-        () = tokio::time::sleep_until(cutoff) => {
-            Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
+    let call = std::pin::pin!(call);
+    let mut call = std::pin::pin!(turns.run(call, kill));
+    let result = async {
+        // Most calls finish without ever waiting in the host: poll once before
+        // paying for a timer and a kill subscription.
+        if let Poll::Ready(r) =
+            std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
+        {
+            return r;
         }
-        () = kill.cancelled() => {
-            let killed = kill.killed().unwrap_or_else(|| crate::trap::Killed { reason: String::new() });
-            Err(wasmtime::Error::new(killed))
+        tokio::select! {
+            // A kill wins over a guest that is ready to run again.
+            biased;
+            () = kill.cancelled() => Err(wasmtime::Error::new(kill.stop())),
+            r = call => r,
+            () = tokio::time::sleep_until(cutoff) => {
+                Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
+            }
         }
     }
+    .await;
+    kill.call_ended();
+    result
 }

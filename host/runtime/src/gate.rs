@@ -3,7 +3,7 @@
 //!
 //! It decides, in this order, from the caller's standing *now* (not from the
 //! ring its instance was built in):
-//! 1. killed? — the call traps with [`Killed`];
+//! 1. killed? — the call traps with [`Killed`](crate::trap::Killed);
 //! 2. quarantined? — every capability but `context` and `log` refuses with
 //!    the WIT error `quarantined` (a value the guest can handle);
 //! 3. is the capability inside the *effective* ring (an elevation counts, a
@@ -28,7 +28,7 @@ use ahv_governance::files::Caller;
 use crate::adapters::HostError;
 use crate::bindings::WitError;
 use crate::state::KillHandle;
-use crate::trap::{BreachRecorder, Killed, RingBreach};
+use crate::trap::{BreachRecorder, RingBreach};
 
 /// A rate budget for one (agent, session): the gate asks it before every
 /// metered call (see `crate::rate` for the token buckets behind it).
@@ -435,9 +435,7 @@ impl Gate {
     }
 
     fn killed(&self) -> wasmtime::Error {
-        wasmtime::Error::new(self.kill.killed().unwrap_or(Killed {
-            reason: "killed".into(),
-        }))
+        wasmtime::Error::new(self.kill.stop())
     }
 
     /// Records a breach, then returns the trap that carries it.

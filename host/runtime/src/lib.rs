@@ -54,6 +54,7 @@ pub mod runtime;
 pub mod state;
 pub mod trace_context;
 pub mod trap;
+mod turns;
 
 pub use agent::{AfterTrap, Agent, AgentError, AgentSpec, MAX_INPUT_BYTES, RunOutput, StepCall};
 pub use component::{AgentComponent, Import, ImportKind, LoadError, Manifest, SAGA_PARTICIPANT};

@@ -83,6 +83,8 @@ pub struct RuntimeMetrics {
     instantiate: Histogram,
     run: Histogram,
     saga_step: Histogram,
+    kill_stopped: Histogram,
+    kill_delivered: Histogram,
 }
 
 impl std::fmt::Debug for RuntimeMetrics {
@@ -163,6 +165,18 @@ impl RuntimeMetrics {
             "Time to create an agent's store and instance",
             instantiate.clone(),
         );
+        let kill_stopped = latency();
+        let kill_delivered = latency();
+        registry.register(
+            "kill_guest_stop_seconds",
+            "Time from a kill until the agent's guest code stopped (zero when it was not running)",
+            kill_stopped.clone(),
+        );
+        registry.register(
+            "kill_delivery_seconds",
+            "Time from a kill until the interrupted call ended with the Killed trap",
+            kill_delivered.clone(),
+        );
         registry.register(
             "call_seconds",
             "Time of a call into an agent, by export",
@@ -177,6 +191,8 @@ impl RuntimeMetrics {
             instantiate,
             run,
             saga_step,
+            kill_stopped,
+            kill_delivered,
         }
     }
 
@@ -241,6 +257,16 @@ impl RuntimeMetrics {
     /// Records how long a call of `run` took.
     pub(crate) fn ran(&self, took: Duration) {
         self.run.observe(took.as_secs_f64());
+    }
+
+    /// Records how long after a kill the agent's guest code stopped.
+    pub(crate) fn kill_stopped(&self, took: Duration) {
+        self.kill_stopped.observe(took.as_secs_f64());
+    }
+
+    /// Records how long after a kill the interrupted call ended.
+    pub(crate) fn kill_delivered(&self, took: Duration) {
+        self.kill_delivered.observe(took.as_secs_f64());
     }
 
     /// Records how long a saga hook call took.

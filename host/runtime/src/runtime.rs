@@ -81,6 +81,7 @@ pub struct RuntimeBuilder {
     governor: Arc<dyn Governor>,
     rate: Option<Arc<dyn RateSource>>,
     tick_clocks: Vec<TickClock>,
+    guest_turns: Option<usize>,
 }
 
 impl Default for RuntimeBuilder {
@@ -95,6 +96,7 @@ impl Default for RuntimeBuilder {
             governor: Arc::new(NoGovernor),
             rate: None,
             tick_clocks: Vec::new(),
+            guest_turns: None,
         }
     }
 }
@@ -157,6 +159,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How many guests may run wasm at the same moment (default: the
+    /// machine's available parallelism). A guest call holds a turn only
+    /// while it is polled; a guest that yields at an epoch tick waits for its
+    /// next turn in a FIFO queue outside the async runtime's run queue, so a
+    /// killed agent's caller, a timer or a request handler never queues
+    /// behind every spinning agent. Calls an agent makes from inside its own
+    /// host calls (children it runs) share its turn.
+    pub fn guest_turns(mut self, n: usize) -> Self {
+        self.guest_turns = Some(n);
+        self
+    }
+
     /// Builds the engine, the linkers and starts the epoch ticker.
     ///
     /// # Errors
@@ -168,6 +182,15 @@ impl RuntimeBuilder {
                 message: "must be in (0, 1 s]".into(),
             });
         }
+        if self.guest_turns == Some(0) {
+            return Err(BuildError::Setting {
+                setting: "guest_turns",
+                message: "must be at least 1".into(),
+            });
+        }
+        let turns = self.guest_turns.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
         if self.max_instances == 0 {
             return Err(BuildError::Setting {
                 setting: "max_instances",
@@ -219,6 +242,7 @@ impl RuntimeBuilder {
                 trace_seed: RandomState::new().hash_one(0u64),
                 trace_counter: AtomicU64::new(0),
                 metrics: Arc::new(crate::metrics::RuntimeMetrics::new()),
+                turns: crate::turns::Turns::new(turns),
                 stop,
                 ticker: Mutex::new(Some(ticker)),
             }),
@@ -320,6 +344,8 @@ pub(crate) struct RuntimeInner {
     trace_seed: u64,
     trace_counter: AtomicU64,
     pub(crate) metrics: Arc<crate::metrics::RuntimeMetrics>,
+    /// Who may run wasm now ([`RuntimeBuilder::guest_turns`]).
+    pub(crate) turns: crate::turns::Turns,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }

@@ -1,8 +1,8 @@
 //! Per-instance state: what a store carries for one live agent.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ahv_core::standing::Standing;
 use ahv_core::{RingLimits, RingPolicy, TraceId};
@@ -408,6 +408,8 @@ pub struct KillHandle {
     engine: wasmtime::Engine,
     /// Marked killed too, so the gate refuses the agent's host calls at once.
     standing: Arc<Standing>,
+    /// Where kill latencies are recorded (absent for handles made in tests).
+    metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -415,23 +417,36 @@ struct KillState {
     killed: AtomicBool,
     reason: Mutex<Option<String>>,
     /// Wakes a call that is waiting inside an async host function (where
-    /// epoch checks cannot reach it).
+    /// epoch checks cannot reach it) or for its turn.
     notify: tokio::sync::Notify,
+    /// Set while a turn polls the agent's guest (see `crate::turns`).
+    on_turn: AtomicBool,
+    /// When the kill was made.
+    killed_at: OnceLock<Instant>,
+    /// How long after the kill the guest's code stopped.
+    stopped_after: OnceLock<Duration>,
 }
 
 impl KillHandle {
-    pub(crate) fn new(engine: wasmtime::Engine, standing: Arc<Standing>) -> KillHandle {
+    pub(crate) fn new(
+        engine: wasmtime::Engine,
+        standing: Arc<Standing>,
+        metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
+    ) -> KillHandle {
         KillHandle {
             inner: Arc::default(),
             engine,
             standing,
+            metrics,
         }
     }
 
     /// Stops the agent: a running call traps with `Killed` at its next epoch
     /// check (the epoch is bumped at once, so that is within microseconds for
-    /// a busy loop), or is cancelled if it is waiting in a host call (a sleep);
-    /// later calls are refused. Killing twice keeps the first reason.
+    /// a busy loop); a call waiting in a host call (a sleep) or for its turn
+    /// is ended without its guest running again; the gate refuses every host
+    /// call from now on; later calls are refused. Killing twice keeps the
+    /// first reason.
     pub fn kill(&self, reason: impl Into<String>) {
         {
             let mut r = self.inner.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,15 +454,70 @@ impl KillHandle {
                 *r = Some(reason.into());
             }
         }
+        let at = *self.inner.killed_at.get_or_init(Instant::now);
         self.inner.killed.store(true, Ordering::SeqCst);
         self.standing.kill();
         self.engine.increment_epoch();
+        // A guest not on a turn now never runs again: every turn checks the
+        // flag (stored above, sequentially consistent with `on_turn`) before
+        // it resumes the guest.
+        if !self.inner.on_turn.load(Ordering::SeqCst) {
+            self.mark_stopped(at);
+        }
         self.inner.notify.notify_waiters();
     }
 
     /// True once [`KillHandle::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.inner.killed.load(Ordering::SeqCst)
+    }
+
+    /// How long after [`KillHandle::kill`] the agent's guest code stopped:
+    /// zero when no guest code of it was running at the kill (it was
+    /// between turns, waiting in the host, or not called), otherwise the time
+    /// until it trapped (its next epoch check or host call). `None` before a
+    /// kill, or while the guest it interrupted has not stopped yet.
+    pub fn stopped_after(&self) -> Option<Duration> {
+        self.inner.stopped_after.get().copied()
+    }
+
+    fn mark_stopped(&self, at: Instant) {
+        let took = at.saturating_duration_since(self.inner.killed_at.get().copied().unwrap_or(at));
+        if self.inner.stopped_after.set(took).is_ok()
+            && let Some(m) = &self.metrics
+        {
+            m.kill_stopped(took);
+        }
+    }
+
+    /// The guest of a killed agent stops now (it trapped, or a turn refused
+    /// to resume it); returns the trap's cause.
+    pub(crate) fn stop(&self) -> Killed {
+        if self.is_killed() {
+            self.mark_stopped(Instant::now());
+        }
+        self.killed().unwrap_or(Killed {
+            reason: "killed".into(),
+        })
+    }
+
+    /// The call the kill interrupted has ended (however it ended): records
+    /// when its guest stopped if nothing did so yet, and how long the caller
+    /// waited for the trap.
+    pub(crate) fn call_ended(&self) {
+        if !self.is_killed() {
+            return;
+        }
+        let now = Instant::now();
+        self.mark_stopped(now);
+        if let (Some(m), Some(at)) = (&self.metrics, self.inner.killed_at.get()) {
+            m.kill_delivered(now.saturating_duration_since(*at));
+        }
+    }
+
+    /// Marks the start or end of a turn's poll of this agent's guest.
+    pub(crate) fn set_on_turn(&self, on: bool) {
+        self.inner.on_turn.store(on, Ordering::SeqCst);
     }
 
     /// Resolves once the agent is killed.

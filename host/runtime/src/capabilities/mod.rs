@@ -236,7 +236,7 @@ mod gate_tests {
         let sink = breaches.clone();
         let clock = FakeClock::new();
         let standing = Standing::new(ring, Arc::new(clock.clone()));
-        let kill = KillHandle::new(wasmtime::Engine::default(), standing.clone());
+        let kill = KillHandle::new(wasmtime::Engine::default(), standing.clone(), None);
         let (agent, session) = (
             AgentId::new("did:test:a").unwrap(),
             SessionId::new("s1").unwrap(),
