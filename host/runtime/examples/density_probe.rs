@@ -7,14 +7,84 @@
 //! density_probe -- [AGENTS]` (default 10 000). Resident memory is read from
 //! `/proc/self/statm` (Linux) before the first agent and after the last;
 //! 1 000 agents are spawned and dropped first so that allocator arenas and
-//! the component's code are already resident and are not counted.
+//! the component's code are already resident and are not counted. With
+//! `DENSITY_RAW=1` it measures the floor instead: the same number of raw
+//! wasmtime instances of the same component on the same engine (a store
+//! with an empty WASI context, no gate, no limits), each called once. With
+//! `DENSITY_SMAPS=1` it also lists the mappings whose resident size grew the
+//! most (from `/proc/self/smaps`), to see where an agent's memory lives.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ahv_core::{AgentId, Ring};
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_runtime::{AgentSpec, Runtime};
+
+/// The system allocator, counting the bytes and blocks live on the heap.
+/// (The workspace denies `unsafe`; a global allocator cannot be written
+/// without it, and this one only forwards to `System`.)
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` with the same arguments.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Resident kB per mapping (start address and name), from `/proc/self/smaps`.
+fn mappings() -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut out = std::collections::HashMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse()?;
+            *out.entry(current.clone()).or_insert(0) += kb;
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+        {
+            let mut words = line.split_whitespace();
+            let range = words.next().unwrap_or_default();
+            let size = range
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+                })
+                .unwrap_or(0);
+            let name = words.nth(4).unwrap_or("[anon]");
+            current = format!("{range} {name} ({} MiB mapped)", size >> 20);
+        }
+    }
+    Ok(out)
+}
 
 /// Resident bytes of this process.
 fn resident() -> anyhow::Result<u64> {
@@ -26,6 +96,70 @@ fn resident() -> anyhow::Result<u64> {
         .parse()?;
     // The page size of every Linux target this runs on.
     Ok(pages * 4096)
+}
+
+/// A raw wasmtime store's data: WASI and its resource table, nothing else.
+struct RawState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for RawState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A raw instance, kept alive with its store.
+type RawInstance = (wasmtime::Store<RawState>, wasmtime::component::Instance);
+
+async fn raw_many(
+    engine: &wasmtime::Engine,
+    pre: &wasmtime::component::InstancePre<RawState>,
+    n: usize,
+) -> anyhow::Result<Vec<RawInstance>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut store = wasmtime::Store::new(
+            engine,
+            RawState {
+                wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                table: wasmtime::component::ResourceTable::new(),
+            },
+        );
+        store.set_fuel(100_000_000)?;
+        store.set_epoch_deadline(1_000_000);
+        let instance = pre.instantiate_async(&mut store).await?;
+        let run =
+            instance.get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")?;
+        let (answer,) = run.call_async(&mut store, ("",)).await?;
+        anyhow::ensure!(answer.as_deref() == Ok("pong"), "raw answer {answer:?}");
+        out.push((store, instance));
+    }
+    Ok(out)
+}
+
+/// Resident and heap growth per instance while `make` creates `n` of them.
+async fn measure<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    n: usize,
+    make: F,
+) -> anyhow::Result<(T, f64, f64, f64)> {
+    let before = resident()?;
+    let (bytes_before, blocks_before) = (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_BLOCKS.load(Ordering::Relaxed),
+    );
+    let made = make.await?;
+    let per = |a: usize, b: usize| a.saturating_sub(b) as f64 / n as f64;
+    Ok((
+        made,
+        per(resident()? as usize, before as usize),
+        per(LIVE_BYTES.load(Ordering::Relaxed), bytes_before),
+        per(LIVE_BLOCKS.load(Ordering::Relaxed), blocks_before),
+    ))
 }
 
 async fn spawn_many(
@@ -65,12 +199,47 @@ async fn probe(n: usize) -> anyhow::Result<()> {
         VfsLimits::default(),
     ));
     drop(spawn_many(&runtime, &component, &files, n.min(1000), "warm").await?);
+    if std::env::var_os("DENSITY_RAW").is_some() {
+        let engine = runtime.engine().clone();
+        let raw = wasmtime::component::Component::new(&engine, ahv_agents::PINGER)?;
+        let mut linker = wasmtime::component::Linker::<RawState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        linker.define_unknown_imports_as_traps(&raw)?;
+        let pre = linker.instantiate_pre(&raw)?;
+        drop(raw_many(&engine, &pre, n.min(1000)).await?);
+        let (instances, rss, heap, blocks) = measure(n, raw_many(&engine, &pre, n)).await?;
+        println!(
+            "{n} raw wasmtime instances: {:.1} KiB resident per instance, {:.0} per GiB; \
+             live on the heap {:.1} KiB in {blocks:.0} blocks",
+            rss / 1024.0,
+            f64::from(1 << 30) / rss.max(1.0),
+            heap / 1024.0
+        );
+        drop(instances);
+        return Ok(());
+    }
 
+    let smaps = std::env::var_os("DENSITY_SMAPS").is_some();
+    let map_before = if smaps {
+        mappings()?
+    } else {
+        Default::default()
+    };
     let before = resident()?;
+    let (bytes_before, blocks_before) = (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_BLOCKS.load(Ordering::Relaxed),
+    );
     let started = Instant::now();
     let agents = spawn_many(&runtime, &component, &files, n, "").await?;
     let took = started.elapsed();
     let after = resident()?;
+    let heap = LIVE_BYTES
+        .load(Ordering::Relaxed)
+        .saturating_sub(bytes_before);
+    let blocks = LIVE_BLOCKS
+        .load(Ordering::Relaxed)
+        .saturating_sub(blocks_before);
     let per = after.saturating_sub(before) as f64 / n as f64;
     println!(
         "{n} live agents: +{:.1} MiB resident, {:.1} KiB per agent, {:.0} agents per GiB \
@@ -80,14 +249,36 @@ async fn probe(n: usize) -> anyhow::Result<()> {
         f64::from(1 << 30) / per.max(1.0),
         took.as_secs_f64() * 1e6 / n as f64,
     );
+    println!(
+        "  of which live on the heap: {:.1} KiB in {:.0} blocks per agent",
+        heap as f64 / n as f64 / 1024.0,
+        blocks as f64 / n as f64
+    );
+    if smaps {
+        let mut grown: Vec<(u64, String)> = mappings()?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    v.saturating_sub(map_before.get(&k).copied().unwrap_or(0)),
+                    k,
+                )
+            })
+            .filter(|(d, _)| *d > 0)
+            .collect();
+        grown.sort_unstable_by(|a, b| b.cmp(a));
+        for (kb, name) in grown.iter().take(12) {
+            println!(
+                "  +{kb} kB ({:.2} kB per agent) {name}",
+                *kb as f64 / n as f64
+            );
+        }
+    }
     drop(agents);
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let agents: usize = std::env::args()
-        .nth(1)
-        .map_or(Ok(10_000), |a| a.parse())?;
+    let agents: usize = std::env::args().nth(1).map_or(Ok(10_000), |a| a.parse())?;
     anyhow::ensure!(agents > 0, "AGENTS must be at least 1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -74,7 +74,11 @@ async fn probe(agents: usize, kills_measured: usize) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let r = agent.run("").await;
             let killed = matches!(r, Err(ref e) if matches!(e.cause(), Some(TrapCause::Killed(_))));
-            let _ = done.send((i, Instant::now(), killed));
+            let how = match &r {
+                Ok(out) => format!("it returned {:?}", out.result),
+                Err(e) => e.to_string(),
+            };
+            let _ = done.send((i, Instant::now(), killed, how));
         });
     }
 
@@ -99,18 +103,21 @@ async fn probe(agents: usize, kills_measured: usize) -> anyhow::Result<()> {
     for (i, kill) in kills.iter().enumerate().take(kills_measured) {
         let at = Instant::now();
         kill.kill("probe");
-        let (who, when, killed) = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("agent {i} did not stop within 10 s of its kill"))?
-            .ok_or_else(|| anyhow::anyhow!("agent tasks ended early"))?;
+        let (who, when, killed, how) =
+            tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("agent {i} did not stop within 10 s of its kill"))?
+                .ok_or_else(|| anyhow::anyhow!("agent tasks ended early"))?;
         anyhow::ensure!(
             who == i && killed,
-            "agent {who} ended, not by the kill of {i}"
+            "agent {who} ended, not by the kill of {i}: {how}"
         );
         latencies.push(when.saturating_duration_since(at));
-        stops.push(kill.stopped_after().ok_or_else(|| {
-            anyhow::anyhow!("agent {i} returned its trap but has no stop time")
-        })?);
+        stops.push(
+            kill.stopped_after().ok_or_else(|| {
+                anyhow::anyhow!("agent {i} returned its trap but has no stop time")
+            })?,
+        );
         // Give the others time to run between kills.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -129,7 +136,10 @@ async fn probe(agents: usize, kills_measured: usize) -> anyhow::Result<()> {
         &format!("(a) kill -> guest code stopped, {running} of them running at the kill"),
         stops,
     );
-    report(&format!("(b) kill -> trap at the caller with {agents} spinning"), latencies);
+    report(
+        &format!("(b) kill -> trap at the caller with {agents} spinning"),
+        latencies,
+    );
     report("1 ms timer lateness on the same runtime", late);
     Ok(())
 }

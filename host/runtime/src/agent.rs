@@ -450,6 +450,8 @@ impl Agent {
                     deadline: s.gate.deadline,
                 }));
             }
+            // Its next poll waits for a turn (see `crate::turns`).
+            s.gate.kill.mark_spent();
             Ok(UpdateDeadline::Yield(1))
         });
         Ok(store)
@@ -718,8 +720,8 @@ impl Agent {
                     &self.runtime.inner.turns,
                 )
                 .await
-                    .and_then(|r| answer(r, limits.result_bytes))
-                    .map(|r| (trace, r))
+                .and_then(|r| answer(r, limits.result_bytes))
+                .map(|r| (trace, r))
             }
             Err(e) => Err(e),
         };
@@ -873,8 +875,7 @@ async fn guarded<T>(
     let result = async {
         // Most calls finish without ever waiting in the host: poll once before
         // paying for a timer and a kill subscription.
-        if let Poll::Ready(r) =
-            std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
+        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
         {
             return r;
         }

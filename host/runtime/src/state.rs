@@ -421,6 +421,8 @@ struct KillState {
     notify: tokio::sync::Notify,
     /// Set while a turn polls the agent's guest (see `crate::turns`).
     on_turn: AtomicBool,
+    /// Set when the guest yielded at an epoch tick: its next poll waits for a turn.
+    spent: AtomicBool,
     /// When the kill was made.
     killed_at: OnceLock<Instant>,
     /// How long after the kill the guest's code stopped.
@@ -515,7 +517,17 @@ impl KillHandle {
         }
     }
 
-    /// Marks the start or end of a turn's poll of this agent's guest.
+    /// The guest yields at an epoch tick, having used up its slice.
+    pub(crate) fn mark_spent(&self) {
+        self.inner.spent.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the guest yielded at a tick since this was last asked.
+    pub(crate) fn take_spent(&self) -> bool {
+        self.inner.spent.swap(false, Ordering::Relaxed)
+    }
+
+    /// Marks the start or end of a poll of this agent's guest.
     pub(crate) fn set_on_turn(&self, on: bool) {
         self.inner.on_turn.store(on, Ordering::SeqCst);
     }

@@ -8,22 +8,25 @@
 //! handler — would wait behind all of them: with 1,000 spinners on two
 //! worker threads, half a second.
 //!
-//! So a guest runs wasm only while its call holds a *turn*: a permit of one
-//! runtime-wide FIFO semaphore with as many permits as the machine has
-//! threads. A call takes a turn before each poll of the guest and gives it
-//! back as soon as that poll returns — whether the guest yielded at an epoch
-//! tick or waits in an async host function — so a turn is never held across
-//! an await and no two calls can deadlock over turns. A guest that yields and
-//! finds others waiting queues behind them *outside* tokio's run queue,
-//! which therefore holds at most one guest per turn; a kill wakes the parked
-//! call directly, and it is polled within about a tick (the time a worker's
-//! current guest needs to reach its next epoch check).
+//! So a guest that has used up a whole tick (it yielded at an epoch tick)
+//! resumes only on a *turn*: a permit of one runtime-wide FIFO semaphore
+//! with as many permits as the machine has threads. It waits for its turn
+//! *outside* tokio's run queue, which therefore holds at most one spinning
+//! guest per turn; the turn is given back as soon as the poll it was taken
+//! for returns, so a turn is never held across an await and no two calls can
+//! deadlock over turns. A call that has not used up a tick — a new call, or
+//! one resuming after waiting in an async host function — runs at once,
+//! without a turn, as it would without this module; at its first full tick
+//! it queues like the others. A kill wakes a parked call directly, and it is
+//! polled within about a tick (the time a worker's current guest needs to
+//! reach its next epoch check).
 //!
-//! A call made from inside another guest's poll (a parent running its child
-//! through the `spawn` capability) runs on its parent's turn. A killed
-//! agent's call is never given its guest back: once [`KillHandle::kill`] has
-//! returned, a parked guest runs no further instruction, and a running one
-//! traps at its next epoch check (the kill advances the epoch).
+//! A call made from inside another guest's poll on a turn (a parent running
+//! its child through the `spawn` capability) runs on its parent's turn. A
+//! killed agent's call is never given its guest back: once
+//! [`KillHandle::kill`] has returned, a parked guest runs no further
+//! instruction, and a running one traps at its next epoch check (the kill
+//! advances the epoch).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -57,9 +60,10 @@ impl Turns {
         }
     }
 
-    /// Runs `call` (a guest call of the agent `kill` stops) on turns: each
-    /// poll first waits for a turn (FIFO), and no poll resumes the guest once
-    /// the agent is killed — the call then ends with the `Killed` trap.
+    /// Runs `call` (a guest call of the agent `kill` stops) on turns: a poll
+    /// after the guest yielded at an epoch tick first waits for a turn
+    /// (FIFO), and no poll resumes the guest once the agent is killed — the
+    /// call then ends with the `Killed` trap.
     pub(crate) fn run<'a, F, T>(
         &'a self,
         call: Pin<&'a mut F>,
@@ -118,6 +122,10 @@ where
         let this = self.get_mut();
         if ON_TURN.with(Cell::get) {
             // Inside a parent's poll: the parent's turn covers this call.
+            return poll_guest(&mut this.call, this.kill, cx);
+        }
+        if this.waiting.is_none() && !this.kill.take_spent() {
+            // A new call, or one back from the host: no tick used up yet.
             return poll_guest(&mut this.call, this.kill, cx);
         }
         let permit = loop {
@@ -187,19 +195,31 @@ mod tests {
         )
     }
 
-    /// A "guest" that yields `n` times (waking itself, as an epoch yield
-    /// does), counting how many polls ran at once.
-    async fn spin(n: usize, running: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> wasmtime::Result<usize> {
+    /// A "guest" that yields `n` times at a tick (marking the tick used and
+    /// waking itself, as the epoch callback does), counting how many of its
+    /// polls after the first (those that need a turn) ran at once.
+    async fn spin(
+        n: usize,
+        kill: KillHandle,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    ) -> wasmtime::Result<usize> {
         let mut left = n;
         std::future::poll_fn(move |cx| {
-            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_micros(200));
-            running.fetch_sub(1, Ordering::SeqCst);
+            if left < n {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(200));
+                running.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                // A new call runs at once, without a turn.
+                std::thread::sleep(Duration::from_micros(200));
+            }
             if left == 0 {
                 return Poll::Ready(Ok(n));
             }
             left -= 1;
+            kill.mark_spent();
             cx.waker().wake_by_ref();
             Poll::Pending
         })
@@ -207,7 +227,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn no_more_guests_run_at_once_than_there_are_turns_and_all_finish() {
+    async fn no_more_spent_guests_run_at_once_than_there_are_turns_and_all_finish() {
         let turns = Turns::new(2);
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut tasks = Vec::new();
@@ -215,7 +235,7 @@ mod tests {
             let (turns, running, most) = (turns.clone(), running.clone(), most.clone());
             tasks.push(tokio::spawn(async move {
                 let kill = kill_handle();
-                let call = std::pin::pin!(spin(20, running, most));
+                let call = std::pin::pin!(spin(20, kill.clone(), running, most));
                 turns.run(call, &kill).await
             }));
         }
@@ -226,7 +246,11 @@ mod tests {
                 .expect("task");
             assert_eq!(r.expect("spin"), 20);
         }
-        assert!(most.load(Ordering::SeqCst) <= 2, "{} ran at once", most.load(Ordering::SeqCst));
+        assert!(
+            most.load(Ordering::SeqCst) <= 2,
+            "{} guests that had used up a tick ran at once",
+            most.load(Ordering::SeqCst)
+        );
         assert_eq!(turns.available(), 2, "every turn was given back");
     }
 
@@ -245,6 +269,8 @@ mod tests {
             })
         };
         let call = std::pin::pin!(guest);
+        // As after a tick the guest used up.
+        kill.mark_spent();
         let mut turned = std::pin::pin!(turns.run(call, &kill));
         let first = std::future::poll_fn(|cx| Poll::Ready(turned.as_mut().poll(cx))).await;
         assert!(first.is_pending(), "no turn is free");
@@ -256,8 +282,16 @@ mod tests {
             .expect("the killed call did not end within 10 s");
         let e = r.expect_err("killed");
         assert!(e.downcast_ref::<crate::trap::Killed>().is_some(), "{e:#}");
-        assert_eq!(resumed.load(Ordering::SeqCst), 0, "the guest never ran after its kill");
-        assert_eq!(kill.stopped_after(), Some(Duration::ZERO), "it was not running at the kill");
+        assert_eq!(
+            resumed.load(Ordering::SeqCst),
+            0,
+            "the guest never ran after its kill"
+        );
+        assert_eq!(
+            kill.stopped_after(),
+            Some(Duration::ZERO),
+            "it was not running at the kill"
+        );
         assert_eq!(turns.available(), 1);
     }
 
