@@ -13,8 +13,9 @@
 //!     `run` has returned its `Killed` trap to the task that awaited it.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo run --release -p ahv-runtime --example
-//! spin_probe -- [AGENTS] [WORKERS] [KILLS]` (defaults 100, 2 and 100;
-//! WORKERS 0 means a current-thread runtime, as `#[tokio::test]` uses). The
+//! spin_probe -- [AGENTS] [WORKERS] [KILLS] [TURNS]` (defaults 100, 2, 100
+//! and the runtime's default turns, one per thread of the machine; WORKERS 0
+//! means a current-thread runtime, as `#[tokio::test]` uses). The
 //! first KILLS agents are killed and measured one by one, 5 ms apart, while
 //! the others keep spinning; the rest are killed at the end.
 
@@ -44,15 +45,18 @@ fn report(what: &str, mut v: Vec<Duration>) {
     );
 }
 
-async fn probe(agents: usize, kills_measured: usize) -> anyhow::Result<()> {
+async fn probe(agents: usize, kills_measured: usize, turns: Option<usize>) -> anyhow::Result<()> {
     let mut limits = RingLimits::default_for(Ring::Sandbox);
     limits.fuel_per_call = u64::MAX / 2;
     limits.deadline = Duration::from_secs(120);
     let policy = RingPolicy::default().with_limits(Ring::Sandbox, limits)?;
-    let runtime = Runtime::builder()
+    let mut builder = Runtime::builder()
         .policy(policy)
-        .max_instances(u32::try_from(agents + 1)?)
-        .build()?;
+        .max_instances(u32::try_from(agents + 1)?);
+    if let Some(turns) = turns {
+        builder = builder.guest_turns(turns);
+    }
+    let runtime = builder.build()?;
     let component = runtime.load(ahv_agents::SPINNER)?;
     let dir = tempfile::tempdir()?;
     let files = Arc::new(Vfs::new(
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
     let agents: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let workers: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let kills: usize = args.next().map_or(Ok(100), |a| a.parse())?;
+    let turns: Option<usize> = args.next().map(|a| a.parse()).transpose()?;
     let rt = if workers == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -167,5 +172,5 @@ fn main() -> anyhow::Result<()> {
             format!("{workers} worker threads")
         }
     );
-    rt.block_on(probe(agents, kills.min(agents)))
+    rt.block_on(probe(agents, kills.min(agents), turns))
 }
