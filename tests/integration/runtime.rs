@@ -204,3 +204,18 @@ async fn hostcall_budget_limits_what_a_guest_can_pass_to_the_host() {
         "the oversized write never happened"
     );
 }
+
+#[test]
+fn zero_guest_turns_are_refused_by_the_runtime_and_the_hypervisor() {
+    let e = Runtime::builder().guest_turns(0).build().unwrap_err();
+    assert!(e.to_string().contains("guest_turns"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let e = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(dir.path())
+        .guest_turns(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("guest_turns"), "{e}");
+    // One turn is enough for agents to run.
+    Runtime::builder().guest_turns(1).build().unwrap();
+}

@@ -357,6 +357,7 @@ pub struct HypervisorBuilder {
     after_trap: AfterTrap,
     cache_dir: Option<PathBuf>,
     max_instances: u32,
+    guest_turns: Option<usize>,
     breach_hook: Option<Arc<dyn BreachRecorder>>,
     audit: Option<AuditConfig>,
     rate_limits: Option<RateTable>,
@@ -390,6 +391,7 @@ impl Default for HypervisorBuilder {
             after_trap: AfterTrap::Recreate,
             cache_dir: None,
             max_instances: 1000,
+            guest_turns: None,
             breach_hook: None,
             audit: Some(AuditConfig::default()),
             rate_limits: Some(RateTable::default()),
@@ -477,6 +479,16 @@ impl HypervisorBuilder {
     /// Most live instances at once (when the hypervisor builds its own runtime).
     pub fn max_instances(mut self, n: u32) -> Self {
         self.max_instances = n;
+        self
+    }
+
+    /// How many guests may run wasm at the same moment (when the hypervisor
+    /// builds its own runtime; see `ahv_runtime::RuntimeBuilder::guest_turns`;
+    /// default: the machine's available parallelism). One fewer than the
+    /// async runtime's worker threads keeps a worker free for timers and
+    /// requests while agents spin.
+    pub fn guest_turns(mut self, n: usize) -> Self {
+        self.guest_turns = Some(n);
         self
     }
 
@@ -736,6 +748,9 @@ impl HypervisorBuilder {
                 }
                 if let Some(t) = tick_clock {
                     b = b.tick_clock(t);
+                }
+                if let Some(n) = self.guest_turns {
+                    b = b.guest_turns(n);
                 }
                 b.build()?
             }
