@@ -1067,10 +1067,13 @@ fn the_audit_log_is_verifiable_and_provable_over_http() {
         json!({"input": "audited"}),
     )
     .ok();
-    s.post(&format!("/v1/sessions/{id}/terminate"), OP1, json!(null))
-        .ok();
+    let t = s.post(&format!("/v1/sessions/{id}/terminate"), OP1, json!(null));
+    let index = t.ok()["commitment"]["index"].clone();
     let st = s.get("/v1/audit", AUDITOR);
     assert_eq!(st.ok()["enabled"], true);
+    // Terminate answered once its commitment was on disk.
+    assert_eq!(st.body["last_commitment"]["index"], index, "{st:#?}");
+    assert_eq!(st.body["last_commitment"]["durable"], true, "{st:#?}");
     assert!(st.body["captured"].as_u64().unwrap() > 5, "{st:#?}");
     assert_eq!(st.body["public_key"].as_str().unwrap().len(), 64);
     let v = s.send(

@@ -225,3 +225,41 @@ async fn each_host_operation_has_its_own_trace_and_its_deltas_keep_it() {
     assert_eq!(delta("ring.assigned").trace, joined.trace.0);
     assert_eq!(delta("session.archived").trace, terminated.trace.0);
 }
+
+#[test]
+fn a_termination_under_group_commit_is_pending_until_the_hypervisor_waits_for_its_seal() {
+    let h = Hv::new();
+    let s = h.session();
+    let t = h.hv.terminate_session(&s).unwrap();
+    let receipt = t.commitment.clone().expect("audited sessions are sealed");
+    // The default group commit: terminating did not wait for the disk.
+    assert_eq!(receipt.state, ahv_audit::SealState::Pending);
+    let t = h.hv.wait_durable(t, ahv_audit::DURABLE_WAIT).unwrap();
+    let durable = t.commitment.expect("still sealed");
+    assert!(durable.is_durable());
+    assert_eq!(
+        (&durable.commitment, durable.index),
+        (&receipt.commitment, receipt.index)
+    );
+    let on_disk = read_log(
+        h.state.path().join("audit/commitments.log"),
+        LogKind::COMMITMENTS,
+    )
+    .unwrap();
+    let record = &on_disk.records[usize::try_from(receipt.index).unwrap()];
+    assert_eq!(record.body, receipt.commitment.encode());
+    // A session audited off has no receipt, and nothing to wait for.
+    let off =
+        h.hv.create_session(
+            SessionConfig {
+                audit: false,
+                ..SessionConfig::default()
+            },
+            crate::sessions::id("did:test:operator"),
+        )
+        .unwrap();
+    let t = h.hv.terminate_session(&off).unwrap();
+    assert!(t.commitment.is_none());
+    let t = h.hv.wait_durable(t, std::time::Duration::ZERO).unwrap();
+    assert!(t.commitment.is_none());
+}

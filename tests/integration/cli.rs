@@ -1471,6 +1471,244 @@ impl Drop for Serving {
     }
 }
 
+/// A seal receipt as `ahv session terminate` printed it.
+#[derive(Debug, Clone)]
+struct Printed {
+    session: String,
+    index: u64,
+    tree_size: u64,
+    root: String,
+}
+
+/// What a client thread of [`a_printed_seal_survives_a_sigkill_of_the_server_right_after_it`]
+/// tells the test.
+enum ClientNews {
+    /// A receipt, sent as soon as `ahv session terminate` has printed it.
+    Receipt(Printed),
+    /// The thread stopped (the server is gone); why, if not asked to.
+    Done(Option<String>),
+}
+
+/// Runs `ahv session terminate SESSION` against `url` and returns its
+/// standard output as soon as the command has closed it (it printed the
+/// receipt, or failed), without waiting for its exit to be reaped.
+fn terminate_printing(url: &str, token: &Path, session: &str) -> Result<String, String> {
+    let mut child = ahv(&["session", "terminate", session])
+        .env("AHV_SERVER", url)
+        .arg("--token-file")
+        .arg(token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting `ahv session terminate {session}`: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let _ = tx.send(out);
+    });
+    let err = drain(child.stderr.take().expect("stderr piped"));
+    let out = rx.recv_timeout(LIMIT);
+    let what = format!("ahv session terminate {session}");
+    let status = wait_within(&mut child, LIMIT, &what);
+    let stderr = err.join().unwrap_or_default();
+    match out {
+        Ok(out) if status.success() => Ok(out),
+        Ok(_) => Err(format!("`{what}`: {status:?}: {stderr}")),
+        Err(e) => Err(format!("`{what}` printed nothing within {LIMIT:?}: {e}")),
+    }
+}
+
+/// One client: creates and terminates sessions with the `ahv` CLI until
+/// `stop`, sending each printed receipt the moment it is printed.
+fn terminate_in_a_loop(
+    url: String,
+    token: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    news: std::sync::mpsc::Sender<ClientNews>,
+) {
+    let why = loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break None;
+        }
+        let mut c = ahv(&["session", "create"]);
+        c.env("AHV_SERVER", &url).arg("--token-file").arg(&token);
+        let r = run(c, b"");
+        if r.code() != 0 {
+            break Some(format!("ahv session create: {r:?}"));
+        }
+        let session = r.stdout.trim().to_string();
+        let out = match terminate_printing(&url, &token, &session) {
+            Ok(out) => out,
+            Err(e) => break Some(e),
+        };
+        let v: serde_json::Value = match serde_json::from_str(&out) {
+            Ok(v) => v,
+            Err(e) => {
+                break Some(format!(
+                    "ahv session terminate {session} printed {out:?}: {e}"
+                ));
+            }
+        };
+        let c = &v["commitment"];
+        let printed = Printed {
+            session: session.clone(),
+            index: c["index"].as_u64().expect("a commitment index"),
+            tree_size: c["tree_size"].as_u64().expect("a tree size"),
+            root: c["root"].as_str().expect("a root").to_string(),
+        };
+        assert_eq!(v["session"], session.as_str(), "{v}");
+        if news.send(ClientNews::Receipt(printed)).is_err() {
+            break None;
+        }
+    };
+    let _ = news.send(ClientNews::Done(why));
+}
+
+/// Checks that every printed receipt is in the commitment log at its index,
+/// as printed, and that `ahv audit verify` finds each of those sessions
+/// sealed by it and intact.
+fn assert_printed_seals_on_disk(state: &Path, printed: &[Printed], when: &str) {
+    let audit = ahv_audit::audit_dir(state);
+    let log = ahv_audit::read_log(
+        ahv_audit::auditor::commitments_path(&audit),
+        ahv_audit::LogKind::COMMITMENTS,
+    )
+    .unwrap();
+    let disk: Vec<ahv_audit::Commitment> = log
+        .records
+        .iter()
+        .map(|r| ahv_audit::Commitment::decode(&r.body).unwrap())
+        .collect();
+    for p in printed {
+        let c = disk.get(p.index as usize).unwrap_or_else(|| {
+            panic!(
+                "{when}: session {} was printed sealed by commitment #{}, \
+                 but the commitment log holds only {} commitments",
+                p.session,
+                p.index,
+                disk.len()
+            )
+        });
+        assert_eq!(
+            (c.session.as_str(), c.tree_size, c.root.to_hex()),
+            (p.session.as_str(), p.tree_size, p.root.clone()),
+            "{when}: commitment #{} is not the one printed",
+            p.index
+        );
+    }
+    let r = ahv_run(&["audit", "verify", path_str(state), "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    let sessions = report["sessions"].as_array().unwrap();
+    for p in printed {
+        let s = sessions
+            .iter()
+            .find(|s| s["session"] == p.session.as_str())
+            .unwrap_or_else(|| panic!("`ahv audit verify` does not list {}: {r:?}", p.session));
+        assert_eq!(
+            s["status"],
+            serde_json::json!({"status": "committed", "index": p.index, "tree_size": p.tree_size}),
+            "{when}: {s}"
+        );
+        assert_eq!(s["problems"], serde_json::json!([]), "{when}: {s}");
+    }
+}
+
+/// A seal receipt the CLI printed survives a SIGKILL of the server right
+/// after it: `POST …/terminate` answers only once the commitment is on disk,
+/// even under group commit. Four clients terminate sessions in a loop with
+/// `ahv session create` / `ahv session terminate`; as soon as a few receipts
+/// are printed the server is SIGKILLed, and every printed commitment must be
+/// in the commitment log, as printed, and verify. Three rounds on one state
+/// directory, so recovery after each kill is exercised too. (Before receipts
+/// waited for their group commit, the commitments printed within the last
+/// ~10 ms were lost.)
+#[test]
+fn a_printed_seal_survives_a_sigkill_of_the_server_right_after_it() {
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 3;
+    /// Receipts printed in a round before the kill.
+    const KILL_AFTER: usize = 8;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let tokens = tmp.path().join("tokens.toml");
+    let r = ahv_run(&["token", "new", "--name", "ops", "--role", "admin"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    std::fs::write(&tokens, &r.stderr).unwrap();
+    let token = tmp.path().join("ops.token");
+    std::fs::write(&token, r.stdout.trim()).unwrap();
+
+    let mut printed: Vec<Printed> = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut srv = Serving::start_with(
+            &state,
+            &tokens,
+            &["--rate", "100000", "--database", "memory"],
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..CLIENTS {
+            let (url, token, stop, tx) = (srv.url.clone(), token.clone(), stop.clone(), tx.clone());
+            std::thread::spawn(move || terminate_in_a_loop(url, token, stop, tx));
+        }
+        drop(tx);
+        let before = printed.len();
+        let mut done = 0;
+        let mut killed = false;
+        while done < CLIENTS {
+            let news = rx.recv_timeout(LIMIT).unwrap_or_else(|e| {
+                panic!(
+                    "round {round}: no receipt nor client end within {LIMIT:?} \
+                     ({} receipts, {done} clients done): {e}",
+                    printed.len() - before
+                )
+            });
+            match news {
+                ClientNews::Receipt(p) => {
+                    printed.push(p);
+                    if !killed && printed.len() - before >= KILL_AFTER {
+                        srv.child.kill().unwrap(); // SIGKILL
+                        killed = true;
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                ClientNews::Done(why) => {
+                    assert!(
+                        killed,
+                        "round {round}: a client stopped before the kill: {why:?}"
+                    );
+                    done += 1;
+                }
+            }
+        }
+        let status = wait_within(&mut srv.child, LIMIT, "ahv serve (killed)");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        assert_printed_seals_on_disk(&state, &printed, &format!("after SIGKILL {round}"));
+    }
+    assert!(printed.len() >= ROUNDS * KILL_AFTER, "{}", printed.len());
+    // Reopened once more (recovery seals the sessions the last kill left
+    // open) and closed cleanly: the whole directory verifies, and recovery
+    // left every printed commitment where it was.
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(&state)
+        .database("memory")
+        .max_instances(1)
+        .build()
+        .unwrap();
+    hv.shutdown().unwrap();
+    drop(hv);
+    let r = ahv_run(&["audit", "verify", path_str(&state)]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_printed_seals_on_disk(&state, &printed, "after recovery");
+}
+
 #[test]
 fn a_shell_user_drives_a_shared_session_and_its_liability_through_ahv_serve() {
     let tmp = tempfile::tempdir().unwrap();

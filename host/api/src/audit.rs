@@ -57,9 +57,13 @@ pub struct LastCommitment {
     pub tree_size: u64,
     /// The Merkle root over them, hex.
     pub root: String,
+    /// Whether it is on disk yet (under group commit, a commitment is
+    /// written at the end of the next flush round; a crash before then
+    /// loses it).
+    pub durable: bool,
 }
 
-fn last_commitment(s: &Shared) -> Option<LastCommitment> {
+fn last_commitment(s: &Shared, durable_commitments: u64) -> Option<LastCommitment> {
     let all =
         s.hv.events()
             .query(&ahv_core::EventQuery::default().kind(ahv_core::EventKind::AuditCommitted));
@@ -74,6 +78,7 @@ fn last_commitment(s: &Shared) -> Option<LastCommitment> {
             index: *index,
             tree_size: *tree_size,
             root: hex::encode(root),
+            durable: *index < durable_commitments,
         }),
         _ => None,
     }
@@ -116,7 +121,7 @@ pub(crate) async fn status(axum::extract::State(s): State, Auth(_c): Auth) -> Js
         write_failures: stats.write_failures,
         last_error: a.last_error(),
         backlog_bytes: stats.staged_bytes,
-        last_commitment: last_commitment(&s),
+        last_commitment: last_commitment(&s, a.durable_commitments()),
         signed_head: a.latest_head().map(|h| HeadView {
             size: h.head.size,
             root: h.head.root.to_hex(),

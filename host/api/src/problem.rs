@@ -218,6 +218,11 @@ impl From<HypervisorError> for Problem {
                 "policy",
                 "The policy refused the request",
             ),
+            HypervisorError::Audit(ahv_audit::AuditError::DurableTimeout { .. }) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "seal-not-durable",
+                "The session's seal is not on disk",
+            ),
             HypervisorError::Ledger(_)
             | HypervisorError::Audit(_)
             | HypervisorError::Build(_)
@@ -252,6 +257,25 @@ mod tests {
         assert_eq!(p.status, 404);
         assert_eq!(p.kind, "urn:ahv:problem:unknown-session");
         assert!(p.detail.contains("s9-x"), "{}", p.detail);
+    }
+
+    #[test]
+    fn a_seal_not_on_disk_in_time_is_its_own_kind_naming_the_session_and_commitment() {
+        let p = Problem::from(HypervisorError::Audit(
+            ahv_audit::AuditError::DurableTimeout {
+                session: "s7-x".into(),
+                index: 41,
+                waited: std::time::Duration::from_secs(10),
+                last_error: Some("cannot sync record log".into()),
+            },
+        ));
+        assert_eq!(p.status, 500);
+        assert_eq!(p.kind, "urn:ahv:problem:seal-not-durable");
+        assert!(
+            p.detail.contains("s7-x") && p.detail.contains("#41"),
+            "{}",
+            p.detail
+        );
     }
 
     #[test]

@@ -238,7 +238,12 @@ pub struct CommitmentView {
 }
 
 /// Terminates and archives a session: every instance stops, its audit log
-/// is sealed by a commitment.
+/// is sealed by a commitment. Answers once that commitment is on disk (under
+/// group commit, at the end of the round that writes it), so a returned
+/// commitment survives a crash; if it is not on disk within
+/// [`ahv_audit::DURABLE_WAIT`] the answer is a 500 `seal-not-durable` problem
+/// naming the session and the commitment index (the session is terminated
+/// all the same).
 #[utoipa::path(post, path = "/v1/sessions/{session}/terminate", tag = "sessions",
     params(("session" = String, Path)),
     responses((status = 200, body = TerminationView), (status = 409, body = Problem)))]
@@ -256,9 +261,11 @@ pub(crate) async fn terminate(
         "POST /v1/sessions/{session}/terminate",
     )?;
     let hv = s.hv.clone();
-    // Sealing writes and syncs the audit log: off the async workers.
+    // Sealing, and waiting for its group commit: off the async workers.
     let t = crate::blocking("terminating", move || {
-        hv.terminate_session(&id).map_err(Problem::from)
+        let t = hv.terminate_session(&id).map_err(Problem::from)?;
+        hv.wait_durable(t, ahv_audit::DURABLE_WAIT)
+            .map_err(Problem::from)
     })
     .await??;
     Ok(Json(TerminationView {

@@ -24,6 +24,19 @@
 //! sealed. Whatever the policy, a commitment is made durable only after every
 //! delta it covers, and a head is signed only over durable commitments, so a
 //! crash never leaves a signature over data that is not on disk.
+//!
+//! Receipts: [`Auditor::seal`] returns a [`SealReceipt`] that says whether its
+//! commitment is on disk ([`SealState`]). Under `EveryRecord` and `OnClose` it
+//! always is: `seal` wrote and synced it (or failed). Under `GroupCommit`
+//! `seal` only stages it, so the receipt is [`SealState::Pending`]: a crash
+//! before the next flush round loses the commitment (the next process's
+//! recovery seals the session again over whatever of its deltas reached the
+//! disk, with a new commitment). Whoever reports a seal to a user waits first
+//! with [`Auditor::wait_durable`], which returns once the round that writes
+//! it has synced it — within `max_delay` plus one round when the disk is
+//! healthy — or fails with [`AuditError::DurableTimeout`] naming the session
+//! and the commitment index. The wait forces nothing: concurrent seals still
+//! share one round and one sync (call [`Auditor::flush`] to write at once).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,6 +237,25 @@ pub enum AuditError {
     /// The session has no audit log.
     #[error("session {0}: no audit log")]
     UnknownSession(String),
+    /// A sealed session's commitment was not on disk within the time
+    /// [`Auditor::wait_durable`] was given (a write or sync failing and
+    /// being retried, or a disk slower than the wait). The session stays
+    /// sealed; its commitment is written by a later round, or, after a
+    /// crash, recovery seals the session again.
+    #[error(
+        "session {session}: commitment #{index} is not on disk after {waited:?}{}",
+        .last_error.as_deref().map(|e| format!(" (last write failure: {e})")).unwrap_or_default()
+    )]
+    DurableTimeout {
+        /// The sealed session.
+        session: String,
+        /// Its commitment's index in the commitment log.
+        index: u64,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The last background write failure, if any ([`Auditor::last_error`]).
+        last_error: Option<String>,
+    },
     /// The auditor was closed.
     #[error("the auditor is closed")]
     Closed,
@@ -266,14 +298,50 @@ pub struct RecoveryReport {
     pub retention_mark_ignored: Option<String>,
 }
 
-/// A sealed session: its commitment and where it sits in the commitment log.
+/// A sealed session: its commitment, where it sits in the commitment log, and
+/// whether it was on disk when the receipt was made.
+///
+/// A [`SealState::Durable`] receipt promises that the commitment and every
+/// delta it covers are written and synced: a crash cannot lose them. A
+/// [`SealState::Pending`] one (group commit) promises only that they are
+/// staged for the next flush round; report it to no one before
+/// [`Auditor::wait_durable`] has turned it into a durable one. The state is a
+/// snapshot: a pending receipt stays pending as a value even after its round
+/// (ask [`Auditor::is_durable`], or wait, which then returns at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealReceipt {
     /// The commitment.
     pub commitment: Commitment,
     /// Its index (leaf) in the commitment log.
     pub index: u64,
+    /// Whether the commitment was on disk when this receipt was made.
+    pub state: SealState,
 }
+
+impl SealReceipt {
+    /// Whether the commitment was on disk when this receipt was made (see
+    /// [`SealState`]).
+    pub fn is_durable(&self) -> bool {
+        self.state == SealState::Durable
+    }
+}
+
+/// Whether a [`SealReceipt`]'s commitment is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealState {
+    /// Written and synced, after every delta it covers: a crash keeps it.
+    Durable,
+    /// Not known to be on disk when the receipt was made: staged for the
+    /// next group-commit round, and a crash before that round loses it.
+    /// [`Auditor::wait_durable`] waits for the round.
+    Pending,
+}
+
+/// How long front ends wait for a seal to become durable
+/// ([`Auditor::wait_durable`]) before they report a failure instead of the
+/// receipt: far above a healthy disk's sync (and the group-commit delay); a
+/// disk that takes longer is failing.
+pub const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Counters for monitoring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -359,6 +427,9 @@ struct SessionState {
 struct CommitLog {
     state: Mutex<CommitState>,
     io: Mutex<RecordWriter>,
+    /// Notified (with `state`) whenever `CommitState::durable` moves, for
+    /// [`Auditor::wait_durable`].
+    durable_moved: Condvar,
 }
 
 /// Maps keyed by session id (host-generated ids: a fast hasher is enough).
@@ -781,6 +852,7 @@ impl Auditor {
                 ever,
             }),
             io: Mutex::new(cwriter),
+            durable_moved: Condvar::new(),
         });
         report.commitments = durable.0;
 
@@ -904,9 +976,12 @@ impl Auditor {
 
     /// Seals a session's log: its commitment (size and root now) is appended to
     /// the commitment log and a signature over it is scheduled. Never waits
-    /// for the signature; under `EveryRecord` and `OnClose` it waits for the
-    /// session's deltas and the commitment to be on disk, under group commit
-    /// the flusher writes them (deltas first) within `max_delay`.
+    /// for the signature. Under `EveryRecord` and `OnClose` it writes and
+    /// syncs the session's deltas and the commitment before returning, and
+    /// the receipt is [`SealState::Durable`]; under group commit it only
+    /// stages them for the flusher, which writes them (deltas first) within
+    /// `max_delay`, and the receipt is [`SealState::Pending`] — wait for it
+    /// with [`Auditor::wait_durable`] before reporting it.
     ///
     /// # Errors
     /// [`AuditError::AlreadySealed`]; I/O errors under synchronous policies.
@@ -927,6 +1002,61 @@ impl Auditor {
         parent: Option<ahv_core::EventId>,
     ) -> Result<SealReceipt, AuditError> {
         self.shared.seal(session, trace, parent)
+    }
+
+    /// Waits until `receipt`'s commitment is on disk and returns the receipt
+    /// as [`SealState::Durable`]; at once if it is already. Under group
+    /// commit that is the end of the flusher's next round (within
+    /// `max_delay` plus the round's writes and sync on a healthy disk); the
+    /// wait does not force a round of its own, so concurrent seals still
+    /// share one sync ([`Auditor::flush`] writes at once). `receipt` must
+    /// come from this auditor. Front ends wait [`DURABLE_WAIT`].
+    ///
+    /// # Errors
+    /// [`AuditError::DurableTimeout`], naming the session and the commitment
+    /// index (and the last write failure), when it is not on disk within
+    /// `timeout`.
+    pub fn wait_durable(
+        &self,
+        receipt: &SealReceipt,
+        timeout: Duration,
+    ) -> Result<SealReceipt, AuditError> {
+        let durable = SealReceipt {
+            state: SealState::Durable,
+            ..receipt.clone()
+        };
+        if receipt.is_durable() {
+            return Ok(durable);
+        }
+        let commits = &self.shared.commits;
+        let (cs, _) = commits
+            .durable_moved
+            .wait_timeout_while(lock(&commits.state), timeout, |cs| {
+                cs.durable.0 <= receipt.index
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if cs.durable.0 > receipt.index {
+            return Ok(durable);
+        }
+        drop(cs);
+        Err(AuditError::DurableTimeout {
+            session: receipt.commitment.session.clone(),
+            index: receipt.index,
+            waited: timeout,
+            last_error: self.last_error(),
+        })
+    }
+
+    /// Whether `receipt`'s commitment is on disk now (a pending receipt
+    /// becomes durable at the end of its group-commit round).
+    pub fn is_durable(&self, receipt: &SealReceipt) -> bool {
+        receipt.is_durable() || receipt.index < self.durable_commitments()
+    }
+
+    /// How many commitments are on disk: every commitment whose index is
+    /// below this is durable, with the deltas it covers.
+    pub fn durable_commitments(&self) -> u64 {
+        lock(&self.shared.commits.state).durable.0
     }
 
     /// Writes and syncs everything staged (deltas, then commitments) and has
@@ -1477,10 +1607,18 @@ impl Shared {
             });
             index
         };
-        match self.durability {
-            Durability::GroupCommit { .. } => {}
-            Durability::EveryRecord | Durability::OnClose => self.flush_round()?,
-        }
+        let state = match self.durability {
+            // Staged just now: only a round that takes it can write it.
+            Durability::GroupCommit { .. } => SealState::Pending,
+            Durability::EveryRecord | Durability::OnClose => {
+                self.flush_round()?;
+                if lock(&self.commits.state).durable.0 > index {
+                    SealState::Durable
+                } else {
+                    SealState::Pending
+                }
+            }
+        };
         if let Some((bus, _)) = self.bus.get()
             && let Some(bus) = bus.upgrade()
         {
@@ -1496,7 +1634,11 @@ impl Shared {
                 },
             );
         }
-        Ok(SealReceipt { commitment, index })
+        Ok(SealReceipt {
+            commitment,
+            index,
+            state,
+        })
     }
 
     /// One flush round (rounds never overlap): writes every dirty session's
@@ -1573,6 +1715,8 @@ impl Shared {
                 self.restage_commits(waiting);
                 if all_written && let Some(head) = head {
                     lock(&self.commits.state).durable = head;
+                    // Once per round, waiters or not: cheap beside the sync.
+                    self.commits.durable_moved.notify_all();
                 }
                 if ready > 0
                     && let Some(s) = self.signer.get()
@@ -1934,6 +2078,161 @@ fn record_leaf(path: &Path, r: &crate::records::Record) -> Result<Hash, AuditErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signing::FakeWallClock;
+    use ahv_core::{AgentId, FakeClock, TraceId};
+
+    /// An auditor under `durability` on a bus, both on fake clocks.
+    fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
+        let clock = Arc::new(FakeClock::new());
+        let config = AuditConfig {
+            durability,
+            ..AuditConfig::default()
+        };
+        let (auditor, _) = Auditor::open(
+            dir,
+            config,
+            clock.clone(),
+            Arc::new(FakeWallClock::new(1_700_000_000_000)),
+        )
+        .unwrap();
+        let bus = Arc::new(EventBus::new(1024, clock));
+        auditor.attach(&bus);
+        (auditor, bus)
+    }
+
+    /// A session with `n` state writes, sealed.
+    fn sealed(auditor: &Auditor, bus: &EventBus, name: &str, n: u64) -> SealReceipt {
+        let s = SessionId::new(name).unwrap();
+        let agent = AgentId::new("did:ex:writer").unwrap();
+        for version in 1..=n {
+            bus.emit(
+                Some(&s),
+                Some(&agent),
+                TraceId(1),
+                None,
+                EventPayload::StateWrite {
+                    key: "k".into(),
+                    version,
+                },
+            );
+        }
+        auditor.seal(&s).unwrap()
+    }
+
+    /// The commitments on disk now, in log order (read from the file, not
+    /// from the auditor).
+    fn on_disk(dir: &Path) -> Vec<Commitment> {
+        read_log(commitments_path(dir), LogKind::COMMITMENTS)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| Commitment::decode(&r.body).unwrap())
+            .collect()
+    }
+
+    /// A group commit whose flusher never comes round during a test.
+    const NEVER: Durability = Durability::GroupCommit {
+        max_records: usize::MAX,
+        max_delay: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn a_pending_receipt_becomes_durable_once_the_group_commit_holding_it_is_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(
+            &dir,
+            Durability::GroupCommit {
+                max_records: 64,
+                max_delay: Duration::from_millis(10),
+            },
+        );
+        let receipts: Vec<SealReceipt> = (0..3)
+            .map(|i| sealed(&auditor, &bus, &format!("s-{i}"), i + 1))
+            .collect();
+        for r in &receipts {
+            assert_eq!(r.state, SealState::Pending, "{r:?}");
+            assert!(!r.is_durable());
+        }
+        for r in &receipts {
+            let durable = auditor.wait_durable(r, Duration::from_secs(60)).unwrap();
+            assert!(durable.is_durable());
+            assert_eq!(
+                (&durable.commitment, durable.index),
+                (&r.commitment, r.index)
+            );
+            assert!(auditor.is_durable(r));
+            // What the receipt names is in the file, at its index.
+            let disk = on_disk(&dir);
+            assert_eq!(disk.get(r.index as usize), Some(&r.commitment), "{disk:?}");
+        }
+    }
+
+    #[test]
+    fn waiting_for_a_pending_receipt_is_bounded_and_forces_no_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let _first = sealed(&auditor, &bus, "s-first", 1);
+        let r = sealed(&auditor, &bus, "s-second", 2);
+        assert_eq!(r.index, 1);
+        assert!(!r.is_durable());
+        // Real time: a condition variable's timeout cannot run on a fake clock.
+        let err = auditor
+            .wait_durable(&r, Duration::from_millis(30))
+            .unwrap_err();
+        match &err {
+            AuditError::DurableTimeout {
+                session,
+                index,
+                waited,
+                last_error,
+            } => {
+                assert_eq!(
+                    (session.as_str(), *index, *waited, last_error),
+                    ("s-second", 1, Duration::from_millis(30), &None)
+                );
+            }
+            other => panic!("expected DurableTimeout, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains("s-second") && message.contains("#1"),
+            "{message}"
+        );
+        // The wait forced nothing: concurrent seals still share one round.
+        assert!(on_disk(&dir).is_empty());
+        assert!(!auditor.is_durable(&r));
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_another_thread_syncs_the_round_holding_its_receipt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let r = sealed(&auditor, &bus, "s-waited", 2);
+        let auditor = Arc::new(auditor);
+        let (a2, r2) = (auditor.clone(), r.clone());
+        let waiter = std::thread::spawn(move || a2.wait_durable(&r2, Duration::from_secs(60)));
+        auditor.flush().unwrap();
+        let durable = waiter.join().unwrap().unwrap();
+        assert!(durable.is_durable());
+        assert_eq!(on_disk(&dir), vec![r.commitment]);
+    }
+
+    #[test]
+    fn synchronous_policies_return_receipts_already_on_disk() {
+        for durability in [Durability::EveryRecord, Durability::OnClose] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("audit");
+            let (auditor, bus) = open(&dir, durability);
+            let r = sealed(&auditor, &bus, "s-sync", 3);
+            assert_eq!(r.state, SealState::Durable, "{durability:?}");
+            assert_eq!(on_disk(&dir), vec![r.commitment.clone()], "{durability:?}");
+            // Nothing to wait for.
+            assert_eq!(auditor.wait_durable(&r, Duration::ZERO).unwrap(), r);
+        }
+    }
 
     #[test]
     fn a_retention_pass_is_due_at_once_then_every_interval_on_the_clock() {

@@ -10,7 +10,9 @@
 //!
 //! The wiring: open an [`Auditor`] on the audit directory, attach it to the
 //! event bus (every event of a session is then captured as it is emitted),
-//! seal a session when it ends, and verify the directory offline.
+//! seal a session when it ends, and verify the directory offline. A seal's
+//! receipt says whether its commitment is on disk yet ([`SealState`]): under
+//! group commit it is not until [`Auditor::wait_durable`] returns.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -32,6 +34,10 @@
 //! });
 //! let receipt = auditor.seal(&session)?;
 //! assert_eq!(receipt.commitment.tree_size, 1);
+//! // Under `EveryRecord` the seal is on disk when `seal` returns; under group
+//! // commit this waits for the round that writes it.
+//! let receipt = auditor.wait_durable(&receipt, ahv_audit::DURABLE_WAIT)?;
+//! assert!(receipt.is_durable());
 //! let head = auditor.close()?.expect("the commitment log head is signed");
 //! assert_eq!(head.head.size, 1);
 //!
@@ -54,8 +60,8 @@ pub mod signing;
 pub mod verify;
 
 pub use auditor::{
-    AuditConfig, AuditError, AuditStats, Auditor, RecoveryReport, Retention, SealReceipt,
-    audit_dir, lock_path,
+    AuditConfig, AuditError, AuditStats, Auditor, DURABLE_WAIT, RecoveryReport, Retention,
+    SealReceipt, SealState, audit_dir, lock_path,
 };
 pub use commitment::Commitment;
 pub use delta::{Delta, DeltaError, Value};

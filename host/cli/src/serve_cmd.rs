@@ -223,7 +223,10 @@ fn terminate_all(hv: &ahv_hypervisor::Hypervisor) {
 }
 
 /// Terminates `session` unless it is archived already (a grace period's end,
-/// or another stop path, may have done it).
+/// or another stop path, may have done it). Its seal receipt may still be
+/// pending (group commit) and is not reported: `ahv serve` and `ahv mcp`
+/// then sync the whole log (`Hypervisor::shutdown`) before they report
+/// success, so no per-session wait is needed.
 pub(crate) fn terminate_if_live(
     hv: &ahv_hypervisor::Hypervisor,
     session: &ahv_core::SessionId,

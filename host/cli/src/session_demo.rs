@@ -259,7 +259,8 @@ pub(crate) async fn session_demo(
     run(&mut n, &hv, &s, &intruder, "state:again").await?;
 
     let snap = hv.snapshot(&s)?;
-    let t = hv.terminate_session(&s)?;
+    // The seal is reported below: only once it is on disk.
+    let t = hv.wait_durable(hv.terminate_session(&s)?, ahv_audit::DURABLE_WAIT)?;
     n.say(format!(
         "   session {} ended ({}), snapshot #{} kept; its files stay in {}",
         t.session,

@@ -332,7 +332,9 @@ pub struct Termination {
     /// Participants at the end.
     pub participants: usize,
     /// The commitment sealing its audit log (`None` with auditing off, or if
-    /// sealing failed — which is logged).
+    /// sealing failed — which is logged). Under group commit (the default)
+    /// it is [`SealState::Pending`](ahv_audit::SealState::Pending): not on
+    /// disk yet; [`Hypervisor::wait_durable`] before reporting it.
     pub commitment: Option<SealReceipt>,
 }
 
@@ -1509,8 +1511,15 @@ impl Hypervisor {
 
     /// Terminates and archives the session: every participant's instance is
     /// stopped and dropped, its locks released; emits `session.terminated`
-    /// and `session.archived`. The session's files stay in the state
-    /// directory; its summary stays queryable.
+    /// and `session.archived`; seals its audit log. The session's files stay
+    /// in the state directory; its summary stays queryable.
+    ///
+    /// The seal receipt ([`Termination::commitment`]) is durable when
+    /// returned only under a synchronous audit policy. Under group commit
+    /// (the default) terminating does not wait for the disk, so that
+    /// concurrent terminations share one sync: the receipt is pending, and
+    /// a crash within the group-commit delay loses it. Anything that reports
+    /// the seal to a user calls [`Hypervisor::wait_durable`] first.
     ///
     /// # Errors
     /// [`SessionError::InvalidTransition`] unless handshaking or active.
@@ -1531,6 +1540,29 @@ impl Hypervisor {
         }
         lock(&entry.gov).terminate()?;
         Ok(self.finish(&entry, TerminationReason::Requested))
+    }
+
+    /// Waits until the seal receipt of `termination`, if it has one, is on
+    /// disk ([`Auditor::wait_durable`]) and returns the termination with the
+    /// receipt durable; at once if it is already, or has none. Front ends
+    /// wait [`ahv_audit::DURABLE_WAIT`].
+    ///
+    /// # Errors
+    /// [`HypervisorError::Audit`] with [`AuditError::DurableTimeout`]
+    /// (naming the session and the commitment index) when it is not on
+    /// disk within `timeout`; the session stays terminated and sealed.
+    pub fn wait_durable(
+        &self,
+        mut termination: Termination,
+        timeout: Duration,
+    ) -> Result<Termination, HypervisorError> {
+        if let Some(receipt) = &termination.commitment
+            && !receipt.is_durable()
+        {
+            let auditor = self.inner.audit.as_ref().ok_or(AuditError::Closed)?;
+            termination.commitment = Some(auditor.wait_durable(receipt, timeout)?);
+        }
+        Ok(termination)
     }
 
     /// From `terminating`: stops everything, archives, emits the events.
