@@ -40,12 +40,9 @@ echo "== the Python reference"
 "$venv/bin/python" host/bench/reference.py --json "$out/reference.json" --scale "$scale"
 
 echo "== our benches (criterion; the same groups the table reads)"
-# One feature resolution for every bench, so they share one build. ahv-governance is left
-# out: its tests pause tokio's clock, and the `test-util` feature that needs (a dev-dependency,
-# so only when its tests or benches are built) makes every read of tokio's clock take a lock
-# — instantiate + call measured 2.2x raw wasmtime with it, 1.2x without. Its lock bench runs
-# on its own: cargo bench -p ahv-governance --bench locks.
-env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance \
+# The one bench command (README, "Performance"); it shares its build with the tests' through
+# the workspace hack.
+env -u RUST_BACKTRACE cargo bench --workspace \
   --bench core --bench audit --bench session --bench saga --bench runtime -- "${measure[@]}" \
   '^(ring_computation/ring_for_score|delta_capture/auditor|session_lifecycle/(unaudited|audited|audited_incl_disk)|join_wasm/(pinger|raw_instantiate)|vfs_1k/(guest_write_read|native_atomic)|full_pipeline/(no_wasm|unaudited|floor_unaudited_plus_hashing|wasm|wasm_unaudited)|saga_3_steps/(wasm|floor_three_calls)|instantiate_call/(governed|raw_wasmtime)|hostcall/(governed|raw)_x1000)$'
 

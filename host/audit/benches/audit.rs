@@ -14,7 +14,7 @@
 //! - `signer/notify`: what sealing pays to schedule a head signature (the
 //!   signer is busy or already notified, the common case within a batch).
 //!
-//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance --bench audit`.
+//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench audit`.
 
 use std::sync::Arc;
 use std::time::Duration;

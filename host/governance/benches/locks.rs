@@ -12,7 +12,7 @@
 //! Every iteration checks the counter, so a lost update (two writers at once)
 //! fails the bench instead of making it faster.
 //!
-//! Run: `cargo bench -p ahv-governance --bench locks -- --warm-up-time 1 --measurement-time 5`.
+//! Run: `cargo bench --workspace --bench locks -- --warm-up-time 1 --measurement-time 5`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

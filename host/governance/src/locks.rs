@@ -25,8 +25,11 @@
 //! through its own channel, so a woken waiter already holds its lock and
 //! nobody else is disturbed; N agents contending on one lock cost time linear
 //! in the grants. A waiter gives up at its deadline with
-//! [`LockError::Timeout`]; a grant made before the deadline wins. Waiting
-//! uses tokio's clock, so paused-time tests never sleep.
+//! [`LockError::Timeout`]; a grant made before the deadline wins. Deadlines
+//! run on an injected [`WaitClock`] ([`TokioWaitClock`] unless
+//! [`LockManager::with_clock`] names another), so tests drive a fake clock
+//! and never sleep — and need no `tokio/test-util`, whose paused clock would
+//! slow every tokio clock read in any build it is unified into.
 //!
 //! Locks die with their holder: [`LockManager::release_all`] is called when
 //! an agent leaves, traps or is killed, and a dropped [`LockManager::acquire`]
@@ -44,16 +47,63 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ahv_core::AgentId;
+use ahv_core::{AgentId, Clock};
 use thiserror::Error;
 
 use crate::session::files::AreaPath;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+
+/// A future a [`WaitClock`] returns: it completes at the deadline asked.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The clock lock waits run on: a [`Clock`] that can also wait for one of
+/// its own times to come.
+pub trait WaitClock: Clock {
+    /// A future that completes once [`Clock::now`] has reached `deadline`
+    /// (at once if it already has).
+    fn sleep_until(&self, deadline: Duration) -> Sleep;
+}
+
+/// Tokio's timer, the clock of [`LockManager::new`]: its time is measured
+/// from when it was made; its sleeps need a tokio runtime with time enabled
+/// (they are made when first polled, so inside the runtime that polls them).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioWaitClock {
+    origin: tokio::time::Instant,
+}
+
+impl Default for TokioWaitClock {
+    fn default() -> Self {
+        TokioWaitClock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioWaitClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+impl WaitClock for TokioWaitClock {
+    fn sleep_until(&self, deadline: Duration) -> Sleep {
+        let at = self.origin.checked_add(deadline);
+        Box::pin(async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                // Beyond any representable instant: never.
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
 
 /// Longest resource name, in bytes (kind prefix included).
 pub const MAX_RESOURCE_BYTES: usize = 1024;
@@ -868,6 +918,7 @@ struct Seen {
 pub struct LockManager {
     table: Mutex<Table>,
     next_wait: AtomicU64,
+    clock: Arc<dyn WaitClock>,
 }
 
 /// How a request that may wait starts.
@@ -939,11 +990,17 @@ impl Drop for WaitGuard<'_> {
 
 impl LockManager {
     /// An empty lock table; each agent may hold at most `max_locks_per_agent`
-    /// locks at once.
+    /// locks at once. Waits time out on tokio's timer ([`TokioWaitClock`]).
     pub fn new(max_locks_per_agent: usize) -> LockManager {
+        LockManager::with_clock(max_locks_per_agent, Arc::new(TokioWaitClock::default()))
+    }
+
+    /// [`LockManager::new`] with waits timed by `clock`.
+    pub fn with_clock(max_locks_per_agent: usize, clock: Arc<dyn WaitClock>) -> LockManager {
         LockManager {
             table: Mutex::new(Table::new(max_locks_per_agent)),
             next_wait: AtomicU64::new(0),
+            clock,
         }
     }
 
@@ -1066,8 +1123,6 @@ impl LockManager {
             return self.try_acquire(agent, resource, mode);
         }
         resource.validate()?;
-        // No representable deadline (an absurd `wait`): wait without one.
-        let deadline = Instant::now().checked_add(wait);
         let mut guard = WaitGuard {
             manager: self,
             id: self.next_wait.fetch_add(1, Ordering::Relaxed),
@@ -1080,8 +1135,18 @@ impl LockManager {
             Start::Granted => return Ok(()),
             Start::Waiting(rx) => guard.rx.insert(rx),
         };
-        let verdict = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, rx).await.ok(),
+        // Timed from when the wait is queued. No representable deadline (an
+        // absurd `wait`): wait without one.
+        let verdict = match self.clock.now().checked_add(wait) {
+            Some(deadline) => {
+                let sleep = self.clock.sleep_until(deadline);
+                // The verdict first: a grant made before the deadline wins.
+                tokio::select! {
+                    biased;
+                    verdict = rx => Some(verdict),
+                    () = sleep => None,
+                }
+            }
             None => Some(rx.await),
         };
         match verdict {
@@ -1215,8 +1280,7 @@ impl LockManager {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::future::Future;
-    use std::sync::Arc;
+    use std::task::{Poll, Waker};
 
     fn id(s: &str) -> AgentId {
         AgentId::new(s).unwrap()
@@ -1231,6 +1295,166 @@ mod tests {
     }
 
     const MODES: [LockMode; 3] = [LockMode::Read, LockMode::Write, LockMode::Exclusive];
+
+    /// Yields a task gets from [`FakeWaitClock::run`] to finish before the
+    /// clock moves: far more than any chain of hand-offs here needs.
+    const SETTLE_YIELDS: usize = 1000;
+
+    /// A [`WaitClock`] that moves only when a test moves it (or when
+    /// [`FakeWaitClock::run`] finds nothing left to do but wait), like
+    /// tokio's paused clock but without `tokio/test-util`. Clones share the
+    /// time and the sleepers.
+    #[derive(Debug, Clone, Default)]
+    struct FakeWaitClock(Arc<Mutex<Sleepers>>);
+
+    #[derive(Debug, Default)]
+    struct Sleepers {
+        now: Duration,
+        next_id: u64,
+        /// (deadline, sleep id) → the waker of the task sleeping.
+        waiting: BTreeMap<(Duration, u64), Waker>,
+    }
+
+    impl Clock for FakeWaitClock {
+        fn now(&self) -> Duration {
+            self.0.lock().unwrap().now
+        }
+    }
+
+    impl WaitClock for FakeWaitClock {
+        fn sleep_until(&self, deadline: Duration) -> Sleep {
+            Box::pin(FakeSleep {
+                clock: self.clone(),
+                deadline,
+                key: None,
+            })
+        }
+    }
+
+    /// A sleep on a [`FakeWaitClock`]; dropped early, it leaves no sleeper.
+    struct FakeSleep {
+        clock: FakeWaitClock,
+        deadline: Duration,
+        key: Option<(Duration, u64)>,
+    }
+
+    impl Future for FakeSleep {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+            let this = &mut *self;
+            let mut s = this.clock.0.lock().unwrap();
+            if s.now >= this.deadline {
+                return Poll::Ready(());
+            }
+            let key = match this.key {
+                Some(key) => key,
+                None => {
+                    s.next_id += 1;
+                    (this.deadline, s.next_id)
+                }
+            };
+            this.key = Some(key);
+            s.waiting.insert(key, cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl Drop for FakeSleep {
+        fn drop(&mut self) {
+            if let (Some(key), Ok(mut s)) = (self.key, self.clock.0.lock()) {
+                s.waiting.remove(&key);
+            }
+        }
+    }
+
+    impl FakeWaitClock {
+        /// A future that completes `d` from now.
+        fn sleep(&self, d: Duration) -> Sleep {
+            self.sleep_until(self.now() + d)
+        }
+
+        fn next_deadline(&self) -> Option<Duration> {
+            self.0
+                .lock()
+                .unwrap()
+                .waiting
+                .keys()
+                .next()
+                .map(|(d, _)| *d)
+        }
+
+        /// Sets the time to `t` (never back) and wakes the sleepers due,
+        /// without yielding: they run when the test next awaits.
+        fn jump_to(&self, t: Duration) {
+            let due: Vec<Waker> = {
+                let mut s = self.0.lock().unwrap();
+                s.now = s.now.max(t);
+                let now = s.now;
+                let later = s.waiting.split_off(&(now, u64::MAX));
+                std::mem::replace(&mut s.waiting, later)
+                    .into_values()
+                    .collect()
+            };
+            due.into_iter().for_each(Waker::wake);
+        }
+
+        /// Lets every task that can run do so.
+        async fn settle() {
+            for _ in 0..SETTLE_YIELDS {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        /// Moves time forward by `by`, stopping at each deadline on the way
+        /// so each sleeper sees its own time, as tokio's `advance` does.
+        async fn advance(&self, by: Duration) {
+            let to = self.now() + by;
+            while let Some(next) = self.next_deadline().filter(|d| *d <= to) {
+                self.jump_to(next);
+                Self::settle().await;
+            }
+            self.jump_to(to);
+            Self::settle().await;
+        }
+
+        /// Awaits `fut`, moving time to the next deadline whenever `fut` is
+        /// still pending after every task had its turn (as tokio's paused
+        /// clock does when the runtime is idle). Fails, rather than hanging,
+        /// if nothing could wake it any more or if it would take more than
+        /// `limit` of fake time.
+        async fn within<F: Future>(&self, limit: Duration, fut: F) -> F::Output {
+            let end = self.now() + limit;
+            let mut fut = std::pin::pin!(fut);
+            loop {
+                for _ in 0..SETTLE_YIELDS {
+                    let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx)));
+                    if let Poll::Ready(out) = polled.await {
+                        return out;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                match self.next_deadline() {
+                    Some(next) if next <= end => self.jump_to(next),
+                    Some(next) => panic!("not done within {limit:?}: next deadline at {next:?}"),
+                    None => panic!("stuck: pending, and no deadline left to wake anything"),
+                }
+            }
+        }
+
+        /// [`FakeWaitClock::within`] a day: every wait in these tests is
+        /// shorter, so this only fails a future that nothing would finish.
+        async fn run<F: Future>(&self, fut: F) -> F::Output {
+            self.within(Duration::from_secs(86_400), fut).await
+        }
+    }
+
+    /// A lock manager whose waits run on a fake clock.
+    fn fake(max_locks_per_agent: usize) -> (Arc<LockManager>, FakeWaitClock) {
+        let clock = FakeWaitClock::default();
+        let m = LockManager::with_clock(max_locks_per_agent, Arc::new(clock.clone()));
+        (Arc::new(m), clock)
+    }
 
     /// Yields until `cond` holds (tasks spawned on the current-thread
     /// runtime run while we yield); fails rather than hanging.
@@ -1344,19 +1568,20 @@ mod tests {
         m.try_acquire(&a, &res("3"), LockMode::Read).unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn too_many_is_refused_before_waiting() {
-        let m = LockManager::new(1);
+        let (m, clock) = fake(1);
         let (a, b) = (id("a"), id("b"));
         m.try_acquire(&a, &res("1"), LockMode::Read).unwrap();
         m.try_acquire(&b, &res("2"), LockMode::Write).unwrap();
-        let start = Instant::now();
+        let start = clock.now();
         assert!(matches!(
-            m.acquire(&a, &res("2"), LockMode::Read, Duration::from_secs(5))
+            clock
+                .run(m.acquire(&a, &res("2"), LockMode::Read, Duration::from_secs(5)))
                 .await,
             Err(LockError::TooMany { .. })
         ));
-        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(clock.now() - start, Duration::ZERO);
         assert!(m.wait_for_edges().is_empty());
     }
 
@@ -1398,27 +1623,27 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn invalid_names_are_refused_by_acquire_too() {
-        let m = LockManager::new(8);
-        let r = m
-            .acquire(
+        let (m, clock) = fake(8);
+        let r = clock
+            .run(m.acquire(
                 &id("a"),
                 &LockResource::key("\u{7}"),
                 LockMode::Read,
                 Duration::from_secs(1),
-            )
+            ))
             .await;
         assert!(matches!(r, Err(LockError::InvalidResource { .. })));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiter_is_granted_when_the_holder_releases() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Write).unwrap();
-        let start = Instant::now();
+        let start = clock.now();
         let waiter = tokio::spawn({
             let (m, b, r) = (m.clone(), b.clone(), r.clone());
             async move {
@@ -1430,46 +1655,52 @@ mod tests {
             m.wait_for_edges() == vec![(b.clone(), a.clone())]
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        clock.advance(Duration::from_secs(3)).await;
         assert!(
             !waiter.is_finished(),
             "b still waits while a holds the lock"
         );
         m.release(&a, &r).unwrap();
-        assert_eq!(waiter.await.unwrap(), Ok(()));
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(clock.run(waiter).await.unwrap(), Ok(()));
+        assert_eq!(clock.now() - start, Duration::from_secs(3));
         assert_eq!(m.holders(&r), vec![(b, LockMode::Read)]);
         assert!(m.wait_for_edges().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_wait_times_out_after_the_time_asked() {
-        let m = LockManager::new(8);
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Read).unwrap();
         let asked = Duration::from_millis(1500);
-        let start = Instant::now();
-        let got = m.acquire(&b, &r, LockMode::Exclusive, asked).await;
+        let start = clock.now();
+        let waiter = queue_up(&m, &b, &r, LockMode::Exclusive, asked).await;
+        clock.advance(asked - Duration::from_millis(1)).await;
+        assert!(!waiter.is_finished(), "gave up early");
+        clock.advance(Duration::from_millis(1)).await;
+        assert!(waiter.is_finished(), "waits past its deadline");
         assert_eq!(
-            got,
+            waiter.await.unwrap(),
             Err(LockError::Timeout {
                 resource: r.clone(),
                 waited: asked
             })
         );
-        assert_eq!(start.elapsed(), asked, "it really waited");
+        assert_eq!(clock.now() - start, asked, "it really waited");
         assert!(m.wait_for_edges().is_empty());
         assert_eq!(m.holders(&r), vec![(a, LockMode::Read)]);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn zero_wait_fails_at_once() {
-        let m = LockManager::new(8);
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Read).unwrap();
-        let got = m.acquire(&b, &r, LockMode::Write, Duration::ZERO).await;
+        let got = clock
+            .run(m.acquire(&b, &r, LockMode::Write, Duration::ZERO))
+            .await;
         assert_eq!(
             got,
             Err(LockError::Conflict {
@@ -1481,9 +1712,9 @@ mod tests {
         assert!(m.wait_for_edges().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_agent_closing_a_cycle_gets_deadlock_and_the_other_proceeds() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let (r1, r2) = (res("r1"), res("r2"));
         m.try_acquire(&a, &r1, LockMode::Write).unwrap();
@@ -1499,9 +1730,9 @@ mod tests {
             m.wait_for_edges() == vec![(a.clone(), b.clone())]
         })
         .await;
-        let start = Instant::now();
-        let got = m
-            .acquire(&b, &r1, LockMode::Read, Duration::from_secs(60))
+        let start = clock.now();
+        let got = clock
+            .run(m.acquire(&b, &r1, LockMode::Read, Duration::from_secs(60)))
             .await;
         assert_eq!(
             got,
@@ -1510,7 +1741,11 @@ mod tests {
                 cycle: vec![b.clone(), a.clone()]
             })
         );
-        assert_eq!(start.elapsed(), Duration::ZERO, "refused without waiting");
+        assert_eq!(
+            clock.now() - start,
+            Duration::ZERO,
+            "refused without waiting"
+        );
         assert_eq!(
             m.wait_for_edges(),
             vec![(a.clone(), b.clone())],
@@ -1518,14 +1753,14 @@ mod tests {
         );
         assert!(!a_waits.is_finished());
         m.release(&b, &r2).unwrap();
-        assert_eq!(a_waits.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(a_waits).await.unwrap(), Ok(()));
         assert!(m.holds(&a, &r2, LockMode::Write));
         assert!(m.wait_for_edges().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn an_upgrade_deadlock_is_detected() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Read).unwrap();
@@ -1538,21 +1773,21 @@ mod tests {
             }
         });
         until("a waits for b", || !m.wait_for_edges().is_empty()).await;
-        let got = m
-            .acquire(&b, &r, LockMode::Write, Duration::from_secs(60))
+        let got = clock
+            .run(m.acquire(&b, &r, LockMode::Write, Duration::from_secs(60)))
             .await;
         assert!(
             matches!(&got, Err(LockError::Deadlock { cycle, .. }) if *cycle == vec![b.clone(), a.clone()]),
             "{got:?}"
         );
         m.release(&b, &r).unwrap();
-        assert_eq!(a_up.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(a_up).await.unwrap(), Ok(()));
         assert_eq!(m.holders(&r), vec![(a, LockMode::Write)]);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_three_agent_cycle_is_detected() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b, c) = (id("a"), id("b"), id("c"));
         let (r1, r2, r3) = (res("r1"), res("r2"), res("r3"));
         m.try_acquire(&a, &r1, LockMode::Write).unwrap();
@@ -1571,8 +1806,8 @@ mod tests {
             m.wait_for_edges() == vec![(a.clone(), b.clone()), (b.clone(), c.clone())]
         })
         .await;
-        let got = m
-            .acquire(&c, &r1, LockMode::Write, Duration::from_secs(60))
+        let got = clock
+            .run(m.acquire(&c, &r1, LockMode::Write, Duration::from_secs(60)))
             .await;
         assert_eq!(
             got,
@@ -1585,9 +1820,9 @@ mod tests {
         assert!(err.contains("c → a → b → c"), "{err}");
         // c gives up everything; b gets r3, then releases all, then a gets r2.
         assert_eq!(m.release_all(&c), vec![(r3.clone(), LockMode::Write)]);
-        assert_eq!(b_waits.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(b_waits).await.unwrap(), Ok(()));
         m.release_all(&b);
-        assert_eq!(a_waits.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(a_waits).await.unwrap(), Ok(()));
         assert_eq!(
             m.held_by(&a),
             vec![(r1, LockMode::Write), (r2, LockMode::Write)]
@@ -1595,9 +1830,9 @@ mod tests {
         assert!(m.wait_for_edges().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn release_all_wakes_a_waiter() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let (r1, r2) = (res("r1"), res("r2"));
         m.try_acquire(&a, &r1, LockMode::Read).unwrap();
@@ -1610,7 +1845,7 @@ mod tests {
             }
         });
         until("b waits", || !m.wait_for_edges().is_empty()).await;
-        let start = Instant::now();
+        let start = clock.now();
         assert_eq!(
             m.release_all(&a),
             vec![
@@ -1619,14 +1854,14 @@ mod tests {
             ]
         );
         assert!(m.held_by(&a).is_empty() && m.holders(&r1).is_empty());
-        assert_eq!(waiter.await.unwrap(), Ok(()));
-        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(clock.run(waiter).await.unwrap(), Ok(()));
+        assert_eq!(clock.now() - start, Duration::ZERO);
         assert_eq!(m.holders(&r2), vec![(b, LockMode::Write)]);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_newcomer_cannot_overtake_a_waiter() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b, c) = (id("a"), id("b"), id("c"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Write).unwrap();
@@ -1652,7 +1887,7 @@ mod tests {
                 queued: vec![],
             })
         );
-        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(waiter).await.unwrap(), Ok(()));
         assert_eq!(m.holders(&r), vec![(b, LockMode::Write)]);
     }
 
@@ -1678,9 +1913,9 @@ mod tests {
 
     /// Readers arriving after a waiting writer queue behind it, so a stream
     /// of readers cannot starve it; the readers behind it then go together.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiting_writer_is_not_starved_by_later_readers() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (r1, w, r2, r3) = (id("r1"), id("w"), id("r2"), id("r3"));
         let r = res("doc");
         m.try_acquire(&r1, &r, LockMode::Read).unwrap();
@@ -1701,11 +1936,11 @@ mod tests {
             ]
         );
         m.release(&r1, &r).unwrap();
-        assert_eq!(writer.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(writer).await.unwrap(), Ok(()));
         assert!(!reader2.is_finished() && !reader3.is_finished());
         m.release(&w, &r).unwrap();
-        assert_eq!(reader2.await.unwrap(), Ok(()));
-        assert_eq!(reader3.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(reader2).await.unwrap(), Ok(()));
+        assert_eq!(clock.run(reader3).await.unwrap(), Ok(()));
         assert_eq!(
             m.holders(&r),
             vec![(r2, LockMode::Read), (r3, LockMode::Read)]
@@ -1714,19 +1949,29 @@ mod tests {
 
     /// A queued writer that gives up (its deadline) lets the compatible
     /// requests behind it go at once.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiter_that_times_out_lets_those_behind_it_go() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (r1, w, r2) = (id("r1"), id("w"), id("r2"));
         let r = res("doc");
         m.try_acquire(&r1, &r, LockMode::Read).unwrap();
         let writer = wait_in_background(&m, &w, &r, LockMode::Write, 1).await;
         let reader = wait_in_background(&m, &r2, &r, LockMode::Read, 60).await;
         assert!(matches!(
-            writer.await.unwrap(),
+            clock.run(writer).await.unwrap(),
             Err(LockError::Timeout { .. })
         ));
-        assert_eq!(reader.await.unwrap(), Ok(()));
+        assert_eq!(
+            clock.now(),
+            Duration::from_secs(1),
+            "at the writer's deadline"
+        );
+        assert_eq!(clock.run(reader).await.unwrap(), Ok(()));
+        assert_eq!(
+            clock.now(),
+            Duration::from_secs(1),
+            "the reader went at once"
+        );
         assert_eq!(
             m.holders(&r),
             vec![(r1, LockMode::Read), (r2, LockMode::Read)]
@@ -1735,9 +1980,9 @@ mod tests {
 
     /// A waiter that left the queue is no longer waited for: the wait-for
     /// graph is derived afresh, so no cycle through it is reported.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiter_gone_from_the_queue_closes_no_cycle() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (h, x, y) = (id("h"), id("x"), id("y"));
         let (r, s) = (res("r"), res("s"));
         m.try_acquire(&h, &r, LockMode::Write).unwrap();
@@ -1769,7 +2014,7 @@ mod tests {
                 (y.clone(), h.clone())
             ]
         );
-        let (first, second) = y_task.await.unwrap();
+        let (first, second) = clock.run(y_task).await.unwrap();
         assert!(matches!(first, Err(LockError::Timeout { .. })), "{first:?}");
         assert!(
             matches!(second, Err(LockError::Timeout { .. })),
@@ -1780,24 +2025,25 @@ mod tests {
 
     /// An upgrade by a holder is not queued behind the waiters (who wait for
     /// it anyway): no deadlock, and the waiter then waits for the stronger lock.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_holder_upgrades_ahead_of_the_queue() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, w) = (id("a"), id("w"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Read).unwrap();
         let writer = wait_in_background(&m, &w, &r, LockMode::Write, 60).await;
-        m.acquire(&a, &r, LockMode::Exclusive, Duration::from_secs(1))
+        clock
+            .run(m.acquire(&a, &r, LockMode::Exclusive, Duration::from_secs(1)))
             .await
             .unwrap();
         assert_eq!(m.holders(&r), vec![(a.clone(), LockMode::Exclusive)]);
         m.release(&a, &r).unwrap();
-        assert_eq!(writer.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(writer).await.unwrap(), Ok(()));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_dropped_wait_removes_its_edges() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b) = (id("a"), id("b"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Write).unwrap();
@@ -1811,12 +2057,12 @@ mod tests {
         until("b waits", || !m.wait_for_edges().is_empty()).await;
         // b is killed mid-wait.
         waiter.abort();
-        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert!(clock.run(waiter).await.unwrap_err().is_cancelled());
         assert!(m.wait_for_edges().is_empty());
         // Its stale edge can no longer cause a false deadlock.
         m.try_acquire(&b, &res("other"), LockMode::Write).unwrap();
-        let got = m
-            .acquire(&a, &res("other"), LockMode::Write, Duration::from_secs(1))
+        let got = clock
+            .run(m.acquire(&a, &res("other"), LockMode::Write, Duration::from_secs(1)))
             .await;
         assert!(matches!(got, Err(LockError::Timeout { .. })), "{got:?}");
     }
@@ -1880,14 +2126,14 @@ mod tests {
         task
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_thousand_waiters_are_granted_one_by_one_in_arrival_order() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let r = res("counter");
         let h = id("holder");
         m.try_acquire(&h, &r, LockMode::Write).unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
-        let start = Instant::now();
+        let start = clock.now();
         let mut tasks = Vec::new();
         for i in 0..1000 {
             let agent = id(&format!("agent-{i}"));
@@ -1908,18 +2154,22 @@ mod tests {
         }
         m.release(&h, &r).unwrap();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), Ok(()));
+            assert_eq!(clock.run(t).await.unwrap(), Ok(()));
         }
         assert_eq!(*order.lock().unwrap(), (0..1000).collect::<Vec<_>>());
-        assert_eq!(start.elapsed(), Duration::ZERO, "nobody waited for a timer");
+        assert_eq!(
+            clock.now() - start,
+            Duration::ZERO,
+            "nobody waited for a timer"
+        );
         assert!(m.holders(&r).is_empty() && queue_of(&m, &r).is_empty());
     }
 
     /// A release wakes only the waiters it grants: the others stay asleep
     /// (their futures are not polled again).
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_release_wakes_only_the_waiters_it_grants() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, _clock) = fake(8);
         let r = res("doc");
         let h = id("h");
         m.try_acquire(&h, &r, LockMode::Write).unwrap();
@@ -1958,9 +2208,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiter_dropped_right_after_the_hand_off_passes_the_lock_on() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b, c) = (id("a"), id("b"), id("c"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Write).unwrap();
@@ -1974,21 +2224,21 @@ mod tests {
         );
         // b is killed before its task ever sees the grant.
         b_wait.abort();
-        assert!(b_wait.await.unwrap_err().is_cancelled());
+        assert!(clock.run(b_wait).await.unwrap_err().is_cancelled());
         assert_eq!(
             m.holders(&r),
             vec![(c.clone(), LockMode::Write)],
             "passed on to c"
         );
-        assert_eq!(c_wait.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(c_wait).await.unwrap(), Ok(()));
         assert!(m.held_by(&b).is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_wait_withdrawn_by_release_all_is_final_even_if_the_lock_frees_at_once() {
         // The kill race: the agent's locks and waits are released while its
         // acquire still runs, and the lock frees before that task runs again.
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, c) = (id("a"), id("c"));
         let r = res("doc");
         m.try_acquire(&c, &r, LockMode::Write).unwrap();
@@ -1996,7 +2246,10 @@ mod tests {
         m.release_all(&a);
         m.release(&c, &r).unwrap();
         assert!(
-            matches!(a_wait.await.unwrap(), Err(LockError::Withdrawn { .. })),
+            matches!(
+                clock.run(a_wait).await.unwrap(),
+                Err(LockError::Withdrawn { .. })
+            ),
             "a withdrawn wait does not queue again"
         );
         assert!(
@@ -2006,9 +2259,9 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_waiter_refused_at_hand_off_lets_those_behind_it_go() {
-        let m = Arc::new(LockManager::new(1));
+        let (m, clock) = fake(1);
         let (h, a, b) = (id("h"), id("a"), id("b"));
         let (r, other) = (res("doc"), res("other"));
         m.try_acquire(&h, &r, LockMode::Write).unwrap();
@@ -2018,16 +2271,20 @@ mod tests {
         m.try_acquire(&a, &other, LockMode::Write).unwrap();
         m.release(&h, &r).unwrap();
         assert!(matches!(
-            a_wait.await.unwrap(),
+            clock.run(a_wait).await.unwrap(),
             Err(LockError::TooMany { .. })
         ));
-        assert_eq!(b_wait.await.unwrap(), Ok(()), "b is not left asleep");
+        assert_eq!(
+            clock.run(b_wait).await.unwrap(),
+            Ok(()),
+            "b is not left asleep"
+        );
         assert_eq!(m.holders(&r), vec![(b.clone(), LockMode::Read)]);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_dropped_upgrade_falls_back_to_the_mode_held_before() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let (a, b, c) = (id("a"), id("b"), id("c"));
         let r = res("doc");
         m.try_acquire(&a, &r, LockMode::Read).unwrap();
@@ -2037,22 +2294,22 @@ mod tests {
         m.release(&b, &r).unwrap();
         assert_eq!(m.holders(&r), vec![(a.clone(), LockMode::Exclusive)]);
         up.abort();
-        assert!(up.await.unwrap_err().is_cancelled());
+        assert!(clock.run(up).await.unwrap_err().is_cancelled());
         // a keeps the read lock it had; the reader behind the upgrade goes.
-        assert_eq!(reader.await.unwrap(), Ok(()));
+        assert_eq!(clock.run(reader).await.unwrap(), Ok(()));
         assert_eq!(
             m.holders(&r),
             vec![(a, LockMode::Read), (c, LockMode::Read)]
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn many_waiters_time_out_at_their_own_deadlines_and_the_rest_are_granted() {
-        let m = Arc::new(LockManager::new(8));
+        let (m, clock) = fake(8);
         let r = res("doc");
         let h = id("h");
         m.try_acquire(&h, &r, LockMode::Write).unwrap();
-        let start = Instant::now();
+        let start = clock.now();
         let mut tasks = Vec::new();
         for i in 0..200u64 {
             // Odd waiters give up after i seconds; even ones wait long.
@@ -2068,10 +2325,10 @@ mod tests {
                 i,
                 wait,
                 tokio::spawn({
-                    let (m, r) = (m.clone(), r.clone());
+                    let (m, r, clock) = (m.clone(), r.clone(), clock.clone());
                     async move {
                         let got = m.acquire(&agent, &r, mode, wait).await;
-                        let at = start.elapsed();
+                        let at = clock.now() - start;
                         if got.is_ok() {
                             m.release(&agent, &r).unwrap();
                         }
@@ -2081,11 +2338,11 @@ mod tests {
             ));
             until("queued", || queue_of(&m, &r).len() == before + 1).await;
         }
-        tokio::time::sleep(Duration::from_secs(300)).await;
+        clock.advance(Duration::from_secs(300)).await;
         assert_eq!(queue_of(&m, &r).len(), 100, "the odd ones left the queue");
         m.release(&h, &r).unwrap();
         for (i, wait, t) in tasks {
-            let (got, at) = t.await.unwrap();
+            let (got, at) = clock.run(t).await.unwrap();
             if i % 2 == 1 {
                 assert_eq!(
                     got,
@@ -2104,23 +2361,34 @@ mod tests {
     }
 
     /// A deadline reached as the lock is handed over: the waiter either
-    /// holds the lock and says so, or does not hold it — never a lock held
+    /// holds the lock and says so (the release came before it saw its
+    /// deadline), or does not hold it (it gave up first) — never a lock held
     /// for a waiter that gave up.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_timeout_racing_a_release_never_strands_the_lock() {
-        let m = Arc::new(LockManager::new(8));
-        let (a, b) = (id("a"), id("b"));
-        let r = res("doc");
-        m.try_acquire(&a, &r, LockMode::Write).unwrap();
-        let b_wait = queue_up(&m, &b, &r, LockMode::Write, Duration::from_secs(1)).await;
-        tokio::time::advance(Duration::from_secs(1)).await;
-        m.release(&a, &r).unwrap();
-        match b_wait.await.unwrap() {
-            Ok(()) => assert_eq!(m.holders(&r), vec![(b, LockMode::Write)]),
-            Err(LockError::Timeout { .. }) => assert!(m.holders(&r).is_empty()),
-            other => panic!("{other:?}"),
+        for release_first in [true, false] {
+            let (m, clock) = fake(8);
+            let (a, b) = (id("a"), id("b"));
+            let r = res("doc");
+            m.try_acquire(&a, &r, LockMode::Write).unwrap();
+            let b_wait = queue_up(&m, &b, &r, LockMode::Write, Duration::from_secs(1)).await;
+            if release_first {
+                // The deadline is due, but b has not run since.
+                clock.jump_to(Duration::from_secs(1));
+            } else {
+                clock.advance(Duration::from_secs(1)).await;
+                assert!(b_wait.is_finished(), "b saw its deadline");
+            }
+            m.release(&a, &r).unwrap();
+            match clock.run(b_wait).await.unwrap() {
+                Ok(()) if release_first => assert_eq!(m.holders(&r), vec![(b, LockMode::Write)]),
+                Err(LockError::Timeout { .. }) if !release_first => {
+                    assert!(m.holders(&r).is_empty());
+                }
+                other => panic!("release first: {release_first}: {other:?}"),
+            }
+            assert!(queue_of(&m, &r).is_empty());
         }
-        assert!(queue_of(&m, &r).is_empty());
     }
 
     /// One agent's script: locks to take in order (holding each), how long
@@ -2193,17 +2461,16 @@ mod tests {
             scripts in proptest::collection::vec(script(), 2..14)
         ) {
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let m = Arc::new(LockManager::new(8));
+                let (m, clock) = fake(8);
                 let inside = Arc::new(Inside::default());
                 let resources = [res("r0"), res("r1"), res("r2")];
                 let mut tasks = Vec::new();
                 for (i, s) in scripts.into_iter().enumerate() {
-                    let (m, inside, resources) = (m.clone(), inside.clone(), resources.clone());
+                    let (m, inside, resources, clock) =
+                        (m.clone(), inside.clone(), resources.clone(), clock.clone());
                     let agent = id(&format!("agent-{i}"));
                     tasks.push(tokio::spawn(async move {
                         let work = async {
@@ -2220,12 +2487,17 @@ mod tests {
                                     }
                                     Err(e) => panic!("{agent}: {e}"),
                                 }
-                                tokio::time::sleep(Duration::from_millis(*hold)).await;
+                                clock.sleep(Duration::from_millis(*hold)).await;
                             }
                         };
                         match s.killed_after_ms {
                             Some(ms) => {
-                                let _ = tokio::time::timeout(Duration::from_millis(ms), work).await;
+                                let kill = clock.sleep(Duration::from_millis(ms));
+                                tokio::select! {
+                                    biased;
+                                    () = work => {}
+                                    () = kill => {}
+                                }
                             }
                             None => work.await,
                         }
@@ -2238,9 +2510,8 @@ mod tests {
                         t.await.unwrap();
                     }
                 };
-                tokio::time::timeout(Duration::from_secs(600), all)
-                    .await
-                    .expect("every agent finishes well before any wait could time out");
+                // Fails (does not hang) if an agent is never woken.
+                clock.within(Duration::from_secs(600), all).await;
                 let t = m.table();
                 assert!(t.held.is_empty() && t.by_agent.is_empty());
                 assert!(t.queues.is_empty() && t.waiting.is_empty());

@@ -16,7 +16,7 @@
 //!   on the same live instance, without a saga (no engine, no records, no
 //!   events).
 //!
-//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance --bench saga`
+//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench saga`
 //! (the form every bench shares a build with; see the README's "Performance").
 //! Beside the Python reference's `saga_3_steps`, same run: `host/bench/compare.sh`.
 

@@ -44,7 +44,7 @@
 //!   with free calls (`ring`), so the difference is the elevation work. Rate
 //!   limits are on, with change budgets that never run out.
 //!
-//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --exclude ahv-governance --bench session`
+//! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench session`
 //! (beside the Python reference: `host/bench/compare.sh`).
 //!
 //! `elevation/*` medians (2 shared vCPUs, load ~4; `... --bench session --

@@ -21,13 +21,13 @@
 //!   `spinner` in a tight loop with a 1 ms epoch tick. Criterion reports the
 //!   mean; p50/p99 of 200 samples are printed to stderr.
 //!
-//! Run: `cargo bench --workspace --exclude ahv-governance --bench runtime`
-//! (the form every bench shares a build with; unset RUST_BACKTRACE: it makes
-//! every trap capture a host backtrace).
+//! Run: `cargo bench --workspace --bench runtime` (the form every bench is
+//! documented with; any `-p` form shares its build through the workspace
+//! hack; unset RUST_BACKTRACE: it makes every trap capture a host backtrace).
 //!
 //! Figures (medians; 2 shared vCPUs with a load average of ~4, so ±30%
 //! between runs), from
-//! `env -u RUST_BACKTRACE cargo bench -p ahv-runtime --bench runtime --
+//! `env -u RUST_BACKTRACE cargo bench --workspace --bench runtime --
 //! '^(hostcall|gate)/' --warm-up-time 1 --measurement-time 3`; per call =
 //! (x1000 − x0) / 1000, raw against raw, governed against governed:
 //!
