@@ -40,6 +40,23 @@
 //! its capability manifest: `ahv inspect agent.wasm` tells the lowest ring that
 //! covers them.
 //!
+//! # What lives across calls
+//!
+//! The host keeps an agent's instance between calls, so its statics (a
+//! `static` cache, a `thread_local!`, a `OnceLock`) persist from one `run` to
+//! the next. Nothing promises they will: the host discards the instance when
+//! a call traps, runs out of fuel, memory or time, is killed, or breaches
+//! its ring, and the next call starts from a fresh one; a session's end drops
+//! it too. Use statics as a cache only; keep what must last in [`state`] or
+//! in files ([`vfs`]), which the session keeps and the audit log records.
+//!
+//! # Failing with `?`
+//!
+//! `run` fails with a `String`; a host [`Error`] converts into one (its WIT
+//! case and the host's explanation, see [`describe`]), so `?` works on every
+//! capability call. [`state::update`] is the compare-and-set loop for shared
+//! state, [`locks::lock`] a lock held until its guard is dropped.
+//!
 //! # Rings
 //!
 //! Ring 0 is the most privileged, ring 3 the least; each ring has the
@@ -132,6 +149,56 @@ pub mod saga_bindings {
 /// explanation naming the input that was refused. `Display` shows the variant
 /// and its explanation.
 pub use bindings::agent_hypervisor::agent::types::Error;
+
+/// A host error becomes the agent's failure message, so `?` works in `run`
+/// (and in saga steps), which fail with a `String`:
+///
+/// ```no_run
+/// use agent_sdk::{Agent, export_agent, vfs};
+///
+/// struct Copier;
+///
+/// impl Agent for Copier {
+///     fn run(input: String) -> Result<String, String> {
+///         let text = vfs::read_to_string(&input)?; // `Error` → the failure message
+///         vfs::write("copy.txt", &text)?;
+///         Ok(format!("copied {} bytes", text.len()))
+///     }
+/// }
+///
+/// export_agent!(Copier);
+/// ```
+///
+/// The message is the error's [`describe`]: its WIT case and the host's
+/// explanation (`denied: vfs-write is outside ring 3`).
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        describe(&e)
+    }
+}
+
+/// An error as one line: its WIT case ([`error_kind`]) and the host's
+/// explanation (for `rate-limited`, how long to wait).
+pub fn describe(e: &Error) -> String {
+    let why = match e {
+        Error::InvalidPath(m)
+        | Error::NotFound(m)
+        | Error::AlreadyExists(m)
+        | Error::Denied(m)
+        | Error::Quota(m)
+        | Error::UnknownAction(m)
+        | Error::ActionFailed(m)
+        | Error::Io(m)
+        | Error::Conflict(m)
+        | Error::Deadlock(m)
+        | Error::Timeout(m)
+        | Error::InvalidKey(m)
+        | Error::Quarantined(m) => m.clone(),
+        Error::RateLimited(u64::MAX) => "the budget does not refill".to_string(),
+        Error::RateLimited(ms) => format!("retry in {ms} ms"),
+    };
+    format!("{}: {why}", error_kind(e))
+}
 
 /// The WIT name of an error's case (`not-found`, `rate-limited`, …), for
 /// logs and reports that should not depend on its message.
@@ -532,6 +599,50 @@ pub mod state {
     pub fn delete(key: &str, expected_version: u64) -> Result<(), Error> {
         state_write::delete(key, expected_version)
     }
+
+    /// How many times [`update`] tries before it gives up on a key that
+    /// others keep changing.
+    pub const UPDATE_ATTEMPTS: u32 = 16;
+
+    /// The compare-and-set loop, written once: reads `key`, computes its new
+    /// value with `f` (given the current value, `None` if the key does not
+    /// exist) and writes it if nobody wrote in between; on a conflict it
+    /// reads again and calls `f` again, up to [`UPDATE_ATTEMPTS`] times.
+    /// Returns the new version. Needs ring 2 or below.
+    ///
+    /// `f` may run more than once, so it should only compute (no writes of
+    /// its own). A key that other agents change constantly can still make
+    /// every attempt lose: then the last `Conflict` is returned.
+    ///
+    /// ```no_run
+    /// use agent_sdk::state;
+    /// // Increment a shared counter.
+    /// let version = state::update("counter", |old| {
+    ///     let n: u64 = old
+    ///         .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+    ///         .unwrap_or(0);
+    ///     (n + 1).to_string().into_bytes()
+    /// })?;
+    /// # Ok::<(), state::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Conflict` after [`UPDATE_ATTEMPTS`] lost races; the read's and the
+    /// write's own errors (`Denied`, `Quota`, `RateLimited`, …) at once.
+    pub fn update(key: &str, mut f: impl FnMut(Option<&[u8]>) -> Vec<u8>) -> Result<u64, Error> {
+        let mut attempt = 1;
+        loop {
+            let current = get(key)?;
+            let (value, version) = match &current {
+                Some(v) => (f(Some(&v.value)), v.version),
+                None => (f(None), 0),
+            };
+            match put(key, value, version) {
+                Err(Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
 }
 
 /// Intent locks on shared paths and state keys (capability `locks`, ring 2
@@ -568,6 +679,64 @@ pub mod locks {
     /// `RateLimited` or `Quarantined`, like every metered call.
     pub fn held() -> Result<Vec<(Target, Mode)>, Error> {
         raw::held()
+    }
+
+    /// Takes a lock like [`acquire`] and returns a guard that releases it
+    /// when dropped, on every path out of the scope (an early `return`, a
+    /// `?`). The host also releases an agent's locks when it leaves the
+    /// session, traps or is killed.
+    ///
+    /// ```no_run
+    /// use agent_sdk::{locks, vfs};
+    /// let report = locks::Target::Path("shared/report.txt".into());
+    /// let _guard = locks::lock(&report, locks::Mode::Write, 1_000)?;
+    /// vfs::append("shared/report.txt", "one more line\n")?;
+    /// // released here
+    /// # Ok::<(), locks::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`acquire`].
+    pub fn lock(target: &Target, mode: Mode, wait_ms: u32) -> Result<Guard, Error> {
+        acquire(target, mode, wait_ms)?;
+        Ok(Guard {
+            target: Some(target.clone()),
+        })
+    }
+
+    /// A held lock, released when dropped (see [`lock`]).
+    #[must_use = "dropping the guard releases the lock at once"]
+    #[derive(Debug)]
+    pub struct Guard {
+        target: Option<Target>,
+    }
+
+    impl Guard {
+        /// What the guard holds.
+        pub fn target(&self) -> Option<&Target> {
+            self.target.as_ref()
+        }
+
+        /// Releases the lock now and says whether the host released it
+        /// (dropping the guard does the same and ignores the answer).
+        ///
+        /// # Errors
+        /// `NotFound` if the lock was already gone (the host withdrew it).
+        pub fn release(mut self) -> Result<(), Error> {
+            match self.target.take() {
+                Some(t) => release(&t),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(t) = self.target.take() {
+                // Nothing to do about a lock the host already withdrew.
+                let _ = release(&t);
+            }
+        }
     }
 
     /// Runs `f` while holding `mode` on `target`, releasing it afterwards.

@@ -1200,3 +1200,105 @@ async fn pinger_vfs_mode_round_trips_1_kib_through_the_session_vfs() {
         [0x5a; 1024]
     );
 }
+
+/// The guest SDK's helpers, driven by the `scripted` agent: `state::update`
+/// retries a lost compare-and-set (a rival write is slipped in after its
+/// first read, and four agents increment one counter at once on two threads:
+/// no increment is lost), `locks::lock`'s guard releases at the end of its
+/// scope, and `?` on a host error fails `run` with the error's description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdks_update_loop_loses_no_write_its_lock_guard_releases_and_question_mark_fails_with_the_error()
+ {
+    let h = Hv::new();
+    let s = h.session();
+    let agents: Vec<String> = (0..4).map(|i| format!("did:test:sdk{i}")).collect();
+    for a in &agents {
+        assert_eq!(
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await,
+            Ring::Standard
+        );
+    }
+    h.hv.activate_session(&s).unwrap();
+
+    // A certain race: the first attempt loses to the rival "100", the loop
+    // reads again and writes 101.
+    let out = h
+        .script(&s, &agents[0], "incr-raced raced\nget raced")
+        .await;
+    assert_eq!(ok(&out, "incr-raced raced"), "v2", "{out}");
+    assert!(ok(&out, "get raced").starts_with("v2 101 by"), "{out}");
+
+    // Four agents, ten increments each, at the same time.
+    let per_agent = 10;
+    let script = vec!["incr counter"; per_agent].join("\n");
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in agents.clone() {
+        let (hv, s, script) = (h.hv.clone(), s.clone(), script.clone());
+        tasks.spawn(async move {
+            let out = hv.run_agent(&s, &id(&a), &script).await;
+            (a, out)
+        });
+    }
+    let all = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut reports = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            reports.push(done.expect("an incrementing task panicked"));
+        }
+        reports
+    })
+    .await
+    .expect("four agents incrementing a counter did not finish within 60 s");
+    for (a, out) in all {
+        let report = out
+            .unwrap_or_else(|e| panic!("{a} trapped: {e}"))
+            .result
+            .unwrap_or_else(|e| panic!("{a}'s script failed: {e}"));
+        assert_eq!(
+            report.lines().filter(|l| l.contains(" -> ok v")).count(),
+            per_agent,
+            "{a}: every increment must succeed:\n{report}"
+        );
+    }
+    let out = h.script(&s, &agents[1], "get counter").await;
+    assert!(
+        ok(&out, "get counter").starts_with(&format!("v{} {} by", 4 * per_agent, 4 * per_agent)),
+        "no increment may be lost: {out}"
+    );
+
+    // The guard holds the lock inside its scope and releases it after.
+    let out = h.script(&s, &agents[2], "guarded key:k write\nheld").await;
+    assert_eq!(ok(&out, "guarded key:k write"), "1 held", "{out}");
+    assert_eq!(
+        ok(&out, "held"),
+        "",
+        "the guard must have released the lock: {out}"
+    );
+
+    // `?` turns the host's error into the failure message: case and reason.
+    let out =
+        h.hv.run_agent(
+            &s,
+            &id(&agents[3]),
+            "copy shared/missing.txt shared/copy.txt",
+        )
+        .await
+        .unwrap();
+    let failure = out
+        .result
+        .expect_err("copying a missing file must fail the run");
+    assert!(failure.starts_with("not-found: "), "{failure}");
+    assert!(failure.contains("missing.txt"), "{failure}");
+    let out = h
+        .script(
+            &s,
+            &agents[3],
+            "write shared/a.txt hello\ncopy shared/a.txt shared/b.txt\nread shared/b.txt",
+        )
+        .await;
+    assert_eq!(
+        ok(&out, "copy shared/a.txt shared/b.txt"),
+        "5 bytes",
+        "{out}"
+    );
+    assert_eq!(ok(&out, "read shared/b.txt"), "hello", "{out}");
+}

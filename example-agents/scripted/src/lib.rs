@@ -79,6 +79,14 @@ fn mode(s: &str) -> Result<locks::Mode, String> {
     }
 }
 
+/// Copies a file with `?` on every host call (the SDK turns an `Error` into
+/// the failure message).
+fn copy(from: &str, to: &str) -> Result<usize, String> {
+    let bytes = vfs::read(from)?;
+    vfs::write(to, &bytes)?;
+    Ok(bytes.len())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -143,6 +151,31 @@ impl Machine {
                 }
             }),
             "keys" => state::keys(rest).map(|k| k.join(",")),
+            // The SDK's compare-and-set loop: add 1 to a decimal counter.
+            "incr" => state::update(rest, |old| {
+                let n: u64 = old
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+                (n + 1).to_string().into_bytes()
+            })
+            .map(|n| format!("v{n}")),
+            // The same, with a rival write of "100" slipped in after the
+            // first read (a race made certain): the loop must read again.
+            "incr-raced" => {
+                let mut raced = false;
+                state::update(rest, |old| {
+                    if !raced {
+                        raced = true;
+                        let version = state::get(rest).ok().flatten().map_or(0, |v| v.version);
+                        let _ = state::put(rest, "100", version);
+                    }
+                    let n: u64 = old
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                        .unwrap_or(0);
+                    (n + 1).to_string().into_bytes()
+                })
+                .map(|n| format!("v{n}"))
+            }
             "put" => {
                 let (k, v) = two();
                 let expected = self.seen.get(k).copied().unwrap_or(0);
@@ -172,6 +205,21 @@ impl Machine {
                 locks::acquire(&target(t)?, mode(m)?, wait).map(|()| String::new())
             }
             "unlock" => locks::release(&target(rest)?).map(|()| String::new()),
+            // A lock held by the SDK's guard for the rest of this command:
+            // reports what is held inside the scope; the guard releases it.
+            "guarded" => {
+                let (t, m) = two();
+                match locks::lock(&target(t)?, mode(m)?, 1_000) {
+                    Ok(_guard) => locks::held().map(|h| format!("{} held", h.len())),
+                    Err(e) => Err(e),
+                }
+            }
+            // `?` on a host error inside a helper that fails with a String:
+            // a failed copy fails the whole script with the error's description.
+            "copy" => {
+                let (from, to) = two();
+                Ok(format!("{} bytes", copy(from, to)?))
+            }
             "held" => locks::held().map(|held| {
                 held.iter()
                     .map(|(t, m)| match t {
