@@ -318,6 +318,64 @@ macro_rules! export_agent {
     };
 }
 
+/// Structured input and answers (feature `json`).
+///
+/// The convention: `run` takes and returns text, and an agent that wants
+/// structure takes a JSON document as its input and answers with one; a
+/// failure stays a plain message. [`json::input`] parses the input (its
+/// error names what was wrong and where, ready to return), [`json::answer`]
+/// writes the answer.
+///
+/// ```no_run
+/// use agent_sdk::{Agent, export_agent, json};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Ask { name: String, times: u32 }
+///
+/// #[derive(serde::Serialize)]
+/// struct Reply { greeting: String }
+///
+/// struct Greeter;
+///
+/// impl Agent for Greeter {
+///     fn run(input: String) -> Result<String, String> {
+///         let ask: Ask = json::input(&input)?;
+///         json::answer(&Reply { greeting: format!("hello {}", ask.name).repeat(ask.times as usize) })
+///     }
+/// }
+///
+/// export_agent!(Greeter);
+/// ```
+#[cfg(feature = "json")]
+pub mod json {
+    pub use serde_json::{Value, json};
+
+    /// Parses `input` as JSON of type `T`.
+    ///
+    /// # Errors
+    /// A message naming the expected type and serde's reason with its line
+    /// and column (`input is not the JSON expected (app::Ask): missing field
+    /// `name` at line 1 column 12`).
+    pub fn input<T: serde::de::DeserializeOwned>(input: &str) -> Result<T, String> {
+        serde_json::from_str(input).map_err(|e| {
+            format!(
+                "input is not the JSON expected ({}): {e}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+
+    /// Writes `value` as the agent's JSON answer.
+    ///
+    /// # Errors
+    /// A message when `value` cannot be written as JSON (a map with
+    /// non-string keys, a serializer's own error).
+    pub fn answer<T: serde::Serialize>(value: &T) -> Result<String, String> {
+        serde_json::to_string(value)
+            .map_err(|e| format!("the answer cannot be written as JSON: {e}"))
+    }
+}
+
 /// Who am I: the calling agent's identity and ring (capability `context`, every ring).
 pub mod context {
     use crate::bindings::agent_hypervisor::agent::context as raw;
@@ -598,6 +656,88 @@ pub mod state {
     /// `Conflict`, `NotFound`, `Denied`.
     pub fn delete(key: &str, expected_version: u64) -> Result<(), Error> {
         state_write::delete(key, expected_version)
+    }
+
+    /// Reads `key` as JSON (feature `json`); `None` if it does not exist.
+    ///
+    /// # Errors
+    /// As [`get`], and `InvalidKey` naming the key when its value is not
+    /// JSON of type `T`.
+    #[cfg(feature = "json")]
+    pub fn get_json<T: serde::de::DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
+        match get(key)? {
+            Some(v) => decode(key, &v.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `value` as JSON (feature `json`) if `key` is still at
+    /// `expected_version`; returns the new version. Needs ring 2 or below.
+    ///
+    /// # Errors
+    /// As [`put`].
+    #[cfg(feature = "json")]
+    pub fn put_json<T: serde::Serialize>(
+        key: &str,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<u64, Error> {
+        put(key, encode(key, value)?, expected_version)
+    }
+
+    /// [`update`] on a JSON value (feature `json`): `f` gets the current
+    /// value (`None` if the key does not exist) and returns the new one.
+    ///
+    /// ```no_run
+    /// use agent_sdk::state;
+    /// #[derive(serde::Serialize, serde::Deserialize, Default)]
+    /// struct Tally { runs: u64 }
+    /// state::update_json("tally", |old: Option<Tally>| {
+    ///     let mut t = old.unwrap_or_default();
+    ///     t.runs += 1;
+    ///     t
+    /// })?;
+    /// # Ok::<(), state::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`update`]; `InvalidKey` naming the key when the stored value is
+    /// not JSON of type `T` (nothing is written then).
+    #[cfg(feature = "json")]
+    pub fn update_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+        key: &str,
+        mut f: impl FnMut(Option<T>) -> T,
+    ) -> Result<u64, Error> {
+        let mut attempt = 1;
+        loop {
+            let (old, version) = match get(key)? {
+                Some(v) => (Some(decode(key, &v.value)?), v.version),
+                None => (None, 0),
+            };
+            match put(key, encode(key, &f(old))?, version) {
+                Err(Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    #[cfg(feature = "json")]
+    fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::InvalidKey(format!(
+                "the value of {key:?} is not JSON of type {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    #[cfg(feature = "json")]
+    fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(value).map_err(|e| {
+            Error::InvalidKey(format!(
+                "the new value of {key:?} cannot be written as JSON: {e}"
+            ))
+        })
     }
 
     /// How many times [`update`] tries before it gives up on a key that

@@ -1274,6 +1274,33 @@ async fn the_sdks_update_loop_loses_no_write_its_lock_guard_releases_and_questio
         "the guard must have released the lock: {out}"
     );
 
+    // JSON state values and JSON input/answers (the SDK's `json` feature).
+    let out = h
+        .script(
+            &s,
+            &agents[2],
+            "tally t\ntally t\nget t\nput bad not-json\ntally bad\ndouble {\"runs\":21}",
+        )
+        .await;
+    assert_eq!(ok(&out, "tally t"), "v1", "{out}");
+    assert!(ok(&out, "get t").starts_with("v2 {\"runs\":2} by"), "{out}");
+    let refused = line(&out, "tally bad");
+    assert!(
+        refused.contains("err invalid-key")
+            && refused.contains(r#"the value of \"bad\" is not JSON of type scripted::Tally"#),
+        "a non-JSON value must be refused, naming the key: {out}"
+    );
+    assert_eq!(ok(&out, "double {\"runs\":21}"), "{\"runs\":42}", "{out}");
+    let out =
+        h.hv.run_agent(&s, &id(&agents[2]), "double {\"runs\":\"x\"}")
+            .await
+            .unwrap();
+    let failure = out.result.expect_err("bad JSON input must fail the run");
+    assert!(
+        failure.starts_with("input is not the JSON expected (scripted::Tally): invalid type"),
+        "{failure}"
+    );
+
     // `?` turns the host's error into the failure message: case and reason.
     let out =
         h.hv.run_agent(

@@ -34,8 +34,8 @@
 use std::collections::HashMap;
 
 use agent_sdk::{
-    Agent, Error, SagaParticipant, Step, admin, context, effects, elevation, export_agent, locks,
-    log, spawn, state, vfs,
+    Agent, Error, SagaParticipant, Step, admin, context, effects, elevation, export_agent, json,
+    locks, log, spawn, state, vfs,
 };
 
 struct Scripted;
@@ -77,6 +77,12 @@ fn mode(s: &str) -> Result<locks::Mode, String> {
         "exclusive" => Ok(locks::Mode::Exclusive),
         other => Err(format!("bad lock mode {other:?}")),
     }
+}
+
+/// A JSON state value (`tally`, `double`).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Tally {
+    runs: u64,
 }
 
 /// Copies a file with `?` on every host call (the SDK turns an `Error` into
@@ -159,6 +165,19 @@ impl Machine {
                 (n + 1).to_string().into_bytes()
             })
             .map(|n| format!("v{n}")),
+            // A JSON state value through the SDK's typed update.
+            "tally" => state::update_json(rest, |old: Option<Tally>| {
+                let mut t = old.unwrap_or_default();
+                t.runs += 1;
+                t
+            })
+            .map(|n| format!("v{n}")),
+            // JSON input and answer: a tally in, the doubled tally out; bad
+            // JSON fails the script with the SDK's message.
+            "double" => {
+                let t: Tally = json::input(rest)?;
+                Ok(json::answer(&Tally { runs: t.runs * 2 })?)
+            }
             // The same, with a rival write of "100" slipped in after the
             // first read (a race made certain): the loop must read again.
             "incr-raced" => {
