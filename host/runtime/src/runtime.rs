@@ -309,9 +309,10 @@ pub(crate) fn linked_ring(ring: Ring) -> Ring {
     }
 }
 
-/// The linker for agents linked at `ring`: WASI (granting nothing), real
-/// adapters (each behind the gate) for the ring's capabilities, breach stubs
-/// for all others.
+/// The linker for agents linked at `ring`: WASI (granting nothing; all of
+/// WASI p2, `wasi:sockets` included, whose every use the context denies),
+/// real adapters (each behind the gate) for the ring's capabilities, breach
+/// stubs for all others.
 fn linker(
     engine: &Engine,
     policy: &RingPolicy,

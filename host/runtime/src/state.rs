@@ -591,8 +591,17 @@ impl AgentState {
         let log = Arc::new(Mutex::new(LogBuffer::default()));
         // Grants nothing: no preopened directories, no environment, no
         // arguments, no network. Only stdout/stderr (into the log), clocks
-        // and randomness.
+        // and randomness. The network denials are wasmtime-wasi's defaults
+        // too; they are spelled out because `wasi:sockets` is linked for
+        // every agent (toolchains import it whether or not the agent uses
+        // it: `crate::component::WASI_DENIED`), so these lines are what
+        // turns every socket call into an `access-denied` (or, for a name
+        // lookup, a resolver failure) the guest sees.
         let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
             .stdout(LogStream {
                 log: log.clone(),
                 source: LogSource::Stdout,
