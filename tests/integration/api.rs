@@ -717,8 +717,18 @@ fn hostile_requests_get_problems_not_crashes() {
     )
     .problem(400, "reserved");
     // A component refused at admission names the import at fault.
-    s.upload(ADMIN, ahv_agents::NET_SNEAK)
-        .problem(422, "wasi:sockets");
+    let http =
+        wat::parse_str(r#"(component (import "wasi:http/types@0.2.6" (instance)))"#).unwrap();
+    s.upload(ADMIN, &http).problem(422, "wasi:http/types@0.2.6");
+    // Importing the network is admitted (toolchains always import it); the
+    // import is listed as linked-but-denied.
+    let sneak = s.upload(ADMIN, ahv_agents::NET_SNEAK);
+    let imports = sneak.ok()["imports"].as_array().unwrap();
+    assert!(
+        imports.iter().any(|i| i["kind"] == "wasi-denied"
+            && i["name"].as_str().unwrap().starts_with("wasi:sockets/")),
+        "{imports:?}"
+    );
     s.upload(ADMIN, b"not a component").problem(422, "");
     // An unknown event kind.
     s.get("/v1/events?kind=session.exploded", ADMIN)

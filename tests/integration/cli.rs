@@ -373,9 +373,15 @@ fn inspect_refuses_what_run_refuses_with_the_same_code() {
         ),
         (
             "import-outside-the-contract",
-            r#"(import "wasi:sockets/tcp@0.2.6" (instance))"#,
+            r#"(import "wasi:http/outgoing-handler@0.2.6" (instance))"#,
             RUN,
-            "wasi:sockets/tcp@0.2.6",
+            "wasi:http/outgoing-handler@0.2.6",
+        ),
+        (
+            "unknown-package",
+            r#"(import "evil:pkg/thing@1.0.0" (instance))"#,
+            RUN,
+            "evil:pkg/thing@1.0.0: not part of the agent contract",
         ),
     ];
     for (name, imports, exports, why) in cases {
@@ -403,6 +409,25 @@ fn inspect_refuses_what_run_refuses_with_the_same_code() {
     assert_eq!(inspect.code(), 0, "{inspect:?}");
     assert!(
         inspect.stdout.contains("lowest ring: 3 (sandbox)"),
+        "{inspect:?}"
+    );
+    let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert_eq!(run.stdout, "ok\n", "{run:?}");
+
+    // Importing the network (as componentize-py components always do) is
+    // admitted by both; `inspect` says every use of it is denied.
+    let file = tmp.path().join("socket-import.wasm");
+    std::fs::write(
+        &file,
+        component(r#"(import "wasi:sockets/tcp@0.2.6" (instance))"#, RUN),
+    )
+    .unwrap();
+    let f = path_str(&file);
+    let inspect = ahv_run(&["inspect", f, "--no-cache"]);
+    assert_eq!(inspect.code(), 0, "{inspect:?}");
+    assert!(
+        inspect.stdout.contains("every use fails with an error"),
         "{inspect:?}"
     );
     let run = ahv_run(&["run", f, "--ring", "3", "--no-cache"]);

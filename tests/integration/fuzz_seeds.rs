@@ -189,7 +189,14 @@ fn wat_seeds() -> Vec<(&'static str, String)> {
         ("core-module", r#"(module (func (export "run")))"#.into()),
         ("run-only", format!("(component {RUN_EXPORT})")),
         (
-            "refused-socket-import",
+            "refused-http-import",
+            format!(
+                r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)) {RUN_EXPORT})"#
+            ),
+        ),
+        (
+            // Linked, every use denied: admitted.
+            "denied-socket-import",
             format!(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)) {RUN_EXPORT})"#),
         ),
         (
@@ -384,7 +391,12 @@ fn admission_seeds_reach_the_answer_they_are_named_for() {
         Err(LoadError::MissingRun { .. })
     ));
     assert!(
-        matches!(load("refused-socket-import.wasm"), Err(LoadError::RefusedImport { name, .. }) if name == "wasi:sockets/tcp@0.2.0")
+        matches!(load("refused-http-import.wasm"), Err(LoadError::RefusedImport { name, .. }) if name == "wasi:http/outgoing-handler@0.2.0")
+    );
+    let sockets = load("denied-socket-import.wasm").unwrap();
+    assert_eq!(
+        sockets.manifest().imports[0].kind,
+        ahv_runtime::ImportKind::WasiDenied
     );
     let run_only = load("run-only.wasm").unwrap();
     assert_eq!(run_only.manifest().lowest_ring, Some(Ring::Sandbox));

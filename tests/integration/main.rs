@@ -12,6 +12,7 @@ mod mcp;
 #[path = "../../host/store/tests/support/mod.rs"]
 mod pg;
 mod policy;
+mod python;
 mod rings;
 mod runtime;
 mod saga_agents;

@@ -23,9 +23,10 @@ const MAX_COMPONENTS: usize = 1024;
 pub struct ImportView {
     /// The full import name.
     pub name: String,
-    /// `capability`, `types`, `wasi` or `refused`.
+    /// `capability`, `types`, `wasi`, `wasi-denied` (linked, but every use
+    /// fails with an error: the network) or `refused`.
     pub kind: String,
-    /// For a capability, its name; for a refused import, why.
+    /// For a capability, its name; for a denied or refused import, why.
     pub detail: Option<String>,
     /// For a capability, the least privileged ring that has it.
     pub ring: Option<u8>,
@@ -63,6 +64,14 @@ fn imports(m: &Manifest) -> Vec<ImportView> {
                 ),
                 ImportKind::Types => ("types", None, None),
                 ImportKind::Wasi => ("wasi", None, None),
+                ImportKind::WasiDenied => (
+                    "wasi-denied",
+                    Some(
+                        "linked, but every use fails with an error: no ring grants the network"
+                            .into(),
+                    ),
+                    None,
+                ),
                 ImportKind::Refused { reason } => ("refused", Some(reason.clone()), None),
             };
             ImportView {

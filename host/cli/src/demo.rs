@@ -264,11 +264,13 @@ pub(crate) async fn demo(state_dir: Option<PathBuf>) -> anyhow::Result<crate::ex
         .await?;
     d.call(&mut bomb, "").await?;
 
-    d.header("net-sneak: imports wasi:sockets to phone home")?;
-    match d.runtime.load(ahv_agents::NET_SNEAK) {
-        Ok(_) => outln!("   UNEXPECTED: admitted"),
-        Err(e) => outln!("   ✗ refused at load: {e}"),
-    }?;
+    d.header("net-sneak in ring 3: tries to phone home through wasi:sockets")?;
+    // Admitted: toolchains import the network whatever the agent does. No
+    // ring grants it, so every attempt is an error the agent sees.
+    let mut sneak = d
+        .spawn(ahv_agents::NET_SNEAK, "net-sneak", Ring::Sandbox)
+        .await?;
+    d.call(&mut sneak, "203.0.113.7:80").await?;
 
     d.header("the host is still healthy: hello answers again")?;
     d.call(&mut hello, "after all that").await?;

@@ -99,6 +99,8 @@ exit_codes! {
             => "request too large: random bytes or an answer beyond the ring's limit";
         22 InvalidGuestData "invalid-guest-data" TrapCause::InvalidGuestData(_)
             => "invalid guest data: not UTF-8, a pointer outside its memory, a bad handle";
+        23 InstanceLimit "instance-limit" TrapCause::InstanceLimit { .. }
+            => "instance limit: the component needs more core instances, memories or tables than the ring allows";
     }
 }
 
@@ -170,6 +172,11 @@ mod tests {
                 message: "x".into(),
             },
             TrapCause::HostcallTooLarge { limit: 1 },
+            TrapCause::InstanceLimit {
+                what: "core instance",
+                needed: 15,
+                limit: 14,
+            },
         ]
     }
 

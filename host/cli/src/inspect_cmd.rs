@@ -47,6 +47,9 @@ pub(crate) async fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
             }
             ImportKind::Types => "types only".into(),
             ImportKind::Wasi => "WASI (granting nothing: no files, env, args or network)".into(),
+            ImportKind::WasiDenied => {
+                "WASI network (linked, but every use fails with an error: no ring grants it)".into()
+            }
             ImportKind::Refused { reason } => format!("REFUSED: {reason}"),
         };
         outln!("  {:<48} {what}", import.name)?;

@@ -364,12 +364,33 @@ pub struct RingLimits {
     /// Most log bytes kept per call (each line also costs a fixed overhead);
     /// later lines are counted as dropped.
     pub log_bytes: usize,
+    /// Most core module instances one agent instance may create (a component
+    /// instantiates several: a Rust agent 3, a componentize-py agent 14, a
+    /// JavaScript one 4 to 9). Fixed when the instance is created, at its
+    /// ring then; past it instantiation fails.
+    pub max_core_instances: u32,
+    /// Most linear memories one agent instance may define (all of them
+    /// count together against [`RingLimits::memory_bytes`]).
+    pub max_memories: u32,
+    /// Most tables one agent instance may define (they count against
+    /// [`RingLimits::memory_bytes`] too).
+    pub max_tables: u32,
 }
 
 /// Log lines kept per call in every ring of the default table.
 pub const DEFAULT_LOG_LINES_PER_CALL: usize = 4096;
 /// Log bytes kept per call in every ring of the default table.
 pub const DEFAULT_LOG_BYTES_PER_CALL: usize = 256 * 1024;
+/// Core module instances per agent instance in every ring of the default
+/// table: room for what the guest toolchains emit (Rust 3, componentize-py
+/// 14, jco 4 to 9) with a margin for their next versions.
+pub const DEFAULT_MAX_CORE_INSTANCES: u32 = 32;
+/// Linear memories per agent instance in every ring of the default table
+/// (Rust, Python and StarlingMonkey define 1, QuickJS 2).
+pub const DEFAULT_MAX_MEMORIES: u32 = 8;
+/// Tables per agent instance in every ring of the default table (the
+/// toolchains above define 1 or 2).
+pub const DEFAULT_MAX_TABLES: u32 = 32;
 
 impl RingLimits {
     /// The default limits of `ring` (`docs/governance.md`, "The ring table").
@@ -408,6 +429,9 @@ impl RingLimits {
             random_bytes,
             log_lines: DEFAULT_LOG_LINES_PER_CALL,
             log_bytes: DEFAULT_LOG_BYTES_PER_CALL,
+            max_core_instances: DEFAULT_MAX_CORE_INSTANCES,
+            max_memories: DEFAULT_MAX_MEMORIES,
+            max_tables: DEFAULT_MAX_TABLES,
         }
     }
 }
@@ -436,9 +460,10 @@ impl RingPolicy {
     /// Replaces the limits of `ring`.
     ///
     /// # Errors
-    /// [`RingError::ZeroBudget`] for a zero fuel, memory, deadline, resource or
-    /// host-call budget; [`RingError::NotMonotonic`] if the capability sets would
-    /// no longer grow with privilege.
+    /// [`RingError::ZeroBudget`] for a zero fuel, memory, deadline, resource,
+    /// host-call, answer, core-instance, memory-count or table-count budget;
+    /// [`RingError::NotMonotonic`] if the capability sets would no longer
+    /// grow with privilege.
     pub fn set_limits(&mut self, ring: Ring, limits: RingLimits) -> Result<(), RingError> {
         let zero = [
             ("fuel_per_call", limits.fuel_per_call == 0),
@@ -447,6 +472,9 @@ impl RingPolicy {
             ("max_resources", limits.max_resources == 0),
             ("hostcall_bytes", limits.hostcall_bytes == 0),
             ("result_bytes", limits.result_bytes == 0),
+            ("max_core_instances", limits.max_core_instances == 0),
+            ("max_memories", limits.max_memories == 0),
+            ("max_tables", limits.max_tables == 0),
         ];
         if let Some((field, _)) = zero.into_iter().find(|(_, z)| *z) {
             return Err(RingError::ZeroBudget { ring, field });
@@ -540,6 +568,10 @@ mod tests {
         for ring in Ring::ALL {
             assert_eq!(p.limits(ring).log_lines, 4096);
             assert_eq!(p.limits(ring).log_bytes, 256 * 1024);
+            // A componentize-py agent (14 core instances, 1 memory, 2
+            // tables) fits every ring.
+            let l = p.limits(ring);
+            assert!(l.max_core_instances >= 14 && l.max_memories >= 1 && l.max_tables >= 2);
         }
     }
 

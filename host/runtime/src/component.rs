@@ -56,6 +56,25 @@ pub const WASI_ALLOWED: &[&str] = &[
     "wasi:filesystem/preopens",
 ];
 
+/// WASI p2 interfaces a component may import although no ring grants what
+/// they do: toolchains import them whatever the agent does
+/// (componentize-py 0.25 always imports all seven; a Rust agent that names
+/// `std::net` does too). They are linked, and the WASI context denies every
+/// use: creating a TCP or UDP socket answers `access-denied`, a name lookup
+/// a resolver failure, and no address passes its check
+/// (`crate::state::AgentState::new`). So importing one is neither an
+/// admission failure nor a breach; using one gets an error value the guest
+/// sees, never a connection.
+pub const WASI_DENIED: &[&str] = &[
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
 /// What one import of a component is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportKind {
@@ -65,6 +84,9 @@ pub enum ImportKind {
     Types,
     /// A WASI interface from the allowed subset.
     Wasi,
+    /// A WASI interface that is linked but denies every use
+    /// ([`WASI_DENIED`]: the network); its calls return errors.
+    WasiDenied,
     /// Anything else: the component is refused.
     Refused {
         /// Why.
@@ -213,8 +235,13 @@ pub fn classify_import(name: &str) -> ImportKind {
         if WASI_ALLOWED.contains(&path) {
             return ImportKind::Wasi;
         }
+        if WASI_DENIED.contains(&path) {
+            return ImportKind::WasiDenied;
+        }
         if package == "wasi:sockets" || package == "wasi:http" {
-            return refused("network access is not granted to agents");
+            return refused(
+                "network access is not granted to agents, and this interface is not provided",
+            );
         }
         return refused("this WASI interface is not provided");
     }
@@ -253,8 +280,9 @@ pub fn manifest(engine: &Engine, component: &Component, policy: &RingPolicy) -> 
 /// Admission: the checks a component must pass before any agent runs it, in
 /// any ring. In order, each naming what it refuses:
 ///
-/// 1. every import is one of our interfaces at our version or an allowed WASI
-///    interface ([`classify_import`]);
+/// 1. every import is one of our interfaces at our version, an allowed WASI
+///    interface, or a WASI interface linked to deny every use (the network,
+///    [`WASI_DENIED`]) ([`classify_import`]);
 /// 2. every function imported from one of our capabilities is one the
 ///    contract defines (a function the contract lacks would otherwise be
 ///    refused only by the linker, in every ring);
@@ -721,11 +749,25 @@ mod tests {
         );
         assert_eq!(classify_import("wasi:cli/stdout@0.2.6"), ImportKind::Wasi);
         assert_eq!(classify_import("wasi:io/streams@0.2.0"), ImportKind::Wasi);
+        // What componentize-py 0.25 always imports: linked, every use denied.
+        for socket in [
+            "wasi:sockets/network@0.2.9",
+            "wasi:sockets/instance-network@0.2.9",
+            "wasi:sockets/udp@0.2.9",
+            "wasi:sockets/udp-create-socket@0.2.9",
+            "wasi:sockets/tcp@0.2.6",
+            "wasi:sockets/tcp-create-socket@0.2.0",
+            "wasi:sockets/ip-name-lookup@0.2.12",
+        ] {
+            assert_eq!(classify_import(socket), ImportKind::WasiDenied, "{socket}");
+        }
         for bad in [
             "agent-hypervisor:agent/net@0.1.0",
             "agent-hypervisor:agent/vfs-write@0.2.0",
-            "wasi:sockets/tcp@0.2.6",
+            "wasi:sockets/tcp@0.3.0",
+            "wasi:sockets/raw-socket@0.2.6",
             "wasi:http/outgoing-handler@0.2.6",
+            "wasi:http/types@0.2.6",
             "wasi:cli/stdout@0.3.0",
             "wasi:keyvalue/store@0.2.0",
             "evil:pkg/thing@1.0.0",

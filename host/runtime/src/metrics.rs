@@ -55,7 +55,7 @@ const REFUSALS: [&str; 14] = [
 ];
 
 /// Every trap cause ([`crate::TrapCause::kind`]).
-const TRAPS: [&str; 13] = [
+const TRAPS: [&str; 14] = [
     "ring-breach",
     "out-of-fuel",
     "memory-limit",
@@ -66,6 +66,7 @@ const TRAPS: [&str; 13] = [
     "exited",
     "resource-limit",
     "request-too-large",
+    "instance-limit",
     "invalid-guest-data",
     "guest-trap",
     "host-error",
@@ -79,7 +80,7 @@ pub struct RuntimeMetrics {
     calls: [[Counters; 4]; 12],
     breaches: [[Counters; 4]; 12],
     refusals: [Counters; 14],
-    traps: [Counters; 13],
+    traps: [Counters; 14],
     instantiate: Histogram,
     run: Histogram,
     saga_step: Histogram,
@@ -333,6 +334,11 @@ mod tests {
                 message: String::new(),
             },
             TrapCause::HostcallTooLarge { limit: 1 },
+            TrapCause::InstanceLimit {
+                what: "table",
+                needed: 2,
+                limit: 1,
+            },
         ];
         for c in causes {
             assert!(TRAPS.contains(&c.kind()), "{}", c.kind());

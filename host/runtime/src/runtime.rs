@@ -197,12 +197,7 @@ impl RuntimeBuilder {
                 message: "must be at least 1".into(),
             });
         }
-        let max_memory = Ring::ALL
-            .iter()
-            .map(|r| self.policy.limits(*r).memory_bytes)
-            .max()
-            .unwrap_or(0);
-        let engine = engine(self.max_instances, max_memory)?;
+        let engine = engine(self.max_instances, &PoolSizes::of(&self.policy))?;
         let linkers = [
             linker(&engine, &self.policy, Ring::Root)?,
             linker(&engine, &self.policy, Ring::Privileged)?,
@@ -260,14 +255,66 @@ impl RuntimeBuilder {
 /// 1 MiB would cost 45 µs per instance there.
 const KEEP_RESIDENT: usize = 64 << 10;
 
-fn engine(max_instances: u32, max_memory: u64) -> Result<Engine, BuildError> {
+/// The largest per-instance budgets of the ring table: what one agent
+/// instance may need from the pool, whatever its ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PoolSizes {
+    /// The largest `memory_bytes`.
+    memory_bytes: u64,
+    /// The largest `max_core_instances`.
+    core_instances: u32,
+    /// The largest `max_memories`.
+    memories: u32,
+    /// The largest `max_tables`.
+    tables: u32,
+}
+
+impl PoolSizes {
+    fn of(policy: &RingPolicy) -> PoolSizes {
+        let rings = || Ring::ALL.into_iter().map(|r| policy.limits(r));
+        PoolSizes {
+            memory_bytes: rings().map(|l| l.memory_bytes).max().unwrap_or(0),
+            core_instances: rings().map(|l| l.max_core_instances).max().unwrap_or(0),
+            memories: rings().map(|l| l.max_memories).max().unwrap_or(0),
+            tables: rings().map(|l| l.max_tables).max().unwrap_or(0),
+        }
+    }
+}
+
+/// Memories and tables the pool reserves per live instance, on average.
+/// Each pooled memory reserves address space for the largest ring budget
+/// and each table its elements, so the pool is not sized for every agent at
+/// its ring's maximum count: agents define 1 (Rust, Python,
+/// StarlingMonkey) or 2 (QuickJS) memories and 1 or 2 tables.
+const POOL_MEMORIES_PER_INSTANCE: u32 = 2;
+/// See [`POOL_MEMORIES_PER_INSTANCE`].
+const POOL_TABLES_PER_INSTANCE: u32 = 4;
+
+/// The engine, with a pooling allocator for `max_instances` live agent
+/// instances:
+/// - core instances cost the pool only a counter, so it has room for every
+///   instance at the largest ring's `max_core_instances` (a pool of 4 holds
+///   4 Python agents of 14 core instances each, not 32 / 14);
+/// - memories and tables reserve address space, so the pool has
+///   [`POOL_MEMORIES_PER_INSTANCE`] and [`POOL_TABLES_PER_INSTANCE`] per
+///   instance, and never less than one instance at the largest ring's
+///   `max_memories` and `max_tables` needs.
+fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(max_instances)
-        .total_core_instances(max_instances.saturating_mul(8))
-        .total_memories(max_instances.saturating_mul(2))
-        .total_tables(max_instances.saturating_mul(4))
+        .total_core_instances(max_instances.saturating_mul(sizes.core_instances))
+        .total_memories(
+            max_instances
+                .saturating_mul(POOL_MEMORIES_PER_INSTANCE)
+                .max(sizes.memories),
+        )
+        .total_tables(
+            max_instances
+                .saturating_mul(POOL_TABLES_PER_INSTANCE)
+                .max(sizes.tables),
+        )
         .total_stacks(max_instances)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+        .max_memory_size(usize::try_from(sizes.memory_bytes).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         .pagemap_scan(wasmtime::Enabled::Auto);
@@ -309,9 +356,10 @@ pub(crate) fn linked_ring(ring: Ring) -> Ring {
     }
 }
 
-/// The linker for agents linked at `ring`: WASI (granting nothing), real
-/// adapters (each behind the gate) for the ring's capabilities, breach stubs
-/// for all others.
+/// The linker for agents linked at `ring`: WASI (granting nothing; all of
+/// WASI p2, `wasi:sockets` included, whose every use the context denies),
+/// real adapters (each behind the gate) for the ring's capabilities, breach
+/// stubs for all others.
 fn linker(
     engine: &Engine,
     policy: &RingPolicy,
@@ -583,6 +631,7 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ahv_core::RingLimits;
 
     #[test]
     fn splitmix64_matches_the_reference_sequence() {
@@ -591,6 +640,37 @@ mod tests {
         assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
         assert_eq!(splitmix64(golden), 0x6e78_9e6a_a1b9_65f4);
         assert_eq!(splitmix64(golden.wrapping_mul(2)), 0x06c4_5d18_8009_454f);
+    }
+
+    #[test]
+    fn the_pool_is_sized_by_the_largest_ring_budgets() {
+        let default = PoolSizes::of(&RingPolicy::default());
+        assert_eq!(
+            default,
+            PoolSizes {
+                memory_bytes: 1 << 30,
+                core_instances: ahv_core::DEFAULT_MAX_CORE_INSTANCES,
+                memories: ahv_core::DEFAULT_MAX_MEMORIES,
+                tables: ahv_core::DEFAULT_MAX_TABLES,
+            }
+        );
+        // A ring that allows more (here the least privileged) sizes the pool.
+        let mut sandbox = RingLimits::default_for(Ring::Sandbox);
+        (
+            sandbox.max_core_instances,
+            sandbox.max_memories,
+            sandbox.max_tables,
+        ) = (64, 9, 40);
+        let policy = RingPolicy::default()
+            .with_limits(Ring::Sandbox, sandbox)
+            .unwrap();
+        let sizes = PoolSizes::of(&policy);
+        assert_eq!(
+            (sizes.core_instances, sizes.memories, sizes.tables),
+            (64, 9, 40)
+        );
+        // The pool it makes can be built.
+        engine(2, &sizes).unwrap();
     }
 
     #[test]

@@ -290,9 +290,20 @@ impl tokio::io::AsyncWrite for LogStream {
 /// component, and every table (at [`TABLE_ELEMENT_BYTES`] per element). A
 /// per-memory cap would let a component of seven core instances hold seven
 /// budgets (found by hostile testing: 7 × 30 MiB against a 32 MiB cap).
+///
+/// How many core instances, memories and tables the store may create comes
+/// from the ring the instance is created in ([`RingLimits::max_core_instances`],
+/// [`RingLimits::max_memories`], [`RingLimits::max_tables`]); those only
+/// matter while instantiating, so a later ring change does not touch them.
 pub(crate) struct Limiter {
     /// The ring's budget, in bytes.
     limit: u64,
+    /// Most core module instances (the creating ring's).
+    instances: usize,
+    /// Most linear memories (the creating ring's).
+    memories: usize,
+    /// Most tables (the creating ring's).
+    tables: usize,
     /// Bytes of memories and tables granted so far (initial sizes included:
     /// Wasmtime asks the limiter for those too, from a current size of 0).
     /// A growth granted here that Wasmtime then fails to carry out stays
@@ -309,8 +320,16 @@ pub const TABLE_ELEMENT_BYTES: u64 = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl Limiter {
-    pub(crate) fn new(limit: u64) -> Limiter {
-        Limiter { limit, used: 0 }
+    /// A limiter with the budgets of `limits` (the ring the instance is created in).
+    pub(crate) fn new(limits: &RingLimits) -> Limiter {
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Limiter {
+            limit: limits.memory_bytes,
+            instances: count(limits.max_core_instances),
+            memories: count(limits.max_memories),
+            tables: count(limits.max_tables),
+            used: 0,
+        }
     }
 
     /// Sets the budget for the next call (the effective ring's). Memory
@@ -366,15 +385,15 @@ impl ResourceLimiter for Limiter {
     }
 
     fn instances(&self) -> usize {
-        32
+        self.instances
     }
 
     fn tables(&self) -> usize {
-        32
+        self.tables
     }
 
     fn memories(&self) -> usize {
-        8
+        self.memories
     }
 }
 
@@ -591,8 +610,17 @@ impl AgentState {
         let log = Arc::new(Mutex::new(LogBuffer::default()));
         // Grants nothing: no preopened directories, no environment, no
         // arguments, no network. Only stdout/stderr (into the log), clocks
-        // and randomness.
+        // and randomness. The network denials are wasmtime-wasi's defaults
+        // too; they are spelled out because `wasi:sockets` is linked for
+        // every agent (toolchains import it whether or not the agent uses
+        // it: `crate::component::WASI_DENIED`), so these lines are what
+        // turns every socket call into an `access-denied` (or, for a name
+        // lookup, a resolver failure) the guest sees.
         let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
             .stdout(LogStream {
                 log: log.clone(),
                 source: LogSource::Stdout,
@@ -655,7 +683,7 @@ impl AgentState {
             caps,
             log,
             changes,
-            limiter: Limiter::new(limits.memory_bytes),
+            limiter: Limiter::new(limits),
             random_limit: u64::try_from(limits.random_bytes).unwrap_or(u64::MAX),
             wasi,
             table,
@@ -795,9 +823,32 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_memory_and_table_counts_are_the_creating_ring_s() {
+        let mut limits = RingLimits::default_for(ahv_core::Ring::Standard);
+        (
+            limits.max_core_instances,
+            limits.max_memories,
+            limits.max_tables,
+        ) = (14, 1, 2);
+        let l = Limiter::new(&limits);
+        assert_eq!((l.instances(), l.memories(), l.tables()), (14, 1, 2));
+        let d = Limiter::new(&RingLimits::default_for(ahv_core::Ring::Sandbox));
+        assert_eq!(
+            (d.instances(), d.memories(), d.tables()),
+            (
+                ahv_core::DEFAULT_MAX_CORE_INSTANCES as usize,
+                ahv_core::DEFAULT_MAX_MEMORIES as usize,
+                ahv_core::DEFAULT_MAX_TABLES as usize
+            )
+        );
+    }
+
+    #[test]
     fn the_memory_budget_bounds_all_memories_and_tables_together() {
         const MIB: usize = 1 << 20;
-        let mut l = Limiter::new(32 << 20);
+        let mut sandbox = RingLimits::default_for(ahv_core::Ring::Sandbox);
+        sandbox.memory_bytes = 32 << 20;
+        let mut l = Limiter::new(&sandbox);
         // Seven core instances of 30 MiB each: only the first fits.
         assert!(l.memory_growing(0, 30 * MIB, None).unwrap());
         let e = l.memory_growing(0, 30 * MIB, None).unwrap_err();

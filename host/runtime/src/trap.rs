@@ -152,6 +152,20 @@ pub enum TrapCause {
     /// The guest asked for more than its ring allows in one request.
     #[error(transparent)]
     RequestTooLarge(#[from] RequestTooLarge),
+    /// Instantiating the component needs more core instances, memories or
+    /// tables than the ring allows ([`RingLimits::max_core_instances`],
+    /// [`RingLimits::max_memories`], [`RingLimits::max_tables`]).
+    #[error(
+        "instance limit: the component needs at least {needed} {what}(s) and its ring allows {limit}"
+    )]
+    InstanceLimit {
+        /// What ran out: `core instance`, `memory` or `table`.
+        what: &'static str,
+        /// How many it had asked for when it was refused.
+        needed: usize,
+        /// The ring's limit.
+        limit: u32,
+    },
     /// The guest passed or returned data the component model forbids.
     #[error(transparent)]
     InvalidGuestData(#[from] InvalidGuestData),
@@ -229,6 +243,9 @@ impl TrapCause {
             }
             None => {
                 let root = err.root_cause().to_string();
+                if let Some(cause) = instance_limit(&root, limits) {
+                    return cause;
+                }
                 if ABI_VIOLATIONS.iter().any(|m| root.contains(m)) {
                     TrapCause::InvalidGuestData(InvalidGuestData { message: root })
                 } else {
@@ -242,8 +259,8 @@ impl TrapCause {
 
     /// A short stable name: `ring-breach`, `out-of-fuel`, `memory-limit`,
     /// `deadline-exceeded`, `killed`, `stack-overflow`, `hostcall-too-large`,
-    /// `exited`, `resource-limit`, `request-too-large`, `invalid-guest-data`,
-    /// `guest-trap`, `host-error`.
+    /// `exited`, `resource-limit`, `request-too-large`, `instance-limit`,
+    /// `invalid-guest-data`, `guest-trap`, `host-error`.
     pub fn kind(&self) -> &'static str {
         match self {
             TrapCause::RingBreach(_) => "ring-breach",
@@ -256,11 +273,34 @@ impl TrapCause {
             TrapCause::Exited { .. } => "exited",
             TrapCause::ResourceLimit { .. } => "resource-limit",
             TrapCause::RequestTooLarge(_) => "request-too-large",
+            TrapCause::InstanceLimit { .. } => "instance-limit",
             TrapCause::InvalidGuestData(_) => "invalid-guest-data",
             TrapCause::GuestTrap { .. } => "guest-trap",
             TrapCause::Host { .. } => "host-error",
         }
     }
+}
+
+/// The store's count limits (from [`crate::state::Limiter`]), which Wasmtime
+/// enforces with a message of its own: `resource limit exceeded: <what>
+/// count too high at <n>` (its error type is private; the message is stable
+/// and tested by `the_ring_s_instance_and_memory_budgets_decide_whether_it_fits` and the
+/// unit test below).
+fn instance_limit(root: &str, limits: &RingLimits) -> Option<TrapCause> {
+    let rest = root.strip_prefix("resource limit exceeded: ")?;
+    let (what, needed) = rest.split_once(" count too high at ")?;
+    let needed = needed.trim().parse().ok()?;
+    let (what, limit) = match what {
+        "instance" => ("core instance", limits.max_core_instances),
+        "memory" => ("memory", limits.max_memories),
+        "table" => ("table", limits.max_tables),
+        _ => return None,
+    };
+    Some(TrapCause::InstanceLimit {
+        what,
+        needed,
+        limit,
+    })
 }
 
 /// Something that wants to know about breaches (the audit log, a detector).
@@ -335,6 +375,38 @@ mod tests {
         assert_eq!(
             breach().to_string(),
             "ring breach: vfs-write/write called from ring 3 (sandbox) by agent a in session s"
+        );
+    }
+
+    #[test]
+    fn wasmtime_s_count_limits_become_instance_limit_causes() {
+        let mut limits = RingLimits::default_for(Ring::Sandbox);
+        (
+            limits.max_core_instances,
+            limits.max_memories,
+            limits.max_tables,
+        ) = (13, 1, 2);
+        let cause = |m: &str| TrapCause::from_error(&wasmtime::format_err!("{m}"), &limits);
+        assert_eq!(
+            cause("resource limit exceeded: instance count too high at 14"),
+            TrapCause::InstanceLimit {
+                what: "core instance",
+                needed: 14,
+                limit: 13
+            }
+        );
+        assert_eq!(
+            cause("resource limit exceeded: memory count too high at 2").to_string(),
+            "instance limit: the component needs at least 2 memory(s) and its ring allows 1"
+        );
+        assert_eq!(
+            cause("resource limit exceeded: table count too high at 3").kind(),
+            "instance-limit"
+        );
+        // Anything else stays what it was.
+        assert_eq!(
+            cause("resource limit exceeded: widget count too high at 3").kind(),
+            "host-error"
         );
     }
 }

@@ -105,6 +105,12 @@ pub struct RingSection {
     pub log_lines: Option<usize>,
     /// Most log bytes kept per call.
     pub log_bytes: Option<usize>,
+    /// Most core module instances one agent instance may create.
+    pub max_core_instances: Option<u32>,
+    /// Most linear memories one agent instance may define.
+    pub max_memories: Option<u32>,
+    /// Most tables one agent instance may define.
+    pub max_tables: Option<u32>,
 }
 
 /// `[rate_limits.<ring>]`: a missing class keeps the default table's bucket.
@@ -424,6 +430,9 @@ fn resolve_rings(
             max_resources,
             log_lines,
             log_bytes,
+            max_core_instances,
+            max_memories,
+            max_tables,
         } = s;
         limits.fuel_per_call = fuel_per_call.unwrap_or(limits.fuel_per_call);
         limits.memory_bytes = memory_bytes.unwrap_or(limits.memory_bytes);
@@ -434,6 +443,9 @@ fn resolve_rings(
         limits.max_resources = max_resources.unwrap_or(limits.max_resources);
         limits.log_lines = log_lines.unwrap_or(limits.log_lines);
         limits.log_bytes = log_bytes.unwrap_or(limits.log_bytes);
+        limits.max_core_instances = max_core_instances.unwrap_or(limits.max_core_instances);
+        limits.max_memories = max_memories.unwrap_or(limits.max_memories);
+        limits.max_tables = max_tables.unwrap_or(limits.max_tables);
         policy
             .set_limits(ring, limits)
             .map_err(|source| PolicyError::Ring {
@@ -501,6 +513,11 @@ impl Policy {
         row("max_resources", &|r| limits(r).max_resources.to_string());
         row("log_lines", &|r| limits(r).log_lines.to_string());
         row("log_bytes", &|r| limits(r).log_bytes.to_string());
+        row("max_core_instances", &|r| {
+            limits(r).max_core_instances.to_string()
+        });
+        row("max_memories", &|r| limits(r).max_memories.to_string());
+        row("max_tables", &|r| limits(r).max_tables.to_string());
         let bucket = |s: BucketSpec| format!("{}/s burst {}", s.rate_per_sec, s.burst);
         row("rate change", &|r| {
             bucket(self.rate.spec(CallClass::Change, r))
@@ -706,7 +723,8 @@ mod tests {
     fn every_budget_field_reaches_the_ring_limits() {
         let p = PolicyFile::parse(
             "[rings.privileged]\nfuel_per_call = 11\nmemory_bytes = 12\ndeadline_ms = 13\nhostcall_bytes = 14\n\
-             result_bytes = 15\nrandom_bytes = 16\nmax_resources = 17\nlog_lines = 18\nlog_bytes = 19\n",
+             result_bytes = 15\nrandom_bytes = 16\nmax_resources = 17\nlog_lines = 18\nlog_bytes = 19\n\
+             max_core_instances = 20\nmax_memories = 21\nmax_tables = 22\n",
         )
         .unwrap();
         let l = p.rings.limits(Ring::Privileged);
@@ -723,6 +741,10 @@ mod tests {
                 l.log_bytes
             ),
             (11, 12, Duration::from_millis(13), 14, 15, 16, 17, 18, 19)
+        );
+        assert_eq!(
+            (l.max_core_instances, l.max_memories, l.max_tables),
+            (20, 21, 22)
         );
         assert_eq!(
             l.capabilities,
