@@ -1,10 +1,10 @@
 //! Python agents: built from `example-agents/python/<name>/app.py` with
 //! componentize-py, then run under the real runtime.
 //!
-//! componentize-py (pinned: [`COMPONENTIZE_PY_VERSION`]) must be installed:
-//! these tests fail, never skip, without it. `.ci/run` installs it into a
-//! virtual environment and names it in `AHV_COMPONENTIZE_PY`; otherwise it
-//! is looked for on `PATH`. Building takes ~20 s, so each built component is
+//! componentize-py (pinned: [`COMPONENTIZE_PY_VERSION`]) is installed by
+//! the tests themselves from PyPI into a virtual environment under the
+//! target directory (or `AHV_COMPONENTIZE_PY` names one); they fail, never
+//! skip, when that cannot be done. Building takes ~20 s, so each built component is
 //! kept under the target directory, named by a hash of everything that goes
 //! into it (the agent's source, the WIT, the world, componentize-py's
 //! version): a second run, or another test of the same agent, reuses it.
@@ -31,6 +31,10 @@ const COMPONENTIZE_PY_ENV: &str = "AHV_COMPONENTIZE_PY";
 /// Longest a build may take before the test fails naming it.
 const BUILD_LIMIT: Duration = Duration::from_secs(150);
 
+/// Longest each step of installing componentize-py (the virtual
+/// environment, the download from PyPI) may take.
+const INSTALL_LIMIT: Duration = Duration::from_secs(240);
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -38,31 +42,81 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The componentize-py binary and its `--version` line; fails the test
-/// saying how to install it when it is missing or another version.
+/// The componentize-py binary and its `--version` line. `AHV_COMPONENTIZE_PY`
+/// names one to use as it is; otherwise the tests install the pinned
+/// release from PyPI into a virtual environment of their own under the
+/// target directory, once (one test installs, the others wait for it), so
+/// the README's test command needs no manual step. Fails the test, naming
+/// what is missing, when that cannot be done.
 fn componentize_py() -> (PathBuf, String) {
-    let bin = std::env::var_os(COMPONENTIZE_PY_ENV)
-        .map_or_else(|| PathBuf::from("componentize-py"), PathBuf::from);
-    let install = format!(
-        "Python agents are built with componentize-py {COMPONENTIZE_PY_VERSION}: \
-         `python3 -m venv target/componentize-py && \
-         target/componentize-py/bin/pip install componentize-py=={COMPONENTIZE_PY_VERSION}`, then set \
-         {COMPONENTIZE_PY_ENV}=$PWD/target/componentize-py/bin/componentize-py or put that directory \
-         on PATH (.ci/run does this)"
+    if let Some(bin) = std::env::var_os(COMPONENTIZE_PY_ENV).map(PathBuf::from) {
+        return match version_of(&bin) {
+            Ok(version) => (bin, version),
+            Err(why) => panic!("{COMPONENTIZE_PY_ENV}={}: {why}", bin.display()),
+        };
+    }
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let bin = venv.join("bin/componentize-py");
+    if let Ok(version) = version_of(&bin) {
+        return (bin, version);
+    }
+    std::fs::create_dir_all(venv.parent().expect("the target directory")).unwrap();
+    let _lock = lock(
+        &venv.with_file_name(format!("componentize-py-{COMPONENTIZE_PY_VERSION}.lock")),
+        INSTALL_LIMIT,
+        "another test installing componentize-py",
     );
+    if let Ok(version) = version_of(&bin) {
+        return (bin, version);
+    }
+    let step = |cmd: &mut Command, what: &str, hint: &str| {
+        let (status, stdout, stderr) = run_bounded(cmd, INSTALL_LIMIT, what)
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}. {hint}"));
+        assert!(
+            status.success(),
+            "{what} failed ({status}). {hint}\n{stdout}\n{stderr}"
+        );
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    step(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv (for componentize-py)",
+        "Python agents are built with componentize-py, installed into a virtual environment: \
+         this needs python3 with its venv module (Debian: `apt-get install python3-venv`)",
+    );
+    step(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
+        &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"),
+        "it comes from PyPI; set AHV_COMPONENTIZE_PY to an installed one to skip the download",
+    );
+    match version_of(&bin) {
+        Ok(version) => (bin, version),
+        Err(why) => panic!(
+            "the componentize-py just installed in {}: {why}",
+            venv.display()
+        ),
+    }
+}
+
+/// `bin --version`, if it is the pinned release.
+fn version_of(bin: &Path) -> Result<String, String> {
     let (status, stdout, _) = run_bounded(
-        Command::new(&bin).arg("--version"),
+        Command::new(bin).arg("--version"),
         Duration::from_secs(30),
         "componentize-py --version",
     )
-    .unwrap_or_else(|e| panic!("cannot run {}: {e}. {install}", bin.display()));
+    .map_err(|e| format!("cannot run it: {e}"))?;
     let version = stdout.trim().to_string();
-    assert!(
-        status.success() && version.ends_with(COMPONENTIZE_PY_VERSION),
-        "{} --version says {version:?} ({status}). {install}",
-        bin.display(),
-    );
-    (bin, version)
+    if status.success() && version.ends_with(COMPONENTIZE_PY_VERSION) {
+        Ok(version)
+    } else {
+        Err(format!(
+            "--version says {version:?} ({status}); these agents need componentize-py {COMPONENTIZE_PY_VERSION}"
+        ))
+    }
 }
 
 /// Runs `cmd` to its end, its output read on threads (a chatty child

@@ -572,27 +572,58 @@ mod tests {
         ));
     }
 
+    /// A sink that holds the signer inside `publish` until the test opens it.
+    struct GatedSink {
+        entered: std::sync::mpsc::SyncSender<()>,
+        open: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+    impl AnchorSink for GatedSink {
+        fn name(&self) -> &str {
+            "gated"
+        }
+        fn publish(&self, _head: &SignedTreeHead) -> Result<(), AnchorError> {
+            let _ = self.entered.try_send(());
+            // Bounded, so a broken test cannot hang the signer thread forever.
+            let _ = lock(&self.open).recv_timeout(Duration::from_secs(30));
+            Ok(())
+        }
+    }
+
     #[test]
-    fn notify_returns_promptly_while_the_signer_is_in_a_slow_sink() {
+    fn notify_never_waits_for_a_signer_that_is_inside_a_sink() {
         let log = Arc::new(Log::default());
-        let s = signer(
-            &log,
-            TestSink::new(0, Duration::from_millis(200)),
-            Duration::ZERO,
-        );
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (open, open_rx) = std::sync::mpsc::channel::<()>();
+        let sink = Arc::new(GatedSink {
+            entered: entered_tx,
+            open: Mutex::new(open_rx),
+        });
+        let s = Arc::new(signer(&log, sink, Duration::ZERO));
         log.append();
         s.notify();
-        std::thread::sleep(Duration::from_millis(50)); // the signer is now inside the sink
-        let start = Instant::now();
-        for _ in 0..1000 {
-            log.append();
-            s.notify();
-        }
-        assert!(
-            start.elapsed() < Duration::from_millis(50),
-            "{:?}",
-            start.elapsed()
-        );
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the signer did not reach the sink within 10 s");
+        // The signer is held inside the sink: 1000 notifications must all
+        // return while it stays there (a notify that waited for it would
+        // never return before the gate opens).
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let notifier = {
+            let (s, log) = (s.clone(), log.clone());
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    log.append();
+                    s.notify();
+                }
+                let _ = done_tx.send(());
+            })
+        };
+        let returned = done.recv_timeout(Duration::from_secs(10));
+        // Opens the gate for good: every later publish passes at once.
+        drop(open);
+        returned.expect("notify blocked while the signer was inside a sink (10 s)");
+        notifier.join().unwrap();
+        let s = Arc::try_unwrap(s).unwrap_or_else(|_| panic!("the signer is still shared"));
         assert_eq!(s.shutdown().unwrap().unwrap().head.size, 1001);
     }
 
