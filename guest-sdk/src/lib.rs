@@ -170,7 +170,7 @@ pub use bindings::agent_hypervisor::agent::types::Error;
 /// ```
 ///
 /// The message is the error's [`describe`]: its WIT case and the host's
-/// explanation (`denied: vfs-write is outside ring 3`).
+/// explanation (`not-found: notes/today.md`).
 impl From<Error> for String {
     fn from(e: Error) -> String {
         describe(&e)
@@ -708,17 +708,28 @@ pub mod state {
         key: &str,
         mut f: impl FnMut(Option<T>) -> T,
     ) -> Result<u64, Error> {
-        let mut attempt = 1;
-        loop {
-            let (old, version) = match get(key)? {
-                Some(v) => (Some(decode(key, &v.value)?), v.version),
-                None => (None, 0),
+        let mut lost: Option<(u64, Error)> = None;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = get(key)?;
+            let version = current.as_ref().map_or(0, |v| v.version);
+            if let Some((v, e)) = lost.take() {
+                if v == version {
+                    return Err(e);
+                }
+            }
+            let old = match &current {
+                Some(v) => Some(decode(key, &v.value)?),
+                None => None,
             };
             match put(key, encode(key, &f(old))?, version) {
-                Err(Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => attempt += 1,
+                Err(e @ Error::Conflict(_)) => lost = Some((version, e)),
                 other => return other,
             }
         }
+        Err(lost.map_or_else(
+            || Error::Conflict(format!("{key:?}: no attempt made")),
+            |(_, e)| e,
+        ))
     }
 
     #[cfg(feature = "json")]
@@ -752,7 +763,10 @@ pub mod state {
     ///
     /// `f` may run more than once, so it should only compute (no writes of
     /// its own). A key that other agents change constantly can still make
-    /// every attempt lose: then the last `Conflict` is returned.
+    /// every attempt lose: then the last `Conflict` is returned. Under
+    /// snapshot isolation a call keeps reading its snapshot, so a lost race
+    /// cannot be won again within the call: the `Conflict` is returned at
+    /// once (the next call sees the new value).
     ///
     /// ```no_run
     /// use agent_sdk::state;
@@ -770,18 +784,27 @@ pub mod state {
     /// `Conflict` after [`UPDATE_ATTEMPTS`] lost races; the read's and the
     /// write's own errors (`Denied`, `Quota`, `RateLimited`, …) at once.
     pub fn update(key: &str, mut f: impl FnMut(Option<&[u8]>) -> Vec<u8>) -> Result<u64, Error> {
-        let mut attempt = 1;
-        loop {
+        let mut lost: Option<(u64, Error)> = None;
+        for _ in 0..UPDATE_ATTEMPTS {
             let current = get(key)?;
-            let (value, version) = match &current {
-                Some(v) => (f(Some(&v.value)), v.version),
-                None => (f(None), 0),
-            };
+            let version = current.as_ref().map_or(0, |v| v.version);
+            if let Some((v, e)) = lost.take() {
+                if v == version {
+                    // The read shows what lost already (a snapshot): another
+                    // attempt would lose the same way.
+                    return Err(e);
+                }
+            }
+            let value = f(current.as_ref().map(|v| v.value.as_slice()));
             match put(key, value, version) {
-                Err(Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => attempt += 1,
+                Err(e @ Error::Conflict(_)) => lost = Some((version, e)),
                 other => return other,
             }
         }
+        Err(lost.map_or_else(
+            || Error::Conflict(format!("{key:?}: no attempt made")),
+            |(_, e)| e,
+        ))
     }
 }
 
@@ -824,7 +847,9 @@ pub mod locks {
     /// Takes a lock like [`acquire`] and returns a guard that releases it
     /// when dropped, on every path out of the scope (an early `return`, a
     /// `?`). The host also releases an agent's locks when it leaves the
-    /// session, traps or is killed.
+    /// session, traps or is killed. A guard never releases a lock the caller
+    /// held before it (the host keeps one lock per target: taking it again
+    /// keeps it, a stronger mode upgrades it, and the upgrade then stays).
     ///
     /// ```no_run
     /// use agent_sdk::{locks, vfs};
@@ -838,10 +863,21 @@ pub mod locks {
     /// # Errors
     /// As [`acquire`].
     pub fn lock(target: &Target, mode: Mode, wait_ms: u32) -> Result<Guard, Error> {
+        // The host keeps one lock per target (taking it again is a no-op or
+        // an upgrade) and a release drops it whole: a guard over a lock the
+        // caller already held must not release it.
+        let already = held()?.iter().any(|(t, _)| same(t, target));
         acquire(target, mode, wait_ms)?;
         Ok(Guard {
-            target: Some(target.clone()),
+            target: (!already).then(|| target.clone()),
         })
+    }
+
+    fn same(a: &Target, b: &Target) -> bool {
+        match (a, b) {
+            (Target::Path(x), Target::Path(y)) | (Target::Key(x), Target::Key(y)) => x == y,
+            _ => false,
+        }
     }
 
     /// A held lock, released when dropped (see [`lock`]).
@@ -879,7 +915,8 @@ pub mod locks {
         }
     }
 
-    /// Runs `f` while holding `mode` on `target`, releasing it afterwards.
+    /// Runs `f` while holding `mode` on `target`, releasing it afterwards
+    /// (unless the caller held it before: see [`lock`]).
     ///
     /// # Errors
     /// The acquire error; `f`'s own result otherwise.
@@ -889,9 +926,9 @@ pub mod locks {
         wait_ms: u32,
         f: impl FnOnce() -> T,
     ) -> Result<T, Error> {
-        acquire(target, mode, wait_ms)?;
+        let guard = lock(target, mode, wait_ms)?;
         let out = f();
-        release(target)?;
+        guard.release()?;
         Ok(out)
     }
 }

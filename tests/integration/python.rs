@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::cache_dir;
 
-/// The componentize-py release these agents are written for (`.ci/run`
-/// installs exactly this one).
+/// The componentize-py release these agents are written for (the tests
+/// install exactly this one).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 /// The environment variable that names the componentize-py binary.
@@ -34,6 +34,14 @@ const BUILD_LIMIT: Duration = Duration::from_secs(150);
 /// Longest each step of installing componentize-py (the virtual
 /// environment, the download from PyPI) may take.
 const INSTALL_LIMIT: Duration = Duration::from_secs(240);
+
+/// Longest a test waits for another one installing componentize-py: all of
+/// the installer's steps (two version checks, the venv, pip) and a margin.
+const INSTALL_WAIT: Duration = Duration::from_secs(2 * 30 + 2 * 240 + 30);
+
+/// Longest a test waits for another one building and compiling an agent: a
+/// build and a compile under load; within nextest's 8 minutes for these tests.
+const BUILD_WAIT: Duration = Duration::from_secs(420);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +72,7 @@ fn componentize_py() -> (PathBuf, String) {
     std::fs::create_dir_all(venv.parent().expect("the target directory")).unwrap();
     let _lock = lock(
         &venv.with_file_name(format!("componentize-py-{COMPONENTIZE_PY_VERSION}.lock")),
-        INSTALL_LIMIT,
+        INSTALL_WAIT,
         "another test installing componentize-py",
     );
     if let Ok(version) = version_of(&bin) {
@@ -216,7 +224,7 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
     // each in its own process) wait for it instead of doing it too.
     let _lock = lock(
         &out_dir.join(format!("{name}-{world}.lock")),
-        BUILD_LIMIT,
+        BUILD_WAIT,
         &format!("another test building the Python agent {name}"),
     );
     let bytes = match std::fs::read(&out) {

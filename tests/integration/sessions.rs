@@ -1273,6 +1273,20 @@ async fn the_sdks_update_loop_loses_no_write_its_lock_guard_releases_and_questio
         "",
         "the guard must have released the lock: {out}"
     );
+    // A guard over a lock the agent already held leaves it held.
+    let out = h
+        .script(
+            &s,
+            &agents[2],
+            "lock key:j read 0\nguarded key:j write\nheld",
+        )
+        .await;
+    assert_eq!(ok(&out, "guarded key:j write"), "1 held", "{out}");
+    assert_eq!(
+        ok(&out, "held"),
+        "key:j=LockMode::Write",
+        "a guard must not release a lock held before it (upgraded, it stays): {out}"
+    );
 
     // JSON state values and JSON input/answers (the SDK's `json` feature).
     let out = h
