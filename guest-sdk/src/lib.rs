@@ -712,10 +712,10 @@ pub mod state {
         for _ in 0..UPDATE_ATTEMPTS {
             let current = get(key)?;
             let version = current.as_ref().map_or(0, |v| v.version);
-            if let Some((v, e)) = lost.take() {
-                if v == version {
-                    return Err(e);
-                }
+            if let Some((v, e)) = lost.take()
+                && v == version
+            {
+                return Err(e);
             }
             let old = match &current {
                 Some(v) => Some(decode(key, &v.value)?),
@@ -788,12 +788,12 @@ pub mod state {
         for _ in 0..UPDATE_ATTEMPTS {
             let current = get(key)?;
             let version = current.as_ref().map_or(0, |v| v.version);
-            if let Some((v, e)) = lost.take() {
-                if v == version {
-                    // The read shows what lost already (a snapshot): another
-                    // attempt would lose the same way.
-                    return Err(e);
-                }
+            // A read that shows what lost already (a snapshot): another
+            // attempt would lose the same way.
+            if let Some((v, e)) = lost.take()
+                && v == version
+            {
+                return Err(e);
             }
             let value = f(current.as_ref().map(|v| v.value.as_slice()));
             match put(key, value, version) {
