@@ -1,13 +1,14 @@
-//! Python agents: built from `example-agents/python/<name>/app.py` with
-//! componentize-py, then run under the real runtime.
+//! Python agents: built from `example-agents/python/<name>/app.py` and the
+//! SDK (`example-agents/python/sdk/ahv`) with componentize-py, then run under
+//! the real runtime; and the SDK's own unit tests under plain CPython.
 //!
 //! componentize-py (pinned: [`COMPONENTIZE_PY_VERSION`]) is installed by
 //! the tests themselves from PyPI into a virtual environment under the
 //! target directory (or `AHV_COMPONENTIZE_PY` names one); they fail, never
 //! skip, when that cannot be done. Building takes ~20 s, so each built component is
 //! kept under the target directory, named by a hash of everything that goes
-//! into it (the agent's source, the WIT, the world, componentize-py's
-//! version): a second run, or another test of the same agent, reuses it.
+//! into it (the agent's source, the SDK's sources, the WIT, the world,
+//! componentize-py's version): a second run, or another test of the same agent, reuses it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -199,15 +200,18 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
     let wit = repo().join("wit");
     let app = std::fs::read(source.join("app.py"))
         .unwrap_or_else(|e| panic!("{}/app.py: {e}", source.display()));
+    let sdk = sdk_sources();
     let mut h = Sha256::new();
     for part in [version.as_bytes(), world.as_bytes(), app.as_slice()] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    for (path, bytes) in files_of(&wit) {
-        for part in [path.as_bytes(), bytes.as_slice()] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
+    for (tree, files) in [("wit", files_of(&wit)), ("sdk", sdk.clone())] {
+        for (path, bytes) in files {
+            for part in [tree.as_bytes(), path.as_bytes(), bytes.as_slice()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
         }
     }
     let hash = hex::encode(h.finalize());
@@ -229,7 +233,7 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
     );
     let bytes = match std::fs::read(&out) {
         Ok(bytes) => bytes,
-        Err(_) => build(&bin, name, world, &wit, &app, &out),
+        Err(_) => build(&bin, name, world, &wit, &app, &sdk, &out),
     };
     if !compiled.is_file() {
         // Fill the compiled-component cache the tests' runtimes use
@@ -267,13 +271,43 @@ fn lock(path: &Path, limit: Duration, what: &str) -> std::fs::File {
     }
 }
 
-/// Builds `app` (the source of the Python agent `name`) for `world` with
-/// componentize-py and stores the component at `out`.
-fn build(bin: &Path, name: &str, world: &str, wit: &Path, app: &[u8], out: &Path) -> Vec<u8> {
-    // Build from a copy of the source alone, so that nothing but what was
-    // hashed goes in (and nothing is written beside the source).
+/// The SDK package `ahv` (`example-agents/python/sdk/ahv`): its Python
+/// sources as (path relative to the package, bytes), sorted; bytecode
+/// caches and other files left out.
+fn sdk_sources() -> Vec<(String, Vec<u8>)> {
+    let sdk = files_of(&repo().join("example-agents/python/sdk/ahv"));
+    let sources: Vec<_> = sdk
+        .into_iter()
+        .filter(|(path, _)| path.ends_with(".py") && !path.contains("__pycache__"))
+        .collect();
+    assert!(
+        sources.iter().any(|(path, _)| path == "__init__.py"),
+        "the Python SDK has no __init__.py"
+    );
+    sources
+}
+
+/// Builds `app` (the source of the Python agent `name`) with the SDK's
+/// `sdk` sources for `world` with componentize-py and stores the component
+/// at `out`.
+fn build(
+    bin: &Path,
+    name: &str,
+    world: &str,
+    wit: &Path,
+    app: &[u8],
+    sdk: &[(String, Vec<u8>)],
+    out: &Path,
+) -> Vec<u8> {
+    // Build from a copy of the sources alone, so that nothing but what was
+    // hashed goes in (and nothing is written beside the sources).
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("app.py"), app).unwrap();
+    for (path, bytes) in sdk {
+        let to = work.path().join("ahv").join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
     let built = work.path().join("agent.wasm");
     let (status, stdout, stderr) = run_bounded(
         Command::new(bin)
@@ -407,5 +441,307 @@ pub mod hello {
             matches!(e.cause(), Some(TrapCause::MemoryLimit(m)) if m.limit == 12 << 20),
             "{e}"
         );
+    }
+}
+
+pub mod sdk {
+    use super::*;
+
+    /// The SDK's own tests under plain CPython against fake bindings (no
+    /// Wasm): every WIT error case's exception, `state.update`'s
+    /// compare-and-set loop (a lost race retried, a snapshot stopping at
+    /// once, giving up after 16 attempts, other errors at once), the lock
+    /// guard (released on every way out, never a lock held before), an
+    /// interface the world lacks as `NotInWorld`, and `@agent` turning every
+    /// exception into the `err` message with the JSON convention.
+    #[test]
+    fn unit_tests_pass_under_cpython() {
+        let dir = repo().join("example-agents/python/sdk");
+        let (status, stdout, stderr) = run_bounded(
+            Command::new("python3")
+                .current_dir(&dir)
+                .args(["-B", "-m", "unittest", "discover", "-v", "-s", "tests"]),
+            Duration::from_secs(120),
+            "the Python SDK's unit tests",
+        )
+        .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
+        assert!(
+            status.success(),
+            "the Python SDK's unit tests failed ({status}):\n{stdout}\n{stderr}"
+        );
+        let ran = stderr
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Ran ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        assert!(ran >= 18, "only {ran} tests ran:\n{stderr}");
+    }
+}
+
+pub mod tally {
+    use super::*;
+    use crate::sessions::{Hv, id, ok};
+    use ahv_core::Capability;
+    use ahv_core::event::{EventKind, EventPayload, EventQuery};
+    use ahv_hypervisor::HypervisorError;
+    use ahv_runtime::AgentError;
+    use serde_json::{Value, json};
+
+    fn component() -> Vec<u8> {
+        python_agent("tally", "standard")
+    }
+
+    /// How many ring breaches the session recorded.
+    fn breaches(h: &Hv, s: &ahv_core::SessionId) -> usize {
+        h.hv.events()
+            .query(
+                &EventQuery::default()
+                    .session(s.clone())
+                    .kind(EventKind::RingBreachDetected),
+            )
+            .len()
+    }
+
+    /// The Python agent's JSON answer to `input`, failing the test on a
+    /// trap or an `err`.
+    async fn answer(h: &Hv, s: &ahv_core::SessionId, agent: &str, input: Value) -> Value {
+        let out =
+            h.hv.run_agent(s, &id(agent), &input.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("{agent} trapped: {e}"));
+        let text = out.result.unwrap_or_else(|e| panic!("{agent} failed: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{agent}'s answer {text:?}: {e}"))
+    }
+
+    /// The Python participant and a Rust agent in one shared session: the
+    /// Python agent reads the file the Rust agent wrote, adds to the counter
+    /// the Rust agent started (compare-and-set on its version), records its
+    /// runs in a shared file under a write lock and answers JSON; the Rust
+    /// agent then sees the counter and the file, and takes the lock at once
+    /// (the SDK's guard released it).
+    #[tokio::test]
+    async fn shares_a_session_with_a_rust_agent_state_locks_and_files() {
+        let wasm = component();
+        let h = Hv::new();
+        let s = h.session();
+        let (rust, py) = ("did:test:rust", "did:test:py-tally");
+        assert_eq!(
+            h.join(&s, rust, 0.8, ahv_agents::SCRIPTED).await,
+            Ring::Standard
+        );
+        assert_eq!(h.join(&s, py, 0.8, &wasm).await, Ring::Standard);
+        h.hv.activate_session(&s).unwrap();
+
+        let out = h
+            .script(&s, rust, "write shared/brief.txt from rust\nput tally 10")
+            .await;
+        assert_eq!(ok(&out, "put tally 10"), "v1", "{out}");
+
+        let got = answer(
+            &h,
+            &s,
+            py,
+            json!({"by": 2, "times": 3, "read": "shared/brief.txt"}),
+        )
+        .await;
+        assert_eq!(
+            got,
+            json!({
+                "agent": py, "ring": 2, "read": "from rust",
+                "counter": 16, "version": 4, "attempts": 3,
+                "runs": 1, "ledger": {py: {"runs": 1, "added": 6}},
+            })
+        );
+
+        let out = h
+            .script(
+                &s,
+                rust,
+                "get tally\nread shared/tally.json\nlock path:shared/tally.json write 0",
+            )
+            .await;
+        assert!(
+            ok(&out, "get tally").starts_with(&format!("v4 16 by {py}")),
+            "{out}"
+        );
+        assert_eq!(
+            ok(&out, "read shared/tally.json"),
+            format!(r#"{{"{py}":{{"runs":1,"added":6}}}}"#),
+            "{out}"
+        );
+        ok(&out, "lock path:shared/tally.json write 0");
+        assert_eq!(breaches(&h, &s), 0);
+    }
+
+    /// Several Python instances run `state.update` on one key at the same
+    /// time (two guests run wasm at once): no increment is lost, every run
+    /// succeeds, and the ledger each changes under the lock keeps every
+    /// instance's entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_instances_lose_no_increment() {
+        let wasm = component();
+        let h = Hv::new();
+        let s = h.session();
+        let agents: Vec<String> = (0..3).map(|i| format!("did:test:py{i}")).collect();
+        for a in &agents {
+            assert_eq!(h.join(&s, a, 0.8, &wasm).await, Ring::Standard);
+        }
+        h.hv.activate_session(&s).unwrap();
+        let times = 8;
+        let mut tasks = tokio::task::JoinSet::new();
+        for a in agents.clone() {
+            let (hv, s) = (h.hv.clone(), s.clone());
+            let input = json!({ "times": times }).to_string();
+            tasks.spawn(async move { (a.clone(), hv.run_agent(&s, &id(&a), &input).await) });
+        }
+        // Each call is bounded by its ring's deadline; this bounds the lot.
+        let all = tokio::time::timeout(Duration::from_secs(300), async {
+            let mut all = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                all.push(done.expect("a run task panicked"));
+            }
+            all
+        })
+        .await
+        .expect("three Python agents incrementing a counter did not finish within 300 s");
+        let mut attempts = 0;
+        for (a, out) in all {
+            let text = out
+                .unwrap_or_else(|e| panic!("{a} trapped: {e}"))
+                .result
+                .unwrap_or_else(|e| panic!("{a} failed: {e}"));
+            let got: Value = serde_json::from_str(&text).unwrap();
+            attempts += got["attempts"].as_u64().unwrap();
+        }
+        let total = 3 * times;
+        eprintln!("{total} increments took {attempts} attempts");
+        let core = h.hv.session_core(&s).unwrap();
+        let counter = core.state().peek("tally").expect("the counter was written");
+        assert_eq!(
+            (counter.value.as_slice(), counter.version),
+            (total.to_string().as_bytes(), total),
+            "no increment may be lost"
+        );
+        let ledger: Value = serde_json::from_slice(
+            &std::fs::read(h.dir(&s).join("files/shared/tally.json")).unwrap(),
+        )
+        .unwrap();
+        let expected: serde_json::Map<String, Value> = agents
+            .iter()
+            .map(|a| (a.clone(), json!({"runs": 1, "added": times})))
+            .collect();
+        assert_eq!(
+            ledger,
+            Value::Object(expected),
+            "the lock keeps every entry"
+        );
+    }
+
+    /// An exception the agent does not catch (a bad `by`) and input that is
+    /// not JSON are the run's `err` value, not a trap: the traceback is in
+    /// the log and the same instance answers the next call. A missing file
+    /// arrives as `ahv.NotFound`, which the agent catches and reports.
+    #[tokio::test]
+    async fn an_uncaught_exception_is_the_err_value_and_a_missing_file_is_not_found() {
+        let wasm = component();
+        let h = Hv::new();
+        let s = h.session();
+        let py = "did:test:py-tally";
+        h.join(&s, py, 0.8, &wasm).await;
+        h.hv.activate_session(&s).unwrap();
+
+        for (input, failure) in [
+            (
+                r#"{"by": "x"}"#,
+                "ValueError: invalid literal for int() with base 10: 'x'",
+            ),
+            (
+                "not json",
+                "input is not the JSON expected: Expecting value: line 1 column 1 (char 0)",
+            ),
+        ] {
+            let out =
+                h.hv.run_agent(&s, &id(py), input)
+                    .await
+                    .unwrap_or_else(|e| panic!("{input}: trapped: {e}"));
+            assert_eq!(out.result, Err(failure.to_string()), "{input}");
+            if input.starts_with('{') {
+                assert!(
+                    out.logs
+                        .iter()
+                        .any(|l| l.message.starts_with("uncaught Traceback")
+                            && l.message.contains("ValueError")),
+                    "the traceback goes to the log: {:?}",
+                    out.logs
+                );
+            }
+        }
+
+        let got = answer(&h, &s, py, json!({"read": "shared/none.txt"})).await;
+        let missing = got["missing"].as_str().unwrap_or_default();
+        assert!(
+            missing.starts_with("not-found: ") && missing.contains("none.txt"),
+            "{got}"
+        );
+        assert_eq!((&got["read"], &got["counter"]), (&Value::Null, &json!(1)));
+        assert_eq!(breaches(&h, &s), 0);
+    }
+
+    /// Admitted at ring 3 (σ 0.30), the same component reads (in its ring)
+    /// but its first state write is a ring breach: recorded as an event,
+    /// the instance trapped with the typed cause, the agent expelled, and
+    /// nothing written.
+    #[tokio::test]
+    async fn at_ring_3_its_state_write_is_a_ring_breach_recorded_and_expelled() {
+        let wasm = component();
+        let h = Hv::new();
+        let s = h.session();
+        let py = "did:test:py-intruder";
+        assert_eq!(h.join(&s, py, 0.3, &wasm).await, Ring::Sandbox);
+        h.hv.activate_session(&s).unwrap();
+        h.put_shared(&s, "brief.txt", "for everyone");
+
+        let r =
+            h.hv.run_agent(
+                &s,
+                &id(py),
+                &json!({"read": "shared/brief.txt"}).to_string(),
+            )
+            .await;
+        let b = match r {
+            Err(HypervisorError::Agent(AgentError::Trapped {
+                cause: TrapCause::RingBreach(b),
+                ..
+            })) => b,
+            Err(e) => panic!("expected a ring breach, got {e}"),
+            Ok(out) => panic!("expected a ring breach, got {:?}", out.result),
+        };
+        assert_eq!(
+            (b.capability, b.function.as_str(), b.ring),
+            (Capability::StateWrite, "put", Ring::Sandbox)
+        );
+        let ev = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::RingBreachDetected),
+        );
+        assert_eq!(ev.len(), 1, "the breach is recorded: {ev:?}");
+        assert!(h.hv.ring(&s, &id(py)).is_err(), "the agent was expelled");
+        let left = h.hv.events().query(
+            &EventQuery::default()
+                .session(s.clone())
+                .kind(EventKind::SessionLeft),
+        );
+        assert!(
+            left.iter().any(|e| matches!(&e.payload, EventPayload::SessionLeft { reason } if reason.starts_with("expelled: ring breach"))),
+            "{left:?}"
+        );
+        let core = h.hv.session_core(&s).unwrap();
+        assert!(core.state().peek("tally").is_none(), "nothing was written");
     }
 }
