@@ -692,6 +692,48 @@ pub mod tally {
         assert_eq!(breaches(&h, &s), 0);
     }
 
+    /// The same source built for the `sandbox` world: the SDK imports (no
+    /// bindings for `state-write` exist in it), the component needs only
+    /// ring 3, and its state write is `not-in-world`, the run's `err` value:
+    /// no import error at build or load, no trap, no breach.
+    #[tokio::test]
+    async fn built_for_sandbox_its_write_is_not_in_world_an_err_not_a_trap() {
+        let wasm = python_agent("tally", "sandbox");
+        let h = Hv::new();
+        let manifest = h.hv.load(&wasm).unwrap().manifest().clone();
+        assert_eq!(manifest.lowest_ring, Some(Ring::Sandbox), "{manifest:?}");
+        let s = h.session();
+        let py = "did:test:py-sandboxed";
+        assert_eq!(h.join(&s, py, 0.3, &wasm).await, Ring::Sandbox);
+        h.hv.activate_session(&s).unwrap();
+        h.put_shared(&s, "brief.txt", "for everyone");
+
+        let out =
+            h.hv.run_agent(
+                &s,
+                &id(py),
+                &json!({"read": "shared/brief.txt"}).to_string(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("trapped: {e}"));
+        assert_eq!(
+            out.result,
+            Err(
+                "not-in-world: the world this agent was built for does not import \
+                 state-write; build it against standard or a wider world"
+                    .to_string()
+            )
+        );
+        assert_eq!(breaches(&h, &s), 0);
+        assert_eq!(
+            h.hv.ring(&s, &id(py)).unwrap(),
+            Ring::Sandbox,
+            "still in the session"
+        );
+        let core = h.hv.session_core(&s).unwrap();
+        assert!(core.state().peek("tally").is_none(), "nothing was written");
+    }
+
     /// Admitted at ring 3 (σ 0.30), the same component reads (in its ring)
     /// but its first state write is a ring breach: recorded as an event,
     /// the instance trapped with the typed cause, the agent expelled, and
