@@ -364,6 +364,10 @@ pub mod tally {
             Ok(out) => out,
             Err(e) => panic!("{agent} trapped on {input}: {e}"),
         };
+        eprintln!(
+            "tally.js {input}: run {:?}, fuel {}",
+            out.elapsed, out.fuel_used
+        );
         let answer = out
             .result
             .unwrap_or_else(|e| panic!("{agent} failed on {input}: {e}"));
