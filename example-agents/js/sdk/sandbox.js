@@ -145,18 +145,28 @@ export const json = {
    * cannot be written as JSON (a cycle, a huge BigInt, `undefined`).
    */
   answer(value) {
-    let text;
     try {
-      text = JSON.stringify(value, bigintAsNumber);
+      return toJson(value);
     } catch (e) {
-      throw new Error(`the answer cannot be written as JSON: ${failureMessage(e)}`);
+      throw new Error(`the answer cannot be written as JSON: ${e.message}`);
     }
-    if (typeof text !== "string") {
-      throw new Error(`the answer cannot be written as JSON: ${typeof value} has no JSON form`);
-    }
-    return text;
   },
 };
+
+/**
+ * `value` as JSON text, BigInts written as numbers when they fit in one
+ * exactly; throws an Error saying why when `value` has no JSON form.
+ */
+export function toJson(value) {
+  let text;
+  try {
+    text = JSON.stringify(value, bigintAsNumber);
+  } catch (e) {
+    throw new Error(failureMessage(e));
+  }
+  if (typeof text !== "string") throw new Error(`${typeof value} has no JSON form`);
+  return text;
+}
 
 function bigintAsNumber(_key, v) {
   if (typeof v !== "bigint") return v;

@@ -28,6 +28,7 @@ import {
   decodeJson,
   host,
   state as sandboxState,
+  toJson,
   vfs as sandboxVfs,
 } from "./sandbox.js";
 
@@ -41,6 +42,7 @@ export {
   failureMessage,
   json,
   log,
+  toJson,
 } from "./sandbox.js";
 
 /**
@@ -110,7 +112,7 @@ export const state = {
     host(rawStateWrite.put, key, bytes(value), BigInt(expectedVersion)),
   /** Writes `value` as JSON under the same rule as `put`. */
   putJson: (key, value, expectedVersion) =>
-    host(rawStateWrite.put, key, bytes(JSON.stringify(value)), BigInt(expectedVersion)),
+    host(rawStateWrite.put, key, encodeJson(key, value), BigInt(expectedVersion)),
   /** Deletes `key` if it is still at `expectedVersion`. */
   delete: (key, expectedVersion) => host(rawStateWrite.delete, key, BigInt(expectedVersion)),
   /**
@@ -123,8 +125,17 @@ export const state = {
   update: (key, next) => casLoop(key, (v) => v?.value, next),
   /** `update` on a JSON value: `next` gets the parsed value (or `undefined`). */
   updateJson: (key, next) =>
-    casLoop(key, (v) => (v === undefined ? undefined : decodeJson(key, v.value)), (old) => JSON.stringify(next(old))),
+    casLoop(key, (v) => (v === undefined ? undefined : decodeJson(key, v.value)), (old) => encodeJson(key, next(old))),
 };
+
+/** `value` as JSON bytes; an `invalid-key` AhvError naming `key` when it has no JSON form. */
+function encodeJson(key, value) {
+  try {
+    return bytes(toJson(value));
+  } catch (e) {
+    throw new AhvError("invalid-key", `the new value of ${JSON.stringify(key)} cannot be written as JSON: ${e.message}`);
+  }
+}
 
 /**
  * Intent locks on shared paths and state keys (capability `locks`). A
