@@ -6,6 +6,7 @@ mod audit;
 mod cli;
 mod containment;
 mod fuzz_seeds;
+mod js;
 mod liability;
 mod mcp;
 /// A PostgreSQL database per test (a private server unless AHV_TEST_DATABASE_URL names one).

@@ -44,7 +44,7 @@ const INSTALL_WAIT: Duration = Duration::from_secs(2 * 30 + 2 * 240 + 30);
 /// build and a compile under load; within nextest's 8 minutes for these tests.
 const BUILD_WAIT: Duration = Duration::from_secs(420);
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace root")
@@ -132,7 +132,7 @@ fn version_of(bin: &Path) -> Result<String, String> {
 /// cannot block on a full pipe), for at most `limit`: past it the child is
 /// killed and the test fails naming `what`. Returns the exit status, stdout
 /// and stderr; an error only if the command cannot be started.
-fn run_bounded(
+pub(crate) fn run_bounded(
     cmd: &mut Command,
     limit: Duration,
     what: &str,
@@ -169,7 +169,7 @@ fn run_bounded(
 }
 
 /// Every file of `dir`, recursively, as (path relative to `dir`, bytes), sorted.
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -248,7 +248,7 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
 
 /// An exclusive lock on `path`, held until the file is dropped; waits at
 /// most `limit`, then fails the test naming what it waited for.
-fn lock(path: &Path, limit: Duration, what: &str) -> std::fs::File {
+pub(crate) fn lock(path: &Path, limit: Duration, what: &str) -> std::fs::File {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
