@@ -69,7 +69,7 @@
 //! |---|---|---|---|---|---|---|---|---|---|---|
 //! | 3 sandbox | `context`, `log`, `vfs-read`, `state-read`, `elevation` | 10^8 | 32 MiB | 2 s | 5/s, burst 10 | 50/s, burst 100 | 4 MiB | 1 MiB | 64 KiB | 256 |
 //! | 2 standard | ring 3's + `vfs-write`, `state-write`, `locks`, `actions` | 10^9 | 128 MiB | 30 s | 20/s, burst 40 | 200/s, burst 400 | 16 MiB | 4 MiB | 256 KiB | 1024 |
-//! | 1 privileged | ring 2's + `effects`, `spawn` | 10^10 | 512 MiB | 300 s | 50/s, burst 100 | 500/s, burst 1000 | 64 MiB | 16 MiB | 1 MiB | 4096 |
+//! | 1 privileged | ring 2's + `effects`, `spawn`, `net` | 10^10 | 512 MiB | 300 s | 50/s, burst 100 | 500/s, burst 1000 | 64 MiB | 16 MiB | 1 MiB | 4096 |
 //! | 0 root | ring 1's + `admin` | 10^11 | 1 GiB | 300 s | 100/s, burst 200 | 1000/s, burst 2000 | 128 MiB | 16 MiB | 1 MiB | 16384 |
 //!
 //! <!-- ring-table: end -->
@@ -375,6 +375,12 @@ pub mod json {
             .map_err(|e| format!("the answer cannot be written as JSON: {e}"))
     }
 }
+
+/// Outbound HTTP (capability `net`, ring 1 and below, or ring 2 by a
+/// per-agent policy grant; feature `http`): WASI's HTTP client, governed by
+/// the host's allow-list.
+#[cfg(feature = "http")]
+pub mod http;
 
 /// Who am I: the calling agent's identity and ring (capability `context`, every ring).
 pub mod context {

@@ -31,6 +31,9 @@ fn policy(fuel: u64, deadline: Duration) -> RingPolicy {
     RingPolicy::default().with_limits(Ring::Sandbox, l).unwrap()
 }
 
+/// `model-caller`'s tests are the `net` capability's (`crate::net`).
+pub(crate) use crate::net as model_caller;
+
 pub mod hello {
     use super::*;
     pub const TESTED: () = ();

@@ -718,8 +718,10 @@ fn hostile_requests_get_problems_not_crashes() {
     .problem(400, "reserved");
     // A component refused at admission names the import at fault.
     let http =
-        wat::parse_str(r#"(component (import "wasi:http/types@0.2.6" (instance)))"#).unwrap();
-    s.upload(ADMIN, &http).problem(422, "wasi:http/types@0.2.6");
+        wat::parse_str(r#"(component (import "wasi:http/incoming-handler@0.2.6" (instance)))"#)
+            .unwrap();
+    s.upload(ADMIN, &http)
+        .problem(422, "wasi:http/incoming-handler@0.2.6");
     // Importing the network is admitted (toolchains always import it); the
     // import is listed as linked-but-denied.
     let sneak = s.upload(ADMIN, ahv_agents::NET_SNEAK);

@@ -373,9 +373,9 @@ fn inspect_refuses_what_run_refuses_with_the_same_code() {
         ),
         (
             "import-outside-the-contract",
-            r#"(import "wasi:http/outgoing-handler@0.2.6" (instance))"#,
+            r#"(import "wasi:http/incoming-handler@0.2.6" (instance))"#,
             RUN,
-            "wasi:http/outgoing-handler@0.2.6",
+            "wasi:http/incoming-handler@0.2.6",
         ),
         (
             "unknown-package",

@@ -189,7 +189,15 @@ fn wat_seeds() -> Vec<(&'static str, String)> {
         ("core-module", r#"(module (func (export "run")))"#.into()),
         ("run-only", format!("(component {RUN_EXPORT})")),
         (
+            // Serving HTTP is not something an agent does: refused.
             "refused-http-import",
+            format!(
+                r#"(component (import "wasi:http/incoming-handler@0.2.0" (instance)) {RUN_EXPORT})"#
+            ),
+        ),
+        (
+            // Outbound HTTP is the `net` capability: admitted by its name.
+            "net-import",
             format!(
                 r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)) {RUN_EXPORT})"#
             ),
@@ -391,7 +399,12 @@ fn admission_seeds_reach_the_answer_they_are_named_for() {
         Err(LoadError::MissingRun { .. })
     ));
     assert!(
-        matches!(load("refused-http-import.wasm"), Err(LoadError::RefusedImport { name, .. }) if name == "wasi:http/outgoing-handler@0.2.0")
+        matches!(load("refused-http-import.wasm"), Err(LoadError::RefusedImport { name, .. }) if name == "wasi:http/incoming-handler@0.2.0")
+    );
+    let net = load("net-import.wasm").unwrap();
+    assert_eq!(
+        net.manifest().imports[0].kind,
+        ahv_runtime::ImportKind::Capability(ahv_core::Capability::Net)
     );
     let sockets = load("denied-socket-import.wasm").unwrap();
     assert_eq!(

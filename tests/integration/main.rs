@@ -9,6 +9,7 @@ mod fuzz_seeds;
 mod js;
 mod liability;
 mod mcp;
+mod net;
 /// A PostgreSQL database per test (a private server unless AHV_TEST_DATABASE_URL names one).
 #[path = "../../host/store/tests/support/mod.rs"]
 mod pg;

@@ -485,6 +485,7 @@ pub(crate) async fn run(
                     LogSource::Log => "log".into(),
                     LogSource::Stdout => "stdout".into(),
                     LogSource::Stderr => "stderr".into(),
+                    LogSource::Host => "host".into(),
                 },
                 level: format!("{:?}", l.level).to_lowercase(),
                 message: l.message.clone(),

@@ -757,6 +757,18 @@ mod tests {
                 reversibility: s("full"),
                 undo_window_ms: 60_000,
             },
+            EventKind::NetRequest => EventPayload::NetRequest {
+                method: s("GET"),
+                url: s("https://api.example.com/v1"),
+                status: 200,
+                outcome: s("ok"),
+                request_bytes: 0,
+                response_bytes: 5,
+                request_hash: s("e3b0"),
+                response_hash: s("2cf2"),
+                address: s("93.184.216.34:443"),
+                elapsed_ms: 12,
+            },
             EventKind::EffectInvoked => EventPayload::EffectInvoked {
                 effect: s("notify.send"),
             },

@@ -227,6 +227,7 @@ fn log_text(line: &LogLine) -> String {
         LogSource::Log => format!("{:?}", line.level).to_lowercase(),
         LogSource::Stdout => "stdout".into(),
         LogSource::Stderr => "stderr".into(),
+        LogSource::Host => "host".into(),
     };
     format!("[{source}] {}", line.message)
 }

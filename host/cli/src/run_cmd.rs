@@ -213,6 +213,11 @@ async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
     );
     let spec =
         AgentSpec::new(args.agent_id.clone(), args.ring, files.clone()).actions(Arc::new(actions));
+    // `--policy`'s `[net]` allow-list (outside a session: its rules that
+    // name no session), and its ring-2 grant of `net` to this agent.
+    let net = governance.net.for_agent(&args.agent_id, &spec.session);
+    let net_in_standard = governance.grants_for(&args.agent_id).is_some_and(|g| g.net);
+    let spec = spec.net(net, net_in_standard);
 
     let t = Instant::now();
     let spawned = runtime.spawn(&component, spec).await;
@@ -406,6 +411,7 @@ fn print_json(r: &Report, result: Result<Exit, Failure>, total: Duration) -> Res
                 LogSource::Log => "log",
                 LogSource::Stdout => "stdout",
                 LogSource::Stderr => "stderr",
+                LogSource::Host => "host",
             };
             json!({ "level": level(l), "source": source, "message": l.message })
         })

@@ -516,6 +516,31 @@ events! {
         /// The effect's registered name.
         effect: String,
     },
+    /// `net.request`: the event's agent sent an outbound HTTP request through
+    /// the `net` capability, or had one refused by the allow-list or a limit.
+    /// Secrets the host injected are never part of it.
+    NetRequest => "net.request" {
+        /// The request method (`GET`).
+        method: String,
+        /// The URL as the guest gave it (scheme, authority, path and query).
+        url: String,
+        /// The response status; 0 when there was no response.
+        status: u64,
+        /// `ok`, or why the request failed or was refused.
+        outcome: String,
+        /// Bytes of the request body sent.
+        request_bytes: u64,
+        /// Bytes of the response body received.
+        response_bytes: u64,
+        /// SHA-256 of the request body, hex.
+        request_hash: String,
+        /// SHA-256 of the response body, hex (of nothing when there was none).
+        response_hash: String,
+        /// The address connected to (`127.0.0.1:8080`); empty before a connection.
+        address: String,
+        /// How long it took, in milliseconds.
+        elapsed_ms: u64,
+    },
     /// `operator.request`: an operator of the HTTP API (`ahv serve`) asked
     /// for an operation on the event's session; recorded before it runs, so
     /// the audit log names who asked even when the operation is refused.
@@ -1441,6 +1466,18 @@ mod tests {
             EventKind::EffectInvoked => EventPayload::EffectInvoked {
                 effect: s("notify.send"),
             },
+            EventKind::NetRequest => EventPayload::NetRequest {
+                method: s("POST"),
+                url: s("http://127.0.0.1:8080/v1/chat"),
+                status: 200,
+                outcome: s("ok"),
+                request_bytes: 12,
+                response_bytes: 40,
+                request_hash: s("ab"),
+                response_hash: s("cd"),
+                address: s("127.0.0.1:8080"),
+                elapsed_ms: 3,
+            },
             EventKind::OperatorRequest => EventPayload::OperatorRequest {
                 caller: s("ops"),
                 role: s("admin"),
@@ -1579,6 +1616,7 @@ mod tests {
                     "action",
                     "effect",
                     "operator",
+                    "net",
                 ]
                 .contains(&family),
                 "{k:?}"

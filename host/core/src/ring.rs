@@ -157,6 +157,13 @@ pub enum Capability {
     Admin = 10,
     /// `spawn`: start, run and stop child agents in the caller's session.
     Spawn = 11,
+    /// `net`: outbound HTTP to the hosts of a policy allow-list. Unlike the
+    /// others it is not an interface of our package: it is WASI's
+    /// `wasi:http/outgoing-handler`, so that the HTTP clients of every guest
+    /// language (`fetch` in JavaScript, `wasip2::http` in Rust) reach it.
+    /// The rest of `wasi:http` (`types`: building requests, reading
+    /// responses) grants nothing and is linked in every ring.
+    Net = 12,
 }
 
 /// How a governed function is counted against the caller's rate limits.
@@ -175,14 +182,18 @@ pub enum Metering {
 /// WIT interfaces that only define types: they grant nothing and are linked in every ring.
 pub const TYPE_ONLY_INTERFACES: &[&str] = &["types"];
 
-/// The WIT package every capability belongs to, with its version.
+/// The WASI interface [`Capability::Net`] is: the import name of the
+/// version the host links (components importing any `0.2.x` match it).
+pub const NET_INSTANCE: &str = "wasi:http/outgoing-handler@0.2.12";
+
+/// The WIT package every capability but [`Capability::Net`] belongs to.
 pub const WIT_PACKAGE: &str = "agent-hypervisor:agent";
 /// The WIT package version the host implements.
 pub const WIT_VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in table order.
-    pub const ALL: [Capability; 12] = [
+    pub const ALL: [Capability; 13] = [
         Capability::Context,
         Capability::Log,
         Capability::VfsRead,
@@ -194,6 +205,7 @@ impl Capability {
         Capability::Actions,
         Capability::Effects,
         Capability::Spawn,
+        Capability::Net,
         Capability::Admin,
     ];
 
@@ -212,6 +224,7 @@ impl Capability {
             Capability::Elevation => "elevation",
             Capability::Admin => "admin",
             Capability::Spawn => "spawn",
+            Capability::Net => "net",
         }
     }
 
@@ -238,6 +251,7 @@ impl Capability {
             Capability::Elevation => &["request", "relinquish", "current"],
             Capability::Admin => &["participants", "inspect", "kill", "quarantine", "release"],
             Capability::Spawn => &["start", "run", "stop", "children"],
+            Capability::Net => &["handle"],
         }
     }
 
@@ -270,20 +284,37 @@ impl Capability {
             | Capability::StateWrite
             | Capability::Locks
             | Capability::Actions => Ring::Standard,
-            Capability::Effects | Capability::Spawn => Ring::Privileged,
+            Capability::Effects | Capability::Spawn | Capability::Net => Ring::Privileged,
             Capability::Admin => Ring::Root,
         }
     }
 
     /// The fully qualified, versioned instance name a component imports
-    /// (`agent-hypervisor:agent/vfs-write@0.1.0`).
+    /// (`agent-hypervisor:agent/vfs-write@0.1.0`; for [`Capability::Net`],
+    /// [`NET_INSTANCE`], which any `0.2.x` import matches).
     pub fn instance_name(self) -> String {
+        if self.is_wasi() {
+            return NET_INSTANCE.to_string();
+        }
         format!("{WIT_PACKAGE}/{}@{WIT_VERSION}", self.interface())
     }
 
-    /// The capability with this WIT interface name.
-    pub fn from_interface(name: &str) -> Option<Capability> {
+    /// True for a capability that is a WASI interface rather than one of
+    /// our package ([`Capability::Net`]).
+    pub const fn is_wasi(self) -> bool {
+        matches!(self, Capability::Net)
+    }
+
+    /// The capability with this name: an interface of our WIT package, or
+    /// `net` (the name policy files give [`Capability::Net`]).
+    pub fn from_name(name: &str) -> Option<Capability> {
         Capability::ALL.into_iter().find(|c| c.interface() == name)
+    }
+
+    /// The capability that is this interface of our WIT package (never
+    /// [`Capability::Net`], which is WASI's).
+    pub fn from_interface(name: &str) -> Option<Capability> {
+        Capability::from_name(name).filter(|c| !c.is_wasi())
     }
 }
 
@@ -555,11 +586,11 @@ mod tests {
         assert_eq!(caps(Ring::Standard), standard);
         assert_eq!(
             caps(Ring::Privileged),
-            [&standard[..], &["effects", "spawn"]].concat()
+            [&standard[..], &["effects", "spawn", "net"]].concat()
         );
         assert_eq!(
             caps(Ring::Root),
-            [&standard[..], &["effects", "spawn", "admin"]].concat()
+            [&standard[..], &["effects", "spawn", "net", "admin"]].concat()
         );
         assert_eq!(p.limits(Ring::Sandbox).fuel_per_call, 100_000_000);
         assert_eq!(p.limits(Ring::Sandbox).memory_bytes, 32 << 20);
@@ -663,7 +694,9 @@ mod tests {
         );
         assert_eq!(Capability::from_interface("admin"), Some(Capability::Admin));
         assert_eq!(Capability::from_interface("spawn"), Some(Capability::Spawn));
-        assert_eq!(Capability::from_interface("net"), None);
+        assert_eq!(Capability::from_interface("net"), None, "net is WASI's");
+        assert_eq!(Capability::from_name("net"), Some(Capability::Net));
+        assert_eq!(Capability::Net.default_ring(), Ring::Privileged);
     }
 
     #[test]

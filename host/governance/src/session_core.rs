@@ -145,6 +145,14 @@ impl SessionCore {
         &self.clocks
     }
 
+    /// Emits an event about `agent` in this session that the runtime
+    /// observed outside the session's own operations (an outbound HTTP
+    /// request of the `net` capability): the session's audit log records
+    /// it like any other.
+    pub fn record(&self, agent: &AgentId, trace: TraceId, payload: EventPayload) {
+        self.emit(agent, trace, payload);
+    }
+
     fn emit(&self, agent: &AgentId, trace: TraceId, payload: EventPayload) {
         self.events
             .emit(Some(&self.id), Some(agent), trace, None, payload);

@@ -141,6 +141,7 @@ use ahv_runtime::{
 };
 use ahv_security::breach::{BreachDetector, BreachPolicy};
 use ahv_security::elevation::ElevationRules;
+use ahv_security::net::NetPolicy;
 use ahv_security::policy::{Grants, Policy, PolicyError, PolicyFile};
 use ahv_security::rate::{RateLimiter, RateTable};
 use cap_std::fs::Dir;
@@ -367,6 +368,7 @@ pub struct HypervisorBuilder {
     elevation_rules: ElevationRules,
     operator_key: Option<VerifyingKey>,
     grants: BTreeMap<AgentId, Grants>,
+    net: NetPolicy,
     policy_file: Option<PathBuf>,
     saga_store: Option<Arc<dyn ahv_saga::ProgressStore>>,
     saga_sleeper: Arc<dyn ahv_saga::Sleeper>,
@@ -401,6 +403,7 @@ impl Default for HypervisorBuilder {
             elevation_rules: ElevationRules::default(),
             operator_key: None,
             grants: BTreeMap::new(),
+            net: NetPolicy::default(),
             policy_file: None,
             saga_store: None,
             saga_sleeper: Arc::new(ahv_saga::TokioSleeper),
@@ -454,12 +457,22 @@ impl HypervisorBuilder {
             breach,
             elevation,
             grants,
+            net,
         } = policy;
         self.policy = rings;
         self.rate_limits = Some(rate);
         self.breach_policy = breach;
         self.elevation_rules = elevation;
         self.grants = grants;
+        self.net = net;
+        self
+    }
+
+    /// The outbound HTTP allow-list and limits of the `net` capability
+    /// (default: every destination refused). A policy file's `[net]` sets it
+    /// too ([`governance_policy`](Self::governance_policy)).
+    pub fn net_policy(mut self, net: NetPolicy) -> Self {
+        self.net = net;
         self
     }
 
@@ -649,6 +662,12 @@ impl HypervisorBuilder {
         if let Some(path) = self.policy_file.take() {
             self = self.governance_policy(PolicyFile::load(&path)?);
         }
+        let net_in_standard = self
+            .grants
+            .iter()
+            .filter(|(_, g)| g.net)
+            .map(|(agent, _)| agent.clone())
+            .collect::<std::collections::HashSet<_>>();
         let granted = self
             .grants
             .iter()
@@ -789,6 +808,8 @@ impl HypervisorBuilder {
             events,
             actions: self.actions,
             granted,
+            net: self.net,
+            net_in_standard,
             quotas: self.quotas,
             state_limits: self.state_limits,
             max_locks_per_agent: self.max_locks_per_agent,
@@ -915,6 +936,10 @@ struct Inner {
     actions: Arc<ActionRegistry>,
     /// The registries of the agents a policy lists: only their grants.
     granted: HashMap<AgentId, Arc<ActionRegistry>>,
+    /// The outbound HTTP allow-list and limits.
+    net: NetPolicy,
+    /// The agents granted `net` in ring 2 by the policy.
+    net_in_standard: std::collections::HashSet<AgentId>,
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
@@ -1247,6 +1272,10 @@ impl Hypervisor {
                 .in_session(entry.core.clone())
                 .standing(standing)
                 .actions(actions)
+                .net(
+                    self.inner.net.for_agent(&agent, session),
+                    self.inner.net_in_standard.contains(&agent),
+                )
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
             let slot = Arc::new(AgentSlot {

@@ -5,11 +5,12 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ahv_core::standing::Standing;
-use ahv_core::{AgentId, Ring, SessionId, SystemClock, TraceId};
+use ahv_core::{AgentId, Capability, Ring, SessionId, SystemClock, TraceId};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
 use ahv_governance::journal::{Change, ChangeJournal};
 use ahv_governance::session_core::SessionCore;
+use ahv_security::net::NetAccess;
 use thiserror::Error;
 use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
@@ -59,6 +60,12 @@ pub struct AgentSpec {
     pub actions: Arc<ActionRegistry>,
     /// What happens after a trap.
     pub after_trap: AfterTrap,
+    /// Its outbound HTTP allow-list and limits (the `net` capability, if
+    /// its ring has it). Empty by default: every request is refused.
+    pub net: Arc<NetAccess>,
+    /// Whether `net` is granted in ring 2 (standard) too, not only in
+    /// rings 1 and 0 (a per-agent policy grant).
+    pub net_in_standard: bool,
 }
 
 impl AgentSpec {
@@ -76,7 +83,18 @@ impl AgentSpec {
             shared: None,
             actions: Arc::new(ActionRegistry::new()),
             after_trap: AfterTrap::Fail,
+            net: Arc::new(NetAccess::default()),
+            net_in_standard: false,
         }
+    }
+
+    /// Sets the agent's outbound HTTP allow-list and limits
+    /// ([`ahv_security::net::NetPolicy::for_agent`]), and whether `net` is
+    /// granted in ring 2 as well as rings 1 and 0.
+    pub fn net(mut self, access: NetAccess, in_standard: bool) -> Self {
+        self.net = Arc::new(access);
+        self.net_in_standard = in_standard;
+        self
     }
 
     /// Sets the session id (without shared state; see [`AgentSpec::in_session`]).
@@ -425,7 +443,15 @@ impl Agent {
                 agent: self.spec.agent.clone(),
                 session: self.spec.session.clone(),
                 standing: self.spec.standing.clone(),
-                rings: Ring::ALL.map(|r| self.runtime.policy().limits(r).capabilities),
+                rings: Ring::ALL.map(|r| {
+                    let caps = self.runtime.policy().limits(r).capabilities;
+                    // A policy grant of `net` in ring 2 (standard) to this agent.
+                    if r == Ring::Standard && self.spec.net_in_standard {
+                        caps.with(Capability::Net)
+                    } else {
+                        caps
+                    }
+                }),
                 rate,
                 recorder: inner.breach_recorder.clone(),
                 governor: inner.governor.clone(),
@@ -436,6 +462,7 @@ impl Agent {
             shared: self.spec.shared.clone(),
             actions: self.spec.actions.clone(),
             policy: self.runtime.policy().clone(),
+            net: self.spec.net.clone(),
         };
         let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits));
         store.limiter(|s| &mut s.limiter);

@@ -54,7 +54,14 @@ pub const WASI_ALLOWED: &[&str] = &[
     "wasi:random/insecure-seed",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    // Building requests and reading responses: grants nothing by itself;
+    // sending is `wasi:http/outgoing-handler`, the `net` capability.
+    "wasi:http/types",
 ];
+
+/// The WASI interface that is the `net` capability ([`Capability::Net`]):
+/// any `0.2.x` import of it is that capability.
+pub const WASI_NET: &str = "wasi:http/outgoing-handler";
 
 /// WASI p2 interfaces a component may import although no ring grants what
 /// they do: toolchains import them whatever the agent does
@@ -238,9 +245,12 @@ pub fn classify_import(name: &str) -> ImportKind {
         if WASI_DENIED.contains(&path) {
             return ImportKind::WasiDenied;
         }
+        if path == WASI_NET {
+            return ImportKind::Capability(Capability::Net);
+        }
         if package == "wasi:sockets" || package == "wasi:http" {
             return refused(
-                "network access is not granted to agents, and this interface is not provided",
+                "this network interface is not provided (outbound HTTP is wasi:http/outgoing-handler, the `net` capability)",
             );
         }
         return refused("this WASI interface is not provided");
@@ -761,13 +771,20 @@ mod tests {
         ] {
             assert_eq!(classify_import(socket), ImportKind::WasiDenied, "{socket}");
         }
+        // Outbound HTTP: sending is the `net` capability, the types are free.
+        assert_eq!(
+            classify_import("wasi:http/outgoing-handler@0.2.3"),
+            ImportKind::Capability(Capability::Net)
+        );
+        assert_eq!(classify_import("wasi:http/types@0.2.10"), ImportKind::Wasi);
         for bad in [
             "agent-hypervisor:agent/net@0.1.0",
             "agent-hypervisor:agent/vfs-write@0.2.0",
             "wasi:sockets/tcp@0.3.0",
             "wasi:sockets/raw-socket@0.2.6",
-            "wasi:http/outgoing-handler@0.2.6",
-            "wasi:http/types@0.2.6",
+            "wasi:http/outgoing-handler@0.3.0",
+            "wasi:http/incoming-handler@0.2.6",
+            "wasi:http/handler@0.2.6",
             "wasi:cli/stdout@0.3.0",
             "wasi:keyvalue/store@0.2.0",
             "evil:pkg/thing@1.0.0",

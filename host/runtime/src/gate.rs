@@ -295,7 +295,7 @@ pub(crate) struct Gate {
     pub(crate) metrics: Arc<crate::metrics::RuntimeMetrics>,
     /// Host calls admitted since the last [`Gate::publish_metrics`], by
     /// capability and ring.
-    pending_calls: [[u64; 4]; 12],
+    pending_calls: [[u64; 4]; Capability::ALL.len()],
     /// The current call's trace id.
     pub(crate) trace: TraceId,
     /// The current call's deadline budget (its effective ring's).
@@ -331,7 +331,7 @@ impl Gate {
             governor: init.governor,
             kill: init.kill,
             metrics: init.metrics,
-            pending_calls: [[0; 4]; 12],
+            pending_calls: [[0; 4]; Capability::ALL.len()],
             trace: TraceId(0),
             deadline: Duration::ZERO,
             call_deadline: Instant::now(),

@@ -77,8 +77,8 @@ type Counters = Counter<u64, AtomicU64>;
 /// The runtime's metrics, registered in their own [`Registry`].
 pub struct RuntimeMetrics {
     registry: Registry,
-    calls: [[Counters; 4]; 12],
-    breaches: [[Counters; 4]; 12],
+    calls: [[Counters; 4]; Capability::ALL.len()],
+    breaches: [[Counters; 4]; Capability::ALL.len()],
     refusals: [Counters; 14],
     traps: [Counters; 14],
     instantiate: Histogram,
@@ -115,18 +115,19 @@ impl RuntimeMetrics {
         let traps_family = Family::<KindLabels, Counters>::default();
         let latency_family =
             Family::<ExportLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
-        let per = |family: &Family<CallLabels, Counters>| -> [[Counters; 4]; 12] {
-            std::array::from_fn(|i| {
-                std::array::from_fn(|j| {
-                    family
-                        .get_or_create(&CallLabels {
-                            capability: capability_at(i).interface(),
-                            ring: ring_at(j).number(),
-                        })
-                        .clone()
+        let per =
+            |family: &Family<CallLabels, Counters>| -> [[Counters; 4]; Capability::ALL.len()] {
+                std::array::from_fn(|i| {
+                    std::array::from_fn(|j| {
+                        family
+                            .get_or_create(&CallLabels {
+                                capability: capability_at(i).interface(),
+                                ring: ring_at(j).number(),
+                            })
+                            .clone()
+                    })
                 })
-            })
-        };
+            };
         let calls = per(&calls_family);
         let breaches = per(&breaches_family);
         let refusals =
@@ -277,7 +278,7 @@ impl RuntimeMetrics {
 }
 
 fn capability_at(i: usize) -> Capability {
-    // Capability's discriminants are 0..12 (checked by a test below).
+    // Capability's discriminants are 0..ALL.len() (checked by a test below).
     Capability::ALL
         .into_iter()
         .find(|c| *c as usize == i)
@@ -299,7 +300,7 @@ mod tests {
     fn every_capability_and_ring_has_its_own_counter() {
         let mut seen = std::collections::HashSet::new();
         for c in Capability::ALL {
-            assert!((c as usize) < 12);
+            assert!((c as usize) < Capability::ALL.len());
             assert!(seen.insert(c as usize), "{c}");
         }
         let m = RuntimeMetrics::new();

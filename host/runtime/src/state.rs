@@ -16,7 +16,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::{
-    Contexts, actions, admin, context, effects, elevation, locks, log, spawn, state_read,
+    Contexts, actions, admin, context, effects, elevation, locks, log, net, spawn, state_read,
     state_write, vfs_read, vfs_write,
 };
 use crate::gate::{Gate, GateInit};
@@ -45,6 +45,8 @@ pub enum LogSource {
     Stdout,
     /// The guest's stderr.
     Stderr,
+    /// The host, about the agent's call (why an outbound request was refused).
+    Host,
 }
 
 /// Severity of a log line.
@@ -601,6 +603,7 @@ pub(crate) struct StateInit {
     pub shared: Option<Arc<SessionCore>>,
     pub actions: Arc<ActionRegistry>,
     pub policy: RingPolicy,
+    pub net: Arc<ahv_security::net::NetAccess>,
 }
 
 impl AgentState {
@@ -637,6 +640,12 @@ impl AgentState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
         let changes = Journal::default();
+        let net = net::Ctx::new(
+            init.net,
+            init.gate.agent.clone(),
+            init.shared.clone(),
+            log.clone(),
+        );
         let caps = Contexts {
             context: context::Ctx,
             log: log::Ctx {
@@ -677,6 +686,7 @@ impl AgentState {
             admin: admin::Ctx {
                 policy: init.policy,
             },
+            net,
         };
         AgentState {
             gate: Gate::new(init.gate),
@@ -706,6 +716,11 @@ impl AgentState {
 }
 
 impl AgentState {
+    /// What the `net` capability's functions need, borrowed apart.
+    pub(crate) fn net_parts(&mut self) -> (&mut Gate, &mut net::Ctx, &mut ResourceTable) {
+        (&mut self.gate, &mut self.caps.net, &mut self.table)
+    }
+
     /// The WASI context (for the bounded random functions in `crate::bulk`).
     pub(crate) fn wasi_mut(&mut self) -> &mut WasiCtx {
         &mut self.wasi

@@ -11,6 +11,10 @@
 //!   one place that decides what a breach costs.
 //! - [`elevation`]: the rules for temporary elevation (sudo with a TTL) and
 //!   sponsorships that are ed25519-signed attestations, not free strings.
+//! - [`net`]: the outbound HTTP allow-list (hosts, ports, schemes,
+//!   methods, injected credentials), strict authority parsing and the
+//!   address classes a resolved name may not reach, with the size and time
+//!   limits.
 //! - [`policy`]: the TOML policy file that sets all of the above, the ring
 //!   table (narrowing only) and per-agent grants of host actions.
 //!
@@ -97,6 +101,7 @@
 
 pub mod breach;
 pub mod elevation;
+pub mod net;
 pub mod policy;
 pub mod rate;
 

@@ -54,6 +54,7 @@ use thiserror::Error;
 
 use crate::breach::{BreachAction, BreachPolicy, BreachTrigger};
 use crate::elevation::ElevationRules;
+use crate::net::{NetPolicy, NetPolicyError, NetSection};
 use crate::rate::{BucketSpec, CallClass, RateError, RateTable};
 
 /// Largest policy file read, in bytes: a policy is a page, not a data set.
@@ -77,8 +78,11 @@ pub struct PolicyFile {
     pub breach: BreachPolicy,
     /// `[elevation]`: the rules elevation requests are decided by.
     pub elevation: ElevationRules,
-    /// `[agents."<agent id>"]`: the host actions and effects a listed agent may invoke.
+    /// `[agents."<agent id>"]`: the host actions and effects a listed agent
+    /// may invoke, and whether it may use `net` in ring 2.
     pub agents: BTreeMap<String, GrantsSection>,
+    /// `[net]`: the outbound HTTP allow-list and limits ([`crate::net`]).
+    pub net: NetSection,
 }
 
 /// `[rings.<ring>]`: a missing field keeps the default table's value.
@@ -132,6 +136,9 @@ pub struct GrantsSection {
     pub actions: Vec<String>,
     /// Non-reversible effects (the `effects` capability), by name.
     pub effects: Vec<String>,
+    /// Whether the agent may use `net` (outbound HTTP) when its ring is 2
+    /// (standard) as well as in ring 1 and 0; default false.
+    pub net: bool,
 }
 
 /// The host actions and effects one agent is granted: every other name is
@@ -143,6 +150,8 @@ pub struct Grants {
     pub actions: BTreeSet<String>,
     /// Effects it may invoke.
     pub effects: BTreeSet<String>,
+    /// `net` is granted in ring 2 too.
+    pub net: bool,
 }
 
 /// The effective policy: the default tables with a policy file's changes.
@@ -160,6 +169,8 @@ pub struct Policy {
     /// Per-agent grants of host actions and effects; an agent not listed
     /// gets every registered one (subject to its ring).
     pub grants: BTreeMap<AgentId, Grants>,
+    /// The outbound HTTP allow-list and limits (default: every destination refused).
+    pub net: NetPolicy,
 }
 
 /// Why a policy file was refused. Each variant names the file, the field
@@ -268,6 +279,15 @@ pub enum PolicyError {
         #[source]
         source: RateError,
     },
+    /// The `[net]` section was refused.
+    #[error("{file}: {source}")]
+    Net {
+        /// The file.
+        file: String,
+        /// The field and why.
+        #[source]
+        source: NetPolicyError,
+    },
     /// An `[agents]` key that is not a valid agent id.
     #[error("{file}: agents.{value:?}: not an agent id: {source}")]
     AgentId {
@@ -342,15 +362,24 @@ impl PolicyFile {
                 Grants {
                     actions: g.actions.into_iter().collect(),
                     effects: g.effects.into_iter().collect(),
+                    net: g.net,
                 },
             );
         }
+        let net =
+            NetPolicy::from_section(self.net, |var| std::env::var(var).ok()).map_err(|source| {
+                PolicyError::Net {
+                    file: file.to_string(),
+                    source,
+                }
+            })?;
         Ok(Policy {
             rings,
             rate,
             breach: self.breach,
             elevation: self.elevation,
             grants,
+            net,
         })
     }
 }
@@ -399,14 +428,13 @@ fn resolve_rings(
             let cap_field = format!("{field}.capabilities");
             let mut set = ahv_core::CapabilitySet::EMPTY;
             for name in names {
-                let capability = Capability::from_interface(&name).ok_or_else(|| {
-                    PolicyError::UnknownCapability {
+                let capability =
+                    Capability::from_name(&name).ok_or_else(|| PolicyError::UnknownCapability {
                         file: file.to_string(),
                         field: cap_field.clone(),
                         value: name.clone(),
                         known: Capability::ALL.map(Capability::interface).join(", "),
-                    }
-                })?;
+                    })?;
                 if !default.capabilities.contains(capability) {
                     return Err(PolicyError::Widening {
                         file: file.to_string(),
@@ -602,9 +630,44 @@ impl Policy {
             for (agent, g) in &self.grants {
                 let _ = writeln!(
                     out,
-                    "  {agent}: actions {}; effects {}",
+                    "  {agent}: actions {}; effects {}{}",
                     list(&g.actions),
-                    list(&g.effects)
+                    list(&g.effects),
+                    if g.net { "; net in ring 2" } else { "" }
+                );
+            }
+        }
+        let n = &self.net;
+        if n.rules.is_empty() {
+            out.push_str("net: no allow rule: every outbound request is refused\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "net (requests up to {} bytes, responses up to {} bytes, {} ms, connect {} ms):",
+                n.limits.max_request_bytes,
+                n.limits.max_response_bytes,
+                n.limits.timeout.as_millis(),
+                n.limits.connect_timeout.as_millis()
+            );
+            for r in &n.rules {
+                let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+                let _ = writeln!(
+                    out,
+                    "  {}{} {} {}{}{}{}",
+                    r.host,
+                    r.port.map(|p| format!(":{p}")).unwrap_or_default(),
+                    join(&r.schemes),
+                    join(&r.methods),
+                    if r.private_addresses {
+                        ", private addresses"
+                    } else {
+                        ""
+                    },
+                    if r.redirects { ", redirects" } else { "" },
+                    r.credential
+                        .as_ref()
+                        .map(|c| format!(", sets {}", c.header))
+                        .unwrap_or_default()
                 );
             }
         }

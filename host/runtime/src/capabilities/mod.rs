@@ -25,6 +25,7 @@ pub(crate) mod effects;
 pub(crate) mod elevation;
 pub(crate) mod locks;
 pub(crate) mod log;
+pub(crate) mod net;
 pub(crate) mod spawn;
 pub(crate) mod state_read;
 pub(crate) mod state_write;
@@ -60,6 +61,7 @@ pub(crate) struct Contexts {
     pub(crate) elevation: elevation::Ctx,
     pub(crate) spawn: spawn::Ctx,
     pub(crate) admin: admin::Ctx,
+    pub(crate) net: net::Ctx,
 }
 
 /// One row of the capability table.
@@ -71,7 +73,7 @@ pub(crate) struct Unit {
 }
 
 /// Capability → module.
-pub(crate) const UNITS: [Unit; 12] = [
+pub(crate) const UNITS: [Unit; 13] = [
     Unit {
         capability: Capability::Context,
         add_to_linker: context::add_to_linker,
@@ -117,13 +119,20 @@ pub(crate) const UNITS: [Unit; 12] = [
         add_to_linker: spawn::add_to_linker,
     },
     Unit {
+        capability: Capability::Net,
+        add_to_linker: net::add_to_linker,
+    },
+    Unit {
         capability: Capability::Admin,
         add_to_linker: admin::add_to_linker,
     },
 ];
 
 /// Links the capabilities in `linked` to their adapters, and every other
-/// capability to breach stubs (which pass the gate too).
+/// capability to breach stubs (which pass the gate too). `net` is always
+/// linked to its adapter: it is WASI's interface, whose `types` half every
+/// ring gets, and its adapter starts with the gate like a stub does, so an
+/// agent outside its ring breaches all the same.
 ///
 /// # Errors
 /// A Wasmtime linking error (a host bug: a name or type that does not match `wit/`).
@@ -133,7 +142,7 @@ pub(crate) fn link(
 ) -> Result<(), (Capability, wasmtime::Error)> {
     for unit in &UNITS {
         let cap = unit.capability;
-        if linked.contains(cap) {
+        if linked.contains(cap) || cap.is_wasi() {
             (unit.add_to_linker)(l).map_err(|e| (cap, e))?;
         } else {
             stubs(l, cap).map_err(|e| (cap, e))?;
@@ -266,6 +275,7 @@ mod gate_tests {
             shared,
             actions: Arc::new(builtin::registry()),
             policy: policy.clone(),
+            net: Arc::default(),
         };
         let state = AgentState::new(init, policy.limits(ring));
         Fixture {
