@@ -37,8 +37,9 @@ pub use event::{
 pub use id::{AgentId, IdError, SessionId, TraceId};
 pub use ring::{
     Capability, CapabilitySet, DEFAULT_LOG_BYTES_PER_CALL, DEFAULT_LOG_LINES_PER_CALL,
-    DEFAULT_MAX_CORE_INSTANCES, DEFAULT_MAX_MEMORIES, DEFAULT_MAX_TABLES, Metering, NET_INSTANCE,
-    Ring, RingError, RingLimits, RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE, WIT_VERSION,
+    DEFAULT_MAX_CORE_INSTANCES, DEFAULT_MAX_MEMORIES, DEFAULT_MAX_TABLES, MAX_CORE_INSTANCES_LIMIT,
+    MAX_MEMORIES_LIMIT, MAX_TABLES_LIMIT, Metering, NET_INSTANCE, Ring, RingError, RingLimits,
+    RingPolicy, TYPE_ONLY_INTERFACES, WIT_PACKAGE, WIT_VERSION,
 };
 pub use score::{ActionDescriptor, Reversibility, ScoreError, check_score, ring_for_score};
 pub use standing::{Standing, StandingError, Transition};

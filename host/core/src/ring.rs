@@ -119,6 +119,19 @@ pub enum RingError {
         /// The capability.
         capability: Capability,
     },
+    /// A count budget above what the host can reserve for (the pool of
+    /// instances is sized from these counts).
+    #[error("ring policy for {ring}: {field} is {value}; at most {max}")]
+    TooLarge {
+        /// The ring.
+        ring: Ring,
+        /// The field name.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest accepted.
+        max: u64,
+    },
     /// A budget of zero (which would make every call fail).
     #[error("ring policy for {ring}: {field} must be greater than zero")]
     ZeroBudget {
@@ -422,6 +435,14 @@ pub const DEFAULT_MAX_MEMORIES: u32 = 8;
 /// Tables per agent instance in every ring of the default table (the
 /// toolchains above define 1 or 2).
 pub const DEFAULT_MAX_TABLES: u32 = 32;
+/// The largest `max_core_instances` a policy may set (core instances cost
+/// the pool a counter each, per live agent).
+pub const MAX_CORE_INSTANCES_LIMIT: u32 = 1024;
+/// The largest `max_memories` a policy may set: the pool reserves address
+/// space for at least this many memories of the largest ring's size.
+pub const MAX_MEMORIES_LIMIT: u32 = 64;
+/// The largest `max_tables` a policy may set (the pool reserves them too).
+pub const MAX_TABLES_LIMIT: u32 = 256;
 
 impl RingLimits {
     /// The default limits of `ring` (`docs/governance.md`, "The ring table").
@@ -493,6 +514,9 @@ impl RingPolicy {
     /// # Errors
     /// [`RingError::ZeroBudget`] for a zero fuel, memory, deadline, resource,
     /// host-call, answer, core-instance, memory-count or table-count budget;
+    /// [`RingError::TooLarge`] for a core-instance, memory or table count
+    /// above [`MAX_CORE_INSTANCES_LIMIT`], [`MAX_MEMORIES_LIMIT`] or
+    /// [`MAX_TABLES_LIMIT`];
     /// [`RingError::NotMonotonic`] if the capability sets would no longer
     /// grow with privilege.
     pub fn set_limits(&mut self, ring: Ring, limits: RingLimits) -> Result<(), RingError> {
@@ -509,6 +533,23 @@ impl RingPolicy {
         ];
         if let Some((field, _)) = zero.into_iter().find(|(_, z)| *z) {
             return Err(RingError::ZeroBudget { ring, field });
+        }
+        let counts = [
+            (
+                "max_core_instances",
+                limits.max_core_instances,
+                MAX_CORE_INSTANCES_LIMIT,
+            ),
+            ("max_memories", limits.max_memories, MAX_MEMORIES_LIMIT),
+            ("max_tables", limits.max_tables, MAX_TABLES_LIMIT),
+        ];
+        if let Some((field, value, max)) = counts.into_iter().find(|(_, v, max)| v > max) {
+            return Err(RingError::TooLarge {
+                ring,
+                field,
+                value: u64::from(value),
+                max: u64::from(max),
+            });
         }
         let mut next = self.clone();
         next.rings[ring.number() as usize] = limits;
@@ -669,6 +710,38 @@ mod tests {
                 field: "fuel_per_call"
             })
         );
+        let mut huge = RingLimits::default_for(Ring::Standard);
+        huge.max_memories = MAX_MEMORIES_LIMIT + 1;
+        assert_eq!(
+            p.set_limits(Ring::Standard, huge),
+            Err(RingError::TooLarge {
+                ring: Ring::Standard,
+                field: "max_memories",
+                value: u64::from(MAX_MEMORIES_LIMIT) + 1,
+                max: u64::from(MAX_MEMORIES_LIMIT),
+            })
+        );
+        for (field, set) in [
+            (
+                "max_core_instances",
+                (|l: &mut RingLimits| l.max_core_instances = u32::MAX) as fn(&mut RingLimits),
+            ),
+            ("max_tables", |l: &mut RingLimits| {
+                l.max_tables = MAX_TABLES_LIMIT + 1
+            }),
+        ] {
+            let mut l = RingLimits::default_for(Ring::Sandbox);
+            set(&mut l);
+            assert!(
+                matches!(p.set_limits(Ring::Sandbox, l), Err(RingError::TooLarge { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        let mut at_max = RingLimits::default_for(Ring::Root);
+        at_max.max_memories = MAX_MEMORIES_LIMIT;
+        at_max.max_tables = MAX_TABLES_LIMIT;
+        at_max.max_core_instances = MAX_CORE_INSTANCES_LIMIT;
+        assert!(p.clone().set_limits(Ring::Root, at_max).is_ok());
         assert_eq!(
             p,
             RingPolicy::default(),
