@@ -46,6 +46,7 @@ struct Seen {
 struct Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -55,12 +56,14 @@ impl Server {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (seen.clone(), stop.clone());
+        let (s, st, acc) = (seen.clone(), stop.clone(), accepted.clone());
         std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        acc.fetch_add(1, Ordering::SeqCst);
                         let (s, st) = (s.clone(), st.clone());
                         std::thread::spawn(move || serve(stream, &s, &st));
                     }
@@ -71,7 +74,17 @@ impl Server {
                 }
             }
         });
-        Server { addr, seen, stop }
+        Server {
+            addr,
+            seen,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far (a refused request makes none).
+    fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     fn port(&self) -> u16 {
@@ -474,14 +487,15 @@ async fn every_destination_trick_is_refused_before_anything_is_sent() {
             .filter(|l| l.source == LogSource::Host)
             .map(|l| l.message.as_str())
             .collect();
+        let prefix = format!("net: {method} {url}: ");
         assert!(
             host_lines
                 .iter()
-                .any(|l| l.starts_with("net: ") && l.contains("refused")),
+                .any(|l| l.starts_with(&prefix) && l.len() > prefix.len()),
             "{url}: the agent's log says why: {host_lines:?}"
         );
     }
-    assert!(server.seen().is_empty(), "{:?}", server.seen());
+    assert_eq!(server.connections(), 0, "{:?}", server.seen());
     bait.assert_untouched();
     let events = net_events(&h, &s);
     assert_eq!(events.len(), cases.len());
@@ -531,7 +545,7 @@ async fn bodies_over_their_limits_are_refused() {
     let out = run(&h, &s, "did:test:m", &input).await.unwrap();
     let err = out.result.unwrap_err();
     assert!(err.contains("HTTP-request-body-size"), "{err}");
-    assert!(server.seen().is_empty(), "{:?}", server.seen());
+    assert_eq!(server.connections(), 0, "{:?}", server.seen());
     // A response of 300 000 bytes against a limit of 100 000.
     let input = format!(r#"{{"url": "http://127.0.0.1:{p}/big", "method": "GET"}}"#);
     let out = run(&h, &s, "did:test:m", &input).await.unwrap();
@@ -618,5 +632,63 @@ async fn net_from_a_ring_without_it_is_a_breach_and_nothing_is_sent() {
             1
         );
     }
-    assert!(server.seen().is_empty(), "{:?}", server.seen());
+    assert_eq!(server.connections(), 0, "{:?}", server.seen());
+}
+
+#[tokio::test]
+async fn refused_requests_leave_nothing_behind_in_the_instance() {
+    // A small resource table: had refused requests stayed in it, the
+    // hundredth would find it full (and the guest would trap).
+    let server = Server::start();
+    let p = server.port();
+    let text = format!(
+        "{}\n[rings.standard]\nmax_resources = 64\n[rate_limits.standard]\nchange = {{ rate_per_sec = 1000.0, burst = 1000 }}\n",
+        policy(p, "")
+    );
+    let h = hv(&text);
+    let (s, _) = session_with(&h, "did:test:m", 0.8).await;
+    let refused = r#"{"url": "http://evil.example/x"}"#;
+    for i in 0..100 {
+        let out = run(&h, &s, "did:test:m", refused).await.unwrap();
+        assert!(
+            out.result
+                .as_ref()
+                .is_err_and(|e| e.contains("HTTP-request-denied")),
+            "request {i}: {:?}",
+            out.result
+        );
+    }
+    let input = format!(r#"{{"url": "http://127.0.0.1:{p}/v1/complete"}}"#);
+    let out = run(&h, &s, "did:test:m", &input).await.unwrap();
+    assert!(out.result.is_ok(), "{:?}", out.result);
+}
+
+#[tokio::test]
+async fn a_request_abandoned_in_flight_is_still_audited() {
+    let server = Server::start();
+    let p = server.port();
+    let text = policy(p, "").replace("timeout_ms = 1500", "timeout_ms = 20000");
+    let h = hv(&text);
+    let (s, _) = session_with(&h, "did:test:m", 0.8).await;
+    let (hv, session) = (h.hv.clone(), s.clone());
+    let input = format!(r#"{{"url": "http://127.0.0.1:{p}/hang", "method": "GET"}}"#);
+    let call = tokio::spawn(async move { hv.run_agent(&session, &id("did:test:m"), &input).await });
+    ahv_tests::wait_until(
+        Duration::from_secs(30),
+        "the request to reach the server",
+        || !server.seen().is_empty(),
+    )
+    .await;
+    h.hv.kill_agent(&s, &id("did:test:m"), "test: abandon the request")
+        .unwrap();
+    let ended = within(Duration::from_secs(30), "the killed call to end", call).await;
+    assert!(ended.unwrap().is_err(), "the killed call fails");
+    ahv_tests::wait_until(
+        Duration::from_secs(30),
+        "the abandoned request's net.request event",
+        || !net_events(&h, &s).is_empty(),
+    )
+    .await;
+    let (_, _, _, outcome) = fields(&net_events(&h, &s)[0]);
+    assert!(outcome.starts_with("abandoned"), "{outcome}");
 }

@@ -123,7 +123,8 @@ pub struct AllowSection {
 }
 
 /// `credential = { header = "…", value = "…" }` or `value_env = "VAR"`.
-#[derive(Debug, Clone, Deserialize)]
+/// Its `Debug` does not show `value`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSection {
     /// The header (`authorization`, `x-api-key`).
@@ -134,7 +135,17 @@ pub struct CredentialSection {
     pub value_env: Option<String>,
 }
 
-/// A secret: its `Debug` and `Display` never show it.
+impl fmt::Debug for CredentialSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialSection")
+            .field("header", &self.header)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .field("value_env", &self.value_env)
+            .finish()
+    }
+}
+
+/// A secret: its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -443,10 +454,14 @@ fn parse_credential(
             ));
         }
     };
-    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+    if value.is_empty()
+        || !value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         return Err((
             "value",
-            "the value holds a line break or NUL, which no header may".to_string(),
+            "a header value must be visible ASCII (spaces and tabs allowed), not empty".to_string(),
         ));
     }
     Ok(Credential {
@@ -607,6 +622,9 @@ impl NetAccess {
 
     /// Decides a request before anything is sent: `method` as the guest
     /// gave it, `scheme` (`http`, `https`), `authority` (`host[:port]`).
+    /// The first rule, in file order, that matches host, port, scheme and
+    /// method decides (its credential, private addresses and redirects):
+    /// put specific rules before `*.` ones.
     ///
     /// # Errors
     /// A [`NetRefusal`] naming what did not match.
@@ -1068,6 +1086,11 @@ mod tests {
             ("authorization", "s3cret")
         );
         assert!(!format!("{c:?} {a:?}").contains("s3cret"));
+        let section: NetSection = toml::from_str(
+            "[[allow]]\nhost = \"a.com\"\ncredential = { header = \"x\", value = \"s3cret\" }\n",
+        )
+        .unwrap();
+        assert!(!format!("{section:?}").contains("s3cret"), "{section:?}");
     }
 
     #[test]
@@ -1108,6 +1131,10 @@ mod tests {
             ),
             (
                 "[[allow]]\nhost = \"a.com\"\ncredential = { header = \"x\" }\n",
+                "allow[0].credential.value",
+            ),
+            (
+                "[[allow]]\nhost = \"a.com\"\ncredential = { header = \"x\", value = \"caf\u{e9}\" }\n",
                 "allow[0].credential.value",
             ),
             ("max_request_bytes = 0\n", "max_request_bytes"),

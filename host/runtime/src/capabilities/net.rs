@@ -30,6 +30,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,12 +72,15 @@ impl Ctx {
         shared: Option<Arc<SessionCore>>,
         log: Arc<Mutex<LogBuffer>>,
     ) -> Ctx {
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS);
         Ctx {
             access,
-            http: WasiHttpCtx::new(),
+            http,
             hooks: Hooks {
                 next: None,
                 reporter: Arc::new(Reporter { agent, shared, log }),
+                in_flight: Arc::new(AtomicUsize::new(0)),
             },
         }
     }
@@ -91,16 +95,19 @@ struct Reporter {
 }
 
 impl Reporter {
+    /// A line in the agent's log (the current call's: a request that ends
+    /// after its call did lands in the next call's log).
+    fn log(&self, method: &str, url: &str, outcome: &str) {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(
+            LogLevel::Warn,
+            LogSource::Host,
+            &format!("net: {method} {url}: {outcome}"),
+        );
+    }
+
     fn report(&self, trace: TraceId, record: Record) {
         if record.outcome != "ok" {
-            self.log.lock().unwrap_or_else(|p| p.into_inner()).push(
-                LogLevel::Warn,
-                LogSource::Host,
-                &format!(
-                    "net: {} {} refused or failed: {}",
-                    record.method, record.url, record.outcome
-                ),
-            );
+            self.log(&record.method, &record.url, &record.outcome);
         }
         let payload = EventPayload::NetRequest {
             method: record.method,
@@ -135,12 +142,24 @@ struct Record {
     elapsed: Duration,
 }
 
+/// Longest URL kept in a record (the rest is cut, with its length noted).
+const MAX_RECORDED_URL: usize = 2048;
+
 impl Record {
     fn new(method: &str, url: &str) -> Record {
         let empty = hex::encode(Sha256::digest(b""));
+        let url = if url.len() > MAX_RECORDED_URL {
+            let mut end = MAX_RECORDED_URL;
+            while !url.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… ({} bytes)", &url[..end], url.len())
+        } else {
+            url.to_string()
+        };
         Record {
             method: method.to_string(),
-            url: url.to_string(),
+            url,
             status: 0,
             outcome: String::new(),
             request_bytes: 0,
@@ -158,14 +177,57 @@ impl Record {
 struct Next {
     permit: Permit,
     limits: NetLimits,
-    record: Record,
+    audit: Audit,
+}
+
+/// Most requests of one instance in flight at once: each may hold its
+/// request body (up to the limit) and a connection until its timeout.
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
+
+/// One request's audit record from the moment it passed the allow-list:
+/// reported when the exchange ends, or — if the guest drops the response
+/// future, or its instance ends, before that — reported as abandoned when
+/// the exchange is dropped. Holds one of the instance's in-flight slots.
+struct Audit {
+    reporter: Arc<Reporter>,
     trace: TraceId,
+    record: Option<Record>,
+    started: Instant,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Audit {
+    fn record(&mut self) -> &mut Record {
+        self.record.get_or_insert_with(|| Record::new("?", "?"))
+    }
+
+    fn finish(mut self, outcome: String) {
+        if let Some(mut record) = self.record.take() {
+            record.outcome = outcome;
+            record.elapsed = self.started.elapsed();
+            self.reporter.report(self.trace, record);
+        }
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(mut record) = self.record.take() {
+            record.outcome =
+                "abandoned: the guest dropped the response, or its instance ended, before the exchange finished"
+                    .into();
+            record.elapsed = self.started.elapsed();
+            self.reporter.report(self.trace, record);
+        }
+    }
 }
 
 /// The wasi:http hooks of one instance: the sender.
 pub(crate) struct Hooks {
     next: Option<Next>,
     reporter: Arc<Reporter>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl WasiHttpHooks for Hooks {
@@ -185,36 +247,65 @@ impl WasiHttpHooks for Hooks {
                 >,
             > + Send,
     > {
+        // `handle` sets `next` right before it delegates; nothing else
+        // calls this hook. Taken here, outside the future, so that the audit
+        // record travels with the future even if it is never polled.
         let next = self.next.take();
-        let reporter = self.reporter.clone();
         Box::new(async move {
-            // `handle` sets `next` right before it delegates; nothing else
-            // calls this hook.
             let Some(next) = next else {
                 return Err(SendError::InternalError(Some(
                     "net: a request reached the sender without passing the allow-list".into(),
                 )));
             };
-            let trace = next.trace;
-            let (result, record) = send(next, request, options).await;
-            reporter.report(trace, record);
-            let response = result?;
+            let response = send(next, request, options).await?;
             let done: Box<dyn Future<Output = Result<(), SendError>> + Send> =
                 Box::new(async { Ok(()) });
             Ok((response, done))
         })
     }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    /// Each write into a request body is at most this long, so a request
+    /// body the host has not read yet holds at most one such chunk.
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        MAX_BODY_CHUNK
+    }
 }
+
+/// Longest authority a request may name (a host name of 253 bytes, a port).
+const MAX_AUTHORITY: usize = 261;
+/// Longest method name.
+const MAX_METHOD: usize = 32;
+/// Longest path and query a request may carry (checked when it is set).
+const MAX_PATH: usize = 8 * 1024;
+/// Largest header section of a request or response object the guest
+/// builds (wasi:http's field size limit; its default is 128 KiB).
+const MAX_FIELDS: usize = 32 * 1024;
+/// Largest single write into a request body.
+const MAX_BODY_CHUNK: usize = 64 * 1024;
 
 /// `outgoing-handler.handle`: the gate, the allow-list, then wasi:http's own
 /// `handle` (which validates the request and hands it to [`Hooks`]).
 /// Returns the guest's `result` (a refusal is an error value), or a trap.
+/// The request (and its options) belong to the call: whatever the answer,
+/// they leave the instance's resource table.
 fn handle(
     s: &mut AgentState,
     request: Resource<HostOutgoingRequest>,
     options: Option<Resource<types::RequestOptions>>,
 ) -> wasmtime::Result<Result<Resource<HostFutureIncomingResponse>, ErrorCode>> {
     let (gate, ctx, table) = s.net_parts();
+    let options_rep = options.as_ref().map(Resource::rep);
+    let discard = |table: &mut wasmtime::component::ResourceTable,
+                   request: Resource<HostOutgoingRequest>| {
+        let _ = table.delete(request);
+        if let Some(rep) = options_rep {
+            let _ = table.delete(Resource::<types::RequestOptions>::new_own(rep));
+        }
+    };
     let (method, url, scheme, authority) = {
         let req = table.get(&request)?;
         let method = method_name(&req.method);
@@ -224,20 +315,21 @@ fn handle(
             Some(Scheme::Other(s)) => s.clone(),
         };
         let authority = req.authority.clone().unwrap_or_default();
-        let path = req.path_with_query.clone().unwrap_or_default();
+        let path = req.path_with_query.as_deref().unwrap_or_default();
         let url = format!("{scheme}://{authority}{path}");
         (method, url, scheme, authority)
     };
-    let refuse = |ctx: &Ctx, trace: TraceId, code: ErrorCode, outcome: String| {
-        let mut record = Record::new(&method, &url);
-        record.outcome = outcome;
-        ctx.hooks.reporter.report(trace, record);
-        Ok(Err(code))
-    };
+    let trace = gate.trace;
     match gate.admit(Capability::Net, "handle") {
         Ok(_) => {}
-        Err(HostError::Trap(e)) => return Err(e),
+        Err(HostError::Trap(e)) => {
+            discard(table, request);
+            return Err(e);
+        }
+        // Refused by the gate (rate limit, quarantine): the gate reports
+        // those itself, sparingly; here only the agent's log says so.
         Err(HostError::Refused(e)) => {
+            discard(table, request);
             let (code, why) = match e {
                 WitError::RateLimited(ms) => (
                     ErrorCode::InternalError(Some(format!("rate-limited: retry after {ms} ms"))),
@@ -245,26 +337,62 @@ fn handle(
                 ),
                 other => (ErrorCode::HttpRequestDenied, format!("{other:?}")),
             };
-            return refuse(ctx, gate.trace, code, why);
+            ctx.hooks
+                .reporter
+                .log(&method, &Record::new(&method, &url).url, &why);
+            return Ok(Err(code));
         }
+    }
+    let refuse = |ctx: &Ctx, code: ErrorCode, outcome: String| {
+        let mut record = Record::new(&method, &url);
+        record.outcome = outcome;
+        ctx.hooks.reporter.report(trace, record);
+        Ok(Err(code))
+    };
+    if authority.len() > MAX_AUTHORITY || method.len() > MAX_METHOD {
+        discard(table, request);
+        return refuse(
+            ctx,
+            ErrorCode::HttpRequestUriInvalid,
+            format!(
+                "an authority of {} bytes or a method of {} (at most {MAX_AUTHORITY} and {MAX_METHOD})",
+                authority.len(),
+                method.len()
+            ),
+        );
     }
     let permit = match ctx.access.check(&method, &scheme, &authority) {
         Ok(permit) => permit,
         Err(refusal) => {
+            discard(table, request);
             let code = match refusal {
                 NetRefusal::IpLiteral { .. } | NetRefusal::PrivateAddress { .. } => {
                     ErrorCode::DestinationIpProhibited
                 }
                 _ => ErrorCode::HttpRequestDenied,
             };
-            return refuse(ctx, gate.trace, code, refusal.to_string());
+            return refuse(ctx, code, refusal.to_string());
         }
     };
+    if ctx.hooks.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+        discard(table, request);
+        return refuse(
+            ctx,
+            ErrorCode::ConnectionLimitReached,
+            format!("{MAX_IN_FLIGHT} requests of this agent are in flight already"),
+        );
+    }
+    ctx.hooks.in_flight.fetch_add(1, Ordering::AcqRel);
     ctx.hooks.next = Some(Next {
         permit,
         limits: *ctx.access.limits(),
-        record: Record::new(&method, &url),
-        trace: gate.trace,
+        audit: Audit {
+            reporter: ctx.hooks.reporter.clone(),
+            trace,
+            record: Some(Record::new(&method, &url)),
+            started: Instant::now(),
+            in_flight: ctx.hooks.in_flight.clone(),
+        },
     });
     let mut view = WasiHttpCtxView {
         ctx: &mut ctx.http,
@@ -272,12 +400,15 @@ fn handle(
         hooks: &mut ctx.hooks,
     };
     let result = outgoing_handler::Host::handle(&mut view, request, options);
+    // wasi:http reads the options but leaves them in the table.
+    if let Some(rep) = options_rep {
+        let _ = table.delete(Resource::<types::RequestOptions>::new_own(rep));
+    }
     // Refused before reaching the sender (a malformed request): nothing was
     // sent; the permit must not be left for another request.
-    if ctx.hooks.next.take().is_some() {
-        let mut record = Record::new(&method, &url);
-        record.outcome = "malformed request (refused by wasi:http before sending)".into();
-        ctx.hooks.reporter.report(gate.trace, record);
+    if let Some(next) = ctx.hooks.next.take() {
+        next.audit
+            .finish("malformed request (refused by wasi:http before sending)".into());
     }
     match result {
         Ok(future) => Ok(Ok(future)),
@@ -301,6 +432,17 @@ fn method_name(m: &types::Method) -> String {
     }
 }
 
+fn http_view<'a>(
+    ctx: &'a mut Ctx,
+    table: &'a mut wasmtime::component::ResourceTable,
+) -> WasiHttpCtxView<'a> {
+    WasiHttpCtxView {
+        ctx: &mut ctx.http,
+        table,
+        hooks: &mut ctx.hooks,
+    }
+}
+
 /// Links `wasi:http/types` (free) and `wasi:http/outgoing-handler` (this
 /// capability, through the gate). `handle` is defined by hand rather than
 /// by the generated `add_to_linker`, whose view type must implement all of
@@ -320,6 +462,56 @@ pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> 
             }
         },
     )?;
+    // Shadow the three setters that take a guest string without a bound,
+    // so that requests a guest builds (in any ring: `types` is free) hold
+    // little host memory: the method, the authority and the path.
+    l.allow_shadowing(true);
+    let mut inst = l.instance("wasi:http/types@0.2.12")?;
+    inst.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store: wasmtime::StoreContextMut<'_, AgentState>,
+         (request, method): (Resource<HostOutgoingRequest>, types::Method)| {
+            if method_name(&method).len() > MAX_METHOD {
+                return Ok((Err(()),));
+            }
+            let (_, ctx, table) = store.data_mut().net_parts();
+            types::HostOutgoingRequest::set_method(&mut http_view(ctx, table), request, method)
+                .map(|r| (r,))
+        },
+    )?;
+    inst.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store: wasmtime::StoreContextMut<'_, AgentState>,
+         (request, authority): (Resource<HostOutgoingRequest>, Option<String>)| {
+            if authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY) {
+                return Ok((Err(()),));
+            }
+            let (_, ctx, table) = store.data_mut().net_parts();
+            types::HostOutgoingRequest::set_authority(
+                &mut http_view(ctx, table),
+                request,
+                authority,
+            )
+            .map(|r| (r,))
+        },
+    )?;
+    inst.func_wrap(
+        "[method]outgoing-request.set-path-with-query",
+        |mut store: wasmtime::StoreContextMut<'_, AgentState>,
+         (request, path): (Resource<HostOutgoingRequest>, Option<String>)| {
+            if path.as_ref().is_some_and(|p| p.len() > MAX_PATH) {
+                return Ok((Err(()),));
+            }
+            let (_, ctx, table) = store.data_mut().net_parts();
+            types::HostOutgoingRequest::set_path_with_query(
+                &mut http_view(ctx, table),
+                request,
+                path,
+            )
+            .map(|r| (r,))
+        },
+    )?;
+    l.allow_shadowing(false);
     l.instance(ahv_core::NET_INSTANCE)?.func_wrap(
         "handle",
         |mut store: wasmtime::StoreContextMut<'_, AgentState>,
@@ -331,46 +523,40 @@ pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> 
     Ok(())
 }
 
-type Sent = Result<http::Response<WasiBody>, SendError>;
-
-/// Sends one allowed request; returns the response for the guest and the
-/// audit record (whatever happened).
+/// Sends one allowed request; returns the response for the guest. The
+/// audit record is reported whatever happens (see [`Audit`]).
 async fn send(
     next: Next,
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-) -> (Sent, Record) {
+) -> Result<http::Response<WasiBody>, SendError> {
     let Next {
         permit,
         limits,
-        mut record,
-        ..
+        mut audit,
     } = next;
-    let started = Instant::now();
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
         .map_or(limits.connect_timeout, |t| t.min(limits.connect_timeout));
-    let result = match tokio::time::timeout(
+    let result = tokio::time::timeout(
         limits.timeout,
-        exchange(&permit, &limits, connect_timeout, request, &mut record),
+        exchange(&permit, &limits, connect_timeout, request, audit.record()),
     )
-    .await
-    {
+    .await;
+    match result {
         Ok(Ok(response)) => {
-            record.outcome = "ok".into();
+            audit.finish("ok".into());
             Ok(response)
         }
         Ok(Err((error, why))) => {
-            record.outcome = why;
+            audit.finish(why);
             Err(error)
         }
         Err(_) => {
-            record.outcome = format!("timed out after {:?}", limits.timeout);
+            audit.finish(format!("timed out after {:?}", limits.timeout));
             Err(SendError::HttpResponseTimeout)
         }
-    };
-    record.elapsed = started.elapsed();
-    (result, record)
+    }
 }
 
 type Failure = (SendError, String);
@@ -402,6 +588,24 @@ async fn exchange(
     record.request_bytes = body.len() as u64;
     record.request_hash = hex::encode(Sha256::digest(&body));
 
+    // The request as it goes on the wire: origin-form URI (a bare query
+    // gets its `/`), checked before any connection.
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    parts.uri = http::Uri::try_from(path).map_err(|e| {
+        (
+            SendError::HttpRequestUriInvalid,
+            format!("request path: {e}"),
+        )
+    })?;
+
     // Resolve, vet, connect — within the connect timeout.
     let stream = tokio::time::timeout(connect_timeout, connect(permit, record))
         .await
@@ -412,19 +616,6 @@ async fn exchange(
             )
         })??;
 
-    // The request as it goes on the wire: origin-form URI, the rule's
-    // credential (replacing any the guest set), the body's real length.
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str)
-        .to_string();
-    parts.uri = http::Uri::try_from(path).map_err(|e| {
-        (
-            SendError::HttpRequestUriInvalid,
-            format!("request path: {e}"),
-        )
-    })?;
     parts.headers.remove(http::header::TRANSFER_ENCODING);
     parts.headers.insert(
         http::header::CONTENT_LENGTH,
@@ -451,14 +642,17 @@ async fn exchange(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(stream)
         .await
         .map_err(|e| (SendError::ConnectionTerminated, format!("handshake: {e}")))?;
-    let conn = tokio::spawn(conn);
-    let result = async {
+    // The connection's task ends with the exchange, however it ends (a
+    // timeout or an abandoned request drops this future).
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    async {
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| (SendError::ConnectionTerminated, format!("sending: {e}")))?;
         record.status = response.status().as_u16();
-        if response.status().is_redirection() && !permit.redirects {
+        let redirect = matches!(record.status, 301 | 302 | 303 | 307 | 308);
+        if redirect && !permit.redirects {
             let location = response
                 .headers()
                 .get(http::header::LOCATION)
@@ -504,9 +698,16 @@ async fn exchange(
                 .boxed_unsync(),
         ))
     }
-    .await;
-    conn.abort();
-    result
+    .await
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Collect {
@@ -549,18 +750,30 @@ type Stream = TokioIo<Box<dyn Conn>>;
 async fn connect(permit: &Permit, record: &mut Record) -> Result<Stream, Failure> {
     let addrs: Vec<SocketAddr> = match &permit.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, permit.port)],
-        Host::Name(name) => tokio::net::lookup_host((name.as_str(), permit.port))
-            .await
-            .map_err(|e| {
-                (
-                    SendError::DnsError {
-                        rcode: None,
-                        info_code: None,
-                    },
-                    format!("resolving {name}: {e}"),
-                )
-            })?
-            .collect(),
+        // A dotted name is looked up as an absolute name (a trailing dot), so
+        // the resolver's search list cannot turn `api.example.com` into
+        // `api.example.com.<search domain>`; a single-label name (only ever
+        // allowed by a rule naming it exactly, like `localhost`) is looked up
+        // as it is, which is how the hosts file answers it.
+        Host::Name(name) => tokio::net::lookup_host((
+            if name.contains('.') {
+                format!("{name}.")
+            } else {
+                name.clone()
+            },
+            permit.port,
+        ))
+        .await
+        .map_err(|e| {
+            (
+                SendError::DnsError {
+                    rcode: None,
+                    info_code: None,
+                },
+                format!("resolving {name}: {e}"),
+            )
+        })?
+        .collect(),
     };
     let mut refusal = None;
     let mut last_error = None;
