@@ -226,15 +226,30 @@ pub fn set_ring(ring: u8) {
     with(|h| h.ring = ring);
 }
 
-/// The default ring table: the least privileged ring that has `capability`
-/// (`host/core/src/ring.rs`).
+/// The host's default ring table: each capability and the least privileged
+/// ring that has it (`host/cli/src/rings.rs` checks it against the host's).
+const RING_TABLE: [(&str, u8); 13] = [
+    ("context", 3),
+    ("log", 3),
+    ("vfs-read", 3),
+    ("state-read", 3),
+    ("elevation", 3),
+    ("vfs-write", 2),
+    ("state-write", 2),
+    ("locks", 2),
+    ("actions", 2),
+    ("effects", 1),
+    ("spawn", 1),
+    ("net", 1),
+    ("admin", 0),
+];
+
 fn lowest_ring(capability: &str) -> u8 {
-    match capability {
-        "vfs-write" | "state-write" | "locks" | "actions" => 2,
-        "effects" | "spawn" | "net" => 1,
-        "admin" => 0,
-        _ => 3,
-    }
+    RING_TABLE
+        .iter()
+        .find(|(c, _)| *c == capability)
+        .map(|(_, r)| *r)
+        .unwrap_or_else(|| panic!("{capability} is not in the ring table"))
 }
 
 const RING_NAMES: [&str; 4] = ["root", "privileged", "standard", "sandbox"];
