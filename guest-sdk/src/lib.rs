@@ -57,6 +57,27 @@
 //! capability call. [`state::update`] is the compare-and-set loop for shared
 //! state, [`locks::lock`] a lock held until its guard is dropped.
 //!
+//! # Declaring a ring
+//!
+//! With its default features the SDK offers every capability. An agent
+//! that declares its ring turns them off and names one feature,
+//! `ring-sandbox`, `ring-standard`, `ring-privileged` or `ring-root`
+//! (`default-features = false, features = ["ring-sandbox"]`): the wrappers
+//! of capabilities outside that ring are then not compiled in, and calling
+//! one fails to compile with rustc's note that the item "is gated behind
+//! the `vfs-write` feature" (the capability's name). Each ring feature is
+//! a bundle of capability features (`vfs-write`, `state-write`, `locks`,
+//! `actions`; `effects`, `spawn`, `net`; `admin`), so an agent can add one
+//! its policy grants. [`RING`] is the declared ring. Cargo unifies features,
+//! so when crates of one build ask for different rings the SDK is built for
+//! the most privileged of them; without any ring feature it is ring 3's.
+//!
+//! # Testing with `cargo test`
+//!
+//! On native targets the wrappers call [`testing`], an in-memory fake host,
+//! instead of the WIT imports, so an agent's `run` can be unit-tested on the
+//! build machine. The `wasm32` build is unchanged by it.
+//!
 //! # Rings
 //!
 //! Ring 0 is the most privileged, ring 3 the least; each ring has the
@@ -144,6 +165,53 @@ pub mod saga_bindings {
         },
     });
 }
+
+/// The WIT imports the wrappers call: the host's on `wasm32`, the test
+/// double's ([`testing`]) on every other target.
+#[cfg(target_arch = "wasm32")]
+use bindings::agent_hypervisor::agent as imports;
+#[cfg(not(target_arch = "wasm32"))]
+use testing::imports;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+/// A ring: 0 root, the most privileged, to 3 sandbox, the least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ring {
+    /// Ring 0: everything, including `admin`.
+    Root = 0,
+    /// Ring 1: adds `effects`, `spawn` and `net`.
+    Privileged = 1,
+    /// Ring 2: adds `vfs-write`, `state-write`, `locks` and `actions`.
+    Standard = 2,
+    /// Ring 3: `context`, `log`, `vfs-read`, `state-read`, `elevation`.
+    Sandbox = 3,
+}
+
+impl Ring {
+    /// The ring's number, as `context::ring()` reports it.
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The ring this build of the SDK was declared for: the most privileged of
+/// the `ring-*` features that are on (cargo unifies features, so one crate's
+/// `ring-standard` and another's `ring-sandbox` in the same build make it
+/// [`Ring::Standard`]). The default features declare [`Ring::Root`]:
+/// everything. Capabilities outside it are not compiled in, so calling one
+/// is a compile error naming the capability's feature. The host still judges
+/// every call at the agent's ring *now*; this only moves mistakes to build time.
+pub const RING: Ring = if cfg!(feature = "ring-root") {
+    Ring::Root
+} else if cfg!(feature = "ring-privileged") {
+    Ring::Privileged
+} else if cfg!(feature = "ring-standard") {
+    Ring::Standard
+} else {
+    Ring::Sandbox
+};
 
 /// Why the host refused a request. Every variant carries a human-readable
 /// explanation naming the input that was refused. `Display` shows the variant
@@ -379,15 +447,15 @@ pub mod json {
 /// Outbound HTTP (capability `net`, ring 1 and below, or ring 2 by a
 /// per-agent policy grant; feature `http`): WASI's HTTP client, governed by
 /// the host's allow-list.
-#[cfg(feature = "http")]
+#[cfg(all(feature = "http", feature = "net"))]
 pub mod http;
 
 /// Who am I: the calling agent's identity and ring (capability `context`, every ring).
 pub mod context {
-    use crate::bindings::agent_hypervisor::agent::context as raw;
+    use crate::imports::context as raw;
 
     /// The calling agent's identity, ring and current trace id.
-    pub use raw::AgentInfo;
+    pub use crate::bindings::agent_hypervisor::agent::context::AgentInfo;
 
     /// Returns the agent's id, session, ring and trace id.
     pub fn whoami() -> AgentInfo {
@@ -405,10 +473,10 @@ pub mod context {
 /// `log::info!("x = {}", x)` formats like `format!`. Plain `println!` and
 /// `eprintln!` also end up in the agent's log, at levels info and warn.
 pub mod log {
-    use crate::bindings::agent_hypervisor::agent::log as raw;
+    use crate::imports::log as raw;
 
     /// Severity of a log line.
-    pub use raw::Level;
+    pub use crate::bindings::agent_hypervisor::agent::log::Level;
 
     /// Appends one line to the agent's log at `level`.
     pub fn write(level: Level, message: &str) {
@@ -447,7 +515,9 @@ macro_rules! __log_error { ($($arg:tt)*) => { $crate::log::write($crate::log::Le
 /// (every participant sees it, subject to each file's [`Acl`](vfs::Acl)); every other
 /// path names the agent's private area, which no other agent can reach.
 pub mod vfs {
-    use crate::bindings::agent_hypervisor::agent::{vfs_read, vfs_write};
+    use crate::imports::vfs_read;
+    #[cfg(feature = "vfs-write")]
+    use crate::imports::vfs_write;
 
     pub use crate::Error;
     /// Who may do something to a file.
@@ -455,9 +525,9 @@ pub mod vfs {
     /// A file's access control list.
     pub use crate::bindings::agent_hypervisor::agent::types::Acl;
     /// File or directory.
-    pub use vfs_read::EntryKind;
+    pub use crate::bindings::agent_hypervisor::agent::vfs_read::EntryKind;
     /// Metadata of one entry.
-    pub use vfs_read::EntryStat as Stat;
+    pub use crate::bindings::agent_hypervisor::agent::vfs_read::EntryStat as Stat;
 
     /// Reads a whole file.
     ///
@@ -508,6 +578,7 @@ pub mod vfs {
         vfs_read::get_acl(path)
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Replaces a shared file's ACL: only its owner, or an agent in ring 1 or 0, may.
     /// Needs ring 2 or below.
     ///
@@ -517,6 +588,7 @@ pub mod vfs {
         vfs_write::set_acl(path, acl)
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Replaces or creates a file atomically, creating parent directories.
     /// Needs ring 2 or below: in ring 3 this call is a ring breach.
     ///
@@ -526,6 +598,7 @@ pub mod vfs {
         vfs_write::write(path, contents.as_ref())
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Appends to a file, creating it if needed. Needs ring 2 or below.
     ///
     /// # Errors
@@ -534,6 +607,7 @@ pub mod vfs {
         vfs_write::append(path, contents.as_ref())
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Deletes a file or an empty directory. Needs ring 2 or below.
     ///
     /// # Errors
@@ -542,6 +616,7 @@ pub mod vfs {
         vfs_write::delete(path)
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Renames `src` to `dst` (which must not exist). Needs ring 2 or below.
     ///
     /// # Errors
@@ -550,6 +625,7 @@ pub mod vfs {
         vfs_write::rename(src, dst)
     }
 
+    #[cfg(feature = "vfs-write")]
     /// Creates a directory and its parents. Needs ring 2 or below.
     ///
     /// # Errors
@@ -559,9 +635,10 @@ pub mod vfs {
     }
 }
 
+#[cfg(feature = "actions")]
 /// Host-registered reversible actions (capability `actions`, ring 2 and below).
 pub mod actions {
-    use crate::bindings::agent_hypervisor::agent::actions as raw;
+    use crate::imports::actions as raw;
 
     /// Runs the reversible action `name`; the host keeps its undo record.
     ///
@@ -580,9 +657,10 @@ pub mod actions {
     }
 }
 
+#[cfg(feature = "effects")]
 /// Host-registered non-reversible effects (capability `effects`, ring 1 and below).
 pub mod effects {
-    use crate::bindings::agent_hypervisor::agent::effects as raw;
+    use crate::imports::effects as raw;
 
     /// Runs the non-reversible effect `name`.
     ///
@@ -624,11 +702,13 @@ pub mod effects {
 /// }
 /// ```
 pub mod state {
-    use crate::bindings::agent_hypervisor::agent::{state_read, state_write};
+    use crate::imports::state_read;
+    #[cfg(feature = "state-write")]
+    use crate::imports::state_write;
 
     pub use crate::Error;
     /// A value with its version, vector clock and writer.
-    pub use state_read::Versioned;
+    pub use crate::bindings::agent_hypervisor::agent::state_read::Versioned;
 
     /// Reads `key`; `None` if it does not exist.
     ///
@@ -647,6 +727,7 @@ pub mod state {
         state_read::keys(prefix)
     }
 
+    #[cfg(feature = "state-write")]
     /// Writes `key` if it is still at `expected_version`; returns the new version.
     /// Needs ring 2 or below.
     ///
@@ -656,6 +737,7 @@ pub mod state {
         state_write::put(key, value.as_ref(), expected_version)
     }
 
+    #[cfg(feature = "state-write")]
     /// Deletes `key` if it is still at `expected_version`. Needs ring 2 or below.
     ///
     /// # Errors
@@ -677,6 +759,7 @@ pub mod state {
         }
     }
 
+    #[cfg(feature = "state-write")]
     /// Writes `value` as JSON (feature `json`) if `key` is still at
     /// `expected_version`; returns the new version. Needs ring 2 or below.
     ///
@@ -691,6 +774,7 @@ pub mod state {
         put(key, encode(key, value)?, expected_version)
     }
 
+    #[cfg(feature = "state-write")]
     /// [`update`] on a JSON value (feature `json`): `f` gets the current
     /// value (`None` if the key does not exist) and returns the new one.
     ///
@@ -748,6 +832,7 @@ pub mod state {
         })
     }
 
+    #[cfg(feature = "state-write")]
     #[cfg(feature = "json")]
     fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, Error> {
         serde_json::to_vec(value).map_err(|e| {
@@ -757,10 +842,12 @@ pub mod state {
         })
     }
 
+    #[cfg(feature = "state-write")]
     /// How many times [`update`] tries before it gives up on a key that
     /// others keep changing.
     pub const UPDATE_ATTEMPTS: u32 = 16;
 
+    #[cfg(feature = "state-write")]
     /// The compare-and-set loop, written once: reads `key`, computes its new
     /// value with `f` (given the current value, `None` if the key does not
     /// exist) and writes it if nobody wrote in between; on a conflict it
@@ -814,17 +901,18 @@ pub mod state {
     }
 }
 
+#[cfg(feature = "locks")]
 /// Intent locks on shared paths and state keys (capability `locks`, ring 2
 /// and below). Locks are released when the agent releases them, leaves the
 /// session, traps or is killed.
 pub mod locks {
-    use crate::bindings::agent_hypervisor::agent::locks as raw;
+    use crate::imports::locks as raw;
 
     pub use crate::Error;
     /// Lock modes: only read + read share.
-    pub use raw::LockMode as Mode;
+    pub use crate::bindings::agent_hypervisor::agent::locks::LockMode as Mode;
     /// What a lock protects: a path or a state key.
-    pub use raw::LockTarget as Target;
+    pub use crate::bindings::agent_hypervisor::agent::locks::LockTarget as Target;
 
     /// Takes a lock, waiting up to `wait_ms` (0: fail at once with `Conflict`).
     ///
@@ -955,11 +1043,11 @@ pub mod locks {
 /// # Ok::<(), String>(())
 /// ```
 pub mod elevation {
-    use crate::bindings::agent_hypervisor::agent::elevation as raw;
+    use crate::imports::elevation as raw;
 
     pub use crate::Error;
     /// An elevation in force: its ring and the milliseconds left.
-    pub use raw::Grant;
+    pub use crate::bindings::agent_hypervisor::agent::elevation::Grant;
 
     /// Asks for `ring` for `ttl_secs` seconds (0: the host's default),
     /// with a justification and, for ring 1, a sponsor's attestation (text form).
@@ -992,12 +1080,13 @@ pub mod elevation {
     }
 }
 
+#[cfg(feature = "spawn")]
 /// Child agents (capability `spawn`, ring 1 and below). A child runs in the
 /// caller's session at `min(caller's ring + 1, 3)`; each ring limits how
 /// many children an agent may have and how deep they may nest; stopping the
 /// caller stops its children.
 pub mod spawn {
-    use crate::bindings::agent_hypervisor::agent::spawn as raw;
+    use crate::imports::spawn as raw;
 
     pub use crate::Error;
 
@@ -1036,14 +1125,15 @@ pub mod spawn {
     }
 }
 
+#[cfg(feature = "admin")]
 /// Administration of the other agents of the session (capability `admin`,
 /// ring 0 only): the same operations, rules and audit as the host API.
 pub mod admin {
-    use crate::bindings::agent_hypervisor::agent::admin as raw;
+    use crate::imports::admin as raw;
 
     pub use crate::Error;
     /// What the host knows about one participant.
-    pub use raw::Participant;
+    pub use crate::bindings::agent_hypervisor::agent::admin::Participant;
 
     /// The participants of the caller's session, sorted by id.
     ///

@@ -19,6 +19,7 @@ mod rings;
 mod runtime;
 mod saga_agents;
 mod sagas;
+mod sdk_rings;
 mod sessions;
 mod snapshots;
 mod vfs_hostile;

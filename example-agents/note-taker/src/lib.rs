@@ -47,3 +47,51 @@ impl Agent for NoteTaker {
 }
 
 export_agent!(NoteTaker);
+
+#[cfg(test)]
+mod tests {
+    use super::NoteTaker;
+    use agent_sdk::Agent;
+    use agent_sdk::testing::{self, FakeHost};
+
+    #[test]
+    fn appends_the_line_keeps_the_index_and_journals_it() {
+        FakeHost::new()
+            .ring(2)
+            .file("notes/today.md", "# Today\n- first\n")
+            .file("notes/ideas.md", "")
+            .action("note.append", |line| Ok(format!("journal#1 {line}")))
+            .install();
+        assert_eq!(
+            NoteTaker::run("second\n".to_string()).unwrap(),
+            "2 note(s) in notes/today.md"
+        );
+        assert_eq!(
+            testing::file("notes/today.md").unwrap(),
+            b"# Today\n- first\n- second\n"
+        );
+        assert_eq!(
+            testing::file("notes/index.txt").unwrap(),
+            b"ideas.md\ntoday.md\n"
+        );
+        assert!(
+            testing::logs()
+                .iter()
+                .any(|(_, m)| m == "journal: journal#1 second")
+        );
+    }
+
+    #[test]
+    fn an_empty_input_writes_nothing() {
+        FakeHost::new().ring(2).install();
+        assert!(NoteTaker::run("  ".to_string()).is_err());
+        assert!(testing::files().is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "ring breach: `vfs-write` is outside ring 3")]
+    fn in_the_sandbox_ring_its_first_write_is_a_breach() {
+        FakeHost::new().ring(3).install();
+        let _ = NoteTaker::run("x".to_string());
+    }
+}

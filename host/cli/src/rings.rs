@@ -184,6 +184,7 @@ pub fn splice(text: &str, prefix: &str, table: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
 
     use super::*;
@@ -275,6 +276,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The SDK's `ring-*` features, with the capability features they turn
+    /// on, are the default table's rings (ring 3's capabilities are never
+    /// gated, so they have no feature).
+    #[test]
+    fn the_sdk_ring_features_are_the_default_rings() {
+        let manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(repo_file("guest-sdk/Cargo.toml")).unwrap())
+                .unwrap();
+        let features = manifest["features"].as_table().unwrap();
+        fn leaves(features: &toml::Table, name: &str, out: &mut BTreeSet<String>) {
+            for f in features[name].as_array().unwrap() {
+                let f = f.as_str().unwrap();
+                if f.starts_with("ring-") {
+                    leaves(features, f, out);
+                } else {
+                    out.insert(f.to_string());
+                }
+            }
+        }
+        let policy = RingPolicy::default();
+        let ungated = policy.limits(Ring::Sandbox).capabilities;
+        for ring in Ring::ALL {
+            let mut got = BTreeSet::new();
+            leaves(features, &format!("ring-{}", ring.name()), &mut got);
+            let want: BTreeSet<String> = Capability::ALL
+                .into_iter()
+                .filter(|c| policy.limits(ring).capabilities.contains(*c) && !ungated.contains(*c))
+                .map(|c| c.to_string())
+                .collect();
+            assert_eq!(got, want, "feature ring-{}", ring.name());
+            for cap in &want {
+                assert_eq!(
+                    features[cap.as_str()].as_array().map(Vec::len),
+                    Some(0),
+                    "{cap}"
+                );
+            }
+        }
+        assert_eq!(
+            features["default"].as_array().unwrap()[0].as_str(),
+            Some("ring-root")
+        );
+    }
+
+    /// The SDK's test double judges calls by the default table too.
+    #[test]
+    fn the_sdk_test_double_has_the_default_ring_table() {
+        let src = std::fs::read_to_string(repo_file("guest-sdk/src/testing.rs")).unwrap();
+        let policy = RingPolicy::default();
+        for cap in Capability::ALL {
+            let lowest = policy
+                .lowest_ring_covering([cap].into_iter().collect())
+                .unwrap();
+            let entry = format!("(\"{cap}\", {}),", lowest.number());
+            assert!(src.contains(&entry), "testing.rs lacks {entry}");
+        }
+        assert_eq!(src.matches("const RING_TABLE: [(&str, u8); 13]").count(), 1);
+        assert_eq!(Capability::ALL.len(), 13);
     }
 
     #[test]
