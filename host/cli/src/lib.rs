@@ -15,7 +15,7 @@ mod inspect_cmd;
 mod ledger_cmd;
 mod liability_demo;
 mod mcp_cmd;
-mod new_cmd;
+pub mod new_cmd;
 mod out;
 mod policy_cmd;
 mod quota_files;

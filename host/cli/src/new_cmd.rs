@@ -454,7 +454,7 @@ fn project(
             vars.push(("sdk_path", &sdk_path));
             files.push(file(
                 "Cargo.toml",
-                fill(template!("rust/Cargo.toml"), &vars),
+                fill(template!("rust/Cargo.toml.tmpl"), &vars),
             ));
             files.push(file(
                 "src/lib.rs",
