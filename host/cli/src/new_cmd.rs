@@ -75,6 +75,17 @@ pub(crate) enum World {
     Root,
 }
 
+impl Lang {
+    /// The language's name in prose.
+    fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        }
+    }
+}
+
 impl World {
     /// The WIT world's name.
     fn name(self) -> &'static str {
@@ -631,9 +642,9 @@ pub(crate) fn new(args: NewArgs) -> Result<Exit, Failure> {
         return Err(e.into());
     }
     outln!(
-        "made {name}/: a {lang:?} agent for the {world} world (ring {ring}), {n} files",
+        "made {name}/: a {lang} agent for the {world} world (ring {ring}), {n} files",
         name = args.name,
-        lang = args.lang,
+        lang = args.lang.name(),
         world = args.world.name(),
         ring = args.world.ring().number(),
         n = files.len(),
