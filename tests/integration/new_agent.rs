@@ -93,7 +93,11 @@ fn succeeds(cmd: &mut Command, limit: Duration, what: &str) -> Out {
 
 /// `ahv new ARGS` in a new temporary directory; returns it and the project's directory.
 fn made(args: &[&str]) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+    made_in(tempfile::tempdir().unwrap(), args)
+}
+
+/// `ahv new ARGS` in `dir`; returns it and the project's directory.
+fn made_in(dir: tempfile::TempDir, args: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let out = ahv(dir.path(), &[&["new"], args].concat());
     assert_eq!(out.code, 0, "{out:?}");
     let name = args.last().unwrap();
@@ -161,13 +165,20 @@ fn cargo(project: &Path, target: &Path) -> Command {
     c
 }
 
-/// The new crate: `cargo test` passes its unit test natively, `cargo build
-/// --release --target wasm32-wasip2` (the README's command) builds the
-/// component, and `ahv run` runs it in ring 3: it reads its greeting file,
-/// logs and answers.
+/// The new crate, made inside another Cargo workspace (its own
+/// `[workspace]` table keeps it out): `cargo test` passes its unit test
+/// natively, `cargo build --release --target wasm32-wasip2` (the README's
+/// command) builds the component, and `ahv run` runs it in ring 3: it reads
+/// its greeting file, logs and answers.
 #[test]
 fn rust_project_builds_tests_and_runs_as_made() {
-    let (_dir, project) = made(&["--lang", "rust", "hello-rs"]);
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outer.path().join("Cargo.toml"),
+        "[workspace]\nmembers = []\n",
+    )
+    .unwrap();
+    let (_dir, project) = made_in(outer, &["--lang", "rust", "hello-rs"]);
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
     assert!(readme.contains("cargo build --release --target wasm32-wasip2"));
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("new-agent-rust");
