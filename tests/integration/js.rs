@@ -61,7 +61,7 @@ fn js_dir() -> PathBuf {
 /// directory, once per lock file (one test installs, the others wait), so
 /// the README's test command needs no manual step. Fails the test, naming
 /// what is missing, when that cannot be done.
-fn node_modules() -> PathBuf {
+pub(crate) fn node_modules() -> PathBuf {
     if let Some(dir) = std::env::var_os(NODE_MODULES_ENV).map(PathBuf::from) {
         if let Err(why) = pinned(&dir) {
             panic!("{NODE_MODULES_ENV}={}: {why}", dir.display());

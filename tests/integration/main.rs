@@ -10,6 +10,7 @@ mod js;
 mod liability;
 mod mcp;
 mod net;
+mod new_agent;
 /// A PostgreSQL database per test (a private server unless AHV_TEST_DATABASE_URL names one).
 #[path = "../../host/store/tests/support/mod.rs"]
 mod pg;

@@ -57,7 +57,7 @@ pub(crate) fn repo() -> PathBuf {
 /// target directory, once (one test installs, the others wait for it), so
 /// the README's test command needs no manual step. Fails the test, naming
 /// what is missing, when that cannot be done.
-fn componentize_py() -> (PathBuf, String) {
+pub(crate) fn componentize_py() -> (PathBuf, String) {
     if let Some(bin) = std::env::var_os(COMPONENTIZE_PY_ENV).map(PathBuf::from) {
         return match version_of(&bin) {
             Ok(version) => (bin, version),

@@ -68,10 +68,10 @@ exit_codes! {
     1 Failed "failed"
         "the agent reported its own failure (`run` returned `Err`); `audit verify`: verification failed; `saga run/resume/compensate`: the saga failed and was compensated";
     2 Usage "usage"
-        "bad command line: unknown or missing option, bad value, conflicting options, an input file that cannot be read or is too large, a policy file that is refused";
+        "bad command line: unknown or missing option, bad value, conflicting options, an input file that cannot be read or is too large, a policy file that is refused, `new`: a bad project name or a directory that is not empty";
     3 Refused "refused"
         "component refused: cannot be read, not a component, an import outside the contract, no `run` of the contract's type, a function the contract lacks, strict admission";
-    4 Setup "setup-error" "setup error: a directory, the component cache, the runtime, the audit log";
+    4 Setup "setup-error" "setup error: a directory, the component cache, the runtime, the audit log, `new`: the Rust SDK not found";
     5 Escalated "escalated"
         "`saga run/resume/compensate`: the saga escalated: a compensation failed, so some of its changes remain";
     6 Denied "denied"

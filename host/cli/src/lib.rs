@@ -15,6 +15,7 @@ mod inspect_cmd;
 mod ledger_cmd;
 mod liability_demo;
 mod mcp_cmd;
+pub mod new_cmd;
 mod out;
 mod policy_cmd;
 mod quota_files;
@@ -45,6 +46,7 @@ Try:  ahv demo                       (the example agents, hostile ones included)
       ahv audit verify <STATE_DIR>   (check a state directory's audit log offline)
       ahv agents                     (where the built example agents are)
       ahv run <hello.wasm> --ring 3 --input Ada
+      ahv new --lang rust|python|js <NAME>  (a new agent project that builds and runs as made)
       ahv policy check <policy.toml>  (the effective ring table of a policy file)
       ahv saga run <saga.yaml> --state-dir <DIR>  (steps inside agents, compensated on failure)
 ";
@@ -75,6 +77,11 @@ enum Command {
     /// Run an agent's `run` once in a ring, with a directory as its files.
     #[command(after_help = run_help())]
     Run(run_cmd::RunArgs),
+    /// Make a new agent project (Rust, Python or JavaScript) in a new
+    /// directory NAME: the agent, its SDK, its build command and a unit test
+    /// of its logic. It builds and runs under `ahv run` as it is made.
+    #[command(after_help = exit::help())]
+    New(new_cmd::NewArgs),
     /// Show a component's imports and exports, whether it is admitted (the
     /// same checks as `ahv run`), and the lowest ring that covers it.
     #[command(after_help = exit::help())]
@@ -194,6 +201,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run_cmd::run(args).await,
+            Command::New(args) => new_cmd::new(args),
             Command::Inspect(args) => inspect_cmd::inspect(&args).await,
             Command::Demo { state_dir } => demo::demo(state_dir).await.map_err(Failure::from),
             Command::Agents => agents(),
