@@ -45,7 +45,7 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(300);
 const INSTALL_WAIT: Duration = Duration::from_secs(2 * 30 + 300 + 30);
 
 /// Longest a test waits for another one building and compiling an agent: a
-/// build and a compile under load; within nextest's 8 minutes for these tests.
+/// build and a compile under load; within nextest's 16 minutes for these tests.
 const BUILD_WAIT: Duration = Duration::from_secs(420);
 
 /// Longest the racing agents may take, all together.

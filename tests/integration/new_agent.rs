@@ -11,7 +11,7 @@
 //! the same lock file the project carries). A Python or JavaScript component
 //! takes a minute or more to compile in a debug `ahv`; the tests share the
 //! compiled-component cache of the other tests, so a rerun of an unchanged
-//! build is served from it. nextest gives `new_agent::` tests 8 minutes.
+//! build is served from it. nextest gives `new_agent::` tests 16 minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

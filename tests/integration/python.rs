@@ -41,7 +41,7 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(240);
 const INSTALL_WAIT: Duration = Duration::from_secs(2 * 30 + 2 * 240 + 30);
 
 /// Longest a test waits for another one building and compiling an agent: a
-/// build and a compile under load; within nextest's 8 minutes for these tests.
+/// build and a compile under load; within nextest's 16 minutes for these tests.
 const BUILD_WAIT: Duration = Duration::from_secs(420);
 
 pub(crate) fn repo() -> PathBuf {
@@ -680,6 +680,21 @@ pub mod tally {
                     out.logs
                 );
             }
+        }
+
+        // Values componentize-py's conversion would trap on are refused by
+        // the SDK first: the run fails with a message, the instance lives.
+        for (input, failure) in [
+            (r#"{"read": 5}"#, "must be a str, not int"),
+            (r#"{"read": null}"#, "must be a str, not NoneType"),
+            (r#"{"read": "\ud800"}"#, "input is not the JSON expected"),
+        ] {
+            let out =
+                h.hv.run_agent(&s, &id(py), input)
+                    .await
+                    .unwrap_or_else(|e| panic!("{input}: trapped: {e}"));
+            let err = out.result.expect_err(input);
+            assert!(err.contains(failure), "{input}: {err}");
         }
 
         let got = answer(&h, &s, py, json!({"read": "shared/none.txt"})).await;

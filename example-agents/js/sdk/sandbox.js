@@ -116,7 +116,7 @@ export function agent(fn) {
     try {
       out = fn(input);
     } catch (e) {
-      throw failureMessage(e);
+      throw String(failureMessage(e));
     }
     if (typeof out === "string") return out;
     if (out !== null && typeof out === "object" && typeof out.then === "function") {
@@ -169,6 +169,11 @@ export function toJson(value) {
 }
 
 function bigintAsNumber(_key, v) {
+  // JSON.stringify would write NaN and the infinities as null, silently;
+  // the Rust and Python SDKs refuse them.
+  if (typeof v === "number" && !Number.isFinite(v)) {
+    throw new Error(`${v} is not a JSON number`);
+  }
   if (typeof v !== "bigint") return v;
   if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
     throw new Error(`${v} does not fit in a JSON number exactly`);

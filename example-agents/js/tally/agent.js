@@ -41,8 +41,10 @@ export const run = agent((input) => {
   let counts;
   const version = state.updateJson("tally", (old) => {
     // May run more than once (a lost race): only compute here.
-    counts = { ...(old ?? {}) };
-    counts[vote] = (counts[vote] ?? 0) + 1;
+    // A null-prototype copy: a vote named "constructor" or "__proto__"
+    // is a key like any other, not an inherited property.
+    counts = Object.assign(Object.create(null), old ?? {});
+    counts[vote] = (Object.hasOwn(counts, vote) ? counts[vote] : 0) + 1;
     return counts;
   });
 

@@ -18,6 +18,13 @@ def outcome(fn, as_json: bool, text: str) -> tuple:
     and for a `Failure`, and `"<ExceptionType>: <message>"` for any other
     exception, whose traceback also goes to the agent's log at level error.
     """
+    ok, out = _outcome(fn, as_json, text)
+    # Text the host cannot take (a lone surrogate) would trap in the
+    # conversion: written with backslash escapes instead.
+    return ok, out.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _outcome(fn, as_json: bool, text: str) -> tuple:
     try:
         if as_json:
             return True, _json_io.answer(fn(_json_io.input(text)))
@@ -25,13 +32,16 @@ def outcome(fn, as_json: bool, text: str) -> tuple:
         if not isinstance(answer, str):
             raise TypeError(f"run must return a str, not {type(answer).__name__}")
         return True, answer
-    except (AhvError, Failure) as e:
-        return False, str(e)
     except BaseException as e:  # noqa: BLE001 - SystemExit too: never trap
-        message = f"{type(e).__name__}: {e}"
+        try:
+            if isinstance(e, (AhvError, Failure)):
+                return False, str(e)
+            message = f"{type(e).__name__}: {e}"
+        except BaseException:  # noqa: BLE001 - an exception whose str() raises
+            return False, f"{type(e).__name__} (its message could not be written)"
         try:
             log.error("uncaught " + traceback.format_exc().rstrip())
-        except BaseException:
+        except BaseException:  # noqa: BLE001
             pass
         return False, message
 

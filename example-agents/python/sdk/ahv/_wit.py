@@ -8,8 +8,13 @@ interface the world lacks raises `NotInWorld` instead of failing at import.
 """
 
 import importlib
+import inspect
 
 from .errors import NotInWorld, from_wit
+
+#: The largest value of a WIT `u64` (every integer of the contract is
+#: unsigned).
+_U64_MAX = 2**64 - 1
 
 #: The narrowest world that imports each interface the SDK wraps.
 WORLD_OF = {
@@ -46,9 +51,39 @@ def interface(name: str):
     return module
 
 
+def _check(where: str, f, args) -> None:
+    """Refuses, as a Python exception, the arguments componentize-py's
+    conversion would otherwise trap on (a Rust panic no `except` sees): a
+    value of another type than the binding's annotation says, an integer
+    out of range, text that is not valid UTF-8 (a lone surrogate)."""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for i, value in enumerate(args):
+        param = params[i] if i < len(params) else None
+        label = f"{where}: argument {param.name if param else i + 1}"
+        want = param.annotation if param else inspect.Parameter.empty
+        if want in (str, "str") and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+        if want in (bytes, "bytes") and not isinstance(value, bytes):
+            raise TypeError(f"{label} must be bytes, not {type(value).__name__}")
+        if want in (int, "int"):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+            if not 0 <= value <= _U64_MAX:
+                raise ValueError(f"{label} is {value}, outside 0..2**64-1")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{label} is not valid UTF-8 text: {e.reason}") from None
+
+
 def call(name: str, function: str, *args):
     """Calls `function` of interface `name`, turning a WIT error into its exception."""
     f = getattr(interface(name), function)
+    _check(f"{name.replace('_', '-')}.{function.replace('_', '-')}", f, args)
     err = importlib.import_module("componentize_py_types").Err
     try:
         return f(*args)

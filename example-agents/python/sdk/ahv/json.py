@@ -21,7 +21,11 @@ def input(text: str):
     Raises `Failure("input is not the JSON expected: <reason, line, column>")`.
     """
     try:
-        return _json.loads(text, parse_constant=_no_constant)
+        value = _json.loads(text, parse_constant=_no_constant)
+        # serde_json refuses lone surrogates (`"\\ud800"`); so does this, so
+        # that no text the host cannot take reaches an answer or a call.
+        _json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
     except ValueError as e:
         raise Failure(f"input is not the JSON expected: {e}") from None
 

@@ -13,7 +13,10 @@ def write(level: str, message: str) -> None:
         lvl = raw.Level[level.upper()]
     except KeyError:
         raise ValueError(f"unknown log level {level!r}") from None
-    raw.log(lvl, str(message))
+    text = str(message)
+    # A lone surrogate would make componentize-py's conversion trap.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    raw.log(lvl, text)
 
 
 def trace(message: str) -> None:

@@ -19,7 +19,10 @@ UPDATE_ATTEMPTS = 16
 def _bytes(value) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
-    return bytes(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    # `bytes(5)` would be five NUL bytes: refuse what is not already bytes.
+    raise TypeError(f"expected bytes or str, not {type(value).__name__}")
 
 
 def get(key: str):

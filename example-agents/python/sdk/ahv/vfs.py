@@ -15,7 +15,10 @@ from .errors import Io
 def _bytes(contents) -> bytes:
     if isinstance(contents, str):
         return contents.encode("utf-8")
-    return bytes(contents)
+    if isinstance(contents, (bytes, bytearray, memoryview)):
+        return bytes(contents)
+    # `bytes(5)` would be five NUL bytes: refuse what is not already bytes.
+    raise TypeError(f"expected bytes or str, not {type(contents).__name__}")
 
 
 def read(path: str) -> bytes:

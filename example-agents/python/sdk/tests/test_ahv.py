@@ -368,6 +368,53 @@ class Outcome(Base):
         )
         self.assertEqual(ahv.outcome(lambda s: s.upper(), False, "in"), (True, "IN"))
 
+    def test_text_the_host_cannot_take_is_escaped_and_a_bad_str_is_caught(self):
+        # A lone surrogate would trap in componentize-py's conversion.
+        self.assertEqual(ahv.outcome(lambda s: "a\ud800b", False, "in"), (True, "a\\ud800b"))
+
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+
+        def fails(_):
+            raise Unprintable()
+
+        self.assertEqual(
+            ahv.outcome(fails, False, "in"),
+            (False, "Unprintable (its message could not be written)"),
+        )
+        ok, message = ahv.outcome(lambda ask: ask, True, '"\\ud800"')
+        self.assertEqual((ok, message.split(":")[0]), (False, "input is not the JSON expected"))
+
+    def test_arguments_a_binding_would_trap_on_are_refused_first(self):
+        from ahv import _wit
+
+        def read(path: str) -> bytes:  # the shape componentize-py generates
+            return b""
+
+        def put(key: str, value: bytes, expected_version: int) -> int:
+            return 1
+
+        for f, args, want in [
+            (read, (5,), "argument path must be a str, not int"),
+            (read, (None,), "argument path must be a str, not NoneType"),
+            (read, ("a\ud800",), "argument path is not valid UTF-8 text"),
+            (put, ("k", "text", 0), "argument value must be bytes, not str"),
+            (put, ("k", b"v", -1), "argument expected_version is -1, outside 0..2**64-1"),
+            (put, ("k", b"v", True), "argument expected_version must be an int, not bool"),
+        ]:
+            with self.assertRaises((TypeError, ValueError)) as caught:
+                _wit._check("x.y", f, args)
+            self.assertIn(want, str(caught.exception))
+        _wit._check("x.y", put, ("k", b"v", 2**64 - 1))
+        from ahv import state, vfs
+
+        for to_bytes in (state._bytes, vfs._bytes):
+            self.assertEqual(to_bytes("é"), "é".encode())
+            self.assertEqual(to_bytes(bytearray(b"ab")), b"ab")
+            with self.assertRaises(TypeError):
+                to_bytes(5)  # would be five NUL bytes
+
     def test_the_json_convention(self):
         double = lambda ask: {"runs": ask["runs"] * 2, "name": "é"}  # noqa: E731
         self.assertEqual(ahv.outcome(double, True, '{"runs": 21}'), (True, '{"runs":42,"name":"é"}'))
