@@ -130,6 +130,49 @@ fn run_agent(wasm: &Path, ring: &str) -> Value {
     report
 }
 
+/// Joins the component at `wasm` to a shared session (ring 3) beside the
+/// Rust `scripted` agent, which writes a shared file first; runs it there
+/// and checks its answer (no `greeting.txt` in its private area: the
+/// default greeting) and its log line.
+fn in_a_shared_session(wasm: &Path) {
+    use ahv_core::Ring;
+
+    use crate::sessions::{Hv, id};
+
+    let bytes = std::fs::read(wasm).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(ahv_tests::within(
+        RUN_LIMIT,
+        "the new agent in a shared session",
+        async {
+            let h = Hv::new();
+            let s = h.session();
+            assert_eq!(h.join(&s, "did:test:new", 0.3, &bytes).await, Ring::Sandbox);
+            h.join(&s, "did:test:rust", 0.8, ahv_agents::SCRIPTED).await;
+            h.hv.activate_session(&s).unwrap();
+            h.script(&s, "did:test:rust", "write shared/plan.md v1")
+                .await;
+            let out =
+                h.hv.run_agent(&s, &id("did:test:new"), "Ada")
+                    .await
+                    .unwrap();
+            assert_eq!(out.result, Ok("Hello, Ada! (ring 3)".to_string()));
+            assert!(
+                out.logs
+                    .iter()
+                    .any(|l| l.message == "did:test:new answering in ring 3"),
+                "{:?}",
+                out.logs
+            );
+            let out = h.script(&s, "did:test:rust", "read shared/plan.md").await;
+            assert!(out.contains("v1"), "{out}");
+        },
+    ));
+}
+
 /// Checks the generated agent's answer and log line in `ring`.
 fn answered(report: &Value, ring: u8) {
     assert_eq!(report["outcome"], "ok", "{report:#}");
@@ -200,6 +243,7 @@ fn rust_project_builds_tests_and_runs_as_made() {
     );
     let wasm = target.join("wasm32-wasip2/release/hello_rs.wasm");
     answered(&run_agent(&wasm, "3"), 3);
+    in_a_shared_session(&wasm);
 }
 
 /// The new Python project: its unit test passes under CPython, its
@@ -238,6 +282,7 @@ fn python_project_builds_tests_and_runs_as_made() {
         "build.sh (the new Python project)",
     );
     answered(&run_agent(&project.join("hello-py.wasm"), "3"), 3);
+    in_a_shared_session(&project.join("hello-py.wasm"));
 }
 
 /// The new JavaScript project: `npm test` passes its unit test, `npm run
@@ -281,6 +326,7 @@ fn js_project_builds_tests_and_runs_as_made() {
         "npm run build (the new JavaScript project)",
     );
     answered(&run_agent(&project.join("hello-js.wasm"), "3"), 3);
+    in_a_shared_session(&project.join("hello-js.wasm"));
 }
 
 /// Each refusal exits 2 (a missing Rust SDK: 4), says why, and leaves the
