@@ -1309,6 +1309,11 @@ impl Shared {
         if is_audit_kind(event.kind()) || self.stop.load(Ordering::Relaxed) {
             return None;
         }
+        // Checked first: an unaudited session's events cost one lookup,
+        // not the log map's locks and the sealed-session filter's hashing.
+        if lock(&self.excluded).contains(session) {
+            return None;
+        }
         let Some(log) = self.session_log(session) else {
             if lock(&self.excluded).contains(session) {
                 return None;
@@ -2135,6 +2140,38 @@ mod tests {
         max_records: usize::MAX,
         max_delay: Duration::from_secs(3600),
     };
+
+    #[test]
+    fn an_excluded_session_is_not_captured_even_after_it_had_a_log_until_included() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, bus) = open(&tmp.path().join("audit"), NEVER);
+        let s = SessionId::new("s-excluded").unwrap();
+        let write = |version| {
+            bus.emit(
+                Some(&s),
+                None,
+                TraceId(1),
+                None,
+                EventPayload::StateWrite {
+                    key: "k".into(),
+                    version,
+                },
+            )
+        };
+        auditor.exclude(&s);
+        write(1);
+        write(2);
+        let stats = auditor.stats();
+        assert_eq!((stats.captured, stats.late), (0, 0), "{stats:?}");
+        auditor.include(&s);
+        write(3);
+        assert_eq!(auditor.stats().captured, 1);
+        // Excluded again while it has a log: still nothing is captured.
+        auditor.exclude(&s);
+        write(4);
+        let stats = auditor.stats();
+        assert_eq!((stats.captured, stats.late), (1, 0), "{stats:?}");
+    }
 
     #[test]
     fn a_pending_receipt_becomes_durable_once_the_group_commit_holding_it_is_synced() {

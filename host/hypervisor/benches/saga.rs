@@ -5,8 +5,9 @@
 //!   steps run in one live `scripted` instance (`saga-participant.execute`
 //!   with an empty script: the reference's steps are no-op coroutines too),
 //!   in an unaudited session, progress in memory (a store that keeps the
-//!   records like `MemoryStore` and drops them every 10 000 sagas, so
-//!   memory stays flat). Every record is still applied through the state machines
+//!   records like `MemoryStore`, for the last 64 sagas, so memory stays
+//!   flat). The definition is shared (`Arc`), as a caller running one
+//!   definition many times would pass it. Every record is still applied through the state machines
 //!   and every transition is still an event on the bus.
 //! - `saga_3_steps/wasm_audited`: the same in an audited session (each of
 //!   the saga's 8 events is also a hashed audit delta).
@@ -20,7 +21,7 @@
 //! (the form every bench shares a build with; see the README's "Performance").
 //! Beside the Python reference's `saga_3_steps`, same run: `host/bench/compare.sh`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,18 +34,31 @@ use ahv_saga::{ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaState, Sto
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Keeps records like `MemoryStore` (a map of per-saga logs, a clone per
-/// append) but forgets them all every 10 000 sagas, so a long measurement
-/// does not grow without bound.
+/// append) for the last [`KEPT`] sagas only, forgetting the oldest as a
+/// new one starts, so a long measurement neither grows without bound nor
+/// pays for freeing thousands of sagas' records in one iteration.
 #[derive(Default)]
-struct Bounded(Mutex<HashMap<SagaId, Vec<SagaRecord>>>);
+struct Bounded(Mutex<Kept>);
+
+/// Each kept saga's records, and the kept sagas oldest first.
+type Kept = (HashMap<SagaId, Vec<SagaRecord>>, VecDeque<SagaId>);
+
+/// How many sagas' records [`Bounded`] keeps.
+const KEPT: usize = 64;
 
 impl ProgressStore for Bounded {
     fn append(&self, saga: &SagaId, rec: &SagaRecord) -> Result<(), StoreError> {
-        let mut m = self.0.lock().unwrap();
-        if m.len() >= 10_000 && !m.contains_key(saga) {
-            m.clear();
+        let mut guard = self.0.lock().unwrap();
+        let (logs, order) = &mut *guard;
+        if !logs.contains_key(saga) {
+            if order.len() >= KEPT
+                && let Some(oldest) = order.pop_front()
+            {
+                logs.remove(&oldest);
+            }
+            order.push_back(saga.clone());
         }
-        m.entry(saga.clone()).or_default().push(rec.clone());
+        logs.entry(saga.clone()).or_default().push(rec.clone());
         Ok(())
     }
 
@@ -53,13 +67,14 @@ impl ProgressStore for Bounded {
             .0
             .lock()
             .unwrap()
+            .0
             .get(saga)
             .cloned()
             .unwrap_or_default())
     }
 
     fn list(&self) -> Result<Vec<SagaId>, StoreError> {
-        Ok(self.0.lock().unwrap().keys().cloned().collect())
+        Ok(self.0.lock().unwrap().1.iter().cloned().collect())
     }
 }
 
@@ -87,7 +102,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn saga_3_steps(c: &mut Criterion) {
     let rt = rt();
-    let def = SagaDefinition::from_yaml(SAGA).unwrap();
+    let def = Arc::new(SagaDefinition::from_yaml(SAGA).unwrap());
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let mut g = c.benchmark_group("saga_3_steps");
@@ -117,13 +132,13 @@ fn saga_3_steps(c: &mut Criterion) {
         ))
         .unwrap();
         hv.activate_session(&s).unwrap();
-        let report = rt.block_on(hv.run_saga(&s, def.clone())).unwrap();
+        let report = rt.block_on(hv.run_saga(&s, Arc::clone(&def))).unwrap();
         assert_eq!(report.state, SagaState::Completed);
         if !in_memory {
             g.sample_size(20);
         }
         g.bench_function(name, |b| {
-            b.iter(|| rt.block_on(hv.run_saga(&s, def.clone())).unwrap())
+            b.iter(|| rt.block_on(hv.run_saga(&s, Arc::clone(&def))).unwrap())
         });
         hv.terminate_session(&s).unwrap();
         hv.shutdown().unwrap();

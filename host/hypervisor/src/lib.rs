@@ -823,6 +823,7 @@ impl HypervisorBuilder {
                 escalation: self.escalation,
                 driving: Mutex::new(saga::Drivers::default()),
                 blobs: saga_blobs,
+                plans: Arc::default(),
             },
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),

@@ -848,6 +848,7 @@ impl Hypervisor {
             s.jitter.clone(),
             self.inner.clock.clone(),
         )
+        .with_plans(s.plans.clone())
     }
 
     /// The session, checked to be active with every step's agent in it.
@@ -911,7 +912,8 @@ impl Hypervisor {
     /// compensating what committed, or `escalated` when a compensation
     /// failed. Progress is durable in the saga store before each step acts
     /// (`<state>/sagas` by default). The session's state isolation is set to
-    /// the saga's level.
+    /// the saga's level. A definition run many times can be passed as an
+    /// `Arc<SagaDefinition>`: each run then shares it instead of copying it.
     ///
     /// # Errors
     /// [`HypervisorError::SagaSetup`] (an agent that is not there),
@@ -921,7 +923,7 @@ impl Hypervisor {
     pub async fn run_saga(
         &self,
         session: &SessionId,
-        definition: SagaDefinition,
+        definition: impl Into<Arc<SagaDefinition>>,
     ) -> Result<SagaReport, HypervisorError> {
         let id = self.new_saga_id();
         self.run_saga_as(session, id, definition).await
@@ -938,8 +940,9 @@ impl Hypervisor {
         &self,
         session: &SessionId,
         saga: SagaId,
-        definition: SagaDefinition,
+        definition: impl Into<Arc<SagaDefinition>>,
     ) -> Result<SagaReport, HypervisorError> {
+        let definition: Arc<SagaDefinition> = definition.into();
         // The engine validates the definition before anything runs.
         let entry = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(&saga);
@@ -956,7 +959,6 @@ impl Hypervisor {
         }
         let _driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
-        let definition = Arc::new(definition);
         let trace = self.inner.runtime.new_trace_id();
         let engine = self.saga_engine(entry.clone(), definition.clone(), trace, Arc::default());
         let report = engine.run(saga.clone(), definition).await?;
@@ -1337,4 +1339,7 @@ pub(crate) struct SagaSettings {
     /// Where commits keep their redo's bytes (only under a store that
     /// survives restarts).
     pub(crate) blobs: Option<Arc<ahv_saga::BlobStore>>,
+    /// Validated definitions, shared by the engines of every run: a shared
+    /// definition run again is not validated or copied again.
+    pub(crate) plans: Arc<ahv_saga::PlanCache>,
 }

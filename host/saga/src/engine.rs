@@ -24,11 +24,11 @@
 //! The engine does not guard against two calls driving the same saga at once;
 //! the caller (the facade) owns that.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use ahv_core::{AgentId, Clock, FakeClock, IdError};
@@ -584,6 +584,85 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<Ctx>,
+    plans: Arc<PlanCache>,
+}
+
+/// What a run needs of a valid definition: its plan, the step and group
+/// indices, and each step shared. Computed once per shared definition.
+#[derive(Debug)]
+struct Compiled {
+    plan: Plan,
+    index: HashMap<String, usize>,
+    group_index: HashMap<String, usize>,
+    steps: Vec<Arc<StepDef>>,
+}
+
+impl Compiled {
+    fn new(def: &SagaDefinition) -> Result<Compiled, DefinitionError> {
+        let plan = def.plan()?;
+        let index = def
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let group_index = def
+            .fanout
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.id.clone(), i))
+            .collect();
+        let steps = def.steps.iter().map(|s| Arc::new(s.clone())).collect();
+        Ok(Compiled {
+            plan,
+            index,
+            group_index,
+            steps,
+        })
+    }
+}
+
+/// The validated plans of the last few definitions an engine ran, so that
+/// running one shared definition (`Arc<SagaDefinition>`) again neither
+/// validates nor copies it again. Engines built per run share one with
+/// [`Engine::with_plans`].
+///
+/// Keyed by the definition's allocation, held as a [`Weak`]: while the
+/// cache holds it, the allocation is not reused and the definition cannot
+/// change (`Arc::get_mut` refuses an `Arc` with weak pointers, and
+/// `Arc::make_mut` copies it to a new allocation), so a hit is always the
+/// plan of the very definition being run.
+#[derive(Debug, Default)]
+pub struct PlanCache(Mutex<VecDeque<(Weak<SagaDefinition>, Arc<Compiled>)>>);
+
+/// How many definitions a [`PlanCache`] remembers.
+const PLANS_KEPT: usize = 16;
+
+impl PlanCache {
+    /// The compiled form of `def`, from the cache or validated now.
+    fn get(&self, def: &Arc<SagaDefinition>) -> Result<Arc<Compiled>, DefinitionError> {
+        let mut kept = lock(&self.0);
+        // Forget definitions nobody holds any more.
+        kept.retain(|(w, _)| w.strong_count() > 0);
+        if let Some((_, c)) = kept
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(def)))
+        {
+            return Ok(Arc::clone(c));
+        }
+        let compiled = Arc::new(Compiled::new(def)?);
+        if kept.len() >= PLANS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((Arc::downgrade(def), Arc::clone(&compiled)));
+        Ok(compiled)
+    }
+
+    /// How many definitions it holds (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
 }
 
 struct Ctx {
@@ -625,9 +704,7 @@ struct StepRun {
 struct Run {
     saga: SagaId,
     def: Arc<SagaDefinition>,
-    plan: Plan,
-    index: HashMap<String, usize>,
-    group_index: HashMap<String, usize>,
+    compiled: Arc<Compiled>,
     state: SagaState,
     steps: Vec<StepRun>,
     commit_order: Vec<usize>,
@@ -638,25 +715,12 @@ struct Run {
 }
 
 impl Run {
-    fn new(saga: SagaId, def: Arc<SagaDefinition>) -> Result<Run, DefinitionError> {
-        let plan = def.plan()?;
-        let index = def
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
-        let group_index = def
-            .fanout
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.id.clone(), i))
-            .collect();
-        let steps = def
+    fn new(saga: SagaId, def: Arc<SagaDefinition>, compiled: Arc<Compiled>) -> Run {
+        let steps = compiled
             .steps
             .iter()
             .map(|s| StepRun {
-                def: Arc::new(s.clone()),
+                def: Arc::clone(s),
                 state: StepState::Pending,
                 attempts: 0,
                 retries_used: 0,
@@ -672,12 +736,10 @@ impl Run {
             })
             .collect();
         let groups = def.fanout.len();
-        Ok(Run {
+        Run {
             saga,
             def,
-            plan,
-            index,
-            group_index,
+            compiled,
             state: SagaState::Running,
             steps,
             commit_order: Vec::new(),
@@ -685,7 +747,13 @@ impl Run {
             group_started: vec![false; groups],
             failures: Vec::new(),
             reason: None,
-        })
+        }
+    }
+
+    /// A run of `def` compiled now (no cache).
+    fn uncached(saga: SagaId, def: Arc<SagaDefinition>) -> Result<Run, DefinitionError> {
+        let compiled = Arc::new(Compiled::new(&def)?);
+        Ok(Run::new(saga, def, compiled))
     }
 
     fn corrupt(&self, message: impl Into<String>) -> EngineError {
@@ -696,14 +764,16 @@ impl Run {
     }
 
     fn step_ix(&self, id: &str) -> Result<usize, EngineError> {
-        self.index
+        self.compiled
+            .index
             .get(id)
             .copied()
             .ok_or_else(|| self.corrupt(format!("unknown step {id:?}")))
     }
 
     fn group_ix(&self, id: &str) -> Result<usize, EngineError> {
-        self.group_index
+        self.compiled
+            .group_index
             .get(id)
             .copied()
             .ok_or_else(|| self.corrupt(format!("unknown fan-out group {id:?}")))
@@ -893,7 +963,7 @@ impl Run {
     }
 
     fn unit_done(&self, u: usize) -> bool {
-        match self.plan.units[u] {
+        match self.compiled.plan.units[u] {
             Unit::Step(i) => self.steps[i].state == StepState::Committed,
             Unit::Group(g) => self.group_resolved[g] == Some(true),
         }
@@ -910,7 +980,7 @@ impl Run {
                 f.step, f.error
             ));
         }
-        for u in &self.plan.units {
+        for u in &self.compiled.plan.units {
             match *u {
                 Unit::Step(i) => {
                     let s = &self.steps[i];
@@ -1009,12 +1079,14 @@ fn rebuild(saga: &SagaId, records: &[SagaRecord]) -> Result<Run, EngineError> {
     for rec in records {
         match (rec, run.as_mut()) {
             (SagaRecord::Created { definition, .. }, _) => {
-                run = Some(Run::new(saga.clone(), definition.clone()).map_err(|e| {
-                    EngineError::Corrupt {
-                        saga: saga.to_string(),
-                        message: format!("stored definition is invalid: {e}"),
-                    }
-                })?);
+                run = Some(
+                    Run::uncached(saga.clone(), definition.clone()).map_err(|e| {
+                        EngineError::Corrupt {
+                            saga: saga.to_string(),
+                            message: format!("stored definition is invalid: {e}"),
+                        }
+                    })?,
+                );
             }
             (_, Some(r)) => r.apply(rec)?,
             (_, None) => {
@@ -1051,7 +1123,17 @@ impl Engine {
                 jitter,
                 clock,
             }),
+            plans: Arc::default(),
         }
+    }
+
+    /// This engine with `plans` as its cache of validated definitions:
+    /// engines made for one run each can share one, so a shared definition
+    /// run again is not validated again.
+    #[must_use]
+    pub fn with_plans(mut self, plans: Arc<PlanCache>) -> Engine {
+        self.plans = plans;
+        self
     }
 
     /// Runs `definition` as saga `saga` to a final state. A saga id whose
@@ -1068,7 +1150,8 @@ impl Engine {
         definition: impl Into<Arc<SagaDefinition>>,
     ) -> Result<SagaReport, EngineError> {
         let definition = definition.into();
-        let mut run = Run::new(saga.clone(), Arc::clone(&definition))?;
+        let compiled = self.plans.get(&definition)?;
+        let mut run = Run::new(saga.clone(), Arc::clone(&definition), compiled);
         let records = self.ctx.store.load(&saga)?;
         let carry = if records.is_empty() {
             HashMap::new()
@@ -1191,11 +1274,12 @@ async fn drive(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError> {
             } else if let Some(reason) = r.failure() {
                 Next::Fail(reason)
             } else {
-                let n = r.plan.units.len();
+                let plan = &r.compiled.plan;
+                let n = plan.units.len();
                 let ready = (0..n)
-                    .find(|&u| !r.unit_done(u) && r.plan.deps[u].iter().all(|&d| r.unit_done(d)));
+                    .find(|&u| !r.unit_done(u) && plan.deps[u].iter().all(|&d| r.unit_done(d)));
                 match ready {
-                    Some(u) => match r.plan.units[u] {
+                    Some(u) => match plan.units[u] {
                         Unit::Step(i) => Next::Step(i),
                         Unit::Group(g) => Next::Group(g),
                     },

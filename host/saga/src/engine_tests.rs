@@ -1105,3 +1105,59 @@ fn engine_and_store_types_are_send_and_sync() {
     check::<MemoryStore>();
     check::<FakeSleeper>();
 }
+
+#[test]
+fn a_shared_definition_is_planned_once_and_a_changed_one_again() {
+    let plans = Arc::new(PlanCache::default());
+    let h = harness(FakeRunner::new());
+    let engine = h.engine.clone().with_plans(Arc::clone(&plans));
+    let rt = rt();
+    let mut def = Arc::new(chain());
+    for n in 0..3 {
+        let saga = SagaId::new(format!("saga-shared-{n}")).unwrap();
+        let r = rt.block_on(engine.run(saga, Arc::clone(&def))).unwrap();
+        assert_eq!(r.state, SagaState::Completed);
+    }
+    assert_eq!(plans.len(), 1, "three runs of one shared definition");
+    assert_eq!(h.runner.executed(), ["a", "b", "c"].repeat(3));
+
+    // Changing it (the cache's weak pointer makes `make_mut` move it to a
+    // new allocation) must run the changed steps, not the cached plan.
+    Arc::make_mut(&mut def).steps.push(step("d", &["c"]));
+    let r = rt
+        .block_on(engine.run(SagaId::new("saga-changed").unwrap(), Arc::clone(&def)))
+        .unwrap();
+    assert_eq!(r.steps.len(), 4);
+    assert_eq!(h.runner.executed().last().map(String::as_str), Some("d"));
+
+    // An equal definition in another allocation is planned on its own (the
+    // store's records hold every definition run so far).
+    rt.block_on(engine.run(SagaId::new("saga-other").unwrap(), chain()))
+        .unwrap();
+    assert_eq!(plans.len(), 3);
+    drop(engine);
+    drop(h);
+    // A definition nobody holds any more is forgotten.
+    let alone = PlanCache::default();
+    alone.get(&Arc::new(chain())).unwrap();
+    assert_eq!(alone.len(), 1);
+    alone.get(&Arc::new(chain())).unwrap();
+    assert_eq!(alone.len(), 1, "the first definition was dropped");
+    let held: Vec<_> = (0..PLANS_KEPT + 4).map(|_| Arc::new(chain())).collect();
+    for d in &held {
+        alone.get(d).unwrap();
+    }
+    assert_eq!(alone.len(), PLANS_KEPT, "the cache is bounded");
+    let engine = harness(FakeRunner::new())
+        .engine
+        .with_plans(Arc::clone(&plans));
+
+    // An invalid definition is refused every time, never cached.
+    let bad = Arc::new(saga(vec![step("a", &["missing"])]));
+    for _ in 0..2 {
+        let e = rt
+            .block_on(engine.run(SagaId::new("saga-bad").unwrap(), Arc::clone(&bad)))
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Definition(_)), "{e}");
+    }
+}

@@ -92,9 +92,9 @@ pub use definition::{
 };
 pub use engine::{
     BoxFuture, CompensateCall, CompensationFailure, Engine, EngineError, EscalatedStep,
-    FailureKind, FakeSleeper, INTERRUPTED, MemoryStore, NoopObserver, ProgressStore, SagaId,
-    SagaObserver, SagaRecord, SagaReport, Sleeper, StepCall, StepDone, StepFailure, StepReport,
-    StepRunner, StoreError, TokioSleeper, report_of,
+    FailureKind, FakeSleeper, INTERRUPTED, MemoryStore, NoopObserver, PlanCache, ProgressStore,
+    SagaId, SagaObserver, SagaRecord, SagaReport, Sleeper, StepCall, StepDone, StepFailure,
+    StepReport, StepRunner, StoreError, TokioSleeper, report_of,
 };
 pub use fanout::FanoutPolicy;
 pub use format::{DefinitionError, Plan, Unit};
