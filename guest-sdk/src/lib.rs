@@ -798,28 +798,10 @@ pub mod state {
         key: &str,
         mut f: impl FnMut(Option<T>) -> T,
     ) -> Result<u64, Error> {
-        let mut lost: Option<(u64, Error)> = None;
-        for _ in 0..UPDATE_ATTEMPTS {
-            let current = get(key)?;
-            let version = current.as_ref().map_or(0, |v| v.version);
-            if let Some((v, e)) = lost.take()
-                && v == version
-            {
-                return Err(e);
-            }
-            let old = match &current {
-                Some(v) => Some(decode(key, &v.value)?),
-                None => None,
-            };
-            match put(key, encode(key, &f(old))?, version) {
-                Err(e @ Error::Conflict(_)) => lost = Some((version, e)),
-                other => return other,
-            }
-        }
-        Err(lost.map_or_else(
-            || Error::Conflict(format!("{key:?}: no attempt made")),
-            |(_, e)| e,
-        ))
+        update_with(key, |current| {
+            let old = current.map(|v| decode(key, v)).transpose()?;
+            encode(key, &f(old))
+        })
     }
 
     #[cfg(feature = "json")]
@@ -877,6 +859,15 @@ pub mod state {
     /// `Conflict` after [`UPDATE_ATTEMPTS`] lost races; the read's and the
     /// write's own errors (`Denied`, `Quota`, `RateLimited`, …) at once.
     pub fn update(key: &str, mut f: impl FnMut(Option<&[u8]>) -> Vec<u8>) -> Result<u64, Error> {
+        update_with(key, |current| Ok(f(current)))
+    }
+
+    #[cfg(feature = "state-write")]
+    /// [`update`]'s loop, with an `f` that may fail (nothing is written then).
+    fn update_with(
+        key: &str,
+        mut f: impl FnMut(Option<&[u8]>) -> Result<Vec<u8>, Error>,
+    ) -> Result<u64, Error> {
         let mut lost: Option<(u64, Error)> = None;
         for _ in 0..UPDATE_ATTEMPTS {
             let current = get(key)?;
@@ -888,7 +879,7 @@ pub mod state {
             {
                 return Err(e);
             }
-            let value = f(current.as_ref().map(|v| v.value.as_slice()));
+            let value = f(current.as_ref().map(|v| v.value.as_slice()))?;
             match put(key, value, version) {
                 Err(e @ Error::Conflict(_)) => lost = Some((version, e)),
                 other => return other,

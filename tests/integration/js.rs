@@ -24,7 +24,7 @@ use ahv_tests::{Harness, Sandbox};
 use sha2::{Digest, Sha256};
 
 use crate::cache_dir;
-use crate::python::{files_of, lock, repo, run_bounded};
+use crate::python::{cached_agent, files_of, lock, repo, run_bounded};
 use crate::sessions::{Hv, id, ok};
 
 /// The componentize-js release the build script is written for; the lock
@@ -43,10 +43,6 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(300);
 /// Longest a test waits for another one installing the packages: the
 /// version checks, `npm ci`, and a margin.
 const INSTALL_WAIT: Duration = Duration::from_secs(2 * 30 + 300 + 30);
-
-/// Longest a test waits for another one building and compiling an agent: a
-/// build and a compile under load; within nextest's 16 minutes for these tests.
-const BUILD_WAIT: Duration = Duration::from_secs(420);
 
 /// Longest the racing agents may take, all together.
 const RACE_LIMIT: Duration = Duration::from_secs(240);
@@ -190,40 +186,9 @@ pub fn js_agent(name: &str, world: &str) -> Vec<u8> {
         }
     }
     let hash = hex::encode(h.finalize());
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("js-agents");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(format!("{name}-{world}-{}.wasm", &hash[..16]));
-    let compiled = out.with_extension("compiled");
-    if compiled.is_file()
-        && let Ok(bytes) = std::fs::read(&out)
-    {
-        return bytes;
-    }
-    // One process builds and compiles; tests started together (nextest runs
-    // each in its own process) wait for it instead of doing it too.
-    let _lock = lock(
-        &out_dir.join(format!("{name}-{world}.lock")),
-        BUILD_WAIT,
-        &format!("another test building the JavaScript agent {name}"),
-    );
-    let bytes = match std::fs::read(&out) {
-        Ok(bytes) => bytes,
-        Err(_) => build(&modules, name, world, &wit, &inputs, &out),
-    };
-    if !compiled.is_file() {
-        // Fill the compiled-component cache the tests' runtimes use
-        // (compiling the ~12 MB component takes the longest).
-        let started = Instant::now();
-        if let Err(e) = Harness::new(&cache_dir()).runtime.load(&bytes) {
-            panic!("the JavaScript agent {name} is not admitted: {e}");
-        }
-        eprintln!(
-            "compiled the JavaScript agent {name} in {:?}",
-            started.elapsed()
-        );
-        std::fs::write(&compiled, b"").unwrap();
-    }
-    bytes
+    cached_agent("JavaScript", name, world, &hash, |out| {
+        build(&modules, name, world, &wit, &inputs, out)
+    })
 }
 
 /// Builds the agent `name` from `inputs` (the hashed files) with the

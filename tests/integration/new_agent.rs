@@ -173,6 +173,14 @@ fn in_a_shared_session(wasm: &Path) {
     ));
 }
 
+/// Builds a new project with `build` (named `what` if it fails), then runs
+/// the component it made at `wasm` alone in ring 3 and in a shared session.
+fn builds_and_runs(build: &mut Command, what: &str, wasm: &Path) {
+    succeeds(build, BUILD_LIMIT, what);
+    answered(&run_agent(wasm, "3"), 3);
+    in_a_shared_session(wasm);
+}
+
 /// Checks the generated agent's answer and log line in `ring`.
 fn answered(report: &Value, ring: u8) {
     assert_eq!(report["outcome"], "ok", "{report:#}");
@@ -236,14 +244,11 @@ fn rust_project_builds_tests_and_runs_as_made() {
             .contains("greets_the_input_or_the_world ... ok"),
         "{tested:?}"
     );
-    succeeds(
+    builds_and_runs(
         cargo(&project, &target).args(["build", "--release", "--target", "wasm32-wasip2"]),
-        BUILD_LIMIT,
         "cargo build --release --target wasm32-wasip2 (the new crate)",
+        &target.join("wasm32-wasip2/release/hello_rs.wasm"),
     );
-    let wasm = target.join("wasm32-wasip2/release/hello_rs.wasm");
-    answered(&run_agent(&wasm, "3"), 3);
-    in_a_shared_session(&wasm);
 }
 
 /// The new Python project: its unit test passes under CPython, its
@@ -273,16 +278,14 @@ fn python_project_builds_tests_and_runs_as_made() {
         std::iter::once(tools).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
     )
     .unwrap();
-    succeeds(
+    builds_and_runs(
         Command::new("./build.sh")
             .current_dir(&project)
             .env("PATH", path)
             .env_remove("VIRTUAL_ENV"),
-        BUILD_LIMIT,
         "build.sh (the new Python project)",
+        &project.join("hello-py.wasm"),
     );
-    answered(&run_agent(&project.join("hello-py.wasm"), "3"), 3);
-    in_a_shared_session(&project.join("hello-py.wasm"));
 }
 
 /// The new JavaScript project: `npm test` passes its unit test, `npm run
@@ -318,15 +321,13 @@ fn js_project_builds_tests_and_runs_as_made() {
         "npm test (the new project's unit test)",
     );
     assert!(tested.stdout.contains("# pass 1"), "{tested:?}");
-    succeeds(
+    builds_and_runs(
         Command::new("npm")
             .current_dir(&project)
             .args(["run", "build"]),
-        BUILD_LIMIT,
         "npm run build (the new JavaScript project)",
+        &project.join("hello-js.wasm"),
     );
-    answered(&run_agent(&project.join("hello-js.wasm"), "3"), 3);
-    in_a_shared_session(&project.join("hello-js.wasm"));
 }
 
 /// Each refusal exits 2 (a missing Rust SDK: 4), says why, and leaves the

@@ -215,7 +215,24 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
         }
     }
     let hash = hex::encode(h.finalize());
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-agents");
+    cached_agent("Python", name, world, &hash, |out| {
+        build(&bin, name, world, &wit, &app, &sdk, out)
+    })
+}
+
+/// The component of the `language` agent `name` for `world` whose inputs
+/// hash to `hash`: from `<target>/tmp/<language>-agents/` when an earlier
+/// test built and compiled it, else built by `build` (given where to store
+/// it) and compiled into the tests' cache, once across concurrent tests.
+pub(crate) fn cached_agent(
+    language: &str,
+    name: &str,
+    world: &str,
+    hash: &str,
+    build: impl FnOnce(&Path) -> Vec<u8>,
+) -> Vec<u8> {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-agents", language.to_lowercase()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join(format!("{name}-{world}-{}.wasm", &hash[..16]));
     let compiled = out.with_extension("compiled");
@@ -229,18 +246,23 @@ pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
     let _lock = lock(
         &out_dir.join(format!("{name}-{world}.lock")),
         BUILD_WAIT,
-        &format!("another test building the Python agent {name}"),
+        &format!("another test building the {language} agent {name}"),
     );
     let bytes = match std::fs::read(&out) {
         Ok(bytes) => bytes,
-        Err(_) => build(&bin, name, world, &wit, &app, &sdk, &out),
+        Err(_) => build(&out),
     };
     if !compiled.is_file() {
         // Fill the compiled-component cache the tests' runtimes use
-        // (compiling the 18 MB component takes the longest).
+        // (compiling a 12-18 MB component takes the longest).
+        let started = Instant::now();
         if let Err(e) = Harness::new(&cache_dir()).runtime.load(&bytes) {
-            panic!("the Python agent {name} is not admitted: {e}");
+            panic!("the {language} agent {name} is not admitted: {e}");
         }
+        eprintln!(
+            "compiled the {language} agent {name} in {:?}",
+            started.elapsed()
+        );
         std::fs::write(&compiled, b"").unwrap();
     }
     bytes

@@ -669,6 +669,14 @@ async fn session_of(hv: &ahv_hypervisor::Hypervisor) -> SessionId {
     s
 }
 
+/// How many times `records` say `step` started.
+fn started(records: &[ahv_saga::SagaRecord], step: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| matches!(r, ahv_saga::SagaRecord::StepStarted { step: s, .. } if s == step))
+        .count()
+}
+
 /// Runs `yaml` in a hypervisor over `dir` (after the script `prelude`, if
 /// any, in agent `did:t:a`) until step `three` has started, then drops the
 /// run and the hypervisor, as a crash would (the sleeping attempt never
@@ -684,6 +692,16 @@ async fn crash_in_step_three(
         let out = hv.run_agent(&s, &id("did:t:a"), script).await.unwrap();
         assert!(!out.result.unwrap().contains("-> err"));
     }
+    abort_in_step_three(&hv, &s, yaml).await
+}
+
+/// Runs `yaml` in session `s` of `hv` until step `three` has started, then
+/// drops the run; the saga's id.
+async fn abort_in_step_three(
+    hv: &ahv_hypervisor::Hypervisor,
+    s: &SessionId,
+    yaml: &str,
+) -> ahv_saga::SagaId {
     let saga = hv.new_saga_id();
     let run = tokio::spawn({
         let (hv, s, saga) = (hv.clone(), s.clone(), saga.clone());
@@ -697,7 +715,7 @@ async fn crash_in_step_three(
             .any(|r| matches!(r, ahv_saga::SagaRecord::StepStarted { step, .. } if step == "three"))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !started(&hv) {
+    while !started(hv) {
         assert!(
             std::time::Instant::now() < deadline,
             "step three did not start within 60 s: {:?}",
@@ -723,12 +741,7 @@ async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_commi
     assert_eq!(report.state, SagaState::Completed, "{report:?}");
     // Steps one and two ran once, ever; three ran again (its second attempt).
     let records = hv.saga_records(&saga).unwrap();
-    let starts = |step: &str| {
-        records
-            .iter()
-            .filter(|r| matches!(r, ahv_saga::SagaRecord::StepStarted { step: s, .. } if s == step))
-            .count()
-    };
+    let starts = |step| started(&records, step);
     assert_eq!((starts("one"), starts("two"), starts("three")), (1, 1, 2));
     // What one and two committed was put back (files, ACL, directory,
     // state, private file, the action's file), and the interrupted attempt
@@ -760,6 +773,32 @@ async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_commi
     let again = hv.resume_saga(&s, &saga).await.unwrap();
     assert_eq!(again.state, SagaState::Completed);
     assert_eq!(hv.saga_records(&saga).unwrap().len(), records.len());
+}
+
+#[tokio::test]
+async fn a_saga_whose_session_was_terminated_resumes_in_another_session_of_the_same_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hv = builder_at(tmp.path()).build().unwrap();
+    let first = session_of(&hv).await;
+    let saga = abort_in_step_three(&hv, &first, CRASHY).await;
+    let second = session_of(&hv).await;
+    // While the session it ran in lives, the saga is undone only there.
+    let err = hv
+        .resume_saga(&second, &saga)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("can only be undone there"), "{err}");
+    // Once that session is gone, the saga is taken up as after a restart:
+    // what its committed steps left is replayed, nothing runs twice.
+    hv.terminate_session(&first).unwrap();
+    let report = hv.resume_saga(&second, &saga).await.unwrap();
+    assert_eq!(report.state, SagaState::Completed, "{report:?}");
+    let records = hv.saga_records(&saga).unwrap();
+    let starts = |step| started(&records, step);
+    assert_eq!((starts("one"), starts("two"), starts("three")), (1, 1, 2));
+    let out = report.step("four").unwrap().output.clone().unwrap();
+    assert!(out.contains("get status -> ok v1 draft"), "{out}");
 }
 
 #[tokio::test]

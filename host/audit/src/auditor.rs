@@ -565,6 +565,9 @@ struct Shared {
     sessions: RwLock<SessionMap<Arc<SessionLog>>>,
     /// Sessions created with auditing off.
     excluded: Mutex<std::collections::HashSet<SessionId, FastHash>>,
+    /// How many sessions `excluded` holds, written under its lock, so that
+    /// an audited event skips the lock while no session is excluded.
+    excluded_len: AtomicUsize,
     dirty: Mutex<Vec<Arc<SessionLog>>>,
     commits: Arc<CommitLog>,
     signer: OnceLock<BatchSigner>,
@@ -868,6 +871,7 @@ impl Auditor {
             wall: wall.clone(),
             sessions: RwLock::new(SessionMap::default()),
             excluded: Mutex::new(std::collections::HashSet::default()),
+            excluded_len: AtomicUsize::new(0),
             dirty: Mutex::new(Vec::new()),
             commits: commits.clone(),
             signer: OnceLock::new(),
@@ -946,12 +950,16 @@ impl Auditor {
     /// Stops auditing `session` (created with auditing off): its events are
     /// not captured until [`Auditor::include`]. Call before its first event.
     pub fn exclude(&self, session: &SessionId) {
-        lock(&self.shared.excluded).insert(session.clone());
+        let mut set = lock(&self.shared.excluded);
+        set.insert(session.clone());
+        self.shared.excluded_len.store(set.len(), Ordering::Release);
     }
 
     /// Forgets an [`Auditor::exclude`] (when the session is gone).
     pub fn include(&self, session: &SessionId) {
-        lock(&self.shared.excluded).remove(session);
+        let mut set = lock(&self.shared.excluded);
+        set.remove(session);
+        self.shared.excluded_len.store(set.len(), Ordering::Release);
     }
 
     /// The public key that verifies this auditor's signed heads.
@@ -1268,8 +1276,7 @@ impl Shared {
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).ever.contains(id.as_str()) || lock(&self.excluded).contains(id)
-        {
+        if lock(&self.commits.state).ever.contains(id.as_str()) || self.is_excluded(id) {
             return None;
         }
         let log = Arc::new(SessionLog {
@@ -1304,6 +1311,11 @@ impl Shared {
         self.wall.now_unix_ns()
     }
 
+    /// Whether `session` is excluded from auditing; no lock while none is.
+    fn is_excluded(&self, session: &SessionId) -> bool {
+        self.excluded_len.load(Ordering::Acquire) != 0 && lock(&self.excluded).contains(session)
+    }
+
     fn capture(&self, event: &Event) -> Option<(u64, Hash)> {
         let session = event.session.as_ref()?;
         if is_audit_kind(event.kind()) || self.stop.load(Ordering::Relaxed) {
@@ -1311,11 +1323,11 @@ impl Shared {
         }
         // Checked first: an unaudited session's events cost one lookup,
         // not the log map's locks and the sealed-session filter's hashing.
-        if lock(&self.excluded).contains(session) {
+        if self.is_excluded(session) {
             return None;
         }
         let Some(log) = self.session_log(session) else {
-            if lock(&self.excluded).contains(session) {
+            if self.is_excluded(session) {
                 return None;
             }
             self.late.fetch_add(1, Ordering::Relaxed);

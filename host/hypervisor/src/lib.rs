@@ -1639,6 +1639,7 @@ impl Hypervisor {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        self.forget_saga_homes(&id);
         let mut archived = lock(&self.inner.archived);
         if archived.len() == ARCHIVE_KEPT {
             archived.pop_front();

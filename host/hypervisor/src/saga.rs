@@ -952,8 +952,9 @@ impl Hypervisor {
         {
             return Err(HypervisorError::SagaSetup {
                 saga: saga.to_string(),
-                message: "it ran in another process: its checkpoints stand for changes in a \
-                          session that is gone, so none can be skipped here; run it under a new id"
+                message: "it ran in another process or in a session that has ended: its \
+                          checkpoints stand for changes in a session that is gone, so none can be \
+                          skipped here; run it under a new id"
                     .into(),
             });
         }
@@ -978,7 +979,9 @@ impl Hypervisor {
     /// replayed into `session` from the redo kept with each commit (files,
     /// ACLs, state; the effects of actions are not repeated), so `session`
     /// should be a new one: files or keys it has on the same paths are
-    /// overwritten. A saga of this process must resume in the session it ran in.
+    /// overwritten. A saga of this process must resume in the session it ran
+    /// in while that session lives; once it is terminated, the saga is taken
+    /// up as one of another process.
     ///
     /// # Errors
     /// As [`Hypervisor::run_saga`]; [`HypervisorError::Saga`] with
@@ -1314,6 +1317,26 @@ impl Hypervisor {
             hv: self.clone(),
             saga: saga.clone(),
         })
+    }
+}
+
+impl Hypervisor {
+    /// Forgets where the sagas of `session` (terminated) ran: their undo
+    /// data named that session, which is gone, so a later resume or
+    /// compensation in another session replays their redo as after a
+    /// restart. Keeps the map from growing by one saga per run for ever.
+    pub(crate) fn forget_saga_homes(&self, session: &SessionId) {
+        let mut d = lock(&self.inner.sagas.driving);
+        let gone: Vec<SagaId> = d
+            .home
+            .iter()
+            .filter(|(_, s)| *s == session)
+            .map(|(saga, _)| saga.clone())
+            .collect();
+        for saga in gone {
+            d.home.remove(&saga);
+            d.replayed.remove(&saga);
+        }
     }
 }
 

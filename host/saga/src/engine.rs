@@ -600,18 +600,8 @@ struct Compiled {
 impl Compiled {
     fn new(def: &SagaDefinition) -> Result<Compiled, DefinitionError> {
         let plan = def.plan()?;
-        let index = def
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
-        let group_index = def
-            .fanout
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.id.clone(), i))
-            .collect();
+        let index = positions(def.steps.iter().map(|s| &s.id));
+        let group_index = positions(def.fanout.iter().map(|g| &g.id));
         let steps = def.steps.iter().map(|s| Arc::new(s.clone())).collect();
         Ok(Compiled {
             plan,
@@ -620,6 +610,11 @@ impl Compiled {
             steps,
         })
     }
+}
+
+/// Each id's position in `ids`.
+fn positions<'a>(ids: impl Iterator<Item = &'a String>) -> HashMap<String, usize> {
+    ids.enumerate().map(|(i, id)| (id.clone(), i)).collect()
 }
 
 /// The validated plans of the last few definitions an engine ran, so that

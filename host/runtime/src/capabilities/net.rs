@@ -570,21 +570,14 @@ async fn exchange(
 ) -> Result<http::Response<WasiBody>, Failure> {
     let (mut parts, body) = request.into_parts();
     // The request body, whole, up to its limit.
-    let body = collect(body, limits.max_request_bytes)
-        .await
-        .map_err(|e| match e {
-            Collect::TooLarge => (
-                SendError::HttpRequestBodySize(Some(limits.max_request_bytes)),
-                format!(
-                    "request body larger than the limit of {} bytes",
-                    limits.max_request_bytes
-                ),
-            ),
-            Collect::Failed(m) => (
-                SendError::HttpRequestBodySize(None),
-                format!("request body: {m}"),
-            ),
-        })?;
+    let body = collect(
+        body,
+        limits.max_request_bytes,
+        "request",
+        SendError::HttpRequestBodySize(Some(limits.max_request_bytes)),
+        SendError::HttpRequestBodySize(None),
+    )
+    .await?;
     record.request_bytes = body.len() as u64;
     record.request_hash = hex::encode(Sha256::digest(&body));
 
@@ -668,21 +661,14 @@ async fn exchange(
             ));
         }
         let (parts, body) = response.into_parts();
-        let body = collect(body, limits.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                Collect::TooLarge => (
-                    SendError::HttpResponseBodySize(Some(limits.max_response_bytes)),
-                    format!(
-                        "response body larger than the limit of {} bytes",
-                        limits.max_response_bytes
-                    ),
-                ),
-                Collect::Failed(m) => (
-                    SendError::HttpResponseIncomplete,
-                    format!("response body: {m}"),
-                ),
-            })?;
+        let body = collect(
+            body,
+            limits.max_response_bytes,
+            "response",
+            SendError::HttpResponseBodySize(Some(limits.max_response_bytes)),
+            SendError::HttpResponseIncomplete,
+        )
+        .await?;
         record.response_bytes = body.len() as u64;
         record.response_hash = hex::encode(Sha256::digest(&body));
         let mut parts = parts;
@@ -710,27 +696,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
-enum Collect {
-    TooLarge,
-    Failed(String),
-}
-
-/// Reads a body whole, refusing it as soon as it passes `limit` bytes.
-async fn collect<B>(body: B, limit: u64) -> Result<Bytes, Collect>
+/// Reads the `what` body ("request" or "response") whole, refusing it as
+/// soon as it passes `limit` bytes (`too_large`); a body that fails to
+/// arrive is `failed`. Each failure names the body and why.
+async fn collect<B>(
+    body: B,
+    limit: u64,
+    what: &str,
+    too_large: SendError,
+    failed: SendError,
+) -> Result<Bytes, Failure>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    let too_large = || {
+        (
+            too_large,
+            format!("{what} body larger than the limit of {limit} bytes"),
+        )
+    };
     if body.size_hint().lower() > limit {
-        return Err(Collect::TooLarge);
+        return Err(too_large());
     }
     let mut body = std::pin::pin!(body);
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Collect::Failed(e.to_string()))?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Err((failed, format!("{what} body: {e}"))),
+        };
         if let Ok(data) = frame.into_data() {
             if out.len() as u64 + data.len() as u64 > limit {
-                return Err(Collect::TooLarge);
+                return Err(too_large());
             }
             out.extend_from_slice(&data);
         }

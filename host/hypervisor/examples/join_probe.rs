@@ -1,0 +1,84 @@
+//! Probe: the latency distribution of joining an agent *with* its component
+//! (instantiation included) to a new session, one join at a time, as a
+//! server admitting agents sees it. Criterion's `join_wasm/pinger` reports
+//! a mean over batches; a tail needs each join timed on its own.
+//!
+//! `cargo run --release -p ahv-hypervisor --example join_probe [JOINS] [SLOTS]`
+//!
+//! Runs `JOINS` (default 20 000) create → join → terminate cycles on a
+//! current-thread runtime, timing only the join, in a hypervisor whose pool
+//! has `SLOTS` instance slots (default 64). Prints p50, p90, p99, p99.9 and
+//! the maximum, over all joins and over the joins after the first `SLOTS`
+//! (a slot's first use pays for faulting in its memory). The audit log is
+//! on (the default configuration); `PROBE_AUDIT=off` turns it off.
+//! `PROBE_DIR=D` puts the state directory under D.
+use std::time::{Duration, Instant};
+
+use ahv_core::AgentId;
+use ahv_governance::session::SessionConfig;
+use ahv_hypervisor::{Hypervisor, JoinRequest};
+
+fn main() {
+    let arg = |i: usize, default: u32| {
+        std::env::args()
+            .nth(i)
+            .map_or(default, |a| a.parse().expect("a whole number"))
+    };
+    let joins = arg(1, 20_000) as usize;
+    let slots = arg(2, 64);
+    let tmp = match std::env::var_os("PROBE_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let mut b = Hypervisor::builder()
+        .state_dir(tmp.path())
+        .max_instances(slots);
+    if std::env::var("PROBE_AUDIT").as_deref() == Ok("off") {
+        b = b.without_audit();
+    }
+    let hv = b.build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let component = hv.load(ahv_agents::PINGER).unwrap();
+    let creator = AgentId::new("did:mesh:admin").unwrap();
+    let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let mut times = Vec::with_capacity(joins);
+    for _ in 0..joins {
+        let s = hv
+            .create_session(SessionConfig::default(), creator.clone())
+            .unwrap();
+        let req = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
+        let t = Instant::now();
+        rt.block_on(hv.join_session(&s, req)).unwrap();
+        times.push(t.elapsed());
+        hv.terminate_session(&s).unwrap();
+    }
+    hv.shutdown().unwrap();
+    report("all joins", &times);
+    report(
+        &format!("after the first {slots}"),
+        &times[(slots as usize).min(times.len())..],
+    );
+}
+
+/// Prints the percentiles of `times` under `label`.
+fn report(label: &str, times: &[Duration]) {
+    if times.is_empty() {
+        println!("{label}: no joins");
+        return;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let (p50, p99) = (at(0.5), at(0.99));
+    println!(
+        "{label} ({}): p50 {p50:?}  p90 {:?}  p99 {p99:?}  p99.9 {:?}  max {:?}  p99/p50 {:.2}",
+        sorted.len(),
+        at(0.9),
+        at(0.999),
+        sorted[sorted.len() - 1],
+        p99.as_secs_f64() / p50.as_secs_f64(),
+    );
+}
