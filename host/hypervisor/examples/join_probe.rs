@@ -9,14 +9,19 @@
 //! current-thread runtime, timing only the join, in a hypervisor whose pool
 //! has `SLOTS` instance slots (default 64). Prints p50, p90, p99, p99.9 and
 //! the maximum, over all joins and over the joins after the first `SLOTS`
-//! (a slot's first use pays for faulting in its memory). The audit log is
-//! on (the default configuration); `PROBE_AUDIT=off` turns it off.
-//! `PROBE_DIR=D` puts the state directory under D.
+//! (a slot's first use pays for faulting in its memory). Then, in the same
+//! run, the floor: as many `Runtime::spawn`s of the same component alone
+//! (no session; each instance dropped before the next), timed the same way.
+//! The audit log is on (the default configuration); `PROBE_AUDIT=off` turns
+//! it off. `PROBE_DIR=D` puts the state directory under D.
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ahv_core::AgentId;
+use ahv_core::{AgentId, Ring};
 use ahv_governance::session::SessionConfig;
+use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_hypervisor::{Hypervisor, JoinRequest};
+use ahv_runtime::AgentSpec;
 
 fn main() {
     let arg = |i: usize, default: u32| {
@@ -55,12 +60,26 @@ fn main() {
         times.push(t.elapsed());
         hv.terminate_session(&s).unwrap();
     }
+    let files = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(Vfs::new(
+        cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap(),
+        VfsLimits::default(),
+    ));
+    let mut raw = Vec::with_capacity(joins);
+    for _ in 0..joins {
+        let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
+        let t = Instant::now();
+        let instance = rt.block_on(hv.runtime().spawn(&component, spec)).unwrap();
+        raw.push(t.elapsed());
+        drop(instance);
+    }
     hv.shutdown().unwrap();
+    let after = (slots as usize).min(times.len());
+    // The first join of a component in a ring also builds its `InstancePre`.
+    println!("first joins: {:?}", &times[..times.len().min(4)]);
     report("all joins", &times);
-    report(
-        &format!("after the first {slots}"),
-        &times[(slots as usize).min(times.len())..],
-    );
+    report(&format!("joins after the first {slots}"), &times[after..]);
+    report("floor: spawn alone", &raw);
 }
 
 /// Prints the percentiles of `times` under `label`.
