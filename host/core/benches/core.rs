@@ -24,6 +24,11 @@ fn ring_computation(c: &mut Criterion) {
     g.bench_function("not_inlined_baseline", |b| {
         b.iter(|| not_inlined(black_box(0.85), black_box(false)))
     });
+    // The floor in the same run: the harness (loop, `black_box` in and
+    // out) around the cheapest question there is, one comparison.
+    g.bench_function("floor_one_comparison", |b| {
+        b.iter(|| black_box(0.85) > 0.60)
+    });
     g.finish();
 }
 

@@ -20,7 +20,8 @@ pub struct ScoreError {
 /// [`ScoreError`] for NaN, infinities and values outside [0, 1].
 #[inline]
 pub fn check_score(field: &'static str, value: f64) -> Result<f64, ScoreError> {
-    if value.is_finite() && (0.0..=1.0).contains(&value) {
+    // Both comparisons are false for NaN; the infinities are out of range.
+    if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
         Err(ScoreError { field, value })
