@@ -101,7 +101,9 @@ async fn probe(agents: usize, kills_measured: usize, turns: Option<usize>) -> an
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every call's first tick runs at once, without a turn: let all of them
+    // have had it (a millisecond each) before measuring.
+    tokio::time::sleep(Duration::from_millis(300 + 2 * agents as u64)).await;
     let mut latencies = Vec::new();
     let mut stops = Vec::new();
     for (i, kill) in kills.iter().enumerate().take(kills_measured) {

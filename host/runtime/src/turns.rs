@@ -12,9 +12,12 @@
 //! resumes only on a *turn*: a permit of one runtime-wide FIFO semaphore
 //! with as many permits as the machine has threads. It waits for its turn
 //! *outside* tokio's run queue, which therefore holds at most one spinning
-//! guest per turn; the turn is given back as soon as the poll it was taken
-//! for returns, so a turn is never held across an await and no two calls can
-//! deadlock over turns. A call that has not used up a tick — a new call, or
+//! guest per turn. The turn is taken as the guest yields at its tick (then
+//! held while its task waits in the run queue), not when it is next polled:
+//! on a current-thread runtime a turn is always free at the start of a poll,
+//! so taking it then would let every spinner back into the queue. It is given
+//! back as soon as the poll it was taken for returns, so a turn is never held
+//! across an await and no two calls can deadlock over turns. A call that has not used up a tick — a new call, or
 //! one resuming after waiting in an async host function — runs at once,
 //! without a turn, as it would without this module; at its first full tick
 //! it queues like the others. A kill wakes a parked call directly, and it is
@@ -32,7 +35,8 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
@@ -77,6 +81,9 @@ impl Turns {
             turns: self,
             kill,
             waiting: None,
+            held: None,
+            polled: false,
+            hold: None,
         }
     }
 
@@ -94,6 +101,12 @@ pub(crate) struct Turned<'a, F> {
     kill: &'a KillHandle,
     /// The queued request for a turn, while the call waits for one.
     waiting: Option<Acquire>,
+    /// The turn for the next poll, taken when the guest yielded at a tick.
+    held: Option<OwnedSemaphorePermit>,
+    /// Whether the call was polled before.
+    polled: bool,
+    /// The waker later polls give the guest, built at the second poll.
+    hold: Option<(Arc<HoldWakes>, Waker)>,
 }
 
 /// Clears [`ON_TURN`] when the poll that set it ends, even by unwinding.
@@ -112,6 +125,29 @@ impl Drop for OnTurn {
     }
 }
 
+impl<F> Turned<'_, F> {
+    /// The turn this call queued for, or a free one; `Pending` while it
+    /// waits in the queue (the semaphore wakes the task when its turn is
+    /// assigned). `Ready(None)` only if the semaphore were closed: the call
+    /// would then run without turns rather than never.
+    fn acquire(&mut self, cx: &mut Context<'_>) -> Poll<Option<OwnedSemaphorePermit>> {
+        loop {
+            if let Some(waiting) = self.waiting.as_mut() {
+                let permit = std::task::ready!(waiting.as_mut().poll(cx));
+                self.waiting = None;
+                return Poll::Ready(permit.ok());
+            }
+            match self.turns.sem.clone().try_acquire_owned() {
+                Ok(permit) => return Poll::Ready(Some(permit)),
+                Err(TryAcquireError::NoPermits) => {
+                    self.waiting = Some(Box::pin(self.turns.sem.clone().acquire_owned()));
+                }
+                Err(TryAcquireError::Closed) => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
 impl<F, T> Future for Turned<'_, F>
 where
     F: Future<Output = wasmtime::Result<T>>,
@@ -124,37 +160,135 @@ where
             // Inside a parent's poll: the parent's turn covers this call.
             return poll_guest(&mut this.call, this.kill, cx);
         }
-        if this.waiting.is_none() && !this.kill.take_spent() {
-            // A new call, or one back from the host: no tick used up yet.
-            return poll_guest(&mut this.call, this.kill, cx);
-        }
-        let permit = loop {
-            if let Some(waiting) = this.waiting.as_mut() {
-                match waiting.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(permit) => {
-                        this.waiting = None;
-                        // The semaphore is never closed; were it, the call
-                        // would run without turns rather than never.
-                        break permit.ok();
-                    }
-                }
-            }
-            match this.turns.sem.clone().try_acquire_owned() {
-                Ok(permit) => break Some(permit),
-                Err(TryAcquireError::NoPermits) => {
-                    this.waiting = Some(Box::pin(this.turns.sem.clone().acquire_owned()));
-                }
-                Err(TryAcquireError::Closed) => break None,
-            }
+        let permit = match this.held.take() {
+            // Taken when the guest yielded at its last tick.
+            Some(permit) => Some(Some(permit)),
+            // A new call, or one back from the host: no tick used up yet,
+            // so it runs at once, without a turn.
+            None if this.waiting.is_none() && !this.kill.take_spent() => None,
+            None => match this.acquire(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(permit) => Some(permit),
+            },
         };
-        let on_turn = OnTurn::enter();
-        let polled = poll_guest(&mut this.call, this.kill, cx);
+        let on_turn = permit.is_some().then(OnTurn::enter);
+        let (polled, woken) = this.poll_holding_wakes(cx);
         drop(on_turn);
         // Given back whether the guest finished, yielded at a tick or waits
-        // in the host: a turn is never held across an await.
+        // in the host (to the first call in the queue, if any): a turn is
+        // never held across an await.
         drop(permit);
+        if polled.is_pending() {
+            if this.kill.take_spent() {
+                this.next_turn(cx);
+            } else if woken {
+                cx.waker().wake_by_ref();
+            }
+        }
         polled
+    }
+}
+
+impl<F, T> Turned<'_, F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    /// Polls the guest with a waker that holds back the wakes given during
+    /// the poll (returned as `true`): the wake a guest gives itself when it
+    /// yields at a tick would put its task straight back in the run queue,
+    /// where every spinning guest would then sit. A call's first poll, which
+    /// most calls need alone, uses the task's waker as it is.
+    fn poll_holding_wakes(&mut self, cx: &mut Context<'_>) -> (Poll<wasmtime::Result<T>>, bool) {
+        if !self.polled {
+            self.polled = true;
+            return (poll_guest(&mut self.call, self.kill, cx), false);
+        }
+        let (hold, waker) = self.hold.get_or_insert_with(|| {
+            let hold = Arc::new(HoldWakes {
+                task: std::sync::Mutex::new(cx.waker().clone()),
+                state: AtomicU8::new(IDLE),
+            });
+            (hold.clone(), Waker::from(hold))
+        });
+        hold.polling(cx.waker());
+        let polled = poll_guest(&mut self.call, self.kill, &mut Context::from_waker(waker));
+        (polled, hold.state.swap(IDLE, Ordering::AcqRel) == WOKEN)
+    }
+}
+
+impl<F> Turned<'_, F> {
+    /// After the guest yielded at a tick (its own wake held back, so its
+    /// task is not in the run queue): takes its next turn now if one is
+    /// free, holding it while the task waits to be polled (it wakes itself);
+    /// else queues for one, and the semaphore wakes the task when its turn is
+    /// assigned. So the run queue holds no more spinning guests than there
+    /// are turns, however many spin, and a task woken meanwhile (a killed
+    /// agent's call, its caller, a timer) waits behind those alone — on a
+    /// current-thread runtime too, where every spinner would otherwise be in
+    /// the one queue. Held only by a runnable task, a turn cannot be held
+    /// across an await.
+    fn next_turn(&mut self, cx: &mut Context<'_>) {
+        if let Poll::Ready(permit) = self.acquire(cx) {
+            self.held = permit;
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+/// [`HoldWakes::state`]: no poll of the guest is running.
+const IDLE: u8 = 0;
+/// A poll of the guest is running, not woken yet.
+const POLLING: u8 = 1;
+/// A poll of the guest is running and was woken.
+const WOKEN: u8 = 2;
+
+/// The waker a guest is polled with after its first poll: outside a poll it
+/// wakes the task; during one it only notes the wake, for the poll's end to
+/// decide (see [`Turned::poll_holding_wakes`]).
+struct HoldWakes {
+    /// The task's waker, as of the latest poll.
+    task: std::sync::Mutex<Waker>,
+    /// [`IDLE`], [`POLLING`] or [`WOKEN`].
+    state: AtomicU8,
+}
+
+impl HoldWakes {
+    /// A poll starts: wakes from now on are noted, and reach `task` after.
+    fn polling(&self, task: &Waker) {
+        let mut current = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !current.will_wake(task) {
+            current.clone_from(task);
+        }
+        drop(current);
+        self.state.store(POLLING, Ordering::Release);
+    }
+}
+
+impl Wake for HoldWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state == IDLE {
+                self.task
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .wake_by_ref();
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                WOKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
+        }
     }
 }
 
@@ -293,6 +427,66 @@ mod tests {
             "it was not running at the kill"
         );
         assert_eq!(turns.available(), 1);
+    }
+
+    /// On one thread a turn is free at the start of every poll; a task woken
+    /// while eight guests spin must still wait behind one tick, not eight.
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_one_thread_a_woken_task_waits_behind_one_spinning_guest_not_all() {
+        let turns = Turns::new(1);
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let (woke_tx, woke_rx) = tokio::sync::oneshot::channel::<usize>();
+        let woken = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                let at_wake = woke_rx.await.expect("the waker sent");
+                ticks.load(Ordering::SeqCst) - at_wake
+            }
+        });
+        let mut spinners = Vec::new();
+        let mut woke_tx = Some(woke_tx);
+        for i in 0..8 {
+            let (turns, ticks) = (turns.clone(), ticks.clone());
+            let mut tx = if i == 0 { woke_tx.take() } else { None };
+            spinners.push(tokio::spawn(async move {
+                let kill = kill_handle();
+                let mut left = 40;
+                let guest = std::pin::pin!(std::future::poll_fn(|cx| {
+                    // A tick of guest code.
+                    let now = ticks.fetch_add(1, Ordering::SeqCst) + 1;
+                    if left == 30
+                        && let Some(tx) = tx.take()
+                    {
+                        // Wakes the other task from inside its tick.
+                        let _ = tx.send(now);
+                    }
+                    if left == 0 {
+                        return Poll::Ready(Ok::<_, wasmtime::Error>(()));
+                    }
+                    left -= 1;
+                    kill.mark_spent();
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }));
+                turns.run(guest, &kill).await
+            }));
+        }
+        let behind = tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("the woken task did not run within 30 s")
+            .expect("task");
+        assert!(
+            behind <= 1,
+            "the woken task waited behind {behind} ticks of spinning guests"
+        );
+        for t in spinners {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("a spinning call did not finish within 30 s")
+                .expect("task")
+                .expect("spin");
+        }
+        assert_eq!(turns.available(), 1, "every turn was given back");
     }
 
     #[tokio::test(flavor = "current_thread")]
