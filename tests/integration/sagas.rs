@@ -792,6 +792,17 @@ async fn a_saga_whose_session_was_terminated_resumes_in_another_session_of_the_s
     // Once that session is gone, the saga is taken up as after a restart:
     // what its committed steps left is replayed, nothing runs twice.
     hv.terminate_session(&first).unwrap();
+    // Running it again is refused, and leaves it to be taken up by replay.
+    let again = hv
+        .run_saga_as(
+            &second,
+            saga.clone(),
+            SagaDefinition::from_yaml(CRASHY).unwrap(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("resume or compensate"), "{again}");
     let report = hv.resume_saga(&second, &saga).await.unwrap();
     assert_eq!(report.state, SagaState::Completed, "{report:?}");
     let records = hv.saga_records(&saga).unwrap();

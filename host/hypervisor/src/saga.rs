@@ -958,11 +958,27 @@ impl Hypervisor {
                     .into(),
             });
         }
-        let _driving = self.drive(&saga, session)?;
+        let driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let trace = self.inner.runtime.new_trace_id();
         let engine = self.saga_engine(entry.clone(), definition.clone(), trace, Arc::default());
-        let report = engine.run(saga.clone(), definition).await?;
+        let report = match engine.run(saga.clone(), definition).await {
+            Ok(report) => report,
+            Err(e) => {
+                // Refused before its first record (a store error may come
+                // after some: the session stays the saga's home then).
+                if matches!(
+                    e,
+                    EngineError::Definition(_)
+                        | EngineError::Unfinished { .. }
+                        | EngineError::NotFound { .. }
+                        | EngineError::Corrupt { .. }
+                ) {
+                    driving.refused();
+                }
+                return Err(e.into());
+            }
+        };
         self.after_saga(session, &saga, report.state);
         Ok(report)
     }
@@ -1275,6 +1291,20 @@ impl Drop for IsolationGuard {
 struct Driving {
     hv: Hypervisor,
     saga: SagaId,
+    /// Whether this claim made the session the saga's home.
+    new_home: bool,
+}
+
+impl Driving {
+    /// Gives up the home this claim gave the saga: the run was refused
+    /// before it recorded anything, so the saga has no changes in the
+    /// session (a saga left unfinished elsewhere keeps being taken up by
+    /// replay).
+    fn refused(&self) {
+        if self.new_home {
+            lock(&self.hv.inner.sagas.driving).home.remove(&self.saga);
+        }
+    }
 }
 
 impl Drop for Driving {
@@ -1311,11 +1341,24 @@ impl Hypervisor {
                 "saga {other} is running in session {session}"
             )));
         }
+        // Checked under the claim: a session terminated since its entry was
+        // looked up has had its sagas' homes forgotten already, and must
+        // not become a home again.
+        if !self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session)
+        {
+            return Err(refuse(format!("session {session} has ended")));
+        }
         d.running.insert(saga.clone(), session.clone());
-        d.home.insert(saga.clone(), session.clone());
+        let new_home = d.home.insert(saga.clone(), session.clone()).is_none();
         Ok(Driving {
             hv: self.clone(),
             saga: saga.clone(),
+            new_home,
         })
     }
 }

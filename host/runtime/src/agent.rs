@@ -881,6 +881,22 @@ impl Drop for CallScope {
     }
 }
 
+/// Returns `Pending` once, waking the task, then `Ready`: a yield to the
+/// scheduler that, unlike `tokio::task::yield_now`, is not deferred until
+/// the runtime next parks.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 /// Slack after the deadline before a call stuck in a host function is cancelled;
 /// a call running wasm code is stopped by the epoch callback at the deadline itself.
 const DEADLINE_GRACE: Duration = Duration::from_millis(10);
@@ -905,6 +921,12 @@ async fn guarded<T>(
         if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
         {
             return r;
+        }
+        if call.at_tick() {
+            // Its first tick is used up: let the task go round the run queue
+            // (or wait for its turn) before the select polls it again, or it
+            // would run a second tick in this poll.
+            yield_once().await;
         }
         tokio::select! {
             // A kill wins over a guest that is ready to run again.

@@ -11,14 +11,16 @@
 //! So a guest that has used up a whole tick (it yielded at an epoch tick)
 //! resumes only on a *turn*: a permit of one runtime-wide FIFO semaphore
 //! with as many permits as the machine has threads. It waits for its turn
-//! *outside* tokio's run queue, which therefore holds at most one spinning
-//! guest per turn. The turn is taken as the guest yields at its tick (then
-//! held while its task waits in the run queue), not when it is next polled:
-//! on a current-thread runtime a turn is always free at the start of a poll,
-//! so taking it then would let every spinner back into the queue. It is given
-//! back as soon as the poll it was taken for returns, so a turn is never held
-//! across an await and no two calls can deadlock over turns. A call that has not used up a tick — a new call, or
-//! one resuming after waiting in an async host function — runs at once,
+//! *outside* tokio's run queue (the wake a guest gives itself when it yields
+//! is held back; the semaphore wakes it), which therefore holds at most one
+//! spinning guest per turn. The turn is taken as the guest yields at its
+//! tick, not when it is next polled: on a current-thread runtime a turn is
+//! always free at the start of a poll, so taking it then would let every
+//! spinner back into the queue. It is held between polls only by a task
+//! that is runnable, and given back as soon as the poll it was taken for
+//! returns: a call waiting in the host never holds one, and no two calls
+//! can deadlock over turns. A call that has not used up a tick — a new call,
+//! or one resuming after waiting in an async host function — runs at once,
 //! without a turn, as it would without this module; at its first full tick
 //! it queues like the others. A kill wakes a parked call directly, and it is
 //! polled within about a tick (the time a worker's current guest needs to
@@ -83,6 +85,7 @@ impl Turns {
             waiting: None,
             held: None,
             polled: false,
+            at_tick: false,
             hold: None,
         }
     }
@@ -105,6 +108,8 @@ pub(crate) struct Turned<'a, F> {
     held: Option<OwnedSemaphorePermit>,
     /// Whether the call was polled before.
     polled: bool,
+    /// Whether its last poll ended with the guest yielding at a tick.
+    at_tick: bool,
     /// The waker later polls give the guest, built at the second poll.
     hold: Option<(Arc<HoldWakes>, Waker)>,
 }
@@ -178,8 +183,10 @@ where
         // in the host (to the first call in the queue, if any): a turn is
         // never held across an await.
         drop(permit);
+        this.at_tick = false;
         if polled.is_pending() {
             if this.kill.take_spent() {
+                this.at_tick = true;
                 this.next_turn(cx);
             } else if woken {
                 cx.waker().wake_by_ref();
@@ -217,6 +224,13 @@ where
 }
 
 impl<F> Turned<'_, F> {
+    /// Whether the last poll ended with the guest yielding at a tick: its
+    /// task is woken (or will be, on its turn), and polling it again before
+    /// the task yields would run another tick at once.
+    pub(crate) fn at_tick(&self) -> bool {
+        self.at_tick
+    }
+
     /// After the guest yielded at a tick (its own wake held back, so its
     /// task is not in the run queue): takes its next turn now if one is
     /// free, holding it while the task waits to be polled (it wakes itself);
