@@ -866,3 +866,26 @@ async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_i
         .await
         .unwrap();
 }
+
+/// The SQLite ledger is created and migrated when the hypervisor starts,
+/// in the background, not in the first join's ledger read.
+#[test]
+fn the_sqlite_ledger_is_ready_before_the_first_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = ahv_hypervisor::Hypervisor::builder()
+        .state_dir(dir.path())
+        .cache_dir(crate::cache_dir())
+        .build()
+        .unwrap();
+    let file = dir.path().join(ahv_store::SQLITE_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} was not created and migrated within 30 s of the build",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hv.shutdown().unwrap();
+}
