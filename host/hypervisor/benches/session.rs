@@ -34,6 +34,13 @@
 //!   design that hashes each governed event as its own leaf on the hot path
 //!   can cost.
 //!
+//! - `floor_unaudited_plus_hashing_and_announcements` (both groups) and
+//!   `full_pipeline/wasm_floor_unaudited_plus_hashing_and_announcements`:
+//!   the hashing floor plus the bare bus emits of the deltas'
+//!   `audit.delta_captured` events (each governed event is announced as
+//!   captured, SEMANTICS' event taxonomy) — the least an audited run that
+//!   hashes and announces every event on the emitting thread can cost.
+//!
 //! - `elevation/*`: one `run` of the `scripted` agent (joined at σ 0.55:
 //!   ring 3, enough for ring 2) in an audited session: `request` is
 //!   `elevate 2 60 why` + `relinquish` (a grant by the rules, the standing
@@ -116,6 +123,53 @@ fn timed<F: std::future::Future>(
     total
 }
 
+/// The deltas a sealed session's log holds, as written.
+fn logged_deltas(state: &std::path::Path, session: &SessionId) -> Vec<Vec<u8>> {
+    let log = ahv_audit::auditor::session_log_path(&state.join("audit"), session.as_str());
+    ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.body)
+        .collect()
+}
+
+/// Only the SHA-256 work of auditing a session with `deltas`: their leaf
+/// hashes, their Merkle tree and root, the commitment's leaf in the
+/// commitment log (`commitments`), the sealed session's fingerprint.
+fn hashing_only(
+    deltas: &[Vec<u8>],
+    session: &SessionId,
+    commitments: &mut ahv_audit::merkle::CompactTree,
+) -> ahv_audit::Hash {
+    let mut tree = ahv_audit::merkle::CompactTree::new();
+    for d in deltas {
+        tree.append_leaf_hash(ahv_audit::merkle::leaf_hash(d));
+    }
+    let c = ahv_audit::Commitment {
+        session: session.to_string(),
+        tree_size: tree.len().0,
+        root: tree.root(),
+        time_unix_ns: 1,
+    };
+    commitments.append_leaf_hash(ahv_audit::merkle::leaf_hash(&c.encode()));
+    ahv_audit::merkle::leaf_hash(session.as_str().as_bytes())
+}
+
+/// The `audit.delta_captured` events auditing `n` deltas emits, on `hv`'s
+/// bus (bare emits: no capture behind them).
+fn announcements_only(hv: &Hypervisor, session: &SessionId, n: usize) {
+    for seq in 0..n as u64 {
+        hv.events().emit(
+            Some(session),
+            None,
+            ahv_core::TraceId(0),
+            None,
+            ahv_core::EventPayload::AuditDeltaCaptured { seq, hash: [7; 32] },
+        );
+    }
+}
+
 fn lifecycle(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
     let hv = hypervisor(state.path());
@@ -139,10 +193,32 @@ fn lifecycle(c: &mut Criterion) {
                 .await
                 .unwrap();
             hv.activate_session(&s).unwrap();
-            hv.terminate_session(&s).unwrap()
+            hv.terminate_session(&s).unwrap();
+            s
         }
     };
     g.bench_function("unaudited", |b| b.iter(|| rt.block_on(once(&unaudited))));
+    // The floor of auditing the lifecycle with each event its own leaf and
+    // its own `audit.delta_captured`: the unaudited lifecycle, plus only the
+    // SHA-256 work of its real deltas and commitment, plus the bare bus
+    // emits of their announcements — no encoding, locking or staging.
+    let sealed = rt.block_on(once(&hv));
+    hv.shutdown().unwrap();
+    let deltas = logged_deltas(state.path(), &sealed);
+    let mut commitments = ahv_audit::merkle::CompactTree::new();
+    g.bench_function("floor_unaudited_plus_hashing", |b| {
+        b.iter(|| {
+            let s = rt.block_on(once(&unaudited));
+            std::hint::black_box(hashing_only(&deltas, &s, &mut commitments))
+        })
+    });
+    g.bench_function("floor_unaudited_plus_hashing_and_announcements", |b| {
+        b.iter(|| {
+            let s = rt.block_on(once(&unaudited));
+            announcements_only(&unaudited, &s, deltas.len());
+            std::hint::black_box(hashing_only(&deltas, &s, &mut commitments))
+        })
+    });
     g.bench_function("audited", |b| {
         b.iter_custom(|iters| timed(&rt, &hv, iters, false, || once(&hv)))
     });
@@ -209,14 +285,11 @@ fn full_pipeline(c: &mut Criterion) {
     // sealed session's fingerprint) — no encoding, locking, staging, events.
     let sealed = rt.block_on(once(false));
     hv.shutdown().unwrap();
-    let log = ahv_audit::auditor::session_log_path(&state.path().join("audit"), sealed.as_str());
-    let deltas: Vec<Vec<u8>> = ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
-        .unwrap()
-        .records
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let deltas = logged_deltas(state.path(), &sealed);
     assert_eq!(deltas.len(), 10, "the pipeline's governed events");
+    let sealed = rt.block_on(once(true));
+    hv.shutdown().unwrap();
+    let wasm_deltas = logged_deltas(state.path(), &sealed);
     g.bench_function("unaudited", |b| {
         b.iter(|| rt.block_on(run(&unaudited, false)))
     });
@@ -224,18 +297,21 @@ fn full_pipeline(c: &mut Criterion) {
     g.bench_function("floor_unaudited_plus_hashing", |b| {
         b.iter(|| {
             let s = rt.block_on(run(&unaudited, false));
-            let mut tree = ahv_audit::merkle::CompactTree::new();
-            for d in &deltas {
-                tree.append_leaf_hash(ahv_audit::merkle::leaf_hash(d));
-            }
-            let c = ahv_audit::Commitment {
-                session: s.to_string(),
-                tree_size: tree.len().0,
-                root: tree.root(),
-                time_unix_ns: 1,
-            };
-            commitments.append_leaf_hash(ahv_audit::merkle::leaf_hash(&c.encode()));
-            std::hint::black_box(ahv_audit::merkle::leaf_hash(s.as_str().as_bytes()))
+            std::hint::black_box(hashing_only(&deltas, &s, &mut commitments))
+        })
+    });
+    g.bench_function("floor_unaudited_plus_hashing_and_announcements", |b| {
+        b.iter(|| {
+            let s = rt.block_on(run(&unaudited, false));
+            announcements_only(&unaudited, &s, deltas.len());
+            std::hint::black_box(hashing_only(&deltas, &s, &mut commitments))
+        })
+    });
+    g.bench_function("wasm_floor_unaudited_plus_hashing_and_announcements", |b| {
+        b.iter(|| {
+            let s = rt.block_on(run(&unaudited, true));
+            announcements_only(&unaudited, &s, wasm_deltas.len());
+            std::hint::black_box(hashing_only(&wasm_deltas, &s, &mut commitments))
         })
     });
     g.bench_function("no_wasm", |b| {
