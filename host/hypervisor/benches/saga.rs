@@ -33,6 +33,11 @@ use ahv_runtime::{AgentSpec, StepCall};
 use ahv_saga::{ProgressStore, SagaDefinition, SagaId, SagaRecord, SagaState, StoreError};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
+/// whenever the audit flusher frees memory another thread allocated.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps records like `MemoryStore` (a map of per-saga logs, a clone per
 /// append) for the last [`KEPT`] sagas only, forgetting the oldest as a
 /// new one starts, so a long measurement neither grows without bound nor

@@ -74,6 +74,11 @@ use ahv_runtime::AgentSpec;
 use ahv_security::rate::{BucketSpec, CallClass, RateTable};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
+/// whenever the audit flusher frees memory another thread allocated.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

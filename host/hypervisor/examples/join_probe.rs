@@ -23,6 +23,11 @@ use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 use ahv_runtime::AgentSpec;
 
+/// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
+/// whenever the audit flusher frees memory another thread allocated.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let arg = |i: usize, default: u32| {
         std::env::args()

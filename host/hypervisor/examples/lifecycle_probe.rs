@@ -23,6 +23,11 @@ use ahv_governance::files::Caller;
 use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 
+/// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
+/// whenever the audit flusher frees memory another thread allocated.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let tmp = match std::env::var_os("PROBE_DIR") {
         Some(parent) => tempfile::tempdir_in(parent).unwrap(),
