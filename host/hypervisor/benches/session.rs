@@ -19,6 +19,10 @@
 //!   per event, the session sealed by a commitment at termination); every
 //!   1000 lifecycles the log is written and synced *outside* the timing —
 //!   `audited_incl_disk` counts that too (each session is its own log file).
+//!   Its floor in the same run, `session_lifecycle/floor_unaudited_plus_hashing`:
+//!   the unaudited lifecycle plus only the SHA-256 work of auditing it (its
+//!   six real deltas' leaf hashes, their tree and root, the commitment's
+//!   leaf, the sealed session's fingerprint).
 //! - `full_pipeline/*`: the Python reference's `full_governance_pipeline`:
 //!   create, join σ = 0.8, activate, 3 governed actions (shared-state writes,
 //!   each a delta), one agent step, terminate with root + commitment
@@ -283,11 +287,13 @@ fn full_pipeline(c: &mut Criterion) {
         }
     };
     let once = |wasm: bool| run(&hv, wasm);
-    // The floor of any design that hashes each governed event as its own
+    // The floors of any design that hashes each governed event as its own
     // RFC 6962 leaf on the hot path: the unaudited pipeline plus only the
-    // SHA-256 work of auditing it (the ten real deltas' leaf hashes, their
+    // SHA-256 work of auditing it (the real deltas' leaf hashes, their
     // Merkle tree and root, the commitment's leaf in the commitment log, the
-    // sealed session's fingerprint) — no encoding, locking, staging, events.
+    // sealed session's fingerprint) — no encoding, locking or staging — and
+    // that plus the bare emits of the deltas' `audit.delta_captured`. Each
+    // floor uses the deltas its own scenario writes, read back here.
     let sealed = rt.block_on(once(false));
     hv.shutdown().unwrap();
     let deltas = logged_deltas(state.path(), &sealed);
@@ -295,6 +301,8 @@ fn full_pipeline(c: &mut Criterion) {
     let sealed = rt.block_on(once(true));
     hv.shutdown().unwrap();
     let wasm_deltas = logged_deltas(state.path(), &sealed);
+    // The step inside the agent makes no governed call: one write fewer.
+    assert_eq!(wasm_deltas.len(), 9, "the Wasm pipeline's governed events");
     g.bench_function("unaudited", |b| {
         b.iter(|| rt.block_on(run(&unaudited, false)))
     });
