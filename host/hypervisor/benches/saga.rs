@@ -16,6 +16,17 @@
 //! - `saga_3_steps/floor_three_calls`: the floor: three `execute_step` calls
 //!   on the same live instance, without a saga (no engine, no records, no
 //!   events).
+//! - `saga_3_steps/floor_raw_wasmtime`: the floor under that one: the same
+//!   three `saga-participant.execute` calls (same arguments) on a live
+//!   instance of the same component in a bare wasmtime store of the same
+//!   engine (WASI, every import of ours a trap that is never reached; no
+//!   gate, no turns, no deadline, no journal, no metrics): what wasmtime
+//!   itself takes for these calls on this machine.
+//! - `saga_3_steps/floor_raw_wasmtime_plus_events`: that, plus the bare
+//!   emits of the 8 events a three-step saga must announce (`saga.created`,
+//!   `step_started` and `step_committed` per step, `completed`) on the
+//!   hypervisor's bus, unaudited: the least a saga of live Wasm steps can
+//!   cost here, whatever the engine does.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench saga`
 //! (the form every bench shares a build with; see the README's "Performance").
@@ -182,7 +193,145 @@ fn saga_3_steps(c: &mut Criterion) {
             })
         })
     });
+
+    let (mut store, hooks) = rt.block_on(raw::live_participant(
+        hv.runtime().engine(),
+        ahv_agents::SCRIPTED,
+    ));
+    g.bench_function("floor_raw_wasmtime", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for call in &calls {
+                    let out = hooks.call_execute(&mut store, call, "").await.unwrap();
+                    assert!(out.is_ok(), "the raw step failed: {out:?}");
+                }
+            })
+        })
+    });
+    let session = hv
+        .create_session(SessionConfig::default(), creator.clone())
+        .unwrap();
+    g.bench_function("floor_raw_wasmtime_plus_events", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for call in &calls {
+                    let out = hooks.call_execute(&mut store, call, "").await.unwrap();
+                    assert!(out.is_ok(), "the raw step failed: {out:?}");
+                }
+            });
+            saga_events(&hv, &session);
+        })
+    });
     g.finish();
+}
+
+/// The 8 events of a three-step saga that completes, emitted bare.
+fn saga_events(hv: &Hypervisor, session: &ahv_core::SessionId) {
+    use ahv_core::EventPayload as P;
+    let emit = |payload| {
+        hv.events()
+            .emit(Some(session), None, ahv_core::TraceId(0), None, payload);
+    };
+    let saga = || "saga-bench".to_string();
+    emit(P::SagaCreated {
+        saga: saga(),
+        name: "saga-3-steps".into(),
+        steps: 3,
+    });
+    for i in 0..3 {
+        let step = format!("action-{i}");
+        emit(P::SagaStepStarted {
+            saga: saga(),
+            step: step.clone(),
+            attempt: 1,
+        });
+        emit(P::SagaStepCommitted {
+            saga: saga(),
+            step,
+            attempt: 1,
+            changes: 0,
+        });
+    }
+    emit(P::SagaCompleted {
+        saga: saga(),
+        steps: 3,
+    });
+}
+
+/// A bare wasmtime store for the raw floor.
+mod raw {
+    use ahv_runtime::raw::saga::{Guest, GuestIndices};
+    use wasmtime::component::types::ComponentItem;
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime::{Engine, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    /// WASI's context and nothing of ours.
+    pub struct RawState {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for RawState {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    /// A live instance of `bytes` (a saga participant) in a store of
+    /// `engine` with fuel and an epoch deadline that never run out, and its
+    /// `saga-participant` export.
+    pub async fn live_participant(engine: &Engine, bytes: &[u8]) -> (Store<RawState>, Guest) {
+        let component = Component::new(engine, bytes).unwrap();
+        let mut linker = Linker::<RawState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        // Every function of our package the component imports is a trap
+        // (an empty script calls none of them), except `log`, which each
+        // step calls once: here it discards the line.
+        linker.allow_shadowing(true);
+        for (name, item) in component.component_type().imports(engine) {
+            let ComponentItem::ComponentInstance(instance) = item.ty else {
+                continue;
+            };
+            if !name.starts_with("agent-hypervisor:") {
+                continue;
+            }
+            let mut inst = linker.instance(name).unwrap();
+            for (function, item) in instance.exports(engine) {
+                if let ComponentItem::ComponentFunc(_) = item.ty {
+                    let full = format!("{name}#{function}");
+                    inst.func_new(function, move |_, _, _, _| {
+                        Err(wasmtime::format_err!(
+                            "{full} is not linked in the raw floor"
+                        ))
+                    })
+                    .unwrap();
+                }
+            }
+        }
+        linker
+            .instance("agent-hypervisor:agent/log@0.1.0")
+            .unwrap()
+            .func_new("log", |_, _, _, _| Ok(()))
+            .unwrap();
+        let pre = linker.instantiate_pre(&component).unwrap();
+        let indices = GuestIndices::new(&pre).unwrap();
+        let mut store = Store::new(
+            engine,
+            RawState {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        store.set_fuel(1 << 40).unwrap();
+        store.set_epoch_deadline(1 << 40);
+        let instance = pre.instantiate_async(&mut store).await.unwrap();
+        let hooks = indices.load(&mut store, &instance).unwrap();
+        (store, hooks)
+    }
 }
 
 criterion_group! {

@@ -5,7 +5,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ahv_core::standing::Standing;
-use ahv_core::{AgentId, Capability, Ring, SessionId, SystemClock, TraceId};
+use ahv_core::{AgentId, Capability, Clock, Ring, SessionId, SystemClock, TraceId};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
 use ahv_governance::journal::{Change, ChangeJournal};
@@ -68,22 +68,48 @@ pub struct AgentSpec {
     pub net_in_standard: bool,
 }
 
+/// What every [`AgentSpec::new`] starts from, made once per process:
+/// immutable values behind `Arc`s, so a spawn clones them instead of
+/// allocating (and reading the clock for) its own.
+struct SpecDefaults {
+    session: SessionId,
+    clock: Arc<dyn Clock>,
+    actions: Arc<ActionRegistry>,
+    net: Arc<NetAccess>,
+}
+
+impl SpecDefaults {
+    fn get() -> &'static SpecDefaults {
+        static DEFAULTS: std::sync::OnceLock<SpecDefaults> = std::sync::OnceLock::new();
+        DEFAULTS.get_or_init(|| {
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+            SpecDefaults {
+                // A constant that passes validation.
+                session: SessionId::new("standalone").unwrap_or_else(|_| unreachable!()),
+                actions: Arc::new(ActionRegistry::new().with_clock(clock.clone())),
+                clock,
+                net: Arc::new(NetAccess::default()),
+            }
+        })
+    }
+}
+
 impl AgentSpec {
     /// An agent in `ring` (a standing of its own, on the system clock) over
     /// `files` (for example an `Arc<ahv_governance::vfs::Vfs>`), in session
     /// `standalone` (no shared state), with no actions, failing for good
     /// after a trap.
     pub fn new(agent: AgentId, ring: Ring, files: Arc<dyn FileSpace>) -> AgentSpec {
+        let shared = SpecDefaults::get();
         AgentSpec {
             agent,
-            // A constant that passes validation.
-            session: SessionId::new("standalone").unwrap_or_else(|_| unreachable!()),
-            standing: Standing::new(ring, Arc::new(SystemClock::default())),
+            session: shared.session.clone(),
+            standing: Standing::new(ring, shared.clock.clone()),
             files,
             shared: None,
-            actions: Arc::new(ActionRegistry::new()),
+            actions: shared.actions.clone(),
             after_trap: AfterTrap::Fail,
-            net: Arc::new(NetAccess::default()),
+            net: shared.net.clone(),
             net_in_standard: false,
         }
     }
@@ -423,7 +449,7 @@ impl Agent {
     // `AgentError::Trapped` carries the trapped call's logs and changes (the
     // changes boxed); this private constructor only returns `RateBudget`.
     #[allow(clippy::result_large_err)]
-    fn new_store(&self) -> Result<Store<AgentState>, AgentError> {
+    fn new_store(&self, now: Instant) -> Result<Store<AgentState>, AgentError> {
         let ring = self.spec.standing.effective();
         let limits = self.runtime.policy().limits(ring);
         let inner = &self.runtime.inner;
@@ -464,7 +490,7 @@ impl Agent {
             policy: self.runtime.policy().clone(),
             net: self.spec.net.clone(),
         };
-        let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits));
+        let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits, now));
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.epoch_deadline_callback(|ctx| {
@@ -510,11 +536,13 @@ impl Agent {
     /// trace id, fuel, deadline, memory, random and host-call budgets. The
     /// deadline is the ring's, or `cap` if that is shorter (a saga step's);
     /// the epoch callback enforces whichever is armed.
+    /// The deadline runs from `now` (the call's start, read once per call).
     /// Returns the trace id and the ring.
     fn arm(
         &self,
         store: &mut Store<AgentState>,
         cap: Option<Duration>,
+        now: Instant,
     ) -> Result<(TraceId, Ring), wasmtime::Error> {
         let trace = self.runtime.inner.next_trace();
         let data = store.data_mut();
@@ -525,9 +553,9 @@ impl Agent {
             Some(cap) if cap < limits.deadline => {
                 let mut shorter = limits.clone();
                 shorter.deadline = cap;
-                data.arm(trace, &shorter);
+                data.arm(trace, &shorter, now);
             }
-            _ => data.arm(trace, limits),
+            _ => data.arm(trace, limits, now),
         }
         store.set_fuel(limits.fuel_per_call)?;
         store.set_hostcall_fuel(self.hostcall_budget(ring));
@@ -540,8 +568,8 @@ impl Agent {
         let pre = self
             .runtime
             .instance_pre(&self.component, self.spec.standing.base())?;
-        let mut store = self.new_store()?;
-        let armed = self.arm(&mut store, None);
+        let mut store = self.new_store(started)?;
+        let armed = self.arm(&mut store, None, started);
         let ring = armed
             .as_ref()
             .map_or(self.spec.standing.base(), |(_, r)| *r);
@@ -550,6 +578,7 @@ impl Agent {
                 guarded(
                     pre.instance_pre().instantiate_async(&mut store),
                     self.runtime.policy().limits(ring).deadline,
+                    started,
                     &self.kill,
                     &self.runtime.inner.turns,
                 )
@@ -729,7 +758,7 @@ impl Agent {
         self.in_flight = Some((key, live.store.data().changes.clone()));
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
-        let armed = self.arm(&mut live.store, deadline);
+        let armed = self.arm(&mut live.store, deadline, start);
         let ring = armed
             .as_ref()
             .map_or(self.spec.standing.base(), |(_, r)| *r);
@@ -743,6 +772,7 @@ impl Agent {
                     &mut live,
                     entry,
                     deadline,
+                    start,
                     &self.kill,
                     &self.runtime.inner.turns,
                 )
@@ -794,6 +824,7 @@ async fn enter(
     live: &mut Live,
     entry: Entry<'_>,
     deadline: Duration,
+    started: Instant,
     kill: &KillHandle,
     turns: &Turns,
 ) -> wasmtime::Result<Result<String, String>> {
@@ -801,10 +832,13 @@ async fn enter(
     match (entry, &live.saga) {
         (Entry::Run { input }, _) => {
             let call = live.run.call_async(store, (input.to_string(),));
-            guarded(call, deadline, kill, turns).await.map(|(r,)| r)
+            guarded(call, deadline, started, kill, turns)
+                .await
+                .map(|(r,)| r)
         }
         (Entry::Execute { step, input }, Some(saga)) => {
-            guarded(saga.call_execute(store, step, input), deadline, kill, turns).await
+            let call = saga.call_execute(store, step, input);
+            guarded(call, deadline, started, kill, turns).await
         }
         (
             Entry::Compensate {
@@ -816,6 +850,7 @@ async fn enter(
         ) => guarded(
             saga.call_compensate(store, step, input, output),
             deadline,
+            started,
             kill,
             turns,
         )
@@ -905,14 +940,17 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 /// that neither its deadline nor the kill switch can be escaped by waiting
 /// inside an async host function (e.g. a WASI sleep or poll), where epoch
 /// interruption does not reach, or by waiting for a turn. Dropping the
-/// future cancels the call; the caller then drops the instance.
+/// future cancels the call; the caller then drops the instance. The
+/// deadline runs from `started`, the call's start (the clock is read once
+/// per call: a read costs ~40 ns in a VM).
 async fn guarded<T>(
     call: impl Future<Output = wasmtime::Result<T>>,
     deadline: Duration,
+    started: Instant,
     kill: &KillHandle,
     turns: &Turns,
 ) -> wasmtime::Result<T> {
-    let cutoff = tokio::time::Instant::now() + deadline + DEADLINE_GRACE;
+    let cutoff = tokio::time::Instant::from_std(started) + deadline + DEADLINE_GRACE;
     let call = std::pin::pin!(call);
     let mut call = std::pin::pin!(turns.run(call, kill));
     let result = async {

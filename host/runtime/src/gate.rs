@@ -320,7 +320,8 @@ pub(crate) struct GateInit {
 }
 
 impl Gate {
-    pub(crate) fn new(init: GateInit) -> Gate {
+    /// `now`: the instantiation's start (the call deadline until the first call arms one).
+    pub(crate) fn new(init: GateInit, now: Instant) -> Gate {
         Gate {
             agent: init.agent,
             session: init.session,
@@ -334,7 +335,7 @@ impl Gate {
             pending_calls: [[0; 4]; Capability::ALL.len()],
             trace: TraceId(0),
             deadline: Duration::ZERO,
-            call_deadline: Instant::now(),
+            call_deadline: now,
             rate_refused: 0,
         }
     }

@@ -609,7 +609,8 @@ pub(crate) struct StateInit {
 impl AgentState {
     /// The only constructor: the store's limits come from `limits` (the
     /// ring the instance is created in).
-    pub(crate) fn new(init: StateInit, limits: &RingLimits) -> AgentState {
+    /// `now` is the instantiation's start.
+    pub(crate) fn new(init: StateInit, limits: &RingLimits, now: Instant) -> AgentState {
         let log = Arc::new(Mutex::new(LogBuffer::default()));
         // Grants nothing: no preopened directories, no environment, no
         // arguments, no network. Only stdout/stderr (into the log), clocks
@@ -640,12 +641,7 @@ impl AgentState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
         let changes = Journal::default();
-        let net = net::Ctx::new(
-            init.net,
-            init.gate.agent.clone(),
-            init.shared.clone(),
-            log.clone(),
-        );
+        let net = net::LazyCtx::new(init.net);
         let caps = Contexts {
             context: context::Ctx,
             log: log::Ctx {
@@ -667,7 +663,7 @@ impl AgentState {
             },
             locks: locks::Ctx {
                 shared: init.shared.clone(),
-                call_deadline: Instant::now() + limits.deadline,
+                call_deadline: now + limits.deadline,
             },
             actions: actions::Ctx {
                 registry: init.actions.clone(),
@@ -689,7 +685,7 @@ impl AgentState {
             net,
         };
         AgentState {
-            gate: Gate::new(init.gate),
+            gate: Gate::new(init.gate, now),
             caps,
             log,
             changes,
@@ -700,11 +696,11 @@ impl AgentState {
         }
     }
 
-    /// Starts a call: its trace id, deadline and memory budget.
-    pub(crate) fn arm(&mut self, trace: TraceId, limits: &RingLimits) {
+    /// Starts a call at `now`: its trace id, deadline and memory budget.
+    pub(crate) fn arm(&mut self, trace: TraceId, limits: &RingLimits, now: Instant) {
         self.gate.trace = trace;
         self.gate.deadline = limits.deadline;
-        self.gate.call_deadline = Instant::now() + limits.deadline;
+        self.gate.call_deadline = now + limits.deadline;
         self.caps.locks.call_deadline = self.gate.call_deadline;
         self.limiter.set_limit(limits.memory_bytes);
         self.random_limit = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
@@ -717,8 +713,20 @@ impl AgentState {
 
 impl AgentState {
     /// What the `net` capability's functions need, borrowed apart.
+    /// (The context is made here at the instance's first use of `net`.)
     pub(crate) fn net_parts(&mut self) -> (&mut Gate, &mut net::Ctx, &mut ResourceTable) {
-        (&mut self.gate, &mut self.caps.net, &mut self.table)
+        let AgentState {
+            gate,
+            caps,
+            log,
+            table,
+            ..
+        } = self;
+        let shared = &caps.state_read.shared;
+        let ctx = caps.net.get_or_make(|access| {
+            net::Ctx::new(access, gate.agent.clone(), shared.clone(), log.clone())
+        });
+        (gate, ctx, table)
     }
 
     /// The WASI context (for the bounded random functions in `crate::bulk`).

@@ -61,7 +61,7 @@ pub(crate) struct Contexts {
     pub(crate) elevation: elevation::Ctx,
     pub(crate) spawn: spawn::Ctx,
     pub(crate) admin: admin::Ctx,
-    pub(crate) net: net::Ctx,
+    pub(crate) net: net::LazyCtx,
 }
 
 /// One row of the capability table.
@@ -277,7 +277,7 @@ mod gate_tests {
             policy: policy.clone(),
             net: Arc::default(),
         };
-        let state = AgentState::new(init, policy.limits(ring));
+        let state = AgentState::new(init, policy.limits(ring), std::time::Instant::now());
         Fixture {
             dir,
             state,

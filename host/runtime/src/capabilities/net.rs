@@ -86,6 +86,27 @@ impl Ctx {
     }
 }
 
+/// The `net` capability's context as a store holds it: made at the
+/// instance's first use of `net` (most agents never use it, and every
+/// instantiation makes a store).
+pub(crate) struct LazyCtx {
+    access: Arc<NetAccess>,
+    ctx: Option<Box<Ctx>>,
+}
+
+impl LazyCtx {
+    /// Nothing made yet; `access` is the agent's allow-list and limits.
+    pub(crate) fn new(access: Arc<NetAccess>) -> LazyCtx {
+        LazyCtx { access, ctx: None }
+    }
+
+    /// The context, made by `make` (given the access) on first use.
+    pub(crate) fn get_or_make(&mut self, make: impl FnOnce(Arc<NetAccess>) -> Ctx) -> &mut Ctx {
+        let access = &self.access;
+        self.ctx.get_or_insert_with(|| Box::new(make(access.clone())))
+    }
+}
+
 /// Where a request's outcome goes: the session's events (its audit log)
 /// and the agent's log.
 struct Reporter {
