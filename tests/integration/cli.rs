@@ -2426,7 +2426,10 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
         .unwrap()
         .filter_map(|d| std::fs::read_dir(d.unwrap().path().join("benches")).ok())
         .flatten()
-        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        // The bench files themselves; shared modules sit in subdirectories.
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
     let reference = std::fs::read_to_string(root.join("host/bench/reference.py")).unwrap();
     let ids: Vec<&str> = list.stdout.lines().collect();

@@ -48,6 +48,16 @@ pub enum IdError {
     },
 }
 
+/// Checks `s` against the id rules of [`AgentId`] without making an id,
+/// naming `kind` ("agent", "session", "saga", …) in the error: for other
+/// crates' ids that follow the same rules.
+///
+/// # Errors
+/// [`IdError`] naming what is wrong.
+pub fn check(kind: &'static str, s: &str) -> Result<(), IdError> {
+    validate(kind, s)
+}
+
 fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
@@ -80,9 +90,9 @@ impl AgentId {
     ///
     /// # Errors
     /// [`IdError`] naming what is wrong.
-    pub fn new(s: impl Into<String>) -> Result<AgentId, IdError> {
-        let s = s.into();
-        validate("agent", &s)?;
+    pub fn new(s: impl AsRef<str>) -> Result<AgentId, IdError> {
+        let s = s.as_ref();
+        validate("agent", s)?;
         Ok(AgentId(s.into()))
     }
 
@@ -108,9 +118,9 @@ impl SessionId {
     ///
     /// # Errors
     /// [`IdError`] naming what is wrong.
-    pub fn new(s: impl Into<String>) -> Result<SessionId, IdError> {
-        let s = s.into();
-        validate("session", &s)?;
+    pub fn new(s: impl AsRef<str>) -> Result<SessionId, IdError> {
+        let s = s.as_ref();
+        validate("session", s)?;
         Ok(SessionId(s.into()))
     }
 

@@ -10,17 +10,20 @@
 //! step. Later steps of the killed agent go to the substitute too, and so
 //! does running a committed step's own compensation.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ahv_core::event::EventPayload;
 use ahv_core::{AgentId, SessionId};
 use ahv_governance::session::SessionError;
+use ahv_saga::{SagaId, StepDef};
 
 use crate::{AgentSlot, Hypervisor, HypervisorError, SessionEntry, lock};
 
-/// Saga steps running in each agent of a session now: (saga, step).
-pub(crate) type InFlight = HashMap<AgentId, BTreeSet<(String, String)>>;
+/// Saga steps running in the agents of a session now: (agent, saga,
+/// step). A list: a session runs few steps at once (one per fan-out
+/// branch at most), and starting or ending a step then costs reference
+/// counts, not a map entry and copies of its ids.
+pub(crate) type InFlight = Vec<(AgentId, SagaId, Arc<StepDef>)>;
 
 /// One in-flight saga step at the time of a kill.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,37 +52,37 @@ pub struct KillReport {
 pub(crate) struct Running {
     entry: Arc<SessionEntry>,
     agent: AgentId,
-    key: (String, String),
+    saga: SagaId,
+    step: Arc<StepDef>,
 }
 
 impl Running {
     pub(crate) fn start(
         entry: &Arc<SessionEntry>,
         agent: &AgentId,
-        saga: &str,
-        step: &str,
+        saga: &SagaId,
+        step: &Arc<StepDef>,
     ) -> Running {
-        let key = (saga.to_string(), step.to_string());
-        lock(&entry.in_flight)
-            .entry(agent.clone())
-            .or_default()
-            .insert(key.clone());
-        Running {
+        let running = Running {
             entry: entry.clone(),
             agent: agent.clone(),
-            key,
-        }
+            saga: saga.clone(),
+            step: step.clone(),
+        };
+        lock(&entry.in_flight).push((agent.clone(), saga.clone(), step.clone()));
+        running
+    }
+
+    fn is(&self, (agent, saga, step): &(AgentId, SagaId, Arc<StepDef>)) -> bool {
+        Arc::ptr_eq(step, &self.step) && *agent == self.agent && *saga == self.saga
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut map = lock(&self.entry.in_flight);
-        if let Some(set) = map.get_mut(&self.agent) {
-            set.remove(&self.key);
-            if set.is_empty() {
-                map.remove(&self.agent);
-            }
+        let mut list = lock(&self.entry.in_flight);
+        if let Some(at) = list.iter().position(|e| self.is(e)) {
+            list.swap_remove(at);
         }
     }
 }
@@ -177,10 +180,14 @@ impl Hypervisor {
     /// What a kill of `agent` will do to its in-flight steps (read before
     /// the kill, so the list is the one the kill interrupts).
     pub(crate) fn kill_plan(&self, entry: &SessionEntry, agent: &AgentId, report: &mut KillReport) {
-        let steps: Vec<(String, String)> = lock(&entry.in_flight)
-            .get(agent)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let mut steps: Vec<(String, String)> = lock(&entry.in_flight)
+            .iter()
+            .filter(|(a, _, _)| a == agent)
+            .map(|(_, saga, step)| (saga.to_string(), step.id.clone()))
+            .collect();
+        // In (saga, step) order, once each.
+        steps.sort_unstable();
+        steps.dedup();
         let sub = self.substitute_slot(entry, agent).map(|(s, _)| s);
         for (saga, step) in steps {
             let killed = KilledStep {

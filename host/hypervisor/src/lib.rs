@@ -1126,7 +1126,7 @@ impl Hypervisor {
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(Vec::new()),
             substitutes: Mutex::new(HashMap::new()),
         });
         self.inner

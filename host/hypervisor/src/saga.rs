@@ -111,6 +111,8 @@ struct SessionRunner {
     hv: Hypervisor,
     entry: Arc<SessionEntry>,
     trace: TraceId,
+    /// Each step's agent, validated once per run.
+    agents: Arc<StepAgents>,
     /// The undo data of steps whose redo was replayed into this session
     /// after a restart (it replaces their recorded changes).
     replayed: Arc<HashMap<String, Replayed>>,
@@ -128,7 +130,7 @@ const MAX_STEP_UNDO: usize = 4 << 20;
 /// a compensation).
 fn wit_step(saga: &SagaId, step: &StepDef, attempt: u32) -> ahv_runtime::StepCall {
     ahv_runtime::StepCall {
-        saga_id: saga.to_string(),
+        saga_id: saga.as_str().to_owned(),
         step_id: step.id.clone(),
         action: step.action.clone(),
         attempt,
@@ -142,9 +144,24 @@ fn failure(kind: FailureKind, message: impl Into<String>) -> StepFailure {
     }
 }
 
+/// Each step's agent by step id: validated once per run by
+/// [`Hypervisor::saga_session`] and shared by the runner and the observer,
+/// so a step's records and calls neither re-validate nor re-allocate its
+/// agent's id.
+type StepAgents = HashMap<String, AgentId, foldhash::fast::RandomState>;
+
 impl SessionRunner {
     fn session(&self) -> &SessionId {
         self.entry.core.id()
+    }
+
+    /// The agent that runs `step` (validated when the run began; checked
+    /// here only for a step the run did not validate).
+    fn agent_of(&self, step: &StepDef) -> Result<AgentId, ahv_core::IdError> {
+        match self.agents.get(step.id.as_str()) {
+            Some(agent) if agent.as_str() == step.agent => Ok(agent.clone()),
+            _ => AgentId::new(step.agent.as_str()),
+        }
     }
 
     fn registry(&self, agent: &AgentId) -> Arc<ActionRegistry> {
@@ -208,7 +225,7 @@ impl SessionRunner {
     }
 
     async fn execute(self: Arc<Self>, call: StepCall) -> Result<StepDone, StepFailure> {
-        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| {
+        let agent = self.agent_of(&call.step).map_err(|e| {
             failure(
                 FailureKind::Breach,
                 format!("step {}: agent: {e}", call.step.id),
@@ -228,7 +245,7 @@ impl SessionRunner {
         call: &StepCall,
         agent: &AgentId,
     ) -> Result<StepDone, StepFailure> {
-        let saga = call.saga.to_string();
+        let saga = call.saga.as_str().to_owned();
         let own = lock(&self.entry.agents).get(agent).cloned();
         let (runner, slot) = match own {
             Some(slot) => (agent.clone(), slot),
@@ -276,12 +293,7 @@ impl SessionRunner {
         agent: &AgentId,
         slot: &Arc<crate::AgentSlot>,
     ) -> Result<StepDone, StepFailure> {
-        let _running = crate::handoff::Running::start(
-            &self.entry,
-            agent,
-            &call.saga.to_string(),
-            &call.step.id,
-        );
+        let _running = crate::handoff::Running::start(&self.entry, agent, &call.saga, &call.step);
         let step = wit_step(&call.saga, &call.step, call.attempt);
         let result = slot
             .agent
@@ -483,7 +495,7 @@ impl SessionRunner {
         if call.step.via != Via::Agent {
             return Ok(());
         }
-        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| e.to_string())?;
+        let agent = self.agent_of(&call.step).map_err(|e| e.to_string())?;
         let Some(slot) = lock(&self.entry.agents).get(&agent).cloned() else {
             return Err(format!(
                 "agent {agent} left session {}: what its cancelled attempt changed cannot be collected",
@@ -500,7 +512,7 @@ impl SessionRunner {
 
     async fn compensate(self: Arc<Self>, call: CompensateCall) -> Result<(), CompensationFailure> {
         let fail = |message: String| CompensationFailure { message };
-        let agent = AgentId::new(call.step.agent.as_str()).map_err(|e| fail(e.to_string()))?;
+        let agent = self.agent_of(&call.step).map_err(|e| fail(e.to_string()))?;
         let replayed = self.replayed.get(&call.step.id);
         let changes = match replayed {
             Some(r) => r.changes.clone(),
@@ -593,7 +605,7 @@ struct Observer {
     session: SessionId,
     definition: Arc<SagaDefinition>,
     /// Each step's agent, validated once per run rather than per record.
-    agents: std::collections::HashMap<String, AgentId>,
+    agents: Arc<StepAgents>,
     trace: TraceId,
     last: Mutex<Option<EventId>>,
     /// How many compensations failed (told by `escalated`, before the final record).
@@ -626,7 +638,7 @@ fn count(n: usize) -> u64 {
 
 impl SagaObserver for Observer {
     fn record(&self, saga: &SagaId, record: &SagaRecord) {
-        let s = saga.to_string();
+        let s = saga.as_str().to_owned();
         let (agent, payload) = match record {
             SagaRecord::Created { definition, .. } => (
                 None,
@@ -816,19 +828,16 @@ impl Hypervisor {
         definition: Arc<SagaDefinition>,
         trace: TraceId,
         replayed: Arc<HashMap<String, Replayed>>,
+        agents: Arc<StepAgents>,
     ) -> Engine {
         let session = entry.core.id().clone();
         let runner = Runner(Arc::new(SessionRunner {
             hv: self.clone(),
             entry,
             trace,
+            agents: agents.clone(),
             replayed,
         }));
-        let agents = definition
-            .steps
-            .iter()
-            .filter_map(|s| Some((s.id.clone(), AgentId::new(s.agent.as_str()).ok()?)))
-            .collect();
         let observer = Observer {
             hv: self.clone(),
             session,
@@ -851,12 +860,13 @@ impl Hypervisor {
         .with_plans(s.plans.clone())
     }
 
-    /// The session, checked to be active with every step's agent in it.
+    /// The session, checked to be active with every step's agent in it,
+    /// and each step's agent.
     fn saga_session(
         &self,
         session: &SessionId,
         definition: &SagaDefinition,
-    ) -> Result<Arc<SessionEntry>, HypervisorError> {
+    ) -> Result<(Arc<SessionEntry>, Arc<StepAgents>), HypervisorError> {
         let entry = self.entry(session)?;
         let gov = lock(&entry.gov);
         if gov.state() != SessionState::Active {
@@ -867,6 +877,10 @@ impl Hypervisor {
             }
             .into());
         }
+        let mut agents = StepAgents::with_capacity_and_hasher(
+            definition.steps.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for step in &definition.steps {
             let agent =
                 AgentId::new(step.agent.as_str()).map_err(|e| HypervisorError::SagaSetup {
@@ -891,9 +905,10 @@ impl Hypervisor {
                     ),
                 });
             }
+            agents.insert(step.id.clone(), agent);
         }
         drop(gov);
-        Ok(entry)
+        Ok((entry, Arc::new(agents)))
     }
 
     /// A new saga id: unique, unpredictable, usable as a file name.
@@ -944,7 +959,7 @@ impl Hypervisor {
     ) -> Result<SagaReport, HypervisorError> {
         let definition: Arc<SagaDefinition> = definition.into();
         // The engine validates the definition before anything runs.
-        let entry = self.saga_session(session, &definition)?;
+        let (entry, agents) = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(&saga);
         if !ran_here
             && definition.steps.iter().any(|s| s.checkpoint.is_some())
@@ -961,7 +976,13 @@ impl Hypervisor {
         let driving = self.drive(&saga, session)?;
         let _isolation = IsolationGuard::set(&entry, definition.isolation);
         let trace = self.inner.runtime.new_trace_id();
-        let engine = self.saga_engine(entry.clone(), definition.clone(), trace, Arc::default());
+        let engine = self.saga_engine(
+            entry.clone(),
+            definition.clone(),
+            trace,
+            Arc::default(),
+            agents,
+        );
         let report = match engine.run(saga.clone(), definition).await {
             Ok(report) => report,
             Err(e) => {
@@ -1010,7 +1031,13 @@ impl Hypervisor {
         saga: &SagaId,
     ) -> Result<SagaReport, HypervisorError> {
         let t = self.take_up(session, saga)?;
-        let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
+        let engine = self.saga_engine(
+            t.entry.clone(),
+            t.definition.clone(),
+            t.trace,
+            t.replayed,
+            t.agents,
+        );
         let report = engine.resume(saga).await?;
         drop((t.driving, t.isolation));
         self.after_saga(session, saga, report.state);
@@ -1031,7 +1058,13 @@ impl Hypervisor {
         reason: &str,
     ) -> Result<SagaReport, HypervisorError> {
         let t = self.take_up(session, saga)?;
-        let engine = self.saga_engine(t.entry.clone(), t.definition.clone(), t.trace, t.replayed);
+        let engine = self.saga_engine(
+            t.entry.clone(),
+            t.definition.clone(),
+            t.trace,
+            t.replayed,
+            t.agents,
+        );
         let report = engine.compensate(saga, reason).await?;
         drop((t.driving, t.isolation));
         self.after_saga(session, saga, report.state);
@@ -1043,7 +1076,7 @@ impl Hypervisor {
     /// session first (undoing the replay again if any of it fails).
     fn take_up(&self, session: &SessionId, saga: &SagaId) -> Result<TakenUp, HypervisorError> {
         let definition = self.saga_definition(saga)?;
-        let entry = self.saga_session(session, &definition)?;
+        let (entry, agents) = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(saga);
         let driving = self.drive(saga, session)?;
         let trace = self.inner.runtime.new_trace_id();
@@ -1087,6 +1120,7 @@ impl Hypervisor {
             isolation,
             trace,
             replayed,
+            agents,
         })
     }
 
@@ -1258,6 +1292,7 @@ struct TakenUp {
     isolation: IsolationGuard,
     trace: TraceId,
     replayed: Arc<HashMap<String, Replayed>>,
+    agents: Arc<StepAgents>,
 }
 
 /// Sets the session's state isolation to a saga's level and puts the

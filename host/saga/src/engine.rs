@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use ahv_core::{AgentId, Clock, FakeClock, IdError};
+use ahv_core::{Clock, FakeClock, IdError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -60,22 +60,9 @@ impl SagaId {
     ///
     /// # Errors
     /// [`IdError`] naming what is wrong (with kind "saga").
-    pub fn new(s: impl Into<String>) -> Result<SagaId, IdError> {
-        let s = s.into();
-        AgentId::new(s.as_str()).map_err(|e| match e {
-            IdError::Empty { .. } => IdError::Empty { kind: "saga" },
-            IdError::TooLong { len, max, .. } => IdError::TooLong {
-                kind: "saga",
-                len,
-                max,
-            },
-            IdError::BadChar { id, ch, at, .. } => IdError::BadChar {
-                kind: "saga",
-                id,
-                ch,
-                at,
-            },
-        })?;
+    pub fn new(s: impl AsRef<str>) -> Result<SagaId, IdError> {
+        let s = s.as_ref();
+        ahv_core::id::check("saga", s)?;
         Ok(SagaId(s.into()))
     }
 

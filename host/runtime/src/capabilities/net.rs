@@ -103,7 +103,8 @@ impl LazyCtx {
     /// The context, made by `make` (given the access) on first use.
     pub(crate) fn get_or_make(&mut self, make: impl FnOnce(Arc<NetAccess>) -> Ctx) -> &mut Ctx {
         let access = &self.access;
-        self.ctx.get_or_insert_with(|| Box::new(make(access.clone())))
+        self.ctx
+            .get_or_insert_with(|| Box::new(make(access.clone())))
     }
 }
 
