@@ -44,7 +44,7 @@ echo "== our benches (criterion; the same groups the table reads)"
 # the workspace hack.
 env -u RUST_BACKTRACE cargo bench --workspace \
   --bench core --bench audit --bench session --bench saga --bench runtime -- "${measure[@]}" \
-  '^(ring_computation/ring_for_score|delta_capture/auditor|session_lifecycle/(unaudited|audited|audited_incl_disk)|join_wasm/(pinger|raw_instantiate)|vfs_1k/(guest_write_read|native_atomic)|full_pipeline/(no_wasm|unaudited|floor_unaudited_plus_hashing|wasm|wasm_unaudited)|saga_3_steps/(wasm|floor_three_calls)|instantiate_call/(governed|raw_wasmtime)|hostcall/(governed|raw)_x1000)$'
+  '^(ring_computation/ring_for_score|delta_capture/auditor|session_lifecycle/(unaudited|audited|audited_incl_disk)|join_wasm/(pinger|raw_instantiate)|vfs_1k/(guest_write_read|native_atomic)|full_pipeline/(no_wasm|unaudited|floor_unaudited_plus_hashing|wasm|wasm_unaudited)|saga_3_steps/(wasm|floor_three_calls|floor_raw_wasmtime|floor_raw_wasmtime_plus_events)|instantiate_call/(governed|raw_wasmtime)|hostcall/(governed|raw)_x1000)$'
 
 echo "== side by side"
 args=("$out/reference.json" target/criterion)
