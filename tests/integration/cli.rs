@@ -2460,7 +2460,8 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
             .fold(criterion.clone(), |d, part| d.join(part))
             .join("new");
         std::fs::create_dir_all(&dir).unwrap();
-        // Ours are the floors' figure doubled: every same-run ratio is 2.
+        // Ours are the floors' figure doubled: every same-run ratio is 2,
+        // but a floor compared with a lower floor (1).
         let ns = if id.contains("raw")
             || id.contains("floor")
             || id.ends_with("unaudited")

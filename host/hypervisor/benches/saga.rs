@@ -19,13 +19,16 @@
 //! - `saga_3_steps/floor_raw_wasmtime`: the floor under that one: the same
 //!   three `saga-participant.execute` calls (same arguments) on a live
 //!   instance of the same component in a bare wasmtime store of the same
-//!   engine (WASI, every import of ours a trap that is never reached; no
-//!   gate, no turns, no deadline, no journal, no metrics): what wasmtime
-//!   itself takes for these calls on this machine.
+//!   engine (WASI; `log`, which each step calls once, discards its line;
+//!   every other import of ours is a trap, never reached; no gate, no
+//!   turns, no deadline, no journal, no metrics): what wasmtime itself
+//!   takes for these calls on this machine.
 //! - `saga_3_steps/floor_raw_wasmtime_plus_events`: that, plus the bare
 //!   emits of the 8 events a three-step saga must announce (`saga.created`,
-//!   `step_started` and `step_committed` per step, `completed`) on the
-//!   hypervisor's bus, unaudited: the least a saga of live Wasm steps can
+//!   `step_started` and `step_committed` per step, `completed`; the step
+//!   events name the agent, each event's parent is the one before) on the
+//!   bus of a hypervisor set up as for `wasm` (its auditor listening, the
+//!   session unaudited): the least a saga of this participant's steps can
 //!   cost here, whatever the engine does.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench saga`
@@ -162,9 +165,10 @@ fn saga_3_steps(c: &mut Criterion) {
     g.sample_size(100);
 
     let state = tempfile::tempdir().unwrap();
+    // As for `wasm`: the auditor listens on the bus, the session below is
+    // unaudited (the standalone agent of `floor_three_calls` is in none).
     let hv = Hypervisor::builder()
         .state_dir(state.path())
-        .without_audit()
         .build()
         .unwrap();
     let component = hv.load(ahv_agents::SCRIPTED).unwrap();
@@ -208,9 +212,11 @@ fn saga_3_steps(c: &mut Criterion) {
             })
         })
     });
-    let session = hv
-        .create_session(SessionConfig::default(), creator.clone())
-        .unwrap();
+    let unaudited = SessionConfig {
+        audit: false,
+        ..SessionConfig::default()
+    };
+    let session = hv.create_session(unaudited, creator.clone()).unwrap();
     g.bench_function("floor_raw_wasmtime_plus_events", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -219,43 +225,59 @@ fn saga_3_steps(c: &mut Criterion) {
                     assert!(out.is_ok(), "the raw step failed: {out:?}");
                 }
             });
-            saga_events(&hv, &session);
+            saga_events(&hv, &session, &agent);
         })
     });
     g.finish();
 }
 
-/// The 8 events of a three-step saga that completes, emitted bare.
-fn saga_events(hv: &Hypervisor, session: &ahv_core::SessionId) {
+/// The 8 events of a three-step saga of `agent` that completes, emitted
+/// bare, in one causal chain as the saga's observer emits them.
+fn saga_events(hv: &Hypervisor, session: &ahv_core::SessionId, agent: &AgentId) {
     use ahv_core::EventPayload as P;
-    let emit = |payload| {
-        hv.events()
-            .emit(Some(session), None, ahv_core::TraceId(0), None, payload);
+    let mut parent = None;
+    let mut emit = |agent: Option<&AgentId>, payload| {
+        let id = hv
+            .events()
+            .emit(Some(session), agent, ahv_core::TraceId(0), parent, payload);
+        parent = Some(id);
     };
     let saga = || "saga-bench".to_string();
-    emit(P::SagaCreated {
-        saga: saga(),
-        name: "saga-3-steps".into(),
-        steps: 3,
-    });
+    emit(
+        None,
+        P::SagaCreated {
+            saga: saga(),
+            name: "saga-3-steps".into(),
+            steps: 3,
+        },
+    );
     for i in 0..3 {
         let step = format!("action-{i}");
-        emit(P::SagaStepStarted {
-            saga: saga(),
-            step: step.clone(),
-            attempt: 1,
-        });
-        emit(P::SagaStepCommitted {
-            saga: saga(),
-            step,
-            attempt: 1,
-            changes: 0,
-        });
+        emit(
+            Some(agent),
+            P::SagaStepStarted {
+                saga: saga(),
+                step: step.clone(),
+                attempt: 1,
+            },
+        );
+        emit(
+            Some(agent),
+            P::SagaStepCommitted {
+                saga: saga(),
+                step,
+                attempt: 1,
+                changes: 0,
+            },
+        );
     }
-    emit(P::SagaCompleted {
-        saga: saga(),
-        steps: 3,
-    });
+    emit(
+        None,
+        P::SagaCompleted {
+            saga: saga(),
+            steps: 3,
+        },
+    );
 }
 
 /// A bare wasmtime store for the raw floor.

@@ -564,10 +564,13 @@ impl Agent {
     }
 
     async fn instantiate(&mut self) -> Result<Live, AgentError> {
-        let started = Instant::now();
         let pre = self
             .runtime
             .instance_pre(&self.component, self.spec.standing.base())?;
+        // After linking (the first use of a ring links the component: host
+        // work the guest's deadline must not pay for); the store's few
+        // microseconds of setup do count against it.
+        let started = Instant::now();
         let mut store = self.new_store(started)?;
         let armed = self.arm(&mut store, None, started);
         let ring = armed
@@ -942,7 +945,11 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 /// interruption does not reach, or by waiting for a turn. Dropping the
 /// future cancels the call; the caller then drops the instance. The
 /// deadline runs from `started`, the call's start (the clock is read once
-/// per call: a read costs ~40 ns in a VM).
+/// per call: a read costs ~40 ns in a VM). The cutoff is `started` on
+/// tokio's clock, which is the system's unless tokio's `test-util` pauses
+/// it: the workspace never enables that feature (see the README's
+/// "Performance"), and the epoch callback, which stops running guest code,
+/// reads the system's clock whatever tokio does.
 async fn guarded<T>(
     call: impl Future<Output = wasmtime::Result<T>>,
     deadline: Duration,
