@@ -381,6 +381,12 @@ impl Session {
         self.participants.get(agent)
     }
 
+    /// The participant named `agent`, looked up by its text: no id is
+    /// made (nor validated) to ask.
+    pub fn participant_named(&self, agent: &str) -> Option<&Participant> {
+        self.participants.get(agent)
+    }
+
     /// Records a participant's new base ring (a demotion or re-admission the
     /// host decided; the runtime enforces it through the participant's
     /// standing, this keeps the record that snapshots compare).

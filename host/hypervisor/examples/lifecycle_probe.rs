@@ -14,7 +14,9 @@
 //! (for profiling the hot path, with `deferred`); `PROBE_BATCHES=N` runs N
 //! batches instead of 10; `PROBE_QUIET=1` with `deferred` turns
 //! `audit.delta_captured` off too; `PROBE_DIR=D` puts the state directory
-//! under D (e.g. `/dev/shm`, to take the disk out). The figures vary by
+//! under D (e.g. `/dev/shm`, to take the disk out); `MAXI=N` sets the
+//! runtime's `max_instances` (default 64; 1 under valgrind, which cannot
+//! reserve the pool's address space for more). The figures vary by
 //! ±20 % between runs on a shared 2-core VM: compare medians of many batches.
 use std::time::Instant;
 
@@ -37,9 +39,12 @@ fn main() {
     let scenario = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "lifecycle".into());
-    let mut b = Hypervisor::builder()
-        .state_dir(tmp.path())
-        .max_instances(64);
+    let mut b = Hypervisor::builder().state_dir(tmp.path()).max_instances(
+        std::env::var("MAXI")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(64),
+    );
     b = match mode.as_str() {
         "off" => b.without_audit(),
         "deferred" => b.audit(ahv_audit::AuditConfig {

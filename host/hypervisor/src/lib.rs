@@ -815,7 +815,7 @@ impl HypervisorBuilder {
             max_locks_per_agent: self.max_locks_per_agent,
             open_dirs: OpenDirs::new(self.max_open_dirs),
             after_trap: self.after_trap,
-            sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::default()),
             sagas: saga::SagaSettings {
                 store: saga_store,
                 sleeper: self.saga_sleeper,
@@ -861,7 +861,9 @@ struct SessionEntry {
     audited: bool,
     gov: Mutex<Session>,
     core: Arc<SessionCore>,
-    agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
+    /// The participants' live instances. foldhash, not SipHash: at most
+    /// the session's participants, looked up at every saga step.
+    agents: Mutex<HashMap<AgentId, Arc<AgentSlot>, foldhash::fast::RandomState>>,
     /// Every participant's standing (its effective ring now), shared with
     /// its instance's gate: the one copy of its ring that is enforced.
     standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
@@ -946,7 +948,10 @@ struct Inner {
     max_locks_per_agent: usize,
     open_dirs: Arc<OpenDirs>,
     after_trap: AfterTrap,
-    sessions: RwLock<HashMap<SessionId, Arc<SessionEntry>>>,
+    /// Live sessions. foldhash, not SipHash: every operation looks its
+    /// session up (SipHash took ~1 % of a session's lifecycle), and every
+    /// key inserted is an id this hypervisor generated.
+    sessions: RwLock<HashMap<SessionId, Arc<SessionEntry>, foldhash::fast::RandomState>>,
     /// Saga progress store, retry timing and escalation hooks.
     sagas: saga::SagaSettings,
     archived: Mutex<VecDeque<SessionInfo>>,
@@ -1121,7 +1126,7 @@ impl Hypervisor {
             audited,
             gov: Mutex::new(gov),
             core,
-            agents: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
