@@ -1,5 +1,6 @@
 //! A live agent: one instance, reused across calls, inside its ring.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -579,7 +580,7 @@ impl Agent {
         let result = match armed {
             Ok(_) => {
                 guarded(
-                    pre.instance_pre().instantiate_async(&mut store),
+                    std::pin::pin!(pre.instance_pre().instantiate_async(&mut store)),
                     self.runtime.policy().limits(ring).deadline,
                     started,
                     &self.kill,
@@ -739,7 +740,11 @@ impl Agent {
                         .memory_bytes =>
             {
                 drop(live);
-                self.instantiate().await?
+                // Boxed here and below: a call that needs a new instance is
+                // rare, and its future in place would make every call's
+                // future (moved whole into its task or `block_on`) about
+                // 2 KiB larger.
+                Box::pin(self.instantiate()).await?
             }
             Some(live) => live,
             None => match &self.poisoned {
@@ -749,7 +754,7 @@ impl Agent {
                         cause: cause.clone(),
                     });
                 }
-                _ => self.instantiate().await?,
+                _ => Box::pin(self.instantiate()).await?,
             },
         };
         self.keep_abandoned();
@@ -834,13 +839,13 @@ async fn enter(
     let store = &mut live.store;
     match (entry, &live.saga) {
         (Entry::Run { input }, _) => {
-            let call = live.run.call_async(store, (input.to_string(),));
+            let call = std::pin::pin!(live.run.call_async(store, (input.to_string(),)));
             guarded(call, deadline, started, kill, turns)
                 .await
                 .map(|(r,)| r)
         }
         (Entry::Execute { step, input }, Some(saga)) => {
-            let call = saga.call_execute(store, step, input);
+            let call = std::pin::pin!(saga.call_execute(store, step, input));
             guarded(call, deadline, started, kill, turns).await
         }
         (
@@ -851,7 +856,7 @@ async fn enter(
             },
             Some(saga),
         ) => guarded(
-            saga.call_compensate(store, step, input, output),
+            std::pin::pin!(saga.call_compensate(store, step, input, output)),
             deadline,
             started,
             kill,
@@ -951,39 +956,43 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 /// "Performance"), and the epoch callback, which stops running guest code,
 /// reads the system's clock whatever tokio does.
 async fn guarded<T>(
-    call: impl Future<Output = wasmtime::Result<T>>,
+    call: Pin<&mut impl Future<Output = wasmtime::Result<T>>>,
     deadline: Duration,
     started: Instant,
     kill: &KillHandle,
     turns: &Turns,
 ) -> wasmtime::Result<T> {
     let cutoff = tokio::time::Instant::from_std(started) + deadline + DEADLINE_GRACE;
-    let call = std::pin::pin!(call);
     let mut call = std::pin::pin!(turns.run(call, kill));
-    let result = async {
-        // Most calls finish without ever waiting in the host: poll once before
-        // paying for a timer and a kill subscription.
-        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
-        {
-            return r;
+    // Most calls finish without ever waiting in the host: poll once before
+    // paying for a timer and a kill subscription.
+    let result = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(r) => r,
+        // The rest is boxed: its timer and kill subscription would
+        // otherwise make every call's future (moved whole into its task or
+        // `block_on`) a few hundred bytes larger for the calls that never
+        // wait.
+        Poll::Pending => {
+            Box::pin(async {
+                if call.at_tick() {
+                    // Its first tick is used up: let the task go round the run
+                    // queue (or wait for its turn) before the select polls it
+                    // again, or it would run a second tick in this poll.
+                    yield_once().await;
+                }
+                tokio::select! {
+                    // A kill wins over a guest that is ready to run again.
+                    biased;
+                    () = kill.cancelled() => Err(wasmtime::Error::new(kill.stop())),
+                    r = call => r,
+                    () = tokio::time::sleep_until(cutoff) => {
+                        Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
+                    }
+                }
+            })
+            .await
         }
-        if call.at_tick() {
-            // Its first tick is used up: let the task go round the run queue
-            // (or wait for its turn) before the select polls it again, or it
-            // would run a second tick in this poll.
-            yield_once().await;
-        }
-        tokio::select! {
-            // A kill wins over a guest that is ready to run again.
-            biased;
-            () = kill.cancelled() => Err(wasmtime::Error::new(kill.stop())),
-            r = call => r,
-            () = tokio::time::sleep_until(cutoff) => {
-                Err(wasmtime::Error::new(DeadlineExceeded { deadline }))
-            }
-        }
-    }
-    .await;
+    };
     kill.call_ended();
     result
 }
