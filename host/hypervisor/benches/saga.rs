@@ -97,20 +97,9 @@ impl ProgressStore for Bounded {
     }
 }
 
-const SAGA: &str = "name: saga-3-steps
-steps:
-  - id: action-0
-    agent: did:mesh:agent-1
-    action: do-0
-  - id: action-1
-    agent: did:mesh:agent-1
-    action: do-1
-    depends_on: [action-0]
-  - id: action-2
-    agent: did:mesh:agent-1
-    action: do-2
-    depends_on: [action-1]
-";
+/// The reference's `saga_3_steps` as a definition (shared with
+/// `examples/saga_probe.rs`).
+const SAGA: &str = include_str!("saga_3_steps.yaml");
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -280,60 +269,34 @@ fn saga_events(hv: &Hypervisor, session: &ahv_core::SessionId, agent: &AgentId) 
     );
 }
 
+/// The runtime benches' raw wasmtime baseline: its store and its traps for
+/// our imports.
+#[path = "../../runtime/benches/common/raw.rs"]
+#[allow(dead_code)] // The saga floor uses only part of it.
+mod common;
+
 /// A bare wasmtime store for the raw floor.
 mod raw {
     use ahv_runtime::raw::saga::{Guest, GuestIndices};
-    use wasmtime::component::types::ComponentItem;
-    use wasmtime::component::{Component, Linker, ResourceTable};
-    use wasmtime::{Engine, Store};
-    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+    use wasmtime::Engine;
+    use wasmtime::component::{Component, Linker};
 
-    /// WASI's context and nothing of ours.
-    pub struct RawState {
-        wasi: WasiCtx,
-        table: ResourceTable,
-    }
-
-    impl WasiView for RawState {
-        fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView {
-                ctx: &mut self.wasi,
-                table: &mut self.table,
-            }
-        }
-    }
+    use super::common::{RawState, raw_store, trap_our_imports};
 
     /// A live instance of `bytes` (a saga participant) in a store of
     /// `engine` with fuel and an epoch deadline that never run out, and its
     /// `saga-participant` export.
-    pub async fn live_participant(engine: &Engine, bytes: &[u8]) -> (Store<RawState>, Guest) {
+    pub async fn live_participant(
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> (wasmtime::Store<RawState>, Guest) {
         let component = Component::new(engine, bytes).unwrap();
         let mut linker = Linker::<RawState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         // Every function of our package the component imports is a trap
         // (an empty script calls none of them), except `log`, which each
         // step calls once: here it discards the line.
-        linker.allow_shadowing(true);
-        for (name, item) in component.component_type().imports(engine) {
-            let ComponentItem::ComponentInstance(instance) = item.ty else {
-                continue;
-            };
-            if !name.starts_with("agent-hypervisor:") {
-                continue;
-            }
-            let mut inst = linker.instance(name).unwrap();
-            for (function, item) in instance.exports(engine) {
-                if let ComponentItem::ComponentFunc(_) = item.ty {
-                    let full = format!("{name}#{function}");
-                    inst.func_new(function, move |_, _, _, _| {
-                        Err(wasmtime::format_err!(
-                            "{full} is not linked in the raw floor"
-                        ))
-                    })
-                    .unwrap();
-                }
-            }
-        }
+        trap_our_imports(engine, &mut linker, &component);
         linker
             .instance("agent-hypervisor:agent/log@0.1.0")
             .unwrap()
@@ -341,13 +304,9 @@ mod raw {
             .unwrap();
         let pre = linker.instantiate_pre(&component).unwrap();
         let indices = GuestIndices::new(&pre).unwrap();
-        let mut store = Store::new(
-            engine,
-            RawState {
-                wasi: WasiCtx::builder().build(),
-                table: ResourceTable::new(),
-            },
-        );
+        let mut store = raw_store(engine);
+        // One store serves every iteration of the bench: more than a run
+        // could spend.
         store.set_fuel(1 << 40).unwrap();
         store.set_epoch_deadline(1 << 40);
         let instance = pre.instantiate_async(&mut store).await.unwrap();

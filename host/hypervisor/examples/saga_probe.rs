@@ -39,20 +39,7 @@ use ahv_saga::{MemoryStore, SagaDefinition, SagaState};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The saga bench's definition.
-const SAGA: &str = "name: saga-3-steps
-steps:
-  - id: action-0
-    agent: did:mesh:agent-1
-    action: do-0
-  - id: action-1
-    agent: did:mesh:agent-1
-    action: do-1
-    depends_on: [action-0]
-  - id: action-2
-    agent: did:mesh:agent-1
-    action: do-2
-    depends_on: [action-1]
-";
+const SAGA: &str = include_str!("../benches/saga_3_steps.yaml");
 
 /// An environment variable's number, or `default`.
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -1034,16 +1034,9 @@ impl Hypervisor {
         session: &SessionId,
         saga: &SagaId,
     ) -> Result<SagaReport, HypervisorError> {
-        let t = self.take_up(session, saga)?;
-        let engine = self.saga_engine(
-            t.entry.clone(),
-            t.definition.clone(),
-            t.trace,
-            t.replayed,
-            t.agents,
-        );
+        let (engine, guards) = self.taken_up_engine(self.take_up(session, saga)?);
         let report = engine.resume(saga).await?;
-        drop((t.driving, t.isolation));
+        drop(guards);
         self.after_saga(session, saga, report.state);
         Ok(report)
     }
@@ -1061,18 +1054,28 @@ impl Hypervisor {
         saga: &SagaId,
         reason: &str,
     ) -> Result<SagaReport, HypervisorError> {
-        let t = self.take_up(session, saga)?;
-        let engine = self.saga_engine(
-            t.entry.clone(),
-            t.definition.clone(),
-            t.trace,
-            t.replayed,
-            t.agents,
-        );
+        let (engine, guards) = self.taken_up_engine(self.take_up(session, saga)?);
         let report = engine.compensate(saga, reason).await?;
-        drop((t.driving, t.isolation));
+        drop(guards);
         self.after_saga(session, saga, report.state);
         Ok(report)
+    }
+
+    /// The engine that resumes or compensates a taken-up saga, and the
+    /// guards (the saga's claim, the session's isolation) to drop once it
+    /// has finished.
+    fn taken_up_engine(&self, t: TakenUp) -> (Engine, (Driving, IsolationGuard)) {
+        let TakenUp {
+            entry,
+            definition,
+            driving,
+            isolation,
+            trace,
+            replayed,
+            agents,
+        } = t;
+        let engine = self.saga_engine(entry, definition, trace, replayed, agents);
+        (engine, (driving, isolation))
     }
 
     /// Claims `saga` in `session` to resume or compensate it; for a saga of

@@ -1,8 +1,9 @@
 //! The raw wasmtime baseline the runtime's benches and probes measure
 //! against: the same engine and component as the governed runtime, a bare
 //! store with WASI, and ungoverned stand-ins for the host functions the
-//! baselines call. Included with `#[path]` by `benches/runtime.rs` and
-//! `examples/instantiate_probe.rs`.
+//! baselines call. Included with `#[path]` by `benches/runtime.rs`,
+//! `examples/instantiate_probe.rs` and the hypervisor's saga bench
+//! (`host/hypervisor/benches/saga.rs`).
 
 use ahv_runtime::raw::WitError;
 use ahv_runtime::raw::agent_hypervisor::agent::locks::{LockMode, LockTarget};
@@ -49,7 +50,7 @@ fn raw_imports(linker: &mut Linker<RawState>) {
 /// `wasi:io/streams`' `error`, it defines a second resource of that name
 /// and the component no longer links.) `raw_imports` then shadows the
 /// functions the bench calls.
-fn trap_our_imports(
+pub fn trap_our_imports(
     engine: &Engine,
     linker: &mut Linker<RawState>,
     component: &wasmtime::component::Component,
