@@ -359,7 +359,16 @@ macro_rules! export_agent {
                 <$agent as $crate::Agent>::run(input)
             }
         }
+        // Exported on Wasm only: a native build (a unit test, or `cargo build
+        // --workspace` on the host) has no component to export from, and
+        // the exports' names (`pkg:ns/iface@version#func`) are not symbols
+        // a native linker accepts.
+        #[cfg(target_family = "wasm")]
         $crate::bindings::__export_root_world!($agent with_types_in $crate::bindings);
+        // What the exports would call, named so a native build does not
+        // find the agent unused.
+        #[cfg(not(target_family = "wasm"))]
+        const _: fn() = || drop(<$agent as $crate::bindings::Guest>::run);
     };
     ($agent:ident, saga) => {
         impl $crate::saga_bindings::Guest for $agent {
@@ -382,7 +391,14 @@ macro_rules! export_agent {
                 <$agent as $crate::SagaParticipant>::compensate(&step, &input, &output)
             }
         }
+        #[cfg(target_family = "wasm")]
         $crate::saga_bindings::__export_saga_world!($agent with_types_in $crate::saga_bindings);
+        #[cfg(not(target_family = "wasm"))]
+        const _: [fn(); 3] = [
+            || drop(<$agent as $crate::saga_bindings::Guest>::run),
+            || drop(<$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::execute),
+            || drop(<$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::compensate),
+        ];
     };
 }
 
