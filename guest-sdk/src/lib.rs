@@ -351,6 +351,8 @@ pub trait SagaParticipant {
 /// Use it once per agent crate, at the top level:
 /// `agent_sdk::export_agent!(MyAgent);` for a plain agent, or
 /// `agent_sdk::export_agent!(MyAgent, saga);` for a saga participant.
+/// It exports on `wasm32` only: a native build of the crate (its unit
+/// tests) exports nothing and calls the agent's methods directly.
 #[macro_export]
 macro_rules! export_agent {
     ($agent:ident) => {
@@ -359,16 +361,18 @@ macro_rules! export_agent {
                 <$agent as $crate::Agent>::run(input)
             }
         }
-        // Exported on Wasm only: a native build (a unit test, or `cargo build
-        // --workspace` on the host) has no component to export from, and
-        // the exports' names (`pkg:ns/iface@version#func`) are not symbols
-        // a native linker accepts.
-        #[cfg(target_family = "wasm")]
+        // Exported on `wasm32` only (where the SDK calls the host's imports):
+        // a native build (a unit test, or `cargo build --workspace` on the
+        // host) has no component to export from, and the exports' names
+        // (`pkg:ns/iface@version#func`) are not symbols a native linker
+        // accepts.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_root_world!($agent with_types_in $crate::bindings);
         // What the exports would call, named so a native build does not
         // find the agent unused.
-        #[cfg(not(target_family = "wasm"))]
-        const _: fn() = || drop(<$agent as $crate::bindings::Guest>::run);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn(::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> =
+            <$agent as $crate::bindings::Guest>::run;
     };
     ($agent:ident, saga) => {
         impl $crate::saga_bindings::Guest for $agent {
@@ -391,14 +395,18 @@ macro_rules! export_agent {
                 <$agent as $crate::SagaParticipant>::compensate(&step, &input, &output)
             }
         }
-        #[cfg(target_family = "wasm")]
+        #[cfg(target_arch = "wasm32")]
         $crate::saga_bindings::__export_saga_world!($agent with_types_in $crate::saga_bindings);
-        #[cfg(not(target_family = "wasm"))]
-        const _: [fn(); 3] = [
-            || drop(<$agent as $crate::saga_bindings::Guest>::run),
-            || drop(<$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::execute),
-            || drop(<$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::compensate),
-        ];
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: (
+            fn(::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String>,
+            fn($crate::Step, ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String>,
+            fn($crate::Step, ::std::string::String, ::std::string::String) -> ::std::result::Result<(), ::std::string::String>,
+        ) = (
+            <$agent as $crate::saga_bindings::Guest>::run,
+            <$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::execute,
+            <$agent as $crate::saga_bindings::exports::agent_hypervisor::agent::saga_participant::Guest>::compensate,
+        );
     };
 }
 

@@ -515,6 +515,58 @@ async fn a_saga_naming_an_agent_that_is_not_in_the_session_is_refused_before_it_
 }
 
 #[tokio::test]
+async fn a_saga_whose_step_agent_is_no_valid_id_or_has_no_instance_is_refused_naming_the_step() {
+    let hv = Hv::new();
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    // A participant that joined without a component: it cannot run a step.
+    hv.hv
+        .join_session(&s, ahv_hypervisor::JoinRequest::new(id("did:t:bare"), 0.8))
+        .await
+        .unwrap();
+    let def = |agent: &str| {
+        let mut d = SagaDefinition::from_yaml(
+            "name: x\nsteps:\n  - id: first\n    agent: did:t:a\n    action: w\n  - id: second\n    agent: did:t:a\n    action: w\n",
+        )
+        .unwrap();
+        // Built in code, so the definition's own validation is bypassed
+        // and the hypervisor's check is what refuses it.
+        d.steps[1].agent = agent.to_string();
+        d
+    };
+    let err = hv.hv.run_saga(&s, def("not an id!")).await.unwrap_err();
+    assert!(
+        matches!(err, ahv_hypervisor::HypervisorError::SagaSetup { .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(err.contains("step second: agent: "), "{err}");
+    let err = hv
+        .hv
+        .run_saga(&s, def("did:t:bare"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step second: agent did:t:bare has no instance in session"),
+        "{err}"
+    );
+    let err = hv
+        .hv
+        .run_saga(&s, def("did:t:ghost"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step second: agent did:t:ghost is not a participant of session"),
+        "{err}"
+    );
+    // Refused before anything ran: no saga, and the valid definition runs.
+    assert!(hv.hv.sagas().unwrap().is_empty());
+    let ok = hv.hv.run_saga(&s, def("did:t:a")).await.unwrap();
+    assert_eq!(ok.state, SagaState::Completed);
+}
+
+#[tokio::test]
 async fn a_host_action_step_runs_in_the_agents_name_and_is_undone_by_its_action() {
     let hv = Hv::with(|b| b.actions(ahv_governance::actions::builtin::registry()));
     let s = scripted_session(&hv, &[("did:t:a", 0.8), ("did:t:low", 0.3)]).await;

@@ -853,6 +853,28 @@ mod tests {
     }
 
     #[test]
+    fn a_participant_is_found_by_its_name_exactly_as_by_its_id() {
+        let mut s = session(SessionConfig::default());
+        let t = Duration::ZERO;
+        s.begin_handshake(t).unwrap();
+        for a in ["did:ex:b", "did:ex:a", "did:ex:c"] {
+            s.join(agent(a), 0.8, &[], t).unwrap();
+        }
+        let found = s.participant_named("did:ex:a").unwrap();
+        assert_eq!(found.agent, agent("did:ex:a"));
+        assert!(std::ptr::eq(
+            found,
+            s.participant(&agent("did:ex:a")).unwrap()
+        ));
+        // No normalisation: a near miss, a prefix, an invalid id, nothing.
+        for miss in ["did:ex:A", "did:ex:", "did:ex:a ", "", "not an id!"] {
+            assert!(s.participant_named(miss).is_none(), "{miss:?}");
+        }
+        s.leave(&agent("did:ex:a")).unwrap();
+        assert!(s.participant_named("did:ex:a").is_none());
+    }
+
+    #[test]
     fn capacity_is_enforced() {
         let mut s = session(SessionConfig {
             max_participants: 2,

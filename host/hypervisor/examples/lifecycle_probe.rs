@@ -16,7 +16,8 @@
 //! `audit.delta_captured` off too; `PROBE_DIR=D` puts the state directory
 //! under D (e.g. `/dev/shm`, to take the disk out); `MAXI=N` sets the
 //! runtime's `max_instances` (default 64; 1 under valgrind, which cannot
-//! reserve the pool's address space for more). The figures vary by
+//! reserve the pool's address space for more; named as in the other
+//! probes). The figures vary by
 //! ±20 % between runs on a shared 2-core VM: compare medians of many batches.
 use std::time::Instant;
 
@@ -39,12 +40,13 @@ fn main() {
     let scenario = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "lifecycle".into());
-    let mut b = Hypervisor::builder().state_dir(tmp.path()).max_instances(
-        std::env::var("MAXI")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(64),
-    );
+    let mut b =
+        Hypervisor::builder()
+            .state_dir(tmp.path())
+            .max_instances(std::env::var("MAXI").map_or(64, |n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("MAXI={n:?} is not a number"))
+            }));
     b = match mode.as_str() {
         "off" => b.without_audit(),
         "deferred" => b.audit(ahv_audit::AuditConfig {

@@ -1062,9 +1062,11 @@ impl Hypervisor {
     }
 
     /// The engine that resumes or compensates a taken-up saga, and the
-    /// guards (the saga's claim, the session's isolation) to drop once it
-    /// has finished.
-    fn taken_up_engine(&self, t: TakenUp) -> (Engine, (Driving, IsolationGuard)) {
+    /// guards to drop once it has finished: the session's isolation first,
+    /// then the saga's claim (the other way round, a saga the released claim
+    /// let start in the session could have its isolation level overwritten
+    /// by this one's restore).
+    fn taken_up_engine(&self, t: TakenUp) -> (Engine, (IsolationGuard, Driving)) {
         let TakenUp {
             entry,
             definition,
@@ -1075,7 +1077,7 @@ impl Hypervisor {
             agents,
         } = t;
         let engine = self.saga_engine(entry, definition, trace, replayed, agents);
-        (engine, (driving, isolation))
+        (engine, (isolation, driving))
     }
 
     /// Claims `saga` in `session` to resume or compensate it; for a saga of
@@ -1295,8 +1297,10 @@ fn live_commits(records: &[SagaRecord]) -> Vec<(String, serde_json::Value)> {
 struct TakenUp {
     entry: Arc<SessionEntry>,
     definition: Arc<SagaDefinition>,
-    driving: Driving,
+    // Dropped in this order: the isolation is restored before the claim on
+    // the saga (and with it the session's one running saga) is released.
     isolation: IsolationGuard,
+    driving: Driving,
     trace: TraceId,
     replayed: Arc<HashMap<String, Replayed>>,
     agents: Arc<StepAgents>,
@@ -1425,21 +1429,20 @@ impl Hypervisor {
     }
 }
 
-/// A map keyed by saga id. foldhash, not SipHash: these maps are read
-/// and written at every saga's start and end (SipHash took ~1 % of a
-/// three-step saga), and saga ids are ours or validated.
-type SagaMap<V> = HashMap<SagaId, V, foldhash::fast::RandomState>;
-
 /// Which sagas run where, in this process.
 #[derive(Default)]
 pub(crate) struct Drivers {
     /// Sagas being driven now, with their session.
-    running: SagaMap<SessionId>,
-    /// The session each saga of this process ran in.
-    home: SagaMap<SessionId>,
+    /// foldhash, not SipHash: it holds at most one saga per live session
+    /// (a session runs one saga at a time), whatever ids callers choose.
+    running: HashMap<SagaId, SessionId, foldhash::fast::RandomState>,
+    /// The session each saga of this process ran in. SipHash: it grows
+    /// with every saga a session runs, and `Hypervisor::run_saga_as` takes
+    /// ids its caller chooses.
+    home: HashMap<SagaId, SessionId>,
     /// The replayed steps of each saga of another process this one took up
     /// (kept for every later resume or compensation in this process).
-    replayed: SagaMap<Arc<HashMap<String, Replayed>>>,
+    replayed: HashMap<SagaId, Arc<HashMap<String, Replayed>>>,
 }
 
 /// The hypervisor's saga settings.

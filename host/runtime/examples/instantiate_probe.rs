@@ -8,7 +8,9 @@
 //! target/release/examples/instantiate_probe governed 40000   # or: raw
 //! ```
 //!
-//! prints the mean time per iteration. On this project's 2-vCPU machines
+//! prints the sizes of the futures a caller holds (governed: `spawn` and
+//! `run`; raw: `instantiate_async` and `call_async`), then the mean time
+//! per iteration. On this project's 2-vCPU machines
 //! the time varies by ±10 % between runs, more than most changes to the
 //! governed path move it; the instruction count does not. Run the probe
 //! under callgrind twice, with `N` = 0 and `N` = 500, and divide the
@@ -76,6 +78,20 @@ fn main() {
         // Compiled only for this mode: compiling is most of a short run.
         let component = wasmtime::component::Component::new(&engine, ahv_agents::PINGER).unwrap();
         let pre = raw::raw_pre(&engine, &component);
+        {
+            let mut store = raw::raw_store(&engine);
+            let instantiate = pre.instantiate_async(&mut store);
+            let instantiate_size = std::mem::size_of_val(&instantiate);
+            let instance = rt.block_on(instantiate).unwrap();
+            let run = instance
+                .get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")
+                .unwrap();
+            let call = run.call_async(&mut store, ("",));
+            println!(
+                "future sizes: instantiate {instantiate_size} B, call {} B",
+                std::mem::size_of_val(&call)
+            );
+        }
         Box::new(move || {
             rt.block_on(async {
                 let mut store = raw::raw_store(&engine);
@@ -89,6 +105,19 @@ fn main() {
         })
     } else {
         let component = runtime.load(ahv_agents::PINGER).unwrap();
+        {
+            // What a caller's task holds while it waits on a spawn or a
+            // call (each is moved whole into its task or `block_on`).
+            let spec = AgentSpec::new(id.clone(), Ring::Sandbox, vfs.clone());
+            let spawn = runtime.spawn(&component, spec);
+            let spawn_size = std::mem::size_of_val(&spawn);
+            let mut agent = rt.block_on(spawn).unwrap();
+            let run = agent.run("");
+            println!(
+                "future sizes: spawn {spawn_size} B, run {} B",
+                std::mem::size_of_val(&run)
+            );
+        }
         Box::new(move || {
             rt.block_on(async {
                 let spec = AgentSpec::new(id.clone(), Ring::Sandbox, vfs.clone());

@@ -947,8 +947,12 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 /// Runs a call into the guest on the runtime's turns (see `crate::turns`) so
 /// that neither its deadline nor the kill switch can be escaped by waiting
 /// inside an async host function (e.g. a WASI sleep or poll), where epoch
-/// interruption does not reach, or by waiting for a turn. Dropping the
-/// future cancels the call; the caller then drops the instance. The
+/// interruption does not reach, or by waiting for a turn. The call is
+/// pinned where its caller made it (`std::pin::pin!`), so the guard's
+/// future does not hold a second copy of it (wasmtime's instantiation
+/// future is over a kilobyte). Dropping the guard's future abandons the
+/// call, which must not be polled again; the caller then drops the
+/// instance. The
 /// deadline runs from `started`, the call's start (the clock is read once
 /// per call: a read costs ~40 ns in a VM). The cutoff is `started` on
 /// tokio's clock, which is the system's unless tokio's `test-util` pauses
