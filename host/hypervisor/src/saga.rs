@@ -1116,7 +1116,7 @@ impl Hypervisor {
                 }
                 Err(e) => {
                     // The next attempt (here or elsewhere) replays from scratch.
-                    lock(&self.inner.sagas.driving).home.remove(saga);
+                    lock(&self.inner.sagas.driving).unhome(saga);
                     return Err(e);
                 }
             }
@@ -1348,16 +1348,14 @@ impl Driving {
     /// replay).
     fn refused(&self) {
         if self.new_home {
-            lock(&self.hv.inner.sagas.driving).home.remove(&self.saga);
+            lock(&self.hv.inner.sagas.driving).unhome(&self.saga);
         }
     }
 }
 
 impl Drop for Driving {
     fn drop(&mut self) {
-        lock(&self.hv.inner.sagas.driving)
-            .running
-            .remove(&self.saga);
+        lock(&self.hv.inner.sagas.driving).stop(&self.saga);
     }
 }
 
@@ -1382,7 +1380,7 @@ impl Hypervisor {
         if d.running.contains_key(saga) {
             return Err(refuse("it is already being run or compensated".into()));
         }
-        if let Some((other, _)) = d.running.iter().find(|(_, s)| *s == session) {
+        if let Some(other) = d.running_in.get(session) {
             return Err(refuse(format!(
                 "saga {other} is running in session {session}"
             )));
@@ -1399,8 +1397,7 @@ impl Hypervisor {
         {
             return Err(refuse(format!("session {session} has ended")));
         }
-        d.running.insert(saga.clone(), session.clone());
-        let new_home = d.home.insert(saga.clone(), session.clone()).is_none();
+        let new_home = d.start(saga, session);
         Ok(Driving {
             hv: self.clone(),
             saga: saga.clone(),
@@ -1415,34 +1412,84 @@ impl Hypervisor {
     /// compensation in another session replays their redo as after a
     /// restart. Keeps the map from growing by one saga per run for ever.
     pub(crate) fn forget_saga_homes(&self, session: &SessionId) {
-        let mut d = lock(&self.inner.sagas.driving);
-        let gone: Vec<SagaId> = d
-            .home
-            .iter()
-            .filter(|(_, s)| *s == session)
-            .map(|(saga, _)| saga.clone())
-            .collect();
-        for saga in gone {
-            d.home.remove(&saga);
-            d.replayed.remove(&saga);
-        }
+        lock(&self.inner.sagas.driving).forget_session(session);
     }
 }
 
-/// Which sagas run where, in this process.
+/// Which sagas run where, in this process. Each map has its reverse, kept
+/// in step by the methods below, so that no operation scans the sagas of
+/// other sessions.
 #[derive(Default)]
 pub(crate) struct Drivers {
     /// Sagas being driven now, with their session.
     /// foldhash, not SipHash: it holds at most one saga per live session
     /// (a session runs one saga at a time), whatever ids callers choose.
     running: HashMap<SagaId, SessionId, foldhash::fast::RandomState>,
+    /// The saga each session is driving now (the reverse of `running`;
+    /// keyed by the hypervisor's own session ids).
+    running_in: HashMap<SessionId, SagaId, foldhash::fast::RandomState>,
     /// The session each saga of this process ran in. SipHash: it grows
     /// with every saga a session runs, and `Hypervisor::run_saga_as` takes
     /// ids its caller chooses.
     home: HashMap<SagaId, SessionId>,
+    /// The sagas each live session is the home of (the reverse of `home`),
+    /// oldest first (keyed by the hypervisor's own session ids).
+    homes_of: HashMap<SessionId, Vec<SagaId>, foldhash::fast::RandomState>,
     /// The replayed steps of each saga of another process this one took up
     /// (kept for every later resume or compensation in this process).
     replayed: HashMap<SagaId, Arc<HashMap<String, Replayed>>>,
+}
+
+impl Drivers {
+    /// Records that `saga` is driven in `session` now, and that `session`
+    /// is its home; returns whether the home is new.
+    fn start(&mut self, saga: &SagaId, session: &SessionId) -> bool {
+        self.running.insert(saga.clone(), session.clone());
+        self.running_in.insert(session.clone(), saga.clone());
+        let new_home = self.home.insert(saga.clone(), session.clone()).is_none();
+        if new_home {
+            match self.homes_of.get_mut(session) {
+                Some(sagas) => sagas.push(saga.clone()),
+                None => {
+                    self.homes_of.insert(session.clone(), vec![saga.clone()]);
+                }
+            }
+        }
+        new_home
+    }
+
+    /// `saga` is no longer driven.
+    fn stop(&mut self, saga: &SagaId) {
+        if let Some(session) = self.running.remove(saga)
+            && self.running_in.get(&session) == Some(saga)
+        {
+            self.running_in.remove(&session);
+        }
+    }
+
+    /// `saga` has no home in this process any more. (Searched from the
+    /// newest: a refused run gives up the home it has just made.)
+    fn unhome(&mut self, saga: &SagaId) {
+        if let Some(session) = self.home.remove(saga)
+            && let Some(sagas) = self.homes_of.get_mut(&session)
+        {
+            if let Some(i) = sagas.iter().rposition(|g| g == saga) {
+                sagas.remove(i);
+            }
+            if sagas.is_empty() {
+                self.homes_of.remove(&session);
+            }
+        }
+    }
+
+    /// Forgets the homes (and replays) of every saga of `session`, which
+    /// has ended: the cost is that session's sagas, not every session's.
+    fn forget_session(&mut self, session: &SessionId) {
+        for saga in self.homes_of.remove(session).unwrap_or_default() {
+            self.home.remove(&saga);
+            self.replayed.remove(&saga);
+        }
+    }
 }
 
 /// The hypervisor's saga settings.
@@ -1458,4 +1505,67 @@ pub(crate) struct SagaSettings {
     /// Validated definitions, shared by the engines of every run: a shared
     /// definition run again is not validated or copied again.
     pub(crate) plans: Arc<ahv_saga::PlanCache>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saga(s: &str) -> SagaId {
+        SagaId::new(s).unwrap()
+    }
+
+    fn session(s: &str) -> SessionId {
+        SessionId::new(s).unwrap()
+    }
+
+    /// Every map and its reverse agree: what `drive` and
+    /// `forget_saga_homes` read without scanning.
+    fn consistent(d: &Drivers) {
+        assert_eq!(d.running.len(), d.running_in.len());
+        for (g, s) in &d.running {
+            assert_eq!(d.running_in.get(s), Some(g));
+        }
+        let homed: usize = d.homes_of.values().map(|v| v.len()).sum();
+        assert_eq!(homed, d.home.len());
+        for (g, s) in &d.home {
+            assert!(d.homes_of[s].contains(g), "{g} not under {s}");
+        }
+        assert!(d.homes_of.values().all(|v| !v.is_empty()));
+    }
+
+    #[test]
+    fn drivers_keep_each_sessions_sagas_so_forgetting_one_session_leaves_the_others() {
+        let mut d = Drivers::default();
+        let (a, b) = (session("s-a"), session("s-b"));
+        assert!(d.start(&saga("g1"), &a));
+        assert_eq!(d.running_in.get(&a), Some(&saga("g1")));
+        d.stop(&saga("g1"));
+        assert!(d.running_in.is_empty() && d.running.is_empty());
+        // Run again in its home: not a new home.
+        assert!(!d.start(&saga("g1"), &a));
+        d.stop(&saga("g1"));
+        assert!(d.start(&saga("g2"), &a));
+        d.stop(&saga("g2"));
+        assert!(d.start(&saga("g3"), &b));
+        d.replayed.insert(saga("g2"), Arc::default());
+        consistent(&d);
+        // A refused run gives its new home up.
+        d.unhome(&saga("g3"));
+        assert!(!d.homes_of.contains_key(&b));
+        consistent(&d);
+        d.stop(&saga("g3"));
+        assert!(d.start(&saga("g4"), &b));
+        d.stop(&saga("g4"));
+        d.replayed.insert(saga("g4"), Arc::default());
+        d.forget_session(&a);
+        assert_eq!(d.home.keys().collect::<Vec<_>>(), [&saga("g4")]);
+        assert_eq!(d.replayed.keys().collect::<Vec<_>>(), [&saga("g4")]);
+        consistent(&d);
+        // Forgetting a session with no sagas, or twice, changes nothing.
+        d.forget_session(&a);
+        d.forget_session(&session("s-none"));
+        assert_eq!(d.home.len(), 1);
+        consistent(&d);
+    }
 }
