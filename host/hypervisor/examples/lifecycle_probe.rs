@@ -26,6 +26,9 @@ use ahv_governance::files::Caller;
 use ahv_governance::session::SessionConfig;
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 
+#[path = "../../runtime/examples/common/env.rs"]
+mod env;
+
 /// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
 /// whenever the audit flusher frees memory another thread allocated.
 #[global_allocator]
@@ -40,13 +43,9 @@ fn main() {
     let scenario = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "lifecycle".into());
-    let mut b =
-        Hypervisor::builder()
-            .state_dir(tmp.path())
-            .max_instances(std::env::var("MAXI").map_or(64, |n| {
-                n.parse()
-                    .unwrap_or_else(|_| panic!("MAXI={n:?} is not a number"))
-            }));
+    let mut b = Hypervisor::builder()
+        .state_dir(tmp.path())
+        .max_instances(env::env_number("MAXI", 64));
     b = match mode.as_str() {
         "off" => b.without_audit(),
         "deferred" => b.audit(ahv_audit::AuditConfig {

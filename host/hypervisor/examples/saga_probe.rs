@@ -41,15 +41,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The saga bench's definition.
 const SAGA: &str = include_str!("../benches/saga_3_steps.yaml");
 
-/// An environment variable's number, or `default`.
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={s:?} is not a number")),
-        Err(_) => default,
-    }
-}
+#[path = "../../runtime/examples/common/env.rs"]
+mod env;
+use env::env_number;
 
 fn main() {
     let n: u32 = std::env::args()

@@ -1034,7 +1034,7 @@ impl Hypervisor {
         session: &SessionId,
         saga: &SagaId,
     ) -> Result<SagaReport, HypervisorError> {
-        let (engine, guards) = self.taken_up_engine(self.take_up(session, saga)?);
+        let (engine, guards) = self.take_up(session, saga)?;
         let report = engine.resume(saga).await?;
         drop(guards);
         self.after_saga(session, saga, report.state);
@@ -1054,36 +1054,26 @@ impl Hypervisor {
         saga: &SagaId,
         reason: &str,
     ) -> Result<SagaReport, HypervisorError> {
-        let (engine, guards) = self.taken_up_engine(self.take_up(session, saga)?);
+        let (engine, guards) = self.take_up(session, saga)?;
         let report = engine.compensate(saga, reason).await?;
         drop(guards);
         self.after_saga(session, saga, report.state);
         Ok(report)
     }
 
-    /// The engine that resumes or compensates a taken-up saga, and the
-    /// guards to drop once it has finished: the session's isolation first,
-    /// then the saga's claim (the other way round, a saga the released claim
-    /// let start in the session could have its isolation level overwritten
-    /// by this one's restore).
-    fn taken_up_engine(&self, t: TakenUp) -> (Engine, (IsolationGuard, Driving)) {
-        let TakenUp {
-            entry,
-            definition,
-            driving,
-            isolation,
-            trace,
-            replayed,
-            agents,
-        } = t;
-        let engine = self.saga_engine(entry, definition, trace, replayed, agents);
-        (engine, (isolation, driving))
-    }
-
     /// Claims `saga` in `session` to resume or compensate it; for a saga of
     /// another process, replays its live committed steps' redo into the
-    /// session first (undoing the replay again if any of it fails).
-    fn take_up(&self, session: &SessionId, saga: &SagaId) -> Result<TakenUp, HypervisorError> {
+    /// session first (undoing the replay again if any of it fails). Returns
+    /// the engine that does it and the guards to drop once it has finished,
+    /// in this order: the session's isolation is restored before the claim
+    /// is released (the other way round, a saga the released claim let
+    /// start in the session could have its level overwritten by this
+    /// restore).
+    fn take_up(
+        &self,
+        session: &SessionId,
+        saga: &SagaId,
+    ) -> Result<(Engine, (IsolationGuard, Driving)), HypervisorError> {
         let definition = self.saga_definition(saga)?;
         let (entry, agents) = self.saga_session(session, &definition)?;
         let ran_here = lock(&self.inner.sagas.driving).home.contains_key(saga);
@@ -1122,15 +1112,8 @@ impl Hypervisor {
             }
         };
         let isolation = IsolationGuard::set(&entry, definition.isolation);
-        Ok(TakenUp {
-            entry,
-            definition,
-            driving,
-            isolation,
-            trace,
-            replayed,
-            agents,
-        })
+        let engine = self.saga_engine(entry, definition, trace, replayed, agents);
+        Ok((engine, (isolation, driving)))
     }
 
     /// Replays the redo of every live committed step of `saga` into `entry`'s
@@ -1291,19 +1274,6 @@ fn live_commits(records: &[SagaRecord]) -> Vec<(String, serde_json::Value)> {
         }
     }
     out
-}
-
-/// A saga claimed to be resumed or compensated (see `Hypervisor::take_up`).
-struct TakenUp {
-    entry: Arc<SessionEntry>,
-    definition: Arc<SagaDefinition>,
-    // Dropped in this order: the isolation is restored before the claim on
-    // the saga (and with it the session's one running saga) is released.
-    isolation: IsolationGuard,
-    driving: Driving,
-    trace: TraceId,
-    replayed: Arc<HashMap<String, Replayed>>,
-    agents: Arc<StepAgents>,
 }
 
 /// Sets the session's state isolation to a saga's level and puts the

@@ -38,15 +38,9 @@ use ahv_runtime::{AgentSpec, Runtime};
 #[path = "../benches/common/raw.rs"]
 mod raw;
 
-/// An environment variable's number, or `default`.
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={s:?} is not a number")),
-        Err(_) => default,
-    }
-}
+#[path = "common/env.rs"]
+mod env;
+use env::env_number;
 
 fn main() {
     let mut args = std::env::args().skip(1);
