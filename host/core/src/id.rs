@@ -86,6 +86,11 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
 }
 
 impl AgentId {
+    /// The shared text (for cache hints on the event bus).
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// Validates and wraps an agent id.
     ///
     /// # Errors
@@ -114,6 +119,11 @@ impl fmt::Display for AgentId {
 pub struct SessionId(Arc<str>);
 
 impl SessionId {
+    /// The shared text (for cache hints on the event bus).
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// Validates and wraps a session id.
     ///
     /// # Errors

@@ -17,7 +17,8 @@
 //! under D (e.g. `/dev/shm`, to take the disk out); `MAXI=N` sets the
 //! runtime's `max_instances` (default 64; 1 under valgrind, which cannot
 //! reserve the pool's address space for more; named as in the other
-//! probes). The figures vary by
+//! probes); `EVCAP=N` sets the event bus's capacity (default 10,000, as
+//! the hypervisor's; a small one keeps the history in cache). The figures vary by
 //! ±20 % between runs on a shared 2-core VM: compare medians of many batches.
 use std::time::Instant;
 
@@ -45,7 +46,8 @@ fn main() {
         .unwrap_or_else(|| "lifecycle".into());
     let mut b = Hypervisor::builder()
         .state_dir(tmp.path())
-        .max_instances(env::env_number("MAXI", 64));
+        .max_instances(env::env_number("MAXI", 64))
+        .event_capacity(env::env_number("EVCAP", 10_000));
     b = match mode.as_str() {
         "off" => b.without_audit(),
         "deferred" => b.audit(ahv_audit::AuditConfig {
