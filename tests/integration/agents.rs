@@ -11,7 +11,7 @@ use crate::cache_dir;
 // The session agents' tests live with the other session tests.
 pub use crate::sessions::{editor, researcher, scripted};
 // The saga participants' tests live with the other saga-step tests.
-pub use crate::saga_agents::{drafter, publisher, reviewer};
+pub use crate::saga_agents::{drafter, noop_participant, publisher, reviewer};
 // The data-abusing agent's tests live with the other containment tests.
 pub use crate::containment::abuser;
 

@@ -1,7 +1,7 @@
 //! Saga steps inside agents, through `ahv_runtime` directly: the
 //! draft → review → publish trio on real session files, the `scripted`
-//! instrument made to spin, write or fail inside a step, and the admission
-//! of the `saga-participant` export.
+//! instrument made to spin, write or fail inside a step, the benches'
+//! `noop-participant`, and the admission of the `saga-participant` export.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,53 @@ fn logs(r: &Result<RunOutput, AgentError>) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         Err(e) => panic!("the step trapped: {e}"),
+    }
+}
+
+pub mod noop_participant {
+    use super::*;
+    pub const TESTED: () = ();
+
+    /// The saga bench's least participant: its steps and undos succeed with
+    /// nothing in them (no log line, no change), and it can take part.
+    #[tokio::test]
+    async fn steps_and_undos_succeed_without_a_host_call() {
+        let h = Harness::new(&cache_dir());
+        let s = Session::new();
+        let c = h.runtime.load(ahv_agents::NOOP_PARTICIPANT).unwrap();
+        assert!(c.saga_participant(), "it exports {SAGA_PARTICIPANT}");
+        let mut a = s
+            .spawn(
+                &h,
+                ahv_agents::NOOP_PARTICIPANT,
+                "did:test:noop",
+                Ring::Sandbox,
+            )
+            .await;
+        for attempt in 1..=3 {
+            let call = StepCall {
+                attempt,
+                ..step("s", "anything")
+            };
+            let r = within(
+                LIMIT,
+                "noop step",
+                a.execute_step(&call, "in", NO_STEP_DEADLINE),
+            )
+            .await;
+            assert_eq!(logs(&r), "", "no log line");
+            let out = r.unwrap();
+            assert_eq!(out.result, Ok(String::new()));
+            assert!(out.changes.is_empty(), "no change: {:?}", out.changes);
+        }
+        let undo = within(
+            LIMIT,
+            "noop undo",
+            a.compensate_step(&step("s", "anything"), "in", "", NO_STEP_DEADLINE),
+        )
+        .await;
+        assert_eq!(outcome(undo), Ok(String::new()));
+        assert_eq!(outcome(a.run("x").await), Ok(String::new()));
     }
 }
 

@@ -9,6 +9,9 @@
 //!   flat). The definition is shared (`Arc`), as a caller running one
 //!   definition many times would pass it. Every record is still applied through the state machines
 //!   and every transition is still an event on the bus.
+//! - `saga_3_steps/wasm_noop`: the same with the least participant,
+//!   `noop-participant`, whose steps make no host call (`scripted` logs a
+//!   line per step).
 //! - `saga_3_steps/wasm_audited`: the same in an audited session (each of
 //!   the saga's 8 events is also a hashed audit delta).
 //! - `saga_3_steps/wasm_durable`: the same with the default durable store
@@ -30,6 +33,10 @@
 //!   bus of a hypervisor set up as for `wasm` (its auditor listening, the
 //!   session unaudited): the least a saga of this participant's steps can
 //!   cost here, whatever the engine does.
+//! - `saga_3_steps/floor_raw_wasmtime_noop` and
+//!   `floor_raw_wasmtime_noop_plus_events`: the two floors above with
+//!   `noop-participant`: the least any saga of three sandboxed steps can
+//!   cost here.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench saga`
 //! (the form every bench shares a build with; see the README's "Performance").
@@ -114,13 +121,17 @@ fn saga_3_steps(c: &mut Criterion) {
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let mut g = c.benchmark_group("saga_3_steps");
-    let states: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let setups = [
-        ("wasm", false, true),
-        ("wasm_audited", true, true),
-        ("wasm_durable", false, false),
+        ("wasm", ahv_agents::SCRIPTED, false, true),
+        ("wasm_noop", ahv_agents::NOOP_PARTICIPANT, false, true),
+        ("wasm_audited", ahv_agents::SCRIPTED, true, true),
+        ("wasm_durable", ahv_agents::SCRIPTED, false, false),
     ];
-    for ((name, audited, in_memory), state) in setups.into_iter().zip(&states) {
+    let states: Vec<_> = setups
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    for ((name, participant, audited, in_memory), state) in setups.into_iter().zip(&states) {
         let mut b = Hypervisor::builder()
             .state_dir(state.path())
             .without_rate_limits();
@@ -128,7 +139,7 @@ fn saga_3_steps(c: &mut Criterion) {
             b = b.saga_store(Arc::new(Bounded::default()));
         }
         let hv = b.build().unwrap();
-        let component = hv.load(ahv_agents::SCRIPTED).unwrap();
+        let component = hv.load(participant).unwrap();
         let config = SessionConfig {
             audit: audited,
             ..SessionConfig::default()
@@ -192,14 +203,7 @@ fn saga_3_steps(c: &mut Criterion) {
         ahv_agents::SCRIPTED,
     ));
     g.bench_function("floor_raw_wasmtime", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                for call in &calls {
-                    let out = hooks.call_execute(&mut store, call, "").await.unwrap();
-                    assert!(out.is_ok(), "the raw step failed: {out:?}");
-                }
-            })
-        })
+        b.iter(|| rt.block_on(raw_steps(&hooks, &mut store, &calls)))
     });
     let unaudited = SessionConfig {
         audit: false,
@@ -208,16 +212,36 @@ fn saga_3_steps(c: &mut Criterion) {
     let session = hv.create_session(unaudited, creator.clone()).unwrap();
     g.bench_function("floor_raw_wasmtime_plus_events", |b| {
         b.iter(|| {
-            rt.block_on(async {
-                for call in &calls {
-                    let out = hooks.call_execute(&mut store, call, "").await.unwrap();
-                    assert!(out.is_ok(), "the raw step failed: {out:?}");
-                }
-            });
+            rt.block_on(raw_steps(&hooks, &mut store, &calls));
+            saga_events(&hv, &session, &agent);
+        })
+    });
+    let (mut store, hooks) = rt.block_on(raw::live_participant(
+        hv.runtime().engine(),
+        ahv_agents::NOOP_PARTICIPANT,
+    ));
+    g.bench_function("floor_raw_wasmtime_noop", |b| {
+        b.iter(|| rt.block_on(raw_steps(&hooks, &mut store, &calls)))
+    });
+    g.bench_function("floor_raw_wasmtime_noop_plus_events", |b| {
+        b.iter(|| {
+            rt.block_on(raw_steps(&hooks, &mut store, &calls));
             saga_events(&hv, &session, &agent);
         })
     });
     g.finish();
+}
+
+/// The three steps' `saga-participant.execute` calls in raw wasmtime.
+async fn raw_steps(
+    hooks: &ahv_runtime::raw::saga::Guest,
+    store: &mut wasmtime::Store<common::RawState>,
+    calls: &[StepCall],
+) {
+    for call in calls {
+        let out = hooks.call_execute(&mut *store, call, "").await.unwrap();
+        assert!(out.is_ok(), "the raw step failed: {out:?}");
+    }
 }
 
 /// The 8 events of a three-step saga of `agent` that completes, emitted
