@@ -1151,6 +1151,8 @@ fn prefetch_eviction(events: &VecDeque<Arc<Event>>) {
             }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = events;
 }
 
 impl EventBus {
