@@ -97,9 +97,10 @@ pub mod noop_participant {
     pub const TESTED: () = ();
 
     /// The saga bench's least participant: its steps and undos succeed with
-    /// nothing in them (no log line, no change), and it can take part.
+    /// nothing in them (no log line, no change), and admission sees the
+    /// `saga-participant` export.
     #[tokio::test]
-    async fn steps_and_undos_succeed_without_a_host_call() {
+    async fn steps_and_undos_succeed_with_no_log_line_and_no_change() {
         let h = Harness::new(&cache_dir());
         let s = Session::new();
         let c = h.runtime.load(ahv_agents::NOOP_PARTICIPANT).unwrap();
@@ -112,6 +113,17 @@ pub mod noop_participant {
                 Ring::Sandbox,
             )
             .await;
+        let empty = |r: Result<RunOutput, AgentError>, what: &str| {
+            assert_eq!(logs(&r), "", "{what}: no log line");
+            let out = r.unwrap();
+            assert_eq!(out.result, Ok(String::new()), "{what}");
+            assert_eq!(out.dropped_log_lines, 0, "{what}");
+            assert!(
+                out.changes.is_empty(),
+                "{what}: no change: {:?}",
+                out.changes
+            );
+        };
         for attempt in 1..=3 {
             let call = StepCall {
                 attempt,
@@ -123,10 +135,7 @@ pub mod noop_participant {
                 a.execute_step(&call, "in", NO_STEP_DEADLINE),
             )
             .await;
-            assert_eq!(logs(&r), "", "no log line");
-            let out = r.unwrap();
-            assert_eq!(out.result, Ok(String::new()));
-            assert!(out.changes.is_empty(), "no change: {:?}", out.changes);
+            empty(r, "step");
         }
         let undo = within(
             LIMIT,
@@ -134,8 +143,9 @@ pub mod noop_participant {
             a.compensate_step(&step("s", "anything"), "in", "", NO_STEP_DEADLINE),
         )
         .await;
-        assert_eq!(outcome(undo), Ok(String::new()));
-        assert_eq!(outcome(a.run("x").await), Ok(String::new()));
+        empty(undo, "undo");
+        empty(within(LIMIT, "noop run", a.run("x")).await, "run");
+        assert!(s.file("anything").is_none(), "no file appeared");
     }
 }
 

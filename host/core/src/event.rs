@@ -1103,41 +1103,54 @@ const PREALLOCATE: usize = 1024;
 /// How many emits ahead of its eviction an event's memory is prefetched.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to bring into cache the memory that evicting the oldest
-/// stored events will touch: the event [`PREFETCH_AHEAD`] places from the
-/// front (its reference count and fields), and the shared ids of the event
-/// behind the front (their reference counts; the event itself was
-/// prefetched by an earlier emit). A full history evicts one event per
-/// emit, written `capacity` emits earlier and long out of cache: without
-/// this, the reference-count decrement of each eviction stalls on a cache
-/// miss: on this project's machines, ~3 µs of the ~19 µs an audited
-/// session of the benches' pipeline took (`lifecycle_probe default
-/// pipeline`, where `EVCAP=64` showed what a history in cache costs). A
-/// hint only: nothing is read through these addresses here.
+/// Asks the CPU to bring into cache what evicting the oldest stored events
+/// will touch first: the allocation of the event [`PREFETCH_AHEAD`] places
+/// from the front (its reference counts and fields), and the reference
+/// counts of the shared ids of the event behind the front (reading that
+/// event's fields to find them hits the lines an earlier emit prefetched).
+/// The payload's own heap text, which freeing the event also touches, is
+/// not covered. A full history evicts one event per emit, written
+/// `capacity` emits earlier and long out of cache: without this, the
+/// reference-count decrement of each eviction stalls on a cache miss: on
+/// this project's machines, ~3 µs of the ~19 µs an audited session of the
+/// benches' pipeline took (`lifecycle_probe default pipeline`, where
+/// `EVCAP=64` showed what a history in cache costs).
+///
+/// The addresses assume std's `Arc` layout, two counts and then the value
+/// (as `Event` and `str` are aligned to at most 16 bytes, the value starts
+/// right after the counts); a wrong address would only waste a hint:
+/// nothing is read through these addresses.
 #[inline]
 fn prefetch_eviction(events: &VecDeque<Arc<Event>>) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        fn line(p: *const u8) {
-            // SAFETY: `prefetch` only hints the cache; it never faults and
-            // reads nothing into the program, whatever the address. It needs
-            // SSE, which every x86_64 target has.
-            #[allow(unsafe_code)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+        const COUNTS: usize = 2 * size_of::<usize>();
+        const LINE: usize = 64;
+        /// Hints every cache line of the `len` (≥ 1) bytes at `start`.
+        fn lines(start: *const u8, len: usize) {
+            let mut at = start.addr() & !(LINE - 1);
+            let last = start.addr().wrapping_add(len - 1) & !(LINE - 1);
+            loop {
+                let p = start.wrapping_byte_offset(at.wrapping_sub(start.addr()) as isize);
+                // SAFETY: `prefetch` only hints the cache: it never faults and
+                // reads nothing into the program, whatever the address. SSE,
+                // which it needs, is enabled (the `cfg` above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+                }
+                if at == last {
+                    break;
+                }
+                at = at.wrapping_add(LINE);
             }
         }
-        /// The allocation behind an `Arc`: counts first, then the value.
+        /// The allocation behind an `Arc`: its counts, then `value_len`
+        /// bytes of its value.
         fn arc_lines<T: ?Sized>(a: &Arc<T>, value_len: usize) {
-            let start = Arc::as_ptr(a)
-                .cast::<u8>()
-                .wrapping_sub(2 * size_of::<usize>());
-            let mut off = 0;
-            while off < 2 * size_of::<usize>() + value_len {
-                line(start.wrapping_add(off));
-                off += 64;
-            }
+            let start = Arc::as_ptr(a).cast::<u8>().wrapping_sub(COUNTS);
+            lines(start, COUNTS + value_len);
         }
         if let Some(ahead) = events.get(PREFETCH_AHEAD) {
             arc_lines(ahead, size_of::<Event>());
@@ -1151,7 +1164,7 @@ fn prefetch_eviction(events: &VecDeque<Arc<Event>>) {
             }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
     let _ = events;
 }
 

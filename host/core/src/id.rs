@@ -87,6 +87,7 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
 
 impl AgentId {
     /// The shared text (for cache hints on the event bus).
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     pub(crate) fn shared(&self) -> &Arc<str> {
         &self.0
     }
@@ -120,6 +121,7 @@ pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// The shared text (for cache hints on the event bus).
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     pub(crate) fn shared(&self) -> &Arc<str> {
         &self.0
     }

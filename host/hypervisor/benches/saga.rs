@@ -22,10 +22,10 @@
 //! - `saga_3_steps/floor_raw_wasmtime`: the floor under that one: the same
 //!   three `saga-participant.execute` calls (same arguments) on a live
 //!   instance of the same component in a bare wasmtime store of the same
-//!   engine (WASI; `log`, which each step calls once, discards its line;
-//!   every other import of ours is a trap, never reached; no gate, no
-//!   turns, no deadline, no journal, no metrics): what wasmtime itself
-//!   takes for these calls on this machine.
+//!   engine (WASI; `log`, which each `scripted` step calls once, discards
+//!   its line; every other import of ours is a trap, never reached; no
+//!   gate, no turns, no deadline, no journal, no metrics): what wasmtime
+//!   itself takes for these calls on this machine.
 //! - `saga_3_steps/floor_raw_wasmtime_plus_events`: that, plus the bare
 //!   emits of the 8 events a three-step saga must announce (`saga.created`,
 //!   `step_started` and `step_committed` per step, `completed`; the step
@@ -33,10 +33,10 @@
 //!   bus of a hypervisor set up as for `wasm` (its auditor listening, the
 //!   session unaudited): the least a saga of this participant's steps can
 //!   cost here, whatever the engine does.
-//! - `saga_3_steps/floor_raw_wasmtime_noop` and
-//!   `floor_raw_wasmtime_noop_plus_events`: the two floors above with
-//!   `noop-participant`: the least any saga of three sandboxed steps can
-//!   cost here.
+//! - `saga_3_steps/floor_three_calls_noop`, `floor_raw_wasmtime_noop` and
+//!   `floor_raw_wasmtime_noop_plus_events`: the three floors above with
+//!   `noop-participant` (no host call in its steps): the last is the least
+//!   any saga of three sandboxed steps can cost here.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo bench --workspace --bench saga`
 //! (the form every bench shares a build with; see the README's "Performance").
@@ -177,7 +177,7 @@ fn saga_3_steps(c: &mut Criterion) {
         cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap(),
         VfsLimits::default(),
     ));
-    let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs);
+    let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
     let mut live = rt.block_on(hv.runtime().spawn(&component, spec)).unwrap();
     let calls: Vec<StepCall> = (0..3)
         .map(|i| StepCall {
@@ -189,13 +189,13 @@ fn saga_3_steps(c: &mut Criterion) {
         .collect();
     let deadline = Duration::from_secs(300);
     g.bench_function("floor_three_calls", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                for call in &calls {
-                    live.execute_step(call, "", deadline).await.unwrap();
-                }
-            })
-        })
+        b.iter(|| rt.block_on(governed_steps(&mut live, &calls, deadline)))
+    });
+    let noop = hv.load(ahv_agents::NOOP_PARTICIPANT).unwrap();
+    let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
+    let mut live = rt.block_on(hv.runtime().spawn(&noop, spec)).unwrap();
+    g.bench_function("floor_three_calls_noop", |b| {
+        b.iter(|| rt.block_on(governed_steps(&mut live, &calls, deadline)))
     });
 
     let (mut store, hooks) = rt.block_on(raw::live_participant(
@@ -230,6 +230,15 @@ fn saga_3_steps(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The three steps' `saga-participant.execute` calls through the runtime
+/// (`Agent::execute_step`), no saga around them.
+async fn governed_steps(live: &mut ahv_runtime::Agent, calls: &[StepCall], deadline: Duration) {
+    for call in calls {
+        let out = live.execute_step(call, "", deadline).await.unwrap();
+        assert!(out.result.is_ok(), "the step failed: {:?}", out.result);
+    }
 }
 
 /// The three steps' `saga-participant.execute` calls in raw wasmtime.
@@ -318,8 +327,9 @@ mod raw {
         let mut linker = Linker::<RawState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         // Every function of our package the component imports is a trap
-        // (an empty script calls none of them), except `log`, which each
-        // step calls once: here it discards the line.
+        // (neither `scripted` with an empty script nor `noop-participant`
+        // calls any), except `log`, which each `scripted` step calls once:
+        // here it discards the line.
         trap_our_imports(engine, &mut linker, &component);
         linker
             .instance("agent-hypervisor:agent/log@0.1.0")
