@@ -540,26 +540,21 @@ async fn a_saga_whose_step_agent_is_no_valid_id_or_has_no_instance_is_refused_na
     );
     let err = err.to_string();
     assert!(err.contains("step second: agent: "), "{err}");
-    let err = hv
-        .hv
-        .run_saga(&s, def("did:t:bare"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("step second: agent did:t:bare has no instance in session"),
-        "{err}"
-    );
-    let err = hv
-        .hv
-        .run_saga(&s, def("did:t:ghost"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("step second: agent did:t:ghost is not a participant of session"),
-        "{err}"
-    );
+    for (agent, why) in [
+        ("did:t:bare", "has no instance in session"),
+        ("did:t:ghost", "is not a participant of session"),
+    ] {
+        let err = hv
+            .hv
+            .run_saga(&s, def(agent))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("step second: agent {agent} {why}")),
+            "{err}"
+        );
+    }
     // Refused before anything ran: no saga, and the valid definition runs.
     assert!(hv.hv.sagas().unwrap().is_empty());
     let ok = hv.hv.run_saga(&s, def("did:t:a")).await.unwrap();
