@@ -1103,8 +1103,8 @@ const PREALLOCATE: usize = 1024;
 /// How many emits ahead of its eviction an event's memory is prefetched.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to bring into cache what evicting the oldest stored events
-/// will touch first: the allocation of the event [`PREFETCH_AHEAD`] places
+/// Asks the CPU to bring into cache, writable (the eviction decrements
+/// reference counts), what evicting the oldest stored events will touch first: the allocation of the event [`PREFETCH_AHEAD`] places
 /// from the front (its reference counts and fields), and the reference
 /// counts of the shared ids of the event behind the front (reading that
 /// event's fields to find them hits the lines an earlier emit prefetched).
@@ -1124,33 +1124,12 @@ const PREFETCH_AHEAD: usize = 4;
 fn prefetch_eviction(events: &VecDeque<Arc<Event>>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         const COUNTS: usize = 2 * size_of::<usize>();
-        const LINE: usize = 64;
-        /// Hints every cache line of the `len` (≥ 1) bytes at `start`.
-        fn lines(start: *const u8, len: usize) {
-            let mut at = start.addr() & !(LINE - 1);
-            let last = start.addr().wrapping_add(len - 1) & !(LINE - 1);
-            loop {
-                let p = start.wrapping_byte_offset(at.wrapping_sub(start.addr()) as isize);
-                // SAFETY: `prefetch` only hints the cache: it never faults and
-                // reads nothing into the program, whatever the address. SSE,
-                // which it needs, is enabled (the `cfg` above).
-                #[allow(unsafe_code)]
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
-                }
-                if at == last {
-                    break;
-                }
-                at = at.wrapping_add(LINE);
-            }
-        }
         /// The allocation behind an `Arc`: its counts, then `value_len`
         /// bytes of its value.
         fn arc_lines<T: ?Sized>(a: &Arc<T>, value_len: usize) {
             let start = Arc::as_ptr(a).cast::<u8>().wrapping_sub(COUNTS);
-            lines(start, COUNTS + value_len);
+            crate::prefetch::lines_for_write(start, COUNTS + value_len);
         }
         if let Some(ahead) = events.get(PREFETCH_AHEAD) {
             arc_lines(ahead, size_of::<Event>());

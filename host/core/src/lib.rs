@@ -25,6 +25,7 @@
 pub mod clock;
 pub mod event;
 pub mod id;
+pub mod prefetch;
 pub mod ring;
 pub mod score;
 pub mod standing;
