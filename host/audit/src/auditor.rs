@@ -690,9 +690,10 @@ const BUFFER_CAPACITY: usize = 4 << 10;
 /// writable ahead of use: about the deltas of a short session (the benches'
 /// pipeline stages ~1.5 KiB). A reused buffer was last read by the flusher's
 /// thread (and a fresh one may be memory that thread freed), so without the
-/// hint each line's first write waits for another core; measured with
-/// `lifecycle_probe default pipeline`: ~1 µs of a ~15.5 µs session, 1 KiB
-/// recovering about half of it and 4 KiB no more than 2 KiB.
+/// hint each line's first write waits for another core. Measured with
+/// `lifecycle_probe default pipeline` (README, "Performance"): ~0.8 µs of a
+/// ~15.9 µs session; 1 KiB recovered about half of that, 4 KiB no more than
+/// 2 KiB.
 const STAGED_PREFETCH: usize = 2 << 10;
 /// Staging buffers larger than this are freed rather than reused.
 const MAX_REUSED_CAPACITY: usize = 64 << 10;
@@ -1245,10 +1246,20 @@ struct Capture(Arc<Shared>);
 
 impl EventSink for Capture {
     fn on_event(&self, event: &Event) {
+        match self.0.bus.get().and_then(|(bus, _)| bus.upgrade()) {
+            Some(bus) => self.on_event_from(&bus, event),
+            None => {
+                self.0.capture(event);
+            }
+        }
+    }
+
+    /// What the bus calls: the announcement goes to the bus that delivered
+    /// the event (the one this auditor subscribed to), without upgrading the
+    /// auditor's weak handle per event.
+    fn on_event_from(&self, bus: &EventBus, event: &Event) {
         if let Some((seq, hash)) = self.0.capture(event)
             && self.0.announce
-            && let Some((bus, _)) = self.0.bus.get()
-            && let Some(bus) = bus.upgrade()
         {
             bus.emit(
                 event.session.as_ref(),

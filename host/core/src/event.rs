@@ -1047,6 +1047,14 @@ impl EventQuery {
 pub trait EventSink: Send + Sync {
     /// Receives one event.
     fn on_event(&self, event: &Event);
+
+    /// Receives one event from `bus`, the bus that emitted it: what the bus
+    /// calls. By default [`EventSink::on_event`]; a sink that emits in answer
+    /// can use `bus` instead of upgrading a handle of its own per event.
+    fn on_event_from(&self, bus: &EventBus, event: &Event) {
+        let _ = bus;
+        self.on_event(event);
+    }
 }
 
 impl<F: Fn(&Event) + Send + Sync> EventSink for F {
@@ -1103,8 +1111,8 @@ const PREALLOCATE: usize = 1024;
 /// How many emits ahead of its eviction an event's memory is prefetched.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to bring into cache, writable (the eviction decrements
-/// reference counts), what evicting the oldest stored events will touch first: the allocation of the event [`PREFETCH_AHEAD`] places
+/// Asks the CPU to bring into cache what evicting the oldest stored events
+/// will touch first: the allocation of the event [`PREFETCH_AHEAD`] places
 /// from the front (its reference counts and fields), and the reference
 /// counts of the shared ids of the event behind the front (reading that
 /// event's fields to find them hits the lines an earlier emit prefetched).
@@ -1129,7 +1137,7 @@ fn prefetch_eviction(events: &VecDeque<Arc<Event>>) {
         /// bytes of its value.
         fn arc_lines<T: ?Sized>(a: &Arc<T>, value_len: usize) {
             let start = Arc::as_ptr(a).cast::<u8>().wrapping_sub(COUNTS);
-            crate::prefetch::lines_for_write(start, COUNTS + value_len);
+            crate::prefetch::lines(start, COUNTS + value_len);
         }
         if let Some(ahead) = events.get(PREFETCH_AHEAD) {
             arc_lines(ahead, size_of::<Event>());
@@ -1216,7 +1224,7 @@ impl EventBus {
             for (_, sink) in sinks.iter() {
                 // A panicking sink must not stop the others or the emitter;
                 // the panic hook has already reported it.
-                let _ = panic::catch_unwind(AssertUnwindSafe(|| sink.on_event(&event)));
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| sink.on_event_from(self, &event)));
             }
         }
         id
@@ -2021,6 +2029,38 @@ mod tests {
         assert!(bus.unsubscribe(id));
         bus.emit(None, None, TraceId(1), None, sample(EventKind::SessionLeft));
         assert!(!bus.unsubscribe(own), "the sink unsubscribed itself");
+    }
+
+    #[test]
+    fn the_bus_hands_each_sink_itself_and_plain_sinks_still_get_on_event() {
+        /// Records the address of the bus each event came from.
+        struct FromBus(Arc<Mutex<Vec<(usize, u64)>>>);
+        impl EventSink for FromBus {
+            fn on_event(&self, _: &Event) {
+                panic!("the bus calls on_event_from");
+            }
+            fn on_event_from(&self, bus: &EventBus, event: &Event) {
+                let at = std::ptr::from_ref(bus).addr();
+                self.0.lock().unwrap().push((at, event.id.0));
+            }
+        }
+        let (first, _) = bus(8);
+        let (second, _) = bus(8);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        first.subscribe(FromBus(Arc::clone(&seen)));
+        second.subscribe(FromBus(Arc::clone(&seen)));
+        let plain = Arc::new(Mutex::new(0));
+        let count = Arc::clone(&plain);
+        first.subscribe(move |_: &Event| *count.lock().unwrap() += 1);
+        first.emit(None, None, TraceId(1), None, sample(EventKind::SessionLeft));
+        second.emit(None, None, TraceId(2), None, sample(EventKind::SessionLeft));
+        let addr = |b: &EventBus| std::ptr::from_ref(b).addr();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(addr(&first), 1), (addr(&second), 1)],
+            "each sink is handed the bus that emitted"
+        );
+        assert_eq!(*plain.lock().unwrap(), 1, "a closure sink gets on_event");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Rings, capabilities and the ring policy table ([`ring`]), identifiers
 //! ([`id`]), trust scores and the rings they imply ([`score`]), and injected
-//! time ([`clock`]), and typed events on a bounded, queryable bus ([`event`]).
-//! No wasmtime, no I/O: plain data with typed errors.
+//! time ([`clock`]), and typed events on a bounded, queryable bus ([`event`]);
+//! cache hints for the hot paths ([`prefetch`]). No wasmtime, no I/O: plain
+//! data with typed errors.
 //!
 //! ```
 //! use ahv_core::{Capability, Ring, RingPolicy};
