@@ -8,8 +8,9 @@
 #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 const LINE: usize = 64;
 
-/// Calls `hint` with an address in every cache line of the `len` bytes at
-/// `start` (none when `len` is 0), never dereferencing anything.
+/// Calls `hint` with the start of every cache line of the `len` bytes at
+/// `start` (none when `len` is 0), never dereferencing anything. One call
+/// per line: meant for a few KiB at most.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 #[inline]
 fn each_line(start: *const u8, len: usize, hint: impl Fn(*const u8)) {
@@ -19,7 +20,7 @@ fn each_line(start: *const u8, len: usize, hint: impl Fn(*const u8)) {
     let mut at = start.addr() & !(LINE - 1);
     let last = start.addr().wrapping_add(len - 1) & !(LINE - 1);
     loop {
-        hint(start.wrapping_byte_offset(at.wrapping_sub(start.addr()) as isize));
+        hint(start.with_addr(at));
         if at == last {
             break;
         }
@@ -28,7 +29,8 @@ fn each_line(start: *const u8, len: usize, hint: impl Fn(*const u8)) {
 }
 
 /// Asks the CPU to bring every cache line of the `len` bytes at `start` into
-/// its nearest cache, for reading.
+/// its nearest cache, for reading. One instruction per line: for ranges of a
+/// few KiB at most.
 #[inline]
 pub fn lines(start: *const u8, len: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
@@ -75,24 +77,31 @@ pub fn lines_for_write(start: *const u8, len: usize) {
     lines(start, len);
 }
 
-/// Whether the CPU has `PREFETCHW` (CPUID leaf `8000_0001h`, ECX bit 8),
-/// asked once per process.
+/// What [`has_prefetchw`] found: 0 not asked yet, 1 no, 2 yes.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+static HAS_PREFETCHW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the CPU has `PREFETCHW`, asked once per process: after the first
+/// call, one load and a comparison.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 #[inline]
 fn has_prefetchw() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    /// 0: not asked yet; 1: no; 2: yes.
-    static HAS: AtomicU8 = AtomicU8::new(0);
-    match HAS.load(Ordering::Relaxed) {
-        0 => {
-            use std::arch::x86_64::__cpuid;
-            let has =
-                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-            HAS.store(1 + u8::from(has), Ordering::Relaxed);
-            has
-        }
+    match HAS_PREFETCHW.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => detect_prefetchw(),
         known => known == 2,
     }
+}
+
+/// Asks CPUID (leaf `8000_0001h`, ECX bit 8, after checking that the leaf
+/// exists) and remembers the answer; threads racing here store the same one.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+#[cold]
+#[inline(never)]
+fn detect_prefetchw() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let has = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+    HAS_PREFETCHW.store(1 + u8::from(has), std::sync::atomic::Ordering::Relaxed);
+    has
 }
 
 #[cfg(test)]
@@ -121,6 +130,19 @@ mod tests {
         each_line(start, 200, |p| seen.borrow_mut().push(p.addr()));
         // 1000..1200 spans the lines at 960, 1024, 1088 and 1152.
         assert_eq!(*seen.borrow(), [960, 1024, 1088, 1152]);
+        let lines_of = |at: usize, len: usize| {
+            seen.borrow_mut().clear();
+            each_line(std::ptr::without_provenance(at), len, |p| {
+                seen.borrow_mut().push(p.addr())
+            });
+            seen.borrow().clone()
+        };
+        // Aligned starts, one byte, a range ending on a line's last byte.
+        assert_eq!(lines_of(1024, 1), [1024]);
+        assert_eq!(lines_of(1024, 64), [1024]);
+        assert_eq!(lines_of(1024, 65), [1024, 1088]);
+        assert_eq!(lines_of(1087, 1), [1024]);
+        assert_eq!(lines_of(1087, 2), [1024, 1088]);
         seen.borrow_mut().clear();
         each_line(start, 0, |p| seen.borrow_mut().push(p.addr()));
         assert!(seen.borrow().is_empty());
