@@ -49,8 +49,8 @@ fn main() {
     let mut b = Hypervisor::builder()
         .state_dir(tmp.path())
         .max_instances(env::env_number("MAXI", 64));
-    if std::env::var_os("EVCAP").is_some() {
-        b = b.event_capacity(env::env_number("EVCAP", 0));
+    if let Some(capacity) = env::env_opt_number("EVCAP") {
+        b = b.event_capacity(capacity);
     }
     b = match mode.as_str() {
         "off" => b.without_audit(),
@@ -66,11 +66,13 @@ fn main() {
             announce_deltas: false,
             ..Default::default()
         }),
-        _ => match std::env::var_os("PROBE_DELAY_US") {
-            Some(_) => b.audit(ahv_audit::AuditConfig {
+        _ => match env::env_opt_number("PROBE_DELAY_US") {
+            // A delay of 0 would make the flusher spin, taking a core.
+            Some(0) => panic!("PROBE_DELAY_US must be at least 1 (0 makes the flusher spin)"),
+            Some(us) => b.audit(ahv_audit::AuditConfig {
                 durability: ahv_audit::Durability::GroupCommit {
                     max_records: 64,
-                    max_delay: std::time::Duration::from_micros(delay_us()),
+                    max_delay: std::time::Duration::from_micros(us),
                 },
                 ..Default::default()
             }),
@@ -146,12 +148,4 @@ fn main() {
     let t = Instant::now();
     drop(hv);
     println!("drop: {:?}", t.elapsed());
-}
-
-/// `PROBE_DELAY_US`: a delay of 0 would make the flusher spin, taking a core.
-fn delay_us() -> u64 {
-    match env::env_number("PROBE_DELAY_US", 0) {
-        0 => panic!("PROBE_DELAY_US must be at least 1 (0 makes the flusher spin)"),
-        us => us,
-    }
 }

@@ -5,10 +5,15 @@
 /// An environment variable's number, or `default` when it is unset; a
 /// value that is not a number stops the probe, naming it.
 pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(s) => s
-            .parse()
+    env_opt_number(name).unwrap_or(default)
+}
+
+/// An environment variable's number, `None` when it is unset; a value that
+/// is not a number stops the probe, naming it.
+pub fn env_opt_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let s = std::env::var(name).ok()?;
+    Some(
+        s.parse()
             .unwrap_or_else(|_| panic!("{name}={s:?} is not a number")),
-        Err(_) => default,
-    }
+    )
 }
