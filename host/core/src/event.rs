@@ -1,10 +1,12 @@
 //! Typed events, one per state change, on a bus with bounded history.
 //!
 //! Every state change emits one [`Event`]: an id from a counter, the bus
-//! clock's time, the session and agent it concerns, the causal trace id, an
-//! optional parent event and a typed [`EventPayload`]. The [`EventBus`] keeps
-//! the newest `capacity` events for [`EventBus::query`] and hands each event to
-//! its subscribers ([`EventSink`]) synchronously, right after storing it.
+//! clock's time (an event that follows from another while it is delivered
+//! may take its cause's, [`EventBus::emit_following`]), the session and
+//! agent it concerns, the causal trace id, an optional parent event and a
+//! typed [`EventPayload`]. The [`EventBus`] keeps the newest `capacity`
+//! events for [`EventBus::query`] and hands each event to the subscribers
+//! that want its kind ([`EventSink`]) synchronously, right after storing it.
 //! Kinds use the dotted names listed in `docs/governance.md`, "Events" (`session.joined`).
 //!
 //! Adding a kind is one declaration in the `events!` list below: its doc,
@@ -45,8 +47,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -1039,7 +1041,8 @@ impl EventQuery {
     }
 }
 
-/// A subscriber: called with every event emitted after it subscribed.
+/// A subscriber: called with every event emitted after it subscribed, of
+/// the kinds it wants ([`EventSink::wants`]: all, by default).
 ///
 /// Sinks run synchronously on the emitting thread, after the event is stored
 /// and with no bus lock held, so they may query the bus, emit, subscribe or
@@ -1055,7 +1058,51 @@ pub trait EventSink: Send + Sync {
         let _ = bus;
         self.on_event(event);
     }
+
+    /// Whether the sink is handed events of `kind`: asked for every kind
+    /// once, when it subscribes (with no bus lock held; a panic here comes
+    /// out of [`EventBus::subscribe`], and nothing is subscribed). By default
+    /// every kind. An event no subscriber wants is stored without touching
+    /// the subscriber list.
+    fn wants(&self, kind: EventKind) -> bool {
+        let _ = kind;
+        true
+    }
 }
+
+/// A set of event kinds, one bit per kind in [`EventKind::ALL`] order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kinds(u128);
+
+const _: () = assert!(EventKind::ALL.len() <= 128, "Kinds holds at most 128 kinds");
+
+impl Kinds {
+    /// The kinds `sink` wants.
+    fn wanted_by(sink: &dyn EventSink) -> Kinds {
+        Kinds(
+            EventKind::ALL
+                .iter()
+                .filter(|k| sink.wants(**k))
+                .fold(0, |bits, k| bits | Kinds::bit(*k)),
+        )
+    }
+
+    /// The kinds any of `subscribers` wants.
+    fn union(subscribers: &[Subscriber]) -> Kinds {
+        Kinds(subscribers.iter().fold(0, |bits, (_, k, _)| bits | k.0))
+    }
+
+    const fn bit(kind: EventKind) -> u128 {
+        1 << kind as u32
+    }
+
+    const fn has(self, kind: EventKind) -> bool {
+        self.0 & Kinds::bit(kind) != 0
+    }
+}
+
+/// One subscriber: its handle, the kinds it wants, the sink.
+type Subscriber = (SubscriptionId, Kinds, Arc<dyn EventSink>);
 
 impl<F: Fn(&Event) + Send + Sync> EventSink for F {
     fn on_event(&self, event: &Event) {
@@ -1067,39 +1114,60 @@ impl<F: Fn(&Event) + Send + Sync> EventSink for F {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 
-type Sinks = Arc<[(SubscriptionId, Arc<dyn EventSink>)]>;
+type Sinks = Arc<[Subscriber]>;
 
-#[derive(Debug)]
 struct History {
     // Shared with the sinks of the emit that stored it: no deep copy per emit.
     events: VecDeque<Arc<Event>>,
     next_id: u64,
     evicted: u64,
+    /// The newest event's time (zero before the first).
+    last_time: Duration,
+    /// The subscribers, copied on write so that emit calls them unlocked.
+    /// Kept under this lock, which every emit takes anyway, rather than a
+    /// lock of their own: two atomic operations fewer per emit, and a
+    /// subscription is ordered with the events (every event stored after
+    /// `subscribe` returns reaches it).
+    sinks: Sinks,
+    /// The kinds any subscriber wants.
+    wanted: Kinds,
+}
+
+/// Where an event's time comes from (either way, never before the newest
+/// stored event's).
+#[derive(Clone, Copy)]
+enum Timing {
+    /// The bus clock, read under the history lock.
+    Now,
+    /// A cause's time: no clock read.
+    NotBefore(Duration),
 }
 
 /// The event bus: stores the newest `capacity` events and calls subscribers.
 ///
-/// Emitting takes one mutex (the history); with subscribers it also takes a
-/// read lock to copy the subscriber list (one reference-count increment).
-/// Locks are recovered if poisoned, and a panicking sink is caught, so one
+/// Emitting takes one mutex (the history, which also holds the subscriber
+/// list: when a subscriber wants the event's kind, [`EventSink::wants`], an
+/// emit takes one reference to the list). Locks are
+/// recovered if poisoned, and a panicking sink is caught, so one
 /// bad sink cannot break the bus for others.
 pub struct EventBus {
     capacity: usize,
     clock: Arc<dyn Clock>,
     history: Mutex<History>,
-    // Copy-on-write so emit can call sinks without holding this lock.
-    sinks: RwLock<Sinks>,
-    sink_count: AtomicUsize,
     next_subscription: AtomicU64,
 }
 
 impl fmt::Debug for EventBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (len, evicted, subscribers) = {
+            let h = self.locked();
+            (h.events.len(), h.evicted, h.sinks.len())
+        };
         f.debug_struct("EventBus")
             .field("capacity", &self.capacity)
-            .field("len", &self.len())
-            .field("evicted", &self.evicted())
-            .field("subscribers", &self.sink_count.load(Ordering::Acquire))
+            .field("len", &len)
+            .field("evicted", &evicted)
+            .field("subscribers", &subscribers)
             .field("clock", &self.clock)
             .finish()
     }
@@ -1167,9 +1235,10 @@ impl EventBus {
                 events: VecDeque::with_capacity(capacity.min(PREALLOCATE)),
                 next_id: 1,
                 evicted: 0,
+                last_time: Duration::ZERO,
+                sinks: Arc::new([]),
+                wanted: Kinds::default(),
             }),
-            sinks: RwLock::new(Arc::new([])),
-            sink_count: AtomicUsize::new(0),
             next_subscription: AtomicU64::new(0),
         }
     }
@@ -1190,10 +1259,58 @@ impl EventBus {
         parent: Option<EventId>,
         payload: EventPayload,
     ) -> EventId {
-        let session = session.cloned();
-        let agent = agent.cloned();
-        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let time = self.clock.now();
+        self.store(
+            session.cloned(),
+            agent.cloned(),
+            trace,
+            parent,
+            payload,
+            Timing::Now,
+        )
+    }
+
+    /// Records an event that `cause` gave rise to while it was being
+    /// delivered (a sink's answer to it, such as the auditor's
+    /// `audit.delta_captured`): the cause's session, agent and trace, the
+    /// cause as parent, and the cause's time, or the newest stored event's
+    /// if that is later, so that ids and times still increase together.
+    /// The bus clock is not read: what follows from an event is timed by
+    /// it. `cause` should be an event of this bus (an event from elsewhere
+    /// only lends its ids, and its time if that is later). Returns the new
+    /// event's id.
+    pub fn emit_following(&self, cause: &Event, payload: EventPayload) -> EventId {
+        self.store(
+            cause.session.clone(),
+            cause.agent.clone(),
+            cause.trace,
+            Some(cause.id),
+            payload,
+            Timing::NotBefore(cause.time),
+        )
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store(
+        &self,
+        session: Option<SessionId>,
+        agent: Option<AgentId>,
+        trace: TraceId,
+        parent: Option<EventId>,
+        payload: EventPayload,
+        timing: Timing,
+    ) -> EventId {
+        let mut history = self.locked();
+        // Never before the newest stored event, whatever a caller's cause
+        // or an injected clock says: ids and times increase together.
+        let time = match timing {
+            Timing::Now => self.clock.now(),
+            Timing::NotBefore(t) => t,
+        }
+        .max(history.last_time);
+        history.last_time = time;
         let id = EventId(history.next_id);
         history.next_id += 1;
         let stored = Arc::new(Event {
@@ -1205,8 +1322,11 @@ impl EventBus {
             parent,
             payload,
         });
-        let listened = self.sink_count.load(Ordering::Acquire) != 0;
-        let event = listened.then(|| Arc::clone(&stored));
+        let kind = stored.kind();
+        let listened = history
+            .wanted
+            .has(kind)
+            .then(|| (Arc::clone(&stored), Arc::clone(&history.sinks)));
         let evicted = if history.events.len() >= self.capacity {
             history.evicted += 1;
             prefetch_eviction(&history.events);
@@ -1218,10 +1338,9 @@ impl EventBus {
         drop(history);
         // The evicted event is freed outside the lock.
         drop(evicted);
-        if let Some(event) = event {
+        if let Some((event, sinks)) = listened {
             // Sinks run unlocked.
-            let sinks = Arc::clone(&self.sinks.read().unwrap_or_else(|p| p.into_inner()));
-            for (_, sink) in sinks.iter() {
+            for (_, _, sink) in sinks.iter().filter(|(_, k, _)| k.has(kind)) {
                 // A panicking sink must not stop the others or the emitter;
                 // the panic hook has already reported it.
                 let _ = panic::catch_unwind(AssertUnwindSafe(|| sink.on_event_from(self, &event)));
@@ -1230,27 +1349,40 @@ impl EventBus {
         id
     }
 
-    /// Adds a subscriber; it receives every event emitted from now on.
+    /// Adds a subscriber; it receives every event stored from now on, of the
+    /// kinds it wants ([`EventSink::wants`], asked here for each kind).
     pub fn subscribe(&self, sink: impl EventSink + 'static) -> SubscriptionId {
         let id = SubscriptionId(self.next_subscription.fetch_add(1, Ordering::Relaxed));
-        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
-        let mut next: Vec<_> = sinks.iter().cloned().collect();
-        next.push((id, Arc::new(sink)));
-        self.sink_count.store(next.len(), Ordering::Release);
-        *sinks = next.into();
+        let sink: Arc<dyn EventSink> = Arc::new(sink);
+        let kinds = Kinds::wanted_by(&*sink);
+        let mut history = self.locked();
+        let mut next: Vec<_> = history.sinks.iter().cloned().collect();
+        next.push((id, kinds, sink));
+        history.wanted = Kinds::union(&next);
+        history.sinks = next.into();
         id
     }
 
     /// Removes a subscriber; returns false if it was not subscribed. An emit
     /// already running on another thread may still deliver one event to it.
     pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
-        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
-        if !sinks.iter().any(|(s, _)| *s == id) {
-            return false;
-        }
-        let next: Vec<_> = sinks.iter().filter(|(s, _)| *s != id).cloned().collect();
-        self.sink_count.store(next.len(), Ordering::Release);
-        *sinks = next.into();
+        let removed = {
+            let mut history = self.locked();
+            if !history.sinks.iter().any(|(s, _, _)| *s == id) {
+                return false;
+            }
+            let next: Vec<_> = history
+                .sinks
+                .iter()
+                .filter(|(s, _, _)| *s != id)
+                .cloned()
+                .collect();
+            history.wanted = Kinds::union(&next);
+            std::mem::replace(&mut history.sinks, next.into())
+        };
+        // The old list (and with it, perhaps, the sink) is dropped unlocked:
+        // a sink's drop may emit or subscribe.
+        drop(removed);
         true
     }
 
@@ -1260,7 +1392,7 @@ impl EventBus {
         if limit == 0 {
             return Vec::new();
         }
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let history = self.locked();
         // Ids are consecutive, so `after` is an index, not a scan.
         let first_id = history.next_id - history.events.len() as u64;
         let start = q.after.map_or(0, |EventId(after)| {
@@ -1278,17 +1410,13 @@ impl EventBus {
 
     /// The newest stored event.
     pub fn last(&self) -> Option<Event> {
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let history = self.locked();
         history.events.back().map(|e| Event::clone(e))
     }
 
     /// How many events are stored (at most [`EventBus::capacity`]).
     pub fn len(&self) -> usize {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .events
-            .len()
+        self.locked().events.len()
     }
 
     /// True when no event is stored.
@@ -1298,15 +1426,17 @@ impl EventBus {
 
     /// How many events were dropped from the history to respect the capacity.
     pub fn evicted(&self) -> u64 {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .evicted
+        self.locked().evicted
     }
 
     /// The most events the history keeps.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The clock that times this bus's events.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 }
 
@@ -2061,6 +2191,165 @@ mod tests {
             "each sink is handed the bus that emitted"
         );
         assert_eq!(*plain.lock().unwrap(), 1, "a closure sink gets on_event");
+    }
+
+    #[test]
+    fn a_following_event_takes_its_causes_ids_and_time_without_reading_the_clock() {
+        /// A clock that counts its reads.
+        #[derive(Debug)]
+        struct Counting(FakeClock, AtomicU64);
+        impl Clock for Counting {
+            fn now(&self) -> Duration {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0.now()
+            }
+        }
+        let fake = FakeClock::new();
+        let clock = Arc::new(Counting(fake.clone(), AtomicU64::new(0)));
+        let bus = EventBus::new(8, clock.clone());
+        let s = SessionId::new("s-follow").unwrap();
+        let a = AgentId::new("did:ex:a").unwrap();
+        fake.advance(Duration::from_millis(5));
+        let cause_id = bus.emit(
+            Some(&s),
+            Some(&a),
+            TraceId(7),
+            None,
+            sample(EventKind::StateWrite),
+        );
+        let cause = bus.last().unwrap();
+        let reads = clock.1.load(Ordering::Relaxed);
+        fake.advance(Duration::from_millis(5));
+        let id = bus.emit_following(&cause, sample(EventKind::AuditDeltaCaptured));
+        assert_eq!(clock.1.load(Ordering::Relaxed), reads, "no clock read");
+        let e = bus.last().unwrap();
+        assert_eq!((e.id, e.parent), (id, Some(cause_id)));
+        assert_eq!(
+            (e.session, e.agent, e.trace),
+            (Some(s), Some(a), TraceId(7))
+        );
+        assert_eq!(e.time, Duration::from_millis(5), "the cause's time");
+        // A later event stored in between: the following one is not timed
+        // before it, so times still grow with ids.
+        bus.emit(None, None, TraceId(8), None, sample(EventKind::SessionLeft));
+        bus.emit_following(&cause, sample(EventKind::AuditDeltaCaptured));
+        let times: Vec<_> = bus
+            .query(&EventQuery::default())
+            .iter()
+            .map(|e| e.time.as_millis())
+            .collect();
+        assert_eq!(times, [5, 5, 10, 10]);
+        // A cause from elsewhere, timed later than the bus clock: the bus
+        // clock's next event is still not timed before it.
+        let mut foreign = cause.clone();
+        foreign.time = Duration::from_millis(50);
+        bus.emit_following(&foreign, sample(EventKind::AuditDeltaCaptured));
+        bus.emit(None, None, TraceId(9), None, sample(EventKind::SessionLeft));
+        assert_eq!(bus.last().unwrap().time, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_sink_is_handed_only_the_kinds_it_wants_asked_once_when_it_subscribes() {
+        /// Records the kinds it is handed; wants only `only` (or all but it).
+        struct Picky {
+            only: EventKind,
+            invert: bool,
+            asked: AtomicU64,
+            seen: Mutex<Vec<EventKind>>,
+        }
+        impl EventSink for Picky {
+            fn on_event(&self, e: &Event) {
+                self.seen.lock().unwrap().push(e.kind());
+            }
+            fn wants(&self, kind: EventKind) -> bool {
+                self.asked.fetch_add(1, Ordering::Relaxed);
+                (kind == self.only) != self.invert
+            }
+        }
+        let picky = |only, invert| {
+            Arc::new(Picky {
+                only,
+                invert,
+                asked: AtomicU64::new(0),
+                seen: Mutex::new(Vec::new()),
+            })
+        };
+        /// Shares one `Picky` between the bus and the test.
+        struct Shared(Arc<Picky>);
+        impl EventSink for Shared {
+            fn on_event(&self, e: &Event) {
+                self.0.on_event(e);
+            }
+            fn wants(&self, kind: EventKind) -> bool {
+                self.0.wants(kind)
+            }
+        }
+        let (bus, _) = bus(8);
+        let only_left = picky(EventKind::SessionLeft, false);
+        let all_but_audit = picky(EventKind::AuditDeltaCaptured, true);
+        // The wider one first: the union must keep its kinds, not only the
+        // newest subscriber's.
+        let id = bus.subscribe(Shared(Arc::clone(&all_but_audit)));
+        bus.subscribe(Shared(Arc::clone(&only_left)));
+        for kind in [
+            EventKind::SessionLeft,
+            EventKind::AuditDeltaCaptured,
+            EventKind::StateWrite,
+        ] {
+            bus.emit(None, None, TraceId(1), None, sample(kind));
+        }
+        assert_eq!(*only_left.seen.lock().unwrap(), [EventKind::SessionLeft]);
+        assert_eq!(
+            *all_but_audit.seen.lock().unwrap(),
+            [EventKind::SessionLeft, EventKind::StateWrite]
+        );
+        let kinds = EventKind::ALL.len() as u64;
+        assert_eq!(
+            only_left.asked.load(Ordering::Relaxed),
+            kinds,
+            "asked once per kind"
+        );
+        // Unsubscribed, its kinds are no longer wanted (the bus skips them
+        // without touching the list); the other's still are.
+        assert!(bus.unsubscribe(id));
+        let wanted = bus.locked().wanted;
+        assert!(!wanted.has(EventKind::StateWrite) && wanted.has(EventKind::SessionLeft));
+        bus.emit(None, None, TraceId(2), None, sample(EventKind::StateWrite));
+        bus.emit(None, None, TraceId(3), None, sample(EventKind::SessionLeft));
+        assert_eq!(all_but_audit.seen.lock().unwrap().len(), 2);
+        assert_eq!(
+            *only_left.seen.lock().unwrap(),
+            [EventKind::SessionLeft, EventKind::SessionLeft]
+        );
+    }
+
+    #[test]
+    fn an_unsubscribed_sink_is_dropped_outside_the_bus_lock() {
+        /// Emits on its bus when dropped: under the bus lock, that would
+        /// deadlock.
+        struct EmitsOnDrop(Arc<EventBus>);
+        impl EventSink for EmitsOnDrop {
+            fn on_event(&self, _: &Event) {}
+        }
+        impl Drop for EmitsOnDrop {
+            fn drop(&mut self) {
+                self.0
+                    .emit(None, None, TraceId(9), None, sample(EventKind::SessionLeft));
+            }
+        }
+        let bus = Arc::new(bus(8).0);
+        let id = bus.subscribe(EmitsOnDrop(Arc::clone(&bus)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let unsubscriber = Arc::clone(&bus);
+        std::thread::spawn(move || {
+            let removed = unsubscriber.unsubscribe(id);
+            let _ = tx.send(removed);
+        });
+        let removed = rx.recv_timeout(Duration::from_secs(10)).expect(
+            "unsubscribe did not return within 10 s (the sink's drop deadlocked on the bus lock)",
+        );
+        assert!(removed);
+        assert_eq!(bus.last().unwrap().trace, TraceId(9), "the drop emitted");
     }
 
     #[test]
