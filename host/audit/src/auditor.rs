@@ -40,7 +40,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -420,7 +420,8 @@ struct SessionState {
     staged: Vec<u8>,
     staged_count: usize,
     dirty: bool,
-    sealed: Option<Commitment>,
+    /// Sealed: later events are late.
+    sealed: bool,
 }
 
 /// The commitment log.
@@ -555,6 +556,19 @@ impl AnchorSink for HeadLog {
     }
 }
 
+/// How often, in event time, the offset from the event clock to the wall
+/// clock is read again (see `Shared::delta_time`).
+const REANCHOR_EVERY: Duration = Duration::from_secs(1);
+
+/// The offset that turns an event's time into wall time.
+#[derive(Default)]
+struct WallTime {
+    /// Wall-clock ns minus event-clock ns at the last reading.
+    offset: AtomicI64,
+    /// The event time (ns) from which the offset is read again; 0: at once.
+    next: AtomicU64,
+}
+
 struct Shared {
     dir: PathBuf,
     announce: bool,
@@ -562,6 +576,12 @@ struct Shared {
     durability: Durability,
     clock: Arc<dyn Clock>,
     wall: Arc<dyn WallClock>,
+    /// The clock events are timed by: the attached bus's, else `clock`.
+    /// Locked while the wall-time offset is read again, so that reading
+    /// and attaching do not interleave.
+    event_clock: Mutex<Option<Arc<dyn Clock>>>,
+    /// Maps events' times to wall time for their deltas.
+    wall_time: WallTime,
     sessions: RwLock<SessionMap<Arc<SessionLog>>>,
     /// Sessions created with auditing off.
     excluded: Mutex<std::collections::HashSet<SessionId, FastHash>>,
@@ -878,6 +898,8 @@ impl Auditor {
             durability: config.durability,
             clock,
             wall: wall.clone(),
+            event_clock: Mutex::new(None),
+            wall_time: WallTime::default(),
             sessions: RwLock::new(SessionMap::default()),
             excluded: Mutex::new(std::collections::HashSet::default()),
             excluded_len: AtomicUsize::new(0),
@@ -948,8 +970,23 @@ impl Auditor {
 
     /// Subscribes the auditor to `bus`: from now on every event of a session
     /// is captured as it is emitted, and the auditor emits its own
-    /// `audit.delta_captured` / `audit.committed` events there. Call once.
+    /// `audit.delta_captured` / `audit.committed` events there. A delta's
+    /// time is its event's, taken from the bus clock and moved to the wall
+    /// clock by an offset read again once a second of event time has passed,
+    /// so a wall clock that is set is followed within that second (an event
+    /// clock that never moves, as a fake one in a test, keeps the first
+    /// offset). Without a bus, the times of events handed to
+    /// [`Auditor::capture`] are read on the clock given to
+    /// [`Auditor::open`]. Call once; later calls do nothing.
     pub fn attach(&self, bus: &Arc<EventBus>) {
+        // Held throughout: attaches do not race, and no capture reads the
+        // offset again until this bus's clock is the one it is read on.
+        let mut clock = lock(&self.shared.event_clock);
+        if self.shared.bus.get().is_some() {
+            return;
+        }
+        *clock = Some(bus.clock().clone());
+        self.shared.wall_time.next.store(0, Ordering::Release);
         let id = bus.subscribe(Capture(self.shared.clone()));
         if self.shared.bus.set((Arc::downgrade(bus), id)).is_err() {
             bus.unsubscribe(id);
@@ -986,7 +1023,8 @@ impl Auditor {
     /// events, and events of a sealed session (counted as late).
     ///
     /// This is what the bus subscription calls; it is public for embedding
-    /// without a bus and for benchmarks.
+    /// without a bus and for benchmarks. The delta's time is the event's
+    /// `time`, moved to the wall clock ([`Auditor::attach`]).
     pub fn capture(&self, event: &Event) -> Option<(u64, Hash)> {
         self.shared.capture(event)
     }
@@ -1261,14 +1299,17 @@ impl EventSink for Capture {
         if let Some((seq, hash)) = self.0.capture(event)
             && self.0.announce
         {
-            bus.emit(
-                event.session.as_ref(),
-                event.agent.as_ref(),
-                event.trace,
-                Some(event.id),
+            bus.emit_following(
+                event,
                 EventPayload::AuditDeltaCaptured { seq, hash: hash.0 },
             );
         }
+    }
+
+    /// The auditor's own events are never captured: announcing a delta
+    /// then costs the bus no delivery.
+    fn wants(&self, kind: EventKind) -> bool {
+        !is_audit_kind(kind)
     }
 }
 
@@ -1330,6 +1371,42 @@ impl Shared {
         self.wall.now_unix_ns()
     }
 
+    /// A delta's time: its event's, on the wall clock. The event's time (on
+    /// the bus clock, read once as it was emitted) is moved by an offset
+    /// between the two clocks, read again once a second of event time has
+    /// passed ([`REANCHOR_EVERY`]): a wall-clock read per delta was ~30 ns
+    /// of the capture path. A wall clock that is set is followed within
+    /// that second.
+    fn delta_time(&self, event: &Event) -> u64 {
+        let t = u64::try_from(event.time.as_nanos()).unwrap_or(u64::MAX);
+        if t >= self.wall_time.next.load(Ordering::Acquire) {
+            self.anchor_wall_time(t);
+        }
+        t.saturating_add_signed(self.wall_time.offset.load(Ordering::Relaxed))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn anchor_wall_time(&self, t: u64) {
+        let clock = lock(&self.event_clock);
+        // Another capture may have read it again while this one waited.
+        if t < self.wall_time.next.load(Ordering::Acquire) {
+            return;
+        }
+        let clock = clock.as_ref().unwrap_or(&self.clock);
+        let mono = i128::try_from(clock.now().as_nanos()).unwrap_or(i128::MAX);
+        let offset = i128::from(self.wall_ns()) - mono;
+        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        // Stored first, and `next` released after it: a capture that sees
+        // the new `next` sees this offset or a later one.
+        self.wall_time.offset.store(offset, Ordering::Relaxed);
+        let every = u64::try_from(REANCHOR_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        let mono = u64::try_from(mono).unwrap_or(u64::MAX);
+        self.wall_time
+            .next
+            .store(mono.max(t).saturating_add(every), Ordering::Release);
+    }
+
     /// Whether `session` is excluded from auditing; no lock while none is.
     fn is_excluded(&self, session: &SessionId) -> bool {
         self.excluded_len.load(Ordering::Acquire) != 0 && lock(&self.excluded).contains(session)
@@ -1353,10 +1430,10 @@ impl Shared {
             tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
             return None;
         };
-        let time = self.wall_ns();
+        let time = self.delta_time(event);
         let mut guard = lock(&log.state);
         let st = &mut *guard;
-        if st.sealed.is_some() {
+        if st.sealed {
             self.late.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%session, kind = %event.kind(), "event after the session's audit log was sealed");
             return None;
@@ -1501,7 +1578,7 @@ impl Shared {
             // than hold a descriptor per finished session until the round ends.
             let sealed = {
                 let st = lock(&log.state);
-                st.sealed.is_some() && st.staged_count == 0
+                st.sealed && st.staged_count == 0
             };
             if sealed {
                 self.close_log(&mut io)?;
@@ -1528,19 +1605,14 @@ impl Shared {
             }
             Err(AuditError::AlreadySealed(_)) => {
                 // Dropped, counted as late, and the log closed for good (a
-                // placeholder commitment, never written, marks it sealed).
+                // seal that is never written).
                 self.staged_bytes
                     .fetch_sub(staged.len() as u64, Ordering::Relaxed);
                 self.recycle(staged);
                 self.late.fetch_add(count as u64, Ordering::Relaxed);
                 tracing::warn!(session = %log.id, deltas = count, "events for a session sealed earlier: not audited again");
                 let mut st = lock(&log.state);
-                st.sealed.get_or_insert_with(|| Commitment {
-                    session: log.id.to_string(),
-                    tree_size: 0,
-                    root: Hash::default(),
-                    time_unix_ns: 0,
-                });
+                st.sealed = true;
                 drop(st);
                 self.sessions
                     .write()
@@ -1618,7 +1690,7 @@ impl Shared {
             .ok_or_else(|| AuditError::AlreadySealed(session.to_string()))?;
         let commitment = {
             let mut st = lock(&log.state);
-            if st.sealed.is_some() {
+            if st.sealed {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
             let c = Commitment {
@@ -1627,7 +1699,7 @@ impl Shared {
                 root: st.tree.root(),
                 time_unix_ns: self.wall_ns(),
             };
-            st.sealed = Some(c.clone());
+            st.sealed = true;
             c
         };
         let bytes = commitment.encode();
@@ -1794,7 +1866,7 @@ impl Shared {
     fn forget_if_done(&self, log: &Arc<SessionLog>) {
         let done = {
             let st = lock(&log.state);
-            st.sealed.is_some() && st.staged_count == 0
+            st.sealed && st.staged_count == 0
         };
         if done {
             self.sessions
@@ -2140,6 +2212,14 @@ mod tests {
         (auditor, bus)
     }
 
+    /// A write of state key `k` at `version`.
+    fn state_write(version: u64) -> EventPayload {
+        EventPayload::StateWrite {
+            key: "k".into(),
+            version,
+        }
+    }
+
     /// A session with `n` state writes, sealed.
     fn sealed(auditor: &Auditor, bus: &EventBus, name: &str, n: u64) -> SealReceipt {
         let s = SessionId::new(name).unwrap();
@@ -2150,10 +2230,7 @@ mod tests {
                 Some(&agent),
                 TraceId(1),
                 None,
-                EventPayload::StateWrite {
-                    key: "k".into(),
-                    version,
-                },
+                state_write(version),
             );
         }
         auditor.seal(&s).unwrap()
@@ -2176,23 +2253,110 @@ mod tests {
         max_delay: Duration::from_secs(3600),
     };
 
+    /// An auditor writing every record at once, on its own fake clock
+    /// `own`, with a fake wall clock at 1 700 000 000 000 ms, attached to a
+    /// bus timed by `bus_clock`.
+    fn timed_auditor(
+        dir: &Path,
+        own: Arc<FakeClock>,
+        bus_clock: Arc<FakeClock>,
+    ) -> (Auditor, Arc<EventBus>, FakeWallClock) {
+        let wall = FakeWallClock::new(1_700_000_000_000);
+        let config = AuditConfig {
+            durability: Durability::EveryRecord,
+            ..AuditConfig::default()
+        };
+        let (auditor, _) = Auditor::open(dir, config, own, Arc::new(wall.clone())).unwrap();
+        let bus = Arc::new(EventBus::new(64, bus_clock));
+        auditor.attach(&bus);
+        (auditor, bus, wall)
+    }
+
+    /// The times of `session`'s deltas on disk, in order.
+    fn delta_times(dir: &Path, session: &str) -> Vec<u64> {
+        read_log(session_log_path(dir, session), LogKind::SESSION_DELTAS)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| Delta::decode(&r.body).unwrap().time_unix_ns)
+            .collect()
+    }
+
+    const MS: u64 = 1_000_000;
+    const BASE: u64 = 1_700_000_000_000 * MS;
+
+    #[test]
+    fn a_delta_is_timed_by_its_event_and_follows_a_set_wall_clock_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let (_auditor, bus, wall) = timed_auditor(dir.path(), clock.clone(), clock.clone());
+        let s = SessionId::new("s-timed").unwrap();
+        let write = |v| bus.emit(Some(&s), None, TraceId(1), None, state_write(v));
+        write(1);
+        // The event clock moves: the delta's time moves with it.
+        clock.advance(Duration::from_millis(250));
+        write(2);
+        // The wall clock is set an hour ahead: followed once a second of
+        // event time has passed, not before.
+        wall.set(1_700_000_000_000 + 3_600_000);
+        clock.advance(Duration::from_millis(250));
+        write(3);
+        clock.advance(Duration::from_millis(600));
+        write(4);
+        let times = delta_times(dir.path(), "s-timed");
+        assert_eq!(
+            times,
+            [
+                BASE,
+                BASE + 250 * MS,
+                BASE + 500 * MS,
+                // Read again at 1.1 s: the event happened as the wall clock
+                // was read.
+                BASE + 3_600_000 * MS,
+            ],
+            "{times:?}"
+        );
+    }
+
+    #[test]
+    fn deltas_are_timed_on_the_attached_buss_clock_and_never_wrap_below_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        // The bus's clock is not the auditor's: five seconds ahead of it.
+        let bus_clock = Arc::new(FakeClock::new());
+        bus_clock.advance(Duration::from_secs(5));
+        let (auditor, bus, wall) =
+            timed_auditor(dir.path(), Arc::new(FakeClock::new()), bus_clock.clone());
+        let s = SessionId::new("s-own-clock").unwrap();
+        let write = |v| bus.emit(Some(&s), None, TraceId(1), None, state_write(v));
+        write(1);
+        bus_clock.advance(Duration::from_millis(20));
+        write(2);
+        // An event handed over directly, timed long before the offset was
+        // read, on a wall clock just after the epoch: clamped to the epoch,
+        // not wrapped round to the far future.
+        wall.set(1);
+        bus_clock.advance(Duration::from_secs(2));
+        write(3);
+        let early = Event {
+            id: ahv_core::EventId(99),
+            time: Duration::ZERO,
+            session: Some(s.clone()),
+            agent: None,
+            trace: TraceId(2),
+            parent: None,
+            payload: state_write(4),
+        };
+        auditor.capture(&early).unwrap();
+        let times = delta_times(dir.path(), "s-own-clock");
+        assert_eq!(times, [BASE, BASE + 20 * MS, MS, 0], "{times:?}");
+    }
+
     #[test]
     fn an_excluded_session_is_not_captured_even_after_it_had_a_log_until_included() {
         let tmp = tempfile::tempdir().unwrap();
         let (auditor, bus) = open(&tmp.path().join("audit"), NEVER);
         let s = SessionId::new("s-excluded").unwrap();
-        let write = |version| {
-            bus.emit(
-                Some(&s),
-                None,
-                TraceId(1),
-                None,
-                EventPayload::StateWrite {
-                    key: "k".into(),
-                    version,
-                },
-            )
-        };
+        let write = |v| bus.emit(Some(&s), None, TraceId(1), None, state_write(v));
         auditor.exclude(&s);
         write(1);
         write(2);

@@ -83,7 +83,8 @@ pub struct Delta {
     pub agent: Option<String>,
     /// The causal trace id.
     pub trace: u128,
-    /// Wall time of capture, in nanoseconds since the Unix epoch.
+    /// Wall time of the event, in nanoseconds since the Unix epoch (its
+    /// bus-clock time moved to the wall clock, see `Auditor::attach`).
     pub time_unix_ns: u64,
     /// The id of the event on the hypervisor's bus (for cross-reference).
     pub event: u64,
