@@ -42,8 +42,10 @@
 //!   `full_pipeline/wasm_floor_unaudited_plus_hashing_and_announcements`:
 //!   the hashing floor plus the bare bus emits of the deltas'
 //!   `audit.delta_captured` events (each governed event is announced as
-//!   captured, SEMANTICS' event taxonomy) — the least an audited run that
-//!   hashes and announces every event on the emitting thread can cost.
+//!   captured, SEMANTICS' event taxonomy; emitted as the auditor emits
+//!   them, each following its event: `EventBus::emit_following`) — the
+//!   least an audited run that hashes and announces every event on the
+//!   emitting thread can cost.
 //!
 //! - `elevation/*`: one `run` of the `scripted` agent (joined at σ 0.55:
 //!   ring 3, enough for ring 2) in an audited session: `request` is
@@ -166,14 +168,24 @@ fn hashing_only(
 }
 
 /// The `audit.delta_captured` events auditing `n` deltas emits, on `hv`'s
-/// bus (bare emits: no capture behind them).
+/// bus, each following an event of `session` as the auditor's do
+/// (`EventBus::emit_following`; bare emits: no capture behind them).
 fn announcements_only(hv: &Hypervisor, session: &SessionId, n: usize) {
+    let cause = ahv_core::Event {
+        id: ahv_core::EventId(0),
+        time: std::time::Duration::ZERO,
+        session: Some(session.clone()),
+        agent: None,
+        trace: ahv_core::TraceId(0),
+        parent: None,
+        payload: ahv_core::EventPayload::AuditDeltaCaptured {
+            seq: 0,
+            hash: [7; 32],
+        },
+    };
     for seq in 0..n as u64 {
-        hv.events().emit(
-            Some(session),
-            None,
-            ahv_core::TraceId(0),
-            None,
+        hv.events().emit_following(
+            &cause,
             ahv_core::EventPayload::AuditDeltaCaptured { seq, hash: [7; 32] },
         );
     }
