@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ahv_core::event::EventBus;
-use ahv_core::{AgentId, Capability, FakeClock, Ring, SessionId};
+use ahv_core::{AgentId, Capability, FakeClock, Ring, RingLimits, RingPolicy, SessionId};
 use ahv_governance::files::{Caller, FileSpace};
 use ahv_governance::session_core::{SessionCore, SessionCoreConfig};
 use ahv_runtime::{
@@ -398,7 +398,14 @@ async fn a_component_without_the_export_is_not_a_saga_participant() {
 
 #[tokio::test]
 async fn a_spinning_step_stops_at_its_own_deadline_not_the_rings() {
-    let h = Harness::new(&cache_dir());
+    // Ring 2's default fuel lasts ~100–170 ms of spinning, depending on the
+    // machine; fuel for hours makes time the only thing that can stop it.
+    let mut limits = RingLimits::default_for(Ring::Standard);
+    limits.fuel_per_call = 1 << 50;
+    let policy = RingPolicy::default()
+        .with_limits(Ring::Standard, limits)
+        .unwrap();
+    let h = Harness::with_policy(&cache_dir(), policy);
     let sb = Sandbox::new();
     let mut agent = h
         .spawn(ahv_agents::SCRIPTED, "did:test:spin", Ring::Standard, &sb)
@@ -408,8 +415,6 @@ async fn a_spinning_step_stops_at_its_own_deadline_not_the_rings() {
         Duration::from_secs(30),
         "the ring's deadline, which the step's must undercut"
     );
-    // Well under the ~100 ms in which a spin burns ring 2's fuel on this
-    // machine, so time, not fuel, is what stops it.
     let step_deadline = Duration::from_millis(40);
     let r = within(
         Duration::from_secs(10),
