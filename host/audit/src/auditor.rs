@@ -988,9 +988,11 @@ impl Auditor {
         *clock = Some(bus.clock().clone());
         self.shared.wall_time.next.store(0, Ordering::Release);
         let id = bus.subscribe(Capture(self.shared.clone()));
-        if self.shared.bus.set((Arc::downgrade(bus), id)).is_err() {
-            bus.unsubscribe(id);
-        }
+        let set = self.shared.bus.set((Arc::downgrade(bus), id));
+        debug_assert!(
+            set.is_ok(),
+            "attach holds event_clock: no other attach set the bus"
+        );
     }
 
     /// Stops auditing `session` (created with auditing off): its events are
@@ -1401,10 +1403,13 @@ impl Shared {
         // the new `next` sees this offset or a later one.
         self.wall_time.offset.store(offset, Ordering::Relaxed);
         let every = u64::try_from(REANCHOR_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        // From the clock, not from `t`: an event timed ahead of the clock
+        // (a foreign cause) must not hold the offset until the clock
+        // catches up; it costs an extra re-anchor instead.
         let mono = u64::try_from(mono).unwrap_or(u64::MAX);
         self.wall_time
             .next
-            .store(mono.max(t).saturating_add(every), Ordering::Release);
+            .store(mono.saturating_add(every), Ordering::Release);
     }
 
     /// Whether `session` is excluded from auditing; no lock while none is.
@@ -2349,6 +2354,39 @@ mod tests {
         auditor.capture(&early).unwrap();
         let times = delta_times(dir.path(), "s-own-clock");
         assert_eq!(times, [BASE, BASE + 20 * MS, MS, 0], "{times:?}");
+    }
+
+    #[test]
+    fn an_event_timed_ahead_of_the_clock_does_not_hold_the_wall_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let (auditor, bus, wall) = timed_auditor(dir.path(), clock.clone(), clock.clone());
+        let s = SessionId::new("s-ahead").unwrap();
+        let write = |v| bus.emit(Some(&s), None, TraceId(1), None, state_write(v));
+        write(1);
+        // Handed over directly, timed 10 s ahead of the clock.
+        let ahead = Event {
+            id: ahv_core::EventId(99),
+            time: Duration::from_secs(10),
+            session: Some(s.clone()),
+            agent: None,
+            trace: TraceId(2),
+            parent: None,
+            payload: state_write(2),
+        };
+        auditor.capture(&ahead).unwrap();
+        // A second of the clock later the set wall clock is followed, as if
+        // that event had not been: the offset is read again on the clock's
+        // schedule, not the event's.
+        wall.set(1_700_000_000_000 + 3_600_000);
+        clock.advance(Duration::from_millis(1100));
+        write(3);
+        let times = delta_times(dir.path(), "s-ahead");
+        assert_eq!(
+            times,
+            [BASE, BASE + 10_000 * MS, BASE + 3_600_000 * MS],
+            "{times:?}"
+        );
     }
 
     #[test]

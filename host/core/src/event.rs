@@ -1063,7 +1063,8 @@ pub trait EventSink: Send + Sync {
     /// once, when it subscribes (with no bus lock held; a panic here comes
     /// out of [`EventBus::subscribe`], and nothing is subscribed). By default
     /// every kind. An event no subscriber wants is stored without touching
-    /// the subscriber list.
+    /// the subscriber list. A sink that wraps another must forward this
+    /// method, or it is handed every kind.
     fn wants(&self, kind: EventKind) -> bool {
         let _ = kind;
         true
@@ -1363,8 +1364,8 @@ impl EventBus {
         id
     }
 
-    /// Removes a subscriber; returns false if it was not subscribed. An emit
-    /// already running on another thread may still deliver one event to it.
+    /// Removes a subscriber; returns false if it was not subscribed. Emits
+    /// already under way on other threads may still deliver one event each to it.
     pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
         let removed = {
             let mut history = self.locked();

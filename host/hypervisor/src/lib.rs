@@ -508,6 +508,9 @@ impl HypervisorBuilder {
     }
 
     /// The clock for session deadlines and event times (tests pass a `FakeClock`).
+    /// Audited deltas carry event times moved to the wall clock by an offset
+    /// read again once a second of this clock's time: with a clock that
+    /// never moves, every delta carries the first wall time.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self.clock_given = true;
