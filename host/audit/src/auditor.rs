@@ -2287,6 +2287,20 @@ mod tests {
             .collect()
     }
 
+    /// A state write in `session` at `time`, for handing to
+    /// [`Auditor::capture`] directly (not through a bus).
+    fn handed_over(session: &SessionId, time: Duration, v: u64) -> Event {
+        Event {
+            id: ahv_core::EventId(99),
+            time,
+            session: Some(session.clone()),
+            agent: None,
+            trace: TraceId(2),
+            parent: None,
+            payload: state_write(v),
+        }
+    }
+
     const MS: u64 = 1_000_000;
     const BASE: u64 = 1_700_000_000_000 * MS;
 
@@ -2342,16 +2356,9 @@ mod tests {
         wall.set(1);
         bus_clock.advance(Duration::from_secs(2));
         write(3);
-        let early = Event {
-            id: ahv_core::EventId(99),
-            time: Duration::ZERO,
-            session: Some(s.clone()),
-            agent: None,
-            trace: TraceId(2),
-            parent: None,
-            payload: state_write(4),
-        };
-        auditor.capture(&early).unwrap();
+        auditor
+            .capture(&handed_over(&s, Duration::ZERO, 4))
+            .unwrap();
         let times = delta_times(dir.path(), "s-own-clock");
         assert_eq!(times, [BASE, BASE + 20 * MS, MS, 0], "{times:?}");
     }
@@ -2365,16 +2372,9 @@ mod tests {
         let write = |v| bus.emit(Some(&s), None, TraceId(1), None, state_write(v));
         write(1);
         // Handed over directly, timed 10 s ahead of the clock.
-        let ahead = Event {
-            id: ahv_core::EventId(99),
-            time: Duration::from_secs(10),
-            session: Some(s.clone()),
-            agent: None,
-            trace: TraceId(2),
-            parent: None,
-            payload: state_write(2),
-        };
-        auditor.capture(&ahead).unwrap();
+        auditor
+            .capture(&handed_over(&s, Duration::from_secs(10), 2))
+            .unwrap();
         // A second of the clock later the set wall clock is followed, as if
         // that event had not been: the offset is read again on the clock's
         // schedule, not the event's.
