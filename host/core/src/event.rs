@@ -1134,6 +1134,15 @@ struct History {
     wanted: Kinds,
 }
 
+impl History {
+    /// Makes `next` the subscriber list (and its kinds the wanted ones);
+    /// returns the old list, for the caller to drop unlocked.
+    fn replace_sinks(&mut self, next: Vec<Subscriber>) -> Sinks {
+        self.wanted = Kinds::union(&next);
+        std::mem::replace(&mut self.sinks, next.into())
+    }
+}
+
 /// Where an event's time comes from (either way, never before the newest
 /// stored event's).
 #[derive(Clone, Copy)]
@@ -1359,8 +1368,9 @@ impl EventBus {
         let mut history = self.locked();
         let mut next: Vec<_> = history.sinks.iter().cloned().collect();
         next.push((id, kinds, sink));
-        history.wanted = Kinds::union(&next);
-        history.sinks = next.into();
+        // The old list only shares sinks the new one holds: dropping it
+        // here drops no sink.
+        history.replace_sinks(next);
         id
     }
 
@@ -1378,8 +1388,7 @@ impl EventBus {
                 .filter(|(s, _, _)| *s != id)
                 .cloned()
                 .collect();
-            history.wanted = Kinds::union(&next);
-            std::mem::replace(&mut history.sinks, next.into())
+            history.replace_sinks(next)
         };
         // The old list (and with it, perhaps, the sink) is dropped unlocked:
         // a sink's drop may emit or subscribe.
