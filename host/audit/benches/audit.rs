@@ -4,6 +4,8 @@
 //! - `delta_capture/auditor`: `Auditor::capture` of a `vfs.write` event with a
 //!   content hash (the Python reference's `delta_capture` scenario captures one
 //!   VFS change with a content hash).
+//! - `delta_capture/encode`: only the encoding of that event into a delta's
+//!   canonical bytes (the part of capture before hashing).
 //! - `delta_capture/bus_emit_audited` vs `bus_emit_unaudited`: the same event
 //!   emitted on the event bus with and without the auditor subscribed — what a
 //!   governed call really pays (the audited one also emits
@@ -68,6 +70,22 @@ fn capture(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("delta_capture");
     g.bench_function("auditor", |b| b.iter(|| auditor.capture(&event)));
+    let parent = Hash([3; 32]);
+    let mut out = Vec::with_capacity(4096);
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            out.clear();
+            ahv_audit::delta::encode_event(
+                &mut out,
+                7,
+                session.as_str(),
+                1_700_000_000_000_000_000,
+                Some(&parent),
+                &event,
+            );
+            std::hint::black_box(out.len())
+        })
+    });
 
     let clock = Arc::new(SystemClock::default());
     let audited_bus = Arc::new(EventBus::new(10_000, clock.clone()));

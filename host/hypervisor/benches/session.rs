@@ -47,6 +47,17 @@
 //!   least an audited run that hashes and announces every event on the
 //!   emitting thread can cost.
 //!
+//! - `floor_unaudited_plus_encoding_hashing_and_announcements` (both
+//!   groups) and its `wasm_` twin: that floor with each delta also encoded
+//!   from its event (`ahv_audit::delta::encode_event` into a reused buffer,
+//!   as capture does), and with the seal's `audit.committed` announced as
+//!   well: a delta's leaf hash is the hash of its canonical bytes, so no
+//!   design that hashes each event as its own delta and announces what it
+//!   does does less.
+//!   What an audited row costs above it is the auditor's bookkeeping: the
+//!   session's log looked up and locked, the bytes staged for the flusher,
+//!   the commitment staged and the seal recorded.
+//!
 //! - `elevation/*`: one `run` of the `scripted` agent (joined at σ 0.55:
 //!   ring 3, enough for ring 2) in an audited session: `request` is
 //!   `elevate 2 60 why` + `relinquish` (a grant by the rules, the standing
@@ -167,6 +178,97 @@ fn hashing_only(
     ahv_audit::merkle::leaf_hash(session.as_str().as_bytes())
 }
 
+/// The governed events of `session` on `hv`'s bus (those the auditor makes
+/// deltas of: every event but its own announcements), oldest first.
+/// Checked against the deltas logged for them: as many, and each encoding
+/// as long as its delta (they differ only in the time).
+fn governed_events(
+    hv: &Hypervisor,
+    session: &SessionId,
+    logged: &[Vec<u8>],
+) -> Vec<ahv_core::Event> {
+    let events: Vec<ahv_core::Event> = hv
+        .events()
+        .query(&ahv_core::EventQuery::default().session(session.clone()))
+        .into_iter()
+        .filter(|e| !e.kind().name().starts_with("audit."))
+        .collect();
+    assert_eq!(events.len(), logged.len(), "one delta per governed event");
+    for (seq, (e, delta)) in events.iter().zip(logged).enumerate() {
+        let mut bytes = Vec::new();
+        let parent = (seq > 0).then_some(ahv_audit::Hash([0; 32]));
+        ahv_audit::delta::encode_event(
+            &mut bytes,
+            seq as u64,
+            session.as_str(),
+            0,
+            parent.as_ref(),
+            e,
+        );
+        assert_eq!(
+            bytes.len(),
+            delta.len(),
+            "delta {seq} ({}) re-encoded",
+            e.kind()
+        );
+    }
+    events
+}
+
+/// [`hashing_only`] with each delta encoded first, from the event it
+/// records, as capture encodes it (`ahv_audit::delta::encode_event` into a
+/// reused staging buffer): the least work that makes each governed event
+/// its own hashed delta, since a delta's leaf hash is the hash of its
+/// canonical bytes.
+fn encoding_and_hashing_only(
+    events: &[ahv_core::Event],
+    session: &SessionId,
+    staged: &mut Vec<u8>,
+    commitments: &mut ahv_audit::merkle::CompactTree,
+) -> ahv_audit::Hash {
+    staged.clear();
+    let mut tree = ahv_audit::merkle::CompactTree::new();
+    let mut parent = None;
+    for (seq, e) in events.iter().enumerate() {
+        let start = staged.len();
+        ahv_audit::delta::encode_event(
+            staged,
+            seq as u64,
+            session.as_str(),
+            1_700_000_000_000_000_000,
+            parent.as_ref(),
+            e,
+        );
+        let leaf = ahv_audit::merkle::leaf_hash(&staged[start..]);
+        tree.append_leaf_hash(leaf);
+        parent = Some(leaf);
+    }
+    let c = ahv_audit::Commitment {
+        session: session.to_string(),
+        tree_size: tree.len().0,
+        root: tree.root(),
+        time_unix_ns: 1,
+    };
+    commitments.append_leaf_hash(ahv_audit::merkle::leaf_hash(&c.encode()));
+    ahv_audit::merkle::leaf_hash(session.as_str().as_bytes())
+}
+
+/// The `audit.committed` event sealing `session` emits (a plain emit, as
+/// the auditor's seal makes it).
+fn committed_announcement(hv: &Hypervisor, session: &SessionId) {
+    hv.events().emit(
+        Some(session),
+        None,
+        ahv_core::TraceId(0),
+        None,
+        ahv_core::EventPayload::AuditCommitted {
+            tree_size: 6,
+            root: [7; 32],
+            index: 0,
+        },
+    );
+}
+
 /// The `audit.delta_captured` events auditing `n` deltas emits, on `hv`'s
 /// bus, each following an event of `session` as the auditor's do
 /// (`EventBus::emit_following`; bare emits: no capture behind them).
@@ -240,6 +342,24 @@ fn lifecycle(c: &mut Criterion) {
             std::hint::black_box(hashing_only(&deltas, &s, &mut commitments))
         })
     });
+    let events = governed_events(&hv, &sealed, &deltas);
+    let mut staged = Vec::with_capacity(2048);
+    g.bench_function(
+        "floor_unaudited_plus_encoding_hashing_and_announcements",
+        |b| {
+            b.iter(|| {
+                let s = rt.block_on(once(&unaudited));
+                announcements_only(&unaudited, &s, events.len());
+                committed_announcement(&unaudited, &s);
+                std::hint::black_box(encoding_and_hashing_only(
+                    &events,
+                    &s,
+                    &mut staged,
+                    &mut commitments,
+                ))
+            })
+        },
+    );
     g.bench_function("audited", |b| {
         b.iter_custom(|iters| timed(&rt, &hv, iters, false, || once(&hv)))
     });
@@ -310,9 +430,11 @@ fn full_pipeline(c: &mut Criterion) {
     hv.shutdown().unwrap();
     let deltas = logged_deltas(state.path(), &sealed);
     assert_eq!(deltas.len(), 10, "the pipeline's governed events");
+    let events = governed_events(&hv, &sealed, &deltas);
     let sealed = rt.block_on(once(true));
     hv.shutdown().unwrap();
     let wasm_deltas = logged_deltas(state.path(), &sealed);
+    let wasm_events = governed_events(&hv, &sealed, &wasm_deltas);
     // The step inside the agent makes no governed call: one write fewer.
     assert_eq!(wasm_deltas.len(), 9, "the Wasm pipeline's governed events");
     g.bench_function("unaudited", |b| {
@@ -339,6 +461,39 @@ fn full_pipeline(c: &mut Criterion) {
             std::hint::black_box(hashing_only(&wasm_deltas, &s, &mut commitments))
         })
     });
+    let mut staged = Vec::with_capacity(2048);
+    g.bench_function(
+        "floor_unaudited_plus_encoding_hashing_and_announcements",
+        |b| {
+            b.iter(|| {
+                let s = rt.block_on(run(&unaudited, false));
+                announcements_only(&unaudited, &s, events.len());
+                committed_announcement(&unaudited, &s);
+                std::hint::black_box(encoding_and_hashing_only(
+                    &events,
+                    &s,
+                    &mut staged,
+                    &mut commitments,
+                ))
+            })
+        },
+    );
+    g.bench_function(
+        "wasm_floor_unaudited_plus_encoding_hashing_and_announcements",
+        |b| {
+            b.iter(|| {
+                let s = rt.block_on(run(&unaudited, true));
+                announcements_only(&unaudited, &s, wasm_events.len());
+                committed_announcement(&unaudited, &s);
+                std::hint::black_box(encoding_and_hashing_only(
+                    &wasm_events,
+                    &s,
+                    &mut staged,
+                    &mut commitments,
+                ))
+            })
+        },
+    );
     g.bench_function("no_wasm", |b| {
         b.iter_custom(|iters| timed(&rt, &hv, iters, false, || once(false)))
     });
