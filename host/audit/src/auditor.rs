@@ -395,6 +395,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One session's log.
 struct SessionLog {
     id: SessionId,
+    /// Its fingerprint in [`SealedSet`], computed once when the log is made
+    /// (the check that it was not sealed already) and used again by its
+    /// seal: one SHA-256 per session, not two.
+    sealed_key: u128,
     state: Mutex<SessionState>,
     /// Held while writing; owns the file once it exists.
     io: Mutex<LogFile>,
@@ -469,7 +473,7 @@ impl SealedSet {
         self.set.reserve(n);
     }
 
-    fn key(&self, session: &str) -> u128 {
+    fn key(session: &str) -> u128 {
         let h = Hash::of_parts(&[b"ahv-sealed-session\0", session.as_bytes()]);
         let mut k = [0u8; 16];
         k.copy_from_slice(&h.0[..16]);
@@ -478,12 +482,17 @@ impl SealedSet {
 
     /// Adds a session; false if it was there already.
     fn insert(&mut self, session: &str) -> bool {
-        let k = self.key(session);
-        self.set.insert(k)
+        self.insert_key(SealedSet::key(session))
     }
 
-    fn contains(&self, session: &str) -> bool {
-        self.set.contains(&self.key(session))
+    /// Adds a session by its fingerprint ([`SealedSet::key`]); false if it
+    /// was there already.
+    fn insert_key(&mut self, key: u128) -> bool {
+        self.set.insert(key)
+    }
+
+    fn contains_key(&self, key: u128) -> bool {
+        self.set.contains(&key)
     }
 }
 
@@ -1334,15 +1343,19 @@ impl Shared {
         {
             return Some(log.clone());
         }
+        // Hashed before the locks: a new session's first event (or a late
+        // one) is the only caller here.
+        let sealed_key = SealedSet::key(id.as_str());
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).ever.contains(id.as_str()) || self.is_excluded(id) {
+        if lock(&self.commits.state).ever.contains_key(sealed_key) || self.is_excluded(id) {
             return None;
         }
         let log = Arc::new(SessionLog {
             id: id.clone(),
+            sealed_key,
             state: Mutex::new(SessionState::default()),
             io: Mutex::new(LogFile::None),
         });
@@ -1711,7 +1724,7 @@ impl Shared {
         let leaf = leaf_hash(&bytes);
         let index = {
             let mut cs = lock(&self.commits.state);
-            if !cs.ever.insert(session.as_str()) {
+            if !cs.ever.insert_key(log.sealed_key) {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
             let index = cs.tree.append_leaf_hash(leaf).0;
@@ -2089,7 +2102,8 @@ impl Shared {
             let Ok(id) = SessionId::new(name.clone()) else {
                 continue;
             };
-            if lock(&self.commits.state).ever.contains(id.as_str()) {
+            let sealed_key = SealedSet::key(id.as_str());
+            if lock(&self.commits.state).ever.contains_key(sealed_key) {
                 continue;
             }
             let path = session_log_path(&self.dir, &name);
@@ -2124,6 +2138,7 @@ impl Shared {
             let n = leaves.len() as u64;
             let log = Arc::new(SessionLog {
                 id: id.clone(),
+                sealed_key,
                 state: Mutex::new(SessionState {
                     tree: CompactTree::from_leaf_hashes(leaves),
                     ..SessionState::default()
