@@ -1324,6 +1324,23 @@ impl EventSink for Capture {
     }
 }
 
+/// `e` and the causes its message does not already name, `outer: inner`:
+/// a failed write's own words ("No space left on device") are in its
+/// source, which an operator reading [`Auditor::last_error`] needs.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        next = cause.source();
+    }
+    message
+}
+
 fn is_audit_kind(kind: EventKind) -> bool {
     matches!(
         kind,
@@ -1343,8 +1360,9 @@ impl Shared {
         {
             return Some(log.clone());
         }
-        // Hashed before the locks: a new session's first event (or a late
-        // one) is the only caller here.
+        // Hashed before the locks: only a session without a live log gets
+        // here (its first event, a late event, or a seal of a session that
+        // had no events).
         let sealed_key = SealedSet::key(id.as_str());
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         if let Some(log) = map.get(id) {
@@ -1524,8 +1542,9 @@ impl Shared {
 
     fn record_failure(&self, e: &AuditError) {
         self.write_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %e, "audit log write failed; will retry");
-        *lock(&self.last_error) = Some(e.to_string());
+        let message = with_causes(e);
+        tracing::error!(error = %message, "audit log write failed; will retry");
+        *lock(&self.last_error) = Some(message);
     }
 
     /// Hands a session's staged deltas to its writer and writes them, syncing
@@ -1640,7 +1659,12 @@ impl Shared {
             }
             Err(_) => {
                 // Put the records back in front of anything staged since, so a
-                // retry writes them in order and nothing is lost.
+                // retry writes them in order and nothing is lost; the writer
+                // forgets them (a failed write keeps what it was handed), or
+                // the retry would write them twice.
+                if let LogFile::Open(w) = &mut *io {
+                    w.discard_pending();
+                }
                 let mut st = lock(&log.state);
                 let mut back = staged;
                 back.extend_from_slice(&st.staged);
@@ -2507,6 +2531,100 @@ mod tests {
         let durable = waiter.join().unwrap().unwrap();
         assert!(durable.is_durable());
         assert_eq!(on_disk(&dir), vec![r.commitment]);
+    }
+
+    #[test]
+    fn a_recorded_failure_names_its_causes_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let record = AuditError::Record(RecordError::Io {
+            op: crate::records::IoOp::Write,
+            path: "/a/sessions/s-1.log".into(),
+            source: io,
+        });
+        assert_eq!(
+            with_causes(&record),
+            "cannot write record log /a/sessions/s-1.log: No space left on device"
+        );
+        // A message that already quotes its source does not repeat it.
+        let dir = AuditError::Dir {
+            op: "sync (syncfs)",
+            path: "/a/sessions".into(),
+            source: std::io::Error::other("I/O error"),
+        };
+        assert_eq!(with_causes(&dir), dir.to_string());
+    }
+
+    /// Emits state writes `versions` in session `s`.
+    fn writes(bus: &EventBus, s: &SessionId, versions: std::ops::RangeInclusive<u64>) {
+        let agent = AgentId::new("did:ex:writer").unwrap();
+        for version in versions {
+            bus.emit(
+                Some(s),
+                Some(&agent),
+                TraceId(1),
+                None,
+                state_write(version),
+            );
+        }
+    }
+
+    /// Seals `s`, closes the auditor and verifies the directory: the log
+    /// holds each of the session's `n` deltas once, and everything checks.
+    fn seal_close_and_verify(auditor: Auditor, dir: &Path, s: &SessionId, n: u64) {
+        let receipt = auditor.seal(s).unwrap();
+        assert_eq!(receipt.commitment.tree_size, n);
+        let key = *auditor.public_key();
+        auditor.close().unwrap();
+        assert_eq!(auditor.stats().late, 0, "{:?}", auditor.stats());
+        let logged = read_log(session_log_path(dir, s.as_str()), LogKind::SESSION_DELTAS).unwrap();
+        assert_eq!(
+            logged.records.len() as u64,
+            n,
+            "each delta once: {logged:?}"
+        );
+        let report = crate::verify::verify_dir(dir, None, Some(&key)).unwrap();
+        assert!(report.ok(), "{report}");
+    }
+
+    /// A group-commit round whose write fails keeps the deltas for the next
+    /// round; the writer must not keep them too, or they are written twice.
+    #[test]
+    fn a_failed_round_is_retried_without_writing_its_deltas_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let s = SessionId::new("s-retried").unwrap();
+        writes(&bus, &s, 1..=3);
+        crate::records::test_faults::fail_next_writes(1);
+        let failed = auditor.flush();
+        assert!(failed.is_err(), "the injected failure: {failed:?}");
+        assert!(
+            auditor.last_error().is_some_and(|e| e.contains("injected")),
+            "{:?}",
+            auditor.last_error()
+        );
+        writes(&bus, &s, 4..=4);
+        seal_close_and_verify(auditor, &dir, &s, 4);
+    }
+
+    /// A synced session log whose creation fails after the file was made is
+    /// created again by the next write: a leftover file would read as
+    /// "sealed by an earlier process" and its deltas be dropped as late.
+    #[test]
+    fn a_synced_log_whose_creation_failed_is_created_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-recreated").unwrap();
+        crate::records::test_faults::fail_next_writes(1);
+        writes(&bus, &s, 1..=1);
+        assert!(
+            auditor.last_error().is_some_and(|e| e.contains("injected")),
+            "{:?}",
+            auditor.last_error()
+        );
+        writes(&bus, &s, 2..=3);
+        seal_close_and_verify(auditor, &dir, &s, 3);
     }
 
     #[test]

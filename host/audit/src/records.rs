@@ -388,16 +388,26 @@ impl RecordWriter {
     ///
     /// # Errors
     /// [`RecordError::Io`] naming the path: `Open` (also when the file
-    /// exists), `Write`, `Sync`, `SyncDir`.
+    /// exists), `Write`, `Sync`, `SyncDir`; after a failure past `Open` the
+    /// new file is removed again (as far as the file system lets it).
     pub fn create(
         path: impl AsRef<Path>,
         kind: LogKind,
         durability: Durability,
     ) -> Result<RecordWriter, RecordError> {
         let mut w = RecordWriter::create_unsynced(path, kind, durability)?;
-        w.write_unsynced()?;
-        w.file.sync_all().map_err(io(IoOp::Sync, &w.path))?;
-        sync_parent(&w.path)?;
+        let synced = (|| {
+            w.write_unsynced()?;
+            w.file.sync_all().map_err(io(IoOp::Sync, &w.path))?;
+            sync_parent(&w.path)
+        })();
+        if let Err(e) = synced {
+            // Not left behind half made: a retry must be able to create it
+            // (an existing file means "sealed earlier" to a session log's
+            // writer), and it holds nothing but its header.
+            let _ = std::fs::remove_file(&w.path);
+            return Err(e);
+        }
         Ok(w)
     }
 
@@ -616,9 +626,25 @@ impl RecordWriter {
         Ok(self.durable_len)
     }
 
-    /// Bytes appended but not yet durable.
+    /// Bytes appended but not yet durable (a new log's header too, until
+    /// the first write: see [`create_unsynced`](Self::create_unsynced)).
     pub fn pending_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Drops the records appended since the last successful write, for a
+    /// caller that keeps them elsewhere and appends them again after a
+    /// failed write (so that they are not written twice). A new log's
+    /// pending header stays.
+    pub fn discard_pending(&mut self) {
+        let header = if self.durable_len == 0 {
+            usize::try_from(HEADER_LEN).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        self.buf.truncate(header);
+        self.pending_records = 0;
+        self.first_pending_since = None;
     }
 
     /// Records appended but not yet durable.
@@ -663,6 +689,10 @@ impl RecordWriter {
 /// Writes `buf` at `offset`: one `pwrite` where there is one (a group-commit
 /// round writes many logs; a `seek` per log is a syscall saved).
 fn write_at(file: &mut File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(test)]
+    if test_faults::take_write_failure() {
+        return Err(io::Error::other("injected write failure (test)"));
+    }
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
@@ -873,6 +903,30 @@ fn sync_parent(path: &Path) -> Result<(), RecordError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(IoOp::SyncDir, dir))
+}
+
+/// Write failures injected by tests, on the thread that asks for them.
+#[cfg(test)]
+pub(crate) mod test_faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAIL_WRITES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The next `n` record writes on this thread fail (nothing is written).
+    pub(crate) fn fail_next_writes(n: u32) {
+        FAIL_WRITES.with(|f| f.set(n));
+    }
+
+    /// Whether this write is one of them.
+    pub(super) fn take_write_failure() -> bool {
+        FAIL_WRITES.with(|f| {
+            let n = f.get();
+            f.set(n.saturating_sub(1));
+            n > 0
+        })
+    }
 }
 
 /// A buffered reader of a just-opened log (positioned at 0), past its
@@ -1126,6 +1180,52 @@ mod tests {
             RecordWriter::create_unsynced(&path, K, Durability::OnClose),
             Err(RecordError::Io { op: IoOp::Open, .. })
         ));
+    }
+
+    #[test]
+    fn discarded_records_are_not_written_and_a_new_logs_header_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut w = RecordWriter::create_unsynced(&path, K, Durability::OnClose).unwrap();
+        w.append(b"dropped", Duration::ZERO).unwrap();
+        w.discard_pending();
+        assert_eq!(
+            w.pending_bytes() as u64,
+            HEADER_LEN,
+            "the header stays pending"
+        );
+        assert_eq!(w.pending_records(), 0);
+        w.append(b"one", Duration::ZERO).unwrap();
+        w.write_unsynced().unwrap();
+        w.append(b"dropped too", Duration::ZERO).unwrap();
+        w.discard_pending();
+        assert_eq!(
+            w.pending_bytes(),
+            0,
+            "nothing of a written log's is pending"
+        );
+        w.append(b"two", Duration::ZERO).unwrap();
+        w.write_unsynced().unwrap();
+        let r = read_log(&path, K).unwrap();
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!(got(&r), [&b"one"[..], b"two"]);
+    }
+
+    #[test]
+    fn a_synced_create_that_fails_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        test_faults::fail_next_writes(1);
+        assert!(matches!(
+            RecordWriter::create(&path, K, Durability::OnClose),
+            Err(RecordError::Io {
+                op: IoOp::Write,
+                ..
+            })
+        ));
+        assert!(!path.exists(), "the half-made log is removed");
+        RecordWriter::create(&path, K, Durability::OnClose).unwrap();
+        assert_eq!(on_disk(&path), 0);
     }
 
     #[test]
