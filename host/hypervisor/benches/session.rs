@@ -51,12 +51,12 @@
 //!   groups) and its `wasm_` twin: that floor with each delta also encoded
 //!   from its event (`ahv_audit::delta::encode_event` into a reused buffer,
 //!   as capture does), and with the seal's `audit.committed` announced as
-//!   well: a delta's leaf hash is the hash of its canonical bytes, so no
-//!   design that hashes each event as its own delta and announces what it
-//!   does does less.
-//!   What an audited row costs above it is the auditor's bookkeeping: the
-//!   session's log looked up and locked, the bytes staged for the flusher,
-//!   the commitment staged and the seal recorded.
+//!   well: a delta's leaf hash is the hash of its canonical bytes, so this
+//!   design, which hashes and announces each event as its own delta, does
+//!   no less. What an audited row costs above it is the auditor's
+//!   bookkeeping (the session's log looked up and locked, the bytes staged
+//!   for the flusher, the commitment staged and the seal recorded) and the
+//!   flusher's work beside it.
 //!
 //! - `elevation/*`: one `run` of the `scripted` agent (joined at σ 0.55:
 //!   ring 3, enough for ring 2) in an audited session: `request` is
