@@ -404,8 +404,13 @@ impl RecordWriter {
         if let Err(e) = synced {
             // Not left behind half made: a retry must be able to create it
             // (an existing file means "sealed earlier" to a session log's
-            // writer), and it holds nothing but its header.
-            let _ = std::fs::remove_file(&w.path);
+            // writer), and it holds nothing but its header. Poisoned first,
+            // so that dropping it writes nothing more.
+            w.poisoned = true;
+            if let Err(rm) = std::fs::remove_file(&w.path) {
+                tracing::warn!(path = %w.path.display(), error = %rm,
+                    "a log whose creation failed could not be removed");
+            }
             return Err(e);
         }
         Ok(w)
@@ -564,7 +569,9 @@ impl RecordWriter {
 
     fn write_out(&mut self, sync: bool) -> Result<(), RecordError> {
         self.check_poisoned()?;
-        if self.buf.is_empty() {
+        // A failed write with nothing pending since (its records discarded)
+        // still cuts the file back to what is durable.
+        if self.buf.is_empty() && !self.dirty {
             return Ok(());
         }
         let written = (|| {
@@ -753,7 +760,7 @@ impl Drop for RecordWriter {
     fn drop(&mut self) {
         // Best effort so a forgotten `close` does not lose records; errors
         // cannot be reported here, and recovery reports any partial write.
-        if !self.poisoned && !self.buf.is_empty() {
+        if !self.poisoned && (!self.buf.is_empty() || self.dirty) {
             let _ = self.flush();
         }
     }
@@ -1209,6 +1216,26 @@ mod tests {
         let r = read_log(&path, K).unwrap();
         assert!(r.is_clean(), "{r:?}");
         assert_eq!(got(&r), [&b"one"[..], b"two"]);
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_even_when_its_records_were_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.log");
+        let mut w = RecordWriter::create_unsynced(&path, K, Durability::OnClose).unwrap();
+        w.append(b"one", Duration::ZERO).unwrap();
+        w.write_unsynced().unwrap();
+        w.append(b"two", Duration::ZERO).unwrap();
+        test_faults::fail_next_writes(1);
+        assert!(w.write_unsynced().is_err());
+        // What a real partial write leaves behind.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\x07\0\0\0junk").unwrap();
+        w.discard_pending();
+        w.close().unwrap();
+        let r = read_log(&path, K).unwrap();
+        assert!(r.is_clean(), "cut back to the durable length: {r:?}");
+        assert_eq!(got(&r), [&b"one"[..]]);
     }
 
     #[test]
