@@ -23,6 +23,11 @@ use ahv_core::{AgentId, Ring};
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_runtime::{AgentSpec, Runtime};
 
+// The baseline every bench and probe of this crate measures against.
+#[path = "../benches/common/raw.rs"]
+mod raw;
+use raw::RawState;
+
 /// The system allocator, counting the bytes and blocks live on the heap.
 /// (The workspace denies `unsafe`; a global allocator cannot be written
 /// without it, and this one only forwards to `System`.)
@@ -98,21 +103,6 @@ fn resident() -> anyhow::Result<u64> {
     Ok(pages * 4096)
 }
 
-/// A raw wasmtime store's data: WASI and its resource table, nothing else.
-struct RawState {
-    wasi: wasmtime_wasi::WasiCtx,
-    table: wasmtime::component::ResourceTable,
-}
-
-impl wasmtime_wasi::WasiView for RawState {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
 /// A raw instance, kept alive with its store.
 type RawInstance = (wasmtime::Store<RawState>, wasmtime::component::Instance);
 
@@ -123,15 +113,7 @@ async fn raw_many(
 ) -> anyhow::Result<Vec<RawInstance>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut store = wasmtime::Store::new(
-            engine,
-            RawState {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                table: wasmtime::component::ResourceTable::new(),
-            },
-        );
-        store.set_fuel(100_000_000)?;
-        store.set_epoch_deadline(1_000_000);
+        let mut store = raw::raw_store(engine);
         let instance = pre.instantiate_async(&mut store).await?;
         let run =
             instance.get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")?;
@@ -202,10 +184,7 @@ async fn probe(n: usize) -> anyhow::Result<()> {
     if std::env::var_os("DENSITY_RAW").is_some() {
         let engine = runtime.engine().clone();
         let raw = wasmtime::component::Component::new(&engine, ahv_agents::PINGER)?;
-        let mut linker = wasmtime::component::Linker::<RawState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        linker.define_unknown_imports_as_traps(&raw)?;
-        let pre = linker.instantiate_pre(&raw)?;
+        let pre = raw::raw_pre(&engine, &raw);
         drop(raw_many(&engine, &pre, n.min(1000)).await?);
         let (instances, rss, heap, blocks) = measure(n, raw_many(&engine, &pre, n)).await?;
         println!(
