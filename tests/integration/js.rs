@@ -155,7 +155,7 @@ fn pinned(node_modules: &Path) -> Result<(), String> {
 
 /// The component of the JavaScript agent `example-agents/js/<name>/agent.js`
 /// for `world`: built on first use, then taken from
-/// `<target>/tmp/js-agents/<name>-<world>-<hash>.wasm`.
+/// `<target>/tmp/javascript-agents/<name>-<world>-<hash>.wasm`.
 pub fn js_agent(name: &str, world: &str) -> Vec<u8> {
     let modules = node_modules();
     let js = js_dir();

@@ -13,6 +13,13 @@
 //! with an empty WASI context, no gate, no limits), each called once. With
 //! `DENSITY_SMAPS=1` it also lists the mappings whose resident size grew the
 //! most (from `/proc/self/smaps`), to see where an agent's memory lives.
+//! `DENSITY_COMPONENT=PATH` measures that component instead of `pinger` (one
+//! that exports `run` and needs at most ring 3, such as the Python and
+//! JavaScript `hello` agents the tests build into `target/tmp/`; any answer
+//! that is not an error will do, where `pinger` must answer "pong"). Its raw
+//! floor works only if its `run` calls nothing of this project's interfaces
+//! beyond what `pinger` calls: the raw baseline traps the rest (the `hello`
+//! agents ask `context.whoami`, so theirs fails, naming that function).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -106,10 +113,36 @@ fn resident() -> anyhow::Result<u64> {
 /// A raw instance, kept alive with its store.
 type RawInstance = (wasmtime::Store<RawState>, wasmtime::component::Instance);
 
+/// The component measured: `DENSITY_COMPONENT`'s file, else `pinger`
+/// (`None`: its answer must be "pong").
+fn component_bytes() -> anyhow::Result<(std::borrow::Cow<'static, [u8]>, Option<String>)> {
+    match std::env::var_os("DENSITY_COMPONENT") {
+        None => Ok((ahv_agents::PINGER.into(), None)),
+        Some(path) => {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("DENSITY_COMPONENT {}: {e}", path.display()))?;
+            Ok((bytes.into(), Some(path.to_string_lossy().into_owned())))
+        }
+    }
+}
+
+/// Fails unless `answer` is what the measured component should answer.
+fn check_answer(answer: &Result<String, String>, custom: &Option<String>) -> anyhow::Result<()> {
+    match custom {
+        None => anyhow::ensure!(
+            answer.as_deref() == Ok("pong"),
+            "pinger answered {answer:?}"
+        ),
+        Some(path) => anyhow::ensure!(answer.is_ok(), "{path} answered {answer:?}"),
+    }
+    Ok(())
+}
+
 async fn raw_many(
     engine: &wasmtime::Engine,
     pre: &wasmtime::component::InstancePre<RawState>,
     n: usize,
+    custom: &Option<String>,
 ) -> anyhow::Result<Vec<RawInstance>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -118,7 +151,7 @@ async fn raw_many(
         let run =
             instance.get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")?;
         let (answer,) = run.call_async(&mut store, ("",)).await?;
-        anyhow::ensure!(answer.as_deref() == Ok("pong"), "raw answer {answer:?}");
+        check_answer(&answer, custom)?;
         out.push((store, instance));
     }
     Ok(out)
@@ -150,6 +183,7 @@ async fn spawn_many(
     files: &Arc<Vfs>,
     n: usize,
     tag: &str,
+    custom: &Option<String>,
 ) -> anyhow::Result<Vec<ahv_runtime::Agent>> {
     let mut agents = Vec::with_capacity(n);
     for i in 0..n {
@@ -160,11 +194,7 @@ async fn spawn_many(
         );
         let mut agent = runtime.spawn(component, spec).await?;
         let out = agent.run("").await?;
-        anyhow::ensure!(
-            out.result.as_deref() == Ok("pong"),
-            "agent {i} answered {:?}",
-            out.result
-        );
+        check_answer(&out.result, custom).map_err(|e| e.context(format!("agent {i}")))?;
         agents.push(agent);
     }
     Ok(agents)
@@ -174,19 +204,21 @@ async fn probe(n: usize) -> anyhow::Result<()> {
     let runtime = Runtime::builder()
         .max_instances(u32::try_from(n + 1)?)
         .build()?;
-    let component = runtime.load(ahv_agents::PINGER)?;
+    let (bytes, custom) = component_bytes()?;
+    let component = runtime.load(&bytes)?;
     let dir = tempfile::tempdir()?;
     let files = Arc::new(Vfs::new(
         cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())?,
         VfsLimits::default(),
     ));
-    drop(spawn_many(&runtime, &component, &files, n.min(1000), "warm").await?);
+    drop(spawn_many(&runtime, &component, &files, n.min(1000), "warm", &custom).await?);
     if std::env::var_os("DENSITY_RAW").is_some() {
         let engine = runtime.engine().clone();
-        let raw = wasmtime::component::Component::new(&engine, ahv_agents::PINGER)?;
+        let raw = wasmtime::component::Component::new(&engine, &bytes)?;
         let pre = raw::raw_pre(&engine, &raw);
-        drop(raw_many(&engine, &pre, n.min(1000)).await?);
-        let (instances, rss, heap, blocks) = measure(n, raw_many(&engine, &pre, n)).await?;
+        drop(raw_many(&engine, &pre, n.min(1000), &custom).await?);
+        let (instances, rss, heap, blocks) =
+            measure(n, raw_many(&engine, &pre, n, &custom)).await?;
         println!(
             "{n} raw wasmtime instances: {:.1} KiB resident per instance, {:.0} per GiB; \
              live on the heap {:.1} KiB in {blocks:.0} blocks",
@@ -210,7 +242,7 @@ async fn probe(n: usize) -> anyhow::Result<()> {
         LIVE_BLOCKS.load(Ordering::Relaxed),
     );
     let started = Instant::now();
-    let agents = spawn_many(&runtime, &component, &files, n, "").await?;
+    let agents = spawn_many(&runtime, &component, &files, n, "", &custom).await?;
     let took = started.elapsed();
     let after = resident()?;
     let heap = LIVE_BYTES
