@@ -535,6 +535,50 @@ pub mod memory_hog {
         }
     }
 
+    /// Initialised data starts as a copy-on-write mapping of the module's
+    /// image: what one agent writes there must not reach the next instance
+    /// of the same module in the same slot (the slot is reset to the image,
+    /// not merely kept).
+    #[tokio::test]
+    async fn a_recycled_slot_s_initialised_data_is_the_module_s_again() {
+        let runtime = one_slot_runtime();
+        let sb = Sandbox::new();
+        let component = runtime.load(ahv_agents::MEMORY_HOG).unwrap();
+        let spec = || {
+            AgentSpec::new(
+                ahv_core::AgentId::new("did:test:hog").unwrap(),
+                Ring::Standard,
+                sb.vfs.clone(),
+            )
+        };
+        let mut first = runtime.spawn(&component, spec()).await.unwrap();
+        assert_eq!(answer(first.run("peek").await), "0 changed bytes");
+        // The instance's memory is mapped from the module's image (a sealed
+        // memfd that wasmtime names so), which is what this test is about.
+        #[cfg(target_os = "linux")]
+        assert!(
+            std::fs::read_to_string("/proc/self/maps")
+                .unwrap()
+                .contains("memfd:wasm-memory-image"),
+            "no memory image is mapped: the engine copies data segments"
+        );
+        for byte in [0, 0xFF] {
+            assert_eq!(
+                answer(first.run(&format!("poke:{byte}")).await),
+                "poked 12288 bytes"
+            );
+            // The probe sees a change when there is one.
+            assert_eq!(answer(first.run("peek").await), "12288 changed bytes");
+            drop(first);
+            first = runtime.spawn(&component, spec()).await.unwrap();
+            assert_eq!(
+                answer(first.run("peek").await),
+                "0 changed bytes",
+                "a recycled slot shows the previous agent's writes to its data (poked {byte})"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn gets_more_memory_in_ring_2() {
         let h = Harness::new(&cache_dir());

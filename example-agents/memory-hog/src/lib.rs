@@ -13,11 +13,27 @@
 //! stale byte is the host leaking a recycled memory slot; in the same
 //! instance the allocator hands back the freed, still-filled block, which
 //! shows the scan sees stale bytes when there are some.
+//!
+//! And two for its initialised data (which the host maps copy-on-write from
+//! the module's image): `"poke:<byte>"` overwrites a static array, which the
+//! module's data segment starts as [`MARK_INITIAL`] bytes, with that byte;
+//! `"peek"` answers how many of its bytes differ from the initial value. A
+//! fresh instance must answer 0 whatever an agent before it in the same
+//! memory slot poked.
 
 // Reading uninitialised heap is this test instrument's point (see `scan:`).
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use agent_sdk::{Agent, export_agent, log};
+
+/// What every byte of [`MARK`] starts as (not zero, so the array is in the
+/// data segment, not in zero-initialised memory).
+const MARK_INITIAL: u8 = 0x5A;
+
+/// Initialised data spanning three host pages.
+static MARK: [AtomicU8; 3 * 4096] = [const { AtomicU8::new(MARK_INITIAL) }; 3 * 4096];
 
 struct MemoryHog;
 
@@ -43,6 +59,20 @@ impl Agent for MemoryHog {
                 .filter(|&i| unsafe { base.add(i).read_volatile() } != 0)
                 .count();
             return Ok(format!("{stale} stale bytes in {n} KiB"));
+        }
+        if let Some(b) = input.strip_prefix("poke:") {
+            let b: u8 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+            for m in &MARK {
+                m.store(b, Ordering::Relaxed);
+            }
+            return Ok(format!("poked {} bytes", MARK.len()));
+        }
+        if input == "peek" {
+            let changed = MARK
+                .iter()
+                .filter(|m| m.load(Ordering::Relaxed) != MARK_INITIAL)
+                .count();
+            return Ok(format!("{changed} changed bytes"));
         }
         let cap: Option<usize> = input.trim().parse().ok();
         let mut blocks: Vec<Vec<u8>> = Vec::new();

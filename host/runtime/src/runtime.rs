@@ -333,6 +333,11 @@ fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
         // 328 -> 710); `pinger` (Rust) 2-3 % faster to instantiate and call,
         // and the same resident size. (Copying was chosen when only small
         // Rust agents existed, before the pool reset slots by `PAGEMAP_SCAN`.)
+        // An image is a sealed memfd made from the compiled component in
+        // memory (the disk cache is read, never mapped: `component.rs`), so
+        // nothing written to a file later reaches a live image; a freed slot
+        // is reset to the image before reuse (test
+        // `a_recycled_slot_s_initialised_data_is_the_module_s_again`).
         .memory_init_cow(true)
         .epoch_interruption(true)
         .concurrency_support(false)
