@@ -175,6 +175,11 @@ impl From<HypervisorError> for Problem {
                     "component-cache",
                     "The compiled-component cache failed",
                 ),
+                LoadError::Image { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component-image",
+                    "The host could not make the component's memory images",
+                ),
                 _ => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "component-refused",

@@ -4,10 +4,17 @@
 //! resident memory they added per agent.
 //!
 //! Run: `env -u RUST_BACKTRACE cargo run --release -p ahv-runtime --example
-//! density_probe -- [AGENTS]` (default 10 000). Resident memory is read from
+//! density_probe -- [AGENTS]` (default 9 000: with the warm-up's 1 000, the
+//! most pool slots whose address space, each reserved for the largest
+//! ring's memory budget, a 47-bit address space holds with room to spare;
+//! 11 000 slots fail to reserve it). Resident memory is read from
 //! `/proc/self/statm` (Linux) before the first agent and after the last;
-//! 1 000 agents are spawned and dropped first so that allocator arenas and
-//! the component's code are already resident and are not counted. With
+//! 1 000 agents (at most `AGENTS`) are spawned first and kept alive, so
+//! that allocator arenas and the component's code are already resident and
+//! not counted, while every measured agent still takes a pool slot and heap
+//! of its own (dropping them instead let the first 1 000 measured agents
+//! reuse their slots' resident pages and freed heap, which undercounted
+//! 10,000 agents by ~10 %). With
 //! `DENSITY_RAW=1` it measures the floor instead: the same number of raw
 //! wasmtime instances of the same component on the same engine (a store
 //! with an empty WASI context, no gate, no limits), each called once. With
@@ -201,8 +208,12 @@ async fn spawn_many(
 }
 
 async fn probe(n: usize) -> anyhow::Result<()> {
+    // The warm-up's agents stay alive (see the module's doc): room for them
+    // and for the measured ones. (Each slot reserves address space for the
+    // largest ring's memory budget, so not for much more.)
+    let warm = n.min(1000);
     let runtime = Runtime::builder()
-        .max_instances(u32::try_from(n + 1)?)
+        .max_instances(u32::try_from(n + warm + 1)?)
         .build()?;
     let (bytes, custom) = component_bytes()?;
     let component = runtime.load(&bytes)?;
@@ -211,12 +222,12 @@ async fn probe(n: usize) -> anyhow::Result<()> {
         cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())?,
         VfsLimits::default(),
     ));
-    drop(spawn_many(&runtime, &component, &files, n.min(1000), "warm", &custom).await?);
     if std::env::var_os("DENSITY_RAW").is_some() {
+        // The raw floor warms up with raw instances of its own.
         let engine = runtime.engine().clone();
         let raw = wasmtime::component::Component::new(&engine, &bytes)?;
         let pre = raw::raw_pre(&engine, &raw);
-        drop(raw_many(&engine, &pre, n.min(1000), &custom).await?);
+        let _warm_instances = raw_many(&engine, &pre, warm, &custom).await?;
         let (instances, rss, heap, blocks) =
             measure(n, raw_many(&engine, &pre, n, &custom)).await?;
         println!(
@@ -229,6 +240,7 @@ async fn probe(n: usize) -> anyhow::Result<()> {
         drop(instances);
         return Ok(());
     }
+    let _warm_agents = spawn_many(&runtime, &component, &files, warm, "warm", &custom).await?;
 
     let smaps = std::env::var_os("DENSITY_SMAPS").is_some();
     let map_before = if smaps {
@@ -289,7 +301,7 @@ async fn probe(n: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let agents: usize = std::env::args().nth(1).map_or(Ok(10_000), |a| a.parse())?;
+    let agents: usize = std::env::args().nth(1).map_or(Ok(9_000), |a| a.parse())?;
     anyhow::ensure!(agents > 0, "AGENTS must be at least 1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

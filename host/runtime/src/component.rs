@@ -200,6 +200,14 @@ pub enum LoadError {
         /// What failed.
         message: String,
     },
+    /// The host could not make the component's memory images (the
+    /// copy-on-write sources of its instances' linear memories): out of
+    /// memory or file descriptors.
+    #[error("cannot make the component's memory images: {message}")]
+    Image {
+        /// Wasmtime's description.
+        message: String,
+    },
     /// Linking against a ring failed (a host bug, or an import type mismatch).
     #[error("cannot link the component in {ring}: {message}")]
     Link {

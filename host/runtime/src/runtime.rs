@@ -249,8 +249,8 @@ impl RuntimeBuilder {
 /// resident and resets by hand (zeroes, or for a memory copies back from
 /// its module's initial image) instead of with `madvise`. With the
 /// `PAGEMAP_SCAN` ioctl (Linux 6.7+, used when available) only the pages the
-/// agent dirtied are reset, so a short agent's slot is reused without a
-/// system call, a TLB shoot-down or fresh page faults (measured: a join +
+/// agent dirtied are reset, so a short agent's slot is reused without an
+/// `madvise`, a TLB shoot-down or fresh page faults (measured: a join +
 /// `run` + terminate with the `pinger` agent 28.5 µs -> 15.6 µs). Without the
 /// ioctl Wasmtime resets the lowest `KEEP_RESIDENT` bytes, so this stays small:
 /// 1 MiB would cost 45 µs per instance there.
@@ -327,18 +327,29 @@ fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
         // faults in only the pages it touches, and a freed pool slot keeps
         // the image for the next instance of the same module. Measured
         // (2026-12-05, `lang_probe` and `density_probe`): a Python agent's
-        // instantiation 6.2 -> 0.56 ms (its first call 0.17 -> 0.62 ms, the
-        // pages faulting in), a JavaScript agent's 1.2 -> 0.03 ms; both fit
-        // 2.2x as many live agents per GiB (Python 85 -> 187, JavaScript
-        // 328 -> 710); `pinger` (Rust) 2-3 % faster to instantiate and call,
-        // and the same resident size. (Copying was chosen when only small
-        // Rust agents existed, before the pool reset slots by `PAGEMAP_SCAN`.)
-        // An image is a sealed memfd made from the compiled component in
-        // memory (the disk cache is read, never mapped: `component.rs`), so
-        // nothing written to a file later reaches a live image; a freed slot
-        // is reset to the image before reuse (test
-        // `a_recycled_slot_s_initialised_data_is_the_module_s_again`).
+        // instantiation 6.2 -> 0.55-0.62 ms (its first call 0.17 -> 0.57-0.62
+        // ms, the pages faulting in), twice as many live Python agents per
+        // GiB (84 -> 165); `pinger` (Rust) 2-3 % faster to instantiate and
+        // call, with the same resident size. (Copying was chosen when
+        // only small Rust agents existed, before the pool reset slots by
+        // `PAGEMAP_SCAN`.) An image is a sealed memfd made from the compiled
+        // component in memory (the disk cache is read, never mapped:
+        // `component.rs`), so nothing written to a file later reaches a live
+        // image; a freed slot is reset to the image before reuse (test
+        // `a_recycled_slot_s_initialised_data_is_the_module_s_again`). Each
+        // loaded component holds its images (about its data's size, made
+        // when it is loaded) until the runtime drops it.
         .memory_init_cow(true)
+        // Wasmtime builds a memory's image at compile time only where its
+        // initialised range is less than twice the data in it, so an image
+        // costs at most about twice what the upload holds. Its default
+        // also allows any image up to 16 MiB per memory: a 1.7 KB component
+        // of 32 modules, each with one byte at either end of 16 MiB, took
+        // 1.05 GB to compile (found by review). The price: the JavaScript
+        // agents' image is sparse (2.8 MB of data over 8.5 MB), so they
+        // keep being copied: 1.2 ms to instantiate, where mapping took 0.03,
+        // and 317 live agents per GiB, where mapping fitted 429.
+        .memory_guaranteed_dense_image_size(0)
         .epoch_interruption(true)
         .concurrency_support(false)
         .max_wasm_stack(1 << 20)
@@ -529,6 +540,13 @@ impl Runtime {
             &compiled,
             &self.inner.policy,
         )?;
+        // Made here, where loading may block, rather than by the first
+        // instantiation (a join): a Python agent's image is ~11 MB.
+        compiled
+            .initialize_copy_on_write_image()
+            .map_err(|e| LoadError::Image {
+                message: format!("{e:#}"),
+            })?;
         let pres: [std::sync::OnceLock<RootPre<AgentState>>; 4] = Default::default();
         let _ = pres[Ring::Root.number() as usize].set(admitted.pre);
         let c = AgentComponent {
@@ -685,6 +703,33 @@ mod tests {
         );
         // The pool it makes can be built.
         engine(2, &sizes).unwrap();
+    }
+
+    /// A component's compiled form holds its memory images: one made of a
+    /// few bytes far apart must not be padded out to megabytes while it is
+    /// compiled (Wasmtime's default pads up to 16 MiB per memory; this
+    /// component of 8 modules then compiles to 128 MiB).
+    #[test]
+    fn sparse_data_segments_are_not_padded_into_a_large_image_at_compile_time() {
+        let mut text = String::from("(component\n");
+        for i in 0..8 {
+            text += &format!(
+                "(core module $m{i} (memory 256) (data (i32.const 0) \"a\") \
+                 (data (i32.const {}) \"b\"))\n",
+                (16 << 20) - (64 << 10)
+            );
+        }
+        text += ")";
+        let bytes = wat::parse_str(&text).unwrap();
+        let runtime = Runtime::builder().max_instances(1).build().unwrap();
+        let compiled = wasmtime::component::Component::new(runtime.engine(), &bytes).unwrap();
+        let artifact = compiled.serialize().unwrap();
+        assert!(
+            artifact.len() < 1 << 20,
+            "{} bytes compiled from {} bytes",
+            artifact.len(),
+            bytes.len()
+        );
     }
 
     #[test]

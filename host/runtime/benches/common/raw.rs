@@ -2,8 +2,8 @@
 //! against: the same engine and component as the governed runtime, a bare
 //! store with WASI, and ungoverned stand-ins for the host functions the
 //! baselines call. Included with `#[path]` by `benches/runtime.rs`,
-//! `examples/instantiate_probe.rs` and the hypervisor's saga bench
-//! (`host/hypervisor/benches/saga.rs`).
+//! `examples/instantiate_probe.rs`, `examples/density_probe.rs` and the
+//! hypervisor's saga bench (`host/hypervisor/benches/saga.rs`).
 
 use ahv_runtime::raw::WitError;
 use ahv_runtime::raw::agent_hypervisor::agent::locks::{LockMode, LockTarget};
