@@ -695,8 +695,29 @@ impl DiskCache {
     }
 }
 
-/// Compiles component bytes.
+/// Compiles component bytes, unless the memory images Wasmtime would build
+/// for them exceed [`crate::images::max_image_bytes`] (refused as
+/// [`LoadError::Invalid`], before compiling).
 pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    if let Some((total, largest)) = crate::images::image_bytes(bytes) {
+        let max = crate::images::max_image_bytes(bytes.len());
+        if total > max {
+            let largest = largest.map_or(String::new(), |l| {
+                format!(
+                    "; the largest, memory {} of core module {}, holds {} bytes of data over {} bytes",
+                    l.memory, l.module, l.data, l.range
+                )
+            });
+            return Err(LoadError::Invalid {
+                message: format!(
+                    "its data segments would make {total} bytes of memory images, more than \
+                     {max} (twice its {} bytes, plus {} per component){largest}",
+                    bytes.len(),
+                    crate::images::DENSE_IMAGE_ALLOWANCE
+                ),
+            });
+        }
+    }
     Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
         message: format!("{e:#}"),
     })

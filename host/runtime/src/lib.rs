@@ -48,6 +48,7 @@ mod bulk;
 mod capabilities;
 pub mod component;
 pub mod gate;
+mod images;
 pub mod metrics;
 mod rate;
 pub mod runtime;

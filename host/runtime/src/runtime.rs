@@ -340,16 +340,17 @@ fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
         // loaded component holds its images (about its data's size, made
         // when it is loaded) until the runtime drops it.
         .memory_init_cow(true)
-        // Wasmtime builds a memory's image at compile time only where its
-        // initialised range is less than twice the data in it, so an image
-        // costs at most about twice what the upload holds. Its default
-        // also allows any image up to 16 MiB per memory: a 1.7 KB component
-        // of 32 modules, each with one byte at either end of 16 MiB, took
-        // 1.05 GB to compile (found by review). The price: the JavaScript
-        // agents' image is sparse (2.8 MB of data over 8.5 MB), so they
-        // keep being copied: 1.2 ms to instantiate, where mapping took 0.03,
-        // and 317 live agents per GiB, where mapping fitted 429.
-        .memory_guaranteed_dense_image_size(0)
+        // Wasmtime builds a memory's image at compile time where its
+        // initialised range is less than twice the data in it, or within
+        // this allowance (its default, set here so that `crate::images`
+        // bounds it): the JavaScript agents' image is sparse (2.8 MB of data
+        // over 8.5 MB) and is mapped only thanks to it (instantiation 1.2 ->
+        // 0.03 ms, 317 -> 429 live agents per GiB). Since a 1.7 KB component
+        // of 32 modules, each with a byte at either end of 16 MiB, took
+        // 1.05 GB to compile (found by review), `component::compile` refuses,
+        // before compiling, a component whose images would exceed twice its
+        // size plus one allowance.
+        .memory_guaranteed_dense_image_size(crate::images::DENSE_IMAGE_ALLOWANCE)
         .epoch_interruption(true)
         .concurrency_support(false)
         .max_wasm_stack(1 << 20)
@@ -707,29 +708,42 @@ mod tests {
 
     /// A component's compiled form holds its memory images: one made of a
     /// few bytes far apart must not be padded out to megabytes while it is
-    /// compiled (Wasmtime's default pads up to 16 MiB per memory; this
-    /// component of 8 modules then compiles to 128 MiB).
+    /// compiled (Wasmtime pads up to 16 MiB per memory; this component of 8
+    /// modules would compile to 128 MiB). It is refused before compiling.
     #[test]
-    fn sparse_data_segments_are_not_padded_into_a_large_image_at_compile_time() {
+    fn sparse_data_segments_are_refused_before_they_are_padded_into_large_images() {
+        let far = (16 << 20) - (64 << 10);
         let mut text = String::from("(component\n");
         for i in 0..8 {
             text += &format!(
                 "(core module $m{i} (memory 256) (data (i32.const 0) \"a\") \
-                 (data (i32.const {}) \"b\"))\n",
-                (16 << 20) - (64 << 10)
+                 (data (i32.const {far}) \"b\"))\n"
             );
         }
         text += ")";
         let bytes = wat::parse_str(&text).unwrap();
         let runtime = Runtime::builder().max_instances(1).build().unwrap();
-        let compiled = wasmtime::component::Component::new(runtime.engine(), &bytes).unwrap();
-        let artifact = compiled.serialize().unwrap();
+        let Err(LoadError::Invalid { message }) = runtime.load(&bytes) else {
+            panic!("a component of sparse images was not refused as invalid");
+        };
         assert!(
-            artifact.len() < 1 << 20,
-            "{} bytes compiled from {} bytes",
-            artifact.len(),
-            bytes.len()
+            message.starts_with(&format!(
+                "its data segments would make {} bytes of memory images, more than",
+                8 * (far + 1)
+            )) && message.ends_with(&format!(
+                "the largest, memory 0 of core module 0, holds 2 bytes of data over {} bytes",
+                far + 1
+            )),
+            "{message}"
         );
+        // One such module is within the bound: compiled (its image made).
+        let one = wat::parse_str(format!(
+            "(component (core module (memory 256) (data (i32.const 0) \"a\") \
+             (data (i32.const {far}) \"b\")))"
+        ))
+        .unwrap();
+        let compiled = crate::component::compile(runtime.engine(), &one).unwrap();
+        assert!(compiled.serialize().unwrap().len() > far as usize);
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! A bound, checked before compiling, on the memory images Wasmtime would
+//! build for a component.
+//!
+//! With copy-on-write memory initialisation (see `crate::runtime`'s engine)
+//! Wasmtime turns each core module's data segments into one image per
+//! memory while compiling: the bytes from the first segment's start to the
+//! last one's end, gaps written out as zeros. It does so where that range is
+//! less than twice the data in it, or smaller than an allowance per memory
+//! ([`DENSE_IMAGE_ALLOWANCE`], its default of 16 MiB). The allowance is what
+//! lets a sparse image like the JavaScript agents' (2.8 MB of data over
+//! 8.5 MB) be mapped; it is also what let a 1.7 KB component of 32 modules,
+//! each with a byte at either end of 16 MiB, take 1.05 GB to compile. So a
+//! component's images may total at most twice its own size plus one
+//! allowance ([`max_image_bytes`]); past that it is refused before Wasmtime
+//! sees it.
+//!
+//! The estimate only ever counts more than Wasmtime builds: every memory
+//! whose constant-offset segments Wasmtime might turn into an image counts
+//! its whole range, whatever else in its module would make Wasmtime copy
+//! the segments instead.
+
+use std::collections::BTreeMap;
+
+use wasmparser::{DataKind, Encoding, Operator, Parser, Payload};
+
+/// Wasmtime's `memory_guaranteed_dense_image_size`: a memory's image is
+/// built whatever its density below this size.
+pub(crate) const DENSE_IMAGE_ALLOWANCE: u64 = 16 << 20;
+
+/// The most image bytes a component of `len` bytes may make Wasmtime build.
+pub(crate) fn max_image_bytes(len: usize) -> u64 {
+    (len as u64)
+        .saturating_mul(2)
+        .saturating_add(DENSE_IMAGE_ALLOWANCE)
+}
+
+/// What the images of one memory would hold.
+#[derive(Debug, Default, Clone, Copy)]
+struct Extent {
+    /// Bytes of data in its segments.
+    data: u64,
+    /// The lowest offset a segment starts at.
+    start: u64,
+    /// The highest offset a segment ends at.
+    end: u64,
+}
+
+impl Extent {
+    fn add(&mut self, offset: u64, len: u64) {
+        let Some(end) = offset.checked_add(len) else {
+            return;
+        };
+        if self.data == 0 {
+            (self.start, self.end) = (offset, end);
+        } else {
+            self.start = self.start.min(offset);
+            self.end = self.end.max(end);
+        }
+        self.data = self.data.saturating_add(len);
+    }
+
+    /// The image Wasmtime may build for this memory: its whole range if the
+    /// range is dense enough or within the allowance, else none.
+    fn image(&self) -> u64 {
+        let range = self.end - self.start;
+        if self.data > 0 && (range < self.data.saturating_mul(2) || range < DENSE_IMAGE_ALLOWANCE) {
+            range
+        } else {
+            0
+        }
+    }
+}
+
+/// The largest memory image estimate, for the refusal's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Largest {
+    /// The core module's position among the component's modules, from 0.
+    pub module: usize,
+    /// The memory's index in that module.
+    pub memory: u32,
+    /// Bytes of data in its segments.
+    pub data: u64,
+    /// Bytes from the first segment's start to the last one's end.
+    pub range: u64,
+}
+
+/// The bytes of memory images Wasmtime may build for `bytes` (an upper
+/// bound), and the largest one. `None` if the bytes do not parse: the
+/// compiler then says what is wrong with them.
+pub(crate) fn image_bytes(bytes: &[u8]) -> Option<(u64, Option<Largest>)> {
+    let mut total = 0u64;
+    let mut largest: Option<Largest> = None;
+    let mut modules = 0usize;
+    // One entry per core module being read (modules do not nest in modules,
+    // but components hold modules at any depth): its memories' extents, by
+    // index (a map: the bytes are not validated yet, so an index may be
+    // anything).
+    let mut open: Vec<Option<BTreeMap<u32, Extent>>> = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { encoding, .. } => {
+                open.push((encoding == Encoding::Module).then(BTreeMap::new));
+            }
+            Payload::DataSection(reader) => {
+                let Some(Some(extents)) = open.last_mut() else {
+                    continue;
+                };
+                for data in reader {
+                    let data = data.ok()?;
+                    let DataKind::Active {
+                        memory_index,
+                        offset_expr,
+                    } = data.kind
+                    else {
+                        continue;
+                    };
+                    let mut ops = offset_expr.get_operators_reader();
+                    let offset = match ops.read().ok()? {
+                        Operator::I32Const { value } => u64::from(value.cast_unsigned()),
+                        Operator::I64Const { value } => value.cast_unsigned(),
+                        // Not a constant: Wasmtime copies this module's segments.
+                        _ => continue,
+                    };
+                    extents
+                        .entry(memory_index)
+                        .or_default()
+                        .add(offset, data.data.len() as u64);
+                }
+            }
+            Payload::End(_) => {
+                if let Some(Some(extents)) = open.pop() {
+                    for (&memory, e) in &extents {
+                        let image = e.image();
+                        total = total.saturating_add(image);
+                        if image > largest.map_or(0, |l| l.range) {
+                            largest = Some(Largest {
+                                module: modules,
+                                memory,
+                                data: e.data,
+                                range: image,
+                            });
+                        }
+                    }
+                    modules += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((total, largest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of `modules` core modules, each with one memory holding
+    /// `a` at 0 and `b` at `far`.
+    fn sparse(modules: usize, far: u64) -> Vec<u8> {
+        let mut text = String::from("(component\n");
+        for i in 0..modules {
+            text += &format!(
+                "(core module $m{i} (memory 512) (data (i32.const 0) \"a\") \
+                 (data (i32.const {far}) \"b\"))\n"
+            );
+        }
+        text += ")";
+        wat::parse_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_sparse_memory_counts_its_range_only_within_the_allowance() {
+        let one_mib = 1 << 20;
+        let (total, largest) = image_bytes(&sparse(3, one_mib)).unwrap();
+        assert_eq!(total, 3 * (one_mib + 1));
+        assert_eq!(
+            largest,
+            Some(Largest {
+                module: 0,
+                memory: 0,
+                data: 2,
+                range: one_mib + 1
+            })
+        );
+        // Past the allowance and not dense: Wasmtime copies, no image.
+        let (total, largest) = image_bytes(&sparse(3, DENSE_IMAGE_ALLOWANCE)).unwrap();
+        assert_eq!((total, largest), (0, None));
+    }
+
+    #[test]
+    fn dense_data_counts_whatever_its_size() {
+        let text = format!(
+            "(module (memory 1024) (data (i32.const 4096) \"{}\"))",
+            "x".repeat(20 << 20)
+        );
+        let bytes = wat::parse_str(&text).unwrap();
+        let (total, _) = image_bytes(&bytes).unwrap();
+        assert_eq!(total, 20 << 20);
+        assert!(total < max_image_bytes(bytes.len()));
+    }
+
+    #[test]
+    fn many_sparse_modules_exceed_the_bound_and_one_does_not() {
+        let far = (16 << 20) - (64 << 10);
+        let one = sparse(1, far);
+        assert!(image_bytes(&one).unwrap().0 < max_image_bytes(one.len()));
+        let many = sparse(32, far);
+        let (total, _) = image_bytes(&many).unwrap();
+        assert!(
+            total > max_image_bytes(many.len()),
+            "{total} bytes of images from {} bytes",
+            many.len()
+        );
+    }
+
+    #[test]
+    fn segments_with_computed_offsets_or_no_memory_data_count_nothing() {
+        let bytes = wat::parse_str(
+            "(module (memory 512) (global i32 (i32.const 0)) \
+             (data (global.get 0) \"a\") (data \"passive\"))",
+        )
+        .unwrap();
+        assert_eq!(image_bytes(&bytes).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn a_memory_index_out_of_any_range_costs_nothing() {
+        // Not valid (the module has one memory), but read before validation:
+        // a module with memory 0 and an active segment "ab" for memory
+        // u32::MAX at offset 0.
+        let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+        bytes.extend([5, 3, 1, 0, 1]);
+        bytes.extend([11, 13, 1, 2, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x41, 0, 0x0b, 2]);
+        bytes.extend(b"ab");
+        assert_eq!(
+            image_bytes(&bytes),
+            Some((
+                2,
+                Some(Largest {
+                    module: 0,
+                    memory: u32::MAX,
+                    data: 2,
+                    range: 2
+                })
+            ))
+        );
+    }
+
+    proptest::proptest! {
+        /// Read before validation: any bytes, however a valid component is
+        /// damaged, are read without a panic or an allocation they ask for.
+        #[test]
+        fn damaged_components_are_read_without_panicking(
+            cuts in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8),
+            len in 0usize..4096,
+        ) {
+            let mut bytes = sparse(2, 4096);
+            for (at, byte) in cuts {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            bytes.truncate(len.max(8));
+            let _ = image_bytes(&bytes);
+        }
+    }
+
+    #[test]
+    fn bytes_that_do_not_parse_are_left_to_the_compiler() {
+        assert_eq!(image_bytes(b"\0asm\x0d\0\x01\0\x01\xff"), None);
+        assert_eq!(image_bytes(b"not wasm"), None);
+    }
+}
