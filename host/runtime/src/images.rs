@@ -27,6 +27,11 @@ use wasmparser::{DataKind, Encoding, Operator, Parser, Payload};
 /// built whatever its density below this size.
 pub(crate) const DENSE_IMAGE_ALLOWANCE: u64 = 16 << 20;
 
+/// The page size images are counted in: the largest host page size
+/// Wasmtime runs on (64 KiB), so that a one-byte segment counts what its
+/// image may take on any host.
+const PAGE: u64 = 64 << 10;
+
 /// The most image bytes a component of `len` bytes may make Wasmtime build.
 pub(crate) fn max_image_bytes(len: usize) -> u64 {
     (len as u64)
@@ -59,12 +64,13 @@ impl Extent {
         self.data = self.data.saturating_add(len);
     }
 
-    /// The image Wasmtime may build for this memory: its whole range if the
-    /// range is dense enough or within the allowance, else none.
+    /// The image Wasmtime may build for this memory: if the range is dense
+    /// enough or within the allowance, the range widened to whole pages
+    /// ([`PAGE`]; Wasmtime maps whole host pages), else none.
     fn image(&self) -> u64 {
         let range = self.end - self.start;
         if self.data > 0 && (range < self.data.saturating_mul(2) || range < DENSE_IMAGE_ALLOWANCE) {
-            range
+            self.end.div_ceil(PAGE).saturating_mul(PAGE) - self.start / PAGE * PAGE
         } else {
             0
         }
@@ -80,7 +86,8 @@ pub(crate) struct Largest {
     pub memory: u32,
     /// Bytes of data in its segments.
     pub data: u64,
-    /// Bytes from the first segment's start to the last one's end.
+    /// Bytes of its image: from the first segment's start to the last
+    /// one's end, in whole pages.
     pub range: u64,
 }
 
@@ -172,14 +179,15 @@ mod tests {
     fn a_sparse_memory_counts_its_range_only_within_the_allowance() {
         let one_mib = 1 << 20;
         let (total, largest) = image_bytes(&sparse(3, one_mib)).unwrap();
-        assert_eq!(total, 3 * (one_mib + 1));
+        // A byte past 1 MiB: the image ends a page later.
+        assert_eq!(total, 3 * (one_mib + PAGE));
         assert_eq!(
             largest,
             Some(Largest {
                 module: 0,
                 memory: 0,
                 data: 2,
-                range: one_mib + 1
+                range: one_mib + PAGE
             })
         );
         // Past the allowance and not dense: Wasmtime copies, no image.
@@ -195,7 +203,7 @@ mod tests {
         );
         let bytes = wat::parse_str(&text).unwrap();
         let (total, _) = image_bytes(&bytes).unwrap();
-        assert_eq!(total, 20 << 20);
+        assert_eq!(total, (20 << 20) + PAGE, "whole pages from 0");
         assert!(total < max_image_bytes(bytes.len()));
     }
 
@@ -235,12 +243,12 @@ mod tests {
         assert_eq!(
             image_bytes(&bytes),
             Some((
-                2,
+                PAGE,
                 Some(Largest {
                     module: 0,
                     memory: u32::MAX,
                     data: 2,
-                    range: 2
+                    range: PAGE
                 })
             ))
         );
