@@ -695,10 +695,20 @@ impl DiskCache {
     }
 }
 
-/// Compiles component bytes, unless the memory images Wasmtime would build
-/// for them exceed [`crate::images::max_image_bytes`] (refused as
-/// [`LoadError::Invalid`], before compiling).
-pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+/// Refuses, before anything is compiled or taken from the cache, a
+/// component whose compiling would make the host allocate out of proportion
+/// to its size: memory images past [`crate::images::max_image_bytes`], or
+/// tables and memories the instance pool could never hold
+/// ([`crate::images::pool_misfit`]). Bytes that do not parse are left to the
+/// compiler, which says what is wrong with them (it parses with the same
+/// wasmparser, validating as well).
+///
+/// # Errors
+/// [`LoadError::Invalid`] naming what is too large.
+pub(crate) fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
+    if let Some(misfit) = crate::images::pool_misfit(bytes) {
+        return Err(LoadError::Invalid { message: misfit });
+    }
     if let Some((total, largest)) = crate::images::image_bytes(bytes) {
         let max = crate::images::max_image_bytes(bytes.len());
         if total > max {
@@ -711,13 +721,19 @@ pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadEr
             return Err(LoadError::Invalid {
                 message: format!(
                     "its data segments would make {total} bytes of memory images, more than \
-                     {max} (twice its {} bytes, plus {} per component){largest}",
+                     {max} (twice its {} bytes, plus {}){largest}",
                     bytes.len(),
-                    crate::images::DENSE_IMAGE_ALLOWANCE
+                    crate::images::EXTRA_IMAGE_BYTES
                 ),
             });
         }
     }
+    Ok(())
+}
+
+/// Compiles component bytes, once [`check_before_compiling`] passes.
+pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    check_before_compiling(bytes)?;
     Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
         message: format!("{e:#}"),
     })

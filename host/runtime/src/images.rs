@@ -1,5 +1,5 @@
-//! A bound, checked before compiling, on the memory images Wasmtime would
-//! build for a component.
+//! Checks, before compiling, on what compiling a component would make the
+//! host allocate.
 //!
 //! With copy-on-write memory initialisation (see `crate::runtime`'s engine)
 //! Wasmtime turns each core module's data segments into one image per
@@ -10,14 +10,20 @@
 //! lets a sparse image like the JavaScript agents' (2.8 MB of data over
 //! 8.5 MB) be mapped; it is also what let a 1.7 KB component of 32 modules,
 //! each with a byte at either end of 16 MiB, take 1.05 GB to compile. So a
-//! component's images may total at most twice its own size plus one
-//! allowance ([`max_image_bytes`]); past that it is refused before Wasmtime
-//! sees it.
+//! component's images may total at most twice its own size plus 1 MiB
+//! ([`max_image_bytes`]); past that it is refused before Wasmtime sees it.
+//! Compiling takes about twice the images' size at its peak; a loaded
+//! component then holds them once.
 //!
 //! The estimate only ever counts more than Wasmtime builds: every memory
 //! whose constant-offset segments Wasmtime might turn into an image counts
-//! its whole range, whatever else in its module would make Wasmtime copy
-//! the segments instead.
+//! its whole range, in whole pages, whatever else in its module would make
+//! Wasmtime copy the segments instead.
+//!
+//! Tables are precomputed the same way (up to a million entries each, from
+//! the table's minimum size), and the pool's limits on tables and memories
+//! per module are only checked after compiling; [`pool_misfit`] checks
+//! them first.
 
 use std::collections::BTreeMap;
 
@@ -32,11 +38,17 @@ pub(crate) const DENSE_IMAGE_ALLOWANCE: u64 = 16 << 20;
 /// image may take on any host.
 const PAGE: u64 = 64 << 10;
 
+/// What a component may have in images beyond twice its size. The
+/// agents need none of it (the JavaScript agents' 8.5 MB image is well
+/// within twice their 12.2 MB), but a small component of a few modules
+/// would otherwise be refused for its page rounding alone.
+pub(crate) const EXTRA_IMAGE_BYTES: u64 = 1 << 20;
+
 /// The most image bytes a component of `len` bytes may make Wasmtime build.
 pub(crate) fn max_image_bytes(len: usize) -> u64 {
     (len as u64)
         .saturating_mul(2)
-        .saturating_add(DENSE_IMAGE_ALLOWANCE)
+        .saturating_add(EXTRA_IMAGE_BYTES)
 }
 
 /// What the images of one memory would hold.
@@ -52,6 +64,12 @@ struct Extent {
 
 impl Extent {
     fn add(&mut self, offset: u64, len: u64) {
+        // Wasmtime skips an empty segment (after its bounds check): it does
+        // not widen the image. Widening the estimate's range with it could
+        // make a dense image look too sparse to build, and count nothing.
+        if len == 0 {
+            return;
+        }
         let Some(end) = offset.checked_add(len) else {
             return;
         };
@@ -157,6 +175,67 @@ pub(crate) fn image_bytes(bytes: &[u8]) -> Option<(u64, Option<Largest>)> {
     Some((total, largest))
 }
 
+/// Why the instance pool could never hold an instance of `bytes` (a
+/// defined table or memory past its limits per module), if it could not:
+/// Wasmtime checks this only after compiling, and precomputes a table's
+/// initial entries (up to a million) while compiling. `None` as well if the
+/// bytes do not parse.
+pub(crate) fn pool_misfit(bytes: &[u8]) -> Option<String> {
+    use crate::runtime::{POOL_MEMORIES_PER_MODULE, POOL_TABLE_ELEMENTS, POOL_TABLES_PER_MODULE};
+    // (tables, memories) defined by each core module being read.
+    let mut open: Vec<Option<(u64, u64)>> = Vec::new();
+    let mut modules = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { encoding, .. } => {
+                open.push((encoding == Encoding::Module).then_some((0, 0)));
+            }
+            Payload::TableSection(reader) => {
+                let Some(Some((tables, _))) = open.last_mut() else {
+                    continue;
+                };
+                for table in reader {
+                    let table = table.ok()?;
+                    if table.ty.initial > POOL_TABLE_ELEMENTS as u64 {
+                        return Some(format!(
+                            "table {tables} of core module {modules} has a minimum of {} \
+                             elements, more than the {POOL_TABLE_ELEMENTS} an instance's table \
+                             may have",
+                            table.ty.initial
+                        ));
+                    }
+                    *tables += 1;
+                }
+            }
+            Payload::MemorySection(reader) => {
+                let Some(Some((_, memories))) = open.last_mut() else {
+                    continue;
+                };
+                *memories += u64::from(reader.count());
+            }
+            Payload::End(_) => {
+                if let Some(Some((tables, memories))) = open.pop() {
+                    if tables > u64::from(POOL_TABLES_PER_MODULE) {
+                        return Some(format!(
+                            "core module {modules} defines {tables} tables, more than the \
+                             {POOL_TABLES_PER_MODULE} a module may"
+                        ));
+                    }
+                    if memories > u64::from(POOL_MEMORIES_PER_MODULE) {
+                        return Some(format!(
+                            "core module {modules} defines {memories} memories, more than the \
+                             {POOL_MEMORIES_PER_MODULE} a module may"
+                        ));
+                    }
+                    modules += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +289,7 @@ mod tests {
     #[test]
     fn many_sparse_modules_exceed_the_bound_and_one_does_not() {
         let far = (16 << 20) - (64 << 10);
-        let one = sparse(1, far);
+        let one = sparse(1, 512 << 10);
         assert!(image_bytes(&one).unwrap().0 < max_image_bytes(one.len()));
         let many = sparse(32, far);
         let (total, _) = image_bytes(&many).unwrap();
@@ -270,6 +349,50 @@ mod tests {
             bytes.truncate(len.max(8));
             let _ = image_bytes(&bytes);
         }
+    }
+
+    #[test]
+    fn an_empty_segment_does_not_hide_an_image() {
+        // Wasmtime skips the empty segment and builds an image of just under
+        // 16 MiB; widened by it, the range would have looked too sparse.
+        let far = (16 << 20) - (64 << 10) - 1;
+        let text = format!(
+            "(module (memory 256) (data (i32.const 0) \"a\") (data (i32.const {far}) \"b\") \
+             (data (i32.const {}) \"\"))",
+            16 << 20
+        );
+        let (total, _) = image_bytes(&wat::parse_str(&text).unwrap()).unwrap();
+        assert_eq!(total, (16 << 20) - (64 << 10));
+    }
+
+    #[test]
+    fn tables_and_memories_past_the_pool_s_limits_are_named() {
+        let misfit = |text: &str| pool_misfit(&wat::parse_str(text).unwrap());
+        assert_eq!(
+            misfit(
+                "(component (core module (table 1 funcref)) (core module (table 20001 funcref)))"
+            ),
+            Some(
+                "table 0 of core module 1 has a minimum of 20001 elements, more than the 20000 \
+                 an instance's table may have"
+                    .into()
+            )
+        );
+        assert_eq!(
+            misfit("(module (table 1 funcref) (table 1 funcref))"),
+            Some("core module 0 defines 2 tables, more than the 1 a module may".into())
+        );
+        assert_eq!(
+            misfit("(module (memory 1) (memory 1))"),
+            Some("core module 0 defines 2 memories, more than the 1 a module may".into())
+        );
+        assert_eq!(
+            misfit(
+                "(module (import \"m\" \"t\" (table 99999 funcref)) (table 20000 funcref) (memory 1))"
+            ),
+            None,
+            "imported tables are the importer's; 20000 elements fit"
+        );
     }
 
     #[test]

@@ -282,6 +282,14 @@ impl PoolSizes {
     }
 }
 
+/// Most tables one core module may define (Wasmtime's pooling default,
+/// set explicitly so that `crate::images::pool_misfit` checks the same).
+pub(crate) const POOL_TABLES_PER_MODULE: u32 = 1;
+/// Most elements a defined table may start with (Wasmtime's pooling default).
+pub(crate) const POOL_TABLE_ELEMENTS: usize = 20_000;
+/// Most memories one core module may define (Wasmtime's pooling default).
+pub(crate) const POOL_MEMORIES_PER_MODULE: u32 = 1;
+
 /// Memories and tables the pool reserves per live instance, on average.
 /// Each pooled memory reserves address space for the largest ring budget
 /// and each table its elements, so the pool is not sized for every agent at
@@ -315,6 +323,9 @@ fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
                 .max(sizes.tables),
         )
         .total_stacks(max_instances)
+        .max_tables_per_module(POOL_TABLES_PER_MODULE)
+        .table_elements(POOL_TABLE_ELEMENTS)
+        .max_memories_per_module(POOL_MEMORIES_PER_MODULE)
         .max_memory_size(usize::try_from(sizes.memory_bytes).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
@@ -347,9 +358,9 @@ fn engine(max_instances: u32, sizes: &PoolSizes) -> Result<Engine, BuildError> {
         // over 8.5 MB) and is mapped only thanks to it (instantiation 1.2 ->
         // 0.03 ms, 317 -> 429 live agents per GiB). Since a 1.7 KB component
         // of 32 modules, each with a byte at either end of 16 MiB, took
-        // 1.05 GB to compile (found by review), `component::compile` refuses,
-        // before compiling, a component whose images would exceed twice its
-        // size plus one allowance.
+        // 1.05 GB to compile (found by review), a component whose images
+        // would exceed twice its size plus 1 MiB is refused before it is
+        // compiled (`component::check_before_compiling`).
         .memory_guaranteed_dense_image_size(crate::images::DENSE_IMAGE_ALLOWANCE)
         .epoch_interruption(true)
         .concurrency_support(false)
@@ -529,6 +540,9 @@ impl Runtime {
         {
             return Ok(c.clone());
         }
+        // Before the cache too: an artifact cached by an earlier version
+        // was compiled without these checks.
+        component::check_before_compiling(bytes)?;
         let engine = &self.inner.engine;
         let compiled = match &self.inner.cache {
             Some(cache) => cache.load(engine, &hash, bytes)?,
@@ -735,14 +749,16 @@ mod tests {
             ),
             "{message}"
         );
-        // One such module is within the bound: compiled (its image made).
+        // A module half a MiB sparse is within the bound: compiled, its
+        // image made.
+        let near = 512 << 10;
         let one = wat::parse_str(format!(
             "(component (core module (memory 256) (data (i32.const 0) \"a\") \
-             (data (i32.const {far}) \"b\")))"
+             (data (i32.const {near}) \"b\")))"
         ))
         .unwrap();
         let compiled = crate::component::compile(runtime.engine(), &one).unwrap();
-        assert!(compiled.serialize().unwrap().len() > far as usize);
+        assert!(compiled.serialize().unwrap().len() > near);
     }
 
     #[test]
