@@ -173,3 +173,19 @@ pub async fn wait_until(limit: std::time::Duration, what: &str, mut done: impl F
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+/// Bytes of Wasmtime memory images (the sealed memfds linear memories are
+/// mapped copy-on-write from) mapped into this process now, from
+/// `/proc/self/maps`. Linux only.
+#[cfg(target_os = "linux")]
+pub fn memory_images_mapped() -> u64 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.contains("memfd:wasm-memory-image"))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            Some(u64::from_str_radix(end, 16).ok()? - start)
+        })
+        .sum()
+}
