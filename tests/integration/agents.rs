@@ -484,6 +484,15 @@ pub mod memory_hog {
         assert!(answer(hello.run("after").await).starts_with("Hello, after!"));
     }
 
+    /// The hog as `did:test:hog` in ring 2, over `sb`'s directory.
+    fn hog_spec(sb: &Sandbox) -> AgentSpec {
+        AgentSpec::new(
+            ahv_core::AgentId::new("did:test:hog").unwrap(),
+            Ring::Standard,
+            sb.vfs.clone(),
+        )
+    }
+
     /// Freed pool slots keep some memory resident and are reset by zeroing
     /// only the pages their agent dirtied: the next agent in the slot (one
     /// instance at a time, so the same slot) must see zeros, both below the
@@ -493,13 +502,7 @@ pub mod memory_hog {
         let runtime = one_slot_runtime();
         let sb = Sandbox::new();
         let component = runtime.load(ahv_agents::MEMORY_HOG).unwrap();
-        let spec = || {
-            AgentSpec::new(
-                ahv_core::AgentId::new("did:test:hog").unwrap(),
-                Ring::Standard,
-                sb.vfs.clone(),
-            )
-        };
+        let spec = || hog_spec(&sb);
         // The probe sees stale bytes when there are some: in one instance the
         // allocator hands the filled block back.
         let mut same = runtime.spawn(&component, spec()).await.unwrap();
@@ -544,22 +547,14 @@ pub mod memory_hog {
         let runtime = one_slot_runtime();
         let sb = Sandbox::new();
         let component = runtime.load(ahv_agents::MEMORY_HOG).unwrap();
-        let spec = || {
-            AgentSpec::new(
-                ahv_core::AgentId::new("did:test:hog").unwrap(),
-                Ring::Standard,
-                sb.vfs.clone(),
-            )
-        };
+        let spec = || hog_spec(&sb);
         let mut first = runtime.spawn(&component, spec()).await.unwrap();
         assert_eq!(answer(first.run("peek").await), "0 changed bytes");
         // The instance's memory is mapped from the module's image (a sealed
         // memfd that wasmtime names so), which is what this test is about.
         #[cfg(target_os = "linux")]
         assert!(
-            std::fs::read_to_string("/proc/self/maps")
-                .unwrap()
-                .contains("memfd:wasm-memory-image"),
+            ahv_tests::memory_images_mapped() > 0,
             "no memory image is mapped: the engine copies data segments"
         );
         for byte in [0, 0xFF] {

@@ -323,20 +323,15 @@ pub mod hello {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn its_memory_is_mapped_from_its_module_s_image() {
-        let bytes = js_agent("hello", "sandbox");
         let h = Harness::new(&cache_dir());
-        let sb = Sandbox::new();
-        let mut a = h
-            .spawn(&bytes, "did:test:js-image", Ring::Sandbox, &sb)
-            .await;
-        let out = a.run("Ada").await.unwrap();
-        assert!(out.result.is_ok(), "{:?}", out.result);
-        // A Rust agent's image is 64 KiB; nothing else here has one.
-        let mapped = ahv_tests::memory_images_mapped();
-        assert!(
-            mapped >= 4 << 20,
-            "{mapped} bytes of memory images mapped: the JavaScript agent's memory is copied"
-        );
+        ahv_tests::assert_memory_mapped_from_image(
+            &h,
+            &js_agent("hello", "sandbox"),
+            "did:test:js-image",
+            4 << 20,
+            "JavaScript",
+        )
+        .await;
     }
 }
 

@@ -421,19 +421,15 @@ pub mod hello {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn its_memory_is_mapped_from_its_module_s_image() {
-        let bytes = component();
         let h = Harness::new(&cache_dir());
-        let sb = Sandbox::new();
-        let mut a = h
-            .spawn(&bytes, "did:test:py-image", Ring::Sandbox, &sb)
-            .await;
-        let out = a.run("Ada").await.unwrap();
-        assert!(out.result.is_ok(), "{:?}", out.result);
-        let mapped = ahv_tests::memory_images_mapped();
-        assert!(
-            mapped >= 8 << 20,
-            "{mapped} bytes of memory images mapped: the Python agent's memory is copied"
-        );
+        ahv_tests::assert_memory_mapped_from_image(
+            &h,
+            &component(),
+            "did:test:py-image",
+            8 << 20,
+            "Python",
+        )
+        .await;
     }
 
     /// The ring's budgets are what decide whether a Python agent fits: one

@@ -189,3 +189,26 @@ pub fn memory_images_mapped() -> u64 {
         })
         .sum()
 }
+
+/// Spawns `bytes` in ring 3 (as `id`), calls it once, and fails unless at
+/// least `min` bytes of memory images are then mapped into this process:
+/// the agent's memory is mapped copy-on-write from its module's image, not
+/// copied (nothing else in a test's process has an image that large).
+#[cfg(target_os = "linux")]
+pub async fn assert_memory_mapped_from_image(
+    h: &Harness,
+    bytes: &[u8],
+    id: &str,
+    min: u64,
+    language: &str,
+) {
+    let sb = Sandbox::new();
+    let mut a = h.spawn(bytes, id, Ring::Sandbox, &sb).await;
+    let out = a.run("Ada").await.unwrap();
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    let mapped = memory_images_mapped();
+    assert!(
+        mapped >= min,
+        "{mapped} bytes of memory images mapped: the {language} agent's memory is copied"
+    );
+}

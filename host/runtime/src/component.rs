@@ -698,42 +698,44 @@ impl DiskCache {
 /// Refuses, before anything is compiled or taken from the cache, a
 /// component whose compiling would make the host allocate out of proportion
 /// to its size: memory images past [`crate::images::max_image_bytes`], or
-/// tables and memories the instance pool could never hold
-/// ([`crate::images::pool_misfit`]). Bytes that do not parse are left to the
-/// compiler, which says what is wrong with them (it parses with the same
-/// wasmparser, validating as well).
+/// tables and memories the instance pool could never hold (both read in
+/// one pass, [`crate::images::scan`]). Bytes that do not parse are left to
+/// the compiler, which says what is wrong with them (it parses with the
+/// same wasmparser, validating as well).
 ///
 /// # Errors
 /// [`LoadError::Invalid`] naming what is too large.
 pub(crate) fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
-    if let Some(misfit) = crate::images::pool_misfit(bytes) {
+    let Some(found) = crate::images::scan(bytes) else {
+        return Ok(());
+    };
+    if let Some(misfit) = found.misfit {
         return Err(LoadError::Invalid { message: misfit });
     }
-    if let Some((total, largest)) = crate::images::image_bytes(bytes) {
-        let max = crate::images::max_image_bytes(bytes.len());
-        if total > max {
-            let largest = largest.map_or(String::new(), |l| {
-                format!(
-                    "; the largest, memory {} of core module {}, holds {} bytes of data over {} bytes",
-                    l.memory, l.module, l.data, l.range
-                )
-            });
-            return Err(LoadError::Invalid {
-                message: format!(
-                    "its data segments would make {total} bytes of memory images, more than \
-                     {max} (twice its {} bytes, plus {}){largest}",
-                    bytes.len(),
-                    crate::images::EXTRA_IMAGE_BYTES
-                ),
-            });
-        }
+    let max = crate::images::max_image_bytes(bytes.len());
+    if found.images > max {
+        let largest = found.largest.map_or(String::new(), |l| {
+            format!(
+                "; the largest, memory {} of core module {}, holds {} bytes of data over {} bytes",
+                l.memory, l.module, l.data, l.range
+            )
+        });
+        return Err(LoadError::Invalid {
+            message: format!(
+                "its data segments would make {} bytes of memory images, more than \
+                 {max} (twice its {} bytes, plus {}){largest}",
+                found.images,
+                bytes.len(),
+                crate::images::EXTRA_IMAGE_BYTES
+            ),
+        });
     }
     Ok(())
 }
 
-/// Compiles component bytes, once [`check_before_compiling`] passes.
+/// Compiles component bytes. Callers run [`check_before_compiling`] first
+/// (once: `Runtime::load` before its cache lookup, `Runtime::inspect`).
 pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
-    check_before_compiling(bytes)?;
     Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
         message: format!("{e:#}"),
     })

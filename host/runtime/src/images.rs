@@ -22,8 +22,8 @@
 //!
 //! Tables are precomputed the same way (up to a million entries each, from
 //! the table's minimum size), and the pool's limits on tables and memories
-//! per module are only checked after compiling; [`pool_misfit`] checks
-//! them first.
+//! per module are only checked after compiling; [`scan`] checks them
+//! first, in the same pass.
 
 use std::collections::BTreeMap;
 
@@ -109,25 +109,74 @@ pub(crate) struct Largest {
     pub range: u64,
 }
 
-/// The bytes of memory images Wasmtime may build for `bytes` (an upper
-/// bound), and the largest one. `None` if the bytes do not parse: the
-/// compiler then says what is wrong with them.
-pub(crate) fn image_bytes(bytes: &[u8]) -> Option<(u64, Option<Largest>)> {
-    let mut total = 0u64;
-    let mut largest: Option<Largest> = None;
+/// What reading a component before compiling it found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Why the instance pool could never hold an instance of it (a defined
+    /// table or memory past its limits per module): Wasmtime checks this
+    /// only after compiling, and precomputes a table's initial entries (up
+    /// to a million) while compiling. The scan stops at the first.
+    pub misfit: Option<String>,
+    /// The bytes of memory images Wasmtime may build (an upper bound; up to
+    /// the misfit, if there is one).
+    pub images: u64,
+    /// The largest of those images.
+    pub largest: Option<Largest>,
+}
+
+/// What one core module defines, as far as it has been read.
+#[derive(Default)]
+struct Module {
+    /// Its memories' extents, by index (a map: the bytes are not validated
+    /// yet, so an index may be anything).
+    extents: BTreeMap<u32, Extent>,
+    /// Tables it defines.
+    tables: u64,
+    /// Memories it defines.
+    memories: u64,
+}
+
+/// Reads `bytes` once, before anything is compiled: [`Scan`]. `None` if
+/// they do not parse (before a misfit is found): the compiler then says
+/// what is wrong with them.
+pub(crate) fn scan(bytes: &[u8]) -> Option<Scan> {
+    use crate::runtime::{POOL_MEMORIES_PER_MODULE, POOL_TABLE_ELEMENTS, POOL_TABLES_PER_MODULE};
+    let mut found = Scan::default();
     let mut modules = 0usize;
-    // One entry per core module being read (modules do not nest in modules,
-    // but components hold modules at any depth): its memories' extents, by
-    // index (a map: the bytes are not validated yet, so an index may be
-    // anything).
-    let mut open: Vec<Option<BTreeMap<u32, Extent>>> = Vec::new();
+    // One entry per module or component being read (modules do not nest in
+    // modules, but components hold modules at any depth).
+    let mut open: Vec<Option<Module>> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.ok()? {
             Payload::Version { encoding, .. } => {
-                open.push((encoding == Encoding::Module).then(BTreeMap::new));
+                open.push((encoding == Encoding::Module).then(Module::default));
+            }
+            Payload::TableSection(reader) => {
+                let Some(Some(module)) = open.last_mut() else {
+                    continue;
+                };
+                for table in reader {
+                    let table = table.ok()?;
+                    if table.ty.initial > POOL_TABLE_ELEMENTS as u64 {
+                        found.misfit = Some(format!(
+                            "table {} of core module {modules} has a minimum of {} \
+                             elements, more than the {POOL_TABLE_ELEMENTS} an instance's table \
+                             may have",
+                            module.tables, table.ty.initial
+                        ));
+                        return Some(found);
+                    }
+                    module.tables += 1;
+                }
+            }
+            Payload::MemorySection(reader) => {
+                let Some(Some(module)) = open.last_mut() else {
+                    continue;
+                };
+                module.memories += u64::from(reader.count());
             }
             Payload::DataSection(reader) => {
-                let Some(Some(extents)) = open.last_mut() else {
+                let Some(Some(module)) = open.last_mut() else {
                     continue;
                 };
                 for data in reader {
@@ -146,99 +195,62 @@ pub(crate) fn image_bytes(bytes: &[u8]) -> Option<(u64, Option<Largest>)> {
                         // Not a constant: Wasmtime copies this module's segments.
                         _ => continue,
                     };
-                    extents
+                    module
+                        .extents
                         .entry(memory_index)
                         .or_default()
                         .add(offset, data.data.len() as u64);
                 }
             }
             Payload::End(_) => {
-                if let Some(Some(extents)) = open.pop() {
-                    for (&memory, e) in &extents {
-                        let image = e.image();
-                        total = total.saturating_add(image);
-                        if image > largest.map_or(0, |l| l.range) {
-                            largest = Some(Largest {
-                                module: modules,
-                                memory,
-                                data: e.data,
-                                range: image,
-                            });
-                        }
+                let Some(Some(module)) = open.pop() else {
+                    continue;
+                };
+                for (defined, most, what) in [
+                    (module.tables, POOL_TABLES_PER_MODULE, "tables"),
+                    (module.memories, POOL_MEMORIES_PER_MODULE, "memories"),
+                ] {
+                    if defined > u64::from(most) {
+                        found.misfit = Some(format!(
+                            "core module {modules} defines {defined} {what}, more than the \
+                             {most} a module may"
+                        ));
+                        return Some(found);
                     }
-                    modules += 1;
                 }
+                for (&memory, e) in &module.extents {
+                    let image = e.image();
+                    found.images = found.images.saturating_add(image);
+                    if image > found.largest.map_or(0, |l| l.range) {
+                        found.largest = Some(Largest {
+                            module: modules,
+                            memory,
+                            data: e.data,
+                            range: image,
+                        });
+                    }
+                }
+                modules += 1;
             }
             _ => {}
         }
     }
-    Some((total, largest))
-}
-
-/// Why the instance pool could never hold an instance of `bytes` (a
-/// defined table or memory past its limits per module), if it could not:
-/// Wasmtime checks this only after compiling, and precomputes a table's
-/// initial entries (up to a million) while compiling. `None` as well if the
-/// bytes do not parse.
-pub(crate) fn pool_misfit(bytes: &[u8]) -> Option<String> {
-    use crate::runtime::{POOL_MEMORIES_PER_MODULE, POOL_TABLE_ELEMENTS, POOL_TABLES_PER_MODULE};
-    // (tables, memories) defined by each core module being read.
-    let mut open: Vec<Option<(u64, u64)>> = Vec::new();
-    let mut modules = 0usize;
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.ok()? {
-            Payload::Version { encoding, .. } => {
-                open.push((encoding == Encoding::Module).then_some((0, 0)));
-            }
-            Payload::TableSection(reader) => {
-                let Some(Some((tables, _))) = open.last_mut() else {
-                    continue;
-                };
-                for table in reader {
-                    let table = table.ok()?;
-                    if table.ty.initial > POOL_TABLE_ELEMENTS as u64 {
-                        return Some(format!(
-                            "table {tables} of core module {modules} has a minimum of {} \
-                             elements, more than the {POOL_TABLE_ELEMENTS} an instance's table \
-                             may have",
-                            table.ty.initial
-                        ));
-                    }
-                    *tables += 1;
-                }
-            }
-            Payload::MemorySection(reader) => {
-                let Some(Some((_, memories))) = open.last_mut() else {
-                    continue;
-                };
-                *memories += u64::from(reader.count());
-            }
-            Payload::End(_) => {
-                if let Some(Some((tables, memories))) = open.pop() {
-                    if tables > u64::from(POOL_TABLES_PER_MODULE) {
-                        return Some(format!(
-                            "core module {modules} defines {tables} tables, more than the \
-                             {POOL_TABLES_PER_MODULE} a module may"
-                        ));
-                    }
-                    if memories > u64::from(POOL_MEMORIES_PER_MODULE) {
-                        return Some(format!(
-                            "core module {modules} defines {memories} memories, more than the \
-                             {POOL_MEMORIES_PER_MODULE} a module may"
-                        ));
-                    }
-                    modules += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+    Some(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The images of `bytes` and the largest ([`scan`]'s).
+    fn image_bytes(bytes: &[u8]) -> Option<(u64, Option<Largest>)> {
+        scan(bytes).map(|s| (s.images, s.largest))
+    }
+
+    /// Why the pool could never hold an instance of `bytes` ([`scan`]'s).
+    fn pool_misfit(bytes: &[u8]) -> Option<String> {
+        scan(bytes)?.misfit
+    }
 
     /// A component of `modules` core modules, each with one memory holding
     /// `a` at 0 and `b` at `far`.

@@ -283,7 +283,7 @@ impl PoolSizes {
 }
 
 /// Most tables one core module may define (Wasmtime's pooling default,
-/// set explicitly so that `crate::images::pool_misfit` checks the same).
+/// set explicitly so that `crate::images::scan` checks the same).
 pub(crate) const POOL_TABLES_PER_MODULE: u32 = 1;
 /// Most elements a defined table may start with (Wasmtime's pooling default).
 pub(crate) const POOL_TABLE_ELEMENTS: usize = 20_000;
@@ -515,6 +515,7 @@ impl Runtime {
     /// # Errors
     /// [`LoadError::Invalid`] if the bytes are not a component.
     pub fn inspect(&self, bytes: &[u8]) -> Result<Manifest, LoadError> {
+        component::check_before_compiling(bytes)?;
         let c = component::compile(&self.inner.engine, bytes)?;
         Ok(component::manifest(
             &self.inner.engine,
