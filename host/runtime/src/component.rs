@@ -552,9 +552,18 @@ pub(crate) struct DiskCache {
 }
 
 impl DiskCache {
+    /// What an artifact must have been compiled under to be loaded here:
+    /// Wasmtime's compatibility hash, and the settings that shape an
+    /// artifact without being in that hash. Wasmtime 48 leaves out
+    /// `memory_guaranteed_dense_image_size`, which decides at compile time
+    /// which memories get a copy-on-write image: without it here, a change
+    /// of the allowance would be ignored for every component already in the
+    /// cache (found on 2026-12-05, when a test of the JavaScript agents'
+    /// images passed on a warm cache with no allowance).
     fn engine_tag(engine: &Engine) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        engine.get_memory_guaranteed_dense_image_size().hash(&mut h);
         format!("{:016x}", h.finish())
     }
 
@@ -749,6 +758,27 @@ pub(crate) fn hash(bytes: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifacts_compiled_under_another_dense_image_allowance_are_cached_apart() {
+        let engine = |allowance: u64| {
+            let mut config = wasmtime::Config::new();
+            config.memory_guaranteed_dense_image_size(allowance);
+            Engine::new(&config).unwrap()
+        };
+        let tag = |allowance| DiskCache::engine_tag(&engine(allowance));
+        assert_eq!(tag(16 << 20), tag(16 << 20));
+        // Wasmtime's own compatibility hash does not tell these apart.
+        let wasmtime_hash = |allowance| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine(allowance)
+                .precompile_compatibility_hash()
+                .hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(wasmtime_hash(0), wasmtime_hash(16 << 20));
+        assert_ne!(tag(0), tag(16 << 20));
+    }
 
     #[cfg(unix)]
     #[test]
