@@ -607,8 +607,14 @@ impl Agent {
             Err(e) => {
                 let cause = self.classify(&e, ring);
                 let data = store.data();
-                let (logs, _) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let changes = data.changes.take();
+                let (logs, _) = data
+                    .caps
+                    .handles
+                    .log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let changes = data.caps.handles.changes.take();
                 Err(self.poison(cause, logs, changes, data.gate.trace))
             }
         }
@@ -763,7 +769,7 @@ impl Agent {
             Entry::Run { .. } | Entry::Compensate { .. } => None,
         };
         let is_run = matches!(entry, Entry::Run { .. });
-        self.in_flight = Some((key, live.store.data().changes.clone()));
+        self.in_flight = Some((key, live.store.data().caps.handles.changes.clone()));
         let start = Instant::now();
         let mut scope = CallScope::begin(self.spec.shared.as_ref(), &self.spec.agent);
         let armed = self.arm(&mut live.store, deadline, start);
@@ -802,8 +808,14 @@ impl Agent {
         // Set by `arm` (even when the call then failed).
         let call_trace = data.gate.trace;
         self.in_flight = None;
-        let changes = data.changes.take();
-        let (logs, dropped_log_lines) = data.log.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let changes = data.caps.handles.changes.take();
+        let (logs, dropped_log_lines) = data
+            .caps
+            .handles
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         scope.completed();
         match result {
             Ok((trace, result)) => {

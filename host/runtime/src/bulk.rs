@@ -48,7 +48,7 @@ pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime:
             |mut store: Store<'_>, (level, message): (log::Level, WasmStr)| {
                 store.data_mut().gate.admit_free(Capability::Log, "log")?;
                 let text = text(&store, &message, "log message")?;
-                store.data().caps.log.line(level, &text);
+                store.data().caps.handles.log_line(level, &text);
                 Ok(())
             },
         )?;
@@ -70,7 +70,7 @@ pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime:
                     refusal(
                         &data.gate,
                         data.caps
-                            .vfs_write
+                            .handles
                             .write_file(caller, &path, contents, append),
                     )
                 },
@@ -92,8 +92,8 @@ pub(crate) fn link(l: &mut Linker<AgentState>, caps: CapabilitySet) -> wasmtime:
                     refusal(
                         &data.gate,
                         data.caps
-                            .state_write
-                            .put(data.gate.caller(ring), &key, value, expected),
+                            .handles
+                            .state_put(data.gate.caller(ring), &key, value, expected),
                     )
                 },
             )?;

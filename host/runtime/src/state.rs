@@ -15,10 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::{
-    Contexts, actions, admin, context, effects, elevation, locks, log, net, spawn, state_read,
-    state_write, vfs_read, vfs_write,
-};
+use crate::capabilities::{Contexts, Handles, admin, context, elevation, net, spawn};
 use crate::gate::{Gate, GateInit};
 use crate::trap::{Killed, MemoryLimitExceeded};
 
@@ -586,10 +583,9 @@ impl KillHandle {
 /// and each capability's context.
 pub struct AgentState {
     pub(crate) gate: Gate,
+    /// The capabilities' state; `caps.handles` holds the log buffer and
+    /// the current call's governed changes.
     pub(crate) caps: Contexts,
-    pub(crate) log: Arc<Mutex<LogBuffer>>,
-    /// The current call's governed changes.
-    pub(crate) changes: Journal,
     pub(crate) limiter: Limiter,
     /// Most bytes one WASI random request may produce (the effective ring's).
     pub(crate) random_limit: u64,
@@ -640,55 +636,25 @@ impl AgentState {
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
-        let changes = Journal::default();
-        let net = net::LazyCtx::new(init.net);
         let caps = Contexts {
-            context: context::Ctx,
-            log: log::Ctx {
-                buffer: log.clone(),
-            },
-            vfs_read: vfs_read::Ctx {
-                files: init.files.clone(),
-            },
-            vfs_write: vfs_write::Ctx {
-                files: init.files.clone(),
-                changes: changes.clone(),
-            },
-            state_read: state_read::Ctx {
-                shared: init.shared.clone(),
-            },
-            state_write: state_write::Ctx {
-                shared: init.shared.clone(),
-                changes: changes.clone(),
-            },
-            locks: locks::Ctx {
-                shared: init.shared.clone(),
-                call_deadline: now + limits.deadline,
-            },
-            actions: actions::Ctx {
-                registry: init.actions.clone(),
-                files: init.files.clone(),
-                shared: init.shared.clone(),
-                changes: changes.clone(),
-            },
-            effects: effects::Ctx {
-                registry: init.actions,
+            handles: Handles {
                 files: init.files,
                 shared: init.shared,
-                changes: changes.clone(),
+                registry: init.actions,
+                changes: Journal::default(),
+                log,
             },
+            context: context::Ctx,
             elevation: elevation::Ctx,
             spawn: spawn::Ctx,
             admin: admin::Ctx {
                 policy: init.policy,
             },
-            net,
+            net: net::LazyCtx::new(init.net),
         };
         AgentState {
             gate: Gate::new(init.gate, now),
             caps,
-            log,
-            changes,
             limiter: Limiter::new(limits),
             random_limit: u64::try_from(limits.random_bytes).unwrap_or(u64::MAX),
             wasi,
@@ -701,10 +667,11 @@ impl AgentState {
         self.gate.trace = trace;
         self.gate.deadline = limits.deadline;
         self.gate.call_deadline = now + limits.deadline;
-        self.caps.locks.call_deadline = self.gate.call_deadline;
         self.limiter.set_limit(limits.memory_bytes);
         self.random_limit = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
-        self.log
+        self.caps
+            .handles
+            .log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_budget(limits.log_lines, limits.log_bytes);
@@ -716,15 +683,16 @@ impl AgentState {
     /// (The context is made here at the instance's first use of `net`.)
     pub(crate) fn net_parts(&mut self) -> (&mut Gate, &mut net::Ctx, &mut ResourceTable) {
         let AgentState {
-            gate,
-            caps,
-            log,
-            table,
-            ..
+            gate, caps, table, ..
         } = self;
-        let shared = &caps.state_read.shared;
-        let ctx = caps.net.get_or_make(|access| {
-            net::Ctx::new(access, gate.agent.clone(), shared.clone(), log.clone())
+        let Contexts { handles, net, .. } = caps;
+        let ctx = net.get_or_make(|access| {
+            net::Ctx::new(
+                access,
+                gate.agent.clone(),
+                handles.shared.clone(),
+                handles.log.clone(),
+            )
         });
         (gate, ctx, table)
     }

@@ -2,30 +2,17 @@
 //! recorded, with its undo record, in the call's change journal (for saga
 //! compensation) and, in a session, as an `action.invoked` event.
 
-use std::sync::Arc;
-
 use ahv_core::Capability;
-use ahv_governance::actions::{ActionContext, ActionRegistry};
-use ahv_governance::files::FileSpace;
+use ahv_governance::actions::ActionContext;
 use ahv_governance::journal::Change;
-use ahv_governance::session_core::SessionCore;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::HostError;
 use crate::bindings::agent_hypervisor::agent::actions;
-use crate::state::{AgentState, Journal};
+use crate::state::AgentState;
 
-/// The registry, the files actions work on, the session (whose bus gets the
-/// events) if any, and the call's change journal.
-pub(crate) struct Ctx {
-    pub(crate) registry: Arc<ActionRegistry>,
-    pub(crate) files: Arc<dyn FileSpace>,
-    pub(crate) shared: Option<Arc<SessionCore>>,
-    pub(crate) changes: Journal,
-}
-
-impl actions::Host for View<'_, Ctx> {
+impl actions::Host for View<'_, Handles> {
     fn invoke(&mut self, name: String, args: String) -> Result<String, HostError> {
         let ring = self.gate.admit(Capability::Actions, "invoke")?;
         let caller = self.gate.caller(ring);
@@ -53,8 +40,8 @@ impl actions::Host for View<'_, Ctx> {
 
 /// Links `actions`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    actions::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.actions,
+    actions::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }

@@ -2,25 +2,17 @@
 //! for another agent, so it is async: the wait yields the thread and never
 //! outlives the call's deadline or its kill switch.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahv_core::Capability;
 use ahv_governance::locks::LockMode;
-use ahv_governance::session_core::{LockTarget, SessionCore};
+use ahv_governance::session_core::LockTarget;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::{HostError, session_core};
 use crate::bindings::agent_hypervisor::agent::locks;
 use crate::state::AgentState;
-
-/// The caller's session and its call deadline.
-pub(crate) struct Ctx {
-    pub(crate) shared: Option<Arc<SessionCore>>,
-    /// When the current call must end (set for every call).
-    pub(crate) call_deadline: Instant,
-}
 
 fn wit_mode(m: LockMode) -> locks::LockMode {
     match m {
@@ -37,7 +29,7 @@ fn target(t: locks::LockTarget) -> LockTarget {
     }
 }
 
-impl locks::Host for View<'_, Ctx> {
+impl locks::Host for View<'_, Handles> {
     async fn acquire(
         &mut self,
         t: locks::LockTarget,
@@ -53,7 +45,7 @@ impl locks::Host for View<'_, Ctx> {
         // Never wait past the call's own deadline: the guest gets `timeout`
         // (a value it can handle) rather than a deadline trap.
         let left = self
-            .ctx
+            .gate
             .call_deadline
             .saturating_duration_since(Instant::now());
         let wait = Duration::from_millis(u64::from(wait_ms)).min(left);
@@ -94,8 +86,8 @@ impl locks::Host for View<'_, Ctx> {
 
 /// Links `locks`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    locks::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.locks,
+    locks::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }

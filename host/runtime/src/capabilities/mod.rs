@@ -1,9 +1,9 @@
 //! The capabilities: one module per WIT interface, all built the same way.
 //!
-//! Each module has a `Ctx` (the state the capability needs: a file space, a
-//! session core, an action registry — or nothing), implements the
-//! generated `Host` trait on [`View`] (its `Ctx` beside the [`Gate`]), and
-//! has an `add_to_linker`. Every adapter starts with the gate
+//! Each module implements the generated `Host` trait on a [`View`] (the
+//! state the capability needs beside the [`Gate`]: the [`Handles`] the
+//! capabilities share, or a `Ctx` of its own) and has an
+//! `add_to_linker`. Every adapter starts with the gate
 //! ([`Gate::admit`]), then calls a domain method and converts its result:
 //! the rules live in the gate and in the domain crates, not here.
 //!
@@ -13,10 +13,15 @@
 //! interface, [`tests::every_capability_has_exactly_one_unit`] here).
 
 use ahv_core::{Capability, CapabilitySet};
+use std::sync::{Arc, Mutex};
+
+use ahv_governance::actions::ActionRegistry;
+use ahv_governance::files::FileSpace;
+use ahv_governance::session_core::SessionCore;
 use wasmtime::component::{HasData, Linker};
 
 use crate::gate::Gate;
-use crate::state::AgentState;
+use crate::state::{AgentState, Journal, LogBuffer};
 
 pub(crate) mod actions;
 pub(crate) mod admin;
@@ -47,17 +52,31 @@ impl<C: 'static> HasData for Has<C> {
     type Data<'a> = View<'a, C>;
 }
 
-/// The contexts of all capabilities, one field per module.
+/// What the capabilities that work on the agent's files, session, actions
+/// and log share: one handle of each per store, where each capability
+/// used to hold its own clone (about 15 reference counts taken at every
+/// instantiation and dropped with the store). `vfs-read`, `vfs-write`,
+/// `state-read`, `state-write`, `locks`, `actions`, `effects` and `log`
+/// implement their host traits on a [`View`] of it.
+pub(crate) struct Handles {
+    /// The caller's file space.
+    pub(crate) files: Arc<dyn FileSpace>,
+    /// The caller's session, if it runs in one (its bus gets the action and
+    /// effect events).
+    pub(crate) shared: Option<Arc<SessionCore>>,
+    /// The host's actions and effects.
+    pub(crate) registry: Arc<ActionRegistry>,
+    /// The current call's change journal.
+    pub(crate) changes: Journal,
+    /// The agent's log buffer (which also gets its stdout and stderr).
+    pub(crate) log: Arc<Mutex<LogBuffer>>,
+}
+
+/// The contexts of all capabilities: the shared [`Handles`], and what a
+/// capability holds for itself.
 pub(crate) struct Contexts {
+    pub(crate) handles: Handles,
     pub(crate) context: context::Ctx,
-    pub(crate) log: log::Ctx,
-    pub(crate) vfs_read: vfs_read::Ctx,
-    pub(crate) vfs_write: vfs_write::Ctx,
-    pub(crate) state_read: state_read::Ctx,
-    pub(crate) state_write: state_write::Ctx,
-    pub(crate) locks: locks::Ctx,
-    pub(crate) actions: actions::Ctx,
-    pub(crate) effects: effects::Ctx,
     pub(crate) elevation: elevation::Ctx,
     pub(crate) spawn: spawn::Ctx,
     pub(crate) admin: admin::Ctx,
@@ -290,9 +309,22 @@ mod gate_tests {
 
     /// The view of one capability, as its `add_to_linker` builds it.
     macro_rules! view {
-        ($f:expr, $field:ident) => {
+        ($f:expr, context) => {
             &mut View {
-                ctx: &mut $f.state.caps.$field,
+                ctx: &mut $f.state.caps.context,
+                gate: &mut $f.state.gate,
+            }
+        };
+        ($f:expr, elevation) => {
+            &mut View {
+                ctx: &mut $f.state.caps.elevation,
+                gate: &mut $f.state.gate,
+            }
+        };
+        // The capabilities on the shared handles.
+        ($f:expr, $shared:ident) => {
+            &mut View {
+                ctx: &mut $f.state.caps.handles,
                 gate: &mut $f.state.gate,
             }
         };
@@ -362,7 +394,7 @@ mod gate_tests {
             wactions::Host::invoke(view!(f, actions), "note.append".into(), "hi".into()).unwrap();
         assert!(out.starts_with("appended"), "{out}");
         assert!(
-            matches!(&f.state.changes.take()[..], [Change::Action { name, .. }] if name == "note.append")
+            matches!(&f.state.caps.handles.changes.take()[..], [Change::Action { name, .. }] if name == "note.append")
         );
         assert!(f.breaches.lock().unwrap().is_empty());
     }
@@ -405,7 +437,7 @@ mod gate_tests {
             1,
         ));
 
-        let changes = f.state.changes.take();
+        let changes = f.state.caps.handles.changes.take();
         assert_eq!(
             shapes(&changes),
             [
@@ -433,7 +465,7 @@ mod gate_tests {
             panic!("{:?}", changes[0]);
         };
         assert_eq!(after, &hex::encode(ahv_governance::files::sha256(b"1")));
-        assert!(f.state.changes.take().is_empty(), "taken once");
+        assert!(f.state.caps.handles.changes.take().is_empty(), "taken once");
 
         // Actions and effects are audit deltas like the rest.
         let kinds: Vec<EventKind> = bus
@@ -465,19 +497,12 @@ mod gate_tests {
     fn bulk_writes_and_puts_are_journalled_too() {
         let (f, _core, _bus) = session_fixture(Ring::Standard);
         let caller = f.state.gate.caller(Ring::Standard);
-        f.state
-            .caps
-            .vfs_write
-            .write_file(caller, "f", b"bulk", false)
-            .unwrap();
-        f.state
-            .caps
-            .vfs_write
-            .write_file(caller, "f", b"+", true)
-            .unwrap();
-        f.state.caps.state_write.put(caller, "k", b"v", 0).unwrap();
+        let handles = &f.state.caps.handles;
+        handles.write_file(caller, "f", b"bulk", false).unwrap();
+        handles.write_file(caller, "f", b"+", true).unwrap();
+        handles.state_put(caller, "k", b"v", 0).unwrap();
         assert_eq!(
-            shapes(&f.state.changes.take()),
+            shapes(&handles.changes.take()),
             ["write f", "append f", "state put k"]
         );
     }
@@ -488,13 +513,13 @@ mod gate_tests {
         for call in 0..3 {
             wactions::Host::invoke(view!(f, actions), "note.append".into(), "n".into()).unwrap();
             // What `Agent::run` does at the end of each call.
-            let changes = f.state.changes.take();
+            let changes = f.state.caps.handles.changes.take();
             assert_eq!(changes.len(), 1, "call {call}");
         }
         // Outside a session, files keep no undo records: journalled all the same.
         wvfs_write::Host::write(view!(f, vfs_write), "x".into(), b"1".to_vec()).unwrap();
         assert!(matches!(
-            &f.state.changes.take()[..],
+            &f.state.caps.handles.changes.take()[..],
             [Change::File { undo: None, .. }]
         ));
     }

@@ -1,22 +1,14 @@
 //! `state-read`: read the session's shared key-value state with versions.
 
-use std::sync::Arc;
-
 use ahv_core::Capability;
-use ahv_governance::session_core::SessionCore;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::{HostError, session_core};
 use crate::bindings::agent_hypervisor::agent::state_read;
 use crate::state::AgentState;
 
-/// The caller's session, if it runs in one.
-pub(crate) struct Ctx {
-    pub(crate) shared: Option<Arc<SessionCore>>,
-}
-
-impl state_read::Host for View<'_, Ctx> {
+impl state_read::Host for View<'_, Handles> {
     fn get(&mut self, key: String) -> Result<Option<state_read::Versioned>, HostError> {
         let ring = self.gate.admit(Capability::StateRead, "get")?;
         let v =
@@ -45,8 +37,8 @@ impl state_read::Host for View<'_, Ctx> {
 
 /// Links `state-read`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    state_read::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.state_read,
+    state_read::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }

@@ -1,30 +1,21 @@
 //! `state-write`: compare-and-set writes to the session's shared state.
 //! `put` is also linked over guest memory by [`crate::bulk`], which calls
-//! [`Ctx::put`]. Every write that goes through is recorded, with its undo
+//! [`Handles::state_put`]. Every write that goes through is recorded, with its undo
 //! data, in the call's change journal.
-
-use std::sync::Arc;
 
 use ahv_core::Capability;
 use ahv_governance::files::Caller;
 use ahv_governance::journal::Change;
-use ahv_governance::session_core::SessionCore;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::{HostError, session_core};
 use crate::bindings::agent_hypervisor::agent::state_write;
-use crate::state::{AgentState, Journal};
+use crate::state::AgentState;
 
-/// The caller's session, if it runs in one, and the call's change journal.
-pub(crate) struct Ctx {
-    pub(crate) shared: Option<Arc<SessionCore>>,
-    pub(crate) changes: Journal,
-}
-
-impl Ctx {
+impl Handles {
     /// `put`, on a borrowed value.
-    pub(crate) fn put(
+    pub(crate) fn state_put(
         &self,
         caller: Caller<'_>,
         key: &str,
@@ -39,10 +30,11 @@ impl Ctx {
     }
 }
 
-impl state_write::Host for View<'_, Ctx> {
+impl state_write::Host for View<'_, Handles> {
     fn put(&mut self, key: String, value: Vec<u8>, expected: u64) -> Result<u64, HostError> {
         let ring = self.gate.admit(Capability::StateWrite, "put")?;
-        self.ctx.put(self.gate.caller(ring), &key, &value, expected)
+        self.ctx
+            .state_put(self.gate.caller(ring), &key, &value, expected)
     }
 
     fn delete(&mut self, key: String, expected: u64) -> Result<(), HostError> {
@@ -59,8 +51,8 @@ impl state_write::Host for View<'_, Ctx> {
 
 /// Links `state-write`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    state_write::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.state_write,
+    state_write::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }

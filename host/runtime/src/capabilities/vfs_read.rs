@@ -1,23 +1,15 @@
 //! `vfs-read`: read, list, stat, hash and ACLs in the caller's file space.
 
-use std::sync::Arc;
-
 use ahv_core::Capability;
-use ahv_governance::files::FileSpace;
 use ahv_governance::vfs::EntryKind;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::{HostError, wit_access};
 use crate::bindings::agent_hypervisor::agent::{types, vfs_read};
 use crate::state::AgentState;
 
-/// The caller's file space.
-pub(crate) struct Ctx {
-    pub(crate) files: Arc<dyn FileSpace>,
-}
-
-impl vfs_read::Host for View<'_, Ctx> {
+impl vfs_read::Host for View<'_, Handles> {
     fn read(&mut self, path: String) -> Result<Vec<u8>, HostError> {
         let ring = self.gate.admit(Capability::VfsRead, "read")?;
         Ok(self.ctx.files.read(self.gate.caller(ring), &path)?)
@@ -58,8 +50,8 @@ impl vfs_read::Host for View<'_, Ctx> {
 
 /// Links `vfs-read`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    vfs_read::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.vfs_read,
+    vfs_read::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }

@@ -1,29 +1,21 @@
 //! `vfs-write`: write, append, delete, rename, create directories and set
 //! ACLs in the caller's file space. `write` and `append` are also linked
-//! over guest memory by [`crate::bulk`], which calls [`Ctx::write_file`].
+//! over guest memory by [`crate::bulk`], which calls [`Handles::write_file`].
 //! Every change that goes through is recorded in the call's change journal.
 
-use std::sync::Arc;
-
 use ahv_core::{AgentId, Capability};
-use ahv_governance::files::{Acl, Caller, FileChange, FileSpace};
+use ahv_governance::files::{Acl, Caller, FileChange};
 use ahv_governance::journal::Change;
 use wasmtime::component::Linker;
 
-use super::{Has, View};
+use super::{Handles, Has, View};
 use crate::adapters::{HostError, domain_access};
 use crate::bindings::WitError;
 use crate::bindings::agent_hypervisor::agent::{types, vfs_write};
-use crate::state::{AgentState, Journal};
+use crate::state::AgentState;
 
-/// The caller's file space and the call's change journal.
-pub(crate) struct Ctx {
-    pub(crate) files: Arc<dyn FileSpace>,
-    pub(crate) changes: Journal,
-}
-
-impl Ctx {
-    fn record(&self, change: &FileChange) {
+impl Handles {
+    fn record_file(&self, change: &FileChange) {
         self.changes.record(Change::file(change));
     }
 
@@ -40,12 +32,12 @@ impl Ctx {
         } else {
             self.files.write(caller, path, contents)?
         };
-        self.record(&change);
+        self.record_file(&change);
         Ok(())
     }
 }
 
-impl vfs_write::Host for View<'_, Ctx> {
+impl vfs_write::Host for View<'_, Handles> {
     fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "write")?;
         self.ctx
@@ -61,14 +53,14 @@ impl vfs_write::Host for View<'_, Ctx> {
     fn delete(&mut self, path: String) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "delete")?;
         let change = self.ctx.files.delete(self.gate.caller(ring), &path)?;
-        self.ctx.record(&change);
+        self.ctx.record_file(&change);
         Ok(())
     }
 
     fn rename(&mut self, src: String, dst: String) -> Result<(), HostError> {
         let ring = self.gate.admit(Capability::VfsWrite, "rename")?;
         let change = self.ctx.files.rename(self.gate.caller(ring), &src, &dst)?;
-        self.ctx.record(&change);
+        self.ctx.record_file(&change);
         Ok(())
     }
 
@@ -76,7 +68,7 @@ impl vfs_write::Host for View<'_, Ctx> {
         let ring = self.gate.admit(Capability::VfsWrite, "create-dir")?;
         // `None`: the directory existed, nothing changed.
         if let Some(change) = self.ctx.files.create_dir(self.gate.caller(ring), &path)? {
-            self.ctx.record(&change);
+            self.ctx.record_file(&change);
         }
         Ok(())
     }
@@ -91,15 +83,15 @@ impl vfs_write::Host for View<'_, Ctx> {
             write: domain_access(acl.write)?,
         };
         let change = self.ctx.files.set_acl(self.gate.caller(ring), &path, acl)?;
-        self.ctx.record(&change);
+        self.ctx.record_file(&change);
         Ok(())
     }
 }
 
 /// Links `vfs-write`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
-    vfs_write::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.vfs_write,
+    vfs_write::add_to_linker::<_, Has<Handles>>(l, |s| View {
+        ctx: &mut s.caps.handles,
         gate: &mut s.gate,
     })
 }
