@@ -10,8 +10,8 @@
 //! 11 000 slots fail to reserve it).
 //!
 //! Memory is read from `/proc/self/smaps_rollup` (Linux) before the first
-//! agent and after the last, two ways: resident (RSS), which counts a page
-//! once per mapping of it, and proportional (PSS), which divides a shared
+//! measured agent and after the last, two ways: resident (RSS), which counts
+//! a page once per mapping of it, and proportional (PSS), which divides a shared
 //! page among its mappings. A page of a module's memory image that every
 //! instance reads but none writes is one page of the machine's memory, so
 //! PSS is what the agents take; RSS counts it once per agent (4 KiB per
@@ -33,7 +33,7 @@
 //!   "pong"). Its raw floor works only if its `run` calls nothing of this
 //!   project's interfaces beyond what `pinger` calls: the raw baseline traps
 //!   the rest (the `hello` agents ask `context.whoami`, so theirs fails,
-//!   naming that function). `DENSITY_COMPONENT=minimal` measures the
+//!   naming that function). `DENSITY_COMPONENT=minimal` measures about the
 //!   smallest agent there can be ([`MINIMAL`]: no imports, one core module,
 //!   one page of memory), to tell what the engine needs for any agent from
 //!   what a guest's own make-up adds.
@@ -281,7 +281,7 @@ impl Growth {
 /// A raw instance, kept alive with its store.
 type RawInstance = (wasmtime::Store<RawState>, wasmtime::component::Instance);
 
-/// The smallest agent there can be (`DENSITY_COMPONENT=minimal`): one core
+/// About the smallest agent there can be (`DENSITY_COMPONENT=minimal`): one core
 /// module with one page of memory, no imports, and a `run` that answers
 /// "pong" from its data.
 const MINIMAL: &str = r#"
@@ -320,7 +320,7 @@ fn check_answer(answer: &Result<String, String>, custom: &Option<String>) -> any
     match custom {
         None => anyhow::ensure!(
             answer.as_deref() == Ok("pong"),
-            "pinger answered {answer:?}"
+            "expected \"pong\", the answer was {answer:?}"
         ),
         Some(path) => anyhow::ensure!(answer.is_ok(), "{path} answered {answer:?}"),
     }

@@ -537,7 +537,8 @@ impl fmt::Debug for AgentComponent {
 }
 
 /// The on-disk cache of compiled components, keyed by the SHA-256 of the
-/// component bytes and the engine's compatibility hash.
+/// component bytes and the engine's tag (Wasmtime's compatibility hash and
+/// the settings it leaves out: [`DiskCache::engine_tag`]).
 ///
 /// Loading a compiled artifact runs native code, so the directory must be
 /// private to the host: it is created with mode 0700, one owned by another

@@ -300,7 +300,11 @@ pub(crate) struct Gate {
     pub(crate) trace: TraceId,
     /// The current call's deadline budget (its effective ring's).
     pub(crate) deadline: Duration,
-    /// When the current call must end.
+    /// When the current call must end. Set by `AgentState::arm` before any
+    /// guest code runs (an instantiation's start functions included), and
+    /// read by the epoch callback, `locks` (no lock wait outlives it) and
+    /// `spawn`; until the first `arm` it is the gate's creation time, so a
+    /// wait bounded by it would not wait at all.
     pub(crate) call_deadline: Instant,
     /// Refusals since the last admitted metered call.
     rate_refused: u64,

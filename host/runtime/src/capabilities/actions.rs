@@ -41,7 +41,7 @@ impl actions::Host for View<'_, Handles> {
 /// Links `actions`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     actions::add_to_linker::<_, Has<Handles>>(l, |s| View {
-        ctx: &mut s.caps.handles,
+        ctx: &s.caps.handles,
         gate: &mut s.gate,
     })
 }

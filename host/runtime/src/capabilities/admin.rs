@@ -112,7 +112,7 @@ impl admin::Host for View<'_, Ctx> {
 /// Links `admin`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     admin::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.admin,
+        ctx: &s.caps.admin,
         gate: &mut s.gate,
     })
 }

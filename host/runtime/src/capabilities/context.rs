@@ -33,7 +33,7 @@ impl context::Host for View<'_, Ctx> {
 /// Links `context`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     context::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.context,
+        ctx: &s.caps.context,
         gate: &mut s.gate,
     })
 }

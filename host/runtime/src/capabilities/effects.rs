@@ -47,7 +47,7 @@ impl effects::Host for View<'_, Handles> {
 /// Links `effects`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     effects::add_to_linker::<_, Has<Handles>>(l, |s| View {
-        ctx: &mut s.caps.handles,
+        ctx: &s.caps.handles,
         gate: &mut s.gate,
     })
 }

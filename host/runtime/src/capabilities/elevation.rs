@@ -88,7 +88,7 @@ impl elevation::Host for View<'_, Ctx> {
 /// Links `elevation`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     elevation::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.elevation,
+        ctx: &s.caps.elevation,
         gate: &mut s.gate,
     })
 }

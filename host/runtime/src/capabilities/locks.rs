@@ -87,7 +87,7 @@ impl locks::Host for View<'_, Handles> {
 /// Links `locks`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     locks::add_to_linker::<_, Has<Handles>>(l, |s| View {
-        ctx: &mut s.caps.handles,
+        ctx: &s.caps.handles,
         gate: &mut s.gate,
     })
 }

@@ -36,7 +36,7 @@ impl log::Host for View<'_, Handles> {
 /// Links `log`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     log::add_to_linker::<_, Has<Handles>>(l, |s| View {
-        ctx: &mut s.caps.handles,
+        ctx: &s.caps.handles,
         gate: &mut s.gate,
     })
 }

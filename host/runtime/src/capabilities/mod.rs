@@ -37,10 +37,14 @@ pub(crate) mod state_write;
 pub(crate) mod vfs_read;
 pub(crate) mod vfs_write;
 
-/// What a capability's host functions see: its own context and the gate.
+/// What a capability's host functions see: the state it works on (the
+/// shared [`Handles`], or a context of its own) and the gate. The state is
+/// borrowed shared: no capability can replace what the others share (the
+/// journal, the log buffer); all their writes go through the handles'
+/// own locks and journals.
 pub(crate) struct View<'a, C> {
-    /// The capability's own state.
-    pub(crate) ctx: &'a mut C,
+    /// The state the capability works on.
+    pub(crate) ctx: &'a C,
     /// The caller's gate (identity, standing, rate budget, trace).
     pub(crate) gate: &'a mut Gate,
 }
@@ -54,7 +58,7 @@ impl<C: 'static> HasData for Has<C> {
 
 /// What the capabilities that work on the agent's files, session, actions
 /// and log share: one handle of each per store, where each capability
-/// used to hold its own clone (about 15 reference counts taken at every
+/// used to hold its own clone (13 reference counts taken at every
 /// instantiation and dropped with the store). `vfs-read`, `vfs-write`,
 /// `state-read`, `state-write`, `locks`, `actions`, `effects` and `log`
 /// implement their host traits on a [`View`] of it.
@@ -311,20 +315,20 @@ mod gate_tests {
     macro_rules! view {
         ($f:expr, context) => {
             &mut View {
-                ctx: &mut $f.state.caps.context,
+                ctx: &$f.state.caps.context,
                 gate: &mut $f.state.gate,
             }
         };
         ($f:expr, elevation) => {
             &mut View {
-                ctx: &mut $f.state.caps.elevation,
+                ctx: &$f.state.caps.elevation,
                 gate: &mut $f.state.gate,
             }
         };
         // The capabilities on the shared handles.
         ($f:expr, $shared:ident) => {
             &mut View {
-                ctx: &mut $f.state.caps.handles,
+                ctx: &$f.state.caps.handles,
                 gate: &mut $f.state.gate,
             }
         };

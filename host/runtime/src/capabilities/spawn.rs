@@ -106,7 +106,7 @@ impl spawn::Host for View<'_, Ctx> {
 /// Links `spawn`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     spawn::add_to_linker::<_, Has<Ctx>>(l, |s| View {
-        ctx: &mut s.caps.spawn,
+        ctx: &s.caps.spawn,
         gate: &mut s.gate,
     })
 }

@@ -91,7 +91,7 @@ impl vfs_write::Host for View<'_, Handles> {
 /// Links `vfs-write`.
 pub(crate) fn add_to_linker(l: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     vfs_write::add_to_linker::<_, Has<Handles>>(l, |s| View {
-        ctx: &mut s.caps.handles,
+        ctx: &s.caps.handles,
         gate: &mut s.gate,
     })
 }
