@@ -607,13 +607,7 @@ impl Agent {
             Err(e) => {
                 let cause = self.classify(&e, ring);
                 let data = store.data();
-                let (logs, _) = data
-                    .caps
-                    .handles
-                    .log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                let (logs, _) = data.caps.handles.take_log();
                 let changes = data.caps.handles.changes.take();
                 Err(self.poison(cause, logs, changes, data.gate.trace))
             }
@@ -809,13 +803,7 @@ impl Agent {
         let call_trace = data.gate.trace;
         self.in_flight = None;
         let changes = data.caps.handles.changes.take();
-        let (logs, dropped_log_lines) = data
-            .caps
-            .handles
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let (logs, dropped_log_lines) = data.caps.handles.take_log();
         scope.completed();
         match result {
             Ok((trace, result)) => {

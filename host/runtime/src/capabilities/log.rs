@@ -6,9 +6,15 @@ use wasmtime::component::Linker;
 
 use super::{Handles, Has, View};
 use crate::bindings::agent_hypervisor::agent::log;
-use crate::state::{AgentState, LogLevel, LogSource};
+use crate::state::{AgentState, LogLevel, LogLine, LogSource};
 
 impl Handles {
+    /// The log lines of the call that ended (partial output flushed) and
+    /// how many were dropped over its budget (`LogBuffer::take`).
+    pub(crate) fn take_log(&self) -> (Vec<LogLine>, usize) {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Keeps at most [`crate::state::MAX_LOG_LINE`] bytes of `message`.
     pub(crate) fn log_line(&self, level: log::Level, message: &str) {
         let level = match level {
