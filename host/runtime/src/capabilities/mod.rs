@@ -12,9 +12,9 @@
 //! when any of the three is missing (`ahv-core`'s WIT contract test for the
 //! interface, [`tests::every_capability_has_exactly_one_unit`] here).
 
-use ahv_core::{Capability, CapabilitySet};
 use std::sync::{Arc, Mutex};
 
+use ahv_core::{Capability, CapabilitySet};
 use ahv_governance::actions::ActionRegistry;
 use ahv_governance::files::FileSpace;
 use ahv_governance::session_core::SessionCore;
