@@ -721,6 +721,55 @@ fn the_component_cache_is_created_private_and_an_open_one_is_repaired() {
     assert!(r.stderr.contains("made private"), "{r:?}");
 }
 
+#[test]
+fn the_component_cache_is_kept_within_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    // An artifact compiled long ago, for a component no longer run.
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for name in ["0123-old.cwasm", "0123-old.sha256"] {
+        let path = cache.join(name);
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+    }
+    let r = ahv_run(&[
+        "run",
+        ahv_agents::HELLO_PATH,
+        "--ring",
+        "3",
+        "--cache-dir",
+        path_str(&cache),
+        "--cache-max-bytes",
+        "1",
+    ]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    // The agent's own artifact stays, alone over the budget; the old one went.
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|n| !n.contains("old")), "{left:?}");
+    assert!(left.iter().any(|n| n.ends_with(".cwasm")), "{left:?}");
+
+    for bad in [
+        &["--cache-max-bytes", "0"][..],
+        &["--cache-max-bytes", "-5"],
+        &["--cache-max-bytes", "1", "--no-cache"],
+    ] {
+        let mut args = vec!["inspect", ahv_agents::HELLO_PATH];
+        args.extend_from_slice(bad);
+        let r = ahv_run(&args);
+        assert_eq!(r.code(), code(Exit::Usage), "{bad:?}: {r:?}");
+    }
+}
+
 /// A valid component whose compilation takes a while (thousands of functions).
 fn slow_to_compile() -> Vec<u8> {
     let funcs: String = (0..6000)

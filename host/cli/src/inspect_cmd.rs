@@ -20,10 +20,7 @@ pub(crate) struct InspectArgs {
 }
 
 pub(crate) async fn inspect(args: &InspectArgs) -> Result<Exit, Failure> {
-    let mut builder = Runtime::builder().max_instances(1);
-    if let Some(dir) = args.cache.dir() {
-        builder = builder.cache_dir(dir);
-    }
+    let builder = args.cache.apply(Runtime::builder().max_instances(1));
     let runtime = builder.build().context("starting the runtime")?;
     let path = &args.agent;
     let refused = |e: &LoadError| Failure::Refused(format!("{}: {e}", path.display()));

@@ -161,6 +161,12 @@ struct CacheArgs {
     /// Do not use the on-disk component cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// The most bytes the component cache keeps; after compiling a
+    /// component, the least recently used others are removed until the
+    /// rest fit. Default: 1 GiB.
+    #[arg(long, value_name = "BYTES", conflicts_with = "no_cache",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    cache_max_bytes: Option<u64>,
 }
 
 impl CacheArgs {
@@ -170,6 +176,17 @@ impl CacheArgs {
             return None;
         }
         self.cache_dir.clone().or_else(default_cache_dir)
+    }
+
+    /// Sets the cache's directory and budget on a runtime builder.
+    fn apply(&self, mut b: ahv_runtime::RuntimeBuilder) -> ahv_runtime::RuntimeBuilder {
+        if let Some(dir) = self.dir() {
+            b = b.cache_dir(dir);
+        }
+        if let Some(bytes) = self.cache_max_bytes {
+            b = b.cache_max_bytes(bytes);
+        }
+        b
     }
 }
 

@@ -178,9 +178,7 @@ async fn execute(args: &RunArgs, report: &mut Report) -> Result<Exit, Failure> {
             16,
         )));
     }
-    if let Some(dir) = args.cache.dir() {
-        builder = builder.cache_dir(dir);
-    }
+    let builder = args.cache.apply(builder);
     let runtime = builder.build().context("starting the runtime")?;
 
     let t = Instant::now();

@@ -185,8 +185,13 @@ pub(crate) fn open(
     let mut b = Hypervisor::builder()
         .state_dir(state_dir)
         .actions(builtin::registry());
-    if let Some(dir) = cache.and_then(CacheArgs::dir) {
-        b = b.cache_dir(dir);
+    if let Some(cache) = cache {
+        if let Some(dir) = cache.dir() {
+            b = b.cache_dir(dir);
+        }
+        if let Some(bytes) = cache.cache_max_bytes {
+            b = b.cache_max_bytes(bytes);
+        }
     }
     if let Some(url) = database {
         b = b.database(url);

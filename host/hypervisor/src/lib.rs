@@ -359,6 +359,7 @@ pub struct HypervisorBuilder {
     actions: Arc<ActionRegistry>,
     after_trap: AfterTrap,
     cache_dir: Option<PathBuf>,
+    cache_max_bytes: Option<u64>,
     max_instances: u32,
     guest_turns: Option<usize>,
     breach_hook: Option<Arc<dyn BreachRecorder>>,
@@ -394,6 +395,7 @@ impl Default for HypervisorBuilder {
             actions: Arc::new(ActionRegistry::new()),
             after_trap: AfterTrap::Recreate,
             cache_dir: None,
+            cache_max_bytes: None,
             max_instances: 1000,
             guest_turns: None,
             breach_hook: None,
@@ -488,6 +490,13 @@ impl HypervisorBuilder {
     /// Caches compiled components in `dir` (when the hypervisor builds its own runtime).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The most bytes the component cache keeps (when the hypervisor builds
+    /// its own runtime): [`RuntimeBuilder::cache_max_bytes`](ahv_runtime::RuntimeBuilder::cache_max_bytes).
+    pub fn cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.cache_max_bytes = Some(bytes);
         self
     }
 
@@ -766,6 +775,9 @@ impl HypervisorBuilder {
                     });
                 if let Some(dir) = self.cache_dir {
                     b = b.cache_dir(dir);
+                }
+                if let Some(bytes) = self.cache_max_bytes {
+                    b = b.cache_max_bytes(bytes);
                 }
                 if let Some(rate) = &rate {
                     b = b.rate_limits(rate.clone());

@@ -5,7 +5,7 @@
 //! before any agent can be spawned, and `ahv inspect` reports its verdict, so
 //! a component `inspect` calls admissible is one `run` accepts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -547,9 +547,40 @@ impl fmt::Debug for AgentComponent {
 /// [`DiskCache::ensure_private`]). Each artifact has a `.sha256` sidecar
 /// checked before loading, which catches truncated or corrupted files (not a
 /// determined attacker who can write both; hence the checks on the directory).
+///
+/// The directory is kept within a byte budget ([`DiskCache::max_bytes`]):
+/// after each artifact it stores, the least recently used artifacts (by
+/// modification time, which a load from the cache renews) are removed until
+/// the rest fit, never the one just stored. Temporary files a crashed writer
+/// left behind are removed once [`STALE_TEMPORARY`] old. Another process
+/// sharing the directory at most loses an artifact it then compiles again: a
+/// reader that misses either file of a pair compiles, and files are only ever
+/// replaced by rename, never rewritten in place.
 #[derive(Debug, Clone)]
 pub(crate) struct DiskCache {
     pub(crate) dir: PathBuf,
+    /// The most bytes of artifacts and checksums the directory keeps.
+    pub(crate) max_bytes: u64,
+}
+
+/// The default budget of the compiled-component cache: a compiled Rust
+/// agent takes about 1 MiB, a Python or JavaScript one 30-60 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
+
+/// How old a writer's temporary file must be before pruning takes it for
+/// left behind by a crash (the slowest compile, a Python agent in a debug
+/// build, takes a minute or two).
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What one pruning of the cache removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pruned {
+    /// Files removed (artifacts, checksums and stale temporary files).
+    pub(crate) files: usize,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+    /// The bytes of artifacts and checksums left.
+    pub(crate) kept: u64,
 }
 
 impl DiskCache {
@@ -657,7 +688,7 @@ impl DiskCache {
         #[cfg(unix)]
         self.ensure_private()?;
         let (art, sum) = self.paths(engine, hash);
-        if let (Ok(data), Ok(expected)) = (std::fs::read(&art), std::fs::read_to_string(&sum)) {
+        if let (Ok((data, file)), Ok(expected)) = (read_file(&art), std::fs::read_to_string(&sum)) {
             if hex::encode(Sha256::digest(&data)) == expected.trim() {
                 // SAFETY: the artifact was written by `store` below with this
                 // engine's compatibility hash in its name, and its checksum
@@ -665,7 +696,14 @@ impl DiskCache {
                 #[allow(unsafe_code)]
                 let loaded = unsafe { Component::deserialize(engine, &data) };
                 match loaded {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        // Used now: pruning removes the least recently used
+                        // first. A failure costs at worst an early eviction.
+                        if let Err(e) = file.set_modified(std::time::SystemTime::now()) {
+                            tracing::debug!(path = %art.display(), "cannot mark a cached component used: {e}");
+                        }
+                        return Ok(c);
+                    }
                     Err(e) => {
                         tracing::warn!(path = %art.display(), "discarding unusable cached component: {e:#}")
                     }
@@ -679,7 +717,124 @@ impl DiskCache {
             .serialize()
             .map_err(|e| Self::cache_err(&art, e))?;
         self.store(&art, &sum, &compiled)?;
+        match self.prune(&art, std::time::SystemTime::now()) {
+            Ok(p) if p.files > 0 => tracing::info!(
+                path = %self.dir.display(),
+                removed_files = p.files,
+                removed_bytes = p.bytes,
+                kept_bytes = p.kept,
+                budget = self.max_bytes,
+                "pruned the compiled-component cache"
+            ),
+            Ok(_) => {}
+            // The artifact is stored; a cache over its budget is not a
+            // reason to fail the load.
+            Err(e) => tracing::warn!("cannot prune the compiled-component cache: {e}"),
+        }
         Ok(component)
+    }
+
+    /// Brings the directory within [`DiskCache::max_bytes`]: removes
+    /// temporary files older than [`STALE_TEMPORARY`] at `now`, then the
+    /// least recently used artifacts with their checksums (oldest
+    /// modification time first) until the rest fit. `keep` (the artifact
+    /// just stored) is never removed, even alone over the budget. Files the
+    /// cache does not name (another extension, directories, links) are left
+    /// alone and not counted; files another process removed meanwhile are
+    /// skipped.
+    ///
+    /// # Errors
+    /// [`LoadError::Cache`] if the directory cannot be listed or a file in
+    /// it cannot be removed.
+    pub(crate) fn prune(
+        &self,
+        keep: &Path,
+        now: std::time::SystemTime,
+    ) -> Result<Pruned, LoadError> {
+        /// An artifact and its checksum, by their common name.
+        #[derive(Default)]
+        struct Entry {
+            bytes: u64,
+            used: Option<std::time::SystemTime>,
+            files: Vec<PathBuf>,
+        }
+        let err = |p: &Path, e: std::io::Error| Self::cache_err(p, e);
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let mut out = Pruned::default();
+        let mut entries: HashMap<String, Entry> = HashMap::new();
+        for item in std::fs::read_dir(&self.dir).map_err(|e| err(&self.dir, e))? {
+            let item = item.map_err(|e| err(&self.dir, e))?;
+            let path = item.path();
+            // `DirEntry::metadata` does not follow links: a link is not ours.
+            let meta = match item.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(err(&path, e)),
+            };
+            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let modified = meta.modified().map_err(|e| err(&path, e))?;
+            if name.contains(".tmp-") {
+                let age = now.duration_since(modified).unwrap_or_default();
+                if age >= STALE_TEMPORARY {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            out.files += 1;
+                            out.bytes += meta.len();
+                        }
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(err(&path, e)),
+                    }
+                }
+                continue;
+            }
+            let (base, artifact) = if let Some(b) = name.strip_suffix(".cwasm") {
+                (b, true)
+            } else if let Some(b) = name.strip_suffix(".sha256") {
+                (b, false)
+            } else {
+                continue;
+            };
+            let e = entries.entry(base.to_owned()).or_default();
+            e.bytes += meta.len();
+            // An artifact's time is its last use; a lone checksum's, its writing.
+            if artifact || e.used.is_none() {
+                e.used = Some(modified);
+            }
+            e.files.push(path);
+        }
+        let keep = keep
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".cwasm"));
+        let mut total: u64 = entries.values().map(|e| e.bytes).sum();
+        let mut by_age: Vec<(String, Entry)> = entries
+            .into_iter()
+            .filter(|(base, _)| Some(base.as_str()) != keep)
+            .collect();
+        by_age.sort_by(|(a, x), (b, y)| x.used.cmp(&y.used).then_with(|| a.cmp(b)));
+        for (_, entry) in by_age {
+            if total <= self.max_bytes {
+                break;
+            }
+            // The checksum first: a reader that finds the artifact without
+            // it compiles, it never loads a half-removed pair.
+            let mut files = entry.files;
+            files.sort_by_key(|p| p.extension().is_some_and(|x| x == "cwasm"));
+            for path in files {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => out.files += 1,
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(err(&path, e)),
+                }
+            }
+            total -= entry.bytes;
+            out.bytes += entry.bytes;
+        }
+        out.kept = total;
+        Ok(out)
     }
 
     fn store(&self, art: &Path, sum: &Path, compiled: &[u8]) -> Result<(), LoadError> {
@@ -743,6 +898,15 @@ pub(crate) fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Reads a whole file, keeping it open (to mark it used).
+fn read_file(path: &Path) -> std::io::Result<(Vec<u8>, std::fs::File)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok((data, file))
+}
+
 /// Compiles component bytes. Callers run [`check_before_compiling`] first
 /// (once: `Runtime::load` before its cache lookup, `Runtime::inspect`).
 pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -789,6 +953,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let fresh = DiskCache {
             dir: tmp.path().join("a/b/cache"),
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
         };
         fresh.ensure_private().unwrap();
         assert_eq!(mode(&fresh.dir), 0o700);
@@ -798,7 +963,12 @@ mod tests {
         std::fs::create_dir(&kept).unwrap();
         std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(kept.join("x.cwasm"), b"compiled").unwrap();
-        DiskCache { dir: kept.clone() }.ensure_private().unwrap();
+        DiskCache {
+            dir: kept.clone(),
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+        }
+        .ensure_private()
+        .unwrap();
         assert_eq!(mode(&kept), 0o755);
         assert!(kept.join("x.cwasm").exists());
 
@@ -810,7 +980,12 @@ mod tests {
             std::fs::write(dir.join("planted.sha256"), b"matching sum").unwrap();
             std::fs::create_dir(dir.join("sub")).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(open)).unwrap();
-            DiskCache { dir: dir.clone() }.ensure_private().unwrap();
+            DiskCache {
+                dir: dir.clone(),
+                max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            }
+            .ensure_private()
+            .unwrap();
             assert_eq!(mode(&dir), 0o700, "{open:o}");
             let left: Vec<_> = std::fs::read_dir(&dir)
                 .unwrap()
@@ -821,8 +996,197 @@ mod tests {
 
         let file = tmp.path().join("file");
         std::fs::write(&file, b"").unwrap();
-        let err = DiskCache { dir: file }.ensure_private().unwrap_err();
+        let err = DiskCache {
+            dir: file,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+        }
+        .ensure_private()
+        .unwrap_err();
         assert!(err.to_string().contains("cannot create it"), "{err}");
+    }
+
+    /// A cache in a fresh directory, with `budget` bytes.
+    fn cache_in(tmp: &tempfile::TempDir, budget: u64) -> DiskCache {
+        let cache = DiskCache {
+            dir: tmp.path().join("cache"),
+            max_bytes: budget,
+        };
+        #[cfg(unix)]
+        cache.ensure_private().unwrap();
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(&cache.dir).unwrap();
+        cache
+    }
+
+    /// Writes `name` with `len` bytes, last modified `age` before `now`.
+    fn file_aged(dir: &Path, name: &str, len: usize, now: std::time::SystemTime, age_s: u64) {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(now - std::time::Duration::from_secs(age_s))
+            .unwrap();
+    }
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_artifacts_until_the_rest_fit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache_in(&tmp, 2_500);
+        let now = std::time::SystemTime::now();
+        // Three pairs of 1,000 + 64 bytes, used 30, 20 and 10 minutes ago.
+        for (base, age) in [("old", 1800), ("mid", 1200), ("new", 600)] {
+            file_aged(&cache.dir, &format!("{base}.cwasm"), 1000, now, age);
+            // The checksum's own time does not count: the artifact's does.
+            file_aged(&cache.dir, &format!("{base}.sha256"), 64, now, 1);
+        }
+        // Not the cache's: never counted or removed, however old.
+        file_aged(&cache.dir, "notes.txt", 10_000, now, 99_999);
+        std::fs::create_dir(cache.dir.join("sub.cwasm")).unwrap();
+
+        let pruned = cache.prune(&cache.dir.join("new.cwasm"), now).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                files: 2,
+                bytes: 1064,
+                kept: 2128
+            }
+        );
+        assert_eq!(
+            names(&cache.dir),
+            BTreeSet::from(
+                [
+                    "mid.cwasm",
+                    "mid.sha256",
+                    "new.cwasm",
+                    "new.sha256",
+                    "notes.txt",
+                    "sub.cwasm"
+                ]
+                .map(String::from)
+            )
+        );
+
+        // Within the budget: nothing to do.
+        assert_eq!(
+            cache
+                .prune(&cache.dir.join("new.cwasm"), now)
+                .unwrap()
+                .files,
+            0
+        );
+    }
+
+    #[test]
+    fn pruning_never_removes_the_artifact_just_stored_even_alone_over_the_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache_in(&tmp, 100);
+        let now = std::time::SystemTime::now();
+        // The one just stored is the oldest by its time (a clock set back).
+        file_aged(&cache.dir, "kept.cwasm", 1000, now, 5000);
+        file_aged(&cache.dir, "kept.sha256", 64, now, 5000);
+        file_aged(&cache.dir, "other.cwasm", 1000, now, 10);
+        // A checksum whose artifact is gone is removed like any entry.
+        file_aged(&cache.dir, "lone.sha256", 64, now, 10);
+        let pruned = cache.prune(&cache.dir.join("kept.cwasm"), now).unwrap();
+        assert_eq!(pruned.files, 2);
+        assert_eq!(pruned.kept, 1064);
+        assert_eq!(
+            names(&cache.dir),
+            BTreeSet::from(["kept.cwasm", "kept.sha256"].map(String::from))
+        );
+    }
+
+    #[test]
+    fn pruning_removes_temporary_files_a_crashed_writer_left_only_once_they_are_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache_in(&tmp, u64::MAX);
+        let now = std::time::SystemTime::now();
+        let stale = STALE_TEMPORARY.as_secs();
+        file_aged(&cache.dir, "a.cwasm.tmp-1-ThreadId(2)", 500, now, stale);
+        file_aged(
+            &cache.dir,
+            "a.sha256.tmp-1-ThreadId(2)",
+            64,
+            now,
+            stale + 60,
+        );
+        // Another writer may still be at work on this one.
+        file_aged(
+            &cache.dir,
+            "b.cwasm.tmp-7-ThreadId(1)",
+            500,
+            now,
+            stale - 60,
+        );
+        let pruned = cache.prune(&cache.dir.join("b.cwasm"), now).unwrap();
+        assert_eq!((pruned.files, pruned.bytes, pruned.kept), (2, 564, 0));
+        assert_eq!(
+            names(&cache.dir),
+            BTreeSet::from(["b.cwasm.tmp-7-ThreadId(1)".to_owned()])
+        );
+    }
+
+    #[test]
+    fn loads_keep_the_cache_within_its_budget_and_recompile_what_was_pruned() {
+        let engine = Engine::default();
+        let component = |n: u32| {
+            // Distinct bodies: distinct hashes, artifacts of about equal size.
+            wat::parse_str(format!(
+                "(component (core module (func (export \"f{n}\") (result i32) i32.const {n})))"
+            ))
+            .unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cache = cache_in(&tmp, u64::MAX);
+        let (a, b) = (component(1), component(2));
+        cache.load(&engine, &hash(&a), &a).unwrap();
+        let (art_a, _) = cache.paths(&engine, &hash(&a));
+        let one_pair: u64 = std::fs::read_dir(&cache.dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(one_pair > 0);
+
+        // A load from the cache marks the artifact used.
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&art_a)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        cache.load(&engine, &hash(&a), &a).unwrap();
+        let used = std::fs::metadata(&art_a).unwrap().modified().unwrap();
+        assert!(used > long_ago + std::time::Duration::from_secs(3600));
+
+        // Room for one pair and a half: storing `b` evicts `a`.
+        cache.max_bytes = one_pair + one_pair / 2;
+        cache.load(&engine, &hash(&b), &b).unwrap();
+        let (art_b, _) = cache.paths(&engine, &hash(&b));
+        assert!(
+            !art_a.exists(),
+            "the least recently used artifact was not removed"
+        );
+        assert!(art_b.exists());
+        assert_eq!(names(&cache.dir).len(), 2, "{:?}", names(&cache.dir));
+
+        // `a` compiles again, and works.
+        let again = cache.load(&engine, &hash(&a), &a).unwrap();
+        assert!(art_a.exists() && !art_b.exists());
+        let mut store = wasmtime::Store::new(&engine, ());
+        wasmtime::component::Linker::<()>::new(&engine)
+            .instantiate(&mut store, &again)
+            .unwrap();
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub enum BuildError {
 pub struct RuntimeBuilder {
     policy: RingPolicy,
     cache_dir: Option<PathBuf>,
+    cache_max_bytes: u64,
     epoch_tick: Duration,
     max_instances: u32,
     strict_admission: bool,
@@ -89,6 +90,7 @@ impl Default for RuntimeBuilder {
         RuntimeBuilder {
             policy: RingPolicy::default(),
             cache_dir: None,
+            cache_max_bytes: crate::component::DEFAULT_CACHE_MAX_BYTES,
             epoch_tick: Duration::from_millis(1),
             max_instances: 1000,
             strict_admission: false,
@@ -112,6 +114,16 @@ impl RuntimeBuilder {
     /// directory must be private to this host: its files are loaded as native code.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The most bytes the [`cache_dir`](Self::cache_dir) keeps (default
+    /// [`DEFAULT_CACHE_MAX_BYTES`](crate::component::DEFAULT_CACHE_MAX_BYTES),
+    /// 1 GiB). After storing a newly compiled component, the runtime removes
+    /// the least recently used ones until the rest fit; the one just stored
+    /// stays even if it alone is larger.
+    pub fn cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.cache_max_bytes = bytes;
         self
     }
 
@@ -227,7 +239,10 @@ impl RuntimeBuilder {
                 engine,
                 linkers,
                 policy: self.policy,
-                cache: self.cache_dir.map(|dir| DiskCache { dir }),
+                cache: self.cache_dir.map(|dir| DiskCache {
+                    dir,
+                    max_bytes: self.cache_max_bytes,
+                }),
                 loaded: Mutex::new(HashMap::new()),
                 strict_admission: self.strict_admission,
                 breach_recorder: self.breach_recorder,
