@@ -296,6 +296,9 @@ pub(crate) struct Gate {
     /// Host calls admitted since the last [`Gate::publish_metrics`], by
     /// capability and ring.
     pending_calls: [[u64; 4]; Capability::ALL.len()],
+    /// Whether `pending_calls` holds any: a call that made no host call
+    /// (most of a short agent's) skips the 52 cells.
+    calls_pending: bool,
     /// The current call's trace id.
     pub(crate) trace: TraceId,
     /// The current call's deadline budget (its effective ring's).
@@ -337,6 +340,7 @@ impl Gate {
             kill: init.kill,
             metrics: init.metrics,
             pending_calls: [[0; 4]; Capability::ALL.len()],
+            calls_pending: false,
             trace: TraceId(0),
             deadline: Duration::ZERO,
             call_deadline: now,
@@ -381,12 +385,16 @@ impl Gate {
         // Counted here, published at the end of the call: a plain add
         // instead of an atomic one on a counter every instance shares.
         self.pending_calls[capability as usize][ring.number() as usize] += 1;
+        self.calls_pending = true;
         Ok(ring)
     }
 
     /// Adds the host calls counted since the last time to the runtime's
     /// metrics (at the end of every call into the agent).
     pub(crate) fn publish_metrics(&mut self) {
+        if !std::mem::take(&mut self.calls_pending) {
+            return;
+        }
         for (cap, row) in self.pending_calls.iter_mut().enumerate() {
             for (ring, n) in row.iter_mut().enumerate() {
                 if *n > 0 {
