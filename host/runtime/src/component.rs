@@ -549,13 +549,18 @@ impl fmt::Debug for AgentComponent {
 /// determined attacker who can write both; hence the checks on the directory).
 ///
 /// The directory is kept within a byte budget ([`DiskCache::max_bytes`]):
-/// after each artifact it stores, the least recently used artifacts (by
-/// modification time, which a load from the cache renews) are removed until
-/// the rest fit, never the one just stored. Temporary files a crashed writer
-/// left behind are removed once [`STALE_TEMPORARY`] old. Another process
-/// sharing the directory at most loses an artifact it then compiles again: a
-/// reader that misses either file of a pair compiles, and files are only ever
-/// replaced by rename, never rewritten in place.
+/// after each artifact it stores, the least recently loaded artifacts (by
+/// modification time, which a load from this directory renews; a runtime
+/// serves components it loaded already from memory, so a long-running
+/// server renews its agents' times once, when it loads them) are removed
+/// until the rest fit, never the one just stored. Temporary files a crashed
+/// writer left behind are removed once [`STALE_TEMPORARY`] old. Only the
+/// names the cache writes are counted or removed ([`CacheFile`]). Another
+/// process sharing the directory at most loses an artifact it then compiles
+/// again: a reader that misses either file of a pair compiles, and files are
+/// only ever replaced by rename, never rewritten in place. (On Windows a
+/// load cannot renew the time through a read-only handle: there the oldest
+/// compiled goes first.)
 #[derive(Debug, Clone)]
 pub(crate) struct DiskCache {
     pub(crate) dir: PathBuf,
@@ -756,14 +761,32 @@ impl DiskCache {
         struct Entry {
             bytes: u64,
             used: Option<std::time::SystemTime>,
-            files: Vec<PathBuf>,
+            files: Vec<(PathBuf, u64)>,
         }
         let err = |p: &Path, e: std::io::Error| Self::cache_err(p, e);
         let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         let mut out = Pruned::default();
+        // Removes one file; false if it could not be (and says why). One
+        // file that cannot go must not stop the rest from going.
+        let remove = |path: &Path, len: u64, out: &mut Pruned| match std::fs::remove_file(path) {
+            Ok(()) => {
+                out.files += 1;
+                out.bytes = out.bytes.saturating_add(len);
+                true
+            }
+            Err(e) if gone(&e) => true,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove from the component cache: {e}");
+                false
+            }
+        };
         let mut entries: HashMap<String, Entry> = HashMap::new();
         for item in std::fs::read_dir(&self.dir).map_err(|e| err(&self.dir, e))? {
             let item = item.map_err(|e| err(&self.dir, e))?;
+            let name = item.file_name();
+            let Some(kind) = name.to_str().and_then(CacheFile::of) else {
+                continue;
+            };
             let path = item.path();
             // `DirEntry::metadata` does not follow links: a link is not ours.
             let meta = match item.metadata() {
@@ -772,44 +795,33 @@ impl DiskCache {
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(err(&path, e)),
             };
-            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
             let modified = meta.modified().map_err(|e| err(&path, e))?;
-            if name.contains(".tmp-") {
-                let age = now.duration_since(modified).unwrap_or_default();
-                if age >= STALE_TEMPORARY {
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {
-                            out.files += 1;
-                            out.bytes += meta.len();
-                        }
-                        Err(e) if gone(&e) => {}
-                        Err(e) => return Err(err(&path, e)),
+            let (base, artifact) = match kind {
+                CacheFile::Temporary => {
+                    let age = now.duration_since(modified).unwrap_or_default();
+                    if age >= STALE_TEMPORARY {
+                        remove(&path, meta.len(), &mut out);
                     }
+                    continue;
                 }
-                continue;
-            }
-            let (base, artifact) = if let Some(b) = name.strip_suffix(".cwasm") {
-                (b, true)
-            } else if let Some(b) = name.strip_suffix(".sha256") {
-                (b, false)
-            } else {
-                continue;
+                CacheFile::Artifact(base) => (base, true),
+                CacheFile::Checksum(base) => (base, false),
             };
             let e = entries.entry(base.to_owned()).or_default();
-            e.bytes += meta.len();
+            e.bytes = e.bytes.saturating_add(meta.len());
             // An artifact's time is its last use; a lone checksum's, its writing.
             if artifact || e.used.is_none() {
                 e.used = Some(modified);
             }
-            e.files.push(path);
+            e.files.push((path, meta.len()));
         }
         let keep = keep
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_suffix(".cwasm"));
-        let mut total: u64 = entries.values().map(|e| e.bytes).sum();
+        let mut total = entries
+            .values()
+            .fold(0u64, |t, e| t.saturating_add(e.bytes));
         let mut by_age: Vec<(String, Entry)> = entries
             .into_iter()
             .filter(|(base, _)| Some(base.as_str()) != keep)
@@ -822,16 +834,12 @@ impl DiskCache {
             // The checksum first: a reader that finds the artifact without
             // it compiles, it never loads a half-removed pair.
             let mut files = entry.files;
-            files.sort_by_key(|p| p.extension().is_some_and(|x| x == "cwasm"));
-            for path in files {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => out.files += 1,
-                    Err(e) if gone(&e) => {}
-                    Err(e) => return Err(err(&path, e)),
+            files.sort_by_key(|(p, _)| p.extension().is_some_and(|x| x == "cwasm"));
+            for (path, len) in files {
+                if remove(&path, len, &mut out) {
+                    total = total.saturating_sub(len);
                 }
             }
-            total -= entry.bytes;
-            out.bytes += entry.bytes;
         }
         out.kept = total;
         Ok(out)
@@ -896,6 +904,52 @@ pub(crate) fn check_before_compiling(bytes: &[u8]) -> Result<(), LoadError> {
         });
     }
     Ok(())
+}
+
+/// A file of the cache, by its name. Only the names [`DiskCache`] writes
+/// count (`<sha256 hex>-<tag hex>.cwasm`, `.sha256`, and either with a
+/// writer's `.tmp-<pid>-ThreadId(<n>)`): anything else in the directory is
+/// someone else's, never counted or removed.
+#[derive(Debug, PartialEq, Eq)]
+enum CacheFile<'a> {
+    /// A compiled artifact, by its common name.
+    Artifact(&'a str),
+    /// An artifact's checksum, by their common name.
+    Checksum(&'a str),
+    /// A writer's temporary file.
+    Temporary,
+}
+
+impl<'a> CacheFile<'a> {
+    fn of(name: &'a str) -> Option<CacheFile<'a>> {
+        fn hex(s: &str) -> bool {
+            s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        }
+        fn digits(s: &str) -> bool {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+        }
+        let base = |b: &str| {
+            b.len() == 64 + 1 + 16 && b.as_bytes()[64] == b'-' && hex(&b[..64]) && hex(&b[65..])
+        };
+        let pair = |n: &'a str| {
+            if let Some(b) = n.strip_suffix(".cwasm") {
+                base(b).then_some(CacheFile::Artifact(b))
+            } else if let Some(b) = n.strip_suffix(".sha256") {
+                base(b).then_some(CacheFile::Checksum(b))
+            } else {
+                None
+            }
+        };
+        match name.split_once(".tmp-") {
+            Some((stem, writer)) => {
+                let by_writer = writer
+                    .split_once("-ThreadId(")
+                    .is_some_and(|(pid, t)| digits(pid) && t.strip_suffix(')').is_some_and(digits));
+                (by_writer && pair(stem).is_some()).then_some(CacheFile::Temporary)
+            }
+            None => pair(name),
+        }
+    }
 }
 
 /// Reads a whole file, keeping it open (to mark it used).
@@ -1030,6 +1084,12 @@ mod tests {
             .unwrap();
     }
 
+    /// A name the cache could write: `c` repeated as the component's hash
+    /// and the engine tag.
+    fn base(c: char) -> String {
+        format!("{}-{}", c.to_string().repeat(64), c.to_string().repeat(16))
+    }
+
     fn names(dir: &Path) -> BTreeSet<String> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -1042,17 +1102,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = cache_in(&tmp, 2_500);
         let now = std::time::SystemTime::now();
+        let (old, mid, new) = (base('a'), base('b'), base('c'));
         // Three pairs of 1,000 + 64 bytes, used 30, 20 and 10 minutes ago.
-        for (base, age) in [("old", 1800), ("mid", 1200), ("new", 600)] {
+        for (base, age) in [(&old, 1800), (&mid, 1200), (&new, 600)] {
             file_aged(&cache.dir, &format!("{base}.cwasm"), 1000, now, age);
             // The checksum's own time does not count: the artifact's does.
             file_aged(&cache.dir, &format!("{base}.sha256"), 64, now, 1);
         }
-        // Not the cache's: never counted or removed, however old.
-        file_aged(&cache.dir, "notes.txt", 10_000, now, 99_999);
-        std::fs::create_dir(cache.dir.join("sub.cwasm")).unwrap();
-
-        let pruned = cache.prune(&cache.dir.join("new.cwasm"), now).unwrap();
+        let pruned = cache
+            .prune(&cache.dir.join(format!("{new}.cwasm")), now)
+            .unwrap();
         assert_eq!(
             pruned,
             Pruned {
@@ -1063,27 +1122,17 @@ mod tests {
         );
         assert_eq!(
             names(&cache.dir),
-            BTreeSet::from(
-                [
-                    "mid.cwasm",
-                    "mid.sha256",
-                    "new.cwasm",
-                    "new.sha256",
-                    "notes.txt",
-                    "sub.cwasm"
-                ]
-                .map(String::from)
-            )
+            BTreeSet::from([
+                format!("{mid}.cwasm"),
+                format!("{mid}.sha256"),
+                format!("{new}.cwasm"),
+                format!("{new}.sha256"),
+            ])
         );
 
         // Within the budget: nothing to do.
-        assert_eq!(
-            cache
-                .prune(&cache.dir.join("new.cwasm"), now)
-                .unwrap()
-                .files,
-            0
-        );
+        let again = cache.prune(&cache.dir.join(format!("{new}.cwasm")), now);
+        assert_eq!(again.unwrap().files, 0);
     }
 
     #[test]
@@ -1091,18 +1140,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = cache_in(&tmp, 100);
         let now = std::time::SystemTime::now();
+        let (kept, other, lone) = (base('1'), base('2'), base('3'));
         // The one just stored is the oldest by its time (a clock set back).
-        file_aged(&cache.dir, "kept.cwasm", 1000, now, 5000);
-        file_aged(&cache.dir, "kept.sha256", 64, now, 5000);
-        file_aged(&cache.dir, "other.cwasm", 1000, now, 10);
+        file_aged(&cache.dir, &format!("{kept}.cwasm"), 1000, now, 5000);
+        file_aged(&cache.dir, &format!("{kept}.sha256"), 64, now, 5000);
+        file_aged(&cache.dir, &format!("{other}.cwasm"), 1000, now, 10);
         // A checksum whose artifact is gone is removed like any entry.
-        file_aged(&cache.dir, "lone.sha256", 64, now, 10);
-        let pruned = cache.prune(&cache.dir.join("kept.cwasm"), now).unwrap();
+        file_aged(&cache.dir, &format!("{lone}.sha256"), 64, now, 10);
+        let pruned = cache
+            .prune(&cache.dir.join(format!("{kept}.cwasm")), now)
+            .unwrap();
         assert_eq!(pruned.files, 2);
         assert_eq!(pruned.kept, 1064);
         assert_eq!(
             names(&cache.dir),
-            BTreeSet::from(["kept.cwasm", "kept.sha256"].map(String::from))
+            BTreeSet::from([format!("{kept}.cwasm"), format!("{kept}.sha256")])
         );
     }
 
@@ -1112,28 +1164,109 @@ mod tests {
         let cache = cache_in(&tmp, u64::MAX);
         let now = std::time::SystemTime::now();
         let stale = STALE_TEMPORARY.as_secs();
-        file_aged(&cache.dir, "a.cwasm.tmp-1-ThreadId(2)", 500, now, stale);
+        let (a, b) = (base('a'), base('b'));
         file_aged(
             &cache.dir,
-            "a.sha256.tmp-1-ThreadId(2)",
+            &format!("{a}.cwasm.tmp-1-ThreadId(2)"),
+            500,
+            now,
+            stale,
+        );
+        file_aged(
+            &cache.dir,
+            &format!("{a}.sha256.tmp-1-ThreadId(2)"),
             64,
             now,
             stale + 60,
         );
         // Another writer may still be at work on this one.
-        file_aged(
-            &cache.dir,
-            "b.cwasm.tmp-7-ThreadId(1)",
-            500,
-            now,
-            stale - 60,
-        );
-        let pruned = cache.prune(&cache.dir.join("b.cwasm"), now).unwrap();
+        let fresh = format!("{b}.cwasm.tmp-7-ThreadId(1)");
+        file_aged(&cache.dir, &fresh, 500, now, stale - 60);
+        let pruned = cache
+            .prune(&cache.dir.join(format!("{b}.cwasm")), now)
+            .unwrap();
         assert_eq!((pruned.files, pruned.bytes, pruned.kept), (2, 564, 0));
+        assert_eq!(names(&cache.dir), BTreeSet::from([fresh]));
+    }
+
+    #[test]
+    fn pruning_never_counts_or_removes_what_the_cache_did_not_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache_in(&tmp, 1);
+        let now = std::time::SystemTime::now();
+        let ancient = 10 * STALE_TEMPORARY.as_secs();
+        let b = base('d');
+        let theirs = [
+            // `wasmtime compile`'s output, a user's notes, near misses.
+            "app.cwasm".to_owned(),
+            "report.tmp-2024.txt".to_owned(),
+            format!("{}.cwasm", base('D')),
+            format!("{}.cwasm", &b[1..]),
+            format!("{b}.cwasm.tmp-x-ThreadId(1)"),
+            format!("{b}.wasm.tmp-1-ThreadId(1)"),
+            format!("{b}.cwasm.bak"),
+        ];
+        for name in &theirs {
+            file_aged(&cache.dir, name, 10_000, now, ancient);
+        }
+        std::fs::create_dir(cache.dir.join(format!("{}.cwasm", base('e')))).unwrap();
+        // A link named as an artifact, to a file outside: neither followed
+        // nor removed.
+        #[cfg(unix)]
+        {
+            let outside = tmp.path().join("outside");
+            std::fs::write(&outside, vec![0u8; 10_000]).unwrap();
+            std::os::unix::fs::symlink(&outside, cache.dir.join(format!("{}.cwasm", base('f'))))
+                .unwrap();
+        }
+        let pruned = cache
+            .prune(&cache.dir.join(format!("{b}.cwasm")), now)
+            .unwrap();
+        assert_eq!(pruned, Pruned::default());
+        assert!(tmp.path().join("outside").exists() || cfg!(not(unix)));
+        let left = names(&cache.dir);
+        for name in &theirs {
+            assert!(left.contains(name), "{name} was removed");
+        }
+    }
+
+    #[test]
+    fn only_the_names_the_cache_writes_are_its_files() {
+        let b = base('0');
         assert_eq!(
-            names(&cache.dir),
-            BTreeSet::from(["b.cwasm.tmp-7-ThreadId(1)".to_owned()])
+            CacheFile::of(&format!("{b}.cwasm")),
+            Some(CacheFile::Artifact(&b))
         );
+        assert_eq!(
+            CacheFile::of(&format!("{b}.sha256")),
+            Some(CacheFile::Checksum(&b))
+        );
+        assert_eq!(
+            CacheFile::of(&format!("{b}.sha256.tmp-42-ThreadId(7)")),
+            Some(CacheFile::Temporary)
+        );
+        for name in [
+            String::new(),
+            ".cwasm".into(),
+            b.clone(),
+            format!("{b}.cwasm.tmp-42-ThreadId(7"),
+            format!("{b}.cwasm.tmp--ThreadId(7)"),
+            format!("{b}.cwasm.tmp-42-ThreadId()"),
+            format!("{}.cwasm", b.replace('-', "_")),
+            format!("{}0.cwasm", b),
+        ] {
+            assert_eq!(CacheFile::of(&name), None, "{name}");
+        }
+        // What the cache names its files, through its own path function.
+        let cache = DiskCache {
+            dir: PathBuf::from("/nowhere"),
+            max_bytes: 0,
+        };
+        let (art, sum) = cache.paths(&Engine::default(), &[0xab; 32]);
+        for p in [art, sum] {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(CacheFile::of(name).is_some(), "{name}");
+        }
     }
 
     #[test]

@@ -120,8 +120,9 @@ impl RuntimeBuilder {
     /// The most bytes the [`cache_dir`](Self::cache_dir) keeps (default
     /// [`DEFAULT_CACHE_MAX_BYTES`](crate::component::DEFAULT_CACHE_MAX_BYTES),
     /// 1 GiB). After storing a newly compiled component, the runtime removes
-    /// the least recently used ones until the rest fit; the one just stored
-    /// stays even if it alone is larger.
+    /// the least recently loaded ones until the rest fit; the one just stored
+    /// stays even if it alone is larger (so 0 keeps only the newest). Files
+    /// in the directory that the cache did not write are left alone.
     pub fn cache_max_bytes(mut self, bytes: u64) -> Self {
         self.cache_max_bytes = bytes;
         self
