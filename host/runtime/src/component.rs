@@ -741,16 +741,16 @@ impl DiskCache {
 
     /// Brings the directory within [`DiskCache::max_bytes`]: removes
     /// temporary files older than [`STALE_TEMPORARY`] at `now`, then the
-    /// least recently used artifacts with their checksums (oldest
+    /// least recently loaded artifacts with their checksums (oldest
     /// modification time first) until the rest fit. `keep` (the artifact
-    /// just stored) is never removed, even alone over the budget. Files the
-    /// cache does not name (another extension, directories, links) are left
-    /// alone and not counted; files another process removed meanwhile are
-    /// skipped.
+    /// just stored) is never removed, even alone over the budget. Names
+    /// [`CacheFile`] does not accept, directories and links are left alone
+    /// and not counted; files another process removed meanwhile are skipped,
+    /// and a file that cannot be removed is logged and skipped.
     ///
     /// # Errors
-    /// [`LoadError::Cache`] if the directory cannot be listed or a file in
-    /// it cannot be removed.
+    /// [`LoadError::Cache`] if the directory cannot be listed or the
+    /// metadata of a file of the cache cannot be read.
     pub(crate) fn prune(
         &self,
         keep: &Path,
