@@ -162,7 +162,7 @@ struct CacheArgs {
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
     /// The most bytes the component cache keeps; after compiling a
-    /// component, the least recently used others are removed until the
+    /// component, the least recently loaded others are removed until the
     /// rest fit. Default: 1 GiB.
     #[arg(long, value_name = "BYTES", conflicts_with = "no_cache",
           value_parser = clap::value_parser!(u64).range(1..))]
