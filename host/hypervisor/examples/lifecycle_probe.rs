@@ -25,7 +25,8 @@
 //! flusher only the rounds that fall within a batch: 5000 keeps it
 //! writing beside the hot path throughout, as a sustained load does). The
 //! figures vary by
-//! ±20 % between runs on a shared 2-core VM: compare medians of many batches.
+//! ±20 % between runs on a shared 2-core VM: compare medians of many batches
+//! (the line `median of batches`: the medians of every batch after the first).
 use std::time::Instant;
 
 use ahv_core::AgentId;
@@ -103,6 +104,7 @@ fn main() {
         .unwrap_or(10);
     let size: u32 = env::env_number("PROBE_BATCH_SIZE", 1000);
     assert!(size > 0, "PROBE_BATCH_SIZE must be at least 1");
+    let (mut hots, mut flushes) = (Vec::new(), Vec::new());
     for batch in 0..batches {
         let t = Instant::now();
         for _ in 0..size {
@@ -140,9 +142,23 @@ fn main() {
         if std::env::var_os("PROBE_NO_SHUTDOWN").is_none() {
             hv.shutdown().unwrap();
         }
+        let flush = t.elapsed() / size;
+        println!("batch {batch}: {hot:?} per session, then {flush:?} per session to flush");
+        // Batch 0 warms the pool, the allocator and the caches.
+        if batch > 0 {
+            hots.push(hot);
+            flushes.push(flush);
+        }
+    }
+    if !hots.is_empty() {
+        let median = |v: &mut Vec<std::time::Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
         println!(
-            "batch {batch}: {hot:?} per session, then {:?} per session to flush",
-            t.elapsed() / size
+            "median of batches 1..{batches}: {:?} per session, then {:?} per session to flush",
+            median(&mut hots),
+            median(&mut flushes)
         );
     }
     if std::env::var_os("PROBE_NO_SHUTDOWN").is_some() {
