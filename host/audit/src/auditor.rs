@@ -480,11 +480,6 @@ impl SealedSet {
         u128::from_le_bytes(k)
     }
 
-    /// Adds a session; false if it was there already.
-    fn insert(&mut self, session: &str) -> bool {
-        self.insert_key(SealedSet::key(session))
-    }
-
     /// Adds a session by its fingerprint ([`SealedSet::key`]); false if it
     /// was there already.
     fn insert_key(&mut self, key: u128) -> bool {
@@ -497,23 +492,25 @@ impl SealedSet {
 }
 
 /// The last `cap` sealed sessions and their commitment indexes, oldest
-/// evicted first.
+/// evicted first, keyed by their [`SealedSet`] fingerprints: a seal has its
+/// fingerprint already, so remembering it hashes no id and keeps no id.
 struct RecentSealed {
-    index: SessionMap<u64>,
-    order: std::collections::VecDeque<SessionId>,
+    index: HashMap<u128, u64, FastHash>,
+    order: std::collections::VecDeque<u128>,
     cap: usize,
 }
 
 impl RecentSealed {
     fn new(cap: usize) -> RecentSealed {
         RecentSealed {
-            index: SessionMap::default(),
+            index: HashMap::default(),
             order: std::collections::VecDeque::new(),
             cap,
         }
     }
 
-    fn insert(&mut self, session: SessionId, index: u64) {
+    /// Remembers the session whose fingerprint is `key`.
+    fn insert(&mut self, key: u128, index: u64) {
         if self.cap == 0 {
             return;
         }
@@ -522,12 +519,15 @@ impl RecentSealed {
         {
             self.index.remove(&old);
         }
-        self.index.insert(session.clone(), index);
-        self.order.push_back(session);
+        self.index.insert(key, index);
+        self.order.push_back(key);
     }
 
     fn get(&self, session: &str) -> Option<u64> {
-        self.index.get(session).copied()
+        if self.cap == 0 {
+            return None;
+        }
+        self.index.get(&SealedSet::key(session)).copied()
     }
 }
 
@@ -786,7 +786,7 @@ impl Auditor {
         // Only the last `recent_sealed` stay indexed: collected in a ring
         // while streaming and indexed once at the end, rather than inserted
         // into (and evicted from) the index for every commitment.
-        let mut last: std::collections::VecDeque<(SessionId, u64)> =
+        let mut last: std::collections::VecDeque<(u128, u64)> =
             std::collections::VecDeque::with_capacity(config.recent_sealed.min(1 << 20));
         let saved_mark = load_retention_mark(dir);
         // Whether the saved mark names a record boundary of this log.
@@ -823,16 +823,17 @@ impl Auditor {
             let index = tree.append_leaf_hash(leaf_hash(&r.body)).0;
             // A duplicate commitment is `verify`'s to report; here the
             // session is sealed either way.
-            let _ = ever.insert(session.as_str());
+            let key = SealedSet::key(session.as_str());
+            let _ = ever.insert_key(key);
             if config.recent_sealed > 0 {
                 if last.len() == config.recent_sealed {
                     last.pop_front();
                 }
-                last.push_back((session, index));
+                last.push_back((key, index));
             }
         })?;
-        for (session, index) in last {
-            recent.insert(session, index);
+        for (key, index) in last {
+            recent.insert(key, index);
         }
         if let Some(e) = first_error {
             return Err(e);
@@ -1736,7 +1737,7 @@ impl Shared {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
             let c = Commitment {
-                session: session.to_string(),
+                session: session.as_str().to_owned(),
                 tree_size: st.tree.len().0,
                 root: st.tree.root(),
                 time_unix_ns: self.wall_ns(),
@@ -1752,7 +1753,7 @@ impl Shared {
                 return Err(AuditError::AlreadySealed(session.to_string()));
             }
             let index = cs.tree.append_leaf_hash(leaf).0;
-            cs.recent.insert(session.clone(), index);
+            cs.recent.insert(log.sealed_key, index);
             // The commitment log's root is computed by the flusher (O(log n)
             // node hashes: ~1-2 µs for 10^5 sessions), not by every seal.
             cs.staged.push(StagedCommit {
