@@ -33,10 +33,12 @@
 //! recovery seals the session again over whatever of its deltas reached the
 //! disk, with a new commitment). Whoever reports a seal to a user waits first
 //! with [`Auditor::wait_durable`], which returns once the round that writes
-//! it has synced it — within `max_delay` plus one round when the disk is
-//! healthy — or fails with [`AuditError::DurableTimeout`] naming the session
-//! and the commitment index. The wait forces nothing: concurrent seals still
-//! share one round and one sync (call [`Auditor::flush`] to write at once).
+//! it has synced it, or fails with [`AuditError::DurableTimeout`] naming the
+//! session and the commitment index. A wait starts that round at once rather
+//! than at the flusher's next tick (it wakes the flusher), so it takes about
+//! one round's writes and sync; seals staged while a round runs share the
+//! next one, so concurrent waiters still share syncs (group commit proper).
+//! What nobody waits for is written within `max_delay`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1073,11 +1075,14 @@ impl Auditor {
 
     /// Waits until `receipt`'s commitment is on disk and returns the receipt
     /// as [`SealState::Durable`]; at once if it is already. Under group
-    /// commit that is the end of the flusher's next round (within
-    /// `max_delay` plus the round's writes and sync on a healthy disk); the
-    /// wait does not force a round of its own, so concurrent seals still
-    /// share one sync ([`Auditor::flush`] writes at once). `receipt` must
-    /// come from this auditor. Front ends wait [`DURABLE_WAIT`].
+    /// commit the wait wakes the background flusher, so the round that
+    /// writes the commitment starts at once (or right after the round under
+    /// way) instead of at the end of `max_delay`: the wait takes about a
+    /// round's writes and sync on a healthy disk. Waiters whose seals are
+    /// staged while a round runs share the next round and its sync, as in a
+    /// database's group commit. The waiting thread writes nothing itself
+    /// ([`Auditor::flush`] does). `receipt` must come from this auditor.
+    /// Front ends wait [`DURABLE_WAIT`].
     ///
     /// # Errors
     /// [`AuditError::DurableTimeout`], naming the session and the commitment
@@ -1096,6 +1101,13 @@ impl Auditor {
             return Ok(durable);
         }
         let commits = &self.shared.commits;
+        if lock(&commits.state).durable.0 <= receipt.index {
+            // Group commit: the round that makes it durable starts now, not
+            // at the flusher's next tick. Seals staged while a round runs go
+            // into the one right after it, so concurrent waiters still share
+            // rounds and syncs.
+            self.shared.wake_flusher();
+        }
         let (cs, _) = commits
             .durable_moved
             .wait_timeout_while(lock(&commits.state), timeout, |cs| {
@@ -1531,14 +1543,20 @@ impl Shared {
                         self.record_failure(&e);
                     }
                 } else if wake {
-                    let (m, cv) = &self.tick;
-                    *lock(m) = true;
-                    cv.notify_one();
+                    self.wake_flusher();
                 }
             }
             Durability::OnClose => {}
         }
         Some((seq, leaf))
+    }
+
+    /// Has the background flusher (if any) start a round now, or right
+    /// after the one it is in.
+    fn wake_flusher(&self) {
+        let (m, cv) = &self.tick;
+        *lock(m) = true;
+        cv.notify_one();
     }
 
     fn record_failure(&self, e: &AuditError) {
@@ -2482,16 +2500,36 @@ mod tests {
         }
     }
 
+    /// Under a group commit whose flusher would not come round for an hour,
+    /// a wait starts the round that writes the receipt: it returns long
+    /// before the delay (here, the wait's bound of 10 s), durable.
     #[test]
-    fn waiting_for_a_pending_receipt_is_bounded_and_forces_no_round() {
+    fn waiting_for_a_pending_receipt_starts_its_round_at_once() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let (auditor, bus) = open(&dir, NEVER);
-        let _first = sealed(&auditor, &bus, "s-first", 1);
+        let first = sealed(&auditor, &bus, "s-first", 1);
         let r = sealed(&auditor, &bus, "s-second", 2);
         assert_eq!(r.index, 1);
-        assert!(!r.is_durable());
+        assert!(!r.is_durable() && on_disk(&dir).is_empty());
         // Real time: a condition variable's timeout cannot run on a fake clock.
+        let durable = auditor.wait_durable(&r, DURABLE_WAIT).unwrap();
+        assert!(durable.is_durable() && auditor.is_durable(&first));
+        // The round took what was staged before it: both commitments, in order.
+        assert_eq!(on_disk(&dir), vec![first.commitment, r.commitment]);
+    }
+
+    /// A round that cannot finish (a stuck disk, here the round's lock held)
+    /// keeps no waiter past its bound; the seals staged meanwhile are all
+    /// written, and their waiters woken, once a round can run.
+    #[test]
+    fn a_wait_is_bounded_while_no_round_can_finish() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let auditor = Arc::new(auditor);
+        let stuck = lock(&auditor.shared.round);
+        let r = sealed(&auditor, &bus, "s-stuck", 2);
         let err = auditor
             .wait_durable(&r, Duration::from_millis(30))
             .unwrap_err();
@@ -2504,19 +2542,30 @@ mod tests {
             } => {
                 assert_eq!(
                     (session.as_str(), *index, *waited, last_error),
-                    ("s-second", 1, Duration::from_millis(30), &None)
+                    ("s-stuck", 0, Duration::from_millis(30), &None)
                 );
             }
             other => panic!("expected DurableTimeout, got {other:?}"),
         }
         let message = err.to_string();
         assert!(
-            message.contains("s-second") && message.contains("#1"),
+            message.contains("s-stuck") && message.contains("#0"),
             "{message}"
         );
-        // The wait forced nothing: concurrent seals still share one round.
-        assert!(on_disk(&dir).is_empty());
-        assert!(!auditor.is_durable(&r));
+        let waiters: Vec<_> = (0..4)
+            .map(|i| {
+                let receipt = sealed(&auditor, &bus, &format!("s-waiter-{i}"), 1);
+                let a = auditor.clone();
+                std::thread::spawn(move || a.wait_durable(&receipt, DURABLE_WAIT))
+            })
+            .collect();
+        assert!(on_disk(&dir).is_empty() && !auditor.is_durable(&r));
+        drop(stuck);
+        for w in waiters {
+            assert!(w.join().unwrap().unwrap().is_durable());
+        }
+        assert!(auditor.is_durable(&r));
+        assert_eq!(on_disk(&dir).len(), 5);
     }
 
     #[test]

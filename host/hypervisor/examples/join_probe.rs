@@ -13,7 +13,10 @@
 //! run, the floor: as many `Runtime::spawn`s of the same component alone
 //! (no session; each instance dropped before the next), timed the same way.
 //! The audit log is on (the default configuration); `PROBE_AUDIT=off` turns
-//! it off. `PROBE_DIR=D` puts the state directory under D.
+//! it off. `PROBE_DIR=D` puts the state directory under D. `PROBE_DELAY_MS=N`
+//! (N ≥ 1; 0 or unset: the default) has the audit flusher write a round
+//! every N ms however many records are staged (the default: 10 ms, or 64
+//! records of one session).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,9 @@ use ahv_governance::session::SessionConfig;
 use ahv_governance::vfs::{Vfs, VfsLimits};
 use ahv_hypervisor::{Hypervisor, JoinRequest};
 use ahv_runtime::AgentSpec;
+
+#[path = "../../runtime/examples/common/env.rs"]
+mod env;
 
 /// mimalloc, as the `ahv` binary uses: glibc's allocator takes an arena lock
 /// whenever the audit flusher frees memory another thread allocated.
@@ -45,6 +51,14 @@ fn main() {
         .max_instances(slots);
     if std::env::var("PROBE_AUDIT").as_deref() == Ok("off") {
         b = b.without_audit();
+    } else if let ms @ 1.. = env::env_number("PROBE_DELAY_MS", 0u64) {
+        b = b.audit(ahv_audit::AuditConfig {
+            durability: ahv_audit::Durability::GroupCommit {
+                max_records: usize::MAX,
+                max_delay: Duration::from_millis(ms),
+            },
+            ..Default::default()
+        });
     }
     let hv = b.build().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

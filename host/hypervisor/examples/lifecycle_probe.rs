@@ -9,7 +9,10 @@
 //! configuration. SCENARIO: `lifecycle` (create, join, activate, terminate;
 //! the default), `pipeline` (the benches' `full_pipeline/no_wasm`: 4 state
 //! writes between activate and terminate) or `wasm` (`full_pipeline/wasm`:
-//! the agent instantiated at join, 3 state writes and one `run` call).
+//! the agent instantiated at join, 3 state writes and one `run` call) or
+//! `durable` (the lifecycle, each termination then waited on until its
+//! seal is on disk, as the HTTP API and MCP do before answering: prints the
+//! waits' p50, p90 and p99 as well).
 //! `PROBE_NO_SHUTDOWN=1` flushes nothing and exits without the final flush
 //! (for profiling the hot path, with `deferred`); `PROBE_BATCHES=N` runs N
 //! batches instead of 10; `PROBE_QUIET=1` with `deferred` turns
@@ -92,11 +95,13 @@ fn main() {
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let (writes, wasm) = match scenario.as_str() {
-        "lifecycle" => (0, false),
+        "lifecycle" | "durable" => (0, false),
         "pipeline" => (4, false),
         "wasm" => (3, true),
-        other => panic!("unknown scenario {other:?}: lifecycle, pipeline or wasm"),
+        other => panic!("unknown scenario {other:?}: lifecycle, pipeline, wasm or durable"),
     };
+    let durable = scenario == "durable";
+    let mut waits = Vec::new();
     let component = wasm.then(|| hv.load(ahv_agents::PINGER).unwrap());
     let batches: u32 = std::env::var("PROBE_BATCHES")
         .ok()
@@ -134,7 +139,12 @@ fn main() {
                 if wasm {
                     hv.run_agent(&s, &agent, "ping").await.unwrap();
                 }
-                hv.terminate_session(&s).unwrap();
+                let t = hv.terminate_session(&s).unwrap();
+                if durable {
+                    let w = Instant::now();
+                    hv.wait_durable(t, ahv_audit::DURABLE_WAIT).unwrap();
+                    waits.push(w.elapsed());
+                }
             });
         }
         let hot = t.elapsed() / size;
@@ -159,6 +169,18 @@ fn main() {
             "median of batches 1..{batches}: {:?} per session, then {:?} per session to flush",
             median(&mut hots),
             median(&mut flushes)
+        );
+    }
+    if !waits.is_empty() {
+        waits.sort();
+        let at = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+        println!(
+            "waits for durability ({}): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+            waits.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            waits[waits.len() - 1]
         );
     }
     if std::env::var_os("PROBE_NO_SHUTDOWN").is_some() {

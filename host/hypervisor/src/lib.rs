@@ -1569,7 +1569,8 @@ impl Hypervisor {
     /// (the default) terminating does not wait for the disk, so that
     /// concurrent terminations share one sync: the receipt is pending, and
     /// a crash within the group-commit delay loses it. Anything that reports
-    /// the seal to a user calls [`Hypervisor::wait_durable`] first.
+    /// the seal to a user calls [`Hypervisor::wait_durable`] first, which
+    /// starts the round that writes it at once.
     ///
     /// # Errors
     /// [`SessionError::InvalidTransition`] unless handshaking or active.
