@@ -34,10 +34,11 @@
 //! disk, with a new commitment). Whoever reports a seal to a user waits first
 //! with [`Auditor::wait_durable`], which returns once the round that writes
 //! it has synced it, or fails with [`AuditError::DurableTimeout`] naming the
-//! session and the commitment index. A wait starts that round at once rather
-//! than at the flusher's next tick (it wakes the flusher), so it takes about
-//! one round's writes and sync; seals staged while a round runs share the
-//! next one, so concurrent waiters still share syncs (group commit proper).
+//! session and the commitment index. A wait starts that round at once, or
+//! right after the round under way, rather than at the flusher's next tick
+//! (it wakes the flusher), so it takes one or two rounds' writes and syncs;
+//! seals staged while a round runs share the next one, so concurrent waiters
+//! still share syncs (group commit proper).
 //! What nobody waits for is written within `max_delay`.
 
 use std::collections::HashMap;
@@ -525,11 +526,10 @@ impl RecentSealed {
         self.order.push_back(key);
     }
 
-    fn get(&self, session: &str) -> Option<u64> {
-        if self.cap == 0 {
-            return None;
-        }
-        self.index.get(&SealedSet::key(session)).copied()
+    /// The commitment index of the session whose fingerprint is `key`, if
+    /// it is among the remembered ones.
+    fn get(&self, key: u128) -> Option<u64> {
+        self.index.get(&key).copied()
     }
 }
 
@@ -1943,7 +1943,9 @@ impl Shared {
     /// The commitment index of a sealed session: remembered if recent,
     /// else found by scanning the commitment log.
     fn commitment_index(&self, session: &str) -> Result<Option<u64>, AuditError> {
-        if let Some(i) = lock(&self.commits.state).recent.get(session) {
+        // Hashed before the lock, which every seal takes.
+        let key = SealedSet::key(session);
+        if let Some(i) = lock(&self.commits.state).recent.get(key) {
             return Ok(Some(i));
         }
         let path = commitments_path(&self.dir);
@@ -2097,13 +2099,11 @@ impl Shared {
         let mut timer = RetentionTimer::default();
         loop {
             {
-                let mut urgent = lock(m);
-                if !*urgent {
-                    urgent = cv
-                        .wait_timeout(urgent, every)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                // Until woken or `every` has passed: a spurious wake-up of
+                // the condition variable starts no round.
+                let (mut urgent, _) = cv
+                    .wait_timeout_while(lock(m), every, |urgent| !*urgent)
+                    .unwrap_or_else(|p| p.into_inner());
                 *urgent = false;
             }
             // Errors are recorded and retried on the next tick.
@@ -2568,8 +2568,10 @@ mod tests {
         assert_eq!(on_disk(&dir).len(), 5);
     }
 
+    /// Whichever thread runs the round that syncs a receipt (here a
+    /// `flush` on this one, or the flusher the wait woke) wakes its waiter.
     #[test]
-    fn a_waiter_wakes_when_another_thread_syncs_the_round_holding_its_receipt() {
+    fn a_waiter_wakes_when_another_thread_syncs_its_receipt() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let (auditor, bus) = open(&dir, NEVER);

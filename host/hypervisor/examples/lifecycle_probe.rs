@@ -11,8 +11,9 @@
 //! writes between activate and terminate) or `wasm` (`full_pipeline/wasm`:
 //! the agent instantiated at join, 3 state writes and one `run` call) or
 //! `durable` (the lifecycle, each termination then waited on until its
-//! seal is on disk, as the HTTP API and MCP do before answering: prints the
-//! waits' p50, p90 and p99 as well).
+//! seal is on disk, as `POST …/terminate`, `ahv session terminate` and
+//! `ahv demo` do before answering; prints the waits' p50, p90 and p99 as
+//! well).
 //! `PROBE_NO_SHUTDOWN=1` flushes nothing and exits without the final flush
 //! (for profiling the hot path, with `deferred`); `PROBE_BATCHES=N` runs N
 //! batches instead of 10; `PROBE_QUIET=1` with `deferred` turns
