@@ -2568,6 +2568,34 @@ mod tests {
         assert_eq!(on_disk(&dir).len(), 5);
     }
 
+    /// Many threads sealing and waiting at once, with no tick to fall back
+    /// on: every wait ends durable within its bound, whatever the
+    /// interleaving of waits, wake-ups and rounds (a lost wake-up would
+    /// leave a waiter to its 10 s bound and fail here).
+    #[test]
+    fn concurrent_waiters_all_become_durable_without_the_flushers_tick() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let (auditor, bus) = (Arc::new(auditor), bus);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (auditor, bus) = (auditor.clone(), bus.clone());
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let r = sealed(&auditor, &bus, &format!("s-{t}-{i}"), 1);
+                        let durable = auditor.wait_durable(&r, DURABLE_WAIT).unwrap();
+                        assert!(durable.is_durable() && auditor.is_durable(&r));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(on_disk(&dir).len(), 100);
+    }
+
     /// Whichever thread runs the round that syncs a receipt (here a
     /// `flush` on this one, or the flusher the wait woke) wakes its waiter.
     #[test]
