@@ -2577,7 +2577,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let (auditor, bus) = open(&dir, NEVER);
-        let (auditor, bus) = (Arc::new(auditor), bus);
+        let auditor = Arc::new(auditor);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let (auditor, bus) = (auditor.clone(), bus.clone());
