@@ -56,6 +56,7 @@ pub mod delta;
 pub mod hash;
 pub mod merkle;
 pub mod records;
+pub mod segments;
 pub mod signing;
 pub mod verify;
 

@@ -92,6 +92,9 @@ impl LogKind {
     pub const SIGNED_HEADS: LogKind = LogKind(3);
     /// The retention mark (one record: where retention resumes).
     pub const RETENTION_MARK: LogKind = LogKind(4);
+    /// A segment: many sessions' deltas, in rounds each closed by a footer
+    /// (see [`crate::segments`]).
+    pub const SEGMENT: LogKind = LogKind(5);
 }
 
 impl fmt::Display for LogKind {
@@ -902,7 +905,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Syncs the directory holding `path`, so a created or renamed entry survives a crash.
-fn sync_parent(path: &Path) -> Result<(), RecordError> {
+pub(crate) fn sync_parent(path: &Path) -> Result<(), RecordError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
