@@ -944,16 +944,19 @@ impl SessionAssembler {
             });
         }
         for (i, record) in chunk.records.iter().enumerate() {
-            let seq = first + i as u64;
+            // A footer's seqs cannot overflow (decoding refuses it); a
+            // chunk made by hand could, and saturates.
+            let seq = first.saturating_add(i as u64);
             if seq < s.next_seq {
                 // Already read: the same bytes again (a retried round), or
-                // a conflict. Found from the end: a repeat follows closely.
+                // a conflict. Kept records are in increasing seq order (a
+                // record is kept only at or past `next_seq`), so found by
+                // binary search: no crafted run of repeats makes this
+                // quadratic. A seq skipped by a gap is not held: a conflict.
                 let same = s
                     .records
-                    .iter()
-                    .rev()
-                    .find(|r| r.seq == seq)
-                    .is_some_and(|r| r.record.body == record.body);
+                    .binary_search_by_key(&seq, |r| r.seq)
+                    .is_ok_and(|i| s.records[i].record.body == record.body);
                 if same {
                     s.repeated += 1;
                 } else {
@@ -970,7 +973,7 @@ impl SessionAssembler {
                 seq,
                 record: record.clone(),
             });
-            s.next_seq = seq + 1;
+            s.next_seq = seq.saturating_add(1);
         }
     }
 
