@@ -70,7 +70,7 @@ fn files_round(
 fn check(
     dir: &Path,
     layout: &str,
-    sessions: u32,
+    sessions: u64,
     deltas: u32,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let counts: Vec<usize> = if layout == "files" {
@@ -104,7 +104,7 @@ fn check(
             .map(|s| s.records.len())
             .collect()
     };
-    if counts.len() != sessions as usize || counts.iter().any(|&n| n != deltas as usize) {
+    if counts.len() as u64 != sessions || counts.iter().any(|&n| n != deltas as usize) {
         return Err(format!(
             "{layout}: {} sessions read back ({sessions} written), record counts {:?}…",
             counts.len(),
@@ -134,6 +134,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deltas = arg(2, 6)?;
     let rounds = arg(3, 40)?;
     let trials = arg(4, 3)?;
+    if sessions == 0 || deltas == 0 || rounds == 0 {
+        return Err("SESSIONS, DELTAS and ROUNDS must each be at least 1".into());
+    }
     let base = std::env::var_os("PROBE_DIR").map_or_else(std::env::temp_dir, Into::into);
     let staged = staged(deltas);
     println!(
@@ -166,7 +169,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 per_session.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(sessions));
             }
-            check(tmp.path(), layout, sessions * rounds, deltas)?;
+            check(
+                tmp.path(),
+                layout,
+                u64::from(sessions) * u64::from(rounds),
+                deltas,
+            )?;
             line.push_str(&format!(" {layout} {:.2} µs/session", median(per_session)));
         }
         println!("{line}");

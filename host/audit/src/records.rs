@@ -586,6 +586,16 @@ impl RecordWriter {
         })();
         self.dirty = written.is_err();
         written.map_err(io(IoOp::Write, &self.path))?;
+        #[cfg(test)]
+        let injected = sync && test_faults::take_sync_failure();
+        #[cfg(not(test))]
+        let injected = false;
+        if injected {
+            self.poisoned = true;
+            return Err(io(IoOp::Sync, &self.path)(io::Error::other(
+                "injected sync failure (test)",
+            )));
+        }
         if sync && let Err(source) = self.file.sync_data() {
             self.poisoned = true;
             return Err(io(IoOp::Sync, &self.path)(source));
@@ -684,6 +694,13 @@ impl RecordWriter {
             durability: self.durability,
             len: self.durable_len,
         })
+    }
+
+    /// Drops the writer without writing anything more (dropping it
+    /// otherwise writes what is pending): for a caller that removes the
+    /// file next.
+    pub(crate) fn abandon(mut self) {
+        self.poisoned = true;
     }
 
     fn check_poisoned(&self) -> Result<(), RecordError> {
@@ -922,6 +939,22 @@ pub(crate) mod test_faults {
 
     thread_local! {
         static FAIL_WRITES: Cell<u32> = const { Cell::new(0) };
+        static FAIL_SYNCS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The next `n` data syncs on this thread fail, after their write went
+    /// through (so what reached the disk is unknown to the writer).
+    pub(crate) fn fail_next_syncs(n: u32) {
+        FAIL_SYNCS.with(|f| f.set(n));
+    }
+
+    /// Whether this sync is one of them.
+    pub(super) fn take_sync_failure() -> bool {
+        FAIL_SYNCS.with(|f| {
+            let n = f.get();
+            f.set(n.saturating_sub(1));
+            n > 0
+        })
     }
 
     /// The next `n` record writes on this thread fail (nothing is written).

@@ -20,41 +20,44 @@
 //! ```
 //!
 //! A segment is a record file (the framing of [`crate::records`]): a start
-//! record, then *rounds*. A round is the records of one or more sessions' *chunks*, back
-//! to back and in chunk order, then one footer record naming them:
+//! record, then *rounds*. A round is the records of one or more sessions'
+//! *chunks*, back to back and in chunk order, then a footer record naming
+//! them:
 //!
 //! ```text
 //! segment = start ‖ round*
 //! start   = 0xE1 ‖ version 0x01 ‖ oldest live segment: u64
-//! round   = chunk records* ‖ footer
-//! footer = 0xE0 ‖ version 0x01 ‖ entries: u32 ‖ entry*
-//! entry  = session: str ‖ first seq: u64 ‖ count: u32 (≥ 1)
+//! round   = (chunk records* ‖ footer(last = 0))* ‖ chunk records* ‖ footer(last = 1)
+//! footer  = 0xE0 ‖ version 0x01 ‖ last: u8 (0|1) ‖ entries: u32 ‖ entry*
+//! entry   = session: str ‖ first seq: u64 ‖ count: u32 (≥ 1)
 //! ```
 //!
 //! (Big-endian; `str` is a `u32` length and UTF-8, as everywhere in the
-//! audit format.) A chunk's records are exactly what a session log holds: a
-//! delta (first byte `0x01`, its version) or a pruned delta (`0xF0`), so the
-//! footer's tag `0xE0` and the start's `0xE1` cannot be mistaken for
-//! either.
+//! audit format.) A chunk's records are what a session log holds: a delta
+//! (first byte `0x01`, its version) or a pruned delta (`0xF0`). The writer
+//! refuses an empty record and one that starts with the footer's tag `0xE0`
+//! or the start's `0xE1`, so a reader tells them apart by their first byte.
+//! A footer too large for one record ([`MAX_RECORD`]) is split: a round
+//! then has several footers, each naming the chunks since the one before,
+//! and only the last has `last` set.
 //!
 //! The start record bounds recovery: every session that had not been
 //! sealed when the segment was started has all its chunks in segments
 //! numbered `oldest live segment` or later (the writer's caller says which,
 //! [`SegmentWriter::append_round`]). After a crash, the sessions left
 //! without a commitment are found by reading the segments from the last
-//! segment's start on ([`recovery_start`]), not every segment ever written. A footer too large for
-//! one record ([`MAX_RECORD`]) is split: a round may close with several
-//! footers, each naming the chunks since the one before.
+//! segment's start on ([`recovery_start`]), not every segment ever written.
 //!
 //! # Crash safety: the footer is the commit point
 //!
-//! [`SegmentWriter::append_round`] writes a round's records and footer with
-//! one write and syncs the segment's data once (`fdatasync`). A crash can
-//! only tear the end of the segment being written, so a reader keeps every
-//! round whose footer is whole ([`read_segment`]); records after the last
-//! footer are a round that was never acknowledged, reported as
-//! [`SegmentContents::uncommitted`] and never attributed to a session; a torn
-//! record at the end is [`SegmentContents::tail`], as for any record file.
+//! [`SegmentWriter::append_round`] writes a round's records and footers
+//! with one write and syncs the segment's data once (`fdatasync`). A crash
+//! can only tear the end of the segment being written, so a reader keeps
+//! every round whose last footer is whole ([`read_segment`]); the records
+//! after it (those of a split round's earlier footers too) are a round that
+//! was never acknowledged, reported as [`SegmentContents::uncommitted`] and
+//! never attributed to a session; a torn record at the end is
+//! [`SegmentContents::tail`], as for any record file.
 //!
 //! Recovery never cuts or rewrites a segment: a writer never appends to a
 //! segment an earlier process (or an earlier writer) wrote. Each
@@ -107,8 +110,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::records::{
-    CorruptRecord, Durability, FRAME_HEADER_LEN, LogKind, MAX_RECORD, Record, RecordError,
-    RecordWriter, TornTail, read_log,
+    CorruptRecord, Durability, LogKind, MAX_RECORD, Record, RecordError, RecordWriter, TornTail,
+    read_log,
 };
 
 /// The first byte of a footer record.
@@ -122,8 +125,10 @@ pub const START_VERSION: u8 = 1;
 /// The size after which a writer starts the next segment (64 MiB): the
 /// round that reaches it is the segment's last.
 pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
-/// A footer's fixed part: tag, version, entry count.
-const FOOTER_HEAD: usize = 1 + 1 + 4;
+/// A footer's fixed part: tag, version, last flag, entry count.
+const FOOTER_HEAD: usize = 1 + 1 + 1 + 4;
+/// The longest session id a chunk may have: one entry must fit in a footer.
+pub const MAX_SESSION_ID: usize = MAX_RECORD as usize - FOOTER_HEAD - ENTRY_FIXED;
 /// An entry's fixed part: the session's length, first seq, count.
 const ENTRY_FIXED: usize = 4 + 8 + 4;
 
@@ -165,8 +170,8 @@ pub enum SegmentError {
 /// Why a footer's bytes are not a footer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FooterError {
-    /// The first byte is not [`FOOTER_TAG`] or the second not
-    /// [`FOOTER_VERSION`].
+    /// The first byte is not [`FOOTER_TAG`], the second not
+    /// [`FOOTER_VERSION`], or the third (the last flag) neither 0 nor 1.
     #[error("not a version-{FOOTER_VERSION} footer: starts with {0:02x?}")]
     Tag(Vec<u8>),
     /// The bytes end inside a field.
@@ -221,8 +226,18 @@ pub struct FooterEntry {
     pub count: u32,
 }
 
+/// A decoded footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footer {
+    /// Whether it closes its round (a round too large for one footer has
+    /// several; only the last has this set).
+    pub last: bool,
+    /// The chunks it names, in order.
+    pub entries: Vec<FooterEntry>,
+}
+
 /// Encodes a footer (see the module docs).
-pub fn encode_footer(entries: &[FooterEntry]) -> Vec<u8> {
+pub fn encode_footer(entries: &[FooterEntry], last: bool) -> Vec<u8> {
     let size = FOOTER_HEAD
         + entries
             .iter()
@@ -231,6 +246,7 @@ pub fn encode_footer(entries: &[FooterEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
     out.push(FOOTER_TAG);
     out.push(FOOTER_VERSION);
+    out.push(u8::from(last));
     out.extend_from_slice(
         &u32::try_from(entries.len())
             .unwrap_or(u32::MAX)
@@ -258,11 +274,13 @@ fn put_entry(out: &mut Vec<u8>, session: &str, first_seq: u64, count: u32) {
 ///
 /// # Errors
 /// [`FooterError`] naming the entry and field.
-pub fn decode_footer(body: &[u8]) -> Result<Vec<FooterEntry>, FooterError> {
-    if body.len() < FOOTER_HEAD || body[0] != FOOTER_TAG || body[1] != FOOTER_VERSION {
-        return Err(FooterError::Tag(body[..body.len().min(2)].to_vec()));
+pub fn decode_footer(body: &[u8]) -> Result<Footer, FooterError> {
+    if body.len() < FOOTER_HEAD || body[0] != FOOTER_TAG || body[1] != FOOTER_VERSION || body[2] > 1
+    {
+        return Err(FooterError::Tag(body[..body.len().min(3)].to_vec()));
     }
-    let n = u32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    let last = body[2] == 1;
+    let n = u32::from_be_bytes([body[3], body[4], body[5], body[6]]);
     let mut rest = &body[FOOTER_HEAD..];
     // Each entry takes at least ENTRY_FIXED + 1 bytes: a bound on the count
     // that a forged one cannot exceed.
@@ -310,7 +328,7 @@ pub fn decode_footer(body: &[u8]) -> Result<Vec<FooterEntry>, FooterError> {
     if !rest.is_empty() {
         return Err(FooterError::Trailing(rest.len()));
     }
-    Ok(entries)
+    Ok(Footer { last, entries })
 }
 
 fn take<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
@@ -390,7 +408,9 @@ pub struct StagedChunk<'a> {
 
 impl StagedChunk<'_> {
     /// The bodies, checked: exactly `count` of them filling `staged`, each
-    /// at most [`MAX_RECORD`] bytes.
+    /// non-empty, at most [`MAX_RECORD`] bytes and not starting with a
+    /// segment's own tags; the session id non-empty and at most
+    /// [`MAX_SESSION_ID`] bytes.
     fn bodies(&self, index: usize) -> Result<Vec<&[u8]>, SegmentError> {
         let bad = |reason: String| SegmentError::BadChunk {
             index,
@@ -400,8 +420,11 @@ impl StagedChunk<'_> {
         if self.session.is_empty() {
             return Err(bad("the session id is empty".into()));
         }
-        if u32::try_from(self.session.len()).is_err() {
-            return Err(bad("the session id is too long".into()));
+        if self.session.len() > MAX_SESSION_ID {
+            return Err(bad(format!(
+                "the session id has {} bytes, more than {MAX_SESSION_ID}",
+                self.session.len()
+            )));
         }
         if self.count == 0 {
             return Err(bad("it has no records".into()));
@@ -412,7 +435,9 @@ impl StagedChunk<'_> {
                 self.first_seq, self.count
             )));
         }
-        let mut bodies = Vec::with_capacity(self.count as usize);
+        // Each record takes at least 5 staged bytes: a claimed count cannot
+        // make this allocate more than the input.
+        let mut bodies = Vec::with_capacity((self.count as usize).min(self.staged.len() / 5));
         let mut rest = self.staged;
         while !rest.is_empty() {
             let at = self.staged.len() - rest.len();
@@ -427,11 +452,15 @@ impl StagedChunk<'_> {
                 )));
             }
             let (body, after) = rest.split_at(len as usize);
-            if body.first() == Some(&FOOTER_TAG) {
-                return Err(bad(format!(
-                    "record {} starts with the footer tag {FOOTER_TAG:#04x}",
-                    bodies.len()
-                )));
+            match body.first() {
+                None => return Err(bad(format!("record {} is empty", bodies.len()))),
+                Some(&tag @ (FOOTER_TAG | START_TAG)) => {
+                    return Err(bad(format!(
+                        "record {} starts with {tag:#04x}, a segment's own tag",
+                        bodies.len()
+                    )));
+                }
+                Some(_) => {}
             }
             bodies.push(body);
             rest = after;
@@ -511,7 +540,9 @@ impl SegmentWriter {
     /// start record, for [`recovery_start`]. A caller that does not track it
     /// passes 1, and recovery then reads every segment.
     ///
-    /// A round with no chunks writes nothing and returns the current end.
+    /// A round with no chunks writes nothing (it creates no segment either)
+    /// and returns where the next round would start: the open segment's
+    /// end, or the next segment's number and offset 0 when none is open.
     ///
     /// # Errors
     /// [`SegmentError::BadChunk`] before anything is written;
@@ -532,6 +563,17 @@ impl SegmentWriter {
             .enumerate()
             .map(|(i, c)| c.bodies(i))
             .collect::<Result<Vec<_>, _>>()?;
+        if chunks.is_empty() {
+            let (segment, end) = self
+                .current
+                .as_ref()
+                .map_or((self.next, 0), |(n, w)| (*n, w.durable_len()));
+            return Ok(RoundLocation {
+                segment,
+                offset: end,
+                end,
+            });
+        }
         if self
             .current
             .as_ref()
@@ -543,31 +585,29 @@ impl SegmentWriter {
             Some(open) => open,
             None => {
                 let number = self.next;
-                let w = create_segment(&self.dir, number, oldest_live.min(number), now)?;
+                // Moved on whether or not the creation succeeds: a number
+                // whose file could not be removed again (or that something
+                // else took) is never tried twice.
                 self.next = number
                     .checked_add(1)
                     .ok_or_else(|| SegmentError::Exhausted {
                         path: self.dir.clone(),
                     })?;
-                (number, w)
+                (
+                    number,
+                    create_segment(&self.dir, number, oldest_live.min(number), now)?,
+                )
             }
         };
-        if chunks.is_empty() {
-            let end = w.durable_len();
-            self.current = Some((segment, w));
-            return Ok(RoundLocation {
-                segment,
-                offset: end,
-                end,
-            });
-        }
         let offset = w.durable_len();
         let appended = (|| {
             let mut footer = footer_start();
             let mut entries = 0u32;
             for (c, bodies) in chunks.iter().zip(&bodies) {
                 if footer.len() + ENTRY_FIXED + c.session.len() > MAX_RECORD as usize {
-                    close_footer(&mut footer, entries);
+                    // Not the round's last footer: a reader keeps none of
+                    // the round's chunks until the last one is there.
+                    close_footer(&mut footer, entries, false);
                     w.append(&footer, now)?;
                     footer = footer_start();
                     entries = 0;
@@ -578,7 +618,7 @@ impl SegmentWriter {
                 put_entry(&mut footer, c.session, c.first_seq, c.count);
                 entries += 1;
             }
-            close_footer(&mut footer, entries);
+            close_footer(&mut footer, entries, true);
             w.append(&footer, now)?;
             w.flush()
         })();
@@ -632,10 +672,8 @@ fn create_segment(
         crate::records::sync_parent(&path)
     })();
     if let Err(e) = made {
-        // Nothing is pending after a failed flush that matters: the file
-        // goes, and dropping the writer must not write it again.
-        w.discard_pending();
-        drop(w);
+        // The file goes; dropping the writer would write it again first.
+        w.abandon();
         if let Err(rm) = fs::remove_file(&path) {
             tracing::warn!(path = %path.display(), error = %rm,
                 "a segment whose creation failed could not be removed");
@@ -663,13 +701,17 @@ pub fn decode_start(body: &[u8]) -> Option<u64> {
 }
 
 /// Where recovery starts reading: the oldest live segment named by the
-/// last segment that has a start record (a segment whose creation a crash
-/// cut short has none, and the one before it is asked). 1 when no segment
-/// has one: then every segment is read.
+/// last segment that has a readable start record. A segment without one (a
+/// crash cut its creation short, or its first record is damaged, or it is
+/// not a segment at all) is passed over and the one before it asked: an
+/// earlier segment's start is a safe bound too, only a lower one (a session
+/// unsealed at the crash either was live when that segment was started, or
+/// began after, in it or a later one). 1 when no segment has one: then
+/// every segment is read.
 ///
 /// # Errors
 /// As [`list_segments`]; [`SegmentError::Record`] if a segment cannot be
-/// read (a missing header is not an error: that segment is skipped).
+/// opened or read (an I/O error, not its contents).
 pub fn recovery_start(dir: &Path) -> Result<u64, SegmentError> {
     for (_, path) in list_segments(dir)?.iter().rev() {
         let mut start = None;
@@ -677,8 +719,10 @@ pub fn recovery_start(dir: &Path) -> Result<u64, SegmentError> {
             start = decode_start(&r.body);
             false
         }) {
-            Ok(()) | Err(RecordError::ShortHeader { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+            Err(e @ RecordError::Io { .. }) => return Err(e.into()),
+            // What the file holds, not whether it can be read: no start.
+            Err(_) => start = None,
         }
         if let Some(oldest) = start {
             return Ok(oldest.max(1));
@@ -689,12 +733,13 @@ pub fn recovery_start(dir: &Path) -> Result<u64, SegmentError> {
 
 fn footer_start() -> Vec<u8> {
     let mut f = Vec::with_capacity(256);
-    f.extend_from_slice(&[FOOTER_TAG, FOOTER_VERSION, 0, 0, 0, 0]);
+    f.extend_from_slice(&[FOOTER_TAG, FOOTER_VERSION, 0, 0, 0, 0, 0]);
     f
 }
 
-fn close_footer(footer: &mut [u8], entries: u32) {
-    footer[2..FOOTER_HEAD].copy_from_slice(&entries.to_be_bytes());
+fn close_footer(footer: &mut [u8], entries: u32, last: bool) {
+    footer[2] = u8::from(last);
+    footer[3..FOOTER_HEAD].copy_from_slice(&entries.to_be_bytes());
 }
 
 /// One session's records in one round.
@@ -735,12 +780,14 @@ pub struct SegmentContents {
     pub short_header: Option<u64>,
     /// Every chunk of every whole round, in file order.
     pub chunks: Vec<Chunk>,
-    /// Rounds whose footer does not match their records (damage, not a
-    /// crash): a damaged footer, a count that differs from the records
-    /// before it, or a damaged record inside.
+    /// Rounds whose footer does not match their records: a damaged
+    /// footer, a count that differs from the records before it, or a
+    /// damaged record inside. Damage, not a crash (a crash only tears the
+    /// end), unless a failed sync let the kernel write pages out of order.
     pub damaged: Vec<DamagedRound>,
-    /// Whole records after the last footer: a round that was being written
-    /// when the writer stopped, never acknowledged.
+    /// Whole records after the last round's closing footer (those of its
+    /// earlier footers too, when a round has several): a round that was
+    /// being written when the writer stopped, never acknowledged.
     pub uncommitted: Vec<Record>,
     /// Damaged records followed by valid ones (also counted in `damaged`
     /// when inside a round).
@@ -798,27 +845,42 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         round_start = first.end();
         records.next();
     }
+    // Records since the last footer, and the chunks of the round's earlier
+    // footers (a round too large for one footer): kept only once the
+    // round's last footer is read.
     let mut pending: Vec<Record> = Vec::new();
+    let mut partial: Vec<Chunk> = Vec::new();
+    let mut part_start = round_start;
+    // Both lists are in offset order: one pass over the damaged records.
+    let mut corrupt = 0;
     for record in records {
         if record.body.first() != Some(&FOOTER_TAG) {
             pending.push(record);
             continue;
         }
         let footer_at = record.offset;
+        while out
+            .corrupt
+            .get(corrupt)
+            .is_some_and(|c| c.offset < part_start)
+        {
+            corrupt += 1;
+        }
         let damage_inside = out
             .corrupt
-            .iter()
-            .find(|c| c.offset >= round_start && c.offset < footer_at);
+            .get(corrupt)
+            .filter(|c| c.offset < footer_at)
+            .map(|c| c.offset);
         let verdict = match decode_footer(&record.body) {
             Err(e) => Err(format!("the footer is damaged: {e}")),
             Ok(_) if damage_inside.is_some() => Err(format!(
                 "a damaged record at offset {} lies inside it",
-                damage_inside.map_or(0, |c| c.offset)
+                damage_inside.unwrap_or(0)
             )),
-            Ok(entries) => {
-                let named: u64 = entries.iter().map(|e| u64::from(e.count)).sum();
+            Ok(footer) => {
+                let named: u64 = footer.entries.iter().map(|e| u64::from(e.count)).sum();
                 if named == pending.len() as u64 {
-                    Ok(entries)
+                    Ok(footer)
                 } else {
                     Err(format!(
                         "the footer names {named} records, the round holds {}",
@@ -827,29 +889,40 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
                 }
             }
         };
+        let end = record.end();
         match verdict {
-            Ok(entries) => {
+            Ok(footer) => {
                 let mut records = std::mem::take(&mut pending).into_iter();
-                for e in entries {
-                    out.chunks.push(Chunk {
+                for e in footer.entries {
+                    partial.push(Chunk {
                         records: records.by_ref().take(e.count as usize).collect(),
                         session: e.session,
                         first_seq: e.first_seq,
                     });
                 }
+                if footer.last {
+                    out.chunks.append(&mut partial);
+                    round_start = end;
+                }
             }
             Err(reason) => {
                 pending.clear();
+                partial.clear();
                 out.damaged.push(DamagedRound {
                     offset: round_start,
                     footer: footer_at,
                     reason,
                 });
+                round_start = end;
             }
         }
-        round_start = footer_at + FRAME_HEADER_LEN + record.body.len() as u64;
+        part_start = end;
     }
-    out.uncommitted = pending;
+    out.uncommitted = partial
+        .into_iter()
+        .flat_map(|c| c.records)
+        .chain(pending)
+        .collect();
     Ok(out)
 }
 
@@ -879,7 +952,9 @@ pub enum AssemblyProblem {
         /// The one the chunk starts at.
         found: u64,
     },
-    /// A chunk repeats a sequence number with a different record.
+    /// A chunk names a sequence number already passed, with a different
+    /// record than the one read for it, or one that was never read (it
+    /// falls in an earlier gap). The chunk's record is not kept.
     Conflict {
         /// The segment of the chunk.
         segment: u64,
@@ -887,6 +962,28 @@ pub enum AssemblyProblem {
         offset: u64,
         /// Its sequence number.
         seq: u64,
+    },
+    /// A chunk repeats records, identical, that were read from the same
+    /// segment. A retried round is written to a new segment (only a failed
+    /// sync leaves a round that may be on disk), so this is not a retry.
+    /// The repeat is not kept.
+    RepeatedInSegment {
+        /// The segment.
+        segment: u64,
+        /// The offset of the repeated record.
+        offset: u64,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A chunk's sequence numbers would pass `u64::MAX` (a footer never
+    /// says so; a chunk made by hand could). The chunk is not kept.
+    SeqOverflow {
+        /// The segment of the chunk.
+        segment: u64,
+        /// The first seq it claims.
+        first_seq: u64,
+        /// How many records it has.
+        count: usize,
     },
 }
 
@@ -909,6 +1006,7 @@ pub struct SessionRecords {
 pub struct SessionAssembler {
     only: Option<String>,
     sessions: BTreeMap<String, SessionRecords>,
+    unclean: Vec<u64>,
 }
 
 impl SessionAssembler {
@@ -918,11 +1016,18 @@ impl SessionAssembler {
         SessionAssembler {
             only: Some(session.to_owned()),
             sessions: BTreeMap::new(),
+            unclean: Vec::new(),
         }
     }
 
-    /// Adds a segment's chunks; segments must be added in number order.
+    /// Adds a segment's chunks; segments must be added in number order. A
+    /// segment that is not clean ([`SegmentContents::is_clean`]) is
+    /// remembered ([`SessionAssembler::unclean`]): what it lost is in no
+    /// session's records.
     pub fn add_segment(&mut self, segment: &SegmentContents) {
+        if !segment.is_clean() {
+            self.unclean.push(segment.number);
+        }
         for chunk in &segment.chunks {
             self.add_chunk(segment.number, chunk);
         }
@@ -935,6 +1040,14 @@ impl SessionAssembler {
         }
         let s = self.sessions.entry(chunk.session.clone()).or_default();
         let first = chunk.first_seq;
+        if first.checked_add(chunk.records.len() as u64).is_none() {
+            s.problems.push(AssemblyProblem::SeqOverflow {
+                segment,
+                first_seq: first,
+                count: chunk.records.len(),
+            });
+            return;
+        }
         if first > s.next_seq {
             s.problems.push(AssemblyProblem::Gap {
                 segment,
@@ -944,21 +1057,29 @@ impl SessionAssembler {
             });
         }
         for (i, record) in chunk.records.iter().enumerate() {
-            // A footer's seqs cannot overflow (decoding refuses it); a
-            // chunk made by hand could, and saturates.
-            let seq = first.saturating_add(i as u64);
+            let seq = first + i as u64;
             if seq < s.next_seq {
                 // Already read: the same bytes again (a retried round), or
                 // a conflict. Kept records are in increasing seq order (a
                 // record is kept only at or past `next_seq`), so found by
                 // binary search: no crafted run of repeats makes this
                 // quadratic. A seq skipped by a gap is not held: a conflict.
-                let same = s
+                let held = s
                     .records
                     .binary_search_by_key(&seq, |r| r.seq)
-                    .is_ok_and(|i| s.records[i].record.body == record.body);
-                if same {
-                    s.repeated += 1;
+                    .ok()
+                    .map(|i| &s.records[i])
+                    .filter(|r| r.record.body == record.body);
+                if let Some(held) = held {
+                    if held.segment == segment {
+                        s.problems.push(AssemblyProblem::RepeatedInSegment {
+                            segment,
+                            offset: record.offset,
+                            seq,
+                        });
+                    } else {
+                        s.repeated += 1;
+                    }
                 } else {
                     s.problems.push(AssemblyProblem::Conflict {
                         segment,
@@ -973,8 +1094,13 @@ impl SessionAssembler {
                 seq,
                 record: record.clone(),
             });
-            s.next_seq = seq.saturating_add(1);
+            s.next_seq = seq + 1;
         }
+    }
+
+    /// The segments added that were not clean, in the order added.
+    pub fn unclean(&self) -> &[u64] {
+        &self.unclean
     }
 
     /// A session's records, if any chunk named it.
@@ -993,25 +1119,39 @@ impl SessionAssembler {
     }
 }
 
+/// One session read from every segment: [`session_records`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OneSession {
+    /// Its records (empty if no chunk names it).
+    pub records: SessionRecords,
+    /// Segments that are not clean: a damaged or unfinished round in one
+    /// of them may have held records of this session too.
+    pub unclean_segments: Vec<u64>,
+}
+
 /// Reads one session's records from every segment in `dir`.
 ///
 /// # Errors
 /// As [`list_segments`] and [`read_segment`].
-pub fn session_records(dir: &Path, session: &str) -> Result<SessionRecords, SegmentError> {
+pub fn session_records(dir: &Path, session: &str) -> Result<OneSession, SegmentError> {
     let mut assembler = SessionAssembler::only(session);
     for (number, path) in list_segments(dir)? {
         assembler.add_segment(&read_segment(number, &path)?);
     }
-    Ok(assembler
-        .into_sessions()
-        .remove(session)
-        .unwrap_or_default())
+    let unclean_segments = assembler.unclean().to_vec();
+    Ok(OneSession {
+        records: assembler
+            .into_sessions()
+            .remove(session)
+            .unwrap_or_default(),
+        unclean_segments,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{HEADER_LEN, test_faults};
+    use crate::records::{FRAME_HEADER_LEN, HEADER_LEN, test_faults};
     use proptest::prelude::*;
 
     /// A delta-like body (first byte 0x01) naming its session and seq.
@@ -1107,10 +1247,13 @@ mod tests {
         assert_eq!((s1.repeated, s1.next_seq), (0, 5));
         assert!(s1.problems.is_empty());
         assert_eq!(a.get("s-2").unwrap().records.len(), 2);
-        assert_eq!(session_records(dir.path(), "s-2").unwrap().next_seq, 2);
+        assert_eq!(
+            session_records(dir.path(), "s-2").unwrap().records.next_seq,
+            2
+        );
         assert_eq!(
             session_records(dir.path(), "s-3").unwrap(),
-            SessionRecords::default()
+            OneSession::default()
         );
         // An empty round writes nothing.
         let empty = w.append_round(&[], 1, Duration::ZERO).unwrap();
@@ -1238,6 +1381,7 @@ mod tests {
                     count: *c,
                 })
                 .collect::<Vec<_>>(),
+            true,
         )
     }
 
@@ -1315,7 +1459,7 @@ mod tests {
                 body("s", 0),
                 footer(&[("s", 0, 2)]), // names 2, the round holds 1
                 body("t", 0),
-                vec![FOOTER_TAG, FOOTER_VERSION, 0, 0, 0, 1], // names an entry it lacks
+                vec![FOOTER_TAG, FOOTER_VERSION, 1, 0, 0, 0, 1], // names an entry it lacks
                 body("u", 0),
                 footer(&[("u", 0, 1)]),
             ],
@@ -1376,6 +1520,11 @@ mod tests {
             err.to_string().contains("00000000000000000001.seg"),
             "{err}"
         );
+        // What a write that failed part-way leaves: bytes past the end.
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0xAB; 37]);
+        fs::write(&path, &bytes).unwrap();
         let at = write(&mut w, &r).unwrap();
         assert_eq!(at.segment, 1, "a failed write keeps the segment");
         let (segs, a) = read_all(dir.path());
@@ -1383,6 +1532,151 @@ mod tests {
         let s = a.get("s").unwrap();
         assert_eq!((s.records.len(), s.repeated), (4, 0));
         assert_eq!(a.get("t").unwrap().records.len(), 2);
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_round_is_retried_in_a_new_segment_and_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        write(&mut w, &round(&[("s", 0..1)])).unwrap();
+        let r = round(&[("s", 1..3), ("t", 0..1)]);
+        test_faults::fail_next_syncs(1);
+        let err = write(&mut w, &r).unwrap_err();
+        assert!(err.to_string().contains("sync"), "{err}");
+        assert_eq!(w.current_segment(), None, "the segment is given up");
+        let at = write(&mut w, &r).unwrap();
+        assert_eq!(at.segment, 2);
+        // The injected failure came after the write: the round is in both.
+        let (segs, a) = read_all(dir.path());
+        assert!(segs.iter().all(SegmentContents::is_clean));
+        let s = a.get("s").unwrap();
+        assert_eq!((s.records.len(), s.repeated, s.next_seq), (3, 2, 3));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(a.get("t").unwrap().repeated, 1);
+    }
+
+    #[test]
+    fn a_segment_whose_creation_fails_is_removed_and_its_number_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        let r = round(&[("s", 0..1)]);
+        // Two failures: if dropping the failed writer wrote again, it would
+        // take the second, and the next round would succeed.
+        test_faults::fail_next_writes(2);
+        assert!(write(&mut w, &r).is_err());
+        assert!(
+            list_segments(dir.path()).unwrap().is_empty(),
+            "removed again"
+        );
+        assert!(
+            write(&mut w, &r).is_err(),
+            "the second failure was left for this round"
+        );
+        // A file in the way of the next number is skipped, not retried.
+        fs::write(segment_path(dir.path(), 3), b"someone else's").unwrap();
+        assert!(write(&mut w, &r).is_err());
+        let at = write(&mut w, &r).unwrap();
+        assert_eq!(at.segment, 4);
+        assert_eq!(
+            list_segments(dir.path())
+                .unwrap()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
+    }
+
+    #[test]
+    fn an_empty_round_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1).unwrap();
+        for _ in 0..3 {
+            let at = w.append_round(&[], 1, Duration::ZERO).unwrap();
+            assert_eq!((at.segment, at.offset, at.end), (1, 0, 0));
+        }
+        assert!(list_segments(dir.path()).unwrap().is_empty());
+        let at = write(&mut w, &round(&[("s", 0..1)])).unwrap();
+        assert_eq!(at.segment, 1);
+        // Full (max 1 byte): the next round starts segment 2.
+        let empty = w.append_round(&[], 1, Duration::ZERO).unwrap();
+        assert_eq!((empty.segment, empty.end), (1, at.end));
+    }
+
+    #[test]
+    fn a_repeat_within_one_segment_is_a_problem_not_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        let r = round(&[("s", 0..2)]);
+        write(&mut w, &r).unwrap();
+        write(&mut w, &r).unwrap();
+        let (_, a) = read_all(dir.path());
+        let s = a.get("s").unwrap();
+        assert_eq!((s.records.len(), s.repeated), (2, 0));
+        assert_eq!(s.problems.len(), 2);
+        assert!(matches!(
+            s.problems[0],
+            AssemblyProblem::RepeatedInSegment {
+                segment: 1,
+                seq: 0,
+                ..
+            }
+        ));
+        // A chunk made by hand whose seqs pass u64::MAX is refused.
+        let mut a = SessionAssembler::default();
+        let chunk = Chunk {
+            session: "h".into(),
+            first_seq: u64::MAX,
+            records: vec![
+                Record {
+                    offset: 9,
+                    body: body("h", 0),
+                },
+                Record {
+                    offset: 30,
+                    body: body("h", 1),
+                },
+            ],
+        };
+        a.add_chunk(1, &chunk);
+        let h = a.get("h").unwrap();
+        assert!(h.records.is_empty());
+        assert!(matches!(
+            h.problems[..],
+            [AssemblyProblem::SeqOverflow { count: 2, .. }]
+        ));
+    }
+
+    #[test]
+    fn recovery_passes_over_a_segment_whose_start_record_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1).unwrap();
+        let bytes = staged(&[body("s", 0)]);
+        let chunk = StagedChunk {
+            session: "s",
+            first_seq: 0,
+            count: 1,
+            staged: &bytes,
+        };
+        w.append_round(&[chunk], 1, Duration::ZERO).unwrap();
+        w.append_round(&[chunk], 2, Duration::ZERO).unwrap();
+        let path = segment_path(dir.path(), 2);
+        let mut raw = fs::read(&path).unwrap();
+        // The last byte of the start record's body; valid records follow.
+        raw[(FIRST_ROUND - 1) as usize] ^= 0xFF;
+        fs::write(&path, &raw).unwrap();
+        assert_eq!(recovery_start(dir.path()).unwrap(), 1, "segment 1's start");
+        let c = read_segment(2, &path).unwrap();
+        assert_eq!(c.start, None);
+        assert_eq!(c.corrupt.len(), 1);
+        let mut a = SessionAssembler::default();
+        a.add_segment(&read_segment(1, &segment_path(dir.path(), 1)).unwrap());
+        a.add_segment(&c);
+        assert_eq!(a.unclean(), [2]);
+        assert_eq!(
+            session_records(dir.path(), "s").unwrap().unclean_segments,
+            [2]
+        );
     }
 
     #[test]
@@ -1448,16 +1742,30 @@ mod tests {
         let good = staged(&[body("s", 0), body("s", 1)]);
         let mut partial = good.clone();
         partial.truncate(good.len() - 1);
-        let tagged = staged(&[vec![FOOTER_TAG, 1, 0, 0, 0, 0]]);
+        let tagged = staged(&[vec![FOOTER_TAG, 1, 1, 0, 0, 0, 0]]);
+        let started = staged(&[encode_start(1).to_vec()]);
+        let empty = staged(&[Vec::new()]);
+        let long_id = "x".repeat(MAX_SESSION_ID + 1);
         let huge = (MAX_RECORD + 1).to_le_bytes().to_vec();
-        let cases: [(&str, u64, u32, &[u8], &str); 7] = [
+        let cases: [(&str, u64, u32, &[u8], &str); 11] = [
             ("s", 0, 3, &good, "holds 2 records, not the 3"),
             ("s", 0, 2, &partial, "claims"),
             ("s", 0, 2, &good[..good.len() - 12], "claims"),
             ("", 0, 2, &good, "session id is empty"),
             ("s", 0, 0, &[], "no records"),
             ("s", u64::MAX, 2, &good, "overflows"),
-            ("s", 0, 1, &tagged, "footer tag"),
+            ("s", 0, 1, &tagged, "0xe0, a segment's own tag"),
+            ("s", 0, 1, &started, "0xe1, a segment's own tag"),
+            ("s", 0, 1, &empty, "record 0 is empty"),
+            (&long_id, 0, 2, &good, "more than"),
+            // A count far beyond the input: refused, not allocated for.
+            (
+                "s",
+                0,
+                u32::MAX,
+                &good,
+                "holds 2 records, not the 4294967295",
+            ),
         ];
         for (session, first_seq, count, staged, why) in cases {
             let ok = StagedChunk {
@@ -1523,6 +1831,16 @@ mod tests {
             .count();
         assert_eq!(footers, 2);
         assert!(c.chunks.iter().zip(&ids).all(|(c, id)| c.session == *id));
+
+        // Cut one byte short of its end, the round was never acknowledged:
+        // none of its chunks is kept, not even those its first footer names.
+        let whole = fs::read(segment_path(dir.path(), 1)).unwrap();
+        let cut = segment_path(dir.path(), 2);
+        fs::write(&cut, &whole[..whole.len() - 1]).unwrap();
+        let c = read_segment(2, &cut).unwrap();
+        assert!(c.chunks.is_empty(), "{} chunks kept", c.chunks.len());
+        assert_eq!(c.uncommitted.len(), 17);
+        assert!(c.tail.is_some() && c.damaged.is_empty());
     }
 
     #[test]
@@ -1539,24 +1857,35 @@ mod tests {
                 count: 1,
             },
         ];
-        let bytes = encode_footer(&entries);
-        assert_eq!(decode_footer(&bytes).unwrap(), entries);
+        let bytes = encode_footer(&entries, true);
+        assert_eq!(
+            decode_footer(&bytes).unwrap(),
+            Footer {
+                last: true,
+                entries: entries.clone()
+            }
+        );
+        let part = encode_footer(&entries, false);
+        assert!(!decode_footer(&part).unwrap().last);
+        let mut bad_flag = bytes.clone();
+        bad_flag[2] = 2;
+        assert!(matches!(decode_footer(&bad_flag), Err(FooterError::Tag(_))));
         for cut in 0..bytes.len() {
             assert!(decode_footer(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert_eq!(decode_footer(&trailing), Err(FooterError::Trailing(1)));
-        // A count of 2^32 - 1 entries in 6 bytes: refused, not allocated.
+        // A count of 2^32 - 1 entries in 7 bytes: refused, not allocated.
         assert_eq!(
-            decode_footer(&[FOOTER_TAG, FOOTER_VERSION, 0xFF, 0xFF, 0xFF, 0xFF]),
+            decode_footer(&[FOOTER_TAG, FOOTER_VERSION, 1, 0xFF, 0xFF, 0xFF, 0xFF]),
             Err(FooterError::Short {
                 what: "the session's length",
                 entry: 0
             })
         );
         assert!(matches!(
-            decode_footer(&[FOOTER_TAG, 2, 0, 0, 0, 0]),
+            decode_footer(&[FOOTER_TAG, 2, 1, 0, 0, 0, 0]),
             Err(FooterError::Tag(_))
         ));
         assert!(matches!(
@@ -1572,7 +1901,7 @@ mod tests {
             Err(FooterError::SeqOverflow { .. })
         ));
         let mut latin1 = footer(&[("é", 0, 1)]);
-        latin1[10] = 0xFF;
+        latin1[11] = 0xFF;
         assert!(matches!(
             decode_footer(&latin1),
             Err(FooterError::Session {
