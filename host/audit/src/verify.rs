@@ -6,6 +6,13 @@
 //! log's Merkle roots and the signatures over its heads. It names every
 //! problem — which record, what kind of tampering — instead of stopping at
 //! the first.
+//!
+//! A session's log is its file, `sessions/<session>.log`, followed by its
+//! chunks in the segment files, if any ([`crate::segments`]): both are read
+//! and checked as one log, record by record, with memory for a compact tree
+//! per session rather than its records. A round a writer retried after a
+//! failed sync is read once; what a crash leaves at a segment's end is a
+//! note, as a torn tail saved aside by recovery is.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,7 +22,9 @@ use crate::auditor::{commitments_path, dir_in_use, heads_path, session_log_path}
 use crate::commitment::{Commitment, PRUNED_TAG, decode_pruned};
 use crate::delta::Delta;
 use crate::hash::Hash;
-use crate::merkle::{InclusionProof, LeafIndex, MerkleLog, TreeSize, leaf_hash, verify_inclusion};
+use crate::merkle::{
+    CompactTree, InclusionProof, LeafIndex, MerkleLog, TreeSize, leaf_hash, verify_inclusion,
+};
 use crate::records::{LogKind, Recovered, read_log};
 use crate::signing::{PublicKey, SignedTreeHead};
 
@@ -287,7 +296,10 @@ pub fn verify_dir(
             reason: e.to_string(),
         });
     }
-    if !commitments_path(dir).exists() && !dir.join("sessions").is_dir() {
+    if !commitments_path(dir).exists()
+        && !dir.join("sessions").is_dir()
+        && !crate::segments::segments_dir(dir).is_dir()
+    {
         return Err(VerifyError::NotAuditDir(dir.to_path_buf()));
     }
     let (key, key_source) = match key {
@@ -320,10 +332,12 @@ pub fn verify_dir(
     };
     let index = check_commitments(dir, &key, &mut report);
 
-    let mut names: Vec<String> = match session {
-        Some(s) => vec![s.to_string()],
+    // Each session's log: its own file (format 1) first, then its chunks in
+    // the segments, in segment order.
+    let mut names: std::collections::BTreeSet<String> = match session {
+        Some(s) => std::iter::once(s.to_string()).collect(),
         None => {
-            let mut v: Vec<String> = std::fs::read_dir(dir.join("sessions"))
+            let mut v: std::collections::BTreeSet<String> = std::fs::read_dir(dir.join("sessions"))
                 .map(|rd| {
                     rd.filter_map(Result::ok)
                         .filter_map(|e| e.file_name().into_string().ok())
@@ -331,23 +345,66 @@ pub fn verify_dir(
                         .collect()
                 })
                 .unwrap_or_default();
-            for s in index.by_session.keys() {
-                if !v.contains(s) {
-                    v.push(s.clone());
-                }
-            }
+            v.extend(index.by_session.keys().cloned());
             v
         }
     };
-    names.sort();
+    let mut checks: std::collections::BTreeMap<String, SessionCheck> = names
+        .iter()
+        .map(|n| (n.clone(), SessionCheck::new(n, &index)))
+        .collect();
+    let mut with_file = std::collections::HashSet::new();
+    for (name, check) in &mut checks {
+        let path = session_log_path(dir, name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            with_file.insert(name.clone());
+            check.read_file(dir);
+        }
+    }
+    let segments = crate::segments::segments_dir(dir);
+    let mut in_segments = std::collections::HashSet::new();
+    check_segments(
+        &segments,
+        session,
+        &index,
+        &mut checks,
+        &mut in_segments,
+        &mut report,
+    );
+    names.extend(checks.keys().cloned());
     if let Some(s) = session
-        && !session_log_path(dir, s).exists()
+        && !with_file.contains(s)
+        && !in_segments.contains(s)
         && !index.by_session.contains_key(s)
     {
         return Err(VerifyError::UnknownSession(s.to_string()));
     }
     for name in names {
-        report.sessions.push(check_session(dir, &name, &index));
+        let Some(mut check) = checks.remove(&name) else {
+            continue;
+        };
+        let nowhere = !with_file.contains(&name) && !in_segments.contains(&name);
+        if nowhere {
+            check.unreadable = true;
+        }
+        let mut out = check.finish();
+        if nowhere && let SessionStatus::Committed { .. } = out.status {
+            let path = session_log_path(dir, &name);
+            let detail = if segments.is_dir() {
+                format!(
+                    "the session is committed but its log {} is gone, and no segment holds its records",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "the session is committed but its log {} is gone",
+                    path.display()
+                )
+            };
+            out.problems
+                .push(problem(ProblemKind::Unreadable, None, None, detail));
+        }
+        report.sessions.push(out);
     }
     if let Ok(rd) = std::fs::read_dir(dir.join("sessions")) {
         let mut torn: Vec<String> = rd
@@ -370,6 +427,126 @@ pub fn verify_dir(
         );
     }
     Ok(report)
+}
+
+/// Reads every segment in `segments` (if any) in number order: hands each
+/// chunk to its session's check (only `only`'s, if given; a session first
+/// seen here gets one), and reports what is wrong with the segments
+/// themselves: damaged records and rounds, a missing start record, a chunk
+/// naming no valid session. What a crash leaves at a segment's end (a
+/// round never acknowledged, a torn record, a segment cut short while it
+/// was created) is a note: writers never append to an earlier segment, so
+/// it stays as evidence, and a committed session that lost records to it
+/// shows as truncated.
+fn check_segments(
+    segments: &Path,
+    only: Option<&str>,
+    index: &CommitIndex,
+    checks: &mut std::collections::BTreeMap<String, SessionCheck>,
+    seen: &mut std::collections::HashSet<String>,
+    report: &mut VerifyReport,
+) {
+    use crate::segments::{list_segments, read_segment};
+    let list = match list_segments(segments) {
+        Ok(l) => l,
+        Err(e) => {
+            report
+                .problems
+                .push(problem(ProblemKind::Unreadable, None, None, e.to_string()));
+            return;
+        }
+    };
+    for (number, path) in list {
+        let file = format!(
+            "segments/{}",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        );
+        let contents = match read_segment(number, &path) {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .problems
+                    .push(problem(ProblemKind::Unreadable, None, None, e.to_string()));
+                continue;
+            }
+        };
+        if let Some(len) = contents.short_header {
+            report.notes.push(format!(
+                "{file}: {len} byte(s), less than a header: a crash while it was created (it holds nothing)"
+            ));
+            continue;
+        }
+        let has_records = !contents.chunks.is_empty()
+            || !contents.damaged.is_empty()
+            || !contents.uncommitted.is_empty()
+            || !contents.corrupt.is_empty();
+        if contents.start.is_none() && has_records {
+            report.problems.push(problem(
+                ProblemKind::Damaged,
+                None,
+                Some(crate::records::HEADER_LEN),
+                format!("{file}: its start record is missing or damaged"),
+            ));
+        }
+        for c in &contents.corrupt {
+            report.problems.push(problem(
+                ProblemKind::Damaged,
+                None,
+                Some(c.offset),
+                format!(
+                    "{file}: checksum mismatch in a {}-byte record: its bytes were changed",
+                    c.declared
+                ),
+            ));
+        }
+        for d in &contents.damaged {
+            report.problems.push(problem(
+                ProblemKind::Damaged,
+                None,
+                Some(d.offset),
+                format!(
+                    "{file}: the round closed by the footer at offset {} is unreadable ({}); its records belong to no session",
+                    d.footer, d.reason
+                ),
+            ));
+        }
+        if !contents.uncommitted.is_empty() {
+            report.notes.push(format!(
+                "{file}: {} record(s) after its last whole round, from offset {}: a round being written when its writer stopped, never acknowledged (kept as evidence)",
+                contents.uncommitted.len(),
+                contents.uncommitted[0].offset
+            ));
+        }
+        if let Some(t) = &contents.tail {
+            report.notes.push(format!(
+                "{file}: {} byte(s) at offset {} are not a whole record ({:?}): cut while being written",
+                t.len, t.offset, t.reason
+            ));
+        }
+        for chunk in &contents.chunks {
+            if only.is_some_and(|s| s != chunk.session) {
+                continue;
+            }
+            if let Err(e) = ahv_core::SessionId::new(chunk.session.as_str()) {
+                report.problems.push(problem(
+                    ProblemKind::Undecodable,
+                    None,
+                    chunk.records.first().map(|r| r.offset),
+                    format!(
+                        "{file}: a footer names {:?}, which is no session id ({e}); its records are not checked",
+                        chunk.session.chars().take(100).collect::<String>()
+                    ),
+                ));
+                continue;
+            }
+            seen.insert(chunk.session.clone());
+            checks
+                .entry(chunk.session.clone())
+                .or_insert_with(|| SessionCheck::new(&chunk.session, index))
+                .push_chunk(number, &file, chunk);
+        }
+    }
 }
 
 fn framing_problems(rec: &Recovered, out: &mut Vec<Problem>) {
@@ -542,146 +719,249 @@ fn check_commitments(dir: &Path, key: &PublicKey, report: &mut VerifyReport) -> 
     index
 }
 
-fn check_session(dir: &Path, name: &str, index: &CommitIndex) -> SessionReport {
-    let mut out = SessionReport {
-        session: name.to_string(),
-        records: 0,
-        pruned: 0,
-        status: SessionStatus::Open,
-        problems: Vec::new(),
-    };
-    let committed = index.by_session.get(name);
-    if let Some((i, c)) = committed {
-        out.status = SessionStatus::Committed {
-            index: *i,
-            tree_size: c.tree_size,
+/// The checks of one session's log, record by record: its file's records
+/// (format 1), then its chunks' in the segments. Memory is a compact tree,
+/// not the records.
+struct SessionCheck {
+    out: SessionReport,
+    committed: Option<(u64, Commitment)>,
+    tree: CompactTree,
+    /// The root over the committed size, once that many leaves are in.
+    root_at_commit: Option<Hash>,
+    prev: Option<Hash>,
+    /// Where the records now pushed come from, for problems: `None` for
+    /// the session's own file, else the segment's name.
+    from: Option<String>,
+    /// The session's last chunk read from a segment (segment, first seq,
+    /// leaves): a retried round repeats it in a later segment.
+    last_chunk: Option<(u64, u64, Vec<Hash>)>,
+    /// Records read again, identical, from a retried round.
+    repeated: u64,
+    /// Its file could not be read: with no other records, nothing more is
+    /// judged (a missing log is not also a truncated one).
+    unreadable: bool,
+}
+
+impl SessionCheck {
+    fn new(name: &str, index: &CommitIndex) -> SessionCheck {
+        let committed = index.by_session.get(name).cloned();
+        let status = match &committed {
+            Some((i, c)) => SessionStatus::Committed {
+                index: *i,
+                tree_size: c.tree_size,
+            },
+            None => SessionStatus::Open,
         };
-    }
-    let path = session_log_path(dir, name);
-    let rec = match read_log(&path, LogKind::SESSION_DELTAS) {
-        Ok(r) => r,
-        Err(e) => {
-            out.problems.push(problem(
-                ProblemKind::Unreadable,
-                None,
-                None,
-                if committed.is_some() && !path.exists() {
-                    format!(
-                        "the session is committed but its log {} is gone",
-                        path.display()
-                    )
-                } else {
-                    e.to_string()
-                },
-            ));
-            return out;
+        SessionCheck {
+            out: SessionReport {
+                session: name.to_string(),
+                records: 0,
+                pruned: 0,
+                status,
+                problems: Vec::new(),
+            },
+            root_at_commit: committed
+                .as_ref()
+                .filter(|(_, c)| c.tree_size == 0)
+                .map(|_| CompactTree::new().root()),
+            committed,
+            tree: CompactTree::new(),
+            prev: None,
+            from: None,
+            last_chunk: None,
+            repeated: 0,
+            unreadable: false,
         }
-    };
-    framing_problems(&rec, &mut out.problems);
-    out.records = rec.records.len() as u64;
-    let mut leaves = Vec::with_capacity(rec.records.len());
-    let mut prev: Option<Hash> = None;
-    for (pos, r) in rec.records.iter().enumerate() {
-        let pos = pos as u64;
-        let at = Some(r.offset);
-        if r.body.first() == Some(&PRUNED_TAG) {
-            match decode_pruned(&r.body) {
+    }
+
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        record: Option<u64>,
+        offset: Option<u64>,
+        detail: String,
+    ) {
+        let detail = match &self.from {
+            Some(file) => format!("{detail} (in {file})"),
+            None => detail,
+        };
+        self.out
+            .problems
+            .push(problem(kind, record, offset, detail));
+    }
+
+    /// Checks the session's own log file.
+    fn read_file(&mut self, dir: &Path) {
+        let path = session_log_path(dir, &self.out.session);
+        let rec = match read_log(&path, LogKind::SESSION_DELTAS) {
+            Ok(r) => r,
+            Err(e) => {
+                self.problem(ProblemKind::Unreadable, None, None, e.to_string());
+                self.unreadable = true;
+                return;
+            }
+        };
+        framing_problems(&rec, &mut self.out.problems);
+        for r in &rec.records {
+            self.push(&r.body, r.offset);
+        }
+    }
+
+    /// Checks a chunk of the session read from segment `segment` (named
+    /// `file`): its records continue the log where it stands, except a
+    /// retried round's, which repeat the session's last chunk, identical,
+    /// from an earlier segment.
+    fn push_chunk(&mut self, segment: u64, file: &str, chunk: &crate::segments::Chunk) {
+        self.from = Some(file.to_string());
+        let next = self.out.records;
+        let mut leaves = Vec::with_capacity(chunk.records.len());
+        for (i, r) in chunk.records.iter().enumerate() {
+            let seq = chunk.first_seq.saturating_add(i as u64);
+            let leaf = self.leaf_of(&r.body);
+            leaves.push(leaf);
+            if seq >= next {
+                if i == 0 && seq > next {
+                    self.problem(
+                        ProblemKind::Sequence,
+                        Some(next),
+                        Some(r.offset),
+                        format!(
+                            "the segment's footer puts this chunk at seq {seq}, the log holds {next} record(s): {} are missing",
+                            seq - next
+                        ),
+                    );
+                }
+                self.push(&r.body, r.offset);
+                continue;
+            }
+            let retried = self.last_chunk.as_ref().is_some_and(|(s, first, held)| {
+                *s < segment
+                    && seq >= *first
+                    && held.get(usize::try_from(seq - first).unwrap_or(usize::MAX)) == Some(&leaf)
+            });
+            if retried {
+                self.repeated += 1;
+            } else {
+                self.problem(
+                    ProblemKind::Sequence,
+                    Some(seq),
+                    Some(r.offset),
+                    format!(
+                        "the segment's footer puts this record at seq {seq}, which the log already holds, and it is not a retried round's copy of it"
+                    ),
+                );
+            }
+        }
+        self.last_chunk = Some((segment, chunk.first_seq, leaves));
+        self.from = None;
+    }
+
+    /// A record's leaf hash: a pruned record carries it.
+    fn leaf_of(&self, body: &[u8]) -> Hash {
+        if body.first() == Some(&PRUNED_TAG) {
+            decode_pruned(body).map_or_else(|_| leaf_hash(body), |(_, leaf)| leaf)
+        } else {
+            leaf_hash(body)
+        }
+    }
+
+    fn push(&mut self, body: &[u8], offset: u64) {
+        let pos = self.out.records;
+        self.out.records += 1;
+        let at = Some(offset);
+        let name = self.out.session.clone();
+        let leaf = if body.first() == Some(&PRUNED_TAG) {
+            match decode_pruned(body) {
                 Ok((seq, leaf)) => {
-                    out.pruned += 1;
+                    self.out.pruned += 1;
                     if seq != pos {
-                        out.problems.push(problem(
+                        self.problem(
                             ProblemKind::Sequence,
                             Some(pos),
                             at,
                             format!("pruned record says seq {seq}"),
-                        ));
+                        );
                     }
-                    leaves.push(leaf);
-                    prev = Some(leaf);
+                    leaf
                 }
                 Err(e) => {
-                    out.problems.push(problem(
-                        ProblemKind::Undecodable,
-                        Some(pos),
-                        at,
-                        e.to_string(),
-                    ));
-                    let leaf = leaf_hash(&r.body);
-                    leaves.push(leaf);
-                    prev = Some(leaf);
+                    self.problem(ProblemKind::Undecodable, Some(pos), at, e.to_string());
+                    leaf_hash(body)
                 }
             }
-            continue;
-        }
-        let leaf = leaf_hash(&r.body);
-        match Delta::decode(&r.body) {
-            Err(e) => out.problems.push(problem(
-                ProblemKind::Undecodable,
-                Some(pos),
-                at,
-                e.to_string(),
-            )),
-            Ok(d) => {
-                if d.session != name {
-                    out.problems.push(problem(
-                        ProblemKind::WrongSession,
-                        Some(pos),
-                        at,
-                        format!("the delta belongs to session {}", d.session),
-                    ));
-                }
-                if d.seq != pos {
-                    let what = if d.seq > pos {
-                        format!(
-                            "found seq {} where seq {pos} belongs: {} delta(s) before it were removed, or it was moved",
-                            d.seq,
-                            d.seq - pos
-                        )
-                    } else {
-                        format!(
-                            "found seq {} where seq {pos} belongs: the delta was duplicated or moved",
-                            d.seq
-                        )
-                    };
-                    out.problems
-                        .push(problem(ProblemKind::Sequence, Some(pos), at, what));
-                }
-                if d.parent != prev {
-                    let detail = match (&d.parent, &prev) {
-                        (None, _) => "the delta claims to be the first".to_string(),
-                        (Some(_), None) => {
-                            "the first delta names a parent: deltas before it were removed"
-                                .to_string()
-                        }
-                        (Some(p), Some(q)) => format!(
-                            "it names parent {p} but the record before it hashes to {q}: that record was changed, removed or swapped"
-                        ),
-                    };
-                    out.problems
-                        .push(problem(ProblemKind::Chain, Some(pos), at, detail));
-                }
-            }
-        }
-        leaves.push(leaf);
-        prev = Some(leaf);
-    }
-    let n = leaves.len() as u64;
-    let tree = MerkleLog::from_leaf_hashes(leaves);
-    if let Some((_, c)) = committed {
-        let root = if n < c.tree_size {
-            out.problems.push(problem(
-                ProblemKind::Truncated,
-                None,
-                None,
-                format!(
-                    "the log holds {n} delta(s) but the commitment covers {}: the tail was cut",
-                    c.tree_size
-                ),
-            ));
-            None
         } else {
-            if n > c.tree_size {
-                out.problems.push(problem(
+            match Delta::decode(body) {
+                Err(e) => self.problem(ProblemKind::Undecodable, Some(pos), at, e.to_string()),
+                Ok(d) => {
+                    if d.session != name {
+                        self.problem(
+                            ProblemKind::WrongSession,
+                            Some(pos),
+                            at,
+                            format!("the delta belongs to session {}", d.session),
+                        );
+                    }
+                    if d.seq != pos {
+                        let what = if d.seq > pos {
+                            format!(
+                                "found seq {} where seq {pos} belongs: {} delta(s) before it were removed, or it was moved",
+                                d.seq,
+                                d.seq - pos
+                            )
+                        } else {
+                            format!(
+                                "found seq {} where seq {pos} belongs: the delta was duplicated or moved",
+                                d.seq
+                            )
+                        };
+                        self.problem(ProblemKind::Sequence, Some(pos), at, what);
+                    }
+                    if d.parent != self.prev {
+                        let detail = match (&d.parent, &self.prev) {
+                            (None, _) => "the delta claims to be the first".to_string(),
+                            (Some(_), None) => {
+                                "the first delta names a parent: deltas before it were removed"
+                                    .to_string()
+                            }
+                            (Some(p), Some(q)) => format!(
+                                "it names parent {p} but the record before it hashes to {q}: that record was changed, removed or swapped"
+                            ),
+                        };
+                        self.problem(ProblemKind::Chain, Some(pos), at, detail);
+                    }
+                }
+            }
+            leaf_hash(body)
+        };
+        self.tree.append_leaf_hash(leaf);
+        self.prev = Some(leaf);
+        if self
+            .committed
+            .as_ref()
+            .is_some_and(|(_, c)| c.tree_size == self.out.records)
+        {
+            self.root_at_commit = Some(self.tree.root());
+        }
+    }
+
+    fn finish(mut self) -> SessionReport {
+        let n = self.out.records;
+        if self.unreadable && n == 0 {
+            return self.out;
+        }
+        if let Some((_, c)) = self.committed.take() {
+            if n < c.tree_size {
+                self.problem(
+                    ProblemKind::Truncated,
+                    None,
+                    None,
+                    format!(
+                        "the log holds {n} delta(s) but the commitment covers {}: the tail was cut",
+                        c.tree_size
+                    ),
+                );
+            } else if n > c.tree_size {
+                self.problem(
                     ProblemKind::Extended,
                     Some(c.tree_size),
                     None,
@@ -689,25 +969,24 @@ fn check_session(dir: &Path, name: &str, index: &CommitIndex) -> SessionReport {
                         "the log holds {n} delta(s) but the commitment covers {}: deltas were appended after sealing",
                         c.tree_size
                     ),
-                ));
+                );
             }
-            tree.root_at(TreeSize(c.tree_size)).ok()
-        };
-        if let Some(root) = root
-            && !root.ct_eq(&c.root)
-        {
-            out.problems.push(problem(
-                ProblemKind::RootMismatch,
-                None,
-                None,
-                format!(
-                    "the deltas hash to root {root}, the commitment says {}: the log was rewritten",
-                    c.root
-                ),
-            ));
+            if let Some(root) = self.root_at_commit
+                && !root.ct_eq(&c.root)
+            {
+                self.problem(
+                    ProblemKind::RootMismatch,
+                    None,
+                    None,
+                    format!(
+                        "the deltas hash to root {root}, the commitment says {}: the log was rewritten",
+                        c.root
+                    ),
+                );
+            }
         }
+        self.out
     }
-    out
 }
 
 /// An inclusion proof of one delta, checkable offline with only the public
@@ -824,10 +1103,26 @@ pub fn prove(
         .clone()
         .filter(|h| h.head.size > ci)
         .ok_or_else(|| ProofError::NotCommitted(session.to_string()))?;
-    let rec = read_log(session_log_path(dir, session), LogKind::SESSION_DELTAS)
-        .map_err(|e| ProofError::Malformed(e.to_string()))?;
-    let body = rec
-        .records
+    // The session's log: its file's records, then its chunks' in the
+    // segments (the directory verified, so they fit together).
+    let path = session_log_path(dir, session);
+    let mut records: Vec<Vec<u8>> = if std::fs::symlink_metadata(&path).is_ok() {
+        read_log(&path, LogKind::SESSION_DELTAS)
+            .map_err(|e| ProofError::Malformed(e.to_string()))?
+            .records
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let segments = crate::segments::segments_dir(dir);
+    if segments.is_dir() {
+        let one = crate::segments::session_records(&segments, session)
+            .map_err(|e| ProofError::Malformed(e.to_string()))?;
+        records.extend(one.records.records.into_iter().map(|l| l.record.body));
+    }
+    let body = records
         .get(usize::try_from(seq).unwrap_or(usize::MAX))
         .filter(|_| seq < c.tree_size)
         .ok_or(ProofError::NoSuchDelta {
@@ -835,7 +1130,6 @@ pub fn prove(
             seq,
             len: c.tree_size,
         })?
-        .body
         .clone();
     if body.first() == Some(&PRUNED_TAG) {
         return Err(ProofError::Pruned {
@@ -843,15 +1137,14 @@ pub fn prove(
             seq,
         });
     }
-    let leaves: Vec<Hash> = rec
-        .records
+    let leaves: Vec<Hash> = records
         .iter()
         .take(usize::try_from(c.tree_size).unwrap_or(usize::MAX))
-        .map(|r| {
-            if r.body.first() == Some(&PRUNED_TAG) {
-                decode_pruned(&r.body).map_or_else(|_| leaf_hash(&r.body), |(_, h)| h)
+        .map(|body| {
+            if body.first() == Some(&PRUNED_TAG) {
+                decode_pruned(body).map_or_else(|_| leaf_hash(body), |(_, h)| h)
             } else {
-                leaf_hash(&r.body)
+                leaf_hash(body)
             }
         })
         .collect();
@@ -2228,4 +2521,262 @@ mod tests {
 
     use std::io::Write;
     use std::time::Duration;
+
+    /// A chunk for [`into_segments`]: a session, the seq its footer gives
+    /// the first record, and which of the session's file records it holds.
+    type Part<'a> = (&'a str, u64, Vec<usize>);
+
+    fn part(session: &str, seqs: std::ops::Range<usize>) -> Part<'_> {
+        (session, seqs.start as u64, seqs.collect())
+    }
+
+    /// Moves the fixture's session logs into segments, as `rounds` say,
+    /// with segments closed past `max_bytes`, then removes the files.
+    fn into_segments(f: &Fixture, rounds: &[Vec<Part<'_>>], max_bytes: u64) {
+        use crate::segments::{SegmentWriter, StagedChunk, segments_dir};
+        let mut logs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for round in rounds {
+            for (s, _, _) in round {
+                logs.entry(s.to_string()).or_insert_with(|| {
+                    bodies(&session_log_path(&f.dir, s), LogKind::SESSION_DELTAS)
+                });
+            }
+        }
+        let mut w = SegmentWriter::open(&segments_dir(&f.dir), max_bytes).unwrap();
+        for round in rounds {
+            let staged: Vec<Vec<u8>> = round
+                .iter()
+                .map(|(s, _, which)| {
+                    let mut out = Vec::new();
+                    for &i in which {
+                        let b = &logs[*s][i];
+                        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        out.extend_from_slice(b);
+                    }
+                    out
+                })
+                .collect();
+            let chunks: Vec<StagedChunk<'_>> = round
+                .iter()
+                .zip(&staged)
+                .map(|((s, first, which), staged)| StagedChunk {
+                    session: s,
+                    first_seq: *first,
+                    count: which.len() as u32,
+                    staged,
+                })
+                .collect();
+            w.append_round(&chunks, 1, Duration::ZERO).unwrap();
+        }
+        for s in logs.keys() {
+            std::fs::remove_file(session_log_path(&f.dir, s)).unwrap();
+        }
+    }
+
+    /// The fixture's two sessions over three rounds, one segment each.
+    fn interleaved() -> Vec<Vec<Part<'static>>> {
+        vec![
+            vec![part("s-a", 0..2), part("s-b", 0..1)],
+            vec![part("s-a", 2..5)],
+            vec![part("s-b", 1..3), part("s-a", 5..6)],
+        ]
+    }
+
+
+    #[test]
+    fn logs_kept_in_segments_verify_and_prove_as_files_do() {
+        let f = fixture(Durability::EveryRecord);
+        let before = prove(&f.dir, "s-a", 4, Some(&f.key)).unwrap();
+        into_segments(&f, &interleaved(), 1);
+        assert!(!log_a(&f).exists());
+        assert_eq!(
+            crate::segments::list_segments(&crate::segments::segments_dir(&f.dir))
+                .unwrap()
+                .len(),
+            3
+        );
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        assert!(r.ok(), "{r}");
+        assert!(r.notes.is_empty(), "{r}");
+        let counts: Vec<(&str, u64)> = r
+            .sessions
+            .iter()
+            .map(|s| (s.session.as_str(), s.records))
+            .collect();
+        assert_eq!(counts, [("s-a", 6), ("s-b", 3)]);
+        let one = verify_dir(&f.dir, Some("s-b"), Some(&f.key)).unwrap();
+        assert!(one.ok() && one.sessions.len() == 1, "{one}");
+        // The same proof as from the files, and it checks.
+        let after = prove(&f.dir, "s-a", 4, Some(&f.key)).unwrap();
+        assert_eq!(after, before);
+        assert_eq!(after.verify(&f.key).unwrap().seq, 4);
+        assert!(matches!(
+            verify_dir(&f.dir, Some("s-zzz"), Some(&f.key)),
+            Err(VerifyError::UnknownSession(_))
+        ));
+    }
+
+    #[test]
+    fn a_round_retried_in_the_next_segment_is_read_once() {
+        let f = fixture(Durability::EveryRecord);
+        let mut rounds = interleaved();
+        // After a failed sync the writer repeats the round, with what was
+        // staged since, in a new segment.
+        rounds.insert(2, vec![part("s-a", 2..6)]);
+        rounds.remove(3);
+        rounds.push(vec![part("s-b", 1..3)]);
+        into_segments(&f, &rounds, 1);
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn tampering_with_segments_is_caught_and_named() {
+        // A record's bytes changed: its checksum, the round it was in, and
+        // the session that lost it.
+        let f = fixture(Durability::EveryRecord);
+        into_segments(&f, &interleaved(), 1);
+        let seg2 = crate::segments::segment_path(&crate::segments::segments_dir(&f.dir), 2);
+        let mut bytes = std::fs::read(&seg2).unwrap();
+        let at = 9 + 8 + 10 + 8 + 20;
+        bytes[at] ^= 1;
+        std::fs::write(&seg2, &bytes).unwrap();
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        assert!(!r.ok());
+        let damaged: Vec<&Problem> = r
+            .problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::Damaged)
+            .collect();
+        assert_eq!(damaged.len(), 2, "{r}");
+        assert!(
+            damaged
+                .iter()
+                .all(|p| p.detail.contains("segments/00000000000000000002.seg")),
+            "{r}"
+        );
+        let a = kinds(&r, "s-a");
+        assert!(
+            a.contains(&ProblemKind::Sequence) && a.contains(&ProblemKind::Chain),
+            "{r}"
+        );
+        assert!(a.contains(&ProblemKind::Truncated), "{r}");
+        let problem = &r.sessions[0].problems[0];
+        assert!(
+            problem.detail.contains("3 are missing")
+                && problem
+                    .detail
+                    .contains("(in segments/00000000000000000003.seg)"),
+            "{problem}"
+        );
+        assert!(kinds(&r, "s-b").is_empty());
+
+        // Records swapped inside a chunk.
+        let f = fixture(Durability::EveryRecord);
+        let mut rounds = interleaved();
+        rounds[1] = vec![("s-a", 2, vec![3, 2, 4])];
+        into_segments(&f, &rounds, 1);
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        let a = kinds(&r, "s-a");
+        assert!(
+            a.contains(&ProblemKind::Sequence) && a.contains(&ProblemKind::RootMismatch),
+            "{r}"
+        );
+
+        // A round removed, and a chunk repeated in its own segment.
+        let f = fixture(Durability::EveryRecord);
+        let mut rounds = interleaved();
+        rounds.remove(1);
+        rounds[0].push(part("s-a", 0..2));
+        into_segments(&f, &rounds, 1 << 20);
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        let a = kinds(&r, "s-a");
+        assert!(a.contains(&ProblemKind::Truncated), "{r}");
+        let repeats = r.sessions[0]
+            .problems
+            .iter()
+            .filter(|p| p.detail.contains("not a retried round's copy"))
+            .count();
+        assert_eq!(repeats, 2, "{r}");
+
+        // A committed session whose records are nowhere.
+        let f = fixture(Durability::EveryRecord);
+        into_segments(&f, &[vec![part("s-a", 0..6)]], 1);
+        std::fs::remove_file(session_log_path(&f.dir, "s-b")).unwrap();
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        let b = &r
+            .sessions
+            .iter()
+            .find(|s| s.session == "s-b")
+            .unwrap()
+            .problems;
+        assert_eq!(b.len(), 1, "{r}");
+        assert!(b[0].detail.contains("no segment holds its records"), "{r}");
+        assert!(kinds(&r, "s-a").is_empty());
+    }
+
+    #[test]
+    fn what_a_crash_leaves_at_a_segments_end_is_a_note_not_a_failure() {
+        let f = fixture(Durability::EveryRecord);
+        into_segments(&f, &interleaved(), 1 << 20);
+        let segs = crate::segments::segments_dir(&f.dir);
+        let seg1 = crate::segments::segment_path(&segs, 1);
+        // A round's records without their footer, then half a record.
+        let (mut w, _) =
+            crate::records::RecordWriter::open_append(&seg1, LogKind::SEGMENT, Durability::OnClose)
+                .unwrap();
+        w.append(b"\x01 a delta never acknowledged", Duration::ZERO)
+            .unwrap();
+        w.close().unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg1)
+            .unwrap()
+            .write_all(&[7, 0, 0, 0, 1])
+            .unwrap();
+        // A segment a crash cut short as it was created.
+        std::fs::write(crate::segments::segment_path(&segs, 2), b"AHV").unwrap();
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.notes.len(), 3, "{r}");
+        assert!(
+            r.notes.iter().any(|n| n.contains("never acknowledged")),
+            "{r}"
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("not a whole record")),
+            "{r}"
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("less than a header")),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_footer_naming_no_session_id_is_reported_and_its_records_not_read() {
+        let f = fixture(Durability::EveryRecord);
+        into_segments(&f, &interleaved(), 1 << 20);
+        let segs = crate::segments::segments_dir(&f.dir);
+        let mut w = crate::segments::SegmentWriter::open(&segs, 1 << 20).unwrap();
+        let body = b"\x01x".to_vec();
+        let mut staged = (body.len() as u32).to_le_bytes().to_vec();
+        staged.extend_from_slice(&body);
+        let chunk = crate::segments::StagedChunk {
+            session: "../../etc/passwd",
+            first_seq: 0,
+            count: 1,
+            staged: &staged,
+        };
+        w.append_round(&[chunk], 1, Duration::ZERO).unwrap();
+        let r = verify_dir(&f.dir, None, Some(&f.key)).unwrap();
+        assert!(!r.ok());
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::Undecodable && p.detail.contains("no session id")),
+            "{r}"
+        );
+        assert_eq!(r.sessions.len(), 2, "{r}");
+    }
 }
