@@ -2582,7 +2582,6 @@ mod tests {
         ]
     }
 
-
     #[test]
     fn logs_kept_in_segments_verify_and_prove_as_files_do() {
         let f = fixture(Durability::EveryRecord);
