@@ -13,14 +13,8 @@ use ahv_runtime::{RingBreach, TrapCause};
 use crate::sessions::{Hv, id};
 
 fn deltas(h: &Hv, s: &ahv_core::SessionId) -> Vec<Delta> {
-    let path = h
-        .state
-        .path()
-        .join("audit/sessions")
-        .join(format!("{s}.log"));
-    read_log(&path, LogKind::SESSION_DELTAS)
+    ahv_audit::auditor::read_session_log(&h.state.path().join("audit"), s.as_str())
         .unwrap()
-        .records
         .iter()
         .map(|r| Delta::decode(&r.body).unwrap())
         .collect()
@@ -136,24 +130,37 @@ async fn sealed_and_signed_sessions_verify_and_tampering_is_named() {
         1,
         "the unaudited session left no log"
     );
-    assert!(!audit.join(format!("sessions/{quiet}.log")).exists());
+    assert!(
+        ahv_audit::auditor::read_session_log(&audit, quiet.as_str())
+            .unwrap()
+            .is_empty()
+    );
 
-    // One changed byte inside a delta: caught at its record.
-    let path = audit.join(format!("sessions/{a}.log"));
-    let rec = read_log(&path, LogKind::SESSION_DELTAS).unwrap();
-    let victim = &rec.records[3];
+    // One changed byte inside a delta: caught at its record, in its segment.
+    let segments = ahv_audit::segments::segments_dir(&audit);
+    let victim = ahv_audit::segments::session_records(&segments, a.as_str())
+        .unwrap()
+        .records
+        .records[3]
+        .clone();
+    let path = ahv_audit::segments::segment_path(&segments, victim.segment);
     let mut raw = std::fs::read(&path).unwrap();
-    raw[usize::try_from(victim.offset).unwrap() + 12] ^= 0x40;
+    raw[usize::try_from(victim.record.offset).unwrap() + 12] ^= 0x40;
     std::fs::write(&path, &raw).unwrap();
     let report = verify_dir(&audit, None, Some(&key)).unwrap();
     assert!(!report.ok());
-    let problems = &report.sessions[0].problems;
     assert!(
-        problems
+        report
+            .problems
             .iter()
-            .any(|p| p.kind == ProblemKind::Damaged && p.offset == Some(victim.offset)),
+            .any(|p| p.kind == ProblemKind::Damaged
+                && p.offset == Some(victim.record.offset)
+                && p.detail
+                    .contains(&path.file_name().unwrap().to_string_lossy().to_string())),
         "{report}"
     );
+    // The session lost the round's records: its chain and size say so.
+    assert!(!report.sessions[0].problems.is_empty(), "{report}");
 }
 
 #[tokio::test]

@@ -302,9 +302,47 @@ fn audit_seeds() -> Vec<(&'static str, Vec<u8>)> {
     auditor.close().unwrap();
     drop(auditor);
 
-    let file = |p: &str| std::fs::read(dir.join(p)).unwrap();
+    // The auditor wrote every delta to one segment; the seeds' parts 0 and
+    // 3 are the same records as the per-session files of format 1.
+    let segment = std::fs::read(ahv_audit::segments::segment_path(
+        &ahv_audit::segments::segments_dir(&dir),
+        1,
+    ))
+    .unwrap();
+    let legacy = tmp.path().join("legacy");
+    std::fs::create_dir_all(legacy.join("sessions")).unwrap();
+    for s in ["s-1", "s-2"] {
+        let mut w = ahv_audit::RecordWriter::create(
+            ahv_audit::auditor::session_log_path(&legacy, s),
+            LogKind::SESSION_DELTAS,
+            Durability::OnClose,
+        )
+        .unwrap();
+        for r in ahv_audit::auditor::read_session_log(&dir, s).unwrap() {
+            w.append(&r.body, Duration::ZERO).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let file = |p: &str| {
+        let legacy_file = legacy.join(p);
+        std::fs::read(if legacy_file.exists() {
+            legacy_file
+        } else {
+            dir.join(p)
+        })
+        .unwrap()
+    };
     let bodies = |p: &str, kind: LogKind| {
-        let rec = read_log(dir.join(p), kind).unwrap();
+        let legacy_file = legacy.join(p);
+        let rec = read_log(
+            if legacy_file.exists() {
+                legacy_file
+            } else {
+                dir.join(p)
+            },
+            kind,
+        )
+        .unwrap();
         assert!(rec.is_clean());
         let joined = rec
             .records
@@ -336,6 +374,36 @@ fn audit_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Some(bodies("sessions/s-2.log", LogKind::SESSION_DELTAS)),
         Some(file("public-key")),
     ];
+    // The same directory as the auditor left it: the deltas in a segment.
+    let mut in_segment: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(file("commitments.log")),
+        Some(file("heads.log")),
+        None,
+        Some(file("public-key")),
+        None,
+        None,
+    ];
+    in_segment.push(Some(segment.clone()));
+    let mut segment_framed = in_segment.clone();
+    segment_framed[1] = Some(bodies("commitments.log", LogKind::COMMITMENTS));
+    segment_framed[2] = Some(bodies("heads.log", LogKind::SIGNED_HEADS));
+    segment_framed[7] = Some(
+        read_log(
+            ahv_audit::segments::segment_path(&ahv_audit::segments::segments_dir(&dir), 1),
+            LogKind::SEGMENT,
+        )
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.body.clone())
+        .collect::<Vec<_>>()
+        .join(audit::RSEP),
+    );
+    // A crash inside a round: the segment cut short, s-2 open, no
+    // commitment log.
+    let mut segment_torn = vec![None; 7];
+    segment_torn.push(Some(segment[..segment.len() - 5].to_vec()));
     let proof = ahv_audit::prove(&dir, "s-1", 2, None).unwrap();
     let mut with_proof = raw.clone();
     with_proof.push(Some(serde_json::to_vec_pretty(&proof).unwrap()));
@@ -374,6 +442,15 @@ fn audit_seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "reopen-retention-mark-signed",
             audit::encode_input(audit::REOPEN | audit::FRAME | audit::SIGN, &mark),
+        ),
+        ("ok-real-segment", audit::encode_input(0, &in_segment)),
+        (
+            "ok-real-segment-framed",
+            audit::encode_input(audit::FRAME, &segment_framed),
+        ),
+        (
+            "reopen-segment-cut-in-a-round",
+            audit::encode_input(audit::REOPEN, &segment_torn),
         ),
     ]
 }

@@ -907,15 +907,9 @@ pub mod scripted {
 
         h.hv.terminate_session(&s).unwrap();
         h.hv.shutdown().unwrap();
-        let log = h
-            .state
-            .path()
-            .join("audit/sessions")
-            .join(format!("{s}.log"));
         let deltas: Vec<ahv_audit::Delta> =
-            ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
+            ahv_audit::auditor::read_session_log(&h.state.path().join("audit"), s.as_str())
                 .unwrap()
-                .records
                 .iter()
                 .map(|r| ahv_audit::Delta::decode(&r.body).unwrap())
                 .collect();

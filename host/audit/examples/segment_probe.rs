@@ -1,6 +1,6 @@
 //! Diagnostic: what making a flush round's sessions durable costs per
-//! session, written as the auditor writes them today (a file per session,
-//! `sessions/<id>.log`, then one `syncfs`) against one segment
+//! session, written as auditors wrote them before segments (a file per
+//! session, `sessions/<id>.log`, then one `syncfs`) against one segment
 //! ([`ahv_audit::segments::SegmentWriter::append_round`]: one write, one
 //! `fdatasync`).
 //!
@@ -41,7 +41,7 @@ fn staged(deltas: u32) -> Vec<u8> {
     out
 }
 
-/// One round in the auditor's current layout: a new file per session,
+/// One round in the auditors' earlier layout: a new file per session,
 /// written unsynced, then one `syncfs` for all.
 fn files_round(
     dir: &Path,

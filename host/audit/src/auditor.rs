@@ -12,7 +12,8 @@
 //! | file | what |
 //! |---|---|
 //! | `signing-key`, `public-key` | the hypervisor's Ed25519 key ([`HypervisorKey`]) |
-//! | `sessions/<session>.log` | the session's deltas, one record each ([`LogKind::SESSION_DELTAS`]) |
+//! | `segments/<number>.seg` | every session's deltas, in rounds, each synced once ([`crate::segments`]) |
+//! | `sessions/<session>.log` | a session's deltas as auditors before segments wrote them: read, recovered and pruned, never created ([`LogKind::SESSION_DELTAS`]) |
 //! | `commitments.log` | one [`Commitment`] per sealed session; an RFC 6962 log |
 //! | `heads.log` | signed heads of the commitment log ([`SignedTreeHead`]) |
 //! | `lock` | held (exclusive `flock`) by the one auditor that has the directory open |
@@ -21,7 +22,8 @@
 //! before capture returns; `GroupCommit` stages deltas in memory and a
 //! background flusher writes and syncs them every `max_delay` (or sooner when
 //! `max_records` are staged); `OnClose` writes a session's deltas when it is
-//! sealed. Whatever the policy, a commitment is made durable only after every
+//! sealed. A write is one round of the current segment: the staged deltas of
+//! every session it writes, one write, one `fdatasync`. Whatever the policy, a commitment is made durable only after every
 //! delta it covers, and a head is signed only over durable commitments, so a
 //! crash never leaves a signature over data that is not on disk.
 //!
@@ -59,8 +61,11 @@ use crate::delta::{Delta, encode_event};
 use crate::hash::Hash;
 use crate::merkle::{CompactTree, leaf_hash};
 use crate::records::{
-    Durability, LogKind, ParkedWriter, RecordError, RecordWriter, TornTail, read_log, rewrite_log,
-    scan_log,
+    Durability, LogKind, RecordError, RecordWriter, TornTail, read_log, rewrite_log, scan_log,
+};
+use crate::segments::{
+    DEFAULT_MAX_SEGMENT_BYTES, SegmentError, SegmentWriter, SessionAssembler, StagedChunk,
+    list_segments, prune_segment, read_segment, recovery_start, segment_path, segments_dir,
 };
 use crate::signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, PublicKey,
@@ -86,12 +91,12 @@ pub struct AuditConfig {
     /// beyond which a capturing thread writes them itself instead of leaving
     /// them to the flusher (backpressure; default 64 MiB).
     pub max_staged_bytes: u64,
-    /// Most session logs kept open between writes (default 256). A live
-    /// session's log beyond this is closed after each write and reopened for
-    /// the next, so thousands of long-lived sessions do not exhaust the
-    /// process's file descriptors (a sealed session's log is always closed
-    /// once written). 0 closes every log after each write.
-    pub max_open_logs: usize,
+    /// The size after which the deltas go to a new segment file (default
+    /// 64 MiB; see [`crate::segments`]): the round that reaches it is the
+    /// segment's last. Retention rewrites a whole segment to prune the
+    /// sessions in it, and a session still running keeps its segments from
+    /// being pruned whole.
+    pub max_segment_bytes: u64,
     /// Sealed sessions whose commitment index is kept in memory (default
     /// 65 536); lookups by name of older ones (`commitment_index`, `prune`)
     /// scan the commitment log, and retention walks it. Every sealed
@@ -154,7 +159,7 @@ impl Default for AuditConfig {
             sinks: Vec::new(),
             announce_deltas: true,
             max_staged_bytes: 64 << 20,
-            max_open_logs: 256,
+            max_segment_bytes: DEFAULT_MAX_SEGMENT_BYTES,
             recent_sealed: 1 << 16,
             retention: None,
         }
@@ -168,7 +173,7 @@ impl std::fmt::Debug for AuditConfig {
             .field("sign_delay", &self.sign_delay)
             .field("announce_deltas", &self.announce_deltas)
             .field("max_staged_bytes", &self.max_staged_bytes)
-            .field("max_open_logs", &self.max_open_logs)
+            .field("max_segment_bytes", &self.max_segment_bytes)
             .field("recent_sealed", &self.recent_sealed)
             .field("retention", &self.retention)
             .field(
@@ -189,6 +194,30 @@ pub enum AuditError {
     /// Reading or writing a log file.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// Reading or writing a segment.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A round in a segment whose footer does not match its records.
+    #[error("{}: the round at offset {offset} is unreadable: {reason}", path.display())]
+    DamagedRound {
+        /// The segment.
+        path: PathBuf,
+        /// The round's first byte.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A session's records in the segments do not fit together (recovery
+    /// leaves such a session unsealed, as evidence).
+    #[error("session {session}: its records in {} do not fit together: {detail}", dir.display())]
+    BadChunks {
+        /// The session.
+        session: String,
+        /// The segment directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The signing key.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -275,21 +304,30 @@ pub enum AuditError {
 /// What opening the audit directory found and did.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
-    /// Torn tails cut from logs (a crash mid-write); each was saved beside
-    /// its log (`saved_to`) before the log was cut.
+    /// Torn tails cut from session logs (a crash mid-write); each was saved
+    /// beside its log (`saved_to`) before the log was cut. A segment's torn
+    /// tail is listed too, with no `saved_to`: it stays where it is.
     pub torn: Vec<(PathBuf, TornTail)>,
     /// Sessions whose logs had no commitment (their process ended without
     /// sealing them): sealed now over the complete records they hold.
     pub sealed_on_recovery: Vec<(String, u64)>,
     /// Commitments in the log.
     pub commitments: u64,
+    /// Records at the end of a segment that no whole round holds (a crash
+    /// while a round was written, so never acknowledged): the segment, the
+    /// first one's offset, how many. They stay in the segment as evidence
+    /// (a writer never appends to a segment an earlier process wrote).
+    pub uncommitted: Vec<(PathBuf, u64, usize)>,
     /// Session logs left without a commitment that could not be sealed
     /// because they are damaged (a record in the middle fails its checksum,
     /// a header is missing or wrong, a delta does not decode) or unreadable.
     /// Each is left as it is, as evidence (a torn tail is still cut and
     /// saved aside, as in [`RecoveryReport::torn`]): nothing is sealed over
     /// it, and `ahv audit verify` reports it as failed until an operator
-    /// deals with it. The auditor works on without them.
+    /// deals with it. The auditor works on without them, and records
+    /// nothing more for their sessions (later events are late). A session
+    /// whose records in the segments do not fit together is listed with
+    /// the segment directory; a damaged round, with its segment.
     pub damaged: Vec<(PathBuf, AuditError)>,
     /// The commitment retention resumes from: where the last pass of an
     /// earlier process left off (`retention.mark`), 0 without one.
@@ -369,9 +407,43 @@ pub fn audit_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("audit")
 }
 
-/// Path of a session's delta log inside an audit directory.
+/// Path of a session's own delta log file inside an audit directory (format
+/// 1: auditors before segments wrote one per session; this one reads,
+/// recovers and prunes them but writes its deltas to `segments/`).
 pub fn session_log_path(audit_dir: &Path, session: &str) -> PathBuf {
     audit_dir.join("sessions").join(format!("{session}.log"))
+}
+
+/// A session's delta log as written, for tools and tests: the complete
+/// records of its own file, if it has one, then those of its chunks in the
+/// segments, in order (a retried round's repeat read once). Offsets are
+/// within each record's own file. An empty list if the session has no
+/// records; `ahv audit verify` judges them, this only reads.
+///
+/// # Errors
+/// [`AuditError`] if a file cannot be read, or a session's records in the
+/// segments do not fit together ([`AuditError::BadChunks`]).
+pub fn read_session_log(
+    audit_dir: &Path,
+    session: &str,
+) -> Result<Vec<crate::records::Record>, AuditError> {
+    let path = session_log_path(audit_dir, session);
+    let mut records = if std::fs::symlink_metadata(&path).is_ok() {
+        read_log(&path, LogKind::SESSION_DELTAS)?.records
+    } else {
+        Vec::new()
+    };
+    let dir = segments_dir(audit_dir);
+    let one = crate::segments::session_records(&dir, session)?;
+    if !one.records.problems.is_empty() {
+        return Err(AuditError::BadChunks {
+            session: session.to_string(),
+            dir,
+            detail: format!("{:?}", one.records.problems),
+        });
+    }
+    records.extend(one.records.records.into_iter().map(|l| l.record));
+    Ok(records)
 }
 
 /// The commitment log inside an audit directory.
@@ -403,18 +475,9 @@ struct SessionLog {
     /// seal: one SHA-256 per session, not two.
     sealed_key: u128,
     state: Mutex<SessionState>,
-    /// Held while writing; owns the file once it exists.
-    io: Mutex<LogFile>,
-}
-
-/// A session log's file.
-enum LogFile {
-    /// Not created yet (nothing written).
-    None,
-    /// Open, counted in [`Shared::open_logs`].
-    Open(RecordWriter),
-    /// Written and closed to save a descriptor; reopened by the next write.
-    Parked(ParkedWriter),
+    /// The segment its first chunk went to (0: none written yet), counted
+    /// in [`Shared::live_segments`] until its commitment is durable.
+    first_segment: AtomicU64,
 }
 
 /// A session's live log; the next seq is `tree.len()` and the parent of the
@@ -618,10 +681,14 @@ struct Shared {
     /// Emptied staging buffers for reuse, so capture does not allocate and
     /// grow a fresh buffer per session (nor free it on the flusher's thread).
     buffers: Mutex<Vec<Vec<u8>>>,
-    /// Session logs with an open file ([`LogFile::Open`]).
-    open_logs: AtomicUsize,
-    /// Most open session logs kept between writes.
-    max_open_logs: usize,
+    /// The segment writer; held while a round's chunks are taken from their
+    /// sessions and written, so a session's chunks reach the segments in
+    /// the order they were staged.
+    segments: Mutex<SegmentWriter>,
+    /// How many sessions not yet durably sealed have their first chunk in
+    /// each segment: the lowest is the oldest live segment a new segment's
+    /// start record names, so recovery reads no segment before it.
+    live_segments: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Where the next retention pass starts; held by whatever prunes.
     retention: Mutex<RetentionMark>,
 }
@@ -639,6 +706,10 @@ struct RetentionMark {
     /// The resume point last saved (or loaded), so an unchanged one is not
     /// written again.
     saved: MarkPos,
+    /// The lowest segment that may still hold records to prune; every one
+    /// below is pruned whole. Not saved: a new process's first pass reads
+    /// every segment once.
+    segments_from: u64,
 }
 
 /// A commitment's index in the commitment log and the file offset of its
@@ -711,10 +782,6 @@ fn load_retention_mark(dir: &Path) -> Result<Option<MarkPos>, String> {
     }
 }
 
-/// Whether a flush round syncs the file system once (`syncfs`, Linux) rather
-/// than each log on its own.
-const FS_SYNC: bool = cfg!(target_os = "linux");
-
 /// A new staging buffer's capacity: a short session's deltas fit.
 const BUFFER_CAPACITY: usize = 4 << 10;
 /// How much of a session's new staging buffer capture asks the CPU to make
@@ -753,9 +820,12 @@ impl std::fmt::Debug for Auditor {
 impl Auditor {
     /// Opens (creating if needed) the audit directory `dir`: loads or creates
     /// the signing key, recovers the commitment and head logs (a torn tail is
-    /// saved aside and reported), seals any session log left without a
-    /// commitment by an earlier process, and starts the head signer and —
-    /// under group commit — the flusher thread.
+    /// saved aside and reported), seals every session an earlier process
+    /// left without a commitment (in its own file, or in the segments from
+    /// the last segment's start on; what a crash left at a segment's end is
+    /// reported and kept), and starts the head signer and — under group
+    /// commit — the flusher thread. Its deltas go to a new segment: it never
+    /// appends to one an earlier process wrote.
     ///
     /// # Errors
     /// [`AuditError`] naming the file: a damaged commitment or head log
@@ -766,10 +836,12 @@ impl Auditor {
         clock: Arc<dyn Clock>,
         wall: Arc<dyn WallClock>,
     ) -> Result<(Auditor, RecoveryReport), AuditError> {
+        // Format 1's per-session files: read for orphans, pruned, never
+        // created any more (the deltas go to `segments/`).
         let sessions_dir = dir.join("sessions");
-        std::fs::create_dir_all(&sessions_dir).map_err(|source| AuditError::Dir {
+        std::fs::create_dir_all(dir).map_err(|source| AuditError::Dir {
             op: "create",
-            path: sessions_dir.clone(),
+            path: dir.to_path_buf(),
             source,
         })?;
         let lock = lock_dir(dir)?;
@@ -929,12 +1001,16 @@ impl Auditor {
             last_round_ms: AtomicU64::new(0),
             round: Mutex::new(()),
             buffers: Mutex::new(Vec::new()),
-            open_logs: AtomicUsize::new(0),
-            max_open_logs: config.max_open_logs,
+            segments: Mutex::new(SegmentWriter::open(
+                &segments_dir(dir),
+                config.max_segment_bytes,
+            )?),
+            live_segments: Mutex::new(std::collections::BTreeMap::new()),
             retention: Mutex::new(RetentionMark {
                 next: resume,
                 retry: Vec::new(),
                 saved: resume,
+                segments_from: 1,
             }),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
@@ -1388,7 +1464,7 @@ impl Shared {
             id: id.clone(),
             sealed_key,
             state: Mutex::new(SessionState::default()),
-            io: Mutex::new(LogFile::None),
+            first_segment: AtomicU64::new(0),
         });
         map.insert(id.clone(), log.clone());
         Some(log)
@@ -1521,7 +1597,7 @@ impl Shared {
         match self.durability {
             Durability::EveryRecord => {
                 drop(guard);
-                if let Err(e) = self.write_session(&log, true) {
+                if let Err(e) = self.write_logs(std::slice::from_ref(&log)) {
                     self.record_failure(&e);
                 }
             }
@@ -1570,174 +1646,79 @@ impl Shared {
     /// them when `sync` (otherwise the round syncs the file system once for
     /// all logs). Serialised per session by its `io` lock; captures go on
     /// staging meanwhile. On failure the records are staged again, in order.
-    fn write_session(&self, log: &SessionLog, sync: bool) -> Result<(), AuditError> {
-        let mut io = lock(&log.io);
-        let (staged, count) = {
+    /// Writes the staged deltas of `logs` as one round of the current
+    /// segment, synced before this returns. On a failure every delta is
+    /// staged again in front of anything staged since, so a retry writes
+    /// them in order and nothing is lost or written twice (a round whose
+    /// sync failed may be on disk too: readers read a retried round once).
+    fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<(), AuditError> {
+        let mut writer = lock(&self.segments);
+        // Taken under the writer's lock: another thread's round cannot
+        // write a later chunk of one of these sessions before this one.
+        let mut taken: Vec<(Arc<SessionLog>, Vec<u8>, usize, u64)> = Vec::new();
+        for log in logs {
             let mut st = lock(&log.state);
             st.dirty = false;
-            (
-                std::mem::take(&mut st.staged),
-                std::mem::take(&mut st.staged_count),
-            )
-        };
-        if count == 0 {
+            let count = std::mem::take(&mut st.staged_count);
+            if count == 0 {
+                continue;
+            }
+            let staged = std::mem::take(&mut st.staged);
+            let first_seq = st.tree.len().0 - count as u64;
+            taken.push((log.clone(), staged, count, first_seq));
+        }
+        if taken.is_empty() {
             return Ok(());
         }
-        let result = (|| {
-            let opened = match &*io {
-                LogFile::Open(_) => None,
-                LogFile::Parked(p) => Some(p.resume()?),
-                LogFile::None => {
-                    let path = session_log_path(&self.dir, log.id.as_str());
-                    let created = if sync {
-                        RecordWriter::create(&path, LogKind::SESSION_DELTAS, Durability::OnClose)
-                    } else {
-                        RecordWriter::create_unsynced(
-                            &path,
-                            LogKind::SESSION_DELTAS,
-                            Durability::OnClose,
-                        )
-                    };
-                    match created {
-                        // The session was sealed (or left damaged) by an
-                        // earlier process or too long ago to be remembered:
-                        // these are late events, not a new log.
-                        Err(RecordError::Io { ref source, .. })
-                            if source.kind() == std::io::ErrorKind::AlreadyExists =>
-                        {
-                            return Err(AuditError::AlreadySealed(log.id.to_string()));
-                        }
-                        other => Some(other?),
+        let chunks: Vec<StagedChunk<'_>> = taken
+            .iter()
+            .map(|(log, staged, count, first_seq)| StagedChunk {
+                session: log.id.as_str(),
+                first_seq: *first_seq,
+                // Staged bytes are bounded far below 2^32 records.
+                count: u32::try_from(*count).unwrap_or(u32::MAX),
+                staged,
+            })
+            .collect();
+        // Lowered (never raised) by sessions forgotten meanwhile: a start
+        // record may name an older segment than needed, never a newer one.
+        let oldest_live = lock(&self.live_segments)
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let written = writer.append_round(&chunks, oldest_live, self.clock.now());
+        drop(chunks);
+        match written {
+            Ok(at) => {
+                for (log, staged, _, _) in taken {
+                    if log.first_segment.load(Ordering::Relaxed) == 0 {
+                        log.first_segment.store(at.segment, Ordering::Relaxed);
+                        *lock(&self.live_segments).entry(at.segment).or_default() += 1;
+                    }
+                    self.staged_bytes
+                        .fetch_sub(staged.len() as u64, Ordering::Relaxed);
+                    self.recycle(staged);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                drop(writer);
+                for (log, staged, count, _) in taken {
+                    let mut st = lock(&log.state);
+                    let mut back = staged;
+                    back.extend_from_slice(&st.staged);
+                    st.staged = back;
+                    st.staged_count += count;
+                    if !st.dirty {
+                        st.dirty = true;
+                        drop(st);
+                        lock(&self.dirty).push(log);
                     }
                 }
-            };
-            if let Some(w) = opened {
-                *io = LogFile::Open(w);
-                self.open_logs.fetch_add(1, Ordering::Relaxed);
-            }
-            let LogFile::Open(w) = &mut *io else {
-                return Err(AuditError::Closed);
-            };
-            let now = self.clock.now();
-            let mut rest = &staged[..];
-            while rest.len() >= 4 {
-                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                w.append(&rest[4..4 + len], now)?;
-                rest = &rest[4 + len..];
-            }
-            if sync {
-                w.flush()?;
-            } else {
-                w.write_unsynced()?;
-            }
-            // A sealed session gets no more records: close its file now rather
-            // than hold a descriptor per finished session until the round ends.
-            let sealed = {
-                let st = lock(&log.state);
-                st.sealed && st.staged_count == 0
-            };
-            if sealed {
-                self.close_log(&mut io)?;
-            } else if self.open_logs.load(Ordering::Relaxed) > self.max_open_logs
-                && let LogFile::Open(w) = std::mem::replace(&mut *io, LogFile::None)
-            {
-                // Nothing is pending after a successful write, so parking
-                // cannot hand the writer back; if it ever did, keep it open.
-                *io = match w.park() {
-                    Ok(p) => {
-                        self.open_logs.fetch_sub(1, Ordering::Relaxed);
-                        LogFile::Parked(p)
-                    }
-                    Err(w) => LogFile::Open(w),
-                };
-            }
-            Ok(())
-        })();
-        match &result {
-            Ok(()) => {
-                self.staged_bytes
-                    .fetch_sub(staged.len() as u64, Ordering::Relaxed);
-                self.recycle(staged);
-            }
-            Err(AuditError::AlreadySealed(_)) => {
-                // Dropped, counted as late, and the log closed for good (a
-                // seal that is never written).
-                self.staged_bytes
-                    .fetch_sub(staged.len() as u64, Ordering::Relaxed);
-                self.recycle(staged);
-                self.late.fetch_add(count as u64, Ordering::Relaxed);
-                tracing::warn!(session = %log.id, deltas = count, "events for a session sealed earlier: not audited again");
-                let mut st = lock(&log.state);
-                st.sealed = true;
-                drop(st);
-                self.sessions
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&log.id);
-                return Ok(());
-            }
-            Err(_) => {
-                // Put the records back in front of anything staged since, so a
-                // retry writes them in order and nothing is lost; the writer
-                // forgets them (a failed write keeps what it was handed), or
-                // the retry would write them twice.
-                if let LogFile::Open(w) = &mut *io {
-                    w.discard_pending();
-                }
-                let mut st = lock(&log.state);
-                let mut back = staged;
-                back.extend_from_slice(&st.staged);
-                st.staged = back;
-                st.staged_count += count;
-                if !st.dirty {
-                    st.dirty = true;
-                    drop(st);
-                    if let Some(l) = self.live(&log.id) {
-                        lock(&self.dirty).push(l);
-                    }
-                }
+                Err(e.into())
             }
         }
-        result
-    }
-
-    /// Closes a session log's file for good (its session is sealed and
-    /// written).
-    fn close_log(&self, io: &mut LogFile) -> Result<(), AuditError> {
-        match std::mem::replace(io, LogFile::None) {
-            LogFile::Open(w) => {
-                self.open_logs.fetch_sub(1, Ordering::Relaxed);
-                w.close()?;
-            }
-            LogFile::Parked(_) | LogFile::None => {}
-        }
-        Ok(())
-    }
-
-    fn live(&self, id: &SessionId) -> Option<Arc<SessionLog>> {
-        self.sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    /// Makes the session logs written with `sync = false` durable: one
-    /// `syncfs` of the audit directory's file system (data, new files and
-    /// their directory entries alike). Elsewhere each log syncs itself.
-    #[cfg(target_os = "linux")]
-    fn sync_written(&self) -> Result<(), AuditError> {
-        let dir = self.dir.join("sessions");
-        let d = std::fs::File::open(&dir).map_err(|source| AuditError::Dir {
-            op: "open for syncing",
-            path: dir.clone(),
-            source,
-        })?;
-        rustix::fs::syncfs(&d).map_err(|e| AuditError::Dir {
-            op: "sync (syncfs)",
-            path: dir,
-            source: e.into(),
-        })
     }
 
     fn seal(
@@ -1841,28 +1822,14 @@ impl Shared {
             }
         }
         let mut first_error = None;
-        let mut failed: Vec<Arc<SessionLog>> = Vec::new();
-        for log in &logs {
-            if let Err(e) = self.write_session(log, !FS_SYNC) {
-                self.record_failure(&e);
-                failed.push(log.clone());
-                first_error.get_or_insert(e);
-            }
-        }
-        #[cfg(target_os = "linux")]
-        if !logs.is_empty()
-            && let Err(e) = self.sync_written()
-        {
+        if let Err(e) = self.write_logs(&logs) {
             // Nothing written this round is known durable: keep every
             // commitment for the next round.
             self.record_failure(&e);
             self.restage_commits(commits);
             return Err(e);
         }
-        let ready = commits
-            .iter()
-            .take_while(|c| !failed.iter().any(|f| Arc::ptr_eq(f, &c.log)))
-            .count();
+        let ready = commits.len();
         let result = if ready == 0 {
             Ok(())
         } else {
@@ -1876,17 +1843,8 @@ impl Shared {
         };
         match result {
             Ok(()) => {
-                let (written, waiting): (Vec<_>, Vec<_>) = {
-                    let mut v = commits;
-                    let waiting = v.split_off(ready);
-                    (v, waiting)
-                };
-                // After a partial round (a session log failed to write) the
-                // durable head stays where it was until a later round writes
-                // the rest: it lags, it is never ahead of the disk.
-                let all_written = waiting.is_empty();
-                self.restage_commits(waiting);
-                if all_written && let Some(head) = head {
+                let written = commits;
+                if let Some(head) = head {
                     lock(&self.commits.state).durable = head;
                     // Once per round, waiters or not: cheap beside the sync.
                     self.commits.durable_moved.notify_all();
@@ -1923,7 +1881,9 @@ impl Shared {
         cs.staged = back;
     }
 
-    /// Drops a sealed, fully written session from memory (its file is closed).
+    /// Drops a sealed, fully written session from memory once its
+    /// commitment is durable: it no longer holds recovery to its first
+    /// segment.
     fn forget_if_done(&self, log: &Arc<SessionLog>) {
         let done = {
             let st = lock(&log.state);
@@ -1934,8 +1894,16 @@ impl Shared {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&log.id);
-            if let Err(e) = self.close_log(&mut lock(&log.io)) {
-                self.record_failure(&e);
+            // Once: a second forget of the same log finds 0.
+            let first = log.first_segment.swap(0, Ordering::Relaxed);
+            if first != 0 {
+                let mut live = lock(&self.live_segments);
+                if let Some(n) = live.get_mut(&first) {
+                    *n -= 1;
+                    if *n == 0 {
+                        live.remove(&first);
+                    }
+                }
             }
         }
     }
@@ -1968,7 +1936,8 @@ impl Shared {
         bad.map_or(Ok(found), Err)
     }
 
-    /// Prunes a sealed session whose log and commitment are written.
+    /// Prunes a sealed session whose log and commitment are written: its
+    /// own file (format 1) and its records in every segment.
     fn prune_written(&self, session: &str) -> Result<u64, AuditError> {
         let Some(index) = self.commitment_index(session)? else {
             return Err(AuditError::NotSealed(session.to_string()));
@@ -1982,10 +1951,75 @@ impl Shared {
         // Serialised with retention passes: two rewrites of one log would
         // share its temporary file.
         let _pruning = lock(&self.retention);
-        if !path.exists() {
+        let in_file = path.exists();
+        let mut n = if in_file { prune_log(&path)? } else { 0 };
+        let (pruned, found, _) = self.prune_segments(1, |s| s == session)?;
+        n += pruned.get(session).copied().unwrap_or(0);
+        if !in_file && !found.contains(session) {
             return Err(AuditError::UnknownSession(session.to_string()));
         }
-        prune_log(&path)
+        Ok(n)
+    }
+
+    /// Prunes the records of the sessions `prune` selects in every segment
+    /// from `from` on. The open segment is closed first if it holds any of
+    /// them (the writer then starts a new one), so no segment is rewritten
+    /// while it is appended to. Returns how many records of each session
+    /// were pruned, which selected sessions were seen at all, and the
+    /// lowest segment from `from` on that is not pruned whole (a later
+    /// pass need not read below it).
+    fn prune_segments(
+        &self,
+        from: u64,
+        prune: impl Fn(&str) -> bool,
+    ) -> Result<SegmentsPruned, AuditError> {
+        let dir = segments_dir(&self.dir);
+        // The open segment is read without holding the writer (rounds go on
+        // meanwhile): the records to prune are in what was written before,
+        // since their sessions' commitments are durable.
+        let open = lock(&self.segments).current_segment();
+        if let Some(open) = open {
+            let holds = read_segment(open, &segment_path(&dir, open))?
+                .chunks
+                .iter()
+                .any(|c| prune(&c.session));
+            let mut writer = lock(&self.segments);
+            if holds && writer.current_segment() == Some(open) {
+                writer.close_current();
+            }
+        }
+        let (list, open) = {
+            let writer = lock(&self.segments);
+            (list_segments(&dir)?, writer.current_segment())
+        };
+        let mut pruned = std::collections::BTreeMap::new();
+        let mut found = std::collections::HashSet::new();
+        let mut lowest = None;
+        let past_all = list.last().map_or(from, |(n, _)| (n + 1).max(from));
+        for (number, path) in list {
+            if number < from {
+                continue;
+            }
+            if Some(number) == open {
+                // Holds none of them; whatever it holds is not pruned yet.
+                lowest.get_or_insert(number);
+                continue;
+            }
+            let done = prune_segment(number, &path, |s| {
+                let selected = prune(s);
+                if selected {
+                    found.insert(s.to_string());
+                }
+                selected
+            })?;
+            for (s, k) in done.sessions {
+                *pruned.entry(s).or_insert(0) += k;
+            }
+            if !done.fully_pruned {
+                lowest.get_or_insert(number);
+            }
+        }
+        Ok((pruned, found, lowest.unwrap_or(past_all)))
     }
 
     /// One retention pass: walks the commitment log from where the last pass
@@ -2003,19 +2037,26 @@ impl Shared {
         let durable = lock(&self.commits.state).durable.0;
         let mut mark = lock(&self.retention);
         let (mut n, mut first_error) = (0, None);
-        let prune = |session: &str, n: &mut u64| -> Result<(), AuditError> {
+        // The sessions of this pass: their own files (format 1) are pruned
+        // one by one as they are found, their records in the segments all
+        // at once after the walk.
+        let mut targets: Vec<(String, MarkPos)> = Vec::new();
+        let mut in_files = std::collections::HashSet::new();
+        let mut prune = |session: &str, n: &mut u64| -> Result<(), AuditError> {
             let path = session_log_path(&self.dir, session);
             // A log removed by hand leaves nothing to prune.
             if path.exists() && prune_log(&path)? > 0 {
                 *n += 1;
+                in_files.insert(session.to_string());
             }
             Ok(())
         };
         for (session, at) in std::mem::take(&mut mark.retry) {
             if let Err(e) = prune(&session, &mut n) {
-                mark.retry.push((session, at));
+                mark.retry.push((session.clone(), at));
                 first_error.get_or_insert(e);
             }
+            targets.push((session, at));
         }
         let path = commitments_path(&self.dir);
         let mut next = mark.next;
@@ -2039,9 +2080,10 @@ impl Shared {
                 return false;
             }
             if let Err(e) = prune(&c.session, &mut n) {
-                retry.push((c.session, next));
+                retry.push((c.session.clone(), next));
                 first_error.get_or_insert(e);
             }
+            targets.push((c.session, next));
             next = MarkPos {
                 index: next.index + 1,
                 offset: r.end(),
@@ -2052,6 +2094,28 @@ impl Shared {
         mark.retry.extend(retry);
         if let Err(e) = scanned {
             first_error.get_or_insert(e.into());
+        }
+        if !targets.is_empty() {
+            let set: std::collections::HashSet<&str> =
+                targets.iter().map(|(s, _)| s.as_str()).collect();
+            match self.prune_segments(mark.segments_from, |s| set.contains(s)) {
+                Ok((pruned, _, from)) => {
+                    n += pruned.keys().filter(|s| !in_files.contains(*s)).count() as u64;
+                    mark.segments_from = from;
+                }
+                Err(e) => {
+                    // Tried again whole by the next pass (a pruned record is
+                    // left as it is).
+                    let retried: std::collections::HashSet<String> =
+                        mark.retry.iter().map(|(s, _)| s.clone()).collect();
+                    for (s, at) in targets {
+                        if !retried.contains(&s) {
+                            mark.retry.push((s, at));
+                        }
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         let resume = mark.resume();
         if resume != mark.saved {
@@ -2122,18 +2186,31 @@ impl Shared {
         }
     }
 
-    /// Seals session logs that an earlier process left without a commitment.
+    /// Seals the sessions an earlier process left without a commitment:
+    /// those in its own files (format 1, `sessions/<id>.log`) and those in
+    /// the segments from [`recovery_start`] on. Each is sealed over the
+    /// complete records it has; one whose records are damaged or do not fit
+    /// together is reported ([`RecoveryReport::damaged`]) and left as it
+    /// is.
     fn seal_orphans(
         &self,
         sessions_dir: &Path,
         report: &mut RecoveryReport,
     ) -> Result<(), AuditError> {
-        let entries = std::fs::read_dir(sessions_dir).map_err(|source| AuditError::Dir {
-            op: "list",
-            path: sessions_dir.to_path_buf(),
-            source,
-        })?;
+        let entries = match std::fs::read_dir(sessions_dir) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(AuditError::Dir {
+                    op: "list",
+                    path: sessions_dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
         let mut names: Vec<String> = entries
+            .into_iter()
+            .flatten()
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
@@ -2159,10 +2236,13 @@ impl Shared {
             ) {
                 Ok(o) => o,
                 Err(e) => {
+                    self.refuse(sealed_key);
                     report.damaged.push((path, e.into()));
                     continue;
                 }
             };
+            // Nothing more is written to it: the session is sealed now.
+            writer.close()?;
             if let Some(t) = rec.tail {
                 report.torn.push((path.clone(), t));
             }
@@ -2174,39 +2254,150 @@ impl Shared {
             {
                 Ok(l) => l,
                 Err(e) => {
+                    self.refuse(sealed_key);
                     report.damaged.push((path, e));
                     continue;
                 }
             };
             let n = leaves.len() as u64;
-            let log = Arc::new(SessionLog {
-                id: id.clone(),
-                sealed_key,
-                state: Mutex::new(SessionState {
-                    tree: CompactTree::from_leaf_hashes(leaves),
-                    ..SessionState::default()
-                }),
-                // Parked (nothing is pending after recovery): thousands of
-                // orphans must not hold a descriptor each until the round
-                // below writes their commitments.
-                io: Mutex::new(match writer.park() {
-                    Ok(p) => LogFile::Parked(p),
-                    Err(w) => {
-                        self.open_logs.fetch_add(1, Ordering::Relaxed);
-                        LogFile::Open(w)
-                    }
-                }),
-            });
-            self.sessions
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), log);
-            self.seal(&id, ahv_core::TraceId(0), None)?;
+            self.seal_orphan(id, sealed_key, leaves, 0)?;
             report.sealed_on_recovery.push((name, n));
         }
+        self.seal_segment_orphans(report)?;
         self.flush_round()
     }
+
+    /// The sessions without a commitment in the segments recovery reads.
+    fn seal_segment_orphans(&self, report: &mut RecoveryReport) -> Result<(), AuditError> {
+        let dir = segments_dir(&self.dir);
+        let start = recovery_start(&dir)?;
+        let mut orphans = SessionAssembler::default();
+        for (number, path) in list_segments(&dir)? {
+            if number < start {
+                continue;
+            }
+            let contents = match read_segment(number, &path) {
+                Ok(c) => c,
+                Err(SegmentError::Record(e @ RecordError::Io { .. })) => return Err(e.into()),
+                Err(e) => {
+                    report.damaged.push((path, e.into()));
+                    continue;
+                }
+            };
+            if let Some(t) = &contents.tail {
+                report.torn.push((path.clone(), t.clone()));
+            }
+            if let Some(first) = contents.uncommitted.first() {
+                report
+                    .uncommitted
+                    .push((path.clone(), first.offset, contents.uncommitted.len()));
+            }
+            for d in &contents.damaged {
+                report.damaged.push((
+                    path.clone(),
+                    AuditError::DamagedRound {
+                        path: path.clone(),
+                        offset: d.offset,
+                        reason: d.reason.clone(),
+                    },
+                ));
+            }
+            let ever = &lock(&self.commits.state).ever;
+            for chunk in &contents.chunks {
+                if !ever.contains_key(SealedSet::key(&chunk.session)) {
+                    orphans.add_chunk(number, chunk);
+                }
+            }
+        }
+        for (name, s) in orphans.into_sessions() {
+            let Ok(id) = SessionId::new(name.clone()) else {
+                report.damaged.push((
+                    dir.clone(),
+                    AuditError::BadChunks {
+                        session: name.chars().take(100).collect(),
+                        dir: dir.clone(),
+                        detail: "a footer names it, and it is no session id".into(),
+                    },
+                ));
+                continue;
+            };
+            if !s.problems.is_empty() {
+                self.refuse(SealedSet::key(id.as_str()));
+                report.damaged.push((
+                    dir.clone(),
+                    AuditError::BadChunks {
+                        session: name,
+                        dir: dir.clone(),
+                        detail: format!("{:?}", s.problems),
+                    },
+                ));
+                continue;
+            }
+            let leaves = match s
+                .records
+                .iter()
+                .map(|l| record_leaf(&segment_path(&dir, l.segment), &l.record))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    self.refuse(SealedSet::key(id.as_str()));
+                    report.damaged.push((dir.clone(), e));
+                    continue;
+                }
+            };
+            let n = leaves.len() as u64;
+            let first = s.records.first().map_or(0, |l| l.segment);
+            let sealed_key = SealedSet::key(id.as_str());
+            self.seal_orphan(id, sealed_key, leaves, first)?;
+            report.sealed_on_recovery.push((name, n));
+        }
+        Ok(())
+    }
+
+    /// Records nothing more for a session whose log recovery left as
+    /// evidence (damaged): its later events are late, and it cannot be
+    /// sealed, as if it were.
+    fn refuse(&self, sealed_key: u128) {
+        let _ = lock(&self.commits.state).ever.insert_key(sealed_key);
+    }
+
+    /// Seals an orphan over `leaves`; `first_segment` (0 for none) holds
+    /// recovery to that segment until the commitment is durable.
+    fn seal_orphan(
+        &self,
+        id: SessionId,
+        sealed_key: u128,
+        leaves: Vec<Hash>,
+        first_segment: u64,
+    ) -> Result<(), AuditError> {
+        if first_segment != 0 {
+            *lock(&self.live_segments).entry(first_segment).or_default() += 1;
+        }
+        let log = Arc::new(SessionLog {
+            id: id.clone(),
+            sealed_key,
+            state: Mutex::new(SessionState {
+                tree: CompactTree::from_leaf_hashes(leaves),
+                ..SessionState::default()
+            }),
+            first_segment: AtomicU64::new(first_segment),
+        });
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), log);
+        self.seal(&id, ahv_core::TraceId(0), None).map(drop)
+    }
 }
+
+/// What [`Shared::prune_segments`] did: records pruned per session, the
+/// selected sessions seen at all, and the lowest segment not pruned whole.
+type SegmentsPruned = (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::HashSet<String>,
+    u64,
+);
 
 /// Replaces the bodies of a sealed, written session log by their leaf
 /// hashes; returns how many it replaced (a log already pruned is left as it
@@ -2337,9 +2528,8 @@ mod tests {
 
     /// The times of `session`'s deltas on disk, in order.
     fn delta_times(dir: &Path, session: &str) -> Vec<u64> {
-        read_log(session_log_path(dir, session), LogKind::SESSION_DELTAS)
+        read_session_log(dir, session)
             .unwrap()
-            .records
             .iter()
             .map(|r| Delta::decode(&r.body).unwrap().time_unix_ns)
             .collect()
@@ -2656,12 +2846,8 @@ mod tests {
         let key = *auditor.public_key();
         auditor.close().unwrap();
         assert_eq!(auditor.stats().late, 0, "{:?}", auditor.stats());
-        let logged = read_log(session_log_path(dir, s.as_str()), LogKind::SESSION_DELTAS).unwrap();
-        assert_eq!(
-            logged.records.len() as u64,
-            n,
-            "each delta once: {logged:?}"
-        );
+        let logged = read_session_log(dir, s.as_str()).unwrap();
+        assert_eq!(logged.len() as u64, n, "each delta once: {logged:?}");
         let report = crate::verify::verify_dir(dir, None, Some(&key)).unwrap();
         assert!(report.ok(), "{report}");
     }
@@ -2687,11 +2873,11 @@ mod tests {
         seal_close_and_verify(auditor, &dir, &s, 4);
     }
 
-    /// A synced session log whose creation fails after the file was made is
-    /// created again by the next write: a leftover file would read as
-    /// "sealed by an earlier process" and its deltas be dropped as late.
+    /// A segment whose creation fails after the file was made is removed,
+    /// and the next write creates the next one: the failed delta is written
+    /// there, before the later ones.
     #[test]
-    fn a_synced_log_whose_creation_failed_is_created_again() {
+    fn a_segment_whose_creation_failed_is_replaced_by_the_next_write() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let (auditor, bus) = open(&dir, Durability::EveryRecord);
@@ -2704,6 +2890,12 @@ mod tests {
             auditor.last_error()
         );
         writes(&bus, &s, 2..=3);
+        let segments = list_segments(&segments_dir(&dir)).unwrap();
+        assert_eq!(
+            segments.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [2],
+            "segment 1 was removed, its number not reused"
+        );
         seal_close_and_verify(auditor, &dir, &s, 3);
     }
 

@@ -899,6 +899,34 @@ where
     Ok(len)
 }
 
+/// Appends one framed record holding `body` to `buf` (a body over
+/// [`MAX_RECORD`] is framed with a length the readers refuse; callers pass
+/// bodies they built).
+pub(crate) fn encode_frame_into(buf: &mut Vec<u8>, body: &[u8]) {
+    encode_frame(buf, u32::try_from(body.len()).unwrap_or(u32::MAX), body);
+}
+
+/// Replaces the file at `path` by `bytes` atomically: `<path>.tmp` written
+/// and synced, renamed over it, the directory synced.
+///
+/// # Errors
+/// [`RecordError::Io`] (`Replace`, `SyncDir`); before the rename the old
+/// file is untouched and the temporary file removed.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    let tmp = with_suffix(path, ".tmp");
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(IoOp::Replace, path)(e));
+    }
+    fs::rename(&tmp, path).map_err(io(IoOp::Replace, path))?;
+    sync_parent(path)
+}
+
 fn file_header(kind: LogKind) -> [u8; HEADER_LEN as usize] {
     let [m0, m1, m2, m3, m4, m5, m6] = MAGIC;
     [m0, m1, m2, m3, m4, m5, m6, FORMAT_VERSION, kind.0]

@@ -1,16 +1,16 @@
 //! Segment files: the deltas of many sessions in a few append-only files.
 //!
-//! Today every session's deltas go to a file of their own
-//! (`sessions/<session>.log`). On a real disk, creating that file is most of
-//! what a session costs to make durable: on this project's ext4 VMs a flush
-//! round spends 40–280 µs per session, most of it in `openat`, against a few
-//! microseconds for the bytes themselves. This module is the storage layer
-//! that replaces those files: a flush round appends the records of every
-//! session it writes to one *segment* and syncs that one file.
+//! Auditors used to write every session's deltas to a file of their own
+//! (`sessions/<session>.log`). On a real disk, creating that file was most
+//! of what a session cost to make durable: on this project's ext4 VMs a
+//! flush round spent 40–280 µs per session, most of it in `openat`, against
+//! a few microseconds for the bytes themselves. A flush round now appends
+//! the records of every session it writes to one *segment* and syncs that
+//! one file.
 //!
-//! **Status:** the layer is complete and tested on its own; the
-//! [`Auditor`](crate::Auditor), `verify` and retention do not use it yet
-//! (`FORMAT.md` describes what they write today).
+//! The [`Auditor`](crate::Auditor) writes every session's deltas here;
+//! [`crate::verify`] reads them, and retention prunes them in place
+//! ([`prune_segment`]). `FORMAT.md` beside this crate has the format.
 //!
 //! # Layout
 //!
@@ -163,6 +163,12 @@ pub enum SegmentError {
     #[error("segment directory {} has no segment number left", path.display())]
     Exhausted {
         /// The directory.
+        path: PathBuf,
+    },
+    /// A segment being pruned changed while it was read.
+    #[error("segment {} changed while it was pruned; nothing was replaced", path.display())]
+    Changed {
+        /// The segment.
         path: PathBuf,
     },
 }
@@ -526,6 +532,13 @@ impl SegmentWriter {
     /// The segment the next round goes to if it is still open.
     pub fn current_segment(&self) -> Option<u64> {
         self.current.as_ref().map(|(n, _)| *n)
+    }
+
+    /// Closes the open segment, if any: the next round starts a new one,
+    /// and the closed one is never written by this writer again (so it may
+    /// be rewritten, as [`prune_segment`] does).
+    pub fn close_current(&mut self) {
+        self.current = None;
     }
 
     /// Appends one round: every chunk's records in order, then the footer
@@ -923,6 +936,91 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         .flat_map(|c| c.records)
         .chain(pending)
         .collect();
+    Ok(out)
+}
+
+/// What [`prune_segment`] did to a segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The sessions that had records pruned, with how many.
+    pub sessions: BTreeMap<String, u64>,
+    /// Whether every record of every whole round in the segment is now a
+    /// pruned one (nothing in it can be pruned any more).
+    pub fully_pruned: bool,
+}
+
+/// Replaces, in segment `number` at `path`, the body of every record of a
+/// whole round whose session `prune` selects by its pruned form
+/// (`0xF0 ‖ seq ‖ leaf hash`, see [`crate::commitment::encode_pruned`]),
+/// and writes the result in place of the segment atomically (a temporary
+/// file, synced, renamed over it, the directory synced). Every other byte
+/// is kept as it was: other sessions' records, footers, the start record,
+/// and what a crash left at the end (records never acknowledged, a torn
+/// record), which stay evidence. Records already pruned are left as they
+/// are. The segment must be closed: no writer may append to it while this
+/// runs ([`SegmentWriter::close_current`]).
+///
+/// # Errors
+/// As [`read_segment`]; [`SegmentError::Record`] if the new segment cannot
+/// be written (the old one is then untouched).
+pub fn prune_segment(
+    number: u64,
+    path: &Path,
+    mut prune: impl FnMut(&str) -> bool,
+) -> Result<Pruned, SegmentError> {
+    use crate::commitment::{PRUNED_TAG, decode_pruned, encode_pruned};
+    let contents = read_segment(number, path)?;
+    let mut out = Pruned {
+        sessions: BTreeMap::new(),
+        fully_pruned: true,
+    };
+    // (offset, end, new body) of each record replaced, in file order.
+    let mut replace: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    for chunk in &contents.chunks {
+        let selected = prune(&chunk.session);
+        for (i, r) in chunk.records.iter().enumerate() {
+            let already = r.body.first() == Some(&PRUNED_TAG) && decode_pruned(&r.body).is_ok();
+            if already {
+                continue;
+            }
+            if !selected {
+                out.fully_pruned = false;
+                continue;
+            }
+            let seq = chunk.first_seq.saturating_add(i as u64);
+            let leaf = crate::merkle::leaf_hash(&r.body);
+            replace.push((r.offset, r.end(), encode_pruned(seq, &leaf).to_vec()));
+            *out.sessions.entry(chunk.session.clone()).or_default() += 1;
+        }
+    }
+    if replace.is_empty() {
+        return Ok(out);
+    }
+    replace.sort_unstable_by_key(|(offset, _, _)| *offset);
+    let old = fs::read(path).map_err(|source| RecordError::Io {
+        op: crate::records::IoOp::Read,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut new = Vec::with_capacity(old.len());
+    let mut at = 0usize;
+    for (offset, end, body) in &replace {
+        let (offset, end) = (
+            usize::try_from(*offset).unwrap_or(usize::MAX),
+            usize::try_from(*end).unwrap_or(usize::MAX),
+        );
+        if offset < at || end > old.len() {
+            // The file changed under us (it was to be closed): touch nothing.
+            return Err(SegmentError::Changed {
+                path: path.to_path_buf(),
+            });
+        }
+        new.extend_from_slice(&old[at..offset]);
+        crate::records::encode_frame_into(&mut new, body);
+        at = end;
+    }
+    new.extend_from_slice(&old[at..]);
+    crate::records::replace_file(path, &new)?;
     Ok(out)
 }
 

@@ -1324,11 +1324,40 @@ mod tests {
         let head = auditor.close().unwrap().expect("a signed head");
         assert_eq!(head.head.size, 2);
         let key = *auditor.public_key();
+        into_files(&dir);
         Fixture {
             _tmp: tmp,
             dir,
             key,
         }
+    }
+
+    /// Moves every session's records out of the segments into a file of its
+    /// own, `sessions/<id>.log`, as auditors before segments wrote them, and
+    /// removes the segments: the tampering tests edit those files (the
+    /// format-1 layout, which verify, recovery and retention still read).
+    /// [`into_segments`] moves them back, as rounds a test chooses.
+    fn into_files(dir: &Path) {
+        let segments = crate::segments::segments_dir(dir);
+        let mut all = crate::segments::SessionAssembler::default();
+        for (n, p) in crate::segments::list_segments(&segments).unwrap() {
+            all.add_segment(&crate::segments::read_segment(n, &p).unwrap());
+        }
+        std::fs::create_dir_all(dir.join("sessions")).unwrap();
+        for (session, s) in all.into_sessions() {
+            assert!(s.problems.is_empty(), "{session}: {:?}", s.problems);
+            let mut w = crate::records::RecordWriter::create(
+                session_log_path(dir, &session),
+                LogKind::SESSION_DELTAS,
+                Durability::OnClose,
+            )
+            .unwrap();
+            for l in s.records {
+                w.append(&l.record.body, Duration::ZERO).unwrap();
+            }
+            w.close().unwrap();
+        }
+        std::fs::remove_dir_all(&segments).unwrap();
     }
 
     fn log_a(f: &Fixture) -> PathBuf {
@@ -1385,13 +1414,9 @@ mod tests {
                 write(&bus, &s, i);
             }
             // Written by the capturing thread itself: the flusher sleeps an hour.
-            let on_disk = read_log(
-                session_log_path(&worker_dir, "s-pressed"),
-                LogKind::SESSION_DELTAS,
-            )
-            .unwrap()
-            .records
-            .len();
+            let on_disk = crate::auditor::read_session_log(&worker_dir, "s-pressed")
+                .unwrap()
+                .len();
             auditor.seal(&s).unwrap();
             auditor.close().unwrap();
             let _ = done_tx.send(on_disk);
@@ -1717,13 +1742,39 @@ mod tests {
             prove(&dir, "s-p", 2, None),
             Err(ProofError::Pruned { seq: 2, .. })
         ));
-        // A changed leaf hash in a pruned record is still caught.
-        let path = session_log_path(&dir, "s-p");
-        let mut b = bodies(&path, LogKind::SESSION_DELTAS);
-        b[4][40] ^= 1;
-        rewrite_log(&path, LogKind::SESSION_DELTAS, &b).unwrap();
+        // A changed leaf hash in a pruned record (its checksum fixed) is
+        // still caught.
+        edit_segment_records(&dir, |body| {
+            let last = body.first() == Some(&PRUNED_TAG)
+                && decode_pruned(body).is_ok_and(|(seq, _)| seq == 4);
+            if last {
+                body[40] ^= 1;
+            }
+            last
+        });
         let r = verify_dir(&dir, None, Some(auditor.public_key())).unwrap();
         assert_eq!(kinds(&r, "s-p"), vec![ProblemKind::RootMismatch]);
+    }
+
+    /// Rewrites every segment of `dir` with each record's body passed to
+    /// `edit` (which returns whether it changed it), checksums recomputed:
+    /// tampering that framing cannot see. Panics unless exactly one record
+    /// was changed.
+    fn edit_segment_records(dir: &Path, mut edit: impl FnMut(&mut Vec<u8>) -> bool) {
+        let mut changed = 0;
+        for (_, path) in
+            crate::segments::list_segments(&crate::segments::segments_dir(dir)).unwrap()
+        {
+            let mut b = bodies(&path, LogKind::SEGMENT);
+            let before = changed;
+            for body in &mut b {
+                changed += usize::from(edit(body));
+            }
+            if changed > before {
+                rewrite_log(&path, LogKind::SEGMENT, &b).unwrap();
+            }
+        }
+        assert_eq!(changed, 1, "records edited");
     }
 
     use crate::auditor::AuditError;
@@ -1800,6 +1851,8 @@ mod tests {
             }
             auditor.close().unwrap();
         }
+        // As an auditor before segments left it: a file per session.
+        into_files(&dir);
         // The crash tore the last record.
         let path = session_log_path(&dir, "s-c");
         let len = std::fs::metadata(&path).unwrap().len();
@@ -1832,6 +1885,201 @@ mod tests {
     }
 
     #[test]
+    fn sessions_left_unsealed_in_segments_are_sealed_on_reopen_and_a_crashs_leftovers_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            let a = SessionId::new("s-a").unwrap();
+            let b = SessionId::new("s-b").unwrap();
+            for i in 0..3 {
+                write(&bus, &a, i);
+            }
+            for i in 0..2 {
+                write(&bus, &b, i);
+            }
+            auditor.seal(&b).unwrap();
+            auditor.close().unwrap();
+        }
+        // What a crash inside a round leaves: records with no footer, then
+        // half a record.
+        let segs = crate::segments::segments_dir(&dir);
+        let seg1 = crate::segments::segment_path(&segs, 1);
+        let (mut w, _) =
+            crate::records::RecordWriter::open_append(&seg1, LogKind::SEGMENT, Durability::OnClose)
+                .unwrap();
+        let unacknowledged = b"\x01never acknowledged";
+        w.append(unacknowledged, Duration::ZERO).unwrap();
+        w.close().unwrap();
+        let len = std::fs::metadata(&seg1).unwrap().len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg1)
+            .unwrap()
+            .write_all(&[9, 0, 0, 0])
+            .unwrap();
+
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let report = {
+            // The report of the open above is not kept by `open`: reopen.
+            auditor.close().unwrap();
+            drop(auditor);
+            drop(bus);
+            let (auditor, report) = Auditor::open(
+                &dir,
+                AuditConfig::default(),
+                Arc::new(FakeClock::new()),
+                Arc::new(FakeWallClock::new(1)),
+            )
+            .unwrap();
+            auditor.close().unwrap();
+            report
+        };
+        // s-a was sealed by the first reopen; the second finds nothing to do
+        // but the crash's leftovers, which stay where they are.
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+        let at = len - 8 - unacknowledged.len() as u64;
+        assert_eq!(report.uncommitted, vec![(seg1.clone(), at, 1)]);
+        assert_eq!(report.torn.len(), 1, "{report:?}");
+        assert_eq!(
+            (report.torn[0].0.clone(), report.torn[0].1.saved_to.clone()),
+            (seg1.clone(), None)
+        );
+        assert_eq!(
+            std::fs::metadata(&seg1).unwrap().len(),
+            len + 4,
+            "never cut"
+        );
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        let a = r.sessions.iter().find(|s| s.session == "s-a").unwrap();
+        assert_eq!(a.records, 3);
+        assert!(matches!(
+            a.status,
+            SessionStatus::Committed { tree_size: 3, .. }
+        ));
+        assert_eq!(r.notes.len(), 2, "{r}");
+    }
+
+    #[test]
+    fn an_orphan_is_sealed_once_by_the_first_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            let a = SessionId::new("s-a").unwrap();
+            for i in 0..3 {
+                write(&bus, &a, i);
+            }
+            auditor.close().unwrap();
+        }
+        let reopen = || {
+            let (auditor, report) = Auditor::open(
+                &dir,
+                AuditConfig::default(),
+                Arc::new(FakeClock::new()),
+                Arc::new(FakeWallClock::new(1)),
+            )
+            .unwrap();
+            auditor.close().unwrap();
+            report
+        };
+        assert_eq!(reopen().sealed_on_recovery, vec![("s-a".to_string(), 3)]);
+        assert!(reopen().sealed_on_recovery.is_empty());
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn recovery_reads_no_segment_older_than_the_last_ones_start_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = || AuditConfig {
+            durability: Durability::EveryRecord,
+            // Every round closes its segment: one delta per segment.
+            max_segment_bytes: 1,
+            ..AuditConfig::default()
+        };
+        {
+            let (auditor, bus) = open_with(&dir, config());
+            let old = SessionId::new("s-old").unwrap();
+            let live = SessionId::new("s-live").unwrap();
+            write(&bus, &old, 0);
+            write(&bus, &old, 1);
+            auditor.seal(&old).unwrap();
+            for i in 0..3 {
+                write(&bus, &live, i);
+            }
+            auditor.close().unwrap();
+        }
+        let segs = crate::segments::segments_dir(&dir);
+        let numbers: Vec<u64> = crate::segments::list_segments(&segs)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5]);
+        assert_eq!(crate::segments::recovery_start(&segs).unwrap(), 3);
+        // Segments 1 and 2 hold only a session sealed for good: recovery
+        // must not need them (here they cannot be read at all).
+        let kept: Vec<Vec<u8>> = [1, 2]
+            .iter()
+            .map(|&n| std::fs::read(crate::segments::segment_path(&segs, n)).unwrap())
+            .collect();
+        for n in [1, 2] {
+            std::fs::write(crate::segments::segment_path(&segs, n), b"not a segment").unwrap();
+        }
+        let (auditor, report) = Auditor::open(
+            &dir,
+            config(),
+            Arc::new(FakeClock::new()),
+            Arc::new(FakeWallClock::new(1)),
+        )
+        .unwrap();
+        auditor.close().unwrap();
+        assert!(report.damaged.is_empty(), "{report:?}");
+        assert_eq!(report.sealed_on_recovery, vec![("s-live".to_string(), 3)]);
+        for (n, bytes) in [1, 2].iter().zip(kept) {
+            std::fs::write(crate::segments::segment_path(&segs, *n), bytes).unwrap();
+        }
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn pruning_a_session_in_the_open_segment_closes_it_and_spares_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let done = SessionId::new("s-done").unwrap();
+        let live = SessionId::new("s-live").unwrap();
+        for i in 0..3 {
+            write(&bus, &done, i);
+            write(&bus, &live, i);
+        }
+        auditor.seal(&done).unwrap();
+        assert_eq!(auditor.prune("s-done").unwrap(), 3);
+        // The next delta goes to a new segment: the pruned one was rewritten.
+        write(&bus, &live, 3);
+        let segs = crate::segments::segments_dir(&dir);
+        assert_eq!(crate::segments::list_segments(&segs).unwrap().len(), 2);
+        auditor.seal(&live).unwrap();
+        assert!(matches!(
+            auditor.prune("s-nowhere"),
+            Err(AuditError::NotSealed(_))
+        ));
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        let counts: Vec<(&str, u64, u64)> = r
+            .sessions
+            .iter()
+            .map(|s| (s.session.as_str(), s.records, s.pruned))
+            .collect();
+        assert_eq!(counts, [("s-done", 3, 3), ("s-live", 4, 0)]);
+    }
+
+    #[test]
     fn damaged_logs_left_open_by_a_crash_are_reported_kept_and_do_not_stop_the_auditor() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
@@ -1846,6 +2094,8 @@ mod tests {
             }
             auditor.close().unwrap();
         }
+        // As an auditor before segments left them: a file per session.
+        into_files(&dir);
         // A flipped byte inside the middle record.
         let corrupt = session_log_path(&dir, "s-corrupt");
         let offsets: Vec<u64> = read_log(&corrupt, LogKind::SESSION_DELTAS)
@@ -2070,10 +2320,9 @@ mod tests {
         write(&bus, &new, 0);
         auditor.seal(&new).unwrap();
         let pruned = |name: &str| {
-            read_log(session_log_path(&dir, name), LogKind::SESSION_DELTAS)
+            crate::auditor::read_session_log(&dir, name)
                 .map(|r| {
-                    r.records
-                        .iter()
+                    r.iter()
                         .filter(|r| r.body.first() == Some(&PRUNED_TAG))
                         .count()
                 })
@@ -2356,16 +2605,23 @@ mod tests {
             write(&bus, s, 1);
             auditor.seal(s).unwrap();
         }
-        // s-1 cannot be pruned for now: its replacement cannot be created.
-        let blocker = dir.join("sessions").join("s-1.log.tmp");
-        std::fs::create_dir(&blocker).unwrap();
-        assert!(auditor.apply_retention(Duration::from_secs(3600)).is_err());
         auditor.close().unwrap();
         drop(auditor);
         let reopen = |at: u64| {
             let wall = FakeWallClock::new(at);
             Auditor::open(&dir, config(), Arc::new(FakeClock::new()), Arc::new(wall)).unwrap()
         };
+        // The commitment log's walk is the same whatever holds the deltas:
+        // shown on files (format 1), whose pruning can be blocked one
+        // session at a time.
+        into_files(&dir);
+        let (auditor, _) = reopen(1_000_000 + 2 * hour);
+        // s-1 cannot be pruned for now: its replacement cannot be created.
+        let blocker = dir.join("sessions").join("s-1.log.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(auditor.apply_retention(Duration::from_secs(3600)).is_err());
+        auditor.close().unwrap();
+        drop(auditor);
 
         // Resumes at s-1, the one that failed; s-0 is never read again
         // (damaging it would fail a pass that did read it).
@@ -2432,64 +2688,38 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn live_session_logs_beyond_the_bound_are_closed_between_writes_and_resume_intact() {
+    fn live_sessions_share_one_open_segment_whatever_their_number() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
-        let (auditor, bus) = open_with(
+        let (auditor, bus) = open(
             &dir,
-            AuditConfig {
-                durability: Durability::GroupCommit {
-                    max_records: usize::MAX,
-                    max_delay: Duration::from_secs(3600),
-                },
-                max_open_logs: 2,
-                ..AuditConfig::default()
+            Durability::GroupCommit {
+                max_records: usize::MAX,
+                max_delay: Duration::from_secs(3600),
             },
         );
-        let sessions: Vec<SessionId> = (0..10)
+        let sessions: Vec<SessionId> = (0..50)
             .map(|n| SessionId::new(format!("s-{n}")).unwrap())
             .collect();
-        let sessions_dir = dir.join("sessions");
+        let segments = crate::segments::segments_dir(&dir);
         for round in 0..3 {
             for s in &sessions {
                 write(&bus, s, round);
             }
             auditor.flush().unwrap();
-            // Ten live sessions, all written, at most two logs open.
-            assert_eq!(open_files_under(&sessions_dir), 2, "round {round}");
+            // Fifty live sessions, all written, one file open for them.
+            assert_eq!(open_files_under(&segments), 1, "round {round}");
         }
-        // A parked log that changed behind the writer's back is not appended to.
-        let victim = &sessions[9];
-        let path = session_log_path(&dir, victim.as_str());
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"x")
-            .unwrap();
-        write(&bus, victim, 3);
-        let err = auditor.flush().unwrap_err().to_string();
-        assert!(err.contains("changed while parked"), "{err}");
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert_eq!(auditor.stats().write_failures, 1);
-        // Undo the damage: the staged delta is written by the next round.
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 1)
-            .unwrap();
+        assert!(!dir.join("sessions").exists(), "no file per session");
         for s in &sessions {
             auditor.seal(s).unwrap();
         }
         auditor.close().unwrap();
-        assert_eq!(open_files_under(&sessions_dir), 0);
         let r = verify_dir(&dir, None, None).unwrap();
         assert!(r.ok(), "{r}");
+        assert_eq!(r.sessions.len(), 50);
         for s in &r.sessions {
-            let want = if s.session == victim.as_str() { 4 } else { 3 };
-            assert_eq!(s.records, want, "{}", s.session);
+            assert_eq!(s.records, 3, "{}", s.session);
             assert!(matches!(s.status, SessionStatus::Committed { .. }));
         }
     }
@@ -2509,10 +2739,9 @@ mod tests {
         for i in 0..3 {
             write(&bus, &s, i);
         }
-        let path = session_log_path(&dir, "s-g");
         // Generous bound: the flusher ticks every 5 ms.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while read_log(&path, LogKind::SESSION_DELTAS).map_or(0, |r| r.records.len()) < 3 {
+        while crate::auditor::read_session_log(&dir, "s-g").map_or(0, |r| r.len()) < 3 {
             assert!(std::time::Instant::now() < deadline, "not flushed in 10 s");
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -261,6 +261,12 @@ fn prune(
     for (path, e) in &report.damaged {
         out += &format!("damaged, not sealed: {} ({e})\n", path.display());
     }
+    for (path, offset, n) in &report.uncommitted {
+        out += &format!(
+            "{}: {n} record(s) from offset {offset} were never acknowledged (a crash inside a round); kept as evidence\n",
+            path.display()
+        );
+    }
     if let Some(why) = &report.retention_mark_ignored {
         out += &format!("retention mark ignored ({why}): walking every commitment\n");
     }
@@ -292,9 +298,38 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
     let mut o = String::new();
     // A name that is not a session id could point outside the directory.
     ahv_core::SessionId::new(session).with_context(|| format!("--session {session:?}"))?;
+    // Its own file (written before segments), then its chunks in the
+    // segments.
     let path = ahv_audit::auditor::session_log_path(dir, session);
-    let rec =
-        read_log(&path, LogKind::SESSION_DELTAS).with_context(|| format!("session {session}"))?;
+    let rec = if std::fs::symlink_metadata(&path).is_ok() {
+        Some(
+            read_log(&path, LogKind::SESSION_DELTAS)
+                .with_context(|| format!("session {session}"))?,
+        )
+    } else {
+        None
+    };
+    let segments = ahv_audit::segments::segments_dir(dir);
+    let chunks = ahv_audit::segments::session_records(&segments, session)
+        .with_context(|| format!("session {session}: {}", segments.display()))?;
+    if rec.is_none() && chunks.records.records.is_empty() {
+        bail!(
+            "session {session}: no records, neither in {} nor in {}",
+            path.display(),
+            segments.display()
+        );
+    }
+    let records: Vec<(Option<u64>, &ahv_audit::Record)> = rec
+        .iter()
+        .flat_map(|r| r.records.iter().map(|r| (None, r)))
+        .chain(
+            chunks
+                .records
+                .records
+                .iter()
+                .map(|l| (Some(l.segment), &l.record)),
+        )
+        .collect();
     // Streamed: the commitment log holds every session ever sealed. An
     // unreadable log shows the session as not sealed (`verify` says why).
     let (mut sealed, mut i) = (None, 0u64);
@@ -313,11 +348,15 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
             true
         },
     );
+    let place = match (&rec, chunks.records.records.is_empty()) {
+        (Some(_), true) => path.display().to_string(),
+        (Some(_), false) => format!("{} and {}", path.display(), segments.display()),
+        (None, _) => segments.display().to_string(),
+    };
     writeln!(
         o,
-        "session {session}: {} delta(s) in {}",
-        rec.records.len(),
-        path.display()
+        "session {session}: {} delta(s) in {place}",
+        records.len()
     )?;
     match &sealed {
         Some((i, c)) => writeln!(
@@ -327,7 +366,11 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
         ),
         None => writeln!(o, "not sealed"),
     }?;
-    for (pos, r) in rec.records.iter().enumerate() {
+    for (pos, (segment, r)) in records.iter().enumerate() {
+        let at = match segment {
+            Some(n) => format!("segment {n}, offset {}", r.offset),
+            None => format!("offset {}", r.offset),
+        };
         if r.body.first() == Some(&PRUNED_TAG) {
             match decode_pruned(&r.body) {
                 Ok((seq, leaf)) => writeln!(o, "#{seq} (pruned; leaf {leaf})"),
@@ -337,17 +380,29 @@ fn show(dir: &Path, session: &str) -> anyhow::Result<String> {
         }
         match Delta::decode(&r.body) {
             Ok(d) => writeln!(o, "{d}"),
-            Err(e) => writeln!(o, "record {pos} (offset {}): undecodable: {e}", r.offset),
+            Err(e) => writeln!(o, "record {pos} ({at}): undecodable: {e}"),
         }?;
     }
-    for c in &rec.corrupt {
-        writeln!(o, "damaged record at offset {} (checksum)", c.offset)?;
+    if let Some(rec) = &rec {
+        for c in &rec.corrupt {
+            writeln!(o, "damaged record at offset {} (checksum)", c.offset)?;
+        }
+        if let Some(t) = &rec.tail {
+            writeln!(
+                o,
+                "torn tail at offset {}: {} byte(s), {:?}",
+                t.offset, t.len, t.reason
+            )?;
+        }
     }
-    if let Some(t) = &rec.tail {
+    for p in &chunks.records.problems {
+        writeln!(o, "in the segments: {p:?}")?;
+    }
+    if !chunks.unclean_segments.is_empty() {
         writeln!(
             o,
-            "torn tail at offset {}: {} byte(s), {:?}",
-            t.offset, t.len, t.reason
+            "segments with damaged or unfinished rounds (`ahv audit verify` names them): {:?}",
+            chunks.unclean_segments
         )?;
     }
     Ok(o)
@@ -412,15 +467,20 @@ mod tests {
     fn verify_exits_0_when_clean_and_1_when_a_delta_is_removed() {
         let (tmp, key) = state();
         assert_eq!(verify(tmp.path(), &key), Exit::Ok);
-        let log = tmp.path().join("audit/sessions/s-cli.log");
-        let mut bodies: Vec<Vec<u8>> = read_log(&log, LogKind::SESSION_DELTAS)
+        // The session's second delta taken out of its segment.
+        let segments = ahv_audit::segments::segments_dir(&tmp.path().join("audit"));
+        let log = ahv_audit::segments::segment_path(&segments, 1);
+        let mut bodies: Vec<Vec<u8>> = read_log(&log, LogKind::SEGMENT)
             .unwrap()
             .records
             .into_iter()
             .map(|r| r.body)
             .collect();
-        bodies.remove(1);
-        rewrite_log(&log, LogKind::SESSION_DELTAS, &bodies).unwrap();
+        let deltas: Vec<usize> = (0..bodies.len())
+            .filter(|&i| ahv_audit::Delta::decode(&bodies[i]).is_ok())
+            .collect();
+        bodies.remove(deltas[1]);
+        rewrite_log(&log, LogKind::SEGMENT, &bodies).unwrap();
         assert_eq!(verify(tmp.path(), &key), EXIT_TAMPERED);
     }
 

@@ -8,11 +8,15 @@
 //! input = flags: u8 ‖ part (SEP part)*        SEP = "--8<--"
 //! part 0 sessions/s-1.log    part 1 commitments.log    part 2 heads.log
 //! part 3 sessions/s-2.log    part 4 public-key          part 5 a proof (JSON)
-//! part 6 retention.mark
+//! part 6 retention.mark      part 7 segments/00000000000000000001.seg
 //! ```
 //!
+//! Parts 0 and 3 are the per-session files auditors wrote before segments
+//! (format 1, still read); part 7 is a segment, where an auditor now
+//! writes every session's deltas.
+//!
 //! A missing or empty part is a missing file. Flags:
-//! - [`FRAME`]: each log part (0, 1, 2, 3, 6) is a list of record bodies
+//! - [`FRAME`]: each log part (0, 1, 2, 3, 6, 7) is a list of record bodies
 //!   separated by [`RSEP`]; the check writes the file header and frames them
 //!   (valid lengths and checksums) so that the fuzzer reaches the decoders.
 //!   Without it the parts are written byte for byte (the framing is fuzzed);
@@ -24,7 +28,8 @@
 //!   past the signature;
 //! - [`REPAIR`] (implies framing): make each session log a consistent chain
 //!   (the seq, session and parent of every delta that decodes are set), write
-//!   the commitments of both logs and sign them (parts 1 and 2 are ignored).
+//!   the commitments of both logs and sign them (parts 1, 2 and 7 are
+//!   ignored).
 //!   Then the directory must verify exactly when every record decodes;
 //! - [`REOPEN`]: after verifying, open an [`Auditor`] on the directory (crash
 //!   recovery), close it and verify again; without parts 1, 2 and 4 the
@@ -34,7 +39,9 @@
 //! Checked every time: `read_log` and `scan_log` of every log, `Delta`,
 //! `Commitment`, pruned-record and signed-head decoding of every record
 //! (a decoded delta or commitment re-encodes to the same bytes, as FORMAT.md
-//! says decoders are strict), `verify_dir` (its text and JSON forms too),
+//! says decoders are strict), a segment's footers and start record, its
+//! rounds and the sessions assembled from them, and pruning it in place
+//! (everything but the selected records kept byte for byte), `verify_dir` (its text and JSON forms too),
 //! `prove` for the first deltas of `s-1` when it verifies (the proof must
 //! check with the key), and the proof of part 5.
 
@@ -44,6 +51,7 @@ use std::time::Duration;
 
 use ahv_audit::commitment::{PRUNED_TAG, decode_pruned, encode_pruned};
 use ahv_audit::records::{LogKind, Recovered, read_log, rewrite_log, scan_log};
+use ahv_audit::segments;
 use ahv_audit::signing::{FakeWallClock, HypervisorKey, SignedTreeHead, TreeHead};
 use ahv_audit::{
     AuditConfig, AuditProof, Auditor, Commitment, Delta, Durability, Hash, MerkleLog, PublicKey,
@@ -71,7 +79,7 @@ pub const REOPEN: u8 = 1 << 5;
 pub const FUZZ_KEY_SEED: [u8; 32] = [7; 32];
 
 /// The file each part becomes, with its record kind (`None`: not a log).
-const PARTS: [(&str, Option<LogKind>); 7] = [
+const PARTS: [(&str, Option<LogKind>); 8] = [
     ("sessions/s-1.log", Some(LogKind::SESSION_DELTAS)),
     ("commitments.log", Some(LogKind::COMMITMENTS)),
     ("heads.log", Some(LogKind::SIGNED_HEADS)),
@@ -79,6 +87,7 @@ const PARTS: [(&str, Option<LogKind>); 7] = [
     ("public-key", None),
     ("proof.json", None),
     ("retention.mark", Some(LogKind::RETENTION_MARK)),
+    ("segments/00000000000000000001.seg", Some(LogKind::SEGMENT)),
 ];
 const SESSIONS: [(&str, usize); 2] = [("s-1", 0), ("s-2", 3)];
 
@@ -141,6 +150,7 @@ pub fn run(data: &[u8]) -> Outcome {
         panic!("setting up the audit directory ({what}): {e}")
     };
     std::fs::create_dir_all(dir.join("sessions")).unwrap_or_else(|e| io("mkdir", &e));
+    std::fs::create_dir_all(dir.join("segments")).unwrap_or_else(|e| io("mkdir", &e));
     let key = HypervisorKey::from_seed(FUZZ_KEY_SEED);
     let pinned = key.public_key();
     let framed = flags & (FRAME | REPAIR) != 0;
@@ -172,7 +182,9 @@ pub fn run(data: &[u8]) -> Outcome {
             continue;
         }
         let Some(bytes) = part(i) else { continue };
-        if flags & REPAIR != 0 && (i == 1 || i == 2) {
+        // Repair makes the session files and the commitments consistent; a
+        // segment beside them would hold records it does not account for.
+        if flags & REPAIR != 0 && (i == 1 || i == 2 || i == 7) {
             continue;
         }
         let path = dir.join(file);
@@ -195,6 +207,7 @@ pub fn run(data: &[u8]) -> Outcome {
             check_log(&dir.join(file), *kind, framed);
         }
     }
+    check_segment(&dir.join(PARTS[7].0));
 
     let session = (flags & ONE_SESSION != 0).then_some("s-1");
     let key = (flags & DIR_KEY == 0).then_some(&pinned);
@@ -409,6 +422,23 @@ fn decode_record(kind: LogKind, body: &[u8]) {
                 );
             }
         }
+        LogKind::SEGMENT => {
+            if let Ok(f) = segments::decode_footer(body) {
+                assert_eq!(
+                    segments::encode_footer(&f.entries, f.last),
+                    body,
+                    "a footer re-encodes differently: {f:?}"
+                );
+            }
+            if let Some(oldest) = segments::decode_start(body) {
+                assert_eq!(
+                    segments::encode_start(oldest).as_slice(),
+                    body,
+                    "a start record re-encodes differently"
+                );
+            }
+            decode_record(LogKind::SESSION_DELTAS, body);
+        }
         LogKind::SIGNED_HEADS => {
             if let Ok(h) = SignedTreeHead::from_bytes(body) {
                 assert_eq!(
@@ -419,6 +449,71 @@ fn decode_record(kind: LogKind, body: &[u8]) {
             }
         }
         _ => {}
+    }
+}
+
+/// A segment read as rounds: every record is a start record, in a whole
+/// round, damaged, or after the last round; the sessions assembled from
+/// it hold no more records than its rounds. Pruning a copy of it keeps
+/// every byte but the selected records', which become pruned ones.
+fn check_segment(path: &Path) {
+    let Ok(contents) = segments::read_segment(1, path) else {
+        return;
+    };
+    let _ = contents.is_clean();
+    let in_chunks: usize = contents.chunks.iter().map(|c| c.records.len()).sum();
+    let mut all = segments::SessionAssembler::default();
+    all.add_segment(&contents);
+    let assembled: usize = all.sessions().values().map(|s| s.records.len()).sum();
+    assert!(
+        assembled <= in_chunks,
+        "{assembled} records assembled from {in_chunks} in chunks"
+    );
+    for (name, s) in all.sessions() {
+        assert!(
+            s.records.windows(2).all(|w| w[0].seq < w[1].seq),
+            "{name}: assembled records out of order"
+        );
+    }
+    if !contents.chunks.iter().any(|c| c.session == "s-1") {
+        return;
+    }
+    let copy_dir = super::scratch_dir();
+    let copy = copy_dir.path().join("00000000000000000001.seg");
+    if std::fs::copy(path, &copy).is_err() {
+        return;
+    }
+    let before = std::fs::read(&copy).unwrap_or_default();
+    let Ok(pruned) = segments::prune_segment(1, &copy, |s| s == "s-1") else {
+        return;
+    };
+    let after = segments::read_segment(1, &copy)
+        .unwrap_or_else(|e| panic!("a pruned segment cannot be read: {e}"));
+    assert_eq!(
+        after.chunks.len(),
+        contents.chunks.len(),
+        "pruning changed the rounds"
+    );
+    for (a, b) in after.chunks.iter().zip(&contents.chunks) {
+        assert_eq!(
+            (&a.session, a.first_seq, a.records.len()),
+            (&b.session, b.first_seq, b.records.len())
+        );
+        for (ra, rb) in a.records.iter().zip(&b.records) {
+            if a.session == "s-1" {
+                assert_eq!(ra.body.first(), Some(&PRUNED_TAG), "s-1 not pruned");
+            } else {
+                assert_eq!(ra.body, rb.body, "another session's record changed");
+            }
+        }
+    }
+    assert_eq!(after.uncommitted.len(), contents.uncommitted.len());
+    if pruned.sessions.is_empty() {
+        assert_eq!(
+            std::fs::read(&copy).unwrap_or_default(),
+            before,
+            "nothing to prune, yet the file changed"
+        );
     }
 }
 

@@ -18,7 +18,8 @@
 //! - `session_lifecycle/audited`: the same with the audit log on (a delta
 //!   per event, the session sealed by a commitment at termination); every
 //!   1000 lifecycles the log is written and synced *outside* the timing —
-//!   `audited_incl_disk` counts that too (each session is its own log file).
+//!   `audited_incl_disk` counts that too (the sessions' deltas go to a
+//!   segment file, one write and one sync per round).
 //!   Its floor in the same run, `session_lifecycle/floor_unaudited_plus_hashing`:
 //!   the unaudited lifecycle plus only the SHA-256 work of auditing it (its
 //!   six real deltas' leaf hashes, their tree and root, the commitment's
@@ -147,10 +148,8 @@ fn timed<F: std::future::Future>(
 
 /// The deltas a sealed session's log holds, as written.
 fn logged_deltas(state: &std::path::Path, session: &SessionId) -> Vec<Vec<u8>> {
-    let log = ahv_audit::auditor::session_log_path(&state.join("audit"), session.as_str());
-    ahv_audit::read_log(&log, ahv_audit::LogKind::SESSION_DELTAS)
+    ahv_audit::auditor::read_session_log(&state.join("audit"), session.as_str())
         .unwrap()
-        .records
         .into_iter()
         .map(|r| r.body)
         .collect()

@@ -800,7 +800,14 @@ impl HypervisorBuilder {
                     Arc::new(SystemWallClock),
                 )?;
                 for (path, tail) in &report.torn {
-                    tracing::warn!(path = %path.display(), offset = tail.offset, len = tail.len, saved_to = ?tail.saved_to, "audit log had a torn tail (crash); cut and kept aside");
+                    if tail.saved_to.is_some() {
+                        tracing::warn!(path = %path.display(), offset = tail.offset, len = tail.len, saved_to = ?tail.saved_to, "audit log had a torn tail (crash); cut and kept aside");
+                    } else {
+                        tracing::warn!(path = %path.display(), offset = tail.offset, len = tail.len, "audit segment ends in a torn record (crash); left where it is, as evidence");
+                    }
+                }
+                for (path, offset, records) in &report.uncommitted {
+                    tracing::warn!(path = %path.display(), offset, records, "audit segment ends in a round that was never acknowledged (crash); left where it is, as evidence");
                 }
                 for (path, error) in &report.damaged {
                     tracing::error!(path = %path.display(), %error, "damaged audit log left without a commitment: not sealed, kept as evidence (`ahv audit verify` reports it)");
