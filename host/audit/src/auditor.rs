@@ -291,6 +291,18 @@ pub enum AuditError {
     /// The auditor was closed.
     #[error("the auditor is closed")]
     Closed,
+    /// An event whose delta would exceed a record's 16 MiB: not audited.
+    #[error(
+        "session {session}: a {kind} event's delta has {len} bytes, more than a record holds; it was not audited"
+    )]
+    DeltaTooLarge {
+        /// The session.
+        session: String,
+        /// The event's kind.
+        kind: String,
+        /// The delta's encoded length.
+        len: usize,
+    },
     /// Another auditor — in this process or another one — has the directory
     /// open. Two writers would interleave their appends to the commitment
     /// log and seal each other's live sessions as orphans.
@@ -1584,6 +1596,20 @@ impl Shared {
             parent.as_ref(),
             event,
         );
+        if st.staged.len() - start - 4 > crate::records::MAX_RECORD as usize {
+            // Not a record any log can hold (16 MiB): refused here, before
+            // its leaf joins the tree, so the session's log and its
+            // commitment stay consistent; the event goes unaudited, loudly.
+            let len = st.staged.len() - start - 4;
+            st.staged.truncate(start);
+            drop(guard);
+            self.record_failure(&AuditError::DeltaTooLarge {
+                session: session.to_string(),
+                kind: event.kind().to_string(),
+                len,
+            });
+            return None;
+        }
         let body = &st.staged[start + 4..];
         let leaf = leaf_hash(body);
         let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
@@ -1597,7 +1623,12 @@ impl Shared {
         match self.durability {
             Durability::EveryRecord => {
                 drop(guard);
-                if let Err(e) = self.write_logs(std::slice::from_ref(&log)) {
+                // With whatever an earlier failed write staged again, so
+                // that it is retried now rather than at that session's next
+                // event.
+                let mut logs = std::mem::take(&mut *lock(&self.dirty));
+                logs.push(log.clone());
+                if let Err(e) = self.write_logs(&logs) {
                     self.record_failure(&e);
                 }
             }
@@ -1642,15 +1673,13 @@ impl Shared {
         *lock(&self.last_error) = Some(message);
     }
 
-    /// Hands a session's staged deltas to its writer and writes them, syncing
-    /// them when `sync` (otherwise the round syncs the file system once for
-    /// all logs). Serialised per session by its `io` lock; captures go on
-    /// staging meanwhile. On failure the records are staged again, in order.
     /// Writes the staged deltas of `logs` as one round of the current
-    /// segment, synced before this returns. On a failure every delta is
-    /// staged again in front of anything staged since, so a retry writes
-    /// them in order and nothing is lost or written twice (a round whose
-    /// sync failed may be on disk too: readers read a retried round once).
+    /// segment, synced before this returns; captures go on staging
+    /// meanwhile. On a failure every delta is staged again in front of
+    /// anything staged since, before the writer is released, so a retry
+    /// writes them in order and nothing is lost, written twice or passed by
+    /// a later round (a round whose sync failed may be on disk too: readers
+    /// read a retried round once).
     fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<(), AuditError> {
         let mut writer = lock(&self.segments);
         // Taken under the writer's lock: another thread's round cannot
@@ -1680,8 +1709,10 @@ impl Shared {
                 staged,
             })
             .collect();
-        // Lowered (never raised) by sessions forgotten meanwhile: a start
-        // record may name an older segment than needed, never a newer one.
+        // Read under the writer's lock, which every registration of a first
+        // segment holds: no session written so far is missing. A session
+        // forgotten later only raises the true minimum, so a start record
+        // may name an older segment than needed, never a newer one.
         let oldest_live = lock(&self.live_segments)
             .keys()
             .next()
@@ -1703,7 +1734,10 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                drop(writer);
+                // Staged again before the writer is released: another round
+                // (a capture under `EveryRecord`, a seal's round) must not
+                // find the session without these deltas, or it would write
+                // a later one first, or a commitment before them.
                 for (log, staged, count, _) in taken {
                     let mut st = lock(&log.state);
                     let mut back = staged;
@@ -1716,6 +1750,7 @@ impl Shared {
                         lock(&self.dirty).push(log);
                     }
                 }
+                drop(writer);
                 Err(e.into())
             }
         }
@@ -1953,9 +1988,13 @@ impl Shared {
         let _pruning = lock(&self.retention);
         let in_file = path.exists();
         let mut n = if in_file { prune_log(&path)? } else { 0 };
-        let (pruned, found, _) = self.prune_segments(1, |s| s == session)?;
-        n += pruned.get(session).copied().unwrap_or(0);
-        if !in_file && !found.contains(session) {
+        let done = self.prune_segments(1, |s| s == session)?;
+        n += done.pruned.get(session).copied().unwrap_or(0);
+        if let Some((_, e)) = done.skipped.into_iter().next() {
+            // It may have records there too.
+            return Err(e);
+        }
+        if !in_file && !done.found.contains(session) {
             return Err(AuditError::UnknownSession(session.to_string()));
         }
         Ok(n)
@@ -1979,10 +2018,12 @@ impl Shared {
         // since their sessions' commitments are durable.
         let open = lock(&self.segments).current_segment();
         if let Some(open) = open {
-            let holds = read_segment(open, &segment_path(&dir, open))?
-                .chunks
-                .iter()
-                .any(|c| prune(&c.session));
+            // One it cannot make sense of is closed too (and skipped below).
+            let holds = match read_segment(open, &segment_path(&dir, open)) {
+                Ok(c) => c.chunks.iter().any(|c| prune(&c.session)),
+                Err(e) if is_io(&e) => return Err(e.into()),
+                Err(_) => true,
+            };
             let mut writer = lock(&self.segments);
             if holds && writer.current_segment() == Some(open) {
                 writer.close_current();
@@ -1994,6 +2035,7 @@ impl Shared {
         };
         let mut pruned = std::collections::BTreeMap::new();
         let mut found = std::collections::HashSet::new();
+        let mut skipped = Vec::new();
         let mut lowest = None;
         let past_all = list.last().map_or(from, |(n, _)| (n + 1).max(from));
         for (number, path) in list {
@@ -2005,13 +2047,23 @@ impl Shared {
                 lowest.get_or_insert(number);
                 continue;
             }
-            let done = prune_segment(number, &path, |s| {
+            let done = match prune_segment(number, &path, |s| {
                 let selected = prune(s);
                 if selected {
                     found.insert(s.to_string());
                 }
                 selected
-            })?;
+            }) {
+                Ok(d) => d,
+                Err(e) if is_io(&e) => return Err(e.into()),
+                Err(e) => {
+                    // Its contents, not the disk: the others are pruned all
+                    // the same, and later passes read it again.
+                    lowest.get_or_insert(number);
+                    skipped.push((path, e.into()));
+                    continue;
+                }
+            };
             for (s, k) in done.sessions {
                 *pruned.entry(s).or_insert(0) += k;
             }
@@ -2019,7 +2071,12 @@ impl Shared {
                 lowest.get_or_insert(number);
             }
         }
-        Ok((pruned, found, lowest.unwrap_or(past_all)))
+        Ok(SegmentsPruned {
+            pruned,
+            found,
+            next: lowest.unwrap_or(past_all),
+            skipped,
+        })
     }
 
     /// One retention pass: walks the commitment log from where the last pass
@@ -2099,9 +2156,19 @@ impl Shared {
             let set: std::collections::HashSet<&str> =
                 targets.iter().map(|(s, _)| s.as_str()).collect();
             match self.prune_segments(mark.segments_from, |s| set.contains(s)) {
-                Ok((pruned, _, from)) => {
-                    n += pruned.keys().filter(|s| !in_files.contains(*s)).count() as u64;
-                    mark.segments_from = from;
+                Ok(done) => {
+                    n += done
+                        .pruned
+                        .keys()
+                        .filter(|s| !in_files.contains(*s))
+                        .count() as u64;
+                    mark.segments_from = done.next;
+                    // A segment it cannot read is reported by every pass
+                    // (each reads it again) until an operator repairs it;
+                    // its sessions are not retried one by one.
+                    if let Some((_, e)) = done.skipped.into_iter().next() {
+                        first_error.get_or_insert(e);
+                    }
                 }
                 Err(e) => {
                     // Tried again whole by the next pass (a pruned record is
@@ -2272,6 +2339,11 @@ impl Shared {
         let dir = segments_dir(&self.dir);
         let start = recovery_start(&dir)?;
         let mut orphans = SessionAssembler::default();
+        // Sessions that had records in a damaged round (all of them, when a
+        // damaged footer hides whose they were): sealing them over what is
+        // left would commit to a log cut short.
+        let mut suspects = std::collections::HashMap::new();
+        let mut unnamed: Option<PathBuf> = None;
         for (number, path) in list_segments(&dir)? {
             if number < start {
                 continue;
@@ -2301,6 +2373,12 @@ impl Shared {
                         reason: d.reason.clone(),
                     },
                 ));
+                for s in &d.sessions {
+                    suspects.entry(s.clone()).or_insert_with(|| path.clone());
+                }
+                if !d.named {
+                    unnamed.get_or_insert_with(|| path.clone());
+                }
             }
             let ever = &lock(&self.commits.state).ever;
             for chunk in &contents.chunks {
@@ -2321,6 +2399,22 @@ impl Shared {
                 ));
                 continue;
             };
+            let lost_in = suspects.get(&name).or(unnamed.as_ref());
+            if let Some(segment) = lost_in {
+                self.refuse(SealedSet::key(id.as_str()));
+                report.damaged.push((
+                    segment.clone(),
+                    AuditError::BadChunks {
+                        session: name,
+                        dir: dir.clone(),
+                        detail: format!(
+                            "a damaged round of {} held (or may have held) some of its records",
+                            segment.display()
+                        ),
+                    },
+                ));
+                continue;
+            }
             if !s.problems.is_empty() {
                 self.refuse(SealedSet::key(id.as_str()));
                 report.damaged.push((
@@ -2391,13 +2485,27 @@ impl Shared {
     }
 }
 
-/// What [`Shared::prune_segments`] did: records pruned per session, the
-/// selected sessions seen at all, and the lowest segment not pruned whole.
-type SegmentsPruned = (
-    std::collections::BTreeMap<String, u64>,
-    std::collections::HashSet<String>,
-    u64,
-);
+/// What [`Shared::prune_segments`] did.
+struct SegmentsPruned {
+    /// Records pruned, per session.
+    pruned: std::collections::BTreeMap<String, u64>,
+    /// The selected sessions seen at all.
+    found: std::collections::HashSet<String>,
+    /// The lowest segment not pruned whole.
+    next: u64,
+    /// Segments that could not be read or pruned for what they hold (not
+    /// an I/O failure), with why.
+    skipped: Vec<(PathBuf, AuditError)>,
+}
+
+/// Whether a segment error is the disk's (an I/O failure), not the
+/// contents'.
+fn is_io(e: &SegmentError) -> bool {
+    matches!(
+        e,
+        SegmentError::Record(RecordError::Io { .. }) | SegmentError::Dir { .. }
+    )
+}
 
 /// Replaces the bodies of a sealed, written session log by their leaf
 /// hashes; returns how many it replaced (a log already pruned is left as it

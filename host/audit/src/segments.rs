@@ -67,10 +67,12 @@
 //! A round whose write fails is cut off again before the retry. A round
 //! whose *sync* fails may or may not be on disk (the kernel may have dropped
 //! the pages, or written them): the writer then starts a new segment, and
-//! the retried round may exist twice. Readers accept a repeated chunk whose
-//! records are identical to those already read
-//! ([`SessionRecords::repeated`]); a chunk that says something else about
-//! the same sequence numbers is a [`AssemblyProblem::Conflict`].
+//! the retried round may exist twice. Readers accept a chunk that repeats,
+//! identical, records read from an earlier segment
+//! ([`SessionRecords::repeated`]; `verify` is stricter and accepts only a
+//! repeat of the session's last chunk, which is what a retry writes); a
+//! chunk that says something else about the same sequence numbers is a
+//! [`AssemblyProblem::Conflict`].
 //!
 //! # Reading a session
 //!
@@ -519,6 +521,22 @@ impl SegmentWriter {
             source,
         })?;
         let last = list_segments(dir)?.last().map_or(0, |(n, _)| *n);
+        // A prune's temporary copy a crash left before its rename: the
+        // segment itself is whole, the copy is not needed.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let leftover = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".tmp"))
+                    .and_then(segment_number)
+                    .is_some();
+                if leftover && let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e,
+                        "a pruned segment's leftover temporary copy could not be removed");
+                }
+            }
+        }
         Ok(SegmentWriter {
             dir: dir.to_path_buf(),
             max_bytes,
@@ -776,6 +794,12 @@ pub struct DamagedRound {
     pub footer: u64,
     /// Why.
     pub reason: String,
+    /// The sessions its footers name, as far as they decode: their records
+    /// in it are lost to them.
+    pub sessions: Vec<String>,
+    /// Whether every footer of the round decoded, so that `sessions` is all
+    /// of them; if not, any session may have had records in it.
+    pub named: bool,
 }
 
 /// What [`read_segment`] found in a segment.
@@ -903,6 +927,18 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
             }
         };
         let end = record.end();
+        let names = |partial: &[Chunk]| {
+            let footer = decode_footer(&record.body).ok();
+            let mut names: Vec<String> = partial.iter().map(|c| c.session.clone()).collect();
+            names.extend(
+                footer
+                    .iter()
+                    .flat_map(|f| f.entries.iter().map(|e| e.session.clone())),
+            );
+            names.sort();
+            names.dedup();
+            (names, footer.is_some())
+        };
         match verdict {
             Ok(footer) => {
                 let mut records = std::mem::take(&mut pending).into_iter();
@@ -919,12 +955,15 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
                 }
             }
             Err(reason) => {
+                let (sessions, named) = names(&partial);
                 pending.clear();
                 partial.clear();
                 out.damaged.push(DamagedRound {
                     offset: round_start,
                     footer: footer_at,
                     reason,
+                    sessions,
+                    named,
                 });
                 round_start = end;
             }
@@ -1227,16 +1266,26 @@ pub struct OneSession {
     pub unclean_segments: Vec<u64>,
 }
 
-/// Reads one session's records from every segment in `dir`.
+/// Reads one session's records from every segment in `dir`. A segment that
+/// cannot be read for what it holds (its header is not a segment's) is
+/// listed in [`OneSession::unclean_segments`], not an error.
 ///
 /// # Errors
-/// As [`list_segments`] and [`read_segment`].
+/// As [`list_segments`]; [`SegmentError::Record`] for an I/O failure.
 pub fn session_records(dir: &Path, session: &str) -> Result<OneSession, SegmentError> {
     let mut assembler = SessionAssembler::only(session);
+    let mut unreadable = Vec::new();
     for (number, path) in list_segments(dir)? {
-        assembler.add_segment(&read_segment(number, &path)?);
+        match read_segment(number, &path) {
+            Ok(c) => assembler.add_segment(&c),
+            Err(e @ SegmentError::Record(RecordError::Io { .. })) => return Err(e),
+            // Not a segment at all (its header): as unclean as can be.
+            Err(_) => unreadable.push(number),
+        }
     }
-    let unclean_segments = assembler.unclean().to_vec();
+    let mut unclean_segments = assembler.unclean().to_vec();
+    unclean_segments.extend(unreadable);
+    unclean_segments.sort_unstable();
     Ok(OneSession {
         records: assembler
             .into_sessions()

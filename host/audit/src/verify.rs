@@ -383,7 +383,12 @@ pub fn verify_dir(
         let Some(mut check) = checks.remove(&name) else {
             continue;
         };
-        let nowhere = !with_file.contains(&name) && !in_segments.contains(&name);
+        // A session sealed with no deltas has no records anywhere, rightly.
+        let empty = index
+            .by_session
+            .get(&name)
+            .is_some_and(|(_, c)| c.tree_size == 0);
+        let nowhere = !with_file.contains(&name) && !in_segments.contains(&name) && !empty;
         if nowhere {
             check.unreadable = true;
         }
@@ -481,6 +486,20 @@ fn check_segments(
             || !contents.damaged.is_empty()
             || !contents.uncommitted.is_empty()
             || !contents.corrupt.is_empty();
+        if let Some(start) = contents.start
+            && start > number
+        {
+            // Recovery would skip the segments before it: it could hide a
+            // session left open from the next start.
+            report.problems.push(problem(
+                ProblemKind::Damaged,
+                None,
+                Some(crate::records::HEADER_LEN),
+                format!(
+                    "{file}: its start record names segment {start}, after its own number {number}"
+                ),
+            ));
+        }
         if contents.start.is_none() && has_records {
             report.problems.push(problem(
                 ProblemKind::Damaged,
@@ -2077,6 +2096,175 @@ mod tests {
             .map(|s| (s.session.as_str(), s.records, s.pruned))
             .collect();
         assert_eq!(counts, [("s-done", 3, 3), ("s-live", 4, 0)]);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_in_order_by_the_next_event_and_before_the_seal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-f").unwrap();
+        let t = SessionId::new("s-t").unwrap();
+        write(&bus, &s, 0);
+        crate::records::test_faults::fail_next_writes(1);
+        write(&bus, &s, 1);
+        assert_eq!(auditor.stats().write_failures, 1);
+        // Another session's event writes s-f's staged delta too, first.
+        write(&bus, &t, 0);
+        assert_eq!(
+            crate::auditor::read_session_log(&dir, "s-f").unwrap().len(),
+            2
+        );
+        write(&bus, &s, 2);
+        let receipt = auditor.seal(&s).unwrap();
+        assert!(receipt.is_durable());
+        auditor.seal(&t).unwrap();
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.sessions[0].records, 3);
+    }
+
+    #[test]
+    fn an_event_too_large_for_a_record_is_refused_loudly_and_the_log_stays_consistent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-big").unwrap();
+        write(&bus, &s, 0);
+        bus.emit(
+            Some(&s),
+            None,
+            TraceId(1),
+            None,
+            EventPayload::StateWrite {
+                key: "k".repeat(17 << 20),
+                version: 1,
+            },
+        );
+        assert_eq!(auditor.stats().write_failures, 1);
+        let err = auditor.last_error().unwrap();
+        assert!(
+            err.contains("s-big") && err.contains("more than a record holds"),
+            "{err}"
+        );
+        write(&bus, &s, 1);
+        let receipt = auditor.seal(&s).unwrap();
+        assert_eq!(receipt.commitment.tree_size, 2);
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn recovery_does_not_seal_a_session_whose_records_were_in_a_damaged_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            let x = SessionId::new("s-x").unwrap();
+            let y = SessionId::new("s-y").unwrap();
+            for i in 0..3 {
+                write(&bus, &x, i);
+            }
+            write(&bus, &y, 0);
+            auditor.close().unwrap();
+        }
+        // A changed byte in s-x's last delta: its round is unreadable, and
+        // nothing after it says s-x had a third delta.
+        let located = crate::segments::session_records(&crate::segments::segments_dir(&dir), "s-x")
+            .unwrap()
+            .records
+            .records[2]
+            .clone();
+        let path =
+            crate::segments::segment_path(&crate::segments::segments_dir(&dir), located.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[located.record.offset as usize + 12] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (auditor, report) = Auditor::open(
+            &dir,
+            AuditConfig::default(),
+            Arc::new(FakeClock::new()),
+            Arc::new(FakeWallClock::new(1)),
+        )
+        .unwrap();
+        // s-y is sealed; s-x is left as evidence, not sealed over two deltas.
+        assert_eq!(report.sealed_on_recovery, vec![("s-y".to_string(), 1)]);
+        let named: Vec<String> = report.damaged.iter().map(|(_, e)| e.to_string()).collect();
+        assert!(
+            named
+                .iter()
+                .any(|e| e.contains("s-x") && e.contains("damaged round")),
+            "{named:?}"
+        );
+        // Its later events are late, not a new log.
+        let bus = Arc::new(EventBus::new(64, Arc::new(FakeClock::new())));
+        auditor.attach(&bus);
+        write(&bus, &SessionId::new("s-x").unwrap(), 9);
+        assert_eq!(auditor.stats().late, 1);
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(!r.ok());
+        let x = r.sessions.iter().find(|s| s.session == "s-x").unwrap();
+        assert_eq!(x.status, SessionStatus::Open);
+    }
+
+    #[test]
+    fn a_start_record_naming_a_later_segment_is_caught() {
+        // It would let recovery skip segments holding sessions left open.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        write(&bus, &SessionId::new("s-a").unwrap(), 0);
+        auditor.close().unwrap();
+        edit_segment_records(&dir, |body| {
+            let start = crate::segments::decode_start(body) == Some(1);
+            if start {
+                *body = crate::segments::encode_start(5).to_vec();
+            }
+            start
+        });
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.detail.contains("names segment 5, after its own number 1")),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_segment_that_is_not_one_does_not_stop_pruning_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open_with(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                max_segment_bytes: 1,
+                ..AuditConfig::default()
+            },
+        );
+        let a = SessionId::new("s-a").unwrap();
+        let b = SessionId::new("s-b").unwrap();
+        write(&bus, &a, 0);
+        write(&bus, &b, 0);
+        auditor.seal(&a).unwrap();
+        auditor.seal(&b).unwrap();
+        let segs = crate::segments::segments_dir(&dir);
+        let seg1 = crate::segments::segment_path(&segs, 1);
+        let mut bytes = std::fs::read(&seg1).unwrap();
+        bytes[0] ^= 0xFF;
+        std::fs::write(&seg1, &bytes).unwrap();
+        // s-b's record in segment 2 is pruned; segment 1 is named.
+        let err = auditor.prune("s-b").unwrap_err().to_string();
+        assert!(err.contains("00000000000000000001.seg"), "{err}");
+        let b_records = crate::segments::session_records(&segs, "s-b").unwrap();
+        assert_eq!(b_records.unclean_segments, [1]);
+        assert_eq!(b_records.records.records[0].record.body[0], PRUNED_TAG);
+        assert!(crate::auditor::read_session_log(&dir, "s-b").is_ok());
+        auditor.close().unwrap();
     }
 
     #[test]
