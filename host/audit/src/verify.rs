@@ -1392,6 +1392,18 @@ mod tests {
             .collect()
     }
 
+    /// Opens an auditor on `dir` under `config`, both clocks fake, as a
+    /// restarted process would (its recovery report too).
+    fn reopen_with(dir: &Path, config: AuditConfig) -> (Auditor, crate::auditor::RecoveryReport) {
+        Auditor::open(
+            dir,
+            config,
+            Arc::new(FakeClock::new()),
+            Arc::new(FakeWallClock::new(1)),
+        )
+        .unwrap()
+    }
+
     fn kinds(r: &VerifyReport, session: &str) -> Vec<ProblemKind> {
         r.sessions
             .iter()
@@ -1944,13 +1956,7 @@ mod tests {
             auditor.close().unwrap();
             drop(auditor);
             drop(bus);
-            let (auditor, report) = Auditor::open(
-                &dir,
-                AuditConfig::default(),
-                Arc::new(FakeClock::new()),
-                Arc::new(FakeWallClock::new(1)),
-            )
-            .unwrap();
+            let (auditor, report) = reopen_with(&dir, AuditConfig::default());
             auditor.close().unwrap();
             report
         };
@@ -1993,13 +1999,7 @@ mod tests {
             auditor.close().unwrap();
         }
         let reopen = || {
-            let (auditor, report) = Auditor::open(
-                &dir,
-                AuditConfig::default(),
-                Arc::new(FakeClock::new()),
-                Arc::new(FakeWallClock::new(1)),
-            )
-            .unwrap();
+            let (auditor, report) = reopen_with(&dir, AuditConfig::default());
             auditor.close().unwrap();
             report
         };
@@ -2048,13 +2048,7 @@ mod tests {
         for n in [1, 2] {
             std::fs::write(crate::segments::segment_path(&segs, n), b"not a segment").unwrap();
         }
-        let (auditor, report) = Auditor::open(
-            &dir,
-            config(),
-            Arc::new(FakeClock::new()),
-            Arc::new(FakeWallClock::new(1)),
-        )
-        .unwrap();
+        let (auditor, report) = reopen_with(&dir, config());
         auditor.close().unwrap();
         assert!(report.damaged.is_empty(), "{report:?}");
         assert_eq!(report.sealed_on_recovery, vec![("s-live".to_string(), 3)]);
@@ -2182,13 +2176,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[located.record.offset as usize + 12] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let (auditor, report) = Auditor::open(
-            &dir,
-            AuditConfig::default(),
-            Arc::new(FakeClock::new()),
-            Arc::new(FakeWallClock::new(1)),
-        )
-        .unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
         // s-y is sealed; s-x is left as evidence, not sealed over two deltas.
         assert_eq!(report.sealed_on_recovery, vec![("s-y".to_string(), 1)]);
         let named: Vec<String> = report.damaged.iter().map(|(_, e)| e.to_string()).collect();
@@ -2313,13 +2301,7 @@ mod tests {
             .collect();
 
         for _ in 0..2 {
-            let (auditor, report) = Auditor::open(
-                &dir,
-                AuditConfig::default(),
-                Arc::new(FakeClock::new()),
-                Arc::new(FakeWallClock::new(1)),
-            )
-            .unwrap();
+            let (auditor, report) = reopen_with(&dir, AuditConfig::default());
             let damaged: Vec<(PathBuf, String)> = report
                 .damaged
                 .iter()
