@@ -344,6 +344,9 @@ pub struct RecoveryReport {
     /// The commitment retention resumes from: where the last pass of an
     /// earlier process left off (`retention.mark`), 0 without one.
     pub retention_resumes_at: u64,
+    /// The lowest segment retention reads: every one below was pruned whole
+    /// by an earlier process (`retention.mark`), 1 without one.
+    pub retention_segments_from: u64,
     /// Why a saved retention mark was not used (unreadable, or not naming a
     /// commitment of this log); retention then walks the commitment log from
     /// the start, which costs time, never data: it only prunes sessions
@@ -719,9 +722,10 @@ struct RetentionMark {
     /// written again.
     saved: MarkPos,
     /// The lowest segment that may still hold records to prune; every one
-    /// below is pruned whole. Not saved: a new process's first pass reads
-    /// every segment once.
+    /// below is pruned whole. Saved with the resume point.
     segments_from: u64,
+    /// The one last saved (or loaded).
+    saved_segments_from: u64,
 }
 
 /// A commitment's index in the commitment log and the file offset of its
@@ -740,41 +744,53 @@ impl RetentionMark {
     }
 }
 
-/// Version byte of a saved retention mark.
-const RETENTION_MARK_VERSION: u8 = 1;
+/// Version byte of a saved retention mark (version 1, without the segment,
+/// is still read).
+const RETENTION_MARK_VERSION: u8 = 2;
 
 impl MarkPos {
-    /// `version 0x01 ‖ index: u64 ‖ offset: u64` (big-endian; FORMAT.md).
-    fn encode(self) -> [u8; 17] {
-        let mut out = [0u8; 17];
+    /// `version 0x02 ‖ index: u64 ‖ offset: u64 ‖ segments from: u64`
+    /// (big-endian; FORMAT.md).
+    fn encode(self, segments_from: u64) -> [u8; 25] {
+        let mut out = [0u8; 25];
         out[0] = RETENTION_MARK_VERSION;
         out[1..9].copy_from_slice(&self.index.to_be_bytes());
-        out[9..].copy_from_slice(&self.offset.to_be_bytes());
+        out[9..17].copy_from_slice(&self.offset.to_be_bytes());
+        out[17..].copy_from_slice(&segments_from.to_be_bytes());
         out
     }
 
-    fn decode(body: &[u8]) -> Result<MarkPos, String> {
-        let Ok(bytes) = <[u8; 17]>::try_from(body) else {
-            return Err(format!("{} bytes, expected 17", body.len()));
+    /// A saved mark and the segment retention resumes from (1 for a
+    /// version-1 mark, which has none).
+    fn decode(body: &[u8]) -> Result<(MarkPos, u64), String> {
+        let expected = match body.first() {
+            Some(1) => 17,
+            Some(2) => 25,
+            Some(v) => return Err(format!("unknown version {v:#04x}")),
+            None => return Err("an empty record".into()),
         };
-        if bytes[0] != RETENTION_MARK_VERSION {
-            return Err(format!("unknown version {:#04x}", bytes[0]));
+        if body.len() != expected {
+            return Err(format!("{} bytes, expected {expected}", body.len()));
         }
         let word = |at: usize| {
             let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[at..at + 8]);
+            w.copy_from_slice(&body[at..at + 8]);
             u64::from_be_bytes(w)
         };
-        Ok(MarkPos {
-            index: word(1),
-            offset: word(9),
-        })
+        let segments_from = if expected == 25 { word(17) } else { 1 };
+        Ok((
+            MarkPos {
+                index: word(1),
+                offset: word(9),
+            },
+            segments_from,
+        ))
     }
 }
 
 /// The saved retention mark, if there is one: `Ok(None)` when none was
 /// saved, `Err(why)` when the file is unusable.
-fn load_retention_mark(dir: &Path) -> Result<Option<MarkPos>, String> {
+fn load_retention_mark(dir: &Path) -> Result<Option<(MarkPos, u64)>, String> {
     let path = retention_mark_path(dir);
     if !path.exists() {
         return Ok(None);
@@ -903,7 +919,7 @@ impl Auditor {
                     return;
                 }
             };
-            if let Ok(Some(m)) = &saved_mark {
+            if let Ok(Some((m, _))) = &saved_mark {
                 mark_found |= m.index == tree.len().0 && m.offset == r.offset;
             }
             let index = tree.append_leaf_hash(leaf_hash(&r.body)).0;
@@ -939,10 +955,17 @@ impl Auditor {
             index: durable.0,
             offset: cwriter.durable_len(),
         };
-        let resume = match saved_mark {
-            Ok(None) => MarkPos::default(),
-            Ok(Some(m)) if mark_found || m == end || m == MarkPos::default() => m,
-            Ok(Some(m)) => {
+        let (resume, segments_from) = match saved_mark {
+            Ok(None) => (MarkPos::default(), 1),
+            Ok(Some((m, from))) if mark_found || m == end || m == MarkPos::default() => {
+                // Never past the segments there are: one that is not there
+                // yet cannot have been pruned.
+                let past_all = list_segments(&segments_dir(dir))?
+                    .last()
+                    .map_or(1, |(n, _)| n + 1);
+                (m, from.clamp(1, past_all))
+            }
+            Ok(Some((m, _))) => {
                 report.retention_mark_ignored = Some(format!(
                     "commitment {} does not start at byte {} of {} ({} commitments, {} bytes)",
                     m.index,
@@ -951,11 +974,11 @@ impl Auditor {
                     end.index,
                     end.offset
                 ));
-                MarkPos::default()
+                (MarkPos::default(), 1)
             }
             Err(why) => {
                 report.retention_mark_ignored = Some(why);
-                MarkPos::default()
+                (MarkPos::default(), 1)
             }
         };
         if let Some(why) = &report.retention_mark_ignored {
@@ -971,6 +994,7 @@ impl Auditor {
             }
         }
         report.retention_resumes_at = resume.index;
+        report.retention_segments_from = segments_from;
         let commits = Arc::new(CommitLog {
             state: Mutex::new(CommitState {
                 tree,
@@ -1022,7 +1046,8 @@ impl Auditor {
                 next: resume,
                 retry: Vec::new(),
                 saved: resume,
-                segments_from: 1,
+                segments_from,
+                saved_segments_from: segments_from,
             }),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
@@ -2185,15 +2210,18 @@ impl Shared {
             }
         }
         let resume = mark.resume();
-        if resume != mark.saved {
+        if resume != mark.saved || mark.segments_from != mark.saved_segments_from {
             // Only time is lost if this fails: the next process walks from
             // the last mark that was saved.
             match rewrite_log(
                 retention_mark_path(&self.dir),
                 LogKind::RETENTION_MARK,
-                [resume.encode()],
+                [resume.encode(mark.segments_from)],
             ) {
-                Ok(_) => mark.saved = resume,
+                Ok(_) => {
+                    mark.saved = resume;
+                    mark.saved_segments_from = mark.segments_from;
+                }
                 Err(e) => {
                     first_error.get_or_insert(e.into());
                 }

@@ -2223,6 +2223,59 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_process_does_not_read_the_segments_retention_pruned_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let hour = 3_600_000;
+        let config = || AuditConfig {
+            durability: Durability::EveryRecord,
+            // One delta per segment.
+            max_segment_bytes: 1,
+            ..AuditConfig::default()
+        };
+        let (auditor, bus, wall, _) = open_clocked(&dir, config());
+        for n in 0..3 {
+            let s = SessionId::new(format!("s-{n}")).unwrap();
+            write(&bus, &s, 0);
+            auditor.seal(&s).unwrap();
+        }
+        wall.set(1_000_000 + 2 * hour);
+        assert_eq!(
+            auditor.apply_retention(Duration::from_secs(3600)).unwrap(),
+            3
+        );
+        auditor.close().unwrap();
+        drop(auditor);
+        let segs = crate::segments::segments_dir(&dir);
+        // Segments 1-3 are pruned whole; a later process need not read them
+        // (here it could not: the first is no segment any more).
+        let seg1 = crate::segments::segment_path(&segs, 1);
+        let kept = std::fs::read(&seg1).unwrap();
+        std::fs::write(&seg1, b"not a segment").unwrap();
+        let wall = FakeWallClock::new(1_000_000 + 2 * hour);
+        let (again, report) = Auditor::open(
+            &dir,
+            config(),
+            Arc::new(FakeClock::new()),
+            Arc::new(wall.clone()),
+        )
+        .unwrap();
+        assert_eq!(report.retention_segments_from, 4, "{report:?}");
+        let bus = Arc::new(EventBus::new(64, Arc::new(FakeClock::new())));
+        again.attach(&bus);
+        let late = SessionId::new("s-later").unwrap();
+        write(&bus, &late, 0);
+        again.seal(&late).unwrap();
+        wall.set(1_000_000 + 4 * hour);
+        assert_eq!(again.apply_retention(Duration::from_secs(3600)).unwrap(), 1);
+        again.close().unwrap();
+        std::fs::write(&seg1, kept).unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert!(r.sessions.iter().all(|s| s.pruned == 1), "{r}");
+    }
+
+    #[test]
     fn a_segment_that_is_not_one_does_not_stop_pruning_the_others() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
