@@ -962,7 +962,7 @@ impl Auditor {
                 // yet cannot have been pruned.
                 let past_all = list_segments(&segments_dir(dir))?
                     .last()
-                    .map_or(1, |(n, _)| n + 1);
+                    .map_or(1, |(n, _)| n.saturating_add(1));
                 (m, from.clamp(1, past_all))
             }
             Ok(Some((m, _))) => {
@@ -1627,12 +1627,17 @@ impl Shared {
             // commitment stay consistent; the event goes unaudited, loudly.
             let len = st.staged.len() - start - 4;
             st.staged.truncate(start);
+            // Not kept grown to the refused delta's size.
+            st.staged.shrink_to(start.max(BUFFER_CAPACITY));
             drop(guard);
-            self.record_failure(&AuditError::DeltaTooLarge {
+            let e = AuditError::DeltaTooLarge {
                 session: session.to_string(),
                 kind: event.kind().to_string(),
                 len,
-            });
+            };
+            self.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "an event was not audited");
+            *lock(&self.last_error) = Some(e.to_string());
             return None;
         }
         let body = &st.staged[start + 4..];
@@ -1710,7 +1715,14 @@ impl Shared {
         // Taken under the writer's lock: another thread's round cannot
         // write a later chunk of one of these sessions before this one.
         let mut taken: Vec<(Arc<SessionLog>, Vec<u8>, usize, u64)> = Vec::new();
+        // A session listed twice (the dirty list and a capture's own, or
+        // flagged again meanwhile) is taken once: two chunks of it in one
+        // round could be staged again out of order after a failure.
+        let mut seen = std::collections::HashSet::new();
         for log in logs {
+            if !seen.insert(Arc::as_ptr(log)) {
+                continue;
+            }
             let mut st = lock(&log.state);
             st.dirty = false;
             let count = std::mem::take(&mut st.staged_count);
@@ -1762,8 +1774,10 @@ impl Shared {
                 // Staged again before the writer is released: another round
                 // (a capture under `EveryRecord`, a seal's round) must not
                 // find the session without these deltas, or it would write
-                // a later one first, or a commitment before them.
-                for (log, staged, count, _) in taken {
+                // a later one first, or a commitment before them. In
+                // reverse, so that each goes back in front of what it came
+                // before.
+                for (log, staged, count, _) in taken.into_iter().rev() {
                     let mut st = lock(&log.state);
                     let mut back = staged;
                     back.extend_from_slice(&st.staged);
@@ -2062,7 +2076,9 @@ impl Shared {
         let mut found = std::collections::HashSet::new();
         let mut skipped = Vec::new();
         let mut lowest = None;
-        let past_all = list.last().map_or(from, |(n, _)| (n + 1).max(from));
+        let past_all = list
+            .last()
+            .map_or(from, |(n, _)| n.saturating_add(1).max(from));
         for (number, path) in list {
             if number < from {
                 continue;
@@ -2190,8 +2206,16 @@ impl Shared {
                     mark.segments_from = done.next;
                     // A segment it cannot read is reported by every pass
                     // (each reads it again) until an operator repairs it;
-                    // its sessions are not retried one by one.
+                    // this pass's sessions are tried again, as they may
+                    // have records there.
                     if let Some((_, e)) = done.skipped.into_iter().next() {
+                        let retried: std::collections::HashSet<String> =
+                            mark.retry.iter().map(|(s, _)| s.clone()).collect();
+                        for (s, at) in std::mem::take(&mut targets) {
+                            if !retried.contains(&s) {
+                                mark.retry.push((s, at));
+                            }
+                        }
                         first_error.get_or_insert(e);
                     }
                 }
@@ -2209,6 +2233,8 @@ impl Shared {
                 }
             }
         }
+        // In commitment order: the first is where a new process resumes.
+        mark.retry.sort_by_key(|(_, at)| at.index);
         let resume = mark.resume();
         if resume != mark.saved || mark.segments_from != mark.saved_segments_from {
             // Only time is lost if this fails: the next process walks from
@@ -2372,7 +2398,9 @@ impl Shared {
         // left would commit to a log cut short.
         let mut suspects = std::collections::HashMap::new();
         let mut unnamed: Option<PathBuf> = None;
-        for (number, path) in list_segments(&dir)? {
+        let list = list_segments(&dir)?;
+        let last = list.last().map(|(n, _)| *n);
+        for (number, path) in list {
             if number < start {
                 continue;
             }
@@ -2380,10 +2408,26 @@ impl Shared {
                 Ok(c) => c,
                 Err(SegmentError::Record(e @ RecordError::Io { .. })) => return Err(e.into()),
                 Err(e) => {
+                    // Whatever it held is unknown.
+                    unnamed.get_or_insert_with(|| path.clone());
                     report.damaged.push((path, e.into()));
                     continue;
                 }
             };
+            // What only a crash explains is normal at the end of the last
+            // segment; anywhere else, and damage past the last round or a
+            // missing start record, is damage whose victims are unknown.
+            let has_rounds = !contents.chunks.is_empty() || !contents.damaged.is_empty();
+            let unexplained = contents
+                .corrupt
+                .iter()
+                .any(|c| c.offset >= contents.rounds_end)
+                || (Some(number) != last
+                    && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
+                || (contents.start.is_none() && has_rounds);
+            if unexplained {
+                unnamed.get_or_insert_with(|| path.clone());
+            }
             if let Some(t) = &contents.tail {
                 report.torn.push((path.clone(), t.clone()));
             }

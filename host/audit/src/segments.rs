@@ -822,6 +822,10 @@ pub struct SegmentContents {
     /// damaged record inside. Damage, not a crash (a crash only tears the
     /// end), unless a failed sync let the kernel write pages out of order.
     pub damaged: Vec<DamagedRound>,
+    /// The offset just past the last footer read (of a whole or a damaged
+    /// round); the start record's end, or the header's, if there is none.
+    /// Everything after it belongs to no round.
+    pub rounds_end: u64,
     /// Whole records after the last round's closing footer (those of its
     /// earlier footers too, when a round has several): a round that was
     /// being written when the writer stopped, never acknowledged.
@@ -859,6 +863,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         short_header: None,
         chunks: Vec::new(),
         damaged: Vec::new(),
+        rounds_end: 0,
         uncommitted: Vec::new(),
         corrupt: Vec::new(),
         tail: None,
@@ -908,6 +913,10 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
             .get(corrupt)
             .filter(|c| c.offset < footer_at)
             .map(|c| c.offset);
+        let damaged_count = out.corrupt[corrupt..]
+            .iter()
+            .take_while(|c| c.offset < footer_at)
+            .count() as u64;
         let verdict = match decode_footer(&record.body) {
             Err(e) => Err(format!("the footer is damaged: {e}")),
             Ok(_) if damage_inside.is_some() => Err(format!(
@@ -928,7 +937,15 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         };
         let end = record.end();
         let names = |partial: &[Chunk]| {
-            let footer = decode_footer(&record.body).ok();
+            // Only a footer that decodes says whose records the round held,
+            // and only if its damaged records are exactly the ones it is
+            // missing: a damaged record may otherwise be an earlier round's
+            // footer, whose chunks this round then swallowed (which would
+            // make it hold more than it names, not fewer).
+            let footer = decode_footer(&record.body).ok().filter(|f| {
+                let named: u64 = f.entries.iter().map(|e| u64::from(e.count)).sum();
+                named == pending.len() as u64 + damaged_count
+            });
             let mut names: Vec<String> = partial.iter().map(|c| c.session.clone()).collect();
             names.extend(
                 footer
@@ -970,6 +987,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         }
         part_start = end;
     }
+    out.rounds_end = round_start;
     out.uncommitted = partial
         .into_iter()
         .flat_map(|c| c.records)

@@ -2275,6 +2275,125 @@ mod tests {
         assert!(r.sessions.iter().all(|s| s.pruned == 1), "{r}");
     }
 
+    /// Three deltas of s-x, then one of s-y, one round each, one segment
+    /// each; the auditor closed without sealing (as a crash leaves them).
+    fn unsealed_in_segments(dir: &Path) {
+        let (auditor, bus) = open_with(
+            dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                max_segment_bytes: 1,
+                ..AuditConfig::default()
+            },
+        );
+        for i in 0..3 {
+            write(&bus, &SessionId::new("s-x").unwrap(), i);
+        }
+        write(&bus, &SessionId::new("s-y").unwrap(), 0);
+        auditor.close().unwrap();
+    }
+
+    #[test]
+    fn recovery_seals_nothing_when_damage_hides_whose_records_were_lost() {
+        // A damaged footer: the record after it could be the next round's.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let segs = crate::segments::segments_dir(&dir);
+        // Segment 3 holds s-x's last delta; its footer is its last record.
+        let seg3 = crate::segments::segment_path(&segs, 3);
+        let mut bytes = std::fs::read(&seg3).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 1;
+        // And a round after it, so the damage is in the middle.
+        let seg4 = std::fs::read(crate::segments::segment_path(&segs, 4)).unwrap();
+        let start_end = (crate::records::HEADER_LEN + 8 + 10) as usize;
+        bytes.extend_from_slice(&seg4[start_end..]);
+        std::fs::write(&seg3, &bytes).unwrap();
+        std::fs::remove_file(crate::segments::segment_path(&segs, 4)).unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+
+        // A segment that is not one, in the range recovery reads.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let seg3 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 3);
+        let mut bytes = std::fs::read(&seg3).unwrap();
+        bytes[0] ^= 0xFF;
+        std::fs::write(&seg3, &bytes).unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+
+        // A torn tail in a segment that is not the last: no crash explains
+        // it, so it is damage too.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let seg3 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 3);
+        let len = std::fs::metadata(&seg3).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg3)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+
+        // The same tail at the end of the last segment is a crash's: s-x is
+        // sealed over its acknowledged deltas, s-y (whose round was torn)
+        // over none... it has no whole round, so it is not an orphan.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let seg4 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 4);
+        let len = std::fs::metadata(&seg4).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg4)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
+    }
+
+    #[test]
+    fn sessions_a_skipped_segment_held_are_pruned_once_it_is_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus, wall, _) = open_clocked(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                max_segment_bytes: 1,
+                ..AuditConfig::default()
+            },
+        );
+        let s = SessionId::new("s-1").unwrap();
+        write(&bus, &s, 0);
+        write(&bus, &s, 1);
+        auditor.seal(&s).unwrap();
+        let seg1 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 1);
+        let kept = std::fs::read(&seg1).unwrap();
+        let mut broken = kept.clone();
+        broken[0] ^= 0xFF;
+        std::fs::write(&seg1, &broken).unwrap();
+        wall.set(1_000_000 + 7_200_000);
+        assert!(auditor.apply_retention(Duration::from_secs(3600)).is_err());
+        std::fs::write(&seg1, &kept).unwrap();
+        auditor.apply_retention(Duration::from_secs(3600)).unwrap();
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!((r.sessions[0].records, r.sessions[0].pruned), (2, 2), "{r}");
+    }
+
     #[test]
     fn a_segment_that_is_not_one_does_not_stop_pruning_the_others() {
         let tmp = tempfile::tempdir().unwrap();
