@@ -1890,11 +1890,9 @@ impl Shared {
             let head = (!staged.is_empty()).then(|| (cs.tree.len().0, cs.tree.root()));
             (staged, head)
         };
-        for c in &commits {
-            if !logs.iter().any(|x| Arc::ptr_eq(x, &c.log)) {
-                logs.push(c.log.clone());
-            }
-        }
+        // `write_logs` takes a session listed twice once (a search of the
+        // list per commitment here was quadratic in a round's sessions).
+        logs.extend(commits.iter().map(|c| c.log.clone()));
         let mut first_error = None;
         if let Err(e) = self.write_logs(&logs) {
             // Nothing written this round is known durable: keep every
