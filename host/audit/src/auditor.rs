@@ -71,6 +71,7 @@ use crate::signing::{
     AnchorError, AnchorSink, BatchSigner, HeadSource, HypervisorKey, KeyError, PublicKey,
     SignedTreeHead, SignerError, WallClock,
 };
+use crate::spans::{CommitSpans, Span};
 
 /// How the auditor persists and signs.
 #[derive(Clone)]
@@ -490,9 +491,14 @@ struct SessionLog {
     /// seal: one SHA-256 per session, not two.
     sealed_key: u128,
     state: Mutex<SessionState>,
-    /// The segment its first chunk went to (0: none written yet), counted
-    /// in [`Shared::live_segments`] until its commitment is durable.
+    /// The lowest segment its chunks can be in (0: none written yet): the
+    /// segment its first chunk went to, or, if a round holding one failed
+    /// first, the lowest that round could have reached. Counted in
+    /// [`Shared::live_segments`] until its commitment is durable.
     first_segment: AtomicU64,
+    /// Whether this process wrote all its chunks, so that `first_segment`
+    /// bounds them (not so for a session recovery sealed).
+    spanned: bool,
 }
 
 /// A session's live log; the next seq is `tree.len()` and the parent of the
@@ -706,6 +712,9 @@ struct Shared {
     live_segments: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Where the next retention pass starts; held by whatever prunes.
     retention: Mutex<RetentionMark>,
+    /// Which segments the sessions behind this process's commitments were
+    /// written to, so a retention pass reads only those.
+    spans: Mutex<CommitSpans>,
 }
 
 /// How far retention has walked the commitment log. Its resume point is
@@ -1049,6 +1058,7 @@ impl Auditor {
                 segments_from,
                 saved_segments_from: segments_from,
             }),
+            spans: Mutex::new(CommitSpans::default()),
         });
         shared.seal_orphans(&sessions_dir, &mut report)?;
 
@@ -1293,7 +1303,7 @@ impl Auditor {
 
     /// Replaces the bodies of a sealed session's deltas by their leaf hashes
     /// (retention): the commitment stays verifiable, the contents are gone.
-    /// Returns how many records were pruned.
+    /// Returns how many records were pruned. Reads every segment.
     ///
     /// # Errors
     /// [`AuditError::NotSealed`] for a session without a commitment;
@@ -1309,6 +1319,10 @@ impl Auditor {
     /// Returns how many sessions it pruned. [`AuditConfig::retention`] has
     /// the auditor's background thread do this periodically; the hot path
     /// never prunes.
+    ///
+    /// A call reads only the segments the due sessions' records can be in,
+    /// as far as this process wrote them; for commitments an earlier
+    /// process wrote, every segment from the lowest not pruned whole.
     ///
     /// # Errors
     /// The first failure; every other due session is still pruned, and the
@@ -1502,6 +1516,7 @@ impl Shared {
             sealed_key,
             state: Mutex::new(SessionState::default()),
             first_segment: AtomicU64::new(0),
+            spanned: true,
         });
         map.insert(id.clone(), log.clone());
         Some(log)
@@ -1709,8 +1724,9 @@ impl Shared {
     /// anything staged since, before the writer is released, so a retry
     /// writes them in order and nothing is lost, written twice or passed by
     /// a later round (a round whose sync failed may be on disk too: readers
-    /// read a retried round once).
-    fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<(), AuditError> {
+    /// read a retried round once). Returns [`SegmentWriter::highest_used`]
+    /// afterwards: no chunk of these sessions is in a later segment.
+    fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<u64, AuditError> {
         let mut writer = lock(&self.segments);
         // Taken under the writer's lock: another thread's round cannot
         // write a later chunk of one of these sessions before this one.
@@ -1734,7 +1750,7 @@ impl Shared {
             taken.push((log.clone(), staged, count, first_seq));
         }
         if taken.is_empty() {
-            return Ok(());
+            return Ok(writer.highest_used());
         }
         let chunks: Vec<StagedChunk<'_>> = taken
             .iter()
@@ -1755,6 +1771,8 @@ impl Shared {
             .next()
             .copied()
             .unwrap_or(u64::MAX);
+        // Where a failed round may be, if it reached the disk at all.
+        let floor = writer.next_round_floor();
         let written = writer.append_round(&chunks, oldest_live, self.clock.now());
         drop(chunks);
         match written {
@@ -1768,7 +1786,7 @@ impl Shared {
                         .fetch_sub(staged.len() as u64, Ordering::Relaxed);
                     self.recycle(staged);
                 }
-                Ok(())
+                Ok(writer.highest_used())
             }
             Err(e) => {
                 // Staged again before the writer is released: another round
@@ -1778,6 +1796,13 @@ impl Shared {
                 // reverse, so that each goes back in front of what it came
                 // before.
                 for (log, staged, count, _) in taken.into_iter().rev() {
+                    // A round whose sync failed may be on disk: its
+                    // session's chunks may start there, for recovery and
+                    // retention.
+                    if log.first_segment.load(Ordering::Relaxed) == 0 {
+                        log.first_segment.store(floor, Ordering::Relaxed);
+                        *lock(&self.live_segments).entry(floor).or_default() += 1;
+                    }
                     let mut st = lock(&log.state);
                     let mut back = staged;
                     back.extend_from_slice(&st.staged);
@@ -1894,13 +1919,16 @@ impl Shared {
         // list per commitment here was quadratic in a round's sessions).
         logs.extend(commits.iter().map(|c| c.log.clone()));
         let mut first_error = None;
-        if let Err(e) = self.write_logs(&logs) {
-            // Nothing written this round is known durable: keep every
-            // commitment for the next round.
-            self.record_failure(&e);
-            self.restage_commits(commits);
-            return Err(e);
-        }
+        let highest = match self.write_logs(&logs) {
+            Ok(h) => h,
+            Err(e) => {
+                // Nothing written this round is known durable: keep every
+                // commitment for the next round.
+                self.record_failure(&e);
+                self.restage_commits(commits);
+                return Err(e);
+            }
+        };
         let ready = commits.len();
         let result = if ready == 0 {
             Ok(())
@@ -1917,6 +1945,19 @@ impl Shared {
             Ok(()) => {
                 let written = commits;
                 if let Some(head) = head {
+                    // Recorded before the sessions are forgotten (which
+                    // clears their first segment).
+                    let first = head.0 - written.len() as u64;
+                    let mut spans = lock(&self.spans);
+                    for (i, c) in written.iter().enumerate() {
+                        let span = match c.log.first_segment.load(Ordering::Relaxed) {
+                            _ if !c.log.spanned => Span::Unknown,
+                            0 => Span::Nowhere,
+                            lo => Span::Segments { lo, hi: highest },
+                        };
+                        spans.record(first + i as u64, span);
+                    }
+                    drop(spans);
                     lock(&self.commits.state).durable = head;
                     // Once per round, waiters or not: cheap beside the sync.
                     self.commits.durable_moved.notify_all();
@@ -2025,7 +2066,7 @@ impl Shared {
         let _pruning = lock(&self.retention);
         let in_file = path.exists();
         let mut n = if in_file { prune_log(&path)? } else { 0 };
-        let done = self.prune_segments(1, |s| s == session)?;
+        let done = self.prune_segments(1, u64::MAX, |s| s == session)?;
         n += done.pruned.get(session).copied().unwrap_or(0);
         if let Some((_, e)) = done.skipped.into_iter().next() {
             // It may have records there too.
@@ -2038,22 +2079,25 @@ impl Shared {
     }
 
     /// Prunes the records of the sessions `prune` selects in every segment
-    /// from `from` on. The open segment is closed first if it holds any of
-    /// them (the writer then starts a new one), so no segment is rewritten
-    /// while it is appended to. Returns how many records of each session
-    /// were pruned, which selected sessions were seen at all, and the
-    /// lowest segment from `from` on that is not pruned whole (a later
-    /// pass need not read below it).
+    /// numbered `from..=to`. The open segment is closed first if it holds
+    /// any of them (the writer then starts a new one), so no segment is
+    /// rewritten while it is appended to. Returns how many records of each
+    /// session were pruned, which selected sessions were seen at all, and
+    /// the lowest segment from `from` on that is not pruned whole, as far
+    /// as this call saw (past `to` if all it read were).
     fn prune_segments(
         &self,
         from: u64,
+        to: u64,
         prune: impl Fn(&str) -> bool,
     ) -> Result<SegmentsPruned, AuditError> {
         let dir = segments_dir(&self.dir);
         // The open segment is read without holding the writer (rounds go on
         // meanwhile): the records to prune are in what was written before,
         // since their sessions' commitments are durable.
-        let open = lock(&self.segments).current_segment();
+        let open = lock(&self.segments)
+            .current_segment()
+            .filter(|n| (from..=to).contains(n));
         if let Some(open) = open {
             // One it cannot make sense of is closed too (and skipped below).
             let holds = match read_segment(open, &segment_path(&dir, open)) {
@@ -2076,9 +2120,10 @@ impl Shared {
         let mut lowest = None;
         let past_all = list
             .last()
-            .map_or(from, |(n, _)| n.saturating_add(1).max(from));
+            .map_or(from, |(n, _)| n.saturating_add(1).max(from))
+            .min(to.saturating_add(1));
         for (number, path) in list {
-            if number < from {
+            if number < from || number > to {
                 continue;
             }
             if Some(number) == open {
@@ -2138,6 +2183,10 @@ impl Shared {
         // at once after the walk.
         let mut targets: Vec<(String, MarkPos)> = Vec::new();
         let mut in_files = std::collections::HashSet::new();
+        // The commitments this pass walks start here; sessions tried again
+        // have no span to go by.
+        let walk_from = mark.next.index;
+        let retried = !mark.retry.is_empty();
         let mut prune = |session: &str, n: &mut u64| -> Result<(), AuditError> {
             let path = session_log_path(&self.dir, session);
             // A log removed by hand leaves nothing to prune.
@@ -2191,17 +2240,36 @@ impl Shared {
         if let Err(e) = scanned {
             first_error.get_or_insert(e.into());
         }
-        if !targets.is_empty() {
+        // Only the segments this pass's sessions were written to are read
+        // (all from the lowest not pruned whole, when that is not known).
+        let span = if retried {
+            Span::Unknown
+        } else {
+            lock(&self.spans).query(walk_from, next.index)
+        };
+        let range = match span {
+            Span::Unknown => Some((mark.segments_from, u64::MAX)),
+            Span::Nowhere => None,
+            Span::Segments { lo, hi } => Some((lo.max(mark.segments_from), hi)),
+        }
+        .filter(|(from, to)| from <= to);
+        if let Some((from, to)) = range
+            && !targets.is_empty()
+        {
             let set: std::collections::HashSet<&str> =
                 targets.iter().map(|(s, _)| s.as_str()).collect();
-            match self.prune_segments(mark.segments_from, |s| set.contains(s)) {
+            match self.prune_segments(from, to, |s| set.contains(s)) {
                 Ok(done) => {
                     n += done
                         .pruned
                         .keys()
                         .filter(|s| !in_files.contains(*s))
                         .count() as u64;
-                    mark.segments_from = done.next;
+                    // Segments below `from` were not read: the lowest not
+                    // pruned whole is known only when none was skipped.
+                    if from == mark.segments_from {
+                        mark.segments_from = done.next;
+                    }
                     // A segment it cannot read is reported by every pass
                     // (each reads it again) until an operator repairs it;
                     // this pass's sessions are tried again, as they may
@@ -2233,6 +2301,8 @@ impl Shared {
         }
         // In commitment order: the first is where a new process resumes.
         mark.retry.sort_by_key(|(_, at)| at.index);
+        // Sessions tried again go by no span.
+        lock(&self.spans).forget_below(mark.next.index);
         let resume = mark.resume();
         if resume != mark.saved || mark.segments_from != mark.saved_segments_from {
             // Only time is lost if this fails: the next process walks from
@@ -2546,6 +2616,7 @@ impl Shared {
                 ..SessionState::default()
             }),
             first_segment: AtomicU64::new(first_segment),
+            spanned: false,
         });
         self.sessions
             .write()

@@ -58,6 +58,7 @@ pub mod merkle;
 pub mod records;
 pub mod segments;
 pub mod signing;
+mod spans;
 pub mod verify;
 
 pub use auditor::{

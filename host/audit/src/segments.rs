@@ -552,6 +552,20 @@ impl SegmentWriter {
         self.current.as_ref().map(|(n, _)| *n)
     }
 
+    /// The lowest segment the next round can go to: the open one, else the
+    /// next new one. A round that fails is in that segment or a later one,
+    /// if anywhere.
+    pub fn next_round_floor(&self) -> u64 {
+        self.current_segment().unwrap_or(self.next)
+    }
+
+    /// The highest segment number this writer has used (or, before its
+    /// first round, the highest present when it was opened; 0 for none):
+    /// no round written so far is in a later segment.
+    pub fn highest_used(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
     /// Closes the open segment, if any: the next round starts a new one,
     /// and the closed one is never written by this writer again (so it may
     /// be rewritten, as [`prune_segment`] does).

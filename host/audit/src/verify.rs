@@ -2275,6 +2275,120 @@ mod tests {
         assert!(r.sessions.iter().all(|s| s.pruned == 1), "{r}");
     }
 
+    #[test]
+    fn a_retention_pass_reads_only_the_segments_its_sessions_were_written_to() {
+        // A session left open keeps its first segment from being pruned
+        // whole; later passes must not read it (nor everything after it)
+        // again. Here they could not: it is broken before they run.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let hour = 3_600_000;
+        let (auditor, bus, wall, _) = open_clocked(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                // One round per segment.
+                max_segment_bytes: 1,
+                ..AuditConfig::default()
+            },
+        );
+        let open = SessionId::new("s-open").unwrap();
+        write(&bus, &open, 0);
+        for n in 0..3 {
+            let s = SessionId::new(format!("s-{n}")).unwrap();
+            write(&bus, &s, 0);
+            auditor.seal(&s).unwrap();
+        }
+        wall.set(1_000_000 + 2 * hour);
+        assert_eq!(
+            auditor.apply_retention(Duration::from_secs(3600)).unwrap(),
+            3
+        );
+        let segs = crate::segments::segments_dir(&dir);
+        let seg1 = crate::segments::segment_path(&segs, 1);
+        let kept = std::fs::read(&seg1).unwrap();
+        std::fs::write(&seg1, b"not a segment").unwrap();
+        let late = SessionId::new("s-later").unwrap();
+        write(&bus, &late, 0);
+        auditor.seal(&late).unwrap();
+        wall.set(1_000_000 + 4 * hour);
+        assert_eq!(
+            auditor.apply_retention(Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        // Once the open session is sealed and due, its pass reads from its
+        // first segment on.
+        std::fs::write(&seg1, kept).unwrap();
+        write(&bus, &open, 1);
+        auditor.seal(&open).unwrap();
+        wall.set(1_000_000 + 6 * hour);
+        assert_eq!(
+            auditor.apply_retention(Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        let pruned: Vec<(&str, u64)> = r
+            .sessions
+            .iter()
+            .map(|s| (s.session.as_str(), s.pruned))
+            .collect();
+        assert!(
+            pruned
+                .iter()
+                .all(|(s, n)| *n == if *s == "s-open" { 2 } else { 1 }),
+            "{pruned:?}"
+        );
+    }
+
+    #[test]
+    fn retention_prunes_the_copy_a_failed_first_round_left_in_an_earlier_segment() {
+        // The sync of a session's first round fails after its write: the
+        // round is on disk in a segment its retried copy is not in.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let hour = 3_600_000;
+        let (auditor, bus, wall, _) = open_clocked(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                ..AuditConfig::default()
+            },
+        );
+        // Segment 1 made by another session's round (its creation syncs).
+        write(&bus, &SessionId::new("s-first").unwrap(), 0);
+        let s = SessionId::new("s-retried").unwrap();
+        crate::records::test_faults::fail_next_syncs(1);
+        write(&bus, &s, 0);
+        assert_eq!(auditor.stats().write_failures, 1);
+        write(&bus, &s, 1);
+        auditor.seal(&s).unwrap();
+        let segs = crate::segments::segments_dir(&dir);
+        let copies = |n: u64| {
+            crate::segments::read_segment(n, &crate::segments::segment_path(&segs, n))
+                .unwrap()
+                .chunks
+                .iter()
+                .filter(|c| c.session == "s-retried")
+                .flat_map(|c| c.records.iter())
+                .filter(|r| r.body.first() != Some(&PRUNED_TAG))
+                .count()
+        };
+        assert_eq!(
+            (copies(1), copies(2)),
+            (1, 2),
+            "the failed round is on disk"
+        );
+        wall.set(1_000_000 + 2 * hour);
+        assert_eq!(
+            auditor.apply_retention(Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        assert_eq!((copies(1), copies(2)), (0, 0), "both copies pruned");
+        auditor.close().unwrap();
+    }
+
     /// Three deltas of s-x, then one of s-y, one round each, one segment
     /// each; the auditor closed without sealing (as a crash leaves them).
     fn unsealed_in_segments(dir: &Path) {
