@@ -871,10 +871,8 @@ where
     B: AsRef<[u8]>,
 {
     let path = path.as_ref();
-    let tmp = with_suffix(path, ".tmp");
-    let written = (|| {
-        let file = File::create(&tmp).map_err(io(IoOp::Replace, path))?;
-        let mut out = BufWriter::new(&file);
+    replace_with(path, |file| {
+        let mut out = BufWriter::new(file);
         let header = file_header(kind);
         out.write_all(&header).map_err(io(IoOp::Replace, path))?;
         let (mut len, mut frame) = (HEADER_LEN, Vec::new());
@@ -886,17 +884,34 @@ where
             len += frame.len() as u64;
         }
         out.flush().map_err(io(IoOp::Replace, path))?;
-        file.sync_all().map_err(io(IoOp::Replace, path))?;
         Ok(len)
-    })();
+    })
+}
+
+/// Replaces the file at `path` atomically by what `write` writes to a new
+/// `<path>.tmp`: that file synced, renamed over `path`, the directory
+/// synced. On a failure before the rename the old file is untouched and the
+/// temporary file removed (best effort: a leftover one is truncated by the
+/// next replacement).
+fn replace_with<T>(
+    path: &Path,
+    write: impl FnOnce(&File) -> Result<T, RecordError>,
+) -> Result<T, RecordError> {
+    let tmp = with_suffix(path, ".tmp");
+    let written = File::create(&tmp)
+        .map_err(io(IoOp::Replace, path))
+        .and_then(|file| {
+            let out = write(&file)?;
+            file.sync_all().map_err(io(IoOp::Replace, path))?;
+            Ok(out)
+        });
     if written.is_err() {
-        // Best effort: a leftover .tmp is harmless and truncated next time.
         let _ = fs::remove_file(&tmp);
     }
-    let len = written?;
+    let out = written?;
     fs::rename(&tmp, path).map_err(io(IoOp::Replace, path))?;
     sync_parent(path)?;
-    Ok(len)
+    Ok(out)
 }
 
 /// Appends one framed record holding `body` to `buf` (a body over
@@ -913,18 +928,9 @@ pub(crate) fn encode_frame_into(buf: &mut Vec<u8>, body: &[u8]) {
 /// [`RecordError::Io`] (`Replace`, `SyncDir`); before the rename the old
 /// file is untouched and the temporary file removed.
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
-    let tmp = with_suffix(path, ".tmp");
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io(IoOp::Replace, path)(e));
-    }
-    fs::rename(&tmp, path).map_err(io(IoOp::Replace, path))?;
-    sync_parent(path)
+    replace_with(path, |mut file| {
+        file.write_all(bytes).map_err(io(IoOp::Replace, path))
+    })
 }
 
 fn file_header(kind: LogKind) -> [u8; HEADER_LEN as usize] {
@@ -978,11 +984,7 @@ pub(crate) mod test_faults {
 
     /// Whether this sync is one of them.
     pub(super) fn take_sync_failure() -> bool {
-        FAIL_SYNCS.with(|f| {
-            let n = f.get();
-            f.set(n.saturating_sub(1));
-            n > 0
-        })
+        take(&FAIL_SYNCS)
     }
 
     /// The next `n` record writes on this thread fail (nothing is written).
@@ -992,7 +994,12 @@ pub(crate) mod test_faults {
 
     /// Whether this write is one of them.
     pub(super) fn take_write_failure() -> bool {
-        FAIL_WRITES.with(|f| {
+        take(&FAIL_WRITES)
+    }
+
+    /// Counts one failure off `counter`; whether there was one left.
+    fn take(counter: &'static std::thread::LocalKey<Cell<u32>>) -> bool {
+        counter.with(|f| {
             let n = f.get();
             f.set(n.saturating_sub(1));
             n > 0
