@@ -1309,6 +1309,15 @@ mod tests {
         (auditor, bus, wall, clock)
     }
 
+    /// Every event written at once, each round in a segment of its own.
+    fn one_round_per_segment() -> AuditConfig {
+        AuditConfig {
+            durability: Durability::EveryRecord,
+            max_segment_bytes: 1,
+            ..AuditConfig::default()
+        }
+    }
+
     fn write(bus: &EventBus, s: &SessionId, i: u64) {
         bus.emit(
             Some(s),
@@ -2013,14 +2022,8 @@ mod tests {
     fn recovery_reads_no_segment_older_than_the_last_ones_start_names() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
-        let config = || AuditConfig {
-            durability: Durability::EveryRecord,
-            // Every round closes its segment: one delta per segment.
-            max_segment_bytes: 1,
-            ..AuditConfig::default()
-        };
         {
-            let (auditor, bus) = open_with(&dir, config());
+            let (auditor, bus) = open_with(&dir, one_round_per_segment());
             let old = SessionId::new("s-old").unwrap();
             let live = SessionId::new("s-live").unwrap();
             write(&bus, &old, 0);
@@ -2048,7 +2051,7 @@ mod tests {
         for n in [1, 2] {
             std::fs::write(crate::segments::segment_path(&segs, n), b"not a segment").unwrap();
         }
-        let (auditor, report) = reopen_with(&dir, config());
+        let (auditor, report) = reopen_with(&dir, one_round_per_segment());
         auditor.close().unwrap();
         assert!(report.damaged.is_empty(), "{report:?}");
         assert_eq!(report.sealed_on_recovery, vec![("s-live".to_string(), 3)]);
@@ -2227,13 +2230,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let hour = 3_600_000;
-        let config = || AuditConfig {
-            durability: Durability::EveryRecord,
-            // One delta per segment.
-            max_segment_bytes: 1,
-            ..AuditConfig::default()
-        };
-        let (auditor, bus, wall, _) = open_clocked(&dir, config());
+        let (auditor, bus, wall, _) = open_clocked(&dir, one_round_per_segment());
         for n in 0..3 {
             let s = SessionId::new(format!("s-{n}")).unwrap();
             write(&bus, &s, 0);
@@ -2255,7 +2252,7 @@ mod tests {
         let wall = FakeWallClock::new(1_000_000 + 2 * hour);
         let (again, report) = Auditor::open(
             &dir,
-            config(),
+            one_round_per_segment(),
             Arc::new(FakeClock::new()),
             Arc::new(wall.clone()),
         )
@@ -2283,15 +2280,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let hour = 3_600_000;
-        let (auditor, bus, wall, _) = open_clocked(
-            &dir,
-            AuditConfig {
-                durability: Durability::EveryRecord,
-                // One round per segment.
-                max_segment_bytes: 1,
-                ..AuditConfig::default()
-            },
-        );
+        let (auditor, bus, wall, _) = open_clocked(&dir, one_round_per_segment());
         let open = SessionId::new("s-open").unwrap();
         write(&bus, &open, 0);
         for n in 0..3 {
@@ -2392,14 +2381,7 @@ mod tests {
     /// Three deltas of s-x, then one of s-y, one round each, one segment
     /// each; the auditor closed without sealing (as a crash leaves them).
     fn unsealed_in_segments(dir: &Path) {
-        let (auditor, bus) = open_with(
-            dir,
-            AuditConfig {
-                durability: Durability::EveryRecord,
-                max_segment_bytes: 1,
-                ..AuditConfig::default()
-            },
-        );
+        let (auditor, bus) = open_with(dir, one_round_per_segment());
         for i in 0..3 {
             write(&bus, &SessionId::new("s-x").unwrap(), i);
         }
@@ -2410,85 +2392,70 @@ mod tests {
     #[test]
     fn recovery_seals_nothing_when_damage_hides_whose_records_were_lost() {
         // A damaged footer: the record after it could be the next round's.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("audit");
-        unsealed_in_segments(&dir);
-        let segs = crate::segments::segments_dir(&dir);
-        // Segment 3 holds s-x's last delta; its footer is its last record.
-        let seg3 = crate::segments::segment_path(&segs, 3);
-        let mut bytes = std::fs::read(&seg3).unwrap();
-        let n = bytes.len();
-        bytes[n - 2] ^= 1;
-        // And a round after it, so the damage is in the middle.
-        let seg4 = std::fs::read(crate::segments::segment_path(&segs, 4)).unwrap();
-        let start_end = (crate::records::HEADER_LEN + 8 + 10) as usize;
-        bytes.extend_from_slice(&seg4[start_end..]);
-        std::fs::write(&seg3, &bytes).unwrap();
-        std::fs::remove_file(crate::segments::segment_path(&segs, 4)).unwrap();
-        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
-        auditor.close().unwrap();
+        let report = recovered_after(|segs| {
+            // Segment 3 holds s-x's last delta; its footer is its last record.
+            let seg3 = crate::segments::segment_path(segs, 3);
+            let mut bytes = std::fs::read(&seg3).unwrap();
+            let n = bytes.len();
+            bytes[n - 2] ^= 1;
+            // And a round after it, so the damage is in the middle.
+            let seg4 = std::fs::read(crate::segments::segment_path(segs, 4)).unwrap();
+            let start_end = (crate::records::HEADER_LEN + 8 + 10) as usize;
+            bytes.extend_from_slice(&seg4[start_end..]);
+            std::fs::write(&seg3, &bytes).unwrap();
+            std::fs::remove_file(crate::segments::segment_path(segs, 4)).unwrap();
+        });
         assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
 
         // A segment that is not one, in the range recovery reads.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("audit");
-        unsealed_in_segments(&dir);
-        let seg3 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 3);
-        let mut bytes = std::fs::read(&seg3).unwrap();
-        bytes[0] ^= 0xFF;
-        std::fs::write(&seg3, &bytes).unwrap();
-        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
-        auditor.close().unwrap();
+        let report = recovered_after(|segs| {
+            let seg3 = crate::segments::segment_path(segs, 3);
+            let mut bytes = std::fs::read(&seg3).unwrap();
+            bytes[0] ^= 0xFF;
+            std::fs::write(&seg3, &bytes).unwrap();
+        });
         assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
 
         // A torn tail in a segment that is not the last: no crash explains
         // it, so it is damage too.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("audit");
-        unsealed_in_segments(&dir);
-        let seg3 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 3);
-        let len = std::fs::metadata(&seg3).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg3)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
-        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
-        auditor.close().unwrap();
+        let report = recovered_after(|segs| cut(&crate::segments::segment_path(segs, 3), 3));
         assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
 
         // The same tail at the end of the last segment is a crash's: s-x is
         // sealed over its acknowledged deltas, s-y (whose round was torn)
         // over none... it has no whole round, so it is not an orphan.
+        let report = recovered_after(|segs| cut(&crate::segments::segment_path(segs, 4), 3));
+        assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
+    }
+
+    /// What recovery reports after `damage` is done to the segments
+    /// directory of [`unsealed_in_segments`].
+    fn recovered_after(damage: impl FnOnce(&Path)) -> crate::RecoveryReport {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         unsealed_in_segments(&dir);
-        let seg4 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 4);
-        let len = std::fs::metadata(&seg4).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg4)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        damage(&crate::segments::segments_dir(&dir));
         let (auditor, report) = reopen_with(&dir, AuditConfig::default());
         auditor.close().unwrap();
-        assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
+        report
+    }
+
+    /// Cuts `n` bytes off the end of the file at `path`.
+    fn cut(path: &Path, n: u64) {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len - n)
+            .unwrap();
     }
 
     #[test]
     fn sessions_a_skipped_segment_held_are_pruned_once_it_is_repaired() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
-        let (auditor, bus, wall, _) = open_clocked(
-            &dir,
-            AuditConfig {
-                durability: Durability::EveryRecord,
-                max_segment_bytes: 1,
-                ..AuditConfig::default()
-            },
-        );
+        let (auditor, bus, wall, _) = open_clocked(&dir, one_round_per_segment());
         let s = SessionId::new("s-1").unwrap();
         write(&bus, &s, 0);
         write(&bus, &s, 1);
@@ -2512,14 +2479,7 @@ mod tests {
     fn a_segment_that_is_not_one_does_not_stop_pruning_the_others() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
-        let (auditor, bus) = open_with(
-            &dir,
-            AuditConfig {
-                durability: Durability::EveryRecord,
-                max_segment_bytes: 1,
-                ..AuditConfig::default()
-            },
-        );
+        let (auditor, bus) = open_with(&dir, one_round_per_segment());
         let a = SessionId::new("s-a").unwrap();
         let b = SessionId::new("s-b").unwrap();
         write(&bus, &a, 0);
