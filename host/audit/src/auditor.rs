@@ -1303,7 +1303,8 @@ impl Auditor {
 
     /// Replaces the bodies of a sealed session's deltas by their leaf hashes
     /// (retention): the commitment stays verifiable, the contents are gone.
-    /// Returns how many records were pruned. Reads every segment.
+    /// Returns how many records were pruned. Reads the segments its
+    /// records can be in if this process wrote them, else every segment.
     ///
     /// # Errors
     /// [`AuditError::NotSealed`] for a session without a commitment;
@@ -2066,7 +2067,13 @@ impl Shared {
         let _pruning = lock(&self.retention);
         let in_file = path.exists();
         let mut n = if in_file { prune_log(&path)? } else { 0 };
-        let done = self.prune_segments(1, u64::MAX, |s| s == session)?;
+        // The segments its records can be in, if this process wrote them.
+        let (from, to) = match lock(&self.spans).query(index, index + 1) {
+            Span::Segments { lo, hi } => (lo, hi),
+            Span::Nowhere => (1, 0),
+            Span::Unknown => (1, u64::MAX),
+        };
+        let done = self.prune_segments(from, to, |s| s == session)?;
         n += done.pruned.get(session).copied().unwrap_or(0);
         if let Some((_, e)) = done.skipped.into_iter().next() {
             // It may have records there too.

@@ -2332,6 +2332,51 @@ mod tests {
     }
 
     #[test]
+    fn pruning_one_session_reads_only_the_segments_it_was_written_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open_with(
+            &dir,
+            AuditConfig {
+                max_segment_bytes: 1,
+                ..AuditConfig::default()
+            },
+        );
+        let first = SessionId::new("s-first").unwrap();
+        write(&bus, &first, 0);
+        auditor.seal(&first).unwrap();
+        auditor.flush().unwrap();
+        // A block of commitments without records: the next session's
+        // commitment is in a block of its own, whose records are only in
+        // the next segment.
+        for n in 0..crate::spans::BLOCK {
+            auditor
+                .seal(&SessionId::new(format!("s-empty-{n}")).unwrap())
+                .unwrap();
+        }
+        let last = SessionId::new("s-last").unwrap();
+        write(&bus, &last, 0);
+        auditor.seal(&last).unwrap();
+        auditor.flush().unwrap();
+        let seg1 = crate::segments::segment_path(&crate::segments::segments_dir(&dir), 1);
+        let kept = std::fs::read(&seg1).unwrap();
+        std::fs::write(&seg1, b"not a segment").unwrap();
+        assert_eq!(auditor.prune("s-last").unwrap(), 1);
+        std::fs::write(&seg1, kept).unwrap();
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        let pruned = |name: &str| {
+            r.sessions
+                .iter()
+                .find(|s| s.session == name)
+                .unwrap()
+                .pruned
+        };
+        assert_eq!((pruned("s-first"), pruned("s-last")), (0, 1), "{r}");
+    }
+
+    #[test]
     fn retention_prunes_the_copy_a_failed_first_round_left_in_an_earlier_segment() {
         // The sync of a session's first round fails after its write: the
         // round is on disk in a segment its retried copy is not in.
