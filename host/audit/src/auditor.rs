@@ -18,8 +18,9 @@
 //! | `heads.log` | signed heads of the commitment log ([`SignedTreeHead`]) |
 //! | `lock` | held (exclusive `flock`) by the one auditor that has the directory open |
 //!
-//! Durability ([`Durability`]): `EveryRecord` writes and syncs each delta
-//! before capture returns; `GroupCommit` stages deltas in memory and a
+//! Durability ([`Durability`]): under `EveryRecord` a capture returns once
+//! its delta is written and synced, by a round of its own or one that
+//! captures on other threads share; `GroupCommit` stages deltas in memory and a
 //! background flusher writes and syncs them every `max_delay` (or sooner when
 //! `max_records` are staged); `OnClose` writes a session's deltas when it is
 //! sealed. A write is one round of the current segment: the staged deltas of
@@ -683,7 +684,10 @@ struct Shared {
     /// How many sessions `excluded` holds, written under its lock, so that
     /// an audited event skips the lock while no session is excluded.
     excluded_len: AtomicUsize,
-    dirty: Mutex<Vec<Arc<SessionLog>>>,
+    dirty: Mutex<DirtyList>,
+    /// Rounds finished, for captures under `EveryRecord` waiting for one
+    /// that took their delta.
+    rounds: (Mutex<RoundsDone>, Condvar),
     commits: Arc<CommitLog>,
     signer: OnceLock<BatchSigner>,
     bus: OnceLock<(Weak<EventBus>, SubscriptionId)>,
@@ -715,6 +719,24 @@ struct Shared {
     /// Which segments the sessions behind this process's commitments were
     /// written to, so a retention pass reads only those.
     spans: Mutex<CommitSpans>,
+}
+
+/// Sessions with staged deltas no round has taken yet.
+#[derive(Default)]
+struct DirtyList {
+    logs: Vec<Arc<SessionLog>>,
+    /// How many rounds have taken the list: a delta staged and listed now
+    /// is taken by round `drains + 1` at the latest.
+    drains: u64,
+}
+
+/// Rounds finished so far.
+#[derive(Default)]
+struct RoundsDone {
+    /// The highest `drains` number of a finished round.
+    drained: u64,
+    /// How many rounds finished.
+    finished: u64,
 }
 
 /// How far retention has walked the commitment log. Its resume point is
@@ -1032,7 +1054,8 @@ impl Auditor {
             sessions: RwLock::new(SessionMap::default()),
             excluded: Mutex::new(std::collections::HashSet::default()),
             excluded_len: AtomicUsize::new(0),
-            dirty: Mutex::new(Vec::new()),
+            dirty: Mutex::new(DirtyList::default()),
+            rounds: (Mutex::new(RoundsDone::default()), Condvar::new()),
             commits: commits.clone(),
             signer: OnceLock::new(),
             bus: OnceLock::new(),
@@ -1668,15 +1691,18 @@ impl Shared {
         self.captured.fetch_add(1, Ordering::Relaxed);
         match self.durability {
             Durability::EveryRecord => {
+                // Listed under the session's lock: a capture that finds it
+                // listed already knows it is in the list (or taken with
+                // this delta) before its own round number is read.
+                let target = {
+                    let mut d = lock(&self.dirty);
+                    if !std::mem::replace(&mut st.dirty, true) {
+                        d.logs.push(log.clone());
+                    }
+                    d.drains + 1
+                };
                 drop(guard);
-                // With whatever an earlier failed write staged again, so
-                // that it is retried now rather than at that session's next
-                // event.
-                let mut logs = std::mem::take(&mut *lock(&self.dirty));
-                logs.push(log.clone());
-                if let Err(e) = self.write_logs(&logs) {
-                    self.record_failure(&e);
-                }
+                self.write_through(target);
             }
             Durability::GroupCommit { max_records, .. } => {
                 // Only the capture that reaches the threshold wakes the
@@ -1687,7 +1713,7 @@ impl Shared {
                 // state, this one's included.
                 drop(guard);
                 if first {
-                    lock(&self.dirty).push(log);
+                    lock(&self.dirty).logs.push(log);
                 }
                 if backlog > self.max_staged {
                     // The flusher is behind: the capturing thread helps
@@ -1702,6 +1728,45 @@ impl Shared {
             Durability::OnClose => {}
         }
         Some((seq, leaf))
+    }
+
+    /// Under `EveryRecord`, returns once round `target` (the first to take
+    /// the dirty list after a delta was staged and its session listed) has
+    /// finished: the delta is then durable, or its failure recorded by
+    /// whoever ran the round. That is a round this capture runs itself if
+    /// the writer is free, else one run by whoever holds it or comes next,
+    /// which takes every delta staged while the round before it synced:
+    /// concurrent captures share one sync, and a capture whose delta was
+    /// written by another's round does not wait for the writer to learn it.
+    fn write_through(&self, target: u64) {
+        let (done, cv) = &self.rounds;
+        loop {
+            let seen = {
+                let r = lock(done);
+                if r.drained >= target {
+                    return;
+                }
+                r.finished
+            };
+            let writer = match self.segments.try_lock() {
+                Ok(w) => Some(w),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(writer) = writer {
+                if let Err(e) = self.write_round(writer, &[]) {
+                    self.record_failure(&e);
+                }
+                continue;
+            }
+            // The writer's holder counts its round as finished after
+            // releasing it: a round finished since `seen` may have freed
+            // it, so look again rather than wait.
+            let mut r = lock(done);
+            while r.finished == seen && r.drained < target {
+                r = cv.wait(r).unwrap_or_else(|p| p.into_inner());
+            }
+        }
     }
 
     /// Has the background flusher (if any) start a round now, or right
@@ -1727,8 +1792,44 @@ impl Shared {
     /// a later round (a round whose sync failed may be on disk too: readers
     /// read a retried round once). Returns [`SegmentWriter::highest_used`]
     /// afterwards: no chunk of these sessions is in a later segment.
+    ///
+    /// Every session listed as dirty is written too, the list taken under
+    /// the writer's lock ([`Shared::write_through`] relies on it).
     fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<u64, AuditError> {
-        let mut writer = lock(&self.segments);
+        self.write_round(lock(&self.segments), logs)
+    }
+
+    /// [`Shared::write_logs`] with the writer held; counts the round as
+    /// finished once the writer is released.
+    fn write_round(
+        &self,
+        mut writer: MutexGuard<'_, SegmentWriter>,
+        logs: &[Arc<SessionLog>],
+    ) -> Result<u64, AuditError> {
+        let (dirty, drain) = {
+            let mut d = lock(&self.dirty);
+            d.drains += 1;
+            (std::mem::take(&mut d.logs), d.drains)
+        };
+        let result = self.write_taken(&mut writer, logs, &dirty);
+        drop(writer);
+        {
+            let mut r = lock(&self.rounds.0);
+            r.drained = r.drained.max(drain);
+            r.finished += 1;
+        }
+        self.rounds.1.notify_all();
+        result
+    }
+
+    /// The body of a round: takes the staged deltas of `logs` and `dirty`
+    /// and writes them (see [`Shared::write_logs`]).
+    fn write_taken(
+        &self,
+        writer: &mut SegmentWriter,
+        logs: &[Arc<SessionLog>],
+        dirty: &[Arc<SessionLog>],
+    ) -> Result<u64, AuditError> {
         // Taken under the writer's lock: another thread's round cannot
         // write a later chunk of one of these sessions before this one.
         let mut taken: Vec<(Arc<SessionLog>, Vec<u8>, usize, u64)> = Vec::new();
@@ -1736,7 +1837,7 @@ impl Shared {
         // flagged again meanwhile) is taken once: two chunks of it in one
         // round could be staged again out of order after a failure.
         let mut seen = std::collections::HashSet::new();
-        for log in logs {
+        for log in logs.iter().chain(dirty) {
             if !seen.insert(Arc::as_ptr(log)) {
                 continue;
             }
@@ -1812,10 +1913,9 @@ impl Shared {
                     if !st.dirty {
                         st.dirty = true;
                         drop(st);
-                        lock(&self.dirty).push(log);
+                        lock(&self.dirty).logs.push(log);
                     }
                 }
-                drop(writer);
                 Err(e.into())
             }
         }
@@ -1903,7 +2003,9 @@ impl Shared {
     /// head is only ever signed over durable commitments.
     fn flush_round(&self) -> Result<(), AuditError> {
         let _round = lock(&self.round);
-        let mut logs = std::mem::take(&mut *lock(&self.dirty));
+        // The dirty list is taken by the round itself, under the writer's
+        // lock (a capture under `EveryRecord` counts on that).
+        let mut logs = Vec::new();
         // The staged commitments are always the tail of the commitment log, so
         // the head once they are all written is the current one.
         let (commits, head) = {
@@ -2342,7 +2444,7 @@ impl Shared {
                 .values()
                 .cloned()
                 .collect();
-            lock(&self.dirty).extend(all);
+            lock(&self.dirty).logs.extend(all);
         }
         self.flush_round()
     }

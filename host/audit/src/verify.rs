@@ -2332,6 +2332,53 @@ mod tests {
     }
 
     #[test]
+    fn under_every_record_a_delta_is_in_a_segment_when_its_emit_returns() {
+        // Concurrent captures share rounds (one takes every delta staged
+        // while the one before it synced); none may return before a round
+        // that took its delta has written it.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open_with(
+            &dir,
+            AuditConfig {
+                durability: Durability::EveryRecord,
+                ..AuditConfig::default()
+            },
+        );
+        let segs = crate::segments::segments_dir(&dir);
+        std::thread::scope(|scope| {
+            // Two threads per session: a capture may find its session
+            // listed by the other's.
+            for t in 0..6u64 {
+                let (bus, segs) = (&bus, &segs);
+                scope.spawn(move || {
+                    let s = SessionId::new(format!("s-{}", t % 3)).unwrap();
+                    for i in t * 1000..t * 1000 + 20 {
+                        write(bus, &s, i);
+                        let path = format!("shared/f{i}.txt");
+                        let records = crate::segments::session_records(segs, s.as_str())
+                            .unwrap()
+                            .records
+                            .records;
+                        assert!(
+                            records.iter().any(|r| r
+                                .record
+                                .body
+                                .windows(path.len())
+                                .any(|w| w == path.as_bytes())),
+                            "{s}: {path} not on disk when its emit returned"
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(auditor.stats().write_failures, 0);
+        auditor.close().unwrap();
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
     fn pruning_one_session_reads_only_the_segments_it_was_written_to() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
