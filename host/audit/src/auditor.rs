@@ -735,8 +735,52 @@ struct DirtyList {
 struct RoundsDone {
     /// The highest `drains` number of a finished round.
     drained: u64,
-    /// How many rounds finished.
-    finished: u64,
+    /// How many times the writer was released (by a round or anything
+    /// else that held it).
+    released: u64,
+}
+
+/// The segment writer, held. Dropping it releases the writer, then counts
+/// the release (and the round, if it was one) and wakes the captures
+/// waiting in [`Shared::write_through`]: whatever held the writer, one that
+/// found it held learns it is free again.
+struct WriterHold<'a> {
+    /// Dropped first (fields drop in order): released before it is counted.
+    guard: MutexGuard<'a, SegmentWriter>,
+    release: Release<'a>,
+}
+
+/// Counts a release of the writer when dropped.
+struct Release<'a> {
+    shared: &'a Shared,
+    /// The round's number ([`DirtyList::drains`]) if it took the dirty
+    /// list; 0 otherwise.
+    drained: u64,
+}
+
+impl std::ops::Deref for WriterHold<'_> {
+    type Target = SegmentWriter;
+    fn deref(&self) -> &SegmentWriter {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for WriterHold<'_> {
+    fn deref_mut(&mut self) -> &mut SegmentWriter {
+        &mut self.guard
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let (done, cv) = &self.shared.rounds;
+        {
+            let mut r = lock(done);
+            r.drained = r.drained.max(self.drained);
+            r.released += 1;
+        }
+        cv.notify_all();
+    }
 }
 
 /// How far retention has walked the commitment log. Its resume point is
@@ -1746,24 +1790,19 @@ impl Shared {
                 if r.drained >= target {
                     return;
                 }
-                r.finished
+                r.released
             };
-            let writer = match self.segments.try_lock() {
-                Ok(w) => Some(w),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(writer) = writer {
+            if let Some(writer) = self.try_writer() {
                 if let Err(e) = self.write_round(writer, &[]) {
                     self.record_failure(&e);
                 }
                 continue;
             }
-            // The writer's holder counts its round as finished after
-            // releasing it: a round finished since `seen` may have freed
-            // it, so look again rather than wait.
+            // Whoever holds the writer counts a release after releasing it
+            // ([`WriterHold`]): one since `seen` may have freed it, so look
+            // again rather than wait.
             let mut r = lock(done);
-            while r.finished == seen && r.drained < target {
+            while r.released == seen && r.drained < target {
                 r = cv.wait(r).unwrap_or_else(|p| p.into_inner());
             }
         }
@@ -1796,30 +1835,50 @@ impl Shared {
     /// Every session listed as dirty is written too, the list taken under
     /// the writer's lock ([`Shared::write_through`] relies on it).
     fn write_logs(&self, logs: &[Arc<SessionLog>]) -> Result<u64, AuditError> {
-        self.write_round(lock(&self.segments), logs)
+        self.write_round(self.writer(), logs)
     }
 
-    /// [`Shared::write_logs`] with the writer held; counts the round as
+    /// [`Shared::write_logs`] with the writer held; the round counts as
     /// finished once the writer is released.
     fn write_round(
         &self,
-        mut writer: MutexGuard<'_, SegmentWriter>,
+        mut writer: WriterHold<'_>,
         logs: &[Arc<SessionLog>],
     ) -> Result<u64, AuditError> {
-        let (dirty, drain) = {
+        let dirty = {
             let mut d = lock(&self.dirty);
             d.drains += 1;
-            (std::mem::take(&mut d.logs), d.drains)
+            writer.release.drained = d.drains;
+            std::mem::take(&mut d.logs)
         };
-        let result = self.write_taken(&mut writer, logs, &dirty);
-        drop(writer);
-        {
-            let mut r = lock(&self.rounds.0);
-            r.drained = r.drained.max(drain);
-            r.finished += 1;
+        self.write_taken(&mut writer, logs, &dirty)
+    }
+
+    /// The segment writer, held until the hold is dropped.
+    fn writer(&self) -> WriterHold<'_> {
+        WriterHold {
+            guard: lock(&self.segments),
+            release: Release {
+                shared: self,
+                drained: 0,
+            },
         }
-        self.rounds.1.notify_all();
-        result
+    }
+
+    /// The segment writer if no one holds it.
+    fn try_writer(&self) -> Option<WriterHold<'_>> {
+        let guard = match self.segments.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(WriterHold {
+            guard,
+            release: Release {
+                shared: self,
+                drained: 0,
+            },
+        })
     }
 
     /// The body of a round: takes the staged deltas of `logs` and `dirty`
@@ -2038,11 +2097,17 @@ impl Shared {
         } else {
             let mut io = lock(&self.commits.io);
             let now = self.clock.now();
-            commits[..ready]
+            let written = commits[..ready]
                 .iter()
                 .try_for_each(|c| io.append(&c.bytes, now).map(drop))
-                .and_then(|()| io.flush())
-                .map_err(AuditError::from)
+                .and_then(|()| io.flush());
+            if written.is_err() {
+                // They are staged again below and appended by a later
+                // round: left pending here too, they would be written
+                // twice. (After a failed sync the writer refuses all.)
+                io.discard_pending();
+            }
+            written.map_err(AuditError::from)
         };
         match result {
             Ok(()) => {
@@ -2204,7 +2269,8 @@ impl Shared {
         // The open segment is read without holding the writer (rounds go on
         // meanwhile): the records to prune are in what was written before,
         // since their sessions' commitments are durable.
-        let open = lock(&self.segments)
+        let open = self
+            .writer()
             .current_segment()
             .filter(|n| (from..=to).contains(n));
         if let Some(open) = open {
@@ -2214,13 +2280,13 @@ impl Shared {
                 Err(e) if is_io(&e) => return Err(e.into()),
                 Err(_) => true,
             };
-            let mut writer = lock(&self.segments);
+            let mut writer = self.writer();
             if holds && writer.current_segment() == Some(open) {
                 writer.close_current();
             }
         }
         let (list, open) = {
-            let writer = lock(&self.segments);
+            let writer = self.writer();
             (list_segments(&dir)?, writer.current_segment())
         };
         let mut pruned = std::collections::BTreeMap::new();
@@ -3269,6 +3335,61 @@ mod tests {
             // Nothing to wait for.
             assert_eq!(auditor.wait_durable(&r, Duration::ZERO).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn a_capture_waiting_for_the_writer_wakes_when_a_prune_releases_it() {
+        // Under `EveryRecord` a capture that finds the writer held waits
+        // for its release; a retention pass or a prune holds it without
+        // running a round, and must wake the capture all the same.
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, bus) = open(tmp.path(), Durability::EveryRecord);
+        let held = auditor.shared.writer();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let emitter = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                bus.emit(
+                    Some(&SessionId::new("s-w").unwrap()),
+                    None,
+                    TraceId(1),
+                    None,
+                    state_write(1),
+                );
+                tx.send(()).unwrap();
+            })
+        };
+        // Time for the capture to find the writer held and wait (if it has
+        // not yet, the test shows nothing, and passes).
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "the capture returned with the writer held"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the capture was not woken when the writer was released");
+        emitter.join().unwrap();
+        assert_eq!(auditor.stats().write_failures, 0);
+        auditor.close().unwrap();
+    }
+
+    #[test]
+    fn a_commitment_whose_write_failed_is_written_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, bus) = open(tmp.path(), Durability::EveryRecord);
+        // Its delta written by its own capture; its seal's round then has
+        // only the commitment to write, and that write fails.
+        let a = SessionId::new("s-a").unwrap();
+        bus.emit(Some(&a), None, TraceId(1), None, state_write(1));
+        crate::records::test_faults::fail_next_writes(1);
+        assert!(auditor.seal(&a).is_err());
+        sealed(&auditor, &bus, "s-b", 1);
+        auditor.close().unwrap();
+        let names: Vec<String> = on_disk(tmp.path()).into_iter().map(|c| c.session).collect();
+        assert_eq!(names, ["s-a", "s-b"]);
+        let r = crate::verify_dir(tmp.path(), None, None).unwrap();
+        assert!(r.ok(), "{r}");
     }
 
     #[test]

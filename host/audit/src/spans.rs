@@ -6,7 +6,7 @@
 //! written before their commitment, and segment numbers only grow). The
 //! auditor records that span per commitment as it writes them; this keeps,
 //! per block of [`BLOCK`] consecutive commitments, the union of their spans
-//! (24 bytes per block, so memory stays negligible however many sessions
+//! (40 bytes per block, so memory stays negligible however many sessions
 //! are kept). A retention pass prunes the sessions behind a run of
 //! commitments and asks for the union over that run: a session left open
 //! for a long time pins its first segment, but no longer makes every later
