@@ -197,6 +197,17 @@ pub(crate) fn audit(cmd: AuditCmd) -> Result<Exit, Failure> {
     }
 }
 
+/// One line of `prune`'s report for a log recovery left unsealed: the path
+/// once, whether or not the error names it already.
+fn damaged_line(path: &Path, e: &ahv_audit::AuditError) -> String {
+    let (path, e) = (path.display().to_string(), e.to_string());
+    if e.contains(&path) {
+        format!("damaged, not sealed: {e}\n")
+    } else {
+        format!("damaged, not sealed: {path} ({e})\n")
+    }
+}
+
 /// Checks a proof file against a pinned key. A file that is not a proof is
 /// a failed verification, like a proof that does not check out.
 fn verify_proof(file: &Path, key: &PublicKey) -> Result<Exit, Failure> {
@@ -259,7 +270,7 @@ fn prune(
         out += &format!("sealed session {session} ({n} delta(s)), left open by a crash\n");
     }
     for (path, e) in &report.damaged {
-        out += &format!("damaged, not sealed: {} ({e})\n", path.display());
+        out += &damaged_line(path, e);
     }
     for (path, offset, n) in &report.uncommitted {
         out += &format!(
@@ -518,6 +529,29 @@ mod tests {
         assert_eq!(check(&other), EXIT_TAMPERED);
         let text = show_missing(tmp.path());
         assert!(text.contains("s-cli"), "{text}");
+    }
+
+    #[test]
+    fn a_damaged_log_is_named_once_in_prunes_report() {
+        let path = Path::new("/state/audit/segments/00000000000000000003.seg");
+        let round = ahv_audit::AuditError::DamagedRound {
+            path: path.to_path_buf(),
+            offset: 77,
+            reason: "a record's checksum".into(),
+        };
+        let line = damaged_line(path, &round);
+        assert_eq!(
+            line.matches("00000000000000000003.seg").count(),
+            1,
+            "{line}"
+        );
+        assert!(line.contains("offset 77"), "{line}");
+        let other = ahv_audit::AuditError::AlreadySealed("s-x".into());
+        let line = damaged_line(path, &other);
+        assert!(
+            line.contains("00000000000000000003.seg") && line.contains("s-x"),
+            "{line}"
+        );
     }
 
     #[test]
