@@ -16,7 +16,12 @@
 //! it off. `PROBE_DIR=D` puts the state directory under D. `PROBE_DELAY_MS=N`
 //! (N ≥ 1; 0 or unset: the default) has the audit flusher write a round
 //! every N ms however many records are staged (the default: 10 ms, or 64
-//! records of one session).
+//! records of one session). `PROBE_SYNC_EVERY_MS=N` (with `PROBE_AUDIT=off`:
+//! the disk's share of the tail without the auditor) runs a thread that, every
+//! N ms while the joins run, writes `PROBE_SYNC_BYTES` (default 65 536) to
+//! one file and 128 bytes to another, each followed by an `fdatasync`, as an
+//! audit round writes a segment and the commitment log. An audited run
+//! prints how many bytes its segments hold, to size that load.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +74,7 @@ fn main() {
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
     let mut times = Vec::with_capacity(joins);
+    let load = sync_load(tmp.path());
     for _ in 0..joins {
         let s = hv
             .create_session(SessionConfig::default(), creator.clone())
@@ -78,6 +84,20 @@ fn main() {
         rt.block_on(hv.join_session(&s, req)).unwrap();
         times.push(t.elapsed());
         hv.terminate_session(&s).unwrap();
+    }
+    if let Some((stop, thread)) = load {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = thread.join().unwrap();
+        println!("sync load: {rounds} rounds of two fdatasyncs");
+    }
+    let segments = tmp.path().join("audit").join("segments");
+    if let Ok(entries) = std::fs::read_dir(&segments) {
+        let bytes: u64 = entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        println!("audit segments: {bytes} bytes for {joins} sessions");
     }
     let files = tempfile::tempdir().unwrap();
     let vfs = Arc::new(Vfs::new(
@@ -99,6 +119,41 @@ fn main() {
     report("all joins", &times);
     report(&format!("joins after the first {slots}"), &times[after..]);
     report("floor: spawn alone", &raw);
+}
+
+/// The `PROBE_SYNC_EVERY_MS` load, if asked for: its stop flag and thread
+/// (which returns how many rounds it made).
+#[allow(clippy::type_complexity)]
+fn sync_load(
+    dir: &std::path::Path,
+) -> Option<(
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+)> {
+    use std::io::Write;
+    let every = env::env_number("PROBE_SYNC_EVERY_MS", 0u64);
+    if every == 0 {
+        return None;
+    }
+    let bytes = env::env_number("PROBE_SYNC_BYTES", 65_536usize);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut big = std::fs::File::create(dir.join("sync-load-a")).unwrap();
+    let mut small = std::fs::File::create(dir.join("sync-load-b")).unwrap();
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let (chunk, tail) = (vec![0x5Au8; bytes], [0xA5u8; 128]);
+        let mut rounds = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(every));
+            big.write_all(&chunk).unwrap();
+            big.sync_data().unwrap();
+            small.write_all(&tail).unwrap();
+            small.sync_data().unwrap();
+            rounds += 1;
+        }
+        rounds
+    });
+    Some((stop, thread))
 }
 
 /// Prints the percentiles of `times` under `label`.
