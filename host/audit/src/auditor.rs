@@ -1761,10 +1761,9 @@ impl Shared {
                 }
                 if backlog > self.max_staged {
                     // The flusher is behind: the capturing thread helps
-                    // (backpressure), so staged memory stays bounded.
-                    if let Err(e) = self.flush_round() {
-                        self.record_failure(&e);
-                    }
+                    // (backpressure), so staged memory stays bounded. A
+                    // round records its own failure.
+                    let _ = self.flush_round();
                 } else if wake {
                     self.wake_flusher();
                 }
@@ -1793,9 +1792,8 @@ impl Shared {
                 r.released
             };
             if let Some(writer) = self.try_writer() {
-                if let Err(e) = self.write_round(writer, &[]) {
-                    self.record_failure(&e);
-                }
+                // It records its own failure.
+                let _ = self.write_round(writer, &[]);
                 continue;
             }
             // Whoever holds the writer counts a release after releasing it
@@ -1838,20 +1836,26 @@ impl Shared {
         self.write_round(self.writer(), logs)
     }
 
-    /// [`Shared::write_logs`] with the writer held; the round counts as
-    /// finished once the writer is released.
+    /// [`Shared::write_logs`] with the writer held; records its failure,
+    /// if any, and then counts as finished once the writer is released:
+    /// a capture that shared a failed round returns with the failure
+    /// already recorded.
     fn write_round(
         &self,
         mut writer: WriterHold<'_>,
         logs: &[Arc<SessionLog>],
     ) -> Result<u64, AuditError> {
-        let dirty = {
+        let (dirty, drain) = {
             let mut d = lock(&self.dirty);
             d.drains += 1;
-            writer.release.drained = d.drains;
-            std::mem::take(&mut d.logs)
+            (std::mem::take(&mut d.logs), d.drains)
         };
-        self.write_taken(&mut writer, logs, &dirty)
+        let result = self.write_taken(&mut writer, logs, &dirty);
+        if let Err(e) = &result {
+            self.record_failure(e);
+        }
+        writer.release.drained = drain;
+        result
     }
 
     /// The segment writer, held until the hold is dropped.
@@ -2085,8 +2089,8 @@ impl Shared {
             Ok(h) => h,
             Err(e) => {
                 // Nothing written this round is known durable: keep every
-                // commitment for the next round.
-                self.record_failure(&e);
+                // commitment for the next round. (The round recorded the
+                // failure.)
                 self.restage_commits(commits);
                 return Err(e);
             }
@@ -3335,6 +3339,47 @@ mod tests {
             // Nothing to wait for.
             assert_eq!(auditor.wait_durable(&r, Duration::ZERO).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn under_every_record_no_capture_returns_before_a_round_wrote_its_delta() {
+        // Straight into `capture`, several threads per session, so that
+        // captures overlap as often as they can: when one returns, its
+        // delta is written (no longer staged), or a failure was recorded
+        // before it returned.
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, _bus) = open(tmp.path(), Durability::EveryRecord);
+        let shared = &*auditor.shared;
+        std::thread::scope(|scope| {
+            for t in 0..8u64 {
+                scope.spawn(move || {
+                    let session = SessionId::new(format!("s-{}", t % 2)).unwrap();
+                    for version in 0..500 {
+                        let event = Event {
+                            id: ahv_core::EventId(0),
+                            time: Duration::ZERO,
+                            session: Some(session.clone()),
+                            agent: None,
+                            trace: TraceId(1),
+                            parent: None,
+                            payload: state_write(version),
+                        };
+                        let failures = shared.write_failures.load(Ordering::SeqCst);
+                        let (seq, _) = shared.capture(&event).unwrap();
+                        let log = shared.session_log(&session).unwrap();
+                        let st = lock(&log.state);
+                        let written = st.tree.len().0 - st.staged_count as u64;
+                        assert!(
+                            written > seq
+                                || shared.write_failures.load(Ordering::SeqCst) > failures,
+                            "{session}: delta {seq} staged, not written, when its capture returned"
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(auditor.stats().write_failures, 0);
+        auditor.close().unwrap();
     }
 
     #[test]
