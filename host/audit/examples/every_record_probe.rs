@@ -18,22 +18,16 @@ use std::time::{Duration, Instant};
 
 use ahv_audit::records::Durability;
 use ahv_audit::{AuditConfig, Auditor, SystemWallClock};
-use ahv_core::{AgentId, EventBus, EventPayload, SessionId, SystemClock, TraceId};
+use ahv_core::{AgentId, EventBus, SessionId, SystemClock};
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .map_or(default, |a| a.parse().expect("a whole number"))
-}
+#[path = "common/probe.rs"]
+mod probe;
+use probe::{arg, emit_write, probe_dir};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = arg(1, 8);
     let events = arg(2, 200);
-    let tmp = match std::env::var_os("PROBE_DIR") {
-        Some(parent) => tempfile::tempdir_in(parent)?,
-        None => tempfile::tempdir()?,
-    };
-    let dir = tmp.path().join("audit");
+    let (_tmp, dir) = probe_dir()?;
     let clock = Arc::new(SystemClock::default());
     let (auditor, _) = Auditor::open(
         &dir,
@@ -55,34 +49,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let agent = AgentId::new("did:ex:writer").expect("an agent id");
                 let mut times = Vec::with_capacity(events as usize);
                 start.wait();
+                let first = Instant::now();
                 for i in 0..events {
                     let t = Instant::now();
-                    bus.emit(
-                        Some(&s),
-                        Some(&agent),
-                        TraceId(u128::from(i) + 1),
-                        None,
-                        EventPayload::VfsWrite {
-                            path: format!("shared/f{i}.txt"),
-                            op: "write".into(),
-                            size: i,
-                            before: None,
-                            after: Some([i as u8; 32]),
-                        },
-                    );
+                    emit_write(&bus, &s, &agent, i);
                     times.push(t.elapsed());
                 }
-                times
+                (times, first, Instant::now())
             })
         })
         .collect();
     start.wait();
-    let t = Instant::now();
     let mut times: Vec<Duration> = Vec::new();
+    // From the first worker's start to the last one's end (this thread may
+    // be scheduled late after the barrier).
+    let (mut began, mut ended): (Option<Instant>, Option<Instant>) = (None, None);
     for w in workers {
-        times.extend(w.join().map_err(|_| "a worker panicked")?);
+        let (t, first, last) = w.join().map_err(|_| "a worker panicked")?;
+        times.extend(t);
+        began = Some(began.map_or(first, |b| b.min(first)));
+        ended = Some(ended.map_or(last, |e| e.max(last)));
     }
-    let took = t.elapsed();
+    let took = match (began, ended) {
+        (Some(b), Some(e)) => e - b,
+        _ => Duration::ZERO,
+    };
     times.sort();
     let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
     let stats = auditor.stats();

@@ -24,23 +24,17 @@ use std::time::{Duration, Instant};
 
 use ahv_audit::signing::FakeWallClock;
 use ahv_audit::{AuditConfig, Auditor};
-use ahv_core::{AgentId, EventBus, EventPayload, FakeClock, SessionId, TraceId};
+use ahv_core::{AgentId, EventBus, FakeClock, SessionId};
 
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .map_or(default, |a| a.parse().expect("a whole number"))
-}
+#[path = "common/probe.rs"]
+mod probe;
+use probe::{arg, emit_write, probe_dir};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let passes = arg(1, 40);
     let sessions = arg(2, 2_000);
     let segment_kib = arg(3, 1_024);
-    let tmp = match std::env::var_os("PROBE_DIR") {
-        Some(parent) => tempfile::tempdir_in(parent)?,
-        None => tempfile::tempdir()?,
-    };
-    let dir = tmp.path().join("audit");
+    let (_tmp, dir) = probe_dir()?;
     let hour_ms = 3_600_000;
     let mut now_ms = 1_700_000_000_000;
     let wall = FakeWallClock::new(now_ms);
@@ -57,21 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Arc::new(EventBus::new(1024, clock));
     auditor.attach(&bus);
     let agent = AgentId::new("did:ex:writer")?;
-    let emit = |s: &SessionId, i: u64| {
-        bus.emit(
-            Some(s),
-            Some(&agent),
-            TraceId(u128::from(i) + 1),
-            None,
-            EventPayload::VfsWrite {
-                path: format!("shared/f{i}.txt"),
-                op: "write".into(),
-                size: i,
-                before: None,
-                after: Some([i as u8; 32]),
-            },
-        );
-    };
+    let emit = |s: &SessionId, i: u64| emit_write(&bus, s, &agent, i);
     let open = SessionId::new("s-left-open")?;
     emit(&open, 0);
     auditor.flush()?;
