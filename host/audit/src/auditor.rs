@@ -685,9 +685,6 @@ struct Shared {
     /// an audited event skips the lock while no session is excluded.
     excluded_len: AtomicUsize,
     dirty: Mutex<DirtyList>,
-    /// Rounds finished, for captures under `EveryRecord` waiting for one
-    /// that took their delta.
-    rounds: (Mutex<RoundsDone>, Condvar),
     commits: Arc<CommitLog>,
     signer: OnceLock<BatchSigner>,
     bus: OnceLock<(Weak<EventBus>, SubscriptionId)>,
@@ -708,8 +705,9 @@ struct Shared {
     buffers: Mutex<Vec<Vec<u8>>>,
     /// The segment writer; held while a round's chunks are taken from their
     /// sessions and written, so a session's chunks reach the segments in
-    /// the order they were staged.
-    segments: Mutex<SegmentWriter>,
+    /// the order they were staged. Only ever held as a [`WriterHold`], so
+    /// that every release wakes the captures waiting for rounds.
+    segments: WriterCell,
     /// How many sessions not yet durably sealed have their first chunk in
     /// each segment: the lowest is the oldest live segment a new segment's
     /// start record names, so recovery reads no segment before it.
@@ -740,46 +738,114 @@ struct RoundsDone {
     released: u64,
 }
 
-/// The segment writer, held. Dropping it releases the writer, then counts
-/// the release (and the round, if it was one) and wakes the captures
-/// waiting in [`Shared::write_through`]: whatever held the writer, one that
-/// found it held learns it is free again.
-struct WriterHold<'a> {
-    /// Dropped first (fields drop in order): released before it is counted.
-    guard: MutexGuard<'a, SegmentWriter>,
-    release: Release<'a>,
-}
+use writer_cell::{WriterCell, WriterHold};
 
-/// Counts a release of the writer when dropped.
-struct Release<'a> {
-    shared: &'a Shared,
-    /// The round's number ([`DirtyList::drains`]) if it took the dirty
-    /// list; 0 otherwise.
-    drained: u64,
-}
+/// The segment writer's lock, apart: its mutex can be locked only as a
+/// [`WriterHold`], whose release every capture waiting for a round hears.
+mod writer_cell {
+    use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 
-impl std::ops::Deref for WriterHold<'_> {
-    type Target = SegmentWriter;
-    fn deref(&self) -> &SegmentWriter {
-        &self.guard
+    use super::{RoundsDone, lock};
+    use crate::segments::SegmentWriter;
+
+    /// The writer and the count of its releases.
+    pub(super) struct WriterCell {
+        writer: Mutex<SegmentWriter>,
+        /// Rounds finished and releases, for captures under `EveryRecord`
+        /// waiting for one that took their delta.
+        rounds: (Mutex<RoundsDone>, Condvar),
     }
-}
 
-impl std::ops::DerefMut for WriterHold<'_> {
-    fn deref_mut(&mut self) -> &mut SegmentWriter {
-        &mut self.guard
-    }
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let (done, cv) = &self.shared.rounds;
-        {
-            let mut r = lock(done);
-            r.drained = r.drained.max(self.drained);
-            r.released += 1;
+    impl WriterCell {
+        /// A cell holding `writer`.
+        pub(super) fn new(writer: SegmentWriter) -> WriterCell {
+            WriterCell {
+                writer: Mutex::new(writer),
+                rounds: (Mutex::new(RoundsDone::default()), Condvar::new()),
+            }
         }
-        cv.notify_all();
+
+        /// The writer, held until the hold is dropped.
+        pub(super) fn hold(&self) -> WriterHold<'_> {
+            self.held(lock(&self.writer))
+        }
+
+        /// The writer if no one holds it.
+        pub(super) fn try_hold(&self) -> Option<WriterHold<'_>> {
+            let guard = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            };
+            Some(self.held(guard))
+        }
+
+        fn held<'a>(&'a self, guard: MutexGuard<'a, SegmentWriter>) -> WriterHold<'a> {
+            WriterHold {
+                guard,
+                release: Release {
+                    rounds: &self.rounds,
+                    drained: 0,
+                },
+            }
+        }
+
+        /// The rounds' count and the condition variable every release
+        /// notifies.
+        pub(super) fn rounds(&self) -> &(Mutex<RoundsDone>, Condvar) {
+            &self.rounds
+        }
+    }
+
+    /// The segment writer, held. Dropping it releases the writer, then
+    /// counts the release (and the round, if it was one) and wakes the
+    /// captures waiting in `Shared::write_through`: whatever held the
+    /// writer, one that found it held learns it is free again.
+    pub(super) struct WriterHold<'a> {
+        /// Dropped first (fields drop in order): released before it is
+        /// counted.
+        guard: MutexGuard<'a, SegmentWriter>,
+        release: Release<'a>,
+    }
+
+    impl WriterHold<'_> {
+        /// Counts this hold, when released, as round `drain`
+        /// ([`super::DirtyList::drains`]): call once the round is done.
+        pub(super) fn finish_round(&mut self, drain: u64) {
+            self.release.drained = drain;
+        }
+    }
+
+    /// Counts a release of the writer when dropped.
+    struct Release<'a> {
+        rounds: &'a (Mutex<RoundsDone>, Condvar),
+        /// The round's number if the hold was a round; 0 otherwise.
+        drained: u64,
+    }
+
+    impl std::ops::Deref for WriterHold<'_> {
+        type Target = SegmentWriter;
+        fn deref(&self) -> &SegmentWriter {
+            &self.guard
+        }
+    }
+
+    impl std::ops::DerefMut for WriterHold<'_> {
+        fn deref_mut(&mut self) -> &mut SegmentWriter {
+            &mut self.guard
+        }
+    }
+
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            let (done, cv) = self.rounds;
+            {
+                let mut r = lock(done);
+                r.drained = r.drained.max(self.drained);
+                r.released += 1;
+            }
+            cv.notify_all();
+        }
     }
 }
 
@@ -1099,7 +1165,6 @@ impl Auditor {
             excluded: Mutex::new(std::collections::HashSet::default()),
             excluded_len: AtomicUsize::new(0),
             dirty: Mutex::new(DirtyList::default()),
-            rounds: (Mutex::new(RoundsDone::default()), Condvar::new()),
             commits: commits.clone(),
             signer: OnceLock::new(),
             bus: OnceLock::new(),
@@ -1113,7 +1178,7 @@ impl Auditor {
             last_round_ms: AtomicU64::new(0),
             round: Mutex::new(()),
             buffers: Mutex::new(Vec::new()),
-            segments: Mutex::new(SegmentWriter::open(
+            segments: WriterCell::new(SegmentWriter::open(
                 &segments_dir(dir),
                 config.max_segment_bytes,
             )?),
@@ -1782,7 +1847,7 @@ impl Shared {
     /// concurrent captures share one sync, and a capture whose delta was
     /// written by another's round does not wait for the writer to learn it.
     fn write_through(&self, target: u64) {
-        let (done, cv) = &self.rounds;
+        let (done, cv) = self.segments.rounds();
         loop {
             let seen = {
                 let r = lock(done);
@@ -1854,35 +1919,18 @@ impl Shared {
         if let Err(e) = &result {
             self.record_failure(e);
         }
-        writer.release.drained = drain;
+        writer.finish_round(drain);
         result
     }
 
     /// The segment writer, held until the hold is dropped.
     fn writer(&self) -> WriterHold<'_> {
-        WriterHold {
-            guard: lock(&self.segments),
-            release: Release {
-                shared: self,
-                drained: 0,
-            },
-        }
+        self.segments.hold()
     }
 
     /// The segment writer if no one holds it.
     fn try_writer(&self) -> Option<WriterHold<'_>> {
-        let guard = match self.segments.try_lock() {
-            Ok(w) => w,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(WriterHold {
-            guard,
-            release: Release {
-                shared: self,
-                drained: 0,
-            },
-        })
+        self.segments.try_hold()
     }
 
     /// The body of a round: takes the staged deltas of `logs` and `dirty`
