@@ -878,6 +878,17 @@ struct MarkPos {
 }
 
 impl RetentionMark {
+    /// Has the next pass try `targets` again, each once.
+    fn retry_all(&mut self, targets: Vec<(String, MarkPos)>) {
+        let listed: std::collections::HashSet<String> =
+            self.retry.iter().map(|(s, _)| s.clone()).collect();
+        for (s, at) in targets {
+            if !listed.contains(&s) {
+                self.retry.push((s, at));
+            }
+        }
+    }
+
     /// Where a new process should resume: the first commitment this one
     /// still has to prune (a failed one), or the next unseen one.
     fn resume(&self) -> MarkPos {
@@ -1783,9 +1794,7 @@ impl Shared {
                 kind: event.kind().to_string(),
                 len,
             };
-            self.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "an event was not audited");
-            *lock(&self.last_error) = Some(e.to_string());
+            self.note_failure(&e, "an event was not audited");
             return None;
         }
         let body = &st.staged[start + 4..];
@@ -1880,9 +1889,14 @@ impl Shared {
     }
 
     fn record_failure(&self, e: &AuditError) {
+        self.note_failure(e, "audit log write failed; will retry");
+    }
+
+    /// Counts a failure, logs it with `what`, and keeps it as the last error.
+    fn note_failure(&self, e: &AuditError, what: &str) {
         self.write_failures.fetch_add(1, Ordering::Relaxed);
         let message = with_causes(e);
-        tracing::error!(error = %message, "audit log write failed; will retry");
+        tracing::error!(error = %message, "{what}");
         *lock(&self.last_error) = Some(message);
     }
 
@@ -2287,11 +2301,10 @@ impl Shared {
         let in_file = path.exists();
         let mut n = if in_file { prune_log(&path)? } else { 0 };
         // The segments its records can be in, if this process wrote them.
-        let (from, to) = match lock(&self.spans).query(index, index + 1) {
-            Span::Segments { lo, hi } => (lo, hi),
-            Span::Nowhere => (1, 0),
-            Span::Unknown => (1, u64::MAX),
-        };
+        let (from, to) = lock(&self.spans)
+            .query(index, index + 1)
+            .segments_from(1)
+            .unwrap_or((1, 0));
         let done = self.prune_segments(from, to, |s| s == session)?;
         n += done.pruned.get(session).copied().unwrap_or(0);
         if let Some((_, e)) = done.skipped.into_iter().next() {
@@ -2474,13 +2487,7 @@ impl Shared {
         } else {
             lock(&self.spans).query(walk_from, next.index)
         };
-        let range = match span {
-            Span::Unknown => Some((mark.segments_from, u64::MAX)),
-            Span::Nowhere => None,
-            Span::Segments { lo, hi } => Some((lo.max(mark.segments_from), hi)),
-        }
-        .filter(|(from, to)| from <= to);
-        if let Some((from, to)) = range
+        if let Some((from, to)) = span.segments_from(mark.segments_from)
             && !targets.is_empty()
         {
             let set: std::collections::HashSet<&str> =
@@ -2502,26 +2509,14 @@ impl Shared {
                     // this pass's sessions are tried again, as they may
                     // have records there.
                     if let Some((_, e)) = done.skipped.into_iter().next() {
-                        let retried: std::collections::HashSet<String> =
-                            mark.retry.iter().map(|(s, _)| s.clone()).collect();
-                        for (s, at) in std::mem::take(&mut targets) {
-                            if !retried.contains(&s) {
-                                mark.retry.push((s, at));
-                            }
-                        }
+                        mark.retry_all(std::mem::take(&mut targets));
                         first_error.get_or_insert(e);
                     }
                 }
                 Err(e) => {
                     // Tried again whole by the next pass (a pruned record is
                     // left as it is).
-                    let retried: std::collections::HashSet<String> =
-                        mark.retry.iter().map(|(s, _)| s.clone()).collect();
-                    for (s, at) in targets {
-                        if !retried.contains(&s) {
-                            mark.retry.push((s, at));
-                        }
-                    }
+                    mark.retry_all(targets);
                     first_error.get_or_insert(e);
                 }
             }

@@ -40,6 +40,18 @@ pub(crate) enum Span {
 }
 
 impl Span {
+    /// The segments to read for it, none below `floor` (the lowest that
+    /// may hold anything not pruned yet): `None` when there is none to
+    /// read.
+    pub(crate) fn segments_from(self, floor: u64) -> Option<(u64, u64)> {
+        match self {
+            Span::Unknown => Some((floor, u64::MAX)),
+            Span::Nowhere => None,
+            Span::Segments { lo, hi } => Some((lo.max(floor), hi)),
+        }
+        .filter(|(from, to)| from <= to)
+    }
+
     /// The smallest span holding both.
     fn union(self, other: Span) -> Span {
         match (self, other) {
@@ -191,6 +203,14 @@ mod tests {
         s.record(15, seg(1, 1));
         assert_eq!(s.query(20, 21), Span::Unknown);
         assert_eq!(s.query(15, 16), seg(1, 1));
+    }
+
+    #[test]
+    fn the_segments_to_read_start_at_the_floor() {
+        assert_eq!(Span::Unknown.segments_from(4), Some((4, u64::MAX)));
+        assert_eq!(Span::Nowhere.segments_from(4), None);
+        assert_eq!(seg(2, 9).segments_from(4), Some((4, 9)));
+        assert_eq!(seg(2, 3).segments_from(4), None, "all below the floor");
     }
 
     proptest! {
