@@ -2,8 +2,11 @@
 //!
 //! - `instantiate_call/*`: a fresh instance of the no-I/O `pinger` agent from
 //!   the cached `InstancePre` (pooling allocator) plus one call of `run`:
-//!   governed (`Runtime::spawn` + `Agent::run`, ring 3 limits, log and WASI
-//!   context) vs raw wasmtime (same engine, a bare store, the same component).
+//!   governed (`Runtime::spawn` + `Agent::run`, ring 3 limits and log; the
+//!   instance's WASI context is made at its first WASI call, which this
+//!   `run` does not make) vs raw wasmtime (same engine, the same component,
+//!   a bare store with a WASI context made with it, as wasmtime's examples
+//!   make one).
 //! - `hostcall/*`: 1000 guest→host calls of `context.current-ring` on a live
 //!   instance: governed adapter (ring check) vs an ungoverned host function.
 //!   `raw_wasmtime_sync` shows what async calls cost (a fiber per call).

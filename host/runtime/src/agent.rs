@@ -1000,3 +1000,60 @@ async fn guarded<T>(
     kill.call_ended();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ahv_governance::vfs::{Vfs, VfsLimits};
+
+    fn made_wasi(agent: &Agent) -> bool {
+        agent
+            .live
+            .as_ref()
+            .is_some_and(|live| live.store.data().wasi_made())
+    }
+
+    /// An instance's WASI context is made at its first WASI call, not with
+    /// its store: a call that makes none never pays for it, and one that
+    /// does gets the same context (its stdout in the call's log).
+    #[tokio::test(flavor = "current_thread")]
+    async fn wasi_is_made_at_the_first_wasi_call_and_works_then() {
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Runtime::builder()
+            .cache_dir(cache.path())
+            .max_instances(4)
+            .build()
+            .unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap();
+        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+
+        let pinger = runtime.load(ahv_agents::PINGER).unwrap();
+        let id = AgentId::new("did:test:pinger").unwrap();
+        let mut agent = runtime
+            .spawn(&pinger, AgentSpec::new(id, Ring::Sandbox, vfs.clone()))
+            .await
+            .unwrap();
+        assert!(!made_wasi(&agent), "instantiation made WASI's context");
+        let out = agent.run("").await.unwrap();
+        assert_eq!(out.result.as_deref(), Ok("pong"));
+        assert!(!made_wasi(&agent), "a call without WASI made its context");
+
+        let hello = runtime.load(ahv_agents::HELLO).unwrap();
+        let id = AgentId::new("did:test:hello").unwrap();
+        let mut agent = runtime
+            .spawn(&hello, AgentSpec::new(id, Ring::Sandbox, vfs))
+            .await
+            .unwrap();
+        let out = agent.run("world").await.unwrap();
+        assert!(made_wasi(&agent), "hello's stdout went without WASI");
+        assert!(
+            out.logs
+                .iter()
+                .any(|l| l.message == "hello says hi on stdout"),
+            "hello's stdout line is not in its log: {:?}",
+            out.logs
+        );
+    }
+}

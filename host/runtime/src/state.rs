@@ -589,7 +589,14 @@ pub struct AgentState {
     pub(crate) limiter: Limiter,
     /// Most bytes one WASI random request may produce (the effective ring's).
     pub(crate) random_limit: u64,
-    wasi: WasiCtx,
+    /// WASI's context, made at the instance's first use of it: most calls
+    /// make no WASI call, and making one (its random generators seeded,
+    /// its streams and checks boxed) costs about a third of a microsecond,
+    /// some 4 % of a fresh instance's spawn and call.
+    wasi: Option<WasiCtx>,
+    /// The ceiling of one WASI random request, from the ring the instance
+    /// was created in (`WasiCtxBuilder::max_random_size`).
+    random_ceiling: u64,
     table: ResourceTable,
 }
 
@@ -608,32 +615,6 @@ impl AgentState {
     /// `now` is the instantiation's start.
     pub(crate) fn new(init: StateInit, limits: &RingLimits, now: Instant) -> AgentState {
         let log = Arc::new(Mutex::new(LogBuffer::default()));
-        // Grants nothing: no preopened directories, no environment, no
-        // arguments, no network. Only stdout/stderr (into the log), clocks
-        // and randomness. The network denials are wasmtime-wasi's defaults
-        // too; they are spelled out because `wasi:sockets` is linked for
-        // every agent (toolchains import it whether or not the agent uses
-        // it: `crate::component::WASI_DENIED`), so these lines are what
-        // turns every socket call into an `access-denied` (or, for a name
-        // lookup, a resolver failure) the guest sees.
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .stdout(LogStream {
-                log: log.clone(),
-                source: LogSource::Stdout,
-            })
-            .stderr(LogStream {
-                log: log.clone(),
-                source: LogSource::Stderr,
-            })
-            .allow_blocking_current_thread(false)
-            // Enforced per call (as a typed trap, at the effective ring's
-            // limit) by `crate::bulk`, before allocating; this is the ceiling.
-            .max_random_size(u64::try_from(limits.random_bytes).unwrap_or(u64::MAX))
-            .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
         let caps = Contexts {
@@ -652,12 +633,14 @@ impl AgentState {
             },
             net: net::LazyCtx::new(init.net),
         };
+        let random_ceiling = u64::try_from(limits.random_bytes).unwrap_or(u64::MAX);
         AgentState {
             gate: Gate::new(init.gate, now),
             caps,
             limiter: Limiter::new(limits),
-            random_limit: u64::try_from(limits.random_bytes).unwrap_or(u64::MAX),
-            wasi,
+            random_limit: random_ceiling,
+            wasi: None,
+            random_ceiling,
             table,
         }
     }
@@ -697,19 +680,64 @@ impl AgentState {
         (gate, ctx, table)
     }
 
-    /// The WASI context (for the bounded random functions in `crate::bulk`).
+    /// Whether the instance made WASI's context yet (for tests).
+    #[cfg(test)]
+    pub(crate) fn wasi_made(&self) -> bool {
+        self.wasi.is_some()
+    }
+
+    /// The WASI context (for the bounded random functions in `crate::bulk`),
+    /// made now if this is the instance's first use of it.
     pub(crate) fn wasi_mut(&mut self) -> &mut WasiCtx {
-        &mut self.wasi
+        self.ctx().ctx
     }
 }
 
 impl WasiView for AgentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let AgentState {
+            wasi,
+            random_ceiling,
+            caps,
+            table,
+            ..
+        } = self;
         WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
+            ctx: wasi.get_or_insert_with(|| agent_wasi(&caps.handles.log, *random_ceiling)),
+            table,
         }
     }
+}
+
+/// The WASI context every agent instance gets, made at its first WASI call
+/// (see `AgentState::wasi`); `log` takes its stdout and stderr.
+fn agent_wasi(log: &Arc<Mutex<LogBuffer>>, random_ceiling: u64) -> WasiCtx {
+    // Grants nothing: no preopened directories, no environment, no
+    // arguments, no network. Only stdout/stderr (into the log), clocks
+    // and randomness. The network denials are wasmtime-wasi's defaults
+    // too; they are spelled out because `wasi:sockets` is linked for
+    // every agent (toolchains import it whether or not the agent uses
+    // it: `crate::component::WASI_DENIED`), so these lines are what
+    // turns every socket call into an `access-denied` (or, for a name
+    // lookup, a resolver failure) the guest sees.
+    WasiCtx::builder()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .stdout(LogStream {
+            log: log.clone(),
+            source: LogSource::Stdout,
+        })
+        .stderr(LogStream {
+            log: log.clone(),
+            source: LogSource::Stderr,
+        })
+        .allow_blocking_current_thread(false)
+        // Enforced per call (as a typed trap, at the effective ring's
+        // limit) by `crate::bulk`, before allocating; this is the ceiling.
+        .max_random_size(random_ceiling)
+        .build()
 }
 
 #[cfg(test)]
