@@ -567,7 +567,7 @@ impl Agent {
     async fn instantiate(&mut self) -> Result<Live, AgentError> {
         let pre = self
             .runtime
-            .instance_pre(&self.component, self.spec.standing.base())?;
+            .instance_pre_ref(&self.component, self.spec.standing.base())?;
         // After linking (the first use of a ring links the component: host
         // work the guest's deadline must not pay for); the store's few
         // microseconds of setup do count against it.

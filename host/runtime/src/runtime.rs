@@ -646,10 +646,20 @@ impl Runtime {
         component: &AgentComponent,
         ring: Ring,
     ) -> Result<RootPre<AgentState>, LoadError> {
+        self.instance_pre_ref(component, ring).cloned()
+    }
+
+    /// [`Runtime::instance_pre`], borrowed from `component`'s cache: a
+    /// spawn need not clone (and then drop) its handles.
+    pub(crate) fn instance_pre_ref<'c>(
+        &self,
+        component: &'c AgentComponent,
+        ring: Ring,
+    ) -> Result<&'c RootPre<AgentState>, LoadError> {
         let ring = linked_ring(ring);
         let slot = &component.inner.pres[ring.number() as usize];
         if let Some(pre) = slot.get() {
-            return Ok(pre.clone());
+            return Ok(pre);
         }
         let link = |e: wasmtime::Error| LoadError::Link {
             ring,
@@ -661,7 +671,7 @@ impl Runtime {
             .instantiate_pre(&component.inner.component)
             .map_err(link)?;
         let pre = RootPre::new(pre).map_err(link)?;
-        Ok(slot.get_or_init(|| pre).clone())
+        Ok(slot.get_or_init(|| pre))
     }
 
     pub(crate) fn check_strict(
