@@ -293,6 +293,15 @@ pub enum AuditError {
     /// The auditor was closed.
     #[error("the auditor is closed")]
     Closed,
+    /// A write of the log panicked (a bug): treated as a failed write, so
+    /// what it was writing stays staged for the next round.
+    #[error("writing {what} panicked: {message}")]
+    WritePanicked {
+        /// What was being written: `a round of deltas` or `commitments`.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// An event whose delta would exceed a record's 16 MiB: not audited.
     #[error(
         "session {session}: a {kind} event's delta has {len} bytes, more than a record holds; it was not audited"
@@ -478,6 +487,24 @@ pub fn heads_path(audit_dir: &Path) -> PathBuf {
 /// loaded; `verify` does not read it).
 pub fn retention_mark_path(audit_dir: &Path) -> PathBuf {
     audit_dir.join("retention.mark")
+}
+
+/// Runs `write` (a round's write of `what`) and turns a panic in it into
+/// [`AuditError::WritePanicked`], so that the round's failure path stages
+/// what it took again instead of losing it, and the flusher thread lives
+/// on. A writer the panic interrupted is left as a failed write leaves it.
+fn contained<T>(
+    what: &'static str,
+    write: impl FnOnce() -> Result<T, AuditError>,
+) -> Result<T, AuditError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(AuditError::WritePanicked { what, message })
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -2000,7 +2027,12 @@ impl Shared {
             .unwrap_or(u64::MAX);
         // Where a failed round may be, if it reached the disk at all.
         let floor = writer.next_round_floor();
-        let written = writer.append_round(&chunks, oldest_live, self.clock.now());
+        let now = self.clock.now();
+        let written = contained("a round of deltas", || {
+            writer
+                .append_round(&chunks, oldest_live, now)
+                .map_err(AuditError::from)
+        });
         drop(chunks);
         match written {
             Ok(at) => {
@@ -2041,7 +2073,7 @@ impl Shared {
                         lock(&self.dirty).logs.push(log);
                     }
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -2163,17 +2195,20 @@ impl Shared {
         } else {
             let mut io = lock(&self.commits.io);
             let now = self.clock.now();
-            let written = commits[..ready]
-                .iter()
-                .try_for_each(|c| io.append(&c.bytes, now).map(drop))
-                .and_then(|()| io.flush());
+            let written = contained("commitments", || {
+                commits[..ready]
+                    .iter()
+                    .try_for_each(|c| io.append(&c.bytes, now).map(drop))
+                    .and_then(|()| io.flush())
+                    .map_err(AuditError::from)
+            });
             if written.is_err() {
                 // They are staged again below and appended by a later
                 // round: left pending here too, they would be written
                 // twice. (After a failed sync the writer refuses all.)
                 io.discard_pending();
             }
-            written.map_err(AuditError::from)
+            written
         };
         match result {
             Ok(()) => {
@@ -3342,6 +3377,61 @@ mod tests {
         );
         writes(&bus, &s, 4..=4);
         seal_close_and_verify(auditor, &dir, &s, 4);
+    }
+
+    /// A panic in a round's write (a bug: none is expected) is contained:
+    /// the round fails like a failed write, what it took is staged again,
+    /// and the next round writes it. Under group commit (here on the
+    /// caller's thread; the flusher's rounds are the same code) for the
+    /// deltas and for the commitments, and under `EveryRecord` in the
+    /// capture that runs the round.
+    #[test]
+    fn a_round_whose_write_panics_loses_nothing_and_the_next_writes_it() {
+        use crate::records::test_faults::panic_after_writes;
+        let panicked = |r: Result<Option<SignedTreeHead>, AuditError>, what: &str| {
+            assert!(
+                matches!(&r, Err(AuditError::WritePanicked { what: w, .. }) if *w == what),
+                "{r:?}"
+            );
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let s = SessionId::new("s-deltas").unwrap();
+        writes(&bus, &s, 1..=2);
+        auditor.flush().unwrap();
+        writes(&bus, &s, 3..=4);
+        panic_after_writes(0);
+        panicked(auditor.flush(), "a round of deltas");
+        assert!(
+            auditor.last_error().is_some_and(|e| e.contains("panicked")),
+            "{:?}",
+            auditor.last_error()
+        );
+        writes(&bus, &s, 5..=5);
+        auditor.flush().unwrap();
+        let c = SessionId::new("s-commitment").unwrap();
+        writes(&bus, &c, 1..=2);
+        auditor.flush().unwrap();
+        let receipt = auditor.seal(&c).unwrap();
+        // The round's only write is the commitment log's.
+        panic_after_writes(0);
+        panicked(auditor.flush(), "commitments");
+        assert!(!auditor.is_durable(&receipt));
+        auditor.flush().unwrap();
+        assert!(auditor.is_durable(&receipt));
+        seal_close_and_verify(auditor, &dir, &s, 5);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, Durability::EveryRecord);
+        let s = SessionId::new("s-every").unwrap();
+        writes(&bus, &s, 1..=1);
+        panic_after_writes(0);
+        writes(&bus, &s, 2..=2);
+        assert_eq!(auditor.stats().write_failures, 1, "{:?}", auditor.stats());
+        writes(&bus, &s, 3..=3);
+        seal_close_and_verify(auditor, &dir, &s, 3);
     }
 
     /// A segment whose creation fails after the file was made is removed,

@@ -577,9 +577,12 @@ impl RecordWriter {
         if self.buf.is_empty() && !self.dirty {
             return Ok(());
         }
+        // A failed write may have left part of the buffer on disk. Set
+        // before writing and cleared after, so that a write a panic
+        // interrupts counts as failed too.
+        let cut = std::mem::replace(&mut self.dirty, true);
         let written = (|| {
-            if self.dirty {
-                // A failed write may have left part of the buffer on disk.
+            if cut {
                 self.file.set_len(self.durable_len)?;
             }
             write_at(&mut self.file, &self.buf, self.durable_len)
@@ -720,6 +723,8 @@ fn write_at(file: &mut File, buf: &[u8], offset: u64) -> io::Result<()> {
     if test_faults::take_write_failure() {
         return Err(io::Error::other("injected write failure (test)"));
     }
+    #[cfg(test)]
+    test_faults::maybe_panic(file, buf, offset);
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
@@ -995,6 +1000,38 @@ pub(crate) mod test_faults {
     /// Whether this write is one of them.
     pub(super) fn take_write_failure() -> bool {
         take(&FAIL_WRITES)
+    }
+
+    thread_local! {
+        static PANIC_AFTER: Cell<Option<u32>> = const { Cell::new(None) };
+    }
+
+    /// After `n` more record writes on this thread, the next one writes
+    /// the first half of its bytes and panics (a bug in the middle of a
+    /// write).
+    pub(crate) fn panic_after_writes(n: u32) {
+        PANIC_AFTER.with(|p| p.set(Some(n)));
+    }
+
+    /// Panics, after writing half of `buf` at `offset`, if this write is
+    /// the one [`panic_after_writes`] named.
+    pub(super) fn maybe_panic(file: &std::fs::File, buf: &[u8], offset: u64) {
+        let now = PANIC_AFTER.with(|p| match p.get() {
+            Some(0) => {
+                p.set(None);
+                true
+            }
+            Some(n) => {
+                p.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        if now {
+            let half = &buf[..buf.len() / 2];
+            std::os::unix::fs::FileExt::write_all_at(file, half, offset).unwrap();
+            panic!("injected panic in a record write (test)");
+        }
     }
 
     /// Counts one failure off `counter`; whether there was one left.
@@ -1307,6 +1344,29 @@ mod tests {
         let r = read_log(&path, K).unwrap();
         assert!(r.is_clean(), "cut back to the durable length: {r:?}");
         assert_eq!(got(&r), [&b"one"[..]]);
+    }
+
+    /// A write a panic interrupts (after part of its bytes reached the
+    /// file) is cut back like a failed one: what the next write puts after
+    /// the durable records is all that follows them.
+    #[test]
+    fn a_write_a_panic_interrupts_is_cut_back_like_a_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.log");
+        let mut w = RecordWriter::create_unsynced(&path, K, Durability::OnClose).unwrap();
+        w.append(b"one", Duration::ZERO).unwrap();
+        w.write_unsynced().unwrap();
+        w.append(&[b'x'; 4096], Duration::ZERO).unwrap();
+        test_faults::panic_after_writes(0);
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.write_unsynced()));
+        assert!(panicked.is_err(), "the injected panic");
+        w.discard_pending();
+        w.append(b"two", Duration::ZERO).unwrap();
+        w.close().unwrap();
+        let r = read_log(&path, K).unwrap();
+        assert!(r.is_clean(), "the half-written record is gone: {r:?}");
+        assert_eq!(got(&r), [&b"one"[..], b"two"]);
     }
 
     #[test]
