@@ -488,7 +488,7 @@ impl Agent {
             files: self.spec.files.clone(),
             shared: self.spec.shared.clone(),
             actions: self.spec.actions.clone(),
-            policy: self.runtime.policy().clone(),
+            policy: self.runtime.inner.policy.clone(),
             net: self.spec.net.clone(),
         };
         let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits, now));

@@ -239,7 +239,7 @@ impl RuntimeBuilder {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linkers,
-                policy: self.policy,
+                policy: Arc::new(self.policy),
                 cache: self.cache_dir.map(|dir| DiskCache {
                     dir,
                     max_bytes: self.cache_max_bytes,
@@ -435,7 +435,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     /// The linkers for agents linked at ring 0 and at ring 1 ([`linked_ring`]).
     linkers: [Linker<AgentState>; 2],
-    pub(crate) policy: RingPolicy,
+    pub(crate) policy: Arc<RingPolicy>,
     cache: Option<DiskCache>,
     loaded: Mutex<HashMap<[u8; 32], AgentComponent>>,
     pub(crate) strict_admission: bool,

@@ -2,6 +2,7 @@
 //! of the caller's session, through the [`crate::gate::Governor`] — the same
 //! operations, rules and audit as the host API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ahv_core::{Capability, RingPolicy};
@@ -14,9 +15,10 @@ use crate::bindings::agent_hypervisor::agent::admin;
 use crate::gate::{AdminOp, ParticipantView};
 use crate::state::AgentState;
 
-/// The ring table, to report each participant's budgets.
+/// The ring table, to report each participant's budgets (the runtime's,
+/// shared: it is 416 bytes, and every store has a context).
 pub(crate) struct Ctx {
-    pub(crate) policy: RingPolicy,
+    pub(crate) policy: Arc<RingPolicy>,
 }
 
 /// Longest agent id or reason accepted, in bytes.

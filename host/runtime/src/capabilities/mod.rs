@@ -297,7 +297,7 @@ mod gate_tests {
             },
             shared,
             actions: Arc::new(builtin::registry()),
-            policy: policy.clone(),
+            policy: Arc::new(policy.clone()),
             net: Arc::default(),
         };
         let state = AgentState::new(init, policy.limits(ring), std::time::Instant::now());
