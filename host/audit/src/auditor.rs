@@ -3394,6 +3394,14 @@ mod tests {
                 "{r:?}"
             );
         };
+        // What the segments hold of `s`: its records, how many of them
+        // were read twice, and the segments.
+        let on_disk = |dir: &Path, s: &SessionId| {
+            let segs = segments_dir(dir);
+            let one = crate::segments::session_records(&segs, s.as_str()).unwrap();
+            let segments = list_segments(&segs).unwrap().len();
+            (one.records.records.len(), one.records.repeated, segments)
+        };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         let (auditor, bus) = open(&dir, NEVER);
@@ -3401,6 +3409,7 @@ mod tests {
         writes(&bus, &s, 1..=2);
         auditor.flush().unwrap();
         writes(&bus, &s, 3..=4);
+        // The round's one write: half of it reaches the file, then the panic.
         panic_after_writes(0);
         panicked(auditor.flush(), "a round of deltas");
         assert!(
@@ -3408,8 +3417,18 @@ mod tests {
             "{:?}",
             auditor.last_error()
         );
+        assert_eq!(
+            on_disk(&dir, &s),
+            (2, 0, 1),
+            "the failed round is not on disk"
+        );
         writes(&bus, &s, 5..=5);
         auditor.flush().unwrap();
+        assert_eq!(
+            on_disk(&dir, &s),
+            (5, 0, 1),
+            "written once, after the half round was cut off, in the same segment"
+        );
         let c = SessionId::new("s-commitment").unwrap();
         writes(&bus, &c, 1..=2);
         auditor.flush().unwrap();
@@ -3430,7 +3449,9 @@ mod tests {
         panic_after_writes(0);
         writes(&bus, &s, 2..=2);
         assert_eq!(auditor.stats().write_failures, 1, "{:?}", auditor.stats());
+        assert_eq!(on_disk(&dir, &s), (1, 0, 1));
         writes(&bus, &s, 3..=3);
+        assert_eq!(on_disk(&dir, &s), (3, 0, 1));
         seal_close_and_verify(auditor, &dir, &s, 3);
     }
 

@@ -785,7 +785,9 @@ impl Drop for RecordWriter {
     fn drop(&mut self) {
         // Best effort so a forgotten `close` does not lose records; errors
         // cannot be reported here, and recovery reports any partial write.
-        if !self.poisoned && (!self.buf.is_empty() || self.dirty) {
+        // Not while unwinding: what is pending may be half a batch, and a
+        // second panic in the write would abort the process.
+        if !self.poisoned && !std::thread::panicking() && (!self.buf.is_empty() || self.dirty) {
             let _ = self.flush();
         }
     }
@@ -1028,8 +1030,10 @@ pub(crate) mod test_faults {
             None => false,
         });
         if now {
-            let half = &buf[..buf.len() / 2];
-            std::os::unix::fs::FileExt::write_all_at(file, half, offset).unwrap();
+            #[cfg(unix)]
+            std::os::unix::fs::FileExt::write_all_at(file, &buf[..buf.len() / 2], offset).unwrap();
+            #[cfg(not(unix))]
+            let _ = (file, buf, offset);
             panic!("injected panic in a record write (test)");
         }
     }

@@ -597,6 +597,12 @@ impl SegmentWriter {
     /// new segment (the failed one may or may not hold this round: see the
     /// module docs on repeated chunks). Either way the caller retries with
     /// the same chunks.
+    ///
+    /// # Panics
+    /// A panic while the round is appended (a bug) is handled as a failed
+    /// write — the round's bytes dropped, the segment kept, the file cut
+    /// back before the next write — and then resumed, for the caller to
+    /// catch.
     pub fn append_round(
         &mut self,
         chunks: &[StagedChunk<'_>],
@@ -645,7 +651,7 @@ impl SegmentWriter {
             }
         };
         let offset = w.durable_len();
-        let appended = (|| {
+        let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut footer = footer_start();
             let mut entries = 0u32;
             for (c, bodies) in chunks.iter().zip(&bodies) {
@@ -666,7 +672,21 @@ impl SegmentWriter {
             close_footer(&mut footer, entries, true);
             w.append(&footer, now)?;
             w.flush()
-        })();
+        }));
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(panic) => {
+                // A panic (a bug) is a failed write: the round's bytes are
+                // dropped, and the writer, which counts a write it was
+                // interrupted in as failed, cuts the file back before the
+                // next one. The writer stays, so that the unwind does not
+                // drop it with the half-built round pending. The caller
+                // (`Auditor`) turns the panic into an error.
+                w.discard_pending();
+                self.current = Some((segment, w));
+                std::panic::resume_unwind(panic);
+            }
+        };
         match appended {
             Ok(()) => {
                 let end = w.durable_len();
@@ -711,11 +731,20 @@ fn create_segment(
 ) -> Result<RecordWriter, RecordError> {
     let path = segment_path(dir, number);
     let mut w = RecordWriter::create_unsynced(&path, LogKind::SEGMENT, Durability::OnClose)?;
-    let made = (|| {
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         w.append(&encode_start(oldest_live), now)?;
         w.flush()?;
         crate::records::sync_parent(&path)
-    })();
+    }));
+    let made = match made {
+        Ok(made) => made,
+        Err(panic) => {
+            // As a failure: the file goes.
+            w.abandon();
+            let _ = fs::remove_file(&path);
+            std::panic::resume_unwind(panic);
+        }
+    };
     if let Err(e) = made {
         // The file goes; dropping the writer would write it again first.
         w.abandon();

@@ -1006,11 +1006,12 @@ mod tests {
     use super::*;
     use ahv_governance::vfs::{Vfs, VfsLimits};
 
+    /// Whether the agent's live instance made its WASI context (it must
+    /// have a live instance).
     fn made_wasi(agent: &Agent) -> bool {
-        agent
-            .live
-            .as_ref()
-            .is_some_and(|live| live.store.data().wasi_made())
+        let live = agent.live.as_ref();
+        assert!(live.is_some(), "the agent has no live instance");
+        live.is_some_and(|live| live.store.data().wasi_made())
     }
 
     /// An instance's WASI context is made at its first WASI call, not with
