@@ -3455,6 +3455,30 @@ mod tests {
         seal_close_and_verify(auditor, &dir, &s, 3);
     }
 
+    /// A panic that repeats in every write (a bug in the write path) is
+    /// contained each time: no second panic while the first unwinds (which
+    /// would abort the process), and nothing written until a write works.
+    #[test]
+    fn a_panic_repeating_in_every_write_is_contained_each_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (auditor, bus) = open(&dir, NEVER);
+        let s = SessionId::new("s-repeating").unwrap();
+        writes(&bus, &s, 1..=2);
+        auditor.flush().unwrap();
+        writes(&bus, &s, 3..=4);
+        crate::records::test_faults::panic_next_writes(8);
+        for _ in 0..3 {
+            assert!(
+                matches!(auditor.flush(), Err(AuditError::WritePanicked { .. })),
+                "{:?}",
+                auditor.last_error()
+            );
+        }
+        crate::records::test_faults::panic_next_writes(0);
+        seal_close_and_verify(auditor, &dir, &s, 4);
+    }
+
     /// A segment whose creation fails after the file was made is removed,
     /// and the next write creates the next one: the failed delta is written
     /// there, before the later ones.

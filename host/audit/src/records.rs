@@ -1006,6 +1006,13 @@ pub(crate) mod test_faults {
 
     thread_local! {
         static PANIC_AFTER: Cell<Option<u32>> = const { Cell::new(None) };
+        static PANIC_EVERY: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Each of the next `n` record writes on this thread writes the first
+    /// half of its bytes and panics (a bug that repeats).
+    pub(crate) fn panic_next_writes(n: u32) {
+        PANIC_EVERY.with(|p| p.set(n));
     }
 
     /// After `n` more record writes on this thread, the next one writes
@@ -1028,7 +1035,7 @@ pub(crate) mod test_faults {
                 false
             }
             None => false,
-        });
+        }) || take(&PANIC_EVERY);
         if now {
             #[cfg(unix)]
             std::os::unix::fs::FileExt::write_all_at(file, &buf[..buf.len() / 2], offset).unwrap();
