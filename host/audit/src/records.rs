@@ -981,6 +981,8 @@ pub(crate) mod test_faults {
     thread_local! {
         static FAIL_WRITES: Cell<u32> = const { Cell::new(0) };
         static FAIL_SYNCS: Cell<u32> = const { Cell::new(0) };
+        static PANIC_AFTER: Cell<Option<u32>> = const { Cell::new(None) };
+        static PANIC_EVERY: Cell<u32> = const { Cell::new(0) };
     }
 
     /// The next `n` data syncs on this thread fail, after their write went
@@ -1004,11 +1006,6 @@ pub(crate) mod test_faults {
         take(&FAIL_WRITES)
     }
 
-    thread_local! {
-        static PANIC_AFTER: Cell<Option<u32>> = const { Cell::new(None) };
-        static PANIC_EVERY: Cell<u32> = const { Cell::new(0) };
-    }
-
     /// Each of the next `n` record writes on this thread writes the first
     /// half of its bytes and panics (a bug that repeats).
     pub(crate) fn panic_next_writes(n: u32) {
@@ -1023,7 +1020,8 @@ pub(crate) mod test_faults {
     }
 
     /// Panics, after writing half of `buf` at `offset`, if this write is
-    /// the one [`panic_after_writes`] named.
+    /// the one [`panic_after_writes`] named or one of the
+    /// [`panic_next_writes`].
     pub(super) fn maybe_panic(file: &std::fs::File, buf: &[u8], offset: u64) {
         let now = PANIC_AFTER.with(|p| match p.get() {
             Some(0) => {
