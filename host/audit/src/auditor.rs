@@ -507,6 +507,37 @@ fn contained<T>(
     })
 }
 
+/// A pause tests can put into a capture, to run other captures inside a
+/// window that a race would need.
+#[cfg(test)]
+mod test_hooks {
+    use std::sync::Mutex;
+
+    type Hook = (String, Box<dyn FnOnce() + Send>);
+
+    static STAGED: Mutex<Option<Hook>> = Mutex::new(None);
+
+    /// Runs `hook` once, in the first `EveryRecord` capture of `session`
+    /// after it staged its delta and released the session's lock, before
+    /// it waits for its round.
+    pub(super) fn on_staged(session: &str, hook: impl FnOnce() + Send + 'static) {
+        *STAGED.lock().unwrap() = Some((session.to_string(), Box::new(hook)));
+    }
+
+    pub(super) fn staged(session: &ahv_core::SessionId) {
+        let hook = {
+            let mut slot = STAGED.lock().unwrap();
+            match slot.as_ref() {
+                Some((s, _)) if s == session.as_str() => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, hook)) = hook {
+            hook();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1847,6 +1878,8 @@ impl Shared {
                     d.drains + 1
                 };
                 drop(guard);
+                #[cfg(test)]
+                test_hooks::staged(session);
                 self.write_through(target);
             }
             Durability::GroupCommit { max_records, .. } => {
@@ -3555,6 +3588,58 @@ mod tests {
                     }
                 });
             }
+        });
+        assert_eq!(auditor.stats().write_failures, 0);
+        auditor.close().unwrap();
+    }
+
+    /// The same promise, with the window a race would need held open: a
+    /// capture stops after staging its delta and releasing the session's
+    /// lock, and another capture of the session runs to its end meanwhile.
+    /// The first one must have listed the session already (under its
+    /// lock), or the second's round would not take it and the second
+    /// would return with its delta staged.
+    #[test]
+    fn under_every_record_a_capture_paused_after_staging_has_listed_its_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, _bus) = open(tmp.path(), Durability::EveryRecord);
+        let session = SessionId::new("s-paused").unwrap();
+        let event = |version| Event {
+            id: ahv_core::EventId(0),
+            time: Duration::ZERO,
+            session: Some(session.clone()),
+            agent: None,
+            trace: TraceId(1),
+            parent: None,
+            payload: state_write(version),
+        };
+        let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+        test_hooks::on_staged("s-paused", move || {
+            paused_tx.send(()).unwrap();
+            resume_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the test to resume the paused capture within 30 s");
+        });
+        let shared = &*auditor.shared;
+        std::thread::scope(|scope| {
+            let first = event(0);
+            let paused = scope.spawn(move || shared.capture(&first).unwrap().0);
+            paused_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the first capture to reach its pause within 30 s");
+            let (seq, _) = shared.capture(&event(1)).unwrap();
+            let log = shared.session_log(&session).unwrap();
+            let written = {
+                let st = lock(&log.state);
+                st.tree.len().0 - st.staged_count as u64
+            };
+            resume_tx.send(()).unwrap();
+            assert_eq!(paused.join().unwrap(), 0);
+            assert!(
+                written > seq,
+                "delta {seq} staged, not written, when its capture returned ({written} written)"
+            );
         });
         assert_eq!(auditor.stats().write_failures, 0);
         auditor.close().unwrap();
