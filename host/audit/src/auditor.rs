@@ -768,10 +768,7 @@ struct Shared {
     segments: WriterCell,
     /// How many sessions not yet durably sealed have their first chunk in
     /// each segment: the lowest is the oldest live segment a new segment's
-    /// start record names, so recovery reads no segment before it. An
-    /// orphan recovery could not seal, and a segment it could not read,
-    /// count here for good: every later reopen reads them and reports
-    /// them again.
+    /// start record names, so recovery reads no segment before it.
     live_segments: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Where the next retention pass starts; held by whatever prunes.
     retention: Mutex<RetentionMark>,
@@ -2758,13 +2755,7 @@ impl Shared {
         // damaged footer hides whose they were): sealing them over what is
         // left would commit to a log cut short.
         let mut suspects = std::collections::HashMap::new();
-        let mut unnamed: Option<(u64, PathBuf)> = None;
-        // Kept live for good (see `live_segments`).
-        let pin = |segment: u64| {
-            if segment != u64::MAX {
-                *lock(&self.live_segments).entry(segment).or_default() += 1;
-            }
-        };
+        let mut unnamed: Option<PathBuf> = None;
         let list = list_segments(&dir)?;
         let last = list.last().map(|(n, _)| *n);
         for (number, path) in list {
@@ -2776,8 +2767,7 @@ impl Shared {
                 Err(SegmentError::Record(e @ RecordError::Io { .. })) => return Err(e.into()),
                 Err(e) => {
                     // Whatever it held is unknown.
-                    unnamed.get_or_insert_with(|| (number, path.clone()));
-                    pin(number);
+                    unnamed.get_or_insert_with(|| path.clone());
                     report.damaged.push((path, e.into()));
                     continue;
                 }
@@ -2794,7 +2784,7 @@ impl Shared {
                     && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
                 || (contents.start.is_none() && has_rounds);
             if unexplained {
-                unnamed.get_or_insert_with(|| (number, path.clone()));
+                unnamed.get_or_insert_with(|| path.clone());
             }
             if let Some(t) = &contents.tail {
                 report.torn.push((path.clone(), t.clone()));
@@ -2814,12 +2804,10 @@ impl Shared {
                     },
                 ));
                 for s in &d.sessions {
-                    suspects
-                        .entry(s.clone())
-                        .or_insert_with(|| (number, path.clone()));
+                    suspects.entry(s.clone()).or_insert_with(|| path.clone());
                 }
                 if !d.named {
-                    unnamed.get_or_insert_with(|| (number, path.clone()));
+                    unnamed.get_or_insert_with(|| path.clone());
                 }
             }
             let ever = &lock(&self.commits.state).ever;
@@ -2841,12 +2829,9 @@ impl Shared {
                 ));
                 continue;
             };
-            // Where its records start, or the damage that may hold some.
-            let first = s.records.first().map_or(u64::MAX, |l| l.segment);
             let lost_in = suspects.get(&name).or(unnamed.as_ref());
-            if let Some((number, segment)) = lost_in {
+            if let Some(segment) = lost_in {
                 self.refuse(SealedSet::key(id.as_str()));
-                pin(first.min(*number));
                 report.damaged.push((
                     segment.clone(),
                     AuditError::BadChunks {
@@ -2862,7 +2847,6 @@ impl Shared {
             }
             if !s.problems.is_empty() {
                 self.refuse(SealedSet::key(id.as_str()));
-                pin(first);
                 report.damaged.push((
                     dir.clone(),
                     AuditError::BadChunks {
@@ -2882,7 +2866,6 @@ impl Shared {
                 Ok(l) => l,
                 Err(e) => {
                     self.refuse(SealedSet::key(id.as_str()));
-                    pin(first);
                     report.damaged.push((dir.clone(), e));
                     continue;
                 }

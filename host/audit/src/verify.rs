@@ -2481,50 +2481,6 @@ mod tests {
         auditor.close().unwrap();
     }
 
-    /// A session recovery could not seal, in a segment older than the ones
-    /// later processes write, is reported by every reopen, not only the
-    /// first: its first segment stays live, so each new segment's start
-    /// record still names it.
-    #[test]
-    fn every_reopen_reports_an_orphan_recovery_could_not_seal() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("audit");
-        unsealed_in_segments(&dir);
-        let segs = crate::segments::segments_dir(&dir);
-        // A changed byte in s-x's second delta (segment 2): its round is
-        // damaged, so s-x is not sealed over what is left.
-        let located = crate::segments::session_records(&segs, "s-x")
-            .unwrap()
-            .records
-            .records[1]
-            .clone();
-        assert_eq!(located.segment, 2);
-        let path = crate::segments::segment_path(&segs, 2);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[located.record.offset as usize + 12] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let reports_x = |report: &crate::RecoveryReport| {
-            report.damaged.iter().any(
-                |(_, e)| matches!(e, AuditError::BadChunks { session, .. } if session == "s-x"),
-            )
-        };
-        for reopen in 1..=3 {
-            let (auditor, bus) = {
-                let (auditor, report) = reopen_with(&dir, one_round_per_segment());
-                assert!(reports_x(&report), "reopen {reopen}: {report:?}");
-                let bus = Arc::new(EventBus::new(64, Arc::new(FakeClock::new())));
-                auditor.attach(&bus);
-                (auditor, bus)
-            };
-            // New segments, each naming the oldest live one in its start.
-            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
-            write(&bus, &s, 0);
-            write(&bus, &s, 1);
-            auditor.seal(&s).unwrap();
-            auditor.close().unwrap();
-        }
-    }
-
     #[test]
     fn recovery_seals_nothing_when_damage_hides_whose_records_were_lost() {
         // A damaged footer: the record after it could be the next round's.
