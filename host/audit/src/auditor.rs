@@ -512,23 +512,34 @@ fn contained<T>(
 #[cfg(test)]
 mod test_hooks {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     type Hook = (String, Box<dyn FnOnce() + Send>);
 
     static STAGED: Mutex<Option<Hook>> = Mutex::new(None);
+    /// Whether a hook is set: captures look at it before taking the lock,
+    /// so that an unused hook changes no other test's interleavings.
+    static ARMED: AtomicBool = AtomicBool::new(false);
 
     /// Runs `hook` once, in the first `EveryRecord` capture of `session`
     /// after it staged its delta and released the session's lock, before
     /// it waits for its round.
     pub(super) fn on_staged(session: &str, hook: impl FnOnce() + Send + 'static) {
         *STAGED.lock().unwrap() = Some((session.to_string(), Box::new(hook)));
+        ARMED.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn staged(session: &ahv_core::SessionId) {
+        if !ARMED.load(Ordering::SeqCst) {
+            return;
+        }
         let hook = {
             let mut slot = STAGED.lock().unwrap();
             match slot.as_ref() {
-                Some((s, _)) if s == session.as_str() => slot.take(),
+                Some((s, _)) if s == session.as_str() => {
+                    ARMED.store(false, Ordering::SeqCst);
+                    slot.take()
+                }
                 _ => None,
             }
         };
@@ -1878,6 +1889,8 @@ impl Shared {
                     d.drains + 1
                 };
                 drop(guard);
+                // Directly after the lock's release: a listing moved out
+                // of the lock would come after this pause.
                 #[cfg(test)]
                 test_hooks::staged(session);
                 self.write_through(target);
@@ -3623,6 +3636,9 @@ mod tests {
         });
         let shared = &*auditor.shared;
         std::thread::scope(|scope| {
+            // Dropped if this thread panics first, so that the paused
+            // capture stops waiting at once.
+            let resume_tx = resume_tx;
             let first = event(0);
             let paused = scope.spawn(move || shared.capture(&first).unwrap().0);
             paused_rx
