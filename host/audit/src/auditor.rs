@@ -3425,6 +3425,21 @@ mod tests {
         seal_close_and_verify(auditor, &dir, &s, 4);
     }
 
+    /// A group-commit auditor (its flusher never runs) in a new directory
+    /// (`<tmp>/audit`), with two deltas of session `name` written and two
+    /// more staged.
+    fn two_written_two_staged(
+        name: &str,
+    ) -> (tempfile::TempDir, Auditor, Arc<EventBus>, SessionId) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (auditor, bus) = open(&tmp.path().join("audit"), NEVER);
+        let s = SessionId::new(name).unwrap();
+        writes(&bus, &s, 1..=2);
+        auditor.flush().unwrap();
+        writes(&bus, &s, 3..=4);
+        (tmp, auditor, bus, s)
+    }
+
     /// A panic in a round's write (a bug: none is expected) is contained:
     /// the round fails like a failed write, what it took is staged again,
     /// and the next round writes it. Under group commit (here on the
@@ -3448,13 +3463,8 @@ mod tests {
             let segments = list_segments(&segs).unwrap().len();
             (one.records.records.len(), one.records.repeated, segments)
         };
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, auditor, bus, s) = two_written_two_staged("s-deltas");
         let dir = tmp.path().join("audit");
-        let (auditor, bus) = open(&dir, NEVER);
-        let s = SessionId::new("s-deltas").unwrap();
-        writes(&bus, &s, 1..=2);
-        auditor.flush().unwrap();
-        writes(&bus, &s, 3..=4);
         // The round's one write: half of it reaches the file, then the panic.
         panic_after_writes(0);
         panicked(auditor.flush(), "a round of deltas");
@@ -3506,13 +3516,8 @@ mod tests {
     /// would abort the process), and nothing written until a write works.
     #[test]
     fn a_panic_repeating_in_every_write_is_contained_each_time() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, auditor, _bus, s) = two_written_two_staged("s-repeating");
         let dir = tmp.path().join("audit");
-        let (auditor, bus) = open(&dir, NEVER);
-        let s = SessionId::new("s-repeating").unwrap();
-        writes(&bus, &s, 1..=2);
-        auditor.flush().unwrap();
-        writes(&bus, &s, 3..=4);
         crate::records::test_faults::panic_next_writes(8);
         for _ in 0..3 {
             assert!(
@@ -3565,6 +3570,20 @@ mod tests {
         }
     }
 
+    /// A state write of `session` at `version`, as an event straight for
+    /// `capture` (no bus).
+    fn state_write_of(session: &SessionId, version: u64) -> Event {
+        Event {
+            id: ahv_core::EventId(0),
+            time: Duration::ZERO,
+            session: Some(session.clone()),
+            agent: None,
+            trace: TraceId(1),
+            parent: None,
+            payload: state_write(version),
+        }
+    }
+
     #[test]
     fn under_every_record_no_capture_returns_before_a_round_wrote_its_delta() {
         // Straight into `capture`, several threads per session, so that
@@ -3579,15 +3598,7 @@ mod tests {
                 scope.spawn(move || {
                     let session = SessionId::new(format!("s-{}", t % 2)).unwrap();
                     for version in 0..500 {
-                        let event = Event {
-                            id: ahv_core::EventId(0),
-                            time: Duration::ZERO,
-                            session: Some(session.clone()),
-                            agent: None,
-                            trace: TraceId(1),
-                            parent: None,
-                            payload: state_write(version),
-                        };
+                        let event = state_write_of(&session, version);
                         let failures = shared.write_failures.load(Ordering::SeqCst);
                         let (seq, _) = shared.capture(&event).unwrap();
                         let log = shared.session_log(&session).unwrap();
@@ -3617,15 +3628,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (auditor, _bus) = open(tmp.path(), Durability::EveryRecord);
         let session = SessionId::new("s-paused").unwrap();
-        let event = |version| Event {
-            id: ahv_core::EventId(0),
-            time: Duration::ZERO,
-            session: Some(session.clone()),
-            agent: None,
-            trace: TraceId(1),
-            parent: None,
-            payload: state_write(version),
-        };
+        let event = |version| state_write_of(&session, version);
         let (paused_tx, paused_rx) = std::sync::mpsc::channel();
         let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
         test_hooks::on_staged("s-paused", move || {
