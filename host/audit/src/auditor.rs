@@ -3570,6 +3570,14 @@ mod tests {
         }
     }
 
+    /// How many of `session`'s deltas are written (captured and no longer
+    /// staged).
+    fn deltas_written(shared: &Shared, session: &SessionId) -> u64 {
+        let log = shared.session_log(session).unwrap();
+        let st = lock(&log.state);
+        st.tree.len().0 - st.staged_count as u64
+    }
+
     /// A state write of `session` at `version`, as an event straight for
     /// `capture` (no bus).
     fn state_write_of(session: &SessionId, version: u64) -> Event {
@@ -3601,9 +3609,7 @@ mod tests {
                         let event = state_write_of(&session, version);
                         let failures = shared.write_failures.load(Ordering::SeqCst);
                         let (seq, _) = shared.capture(&event).unwrap();
-                        let log = shared.session_log(&session).unwrap();
-                        let st = lock(&log.state);
-                        let written = st.tree.len().0 - st.staged_count as u64;
+                        let written = deltas_written(shared, &session);
                         assert!(
                             written > seq
                                 || shared.write_failures.load(Ordering::SeqCst) > failures,
@@ -3648,11 +3654,7 @@ mod tests {
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the first capture to reach its pause within 30 s");
             let (seq, _) = shared.capture(&event(1)).unwrap();
-            let log = shared.session_log(&session).unwrap();
-            let written = {
-                let st = lock(&log.state);
-                st.tree.len().0 - st.staged_count as u64
-            };
+            let written = deltas_written(shared, &session);
             resume_tx.send(()).unwrap();
             assert_eq!(paused.join().unwrap(), 0);
             assert!(
