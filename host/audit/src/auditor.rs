@@ -779,7 +779,10 @@ struct Shared {
     segments: WriterCell,
     /// How many sessions not yet durably sealed have their first chunk in
     /// each segment: the lowest is the oldest live segment a new segment's
-    /// start record names, so recovery reads no segment before it.
+    /// start record names, so recovery reads no segment before it. An
+    /// orphan recovery could not seal, and a segment it could not read,
+    /// count here for good: every later reopen reads them and reports
+    /// them again.
     live_segments: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Where the next retention pass starts; held by whatever prunes.
     retention: Mutex<RetentionMark>,
@@ -2768,7 +2771,22 @@ impl Shared {
         // damaged footer hides whose they were): sealing them over what is
         // left would commit to a log cut short.
         let mut suspects = std::collections::HashMap::new();
-        let mut unnamed: Option<PathBuf> = None;
+        // Damage whose victims are unknown, by segment, in increasing order.
+        // It can only hide records of sessions live in that segment: those
+        // whose first kept record is there or earlier (a session whose
+        // first records it hid has a gap before its first kept one, a
+        // problem of its own). Sessions a later process began, in later
+        // segments, are not blamed for it.
+        let mut unnamed: Vec<(u64, PathBuf)> = Vec::new();
+        let mut note_unnamed = |number: u64, path: &Path| {
+            if unnamed.last().is_none_or(|(n, _)| *n != number) {
+                unnamed.push((number, path.to_path_buf()));
+            }
+        };
+        // Kept live for good (see `live_segments`).
+        let pin = |segment: u64| {
+            *lock(&self.live_segments).entry(segment).or_default() += 1;
+        };
         let list = list_segments(&dir)?;
         let last = list.last().map(|(n, _)| *n);
         for (number, path) in list {
@@ -2780,7 +2798,8 @@ impl Shared {
                 Err(SegmentError::Record(e @ RecordError::Io { .. })) => return Err(e.into()),
                 Err(e) => {
                     // Whatever it held is unknown.
-                    unnamed.get_or_insert_with(|| path.clone());
+                    note_unnamed(number, &path);
+                    pin(number);
                     report.damaged.push((path, e.into()));
                     continue;
                 }
@@ -2797,7 +2816,7 @@ impl Shared {
                     && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
                 || (contents.start.is_none() && has_rounds);
             if unexplained {
-                unnamed.get_or_insert_with(|| path.clone());
+                note_unnamed(number, &path);
             }
             if let Some(t) = &contents.tail {
                 report.torn.push((path.clone(), t.clone()));
@@ -2817,10 +2836,12 @@ impl Shared {
                     },
                 ));
                 for s in &d.sessions {
-                    suspects.entry(s.clone()).or_insert_with(|| path.clone());
+                    suspects
+                        .entry(s.clone())
+                        .or_insert_with(|| (number, path.clone()));
                 }
                 if !d.named {
-                    unnamed.get_or_insert_with(|| path.clone());
+                    note_unnamed(number, &path);
                 }
             }
             let ever = &lock(&self.commits.state).ever;
@@ -2842,9 +2863,16 @@ impl Shared {
                 ));
                 continue;
             };
-            let lost_in = suspects.get(&name).or(unnamed.as_ref());
-            if let Some(segment) = lost_in {
+            // Where its kept records start (none kept: any damage may hold
+            // them).
+            let first = s.records.first().map(|l| l.segment);
+            let lost_in = suspects.get(&name).or_else(|| {
+                let from = first.unwrap_or(0);
+                unnamed.iter().find(|(n, _)| *n >= from)
+            });
+            if let Some((number, segment)) = lost_in {
                 self.refuse(SealedSet::key(id.as_str()));
+                pin(first.map_or(*number, |f| f.min(*number)));
                 report.damaged.push((
                     segment.clone(),
                     AuditError::BadChunks {
@@ -2860,6 +2888,9 @@ impl Shared {
             }
             if !s.problems.is_empty() {
                 self.refuse(SealedSet::key(id.as_str()));
+                if let Some(f) = first {
+                    pin(f);
+                }
                 report.damaged.push((
                     dir.clone(),
                     AuditError::BadChunks {
@@ -2879,6 +2910,9 @@ impl Shared {
                 Ok(l) => l,
                 Err(e) => {
                     self.refuse(SealedSet::key(id.as_str()));
+                    if let Some(f) = first {
+                        pin(f);
+                    }
                     report.damaged.push((dir.clone(), e));
                     continue;
                 }

@@ -2481,9 +2481,145 @@ mod tests {
         auditor.close().unwrap();
     }
 
+    /// [`unsealed_in_segments`], then a changed byte in s-x's second delta
+    /// (segment 2): its round is damaged, so recovery must not seal s-x
+    /// over what is left.
+    fn x_damaged_in_segment_2(dir: &Path) {
+        unsealed_in_segments(dir);
+        let segs = crate::segments::segments_dir(dir);
+        let located = crate::segments::session_records(&segs, "s-x")
+            .unwrap()
+            .records
+            .records[1]
+            .clone();
+        assert_eq!(located.segment, 2);
+        let path = crate::segments::segment_path(&segs, 2);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[located.record.offset as usize + 12] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    /// Whether `report` refused to seal `session`, naming it.
+    fn refused(report: &crate::RecoveryReport, session: &str) -> bool {
+        report
+            .damaged
+            .iter()
+            .any(|(_, e)| matches!(e, AuditError::BadChunks { session: s, .. } if s == session))
+    }
+
+    /// Whether `report` sealed `session` over its records.
+    fn sealed_on_recovery(report: &crate::RecoveryReport, session: &str) -> bool {
+        report.sealed_on_recovery.iter().any(|(s, _)| s == session)
+    }
+
+    /// Reopens `dir` as a new process would, attached to a bus of its own.
+    fn restart(dir: &Path) -> (Auditor, Arc<EventBus>, crate::RecoveryReport) {
+        let (auditor, report) = reopen_with(dir, one_round_per_segment());
+        let bus = Arc::new(EventBus::new(64, Arc::new(FakeClock::new())));
+        auditor.attach(&bus);
+        (auditor, bus, report)
+    }
+
+    /// A session recovery could not seal, in a segment older than the ones
+    /// later processes write, is reported by every reopen, not only the
+    /// first: its first segment stays live, so each new segment's start
+    /// record still names it.
     #[test]
-    fn recovery_seals_nothing_when_damage_hides_whose_records_were_lost() {
-        // A damaged footer: the record after it could be the next round's.
+    fn every_reopen_reports_an_orphan_recovery_could_not_seal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        x_damaged_in_segment_2(&dir);
+        for reopen in 1..=3 {
+            let (auditor, bus, report) = restart(&dir);
+            assert!(refused(&report, "s-x"), "reopen {reopen}: {report:?}");
+            // New segments, each naming the oldest live one in its start.
+            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.seal(&s).unwrap();
+            auditor.close().unwrap();
+        }
+    }
+
+    /// Damage an earlier reopen found stays in the range every later one
+    /// reads (the refused session keeps its segment live), but it is blamed
+    /// only on sessions live where it is: a session a later process began
+    /// after it is sealed on recovery as usual. Two kinds of such damage: a
+    /// segment that cannot be read, and a crash's leftovers at the end of a
+    /// segment that is no longer the last.
+    #[test]
+    fn old_damage_is_not_blamed_on_sessions_begun_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let segs = crate::segments::segments_dir(&dir);
+        x_damaged_in_segment_2(&dir);
+        // A second process: s-p2 in two segments, left open; then the first
+        // of them made unreadable, and a crash's half record after the last.
+        let (auditor, bus, report) = restart(&dir);
+        assert!(refused(&report, "s-x"), "{report:?}");
+        let p2 = SessionId::new("s-p2").unwrap();
+        write(&bus, &p2, 0);
+        write(&bus, &p2, 1);
+        auditor.close().unwrap();
+        let located = crate::segments::session_records(&segs, "s-p2")
+            .unwrap()
+            .records
+            .records;
+        let (first, last) = (located[0].segment, located[1].segment);
+        assert!(first < last, "{located:?}");
+        let path = crate::segments::segment_path(&segs, first);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let crash_leftovers = |segment: u64| {
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(crate::segments::segment_path(&segs, segment))
+                .unwrap()
+                .write_all(&[9, 0, 0, 0])
+                .unwrap();
+        };
+        crash_leftovers(last);
+        // A third process: s-p2 lost its first delta, so it is refused; s-x
+        // still is. s-p3, in segments after both kinds of damage, is left
+        // open; so is s-p4, which the fourth process then begins.
+        let (auditor, bus, report) = restart(&dir);
+        assert!(refused(&report, "s-x"), "{report:?}");
+        assert!(refused(&report, "s-p2"), "{report:?}");
+        let p3 = SessionId::new("s-p3").unwrap();
+        write(&bus, &p3, 0);
+        write(&bus, &p3, 1);
+        auditor.close().unwrap();
+        for (process, next) in [(4, "s-p4"), (5, "s-p5")] {
+            let (auditor, bus, report) = restart(&dir);
+            let unreadable = crate::segments::segment_path(&segs, first);
+            assert!(
+                report.damaged.iter().any(|(p, _)| *p == unreadable),
+                "process {process}: {report:?}"
+            );
+            for old in ["s-x", "s-p2"] {
+                assert!(
+                    refused(&report, old),
+                    "process {process}: {old}: {report:?}"
+                );
+            }
+            let begun_after = format!("s-p{}", process - 1);
+            assert!(
+                sealed_on_recovery(&report, &begun_after) && !refused(&report, &begun_after),
+                "process {process}: {begun_after}: {report:?}"
+            );
+            let s = SessionId::new(next).unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn recovery_seals_no_session_whose_records_damage_may_hide() {
+        // A damaged footer: the record after it could be the next round's,
+        // s-y's first among them.
         let report = recovered_after(|segs| {
             // Segment 3 holds s-x's last delta; its footer is its last record.
             let seg3 = crate::segments::segment_path(segs, 3);
@@ -2506,12 +2642,18 @@ mod tests {
             bytes[0] ^= 0xFF;
             std::fs::write(&seg3, &bytes).unwrap();
         });
-        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+        // It may have held more of s-x (begun in segment 1), but none of
+        // s-y, whose first delta is in segment 4.
+        let only_y_sealed = |report: &crate::RecoveryReport| {
+            assert!(refused(report, "s-x"), "{report:?}");
+            assert_eq!(report.sealed_on_recovery, vec![("s-y".to_string(), 1)]);
+        };
+        only_y_sealed(&report);
 
         // A torn tail in a segment that is not the last: no crash explains
         // it, so it is damage too.
         let report = recovered_after(|segs| cut(&crate::segments::segment_path(segs, 3), 3));
-        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+        only_y_sealed(&report);
 
         // The same tail at the end of the last segment is a crash's: s-x is
         // sealed over its acknowledged deltas, s-y (whose round was torn)
