@@ -2851,8 +2851,18 @@ impl Shared {
                 }
             }
         }
+        // Pinning here is right only because recovery writes no segment
+        // before this loop ends (an orphan's seal stages no deltas): a
+        // segment started earlier would name an oldest live segment that
+        // misses the later pins.
         for (name, s) in orphans.into_sessions() {
+            // Where its kept records start (none kept: any damage may hold
+            // them).
+            let first = s.records.first().map(|l| l.segment);
             let Ok(id) = SessionId::new(name.clone()) else {
+                if let Some(f) = first {
+                    pin(f);
+                }
                 report.damaged.push((
                     dir.clone(),
                     AuditError::BadChunks {
@@ -2863,9 +2873,6 @@ impl Shared {
                 ));
                 continue;
             };
-            // Where its kept records start (none kept: any damage may hold
-            // them).
-            let first = s.records.first().map(|l| l.segment);
             let lost_in = suspects.get(&name).or_else(|| {
                 let from = first.unwrap_or(0);
                 unnamed.iter().find(|(n, _)| *n >= from)

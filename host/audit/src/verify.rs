@@ -2541,6 +2541,79 @@ mod tests {
         }
     }
 
+    /// A segment recovery cannot read is reported by every reopen, not only
+    /// the first, though no refused session keeps it in range: it is kept
+    /// live itself.
+    #[test]
+    fn every_reopen_reports_an_unreadable_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let segs = crate::segments::segments_dir(&dir);
+        {
+            let (auditor, bus, _) = restart(&dir);
+            let a = SessionId::new("s-a").unwrap();
+            write(&bus, &a, 0);
+            auditor.seal(&a).unwrap();
+            let b = SessionId::new("s-b").unwrap();
+            write(&bus, &b, 0);
+            auditor.close().unwrap();
+        }
+        let seg_b = crate::segments::session_records(&segs, "s-b")
+            .unwrap()
+            .records
+            .records[0]
+            .segment;
+        let path = crate::segments::segment_path(&segs, seg_b);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        for reopen in 1..=3 {
+            let (auditor, bus, report) = restart(&dir);
+            assert!(
+                report.damaged.iter().any(|(p, _)| *p == path),
+                "reopen {reopen}: {report:?}"
+            );
+            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.seal(&s).unwrap();
+            auditor.close().unwrap();
+        }
+    }
+
+    /// A session refused for a gap (its first delta lost to a torn tail in
+    /// a segment that is no longer the last) is reported by every reopen:
+    /// the segment of its first kept record stays live.
+    #[test]
+    fn every_reopen_reports_an_orphan_refused_for_a_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let segs = crate::segments::segments_dir(&dir);
+        {
+            let (auditor, bus, _) = restart(&dir);
+            let g = SessionId::new("s-g").unwrap();
+            write(&bus, &g, 0);
+            write(&bus, &g, 1);
+            auditor.close().unwrap();
+        }
+        let located = crate::segments::session_records(&segs, "s-g")
+            .unwrap()
+            .records
+            .records;
+        let (first, last) = (located[0].segment, located[1].segment);
+        assert!(first < last);
+        cut(&crate::segments::segment_path(&segs, first), 3);
+        for reopen in 1..=3 {
+            let (auditor, bus, report) = restart(&dir);
+            assert!(refused(&report, "s-g"), "reopen {reopen}: {report:?}");
+            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.seal(&s).unwrap();
+            auditor.close().unwrap();
+        }
+    }
+
     /// Damage an earlier reopen found stays in the range every later one
     /// reads (the refused session keeps its segment live), but it is blamed
     /// only on sessions live where it is: a session a later process began
