@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -241,7 +241,14 @@ enum Job {
         tokio::sync::oneshot::Sender<Result<Vec<LedgerEntry>, StoreError>>,
     ),
     /// Answers with the first write error since the last flush.
-    Flush(tokio::sync::oneshot::Sender<Option<String>>),
+    Flush(FlushReply),
+}
+
+/// Where a flush's answer goes: a task awaiting it, or a thread blocked on
+/// it (without a runtime's help, and with a bound on the wait).
+enum FlushReply {
+    Task(tokio::sync::oneshot::Sender<Option<String>>),
+    Thread(SyncSender<Option<String>>),
 }
 
 /// Where the store comes from.
@@ -333,7 +340,7 @@ impl Records {
     /// error since the last flush, if any.
     pub(crate) async fn flush(&self) -> Result<(), HypervisorError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Job::Flush(tx)) {
+        if !self.send(Job::Flush(FlushReply::Task(tx))) {
             return Err(self.closed());
         }
         match tokio::time::timeout(STORE_WAIT, rx).await {
@@ -362,31 +369,27 @@ impl Records {
     /// Waits (blocking, bounded) until everything queued is stored; with
     /// `stop`, the thread then ends.
     pub(crate) fn drain(&self, stop: bool) -> Result<(), HypervisorError> {
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let sent = self.send(Job::Flush(tx));
+        // A std channel: this may run inside a task (tokio's blocking
+        // receive would panic there), and it wakes when the answer comes
+        // rather than at the next poll of a sleeping loop (a poll every
+        // millisecond made every shutdown take at least one).
+        let (tx, rx) = sync_channel(1);
+        let sent = self.send(Job::Flush(FlushReply::Thread(tx)));
         if stop {
             // Closing the channel ends the thread once the queue is drained.
             lock(&self.tx).take();
         }
         let mut result = Ok(());
-        let deadline = std::time::Instant::now() + FLUSH_WAIT;
         if sent {
-            loop {
-                match rx.try_recv() {
-                    Ok(None) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
-                    Ok(Some(e)) => {
-                        result = Err(HypervisorError::Ledger(e));
-                        break;
-                    }
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                        if std::time::Instant::now() >= deadline {
-                            return Err(HypervisorError::Ledger(format!(
-                                "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
-                                self.url
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+            match rx.recv_timeout(FLUSH_WAIT) {
+                // Disconnected: the thread ended without answering.
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => {}
+                Ok(Some(e)) => result = Err(HypervisorError::Ledger(e)),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(HypervisorError::Ledger(format!(
+                        "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
+                        self.url
+                    )));
                 }
             }
         }
@@ -489,7 +492,12 @@ fn store_thread(
                             let _ = reply.send(rt.block_on(store.entries_for(&agent)));
                         }
                         Job::Flush(reply) => {
-                            let _ = reply.send(first_error.take());
+                            let answer = first_error.take();
+                            // A caller that stopped waiting is no error.
+                            let _ = match reply {
+                                FlushReply::Task(tx) => tx.send(answer).is_ok(),
+                                FlushReply::Thread(tx) => tx.send(answer).is_ok(),
+                            };
                         }
                     }
                 }
