@@ -855,9 +855,12 @@ pub struct SegmentContents {
     /// The oldest live segment its start record names; `None` if it has no
     /// start record.
     pub start: Option<u64>,
-    /// The file's length when it is shorter than a record file's header (a
-    /// crash while it was created): it holds nothing.
-    pub short_header: Option<u64>,
+    /// The file's length when it has no header: it is shorter than one, or
+    /// holds only zero bytes. Either is a crash while it was created (a file
+    /// system may show blocks a crash left unwritten as zeros); nothing in
+    /// it was ever synced, so it holds nothing. (A round is acknowledged
+    /// only once the file is synced, header and start record included.)
+    pub unwritten: Option<u64>,
     /// Every chunk of every whole round, in file order.
     pub chunks: Vec<Chunk>,
     /// Rounds whose footer does not match their records: a damaged
@@ -884,11 +887,42 @@ impl SegmentContents {
     /// True when every record belongs to a whole, matching round.
     pub fn is_clean(&self) -> bool {
         self.start.is_some()
-            && self.short_header.is_none()
+            && self.unwritten.is_none()
             && self.damaged.is_empty()
             && self.uncommitted.is_empty()
             && self.corrupt.is_empty()
             && self.tail.is_none()
+    }
+}
+
+/// The length of the file at `path` if every byte of it is zero (read in
+/// blocks: bounded memory whatever its size).
+fn only_zeros(path: &Path) -> Result<Option<u64>, SegmentError> {
+    use std::io::Read as _;
+    let failed = |op| {
+        move |source| {
+            SegmentError::Record(RecordError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let read = failed(crate::records::IoOp::Read);
+    let mut file = fs::File::open(path).map_err(failed(crate::records::IoOp::Open))?;
+    let mut block = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = match file.read(&mut block) {
+            Ok(0) => return Ok(Some(len)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read(e)),
+        };
+        if block[..n].iter().any(|b| *b != 0) {
+            return Ok(None);
+        }
+        len += n as u64;
     }
 }
 
@@ -903,7 +937,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         number,
         path: path.to_path_buf(),
         start: None,
-        short_header: None,
+        unwritten: None,
         chunks: Vec::new(),
         damaged: Vec::new(),
         rounds_end: 0,
@@ -914,9 +948,16 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
     let recovered = match read_log(path, LogKind::SEGMENT) {
         Ok(r) => r,
         Err(RecordError::ShortHeader { len, .. }) => {
-            out.short_header = Some(len);
+            out.unwritten = Some(len);
             return Ok(out);
         }
+        Err(e @ RecordError::BadMagic { .. }) => match only_zeros(path)? {
+            Some(len) => {
+                out.unwritten = Some(len);
+                return Ok(out);
+            }
+            None => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     out.corrupt = recovered.corrupt;
@@ -1624,11 +1665,25 @@ mod tests {
         raw_segment(&segment_path(dir.path(), 7), &[]);
         assert_eq!(recovery_start(dir.path()).unwrap(), 2);
         let empty = read_segment(6, &segment_path(dir.path(), 6)).unwrap();
-        assert_eq!((empty.short_header, empty.start), (Some(0), None));
+        assert_eq!((empty.unwritten, empty.start), (Some(0), None));
         assert!(!empty.is_clean());
         let header_only = read_segment(7, &segment_path(dir.path(), 7)).unwrap();
         assert_eq!(header_only.start, None);
         assert!(header_only.chunks.is_empty() && !header_only.is_clean());
+        // Or zeros only, longer than a read block; a byte that is not zero
+        // at the end makes it no segment.
+        let mut zeros = vec![0u8; 200_000];
+        fs::write(segment_path(dir.path(), 8), &zeros).unwrap();
+        assert_eq!(recovery_start(dir.path()).unwrap(), 2);
+        let zeroed = read_segment(8, &segment_path(dir.path(), 8)).unwrap();
+        assert_eq!((zeroed.unwritten, zeroed.start), (Some(200_000), None));
+        assert!(zeroed.chunks.is_empty() && !zeroed.is_clean());
+        zeros[199_999] = 7;
+        fs::write(segment_path(dir.path(), 8), &zeros).unwrap();
+        assert!(matches!(
+            read_segment(8, &segment_path(dir.path(), 8)),
+            Err(SegmentError::Record(RecordError::BadMagic { .. }))
+        ));
         assert_eq!(decode_start(&encode_start(9)), Some(9));
         assert_eq!(decode_start(&encode_start(9)[..9]), None);
         assert_eq!(decode_start(&[START_TAG, 2, 0, 0, 0, 0, 0, 0, 0, 9]), None);

@@ -476,9 +476,9 @@ fn check_segments(
                 continue;
             }
         };
-        if let Some(len) = contents.short_header {
+        if let Some(len) = contents.unwritten {
             report.notes.push(format!(
-                "{file}: {len} byte(s), less than a header: a crash while it was created (it holds nothing)"
+                "{file}: {len} byte(s) and no header (less than one, or only zeros): a crash while it was created (it holds nothing)"
             ));
             continue;
         }
@@ -2735,6 +2735,47 @@ mod tests {
         assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
     }
 
+    /// A newest segment of zero bytes only is what a crash while it was
+    /// created can leave on a file system that shows unwritten blocks as
+    /// zeros: nothing in it was synced, so it holds nothing, and recovery
+    /// seals the sessions left open as it would without it. One byte that
+    /// is not zero makes it damage again.
+    #[test]
+    fn a_segment_of_zeros_only_is_a_crash_while_it_was_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let segs = crate::segments::segments_dir(&dir);
+        let zeros = crate::segments::segment_path(&segs, 5);
+        std::fs::write(&zeros, vec![0u8; 100_000]).unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(report.damaged.is_empty(), "{report:?}");
+        assert_eq!(
+            report.sealed_on_recovery,
+            vec![("s-x".to_string(), 3), ("s-y".to_string(), 1)]
+        );
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(r.ok(), "{r}");
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("00005.seg") && n.contains("only zeros")),
+            "{r}"
+        );
+
+        let report = recovered_after(|segs| {
+            let mut bytes = vec![0u8; 100_000];
+            bytes[70_000] = 1;
+            std::fs::write(crate::segments::segment_path(segs, 5), bytes).unwrap();
+        });
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+        assert!(
+            refused(&report, "s-x") && refused(&report, "s-y"),
+            "{report:?}"
+        );
+    }
+
     /// What recovery reports after `damage` is done to the segments
     /// directory of [`unsealed_in_segments`].
     fn recovered_after(damage: impl FnOnce(&Path)) -> crate::RecoveryReport {
@@ -3699,7 +3740,9 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.notes.iter().any(|n| n.contains("less than a header")),
+            r.notes
+                .iter()
+                .any(|n| n.contains("no header (less than one")),
             "{r}"
         );
     }
