@@ -2,7 +2,8 @@
 """Prints the performance table from one run of host/bench/compare.sh: criterion's medians
 (target/criterion/<group>/<bench>/new/estimates.json) beside the baseline each is compared
 with — a floor measured by another bench of the same run, or the Python reference's p50
-from host/bench/reference.py — and the ratio. With --readme FILE, the table also replaces
+from host/bench/reference.py — and the ratio; then each performance goal, judged in this
+run beside the design's floor measured in it. With --readme FILE, both tables also replace
 the block between the `perf-table` markers in FILE.
 
 Usage: table.py REFERENCE.json CRITERION_DIR [--readme README.md] [--date YYYY-MM-DD]
@@ -59,6 +60,29 @@ ROWS = [
      "the disk-bound rows vary widely between runs on this VM"),
 ]
 
+# The performance goals (issue 16 of the project's tracker, stated in the README), each judged
+# in this run beside the least any design that hashes every governed event as its own leaf
+# could take here (a floor bench of the same run), where one bounds it:
+# (goal, how it is judged, our bench, its baseline, the floor's bench or None, the bound).
+# "speedup": baseline / ours ≥ bound (the floor: baseline / floor);
+# "ratio": ours / baseline ≤ bound (the floor: floor / baseline);
+# "throughput": baseline / ours ≥ bound (times per call; no floor);
+# "time": ours ≤ bound nanoseconds (no floor).
+DESIGN_FLOOR = "floor_unaudited_plus_encoding_hashing_and_announcements"
+GOALS = [
+    ("pipeline with Wasm ≥ 4× faster than the reference", "speedup", "full_pipeline/wasm",
+     "ref:full_governance_pipeline", f"full_pipeline/wasm_{DESIGN_FLOOR}", 4.0),
+    ("audited lifecycle ≤ 2× audit off", "ratio", "session_lifecycle/audited",
+     "session_lifecycle/unaudited", f"session_lifecycle/{DESIGN_FLOOR}", 2.0),
+    ("pipeline without Wasm ≤ 1.5× its hashing floor", "ratio", "full_pipeline/no_wasm",
+     "full_pipeline/floor_unaudited_plus_hashing", None, 1.5),
+    ("pipeline with Wasm ≤ 1.25× audit off", "ratio", "full_pipeline/wasm",
+     "full_pipeline/wasm_unaudited", f"full_pipeline/wasm_{DESIGN_FLOOR}", 1.25),
+    ("instantiate + call ≥ 0.95× raw wasmtime's throughput", "throughput",
+     "instantiate_call/governed", "instantiate_call/raw_wasmtime", None, 0.95),
+    ("ring computation ≤ 2 ns", "time", "ring_computation/ring_for_score", None, None, 2.0),
+]
+
 BEGIN = re.compile(r"<!-- perf-table: .*?-->")
 END = "<!-- perf-table: end -->"
 
@@ -106,9 +130,59 @@ def table(reference: dict, criterion: pathlib.Path) -> tuple[str, list[str]]:
     return "\n".join(lines), missing
 
 
+def figure(reference: dict, criterion: pathlib.Path, bench: str) -> float | None:
+    """A bench's median, or a reference scenario's p50, in nanoseconds."""
+    if bench.startswith("ref:"):
+        r = reference.get(bench[4:])
+        return None if r is None else r["p50_us"] * 1_000
+    return median_ns(criterion, bench)
+
+
+def goals(reference: dict, criterion: pathlib.Path) -> tuple[str, list[str]]:
+    """The goals' table: each goal's figure in this run, its floor's, and the verdict."""
+    lines = ["| Goal | This run | The design's floor, same run | Verdict |", "|---|---|---|---|"]
+    missing = []
+    for goal, how, ours_id, base_id, floor_id, bound in GOALS:
+        ids = [i for i in (ours_id, base_id, floor_id) if i is not None]
+        got = {i: figure(reference, criterion, i) for i in ids}
+        missing += [i for i in ids if got[i] is None]
+        if any(v is None for v in got.values()):
+            lines.append(f"| {goal} | — | — | — |")
+            continue
+        ours, base, floor = got[ours_id], got.get(base_id), got.get(floor_id)
+        if how == "time":
+            value, text, met = ours, fmt(ours), ours <= bound
+        elif how in ("speedup", "throughput"):
+            value = base / ours
+            text = f"{value:.2f}×" + (" faster" if how == "speedup" else "")
+            met = value >= bound
+        else:
+            value = ours / base
+            text = f"{value:.2f}×"
+            met = value <= bound
+        if floor is None:
+            floor_text, impossible = "—", False
+        elif how == "speedup":
+            best = base / floor
+            floor_text, impossible = f"{best:.2f}× faster (`{floor_id}`)", best < bound
+        else:
+            best = floor / base
+            floor_text, impossible = f"{best:.2f}× (`{floor_id}`)", best > bound
+        verdict = (
+            "**met**" if met
+            else "not met; the floor itself misses it in this run" if impossible
+            else "not met"
+        )
+        lines.append(f"| {goal} | {text} | {floor_text} | {verdict} |")
+    return "\n".join(lines), missing
+
+
 def main() -> int:
     if sys.argv[1:] == ["--list"]:
-        ids = sorted({i for row in ROWS for i in (row[1], row[3])})
+        ids = sorted(
+            {i for row in ROWS for i in (row[1], row[3])}
+            | {i for g in GOALS for i in (g[2], g[3], g[4]) if i is not None}
+        )
         print("\n".join(ids))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,6 +193,9 @@ def main() -> int:
     args = p.parse_args()
     reference = {r["scenario"]: r for r in json.loads(pathlib.Path(args.reference).read_text())}
     text, missing = table(reference, pathlib.Path(args.criterion))
+    judged, also_missing = goals(reference, pathlib.Path(args.criterion))
+    missing += also_missing
+    text += "\n\nThe goals, judged in this run:\n\n" + judged
     print(text)
     if missing:
         print(f"missing from this run: {', '.join(sorted(set(missing)))}", file=sys.stderr)

@@ -2562,11 +2562,60 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
     assert_eq!(r.code(), 0, "{r:?}");
     assert!(r.stdout.contains("| 2.00× |"), "{r:?}");
     assert!(r.stdout.contains("4.0× faster"), "{r:?}");
+    // The goals, each judged beside its floor: at 2.00× audit off the
+    // lifecycle meets ≤ 2×; the Wasm pipeline (1.00× at its floor) misses
+    // ≤ 1.25× at 2.00×.
+    let goal = |stdout: &str, name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no goal {name} in {stdout}"))
+            .to_string()
+    };
+    let lifecycle = goal(&r.stdout, "audited lifecycle ≤ 2× audit off");
+    assert!(lifecycle.ends_with("| **met** |"), "{lifecycle}");
+    let wasm = goal(&r.stdout, "pipeline with Wasm ≤ 1.25× audit off");
+    assert!(
+        wasm.contains("| 2.00× | 1.00× (") && wasm.ends_with("| not met |"),
+        "{wasm}"
+    );
     let text = std::fs::read_to_string(&readme).unwrap();
     assert!(!text.contains("stale"), "{text}");
     assert!(
-        text.contains("| Scenario |") && text.ends_with("<!-- perf-table: end -->\n\nafter\n"),
+        text.contains("| Scenario |")
+            && text.contains("| Goal |")
+            && text.ends_with("<!-- perf-table: end -->\n\nafter\n"),
         "{text}"
+    );
+    // A floor that itself misses the goal says so: the lifecycle at 3×
+    // audit off, its floor at 2.5×.
+    for (bench, ns) in [
+        (
+            "session_lifecycle/floor_unaudited_plus_encoding_hashing_and_announcements",
+            2500.0,
+        ),
+        ("session_lifecycle/audited", 3000.0),
+    ] {
+        std::fs::write(
+            criterion.join(bench).join("new/estimates.json"),
+            format!("{{\"median\": {{\"point_estimate\": {ns}}}}}"),
+        )
+        .unwrap();
+    }
+    let r = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&table).arg(&reference_json).arg(&criterion);
+            c
+        },
+        b"",
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    let lifecycle = goal(&r.stdout, "audited lifecycle ≤ 2× audit off");
+    assert!(
+        lifecycle.contains("| 3.00× | 2.50× (")
+            && lifecycle.ends_with("| not met; the floor itself misses it in this run |"),
+        "{lifecycle}"
     );
     // A missing figure is an error, not a blank row in the README.
     std::fs::remove_dir_all(criterion.join("hostcall")).unwrap();
