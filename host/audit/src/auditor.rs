@@ -2788,7 +2788,21 @@ impl Shared {
             *lock(&self.live_segments).entry(segment).or_default() += 1;
         };
         let list = list_segments(&dir)?;
-        let last = list.last().map(|(n, _)| *n);
+        // The last segment anything was written in: one a crash cut short
+        // while it was created after it holds nothing, so what a crash left
+        // at this one's end is still explained.
+        let mut last = None;
+        for (number, path) in list.iter().rev() {
+            match crate::segments::unwritten(path) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    last = Some(*number);
+                    break;
+                }
+                Err(SegmentError::Record(e)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
+        }
         for (number, path) in list {
             if number < start {
                 continue;
@@ -2805,15 +2819,18 @@ impl Shared {
                 }
             };
             // What only a crash explains is normal at the end of the last
-            // segment; anywhere else, and damage past the last round or a
-            // missing start record, is damage whose victims are unknown.
+            // segment (and a creation cut short, after it); anywhere else,
+            // and damage past the last round or a missing start record, is
+            // damage whose victims are unknown.
             let has_rounds = !contents.chunks.is_empty() || !contents.damaged.is_empty();
+            let before_last = last.is_some_and(|l| number < l);
             let unexplained = contents
                 .corrupt
                 .iter()
                 .any(|c| c.offset >= contents.rounds_end)
                 || (Some(number) != last
                     && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
+                || (contents.unwritten.is_some() && before_last)
                 || (contents.start.is_none() && has_rounds);
             if unexplained {
                 note_unnamed(number, &path);

@@ -855,11 +855,8 @@ pub struct SegmentContents {
     /// The oldest live segment its start record names; `None` if it has no
     /// start record.
     pub start: Option<u64>,
-    /// The file's length when it has no header: it is shorter than one, or
-    /// holds only zero bytes. Either is a crash while it was created (a file
-    /// system may show blocks a crash left unwritten as zeros); nothing in
-    /// it was ever synced, so it holds nothing. (A round is acknowledged
-    /// only once the file is synced, header and start record included.)
+    /// The file's length when a crash while it was created explains it
+    /// (see [`unwritten`]): it holds nothing.
     pub unwritten: Option<u64>,
     /// Every chunk of every whole round, in file order.
     pub chunks: Vec<Chunk>,
@@ -895,10 +892,21 @@ impl SegmentContents {
     }
 }
 
-/// The length of the file at `path` if every byte of it is zero (read in
-/// blocks: bounded memory whatever its size).
-fn only_zeros(path: &Path) -> Result<Option<u64>, SegmentError> {
-    use std::io::Read as _;
+/// The most bytes a crash while a segment was created can leave: its
+/// header and its start record, written with one `pwrite` and synced before
+/// any round goes in.
+const CREATED_LEN: u64 = crate::records::HEADER_LEN + crate::records::FRAME_HEADER_LEN + 10;
+
+/// The length of the segment file at `path` if a crash while it was created
+/// explains it: shorter than a header, or no longer than what creation
+/// writes ([`CREATED_LEN`]) and zero bytes only (a file system may show
+/// blocks a crash left unwritten as zeros). Nothing in such a file was ever
+/// synced, so it holds nothing. A longer file of zeros was synced once and
+/// zeroed since: damage, not this.
+///
+/// # Errors
+/// [`SegmentError::Record`] with [`RecordError::Io`]: it cannot be read.
+pub fn unwritten(path: &Path) -> Result<Option<u64>, SegmentError> {
     let failed = |op| {
         move |source| {
             SegmentError::Record(RecordError::Io {
@@ -908,22 +916,19 @@ fn only_zeros(path: &Path) -> Result<Option<u64>, SegmentError> {
             })
         }
     };
-    let read = failed(crate::records::IoOp::Read);
-    let mut file = fs::File::open(path).map_err(failed(crate::records::IoOp::Open))?;
-    let mut block = vec![0u8; 64 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut block) {
-            Ok(0) => return Ok(Some(len)),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read(e)),
-        };
-        if block[..n].iter().any(|b| *b != 0) {
-            return Ok(None);
-        }
-        len += n as u64;
+    let len = fs::metadata(path)
+        .map_err(failed(crate::records::IoOp::Open))?
+        .len();
+    if len < crate::records::HEADER_LEN {
+        return Ok(Some(len));
     }
+    if len > CREATED_LEN {
+        return Ok(None);
+    }
+    let bytes = fs::read(path).map_err(failed(crate::records::IoOp::Read))?;
+    // Read again rather than trusted: it may have grown since.
+    let small = bytes.len() as u64 <= CREATED_LEN;
+    Ok((small && bytes.iter().all(|b| *b == 0)).then_some(bytes.len() as u64))
 }
 
 /// Reads segment `number` at `path` (see the module docs for what is kept).
@@ -951,7 +956,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
             out.unwritten = Some(len);
             return Ok(out);
         }
-        Err(e @ RecordError::BadMagic { .. }) => match only_zeros(path)? {
+        Err(e @ RecordError::BadMagic { .. }) => match unwritten(path)? {
             Some(len) => {
                 out.unwritten = Some(len);
                 return Ok(out);
@@ -1670,16 +1675,23 @@ mod tests {
         let header_only = read_segment(7, &segment_path(dir.path(), 7)).unwrap();
         assert_eq!(header_only.start, None);
         assert!(header_only.chunks.is_empty() && !header_only.is_clean());
-        // Or zeros only, longer than a read block; a byte that is not zero
-        // at the end makes it no segment.
-        let mut zeros = vec![0u8; 200_000];
+        // Or zeros only, as long as what creation writes; a byte that is
+        // not zero, or one zero more, makes it no segment (damage).
+        let created = CREATED_LEN as usize;
+        assert_eq!(created, encode_start(1).len() + 17);
+        let mut zeros = vec![0u8; created];
         fs::write(segment_path(dir.path(), 8), &zeros).unwrap();
         assert_eq!(recovery_start(dir.path()).unwrap(), 2);
         let zeroed = read_segment(8, &segment_path(dir.path(), 8)).unwrap();
-        assert_eq!((zeroed.unwritten, zeroed.start), (Some(200_000), None));
+        assert_eq!((zeroed.unwritten, zeroed.start), (Some(CREATED_LEN), None));
         assert!(zeroed.chunks.is_empty() && !zeroed.is_clean());
-        zeros[199_999] = 7;
+        zeros[created - 1] = 7;
         fs::write(segment_path(dir.path(), 8), &zeros).unwrap();
+        assert!(matches!(
+            read_segment(8, &segment_path(dir.path(), 8)),
+            Err(SegmentError::Record(RecordError::BadMagic { .. }))
+        ));
+        fs::write(segment_path(dir.path(), 8), vec![0u8; created + 1]).unwrap();
         assert!(matches!(
             read_segment(8, &segment_path(dir.path(), 8)),
             Err(SegmentError::Record(RecordError::BadMagic { .. }))

@@ -2735,19 +2735,24 @@ mod tests {
         assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
     }
 
-    /// A newest segment of zero bytes only is what a crash while it was
-    /// created can leave on a file system that shows unwritten blocks as
-    /// zeros: nothing in it was synced, so it holds nothing, and recovery
-    /// seals the sessions left open as it would without it. One byte that
-    /// is not zero makes it damage again.
+    /// A newest segment of zero bytes only, no longer than what creating a
+    /// segment writes, is what a crash while it was created can leave on a
+    /// file system that shows unwritten blocks as zeros: nothing in it was
+    /// synced, so it holds nothing, and recovery seals the sessions left
+    /// open as it would without it. A crash's leftovers at the end of the
+    /// segment before it are still a crash's. A longer file of zeros was
+    /// synced once: damage, as is one byte that is not zero.
     #[test]
     fn a_segment_of_zeros_only_is_a_crash_while_it_was_created() {
+        let created = crate::records::HEADER_LEN as usize
+            + crate::records::FRAME_HEADER_LEN as usize
+            + crate::segments::encode_start(1).len();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         unsealed_in_segments(&dir);
         let segs = crate::segments::segments_dir(&dir);
         let zeros = crate::segments::segment_path(&segs, 5);
-        std::fs::write(&zeros, vec![0u8; 100_000]).unwrap();
+        std::fs::write(&zeros, vec![0u8; created]).unwrap();
         let (auditor, report) = reopen_with(&dir, AuditConfig::default());
         auditor.close().unwrap();
         assert!(report.damaged.is_empty(), "{report:?}");
@@ -2764,16 +2769,44 @@ mod tests {
             "{r}"
         );
 
+        // The torn round at segment 4's end (s-y's) is a crash's, as it is
+        // without segment 5: s-x is sealed.
         let report = recovered_after(|segs| {
-            let mut bytes = vec![0u8; 100_000];
-            bytes[70_000] = 1;
-            std::fs::write(crate::segments::segment_path(segs, 5), bytes).unwrap();
+            cut(&crate::segments::segment_path(segs, 4), 3);
+            std::fs::write(crate::segments::segment_path(segs, 5), vec![0u8; created]).unwrap();
         });
-        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
-        assert!(
-            refused(&report, "s-x") && refused(&report, "s-y"),
-            "{report:?}"
-        );
+        assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
+        assert!(report.damaged.is_empty(), "{report:?}");
+
+        for bytes in [
+            {
+                let mut b = vec![0u8; created];
+                b[created - 1] = 1;
+                b
+            },
+            vec![0u8; created + 1],
+            vec![0u8; 100_000],
+        ] {
+            let len = bytes.len();
+            let report = recovered_after(|segs| {
+                std::fs::write(crate::segments::segment_path(segs, 5), bytes).unwrap();
+            });
+            assert!(report.sealed_on_recovery.is_empty(), "{len}: {report:?}");
+            assert!(
+                refused(&report, "s-x") && refused(&report, "s-y"),
+                "{len}: {report:?}"
+            );
+        }
+
+        // A segment that held rounds, zeroed since: damage that may hide
+        // s-x's records (it began in segment 1), not s-y's (segment 4).
+        let report = recovered_after(|segs| {
+            let seg3 = crate::segments::segment_path(segs, 3);
+            let len = std::fs::metadata(&seg3).unwrap().len() as usize;
+            std::fs::write(&seg3, vec![0u8; len]).unwrap();
+        });
+        assert!(refused(&report, "s-x"), "{report:?}");
+        assert_eq!(report.sealed_on_recovery, vec![("s-y".to_string(), 1)]);
     }
 
     /// What recovery reports after `damage` is done to the segments
