@@ -767,11 +767,13 @@ async fn a_vouch_does_not_lift_an_agent_a_breach_re_admitted_at_ring_3() {
 }
 
 /// A store whose ledger appends fail while `failing` is set (a database that
-/// went away); everything else is a real in-memory store.
+/// went away), or panic while `panicking` is (a store with a bug); everything
+/// else is a real in-memory store.
 #[derive(Debug, Default)]
 struct Unreachable {
     inner: ahv_store::MemoryStore,
     failing: std::sync::atomic::AtomicBool,
+    panicking: std::sync::atomic::AtomicBool,
 }
 
 impl Unreachable {
@@ -800,6 +802,10 @@ impl ahv_store::TrustStore for Unreachable {
         &self,
         entries: Vec<ahv_trust::LedgerEntry>,
     ) -> ahv_store::StoreFuture<'_, ()> {
+        assert!(
+            !self.panicking.load(std::sync::atomic::Ordering::SeqCst),
+            "a store with a bug (this test's)"
+        );
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             let e = self.refuse();
             return Box::pin(async move { Err(e) });
@@ -865,6 +871,46 @@ async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_i
     h.hv.join_session(&s, JoinRequest::new(id("did:test:other"), 0.8))
         .await
         .unwrap();
+}
+
+/// `shutdown` reports a ledger write the store refused, as
+/// `flush_liability` does, and so admits joins again.
+#[tokio::test]
+async fn shutdown_reports_a_lost_ledger_write_and_joins_are_admitted_again() {
+    let store = Arc::new(Unreachable::default());
+    let s2 = store.clone();
+    let h = Hv::with(move |b| b.trust_store(s2));
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    slash_n(&h, "did:test:lost", 1).await;
+    let a = h.hv.assess(&id("did:test:lost")).await.unwrap();
+    assert_eq!(a.risk, 0.0, "the slash was not stored");
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let e = h.hv.shutdown().unwrap_err().to_string();
+    assert!(e.contains("unreachable"), "{e}");
+    let s = h.session();
+    h.hv.join_session(&s, JoinRequest::new(id("did:test:other"), 0.8))
+        .await
+        .unwrap();
+    h.hv.shutdown().unwrap();
+}
+
+/// A store thread that died (its store panicked) leaves the records queued
+/// for it unstored: `shutdown` says so rather than reporting them stored.
+#[tokio::test]
+async fn shutdown_reports_a_liability_store_thread_that_died() {
+    let store = Arc::new(Unreachable::default());
+    let s2 = store.clone();
+    let h = Hv::with(move |b| b.trust_store(s2));
+    store
+        .panicking
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    slash_n(&h, "did:test:doomed", 1).await;
+    let e = h.hv.shutdown().unwrap_err().to_string();
+    assert!(e.contains("thread ended"), "{e}");
 }
 
 /// The SQLite ledger is created and migrated when the hypervisor starts,

@@ -28,7 +28,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -261,7 +263,7 @@ pub(crate) enum StoreSource {
 }
 
 /// The store, owned by one thread with its own runtime; writes are queued
-/// in order, reads and flushes answer on a oneshot channel.
+/// in order, reads and flushes answer on a channel of their own.
 pub(crate) struct Records {
     /// Set when a write was lost after its retries; admission then refuses
     /// joins until [`Hypervisor::flush_liability`] reports it.
@@ -369,34 +371,79 @@ impl Records {
     /// Waits (blocking, bounded) until everything queued is stored; with
     /// `stop`, the thread then ends.
     pub(crate) fn drain(&self, stop: bool) -> Result<(), HypervisorError> {
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
         // A std channel: this may run inside a task (tokio's blocking
         // receive would panic there), and it wakes when the answer comes
         // rather than at the next poll of a sleeping loop (a poll every
         // millisecond made every shutdown take at least one).
         let (tx, rx) = sync_channel(1);
-        let sent = self.send(Job::Flush(FlushReply::Thread(tx)));
+        let sent = self.send_by(Job::Flush(FlushReply::Thread(tx)), deadline);
         if stop {
             // Closing the channel ends the thread once the queue is drained.
             lock(&self.tx).take();
         }
-        let mut result = Ok(());
-        if sent {
-            match rx.recv_timeout(FLUSH_WAIT) {
-                // Disconnected: the thread ended without answering.
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => {}
-                Ok(Some(e)) => result = Err(HypervisorError::Ledger(e)),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(HypervisorError::Ledger(format!(
-                        "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
-                        self.url
-                    )));
+        let result = match sent {
+            // Stopped by an earlier drain: nothing is queued.
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+            Ok(true) => {
+                match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                {
+                    Ok(None) => Ok(()),
+                    Ok(Some(e)) => {
+                        // Reported: joins are admitted again (as `flush`).
+                        self.lost.store(false, Ordering::SeqCst);
+                        Err(HypervisorError::Ledger(e))
+                    }
+                    // It ends only once every sender is gone, after
+                    // answering a flush queued before: it died.
+                    Err(RecvTimeoutError::Disconnected) => Err(self.ended()),
+                    Err(RecvTimeoutError::Timeout) => return Err(self.drain_timed_out()),
                 }
             }
-        }
+        };
         if stop && let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
         }
         result
+    }
+
+    /// Queues `job`, waiting for room in a full queue until `deadline`:
+    /// whether it was queued (not: the store was stopped by an earlier
+    /// drain).
+    fn send_by(&self, mut job: Job, deadline: std::time::Instant) -> Result<bool, HypervisorError> {
+        let Some(tx) = lock(&self.tx).clone() else {
+            return Ok(false);
+        };
+        loop {
+            match tx.try_send(job) {
+                Ok(()) => return Ok(true),
+                Err(TrySendError::Disconnected(_)) => return Err(self.ended()),
+                Err(TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(self.drain_timed_out());
+                    }
+                    job = back;
+                    // Only while 65,536 jobs wait for a store that is slow
+                    // or hung.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn drain_timed_out(&self) -> HypervisorError {
+        HypervisorError::Ledger(format!(
+            "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
+            self.url
+        ))
+    }
+
+    fn ended(&self) -> HypervisorError {
+        HypervisorError::Ledger(format!(
+            "the liability store {}'s thread ended (it panicked): records queued for it were not stored",
+            self.url
+        ))
     }
 
     /// The store's backend (`memory`, `sqlite`, `postgres`).
@@ -491,13 +538,12 @@ fn store_thread(
                         Job::Entries(agent, reply) => {
                             let _ = reply.send(rt.block_on(store.entries_for(&agent)));
                         }
-                        Job::Flush(reply) => {
-                            let answer = first_error.take();
-                            // A caller that stopped waiting is no error.
-                            let _ = match reply {
-                                FlushReply::Task(tx) => tx.send(answer).is_ok(),
-                                FlushReply::Thread(tx) => tx.send(answer).is_ok(),
-                            };
+                        // A caller that stopped waiting is no error.
+                        Job::Flush(FlushReply::Task(tx)) => {
+                            let _ = tx.send(first_error.take());
+                        }
+                        Job::Flush(FlushReply::Thread(tx)) => {
+                            let _ = tx.send(first_error.take());
                         }
                     }
                 }
