@@ -2508,6 +2508,25 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
             "table.py reads bench {id}, which no bench under host/*/benches defines"
         );
     }
+    // And compare.sh's criterion filter runs each of them.
+    let check = "import re, sys\n\
+        m = re.search(r\"'(\\^\\(.*?\\)\\$)'\", open(sys.argv[1]).read())\n\
+        pat = re.compile(m.group(1)) if m else None\n\
+        bad = [i for i in sys.argv[2:] if pat is None or not pat.search(i)]\n\
+        print('not run by compare.sh:', bad if pat else 'no filter found')\n\
+        sys.exit(1 if bad or pat is None else 0)\n";
+    let filtered = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg("-c")
+                .arg(check)
+                .arg(root.join("host/bench/compare.sh"))
+                .args(ids.iter().filter(|i| !i.starts_with("ref:")));
+            c
+        },
+        b"",
+    );
+    assert_eq!(filtered.code(), 0, "{filtered:?}");
     // With a figure for each, it prints the ratios and rewrites the block.
     let tmp = tempfile::tempdir().unwrap();
     let criterion = tmp.path().join("criterion");
