@@ -2773,10 +2773,10 @@ impl Shared {
         let mut suspects = std::collections::HashMap::new();
         // Damage whose victims are unknown, by segment, in increasing order.
         // It can only hide records of sessions live in that segment: those
-        // whose first kept record is there or earlier (a session whose
-        // first records it hid has a gap before its first kept one, a
-        // problem of its own). Sessions a later process began, in later
-        // segments, are not blamed for it.
+        // whose first chunk is there or earlier (a session whose first
+        // records it hid has a gap before its first kept one, a problem of
+        // its own). Sessions a later process began, in later segments, are
+        // not blamed for it.
         let mut unnamed: Vec<(u64, PathBuf)> = Vec::new();
         let mut note_unnamed = |number: u64, path: &Path| {
             if unnamed.last().is_none_or(|(n, _)| *n != number) {
@@ -2873,9 +2873,9 @@ impl Shared {
         // segment started earlier would name an oldest live segment that
         // misses the later pins.
         for (name, s) in orphans.into_sessions() {
-            // Where its kept records start (none kept: any damage may hold
-            // them).
-            let first = s.records.first().map(|l| l.segment);
+            // Where its chunks start, kept or not (recovery reads in
+            // segment order).
+            let first = s.first_segment;
             let Ok(id) = SessionId::new(name.clone()) else {
                 if let Some(f) = first {
                     pin(f);

@@ -1243,6 +1243,9 @@ pub struct SessionRecords {
     pub problems: Vec<AssemblyProblem>,
     /// The sequence number the next chunk should start at.
     pub next_seq: u64,
+    /// The segment of its first chunk read, whether or not its records
+    /// were kept.
+    pub first_segment: Option<u64>,
 }
 
 /// Gathers sessions' records from segments read in number order.
@@ -1283,6 +1286,7 @@ impl SessionAssembler {
             return;
         }
         let s = self.sessions.entry(chunk.session.clone()).or_default();
+        s.first_segment.get_or_insert(segment);
         let first = chunk.first_seq;
         if first.checked_add(chunk.records.len() as u64).is_none() {
             s.problems.push(AssemblyProblem::SeqOverflow {
@@ -1913,13 +1917,18 @@ mod tests {
                 },
             ],
         };
-        a.add_chunk(1, &chunk);
+        a.add_chunk(3, &chunk);
         let h = a.get("h").unwrap();
         assert!(h.records.is_empty());
         assert!(matches!(
             h.problems[..],
             [AssemblyProblem::SeqOverflow { count: 2, .. }]
         ));
+        // Where it was seen, though nothing was kept (recovery keeps that
+        // segment in range and blames damage from there on).
+        assert_eq!(h.first_segment, Some(3));
+        a.add_chunk(5, &chunk);
+        assert_eq!(a.get("h").unwrap().first_segment, Some(3));
     }
 
     #[test]
