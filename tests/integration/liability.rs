@@ -841,11 +841,17 @@ impl ahv_store::TrustStore for Unreachable {
     }
 }
 
-#[tokio::test]
-async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_is_reported() {
+/// A hypervisor whose liability store is an [`Unreachable`] (working).
+fn on_unreachable() -> (Arc<Unreachable>, Hv) {
     let store = Arc::new(Unreachable::default());
     let s2 = store.clone();
-    let h = Hv::with(move |b| b.trust_store(s2));
+    (store, Hv::with(move |b| b.trust_store(s2)))
+}
+
+/// A hypervisor whose store refused a slash's ledger write (and its
+/// retries), then came back: the loss is not reported yet.
+async fn with_a_lost_slash() -> Hv {
+    let (store, h) = on_unreachable();
     store
         .failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -856,6 +862,12 @@ async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_i
     store
         .failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    h
+}
+
+#[tokio::test]
+async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_is_reported() {
+    let h = with_a_lost_slash().await;
     let s = h.session();
     match h
         .hv
@@ -877,18 +889,7 @@ async fn a_ledger_write_the_store_refuses_makes_admission_fail_closed_until_it_i
 /// `flush_liability` does, and so admits joins again.
 #[tokio::test]
 async fn shutdown_reports_a_lost_ledger_write_and_joins_are_admitted_again() {
-    let store = Arc::new(Unreachable::default());
-    let s2 = store.clone();
-    let h = Hv::with(move |b| b.trust_store(s2));
-    store
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    slash_n(&h, "did:test:lost", 1).await;
-    let a = h.hv.assess(&id("did:test:lost")).await.unwrap();
-    assert_eq!(a.risk, 0.0, "the slash was not stored");
-    store
-        .failing
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let h = with_a_lost_slash().await;
     let e = h.hv.shutdown().unwrap_err().to_string();
     assert!(e.contains("unreachable"), "{e}");
     let s = h.session();
@@ -902,9 +903,7 @@ async fn shutdown_reports_a_lost_ledger_write_and_joins_are_admitted_again() {
 /// for it unstored: `shutdown` says so rather than reporting them stored.
 #[tokio::test]
 async fn shutdown_reports_a_liability_store_thread_that_died() {
-    let store = Arc::new(Unreachable::default());
-    let s2 = store.clone();
-    let h = Hv::with(move |b| b.trust_store(s2));
+    let (store, h) = on_unreachable();
     store
         .panicking
         .store(true, std::sync::atomic::Ordering::SeqCst);

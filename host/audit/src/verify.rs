@@ -2520,6 +2520,23 @@ mod tests {
         (auditor, bus, report)
     }
 
+    /// Reopens `dir` three times, as three processes one after another:
+    /// `check` judges each one's recovery report, then the process writes a
+    /// session of two deltas (new segments, each naming the oldest live
+    /// one in its start record), seals it and closes.
+    fn reopened_thrice(dir: &Path, check: impl Fn(&crate::RecoveryReport)) {
+        for reopen in 1..=3 {
+            let (auditor, bus, report) = restart(dir);
+            eprintln!("reopen {reopen}");
+            check(&report);
+            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.seal(&s).unwrap();
+            auditor.close().unwrap();
+        }
+    }
+
     /// A session recovery could not seal, in a segment older than the ones
     /// later processes write, is reported by every reopen, not only the
     /// first: its first segment stays live, so each new segment's start
@@ -2529,16 +2546,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         x_damaged_in_segment_2(&dir);
-        for reopen in 1..=3 {
-            let (auditor, bus, report) = restart(&dir);
-            assert!(refused(&report, "s-x"), "reopen {reopen}: {report:?}");
-            // New segments, each naming the oldest live one in its start.
-            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
-            write(&bus, &s, 0);
-            write(&bus, &s, 1);
-            auditor.seal(&s).unwrap();
-            auditor.close().unwrap();
-        }
+        reopened_thrice(&dir, |report| assert!(refused(report, "s-x"), "{report:?}"));
     }
 
     /// A segment recovery cannot read is reported by every reopen, not only
@@ -2567,18 +2575,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[0] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        for reopen in 1..=3 {
-            let (auditor, bus, report) = restart(&dir);
-            assert!(
-                report.damaged.iter().any(|(p, _)| *p == path),
-                "reopen {reopen}: {report:?}"
-            );
-            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
-            write(&bus, &s, 0);
-            write(&bus, &s, 1);
-            auditor.seal(&s).unwrap();
-            auditor.close().unwrap();
-        }
+        reopened_thrice(&dir, |report| {
+            assert!(report.damaged.iter().any(|(p, _)| *p == path), "{report:?}");
+        });
     }
 
     /// A session refused for a gap (its first delta lost to a torn tail in
@@ -2603,15 +2602,7 @@ mod tests {
         let (first, last) = (located[0].segment, located[1].segment);
         assert!(first < last);
         cut(&crate::segments::segment_path(&segs, first), 3);
-        for reopen in 1..=3 {
-            let (auditor, bus, report) = restart(&dir);
-            assert!(refused(&report, "s-g"), "reopen {reopen}: {report:?}");
-            let s = SessionId::new(format!("s-later-{reopen}")).unwrap();
-            write(&bus, &s, 0);
-            write(&bus, &s, 1);
-            auditor.seal(&s).unwrap();
-            auditor.close().unwrap();
-        }
+        reopened_thrice(&dir, |report| assert!(refused(report, "s-g"), "{report:?}"));
     }
 
     /// Damage an earlier reopen found stays in the range every later one
