@@ -35,7 +35,7 @@
 //! ```
 //!
 //! Rings change at run time. Every participant has one
-//! [`Standing`](ahv_core::standing::Standing) — its base ring, an elevation
+//! [`Standing`] — its base ring, an elevation
 //! with a TTL, a quarantine — shared with its instance's gate, which judges
 //! every governed host call from the ring *now*:
 //!
@@ -1035,12 +1035,16 @@ impl Hypervisor {
         &self.inner.recovery
     }
 
-    /// Writes and syncs the audit log and signs its final head; returns the
-    /// head (`None` without audit or before any session was sealed). Dropping
-    /// the last handle does the same, ignoring errors.
+    /// Stores every queued liability record, then writes and syncs the
+    /// audit log and signs its final head; returns the head (`None` without
+    /// audit or before any session was sealed). Dropping the last handle
+    /// does the same, ignoring errors.
     ///
     /// # Errors
-    /// [`HypervisorError::Audit`] if writing or signing fails.
+    /// [`HypervisorError::Ledger`] if a liability record was lost (reported
+    /// once, as [`Hypervisor::flush_liability`] does: joins are admitted
+    /// again), the store's thread died, or the store did not answer within
+    /// 60 s; [`HypervisorError::Audit`] if writing or signing fails.
     pub fn shutdown(&self) -> Result<Option<SignedTreeHead>, HypervisorError> {
         self.inner.liability.records.drain(false)?;
         match &self.inner.audit {
