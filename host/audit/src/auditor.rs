@@ -2788,19 +2788,15 @@ impl Shared {
             *lock(&self.live_segments).entry(segment).or_default() += 1;
         };
         let list = list_segments(&dir)?;
-        // The last segment anything was written in: one a crash cut short
-        // while it was created after it holds nothing, so what a crash left
-        // at this one's end is still explained.
+        // The last segment a round was written in: a process that stopped
+        // after creating a segment, before its first round, left one too
+        // short to hold any after it, and what a crash left at the end of
+        // this one (or of those) is still a crash's.
         let mut last = None;
         for (number, path) in list.iter().rev() {
-            match crate::segments::unwritten(path) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    last = Some(*number);
-                    break;
-                }
-                Err(SegmentError::Record(e)) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
+            if !crate::segments::holds_no_round(path)? {
+                last = Some(*number);
+                break;
             }
         }
         for (number, path) in list {
@@ -2819,18 +2815,18 @@ impl Shared {
                 }
             };
             // What only a crash explains is normal at the end of the last
-            // segment (and a creation cut short, after it); anywhere else,
+            // segment (and of the round-less ones after it); anywhere else,
             // and damage past the last round or a missing start record, is
-            // damage whose victims are unknown.
+            // damage whose victims are unknown. (A segment that holds
+            // nothing, `unwritten`, is a crash's wherever it is: a process
+            // that crashed creating it is followed by others.)
             let has_rounds = !contents.chunks.is_empty() || !contents.damaged.is_empty();
             let before_last = last.is_some_and(|l| number < l);
             let unexplained = contents
                 .corrupt
                 .iter()
                 .any(|c| c.offset >= contents.rounds_end)
-                || (Some(number) != last
-                    && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
-                || (contents.unwritten.is_some() && before_last)
+                || (before_last && (contents.tail.is_some() || !contents.uncommitted.is_empty()))
                 || (contents.start.is_none() && has_rounds);
             if unexplained {
                 note_unnamed(number, &path);

@@ -916,19 +916,43 @@ pub fn unwritten(path: &Path) -> Result<Option<u64>, SegmentError> {
             })
         }
     };
-    let len = fs::metadata(path)
-        .map_err(failed(crate::records::IoOp::Open))?
-        .len();
+    let read = failed(crate::records::IoOp::Read);
+    let len = fs::metadata(path).map_err(read)?.len();
     if len < crate::records::HEADER_LEN {
         return Ok(Some(len));
     }
     if len > CREATED_LEN {
         return Ok(None);
     }
-    let bytes = fs::read(path).map_err(failed(crate::records::IoOp::Read))?;
-    // Read again rather than trusted: it may have grown since.
+    // Read again rather than trusted (it may have grown since), and no
+    // more than one byte past what creation writes.
+    use std::io::Read as _;
+    let mut bytes = Vec::with_capacity(CREATED_LEN as usize + 1);
+    fs::File::open(path)
+        .and_then(|f| f.take(CREATED_LEN + 1).read_to_end(&mut bytes))
+        .map_err(failed(crate::records::IoOp::Read))?;
     let small = bytes.len() as u64 <= CREATED_LEN;
     Ok((small && bytes.iter().all(|b| *b == 0)).then_some(bytes.len() as u64))
+}
+
+/// Whether the segment file at `path` is too short to hold a round: no
+/// longer than what creating it writes ([`CREATED_LEN`]). A process that
+/// stops between creating a segment and writing its first round leaves
+/// one, whole or cut short.
+///
+/// # Errors
+/// [`SegmentError::Record`] with [`RecordError::Io`]: it cannot be read.
+pub fn holds_no_round(path: &Path) -> Result<bool, SegmentError> {
+    let len = fs::metadata(path)
+        .map_err(|source| {
+            SegmentError::Record(RecordError::Io {
+                op: crate::records::IoOp::Read,
+                path: path.to_path_buf(),
+                source,
+            })
+        })?
+        .len();
+    Ok(len <= CREATED_LEN)
 }
 
 /// Reads segment `number` at `path` (see the module docs for what is kept).

@@ -478,7 +478,7 @@ fn check_segments(
         };
         if let Some(len) = contents.unwritten {
             report.notes.push(format!(
-                "{file}: {len} byte(s) and no header (less than one, or only zeros): a crash while it was created (it holds nothing)"
+                "{file}: {len} byte(s) and no header (shorter than one, or no more zero bytes than creating a segment writes): a crash while it was created (it holds nothing)"
             ));
             continue;
         }
@@ -2756,18 +2756,38 @@ mod tests {
         assert!(
             r.notes
                 .iter()
-                .any(|n| n.contains("00005.seg") && n.contains("only zeros")),
+                .any(|n| n.contains("00005.seg") && n.contains("zero bytes")),
             "{r}"
         );
 
         // The torn round at segment 4's end (s-y's) is a crash's, as it is
-        // without segment 5: s-x is sealed.
-        let report = recovered_after(|segs| {
-            cut(&crate::segments::segment_path(segs, 4), 3);
-            std::fs::write(crate::segments::segment_path(segs, 5), vec![0u8; created]).unwrap();
-        });
-        assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
-        assert!(report.damaged.is_empty(), "{report:?}");
+        // without segment 5, whatever a process that stopped before writing
+        // a round in 5 left there: zeros, the whole start, or part of it.
+        // s-x is sealed.
+        let whole = {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("created");
+            let mut w =
+                crate::records::RecordWriter::create(&path, LogKind::SEGMENT, Durability::OnClose)
+                    .unwrap();
+            w.append(&crate::segments::encode_start(1), Duration::ZERO)
+                .unwrap();
+            w.close().unwrap();
+            std::fs::read(&path).unwrap()
+        };
+        assert_eq!(whole.len(), created);
+        for left in [vec![0u8; created], whole.clone(), whole[..20].to_vec()] {
+            let report = recovered_after(|segs| {
+                cut(&crate::segments::segment_path(segs, 4), 3);
+                std::fs::write(crate::segments::segment_path(segs, 5), &left).unwrap();
+            });
+            assert_eq!(
+                report.sealed_on_recovery,
+                vec![("s-x".to_string(), 3)],
+                "{left:?}: {report:?}"
+            );
+            assert!(report.damaged.is_empty(), "{left:?}: {report:?}");
+        }
 
         for bytes in [
             {
@@ -3766,7 +3786,7 @@ mod tests {
         assert!(
             r.notes
                 .iter()
-                .any(|n| n.contains("no header (less than one")),
+                .any(|n| n.contains("no header (shorter than one")),
             "{r}"
         );
     }
