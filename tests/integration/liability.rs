@@ -900,16 +900,37 @@ async fn shutdown_reports_a_lost_ledger_write_and_joins_are_admitted_again() {
 }
 
 /// A store thread that died (its store panicked) leaves the records queued
-/// for it unstored: `shutdown` says so rather than reporting them stored.
+/// for it unstored: `shutdown` says so rather than reporting them stored,
+/// and still writes the audit log (a session's seal, which no flusher
+/// writes here, is durable after it).
 #[tokio::test]
 async fn shutdown_reports_a_liability_store_thread_that_died() {
-    let (store, h) = on_unreachable();
+    let store = Arc::new(Unreachable::default());
+    let s2 = store.clone();
+    let h = Hv::with(move |b| {
+        b.trust_store(s2).audit(ahv_audit::AuditConfig {
+            durability: ahv_audit::Durability::GroupCommit {
+                max_records: usize::MAX,
+                max_delay: Duration::from_secs(3600),
+            },
+            ..Default::default()
+        })
+    });
+    let s = h.session();
+    let ended = h.hv.terminate_session(&s).unwrap();
+    let receipt = ended
+        .commitment
+        .as_ref()
+        .expect("an audited session's seal");
+    assert!(!receipt.is_durable(), "{receipt:?}");
     store
         .panicking
         .store(true, std::sync::atomic::Ordering::SeqCst);
     slash_n(&h, "did:test:doomed", 1).await;
     let e = h.hv.shutdown().unwrap_err().to_string();
     assert!(e.contains("thread ended"), "{e}");
+    let ended = h.hv.wait_durable(ended, Duration::ZERO).unwrap();
+    assert!(ended.commitment.unwrap().is_durable());
 }
 
 /// The SQLite ledger is created and migrated when the hypervisor starts,

@@ -246,6 +246,15 @@ enum Job {
     Flush(FlushReply),
 }
 
+/// Why a drain did not hear back from the store thread.
+#[derive(Debug, Clone, Copy)]
+enum DrainError {
+    /// No room in its queue, or no answer, before the deadline: it is hung.
+    TimedOut,
+    /// It ended without answering: it died.
+    Ended,
+}
+
 /// Where a flush's answer goes: a task awaiting it, or a thread blocked on
 /// it (without a runtime's help, and with a bound on the wait).
 enum FlushReply {
@@ -385,7 +394,10 @@ impl Records {
         let result = match sent {
             // Stopped by an earlier drain: nothing is queued.
             Ok(false) => Ok(()),
-            Err(e) => Err(e),
+            // No room until the deadline: the store is hung, and joining
+            // its thread would wait for good.
+            Err(e @ DrainError::TimedOut) => return Err(self.drain_error(e)),
+            Err(e @ DrainError::Ended) => Err(self.drain_error(e)),
             Ok(true) => {
                 match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 {
@@ -397,8 +409,10 @@ impl Records {
                     }
                     // It ends only once every sender is gone, after
                     // answering a flush queued before: it died.
-                    Err(RecvTimeoutError::Disconnected) => Err(self.ended()),
-                    Err(RecvTimeoutError::Timeout) => return Err(self.drain_timed_out()),
+                    Err(RecvTimeoutError::Disconnected) => Err(self.drain_error(DrainError::Ended)),
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(self.drain_error(DrainError::TimedOut));
+                    }
                 }
             }
         };
@@ -411,17 +425,17 @@ impl Records {
     /// Queues `job`, waiting for room in a full queue until `deadline`:
     /// whether it was queued (not: the store was stopped by an earlier
     /// drain).
-    fn send_by(&self, mut job: Job, deadline: std::time::Instant) -> Result<bool, HypervisorError> {
+    fn send_by(&self, mut job: Job, deadline: std::time::Instant) -> Result<bool, DrainError> {
         let Some(tx) = lock(&self.tx).clone() else {
             return Ok(false);
         };
         loop {
             match tx.try_send(job) {
                 Ok(()) => return Ok(true),
-                Err(TrySendError::Disconnected(_)) => return Err(self.ended()),
+                Err(TrySendError::Disconnected(_)) => return Err(DrainError::Ended),
                 Err(TrySendError::Full(back)) => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(self.drain_timed_out());
+                        return Err(DrainError::TimedOut);
                     }
                     job = back;
                     // Only while 65,536 jobs wait for a store that is slow
@@ -432,18 +446,17 @@ impl Records {
         }
     }
 
-    fn drain_timed_out(&self) -> HypervisorError {
-        HypervisorError::Ledger(format!(
-            "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
-            self.url
-        ))
-    }
-
-    fn ended(&self) -> HypervisorError {
-        HypervisorError::Ledger(format!(
-            "the liability store {}'s thread ended (it panicked): records queued for it were not stored",
-            self.url
-        ))
+    fn drain_error(&self, e: DrainError) -> HypervisorError {
+        HypervisorError::Ledger(match e {
+            DrainError::TimedOut => format!(
+                "the liability store {} did not store its queued records within {FLUSH_WAIT:?}",
+                self.url
+            ),
+            DrainError::Ended => format!(
+                "the liability store {}'s thread ended (it panicked): records queued for it were not stored",
+                self.url
+            ),
+        })
     }
 
     /// The store's backend (`memory`, `sqlite`, `postgres`).
@@ -538,12 +551,18 @@ fn store_thread(
                         Job::Entries(agent, reply) => {
                             let _ = reply.send(rt.block_on(store.entries_for(&agent)));
                         }
-                        // A caller that stopped waiting is no error.
+                        // An error a caller stopped waiting for is kept
+                        // for the next flush: the loss is still unreported,
+                        // and joins stay refused until it is.
                         Job::Flush(FlushReply::Task(tx)) => {
-                            let _ = tx.send(first_error.take());
+                            if let Err(back) = tx.send(first_error.take()) {
+                                first_error = back;
+                            }
                         }
                         Job::Flush(FlushReply::Thread(tx)) => {
-                            let _ = tx.send(first_error.take());
+                            if let Err(back) = tx.send(first_error.take()) {
+                                first_error = back.0;
+                            }
                         }
                     }
                 }

@@ -1044,12 +1044,20 @@ impl Hypervisor {
     /// [`HypervisorError::Ledger`] if a liability record was lost (reported
     /// once, as [`Hypervisor::flush_liability`] does: joins are admitted
     /// again), the store's thread died, or the store did not answer within
-    /// 60 s; [`HypervisorError::Audit`] if writing or signing fails.
+    /// 60 s; [`HypervisorError::Audit`] if writing or signing fails (it
+    /// wins when both fail; the audit log is flushed either way).
     pub fn shutdown(&self) -> Result<Option<SignedTreeHead>, HypervisorError> {
-        self.inner.liability.records.drain(false)?;
-        match &self.inner.audit {
-            Some(a) => Ok(a.flush()?),
-            None => Ok(None),
+        let ledger = self.inner.liability.records.drain(false);
+        // Whatever the ledger's fate: the audit log is written and signed.
+        let audit = self.inner.audit.as_ref().map(|a| a.flush()).transpose();
+        match (ledger, audit) {
+            (Ok(()), Ok(head)) => Ok(head.flatten()),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Err(e)) => Err(e.into()),
+            (Err(ledger), Err(audit)) => {
+                tracing::error!(error = %ledger, "shutting down: the liability store");
+                Err(audit.into())
+            }
         }
     }
 
