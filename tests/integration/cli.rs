@@ -2479,15 +2479,28 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
     assert_eq!(list.code(), 0, "{list:?}");
     // Every bench the table reads is one the repository has, and every
     // reference scenario one host/bench/reference.py times.
-    let benches: Vec<String> = std::fs::read_dir(root.join("host"))
+    let benches: Vec<(String, String)> = std::fs::read_dir(root.join("host"))
         .unwrap()
         .filter_map(|d| std::fs::read_dir(d.unwrap().path().join("benches")).ok())
         .flatten()
         .map(|f| f.unwrap().path())
         // The bench files themselves; shared modules sit in subdirectories.
         .filter(|p| p.is_file())
-        .map(|p| std::fs::read_to_string(p).unwrap())
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(p).unwrap())
+        })
         .collect();
+    // The benches compare.sh builds and runs (`--bench NAME`).
+    let compare = std::fs::read_to_string(root.join("host/bench/compare.sh")).unwrap();
+    let run_by_compare: Vec<&str> = compare
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--bench")
+        .map(|w| w[1])
+        .collect();
+    assert!(run_by_compare.len() >= 3, "{run_by_compare:?}");
     let reference = std::fs::read_to_string(root.join("host/bench/reference.py")).unwrap();
     let ids: Vec<&str> = list.stdout.lines().collect();
     assert!(ids.len() > 10, "{ids:?}");
@@ -2500,12 +2513,21 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
             continue;
         }
         let (group, function) = id.split_once('/').unwrap();
-        assert!(
-            benches.iter().any(|src| {
+        let defined_in: Vec<&str> = benches
+            .iter()
+            .filter(|(_, src)| {
                 src.contains(&format!("benchmark_group(\"{group}\")"))
                     && src.contains(&format!("\"{function}\""))
-            }),
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert!(
+            !defined_in.is_empty(),
             "table.py reads bench {id}, which no bench under host/*/benches defines"
+        );
+        assert!(
+            defined_in.iter().any(|b| run_by_compare.contains(b)),
+            "table.py reads bench {id} of {defined_in:?}, which compare.sh does not run ({run_by_compare:?})"
         );
     }
     // And compare.sh's criterion filter runs each of them.
