@@ -2485,20 +2485,30 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
         .flatten()
         .map(|f| f.unwrap().path())
         // The bench files themselves; shared modules sit in subdirectories.
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rs"))
         .map(|p| {
             let name = p.file_stem().unwrap().to_string_lossy().into_owned();
             (name, std::fs::read_to_string(p).unwrap())
         })
         .collect();
-    // The benches compare.sh builds and runs (`--bench NAME`).
-    let compare = std::fs::read_to_string(root.join("host/bench/compare.sh")).unwrap();
-    let run_by_compare: Vec<&str> = compare
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|w| w[0] == "--bench")
-        .map(|w| w[1])
+    // The benches compare.sh builds and runs: the `--bench NAME` (or
+    // `--bench=NAME`) of its `cargo bench` command, continuations joined.
+    let compare = std::fs::read_to_string(root.join("host/bench/compare.sh"))
+        .unwrap()
+        .replace("\\\n", " ");
+    let command = compare
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == "cargo") && l.contains(" bench "))
+        .expect("compare.sh runs `cargo bench`");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let run_by_compare: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w.strip_prefix("--bench") {
+            Some("") => words.get(i + 1).copied(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        })
         .collect();
     assert!(run_by_compare.len() >= 3, "{run_by_compare:?}");
     let reference = std::fs::read_to_string(root.join("host/bench/reference.py")).unwrap();

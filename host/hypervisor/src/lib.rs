@@ -1035,8 +1035,8 @@ impl Hypervisor {
         &self.inner.recovery
     }
 
-    /// Stores every queued liability record, then writes and syncs the
-    /// audit log and signs its final head; returns the head (`None` without
+    /// Writes and syncs the audit log and signs its final head, then stores
+    /// every queued liability record; returns the head (`None` without
     /// audit or before any session was sealed). Dropping the last handle
     /// does the same, ignoring errors.
     ///
@@ -1047,9 +1047,11 @@ impl Hypervisor {
     /// 60 s; [`HypervisorError::Audit`] if writing or signing fails (it
     /// wins when both fail; the audit log is flushed either way).
     pub fn shutdown(&self) -> Result<Option<SignedTreeHead>, HypervisorError> {
-        let ledger = self.inner.liability.records.drain(false);
-        // Whatever the ledger's fate: the audit log is written and signed.
+        // The audit log first, and whatever the ledger's fate: a hung
+        // liability store can hold the drain for its whole bound, and a
+        // supervisor's stop timeout may be shorter.
         let audit = self.inner.audit.as_ref().map(|a| a.flush()).transpose();
+        let ledger = self.inner.liability.records.drain(false);
         match (ledger, audit) {
             (Ok(()), Ok(head)) => Ok(head.flatten()),
             (Err(e), Ok(_)) => Err(e),
