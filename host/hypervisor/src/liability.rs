@@ -258,8 +258,8 @@ enum DrainError {
 /// Where a flush's answer goes: a task awaiting it, or a thread blocked on
 /// it (without a runtime's help, and with a bound on the wait).
 enum FlushReply {
-    Task(tokio::sync::oneshot::Sender<Option<String>>),
-    Thread(SyncSender<Option<String>>),
+    Task(tokio::sync::oneshot::Sender<()>),
+    Thread(SyncSender<()>),
 }
 
 /// Where the store comes from.
@@ -274,13 +274,46 @@ pub(crate) enum StoreSource {
 /// The store, owned by one thread with its own runtime; writes are queued
 /// in order, reads and flushes answer on a channel of their own.
 pub(crate) struct Records {
-    /// Set when a write was lost after its retries; admission then refuses
-    /// joins until [`Hypervisor::flush_liability`] reports it.
-    lost: Arc<AtomicBool>,
+    /// A write lost after its retries; admission refuses joins until a
+    /// flush ([`Hypervisor::flush_liability`], `shutdown`) reports it.
+    loss: Arc<Loss>,
     tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
     url: String,
+}
+
+/// The first write the store thread lost since the last report of one.
+/// Kept here, not in the thread's answer to a flush, so that an answer
+/// nobody receives (its caller stopped waiting) cannot take it along.
+#[derive(Default)]
+struct Loss {
+    /// Set with `first`; read by admission without the lock.
+    lost: AtomicBool,
+    first: Mutex<Option<String>>,
+}
+
+impl Loss {
+    /// Keeps `message` unless an earlier loss is still unreported.
+    fn record(&self, message: String) {
+        let mut first = lock(&self.first);
+        first.get_or_insert(message);
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// The unreported loss, if any, now reported: joins are admitted again.
+    fn report(&self) -> Option<String> {
+        let mut first = lock(&self.first);
+        let taken = first.take();
+        if taken.is_some() {
+            self.lost.store(false, Ordering::SeqCst);
+        }
+        taken
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
 }
 
 /// How long a build waits for the store thread to open its store.
@@ -304,13 +337,13 @@ impl Records {
             StoreSource::Store(s) => s.backend().to_string(),
         };
         let (tx, rx) = sync_channel::<Job>(QUEUE);
-        let lost = Arc::new(AtomicBool::new(false));
+        let loss = Arc::new(Loss::default());
         let (opened_tx, opened_rx) = channel::<Result<&'static str, String>>();
         let thread = std::thread::Builder::new()
             .name("ahv-liability-store".into())
             .spawn({
-                let lost = lost.clone();
-                move || store_thread(source, lost, rx, opened_tx)
+                let loss = loss.clone();
+                move || store_thread(source, loss, rx, opened_tx)
             })
             .map_err(|e| HypervisorError::Setup(format!("liability store thread: {e}")))?;
         let backend = match opened_rx.recv_timeout(OPEN_WAIT) {
@@ -327,7 +360,7 @@ impl Records {
             }
         };
         Ok(Records {
-            lost,
+            loss,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             backend,
@@ -348,22 +381,24 @@ impl Records {
     }
 
     /// Waits until every write queued so far is stored; the first write
-    /// error since the last flush, if any.
+    /// lost since the last report of one, if any (reported now).
     pub(crate) async fn flush(&self) -> Result<(), HypervisorError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !self.send(Job::Flush(FlushReply::Task(tx))) {
             return Err(self.closed());
         }
         match tokio::time::timeout(STORE_WAIT, rx).await {
-            Ok(Ok(None)) => Ok(()),
-            Ok(Ok(Some(e))) => {
-                // Reported: joins are admitted again.
-                self.lost.store(false, Ordering::SeqCst);
-                Err(HypervisorError::Ledger(e))
-            }
+            Ok(Ok(())) => self.reported(),
             Ok(Err(_)) => Err(self.closed()),
             Err(_) => Err(self.timed_out("flushing")),
         }
+    }
+
+    /// The unreported lost write as an error, now reported; `Ok` if none.
+    fn reported(&self) -> Result<(), HypervisorError> {
+        self.loss
+            .report()
+            .map_or(Ok(()), |e| Err(HypervisorError::Ledger(e)))
     }
 
     fn timed_out(&self, what: &str) -> HypervisorError {
@@ -401,12 +436,7 @@ impl Records {
             Ok(true) => {
                 match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 {
-                    Ok(None) => Ok(()),
-                    Ok(Some(e)) => {
-                        // Reported: joins are admitted again (as `flush`).
-                        self.lost.store(false, Ordering::SeqCst);
-                        Err(HypervisorError::Ledger(e))
-                    }
+                    Ok(()) => self.reported(),
                     // It ends only once every sender is gone, after
                     // answering a flush queued before: it died.
                     Err(RecvTimeoutError::Disconnected) => Err(self.drain_error(DrainError::Ended)),
@@ -475,7 +505,7 @@ impl Drop for Records {
 
 fn store_thread(
     source: StoreSource,
-    lost: Arc<AtomicBool>,
+    loss: Arc<Loss>,
     rx: Receiver<Job>,
     opened: Sender<Result<&'static str, String>>,
 ) {
@@ -515,7 +545,6 @@ fn store_thread(
     {
         tracing::debug!(error = %e, "liability store warm-up; the first operation retries");
     }
-    let mut first_error: Option<String> = None;
     let mut entries: Vec<LedgerEntry> = Vec::new();
     while let Ok(job) = rx.recv() {
         // Whatever else is queued goes with it: consecutive ledger entries
@@ -525,7 +554,7 @@ fn store_thread(
             match job {
                 Job::Write(Write::Entry(e)) => entries.push(e),
                 other => {
-                    store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
+                    store_entries(&rt, &store, &mut entries, &loss);
                     match other {
                         Job::Write(Write::Entry(_)) => {}
                         Job::Write(Write::Vouch(v)) => {
@@ -535,7 +564,7 @@ fn store_thread(
                                 Box::pin(async move { store.put_vouch(v).await })
                             });
                             if let Err(e) = result {
-                                failed(&mut first_error, &lost, what, e);
+                                failed(&loss, what, e);
                             }
                         }
                         Job::Write(Write::Quarantine(q)) => {
@@ -545,43 +574,37 @@ fn store_thread(
                                 Box::pin(async move { store.put_quarantine(q).await })
                             });
                             if let Err(e) = result {
-                                failed(&mut first_error, &lost, what, e);
+                                failed(&loss, what, e);
                             }
                         }
                         Job::Entries(agent, reply) => {
                             let _ = reply.send(rt.block_on(store.entries_for(&agent)));
                         }
-                        // An error a caller stopped waiting for is kept
-                        // for the next flush: the loss is still unreported,
-                        // and joins stay refused until it is.
+                        // Everything before it is stored (or lost, in
+                        // `loss`). A caller that stopped waiting is no error.
                         Job::Flush(FlushReply::Task(tx)) => {
-                            if let Err(back) = tx.send(first_error.take()) {
-                                first_error = back;
-                            }
+                            let _ = tx.send(());
                         }
                         Job::Flush(FlushReply::Thread(tx)) => {
-                            if let Err(back) = tx.send(first_error.take()) {
-                                first_error = back.0;
-                            }
+                            let _ = tx.send(());
                         }
                     }
                 }
             }
             if entries.len() >= BATCH {
-                store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
+                store_entries(&rt, &store, &mut entries, &loss);
             }
             next = rx.try_recv().ok();
         }
-        store_entries(&rt, &store, &mut entries, &mut first_error, &lost);
+        store_entries(&rt, &store, &mut entries, &loss);
     }
 }
 
-/// Logs a write the store refused and keeps the first such error for the
-/// next flush to report.
-fn failed(first: &mut Option<String>, lost: &AtomicBool, what: String, e: StoreError) {
-    lost.store(true, Ordering::SeqCst);
+/// Logs a write the store refused and keeps it for the next flush to
+/// report (unless an earlier loss is still unreported).
+fn failed(loss: &Loss, what: String, e: StoreError) {
     tracing::error!(error = %e, "storing the {what}: lost after {} attempts", RETRIES.len() + 1);
-    first.get_or_insert_with(|| format!("storing the {what}: {e}"));
+    loss.record(format!("storing the {what}: {e}"));
 }
 
 /// Pauses before the retries of a write the store refused (a restarting
@@ -617,8 +640,7 @@ fn store_entries(
     rt: &tokio::runtime::Runtime,
     store: &Arc<dyn TrustStore>,
     entries: &mut Vec<LedgerEntry>,
-    first_error: &mut Option<String>,
-    lost: &AtomicBool,
+    loss: &Loss,
 ) {
     if entries.is_empty() {
         return;
@@ -633,7 +655,7 @@ fn store_entries(
         Box::pin(async move { store.append_entries(batch).await })
     });
     if let Err(e) = result {
-        failed(first_error, lost, what, e);
+        failed(loss, what, e);
     }
 }
 
@@ -869,7 +891,7 @@ impl Hypervisor {
     /// Admission at join: the ledger's decision for `agent`. A store that
     /// cannot be read refuses the join (fail closed).
     pub(crate) async fn admission(&self, agent: &AgentId) -> Result<Assessment, HypervisorError> {
-        if self.records().lost.load(Ordering::SeqCst) {
+        if self.records().loss.is_lost() {
             return Err(HypervisorError::Ledger(format!(
                 "a liability record could not be stored in {}; joins are refused until \
                  flush_liability reports it (admission fails closed)",
@@ -1630,4 +1652,27 @@ pub(crate) struct Liability {
     pub(crate) records: Records,
     /// What admission knows of the ledger.
     pub(crate) cache: Mutex<LedgerCache>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost write is kept until a flush reports it; it no longer rides
+    /// in the store thread's answer, which a caller that stopped waiting
+    /// never receives. The first of several is the one reported, and a
+    /// loss after a report is kept again.
+    #[test]
+    fn a_loss_is_kept_until_a_flush_reports_it() {
+        let loss = Loss::default();
+        assert!(!loss.is_lost() && loss.report().is_none());
+        loss.record("first".into());
+        loss.record("second".into());
+        assert!(loss.is_lost(), "joins are refused until it is reported");
+        assert_eq!(loss.report().as_deref(), Some("first"));
+        assert!(!loss.is_lost() && loss.report().is_none());
+        loss.record("third".into());
+        assert!(loss.is_lost());
+        assert_eq!(loss.report().as_deref(), Some("third"));
+    }
 }
