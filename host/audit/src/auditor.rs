@@ -2783,10 +2783,6 @@ impl Shared {
                 unnamed.push((number, path.to_path_buf()));
             }
         };
-        // Kept live for good (see `live_segments`).
-        let pin = |segment: u64| {
-            *lock(&self.live_segments).entry(segment).or_default() += 1;
-        };
         let list = list_segments(&dir)?;
         // The last segment a round was written in: a process that stopped
         // after creating a segment, before its first round, left one too
@@ -2809,7 +2805,7 @@ impl Shared {
                 Err(e) => {
                     // Whatever it held is unknown.
                     note_unnamed(number, &path);
-                    pin(number);
+                    self.keep_live(number);
                     report.damaged.push((path, e.into()));
                     continue;
                 }
@@ -2872,53 +2868,37 @@ impl Shared {
             // Where its chunks start, kept or not (recovery reads in
             // segment order).
             let first = s.first_segment;
+            let bad_chunks = |session: String, detail: String| AuditError::BadChunks {
+                session,
+                dir: dir.clone(),
+                detail,
+            };
             let Ok(id) = SessionId::new(name.clone()) else {
-                if let Some(f) = first {
-                    pin(f);
-                }
-                report.damaged.push((
-                    dir.clone(),
-                    AuditError::BadChunks {
-                        session: name.chars().take(100).collect(),
-                        dir: dir.clone(),
-                        detail: "a footer names it, and it is no session id".into(),
-                    },
-                ));
+                let e = bad_chunks(
+                    name.chars().take(100).collect(),
+                    "a footer names it, and it is no session id".into(),
+                );
+                self.leave_orphan(report, None, first, dir.clone(), e);
                 continue;
             };
+            let key = Some(SealedSet::key(id.as_str()));
             let lost_in = suspects.get(&name).or_else(|| {
                 let from = first.unwrap_or(0);
                 unnamed.iter().find(|(n, _)| *n >= from)
             });
             if let Some((number, segment)) = lost_in {
-                self.refuse(SealedSet::key(id.as_str()));
-                pin(first.map_or(*number, |f| f.min(*number)));
-                report.damaged.push((
-                    segment.clone(),
-                    AuditError::BadChunks {
-                        session: name,
-                        dir: dir.clone(),
-                        detail: format!(
-                            "a damaged round of {} held (or may have held) some of its records",
-                            segment.display()
-                        ),
-                    },
-                ));
+                let detail = format!(
+                    "a damaged round of {} held (or may have held) some of its records",
+                    segment.display()
+                );
+                let live = Some(first.map_or(*number, |f| f.min(*number)));
+                let e = bad_chunks(name, detail);
+                self.leave_orphan(report, key, live, segment.clone(), e);
                 continue;
             }
             if !s.problems.is_empty() {
-                self.refuse(SealedSet::key(id.as_str()));
-                if let Some(f) = first {
-                    pin(f);
-                }
-                report.damaged.push((
-                    dir.clone(),
-                    AuditError::BadChunks {
-                        session: name,
-                        dir: dir.clone(),
-                        detail: format!("{:?}", s.problems),
-                    },
-                ));
+                let e = bad_chunks(name, format!("{:?}", s.problems));
+                self.leave_orphan(report, key, first, dir.clone(), e);
                 continue;
             }
             let leaves = match s
@@ -2929,11 +2909,7 @@ impl Shared {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    self.refuse(SealedSet::key(id.as_str()));
-                    if let Some(f) = first {
-                        pin(f);
-                    }
-                    report.damaged.push((dir.clone(), e));
+                    self.leave_orphan(report, key, first, dir.clone(), e);
                     continue;
                 }
             };
@@ -2944,6 +2920,33 @@ impl Shared {
             report.sealed_on_recovery.push((name, n));
         }
         Ok(())
+    }
+
+    /// Keeps `segment` live for as long as this process runs (see
+    /// `live_segments`): every segment it starts names it, so every later
+    /// reopen reads it.
+    fn keep_live(&self, segment: u64) {
+        *lock(&self.live_segments).entry(segment).or_default() += 1;
+    }
+
+    /// Leaves a session recovery will not seal as evidence: refused (by
+    /// `key`, when its name is a session id), the segment `live` (where its
+    /// chunks start) kept live, and `e`, found at `at`, reported.
+    fn leave_orphan(
+        &self,
+        report: &mut RecoveryReport,
+        key: Option<u128>,
+        live: Option<u64>,
+        at: PathBuf,
+        e: AuditError,
+    ) {
+        if let Some(key) = key {
+            self.refuse(key);
+        }
+        if let Some(segment) = live {
+            self.keep_live(segment);
+        }
+        report.damaged.push((at, e));
     }
 
     /// Records nothing more for a session whose log recovery left as

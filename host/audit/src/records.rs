@@ -306,7 +306,7 @@ pub enum RecordError {
 }
 
 /// Maps an I/O error of `op` on `path` into a [`RecordError::Io`].
-fn io(op: IoOp, path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
+pub(crate) fn io(op: IoOp, path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
     move |source| RecordError::Io {
         op,
         path: path.into(),

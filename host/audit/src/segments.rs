@@ -907,17 +907,7 @@ const CREATED_LEN: u64 = crate::records::HEADER_LEN + crate::records::FRAME_HEAD
 /// # Errors
 /// [`SegmentError::Record`] with [`RecordError::Io`]: it cannot be read.
 pub fn unwritten(path: &Path) -> Result<Option<u64>, SegmentError> {
-    let failed = |op| {
-        move |source| {
-            SegmentError::Record(RecordError::Io {
-                op,
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let read = failed(crate::records::IoOp::Read);
-    let len = fs::metadata(path).map_err(read)?.len();
+    let len = file_len(path)?;
     if len < crate::records::HEADER_LEN {
         return Ok(Some(len));
     }
@@ -930,7 +920,7 @@ pub fn unwritten(path: &Path) -> Result<Option<u64>, SegmentError> {
     let mut bytes = Vec::with_capacity(CREATED_LEN as usize + 1);
     fs::File::open(path)
         .and_then(|f| f.take(CREATED_LEN + 1).read_to_end(&mut bytes))
-        .map_err(failed(crate::records::IoOp::Read))?;
+        .map_err(crate::records::io(crate::records::IoOp::Read, path))?;
     let small = bytes.len() as u64 <= CREATED_LEN;
     Ok((small && bytes.iter().all(|b| *b == 0)).then_some(bytes.len() as u64))
 }
@@ -943,16 +933,13 @@ pub fn unwritten(path: &Path) -> Result<Option<u64>, SegmentError> {
 /// # Errors
 /// [`SegmentError::Record`] with [`RecordError::Io`]: it cannot be read.
 pub fn holds_no_round(path: &Path) -> Result<bool, SegmentError> {
-    let len = fs::metadata(path)
-        .map_err(|source| {
-            SegmentError::Record(RecordError::Io {
-                op: crate::records::IoOp::Read,
-                path: path.to_path_buf(),
-                source,
-            })
-        })?
-        .len();
-    Ok(len <= CREATED_LEN)
+    Ok(file_len(path)? <= CREATED_LEN)
+}
+
+/// The length of the file at `path`.
+fn file_len(path: &Path) -> Result<u64, RecordError> {
+    let meta = fs::metadata(path).map_err(crate::records::io(crate::records::IoOp::Read, path))?;
+    Ok(meta.len())
 }
 
 /// Reads segment `number` at `path` (see the module docs for what is kept).

@@ -262,6 +262,17 @@ enum FlushReply {
     Thread(SyncSender<()>),
 }
 
+impl FlushReply {
+    /// Tells the caller everything queued before its flush is handled; a
+    /// caller that stopped waiting is no error.
+    fn done(self) {
+        let _ = match self {
+            FlushReply::Task(tx) => tx.send(()),
+            FlushReply::Thread(tx) => tx.send(()).map_err(drop),
+        };
+    }
+}
+
 /// Where the store comes from.
 #[derive(Clone)]
 pub(crate) enum StoreSource {
@@ -581,13 +592,8 @@ fn store_thread(
                             let _ = reply.send(rt.block_on(store.entries_for(&agent)));
                         }
                         // Everything before it is stored (or lost, in
-                        // `loss`). A caller that stopped waiting is no error.
-                        Job::Flush(FlushReply::Task(tx)) => {
-                            let _ = tx.send(());
-                        }
-                        Job::Flush(FlushReply::Thread(tx)) => {
-                            let _ = tx.send(());
-                        }
+                        // `loss`).
+                        Job::Flush(reply) => reply.done(),
                     }
                 }
             }
