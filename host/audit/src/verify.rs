@@ -1924,6 +1924,41 @@ mod tests {
         assert!(r.notes.iter().any(|n| n.contains(".torn-")), "{r}");
     }
 
+    /// Recovery seals a session from its own file (format 1) before it
+    /// reads the segments; chunks of the same session there do not make it
+    /// an orphan again (its log is still in memory, sealed, not yet among
+    /// the sessions whose logs have left it).
+    #[test]
+    fn a_session_recovery_sealed_from_its_file_is_not_sealed_again_from_the_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let (auditor, bus) = open(&dir, Durability::EveryRecord);
+            let s = SessionId::new("s-c").unwrap();
+            write(&bus, &s, 0);
+            write(&bus, &s, 1);
+            auditor.close().unwrap();
+        }
+        let segments = crate::segments::segments_dir(&dir);
+        let kept = tmp.path().join("segments-kept");
+        std::fs::create_dir_all(&kept).unwrap();
+        for (_, p) in crate::segments::list_segments(&segments).unwrap() {
+            std::fs::copy(&p, kept.join(p.file_name().unwrap())).unwrap();
+        }
+        into_files(&dir);
+        std::fs::rename(&kept, &segments).unwrap();
+        let (auditor, report) = Auditor::open(
+            &dir,
+            AuditConfig::default(),
+            Arc::new(FakeClock::new()),
+            Arc::new(FakeWallClock::new(1)),
+        )
+        .unwrap();
+        assert_eq!(report.sealed_on_recovery, vec![("s-c".to_string(), 2)]);
+        assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+        auditor.close().unwrap();
+    }
+
     #[test]
     fn sessions_left_unsealed_in_segments_are_sealed_on_reopen_and_a_crashs_leftovers_kept() {
         let tmp = tempfile::tempdir().unwrap();
