@@ -236,6 +236,17 @@ enum Write {
     Quarantine(QuarantineRow),
 }
 
+impl Write {
+    /// What it records, for the message that reports it lost.
+    fn describe(&self) -> String {
+        match self {
+            Write::Entry(e) => format!("ledger entry {:?} of {}", e.kind, e.agent),
+            Write::Vouch(v) => format!("vouch {} of session {}", v.id, v.session),
+            Write::Quarantine(q) => format!("quarantine of {} in {}", q.agent, q.session),
+        }
+    }
+}
+
 enum Job {
     Write(Write),
     Entries(
@@ -246,10 +257,11 @@ enum Job {
     Flush(FlushReply),
 }
 
-/// Why a drain did not hear back from the store thread.
+/// Why the store thread did not take a job, or a drain did not hear back.
 #[derive(Debug, Clone, Copy)]
 enum DrainError {
-    /// No room in its queue, or no answer, before the deadline: it is hung.
+    /// No room in its queue, or no answer, before the deadline: it is far
+    /// behind or hung.
     TimedOut,
     /// It ended without answering: it died.
     Ended,
@@ -292,6 +304,8 @@ pub(crate) struct Records {
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
     url: String,
+    /// [`SEND_WAIT`] (shorter in tests).
+    send_wait: Duration,
 }
 
 /// The first write the store thread lost since the last report of one.
@@ -332,13 +346,20 @@ const OPEN_WAIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the queued writes.
 const FLUSH_WAIT: Duration = Duration::from_secs(60);
 /// Most jobs queued for the store thread: past that, whoever records waits
-/// for the store (backpressure, like the audit log's), so a flood of
-/// sessions cannot grow the queue without bound.
+/// for the store (backpressure, like the audit log's; at most
+/// [`SEND_WAIT`]), so a flood of sessions cannot grow the queue without
+/// bound.
 const QUEUE: usize = 65_536;
 /// Most ledger entries the store thread writes in one transaction.
 const BATCH: usize = 4096;
 /// How long a read or a flush waits for the store thread.
 const STORE_WAIT: Duration = Duration::from_secs(60);
+/// How long a write, a read or a flush waits for room in a full queue (a
+/// store far behind or hung: 65,536 jobs wait) before it gives up: a write
+/// is then counted lost, which refuses joins until a flush reports it, and
+/// a read or a flush fails. Once a write is lost, later ones do not wait
+/// until that is reported: the store is known to be failing.
+const SEND_WAIT: Duration = Duration::from_secs(5);
 
 impl Records {
     /// Starts the store thread and opens the store in it.
@@ -376,18 +397,52 @@ impl Records {
             thread: Mutex::new(Some(thread)),
             backend,
             url,
+            send_wait: SEND_WAIT,
         })
     }
 
-    fn send(&self, job: Job) -> bool {
-        // Sent outside the lock: a full queue blocks only this sender.
-        let tx = lock(&self.tx).clone();
-        tx.is_some_and(|tx| tx.send(job).is_ok())
+    /// Queues `job`, waiting at most `wait` for room in a full queue; gives
+    /// it back with why it was not queued.
+    fn send(&self, job: Job, wait: Duration) -> Result<(), (Job, HypervisorError)> {
+        match self.send_by(job, std::time::Instant::now() + wait) {
+            Ok(None) => Ok(()),
+            Ok(Some(job)) => Err((job, self.closed())),
+            Err((job, DrainError::TimedOut)) => {
+                let waited = if wait.is_zero() {
+                    "an earlier record was lost to it, so nothing waits for room".to_string()
+                } else {
+                    format!("it took none within {wait:?}")
+                };
+                Err((
+                    job,
+                    HypervisorError::Ledger(format!(
+                        "the liability store {} has {QUEUE} jobs waiting and {waited} (it is \
+                         far behind or hung)",
+                        self.url
+                    )),
+                ))
+            }
+            Err((job, e @ DrainError::Ended)) => Err((job, self.drain_error(e))),
+        }
     }
 
+    /// Queues a write; one that cannot be queued is lost, and kept for the
+    /// next flush to report (joins are refused until then).
     fn write(&self, w: Write) {
-        if !self.send(Job::Write(w)) {
-            tracing::error!(store = %self.url, "liability store is closed: a record was not stored");
+        // Once one is lost, the store is known to be failing: the next do
+        // not wait until that is reported.
+        let wait = if self.loss.is_lost() {
+            Duration::ZERO
+        } else {
+            self.send_wait
+        };
+        if let Err((job, e)) = self.send(Job::Write(w), wait) {
+            let what = match &job {
+                Job::Write(w) => w.describe(),
+                _ => "record".into(),
+            };
+            tracing::error!(error = %e, "the {what} was not stored");
+            self.loss.record(format!("the {what} was not stored: {e}"));
         }
     }
 
@@ -395,8 +450,8 @@ impl Records {
     /// lost since the last report of one, if any (reported now).
     pub(crate) async fn flush(&self) -> Result<(), HypervisorError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Job::Flush(FlushReply::Task(tx))) {
-            return Err(self.closed());
+        if let Err((_, e)) = self.send(Job::Flush(FlushReply::Task(tx)), self.send_wait) {
+            return Err(e);
         }
         match tokio::time::timeout(STORE_WAIT, rx).await {
             Ok(Ok(())) => self.reported(),
@@ -439,12 +494,12 @@ impl Records {
         }
         let result = match sent {
             // Stopped by an earlier drain: nothing is queued.
-            Ok(false) => Ok(()),
+            Ok(Some(_)) => Ok(()),
             // No room until the deadline: the store is hung, and joining
             // its thread would wait for good.
-            Err(e @ DrainError::TimedOut) => return Err(self.drain_error(e)),
-            Err(e @ DrainError::Ended) => Err(self.drain_error(e)),
-            Ok(true) => {
+            Err((_, e @ DrainError::TimedOut)) => return Err(self.drain_error(e)),
+            Err((_, e @ DrainError::Ended)) => Err(self.drain_error(e)),
+            Ok(None) => {
                 match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 {
                     Ok(()) => self.reported(),
@@ -464,19 +519,24 @@ impl Records {
     }
 
     /// Queues `job`, waiting for room in a full queue until `deadline`:
-    /// whether it was queued (not: the store was stopped by an earlier
-    /// drain).
-    fn send_by(&self, mut job: Job, deadline: std::time::Instant) -> Result<bool, DrainError> {
+    /// `None` once queued, the job back if the store was stopped by an
+    /// earlier drain, or the job back with why it was not queued.
+    fn send_by(
+        &self,
+        mut job: Job,
+        deadline: std::time::Instant,
+    ) -> Result<Option<Job>, (Job, DrainError)> {
+        // Cloned out of the lock: a full queue blocks only this sender.
         let Some(tx) = lock(&self.tx).clone() else {
-            return Ok(false);
+            return Ok(Some(job));
         };
         loop {
             match tx.try_send(job) {
-                Ok(()) => return Ok(true),
-                Err(TrySendError::Disconnected(_)) => return Err(DrainError::Ended),
+                Ok(()) => return Ok(None),
+                Err(TrySendError::Disconnected(back)) => return Err((back, DrainError::Ended)),
                 Err(TrySendError::Full(back)) => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(DrainError::TimedOut);
+                        return Err((back, DrainError::TimedOut));
                     }
                     job = back;
                     // Only while 65,536 jobs wait for a store that is slow
@@ -792,8 +852,9 @@ impl Hypervisor {
             let mut cache = lock(&self.inner.liability.cache);
             let upto = cache.seq;
             let generation = cache.slot(agent).generation;
-            if !self.records().send(Job::Entries(agent.clone(), tx)) {
-                return Err(self.records().closed());
+            let records = self.records();
+            if let Err((_, e)) = records.send(Job::Entries(agent.clone(), tx), records.send_wait) {
+                return Err(e);
             }
             (generation, upto)
         };
@@ -831,8 +892,10 @@ impl Hypervisor {
     /// Waits until every liability record made so far is in the store.
     ///
     /// # Errors
-    /// [`HypervisorError::Ledger`] with the first store error since the last
-    /// flush (that record was not stored), or if the store is closed.
+    /// [`HypervisorError::Ledger`] with the first record lost since the
+    /// last flush (the store refused it, or its queue stayed full for 5 s),
+    /// or if the store is closed, its queue stays full for 5 s, or it does
+    /// not answer within 60 s.
     pub async fn flush_liability(&self) -> Result<(), HypervisorError> {
         self.records().flush().await
     }
@@ -1680,5 +1743,153 @@ mod tests {
         loss.record("third".into());
         assert!(loss.is_lost());
         assert_eq!(loss.report().as_deref(), Some("third"));
+    }
+
+    /// A store whose ledger appends wait until `release` turns true (a
+    /// database that stopped answering); the rest is a real in-memory store.
+    #[derive(Debug)]
+    struct Hung {
+        inner: ahv_store::MemoryStore,
+        release: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl TrustStore for Hung {
+        fn backend(&self) -> &'static str {
+            "memory"
+        }
+        fn append_entry(&self, entry: LedgerEntry) -> ahv_store::StoreFuture<'_, ()> {
+            self.append_entries(vec![entry])
+        }
+        fn append_entries(&self, entries: Vec<LedgerEntry>) -> ahv_store::StoreFuture<'_, ()> {
+            let mut release = self.release.clone();
+            Box::pin(async move {
+                let _ = release.wait_for(|r| *r).await;
+                self.inner.append_entries(entries).await
+            })
+        }
+        fn entries_for<'a>(
+            &'a self,
+            agent: &'a AgentId,
+        ) -> ahv_store::StoreFuture<'a, Vec<LedgerEntry>> {
+            self.inner.entries_for(agent)
+        }
+        fn agents(&self) -> ahv_store::StoreFuture<'_, Vec<AgentId>> {
+            self.inner.agents()
+        }
+        fn put_vouch(&self, row: VouchRow) -> ahv_store::StoreFuture<'_, ()> {
+            self.inner.put_vouch(row)
+        }
+        fn vouches<'a>(
+            &'a self,
+            agent: Option<&'a AgentId>,
+        ) -> ahv_store::StoreFuture<'a, Vec<VouchRow>> {
+            self.inner.vouches(agent)
+        }
+        fn put_quarantine(&self, row: QuarantineRow) -> ahv_store::StoreFuture<'_, ()> {
+            self.inner.put_quarantine(row)
+        }
+        fn quarantines<'a>(
+            &'a self,
+            agent: Option<&'a AgentId>,
+        ) -> ahv_store::StoreFuture<'a, Vec<QuarantineRow>> {
+            self.inner.quarantines(agent)
+        }
+    }
+
+    /// A write finding the queue full (the store stopped answering) waits
+    /// a bounded time, then is lost: kept for a flush to report, and joins
+    /// are refused meanwhile. It used to wait for room for good, holding
+    /// the liability cache's lock, so every later record waited too. Every
+    /// write queued before it is stored once the store answers again.
+    #[test]
+    fn a_write_finding_the_queue_full_is_lost_after_a_bounded_wait_and_reported() {
+        const BOUND: Duration = Duration::from_secs(60);
+        let (release, hung) = tokio::sync::watch::channel(false);
+        let store = Arc::new(Hung {
+            inner: ahv_store::MemoryStore::default(),
+            release: hung,
+        });
+        let mut records = Records::start(StoreSource::Store(store.clone())).unwrap();
+        records.send_wait = Duration::from_millis(20);
+        let records = Arc::new(records);
+        let agent = AgentId::new("did:mesh:flooder").unwrap();
+        let entry = {
+            let agent = agent.clone();
+            move || {
+                Write::Entry(LedgerEntry {
+                    agent: agent.clone(),
+                    kind: EntryKind::CleanSession,
+                    at: Duration::from_secs(1),
+                })
+            }
+        };
+        // The store thread takes up to a batch and hangs storing it; then
+        // the queue fills. On a thread of its own, so that a write that
+        // waits for good fails this test instead of hanging it.
+        let (done, writes) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let records = records.clone();
+            move || {
+                let mut written = 0;
+                while !records.loss.is_lost() && written <= QUEUE + BATCH + 1 {
+                    records.write(entry());
+                    written += 1;
+                }
+                // Lost at once now; the first loss is the one reported.
+                records.write(entry());
+                let _ = done.send(written);
+            }
+        });
+        let written = writes.recv_timeout(BOUND).unwrap_or_else(|_| {
+            panic!("the writes to a full queue did not return within {BOUND:?}")
+        });
+        assert!(
+            records.loss.is_lost(),
+            "{written} writes queued: the queue of {QUEUE} never filled"
+        );
+        assert!(written > QUEUE, "lost after {written} writes");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let full = rt.block_on(records.flush()).unwrap_err().to_string();
+        assert!(full.contains("jobs waiting and it took none"), "{full}");
+        assert!(
+            records.loss.is_lost(),
+            "a flush that was not queued reports nothing"
+        );
+        release.send(true).unwrap();
+        // Every write queued before the loss is stored once the store
+        // answers again.
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let stored = rt.block_on(store.inner.entries_for(&agent)).unwrap().len();
+            if stored == written - 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stored} of the {} queued writes stored within {BOUND:?}",
+                written - 1
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let reported = rt.block_on(records.flush()).unwrap_err().to_string();
+        assert!(
+            reported.contains("ledger entry CleanSession of did:mesh:flooder was not stored")
+                && reported.contains("took none within 20ms"),
+            "{reported}"
+        );
+        assert!(
+            !records.loss.is_lost(),
+            "reported: joins are admitted again"
+        );
+        rt.block_on(records.flush()).unwrap();
+        let stored = rt.block_on(store.inner.entries_for(&agent)).unwrap();
+        assert_eq!(
+            stored.len(),
+            written - 1,
+            "the lost writes were not stored later"
+        );
     }
 }
