@@ -306,6 +306,11 @@ pub(crate) struct Records {
     url: String,
     /// [`SEND_WAIT`] (shorter in tests).
     send_wait: Duration,
+    /// Set when a job found the queue full for its whole wait; cleared by
+    /// the next that finds room. While set, jobs do not wait for room: a
+    /// reader or writer that waits does so holding the liability cache's
+    /// lock, so each wait would hold up everyone else's records in turn.
+    stalled: AtomicBool,
 }
 
 /// The first write the store thread lost since the last report of one.
@@ -315,21 +320,29 @@ pub(crate) struct Records {
 struct Loss {
     /// Set with `first`; read by admission without the lock.
     lost: AtomicBool,
-    first: Mutex<Option<String>>,
+    /// The first unreported loss, and how many there were since.
+    first: Mutex<(Option<String>, u64)>,
 }
 
 impl Loss {
-    /// Keeps `message` unless an earlier loss is still unreported.
+    /// Keeps `message` unless an earlier loss is still unreported, and
+    /// counts it either way.
     fn record(&self, message: String) {
         let mut first = lock(&self.first);
-        first.get_or_insert(message);
+        first.0.get_or_insert(message);
+        first.1 += 1;
         self.lost.store(true, Ordering::SeqCst);
     }
 
-    /// The unreported loss, if any, now reported: joins are admitted again.
+    /// The unreported loss, if any, now reported (with how many more there
+    /// were since): joins are admitted again.
     fn report(&self) -> Option<String> {
         let mut first = lock(&self.first);
-        let taken = first.take();
+        let taken = first.0.take().map(|m| match first.1 {
+            0 | 1 => m,
+            n => format!("{m} (and {} more record(s) lost since)", n - 1),
+        });
+        first.1 = 0;
         if taken.is_some() {
             self.lost.store(false, Ordering::SeqCst);
         }
@@ -357,8 +370,9 @@ const STORE_WAIT: Duration = Duration::from_secs(60);
 /// How long a write, a read or a flush waits for room in a full queue (a
 /// store far behind or hung: 65,536 jobs wait) before it gives up: a write
 /// is then counted lost, which refuses joins until a flush reports it, and
-/// a read or a flush fails. Once a write is lost, later ones do not wait
-/// until that is reported: the store is known to be failing.
+/// a read or a flush fails. Once one has given up, the next do not wait
+/// until one finds room again ([`Records::stalled`]): the store is known to
+/// be taking nothing.
 const SEND_WAIT: Duration = Duration::from_secs(5);
 
 impl Records {
@@ -398,18 +412,61 @@ impl Records {
             backend,
             url,
             send_wait: SEND_WAIT,
+            stalled: AtomicBool::new(false),
         })
     }
 
-    /// Queues `job`, waiting at most `wait` for room in a full queue; gives
-    /// it back with why it was not queued.
-    fn send(&self, job: Job, wait: Duration) -> Result<(), (Job, HypervisorError)> {
-        match self.send_by(job, std::time::Instant::now() + wait) {
+    /// Queues `job`, waiting at most `send_wait` for room in a full queue
+    /// (not at all while [`Records::stalled`]); gives it back with why it
+    /// was not queued.
+    fn send(&self, job: Job) -> Result<(), (Job, HypervisorError)> {
+        let wait = self.wait();
+        let sent = self.send_by(job, std::time::Instant::now() + wait);
+        self.sent(sent, wait)
+    }
+
+    /// [`Records::send`] for a task: it waits for room without blocking
+    /// its thread.
+    async fn send_async(&self, mut job: Job) -> Result<(), (Job, HypervisorError)> {
+        let wait = self.wait();
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.send_by(job, std::time::Instant::now()) {
+                Err((back, DrainError::TimedOut)) if std::time::Instant::now() < deadline => {
+                    job = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                sent => return self.sent(sent, wait),
+            }
+        }
+    }
+
+    /// How long the next job may wait for room.
+    fn wait(&self) -> Duration {
+        if self.stalled.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.send_wait
+        }
+    }
+
+    /// What [`Records::send_by`] did, as [`Records::send`] answers.
+    fn sent(
+        &self,
+        sent: Result<Option<Job>, (Job, DrainError)>,
+        wait: Duration,
+    ) -> Result<(), (Job, HypervisorError)> {
+        self.stalled.store(
+            matches!(sent, Err((_, DrainError::TimedOut))),
+            Ordering::Relaxed,
+        );
+        match sent {
             Ok(None) => Ok(()),
             Ok(Some(job)) => Err((job, self.closed())),
             Err((job, DrainError::TimedOut)) => {
                 let waited = if wait.is_zero() {
-                    "an earlier record was lost to it, so nothing waits for room".to_string()
+                    "an earlier job found it full for as long, so nothing waits for room"
+                        .to_string()
                 } else {
                     format!("it took none within {wait:?}")
                 };
@@ -429,14 +486,7 @@ impl Records {
     /// Queues a write; one that cannot be queued is lost, and kept for the
     /// next flush to report (joins are refused until then).
     fn write(&self, w: Write) {
-        // Once one is lost, the store is known to be failing: the next do
-        // not wait until that is reported.
-        let wait = if self.loss.is_lost() {
-            Duration::ZERO
-        } else {
-            self.send_wait
-        };
-        if let Err((job, e)) = self.send(Job::Write(w), wait) {
+        if let Err((job, e)) = self.send(Job::Write(w)) {
             let what = match &job {
                 Job::Write(w) => w.describe(),
                 _ => "record".into(),
@@ -450,7 +500,7 @@ impl Records {
     /// lost since the last report of one, if any (reported now).
     pub(crate) async fn flush(&self) -> Result<(), HypervisorError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if let Err((_, e)) = self.send(Job::Flush(FlushReply::Task(tx)), self.send_wait) {
+        if let Err((_, e)) = self.send_async(Job::Flush(FlushReply::Task(tx))).await {
             return Err(e);
         }
         match tokio::time::timeout(STORE_WAIT, rx).await {
@@ -852,8 +902,7 @@ impl Hypervisor {
             let mut cache = lock(&self.inner.liability.cache);
             let upto = cache.seq;
             let generation = cache.slot(agent).generation;
-            let records = self.records();
-            if let Err((_, e)) = records.send(Job::Entries(agent.clone(), tx), records.send_wait) {
+            if let Err((_, e)) = self.records().send(Job::Entries(agent.clone(), tx)) {
                 return Err(e);
             }
             (generation, upto)
@@ -1738,11 +1787,23 @@ mod tests {
         loss.record("first".into());
         loss.record("second".into());
         assert!(loss.is_lost(), "joins are refused until it is reported");
-        assert_eq!(loss.report().as_deref(), Some("first"));
+        assert_eq!(
+            loss.report().as_deref(),
+            Some("first (and 1 more record(s) lost since)")
+        );
         assert!(!loss.is_lost() && loss.report().is_none());
         loss.record("third".into());
         assert!(loss.is_lost());
         assert_eq!(loss.report().as_deref(), Some("third"));
+        loss.record("fourth".into());
+        loss.record("fifth".into());
+        loss.record("sixth".into());
+        assert_eq!(
+            loss.report().as_deref(),
+            Some("fourth (and 2 more record(s) lost since)")
+        );
+        loss.record("seventh".into());
+        assert_eq!(loss.report().as_deref(), Some("seventh"), "counted afresh");
     }
 
     /// A store whose ledger appends wait until `release` turns true (a
@@ -1852,8 +1913,12 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        // Nothing waits for room now: it found none for as long just now.
         let full = rt.block_on(records.flush()).unwrap_err().to_string();
-        assert!(full.contains("jobs waiting and it took none"), "{full}");
+        assert!(
+            full.contains("jobs waiting and an earlier job found it full"),
+            "{full}"
+        );
         assert!(
             records.loss.is_lost(),
             "a flush that was not queued reports nothing"
@@ -1877,7 +1942,8 @@ mod tests {
         let reported = rt.block_on(records.flush()).unwrap_err().to_string();
         assert!(
             reported.contains("ledger entry CleanSession of did:mesh:flooder was not stored")
-                && reported.contains("took none within 20ms"),
+                && reported.contains("took none within 20ms")
+                && reported.contains("(and 1 more record(s) lost since)"),
             "{reported}"
         );
         assert!(
