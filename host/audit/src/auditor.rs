@@ -609,7 +609,8 @@ struct CommitState {
     /// Commitments appended but not yet written, in order.
     staged: Vec<StagedCommit>,
     durable: (u64, Hash),
-    /// The most recently sealed sessions, with their indexes.
+    /// The sessions whose commitments were written most recently, with
+    /// their indexes.
     recent: RecentSealed,
     /// Every sealed session whose log has left memory, as a 128-bit
     /// fingerprint (20-40 B each, a fraction of keeping its id): refuses
@@ -657,9 +658,9 @@ impl SealedSet {
     }
 }
 
-/// The last `cap` sealed sessions whose commitments were written (the
-/// rest are in [`Shared::sessions`]) and their commitment indexes, oldest
-/// evicted first, keyed by their [`SealedSet`] fingerprints: a seal has its
+/// The last `cap` sealed sessions whose commitments were written (one not
+/// written yet is in [`Shared::sessions`], with its index) and their
+/// commitment indexes, oldest evicted first, keyed by their [`SealedSet`] fingerprints: a seal has its
 /// fingerprint already, so remembering it hashes no id and keeps no id.
 struct RecentSealed {
     index: HashMap<u128, u64, FastHash>,
@@ -3019,9 +3020,6 @@ impl Shared {
         leaves: Vec<Hash>,
         first_segment: u64,
     ) -> Result<(), AuditError> {
-        if first_segment != 0 {
-            *lock(&self.live_segments).entry(first_segment).or_default() += 1;
-        }
         let log = Arc::new(SessionLog {
             id: id.clone(),
             sealed_key,
@@ -3040,6 +3038,11 @@ impl Shared {
                 return Err(AuditError::AlreadySealed(id.to_string()));
             }
             map.insert(id.clone(), log);
+        }
+        // Released by the round that writes its commitment
+        // (`forget_if_done`).
+        if first_segment != 0 {
+            *lock(&self.live_segments).entry(first_segment).or_default() += 1;
         }
         self.seal(&id, ahv_core::TraceId(0), None).map(drop)
     }
