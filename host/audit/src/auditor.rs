@@ -594,6 +594,10 @@ struct SessionState {
 /// The commitment log.
 struct CommitLog {
     state: Mutex<CommitState>,
+    /// The sealed sessions whose logs have left memory: a lock of their
+    /// own, which no seal takes (the round that writes a commitment fills
+    /// them, and a table's growth there holds up no seal).
+    sealed: Mutex<Sealed>,
     io: Mutex<RecordWriter>,
     /// Notified (with `state`) whenever `CommitState::durable` moves, for
     /// [`Auditor::wait_durable`].
@@ -609,6 +613,10 @@ struct CommitState {
     /// Commitments appended but not yet written, in order.
     staged: Vec<StagedCommit>,
     durable: (u64, Hash),
+}
+
+/// The sealed sessions a round has written (see [`CommitLog::sealed`]).
+struct Sealed {
     /// The sessions whose commitments were written most recently, with
     /// their indexes.
     recent: RecentSealed,
@@ -1237,9 +1245,8 @@ impl Auditor {
                 tree,
                 staged: Vec::new(),
                 durable,
-                recent,
-                ever,
             }),
+            sealed: Mutex::new(Sealed { recent, ever }),
             io: Mutex::new(cwriter),
             durable_moved: Condvar::new(),
         });
@@ -1737,7 +1744,7 @@ impl Shared {
         if let Some(log) = map.get(id) {
             return Some(log.clone());
         }
-        if lock(&self.commits.state).ever.contains_key(sealed_key) || self.is_excluded(id) {
+        if lock(&self.commits.sealed).ever.contains_key(sealed_key) || self.is_excluded(id) {
             return None;
         }
         let log = Arc::new(SessionLog {
@@ -2293,15 +2300,15 @@ impl Shared {
                         spans.record(first + i as u64, span);
                     }
                     drop(spans);
-                    let mut cs = lock(&self.commits.state);
-                    cs.durable = head;
+                    lock(&self.commits.state).durable = head;
                     // Before the logs leave `sessions` (below): a sealed
                     // session is always in one or the other.
+                    let mut sealed = lock(&self.commits.sealed);
                     for (i, c) in written.iter().enumerate() {
-                        let _ = cs.ever.insert_key(c.log.sealed_key);
-                        cs.recent.insert(c.log.sealed_key, first + i as u64);
+                        let _ = sealed.ever.insert_key(c.log.sealed_key);
+                        sealed.recent.insert(c.log.sealed_key, first + i as u64);
                     }
-                    drop(cs);
+                    drop(sealed);
                     // Once per round, waiters or not: cheap beside the sync.
                     self.commits.durable_moved.notify_all();
                 }
@@ -2380,9 +2387,9 @@ impl Shared {
                 return Ok(Some(index));
             }
         }
-        // Hashed before the lock, which every seal takes.
+        // Hashed before the lock, which every round that writes commitments takes.
         let key = SealedSet::key(session);
-        if let Some(i) = lock(&self.commits.state).recent.get(key) {
+        if let Some(i) = lock(&self.commits.sealed).recent.get(key) {
             return Ok(Some(i));
         }
         let path = commitments_path(&self.dir);
@@ -2756,7 +2763,7 @@ impl Shared {
                 continue;
             };
             let sealed_key = SealedSet::key(id.as_str());
-            if lock(&self.commits.state).ever.contains_key(sealed_key) {
+            if lock(&self.commits.sealed).ever.contains_key(sealed_key) {
                 continue;
             }
             let path = session_log_path(&self.dir, &name);
@@ -2998,7 +3005,7 @@ impl Shared {
             .get(session)
             .map(|log| lock(&log.state).sealed);
         in_memory.unwrap_or_else(|| {
-            lock(&self.commits.state)
+            lock(&self.commits.sealed)
                 .ever
                 .contains_key(SealedSet::key(session))
         })
@@ -3008,7 +3015,7 @@ impl Shared {
     /// evidence (damaged): its later events are late, and it cannot be
     /// sealed, as if it were.
     fn refuse(&self, sealed_key: u128) {
-        let _ = lock(&self.commits.state).ever.insert_key(sealed_key);
+        let _ = lock(&self.commits.sealed).ever.insert_key(sealed_key);
     }
 
     /// Seals an orphan over `leaves`; `first_segment` (0 for none) holds
@@ -3034,7 +3041,7 @@ impl Shared {
         {
             // The order `session_log` takes them in.
             let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-            if map.contains_key(&id) || lock(&self.commits.state).ever.contains_key(sealed_key) {
+            if map.contains_key(&id) || lock(&self.commits.sealed).ever.contains_key(sealed_key) {
                 return Err(AuditError::AlreadySealed(id.to_string()));
             }
             map.insert(id.clone(), log);
