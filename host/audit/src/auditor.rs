@@ -668,8 +668,9 @@ impl SealedSet {
 
 /// The last `cap` sealed sessions whose commitments were written (one not
 /// written yet is in [`Shared::sessions`], with its index) and their
-/// commitment indexes, oldest evicted first, keyed by their [`SealedSet`] fingerprints: a seal has its
-/// fingerprint already, so remembering it hashes no id and keeps no id.
+/// commitment indexes, oldest evicted first, keyed by their [`SealedSet`]
+/// fingerprints: a sealed log has its fingerprint already, so remembering
+/// it hashes no id and keeps no id.
 struct RecentSealed {
     index: HashMap<u128, u64, FastHash>,
     order: std::collections::VecDeque<u128>,
@@ -2175,12 +2176,12 @@ impl Shared {
         let leaf = leaf_hash(&bytes);
         let index = {
             let mut cs = lock(&self.commits.state);
-            // A second seal finds the log sealed above while it is in
-            // memory, and its fingerprint in `ever` once it has left
-            // (`session_log`); both go there, with the commitment's index
-            // in `recent`, when the round that writes the commitment
-            // forgets the log. Off this path: each is a cache miss in a
-            // table that grows with every session (0.3-0.5 µs of a seal).
+            // Its fingerprint goes into `ever`, and its index into
+            // `recent`, when the round that writes its commitment forgets
+            // the log; until then the log, sealed above, refuses late
+            // events and a second seal itself. Not here: each is a cache
+            // miss in a table that grows with every session (0.3-0.5 µs of
+            // a seal).
             let index = cs.tree.append_leaf_hash(leaf).0;
             log.commitment.store(index, Ordering::Relaxed);
             // The commitment log's root is computed by the flusher (O(log n)
@@ -2996,7 +2997,7 @@ impl Shared {
     }
 
     /// Whether `session` is sealed: its log in memory is, or its log has
-    /// left memory as sealed ([`CommitState::ever`]).
+    /// left memory as sealed ([`Sealed::ever`]).
     fn is_sealed(&self, session: &str) -> bool {
         let in_memory = self
             .sessions

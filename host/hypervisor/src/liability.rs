@@ -465,8 +465,10 @@ impl Records {
             Ok(Some(job)) => Err((job, self.closed())),
             Err((job, DrainError::TimedOut)) => {
                 let waited = if wait.is_zero() {
-                    "an earlier job found it full for as long, so nothing waits for room"
-                        .to_string()
+                    format!(
+                        "an earlier job found it full for {:?}, so nothing waits for room now",
+                        self.send_wait
+                    )
                 } else {
                     format!("it took none within {wait:?}")
                 };
