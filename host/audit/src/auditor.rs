@@ -3121,13 +3121,13 @@ fn record_leaf(path: &Path, r: &crate::records::Record) -> Result<Hash, AuditErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::signing::FakeWallClock;
     use ahv_core::{AgentId, FakeClock, TraceId};
 
     /// An auditor under `durability` on a bus, both on fake clocks.
-    fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
+    pub(crate) fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
         open_with(
             dir,
             AuditConfig {
@@ -3137,8 +3137,9 @@ mod tests {
         )
     }
 
-    /// An auditor configured by `config` on a bus, both on fake clocks.
-    fn open_with(dir: &Path, config: AuditConfig) -> (Auditor, Arc<EventBus>) {
+    /// An auditor configured by `config` on a bus, both on fake clocks
+    /// (the wall clock at 1 700 000 000 000 ms).
+    pub(crate) fn open_with(dir: &Path, config: AuditConfig) -> (Auditor, Arc<EventBus>) {
         let clock = Arc::new(FakeClock::new());
         let (auditor, _) = Auditor::open(
             dir,

@@ -1260,6 +1260,7 @@ mod tests {
     use ahv_core::{AgentId, EventBus, EventPayload, FakeClock, SessionId, TraceId};
 
     use super::*;
+    use crate::auditor::tests::{open, open_with};
     use crate::auditor::{AuditConfig, Auditor};
     use crate::records::{Durability, rewrite_log};
     use crate::signing::{FakeWallClock, HypervisorKey, TreeHead};
@@ -1268,30 +1269,6 @@ mod tests {
         _tmp: tempfile::TempDir,
         dir: PathBuf,
         key: PublicKey,
-    }
-
-    fn open(dir: &Path, durability: Durability) -> (Auditor, Arc<EventBus>) {
-        open_with(
-            dir,
-            AuditConfig {
-                durability,
-                ..AuditConfig::default()
-            },
-        )
-    }
-
-    fn open_with(dir: &Path, config: AuditConfig) -> (Auditor, Arc<EventBus>) {
-        let clock = Arc::new(FakeClock::new());
-        let (auditor, _) = Auditor::open(
-            dir,
-            config,
-            clock.clone(),
-            Arc::new(FakeWallClock::new(1_700_000_000_000)),
-        )
-        .unwrap();
-        let bus = Arc::new(EventBus::new(1024, clock));
-        auditor.attach(&bus);
-        (auditor, bus)
     }
 
     /// An auditor on a bus, both on fake clocks the test drives; the wall
