@@ -16,7 +16,9 @@
 //! it off. `PROBE_DIR=D` puts the state directory under D. `PROBE_DELAY_MS=N`
 //! (N ≥ 1; 0 or unset: the default) has the audit flusher write a round
 //! every N ms however many records are staged (the default: 10 ms, or 64
-//! records of one session). `PROBE_SYNC_EVERY_MS=N` (with `PROBE_AUDIT=off`:
+//! records of one session). `PROBE_DATABASE=URL` sets the liability store
+//! (default: SQLite in the state directory; `memory` takes its syncs out).
+//! `PROBE_SYNC_EVERY_MS=N` (with `PROBE_AUDIT=off`:
 //! the disk's share of the tail without the auditor) runs a thread that, every
 //! N ms while the joins run, writes `PROBE_SYNC_BYTES` (default 65 536) to
 //! one file and 128 bytes to another, each followed by an `fdatasync`, as an
@@ -54,6 +56,9 @@ fn main() {
     let mut b = Hypervisor::builder()
         .state_dir(tmp.path())
         .max_instances(slots);
+    if let Ok(url) = std::env::var("PROBE_DATABASE") {
+        b = b.database(url);
+    }
     if std::env::var("PROBE_AUDIT").as_deref() == Ok("off") {
         b = b.without_audit();
     } else if let ms @ 1.. = env::env_number("PROBE_DELAY_MS", 0u64) {
