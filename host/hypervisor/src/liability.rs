@@ -431,7 +431,7 @@ impl Records {
         let wait = self.wait();
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match self.send_by(job, std::time::Instant::now()) {
+            match self.try_queue(job) {
                 Err((back, DrainError::TimedOut)) if std::time::Instant::now() < deadline => {
                     job = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -456,10 +456,11 @@ impl Records {
         sent: Result<Option<Job>, (Job, DrainError)>,
         wait: Duration,
     ) -> Result<(), (Job, HypervisorError)> {
-        self.stalled.store(
-            matches!(sent, Err((_, DrainError::TimedOut))),
-            Ordering::Relaxed,
-        );
+        let stalled = matches!(sent, Err((_, DrainError::TimedOut)));
+        // Written only when it changes: every ledger write passes here.
+        if self.stalled.load(Ordering::Relaxed) != stalled {
+            self.stalled.store(stalled, Ordering::Relaxed);
+        }
         match sent {
             Ok(None) => Ok(()),
             Ok(Some(job)) => Err((job, self.closed())),
@@ -578,24 +579,30 @@ impl Records {
         mut job: Job,
         deadline: std::time::Instant,
     ) -> Result<Option<Job>, (Job, DrainError)> {
-        // Cloned out of the lock: a full queue blocks only this sender.
+        loop {
+            match self.try_queue(job) {
+                // Only while 65,536 jobs wait for a store that is slow or
+                // hung.
+                Err((back, DrainError::TimedOut)) if std::time::Instant::now() < deadline => {
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                queued => return queued,
+            }
+        }
+    }
+
+    /// One attempt to queue `job`, answered as [`Records::send_by`]
+    /// answers, a full queue as [`DrainError::TimedOut`].
+    fn try_queue(&self, job: Job) -> Result<Option<Job>, (Job, DrainError)> {
+        // Cloned out of the lock: a full queue holds up only this sender.
         let Some(tx) = lock(&self.tx).clone() else {
             return Ok(Some(job));
         };
-        loop {
-            match tx.try_send(job) {
-                Ok(()) => return Ok(None),
-                Err(TrySendError::Disconnected(back)) => return Err((back, DrainError::Ended)),
-                Err(TrySendError::Full(back)) => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err((back, DrainError::TimedOut));
-                    }
-                    job = back;
-                    // Only while 65,536 jobs wait for a store that is slow
-                    // or hung.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+        match tx.try_send(job) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Disconnected(back)) => Err((back, DrainError::Ended)),
+            Err(TrySendError::Full(back)) => Err((back, DrainError::TimedOut)),
         }
     }
 
