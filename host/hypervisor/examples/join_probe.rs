@@ -78,7 +78,13 @@ fn main() {
     let component = hv.load(ahv_agents::PINGER).unwrap();
     let creator = AgentId::new("did:mesh:admin").unwrap();
     let agent = AgentId::new("did:mesh:agent-1").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(Vfs::new(
+        cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap(),
+        VfsLimits::default(),
+    ));
     let mut times = Vec::with_capacity(joins);
+    let mut raw = Vec::with_capacity(joins);
     let load = sync_load(tmp.path());
     for _ in 0..joins {
         let s = hv
@@ -89,6 +95,13 @@ fn main() {
         rt.block_on(hv.join_session(&s, req)).unwrap();
         times.push(t.elapsed());
         hv.terminate_session(&s).unwrap();
+        // The floor, interleaved: each spawn runs beside a join, in the
+        // same moment of the machine's load.
+        let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
+        let t = Instant::now();
+        let instance = rt.block_on(hv.runtime().spawn(&component, spec)).unwrap();
+        raw.push(t.elapsed());
+        drop(instance);
     }
     if let Some((stop, thread)) = load {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -104,26 +117,25 @@ fn main() {
             .sum();
         println!("audit segments: {bytes} bytes for {joins} sessions");
     }
-    let files = tempfile::tempdir().unwrap();
-    let vfs = Arc::new(Vfs::new(
-        cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap(),
-        VfsLimits::default(),
-    ));
-    let mut raw = Vec::with_capacity(joins);
-    for _ in 0..joins {
-        let spec = AgentSpec::new(agent.clone(), Ring::Standard, vfs.clone());
-        let t = Instant::now();
-        let instance = rt.block_on(hv.runtime().spawn(&component, spec)).unwrap();
-        raw.push(t.elapsed());
-        drop(instance);
-    }
     hv.shutdown().unwrap();
     let after = (slots as usize).min(times.len());
     // The first join of a component in a ring also builds its `InstancePre`.
     println!("first joins: {:?}", &times[..times.len().min(4)]);
     report("all joins", &times);
     report(&format!("joins after the first {slots}"), &times[after..]);
-    report("floor: spawn alone", &raw);
+    report(
+        &format!("floor: spawn alone, after the first {slots}"),
+        &raw[after..],
+    );
+    quiet_windows(&times[after..], &raw[after..]);
+    if let Some(path) = std::env::var_os("PROBE_DUMP") {
+        let lines: String = times
+            .iter()
+            .zip(&raw)
+            .map(|(j, s)| format!("{} {}\n", j.as_nanos(), s.as_nanos()))
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+    }
 }
 
 /// The `PROBE_SYNC_EVERY_MS` load, if asked for: its stop flag and thread
@@ -159,6 +171,44 @@ fn sync_load(
         rounds
     });
     Some((stop, thread))
+}
+
+/// Iterations per window of [`quiet_windows`].
+const WINDOW: usize = 500;
+
+/// The machine this runs on (shared vCPUs) has slow phases: stretches of
+/// hundreds of iterations in which the join and its floor alike run
+/// 1.5–2× slower. A phase that covers more than 1 % of a run moves the p99
+/// of both, whatever the join does. This prints the percentiles again over
+/// only the quiet windows of `WINDOW` iterations: those whose floor median
+/// is within 10 % of the fastest window's.
+fn quiet_windows(joins: &[Duration], floor: &[Duration]) {
+    let median = |w: &[Duration]| {
+        let mut w = w.to_vec();
+        w.sort_unstable();
+        w[w.len() / 2]
+    };
+    let windows: Vec<(&[Duration], &[Duration])> = joins
+        .chunks_exact(WINDOW)
+        .zip(floor.chunks_exact(WINDOW))
+        .collect();
+    let Some(fastest) = windows.iter().map(|(_, f)| median(f)).min() else {
+        println!("quiet windows: fewer than {WINDOW} joins");
+        return;
+    };
+    let quiet: Vec<_> = windows
+        .iter()
+        .filter(|(_, f)| median(f).as_secs_f64() <= fastest.as_secs_f64() * 1.1)
+        .collect();
+    println!(
+        "quiet windows: {} of {} windows of {WINDOW} (floor median within 10 % of the fastest window's, {fastest:?})",
+        quiet.len(),
+        windows.len()
+    );
+    let joins: Vec<Duration> = quiet.iter().flat_map(|(j, _)| j.iter().copied()).collect();
+    let floor: Vec<Duration> = quiet.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    report("  joins in quiet windows", &joins);
+    report("  floor in quiet windows", &floor);
 }
 
 /// Prints the percentiles of `times` under `label`.

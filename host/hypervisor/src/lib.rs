@@ -1445,6 +1445,18 @@ impl Hypervisor {
         Ok(result?)
     }
 
+    /// Forgets `agent`'s breach record and rate buckets in `session`, which
+    /// it has left or which has ended. Kept, they would fill both tables
+    /// with the dead sessions of every participant: the rate limiter's
+    /// until its cap, where every new bucket then waits for a sweep of all
+    /// of them.
+    fn forget_security(&self, agent: &AgentId, session: &SessionId) {
+        self.inner.security.detector.remove(agent, session);
+        if let Some(rate) = &self.inner.security.rate {
+            rate.remove(agent, session);
+        }
+    }
+
     /// Removes a participant: its instance, locks, transaction and clock go;
     /// emits `session.left`. Returns whether it was a participant.
     fn remove(&self, op: &mut Op, entry: &SessionEntry, agent: &AgentId, reason: &str) -> bool {
@@ -1462,11 +1474,7 @@ impl Hypervisor {
             standing.kill();
         }
         self.liability_left(entry, agent);
-        let session = entry.core.id();
-        self.inner.security.detector.remove(agent, session);
-        if let Some(rate) = &self.inner.security.rate {
-            rate.remove(agent, session);
-        }
+        self.forget_security(agent, entry.core.id());
         let was = lock(&entry.gov).leave(agent).is_ok();
         entry.core.agent_left(agent, reason, op.trace);
         if was {
@@ -1651,6 +1659,7 @@ impl Hypervisor {
         }
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
+            self.forget_security(agent, &id);
         }
         self.credit_clean(entry, &participants);
         self.emit(
@@ -1871,5 +1880,88 @@ impl Hypervisor {
                 session: session.clone(),
                 agent: agent.clone(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a participant's gate leaves in the security tables while it
+    /// runs: its rate buckets (made at its first store) and a breach record.
+    /// Returns the buckets.
+    fn used(
+        hv: &Hypervisor,
+        agent: &AgentId,
+        session: &SessionId,
+    ) -> Arc<ahv_security::ParticipantBuckets> {
+        let security = &hv.inner.security;
+        security
+            .detector
+            .record(agent, session, Ring::Standard, Ring::Privileged);
+        security
+            .rate
+            .as_ref()
+            .expect("rate limits are on by default")
+            .buckets(agent, session, Ring::Standard)
+            .unwrap()
+    }
+
+    /// (rate buckets, breach records) kept.
+    fn kept(hv: &Hypervisor) -> (usize, usize) {
+        let security = &hv.inner.security;
+        (
+            security.rate.as_ref().map_or(0, |r| r.len()),
+            security.detector.len(),
+        )
+    }
+
+    /// A terminated session's participants leave nothing in the rate
+    /// limiter or the breach detector, as a participant that leaves does;
+    /// a live session's entries stay. Before, every terminated session
+    /// kept its participants' buckets until the limiter's cap, and every
+    /// new bucket past it paid for a sweep of all of them.
+    #[test]
+    fn terminating_a_session_forgets_its_participants_rate_buckets_and_breach_records() {
+        let state = tempfile::tempdir().unwrap();
+        let hv = Hypervisor::builder()
+            .state_dir(state.path())
+            .database("memory")
+            .without_audit()
+            .build()
+            .unwrap();
+        let creator = AgentId::new("did:test:creator").unwrap();
+        let (a, b) = (
+            AgentId::new("did:test:a").unwrap(),
+            AgentId::new("did:test:b").unwrap(),
+        );
+        let ended = hv
+            .create_session(SessionConfig::default(), creator.clone())
+            .unwrap();
+        let live = hv
+            .create_session(SessionConfig::default(), creator)
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for (agent, session) in [(&a, &ended), (&b, &ended), (&a, &live)] {
+            rt.block_on(hv.join_session(session, JoinRequest::new(agent.clone(), 0.8)))
+                .unwrap();
+            used(&hv, agent, session);
+        }
+        assert_eq!(kept(&hv), (3, 3));
+        hv.leave_session(&live, &a).unwrap();
+        assert_eq!(kept(&hv), (2, 2), "a participant that leaves");
+        rt.block_on(hv.join_session(&live, JoinRequest::new(a.clone(), 0.8)))
+            .unwrap();
+        let before = used(&hv, &a, &live);
+        hv.terminate_session(&ended).unwrap();
+        assert_eq!(kept(&hv), (1, 1), "only the live session's participant");
+        assert!(
+            Arc::ptr_eq(&before, &used(&hv, &a, &live)),
+            "the live session's buckets are the ones kept"
+        );
+        hv.shutdown().unwrap();
     }
 }
