@@ -9,11 +9,16 @@
 //! current-thread runtime, timing only the join, in a hypervisor whose pool
 //! has `SLOTS` instance slots (default 64). Prints p50, p90, p99, p99.9 and
 //! the maximum, over all joins and over the joins after the first `SLOTS`
-//! (a slot's first use pays for faulting in its memory). Then, in the same
-//! run, the floor: as many `Runtime::spawn`s of the same component alone
-//! (no session; each instance dropped before the next), timed the same way.
-//! The audit log is on (the default configuration); `PROBE_AUDIT=off` turns
-//! it off. `PROBE_DIR=D` puts the state directory under D. `PROBE_DELAY_MS=N`
+//! (a slot's first use pays for faulting in its memory), and the floor: a
+//! `Runtime::spawn` of the same component alone (no session; the instance
+//! dropped at once) after every join, timed the same way, so that the two
+//! see the same moments of the machine's load. Then both again over only
+//! the quiet windows of 500 iterations (see `quiet_windows`).
+//! `PROBE_DUMP=FILE` writes every join's and spawn's time in nanoseconds,
+//! one pair per line.
+//!
+//! The audit log is on (the default configuration); `PROBE_AUDIT=off`
+//! turns it off. `PROBE_DIR=D` puts the state directory under D. `PROBE_DELAY_MS=N`
 //! (N ≥ 1; 0 or unset: the default) has the audit flusher write a round
 //! every N ms however many records are staged (the default: 10 ms, or 64
 //! records of one session). `PROBE_DATABASE=URL` sets the liability store
