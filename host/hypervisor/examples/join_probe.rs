@@ -186,7 +186,10 @@ const WINDOW: usize = 500;
 /// 1.5–2× slower. A phase that covers more than 1 % of a run moves the p99
 /// of both, whatever the join does. This prints the percentiles again over
 /// only the quiet windows of `WINDOW` iterations: those whose floor median
-/// is within 10 % of the fastest window's.
+/// is within 10 % of the fastest window's (a last, partial window is left
+/// out). The floor runs right after a termination, while the audit
+/// flusher may be writing it, so a window the audit's own syncs slowed may
+/// be left out too: the whole run's figures are the ones that count.
 fn quiet_windows(joins: &[Duration], floor: &[Duration]) {
     let median = |w: &[Duration]| {
         let mut w = w.to_vec();

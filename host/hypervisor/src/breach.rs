@@ -101,6 +101,17 @@ impl Hypervisor {
                 let _ = self.kill_agent(session, agent, &format!("ring_breach: {reason}"));
             }
         }
+        // A breach judged after its session ended (`finish` forgot its
+        // participants' records before this one was made) is not kept.
+        let ended = !self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session);
+        if ended {
+            self.forget_security(agent, session);
+        }
     }
 }
 

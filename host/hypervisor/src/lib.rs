@@ -919,6 +919,7 @@ struct Security {
 
 /// Undoes a join that did not complete (no events were emitted for it).
 struct JoinUndo<'a> {
+    hv: &'a Hypervisor,
     entry: &'a SessionEntry,
     agent: &'a AgentId,
     armed: bool,
@@ -935,6 +936,8 @@ impl Drop for JoinUndo<'_> {
         self.entry
             .core
             .agent_left(self.agent, "join did not complete", TraceId(0));
+        // The instance's store made its rate buckets before it failed.
+        self.hv.forget_security(self.agent, self.entry.core.id());
     }
 }
 
@@ -1299,6 +1302,7 @@ impl Hypervisor {
         // future dropped mid-instantiation, e.g. a spawning parent's
         // deadline) is undone: no ghost participant keeps a seat.
         let mut undo = JoinUndo {
+            hv: self,
             entry: &entry,
             agent: &agent,
             armed: true,
@@ -1446,10 +1450,13 @@ impl Hypervisor {
     }
 
     /// Forgets `agent`'s breach record and rate buckets in `session`, which
-    /// it has left or which has ended. Kept, they would fill both tables
-    /// with the dead sessions of every participant: the rate limiter's
-    /// until its cap, where every new bucket then waits for a sweep of all
-    /// of them.
+    /// it has left (or never finished joining), or which has ended. Kept,
+    /// they would fill both tables with the dead sessions of every
+    /// participant: the rate limiter's up to its cap, where one insertion
+    /// sweeps all of them under its lock, and the breach detector's, where
+    /// every new key past its cap scans all of them and dead sessions'
+    /// open breakers (which never close untouched) outlive live agents'
+    /// windows.
     fn forget_security(&self, agent: &AgentId, session: &SessionId) {
         self.inner.security.detector.remove(agent, session);
         if let Some(rate) = &self.inner.security.rate {
@@ -1659,7 +1666,6 @@ impl Hypervisor {
         }
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
-            self.forget_security(agent, &id);
         }
         self.credit_clean(entry, &participants);
         self.emit(
@@ -1690,6 +1696,11 @@ impl Hypervisor {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        // After the session left the map: a breach judged from now on
+        // finds it gone and forgets its own record (`after_breach`).
+        for agent in &participants {
+            self.forget_security(agent, &id);
+        }
         self.forget_saga_homes(&id);
         let mut archived = lock(&self.inner.archived);
         if archived.len() == ARCHIVE_KEPT {
@@ -1886,25 +1897,28 @@ impl Hypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ahv_core::FakeClock;
 
     /// What a participant's gate leaves in the security tables while it
     /// runs: its rate buckets (made at its first store) and a breach record.
-    /// Returns the buckets.
+    /// Returns the buckets, and how many breaches the record now holds.
     fn used(
         hv: &Hypervisor,
         agent: &AgentId,
         session: &SessionId,
-    ) -> Arc<ahv_security::ParticipantBuckets> {
+    ) -> (Arc<ahv_security::ParticipantBuckets>, usize) {
         let security = &hv.inner.security;
-        security
+        let breaches = security
             .detector
-            .record(agent, session, Ring::Standard, Ring::Privileged);
-        security
+            .record(agent, session, Ring::Standard, Ring::Privileged)
+            .calls_in_window;
+        let buckets = security
             .rate
             .as_ref()
             .expect("rate limits are on by default")
             .buckets(agent, session, Ring::Standard)
-            .unwrap()
+            .unwrap();
+        (buckets, breaches)
     }
 
     /// (rate buckets, breach records) kept.
@@ -1916,13 +1930,80 @@ mod tests {
         )
     }
 
-    /// A terminated session's participants leave nothing in the rate
-    /// limiter or the breach detector, as a participant that leaves does;
-    /// a live session's entries stay. Before, every terminated session
-    /// kept its participants' buckets until the limiter's cap, and every
-    /// new bucket past it paid for a sweep of all of them.
+    /// A session's participants leave nothing in the rate limiter or the
+    /// breach detector once it is terminated or reaped after expiring, as
+    /// a participant that leaves does; a live session's entries stay.
+    /// Before, every ended session kept its participants' entries, until
+    /// each table's cap.
     #[test]
-    fn terminating_a_session_forgets_its_participants_rate_buckets_and_breach_records() {
+    fn an_ended_session_forgets_its_participants_rate_buckets_and_breach_records() {
+        let state = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FakeClock::new());
+        let hv = Hypervisor::builder()
+            .state_dir(state.path())
+            .database("memory")
+            .without_audit()
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let creator = AgentId::new("did:test:creator").unwrap();
+        let (a, b) = (
+            AgentId::new("did:test:a").unwrap(),
+            AgentId::new("did:test:b").unwrap(),
+        );
+        let ended = hv
+            .create_session(SessionConfig::default(), creator.clone())
+            .unwrap();
+        let live = hv
+            .create_session(SessionConfig::default(), creator.clone())
+            .unwrap();
+        let short = SessionConfig {
+            max_duration: Duration::from_secs(60),
+            ..SessionConfig::default()
+        };
+        let expiring = hv.create_session(short, creator).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let join = |agent: &AgentId, session: &SessionId| {
+            rt.block_on(hv.join_session(session, JoinRequest::new(agent.clone(), 0.8)))
+                .unwrap();
+            used(&hv, agent, session)
+        };
+        join(&a, &ended);
+        join(&b, &ended);
+        join(&b, &expiring);
+        join(&a, &live);
+        assert_eq!(kept(&hv), (4, 4));
+        hv.leave_session(&live, &a).unwrap();
+        assert_eq!(kept(&hv), (3, 3), "a participant that leaves");
+        let (before, breaches) = join(&a, &live);
+        assert_eq!(breaches, 1, "its record started afresh");
+        hv.terminate_session(&ended).unwrap();
+        assert_eq!(kept(&hv), (2, 2), "terminated: only its participants'");
+        let (after, breaches) = used(&hv, &a, &live);
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the live session's buckets stay"
+        );
+        assert_eq!(breaches, 2, "the live session's record stays");
+        // Past the expiring session's end (and the detector's window).
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(hv.reap_expired(), vec![expiring.clone()]);
+        assert_eq!(kept(&hv), (1, 1), "reaped: only the live session's");
+        let (after, _) = used(&hv, &a, &live);
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the live session's buckets stay"
+        );
+        hv.shutdown().unwrap();
+    }
+
+    /// A join undone (its instance failed, or its future was dropped while
+    /// instantiating) forgets what the instance's store made.
+    #[test]
+    fn an_undone_join_forgets_its_rate_buckets_and_breach_record() {
         let state = tempfile::tempdir().unwrap();
         let hv = Hypervisor::builder()
             .state_dir(state.path())
@@ -1935,33 +2016,33 @@ mod tests {
             AgentId::new("did:test:a").unwrap(),
             AgentId::new("did:test:b").unwrap(),
         );
-        let ended = hv
-            .create_session(SessionConfig::default(), creator.clone())
-            .unwrap();
-        let live = hv
+        let session = hv
             .create_session(SessionConfig::default(), creator)
             .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        for (agent, session) in [(&a, &ended), (&b, &ended), (&a, &live)] {
-            rt.block_on(hv.join_session(session, JoinRequest::new(agent.clone(), 0.8)))
+        for agent in [&a, &b] {
+            rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
-            used(&hv, agent, session);
+            used(&hv, agent, &session);
         }
-        assert_eq!(kept(&hv), (3, 3));
-        hv.leave_session(&live, &a).unwrap();
-        assert_eq!(kept(&hv), (2, 2), "a participant that leaves");
-        rt.block_on(hv.join_session(&live, JoinRequest::new(a.clone(), 0.8)))
-            .unwrap();
-        let before = used(&hv, &a, &live);
-        hv.terminate_session(&ended).unwrap();
-        assert_eq!(kept(&hv), (1, 1), "only the live session's participant");
-        assert!(
-            Arc::ptr_eq(&before, &used(&hv, &a, &live)),
-            "the live session's buckets are the ones kept"
-        );
+        let entry = hv.entry(&session).unwrap();
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &b,
+            armed: true,
+        });
+        assert_eq!(kept(&hv), (1, 1), "only the agent whose join stands");
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &a,
+            armed: false,
+        });
+        assert_eq!(kept(&hv), (1, 1), "a join that completed keeps its own");
         hv.shutdown().unwrap();
     }
 }
