@@ -340,11 +340,11 @@ impl BreachDetector {
 
     /// Forgets (`agent`, `session`) entirely.
     pub fn remove(&self, agent: &AgentId, session: &SessionId) {
-        let key = (agent.clone(), session.clone());
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nothing to hash the key for (no participant has breached).
+        if !entries.is_empty() {
+            entries.remove(&(agent.clone(), session.clone()));
+        }
     }
 
     /// The number of (agent, session) entries kept.

@@ -417,11 +417,11 @@ impl RateLimiter {
 
     /// Forgets the buckets of (`agent`, `session`); holders keep their `Arc`.
     pub fn remove(&self, agent: &AgentId, session: &SessionId) {
-        let key = (agent.clone(), session.clone());
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nothing to hash the key for (no participant has run an instance).
+        if !entries.is_empty() {
+            entries.remove(&(agent.clone(), session.clone()));
+        }
     }
 
     /// The number of (agent, session) entries.
