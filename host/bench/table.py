@@ -89,8 +89,9 @@ END = "<!-- perf-table: end -->"
 
 def shown(value: float, bound: float, places: int, unit=None) -> str:
     """`value` with `places` decimals (a ratio with ×, or `unit` applied
-    to it), one more where that would round onto `bound` without being it."""
-    if round(value, places) == round(bound, places) and value != bound:
+    to it), more (up to six) where that would round onto `bound` without
+    being it, so that the figure never reads as the bound it misses."""
+    while round(value, places) == round(bound, places) and value != bound and places < 6:
         places += 1
     if unit is not None:
         return unit(value, places)
@@ -163,7 +164,7 @@ def goals(reference: dict, criterion: pathlib.Path) -> tuple[str, list[str]]:
             lines.append(f"| {goal} | — | — | a figure of 0 |")
             continue
         ours, base, floor = got[ours_id], got.get(base_id), got.get(floor_id)
-        # Judged on the exact figures; printed with a third decimal where two
+        # Judged on the exact figures; printed with more decimals where two
         # would round onto the bound (0.946 is not 0.95).
         faster = how in ("speedup", "throughput")
         if how == "time":

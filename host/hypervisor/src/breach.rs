@@ -35,6 +35,16 @@ impl Hypervisor {
         let assessment = security
             .detector
             .record(agent, session, breach.ring, target);
+        // A breach judged after the agent left or its session ended: the
+        // record it just made is not kept. (`remove` and `finish` forget
+        // after the agent stops being a participant, and the session
+        // leaves the map, so either they see this record or this sees
+        // them; checked before any await, which a cancelled caller would
+        // never pass.)
+        let gone = !self.is_live(session) || lock(&entry.gov).participant(agent).is_none();
+        if gone {
+            self.forget_security(agent, session);
+        }
         let base = lock(&entry.standings)
             .get(agent)
             .map_or(breach.ring, |s| s.base());
@@ -100,17 +110,6 @@ impl Hypervisor {
             Consequence::Apply(BreachAction::Kill) => {
                 let _ = self.kill_agent(session, agent, &format!("ring_breach: {reason}"));
             }
-        }
-        // A breach judged after its session ended (`finish` forgot its
-        // participants' records before this one was made) is not kept.
-        let ended = !self
-            .inner
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(session);
-        if ended {
-            self.forget_security(agent, session);
         }
     }
 }

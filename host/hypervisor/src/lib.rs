@@ -922,6 +922,10 @@ struct JoinUndo<'a> {
     hv: &'a Hypervisor,
     entry: &'a SessionEntry,
     agent: &'a AgentId,
+    /// The standing this join put in: if the agent's standing is another
+    /// by the time the join fails, the participation is no longer this
+    /// join's (it left, and joined again) and is not undone.
+    standing: Arc<Standing>,
     armed: bool,
 }
 
@@ -930,14 +934,31 @@ impl Drop for JoinUndo<'_> {
         if !self.armed {
             return;
         }
+        let session = self.entry.core.id();
+        {
+            let mut standings = lock(&self.entry.standings);
+            match standings.get(self.agent) {
+                Some(s) if Arc::ptr_eq(s, &self.standing) => {
+                    standings.remove(self.agent);
+                }
+                // Another join's participation now: not this one's to undo.
+                Some(_) => return,
+                // It left meanwhile, and `remove` undid the rest; only what
+                // this join's store made since may be left.
+                None => {
+                    drop(standings);
+                    self.hv.forget_security(self.agent, session);
+                    return;
+                }
+            }
+        }
         let _ = lock(&self.entry.gov).leave(self.agent);
-        lock(&self.entry.standings).remove(self.agent);
         lock(&self.entry.spawned).remove(self.agent);
         self.entry
             .core
             .agent_left(self.agent, "join did not complete", TraceId(0));
         // The instance's store made its rate buckets before it failed.
-        self.hv.forget_security(self.agent, self.entry.core.id());
+        self.hv.forget_security(self.agent, session);
     }
 }
 
@@ -1305,6 +1326,7 @@ impl Hypervisor {
             hv: self,
             entry: &entry,
             agent: &agent,
+            standing: standing.clone(),
             armed: true,
         };
         if let Some(component) = component {
@@ -1324,6 +1346,25 @@ impl Hypervisor {
                 )
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
+            // The session ended, or the agent left, while the instance
+            // was made (its store made rate buckets after `finish` or
+            // `remove` forgot the agent's): the join is undone, and the
+            // undo forgets them.
+            if !self.is_live(session) {
+                return Err(HypervisorError::UnknownSession {
+                    session: session.to_string(),
+                });
+            }
+            let ours = lock(&entry.standings)
+                .get(&agent)
+                .is_some_and(|s| Arc::ptr_eq(s, &undo.standing));
+            if !ours {
+                return Err(SessionError::NotAParticipant {
+                    session: session.clone(),
+                    agent: agent.clone(),
+                }
+                .into());
+            }
             let slot = Arc::new(AgentSlot {
                 kill: live.kill_handle(),
                 agent: tokio::sync::Mutex::new(live),
@@ -1449,6 +1490,16 @@ impl Hypervisor {
         Ok(result?)
     }
 
+    /// Whether `session` is in the map of live sessions (`finish` takes it
+    /// out).
+    fn is_live(&self, session: &SessionId) -> bool {
+        self.inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session)
+    }
+
     /// Forgets `agent`'s breach record and rate buckets in `session`, which
     /// it has left (or never finished joining), or which has ended. Kept,
     /// they would fill both tables with the dead sessions of every
@@ -1481,8 +1532,10 @@ impl Hypervisor {
             standing.kill();
         }
         self.liability_left(entry, agent);
-        self.forget_security(agent, entry.core.id());
         let was = lock(&entry.gov).leave(agent).is_ok();
+        // After it is no longer a participant: a breach judged from now on
+        // sees that and forgets its own record (`after_breach`).
+        self.forget_security(agent, entry.core.id());
         entry.core.agent_left(agent, reason, op.trace);
         if was {
             self.emit(
@@ -2001,7 +2054,8 @@ mod tests {
     }
 
     /// A join undone (its instance failed, or its future was dropped while
-    /// instantiating) forgets what the instance's store made.
+    /// instantiating) forgets what the instance's store made, and undoes
+    /// only a participation that is still its own.
     #[test]
     fn an_undone_join_forgets_its_rate_buckets_and_breach_record() {
         let state = tempfile::tempdir().unwrap();
@@ -2012,10 +2066,10 @@ mod tests {
             .build()
             .unwrap();
         let creator = AgentId::new("did:test:creator").unwrap();
-        let (a, b) = (
-            AgentId::new("did:test:a").unwrap(),
-            AgentId::new("did:test:b").unwrap(),
-        );
+        let agents: Vec<AgentId> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| AgentId::new(format!("did:test:{n}")).unwrap())
+            .collect();
         let session = hv
             .create_session(SessionConfig::default(), creator)
             .unwrap();
@@ -2023,26 +2077,152 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        for agent in [&a, &b] {
+        for agent in &agents {
             rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
             used(&hv, agent, &session);
         }
+        assert_eq!(kept(&hv), (4, 4));
         let entry = hv.entry(&session).unwrap();
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &b,
-            armed: true,
-        });
-        assert_eq!(kept(&hv), (1, 1), "only the agent whose join stands");
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &a,
-            armed: false,
-        });
-        assert_eq!(kept(&hv), (1, 1), "a join that completed keeps its own");
+        let standing = |agent: &AgentId| lock(&entry.standings)[agent].clone();
+        let undo = |agent, standing, armed| {
+            drop(JoinUndo {
+                hv: &hv,
+                entry: &entry,
+                agent,
+                standing,
+                armed,
+            })
+        };
+        let participant = |agent| lock(&entry.gov).participant(agent).is_some();
+        // Its own participation: undone, and its entries forgotten.
+        undo(&agents[0], standing(&agents[0]), true);
+        assert!(!participant(&agents[0]));
+        assert_eq!(kept(&hv), (3, 3), "the undone join's entries");
+        // A join that completed is not undone.
+        undo(&agents[1], standing(&agents[1]), false);
+        assert!(participant(&agents[1]));
+        assert_eq!(kept(&hv), (3, 3));
+        // The agent left and joined again meanwhile: the participation is
+        // another join's, and stays whole.
+        undo(
+            &agents[2],
+            Standing::new(Ring::Standard, hv.inner.clock.clone()),
+            true,
+        );
+        assert!(participant(&agents[2]));
+        assert_eq!(kept(&hv), (3, 3), "another join's entries stay");
+        // The agent left meanwhile (its standing gone): only what this
+        // join's store made since is forgotten.
+        lock(&entry.standings).remove(&agents[3]);
+        undo(
+            &agents[3],
+            Standing::new(Ring::Standard, hv.inner.clock.clone()),
+            true,
+        );
+        assert!(participant(&agents[3]), "the leave, not the undo, ends it");
+        assert_eq!(kept(&hv), (2, 2));
+        hv.shutdown().unwrap();
+    }
+
+    /// A breach judged after its agent left, or after its session ended,
+    /// leaves no breach record behind (the policy here only restarts the
+    /// instance, so nothing else would forget it).
+    #[test]
+    fn a_breach_judged_after_its_agent_left_or_its_session_ended_is_not_kept() {
+        use ahv_security::breach::{BreachAction, BreachPolicy, BreachRule, BreachTrigger};
+        let state = tempfile::tempdir().unwrap();
+        let restart = BreachRule {
+            action: BreachAction::Expel,
+            trigger: BreachTrigger::BreakerTrip,
+        };
+        let hv = Hypervisor::builder()
+            .state_dir(state.path())
+            .database("memory")
+            .without_audit()
+            .breach_policy(
+                BreachPolicy::default()
+                    .with_rule(Ring::Standard, restart)
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let component = hv.load(ahv_agents::PINGER).unwrap();
+        let creator = AgentId::new("did:test:creator").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let agent = AgentId::new("did:test:breacher").unwrap();
+        let breach = |session: &SessionId| RingBreach {
+            agent: agent.clone(),
+            session: session.clone(),
+            ring: Ring::Standard,
+            capability: ahv_core::Capability::Admin,
+            function: "grant".into(),
+            trace: TraceId(1),
+        };
+        // Joined, its slot kept by the caller judging the breach.
+        let joined = || {
+            let session = hv
+                .create_session(SessionConfig::default(), creator.clone())
+                .unwrap();
+            let request = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
+            assert_eq!(
+                rt.block_on(hv.join_session(&session, request)).unwrap(),
+                Ring::Standard
+            );
+            let entry = hv.entry(&session).unwrap();
+            let slot = lock(&entry.agents)[&agent].clone();
+            (session, entry, slot)
+        };
+        let (live, entry, slot) = joined();
+        rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
+        assert_eq!(kept(&hv).1, 1, "a participant's breach is recorded");
+        hv.leave_session(&live, &agent).unwrap();
+        rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
+        assert_eq!(kept(&hv).1, 0, "judged after the agent left");
+        let (ended, entry, slot) = joined();
+        hv.terminate_session(&ended).unwrap();
+        rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&ended)));
+        assert_eq!(kept(&hv).1, 0, "judged after the session ended");
+        hv.shutdown().unwrap();
+    }
+
+    /// A join whose instance fails after its store was made (here the pool
+    /// is full) leaves no rate buckets behind.
+    #[test]
+    fn a_join_whose_instance_fails_leaves_no_rate_buckets() {
+        let state = tempfile::tempdir().unwrap();
+        let hv = Hypervisor::builder()
+            .state_dir(state.path())
+            .database("memory")
+            .without_audit()
+            .max_instances(1)
+            .build()
+            .unwrap();
+        let component = hv.load(ahv_agents::PINGER).unwrap();
+        let creator = AgentId::new("did:test:creator").unwrap();
+        let session = hv
+            .create_session(SessionConfig::default(), creator)
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let join = |name: &str| {
+            let request =
+                JoinRequest::new(AgentId::new(name).unwrap(), 0.8).component(component.clone());
+            rt.block_on(hv.join_session(&session, request))
+        };
+        join("did:test:first").unwrap();
+        assert_eq!(kept(&hv), (1, 0), "the live instance's buckets");
+        let refused = join("did:test:second");
+        assert!(
+            refused.is_err(),
+            "the pool's one slot is taken: {refused:?}"
+        );
+        assert_eq!(kept(&hv), (1, 0), "the failed join's buckets are forgotten");
         hv.shutdown().unwrap();
     }
 }
