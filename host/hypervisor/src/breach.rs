@@ -25,6 +25,19 @@ impl Hypervisor {
     ) {
         let security = &self.inner.security;
         let session = entry.core.id();
+        // The agent's slot now, or not: it left (or left and joined again,
+        // with a new slot), or its session ended (`finish` drains the
+        // slots). A breach of a participation that is over is not judged:
+        // its record and consequences would fall on nobody, or on the new
+        // participation.
+        let current = || {
+            lock(&entry.agents)
+                .get(agent)
+                .is_some_and(|s| std::ptr::eq(&**s, slot))
+        };
+        if !current() {
+            return;
+        }
         let needed = [breach.capability].into_iter().collect::<CapabilitySet>();
         let target = self
             .inner
@@ -35,15 +48,14 @@ impl Hypervisor {
         let assessment = security
             .detector
             .record(agent, session, breach.ring, target);
-        // A breach judged after the agent left or its session ended: the
-        // record it just made is not kept. (`remove` and `finish` forget
-        // after the agent stops being a participant, and the session
-        // leaves the map, so either they see this record or this sees
+        // The participation ended between the check above and the record:
+        // the record is not kept. (`remove` and `finish` take the slot out
+        // before they forget, so either they see this record or this sees
         // them; checked before any await, which a cancelled caller would
         // never pass.)
-        let gone = !self.is_live(session) || lock(&entry.gov).participant(agent).is_none();
-        if gone {
+        if !current() {
             self.forget_security(agent, session);
+            return;
         }
         let base = lock(&entry.standings)
             .get(agent)

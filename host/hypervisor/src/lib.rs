@@ -1261,9 +1261,11 @@ impl Hypervisor {
     /// Emits `session.joined` and `ring.assigned` once the agent is in.
     ///
     /// # Errors
-    /// [`SessionError`] (state, expiry, duplicate, capacity, bad σ);
-    /// [`HypervisorError::Agent`] if instantiation fails (the agent is then
-    /// not a participant).
+    /// [`SessionError`] (state, expiry, duplicate, capacity, bad σ; and,
+    /// for a join with a component, `InvalidTransition` if the session was
+    /// terminated, or `NotAParticipant` if the agent was removed, while its
+    /// instance was made); [`HypervisorError::Agent`] if instantiation
+    /// fails. The agent is then not a participant.
     pub async fn join_session(
         &self,
         session: &SessionId,
@@ -1346,18 +1348,33 @@ impl Hypervisor {
                 )
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
-            // The session ended, or the agent left, while the instance
-            // was made (its store made rate buckets after `finish` or
-            // `remove` forgot the agent's): the join is undone, and the
-            // undo forgets them.
-            if !self.is_live(session) {
-                return Err(HypervisorError::UnknownSession {
-                    session: session.to_string(),
-                });
+            let slot = Arc::new(AgentSlot {
+                kill: live.kill_handle(),
+                agent: tokio::sync::Mutex::new(live),
+            });
+            // The session may have ended, or the agent left, while the
+            // instance was made (and its store made rate buckets after
+            // `finish` or `remove` forgot the agent's): then the join is
+            // refused and undone, and the undo forgets them. Checked and
+            // inserted under the session's lock, which `terminate` and
+            // `remove`'s `leave` take before they drain or take the slot
+            // (order: gov, standings, agents, as `saga_session` nests
+            // gov and agents), so the slot is either refused here or
+            // found there.
+            let gov = lock(&entry.gov);
+            let state = gov.state();
+            if !matches!(state, SessionState::Handshaking | SessionState::Active) {
+                return Err(SessionError::InvalidTransition {
+                    session: session.clone(),
+                    operation: "join",
+                    state,
+                }
+                .into());
             }
-            let ours = lock(&entry.standings)
-                .get(&agent)
-                .is_some_and(|s| Arc::ptr_eq(s, &undo.standing));
+            let ours = gov.participant(&agent).is_some()
+                && lock(&entry.standings)
+                    .get(&agent)
+                    .is_some_and(|s| Arc::ptr_eq(s, &undo.standing));
             if !ours {
                 return Err(SessionError::NotAParticipant {
                     session: session.clone(),
@@ -1365,11 +1382,8 @@ impl Hypervisor {
                 }
                 .into());
             }
-            let slot = Arc::new(AgentSlot {
-                kill: live.kill_handle(),
-                agent: tokio::sync::Mutex::new(live),
-            });
             lock(&entry.agents).insert(agent.clone(), slot);
+            drop(gov);
         }
         undo.armed = false;
         if forced_strong {
@@ -1490,16 +1504,6 @@ impl Hypervisor {
         Ok(result?)
     }
 
-    /// Whether `session` is in the map of live sessions (`finish` takes it
-    /// out).
-    fn is_live(&self, session: &SessionId) -> bool {
-        self.inner
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(session)
-    }
-
     /// Forgets `agent`'s breach record and rate buckets in `session`, which
     /// it has left (or never finished joining), or which has ended. Kept,
     /// they would fill both tables with the dead sessions of every
@@ -1523,18 +1527,21 @@ impl Hypervisor {
             self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
         }
         lock(&entry.spawned).remove(agent);
-        if let Some(slot) = lock(&entry.agents).remove(agent) {
-            // Stops a call still running (a no-op for an idle or dead instance).
-            slot.kill.kill(reason.to_string());
-        }
         if let Some(standing) = lock(&entry.standings).remove(agent) {
             // Refuses the host calls of anything still holding it.
             standing.kill();
         }
         self.liability_left(entry, agent);
         let was = lock(&entry.gov).leave(agent).is_ok();
-        // After it is no longer a participant: a breach judged from now on
-        // sees that and forgets its own record (`after_breach`).
+        // After `leave`: a join still making this agent's instance then
+        // finds it gone and refuses, or has put its slot in, to be found
+        // here (see `join_as`).
+        if let Some(slot) = lock(&entry.agents).remove(agent) {
+            // Stops a call still running (a no-op for an idle or dead instance).
+            slot.kill.kill(reason.to_string());
+        }
+        // After its slot is gone: a breach judged from now on sees that
+        // and forgets its own record (`after_breach`).
         self.forget_security(agent, entry.core.id());
         entry.core.agent_left(agent, reason, op.trace);
         if was {
@@ -1749,8 +1756,8 @@ impl Hypervisor {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        // After the session left the map: a breach judged from now on
-        // finds it gone and forgets its own record (`after_breach`).
+        // After its slots were drained: a breach judged from now on finds
+        // its slot gone and forgets its own record (`after_breach`).
         for agent in &participants {
             self.forget_security(agent, &id);
         }
@@ -2132,7 +2139,9 @@ mod tests {
     fn a_breach_judged_after_its_agent_left_or_its_session_ended_is_not_kept() {
         use ahv_security::breach::{BreachAction, BreachPolicy, BreachRule, BreachTrigger};
         let state = tempfile::tempdir().unwrap();
-        let restart = BreachRule {
+        // One breach does not trip the breaker: it only restarts the
+        // instance, and forgets nothing.
+        let expel_on_trip = BreachRule {
             action: BreachAction::Expel,
             trigger: BreachTrigger::BreakerTrip,
         };
@@ -2142,7 +2151,7 @@ mod tests {
             .without_audit()
             .breach_policy(
                 BreachPolicy::default()
-                    .with_rule(Ring::Standard, restart)
+                    .with_rule(Ring::Standard, expel_on_trip)
                     .unwrap(),
             )
             .build()
@@ -2178,14 +2187,20 @@ mod tests {
         };
         let (live, entry, slot) = joined();
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
-        assert_eq!(kept(&hv).1, 1, "a participant's breach is recorded");
+        assert_eq!(kept(&hv), (1, 1), "a participant's breach is recorded");
         hv.leave_session(&live, &agent).unwrap();
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
-        assert_eq!(kept(&hv).1, 0, "judged after the agent left");
+        assert_eq!(kept(&hv), (0, 0), "judged after the agent left");
+        // Left and joined again: the old instance's breach is not held
+        // against the new participation.
+        let request = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
+        rt.block_on(hv.join_session(&live, request)).unwrap();
+        rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
+        assert_eq!(kept(&hv), (1, 0), "the new instance's buckets, no record");
         let (ended, entry, slot) = joined();
         hv.terminate_session(&ended).unwrap();
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&ended)));
-        assert_eq!(kept(&hv).1, 0, "judged after the session ended");
+        assert_eq!(kept(&hv), (1, 0), "judged after the session ended");
         hv.shutdown().unwrap();
     }
 
@@ -2219,7 +2234,13 @@ mod tests {
         assert_eq!(kept(&hv), (1, 0), "the live instance's buckets");
         let refused = join("did:test:second");
         assert!(
-            refused.is_err(),
+            matches!(
+                &refused,
+                Err(HypervisorError::Agent(ahv_runtime::AgentError::Trapped {
+                    cause: TrapCause::Host { message },
+                    ..
+                })) if message.contains("concurrent limit")
+            ),
             "the pool's one slot is taken: {refused:?}"
         );
         assert_eq!(kept(&hv), (1, 0), "the failed join's buckets are forgotten");
