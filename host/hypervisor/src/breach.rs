@@ -27,17 +27,15 @@ impl Hypervisor {
         let session = entry.core.id();
         // The agent's slot now, or not: it left (or left and joined again,
         // with a new slot), or its session ended (`finish` drains the
-        // slots). A breach of a participation that is over is not judged:
-        // its record and consequences would fall on nobody, or on the new
-        // participation.
+        // slots). A breach of a participation that is over is still the
+        // agent's fault in the ledger, but it is not counted in a window
+        // or acted on: those would fall on nobody, or on the new
+        // participation. It is graded as a first breach.
         let current = || {
             lock(&entry.agents)
                 .get(agent)
                 .is_some_and(|s| std::ptr::eq(&**s, slot))
         };
-        if !current() {
-            return;
-        }
         let needed = [breach.capability].into_iter().collect::<CapabilitySet>();
         let target = self
             .inner
@@ -45,6 +43,11 @@ impl Hypervisor {
             .policy()
             .lowest_ring_covering(needed)
             .unwrap_or(ahv_core::Ring::Root);
+        if !current() {
+            let alone = security.detector.assess_alone(breach.ring, target);
+            self.breach_booked(entry, agent, alone.severity.name());
+            return;
+        }
         let assessment = security
             .detector
             .record(agent, session, breach.ring, target);
@@ -55,6 +58,7 @@ impl Hypervisor {
         // never pass.)
         if !current() {
             self.forget_security(agent, session);
+            self.breach_booked(entry, agent, assessment.severity.name());
             return;
         }
         let base = lock(&entry.standings)

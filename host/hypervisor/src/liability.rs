@@ -153,7 +153,7 @@ pub(crate) struct SessionLiability {
     /// Wall time each live quarantine record started (its stored row's key).
     quarantined_at: HashMap<AgentId, Duration>,
     /// Agents with something against them in this session (no clean-session credit).
-    marked: HashSet<AgentId>,
+    pub(crate) marked: HashSet<AgentId>,
     /// Agents whose current rate-limit streak was already booked as a flood.
     flooded: HashSet<AgentId>,
     /// Whether ending this session credits its participants' ledgers.

@@ -1527,17 +1527,28 @@ impl Hypervisor {
             self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
         }
         lock(&entry.spawned).remove(agent);
+        if let Some(slot) = lock(&entry.agents).get(agent) {
+            // Stops a call still running (a no-op for an idle or dead
+            // instance), before its standing refuses its host calls: a saga
+            // step refused that way hands off only if its slot is killed.
+            slot.kill.kill(reason.to_string());
+        }
         if let Some(standing) = lock(&entry.standings).remove(agent) {
             // Refuses the host calls of anything still holding it.
             standing.kill();
         }
         self.liability_left(entry, agent);
-        let was = lock(&entry.gov).leave(agent).is_ok();
-        // After `leave`: a join still making this agent's instance then
-        // finds it gone and refuses, or has put its slot in, to be found
-        // here (see `join_as`).
-        if let Some(slot) = lock(&entry.agents).remove(agent) {
-            // Stops a call still running (a no-op for an idle or dead instance).
+        // The slot goes with the participation, under the session's lock:
+        // a join still making this agent's instance then either finds it
+        // gone and refuses, or has put its slot in, which goes here (see
+        // `join_as`); and a rejoin's slot cannot come in between.
+        let (was, slot) = {
+            let mut gov = lock(&entry.gov);
+            let was = gov.leave(agent).is_ok();
+            (was, lock(&entry.agents).remove(agent))
+        };
+        if let Some(slot) = slot {
+            // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
         }
         // After its slot is gone: a breach judged from now on sees that
@@ -2199,8 +2210,13 @@ mod tests {
         assert_eq!(kept(&hv), (1, 0), "the new instance's buckets, no record");
         let (ended, entry, slot) = joined();
         hv.terminate_session(&ended).unwrap();
+        assert!(!lock(&entry.liability).marked.contains(&agent));
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&ended)));
         assert_eq!(kept(&hv), (1, 0), "judged after the session ended");
+        assert!(
+            lock(&entry.liability).marked.contains(&agent),
+            "still booked as the agent's fault"
+        );
         hv.shutdown().unwrap();
     }
 

@@ -294,22 +294,36 @@ impl BreachDetector {
         }
         entry.calls.push_back(now);
 
-        let calls_in_window = entry.calls.len();
+        let mut assessment = self.grade(entry.calls.len(), caller_ring, target_ring);
+        assessment.tripped =
+            entry.opened_at.is_none() && assessment.severity >= self.config.trip_at;
+        if assessment.tripped {
+            entry.opened_at = Some(now);
+        }
+        assessment.breaker_open = entry.opened_at.is_some();
+        assessment
+    }
+
+    /// How a breach alone would be graded: the first in an empty window
+    /// (for a breach of a participation that is over, which has no window
+    /// to count in). Records nothing; no breaker trips.
+    pub fn assess_alone(&self, caller_ring: Ring, target_ring: Ring) -> Assessment {
+        self.grade(1, caller_ring, target_ring)
+    }
+
+    /// The score and severity of `calls_in_window` breaches from
+    /// `caller_ring` into `target_ring` (breaker fields unset).
+    fn grade(&self, calls_in_window: usize, caller_ring: Ring, target_ring: Ring) -> Assessment {
         let distance = caller_ring.number().saturating_sub(target_ring.number());
         let amplifier = 1.0 + 0.5 * f64::from(distance.max(1) - 1);
         let score = calls_in_window as f64 / self.config.baseline_per_window * amplifier;
-        let severity = Severity::of_score(score);
-        let tripped = entry.opened_at.is_none() && severity >= self.config.trip_at;
-        if tripped {
-            entry.opened_at = Some(now);
-        }
         Assessment {
-            severity,
+            severity: Severity::of_score(score),
             calls_in_window,
             distance,
             score,
-            tripped,
-            breaker_open: entry.opened_at.is_some(),
+            tripped: false,
+            breaker_open: false,
         }
     }
 
@@ -666,6 +680,30 @@ mod tests {
         let clock = FakeClock::new();
         let d = BreachDetector::new(config, Arc::new(clock.clone())).unwrap();
         (clock, d)
+    }
+
+    /// A breach graded alone is graded as the first one recorded in a
+    /// fresh window is, and leaves nothing behind.
+    #[test]
+    fn a_breach_assessed_alone_is_graded_as_a_first_one_and_records_nothing() {
+        for caller in Ring::ALL {
+            for target in Ring::ALL {
+                let (_, d) = detector(DetectorConfig::default());
+                let (a, s) = ids();
+                let alone = d.assess_alone(caller, target);
+                assert!(d.is_empty(), "{caller} → {target}: nothing recorded");
+                let first = d.record(&a, &s, caller, target);
+                assert_eq!(alone.severity, first.severity, "{caller} → {target}");
+                assert_eq!(alone.score, first.score, "{caller} → {target}");
+                assert!(!alone.tripped && !alone.breaker_open);
+            }
+        }
+        // Ring 3 into ring 0 alone: 1 / 2 × (1 + 0.5 × 2) = 1.0, medium.
+        let (_, d) = detector(DetectorConfig::default());
+        assert_eq!(
+            d.assess_alone(Ring::Sandbox, Ring::Root).severity,
+            Severity::Medium
+        );
     }
 
     #[test]
