@@ -30,7 +30,8 @@ impl Hypervisor {
         // slots). A breach of a participation that is over is still the
         // agent's fault in the ledger, but it is not counted in a window
         // or acted on: those would fall on nobody, or on the new
-        // participation. It is graded as a first breach.
+        // participation. It is graded as a first breach (or as recorded,
+        // if the participation ended while it was being judged).
         let current = || {
             lock(&entry.agents)
                 .get(agent)
@@ -57,7 +58,9 @@ impl Hypervisor {
         // them; checked before any await, which a cancelled caller would
         // never pass.)
         if !current() {
-            self.forget_security(agent, session);
+            // Only the record this made: the rate buckets are not touched
+            // here (and may be a rejoined participation's by now).
+            security.detector.remove(agent, session);
             self.breach_booked(entry, agent, assessment.severity.name());
             return;
         }

@@ -153,7 +153,7 @@ pub(crate) struct SessionLiability {
     /// Wall time each live quarantine record started (its stored row's key).
     quarantined_at: HashMap<AgentId, Duration>,
     /// Agents with something against them in this session (no clean-session credit).
-    pub(crate) marked: HashSet<AgentId>,
+    marked: HashSet<AgentId>,
     /// Agents whose current rate-limit streak was already booked as a flood.
     flooded: HashSet<AgentId>,
     /// Whether ending this session credits its participants' ledgers.
@@ -161,6 +161,12 @@ pub(crate) struct SessionLiability {
 }
 
 impl SessionLiability {
+    /// Whether `agent` has something against it in this session.
+    #[cfg(test)]
+    pub(crate) fn is_marked(&self, agent: &AgentId) -> bool {
+        self.marked.contains(agent)
+    }
+
     pub(crate) fn new(clock: Arc<dyn Clock>) -> SessionLiability {
         SessionLiability {
             book: VouchBook::new(),

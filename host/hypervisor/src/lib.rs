@@ -2210,11 +2210,11 @@ mod tests {
         assert_eq!(kept(&hv), (1, 0), "the new instance's buckets, no record");
         let (ended, entry, slot) = joined();
         hv.terminate_session(&ended).unwrap();
-        assert!(!lock(&entry.liability).marked.contains(&agent));
+        assert!(!lock(&entry.liability).is_marked(&agent));
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&ended)));
         assert_eq!(kept(&hv), (1, 0), "judged after the session ended");
         assert!(
-            lock(&entry.liability).marked.contains(&agent),
+            lock(&entry.liability).is_marked(&agent),
             "still booked as the agent's fault"
         );
         hv.shutdown().unwrap();
