@@ -1992,6 +1992,25 @@ mod tests {
         (buckets, breaches)
     }
 
+    /// A hypervisor on a temporary state directory, the liability store in
+    /// memory and the audit off, as `configure` sets it further; and a
+    /// current-thread runtime to drive its joins.
+    fn hypervisor(
+        configure: impl FnOnce(HypervisorBuilder) -> HypervisorBuilder,
+    ) -> (tempfile::TempDir, Hypervisor, tokio::runtime::Runtime) {
+        let state = tempfile::tempdir().unwrap();
+        let builder = Hypervisor::builder()
+            .state_dir(state.path())
+            .database("memory")
+            .without_audit();
+        let hv = configure(builder).build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (state, hv, rt)
+    }
+
     /// (rate buckets, breach records) kept.
     fn kept(hv: &Hypervisor) -> (usize, usize) {
         let security = &hv.inner.security;
@@ -2008,15 +2027,8 @@ mod tests {
     /// each table's cap.
     #[test]
     fn an_ended_session_forgets_its_participants_rate_buckets_and_breach_records() {
-        let state = tempfile::tempdir().unwrap();
         let clock = Arc::new(FakeClock::new());
-        let hv = Hypervisor::builder()
-            .state_dir(state.path())
-            .database("memory")
-            .without_audit()
-            .clock(clock.clone())
-            .build()
-            .unwrap();
+        let (_state, hv, rt) = hypervisor(|b| b.clock(clock.clone()));
         let creator = AgentId::new("did:test:creator").unwrap();
         let (a, b) = (
             AgentId::new("did:test:a").unwrap(),
@@ -2033,10 +2045,6 @@ mod tests {
             ..SessionConfig::default()
         };
         let expiring = hv.create_session(short, creator).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
         let join = |agent: &AgentId, session: &SessionId| {
             rt.block_on(hv.join_session(session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
@@ -2076,13 +2084,7 @@ mod tests {
     /// only a participation that is still its own.
     #[test]
     fn an_undone_join_forgets_its_rate_buckets_and_breach_record() {
-        let state = tempfile::tempdir().unwrap();
-        let hv = Hypervisor::builder()
-            .state_dir(state.path())
-            .database("memory")
-            .without_audit()
-            .build()
-            .unwrap();
+        let (_state, hv, rt) = hypervisor(|b| b);
         let creator = AgentId::new("did:test:creator").unwrap();
         let agents: Vec<AgentId> = ["a", "b", "c", "d"]
             .iter()
@@ -2090,10 +2092,6 @@ mod tests {
             .collect();
         let session = hv
             .create_session(SessionConfig::default(), creator)
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
             .unwrap();
         for agent in &agents {
             rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
@@ -2149,30 +2147,18 @@ mod tests {
     #[test]
     fn a_breach_judged_after_its_agent_left_or_its_session_ended_is_not_kept() {
         use ahv_security::breach::{BreachAction, BreachPolicy, BreachRule, BreachTrigger};
-        let state = tempfile::tempdir().unwrap();
         // One breach does not trip the breaker: it only restarts the
         // instance, and forgets nothing.
         let expel_on_trip = BreachRule {
             action: BreachAction::Expel,
             trigger: BreachTrigger::BreakerTrip,
         };
-        let hv = Hypervisor::builder()
-            .state_dir(state.path())
-            .database("memory")
-            .without_audit()
-            .breach_policy(
-                BreachPolicy::default()
-                    .with_rule(Ring::Standard, expel_on_trip)
-                    .unwrap(),
-            )
-            .build()
+        let policy = BreachPolicy::default()
+            .with_rule(Ring::Standard, expel_on_trip)
             .unwrap();
+        let (_state, hv, rt) = hypervisor(|b| b.breach_policy(policy));
         let component = hv.load(ahv_agents::PINGER).unwrap();
         let creator = AgentId::new("did:test:creator").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let agent = AgentId::new("did:test:breacher").unwrap();
         let breach = |session: &SessionId| RingBreach {
             agent: agent.clone(),
@@ -2224,22 +2210,11 @@ mod tests {
     /// is full) leaves no rate buckets behind.
     #[test]
     fn a_join_whose_instance_fails_leaves_no_rate_buckets() {
-        let state = tempfile::tempdir().unwrap();
-        let hv = Hypervisor::builder()
-            .state_dir(state.path())
-            .database("memory")
-            .without_audit()
-            .max_instances(1)
-            .build()
-            .unwrap();
+        let (_state, hv, rt) = hypervisor(|b| b.max_instances(1));
         let component = hv.load(ahv_agents::PINGER).unwrap();
         let creator = AgentId::new("did:test:creator").unwrap();
         let session = hv
             .create_session(SessionConfig::default(), creator)
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
             .unwrap();
         let join = |name: &str| {
             let request =
