@@ -238,8 +238,10 @@ pub(crate) fn breach_severity(name: &str) -> f64 {
 /// One write, in the order it was made.
 enum Write {
     Entry(LedgerEntry),
-    Vouch(VouchRow),
-    Quarantine(QuarantineRow),
+    // Boxed: rare, and the queue holds room for `QUEUE` jobs of the
+    // largest variant from the start (136 bytes a job unboxed, 9.4 MB).
+    Vouch(Box<VouchRow>),
+    Quarantine(Box<QuarantineRow>),
 }
 
 impl Write {
@@ -696,7 +698,7 @@ fn store_thread(
                         Job::Write(Write::Vouch(v)) => {
                             let what = format!("vouch {} of session {}", v.id, v.session);
                             let result = with_retries(&rt, || {
-                                let (store, v) = (store.clone(), v.clone());
+                                let (store, v) = (store.clone(), VouchRow::clone(&v));
                                 Box::pin(async move { store.put_vouch(v).await })
                             });
                             if let Err(e) = result {
@@ -706,7 +708,7 @@ fn store_thread(
                         Job::Write(Write::Quarantine(q)) => {
                             let what = format!("quarantine of {} in {}", q.agent, q.session);
                             let result = with_retries(&rt, || {
-                                let (store, q) = (store.clone(), q.clone());
+                                let (store, q) = (store.clone(), QuarantineRow::clone(&q));
                                 Box::pin(async move { store.put_quarantine(q).await })
                             });
                             if let Err(e) = result {
@@ -1148,7 +1150,7 @@ impl Hypervisor {
             let mut row = vouch_row(v, created);
             row.released_at = Some(wall_now());
             row.released_because = Some(reason.to_string());
-            self.records().write(Write::Vouch(row));
+            self.records().write(Write::Vouch(Box::new(row)));
         }
     }
 
@@ -1313,7 +1315,7 @@ impl Hypervisor {
         let created = wall_now();
         lock(&entry.liability).vouched_at.insert(vouch.id, created);
         self.records()
-            .write(Write::Vouch(vouch_row(&vouch, created)));
+            .write(Write::Vouch(Box::new(vouch_row(&vouch, created))));
         let ring = self.apply_effective(
             &entry,
             vouchee,
@@ -1581,19 +1583,21 @@ impl Hypervisor {
             }
         }
         .unwrap_or(wall);
-        self.records().write(Write::Quarantine(QuarantineRow {
-            session: entry.core.id().clone(),
-            agent: record.agent.clone(),
-            reason: record.reason,
-            last_reason: record.last_reason,
-            started_at: started,
-            // Clock durations from the start, on the wall clock.
-            ends_at: (!until_released)
-                .then(|| started.saturating_add(record.ends_at.saturating_sub(record.started_at))),
-            escalations: record.escalations,
-            released_at: released.map(|_| wall),
-            released_because: released.map(str::to_string),
-        }));
+        self.records()
+            .write(Write::Quarantine(Box::new(QuarantineRow {
+                session: entry.core.id().clone(),
+                agent: record.agent.clone(),
+                reason: record.reason,
+                last_reason: record.last_reason,
+                started_at: started,
+                // Clock durations from the start, on the wall clock.
+                ends_at: (!until_released).then(|| {
+                    started.saturating_add(record.ends_at.saturating_sub(record.started_at))
+                }),
+                escalations: record.escalations,
+                released_at: released.map(|_| wall),
+                released_because: released.map(str::to_string),
+            })));
     }
 
     /// A quarantine ended (released, or expired) and its record is closed.
