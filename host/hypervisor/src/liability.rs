@@ -255,6 +255,10 @@ impl Write {
     }
 }
 
+// The queue allocates `QUEUE` slots of a job up front: keep a job small
+// (a ledger entry is the largest payload; box anything bigger).
+const _: () = assert!(std::mem::size_of::<Job>() <= 48);
+
 enum Job {
     Write(Write),
     Entries(
