@@ -1299,6 +1299,17 @@ impl Hypervisor {
         let probation = assessment.admission == ahv_trust::Admission::Probation;
         let (ring, forced_strong) = {
             let mut gov = lock(&entry.gov);
+            // A spawned child whose parent was removed while it was being
+            // admitted: the removal took it out of `spawned` (it was no
+            // participant yet), and it must not join without its parent.
+            // Checked under the session's lock, before `join`: a removal
+            // after it finds the child a participant and removes it.
+            if assigned.is_some() && !lock(&entry.spawned).contains_key(&agent) {
+                return Err(HypervisorError::Standing {
+                    agent: agent.clone(),
+                    message: "its parent left the session before it joined".into(),
+                });
+            }
             let was_strong = gov.config().consistency == Consistency::Strong;
             let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
             if probation {
@@ -2203,6 +2214,53 @@ mod tests {
             lock(&entry.liability).is_marked(&agent),
             "still booked as the agent's fault"
         );
+        hv.shutdown().unwrap();
+    }
+
+    /// A child whose parent was removed while the child was being admitted
+    /// (before it joined) does not join: it would be left without a parent,
+    /// outside the removal that takes children with their parent.
+    #[test]
+    fn a_spawned_child_whose_parent_left_before_it_joined_does_not_join() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let creator = AgentId::new("did:test:creator").unwrap();
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let session = hv
+            .create_session(SessionConfig::default(), creator)
+            .unwrap();
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        let spawned = |child: &AgentId| {
+            lock(&entry.spawned).insert(
+                child.clone(),
+                spawn::Spawned {
+                    parent: parent.clone(),
+                    depth: 1,
+                },
+            );
+        };
+        let join = |child: &AgentId| {
+            let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+            rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
+        };
+        let participant = |agent: &AgentId| lock(&entry.gov).participant(agent).is_some();
+        // Its parent still there: the child joins, at the ring given.
+        let kept = AgentId::new("did:test:parent:child-0").unwrap();
+        spawned(&kept);
+        assert_eq!(join(&kept).unwrap(), Ring::Sandbox);
+        // Recorded as spawned, then its parent removed (which takes its
+        // children out of `spawned`) before it joined.
+        let orphan = AgentId::new("did:test:parent:child-1").unwrap();
+        spawned(&orphan);
+        hv.leave_session(&session, &parent).unwrap();
+        assert!(!participant(&kept), "a joined child leaves with its parent");
+        let refused = join(&orphan);
+        assert!(
+            matches!(&refused, Err(HypervisorError::Standing { agent, .. }) if agent == &orphan),
+            "{refused:?}"
+        );
+        assert!(!participant(&orphan));
         hv.shutdown().unwrap();
     }
 
