@@ -1300,11 +1300,17 @@ impl Hypervisor {
         let (ring, forced_strong) = {
             let mut gov = lock(&entry.gov);
             // A spawned child whose parent was removed while it was being
-            // admitted: the removal took it out of `spawned` (it was no
-            // participant yet), and it must not join without its parent.
-            // Checked under the session's lock, before `join`: a removal
-            // after it finds the child a participant and removes it.
-            if assigned.is_some() && !lock(&entry.spawned).contains_key(&agent) {
+            // admitted (the removal took it out of `spawned`, or left
+            // before it was put there) must not join without its parent.
+            // Checked under the session's lock, before `join`: a parent's
+            // `leave` after it finds the child a participant, and its
+            // removal's second look at its children removes it.
+            let orphan = || {
+                lock(&entry.spawned)
+                    .get(&agent)
+                    .is_none_or(|s| gov.participant(&s.parent).is_none())
+            };
+            if assigned.is_some() && orphan() {
                 return Err(HypervisorError::Standing {
                     agent: agent.clone(),
                     message: "its parent left the session before it joined".into(),
@@ -1558,6 +1564,11 @@ impl Hypervisor {
             let was = gov.leave(agent).is_ok();
             (was, lock(&entry.agents).remove(agent))
         };
+        // A child that joined while this agent was being removed, after
+        // the first look (`join_as` refuses one that joins later).
+        for child in self.children_of(entry, agent) {
+            self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
+        }
         if let Some(slot) = slot {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
@@ -2261,6 +2272,18 @@ mod tests {
             "{refused:?}"
         );
         assert!(!participant(&orphan));
+        assert!(!lock(&entry.spawned).contains_key(&orphan));
+        assert!(!lock(&entry.standings).contains_key(&orphan));
+        // Recorded only after its parent had left (the removal's look at
+        // its children missed it): refused too.
+        let late = AgentId::new("did:test:parent:child-2").unwrap();
+        spawned(&late);
+        let refused = join(&late);
+        assert!(
+            matches!(&refused, Err(HypervisorError::Standing { agent, .. }) if agent == &late),
+            "{refused:?}"
+        );
+        assert!(!participant(&late));
         hv.shutdown().unwrap();
     }
 

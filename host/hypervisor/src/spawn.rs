@@ -91,7 +91,8 @@ impl Hypervisor {
 
     /// Starts a child of `parent` (whose effective ring now is `ring`) from
     /// the offered component `key`. Emits `agent.spawned` (for the parent),
-    /// then the child's `session.joined` and `ring.assigned`.
+    /// then, once the child has joined, its `session.joined` and
+    /// `ring.assigned`.
     pub(crate) async fn spawn_child(
         &self,
         session: SessionId,
@@ -154,17 +155,26 @@ impl Hypervisor {
                 depth: u64::from(depth),
             },
         );
+        // Until the child has joined, a failed or cancelled spawn (the
+        // parent's call dropped at its deadline, or its parent killed)
+        // takes the record out again: no phantom child counts against the
+        // parent's limit.
+        let mut unrecord = Unrecord {
+            entry: &entry,
+            child: child.clone(),
+            armed: true,
+        };
         let request = JoinRequest::new(child.clone(), sigma).component(component);
         let why = format!("spawned by {parent} (ring {})", ring.number());
         match self
             .join_as(&session, request, Some((child_ring, why)))
             .await
         {
-            Ok(_) => Ok(child),
-            Err(e) => {
-                lock(&entry.spawned).remove(&child);
-                Err(Refusal::Denied(format!("spawn: {e}")))
+            Ok(_) => {
+                unrecord.armed = false;
+                Ok(child)
             }
+            Err(e) => Err(Refusal::Denied(format!("spawn: {e}"))),
         }
     }
 
@@ -234,5 +244,21 @@ impl Hypervisor {
             who.trace,
         );
         Box::pin(async move { hv.spawn_child(session, parent, ring, key, trace).await })
+    }
+}
+
+/// Takes a spawned child's record out of `spawned` unless its join
+/// completed (see `spawn_child`).
+struct Unrecord<'a> {
+    entry: &'a SessionEntry,
+    child: AgentId,
+    armed: bool,
+}
+
+impl Drop for Unrecord<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.entry.spawned).remove(&self.child);
+        }
     }
 }
