@@ -698,23 +698,20 @@ fn store_thread(
                 other => {
                     store_entries(&rt, &store, &mut entries, &loss);
                     match other {
-                        Job::Write(Write::Entry(_)) => {}
-                        Job::Write(Write::Vouch(v)) => {
-                            let what = format!("vouch {} of session {}", v.id, v.session);
-                            let result = with_retries(&rt, || {
-                                let (store, v) = (store.clone(), VouchRow::clone(&v));
-                                Box::pin(async move { store.put_vouch(v).await })
-                            });
-                            if let Err(e) = result {
-                                failed(&loss, what, e);
-                            }
-                        }
-                        Job::Write(Write::Quarantine(q)) => {
-                            let what = format!("quarantine of {} in {}", q.agent, q.session);
-                            let result = with_retries(&rt, || {
-                                let (store, q) = (store.clone(), QuarantineRow::clone(&q));
-                                Box::pin(async move { store.put_quarantine(q).await })
-                            });
+                        Job::Write(w) => {
+                            let what = w.describe();
+                            let result = match w {
+                                // Gathered above.
+                                Write::Entry(_) => Ok(()),
+                                Write::Vouch(v) => with_retries(&rt, || {
+                                    let (store, v) = (store.clone(), VouchRow::clone(&v));
+                                    Box::pin(async move { store.put_vouch(v).await })
+                                }),
+                                Write::Quarantine(q) => with_retries(&rt, || {
+                                    let (store, q) = (store.clone(), QuarantineRow::clone(&q));
+                                    Box::pin(async move { store.put_quarantine(q).await })
+                                }),
+                            };
                             if let Err(e) = result {
                                 failed(&loss, what, e);
                             }
