@@ -2033,6 +2033,12 @@ mod tests {
         (state, hv, rt)
     }
 
+    /// A new session of `config`, made by the tests' one creator.
+    fn session_of(hv: &Hypervisor, config: SessionConfig) -> SessionId {
+        let creator = AgentId::new("did:test:creator").unwrap();
+        hv.create_session(config, creator).unwrap()
+    }
+
     /// (rate buckets, breach records) kept.
     fn kept(hv: &Hypervisor) -> (usize, usize) {
         let security = &hv.inner.security;
@@ -2051,22 +2057,17 @@ mod tests {
     fn an_ended_session_forgets_its_participants_rate_buckets_and_breach_records() {
         let clock = Arc::new(FakeClock::new());
         let (_state, hv, rt) = hypervisor(|b| b.clock(clock.clone()));
-        let creator = AgentId::new("did:test:creator").unwrap();
         let (a, b) = (
             AgentId::new("did:test:a").unwrap(),
             AgentId::new("did:test:b").unwrap(),
         );
-        let ended = hv
-            .create_session(SessionConfig::default(), creator.clone())
-            .unwrap();
-        let live = hv
-            .create_session(SessionConfig::default(), creator.clone())
-            .unwrap();
+        let ended = session_of(&hv, SessionConfig::default());
+        let live = session_of(&hv, SessionConfig::default());
         let short = SessionConfig {
             max_duration: Duration::from_secs(60),
             ..SessionConfig::default()
         };
-        let expiring = hv.create_session(short, creator).unwrap();
+        let expiring = session_of(&hv, short);
         let join = |agent: &AgentId, session: &SessionId| {
             rt.block_on(hv.join_session(session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
@@ -2107,14 +2108,11 @@ mod tests {
     #[test]
     fn an_undone_join_forgets_its_rate_buckets_and_breach_record() {
         let (_state, hv, rt) = hypervisor(|b| b);
-        let creator = AgentId::new("did:test:creator").unwrap();
         let agents: Vec<AgentId> = ["a", "b", "c", "d"]
             .iter()
             .map(|n| AgentId::new(format!("did:test:{n}")).unwrap())
             .collect();
-        let session = hv
-            .create_session(SessionConfig::default(), creator)
-            .unwrap();
+        let session = session_of(&hv, SessionConfig::default());
         for agent in &agents {
             rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
@@ -2180,7 +2178,6 @@ mod tests {
             .unwrap();
         let (_state, hv, rt) = hypervisor(|b| b.breach_policy(policy));
         let component = hv.load(ahv_agents::PINGER).unwrap();
-        let creator = AgentId::new("did:test:creator").unwrap();
         let agent = AgentId::new("did:test:breacher").unwrap();
         let breach = |session: &SessionId| RingBreach {
             agent: agent.clone(),
@@ -2192,9 +2189,7 @@ mod tests {
         };
         // Joined, its slot kept by the caller judging the breach.
         let joined = || {
-            let session = hv
-                .create_session(SessionConfig::default(), creator.clone())
-                .unwrap();
+            let session = session_of(&hv, SessionConfig::default());
             let request = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
             assert_eq!(
                 rt.block_on(hv.join_session(&session, request)).unwrap(),
@@ -2234,11 +2229,8 @@ mod tests {
     #[test]
     fn a_spawned_child_whose_parent_left_before_it_joined_does_not_join() {
         let (_state, hv, rt) = hypervisor(|b| b);
-        let creator = AgentId::new("did:test:creator").unwrap();
         let parent = AgentId::new("did:test:parent").unwrap();
-        let session = hv
-            .create_session(SessionConfig::default(), creator)
-            .unwrap();
+        let session = session_of(&hv, SessionConfig::default());
         rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
             .unwrap();
         let entry = hv.entry(&session).unwrap();
@@ -2293,10 +2285,7 @@ mod tests {
     fn a_join_whose_instance_fails_leaves_no_rate_buckets() {
         let (_state, hv, rt) = hypervisor(|b| b.max_instances(1));
         let component = hv.load(ahv_agents::PINGER).unwrap();
-        let creator = AgentId::new("did:test:creator").unwrap();
-        let session = hv
-            .create_session(SessionConfig::default(), creator)
-            .unwrap();
+        let session = session_of(&hv, SessionConfig::default());
         let join = |name: &str| {
             let request =
                 JoinRequest::new(AgentId::new(name).unwrap(), 0.8).component(component.clone());
