@@ -167,6 +167,19 @@ impl SessionLiability {
         self.marked.contains(agent)
     }
 
+    /// Bars `agent` from joining the session again: a kill's first step,
+    /// taken before its children are looked up, so that a child joins only
+    /// while its parent is not being killed (`join_as`) or is found by the
+    /// kill as a participant.
+    pub(crate) fn bar(&mut self, agent: &AgentId) {
+        self.killed.insert(agent.clone());
+    }
+
+    /// Whether `agent` was killed in this session, or is being killed.
+    pub(crate) fn is_barred(&self, agent: &AgentId) -> bool {
+        self.killed.contains(agent)
+    }
+
     pub(crate) fn new(clock: Arc<dyn Clock>) -> SessionLiability {
         SessionLiability {
             book: VouchBook::new(),

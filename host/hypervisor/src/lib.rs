@@ -111,7 +111,7 @@ pub use liability::{LiabilityPolicy, SlashOutcome, VouchReceipt, quarantine_seve
 pub use saga::{Escalation, EscalationHook};
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -679,7 +679,7 @@ impl HypervisorBuilder {
             .iter()
             .filter(|(_, g)| g.net)
             .map(|(agent, _)| agent.clone())
-            .collect::<std::collections::HashSet<_>>();
+            .collect::<HashSet<_>>();
         let granted = self
             .grants
             .iter()
@@ -889,6 +889,11 @@ struct SessionEntry {
     /// Every participant's standing (its effective ring now), shared with
     /// its instance's gate: the one copy of its ring that is enforced.
     standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
+    /// Participants whose join is still making their instance: not in yet
+    /// (no `session.joined`), so a session that ends meanwhile neither
+    /// counts nor credits them; their join is refused and undone. Taken
+    /// under `gov`, as a leaf.
+    joining: Mutex<HashSet<AgentId>>,
     /// Children started with `spawn`: who their parent is, how deep they are.
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
@@ -952,7 +957,30 @@ impl Drop for JoinUndo<'_> {
                 }
             }
         }
-        let _ = lock(&self.entry.gov).leave(self.agent);
+        // Children its instance started while it was being made go with
+        // it: before its leave, and again after it for one that joined in
+        // between (none joins after: `join_as` wants its parent in).
+        let children = || {
+            let mut op = self.hv.op();
+            for child in self.hv.children_of(self.entry, self.agent) {
+                let why = format!("parent {} left: join did not complete", self.agent);
+                self.hv.remove(&mut op, self.entry, &child, &why);
+            }
+        };
+        children();
+        {
+            let mut gov = lock(&self.entry.gov);
+            // A session that is ending keeps its participants (`leave`
+            // refuses): this one stays listed as joining, so that the end
+            // neither counts nor credits it.
+            if !matches!(
+                gov.leave(self.agent),
+                Err(SessionError::InvalidTransition { .. })
+            ) {
+                lock(&self.entry.joining).remove(self.agent);
+            }
+        }
+        children();
         lock(&self.entry.spawned).remove(self.agent);
         self.entry
             .core
@@ -988,7 +1016,7 @@ struct Inner {
     /// The outbound HTTP allow-list and limits.
     net: NetPolicy,
     /// The agents granted `net` in ring 2 by the policy.
-    net_in_standard: std::collections::HashSet<AgentId>,
+    net_in_standard: HashSet<AgentId>,
     quotas: FileQuotas,
     state_limits: StateLimits,
     max_locks_per_agent: usize,
@@ -1188,6 +1216,7 @@ impl Hypervisor {
             core,
             agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
+            joining: Mutex::new(HashSet::new()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
@@ -1305,15 +1334,19 @@ impl Hypervisor {
             // Checked under the session's lock, before `join`: a parent's
             // `leave` after it finds the child a participant, and its
             // removal's second look at its children removes it.
+            // A parent being killed is barred before its kill looks for
+            // its children: a child that joins before that is found.
             let orphan = || {
-                lock(&entry.spawned)
-                    .get(&agent)
-                    .is_none_or(|s| gov.participant(&s.parent).is_none())
+                let parent = lock(&entry.spawned).get(&agent).map(|s| s.parent.clone());
+                parent.is_none_or(|p| {
+                    gov.participant(&p).is_none() || lock(&entry.liability).is_barred(&p)
+                })
             };
             if assigned.is_some() && orphan() {
                 return Err(HypervisorError::Standing {
                     agent: agent.clone(),
-                    message: "its parent left the session before it joined".into(),
+                    message: "its parent left the session, or is being killed, before it joined"
+                        .into(),
                 });
             }
             let was_strong = gov.config().consistency == Consistency::Strong;
@@ -1326,6 +1359,9 @@ impl Hypervisor {
                 ring = *given;
             }
             gov.set_ring(&agent, ring)?;
+            if component.is_some() {
+                lock(&entry.joining).insert(agent.clone());
+            }
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
@@ -1365,6 +1401,8 @@ impl Hypervisor {
                 )
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
+            #[cfg(test)]
+            test_hooks::instance_made(session);
             let slot = Arc::new(AgentSlot {
                 kill: live.kill_handle(),
                 agent: tokio::sync::Mutex::new(live),
@@ -1400,6 +1438,7 @@ impl Hypervisor {
                 .into());
             }
             lock(&entry.agents).insert(agent.clone(), slot);
+            lock(&entry.joining).remove(&agent);
             drop(gov);
         }
         undo.armed = false;
@@ -1562,6 +1601,11 @@ impl Hypervisor {
         let (was, slot) = {
             let mut gov = lock(&entry.gov);
             let was = gov.leave(agent).is_ok();
+            if was {
+                // A join of its still making an instance is refused (it
+                // no longer finds the participation its own) and undone.
+                lock(&entry.joining).remove(agent);
+            }
             (was, lock(&entry.agents).remove(agent))
         };
         // A child that joined while this agent was being removed, after
@@ -1654,6 +1698,9 @@ impl Hypervisor {
             }
             .into());
         }
+        // Barred first: a child of its joins before this (and is found
+        // below) or is refused (`join_as`).
+        lock(&entry.liability).bar(agent);
         let mut report = KillReport::default();
         // Killing a parent kills its children.
         for child in self.children_of(&entry, agent) {
@@ -1750,10 +1797,16 @@ impl Hypervisor {
         let id = entry.core.id().clone();
         let mut op = self.op();
         let agents: Vec<(AgentId, Arc<AgentSlot>)> = lock(&entry.agents).drain().collect();
-        let participants: Vec<AgentId> = lock(&entry.gov)
-            .participants()
-            .map(|p| p.agent.clone())
-            .collect();
+        // Without those still joining: their joins find the session
+        // ended and are undone (`join_as`), unannounced, uncredited.
+        let participants: Vec<AgentId> = {
+            let gov = lock(&entry.gov);
+            let joining = lock(&entry.joining);
+            gov.participants()
+                .filter(|p| !joining.contains(&p.agent))
+                .map(|p| p.agent.clone())
+                .collect()
+        };
         for (_, slot) in &agents {
             slot.kill.kill("session terminated".to_string());
         }
@@ -1984,6 +2037,46 @@ impl Hypervisor {
                 session: session.clone(),
                 agent: agent.clone(),
             })
+    }
+}
+
+/// Pauses for tests, at the points where a race would interleave.
+#[cfg(test)]
+mod test_hooks {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    type Hook = (String, Box<dyn FnOnce() + Send>);
+
+    static INSTANCE_MADE: Mutex<Option<Hook>> = Mutex::new(None);
+    /// Whether a hook is set: joins look at it before taking the lock, so
+    /// an unused hook changes no other test's interleavings.
+    static ARMED: AtomicBool = AtomicBool::new(false);
+
+    /// Runs `hook` once, in the first join into `session` whose instance
+    /// is made, before the join checks that it may still take its seat.
+    pub(super) fn on_instance_made(session: &str, hook: impl FnOnce() + Send + 'static) {
+        *INSTANCE_MADE.lock().unwrap() = Some((session.to_string(), Box::new(hook)));
+        ARMED.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn instance_made(session: &ahv_core::SessionId) {
+        if !ARMED.load(Ordering::SeqCst) {
+            return;
+        }
+        let hook = {
+            let mut slot = INSTANCE_MADE.lock().unwrap();
+            match slot.as_ref() {
+                Some((s, _)) if s == session.as_str() => {
+                    ARMED.store(false, Ordering::SeqCst);
+                    slot.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some((_, hook)) = hook {
+            hook();
+        }
     }
 }
 
@@ -2276,6 +2369,160 @@ mod tests {
             "{refused:?}"
         );
         assert!(!participant(&late));
+        hv.shutdown().unwrap();
+    }
+
+    /// A join whose session ends while its instance is made is refused and
+    /// undone, and the end neither counts it nor credits it with a clean
+    /// session (before, it stayed a participant of the ended session, and
+    /// was credited).
+    #[test]
+    fn a_join_whose_session_ends_while_its_instance_is_made_is_refused_and_not_credited() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let component = hv.load(ahv_agents::PINGER).unwrap();
+        let session = session_of(&hv, SessionConfig::default());
+        let (first, late) = (
+            AgentId::new("did:test:first").unwrap(),
+            AgentId::new("did:test:late").unwrap(),
+        );
+        // A fault each: an agent at risk 0 has nothing to be credited.
+        let fault = ahv_trust::EntryKind::Fault {
+            severity: ahv_trust::Severity::new(0.1).unwrap(),
+        };
+        hv.book(&first, fault);
+        hv.book(&late, fault);
+        rt.block_on(hv.join_session(&session, JoinRequest::new(first.clone(), 0.8)))
+            .unwrap();
+        let ended = Arc::new(Mutex::new(None));
+        {
+            let (hv, ended, id) = (hv.clone(), ended.clone(), session.clone());
+            test_hooks::on_instance_made(session.as_str(), move || {
+                *lock(&ended) = Some(hv.terminate_session(&id));
+            });
+        }
+        let request = JoinRequest::new(late.clone(), 0.8).component(component);
+        let refused = rt.block_on(hv.join_session(&session, request));
+        assert!(
+            matches!(
+                &refused,
+                Err(HypervisorError::Session(SessionError::InvalidTransition {
+                    operation: "join",
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        let termination = lock(&ended)
+            .take()
+            .expect("the hook ended the session while the instance was made")
+            .unwrap();
+        assert_eq!(termination.participants, 1, "only the agent that was in");
+        let credited = |agent: &AgentId| {
+            rt.block_on(hv.ledger_entries(agent))
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == ahv_trust::EntryKind::CleanSession)
+        };
+        assert!(credited(&first));
+        assert!(!credited(&late), "a join that never completed");
+        assert_eq!(kept(&hv), (0, 0), "the refused instance's buckets");
+        // The other order: the join undone after the session began to end
+        // (its `leave` then refused) but before the end counted it.
+        let session = session_of(&hv, SessionConfig::default());
+        for agent in [&first, &late] {
+            rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
+                .unwrap();
+        }
+        let entry = hv.entry(&session).unwrap();
+        lock(&entry.joining).insert(late.clone());
+        lock(&entry.gov).terminate().unwrap();
+        let standing = lock(&entry.standings)[&late].clone();
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &late,
+            standing,
+            armed: true,
+        });
+        let termination = hv.finish(&entry, TerminationReason::Requested);
+        assert_eq!(termination.participants, 1, "only the agent that was in");
+        assert!(!credited(&late), "a join undone before the end counted");
+        hv.shutdown().unwrap();
+    }
+
+    /// A spawned child does not join while its parent is being killed: the
+    /// kill bars the parent before it looks for its children, so a child
+    /// that joins after that would be missed by it.
+    #[test]
+    fn a_spawned_child_does_not_join_while_its_parent_is_being_killed() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let child = AgentId::new("did:test:parent:child-0").unwrap();
+        let session = session_of(&hv, SessionConfig::default());
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: parent.clone(),
+                depth: 1,
+            },
+        );
+        // Where a kill is between its bar and its look at the children.
+        lock(&entry.liability).bar(&parent);
+        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+        let refused =
+            rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child));
+        assert!(
+            matches!(&refused, Err(HypervisorError::Standing { agent, .. }) if agent == &child),
+            "{refused:?}"
+        );
+        assert!(lock(&entry.gov).participant(&child).is_none());
+        assert!(lock(&entry.gov).participant(&parent).is_some());
+        hv.shutdown().unwrap();
+    }
+
+    /// An undone join takes along the children its instance started while
+    /// it was being made (a start function can call `spawn`): joined or
+    /// still being admitted, none stays behind without its parent.
+    #[test]
+    fn an_undone_join_takes_its_childrens_seats_with_it() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let session = session_of(&hv, SessionConfig::default());
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        let [joined, admitted] = ["child-0", "child-1"].map(|n| {
+            let child = AgentId::new(format!("{parent}:{n}")).unwrap();
+            lock(&entry.spawned).insert(
+                child.clone(),
+                spawn::Spawned {
+                    parent: parent.clone(),
+                    depth: 1,
+                },
+            );
+            child
+        });
+        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+        rt.block_on(hv.join_as(&session, JoinRequest::new(joined.clone(), 0.8), as_child))
+            .unwrap();
+        let standing = lock(&entry.standings)[&parent].clone();
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &parent,
+            standing,
+            armed: true,
+        });
+        for agent in [&parent, &joined] {
+            assert!(lock(&entry.gov).participant(agent).is_none(), "{agent}");
+            assert!(!lock(&entry.standings).contains_key(agent), "{agent}");
+        }
+        for child in [&joined, &admitted] {
+            assert!(!lock(&entry.spawned).contains_key(child), "{child}");
+        }
         hv.shutdown().unwrap();
     }
 
