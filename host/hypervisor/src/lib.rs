@@ -940,7 +940,11 @@ impl Drop for JoinUndo<'_> {
             return;
         }
         let session = self.entry.core.id();
-        {
+        // Whose participation it is, and the leave, in one critical
+        // section (gov, then standings): no leave and rejoin in between
+        // can make this undo another join's.
+        let left = {
+            let mut gov = lock(&self.entry.gov);
             let mut standings = lock(&self.entry.standings);
             match standings.get(self.agent) {
                 Some(s) if Arc::ptr_eq(s, &self.standing) => {
@@ -951,36 +955,33 @@ impl Drop for JoinUndo<'_> {
                 // It left meanwhile, and `remove` undid the rest; only what
                 // this join's store made since may be left.
                 None => {
-                    drop(standings);
+                    drop((standings, gov));
                     self.hv.forget_security(self.agent, session);
                     return;
                 }
             }
-        }
-        // Children its instance started while it was being made go with
-        // it: before its leave, and again after it for one that joined in
-        // between (none joins after: `join_as` wants its parent in).
-        let children = || {
+            drop(standings);
+            match gov.leave(self.agent) {
+                // A session that is ending keeps its participants: this
+                // one stays listed as joining, so that `finish` neither
+                // counts nor credits it or its children, and lets them go.
+                Err(SessionError::InvalidTransition { .. }) => false,
+                _ => {
+                    lock(&self.entry.joining).remove(self.agent);
+                    true
+                }
+            }
+        };
+        if left {
+            // Children its instance started while it was being made go
+            // with it; none joins after the leave (`join_as` wants its
+            // parent in), so one look finds them all.
             let mut op = self.hv.op();
             for child in self.hv.children_of(self.entry, self.agent) {
                 let why = format!("parent {} left: join did not complete", self.agent);
                 self.hv.remove(&mut op, self.entry, &child, &why);
             }
-        };
-        children();
-        {
-            let mut gov = lock(&self.entry.gov);
-            // A session that is ending keeps its participants (`leave`
-            // refuses): this one stays listed as joining, so that the end
-            // neither counts nor credits it.
-            if !matches!(
-                gov.leave(self.agent),
-                Err(SessionError::InvalidTransition { .. })
-            ) {
-                lock(&self.entry.joining).remove(self.agent);
-            }
         }
-        children();
         lock(&self.entry.spawned).remove(self.agent);
         self.entry
             .core
@@ -1051,6 +1052,25 @@ impl std::fmt::Debug for Hypervisor {
             .field("state_dir", &self.inner.state_dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `agent`'s join had not completed: it, or a parent it was
+/// spawned by, was still making its instance (`SessionEntry::joining`).
+fn unjoined(
+    agent: &AgentId,
+    joining: &HashSet<AgentId>,
+    spawned: &HashMap<AgentId, spawn::Spawned>,
+) -> bool {
+    let mut next = Some(agent);
+    // Bounded: a chain of parents is at most every child long.
+    for _ in 0..=spawned.len() {
+        let Some(a) = next else { return false };
+        if joining.contains(a) {
+            return true;
+        }
+        next = spawned.get(a).map(|s| &s.parent);
+    }
+    false
 }
 
 fn info(gov: &Session) -> SessionInfo {
@@ -1402,7 +1422,7 @@ impl Hypervisor {
                 .after_trap(self.inner.after_trap);
             let live = self.inner.runtime.spawn(&component, spec).await?;
             #[cfg(test)]
-            test_hooks::instance_made(session);
+            test_hooks::at(test_hooks::Point::InstanceMade, session);
             let slot = Arc::new(AgentSlot {
                 kill: live.kill_handle(),
                 agent: tokio::sync::Mutex::new(live),
@@ -1712,6 +1732,8 @@ impl Hypervisor {
                 report.compensated.extend(r.compensated);
             }
         }
+        #[cfg(test)]
+        test_hooks::at(test_hooks::Point::ChildrenKilled, session);
         self.kill_plan(&entry, agent, &mut report);
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
@@ -1797,15 +1819,21 @@ impl Hypervisor {
         let id = entry.core.id().clone();
         let mut op = self.op();
         let agents: Vec<(AgentId, Arc<AgentSlot>)> = lock(&entry.agents).drain().collect();
-        // Without those still joining: their joins find the session
-        // ended and are undone (`join_as`), unannounced, uncredited.
-        let participants: Vec<AgentId> = {
+        // Every participant is let go; those whose join had not completed
+        // (still making an instance, or spawned by one that was) are
+        // neither counted, credited nor kept in the summary: their joins
+        // find the session ended and are undone (`join_as`), unannounced.
+        let (participants, unjoined) = {
             let gov = lock(&entry.gov);
             let joining = lock(&entry.joining);
-            gov.participants()
-                .filter(|p| !joining.contains(&p.agent))
-                .map(|p| p.agent.clone())
-                .collect()
+            let spawned = lock(&entry.spawned);
+            let all: Vec<AgentId> = gov.participants().map(|p| p.agent.clone()).collect();
+            let unjoined: HashSet<AgentId> = all
+                .iter()
+                .filter(|a| unjoined(a, &joining, &spawned))
+                .cloned()
+                .collect();
+            (all, unjoined)
         };
         for (_, slot) in &agents {
             slot.kill.kill("session terminated".to_string());
@@ -1813,7 +1841,12 @@ impl Hypervisor {
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
         }
-        self.credit_clean(entry, &participants);
+        let counted: Vec<AgentId> = participants
+            .iter()
+            .filter(|a| !unjoined.contains(*a))
+            .cloned()
+            .collect();
+        self.credit_clean(entry, &counted);
         self.emit(
             &mut op,
             &id,
@@ -1825,7 +1858,11 @@ impl Hypervisor {
             if let Err(e) = gov.archive() {
                 tracing::warn!(session = %id, error = %e, "archiving a terminated session");
             }
-            info(&gov)
+            let mut summary = info(&gov);
+            summary
+                .participants
+                .retain(|p| !unjoined.contains(&p.agent));
+            summary
         };
         self.emit(&mut op, &id, None, EventPayload::SessionArchived);
         let commitment = self.inner.audit.as_ref().and_then(|a| {
@@ -1856,7 +1893,7 @@ impl Hypervisor {
         Termination {
             session: id,
             reason,
-            participants: participants.len(),
+            participants: counted.len(),
             commitment,
         }
     }
@@ -2046,35 +2083,45 @@ mod test_hooks {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    type Hook = (String, Box<dyn FnOnce() + Send>);
+    /// Where a hook runs.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(super) enum Point {
+        /// In a join, once its instance is made, before it checks that it
+        /// may still take its seat.
+        InstanceMade,
+        /// In a kill, once it has killed the children it found, before it
+        /// removes the agent.
+        ChildrenKilled,
+    }
 
-    static INSTANCE_MADE: Mutex<Option<Hook>> = Mutex::new(None);
-    /// Whether a hook is set: joins look at it before taking the lock, so
-    /// an unused hook changes no other test's interleavings.
+    type Hook = (Point, String, Box<dyn FnOnce() + Send>);
+
+    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+    /// Whether a hook is set: the points look at it before taking the
+    /// lock, so an unused hook changes no other test's interleavings.
     static ARMED: AtomicBool = AtomicBool::new(false);
 
-    /// Runs `hook` once, in the first join into `session` whose instance
-    /// is made, before the join checks that it may still take its seat.
-    pub(super) fn on_instance_made(session: &str, hook: impl FnOnce() + Send + 'static) {
-        *INSTANCE_MADE.lock().unwrap() = Some((session.to_string(), Box::new(hook)));
+    /// Runs `hook` once, the first time `point` is reached in `session`.
+    pub(super) fn on(point: Point, session: &str, hook: impl FnOnce() + Send + 'static) {
+        *HOOK.lock().unwrap() = Some((point, session.to_string(), Box::new(hook)));
         ARMED.store(true, Ordering::SeqCst);
     }
 
-    pub(super) fn instance_made(session: &ahv_core::SessionId) {
+    pub(super) fn at(point: Point, session: &ahv_core::SessionId) {
         if !ARMED.load(Ordering::SeqCst) {
             return;
         }
         let hook = {
-            let mut slot = INSTANCE_MADE.lock().unwrap();
+            let mut slot = HOOK.lock().unwrap();
             match slot.as_ref() {
-                Some((s, _)) if s == session.as_str() => {
+                Some((p, s, _)) if *p == point && s == session.as_str() => {
                     ARMED.store(false, Ordering::SeqCst);
                     slot.take()
                 }
                 _ => None,
             }
         };
-        if let Some((_, hook)) = hook {
+        if let Some((_, _, hook)) = hook {
             hook();
         }
     }
@@ -2396,9 +2443,13 @@ mod tests {
         let ended = Arc::new(Mutex::new(None));
         {
             let (hv, ended, id) = (hv.clone(), ended.clone(), session.clone());
-            test_hooks::on_instance_made(session.as_str(), move || {
-                *lock(&ended) = Some(hv.terminate_session(&id));
-            });
+            test_hooks::on(
+                test_hooks::Point::InstanceMade,
+                session.as_str(),
+                move || {
+                    *lock(&ended) = Some(hv.terminate_session(&id));
+                },
+            );
         }
         let request = JoinRequest::new(late.clone(), 0.8).component(component);
         let refused = rt.block_on(hv.join_session(&session, request));
@@ -2426,14 +2477,32 @@ mod tests {
         assert!(credited(&first));
         assert!(!credited(&late), "a join that never completed");
         assert_eq!(kept(&hv), (0, 0), "the refused instance's buckets");
+        let kept_in_summary = |session: &SessionId| -> Vec<AgentId> {
+            let summary = hv.session(session).unwrap();
+            summary.participants.into_iter().map(|p| p.agent).collect()
+        };
+        assert_eq!(kept_in_summary(&session), vec![first.clone()]);
         // The other order: the join undone after the session began to end
-        // (its `leave` then refused) but before the end counted it.
+        // (its `leave` then refused) but before the end counted it; with a
+        // child its instance started, which had joined.
+        let child = AgentId::new(format!("{late}:child-0")).unwrap();
+        hv.book(&child, fault);
         let session = session_of(&hv, SessionConfig::default());
         for agent in [&first, &late] {
             rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
                 .unwrap();
         }
         let entry = hv.entry(&session).unwrap();
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: late.clone(),
+                depth: 1,
+            },
+        );
+        let as_child = Some((Ring::Sandbox, format!("spawned by {late}")));
+        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
+            .unwrap();
         lock(&entry.joining).insert(late.clone());
         lock(&entry.gov).terminate().unwrap();
         let standing = lock(&entry.standings)[&late].clone();
@@ -2447,6 +2516,8 @@ mod tests {
         let termination = hv.finish(&entry, TerminationReason::Requested);
         assert_eq!(termination.participants, 1, "only the agent that was in");
         assert!(!credited(&late), "a join undone before the end counted");
+        assert!(!credited(&child), "a child of a join that never completed");
+        assert_eq!(kept_in_summary(&session), vec![first.clone()]);
         hv.shutdown().unwrap();
     }
 
@@ -2469,17 +2540,42 @@ mod tests {
                 depth: 1,
             },
         );
-        // Where a kill is between its bar and its look at the children.
-        lock(&entry.liability).bar(&parent);
-        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-        let refused =
-            rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child));
+        // The child's join comes in once the kill has looked for the
+        // parent's children (it was not a participant yet), before the
+        // parent is removed.
+        let joined = Arc::new(Mutex::new(None));
+        {
+            let (hv, joined, id, parent, child) = (
+                hv.clone(),
+                joined.clone(),
+                session.clone(),
+                parent.clone(),
+                child.clone(),
+            );
+            test_hooks::on(
+                test_hooks::Point::ChildrenKilled,
+                session.as_str(),
+                move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+                    let request = JoinRequest::new(child, 0.8);
+                    *lock(&joined) = Some(rt.block_on(hv.join_as(&id, request, as_child)));
+                },
+            );
+        }
+        hv.kill_agent(&session, &parent, "test").unwrap();
+        let refused = lock(&joined)
+            .take()
+            .expect("the kill reached the point where the child joins");
         assert!(
             matches!(&refused, Err(HypervisorError::Standing { agent, .. }) if agent == &child),
             "{refused:?}"
         );
         assert!(lock(&entry.gov).participant(&child).is_none());
-        assert!(lock(&entry.gov).participant(&parent).is_some());
+        drop(rt);
         hv.shutdown().unwrap();
     }
 
@@ -2544,10 +2640,10 @@ mod tests {
         assert!(
             matches!(
                 &refused,
-                Err(HypervisorError::Agent(ahv_runtime::AgentError::Trapped {
-                    cause: TrapCause::Host { message },
-                    ..
-                })) if message.contains("concurrent limit")
+                Err(HypervisorError::Agent(ahv_runtime::AgentError::AtCapacity {
+                    agent,
+                    message,
+                })) if agent.as_str() == "did:test:second" && message.contains("concurrent limit")
             ),
             "the pool's one slot is taken: {refused:?}"
         );
