@@ -59,20 +59,25 @@ fn tokens() -> Tokens {
 }
 
 fn server_with(limits: ApiLimits) -> Server {
+    server_of(limits, |b| b)
+}
+
+/// A server whose hypervisor `configure` sets further.
+fn server_of(
+    limits: ApiLimits,
+    configure: impl FnOnce(ahv_hypervisor::HypervisorBuilder) -> ahv_hypervisor::HypervisorBuilder,
+) -> Server {
     let state = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let hv = Arc::new(
-        Hypervisor::builder()
-            .state_dir(state.path())
-            .cache_dir(crate::cache_dir())
-            .database("memory")
-            .build()
-            .unwrap(),
-    );
+    let builder = Hypervisor::builder()
+        .state_dir(state.path())
+        .cache_dir(crate::cache_dir())
+        .database("memory");
+    let hv = Arc::new(configure(builder).build().unwrap());
     let api = Api::new(hv, tokens(), limits);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -505,6 +510,41 @@ fn roles_decide_who_may_do_what() {
         json!({"reason": "manual"}),
     );
     assert_eq!(k.ok()["terminated"], json!(["did:ex:writer"]));
+}
+
+#[test]
+fn a_join_that_finds_the_instance_pool_full_is_503_with_retry_after_and_can_retry() {
+    let s = server_of(
+        ApiLimits {
+            requests_per_second: 10_000.0,
+            burst: 10_000.0,
+            ..ApiLimits::default()
+        },
+        |b| b.max_instances(1),
+    );
+    let c = s.upload(ADMIN, ahv_agents::PINGER);
+    let component = c.ok()["id"].as_str().unwrap().to_string();
+    let id = s.post("/v1/sessions", ADMIN, json!({})).id();
+    let join = |agent: &str| {
+        s.post(
+            &format!("/v1/sessions/{id}/agents"),
+            ADMIN,
+            json!({"agent": agent, "sigma": 0.8, "component": component}),
+        )
+    };
+    join("did:ex:first").ok();
+    let full = join("did:ex:second");
+    full.problem(503, "did:ex:second");
+    assert_eq!(
+        full.body["type"], "urn:ahv:problem:at-capacity",
+        "{full:#?}"
+    );
+    assert_eq!(full.retry_after.as_deref(), Some("1"), "{full:#?}");
+    // Not a participant, and nothing held against it: once the first
+    // instance ends, the same join succeeds.
+    let left = s.delete(&format!("/v1/sessions/{id}/agents/did:ex:first"), ADMIN);
+    assert_eq!(left.status, 204, "{left:#?}");
+    join("did:ex:second").ok();
 }
 
 #[test]

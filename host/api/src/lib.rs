@@ -348,6 +348,10 @@ fn finish_openapi(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
                     "409",
                     "A session rule refuses it (its state, expiry, or an archived session)",
                 ));
+                extra.push((
+                    "503",
+                    "The host has no room for another instance now (see Retry-After)",
+                ));
             }
             let Some(ops) = item.as_object_mut() else {
                 continue;

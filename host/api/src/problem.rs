@@ -112,6 +112,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // An instance may end at any moment: a second is a fair wait.
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         res
     }
 }
@@ -162,6 +167,11 @@ impl From<HypervisorError> for Problem {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "component-refused",
                     "The component was refused at admission",
+                ),
+                AgentError::AtCapacity { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "at-capacity",
+                    "The host has no room for another instance now",
                 ),
                 _ => (
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -225,6 +225,19 @@ pub enum AgentError {
         /// The agent.
         agent: AgentId,
     },
+    /// No instance could be made for the agent now: the runtime's pool
+    /// holds as many live instances (or memories, tables, stacks) as it
+    /// allows. Transient: nothing is poisoned, and a later call or join
+    /// finds room once an instance ends.
+    #[error(
+        "no room for agent {agent}'s instance ({message}): the runtime is at capacity; retry once an instance ends"
+    )]
+    AtCapacity {
+        /// The agent.
+        agent: AgentId,
+        /// The pool's words: which limit, at how many.
+        message: String,
+    },
     /// No rate budget could be had for the agent (the rate limiter is full).
     #[error("no rate budget for agent {agent}: {message}")]
     RateBudget {
@@ -603,6 +616,16 @@ impl Agent {
             Ok((run, saga)) => {
                 self.runtime.metrics().instantiated(started.elapsed());
                 Ok(Live { store, run, saga })
+            }
+            // Not the guest's doing: nothing to poison or count as a trap.
+            Err(e)
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                Err(AgentError::AtCapacity {
+                    agent: self.spec.agent.clone(),
+                    message: e.root_cause().to_string(),
+                })
             }
             Err(e) => {
                 let cause = self.classify(&e, ring);
