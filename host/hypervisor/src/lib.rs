@@ -1602,6 +1602,8 @@ impl Hypervisor {
         for child in self.children_of(entry, agent) {
             self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
         }
+        #[cfg(test)]
+        test_hooks::at(test_hooks::Point::ChildrenRemoved, entry.core.id());
         lock(&entry.spawned).remove(agent);
         if let Some(slot) = lock(&entry.agents).get(agent) {
             // Stops a call still running (a no-op for an idle or dead
@@ -2092,6 +2094,9 @@ mod test_hooks {
         /// In a kill, once it has killed the children it found, before it
         /// removes the agent.
         ChildrenKilled,
+        /// In a removal, once it has removed the children it found, before
+        /// the agent leaves.
+        ChildrenRemoved,
     }
 
     type Hook = (Point, String, Box<dyn FnOnce() + Send>);
@@ -2576,6 +2581,95 @@ mod tests {
         );
         assert!(lock(&entry.gov).participant(&child).is_none());
         drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// A child that joins after its parent's removal has looked at the
+    /// children, and before the parent leaves, is found by the removal's
+    /// second look: it leaves with its parent.
+    #[test]
+    fn a_child_that_joins_while_its_parent_is_removed_leaves_with_it() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let child = AgentId::new("did:test:parent:child-0").unwrap();
+        let session = session_of(&hv, SessionConfig::default());
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        let joined = Arc::new(Mutex::new(None));
+        {
+            let (hv, joined, id, parent, child) = (
+                hv.clone(),
+                joined.clone(),
+                session.clone(),
+                parent.clone(),
+                child.clone(),
+            );
+            test_hooks::on(
+                test_hooks::Point::ChildrenRemoved,
+                session.as_str(),
+                move || {
+                    // Recorded and joined only now, as a spawn that was under
+                    // way would be.
+                    let entry = hv.entry(&id).unwrap();
+                    lock(&entry.spawned).insert(
+                        child.clone(),
+                        spawn::Spawned {
+                            parent: parent.clone(),
+                            depth: 1,
+                        },
+                    );
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+                    let request = JoinRequest::new(child, 0.8);
+                    *lock(&joined) = Some(rt.block_on(hv.join_as(&id, request, as_child)));
+                },
+            );
+        }
+        hv.leave_session(&session, &parent).unwrap();
+        let joined = lock(&joined)
+            .take()
+            .expect("the removal reached the point where the child joins");
+        assert_eq!(joined.unwrap(), Ring::Sandbox, "its parent was still in");
+        assert!(lock(&entry.gov).participant(&child).is_none());
+        assert!(!lock(&entry.spawned).contains_key(&child));
+        drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// A spawn whose child cannot take a seat (here the session is full)
+    /// leaves no record of the child: it does not count against its
+    /// parent's children.
+    #[test]
+    fn a_spawn_whose_child_does_not_join_leaves_no_record() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let component = hv.load(ahv_agents::PINGER).unwrap();
+        hv.offer_component("pinger", component).unwrap();
+        let one_seat = SessionConfig {
+            max_participants: 1,
+            ..SessionConfig::default()
+        };
+        let session = session_of(&hv, one_seat);
+        let parent = AgentId::new("did:test:parent").unwrap();
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let spawned = rt.block_on(hv.spawn_child(
+            session.clone(),
+            parent.clone(),
+            Ring::Privileged,
+            "pinger".into(),
+            TraceId(0),
+        ));
+        assert!(
+            matches!(&spawned, Err(ahv_runtime::Refusal::Denied(m)) if m.contains("full")),
+            "{spawned:?}"
+        );
+        let entry = hv.entry(&session).unwrap();
+        assert!(lock(&entry.spawned).is_empty());
+        assert!(hv.children_of(&entry, &parent).is_empty());
         hv.shutdown().unwrap();
     }
 
