@@ -1828,14 +1828,17 @@ impl Hypervisor {
         let (participants, unjoined) = {
             let gov = lock(&entry.gov);
             let joining = lock(&entry.joining);
-            let spawned = lock(&entry.spawned);
             let all: Vec<AgentId> = gov.participants().map(|p| p.agent.clone()).collect();
-            let unjoined: HashSet<AgentId> = all
-                .iter()
-                .filter(|a| unjoined(a, &joining, &spawned))
-                .cloned()
-                .collect();
-            (all, unjoined)
+            let mut unjoined_set = HashSet::new();
+            if !joining.is_empty() {
+                let spawned = lock(&entry.spawned);
+                unjoined_set.extend(
+                    all.iter()
+                        .filter(|a| unjoined(a, &joining, &spawned))
+                        .cloned(),
+                );
+            }
+            (all, unjoined_set)
         };
         for (_, slot) in &agents {
             slot.kill.kill("session terminated".to_string());
@@ -1843,12 +1846,18 @@ impl Hypervisor {
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
         }
-        let counted: Vec<AgentId> = participants
-            .iter()
-            .filter(|a| !unjoined.contains(*a))
-            .cloned()
-            .collect();
-        self.credit_clean(entry, &counted);
+        let filtered: Vec<AgentId>;
+        let counted: &[AgentId] = if unjoined.is_empty() {
+            &participants
+        } else {
+            filtered = participants
+                .iter()
+                .filter(|a| !unjoined.contains(*a))
+                .cloned()
+                .collect();
+            &filtered
+        };
+        self.credit_clean(entry, counted);
         self.emit(
             &mut op,
             &id,
@@ -1861,9 +1870,11 @@ impl Hypervisor {
                 tracing::warn!(session = %id, error = %e, "archiving a terminated session");
             }
             let mut summary = info(&gov);
-            summary
-                .participants
-                .retain(|p| !unjoined.contains(&p.agent));
+            if !unjoined.is_empty() {
+                summary
+                    .participants
+                    .retain(|p| !unjoined.contains(&p.agent));
+            }
             summary
         };
         self.emit(&mut op, &id, None, EventPayload::SessionArchived);
