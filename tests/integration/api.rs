@@ -540,6 +540,17 @@ fn a_join_that_finds_the_instance_pool_full_is_503_with_retry_after_and_can_retr
         "{full:#?}"
     );
     assert_eq!(full.retry_after.as_deref(), Some("1"), "{full:#?}");
+    let m = s.get("/metrics", AUDITOR);
+    assert!(
+        m.text.lines().any(|l| l == "ahv_at_capacity_total 1"),
+        "counted once, and not as a trap:\n{}",
+        m.text
+    );
+    assert!(
+        !m.text.contains("ahv_traps_total{kind=\"host\"} 1"),
+        "{}",
+        m.text
+    );
     // Not a participant, and nothing held against it: once the first
     // instance ends, the same join succeeds.
     let left = s.delete(&format!("/v1/sessions/{id}/agents/did:ex:first"), ADMIN);

@@ -961,16 +961,13 @@ impl Drop for JoinUndo<'_> {
                 }
             }
             drop(standings);
-            match gov.leave(self.agent) {
-                // A session that is ending keeps its participants: this
-                // one stays listed as joining, so that `finish` neither
-                // counts nor credits it or its children, and lets them go.
-                Err(SessionError::InvalidTransition { .. }) => false,
-                _ => {
-                    lock(&self.entry.joining).remove(self.agent);
-                    true
-                }
-            }
+            // A session that is ending keeps its participants (`leave`
+            // refuses): `finish` lets this one and its children go,
+            // neither counting nor crediting them.
+            !matches!(
+                gov.leave(self.agent),
+                Err(SessionError::InvalidTransition { .. })
+            )
         };
         if left {
             // Children its instance started while it was being made go
@@ -980,6 +977,13 @@ impl Drop for JoinUndo<'_> {
             for child in self.hv.children_of(self.entry, self.agent) {
                 let why = format!("parent {} left: join did not complete", self.agent);
                 self.hv.remove(&mut op, self.entry, &child, &why);
+            }
+            // Listed as joining until its children are gone: a session
+            // ending meanwhile neither counts nor credits them. Not if it
+            // has joined again since (that join's own listing).
+            let gov = lock(&self.entry.gov);
+            if gov.participant(self.agent).is_none() {
+                lock(&self.entry.joining).remove(self.agent);
             }
         }
         lock(&self.entry.spawned).remove(self.agent);
@@ -1346,7 +1350,7 @@ impl Hypervisor {
         // is held at ring 3 whatever its score, grant or parent.
         let assessment = self.admission(&agent).await?;
         let probation = assessment.admission == ahv_trust::Admission::Probation;
-        let (ring, forced_strong) = {
+        let (ring, forced_strong, standing) = {
             let mut gov = lock(&entry.gov);
             // A spawned child whose parent was removed while it was being
             // admitted (the removal took it out of `spawned`, or left
@@ -1382,18 +1386,21 @@ impl Hypervisor {
             if component.is_some() {
                 lock(&entry.joining).insert(agent.clone());
             }
+            // Neither a vouch nor an elevation request takes it above a
+            // probation or its parent's cap.
+            if probation || assigned.is_some() {
+                self.lower_ceiling(&entry, &agent, ring);
+            }
+            // In place with the seat, under the session's lock: a session
+            // that ends after this finds the standing and kills it.
+            let standing = Standing::new(ring, self.inner.clock.clone());
+            lock(&entry.standings).insert(agent.clone(), standing.clone());
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
+                standing,
             )
         };
-        // Neither a vouch nor an elevation request takes it above a
-        // probation or its parent's cap.
-        if probation || assigned.is_some() {
-            self.lower_ceiling(&entry, &agent, ring);
-        }
-        let standing = Standing::new(ring, self.inner.clock.clone());
-        lock(&entry.standings).insert(agent.clone(), standing.clone());
         // Until the agent is in, a failed or cancelled join (the caller's
         // future dropped mid-instantiation, e.g. a spawning parent's
         // deadline) is undone: no ghost participant keeps a seat.
@@ -1604,7 +1611,14 @@ impl Hypervisor {
         }
         #[cfg(test)]
         test_hooks::at(test_hooks::Point::ChildrenRemoved, entry.core.id());
-        lock(&entry.spawned).remove(agent);
+        // In a session that is ending, the record stays: it ties the agent
+        // to a parent whose join may not have completed (`finish`).
+        if matches!(
+            lock(&entry.gov).state(),
+            SessionState::Handshaking | SessionState::Active
+        ) {
+            lock(&entry.spawned).remove(agent);
+        }
         if let Some(slot) = lock(&entry.agents).get(agent) {
             // Stops a call still running (a no-op for an idle or dead
             // instance), before its standing refuses its host calls: a saga
@@ -1842,6 +1856,12 @@ impl Hypervisor {
         };
         for (_, slot) in &agents {
             slot.kill.kill("session terminated".to_string());
+        }
+        // An instance still being made has no slot to kill yet: its
+        // standing refuses the host calls its start code makes from now
+        // on, before its locks are released below.
+        for standing in lock(&entry.standings).values() {
+            standing.kill();
         }
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
@@ -2112,14 +2132,19 @@ mod test_hooks {
 
     type Hook = (Point, String, Box<dyn FnOnce() + Send>);
 
-    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
-    /// Whether a hook is set: the points look at it before taking the
-    /// lock, so an unused hook changes no other test's interleavings.
+    /// Every test's hooks (tests run in parallel threads under `cargo
+    /// test`), each keyed by its point and its session.
+    static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+    /// Whether any hook is set: the points look at it before taking the
+    /// lock, so unused hooks change no other test's interleavings.
     static ARMED: AtomicBool = AtomicBool::new(false);
 
     /// Runs `hook` once, the first time `point` is reached in `session`.
     pub(super) fn on(point: Point, session: &str, hook: impl FnOnce() + Send + 'static) {
-        *HOOK.lock().unwrap() = Some((point, session.to_string(), Box::new(hook)));
+        HOOKS
+            .lock()
+            .unwrap()
+            .push((point, session.to_string(), Box::new(hook)));
         ARMED.store(true, Ordering::SeqCst);
     }
 
@@ -2128,14 +2153,13 @@ mod test_hooks {
             return;
         }
         let hook = {
-            let mut slot = HOOK.lock().unwrap();
-            match slot.as_ref() {
-                Some((p, s, _)) if *p == point && s == session.as_str() => {
-                    ARMED.store(false, Ordering::SeqCst);
-                    slot.take()
-                }
-                _ => None,
-            }
+            let mut hooks = HOOKS.lock().unwrap();
+            let found = hooks
+                .iter()
+                .position(|(p, s, _)| *p == point && s == session.as_str());
+            let hook = found.map(|i| hooks.swap_remove(i));
+            ARMED.store(!hooks.is_empty(), Ordering::SeqCst);
+            hook
         };
         if let Some((_, _, hook)) = hook {
             hook();
@@ -2459,11 +2483,15 @@ mod tests {
         let ended = Arc::new(Mutex::new(None));
         {
             let (hv, ended, id) = (hv.clone(), ended.clone(), session.clone());
+            let (entry, late) = (hv.entry(&session).unwrap(), late.clone());
             test_hooks::on(
                 test_hooks::Point::InstanceMade,
                 session.as_str(),
                 move || {
-                    *lock(&ended) = Some(hv.terminate_session(&id));
+                    let termination = hv.terminate_session(&id);
+                    // Its start code's host calls are refused from now on.
+                    let killed = lock(&entry.standings)[&late].is_killed();
+                    *lock(&ended) = Some((termination, killed));
                 },
             );
         }
@@ -2479,11 +2507,15 @@ mod tests {
             ),
             "{refused:?}"
         );
-        let termination = lock(&ended)
+        let (termination, killed) = lock(&ended)
             .take()
-            .expect("the hook ended the session while the instance was made")
-            .unwrap();
-        assert_eq!(termination.participants, 1, "only the agent that was in");
+            .expect("the hook ended the session while the instance was made");
+        assert!(killed, "the standing of the instance being made");
+        assert_eq!(
+            termination.unwrap().participants,
+            1,
+            "only the agent that was in"
+        );
         let credited = |agent: &AgentId| {
             rt.block_on(hv.ledger_entries(agent))
                 .unwrap()

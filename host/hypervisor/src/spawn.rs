@@ -193,7 +193,9 @@ impl Hypervisor {
         match self.run_agent(&session, &child, &input).await {
             Ok(out) => Ok(out.result),
             Err(HypervisorError::Agent(
-                e @ (AgentError::Trapped { .. } | AgentError::Poisoned { .. }),
+                e @ (AgentError::Trapped { .. }
+                | AgentError::Poisoned { .. }
+                | AgentError::AtCapacity { .. }),
             )) => Err(Refusal::Failed(format!("spawn: child {child}: {e}"))),
             Err(e) => Err(Refusal::Denied(format!("spawn: child {child}: {e}"))),
         }

@@ -617,23 +617,39 @@ impl Agent {
                 self.runtime.metrics().instantiated(started.elapsed());
                 Ok(Live { store, run, saga })
             }
-            // Not the guest's doing: nothing to poison or count as a trap.
-            Err(e)
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some() =>
-            {
-                Err(AgentError::AtCapacity {
-                    agent: self.spec.agent.clone(),
-                    message: e.root_cause().to_string(),
-                })
-            }
             Err(e) => {
-                let cause = self.classify(&e, ring);
                 let data = store.data();
                 let (logs, _) = data.caps.handles.take_log();
                 let changes = data.caps.handles.changes.take();
-                Err(self.poison(cause, logs, changes, data.gate.trace))
+                let trace = data.gate.trace;
+                // A full pool is not the guest's doing: nothing is poisoned
+                // and no trap counted, so a later call or join may find
+                // room. Unless a start function already changed something
+                // before a later module found no room: only a trap's
+                // journal carries those changes back to be undone.
+                if changes.is_empty()
+                    && e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
+                {
+                    return Err(self.at_capacity(e.root_cause().to_string(), trace));
+                }
+                let cause = self.classify(&e, ring);
+                Err(self.poison(cause, logs, changes, trace))
             }
+        }
+    }
+
+    /// No instance could be made: the pool is full (`message`, the pool's
+    /// words). Locks a start function took are released, as a trap's are.
+    fn at_capacity(&mut self, message: String, trace: TraceId) -> AgentError {
+        tracing::warn!(agent = %self.spec.agent, reason = %message, "no room for the agent's instance");
+        self.runtime.metrics().at_capacity();
+        if let Some(core) = &self.spec.shared {
+            core.release_locks(&self.spec.agent, "no room for its instance", trace);
+        }
+        AgentError::AtCapacity {
+            agent: self.spec.agent.clone(),
+            message,
         }
     }
 

@@ -81,6 +81,7 @@ pub struct RuntimeMetrics {
     breaches: [[Counters; 4]; Capability::ALL.len()],
     refusals: [Counters; 14],
     traps: [Counters; 14],
+    at_capacity: Counters,
     instantiate: Histogram,
     run: Histogram,
     saga_step: Histogram,
@@ -162,6 +163,12 @@ impl RuntimeMetrics {
             "Agent calls that ended in a trap, by cause",
             traps_family,
         );
+        let at_capacity = Counters::default();
+        registry.register(
+            "at_capacity",
+            "Instantiations refused because the instance pool was full",
+            at_capacity.clone(),
+        );
         registry.register(
             "instantiate_seconds",
             "Time to create an agent's store and instance",
@@ -190,6 +197,7 @@ impl RuntimeMetrics {
             breaches,
             refusals,
             traps,
+            at_capacity,
             instantiate,
             run,
             saga_step,
@@ -249,6 +257,11 @@ impl RuntimeMetrics {
         if let Some(i) = TRAPS.iter().position(|k| *k == kind) {
             self.traps[i].inc();
         }
+    }
+
+    /// Counts an instantiation refused for a full instance pool.
+    pub(crate) fn at_capacity(&self) {
+        self.at_capacity.inc();
     }
 
     /// Records how long an instantiation took.
