@@ -547,7 +547,9 @@ fn a_join_that_finds_the_instance_pool_full_is_503_with_retry_after_and_can_retr
         m.text
     );
     assert!(
-        !m.text.contains("ahv_traps_total{kind=\"host\"} 1"),
+        m.text
+            .lines()
+            .any(|l| l == "ahv_traps_total{kind=\"host-error\"} 0"),
         "{}",
         m.text
     );

@@ -1385,6 +1385,9 @@ impl Hypervisor {
             gov.set_ring(&agent, ring)?;
             if component.is_some() {
                 lock(&entry.joining).insert(agent.clone());
+            } else {
+                // An undo of an earlier join of its may still list it.
+                lock(&entry.joining).remove(&agent);
             }
             // Neither a vouch nor an elevation request takes it above a
             // probation or its parent's cap.
@@ -1611,14 +1614,6 @@ impl Hypervisor {
         }
         #[cfg(test)]
         test_hooks::at(test_hooks::Point::ChildrenRemoved, entry.core.id());
-        // In a session that is ending, the record stays: it ties the agent
-        // to a parent whose join may not have completed (`finish`).
-        if matches!(
-            lock(&entry.gov).state(),
-            SessionState::Handshaking | SessionState::Active
-        ) {
-            lock(&entry.spawned).remove(agent);
-        }
         if let Some(slot) = lock(&entry.agents).get(agent) {
             // Stops a call still running (a no-op for an idle or dead
             // instance), before its standing refuses its host calls: a saga
@@ -1636,6 +1631,18 @@ impl Hypervisor {
         // `join_as`); and a rejoin's slot cannot come in between.
         let (was, slot) = {
             let mut gov = lock(&entry.gov);
+            // The agent's own record as a child goes with its leave, under
+            // the same lock as a child's join (`join_as`): a child being
+            // admitted either joined before (and leaves here) or finds its
+            // record gone. In a session that is ending the record stays:
+            // it ties the agent to a parent whose join may not have
+            // completed (`finish`).
+            if matches!(
+                gov.state(),
+                SessionState::Handshaking | SessionState::Active
+            ) {
+                lock(&entry.spawned).remove(agent);
+            }
             let was = gov.leave(agent).is_ok();
             if was {
                 // A join of its still making an instance is refused (it
@@ -2680,6 +2687,94 @@ mod tests {
         assert!(lock(&entry.gov).participant(&child).is_none());
         assert!(!lock(&entry.spawned).contains_key(&child));
         drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// A session that ends while an undone join is removing its children
+    /// neither counts nor credits the child being removed: its record as
+    /// the joiner's child stays while the session ends.
+    #[test]
+    fn a_child_of_an_undone_join_is_not_credited_by_an_end_during_its_removal() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (first, parent) = (
+            AgentId::new("did:test:first").unwrap(),
+            AgentId::new("did:test:parent").unwrap(),
+        );
+        let child = AgentId::new(format!("{parent}:child-0")).unwrap();
+        let fault = ahv_trust::EntryKind::Fault {
+            severity: ahv_trust::Severity::new(0.1).unwrap(),
+        };
+        hv.book(&child, fault);
+        let session = session_of(&hv, SessionConfig::default());
+        for agent in [&first, &parent] {
+            rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
+                .unwrap();
+        }
+        let entry = hv.entry(&session).unwrap();
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: parent.clone(),
+                depth: 1,
+            },
+        );
+        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
+            .unwrap();
+        // The parent's join had not completed.
+        lock(&entry.joining).insert(parent.clone());
+        let ended = Arc::new(Mutex::new(None));
+        {
+            let (hv, ended, id) = (hv.clone(), ended.clone(), session.clone());
+            test_hooks::on(
+                test_hooks::Point::ChildrenRemoved,
+                session.as_str(),
+                move || *lock(&ended) = Some(hv.terminate_session(&id)),
+            );
+        }
+        let standing = lock(&entry.standings)[&parent].clone();
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &parent,
+            standing,
+            armed: true,
+        });
+        let termination = lock(&ended)
+            .take()
+            .expect("the session ended while the child was being removed")
+            .unwrap();
+        assert_eq!(termination.participants, 1, "only the agent that was in");
+        let credited = rt
+            .block_on(hv.ledger_entries(&child))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == ahv_trust::EntryKind::CleanSession);
+        assert!(!credited, "a child of a join that never completed");
+        // A removal of the child in a session that is ending (between its
+        // `terminate` and its `finish`) keeps the child's record, so the
+        // end still finds whose child it is.
+        let session = session_of(&hv, SessionConfig::default());
+        for agent in [&first, &parent] {
+            rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
+                .unwrap();
+        }
+        let entry = hv.entry(&session).unwrap();
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: parent.clone(),
+                depth: 1,
+            },
+        );
+        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
+            .unwrap();
+        lock(&entry.joining).insert(parent.clone());
+        lock(&entry.gov).terminate().unwrap();
+        hv.remove(&mut hv.op(), &entry, &child, "test");
+        let termination = hv.finish(&entry, TerminationReason::Requested);
+        assert_eq!(termination.participants, 1, "only the agent that was in");
         hv.shutdown().unwrap();
     }
 
