@@ -893,7 +893,9 @@ struct SessionEntry {
     /// (no `session.joined`), so a session that ends meanwhile neither
     /// counts nor credits them; their join is refused and undone. Taken
     /// under `gov`, as a leaf.
-    joining: Mutex<HashSet<AgentId>>,
+    /// foldhash: made with every session, where std's `RandomState` reads
+    /// its thread's keys; at most the session's participants.
+    joining: Mutex<HashSet<AgentId, foldhash::fast::RandomState>>,
     /// Children started with `spawn`: who their parent is, how deep they are.
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
@@ -1062,7 +1064,7 @@ impl std::fmt::Debug for Hypervisor {
 /// spawned by, was still making its instance (`SessionEntry::joining`).
 fn unjoined(
     agent: &AgentId,
-    joining: &HashSet<AgentId>,
+    joining: &HashSet<AgentId, foldhash::fast::RandomState>,
     spawned: &HashMap<AgentId, spawn::Spawned>,
 ) -> bool {
     let mut next = Some(agent);
@@ -1240,7 +1242,7 @@ impl Hypervisor {
             core,
             agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
-            joining: Mutex::new(HashSet::new()),
+            joining: Mutex::new(HashSet::default()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
@@ -1387,7 +1389,10 @@ impl Hypervisor {
                 lock(&entry.joining).insert(agent.clone());
             } else {
                 // An undo of an earlier join of its may still list it.
-                lock(&entry.joining).remove(&agent);
+                let mut joining = lock(&entry.joining);
+                if !joining.is_empty() {
+                    joining.remove(&agent);
+                }
             }
             // Neither a vouch nor an elevation request takes it above a
             // probation or its parent's cap.
@@ -1850,7 +1855,8 @@ impl Hypervisor {
             let gov = lock(&entry.gov);
             let joining = lock(&entry.joining);
             let all: Vec<AgentId> = gov.participants().map(|p| p.agent.clone()).collect();
-            let mut unjoined_set = HashSet::new();
+            let mut unjoined_set: HashSet<AgentId, foldhash::fast::RandomState> =
+                HashSet::default();
             if !joining.is_empty() {
                 let spawned = lock(&entry.spawned);
                 unjoined_set.extend(
