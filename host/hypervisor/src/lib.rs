@@ -1630,11 +1630,13 @@ impl Hypervisor {
             standing.kill();
         }
         self.liability_left(entry, agent);
+        #[cfg(test)]
+        test_hooks::at(test_hooks::Point::BeforeLeave, entry.core.id());
         // The slot goes with the participation, under the session's lock:
         // a join still making this agent's instance then either finds it
         // gone and refuses, or has put its slot in, which goes here (see
         // `join_as`); and a rejoin's slot cannot come in between.
-        let (was, slot) = {
+        let (was, slot, joined_since) = {
             let mut gov = lock(&entry.gov);
             // The agent's own record as a child goes with its leave, under
             // the same lock as a child's join (`join_as`): a child being
@@ -1649,12 +1651,18 @@ impl Hypervisor {
                 lock(&entry.spawned).remove(agent);
             }
             let was = gov.leave(agent).is_ok();
+            // A join of its that took its seat after the standing was
+            // taken out above (a child found by the first look while it
+            // was being admitted) put a standing in since: it goes with
+            // the participation.
+            let mut joined_since = None;
             if was {
                 // A join of its still making an instance is refused (it
                 // no longer finds the participation its own) and undone.
                 lock(&entry.joining).remove(agent);
+                joined_since = lock(&entry.standings).remove(agent);
             }
-            (was, lock(&entry.agents).remove(agent))
+            (was, lock(&entry.agents).remove(agent), joined_since)
         };
         // A child that joined while this agent was being removed, after
         // the first look (`join_as` refuses one that joins later).
@@ -1664,6 +1672,10 @@ impl Hypervisor {
         if let Some(slot) = slot {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
+        }
+        // After the slot, as above (a saga step's hand-off).
+        if let Some(standing) = joined_since {
+            standing.kill();
         }
         // After its slot is gone: a breach judged from now on sees that
         // and forgets its own record (`after_breach`).
@@ -2141,6 +2153,9 @@ mod test_hooks {
         /// In a removal, once it has removed the children it found, before
         /// the agent leaves.
         ChildrenRemoved,
+        /// In a removal, once the standing was taken out and killed, just
+        /// before the agent leaves.
+        BeforeLeave,
     }
 
     type Hook = (Point, String, Box<dyn FnOnce() + Send>);
@@ -2692,6 +2707,64 @@ mod tests {
         assert_eq!(joined.unwrap(), Ring::Sandbox, "its parent was still in");
         assert!(lock(&entry.gov).participant(&child).is_none());
         assert!(!lock(&entry.spawned).contains_key(&child));
+        drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// A child being admitted when its parent's removal found it, and that
+    /// takes its seat before the removal's leave of it, leaves with no
+    /// live standing: its host calls are refused.
+    #[test]
+    fn a_child_that_takes_its_seat_during_its_removal_keeps_no_standing() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let child = AgentId::new("did:test:parent:child-0").unwrap();
+        let session = session_of(&hv, SessionConfig::default());
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        // Recorded, still being admitted.
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: parent.clone(),
+                depth: 1,
+            },
+        );
+        let standing = Arc::new(Mutex::new(None));
+        {
+            let (hv, standing, id, parent, child) = (
+                hv.clone(),
+                standing.clone(),
+                session.clone(),
+                parent.clone(),
+                child.clone(),
+            );
+            // The first removal to get there is the child's, inside its
+            // parent's.
+            test_hooks::on(
+                test_hooks::Point::BeforeLeave,
+                session.as_str(),
+                move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+                    let request = JoinRequest::new(child.clone(), 0.8);
+                    rt.block_on(hv.join_as(&id, request, as_child)).unwrap();
+                    let entry = hv.entry(&id).unwrap();
+                    *lock(&standing) = Some(lock(&entry.standings)[&child].clone());
+                },
+            );
+        }
+        hv.leave_session(&session, &parent).unwrap();
+        let standing = lock(&standing)
+            .take()
+            .expect("the child took its seat during its removal");
+        assert!(standing.is_killed(), "its standing refuses its host calls");
+        assert!(!lock(&entry.standings).contains_key(&child));
+        assert!(lock(&entry.gov).participant(&child).is_none());
         drop(rt);
         hv.shutdown().unwrap();
     }
