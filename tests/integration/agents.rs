@@ -406,6 +406,32 @@ pub mod spinner {
         );
     }
 
+    /// A standing killed without the kill handle (a session ended while
+    /// the instance was being made) stops a busy guest at the next epoch
+    /// tick, well before its deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_standing_stops_a_tight_loop() {
+        let h = Harness::with_policy(&cache_dir(), policy(u64::MAX / 2, Duration::from_secs(10)));
+        let sb = Sandbox::new();
+        let mut a = h
+            .spawn(ahv_agents::SPINNER, "did:test:spin", Ring::Sandbox, &sb)
+            .await;
+        let standing = a.standing().clone();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            standing.kill();
+        });
+        // Without the check, the deadline (10 s) would end it instead.
+        let cause = trap(a.run("").await);
+        killer.join().unwrap();
+        assert_eq!(
+            cause,
+            TrapCause::Killed(ahv_runtime::Killed {
+                reason: "killed".into()
+            })
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kill_handle_stops_a_tight_loop() {
         let h = Harness::with_policy(&cache_dir(), policy(u64::MAX / 2, Duration::from_secs(60)));

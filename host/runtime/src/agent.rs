@@ -509,7 +509,11 @@ impl Agent {
         store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
-            if s.gate.kill.is_killed() {
+            // A standing killed on its own stops the guest too: its host
+            // ends the session while the instance is still being made, and
+            // has no handle for it yet (every other kill goes through the
+            // handle, which kills the standing as well).
+            if s.gate.kill.is_killed() || s.gate.standing.is_killed() {
                 return Err(wasmtime::Error::new(s.gate.kill.stop()));
             }
             if Instant::now() >= s.gate.call_deadline {
