@@ -1664,18 +1664,19 @@ impl Hypervisor {
             }
             (was, lock(&entry.agents).remove(agent), joined_since)
         };
-        // A child that joined while this agent was being removed, after
-        // the first look (`join_as` refuses one that joins later).
-        for child in self.children_of(entry, agent) {
-            self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
-        }
         if let Some(slot) = slot {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
         }
-        // After the slot, as above (a saga step's hand-off).
+        // After the slot, as above (a saga step's hand-off); before the
+        // children, so that it runs nothing while they are removed.
         if let Some(standing) = joined_since {
             standing.kill();
+        }
+        // A child that joined while this agent was being removed, after
+        // the first look (`join_as` refuses one that joins later).
+        for child in self.children_of(entry, agent) {
+            self.remove(op, entry, &child, &format!("parent {agent} left: {reason}"));
         }
         // After its slot is gone: a breach judged from now on sees that
         // and forgets its own record (`after_breach`).
@@ -2256,6 +2257,81 @@ mod tests {
         )
     }
 
+    /// A new session with `did:test:parent` joined (without a component),
+    /// its entry, the parent, and the id its first child would have.
+    fn with_parent(
+        hv: &Hypervisor,
+        rt: &tokio::runtime::Runtime,
+    ) -> (SessionId, Arc<SessionEntry>, AgentId, AgentId) {
+        let parent = AgentId::new("did:test:parent").unwrap();
+        let child = AgentId::new(format!("{parent}:child-0")).unwrap();
+        let session = session_of(hv, SessionConfig::default());
+        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
+            .unwrap();
+        let entry = hv.entry(&session).unwrap();
+        (session, entry, parent, child)
+    }
+
+    /// What a join at a hook point answered, and the standing it got.
+    type Joined = Arc<Mutex<Option<(Result<Ring, HypervisorError>, Option<Arc<Standing>>)>>>;
+
+    /// Joins `child` as `parent`'s child the first time `point` is reached
+    /// in `session` (recording it as spawned first, if it is not yet).
+    fn join_child_at(
+        point: test_hooks::Point,
+        hv: &Hypervisor,
+        session: &SessionId,
+        parent: &AgentId,
+        child: &AgentId,
+    ) -> Joined {
+        let joined = Joined::default();
+        let (hv, out, id, parent, child) = (
+            hv.clone(),
+            joined.clone(),
+            session.clone(),
+            parent.clone(),
+            child.clone(),
+        );
+        test_hooks::on(point, session.as_str(), move || {
+            let entry = hv.entry(&id).unwrap();
+            if !lock(&entry.spawned).contains_key(&child) {
+                record_child(&entry, &parent, &child);
+            }
+            let result = join_child(&hv, &id, &parent, &child);
+            let standing = lock(&entry.standings).get(&child).cloned();
+            *lock(&out) = Some((result, standing));
+        });
+        joined
+    }
+
+    /// Records `child` as spawned by `parent` (at depth 1), as
+    /// `spawn_child` does before the child joins.
+    fn record_child(entry: &SessionEntry, parent: &AgentId, child: &AgentId) {
+        lock(&entry.spawned).insert(
+            child.clone(),
+            spawn::Spawned {
+                parent: parent.clone(),
+                depth: 1,
+            },
+        );
+    }
+
+    /// `child` joins `session` as `parent`'s child (at ring 3, as a spawn
+    /// assigns it), on a runtime of its own: usable inside a hook.
+    fn join_child(
+        hv: &Hypervisor,
+        session: &SessionId,
+        parent: &AgentId,
+        child: &AgentId,
+    ) -> Result<Ring, HypervisorError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
+        rt.block_on(hv.join_as(session, JoinRequest::new(child.clone(), 0.8), as_child))
+    }
+
     /// A session's participants leave nothing in the rate limiter or the
     /// breach detector once it is terminated or reaped after expiring, as
     /// a participant that leaves does; a live session's entries stay.
@@ -2442,19 +2518,8 @@ mod tests {
         rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
             .unwrap();
         let entry = hv.entry(&session).unwrap();
-        let spawned = |child: &AgentId| {
-            lock(&entry.spawned).insert(
-                child.clone(),
-                spawn::Spawned {
-                    parent: parent.clone(),
-                    depth: 1,
-                },
-            );
-        };
-        let join = |child: &AgentId| {
-            let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-            rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
-        };
+        let spawned = |child: &AgentId| record_child(&entry, &parent, child);
+        let join = |child: &AgentId| join_child(&hv, &session, &parent, child);
         let participant = |agent: &AgentId| lock(&entry.gov).participant(agent).is_some();
         // Its parent still there: the child joins, at the ring given.
         let kept = AgentId::new("did:test:parent:child-0").unwrap();
@@ -2569,16 +2634,8 @@ mod tests {
                 .unwrap();
         }
         let entry = hv.entry(&session).unwrap();
-        lock(&entry.spawned).insert(
-            child.clone(),
-            spawn::Spawned {
-                parent: late.clone(),
-                depth: 1,
-            },
-        );
-        let as_child = Some((Ring::Sandbox, format!("spawned by {late}")));
-        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
-            .unwrap();
+        record_child(&entry, &late, &child);
+        join_child(&hv, &session, &late, &child).unwrap();
         lock(&entry.joining).insert(late.clone());
         lock(&entry.gov).terminate().unwrap();
         let standing = lock(&entry.standings)[&late].clone();
@@ -2603,47 +2660,20 @@ mod tests {
     #[test]
     fn a_spawned_child_does_not_join_while_its_parent_is_being_killed() {
         let (_state, hv, rt) = hypervisor(|b| b);
-        let parent = AgentId::new("did:test:parent").unwrap();
-        let child = AgentId::new("did:test:parent:child-0").unwrap();
-        let session = session_of(&hv, SessionConfig::default());
-        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
-            .unwrap();
-        let entry = hv.entry(&session).unwrap();
-        lock(&entry.spawned).insert(
-            child.clone(),
-            spawn::Spawned {
-                parent: parent.clone(),
-                depth: 1,
-            },
-        );
+        let (session, entry, parent, child) = with_parent(&hv, &rt);
+        record_child(&entry, &parent, &child);
         // The child's join comes in once the kill has looked for the
         // parent's children (it was not a participant yet), before the
         // parent is removed.
-        let joined = Arc::new(Mutex::new(None));
-        {
-            let (hv, joined, id, parent, child) = (
-                hv.clone(),
-                joined.clone(),
-                session.clone(),
-                parent.clone(),
-                child.clone(),
-            );
-            test_hooks::on(
-                test_hooks::Point::ChildrenKilled,
-                session.as_str(),
-                move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-                    let request = JoinRequest::new(child, 0.8);
-                    *lock(&joined) = Some(rt.block_on(hv.join_as(&id, request, as_child)));
-                },
-            );
-        }
+        let joined = join_child_at(
+            test_hooks::Point::ChildrenKilled,
+            &hv,
+            &session,
+            &parent,
+            &child,
+        );
         hv.kill_agent(&session, &parent, "test").unwrap();
-        let refused = lock(&joined)
+        let (refused, _) = lock(&joined)
             .take()
             .expect("the kill reached the point where the child joins");
         assert!(
@@ -2661,47 +2691,18 @@ mod tests {
     #[test]
     fn a_child_that_joins_while_its_parent_is_removed_leaves_with_it() {
         let (_state, hv, rt) = hypervisor(|b| b);
-        let parent = AgentId::new("did:test:parent").unwrap();
-        let child = AgentId::new("did:test:parent:child-0").unwrap();
-        let session = session_of(&hv, SessionConfig::default());
-        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
-            .unwrap();
-        let entry = hv.entry(&session).unwrap();
-        let joined = Arc::new(Mutex::new(None));
-        {
-            let (hv, joined, id, parent, child) = (
-                hv.clone(),
-                joined.clone(),
-                session.clone(),
-                parent.clone(),
-                child.clone(),
-            );
-            test_hooks::on(
-                test_hooks::Point::ChildrenRemoved,
-                session.as_str(),
-                move || {
-                    // Recorded and joined only now, as a spawn that was under
-                    // way would be.
-                    let entry = hv.entry(&id).unwrap();
-                    lock(&entry.spawned).insert(
-                        child.clone(),
-                        spawn::Spawned {
-                            parent: parent.clone(),
-                            depth: 1,
-                        },
-                    );
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-                    let request = JoinRequest::new(child, 0.8);
-                    *lock(&joined) = Some(rt.block_on(hv.join_as(&id, request, as_child)));
-                },
-            );
-        }
+        let (session, entry, parent, child) = with_parent(&hv, &rt);
+        // Recorded and joined only then, as a spawn that was under way
+        // would be.
+        let joined = join_child_at(
+            test_hooks::Point::ChildrenRemoved,
+            &hv,
+            &session,
+            &parent,
+            &child,
+        );
         hv.leave_session(&session, &parent).unwrap();
-        let joined = lock(&joined)
+        let (joined, _) = lock(&joined)
             .take()
             .expect("the removal reached the point where the child joins");
         assert_eq!(joined.unwrap(), Ring::Sandbox, "its parent was still in");
@@ -2717,51 +2718,24 @@ mod tests {
     #[test]
     fn a_child_that_takes_its_seat_during_its_removal_keeps_no_standing() {
         let (_state, hv, rt) = hypervisor(|b| b);
-        let parent = AgentId::new("did:test:parent").unwrap();
-        let child = AgentId::new("did:test:parent:child-0").unwrap();
-        let session = session_of(&hv, SessionConfig::default());
-        rt.block_on(hv.join_session(&session, JoinRequest::new(parent.clone(), 0.8)))
-            .unwrap();
-        let entry = hv.entry(&session).unwrap();
+        let (session, entry, parent, child) = with_parent(&hv, &rt);
         // Recorded, still being admitted.
-        lock(&entry.spawned).insert(
-            child.clone(),
-            spawn::Spawned {
-                parent: parent.clone(),
-                depth: 1,
-            },
+        record_child(&entry, &parent, &child);
+        // The first removal to get there is the child's, inside its
+        // parent's.
+        let joined = join_child_at(
+            test_hooks::Point::BeforeLeave,
+            &hv,
+            &session,
+            &parent,
+            &child,
         );
-        let standing = Arc::new(Mutex::new(None));
-        {
-            let (hv, standing, id, parent, child) = (
-                hv.clone(),
-                standing.clone(),
-                session.clone(),
-                parent.clone(),
-                child.clone(),
-            );
-            // The first removal to get there is the child's, inside its
-            // parent's.
-            test_hooks::on(
-                test_hooks::Point::BeforeLeave,
-                session.as_str(),
-                move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-                    let request = JoinRequest::new(child.clone(), 0.8);
-                    rt.block_on(hv.join_as(&id, request, as_child)).unwrap();
-                    let entry = hv.entry(&id).unwrap();
-                    *lock(&standing) = Some(lock(&entry.standings)[&child].clone());
-                },
-            );
-        }
         hv.leave_session(&session, &parent).unwrap();
-        let standing = lock(&standing)
+        let (joined, standing) = lock(&joined)
             .take()
             .expect("the child took its seat during its removal");
+        joined.unwrap();
+        let standing = standing.expect("a seat comes with a standing");
         assert!(standing.is_killed(), "its standing refuses its host calls");
         assert!(!lock(&entry.standings).contains_key(&child));
         assert!(lock(&entry.gov).participant(&child).is_none());
@@ -2790,16 +2764,8 @@ mod tests {
                 .unwrap();
         }
         let entry = hv.entry(&session).unwrap();
-        lock(&entry.spawned).insert(
-            child.clone(),
-            spawn::Spawned {
-                parent: parent.clone(),
-                depth: 1,
-            },
-        );
-        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
-            .unwrap();
+        record_child(&entry, &parent, &child);
+        join_child(&hv, &session, &parent, &child).unwrap();
         // The parent's join had not completed.
         lock(&entry.joining).insert(parent.clone());
         let ended = Arc::new(Mutex::new(None));
@@ -2839,16 +2805,8 @@ mod tests {
                 .unwrap();
         }
         let entry = hv.entry(&session).unwrap();
-        lock(&entry.spawned).insert(
-            child.clone(),
-            spawn::Spawned {
-                parent: parent.clone(),
-                depth: 1,
-            },
-        );
-        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-        rt.block_on(hv.join_as(&session, JoinRequest::new(child.clone(), 0.8), as_child))
-            .unwrap();
+        record_child(&entry, &parent, &child);
+        join_child(&hv, &session, &parent, &child).unwrap();
         lock(&entry.joining).insert(parent.clone());
         lock(&entry.gov).terminate().unwrap();
         hv.remove(&mut hv.op(), &entry, &child, "test");
@@ -2903,18 +2861,10 @@ mod tests {
         let entry = hv.entry(&session).unwrap();
         let [joined, admitted] = ["child-0", "child-1"].map(|n| {
             let child = AgentId::new(format!("{parent}:{n}")).unwrap();
-            lock(&entry.spawned).insert(
-                child.clone(),
-                spawn::Spawned {
-                    parent: parent.clone(),
-                    depth: 1,
-                },
-            );
+            record_child(&entry, &parent, &child);
             child
         });
-        let as_child = Some((Ring::Sandbox, format!("spawned by {parent}")));
-        rt.block_on(hv.join_as(&session, JoinRequest::new(joined.clone(), 0.8), as_child))
-            .unwrap();
+        join_child(&hv, &session, &parent, &joined).unwrap();
         let standing = lock(&entry.standings)[&parent].clone();
         drop(JoinUndo {
             hv: &hv,

@@ -509,10 +509,11 @@ impl Agent {
         store.set_hostcall_fuel(self.hostcall_budget(ring));
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
-            // A standing killed on its own stops the guest too: its host
-            // ends the session while the instance is still being made, and
-            // has no handle for it yet (every other kill goes through the
-            // handle, which kills the standing as well).
+            // A standing killed on its own stops the guest too, as the
+            // gate already refuses its host calls: its host ended the
+            // session while the instance was still being made, with no
+            // handle for it yet, or removed the agent. A kill through the
+            // handle kills the standing as well.
             if s.gate.kill.is_killed() || s.gate.standing.is_killed() {
                 return Err(wasmtime::Error::new(s.gate.kill.stop()));
             }
