@@ -1682,7 +1682,11 @@ impl Hypervisor {
     /// Only where there is risk to work off: credits cannot be banked, so a
     /// credit to an agent admission knows at risk 0 would change nothing
     /// (and would grow its ledger with every session it ends).
-    pub(crate) fn credit_clean(&self, entry: &SessionEntry, agents: &[AgentId]) {
+    pub(crate) fn credit_clean<'a>(
+        &self,
+        entry: &SessionEntry,
+        agents: impl Iterator<Item = &'a AgentId>,
+    ) {
         let (marked, credits) = {
             let l = lock(&entry.liability);
             (l.marked.clone(), l.credits)
@@ -1690,7 +1694,7 @@ impl Hypervisor {
         if !credits {
             return;
         }
-        for a in agents.iter().filter(|a| !marked.contains(*a)) {
+        for a in agents.filter(|a| !marked.contains(*a)) {
             let at_zero = lock(&self.inner.liability.cache)
                 .known
                 .get(a)

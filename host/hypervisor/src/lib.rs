@@ -1892,17 +1892,7 @@ impl Hypervisor {
         for agent in &participants {
             entry.core.agent_left(agent, "session terminated", op.trace);
         }
-        let filtered: Vec<AgentId>;
-        let counted: &[AgentId] = if unjoined.is_empty() {
-            &participants
-        } else {
-            filtered = participants
-                .iter()
-                .filter(|a| !unjoined.contains(*a))
-                .cloned()
-                .collect();
-            &filtered
-        };
+        let counted = participants.iter().filter(|a| !unjoined.contains(*a));
         self.credit_clean(entry, counted);
         self.emit(
             &mut op,
@@ -1952,7 +1942,8 @@ impl Hypervisor {
         Termination {
             session: id,
             reason,
-            participants: counted.len(),
+            // `unjoined` is drawn from `participants`.
+            participants: participants.len() - unjoined.len(),
             commitment,
         }
     }
