@@ -1337,3 +1337,162 @@ async fn the_sdks_update_loop_loses_no_write_its_lock_guard_releases_and_questio
     );
     assert_eq!(ok(&out, "read shared/b.txt"), "hello", "{out}");
 }
+
+/// A join whose instance never finishes being made: its component's start
+/// function sleeps an hour in the host (a WASI monotonic-clock pollable it
+/// blocks on), where no epoch check reaches it. Ending the session, killing
+/// the agent or its leaving ends that join at once, not at its ring's
+/// 30 s deadline: the hypervisor holds the instance's kill handle from the
+/// moment the join starts making it.
+mod a_join_waiting_in_its_start_function {
+    use super::*;
+
+    /// `run` answers "ok"; a second core module's start function subscribes
+    /// to a one-hour duration and blocks on it.
+    fn sleeps_at_start() -> Vec<u8> {
+        wat::parse_str(
+            r#"(component $c
+  (import "wasi:io/poll@0.2.6" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "[method]pollable.block" (func (param "self" (borrow $p))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.6" (instance $clock
+    (alias outer $c $pollable (type $outer))
+    (export "pollable" (type $p (eq $outer)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
+  (alias export $poll "[method]pollable.block" (func $block))
+  (alias export $clock "subscribe-duration" (func $subscribe))
+  (core func $block_lowered (canon lower (func $block)))
+  (core func $subscribe_lowered (canon lower (func $subscribe)))
+  (core module $sleepy
+    (import "clock" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "clock" "block" (func $block (param i32)))
+    (func $start (call $block (call $subscribe (i64.const 3600000000000))))
+    (start $start))
+  (core instance $imports
+    (export "subscribe" (func $subscribe_lowered))
+    (export "block" (func $block_lowered)))
+  (core instance (instantiate $sleepy (with "clock" (instance $imports))))
+  (core module $main
+    (memory (export "memory") 1)
+    (data (i32.const 64) "ok")
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store (i32.const 16) (i32.const 0))
+      (i32.store (i32.const 20) (i32.const 64))
+      (i32.store (i32.const 24) (i32.const 2))
+      i32.const 16))
+  (core instance $m (instantiate $main))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "run") (memory (core memory $m "memory")) (realloc (core func $m "realloc")))))"#,
+        )
+        .expect("the sleeping component parses")
+    }
+
+    const AGENT: &str = "did:test:sleepy";
+
+    /// Starts the join of `AGENT` (σ 0.8: ring 2, a 30 s deadline) with the
+    /// sleeping component and waits, at most 10 s, until it holds its seat
+    /// (its instance being made), then 100 ms more for its start function
+    /// to reach the host.
+    async fn joining(
+        h: &Hv,
+        s: &SessionId,
+    ) -> tokio::task::JoinHandle<Result<Ring, HypervisorError>> {
+        let component = h.hv.load(&sleeps_at_start()).unwrap();
+        let join = {
+            let (hv, s) = (h.hv.clone(), s.clone());
+            tokio::spawn(async move {
+                hv.join_session(&s, JoinRequest::new(id(AGENT), 0.8).component(component))
+                    .await
+            })
+        };
+        let seated = async {
+            while !h
+                .hv
+                .participants(s)
+                .unwrap()
+                .iter()
+                .any(|p| p.agent.as_str() == AGENT)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), seated)
+            .await
+            .expect("the join of the sleeping agent took its seat within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!join.is_finished(), "the start function sleeps for an hour");
+        join
+    }
+
+    /// The join's outcome, which must come within 10 s of `what`.
+    async fn ended(
+        join: tokio::task::JoinHandle<Result<Ring, HypervisorError>>,
+        what: &str,
+    ) -> HypervisorError {
+        tokio::time::timeout(Duration::from_secs(10), join)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the join sleeping in its start function was still waiting 10 s after {what}"
+                )
+            })
+            .expect("the join's task")
+            .expect_err("a join whose instance was stopped is refused")
+    }
+
+    #[tokio::test]
+    async fn ends_when_its_session_ends() {
+        let h = Hv::new();
+        let s = h.session();
+        let join = joining(&h, &s).await;
+        let termination = h.hv.terminate_session(&s).unwrap();
+        assert_eq!(termination.participants, 0, "its join never completed");
+        let err = ended(join, "the session ended").await;
+        assert!(
+            matches!(
+                &err,
+                HypervisorError::Session(SessionError::InvalidTransition {
+                    operation: "join",
+                    ..
+                })
+            ),
+            "refused as a join into an ended session: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ends_when_the_agent_is_killed() {
+        let h = Hv::new();
+        let s = h.session();
+        let join = joining(&h, &s).await;
+        h.hv.kill_agent(&s, &id(AGENT), "operator").unwrap();
+        let err = ended(join, "its kill").await;
+        assert!(
+            matches!(
+                &err,
+                HypervisorError::Agent(AgentError::Trapped {
+                    cause: TrapCause::Killed(k),
+                    ..
+                }) if k.reason.contains("operator")
+            ),
+            "the instance being made was killed: {err}"
+        );
+        assert!(h.hv.participants(&s).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ends_when_the_agent_leaves() {
+        let h = Hv::new();
+        let s = h.session();
+        let join = joining(&h, &s).await;
+        h.hv.leave_session(&s, &id(AGENT)).unwrap();
+        ended(join, "its leave").await;
+        assert!(h.hv.participants(&s).unwrap().is_empty());
+        // Its seat is free: the same agent joins again (without a component).
+        h.hv.join_session(&s, JoinRequest::new(id(AGENT), 0.8))
+            .await
+            .unwrap();
+    }
+}

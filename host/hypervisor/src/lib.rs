@@ -889,13 +889,15 @@ struct SessionEntry {
     /// Every participant's standing (its effective ring now), shared with
     /// its instance's gate: the one copy of its ring that is enforced.
     standings: Mutex<HashMap<AgentId, Arc<Standing>>>,
-    /// Participants whose join is still making their instance: not in yet
-    /// (no `session.joined`), so a session that ends meanwhile neither
-    /// counts nor credits them; their join is refused and undone. Taken
-    /// under `gov`, as a leaf.
+    /// Participants whose join is still making their instance, with the
+    /// kill handle it is made with: not in yet (no `session.joined`), so a
+    /// session that ends meanwhile neither counts nor credits them, kills
+    /// the instance being made (a start function waiting in the host ends
+    /// at once), and their join is refused and undone. A kill or removal
+    /// kills it too. Taken under `gov`, as a leaf.
     /// foldhash: made with every session, where std's `RandomState` reads
     /// its thread's keys; at most the session's participants.
-    joining: Mutex<HashSet<AgentId, foldhash::fast::RandomState>>,
+    joining: Mutex<HashMap<AgentId, KillHandle, foldhash::fast::RandomState>>,
     /// Children started with `spawn`: who their parent is, how deep they are.
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
@@ -1060,18 +1062,26 @@ impl std::fmt::Debug for Hypervisor {
     }
 }
 
+/// Stops the instance `agent`'s join is still making, if any: a start
+/// function waiting in the host ends at once, and the join is refused.
+fn kill_joining(entry: &SessionEntry, agent: &AgentId, reason: &str) {
+    if let Some(kill) = lock(&entry.joining).get(agent) {
+        kill.kill(reason);
+    }
+}
+
 /// Whether `agent`'s join had not completed: it, or a parent it was
 /// spawned by, was still making its instance (`SessionEntry::joining`).
 fn unjoined(
     agent: &AgentId,
-    joining: &HashSet<AgentId, foldhash::fast::RandomState>,
+    joining: &HashMap<AgentId, KillHandle, foldhash::fast::RandomState>,
     spawned: &HashMap<AgentId, spawn::Spawned>,
 ) -> bool {
     let mut next = Some(agent);
     // Bounded: a chain of parents is at most every child long.
     for _ in 0..=spawned.len() {
         let Some(a) = next else { return false };
-        if joining.contains(a) {
+        if joining.contains_key(a) {
             return true;
         }
         next = spawned.get(a).map(|s| &s.parent);
@@ -1242,7 +1252,7 @@ impl Hypervisor {
             core,
             agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
-            joining: Mutex::new(HashSet::default()),
+            joining: Mutex::new(HashMap::default()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
@@ -1352,7 +1362,7 @@ impl Hypervisor {
         // is held at ring 3 whatever its score, grant or parent.
         let assessment = self.admission(&agent).await?;
         let probation = assessment.admission == ahv_trust::Admission::Probation;
-        let (ring, forced_strong, standing) = {
+        let (ring, forced_strong, (standing, kill)) = {
             let mut gov = lock(&entry.gov);
             // A spawned child whose parent was removed while it was being
             // admitted (the removal took it out of `spawned`, or left
@@ -1385,28 +1395,32 @@ impl Hypervisor {
                 ring = *given;
             }
             gov.set_ring(&agent, ring)?;
-            if component.is_some() {
-                lock(&entry.joining).insert(agent.clone());
-            } else {
-                // An undo of an earlier join of its may still list it.
-                let mut joining = lock(&entry.joining);
-                if !joining.is_empty() {
-                    joining.remove(&agent);
-                }
-            }
             // Neither a vouch nor an elevation request takes it above a
             // probation or its parent's cap.
             if probation || assigned.is_some() {
                 self.lower_ceiling(&entry, &agent, ring);
             }
             // In place with the seat, under the session's lock: a session
-            // that ends after this finds the standing and kills it.
+            // that ends after this finds the standing and kills it, and
+            // the kill handle of an instance still being made.
             let standing = Standing::new(ring, self.inner.clock.clone());
             lock(&entry.standings).insert(agent.clone(), standing.clone());
+            let kill = if component.is_some() {
+                let kill = self.inner.runtime.kill_handle(standing.clone());
+                lock(&entry.joining).insert(agent.clone(), kill.clone());
+                Some(kill)
+            } else {
+                // An undo of an earlier join of its may still list it.
+                let mut joining = lock(&entry.joining);
+                if !joining.is_empty() {
+                    joining.remove(&agent);
+                }
+                None
+            };
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
-                standing,
+                (standing, kill),
             )
         };
         // Until the agent is in, a failed or cancelled join (the caller's
@@ -1419,7 +1433,7 @@ impl Hypervisor {
             standing: standing.clone(),
             armed: true,
         };
-        if let Some(component) = component {
+        if let (Some(component), Some(kill)) = (component, kill) {
             let actions = self
                 .inner
                 .granted
@@ -1428,14 +1442,37 @@ impl Hypervisor {
                 .clone();
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
-                .standing(standing)
+                .kill_handle(kill)
                 .actions(actions)
                 .net(
                     self.inner.net.for_agent(&agent, session),
                     self.inner.net_in_standard.contains(&agent),
                 )
                 .after_trap(self.inner.after_trap);
-            let live = self.inner.runtime.spawn(&component, spec).await?;
+            let live = match self.inner.runtime.spawn(&component, spec).await {
+                Ok(live) => live,
+                // Killed because the session ended while its instance was
+                // made (`finish`): refused as a join the session's state
+                // refuses, not reported as the agent's trap.
+                Err(e) => {
+                    let state = lock(&entry.gov).state();
+                    return Err(match (&e, state) {
+                        (
+                            AgentError::Trapped {
+                                cause: TrapCause::Killed(_),
+                                ..
+                            },
+                            SessionState::Terminating | SessionState::Archived,
+                        ) => SessionError::InvalidTransition {
+                            session: session.clone(),
+                            operation: "join",
+                            state,
+                        }
+                        .into(),
+                        _ => e.into(),
+                    });
+                }
+            };
             #[cfg(test)]
             test_hooks::at(test_hooks::Point::InstanceMade, session);
             let slot = Arc::new(AgentSlot {
@@ -1625,6 +1662,7 @@ impl Hypervisor {
             // step refused that way hands off only if its slot is killed.
             slot.kill.kill(reason.to_string());
         }
+        kill_joining(entry, agent, reason);
         if let Some(standing) = lock(&entry.standings).remove(agent) {
             // Refuses the host calls of anything still holding it.
             standing.kill();
@@ -1779,6 +1817,7 @@ impl Hypervisor {
         if let Some(slot) = slot {
             slot.kill.kill(reason.to_string());
         }
+        kill_joining(&entry, agent, reason);
         if let Some(standing) = lock(&entry.standings).get(agent) {
             standing.kill();
         }
@@ -1883,9 +1922,13 @@ impl Hypervisor {
         for (_, slot) in &agents {
             slot.kill.kill("session terminated".to_string());
         }
-        // An instance still being made has no slot to kill yet: its
-        // standing refuses the host calls its start code makes from now
-        // on, before its locks are released below.
+        // An instance still being made has no slot yet: its join's handle
+        // stops it (a start function waiting in the host ends now, its
+        // join then refused), and its standing refuses the host calls its
+        // start code makes from now on, before its locks are released below.
+        for kill in lock(&entry.joining).values() {
+            kill.kill("session terminated");
+        }
         for standing in lock(&entry.standings).values() {
             standing.kill();
         }
@@ -2307,6 +2350,15 @@ mod tests {
         );
     }
 
+    /// Lists `agent` (a participant) as still making its instance, as its
+    /// join does, with a kill handle over its standing; returns the handle.
+    fn list_joining(hv: &Hypervisor, entry: &SessionEntry, agent: &AgentId) -> KillHandle {
+        let standing = lock(&entry.standings)[agent].clone();
+        let kill = hv.inner.runtime.kill_handle(standing);
+        lock(&entry.joining).insert(agent.clone(), kill.clone());
+        kill
+    }
+
     /// `child` joins `session` as `parent`'s child (at ring 3, as a spawn
     /// assigns it), on a runtime of its own: usable inside a hook.
     fn join_child(
@@ -2627,7 +2679,7 @@ mod tests {
         let entry = hv.entry(&session).unwrap();
         record_child(&entry, &late, &child);
         join_child(&hv, &session, &late, &child).unwrap();
-        lock(&entry.joining).insert(late.clone());
+        list_joining(&hv, &entry, &late);
         lock(&entry.gov).terminate().unwrap();
         let standing = lock(&entry.standings)[&late].clone();
         drop(JoinUndo {
@@ -2758,7 +2810,7 @@ mod tests {
         record_child(&entry, &parent, &child);
         join_child(&hv, &session, &parent, &child).unwrap();
         // The parent's join had not completed.
-        lock(&entry.joining).insert(parent.clone());
+        list_joining(&hv, &entry, &parent);
         let ended = Arc::new(Mutex::new(None));
         {
             let (hv, ended, id) = (hv.clone(), ended.clone(), session.clone());
@@ -2798,7 +2850,7 @@ mod tests {
         let entry = hv.entry(&session).unwrap();
         record_child(&entry, &parent, &child);
         join_child(&hv, &session, &parent, &child).unwrap();
-        lock(&entry.joining).insert(parent.clone());
+        list_joining(&hv, &entry, &parent);
         lock(&entry.gov).terminate().unwrap();
         hv.remove(&mut hv.op(), &entry, &child, "test");
         let termination = hv.finish(&entry, TerminationReason::Requested);
@@ -2895,7 +2947,8 @@ mod tests {
                 Err(HypervisorError::Agent(ahv_runtime::AgentError::AtCapacity {
                     agent,
                     message,
-                })) if agent.as_str() == "did:test:second" && message.contains("concurrent limit")
+                    logs,
+                })) if logs.is_empty() && agent.as_str() == "did:test:second" && message.contains("concurrent limit")
             ),
             "the pool's one slot is taken: {refused:?}"
         );

@@ -67,6 +67,10 @@ pub struct AgentSpec {
     /// Whether `net` is granted in ring 2 (standard) too, not only in
     /// rings 1 and 0 (a per-agent policy grant).
     pub net_in_standard: bool,
+    /// The kill handle the agent is made with ([`AgentSpec::kill_handle`]),
+    /// so that whoever holds it can stop the agent while it is still being
+    /// instantiated; `None`: [`Runtime::spawn`] makes one.
+    pub kill: Option<KillHandle>,
 }
 
 /// What every [`AgentSpec::new`] starts from, made once per process:
@@ -112,6 +116,7 @@ impl AgentSpec {
             after_trap: AfterTrap::Fail,
             net: shared.net.clone(),
             net_in_standard: false,
+            kill: None,
         }
     }
 
@@ -157,6 +162,18 @@ impl AgentSpec {
     /// [`AgentSpec::new`].
     pub fn standing(mut self, standing: Arc<Standing>) -> Self {
         self.standing = standing;
+        self
+    }
+
+    /// Makes the agent with `kill` ([`Runtime::kill_handle`]), and its
+    /// standing with it: the holder can stop the agent from the start, while
+    /// its instance is still being made (a start function waiting in the
+    /// host ends at once), not only once [`Runtime::spawn`] returned. A
+    /// standing set after this must be the handle's, or the spawn is
+    /// refused ([`AgentError::KillHandleMismatch`]).
+    pub fn kill_handle(mut self, kill: KillHandle) -> Self {
+        self.standing = kill.standing().clone();
+        self.kill = Some(kill);
         self
     }
 }
@@ -237,6 +254,17 @@ pub enum AgentError {
         agent: AgentId,
         /// The pool's words: which limit, at how many.
         message: String,
+        /// What its start functions logged before the pool refused a
+        /// later module's instance (usually nothing).
+        logs: Vec<LogLine>,
+    },
+    /// The spec's kill handle ([`AgentSpec::kill_handle`]) was made over
+    /// another standing than the spec's: killing it would not refuse the
+    /// agent's host calls. A host bug; nothing was made.
+    #[error("agent {agent}'s spec names a kill handle made over another standing than its own")]
+    KillHandleMismatch {
+        /// The agent.
+        agent: AgentId,
     },
     /// No rate budget could be had for the agent (the rate limiter is full).
     #[error("no rate budget for agent {agent}: {message}")]
@@ -355,14 +383,18 @@ impl Agent {
     pub(crate) async fn spawn(
         runtime: Runtime,
         component: AgentComponent,
-        spec: AgentSpec,
+        mut spec: AgentSpec,
     ) -> Result<Agent, AgentError> {
         runtime.check_strict(&component, spec.standing.base())?;
-        let kill = KillHandle::new(
-            runtime.engine().clone(),
-            spec.standing.clone(),
-            Some(runtime.inner.metrics.clone()),
-        );
+        let kill = match spec.kill.take() {
+            Some(kill) if Arc::ptr_eq(kill.standing(), &spec.standing) => kill,
+            Some(_) => {
+                return Err(AgentError::KillHandleMismatch {
+                    agent: spec.agent.clone(),
+                });
+            }
+            None => runtime.kill_handle(spec.standing.clone()),
+        };
         let mut agent = Agent {
             runtime,
             component,
@@ -409,7 +441,7 @@ impl Agent {
     /// can undo them; empty if there is no such call, or it finished (its
     /// changes were then handed back with its outcome). The instance such a
     /// call ran in is discarded: the next call starts a fresh one. The
-    /// changes of the last [`MAX_ABANDONED`] abandoned step calls are kept
+    /// changes of the last 16 (`MAX_ABANDONED`) abandoned step calls are kept
     /// until taken, whatever other calls run in between.
     pub fn take_abandoned_changes(&mut self, step: &StepCall) -> Vec<Change> {
         let key = step_key(step);
@@ -636,7 +668,7 @@ impl Agent {
                     && e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                         .is_some()
                 {
-                    return Err(self.at_capacity(e.root_cause().to_string(), trace));
+                    return Err(self.at_capacity(e.root_cause().to_string(), trace, logs));
                 }
                 let cause = self.classify(&e, ring);
                 Err(self.poison(cause, logs, changes, trace))
@@ -645,8 +677,9 @@ impl Agent {
     }
 
     /// No instance could be made: the pool is full (`message`, the pool's
-    /// words). Locks a start function took are released, as a trap's are.
-    fn at_capacity(&mut self, message: String, trace: TraceId) -> AgentError {
+    /// words). Locks a start function took are released, as a trap's are,
+    /// and what it logged (`logs`) goes back with the error.
+    fn at_capacity(&mut self, message: String, trace: TraceId, logs: Vec<LogLine>) -> AgentError {
         tracing::warn!(agent = %self.spec.agent, reason = %message, "no room for the agent's instance");
         self.runtime.metrics().at_capacity();
         if let Some(core) = &self.spec.shared {
@@ -655,6 +688,7 @@ impl Agent {
         AgentError::AtCapacity {
             agent: self.spec.agent.clone(),
             message,
+            logs,
         }
     }
 
@@ -1099,6 +1133,71 @@ mod tests {
                 .any(|l| l.message == "hello says hi on stdout"),
             "hello's stdout line is not in its log: {:?}",
             out.logs
+        );
+    }
+
+    /// A spawn made with a caller's kill handle ([`Runtime::kill_handle`])
+    /// is stopped by it: killed before the spawn, no instance is made and
+    /// the spawn traps with the kill's reason; the agent's standing is
+    /// killed too. A handle over another standing is refused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_kill_handle_given_to_a_spawn_stops_it_from_the_start() {
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Runtime::builder()
+            .cache_dir(cache.path())
+            .max_instances(4)
+            .build()
+            .unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap();
+        let vfs: Arc<dyn FileSpace> = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let pinger = runtime.load(ahv_agents::PINGER).unwrap();
+        let id = AgentId::new("did:test:pinger").unwrap();
+        let spec = || AgentSpec::new(id.clone(), Ring::Sandbox, vfs.clone());
+
+        let standing = Standing::new(Ring::Sandbox, Arc::new(SystemClock::default()));
+        let kill = runtime.kill_handle(standing.clone());
+        let mut agent = runtime
+            .spawn(&pinger, spec().kill_handle(kill.clone()))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(agent.standing(), &standing));
+        kill.kill("stopped by its maker");
+        assert!(standing.is_killed());
+        assert!(
+            matches!(
+                agent.run("").await,
+                Err(AgentError::Poisoned {
+                    cause: TrapCause::Killed(_),
+                    ..
+                })
+            ),
+            "the agent made with the handle is the one it killed"
+        );
+
+        let kill = runtime.kill_handle(Standing::new(
+            Ring::Sandbox,
+            Arc::new(SystemClock::default()),
+        ));
+        kill.kill("before it was made");
+        let made = runtime.spawn(&pinger, spec().kill_handle(kill)).await;
+        assert!(
+            matches!(&made, Err(AgentError::Trapped { cause: TrapCause::Killed(k), .. }) if k.reason == "before it was made"),
+            "{made:?}"
+        );
+
+        let kill = runtime.kill_handle(Standing::new(
+            Ring::Sandbox,
+            Arc::new(SystemClock::default()),
+        ));
+        let other = Standing::new(Ring::Sandbox, Arc::new(SystemClock::default()));
+        let made = runtime
+            .spawn(&pinger, spec().kill_handle(kill).standing(other))
+            .await;
+        assert!(
+            matches!(&made, Err(AgentError::KillHandleMismatch { agent }) if *agent == id),
+            "{made:?}"
         );
     }
 }

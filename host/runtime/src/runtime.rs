@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ahv_core::standing::Standing;
 use ahv_core::{AgentId, Ring, RingPolicy, SessionId, TickClock, TraceId};
 use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
@@ -19,7 +20,7 @@ use crate::bindings::RootPre;
 use crate::bindings::agent_hypervisor::agent as wit;
 use crate::component::{self, AgentComponent, ComponentInner, DiskCache, LoadError, Manifest};
 use crate::gate::{Governor, NoGovernor, RateBudget};
-use crate::state::AgentState;
+use crate::state::{AgentState, KillHandle};
 use crate::trap::{BreachRecorder, TracingRecorder};
 
 /// Where agents get their rate budgets: one per (agent, session), kept
@@ -524,6 +525,20 @@ impl Runtime {
     /// The wasmtime engine (for benchmarks and advanced embedding).
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// A kill handle for an agent not made yet, over `standing` (its
+    /// spec's): given to [`AgentSpec::kill_handle`], it stops the agent
+    /// from the moment [`Runtime::spawn`] starts, so a caller can end an
+    /// instantiation whose start function waits in the host (a WASI sleep,
+    /// an HTTP request), not only an agent already made. Killed before the
+    /// spawn, the spawn fails with a `Killed` trap and runs no guest code.
+    pub fn kill_handle(&self, standing: Arc<Standing>) -> KillHandle {
+        KillHandle::new(
+            self.inner.engine.clone(),
+            standing,
+            Some(self.inner.metrics.clone()),
+        )
     }
 
     /// Reads a component's imports and exports without admitting it.

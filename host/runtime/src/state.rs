@@ -487,6 +487,11 @@ impl KillHandle {
         self.inner.notify.notify_waiters();
     }
 
+    /// The standing the handle kills with the agent.
+    pub(crate) fn standing(&self) -> &Arc<Standing> {
+        &self.standing
+    }
+
     /// True once [`KillHandle::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.inner.killed.load(Ordering::SeqCst)
