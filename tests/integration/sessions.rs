@@ -1347,8 +1347,9 @@ async fn the_sdks_update_loop_loses_no_write_its_lock_guard_releases_and_questio
 mod a_join_waiting_in_its_start_function {
     use super::*;
 
-    /// `run` answers "ok"; a second core module's start function subscribes
-    /// to a one-hour duration and blocks on it.
+    /// `run` answers "ok"; a core module instantiated before `run`'s own
+    /// has a start function that subscribes to a one-hour duration and
+    /// blocks on it.
     fn sleeps_at_start() -> Vec<u8> {
         wat::parse_str(
             r#"(component $c
@@ -1408,13 +1409,17 @@ mod a_join_waiting_in_its_start_function {
             })
         };
         let seated = async {
-            while !h
-                .hv
-                .participants(s)
-                .unwrap()
-                .iter()
-                .any(|p| p.agent.as_str() == AGENT)
-            {
+            loop {
+                let seat =
+                    h.hv.participants(s)
+                        .unwrap()
+                        .into_iter()
+                        .find(|p| p.agent.as_str() == AGENT);
+                if let Some(seat) = seat {
+                    // Ring 2's deadline (30 s) is well past this test's waits.
+                    assert_eq!(seat.ring, Ring::Standard);
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
@@ -1488,7 +1493,15 @@ mod a_join_waiting_in_its_start_function {
         let s = h.session();
         let join = joining(&h, &s).await;
         h.hv.leave_session(&s, &id(AGENT)).unwrap();
-        ended(join, "its leave").await;
+        let err = ended(join, "its leave").await;
+        assert!(
+            matches!(
+                &err,
+                HypervisorError::Session(SessionError::NotAParticipant { agent, .. })
+                    if agent.as_str() == AGENT
+            ),
+            "refused as the join of an agent no longer in the session: {err}"
+        );
         assert!(h.hv.participants(&s).unwrap().is_empty());
         // Its seat is free: the same agent joins again (without a component).
         h.hv.join_session(&s, JoinRequest::new(id(AGENT), 0.8))

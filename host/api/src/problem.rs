@@ -173,6 +173,11 @@ impl From<HypervisorError> for Problem {
                     "at-capacity",
                     "The host has no room for another instance now",
                 ),
+                AgentError::KillHandleMismatch { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "The server failed",
+                ),
                 _ => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "agent-trapped",

@@ -894,7 +894,7 @@ struct SessionEntry {
     /// session that ends meanwhile neither counts nor credits them, kills
     /// the instance being made (a start function waiting in the host ends
     /// at once), and their join is refused and undone. A kill or removal
-    /// kills it too. Taken under `gov`, as a leaf.
+    /// kills it too. A leaf lock, taken with `gov` held or alone.
     /// foldhash: made with every session, where std's `RandomState` reads
     /// its thread's keys; at most the session's participants.
     joining: Mutex<HashMap<AgentId, KillHandle, foldhash::fast::RandomState>>,
@@ -1328,15 +1328,64 @@ impl Hypervisor {
     /// # Errors
     /// [`SessionError`] (state, expiry, duplicate, capacity, bad σ; and,
     /// for a join with a component, `InvalidTransition` if the session was
-    /// terminated, or `NotAParticipant` if the agent was removed, while its
-    /// instance was made); [`HypervisorError::Agent`] if instantiation
-    /// fails. The agent is then not a participant.
+    /// terminated, or `NotAParticipant` if the agent left or was removed,
+    /// while its instance was made: that instance is stopped at once, even
+    /// in a start function waiting in the host); [`HypervisorError::Agent`]
+    /// if instantiation fails (a `Killed` trap if the agent was killed
+    /// meanwhile). The agent is then not a participant.
     pub async fn join_session(
         &self,
         session: &SessionId,
         request: JoinRequest,
     ) -> Result<Ring, HypervisorError> {
         self.join_as(session, request, None).await
+    }
+
+    /// Why a join whose instance was not made failed. Its instance killed
+    /// because the session ended, or because the agent left or was removed
+    /// meanwhile, is that refusal (as when either is found once the
+    /// instance is made): `InvalidTransition` or `NotAParticipant`, not a
+    /// trap of the agent's. A kill of the agent itself stays its `Killed`
+    /// trap, and every other failure is the agent's error as it came.
+    fn join_failed(
+        &self,
+        entry: &SessionEntry,
+        agent: &AgentId,
+        standing: &Arc<Standing>,
+        e: AgentError,
+    ) -> HypervisorError {
+        if !matches!(
+            &e,
+            AgentError::Trapped {
+                cause: TrapCause::Killed(_),
+                ..
+            }
+        ) {
+            return e.into();
+        }
+        let gov = lock(&entry.gov);
+        let state = gov.state();
+        if !matches!(state, SessionState::Handshaking | SessionState::Active) {
+            return SessionError::InvalidTransition {
+                session: entry.core.id().clone(),
+                operation: "join",
+                state,
+            }
+            .into();
+        }
+        let ours = gov.participant(agent).is_some()
+            && lock(&entry.standings)
+                .get(agent)
+                .is_some_and(|s| Arc::ptr_eq(s, standing));
+        // A kill bars the agent before it stops anything (`kill_agent`).
+        if !ours && !lock(&entry.liability).is_barred(agent) {
+            return SessionError::NotAParticipant {
+                session: entry.core.id().clone(),
+                agent: agent.clone(),
+            }
+            .into();
+        }
+        e.into()
     }
 
     /// [`Hypervisor::join_session`], with the ring set by the host instead
@@ -1451,27 +1500,7 @@ impl Hypervisor {
                 .after_trap(self.inner.after_trap);
             let live = match self.inner.runtime.spawn(&component, spec).await {
                 Ok(live) => live,
-                // Killed because the session ended while its instance was
-                // made (`finish`): refused as a join the session's state
-                // refuses, not reported as the agent's trap.
-                Err(e) => {
-                    let state = lock(&entry.gov).state();
-                    return Err(match (&e, state) {
-                        (
-                            AgentError::Trapped {
-                                cause: TrapCause::Killed(_),
-                                ..
-                            },
-                            SessionState::Terminating | SessionState::Archived,
-                        ) => SessionError::InvalidTransition {
-                            session: session.clone(),
-                            operation: "join",
-                            state,
-                        }
-                        .into(),
-                        _ => e.into(),
-                    });
-                }
+                Err(e) => return Err(self.join_failed(&entry, &agent, &undo.standing, e)),
             };
             #[cfg(test)]
             test_hooks::at(test_hooks::Point::InstanceMade, session);
@@ -1674,7 +1703,7 @@ impl Hypervisor {
         // a join still making this agent's instance then either finds it
         // gone and refuses, or has put its slot in, which goes here (see
         // `join_as`); and a rejoin's slot cannot come in between.
-        let (was, slot, joined_since) = {
+        let (was, slot, joined_since, still_joining) = {
             let mut gov = lock(&entry.gov);
             // The agent's own record as a child goes with its leave, under
             // the same lock as a child's join (`join_as`): a child being
@@ -1693,18 +1722,28 @@ impl Hypervisor {
             // taken out above (a child found by the first look while it
             // was being admitted) put a standing in since: it goes with
             // the participation.
-            let mut joined_since = None;
+            let (mut joined_since, mut still_joining) = (None, None);
             if was {
                 // A join of its still making an instance is refused (it
-                // no longer finds the participation its own) and undone.
-                lock(&entry.joining).remove(agent);
+                // no longer finds the participation its own) and undone;
+                // one that took its seat after the look above is stopped
+                // here.
+                still_joining = lock(&entry.joining).remove(agent);
                 joined_since = lock(&entry.standings).remove(agent);
             }
-            (was, lock(&entry.agents).remove(agent), joined_since)
+            (
+                was,
+                lock(&entry.agents).remove(agent),
+                joined_since,
+                still_joining,
+            )
         };
         if let Some(slot) = slot {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
+        }
+        if let Some(kill) = still_joining {
+            kill.kill(reason);
         }
         // After the slot, as above (a saga step's hand-off); before the
         // children, so that it runs nothing while they are removed.
@@ -2782,6 +2821,43 @@ mod tests {
         assert!(standing.is_killed(), "its standing refuses its host calls");
         assert!(!lock(&entry.standings).contains_key(&child));
         assert!(lock(&entry.gov).participant(&child).is_none());
+        drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// A child whose join takes its seat during its removal, and is still
+    /// making its instance, has that instance stopped by the removal: the
+    /// removal's first look found no instance to kill.
+    #[test]
+    fn a_child_still_making_its_instance_when_its_removal_takes_its_seat_is_stopped() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, parent, child) = with_parent(&hv, &rt);
+        record_child(&entry, &parent, &child);
+        let made: Arc<Mutex<Option<KillHandle>>> = Arc::default();
+        {
+            let (hv, made, id, parent, child) = (
+                hv.clone(),
+                made.clone(),
+                session.clone(),
+                parent.clone(),
+                child.clone(),
+            );
+            test_hooks::on(
+                test_hooks::Point::BeforeLeave,
+                session.as_str(),
+                move || {
+                    let entry = hv.entry(&id).unwrap();
+                    join_child(&hv, &id, &parent, &child).unwrap();
+                    *lock(&made) = Some(list_joining(&hv, &entry, &child));
+                },
+            );
+        }
+        hv.leave_session(&session, &parent).unwrap();
+        let kill = lock(&made)
+            .take()
+            .expect("the child took its seat during its removal");
+        assert!(kill.is_killed(), "the instance being made is stopped");
+        assert!(!lock(&entry.joining).contains_key(&child));
         drop(rt);
         hv.shutdown().unwrap();
     }

@@ -69,7 +69,9 @@ pub struct AgentSpec {
     pub net_in_standard: bool,
     /// The kill handle the agent is made with ([`AgentSpec::kill_handle`]),
     /// so that whoever holds it can stop the agent while it is still being
-    /// instantiated; `None`: [`Runtime::spawn`] makes one.
+    /// instantiated; `None`: [`Runtime::spawn`] makes one. A clone of a spec
+    /// that holds one shares it: killing it kills every agent made from
+    /// either.
     pub kill: Option<KillHandle>,
 }
 
@@ -259,9 +261,12 @@ pub enum AgentError {
         logs: Vec<LogLine>,
     },
     /// The spec's kill handle ([`AgentSpec::kill_handle`]) was made over
-    /// another standing than the spec's: killing it would not refuse the
-    /// agent's host calls. A host bug; nothing was made.
-    #[error("agent {agent}'s spec names a kill handle made over another standing than its own")]
+    /// another standing than the spec's (killing it would not refuse the
+    /// agent's host calls), or by another runtime (it would interrupt
+    /// that runtime's engine). A host bug; nothing was made.
+    #[error(
+        "agent {agent}'s spec names a kill handle made over another standing than its own, or by another runtime"
+    )]
     KillHandleMismatch {
         /// The agent.
         agent: AgentId,
@@ -387,7 +392,12 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         runtime.check_strict(&component, spec.standing.base())?;
         let kill = match spec.kill.take() {
-            Some(kill) if Arc::ptr_eq(kill.standing(), &spec.standing) => kill,
+            Some(kill)
+                if Arc::ptr_eq(kill.standing(), &spec.standing)
+                    && wasmtime::Engine::same(kill.engine(), runtime.engine()) =>
+            {
+                kill
+            }
             Some(_) => {
                 return Err(AgentError::KillHandleMismatch {
                     agent: spec.agent.clone(),
@@ -1195,6 +1205,22 @@ mod tests {
         let made = runtime
             .spawn(&pinger, spec().kill_handle(kill).standing(other))
             .await;
+        assert!(
+            matches!(&made, Err(AgentError::KillHandleMismatch { agent }) if *agent == id),
+            "{made:?}"
+        );
+
+        // A handle another runtime made (it would advance that engine's epoch).
+        let other = Runtime::builder()
+            .cache_dir(cache.path())
+            .max_instances(1)
+            .build()
+            .unwrap();
+        let kill = other.kill_handle(Standing::new(
+            Ring::Sandbox,
+            Arc::new(SystemClock::default()),
+        ));
+        let made = runtime.spawn(&pinger, spec().kill_handle(kill)).await;
         assert!(
             matches!(&made, Err(AgentError::KillHandleMismatch { agent }) if *agent == id),
             "{made:?}"

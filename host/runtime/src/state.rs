@@ -492,6 +492,11 @@ impl KillHandle {
         &self.standing
     }
 
+    /// The engine whose epoch the handle advances.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
     /// True once [`KillHandle::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.inner.killed.load(Ordering::SeqCst)
