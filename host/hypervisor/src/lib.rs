@@ -898,6 +898,13 @@ struct SessionEntry {
     /// foldhash: made with every session, where std's `RandomState` reads
     /// its thread's keys; at most the session's participants.
     joining: Mutex<HashMap<AgentId, KillHandle, foldhash::fast::RandomState>>,
+    /// Agents that have left (`remove`, `JoinUndo`) but whose leaving is
+    /// not done, with how many teardowns of theirs are under way: their
+    /// locks, state, rate buckets and children still go by their id. A
+    /// join of theirs is refused until then, so that none of that reaches
+    /// a new participation. Filled under `gov` (with the leave, or where no
+    /// participation is left) and taken under `gov` by a join, as a leaf.
+    leaving: Mutex<HashMap<AgentId, u32, foldhash::fast::RandomState>>,
     /// Children started with `spawn`: who their parent is, how deep they are.
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
@@ -957,8 +964,15 @@ impl Drop for JoinUndo<'_> {
                 // Another join's participation now: not this one's to undo.
                 Some(_) => return,
                 // It left meanwhile, and `remove` undid the rest; only what
-                // this join's store made since may be left.
+                // this join's store made since may be left, and no join of
+                // its may come in before that goes.
                 None => {
+                    Leaving::start(self.entry, self.agent);
+                    let _leaving = Leaving {
+                        entry: self.entry,
+                        agent: self.agent,
+                        armed: true,
+                    };
                     drop((standings, gov));
                     self.hv.forget_security(self.agent, session);
                     return;
@@ -968,10 +982,19 @@ impl Drop for JoinUndo<'_> {
             // A session that is ending keeps its participants (`leave`
             // refuses): `finish` lets this one and its children go,
             // neither counting nor crediting them.
-            !matches!(
+            let left = !matches!(
                 gov.leave(self.agent),
                 Err(SessionError::InvalidTransition { .. })
-            )
+            );
+            if left {
+                Leaving::start(self.entry, self.agent);
+            }
+            left
+        };
+        let _leaving = Leaving {
+            entry: self.entry,
+            agent: self.agent,
+            armed: left,
         };
         if left {
             // Children its instance started while it was being made go
@@ -983,8 +1006,8 @@ impl Drop for JoinUndo<'_> {
                 self.hv.remove(&mut op, self.entry, &child, &why);
             }
             // Listed as joining until its children are gone: a session
-            // ending meanwhile neither counts nor credits them. Not if it
-            // has joined again since (that join's own listing).
+            // ending meanwhile neither counts nor credits them. (It cannot
+            // have joined again since: it is listed as leaving.)
             let gov = lock(&self.entry.gov);
             if gov.participant(self.agent).is_none() {
                 lock(&self.entry.joining).remove(self.agent);
@@ -996,6 +1019,37 @@ impl Drop for JoinUndo<'_> {
             .agent_left(self.agent, "join did not complete", TraceId(0));
         // The instance's store made its rate buckets before it failed.
         self.hv.forget_security(self.agent, session);
+    }
+}
+
+/// One teardown of an agent's under way (`SessionEntry::leaving`): made
+/// after [`Leaving::start`], it ends the teardown when dropped, however it
+/// ends; once none is left, a join of the agent's is let in again.
+struct Leaving<'a> {
+    entry: &'a SessionEntry,
+    agent: &'a AgentId,
+    armed: bool,
+}
+
+impl Leaving<'_> {
+    /// Counts a teardown of `agent`'s as started (under `gov`).
+    fn start(entry: &SessionEntry, agent: &AgentId) {
+        *lock(&entry.leaving).entry(agent.clone()).or_insert(0) += 1;
+    }
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut leaving = lock(&self.entry.leaving);
+        if let Some(n) = leaving.get_mut(self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                leaving.remove(self.agent);
+            }
+        }
     }
 }
 
@@ -1253,6 +1307,7 @@ impl Hypervisor {
             agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
             joining: Mutex::new(HashMap::default()),
+            leaving: Mutex::new(HashMap::default()),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
@@ -1433,6 +1488,17 @@ impl Hypervisor {
                     message: "its parent left the session, or is being killed, before it joined"
                         .into(),
                 });
+            }
+            {
+                let leaving = lock(&entry.leaving);
+                if !leaving.is_empty() && leaving.contains_key(&agent) {
+                    return Err(HypervisorError::Standing {
+                        agent: agent.clone(),
+                        message: "it is still leaving the session (its locks, state and children \
+                                  are being let go); join again once it has left"
+                            .into(),
+                    });
+                }
             }
             let was_strong = gov.config().consistency == Consistency::Strong;
             let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
@@ -1724,6 +1790,7 @@ impl Hypervisor {
             // the participation.
             let (mut joined_since, mut still_joining) = (None, None);
             if was {
+                Leaving::start(entry, agent);
                 // A join of its still making an instance is refused (it
                 // no longer finds the participation its own) and undone;
                 // one that took its seat after the look above is stopped
@@ -1742,6 +1809,13 @@ impl Hypervisor {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
         }
+        let _leaving = Leaving {
+            entry,
+            agent,
+            armed: was,
+        };
+        #[cfg(test)]
+        test_hooks::at(test_hooks::Point::AfterLeave, entry.core.id());
         if let Some(kill) = still_joining {
             kill.kill(reason);
         }
@@ -2230,6 +2304,9 @@ mod test_hooks {
         /// In a removal, once the standing was taken out and killed, just
         /// before the agent leaves.
         BeforeLeave,
+        /// In a removal, right after the agent left, before its children,
+        /// locks and rate buckets are let go.
+        AfterLeave,
     }
 
     type Hook = (Point, String, Box<dyn FnOnce() + Send>);
@@ -2822,6 +2899,77 @@ mod tests {
         assert!(!lock(&entry.standings).contains_key(&child));
         assert!(lock(&entry.gov).participant(&child).is_none());
         drop(rt);
+        hv.shutdown().unwrap();
+    }
+
+    /// Joins `agent` (no component) the first time `point` is reached in
+    /// `session`, on a runtime of its own; returns where its answer goes.
+    fn rejoin_at(
+        point: test_hooks::Point,
+        hv: &Hypervisor,
+        session: &SessionId,
+        agent: &AgentId,
+    ) -> Arc<Mutex<Option<Result<Ring, HypervisorError>>>> {
+        let answer: Arc<Mutex<Option<Result<Ring, HypervisorError>>>> = Arc::default();
+        let (hv, out, id, agent) = (hv.clone(), answer.clone(), session.clone(), agent.clone());
+        test_hooks::on(point, session.as_str(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let joined = rt.block_on(hv.join_session(&id, JoinRequest::new(agent, 0.8)));
+            *lock(&out) = Some(joined);
+        });
+        answer
+    }
+
+    /// Whether `answer` is the refusal of a join by an agent still leaving.
+    fn refused_as_leaving(answer: &Option<Result<Ring, HypervisorError>>) -> bool {
+        matches!(answer, Some(Err(HypervisorError::Standing { message, .. }))
+            if message.contains("still leaving"))
+    }
+
+    /// An agent that joins again while its leaving is under way (after its
+    /// leave, before its locks, state, rate buckets and children are let
+    /// go by its id) is refused: that teardown would reach the new
+    /// participation. Once it has left, it may join again.
+    #[test]
+    fn a_rejoin_while_the_agent_is_still_leaving_is_refused_until_it_has_left() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, agent, _) = with_parent(&hv, &rt);
+        let answer = rejoin_at(test_hooks::Point::AfterLeave, &hv, &session, &agent);
+        hv.leave_session(&session, &agent).unwrap();
+        let answer = lock(&answer).take();
+        assert!(answer.is_some(), "the hook ran");
+        assert!(refused_as_leaving(&answer), "{answer:?}");
+        assert!(lock(&entry.leaving).is_empty(), "its leaving is done");
+        rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
+            .unwrap();
+        hv.shutdown().unwrap();
+    }
+
+    /// The same for an undone join: while it takes its children out, the
+    /// agent may not join again.
+    #[test]
+    fn a_rejoin_while_an_undone_join_removes_its_children_is_refused() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, parent, child) = with_parent(&hv, &rt);
+        record_child(&entry, &parent, &child);
+        join_child(&hv, &session, &parent, &child).unwrap();
+        // Reached in the child's removal, inside the parent's undo.
+        let answer = rejoin_at(test_hooks::Point::AfterLeave, &hv, &session, &parent);
+        let standing = lock(&entry.standings)[&parent].clone();
+        drop(JoinUndo {
+            hv: &hv,
+            entry: &entry,
+            agent: &parent,
+            standing,
+            armed: true,
+        });
+        let answer = lock(&answer).take();
+        assert!(refused_as_leaving(&answer), "{answer:?}");
+        assert!(lock(&entry.gov).participant(&parent).is_none());
+        assert!(lock(&entry.leaving).is_empty(), "its leaving is done");
         hv.shutdown().unwrap();
     }
 
