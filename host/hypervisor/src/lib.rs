@@ -115,7 +115,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use ahv_audit::{
@@ -877,6 +877,22 @@ const ARCHIVE_KEPT: usize = 1024;
 struct AgentSlot {
     agent: tokio::sync::Mutex<Agent>,
     kill: KillHandle,
+    /// Set when the agent is removed: a call still running in the instance
+    /// releases locks and ends its transaction by the agent's id when it
+    /// ends, so the agent may not join again until every holder of the
+    /// slot (that call) is done with it.
+    leaving: OnceLock<Leaving>,
+}
+
+/// A join still making its agent's instance (`SessionEntry::joining`),
+/// shared by the join and the session.
+struct JoinTicket {
+    /// Stops the instance being made.
+    kill: KillHandle,
+    /// Set by a removal that lets the agent go meanwhile: the failing
+    /// instance still releases locks by the agent's id, so the agent may
+    /// not join again until this join has ended.
+    leaving: OnceLock<Leaving>,
 }
 
 struct SessionEntry {
@@ -897,14 +913,15 @@ struct SessionEntry {
     /// kills it too. A leaf lock, taken with `gov` held or alone.
     /// foldhash: made with every session, where std's `RandomState` reads
     /// its thread's keys; at most the session's participants.
-    joining: Mutex<HashMap<AgentId, KillHandle, foldhash::fast::RandomState>>,
+    joining: Mutex<HashMap<AgentId, Arc<JoinTicket>, foldhash::fast::RandomState>>,
     /// Agents that have left (`remove`, `JoinUndo`) but whose leaving is
-    /// not done, with how many teardowns of theirs are under way: their
-    /// locks, state, rate buckets and children still go by their id. A
-    /// join of theirs is refused until then, so that none of that reaches
-    /// a new participation. Filled under `gov` (with the leave, or where no
-    /// participation is left) and taken under `gov` by a join, as a leaf.
-    leaving: Mutex<HashMap<AgentId, u32, foldhash::fast::RandomState>>,
+    /// not done, with how many [`Leaving`]s of theirs are held: their
+    /// locks, state, rate buckets and children still go by their id (a
+    /// removal's teardown, and a call or join of the old instance that has
+    /// yet to end). A join of theirs is refused until then, so that none of
+    /// that reaches a new participation. Counted under `gov` and taken
+    /// under `gov` by a join, as a leaf.
+    leaving: Arc<Mutex<LeavingCounts>>,
     /// Children started with `spawn`: who their parent is, how deep they are.
     spawned: Mutex<HashMap<AgentId, spawn::Spawned>>,
     /// Numbers the children of this session.
@@ -954,7 +971,7 @@ impl Drop for JoinUndo<'_> {
         // Whose participation it is, and the leave, in one critical
         // section (gov, then standings): no leave and rejoin in between
         // can make this undo another join's.
-        let left = {
+        let (left, _leaving) = {
             let mut gov = lock(&self.entry.gov);
             let mut standings = lock(&self.entry.standings);
             match standings.get(self.agent) {
@@ -967,12 +984,7 @@ impl Drop for JoinUndo<'_> {
                 // this join's store made since may be left, and no join of
                 // its may come in before that goes.
                 None => {
-                    Leaving::start(self.entry, self.agent);
-                    let _leaving = Leaving {
-                        entry: self.entry,
-                        agent: self.agent,
-                        armed: true,
-                    };
+                    let _leaving = Leaving::start(self.entry, self.agent);
                     drop((standings, gov));
                     self.hv.forget_security(self.agent, session);
                     return;
@@ -986,15 +998,7 @@ impl Drop for JoinUndo<'_> {
                 gov.leave(self.agent),
                 Err(SessionError::InvalidTransition { .. })
             );
-            if left {
-                Leaving::start(self.entry, self.agent);
-            }
-            left
-        };
-        let _leaving = Leaving {
-            entry: self.entry,
-            agent: self.agent,
-            armed: left,
+            (left, left.then(|| Leaving::start(self.entry, self.agent)))
         };
         if left {
             // Children its instance started while it was being made go
@@ -1022,32 +1026,36 @@ impl Drop for JoinUndo<'_> {
     }
 }
 
-/// One teardown of an agent's under way (`SessionEntry::leaving`): made
-/// after [`Leaving::start`], it ends the teardown when dropped, however it
-/// ends; once none is left, a join of the agent's is let in again.
-struct Leaving<'a> {
-    entry: &'a SessionEntry,
-    agent: &'a AgentId,
-    armed: bool,
+/// How many [`Leaving`]s of each agent are held (`SessionEntry::leaving`).
+type LeavingCounts = HashMap<AgentId, u32, foldhash::fast::RandomState>;
+
+/// Something of an agent's that left still acting by its id
+/// (`SessionEntry::leaving`): a removal's teardown, or the old instance's
+/// call or join. Counted when made (under `gov`), uncounted when dropped,
+/// however that comes; once none is held, a join of the agent's is let in
+/// again.
+struct Leaving {
+    counts: Arc<Mutex<LeavingCounts>>,
+    agent: AgentId,
 }
 
-impl Leaving<'_> {
-    /// Counts a teardown of `agent`'s as started (under `gov`).
-    fn start(entry: &SessionEntry, agent: &AgentId) {
+impl Leaving {
+    fn start(entry: &SessionEntry, agent: &AgentId) -> Leaving {
         *lock(&entry.leaving).entry(agent.clone()).or_insert(0) += 1;
+        Leaving {
+            counts: entry.leaving.clone(),
+            agent: agent.clone(),
+        }
     }
 }
 
-impl Drop for Leaving<'_> {
+impl Drop for Leaving {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut leaving = lock(&self.entry.leaving);
-        if let Some(n) = leaving.get_mut(self.agent) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.agent) {
             *n -= 1;
             if *n == 0 {
-                leaving.remove(self.agent);
+                counts.remove(&self.agent);
             }
         }
     }
@@ -1119,8 +1127,8 @@ impl std::fmt::Debug for Hypervisor {
 /// Stops the instance `agent`'s join is still making, if any: a start
 /// function waiting in the host ends at once, and the join is refused.
 fn kill_joining(entry: &SessionEntry, agent: &AgentId, reason: &str) {
-    if let Some(kill) = lock(&entry.joining).get(agent) {
-        kill.kill(reason);
+    if let Some(join) = lock(&entry.joining).get(agent) {
+        join.kill.kill(reason);
     }
 }
 
@@ -1128,7 +1136,7 @@ fn kill_joining(entry: &SessionEntry, agent: &AgentId, reason: &str) {
 /// spawned by, was still making its instance (`SessionEntry::joining`).
 fn unjoined(
     agent: &AgentId,
-    joining: &HashMap<AgentId, KillHandle, foldhash::fast::RandomState>,
+    joining: &HashMap<AgentId, Arc<JoinTicket>, foldhash::fast::RandomState>,
     spawned: &HashMap<AgentId, spawn::Spawned>,
 ) -> bool {
     let mut next = Some(agent);
@@ -1307,7 +1315,7 @@ impl Hypervisor {
             agents: Mutex::new(HashMap::default()),
             standings: Mutex::new(HashMap::new()),
             joining: Mutex::new(HashMap::default()),
-            leaving: Mutex::new(HashMap::default()),
+            leaving: Arc::default(),
             spawned: Mutex::new(HashMap::new()),
             spawn_counter: AtomicU64::new(0),
             liability: Mutex::new(liability::SessionLiability::new(self.inner.clock.clone())),
@@ -1466,7 +1474,10 @@ impl Hypervisor {
         // is held at ring 3 whatever its score, grant or parent.
         let assessment = self.admission(&agent).await?;
         let probation = assessment.admission == ahv_trust::Admission::Probation;
-        let (ring, forced_strong, (standing, kill)) = {
+        // Declared before the undo, so dropped after it: a removal that
+        // lets the agent go meanwhile counts it as leaving until this join
+        // and its undo have ended.
+        let (ring, forced_strong, (standing, ticket)) = {
             let mut gov = lock(&entry.gov);
             // A spawned child whose parent was removed while it was being
             // admitted (the removal took it out of `spawned`, or left
@@ -1520,10 +1531,13 @@ impl Hypervisor {
             // the kill handle of an instance still being made.
             let standing = Standing::new(ring, self.inner.clock.clone());
             lock(&entry.standings).insert(agent.clone(), standing.clone());
-            let kill = if component.is_some() {
-                let kill = self.inner.runtime.kill_handle(standing.clone());
-                lock(&entry.joining).insert(agent.clone(), kill.clone());
-                Some(kill)
+            let ticket = if component.is_some() {
+                let ticket = Arc::new(JoinTicket {
+                    kill: self.inner.runtime.kill_handle(standing.clone()),
+                    leaving: OnceLock::new(),
+                });
+                lock(&entry.joining).insert(agent.clone(), ticket.clone());
+                Some(ticket)
             } else {
                 // An undo of an earlier join of its may still list it.
                 let mut joining = lock(&entry.joining);
@@ -1535,7 +1549,7 @@ impl Hypervisor {
             (
                 ring,
                 !was_strong && gov.config().consistency == Consistency::Strong,
-                (standing, kill),
+                (standing, ticket),
             )
         };
         // Until the agent is in, a failed or cancelled join (the caller's
@@ -1548,7 +1562,7 @@ impl Hypervisor {
             standing: standing.clone(),
             armed: true,
         };
-        if let (Some(component), Some(kill)) = (component, kill) {
+        if let (Some(component), Some(ticket)) = (component, &ticket) {
             let actions = self
                 .inner
                 .granted
@@ -1557,7 +1571,7 @@ impl Hypervisor {
                 .clone();
             let spec = AgentSpec::new(agent.clone(), ring, entry.core.clone())
                 .in_session(entry.core.clone())
-                .kill_handle(kill)
+                .kill_handle(ticket.kill.clone())
                 .actions(actions)
                 .net(
                     self.inner.net.for_agent(&agent, session),
@@ -1573,6 +1587,7 @@ impl Hypervisor {
             let slot = Arc::new(AgentSlot {
                 kill: live.kill_handle(),
                 agent: tokio::sync::Mutex::new(live),
+                leaving: OnceLock::new(),
             });
             // The session may have ended, or the agent left, while the
             // instance was made (and its store made rate buckets after
@@ -1769,8 +1784,12 @@ impl Hypervisor {
         // a join still making this agent's instance then either finds it
         // gone and refuses, or has put its slot in, which goes here (see
         // `join_as`); and a rejoin's slot cannot come in between.
-        let (was, slot, joined_since, still_joining) = {
+        let (was, slot, joined_since, still_joining, _leaving) = {
             let mut gov = lock(&entry.gov);
+            // Counted whether or not this removal's leave is the one that
+            // succeeds: a second removal of an agent that already left
+            // tears down by its id all the same.
+            let leaving = Leaving::start(entry, agent);
             // The agent's own record as a child goes with its leave, under
             // the same lock as a child's join (`join_as`): a child being
             // admitted either joined before (and leaves here) or finds its
@@ -1790,7 +1809,6 @@ impl Hypervisor {
             // the participation.
             let (mut joined_since, mut still_joining) = (None, None);
             if was {
-                Leaving::start(entry, agent);
                 // A join of its still making an instance is refused (it
                 // no longer finds the participation its own) and undone;
                 // one that took its seat after the look above is stopped
@@ -1798,26 +1816,25 @@ impl Hypervisor {
                 still_joining = lock(&entry.joining).remove(agent);
                 joined_since = lock(&entry.standings).remove(agent);
             }
-            (
-                was,
-                lock(&entry.agents).remove(agent),
-                joined_since,
-                still_joining,
-            )
+            let slot = lock(&entry.agents).remove(agent);
+            // The old instance's call or join, if one is under way, still
+            // acts by the agent's id when it ends: counted until then.
+            if let Some(slot) = &slot {
+                let _ = slot.leaving.set(Leaving::start(entry, agent));
+            }
+            if let Some(join) = &still_joining {
+                let _ = join.leaving.set(Leaving::start(entry, agent));
+            }
+            (was, slot, joined_since, still_joining, leaving)
         };
         if let Some(slot) = slot {
             // A slot a racing join put in after the kill above.
             slot.kill.kill(reason.to_string());
         }
-        let _leaving = Leaving {
-            entry,
-            agent,
-            armed: was,
-        };
         #[cfg(test)]
         test_hooks::at(test_hooks::Point::AfterLeave, entry.core.id());
-        if let Some(kill) = still_joining {
-            kill.kill(reason);
+        if let Some(join) = still_joining {
+            join.kill.kill(reason);
         }
         // After the slot, as above (a saga step's hand-off); before the
         // children, so that it runs nothing while they are removed.
@@ -2039,8 +2056,8 @@ impl Hypervisor {
         // stops it (a start function waiting in the host ends now, its
         // join then refused), and its standing refuses the host calls its
         // start code makes from now on, before its locks are released below.
-        for kill in lock(&entry.joining).values() {
-            kill.kill("session terminated");
+        for join in lock(&entry.joining).values() {
+            join.kill.kill("session terminated");
         }
         for standing in lock(&entry.standings).values() {
             standing.kill();
@@ -2469,10 +2486,22 @@ mod tests {
     /// Lists `agent` (a participant) as still making its instance, as its
     /// join does, with a kill handle over its standing; returns the handle.
     fn list_joining(hv: &Hypervisor, entry: &SessionEntry, agent: &AgentId) -> KillHandle {
+        list_joining_ticket(hv, entry, agent).kill.clone()
+    }
+
+    /// [`list_joining`], returning the join's own share of its ticket.
+    fn list_joining_ticket(
+        hv: &Hypervisor,
+        entry: &SessionEntry,
+        agent: &AgentId,
+    ) -> Arc<JoinTicket> {
         let standing = lock(&entry.standings)[agent].clone();
-        let kill = hv.inner.runtime.kill_handle(standing);
-        lock(&entry.joining).insert(agent.clone(), kill.clone());
-        kill
+        let ticket = Arc::new(JoinTicket {
+            kill: hv.inner.runtime.kill_handle(standing),
+            leaving: OnceLock::new(),
+        });
+        lock(&entry.joining).insert(agent.clone(), ticket.clone());
+        ticket
     }
 
     /// `child` joins `session` as `parent`'s child (at ring 3, as a spawn
@@ -2648,11 +2677,17 @@ mod tests {
         hv.leave_session(&live, &agent).unwrap();
         rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
         assert_eq!(kept(&hv), (0, 0), "judged after the agent left");
-        // Left and joined again: the old instance's breach is not held
-        // against the new participation.
-        let request = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
-        rt.block_on(hv.join_session(&live, request)).unwrap();
-        rt.block_on(hv.after_breach(&entry, &slot, &agent, &breach(&live)));
+        // Left, its old slot still held by the caller judging the breach:
+        // the agent joins again only once that is done, so the old
+        // instance's breach is never held against a new participation.
+        let rejoin = || {
+            let request = JoinRequest::new(agent.clone(), 0.8).component(component.clone());
+            rt.block_on(hv.join_session(&live, request))
+        };
+        let refused = Some(rejoin());
+        assert!(refused_as_leaving(&refused), "{refused:?}");
+        drop(slot);
+        rejoin().unwrap();
         assert_eq!(kept(&hv), (1, 0), "the new instance's buckets, no record");
         let (ended, entry, slot) = joined();
         hv.terminate_session(&ended).unwrap();
@@ -2945,6 +2980,85 @@ mod tests {
         assert!(lock(&entry.leaving).is_empty(), "its leaving is done");
         rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)))
             .unwrap();
+        hv.shutdown().unwrap();
+    }
+
+    /// A second removal of an agent that already left (a retried leave, a
+    /// leave racing an expulsion) tears down by its id too: the agent may
+    /// not join again while it runs.
+    #[test]
+    fn a_rejoin_during_a_second_removal_is_refused() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, agent, _) = with_parent(&hv, &rt);
+        hv.leave_session(&session, &agent).unwrap();
+        let answer = rejoin_at(test_hooks::Point::AfterLeave, &hv, &session, &agent);
+        assert!(
+            !hv.remove(&mut hv.op(), &entry, &agent, "again"),
+            "it had left"
+        );
+        let answer = lock(&answer).take();
+        assert!(refused_as_leaving(&answer), "{answer:?}");
+        assert!(lock(&entry.leaving).is_empty());
+        hv.shutdown().unwrap();
+    }
+
+    /// A join still making its instance when its agent leaves keeps the
+    /// agent from joining again until it has ended: its failing instance
+    /// still releases locks by the agent's id.
+    #[test]
+    fn an_agent_whose_earlier_join_has_not_ended_may_not_join_again_yet() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, agent, _) = with_parent(&hv, &rt);
+        let ticket = list_joining_ticket(&hv, &entry, &agent);
+        hv.leave_session(&session, &agent).unwrap();
+        assert!(ticket.kill.is_killed());
+        let join = || rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)));
+        let refused = Some(join());
+        assert!(refused_as_leaving(&refused), "{refused:?}");
+        drop(ticket);
+        join().unwrap();
+        hv.shutdown().unwrap();
+    }
+
+    /// A call still running in the instance when its agent leaves keeps
+    /// the agent from joining again until the call has ended (it releases
+    /// locks and ends its transaction by the agent's id as it ends).
+    #[test]
+    fn an_agent_whose_call_has_not_ended_may_not_join_again_yet() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let session = session_of(&hv, SessionConfig::default());
+        let agent = AgentId::new("did:test:sleeper").unwrap();
+        let component = hv.load(ahv_agents::SLEEPER).unwrap();
+        let join = || {
+            rt.block_on(hv.join_session(
+                &session,
+                JoinRequest::new(agent.clone(), 0.8).component(component.clone()),
+            ))
+        };
+        join().unwrap();
+        hv.activate_session(&session).unwrap();
+        // The call runs on a runtime of its own, driven only while this
+        // test blocks on it: it cannot end behind the test's back.
+        let calls = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let call = {
+            let (hv, session, agent) = (hv.clone(), session.clone(), agent.clone());
+            calls.spawn(async move { hv.run_agent(&session, &agent, "60000").await })
+        };
+        calls.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        assert!(!call.is_finished(), "the call sleeps for a minute");
+        hv.leave_session(&session, &agent).unwrap();
+        let refused = Some(join());
+        assert!(refused_as_leaving(&refused), "{refused:?}");
+        let ended = calls
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), call).await })
+            .expect("the left agent's call ended within 10 s")
+            .unwrap();
+        assert!(ended.is_err(), "its instance was killed: {ended:?}");
+        join().unwrap();
+        drop(calls);
         hv.shutdown().unwrap();
     }
 
