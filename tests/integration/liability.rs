@@ -484,6 +484,64 @@ async fn a_killed_agents_in_flight_step_is_re_executed_once_by_its_substitute() 
     );
 }
 
+/// A committed step of an agent killed since is compensated in its
+/// substitute's instance when a later step fails. (Its lookup once held
+/// the session's slot table while asking for the substitute's slot, which
+/// takes it again: the saga hung, and the session with it.) On a runtime of
+/// its own, shut down in the background if the saga hangs, so that the
+/// bound on the wait holds even then.
+#[test]
+fn a_killed_agents_committed_step_is_compensated_by_its_substitute() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let h = Hv::new();
+    let s = h.session();
+    let (saga, core) = rt.block_on(async {
+        for a in ["did:t:payer", "did:t:standby", "did:t:other"] {
+            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+        }
+        h.hv.activate_session(&s).unwrap();
+        h.hv.register_substitute(&s, &id("did:t:payer"), &id("did:t:standby"))
+            .unwrap();
+        let saga = SagaDefinition::from_yaml(
+            "name: pay\nsteps:\n  - id: prepare\n    agent: did:t:payer\n    action: w\n    execute: write shared/prepared.txt yes\n    undo: put undone 1\n  - id: pay\n    agent: did:t:other\n    action: w\n    timeout_secs: 120\n    depends_on: [prepare]\n    execute: \"put started 1\\nawait go\\nfail the payment was refused\"\n",
+        )
+        .unwrap();
+        let hv = h.hv.clone();
+        let s2 = s.clone();
+        let run = tokio::spawn(async move { hv.run_saga(&s2, saga).await });
+        wait_for_key(&h, &s, "started").await;
+        h.hv.kill_agent(&s, &id("did:t:payer"), "manual").unwrap();
+        let core = h.hv.session_core(&s).unwrap();
+        core.state()
+            .put(&id("did:test:host"), "go", b"1", 0)
+            .unwrap();
+        (tokio::time::timeout(Duration::from_secs(60), run).await, core)
+    });
+    let Ok(saga) = saga else {
+        // A worker is stuck on the session's lock: leave it behind.
+        rt.shutdown_background();
+        std::mem::forget(h);
+        panic!("the saga did not finish within 60 s of its failing step");
+    };
+    let saga = saga.unwrap().unwrap();
+    assert_eq!(saga.state, SagaState::Failed, "{saga:?}");
+    assert_eq!(
+        saga.step("prepare").unwrap().state,
+        ahv_saga::StepState::Compensated
+    );
+    assert!(
+        core.state().peek("undone").is_some(),
+        "the substitute ran the step's own compensation"
+    );
+    assert!(!h.dir(&s).join("files/shared/prepared.txt").exists());
+    // The session still answers.
+    assert!(h.hv.participants(&s).is_ok());
+}
+
 #[tokio::test]
 async fn without_a_substitute_a_killed_agents_step_fails_and_its_saga_compensates() {
     let h = Hv::new();

@@ -104,16 +104,21 @@ impl Problem {
     }
 }
 
+/// The kind of a join refused while the agent's earlier participation ends.
+const STILL_LEAVING: &str = "urn:ahv:problem:still-leaving";
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = status == StatusCode::SERVICE_UNAVAILABLE || self.kind == STILL_LEAVING;
         let mut res = (status, Json(self)).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // An instance may end at any moment: a second is a fair wait.
+        if retry {
+            // An instance, or an agent's earlier participation, may end at
+            // any moment: a second is a fair wait.
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -206,6 +211,11 @@ impl From<HypervisorError> for Problem {
                 "admission-denied",
                 "The liability ledger refuses the agent",
             ),
+            HypervisorError::StillLeaving { .. } => (
+                StatusCode::CONFLICT,
+                "still-leaving",
+                "The agent's earlier participation is still ending (see Retry-After)",
+            ),
             HypervisorError::Liability(_) | HypervisorError::Standing { .. } => (
                 StatusCode::CONFLICT,
                 "liability-rule",
@@ -268,6 +278,23 @@ impl From<HypervisorError> for Problem {
 mod tests {
     use super::*;
     use ahv_core::SessionId;
+
+    /// A join refused while the agent's earlier participation ends is a
+    /// retryable conflict of its own kind, not a liability rule.
+    #[test]
+    fn still_leaving_is_409_of_its_own_kind_with_retry_after() {
+        let p = Problem::from(HypervisorError::StillLeaving {
+            session: SessionId::new("s3-x").unwrap(),
+            agent: ahv_core::AgentId::new("did:test:a").unwrap(),
+        });
+        assert_eq!(p.status, 409);
+        assert_eq!(p.kind, "urn:ahv:problem:still-leaving");
+        assert!(p.detail.contains("s3-x") && p.detail.contains("did:test:a"));
+        let res = p.into_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let other = Problem::from(HypervisorError::Liability("no".into())).into_response();
+        assert!(!other.headers().contains_key(header::RETRY_AFTER));
+    }
 
     #[test]
     fn unknown_session_is_404_and_names_the_session() {

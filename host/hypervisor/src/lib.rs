@@ -196,6 +196,21 @@ pub enum HypervisorError {
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A join of an agent whose earlier participation in the session is
+    /// still ending: a call or join of its old instance, or its teardown,
+    /// still acts by its id (releases locks, forgets rate buckets, removes
+    /// children). Transient: the same join succeeds once that has ended
+    /// (usually within an epoch tick; a saga step of the old instance, at
+    /// most its timeout).
+    #[error(
+        "agent {agent} is still leaving session {session} (its earlier participation's call, locks and children are being let go); join again in a moment"
+    )]
+    StillLeaving {
+        /// The session.
+        session: SessionId,
+        /// The agent.
+        agent: AgentId,
+    },
     /// A change to a participant's standing was refused (an elevation
     /// already in force, a target that is not more privileged, a killed agent).
     #[error("agent {agent}: {message}")]
@@ -880,7 +895,8 @@ struct AgentSlot {
     /// Set when the agent is removed: a call still running in the instance
     /// releases locks and ends its transaction by the agent's id when it
     /// ends, so the agent may not join again until every holder of the
-    /// slot (that call) is done with it.
+    /// slot (that call) is done with it. Declared after `agent`: fields
+    /// drop in order, so the instance is gone before the count goes.
     leaving: OnceLock<Leaving>,
 }
 
@@ -1473,6 +1489,8 @@ impl Hypervisor {
         // The ledger first: a denied agent takes no seat; one on probation
         // is held at ring 3 whatever its score, grant or parent.
         let assessment = self.admission(&agent).await?;
+        #[cfg(test)]
+        test_hooks::at(test_hooks::Point::Admitted, session);
         let probation = assessment.admission == ahv_trust::Admission::Probation;
         // Declared before the undo, so dropped after it: a removal that
         // lets the agent go meanwhile counts it as leaving until this join
@@ -1503,14 +1521,15 @@ impl Hypervisor {
             {
                 let leaving = lock(&entry.leaving);
                 if !leaving.is_empty() && leaving.contains_key(&agent) {
-                    return Err(HypervisorError::Standing {
+                    return Err(HypervisorError::StillLeaving {
+                        session: session.clone(),
                         agent: agent.clone(),
-                        message: "it is still leaving the session (its locks, state and children \
-                                  are being let go); join again once it has left"
-                            .into(),
                     });
                 }
             }
+            // Again under the session's lock: killed or quarantined here
+            // while this join was being admitted.
+            self.may_rejoin(&entry, &agent)?;
             let was_strong = gov.config().consistency == Consistency::Strong;
             let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
             if probation {
@@ -2324,6 +2343,9 @@ mod test_hooks {
         /// In a removal, right after the agent left, before its children,
         /// locks and rate buckets are let go.
         AfterLeave,
+        /// In a join, once the ledger admitted the agent, before it takes
+        /// its seat.
+        Admitted,
     }
 
     type Hook = (Point, String, Box<dyn FnOnce() + Send>);
@@ -2960,8 +2982,7 @@ mod tests {
 
     /// Whether `answer` is the refusal of a join by an agent still leaving.
     fn refused_as_leaving(answer: &Option<Result<Ring, HypervisorError>>) -> bool {
-        matches!(answer, Some(Err(HypervisorError::Standing { message, .. }))
-            if message.contains("still leaving"))
+        matches!(answer, Some(Err(HypervisorError::StillLeaving { .. })))
     }
 
     /// An agent that joins again while its leaving is under way (after its
@@ -2983,9 +3004,32 @@ mod tests {
         hv.shutdown().unwrap();
     }
 
-    /// A second removal of an agent that already left (a retried leave, a
-    /// leave racing an expulsion) tears down by its id too: the agent may
-    /// not join again while it runs.
+    /// A join admitted before its agent was killed in the session takes no
+    /// seat after the kill: the kill's bar is checked again under the
+    /// session's lock.
+    #[test]
+    fn a_join_admitted_before_its_agent_was_killed_takes_no_seat() {
+        let (_state, hv, rt) = hypervisor(|b| b);
+        let (session, entry, agent, _) = with_parent(&hv, &rt);
+        {
+            let (hv, id, agent) = (hv.clone(), session.clone(), agent.clone());
+            test_hooks::on(test_hooks::Point::Admitted, session.as_str(), move || {
+                hv.kill_agent(&id, &agent, "operator").unwrap();
+            });
+        }
+        // A second join of the participant, killed while it is admitted.
+        let join = rt.block_on(hv.join_session(&session, JoinRequest::new(agent.clone(), 0.8)));
+        assert!(
+            matches!(&join, Err(HypervisorError::Liability(m)) if m.contains("was killed")),
+            "{join:?}"
+        );
+        assert!(lock(&entry.gov).participant(&agent).is_none());
+        hv.shutdown().unwrap();
+    }
+
+    /// A second removal of an agent that already left (an expulsion or a
+    /// kill racing its leave) tears down by its id too: the agent may not
+    /// join again while it runs.
     #[test]
     fn a_rejoin_during_a_second_removal_is_refused() {
         let (_state, hv, rt) = hypervisor(|b| b);

@@ -273,6 +273,10 @@ impl SessionRunner {
                     && &runner == agent
                     && slot.kill.is_killed() =>
             {
+                // The killed instance's attempt is over: its slot goes
+                // now, so that a removed agent is not kept from joining
+                // again while the substitute runs (`SessionEntry::leaving`).
+                drop(slot);
                 match self.hv.substitute_slot(&self.entry, agent) {
                     Some((sub, sub_slot)) => {
                         self.hv
@@ -520,9 +524,10 @@ impl SessionRunner {
         };
         let mut errors = Vec::new();
         if call.step.via == Via::Agent {
-            let slot = lock(&self.entry.agents)
-                .get(&agent)
-                .cloned()
+            // Bound first: the session's `agents` guard must not be held
+            // while its substitute's slot is looked up (which takes it).
+            let own = lock(&self.entry.agents).get(&agent).cloned();
+            let slot = own
                 .map(|s| (agent.clone(), s))
                 .or_else(|| self.hv.substitute_slot(&self.entry, &agent));
             match slot {
