@@ -485,13 +485,22 @@ async fn a_killed_agents_in_flight_step_is_re_executed_once_by_its_substitute() 
 }
 
 /// A committed step of an agent killed since is compensated in its
-/// substitute's instance when a later step fails. (Its lookup once held
-/// the session's slot table while asking for the substitute's slot, which
-/// takes it again: the saga hung, and the session with it.) On a runtime of
-/// its own, shut down in the background if the saga hangs, so that the
-/// bound on the wait holds even then.
+/// substitute's instance when a later step fails: whether the agent was
+/// killed and removed (`kill_agent`) or only its instance was killed (its
+/// kill handle). (The lookup once held the session's slot table while
+/// asking for the substitute's slot, which takes it again: the saga hung,
+/// and the session with it; and a killed instance that was still in place
+/// was asked to compensate, and failed.) On a runtime of its own, shut down
+/// in the background if the saga hangs, so that the bound on the wait
+/// holds even then.
 #[test]
 fn a_killed_agents_committed_step_is_compensated_by_its_substitute() {
+    for removed in [true, false] {
+        committed_step_compensated_by_the_substitute(removed);
+    }
+}
+
+fn committed_step_compensated_by_the_substitute(removed: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -514,7 +523,11 @@ fn a_killed_agents_committed_step_is_compensated_by_its_substitute() {
         let s2 = s.clone();
         let run = tokio::spawn(async move { hv.run_saga(&s2, saga).await });
         wait_for_key(&h, &s, "started").await;
-        h.hv.kill_agent(&s, &id("did:t:payer"), "manual").unwrap();
+        if removed {
+            h.hv.kill_agent(&s, &id("did:t:payer"), "manual").unwrap();
+        } else {
+            h.hv.kill_handle(&s, &id("did:t:payer")).unwrap().kill("manual");
+        }
         let core = h.hv.session_core(&s).unwrap();
         core.state()
             .put(&id("did:test:host"), "go", b"1", 0)
@@ -525,21 +538,89 @@ fn a_killed_agents_committed_step_is_compensated_by_its_substitute() {
         // A worker is stuck on the session's lock: leave it behind.
         rt.shutdown_background();
         std::mem::forget(h);
-        panic!("the saga did not finish within 60 s of its failing step");
+        panic!("removed {removed}: the saga did not finish within 60 s of its failing step");
     };
     let saga = saga.unwrap().unwrap();
-    assert_eq!(saga.state, SagaState::Failed, "{saga:?}");
+    assert_eq!(saga.state, SagaState::Failed, "removed {removed}: {saga:?}");
     assert_eq!(
         saga.step("prepare").unwrap().state,
-        ahv_saga::StepState::Compensated
+        ahv_saga::StepState::Compensated,
+        "removed {removed}: {saga:?}"
     );
     assert!(
         core.state().peek("undone").is_some(),
-        "the substitute ran the step's own compensation"
+        "removed {removed}: the substitute ran the step's own compensation"
     );
     assert!(!h.dir(&s).join("files/shared/prepared.txt").exists());
     // The session still answers.
     assert!(h.hv.participants(&s).is_ok());
+}
+
+/// A fan-out branch handed to a substitute (its agent killed mid-step)
+/// and then cancelled (another branch won) has what the substitute's
+/// attempt changed undone: the changes are collected from the instance
+/// that ran the attempt, not only from the agent's own. The winning branch
+/// waits on a lock the test holds (a wait, not polling, which the rate
+/// limit would cut short).
+#[tokio::test]
+async fn a_cancelled_branch_run_by_a_substitute_has_its_changes_undone() {
+    use ahv_governance::locks::{LockMode, LockResource};
+    let h = Hv::new();
+    let s = h.session();
+    for a in ["did:t:payer", "did:t:standby", "did:t:other"] {
+        h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
+    }
+    h.hv.activate_session(&s).unwrap();
+    h.hv.register_substitute(&s, &id("did:t:payer"), &id("did:t:standby"))
+        .unwrap();
+    let core = h.hv.session_core(&s).unwrap();
+    let (host, gate) = (id("did:test:host"), LockResource::key("gate"));
+    core.locks()
+        .acquire(&host, &gate, LockMode::Write, Duration::from_secs(1))
+        .await
+        .unwrap();
+    // b0 sleeps well within its ring's 30 s deadline, and well past the test.
+    let saga = SagaDefinition::from_yaml(
+        "name: race\nsteps:\n  - id: b0\n    agent: did:t:payer\n    action: w\n    timeout_secs: 120\n    execute: \"write partial.txt x\\nsleep 25000\"\n  - id: b1\n    agent: did:t:other\n    action: w\n    timeout_secs: 120\n    execute: \"lock key:gate write 100000\\nwrite shared/won.txt y\"\nfanout:\n  - id: g\n    policy: any\n    branches: [b0, b1]\n",
+    )
+    .unwrap();
+    let hv = h.hv.clone();
+    let s2 = s.clone();
+    let run = tokio::spawn(async move { hv.run_saga(&s2, saga).await });
+    let written = |agent: &str| h.dir(&s).join(format!("files/agents/{agent}/partial.txt"));
+    let until_written = |path: std::path::PathBuf, whose: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after 60 s waiting for {whose} attempt to write {path:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    until_written(written("did:t:payer"), "the payer's").await;
+    let report = h.hv.kill_agent(&s, &id("did:t:payer"), "manual").unwrap();
+    assert!(
+        matches!(&report.handed_off[..], [(step, sub)] if step.step == "b0" && sub.as_str() == "did:t:standby"),
+        "{report:?}"
+    );
+    until_written(written("did:t:standby"), "the substitute's").await;
+    core.locks().release(&host, &gate).unwrap();
+    let saga = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the saga did not finish within 120 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(saga.state, SagaState::Completed, "{saga:?}");
+    assert_eq!(
+        saga.step("b1").unwrap().state,
+        ahv_saga::StepState::Committed
+    );
+    assert!(
+        !written("did:t:standby").exists(),
+        "the cancelled attempt's write in the substitute was undone: {saga:?}"
+    );
+    assert!(!written("did:t:payer").exists(), "the killed attempt's too");
 }
 
 #[tokio::test]

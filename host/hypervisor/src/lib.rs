@@ -1518,6 +1518,10 @@ impl Hypervisor {
                         .into(),
                 });
             }
+            // Again under the session's lock: killed or quarantined here
+            // while this join was being admitted (before the leaving check:
+            // a barred agent is told it may never come back, not to retry).
+            self.may_rejoin(&entry, &agent)?;
             {
                 let leaving = lock(&entry.leaving);
                 if !leaving.is_empty() && leaving.contains_key(&agent) {
@@ -1527,9 +1531,6 @@ impl Hypervisor {
                     });
                 }
             }
-            // Again under the session's lock: killed or quarantined here
-            // while this join was being admitted.
-            self.may_rejoin(&entry, &agent)?;
             let was_strong = gov.config().consistency == Consistency::Strong;
             let mut ring = gov.join(agent.clone(), sigma, &actions, self.now())?;
             if probation {

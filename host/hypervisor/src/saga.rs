@@ -500,17 +500,36 @@ impl SessionRunner {
             return Ok(());
         }
         let agent = self.agent_of(&call.step).map_err(|e| e.to_string())?;
-        let Some(slot) = lock(&self.entry.agents).get(&agent).cloned() else {
+        // The attempt ran in the agent's instance, or in its substitute's
+        // if it was handed over (`execute_in_agent`): its changes are taken
+        // from whichever holds them (the other has none for this attempt)
+        // and undone under the id that made them.
+        let own = lock(&self.entry.agents).get(&agent).cloned();
+        let runners: Vec<_> = own
+            .map(|slot| (agent.clone(), slot))
+            .into_iter()
+            .chain(self.hv.substitute_slot(&self.entry, &agent))
+            .collect();
+        if runners.is_empty() {
             return Err(format!(
                 "agent {agent} left session {}: what its cancelled attempt changed cannot be collected",
                 self.session()
             ));
-        };
+        }
         let step = wit_step(&call.saga, &call.step, call.attempt);
-        let changes = slot.agent.lock().await.take_abandoned_changes(&step);
-        match self.undo_partial(&agent, &changes, "a cancelled attempt".into()) {
-            (message, true) => Err(message),
-            (_, false) => Ok(()),
+        let mut failed = Vec::new();
+        for (runner, slot) in runners {
+            let changes = slot.agent.lock().await.take_abandoned_changes(&step);
+            if let (message, true) =
+                self.undo_partial(&runner, &changes, "a cancelled attempt".into())
+            {
+                failed.push(message);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 
@@ -525,8 +544,14 @@ impl SessionRunner {
         let mut errors = Vec::new();
         if call.step.via == Via::Agent {
             // Bound first: the session's `agents` guard must not be held
-            // while its substitute's slot is looked up (which takes it).
-            let own = lock(&self.entry.agents).get(&agent).cloned();
+            // while its substitute's slot is looked up (which takes it). A
+            // killed instance (its handle used, its removal not done yet)
+            // can compensate nothing: its substitute does, as it would run
+            // the step.
+            let own = lock(&self.entry.agents)
+                .get(&agent)
+                .filter(|s| !s.kill.is_killed())
+                .cloned();
             let slot = own
                 .map(|s| (agent.clone(), s))
                 .or_else(|| self.hv.substitute_slot(&self.entry, &agent));
