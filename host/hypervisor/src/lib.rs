@@ -2506,6 +2506,19 @@ mod tests {
         );
     }
 
+    /// Undoes `agent`'s join as a failed or cancelled join's guard does,
+    /// over the standing it has now.
+    fn undo_join(hv: &Hypervisor, entry: &SessionEntry, agent: &AgentId) {
+        let standing = lock(&entry.standings)[agent].clone();
+        drop(JoinUndo {
+            hv,
+            entry,
+            agent,
+            standing,
+            armed: true,
+        });
+    }
+
     /// Lists `agent` (a participant) as still making its instance, as its
     /// join does, with a kill handle over its standing; returns the handle.
     fn list_joining(hv: &Hypervisor, entry: &SessionEntry, agent: &AgentId) -> KillHandle {
@@ -2855,14 +2868,7 @@ mod tests {
         join_child(&hv, &session, &late, &child).unwrap();
         list_joining(&hv, &entry, &late);
         lock(&entry.gov).terminate().unwrap();
-        let standing = lock(&entry.standings)[&late].clone();
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &late,
-            standing,
-            armed: true,
-        });
+        undo_join(&hv, &entry, &late);
         let termination = hv.finish(&entry, TerminationReason::Requested);
         assert_eq!(termination.participants, 1, "only the agent that was in");
         assert!(!credited(&late), "a join undone before the end counted");
@@ -3117,14 +3123,7 @@ mod tests {
         join_child(&hv, &session, &parent, &child).unwrap();
         // Reached in the child's removal, inside the parent's undo.
         let answer = rejoin_at(test_hooks::Point::AfterLeave, &hv, &session, &parent);
-        let standing = lock(&entry.standings)[&parent].clone();
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &parent,
-            standing,
-            armed: true,
-        });
+        undo_join(&hv, &entry, &parent);
         let answer = lock(&answer).take();
         assert!(refused_as_leaving(&answer), "{answer:?}");
         assert!(lock(&entry.gov).participant(&parent).is_none());
@@ -3203,14 +3202,7 @@ mod tests {
                 move || *lock(&ended) = Some(hv.terminate_session(&id)),
             );
         }
-        let standing = lock(&entry.standings)[&parent].clone();
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &parent,
-            standing,
-            armed: true,
-        });
+        undo_join(&hv, &entry, &parent);
         let termination = lock(&ended)
             .take()
             .expect("the session ended while the child was being removed")
@@ -3291,14 +3283,7 @@ mod tests {
             child
         });
         join_child(&hv, &session, &parent, &joined).unwrap();
-        let standing = lock(&entry.standings)[&parent].clone();
-        drop(JoinUndo {
-            hv: &hv,
-            entry: &entry,
-            agent: &parent,
-            standing,
-            armed: true,
-        });
+        undo_join(&hv, &entry, &parent);
         for agent in [&parent, &joined] {
             assert!(lock(&entry.gov).participant(agent).is_none(), "{agent}");
             assert!(!lock(&entry.standings).contains_key(agent), "{agent}");

@@ -1094,6 +1094,22 @@ mod tests {
     use super::*;
     use ahv_governance::vfs::{Vfs, VfsLimits};
 
+    /// A runtime of 4 instances with a cache of its own, and a standalone
+    /// file space; the temporary directories live as long as the first.
+    fn runtime_and_files() -> ((tempfile::TempDir, tempfile::TempDir), Runtime, Arc<Vfs>) {
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Runtime::builder()
+            .cache_dir(cache.path())
+            .max_instances(4)
+            .build()
+            .unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap();
+        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        ((cache, files), runtime, vfs)
+    }
+
     /// Whether the agent's live instance made its WASI context (it must
     /// have a live instance).
     fn made_wasi(agent: &Agent) -> bool {
@@ -1107,16 +1123,7 @@ mod tests {
     /// does gets the same context (its stdout in the call's log).
     #[tokio::test(flavor = "current_thread")]
     async fn wasi_is_made_at_the_first_wasi_call_and_works_then() {
-        let cache = tempfile::tempdir().unwrap();
-        let runtime = Runtime::builder()
-            .cache_dir(cache.path())
-            .max_instances(4)
-            .build()
-            .unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let dir =
-            cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap();
-        let vfs = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let (_dirs, runtime, vfs) = runtime_and_files();
 
         let pinger = runtime.load(ahv_agents::PINGER).unwrap();
         let id = AgentId::new("did:test:pinger").unwrap();
@@ -1152,16 +1159,8 @@ mod tests {
     /// killed too. A handle over another standing is refused.
     #[tokio::test(flavor = "current_thread")]
     async fn a_kill_handle_given_to_a_spawn_stops_it_from_the_start() {
-        let cache = tempfile::tempdir().unwrap();
-        let runtime = Runtime::builder()
-            .cache_dir(cache.path())
-            .max_instances(4)
-            .build()
-            .unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let dir =
-            cap_std::fs::Dir::open_ambient_dir(files.path(), cap_std::ambient_authority()).unwrap();
-        let vfs: Arc<dyn FileSpace> = Arc::new(Vfs::new(dir, VfsLimits::default()));
+        let (dirs, runtime, vfs) = runtime_and_files();
+        let vfs: Arc<dyn FileSpace> = vfs;
         let pinger = runtime.load(ahv_agents::PINGER).unwrap();
         let id = AgentId::new("did:test:pinger").unwrap();
         let spec = || AgentSpec::new(id.clone(), Ring::Sandbox, vfs.clone());
@@ -1212,7 +1211,7 @@ mod tests {
 
         // A handle another runtime made (it would advance that engine's epoch).
         let other = Runtime::builder()
-            .cache_dir(cache.path())
+            .cache_dir(dirs.0.path())
             .max_instances(1)
             .build()
             .unwrap();
