@@ -71,8 +71,9 @@ pub struct AgentSpec {
     /// so that whoever holds it can stop the agent while it is still being
     /// instantiated; `None`: [`Runtime::spawn`] makes one. A clone of a spec
     /// that holds one shares it: killing it kills every agent made from
-    /// either.
-    pub kill: Option<KillHandle>,
+    /// either. Boxed: most specs have none, and a spec is moved into every spawn's
+    /// future and kept in its agent.
+    pub kill: Option<Box<KillHandle>>,
 }
 
 /// What every [`AgentSpec::new`] starts from, made once per process:
@@ -175,7 +176,7 @@ impl AgentSpec {
     /// refused ([`AgentError::KillHandleMismatch`]).
     pub fn kill_handle(mut self, kill: KillHandle) -> Self {
         self.standing = kill.standing().clone();
-        self.kill = Some(kill);
+        self.kill = Some(Box::new(kill));
         self
     }
 }
@@ -396,7 +397,7 @@ impl Agent {
                 if Arc::ptr_eq(kill.standing(), &spec.standing)
                     && wasmtime::Engine::same(kill.engine(), runtime.engine()) =>
             {
-                kill
+                *kill
             }
             Some(_) => {
                 return Err(AgentError::KillHandleMismatch {
