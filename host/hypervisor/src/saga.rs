@@ -502,29 +502,47 @@ impl SessionRunner {
         let agent = self.agent_of(&call.step).map_err(|e| e.to_string())?;
         // The attempt ran in the agent's instance, or in its substitute's
         // if it was handed over (`execute_in_agent`): its changes are taken
-        // from whichever holds them (the other has none for this attempt)
-        // and undone under the id that made them.
+        // from whichever holds them (never both: a hand-off starts after
+        // the agent's own call has ended) and undone under the id that made
+        // them. The registered substitute's instance is asked even if it is
+        // quarantined or killed since: it still holds what it changed.
         let own = lock(&self.entry.agents).get(&agent).cloned();
+        let sub = lock(&self.entry.substitutes).get(&agent).cloned();
+        let sub_slot = sub.and_then(|sub| {
+            let slot = lock(&self.entry.agents).get(&sub).cloned();
+            slot.map(|slot| (sub, slot))
+        });
+        let own_gone = own.is_none();
         let runners: Vec<_> = own
             .map(|slot| (agent.clone(), slot))
             .into_iter()
-            .chain(self.hv.substitute_slot(&self.entry, &agent))
+            .chain(sub_slot)
             .collect();
-        if runners.is_empty() {
-            return Err(format!(
+        let gone = || {
+            format!(
                 "agent {agent} left session {}: what its cancelled attempt changed cannot be collected",
                 self.session()
-            ));
+            )
+        };
+        if runners.is_empty() {
+            return Err(gone());
         }
         let step = wit_step(&call.saga, &call.step, call.attempt);
         let mut failed = Vec::new();
+        let mut found = false;
         for (runner, slot) in runners {
             let changes = slot.agent.lock().await.take_abandoned_changes(&step);
+            found |= !changes.is_empty();
             if let (message, true) =
                 self.undo_partial(&runner, &changes, "a cancelled attempt".into())
             {
                 failed.push(message);
             }
+        }
+        // Nothing in the substitute, and the agent's own instance gone:
+        // the attempt may have run there, so its changes are unknown.
+        if own_gone && !found {
+            failed.push(gone());
         }
         if failed.is_empty() {
             Ok(())
@@ -593,7 +611,7 @@ impl SessionRunner {
                 None => {
                     // The host still undoes everything the step recorded.
                     tracing::warn!(session = %self.session(), %agent, step = %call.step.id,
-                        "agent left the session: its own compensate cannot run");
+                        "agent left the session or its instance was killed, and no substitute can run its compensate");
                 }
             }
         }

@@ -71,8 +71,8 @@ pub struct AgentSpec {
     /// so that whoever holds it can stop the agent while it is still being
     /// instantiated; `None`: [`Runtime::spawn`] makes one. A clone of a spec
     /// that holds one shares it: killing it kills every agent made from
-    /// either. Boxed: most specs have none, and a spec is moved into every spawn's
-    /// future and kept in its agent.
+    /// either. Boxed: a spec is moved into every spawn's future and kept
+    /// in its agent, and a standalone spawn gives none.
     pub kill: Option<Box<KillHandle>>,
 }
 
