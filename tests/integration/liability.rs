@@ -484,6 +484,17 @@ async fn a_killed_agents_in_flight_step_is_re_executed_once_by_its_substitute() 
     );
 }
 
+/// Joins `did:t:payer`, its registered substitute `did:t:standby` and
+/// `did:t:other` (all `scripted`, ring 2) and activates the session.
+async fn payer_standby_and_other(h: &Hv, s: &SessionId) {
+    for a in ["did:t:payer", "did:t:standby", "did:t:other"] {
+        h.join(s, a, 0.8, ahv_agents::SCRIPTED).await;
+    }
+    h.hv.activate_session(s).unwrap();
+    h.hv.register_substitute(s, &id("did:t:payer"), &id("did:t:standby"))
+        .unwrap();
+}
+
 /// A committed step of an agent killed since is compensated in its
 /// substitute's instance when a later step fails: whether the agent was
 /// killed and removed (`kill_agent`) or only its instance was killed (its
@@ -509,12 +520,7 @@ fn committed_step_compensated_by_the_substitute(removed: bool) {
     let h = Hv::new();
     let s = h.session();
     let (saga, core) = rt.block_on(async {
-        for a in ["did:t:payer", "did:t:standby", "did:t:other"] {
-            h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
-        }
-        h.hv.activate_session(&s).unwrap();
-        h.hv.register_substitute(&s, &id("did:t:payer"), &id("did:t:standby"))
-            .unwrap();
+        payer_standby_and_other(&h, &s).await;
         let saga = SagaDefinition::from_yaml(
             "name: pay\nsteps:\n  - id: prepare\n    agent: did:t:payer\n    action: w\n    execute: write shared/prepared.txt yes\n    undo: put undone 1\n  - id: pay\n    agent: did:t:other\n    action: w\n    timeout_secs: 120\n    depends_on: [prepare]\n    execute: \"put started 1\\nawait go\\nfail the payment was refused\"\n",
         )
@@ -567,12 +573,7 @@ async fn a_cancelled_branch_run_by_a_substitute_has_its_changes_undone() {
     use ahv_governance::locks::{LockMode, LockResource};
     let h = Hv::new();
     let s = h.session();
-    for a in ["did:t:payer", "did:t:standby", "did:t:other"] {
-        h.join(&s, a, 0.8, ahv_agents::SCRIPTED).await;
-    }
-    h.hv.activate_session(&s).unwrap();
-    h.hv.register_substitute(&s, &id("did:t:payer"), &id("did:t:standby"))
-        .unwrap();
+    payer_standby_and_other(&h, &s).await;
     let core = h.hv.session_core(&s).unwrap();
     let (host, gate) = (id("did:test:host"), LockResource::key("gate"));
     core.locks()
