@@ -209,6 +209,20 @@ pub enum AuditError {
         /// Why.
         reason: String,
     },
+    /// A segment file is missing: a later segment's start record names it
+    /// as created before it, and the auditor never deletes a segment.
+    /// Recovery seals no session that may have had records in it.
+    #[error(
+        "{} is missing: {} names it as the segment created before it (the auditor never deletes a segment)",
+        path.display(),
+        named_by.display()
+    )]
+    MissingSegment {
+        /// Where the missing segment would be.
+        path: PathBuf,
+        /// The segment whose start record names it.
+        named_by: PathBuf,
+    },
     /// A session's records in the segments do not fit together (recovery
     /// leaves such a session unsealed, as evidence).
     #[error("session {session}: its records in {} do not fit together: {detail}", dir.display())]
@@ -2830,6 +2844,7 @@ impl Shared {
             }
         };
         let list = list_segments(&dir)?;
+        let present: std::collections::HashSet<u64> = list.iter().map(|(n, _)| *n).collect();
         // The last segment a round was written in: a process that stopped
         // after creating a segment, before its first round, left one too
         // short to hold any after it, and what a crash left at the end of
@@ -2856,6 +2871,24 @@ impl Shared {
                     continue;
                 }
             };
+            // A segment named as created before this one and gone holds
+            // records nobody can read: damage whose victims are unknown.
+            // (One before `start` held no unsealed session's chunks.)
+            if let Some(previous) = contents.previous
+                && previous >= start
+                && !present.contains(&previous)
+            {
+                let missing = segment_path(&dir, previous);
+                note_unnamed(previous, &missing);
+                self.keep_live(previous);
+                report.damaged.push((
+                    missing.clone(),
+                    AuditError::MissingSegment {
+                        path: missing,
+                        named_by: path.clone(),
+                    },
+                ));
+            }
             // What only a crash explains is normal at the end of the last
             // segment (and of the round-less ones after it); anywhere else,
             // and damage past the last round or a missing start record, is

@@ -26,7 +26,7 @@
 //!
 //! ```text
 //! segment = start ‖ round*
-//! start   = 0xE1 ‖ version 0x01 ‖ oldest live segment: u64
+//! start   = 0xE1 ‖ version 0x02 ‖ oldest live segment: u64 ‖ previous segment: u64
 //! round   = (chunk records* ‖ footer(last = 0))* ‖ chunk records* ‖ footer(last = 1)
 //! footer  = 0xE0 ‖ version 0x01 ‖ last: u8 (0|1) ‖ entries: u32 ‖ entry*
 //! entry   = session: str ‖ first seq: u64 ‖ count: u32 (≥ 1)
@@ -47,6 +47,15 @@
 //! [`SegmentWriter::append_round`]). After a crash, the sessions left
 //! without a commitment are found by reading the segments from the last
 //! segment's start on ([`recovery_start`]), not every segment ever written.
+//!
+//! It also names the segment created before it (`previous segment`: the
+//! highest present when its writer was opened, then the one that writer
+//! created last; 0 for none). Numbers can be skipped (a segment whose
+//! creation failed is removed again), but the auditor never deletes a
+//! segment, so one that is named and absent went missing: recovery does
+//! not seal a session that may have had records in it, and `verify`
+//! reports it. A version-1 start record (written before 2026-12-06) has
+//! no `previous segment` and is still read.
 //!
 //! # Crash safety: the footer is the commit point
 //!
@@ -122,8 +131,12 @@ pub const FOOTER_TAG: u8 = 0xE0;
 pub const FOOTER_VERSION: u8 = 1;
 /// The first byte of a segment's start record.
 pub const START_TAG: u8 = 0xE1;
-/// The start record encoding's version.
-pub const START_VERSION: u8 = 1;
+/// The start record encoding's version: 2 names the segment written before
+/// it too; version 1 (segments written before 2026-12-06) does not.
+pub const START_VERSION: u8 = 2;
+/// The start record's first version, still read: the oldest live segment
+/// only.
+pub const START_VERSION_1: u8 = 1;
 /// The size after which a writer starts the next segment (64 MiB): the
 /// round that reaches it is the segment's last.
 pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
@@ -502,6 +515,11 @@ pub struct SegmentWriter {
     max_bytes: u64,
     /// The number the next new segment gets.
     next: u64,
+    /// The segment created last in `dir` as far as this writer knows: the
+    /// highest present when it was opened, then each one it created (0 for
+    /// none). The next segment's start record names it, so that a segment
+    /// missing between two others is found ([`SegmentContents::previous`]).
+    last_created: u64,
     /// The segment being appended to, if any.
     current: Option<(u64, RecordWriter)>,
 }
@@ -543,6 +561,7 @@ impl SegmentWriter {
             next: last.checked_add(1).ok_or_else(|| SegmentError::Exhausted {
                 path: dir.to_path_buf(),
             })?,
+            last_created: last,
             current: None,
         })
     }
@@ -644,10 +663,15 @@ impl SegmentWriter {
                     .ok_or_else(|| SegmentError::Exhausted {
                         path: self.dir.clone(),
                     })?;
-                (
+                let w = create_segment(
+                    &self.dir,
                     number,
-                    create_segment(&self.dir, number, oldest_live.min(number), now)?,
-                )
+                    oldest_live.min(number),
+                    self.last_created,
+                    now,
+                )?;
+                self.last_created = number;
+                (number, w)
             }
         };
         let offset = w.durable_len();
@@ -727,12 +751,13 @@ fn create_segment(
     dir: &Path,
     number: u64,
     oldest_live: u64,
+    previous: u64,
     now: Duration,
 ) -> Result<RecordWriter, RecordError> {
     let path = segment_path(dir, number);
     let mut w = RecordWriter::create_unsynced(&path, LogKind::SEGMENT, Durability::OnClose)?;
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        w.append(&encode_start(oldest_live), now)?;
+        w.append(&encode_start(oldest_live, previous), now)?;
         w.flush()?;
         crate::records::sync_parent(&path)
     }));
@@ -757,19 +782,40 @@ fn create_segment(
     Ok(w)
 }
 
-/// Encodes a start record.
-pub fn encode_start(oldest_live: u64) -> [u8; 10] {
-    let mut out = [0u8; 10];
+/// What a segment's start record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The lowest segment holding a chunk of a session that was not sealed
+    /// when this one was started (see [`recovery_start`]).
+    pub oldest_live: u64,
+    /// The segment its writer created last before it (0 for none); `None`
+    /// in a version-1 start record, which does not say.
+    pub previous: Option<u64>,
+}
+
+/// Encodes a start record (the current version).
+pub fn encode_start(oldest_live: u64, previous: u64) -> [u8; 18] {
+    let mut out = [0u8; 18];
     out[0] = START_TAG;
     out[1] = START_VERSION;
-    out[2..].copy_from_slice(&oldest_live.to_be_bytes());
+    out[2..10].copy_from_slice(&oldest_live.to_be_bytes());
+    out[10..].copy_from_slice(&previous.to_be_bytes());
     out
 }
 
-/// Decodes a start record: `None` unless `body` is exactly one.
-pub fn decode_start(body: &[u8]) -> Option<u64> {
+/// Decodes a start record of either version: `None` unless `body` is
+/// exactly one.
+pub fn decode_start(body: &[u8]) -> Option<Start> {
+    let u64_at = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
     match body {
-        [START_TAG, START_VERSION, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        [START_TAG, START_VERSION_1, rest @ ..] => Some(Start {
+            oldest_live: u64_at(rest)?,
+            previous: None,
+        }),
+        [START_TAG, START_VERSION, rest @ ..] if rest.len() == 16 => Some(Start {
+            oldest_live: u64_at(&rest[..8])?,
+            previous: Some(u64_at(&rest[8..])?),
+        }),
         _ => None,
     }
 }
@@ -790,7 +836,7 @@ pub fn recovery_start(dir: &Path) -> Result<u64, SegmentError> {
     for (_, path) in list_segments(dir)?.iter().rev() {
         let mut start = None;
         match crate::records::scan_log(path, LogKind::SEGMENT, 0, |r| {
-            start = decode_start(&r.body);
+            start = decode_start(&r.body).map(|s| s.oldest_live);
             false
         }) {
             Ok(()) => {}
@@ -855,6 +901,11 @@ pub struct SegmentContents {
     /// The oldest live segment its start record names; `None` if it has no
     /// start record.
     pub start: Option<u64>,
+    /// The segment its start record says was created before it (0 for
+    /// none); `None` if it has no start record or one of version 1. A
+    /// number named here that is not in the directory is a segment that
+    /// went missing: the auditor never deletes one.
+    pub previous: Option<u64>,
     /// The file's length when a crash while it was created explains it
     /// (see [`unwritten`]): it holds nothing.
     pub unwritten: Option<u64>,
@@ -895,7 +946,7 @@ impl SegmentContents {
 /// The most bytes a crash while a segment was created can leave: its
 /// header and its start record, written with one `pwrite` and synced before
 /// any round goes in.
-const CREATED_LEN: u64 = crate::records::HEADER_LEN + crate::records::FRAME_HEADER_LEN + 10;
+const CREATED_LEN: u64 = crate::records::HEADER_LEN + crate::records::FRAME_HEADER_LEN + 18;
 
 /// The length of the segment file at `path` if a crash while it was created
 /// explains it: shorter than a header, or no longer than what creation
@@ -953,6 +1004,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
         number,
         path: path.to_path_buf(),
         start: None,
+        previous: None,
         unwritten: None,
         chunks: Vec::new(),
         damaged: Vec::new(),
@@ -981,9 +1033,10 @@ pub fn read_segment(number: u64, path: &Path) -> Result<SegmentContents, Segment
     let mut records = recovered.records.into_iter().peekable();
     let mut round_start = crate::records::HEADER_LEN;
     if let Some(first) = records.peek()
-        && let Some(oldest) = decode_start(&first.body)
+        && let Some(start) = decode_start(&first.body)
     {
-        out.start = Some(oldest);
+        out.start = Some(start.oldest_live);
+        out.previous = start.previous;
         round_start = first.end();
         records.next();
     }
@@ -1481,7 +1534,7 @@ mod tests {
 
     /// Where a segment's first round starts: after the header and the
     /// start record.
-    const FIRST_ROUND: u64 = HEADER_LEN + FRAME_HEADER_LEN + 10;
+    const FIRST_ROUND: u64 = HEADER_LEN + FRAME_HEADER_LEN + 18;
 
     fn bodies_of(s: &SessionRecords) -> Vec<Vec<u8>> {
         s.records.iter().map(|r| r.record.body.clone()).collect()
@@ -1572,6 +1625,11 @@ mod tests {
         assert_eq!(w.current_segment(), None);
         let again = write(&mut w, &round(&[("s", 2..3)])).unwrap();
         assert_eq!(again.segment, 2);
+        // It names the segment an earlier writer left as the one before it.
+        let c = read_segment(2, &segment_path(dir.path(), 2)).unwrap();
+        assert_eq!((c.start, c.previous), (Some(1), Some(1)));
+        let first = read_segment(1, &segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(first.previous, Some(0));
         assert_eq!(
             fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
             len
@@ -1693,7 +1751,7 @@ mod tests {
         // Or zeros only, as long as what creation writes; a byte that is
         // not zero, or one zero more, makes it no segment (damage).
         let created = CREATED_LEN as usize;
-        assert_eq!(created, encode_start(1).len() + 17);
+        assert_eq!(created, encode_start(1, 0).len() + 17);
         let mut zeros = vec![0u8; created];
         fs::write(segment_path(dir.path(), 8), &zeros).unwrap();
         assert_eq!(recovery_start(dir.path()).unwrap(), 2);
@@ -1711,9 +1769,23 @@ mod tests {
             read_segment(8, &segment_path(dir.path(), 8)),
             Err(SegmentError::Record(RecordError::BadMagic { .. }))
         ));
-        assert_eq!(decode_start(&encode_start(9)), Some(9));
-        assert_eq!(decode_start(&encode_start(9)[..9]), None);
-        assert_eq!(decode_start(&[START_TAG, 2, 0, 0, 0, 0, 0, 0, 0, 9]), None);
+        let start = |oldest_live, previous| {
+            Some(Start {
+                oldest_live,
+                previous,
+            })
+        };
+        assert_eq!(decode_start(&encode_start(9, 4)), start(9, Some(4)));
+        assert_eq!(decode_start(&encode_start(9, 4)[..17]), None);
+        let mut longer = encode_start(9, 4).to_vec();
+        longer.push(0);
+        assert_eq!(decode_start(&longer), None);
+        // Version 1 (no previous segment) is still read, and only as long
+        // as it was.
+        let v1 = [START_TAG, START_VERSION_1, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert_eq!(decode_start(&v1), start(9, None));
+        assert_eq!(decode_start(&v1[..9]), None);
+        assert_eq!(decode_start(&[START_TAG, 3, 0, 0, 0, 0, 0, 0, 0, 9]), None);
     }
 
     #[test]
@@ -1790,7 +1862,7 @@ mod tests {
         assert_eq!(c.corrupt.len(), 1);
         assert_eq!(c.damaged.len(), 1, "{c:?}");
         assert!(
-            c.damaged[0].reason.contains("damaged record at offset 27"),
+            c.damaged[0].reason.contains("damaged record at offset 35"),
             "{}",
             c.damaged[0].reason
         );
@@ -1867,13 +1939,23 @@ mod tests {
         assert!(write(&mut w, &r).is_err());
         let at = write(&mut w, &r).unwrap();
         assert_eq!(at.segment, 4);
+        // Numbers it skipped are not named as created before it: only a
+        // segment it created would be.
+        let c = read_segment(4, &segment_path(dir.path(), 4)).unwrap();
+        assert_eq!(c.previous, Some(0));
+        write(&mut w, &r).unwrap();
+        assert_eq!(w.current_segment(), Some(4), "a round on");
+        w.close_current();
+        let at = write(&mut w, &r).unwrap();
+        let c = read_segment(at.segment, &segment_path(dir.path(), at.segment)).unwrap();
+        assert_eq!((at.segment, c.previous), (5, Some(4)));
         assert_eq!(
             list_segments(dir.path())
                 .unwrap()
                 .iter()
                 .map(|(n, _)| *n)
                 .collect::<Vec<_>>(),
-            [3, 4]
+            [3, 4, 5]
         );
     }
 
@@ -2038,7 +2120,7 @@ mod tests {
         let mut partial = good.clone();
         partial.truncate(good.len() - 1);
         let tagged = staged(&[vec![FOOTER_TAG, 1, 1, 0, 0, 0, 0]]);
-        let started = staged(&[encode_start(1).to_vec()]);
+        let started = staged(&[encode_start(1, 0).to_vec()]);
         let empty = staged(&[Vec::new()]);
         let long_id = "x".repeat(MAX_SESSION_ID + 1);
         let huge = (MAX_RECORD + 1).to_le_bytes().to_vec();

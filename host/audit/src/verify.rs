@@ -437,8 +437,8 @@ pub fn verify_dir(
 /// Reads every segment in `segments` (if any) in number order: hands each
 /// chunk to its session's check (only `only`'s, if given; a session first
 /// seen here gets one), and reports what is wrong with the segments
-/// themselves: damaged records and rounds, a missing start record, a chunk
-/// naming no valid session. What a crash leaves at a segment's end (a
+/// themselves: damaged records and rounds, a missing start record, a
+/// segment missing between two others, a chunk naming no valid session. What a crash leaves at a segment's end (a
 /// round never acknowledged, a torn record, a segment cut short while it
 /// was created) is a note: writers never append to an earlier segment, so
 /// it stays as evidence, and a committed session that lost records to it
@@ -461,6 +461,7 @@ fn check_segments(
             return;
         }
     };
+    let present: std::collections::HashSet<u64> = list.iter().map(|(n, _)| *n).collect();
     for (number, path) in list {
         let file = format!(
             "segments/{}",
@@ -497,6 +498,21 @@ fn check_segments(
                 Some(crate::records::HEADER_LEN),
                 format!(
                     "{file}: its start record names segment {start}, after its own number {number}"
+                ),
+            ));
+        }
+        if let Some(previous) = contents.previous
+            && previous > 0
+            && !present.contains(&previous)
+        {
+            // The auditor never deletes a segment (retention rewrites them
+            // in place): whatever it held is gone.
+            report.problems.push(problem(
+                ProblemKind::Unreadable,
+                None,
+                None,
+                format!(
+                    "segments/{previous:020}.seg: missing; {file}'s start record names it as the segment created before it"
                 ),
             ));
         }
@@ -2222,9 +2238,9 @@ mod tests {
         write(&bus, &SessionId::new("s-a").unwrap(), 0);
         auditor.close().unwrap();
         edit_segment_records(&dir, |body| {
-            let start = crate::segments::decode_start(body) == Some(1);
+            let start = crate::segments::decode_start(body).is_some_and(|s| s.oldest_live == 1);
             if start {
-                *body = crate::segments::encode_start(5).to_vec();
+                *body = crate::segments::encode_start(5, 0).to_vec();
             }
             start
         });
@@ -2704,7 +2720,8 @@ mod tests {
             bytes[n - 2] ^= 1;
             // And a round after it, so the damage is in the middle.
             let seg4 = std::fs::read(crate::segments::segment_path(segs, 4)).unwrap();
-            let start_end = (crate::records::HEADER_LEN + 8 + 10) as usize;
+            let start_end = (crate::records::HEADER_LEN + 8) as usize
+                + crate::segments::encode_start(1, 0).len();
             bytes.extend_from_slice(&seg4[start_end..]);
             std::fs::write(&seg3, &bytes).unwrap();
             std::fs::remove_file(crate::segments::segment_path(segs, 4)).unwrap();
@@ -2738,6 +2755,53 @@ mod tests {
         assert_eq!(report.sealed_on_recovery, vec![("s-x".to_string(), 3)]);
     }
 
+    /// A segment missing between two others (the auditor never deletes
+    /// one) may have held records of every session live then: recovery
+    /// seals none of those over what is left, and `verify` reports the
+    /// segment. Before start records named the segment before them, s-x
+    /// was sealed over its first two deltas, and the log verified.
+    #[test]
+    fn a_missing_segment_is_damage_that_no_orphan_is_sealed_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        unsealed_in_segments(&dir);
+        let segs = crate::segments::segments_dir(&dir);
+        // Segment 3 holds s-x's last delta only; s-y begins in segment 4.
+        let x = crate::segments::session_records(&segs, "s-x").unwrap();
+        let in_segments: Vec<u64> = x.records.records.iter().map(|l| l.segment).collect();
+        assert_eq!(in_segments, [1, 2, 3]);
+        std::fs::remove_file(crate::segments::segment_path(&segs, 3)).unwrap();
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(refused(&report, "s-x"), "{report:?}");
+        assert_eq!(report.sealed_on_recovery, vec![("s-y".to_string(), 1)]);
+        assert!(
+            report.damaged.iter().any(|(path, e)| matches!(
+                e,
+                AuditError::MissingSegment { named_by, .. }
+                    if path.ends_with("00000000000000000003.seg")
+                        && named_by.ends_with("00000000000000000004.seg")
+            )),
+            "{report:?}"
+        );
+        let r = verify_dir(&dir, None, None).unwrap();
+        assert!(!r.ok(), "{r}");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.detail.contains("00003.seg: missing")
+                    && p.detail.contains("00004.seg's start record")),
+            "{r}"
+        );
+
+        // Every later reopen reads it again (the segment stays live), and
+        // still seals nothing over it.
+        let (auditor, report) = reopen_with(&dir, AuditConfig::default());
+        auditor.close().unwrap();
+        assert!(refused(&report, "s-x"), "{report:?}");
+        assert!(report.sealed_on_recovery.is_empty(), "{report:?}");
+    }
+
     /// A newest segment of zero bytes only, no longer than what creating a
     /// segment writes, is what a crash while it was created can leave on a
     /// file system that shows unwritten blocks as zeros: nothing in it was
@@ -2749,7 +2813,7 @@ mod tests {
     fn a_segment_of_zeros_only_is_a_crash_while_it_was_created() {
         let created = crate::records::HEADER_LEN as usize
             + crate::records::FRAME_HEADER_LEN as usize
-            + crate::segments::encode_start(1).len();
+            + crate::segments::encode_start(1, 0).len();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
         unsealed_in_segments(&dir);
@@ -2782,7 +2846,7 @@ mod tests {
             let mut w =
                 crate::records::RecordWriter::create(&path, LogKind::SEGMENT, Durability::OnClose)
                     .unwrap();
-            w.append(&crate::segments::encode_start(1), Duration::ZERO)
+            w.append(&crate::segments::encode_start(1, 0), Duration::ZERO)
                 .unwrap();
             w.close().unwrap();
             std::fs::read(&path).unwrap()

@@ -32,6 +32,12 @@ impl Hypervisor {
         // or acted on: those would fall on nobody, or on the new
         // participation. It is graded as a first breach (or as recorded,
         // if the participation ended while it was being judged).
+        //
+        // What follows acts by the agent's id (the detector's record, the
+        // expulsion, the demotion), yet cannot reach a new participation:
+        // every caller holds `slot`, and a removed slot counts its agent as
+        // leaving until its last holder drops it (`AgentSlot::leaving`), so
+        // `join_as` refuses the agent (`StillLeaving`) until this is over.
         let current = || {
             lock(&entry.agents)
                 .get(agent)
