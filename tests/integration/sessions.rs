@@ -492,6 +492,53 @@ pub mod scripted {
         assert!(left.iter().all(|e| matches!(&e.payload, EventPayload::SessionLeft { reason } if reason.starts_with("expelled: ring breach"))));
     }
 
+    /// A guest that writes one key over and over in one call leaves one
+    /// journal entry, holding the value before its first write: the host
+    /// keeps one previous value, not one per write (the 16 KiB values of
+    /// 30 writes would have been 480 KiB, and 1 MiB ones 30 MiB; the rate
+    /// limit allows ~40 at ring 2, hundreds at rings 1 and 0).
+    #[tokio::test]
+    async fn a_key_rewritten_in_one_call_keeps_one_previous_value() {
+        let h = Hv::new();
+        let s = h.session();
+        h.join(&s, "did:test:w", 0.8, ahv_agents::SCRIPTED).await;
+        h.hv.activate_session(&s).unwrap();
+        h.script(&s, "did:test:w", "put k first").await;
+        let value = "v".repeat(16 << 10);
+        let script = vec![format!("get k\nput k {value}"); 30].join("\n");
+        let out =
+            h.hv.run_agent(&s, &id("did:test:w"), &script)
+                .await
+                .unwrap();
+        let report = out.result.unwrap();
+        let failed: Vec<&str> = report.lines().filter(|l| !l.contains("-> ok")).collect();
+        assert!(
+            failed.is_empty(),
+            "{:?}",
+            failed
+                .iter()
+                .map(|l| &l[l.len().saturating_sub(160)..])
+                .collect::<Vec<_>>()
+        );
+        let states: Vec<_> = out
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                ahv_governance::journal::Change::State(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&states[..], [s] if s.previous.as_deref() == Some(&b"first"[..])
+                && s.previous_version == 1 && s.version == 31),
+            "{:?}",
+            states
+                .iter()
+                .map(|s| (s.previous_version, s.version))
+                .collect::<Vec<_>>()
+        );
+    }
+
     #[tokio::test]
     async fn acls_private_areas_and_strict_clocks_from_real_guests() {
         let h = Hv::new();

@@ -159,9 +159,23 @@ impl Change {
 }
 
 /// The changes of one call, oldest first.
+///
+/// A state change that continues the journal's last change of the same key
+/// (it starts from the version that change left, so nobody wrote the key in
+/// between) is folded into it: the entry keeps the first change's previous
+/// value and version and takes the new version. Undoing the folded entry
+/// does what undoing both, newest first, would; and a call that writes one
+/// key over and over keeps one previous value, not one per write. (A delete
+/// that would leave an entry starting and ending with the key absent is an
+/// entry of its own, holding the value it deleted; the next write folds
+/// into that one.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeJournal {
     changes: Vec<Change>,
+    /// Where each state key's latest entry is in `changes`.
+    state_at: std::collections::HashMap<String, usize>,
+    /// The bytes of keys and previous values the state entries hold.
+    state_bytes: u64,
 }
 
 impl ChangeJournal {
@@ -170,13 +184,39 @@ impl ChangeJournal {
         ChangeJournal::default()
     }
 
-    /// Records one change.
+    /// Records one change (a state change may be folded into an earlier
+    /// one, as the type's docs say).
     pub fn push(&mut self, change: Change) {
+        if let Change::State(next) = &change {
+            // Not folded into an entry that would then both start and end
+            // with the key absent: its undo would have nothing to delete.
+            if let Some(&at) = self.state_at.get(&next.key)
+                && let Some(Change::State(entry)) = self.changes.get_mut(at)
+                && entry.version == next.previous_version
+                && entry.deleted == next.previous.is_none()
+                && !(next.deleted && entry.previous.is_none())
+            {
+                entry.version = next.version;
+                entry.deleted = next.deleted;
+                return;
+            }
+            let bytes = next.key.len() + next.previous.as_ref().map_or(0, Vec::len);
+            self.state_bytes = self.state_bytes.saturating_add(bytes as u64);
+            self.state_at.insert(next.key.clone(), self.changes.len());
+        }
         self.changes.push(change);
+    }
+
+    /// The bytes of state keys and previous values recorded (what undoing
+    /// the state changes needs kept).
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes
     }
 
     /// Takes every change recorded so far, leaving the journal empty.
     pub fn take(&mut self) -> Vec<Change> {
+        self.state_at.clear();
+        self.state_bytes = 0;
         std::mem::take(&mut self.changes)
     }
 
@@ -202,8 +242,22 @@ impl ChangeJournal {
 }
 
 impl From<Vec<Change>> for ChangeJournal {
+    /// The journal of `changes` as they are (none is folded).
     fn from(changes: Vec<Change>) -> ChangeJournal {
-        ChangeJournal { changes }
+        let mut state_at = std::collections::HashMap::new();
+        let mut state_bytes = 0u64;
+        for (i, c) in changes.iter().enumerate() {
+            if let Change::State(s) = c {
+                let bytes = s.key.len() + s.previous.as_ref().map_or(0, Vec::len);
+                state_bytes = state_bytes.saturating_add(bytes as u64);
+                state_at.insert(s.key.clone(), i);
+            }
+        }
+        ChangeJournal {
+            changes,
+            state_at,
+            state_bytes,
+        }
     }
 }
 
@@ -430,6 +484,69 @@ mod tests {
                 *out += &format!("file {child} {}\n", hex::encode(sha256(&bytes)));
             }
         }
+    }
+
+    /// Writes of one key in a row are one entry; a write after someone
+    /// else's is an entry of its own, so that undoing it still finds the
+    /// other writer's value in the way (a conflict) instead of overwriting
+    /// it. Undoing the journal puts back what was there before.
+    #[test]
+    fn a_key_written_in_a_row_is_one_entry_and_a_foreign_write_between_splits_it() {
+        let e = env();
+        let other = AgentId::new("did:ex:b").unwrap();
+        let by_other = Caller::untraced(&other, Ring::Standard);
+        e.core.state_put(by_other, "k", b"0", 0).unwrap();
+        let mut j = ChangeJournal::new();
+        let put = |j: &mut ChangeJournal, value: &[u8], expected| {
+            let c = e.core.state_put(e.who(), "k", value, expected).unwrap();
+            j.push(Change::State(c));
+        };
+        put(&mut j, b"1", 1);
+        put(&mut j, b"2", 2);
+        j.push(Change::State(e.core.state_delete(e.who(), "k", 3).unwrap()));
+        put(&mut j, b"4", 0);
+        let folded = |j: &ChangeJournal| match j.changes() {
+            [Change::State(s)] => (s.previous.clone(), s.previous_version, s.version, s.deleted),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(folded(&j), (Some(b"0".to_vec()), 1, 4, false));
+        assert_eq!(j.state_bytes(), 2, "the key and one previous value");
+        let undone = undo_changes(&e.core, &ActionRegistry::new(), e.who(), j.changes());
+        assert!(undone.is_empty(), "{undone:?}");
+        assert_eq!(e.core.state().peek("k").unwrap().value, b"0");
+
+        // Created and deleted over and over: two entries (the creation,
+        // and the first delete with what it deleted), however many times.
+        let mut j = ChangeJournal::new();
+        for _ in 0..10 {
+            let at = e.core.state().peek("n").map_or(0, |_| unreachable!());
+            let c = e.core.state_put(e.who(), "n", b"big", at).unwrap();
+            let v = c.version;
+            j.push(Change::State(c));
+            j.push(Change::State(e.core.state_delete(e.who(), "n", v).unwrap()));
+        }
+        assert_eq!(j.len(), 2);
+        assert_eq!(j.state_bytes(), 1 + 1 + 3);
+        let undone = undo_changes(&e.core, &ActionRegistry::new(), e.who(), j.changes());
+        assert!(undone.is_empty(), "{undone:?}");
+        assert!(e.core.state().peek("n").is_none());
+
+        // Another agent's write between two of ours: two entries, and the
+        // undo refuses to overwrite its value.
+        let mut j = ChangeJournal::new();
+        put(&mut j, b"ours", 1);
+        e.core.state_put(by_other, "k", b"theirs", 2).unwrap();
+        put(&mut j, b"ours again", 3);
+        assert_eq!(j.len(), 2);
+        assert_eq!(j.state_bytes(), 2 + 1 + 6);
+        let undone = undo_changes(&e.core, &ActionRegistry::new(), e.who(), j.changes());
+        assert!(
+            matches!(&undone[..], [f] if f.index == 0 && f.error.is_conflict()),
+            "{undone:?}"
+        );
+        assert_eq!(e.core.state().peek("k").unwrap().value, b"theirs");
+        assert_eq!(ChangeJournal::from(j.take()).state_bytes(), 9);
+        assert_eq!(j.state_bytes(), 0);
     }
 
     fn env() -> Env {

@@ -483,6 +483,11 @@ fn describe_state(version: u64, deleted: bool) -> String {
 }
 
 impl StateStore {
+    /// The store's size limits.
+    pub fn limits(&self) -> &StateLimits {
+        &self.limits
+    }
+
     /// An empty store in strong consistency and read-committed isolation,
     /// sharing the session's clocks and locks.
     pub fn new(

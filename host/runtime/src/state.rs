@@ -413,6 +413,12 @@ impl Journal {
         self.lock().push(change);
     }
 
+    /// The bytes of state keys and previous values the current call's
+    /// changes keep ([`ChangeJournal::state_bytes`]).
+    pub(crate) fn state_bytes(&self) -> u64 {
+        self.lock().state_bytes()
+    }
+
     /// Takes the changes recorded since the last take (the call's).
     pub(crate) fn take(&self) -> Vec<Change> {
         self.lock().take()

@@ -511,6 +511,103 @@ mod gate_tests {
         );
     }
 
+    /// A call that writes one key over and over keeps its first previous
+    /// value only (before, one per write: 1 MiB a write, bounded only by
+    /// the rate limit), and undoing the call still puts the key back.
+    #[test]
+    fn a_key_written_again_and_again_keeps_one_previous_value() {
+        let (f, core, _bus) = session_fixture(Ring::Standard);
+        let caller = f.state.gate.caller(Ring::Standard);
+        let handles = &f.state.caps.handles;
+        // An earlier call wrote it.
+        handles.state_put(caller, "k", b"before", 0).unwrap();
+        handles.changes.take();
+        let big = vec![7u8; 64 << 10];
+        let mut version = 1;
+        for _ in 0..100 {
+            version = handles.state_put(caller, "k", &big, version).unwrap();
+        }
+        assert_eq!(handles.changes.state_bytes(), (1 + b"before".len()) as u64);
+        let changes = handles.changes.take();
+        assert!(
+            matches!(&changes[..], [Change::State(s)]
+                if s.previous.as_deref() == Some(&b"before"[..]) && s.previous_version == 1
+                    && s.version == 101 && !s.deleted),
+            "{changes:?}"
+        );
+        let agent = AgentId::new("did:test:a").unwrap();
+        let who = Caller::untraced(&agent, Ring::Standard);
+        assert!(undo_changes(&core, &builtin::registry(), who, &changes).is_empty());
+        assert_eq!(core.state().peek("k").unwrap().value, b"before");
+    }
+
+    /// What a call keeps to undo its state writes is bounded by the state
+    /// store's own size, even when another writer keeps refilling the keys
+    /// it overwrites (so the store stays small while the call's previous
+    /// values grow): past the bound its writes are refused as over quota,
+    /// and the next call starts afresh.
+    #[test]
+    fn a_call_keeps_no_more_undo_data_than_the_state_store_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions =
+            cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).unwrap();
+        let bus = Arc::new(EventBus::new(1024, Arc::new(FakeClock::new())));
+        let config = SessionCoreConfig {
+            state: ahv_governance::state::StateLimits {
+                max_total_bytes: 16 << 10,
+                ..Default::default()
+            },
+            // Writes without reading first: this is about the journal.
+            strict: false,
+            ..SessionCoreConfig::default()
+        };
+        let core = Arc::new(SessionCore::new(
+            SessionId::new("s1").unwrap(),
+            Arc::new(sessions),
+            &config,
+            bus,
+        ));
+        let mut f = fixture_in(Ring::Standard, false, Some(core.clone()));
+        let host = AgentId::new("did:test:host").unwrap();
+        let by_host = Caller::untraced(&host, Ring::Root);
+        let refill = vec![1u8; 4 << 10];
+        let mut refused = None;
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let v = core.state_put(by_host, &key, &refill, 0).unwrap().version;
+            let caller = f.state.gate.caller(Ring::Standard);
+            match f.state.caps.handles.state_put(caller, &key, b"x", v) {
+                Ok(_) => core.state_delete(by_host, &key, v + 1).map(drop).unwrap(),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = refused.expect("the call's undo data is bounded");
+        assert!(
+            matches!(&e, HostError::Refused(WitError::Quota(m)) if m.contains("16384")),
+            "{e:?}"
+        );
+        // The bound plus at most one value: 16 KiB of 4 KiB values.
+        assert_eq!(i, 4, "refused once the call kept 4 values of 4 KiB");
+        let held = f.state.caps.handles.changes.state_bytes();
+        assert!(
+            (16 << 10..(16 << 10) + (4 << 10) + 64).contains(&held),
+            "{held}"
+        );
+        // A delete is refused too; the next call starts afresh.
+        let e = wstate_write::Host::delete(view!(f, state_write), "k0".into(), 0);
+        assert!(
+            matches!(e, Err(HostError::Refused(WitError::Quota(_)))),
+            "{e:?}"
+        );
+        f.state.caps.handles.changes.take();
+        let caller = f.state.gate.caller(Ring::Standard);
+        let handles = &f.state.caps.handles;
+        assert!(handles.state_put(caller, "fresh", b"x", 0).is_ok());
+    }
+
     #[test]
     fn the_journal_holds_one_call_only() {
         let mut f = fixture(Ring::Standard, false);
