@@ -641,7 +641,7 @@ impl SessionCore {
                     },
                     FileOp::SetAcl => EventPayload::VfsAclChanged {
                         path: c.path.clone(),
-                        acl: acl.map(ToString::to_string).unwrap_or_default(),
+                        acl: acl.map(event_acl).unwrap_or_default(),
                     },
                     FileOp::CreateDir => EventPayload::VfsDirCreated {
                         path: c.path.clone(),
@@ -832,5 +832,64 @@ impl FileSpace for Recording<'_> {
     }
     fn set_acl(&self, who: Caller<'_>, path: &str, acl: Acl) -> Result<FileChange, VfsError> {
         self.note(self.core.set_acl(who, path, acl))
+    }
+}
+
+/// The most bytes of an ACL a `vfs.acl_changed` event carries.
+pub const MAX_EVENT_ACL_BYTES: usize = 4096;
+
+/// An ACL as its `vfs.acl_changed` event shows it: whole when it is at most
+/// [`MAX_EVENT_ACL_BYTES`], else its start, its length and its SHA-256.
+/// An ACL may list 1,000 agents of 256-byte ids per list: whole, every
+/// change of one would put ~0.5 MB in the bus and the audit log.
+fn event_acl(acl: &Acl) -> String {
+    let full = acl.to_string();
+    if full.len() <= MAX_EVENT_ACL_BYTES {
+        return full;
+    }
+    let mut cut = MAX_EVENT_ACL_BYTES - 128;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all, sha256 {})",
+        &full[..cut],
+        full.len(),
+        hex::encode(crate::files::sha256(full.as_bytes()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::Access;
+
+    /// An ACL's event shows a short ACL whole and a long one cut, with its
+    /// length and hash: a guest cannot put ~0.5 MB in the bus and the
+    /// audit log with each change of one.
+    #[test]
+    fn an_acl_event_carries_a_bounded_text() {
+        let owner = AgentId::new("did:ex:owner").unwrap();
+        let short = Acl {
+            owner: owner.clone(),
+            read: Access::Everyone,
+            write: Access::Owner,
+        };
+        assert_eq!(event_acl(&short), short.to_string());
+        let ids: Vec<AgentId> = (0..1000)
+            .map(|i| AgentId::new(format!("did:ex:{i:04}-{}", "x".repeat(240))).unwrap())
+            .collect();
+        let long = Acl {
+            owner,
+            read: Access::Agents(ids.clone()),
+            write: Access::Agents(ids),
+        };
+        let full = long.to_string();
+        let text = event_acl(&long);
+        assert!(full.len() > 400_000);
+        assert!(text.len() <= MAX_EVENT_ACL_BYTES, "{}", text.len());
+        assert!(text.contains(&format!("{} bytes in all", full.len())));
+        assert!(text.contains(&hex::encode(crate::files::sha256(full.as_bytes()))));
+        assert!(full.starts_with(text.split('…').next().unwrap()));
     }
 }

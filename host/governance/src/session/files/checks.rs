@@ -371,6 +371,61 @@ mod tests {
         ));
     }
 
+    /// The ids an ACL lists count against the session's byte quota, as
+    /// contents do, and the old ACL an undo record keeps against the undo
+    /// log's: a guest setting lists of 1,000 long ids on file after file
+    /// (~0.5 MB each) is refused once its files' bytes reach the quota.
+    #[test]
+    fn acl_lists_count_against_the_byte_quota() {
+        let e = env_with(FileQuotas {
+            max_total_bytes: 4096,
+            ..FileQuotas::default()
+        });
+        let a = id("alice");
+        e.files.set_strict(false);
+        e.files.write(ring2(&a), "shared/f", b"0123456789").unwrap();
+        let long = |n: usize, tag: &str| -> Vec<AgentId> {
+            (0..n)
+                .map(|i| id(&format!("{tag}-{i:04}-{}", "x".repeat(93))))
+                .collect()
+        };
+        // 30 ids of 100 bytes: 3,000 bytes, within the 4,096.
+        let fits = acl(&a, Access::Agents(long(30, "r")), Access::Owner);
+        e.files
+            .set_acl(ring2(&a), "shared/f", fits.clone())
+            .unwrap();
+        assert_eq!(e.files.usage().bytes, 10 + 3000);
+        // 11 more ids would take it to 4,110: refused, nothing changed.
+        let over = acl(
+            &a,
+            Access::Agents(long(30, "r")),
+            Access::Agents(long(11, "w")),
+        );
+        let err = e.files.set_acl(ring2(&a), "shared/f", over).unwrap_err();
+        assert!(
+            matches!(&err, VfsError::Quota { reason, .. } if reason.contains("4110") && reason.contains("4096")),
+            "{err:?}"
+        );
+        assert_eq!(e.files.get_acl(ring2(&a), "shared/f").unwrap(), fits);
+        // A content write counts the ACL too.
+        let err = e
+            .files
+            .write(ring2(&a), "shared/g", &[0; 1100])
+            .unwrap_err();
+        assert!(matches!(err, VfsError::Quota { .. }), "{err:?}");
+        // A smaller ACL is always allowed, and gives the bytes back.
+        let small = acl(&a, Access::Everyone, Access::Owner);
+        e.files.set_acl(ring2(&a), "shared/f", small).unwrap();
+        assert_eq!(e.files.usage().bytes, 10);
+        e.files.write(ring2(&a), "shared/g", &[0; 1100]).unwrap();
+        // Deleting the file gives back its ACL's bytes too.
+        let some = acl(&a, Access::Agents(long(20, "r")), Access::Owner);
+        e.files.set_acl(ring2(&a), "shared/f", some).unwrap();
+        assert_eq!(e.files.usage().bytes, 10 + 1100 + 2000);
+        e.files.delete(ring2(&a), "shared/f").unwrap();
+        assert_eq!(e.files.usage().bytes, 1100);
+    }
+
     #[test]
     fn quotas_refuse_before_anything_changes() {
         let e = env_with(FileQuotas {

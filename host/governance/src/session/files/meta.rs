@@ -28,6 +28,33 @@ pub(super) struct FileMeta {
     pub(super) clock: VectorClock,
 }
 
+impl FileMeta {
+    /// The bytes of the agent ids its ACL lists (0 for `everyone`, `owner`
+    /// or no ACL): counted with the file's size in the session's usage, so
+    /// that long ACLs are bounded by the same quota as contents.
+    pub(super) fn acl_bytes(&self) -> u64 {
+        self.acl.as_ref().map_or(0, acl_bytes)
+    }
+
+    /// What the file counts for in the session's byte usage.
+    pub(super) fn counted_bytes(&self) -> u64 {
+        self.size.saturating_add(self.acl_bytes())
+    }
+}
+
+/// The bytes of the agent ids `acl`'s read and write lists name.
+pub(super) fn acl_bytes(acl: &crate::files::Acl) -> u64 {
+    [&acl.read, &acl.write]
+        .into_iter()
+        .filter_map(|a| match a {
+            crate::files::Access::Agents(list) => Some(list),
+            _ => None,
+        })
+        .flatten()
+        .map(|id| id.as_str().len() as u64)
+        .sum()
+}
+
 impl fmt::Debug for FileMeta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileMeta")
@@ -107,7 +134,7 @@ impl Db {
     pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
         if let Some(m) = &meta {
             self.usage.files += 1;
-            self.usage.bytes = self.usage.bytes.saturating_add(m.size);
+            self.usage.bytes = self.usage.bytes.saturating_add(m.counted_bytes());
         }
         let old = match meta {
             Some(m) => self.files.insert(key, m),
@@ -115,7 +142,7 @@ impl Db {
         };
         if let Some(o) = old {
             self.usage.files = self.usage.files.saturating_sub(1);
-            self.usage.bytes = self.usage.bytes.saturating_sub(o.size);
+            self.usage.bytes = self.usage.bytes.saturating_sub(o.counted_bytes());
         }
     }
 

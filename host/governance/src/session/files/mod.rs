@@ -146,8 +146,9 @@ pub struct FileQuotas {
     /// Largest file, in bytes (default 16 MiB).
     pub max_file_bytes: u64,
     /// Largest total size of the session's regular files, shared and private
-    /// areas together, in bytes (default 256 MiB). It also bounds the old
-    /// contents the undo log keeps on disk.
+    /// areas together, in bytes (default 256 MiB), counting the agent ids
+    /// their ACLs list with them. It also bounds the old contents the undo
+    /// log keeps on disk, and the old ACLs it keeps in memory.
     pub max_total_bytes: u64,
     /// Most regular files in the session, all areas together (default 10 000).
     pub max_files: u64,
@@ -179,7 +180,8 @@ impl Default for FileQuotas {
 pub struct Usage {
     /// Number of regular files.
     pub files: u64,
-    /// Their total size, in bytes.
+    /// Their total size, in bytes, plus the bytes of the agent ids their
+    /// ACLs list (an ACL counts against the quota as contents do).
     pub bytes: u64,
     /// Directories below the area roots (the roots are not counted).
     pub dirs: u64,

@@ -796,6 +796,20 @@ impl SessionFiles {
                 });
             }
         }
+        // The ids an ACL lists count with the session's bytes (see
+        // `FileMeta::acl_bytes`): a guest's ACLs are bounded by the quota
+        // its files are.
+        let (was, will) = (old.acl_bytes(), super::meta::acl_bytes(&acl));
+        let total = db.usage.bytes.saturating_sub(was).saturating_add(will);
+        if will > was && total > self.quotas.max_total_bytes {
+            return Err(VfsError::Quota {
+                path: guest,
+                reason: format!(
+                    "the ACL names {will} bytes of agent ids; with them the session's files would total {total} bytes ({} now), and the limit is {}",
+                    db.usage.bytes, self.quotas.max_total_bytes
+                ),
+            });
+        }
         self.check_clock(who.agent, &old.clock, &guest)?;
         let before = old.clone();
         let mut meta = before.clone();
@@ -814,11 +828,13 @@ impl SessionFiles {
                 op: FileOp::SetAcl,
                 key: key.clone(),
                 to: None,
+                // Not a blob: the ACL it keeps, counted with the undo
+                // log's bytes so that it is bounded as they are.
+                blob_bytes: was,
                 undo: Undo::AclSet {
                     before: Box::new(before),
                     after,
                 },
-                blob_bytes: 0,
             },
         );
         Ok(FileChange {

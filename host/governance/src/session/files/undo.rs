@@ -91,7 +91,8 @@ pub(super) struct Record {
     pub(super) key: AreaPath,
     pub(super) to: Option<AreaPath>,
     pub(super) undo: Undo,
-    /// Bytes this record keeps at `undo/<id>`.
+    /// Bytes this record keeps at `undo/<id>` (or, for an ACL change, the
+    /// agent ids of the ACL it keeps to put back).
     pub(super) blob_bytes: u64,
 }
 
