@@ -193,7 +193,7 @@ pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// The component of the Python agent `example-agents/python/<name>/app.py`
 /// for `world`: built on first use, then taken from
-/// `<target>/tmp/python-agents/<name>-<hash>.wasm`.
+/// `<target>/tmp/python-agents/<name>-<world>-<hash>.wasm`.
 pub fn python_agent(name: &str, world: &str) -> Vec<u8> {
     let (bin, version) = componentize_py();
     let source = repo().join("example-agents/python").join(name);
