@@ -692,3 +692,52 @@ async fn a_request_abandoned_in_flight_is_still_audited() {
     let (_, _, _, outcome) = fields(&net_events(&h, &s)[0]);
     assert!(outcome.starts_with("abandoned"), "{outcome}");
 }
+
+/// A guest that keeps every response without reading or dropping it (the
+/// host buffers each body, up to `max_response_bytes`) holds one of its
+/// eight in-flight slots with each, across calls: the ninth request is
+/// refused, so the host memory its responses take stays bounded, until it
+/// drops them. Before, a finished exchange gave its slot back at once and
+/// the bodies piled up (up to the resource table's size times the limit).
+#[tokio::test]
+async fn responses_a_guest_keeps_unread_hold_its_requests_slots() {
+    let server = Server::start();
+    let p = server.port();
+    let text = format!(
+        "{}\n[rate_limits.standard]\nchange = {{ rate_per_sec = 1000.0, burst = 1000 }}\n",
+        policy(p, "")
+    );
+    let h = hv(&text);
+    let s = h.session();
+    let c = h.hv.load(ahv_agents::ABUSER).unwrap();
+    h.hv.join_session(&s, JoinRequest::new(id("did:test:m"), 0.8).component(c))
+        .await
+        .unwrap();
+    h.hv.activate_session(&s).unwrap();
+    let url = format!("http://127.0.0.1:{p}/v1/complete");
+    let report = |out: ahv_runtime::RunOutput| out.result.unwrap_or_else(|e| panic!("{e}"));
+    let first = report(
+        run(&h, &s, "did:test:m", &format!("hoard 8 {url}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.matches(": status 200").count(), 8, "{first}");
+    let ninth = report(
+        run(&h, &s, "did:test:m", &format!("hoard 1 {url}"))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        ninth.contains("refused ErrorCode::ConnectionLimitReached"),
+        "{ninth}"
+    );
+    assert_eq!(server.seen().len(), 8, "the ninth was not sent");
+    let released = report(run(&h, &s, "did:test:m", "release").await.unwrap());
+    assert_eq!(released, "dropped 8 responses");
+    let again = report(
+        run(&h, &s, "did:test:m", &format!("hoard 1 {url}"))
+            .await
+            .unwrap(),
+    );
+    assert!(again.contains("0: status 200"), "{again}");
+}

@@ -11,7 +11,11 @@
 //! - `big-log:MIB` — logs one line of MIB MiB;
 //! - `write:BYTES` — writes a file of BYTES bytes (`big.bin`), answers what the host said;
 //! - `put:BYTES` — writes a state value of BYTES bytes (in a session);
-//! - `answer:BYTES` — answers with BYTES bytes.
+//! - `answer:BYTES` — answers with BYTES bytes;
+//! - `hoard N URL` — sends N `GET`s to `http://…` URL one after the other
+//!   and keeps every response without reading or dropping it (they stay in
+//!   the instance for later calls); answers one line per request;
+//! - `release` — drops the responses `hoard` kept.
 
 // Producing strings that are not UTF-8 is this test instrument's point.
 #![allow(unsafe_code)]
@@ -34,8 +38,62 @@ fn raw_string(bytes: Vec<u8>) -> String {
     unsafe { String::from_utf8_unchecked(bytes) }
 }
 
+thread_local! {
+    /// The responses `hoard` keeps, unread.
+    static HOARD: std::cell::RefCell<Vec<wasip2::http::types::IncomingResponse>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends `n` `GET`s to `url` and keeps each response unread.
+fn hoard(n: u64, url: &str) -> Result<String, String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").ok_or("an http:// URL")?;
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        let set = request.set_method(&Method::Get).is_ok()
+            && request.set_scheme(Some(&Scheme::Http)).is_ok()
+            && request.set_authority(Some(authority)).is_ok()
+            && request.set_path_with_query(Some(&path)).is_ok();
+        if !set {
+            return Err(format!("{url:?}: refused by the request builder"));
+        }
+        let body = request.body().map_err(|()| "the body was taken")?;
+        let future = match outgoing_handler::handle(request, None) {
+            Ok(f) => f,
+            Err(e) => {
+                lines.push(format!("{i}: refused {e:?}"));
+                continue;
+            }
+        };
+        OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Ok(response))) => {
+                lines.push(format!("{i}: status {}", response.status()));
+                HOARD.with(|h| h.borrow_mut().push(response));
+            }
+            other => lines.push(format!("{i}: failed {other:?}")),
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
 impl Agent for Abuser {
     fn run(input: String) -> Result<String, String> {
+        if let Some(rest) = input.strip_prefix("hoard ") {
+            let (n, url) = rest.split_once(' ').ok_or("hoard N URL")?;
+            return hoard(number(n)?, url);
+        }
+        if input == "release" {
+            let n = HOARD.with(|h| std::mem::take(&mut *h.borrow_mut()).len());
+            return Ok(format!("dropped {n} responses"));
+        }
         let (mode, arg) = input.split_once(':').unwrap_or((input.as_str(), "0"));
         let n = number(arg)?;
         let size = usize::try_from(n).map_err(|e| e.to_string())?;

@@ -202,20 +202,36 @@ struct Next {
     audit: Audit,
 }
 
-/// Most requests of one instance in flight at once: each may hold its
-/// request body (up to the limit) and a connection until its timeout.
+/// Most requests of one instance in flight at once, counting those whose
+/// response the guest still holds: each may hold its request body (up to
+/// the limit) and a connection until its timeout, and then its response
+/// body (up to the limit) until the guest drops the response. So what
+/// `net` keeps in host memory for one instance is bounded by this times
+/// the policy's body limits, whatever the guest does.
 pub(crate) const MAX_IN_FLIGHT: usize = 8;
+
+/// One of an instance's [`MAX_IN_FLIGHT`] slots, given back when dropped:
+/// with the request's audit record until the exchange ends, then with the
+/// response's body until the guest drops it.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// One request's audit record from the moment it passed the allow-list:
 /// reported when the exchange ends, or — if the guest drops the response
 /// future, or its instance ends, before that — reported as abandoned when
-/// the exchange is dropped. Holds one of the instance's in-flight slots.
+/// the exchange is dropped. Holds one of the instance's in-flight slots
+/// until the exchange ends (a response's body takes it over).
 struct Audit {
     reporter: Arc<Reporter>,
     trace: TraceId,
     record: Option<Record>,
     started: Instant,
-    in_flight: Arc<AtomicUsize>,
+    slot: Option<Slot>,
 }
 
 impl Audit {
@@ -234,7 +250,6 @@ impl Audit {
 
 impl Drop for Audit {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(mut record) = self.record.take() {
             record.outcome =
                 "abandoned: the guest dropped the response, or its instance ended, before the exchange finished"
@@ -401,10 +416,13 @@ fn handle(
         return refuse(
             ctx,
             ErrorCode::ConnectionLimitReached,
-            format!("{MAX_IN_FLIGHT} requests of this agent are in flight already"),
+            format!(
+                "{MAX_IN_FLIGHT} requests of this agent are in flight, or hold responses it has not dropped"
+            ),
         );
     }
     ctx.hooks.in_flight.fetch_add(1, Ordering::AcqRel);
+    let slot = Slot(ctx.hooks.in_flight.clone());
     ctx.hooks.next = Some(Next {
         permit,
         limits: *ctx.access.limits(),
@@ -413,7 +431,7 @@ fn handle(
             trace,
             record: Some(Record::new(&method, &url)),
             started: Instant::now(),
-            in_flight: ctx.hooks.in_flight.clone(),
+            slot: Some(slot),
         },
     });
     let mut view = WasiHttpCtxView {
@@ -567,8 +585,16 @@ async fn send(
     .await;
     match result {
         Ok(Ok(response)) => {
+            // The body holds the slot until the guest drops it.
+            let slot = audit.slot.take();
             audit.finish("ok".into());
-            Ok(response)
+            Ok(response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _held = &slot;
+                    frame
+                })
+                .boxed_unsync()
+            }))
         }
         Ok(Err((error, why))) => {
             audit.finish(why);
