@@ -81,6 +81,57 @@ pub mod abuser {
         assert_eq!(cause, TrapCause::ResourceLimit { limit: 256 }, "{cause}");
     }
 
+    /// A component that makes handles of a resource type of its own
+    /// (`resource.new`, no host call in the loop; as many as its input has
+    /// bytes, all kept) is stopped at its ring's component-handle limit
+    /// (twice its resource-table capacity), a resource limit: before, every
+    /// ring allowed wasmtime's default of 100,000, and the trap was
+    /// reported as a host error.
+    #[tokio::test]
+    async fn handles_of_a_guest_defined_resource_are_bounded_by_the_ring() {
+        let wasm = wat::parse_str(
+            r#"(component
+  (type $r (resource (rep i32)))
+  (core func $new (canon resource.new $r))
+  (core instance $imports (export "new" (func $new)))
+  (core module $main
+    (import "r" "new" (func $new (param i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 64) "ok")
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+    (func (export "run") (param $input i32) (param $n i32) (result i32)
+      (local $i i32)
+      (block $done
+        (loop $again
+          (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+          (drop (call $new (i32.const 7)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $again)))
+      (i32.store (i32.const 16) (i32.const 0))
+      (i32.store (i32.const 20) (i32.const 64))
+      (i32.store (i32.const 24) (i32.const 2))
+      i32.const 16))
+  (core instance $m (instantiate $main (with "r" (instance $imports))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $m "run") (memory (core memory $m "memory")) (realloc (core func $m "realloc")))))"#,
+        )
+        .expect("the handle-making component parses");
+        let h = Harness::new(&cache_dir());
+        for (ring, limit) in [(Ring::Sandbox, 512), (Ring::Standard, 2048)] {
+            let sb = Sandbox::new();
+            let mut a = h.spawn(&wasm, "did:test:handles", ring, &sb).await;
+            assert_eq!(answer(a.run(&"x".repeat(limit)).await), "ok", "{ring:?}");
+            // A fresh instance: the first one's handles are still live.
+            let mut a = h.spawn(&wasm, "did:test:handles", ring, &sb).await;
+            let cause = trap(a.run(&"x".repeat(limit + 1)).await);
+            assert_eq!(
+                cause,
+                TrapCause::ResourceLimit { limit },
+                "{ring:?}: {cause}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn empty_log_lines_are_counted_and_reported_once() {
         // Few enough calls to finish well inside ring 3's 2 s deadline on a

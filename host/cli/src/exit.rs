@@ -94,7 +94,7 @@ exit_codes! {
         19 Exited "exited" TrapCause::Exited { .. }
             => "the agent called WASI `exit` (even `exit(0)`) instead of answering";
         20 ResourceLimit "resource-limit" TrapCause::ResourceLimit { .. }
-            => "resource limit: the agent filled its resource table";
+            => "resource limit: the agent filled its resource table, or its component-model handles";
         21 RequestTooLarge "request-too-large" TrapCause::RequestTooLarge(_)
             => "request too large: random bytes or an answer beyond the ring's limit";
         22 InvalidGuestData "invalid-guest-data" TrapCause::InvalidGuestData(_)

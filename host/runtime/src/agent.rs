@@ -550,6 +550,7 @@ impl Agent {
         let mut store = Store::new(self.runtime.engine(), AgentState::new(init, limits, now));
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.hostcall_budget(ring));
+        store.set_max_component_handles(crate::trap::component_handle_limit(limits));
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
             // A standing killed on its own stops the guest too, as the
@@ -621,6 +622,7 @@ impl Agent {
         }
         store.set_fuel(limits.fuel_per_call)?;
         store.set_hostcall_fuel(self.hostcall_budget(ring));
+        store.set_max_component_handles(crate::trap::component_handle_limit(limits));
         store.set_epoch_deadline(1);
         Ok((trace, ring))
     }

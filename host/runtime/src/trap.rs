@@ -143,10 +143,12 @@ pub enum TrapCause {
         /// The exit status it gave.
         code: i32,
     },
-    /// The guest filled its resource table (WASI streams, pollables, …).
+    /// The guest filled its resource table (WASI streams, pollables, …), or
+    /// its component-model handles (resources of its own, `resource.new`).
     #[error("resource limit: the agent holds all {limit} resource handles its ring allows")]
     ResourceLimit {
-        /// The ring's resource-table capacity.
+        /// The ring's resource-table capacity, or its component-handle
+        /// limit (twice that).
         limit: usize,
     },
     /// The guest asked for more than its ring allows in one request.
@@ -246,6 +248,11 @@ impl TrapCause {
                 if let Some(cause) = instance_limit(&root, limits) {
                     return cause;
                 }
+                if root.contains("store handle limit exceeded") {
+                    return TrapCause::ResourceLimit {
+                        limit: component_handle_limit(limits),
+                    };
+                }
                 if ABI_VIOLATIONS.iter().any(|m| root.contains(m)) {
                     TrapCause::InvalidGuestData(InvalidGuestData { message: root })
                 } else {
@@ -286,6 +293,15 @@ impl TrapCause {
 /// count too high at <n>` (its error type is private; the message is stable
 /// and tested by `the_ring_s_instance_and_memory_budgets_decide_whether_it_fits` and the
 /// unit test below).
+/// The most component-model handles an instance's store may hold at once
+/// (`Store::set_max_component_handles`; wasmtime's default is 100,000 in
+/// every store): twice the ring's resource-table capacity, since a host
+/// resource holds a handle in both and a call lends borrowed ones too.
+/// Guest-defined resources (`resource.new`) are bounded by it alone.
+pub(crate) fn component_handle_limit(limits: &RingLimits) -> usize {
+    limits.max_resources.saturating_mul(2)
+}
+
 fn instance_limit(root: &str, limits: &RingLimits) -> Option<TrapCause> {
     let rest = root.strip_prefix("resource limit exceeded: ")?;
     let (what, needed) = rest.split_once(" count too high at ")?;
