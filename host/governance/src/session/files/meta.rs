@@ -78,6 +78,23 @@ impl FileMeta {
         }
     }
 
+    /// The metadata of `size` bytes whose SHA-256 state `hasher` is (their
+    /// hash computed as they were staged, outside the session's lock).
+    pub(super) fn hashed(
+        hasher: Sha256,
+        size: u64,
+        acl: Option<Acl>,
+        clock: VectorClock,
+    ) -> FileMeta {
+        FileMeta {
+            acl,
+            size,
+            digest: hasher.clone().finalize().into(),
+            hasher,
+            clock,
+        }
+    }
+
     pub(super) fn appended(&self, bytes: &[u8], clock: VectorClock) -> FileMeta {
         let mut hasher = self.hasher.clone();
         hasher.update(bytes);

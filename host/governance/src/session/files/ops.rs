@@ -7,7 +7,8 @@ use ahv_core::Ring;
 use crate::files::{Access, Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::open;
 use crate::path::RESERVED_PREFIX;
-use crate::vfs::{EntryKind, Stat, VfsError};
+use crate::vclock::VectorClock;
+use crate::vfs::{EntryKind, Staged, Stat, VfsError};
 
 use super::checks::{MAX_ACL_AGENTS, Need, check_access, check_nesting, creation_acl, private_acl};
 use super::fs::{
@@ -126,9 +127,32 @@ impl FileSpace for SessionFiles {
         })
     }
 
+    /// In three steps, so that the session's lock is not held while the
+    /// bytes go to disk (a 16 MiB write and its sync take ~50 ms here, and
+    /// every other file operation of the session waits for the lock on a
+    /// runtime thread): under the lock, the checks the write will make
+    /// again (a write refused now writes nothing); without it, the bytes
+    /// written, synced and hashed under a temporary name; under the lock
+    /// again, every check, then a rename into place.
     fn write(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         let key = file_key(who.agent, path)?;
-        self.with(|dirs, db| self.write_file(dirs, db, who, &key, contents, FileOp::Write))
+        let size = contents.len() as u64;
+        let vfs = self.with(|dirs, db| {
+            self.may_write(db, who, &key, size)?;
+            dirs.area(&key.area)
+        })?;
+        let staged = vfs
+            .stage(&key.rel, contents)
+            .map_err(|e| in_guest_terms(e, &key.area))?;
+        #[cfg(test)]
+        staged_hook::run();
+        self.with(|dirs, db| {
+            let contents = Contents {
+                bytes: contents,
+                staged: Some(staged),
+            };
+            self.write_file(dirs, db, who, &key, contents, FileOp::Write)
+        })
     }
 
     fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
@@ -319,18 +343,18 @@ impl SessionFiles {
         db: &mut Db,
         who: Caller<'_>,
         key: &AreaPath,
-        contents: &[u8],
+        contents: Contents<'_>,
         op: FileOp,
     ) -> Result<FileChange, VfsError> {
+        let Contents {
+            bytes: contents,
+            staged,
+        } = contents;
         let guest = key.guest();
-        let old = db.files.get(key);
-        if let Some(m) = old {
-            check_access(who, m, &guest, Need::Write)?;
-        }
-        let old_clock = old.map(|m| m.clock.clone()).unwrap_or_default();
-        self.check_clock(who.agent, &old_clock, &guest)?;
         let size = contents.len() as u64;
-        self.check_quota(&db.usage, &guest, old.map(|m| m.size), size)?;
+        self.may_write(db, who, key, size)?;
+        let old = db.files.get(key);
+        let old_clock = old.map(|m| m.clock.clone()).unwrap_or_default();
         let before = old.cloned();
         // Only now: a refused write must not even create the caller's area.
         let vfs = dirs.area(&key.area)?;
@@ -358,7 +382,12 @@ impl SessionFiles {
             }
             return Err(e);
         }
-        if let Err(e) = vfs.write(&key.rel, contents) {
+        let hasher = staged.as_ref().and_then(|s| s.hasher().cloned());
+        let written = match staged {
+            Some(staged) => vfs.place(&key.rel, staged),
+            None => vfs.write(&key.rel, contents),
+        };
+        if let Err(e) = written {
             if before.is_some() {
                 discard_blob(&dirs.undo, id);
             }
@@ -370,11 +399,11 @@ impl SessionFiles {
             Some(b) => b.acl.clone(),
             None => creation_acl(who, key),
         };
-        let meta = FileMeta::new(
-            contents,
-            acl,
-            self.clocks.stamp_write(who.agent, &old_clock),
-        );
+        let clock = self.clocks.stamp_write(who.agent, &old_clock);
+        let meta = match hasher {
+            Some(h) => FileMeta::hashed(h, size, acl, clock),
+            None => FileMeta::new(contents, acl, clock),
+        };
         let after = meta.fingerprint();
         let digest = meta.digest;
         db.put(key.clone(), Some(meta));
@@ -416,6 +445,25 @@ impl SessionFiles {
         })
     }
 
+    /// The checks of a write of `size` bytes at `key` by `who`, before
+    /// anything is done: its ACL, its clock, the quotas.
+    fn may_write(
+        &self,
+        db: &Db,
+        who: Caller<'_>,
+        key: &AreaPath,
+        size: u64,
+    ) -> Result<(), VfsError> {
+        let guest = key.guest();
+        let old = db.files.get(key);
+        if let Some(m) = old {
+            check_access(who, m, &guest, Need::Write)?;
+        }
+        let empty = VectorClock::default();
+        self.check_clock(who.agent, old.map_or(&empty, |m| &m.clock), &guest)?;
+        self.check_quota(&db.usage, &guest, old.map(|m| m.size), size)
+    }
+
     pub(super) fn append_file(
         &self,
         dirs: &mut Dirs,
@@ -426,6 +474,10 @@ impl SessionFiles {
     ) -> Result<FileChange, VfsError> {
         let Some(old) = db.files.get(key) else {
             // A new file; whatever unknown entry is on disk gets replaced, not extended.
+            let contents = Contents {
+                bytes: contents,
+                staged: None,
+            };
             return self.write_file(dirs, db, who, key, contents, FileOp::Append);
         };
         let guest = key.guest();
@@ -860,10 +912,82 @@ impl SessionFiles {
     }
 }
 
+/// A file's new contents, and the same bytes already staged if they are
+/// ([`Vfs::stage`](crate::vfs::Vfs::stage)).
+pub(super) struct Contents<'a> {
+    bytes: &'a [u8],
+    staged: Option<Staged>,
+}
+
+/// A pause tests can put between a write's staging and its placing.
+#[cfg(test)]
+pub(super) mod staged_hook {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnOnce()>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` once, on this thread, when its next write has staged its
+    /// bytes.
+    pub(in crate::session::files) fn set(f: impl FnOnce() + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn run() {
+        if let Some(f) = HOOK.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::session::files::test_support::*;
+
+    /// A write's bytes go to disk outside the session's lock: another file
+    /// operation of the session (here on the writing thread itself, which
+    /// would deadlock if the write held the lock) runs while they are
+    /// staged, and a change it makes to the same file is seen by the
+    /// write's second look (a conflict), which leaves nothing behind.
+    #[test]
+    fn a_write_stages_its_bytes_outside_the_session_lock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let e = Arc::new(env());
+            let (a, b) = (id("alice"), id("bob"));
+            e.files.set_strict(true);
+            e.files.write(ring2(&a), "shared/f", b"first").unwrap();
+            e.files.read(ring2(&b), "shared/f").unwrap();
+            {
+                let e = e.clone();
+                staged_hook::set(move || {
+                    // While alice's write is staged: bob reads another
+                    // file and rewrites this one.
+                    let b = id("bob");
+                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                    e.files.write(ring2(&b), "shared/f", b"bob's").unwrap();
+                });
+            }
+            let alice = e.files.write(ring2(&a), "shared/f", b"alice's");
+            let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
+                .unwrap()
+                .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".ahv"))
+                .collect();
+            let now = e.files.read(ring2(&a), "shared/f");
+            let _ = done.send((alice, staged_left, now));
+        });
+        let (alice, staged_left, now) = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the write and the operations in its staging ended within 30 s (a deadlock means the write held the session's lock while staging)");
+        assert!(matches!(alice, Err(VfsError::Conflict { .. })), "{alice:?}");
+        assert!(staged_left.is_empty(), "{staged_left:?}");
+        assert_eq!(now.unwrap(), b"bob's");
+    }
 
     #[test]
     fn listings_are_bounded() {
