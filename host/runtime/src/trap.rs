@@ -288,20 +288,22 @@ impl TrapCause {
     }
 }
 
+/// The most component-model handles an instance's store may hold at once
+/// (`Store::set_max_component_handles`; wasmtime's default is 100,000 in
+/// every store): twice the ring's resource-table capacity, since a host
+/// resource holds a handle in both and a call lends borrowed ones too.
+/// Guest-defined resources (`resource.new`) are bounded by it alone. Set
+/// at every call's ring: after a demotion it may be below what the
+/// instance's resource table (sized at its creation) holds.
+pub(crate) fn component_handle_limit(limits: &RingLimits) -> usize {
+    limits.max_resources.saturating_mul(2)
+}
+
 /// The store's count limits (from [`crate::state::Limiter`]), which Wasmtime
 /// enforces with a message of its own: `resource limit exceeded: <what>
 /// count too high at <n>` (its error type is private; the message is stable
 /// and tested by `the_ring_s_instance_and_memory_budgets_decide_whether_it_fits` and the
 /// unit test below).
-/// The most component-model handles an instance's store may hold at once
-/// (`Store::set_max_component_handles`; wasmtime's default is 100,000 in
-/// every store): twice the ring's resource-table capacity, since a host
-/// resource holds a handle in both and a call lends borrowed ones too.
-/// Guest-defined resources (`resource.new`) are bounded by it alone.
-pub(crate) fn component_handle_limit(limits: &RingLimits) -> usize {
-    limits.max_resources.saturating_mul(2)
-}
-
 fn instance_limit(root: &str, limits: &RingLimits) -> Option<TrapCause> {
     let rest = root.strip_prefix("resource limit exceeded: ")?;
     let (what, needed) = rest.split_once(" count too high at ")?;

@@ -372,11 +372,12 @@ mod tests {
     }
 
     /// The ids an ACL lists count against the session's byte quota, as
-    /// contents do, and the old ACL an undo record keeps against the undo
-    /// log's: a guest setting lists of 1,000 long ids on file after file
-    /// (~0.5 MB each) is refused once its files' bytes reach the quota.
+    /// contents do (each its length plus `ACL_ID_OVERHEAD`): a guest setting
+    /// lists of 1,000 long ids on file after file (~0.5 MB each) is refused
+    /// once its files' bytes reach the quota.
     #[test]
     fn acl_lists_count_against_the_byte_quota() {
+        use super::super::meta::ACL_ID_OVERHEAD;
         let e = env_with(FileQuotas {
             max_total_bytes: 4096,
             ..FileQuotas::default()
@@ -384,33 +385,36 @@ mod tests {
         let a = id("alice");
         e.files.set_strict(false);
         e.files.write(ring2(&a), "shared/f", b"0123456789").unwrap();
+        // Ids of 100 bytes: each counts 100 + the overhead.
         let long = |n: usize, tag: &str| -> Vec<AgentId> {
             (0..n)
                 .map(|i| id(&format!("{tag}-{i:04}-{}", "x".repeat(93))))
                 .collect()
         };
-        // 30 ids of 100 bytes: 3,000 bytes, within the 4,096.
-        let fits = acl(&a, Access::Agents(long(30, "r")), Access::Owner);
+        let per_id = 100 + ACL_ID_OVERHEAD;
+        let fits = acl(&a, Access::Agents(long(20, "r")), Access::Owner);
         e.files
             .set_acl(ring2(&a), "shared/f", fits.clone())
             .unwrap();
-        assert_eq!(e.files.usage().bytes, 10 + 3000);
-        // 11 more ids would take it to 4,110: refused, nothing changed.
+        assert_eq!(e.files.usage().bytes, 10 + 20 * per_id);
+        // Eight more would take it past 4,096: refused, nothing changed.
         let over = acl(
             &a,
-            Access::Agents(long(30, "r")),
-            Access::Agents(long(11, "w")),
+            Access::Agents(long(20, "r")),
+            Access::Agents(long(8, "w")),
         );
+        let total = 10 + 28 * per_id;
         let err = e.files.set_acl(ring2(&a), "shared/f", over).unwrap_err();
         assert!(
-            matches!(&err, VfsError::Quota { reason, .. } if reason.contains("4110") && reason.contains("4096")),
+            matches!(&err, VfsError::Quota { reason, .. } if reason.contains(&total.to_string()) && reason.contains("4096")),
             "{err:?}"
         );
         assert_eq!(e.files.get_acl(ring2(&a), "shared/f").unwrap(), fits);
         // A content write counts the ACL too.
+        let room = 4096 - (10 + 20 * per_id);
         let err = e
             .files
-            .write(ring2(&a), "shared/g", &[0; 1100])
+            .write(ring2(&a), "shared/g", &vec![0; room as usize + 1])
             .unwrap_err();
         assert!(matches!(err, VfsError::Quota { .. }), "{err:?}");
         // A smaller ACL is always allowed, and gives the bytes back.
@@ -419,11 +423,49 @@ mod tests {
         assert_eq!(e.files.usage().bytes, 10);
         e.files.write(ring2(&a), "shared/g", &[0; 1100]).unwrap();
         // Deleting the file gives back its ACL's bytes too.
-        let some = acl(&a, Access::Agents(long(20, "r")), Access::Owner);
+        let some = acl(&a, Access::Agents(long(10, "r")), Access::Owner);
         e.files.set_acl(ring2(&a), "shared/f", some).unwrap();
-        assert_eq!(e.files.usage().bytes, 10 + 1100 + 2000);
+        assert_eq!(e.files.usage().bytes, 10 + 1100 + 10 * per_id);
         e.files.delete(ring2(&a), "shared/f").unwrap();
         assert_eq!(e.files.usage().bytes, 1100);
+    }
+
+    /// The undo records of a file keep its ACLs (the state before and
+    /// after each change): they count with the undo log's bytes, which the
+    /// byte quota bounds, so writing a file, giving it a long ACL and
+    /// deleting it, over and over, keeps at most a quota's worth of ACLs
+    /// (before, 200 rounds under a 4 KiB quota kept ~600 KB, uncounted).
+    #[test]
+    fn acls_kept_by_undo_records_are_bounded_by_the_quota() {
+        let e = env_with(FileQuotas {
+            max_total_bytes: 4096,
+            ..FileQuotas::default()
+        });
+        let a = id("alice");
+        e.files.set_strict(false);
+        let ids: Vec<AgentId> = (0..20)
+            .map(|i| id(&format!("r-{i:04}-{}", "x".repeat(93))))
+            .collect();
+        for round in 0..200 {
+            let path = format!("shared/f{round}");
+            e.files.write(ring2(&a), &path, b"x").unwrap();
+            let long = acl(&a, Access::Agents(ids.clone()), Access::Owner);
+            e.files.set_acl(ring2(&a), &path, long).unwrap();
+            e.files.delete(ring2(&a), &path).unwrap();
+        }
+        assert_eq!(e.files.usage().bytes, 0);
+        let inner = e.files.lock();
+        let kept: u64 = inner.db.log.iter().map(|r| r.undo.acl_bytes()).sum();
+        let one_record = 2 * 20 * (100 + super::super::meta::ACL_ID_OVERHEAD);
+        assert!(
+            kept <= 4096 + one_record,
+            "the undo log keeps {kept} bytes of ACLs"
+        );
+        assert!(
+            inner.db.log_bytes <= 4096 + one_record,
+            "{}",
+            inner.db.log_bytes
+        );
     }
 
     #[test]

@@ -42,7 +42,13 @@ impl FileMeta {
     }
 }
 
-/// The bytes of the agent ids `acl`'s read and write lists name.
+/// What one agent id in an ACL list is counted for besides its bytes: its
+/// own allocation's header and its slot in the list (a list of 1,000 ids of
+/// one byte takes ~45 KB, not 1 KB).
+pub(super) const ACL_ID_OVERHEAD: u64 = 48;
+
+/// The bytes `acl`'s read and write lists take: each agent id's length
+/// plus [`ACL_ID_OVERHEAD`].
 pub(super) fn acl_bytes(acl: &crate::files::Acl) -> u64 {
     [&acl.read, &acl.write]
         .into_iter()
@@ -51,7 +57,7 @@ pub(super) fn acl_bytes(acl: &crate::files::Acl) -> u64 {
             _ => None,
         })
         .flatten()
-        .map(|id| id.as_str().len() as u64)
+        .map(|id| id.as_str().len() as u64 + ACL_ID_OVERHEAD)
         .sum()
 }
 
@@ -128,6 +134,13 @@ pub(super) struct Fingerprint {
     pub(super) acl: Option<Acl>,
 }
 
+impl Fingerprint {
+    /// The bytes its ACL's lists take ([`acl_bytes`]).
+    pub(super) fn acl_bytes(&self) -> u64 {
+        self.acl.as_ref().map_or(0, acl_bytes)
+    }
+}
+
 /// The session's metadata.
 #[derive(Debug, Default)]
 pub(super) struct Db {
@@ -190,6 +203,11 @@ impl Db {
         rec: Record,
     ) -> Option<u64> {
         let id = rec.id;
+        // The ACLs it keeps (the file's before and after) count with its
+        // blob: a record of a file with long ACLs, deleted since, must not
+        // keep them for free.
+        let mut rec = rec;
+        rec.blob_bytes = rec.blob_bytes.saturating_add(rec.undo.acl_bytes());
         self.log_bytes = self.log_bytes.saturating_add(rec.blob_bytes);
         self.log.push_back(rec);
         while self.log.len() > quotas.max_undo_records || self.log_bytes > quotas.max_total_bytes {

@@ -181,7 +181,8 @@ pub struct Usage {
     /// Number of regular files.
     pub files: u64,
     /// Their total size, in bytes, plus the bytes of the agent ids their
-    /// ACLs list (an ACL counts against the quota as contents do).
+    /// ACLs list, each id's length plus 48 (an ACL counts against the quota
+    /// as contents do).
     pub bytes: u64,
     /// Directories below the area roots (the roots are not counted).
     pub dirs: u64,

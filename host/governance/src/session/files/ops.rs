@@ -880,13 +880,11 @@ impl SessionFiles {
                 op: FileOp::SetAcl,
                 key: key.clone(),
                 to: None,
-                // Not a blob: the ACL it keeps, counted with the undo
-                // log's bytes so that it is bounded as they are.
-                blob_bytes: was,
                 undo: Undo::AclSet {
                     before: Box::new(before),
                     after,
                 },
+                blob_bytes: 0,
             },
         );
         Ok(FileChange {

@@ -74,6 +74,27 @@ pub(super) enum Undo {
     },
 }
 
+impl Undo {
+    /// The bytes of the ACL lists in the file states it keeps.
+    pub(super) fn acl_bytes(&self) -> u64 {
+        match self {
+            Undo::Created { after, .. } => after.acl_bytes(),
+            Undo::Replaced { before, after }
+            | Undo::Appended { before, after }
+            | Undo::Truncated { before, after }
+            | Undo::AclSet { before, after } => {
+                before.acl_bytes().saturating_add(after.acl_bytes())
+            }
+            Undo::Deleted { before } => before.acl_bytes(),
+            Undo::DirDeleted | Undo::DirCreated { .. } => 0,
+            Undo::Renamed { moved, .. } => moved
+                .iter()
+                .map(|m| m.before.acl_bytes().saturating_add(m.after.acl_bytes()))
+                .fold(0, u64::saturating_add),
+        }
+    }
+}
+
 /// One file moved by a rename: its path below the renamed entry (`""` for
 /// the entry itself, else `/…`), its metadata before, its state after.
 #[derive(Debug)]
@@ -91,8 +112,9 @@ pub(super) struct Record {
     pub(super) key: AreaPath,
     pub(super) to: Option<AreaPath>,
     pub(super) undo: Undo,
-    /// Bytes this record keeps at `undo/<id>` (or, for an ACL change, the
-    /// agent ids of the ACL it keeps to put back).
+    /// Bytes this record keeps: at `undo/<id>`, and (added by
+    /// `Db::record`) in the ACLs of the file states it holds. Counted in the
+    /// undo log's bytes, which the byte quota bounds.
     pub(super) blob_bytes: u64,
 }
 
