@@ -20,11 +20,13 @@ use crate::state::AgentState;
 
 /// What a governed host function returns on failure: a refusal the guest sees
 /// as a WIT `error`, or a trap (breach, host failure) that aborts it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// An in-ring refusal: returned to the guest as a value.
+    #[error("refused: {0:?}")]
     Refused(WitError),
     /// A trap: the guest is aborted with this error.
+    #[error("trap: {0:#}")]
     Trap(wasmtime::Error),
 }
 

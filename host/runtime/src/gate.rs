@@ -58,15 +58,19 @@ pub struct Who<'a> {
 }
 
 /// A refusal a [`Governor`] returns: the guest sees it as a WIT error value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// A rule refused the request; the message names the rule.
+    #[error("denied: {0}")]
     Denied(String),
     /// The named agent (or thing) does not exist.
+    #[error("not found: {0}")]
     NotFound(String),
     /// An argument is malformed (an agent id, a ring number).
+    #[error("invalid: {0}")]
     Invalid(String),
     /// The work ran and failed (a child agent trapped).
+    #[error("failed: {0}")]
     Failed(String),
 }
 
