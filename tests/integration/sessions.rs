@@ -539,6 +539,56 @@ pub mod scripted {
         );
     }
 
+    /// A guest cannot hoard memory in ACLs: the ids an ACL lists count
+    /// against the session's byte quota as file contents do (here 8 KiB),
+    /// so an ACL of 100 long ids is refused as over quota and a short one
+    /// goes through; the `vfs.acl_changed` event names what was set.
+    #[tokio::test]
+    async fn acl_lists_from_a_real_guest_count_against_the_quota() {
+        let h = Hv::with(|b| {
+            b.quotas(FileQuotas {
+                max_total_bytes: 8 << 10,
+                ..FileQuotas::default()
+            })
+        });
+        let s = h.session();
+        h.join(&s, "did:test:alice", 0.8, ahv_agents::SCRIPTED)
+            .await;
+        h.hv.activate_session(&s).unwrap();
+        let ids = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("did:test:reader-{i:03}-{}", "x".repeat(40)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let long = format!("setacl shared/f did:test:alice {} owner", ids(100));
+        let short = format!("setacl shared/f did:test:alice {} owner", ids(5));
+        let out = h
+            .script(
+                &s,
+                "did:test:alice",
+                &format!("write shared/f x\n{long}\n{short}"),
+            )
+            .await;
+        ok(&out, "write shared/f x");
+        err(&out, &long, "quota");
+        ok(&out, &short);
+        let acls: Vec<_> =
+            h.hv.events()
+                .query(
+                    &EventQuery::default()
+                        .session(s.clone())
+                        .kind(EventKind::VfsAclChanged),
+                )
+                .into_iter()
+                .map(|e| e.payload)
+                .collect();
+        assert!(
+            matches!(&acls[..], [EventPayload::VfsAclChanged { acl, .. }] if acl.contains("reader-004") && !acl.contains("reader-005")),
+            "{acls:?}"
+        );
+    }
+
     #[tokio::test]
     async fn acls_private_areas_and_strict_clocks_from_real_guests() {
         let h = Hv::new();
