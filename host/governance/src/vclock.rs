@@ -127,14 +127,30 @@ impl VectorClock {
     }
 }
 
+/// The most entries a clock's text shows ([`VectorClock`]'s `Display`).
+pub const MAX_SHOWN_ENTRIES: usize = 16;
+
+/// `{a: 1, b: 2}`: at most [`MAX_SHOWN_ENTRIES`] entries, then how many
+/// more there are. A clock has an entry for every agent whose writes its
+/// holder saw, however many have come and gone; the text goes into error
+/// messages to guests and into `state.conflict` and `vfs.conflict` events,
+/// which must not grow with the session's history.
 impl fmt::Display for VectorClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
+        let mut more = 0usize;
         for (i, (a, n)) in self.entries().enumerate() {
+            if i >= MAX_SHOWN_ENTRIES {
+                more += 1;
+                continue;
+            }
             if i > 0 {
                 f.write_str(", ")?;
             }
             write!(f, "{a}: {n}")?;
+        }
+        if more > 0 {
+            write!(f, ", … ({more} more)")?;
         }
         f.write_str("}")
     }
@@ -250,6 +266,17 @@ mod tests {
 
     fn vc(entries: &[(&str, u64)]) -> VectorClock {
         VectorClock(entries.iter().map(|(a, n)| (id(a), *n)).collect())
+    }
+
+    #[test]
+    fn a_clock_shows_at_most_sixteen_entries() {
+        assert_eq!(vc(&[]).to_string(), "{}");
+        assert_eq!(vc(&[("a", 1), ("b", 2)]).to_string(), "{a: 1, b: 2}");
+        let names: Vec<String> = (0..1000).map(|i| format!("agent-{i:04}")).collect();
+        let many = VectorClock::from_entries(names.iter().map(|n| (id(n), 1)));
+        let text = many.to_string();
+        assert!(text.ends_with(", … (984 more)}"), "{text}");
+        assert_eq!(text.matches(": 1").count(), MAX_SHOWN_ENTRIES);
     }
 
     #[test]
