@@ -51,6 +51,27 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The error text recorded for a step a host crash interrupted.
 pub const INTERRUPTED: &str = "interrupted by a host crash";
 
+/// The most bytes of a runner's failure message (a step's or a
+/// compensation's, often the guest's own text) or of a reason a record
+/// keeps. A guest's error may be megabytes (up to its ring's answer limit);
+/// whole, it went into the saga's journal record (JSON can make it six
+/// times larger, past the journal's 16 MiB record limit, which stopped the
+/// saga before compensation and liability) and into events.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `text`, or its first [`MAX_ERROR_BYTES`] (cut at a character boundary)
+/// followed by how long it was.
+pub fn capped(text: String) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let mut cut = MAX_ERROR_BYTES - 64;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..cut], text.len())
+}
+
 /// A boxed, sendable future: what runners and sleepers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -1423,7 +1444,7 @@ async fn drive_step(
                             step: id,
                             attempt,
                             kind: f.kind,
-                            error: f.message,
+                            error: capped(f.message),
                             retry_in_ms,
                             interrupted: false,
                         },
@@ -1587,7 +1608,12 @@ async fn fail(ctx: &Arc<Ctx>, run: &Shared, reason: String) -> Result<(), Engine
                     },
                 );
             }
-            r.commit(ctx, SagaRecord::Compensating { reason })?;
+            r.commit(
+                ctx,
+                SagaRecord::Compensating {
+                    reason: capped(reason),
+                },
+            )?;
         }
     }
     compensate_all(ctx, run).await
@@ -1626,7 +1652,7 @@ async fn compensate_all(ctx: &Arc<Ctx>, run: &Shared) -> Result<(), EngineError>
                 ctx,
                 SagaRecord::StepCompensationFailed {
                     step,
-                    error: e.message,
+                    error: capped(e.message),
                 },
             )?,
         }

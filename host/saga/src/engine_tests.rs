@@ -12,6 +12,8 @@ use crate::retry::{FixedJitter, SeededJitter};
 enum Outcome {
     Ok,
     Fail(FailureKind),
+    /// Fails with this message.
+    FailWith(FailureKind, String),
     /// Never finishes; records its id in `dropped` when its future is dropped.
     Hang,
     /// Waits until `n` attempts are inside the barrier together, then succeeds.
@@ -31,6 +33,8 @@ struct FakeRunner {
     abandoned: Mutex<Vec<(String, bool)>>,
     /// Steps whose abandoned attempt leaves changes behind.
     residue_on_abandon: HashSet<String>,
+    /// The message of a failing compensation, if not the default.
+    compensation_message: Option<String>,
 }
 
 impl FakeRunner {
@@ -50,6 +54,11 @@ impl FakeRunner {
 
     fn failing_compensation(mut self, step: &str) -> FakeRunner {
         self.failing_compensations.insert(step.to_owned());
+        self
+    }
+
+    fn compensation_message(mut self, message: String) -> FakeRunner {
+        self.compensation_message = Some(message);
         self
     }
 
@@ -93,6 +102,7 @@ impl StepRunner for FakeRunner {
                     message: format!("{id} failed ({kind:?})"),
                     kind,
                 }),
+                Outcome::FailWith(kind, message) => Err(StepFailure { message, kind }),
                 Outcome::Hang => {
                     let _flag = DropFlag(id, dropped);
                     std::future::pending::<()>().await;
@@ -125,10 +135,11 @@ impl StepRunner for FakeRunner {
         let id = call.step.id.clone();
         lock(&self.compensations).push((id.clone(), call.output, call.undo));
         let fail = self.failing_compensations.contains(&id);
+        let message = self.compensation_message.clone();
         Box::pin(async move {
             if fail {
                 Err(CompensationFailure {
-                    message: format!("cannot undo {id}"),
+                    message: message.unwrap_or_else(|| format!("cannot undo {id}")),
                 })
             } else {
                 Ok(())
@@ -350,6 +361,66 @@ fn the_runner_gets_the_saga_isolation() {
         *lock(&seen),
         [crate::definition::Isolation::Serializable; 3]
     );
+}
+
+/// A runner's failure messages (a guest's own text, up to its ring's answer
+/// limit) are cut to `MAX_ERROR_BYTES` in the records. Whole, 4 MiB of
+/// control characters made a 24 MiB JSON record, past the file journal's
+/// 16 MiB limit: the saga stopped before compensating, and nothing escalated.
+#[test]
+fn a_huge_failure_message_is_cut_and_the_saga_still_compensates_and_escalates() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "\u{1}".repeat(4 << 20);
+    let runner = Arc::new(
+        FakeRunner::new()
+            .script(
+                "c",
+                vec![Outcome::FailWith(FailureKind::Failed, huge.clone())],
+            )
+            .failing_compensation("a")
+            .compensation_message(huge),
+    );
+    let store = Arc::new(crate::store::FileStore::open(dir.path()).unwrap());
+    let observer = Arc::new(Recorder::default());
+    let clock = FakeClock::new();
+    let engine = Engine::new(
+        store.clone(),
+        runner.clone(),
+        observer.clone(),
+        Arc::new(FakeSleeper::new(clock.clone())),
+        Arc::new(FixedJitter(0.5)),
+        Arc::new(clock),
+    );
+    let report = rt().block_on(engine.run(id(), chain())).unwrap();
+    assert_eq!(report.state, SagaState::Escalated);
+    assert_eq!(runner.compensated(), ["b", "a"]);
+    assert_eq!(
+        lock(&observer.escalations).len(),
+        1,
+        "the escalation hook ran"
+    );
+    let cut = |text: &str| {
+        assert!(text.len() <= MAX_ERROR_BYTES, "{} bytes", text.len());
+        assert!(
+            text.ends_with(&format!("({} bytes in all)", 4 << 20)),
+            "{}",
+            &text[text.len() - 40..]
+        );
+    };
+    let mut seen = 0;
+    for r in store.load(&id()).unwrap() {
+        match r {
+            SagaRecord::StepFailed { error, .. }
+            | SagaRecord::StepCompensationFailed { error, .. } => {
+                cut(&error);
+                seen += 1;
+            }
+            SagaRecord::Compensating { reason } => assert!(reason.len() <= MAX_ERROR_BYTES),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 2);
+    assert_eq!(capped("short".into()), "short");
 }
 
 #[test]
