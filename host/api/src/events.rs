@@ -137,15 +137,14 @@ pub struct EventStats {
 #[utoipa::path(get, path = "/v1/events/stats", tag = "events",
     responses((status = 200, body = EventStats)))]
 pub(crate) async fn stats(axum::extract::State(s): State, Auth(_c): Auth) -> Json<EventStats> {
-    let all = s.hv.events().query(&EventQuery::default());
-    let mut by_kind = std::collections::BTreeMap::new();
-    for e in &all {
-        *by_kind.entry(e.kind().name().to_string()).or_insert(0) += 1;
-    }
+    let (counts, last) = s.hv.events().kind_counts();
     Json(EventStats {
-        total: all.len(),
-        last_id: all.last().map(|e| e.id.0),
-        by_kind,
+        total: counts.values().sum(),
+        last_id: last.map(|id| id.0),
+        by_kind: counts
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
     })
 }
 

@@ -1418,6 +1418,24 @@ impl EventBus {
             .collect()
     }
 
+    /// How many stored events there are of each kind, and the newest
+    /// one's id: counted in place, under the history's lock, without
+    /// copying an event (a [`EventBus::query`] of everything copies the
+    /// whole history, which a stats request must not do).
+    pub fn kind_counts(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<&'static str, usize>,
+        Option<EventId>,
+    ) {
+        let history = self.locked();
+        let mut by_kind = std::collections::BTreeMap::new();
+        for e in &history.events {
+            *by_kind.entry(e.kind().name()).or_insert(0) += 1;
+        }
+        (by_kind, history.events.back().map(|e| e.id))
+    }
+
     /// The newest stored event.
     pub fn last(&self) -> Option<Event> {
         let history = self.locked();
@@ -1971,6 +1989,31 @@ mod tests {
         assert_eq!(bus.evicted(), 2);
         assert_eq!(ids(&bus.query(&EventQuery::default())), [3, 4, 5]);
         assert_eq!(bus.last().map(|e| e.id), Some(EventId(5)));
+    }
+
+    /// The stats the API serves are counted in place and agree with a
+    /// query of everything, evictions included.
+    #[test]
+    fn kind_counts_agree_with_the_history() {
+        let (bus, _) = bus(4);
+        assert_eq!(bus.kind_counts(), (std::collections::BTreeMap::new(), None));
+        for k in [
+            EventKind::SessionLeft,
+            EventKind::SessionJoined,
+            EventKind::SessionLeft,
+            EventKind::SessionLeft,
+            EventKind::SessionJoined,
+        ] {
+            bus.emit(None, None, TraceId(1), None, sample(k));
+        }
+        let (counts, last) = bus.kind_counts();
+        let mut expected = std::collections::BTreeMap::new();
+        for e in bus.query(&EventQuery::default()) {
+            *expected.entry(e.kind().name()).or_insert(0) += 1;
+        }
+        assert_eq!(counts, expected);
+        assert_eq!(counts.values().sum::<usize>(), 4, "the oldest was evicted");
+        assert_eq!(last, bus.last().map(|e| e.id));
     }
 
     #[test]
