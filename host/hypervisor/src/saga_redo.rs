@@ -196,7 +196,11 @@ fn walk(
 
 impl Redo {
     /// What `changes` (a step of `agent`) left in `core`, with every file's
-    /// and value's bytes stored in `blobs` (durably) first. A directory the
+    /// and value's bytes stored in `blobs` (durably, their names with one
+    /// directory sync at the end) first. It reads and hashes what the step
+    /// left (up to the session's file quota, for a step that moved a large
+    /// directory) synchronously, inside the step's commit: an await there
+    /// would let a cancelled attempt drop changes nobody records. A directory the
     /// step touched (made, or moved into place) is kept with everything
     /// below it. A file whose content is no longer what the step's last
     /// change of it left (another agent wrote it since) is an error: the
@@ -262,11 +266,13 @@ impl Redo {
         }
         for key in keys {
             let blob = match core.state().peek(&key) {
-                Some(v) => Some(blobs.put(&v.value).map_err(|e| e.to_string())?),
+                Some(v) => Some(blobs.put_unsynced(&v.value).map_err(|e| e.to_string())?),
                 None => None,
             };
             redo.state.push(StateRedo { key, blob });
         }
+        // Every blob's name durable at once, before the commit names them.
+        blobs.sync().map_err(|e| e.to_string())?;
         Ok(redo)
     }
 
@@ -385,7 +391,7 @@ fn capture_file(
         }
         Err(e) => return Err(vfs_err("read", &path, &e)),
     };
-    let blob = blobs.put(&bytes).map_err(|e| e.to_string())?;
+    let blob = blobs.put_unsynced(&bytes).map_err(|e| e.to_string())?;
     if let Some(expected) = expected
         && expected != blob
     {
