@@ -503,6 +503,13 @@ fn roles_decide_who_may_do_what() {
     // The refused requests changed nothing: the writer is still there.
     let p = s.get(&format!("/v1/sessions/{id}/agents"), AUDITOR);
     assert_eq!(p.ok().as_array().unwrap().len(), 1);
+    // A reason goes into events and the audit log: at most 1 KiB.
+    s.post(
+        &format!("/v1/sessions/{id}/agents/did:ex:writer/kill"),
+        ADMIN,
+        json!({"reason": "x".repeat(1025)}),
+    )
+    .problem(400, "at most 1024");
     // An admin may do all of it.
     let k = s.post(
         &format!("/v1/sessions/{id}/agents/did:ex:writer/kill"),

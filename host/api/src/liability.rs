@@ -138,7 +138,7 @@ pub(crate) async fn release_vouch(
     let v = s.hv.release_vouch(
         &id,
         VouchId(vouch),
-        q.reason.as_deref().unwrap_or("released"),
+        crate::reason_text(q.reason.as_deref().unwrap_or("released"))?,
     )?;
     Ok(Json(VouchView {
         id: v.id.0,
@@ -208,7 +208,7 @@ pub(crate) async fn slash(
         &session,
         &format!("POST /v1/sessions/{{session}}/agents/{{agent}}/slash agent={agent}"),
     )?;
-    let reason = format!("{} (by {})", req.reason, caller.name);
+    let reason = format!("{} (by {})", crate::reason_text(&req.reason)?, caller.name);
     let o = s.hv.slash(&id, &agent, req.omega, req.severity, &reason)?;
     Ok(Json(SlashView {
         changes: o

@@ -702,6 +702,21 @@ pub(crate) fn session_id(s: &str) -> Result<SessionId, Problem> {
     SessionId::new(s).map_err(|e| Problem::bad_request(format!("session id {s:?}: {e}")))
 }
 
+/// The most bytes of an operator's reason (a kill, demotion, revocation,
+/// slash or vouch release): it goes into events and the audit log.
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, refused past [`MAX_REASON_BYTES`].
+pub(crate) fn reason_text(reason: &str) -> Result<&str, Problem> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Problem::bad_request(format!(
+            "reason: {} bytes; a reason may have at most {MAX_REASON_BYTES}",
+            reason.len()
+        )));
+    }
+    Ok(reason)
+}
+
 /// An agent id from a path or body, validated.
 pub(crate) fn agent_id(s: &str) -> Result<AgentId, Problem> {
     AgentId::new(s).map_err(|e| Problem::bad_request(format!("agent id {s:?}: {e}")))

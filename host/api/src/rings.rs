@@ -158,6 +158,7 @@ pub(crate) async fn revoke(
         &format!("DELETE /v1/sessions/{{session}}/agents/{{agent}}/elevation agent={agent}"),
     );
     let reason = q.reason.unwrap_or_else(|| "revoked by operator".into());
+    crate::reason_text(&reason)?;
     let revoked =
         s.hv.revoke_elevation(&id, &agent, &format!("{reason} (by {})", caller.name))?;
     Ok(Json(Revoked {
@@ -205,7 +206,7 @@ pub(crate) async fn demote(
         &id,
         &agent,
         target,
-        &format!("{} (by {})", req.reason, caller.name),
+        &format!("{} (by {})", crate::reason_text(&req.reason)?, caller.name),
     )?;
     Ok(Json(RingNow {
         ring: s.hv.ring(&id, &agent)?.number(),

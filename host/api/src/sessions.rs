@@ -548,6 +548,7 @@ pub(crate) async fn kill(
     admin_only(&caller, "killing an agent")?;
     let req = req.map_or_else(|| KillRequest { reason: manual() }, |JsonBody(r)| r);
     let agent = agent_id(&agent)?;
+    crate::reason_text(&req.reason)?;
     let id = operate(
         &s,
         &caller,
