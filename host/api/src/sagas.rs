@@ -257,7 +257,13 @@ pub(crate) async fn attribution(
     } else {
         AttributionPolicy::default()
     };
-    let a = s.hv.saga_attribution(&id, &policy)?;
+    // Shapley values: exact up to 16 agents, sampled above (seconds for a
+    // large saga): off the async workers.
+    let hv = s.hv.clone();
+    let a = crate::blocking("attributing the saga", move || {
+        hv.saga_attribution(&id, &policy).map_err(Problem::from)
+    })
+    .await??;
     Ok(Json(AttributionView {
         saga,
         shares: a
