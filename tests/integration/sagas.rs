@@ -204,6 +204,51 @@ async fn a_successful_saga_reaches_completed_with_an_event_for_every_transition(
     assert_eq!(records.len(), 7);
 }
 
+/// One run of a saga keeps at most `max_saga_bytes` of step outputs and
+/// undo data (64 MiB by default; each step's own limits let a guest fill
+/// ~5 MiB per step, over up to 1,024 steps): here 8 KiB, and steps that
+/// answer ~3 KiB each. The third is refused, its change undone, and the
+/// first two are compensated.
+#[tokio::test]
+async fn a_saga_keeps_at_most_its_byte_budget_of_outputs_and_undo_data() {
+    let hv = Hv::with(|b| b.max_saga_bytes(8 << 10));
+    let s = scripted_session(&hv, &[("did:t:a", 0.8)]).await;
+    hv.put_shared(&s, "big.txt", &"b".repeat(3000));
+    let step = |n: u32| {
+        let after = if n > 1 {
+            format!("\n    depends_on: [s{}]", n - 1)
+        } else {
+            String::new()
+        };
+        format!(
+            "  - id: s{n}\n    agent: did:t:a\n    action: w\n    execute: \"write shared/s{n}.txt {n}\\nread shared/big.txt\"{after}\n"
+        )
+    };
+    let yaml = format!("name: budget\nsteps:\n{}{}{}", step(1), step(2), step(3));
+    let def = SagaDefinition::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let report = hv.hv.run_saga(&s, def).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed, "{report:?}");
+    let failed: Vec<_> = hv
+        .hv
+        .saga_records(&report.saga)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            ahv_saga::SagaRecord::StepFailed { step, error, .. } => Some((step, error)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(&failed[..], [(step, e)] if step == "s3" && e.contains("8192-byte limit")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        shared_files(&hv, &s),
+        ["big.txt"],
+        "every step's file was undone"
+    );
+}
+
 #[tokio::test]
 async fn a_spinning_step_stops_at_its_deadline_and_is_retried_after_the_formulas_delays() {
     let clock = FakeClock::new();

@@ -389,6 +389,7 @@ pub struct HypervisorBuilder {
     saga_store: Option<Arc<dyn ahv_saga::ProgressStore>>,
     saga_sleeper: Arc<dyn ahv_saga::Sleeper>,
     saga_jitter: Arc<dyn ahv_saga::Jitter>,
+    max_saga_bytes: u64,
     escalation: Vec<Arc<dyn EscalationHook>>,
     liability: LiabilityPolicy,
     trust_store: Option<liability::StoreSource>,
@@ -425,6 +426,7 @@ impl Default for HypervisorBuilder {
             saga_store: None,
             saga_sleeper: Arc::new(ahv_saga::TokioSleeper),
             saga_jitter: Arc::new(ahv_saga::HashJitter::default()),
+            max_saga_bytes: saga::MAX_SAGA_KEPT,
             escalation: Vec::new(),
             liability: LiabilityPolicy::default(),
             trust_store: None,
@@ -646,6 +648,14 @@ impl HypervisorBuilder {
         self
     }
 
+    /// Most bytes of step outputs and undo data one run of a saga commits
+    /// (default 64 MiB): the engine keeps them in memory and the journal on
+    /// disk. The step that would pass it is refused and its changes undone.
+    pub fn max_saga_bytes(mut self, bytes: u64) -> Self {
+        self.max_saga_bytes = bytes;
+        self
+    }
+
     /// Adds a hook told of every escalated saga (a compensation failed).
     /// None by default: an escalation is then an event, an audit delta and
     /// a log line.
@@ -861,6 +871,7 @@ impl HypervisorBuilder {
                 driving: Mutex::new(saga::Drivers::default()),
                 blobs: saga_blobs,
                 plans: Arc::default(),
+                max_bytes: self.max_saga_bytes,
             },
             archived: Mutex::new(VecDeque::new()),
             id_seed: RandomState::new(),

@@ -116,7 +116,18 @@ struct SessionRunner {
     /// The undo data of steps whose redo was replayed into this session
     /// after a restart (it replaces their recorded changes).
     replayed: Arc<HashMap<String, Replayed>>,
+    /// Bytes of step outputs and undo data this run has committed (at most
+    /// `SagaSettings::max_bytes`).
+    kept: std::sync::atomic::AtomicU64,
 }
+
+/// Most bytes of step outputs and undo data one run of a saga commits, by
+/// default (`HypervisorBuilder::max_saga_bytes`): the engine holds them in
+/// memory and the journal on disk. Each step is bounded
+/// ([`MAX_STEP_OUTPUT`], [`MAX_STEP_UNDO`]), but a definition may have 1,024
+/// steps: unbounded, a guest filling every step's limits made a saga of
+/// ~5 GiB. The step that would pass it is refused (its changes undone).
+pub(crate) const MAX_SAGA_KEPT: u64 = 64 << 20;
 
 /// Largest step output kept (the same bound as a step's input): what the
 /// journal keeps with the commit and hands back to `compensate`.
@@ -402,6 +413,21 @@ impl SessionRunner {
                 FailureKind::Cancelled,
                 format!(
                     "its {undo_len} bytes of undo data are over the {MAX_STEP_UNDO}-byte limit"
+                ),
+            );
+        }
+        let adding = (output.len() + undo_len) as u64;
+        let limit = self.hv.inner.sagas.max_bytes;
+        let before = self
+            .kept
+            .fetch_add(adding, std::sync::atomic::Ordering::Relaxed);
+        if before.saturating_add(adding) > limit {
+            self.kept
+                .fetch_sub(adding, std::sync::atomic::Ordering::Relaxed);
+            return refuse(
+                FailureKind::Cancelled,
+                format!(
+                    "the saga keeps {before} bytes of step outputs and undo data already; this step's {adding} would pass its {limit}-byte limit"
                 ),
             );
         }
@@ -885,6 +911,7 @@ impl Hypervisor {
             trace,
             agents: agents.clone(),
             replayed,
+            kept: std::sync::atomic::AtomicU64::new(0),
         }));
         let observer = Observer {
             hv: self.clone(),
@@ -1523,6 +1550,8 @@ pub(crate) struct SagaSettings {
     /// Validated definitions, shared by the engines of every run: a shared
     /// definition run again is not validated or copied again.
     pub(crate) plans: Arc<ahv_saga::PlanCache>,
+    /// Most bytes of step outputs and undo data one run commits.
+    pub(crate) max_bytes: u64,
 }
 
 #[cfg(test)]
