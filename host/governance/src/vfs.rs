@@ -158,22 +158,26 @@ impl VfsError {
     }
 }
 
+/// The number in the next temporary name, for the whole process: a
+/// session's area directory may be opened by more than one `Vfs` over time
+/// (its descriptor closed and reopened between operations), and a write's
+/// bytes are staged outside the session's lock, so a counter per `Vfs` gave
+/// two in-flight writes the same name, and one's bytes could be placed at
+/// the other's path. With the process id in the name it is unique to this
+/// process; a file of that name can only be an earlier process's leftover.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 /// The agent's files: one directory, reached only through a capability handle.
 #[derive(Debug)]
 pub struct Vfs {
     dir: Dir,
     limits: VfsLimits,
-    tmp_counter: AtomicU64,
 }
 
 impl Vfs {
     /// Wraps a directory handle.
     pub fn new(dir: Dir, limits: VfsLimits) -> Vfs {
-        Vfs {
-            dir,
-            limits,
-            tmp_counter: AtomicU64::new(0),
-        }
+        Vfs { dir, limits }
     }
 
     /// The limits in force.
@@ -476,7 +480,7 @@ impl Vfs {
     }
 
     fn tmp_name_at_root(&self) -> String {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         format!(
             "{}-tmp-{}-{n}",
             crate::path::RESERVED_PREFIX,
@@ -485,7 +489,7 @@ impl Vfs {
     }
 
     fn tmp_name(&self, p: &VfsPath) -> String {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}-tmp-{}-{n}",
             crate::path::RESERVED_PREFIX,
@@ -554,6 +558,36 @@ mod tests {
             max_list_entries: 5,
         };
         (tmp, inner, Vfs::new(dir, limits))
+    }
+
+    /// Two handles on one directory (an area reopened between a write's
+    /// staging and its placing) stage under different names, so each
+    /// write places its own bytes; an unplaced staging removes only its
+    /// own file. With a counter per handle both were `…-0`: the second
+    /// staging replaced the first's file, whose write then placed the
+    /// other's bytes.
+    #[test]
+    fn stagings_through_two_handles_on_one_directory_never_share_a_name() {
+        let (_t, inner, vfs) = setup();
+        let a = Arc::new(vfs);
+        let b = Arc::new(Vfs::new(
+            Dir::open_ambient_dir(&inner, ambient_authority()).unwrap(),
+            VfsLimits::default(),
+        ));
+        let from_a = a.stage("x", b"from a").unwrap();
+        let from_b = b.stage("y", b"from b").unwrap();
+        let dropped = b.stage("z", b"dropped").unwrap();
+        drop(dropped);
+        a.place("x", from_a).unwrap();
+        b.place("y", from_b).unwrap();
+        assert_eq!(a.read("x").unwrap(), b"from a");
+        assert_eq!(a.read("y").unwrap(), b"from b");
+        let left: Vec<String> = std::fs::read_dir(&inner)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(crate::path::RESERVED_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
