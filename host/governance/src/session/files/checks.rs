@@ -454,6 +454,24 @@ mod tests {
             e.files.delete(ring2(&a), &path).unwrap();
         }
         assert_eq!(e.files.usage().bytes, 0);
+        {
+            // One record may weigh more than the quota (an ACL change keeps
+            // both lists): it is kept, so the change can still be undone.
+            e.files.write(ring2(&a), "shared/g", b"x").unwrap();
+            let first = acl(&a, Access::Agents(ids.clone()), Access::Owner);
+            e.files
+                .set_acl(ring2(&a), "shared/g", first.clone())
+                .unwrap();
+            let other: Vec<AgentId> = (0..20)
+                .map(|i| id(&format!("w-{i:04}-{}", "x".repeat(93))))
+                .collect();
+            let second = acl(&a, Access::Agents(other), Access::Owner);
+            let change = e.files.set_acl(ring2(&a), "shared/g", second).unwrap();
+            let undo = change.undo.expect("the record is kept");
+            e.files.undo(undo).unwrap();
+            assert_eq!(e.files.get_acl(ring2(&a), "shared/g").unwrap(), first);
+            e.files.delete(ring2(&a), "shared/g").unwrap();
+        }
         let inner = e.files.lock();
         let kept: u64 = inner.db.log.iter().map(|r| r.undo.acl_bytes()).sum();
         let one_record = 2 * 20 * (100 + super::super::meta::ACL_ID_OVERHEAD);

@@ -211,6 +211,11 @@ impl Db {
         self.log_bytes = self.log_bytes.saturating_add(rec.blob_bytes);
         self.log.push_back(rec);
         while self.log.len() > quotas.max_undo_records || self.log_bytes > quotas.max_total_bytes {
+            // Never the record just added, however large: the change it
+            // undoes is made (its ACLs may weigh more than the quota).
+            if self.log.front().is_none_or(|r| r.id == id) {
+                break;
+            }
             let Some(old) = self.log.pop_front() else {
                 break;
             };

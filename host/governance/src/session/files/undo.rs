@@ -75,21 +75,27 @@ pub(super) enum Undo {
 }
 
 impl Undo {
-    /// The bytes of the ACL lists in the file states it keeps.
+    /// The bytes of the ACL lists in the file states it keeps (an ACL the
+    /// change left as it was counted once).
     pub(super) fn acl_bytes(&self) -> u64 {
+        let pair = |before: &FileMeta, after: &Fingerprint| {
+            if before.acl == after.acl {
+                before.acl_bytes()
+            } else {
+                before.acl_bytes().saturating_add(after.acl_bytes())
+            }
+        };
         match self {
             Undo::Created { after, .. } => after.acl_bytes(),
             Undo::Replaced { before, after }
             | Undo::Appended { before, after }
             | Undo::Truncated { before, after }
-            | Undo::AclSet { before, after } => {
-                before.acl_bytes().saturating_add(after.acl_bytes())
-            }
+            | Undo::AclSet { before, after } => pair(before, after),
             Undo::Deleted { before } => before.acl_bytes(),
             Undo::DirDeleted | Undo::DirCreated { .. } => 0,
             Undo::Renamed { moved, .. } => moved
                 .iter()
-                .map(|m| m.before.acl_bytes().saturating_add(m.after.acl_bytes()))
+                .map(|m| pair(&m.before, &m.after))
                 .fold(0, u64::saturating_add),
         }
     }
