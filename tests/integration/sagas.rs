@@ -821,6 +821,41 @@ async fn abort_in_step_three(
     saga
 }
 
+/// A resumed saga's byte budget counts what earlier runs committed: the
+/// first process commits two steps of ~3 KiB outputs, a new one with an
+/// 8 KiB budget refuses the third, whose report echoes a 3 KiB write (a
+/// fresh count would let it through).
+#[tokio::test]
+async fn a_resumed_saga_counts_what_it_kept_before_against_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = "b".repeat(3000);
+    let yaml = format!(
+        "name: budget\nsteps:\n  - id: one\n    agent: did:t:a\n    action: r\n    undo: ring\n    execute: read shared/big.txt\n  - id: two\n    agent: did:t:a\n    action: r\n    undo: ring\n    depends_on: [one]\n    execute: read shared/big.txt\n  - id: three\n    agent: did:t:a\n    action: r\n    undo: ring\n    depends_on: [two]\n    timeout_secs: 120\n    execute: \"@1 sleep 60000\\nwrite shared/t.txt {big}\"\n"
+    );
+    let saga = crash_in_step_three(
+        tmp.path(),
+        &yaml,
+        Some(&format!("write shared/big.txt {big}")),
+    )
+    .await;
+    let hv = builder_at(tmp.path())
+        .max_saga_bytes(8 << 10)
+        .build()
+        .unwrap();
+    let s = session_of(&hv).await;
+    let report = hv.resume_saga(&s, &saga).await.unwrap();
+    assert_eq!(report.state, SagaState::Failed, "{report:?}");
+    let three = report.step("three").unwrap();
+    assert!(
+        three
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("8192-byte limit"),
+        "{three:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_saga_left_by_a_crash_resumes_in_a_new_process_without_running_a_committed_step_twice() {
     let tmp = tempfile::tempdir().unwrap();

@@ -384,6 +384,19 @@ impl SessionRunner {
                 ),
             );
         }
+        // The budget of the whole run, on the output alone first: a step
+        // that cannot fit keeps no redo blobs.
+        let limit = self.hv.inner.sagas.max_bytes;
+        let already = self.kept.load(std::sync::atomic::Ordering::Relaxed);
+        if already.saturating_add(output.len() as u64) > limit {
+            return refuse(
+                FailureKind::Cancelled,
+                format!(
+                    "the saga keeps {already} bytes of step outputs and undo data already; this step's output of {} would pass its {limit}-byte limit",
+                    output.len()
+                ),
+            );
+        }
         // Under a store that survives restarts, what the step left is kept
         // (durably) before the commit names it.
         let redo = match &self.hv.inner.sagas.blobs {
@@ -417,7 +430,6 @@ impl SessionRunner {
             );
         }
         let adding = (output.len() + undo_len) as u64;
-        let limit = self.hv.inner.sagas.max_bytes;
         let before = self
             .kept
             .fetch_add(adding, std::sync::atomic::Ordering::Relaxed);
@@ -903,6 +915,7 @@ impl Hypervisor {
         trace: TraceId,
         replayed: Arc<HashMap<String, Replayed>>,
         agents: Arc<StepAgents>,
+        kept: u64,
     ) -> Engine {
         let session = entry.core.id().clone();
         let runner = Runner(Arc::new(SessionRunner {
@@ -911,7 +924,7 @@ impl Hypervisor {
             trace,
             agents: agents.clone(),
             replayed,
-            kept: std::sync::atomic::AtomicU64::new(0),
+            kept: std::sync::atomic::AtomicU64::new(kept),
         }));
         let observer = Observer {
             hv: self.clone(),
@@ -1061,6 +1074,7 @@ impl Hypervisor {
             trace,
             Arc::default(),
             agents,
+            0,
         );
         let report = match engine.run(saga.clone(), definition).await {
             Ok(report) => report,
@@ -1187,7 +1201,19 @@ impl Hypervisor {
             }
         };
         let isolation = IsolationGuard::set(&entry, definition.isolation);
-        let engine = self.saga_engine(entry, definition, trace, replayed, agents);
+        // What earlier runs committed counts against this one's budget.
+        let kept = records
+            .iter()
+            .map(|r| match r {
+                ahv_saga::SagaRecord::StepCommitted { output, undo, .. }
+                | ahv_saga::SagaRecord::StepSkipped { output, undo, .. } => {
+                    let undo_len = serde_json::to_vec(undo).map_or(0, |v| v.len());
+                    (output.len() + undo_len) as u64
+                }
+                _ => 0,
+            })
+            .fold(0, u64::saturating_add);
+        let engine = self.saga_engine(entry, definition, trace, replayed, agents, kept);
         Ok((engine, (isolation, driving)))
     }
 
