@@ -129,6 +129,7 @@ pub(crate) async fn release_vouch(
     PathParams((session, vouch)): PathParams<(String, u64)>,
     QueryParams(q): QueryParams<ReleaseQuery>,
 ) -> Result<Json<VouchView>, Problem> {
+    crate::reason_text(q.reason.as_deref().unwrap_or_default())?;
     let id = operate(
         &s,
         &caller,
@@ -138,7 +139,7 @@ pub(crate) async fn release_vouch(
     let v = s.hv.release_vouch(
         &id,
         VouchId(vouch),
-        crate::reason_text(q.reason.as_deref().unwrap_or("released"))?,
+        q.reason.as_deref().unwrap_or("released"),
     )?;
     Ok(Json(VouchView {
         id: v.id.0,
@@ -202,13 +203,14 @@ pub(crate) async fn slash(
 ) -> Result<Json<SlashView>, Problem> {
     admin_only(&caller, "slashing")?;
     let agent = agent_id(&agent)?;
+    crate::reason_text(&req.reason)?;
     let id = operate(
         &s,
         &caller,
         &session,
         &format!("POST /v1/sessions/{{session}}/agents/{{agent}}/slash agent={agent}"),
     )?;
-    let reason = format!("{} (by {})", crate::reason_text(&req.reason)?, caller.name);
+    let reason = format!("{} (by {})", req.reason, caller.name);
     let o = s.hv.slash(&id, &agent, req.omega, req.severity, &reason)?;
     Ok(Json(SlashView {
         changes: o

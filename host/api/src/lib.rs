@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     compiles: tokio::sync::Semaphore,
     /// Audit verifications and proofs at once (each reads and hashes the log).
     audits: tokio::sync::Semaphore,
+    /// Saga attributions at once (each may sample Shapley values for seconds).
+    attributions: tokio::sync::Semaphore,
     /// Every event, for live streams (sent only while someone listens).
     live: tokio::sync::broadcast::Sender<Arc<ahv_core::Event>>,
     subscription: ahv_core::SubscriptionId,
@@ -170,6 +172,7 @@ impl Api {
                 saga_failures: sagas::Failures::default(),
                 compiles: tokio::sync::Semaphore::new(2),
                 audits: tokio::sync::Semaphore::new(1),
+                attributions: tokio::sync::Semaphore::new(2),
                 live,
                 subscription,
                 stop: tokio::sync::watch::Sender::new(false),
@@ -703,7 +706,8 @@ pub(crate) fn session_id(s: &str) -> Result<SessionId, Problem> {
 }
 
 /// The most bytes of an operator's reason (a kill, demotion, revocation,
-/// slash or vouch release): it goes into events and the audit log.
+/// slash or vouch release) or an elevation's justification: it goes into
+/// events and the audit log. Checked before the request is recorded.
 pub(crate) const MAX_REASON_BYTES: usize = 1024;
 
 /// `reason`, refused past [`MAX_REASON_BYTES`].

@@ -100,6 +100,7 @@ pub(crate) async fn elevate(
     let agent = agent_id(&agent)?;
     let target = ring(req.ring)?;
     let id = session_id(&session)?;
+    crate::reason_text(&req.justification)?;
     s.record(
         &caller,
         &id,
@@ -152,13 +153,13 @@ pub(crate) async fn revoke(
     let id = session_id(&session)?;
     s.may_operate(&caller, &id)?;
     s.may_act_for(&caller, &agent)?;
+    let reason = q.reason.unwrap_or_else(|| "revoked by operator".into());
+    crate::reason_text(&reason)?;
     s.record(
         &caller,
         &id,
         &format!("DELETE /v1/sessions/{{session}}/agents/{{agent}}/elevation agent={agent}"),
     );
-    let reason = q.reason.unwrap_or_else(|| "revoked by operator".into());
-    crate::reason_text(&reason)?;
     let revoked =
         s.hv.revoke_elevation(&id, &agent, &format!("{reason} (by {})", caller.name))?;
     Ok(Json(Revoked {
@@ -194,6 +195,7 @@ pub(crate) async fn demote(
     let id = session_id(&session)?;
     s.may_operate(&caller, &id)?;
     s.may_act_for(&caller, &agent)?;
+    crate::reason_text(&req.reason)?;
     s.record(
         &caller,
         &id,
@@ -206,7 +208,7 @@ pub(crate) async fn demote(
         &id,
         &agent,
         target,
-        &format!("{} (by {})", crate::reason_text(&req.reason)?, caller.name),
+        &format!("{} (by {})", req.reason, caller.name),
     )?;
     Ok(Json(RingNow {
         ring: s.hv.ring(&id, &agent)?.number(),

@@ -260,6 +260,11 @@ pub(crate) async fn attribution(
     // Shapley values: exact up to 16 agents, sampled above (seconds for a
     // large saga): off the async workers.
     let hv = s.hv.clone();
+    let _two_at_a_time = s
+        .attributions
+        .acquire()
+        .await
+        .map_err(|e| Problem::internal(format!("waiting to attribute: {e}")))?;
     let a = crate::blocking("attributing the saga", move || {
         hv.saga_attribution(&id, &policy).map_err(Problem::from)
     })
