@@ -1173,6 +1173,53 @@ fn the_audit_log_is_verifiable_and_provable_over_http() {
     );
 }
 
+/// A caller may hold at most 16 live event streams open (each keeps a page
+/// of events while its client reads, and a client that stops reading keeps
+/// it): the 17th is a 429 `too-many-streams`, another caller is not
+/// affected, and a closed stream's slot comes back.
+#[test]
+fn a_caller_holds_at_most_sixteen_live_streams() {
+    let s = server_with(ApiLimits {
+        requests_per_second: 10_000.0,
+        burst: 10_000.0,
+        ..ApiLimits::default()
+    });
+    let open = |token: &str| {
+        s.http
+            .get(&format!("{}/v1/events/stream", s.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+    };
+    let mut held: Vec<_> = (0..16).map(|_| open(AUDITOR)).collect();
+    assert!(held.iter().all(|r| r.status().as_u16() == 200));
+    s.get("/v1/events/stream", AUDITOR)
+        .problem(429, "16 live event streams open");
+    assert_eq!(
+        open(OP1).status().as_u16(),
+        200,
+        "another caller's own budget"
+    );
+    // A closed stream's slot comes back once the server notices the close
+    // (at its next write: an event, or the keep-alive).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = open(AUDITOR);
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a stream slot did not come back within 60 s of a close"
+        );
+        drop(r);
+        // An event on the bus makes every stream write, and find the closed one.
+        s.post("/v1/sessions", OP1, json!({})).ok();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_live_event_stream_follows_a_session_and_replays_after_an_id() {
     let s = server();

@@ -152,6 +152,52 @@ pub(crate) async fn stats(axum::extract::State(s): State, Auth(_c): Auth) -> Jso
 /// how many it skipped in a `lagged` event).
 pub(crate) const STREAM_BUFFER: usize = 4096;
 
+/// Most live event streams one caller may have open at once: each holds a
+/// page of up to [`MAX_EVENTS`] events while its client reads it, and a
+/// client that stops reading keeps it.
+pub(crate) const MAX_STREAMS_PER_CALLER: usize = 16;
+
+/// One of a caller's open streams, given back when the stream ends.
+struct StreamSlot {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl StreamSlot {
+    /// A slot for `caller`, unless it has [`MAX_STREAMS_PER_CALLER`] open.
+    fn take(shared: &crate::Shared, caller: &str) -> Result<StreamSlot, Problem> {
+        let mut open = shared.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(caller.to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_CALLER {
+            return Err(Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                "Too many live streams",
+                format!(
+                    "caller {caller} has {MAX_STREAMS_PER_CALLER} live event streams open; close one first"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: shared.streams.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
+
 /// Which events to stream; every condition must hold.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -183,7 +229,7 @@ pub(crate) struct StreamQuery {
         (status = 400, body = Problem)))]
 pub(crate) async fn stream(
     axum::extract::State(s): State,
-    Auth(_c): Auth,
+    Auth(caller): Auth,
     headers: axum::http::HeaderMap,
     QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<
@@ -196,6 +242,7 @@ pub(crate) async fn stream(
     use tokio::sync::broadcast::error::RecvError;
 
     let filter = filter(q.session.as_deref(), q.agent.as_deref(), q.kind.as_deref())?;
+    let slot = StreamSlot::take(&s, &caller.name)?;
     let after = q.after.or_else(|| {
         headers
             .get("last-event-id")
@@ -256,6 +303,8 @@ pub(crate) async fn stream(
         live: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
         stop: tokio::sync::watch::Receiver<bool>,
         filter: EventQuery,
+        /// Given back when the stream is dropped.
+        _slot: StreamSlot,
     }
     let st = St {
         shared: s.clone(),
@@ -266,6 +315,7 @@ pub(crate) async fn stream(
         live,
         stop,
         filter,
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(st, move |mut st| async move {
         if *st.stop.borrow() {

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     audits: tokio::sync::Semaphore,
     /// Saga attributions at once (each may sample Shapley values for seconds).
     attributions: tokio::sync::Semaphore,
+    /// Live event streams open per caller (see `events::MAX_STREAMS_PER_CALLER`).
+    pub(crate) streams: Arc<Mutex<HashMap<String, usize>>>,
     /// Every event, for live streams (sent only while someone listens).
     live: tokio::sync::broadcast::Sender<Arc<ahv_core::Event>>,
     subscription: ahv_core::SubscriptionId,
@@ -173,6 +175,7 @@ impl Api {
                 compiles: tokio::sync::Semaphore::new(2),
                 audits: tokio::sync::Semaphore::new(1),
                 attributions: tokio::sync::Semaphore::new(2),
+                streams: Arc::default(),
                 live,
                 subscription,
                 stop: tokio::sync::watch::Sender::new(false),
