@@ -91,6 +91,47 @@ async fn a_fuel_budget_from_the_file_stops_a_spinning_guest() {
     assert_eq!(cause, TrapCause::OutOfFuel { limit: 20_000_000 }, "{cause}");
 }
 
+/// Calls of one agent run one at a time, and a call waits for the instance
+/// at most its ring's deadline (here 1 s): behind a call that spins to its
+/// deadline and one queued before it, a third gives up as `Busy` instead of
+/// waiting (and holding its input) without a bound. The second, queued
+/// first, still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_a_busy_instance_at_most_its_ring_s_deadline() {
+    let h = hv("[rings.standard]\ndeadline_ms = 1000\nfuel_per_call = 100_000_000_000\n");
+    let s = h.session();
+    h.join(&s, "did:test:busy", 0.8, ahv_agents::SCRIPTED).await;
+    h.hv.activate_session(&s).unwrap();
+    let call = |script: &'static str| {
+        let (hv, s) = (h.hv.clone(), s.clone());
+        tokio::spawn(async move { hv.run_agent(&s, &id("did:test:busy"), script).await })
+    };
+    let first = call("spin");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = call("spin");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = call("ring");
+    let bound = Duration::from_secs(30);
+    let third = tokio::time::timeout(bound, third)
+        .await
+        .expect("the third call ended within 30 s")
+        .expect("the third call's task ended");
+    assert!(
+        matches!(&third, Err(HypervisorError::Busy { waited, .. }) if *waited == Duration::from_secs(1)),
+        "{third:?}"
+    );
+    for (name, c) in [("first", first), ("second", second)] {
+        let r = tokio::time::timeout(bound, c)
+            .await
+            .unwrap_or_else(|_| panic!("the {name} call ended within 30 s"))
+            .expect("the call's task ended");
+        assert!(
+            matches!(trap(r), TrapCause::DeadlineExceeded(_)),
+            "the {name} call ran to its deadline"
+        );
+    }
+}
+
 #[tokio::test]
 async fn log_lines_from_the_file_truncate_a_guest_s_log() {
     let h = hv("[rings.standard]\nlog_lines = 3\n");

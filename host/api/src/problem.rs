@@ -211,6 +211,11 @@ impl From<HypervisorError> for Problem {
                 "admission-denied",
                 "The liability ledger refuses the agent",
             ),
+            HypervisorError::Busy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent-busy",
+                "The agent's instance is busy with earlier calls (see Retry-After)",
+            ),
             HypervisorError::StillLeaving { .. } => (
                 StatusCode::CONFLICT,
                 "still-leaving",
@@ -281,6 +286,23 @@ mod tests {
 
     /// A join refused while the agent's earlier participation ends is a
     /// retryable conflict of its own kind, not a liability rule.
+    #[test]
+    fn a_busy_agent_is_503_with_retry_after() {
+        let p = Problem::from(HypervisorError::Busy {
+            session: SessionId::new("s3-x").unwrap(),
+            agent: ahv_core::AgentId::new("did:test:a").unwrap(),
+            waited: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(p.status, 503);
+        assert_eq!(p.kind, "urn:ahv:problem:agent-busy");
+        assert!(
+            p.detail.contains("did:test:a") && p.detail.contains("30s"),
+            "{}",
+            p.detail
+        );
+        assert_eq!(p.into_response().headers()[header::RETRY_AFTER], "1");
+    }
+
     #[test]
     fn still_leaving_is_409_of_its_own_kind_with_retry_after() {
         let p = Problem::from(HypervisorError::StillLeaving {

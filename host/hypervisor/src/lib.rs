@@ -211,6 +211,19 @@ pub enum HypervisorError {
         /// The agent.
         agent: AgentId,
     },
+    /// A call of a participant waited its ring's deadline for the agent's
+    /// instance, busy with earlier calls, and was not run. Transient.
+    #[error(
+        "agent {agent} in session {session} is busy: its instance did not become free within {waited:?} (its ring's deadline); call again later"
+    )]
+    Busy {
+        /// The session.
+        session: SessionId,
+        /// The agent.
+        agent: AgentId,
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// A change to a participant's standing was refused (an elevation
     /// already in force, a target that is not more privileged, a killed agent).
     #[error("agent {agent}: {message}")]
@@ -1760,7 +1773,23 @@ impl Hypervisor {
                     session: session.clone(),
                     agent: agent.clone(),
                 })?;
-        let result = slot.agent.lock().await.run(input).await;
+        // Calls of one agent run one at a time; one waits for the instance
+        // at most its ring's deadline, as long as a call may run. Waiting
+        // without a bound, callers piled up (each holding its input) behind
+        // a guest that uses its whole deadline every time.
+        let ring = lock(&entry.standings)
+            .get(agent)
+            .map_or(Ring::Sandbox, |s| s.effective());
+        let waited = self.inner.runtime.policy().limits(ring).deadline;
+        let Ok(mut instance) = tokio::time::timeout(waited, slot.agent.lock()).await else {
+            return Err(HypervisorError::Busy {
+                session: session.clone(),
+                agent: agent.clone(),
+                waited,
+            });
+        };
+        let result = instance.run(input).await;
+        drop(instance);
         // Only the call that breached is judged; a later call that finds
         // the instance poisoned by it is not a second breach.
         if let Err(AgentError::Trapped {
