@@ -260,8 +260,7 @@ fn log_text(line: &LogLine) -> String {
 /// Reads a component file named on the command line; a file that cannot be
 /// read is refused, as a file that is not a component is.
 fn read_component(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path)
-        .map_err(|e| Failure::Refused(format!("{}: cannot read: {e}", path.display())))
+    ahv_runtime::runtime::read_component_file(path).map_err(Failure::Refused)
 }
 
 fn agents() -> Result<Exit, Failure> {

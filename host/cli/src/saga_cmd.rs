@@ -169,10 +169,9 @@ fn component_bytes(base: &Path, component: &str) -> Result<Vec<u8>, Failure> {
         return Ok(bytes.to_vec());
     }
     let path = base.join(component);
-    std::fs::read(&path).map_err(|e| {
+    ahv_runtime::runtime::read_component_file(&path).map_err(|e| {
         Failure::Refused(format!(
-            "component {component:?}: not an example agent (see `ahv agents`), and {} cannot be read: {e}",
-            path.display()
+            "component {component:?}: not an example agent (see `ahv agents`), and {e}"
         ))
     })
 }

@@ -505,6 +505,47 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The largest component file [`Runtime::load_file`] and the command line
+/// read (64 MiB, the HTTP API's upload limit too).
+pub const MAX_COMPONENT_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a component file: a regular file of at most
+/// [`MAX_COMPONENT_FILE_BYTES`]. Anything else (a FIFO or device, whose
+/// read would block or never end; a larger file) is refused before it is
+/// read into memory, with a message naming the path.
+///
+/// # Errors
+/// Why the file was not read.
+pub fn read_component_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file (a component is read from one)",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_COMPONENT_FILE_BYTES {
+        return Err(format!(
+            "{} has {} bytes; a component file may have at most {MAX_COMPONENT_FILE_BYTES}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_COMPONENT_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_COMPONENT_FILE_BYTES {
+        return Err(format!(
+            "{} grew past {MAX_COMPONENT_FILE_BYTES} bytes while it was read",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 impl Runtime {
     /// A builder with the defaults described on [`RuntimeBuilder`].
     pub fn builder() -> RuntimeBuilder {
@@ -621,10 +662,8 @@ impl Runtime {
         &self,
         path: impl AsRef<std::path::Path>,
     ) -> Result<AgentComponent, LoadError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Invalid {
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
+        let bytes =
+            read_component_file(path.as_ref()).map_err(|message| LoadError::Invalid { message })?;
         self.load(&bytes)
     }
 
@@ -720,6 +759,45 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A component file is read only if it is a regular file of at most
+    /// 64 MiB: a FIFO (whose read would block) and a larger file are
+    /// refused before anything is read, naming the path.
+    #[test]
+    fn a_component_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("a.wasm");
+        std::fs::write(&small, b"\0asm").unwrap();
+        assert_eq!(read_component_file(&small).unwrap(), b"\0asm");
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_COMPONENT_FILE_BYTES + 1)
+            .unwrap();
+        let e = read_component_file(&big).unwrap_err();
+        assert!(
+            e.contains("big.wasm") && e.contains("at most 67108864"),
+            "{e}"
+        );
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = read_component_file(&fifo).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(
+            read_component_file(dir.path())
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+        assert!(
+            read_component_file(&dir.path().join("none"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
     use ahv_core::RingLimits;
 
     #[test]
