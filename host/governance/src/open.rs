@@ -180,13 +180,19 @@ pub(crate) fn read_file(dir: &Dir, rel: &str, max: u64) -> Result<Option<Vec<u8>
     if meta.len() > max {
         return Ok(None);
     }
-    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    // `take` bounds the read even if the file grows meanwhile.
-    file.take(max.saturating_add(1)).read_to_end(&mut buf)?;
+    let buf = read_prefix(file, max.saturating_add(1))?;
     if buf.len() as u64 > max {
         return Ok(None);
     }
     Ok(Some(buf))
+}
+
+/// The first `len` bytes of `file` (fewer if it ends sooner), into a buffer
+/// sized for them; `take` bounds the read even if the file grows meanwhile.
+pub(crate) fn read_prefix(file: File, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(usize::try_from(len.min(1 << 24)).unwrap_or(0));
+    file.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Creates `name` in `dir` with `bytes`, never through an entry already

@@ -210,6 +210,19 @@ impl Vfs {
         }
     }
 
+    /// Opens the regular file at `path` for reading, refusing what
+    /// [`Vfs::read`] refuses but reading nothing yet: the handle goes on
+    /// reading the file it opened when a write renames another into place.
+    ///
+    /// # Errors
+    /// As [`Vfs::read`], except `Quota`.
+    pub(crate) fn open_read(&self, path: &str) -> Result<cap_std::fs::File, VfsError> {
+        let p = VfsPath::parse(path)?;
+        open::open_file(&self.dir, p.as_str(), How::Read)
+            .map(|(file, _)| file)
+            .map_err(|r| VfsError::refused("read", p.to_string(), r))
+    }
+
     /// Lists a directory: sorted names, the host's reserved names hidden.
     ///
     /// # Errors
