@@ -6,7 +6,10 @@ from host/bench/reference.py — and the ratio; then each performance goal, judg
 run beside the design's floor measured in it. With --readme FILE, both tables also replace
 the block between the `perf-table` markers in FILE.
 
-Usage: table.py REFERENCE.json CRITERION_DIR [--readme README.md] [--date YYYY-MM-DD]
+With --pairs FILE (the output of `instantiate_probe pairs`), the instantiate + call goal is
+also judged on the median of its interleaved pairs.
+
+Usage: table.py REFERENCE.json CRITERION_DIR [--pairs FILE] [--readme README.md] [--date YYYY-MM-DD]
        table.py --list     (the criterion benches and reference scenarios the table reads)
 """
 from __future__ import annotations
@@ -82,6 +85,30 @@ GOALS = [
      "instantiate_call/governed", "instantiate_call/raw_wasmtime", None, 0.95),
     ("ring computation ≤ 2 ns", "time", "ring_computation/ring_for_score", None, None, 2.0),
 ]
+
+PAIRS = re.compile(
+    r"median governed / raw throughput over (\d+) pairs of (\d+): ([0-9.]+) \(min ([0-9.]+), max ([0-9.]+)\)"
+)
+PAIRS_GOAL = 0.95
+
+
+def pairs_row(text: str) -> str | None:
+    """The instantiate + call goal judged on `instantiate_probe pairs`' median of its
+    alternating pairs (raw's time over governed's in each pair), or None if `text` has no
+    such line."""
+    m = PAIRS.search(text)
+    if m is None:
+        return None
+    count, per, median, low, high = m.groups()
+    value = float(median)
+    verdict = "**met**" if value >= PAIRS_GOAL else "not met"
+    return (
+        f"| instantiate + call ≥ 0.95× raw wasmtime's throughput, interleaved "
+        f"(`instantiate_probe pairs`: the median of {count} pairs of alternating blocks of "
+        f"{per}; min {float(low):.3f}, max {float(high):.3f}) | "
+        f"{shown(value, PAIRS_GOAL, 3)} | — | {verdict} |"
+    )
+
 
 BEGIN = re.compile(r"<!-- perf-table: .*?-->")
 END = "<!-- perf-table: end -->"
@@ -207,6 +234,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reference")
     p.add_argument("criterion")
+    p.add_argument("--pairs")
     p.add_argument("--readme")
     p.add_argument("--date", default="")
     args = p.parse_args()
@@ -214,6 +242,12 @@ def main() -> int:
     text, missing = table(reference, pathlib.Path(args.criterion))
     judged, also_missing = goals(reference, pathlib.Path(args.criterion))
     missing += also_missing
+    if args.pairs:
+        row = pairs_row(pathlib.Path(args.pairs).read_text())
+        if row is None:
+            print(f"{args.pairs}: no `median governed / raw throughput` line", file=sys.stderr)
+            return 1
+        judged += "\n" + row
     text += "\n\nThe goals, judged in this run:\n\n" + judged
     print(text)
     if missing:

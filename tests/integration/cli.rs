@@ -2668,6 +2668,61 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
             && lifecycle.ends_with("| not met; the floor itself misses it in this run |"),
         "{lifecycle}"
     );
+    // With `instantiate_probe pairs`' output, instantiate + call is judged
+    // on its interleaved median too, in the probe's own words.
+    let probe =
+        std::fs::read_to_string(root.join("host/runtime/examples/instantiate_probe.rs")).unwrap();
+    assert!(
+        probe.contains(
+            "\"median governed / raw throughput over {blocks} pairs of {per_block}: {median:.3} (min {:.3}, max {:.3})\""
+        ),
+        "instantiate_probe prints the line table.py reads"
+    );
+    let pairs = tmp.path().join("pairs.txt");
+    let interleaved = "instantiate + call ≥ 0.95× raw wasmtime's throughput, interleaved";
+    for (median, verdict) in [
+        ("0.949", "| 0.949× | — | not met |"),
+        ("0.953", "| 0.953× | — | **met** |"),
+    ] {
+        std::fs::write(
+            &pairs,
+            format!("pair 0: governed 9.0 µs, raw 8.6 µs, throughput ratio 0.955\nmedian governed / raw throughput over 20 pairs of 10000: {median} (min 0.910, max 1.020)\n"),
+        )
+        .unwrap();
+        let r = run(
+            {
+                let mut c = Command::new("python3");
+                c.arg(&table)
+                    .arg(&reference_json)
+                    .arg(&criterion)
+                    .arg("--pairs")
+                    .arg(&pairs);
+                c
+            },
+            b"",
+        );
+        assert_eq!(r.code(), 0, "{r:?}");
+        let row = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {interleaved}")))
+            .unwrap_or_else(|| panic!("no interleaved row in {r:?}"));
+        assert!(row.contains("20 pairs") && row.ends_with(verdict), "{row}");
+    }
+    std::fs::write(&pairs, "the probe failed\n").unwrap();
+    let r = run(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&table)
+                .arg(&reference_json)
+                .arg(&criterion)
+                .arg("--pairs")
+                .arg(&pairs);
+            c
+        },
+        b"",
+    );
+    assert_ne!(r.code(), 0, "{r:?}");
     // A missing figure is an error, not a blank row in the README.
     std::fs::remove_dir_all(criterion.join("hostcall")).unwrap();
     let r = run(
