@@ -180,7 +180,7 @@ pub(crate) fn read_file(dir: &Dir, rel: &str, max: u64) -> Result<Option<Vec<u8>
     if meta.len() > max {
         return Ok(None);
     }
-    let buf = read_prefix(file, max.saturating_add(1))?;
+    let buf = read_prefix(file, max.saturating_add(1), meta.len())?;
     if buf.len() as u64 > max {
         return Ok(None);
     }
@@ -188,9 +188,10 @@ pub(crate) fn read_file(dir: &Dir, rel: &str, max: u64) -> Result<Option<Vec<u8>
 }
 
 /// The first `len` bytes of `file` (fewer if it ends sooner), into a buffer
-/// sized for them; `take` bounds the read even if the file grows meanwhile.
-pub(crate) fn read_prefix(file: File, len: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(usize::try_from(len.min(1 << 24)).unwrap_or(0));
+/// made for `expected` bytes (what the file is thought to hold; it grows if
+/// there are more); `take` bounds the read even if the file grows meanwhile.
+pub(crate) fn read_prefix(file: File, len: u64, expected: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(usize::try_from(expected.min(len)).unwrap_or(0));
     file.take(len).read_to_end(&mut buf)?;
     Ok(buf)
 }
@@ -341,6 +342,20 @@ pub(crate) mod tests {
             assert!(quickly(name, move || copy_file(&d2, name, &d2, "copy", 100)).is_err());
             assert!(!t.path().join("copy").exists());
         }
+    }
+
+    /// A read's buffer is made for the file it reads, not for the limit.
+    #[test]
+    fn a_small_read_takes_memory_for_its_size() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("small"), b"first").unwrap();
+        let d = dir(&t);
+        let bytes = read_file(&d, "small", 16 << 20).unwrap().unwrap();
+        assert_eq!(bytes, b"first");
+        assert!(bytes.capacity() < 1024, "{} bytes held", bytes.capacity());
+        let (file, _) = open_file(&d, "small", How::Read).unwrap();
+        let prefix = read_prefix(file, 3, 3).unwrap();
+        assert_eq!((prefix.as_slice(), prefix.capacity()), (&b"fir"[..], 3));
     }
 
     #[test]

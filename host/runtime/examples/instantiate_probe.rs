@@ -119,7 +119,7 @@ fn main() {
             (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
         };
         println!(
-            "median governed / raw throughput over {blocks} pairs of {per_block}: {median:.3} (min {:.3}, max {:.3})",
+            "median governed / raw throughput over {blocks} pairs of {per_block}: {median:.4} (min {:.4}, max {:.4})",
             ratios[0],
             ratios[ratios.len() - 1]
         );

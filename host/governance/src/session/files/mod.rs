@@ -54,8 +54,11 @@
 //!
 //! # Concurrency
 //! One mutex per session guards the metadata and is held for the whole
-//! operation, I/O included: per-session traffic is modest, and holding it
-//! makes "check the quota / clock / ACL, then change" atomic. Sessions do not
+//! operation, I/O included, with two exceptions: a whole-file write stages
+//! and syncs its bytes without it (then checks again and renames them into
+//! place under it), and a read reads and hashes its bytes without it (then
+//! returns them only if they are the recorded contents). Holding it makes
+//! "check the quota / clock / ACL, then change" atomic. Sessions do not
 //! share locks.
 //!
 //! # Where things are

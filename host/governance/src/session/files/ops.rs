@@ -35,6 +35,9 @@ impl FileSpace for SessionFiles {
     /// recorded one are the contents the checks saw, whatever changed in
     /// between (an append or truncate works in place). A file changed
     /// under [`READS_UNLOCKED`] attempts in a row is read under the lock.
+    /// Only the recorded size is read: a file grown on disk behind the
+    /// session's back reads as the session wrote it (one changed in place
+    /// behind its back is read, after two failed tries, as it now is).
     fn read(&self, who: Caller<'_>, path: &str) -> Result<Vec<u8>, VfsError> {
         let key = file_key(who.agent, path)?;
         for _ in 0..READS_UNLOCKED {
@@ -51,8 +54,8 @@ impl FileSpace for SessionFiles {
             })?;
             #[cfg(test)]
             pause::run(pause::At::Read);
-            let bytes =
-                open::read_prefix(file, size).map_err(|e| VfsError::io("read", key.guest(), e))?;
+            let bytes = open::read_prefix(file, size, size)
+                .map_err(|e| VfsError::io("read", key.guest(), e))?;
             if bytes.len() as u64 == size
                 && <sha2::Sha256 as sha2::Digest>::digest(&bytes).as_slice() == digest
             {
@@ -1057,15 +1060,22 @@ mod tests {
                     e.files.append(ring2(&a), "shared/f", b" and more").unwrap();
                 });
             }
+            e.files.set_strict(true);
             let read = e.files.read(ring2(&b), "shared/f");
+            // Bob saw the clock of what he read, not of the append: his
+            // write over it is stale.
+            let stale = e.files.write(ring2(&b), "shared/f", b"bob's");
             let again = e.files.read(ring2(&b), "shared/f");
-            let _ = done.send((read, again));
+            let fresh = e.files.write(ring2(&b), "shared/f", b"bob's");
+            let _ = done.send((read, again, stale, fresh));
         });
-        let (read, again) = finished
+        let (read, again, stale, fresh) = finished
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the read and the operations between its opening and its reading ended within 30 s (a deadlock means the read held the session's lock)");
         assert_eq!(read.unwrap(), b"first");
         assert_eq!(again.unwrap(), b"first and more");
+        assert!(matches!(stale, Err(VfsError::Conflict { .. })), "{stale:?}");
+        fresh.unwrap();
     }
 
     /// Contents changed in place between a read's opening and its reading
