@@ -121,6 +121,11 @@ impl VectorClock {
         self.0.iter().filter(|(_, n)| **n > 0).map(|(a, n)| (a, *n))
     }
 
+    /// How many entries it stores (its size in memory; zeros included).
+    pub fn entry_count(&self) -> usize {
+        self.0.len()
+    }
+
     /// True when every entry is 0.
     pub fn is_zero(&self) -> bool {
         self.0.values().all(|n| *n == 0)

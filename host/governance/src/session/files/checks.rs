@@ -435,6 +435,47 @@ mod tests {
     /// byte quota bounds, so writing a file, giving it a long ACL and
     /// deleting it, over and over, keeps at most a quota's worth of ACLs
     /// (before, 200 rounds under a 4 KiB quota kept ~600 KB, uncounted).
+    /// A rename of a directory keeps every moved file's state for its
+    /// undo. Those states count against the byte quota as blobs do, so
+    /// renaming a big directory again and again cannot grow the undo log's
+    /// memory past it (before, each record counted 0 bytes: 10,000 records
+    /// of a 10,000-file directory's states, ~57 GB, were allowed).
+    #[test]
+    fn file_states_kept_by_rename_records_are_bounded_by_the_quota() {
+        let quota = 64 << 10;
+        let e = env_with(FileQuotas {
+            max_total_bytes: quota,
+            ..FileQuotas::default()
+        });
+        let a = id("alice");
+        e.files.set_strict(false);
+        for i in 0..200 {
+            e.files.write(ring2(&a), &format!("d0/f{i}"), b"x").unwrap();
+        }
+        for round in 0..50 {
+            let (from, to) = (format!("d{round}"), format!("d{}", round + 1));
+            e.files.rename(ring2(&a), &from, &to).unwrap();
+        }
+        let inner = e.files.lock();
+        let renames = inner
+            .db
+            .log
+            .iter()
+            .filter(|r| r.op == FileOp::Rename)
+            .count();
+        assert!(renames < 5, "{renames} rename records kept");
+        let last = inner.db.log.back().map_or(0, |r| r.blob_bytes);
+        assert!(
+            last > 200 * 100,
+            "a rename of 200 files counts {last} bytes"
+        );
+        assert!(
+            inner.db.log_bytes <= quota + last,
+            "the undo log counts {} bytes",
+            inner.db.log_bytes
+        );
+    }
+
     #[test]
     fn acls_kept_by_undo_records_are_bounded_by_the_quota() {
         let e = env_with(FileQuotas {

@@ -203,11 +203,20 @@ impl Db {
         rec: Record,
     ) -> Option<u64> {
         let id = rec.id;
-        // The ACLs it keeps (the file's before and after) count with its
-        // blob: a record of a file with long ACLs, deleted since, must not
-        // keep them for free.
+        // What it keeps in memory (file states, their ACLs and clocks, the
+        // paths) counts with its blob: a record of a file with long ACLs,
+        // deleted since, or of a directory of 10,000 files renamed, must
+        // not keep them for free.
         let mut rec = rec;
-        rec.blob_bytes = rec.blob_bytes.saturating_add(rec.undo.acl_bytes());
+        let paths = [Some(&rec.key), rec.to.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|k| k.rel.len() as u64)
+            .fold(std::mem::size_of::<Record>() as u64, u64::saturating_add);
+        rec.blob_bytes = rec
+            .blob_bytes
+            .saturating_add(rec.undo.kept_bytes())
+            .saturating_add(paths);
         self.log_bytes = self.log_bytes.saturating_add(rec.blob_bytes);
         self.log.push_back(rec);
         while self.log.len() > quotas.max_undo_records || self.log_bytes > quotas.max_total_bytes {
