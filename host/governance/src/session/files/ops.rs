@@ -188,9 +188,40 @@ impl FileSpace for SessionFiles {
         })
     }
 
+    /// An append that creates its file is a write: its bytes are staged
+    /// and synced outside the session's lock (see `write`). One that finds
+    /// the file there (by then) extends it in place, under the lock.
     fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         let key = file_key(who.agent, path)?;
-        self.with(|dirs, db| self.append_file(dirs, db, who, &key, contents))
+        let creates = self.with(|dirs, db| {
+            if db.files.contains_key(&key) {
+                return Ok(None);
+            }
+            self.may_write(db, who, &key, contents.len() as u64)?;
+            dirs.area(&key.area).map(Some)
+        })?;
+        let staged = match creates {
+            Some(vfs) => Some(
+                vfs.stage(&key.rel, contents)
+                    .map_err(|e| in_guest_terms(e, &key.area))?,
+            ),
+            None => None,
+        };
+        #[cfg(test)]
+        if staged.is_some() {
+            pause::run(pause::At::Staged);
+        }
+        self.with(|dirs, db| match staged {
+            Some(staged) if !db.files.contains_key(&key) => {
+                let contents = Contents {
+                    bytes: contents,
+                    staged: Some(staged),
+                };
+                self.write_file(dirs, db, who, &key, contents, FileOp::Append)
+            }
+            // Created meanwhile: extended (the staged copy removes itself).
+            _ => self.append_file(dirs, db, who, &key, contents),
+        })
     }
 
     fn truncate(&self, who: Caller<'_>, path: &str, len: u64) -> Result<FileChange, VfsError> {
@@ -1038,6 +1069,52 @@ mod tests {
         assert!(matches!(alice, Err(VfsError::Conflict { .. })), "{alice:?}");
         assert!(staged_left.is_empty(), "{staged_left:?}");
         assert_eq!(now.unwrap(), b"bob's");
+    }
+
+    /// An append that creates its file stages its bytes outside the
+    /// session's lock, as a write does; if the file was created while they
+    /// were staged, the append extends it instead.
+    #[test]
+    fn an_append_that_creates_its_file_stages_it_outside_the_session_lock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let e = Arc::new(env());
+            let (a, b) = (id("alice"), id("bob"));
+            e.files.set_strict(false);
+            {
+                let e = e.clone();
+                pause::set(pause::At::Staged, move || {
+                    let b = id("bob");
+                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                });
+            }
+            let created = e.files.append(ring2(&a), "shared/new", b"one");
+            {
+                let e = e.clone();
+                pause::set(pause::At::Staged, move || {
+                    let b = id("bob");
+                    e.files.write(ring2(&b), "shared/raced", b"bob's ").unwrap();
+                });
+            }
+            let raced = e.files.append(ring2(&a), "shared/raced", b"alice's");
+            let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
+                .unwrap()
+                .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".ahv"))
+                .collect();
+            let new = e.files.read(ring2(&b), "shared/new");
+            let both = e.files.read(ring2(&b), "shared/raced");
+            let _ = done.send((created, raced, staged_left, new, both));
+        });
+        let (created, raced, staged_left, new, both) = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the appends and the writes in their staging ended within 30 s (a deadlock means an append held the session's lock while staging)");
+        let created = created.unwrap();
+        assert_eq!((created.op, created.before), (FileOp::Append, None));
+        assert_eq!(raced.unwrap().before, Some(sha256(b"bob's ")));
+        assert!(staged_left.is_empty(), "{staged_left:?}");
+        assert_eq!(new.unwrap(), b"one");
+        assert_eq!(both.unwrap(), b"bob's alice's");
     }
 
     /// A read's bytes are read outside the session's lock: another file
