@@ -152,6 +152,10 @@ pub(super) struct Db {
     pub(super) last_undo: u64,
     pub(super) snapshots: BTreeMap<u64, Snapshot>,
     pub(super) last_snapshot: u64,
+    /// Counts changes that may add or move an entry below a directory (a
+    /// file set, a directory made, a restore): a directory measured outside
+    /// the lock is still as measured if it has not moved since.
+    pub(super) shape: u64,
 }
 
 impl Db {
@@ -160,9 +164,15 @@ impl Db {
         self.last_undo
     }
 
+    /// Notes a change that may add or move an entry below a directory.
+    pub(super) fn reshaped(&mut self) {
+        self.shape = self.shape.wrapping_add(1);
+    }
+
     /// Sets or removes one file's metadata, keeping the usage in step.
     pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
         if let Some(m) = &meta {
+            self.reshaped();
             self.usage.files += 1;
             self.usage.bytes = self.usage.bytes.saturating_add(m.counted_bytes());
         }

@@ -6,7 +6,7 @@ use ahv_core::Ring;
 
 use crate::files::{Access, Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::open;
-use crate::path::RESERVED_PREFIX;
+use crate::path::{PathError, RESERVED_PREFIX};
 use crate::vclock::VectorClock;
 use crate::vfs::{EntryKind, Staged, Stat, VfsError};
 
@@ -246,7 +246,45 @@ impl FileSpace for SessionFiles {
     fn rename(&self, who: Caller<'_>, src: &str, dst: &str) -> Result<FileChange, VfsError> {
         let from = file_key(who.agent, src)?;
         let to = file_key(who.agent, dst)?;
-        self.with(|dirs, db| self.rename_entry(dirs, db, who, &from, &to))
+        // A directory's extent is measured outside the lock (it walks every
+        // entry below it: ~100 ms for 10,000 directories), then the rename
+        // is made under it if nothing was added or moved in the session
+        // meanwhile.
+        for _ in 0..RENAMES_UNLOCKED {
+            let measure = self.with(|dirs, db| {
+                if db.files.contains_key(&from) {
+                    return Ok(None);
+                }
+                let sv = dirs.area(&from.area)?;
+                Ok(sv
+                    .dir()
+                    .symlink_metadata(&from.rel)
+                    .is_ok_and(|m| m.is_dir())
+                    .then_some((sv, db.shape)))
+            })?;
+            let Some((sv, shape)) = measure else {
+                return self.with(|dirs, db| self.rename_entry(dirs, db, who, &from, &to, None));
+            };
+            let nesting = check_nesting(sv.dir(), &from, &to);
+            #[cfg(test)]
+            pause::run(pause::At::Measured);
+            let renamed = self.with(|dirs, db| {
+                if db.shape != shape {
+                    return Ok(None);
+                }
+                self.rename_entry(dirs, db, who, &from, &to, Some(nesting))
+                    .map(Some)
+            })?;
+            if let Some(change) = renamed {
+                return Ok(change);
+            }
+        }
+        Err(VfsError::Conflict {
+            path: from.guest(),
+            reason: format!(
+                "entries were added or moved in the session while the directory was measured, {RENAMES_UNLOCKED} times; try again"
+            ),
+        })
     }
 
     /// A change like a write: counted against [`FileQuotas::max_dirs`](super::FileQuotas::max_dirs) (it
@@ -280,6 +318,7 @@ impl FileSpace for SessionFiles {
             }
             let created = made.len() as u64;
             db.usage.dirs += created;
+            db.reshaped();
             let id = db.next_undo_id();
             let undo = db.record(
                 &dirs.undo,
@@ -753,6 +792,7 @@ impl SessionFiles {
         who: Caller<'_>,
         src: &AreaPath,
         dst: &AreaPath,
+        nesting: Option<Result<(), PathError>>,
     ) -> Result<FileChange, VfsError> {
         let (src_guest, dst_guest) = (src.guest(), dst.guest());
         let sv = dirs.area(&src.area)?;
@@ -777,7 +817,11 @@ impl SessionFiles {
             });
         }
         if is_dir {
-            check_nesting(sv.dir(), src, dst).map_err(VfsError::InvalidPath)?;
+            // Measured by the caller outside the lock, with nothing added or
+            // moved since, or now.
+            nesting
+                .unwrap_or_else(|| check_nesting(sv.dir(), src, dst))
+                .map_err(VfsError::InvalidPath)?;
         }
         for (suffix, m) in &moved {
             let path = src.with_suffix(suffix).guest();
@@ -802,6 +846,8 @@ impl SessionFiles {
             return Err(e);
         }
         db.usage.dirs += made_dirs.len() as u64;
+        // Whatever was moved, files or only directories.
+        db.reshaped();
         let mut record_moved = Vec::with_capacity(moved.len());
         for (suffix, before) in moved {
             let to = dst.with_suffix(&suffix);
@@ -985,6 +1031,10 @@ pub(super) struct Contents<'a> {
 /// under it (see `SessionFiles::read`).
 const READS_UNLOCKED: usize = 2;
 
+/// How many times a rename measures a directory outside the session's lock
+/// before it gives up with a conflict (see `SessionFiles::rename`).
+const RENAMES_UNLOCKED: usize = 3;
+
 /// Pauses tests can put where an operation works outside the session's
 /// lock: between a write's staging and its placing, between a read's
 /// opening and its reading.
@@ -1001,6 +1051,8 @@ pub(super) mod pause {
         Staged,
         /// A read has opened its file.
         Read,
+        /// A rename has measured the directory it moves.
+        Measured,
     }
 
     thread_local! {
@@ -1115,6 +1167,57 @@ mod tests {
         assert!(staged_left.is_empty(), "{staged_left:?}");
         assert_eq!(new.unwrap(), b"one");
         assert_eq!(both.unwrap(), b"bob's alice's");
+    }
+
+    /// A rename measures the directory it moves outside the session's lock
+    /// (another operation runs in that window on the renaming thread itself,
+    /// which would deadlock if the lock were held), and measures again when
+    /// the session changed meanwhile: here an empty chain of directories
+    /// moved into the renamed one makes the move nest too deep, which the
+    /// first measure could not see.
+    #[test]
+    fn a_rename_measures_its_directory_outside_the_session_lock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let e = Arc::new(env());
+            let a = id("alice");
+            e.files.set_strict(false);
+            e.files.write(ring2(&a), "a/f", b"x").unwrap();
+            // 30 levels below `z` (depth 31): 32 once moved into `a`, 34 once
+            // `a` moves to `b/c/a`, past `MAX_DEPTH`.
+            let chain: Vec<String> = (0..30).map(|i| format!("{i}")).collect();
+            e.files
+                .create_dir(ring2(&a), &format!("z/{}", chain.join("/")))
+                .unwrap();
+            {
+                let e = e.clone();
+                pause::set(pause::At::Measured, move || {
+                    let a = id("alice");
+                    e.files.rename(ring2(&a), "z", "a/z").unwrap();
+                });
+            }
+            let deep = e.files.rename(ring2(&a), "a", "b/c/a");
+            // A change in every window: a conflict once the tries run out.
+            for i in 0..RENAMES_UNLOCKED {
+                let e = e.clone();
+                pause::set(pause::At::Measured, move || {
+                    let a = id("alice");
+                    e.files.write(ring2(&a), &format!("w{i}"), b"w").unwrap();
+                });
+            }
+            let busy = e.files.rename(ring2(&a), "a", "b");
+            let fine = e.files.rename(ring2(&a), "a", "b");
+            let _ = done.send((deep, busy, fine));
+        });
+        let (deep, busy, fine) = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the renames and the operations in their measuring ended within 30 s (a deadlock means a rename measured under the session's lock)");
+        assert!(
+            matches!(deep, Err(VfsError::InvalidPath(PathError::TooDeep { .. }))),
+            "{deep:?}"
+        );
+        assert!(matches!(busy, Err(VfsError::Conflict { .. })), "{busy:?}");
+        fine.unwrap();
     }
 
     /// A read's bytes are read outside the session's lock: another file

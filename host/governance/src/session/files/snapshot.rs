@@ -309,6 +309,7 @@ impl SessionFiles {
                 meta.clock.merge(&stamp);
             }
             db.usage = snap.usage;
+            db.reshaped();
             Ok(())
         })
     }

@@ -254,6 +254,8 @@ impl SessionFiles {
     /// the record is kept; other `VfsError`s for I/O failures.
     pub fn undo(&self, id: u64) -> Result<(), VfsError> {
         self.with(|dirs, db| {
+            // An undo may move or remake whole directories.
+            db.reshaped();
             let Some(pos) = db.log.iter().position(|r| r.id == id) else {
                 return Err(VfsError::Io {
                     op: "undo",
@@ -362,6 +364,7 @@ impl SessionFiles {
                 let made = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 create_parent(&vfs, key)?;
                 db.usage.dirs += made;
+                db.reshaped();
                 dirs.undo
                     .rename(blob(rec.id), vfs.dir(), &key.rel)
                     .map_err(undo_io)?;
@@ -377,6 +380,7 @@ impl SessionFiles {
                 let made = 1 + missing_ancestors(vfs.dir(), &key.rel).len() as u64;
                 vfs.create_dir(&key.rel).map_err(in_area)?;
                 db.usage.dirs += made;
+                db.reshaped();
             }
             Undo::DirCreated { made } => {
                 let refuse = |why| rec.conflict(guest.clone(), why);
