@@ -151,7 +151,8 @@ pub struct FileQuotas {
     /// Largest total size of the session's regular files, shared and private
     /// areas together, in bytes (default 256 MiB), counting the agent ids
     /// their ACLs list with them. It also bounds the old contents the undo
-    /// log keeps on disk, and the old ACLs it keeps in memory.
+    /// log keeps on disk, and what it keeps in memory (old file states with
+    /// their ACLs and clocks, paths).
     pub max_total_bytes: u64,
     /// Most regular files in the session, all areas together (default 10 000).
     pub max_files: u64,
