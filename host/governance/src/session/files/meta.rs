@@ -104,9 +104,15 @@ impl FileMeta {
     pub(super) fn appended(&self, bytes: &[u8], clock: VectorClock) -> FileMeta {
         let mut hasher = self.hasher.clone();
         hasher.update(bytes);
+        self.appended_hashed(bytes.len() as u64, hasher, clock)
+    }
+
+    /// [`FileMeta::appended`] with the bytes already hashed into `hasher`
+    /// (this file's state, cloned, then updated with them).
+    pub(super) fn appended_hashed(&self, len: u64, hasher: Sha256, clock: VectorClock) -> FileMeta {
         FileMeta {
             acl: self.acl.clone(),
-            size: self.size.saturating_add(bytes.len() as u64),
+            size: self.size.saturating_add(len),
             digest: hasher.clone().finalize().into(),
             hasher,
             clock,

@@ -206,38 +206,59 @@ impl FileSpace for SessionFiles {
     }
 
     /// An append that creates its file is a write: its bytes are staged
-    /// and synced outside the session's lock (see `write`). One that finds
-    /// the file there (by then) extends it in place, under the lock.
+    /// and synced outside the session's lock (see `write`). One that
+    /// extends a file hashes its bytes outside the lock (16 MiB take
+    /// ~10 ms here) into a copy of the file's hash state, and extends the
+    /// file in place under it; if the file changed meanwhile, it is hashed
+    /// again there. One that finds the file created meanwhile extends it.
     fn append(&self, who: Caller<'_>, path: &str, contents: &[u8]) -> Result<FileChange, VfsError> {
         let key = file_key(who.agent, path)?;
-        let creates = self.with(|dirs, db| {
-            if db.files.contains_key(&key) {
-                return Ok(None);
+        let plan = self.with(|dirs, db| match db.files.get(&key) {
+            // The checks the append makes again: one refused now hashes nothing.
+            Some(m) => {
+                let guest = key.guest();
+                check_access(who, m, &guest, Need::Write)?;
+                self.check_clock(who.agent, &m.clock, &guest)?;
+                let new_size = m.size.saturating_add(contents.len() as u64);
+                self.check_quota(&db.usage, &guest, Some(m.size), new_size)?;
+                Ok(AppendPlan::Extend(Prehashed {
+                    size: m.size,
+                    digest: m.digest,
+                    hasher: m.hasher.clone(),
+                }))
             }
-            self.may_write(db, who, &key, contents.len() as u64)?;
-            dirs.area(&key.area).map(Some)
+            None => {
+                self.may_write(db, who, &key, contents.len() as u64)?;
+                dirs.area(&key.area).map(AppendPlan::Create)
+            }
         })?;
-        let staged = match creates {
-            Some(vfs) => Some(
+        let plan = match plan {
+            AppendPlan::Create(vfs) => AppendPlan::Staged(
                 vfs.stage(&key.rel, contents)
                     .map_err(|e| in_guest_terms(e, &key.area))?,
             ),
-            None => None,
+            AppendPlan::Extend(mut p) => {
+                sha2::Digest::update(&mut p.hasher, contents);
+                AppendPlan::Extend(p)
+            }
+            staged @ AppendPlan::Staged(_) => staged,
         };
         #[cfg(test)]
-        if staged.is_some() {
-            pause::run(pause::At::Staged);
-        }
-        self.with(|dirs, db| match staged {
-            Some(staged) if !db.files.contains_key(&key) => {
+        pause::run(match plan {
+            AppendPlan::Staged(_) => pause::At::Staged,
+            _ => pause::At::Hashed,
+        });
+        self.with(|dirs, db| match plan {
+            AppendPlan::Staged(staged) if !db.files.contains_key(&key) => {
                 let contents = Contents {
                     bytes: contents,
                     staged: Some(staged),
                 };
                 self.write_file(dirs, db, who, &key, contents, FileOp::Append)
             }
+            AppendPlan::Extend(p) => self.append_file(dirs, db, who, &key, contents, Some(p)),
             // Created meanwhile: extended (the staged copy removes itself).
-            _ => self.append_file(dirs, db, who, &key, contents),
+            _ => self.append_file(dirs, db, who, &key, contents, None),
         })
     }
 
@@ -591,6 +612,7 @@ impl SessionFiles {
         who: Caller<'_>,
         key: &AreaPath,
         contents: &[u8],
+        prehashed: Option<Prehashed>,
     ) -> Result<FileChange, VfsError> {
         let Some(old) = db.files.get(key) else {
             // A new file; whatever unknown entry is on disk gets replaced, not extended.
@@ -614,7 +636,14 @@ impl SessionFiles {
             }
             return Err(in_guest_terms(e, &key.area));
         }
-        let meta = before.appended(contents, self.clocks.stamp_write(who.agent, &before.clock));
+        let clock = self.clocks.stamp_write(who.agent, &before.clock);
+        let meta = match prehashed {
+            // Hashed from this very state: the bytes need no second pass.
+            Some(p) if p.size == before.size && p.digest == before.digest => {
+                before.appended_hashed(contents.len() as u64, p.hasher, clock)
+            }
+            _ => before.appended(contents, clock),
+        };
         let after = meta.fingerprint();
         let digest = meta.digest;
         db.put(key.clone(), Some(meta));
@@ -1037,6 +1066,24 @@ impl SessionFiles {
     }
 }
 
+/// What an append does once it holds the session's lock again.
+enum AppendPlan {
+    /// Make the file (checked; its area, to stage the bytes in).
+    Create(std::sync::Arc<crate::vfs::Vfs>),
+    /// Make the file from these staged bytes.
+    Staged(Staged),
+    /// Extend the file.
+    Extend(Prehashed),
+}
+
+/// A file's hash state after an append's bytes, and the file's size and
+/// digest before them, which it is valid for.
+pub(super) struct Prehashed {
+    size: u64,
+    digest: Sha256Digest,
+    hasher: sha2::Sha256,
+}
+
 /// A file's new contents, and the same bytes already staged if they are
 /// ([`Vfs::stage`](crate::vfs::Vfs::stage)).
 pub(super) struct Contents<'a> {
@@ -1072,6 +1119,8 @@ pub(super) mod pause {
         Measured,
         /// A listing has read its directory.
         Listed,
+        /// An append to a file has hashed its bytes.
+        Hashed,
     }
 
     thread_local! {
@@ -1266,6 +1315,50 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the listing and the delete in its window ended within 30 s (a deadlock means the listing read its directory under the session's lock)");
         assert_eq!(listed.unwrap(), ["kept", "sub"]);
+    }
+
+    /// An append to a file hashes its bytes outside the session's lock
+    /// (other operations run in that window on the appending thread
+    /// itself); when the file changed meanwhile, its hash is computed again
+    /// from the file's new state, so the recorded digest is always that of
+    /// the contents.
+    #[test]
+    fn an_append_hashes_its_bytes_outside_the_session_lock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let e = Arc::new(env());
+            let (a, b) = (id("alice"), id("bob"));
+            e.files.set_strict(false);
+            e.files.write(ring2(&a), "shared/log", b"base ").unwrap();
+            {
+                let e = e.clone();
+                pause::set(pause::At::Hashed, move || {
+                    let b = id("bob");
+                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                });
+            }
+            let quiet = e.files.append(ring2(&a), "shared/log", b"one ");
+            {
+                let e = e.clone();
+                pause::set(pause::At::Hashed, move || {
+                    let b = id("bob");
+                    e.files.append(ring2(&b), "shared/log", b"bob's ").unwrap();
+                });
+            }
+            let raced = e.files.append(ring2(&a), "shared/log", b"two");
+            let read = e.files.read(ring2(&b), "shared/log");
+            let hash = e.files.hash(ring2(&b), "shared/log");
+            let _ = done.send((quiet, raced, read, hash));
+        });
+        let (quiet, raced, read, hash) = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the appends and the operations in their hashing ended within 30 s (a deadlock means an append hashed under the session's lock)");
+        assert_eq!(quiet.unwrap().after, Some(sha256(b"base one ")));
+        let raced = raced.unwrap();
+        assert_eq!(raced.before, Some(sha256(b"base one bob's ")));
+        assert_eq!(raced.after, Some(sha256(b"base one bob's two")));
+        assert_eq!(read.unwrap(), b"base one bob's two");
+        assert_eq!(hash.unwrap(), sha256(b"base one bob's two"));
     }
 
     /// A read's bytes are read outside the session's lock: another file
