@@ -37,6 +37,25 @@ pub(crate) mod state_write;
 pub(crate) mod vfs_read;
 pub(crate) mod vfs_write;
 
+/// Reads at least this large run off the async worker (see [`off_worker`]);
+/// smaller ones take microseconds, less than handing the worker over.
+pub(crate) const OFF_WORKER_READ_BYTES: u64 = 64 << 10;
+
+/// Runs `f`, a host function's work that may block its thread for
+/// milliseconds (a write's sync, a large read and its hash, a directory's
+/// walk), so that it does not hold a tokio worker meanwhile: on a
+/// multi-threaded runtime the worker's other tasks (other agents, other
+/// sessions, the API) move to another thread while `f` runs
+/// (`block_in_place`). Elsewhere (a current-thread runtime, no runtime) it
+/// just runs `f`: there is no other worker to hand them to.
+pub(crate) fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// What a capability's host functions see: the state it works on (the
 /// shared [`Handles`], or a context of its own) and the gate. The state is
 /// borrowed shared: no capability can replace what the others share (the
@@ -539,6 +558,40 @@ mod gate_tests {
         let who = Caller::untraced(&agent, Ring::Standard);
         assert!(undo_changes(&core, &builtin::registry(), who, &changes).is_empty());
         assert_eq!(core.state().peek("k").unwrap().value, b"before");
+    }
+
+    /// Work a host function may block on runs off the async worker: on a
+    /// runtime of one worker, a task queued behind the blocked one runs
+    /// (and unblocks it) while the work waits. Kept on the worker, the work
+    /// would wait for that task until its bound.
+    #[test]
+    fn blocking_work_leaves_the_worker_to_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let waited = rt.block_on(async {
+            tokio::spawn(async {
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                // Queued on this worker: it runs only if the worker moves on.
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+                off_worker(|| rx.recv_timeout(Duration::from_secs(30)))
+            })
+            .await
+            .unwrap()
+        });
+        waited.expect(
+            "the task queued behind the blocking work ran within 30 s (it cannot while the work holds the only worker)",
+        );
+        // Elsewhere it simply runs.
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { off_worker(|| 7) }), 7);
+        assert_eq!(off_worker(|| 8), 8);
     }
 
     /// What a call keeps to undo its state writes is bounded by the state
