@@ -159,10 +159,17 @@ pub(super) struct Db {
     pub(super) snapshots: BTreeMap<u64, Snapshot>,
     pub(super) last_snapshot: u64,
     /// Counts changes that may add or move an entry below a directory (a
-    /// file set, a directory made, a restore): a directory measured outside
-    /// the lock is still as measured if it has not moved since.
+    /// file set, a directory made, a rename, an undo, a restore).
     pub(super) shape: u64,
+    /// Where the last [`MAX_RESHAPES`] of those changes were made (`None`:
+    /// anywhere), by their count: a directory measured outside the lock is
+    /// as measured if none was made on its branch since.
+    pub(super) reshapes: VecDeque<(u64, Option<AreaPath>)>,
 }
+
+/// How many changes' places [`Db::reshapes`] keeps; a directory measured
+/// while more were made is measured again.
+const MAX_RESHAPES: usize = 256;
 
 impl Db {
     pub(super) fn next_undo_id(&mut self) -> u64 {
@@ -170,15 +177,48 @@ impl Db {
         self.last_undo
     }
 
-    /// Notes a change that may add or move an entry below a directory.
+    /// Notes a change that may add or move entries anywhere.
     pub(super) fn reshaped(&mut self) {
+        self.reshaped_at(None);
+    }
+
+    /// Notes a change that may add or move entries at or below `at`
+    /// (anywhere if `None`).
+    pub(super) fn reshaped_at(&mut self, at: Option<&AreaPath>) {
         self.shape = self.shape.wrapping_add(1);
+        self.reshapes.push_back((self.shape, at.cloned()));
+        if self.reshapes.len() > MAX_RESHAPES {
+            self.reshapes.pop_front();
+        }
+    }
+
+    /// Whether a change that may add or move entries at or below `dir` (or
+    /// replace it) was made since the count was `since`.
+    pub(super) fn reshaped_since(&self, since: u64, dir: &AreaPath) -> bool {
+        if self.shape == since {
+            return false;
+        }
+        // The changes since are all still listed only if the oldest listed
+        // came right after `since`, or before.
+        if self
+            .reshapes
+            .front()
+            .is_none_or(|(n, _)| *n > since.wrapping_add(1))
+        {
+            return true;
+        }
+        self.reshapes
+            .iter()
+            .filter(|(n, _)| *n > since)
+            .any(|(_, at)| at.as_ref().is_none_or(|p| p.on_branch_of(dir)))
     }
 
     /// Sets or removes one file's metadata, keeping the usage in step.
     pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
+        if meta.is_some() {
+            self.reshaped_at(Some(&key));
+        }
         if let Some(m) = &meta {
-            self.reshaped();
             self.usage.files += 1;
             self.usage.bytes = self.usage.bytes.saturating_add(m.counted_bytes());
         }
@@ -250,5 +290,51 @@ impl Db {
             }
         }
         self.log.back().filter(|r| r.id == id).map(|r| r.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::VfsPath;
+    use ahv_core::AgentId;
+
+    fn at(path: &str) -> AreaPath {
+        let agent = AgentId::new("alice").unwrap();
+        AreaPath::resolve(&agent, &VfsPath::parse_dir(path).unwrap())
+    }
+
+    /// A directory measured at count `since` is changed only by changes on
+    /// its branch (at it, below it, or at a directory it is below), by
+    /// changes anywhere, and by more changes than the log keeps.
+    #[test]
+    fn a_directory_is_reshaped_only_by_changes_on_its_branch() {
+        let mut db = Db::default();
+        let dir = at("a/b");
+        let since = db.shape;
+        assert!(!db.reshaped_since(since, &dir));
+        for elsewhere in ["a/bc", "a/c/b", "b", "shared/a/b", "a"] {
+            db.reshaped_at(Some(&at(elsewhere)));
+            let on_branch = elsewhere == "a";
+            assert_eq!(db.reshaped_since(since, &dir), on_branch, "{elsewhere}");
+        }
+        for on_branch in ["a/b", "a/b/c/d", "a", "."] {
+            let since = db.shape;
+            db.reshaped_at(Some(&at(on_branch)));
+            assert!(db.reshaped_since(since, &dir), "{on_branch}");
+        }
+        let since = db.shape;
+        db.reshaped();
+        assert!(db.reshaped_since(since, &dir), "anywhere");
+        let since = db.shape;
+        for _ in 0..=MAX_RESHAPES {
+            db.reshaped_at(Some(&at("elsewhere")));
+        }
+        assert!(db.reshaped_since(since, &dir), "more changes than are kept");
+        let since = db.shape;
+        for _ in 0..MAX_RESHAPES {
+            db.reshaped_at(Some(&at("elsewhere")));
+        }
+        assert!(!db.reshaped_since(since, &dir), "as many as are kept");
     }
 }

@@ -121,6 +121,18 @@ impl AreaPath {
         self.rel.is_root()
     }
 
+    /// Whether one of `self` and `other` is the other or below it (in the
+    /// same area, component by component): a change at one may change
+    /// what is at or below the other.
+    pub(super) fn on_branch_of(&self, other: &AreaPath) -> bool {
+        let below = |a: &str, b: &str| {
+            b.is_empty() || a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'))
+        };
+        self.area == other.area
+            && (below(self.rel.as_str(), other.rel.as_str())
+                || below(other.rel.as_str(), self.rel.as_str()))
+    }
+
     /// This path with `suffix` (empty, or starting with `/`) appended.
     pub(super) fn with_suffix(&self, suffix: &str) -> AreaPath {
         AreaPath {

@@ -86,7 +86,10 @@ impl FileSpace for SessionFiles {
     /// under it. A listing is thus not one instant's: an entry made or
     /// removed while it runs may or may not be in it, as with `readdir`.
     /// More than [`FileQuotas::max_list_entries`](super::FileQuotas::max_list_entries)
-    /// directories and regular files (the session's or not) is `Quota`.
+    /// directories and session files is `Quota`, and so is a directory
+    /// whose regular files the session did not write number more than
+    /// [`FileQuotas::max_files`](super::FileQuotas::max_files) besides
+    /// (the directory is read whole before they are told apart).
     fn list(&self, who: Caller<'_>, path: &str) -> Result<Vec<String>, VfsError> {
         let key = dir_key(who.agent, path)?;
         let vfs = self.with(|dirs, _| dirs.area(&key.area))?;
@@ -114,7 +117,9 @@ impl FileSpace for SessionFiles {
             } else if kind.is_file() {
                 files.push(name);
             }
-            if names.len() + files.len() > self.quotas.max_list_entries {
+            let read_at_most =
+                (self.quotas.max_list_entries as u64).saturating_add(self.quotas.max_files);
+            if (names.len() + files.len()) as u64 > read_at_most {
                 return Err(too_many());
             }
         }
@@ -307,7 +312,7 @@ impl FileSpace for SessionFiles {
             #[cfg(test)]
             pause::run(pause::At::Measured);
             let renamed = self.with(|dirs, db| {
-                if db.shape != shape {
+                if db.reshaped_since(shape, &from) {
                     return Ok(None);
                 }
                 self.rename_entry(dirs, db, who, &from, &to, Some(nesting))
@@ -356,7 +361,7 @@ impl FileSpace for SessionFiles {
             }
             let created = made.len() as u64;
             db.usage.dirs += created;
-            db.reshaped();
+            db.reshaped_at(Some(&key));
             let id = db.next_undo_id();
             let undo = db.record(
                 &dirs.undo,
@@ -893,7 +898,7 @@ impl SessionFiles {
         }
         db.usage.dirs += made_dirs.len() as u64;
         // Whatever was moved, files or only directories.
-        db.reshaped();
+        db.reshaped_at(Some(dst));
         let mut record_moved = Vec::with_capacity(moved.len());
         for (suffix, before) in moved {
             let to = dst.with_suffix(&suffix);
@@ -1265,25 +1270,53 @@ mod tests {
                 });
             }
             let deep = e.files.rename(ring2(&a), "a", "b/c/a");
-            // A change in every window: a conflict once the tries run out.
+            // Changes elsewhere in its window (bob's own files, alice's
+            // beside the directory) do not hold the rename up: it is made
+            // after its first measure.
+            {
+                let e = e.clone();
+                pause::set(pause::At::Measured, move || {
+                    let (a, b) = (id("alice"), id("bob"));
+                    for i in 0..100 {
+                        e.files.write(ring2(&b), &format!("w{i}"), b"w").unwrap();
+                    }
+                    e.files.write(ring2(&a), "ab", b"w").unwrap();
+                    e.files.create_dir(ring2(&a), "c/d").unwrap();
+                });
+            }
+            let measured_again = std::rc::Rc::new(std::cell::Cell::new(false));
+            pause::set(pause::At::Measured, {
+                let flag = measured_again.clone();
+                move || flag.set(true)
+            });
+            let elsewhere = e.files.rename(ring2(&a), "a", "b");
+            assert!(
+                !measured_again.get(),
+                "a change elsewhere made the rename measure again"
+            );
+            pause::run(pause::At::Measured);
+            // A change below it in every window: a conflict once the tries
+            // run out.
             for i in 0..RENAMES_UNLOCKED {
                 let e = e.clone();
                 pause::set(pause::At::Measured, move || {
                     let a = id("alice");
-                    e.files.write(ring2(&a), &format!("w{i}"), b"w").unwrap();
+                    e.files.write(ring2(&a), &format!("b/w{i}"), b"w").unwrap();
                 });
             }
-            let busy = e.files.rename(ring2(&a), "a", "b");
-            let fine = e.files.rename(ring2(&a), "a", "b");
-            let _ = done.send((deep, busy, fine));
+            let busy = e.files.rename(ring2(&a), "b", "d");
+            let fine = e.files.rename(ring2(&a), "b", "d");
+            pause::run(pause::At::Measured);
+            let _ = done.send((deep, elsewhere, busy, fine));
         });
-        let (deep, busy, fine) = finished
+        let (deep, elsewhere, busy, fine) = finished
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the renames and the operations in their measuring ended within 30 s (a deadlock means a rename measured under the session's lock)");
         assert!(
             matches!(deep, Err(VfsError::InvalidPath(PathError::TooDeep { .. }))),
             "{deep:?}"
         );
+        elsewhere.unwrap();
         assert!(matches!(busy, Err(VfsError::Conflict { .. })), "{busy:?}");
         fine.unwrap();
     }
@@ -1456,6 +1489,14 @@ mod tests {
             e.files.list(ring2(&a), ""),
             Err(VfsError::Quota { .. })
         ));
+        // Files the session did not write are not listed, nor counted
+        // (up to `max_files` of them).
+        e.files.create_dir(ring2(&a), "d").unwrap();
+        e.files.write(ring2(&a), "d/known", b"").unwrap();
+        for n in ["x", "y", "z"] {
+            std::fs::write(e.files_dir().join(format!("agents/alice/d/{n}")), b"").unwrap();
+        }
+        assert_eq!(e.files.list(ring2(&a), "d").unwrap(), ["known"]);
     }
 
     #[test]
