@@ -2680,6 +2680,15 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
     );
     let pairs = tmp.path().join("pairs.txt");
     let interleaved = "instantiate + call ≥ 0.95× raw wasmtime's throughput, interleaved";
+    let with_pairs = || {
+        let mut c = Command::new("python3");
+        c.arg(&table)
+            .arg(&reference_json)
+            .arg(&criterion)
+            .arg("--pairs")
+            .arg(&pairs);
+        run(c, b"")
+    };
     for (median, verdict) in [
         ("0.9496", "| 0.9496× | — | not met |"),
         ("0.9530", "| 0.953× | — | **met** |"),
@@ -2689,18 +2698,7 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
             format!("pair 0: governed 9.0 µs, raw 8.6 µs, throughput ratio 0.955\nmedian governed / raw throughput over 20 pairs of 10000: {median} (min 0.910, max 1.020)\n"),
         )
         .unwrap();
-        let r = run(
-            {
-                let mut c = Command::new("python3");
-                c.arg(&table)
-                    .arg(&reference_json)
-                    .arg(&criterion)
-                    .arg("--pairs")
-                    .arg(&pairs);
-                c
-            },
-            b"",
-        );
+        let r = with_pairs();
         assert_eq!(r.code(), 0, "{r:?}");
         let row = r
             .stdout
@@ -2710,18 +2708,7 @@ fn the_bench_table_reads_benches_that_exist_and_writes_the_readme_block() {
         assert!(row.contains("20 pairs") && row.ends_with(verdict), "{row}");
     }
     std::fs::write(&pairs, "the probe failed\n").unwrap();
-    let r = run(
-        {
-            let mut c = Command::new("python3");
-            c.arg(&table)
-                .arg(&reference_json)
-                .arg(&criterion)
-                .arg("--pairs")
-                .arg(&pairs);
-            c
-        },
-        b"",
-    );
+    let r = with_pairs();
     assert_ne!(r.code(), 0, "{r:?}");
     // A missing figure is an error, not a blank row in the README.
     std::fs::remove_dir_all(criterion.join("hostcall")).unwrap();

@@ -1155,6 +1155,26 @@ mod tests {
     use super::*;
     use crate::session::files::test_support::*;
 
+    /// Runs `f` on a thread of its own and returns what it returns; fails
+    /// with `what` if it takes more than 30 s (the tests below run another
+    /// operation of the session, on the same thread, inside an operation's
+    /// window without the lock: holding the lock there deadlocks).
+    fn within_30s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, finished) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(out) => out,
+            // It panicked: its panic is the test's.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(()) => unreachable!("the thread sends before it ends"),
+            },
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+
     /// A write's bytes go to disk outside the session's lock: another file
     /// operation of the session (here on the writing thread itself, which
     /// would deadlock if the write held the lock) runs while they are
@@ -1162,35 +1182,34 @@ mod tests {
     /// write's second look (a conflict), which leaves nothing behind.
     #[test]
     fn a_write_stages_its_bytes_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let (a, b) = (id("alice"), id("bob"));
-            e.files.set_strict(true);
-            e.files.write(ring2(&a), "shared/f", b"first").unwrap();
-            e.files.read(ring2(&b), "shared/f").unwrap();
-            {
-                let e = e.clone();
-                pause::set(pause::At::Staged, move || {
-                    // While alice's write is staged: bob reads another
-                    // file and rewrites this one.
-                    let b = id("bob");
-                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                    e.files.write(ring2(&b), "shared/f", b"bob's").unwrap();
-                });
-            }
-            let alice = e.files.write(ring2(&a), "shared/f", b"alice's");
-            let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
-                .unwrap()
-                .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".ahv"))
-                .collect();
-            let now = e.files.read(ring2(&a), "shared/f");
-            let _ = done.send((alice, staged_left, now));
-        });
-        let (alice, staged_left, now) = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the write and the operations in its staging ended within 30 s (a deadlock means the write held the session's lock while staging)");
+        let (alice, staged_left, now) = within_30s(
+            "the write and the operations in its staging ended within 30 s (a deadlock means the write held the session's lock while staging)",
+            move || {
+                let e = Arc::new(env());
+                let (a, b) = (id("alice"), id("bob"));
+                e.files.set_strict(true);
+                e.files.write(ring2(&a), "shared/f", b"first").unwrap();
+                e.files.read(ring2(&b), "shared/f").unwrap();
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Staged, move || {
+                        // While alice's write is staged: bob reads another
+                        // file and rewrites this one.
+                        let b = id("bob");
+                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                        e.files.write(ring2(&b), "shared/f", b"bob's").unwrap();
+                    });
+                }
+                let alice = e.files.write(ring2(&a), "shared/f", b"alice's");
+                let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
+                    .unwrap()
+                    .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".ahv"))
+                    .collect();
+                let now = e.files.read(ring2(&a), "shared/f");
+                (alice, staged_left, now)
+            },
+        );
         assert!(matches!(alice, Err(VfsError::Conflict { .. })), "{alice:?}");
         assert!(staged_left.is_empty(), "{staged_left:?}");
         assert_eq!(now.unwrap(), b"bob's");
@@ -1201,39 +1220,38 @@ mod tests {
     /// were staged, the append extends it instead.
     #[test]
     fn an_append_that_creates_its_file_stages_it_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let (a, b) = (id("alice"), id("bob"));
-            e.files.set_strict(false);
-            {
-                let e = e.clone();
-                pause::set(pause::At::Staged, move || {
-                    let b = id("bob");
-                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                });
-            }
-            let created = e.files.append(ring2(&a), "shared/new", b"one");
-            {
-                let e = e.clone();
-                pause::set(pause::At::Staged, move || {
-                    let b = id("bob");
-                    e.files.write(ring2(&b), "shared/raced", b"bob's ").unwrap();
-                });
-            }
-            let raced = e.files.append(ring2(&a), "shared/raced", b"alice's");
-            let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
-                .unwrap()
-                .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".ahv"))
-                .collect();
-            let new = e.files.read(ring2(&b), "shared/new");
-            let both = e.files.read(ring2(&b), "shared/raced");
-            let _ = done.send((created, raced, staged_left, new, both));
-        });
-        let (created, raced, staged_left, new, both) = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the appends and the writes in their staging ended within 30 s (a deadlock means an append held the session's lock while staging)");
+        let (created, raced, staged_left, new, both) = within_30s(
+            "the appends and the writes in their staging ended within 30 s (a deadlock means an append held the session's lock while staging)",
+            move || {
+                let e = Arc::new(env());
+                let (a, b) = (id("alice"), id("bob"));
+                e.files.set_strict(false);
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Staged, move || {
+                        let b = id("bob");
+                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                    });
+                }
+                let created = e.files.append(ring2(&a), "shared/new", b"one");
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Staged, move || {
+                        let b = id("bob");
+                        e.files.write(ring2(&b), "shared/raced", b"bob's ").unwrap();
+                    });
+                }
+                let raced = e.files.append(ring2(&a), "shared/raced", b"alice's");
+                let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
+                    .unwrap()
+                    .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".ahv"))
+                    .collect();
+                let new = e.files.read(ring2(&b), "shared/new");
+                let both = e.files.read(ring2(&b), "shared/raced");
+                (created, raced, staged_left, new, both)
+            },
+        );
         let created = created.unwrap();
         assert_eq!((created.op, created.before), (FileOp::Append, None));
         assert_eq!(raced.unwrap().before, Some(sha256(b"bob's ")));
@@ -1250,68 +1268,67 @@ mod tests {
     /// first measure could not see.
     #[test]
     fn a_rename_measures_its_directory_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let a = id("alice");
-            e.files.set_strict(false);
-            e.files.write(ring2(&a), "a/f", b"x").unwrap();
-            // 30 levels below `z` (depth 31): 32 once moved into `a`, 34 once
-            // `a` moves to `b/c/a`, past `MAX_DEPTH`.
-            let chain: Vec<String> = (0..30).map(|i| format!("{i}")).collect();
-            e.files
-                .create_dir(ring2(&a), &format!("z/{}", chain.join("/")))
-                .unwrap();
-            {
-                let e = e.clone();
-                pause::set(pause::At::Measured, move || {
-                    let a = id("alice");
-                    e.files.rename(ring2(&a), "z", "a/z").unwrap();
+        let (deep, elsewhere, busy, fine) = within_30s(
+            "the renames and the operations in their measuring ended within 30 s (a deadlock means a rename measured under the session's lock)",
+            move || {
+                let e = Arc::new(env());
+                let a = id("alice");
+                e.files.set_strict(false);
+                e.files.write(ring2(&a), "a/f", b"x").unwrap();
+                // 30 levels below `z` (depth 31): 32 once moved into `a`, 34 once
+                // `a` moves to `b/c/a`, past `MAX_DEPTH`.
+                let chain: Vec<String> = (0..30).map(|i| format!("{i}")).collect();
+                e.files
+                    .create_dir(ring2(&a), &format!("z/{}", chain.join("/")))
+                    .unwrap();
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Measured, move || {
+                        let a = id("alice");
+                        e.files.rename(ring2(&a), "z", "a/z").unwrap();
+                    });
+                }
+                let deep = e.files.rename(ring2(&a), "a", "b/c/a");
+                // Changes elsewhere in its window (bob's own files, alice's
+                // beside the directory) do not hold the rename up: it is made
+                // after its first measure.
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Measured, move || {
+                        let (a, b) = (id("alice"), id("bob"));
+                        for i in 0..100 {
+                            e.files.write(ring2(&b), &format!("w{i}"), b"w").unwrap();
+                        }
+                        e.files.write(ring2(&a), "ab", b"w").unwrap();
+                        e.files.create_dir(ring2(&a), "c/d").unwrap();
+                    });
+                }
+                let measured_again = std::rc::Rc::new(std::cell::Cell::new(false));
+                pause::set(pause::At::Measured, {
+                    let flag = measured_again.clone();
+                    move || flag.set(true)
                 });
-            }
-            let deep = e.files.rename(ring2(&a), "a", "b/c/a");
-            // Changes elsewhere in its window (bob's own files, alice's
-            // beside the directory) do not hold the rename up: it is made
-            // after its first measure.
-            {
-                let e = e.clone();
-                pause::set(pause::At::Measured, move || {
-                    let (a, b) = (id("alice"), id("bob"));
-                    for i in 0..100 {
-                        e.files.write(ring2(&b), &format!("w{i}"), b"w").unwrap();
-                    }
-                    e.files.write(ring2(&a), "ab", b"w").unwrap();
-                    e.files.create_dir(ring2(&a), "c/d").unwrap();
-                });
-            }
-            let measured_again = std::rc::Rc::new(std::cell::Cell::new(false));
-            pause::set(pause::At::Measured, {
-                let flag = measured_again.clone();
-                move || flag.set(true)
-            });
-            let elsewhere = e.files.rename(ring2(&a), "a", "b");
-            assert!(
-                !measured_again.get(),
-                "a change elsewhere made the rename measure again"
-            );
-            pause::run(pause::At::Measured);
-            // A change below it in every window: a conflict once the tries
-            // run out.
-            for i in 0..RENAMES_UNLOCKED {
-                let e = e.clone();
-                pause::set(pause::At::Measured, move || {
-                    let a = id("alice");
-                    e.files.write(ring2(&a), &format!("b/w{i}"), b"w").unwrap();
-                });
-            }
-            let busy = e.files.rename(ring2(&a), "b", "d");
-            let fine = e.files.rename(ring2(&a), "b", "d");
-            pause::run(pause::At::Measured);
-            let _ = done.send((deep, elsewhere, busy, fine));
-        });
-        let (deep, elsewhere, busy, fine) = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the renames and the operations in their measuring ended within 30 s (a deadlock means a rename measured under the session's lock)");
+                let elsewhere = e.files.rename(ring2(&a), "a", "b");
+                assert!(
+                    !measured_again.get(),
+                    "a change elsewhere made the rename measure again"
+                );
+                pause::run(pause::At::Measured);
+                // A change below it in every window: a conflict once the tries
+                // run out.
+                for i in 0..RENAMES_UNLOCKED {
+                    let e = e.clone();
+                    pause::set(pause::At::Measured, move || {
+                        let a = id("alice");
+                        e.files.write(ring2(&a), &format!("b/w{i}"), b"w").unwrap();
+                    });
+                }
+                let busy = e.files.rename(ring2(&a), "b", "d");
+                let fine = e.files.rename(ring2(&a), "b", "d");
+                pause::run(pause::At::Measured);
+                (deep, elsewhere, busy, fine)
+            },
+        );
         assert!(
             matches!(deep, Err(VfsError::InvalidPath(PathError::TooDeep { .. }))),
             "{deep:?}"
@@ -1327,26 +1344,25 @@ mod tests {
     /// listed, as the session knows them once the directory is read.
     #[test]
     fn a_listing_reads_its_directory_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let a = id("alice");
-            e.files.write(ring2(&a), "d/kept", b"k").unwrap();
-            e.files.write(ring2(&a), "d/gone", b"g").unwrap();
-            e.files.create_dir(ring2(&a), "d/sub").unwrap();
-            std::fs::write(e.files_dir().join("agents/alice/d/planted"), b"p").unwrap();
-            {
-                let e = e.clone();
-                pause::set(pause::At::Listed, move || {
-                    let a = id("alice");
-                    e.files.delete(ring2(&a), "d/gone").unwrap();
-                });
-            }
-            let _ = done.send(e.files.list(ring2(&a), "d"));
-        });
-        let listed = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the listing and the delete in its window ended within 30 s (a deadlock means the listing read its directory under the session's lock)");
+        let listed = within_30s(
+            "the listing and the delete in its window ended within 30 s (a deadlock means the listing read its directory under the session's lock)",
+            move || {
+                let e = Arc::new(env());
+                let a = id("alice");
+                e.files.write(ring2(&a), "d/kept", b"k").unwrap();
+                e.files.write(ring2(&a), "d/gone", b"g").unwrap();
+                e.files.create_dir(ring2(&a), "d/sub").unwrap();
+                std::fs::write(e.files_dir().join("agents/alice/d/planted"), b"p").unwrap();
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Listed, move || {
+                        let a = id("alice");
+                        e.files.delete(ring2(&a), "d/gone").unwrap();
+                    });
+                }
+                e.files.list(ring2(&a), "d")
+            },
+        );
         assert_eq!(listed.unwrap(), ["kept", "sub"]);
     }
 
@@ -1357,35 +1373,34 @@ mod tests {
     /// the contents.
     #[test]
     fn an_append_hashes_its_bytes_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let (a, b) = (id("alice"), id("bob"));
-            e.files.set_strict(false);
-            e.files.write(ring2(&a), "shared/log", b"base ").unwrap();
-            {
-                let e = e.clone();
-                pause::set(pause::At::Hashed, move || {
-                    let b = id("bob");
-                    e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                });
-            }
-            let quiet = e.files.append(ring2(&a), "shared/log", b"one ");
-            {
-                let e = e.clone();
-                pause::set(pause::At::Hashed, move || {
-                    let b = id("bob");
-                    e.files.append(ring2(&b), "shared/log", b"bob's ").unwrap();
-                });
-            }
-            let raced = e.files.append(ring2(&a), "shared/log", b"two");
-            let read = e.files.read(ring2(&b), "shared/log");
-            let hash = e.files.hash(ring2(&b), "shared/log");
-            let _ = done.send((quiet, raced, read, hash));
-        });
-        let (quiet, raced, read, hash) = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the appends and the operations in their hashing ended within 30 s (a deadlock means an append hashed under the session's lock)");
+        let (quiet, raced, read, hash) = within_30s(
+            "the appends and the operations in their hashing ended within 30 s (a deadlock means an append hashed under the session's lock)",
+            move || {
+                let e = Arc::new(env());
+                let (a, b) = (id("alice"), id("bob"));
+                e.files.set_strict(false);
+                e.files.write(ring2(&a), "shared/log", b"base ").unwrap();
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Hashed, move || {
+                        let b = id("bob");
+                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
+                    });
+                }
+                let quiet = e.files.append(ring2(&a), "shared/log", b"one ");
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Hashed, move || {
+                        let b = id("bob");
+                        e.files.append(ring2(&b), "shared/log", b"bob's ").unwrap();
+                    });
+                }
+                let raced = e.files.append(ring2(&a), "shared/log", b"two");
+                let read = e.files.read(ring2(&b), "shared/log");
+                let hash = e.files.hash(ring2(&b), "shared/log");
+                (quiet, raced, read, hash)
+            },
+        );
         assert_eq!(quiet.unwrap().after, Some(sha256(b"base one ")));
         let raced = raced.unwrap();
         assert_eq!(raced.before, Some(sha256(b"base one bob's ")));
@@ -1401,31 +1416,30 @@ mod tests {
     /// opened: the read still returns the contents its checks saw.
     #[test]
     fn a_read_reads_its_bytes_outside_the_session_lock() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let e = Arc::new(env());
-            let (a, b) = (id("alice"), id("bob"));
-            e.files.write(ring2(&a), "shared/f", b"first").unwrap();
-            {
-                let e = e.clone();
-                pause::set(pause::At::Read, move || {
-                    let a = id("alice");
-                    e.files.write(ring2(&a), "shared/other", b"o").unwrap();
-                    e.files.append(ring2(&a), "shared/f", b" and more").unwrap();
-                });
-            }
-            e.files.set_strict(true);
-            let read = e.files.read(ring2(&b), "shared/f");
-            // Bob saw the clock of what he read, not of the append: his
-            // write over it is stale.
-            let stale = e.files.write(ring2(&b), "shared/f", b"bob's");
-            let again = e.files.read(ring2(&b), "shared/f");
-            let fresh = e.files.write(ring2(&b), "shared/f", b"bob's");
-            let _ = done.send((read, again, stale, fresh));
-        });
-        let (read, again, stale, fresh) = finished
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the read and the operations between its opening and its reading ended within 30 s (a deadlock means the read held the session's lock)");
+        let (read, again, stale, fresh) = within_30s(
+            "the read and the operations between its opening and its reading ended within 30 s (a deadlock means the read held the session's lock)",
+            move || {
+                let e = Arc::new(env());
+                let (a, b) = (id("alice"), id("bob"));
+                e.files.write(ring2(&a), "shared/f", b"first").unwrap();
+                {
+                    let e = e.clone();
+                    pause::set(pause::At::Read, move || {
+                        let a = id("alice");
+                        e.files.write(ring2(&a), "shared/other", b"o").unwrap();
+                        e.files.append(ring2(&a), "shared/f", b" and more").unwrap();
+                    });
+                }
+                e.files.set_strict(true);
+                let read = e.files.read(ring2(&b), "shared/f");
+                // Bob saw the clock of what he read, not of the append: his
+                // write over it is stale.
+                let stale = e.files.write(ring2(&b), "shared/f", b"bob's");
+                let again = e.files.read(ring2(&b), "shared/f");
+                let fresh = e.files.write(ring2(&b), "shared/f", b"bob's");
+                (read, again, stale, fresh)
+            },
+        );
         assert_eq!(read.unwrap(), b"first");
         assert_eq!(again.unwrap(), b"first and more");
         assert!(matches!(stale, Err(VfsError::Conflict { .. })), "{stale:?}");
