@@ -159,7 +159,9 @@ pub(super) struct Db {
     pub(super) snapshots: BTreeMap<u64, Snapshot>,
     pub(super) last_snapshot: u64,
     /// Counts changes that may add or move an entry below a directory (a
-    /// file set, a directory made, a rename, an undo, a restore).
+    /// new file, a directory made, a rename, an undo that brings entries
+    /// back, a restore); removals and changes in place are not counted, as
+    /// they never deepen a directory or lengthen its names.
     pub(super) shape: u64,
     /// Where the last [`MAX_RESHAPES`] of those changes were made (`None`:
     /// anywhere), by their count: a directory measured outside the lock is
@@ -213,11 +215,19 @@ impl Db {
             .any(|(_, at)| at.as_ref().is_none_or(|p| p.on_branch_of(dir)))
     }
 
-    /// Sets or removes one file's metadata, keeping the usage in step.
+    /// Sets or removes one file's metadata, keeping the usage in step. A
+    /// file that was not there is noted as a change at its path
+    /// ([`Db::reshaped_at`]); one changed in place adds no entry.
     pub(super) fn put(&mut self, key: AreaPath, meta: Option<FileMeta>) {
-        if meta.is_some() {
+        if meta.is_some() && !self.files.contains_key(&key) {
             self.reshaped_at(Some(&key));
         }
+        self.put_noted(key, meta);
+    }
+
+    /// [`Db::put`] for a change its caller notes itself (a rename, once at
+    /// its destination, for every file it moves).
+    pub(super) fn put_noted(&mut self, key: AreaPath, meta: Option<FileMeta>) {
         if let Some(m) = &meta {
             self.usage.files += 1;
             self.usage.bytes = self.usage.bytes.saturating_add(m.counted_bytes());

@@ -86,10 +86,10 @@ impl FileSpace for SessionFiles {
     /// under it. A listing is thus not one instant's: an entry made or
     /// removed while it runs may or may not be in it, as with `readdir`.
     /// More than [`FileQuotas::max_list_entries`](super::FileQuotas::max_list_entries)
-    /// directories and session files is `Quota`, and so is a directory
-    /// whose regular files the session did not write number more than
-    /// [`FileQuotas::max_files`](super::FileQuotas::max_files) besides
-    /// (the directory is read whole before they are told apart).
+    /// directories and session files is `Quota`, and so is a directory of
+    /// more than that plus [`FileQuotas::max_files`](super::FileQuotas::max_files)
+    /// directories and regular files in all (it is read before the
+    /// session's files are told apart from others).
     fn list(&self, who: Caller<'_>, path: &str) -> Result<Vec<String>, VfsError> {
         let key = dir_key(who.agent, path)?;
         let vfs = self.with(|dirs, _| dirs.area(&key.area))?;
@@ -102,6 +102,8 @@ impl FileSpace for SessionFiles {
             ),
         };
         let fail = |e: io::Error| VfsError::io("list", guest.clone(), e);
+        let read_at_most =
+            (self.quotas.max_list_entries as u64).saturating_add(self.quotas.max_files);
         let (mut names, mut files) = (Vec::new(), Vec::new());
         for entry in vfs.dir().read_dir(key.at()).map_err(fail)? {
             let entry = entry.map_err(fail)?;
@@ -117,10 +119,14 @@ impl FileSpace for SessionFiles {
             } else if kind.is_file() {
                 files.push(name);
             }
-            let read_at_most =
-                (self.quotas.max_list_entries as u64).saturating_add(self.quotas.max_files);
             if (names.len() + files.len()) as u64 > read_at_most {
-                return Err(too_many());
+                return Err(VfsError::Quota {
+                    path: guest.clone(),
+                    reason: format!(
+                        "directory has more than {read_at_most} entries (at most {} of them the session's)",
+                        self.quotas.max_list_entries
+                    ),
+                });
             }
         }
         #[cfg(test)]
@@ -911,8 +917,8 @@ impl SessionFiles {
             };
             meta.clock = self.clocks.stamp_write(who.agent, &before.clock);
             let after = meta.fingerprint();
-            db.put(src.with_suffix(&suffix), None);
-            db.put(to, Some(meta));
+            db.put_noted(src.with_suffix(&suffix), None);
+            db.put_noted(to, Some(meta));
             record_moved.push(Moved {
                 suffix,
                 before,
@@ -1290,24 +1296,34 @@ mod tests {
                 }
                 let deep = e.files.rename(ring2(&a), "a", "b/c/a");
                 // Changes elsewhere in its window (bob's own files, alice's
-                // beside the directory) do not hold the rename up: it is made
-                // after its first measure.
+                // beside the directory), and changes in place below it, do not
+                // hold the rename up, however many: it is made after its first
+                // measure.
+                let b = id("bob");
+                for i in 0..300 {
+                    e.files
+                        .write(ring2(&b), &format!("many/{i}"), b"m")
+                        .unwrap();
+                }
+                let measured_again = std::rc::Rc::new(std::cell::Cell::new(false));
                 {
                     let e = e.clone();
+                    let flag = measured_again.clone();
                     pause::set(pause::At::Measured, move || {
                         let (a, b) = (id("alice"), id("bob"));
                         for i in 0..100 {
                             e.files.write(ring2(&b), &format!("w{i}"), b"w").unwrap();
                         }
+                        e.files.rename(ring2(&b), "many", "moved").unwrap();
+                        for _ in 0..300 {
+                            e.files.append(ring2(&a), "a/f", b"+").unwrap();
+                        }
                         e.files.write(ring2(&a), "ab", b"w").unwrap();
                         e.files.create_dir(ring2(&a), "c/d").unwrap();
+                        // Set last: bob's rename above measures too.
+                        pause::set(pause::At::Measured, move || flag.set(true));
                     });
                 }
-                let measured_again = std::rc::Rc::new(std::cell::Cell::new(false));
-                pause::set(pause::At::Measured, {
-                    let flag = measured_again.clone();
-                    move || flag.set(true)
-                });
                 let elsewhere = e.files.rename(ring2(&a), "a", "b");
                 assert!(
                     !measured_again.get(),

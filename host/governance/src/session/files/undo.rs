@@ -254,8 +254,6 @@ impl SessionFiles {
     /// the record is kept; other `VfsError`s for I/O failures.
     pub fn undo(&self, id: u64) -> Result<(), VfsError> {
         self.with(|dirs, db| {
-            // An undo may move or remake whole directories.
-            db.reshaped();
             let Some(pos) = db.log.iter().position(|r| r.id == id) else {
                 return Err(VfsError::Io {
                     op: "undo",
@@ -362,13 +360,14 @@ impl SessionFiles {
                     ));
                 }
                 let made = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
+                // Noted first: a failure may leave some parents made.
+                db.reshaped_at(Some(key));
                 create_parent(&vfs, key)?;
                 db.usage.dirs += made;
-                db.reshaped();
                 dirs.undo
                     .rename(blob(rec.id), vfs.dir(), &key.rel)
                     .map_err(undo_io)?;
-                db.put(key.clone(), Some((**before).clone()));
+                db.put_noted(key.clone(), Some((**before).clone()));
             }
             Undo::DirDeleted => {
                 if entry_exists(vfs.dir(), &key.rel).map_err(undo_io)? {
@@ -378,9 +377,10 @@ impl SessionFiles {
                     ));
                 }
                 let made = 1 + missing_ancestors(vfs.dir(), &key.rel).len() as u64;
+                // Noted first: a failure may leave some of them made.
+                db.reshaped_at(Some(key));
                 vfs.create_dir(&key.rel).map_err(in_area)?;
                 db.usage.dirs += made;
-                db.reshaped();
             }
             Undo::DirCreated { made } => {
                 let refuse = |why| rec.conflict(guest.clone(), why);
@@ -468,14 +468,17 @@ impl SessionFiles {
                 }
                 // The old path's parents may be gone since: moving back makes them.
                 let back = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
+                // Whatever moves back, files or only directories; noted first,
+                // as a failed move may leave the parents it made.
+                db.reshaped_at(Some(key));
                 if key.area == dst.area {
                     vfs.rename(&dst.rel, &key.rel).map_err(in_area)?;
                 } else {
                     move_across(&dv, dst, &vfs, key)?;
                 }
                 for m in moved {
-                    db.put(dst.with_suffix(&m.suffix), None);
-                    db.put(key.with_suffix(&m.suffix), Some(m.before.clone()));
+                    db.put_noted(dst.with_suffix(&m.suffix), None);
+                    db.put_noted(key.with_suffix(&m.suffix), Some(m.before.clone()));
                 }
                 let removed = remove_dirs(dv.dir(), made_dirs);
                 db.usage.dirs = (db.usage.dirs + back).saturating_sub(removed);
