@@ -91,14 +91,19 @@ pub(super) fn check_access(
 /// ([`crate::path::MAX_PATH_BYTES`], [`crate::path::MAX_DEPTH`]): nesting
 /// is bounded where trees are made, so every tree that exists can be named,
 /// listed, deleted and copied into a snapshot.
-pub(super) fn check_nesting(dir: &Dir, from: &AreaPath, to: &AreaPath) -> Result<(), PathError> {
+///
+/// # Errors
+/// `InvalidPath` naming the limit; the I/O error of a part of the tree
+/// that could not be read (`VfsError::io`, on `from`).
+pub(super) fn check_nesting(dir: &Dir, from: &AreaPath, to: &AreaPath) -> Result<(), VfsError> {
     use crate::path::{MAX_DEPTH, MAX_PATH_BYTES};
     let base = to.guest();
     let base_depth = base.split('/').count();
     // Looking deeper than the limit allows is pointless: one level beyond it
     // already refuses.
     let allowed = MAX_DEPTH.saturating_sub(base_depth);
-    let extent = extent_below(dir, &from.rel, allowed + 1);
+    let extent = extent_below(dir, &from.rel, allowed + 1)
+        .map_err(|e| VfsError::io("rename", from.guest(), e))?;
     let shown = || {
         let mut s: String = base.chars().take(64).collect();
         s.push_str("/…");
@@ -109,13 +114,15 @@ pub(super) fn check_nesting(dir: &Dir, from: &AreaPath, to: &AreaPath) -> Result
             path: shown(),
             depth: base_depth + extent.depth,
             max: MAX_DEPTH,
-        });
+        }
+        .into());
     }
     if base.len() + extent.bytes > MAX_PATH_BYTES {
         return Err(PathError::TooLong {
             len: base.len() + extent.bytes,
             max: MAX_PATH_BYTES,
-        });
+        }
+        .into());
     }
     Ok(())
 }

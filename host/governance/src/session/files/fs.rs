@@ -140,13 +140,16 @@ pub(super) struct Extent {
 
 /// The extent of the entries below directory `rel` (symbolic links not
 /// followed, the host's reserved names left out), looking at most `max`
-/// levels down; unreadable parts count as empty.
-pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> Extent {
-    pub(super) fn walk(dir: &Dir, depth: usize, bytes: usize, max: usize, out: &mut Extent) {
-        let Ok(entries) = dir.entries() else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
+/// levels down. An entry removed while it is walked counts as gone.
+///
+/// # Errors
+/// Any other failure to read a directory below (too many open files, no
+/// permission): a part it could not see might nest deeper than it may, so
+/// it is not taken as empty.
+pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Extent> {
+    fn walk(dir: &Dir, depth: usize, bytes: usize, max: usize, out: &mut Extent) -> io::Result<()> {
+        for entry in dir.entries()? {
+            let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
@@ -156,19 +159,41 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> Extent {
             let (d, b) = (depth + 1, bytes + 1 + name.len());
             out.depth = out.depth.max(d);
             out.bytes = out.bytes.max(b);
-            if d < max
-                && entry.file_type().is_ok_and(|t| t.is_dir())
-                && let Ok(sub) = entry.open_dir()
-            {
-                walk(&sub, d, b, max, out);
+            if d >= max {
+                continue;
+            }
+            let sub = entry.file_type().and_then(|t| {
+                if t.is_dir() {
+                    open_below(&entry).map(Some)
+                } else {
+                    Ok(None)
+                }
+            });
+            match sub {
+                Ok(Some(sub)) => walk(&sub, d, b, max, out)?,
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
     let mut out = Extent::default();
-    if let Ok(top) = dir.open_dir(if rel.is_empty() { "." } else { rel }) {
-        walk(&top, 0, 0, max, &mut out);
+    match dir.open_dir(if rel.is_empty() { "." } else { rel }) {
+        Ok(top) => walk(&top, 0, 0, max, &mut out)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    out
+    Ok(out)
+}
+
+/// Opens the directory `entry` names, for [`extent_below`].
+fn open_below(entry: &cap_std::fs::DirEntry) -> io::Result<Dir> {
+    #[cfg(test)]
+    if tests::FAIL_OPEN_BELOW.with(std::cell::Cell::take) {
+        return Err(io::Error::other("too many open files (injected by a test)"));
+    }
+    entry.open_dir()
 }
 
 /// Moves an entry from one area to another (both under the session directory).
@@ -189,6 +214,36 @@ pub(super) fn move_across(
 mod tests {
     use super::*;
     use crate::session::files::test_support::*;
+
+    thread_local! {
+        /// Makes this thread's next [`open_below`] fail.
+        pub(super) static FAIL_OPEN_BELOW: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// A directory the walk cannot open might nest deeper than a guest may
+    /// name: the rename is refused, not made as if it were empty.
+    #[test]
+    fn a_rename_whose_measure_cannot_read_a_subdirectory_is_refused() {
+        let e = env();
+        let a = id("alice");
+        e.files.create_dir(ring2(&a), "top/sub/deeper").unwrap();
+        FAIL_OPEN_BELOW.set(true);
+        let refused = e.files.rename(ring2(&a), "top", "moved");
+        assert!(
+            matches!(&refused, Err(VfsError::Io { op: "rename", path, message })
+                if path == "top" && message.contains("too many open files")),
+            "{refused:?}"
+        );
+        assert!(
+            !FAIL_OPEN_BELOW.get(),
+            "the walk did not open a subdirectory"
+        );
+        assert!(e.files.stat(ring2(&a), "top/sub/deeper").is_ok());
+        // Readable again: the same rename goes through.
+        e.files.rename(ring2(&a), "top", "moved").unwrap();
+        assert!(e.files.stat(ring2(&a), "moved/sub/deeper").is_ok());
+    }
 
     #[test]
     fn planted_symlinks_reach_nothing_outside_their_area() {

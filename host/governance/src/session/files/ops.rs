@@ -6,7 +6,7 @@ use ahv_core::Ring;
 
 use crate::files::{Access, Acl, Caller, FileChange, FileOp, FileSpace, Sha256Digest};
 use crate::open;
-use crate::path::{PathError, RESERVED_PREFIX};
+use crate::path::RESERVED_PREFIX;
 use crate::vclock::VectorClock;
 use crate::vfs::{EntryKind, Staged, Stat, VfsError};
 
@@ -849,7 +849,7 @@ impl SessionFiles {
         who: Caller<'_>,
         src: &AreaPath,
         dst: &AreaPath,
-        nesting: Option<Result<(), PathError>>,
+        nesting: Option<Result<(), VfsError>>,
     ) -> Result<FileChange, VfsError> {
         let (src_guest, dst_guest) = (src.guest(), dst.guest());
         let sv = dirs.area(&src.area)?;
@@ -876,9 +876,7 @@ impl SessionFiles {
         if is_dir {
             // Measured by the caller outside the lock, with nothing added or
             // moved since, or now.
-            nesting
-                .unwrap_or_else(|| check_nesting(sv.dir(), src, dst))
-                .map_err(VfsError::InvalidPath)?;
+            nesting.unwrap_or_else(|| check_nesting(sv.dir(), src, dst))?;
         }
         for (suffix, m) in &moved {
             let path = src.with_suffix(suffix).guest();
@@ -1346,7 +1344,12 @@ mod tests {
             },
         );
         assert!(
-            matches!(deep, Err(VfsError::InvalidPath(PathError::TooDeep { .. }))),
+            matches!(
+                deep,
+                Err(VfsError::InvalidPath(
+                    crate::path::PathError::TooDeep { .. }
+                ))
+            ),
             "{deep:?}"
         );
         elsewhere.unwrap();

@@ -457,14 +457,19 @@ impl SessionFiles {
                     .dir()
                     .symlink_metadata(&dst.rel)
                     .is_ok_and(|m| m.is_dir())
-                    && let Err(e) = check_nesting(dv.dir(), dst, key)
                 {
-                    return Err(rec.conflict(
-                        guest.clone(),
-                        &format!(
-                            "moving back would nest too deep ({e}); undo the later changes first"
-                        ),
-                    ));
+                    match check_nesting(dv.dir(), dst, key) {
+                        Ok(()) => {}
+                        Err(VfsError::InvalidPath(e)) => {
+                            return Err(rec.conflict(
+                                guest.clone(),
+                                &format!(
+                                    "moving back would nest too deep ({e}); undo the later changes first"
+                                ),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 // The old path's parents may be gone since: moving back makes them.
                 let back = missing_ancestors(vfs.dir(), &key.rel).len() as u64;
