@@ -94,16 +94,21 @@ pub(super) fn check_access(
 ///
 /// # Errors
 /// `InvalidPath` naming the limit; the I/O error of a part of the tree
-/// that could not be read (`VfsError::io`, on `from`).
-pub(super) fn check_nesting(dir: &Dir, from: &AreaPath, to: &AreaPath) -> Result<(), VfsError> {
+/// that could not be read (`VfsError::io` of `op`, on `from`).
+pub(super) fn check_nesting(
+    op: &'static str,
+    dir: &Dir,
+    from: &AreaPath,
+    to: &AreaPath,
+) -> Result<(), VfsError> {
     use crate::path::{MAX_DEPTH, MAX_PATH_BYTES};
     let base = to.guest();
     let base_depth = base.split('/').count();
     // Looking deeper than the limit allows is pointless: one level beyond it
     // already refuses.
     let allowed = MAX_DEPTH.saturating_sub(base_depth);
-    let extent = extent_below(dir, &from.rel, allowed + 1)
-        .map_err(|e| VfsError::io("rename", from.guest(), e))?;
+    let extent =
+        extent_below(dir, &from.rel, allowed + 1).map_err(|e| VfsError::io(op, from.guest(), e))?;
     let shown = || {
         let mut s: String = base.chars().take(64).collect();
         s.push_str("/…");

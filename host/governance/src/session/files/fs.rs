@@ -140,16 +140,36 @@ pub(super) struct Extent {
 
 /// The extent of the entries below directory `rel` (symbolic links not
 /// followed, the host's reserved names left out), looking at most `max`
-/// levels down. An entry removed while it is walked counts as gone.
+/// levels down. A directory removed, or replaced by a file, while it is
+/// walked counts as gone: it was empty when it went, and whatever moves
+/// in meanwhile is the caller's to notice ([`super::meta::Db::reshaped_since`]).
 ///
 /// # Errors
 /// Any other failure to read a directory below (too many open files, no
 /// permission): a part it could not see might nest deeper than it may, so
 /// it is not taken as empty.
 pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Extent> {
-    fn walk(dir: &Dir, depth: usize, bytes: usize, max: usize, out: &mut Extent) -> io::Result<()> {
-        for entry in dir.entries()? {
-            let entry = entry?;
+    fn gone(e: &io::Error) -> bool {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        )
+    }
+    fn walk(dir: Dir, depth: usize, bytes: usize, max: usize, out: &mut Extent) -> io::Result<()> {
+        let entries = match dir.entries() {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // The listing holds a descriptor of its own: one per level, not two.
+        drop(dir);
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Linux reads a directory removed after it was opened as ENOENT.
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
@@ -162,17 +182,11 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Exten
             if d >= max {
                 continue;
             }
-            let sub = entry.file_type().and_then(|t| {
-                if t.is_dir() {
-                    open_below(&entry).map(Some)
-                } else {
-                    Ok(None)
-                }
-            });
+            let sub = is_dir(&entry).and_then(|dir| dir.then(|| open_below(&entry)).transpose());
             match sub {
-                Ok(Some(sub)) => walk(&sub, d, b, max, out)?,
+                Ok(Some(sub)) => walk(sub, d, b, max, out)?,
                 Ok(None) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if gone(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -180,18 +194,28 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Exten
     }
     let mut out = Extent::default();
     match dir.open_dir(if rel.is_empty() { "." } else { rel }) {
-        Ok(top) => walk(&top, 0, 0, max, &mut out)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Ok(top) => walk(top, 0, 0, max, &mut out)?,
+        Err(e) if gone(&e) => {}
         Err(e) => return Err(e),
     }
     Ok(out)
 }
 
+/// Whether `entry` is a directory (not a link to one). A filesystem that
+/// does not say in its listings (an unknown type) is asked with `lstat`.
+fn is_dir(entry: &cap_std::fs::DirEntry) -> io::Result<bool> {
+    let listed = entry.file_type()?;
+    if listed != cap_std::fs::FileType::unknown() {
+        return Ok(listed.is_dir());
+    }
+    Ok(entry.metadata()?.is_dir())
+}
+
 /// Opens the directory `entry` names, for [`extent_below`].
 fn open_below(entry: &cap_std::fs::DirEntry) -> io::Result<Dir> {
     #[cfg(test)]
-    if tests::FAIL_OPEN_BELOW.with(std::cell::Cell::take) {
-        return Err(io::Error::other("too many open files (injected by a test)"));
+    if let Some(kind) = tests::FAIL_OPEN_BELOW.with(std::cell::Cell::take) {
+        return Err(io::Error::new(kind, "injected by a test"));
     }
     entry.open_dir()
 }
@@ -216,32 +240,36 @@ mod tests {
     use crate::session::files::test_support::*;
 
     thread_local! {
-        /// Makes this thread's next [`open_below`] fail.
-        pub(super) static FAIL_OPEN_BELOW: std::cell::Cell<bool> =
-            const { std::cell::Cell::new(false) };
+        /// Makes this thread's next [`open_below`] fail with this kind.
+        pub(super) static FAIL_OPEN_BELOW: std::cell::Cell<Option<io::ErrorKind>> =
+            const { std::cell::Cell::new(None) };
     }
 
     /// A directory the walk cannot open might nest deeper than a guest may
-    /// name: the rename is refused, not made as if it were empty.
+    /// name: the rename is refused, not made as if it were empty. One
+    /// removed while it is walked was empty when it went: the rename goes
+    /// through.
     #[test]
     fn a_rename_whose_measure_cannot_read_a_subdirectory_is_refused() {
         let e = env();
         let a = id("alice");
         e.files.create_dir(ring2(&a), "top/sub/deeper").unwrap();
-        FAIL_OPEN_BELOW.set(true);
+        FAIL_OPEN_BELOW.set(Some(io::ErrorKind::QuotaExceeded));
         let refused = e.files.rename(ring2(&a), "top", "moved");
         assert!(
             matches!(&refused, Err(VfsError::Io { op: "rename", path, message })
-                if path == "top" && message.contains("too many open files")),
+                if path == "top" && message.contains("injected by a test")),
             "{refused:?}"
         );
         assert!(
-            !FAIL_OPEN_BELOW.get(),
+            FAIL_OPEN_BELOW.get().is_none(),
             "the walk did not open a subdirectory"
         );
         assert!(e.files.stat(ring2(&a), "top/sub/deeper").is_ok());
-        // Readable again: the same rename goes through.
+        // Gone meanwhile: measured as empty, and the rename is made.
+        FAIL_OPEN_BELOW.set(Some(io::ErrorKind::NotFound));
         e.files.rename(ring2(&a), "top", "moved").unwrap();
+        assert!(FAIL_OPEN_BELOW.get().is_none());
         assert!(e.files.stat(ring2(&a), "moved/sub/deeper").is_ok());
     }
 

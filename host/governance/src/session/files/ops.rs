@@ -314,7 +314,7 @@ impl FileSpace for SessionFiles {
             let Some((sv, shape)) = measure else {
                 return self.with(|dirs, db| self.rename_entry(dirs, db, who, &from, &to, None));
             };
-            let nesting = check_nesting(sv.dir(), &from, &to);
+            let nesting = check_nesting("rename", sv.dir(), &from, &to);
             #[cfg(test)]
             pause::run(pause::At::Measured);
             let renamed = self.with(|dirs, db| {
@@ -876,7 +876,7 @@ impl SessionFiles {
         if is_dir {
             // Measured by the caller outside the lock, with nothing added or
             // moved since, or now.
-            nesting.unwrap_or_else(|| check_nesting(sv.dir(), src, dst))?;
+            nesting.unwrap_or_else(|| check_nesting("rename", sv.dir(), src, dst))?;
         }
         for (suffix, m) in &moved {
             let path = src.with_suffix(suffix).guest();

@@ -458,7 +458,7 @@ impl SessionFiles {
                     .symlink_metadata(&dst.rel)
                     .is_ok_and(|m| m.is_dir())
                 {
-                    match check_nesting(dv.dir(), dst, key) {
+                    match check_nesting("undo", dv.dir(), dst, key) {
                         Ok(()) => {}
                         Err(VfsError::InvalidPath(e)) => {
                             return Err(rec.conflict(
