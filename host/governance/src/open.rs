@@ -83,6 +83,22 @@ impl Refusal {
     }
 }
 
+/// The type of a listed entry, not following a link. Some filesystems'
+/// listings do not say (`DT_UNKNOWN`: XFS without `ftype`, some FUSE and
+/// network filesystems), and cap-std then gives an unknown type where std
+/// would ask: those entries are asked with `lstat`, so that a directory is
+/// never taken for something else.
+///
+/// # Errors
+/// The listing's or `lstat`'s error (`NotFound` if the entry went meanwhile).
+pub(crate) fn listed_type(entry: &cap_std::fs::DirEntry) -> io::Result<FileType> {
+    let listed = entry.file_type()?;
+    if listed != FileType::unknown() {
+        return Ok(listed);
+    }
+    Ok(entry.metadata()?.file_type())
+}
+
 /// The reason given for refusing a FIFO, socket or device node.
 pub(crate) fn special_reason(kind: &str) -> String {
     format!("is {kind}; only regular files and directories are served")

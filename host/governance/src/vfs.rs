@@ -242,9 +242,7 @@ impl Vfs {
                 continue;
             }
             // The entry's type from the listing itself: nothing is opened.
-            let kind = entry
-                .file_type()
-                .map_err(|e| VfsError::from_io("list", &p, e))?;
+            let kind = open::listed_type(&entry).map_err(|e| VfsError::from_io("list", &p, e))?;
             if open::special(kind).is_some() {
                 continue;
             }

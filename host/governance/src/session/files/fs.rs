@@ -182,7 +182,9 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Exten
             if d >= max {
                 continue;
             }
-            let sub = is_dir(&entry).and_then(|dir| dir.then(|| open_below(&entry)).transpose());
+            let sub = open::listed_type(&entry)
+                .map(|t| t.is_dir())
+                .and_then(|dir| dir.then(|| open_below(&entry)).transpose());
             match sub {
                 Ok(Some(sub)) => walk(sub, d, b, max, out)?,
                 Ok(None) => {}
@@ -199,16 +201,6 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Exten
         Err(e) => return Err(e),
     }
     Ok(out)
-}
-
-/// Whether `entry` is a directory (not a link to one). A filesystem that
-/// does not say in its listings (an unknown type) is asked with `lstat`.
-fn is_dir(entry: &cap_std::fs::DirEntry) -> io::Result<bool> {
-    let listed = entry.file_type()?;
-    if listed != cap_std::fs::FileType::unknown() {
-        return Ok(listed.is_dir());
-    }
-    Ok(entry.metadata()?.is_dir())
 }
 
 /// Opens the directory `entry` names, for [`extent_below`].

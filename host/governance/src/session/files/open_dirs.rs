@@ -149,7 +149,7 @@ pub(super) fn existing_dirs(root: &Dir) -> u64 {
             |entries| {
                 entries
                     .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| crate::open::listed_type(e).is_ok_and(|t| t.is_dir()))
                     .collect()
             },
         )

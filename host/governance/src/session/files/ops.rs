@@ -113,7 +113,7 @@ impl FileSpace for SessionFiles {
             if name.starts_with(RESERVED_PREFIX) {
                 continue;
             }
-            let kind = entry.file_type().map_err(fail)?;
+            let kind = open::listed_type(&entry).map_err(fail)?;
             if kind.is_dir() {
                 names.push(name);
             } else if kind.is_file() {

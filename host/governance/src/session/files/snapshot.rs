@@ -163,7 +163,7 @@ pub(super) fn copy_tree(
         }
         let child = at(&name);
         // The type from the listing: nothing is opened to learn it.
-        let kind = entry.file_type().map_err(|e| fail(&child, e.into()))?;
+        let kind = open::listed_type(&entry).map_err(|e| fail(&child, e.into()))?;
         if kind.is_dir() {
             dst.create_dir(&name).map_err(|e| fail(&child, e.into()))?;
             let sub = |d: &Dir| d.open_dir(&name).map_err(|e| fail(&child, e.into()));
