@@ -241,8 +241,14 @@ impl Vfs {
             if name.starts_with(crate::path::RESERVED_PREFIX) {
                 continue;
             }
-            // The entry's type from the listing itself: nothing is opened.
-            let kind = open::listed_type(&entry).map_err(|e| VfsError::from_io("list", &p, e))?;
+            // The entry's type from the listing itself (or `lstat` where the
+            // listing gives none): nothing is opened.
+            let kind = match open::listed_type(&entry) {
+                Ok(kind) => kind,
+                // Removed since it was listed: not in this listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(VfsError::from_io("list", &p, e)),
+            };
             if open::special(kind).is_some() {
                 continue;
             }

@@ -161,7 +161,8 @@ pub(super) fn extent_below(dir: &Dir, rel: &str, max: usize) -> io::Result<Exten
             Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
-        // The listing holds a descriptor of its own: one per level, not two.
+        // The listing holds descriptors of its own: `dir`'s is not kept
+        // open beside them down the walk.
         drop(dir);
         for entry in entries {
             let entry = match entry {

@@ -113,7 +113,13 @@ impl FileSpace for SessionFiles {
             if name.starts_with(RESERVED_PREFIX) {
                 continue;
             }
-            let kind = open::listed_type(&entry).map_err(fail)?;
+            let kind = match open::listed_type(&entry) {
+                Ok(kind) => kind,
+                // Removed since it was listed (asked only where listings
+                // give no type): not in this listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(e)),
+            };
             if kind.is_dir() {
                 names.push(name);
             } else if kind.is_file() {
