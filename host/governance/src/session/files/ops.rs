@@ -1165,6 +1165,21 @@ mod tests {
     use super::*;
     use crate::session::files::test_support::*;
 
+    /// Has agent `name` act on `e`'s files at ring 2 when this thread's
+    /// next operation reaches `at` ([`pause::set`]).
+    fn acts_at(
+        at: pause::At,
+        e: &Arc<Env>,
+        name: &'static str,
+        f: impl FnOnce(&SessionFiles, Caller<'_>) + 'static,
+    ) {
+        let e = e.clone();
+        pause::set(at, move || {
+            let who = id(name);
+            f(&e.files, ring2(&who));
+        });
+    }
+
     /// Runs `f` on a thread of its own and returns what it returns; fails
     /// with `what` if it takes more than 30 s (the tests below run another
     /// operation of the session, on the same thread, inside an operation's
@@ -1200,16 +1215,12 @@ mod tests {
                 e.files.set_strict(true);
                 e.files.write(ring2(&a), "shared/f", b"first").unwrap();
                 e.files.read(ring2(&b), "shared/f").unwrap();
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Staged, move || {
-                        // While alice's write is staged: bob reads another
-                        // file and rewrites this one.
-                        let b = id("bob");
-                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                        e.files.write(ring2(&b), "shared/f", b"bob's").unwrap();
-                    });
-                }
+                acts_at(pause::At::Staged, &e, "bob", move |files, who| {
+                    // While alice's write is staged: bob reads another
+                    // file and rewrites this one.
+                    files.write(who, "shared/other", b"o").unwrap();
+                    files.write(who, "shared/f", b"bob's").unwrap();
+                });
                 let alice = e.files.write(ring2(&a), "shared/f", b"alice's");
                 let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
                     .unwrap()
@@ -1236,21 +1247,13 @@ mod tests {
                 let e = Arc::new(env());
                 let (a, b) = (id("alice"), id("bob"));
                 e.files.set_strict(false);
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Staged, move || {
-                        let b = id("bob");
-                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                    });
-                }
+                acts_at(pause::At::Staged, &e, "bob", move |files, who| {
+                    files.write(who, "shared/other", b"o").unwrap();
+                });
                 let created = e.files.append(ring2(&a), "shared/new", b"one");
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Staged, move || {
-                        let b = id("bob");
-                        e.files.write(ring2(&b), "shared/raced", b"bob's ").unwrap();
-                    });
-                }
+                acts_at(pause::At::Staged, &e, "bob", move |files, who| {
+                    files.write(who, "shared/raced", b"bob's ").unwrap();
+                });
                 let raced = e.files.append(ring2(&a), "shared/raced", b"alice's");
                 let staged_left: Vec<String> = std::fs::read_dir(e.files_dir().join("shared"))
                     .unwrap()
@@ -1291,13 +1294,9 @@ mod tests {
                 e.files
                     .create_dir(ring2(&a), &format!("z/{}", chain.join("/")))
                     .unwrap();
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Measured, move || {
-                        let a = id("alice");
-                        e.files.rename(ring2(&a), "z", "a/z").unwrap();
-                    });
-                }
+                acts_at(pause::At::Measured, &e, "alice", |files, who| {
+                    files.rename(who, "z", "a/z").unwrap();
+                });
                 let deep = e.files.rename(ring2(&a), "a", "b/c/a");
                 // Changes elsewhere in its window (bob's own files, alice's
                 // beside the directory), and changes in place below it, do not
@@ -1337,10 +1336,8 @@ mod tests {
                 // A change below it in every window: a conflict once the tries
                 // run out.
                 for i in 0..RENAMES_UNLOCKED {
-                    let e = e.clone();
-                    pause::set(pause::At::Measured, move || {
-                        let a = id("alice");
-                        e.files.write(ring2(&a), &format!("b/w{i}"), b"w").unwrap();
+                    acts_at(pause::At::Measured, &e, "alice", move |files, who| {
+                        files.write(who, &format!("b/w{i}"), b"w").unwrap();
                     });
                 }
                 let busy = e.files.rename(ring2(&a), "b", "d");
@@ -1378,13 +1375,9 @@ mod tests {
                 e.files.write(ring2(&a), "d/gone", b"g").unwrap();
                 e.files.create_dir(ring2(&a), "d/sub").unwrap();
                 std::fs::write(e.files_dir().join("agents/alice/d/planted"), b"p").unwrap();
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Listed, move || {
-                        let a = id("alice");
-                        e.files.delete(ring2(&a), "d/gone").unwrap();
-                    });
-                }
+                acts_at(pause::At::Listed, &e, "alice", move |files, who| {
+                    files.delete(who, "d/gone").unwrap();
+                });
                 e.files.list(ring2(&a), "d")
             },
         );
@@ -1405,21 +1398,13 @@ mod tests {
                 let (a, b) = (id("alice"), id("bob"));
                 e.files.set_strict(false);
                 e.files.write(ring2(&a), "shared/log", b"base ").unwrap();
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Hashed, move || {
-                        let b = id("bob");
-                        e.files.write(ring2(&b), "shared/other", b"o").unwrap();
-                    });
-                }
+                acts_at(pause::At::Hashed, &e, "bob", move |files, who| {
+                    files.write(who, "shared/other", b"o").unwrap();
+                });
                 let quiet = e.files.append(ring2(&a), "shared/log", b"one ");
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Hashed, move || {
-                        let b = id("bob");
-                        e.files.append(ring2(&b), "shared/log", b"bob's ").unwrap();
-                    });
-                }
+                acts_at(pause::At::Hashed, &e, "bob", move |files, who| {
+                    files.append(who, "shared/log", b"bob's ").unwrap();
+                });
                 let raced = e.files.append(ring2(&a), "shared/log", b"two");
                 let read = e.files.read(ring2(&b), "shared/log");
                 let hash = e.files.hash(ring2(&b), "shared/log");
@@ -1447,14 +1432,10 @@ mod tests {
                 let e = Arc::new(env());
                 let (a, b) = (id("alice"), id("bob"));
                 e.files.write(ring2(&a), "shared/f", b"first").unwrap();
-                {
-                    let e = e.clone();
-                    pause::set(pause::At::Read, move || {
-                        let a = id("alice");
-                        e.files.write(ring2(&a), "shared/other", b"o").unwrap();
-                        e.files.append(ring2(&a), "shared/f", b" and more").unwrap();
-                    });
-                }
+                acts_at(pause::At::Read, &e, "alice", move |files, who| {
+                    files.write(who, "shared/other", b"o").unwrap();
+                    files.append(who, "shared/f", b" and more").unwrap();
+                });
                 e.files.set_strict(true);
                 let read = e.files.read(ring2(&b), "shared/f");
                 // Bob saw the clock of what he read, not of the append: his
